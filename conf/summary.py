@@ -1,0 +1,51 @@
+"""The short, human summary ``monolaked check`` prints for a valid config."""
+
+from __future__ import annotations
+
+from .schema import Config, RouteConfig, ServerConfig, UpstreamConfig
+
+
+def _upstream(u: UpstreamConfig) -> str:
+    e = u.endpoint
+    text = f"{e.type}:{e.value}" if e.type in ("builtin", "unix") else e.value
+    return text + (f" (weight {u.weight})" if u.weight != 1 else "")
+
+
+def _route(r: RouteConfig) -> str:
+    where = r.pattern + (f" host={r.host}" if r.host else "")
+    ups = ", ".join(_upstream(u) for u in r.upstreams)
+    lb = f" [{r.load_balancer}]" if len(r.upstreams) > 1 else ""
+    return f"    {where} -> {ups}{lb}"
+
+
+def _server(key: str, s: ServerConfig) -> list[str]:
+    extra = []
+    if s.tls:
+        extra.append(f"tls ({len(s.tls.certificates)} cert{'s' if len(s.tls.certificates) > 1 else ''}, "
+                     f"min {s.tls.min_version})")
+    if s.proxy_protocol:
+        extra.append("proxy_protocol")
+    if s.proxy_type == "http_thrift":
+        extra.append(f"idl {s.idl}, {s.gateway_path}")
+    name = key if s.name == key else f"{key} (name {s.name})"
+    lines = [f"  server {name}: {s.proxy_type} on {s.listener.address}"
+             + (f", {', '.join(extra)}" if extra else "")]
+    routes = s.routes if s.proxy_type == "http" else s.thrift_routes
+    lines += [_route(r) for r in routes]
+    return lines
+
+
+def summary(cfg: Config) -> str:
+    rt, sv = cfg.runtime, cfg.supervisor
+    lines = [
+        f"config {cfg.source}: ok",
+        f"  runtime: {rt.runtime_type}, workers {rt.workers}, entries {rt.entries}, "
+        f"cpu_affinity {'on' if rt.cpu_affinity else 'off'}",
+        f"  supervisor: control socket {sv.control_socket}, pid file {sv.pid_file or '(none)'}, "
+        f"reload {sv.reload_mode}, log {sv.log_format}/{sv.log_level}"
+        + (f" to {sv.error_log}" if sv.error_log else ""),
+        f"  admin: {cfg.admin.listen or 'off'}",
+    ]
+    for key, server in cfg.servers.items():
+        lines += _server(key, server)
+    return "\n".join(lines)
