@@ -1,0 +1,184 @@
+"""``monolaked``: start the master, or talk to a running one over its control socket."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from typing import Any
+
+from monolake.supervisor import logs
+from monolake.supervisor.status import render_status
+
+
+def _load(path: str | None) -> Any:
+    from monolake.conf import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        sys.stderr.write(f"monolaked: invalid configuration:\n{exc}\n")
+        raise SystemExit(1) from None
+    except OSError as exc:
+        sys.stderr.write(f"monolaked: cannot read configuration: {exc}\n")
+        raise SystemExit(1) from None
+
+
+def _control_path(args: argparse.Namespace) -> str:
+    if args.control_socket:
+        return args.control_socket
+    return _load(args.config).supervisor.control_socket
+
+
+def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+    from monolake.supervisor.control import request
+
+    path = _control_path(args)
+    try:
+        return request(path, message, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sys.stderr.write(f"monolaked: no master is running (nothing answers on {path})\n")
+        raise SystemExit(2) from None
+    except OSError as exc:
+        sys.stderr.write(f"monolaked: cannot reach the master on {path}: {exc}\n")
+        raise SystemExit(2) from None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    if args.workers is not None and args.workers < 1:
+        sys.stderr.write("monolaked: --workers must be at least 1\n")
+        return 1
+    config_path = os.path.abspath(args.config) if args.config else None
+    if args.daemon:
+        from monolake.supervisor.daemon import daemonize
+
+        report = daemonize()
+    else:
+        report = None
+    sup = config.supervisor
+    logs.configure(sup.log_format, sup.log_level, sup.error_log, proc="master", pid=os.getpid())
+    from monolake.supervisor.master import Master
+
+    master = Master(config, config_path, workers=args.workers, pid_file=args.pid_file)
+    return asyncio.run(master.run(started=report))
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"configuration {args.config or '(embedded default)'} is valid")
+    print(config.summary())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    reply = _request(args, {"type": "status"}, timeout=30)
+    if reply.get("type") != "status":
+        sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+        return 1
+    reply.pop("type", None)
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        print(render_status(reply))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    import time
+
+    status = _request(args, {"type": "status"}, timeout=30)
+    pid = int(status.get("master", {}).get("pid", 0))
+    reply = _request(args, {"type": "stop", "fast": args.fast}, timeout=30)
+    if reply.get("type") != "ok":
+        sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+        return 1
+    if args.no_wait or not pid:
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"master {pid} stopped")
+            return 0
+        time.sleep(0.05)
+    sys.stderr.write(f"monolaked: master {pid} still running after {args.timeout}s\n")
+    return 1
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    reply = _request(args, {"type": "reload"}, timeout=args.timeout)
+    if reply.get("ok"):
+        print(f"reload done: generation {reply.get('generation')} ({reply.get('mode')}, "
+              f"{reply.get('duration')}s)")
+        return 0
+    sys.stderr.write(f"monolaked: reload failed: {reply.get('reason') or reply.get('error')}\n")
+    return 1
+
+
+def cmd_log_level(args: argparse.Namespace) -> int:
+    reply = _request(args, {"type": "log_level", "level": args.level}, timeout=30)
+    if reply.get("type") == "ok":
+        return 0
+    sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monolaked", description="monolake: HTTP and Thrift proxies, one worker per core.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, control: bool = True) -> None:
+        p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
+        if control:
+            p.add_argument("--control-socket", help="control socket path (default: from the config)")
+
+    p = sub.add_parser("start", help="run the master (foreground unless --daemon)")
+    common(p, control=False)
+    p.add_argument("--workers", type=int, help="number of workers (overrides runtime.workers)")
+    p.add_argument("--pid-file", help="pid file (overrides supervisor.pid_file)")
+    p.add_argument("--daemon", action="store_true", help="detach; exit once the workers are ready")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("check", help="validate a config file and print a summary (like nginx -t)")
+    common(p, control=False)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("status", help="show the master and every worker")
+    common(p)
+    p.add_argument("--json", action="store_true", help="stable JSON (see docs/operations.md)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("stop", help="graceful stop (drain in-flight requests)")
+    common(p)
+    p.add_argument("--fast", action="store_true", help="fast stop (like SIGQUIT)")
+    p.add_argument("--no-wait", action="store_true", help="return without waiting for the exit")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_stop)
+
+    p = sub.add_parser("reload", help="zero-downtime reload; waits for and reports the outcome")
+    common(p)
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.set_defaults(func=cmd_reload)
+
+    p = sub.add_parser("log-level", help="change the log level of the master and the workers")
+    common(p)
+    p.add_argument("level", choices=sorted(logs.LEVELS))
+    p.set_defaults(func=cmd_log_level)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

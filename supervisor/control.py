@@ -1,0 +1,112 @@
+"""The control socket: a unix socket (mode 0600) on which ``monolaked status / stop / reload /
+log-level`` talk to the master, one request and one reply per connection, framed like the
+worker control channel (``monolake.supervisor.channel``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from typing import Any
+
+import structlog
+
+from monolake.supervisor import channel
+from monolake.supervisor.sockets import bind_unix
+
+log = structlog.get_logger()
+
+
+class ControlServer:
+    def __init__(self, path: str, master: Any) -> None:
+        self.path = path
+        self.master = master
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        folder = os.path.dirname(self.path) or "."
+        os.makedirs(folder, exist_ok=True)
+        old_umask = os.umask(0o177)  # the socket is born 0600: no window for other users
+        try:
+            sock = bind_unix(self.path, 16)
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            header = await asyncio.wait_for(reader.readexactly(channel.HEADER.size), 10)
+            (size,) = channel.HEADER.unpack(header)
+            if size > 1024 * 1024:
+                raise channel.ChannelError("control request too large")
+            frames = channel.FrameReader()
+            frames.feed(header + await asyncio.wait_for(reader.readexactly(size), 10))
+            got = frames.next_message()
+            request = got[0] if got else {}
+            reply = await self.handle(request)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            writer.close()
+            return
+        except channel.ChannelError as exc:
+            reply = {"type": "error", "error": str(exc)}
+        try:
+            writer.write(channel.encode(reply))
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind = request.get("type")
+        master = self.master
+        if kind == "status":
+            return {"type": "status", **master.status()}
+        if kind == "reload":
+            result = await master.reloader.reload(wait=True)
+            return {"type": "reload", **result}
+        if kind == "stop":
+            master.request_stop(not request.get("fast", False))
+            return {"type": "ok"}
+        if kind == "log_level":
+            from monolake.supervisor import logs
+
+            level = str(request.get("level", ""))
+            try:
+                logs.set_level(level)
+            except ValueError as exc:
+                return {"type": "error", "error": str(exc)}
+            for worker in master.live_workers():
+                worker.send({"type": "log_level", "level": level})
+            log.info("log level changed", level=level)
+            return {"type": "ok"}
+        return {"type": "error", "error": f"unknown request {kind!r}"}
+
+
+def request(path: str, message: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+    """Client side: send one request to the master and wait for its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(channel.encode(message))
+        reader = channel.FrameReader()
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("the master closed the control connection without a reply")
+            reader.feed(data)
+            got = reader.next_message()
+            if got is not None:
+                return got[0]

@@ -1,0 +1,120 @@
+"""The master's listening sockets: one SO_REUSEPORT socket per TCP listener per slot, one
+shared socket per unix listener.
+
+The master keeps every socket open for its whole life (or until a reload removes the listener),
+so a worker that dies or is replaced leaves its accept queue intact for its successor:
+closing a SO_REUSEPORT socket would reset every connection waiting in its queue.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import structlog
+
+from monolake.supervisor.sockets import bind_tcp, bind_unix
+
+log = structlog.get_logger()
+
+Key = tuple  # ("socket", host, port) | ("unix", path)
+
+
+def listener_key(listener: Any) -> Key:
+    if listener.type == "unix":
+        return ("unix", listener.path)
+    return ("socket", listener.host, listener.port)
+
+
+def describe(key: Key) -> str:
+    if key[0] == "unix":
+        return f"unix:{key[1]}"
+    host, port = key[1], key[2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Listeners:
+    def __init__(self) -> None:
+        self.tcp: dict[Key, dict[int, socket.socket]] = {}
+        self.unix: dict[Key, socket.socket] = {}
+
+    def ensure(self, servers: dict[str, Any], nslots: int) -> list[tuple[Key, int | None]]:
+        """Bind whatever ``servers`` on ``nslots`` slots needs and is not bound yet.
+
+        Returns what was created, so a failed reload can close exactly that. On an error
+        everything created by this call is closed again and the OSError names the address.
+        """
+        created: list[tuple[Key, int | None]] = []
+        try:
+            for server in servers.values():
+                key = listener_key(server.listener)
+                if key[0] == "unix":
+                    if key not in self.unix:
+                        self.unix[key] = bind_unix(key[1], server.backlog)
+                        created.append((key, None))
+                    continue
+                per_slot = self.tcp.setdefault(key, {})
+                for slot in range(nslots):
+                    if slot not in per_slot:
+                        per_slot[slot] = bind_tcp(key[1], key[2], server.backlog)
+                        created.append((key, slot))
+        except OSError as exc:
+            self.discard(created)
+            raise OSError(exc.errno, f"cannot listen on {describe(key)}: {exc.strerror or exc}") from None
+        return created
+
+    def discard(self, created: list[tuple[Key, int | None]]) -> None:
+        for key, slot in created:
+            if slot is None:
+                sock = self.unix.pop(key, None)
+                if sock is not None:
+                    sock.close()
+                    _unlink(key[1])
+            else:
+                sock = self.tcp.get(key, {}).pop(slot, None)
+                if sock is not None:
+                    sock.close()
+                if key in self.tcp and not self.tcp[key]:
+                    del self.tcp[key]
+
+    def for_slot(self, servers: dict[str, Any], slot: int) -> tuple[dict[str, list[int]], list[int]]:
+        """The ``listeners`` map and fd list of a worker ``hello`` for ``slot``."""
+        mapping: dict[str, list[int]] = {}
+        fds: list[int] = []
+        for name, server in servers.items():
+            key = listener_key(server.listener)
+            sock = self.unix[key] if key[0] == "unix" else self.tcp[key][slot]
+            mapping[name] = [len(fds)]
+            fds.append(sock.fileno())
+        return mapping, fds
+
+    def prune(self, servers: dict[str, Any], nslots: int) -> None:
+        """Close sockets that ``servers`` on ``nslots`` slots no longer uses."""
+        wanted = {listener_key(s.listener) for s in servers.values()}
+        stale: list[tuple[Key, int | None]] = []
+        for key in list(self.unix):
+            if key not in wanted:
+                stale.append((key, None))
+        for key, per_slot in self.tcp.items():
+            for slot in list(per_slot):
+                if key not in wanted or slot >= nslots:
+                    stale.append((key, slot))
+        if stale:
+            log.info("closing listeners no longer configured",
+                     listeners=sorted({describe(k) for k, _ in stale}))
+        self.discard(stale)
+
+    def close_all(self) -> None:
+        self.discard([(k, None) for k in list(self.unix)] +
+                     [(k, s) for k, per in self.tcp.items() for s in list(per)])
+
+    def addresses(self) -> list[str]:
+        return sorted(describe(k) for k in [*self.unix, *self.tcp])
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,453 @@
+"""The master process: owns the sockets, supervises one worker per CPU slot, answers the
+control socket, reloads.
+
+The master imports no service code: workers are fresh interpreters (``python -m
+monolake.worker``) handed their slot's sockets over a control channel. It is single-threaded
+(asyncio), which PR_SET_PDEATHSIG in the workers relies on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from monolake.supervisor import channel, sdnotify
+from monolake.supervisor.control import ControlServer
+from monolake.supervisor.listeners import Listeners
+from monolake.supervisor.workers import (
+    DRAINING, EXITED, FLAPPING, READY, STARTING, STOPPING, Slot, WorkerProc, kill_hard,
+    spawn_worker, stop_reading)
+
+log = structlog.get_logger()
+
+
+def allowed_cpus() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+def resolve_workers(setting: Any, override: int | None) -> int:
+    if override:
+        return override
+    if setting in (None, "auto"):
+        return len(allowed_cpus())
+    return int(setting)
+
+
+@dataclass
+class ReloadRecord:
+    started: float
+    duration: float
+    ok: bool
+    reason: str
+    generation: int
+    mode: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time": self.started, "duration": round(self.duration, 3), "ok": self.ok,
+                "reason": self.reason, "generation": self.generation, "mode": self.mode}
+
+
+@dataclass
+class MasterState:
+    generation: int = 1
+    started: float = field(default_factory=time.time)
+    reloads: list[ReloadRecord] = field(default_factory=list)
+
+
+class Master:
+    def __init__(self, config: Any, config_path: str | None, workers: int | None = None,
+                 pid_file: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.workers_override = workers
+        self.pid_file = pid_file if pid_file is not None else config.supervisor.pid_file
+        self.listeners = Listeners()
+        self.slots: list[Slot] = []
+        self.retired: list[WorkerProc] = []  # old generations draining
+        self.state = MasterState()
+        self.control: ControlServer | None = None
+        self.stopping = False
+        self._stopped: asyncio.Future[int] | None = None
+        self._by_pid: dict[int, WorkerProc] = {}
+        self.reloader: Any = None
+
+    # ----- slots and workers --------------------------------------------------------------
+
+    def cpu_for(self, index: int) -> int | None:
+        if not self.config.runtime.cpu_affinity:
+            return None
+        cpus = allowed_cpus()
+        return cpus[index % len(cpus)]
+
+    def hello(self, slot: Slot, generation: int, config: Any, accept: bool = True
+              ) -> tuple[dict[str, Any], list[int]]:
+        mapping, fds = self.listeners.for_slot(config.servers, slot.index)
+        return ({"type": "hello", "slot": slot.index, "cpu": slot.cpu, "generation": generation,
+                 "config": config.to_dict(), "listeners": mapping, "accept": accept}, fds)
+
+    def spawn(self, slot: Slot, generation: int | None = None, config: Any = None,
+              accept: bool = True) -> WorkerProc:
+        generation = generation or self.state.generation
+        config = config or self.config
+        hello, fds = self.hello(slot, generation, config, accept)
+        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_message)
+        self._by_pid[worker.pid] = worker
+        log.info("worker spawned", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
+                 generation=generation)
+        return worker
+
+    def start_slot(self, slot: Slot) -> None:
+        slot.respawn = None
+        if self.stopping:
+            return
+        slot.worker = self.spawn(slot)
+        asyncio.get_running_loop().create_task(self._watch_start(slot.worker))
+
+    async def _watch_start(self, worker: WorkerProc) -> None:
+        """A worker that is not ready within reload_timeout is killed (and counts as a crash)."""
+        assert worker.ready is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.ready), self.config.supervisor.reload_timeout)
+        except asyncio.TimeoutError:
+            log.error("worker not ready in time; killing it", slot=worker.slot, pid=worker.pid)
+            kill_hard(worker)
+        except Exception:  # noqa: BLE001 - failures are handled by the exit path
+            pass
+
+    def _on_worker_message(self, worker: WorkerProc) -> None:
+        try:
+            alive = channel.recv_into(worker.control, worker.reader)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, channel.ChannelError) as exc:
+            log.warning("worker control channel broken", slot=worker.slot, pid=worker.pid,
+                        error=str(exc))
+            alive = False
+        if not alive:
+            stop_reading(worker)
+            return
+        while (got := worker.reader.next_message()) is not None:
+            message, fds = got
+            self._dispatch(worker, message, fds)
+
+    def _dispatch(self, worker: WorkerProc, message: dict[str, Any], fds: list[int]) -> None:
+        kind = message["type"]
+        if kind == "heartbeat":
+            worker.on_heartbeat(message)
+            return
+        if kind == "ready":
+            worker.runtime = str(message.get("runtime", ""))
+            if worker.state == STARTING:
+                worker.state = READY
+            if worker.ready is not None and not worker.ready.done():
+                worker.ready.set_result(True)
+            log.info("worker ready", slot=worker.slot, pid=worker.pid, runtime=worker.runtime,
+                     generation=worker.generation)
+        elif kind == "failed":
+            worker.fail_reason = str(message.get("reason", "unknown"))
+            log.error("worker failed", slot=worker.slot, pid=worker.pid, reason=worker.fail_reason)
+            if worker.ready is not None and not worker.ready.done():
+                worker.ready.set_exception(RuntimeError(worker.fail_reason))
+        fut = worker.replies.pop(kind, None)
+        if fut is not None and not fut.done():
+            fut.set_result((message, fds))
+        elif fds:
+            for fd in fds:
+                os.close(fd)
+
+    def reap(self) -> None:
+        """SIGCHLD: collect every exited child and decide what its slot needs."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self._by_pid.pop(pid, None)
+            if worker is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            worker.proc.returncode = code
+            self._on_exit(worker, code)
+
+    def _on_exit(self, worker: WorkerProc, code: int) -> None:
+        previous_state = worker.state
+        worker.state = EXITED
+        worker.exit_code = code
+        stop_reading(worker)
+        if worker.exited is not None and not worker.exited.done():
+            worker.exited.set_result(code)
+        if worker.ready is not None and not worker.ready.done():
+            worker.ready.set_exception(RuntimeError(
+                worker.fail_reason or f"worker exited with code {code} before it was ready"))
+        for fut in worker.replies.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError(f"worker exited with code {code}"))
+        worker.replies.clear()
+        if worker in self.retired:
+            self.retired.remove(worker)
+            log.info("old worker exited", slot=worker.slot, pid=worker.pid, code=code,
+                     generation=worker.generation)
+            return
+        slot = self.slots[worker.slot] if worker.slot < len(self.slots) else None
+        if slot is None or slot.worker is not worker:
+            return  # a prepared worker of an aborted reload, or a retired slot
+        if self.stopping or previous_state in (STOPPING, DRAINING):
+            log.info("worker exited", slot=worker.slot, pid=worker.pid, code=code)
+            return
+        self._schedule_respawn(slot, worker, code)
+
+    def _schedule_respawn(self, slot: Slot, worker: WorkerProc, code: int) -> None:
+        sup = self.config.supervisor
+        if time.monotonic() - worker.started >= max(10.0, sup.respawn_backoff_max):
+            slot.consecutive_crashes = 0  # it ran fine for a while: start the backoff over
+        slot.record_crash(sup.flapping_window, sup.flapping_threshold)
+        delay = slot.backoff(sup.respawn_backoff_initial, sup.respawn_backoff_max)
+        slot.next_respawn = time.monotonic() + delay
+        log.error("worker died; respawning", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
+                  code=code, delay=round(delay, 3), restarts=slot.restarts,
+                  flapping=slot.flapping)
+        slot.respawn = asyncio.get_running_loop().call_later(delay, self.start_slot, slot)
+
+    def add_slot(self) -> Slot:
+        index = len(self.slots)
+        slot = Slot(index=index, cpu=self.cpu_for(index))
+        self.listeners.ensure(self.config.servers, index + 1)
+        self.slots.append(slot)
+        return slot
+
+    async def remove_slot(self) -> None:
+        if len(self.slots) <= 1:
+            log.warning("refusing to remove the last worker")
+            return
+        slot = self.slots.pop()
+        if slot.respawn is not None:
+            slot.respawn.cancel()
+        if slot.worker is not None and slot.worker.state != EXITED:
+            worker = slot.worker
+            self.retired.append(worker)
+            worker.state = DRAINING
+            worker.send({"type": "drain", "timeout": self.config.supervisor.drain_timeout})
+            await self._await_exit(worker, self.config.supervisor.drain_timeout + 2)
+        self.listeners.prune(self.config.servers, len(self.slots))
+        log.info("worker slot removed", slot=slot.index)
+
+    async def _await_exit(self, worker: WorkerProc, timeout: float) -> None:
+        assert worker.exited is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(worker.exited), timeout)
+        except asyncio.TimeoutError:
+            log.warning("worker did not exit in time; killing it", slot=worker.slot, pid=worker.pid)
+            kill_hard(worker)
+            try:
+                await asyncio.wait_for(asyncio.shield(worker.exited), 5)
+            except asyncio.TimeoutError:
+                log.error("worker survived SIGKILL", pid=worker.pid)
+
+    # ----- watchdog -------------------------------------------------------------------------
+
+    async def watchdog(self) -> None:
+        """Heartbeats: a worker whose event loop stopped answering is dumped and replaced."""
+        sup = self.config.supervisor
+        while True:
+            await asyncio.sleep(min(1.0, sup.heartbeat_interval))
+            now = time.monotonic()
+            for worker in self.live_workers():
+                if worker.state not in (READY, DRAINING):
+                    continue
+                if now - worker.last_heartbeat > sup.heartbeat_timeout:
+                    log.error("worker heartbeat missed; dumping its stacks and killing it",
+                              slot=worker.slot, pid=worker.pid,
+                              silent_for=round(now - worker.last_heartbeat, 2))
+                    worker.last_heartbeat = now + 3600  # one dump per worker
+                    worker.signal(signal.SIGABRT)  # faulthandler writes every thread's stack
+                    asyncio.get_running_loop().call_later(2.0, kill_hard, worker)
+
+    def live_workers(self) -> list[WorkerProc]:
+        workers = [s.worker for s in self.slots if s.worker is not None and s.worker.state != EXITED]
+        return workers + [w for w in self.retired if w.state != EXITED]
+
+    # ----- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        rows = []
+        for slot in self.slots:
+            worker = slot.worker
+            rows.append(self._row(slot, worker, now))
+        for worker in self.retired:
+            if worker.state != EXITED:
+                rows.append(self._row(None, worker, now))
+        return {
+            "master": {
+                "pid": os.getpid(),
+                "uptime": round(time.time() - self.state.started, 3),
+                "config": self.config_path or "(embedded default)",
+                "generation": self.state.generation,
+                "workers": len(self.slots),
+                "listeners": self.listeners.addresses(),
+                "reloading": bool(self.reloader and self.reloader.busy),
+                "reloads": [r.to_dict() for r in self.state.reloads[-20:]],
+            },
+            "workers": rows,
+        }
+
+    def _row(self, slot: Slot | None, worker: WorkerProc | None, now: float) -> dict[str, Any]:
+        state = worker.state if worker is not None else EXITED
+        if slot is not None and slot.flapping and (worker is None or worker.state in (EXITED, STARTING)):
+            state = FLAPPING
+        row: dict[str, Any] = {
+            "slot": slot.index if slot is not None else (worker.slot if worker else None),
+            "cpu": slot.cpu if slot is not None else (worker.cpu if worker else None),
+            "pid": worker.pid if worker is not None and worker.state != EXITED else None,
+            "generation": worker.generation if worker is not None else None,
+            "state": state,
+            "uptime": round(now - worker.started, 3) if worker is not None and worker.state != EXITED else 0,
+            "restarts": slot.restarts if slot is not None else 0,
+            "runtime": worker.runtime if worker is not None else "",
+            "lag": round(worker.lag, 6) if worker is not None else 0.0,
+            "open_connections": int(worker.stats.get("open_connections", 0)) if worker else 0,
+            "requests": int(worker.stats.get("requests", 0)) if worker else 0,
+            "rps": round(worker.rps, 1) if worker else 0.0,
+            "stats": dict(worker.stats) if worker else {},
+        }
+        if worker is not None and worker.state != EXITED:
+            row.update(worker.resources())
+        else:
+            row.update({"rss": 0, "cpu_percent": 0.0})
+        return row
+
+    # ----- signals and stop ---------------------------------------------------------------
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, True)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, True)
+        loop.add_signal_handler(signal.SIGQUIT, self.request_stop, False)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
+        loop.add_signal_handler(signal.SIGTTIN, self._ttin)
+        loop.add_signal_handler(signal.SIGTTOU, self._ttou)
+
+    def request_reload(self) -> None:
+        log.info("SIGHUP: reload requested")
+        asyncio.get_running_loop().create_task(self.reloader.reload())
+
+    def reopen_logs(self) -> None:
+        from monolake.supervisor import logs
+
+        logs.reopen()
+        for worker in self.live_workers():
+            worker.signal(signal.SIGUSR1)
+        log.info("log files reopened")
+
+    def _ttin(self) -> None:
+        try:
+            slot = self.add_slot()
+        except OSError as exc:
+            log.error("cannot add a worker", error=str(exc))
+            return
+        log.info("SIGTTIN: adding a worker", slot=slot.index, cpu=slot.cpu)
+        self.start_slot(slot)
+
+    def _ttou(self) -> None:
+        log.info("SIGTTOU: removing a worker")
+        asyncio.get_running_loop().create_task(self.remove_slot())
+
+    def request_stop(self, graceful: bool = True) -> None:
+        if self.stopping:
+            if not graceful:
+                for worker in self.live_workers():
+                    kill_hard(worker)
+            return
+        self.stopping = True
+        asyncio.get_running_loop().create_task(self._stop(graceful))
+
+    async def _stop(self, graceful: bool) -> None:
+        sdnotify.notify("STOPPING=1")
+        timeout = self.config.supervisor.graceful_timeout if graceful else 0.0
+        log.info("stopping", graceful=graceful, timeout=timeout)
+        for slot in self.slots:
+            if slot.respawn is not None:
+                slot.respawn.cancel()
+        workers = self.live_workers()
+        for worker in workers:
+            worker.state = STOPPING
+            if graceful:
+                worker.send({"type": "stop", "timeout": timeout})
+            else:
+                worker.signal(signal.SIGQUIT)
+        await asyncio.gather(*(self._await_exit(w, timeout + 2.0) for w in workers))
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(0)
+
+    # ----- main ---------------------------------------------------------------------------
+
+    async def run(self, started: Any = None) -> int:
+        """Serve until stopped; ``started(ok, message)`` is called once the first workers are up."""
+        from monolake.supervisor.reload import Reloader
+
+        loop = asyncio.get_running_loop()
+        self._stopped = loop.create_future()
+        self.reloader = Reloader(self)
+        nslots = resolve_workers(self.config.runtime.workers, self.workers_override)
+        try:
+            self.listeners.ensure(self.config.servers, nslots)
+            self.control = ControlServer(self.config.supervisor.control_socket, self)
+            await self.control.start()
+        except OSError as exc:
+            log.error("cannot start", error=str(exc))
+            self.listeners.close_all()
+            if started:
+                started(False, str(exc))
+            return 1
+        self.write_pid_file()
+        self.install_signals()
+        self.slots = [Slot(index=i, cpu=self.cpu_for(i)) for i in range(nslots)]
+        for slot in self.slots:
+            self.start_slot(slot)
+        log.info("master started", pid=os.getpid(), workers=nslots,
+                 listeners=self.listeners.addresses(), config=self.config_path or "(embedded)")
+        ready = [s.worker.ready for s in self.slots if s.worker is not None and s.worker.ready]
+        done, _ = await asyncio.wait(ready, timeout=self.config.supervisor.reload_timeout)
+        failed = sum(1 for f in done if f.exception() is not None) + (len(ready) - len(done))
+        sdnotify.notify("READY=1", f"STATUS=serving with {nslots - failed} of {nslots} workers",
+                        f"MAINPID={os.getpid()}")
+        if started:
+            started(failed < nslots, f"{nslots - failed} of {nslots} workers ready")
+        watchdog = loop.create_task(self.watchdog())
+        try:
+            return await self._stopped
+        finally:
+            watchdog.cancel()
+            await self.cleanup()
+
+    async def cleanup(self) -> None:
+        if self.control is not None:
+            await self.control.close()
+        self.listeners.close_all()
+        self.remove_pid_file()
+        log.info("master stopped")
+
+    def write_pid_file(self) -> None:
+        if not self.pid_file:
+            return
+        tmp = f"{self.pid_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, self.pid_file)
+
+    def remove_pid_file(self) -> None:
+        if self.pid_file:
+            try:
+                os.unlink(self.pid_file)
+            except OSError:
+                pass

@@ -1,0 +1,274 @@
+"""Zero-downtime reload: validate, prepare a new generation, commit slot by slot, drain.
+
+Protocol (docs/architecture.md, "Reload"):
+
+1. Parse and validate the new config; a bad one is rejected before anything starts.
+2. Wait for the previous reload's draining workers to exit (never more than two generations).
+3. Bind listeners the new config adds. Prepare: start the new generation, each worker on its
+   slot's CPU with its slot's sockets, *not accepting*; all must report ``ready`` within
+   ``reload_timeout``, else abort (new workers killed, new listeners closed, old ones serve on).
+4. Commit, slot by slot: the old worker stops accepting and exports its state (with fds);
+   the new one imports it and starts accepting on the same socket (the queue is never
+   closed); the old one drains, up to ``drain_timeout``.
+5. Listeners the new config removed close once the old generation is gone.
+
+HUPs arriving during a reload are coalesced into one more reload with the latest config.
+``in_place`` mode asks each worker to rebuild its service stacks in-process instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import structlog
+
+from monolake.supervisor import sdnotify
+from monolake.supervisor.workers import DRAINING, EXITED, READY, Slot, WorkerProc, kill_hard
+
+log = structlog.get_logger()
+
+
+class ReloadFailed(Exception):
+    pass
+
+
+class Reloader:
+    def __init__(self, master: Any) -> None:
+        self.master = master
+        self.busy = False
+        self._waiters: list[asyncio.Future] = []
+
+    async def reload(self, wait: bool = True) -> dict[str, Any]:
+        """Request a reload; with ``wait``, return its outcome. Requests made while one runs
+        are served together by the next one."""
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._run())
+        if not wait:
+            return {}
+        return await fut
+
+    async def _run(self) -> None:
+        try:
+            while self._waiters:
+                waiters, self._waiters = self._waiters, []
+                result = await self._reload_once()
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            self.busy = False
+
+    async def _reload_once(self) -> dict[str, Any]:
+        from monolake.supervisor.master import ReloadRecord
+
+        master = self.master
+        started_wall, started = time.time(), time.monotonic()
+        sdnotify.notify("RELOADING=1", "STATUS=reloading")
+        mode = "generation"
+        try:
+            new = self._load()
+            mode = new.supervisor.reload_mode
+            if mode == "in_place" and not self._in_place_possible(new):
+                log.info("in-place reload cannot change listeners or worker count; "
+                         "doing a generation reload")
+                mode = "generation"
+            if mode == "in_place":
+                await self._in_place(new)
+            else:
+                await self._generation(new)
+            ok, reason = True, ""
+        except ReloadFailed as exc:
+            ok, reason = False, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a reload bug must not take the master down
+            log.exception("reload crashed")
+            ok, reason = False, f"internal error: {exc!r}"
+        duration = time.monotonic() - started
+        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode)
+        master.state.reloads.append(record)
+        del master.state.reloads[:-100]
+        if ok:
+            log.info("reload done", generation=master.state.generation, mode=mode,
+                     duration=round(duration, 3))
+        else:
+            log.error("reload failed; the running generation keeps serving", reason=reason,
+                      generation=master.state.generation, duration=round(duration, 3))
+        sdnotify.notify("READY=1", f"STATUS=generation {master.state.generation}"
+                        + ("" if ok else f"; last reload failed: {reason}"))
+        return {"ok": ok, "reason": reason, "generation": master.state.generation,
+                "duration": round(duration, 3), "mode": mode}
+
+    def _load(self) -> Any:
+        from monolake.conf import ConfigError, load_config
+
+        try:
+            return load_config(self.master.config_path)
+        except ConfigError as exc:
+            raise ReloadFailed(f"invalid config:\n{exc}") from None
+        except OSError as exc:
+            raise ReloadFailed(f"cannot read config: {exc}") from None
+
+    def _in_place_possible(self, new: Any) -> bool:
+        from monolake.supervisor.listeners import listener_key
+        from monolake.supervisor.master import resolve_workers
+
+        master = self.master
+        old_keys = {n: listener_key(s.listener) for n, s in master.config.servers.items()}
+        new_keys = {n: listener_key(s.listener) for n, s in new.servers.items()}
+        nslots = resolve_workers(new.runtime.workers, master.workers_override)
+        return old_keys == new_keys and nslots == len(master.slots)
+
+    # ----- generation mode ----------------------------------------------------------------
+
+    async def _wait_retired(self) -> None:
+        """At most two generations: the previous reload's drainers must be gone first."""
+        master = self.master
+        draining = [w for w in master.retired if w.state != EXITED]
+        if draining:
+            log.info("waiting for the previous generation to finish draining",
+                     workers=[w.pid for w in draining])
+            timeout = master.config.supervisor.drain_timeout + 5
+            await asyncio.gather(*(master._await_exit(w, timeout) for w in draining))
+
+    async def _generation(self, new: Any) -> None:
+        from monolake.supervisor.master import resolve_workers
+
+        master = self.master
+        await self._wait_retired()
+        nslots = resolve_workers(new.runtime.workers, master.workers_override)
+        try:
+            created = master.listeners.ensure(new.servers, nslots)
+        except OSError as exc:
+            raise ReloadFailed(str(exc)) from None
+        generation = master.state.generation + 1
+        slots = [master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
+                 for i in range(nslots)]
+        prepared: list[WorkerProc] = []
+        try:
+            for slot in slots:
+                prepared.append(master.spawn(slot, generation, new, accept=False))
+            await self._await_ready(prepared, new.supervisor.reload_timeout)
+        except ReloadFailed:
+            self._abort(prepared)
+            master.listeners.discard(created)
+            raise
+        old_config = master.config
+        master.config = new
+        master.state.generation = generation
+        for slot, worker in zip(slots, prepared):
+            await self._commit_slot(slot, worker, new)
+        for slot in master.slots[nslots:]:  # the worker count shrank
+            if slot.respawn is not None:
+                slot.respawn.cancel()
+            if slot.worker is not None:
+                self._retire(slot.worker, new)
+        master.slots = slots
+        asyncio.get_running_loop().create_task(self._prune_after_drain(old_config))
+
+    async def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
+        futures = [w.ready for w in workers if w.ready is not None]
+        done, pending = await asyncio.wait(futures, timeout=timeout)
+        if pending:
+            slow = [w.slot for w in workers if w.ready in pending]
+            raise ReloadFailed(f"new workers not ready within reload_timeout={timeout}s "
+                               f"(slots {slow})")
+        for worker in workers:
+            exc = worker.ready.exception() if worker.ready is not None else None
+            if exc is not None:
+                raise ReloadFailed(f"new worker for slot {worker.slot} failed to start: {exc}")
+
+    def _abort(self, prepared: list[WorkerProc]) -> None:
+        for worker in prepared:
+            if worker.state != EXITED:
+                worker.send({"type": "abort"})
+                asyncio.get_running_loop().call_later(2.0, kill_hard, worker)
+
+    async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
+        master = self.master
+        old = slot.worker
+        if slot.respawn is not None:
+            slot.respawn.cancel()
+            slot.respawn = None
+        state: str | None = None
+        fds: list[int] = []
+        if old is not None and old.state == READY:
+            reply = old.expect("state")
+            if old.send({"type": "export"}):
+                try:
+                    message, fds = await asyncio.wait_for(reply, 3.0)
+                    state = message.get("state")
+                except (asyncio.TimeoutError, RuntimeError) as exc:
+                    log.warning("old worker exported no state; the new one starts fresh",
+                                slot=slot.index, pid=old.pid, error=str(exc) or "timeout")
+        committed = new_worker.expect("committed")
+        sent = new_worker.send({"type": "commit", "state": state}, fds)
+        for fd in fds:
+            os.close(fd)
+        try:
+            if not sent:
+                raise RuntimeError("new worker unreachable")
+            await asyncio.wait_for(committed, config.supervisor.reload_timeout)
+        except (asyncio.TimeoutError, RuntimeError) as exc:
+            # The new worker is gone; the slot's crash handling takes it from here (the socket
+            # and its queue are kept), and the old worker drains as planned.
+            log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid,
+                      error=str(exc) or "timeout")
+        slot.worker = new_worker
+        slot.flapping = False
+        slot.consecutive_crashes = 0
+        if old is not None and old.state != EXITED:
+            self._retire(old, config)
+        if new_worker.state == EXITED:
+            master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
+
+    def _retire(self, worker: WorkerProc, config: Any) -> None:
+        master = self.master
+        master.retired.append(worker)
+        timeout = config.supervisor.drain_timeout
+        if worker.state == READY:
+            worker.state = DRAINING
+            worker.send({"type": "drain", "timeout": timeout})
+        else:  # never became ready, or stopped (SIGSTOP): nothing to drain
+            worker.state = DRAINING
+            kill_hard(worker)
+        asyncio.get_running_loop().create_task(master._await_exit(worker, timeout + 2.0))
+
+    async def _prune_after_drain(self, old_config: Any) -> None:
+        master = self.master
+        await self._wait_retired()
+        master.listeners.prune(master.config.servers, len(master.slots))
+
+    # ----- in-place mode ------------------------------------------------------------------
+
+    async def _in_place(self, new: Any) -> None:
+        master = self.master
+        workers = [s.worker for s in master.slots if s.worker is not None and s.worker.state == READY]
+        replies = []
+        for worker in workers:
+            reply = worker.expect("reconfigured")
+            worker.send({"type": "reconfigure", "config": new.to_dict()})
+            replies.append(reply)
+        results = await asyncio.gather(*(asyncio.wait_for(r, new.supervisor.reload_timeout)
+                                         for r in replies), return_exceptions=True)
+        failures = []
+        for worker, result in zip(workers, results):
+            if isinstance(result, BaseException):
+                failures.append(f"slot {worker.slot}: {result!r}")
+            elif not result[0].get("ok", False):
+                failures.append(f"slot {worker.slot}: {result[0].get('reason')}")
+        if failures:
+            for worker in workers:
+                worker.send({"type": "rollback"})
+            raise ReloadFailed("in-place reload failed; workers kept their stacks: "
+                               + "; ".join(failures))
+        for worker in workers:
+            worker.send({"type": "reconfigure_commit"})
+        master.config = new
+        master.state.generation += 1
+        for worker in workers:
+            worker.generation = master.state.generation

@@ -1,0 +1,22 @@
+"""systemd's notify protocol (``Type=notify``): a datagram to ``$NOTIFY_SOCKET``. No dependency."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+def notify(*lines: str) -> bool:
+    """Send ``READY=1``, ``RELOADING=1``, ``STOPPING=1``, ``STATUS=...``; False if not under systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(path)
+            sock.sendall("\n".join(lines).encode())
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,177 @@
+"""The master's view of its worker processes and slots.
+
+A *slot* is a CPU and that CPU's listening sockets; it outlives the worker processes that
+serve it. A *worker* is one process in one generation serving one slot; its control channel
+is a socketpair read by the master's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import psutil
+import structlog
+
+from monolake.supervisor import channel
+
+log = structlog.get_logger()
+
+STARTING, READY, DRAINING, STOPPING, FLAPPING, EXITED = (
+    "starting", "ready", "draining", "stopping", "flapping", "exited")
+
+
+@dataclass
+class WorkerProc:
+    """One worker process and its control channel."""
+
+    slot: int
+    cpu: int | None
+    generation: int
+    proc: subprocess.Popen
+    control: socket.socket
+    state: str = STARTING
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.monotonic)
+    lag: float = 0.0
+    runtime: str = ""
+    stats: dict[str, int] = field(default_factory=dict)
+    server_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    rps: float = 0.0
+    exit_code: int | None = None
+    reader: channel.FrameReader = field(default_factory=channel.FrameReader)
+    ready: asyncio.Future | None = None
+    replies: dict[str, asyncio.Future] = field(default_factory=dict)
+    exited: asyncio.Future | None = None
+    fail_reason: str = ""
+    _ps: psutil.Process | None = None
+    _last_rate: tuple[float, int] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, message: dict[str, Any], fds: list[int] = ()) -> bool:
+        try:
+            channel.send(self.control, message, list(fds))
+            return True
+        except OSError as exc:
+            log.warning("cannot reach worker", slot=self.slot, pid=self.pid, error=str(exc))
+            return False
+
+    def expect(self, kind: str) -> asyncio.Future:
+        """A future resolved by the next message of ``kind`` from this worker."""
+        fut = asyncio.get_running_loop().create_future()
+        self.replies[kind] = fut
+        return fut
+
+    def signal(self, signum: int) -> None:
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def on_heartbeat(self, message: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self.last_heartbeat = now
+        self.lag = float(message.get("lag", 0.0))
+        self.stats = dict(message.get("stats") or {})
+        self.server_stats = dict(message.get("servers") or {})
+        requests = int(self.stats.get("requests", 0))
+        if self._last_rate is not None:
+            then, before = self._last_rate
+            if now > then:
+                self.rps = max(0.0, (requests - before) / (now - then))
+        self._last_rate = (now, requests)
+
+    def resources(self) -> dict[str, Any]:
+        """RSS and CPU% from psutil (CPU% is measured since the previous call)."""
+        try:
+            if self._ps is None:
+                self._ps = psutil.Process(self.pid)
+                self._ps.cpu_percent(None)
+            with self._ps.oneshot():
+                return {"rss": self._ps.memory_info().rss, "cpu_percent": self._ps.cpu_percent(None)}
+        except (psutil.Error, OSError):
+            return {"rss": 0, "cpu_percent": 0.0}
+
+
+@dataclass
+class Slot:
+    """A CPU slot: its sockets outlive the workers that serve it."""
+
+    index: int
+    cpu: int | None
+    sockets: dict[str, socket.socket] = field(default_factory=dict)  # server name -> socket
+    worker: WorkerProc | None = None
+    restarts: int = 0
+    crashes: deque = field(default_factory=lambda: deque(maxlen=64))
+    consecutive_crashes: int = 0
+    flapping: bool = False
+    respawn: asyncio.TimerHandle | None = None
+    next_respawn: float = 0.0
+
+    def backoff(self, initial: float, maximum: float) -> float:
+        """Exponential backoff with ±20 % jitter, from the run of consecutive crashes."""
+        exp = min(maximum, initial * (2 ** max(0, self.consecutive_crashes - 1)))
+        return exp * random.uniform(0.8, 1.2)
+
+    def record_crash(self, window: float, threshold: int) -> None:
+        now = time.monotonic()
+        self.crashes.append(now)
+        self.restarts += 1
+        self.consecutive_crashes += 1
+        recent = [t for t in self.crashes if now - t <= window]
+        self.flapping = len(recent) >= threshold
+
+
+def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[int],
+                 on_message: Callable[[WorkerProc], None]) -> WorkerProc:
+    """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds."""
+    master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
+         "--master-pid", str(os.getpid())],
+        pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
+        start_new_session=False,
+    )
+    worker_end.close()
+    worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
+                        control=master_end)
+    loop = asyncio.get_running_loop()
+    worker.ready = loop.create_future()
+    worker.exited = loop.create_future()
+    master_end.setblocking(False)
+    worker.send(hello, fds)
+    loop.add_reader(master_end.fileno(), on_message, worker)
+    return worker
+
+
+def stop_reading(worker: WorkerProc) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        loop.remove_reader(worker.control.fileno())
+    except (ValueError, OSError):
+        pass
+    worker.control.close()
+    worker.reader.close_fds()
+
+
+def kill_hard(worker: WorkerProc) -> None:
+    worker.signal(signal.SIGKILL)
+    try:
+        os.kill(worker.pid, signal.SIGCONT)  # a SIGSTOPped process must run to die
+    except ProcessLookupError:
+        pass

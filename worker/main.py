@@ -1,0 +1,454 @@
+"""The worker process: one event loop, the configured servers, a control channel to the master.
+
+Lifecycle (see docs/architecture.md): read ``hello`` from the master (slot, CPU, config, the
+slot's listening sockets), pin the CPU, pick the event loop, build every server's service
+stack, start accepting (or wait for ``commit`` during a reload), report ``ready``, then send
+heartbeats until told to ``drain``/``stop``. A standalone mode binds its own sockets, for
+development and protocol tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ctypes
+import faulthandler
+import json
+import os
+import pickle
+import resource
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from monolake.supervisor import channel, logs
+from monolake.worker.env import WorkerEnv
+from monolake.worker.servers import builder_for
+from monolake.worker.state import Snapshot
+
+log = structlog.get_logger()
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(master_pid: int) -> None:
+    """Have the kernel kill this process if the master dies, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != master_pid:  # the master died before prctl took effect
+        os._exit(1)
+
+
+@dataclass
+class ServerSlot:
+    """One configured server in this worker: its handle and its listening sockets."""
+
+    name: str
+    handle: Any
+    sockets: list[socket.socket]
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+
+
+class Worker:
+    """Runs the servers of one slot on one event loop."""
+
+    def __init__(self, env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socket]],
+                 control: socket.socket | None) -> None:
+        self.env = env
+        self.config = config
+        self.sockets = sockets
+        self.control = control
+        self.slots: dict[str, ServerSlot] = {}
+        self.accepting = False
+        self.draining = False
+        self._reader = channel.FrameReader()
+        self._done: asyncio.Future[int] | None = None
+        self._lag = 0.0
+        self._staged: tuple[Any, dict[str, Any]] | None = None
+        self._retired_handles: list[Any] = []
+
+    # ----- building and accepting -------------------------------------------------------
+
+    def build(self, previous: dict[str, Any] | None = None) -> None:
+        """Build every server's stack; ``previous`` maps server name to a handle or Snapshot."""
+        slots: dict[str, ServerSlot] = {}
+        for name, server_cfg in self.config.servers.items():
+            build = builder_for(server_cfg.proxy_type)
+            prev = (previous or {}).get(name)
+            handle = build(name, server_cfg, self.env, prev)
+            if isinstance(prev, Snapshot):
+                prev.close_untaken()
+            slots[name] = ServerSlot(name, handle, self.sockets.get(name, []))
+        self.slots = slots
+
+    async def start_accepting(self) -> None:
+        loop = asyncio.get_running_loop()
+        for slot in self.slots.values():
+            for sock in slot.sockets:
+                server = await loop.create_server(self._protocol_factory(slot.name), sock=sock,
+                                                  start_serving=True)
+                slot.servers.append(server)
+        self.accepting = True
+        log.info("accepting", servers=sorted(self.slots))
+
+    def _protocol_factory(self, name: str) -> Any:
+        """New connections get the server's *current* stack (in-place reload swaps it);
+        a connection keeps the stack it started with."""
+        def factory() -> asyncio.BaseProtocol:
+            return self.slots[name].handle.protocol_factory()
+
+        return factory
+
+    def stop_accepting(self) -> None:
+        """Stop accepting; the master keeps its copy of each socket, so queued connections
+        stay in the kernel's accept queue for the successor."""
+        for slot in self.slots.values():
+            for server in slot.servers:
+                server.close()
+            slot.servers.clear()
+        self.accepting = False
+
+    def open_connections(self) -> int:
+        return sum(slot.handle.open_connections() for slot in self.slots.values())
+
+    async def drain(self, timeout: float) -> None:
+        """Stop accepting, end keep-alive, wait for in-flight requests up to ``timeout``."""
+        self.draining = True
+        self.stop_accepting()
+        for slot in self.slots.values():
+            slot.handle.begin_drain()
+        deadline = time.monotonic() + timeout
+        while self.open_connections() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.open_connections()
+        if left:
+            log.warning("drain timeout, closing connections", open_connections=left,
+                        timeout=timeout)
+        for slot in self.slots.values():
+            try:
+                await slot.handle.aclose()
+            except Exception:  # noqa: BLE001 - closing must go on for the other servers
+                log.exception("server close failed", server=slot.name)
+
+    # ----- stats and heartbeat ----------------------------------------------------------
+
+    def stats(self) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        per_server = {name: dict(slot.handle.stats()) for name, slot in self.slots.items()}
+        total: dict[str, int] = {}
+        for stats in per_server.values():
+            for key, value in stats.items():
+                total[key] = total.get(key, 0) + value
+        return total, per_server
+
+    async def heartbeat(self, interval: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            expected = loop.time() + interval
+            await asyncio.sleep(interval)
+            self._lag = max(0.0, loop.time() - expected)
+            total, per_server = self.stats()
+            self.send({"type": "heartbeat", "lag": round(self._lag, 6), "stats": total,
+                       "servers": per_server, "accepting": self.accepting,
+                       "draining": self.draining})
+
+    # ----- control channel --------------------------------------------------------------
+
+    def send(self, message: dict[str, Any], fds: list[int] = ()) -> None:
+        if self.control is None:
+            return
+        try:
+            channel.send(self.control, message, list(fds))
+        except OSError:
+            self._finish(1)  # the master is gone
+
+    def _on_control_readable(self) -> None:
+        assert self.control is not None
+        try:
+            alive = channel.recv_into(self.control, self._reader)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, channel.ChannelError) as exc:
+            log.error("control channel broken", error=str(exc))
+            alive = False
+        if not alive:
+            log.warning("master closed the control channel; exiting")
+            self._finish(1)
+            return
+        while (got := self._reader.next_message()) is not None:
+            message, fds = got
+            asyncio.get_running_loop().create_task(self._handle(message, fds))
+
+    async def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
+        kind = message["type"]
+        try:
+            if kind in ("drain", "stop"):
+                await self.drain(float(message.get("timeout", 30)))
+                self._finish(0)
+            elif kind == "export":
+                self.stop_accepting()
+                self.send_state()
+            elif kind == "commit":
+                await self.commit(message, fds)
+            elif kind == "abort":
+                self._finish(0)
+            elif kind == "reconfigure":
+                self.prepare_in_place(message)
+            elif kind == "reconfigure_commit":
+                self.commit_in_place()
+            elif kind == "rollback":
+                self._staged = None
+            elif kind == "log_level":
+                logs.set_level(str(message.get("level", "info")))
+                log.info("log level changed", level=message.get("level"))
+            else:
+                log.warning("unknown control message ignored", type=kind)
+        except Exception as exc:  # noqa: BLE001 - report, never die silently
+            log.exception("control message failed", type=kind)
+            self.send({"type": "failed", "reason": f"{kind}: {exc!r}"})
+
+    def send_state(self) -> None:
+        """Export every server's state; each server's fds follow one another in one list."""
+        fds: list[int] = []
+        exported: dict[str, Any] = {}
+        for name, slot in self.slots.items():
+            own: list[int] = []
+            try:
+                exported[name] = {"data": slot.handle.export_state(own), "nfds": len(own)}
+                fds.extend(own)
+            except Exception:  # noqa: BLE001 - a failed export means the successor starts fresh
+                log.exception("state export failed; the successor starts fresh", server=name)
+                close_fds(own)
+        blob = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
+        self.send({"type": "state", "state": blob}, fds)
+        close_fds(fds)  # the master holds its own copies now
+
+    async def commit(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Import the previous generation's state and start accepting."""
+        previous = unpack_state(message.get("state"), fds)
+        if previous:
+            fresh = self.slots
+            try:
+                self.build(previous)
+            except Exception:  # noqa: BLE001
+                log.exception("building with the previous state failed; starting fresh")
+                self.slots = fresh
+            else:
+                for slot in fresh.values():
+                    await slot.handle.aclose()
+            for snapshot in previous.values():
+                snapshot.close_untaken()  # servers that no longer exist, or a failed build
+        if not self.accepting:
+            await self.start_accepting()
+        self.send({"type": "committed"})
+
+    def prepare_in_place(self, message: dict[str, Any]) -> None:
+        """In-place reload, phase one: build new stacks from the live ones (make(previous))."""
+        from monolake.conf import Config
+
+        config = Config.from_dict(message["config"])
+        staged: dict[str, Any] = {}
+        try:
+            for name, server_cfg in config.servers.items():
+                live = self.slots.get(name)
+                build = builder_for(server_cfg.proxy_type)
+                staged[name] = build(name, server_cfg, self.env, live.handle if live else None)
+        except Exception as exc:  # noqa: BLE001 - reported to the master, which aborts
+            log.exception("in-place build failed")
+            self.send({"type": "reconfigured", "ok": False, "reason": repr(exc)})
+            return
+        self._staged = (config, staged)
+        self.send({"type": "reconfigured", "ok": True})
+
+    def commit_in_place(self) -> None:
+        """Phase two: new connections get the new stacks; old ones finish on theirs."""
+        if self._staged is None:
+            return
+        config, staged = self._staged
+        self._staged = None
+        for name, handle in staged.items():
+            old = self.slots[name].handle
+            self.slots[name].handle = handle
+            self._retired_handles.append(old)
+        self.config = config
+        log.info("in-place reload committed", servers=sorted(staged))
+        asyncio.get_running_loop().create_task(self._close_retired_handles())
+
+    async def _close_retired_handles(self) -> None:
+        while self._retired_handles:
+            for handle in list(self._retired_handles):
+                if handle.open_connections() == 0:
+                    self._retired_handles.remove(handle)
+            await asyncio.sleep(0.5)
+
+    def _finish(self, code: int) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(code)
+
+    # ----- main -------------------------------------------------------------------------
+
+    async def serve(self, accept: bool, heartbeat_interval: float, ready_line: bool) -> int:
+        loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
+        for signame in ("SIGTERM", "SIGINT"):
+            loop.add_signal_handler(getattr(signal, signame), self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGQUIT, lambda: self._finish(0))
+        loop.add_signal_handler(signal.SIGUSR1, logs.reopen)
+        if self.control is not None:
+            self.control.setblocking(False)
+            loop.add_reader(self.control.fileno(), self._on_control_readable)
+        try:
+            self.build()
+        except Exception as exc:  # noqa: BLE001 - the master reports it and keeps serving
+            log.exception("building servers failed")
+            self.send({"type": "failed", "reason": f"building servers failed: {exc!r}"})
+            return 3
+        if accept:
+            await self.start_accepting()
+        addresses = {name: [channel_address(s) for s in slot.sockets]
+                     for name, slot in self.slots.items()}
+        self.send({"type": "ready", "runtime": self.env.runtime, "servers": addresses})
+        log.info("worker ready", runtime=self.env.runtime, accepting=self.accepting)
+        if ready_line:
+            sys.stdout.write("READY " + json.dumps({"servers": addresses,
+                                                    "runtime": self.env.runtime}) + "\n")
+            sys.stdout.flush()
+        beat = loop.create_task(self.heartbeat(heartbeat_interval))
+        try:
+            return await self._done
+        finally:
+            beat.cancel()
+
+    def _on_stop_signal(self) -> None:
+        if self.control is not None:
+            return  # under a master, stop comes over the control channel (with its timeout)
+        asyncio.get_running_loop().create_task(self._stop_standalone())
+
+    async def _stop_standalone(self) -> None:
+        await self.drain(float(self.config.supervisor.graceful_timeout))
+        self._finish(0)
+
+
+def close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def unpack_state(blob: str | None, fds: list[int]) -> dict[str, Snapshot]:
+    """Turn a ``state`` blob and its fds back into one Snapshot per server."""
+    if not blob:
+        close_fds(fds)
+        return {}
+    try:
+        exported = pickle.loads(base64.b64decode(blob))
+        snapshots: dict[str, Snapshot] = {}
+        start = 0
+        for name, item in exported.items():
+            count = int(item.get("nfds", 0))
+            snapshots[name] = Snapshot(item["data"], list(fds[start:start + count]))
+            start += count
+        close_fds(fds[start:])
+        return snapshots
+    except Exception:  # noqa: BLE001 - a broken snapshot means starting fresh, not failing
+        log.exception("state import failed; starting fresh")
+        close_fds(fds)
+        return {}
+
+
+def channel_address(sock: socket.socket) -> str:
+    from monolake.supervisor.sockets import bound_address
+
+    return bound_address(sock)
+
+
+def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socket]],
+               control: socket.socket | None, accept: bool, ready_line: bool) -> int:
+    from monolake.uring.runtime import RuntimeUnavailable, choose_loop
+
+    try:
+        choice = choose_loop(config.runtime.runtime_type, config.runtime.entries)
+    except RuntimeUnavailable as exc:
+        log.error("event loop unavailable", runtime_type=config.runtime.runtime_type,
+                  reason=str(exc))
+        if control is not None:
+            channel.send(control, {"type": "failed", "reason": f"runtime: {exc}"})
+        return 3
+    env = WorkerEnv(slot=env.slot, cpu=env.cpu, generation=env.generation, pid=env.pid,
+                    runtime=choice.name, logger=env.logger)
+    log.info("event loop chosen", runtime=choice.name, detail=choice.detail)
+    worker = Worker(env, config, sockets, control)
+    with asyncio.Runner(loop_factory=choice.factory) as runner:
+        return runner.run(worker.serve(accept, config.supervisor.heartbeat_interval, ready_line))
+
+
+def main_controlled(control_fd: int, master_pid: int) -> int:
+    """Worker under a master: everything arrives over the control channel."""
+    die_with_parent(master_pid)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # SIGABRT stack dumps, no core files
+    control = socket.socket(fileno=control_fd)
+    reader = channel.FrameReader()
+    got = channel.recv_message(control, reader, timeout=30)
+    if got is None:
+        return 1
+    hello, fds = got
+    from monolake.conf import Config
+
+    config = Config.from_dict(hello["config"])
+    slot, cpu, generation = int(hello["slot"]), hello.get("cpu"), int(hello["generation"])
+    logs.configure(config.supervisor.log_format, config.supervisor.log_level,
+                   config.supervisor.error_log, proc="worker", slot=slot, pid=os.getpid(),
+                   gen=generation)
+    faulthandler.enable(file=logs.output_fd(), all_threads=True)
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {int(cpu)})
+        except OSError as exc:
+            log.warning("cannot pin to cpu", cpu=cpu, error=str(exc))
+    sockets: dict[str, list[socket.socket]] = {}
+    for name, indexes in hello["listeners"].items():
+        sockets[name] = [socket.socket(fileno=fds[i]) for i in indexes]
+    env = WorkerEnv(slot=slot, cpu=cpu, generation=generation, pid=os.getpid(), runtime="")
+    return run_worker(env, config, sockets, control, bool(hello.get("accept", True)),
+                      ready_line=False)
+
+
+def main_standalone(config_path: str | None) -> int:
+    """One worker that binds its own sockets: development and protocol tests."""
+    from monolake.conf import ConfigError, load_config
+    from monolake.supervisor.sockets import bind_tcp, bind_unix
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+    logs.configure(config.supervisor.log_format, config.supervisor.log_level,
+                   config.supervisor.error_log, proc="worker", slot=0, pid=os.getpid())
+    sockets: dict[str, list[socket.socket]] = {}
+    for name, server in config.servers.items():
+        listener = server.listener
+        if listener.type == "unix":
+            sockets[name] = [bind_unix(listener.path, server.backlog)]
+        else:
+            sockets[name] = [bind_tcp(listener.host, listener.port, server.backlog,
+                                      reuseport=False)]
+    env = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="")
+    try:
+        return run_worker(env, config, sockets, None, accept=True, ready_line=True)
+    finally:
+        for name, server in config.servers.items():
+            if server.listener.type == "unix":
+                try:
+                    os.unlink(server.listener.path)
+                except OSError:
+                    pass
