@@ -66,14 +66,15 @@ def parse_host_port(text: str) -> HostPort:
             raise AddressError('"[IPV6]:PORT", such as "[::1]:8080"')
         host, port_text = text[1:close], text[close + 2:]
         try:
-            ip = ipaddress.IPv6Address(host.split("%", 1)[0])
+            ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
             raise AddressError('a valid IPv6 address in "[IPV6]:PORT"') from None
-        del ip
         return HostPort(host.lower(), parse_port(port_text))
     host, sep, port_text = text.rpartition(":")
     if not sep:
         raise AddressError('"HOST:PORT", such as "127.0.0.1:8080"')
+    if ":" in host:
+        raise AddressError('an IPv6 address in brackets, such as "[::1]:8080"')
     return HostPort(check_host(host), parse_port(port_text))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from importlib import resources
 
@@ -16,6 +17,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 DEFAULT_RESOURCE = "default.toml"
+_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
 def default_config_text() -> str:
@@ -51,5 +53,13 @@ def parse_config(text: str, source: str = "<string>", *, base_dir: str | None = 
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{source}: expected valid TOML, found a syntax error: {exc}"]) from None
+        message = str(exc)
+        where = _POSITION.search(message)
+        if where:
+            message = message[:where.start()].rstrip()
+            place = f"line {where.group(1)}, column {where.group(2)}"
+        else:
+            place = "TOML"
+        raise ConfigError([f"{source}: {place}: expected valid TOML, found a syntax error: "
+                           f"{message}"]) from None
     return build_config(raw, source, base_dir)

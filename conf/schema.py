@@ -264,7 +264,10 @@ def _from_plain(tp: Any, value: Any) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        for arg in args:
+        concrete = [a for a in args if a is not type(None)]
+        if len(concrete) == 1:
+            return _from_plain(concrete[0], value)
+        for arg in concrete:
             if dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return _from_plain(arg, value)
         return value                      # unions of scalars (int | str, bool | str): as is
