@@ -1,0 +1,502 @@
+"""Pooled upstream connections: one pool per (upstream, transport) per worker.
+
+A request takes an idle connection when there is one, opens a new one while the upstream has
+fewer than ``max_conns``, and otherwise is pipelined onto the least busy connection. Every
+request written upstream gets a proxy-assigned seqid unique on its connection, so responses
+are matched to their callers by seqid whether the upstream answers in order or not.
+
+The data path is callback-based (``asyncio.Protocol``): no Future or task per request.
+Deadlines are checked by one periodic sweep per server instead of a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from .errors import FrameError, UpstreamError
+from .framing import KIND_NAMES, Deframer, Frame
+from .stats import Counters
+
+log = structlog.get_logger()
+
+MAX_SEQID = 0x7FFFFFFF
+DEFAULT_MAX_CONNS = 64  # per upstream per worker; beyond it requests are pipelined
+
+
+class Sink(Protocol):
+    """Who is waiting for a reply (a downstream connection, or the gateway)."""
+
+    def on_reply(self, call: "Call", frame: Frame) -> None: ...
+
+    def on_error(self, call: "Call", error: UpstreamError) -> None: ...
+
+
+class Call:
+    """One request in flight; the sink decides what to do with the reply or the error."""
+
+    __slots__ = ("sink", "seqid", "frame_head", "tt", "deadline", "data")
+
+    def __init__(self, sink: Sink, seqid: int, frame_head: Any, tt: Any, data: Any = None) -> None:
+        self.sink = sink
+        self.seqid = seqid  # the caller's own seqid, restored on the reply
+        self.frame_head = frame_head
+        self.tt = tt
+        self.deadline = 0.0
+        self.data = data
+
+
+class Endpoint:
+    """Where an upstream listens: ``host:port`` or a unix socket path."""
+
+    __slots__ = ("kind", "host", "port", "path", "label")
+
+    def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
+        self.kind = kind
+        self.host, self.port, self.path = host, port, path
+        if kind == "unix":
+            self.label = f"unix:{path}"
+        else:
+            self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Endpoint":
+        """From a ``monolake.conf`` EndpointConfig (type ``socket`` or ``unix``)."""
+        if cfg.type == "unix":
+            return cls("unix", path=cfg.path or cfg.value)
+        return cls("socket", host=cfg.host, port=cfg.port)
+
+
+class PoolSettings:
+    """Per-pool knobs, from the server's ``timeout`` table and the route's pool keys."""
+
+    __slots__ = ("connect_timeout", "read_timeout", "max_idle", "idle_timeout", "eject_after",
+                 "eject_duration", "max_conns", "max_frame")
+
+    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 60.0, max_idle: int = 32,
+                 idle_timeout: float = 60.0, eject_after: int = 3, eject_duration: float = 10.0,
+                 max_conns: int = DEFAULT_MAX_CONNS, max_frame: int = 16 * 1024 * 1024) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.eject_after = eject_after
+        self.eject_duration = eject_duration
+        self.max_conns = max(1, max_conns)
+        self.max_frame = max_frame
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream; may carry several requests (distinct proxy seqids)."""
+
+    def __init__(self, pool: "EndpointPool") -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, Call] = {}
+        self.inflight = 0  # requests written (or queued) and not answered, oneway excluded
+        self.queued: list[bytes | bytearray] = []
+        self.deframer = Deframer(pool.kind, pool.settings.max_frame)
+        self.next_seqid = 0
+        self.idle_since = 0.0
+        self.closed = False
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if self.queued:
+            transport.writelines(self.queued) if len(self.queued) > 1 else transport.write(self.queued[0])
+            self.queued = []
+        self.pool.on_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.deframer.feed(data)
+        except FrameError as exc:
+            self.fail(UpstreamError(f"bad response from upstream {self.pool.endpoint.label}: {exc}"))
+            return
+        pending = self.pending
+        for frame in frames:
+            call = pending.pop(frame.head.seqid, None)
+            if call is None:
+                self.fail(UpstreamError(
+                    f"upstream {self.pool.endpoint.label} answered unknown seqid {frame.head.seqid}"))
+                return
+            self.inflight -= 1
+            if not self.inflight:
+                self.pool.on_idle(self)
+            call.sink.on_reply(call, frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.pool.on_closed(self)
+        if self.pending:
+            why = f"upstream {self.pool.endpoint.label} closed the connection"
+            self._fail_pending(UpstreamError(why + (f": {exc}" if exc else "")))
+
+    # -- used by the pool -------------------------------------------------------------------
+
+    def send(self, frame: Frame, call: Call | None, now: float) -> None:
+        """Write ``frame`` with a fresh seqid; ``call`` is None for oneway requests."""
+        seqid = self.next_seqid
+        pending = self.pending
+        while True:
+            seqid = seqid + 1 if seqid < MAX_SEQID else 1
+            if seqid not in pending:
+                break
+        self.next_seqid = seqid
+        data = frame.encode(seqid)
+        if call is not None:
+            settings = self.pool.settings
+            call.deadline = now + settings.read_timeout + (
+                settings.connect_timeout if self.transport is None else 0.0)
+            pending[seqid] = call
+            self.inflight += 1
+        if self.transport is not None:
+            self.transport.write(data)
+        else:
+            self.queued.append(data)
+
+    def fail(self, error: UpstreamError) -> None:
+        """Give up on this connection: close it and fail every request waiting on it."""
+        if not self.closed:
+            self.closed = True
+            self.pool.on_closed(self)
+            if self.transport is not None:
+                self.transport.abort()
+        self._fail_pending(error)
+
+    def _fail_pending(self, error: UpstreamError) -> None:
+        pending, self.pending = self.pending, {}
+        self.inflight = 0
+        for call in pending.values():
+            try:
+                call.sink.on_error(call, error)
+            except Exception:  # noqa: BLE001 - one broken sink must not strand the others
+                log.exception("thrift_error_delivery_failed")
+
+    def expired(self, now: float) -> bool:
+        for call in self.pending.values():
+            if call.deadline <= now:
+                return True
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class EndpointPool:
+    """The connections of one worker to one upstream in one transport framing."""
+
+    def __init__(self, endpoint: Endpoint, kind: int, settings: PoolSettings, counters: Counters,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.endpoint = endpoint
+        self.kind = kind
+        self.settings = settings
+        self.counters = counters
+        self.loop = loop
+        self.conns: list[UpstreamConnection] = []
+        self.idle: list[UpstreamConnection] = []  # open, nothing in flight; LIFO (warm first)
+        self.failures = 0
+        self.ejected_until = 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.endpoint.label, self.kind)
+
+    def available(self, now: float) -> bool:
+        return now >= self.ejected_until
+
+    def load(self) -> int:
+        return sum(c.inflight for c in self.conns)
+
+    def send(self, frame: Frame, call: Call | None, now: float) -> None:
+        """Write one request on the best connection; failures reach ``call.sink.on_error``."""
+        conn = self._checkout()
+        conn.send(frame, call, now)
+        if call is None and not conn.inflight and conn.transport is not None:
+            self.on_idle(conn)  # oneway: the connection is free again at once
+
+    def _checkout(self) -> UpstreamConnection:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+            if not conn.closed:
+                conn.close()
+        if len(self.conns) < self.settings.max_conns:
+            return self._connect()
+        return min(self.conns, key=_inflight)
+
+    def _connect(self) -> UpstreamConnection:
+        conn = UpstreamConnection(self)
+        self.conns.append(conn)
+        loop = self.loop or asyncio.get_running_loop()
+        loop.create_task(self._open(conn))
+        return conn
+
+    async def _open(self, conn: UpstreamConnection) -> None:
+        loop = self.loop or asyncio.get_running_loop()
+        ep = self.endpoint
+        try:
+            if ep.kind == "unix":
+                coro = loop.create_unix_connection(lambda: conn, ep.path)
+            else:
+                coro = loop.create_connection(lambda: conn, ep.host, ep.port)
+            await asyncio.wait_for(coro, self.settings.connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            why = "timed out" if timed_out else (exc.strerror or str(exc))
+            self._connect_failed()
+            log.warning("thrift_upstream_connect_failed", upstream=ep.label, error=why)
+            conn.fail(UpstreamError(f"cannot connect to upstream {ep.label}: {why}", timeout=timed_out))
+        except asyncio.CancelledError:
+            conn.fail(UpstreamError(f"connect to upstream {ep.label} cancelled"))
+            raise
+
+    def _connect_failed(self) -> None:
+        self.counters.upstream_connect_failures += 1
+        self.failures += 1
+        loop = self.loop or asyncio.get_running_loop()
+        now = loop.time()
+        if self.failures >= self.settings.eject_after > 0 and now >= self.ejected_until:
+            self.ejected_until = now + self.settings.eject_duration
+            self.counters.upstream_ejections += 1
+            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label,
+                        failures=self.failures, seconds=self.settings.eject_duration)
+
+    # -- callbacks from connections ---------------------------------------------------------
+
+    def on_connected(self, conn: UpstreamConnection) -> None:
+        self.failures = 0
+        self.ejected_until = 0.0
+        if not conn.inflight:
+            self.on_idle(conn)
+
+    def on_idle(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if len(self.idle) >= self.settings.max_idle:
+            conn.close()
+            return
+        loop = self.loop or asyncio.get_running_loop()
+        conn.idle_since = loop.time()
+        self.idle.append(conn)
+
+    def on_closed(self, conn: UpstreamConnection) -> None:
+        try:
+            self.conns.remove(conn)
+        except ValueError:
+            pass
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    def sweep(self, now: float) -> None:
+        """Expire requests past their deadline and idle connections past ``idle_timeout``."""
+        for conn in list(self.conns):
+            if conn.pending and conn.expired(now):
+                log.warning("thrift_upstream_timeout", upstream=self.endpoint.label,
+                            in_flight=len(conn.pending), timeout=self.settings.read_timeout)
+                conn.fail(UpstreamError(
+                    f"upstream {self.endpoint.label} did not answer within "
+                    f"{self.settings.read_timeout:g}s", timeout=True))
+        limit = now - self.settings.idle_timeout
+        for conn in [c for c in self.idle if c.idle_since <= limit]:
+            conn.close()
+            self.on_closed(conn)
+
+    def export_fds(self, fds: list[int]) -> list[int]:
+        """Hand idle connections to the next generation: dup their fds, forget them here."""
+        indexes: list[int] = []
+        for conn in list(self.idle):
+            if conn.transport is None or conn.transport.is_closing() or conn.deframer.partial:
+                continue
+            sock = conn.transport.get_extra_info("socket")
+            if sock is None:
+                continue
+            try:
+                fd = os.dup(sock.fileno())
+            except OSError:
+                continue
+            indexes.append(len(fds))
+            fds.append(fd)
+            self.on_closed(conn)
+            conn.closed = True
+            conn.transport.abort()  # closes our fd only: the dup keeps the socket open
+        return indexes
+
+    def adopt_fd(self, fd: int) -> None:
+        """Take over one idle connection exported by the previous generation."""
+        family = socket.AF_UNIX if self.endpoint.kind == "unix" else socket.AF_INET
+        try:
+            sock = socket.socket(fileno=fd)
+            family = sock.family
+            sock.setblocking(False)
+        except OSError:
+            os.close(fd)
+            return
+        if family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) or _peer_gone(sock):
+            sock.close()
+            return
+        try:
+            loop = self.loop or asyncio.get_running_loop()
+        except RuntimeError:  # built outside the worker's loop: nothing can adopt it
+            sock.close()
+            return
+        conn = UpstreamConnection(self)
+        self.conns.append(conn)
+        loop.create_task(self._adopt(conn, sock))
+
+    async def _adopt(self, conn: UpstreamConnection, sock: socket.socket) -> None:
+        loop = self.loop or asyncio.get_running_loop()
+        try:
+            if sock.family == socket.AF_UNIX:
+                await loop.create_unix_connection(lambda: conn, sock=sock)
+            else:
+                await loop.create_connection(lambda: conn, sock=sock)
+        except OSError as exc:
+            sock.close()
+            conn.fail(UpstreamError(f"adopting a pooled connection failed: {exc}"))
+
+    def adopt_live(self, other: "EndpointPool") -> None:
+        """In-place reload: move the previous pool's idle connections and health here."""
+        self.failures, self.ejected_until = other.failures, other.ejected_until
+        for conn in list(other.idle):
+            if conn.closed or len(self.idle) >= self.settings.max_idle:
+                continue
+            other.on_closed(conn)
+            conn.pool = self
+            self.conns.append(conn)
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        for conn in list(self.conns):
+            conn.fail(UpstreamError(f"upstream pool for {self.endpoint.label} closed"))
+        self.conns.clear()
+        self.idle.clear()
+
+    def describe(self) -> str:
+        return f"{self.endpoint.label}/{KIND_NAMES.get(self.kind, self.kind)}"
+
+
+def _inflight(conn: UpstreamConnection) -> int:
+    return conn.inflight
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """A pooled connection the peer has closed reads EOF (or errors) without blocking."""
+    try:
+        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return not data
+
+
+class Upstreams:
+    """Every pool of one server, shared by its routes, and the sweep that keeps them honest."""
+
+    state_version = 1
+
+    def __init__(self, counters: Counters, sweep_interval: float = 1.0) -> None:
+        self.counters = counters
+        self.pools: dict[tuple[str, int], EndpointPool] = {}
+        self.sweep_interval = sweep_interval
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closed = False
+
+    def pool(self, endpoint: Endpoint, kind: int, settings: PoolSettings) -> EndpointPool:
+        key = (endpoint.label, kind)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters)
+            self.sweep_interval = min(self.sweep_interval, _interval_for(settings))
+        return pool
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin the periodic sweep (idempotent; needs the worker's loop)."""
+        if self._loop is None and not self.closed:
+            self._loop = loop
+            for pool in self.pools.values():
+                pool.loop = loop
+            self._timer = loop.call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        if loop is None or self.closed:
+            return
+        now = loop.time()
+        for pool in list(self.pools.values()):
+            try:
+                pool.sweep(now)
+            except Exception:  # noqa: BLE001 - the sweep must keep running
+                log.exception("thrift_pool_sweep_failed", upstream=pool.describe())
+        self._timer = loop.call_later(self.sweep_interval, self._sweep)
+
+    def export_state(self, fds: list[int]) -> dict:
+        pools = []
+        for pool in self.pools.values():
+            idx = pool.export_fds(fds)
+            if idx:
+                pools.append({"upstream": pool.endpoint.label, "kind": pool.kind, "fds": idx})
+        return {"pools": pools}
+
+    def import_state(self, data: dict, take_fd: Callable[[int], int]) -> int:
+        """Adopt exported idle connections into the matching pools; returns how many."""
+        adopted = 0
+        for item in data.get("pools", []):
+            pool = self.pools.get((item.get("upstream"), item.get("kind")))
+            for index in item.get("fds", []):
+                fd = take_fd(index)
+                if fd < 0:
+                    continue
+                if pool is None:
+                    os.close(fd)  # that upstream is gone from the config
+                    continue
+                pool.adopt_fd(fd)
+                adopted += 1
+        return adopted
+
+    def adopt_live(self, other: "Upstreams") -> None:
+        for key, pool in self.pools.items():
+            old = other.pools.get(key)
+            if old is not None:
+                pool.adopt_live(old)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for pool in self.pools.values():
+            pool.close()
+
+
+def _interval_for(settings: PoolSettings) -> float:
+    shortest = min(settings.read_timeout, settings.idle_timeout, settings.connect_timeout)
+    return max(0.01, min(1.0, shortest / 8))
+
+
+__all__ = ["Call", "Endpoint", "EndpointPool", "PoolSettings", "Sink", "UpstreamConnection", "Upstreams"]

@@ -1,0 +1,352 @@
+"""``proxy_type = "thrift"``: the ServerHandle and the downstream connection protocol.
+
+A downstream connection deframes requests in ``data_received`` and forwards each at once:
+several requests may be in flight on one connection, each reply is written as soon as it
+arrives with the caller's own seqid restored. Failures that concern one request (no route,
+upstream down, upstream timeout) are answered with a TApplicationException for that seqid;
+only a broken byte stream (malformed or oversized frame) closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from typing import Any
+
+import structlog
+
+from monolake.worker.service import FactoryStack, ServiceStack, load_layer_factory
+from monolake.worker.service.context import ConnectionContext, RequestContext
+from monolake.worker.state import Snapshot
+
+from .errors import FrameError, UpstreamError
+from .framing import KINDS, Deframer, Frame, frame_message
+from .message import APP_INTERNAL_ERROR, APP_UNKNOWN_METHOD, CALL, ONEWAY, app_exception
+from .pool import Call
+from .proxy import PROXY_KEY, RouteError, ThriftProxy, ThriftProxyFactory
+from .stats import Counters
+from .ttheader import TTHeader
+
+log = structlog.get_logger()
+
+STATE_VERSION = 1
+MAX_INFLIGHT = 1024  # per downstream connection; reading pauses beyond it
+_conn_ids = itertools.count(1)
+
+
+def build_stack(name: str, cfg: Any, counters: Counters, previous: Any, fds: Any) -> ServiceStack:
+    """The server's service stack: custom layers (outermost first) around the proxy."""
+    stack = FactoryStack(ThriftProxyFactory(cfg, counters))
+    for i, layer in reversed(list(enumerate(cfg.layers))):
+        stack.push(load_layer_factory(layer.factory, layer.options, key=f"layer{i}:{layer.factory}"))
+    if fds is None:
+        return stack.make(previous)
+    return stack.make(previous, fds)
+
+
+class ThriftServer:
+    """One thrift server in one worker (the ServerHandle of docs/contracts.md)."""
+
+    def __init__(self, name: str, cfg: Any, env: Any, previous: Any) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.env = env
+        self.kind = KINDS[cfg.thrift_transport]
+        self.max_frame = cfg.max_frame_size
+        t = cfg.timeout
+        self.keepalive_timeout = t.server_keepalive_timeout_sec
+        self.message_timeout = t.server_message_timeout_sec
+        prev_stack: Any = None
+        fds: Any = None
+        if isinstance(previous, ThriftServer):
+            self.counters = previous.counters  # in-place: one monotonic series
+            prev_stack = previous.stack
+        else:
+            self.counters = Counters()
+            if isinstance(previous, Snapshot) and previous.data.get("version") == STATE_VERSION:
+                self.counters.restore(previous.data.get("counters", {}))
+                prev_stack, fds = previous.data.get("stack"), previous
+        self.stack = build_stack(name, cfg, self.counters, prev_stack, fds)
+        proxy = self.stack.services[PROXY_KEY]
+        assert isinstance(proxy, ThriftProxy)
+        self.proxy = proxy
+        self.direct = self.stack.entry is proxy  # no custom layer: the callback fast path
+        self.conns: set[ThriftConnection] = set()
+        self.active = 0
+        self.draining = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.closed = False
+        try:
+            self._bind(asyncio.get_running_loop())
+        except RuntimeError:
+            pass  # bound on the first connection
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.loop is None:
+            self.loop = loop
+            self.proxy.start(loop)
+            interval = max(0.05, min(1.0, self.keepalive_timeout / 4, self.message_timeout / 4))
+            self._interval = interval
+            self._timer = loop.call_later(interval, self._sweep)
+
+    # -- ServerHandle ----------------------------------------------------------------------
+
+    def protocol_factory(self) -> asyncio.BaseProtocol:
+        return ThriftConnection(self)
+
+    def stats(self) -> dict[str, int]:
+        out = self.counters.as_dict()
+        out["open_connections"] = len(self.conns)
+        out["active_requests"] = self.active
+        return out
+
+    def begin_drain(self) -> None:
+        self.draining = True
+        for conn in list(self.conns):
+            conn.close_if_idle()
+
+    def open_connections(self) -> int:
+        return len(self.conns)
+
+    def export_state(self, fds: list[int]) -> dict:
+        return {"version": STATE_VERSION, "counters": self.counters.export(),
+                "stack": self.stack.export_state(fds)}
+
+    async def aclose(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for conn in list(self.conns):
+            conn.abort()
+        await self.stack.aclose()
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Close connections idle past the keep-alive timeout, or stuck mid-message."""
+        loop = self.loop
+        if loop is None or self.closed:
+            return
+        now = loop.time()
+        for conn in list(self.conns):
+            conn.check_timeouts(now)
+        self._timer = loop.call_later(self._interval, self._sweep)
+
+
+class ThriftConnection(asyncio.Protocol):
+    """One downstream client connection; the ``Sink`` of its requests' replies."""
+
+    def __init__(self, server: ThriftServer) -> None:
+        self.server = server
+        self.counters = server.counters
+        self.proxy = server.proxy
+        self.deframer = Deframer(server.kind, server.max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.inflight = 0
+        self.last_active = 0.0
+        self.partial_since = 0.0
+        self.read_paused = False
+        self.write_paused = False
+        self.ctx: ConnectionContext | None = None
+        self.peer: Any = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        srv = self.server
+        if srv.loop is None:
+            srv._bind(asyncio.get_running_loop())
+        self.transport = transport
+        srv.conns.add(self)
+        self.counters.connections_total += 1
+        assert srv.loop is not None
+        self.last_active = srv.loop.time()
+        self.peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if srv.draining:
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.conns.discard(self)
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    def data_received(self, data: bytes) -> None:
+        counters = self.counters
+        counters.bytes_in += len(data)
+        loop = self.server.loop
+        assert loop is not None
+        now = loop.time()
+        self.last_active = now
+        try:
+            frames = self.deframer.feed(data)
+        except FrameError as exc:
+            counters.errors += 1
+            log.warning("thrift_bad_frame", server=self.server.name, peer=_peer(self.peer), error=str(exc))
+            self.abort()
+            return
+        if self.deframer.partial:
+            if not self.partial_since:
+                self.partial_since = now
+        else:
+            self.partial_since = 0.0
+        for frame in frames:
+            self._request(frame)
+            if self.transport is None:
+                return
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request(self, frame: Frame) -> None:
+        head = frame.head
+        self.counters.requests += 1
+        if head.mtype == CALL:
+            call = Call(self, head.seqid, head, frame.tt)
+            self.inflight += 1
+            self.server.active += 1
+            if self.inflight >= MAX_INFLIGHT:
+                self._update_reading()
+            if self.server.direct:
+                self.proxy.forward(frame, call)
+            else:
+                self._through_stack(frame, call)
+        elif head.mtype == ONEWAY:
+            if self.server.direct:
+                self.proxy.forward(frame, None)
+            else:
+                self._through_stack(frame, None)
+        else:
+            self.counters.errors += 1
+            log.warning("thrift_bad_message_type", server=self.server.name, peer=_peer(self.peer),
+                        method=head.name, type=head.mtype)
+            self.abort()
+
+    def _through_stack(self, frame: Frame, call: Call | None) -> None:
+        """Custom layers are configured: one task per request through the service stack."""
+        if self.ctx is None:
+            sock = self.transport.get_extra_info("sockname") if self.transport else None
+            self.ctx = ConnectionContext(server=self.server.name, worker_slot=self.server.env.slot,
+                                         connection_id=next(_conn_ids), peer=self.peer, local=sock,
+                                         socket_peer=self.peer, scheme="thrift")
+        loop = self.server.loop
+        assert loop is not None
+        loop.create_task(self._run_stack(frame, call, RequestContext(self.ctx)))
+
+    async def _run_stack(self, frame: Frame, call: Call | None, ctx: RequestContext) -> None:
+        try:
+            reply = await self.server.stack.call(frame, ctx)
+        except UpstreamError as exc:
+            if call is not None:
+                self.on_error(call, exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - a layer's bug answers this request only
+            log.exception("thrift_layer_error", server=self.server.name)
+            if call is not None:
+                self.on_error(call, UpstreamError(f"internal error: {exc!r}"))
+            return
+        if call is not None:
+            if isinstance(reply, Frame) and reply is not frame:
+                self.on_reply(call, reply)
+            else:
+                self.on_error(call, UpstreamError("a layer returned no reply frame"))
+
+    # -- Sink ------------------------------------------------------------------------------
+
+    def on_reply(self, call: Call, frame: Frame) -> None:
+        self._done()
+        data = frame.encode(call.seqid)
+        self.counters.responses_2xx += 1
+        self._send(data)
+
+    def on_error(self, call: Call, error: UpstreamError) -> None:
+        self._done()
+        counters = self.counters
+        counters.responses_5xx += 1
+        counters.errors += 1
+        head = call.frame_head
+        kind = APP_UNKNOWN_METHOD if isinstance(error, RouteError) else APP_INTERNAL_ERROR
+        payload = app_exception(head.proto, head.name, call.seqid, kind, f"monolake: {error}")
+        tt = call.tt
+        if tt is not None:
+            tt = TTHeader(flags=tt.flags, protocol_id=tt.protocol_id)
+        self._send(frame_message(self.deframer.kind, payload, tt, call.seqid))
+
+    def _done(self) -> None:
+        self.inflight -= 1
+        self.server.active -= 1
+        if self.read_paused and self.inflight < MAX_INFLIGHT // 2:
+            self._update_reading()
+
+    def _send(self, data: bytes | bytearray) -> None:
+        transport = self.transport
+        if transport is None:
+            return  # the client went away; the reply has nobody to go to
+        self.counters.bytes_out += len(data)
+        transport.write(data)
+        if self.server.draining and not self.inflight and not self.deframer.partial:
+            transport.close()
+
+    # -- connection management -------------------------------------------------------------
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        want_pause = self.write_paused or self.inflight >= MAX_INFLIGHT
+        if want_pause and not self.read_paused:
+            self.read_paused = True
+            transport.pause_reading()
+        elif not want_pause and self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
+    def close_if_idle(self) -> None:
+        if self.transport is not None and not self.inflight and not self.deframer.partial:
+            self.transport.close()
+
+    def check_timeouts(self, now: float) -> None:
+        srv = self.server
+        if self.transport is None:
+            return
+        if self.partial_since and now - self.partial_since > srv.message_timeout:
+            self.counters.errors += 1
+            log.info("thrift_message_timeout", server=srv.name, peer=_peer(self.peer),
+                     buffered=self.deframer.buffered, timeout=srv.message_timeout)
+            self.abort()
+        elif not self.inflight and not self.partial_since and now - self.last_active > srv.keepalive_timeout:
+            log.debug("thrift_keepalive_timeout", server=srv.name, peer=_peer(self.peer))
+            self.transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            self.transport = None
+            self.server.conns.discard(self)
+            transport.abort()
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer) if peer else "unix"
+
+
+def build(name: str, cfg: Any, env: Any, previous: object | None) -> ThriftServer:
+    """Builder for ``proxy_type = "thrift"`` (monolake.worker.servers.BUILDERS)."""
+    return ThriftServer(name, cfg, env, previous)
