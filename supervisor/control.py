@@ -90,7 +90,7 @@ class ControlServer:
                 return {"type": "error", "error": str(exc)}
             for worker in master.live_workers():
                 worker.send({"type": "log_level", "level": level})
-            log.info("log level changed", level=level)
+            log.info("log level changed", new_level=level)
             return {"type": "ok"}
         return {"type": "error", "error": f"unknown request {kind!r}"}
 

@@ -196,6 +196,7 @@ class Reloader:
             slot.respawn = None
         state: str | None = None
         fds: list[int] = []
+        unresponsive = False
         if old is not None and old.state == READY:
             reply = old.expect("state")
             if old.send({"type": "export"}):
@@ -203,6 +204,7 @@ class Reloader:
                     message, fds = await asyncio.wait_for(reply, 3.0)
                     state = message.get("state")
                 except (asyncio.TimeoutError, RuntimeError) as exc:
+                    unresponsive = True
                     log.warning("old worker exported no state; the new one starts fresh",
                                 slot=slot.index, pid=old.pid, error=str(exc) or "timeout")
         committed = new_worker.expect("committed")
@@ -222,18 +224,18 @@ class Reloader:
         slot.flapping = False
         slot.consecutive_crashes = 0
         if old is not None and old.state != EXITED:
-            self._retire(old, config)
+            self._retire(old, config, kill=unresponsive)
         if new_worker.state == EXITED:
             master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
 
-    def _retire(self, worker: WorkerProc, config: Any) -> None:
+    def _retire(self, worker: WorkerProc, config: Any, kill: bool = False) -> None:
         master = self.master
         master.retired.append(worker)
         timeout = config.supervisor.drain_timeout
-        if worker.state == READY:
+        if worker.state == READY and not kill:
             worker.state = DRAINING
             worker.send({"type": "drain", "timeout": timeout})
-        else:  # never became ready, or stopped (SIGSTOP): nothing to drain
+        else:  # never became ready, or unresponsive (SIGSTOP, a blocked loop): nothing to drain
             worker.state = DRAINING
             kill_hard(worker)
         asyncio.get_running_loop().create_task(master._await_exit(worker, timeout + 2.0))

@@ -207,7 +207,7 @@ class Worker:
                 self._staged = None
             elif kind == "log_level":
                 logs.set_level(str(message.get("level", "info")))
-                log.info("log level changed", level=message.get("level"))
+                log.info("log level changed", new_level=message.get("level"))
             else:
                 log.warning("unknown control message ignored", type=kind)
         except Exception as exc:  # noqa: BLE001 - report, never die silently
