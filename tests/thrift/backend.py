@@ -25,6 +25,7 @@ from thriftpy2.transport.base import TTransportException
 
 HERE = Path(__file__).resolve().parent
 echo = thriftpy2.load(str(HERE / "echo.thrift"), module_name="echo_thrift")
+ACCEPTED = [0]  # connections accepted so far (pool reuse tests read it through accepted())
 
 
 class Handler:
@@ -63,6 +64,12 @@ class Handler:
 
     def whoami(self) -> str:
         return self.name
+
+    def where(self) -> str:
+        return self.name
+
+    def accepted(self) -> int:
+        return ACCEPTED[0]
 
     def colors(self, cs, ids, names):
         return list(cs) + sorted(names) + [len(ids)]
@@ -181,6 +188,7 @@ def main() -> None:
     sys.stdout.flush()
     while True:
         conn, _ = lsock.accept()
+        ACCEPTED[0] += 1
         if kind != "unix":
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=handle, args=(conn, args, processor), daemon=True).start()

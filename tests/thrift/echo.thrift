@@ -48,6 +48,8 @@ service Echo {
   oneway void fire(1: string note),
   list<string> fired(),
   string whoami(),
+  string where(),
+  i32 accepted(),
   list<Color> colors(1: list<Color> cs, 2: set<i32> ids, 3: map<Color, string> names),
   void nothing(),
   binary blob(1: binary data),

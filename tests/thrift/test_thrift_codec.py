@@ -18,7 +18,7 @@ from monolake.worker.thrift import ttheader as tth
 from monolake.worker.thrift.errors import FrameError
 from monolake.worker.thrift.framing import AUTO, FRAMED, TTHEADER, UNFRAMED, Deframer
 from monolake.worker.thrift.scan import BinaryScanner
-from thrift_support import echo_thrift, tt_frame, tt_parse
+from tests.thrift.thrift_support import echo_thrift, tt_frame, tt_parse
 
 E = echo_thrift
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -15,16 +16,157 @@ from pathlib import Path
 
 import thriftpy2
 
-HERE = Path(__file__).resolve().parent
-if str(HERE.parent) not in sys.path:
-    sys.path.insert(0, str(HERE.parent))
+from tests.support import PYTHON, free_port, kill_pids, spawned, wait_for
 
-from support import PYTHON, free_port, kill_pids, spawned, wait_for  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 IDL = HERE / "echo.thrift"
 echo_thrift = thriftpy2.load(str(IDL), module_name="echo_thrift")
 
-__all__ = ["IDL", "echo_thrift", "tt_frame", "tt_parse", "backend", "free_port", "wait_for", "kill_pids"]
+__all__ = ["IDL", "echo_thrift", "tt_frame", "tt_parse", "backend", "proxy", "free_port", "wait_for",
+           "kill_pids", "encode_call", "decode_reply", "client"]
+E = echo_thrift
+
+
+def encode_call(method: str, seqid: int, proto: str = "binary", mtype: int | None = None, **kwargs) -> bytes:
+    """A whole call message for ``Echo.method`` (strict binary, old binary or compact)."""
+    from thriftpy2.protocol.binary import TBinaryProtocol
+    from thriftpy2.protocol.compact import TCompactProtocol
+    from thriftpy2.thrift import TMessageType
+    from thriftpy2.transport import TMemoryBuffer
+
+    buf = TMemoryBuffer()
+    prot = TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_write=(proto == "binary"))
+    result_cls = getattr(E.Echo, method + "_result")
+    if mtype is None:
+        mtype = TMessageType.ONEWAY if getattr(result_cls, "oneway", False) else TMessageType.CALL
+    args = getattr(E.Echo, method + "_args")(**kwargs)
+    prot.write_message_begin(method, mtype, seqid)
+    args.write(prot)
+    prot.write_message_end()
+    return buf.getvalue()
+
+
+def decode_reply(method: str, data: bytes, proto: str = "binary") -> tuple[int, object]:
+    """(seqid, result) of a reply message; a TApplicationException or declared exception is
+    returned (not raised) so tests can assert on it."""
+    from thriftpy2.protocol.binary import TBinaryProtocol
+    from thriftpy2.protocol.compact import TCompactProtocol
+    from thriftpy2.thrift import TApplicationException, TMessageType
+    from thriftpy2.transport import TMemoryBuffer
+
+    buf = TMemoryBuffer(data)
+    prot = TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_read=False)
+    name, mtype, seqid = prot.read_message_begin()
+    if mtype == TMessageType.EXCEPTION:
+        exc = TApplicationException()
+        exc.read(prot)
+        return seqid, exc
+    assert name == method, (name, method)
+    result = getattr(E.Echo, method + "_result")()
+    result.read(prot)
+    for key, value in vars(result).items():
+        if key != "success" and value is not None:
+            return seqid, value
+    return seqid, getattr(result, "success", None)
+
+
+def client(addr: str, transport: str = "framed", timeout: float = 10.0):
+    """A thriftpy2 Echo client to ``host:port`` or a unix socket path."""
+    from thriftpy2.rpc import make_client
+    from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
+
+    tf = TFramedTransportFactory() if transport == "framed" else TBufferedTransportFactory()
+    ms = int(timeout * 1000)
+    if addr.startswith("/"):
+        return make_client(E.Echo, unix_socket=addr, trans_factory=tf, timeout=ms)
+    host, _, port = addr.rpartition(":")
+    return make_client(E.Echo, host.strip("[]"), int(port), trans_factory=tf, timeout=ms)
+
+
+def connect(addr: str, timeout: float = 10.0) -> socket.socket:
+    """A raw blocking socket to the proxy (for hand-built frames)."""
+    if addr.startswith("/"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(addr)
+        return sock
+    host, _, port = addr.rpartition(":")
+    return socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+
+
+def read_framed(sock: socket.socket) -> bytes:
+    """One framed message (without its length prefix) from a blocking socket."""
+    (n,) = struct.unpack("!I", _recv_exact(sock, 4))
+    return _recv_exact(sock, n)
+
+
+def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """Whether the peer closes the connection within ``timeout`` (reads until EOF/reset)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+    return True
+
+
+def endpoint(addr: str) -> str:
+    """An upstream endpoint table for an address from ``backend()``."""
+    if addr.startswith("/"):
+        return f'{{ type = "unix", value = "{addr}" }}'
+    return f'{{ type = "socket", value = "{addr}" }}'
+
+
+def listener(addr: str) -> str:
+    if addr.startswith("/"):
+        return f'{{ type = "unix", value = "{addr}" }}'
+    return f'{{ type = "socket", value = "{addr}" }}'
+
+
+class Proxy:
+    """A running standalone worker: its addresses and its log."""
+
+    def __init__(self, proc: subprocess.Popen, servers: dict[str, list[str]], log_path: Path) -> None:
+        self.proc = proc
+        self.servers = servers
+        self.log_path = log_path
+
+    def addr(self, name: str) -> str:
+        return self.servers[name][0]
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def log_events(self) -> list[dict]:
+        out = []
+        for line in self.log().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+
+@contextmanager
+def proxy(tmp: Path, servers: str, runtime: str = "") -> Iterator[Proxy]:
+    """Run ``python -m monolake.worker --standalone`` on a config made of ``servers`` tables."""
+    cfg = tmp / "monolake.toml"
+    cfg.write_text(f"[runtime]\n{runtime}\n[supervisor]\nlog_format = \"json\"\nlog_level = \"debug\"\n"
+                   f"graceful_timeout = 2\n\n{servers}\n")
+    log_path = tmp / "worker.log"
+    with open(log_path, "w") as err, spawned([PYTHON, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+                                              stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline() if ready else ""
+        if not line.startswith("READY "):
+            raise RuntimeError(f"worker did not start ({line!r}):\n{log_path.read_text()[-3000:]}")
+        info = json.loads(line[len("READY "):])
+        yield Proxy(proc, info["servers"], log_path)
 
 
 def tt_frame(payload: bytes, seq_id: int = 0, strs: dict[str, str] | None = None,

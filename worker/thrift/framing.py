@@ -41,11 +41,12 @@ class Frame:
         """The Thrift message bytes (a copy; not for the hot path)."""
         return bytes(self.raw[self.off:])
 
-    def encode(self, seqid: int) -> bytearray | bytes:
+    def encode(self, seqid: int, header_seqid: int | None = None) -> bytearray | bytes:
         """The frame as it goes out on the wire, with ``seqid`` in place of the received one.
 
         Framed and unframed binary frames are patched in place and returned as is (the frame
-        is consumed: encode it once). TTHeader frames get their header re-encoded.
+        is consumed: encode it once). TTHeader frames get their header re-encoded, with
+        ``header_seqid`` (default ``seqid``) in the TTHeader's own seq_id field.
         """
         head = self.head
         if self.kind == TTHEADER:
@@ -55,7 +56,7 @@ class Frame:
             else:
                 _I32.pack_into(msg, head.seqid_at, seqid)
             assert self.tt is not None
-            return tt_prefix(self.tt, seqid, len(msg)) + msg
+            return tt_prefix(self.tt, seqid if header_seqid is None else header_seqid, len(msg)) + msg
         if head.proto == COMPACT:
             msg = _splice_varint(self.raw[self.off:], head, seqid)
             if self.kind == FRAMED:

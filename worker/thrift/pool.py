@@ -119,6 +119,11 @@ class UpstreamConnection(asyncio.Protocol):
         if self.queued:
             transport.writelines(self.queued) if len(self.queued) > 1 else transport.write(self.queued[0])
             self.queued = []
+        if self.pending:  # queued while connecting: the read deadline starts now
+            deadline = self.pool.now() + self.pool.settings.read_timeout
+            for call in self.pending.values():
+                if call.deadline > deadline:
+                    call.deadline = deadline
         self.pool.on_connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -218,6 +223,9 @@ class EndpointPool:
     @property
     def key(self) -> tuple[str, int]:
         return (self.endpoint.label, self.kind)
+
+    def now(self) -> float:
+        return (self.loop or asyncio.get_running_loop()).time()
 
     def available(self, now: float) -> bool:
         return now >= self.ejected_until

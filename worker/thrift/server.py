@@ -270,7 +270,8 @@ class ThriftConnection(asyncio.Protocol):
 
     def on_reply(self, call: Call, frame: Frame) -> None:
         self._done()
-        data = frame.encode(call.seqid)
+        tt = call.tt
+        data = frame.encode(call.seqid, tt.seq_id if tt is not None else None)
         self.counters.responses_2xx += 1
         self._send(data)
 
@@ -284,8 +285,10 @@ class ThriftConnection(asyncio.Protocol):
         payload = app_exception(head.proto, head.name, call.seqid, kind, f"monolake: {error}")
         tt = call.tt
         if tt is not None:
-            tt = TTHeader(flags=tt.flags, protocol_id=tt.protocol_id)
-        self._send(frame_message(self.deframer.kind, payload, tt, call.seqid))
+            reply_tt = TTHeader(flags=tt.flags, protocol_id=tt.protocol_id)
+            self._send(frame_message(self.deframer.kind, payload, reply_tt, tt.seq_id))
+        else:
+            self._send(frame_message(self.deframer.kind, payload))
 
     def _done(self) -> None:
         self.inflight -= 1
