@@ -1,0 +1,256 @@
+"""Fixtures for the HTTP proxy tests: a real standalone worker process per test (or module),
+real upstream servers, and a raw HTTP/1.1 client over loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support import kill_pids, children_of
+
+PY = sys.executable
+
+# the event loops the suite runs on: plain asyncio (uvloop hidden), and io_uring when the
+# kernel and the extension allow it
+def _uring_available() -> bool:
+    try:
+        from monolake.uring import probe
+        return bool(probe().available)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+URING = _uring_available()
+LOOPS = ["asyncio", pytest.param("io_uring", marks=pytest.mark.skipif(not URING, reason="io_uring unavailable"))]
+PARSERS = ["httptools", "h11"]
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    servers: dict[str, list[str]]
+    runtime: str
+    log_path: Path
+
+    def port(self, server: str = "px") -> int:
+        return int(self.servers[server][0].rsplit(":", 1)[1])
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text()
+        except OSError:
+            return ""
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def peak_rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+
+def runtime_line(loop: str) -> str:
+    return 'runtime_type = "io_uring"' if loop == "io_uring" else 'runtime_type = "legacy"'
+
+
+@contextmanager
+def run_worker(tmp: Path, config: str, loop: str = "asyncio", timeout: float = 15.0) -> Iterator[Worker]:
+    """Start ``python -m monolake.worker --standalone -c CONFIG``; wait for its READY line."""
+    cfg = tmp / f"monolake-{time.monotonic_ns()}.toml"
+    cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + config)
+    log_path = tmp / (cfg.stem + ".log")
+    if loop == "asyncio":
+        code = ("import sys, runpy; sys.modules['uvloop'] = None; "
+                f"sys.argv = ['monolake.worker', '--standalone', '-c', {str(cfg)!r}]; "
+                "runpy.run_module('monolake.worker', run_name='__main__', alter_sys=True)")
+        args = [PY, "-c", code]
+    else:
+        args = [PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)]
+    with open(log_path, "wb") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
+    try:
+        deadline = time.monotonic() + timeout
+        line = b""
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([proc.stdout], [], [], 0.1)
+            if r:
+                line = proc.stdout.readline()
+                if line.startswith(b"READY ") or not line:
+                    break
+            if proc.poll() is not None:
+                break
+        if not line.startswith(b"READY "):
+            raise AssertionError(f"worker did not become ready: {line!r}\n{log_path.read_text()[-4000:]}")
+        info = json.loads(line[6:])
+        yield Worker(proc, info["servers"], info.get("runtime", ""), log_path)
+    finally:
+        kill_pids([proc.pid, *children_of(proc.pid)])
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+# -- a raw HTTP/1.1 client -------------------------------------------------------------------
+@dataclass
+class Reply:
+    status: int
+    reason: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class Conn:
+    """A blocking loopback connection that can send raw bytes and read whole responses."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_connection((host, port), timeout=timeout) if fam == socket.AF_INET \
+            else socket.create_connection((host, port, 0, 0), timeout=timeout)
+        self.buf = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Conn":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            if not self._fill():
+                raise ConnectionError("closed while reading a line")
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def read_head(self) -> tuple[int, str, str, list[tuple[str, str]]]:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise ConnectionError(f"closed while reading a head: {self.buf[:200]!r}")
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        version, status, *reason = lines[0].decode("latin-1").split(" ", 2)
+        headers = []
+        for line in lines[1:]:
+            k, _, v = line.decode("latin-1").partition(":")
+            headers.append((k.strip().lower(), v.strip()))
+        return int(status), (reason[0] if reason else ""), version, headers
+
+    def read_response(self, method: str = "GET", sink: "object | None" = None) -> Reply:
+        """One response; 1xx interim responses are skipped. ``sink(chunk)`` streams the body."""
+        while True:
+            status, reason, version, headers = self.read_head()
+            if not (100 <= status < 200) or status == 101:
+                break
+        hd = {k: v for k, v in headers}
+        parts: list[bytes] = []
+
+        def take(data: bytes) -> None:
+            if sink is not None:
+                sink(data)
+            else:
+                parts.append(data)
+
+        if method == "HEAD" or status in (204, 304) or status == 101:
+            pass
+        elif hd.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int(self._line().split(b";")[0], 16)
+                if size == 0:
+                    while self._line() != b"":
+                        pass
+                    break
+                while len(self.buf) < size + 2:
+                    if not self._fill():
+                        raise ConnectionError("closed inside a chunk")
+                take(self.buf[:size])
+                self.buf = self.buf[size + 2:]
+        elif "content-length" in hd:
+            left = int(hd["content-length"])
+            while left:
+                if not self.buf and not self._fill():
+                    raise ConnectionError(f"closed with {left} body bytes missing")
+                piece = self.buf[:left]
+                self.buf = self.buf[len(piece):]
+                left -= len(piece)
+                take(piece)
+        else:
+            while True:
+                if self.buf:
+                    take(self.buf)
+                    self.buf = b""
+                if not self._fill():
+                    break
+        return Reply(status, reason, version, headers, b"".join(parts))
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
+                body: bytes = b"", host: str = "test") -> Reply:
+        h = {"Host": host}
+        h.update(headers or {})
+        if body and "Content-Length" not in h and "Transfer-Encoding" not in h:
+            h["Content-Length"] = str(len(body))
+        head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
+        self.send(head.encode("latin-1") + body)
+        return self.read_response(method)
+
+    def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """True when the server closes the connection (EOF or reset) within ``timeout``."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.buf += data
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path

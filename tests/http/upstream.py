@@ -1,0 +1,230 @@
+"""A scriptable HTTP/1.1 upstream for the proxy tests: an asyncio server in a thread, loopback only.
+
+Routes (by path suffix, so any proxy rewrite prefix works):
+- ``/info``: JSON with the method, target, headers, body length and sha256 of the request;
+- ``/bytes?n=N``: N bytes of ``pattern`` with Content-Length; ``&chunked=1``: chunked;
+  ``&close=1``: close-delimited (no length);
+- ``/sink``: reads the body (any size) and answers its length and sha256;
+- ``/slow?delay=S``: answers after S seconds; ``/slowbody?delay=S``: head now, body after S;
+- ``/reset``: resets the connection (SO_LINGER 0) without answering;
+- ``/garbage``: answers bytes that are not HTTP;
+- ``/early``: answers 413 at once, without reading the request body;
+- any request with ``Upgrade: websocket``: 101, then echoes every byte back.
+Anything else: ``<name> <path>`` as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import struct
+import threading
+from urllib.parse import parse_qs, urlsplit
+
+
+def pattern(size: int) -> bytes:
+    block = hashlib.sha256(b"monolake").digest() * 2048  # 64 KiB
+    return block * (size // len(block)) + block[: size % len(block)]
+
+
+_BLOCK = pattern(65536)
+
+
+class UpstreamServer:
+    def __init__(self, name: str = "up", unix_path: str | None = None) -> None:
+        self.name = name
+        self.unix_path = unix_path
+        self.requests = 0
+        self.connections = 0
+        self.paths: list[str] = []
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"upstream-{name}")
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "UpstreamServer":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("upstream did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._stop)
+        self._thread.join(10)
+
+    def _stop(self) -> None:
+        for w in list(self._writers):
+            w.transport.abort()
+        if self._server is not None:
+            self._server.close()
+        self._loop.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        if self.unix_path:
+            self._server = loop.run_until_complete(
+                asyncio.start_unix_server(self._handle, self.unix_path))
+        else:
+            self._server = loop.run_until_complete(
+                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20))
+            self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    # -- protocol --------------------------------------------------------------------------
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(w)
+        try:
+            while True:
+                try:
+                    head = await r.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head[:-4].split(b"\r\n")
+                method, target, version = lines[0].decode().split(" ", 2)
+                headers = []
+                for line in lines[1:]:
+                    k, _, v = line.partition(b":")
+                    headers.append((k.strip().lower().decode(), v.strip().decode()))
+                hd = {}
+                for k, v in headers:
+                    hd.setdefault(k, v)
+                self.requests += 1
+                url = urlsplit(target)
+                self.paths.append(target)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                path = url.path
+                if hd.get("upgrade", "").lower() == "websocket":
+                    await self._websocket(r, w)
+                    return
+                if path.endswith("/reset"):
+                    sock = w.get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    w.transport.abort()
+                    return
+                if path.endswith("/garbage"):
+                    w.write(b"this is not HTTP at all\r\n\r\n")
+                    await w.drain()
+                    w.close()
+                    return
+                if path.endswith("/early"):
+                    w.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope")
+                    await w.drain()
+                    w.close()
+                    return
+                length, digest = await self._read_body(r, hd)
+                keep = hd.get("connection", "").lower() != "close"
+                if path.endswith("/slow"):
+                    await asyncio.sleep(float(q.get("delay", "1")))
+                    await self._reply(w, b"slow ok")
+                elif path.endswith("/slowbody"):
+                    w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\n")
+                    await w.drain()
+                    await asyncio.sleep(float(q.get("delay", "1")))
+                    w.write(b"late ok")
+                elif path.endswith("/bytes"):
+                    n = int(q.get("n", "0"))
+                    if q.get("chunked"):
+                        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                        await self._send_pattern(w, n, chunked=True)
+                        w.write(b"0\r\n\r\n")
+                    elif q.get("close"):
+                        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n")
+                        await self._send_pattern(w, n, chunked=False)
+                        await w.drain()
+                        w.close()
+                        return
+                    else:
+                        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
+                        if method != "HEAD":
+                            await self._send_pattern(w, n, chunked=False)
+                elif path.endswith("/sink") or path.endswith("/info"):
+                    doc = {"name": self.name, "method": method, "target": target, "version": version,
+                           "headers": headers, "length": length, "sha256": digest}
+                    await self._reply(w, json.dumps(doc).encode(), ctype=b"application/json",
+                                      head=method == "HEAD")
+                else:
+                    await self._reply(w, f"{self.name} {target}".encode(), head=method == "HEAD")
+                await w.drain()
+                if not keep:
+                    w.close()
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            self._writers.discard(w)
+
+    async def _read_body(self, r: asyncio.StreamReader, hd: dict) -> tuple[int, str]:
+        h = hashlib.sha256()
+        n = 0
+        if "content-length" in hd:
+            left = int(hd["content-length"])
+            while left:
+                chunk = await r.read(min(left, 1 << 20))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", left)
+                h.update(chunk)
+                n += len(chunk)
+                left -= len(chunk)
+        elif hd.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    while (await r.readuntil(b"\r\n")) != b"\r\n":
+                        pass
+                    break
+                left = size
+                while left:
+                    chunk = await r.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"", left)
+                    h.update(chunk)
+                    n += len(chunk)
+                    left -= len(chunk)
+                await r.readexactly(2)
+        return n, h.hexdigest()
+
+    async def _send_pattern(self, w: asyncio.StreamWriter, n: int, chunked: bool) -> None:
+        left = n
+        while left:
+            piece = _BLOCK[: min(left, len(_BLOCK))]
+            if chunked:
+                w.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            else:
+                w.write(piece)
+            left -= len(piece)
+            await w.drain()
+
+    async def _reply(self, w: asyncio.StreamWriter, body: bytes, ctype: bytes = b"text/plain",
+                     head: bool = False) -> None:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\nx-upstream: %s\r\n\r\n"
+                % (ctype, len(body), self.name.encode()))
+        if not head:
+            w.write(body)
+
+    async def _websocket(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+        await w.drain()
+        while True:
+            data = await r.read(65536)
+            if not data:
+                w.close()
+                return
+            w.write(data)
+            await w.drain()

@@ -1,0 +1,385 @@
+"""The upstream side: one ``UpstreamConnection`` per pooled keep-alive connection.
+
+``request()`` writes a request head, pipes the request body in (this object is its sink, so
+the body moves from the client's parser callback straight into this transport), and resolves
+one future with the response head; the response body is then pushed through a ``BodyStream``
+by the parser callbacks. That future is the only per-request allocation on this side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from monolake.worker.http.body import BodyStream
+from monolake.worker.http.headers import response_headers
+from monolake.worker.http.message import Response
+from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
+                                         UpgradeRequested, new_response_parser)
+
+if TYPE_CHECKING:
+    from monolake.worker.http.pool import UpstreamPool
+    from monolake.worker.http.upstream import Upstream
+
+
+class UpstreamError(Exception):
+    """The upstream failed. ``retryable``: nothing was received and the request body was not
+    consumed, so an idempotent request may go to another connection."""
+
+    status = 502
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+
+
+# framing of the response body
+_NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: "UpstreamPool", upstream: "Upstream") -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.key = upstream.key
+        self.transport: Any = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.requests = 0
+        self.deadline = 0.0
+        self._parser: Any = None
+        self._waiter: asyncio.Future | None = None
+        self._req_body: BodyStream | None = None
+        self._req_done = True
+        self._req_chunked = False
+        self._resp_body: BodyStream | None = None
+        self._resp_done = True
+        self._framing = _NONE
+        self._keep_alive = True
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._received = False
+        self._method = "GET"
+        self._upgrade = False
+        self._via = False
+        self._tunnel: Any = None
+        self._busy = False
+        self._read_paused = False
+        self._pending_tunnel_bytes = b""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.upstream_closed()
+            return
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                retry = not self._received and (self._req_body is None or not self._req_body.consumed)
+                w.set_exception(UpstreamError(
+                    f"upstream closed the connection before responding ({exc or 'EOF'})",
+                    retryable=retry and self.requests > 1))
+        body = self._resp_body
+        if body is not None and not body.done:
+            if self._framing == _UNTIL_CLOSE:
+                self._parser_eof()
+                body.finish()
+            else:
+                body.fail(UpstreamError("upstream closed the connection mid-response"))
+        self._end_exchange()
+        req_body = self._req_body
+        if req_body is not None:
+            self._req_body = None
+            req_body.abandon()
+
+    def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            self._tunnel.upstream_eof()
+            return True
+        return False
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    # -- one exchange ----------------------------------------------------------------------
+    def request(self, method: str, head: bytes, body: Any, upgrade: bool, via: bool,
+                read_timeout: float) -> asyncio.Future:
+        """Send one request; the returned future resolves to the response head."""
+        loop = self.pool.loop
+        waiter = loop.create_future()
+        self._waiter = waiter
+        self._method = method
+        self._upgrade = upgrade
+        self._via = via
+        self._received = False
+        self._resp_done = False
+        self._resp_body = None
+        self._headers = []
+        self._busy = True
+        self.requests += 1
+        self.upstream.active += 1
+        if self._parser is None or self.pool.parser_kind == "h11" or method == "HEAD":
+            self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade)
+        self.deadline = loop.time() + read_timeout
+        if body is None:
+            self._req_done = True
+            self.transport.write(head)
+        else:
+            self._req_done = False
+            self._req_chunked = body.length is None
+            self._req_body = body
+            self.transport.write(head)
+            body.pipe(self)
+        return waiter
+
+    # BodySink for the request body
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self._req_chunked:
+            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.transport.write(data)
+
+    def end(self) -> None:
+        self._req_body = None
+        if self.closed:
+            return
+        if self._req_chunked:
+            self.transport.write(b"0\r\n\r\n")
+        self._req_done = True
+        if self._resp_done:
+            self._maybe_release()
+
+    def abort(self, exc: BaseException | None = None) -> None:  # type: ignore[override]
+        """BodySink.abort (request body broke off) and plain abort: this connection is done."""
+        self._req_body = None
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+    # flow control: our transport is full -> stop reading the client's body
+    def pause_writing(self) -> None:
+        if self._req_body is not None:
+            self._req_body.pause()
+        if self._tunnel is not None:
+            self._tunnel.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        if self._req_body is not None:
+            self._req_body.resume()
+        if self._tunnel is not None:
+            self._tunnel.upstream_write_paused(False)
+
+    # Producer of the response body: the client's transport is full -> stop reading upstream
+    def body_pause(self) -> None:
+        if not self._read_paused and not self.closed:
+            self._read_paused = True
+            try:
+                self.transport.pause_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def body_resume(self) -> None:
+        if self._read_paused and not self.closed:
+            self._read_paused = False
+            try:
+                self.transport.resume_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def body_abandon(self) -> None:
+        """The client went away mid-response: this connection cannot be reused."""
+        self._resp_body = None
+        self.abort()
+
+    # -- reading ---------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.from_upstream(data)
+            return
+        if not self._busy:
+            # bytes on an idle connection: the upstream is confused; never reuse it
+            self.abort()
+            return
+        self._received = True
+        self.deadline = self.pool.loop.time() + self.pool.read_timeout
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self._on_upgrade(data[offset:])
+        except UpgradeRequested as exc:
+            self._on_upgrade(exc.rest)
+        except (HttpParserError, ParseError) as exc:
+            self._protocol_error(f"invalid response from upstream: {exc}")
+        except Exception as exc:  # noqa: BLE001 - never let one bad response escape
+            self.pool.log.exception("upstream_connection_error", upstream=self.upstream.label)
+            self._protocol_error(f"internal error: {exc!r}")
+
+    def _protocol_error(self, message: str) -> None:
+        w = self._waiter
+        if w is not None:
+            self._waiter = None
+            if not w.done():
+                w.set_exception(UpstreamError(message))
+        body = self._resp_body
+        if body is not None and not body.done:
+            body.fail(UpstreamError(message))
+        self.pool.stats.errors += 1
+        self.abort()
+
+    def _parser_eof(self) -> None:
+        if self.pool.parser_kind == "h11" and self._parser is not None:
+            try:
+                self._parser.feed_data(b"")
+            except Exception:  # noqa: BLE001
+                pass
+
+    # parser callbacks
+    def on_message_begin(self) -> None:
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._headers = []  # interim response (100 Continue, 103 Early Hints): skip
+            return
+        raw = self._headers
+        resp = Response(status, response_headers(raw, status, self._via), reason=self._reason or None)
+        self._keep_alive = parser.should_keep_alive()
+        length: int | None = None
+        chunked = False
+        for k, v in raw:
+            if k == b"content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    length = None
+            elif k == b"transfer-encoding":
+                chunked = True
+        if self._method == "HEAD" or status in (204, 304) or status == 101:
+            self._framing = _NONE
+            body = BodyStream(length if self._method == "HEAD" and not chunked else None, self)
+            body.finish()
+            if status == 101:
+                resp.body = b""
+            else:
+                resp.body = body
+            self._resp_done = True
+            if self._method == "HEAD" and self.pool.parser_kind != "h11":
+                self._parser = None  # llhttp would wait for a body; a fresh parser next time
+        elif chunked:
+            self._framing = _CHUNKED
+            resp.body = self._resp_body = BodyStream(None, self)
+        elif length is not None:
+            self._framing = _LENGTH
+            if length == 0:
+                resp.body = b""
+            else:
+                resp.body = self._resp_body = BodyStream(length, self)
+        else:
+            self._framing = _UNTIL_CLOSE
+            self._keep_alive = False
+            resp.body = self._resp_body = BodyStream(None, self)
+        resp.upstream_info = self.upstream.label
+        w = self._waiter
+        self._waiter = None
+        if w is not None and not w.done():
+            w.set_result(resp)
+        elif self._resp_body is not None:
+            self._resp_body.abandon()
+        if self._resp_done and status != 101:
+            self._after_response()
+
+    def on_body(self, data: bytes) -> None:
+        body = self._resp_body
+        if body is not None:
+            body.feed(data)
+
+    def on_message_complete(self) -> None:
+        if self._resp_done:
+            return
+        self._resp_done = True
+        body = self._resp_body
+        self._resp_body = None
+        if body is not None:
+            body.finish()
+        self._after_response()
+
+    def _after_response(self) -> None:
+        self._end_exchange()
+        if self._req_done:
+            self._maybe_release()
+        # else: the request body is still streaming (the upstream answered early); release
+        # when it ends (see end())
+
+    def _end_exchange(self) -> None:
+        if self._busy:
+            self._busy = False
+            self.upstream.active -= 1
+            self.deadline = 0.0
+
+    def _maybe_release(self) -> None:
+        if self.closed:
+            return
+        if self._keep_alive and self._resp_done and self._req_done and self._tunnel is None:
+            self._busy = False
+            self.pool.release(self)
+        else:
+            self.close()
+
+    # -- upgrade ---------------------------------------------------------------------------
+    def _on_upgrade(self, rest: bytes) -> None:
+        if self._tunnel is None:
+            # 101 without a tunnel taker (the client went away): nothing to do but close
+            if self._waiter is None:
+                self.abort()
+                return
+        if rest:
+            self._pending_tunnel_bytes = rest
+
+    def attach_tunnel(self, tunnel: Any) -> bytes:
+        """Become one end of a byte pipe; returns bytes already received after the 101."""
+        self._tunnel = tunnel
+        self._end_exchange()
+        self.deadline = 0.0
+        rest = self._pending_tunnel_bytes
+        self._pending_tunnel_bytes = b""
+        return rest
+
+    def check_timeout(self, now: float) -> None:
+        if self._busy and self.deadline and now >= self.deadline and not self._read_paused:
+            self.deadline = 0.0
+            err = UpstreamTimeout("upstream read timeout")
+            w = self._waiter
+            if w is not None:
+                self._waiter = None
+                if not w.done():
+                    w.set_exception(err)
+            body = self._resp_body
+            if body is not None and not body.done:
+                body.fail(err)
+            self.pool.log.info("upstream_timeout", upstream=self.upstream.label)
+            self.abort()

@@ -1,0 +1,113 @@
+"""HTTP/1.1 request and response objects as services see them.
+
+Header names are lower-case bytes, values raw bytes, order preserved (a list of pairs, the
+cheapest structure to build from a parser and to serialise again).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any, Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
+
+
+def reason_for(status: int) -> bytes:
+    return REASONS.get(status, b"Unknown")
+
+
+def get_header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of ``name`` (lower-case), or None."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None
+
+
+def get_all(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for k, v in headers if k == name]
+
+
+def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
+    """Comma-separated tokens of every ``name`` header, lower-cased and stripped."""
+    out: set[bytes] = set()
+    for k, v in headers:
+        if k == name:
+            for tok in v.split(b","):
+                tok = tok.strip().lower()
+                if tok:
+                    out.add(tok)
+    return out
+
+
+class Request:
+    """A parsed request head plus its body (None when the request has no body)."""
+
+    __slots__ = ("method", "target", "path", "query", "version", "headers", "body",
+                 "keep_alive", "upgrade", "expect_continue", "content_length", "chunked", "host")
+
+    def __init__(self, method: str, target: str, path: str, query: str, version: str,
+                 headers: Headers, body: Any = None, *, keep_alive: bool = True,
+                 upgrade: bool = False, expect_continue: bool = False,
+                 content_length: int | None = None, chunked: bool = False,
+                 host: str = "") -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers
+        self.body = body  # BodyStream | None
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        self.content_length = content_length
+        self.chunked = chunked
+        self.host = host  # Host header without port, lower-case
+
+    def header(self, name: str | bytes) -> bytes | None:
+        key = name.lower().encode("latin-1") if isinstance(name, str) else name.lower()
+        return get_header(self.headers, key)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} HTTP/{self.version}>"
+
+
+class Response:
+    """What a service returns.
+
+    ``body`` is bytes (sent with Content-Length) or a ``BodyStream`` (streamed: Content-Length
+    when its length is known, else chunked, or close-delimited for HTTP/1.0 clients).
+    ``tunnel`` is set on a 101 answer whose connection becomes a byte pipe (see tunnel.py).
+    """
+
+    __slots__ = ("status", "reason", "headers", "body", "version", "tunnel", "close",
+                 "upstream_info")
+
+    def __init__(self, status: int, headers: Headers | None = None, body: Any = b"",
+                 *, reason: bytes | None = None, close: bool = False) -> None:
+        self.status = status
+        self.reason = reason if reason is not None else reason_for(status)
+        self.headers = headers if headers is not None else []
+        self.body = body
+        self.version = "1.1"
+        self.tunnel: Any = None
+        self.close = close  # ask the server to close the connection after this response
+        self.upstream_info: Any = None
+
+    def header(self, name: str | bytes) -> bytes | None:
+        key = name.lower().encode("latin-1") if isinstance(name, str) else name.lower()
+        return get_header(self.headers, key)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+def text_response(status: int, text: str | None = None, *, close: bool = False,
+                  extra: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+    """A small ``text/plain`` response, the form of every error the proxy generates."""
+    body = ((text if text is not None else reason_for(status).decode()) + "\n").encode()
+    headers: Headers = [(b"content-type", b"text/plain; charset=utf-8"), *extra]
+    return Response(status, headers, body, close=close)

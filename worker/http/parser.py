@@ -1,0 +1,233 @@
+"""HTTP/1.x parser adapters: httptools (llhttp, the default) and h11, behind one interface.
+
+The connection protocols are written against httptools' callback API (``on_url``,
+``on_header``, ``on_headers_complete``, ``on_body``, ``on_message_complete``; for responses
+``on_status`` too) because that is the fast path. ``H11RequestParser`` / ``H11ResponseParser``
+drive h11 and replay its events as the same callbacks, so both parsers run the same protocol
+code and pass the same tests.
+
+Both report errors as ``ParseError`` (with the status to answer) and an accepted protocol
+upgrade as ``UpgradeRequested`` (with the bytes that follow the head, which belong to the tunnel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+
+try:  # httptools is a hard dependency, but "auto" must still work where it is missing
+    import httptools
+    from httptools import HttpParserError, HttpParserUpgrade
+except ImportError:  # pragma: no cover - exercised only without httptools
+    httptools = None  # type: ignore[assignment]
+
+    class HttpParserError(Exception):  # type: ignore[no-redef]
+        pass
+
+    class HttpParserUpgrade(Exception):  # type: ignore[no-redef]
+        pass
+
+
+class ParseError(Exception):
+    """The peer sent something that is not acceptable HTTP/1.1; ``status`` is the answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class UpgradeRequested(Exception):
+    """The message switched protocols; ``rest`` holds the bytes after its head."""
+
+    def __init__(self, rest: bytes) -> None:
+        super().__init__("upgrade")
+        self.rest = rest
+
+
+def resolve_parser(kind: str) -> str:
+    """``auto`` -> httptools when importable, else h11."""
+    if kind == "auto":
+        return "httptools" if httptools is not None else "h11"
+    if kind == "httptools" and httptools is None:
+        raise ValueError("http_parser = 'httptools' but httptools is not installed")
+    if kind not in ("httptools", "h11"):
+        raise ValueError(f"unknown http_parser {kind!r}")
+    return kind
+
+
+def new_request_parser(kind: str, proto: Any, max_head: int) -> Any:
+    if kind == "httptools":
+        return httptools.HttpRequestParser(proto)
+    return H11RequestParser(proto, max_head)
+
+
+def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool) -> Any:
+    if kind == "httptools":
+        return httptools.HttpResponseParser(proto)
+    return H11ResponseParser(proto, method, upgrade)
+
+
+def _check_head_bytes(head: bytes | bytearray) -> None:
+    """Reject what h11 tolerates but an upstream might read differently (smuggling defences)."""
+    if b"\x00" in head:
+        raise ParseError("NUL byte in request head")
+    if head.count(b"\n") != head.count(b"\r\n"):
+        raise ParseError("bare LF in request head")
+    if b"\n " in head or b"\n\t" in head:
+        raise ParseError("obsolete line folding in request head")
+
+
+class H11RequestParser:
+    """Server-side h11 used as a pure parser (we never send through it)."""
+
+    def __init__(self, proto: Any, max_head: int) -> None:
+        self._proto = proto
+        self._max = max_head
+        self._method = b"GET"
+        self._version = b"1.1"
+        self._upgrade = False
+        self._headbuf = bytearray()
+        self._in_body = False
+        self._conn = self._new_conn()
+
+    def _new_conn(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
+
+    # httptools-compatible accessors
+    def get_method(self) -> bytes:
+        return self._method
+
+    def get_http_version(self) -> str:
+        return self._version.decode()
+
+    def should_upgrade(self) -> bool:
+        return self._upgrade
+
+    def feed_data(self, data: bytes) -> None:
+        if not self._in_body:
+            self._headbuf += data
+            end = self._headbuf.find(b"\r\n\r\n")
+            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[:end + 4])
+        self._conn.receive_data(data)
+        self._drain()
+
+    def _drain(self) -> None:
+        proto = self._proto
+        while True:
+            try:
+                ev = self._conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ParseError(str(exc), getattr(exc, "error_status_hint", 400) or 400) from exc
+            if ev is h11.NEED_DATA:
+                return
+            if isinstance(ev, h11.Request):
+                lowered = [(k.lower(), v) for k, v in ev.headers.raw_items()]
+                if sum(1 for k, _ in lowered if k == b"content-length") > 1:
+                    raise ParseError("duplicate Content-Length")
+                names = {k for k, _ in lowered}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    raise ParseError("Content-Length with Transfer-Encoding")
+                self._method = ev.method
+                self._version = ev.http_version
+                conn_tokens = {t.strip().lower() for k, v in lowered if k == b"connection"
+                               for t in v.split(b",")}
+                self._upgrade = b"upgrade" in names and b"upgrade" in conn_tokens
+                self._in_body = True
+                self._headbuf = bytearray()
+                proto.on_message_begin()
+                proto.on_url(ev.target)
+                for k, v in ev.headers.raw_items():
+                    proto.on_header(k, v)
+                proto.on_headers_complete()
+            elif isinstance(ev, h11.Data):
+                proto.on_body(bytes(ev.data))
+            elif isinstance(ev, h11.EndOfMessage):
+                proto.on_message_complete()
+                if not self._upgrade:
+                    # start the next cycle at once (h11 would refuse more data after an
+                    # HTTP/1.0 request; keep-alive is decided by the server, not by h11)
+                    self._next_cycle(bytes(self._conn.trailing_data[0]))
+            elif ev is h11.PAUSED:
+                rest, _closed = self._conn.trailing_data
+                rest = bytes(rest)
+                if self._upgrade:
+                    raise UpgradeRequested(rest)
+                self._next_cycle(rest)
+            elif isinstance(ev, h11.ConnectionClosed):
+                return
+
+    def _next_cycle(self, rest: bytes) -> None:
+        """A fresh h11 connection for the next request, fed what followed the last one."""
+        self._conn = self._new_conn()
+        self._in_body = False
+        self._headbuf = bytearray(rest)
+        if rest:
+            end = self._headbuf.find(b"\r\n\r\n")
+            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[:end + 4])
+            self._conn.receive_data(rest)
+
+
+class H11ResponseParser:
+    """Client-side h11 for one response cycle (a new one per request: it must know the method)."""
+
+    def __init__(self, proto: Any, method: str, upgrade: bool) -> None:
+        self._proto = proto
+        self._status = 0
+        self._version = b"1.1"
+        self._keep_alive = True
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
+        headers = [("host", "upstream")]
+        if upgrade:
+            headers += [("connection", "upgrade"), ("upgrade", "websocket")]
+        conn.send(h11.Request(method=method, target="/", headers=headers))
+        conn.send(h11.EndOfMessage())
+        self._conn = conn
+
+    def get_status_code(self) -> int:
+        return self._status
+
+    def get_http_version(self) -> str:
+        return self._version.decode()
+
+    def should_keep_alive(self) -> bool:
+        return self._keep_alive
+
+    def feed_data(self, data: bytes) -> None:
+        conn = self._conn
+        if data:
+            conn.receive_data(data)
+        else:
+            conn.receive_data(b"")  # EOF: a close-delimited body ends here
+        proto = self._proto
+        while True:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ParseError(str(exc), 502) from exc
+            if ev is h11.NEED_DATA:
+                return
+            if isinstance(ev, (h11.Response, h11.InformationalResponse)):
+                self._status = ev.status_code
+                self._version = ev.http_version
+                tokens = {t.strip().lower() for k, v in ev.headers.raw_items()
+                          if k.lower() == b"connection" for t in v.split(b",")}
+                self._keep_alive = ev.http_version == b"1.1" and b"close" not in tokens
+                proto.on_message_begin()
+                proto.on_status(ev.reason)
+                for k, v in ev.headers.raw_items():
+                    proto.on_header(k, v)
+                proto.on_headers_complete()
+                if isinstance(ev, h11.InformationalResponse):
+                    if ev.status_code == 101:
+                        continue
+                    proto.on_message_complete()
+            elif isinstance(ev, h11.Data):
+                proto.on_body(bytes(ev.data))
+            elif isinstance(ev, h11.EndOfMessage):
+                proto.on_message_complete()
+            elif ev is h11.PAUSED:
+                rest, _closed = conn.trailing_data
+                raise UpgradeRequested(bytes(rest))
+            elif isinstance(ev, h11.ConnectionClosed):
+                return

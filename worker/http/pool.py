@@ -1,0 +1,201 @@
+"""The per-worker upstream keep-alive pool.
+
+Idle connections wait per pool key (LIFO: the most recently used is the most likely to still
+be open), at most ``max_idle_per_upstream`` of them, for at most ``idle_timeout_sec``. One
+periodic sweep (driven by the server) expires idle connections and enforces upstream read
+timeouts, instead of a timer per request.
+
+On a generation reload, idle plain-TCP connections are exported as dup'ed fds and the next
+worker wraps them back into transports, so it starts warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import deque
+from typing import Any
+
+import structlog
+
+from monolake.worker.http.client import UpstreamConnection, UpstreamError, UpstreamTimeout
+from monolake.worker.http.stats import Stats
+from monolake.worker.http.upstream import Upstream
+from monolake.worker.service.state import FdSource
+
+POOL_STATE_VERSION = 1
+
+
+class UpstreamPool:
+    def __init__(self, *, parser_kind: str, connect_timeout: float, read_timeout: float,
+                 stats: Stats, log: Any = None) -> None:
+        self.parser_kind = parser_kind
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.stats = stats
+        self.log = log or structlog.get_logger()
+        self.idle: dict[tuple, deque[UpstreamConnection]] = {}
+        self.busy: set[UpstreamConnection] = set()
+        self._adopt: list[tuple[tuple, socket.socket]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.reused = 0
+        self.opened = 0
+        self.closed = False
+
+    # -- acquire / release -----------------------------------------------------------------
+    async def acquire(self, up: Upstream) -> UpstreamConnection:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        if self._adopt:
+            await self.adopt_pending()
+        dq = self.idle.get(up.key)
+        while dq:
+            conn = dq.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                conn.upstream = up
+                self.busy.add(conn)
+                self.reused += 1
+                return conn
+        return await self._connect(up)
+
+    async def _connect(self, up: Upstream) -> UpstreamConnection:
+        loop = self.loop
+        factory = lambda: UpstreamConnection(self, up)  # noqa: E731
+        try:
+            if up.kind == "unix":
+                coro = loop.create_unix_connection(factory, up.unix_path)
+            else:
+                coro = loop.create_connection(factory, up.host, up.port, ssl=up.ssl,
+                                              server_hostname=up.sni if up.ssl else None)
+            _transport, conn = await asyncio.wait_for(coro, self.connect_timeout)
+        except asyncio.TimeoutError:
+            self.stats.upstream_connect_failures += 1
+            raise UpstreamTimeout(f"connect to {up.label} timed out", retryable=True) from None
+        except (OSError, ValueError) as exc:
+            self.stats.upstream_connect_failures += 1
+            raise UpstreamError(f"connect to {up.label} failed: {exc}", retryable=True) from None
+        self.opened += 1
+        self.busy.add(conn)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        self.busy.discard(conn)
+        if self.closed or conn.closed:
+            conn.close()
+            return
+        up = conn.upstream
+        dq = self.idle.get(conn.key)
+        if dq is None:
+            dq = self.idle[conn.key] = deque()
+        if len(dq) >= up.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time() if self.loop else 0.0
+        dq.append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """A connection closed: drop it from wherever it is."""
+        self.busy.discard(conn)
+        dq = self.idle.get(conn.key)
+        if dq:
+            try:
+                dq.remove(conn)
+            except ValueError:
+                pass
+
+    def idle_count(self) -> int:
+        return sum(len(dq) for dq in self.idle.values())
+
+    # -- periodic sweep --------------------------------------------------------------------
+    def sweep(self, now: float) -> None:
+        for dq in list(self.idle.values()):
+            while dq and now - dq[0].idle_since > dq[0].upstream.idle_timeout:
+                dq.popleft().close()
+        for conn in list(self.busy):
+            conn.check_timeout(now)
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for dq in self.idle.values():
+            while dq:
+                dq.pop().close()
+        for _key, sock in self._adopt:
+            sock.close()
+        self._adopt.clear()
+
+    # -- state migration -------------------------------------------------------------------
+    def export_idle(self, fds: list[int]) -> list[dict]:
+        """Hand idle plain connections over (dup'ed fds); they leave this pool."""
+        out: list[dict] = []
+        for key, dq in self.idle.items():
+            keep: deque[UpstreamConnection] = deque()
+            while dq:
+                conn = dq.popleft()
+                sock = conn.transport.get_extra_info("socket") if conn.transport else None
+                if conn.closed or sock is None or not conn.upstream.exportable:
+                    keep.append(conn)
+                    continue
+                try:
+                    fd = os.dup(sock.fileno())
+                except OSError:
+                    keep.append(conn)
+                    continue
+                out.append({"key": key, "fd": len(fds)})
+                fds.append(fd)
+                # let go of our copy without shutting the connection down
+                conn.closed = True
+                conn.transport.close()
+            self.idle[key] = keep
+        return out
+
+    def import_idle(self, items: list[dict], fds: FdSource) -> int:
+        """Claim exported connections; they are wrapped into transports on the loop."""
+        n = 0
+        for item in items:
+            fd = fds.take_fd(int(item.get("fd", -1)))
+            if fd < 0:
+                continue
+            try:
+                sock = socket.socket(fileno=fd)
+            except OSError:
+                os.close(fd)
+                continue
+            sock.setblocking(False)
+            self._adopt.append((tuple(item["key"]), sock))
+            n += 1
+        return n
+
+    def adopt_from(self, previous: "UpstreamPool") -> None:
+        """In-place reload: take the live idle connections of the previous pool."""
+        for key, dq in previous.idle.items():
+            mine = self.idle.setdefault(key, deque())
+            while dq:
+                conn = dq.popleft()
+                conn.pool = self
+                mine.append(conn)
+        self._adopt.extend(previous._adopt)
+        previous._adopt = []
+
+    async def adopt_pending(self, upstreams: dict[tuple, Upstream] | None = None) -> None:
+        """Wrap adopted sockets into transports (needs the running loop)."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        pending, self._adopt = self._adopt, []
+        lookup = upstreams if upstreams is not None else self.upstreams_by_key
+        for key, sock in pending:
+            up = lookup.get(key)
+            if up is None or self.closed:
+                sock.close()
+                continue
+            try:
+                _t, conn = await self.loop.create_connection(
+                    lambda up=up: UpstreamConnection(self, up), sock=sock)
+            except (OSError, ValueError) as exc:
+                self.log.info("pool_adopt_failed", upstream=up.label, error=str(exc))
+                sock.close()
+                continue
+            self.busy.add(conn)
+            self.release(conn)
+
+    upstreams_by_key: dict[tuple, Upstream] = {}

@@ -1,0 +1,785 @@
+"""The downstream side: one ``HttpServerProtocol`` per accepted connection.
+
+Callback-shaped: the parser runs inside ``data_received`` and calls back into this object;
+a request body is pushed into a ``BodyStream`` chunk by chunk, and a streamed response body is
+pushed out through ``write``/``end`` (this object is the response's ``BodySink``). The only
+coroutine is the service call, one per request.
+
+Requests are answered strictly in order: heads parsed while a response is still going out
+(pipelining) wait in ``_queue``, and reading pauses when too many wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from monolake.worker.http import proxy_protocol
+from monolake.worker.http.body import BodyError, BodyStream
+from monolake.worker.http.message import Request, Response, header_tokens, text_response
+from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
+                                         UpgradeRequested, new_request_parser)
+from monolake.worker.http.tls import TlsError
+from monolake.worker.service.context import ConnectionContext, RequestContext
+
+if TYPE_CHECKING:
+    from monolake.worker.http.server import ServerRuntime
+
+# phases, for timeouts
+IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
+
+PIPELINE_MAX = 16          # parsed-but-unanswered requests before reading pauses
+LINGER_SECONDS = 2.0       # how long to drain a client's unread body before closing
+
+_PAUSE_PIPELINE = 1 << 20  # reasons to stop reading (bodies count in the low bits)
+_PAUSE_TUNNEL = 1 << 21
+
+_SKIP_RESPONSE_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None or not line.endswith(b" " + reason + b"\r\n"):
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[status] = line
+    return line
+
+
+class Exchange:
+    """One request/response pair on a connection."""
+
+    __slots__ = ("request", "ctx", "task", "error", "head_sent", "status", "close",
+                 "bytes_out", "started", "upstream")
+
+    def __init__(self, request: Request | None, error: int = 0) -> None:
+        self.request = request
+        self.ctx: RequestContext | None = None
+        self.task: asyncio.Task | None = None
+        self.error = error          # answer this status (a parse error) instead of calling
+        self.head_sent = False
+        self.status = 0
+        self.close = False
+        self.bytes_out = 0
+        self.started = 0.0
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    """HTTP/1.1 server connection: prelude (PROXY protocol, TLS), parsing, responses, tunnel."""
+
+    def __init__(self, rt: "ServerRuntime") -> None:
+        self._rt = rt
+        self._stack = rt.stack
+        self._loop = rt.loop
+        self._transport: Any = None
+        self._write: Any = None
+        self._parser: Any = None
+        self._ctx: ConnectionContext | None = None
+        self._queue: deque[Exchange] = deque()
+        self._parsing: Exchange | None = None
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._head_bytes = 0
+        self._pauses = 0
+        self._read_paused = False
+        self._write_paused = False
+        self._out_body: BodyStream | None = None
+        self._out_chunked = False
+        self._closing = False
+        self._parse_dead = False
+        self._phase = HEAD
+        self._deadline = 0.0
+        self._prelude: bytearray | None = None
+        self._tls: Any = None
+        self._tunnel: Any = None
+        self._tunnel_pending: list[bytes] = []
+        self._lingering = False
+
+    # -- connection lifecycle --------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        rt = self._rt
+        self._transport = transport
+        self._write = transport.write
+        rt.connections.add(self)
+        st = rt.stats
+        st.connections_total += 1
+        st.open_connections += 1
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            peer = peer[:2]
+        if isinstance(local, tuple):
+            local = local[:2]
+        self._ctx = ConnectionContext(server=rt.name, worker_slot=rt.slot,
+                                      connection_id=st.connections_total, peer=peer,
+                                      local=local, socket_peer=peer)
+        self._deadline = self._loop.time() + rt.header_timeout
+        if rt.settings.proxy_protocol:
+            self._prelude = bytearray()
+        elif rt.tls is not None:
+            self._start_tls()
+        else:
+            self._start_http()
+
+    def _start_tls(self) -> None:
+        self._tls = self._rt.tls.session(self._transport.write)
+        self._write = self._tls_write
+        self._ctx.scheme = "https"
+
+    def _tls_write(self, data: bytes) -> None:
+        try:
+            self._tls.write(data)
+        except TlsError:
+            self._abort()
+
+    def _start_http(self) -> None:
+        self._parser = new_request_parser(self._rt.parser_kind, self, self._rt.max_head)
+        self._phase = IDLE
+        self._deadline = self._loop.time() + self._rt.header_timeout
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        rt = self._rt
+        if self._transport is None:
+            return
+        self._transport = None
+        rt.connections.discard(self)
+        rt.stats.open_connections -= 1
+        err = BodyError("client connection lost")
+        if self._parsing is not None and self._parsing.request is not None:
+            body = self._parsing.request.body
+            if body is not None and not body.done:
+                body.fail(err)
+        out = self._out_body
+        if out is not None:
+            self._out_body = None
+            out.abandon()
+        for ex in self._queue:
+            if ex.task is not None and not ex.task.done():
+                ex.task.cancel()
+            if ex.request is not None and ex.request.body is not None and not ex.request.body.done:
+                ex.request.body.fail(err)
+            if ex.ctx is not None:
+                rt.stats.active_requests -= 1
+                ex.ctx = None
+        self._queue.clear()
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.client_closed()
+
+    def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            self._tunnel.client_eof()
+            return True
+        body = self._parsing.request.body if self._parsing and self._parsing.request else None
+        if body is not None and not body.done:
+            body.fail(BodyError("client closed before the body was complete"))
+        self._closing = True
+        if not self._queue:
+            return False  # nothing in flight: close
+        return True  # answer what is in flight, then close
+        # (keep-alive is off from here: see _finish)
+
+    # -- reading ---------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        n = len(data)
+        self._rt.stats.bytes_in += n
+        if self._tls is not None:
+            try:
+                data = self._tls.feed(data)
+            except TlsError as exc:
+                self._rt.log.debug("tls_error", error=str(exc), peer=self._ctx.peer)
+                self._abort()
+                return
+            if self._ctx.tls is None and self._tls.handshake_done:
+                self._ctx.tls = self._tls.info()
+                if self._parser is None:
+                    self._start_http()
+            if not data:
+                if self._tls.peer_closed:
+                    self.eof_received() or self._close()
+                return
+        if self._tunnel is not None:
+            self._tunnel.from_client(data)
+            return
+        if self._lingering:
+            return
+        if self._prelude is not None:
+            self._read_prelude(data)
+            return
+        if self._parse_dead:
+            return
+        if self._phase == IDLE:
+            self._phase = HEAD
+            self._deadline = self._loop.time() + self._rt.header_timeout
+        try:
+            self._parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self._on_upgrade(data[offset:])
+        except UpgradeRequested as exc:
+            self._on_upgrade(exc.rest)
+        except (HttpParserError, ParseError) as exc:
+            status = getattr(exc, "status", 400)
+            self._parse_failed(status, str(exc))
+        except Exception:  # noqa: BLE001 - a request must never take the worker down
+            self._rt.log.exception("http_connection_error", peer=self._ctx.peer)
+            self._parse_failed(500, "internal error")
+        else:
+            if self._phase == HEAD:  # still inside a head after this read: bound it
+                self._head_bytes += n
+                if self._head_bytes > self._rt.max_head + self._rt.max_uri:
+                    self._parse_failed(431, "request header block too large")
+
+    def _read_prelude(self, data: bytes) -> None:
+        buf = self._prelude
+        buf += data
+        try:
+            parsed = proxy_protocol.parse(bytes(buf))
+        except proxy_protocol.ProxyProtocolError as exc:
+            self._rt.log.info("proxy_protocol_rejected", error=str(exc), peer=self._ctx.socket_peer)
+            self._rt.stats.errors += 1
+            self._abort()
+            return
+        if parsed is None:
+            return
+        consumed, src, dst = parsed
+        if src is not None:
+            self._ctx.peer = src
+            self._ctx.local = dst
+        rest = bytes(buf[consumed:])
+        self._prelude = None
+        if self._rt.tls is not None:
+            self._start_tls()
+        else:
+            self._start_http()
+        if rest:
+            self._rt.stats.bytes_in -= len(rest)
+            self.data_received(rest)
+
+    # parser callbacks (httptools API)
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._url_len = 0
+        self._headers = []
+        self._head_size = 0
+        if self._phase == IDLE:
+            self._phase = HEAD
+            self._deadline = self._loop.time() + self._rt.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        self._url_len += len(url)
+        if self._url_len > self._rt.max_uri:
+            raise ParseError("request target too long", 414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self._rt.max_head:
+            raise ParseError("request header block too large", 431)
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        rt = self._rt
+        version = parser.get_http_version()
+        method = parser.get_method().decode("ascii", "replace")
+        target = b"".join(self._url).decode("latin-1") if len(self._url) != 1 else self._url[0].decode("latin-1")
+        headers = self._headers
+        self._head_size = 0
+        self._head_bytes = 0
+        if version not in ("1.1", "1.0"):
+            raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
+        host = None
+        content_length = None
+        chunked = False
+        conn_tokens: set[bytes] | None = None
+        expect = False
+        for k, v in headers:
+            if k == b"host":
+                if host is not None:
+                    raise ParseError("more than one Host header")
+                host = v
+            elif k == b"content-length":
+                if content_length is not None:
+                    raise ParseError("more than one Content-Length")
+                if not v.isdigit():
+                    raise ParseError("invalid Content-Length")
+                content_length = int(v)
+            elif k == b"transfer-encoding":
+                chunked = True
+            elif k == b"connection":
+                conn_tokens = header_tokens(headers, b"connection")
+            elif k == b"expect":
+                if v.lower() == b"100-continue":
+                    expect = True
+                else:
+                    raise ParseError("unsupported Expect", 417)
+        if chunked and content_length is not None:
+            raise ParseError("Content-Length with Transfer-Encoding")
+        if host is None and version == "1.1":
+            raise ParseError("missing Host header")
+        if method == "CONNECT":
+            raise ParseError("CONNECT is not supported", 405)
+        # target -> path and query
+        if target.startswith("/"):
+            path, _, query = target.partition("?")
+        elif target.startswith(("http://", "https://")):
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            path_q = rest[slash:] if slash >= 0 else "/"
+            path, _, query = path_q.partition("?")
+            if host is None:
+                host = rest[:slash if slash >= 0 else len(rest)].encode("latin-1")
+        elif target == "*" and method == "OPTIONS":
+            path, query = "*", ""
+        else:
+            raise ParseError("invalid request target")
+        if version == "1.1":
+            keep_alive = conn_tokens is None or b"close" not in conn_tokens
+        else:
+            keep_alive = conn_tokens is not None and b"keep-alive" in conn_tokens
+        upgrade = bool(parser.should_upgrade())
+        max_body = rt.max_body
+        if max_body and content_length is not None and content_length > max_body:
+            raise ParseError("request body too large", 413)
+        body = None
+        if chunked or content_length:
+            body = BodyStream(content_length, self)
+        hostname = ""
+        if host:
+            h = host.decode("latin-1").lower()
+            if h.startswith("["):
+                hostname = h[1:h.find("]")] if "]" in h else h
+            else:
+                hostname = h.split(":", 1)[0]
+        req = Request(method, target, path, query, version, headers, body,
+                      keep_alive=keep_alive, upgrade=upgrade, expect_continue=expect and body is not None,
+                      content_length=content_length, chunked=chunked, host=hostname)
+        ex = Exchange(req)
+        self._parsing = ex
+        if body is not None:
+            if expect:
+                body.on_consume = self._send_continue
+            self._phase = BODY
+            self._deadline = self._loop.time() + rt.body_timeout
+        else:
+            self._phase = BUSY
+            self._deadline = 0.0
+        self._enqueue(ex)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self._parsing
+        if ex is None:
+            return
+        body = ex.request.body
+        max_body = self._rt.max_body
+        if max_body and body.received + len(data) > max_body:
+            raise ParseError("request body too large", 413)
+        if self._rt.body_timeout_on:
+            self._deadline = self._loop.time() + self._rt.body_timeout
+        body.feed(data)
+
+    def on_message_complete(self) -> None:
+        ex = self._parsing
+        if ex is None:
+            return
+        self._parsing = None
+        body = ex.request.body
+        if body is not None:
+            body.finish()
+        if self._phase in (BODY, HEAD):
+            self._phase = BUSY
+            self._deadline = 0.0
+
+    # -- request queue ---------------------------------------------------------------------
+    def _enqueue(self, ex: Exchange) -> None:
+        self._queue.append(ex)
+        if len(self._queue) == 1:
+            self._start(ex)
+        elif len(self._queue) >= PIPELINE_MAX and not self._pauses & _PAUSE_PIPELINE:
+            self._add_pause(_PAUSE_PIPELINE)
+
+    def _parse_failed(self, status: int, reason: str) -> None:
+        """A malformed request: answer ``status`` in turn, then close; parse nothing more."""
+        self._parse_dead = True
+        self._rt.stats.errors += 1
+        self._rt.log.info("bad_request", status=status, reason=reason, peer=self._ctx.peer)
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            body = ex.request.body
+            if body is not None and not body.done:
+                body.fail(BodyError(reason))
+        if ex is not None and ex in self._queue and not ex.head_sent and ex is not self._queue[0]:
+            ex.error = status
+        elif ex is not None and ex is self._queue[0] and not ex.head_sent:
+            # the service is already running for it; answer the error instead
+            if ex.task is not None:
+                ex.task.cancel()
+            self._respond(ex, text_response(status, close=True))
+        else:
+            err = Exchange(None, error=status)
+            self._queue.append(err)
+            if len(self._queue) == 1:
+                self._start(err)
+        self._add_pause(_PAUSE_PIPELINE)
+
+    def _start(self, ex: Exchange) -> None:
+        rt = self._rt
+        ex.started = time.monotonic()
+        if ex.error:
+            self._respond(ex, text_response(ex.error, close=True))
+            return
+        rt.stats.requests += 1
+        rt.stats.active_requests += 1
+        ctx = RequestContext(self._ctx)
+        ex.ctx = ctx
+        ex.task = self._loop.create_task(self._run(ex, self._stack.call(ex.request, ctx)))
+
+    async def _run(self, ex: Exchange, coro: Any) -> None:
+        try:
+            resp = await coro
+        except asyncio.CancelledError:
+            return
+        except BodyError as exc:
+            resp = text_response(400 if self._transport is not None else 499, str(exc), close=True)
+        except Exception:  # noqa: BLE001 - a request must never take the worker down
+            self._rt.log.exception("service_error", server=self._rt.name,
+                                   request_id=ex.ctx.request_id if ex.ctx else None)
+            self._rt.stats.errors += 1
+            resp = text_response(500, close=True)
+        if not isinstance(resp, Response):
+            self._rt.log.error("service_returned_non_response", type=type(resp).__name__)
+            resp = text_response(500, close=True)
+        try:
+            self._respond(ex, resp)
+        except Exception:  # noqa: BLE001
+            self._rt.log.exception("respond_error", server=self._rt.name)
+            self._abort()
+
+    # -- writing ---------------------------------------------------------------------------
+    def _send_continue(self) -> None:
+        ex = self._queue[0] if self._queue else None
+        if self._transport is not None and ex is not None and not ex.head_sent:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _respond(self, ex: Exchange, resp: Response) -> None:
+        if self._transport is None or not self._queue or self._queue[0] is not ex:
+            _discard_response(resp)
+            return
+        rt = self._rt
+        req = ex.request
+        status = resp.status
+        ex.status = status
+        ex.head_sent = True
+        close = resp.close or self._closing or rt.draining or req is None or not req.keep_alive
+        if req is not None and req.upgrade and status != 101:
+            close = True  # the parser stopped at the upgrade request: nothing more to read
+        if req is not None and req.body is not None and not req.body.done and not req.body.consumed:
+            close = True  # body never read (e.g. after Expect: 100-continue): cannot reuse
+        head_only = req is not None and req.method == "HEAD"
+        no_body = status < 200 or status == 204 or status == 304
+        parts = [_status_line(status, resp.reason)]
+        tunnel = resp.tunnel if status == 101 else None
+        if tunnel is not None:
+            for k, v in resp.headers:
+                if k != b"content-length" and k != b"transfer-encoding":
+                    parts.append(k + b": " + v + b"\r\n")
+        else:
+            for k, v in resp.headers:
+                if k not in _SKIP_RESPONSE_HEADERS:
+                    parts.append(k + b": " + v + b"\r\n")
+        body = resp.body
+        stream: BodyStream | None = None
+        if body is None or isinstance(body, (bytes, bytearray, memoryview)):
+            data = bytes(body) if body else b""
+            if not no_body:
+                parts.append(b"content-length: %d\r\n" % len(data))
+        else:
+            stream = body
+            data = b""
+            if no_body:
+                pass
+            elif stream.length is not None:
+                parts.append(b"content-length: %d\r\n" % stream.length)
+            elif head_only:
+                pass
+            elif req is not None and req.version == "1.1":
+                parts.append(b"transfer-encoding: chunked\r\n")
+                self._out_chunked = True
+            else:
+                close = True  # HTTP/1.0 client, unknown length: delimit by closing
+        if tunnel is None:
+            if close:
+                parts.append(b"connection: close\r\n")
+            elif req is not None and req.version == "1.0":
+                parts.append(b"connection: keep-alive\r\n")
+        ex.close = close
+        parts.append(b"\r\n")
+        if data and not head_only and not no_body:
+            parts.append(data)
+        out = b"".join(parts)
+        ex.bytes_out += len(out)
+        rt.stats.bytes_out += len(out)
+        self._write(out)
+        if tunnel is not None:
+            self._queue.clear()
+            self._finish_accounting(ex)
+            self._tunnel = tunnel
+            self._deadline = 0.0
+            self._phase = BUSY
+            pending, self._tunnel_pending = self._tunnel_pending, []
+            tunnel.attach_client(self, pending)
+            return
+        if stream is None or head_only or no_body:
+            if stream is not None:
+                stream.abandon() if not stream.done else stream.discard()
+            self._out_chunked = False
+            self._finish(ex)
+            return
+        self._out_body = stream
+        stream.pipe(self)
+
+    # BodySink: a streamed response body goes out through these
+    def write(self, data: bytes) -> None:
+        n = len(data)
+        if self._out_chunked:
+            data = b"%x\r\n%b\r\n" % (n, data)
+        self._rt.stats.bytes_out += len(data)
+        if self._queue:
+            self._queue[0].bytes_out += len(data)
+        if self._transport is not None:
+            self._write(data)
+
+    def end(self) -> None:
+        self._out_body = None
+        if self._out_chunked:
+            self._out_chunked = False
+            self._rt.stats.bytes_out += 5
+            if self._transport is not None:
+                self._write(b"0\r\n\r\n")
+        if self._queue:
+            self._finish(self._queue[0])
+
+    def abort(self, exc: BaseException) -> None:
+        """The response body broke off upstream: the client must see a truncated response."""
+        self._out_body = None
+        self._out_chunked = False
+        self._rt.stats.errors += 1
+        self._rt.log.info("response_body_aborted", error=str(exc), peer=self._ctx.peer)
+        if self._queue:
+            self._finish_accounting(self._queue[0])
+        self._abort()
+
+    def _finish_accounting(self, ex: Exchange) -> None:
+        rt = self._rt
+        if ex.ctx is not None:
+            rt.stats.active_requests -= 1
+        rt.stats.count_status(ex.status)
+        if rt.access_log and ex.request is not None:
+            rt.log_access(ex, self._ctx)
+        ex.ctx = None
+
+    def _finish(self, ex: Exchange) -> None:
+        if not self._queue or self._queue[0] is not ex:
+            return
+        self._queue.popleft()
+        self._finish_accounting(ex)
+        if self._transport is None:
+            return
+        req = ex.request
+        incomplete = req is not None and req.body is not None and not req.body.done
+        if ex.close or self._closing or incomplete or ex.error:
+            self._close(linger=incomplete or bool(ex.error))
+            return
+        if self._queue:
+            self._start(self._queue[0])
+            if len(self._queue) < PIPELINE_MAX and self._pauses & _PAUSE_PIPELINE and not self._parse_dead:
+                self._remove_pause(_PAUSE_PIPELINE)
+            return
+        if self._pauses & _PAUSE_PIPELINE and not self._parse_dead:
+            self._remove_pause(_PAUSE_PIPELINE)
+        if self._rt.draining:
+            self._close()
+            return
+        if self._parsing is None:
+            self._phase = IDLE
+            self._deadline = self._loop.time() + self._rt.keepalive_timeout
+
+    # -- flow control ----------------------------------------------------------------------
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._out_body is not None:
+            self._out_body.pause()
+        if self._tunnel is not None:
+            self._tunnel.client_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._out_body is not None:
+            self._out_body.resume()
+        if self._tunnel is not None:
+            self._tunnel.client_write_paused(False)
+
+    # Producer (of request bodies): a body over its high-water mark or a blocked sink
+    def body_pause(self) -> None:
+        self._add_pause(1)
+
+    def body_resume(self) -> None:
+        self._remove_pause(1)
+
+    def body_abandon(self) -> None:
+        """The upstream stopped taking the request body: we will close after the response."""
+        self._closing = True
+
+    def _add_pause(self, reason: int) -> None:
+        self._pauses += reason
+        if not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            try:
+                self._transport.pause_reading()
+            except (RuntimeError, AttributeError):
+                pass
+
+    def _remove_pause(self, reason: int) -> None:
+        self._pauses -= reason
+        if self._pauses <= 0:
+            self._pauses = 0
+            if self._read_paused and self._transport is not None:
+                self._read_paused = False
+                try:
+                    self._transport.resume_reading()
+                except (RuntimeError, AttributeError):
+                    pass
+
+    def tunnel_pause_reading(self, paused: bool) -> None:
+        if paused:
+            if not self._pauses & _PAUSE_TUNNEL:
+                self._add_pause(_PAUSE_TUNNEL)
+        elif self._pauses & _PAUSE_TUNNEL:
+            self._remove_pause(_PAUSE_TUNNEL)
+
+    def tunnel_write(self, data: bytes) -> None:
+        self._rt.stats.bytes_out += len(data)
+        if self._transport is not None:
+            self._write(data)
+
+    def tunnel_write_eof(self) -> None:
+        t = self._transport
+        if t is None:
+            return
+        if self._tls is None and t.can_write_eof():
+            t.write_eof()
+        else:
+            self._close()
+
+    def tunnel_close(self) -> None:
+        self._close()
+
+    # -- upgrade ---------------------------------------------------------------------------
+    def _on_upgrade(self, rest: bytes) -> None:
+        """The parser stopped after an Upgrade request: the rest is for the tunnel."""
+        self._parse_dead = True
+        if rest:
+            self._tunnel_pending.append(rest)
+        ex = self._parsing
+        if ex is not None:
+            self._parsing = None
+            if ex.request.body is not None and not ex.request.body.done:
+                ex.request.body.finish()
+        # further bytes before the 101 wait in _tunnel_pending (bounded by pausing)
+        self._add_pause(_PAUSE_TUNNEL)
+
+    # -- timeouts --------------------------------------------------------------------------
+    def check_timeout(self, now: float) -> None:
+        deadline = self._deadline
+        if not deadline or now < deadline or self._transport is None:
+            return
+        phase = self._phase
+        if self._read_paused and phase == BODY:
+            self._deadline = now + self._rt.body_timeout  # we stopped reading, not the client
+            return
+        self._deadline = 0.0
+        if phase == IDLE or self._prelude is not None:
+            self._close()
+            return
+        rt = self._rt
+        rt.log.info("client_timeout", phase=("idle", "header", "body", "busy")[phase],
+                    peer=self._ctx.peer)
+        if phase == HEAD:
+            if not self._queue:
+                self._parse_dead = True
+                ex = Exchange(None, error=408)
+                self._queue.append(ex)
+                self._start(ex)
+            else:
+                self._closing = True
+            return
+        if phase == BODY:
+            ex = self._parsing
+            self._parse_dead = True
+            if ex is not None:
+                self._parsing = None
+                if ex.request.body is not None:
+                    ex.request.body.fail(BodyError("request body timeout"))
+                if self._queue and self._queue[0] is ex and not ex.head_sent:
+                    if ex.task is not None:
+                        ex.task.cancel()
+                    self._respond(ex, text_response(408, close=True))
+                    return
+            self._close()
+
+    # -- closing ---------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """Keep-alive off: close now if idle, else after the response in flight."""
+        self._closing = True
+        if not self._queue and self._tunnel is None and (self._parsing is None or self._phase == IDLE):
+            self._close()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and self._phase == IDLE
+
+    def _close(self, linger: bool = False) -> None:
+        t = self._transport
+        if t is None:
+            return
+        if linger and self._tls is None and t.can_write_eof():
+            # lingering close: stop sending, read and drop what the client still sends, so
+            # that closing with unread data does not reset the connection before the client
+            # has read our response
+            self._lingering = True
+            self._parse_dead = True
+            try:
+                t.write_eof()
+            except (OSError, RuntimeError):
+                t.abort()
+                return
+            while self._pauses:
+                self._remove_pause(self._pauses)
+            self._deadline = 0.0
+            self._loop.call_later(LINGER_SECONDS, self._abort)
+            return
+        if self._tls is not None:
+            self._tls.close_notify()
+        t.close()
+
+    def _abort(self) -> None:
+        t = self._transport
+        if t is not None:
+            t.abort()
+
+
+def _discard_response(resp: Response) -> None:
+    body = resp.body
+    if isinstance(body, BodyStream) and not body.done:
+        body.abandon()
+    if resp.tunnel is not None:
+        resp.tunnel.close()

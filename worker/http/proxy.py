@@ -1,0 +1,225 @@
+"""The innermost service of an HTTP server: route, then proxy (or answer a builtin).
+
+``RouterFactory.make(previous)`` builds a ``RouterService`` and lets it inherit from the
+previous version: round-robin positions, passive-health ejections and the upstream pool
+(live objects in-process, exported state and fds across processes).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+
+from monolake.conf.routes import Router
+from monolake.worker.http.body import BodyStream
+from monolake.worker.http.builtins import BUILTINS
+from monolake.worker.http.client import UpstreamError, UpstreamTimeout
+from monolake.worker.http.headers import is_idempotent, request_head, upstream_target
+from monolake.worker.http.message import Request, Response, text_response
+from monolake.worker.http.pool import POOL_STATE_VERSION, UpstreamPool
+from monolake.worker.http.tls import client_context
+from monolake.worker.http.tunnel import Tunnel
+from monolake.worker.http.upstream import Balancer, Upstream
+from monolake.worker.service.state import FdSource, Stateful, restore_state
+
+
+class RouteHandler:
+    """Everything one route needs at request time."""
+
+    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label")
+
+    def __init__(self, index: int, cfg: Any, balancer: Balancer, builtin: Any) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.balancer = balancer
+        self.preserve_path = cfg.preserve_path
+        self.builtin = builtin
+        self.label = cfg.pattern if hasattr(cfg, "pattern") else str(index)
+
+
+class RouterService(Stateful):
+    """Routes a request (Monolake's matching, from monolake.conf.routes) and proxies it."""
+
+    state_version = 1
+
+    def __init__(self, name: str, cfg: Any, slot: int, pool: UpstreamPool, stats: Any) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.pool = pool
+        self.stats = stats
+        self.router = Router(cfg.routes)
+        self.preserve_host = cfg.preserve_host
+        self.via = cfg.via
+        self.read_timeout = cfg.timeout.upstream_read_timeout_sec
+        self.routes: list[RouteHandler] = []
+        by_key: dict[tuple, Upstream] = {}
+        for i, route in enumerate(cfg.routes):
+            ssl_ctx = None
+            if any(u.endpoint.type == "uri" and u.endpoint.scheme == "https" for u in route.upstreams):
+                ssl_ctx = client_context(route)
+            ups = [Upstream(u.endpoint, u.weight, route, ssl_ctx) for u in route.upstreams]
+            for up in ups:
+                by_key.setdefault(up.key, up)
+            builtin = None
+            if ups and all(u.kind == "builtin" for u in ups):
+                maker = BUILTINS.get(ups[0].builtin)
+                if maker is None:
+                    raise ValueError(f"routes[{i}]: unknown builtin {ups[0].builtin!r}")
+                builtin = maker(name, slot)
+            self.routes.append(RouteHandler(i, route, Balancer(route.load_balancer, ups), builtin))
+        pool.upstreams_by_key = by_key
+
+    async def call(self, req: Request, ctx: Any) -> Response:
+        found = self.router.match(req.path, req.host or None)
+        if found is None:
+            if req.body is not None:
+                req.body.discard()
+            return text_response(404, "no route")
+        index, params = found
+        route = self.routes[index]
+        ctx.route = route.cfg
+        ctx.params = params
+        if route.builtin is not None:
+            return await route.builtin(req, ctx)
+        return await self._proxy(route, req, ctx)
+
+    async def _proxy(self, route: RouteHandler, req: Request, ctx: Any) -> Response:
+        balancer = route.balancer
+        pool = self.pool
+        tried: set[int] | None = None
+        last: UpstreamError | None = None
+        for attempt in (0, 1):
+            up = balancer.pick(tried)
+            if up is None:
+                if last is not None:
+                    return _error_response(last)
+                return text_response(503, "no healthy upstream")
+            ctx.upstream = up.label
+            try:
+                conn = await pool.acquire(up)
+            except UpstreamError as exc:
+                up.connect_failed(self.stats)
+                structlog.get_logger().info("upstream_connect_failed", upstream=up.label,
+                                            error=str(exc), request_id=ctx.request_id)
+                last = exc
+                if attempt == 0 and _may_retry(req):
+                    tried = {balancer.index_of(up)}
+                    continue
+                return _error_response(exc)
+            up.connect_ok()
+            head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
+                                preserve_host=self.preserve_host, via=self.via)
+            try:
+                resp = await conn.request(req.method, head, req.body, req.upgrade, self.via,
+                                          self.read_timeout)
+            except UpstreamError as exc:
+                conn.abort()
+                last = exc
+                if exc.retryable and attempt == 0 and _may_retry(req):
+                    continue  # a stale keep-alive connection: once more on a fresh one
+                structlog.get_logger().info("upstream_failed", upstream=up.label, error=str(exc),
+                                            request_id=ctx.request_id)
+                return _error_response(exc)
+            except BaseException:
+                conn.abort()
+                raise
+            if resp.status == 101:
+                if req.upgrade:
+                    resp.tunnel = Tunnel(conn)
+                else:
+                    conn.abort()
+                    return text_response(502, "upstream switched protocols unasked")
+            return resp
+        return _error_response(last) if last else text_response(502)
+
+    # -- state -----------------------------------------------------------------------------
+    def export_state(self, fds: list[int]) -> dict:
+        now = time.monotonic()
+        routes = []
+        for r in self.routes:
+            routes.append({
+                "pattern": r.label,
+                "position": r.balancer.position,
+                "upstreams": {u.label: {"failures": u.failures,
+                                        "ejected_for": max(0.0, u.ejected_until - now)}
+                              for u in r.balancer.upstreams},
+            })
+        return {"routes": routes,
+                "pool": {"version": POOL_STATE_VERSION, "idle": self.pool.export_idle(fds)}}
+
+    def import_state(self, data: dict, fds: FdSource) -> None:
+        now = time.monotonic()
+        by_pattern = {r.get("pattern"): r for r in data.get("routes", [])}
+        for r in self.routes:
+            old = by_pattern.get(r.label)
+            if old is None:
+                continue
+            n = len(r.balancer.upstreams)
+            r.balancer.position = int(old.get("position", 0)) % n if n else 0
+            ups = old.get("upstreams", {})
+            for u in r.balancer.upstreams:
+                rec = ups.get(u.label)
+                if rec:
+                    u.failures = int(rec.get("failures", 0))
+                    left = float(rec.get("ejected_for", 0.0))
+                    if left > 0:
+                        u.ejected_until = now + left
+        pool = data.get("pool") or {}
+        if pool.get("version") == POOL_STATE_VERSION:
+            self.pool.import_idle(pool.get("idle", []), fds)
+
+    def adopt(self, previous: "RouterService") -> None:
+        """In-place reload: positions and health from the live router; the pool is shared."""
+        fds: list[int] = []
+        data = {"routes": previous.export_state_routes_only()}
+        self.import_state(data, _NoFds())
+        del fds
+
+    def export_state_routes_only(self) -> list[dict]:
+        now = time.monotonic()
+        return [{"pattern": r.label, "position": r.balancer.position,
+                 "upstreams": {u.label: {"failures": u.failures,
+                                         "ejected_for": max(0.0, u.ejected_until - now)}
+                               for u in r.balancer.upstreams}} for r in self.routes]
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _NoFds:
+    def take_fd(self, index: int) -> int:
+        return -1
+
+
+def _may_retry(req: Request) -> bool:
+    body = req.body
+    return is_idempotent(req.method) and (body is None or not body.consumed)
+
+
+def _error_response(exc: UpstreamError) -> Response:
+    if isinstance(exc, UpstreamTimeout):
+        return text_response(504, str(exc))
+    return text_response(exc.status, str(exc))
+
+
+class RouterFactory:
+    """Innermost factory of an HTTP server's stack."""
+
+    key = "router"
+
+    def __init__(self, name: str, cfg: Any, slot: int, pool: UpstreamPool, stats: Any) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.slot = slot
+        self.pool = pool
+        self.stats = stats
+
+    def make(self, previous: Any) -> RouterService:
+        svc = RouterService(self.name, self.cfg, self.slot, self.pool, self.stats)
+        restore_state(svc, previous, what=f"{self.name}.router")
+        return svc
+
+
+__all__ = ["RouterFactory", "RouterService", "BodyStream"]

@@ -1,0 +1,220 @@
+"""The ``http`` server builder (``monolake.worker.servers.BUILDERS["http"]``).
+
+``build(name, cfg, env, previous)`` assembles the service stack (custom layers from the config
+around the router/proxy), the shared per-server runtime that every connection reads, and the
+``ServerHandle`` the worker drives (docs/contracts.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+
+from monolake.worker.http.parser import resolve_parser
+from monolake.worker.http.pool import UpstreamPool
+from monolake.worker.http.protocol import HttpServerProtocol
+from monolake.worker.http.proxy import RouterFactory
+from monolake.worker.http.stats import Stats
+from monolake.worker.http.tls import ServerTls
+from monolake.worker.service.core import FactoryStack, ServiceStack, load_layer_factory
+from monolake.worker.state import Snapshot
+
+HANDLE_STATE_VERSION = 1
+
+
+class ServerRuntime:
+    """What every connection of one server shares; read on the hot path as plain attributes."""
+
+    def __init__(self, name: str, cfg: Any, env: Any, stack: ServiceStack, stats: Stats,
+                 pool: UpstreamPool) -> None:
+        t = cfg.timeout
+        self.name = name
+        self.settings = cfg
+        self.env = env
+        self.slot = env.slot
+        self.stack = stack
+        self.stats = stats
+        self.pool = pool
+        self.log = env.logger.bind(server=name) if env.logger is not None else structlog.get_logger()
+        self.parser_kind = resolve_parser(cfg.http_parser)
+        self.max_head = cfg.max_header_size
+        self.max_uri = cfg.max_uri_size
+        self.max_body = cfg.max_body_size
+        self.keepalive_timeout = t.server_keepalive_timeout_sec
+        self.header_timeout = t.server_read_header_timeout_sec
+        self.body_timeout = t.server_read_body_timeout_sec
+        self.body_timeout_on = self.body_timeout > 0
+        self.tls = ServerTls(cfg.tls) if cfg.tls is not None else None
+        self.connections: set[HttpServerProtocol] = set()
+        self.draining = False
+        self.loop: Any = None
+        self.access_log = bool(cfg.access_log)
+        self._access_file: Any = None
+        if isinstance(cfg.access_log, str) and cfg.access_log:
+            self._access_file = open(cfg.access_log, "a", buffering=1, encoding="utf-8")
+        self._access = structlog.get_logger("monolake.access")
+        self._sweep_handle: Any = None
+        timeouts = [x for x in (self.keepalive_timeout, self.header_timeout, self.body_timeout,
+                                t.upstream_read_timeout_sec) if x > 0]
+        self.sweep_interval = min(1.0, max(0.05, min(timeouts) / 4)) if timeouts else 1.0
+
+    # -- periodic timeout sweep ------------------------------------------------------------
+    def ensure_loop(self) -> None:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+            self.pool.loop = self.pool.loop or self.loop
+            self._sweep_handle = self.loop.call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = self.loop
+        now = loop.time()
+        try:
+            for conn in list(self.connections):
+                conn.check_timeout(now)
+            self.pool.sweep(now)
+        except Exception:  # noqa: BLE001 - the sweep must keep running
+            self.log.exception("timeout_sweep_failed")
+        if self._sweep_handle is not None:
+            self._sweep_handle = loop.call_later(self.sweep_interval, self._sweep)
+
+    def stop_sweep(self) -> None:
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+
+    # -- access log ------------------------------------------------------------------------
+    def log_access(self, ex: Any, conn: Any) -> None:
+        req = ex.request
+        ctx = ex.ctx
+        rec = {
+            "server": self.name,
+            "worker": self.slot,
+            "client": _addr(conn.peer),
+            "method": req.method,
+            "path": req.path,
+            "query": req.query,
+            "version": req.version,
+            "status": ex.status,
+            "bytes_in": req.body.received if req.body is not None else 0,
+            "bytes_out": ex.bytes_out,
+            "duration_ms": round((time.monotonic() - ex.started) * 1000, 3),
+            "upstream": ctx.upstream if ctx is not None else None,
+            "request_id": ctx.request_id if ctx is not None else None,
+        }
+        if self._access_file is not None:
+            self._access_file.write(json.dumps(rec) + "\n")
+        else:
+            self._access.info("access", **rec)
+
+    def close_files(self) -> None:
+        if self._access_file is not None:
+            self._access_file.close()
+            self._access_file = None
+
+
+def _addr(addr: Any) -> str | None:
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(addr) if addr else None
+
+
+class HttpServerHandle:
+    """The contract's ``ServerHandle`` for one HTTP server in one worker."""
+
+    def __init__(self, rt: ServerRuntime, factory: FactoryStack) -> None:
+        self.rt = rt
+        self.factory = factory
+        self.stack = rt.stack
+        self.pool = rt.pool
+        self._pool_handed_over = False
+
+    def protocol_factory(self) -> HttpServerProtocol:
+        rt = self.rt
+        if rt.loop is None:
+            rt.ensure_loop()
+            if rt.pool._adopt:
+                rt.loop.create_task(rt.pool.adopt_pending())
+        return HttpServerProtocol(rt)
+
+    def stats(self) -> dict[str, int]:
+        return self.rt.stats.as_dict()
+
+    def begin_drain(self) -> None:
+        rt = self.rt
+        rt.draining = True
+        for conn in list(rt.connections):
+            conn.begin_drain()
+
+    def open_connections(self) -> int:
+        return len(self.rt.connections)
+
+    def export_state(self, fds: list[int]) -> dict:
+        return {"version": HANDLE_STATE_VERSION, "stats": self.rt.stats.export(),
+                "stack": self.stack.export_state(fds)}
+
+    async def aclose(self) -> None:
+        rt = self.rt
+        rt.stop_sweep()
+        await self.stack.aclose()
+        if not self._pool_handed_over:
+            await self.pool.aclose()
+        rt.close_files()
+
+
+def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerHandle:
+    """Build an HTTP server; ``previous`` is a live handle, a ``Snapshot`` or None."""
+    log = env.logger.bind(server=name) if env.logger is not None else structlog.get_logger()
+    parser_kind = resolve_parser(cfg.http_parser)
+    t = cfg.timeout
+    live = previous if isinstance(previous, HttpServerHandle) else None
+    snapshot = previous if isinstance(previous, Snapshot) else None
+    if live is not None:
+        stats = live.rt.stats  # the same counters go on (gauges stay right for old connections)
+    else:
+        stats = Stats()
+    if live is not None:
+        # Monolake's model: the new version shares the live pool (old connections keep using
+        # it until they finish, new ones get its idle connections)
+        pool = live.pool
+        pool.parser_kind = parser_kind
+        pool.connect_timeout = t.upstream_connect_timeout_sec
+        pool.read_timeout = t.upstream_read_timeout_sec
+        live._pool_handed_over = True
+    else:
+        pool = UpstreamPool(parser_kind=parser_kind, connect_timeout=t.upstream_connect_timeout_sec,
+                            read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log)
+    factory = FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats))
+    for i, layer in enumerate(cfg.layers):
+        factory.push(load_layer_factory(layer.factory, layer.options, key=f"layer{i}:{layer.factory}"))
+    prev_stack: Any = None
+    fd_source: Any = None
+    if live is not None:
+        prev_stack = live.stack
+    elif snapshot is not None:
+        data = snapshot.data if isinstance(snapshot.data, dict) else {}
+        if data.get("version") == HANDLE_STATE_VERSION:
+            stats.absorb(data.get("stats", {}))
+            prev_stack = data.get("stack")
+            fd_source = snapshot
+        else:
+            log.warning("state_version_mismatch", exported=data.get("version"),
+                        expected=HANDLE_STATE_VERSION, action="starting fresh")
+    stack = factory.make(prev_stack, fd_source) if fd_source is not None else factory.make(prev_stack)
+    rt = ServerRuntime(name, cfg, env, stack, stats, pool)
+    handle = HttpServerHandle(rt, factory)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is not None:
+        rt.ensure_loop()
+        if pool._adopt:
+            loop.create_task(pool.adopt_pending())
+    log.info("http_server_built", parser=parser_kind, routes=len(cfg.routes),
+             layers=len(cfg.layers), tls=cfg.tls is not None, inherited=previous is not None)
+    return handle
