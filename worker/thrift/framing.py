@@ -36,6 +36,16 @@ class Frame:
         self.head = head
         self.tt = tt
 
+    @classmethod
+    def from_message(cls, kind: int, msg: bytes | bytearray, tt: TTHeader | None = None) -> "Frame":
+        """A frame around a message built locally (the gateway's requests)."""
+        head = parse_head(msg)
+        if kind == FRAMED:
+            return cls(FRAMED, bytearray(_U32.pack(len(msg))) + msg, 4, head, None)
+        if kind == TTHEADER:
+            return cls(TTHEADER, bytearray(msg), 0, head, tt or TTHeader())
+        return cls(UNFRAMED, bytearray(msg), 0, head, None)
+
     @property
     def message(self) -> bytes:
         """The Thrift message bytes (a copy; not for the hot path)."""
