@@ -28,6 +28,8 @@ struct Item {
   13: map<i32, list<string>> nested,
   14: optional list<map<string, Inner>> deep,
   15: optional set<Color> palette,
+  16: optional map<Inner, string> keyed,
+  17: optional map<bool, double> flags,
 }
 
 exception NotFound {
