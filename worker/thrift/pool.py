@@ -217,6 +217,7 @@ class EndpointPool:
         self.loop = loop
         self.conns: list[UpstreamConnection] = []
         self.idle: list[UpstreamConnection] = []  # open, nothing in flight; LIFO (warm first)
+        self.adopting: list[UpstreamConnection] = []  # handed over by the previous generation
         self.failures = 0
         self.ejected_until = 0.0
 
@@ -248,6 +249,10 @@ class EndpointPool:
                 return conn
             if not conn.closed:
                 conn.close()
+        while self.adopting:  # requests queue on it until its transport is up
+            conn = self.adopting.pop()
+            if not conn.closed and not conn.inflight:
+                return conn
         if len(self.conns) < self.settings.max_conns:
             return self._connect()
         return min(self.conns, key=_inflight)
@@ -292,6 +297,10 @@ class EndpointPool:
     # -- callbacks from connections ---------------------------------------------------------
 
     def on_connected(self, conn: UpstreamConnection) -> None:
+        try:
+            self.adopting.remove(conn)
+        except ValueError:
+            pass
         self.failures = 0
         self.ejected_until = 0.0
         if not conn.inflight:
@@ -308,14 +317,11 @@ class EndpointPool:
         self.idle.append(conn)
 
     def on_closed(self, conn: UpstreamConnection) -> None:
-        try:
-            self.conns.remove(conn)
-        except ValueError:
-            pass
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
+        for group in (self.conns, self.idle, self.adopting):
+            try:
+                group.remove(conn)
+            except ValueError:
+                pass
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -373,6 +379,7 @@ class EndpointPool:
             return
         conn = UpstreamConnection(self)
         self.conns.append(conn)
+        self.adopting.append(conn)
         loop.create_task(self._adopt(conn, sock))
 
     async def _adopt(self, conn: UpstreamConnection, sock: socket.socket) -> None:
@@ -471,26 +478,29 @@ class Upstreams:
                 pools.append({"upstream": pool.endpoint.label, "kind": pool.kind, "fds": idx})
         return {"pools": pools}
 
-    def import_state(self, data: dict, take_fd: Callable[[int], int]) -> int:
-        """Adopt exported idle connections into the matching pools; returns how many."""
+    def import_state(self, data: dict, take_fd: Callable[[int], int],
+                     resolve: Callable[[str, int], EndpointPool | None]) -> int:
+        """Adopt exported idle connections into the pools ``resolve(upstream, kind)`` names
+        (None: that upstream left the config, its connections are closed); returns how many."""
         adopted = 0
         for item in data.get("pools", []):
-            pool = self.pools.get((item.get("upstream"), item.get("kind")))
+            pool = resolve(item.get("upstream"), item.get("kind"))
             for index in item.get("fds", []):
                 fd = take_fd(index)
                 if fd < 0:
                     continue
                 if pool is None:
-                    os.close(fd)  # that upstream is gone from the config
+                    os.close(fd)
                     continue
                 pool.adopt_fd(fd)
                 adopted += 1
         return adopted
 
-    def adopt_live(self, other: "Upstreams") -> None:
-        for key, pool in self.pools.items():
-            old = other.pools.get(key)
-            if old is not None:
+    def adopt_live(self, other: "Upstreams", resolve: Callable[[str, int], EndpointPool | None]) -> None:
+        """In-place reload: idle connections of the live previous version move here."""
+        for (label, kind), old in list(other.pools.items()):
+            pool = resolve(label, kind)
+            if pool is not None:
                 pool.adopt_live(old)
 
     def close(self) -> None:

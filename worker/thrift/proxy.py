@@ -101,6 +101,14 @@ class MethodRouter:
                 for method in rcfg.methods:
                     self.by_method.setdefault(method, route)
 
+    def pool_for(self, label: str, kind: int) -> EndpointPool | None:
+        """The pool of upstream ``label`` in framing ``kind``, if a route still uses it."""
+        for route in self.routes:
+            for target in route.balancer.items:
+                if target.endpoint.label == label:
+                    return target.pool_for(kind)
+        return None
+
     def route(self, name: str) -> Route | None:
         route = self.by_method.get(name)
         if route is not None:
@@ -179,12 +187,12 @@ class ThriftProxy(Stateful):
 
     def import_state(self, data: Any, fds: FdSource) -> None:
         if isinstance(data, dict):
-            n = self.upstreams.import_state(data, fds.take_fd)
+            n = self.upstreams.import_state(data, fds.take_fd, self.router.pool_for)
             if n:
                 log.info("thrift_pool_adopted", connections=n)
 
     def adopt(self, previous: Any) -> None:
-        self.upstreams.adopt_live(previous.upstreams)
+        self.upstreams.adopt_live(previous.upstreams, self.router.pool_for)
 
     async def aclose(self) -> None:
         self.upstreams.close()
