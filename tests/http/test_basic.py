@@ -64,6 +64,7 @@ def test_hello_names_monolake_slot_and_pid(proxy):
     assert b"monolake" in r.body
     assert f"pid={proxy.proc.pid}".encode() in r.body
     assert b"worker=0" in r.body
+    assert proxy.runtime in ("asyncio", "io_uring")
 
 
 def test_echo_returns_method_path_headers_body(proxy):
@@ -144,8 +145,3 @@ def test_head_has_length_but_no_body(proxy):
         assert c.request("GET", "/up/after").body == b"up1 /up/after"
 
 
-def test_stats_count_requests(proxy):
-    with Conn(proxy.port()) as c:
-        for _ in range(3):
-            c.request("GET", "/")
-    assert "error" not in proxy.log().lower() or True

@@ -9,6 +9,7 @@ Routes (by path suffix, so any proxy rewrite prefix works):
 - ``/reset``: resets the connection (SO_LINGER 0) without answering;
 - ``/garbage``: answers bytes that are not HTTP;
 - ``/early``: answers 413 at once, without reading the request body;
+- ``/silentclose``: answers with a length, then closes without saying ``Connection: close``;
 - any request with ``Upgrade: websocket``: 101, then echoes every byte back.
 Anything else: ``<name> <path>`` as text.
 """
@@ -129,6 +130,11 @@ class UpstreamServer:
                     w.close()
                     return
                 length, digest = await self._read_body(r, hd)
+                if path.endswith("/silentclose"):
+                    await self._reply(w, b"bye")
+                    await w.drain()
+                    w.close()
+                    return
                 keep = hd.get("connection", "").lower() != "close"
                 if path.endswith("/slow"):
                     await asyncio.sleep(float(q.get("delay", "1")))

@@ -12,6 +12,7 @@ Requests are answered strictly in order: heads parsed while a response is still 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._write_paused = False
         self._out_body: BodyStream | None = None
         self._out_chunked = False
+        self._pending_head: bytes | None = None
         self._closing = False
         self._parse_dead = False
         self._phase = HEAD
@@ -106,6 +108,7 @@ class HttpServerProtocol(asyncio.Protocol):
         rt = self._rt
         self._transport = transport
         self._write = transport.write
+        _nodelay(transport)
         rt.connections.add(self)
         st = rt.stats
         st.connections_total += 1
@@ -226,8 +229,14 @@ class HttpServerProtocol(asyncio.Protocol):
         except UpgradeRequested as exc:
             self._on_upgrade(exc.rest)
         except (HttpParserError, ParseError) as exc:
-            status = getattr(exc, "status", 400)
-            self._parse_failed(status, str(exc))
+            cause = exc.__context__ if not isinstance(exc, ParseError) else exc
+            if isinstance(cause, ParseError):
+                self._parse_failed(cause.status, str(cause))
+            elif cause is not None and not isinstance(cause, HttpParserError):
+                self._rt.log.error("http_callback_error", peer=self._ctx.peer, exc_info=cause)
+                self._parse_failed(500, "internal error")
+            else:
+                self._parse_failed(400, str(exc))
         except Exception:  # noqa: BLE001 - a request must never take the worker down
             self._rt.log.exception("http_connection_error", peer=self._ctx.peer)
             self._parse_failed(500, "internal error")
@@ -528,6 +537,16 @@ class HttpServerProtocol(asyncio.Protocol):
         out = b"".join(parts)
         ex.bytes_out += len(out)
         rt.stats.bytes_out += len(out)
+        if stream is not None and tunnel is None and not (head_only or no_body):
+            # a streamed body: send the head together with what is already buffered
+            self._out_body = stream
+            self._pending_head = out
+            stream.pipe(self)
+            head = self._pending_head
+            if head is not None:
+                self._pending_head = None
+                self._write(head)
+            return
         self._write(out)
         if tunnel is not None:
             self._queue.clear()
@@ -543,9 +562,6 @@ class HttpServerProtocol(asyncio.Protocol):
                 stream.abandon() if not stream.done else stream.discard()
             self._out_chunked = False
             self._finish(ex)
-            return
-        self._out_body = stream
-        stream.pipe(self)
 
     # BodySink: a streamed response body goes out through these
     def write(self, data: bytes) -> None:
@@ -555,16 +571,26 @@ class HttpServerProtocol(asyncio.Protocol):
         self._rt.stats.bytes_out += len(data)
         if self._queue:
             self._queue[0].bytes_out += len(data)
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            data = head + data
         if self._transport is not None:
             self._write(data)
 
     def end(self) -> None:
         self._out_body = None
+        tail = b""
         if self._out_chunked:
             self._out_chunked = False
             self._rt.stats.bytes_out += 5
-            if self._transport is not None:
-                self._write(b"0\r\n\r\n")
+            tail = b"0\r\n\r\n"
+        head = self._pending_head
+        if head is not None:
+            self._pending_head = None
+            tail = head + tail
+        if tail and self._transport is not None:
+            self._write(tail)
         if self._queue:
             self._finish(self._queue[0])
 
@@ -775,6 +801,16 @@ class HttpServerProtocol(asyncio.Protocol):
         t = self._transport
         if t is not None:
             t.abort()
+
+
+def _nodelay(transport: Any) -> None:
+    """Small writes must leave at once (Nagle + delayed ACK costs 40 ms per response)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
 
 def _discard_response(resp: Response) -> None:
