@@ -1,0 +1,262 @@
+"""The io_uring event loop: asyncio's selector loop with the ring underneath.
+
+Why a SelectorEventLoop subclass: everything asyncio builds on a selector (call_soon/call_later,
+run_in_executor, signals, sock_* coroutines, pipes, subprocesses, start_tls, create_connection /
+create_server / create_unix_server) keeps working unchanged on a selector emulated with io_uring
+polls, while stream sockets take a fast path (multishot accept and recv, C-owned sends) with no
+syscall, Future or selector registration per read or write. Each iteration makes exactly one
+``io_uring_enter`` (submit + wait + reap) and walks the completion batch once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import os
+import selectors
+import socket
+from asyncio import base_events, constants, trsock
+from asyncio.log import logger
+from collections.abc import Callable
+from typing import Any
+
+from monolake.uring._uring import lib  # type: ignore[import-not-found]
+from monolake.uring.ring import F_MORE, K_ACCEPT, Ring
+from monolake.uring.selector import UringSelector
+from monolake.uring.transport import UringSocketTransport
+
+_STREAM_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
+_ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# asyncio >= 3.13 passes the transport to Server._attach/_detach
+_SERVER_TAKES_TRANSPORT = len(inspect.signature(base_events.Server._attach).parameters) > 1
+
+
+class _Listener:
+    """A listening socket served by a multishot accept."""
+
+    __slots__ = ("loop", "sock", "fd", "token", "protocol_factory", "sslcontext", "server",
+                 "ssl_kwargs", "stopping", "family", "proto")
+
+    def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol_factory: Callable[[], Any],
+                 sslcontext: Any, server: Any, ssl_kwargs: dict[str, Any]) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.proto = sock.proto
+        self.token = 0
+        self.protocol_factory = protocol_factory
+        self.sslcontext = sslcontext
+        self.server = server
+        self.ssl_kwargs = ssl_kwargs
+        self.stopping = False
+
+    def arm(self) -> None:
+        loop = self.loop
+        if self.stopping or loop._ring.closed:
+            return
+        self.token = loop._ring.token()
+        loop._handlers[self.token] = self.event
+        lib.mu_accept(loop._ring.ptr, self.fd, (self.token << 8) | K_ACCEPT)
+
+    def event(self, kind: int, res: int, flags: int, off: int) -> None:
+        loop = self.loop
+        final = not flags & F_MORE
+        if final:
+            loop._handlers.pop(self.token, None)
+        if res >= 0:
+            conn = socket.socket(self.family, socket.SOCK_STREAM, self.proto, fileno=res)
+            if self.stopping:
+                conn.close()
+            else:
+                loop._accepted(self, conn)
+        elif -res in _ACCEPT_RESOURCE_ERRORS and not self.stopping:
+            loop.call_exception_handler({
+                "message": "socket.accept() out of system resource",
+                "exception": OSError(-res, os.strerror(-res)),
+                "socket": trsock.TransportSocket(self.sock),
+            })
+            if final:
+                loop.call_later(constants.ACCEPT_RETRY_DELAY, self.arm)
+            return
+        if final:
+            if self.stopping:
+                self.sock.close()
+                loop._stopping_listeners.pop(self.token, None)
+            else:
+                self.arm()  # the kernel ended the multishot (e.g. an error): take it up again
+
+    def stop(self) -> None:
+        """Cancel the accept; the socket is closed on the final completion (the ring holds a
+        reference to it until then, so closing it now would keep accepting)."""
+        self.stopping = True
+        loop = self.loop
+        if loop._ring.closed or self.token not in loop._handlers:
+            self.sock.close()
+            return
+        loop._stopping_listeners[self.token] = self
+        lib.mu_cancel(loop._ring.ptr, (self.token << 8) | K_ACCEPT)
+
+
+class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+    """asyncio event loop driven by io_uring (see the module docstring)."""
+
+    def __init__(self, entries: int = 1024, setup_flags: str | None = None, **ring_kwargs: Any) -> None:
+        self._ring = Ring(entries, setup_flags, **ring_kwargs)
+        self._handlers: dict[int, Callable[[int, int, int, int], None]] = {}
+        self._conn_transports: dict[int, UringSocketTransport] = {}
+        self._listeners: dict[int, _Listener] = {}
+        self._stopping_listeners: dict[int, _Listener] = {}
+        selector = _LoopSelector(self._ring, self._handlers, self._on_selector_ready)
+        super().__init__(selector)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} "
+                f"flags={self._ring.setup_flags} entries={self._ring.entries}>")
+
+    @property
+    def runtime_detail(self) -> str:
+        return f"io_uring entries={self._ring.entries} flags={self._ring.setup_flags}"
+
+    # ---- the iteration: one ring run, one walk over the batch ----
+
+    def _process_events(self, batch: list[Any]) -> None:
+        handlers = self._handlers
+        it = iter(batch)
+        for ud, res, flags, off in zip(it, it, it, it):
+            h = handlers.get(ud >> 8)
+            if h is not None:
+                h(ud & 255, res, flags, off)
+
+    def _on_selector_ready(self, key: selectors.SelectorKey, mask: int) -> None:
+        reader, writer = key.data
+        if mask & selectors.EVENT_READ and reader is not None:
+            if reader._cancelled:
+                self._remove_reader(key.fileobj)
+            else:
+                self._add_callback(reader)
+        if mask & selectors.EVENT_WRITE and writer is not None:
+            if writer._cancelled:
+                self._remove_writer(key.fileobj)
+            else:
+                self._add_callback(writer)
+
+    # BaseEventLoop._run_once calls self._selector.select(timeout) and hands the result to
+    # _process_events: our _LoopSelector returns the raw completion batch instead of keys.
+
+    def _write_to_self(self) -> None:
+        """call_soon_threadsafe's wake-up: an eventfd write (the ring polls it)."""
+        efd = self._ring.efd
+        if efd < 0:
+            return
+        try:
+            os.eventfd_write(efd, 1)
+        except OSError:
+            if self._debug:
+                logger.debug("Fail to write the io_uring wake-up eventfd", exc_info=True)
+
+    # ---- stream sockets: the fast path ----
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
+                               extra: dict[str, Any] | None = None, server: Any = None) -> Any:
+        if sock.family in _STREAM_FAMILIES and sock.type == socket.SOCK_STREAM:
+            return UringSocketTransport(self, sock, protocol, waiter, extra, server)
+        return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
+                            waiter: Any = None, *, server_side: bool = False,
+                            server_hostname: str | None = None, extra: dict[str, Any] | None = None,
+                            server: Any = None, **kwargs: Any) -> Any:
+        from asyncio import sslproto
+
+        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
+                                            server_hostname, **kwargs)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
+                       sslcontext: Any = None, server: Any = None, backlog: int = 100,
+                       *args: Any) -> None:
+        if sock.family not in _STREAM_FAMILIES or sock.fileno() in self._listeners:
+            if sock.fileno() in self._listeners:
+                return
+            super()._start_serving(protocol_factory, sock, sslcontext, server, backlog, *args)
+            return
+        names = ("ssl_handshake_timeout", "ssl_shutdown_timeout")
+        ssl_kwargs = dict(zip(names, args))
+        listener = _Listener(self, sock, protocol_factory, sslcontext, server, ssl_kwargs)
+        self._listeners[listener.fd] = listener
+        listener.arm()
+
+    def _accepted(self, listener: _Listener, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        if listener.sslcontext:
+            self.create_task(self._accept_connection2(
+                listener.protocol_factory, conn, {}, listener.sslcontext, listener.server,
+                *listener.ssl_kwargs.values()))
+            return
+        protocol = None
+        try:
+            protocol = listener.protocol_factory()
+            UringSocketTransport(self, conn, protocol, None, None, listener.server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            conn.close()
+            self.call_exception_handler({
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc, "protocol": protocol})
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        listener = self._listeners.pop(sock.fileno(), None)
+        if listener is None:
+            super()._stop_serving(sock)
+            return
+        listener.stop()
+
+    def _server_attach(self, server: Any, transport: Any) -> None:
+        if _SERVER_TAKES_TRANSPORT:
+            server._attach(transport)
+        else:
+            server._attach()
+
+    def _server_detach(self, server: Any, transport: Any) -> None:
+        if _SERVER_TAKES_TRANSPORT:
+            server._detach(transport)
+        else:
+            server._detach()
+
+    # ---- closing ----
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        super().close()
+        # transports still open: their C conns go with the ring (their sockets stay with them)
+        for t in list(self._conn_transports.values()):
+            t._ring_gone()
+        self._conn_transports.clear()
+        left = self._ring.close()
+        if left:
+            logger.warning("io_uring loop closed with %d operations still in flight", left)
+        for listener in list(self._stopping_listeners.values()):
+            listener.sock.close()
+        self._stopping_listeners.clear()
+        self._listeners.clear()
+        self._handlers.clear()
+
+
+class _LoopSelector(UringSelector):
+    """The selector the loop owns: ``select()`` returns the completion batch itself."""
+
+    def select(self, timeout: float | None = None) -> Any:  # type: ignore[override]
+        self.arm_pending()
+        return self._ring.run(timeout)
+
+
+def new_event_loop(entries: int = 1024, setup_flags: str | None = None, **ring_kwargs: Any) -> UringEventLoop:
+    """A new io_uring loop; ``asyncio.Runner(loop_factory=new_event_loop)`` works."""
+    return UringEventLoop(entries, setup_flags, **ring_kwargs)

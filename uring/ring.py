@@ -1,0 +1,98 @@
+"""Python face of the C ring: tokens, the run() call and the received-data arena.
+
+Why a thin wrapper: the loop, the selector and the transports share one ring and one token space;
+user_data is ``token << 8 | kind`` with tokens never reused, so a late completion can never be
+mistaken for a newer operation on a reused fd.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
+from monolake.uring.probe import FLAG_CHOICES, flag_mask, probe
+
+# kinds, low 8 bits of a Python user_data (1-4 are produced by C for conns)
+K_RECV = lib.MU_EV_RECV
+K_SENDERR = lib.MU_EV_SENDERR
+K_DRAIN = lib.MU_EV_DRAIN
+K_QUIESCED = lib.MU_EV_QUIESCED
+K_POLL = 16
+K_ACCEPT = 17
+K_TIMEOUT = 18
+K_NOP = 19
+
+F_MORE = 2  # IORING_CQE_F_MORE
+
+DEFAULT_NBUFS = 256
+DEFAULT_BUF_SIZE = 16384
+DEFAULT_ARENA = 2 * 1024 * 1024
+DEFAULT_BATCH = 1024
+
+
+class Ring:
+    """One io_uring owned by one loop, created in the process that uses it."""
+
+    def __init__(self, entries: int = 1024, setup_flags: str | None = None,
+                 nbufs: int = DEFAULT_NBUFS, buf_size: int = DEFAULT_BUF_SIZE,
+                 arena_size: int = DEFAULT_ARENA, batch: int = DEFAULT_BATCH) -> None:
+        if setup_flags is None:
+            p = probe(min(entries, 64))
+            if not p.available:
+                raise OSError(f"io_uring unavailable: {p.reason}")
+            setup_flags = p.setup_flags
+        if setup_flags not in FLAG_CHOICES:
+            raise ValueError(f"setup_flags must be one of {FLAG_CHOICES}, got {setup_flags!r}")
+        err = ffi.new("int *")
+        ptr = lib.mu_ring_new(entries, lib.mu_flags_from_mask(flag_mask(setup_flags)), nbufs,
+                              buf_size, arena_size, err)
+        if ptr == ffi.NULL:
+            code = -err[0]
+            raise OSError(code, f"io_uring setup failed ({setup_flags}): {os.strerror(code)}")
+        self.ptr: Any = ptr
+        self.pid = os.getpid()
+        self.setup_flags = setup_flags
+        self.entries = entries
+        self.efd: int = lib.mu_ring_eventfd(ptr)
+        self.batch = batch
+        self._out = ffi.new("int64_t[]", 4 * batch)
+        self._view = memoryview(ffi.buffer(self._out)).cast("q")
+        self.arena = ffi.buffer(lib.mu_arena(ptr), lib.mu_arena_size(ptr))
+        self._next_token = 1
+        self.closed = False
+
+    def token(self) -> int:
+        """A fresh token (never reused within this ring)."""
+        t = self._next_token
+        self._next_token = t + 1
+        return t
+
+    def run(self, timeout: float | None) -> list[int]:
+        """Submit, wait up to ``timeout`` (None = until something completes), reap.
+
+        Returns a flat list ``[ud, res, flags, off, ud, res, ...]``.
+        """
+        if timeout is None:
+            n = lib.mu_run(self.ptr, 1, -1, self._out, self.batch)
+        elif timeout <= 0:
+            n = lib.mu_run(self.ptr, 0, 0, self._out, self.batch)
+        else:
+            n = lib.mu_run(self.ptr, 1, int(timeout * 1e9) or 1, self._out, self.batch)
+        if n <= 0:
+            if n < 0:
+                raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
+            return []
+        return self._view[:4 * n].tolist()
+
+    def close(self, timeout_ms: int = 1000) -> int:
+        """Cancel everything, wait for the kernel to let go of our memory, free the ring.
+
+        Returns how many operations were still in flight at the deadline (0 normally)."""
+        if self.closed:
+            return 0
+        self.closed = True
+        self.efd = -1
+        left = lib.mu_ring_free(self.ptr, timeout_ms)
+        self.ptr = ffi.NULL
+        return int(left)

@@ -1,0 +1,335 @@
+"""Stream socket transport driven by io_uring: multishot recv in, C-owned sends out.
+
+Why not asyncio's selector transport: readiness + recv/send syscalls per event is exactly what
+io_uring removes. Here data arrives as completions in the loop's batch (no Future, no syscall per
+read), writes are copied into C which sends them in order and resubmits short writes, and the
+transport only hears back about errors, drained write buffers and the final "quiesced" event after
+which the fd can be closed safely.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from asyncio import constants, protocols, transports, trsock
+from asyncio.log import logger
+
+from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
+from monolake.uring.ring import K_DRAIN, K_QUIESCED, K_RECV, K_SENDERR
+
+if TYPE_CHECKING:
+    from monolake.uring.loop import UringEventLoop
+
+_feed_buffered = protocols._feed_data_to_buffered_proto  # type: ignore[attr-defined]
+_EOF = object()  # marker held while reading is paused
+
+mu_conn_send = lib.mu_conn_send
+mu_conn_recv_start = lib.mu_conn_recv_start
+mu_conn_recv_stop = lib.mu_conn_recv_stop
+
+
+def _oserror(res: int) -> OSError:
+    code = -res
+    exc_type = {errno.ECONNRESET: ConnectionResetError, errno.EPIPE: BrokenPipeError,
+                errno.ECONNABORTED: ConnectionAbortedError,
+                errno.ETIMEDOUT: TimeoutError}.get(code, OSError)
+    return exc_type(code, os.strerror(code))
+
+
+class UringSocketTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+    """asyncio Transport over a stream socket (TCP or unix), fed by io_uring completions."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sock: socket.socket | None = None
+    _conn: Any = None
+
+    def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol: protocols.BaseProtocol,
+                 waiter: Any = None, extra: dict[str, Any] | None = None, server: Any = None) -> None:
+        super().__init__(extra, loop)
+        self._loop: UringEventLoop = loop
+        self._sock = sock
+        self._sock_fd = fd = sock.fileno()
+        self._token = token = loop._ring.token()
+        conn = lib.mu_conn_new(loop._ring.ptr, fd, token << 8)
+        if conn == ffi.NULL:
+            raise MemoryError("io_uring conn allocation failed")
+        self._conn = conn
+        self._arena = loop._ring.arena
+        self._protocol: Any = None
+        self._buffered = False
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._closing = False
+        self._paused = False
+        self._eof = False            # write_eof() called
+        self._eof_received = False
+        self._held: list[Any] = []   # data (and EOF) that arrived while reading was paused
+        self._conn_lost = 0
+        self._lost_exc: BaseException | None = None
+        loop._handlers[token] = self._event
+        loop._conn_transports[token] = self
+        loop._transports[fd] = self
+        if server is not None:
+            loop._server_attach(server, self)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # unix sockets
+        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    # ---- info ----
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<UringSocketTransport fd={self._sock_fd} {state} paused={self._paused} " \
+               f"bufsize={self.get_write_buffer_size()}>"
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = self._extra
+        if name in extra:
+            return extra[name]
+        sock = self._sock
+        if sock is not None:
+            try:
+                if name == "socket":
+                    extra[name] = trsock.TransportSocket(sock)
+                elif name == "sockname":
+                    extra[name] = sock.getsockname()
+                elif name == "peername":
+                    extra[name] = sock.getpeername()
+            except OSError:
+                extra[name] = None
+            if name in extra:
+                return extra[name]
+        return default
+
+    def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._protocol_connected = True
+
+    def get_protocol(self) -> protocols.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def get_write_buffer_size(self) -> int:
+        conn = self._conn
+        return conn.pending if conn is not None else 0
+
+    # ---- reading ----
+
+    def _start_reading(self) -> None:
+        if self._paused or self._closing or self._eof_received or self._conn is None:
+            return
+        rc = mu_conn_recv_start(self._conn)
+        if rc < 0:
+            self._fatal_error(_oserror(rc), "Fatal error arming recv")
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        if self._conn is not None:
+            mu_conn_recv_stop(self._conn)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held:
+            self._loop.call_soon(self._flush_held)
+        else:
+            self._start_reading()
+
+    def _flush_held(self) -> None:
+        """Deliver what arrived while paused, in order, then resume the recv."""
+        while self._held and not self._paused and not self._closing:
+            item = self._held.pop(0)
+            if item is _EOF:
+                self._on_eof()
+            else:
+                self._deliver(item)
+        if not self._held:
+            self._start_reading()
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            if self._buffered:
+                _feed_buffered(self._protocol, data)
+            else:
+                self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _on_eof(self) -> None:
+        self._eof_received = True
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def _event(self, kind: int, res: int, flags: int, off: int) -> None:
+        """A completion for this conn (called from the loop's batch dispatch)."""
+        if kind == K_RECV:
+            if res > 0:
+                data = self._arena[off:off + res]
+                if self._paused or self._held:
+                    self._held.append(data)
+                    return
+                if self._buffered:
+                    self._deliver(data)
+                    return
+                try:
+                    self._protocol.data_received(data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+            elif res == 0:
+                if self._paused or self._held:
+                    self._held.append(_EOF)
+                else:
+                    self._on_eof()
+            else:
+                self._fatal_error(_oserror(res), "Fatal read error on socket transport")
+        elif kind == K_DRAIN:
+            self._maybe_resume_protocol()
+            if self._protocol_paused and self._conn is not None:
+                self._conn.notify_below = self._low_water
+        elif kind == K_SENDERR:
+            self._fatal_error(_oserror(res), "Fatal write error on socket transport")
+        elif kind == K_QUIESCED:
+            self._quiesced()
+
+    # ---- writing ----
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if type(data) is not bytes:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            data = bytes(data)
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        conn = self._conn
+        if self._conn_lost or conn is None or self._closing:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        n = mu_conn_send(conn, data, len(data))
+        if n > self._high_water:
+            self._maybe_pause_protocol()
+            if self._protocol_paused:
+                conn.notify_below = self._low_water
+        elif n < 0 and n != -errno.EPIPE:
+            # the error also arrives as a SENDERR event; count like asyncio does
+            self._conn_lost += 1
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        super().set_write_buffer_limits(high, low)
+        if self._protocol_paused and self._conn is not None:
+            self._conn.notify_below = self._low_water
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._conn is not None:
+            lib.mu_conn_shutdown(self._conn)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    # ---- closing ----
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._held.clear()
+        if self._conn is not None:
+            lib.mu_conn_close(self._conn, 0)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({"message": message, "exception": exc,
+                                               "transport": self, "protocol": self._protocol})
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        self._conn_lost += 1
+        self._closing = True
+        self._held.clear()
+        self._lost_exc = exc
+        if self._conn is not None:
+            lib.mu_conn_close(self._conn, 1)
+
+    def _quiesced(self) -> None:
+        """C has no operation left on the fd (and freed its conn): close and report."""
+        self._conn = None
+        loop = self._loop
+        loop._handlers.pop(self._token, None)
+        loop._conn_transports.pop(self._token, None)
+        loop.call_soon(self._call_connection_lost, self._lost_exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            sock = self._sock
+            if sock is not None:
+                self._sock = None
+                sock.close()
+            self._protocol = None
+            server = self._server
+            if server is not None:
+                self._server = None
+                self._loop._server_detach(server, self)
+
+    def _ring_gone(self) -> None:
+        """The loop closed under us: the C conn was freed with the ring."""
+        self._conn = None
+        self._closing = True
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            if self._conn is None:  # safe only once the ring no longer references the fd
+                self._sock.close()
+
+
+def _set_result_unless_cancelled(fut: Any, result: Any) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
