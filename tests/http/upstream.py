@@ -4,7 +4,8 @@ Routes (by path suffix, so any proxy rewrite prefix works):
 - ``/info``: JSON with the method, target, headers, body length and sha256 of the request;
 - ``/bytes?n=N``: N bytes of ``pattern`` with Content-Length; ``&chunked=1``: chunked;
   ``&close=1``: close-delimited (no length);
-- ``/sink``: reads the body (any size) and answers its length and sha256;
+- ``/sink``: reads the body (any size) and answers its length and sha256 (``?pause=S``: stops
+  reading for S seconds after the first MiB, to exercise backpressure);
 - ``/slow?delay=S``: answers after S seconds; ``/slowbody?delay=S``: head now, body after S;
 - ``/reset``: resets the connection (SO_LINGER 0) without answering;
 - ``/garbage``: answers bytes that are not HTTP;
@@ -125,11 +126,19 @@ class UpstreamServer:
                     w.close()
                     return
                 if path.endswith("/early"):
+                    # answer before reading the body, then linger (read and drop) like nginx
+                    # does, so that the close does not reset the answer away
                     w.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope")
                     await w.drain()
+                    try:
+                        async with asyncio.timeout(5):
+                            while await r.read(1 << 20):
+                                pass
+                    except TimeoutError:
+                        pass
                     w.close()
                     return
-                length, digest = await self._read_body(r, hd)
+                length, digest = await self._read_body(r, hd, float(q.get("pause", "0")))
                 if path.endswith("/silentclose"):
                     await self._reply(w, b"bye")
                     await w.drain()
@@ -176,9 +185,11 @@ class UpstreamServer:
         finally:
             self._writers.discard(w)
 
-    async def _read_body(self, r: asyncio.StreamReader, hd: dict) -> tuple[int, str]:
+    async def _read_body(self, r: asyncio.StreamReader, hd: dict, pause: float = 0.0) -> tuple[int, str]:
+        """Read (and hash) the body; ``pause``: stop reading for that long after the first MiB."""
         h = hashlib.sha256()
         n = 0
+        paused = pause <= 0
         if "content-length" in hd:
             left = int(hd["content-length"])
             while left:
@@ -188,6 +199,9 @@ class UpstreamServer:
                 h.update(chunk)
                 n += len(chunk)
                 left -= len(chunk)
+                if not paused and n > (1 << 20):
+                    paused = True
+                    await asyncio.sleep(pause)
         elif hd.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -203,6 +217,9 @@ class UpstreamServer:
                     h.update(chunk)
                     n += len(chunk)
                     left -= len(chunk)
+                    if not paused and n > (1 << 20):
+                        paused = True
+                        await asyncio.sleep(pause)
                 await r.readexactly(2)
         return n, h.hexdigest()
 

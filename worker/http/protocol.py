@@ -491,8 +491,8 @@ class HttpServerProtocol(asyncio.Protocol):
         close = resp.close or self._closing or rt.draining or req is None or not req.keep_alive
         if req is not None and req.upgrade and status != 101:
             close = True  # the parser stopped at the upgrade request: nothing more to read
-        if req is not None and req.body is not None and not req.body.done and not req.body.consumed:
-            close = True  # body never read (e.g. after Expect: 100-continue): cannot reuse
+        if req is not None and req.body is not None and not req.body.done:
+            close = True  # answered before the request body is in: the connection ends after
         head_only = req is not None and req.method == "HEAD"
         no_body = status < 200 or status == 204 or status == 304
         parts = [_status_line(status, resp.reason)]
@@ -622,6 +622,10 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         req = ex.request
         incomplete = req is not None and req.body is not None and not req.body.done
+        if incomplete:
+            # answered before the whole request body arrived (an early upstream answer, a
+            # refusal): the rest is never forwarded, and the connection cannot be reused
+            req.body.fail(BodyError("response sent before the request body was complete"))
         if ex.close or self._closing or incomplete or ex.error:
             self._close(linger=incomplete or bool(ex.error))
             return
