@@ -96,10 +96,11 @@ def frame_message(kind: int, msg: bytes | bytearray, tt: TTHeader | None = None,
 class Deframer:
     """Splits one connection's byte stream into ``Frame``s; raises ``FrameError`` on bad input."""
 
-    __slots__ = ("kind", "max_frame", "buf", "scanner")
+    __slots__ = ("kind", "max_frame", "buf", "scanner", "names")
 
-    def __init__(self, kind: int, max_frame_size: int) -> None:
+    def __init__(self, kind: int, max_frame_size: int, names: bool = True) -> None:
         self.kind = kind
+        self.names = names  # decode method names (requests); replies need only the seqid
         self.max_frame = max_frame_size
         self.buf = bytearray()
         self.scanner: BinaryScanner | None = BinaryScanner(max_frame_size) if kind == UNFRAMED else None
@@ -174,12 +175,12 @@ class Deframer:
             if n < 10 or src[pos + 4] != 0x10 or src[pos + 5] != 0x00:
                 raise FrameError("illegal TTHeader frame (no 0x1000 magic)")
             tt, poff = tt_decode(src, pos, stop)
-            head = parse_head(src, poff, stop)
+            head = parse_head(src, poff, stop, self.names)
             raw = src[pos:stop] if isinstance(src, bytearray) else bytearray(src[pos:stop])
             frames.append(Frame(TTHEADER, raw, poff - pos, head, tt))
         else:
-            head = parse_head(src, pos + 4, stop)
-            raw = src[pos:stop] if isinstance(src, bytearray) else bytearray(src[pos:stop])
+            head = parse_head(src, pos + 4, stop, self.names)
+            raw = src[pos:stop] if src.__class__ is bytearray else bytearray(src[pos:stop])
             frames.append(Frame(FRAMED, raw, 4, head, None))
         return stop
 

@@ -46,8 +46,12 @@ class Head(NamedTuple):
     size: int  # bytes of the whole head
 
 
-def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None) -> Head:
-    """Parse a message head at ``buf[start:end]``; ``FrameError`` if it is not a complete, valid head."""
+def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None,
+               names: bool = True) -> Head:
+    """Parse a message head at ``buf[start:end]``; ``FrameError`` if it is not a complete, valid head.
+
+    ``names=False`` skips decoding the method name (replies are matched by seqid alone).
+    """
     if end is None:
         end = len(buf)
     avail = end - start
@@ -64,7 +68,7 @@ def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | N
             nlen = _unpack_i32(buf, start + 4)[0]
             if nlen < 0 or nlen > MAX_NAME or 8 + nlen + 4 > avail:
                 raise FrameError("bad method name length")
-            name = bytes(buf[start + 8:start + 8 + nlen]).decode()
+            name = str(buf[start + 8:start + 8 + nlen], "utf-8") if names else ""
             at = 8 + nlen
             seqid = _unpack_i32(buf, start + at)[0]
             return Head(name, mtype, seqid, at, 4, BINARY, at + 4)
@@ -75,7 +79,7 @@ def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | N
         nlen = _unpack_i32(buf, start)[0]
         if nlen < 0 or nlen > MAX_NAME or 4 + nlen + 5 > avail:
             raise FrameError("not a thrift message (bad name length)")
-        name = bytes(buf[start + 4:start + 4 + nlen]).decode()
+        name = str(buf[start + 4:start + 4 + nlen], "utf-8") if names else ""
         at = 4 + nlen + 1
         mtype = buf[start + at - 1]
         seqid = _unpack_i32(buf, start + at)[0]
@@ -125,7 +129,7 @@ def _parse_compact(buf: bytes | bytearray | memoryview, start: int, end: int) ->
     nlen, pos = _read_varint(buf, pos, end)
     if nlen > MAX_NAME or pos + nlen > end:
         raise FrameError("bad method name length")
-    name = bytes(buf[pos:pos + nlen]).decode()
+    name = str(buf[pos:pos + nlen], "utf-8")
     seqid = seq_u - 0x100000000 if seq_u & 0x80000000 else seq_u
     return Head(name, mtype, seqid, at, seqlen, COMPACT, pos + nlen - start)
 

@@ -100,7 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pending: dict[int, Call] = {}
         self.inflight = 0  # requests written (or queued) and not answered, oneway excluded
         self.queued: list[bytes | bytearray] = []
-        self.deframer = Deframer(pool.kind, pool.settings.max_frame)
+        self.deframer = Deframer(pool.kind, pool.settings.max_frame, names=False)
         self.next_seqid = 0
         self.idle_since = 0.0
         self.closed = False
@@ -108,8 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -220,6 +219,7 @@ class EndpointPool:
         self.adopting: list[UpstreamConnection] = []  # handed over by the previous generation
         self.failures = 0
         self.ejected_until = 0.0
+        self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
 
     @property
     def key(self) -> tuple[str, int]:
@@ -312,8 +312,7 @@ class EndpointPool:
         if len(self.idle) >= self.settings.max_idle:
             conn.close()
             return
-        loop = self.loop or asyncio.get_running_loop()
-        conn.idle_since = loop.time()
+        conn.idle_since = self.clock or self.now()
         self.idle.append(conn)
 
     def on_closed(self, conn: UpstreamConnection) -> None:
@@ -327,6 +326,7 @@ class EndpointPool:
 
     def sweep(self, now: float) -> None:
         """Expire requests past their deadline and idle connections past ``idle_timeout``."""
+        self.clock = now
         for conn in list(self.conns):
             if conn.pending and conn.expired(now):
                 log.warning("thrift_upstream_timeout", upstream=self.endpoint.label,
@@ -446,7 +446,7 @@ class Upstreams:
         key = (endpoint.label, kind)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters)
+            pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters, self._loop)
             self.sweep_interval = min(self.sweep_interval, _interval_for(settings))
         return pool
 

@@ -139,7 +139,7 @@ class ThriftProxy(Stateful):
 
     # -- hot path -------------------------------------------------------------------------
 
-    def forward(self, frame: Frame, call: Call | None) -> None:
+    def forward(self, frame: Frame, call: Call | None, now: float = 0.0) -> None:
         """Send ``frame`` upstream; the reply (or failure) goes to ``call.sink``.
 
         ``call`` is None for oneway requests, which get no reply. A routing failure is
@@ -154,12 +154,13 @@ class ThriftProxy(Stateful):
                 self.counters.errors += 1
                 log.warning("thrift_oneway_dropped", method=frame.head.name, reason=str(err))
             return
-        loop = self.loop
-        if loop is None:
-            self.start(asyncio.get_running_loop())
+        if not now:
             loop = self.loop
-            assert loop is not None
-        now = loop.time()
+            if loop is None:
+                self.start(asyncio.get_running_loop())
+                loop = self.loop
+                assert loop is not None
+            now = loop.time()
         target = route.balancer.pick(now)
         pool = target.pools.get(frame.kind) or target.pool_for(frame.kind)
         pool.send(frame, call, now)

@@ -156,11 +156,10 @@ class ThriftConnection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         srv = self.server
         if srv.loop is None:
             srv._bind(asyncio.get_running_loop())
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         srv.conns.add(self)
         self.counters.connections_total += 1
         assert srv.loop is not None
@@ -201,19 +200,19 @@ class ThriftConnection(asyncio.Protocol):
             log.warning("thrift_bad_frame", server=self.server.name, peer=_peer(self.peer), error=str(exc))
             self.abort()
             return
-        if self.deframer.partial:
+        if self.deframer.buf:
             if not self.partial_since:
                 self.partial_since = now
-        else:
+        elif self.partial_since:
             self.partial_since = 0.0
         for frame in frames:
-            self._request(frame)
+            self._request(frame, now)
             if self.transport is None:
                 return
 
     # -- requests --------------------------------------------------------------------------
 
-    def _request(self, frame: Frame) -> None:
+    def _request(self, frame: Frame, now: float) -> None:
         head = frame.head
         self.counters.requests += 1
         if head.mtype == CALL:
@@ -223,12 +222,12 @@ class ThriftConnection(asyncio.Protocol):
             if self.inflight >= MAX_INFLIGHT:
                 self._update_reading()
             if self.server.direct:
-                self.proxy.forward(frame, call)
+                self.proxy.forward(frame, call, now)
             else:
                 self._through_stack(frame, call)
         elif head.mtype == ONEWAY:
             if self.server.direct:
-                self.proxy.forward(frame, None)
+                self.proxy.forward(frame, None, now)
             else:
                 self._through_stack(frame, None)
         else:

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Thrift proxy and HTTP gateway benchmark: the same thriftpy2 client load sent directly to a
+thriftpy2 server and through the monolake Thrift proxy, side by side, plus the gateway's
+requests/s (wrk, POST with a JSON body).
+
+The proxy (a standalone monolake worker) is pinned to one CPU; the backend and the load
+generators share another, so in the proxied run the proxy adds a hop but no CPU contention
+with the load, and the comparison asks: is the proxy fast enough not to be the bottleneck?
+
+    python scripts/bench_thrift.py                # 5 s per run, 4 client processes
+    python scripts/bench_thrift.py --duration 10 --clients 8 --transport buffered
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKEND = ROOT / "tests" / "thrift" / "backend.py"
+IDL = ROOT / "tests" / "thrift" / "echo.thrift"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(pid, {cpu})
+        except OSError as exc:
+            print(f"warning: cannot pin pid {pid} to cpu {cpu}: {exc}", file=sys.stderr)
+
+
+def read_ready(proc: subprocess.Popen, timeout: float = 30.0) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line.startswith("READY "):
+        raise RuntimeError(f"process {proc.args!r} did not become ready: {line!r}")
+    return line[len("READY "):].strip()
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + 5
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+# -- load generator (runs as a child process) --------------------------------------------------
+
+def load_main(args: argparse.Namespace) -> None:
+    """One client connection calling ``echo`` in a loop; prints a JSON result line."""
+    import thriftpy2
+    from thriftpy2.rpc import make_client
+    from thriftpy2.transport import TBufferedTransportFactory, TFramedTransportFactory
+
+    echo = thriftpy2.load(str(IDL), module_name="echo_thrift")
+    tf = TFramedTransportFactory() if args.transport == "framed" else TBufferedTransportFactory()
+    c = make_client(echo.Echo, "127.0.0.1", args.port, trans_factory=tf, timeout=10000)
+    text = "x" * args.size
+    end_warm = time.monotonic() + args.warmup
+    while time.monotonic() < end_warm:
+        c.echo(text)
+    n = 0
+    lat: list[float] = []
+    t0 = time.monotonic()
+    end = t0 + args.duration
+    now = t0
+    while now < end:
+        c.echo(text)
+        after = time.monotonic()
+        if n % 16 == 0:
+            lat.append(after - now)
+        now = after
+        n += 1
+    elapsed = time.monotonic() - t0
+    c.close()
+    lat.sort()
+    print(json.dumps({"requests": n, "seconds": elapsed,
+                      "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
+                      "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0}))
+
+
+def run_load(port: int, args: argparse.Namespace, cpu: int | None) -> dict:
+    cmd = [PY, __file__, "--load", "--port", str(port), "--transport", args.transport,
+           "--duration", str(args.duration), "--warmup", str(args.warmup), "--size", str(args.size)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.clients)]
+    for p in procs:
+        pin(p.pid, cpu)
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=args.duration + args.warmup + 60)
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    total = sum(r["requests"] for r in results)
+    seconds = max(r["seconds"] for r in results)
+    return {"rps": total / seconds, "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
+            "p99_ms": max(r["p99_ms"] for r in results)}
+
+
+def run_wrk(port: int, args: argparse.Namespace, cpu: int | None, tmp: Path) -> dict | None:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        print("wrk not found: skipping the gateway run", file=sys.stderr)
+        return None
+    script = tmp / "post.lua"
+    body = json.dumps({"text": "x" * args.size})
+    script.write_text('wrk.method = "POST"\n'
+                      f"wrk.body = {json.dumps(body)}\n"
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    cmd = [wrk, "-t1", f"-c{args.http_connections}", f"-d{args.duration}s", "--latency", "-s", str(script),
+           f"http://127.0.0.1:{port}/Echo/echo"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    pin(p.pid, cpu)
+    out, _ = p.communicate(timeout=args.duration + 60)
+    rps = 0.0
+    p50 = p99 = ""
+    non2xx = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            p50 = parts[1]
+        elif parts[:1] == ["99%"]:
+            p99 = parts[1]
+        elif "Non-2xx" in line:
+            non2xx = int(parts[-1])
+    return {"rps": rps, "p50": p50, "p99": p99, "non_2xx": non2xx}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--clients", type=int, default=4, help="client processes (one connection each)")
+    ap.add_argument("--http-connections", type=int, default=16, help="wrk connections for the gateway")
+    ap.add_argument("--transport", choices=["framed", "buffered"], default="framed")
+    ap.add_argument("--size", type=int, default=64, help="bytes of the echoed string")
+    ap.add_argument("--runtime", default="auto", help="runtime_type of the monolake worker")
+    ap.add_argument("--proxy-cpu", type=int, default=0)
+    ap.add_argument("--load-cpu", type=int, default=1)
+    ap.add_argument("--no-pin", action="store_true")
+    args = ap.parse_args()
+    if args.load:
+        load_main(args)
+        return
+
+    proxy_cpu = None if args.no_pin else args.proxy_cpu
+    load_cpu = None if args.no_pin else args.load_cpu
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="bench-thrift-") as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            backend_kind = "framed" if args.transport == "framed" else "buffered"
+            be = subprocess.Popen([PY, str(BACKEND), "--transport", backend_kind, "--name", "bench"],
+                                  stdout=subprocess.PIPE, text=True)
+            procs.append(be)
+            pin(be.pid, load_cpu)
+            be_addr = read_ready(be)
+            be_port = int(be_addr.rpartition(":")[2])
+
+            tp_port, gw_port = free_port(), free_port()
+            transport = "framed" if args.transport == "framed" else "unframed"
+            cfg = tmp / "bench.toml"
+            cfg.write_text(f"""
+[runtime]
+runtime_type = "{args.runtime}"
+
+[supervisor]
+log_level = "warning"
+
+[servers.tp]
+proxy_type = "thrift"
+thrift_transport = "{transport}"
+listener = {{ type = "socket", value = "127.0.0.1:{tp_port}" }}
+route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }} }}] }}
+
+[servers.gw]
+proxy_type = "http_thrift"
+thrift_transport = "{transport}"
+idl = "{IDL}"
+listener = {{ type = "socket", value = "127.0.0.1:{gw_port}" }}
+route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }} }}] }}
+""")
+            worker = subprocess.Popen([PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+                                      stdout=subprocess.PIPE, stderr=open(tmp / "worker.log", "w"), text=True, cwd=str(ROOT))
+            procs.append(worker)
+            pin(worker.pid, proxy_cpu)
+            info = json.loads(read_ready(worker))
+
+            print(f"monolake worker: runtime={info.get('runtime')} cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
+                  f"{args.clients} thriftpy2 clients ({args.transport}), echo of {args.size} bytes, "
+                  f"{args.duration:g}s per run", flush=True)
+            direct = run_load(be_port, args, load_cpu)
+            proxied = run_load(tp_port, args, load_cpu)
+            gateway = run_wrk(gw_port, args, load_cpu, tmp)
+        except Exception:
+            log = tmp / "worker.log"
+            if log.exists():
+                sys.stderr.write(log.read_text()[-4000:])
+            raise
+        finally:
+            stop(procs)
+
+    ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
+    print()
+    print(f"{'run':<22}{'req/s':>10}{'p50':>10}{'p99':>10}")
+    print(f"{'direct (thriftpy2)':<22}{direct['rps']:>10.0f}{direct['p50_ms']:>8.2f}ms{direct['p99_ms']:>8.2f}ms")
+    print(f"{'via monolake proxy':<22}{proxied['rps']:>10.0f}{proxied['p50_ms']:>8.2f}ms{proxied['p99_ms']:>8.2f}ms")
+    print(f"proxy / direct = {ratio:.2f} (target >= 0.80)")
+    if gateway is not None:
+        print(f"{'gateway (wrk, JSON)':<22}{gateway['rps']:>10.0f}{gateway['p50']:>10}{gateway['p99']:>10}"
+              + (f"  non-2xx: {gateway['non_2xx']}" if gateway["non_2xx"] else ""))
+    print(json.dumps({"direct": direct, "proxied": proxied, "ratio": round(ratio, 3), "gateway": gateway}))
+
+
+if __name__ == "__main__":
+    main()
