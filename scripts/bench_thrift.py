@@ -128,11 +128,14 @@ def run_wrk(port: int, args: argparse.Namespace, cpu: int | None, tmp: Path) -> 
     script.write_text('wrk.method = "POST"\n'
                       f"wrk.body = {json.dumps(body)}\n"
                       'wrk.headers["Content-Type"] = "application/json"\n')
-    cmd = [wrk, "-t1", f"-c{args.http_connections}", f"-d{args.duration}s", "--latency", "-s", str(script),
+    cmd = [wrk, "-t1", f"-c{args.http_connections}", f"-d{max(1, round(args.duration))}s", "--latency", "-s", str(script),
            f"http://127.0.0.1:{port}/Echo/echo"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pin(p.pid, cpu)
     out, _ = p.communicate(timeout=args.duration + 60)
+    if p.returncode != 0 or "Requests/sec:" not in out:
+        print(f"wrk failed (exit {p.returncode}):\n{out}", file=sys.stderr)
+        return None
     rps = 0.0
     p50 = p99 = ""
     non2xx = 0
