@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from monolake.supervisor import activation
 from monolake.supervisor.sockets import bind_tcp, bind_unix
 
 log = structlog.get_logger()
@@ -38,6 +39,26 @@ class Listeners:
     def __init__(self) -> None:
         self.tcp: dict[Key, dict[int, socket.socket]] = {}
         self.unix: dict[Key, socket.socket] = {}
+        # socket activation (activation.py): sockets not yet in use, and every activated key
+        self.inherited: dict[Key, activation.Activated] = {}
+        self.activated: dict[Key, activation.Activated] = {}
+
+    def adopt(self, matched: dict[Key, activation.Activated]) -> None:
+        """Use these inherited sockets (systemd socket activation) instead of binding."""
+        self.inherited = dict(matched)
+        self.activated = dict(matched)
+
+    def _activated(self, key: Key, slot: int | None, backlog: int) -> socket.socket | None:
+        """The socket activation's socket for ``key`` (slot 0, or a unix listener), or for
+        slots 1+ a socket joining it; None when ``key`` was not activated."""
+        if key not in self.activated:
+            return None
+        got = self.inherited.pop(key, None)
+        if got is not None:
+            return got.sock
+        if slot:
+            return activation.extra_slot_socket(self.activated[key], backlog)
+        return None
 
     def ensure(self, servers: dict[str, Any], nslots: int) -> list[tuple[Key, int | None]]:
         """Bind whatever ``servers`` on ``nslots`` slots needs and is not bound yet.
@@ -51,13 +72,15 @@ class Listeners:
                 key = listener_key(server.listener)
                 if key[0] == "unix":
                     if key not in self.unix:
-                        self.unix[key] = bind_unix(key[1], server.backlog)
+                        self.unix[key] = (self._activated(key, None, server.backlog)
+                                          or bind_unix(key[1], server.backlog))
                         created.append((key, None))
                     continue
                 per_slot = self.tcp.setdefault(key, {})
                 for slot in range(nslots):
                     if slot not in per_slot:
-                        per_slot[slot] = bind_tcp(key[1], key[2], server.backlog)
+                        per_slot[slot] = (self._activated(key, slot, server.backlog)
+                                          or bind_tcp(key[1], key[2], server.backlog))
                         created.append((key, slot))
         except OSError as exc:
             self.discard(created)
@@ -70,13 +93,23 @@ class Listeners:
                 sock = self.unix.pop(key, None)
                 if sock is not None:
                     sock.close()
-                    _unlink(key[1])
+                    if not self._forget_activated(key, sock):
+                        _unlink(key[1])  # an activated socket's file belongs to systemd
             else:
                 sock = self.tcp.get(key, {}).pop(slot, None)
                 if sock is not None:
+                    self._forget_activated(key, sock)
                     sock.close()
                 if key in self.tcp and not self.tcp[key]:
                     del self.tcp[key]
+
+    def _forget_activated(self, key: Key, sock: socket.socket) -> bool:
+        """True if ``sock`` was the activated socket of ``key`` (now closed for good)."""
+        got = self.activated.get(key)
+        if got is not None and got.sock is sock:
+            del self.activated[key]
+            return True
+        return False
 
     def for_slot(self, servers: dict[str, Any], slot: int) -> tuple[dict[str, list[int]], list[int]]:
         """The ``listeners`` map and fd list of a worker ``hello`` for ``slot``."""

@@ -17,7 +17,9 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import channel, sdnotify
+from monolake.supervisor import activation, channel, sdnotify
+from monolake.supervisor.accounting import Totals
+from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer
 from monolake.supervisor.listeners import Listeners
 from monolake.supervisor.workers import (
@@ -57,7 +59,9 @@ class ReloadRecord:
 class MasterState:
     generation: int = 1
     started: float = field(default_factory=time.time)
-    reloads: list[ReloadRecord] = field(default_factory=list)
+    reloads: list[ReloadRecord] = field(default_factory=list)  # the last 100
+    reloads_ok: int = 0       # all-time counts, for /metrics
+    reloads_failed: int = 0
 
 
 class Master:
@@ -72,6 +76,10 @@ class Master:
         self.retired: list[WorkerProc] = []  # old generations draining
         self.state = MasterState()
         self.control: ControlServer | None = None
+        self.admin: AdminServer | None = None
+        self.totals = Totals()  # counters of exited workers, per slot (accounting.py)
+        # before any event loop opens fds: LISTEN_FDS names fds 3, 4, ... (activation.py)
+        self.inherited = activation.inherited_sockets()
         self.stopping = False
         self._stopped: asyncio.Future[int] | None = None
         self._by_pid: dict[int, WorkerProc] = {}
@@ -154,12 +162,46 @@ class Master:
             log.error("worker failed", slot=worker.slot, pid=worker.pid, reason=worker.fail_reason)
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_exception(RuntimeError(worker.fail_reason))
+        elif kind in ("state", "committed"):
+            self._account_reload(worker, kind, message)
         fut = worker.replies.pop(kind, None)
         if fut is not None and not fut.done():
             fut.set_result((message, fds))
         elif fds:
             for fd in fds:
                 os.close(fd)
+
+    def _account_reload(self, worker: WorkerProc, kind: str, message: dict[str, Any]) -> None:
+        """Counters across a reload (accounting.py): the old worker's figures at export, the
+        new worker's right after it imported them."""
+        servers = message.get("servers")
+        if kind == "state":
+            self.totals.exported(worker.pid, servers if servers is not None else worker.server_stats)
+            return
+        if servers is not None:
+            worker.server_stats = dict(servers)
+            worker.stats = {}
+            for stats in servers.values():
+                for key, value in stats.items():
+                    worker.stats[key] = worker.stats.get(key, 0) + value
+            worker._last_rate = (time.monotonic(), int(worker.stats.get("requests", 0)))
+        old = self.slots[worker.slot].worker if worker.slot < len(self.slots) else None
+        if old is not None and old is not worker:
+            self.totals.committed(old.pid, servers)
+
+    def _read_remaining(self, worker: WorkerProc) -> None:
+        """What an exiting worker sent last (its final stats) may still be unread."""
+        for _ in range(64):
+            if worker.control.fileno() < 0:
+                return
+            try:
+                alive = channel.recv_into(worker.control, worker.reader)
+            except (OSError, channel.ChannelError):
+                return
+            while (got := worker.reader.next_message()) is not None:
+                self._dispatch(worker, *got)
+            if not alive:
+                return
 
     def reap(self) -> None:
         """SIGCHLD: collect every exited child and decide what its slot needs."""
@@ -178,6 +220,8 @@ class Master:
             self._on_exit(worker, code)
 
     def _on_exit(self, worker: WorkerProc, code: int) -> None:
+        self._read_remaining(worker)
+        self.totals.worker_exited(worker.slot, worker.pid, worker.server_stats)
         previous_state = worker.state
         worker.state = EXITED
         worker.exit_code = code
@@ -294,6 +338,7 @@ class Master:
                 "workers": len(self.slots),
                 "listeners": self.listeners.addresses(),
                 "reloading": bool(self.reloader and self.reloader.busy),
+                "admin": self.admin.address if self.admin is not None else "",
                 "reloads": [r.to_dict() for r in self.state.reloads[-20:]],
             },
             "workers": rows,
@@ -400,11 +445,16 @@ class Master:
         self.reloader = Reloader(self)
         nslots = resolve_workers(self.config.runtime.workers, self.workers_override)
         try:
+            self.listeners.adopt(activation.match(self.inherited, self.config.servers))
             self.listeners.ensure(self.config.servers, nslots)
             self.control = ControlServer(self.config.supervisor.control_socket, self)
             await self.control.start()
+            self.admin = AdminServer(self)
+            await self.admin.start()
         except OSError as exc:
             log.error("cannot start", error=str(exc))
+            if self.control is not None:
+                await self.control.close()
             self.listeners.close_all()
             if started:
                 started(False, str(exc))
@@ -431,6 +481,8 @@ class Master:
             await self.cleanup()
 
     async def cleanup(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
         if self.control is not None:
             await self.control.close()
         self.listeners.close_all()

@@ -91,6 +91,10 @@ class Reloader:
         duration = time.monotonic() - started
         record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode)
         master.state.reloads.append(record)
+        if ok:
+            master.state.reloads_ok += 1
+        else:
+            master.state.reloads_failed += 1
         del master.state.reloads[:-100]
         if ok:
             log.info("reload done", generation=master.state.generation, mode=mode,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 def notify(*lines: str) -> bool:
@@ -11,6 +12,9 @@ def notify(*lines: str) -> bool:
     path = os.environ.get("NOTIFY_SOCKET")
     if not path:
         return False
+    if "RELOADING=1" in lines and not any(line.startswith("MONOTONIC_USEC=") for line in lines):
+        # Type=notify-reload (systemd 253+) wants to know when the reload began
+        lines = (*lines, f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     if path.startswith("@"):
         path = "\0" + path[1:]  # abstract namespace
     try:

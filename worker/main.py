@@ -154,10 +154,13 @@ class Worker:
             expected = loop.time() + interval
             await asyncio.sleep(interval)
             self._lag = max(0.0, loop.time() - expected)
-            total, per_server = self.stats()
-            self.send({"type": "heartbeat", "lag": round(self._lag, 6), "stats": total,
-                       "servers": per_server, "accepting": self.accepting,
-                       "draining": self.draining})
+            self.send_heartbeat()
+
+    def send_heartbeat(self) -> None:
+        total, per_server = self.stats()
+        self.send({"type": "heartbeat", "lag": round(self._lag, 6), "stats": total,
+                   "servers": per_server, "accepting": self.accepting,
+                   "draining": self.draining})
 
     # ----- control channel --------------------------------------------------------------
 
@@ -191,7 +194,10 @@ class Worker:
         try:
             if kind in ("drain", "stop"):
                 await self.drain(float(message.get("timeout", 30)))
-                self._finish(0)
+                try:
+                    self.send_heartbeat()  # final figures: the master carries them past our exit
+                finally:
+                    self._finish(0)
             elif kind == "export":
                 self.stop_accepting()
                 self.send_state()
@@ -227,7 +233,8 @@ class Worker:
                 log.exception("state export failed; the successor starts fresh", server=name)
                 close_fds(own)
         blob = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
-        self.send({"type": "state", "state": blob}, fds)
+        # with the stats the export captured: the master's counter accounting (accounting.py)
+        self.send({"type": "state", "state": blob, "servers": self.stats()[1]}, fds)
         close_fds(fds)  # the master holds its own copies now
 
     async def commit(self, message: dict[str, Any], fds: list[int]) -> None:
@@ -247,7 +254,7 @@ class Worker:
                 snapshot.close_untaken()  # servers that no longer exist, or a failed build
         if not self.accepting:
             await self.start_accepting()
-        self.send({"type": "committed"})
+        self.send({"type": "committed", "servers": self.stats()[1]})
 
     def prepare_in_place(self, message: dict[str, Any]) -> None:
         """In-place reload, phase one: build new stacks from the live ones (make(previous))."""
