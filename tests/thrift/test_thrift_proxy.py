@@ -50,8 +50,9 @@ class Env:
         return self.px.addr(server)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+@pytest.fixture(scope="module", params=["auto", "legacy"])
+def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    """Every test runs on the default loop (io_uring where available) and on the legacy one."""
     tmp = tmp_path_factory.mktemp("thrift")
     with ExitStack() as stack:
         b: dict[str, str] = {}
@@ -101,8 +102,16 @@ upstreams = [{{ endpoint = {endpoint(b["b1"])} }}]
             server("strict", "max_frame_size = 4096\ntimeout = { server_keepalive_timeout_sec = 1, "
                              "server_message_timeout_sec = 0.5 }\n" + route("b1")),
             server("reuse", route("bp")),
+            server("failover", 'route = { load_balancer = "round_robin", eject_after_failures = 1, '
+                               f'upstreams = [{{ endpoint = {endpoint(f"127.0.0.1:{dead}")} }}, '
+                               f'{{ endpoint = {endpoint(b["b2"])} }}] }}'),
+            server("layered", route("b1") + """
+[[servers.layered.layers]]
+factory = "tests.thrift.layers:GuardFactory"
+options = { deny = ["where"] }
+"""),
         ])
-        px = stack.enter_context(proxy(tmp, servers))
+        px = stack.enter_context(proxy(tmp, servers, runtime=f'runtime_type = "{request.param}"'))
         yield Env(px, b, tmp)
 
 
@@ -357,5 +366,35 @@ def test_upstream_connections_are_pooled(env: Env) -> None:
     c = client(env.addr("reuse"))
     try:
         assert c.accepted() == 1  # a new client connection still reuses the idle one
+    finally:
+        c.close()
+
+
+def test_ejected_upstream_is_skipped(env: Env) -> None:
+    c = client(env.addr("failover"))
+    try:
+        outcomes = []
+        for _ in range(6):
+            try:
+                outcomes.append(c.whoami())
+            except TApplicationException as exc:
+                assert "cannot connect" in exc.message
+                outcomes.append("error")
+        # at most the first pick of the dead upstream fails; once ejected, b2 takes everything
+        assert outcomes.count("error") <= 1 and outcomes[-4:] == ["b2"] * 4, outcomes
+    finally:
+        c.close()
+
+
+def test_custom_layer_sees_every_request(env: Env) -> None:
+    c = client(env.addr("layered"))
+    try:
+        assert c.echo("through the stack") == "through the stack"
+        c.fire("layered-oneway")
+        assert "layered-oneway" in c.fired()
+        with pytest.raises(TApplicationException) as exc:
+            c.where()
+        assert "refused by the guard layer" in exc.value.message
+        assert c.ping() == "pong"
     finally:
         c.close()
