@@ -105,9 +105,12 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
     def __init__(self, entries: int = 1024, setup_flags: str | None = None, **ring_kwargs: Any) -> None:
         self._ring = Ring(entries, setup_flags, **ring_kwargs)
         self._handlers: dict[int, Callable[[int, int, int, int], None]] = {}
+        # recv user_data -> protocol.data_received, for transports in the plain state
+        self._readers: dict[int, Callable[[bytes], Any]] = {}
         self._conn_transports: dict[int, UringSocketTransport] = {}
         self._listeners: dict[int, _Listener] = {}
         self._stopping_listeners: dict[int, _Listener] = {}
+        self._arena_view = self._ring.arena
         selector = _LoopSelector(self._ring, self._handlers, self._on_selector_ready)
         super().__init__(selector)
 
@@ -123,8 +126,23 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
 
     def _process_events(self, batch: list[Any]) -> None:
         handlers = self._handlers
+        readers = self._readers
+        arena = self._arena_view
         it = iter(batch)
         for ud, res, flags, off in zip(it, it, it, it):
+            if res > 0:
+                # hot path: data for a plain Protocol goes straight to data_received
+                reader = readers.get(ud)
+                if reader is not None:
+                    try:
+                        reader(arena[off:off + res].tobytes())
+                    except (SystemExit, KeyboardInterrupt):
+                        raise
+                    except BaseException as exc:
+                        t = self._conn_transports.get(ud >> 8)
+                        if t is not None:
+                            t._reader_failed(exc)
+                    continue
             h = handlers.get(ud >> 8)
             if h is not None:
                 h(ud & 255, res, flags, off)
@@ -247,6 +265,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         self._stopping_listeners.clear()
         self._listeners.clear()
         self._handlers.clear()
+        self._readers.clear()
 
 
 class _LoopSelector(UringSelector):

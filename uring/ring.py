@@ -58,7 +58,8 @@ class Ring:
         self.batch = batch
         self._out = ffi.new("int64_t[]", 4 * batch)
         self._view = memoryview(ffi.buffer(self._out)).cast("q")
-        self.arena = ffi.buffer(lib.mu_arena(ptr), lib.mu_arena_size(ptr))
+        # received payloads: valid until the next run(); slices are copied out with tobytes()
+        self.arena = memoryview(ffi.buffer(lib.mu_arena(ptr), lib.mu_arena_size(ptr)))
         self._next_token = 1
         self.closed = False
 

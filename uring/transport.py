@@ -60,10 +60,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             raise MemoryError("io_uring conn allocation failed")
         self._conn = conn
         self._arena = loop._ring.arena
+        self._readers = loop._readers
+        self._recv_ud = (token << 8) | K_RECV
         self._protocol: Any = None
         self._buffered = False
         self._protocol_connected = False
-        self.set_protocol(protocol)
         self._server = server
         self._closing = False
         self._paused = False
@@ -71,16 +72,19 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._eof_received = False
         self._held: list[Any] = []   # data (and EOF) that arrived while reading was paused
         self._conn_lost = 0
+        self._write_ok = True        # fast path of write(): open, no EOF written, no error
         self._lost_exc: BaseException | None = None
+        self.set_protocol(protocol)
         loop._handlers[token] = self._event
         loop._conn_transports[token] = self
         loop._transports[fd] = self
         if server is not None:
             loop._server_attach(server, self)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # unix sockets
+        if sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
         loop.call_soon(self._protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -116,6 +120,16 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._protocol = protocol
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._protocol_connected = True
+        self._update_fast_reader()
+
+    def _update_fast_reader(self) -> None:
+        """Let the loop call data_received straight from the batch while nothing is special
+        (not paused, nothing held, not closing, a plain Protocol); otherwise go via _event."""
+        if (not self._paused and not self._held and not self._closing and not self._buffered
+                and self._conn is not None):
+            self._readers[self._recv_ud] = self._protocol.data_received
+        else:
+            self._readers.pop(self._recv_ud, None)
 
     def get_protocol(self) -> protocols.BaseProtocol:
         return self._protocol
@@ -143,6 +157,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._closing or self._paused:
             return
         self._paused = True
+        self._readers.pop(self._recv_ud, None)
         if self._conn is not None:
             mu_conn_recv_stop(self._conn)
 
@@ -153,6 +168,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._held:
             self._loop.call_soon(self._flush_held)
         else:
+            self._update_fast_reader()
             self._start_reading()
 
     def _flush_held(self) -> None:
@@ -164,6 +180,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             else:
                 self._deliver(item)
         if not self._held:
+            self._update_fast_reader()
             self._start_reading()
 
     def _deliver(self, data: bytes) -> None:
@@ -193,7 +210,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         """A completion for this conn (called from the loop's batch dispatch)."""
         if kind == K_RECV:
             if res > 0:
-                data = self._arena[off:off + res]
+                data = self._arena[off:off + res].tobytes()
                 if self._paused or self._held:
                     self._held.append(data)
                     return
@@ -222,9 +239,24 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         elif kind == K_QUIESCED:
             self._quiesced()
 
+    def _reader_failed(self, exc: BaseException) -> None:
+        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
     # ---- writing ----
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._write_ok and type(data) is bytes:
+            n = mu_conn_send(self._conn, data, len(data))
+            if n > self._high_water:
+                self._maybe_pause_protocol()
+                if self._protocol_paused:
+                    self._conn.notify_below = self._low_water
+            elif n < 0 and n != -errno.EPIPE:
+                self._conn_lost += 1
+            return
+        self._write_slow(data)
+
+    def _write_slow(self, data: bytes | bytearray | memoryview) -> None:
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
@@ -257,6 +289,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._closing or self._eof:
             return
         self._eof = True
+        self._write_ok = False
         if self._conn is not None:
             lib.mu_conn_shutdown(self._conn)
 
@@ -269,7 +302,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._closing:
             return
         self._closing = True
+        self._write_ok = False
         self._held.clear()
+        self._readers.pop(self._recv_ud, None)
         if self._conn is not None:
             lib.mu_conn_close(self._conn, 0)
 
@@ -290,7 +325,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             return
         self._conn_lost += 1
         self._closing = True
+        self._write_ok = False
         self._held.clear()
+        self._readers.pop(self._recv_ud, None)
         self._lost_exc = exc
         if self._conn is not None:
             lib.mu_conn_close(self._conn, 1)
@@ -298,7 +335,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     def _quiesced(self) -> None:
         """C has no operation left on the fd (and freed its conn): close and report."""
         self._conn = None
+        self._write_ok = False
         loop = self._loop
+        self._readers.pop(self._recv_ud, None)
         loop._handlers.pop(self._token, None)
         loop._conn_transports.pop(self._token, None)
         loop.call_soon(self._call_connection_lost, self._lost_exc)
@@ -322,6 +361,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         """The loop closed under us: the C conn was freed with the ring."""
         self._conn = None
         self._closing = True
+        self._write_ok = False
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._sock is not None:
