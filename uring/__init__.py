@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from monolake.uring.probe import Probe, probe
+from monolake.uring.probing import Probe, probe
 
 __all__ = ["Probe", "new_event_loop", "probe"]
 

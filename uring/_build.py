@@ -115,16 +115,19 @@ def link_kwargs() -> dict[str, list[str]]:
 
 def extensions() -> list:
     """setuptools Extensions for setup.py; optional, so a failed build only warns."""
+    from setuptools import Extension
+
+    # setuptools wants source paths relative to setup.py's folder (the project root)
+    rel = os.path.relpath(GENERATED, os.path.dirname(HERE))
+    if not os.path.exists(os.path.join(HERE, "mu_ring.c")) and os.path.exists(GENERATED):
+        # an sdist without the shim source still carries the generated module source
+        return [Extension(MODULE, sources=[rel], optional=True, **link_kwargs())]
     try:
         ffi = ffibuilder()
     except Exception as exc:  # noqa: BLE001 - no cffi at build time: nothing to build
         sys.stderr.write(f"monolake: not building the io_uring extension: {exc}\n")
         return []
-    from setuptools import Extension
-
     ffi.emit_c_code(GENERATED)
-    # setuptools wants source paths relative to setup.py's folder (the project root)
-    rel = os.path.relpath(GENERATED, os.path.dirname(HERE))
     return [Extension(MODULE, sources=[rel], optional=True, **link_kwargs())]
 
 

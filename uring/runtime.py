@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from monolake.uring.probe import Probe, probe
+from monolake.uring.probing import Probe, probe
 
 log = structlog.get_logger()
 

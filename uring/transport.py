@@ -73,6 +73,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._held: list[Any] = []   # data (and EOF) that arrived while reading was paused
         self._conn_lost = 0
         self._write_ok = True        # fast path of write(): open, no EOF written, no error
+        self._aborted = False
         self._lost_exc: BaseException | None = None
         self.set_protocol(protocol)
         loop._handlers[token] = self._event
@@ -321,8 +322,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:
-        if self._conn_lost:
+        if self._aborted:
             return
+        self._aborted = True
         self._conn_lost += 1
         self._closing = True
         self._write_ok = False

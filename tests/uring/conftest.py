@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -15,7 +16,8 @@ from monolake.uring import probe
 def _uring_factory() -> asyncio.AbstractEventLoop:
     from monolake.uring import new_event_loop
 
-    return new_event_loop(entries=256)
+    # MONOLAKE_URING_FLAGS runs the suite on a fallback flag set (e.g. "coop_taskrun", "none")
+    return new_event_loop(entries=256, setup_flags=os.environ.get("MONOLAKE_URING_FLAGS") or None)
 
 
 FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {

@@ -822,3 +822,81 @@ def test_connection_refused_and_reset(loop_factory: Factory) -> None:
         await server.wait_closed()
 
     run(loop_factory, main())
+
+
+def test_buffered_protocol_writelines_and_sendfile(loop_factory: Factory, tmp_path: Any) -> None:
+    payload = os.urandom(3 << 20)
+    path = tmp_path / "blob"
+    path.write_bytes(payload)
+
+    class Collect(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = bytearray(4096)
+            self.data = bytearray()
+            self.eof = asyncio.get_running_loop().create_future()
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.data += self.buf[:nbytes]
+
+        def eof_received(self) -> None:
+            self.eof.set_result(bytes(self.data))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        collectors: list[Collect] = []
+        server = await loop.create_server(lambda: collectors.append(Collect()) or collectors[-1],
+                                          "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        tr.writelines([b"head:", bytearray(b"array:"), memoryview(b"--view--")[2:6]])
+        with open(path, "rb") as f:
+            sent = await loop.sendfile(tr, f)
+        assert sent == len(payload)
+        tr.write_eof()
+        while not collectors:
+            await asyncio.sleep(0.001)
+        got = await collectors[0].eof
+        assert got.startswith(b"head:array:view")
+        assert got[15:] == payload
+        tr.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop_factory, main(), timeout=60)
+
+
+def test_write_after_close_is_ignored_and_abort_escalates(loop_factory: Factory) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+
+        class Watch(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(exc)
+
+        peers: list[socket.socket] = []
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        lsock.setblocking(False)
+        accept = asyncio.create_task(loop.sock_accept(lsock))
+        tr, _ = await loop.create_connection(Watch, *lsock.getsockname())
+        peer, _ = await accept
+        peers.append(peer)
+        tr.write(b"q" * (8 << 20))  # more than the peer will ever read
+        assert tr.get_write_buffer_size() > 0
+        tr.close()  # graceful: waits for a flush that cannot happen
+        assert tr.is_closing()
+        tr.write(b"ignored")
+        await asyncio.sleep(0.05)
+        assert not lost.done()
+        tr.abort()  # escalate: drop the queue, cancel the send in flight
+        assert await asyncio.wait_for(lost, 5) is None
+        assert tr.get_write_buffer_size() == 0
+        peer.close()
+        lsock.close()
+
+    run(loop_factory, main())

@@ -74,8 +74,11 @@ def _try_flags(entries: int) -> tuple[str | None, str]:
         if rc == 0:
             return name, ""
         code = -rc
+        if code == errno.EOPNOTSUPP:
+            last = "the kernel's io_uring lacks a needed feature (EXT_ARG, NODROP or buffer rings)"
+            break
         last = f"io_uring_queue_init failed with {errno.errorcode.get(code, str(code))} ({os.strerror(code)})"
-        if code in (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.ENOMEM, errno.EMFILE):
+        if code in (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.ENOMEM, errno.EMFILE, errno.EOPNOTSUPP):
             break  # not a flag problem: seccomp, sysctl, memlock or fd limits
     return None, last
 
