@@ -71,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._busy = False
         self._read_paused = False
         self._pending_tunnel_bytes = b""
+        self._upgraded = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -214,6 +215,9 @@ class UpstreamConnection(asyncio.Protocol):
         if self._tunnel is not None:
             self._tunnel.from_upstream(data)
             return
+        if self._upgraded:
+            self._pending_tunnel_bytes += data
+            return
         if not self._busy:
             # bytes on an idle connection: the upstream is confused; never reuse it
             self.abort()
@@ -354,13 +358,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- upgrade ---------------------------------------------------------------------------
     def _on_upgrade(self, rest: bytes) -> None:
-        if self._tunnel is None:
-            # 101 without a tunnel taker (the client went away): nothing to do but close
-            if self._waiter is None:
-                self.abort()
-                return
+        """101 received: the parser is done with this connection; bytes wait for the tunnel
+        (if nobody takes it, the discarded response closes us: see Tunnel.close)."""
+        self._upgraded = True
+        self._end_exchange()
         if rest:
-            self._pending_tunnel_bytes = rest
+            self._pending_tunnel_bytes += rest
 
     def attach_tunnel(self, tunnel: Any) -> bytes:
         """Become one end of a byte pipe; returns bytes already received after the 101."""

@@ -6,18 +6,40 @@ and this runs several times per request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 COUNTERS = ("connections_total", "requests", "responses_1xx", "responses_2xx", "responses_3xx",
             "responses_4xx", "responses_5xx", "errors", "bytes_in", "bytes_out",
-            "upstream_connect_failures", "upstream_ejections")
+            "upstream_connect_failures", "upstream_ejections", "duration_sum_us", "duration_count")
 GAUGES = ("open_connections", "active_requests")
+# Request duration histogram (the admin listener's monolake_request_duration_seconds): the
+# stats carry cumulative counts ``duration_le_<ms>`` of requests that took at most <ms>.
+DURATION_BUCKETS_MS = (1, 5, 10, 50, 100, 500, 1000, 5000)
+BUCKET_KEYS = tuple(f"duration_le_{ms}" for ms in DURATION_BUCKETS_MS)
+_BOUNDS_US = tuple(ms * 1000 for ms in DURATION_BUCKETS_MS)
 
 
 class Stats:
-    __slots__ = COUNTERS + GAUGES
+    __slots__ = COUNTERS + GAUGES + ("_bins",)
 
     def __init__(self) -> None:
         for name in COUNTERS + GAUGES:
             setattr(self, name, 0)
+        self._bins = [0] * (len(_BOUNDS_US) + 1)  # per bucket, not cumulative; last: > 5 s
+
+    def observe(self, seconds: float) -> None:
+        """One finished request's duration (one bisect and three increments)."""
+        us = int(seconds * 1_000_000)
+        self._bins[bisect_left(_BOUNDS_US, us)] += 1
+        self.duration_sum_us += us
+        self.duration_count += 1
+
+    def _cumulative(self) -> dict[str, int]:
+        out, running = {}, 0
+        for key, count in zip(BUCKET_KEYS, self._bins):
+            running += count
+            out[key] = running
+        return out
 
     def count_status(self, status: int) -> None:
         if status < 200:
@@ -32,11 +54,11 @@ class Stats:
             self.responses_5xx += 1
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in COUNTERS + GAUGES}
+        return {**{name: getattr(self, name) for name in COUNTERS + GAUGES}, **self._cumulative()}
 
     def export(self) -> dict[str, int]:
         """The monotonic counters (gauges describe live connections and do not carry over)."""
-        return {name: getattr(self, name) for name in COUNTERS}
+        return {**{name: getattr(self, name) for name in COUNTERS}, **self._cumulative()}
 
     def absorb(self, data: dict) -> None:
         """Add a previous generation's totals, so totals survive a reload."""
@@ -44,3 +66,12 @@ class Stats:
             value = data.get(name)
             if isinstance(value, int):
                 setattr(self, name, getattr(self, name) + value)
+        below = 0
+        for i, key in enumerate(BUCKET_KEYS):
+            value = data.get(key)
+            if isinstance(value, int) and value >= below:
+                self._bins[i] += value - below
+                below = value
+        count = data.get("duration_count")
+        if isinstance(count, int) and count >= below:
+            self._bins[-1] += count - below
