@@ -35,9 +35,10 @@ _BLOCK = pattern(65536)
 
 
 class UpstreamServer:
-    def __init__(self, name: str = "up", unix_path: str | None = None) -> None:
+    def __init__(self, name: str = "up", unix_path: str | None = None, ssl: object = None) -> None:
         self.name = name
         self.unix_path = unix_path
+        self.ssl = ssl
         self.requests = 0
         self.connections = 0
         self.paths: list[str] = []
@@ -76,7 +77,7 @@ class UpstreamServer:
                 asyncio.start_unix_server(self._handle, self.unix_path))
         else:
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20))
+                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20, ssl=self.ssl))
             self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -86,7 +87,7 @@ class UpstreamServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl else 'http'}://127.0.0.1:{self.port}"
 
     # -- protocol --------------------------------------------------------------------------
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -172,6 +173,10 @@ class UpstreamServer:
                 elif path.endswith("/sink") or path.endswith("/info"):
                     doc = {"name": self.name, "method": method, "target": target, "version": version,
                            "headers": headers, "length": length, "sha256": digest}
+                    sslobj = w.get_extra_info("ssl_object")
+                    if sslobj is not None:
+                        peer = sslobj.getpeercert()
+                        doc["client_cert"] = dict(x[0] for x in peer["subject"])["commonName"] if peer else None
                     await self._reply(w, json.dumps(doc).encode(), ctype=b"application/json",
                                       head=method == "HEAD")
                 else:

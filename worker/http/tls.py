@@ -69,6 +69,10 @@ class ServerTls:
         if not server_name:
             return None
         name = server_name.lower().rstrip(".")
+        try:
+            sslobj.monolake_sni = name  # for TlsInfo.server_name
+        except AttributeError:
+            pass
         chosen = self.by_name.get(name)
         if chosen is None and "." in name:
             chosen = self.wildcards.get(name.split(".", 1)[1])
@@ -156,9 +160,8 @@ class TlsSession:
 
 
 def _sni_of(obj: Any) -> str | None:
-    # the SSLObject does not expose the client's SNI on the server side; the sni callback
-    # switches contexts, so record nothing more than what the object offers
-    return None
+    """The client's SNI as recorded by the sni callback (the server side has no accessor)."""
+    return getattr(obj, "monolake_sni", None)
 
 
 def client_context(route: Any) -> ssl.SSLContext:
