@@ -239,7 +239,7 @@ def test_upstream_read_timeout_then_the_connection_goes_on(env: Env) -> None:
         elapsed = time.monotonic() - t0
         assert exc.value.type == TApplicationException.INTERNAL_ERROR
         assert "did not answer" in exc.value.message
-        assert 0.4 < elapsed < 2.5, elapsed
+        assert 0.4 < elapsed < 6, elapsed
         assert c.slow(0.0, "quick") == "quick"
     finally:
         c.close()
@@ -252,7 +252,7 @@ def test_upstream_connect_timeout(env: Env) -> None:
         with pytest.raises(TApplicationException) as exc:
             c.ping()
         assert "timed out" in exc.value.message
-        assert time.monotonic() - t0 < 2.5
+        assert time.monotonic() - t0 < 6
     finally:
         c.close()
 
@@ -266,7 +266,7 @@ def test_many_requests_in_flight_on_one_connection(env: Env) -> None:
         t0 = time.monotonic()
         out = b""
         for i, sid in enumerate(seqids):
-            msg = encode_call("slow", sid, seconds=0.2 if i % 2 else 0.0, tag=f"tag-{sid}")
+            msg = encode_call("slow", sid, seconds=0.4 if i % 2 else 0.0, tag=f"tag-{sid}")
             out += struct.pack("!I", len(msg)) + msg
         sock.sendall(out)
         replies = {}
@@ -277,7 +277,7 @@ def test_many_requests_in_flight_on_one_connection(env: Env) -> None:
             order.append(sid)
         elapsed = time.monotonic() - t0
     assert replies == {sid: f"tag-{sid}" for sid in seqids}
-    assert elapsed < 8.0, f"100 calls of which 50 sleep 0.2 s took {elapsed:.1f}s: not concurrent"
+    assert elapsed < 12.0, f"100 calls of which 50 sleep 0.4 s took {elapsed:.1f}s: not concurrent"
     # the quick ones overtook the slow ones: replies go out as they complete
     assert order != seqids
 
@@ -340,8 +340,8 @@ def test_partial_message_times_out(env: Env) -> None:
     with sock:
         sock.sendall(struct.pack("!I", 100) + b"\x80\x01\x00\x01")
         t0 = time.monotonic()
-        assert closed_by_peer(sock, timeout=5)
-        assert time.monotonic() - t0 < 4
+        assert closed_by_peer(sock, timeout=8)
+        assert time.monotonic() - t0 < 7
 
 
 def test_idle_connection_closed_after_keepalive_timeout(env: Env) -> None:

@@ -195,7 +195,7 @@ def test_gateway_reload_hands_over_pool_and_counters(upstream: str) -> None:
             status, body = await http_post(s1.port, "/Echo/accepted", {})
             assert status == 200
             before = body["result"]
-        assert set(h1.stats()) == CONTRACT_KEYS and h1.stats()["responses_2xx"] == 1
+        assert CONTRACT_KEYS <= set(h1.stats()) and h1.stats()["responses_2xx"] == 1
         await wait_idle(h1)
         fds: list[int] = []
         state = pickle.loads(pickle.dumps(h1.export_state(fds)))

@@ -167,6 +167,8 @@ def proxy(tmp: Path, servers: str, runtime: str = "") -> Iterator[Proxy]:
             raise RuntimeError(f"worker did not start ({line!r}):\n{log_path.read_text()[-3000:]}")
         info = json.loads(line[len("READY "):])
         yield Proxy(proc, info["servers"], log_path)
+        if proc.poll() is not None:  # the worker must outlive every test
+            raise RuntimeError(f"worker exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
 
 
 def tt_frame(payload: bytes, seq_id: int = 0, strs: dict[str, str] | None = None,
