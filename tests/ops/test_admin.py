@@ -60,9 +60,10 @@ def test_endpoints(master_factory, tmp_path, admin_port):
     assert all(v < 1.0 for v in page.values("monolake_event_loop_lag_seconds"))
     assert page.one("monolake_generation") == 1
     h = "monolake_request_duration_seconds"
-    if h in page.families:  # once the HTTP server reports durations
-        assert page.total(h, h + "_count", server="web") == 13
-        assert page.total(h, h + "_bucket", server="web", le="+Inf") == 13
+    assert page.total(h, h + "_count", server="web") == 13
+    assert page.total(h, h + "_bucket", server="web", le="+Inf") == 13
+    assert page.total(h, h + "_bucket", server="web", le="5.0") == 13  # builtin hello: fast
+    assert 0 < page.total(h, h + "_sum", server="web") < 13 * 5.0
 
     # plain HTTP behaviour: 404, 405, HEAD, keep-alive
     assert admin_get(admin_port, "/nope")[0] == 404
@@ -161,7 +162,10 @@ def test_totals_survive_worker_restart_and_reload(master_factory, tmp_path, admi
         wait_for(lambda: not [w for w in m.status()["workers"] if w["state"] == "draining"],
                  20, 0.1, "old generation gone")
         assert web_requests(admin_port) == sent == 30
-        assert scrape(admin_port).total("monolake_responses", server="web", code="2xx") == 30
+        page = scrape(admin_port)
+        assert page.total("monolake_responses", server="web", code="2xx") == 30
+        h = "monolake_request_duration_seconds"
+        assert page.total(h, h + "_count", server="web") == 30  # the histogram carries over too
 
         # a failed reload is counted and changes nothing
         good = m.config_path.read_text()

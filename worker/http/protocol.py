@@ -609,6 +609,8 @@ class HttpServerProtocol(asyncio.Protocol):
         if ex.ctx is not None:
             rt.stats.active_requests -= 1
         rt.stats.count_status(ex.status)
+        if ex.started:
+            rt.stats.observe(time.monotonic() - ex.started)
         if rt.access_log and ex.request is not None:
             rt.log_access(ex, self._ctx)
         ex.ctx = None
