@@ -102,6 +102,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel: Any = None
         self._tunnel_pending: list[bytes] = []
         self._lingering = False
+        self._fresh = True  # no request byte received yet
 
     # -- connection lifecycle --------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -220,6 +221,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if self._phase == IDLE:
             self._phase = HEAD
+            self._fresh = False
             self._deadline = self._loop.time() + self._rt.header_timeout
         try:
             self._parser.feed_data(data)
@@ -639,7 +641,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._pauses & _PAUSE_PIPELINE and not self._parse_dead:
             self._remove_pause(_PAUSE_PIPELINE)
         if self._rt.draining:
-            self._close()
+            self._close(linger=True)  # a request already on its way gets FIN, not RST
             return
         if self._parsing is None:
             self._phase = IDLE
@@ -770,10 +772,15 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # -- closing ---------------------------------------------------------------------------
     def begin_drain(self) -> None:
-        """Keep-alive off: close now if idle, else after the response in flight."""
+        """Keep-alive off: close now if idle between requests, else after the response in
+        flight. A connection that has not sent its first byte yet is served once (it was
+        accepted to be served); an idle one gets a lingering close, so a request racing
+        with the close sees FIN rather than a reset."""
         self._closing = True
+        if self._fresh:
+            return
         if not self._queue and self._tunnel is None and (self._parsing is None or self._phase == IDLE):
-            self._close()
+            self._close(linger=True)
 
     @property
     def idle(self) -> bool:

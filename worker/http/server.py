@@ -189,8 +189,10 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
         pool = UpstreamPool(parser_kind=parser_kind, connect_timeout=t.upstream_connect_timeout_sec,
                             read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log)
     factory = FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats))
-    for i, layer in enumerate(cfg.layers):
-        factory.push(load_layer_factory(layer.factory, layer.options, key=f"layer{i}:{layer.factory}"))
+    seen: dict[str, int] = {}
+    for layer in reversed(cfg.layers):  # the config lists them outermost first
+        n = seen[layer.factory] = seen.get(layer.factory, 0) + 1
+        factory.push(load_layer_factory(layer.factory, layer.options, key=f"{layer.factory}#{n}"))
     prev_stack: Any = None
     fd_source: Any = None
     if live is not None:

@@ -121,8 +121,8 @@ def load_layer_factory(target: str, options: dict, key: str) -> LayerFactory:
     """Import ``"package.module:attr"`` and call it with ``options`` to get a layer factory.
 
     ``attr`` is a class or function taking the options table; the result must have
-    ``make(inner, previous)``. Its ``key`` (used to find its state on reload) defaults to
-    ``key`` (the config position and target) unless the factory sets its own.
+    ``make(inner, previous)``. Its ``key`` (how its previous version is found on reload) is
+    set to ``key``: the target and its occurrence number, stable when other layers move.
     """
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
@@ -134,9 +134,8 @@ def load_layer_factory(target: str, options: dict, key: str) -> LayerFactory:
     factory = obj(dict(options))
     if not callable(getattr(factory, "make", None)):
         raise TypeError(f"layer factory {target!r} returned {type(factory).__name__} without make()")
-    if not getattr(factory, "key", None):
-        try:
-            factory.key = key
-        except AttributeError as exc:
-            raise TypeError(f"layer factory {target!r}: cannot set its key") from exc
+    try:
+        factory.key = key
+    except AttributeError as exc:
+        raise TypeError(f"layer factory {target!r}: cannot set its key") from exc
     return factory

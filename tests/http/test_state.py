@@ -1,0 +1,238 @@
+"""Service state across reloads (the service-side API of issue 5 §3), custom layers from the
+config, and drain. In-process: handles are built and served on a loop in the test, the way the
+worker does it; the cross-process plumbing is the worker's and is tested there."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+
+import pytest
+
+from monolake.conf import parse_config
+from monolake.worker.env import WorkerEnv
+from monolake.worker.http.server import build
+from monolake.worker.state import Snapshot
+from tests.http.upstream import UpstreamServer
+
+ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
+
+
+def _config(a: str, b: str, layers: str = "", lb_extra: str = "") -> object:
+    text = f"""
+[servers.px]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:1" }}
+{layers}
+[[servers.px.routes]]
+path_prefix = "/rr"
+load_balancer = "round_robin"
+upstreams = [{{ endpoint = {{ type = "uri", value = "{a}" }} }}, {{ endpoint = {{ type = "uri", value = "{b}" }} }}]
+[[servers.px.routes]]
+path_prefix = "/one"
+upstreams = [{{ endpoint = {{ type = "uri", value = "{a}" }} }}]
+[[servers.px.routes]]
+path_prefix = "/dead"
+eject_after_failures = 1
+eject_duration_sec = 60
+upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:9" }} }}]
+{lb_extra}
+"""
+    return parse_config(text).servers["px"]
+
+
+async def _serve(handle):
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(handle.protocol_factory, "127.0.0.1", 0)
+
+
+async def _get(port: int, path: str, keep: tuple | None = None) -> tuple[int, dict, bytes]:
+    r, w = keep or await asyncio.open_connection("127.0.0.1", port)
+    w.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    head = await r.readuntil(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {l.split(":")[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+    body = await r.readexactly(int(headers.get("content-length", "0")))
+    if keep is None:
+        w.close()
+    return int(lines[0].split()[1]), headers, body
+
+
+def _through_process_boundary(data: dict, fds: list[int]) -> Snapshot:
+    """What the master does: pickle the state and pass dup'ed fds along."""
+    return Snapshot(pickle.loads(pickle.dumps(data)), [os.dup(fd) for fd in fds])
+
+
+def test_generation_reload_carries_counters_rr_ejections_and_pool():
+    async def scenario(a, b):
+        cfg = _config(a.url, b.url)
+        h1 = build("px", cfg, ENV, None)
+        s1 = await _serve(h1)
+        p1 = s1.sockets[0].getsockname()[1]
+        names = [(await _get(p1, "/rr"))[1]["x-upstream"] for _ in range(3)]   # a b a
+        assert (await _get(p1, "/dead"))[0] == 502                             # ejected now
+        assert (await _get(p1, "/one"))[0] == 200
+        conns_before = a.connections + b.connections
+        requests_before = h1.stats()["requests"]
+        fds: list[int] = []
+        data = h1.export_state(fds)
+        assert fds, "idle upstream connections are handed over as fds"
+        s1.close()
+        await h1.aclose()
+        snap = _through_process_boundary(data, fds)
+        for fd in fds:
+            os.close(fd)
+        h2 = build("px", cfg, ENV, snap)
+        snap.close_untaken()
+        s2 = await _serve(h2)
+        p2 = s2.sockets[0].getsockname()[1]
+        await asyncio.sleep(0.05)  # the adopted sockets are wrapped on the loop
+        nxt = (await _get(p2, "/rr"))[1]["x-upstream"]
+        assert (await _get(p2, "/dead"))[0] == 503, "the ejection carried over"
+        assert (await _get(p2, "/one"))[0] == 200
+        assert a.connections + b.connections == conns_before, "the new generation started warm"
+        st = h2.stats()
+        assert st["requests"] == requests_before + 3
+        assert st["upstream_ejections"] == 1
+        s2.close()
+        await h2.aclose()
+        return names, nxt
+
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        names, nxt = asyncio.run(scenario(a, b))
+    assert names[0] != names[1] and names[0] == names[2]
+    assert nxt == names[1], "round-robin went on where it was"
+
+
+def test_in_place_reload_shares_pool_and_state():
+    async def scenario(a, b):
+        cfg = _config(a.url, b.url)
+        h1 = build("px", cfg, ENV, None)
+        s1 = await _serve(h1)
+        p1 = s1.sockets[0].getsockname()[1]
+        first = (await _get(p1, "/rr"))[1]["x-upstream"]
+        await _get(p1, "/one")
+        conns = a.connections
+        h2 = build("px", cfg, ENV, h1)
+        s1.close()
+        s2 = await _serve(h2)
+        p2 = s2.sockets[0].getsockname()[1]
+        await _get(p2, "/one")
+        assert a.connections == conns, "the pool is shared with the new version"
+        second = (await _get(p2, "/rr"))[1]["x-upstream"]
+        assert h2.stats()["requests"] == 4
+        await h1.aclose()
+        s2.close()
+        await h2.aclose()
+        return first, second
+
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        first, second = asyncio.run(scenario(a, b))
+    assert first != second
+
+
+LIMIT = """
+[[servers.px.layers]]
+factory = "monolake.worker.http.layers:rate_limit"
+options = { rate = 0.001, burst = 3, per_client = false }
+[[servers.px.layers]]
+factory = "monolake.worker.http.layers:header_rewrite"
+options = { set_response = { "x-layer" = "yes" }, remove_response = ["x-upstream"] }
+"""
+
+
+def test_config_layers_and_a_rate_limiter_that_survives_reload():
+    async def scenario(a, b):
+        cfg = _config(a.url, b.url, layers=LIMIT)
+        h1 = build("px", cfg, ENV, None)
+        s1 = await _serve(h1)
+        p1 = s1.sockets[0].getsockname()[1]
+        statuses = []
+        for _ in range(2):
+            status, headers, _ = await _get(p1, "/one")
+            statuses.append(status)
+            assert headers["x-layer"] == "yes" and "x-upstream" not in headers
+        fds: list[int] = []
+        data = h1.export_state(fds)
+        s1.close()
+        await h1.aclose()
+        h2 = build("px", cfg, ENV, _through_process_boundary(data, fds))
+        s2 = await _serve(h2)
+        p2 = s2.sockets[0].getsockname()[1]
+        statuses.append((await _get(p2, "/one"))[0])   # the third token
+        statuses.append((await _get(p2, "/one"))[0])   # none left: the bucket came along
+        s2.close()
+        await h2.aclose()
+        for fd in fds:
+            os.close(fd)
+        return statuses
+
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        assert asyncio.run(scenario(a, b)) == [200, 200, 200, 429]
+
+
+def test_incompatible_state_version_starts_fresh():
+    async def scenario(a, b):
+        cfg = _config(a.url, b.url, layers=LIMIT)
+        h1 = build("px", cfg, ENV, None)
+        s1 = await _serve(h1)
+        p1 = s1.sockets[0].getsockname()[1]
+        for _ in range(3):
+            await _get(p1, "/one")
+        data = h1.export_state([])
+        s1.close()
+        await h1.aclose()
+        rec = data["stack"]["services"]["monolake.worker.http.layers:rate_limit#1"]
+        rec["version"] = 99
+        h2 = build("px", cfg, ENV, Snapshot(data, []))
+        s2 = await _serve(h2)
+        status = (await _get(s2.sockets[0].getsockname()[1], "/one"))[0]
+        s2.close()
+        await h2.aclose()
+        return status
+
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        assert asyncio.run(scenario(a, b)) == 200
+
+
+def test_drain_closes_idle_and_marks_in_flight_close():
+    async def scenario(a, b):
+        cfg = _config(a.url + "/slow?delay=0.5", b.url)
+        h = build("px", cfg, ENV, None)
+        s = await _serve(h)
+        port = s.sockets[0].getsockname()[1]
+        idle = await asyncio.open_connection("127.0.0.1", port)
+        assert (await _get(port, "/rr", keep=idle))[0] == 200
+        busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
+        busy_w.write(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
+        await asyncio.sleep(0.2)
+        assert h.open_connections() == 2
+        h.begin_drain()
+        assert await asyncio.wait_for(idle[0].read(), 2) == b""   # idle: closed now (FIN)
+        idle[1].close()                                              # ends the lingering close
+        head = await asyncio.wait_for(busy_r.readuntil(b"\r\n\r\n"), 5)
+        assert b"connection: close" in head.lower()                  # in flight: finishes
+        rest = await asyncio.wait_for(busy_r.read(), 5)
+        assert rest == b"slow ok"
+        for _ in range(150):
+            if h.open_connections() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert h.open_connections() == 0
+        s.close()
+        await h.aclose()
+
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        asyncio.run(scenario(a, b))
+
+
+def test_layer_factory_errors_are_reported():
+    with UpstreamServer("a") as a:
+        cfg = _config(a.url, a.url, layers="""
+[[servers.px.layers]]
+factory = "monolake.worker.http.layers:rate_limit"
+options = { rate = 1, bogus = 2 }
+""")
+        with pytest.raises(ValueError, match="bogus"):
+            build("px", cfg, ENV, None)
