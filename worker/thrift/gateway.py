@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 import thriftpy2
-from thriftpy2.protocol.binary import TBinaryProtocol
+from thriftpy2.protocol import TBinaryProtocol  # the Cython one when available
 from thriftpy2.thrift import TApplicationException, TMessageType
 from thriftpy2.transport import TMemoryBuffer
 
