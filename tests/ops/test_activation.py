@@ -14,7 +14,7 @@ from monolake.conf import parse_config
 from monolake.supervisor import activation
 from monolake.supervisor.listeners import Listeners
 from tests.harness import Monolaked, base_config, http_get
-from tests.support import PYTHON, free_port, pid_alive
+from tests.support import PYTHON, free_port
 
 HERE = Path(__file__).resolve().parent
 NCPU = len(os.sched_getaffinity(0))

@@ -183,3 +183,28 @@ def test_totals_survive_worker_restart_and_reload(master_factory, tmp_path, admi
         watcher.join(5)
     assert watcher.scrapes > 10
     assert watcher.backwards == [], "a counter went backwards during restart/reload"
+
+
+def test_reload_moves_and_removes_the_admin_listener(master_factory, tmp_path, admin_port):
+    port, moved = free_port(), free_port()
+    config = base_config(tmp_path, port, supervisor='reload_mode = "in_place"')
+    m = master_factory(config + admin_section(admin_port))
+    m.wait_ready()
+    assert admin_get(admin_port, "/healthz")[0] == 200
+
+    def refused(p: int) -> bool:
+        try:
+            admin_get(p, "/healthz", timeout=2)
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    m.config_path.write_text(config + admin_section(moved))
+    assert m.cli("reload").returncode == 0
+    wait_for(lambda: admin_get(moved, "/healthz")[0] == 200, 10, 0.1, "admin on the new port")
+    assert refused(admin_port)
+    assert m.status()["master"]["admin"] == f"127.0.0.1:{moved}"
+    m.config_path.write_text(config)
+    assert m.cli("reload").returncode == 0
+    wait_for(lambda: refused(moved), 10, 0.1, "admin listener closed")
+    assert m.status()["master"]["admin"] == ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import base_config, http_get
-from tests.support import free_port, wait_for
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 UCRED = struct.Struct("iII")  # pid, uid, gid
