@@ -200,6 +200,8 @@ class UpstreamConnection(asyncio.Protocol):
     def body_resume(self) -> None:
         if self._read_paused and not self.closed:
             self._read_paused = False
+            if self._busy:  # the client was the slow side: the upstream's clock restarts
+                self.deadline = self.pool.loop.time() + self.pool.read_timeout
             try:
                 self.transport.resume_reading()
             except (RuntimeError, AttributeError):
