@@ -55,6 +55,8 @@ int mu_run(mu_ring *r, int wait_nr, int64_t timeout_ns, int64_t *out, int max);
 int mu_nop(mu_ring *r, uint64_t ud);
 int mu_poll_add(mu_ring *r, int fd, unsigned mask, uint64_t ud);
 int mu_accept(mu_ring *r, int fd, uint64_t ud);
+int mu_poll_multishot(mu_ring *r, int fd, unsigned mask, uint64_t ud);
+int mu_accept_many(int fd, int *out, int max);
 int mu_cancel(mu_ring *r, uint64_t ud);
 int mu_cancel_fd(mu_ring *r, int fd);
 int mu_timeout(mu_ring *r, int64_t ns, uint64_t ud);

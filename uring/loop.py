@@ -21,9 +21,9 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import Any
 
-from monolake.uring._uring import lib  # type: ignore[import-not-found]
+from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
 from monolake.uring.ring import F_MORE, K_ACCEPT, Ring
-from monolake.uring.selector import UringSelector
+from monolake.uring.selector import POLLIN, UringSelector
 from monolake.uring.transport import UringSocketTransport
 
 _STREAM_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
@@ -33,13 +33,22 @@ _SERVER_TAKES_TRANSPORT = len(inspect.signature(base_events.Server._attach).para
 
 
 class _Listener:
-    """A listening socket served by a multishot accept."""
+    """A listening socket served from the ring.
+
+    Default ("poll"): a multishot, non-exclusive POLLIN and accept4() until EAGAIN, like epoll
+    loops do. "multishot": IORING_OP_ACCEPT multishot, one CQE per connection; its poll is
+    EPOLLEXCLUSIVE, so on a socket shared with other processes (reload hand-over) a wake-up
+    taken by a ring that then stops accepting is lost for the others. Use it only for sockets
+    this process alone accepts on.
+    """
 
     __slots__ = ("loop", "sock", "fd", "token", "protocol_factory", "sslcontext", "server",
-                 "ssl_kwargs", "stopping", "family", "proto")
+                 "ssl_kwargs", "stopping", "family", "proto", "multishot", "fdbuf", "more")
+
+    BATCH = 64
 
     def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol_factory: Callable[[], Any],
-                 sslcontext: Any, server: Any, ssl_kwargs: dict[str, Any]) -> None:
+                 sslcontext: Any, server: Any, ssl_kwargs: dict[str, Any], multishot: bool) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
@@ -51,6 +60,9 @@ class _Listener:
         self.server = server
         self.ssl_kwargs = ssl_kwargs
         self.stopping = False
+        self.multishot = multishot
+        self.fdbuf = ffi.new("int[]", self.BATCH)
+        self.more: Any = None  # a scheduled continuation of a long accept run
 
     def arm(self) -> None:
         loop = self.loop
@@ -58,25 +70,26 @@ class _Listener:
             return
         self.token = loop._ring.token()
         loop._handlers[self.token] = self.event
-        lib.mu_accept(loop._ring.ptr, self.fd, (self.token << 8) | K_ACCEPT)
+        ud = (self.token << 8) | K_ACCEPT
+        if self.multishot:
+            lib.mu_accept(loop._ring.ptr, self.fd, ud)
+        else:
+            lib.mu_poll_multishot(loop._ring.ptr, self.fd, POLLIN, ud)
 
     def event(self, kind: int, res: int, flags: int, off: int) -> None:
         loop = self.loop
         final = not flags & F_MORE
         if final:
             loop._handlers.pop(self.token, None)
-        if res >= 0:
-            conn = socket.socket(self.family, socket.SOCK_STREAM, self.proto, fileno=res)
-            if self.stopping:
-                conn.close()
+        if res >= 0 and not self.stopping:
+            if self.multishot:
+                self.accepted(res)
             else:
-                loop._accepted(self, conn)
+                self.accept_ready()
+        elif res >= 0 and self.multishot:
+            os.close(res)  # accepted while stopping: not ours to serve any more
         elif -res in _ACCEPT_RESOURCE_ERRORS and not self.stopping:
-            loop.call_exception_handler({
-                "message": "socket.accept() out of system resource",
-                "exception": OSError(-res, os.strerror(-res)),
-                "socket": trsock.TransportSocket(self.sock),
-            })
+            self.resource_error(-res)
             if final:
                 loop.call_later(constants.ACCEPT_RETRY_DELAY, self.arm)
             return
@@ -87,10 +100,51 @@ class _Listener:
             else:
                 self.arm()  # the kernel ended the multishot (e.g. an error): take it up again
 
+    def accept_ready(self) -> None:
+        """Accept what is queued (bounded per call, like asyncio's backlog loop)."""
+        self.more = None
+        if self.stopping:
+            return
+        n = lib.mu_accept_many(self.fd, self.fdbuf, self.BATCH)
+        if n < 0:
+            if -n in _ACCEPT_RESOURCE_ERRORS:
+                # stop polling for a while, or the fd keeps reporting ready
+                self.resource_error(-n)
+                self.pause()
+            return
+        for i in range(n):
+            self.accepted(self.fdbuf[i])
+        if n == self.BATCH:
+            self.more = self.loop.call_soon(self.accept_ready)
+
+    def accepted(self, fd: int) -> None:
+        try:
+            conn = socket.socket(self.family, socket.SOCK_STREAM, self.proto, fileno=fd)
+        except OSError:
+            os.close(fd)
+            return
+        self.loop._accepted(self, conn)
+
+    def resource_error(self, code: int) -> None:
+        self.loop.call_exception_handler({
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(code, os.strerror(code)),
+            "socket": trsock.TransportSocket(self.sock),
+        })
+
+    def pause(self) -> None:
+        loop = self.loop
+        if self.token in loop._handlers:
+            loop._handlers.pop(self.token, None)
+            lib.mu_cancel(loop._ring.ptr, (self.token << 8) | K_ACCEPT)
+        loop.call_later(constants.ACCEPT_RETRY_DELAY, self.arm)
+
     def stop(self) -> None:
-        """Cancel the accept; the socket is closed on the final completion (the ring holds a
-        reference to it until then, so closing it now would keep accepting)."""
+        """Cancel the poll/accept; the socket is closed on the final completion (the ring holds
+        a reference to it until then, so closing it now could keep it accepting)."""
         self.stopping = True
+        if self.more is not None:
+            self.more.cancel()
         loop = self.loop
         if loop._ring.closed or self.token not in loop._handlers:
             self.sock.close()
@@ -102,8 +156,16 @@ class _Listener:
 class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
     """asyncio event loop driven by io_uring (see the module docstring)."""
 
-    def __init__(self, entries: int = 1024, setup_flags: str | None = None, **ring_kwargs: Any) -> None:
-        self._ring = Ring(entries, setup_flags, **ring_kwargs)
+    def __init__(self, entries: int = 1024, setup_flags: str | None = None,
+                 accept_mode: str = "poll", **ring_kwargs: Any) -> None:
+        try:
+            if accept_mode not in ("poll", "multishot"):
+                raise ValueError(f"accept_mode must be 'poll' or 'multishot', got {accept_mode!r}")
+            self._multishot_accept = accept_mode == "multishot"
+            self._ring = Ring(entries, setup_flags, **ring_kwargs)
+        except BaseException:
+            self._closed = True  # BaseEventLoop.__del__ looks at it
+            raise
         self._handlers: dict[int, Callable[[int, int, int, int], None]] = {}
         # recv user_data -> protocol.data_received, for transports in the plain state
         self._readers: dict[int, Callable[[bytes], Any]] = {}
@@ -203,12 +265,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
             return
         names = ("ssl_handshake_timeout", "ssl_shutdown_timeout")
         ssl_kwargs = dict(zip(names, args))
-        listener = _Listener(self, sock, protocol_factory, sslcontext, server, ssl_kwargs)
+        listener = _Listener(self, sock, protocol_factory, sslcontext, server, ssl_kwargs,
+                             self._multishot_accept)
         self._listeners[listener.fd] = listener
         listener.arm()
 
     def _accepted(self, listener: _Listener, conn: socket.socket) -> None:
-        conn.setblocking(False)
+        conn.setblocking(False)  # the fd already is (SOCK_NONBLOCK): this syncs the object
         if listener.sslcontext:
             self.create_task(self._accept_connection2(
                 listener.protocol_factory, conn, {}, listener.sslcontext, listener.server,
@@ -276,6 +339,10 @@ class _LoopSelector(UringSelector):
         return self._ring.run(timeout)
 
 
-def new_event_loop(entries: int = 1024, setup_flags: str | None = None, **ring_kwargs: Any) -> UringEventLoop:
-    """A new io_uring loop; ``asyncio.Runner(loop_factory=new_event_loop)`` works."""
-    return UringEventLoop(entries, setup_flags, **ring_kwargs)
+def new_event_loop(entries: int = 1024, setup_flags: str | None = None, accept_mode: str = "poll",
+                   **ring_kwargs: Any) -> UringEventLoop:
+    """A new io_uring loop; ``asyncio.Runner(loop_factory=new_event_loop)`` works.
+
+    ``setup_flags``: None = the best the kernel supports (probed); ``accept_mode``: see _Listener.
+    """
+    return UringEventLoop(entries, setup_flags, accept_mode, **ring_kwargs)

@@ -17,6 +17,9 @@
  *   bit 63 set:   internal: [63]=1 [62..36]=generation [35..4]=conn slot [3..0]=kind.
  * Conn slots carry a generation so a late CQE or a cancel can never hit a reused slot.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* accept4 */
+#endif
 #include <errno.h>
 #include <poll.h>
 #include <stdint.h>
@@ -338,6 +341,39 @@ int mu_poll_add(mu_ring *r, int fd, unsigned mask, uint64_t ud)
     return 0;
 }
 
+/* Multishot poll (non-exclusive: every waiter on the file is woken, as with epoll). */
+int mu_poll_multishot(mu_ring *r, int fd, unsigned mask, uint64_t ud)
+{
+    struct io_uring_sqe *sqe = get_sqe(r);
+    if (sqe == NULL)
+        return -EBUSY;
+    io_uring_prep_poll_multishot(sqe, fd, mask);
+    io_uring_sqe_set_data64(sqe, ud);
+    return 0;
+}
+
+/* accept4() until EAGAIN or max: the count, or -errno when the first accept fails. */
+int mu_accept_many(int fd, int *out, int max)
+{
+    int n = 0;
+    while (n < max) {
+        int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (n == 0)
+                return -errno;
+            break;
+        }
+        out[n++] = c;
+    }
+    return n;
+}
+
+/* Multishot accept. Its poll is EPOLLEXCLUSIVE: with a listening socket shared between
+ * processes, a wake-up taken by a ring whose accept is then cancelled is lost for the others
+ * (the connection waits in the queue until the next one arrives). The loop therefore accepts
+ * on a non-exclusive poll by default and uses this only when asked to. */
 int mu_accept(mu_ring *r, int fd, uint64_t ud)
 {
     struct io_uring_sqe *sqe = get_sqe(r);
