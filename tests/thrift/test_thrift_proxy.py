@@ -8,7 +8,10 @@ handful of backend processes, so the module starts four processes in all.
 from __future__ import annotations
 
 import random
+import shutil
 import socket
+import ssl
+import subprocess
 import struct
 import threading
 import time
@@ -70,6 +73,12 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         assert filler
         b["hole"] = "%s:%d" % hole.getsockname()
         dead = free_port()
+        cert = tmp / "cert.pem"
+        if shutil.which("openssl"):
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", str(tmp / "key.pem"), "-out", str(cert), "-days", "2",
+                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                           check=True, capture_output=True, timeout=60)
 
         def server(name: str, body: str, lst: str | None = None) -> str:
             lst = lst or listener(f"127.0.0.1:{free_port()}")
@@ -105,6 +114,9 @@ upstreams = [{{ endpoint = {endpoint(b["b1"])} }}]
             server("failover", 'route = { load_balancer = "round_robin", eject_after_failures = 1, '
                                f'upstreams = [{{ endpoint = {endpoint(f"127.0.0.1:{dead}")} }}, '
                                f'{{ endpoint = {endpoint(b["b2"])} }}] }}'),
+            server("pp", "proxy_protocol = true\n" + route("b1")),
+            (server("tls", f'tls = {{ chain = "{cert}", key = "{tmp / "key.pem"}" }}\n' + route("b1"))
+             if cert.exists() else ""),
             server("layered", route("b1") + """
 [[servers.layered.layers]]
 factory = "tests.thrift.layers:GuardFactory"
@@ -398,3 +410,37 @@ def test_custom_layer_sees_every_request(env: Env) -> None:
         assert c.ping() == "pong"
     finally:
         c.close()
+
+
+def test_tls_termination(env: Env) -> None:
+    if "tls" not in env.px.servers:
+        pytest.skip("the openssl CLI is not installed: no test certificate")
+    from thriftpy2.rpc import make_client
+    from thriftpy2.transport import TFramedTransportFactory
+
+    ctx = ssl.create_default_context(cafile=str(env.tmp / "cert.pem"))
+    host, _, port = env.addr("tls").rpartition(":")
+    c = make_client(E.Echo, host, int(port), trans_factory=TFramedTransportFactory(), ssl_context=ctx,
+                    timeout=10000)
+    try:
+        assert c.echo("over tls") == "over tls"
+        assert c.roundtrip(big_item(2)) == big_item(2)
+    finally:
+        c.close()
+
+
+def test_proxy_protocol_header(env: Env) -> None:
+    msg = encode_call("echo", 42, text="behind a balancer")
+    sock = connect(env.addr("pp"))
+    with sock:
+        sock.sendall(b"PROXY TCP4 127.0.0.9 127.0.0.1 5555 9090\r\n" + struct.pack("!I", len(msg)) + msg)
+        assert decode_reply("echo", read_framed(sock)) == (42, "behind a balancer")
+        sock.sendall(b"not thrift at all")
+        assert closed_by_peer(sock)
+    # the client address of the PROXY header is the one logged
+    wait_for(lambda: any(e.get("event") == "thrift_bad_frame" and e.get("peer") == "127.0.0.9:5555"
+                         for e in env.px.log_events()), what="a log line with the PROXY protocol peer")
+    sock = connect(env.addr("pp"))
+    with sock:
+        sock.sendall(struct.pack("!I", len(msg)) + msg)  # no PROXY header: refused
+        assert closed_by_peer(sock)

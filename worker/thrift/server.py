@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from monolake.worker.http import proxy_protocol
+from monolake.worker.http.tls import ServerTls, TlsError
 from monolake.worker.service import FactoryStack, ServiceStack, load_layer_factory
 from monolake.worker.service.context import ConnectionContext, RequestContext
 from monolake.worker.state import Snapshot
@@ -57,6 +59,9 @@ class ThriftServer:
         t = cfg.timeout
         self.keepalive_timeout = t.server_keepalive_timeout_sec
         self.message_timeout = t.server_message_timeout_sec
+        # TLS termination and the PROXY protocol reuse the HTTP server's implementations
+        self.tls = ServerTls(cfg.tls) if cfg.tls is not None else None
+        self.proxy_protocol = bool(cfg.proxy_protocol)
         prev_stack: Any = None
         fds: Any = None
         if isinstance(previous, ThriftServer):
@@ -152,6 +157,9 @@ class ThriftConnection(asyncio.Protocol):
         self.write_paused = False
         self.ctx: ConnectionContext | None = None
         self.peer: Any = None
+        self.tls: Any = None  # TlsSession when the server terminates TLS
+        self.prelude: bytearray | None = None  # PROXY protocol header being read
+        self.write: Any = None  # transport.write, or the TLS session's
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -160,6 +168,7 @@ class ThriftConnection(asyncio.Protocol):
         if srv.loop is None:
             srv._bind(asyncio.get_running_loop())
         self.transport = transport  # type: ignore[assignment]
+        self.write = transport.write
         srv.conns.add(self)
         self.counters.connections_total += 1
         assert srv.loop is not None
@@ -171,8 +180,17 @@ class ThriftConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        if srv.proxy_protocol:
+            self.prelude = bytearray()
+        elif srv.tls is not None:
+            self._start_tls()
         if srv.draining:
             transport.close()
+
+    def _start_tls(self) -> None:
+        assert self.transport is not None and self.server.tls is not None
+        self.tls = self.server.tls.session(self.transport.write)
+        self.write = self.tls.write
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
@@ -193,6 +211,22 @@ class ThriftConnection(asyncio.Protocol):
         assert loop is not None
         now = loop.time()
         self.last_active = now
+        if self.prelude is not None:
+            data = self._read_prelude(data)
+            if not data:
+                return
+        if self.tls is not None:
+            try:
+                data = self.tls.feed(data)
+            except TlsError as exc:
+                counters.errors += 1
+                log.info("thrift_tls_error", server=self.server.name, peer=_peer(self.peer), error=str(exc))
+                self.abort()
+                return
+            if not data:
+                if self.tls.peer_closed and self.transport is not None:
+                    self.transport.close()
+                return
         try:
             frames = self.deframer.feed(data)
         except FrameError as exc:
@@ -209,6 +243,29 @@ class ThriftConnection(asyncio.Protocol):
             self._request(frame, now)
             if self.transport is None:
                 return
+
+    def _read_prelude(self, data: bytes) -> bytes:
+        """Collect the PROXY protocol header; return the bytes after it once it is complete."""
+        buf = self.prelude
+        assert buf is not None
+        buf += data
+        try:
+            parsed = proxy_protocol.parse(bytes(buf))
+        except proxy_protocol.ProxyProtocolError as exc:
+            self.counters.errors += 1
+            log.info("proxy_protocol_rejected", server=self.server.name, peer=_peer(self.peer), error=str(exc))
+            self.abort()
+            return b""
+        if parsed is None:
+            return b""
+        consumed, src, _dst = parsed
+        if src is not None:
+            self.peer = src
+        rest = bytes(buf[consumed:])
+        self.prelude = None
+        if self.server.tls is not None:
+            self._start_tls()
+        return rest
 
     # -- requests --------------------------------------------------------------------------
 
@@ -300,7 +357,12 @@ class ThriftConnection(asyncio.Protocol):
         if transport is None:
             return  # the client went away; the reply has nobody to go to
         self.counters.bytes_out += len(data)
-        transport.write(data)
+        try:
+            self.write(data)
+        except TlsError as exc:
+            log.info("thrift_tls_error", server=self.server.name, peer=_peer(self.peer), error=str(exc))
+            self.abort()
+            return
         if self.server.draining and not self.inflight and not self.deframer.partial:
             transport.close()
 
