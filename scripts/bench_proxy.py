@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Side-by-side reverse-proxy benchmark (not a timed test).
+
+nginx serves the bodies (the upstream); the proxies under test forward to it:
+
+- nginx ``proxy_pass`` (1 worker, upstream keep-alive),
+- an aiohttp + uvloop reverse proxy with a pooled ``ClientSession`` (``pip install -e '.[bench]'``),
+- monolake, one standalone worker (``python -m monolake.worker --standalone``), per runtime.
+
+The proxy is pinned to core 0, wrk and the upstream to core 1. For each body size (100 B,
+4 KiB, 64 KiB) it reports requests/s, p50/p99 latency, the proxy's CPU µs per request (from
+/proc utime+stime over the run) and the ratio to nginx.
+
+    python scripts/bench_proxy.py                      # all proxies, 5 s per run
+    python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
+    python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SIZES = {"100B": 100, "4KiB": 4096, "64KiB": 65536}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+def tree_pids(pid: int) -> list[int]:
+    out = [pid]
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            for child in f.read().split():
+                out.extend(tree_pids(int(child)))
+    except OSError:
+        pass
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            pass
+    return total / CLK_TCK
+
+
+class Proc:
+    def __init__(self, args: list[str], cpu: int | None, log: Path, **kw) -> None:
+        if cpu is not None:
+            args = ["taskset", "-c", str(cpu), *args]
+        self.log = open(log, "wb")
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True, **kw)
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(5)
+        self.log.close()
+
+
+# -- the upstream and the proxies ------------------------------------------------------------
+def nginx_conf(work: Path, name: str, body: str) -> Path:
+    conf = work / f"{name}.conf"
+    conf.write_text(textwrap.dedent(f"""
+        worker_processes 1;
+        daemon off;
+        master_process on;
+        pid {work}/{name}.pid;
+        error_log {work}/{name}.error.log warn;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            client_body_temp_path {work}/{name}-body;
+            proxy_temp_path {work}/{name}-proxy;
+            fastcgi_temp_path {work}/{name}-fcgi;
+            uwsgi_temp_path {work}/{name}-uwsgi;
+            scgi_temp_path {work}/{name}-scgi;
+            keepalive_requests 1000000;
+            {body}
+        }}
+    """))
+    return conf
+
+
+def start_upstream(work: Path, port: int) -> Proc:
+    root = work / "www"
+    root.mkdir(exist_ok=True)
+    for name, size in SIZES.items():
+        (root / name).write_bytes(b"x" * size)
+    conf = nginx_conf(work, "upstream", f"""
+        server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {root}; }}""")
+    return Proc(["nginx", "-c", str(conf), "-e", str(work / "upstream.stderr.log")], 1, work / "upstream.log")
+
+
+def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
+    conf = nginx_conf(work, "nproxy", f"""
+        upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+        server {{
+            listen 127.0.0.1:{port} backlog=4096;
+            location / {{
+                proxy_pass http://up;
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_buffering on;
+                proxy_buffer_size 16k;
+                proxy_buffers 8 64k;
+                proxy_max_temp_file_size 0;
+            }}
+        }}""")
+    return Proc(["nginx", "-c", str(conf), "-e", str(work / "nproxy.stderr.log")], 0, work / "nproxy.log")
+
+
+AIOHTTP_PROXY = r'''
+import sys, asyncio, uvloop
+from aiohttp import web, ClientSession, TCPConnector
+UP = sys.argv[2]
+HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "host", "content-length"}
+async def handler(request):
+    s = request.app["session"]
+    async with s.request(request.method, UP + request.rel_url.path_qs,
+                         headers={k: v for k, v in request.headers.items() if k.lower() not in HOP},
+                         data=await request.read() if request.can_read_body else None) as r:
+        body = await r.read()
+        return web.Response(body=body, status=r.status,
+                            headers={k: v for k, v in r.headers.items() if k.lower() not in HOP})
+async def session(app):
+    app["session"] = ClientSession(connector=TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60), auto_decompress=False)
+    yield
+    await app["session"].close()
+app = web.Application()
+app.cleanup_ctx.append(session)
+app.router.add_route("*", "/{tail:.*}", handler)
+uvloop.install()
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=4096)
+'''
+
+
+def start_aiohttp_proxy(work: Path, port: int, upstream: int) -> Proc:
+    script = work / "aiohttp_proxy.py"
+    script.write_text(AIOHTTP_PROXY)
+    return Proc([sys.executable, str(script), str(port), f"http://127.0.0.1:{upstream}"], 0,
+                work / "aiohttp.log")
+
+
+def start_monolake(work: Path, port: int, upstream: int, runtime: str, parser: str) -> Proc:
+    cfg = work / f"monolake-{runtime}.toml"
+    cfg.write_text(textwrap.dedent(f"""
+        [runtime]
+        runtime_type = "{runtime}"
+        workers = 1
+        [supervisor]
+        log_level = "warning"
+        [servers.bench]
+        proxy_type = "http"
+        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
+        backlog = 4096
+        http_parser = "{parser}"
+        [[servers.bench.routes]]
+        path = "/{{*rest}}"
+        preserve_path = true
+        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{upstream}" }} }}]
+    """))
+    return Proc([sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)], 0,
+                work / f"monolake-{runtime}.log")
+
+
+# -- wrk -------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    proxy: str
+    body: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_req: float
+    errors: int
+    requests: int
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return float("nan")
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) -> tuple[dict, float]:
+    # warm up (pool, caches), then measure
+    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", "-d1s", f"http://127.0.0.1:{port}{path}"],
+                   capture_output=True, timeout=30)
+    cpu0 = cpu_seconds(pids)
+    proc = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "--latency",
+                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
+                          timeout=duration + 30)
+    out = proc.stdout
+    if "requests in" not in out:
+        print(f"  wrk failed: {proc.stdout} {proc.stderr}", file=sys.stderr)
+    cpu = cpu_seconds(pids) - cpu0
+    stats = {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": 0, "requests": 0}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Requests/sec:"):
+            stats["rps"] = float(line.split()[1])
+        elif line.startswith("50%"):
+            stats["p50"] = _ms(line.split()[1])
+        elif line.startswith("99%"):
+            stats["p99"] = _ms(line.split()[1])
+        elif "requests in" in line:
+            stats["requests"] = int(line.split()[0])
+        elif line.startswith("Non-2xx") or line.startswith("Socket errors"):
+            stats["errors"] += sum(int(x) for x in re.findall(r"\d+", line.split(":", 1)[1]))
+    return stats, cpu
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--runtimes", default="io_uring,legacy",
+                    help="monolake runtimes to run, comma-separated (io_uring, legacy)")
+    ap.add_argument("--parser", default="httptools")
+    ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
+    ap.add_argument("--sizes", default=",".join(SIZES))
+    ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy record the monolake worker during the 100B run (needs py-spy)")
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"{tool} is required (apt-get install nginx-light wrk util-linux)", file=sys.stderr)
+            return 2
+    only = set(filter(None, args.only.split(",")))
+    sizes = [s for s in args.sizes.split(",") if s in SIZES]
+    work = Path(tempfile.mkdtemp(prefix="monolake-bench-"))
+    work.chmod(0o755)  # nginx workers run as an unprivileged user
+    up_port = free_port()
+    upstream = start_upstream(work, up_port)
+    results: list[Result] = []
+    try:
+        wait_port(up_port)
+        contenders: list[tuple[str, callable]] = []
+        if not only or "nginx" in only:
+            contenders.append(("nginx", lambda p: start_nginx_proxy(work, p, up_port)))
+        if not only or "aiohttp" in only:
+            contenders.append(("aiohttp+uvloop", lambda p: start_aiohttp_proxy(work, p, up_port)))
+        if not only or "monolake" in only:
+            for rt in filter(None, args.runtimes.split(",")):
+                contenders.append((f"monolake/{rt}",
+                                   lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser)))
+        for name, start in contenders:
+            port = free_port()
+            proc = start(port)
+            try:
+                wait_port(port)
+                time.sleep(0.3)
+                pids = tree_pids(proc.p.pid)
+                for size in sizes:
+                    prof = None
+                    if args.profile and name.startswith("monolake") and size == sizes[0]:
+                        prof = subprocess.Popen(["py-spy", "record", "-o", str(work / f"{name.replace('/', '-')}.svg"),
+                                                 "-d", str(int(args.duration) + 2), "-p", str(pids[-1])],
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, pids)
+                    if prof is not None:
+                        prof.wait(30)
+                        print(f"  profile: {work / (name.replace('/', '-') + '.svg')}", file=sys.stderr)
+                    n = max(1, stats["requests"])
+                    r = Result(name, size, stats["rps"], stats["p50"], stats["p99"],
+                               cpu / n * 1e6, stats["errors"], stats["requests"])
+                    results.append(r)
+                    print(f"  {name:18} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
+                          f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
+                          file=sys.stderr)
+            finally:
+                proc.stop()
+    finally:
+        upstream.stop()
+    # the table, with ratios to nginx
+    base = {r.body: r.rps for r in results if r.proxy == "nginx"}
+    print(f"\n{'proxy':18} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} {'× nginx':>8}")
+    for r in results:
+        ratio = f"{r.rps / base[r.body]:.2f}" if base.get(r.body) else "-"
+        print(f"{r.proxy:18} {r.body:6} {r.rps:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
+              f"{r.cpu_us_per_req:11.1f} {ratio:>8}")
+    aio = {r.body: r.rps for r in results if r.proxy.startswith("aiohttp")}
+    for r in results:
+        if r.proxy.startswith("monolake") and aio.get(r.body):
+            print(f"{r.proxy} {r.body}: {r.rps / aio[r.body]:.1f}× the aiohttp peer")
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    shutil.rmtree(work, ignore_errors=True) if not args.profile else None
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
