@@ -27,9 +27,30 @@ def _load(path: str | None) -> Any:
 
 
 def _control_path(args: argparse.Namespace) -> str:
+    """The control socket named by the config. A config that no longer validates (the user
+    is mid-edit and about to ``reload``) still names it: read that one key leniently."""
+    from monolake.conf import ConfigError, load_config
+
     if args.control_socket:
         return args.control_socket
-    return _load(args.config).supervisor.control_socket
+    try:
+        return load_config(args.config).supervisor.control_socket
+    except (ConfigError, OSError):
+        if not args.config:
+            raise
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        with open(args.config, "rb") as f:
+            raw = tomllib.load(f)
+        path = raw["supervisor"]["control_socket"]
+        if isinstance(path, str) and path:
+            return os.path.join(os.path.dirname(os.path.abspath(args.config)), path)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return load_config(None).supervisor.control_socket
 
 
 def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:

@@ -111,13 +111,22 @@ class Listeners:
             return True
         return False
 
-    def for_slot(self, servers: dict[str, Any], slot: int) -> tuple[dict[str, list[int]], list[int]]:
-        """The ``listeners`` map and fd list of a worker ``hello`` for ``slot``."""
+    def for_slot(self, servers: dict[str, Any], slot: int, existing_only: bool = False
+                 ) -> tuple[dict[str, list[int]], list[int]]:
+        """The ``listeners`` map and fd list of a worker ``hello`` for ``slot``
+        (``existing_only``: skip listeners that have no socket for this slot)."""
         mapping: dict[str, list[int]] = {}
         fds: list[int] = []
         for name, server in servers.items():
             key = listener_key(server.listener)
-            sock = self.unix[key] if key[0] == "unix" else self.tcp[key][slot]
+            if key[0] == "unix":
+                sock = self.unix.get(key)
+            else:
+                sock = self.tcp.get(key, {}).get(slot)
+            if sock is None and existing_only:
+                continue
+            if sock is None:
+                raise KeyError(f"no socket for {describe(key)} on slot {slot}")
             mapping[name] = [len(fds)]
             fds.append(sock.fileno())
         return mapping, fds

@@ -28,6 +28,8 @@ from monolake.supervisor.workers import (
 
 log = structlog.get_logger()
 
+COVER_AFTER = 0.5  # a slot whose respawn is this far away gets covered by a healthy worker
+
 
 def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
@@ -155,6 +157,8 @@ class Master:
                 worker.state = READY
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_result(True)
+            if worker.slot < len(self.slots) and self.slots[worker.slot].worker is worker:
+                self.uncover(self.slots[worker.slot])
             log.info("worker ready", slot=worker.slot, pid=worker.pid, runtime=worker.runtime,
                      generation=worker.generation)
         elif kind == "failed":
@@ -259,6 +263,31 @@ class Master:
                   code=code, delay=round(delay, 3), restarts=slot.restarts,
                   flapping=slot.flapping)
         slot.respawn = asyncio.get_running_loop().call_later(delay, self.start_slot, slot)
+        if delay >= COVER_AFTER or slot.flapping:
+            self.cover(slot)
+
+    def cover(self, slot: Slot) -> None:
+        """Have a healthy worker accept on ``slot``'s sockets until ``slot`` is back, so the
+        connections the kernel hashes to its queue are served, not left waiting."""
+        if slot.covered_by is not None and slot.covered_by.state == READY:
+            return
+        for other in self.slots:
+            worker = other.worker
+            if other is slot or worker is None or worker.state != READY:
+                continue
+            mapping, fds = self.listeners.for_slot(self.config.servers, slot.index,
+                                                   existing_only=True)
+            if worker.send({"type": "cover", "slot": slot.index, "listeners": mapping}, fds):
+                slot.covered_by = worker
+                log.info("slot covered by a healthy worker", slot=slot.index,
+                         covering_slot=other.index, pid=worker.pid)
+            return
+
+    def uncover(self, slot: Slot) -> None:
+        if slot.covered_by is not None:
+            if slot.covered_by.state == READY:
+                slot.covered_by.send({"type": "uncover", "slot": slot.index})
+            slot.covered_by = None
 
     def add_slot(self) -> Slot:
         index = len(self.slots)
@@ -271,17 +300,29 @@ class Master:
         if len(self.slots) <= 1:
             log.warning("refusing to remove the last worker")
             return
-        slot = self.slots.pop()
+        slot = self.slots[-1]
         if slot.respawn is not None:
             slot.respawn.cancel()
+        # a healthy worker serves the retired slot's queue until its socket closes
+        self.cover(slot)
+        self.slots.pop()
         if slot.worker is not None and slot.worker.state != EXITED:
             worker = slot.worker
             self.retired.append(worker)
             worker.state = DRAINING
             worker.send({"type": "drain", "timeout": self.config.supervisor.drain_timeout})
             await self._await_exit(worker, self.config.supervisor.drain_timeout + 2)
-        self.listeners.prune(self.config.servers, len(self.slots))
+        self.close_retired_slots([slot])
         log.info("worker slot removed", slot=slot.index)
+
+    def close_retired_slots(self, retired: list[Slot]) -> None:
+        """Close the sockets of slots that no longer exist. The master's copy goes first and
+        the covering worker's last, so the socket lives until nobody can accept on it. A
+        connection that lands in the queue in that last instant is reset unless the kernel
+        migrates it (``net.ipv4.tcp_migrate_req = 1``)."""
+        self.listeners.prune(self.config.servers, len(self.slots))
+        for slot in retired:
+            self.uncover(slot)
 
     async def _await_exit(self, worker: WorkerProc, timeout: float) -> None:
         assert worker.exited is not None

@@ -161,18 +161,19 @@ class Reloader:
             self._abort(prepared)
             master.listeners.discard(created)
             raise
-        old_config = master.config
         master.config = new
         master.state.generation = generation
         for slot, worker in zip(slots, prepared):
             await self._commit_slot(slot, worker, new)
-        for slot in master.slots[nslots:]:  # the worker count shrank
+        removed = master.slots[nslots:]  # the worker count shrank
+        for slot in removed:
             if slot.respawn is not None:
                 slot.respawn.cancel()
+            master.cover(slot)  # a new worker serves its queue until the socket closes
             if slot.worker is not None:
                 self._retire(slot.worker, new)
         master.slots = slots
-        asyncio.get_running_loop().create_task(self._prune_after_drain(old_config))
+        asyncio.get_running_loop().create_task(self._close_after_drain(removed))
 
     async def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
         futures = [w.ready for w in workers if w.ready is not None]
@@ -225,6 +226,7 @@ class Reloader:
             log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid,
                       error=str(exc) or "timeout")
         slot.worker = new_worker
+        slot.covered_by = None  # the covering worker belongs to the old generation and drains
         slot.flapping = False
         slot.consecutive_crashes = 0
         if old is not None and old.state != EXITED:
@@ -244,10 +246,10 @@ class Reloader:
             kill_hard(worker)
         asyncio.get_running_loop().create_task(master._await_exit(worker, timeout + 2.0))
 
-    async def _prune_after_drain(self, old_config: Any) -> None:
-        master = self.master
+    async def _close_after_drain(self, removed: list[Slot]) -> None:
+        """Listeners and slots the new config dropped close once the old generation is gone."""
         await self._wait_retired()
-        master.listeners.prune(master.config.servers, len(master.slots))
+        self.master.close_retired_slots(removed)
 
     # ----- in-place mode ------------------------------------------------------------------
 

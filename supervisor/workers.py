@@ -120,6 +120,7 @@ class Slot:
     flapping: bool = False
     respawn: asyncio.TimerHandle | None = None
     next_respawn: float = 0.0
+    covered_by: WorkerProc | None = None  # a healthy worker accepting on this slot's sockets
 
     def backoff(self, initial: float, maximum: float) -> float:
         """Exponential backoff with ±20 % jitter, from the run of consecutive crashes."""

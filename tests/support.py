@@ -100,6 +100,12 @@ def spawned(args: list[str], **kw) -> Iterator[subprocess.Popen]:
 
 def listening_on(port: int) -> bool:
     """Whether any socket on this machine is in LISTEN state on ``port`` (IPv4 or IPv6)."""
+    return bool(listening_inodes(port))
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of the sockets in LISTEN state on ``port``: they identify the sockets."""
+    found: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
@@ -108,7 +114,7 @@ def listening_on(port: int) -> bool:
                     fields = line.split()
                     local, state = fields[1], fields[3]
                     if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        return True
+                        found.add(int(fields[9]))
         except FileNotFoundError:
             continue
-    return False
+    return found

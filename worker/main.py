@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import channel, logs
+from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
 from monolake.worker.state import Snapshot
@@ -54,7 +55,7 @@ class ServerSlot:
     name: str
     handle: Any
     sockets: list[socket.socket]
-    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    servers: list[Acceptor] = field(default_factory=list)
 
 
 class Worker:
@@ -73,6 +74,7 @@ class Worker:
         self._done: asyncio.Future[int] | None = None
         self._lag = 0.0
         self._staged: tuple[Any, dict[str, Any]] | None = None
+        self.covered: dict[int, list[Acceptor]] = {}
         self._retired_handles: list[Any] = []
 
     # ----- building and accepting -------------------------------------------------------
@@ -93,9 +95,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for slot in self.slots.values():
             for sock in slot.sockets:
-                server = await loop.create_server(self._protocol_factory(slot.name), sock=sock,
-                                                  start_serving=True)
-                slot.servers.append(server)
+                slot.servers.append(Acceptor(loop, sock, self._protocol_factory(slot.name)))
         self.accepting = True
         log.info("accepting", servers=sorted(self.slots))
 
@@ -114,7 +114,33 @@ class Worker:
             for server in slot.servers:
                 server.close()
             slot.servers.clear()
+        for index in list(self.covered):
+            self.uncover(index)
         self.accepting = False
+
+    async def cover(self, message: dict[str, Any], fds: list[int]) -> None:
+        """Also accept on another slot's sockets while that slot has no live worker (it
+        crashes at start, say), so connections hashed to its queue are not left waiting."""
+        index = int(message["slot"])
+        self.uncover(index)
+        loop = asyncio.get_running_loop()
+        servers: list[Acceptor] = []
+        for name, indexes in message["listeners"].items():
+            for i in indexes:
+                sock = socket.socket(fileno=fds[i])
+                if name not in self.slots or not self.accepting:
+                    sock.close()
+                    continue
+                servers.append(Acceptor(loop, sock, self._protocol_factory(name)))
+        self.covered[index] = servers
+        log.info("covering for a slot without a live worker", covered_slot=index)
+
+    def uncover(self, index: int) -> None:
+        servers = self.covered.pop(index, [])
+        for server in servers:
+            server.close()
+        if servers:
+            log.info("stopped covering", covered_slot=index)
 
     def open_connections(self) -> int:
         return sum(slot.handle.open_connections() for slot in self.slots.values())
@@ -123,6 +149,9 @@ class Worker:
         """Stop accepting, end keep-alive, wait for in-flight requests up to ``timeout``."""
         self.draining = True
         self.stop_accepting()
+        # connections accepted just before the stop are still being set up (asyncio creates
+        # their protocol in a task); let them register so the drain waits for them
+        await asyncio.sleep(0.05)
         for slot in self.slots.values():
             slot.handle.begin_drain()
         deadline = time.monotonic() + timeout
@@ -205,6 +234,10 @@ class Worker:
                 await self.commit(message, fds)
             elif kind == "abort":
                 self._finish(0)
+            elif kind == "cover":
+                await self.cover(message, fds)
+            elif kind == "uncover":
+                self.uncover(int(message["slot"]))
             elif kind == "reconfigure":
                 self.prepare_in_place(message)
             elif kind == "reconfigure_commit":

@@ -134,7 +134,8 @@ def test_activated_sockets_matched_by_name_and_address(launched, tmp_path):
 
 def test_listen_pid_of_another_process_is_ignored(launched, tmp_path):
     port = free_port()
-    sock = listening_socket(port, reuseport=True)
+    # on another port: an ignored socket on the served port would take half the connections
+    sock = listening_socket(free_port(), reuseport=True)
     inode = os.fstat(sock.fileno()).st_ino
     m = Activated(tmp_path, base_config(tmp_path, port), [(sock, "")], args=["--workers", "1"],
                   env={"FAKE_LISTEN_PID": "1"})

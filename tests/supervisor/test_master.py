@@ -1,0 +1,333 @@
+"""The master and its workers, as real processes: start, status, respawn, stop, master death."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.harness import MONOLAKED, Monolaked, base_config, cpus_allowed, http_get
+from tests.support import free_port, listening_on, pid_alive, wait_for
+
+NCPU = len(os.sched_getaffinity(0))
+
+
+@pytest.fixture
+def master_factory(tmp_path: Path):
+    started: list[Monolaked] = []
+
+    def make(config_text: str, args: list[str] = (), env: dict | None = None) -> Monolaked:
+        m = Monolaked(tmp_path, config_text, args, env)
+        started.append(m)
+        return m
+
+    yield make
+    for m in started:
+        m.close()
+
+
+def test_serves_and_reports_one_pinned_worker_per_cpu(master_factory, tmp_path):
+    port = free_port()
+    m = master_factory(base_config(tmp_path, port))
+    status = m.wait_ready()
+    assert http_get(port)[0] == 200
+    workers = status["workers"]
+    assert len(workers) == NCPU == status["master"]["workers"]
+    assert sorted(w["cpu"] for w in workers) == sorted(os.sched_getaffinity(0))
+    assert len({w["pid"] for w in workers}) == NCPU
+    for w in workers:
+        assert cpus_allowed(w["pid"]) == str(w["cpu"])
+        assert w["generation"] == 1 and w["runtime"]
+    # the human table names every worker
+    table = m.cli("status").stdout
+    for w in workers:
+        assert str(w["pid"]) in table
+    # control socket is private
+    mode = stat.S_IMODE(os.stat(tmp_path / "control.sock").st_mode)
+    assert mode == 0o600
+    assert (tmp_path / "monolaked.pid").read_text().strip() == str(m.proc.pid)
+
+
+class _Load(threading.Thread):
+    """Light closed-loop load of new connections; records every failure."""
+
+    def __init__(self, port: int, path: str = "/") -> None:
+        super().__init__(daemon=True)
+        self.port, self.path = port, path
+        self.stop = threading.Event()
+        self.ok = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                conn.request("GET", self.path, headers={"Connection": "close"})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.errors.append(f"status {resp.status}")
+            except OSError as exc:
+                self.errors.append(repr(exc))
+            time.sleep(0.005)
+
+
+def test_killed_worker_is_respawned_on_its_slot_and_queue_is_kept(master_factory, tmp_path):
+    port = free_port()
+    m = master_factory(base_config(tmp_path, port))
+    status = m.wait_ready()
+    victim = status["workers"][0]
+    load = _Load(port)
+    load.start()
+    try:
+        wait_for(lambda: load.ok > 20, 10, what="load running")
+        os.kill(victim["pid"], signal.SIGKILL)
+        t0 = time.monotonic()
+
+        def replaced():
+            for w in m.status()["workers"]:
+                if w["slot"] == victim["slot"] and w["pid"] not in (None, victim["pid"]) \
+                        and w["state"] == "ready":
+                    return w
+            return None
+
+        new = wait_for(replaced, 10, what="respawned worker")
+        assert time.monotonic() - t0 < 2.5
+        assert new["cpu"] == victim["cpu"]
+        assert cpus_allowed(new["pid"]) == str(victim["cpu"])
+        assert new["restarts"] == 1
+        before = load.ok
+        wait_for(lambda: load.ok > before + 20, 10, what="load after respawn")
+    finally:
+        load.stop.set()
+        load.join(15)
+    assert load.errors == []
+
+
+def test_crashing_slot_backs_off_and_flaps_while_others_serve(master_factory, tmp_path):
+    if NCPU < 2:
+        pytest.skip("needs two CPUs: one slot crashes, the other serves")
+    # A custom layer module that kills the worker pinned to CPU 1 at import time.
+    crashy = tmp_path / "crashy_layer.py"
+    cpus = sorted(os.sched_getaffinity(0))
+    crashy.write_text(
+        "import os\n"
+        f"if os.sched_getaffinity(0) == {{{cpus[1]}}}:\n"
+        "    os._exit(7)\n"
+        "class Passthrough:\n"
+        "    key = 'crashy'\n"
+        "    def __init__(self, options):\n"
+        "        pass\n"
+        "    def make(self, inner, previous):\n"
+        "        return inner\n")
+    port = free_port()
+    config = base_config(tmp_path, port, supervisor="""
+        respawn_backoff_initial = 0.05
+        respawn_backoff_max = 0.8
+        flapping_threshold = 3
+        flapping_window = 60
+    """, extra="""
+        [[servers.web.layers]]
+        factory = "crashy_layer:Passthrough"
+    """)
+    m = master_factory(config, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+
+    def flapping():
+        rows = m.status()["workers"]
+        bad = [w for w in rows if w["cpu"] == cpus[1]]
+        return bad and bad[0]["state"] == "flapping" and bad[0]["restarts"] >= 3 and rows
+
+    rows = wait_for(flapping, 30, interval=0.1, what="slot flapping")
+    good = [w for w in rows if w["cpu"] != cpus[1]]
+    assert good and all(w["state"] == "ready" for w in good)
+    for _ in range(20):
+        assert http_get(port)[0] == 200
+    # backoff grows: the delays between respawns logged by the master increase
+    delays = [e["delay"] for e in m.log_events() if e.get("event") == "worker died; respawning"]
+    assert len(delays) >= 3
+    assert max(delays) > delays[0]
+    assert m.proc.poll() is None
+
+
+class _SlowUpstream:
+    """An upstream that answers after a delay, to keep requests in flight."""
+
+    def __init__(self, delay: float) -> None:
+        delay_ = delay
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802
+                time.sleep(delay_)
+                body = b"slow ok"
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_sigterm_drains_in_flight_requests_and_cleans_up(master_factory, tmp_path):
+    upstream = _SlowUpstream(1.0)
+    port = free_port()
+    unix_path = tmp_path / "web.sock"
+    config = base_config(tmp_path, port, routes=f"""
+        [[servers.web.routes]]
+        path = "/slow"
+        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{upstream.port}/" }} }}]
+
+        [servers.unixweb]
+        proxy_type = "http"
+        listener = {{ type = "unix", value = "{unix_path}" }}
+
+        [[servers.unixweb.routes]]
+        path = "/"
+        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+    """)
+    try:
+        m = master_factory(config)
+        m.wait_ready()
+        pids = m.worker_pids()
+        results: list[tuple[int, bytes] | str] = []
+
+        def call() -> None:
+            try:
+                status, body, _ = http_get(port, "/slow", timeout=15)
+                results.append((status, body))
+            except OSError as exc:
+                results.append(repr(exc))
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(w["stats"].get("active_requests", 0)
+                             for w in m.status()["workers"]) >= 1, 10, what="requests in flight")
+        assert m.stop(signal.SIGTERM, timeout=30) == 0
+        for t in threads:
+            t.join(15)
+        assert results and all(r == (200, b"slow ok") for r in results), results
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 5, what="workers gone")
+        assert not (tmp_path / "monolaked.pid").exists()
+        assert not unix_path.exists()
+        assert not (tmp_path / "control.sock").exists()
+    finally:
+        upstream.close()
+
+
+def test_master_sigkill_takes_the_workers_down(master_factory, tmp_path):
+    port = free_port()
+    m = master_factory(base_config(tmp_path, port))
+    m.wait_ready()
+    pids = m.worker_pids()
+    m.proc.send_signal(signal.SIGKILL)
+    m.proc.wait(5)
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 2.0, what="workers gone after master death")
+    wait_for(lambda: not listening_on(port), 2.0, what="listening socket released")
+
+
+def test_bad_config_is_refused_by_check_and_start(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(base_config(tmp_path, free_port()).replace('runtime_type = "auto"',
+                                                              'runtime_type = "turbo"'))
+    check = subprocess.run([*MONOLAKED, "check", "-c", str(bad)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 1
+    assert "runtime.runtime_type" in check.stderr and str(bad) in check.stderr
+    start = subprocess.run([*MONOLAKED, "start", "-c", str(bad)], capture_output=True, text=True,
+                           timeout=30)
+    assert start.returncode == 1
+    assert "runtime.runtime_type" in start.stderr
+    good = tmp_path / "good.toml"
+    good.write_text(base_config(tmp_path, free_port()))
+    ok = subprocess.run([*MONOLAKED, "check", "-c", str(good)], capture_output=True, text=True,
+                        timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert "web" in ok.stdout
+
+
+def test_port_in_use_is_a_clear_start_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = tmp_path / "m.toml"
+        cfg.write_text(base_config(tmp_path, port))
+        start = subprocess.run([*MONOLAKED, "start", "-c", str(cfg)], capture_output=True,
+                               text=True, timeout=30)
+    assert start.returncode == 1
+    assert f"127.0.0.1:{port}" in start.stdout + start.stderr
+
+
+BLOCKER = """
+import time
+
+
+class Blocker:
+    key = "blocker"
+
+    def __init__(self, options):
+        pass
+
+    def make(self, inner, previous):
+        return BlockingService(inner)
+
+
+class BlockingService:
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def call(self, request, ctx):
+        if request.path == "/block":
+            time.sleep(600)  # blocks the worker's event loop
+        return await self.inner.call(request, ctx)
+"""
+
+
+def test_blocked_event_loop_is_dumped_killed_and_replaced(master_factory, tmp_path):
+    (tmp_path / "blocker_layer.py").write_text(BLOCKER)
+    port = free_port()
+    config = base_config(tmp_path, port, supervisor="", extra="""
+        [[servers.web.layers]]
+        factory = "blocker_layer:Blocker"
+    """).replace("heartbeat_timeout = 5", "heartbeat_timeout = 2")
+    m = master_factory(config, args=["--workers", "1"],
+                       env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+    status = m.wait_ready(1)
+    victim = status["workers"][0]
+    blocked = socket.create_connection(("127.0.0.1", port), timeout=30)
+    blocked.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def replaced():
+        rows = m.status()["workers"]
+        return rows[0]["pid"] not in (None, victim["pid"]) and rows[0]["state"] == "ready" and rows
+
+    wait_for(replaced, 20, interval=0.1, what="blocked worker replaced")
+    blocked.close()
+    log = m.log()
+    assert "heartbeat missed" in log
+    assert "blocker_layer.py" in log and "in call" in log  # faulthandler's stack dump
+    assert http_get(port)[0] == 200

@@ -1,0 +1,88 @@
+"""Accepting connections on an inherited listening socket, so that stopping is lossless.
+
+Why not ``loop.create_server(sock=...)``: asyncio accepts a batch of connections in one
+callback and creates their protocols in tasks that run later; closing the Server in between
+makes those tasks fail (``Server._attach`` asserts the server is open) and the accepted
+sockets are dropped — and reset when the worker exits. A draining worker must serve every
+connection it took off the queue. An io_uring accept armed when a worker dies has the same
+problem (the kernel completes it into a ring nobody reads), so the worker accepts on
+readiness, with plain ``accept4``, and hands each connection to ``connect_accepted_socket``
+(which every loop implements, uvloop and the io_uring loop included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Callable
+
+import structlog
+
+log = structlog.get_logger()
+
+ACCEPT_BATCH = 64  # connections taken per readiness event before the loop does other work
+# errors that mean "the system is short of something", not "the listening socket is broken"
+_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Acceptor:
+    """Accepts on ``sock`` until ``close()``; every accepted connection gets a protocol."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                 protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._factory = protocol_factory
+        self._closed = False
+        self._backoff: asyncio.TimerHandle | None = None
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as exc:
+                if exc.errno in _RESOURCE_ERRNOS:
+                    # out of fds: stop accepting for a moment instead of spinning; the
+                    # connections wait in the queue
+                    log.error("accept failed; pausing accepts for 100 ms", error=str(exc))
+                    self._pause(0.1)
+                    return
+                log.error("accept failed", error=str(exc))
+                return
+            conn.setblocking(False)
+            self._loop.create_task(self._serve(conn))
+
+    async def _serve(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._factory, conn)
+        except Exception:  # noqa: BLE001 - one bad connection never takes the worker down
+            log.exception("could not set up an accepted connection")
+            conn.close()
+
+    def _pause(self, seconds: float) -> None:
+        self._loop.remove_reader(self._sock.fileno())
+        self._backoff = self._loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        self._backoff = None
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    def close(self) -> None:
+        """Stop accepting. Closes this process's copy of the socket only: the master keeps
+        its own, so connections still queued wait there for the next worker."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._backoff is not None:
+            self._backoff.cancel()
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
