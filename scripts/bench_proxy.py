@@ -199,6 +199,7 @@ def start_monolake(work: Path, port: int, upstream: int, runtime: str, parser: s
         [[servers.bench.routes]]
         path = "/{{*rest}}"
         preserve_path = true
+        max_idle_per_upstream = 256
         upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{upstream}" }} }}]
     """))
     return Proc([sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)], 0,
@@ -299,7 +300,7 @@ def main() -> int:
                 for size in sizes:
                     prof = None
                     if args.profile and name.startswith("monolake") and size == sizes[0]:
-                        prof = subprocess.Popen(["py-spy", "record", "-o", str(work / f"{name.replace('/', '-')}.svg"),
+                        prof = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(work / f"{name.replace('/', '-')}.svg"),
                                                  "-d", str(int(args.duration) + 2), "-p", str(pids[-1])],
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, pids)

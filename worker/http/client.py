@@ -23,6 +23,13 @@ if TYPE_CHECKING:
     from monolake.worker.http.upstream import Upstream
 
 
+def _discard(resp: Response) -> None:
+    """A response nobody waits for any more (the request was cancelled)."""
+    body = resp.body
+    if isinstance(body, BodyStream) and not body.done:
+        body.abandon()
+
+
 class UpstreamError(Exception):
     """The upstream failed. ``retryable``: nothing was received and the request body was not
     consumed, so an idempotent request may go to another connection."""
@@ -53,7 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.deadline = 0.0
         self._parser: Any = None
-        self._waiter: asyncio.Future | None = None
+        self._on_head: Any = None  # callable(response, exc): the response head or the failure
         self._req_body: BodyStream | None = None
         self._req_done = True
         self._req_chunked = False
@@ -86,14 +93,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._tunnel = None
             tunnel.upstream_closed()
             return
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                retry = not self._received and (self._req_body is None or not self._req_body.consumed)
-                w.set_exception(UpstreamError(
-                    f"upstream closed the connection before responding ({exc or 'EOF'})",
-                    retryable=retry and self.requests > 1))
+        if self._on_head is not None:
+            retry = not self._received and (self._req_body is None or not self._req_body.consumed)
+            self._deliver(None, UpstreamError(
+                f"upstream closed the connection before responding ({exc or 'EOF'})",
+                retryable=retry and self.requests > 1))
         body = self._resp_body
         if body is not None and not body.done:
             if self._framing == _UNTIL_CLOSE:
@@ -122,9 +126,26 @@ class UpstreamConnection(asyncio.Protocol):
     def request(self, method: str, head: bytes, body: Any, upgrade: bool, via: bool,
                 read_timeout: float) -> asyncio.Future:
         """Send one request; the returned future resolves to the response head."""
+        waiter = self.pool.loop.create_future()
+
+        def done(resp: Response | None, exc: BaseException | None) -> None:
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(resp)
+                else:
+                    waiter.set_exception(exc)
+            elif resp is not None:
+                _discard(resp)
+
+        self.send(method, head, body, upgrade, via, read_timeout, done)
+        return waiter
+
+    def send(self, method: str, head: bytes, body: Any, upgrade: bool, via: bool,
+             read_timeout: float, on_head: Any) -> None:
+        """Send one request; ``on_head(response, None)`` or ``on_head(None, error)`` follows,
+        exactly once (the callback form: no future, no task)."""
         loop = self.pool.loop
-        waiter = loop.create_future()
-        self._waiter = waiter
+        self._on_head = on_head
         self._method = method
         self._upgrade = upgrade
         self._via = via
@@ -147,7 +168,12 @@ class UpstreamConnection(asyncio.Protocol):
             self._req_body = body
             self.transport.write(head)
             body.pipe(self)
-        return waiter
+
+    def _deliver(self, resp: Response | None, exc: BaseException | None) -> None:
+        cb = self._on_head
+        if cb is not None:
+            self._on_head = None
+            cb(resp, exc)
 
     # BodySink for the request body
     def write(self, data: bytes) -> None:
@@ -240,11 +266,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._protocol_error(f"internal error: {exc!r}")
 
     def _protocol_error(self, message: str) -> None:
-        w = self._waiter
-        if w is not None:
-            self._waiter = None
-            if not w.done():
-                w.set_exception(UpstreamError(message))
+        if self._on_head is not None:
+            self._deliver(None, UpstreamError(message))
         body = self._resp_body
         if body is not None and not body.done:
             body.fail(UpstreamError(message))
@@ -312,10 +335,8 @@ class UpstreamConnection(asyncio.Protocol):
             self._keep_alive = False
             resp.body = self._resp_body = BodyStream(None, self)
         resp.upstream_info = self.upstream.label
-        w = self._waiter
-        self._waiter = None
-        if w is not None and not w.done():
-            w.set_result(resp)
+        if self._on_head is not None:
+            self._deliver(resp, None)
         elif self._resp_body is not None:
             self._resp_body.abandon()
         if self._resp_done and status != 101:
@@ -380,11 +401,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._busy and self.deadline and now >= self.deadline and not self._read_paused:
             self.deadline = 0.0
             err = UpstreamTimeout("upstream read timeout")
-            w = self._waiter
-            if w is not None:
-                self._waiter = None
-                if not w.done():
-                    w.set_exception(err)
+            if self._on_head is not None:
+                self._deliver(None, err)
             body = self._resp_body
             if body is not None and not body.done:
                 body.fail(err)

@@ -44,19 +44,28 @@ class UpstreamPool:
         self.closed = False
 
     # -- acquire / release -----------------------------------------------------------------
+    def take_idle(self, up: Upstream) -> UpstreamConnection | None:
+        """An idle connection to ``up`` (most recently used first), or None: no waiting."""
+        if self._adopt:
+            return None  # adopted sockets are wrapped first (acquire)
+        dq = self.idle.get(up.key)
+        while dq:
+            conn = dq.pop()
+            if not conn.closed and not conn.transport.is_closing():
+                conn.upstream = up
+                self.busy.add(conn)
+                self.reused += 1
+                return conn
+        return None
+
     async def acquire(self, up: Upstream) -> UpstreamConnection:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         if self._adopt:
             await self.adopt_pending()
-        dq = self.idle.get(up.key)
-        while dq:
-            conn = dq.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                conn.upstream = up
-                self.busy.add(conn)
-                self.reused += 1
-                return conn
+        conn = self.take_idle(up)
+        if conn is not None:
+            return conn
         return await self._connect(up)
 
     async def _connect(self, up: Upstream) -> UpstreamConnection:

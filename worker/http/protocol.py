@@ -15,6 +15,7 @@ import asyncio
 import socket
 import time
 from collections import deque
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http import proxy_protocol
@@ -75,6 +76,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def __init__(self, rt: "ServerRuntime") -> None:
         self._rt = rt
         self._stack = rt.stack
+        self._fast = getattr(rt.stack.entry, "fast", None)  # the router itself, unwrapped
         self._loop = rt.loop
         self._transport: Any = None
         self._write: Any = None
@@ -452,7 +454,27 @@ class HttpServerProtocol(asyncio.Protocol):
         rt.stats.active_requests += 1
         ctx = RequestContext(self._ctx)
         ex.ctx = ctx
-        ex.task = self._loop.create_task(self._run(ex, self._stack.call(ex.request, ctx)))
+        fast = self._fast
+        if fast is not None:
+            try:
+                fast(ex.request, ctx, partial(self._fast_respond, ex), partial(self._spawn, ex))
+            except Exception:  # noqa: BLE001 - a request must never take the worker down
+                rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
+                rt.stats.errors += 1
+                self._respond(ex, text_response(500, close=True))
+            return
+        self._spawn(ex, self._stack.entry.call(ex.request, ctx))
+
+    def _spawn(self, ex: Exchange, coro: Any) -> None:
+        """Run the rest of a request as a coroutine (one task per request at most)."""
+        ex.task = self._loop.create_task(self._run(ex, coro))
+
+    def _fast_respond(self, ex: Exchange, resp: Response) -> None:
+        try:
+            self._respond(ex, resp)
+        except Exception:  # noqa: BLE001
+            self._rt.log.exception("respond_error", server=self._rt.name)
+            self._abort()
 
     async def _run(self, ex: Exchange, coro: Any) -> None:
         try:

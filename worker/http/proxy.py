@@ -85,13 +85,67 @@ class RouterService(Stateful):
             return await route.builtin(req, ctx)
         return await self._proxy(route, req, ctx)
 
-    async def _proxy(self, route: RouteHandler, req: Request, ctx: Any) -> Response:
+    def fast(self, req: Request, ctx: Any, respond: Any, spawn: Any) -> None:
+        """The callback-shaped path (what the server calls when nothing wraps the router):
+        with an idle pooled connection at hand, the request goes out and the response head
+        comes back through callbacks, with no task and no future. Anything that must wait
+        (a connect, a builtin, a retry) continues as a coroutine via ``spawn``."""
+        found = self.router.match(req.path, req.host or None)
+        if found is None:
+            if req.body is not None:
+                req.body.discard()
+            respond(text_response(404, "no route"))
+            return
+        index, params = found
+        route = self.routes[index]
+        ctx.route = route.cfg
+        ctx.params = params
+        if route.builtin is not None:
+            spawn(route.builtin(req, ctx))
+            return
+        up = route.balancer.pick(None)
+        if up is None:
+            respond(text_response(503, "no healthy upstream"))
+            return
+        conn = self.pool.take_idle(up)
+        if conn is None:
+            spawn(self._proxy(route, req, ctx, first=up))
+            return
+        ctx.upstream = up.label
+        head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
+                            preserve_host=self.preserve_host, via=self.via)
+
+        def on_head(resp: Response | None, exc: BaseException | None) -> None:
+            if exc is None:
+                if resp.status == 101:
+                    if req.upgrade:
+                        resp.tunnel = Tunnel(conn)
+                    else:
+                        conn.abort()
+                        resp = text_response(502, "upstream switched protocols unasked")
+                respond(resp)
+                return
+            conn.abort()
+            if getattr(exc, "retryable", False) and _may_retry(req):
+                spawn(self._proxy(route, req, ctx, retry=True))  # a stale keep-alive connection
+                return
+            structlog.get_logger().info("upstream_failed", upstream=up.label, error=str(exc),
+                                        request_id=ctx.request_id)
+            respond(_error_response(exc) if isinstance(exc, UpstreamError) else text_response(502))
+
+        conn.send(req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head)
+
+    async def _proxy(self, route: RouteHandler, req: Request, ctx: Any, first: Any = None,
+                     retry: bool = False) -> Response:
         balancer = route.balancer
         pool = self.pool
         tried: set[int] | None = None
         last: UpstreamError | None = None
-        for attempt in (0, 1):
-            up = balancer.pick(tried)
+        for attempt in ((1,) if retry else (0, 1)):
+            if first is not None:
+                up, first = first, None
+            else:
+                up = balancer.pick(tried)
             if up is None:
                 if last is not None:
                     return _error_response(last)
