@@ -167,10 +167,11 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------- orchestration
 
-def cpu_ticks(pid: int) -> int:
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the whole process, in clock ticks (fields 14 and 15 of stat)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return int(fields[11]), int(fields[12])
 
 
 def free_port() -> int:
@@ -218,13 +219,17 @@ def bench(args: argparse.Namespace) -> None:
                 for name in order:
                     proc, port = servers[name]
                     load(app, port, args.warmup, args.conns, args.client_cpu)  # unrecorded warm-up
-                    t0 = cpu_ticks(proc.pid)
+                    u0, s0 = cpu_ticks(proc.pid)
                     r = load(app, port, args.duration, args.conns, args.client_cpu)
-                    dt = (cpu_ticks(proc.pid) - t0) / CLK_TCK
-                    r["cpu_us"] = dt * 1e6 / max(r["requests"], 1)
+                    u1, s1 = cpu_ticks(proc.pid)
+                    per_req = 1e6 / CLK_TCK / max(r["requests"], 1)
+                    r["user_us"] = (u1 - u0) * per_req
+                    r["sys_us"] = (s1 - s0) * per_req
+                    r["cpu_us"] = r["user_us"] + r["sys_us"]
                     results.setdefault((app, name), []).append(r)
                     print(f"round {rnd + 1} {app:4} {name:8} {r['rps']:10.0f} req/s  p99 {r['p99_ms']:6.2f} ms"
-                          f"  cpu {r['cpu_us']:6.2f} us/req", flush=True)
+                          f"  cpu {r['cpu_us']:6.2f} us/req (user {r['user_us']:.2f} sys {r['sys_us']:.2f})",
+                          flush=True)
         finally:
             for proc, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
@@ -236,15 +241,19 @@ def bench(args: argparse.Namespace) -> None:
     print()
     print(f"medians over {args.rounds} interleaved rounds of {args.duration:g} s "
           f"(server on cpu {args.server_cpu}, load on cpu {args.client_cpu}, {args.conns} connections)")
-    print(f"{'app':5} {'loop':9} {'req/s':>10} {'p99 ms':>8} {'cpu us/req':>11} {'rps/uvloop':>11} {'cpu/uvloop':>11}")
+    print(f"{'app':5} {'loop':9} {'req/s':>10} {'p99 ms':>8} {'cpu us/req':>11} {'user/sys':>11} "
+          f"{'rps/uvloop':>11} {'cpu/uvloop':>11}")
+    keys = ("rps", "p99_ms", "cpu_us", "user_us", "sys_us")
     for app in args.apps:
-        med = {name: {k: statistics.median(r[k] for r in results[(app, name)]) for k in ("rps", "p99_ms", "cpu_us")}
+        med = {name: {k: statistics.median(r[k] for r in results[(app, name)]) for k in keys}
                for name in loops if (app, name) in results}
         base = med.get("uvloop")
         for name, m in med.items():
             ratio_rps = f"{m['rps'] / base['rps']:.2f}x" if base else "-"
             ratio_cpu = f"{m['cpu_us'] / base['cpu_us']:.2f}x" if base else "-"
-            print(f"{app:5} {name:9} {m['rps']:10.0f} {m['p99_ms']:8.2f} {m['cpu_us']:11.2f} {ratio_rps:>11} {ratio_cpu:>11}")
+            split = f"{m['user_us']:.2f}/{m['sys_us']:.2f}"
+            print(f"{app:5} {name:9} {m['rps']:10.0f} {m['p99_ms']:8.2f} {m['cpu_us']:11.2f} {split:>11} "
+                  f"{ratio_rps:>11} {ratio_cpu:>11}")
 
 
 def available(name: str) -> bool:

@@ -16,6 +16,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULE = "monolake.uring._uring"
 GENERATED = os.path.join(HERE, "_monolake_uring.c")  # git-ignored
+SOURCES = ("mu_ring.c", "mu_fast.c")  # the liburing shim, then the CPython fast-path glue
 
 CDEF = """
 typedef struct mu_ring mu_ring;
@@ -69,6 +70,8 @@ int mu_conn_recv_stop(mu_conn *c);
 int64_t mu_conn_send(mu_conn *c, const char *data, size_t len);
 int mu_conn_shutdown(mu_conn *c);
 int mu_conn_close(mu_conn *c, int abort);
+
+int mu_fast_install(void);
 """
 
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
@@ -99,14 +102,18 @@ def ffibuilder():  # type: ignore[no-untyped-def]
 
     ffi = FFI()
     ffi.cdef(CDEF)
-    with open(os.path.join(HERE, "mu_ring.c")) as f:
-        source = f.read()
+    source = ""
+    for name in SOURCES:
+        with open(os.path.join(HERE, name)) as f:
+            source += f.read() + "\n"
     ffi.set_source(MODULE, source, **link_kwargs())
     return ffi
 
 
-def link_kwargs() -> dict[str, list[str]]:
-    kwargs = {"extra_compile_args": ["-O2", "-std=gnu11", "-Wno-unused-function"]}
+def link_kwargs() -> dict[str, list]:
+    # mu_fast.c uses the full CPython API (vectorcall, bytes internals): no limited API
+    kwargs: dict[str, list] = {"extra_compile_args": ["-O2", "-std=gnu11", "-Wno-unused-function"],
+                               "define_macros": [("_CFFI_NO_LIMITED_API", None)]}
     static = static_liburing()
     if static:
         kwargs["extra_objects"] = [static]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
-from monolake.uring.ring import F_MORE, K_ACCEPT, Ring
+from monolake.uring.ring import F_MORE, FAST, K_ACCEPT, Ring
 from monolake.uring.selector import POLLIN, UringSelector
 from monolake.uring.transport import UringSocketTransport
 
@@ -173,6 +173,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         self._listeners: dict[int, _Listener] = {}
         self._stopping_listeners: dict[int, _Listener] = {}
         self._arena_view = self._ring.arena
+        self._out_addr = self._ring.out_addr
+        self._arena_addr = self._ring.arena_addr
         selector = _LoopSelector(self._ring, self._handlers, self._on_selector_ready)
         super().__init__(selector)
 
@@ -186,7 +188,12 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
 
     # ---- the iteration: one ring run, one walk over the batch ----
 
-    def _process_events(self, batch: list[Any]) -> None:
+    def _process_events(self, batch: Any) -> None:
+        if type(batch) is int:  # the C dispatcher: events are still in the ring's out array
+            if batch:
+                FAST.dispatch(self._out_addr, batch, self._arena_addr, self._readers,
+                              self._handlers, self._on_reader_error)
+            return
         handlers = self._handlers
         readers = self._readers
         arena = self._arena_view
@@ -208,6 +215,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
             h = handlers.get(ud >> 8)
             if h is not None:
                 h(ud & 255, res, flags, off)
+
+    def _on_reader_error(self, ud: int, exc: BaseException) -> None:
+        t = self._conn_transports.get(ud >> 8)
+        if t is not None:
+            t._reader_failed(exc)
 
     def _on_selector_ready(self, key: selectors.SelectorKey, mask: int) -> None:
         reader, writer = key.data
@@ -332,10 +344,13 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
 
 
 class _LoopSelector(UringSelector):
-    """The selector the loop owns: ``select()`` returns the completion batch itself."""
+    """The selector the loop owns: ``select()`` returns the completion batch itself (the event
+    count when the C dispatcher is in use, else the flat list)."""
 
     def select(self, timeout: float | None = None) -> Any:  # type: ignore[override]
         self.arm_pending()
+        if FAST is not None:
+            return self._ring.run_n(timeout)
         return self._ring.run(timeout)
 
 

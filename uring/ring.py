@@ -31,6 +31,21 @@ DEFAULT_ARENA = 2 * 1024 * 1024
 DEFAULT_BATCH = 1024
 
 
+def _install_fast() -> Any:
+    """monolake.uring._fast (C glue for the hot path), or None where it cannot be had."""
+    try:
+        if lib.mu_fast_install() == 0:
+            from monolake.uring import _fast  # type: ignore[attr-defined]
+
+            return _fast
+    except (AttributeError, ImportError):
+        pass
+    return None
+
+
+FAST = None if os.environ.get("MONOLAKE_URING_NO_FAST") else _install_fast()
+
+
 class Ring:
     """One io_uring owned by one loop, created in the process that uses it."""
 
@@ -60,6 +75,8 @@ class Ring:
         self._view = memoryview(ffi.buffer(self._out)).cast("q")
         # received payloads: valid until the next run(); slices are copied out with tobytes()
         self.arena = memoryview(ffi.buffer(lib.mu_arena(ptr), lib.mu_arena_size(ptr)))
+        self.out_addr = int(ffi.cast("uintptr_t", self._out))
+        self.arena_addr = int(ffi.cast("uintptr_t", lib.mu_arena(ptr)))
         self._next_token = 1
         self.closed = False
 
@@ -85,6 +102,18 @@ class Ring:
                 raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
             return []
         return self._view[:4 * n].tolist()
+
+    def run_n(self, timeout: float | None) -> int:
+        """Like run() but leaves the events in the out array (for the C dispatcher)."""
+        if timeout is None:
+            n = lib.mu_run(self.ptr, 1, -1, self._out, self.batch)
+        elif timeout <= 0:
+            n = lib.mu_run(self.ptr, 0, 0, self._out, self.batch)
+        else:
+            n = lib.mu_run(self.ptr, 1, int(timeout * 1e9) or 1, self._out, self.batch)
+        if n < 0:
+            raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
+        return n
 
     def close(self, timeout_ms: int = 1000) -> int:
         """Cancel everything, wait for the kernel to let go of our memory, free the ring.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import types
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from asyncio import constants, protocols, transports, trsock
 from asyncio.log import logger
 
 from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
-from monolake.uring.ring import K_DRAIN, K_QUIESCED, K_RECV, K_SENDERR
+from monolake.uring.ring import FAST, K_DRAIN, K_QUIESCED, K_RECV, K_SENDERR
 
 if TYPE_CHECKING:
     from monolake.uring.loop import UringEventLoop
@@ -76,6 +77,12 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._aborted = False
         self._lost_exc: BaseException | None = None
         self.set_protocol(protocol)
+        if FAST is not None and type(self).write is UringSocketTransport.write:
+            # `write` as a C callable on this instance (see mu_fast.c); the class method stays
+            # the fallback for everything but a plain bytes write on an open transport
+            self.write = FAST.FastWriter(int(ffi.cast("uintptr_t", conn)), self._high_water,
+                                         types.MethodType(UringSocketTransport.write, self),
+                                         self._after_send)
         loop._handlers[token] = self._event
         loop._conn_transports[token] = self
         loop._transports[fd] = self
@@ -281,8 +288,26 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             # the error also arrives as a SENDERR event; count like asyncio does
             self._conn_lost += 1
 
+    def _after_send(self, n: int) -> None:
+        """The C writer queued data past the high-water mark, or the send was refused."""
+        if n > self._high_water:
+            self._maybe_pause_protocol()
+            if self._protocol_paused and self._conn is not None:
+                self._conn.notify_below = self._low_water
+        elif n < 0 and n != -errno.EPIPE:
+            self._conn_lost += 1
+
+    def _drop_fast_writer(self) -> None:
+        """Back to the Python write() (the C conn is closing or gone)."""
+        w = self.__dict__.pop("write", None)
+        if w is not None:
+            w.detach()
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         super().set_write_buffer_limits(high, low)
+        w = self.__dict__.get("write")
+        if w is not None:
+            w.high = self._high_water
         if self._protocol_paused and self._conn is not None:
             self._conn.notify_below = self._low_water
 
@@ -291,6 +316,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             return
         self._eof = True
         self._write_ok = False
+        self._drop_fast_writer()
         if self._conn is not None:
             lib.mu_conn_shutdown(self._conn)
 
@@ -304,6 +330,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             return
         self._closing = True
         self._write_ok = False
+        self._drop_fast_writer()
         self._held.clear()
         self._readers.pop(self._recv_ud, None)
         if self._conn is not None:
@@ -328,6 +355,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._conn_lost += 1
         self._closing = True
         self._write_ok = False
+        self._drop_fast_writer()
         self._held.clear()
         self._readers.pop(self._recv_ud, None)
         self._lost_exc = exc
@@ -336,6 +364,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def _quiesced(self) -> None:
         """C has no operation left on the fd (and freed its conn): close and report."""
+        self._drop_fast_writer()
         self._conn = None
         self._write_ok = False
         loop = self._loop
@@ -361,6 +390,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def _ring_gone(self) -> None:
         """The loop closed under us: the C conn was freed with the ring."""
+        self._drop_fast_writer()
         self._conn = None
         self._closing = True
         self._write_ok = False

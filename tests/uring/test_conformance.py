@@ -900,3 +900,42 @@ def test_write_after_close_is_ignored_and_abort_escalates(loop_factory: Factory)
         lsock.close()
 
     run(loop_factory, main())
+
+
+def test_cached_write_method_after_close_is_harmless(loop_factory: Factory) -> None:
+    """A protocol may keep `transport.write` around; calling it after the connection is gone
+    must be ignored (on io_uring the C conn behind the fast writer has been freed by then)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        lost = loop.create_future()
+
+        class Keep(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.write = transport.write  # type: ignore[attr-defined]
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(None)
+
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        tr, proto = await loop.create_connection(Keep, "127.0.0.1", port)
+        proto.write(b"before")
+        tr.close()
+        await asyncio.wait_for(lost, 5)
+        for _ in range(10):
+            proto.write(b"after close")
+        server.close()
+        await server.wait_closed()
+
+    run(loop_factory, main())
+
+
+def test_fast_path_is_used_on_cpython(uring_factory: Factory) -> None:
+    import platform
+
+    from monolake.uring.ring import FAST
+
+    if platform.python_implementation() != "CPython" or os.environ.get("MONOLAKE_URING_NO_FAST"):
+        pytest.skip("the C fast path is CPython-only")
+    assert FAST is not None
