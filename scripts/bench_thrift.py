@@ -7,7 +7,7 @@ The proxy (a standalone monolake worker) is pinned to one CPU; the backend and t
 generators share another, so in the proxied run the proxy adds a hop but no CPU contention
 with the load, and the comparison asks: is the proxy fast enough not to be the bottleneck?
 
-    python scripts/bench_thrift.py                # 5 s per run, 4 client processes
+    python scripts/bench_thrift.py                # 3 rounds of 5 s per mode, 4 client processes
     python scripts/bench_thrift.py --duration 10 --clients 8 --transport buffered
 """
 
@@ -152,12 +152,19 @@ def run_wrk(port: int, args: argparse.Namespace, cpu: int | None, tmp: Path) -> 
     return {"rps": rps, "p50": p50, "p99": p99, "non_2xx": non2xx}
 
 
+def median(runs: list[dict]) -> dict:
+    """The run with the median requests/s (with its own latencies), plus every round's rate."""
+    ranked = sorted(runs, key=lambda r: r["rps"])
+    return {**ranked[len(ranked) // 2], "rounds": [round(r["rps"]) for r in runs]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured run")
     ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=3, help="direct/proxied pairs; the medians are compared")
     ap.add_argument("--clients", type=int, default=4, help="client processes (one connection each)")
     ap.add_argument("--http-connections", type=int, default=16, help="wrk connections for the gateway")
     ap.add_argument("--transport", choices=["framed", "buffered"], default="framed")
@@ -166,6 +173,8 @@ def main() -> None:
     ap.add_argument("--proxy-cpu", type=int, default=0)
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--busy-poll-us", type=int, default=300,
+                    help="also run a worker with MONOLAKE_THRIFT_BUSY_POLL_US (0: only the plain one)")
     args = ap.parse_args()
     if args.load:
         load_main(args)
@@ -185,10 +194,14 @@ def main() -> None:
             be_addr = read_ready(be)
             be_port = int(be_addr.rpartition(":")[2])
 
-            tp_port, gw_port = free_port(), free_port()
             transport = "framed" if args.transport == "framed" else "unframed"
-            cfg = tmp / "bench.toml"
-            cfg.write_text(f"""
+            workers = {}
+            for label, poll_us in (("plain", 0), ("busy_poll", args.busy_poll_us)):
+                if label == "busy_poll" and poll_us <= 0:
+                    continue
+                tp_port, gw_port = free_port(), free_port()
+                cfg = tmp / f"bench-{label}.toml"
+                cfg.write_text(f"""
 [runtime]
 runtime_type = "{args.runtime}"
 
@@ -208,18 +221,25 @@ idl = "{IDL}"
 listener = {{ type = "socket", value = "127.0.0.1:{gw_port}" }}
 route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }} }}] }}
 """)
-            worker = subprocess.Popen([PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
-                                      stdout=subprocess.PIPE, stderr=open(tmp / "worker.log", "w"), text=True, cwd=str(ROOT))
-            procs.append(worker)
-            pin(worker.pid, proxy_cpu)
-            info = json.loads(read_ready(worker))
+                env = {**os.environ, "MONOLAKE_THRIFT_BUSY_POLL_US": str(poll_us)}
+                worker = subprocess.Popen([PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+                                          stdout=subprocess.PIPE, stderr=open(tmp / "worker.log", "a"), text=True,
+                                          cwd=str(ROOT), env=env)
+                procs.append(worker)
+                pin(worker.pid, proxy_cpu)
+                info = json.loads(read_ready(worker))
+                workers[label] = (tp_port, gw_port)
 
-            print(f"monolake worker: runtime={info.get('runtime')} cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
+            print(f"monolake workers: runtime={info.get('runtime')} cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
                   f"{args.clients} thriftpy2 clients ({args.transport}), echo of {args.size} bytes, "
                   f"{args.duration:g}s per run", flush=True)
-            direct = run_load(be_port, args, load_cpu)
-            proxied = run_load(tp_port, args, load_cpu)
-            gateway = run_wrk(gw_port, args, load_cpu, tmp)
+            runs: dict[str, list[dict]] = {"direct": [], **{k: [] for k in workers}}
+            for _ in range(args.rounds):  # interleaved, so background load hits every mode alike
+                runs["direct"].append(run_load(be_port, args, load_cpu))
+                for label, (tp_port, _gw) in workers.items():
+                    runs[label].append(run_load(tp_port, args, load_cpu))
+            results = {k: median(v) for k, v in runs.items()}
+            gateway = {label: run_wrk(gw, args, load_cpu, tmp) for label, (_tp, gw) in workers.items()}
         except Exception:
             log = tmp / "worker.log"
             if log.exists():
@@ -228,16 +248,20 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
         finally:
             stop(procs)
 
-    ratio = proxied["rps"] / direct["rps"] if direct["rps"] else 0.0
+    direct = results["direct"]
+    names = {"direct": "direct (thriftpy2)", "plain": "via proxy",
+             "busy_poll": f"via proxy, poll {args.busy_poll_us}us"}
     print()
-    print(f"{'run':<22}{'req/s':>10}{'p50':>10}{'p99':>10}")
-    print(f"{'direct (thriftpy2)':<22}{direct['rps']:>10.0f}{direct['p50_ms']:>8.2f}ms{direct['p99_ms']:>8.2f}ms")
-    print(f"{'via monolake proxy':<22}{proxied['rps']:>10.0f}{proxied['p50_ms']:>8.2f}ms{proxied['p99_ms']:>8.2f}ms")
-    print(f"proxy / direct = {ratio:.2f} (target >= 0.80)")
-    if gateway is not None:
-        print(f"{'gateway (wrk, JSON)':<22}{gateway['rps']:>10.0f}{gateway['p50']:>10}{gateway['p99']:>10}"
-              + (f"  non-2xx: {gateway['non_2xx']}" if gateway["non_2xx"] else ""))
-    print(json.dumps({"direct": direct, "proxied": proxied, "ratio": round(ratio, 3), "gateway": gateway}))
+    print(f"{'run':<28}{'req/s':>9}{'p50':>10}{'p99':>10}{'x direct':>10}   rounds")
+    for label, r in results.items():
+        ratio = r["rps"] / direct["rps"] if direct["rps"] else 0.0
+        print(f"{names[label]:<28}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{ratio:>10.2f}   {r['rounds']}")
+    print("target: proxy >= 0.80 x direct")
+    for label, g in gateway.items():
+        if g is not None:
+            print(f"{'gateway (wrk) ' + ('' if label == 'plain' else 'poll'):<28}{g['rps']:>9.0f}{g['p50']:>10}{g['p99']:>10}"
+                  + (f"  non-2xx: {g['non_2xx']}" if g["non_2xx"] else ""))
+    print(json.dumps({"results": results, "gateway": gateway}))
 
 
 if __name__ == "__main__":

@@ -152,14 +152,15 @@ class Proxy:
 
 
 @contextmanager
-def proxy(tmp: Path, servers: str, runtime: str = "") -> Iterator[Proxy]:
+def proxy(tmp: Path, servers: str, runtime: str = "", env: dict[str, str] | None = None) -> Iterator[Proxy]:
     """Run ``python -m monolake.worker --standalone`` on a config made of ``servers`` tables."""
     cfg = tmp / "monolake.toml"
     cfg.write_text(f"[runtime]\n{runtime}\n[supervisor]\nlog_format = \"json\"\nlog_level = \"debug\"\n"
                    f"graceful_timeout = 2\n\n{servers}\n")
     log_path = tmp / "worker.log"
     with open(log_path, "w") as err, spawned([PYTHON, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
-                                              stdout=subprocess.PIPE, stderr=err, text=True) as proc:
+                                              stdout=subprocess.PIPE, stderr=err, text=True,
+                                              env={**os.environ, **(env or {})}) as proc:
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         line = proc.stdout.readline() if ready else ""

@@ -44,6 +44,7 @@ from .errors import UpstreamError
 from .framing import FRAMED, KINDS, TTHEADER, UNFRAMED, Frame
 from .jsonmap import MappingError, from_struct, from_value, to_struct
 from .proxy import RouteError, ThriftProxy
+from .spin import busy_poll_for
 from .ttheader import TTHeader
 
 log = structlog.get_logger()
@@ -272,6 +273,7 @@ class GatewayHandle:
         if rt.loop is None:
             rt.ensure_loop()
             self.gateway.proxy.start(rt.loop)
+            self.gateway.proxy.upstreams.poller = busy_poll_for(rt.loop)
         return HttpServerProtocol(rt)
 
     def stats(self) -> dict[str, int]:
@@ -332,6 +334,7 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> GatewayHand
     if loop is not None:
         rt.ensure_loop()
         gateway.proxy.start(loop)
+        gateway.proxy.upstreams.poller = busy_poll_for(loop)
     log.info("thrift_gateway_built", server=name, idl=cfg.idl, services=sorted(gateway.services),
              path=cfg.gateway_path, inherited=previous is not None)
     return handle
