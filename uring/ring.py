@@ -123,6 +123,10 @@ class Ring:
             return 0
         self.closed = True
         self.efd = -1
+        if os.getpid() != self.pid:
+            # a forked child's copy: submitting (even a cancel) would act on the parent's ring
+            self.ptr = ffi.NULL
+            return 0
         left = lib.mu_ring_free(self.ptr, timeout_ms)
         self.ptr = ffi.NULL
         return int(left)

@@ -56,8 +56,12 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._sock = sock
         self._sock_fd = fd = sock.fileno()
         self._token = token = loop._ring.token()
+        if server is not None:
+            loop._server_attach(server, self)  # before anything that would need undoing
         conn = lib.mu_conn_new(loop._ring.ptr, fd, token << 8)
         if conn == ffi.NULL:
+            if server is not None:
+                loop._server_detach(server, self)
             raise MemoryError("io_uring conn allocation failed")
         self._conn = conn
         self._arena = loop._ring.arena
@@ -86,8 +90,6 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         loop._handlers[token] = self._event
         loop._conn_transports[token] = self
         loop._transports[fd] = self
-        if server is not None:
-            loop._server_attach(server, self)
         if sock.family != socket.AF_UNIX:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
