@@ -7,10 +7,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import socket
 from collections.abc import Iterator
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pytest
