@@ -33,12 +33,15 @@ if TYPE_CHECKING:
 IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
 
 PIPELINE_MAX = 16          # parsed-but-unanswered requests before reading pauses
+DRAIN_IDLE_GRACE = 1.0     # a draining server closes keep-alive connections idle this long
 LINGER_SECONDS = 2.0       # how long to drain a client's unread body before closing
 
 _PAUSE_PIPELINE = 1 << 20  # reasons to stop reading (bodies count in the low bits)
 _PAUSE_TUNNEL = 1 << 21
 
 _SKIP_RESPONSE_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_SPECIAL_REQUEST_HEADERS = frozenset((b"host", b"content-length", b"transfer-encoding",
+                                      b"connection", b"expect"))
 
 _STATUS_LINES: dict[int, bytes] = {}
 
@@ -302,19 +305,23 @@ class HttpServerProtocol(asyncio.Protocol):
         parser = self._parser
         rt = self._rt
         version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
         method = parser.get_method().decode("ascii", "replace")
-        target = b"".join(self._url).decode("latin-1") if len(self._url) != 1 else self._url[0].decode("latin-1")
+        url = self._url
+        target = (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1")
         headers = self._headers
         self._head_size = 0
         self._head_bytes = 0
-        if version not in ("1.1", "1.0"):
-            raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
         host = None
         content_length = None
         chunked = False
         conn_tokens: set[bytes] | None = None
         expect = False
+        special = _SPECIAL_REQUEST_HEADERS
         for k, v in headers:
+            if k not in special:
+                continue
             if k == b"host":
                 if host is not None:
                     raise ParseError("more than one Host header")
@@ -329,11 +336,10 @@ class HttpServerProtocol(asyncio.Protocol):
                 chunked = True
             elif k == b"connection":
                 conn_tokens = header_tokens(headers, b"connection")
-            elif k == b"expect":
-                if v.lower() == b"100-continue":
-                    expect = True
-                else:
-                    raise ParseError("unsupported Expect", 417)
+            elif v.lower() == b"100-continue":  # expect
+                expect = True
+            else:
+                raise ParseError("unsupported Expect", 417)
         if chunked and content_length is not None:
             raise ParseError("Content-Length with Transfer-Encoding")
         if host is None and version == "1.1":
@@ -341,7 +347,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if method == "CONNECT":
             raise ParseError("CONNECT is not supported", 405)
         # target -> path and query
-        if target.startswith("/"):
+        if target[:1] == "/":
             path, _, query = target.partition("?")
         elif target.startswith(("http://", "https://")):
             rest = target.split("://", 1)[1]
@@ -354,27 +360,26 @@ class HttpServerProtocol(asyncio.Protocol):
             path, query = "*", ""
         else:
             raise ParseError("invalid request target")
-        if version == "1.1":
-            keep_alive = conn_tokens is None or b"close" not in conn_tokens
+        if conn_tokens is None:
+            keep_alive = version == "1.1"
+        elif version == "1.1":
+            keep_alive = b"close" not in conn_tokens
         else:
-            keep_alive = conn_tokens is not None and b"keep-alive" in conn_tokens
-        upgrade = bool(parser.should_upgrade())
+            keep_alive = b"keep-alive" in conn_tokens
         max_body = rt.max_body
         if max_body and content_length is not None and content_length > max_body:
             raise ParseError("request body too large", 413)
-        body = None
-        if chunked or content_length:
-            body = BodyStream(content_length, self)
+        body = BodyStream(content_length, self) if chunked or content_length else None
         hostname = ""
         if host:
             h = host.decode("latin-1").lower()
-            if h.startswith("["):
+            if h[:1] == "[":
                 hostname = h[1:h.find("]")] if "]" in h else h
             else:
-                hostname = h.split(":", 1)[0]
-        req = Request(method, target, path, query, version, headers, body,
-                      keep_alive=keep_alive, upgrade=upgrade, expect_continue=expect and body is not None,
-                      content_length=content_length, chunked=chunked, host=hostname)
+                hostname = h.partition(":")[0]
+        req = Request(method, target, path, query, version, headers, body, keep_alive,
+                      conn_tokens is not None and parser.should_upgrade(),
+                      expect and body is not None, content_length, chunked, hostname)
         ex = Exchange(req)
         self._parsing = ex
         if body is not None:
@@ -452,7 +457,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         rt.stats.requests += 1
         rt.stats.active_requests += 1
-        ctx = RequestContext(self._ctx)
+        ctx = RequestContext(self._ctx, ex.started)
         ex.ctx = ctx
         fast = self._fast
         if fast is not None:
@@ -801,7 +806,17 @@ class HttpServerProtocol(asyncio.Protocol):
         self._closing = True
         if self._fresh:
             return
-        if not self._queue and self._tunnel is None and (self._parsing is None or self._phase == IDLE):
+        if self._is_idle():
+            # a busy client sends its next request within the grace and gets its answer with
+            # Connection: close; only a connection that stays idle is closed, so the race of
+            # a request with our FIN is limited to clients idle for the whole grace period
+            self._loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
+
+    def _is_idle(self) -> bool:
+        return not self._queue and self._tunnel is None and (self._parsing is None or self._phase == IDLE)
+
+    def _close_if_idle(self) -> None:
+        if self._transport is not None and not self._lingering and self._is_idle():
             self._close(linger=True)
 
     @property
