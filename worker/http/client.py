@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyStream
-from monolake.worker.http.headers import response_headers
+from monolake.worker.http.headers import split_response_headers
 from monolake.worker.http.message import Response
 from monolake.worker.http.protocol import _nodelay
 from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
@@ -297,19 +297,9 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             self._headers = []  # interim response (100 Continue, 103 Early Hints): skip
             return
-        raw = self._headers
-        resp = Response(status, response_headers(raw, status, self._via), reason=self._reason or None)
+        headers, length, chunked = split_response_headers(self._headers, status, self._via)
+        resp = Response(status, headers, reason=self._reason or None)
         self._keep_alive = parser.should_keep_alive()
-        length: int | None = None
-        chunked = False
-        for k, v in raw:
-            if k == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    length = None
-            elif k == b"transfer-encoding":
-                chunked = True
         if self._method == "HEAD" or status in (204, 304) or status == 101:
             self._framing = _NONE
             body = BodyStream(length if self._method == "HEAD" and not chunked else None, self)

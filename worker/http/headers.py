@@ -62,81 +62,121 @@ def upstream_target(req: Request, up: Any, preserve_path: bool) -> str:
     return f"{path}?{query}" if query else path
 
 
+_REQUEST_SPECIAL = _REQUEST_DROP | {b"x-forwarded-for", b"forwarded", b"via"}
+
+
+def _forward_facts(conn: Any) -> tuple[bytes, bytes, bytes]:
+    """Per-connection constants of the forwarding headers, computed once per connection."""
+    cached = conn.forward_cache
+    if cached is None:
+        ip = _client_ip(conn.peer)
+        cached = conn.forward_cache = (
+            ip.encode(), conn.scheme.encode(),
+            f"for={_forwarded_node(ip)};proto={conn.scheme}".encode())
+    return cached
+
+
 def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool,
                  via: bool) -> bytes:
     """Serialise the request head sent upstream (framing headers included)."""
-    headers = req.headers
-    named = _named_by_connection(headers) if any(k == b"connection" for k, _ in headers) else frozenset()
-    upgrade = req.upgrade
     out = [f"{req.method} {target} HTTP/1.1\r\n".encode("latin-1")]
     xff: bytes | None = None
     fwd: bytes | None = None
     via_in: bytes | None = None
     host_in: bytes | None = None
     upgrade_value: bytes | None = None
-    for k, v in headers:
-        if k in _REQUEST_DROP or k in named:
-            if k == b"host":
-                host_in = v
-            elif k == b"upgrade":
-                upgrade_value = v
-            continue
-        if k == b"x-forwarded-for":
+    named: frozenset[bytes] = frozenset()
+    special = _REQUEST_SPECIAL
+    append = out.append
+    for k, v in req.headers:
+        if k not in special:
+            append(k + b": " + v + b"\r\n")
+        elif k == b"host":
+            host_in = v
+        elif k == b"x-forwarded-for":
             xff = v if xff is None else xff + b", " + v
-            continue
-        if k == b"forwarded":
+        elif k == b"forwarded":
             fwd = v if fwd is None else fwd + b", " + v
-            continue
-        if k == b"via":
+        elif k == b"via":
             via_in = v if via_in is None else via_in + b", " + v
-            continue
-        out.append(k + b": " + v + b"\r\n")
-    conn = ctx.conn
-    ip = _client_ip(conn.peer)
-    ipb = ip.encode()
+        elif k == b"upgrade":
+            upgrade_value = v
+        elif k == b"connection":
+            named = _named_by_connection(req.headers)
+    if named:
+        drop = named - {b"upgrade"} if req.upgrade else named
+        out = [out[0]] + [line for line in out[1:] if line.split(b":", 1)[0] not in drop]
+        append = out.append
+    ipb, scheme, node = _forward_facts(ctx.conn)
     if preserve_host or up.kind != "uri":
         host_out = host_in if host_in is not None else b"localhost"
     else:
-        host_out = up.authority.encode("latin-1")
-    out.append(b"host: " + host_out + b"\r\n")
-    out.append(b"x-forwarded-for: " + (xff + b", " + ipb if xff else ipb) + b"\r\n")
-    scheme = conn.scheme.encode()
-    out.append(b"x-forwarded-proto: " + scheme + b"\r\n")
+        host_out = up.host_header
+    tail = [b"host: ", host_out, b"\r\nx-forwarded-for: ", (xff + b", " + ipb) if xff else ipb,
+            b"\r\nx-forwarded-proto: ", scheme, b"\r\n"]
     if host_in is not None:
-        out.append(b"x-forwarded-host: " + host_in + b"\r\n")
-    node = f"for={_forwarded_node(ip)};proto={conn.scheme}".encode()
-    if host_in is not None and b'"' not in host_in:
-        node += b';host="' + host_in + b'"'
-    out.append(b"forwarded: " + (fwd + b", " + node if fwd else node) + b"\r\n")
+        tail += [b"x-forwarded-host: ", host_in, b"\r\n"]
+        if b'"' not in host_in:
+            node = node + b';host="' + host_in + b'"'
+    tail += [b"forwarded: ", (fwd + b", " + node) if fwd else node, b"\r\n"]
     if via:
         tag = b"1.1 monolake"
-        out.append(b"via: " + (via_in + b", " + tag if via_in else tag) + b"\r\n")
+        tail += [b"via: ", (via_in + b", " + tag) if via_in else tag, b"\r\n"]
     elif via_in is not None:
-        out.append(b"via: " + via_in + b"\r\n")
-    if upgrade and upgrade_value is not None:
-        out.append(b"connection: upgrade\r\nupgrade: " + upgrade_value + b"\r\n")
+        tail += [b"via: ", via_in, b"\r\n"]
+    if req.upgrade and upgrade_value is not None:
+        tail += [b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"]
     body = req.body
     if body is not None:
         if body.length is not None:
-            out.append(b"content-length: %d\r\n" % body.length)
+            tail.append(b"content-length: %d\r\n\r\n" % body.length)
         else:
-            out.append(b"transfer-encoding: chunked\r\n")
-    elif req.content_length == 0 or req.method in ("POST", "PUT", "PATCH"):
-        out.append(b"content-length: 0\r\n")
-    out.append(b"\r\n")
+            tail.append(b"transfer-encoding: chunked\r\n\r\n")
+    elif req.content_length == 0 or req.method in _BODY_METHODS:
+        tail.append(b"content-length: 0\r\n\r\n")
+    else:
+        tail.append(b"\r\n")
+    out += tail
     return b"".join(out)
 
 
-def response_headers(headers: Headers, status: int, via: bool) -> Headers:
-    """Response headers passed to the client: hop-by-hop removed (kept for a 101)."""
-    if status == 101:
-        out = [(k, v) for k, v in headers if k not in (b"content-length", b"transfer-encoding")]
-    else:
-        named = _named_by_connection(headers) if any(k == b"connection" for k, _ in headers) else ()
-        out = [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
+_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+
+
+def split_response_headers(headers: Headers, status: int, via: bool
+                           ) -> tuple[Headers, int | None, bool]:
+    """One pass over an upstream response head: the headers passed to the client (hop-by-hop
+    removed, kept for a 101), the Content-Length (None if absent or invalid) and chunked."""
+    length: int | None = None
+    chunked = False
+    out: Headers = []
+    named: frozenset[bytes] | None = None
+    upgrade = status == 101
+    for k, v in headers:
+        if k == b"content-length":
+            try:
+                length = int(v)
+            except ValueError:
+                length = None
+            out.append((k, v))
+        elif k in HOP_BY_HOP:
+            if k == b"transfer-encoding":
+                chunked = True
+            elif upgrade:
+                out.append((k, v))
+            elif k == b"connection":
+                named = _named_by_connection(headers)
+        else:
+            out.append((k, v))
+    if named:
+        out = [(k, v) for k, v in out if k not in named]
     if via:
         existing = [v for k, v in out if k == b"via"]
         out = [(k, v) for k, v in out if k != b"via"]
-        tag = b"1.1 monolake"
-        out.append((b"via", b", ".join(existing + [tag])))
-    return out
+        out.append((b"via", b", ".join(existing + [b"1.1 monolake"])))
+    return out, length, chunked
+
+
+def response_headers(headers: Headers, status: int, via: bool) -> Headers:
+    """Response headers passed to the client (hop-by-hop removed; kept for a 101)."""
+    return split_response_headers(headers, status, via)[0]

@@ -49,7 +49,7 @@ class Request:
                  "keep_alive", "upgrade", "expect_continue", "content_length", "chunked", "host")
 
     def __init__(self, method: str, target: str, path: str, query: str, version: str,
-                 headers: Headers, body: Any = None, *, keep_alive: bool = True,
+                 headers: Headers, body: Any = None, keep_alive: bool = True,
                  upgrade: bool = False, expect_continue: bool = False,
                  content_length: int | None = None, chunked: bool = False,
                  host: str = "") -> None:

@@ -23,7 +23,7 @@ class Upstream:
 
     __slots__ = ("kind", "scheme", "host", "port", "path", "query", "authority", "unix_path",
                  "weight", "ssl", "sni", "key", "label", "active", "failures", "ejected_until",
-                 "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin")
+                 "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header")
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
         self.kind = endpoint.type          # "uri" | "unix" | "builtin"
@@ -44,6 +44,7 @@ class Upstream:
         self.path = "/"
         self.query = ""
         self.authority = ""
+        self.host_header = b""
         self.builtin = ""
         if self.kind == "uri":
             self.scheme = endpoint.scheme
@@ -52,6 +53,7 @@ class Upstream:
             self.path = endpoint.path or "/"
             self.query = endpoint.query
             self.authority = endpoint.authority
+            self.host_header = self.authority.encode("latin-1")
             if self.scheme == "https":
                 self.ssl = ssl_ctx
                 self.sni = route.tls_sni or self.host

@@ -39,6 +39,7 @@ class ConnectionContext:
     tls: TlsInfo | None = None
     scheme: str = "http"
     extra: dict[str, Any] = field(default_factory=dict)
+    forward_cache: Any = None   # the proxy's per-connection forwarding header facts
 
 
 _request_counter = itertools.count(1)
@@ -51,18 +52,37 @@ def new_request_id() -> str:
 
 
 class RequestContext:
-    """Per-request view: the connection context plus what routing and proxying decided."""
+    """Per-request view: the connection context plus what routing and proxying decided.
 
-    __slots__ = ("conn", "request_id", "route", "params", "upstream", "started", "extra")
+    Built for every request, so it is cheap: the id is formatted and ``extra`` allocated only
+    when somebody asks for them.
+    """
 
-    def __init__(self, conn: ConnectionContext) -> None:
+    __slots__ = ("conn", "_seq", "_id", "route", "params", "upstream", "started", "_extra")
+
+    def __init__(self, conn: ConnectionContext, started: float | None = None) -> None:
         self.conn = conn
-        self.request_id = new_request_id()
+        self._seq = next(_request_counter)
+        self._id: str | None = None
         self.route: Any = None            # the matched route (set by the router service)
-        self.params: dict[str, str] = {}  # path parameters of the matched route
+        self.params: dict[str, str] = _NO_PARAMS  # path parameters of the matched route
         self.upstream: str | None = None  # the upstream chosen (set by the proxy)
-        self.started = time.monotonic()
-        self.extra: dict[str, Any] = {}
+        self.started = time.monotonic() if started is None else started
+        self._extra: dict[str, Any] | None = None
+
+    @property
+    def request_id(self) -> str:
+        rid = self._id
+        if rid is None:
+            rid = self._id = f"{_request_prefix}{self._seq}"
+        return rid
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Free-form per-request data for your own services."""
+        if self._extra is None:
+            self._extra = {}
+        return self._extra
 
     @property
     def peer(self) -> Address:
@@ -79,3 +99,6 @@ class RequestContext:
     @property
     def server(self) -> str:
         return self.conn.server
+
+
+_NO_PARAMS: dict[str, str] = {}
