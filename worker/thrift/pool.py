@@ -127,6 +127,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
+            self._received(data)
+        except Exception as exc:  # noqa: BLE001 - a bug here costs this connection, never the worker
+            log.exception("thrift_upstream_connection_error", upstream=self.pool.endpoint.label)
+            self.fail(UpstreamError(f"internal error on the upstream connection: {exc!r}"))
+
+    def _received(self, data: bytes) -> None:
+        try:
             frames = self.deframer.feed(data)
         except FrameError as exc:
             self.fail(UpstreamError(f"bad response from upstream {self.pool.endpoint.label}: {exc}"))

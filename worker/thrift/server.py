@@ -209,6 +209,14 @@ class ThriftConnection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception:  # noqa: BLE001 - a bug here costs this connection, never the worker
+            self.counters.errors += 1
+            log.exception("thrift_connection_error", server=self.server.name, peer=_peer(self.peer))
+            self.abort()
+
+    def _received(self, data: bytes) -> None:
         counters = self.counters
         counters.bytes_in += len(data)
         loop = self.server.loop
