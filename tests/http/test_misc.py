@@ -65,3 +65,65 @@ def test_failing_service_is_500_and_worker_lives(proxy, path):
     with Conn(proxy.port()) as c:
         assert c.request("GET", "/fine").status == 200
     assert proxy.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory):
+    from tests.http.upstream import UpstreamServer
+    with UpstreamServer("a") as a, UpstreamServer("b") as b:
+        config = f"""
+[servers.r]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
+preserve_host = true
+[servers.r.timeout]
+server_keepalive_timeout_sec = 30
+[[servers.r.routes]]
+path_prefix = "/"
+host = "b.example"
+preserve_path = true
+upstreams = [{{ endpoint = {{ type = "uri", value = "{b.url}" }} }}]
+[[servers.r.routes]]
+path_prefix = "/"
+preserve_path = true
+max_idle_per_upstream = 1
+idle_timeout_sec = 0.5
+upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
+"""
+        with run_worker(tmp_path_factory.mktemp("w"), config) as w:
+            yield w, a, b
+
+
+def test_host_routing_and_preserve_host(routed):
+    w, a, b = routed
+    with Conn(w.port("r")) as c:
+        rb = c.request("GET", "/info", host="B.Example:8080")
+        ra = c.request("GET", "/info", host="other.example")
+    assert rb.header("x-upstream") == "b" and ra.header("x-upstream") == "a"
+    assert dict(map(tuple, rb.json()["headers"]))["host"] == "B.Example:8080"
+
+
+def test_pool_keeps_at_most_max_idle_and_expires_them(routed):
+    import time as _t
+    w, a, _b = routed
+    conns = [Conn(w.port("r")) for _ in range(3)]
+    try:
+        for c in conns:  # three concurrent requests: three upstream connections
+            c.send(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for c in conns:
+            assert c.read_response().status == 200
+        before = a.connections
+        # only one was kept idle: two sequential requests reuse it, a third concurrent one
+        # needs a new connection
+        for c in conns[:2]:
+            c.send(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        for c in conns[:2]:
+            assert c.read_response().status == 200
+        assert a.connections == before + 1
+        _t.sleep(1.5)  # idle_timeout_sec = 0.5: the idle ones are closed
+        before = a.connections
+        assert conns[0].request("GET", "/x", host="x").status == 200
+        assert a.connections == before + 1
+    finally:
+        for c in conns:
+            c.close()

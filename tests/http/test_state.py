@@ -14,6 +14,7 @@ from monolake.conf import parse_config
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.server import build
 from monolake.worker.state import Snapshot
+from tests.http.conftest import LOOPS
 from tests.http.upstream import UpstreamServer
 
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
@@ -64,7 +65,16 @@ def _through_process_boundary(data: dict, fds: list[int]) -> Snapshot:
     return Snapshot(pickle.loads(pickle.dumps(data)), [os.dup(fd) for fd in fds])
 
 
-def test_generation_reload_carries_counters_rr_ejections_and_pool():
+def _run(coro, loop: str = "asyncio"):
+    if loop == "io_uring":
+        from monolake.uring import new_event_loop, probe
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(setup_flags=probe().setup_flags)) as r:
+            return r.run(coro)
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
     async def scenario(a, b):
         cfg = _config(a.url, b.url)
         h1 = build("px", cfg, ENV, None)
@@ -100,7 +110,7 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool():
         return names, nxt
 
     with UpstreamServer("a") as a, UpstreamServer("b") as b:
-        names, nxt = asyncio.run(scenario(a, b))
+        names, nxt = _run(scenario(a, b), loop)
     assert names[0] != names[1] and names[0] == names[2]
     assert nxt == names[1], "round-robin went on where it was"
 
