@@ -79,6 +79,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._read_paused = False
         self._pending_tunnel_bytes = b""
         self._upgraded = False
+        self._deferred: Response | None = None
+        self._deferred_length: int | None = None
+        self._chunks: list[bytes] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -93,6 +96,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._tunnel = None
             tunnel.upstream_closed()
             return
+        if self._deferred is not None:
+            if self._framing == _UNTIL_CLOSE:  # closing is how this body ends
+                self._parser_eof()
+                if self._deferred is not None:
+                    self._resp_done = False
+                    self.on_message_complete()
+            self._deferred = None
         if self._on_head is not None:
             retry = not self._received and (self._req_body is None or not self._req_body.consumed)
             self._deliver(None, UpstreamError(
@@ -264,8 +274,12 @@ class UpstreamConnection(asyncio.Protocol):
         except Exception as exc:  # noqa: BLE001 - never let one bad response escape
             self.pool.log.exception("upstream_connection_error", upstream=self.upstream.label)
             self._protocol_error(f"internal error: {exc!r}")
+        else:
+            if self._deferred is not None:
+                self._flush_deferred()
 
     def _protocol_error(self, message: str) -> None:
+        self._deferred = None
         if self._on_head is not None:
             self._deliver(None, UpstreamError(message))
         body = self._resp_body
@@ -311,19 +325,26 @@ class UpstreamConnection(asyncio.Protocol):
             self._resp_done = True
             if self._method == "HEAD" and self.pool.parser_kind != "h11":
                 self._parser = None  # llhttp would wait for a body; a fresh parser next time
-        elif chunked:
-            self._framing = _CHUNKED
-            resp.body = self._resp_body = BodyStream(None, self)
-        elif length is not None:
+        elif length == 0 and not chunked:
             self._framing = _LENGTH
-            if length == 0:
-                resp.body = b""
-            else:
-                resp.body = self._resp_body = BodyStream(length, self)
+            resp.body = b""
         else:
-            self._framing = _UNTIL_CLOSE
-            self._keep_alive = False
-            resp.body = self._resp_body = BodyStream(None, self)
+            # hold the head back until the end of this read: a body that is complete by then
+            # goes out as bytes with the head (no stream); otherwise a BodyStream starts with
+            # what has arrived (see _flush_deferred)
+            if chunked:
+                self._framing = _CHUNKED
+                length = None
+            elif length is not None:
+                self._framing = _LENGTH
+            else:
+                self._framing = _UNTIL_CLOSE
+                self._keep_alive = False
+            resp.upstream_info = self.upstream.label
+            self._deferred = resp
+            self._deferred_length = length
+            self._chunks = []
+            return
         resp.upstream_info = self.upstream.label
         if self._on_head is not None:
             self._deliver(resp, None)
@@ -333,14 +354,42 @@ class UpstreamConnection(asyncio.Protocol):
             self._after_response()
 
     def on_body(self, data: bytes) -> None:
+        if self._deferred is not None:
+            self._chunks.append(data)
+            return
         body = self._resp_body
         if body is not None:
             body.feed(data)
+
+    def _flush_deferred(self) -> None:
+        """The body did not complete within the read that brought the head: stream it."""
+        resp = self._deferred
+        self._deferred = None
+        body = self._resp_body = BodyStream(self._deferred_length, self)
+        for chunk in self._chunks:
+            body.feed(chunk)
+        self._chunks = []
+        resp.body = body
+        if self._on_head is not None:
+            self._deliver(resp, None)
+        else:
+            body.abandon()
 
     def on_message_complete(self) -> None:
         if self._resp_done:
             return
         self._resp_done = True
+        resp = self._deferred
+        if resp is not None:
+            # the whole answer arrived with its head: release the connection, then hand over
+            self._deferred = None
+            chunks = self._chunks
+            self._chunks = []
+            resp.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._after_response()
+            if self._on_head is not None:
+                self._deliver(resp, None)
+            return
         body = self._resp_body
         self._resp_body = None
         if body is not None:
@@ -390,6 +439,7 @@ class UpstreamConnection(asyncio.Protocol):
     def check_timeout(self, now: float) -> None:
         if self._busy and self.deadline and now >= self.deadline and not self._read_paused:
             self.deadline = 0.0
+            self._deferred = None
             err = UpstreamTimeout("upstream read timeout")
             if self._on_head is not None:
                 self._deliver(None, err)
