@@ -43,15 +43,16 @@ _SKIP_RESPONSE_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"c
 _SPECIAL_REQUEST_HEADERS = frozenset((b"host", b"content-length", b"transfer-encoding",
                                       b"connection", b"expect"))
 
-_STATUS_LINES: dict[int, bytes] = {}
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
 
 
 def _status_line(status: int, reason: bytes) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None or not line.endswith(b" " + reason + b"\r\n"):
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
-        if len(_STATUS_LINES) < 256:
-            _STATUS_LINES[status] = line
+        if len(_STATUS_LINES) < 512:
+            _STATUS_LINES[key] = line
     return line
 
 

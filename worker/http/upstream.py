@@ -108,7 +108,7 @@ class Balancer:
         n = self._n
         if n == 1 and not exclude:
             u = ups[0]
-            return u if u.ejected_until <= time.monotonic() else None
+            return u if not u.ejected_until or u.ejected_until <= time.monotonic() else None
         now = time.monotonic()
         kind = self.kind
         if kind == "round_robin":
