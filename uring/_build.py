@@ -57,7 +57,7 @@ int mu_nop(mu_ring *r, uint64_t ud);
 int mu_poll_add(mu_ring *r, int fd, unsigned mask, uint64_t ud);
 int mu_accept(mu_ring *r, int fd, uint64_t ud);
 int mu_poll_multishot(mu_ring *r, int fd, unsigned mask, uint64_t ud);
-int mu_accept_many(int fd, int *out, int max);
+int mu_accept_many(int fd, int *out, int max, int *err);
 int mu_cancel(mu_ring *r, uint64_t ud);
 int mu_cancel_fd(mu_ring *r, int fd);
 int mu_timeout(mu_ring *r, int64_t ns, uint64_t ud);

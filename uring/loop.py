@@ -43,7 +43,7 @@ class _Listener:
     """
 
     __slots__ = ("loop", "sock", "fd", "token", "protocol_factory", "sslcontext", "server",
-                 "ssl_kwargs", "stopping", "family", "proto", "multishot", "fdbuf", "more")
+                 "ssl_kwargs", "stopping", "family", "proto", "multishot", "fdbuf", "errbuf", "more")
 
     BATCH = 64
 
@@ -62,6 +62,7 @@ class _Listener:
         self.stopping = False
         self.multishot = multishot
         self.fdbuf = ffi.new("int[]", self.BATCH)
+        self.errbuf = ffi.new("int *")
         self.more: Any = None  # a scheduled continuation of a long accept run
 
     def arm(self) -> None:
@@ -105,16 +106,17 @@ class _Listener:
         self.more = None
         if self.stopping:
             return
-        n = lib.mu_accept_many(self.fd, self.fdbuf, self.BATCH)
-        if n < 0:
-            if -n in _ACCEPT_RESOURCE_ERRORS:
-                # stop polling for a while, or the fd keeps reporting ready
-                self.resource_error(-n)
-                self.pause()
-            return
+        n = lib.mu_accept_many(self.fd, self.fdbuf, self.BATCH, self.errbuf)
         for i in range(n):
             self.accepted(self.fdbuf[i])
-        if n == self.BATCH:
+        err = self.errbuf[0]
+        if err:
+            # the queue was not drained and the poll is edge-triggered: try again later, as
+            # asyncio does (out of descriptors: after a delay, so the loop does not spin)
+            if err in _ACCEPT_RESOURCE_ERRORS:
+                self.resource_error(err)
+            self.pause()
+        elif n == self.BATCH:
             self.more = self.loop.call_soon(self.accept_ready)
 
     def accepted(self, fd: int) -> None:

@@ -352,20 +352,28 @@ int mu_poll_multishot(mu_ring *r, int fd, unsigned mask, uint64_t ud)
     return 0;
 }
 
-/* accept4() until EAGAIN or max: the count, or -errno when the first accept fails. */
-int mu_accept_many(int fd, int *out, int max)
+/* accept4() until EAGAIN or max. Returns the count; *err is 0 when the queue was drained (or
+ * max reached), else the errno that stopped it (EMFILE, ENFILE, ENOBUFS, ENOMEM...): with an
+ * edge-triggered poll the caller must then retry later, or queued connections are stranded. */
+int mu_accept_many(int fd, int *out, int max, int *err)
 {
-    int n = 0;
+    int n = 0, skipped = 0;
+    *err = 0;
     while (n < max) {
         int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (c < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (n == 0)
-                return -errno;
+        if (c >= 0) {
+            out[n++] = c;
+            continue;
+        }
+        int e = errno;
+        if (e == EAGAIN || e == EWOULDBLOCK)
+            break;
+        if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM || e == EBADF ||
+            e == EINVAL || e == ENOTSOCK || ++skipped > max) {
+            *err = e;
             break;
         }
-        out[n++] = c;
+        /* EINTR, ECONNABORTED, EPROTO, EPERM (firewall)...: that connection only */
     }
     return n;
 }

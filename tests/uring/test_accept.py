@@ -123,3 +123,76 @@ def test_bad_accept_mode_rejected(uring_factory: Factory) -> None:
 
     with pytest.raises(ValueError):
         new_event_loop(accept_mode="sometimes")
+
+
+EMFILE_CHILD = r"""
+import asyncio, os, resource, sys
+sys.path.insert(0, {root!r})
+from tests.uring.conftest import FACTORIES
+from tests.uring.test_conformance import Echo
+
+async def main():
+    loop = asyncio.get_running_loop()
+    errors = []
+    loop.set_exception_handler(lambda _l, ctx: errors.append(ctx) or print("HANDLER", ctx["message"], flush=True))
+    server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=64)
+    print("PORT", server.sockets[0].getsockname()[1], flush=True)
+    top = max(int(x) for x in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (top + 8, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    fillers = []
+    try:
+        while True:
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    for fd in fillers[:2]:  # exactly two descriptors left for accepted connections
+        os.close(fd)
+    await asyncio.sleep(30)
+
+with asyncio.Runner(loop_factory=FACTORIES[{name!r}]) as r:
+    r.run(main())
+"""
+
+
+def test_accept_out_of_fds_recovers(loop_factory: Factory) -> None:
+    """EMFILE on accept: reported once per pause, no busy loop, accepting resumes after."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import spawned
+    from tests.uring.test_conformance import ROOT
+
+    name = "io_uring" if "uring" in getattr(loop_factory, "__name__", "") else "asyncio"
+    with spawned([sys.executable, "-c", EMFILE_CHILD.format(root=ROOT, name=name)],
+                 stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]
+        for i, c in enumerate(clients):
+            c.sendall(b"c%d" % i)
+        # only a few fit under the limit; the child reports the resource error
+        line = proc.stdout.readline()
+        assert "out of system resource" in line, line
+        # the two free descriptors go to the first two connections (the queue is FIFO)
+        for c in clients[:2]:
+            c.settimeout(10)
+            assert c.recv(10).startswith(b"c")
+        for c in clients[2:]:
+            c.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                c.recv(10)
+        # free descriptors in the child: accepting resumes (after asyncio's 1 s retry delay)
+        for c in clients[:2]:
+            c.close()
+        waiting = clients[2:]
+        t0 = time.monotonic()
+        for c in waiting:
+            c.settimeout(10)
+            assert c.recv(10).startswith(b"c")
+            c.close()
+        assert time.monotonic() - t0 < 10
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # the child did not spin while it could not accept (a busy loop burns ~1 s per second)
+        assert (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") < 3.0, fields[11:13]
