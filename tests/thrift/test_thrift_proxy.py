@@ -43,6 +43,18 @@ from tests.thrift.thrift_support import (
 )
 
 
+def _has_v6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+HAS_V6 = _has_v6()
+
+
 class Env:
     def __init__(self, px: Proxy, backends: dict[str, str], tmp: Path) -> None:
         self.px = px
@@ -115,6 +127,7 @@ upstreams = [{{ endpoint = {endpoint(b["b1"])} }}]
                                f'upstreams = [{{ endpoint = {endpoint(f"127.0.0.1:{dead}")} }}, '
                                f'{{ endpoint = {endpoint(b["b2"])} }}] }}'),
             server("pp", "proxy_protocol = true\n" + route("b1")),
+            (server("v6", route("b1"), lst=listener(f"[::1]:{free_port('::1')}")) if HAS_V6 else ""),
             (server("tls", f'tls = {{ chain = "{cert}", key = "{tmp / "key.pem"}" }}\n' + route("b1"))
              if cert.exists() else ""),
             server("layered", route("b1") + """
@@ -444,3 +457,14 @@ def test_proxy_protocol_header(env: Env) -> None:
     with sock:
         sock.sendall(struct.pack("!I", len(msg)) + msg)  # no PROXY header: refused
         assert closed_by_peer(sock)
+
+
+@pytest.mark.skipif(not HAS_V6, reason="no IPv6 loopback")
+def test_ipv6_listener(env: Env) -> None:
+    addr = env.addr("v6")
+    assert addr.startswith("[::1]:")
+    msg = encode_call("whoami", 3)
+    sock = connect(addr)
+    with sock:
+        sock.sendall(struct.pack("!I", len(msg)) + msg)
+        assert decode_reply("whoami", read_framed(sock)) == (3, "b1")
