@@ -55,11 +55,14 @@ def decode_msg(data: bytes, proto: str = "binary") -> tuple[str, int, int, TMemo
     return name, mtype, seqid, prot
 
 
-@pytest.mark.parametrize("proto", ["binary", "loose", "compact"])
-@pytest.mark.parametrize("seqid", [0, 1, 127, 128, 300, 2**31 - 1, -1, -(2**31)])
+SEQIDS = [0, 1, 127, 128, 300, 2**31 - 1, -1, -(2**31)]
+
+
+# thriftpy2's compact writer loops forever on a negative seqid: compact gets non-negative ones
+# here (negative compact seqids are covered by test_compact_in_ttheader_and_framed)
+@pytest.mark.parametrize("proto,seqid", [(p, s) for p in ("binary", "loose", "compact") for s in SEQIDS
+                                         if p != "compact" or s >= 0])
 def test_head_and_seqid_rewrite(proto: str, seqid: int) -> None:
-    if proto == "compact" and seqid < 0:
-        pytest.skip("thriftpy2's compact writer loops forever on a negative seqid")
     data = encode_call("roundtrip", seqid, proto, item=big_item(3))
     head = m.parse_head(data)
     assert (head.name, head.mtype, head.seqid) == ("roundtrip", TMessageType.CALL, seqid)
