@@ -854,8 +854,18 @@ class HttpServerProtocol(asyncio.Protocol):
             t.abort()
 
 
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+
+
 def _nodelay(transport: Any) -> None:
-    """Small writes must leave at once (Nagle + delayed ACK costs 40 ms per response)."""
+    """Small writes must leave at once (Nagle + delayed ACK costs 40 ms per response); and a
+    write buffer that holds a few typical bodies, so that backpressure engages for real
+    streams, not for every 64 KiB response (each pause/resume costs a round of calls)."""
+    try:
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+    except (AttributeError, NotImplementedError, ValueError):
+        pass
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         try:
