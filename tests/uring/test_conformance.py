@@ -130,20 +130,29 @@ def many_connections(loop_factory: Factory, n: int) -> None:
         writer.close()
         await writer.wait_closed()
 
+    open_now = 0
+
+    class Counting(Echo):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            nonlocal open_now
+            open_now += 1
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            nonlocal open_now
+            open_now -= 1
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=4096)
+        server = await loop.create_server(Counting, "127.0.0.1", 0, backlog=4096)
         port = server.sockets[0].getsockname()[1]
         gate = asyncio.Event()
         tasks = [asyncio.create_task(client(port, i, gate)) for i in range(n)]
         # all connected and echoed before any closes
         deadline = loop.time() + 60
-        while sum(1 for t in tasks if t.done()) == 0 and loop.time() < deadline:
-            active = server._active_count  # type: ignore[attr-defined]
-            if active >= n:
-                break
+        while open_now < n and not any(t.done() for t in tasks) and loop.time() < deadline:
             await asyncio.sleep(0.01)
-        assert server._active_count == n  # type: ignore[attr-defined]
+        assert open_now == n
         gate.set()
         await asyncio.gather(*tasks)
         server.close()
@@ -303,6 +312,7 @@ def test_half_close(loop_factory: Factory) -> None:
             # reading is over, writing is not: answer after the peer's EOF
             self.transport.write(self.buf.upper())  # type: ignore[attr-defined]
             self.transport.write_eof()  # type: ignore[attr-defined]
+            self.transport.close()  # flushes first; the server side is done
             return True
 
     async def main() -> None:
@@ -939,3 +949,22 @@ def test_fast_path_is_used_on_cpython(uring_factory: Factory) -> None:
     if platform.python_implementation() != "CPython" or os.environ.get("MONOLAKE_URING_NO_FAST"):
         pytest.skip("the C fast path is CPython-only")
     assert FAST is not None
+
+
+def test_debug_mode(loop_factory: Factory) -> None:
+    """asyncio's debug mode (slow-callback checks, thread checks) on the same echo."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert loop.get_debug()
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await echo_roundtrips(reader, writer, 5)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    with asyncio.Runner(loop_factory=loop_factory, debug=True) as runner:
+        runner.run(asyncio.wait_for(main(), 30))

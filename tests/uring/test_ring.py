@@ -227,6 +227,7 @@ def test_ring_is_per_process_flags_reported() -> None:
         r.close()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads alive
 def test_forked_child_never_touches_the_parents_ring() -> None:
     """A child that inherits the ring (fork) must not cancel or tear down the parent's work."""
     r = Ring(32)
