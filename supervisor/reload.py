@@ -153,6 +153,7 @@ class Reloader:
         slots = [master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
                  for i in range(nslots)]
         prepared: list[WorkerProc] = []
+        self._state_errors: list[str] = []
         try:
             for slot in slots:
                 prepared.append(master.spawn(slot, generation, new, accept=False))
@@ -174,6 +175,9 @@ class Reloader:
                 self._retire(slot.worker, new)
         master.slots = slots
         asyncio.get_running_loop().create_task(self._close_after_drain(removed))
+        if self._state_errors:
+            raise ReloadFailed("the new generation is serving, but without the previous "
+                               "generation's state: " + "; ".join(self._state_errors))
 
     async def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
         futures = [w.ready for w in workers if w.ready is not None]
@@ -219,7 +223,9 @@ class Reloader:
         try:
             if not sent:
                 raise RuntimeError("new worker unreachable")
-            await asyncio.wait_for(committed, config.supervisor.reload_timeout)
+            reply, _ = await asyncio.wait_for(committed, config.supervisor.reload_timeout)
+            if reply.get("state_error"):
+                self._state_errors.append(f"slot {slot.index}: {reply['state_error']}")
         except (asyncio.TimeoutError, RuntimeError) as exc:
             # The new worker is gone; the slot's crash handling takes it from here (the socket
             # and its queue are kept), and the old worker drains as planned.

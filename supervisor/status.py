@@ -41,6 +41,8 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.1f}"
     if key == "lag":
         return f"{value * 1000:.1f}ms"
+    if key == "runtime" and value in ("asyncio", "uvloop"):
+        return f"epoll({value})"  # both fallbacks are epoll loops
     return str(value)
 
 

@@ -271,14 +271,17 @@ class Worker:
         close_fds(fds)  # the master holds its own copies now
 
     async def commit(self, message: dict[str, Any], fds: list[int]) -> None:
-        """Import the previous generation's state and start accepting."""
-        previous = unpack_state(message.get("state"), fds)
+        """Import the previous generation's state and start accepting. An import that fails
+        leaves the fresh stacks serving and is reported (``state_error``): the reload then
+        fails loudly rather than silently losing pools and counters."""
+        previous, error = unpack_state(message.get("state"), fds)
         if previous:
             fresh = self.slots
             try:
                 self.build(previous)
-            except Exception:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001
                 log.exception("building with the previous state failed; starting fresh")
+                error = f"importing the previous generation's state failed: {exc!r}"
                 self.slots = fresh
             else:
                 for slot in fresh.values():
@@ -287,7 +290,7 @@ class Worker:
                 snapshot.close_untaken()  # servers that no longer exist, or a failed build
         if not self.accepting:
             await self.start_accepting()
-        self.send({"type": "committed", "servers": self.stats()[1]})
+        self.send({"type": "committed", "servers": self.stats()[1], "state_error": error})
 
     def prepare_in_place(self, message: dict[str, Any]) -> None:
         """In-place reload, phase one: build new stacks from the live ones (make(previous))."""
@@ -384,11 +387,11 @@ def close_fds(fds: list[int]) -> None:
             pass
 
 
-def unpack_state(blob: str | None, fds: list[int]) -> dict[str, Snapshot]:
-    """Turn a ``state`` blob and its fds back into one Snapshot per server."""
+def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot], str]:
+    """Turn a ``state`` blob and its fds back into one Snapshot per server (and an error)."""
     if not blob:
         close_fds(fds)
-        return {}
+        return {}, ""
     try:
         exported = pickle.loads(base64.b64decode(blob))
         snapshots: dict[str, Snapshot] = {}
@@ -398,11 +401,11 @@ def unpack_state(blob: str | None, fds: list[int]) -> dict[str, Snapshot]:
             snapshots[name] = Snapshot(item["data"], list(fds[start:start + count]))
             start += count
         close_fds(fds[start:])
-        return snapshots
-    except Exception:  # noqa: BLE001 - a broken snapshot means starting fresh, not failing
+        return snapshots, ""
+    except Exception as exc:  # noqa: BLE001 - a broken snapshot means starting fresh
         log.exception("state import failed; starting fresh")
         close_fds(fds)
-        return {}
+        return {}, f"the previous generation's state could not be read: {exc!r}"
 
 
 def channel_address(sock: socket.socket) -> str:

@@ -389,3 +389,50 @@ def test_listeners_and_worker_count_follow_the_config(masters, tmp_path):
     wait_for(lambda: not listening_inodes(extra_port), 15, what="removed listener closed")
     assert http_get(port)[0] == 200
     assert m.status()["master"]["workers"] == nslots
+
+
+FRAGILE = """
+class Fragile:
+    key = "fragile"
+
+    def __init__(self, options):
+        pass
+
+    def make(self, inner, previous):
+        if previous is not None:
+            raise RuntimeError("cannot import fragile state")
+        return FragileService(inner)
+
+
+class FragileService:
+    state_version = 1
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def call(self, request, ctx):
+        return await self.inner.call(request, ctx)
+
+    def export_state(self, fds):
+        return {"seen": 1}
+"""
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_failed_state_import_is_reported(masters, tmp_path, mode):
+    """A state import that fails makes ``reload`` fail with the reason; requests go on."""
+    (tmp_path / "fragile_layer.py").write_text(FRAGILE)
+    port = free_port()
+    cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"', extra="""
+        [[servers.web.layers]]
+        factory = "fragile_layer:Fragile"
+    """)
+    m = masters(cfg, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+    m.wait_ready()
+    result = reload_cli(m)
+    assert result.returncode != 0
+    assert "cannot import fragile state" in result.stderr
+    assert http_get(port)[0] == 200
+    st = m.status()
+    assert st["master"]["reloads"][-1]["ok"] is False
+    assert all(w["state"] == "ready" for w in st["workers"])
