@@ -120,14 +120,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             print(f"master {pid} stopped")
             return 0
         time.sleep(0.05)
     sys.stderr.write(f"monolaked: master {pid} still running after {args.timeout}s\n")
     return 1
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited master stays a zombie until its parent reaps it)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

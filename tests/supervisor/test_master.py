@@ -331,3 +331,42 @@ def test_blocked_event_loop_is_dumped_killed_and_replaced(master_factory, tmp_pa
     assert "heartbeat missed" in log
     assert "blocker_layer.py" in log and "in call" in log  # faulthandler's stack dump
     assert http_get(port)[0] == 200
+
+
+def test_embedded_default_config_serves_out_of_the_box(tmp_path):
+    """`monolaked start` with no config: the demo server answers on 127.0.0.1:8080."""
+    if listening_on(8080):
+        pytest.skip("127.0.0.1:8080 is taken on this machine")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}  # the default control socket goes here
+    log = open(tmp_path / "master.log", "wb")
+    master = subprocess.Popen([*MONOLAKED, "start"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    pids = [master.pid]
+    try:
+        def ready():
+            out = subprocess.run([*MONOLAKED, "status", "--json"], capture_output=True, text=True,
+                                 env=env, timeout=30)
+            if out.returncode != 0:
+                return None
+            import json
+
+            st = json.loads(out.stdout)
+            pids.extend(w["pid"] for w in st["workers"] if w.get("pid"))
+            return all(w["state"] == "ready" for w in st["workers"]) and st
+
+        st = wait_for(ready, 30, interval=0.1, what="default config ready")
+        assert st["master"]["config"] == "(embedded default)"
+        assert len(st["workers"]) == NCPU
+        status, body, _ = http_get(8080)
+        assert status == 200 and b"monolake" in body.lower()
+        status, body, _ = http_get(8080, "/echo/hi")
+        assert status == 200 and b"/echo/hi" in body
+        stop = subprocess.run([*MONOLAKED, "stop"], capture_output=True, text=True, env=env,
+                              timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        assert master.wait(30) == 0
+        assert not (tmp_path / "monolaked.sock").exists()
+    finally:
+        from tests.support import kill_pids
+
+        kill_pids([p for p in pids if pid_alive(p)])
+        log.close()
