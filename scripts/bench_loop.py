@@ -39,10 +39,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # ---------------------------------------------------------------- servers
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    if name == "io_uring":
+    """"io_uring", "uvloop", "asyncio", or "io_uring:key=value,..." (new_event_loop options,
+    e.g. io_uring:nbufs=64 or io_uring:setup_flags=coop_taskrun) for A/B runs."""
+    if name.startswith("io_uring"):
+        import functools
+
         from monolake.uring import new_event_loop
 
-        return new_event_loop
+        opts: dict[str, Any] = {}
+        for item in filter(None, name.partition(":")[2].split(",")):
+            key, _, value = item.partition("=")
+            opts[key] = int(value) if value.isdigit() else value
+        return functools.partial(new_event_loop, **opts)
     if name == "uvloop":
         import uvloop
 
@@ -260,7 +268,7 @@ def available(name: str) -> bool:
     try:
         if name == "uvloop":
             import uvloop  # noqa: F401
-        elif name == "io_uring":
+        elif name.startswith("io_uring"):
             from monolake.uring import probe
 
             if not probe().available:
@@ -276,7 +284,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
     s = sub.add_parser("serve")
-    s.add_argument("--loop", choices=LOOPS, required=True)
+    s.add_argument("--loop", required=True, help="io_uring[:opts] | uvloop | asyncio")
     s.add_argument("--app", choices=("http", "echo"), default="http")
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--cpu", type=int, default=None)
@@ -287,7 +295,8 @@ def main() -> None:
     c.add_argument("--size", type=int, default=64)
     c.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--apps", nargs="+", default=["http", "echo"], choices=("http", "echo"))
-    ap.add_argument("--loops", nargs="+", default=list(LOOPS), choices=LOOPS)
+    ap.add_argument("--loops", nargs="+", default=list(LOOPS),
+                    help="io_uring[:key=value,...] uvloop asyncio (default: all three)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
