@@ -9,7 +9,6 @@ output file can be reopened (SIGUSR1, for logrotate).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import IO, Any
 

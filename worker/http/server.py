@@ -20,7 +20,8 @@ from monolake.worker.http.protocol import HttpServerProtocol
 from monolake.worker.http.proxy import RouterFactory
 from monolake.worker.http.stats import Stats
 from monolake.worker.http.tls import ServerTls
-from monolake.worker.service.core import FactoryStack, ServiceStack, load_layer_factory
+from monolake.worker.service.core import FactoryStack, ServiceStack, push_config_layers
+from monolake.worker.service.state import NO_FDS
 from monolake.worker.state import Snapshot
 
 HANDLE_STATE_VERSION = 1
@@ -124,11 +125,11 @@ def _addr(addr: Any) -> str | None:
 
 
 class HttpServerHandle:
-    """The contract's ``ServerHandle`` for one HTTP server in one worker."""
+    """The contract's ``ServerHandle`` for one server running on the HTTP engine (the HTTP
+    proxy here, the HTTP-to-Thrift gateway as a subclass)."""
 
-    def __init__(self, rt: ServerRuntime, factory: FactoryStack) -> None:
+    def __init__(self, rt: ServerRuntime) -> None:
         self.rt = rt
-        self.factory = factory
         self.stack = rt.stack
         self.pool = rt.pool
         self._pool_handed_over = False
@@ -137,9 +138,13 @@ class HttpServerHandle:
         rt = self.rt
         if rt.loop is None:
             rt.ensure_loop()
-            if rt.pool._adopt:
-                rt.loop.create_task(rt.pool.adopt_pending())
+            self.on_loop(rt.loop)
         return HttpServerProtocol(rt)
+
+    def on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start what needs the running loop (first connection, or build inside a loop)."""
+        if self.pool._adopt:
+            loop.create_task(self.pool.adopt_pending())
 
     def stats(self) -> dict[str, int]:
         return self.rt.stats.as_dict()
@@ -166,6 +171,32 @@ class HttpServerHandle:
         rt.close_files()
 
 
+def inherited_stack(live: HttpServerHandle | None, snapshot: Snapshot | None, stats: Stats,
+                    log: Any) -> tuple[Any, Any]:
+    """What the new stack is made from: the live stack (in-place reload), or the exported
+    stack and its fds (a snapshot from the previous generation, whose counters are absorbed)."""
+    if live is not None:
+        return live.stack, NO_FDS
+    if snapshot is not None:
+        data = snapshot.data if isinstance(snapshot.data, dict) else {}
+        if data.get("version") == HANDLE_STATE_VERSION:
+            stats.absorb(data.get("stats", {}))
+            return data.get("stack"), snapshot
+        log.warning("state_version_mismatch", exported=data.get("version"),
+                    expected=HANDLE_STATE_VERSION, action="starting fresh")
+    return None, NO_FDS
+
+
+def start_if_running(handle: HttpServerHandle) -> None:
+    """Built inside a running loop (a reload): start now rather than at the first connection."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    handle.rt.ensure_loop()
+    handle.on_loop(loop)
+
+
 def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerHandle:
     """Build an HTTP server; ``previous`` is a live handle, a ``Snapshot`` or None."""
     log = env.logger.bind(server=name) if env.logger is not None else structlog.get_logger()
@@ -188,35 +219,13 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
     else:
         pool = UpstreamPool(parser_kind=parser_kind, connect_timeout=t.upstream_connect_timeout_sec,
                             read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log)
-    factory = FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats))
-    seen: dict[str, int] = {}
-    for layer in reversed(cfg.layers):  # the config lists them outermost first
-        n = seen[layer.factory] = seen.get(layer.factory, 0) + 1
-        factory.push(load_layer_factory(layer.factory, layer.options, key=f"{layer.factory}#{n}"))
-    prev_stack: Any = None
-    fd_source: Any = None
-    if live is not None:
-        prev_stack = live.stack
-    elif snapshot is not None:
-        data = snapshot.data if isinstance(snapshot.data, dict) else {}
-        if data.get("version") == HANDLE_STATE_VERSION:
-            stats.absorb(data.get("stats", {}))
-            prev_stack = data.get("stack")
-            fd_source = snapshot
-        else:
-            log.warning("state_version_mismatch", exported=data.get("version"),
-                        expected=HANDLE_STATE_VERSION, action="starting fresh")
-    stack = factory.make(prev_stack, fd_source) if fd_source is not None else factory.make(prev_stack)
+    factory = push_config_layers(FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats)),
+                                 cfg.layers)
+    prev_stack, fd_source = inherited_stack(live, snapshot, stats, log)
+    stack = factory.make(prev_stack, fd_source)
     rt = ServerRuntime(name, cfg, env, stack, stats, pool)
-    handle = HttpServerHandle(rt, factory)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None:
-        rt.ensure_loop()
-        if pool._adopt:
-            loop.create_task(pool.adopt_pending())
+    handle = HttpServerHandle(rt)
+    start_if_running(handle)
     log.info("http_server_built", parser=parser_kind, routes=len(cfg.routes),
              layers=len(cfg.layers), tls=cfg.tls is not None, inherited=previous is not None)
     return handle

@@ -12,6 +12,7 @@ from monolake.worker.service.core import (
     ServiceFactory,
     ServiceStack,
     load_layer_factory,
+    push_config_layers,
 )
 from monolake.worker.service.state import Exported, FdSource, Stateful, restore_state
 
@@ -28,5 +29,6 @@ __all__ = [
     "Stateful",
     "TlsInfo",
     "load_layer_factory",
+    "push_config_layers",
     "restore_state",
 ]

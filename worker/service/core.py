@@ -139,3 +139,19 @@ def load_layer_factory(target: str, options: dict, key: str) -> LayerFactory:
     except AttributeError as exc:
         raise TypeError(f"layer factory {target!r}: cannot set its key") from exc
     return factory
+
+
+def push_config_layers(stack: FactoryStack, layers: Any) -> FactoryStack:
+    """Push a server's ``[[servers.NAME.layers]]`` (the config lists them outermost first).
+
+    Keys are ``"<factory>#<n>"`` (the n-th use of that factory), so a layer's state is found
+    again on reload even when other layers are added or moved.
+    """
+    seen: dict[str, int] = {}
+    keyed = []
+    for layer in layers:
+        n = seen[layer.factory] = seen.get(layer.factory, 0) + 1
+        keyed.append((layer, f"{layer.factory}#{n}"))
+    for layer, key in reversed(keyed):
+        stack.push(load_layer_factory(layer.factory, layer.options, key=key))
+    return stack

@@ -33,10 +33,10 @@ from thriftpy2.transport import TMemoryBuffer
 from monolake.worker.http.body import BodyError
 from monolake.worker.http.message import Request, Response
 from monolake.worker.http.pool import UpstreamPool
-from monolake.worker.http.protocol import HttpServerProtocol
-from monolake.worker.http.server import ServerRuntime
+from monolake.worker.http.server import (HttpServerHandle, ServerRuntime, inherited_stack,
+                                          start_if_running)
 from monolake.worker.http.stats import Stats
-from monolake.worker.service import FactoryStack, Stateful, load_layer_factory, restore_state
+from monolake.worker.service import FactoryStack, Stateful, push_config_layers, restore_state
 from monolake.worker.service.state import FdSource
 from monolake.worker.state import Snapshot
 
@@ -260,43 +260,16 @@ class GatewayFactory:
 
 # -- the ServerHandle --------------------------------------------------------------------------
 
-class GatewayHandle:
+class GatewayHandle(HttpServerHandle):
     """ServerHandle of an ``http_thrift`` server: the HTTP engine around ``GatewayService``."""
 
     def __init__(self, rt: ServerRuntime, gateway: GatewayService) -> None:
-        self.rt = rt
-        self.stack = rt.stack
+        super().__init__(rt)
         self.gateway = gateway
 
-    def protocol_factory(self) -> HttpServerProtocol:
-        rt = self.rt
-        if rt.loop is None:
-            rt.ensure_loop()
-            self.gateway.proxy.start(rt.loop)
-            self.gateway.proxy.upstreams.poller = busy_poll_for(rt.loop)
-        return HttpServerProtocol(rt)
-
-    def stats(self) -> dict[str, int]:
-        return self.rt.stats.as_dict()
-
-    def begin_drain(self) -> None:
-        rt = self.rt
-        rt.draining = True
-        for conn in list(rt.connections):
-            conn.begin_drain()
-
-    def open_connections(self) -> int:
-        return len(self.rt.connections)
-
-    def export_state(self, fds: list[int]) -> dict:
-        return {"version": HANDLE_STATE_VERSION, "stats": self.rt.stats.export(),
-                "stack": self.stack.export_state(fds)}
-
-    async def aclose(self) -> None:
-        self.rt.stop_sweep()
-        await self.stack.aclose()
-        await self.rt.pool.aclose()
-        self.rt.close_files()
+    def on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.gateway.proxy.start(loop)
+        self.gateway.proxy.upstreams.poller = busy_poll_for(loop)
 
 
 def build(name: str, cfg: Any, env: Any, previous: object | None) -> GatewayHandle:
@@ -304,22 +277,9 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> GatewayHand
     live = previous if isinstance(previous, GatewayHandle) else None
     snapshot = previous if isinstance(previous, Snapshot) else None
     stats = live.rt.stats if live is not None else Stats()
-    factory = FactoryStack(GatewayFactory(name, cfg, stats))
-    for i, layer in reversed(list(enumerate(cfg.layers))):
-        factory.push(load_layer_factory(layer.factory, layer.options, key=f"layer{i}:{layer.factory}"))
-    prev_stack: Any = None
-    fd_source: Any = None
-    if live is not None:
-        prev_stack = live.stack
-    elif snapshot is not None:
-        data = snapshot.data if isinstance(snapshot.data, dict) else {}
-        if data.get("version") == HANDLE_STATE_VERSION:
-            stats.absorb(data.get("stats", {}))
-            prev_stack, fd_source = data.get("stack"), snapshot
-        else:
-            log.warning("state_version_mismatch", server=name, exported=data.get("version"),
-                        expected=HANDLE_STATE_VERSION, action="starting fresh")
-    stack = factory.make(prev_stack, fd_source) if fd_source is not None else factory.make(prev_stack)
+    factory = push_config_layers(FactoryStack(GatewayFactory(name, cfg, stats)), cfg.layers)
+    prev_stack, fd_source = inherited_stack(live, snapshot, stats, log.bind(server=name))
+    stack = factory.make(prev_stack, fd_source)
     gateway = stack.services[GATEWAY_KEY]
     assert isinstance(gateway, GatewayService)
     # the HTTP engine wants an HTTP upstream pool for its sweep; this server never fills it
@@ -327,14 +287,7 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> GatewayHand
                              read_timeout=cfg.timeout.upstream_read_timeout_sec, stats=stats, log=log)
     rt = ServerRuntime(name, cfg, env, stack, stats, http_pool)
     handle = GatewayHandle(rt, gateway)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if loop is not None:
-        rt.ensure_loop()
-        gateway.proxy.start(loop)
-        gateway.proxy.upstreams.poller = busy_poll_for(loop)
+    start_if_running(handle)
     log.info("thrift_gateway_built", server=name, idl=cfg.idl, services=sorted(gateway.services),
              path=cfg.gateway_path, inherited=previous is not None)
     return handle

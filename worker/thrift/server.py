@@ -18,7 +18,8 @@ import structlog
 
 from monolake.worker.http import proxy_protocol
 from monolake.worker.http.tls import ServerTls, TlsError
-from monolake.worker.service import FactoryStack, ServiceStack, load_layer_factory
+from monolake.worker.service import FactoryStack, ServiceStack, push_config_layers
+from monolake.worker.service.state import NO_FDS
 from monolake.worker.service.context import ConnectionContext, RequestContext
 from monolake.worker.state import Snapshot
 
@@ -40,12 +41,8 @@ _conn_ids = itertools.count(1)
 
 def build_stack(name: str, cfg: Any, counters: Counters, previous: Any, fds: Any) -> ServiceStack:
     """The server's service stack: custom layers (outermost first) around the proxy."""
-    stack = FactoryStack(ThriftProxyFactory(cfg, counters))
-    for i, layer in reversed(list(enumerate(cfg.layers))):
-        stack.push(load_layer_factory(layer.factory, layer.options, key=f"layer{i}:{layer.factory}"))
-    if fds is None:
-        return stack.make(previous)
-    return stack.make(previous, fds)
+    stack = push_config_layers(FactoryStack(ThriftProxyFactory(cfg, counters)), cfg.layers)
+    return stack.make(previous, NO_FDS if fds is None else fds)
 
 
 class ThriftServer:
