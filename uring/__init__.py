@@ -8,7 +8,7 @@ from typing import Any
 
 from monolake.uring.probing import Probe, probe
 
-__all__ = ["Probe", "new_event_loop", "probe"]
+__all__ = ["EventLoopPolicy", "Probe", "new_event_loop", "probe"]
 
 
 def new_event_loop(**kwargs: Any) -> asyncio.AbstractEventLoop:
@@ -16,3 +16,11 @@ def new_event_loop(**kwargs: Any) -> asyncio.AbstractEventLoop:
     from monolake.uring.loop import new_event_loop as _new
 
     return _new(**kwargs)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """For code that creates loops through the policy (``asyncio.run`` before 3.12, libraries
+    calling ``asyncio.new_event_loop()``): ``asyncio.set_event_loop_policy(EventLoopPolicy())``."""
+
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return new_event_loop()

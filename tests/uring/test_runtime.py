@@ -132,3 +132,19 @@ def test_every_flag_set_the_probe_accepts_makes_a_working_loop() -> None:
             assert loop.run_until_complete(fut) == flags
         finally:
             loop.close()
+
+
+def test_event_loop_policy() -> None:
+    if not probe().available:
+        pytest.skip(probe().reason)
+    from monolake.uring import EventLoopPolicy
+
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+    try:
+        async def which() -> str:
+            return type(asyncio.get_running_loop()).__name__
+
+        assert asyncio.run(which()) == "UringEventLoop"
+    finally:
+        asyncio.set_event_loop_policy(old)
