@@ -265,6 +265,8 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument("--chart", default="", help="write a PNG chart (req/s by body size) here "
+                    "(needs the chart extra: pip install -e '.[chart]')")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the monolake worker during the 100B run (needs py-spy)")
     args = ap.parse_args()
@@ -331,6 +333,15 @@ def main() -> int:
             print(f"{r.proxy} {r.body}: {r.rps / aio[r.body]:.1f}× the aiohttp peer")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.chart:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from chart import write_chart
+
+        rows = [{"server": r.proxy, "body_size": SIZES[r.body], "rps": r.rps} for r in results]
+        write_chart(rows, args.chart, "HTTP reverse proxy, one core: requests/s by body size",
+                    subtitle=f"wrk -c{args.connections}, {args.duration:g} s per run; proxy on "
+                             "core 0, wrk and the nginx upstream on core 1")
+        print(f"chart written to {args.chart}")
     shutil.rmtree(work, ignore_errors=True) if not args.profile else None
     return 0
 
