@@ -22,6 +22,7 @@ import structlog
 from .errors import FrameError, UpstreamError
 from .framing import KIND_NAMES, Deframer, Frame
 from .stats import Counters
+from monolake.worker.sockopts import set_nodelay
 
 log = structlog.get_logger()
 
@@ -109,12 +110,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         if self.queued:
             transport.writelines(self.queued) if len(self.queued) > 1 else transport.write(self.queued[0])
             self.queued = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from typing import Any
 
 import structlog
@@ -31,6 +30,7 @@ from .proxy import PROXY_KEY, RouteError, ThriftProxy, ThriftProxyFactory
 from .spin import BusyPoll, busy_poll_for
 from .stats import Counters
 from .ttheader import TTHeader
+from monolake.worker.sockopts import set_nodelay
 
 log = structlog.get_logger()
 
@@ -175,12 +175,7 @@ class ThriftConnection(asyncio.Protocol):
         assert srv.loop is not None
         self.last_active = srv.loop.time()
         self.peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
         if srv.proxy_protocol:
             self.prelude = bytearray()
         elif srv.tls is not None:
