@@ -144,6 +144,8 @@ class Reloader:
 
         master = self.master
         await self._wait_retired()
+        if master.stopping:
+            raise ReloadFailed("the master is stopping")
         nslots = resolve_workers(new.runtime.workers, master.workers_override)
         try:
             created = master.listeners.ensure(new.servers, nslots)
@@ -158,6 +160,8 @@ class Reloader:
             for slot in slots:
                 prepared.append(master.spawn(slot, generation, new, accept=False))
             await self._await_ready(prepared, new.supervisor.reload_timeout)
+            if master.stopping:
+                raise ReloadFailed("the master is stopping")
         except ReloadFailed:
             self._abort(prepared)
             master.listeners.discard(created)

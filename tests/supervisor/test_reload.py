@@ -436,3 +436,18 @@ def test_failed_state_import_is_reported(masters, tmp_path, mode):
     st = m.status()
     assert st["master"]["reloads"][-1]["ok"] is False
     assert all(w["state"] == "ready" for w in st["workers"])
+
+
+def test_sigterm_during_a_reload_stops_everything(masters, tmp_path):
+    """A stop that arrives while a new generation is being prepared wins: nothing is left."""
+    port = free_port()
+    m = masters(base_config(tmp_path, port))
+    m.wait_ready()
+    master_pid = m.proc.pid
+    os.kill(master_pid, signal.SIGHUP)
+    wait_for(lambda: len(_children(master_pid)) > m.status()["master"]["workers"], 10,
+             interval=0.005, what="new generation spawned")
+    children = _children(master_pid)
+    assert m.stop(signal.SIGTERM, timeout=30) == 0
+    wait_for(lambda: not any(pid_alive(p) for p in children), 5, what="every worker gone")
+    assert not listening_inodes(port)
