@@ -41,7 +41,7 @@ typedef struct {
 unsigned mu_flags_from_mask(unsigned mask);
 int mu_try_setup(unsigned entries, unsigned flags);
 mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned buf_size,
-                     size_t arena_size, int *err);
+                     int *err);
 int64_t mu_ring_free(mu_ring *r, int timeout_ms);
 int mu_ring_eventfd(mu_ring *r);
 int mu_ring_fd(mu_ring *r);

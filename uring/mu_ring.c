@@ -4,12 +4,16 @@
  *
  *  - prep calls take plain ints and pointers and make no syscall;
  *  - mu_run() submits, waits once and reaps, copying the batch of completions into a flat
- *    int64 array (user_data, res, flags, arena offset) that Python walks;
+ *    int64 array (user_data, res, flags, offset in the buffer area) that Python walks;
  *  - stream sockets ("conns") are driven here: multishot recv on a provided-buffer ring whose
- *    payloads are copied into an arena (the kernel buffer goes back at once), C-owned sends
- *    (copied, queued, one in flight per conn, short writes resubmitted, successful completions
- *    swallowed), and an orderly close that reports QUIESCED only once no operation references
- *    the fd any more (closing an fd with a multishot recv armed does not close the socket);
+ *    buffers are lent to Python for one iteration (the event carries the payload's offset in
+ *    the buffer area; every buffer lent is given back to the kernel at the start of the next
+ *    mu_run, i.e. once Python has turned the payload into bytes: no copy in C), C-owned sends
+ *    (a large write on an idle conn is tried with one send() first and only the rest is
+ *    copied; otherwise copied, queued, one in flight per conn, short writes resubmitted,
+ *    successful completions swallowed), and an orderly close that reports QUIESCED only once
+ *    no operation references the fd any more (closing an fd with a multishot recv armed does
+ *    not close the socket);
  *  - an eventfd with a multishot poll wakes the loop from other threads.
  *
  * user_data layout
@@ -74,6 +78,11 @@ typedef struct mu_conn {
         quiesce_posted : 1;
 } mu_conn;
 
+/* writes at least this large on an idle conn try a direct send() first (see mu_conn_send) */
+#ifndef MU_DIRECT_SEND
+#define MU_DIRECT_SEND 8192
+#endif
+
 typedef struct mu_ring {
     struct io_uring ring;
     unsigned setup_flags;
@@ -89,9 +98,9 @@ typedef struct mu_ring {
     unsigned nbufs, buf_size, bmask;
     int bgid;
     int br_registered;
-    /* arena for received payloads, valid until the next mu_run */
-    char *arena;
-    size_t arena_size, arena_used;
+    /* buffers lent to Python by the current batch (bids), given back by the next mu_run */
+    uint16_t *lent;
+    unsigned nlent;
     /* output of the current mu_run */
     int64_t *out;
     int out_max, out_n;
@@ -136,7 +145,7 @@ static struct io_uring_sqe *get_sqe(mu_ring *r)
 
 static void emit(mu_ring *r, uint64_t ud, int64_t res, int64_t flags, int64_t off)
 {
-    /* callers reserve room with have_room() before consuming the CQE */
+    /* reap() keeps two free slots before it consumes a CQE */
     int64_t *o = r->out + 4 * r->out_n;
     o[0] = (int64_t)ud;
     o[1] = res;
@@ -251,14 +260,14 @@ static void ring_release(mu_ring *r)
         munmap(r->br_mem, r->br_mem_len);
     if (r->efd >= 0)
         close(r->efd);
-    free(r->arena);
+    free(r->lent);
     free(r->slots);
     free(r->free_slots);
     free(r);
 }
 
 mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned buf_size,
-                     size_t arena_size, int *err)
+                     int *err)
 {
     mu_ring *r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -272,8 +281,6 @@ mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned 
         free(r);
         return NULL;
     }
-    if (arena_size < buf_size)
-        arena_size = buf_size;
     int ret = setup_ring(&r->ring, entries, flags);
     if (ret < 0) {
         r->ring.ring_fd = -1;
@@ -283,12 +290,11 @@ mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned 
     ret = setup_buf_ring(r, nbufs, buf_size);
     if (ret < 0)
         goto fail;
-    r->arena = malloc(arena_size);
-    if (r->arena == NULL) {
+    r->lent = malloc(sizeof(*r->lent) * nbufs);
+    if (r->lent == NULL) {
         ret = -ENOMEM;
         goto fail;
     }
-    r->arena_size = arena_size;
     r->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (r->efd < 0) {
         ret = -errno;
@@ -308,8 +314,24 @@ fail:
 int mu_ring_eventfd(mu_ring *r) { return r->efd; }
 int mu_ring_fd(mu_ring *r) { return r->ring.ring_fd; }
 unsigned mu_ring_setup_flags(mu_ring *r) { return r->setup_flags; }
-char *mu_arena(mu_ring *r) { return r->arena; }
-size_t mu_arena_size(mu_ring *r) { return r->arena_size; }
+/* The provided-buffer area: a received payload is at mu_arena(r) + offset until the next run. */
+char *mu_arena(mu_ring *r) { return r->bufs; }
+size_t mu_arena_size(mu_ring *r) { return r->bufs_len; }
+
+/* Give the buffers lent by the previous batch back to the kernel (one ring tail update). */
+static void return_lent(mu_ring *r)
+{
+    unsigned n = r->nlent;
+    if (n == 0)
+        return;
+    for (unsigned i = 0; i < n; i++) {
+        unsigned bid = r->lent[i];
+        io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size, bid,
+                              r->bmask, (int)i);
+    }
+    io_uring_buf_ring_advance(r->br, (int)n);
+    r->nlent = 0;
+}
 int64_t mu_ring_inflight(mu_ring *r) { return r->inflight; }
 
 int mu_wake(mu_ring *r)
@@ -609,7 +631,13 @@ static void do_shutdown(mu_conn *c)
     }
 }
 
-/* Copy and queue; returns the bytes now pending, or -errno (-EPIPE after close/shutdown). */
+/*
+ * Copy and queue; returns the bytes now pending, or -errno (-EPIPE after close/shutdown).
+ * A write of at least MU_DIRECT_SEND bytes on a conn with nothing queued or in flight is first
+ * tried with one non-blocking send(): what the socket takes needs no copy, no malloc and no
+ * SQE (for large bodies the copy cost more than the syscall); only the rest is queued. Any
+ * error there is left to the queued io_uring send, which reports it the usual way.
+ */
 int64_t mu_conn_send(mu_conn *c, const char *data, size_t len)
 {
     if (c->error)
@@ -618,6 +646,15 @@ int64_t mu_conn_send(mu_conn *c, const char *data, size_t len)
         return -EPIPE;
     if (len == 0)
         return c->pending;
+    if (len >= MU_DIRECT_SEND && c->head == NULL && !c->send_inflight) {
+        ssize_t n = send(c->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            if ((size_t)n == len)
+                return c->pending;
+            data += n;
+            len -= (size_t)n;
+        }
+    }
     mu_sbuf *b = malloc(sizeof(*b) + len);
     if (b == NULL)
         return -ENOMEM;
@@ -727,14 +764,15 @@ static void on_recv(mu_ring *r, mu_conn *c, int res, unsigned flags)
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
         if (res > 0 && !c->closing && !r->shutting_down) {
-            size_t off = r->arena_used;
-            memcpy(r->arena + off, r->bufs + (size_t)bid * r->buf_size, (size_t)res);
-            r->arena_used += (size_t)res;
-            emit(r, c->ud_base | MU_EV_RECV, res, flags, (int64_t)off);
+            /* lent until the next mu_run (each bid is out at most once: the kernel cannot
+             * pick it again before it is given back, so nlent <= nbufs) */
+            r->lent[r->nlent++] = (uint16_t)bid;
+            emit(r, c->ud_base | MU_EV_RECV, res, flags, (int64_t)bid * r->buf_size);
+        } else {
+            io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size, bid,
+                                  r->bmask, 0);
+            io_uring_buf_ring_advance(r->br, 1);
         }
-        io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size, bid,
-                              r->bmask, 0);
-        io_uring_buf_ring_advance(r->br, 1);
     } else if (res == 0) {
         if (!c->closing && !r->shutting_down)
             emit(r, c->ud_base | MU_EV_RECV, 0, flags, 0);
@@ -751,16 +789,6 @@ static void on_recv(mu_ring *r, mu_conn *c, int res, unsigned flags)
     }
 }
 
-/* Room for one more event and for a payload of up to one buffer? */
-static int have_room(mu_ring *r, struct io_uring_cqe *cqe)
-{
-    if (r->out_n >= r->out_max)
-        return 0;
-    if ((cqe->flags & IORING_CQE_F_BUFFER) && cqe->res > 0 &&
-        r->arena_used + (size_t)cqe->res > r->arena_size)
-        return 0;
-    return 1;
-}
 
 static void reap(mu_ring *r)
 {
@@ -770,7 +798,7 @@ static void reap(mu_ring *r)
     io_uring_for_each_cqe(&r->ring, head, cqe)
     {
         /* one CQE emits at most two events (SENDERR and DRAIN): keep two slots */
-        if (!have_room(r, cqe) || r->out_n + 2 > r->out_max)
+        if (r->out_n + 2 > r->out_max)
             break;
         seen++;
         uint64_t ud = cqe->user_data;
@@ -842,7 +870,7 @@ int mu_run(mu_ring *r, int wait_nr, int64_t timeout_ns, int64_t *out, int max)
     r->out = out;
     r->out_max = max;
     r->out_n = 0;
-    r->arena_used = 0;
+    return_lent(r); /* Python is done with the previous batch's payloads */
     if (wait_nr <= 0 || timeout_ns == 0 || io_uring_cq_ready(&r->ring) > 0) {
         ret = io_uring_submit_and_get_events(&r->ring);
     } else if (timeout_ns < 0) {

@@ -1,4 +1,4 @@
-"""Python face of the C ring: tokens, the run() call and the received-data arena.
+"""Python face of the C ring: tokens, the run() call and the received-data buffer area.
 
 Why a thin wrapper: the loop, the selector and the transports share one ring and one token space;
 user_data is ``token << 8 | kind`` with tokens never reused, so a late completion can never be
@@ -25,9 +25,12 @@ K_NOP = 19
 
 F_MORE = 2  # IORING_CQE_F_MORE
 
-DEFAULT_NBUFS = 256
-DEFAULT_BUF_SIZE = 16384
-DEFAULT_ARENA = 2 * 1024 * 1024
+# Provided receive buffers: 64 x 64 KiB (4 MiB, virtual until touched). 64 KiB so that a
+# loopback/LAN read of a large body is one completion, one bytes object and one
+# data_received (16 KiB buffers made a 64 KiB response four of each); 64 of them because the
+# kernel can only fill buffers between two runs and each batch gives them all back.
+DEFAULT_NBUFS = 64
+DEFAULT_BUF_SIZE = 65536
 DEFAULT_BATCH = 1024
 
 
@@ -51,7 +54,7 @@ class Ring:
 
     def __init__(self, entries: int = 1024, setup_flags: str | None = None,
                  nbufs: int = DEFAULT_NBUFS, buf_size: int = DEFAULT_BUF_SIZE,
-                 arena_size: int = DEFAULT_ARENA, batch: int = DEFAULT_BATCH) -> None:
+                 batch: int = DEFAULT_BATCH) -> None:
         if setup_flags is None:
             p = probe(min(entries, 64))
             if not p.available:
@@ -61,7 +64,7 @@ class Ring:
             raise ValueError(f"setup_flags must be one of {FLAG_CHOICES}, got {setup_flags!r}")
         err = ffi.new("int *")
         ptr = lib.mu_ring_new(entries, lib.mu_flags_from_mask(flag_mask(setup_flags)), nbufs,
-                              buf_size, arena_size, err)
+                              buf_size, err)
         if ptr == ffi.NULL:
             code = -err[0]
             raise OSError(code, f"io_uring setup failed ({setup_flags}): {os.strerror(code)}")
@@ -73,7 +76,8 @@ class Ring:
         self.batch = batch
         self._out = ffi.new("int64_t[]", 4 * batch)
         self._view = memoryview(ffi.buffer(self._out)).cast("q")
-        # received payloads: valid until the next run(); slices are copied out with tobytes()
+        # the provided buffers: a payload is lent until the next run(); slices are copied out
+        # with tobytes() (the C dispatcher makes the bytes straight from it)
         self.arena = memoryview(ffi.buffer(lib.mu_arena(ptr), lib.mu_arena_size(ptr)))
         self.out_addr = int(ffi.cast("uintptr_t", self._out))
         self.arena_addr = int(ffi.cast("uintptr_t", lib.mu_arena(ptr)))
