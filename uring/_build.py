@@ -41,7 +41,9 @@ typedef struct {
 unsigned mu_flags_from_mask(unsigned mask);
 int mu_try_setup(unsigned entries, unsigned flags);
 mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned buf_size,
-                     int *err);
+                     int buf_inc, int *err);
+int mu_ring_buf_inc(mu_ring *r);
+int mu_pbuf_inc_supported(void);
 int64_t mu_ring_free(mu_ring *r, int timeout_ms);
 int mu_ring_eventfd(mu_ring *r);
 int mu_ring_fd(mu_ring *r);

@@ -6,9 +6,11 @@
  *  - mu_run() submits, waits once and reaps, copying the batch of completions into a flat
  *    int64 array (user_data, res, flags, offset in the buffer area) that Python walks;
  *  - stream sockets ("conns") are driven here: multishot recv on a provided-buffer ring whose
- *    buffers are lent to Python for one iteration (the event carries the payload's offset in
- *    the buffer area; every buffer lent is given back to the kernel at the start of the next
- *    mu_run, i.e. once Python has turned the payload into bytes: no copy in C), C-owned sends
+ *    payloads are read in place (the event carries the payload's offset in the buffer area; a
+ *    buffer the kernel is done with is given back at the start of the next mu_run, i.e. once
+ *    Python has turned its payloads into bytes: no copy in C). Where the kernel has it (6.12+)
+ *    the buffers are consumed incrementally (IOU_PBUF_RING_INC): a few large buffers hold
+ *    many small reads and a large read is one completion; C-owned sends
  *    (a large write on an idle conn is tried with one send() first and only the rest is
  *    copied; otherwise copied, queued, one in flight per conn, short writes resubmitted,
  *    successful completions swallowed), and an orderly close that reports QUIESCED only once
@@ -83,6 +85,13 @@ typedef struct mu_conn {
 #define MU_DIRECT_SEND 8192
 #endif
 
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2 /* struct io_uring_buf_reg.flags (the 'pad' field before 6.12) */
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4) /* incremental buffer: the kernel keeps filling it */
+#endif
+
 typedef struct mu_ring {
     struct io_uring ring;
     unsigned setup_flags;
@@ -98,6 +107,8 @@ typedef struct mu_ring {
     unsigned nbufs, buf_size, bmask;
     int bgid;
     int br_registered;
+    int buf_inc;         /* buffers consumed incrementally (IOU_PBUF_RING_INC) */
+    uint32_t *buf_used;  /* per bid: bytes already handed out (incremental mode) */
     /* buffers lent to Python by the current batch (bids), given back by the next mu_run */
     uint16_t *lent;
     unsigned nlent;
@@ -182,7 +193,7 @@ static int setup_ring(struct io_uring *ring, unsigned entries, unsigned flags)
     return 0;
 }
 
-static int setup_buf_ring(mu_ring *r, unsigned nbufs, unsigned buf_size)
+static int setup_buf_ring(mu_ring *r, unsigned nbufs, unsigned buf_size, int inc)
 {
     long page = sysconf(_SC_PAGESIZE);
     r->nbufs = nbufs;
@@ -201,7 +212,15 @@ static int setup_buf_ring(mu_ring *r, unsigned nbufs, unsigned buf_size)
     reg.ring_addr = (unsigned long)r->br_mem;
     reg.ring_entries = nbufs;
     reg.bgid = r->bgid;
-    int ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
+    int ret = -EINVAL;
+    if (inc) {
+        reg.pad = IOU_PBUF_RING_INC;
+        ret = io_uring_register_buf_ring(&r->ring, &reg, 0);
+        r->buf_inc = ret == 0;
+        reg.pad = 0;
+    }
+    if (!r->buf_inc)
+        ret = io_uring_register_buf_ring(&r->ring, &reg, 0); /* before 6.12: EINVAL above */
     if (ret < 0)
         return ret;
     r->br_registered = 1;
@@ -226,7 +245,7 @@ int mu_try_setup(unsigned entries, unsigned flags)
     int ret = setup_ring(&r.ring, entries, flags);
     if (ret < 0)
         return ret;
-    ret = setup_buf_ring(&r, 8, 4096);
+    ret = setup_buf_ring(&r, 8, 4096, 0);
     if (r.br_registered)
         io_uring_unregister_buf_ring(&r.ring, r.bgid);
     io_uring_queue_exit(&r.ring);
@@ -261,13 +280,14 @@ static void ring_release(mu_ring *r)
     if (r->efd >= 0)
         close(r->efd);
     free(r->lent);
+    free(r->buf_used);
     free(r->slots);
     free(r->free_slots);
     free(r);
 }
 
 mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned buf_size,
-                     int *err)
+                     int buf_inc, int *err)
 {
     mu_ring *r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -287,9 +307,14 @@ mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned 
         goto fail;
     }
     r->setup_flags = flags;
-    ret = setup_buf_ring(r, nbufs, buf_size);
+    ret = setup_buf_ring(r, nbufs, buf_size, buf_inc);
     if (ret < 0)
         goto fail;
+    r->buf_used = calloc(nbufs, sizeof(*r->buf_used));
+    if (r->buf_used == NULL) {
+        ret = -ENOMEM;
+        goto fail;
+    }
     r->lent = malloc(sizeof(*r->lent) * nbufs);
     if (r->lent == NULL) {
         ret = -ENOMEM;
@@ -316,6 +341,26 @@ int mu_ring_fd(mu_ring *r) { return r->ring.ring_fd; }
 unsigned mu_ring_setup_flags(mu_ring *r) { return r->setup_flags; }
 /* The provided-buffer area: a received payload is at mu_arena(r) + offset until the next run. */
 char *mu_arena(mu_ring *r) { return r->bufs; }
+int mu_ring_buf_inc(mu_ring *r) { return r->buf_inc; }
+
+/* Does this kernel consume provided buffers incrementally (6.12+)? 1, 0, or -errno. */
+int mu_pbuf_inc_supported(void)
+{
+    mu_ring r;
+    memset(&r, 0, sizeof(r));
+    int ret = setup_ring(&r.ring, 4, 0);
+    if (ret < 0)
+        return ret;
+    ret = setup_buf_ring(&r, 8, 4096, 1);
+    if (r.br_registered)
+        io_uring_unregister_buf_ring(&r.ring, r.bgid);
+    io_uring_queue_exit(&r.ring);
+    if (r.bufs)
+        munmap(r.bufs, r.bufs_len);
+    if (r.br_mem)
+        munmap(r.br_mem, r.br_mem_len);
+    return ret < 0 ? ret : r.buf_inc;
+}
 size_t mu_arena_size(mu_ring *r) { return r->bufs_len; }
 
 /* Give the buffers lent by the previous batch back to the kernel (one ring tail update). */
@@ -328,6 +373,7 @@ static void return_lent(mu_ring *r)
         unsigned bid = r->lent[i];
         io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size, bid,
                               r->bmask, (int)i);
+        r->buf_used[bid] = 0;
     }
     io_uring_buf_ring_advance(r->br, (int)n);
     r->nlent = 0;
@@ -756,6 +802,24 @@ static void on_send(mu_ring *r, mu_conn *c, int res)
     do_shutdown(c);
 }
 
+/*
+ * A completion used buffer `bid`: returns the payload's offset in the buffer area. The data
+ * starts where the previous reads from this buffer ended (always 0 without incremental mode).
+ * Once the kernel is done with the buffer (no BUF_MORE) it is lent until the next mu_run, then
+ * given back: each bid is out at most once, so nlent <= nbufs.
+ */
+static int64_t buffer_consumed(mu_ring *r, unsigned bid, int res, unsigned flags)
+{
+    if (bid >= r->nbufs)
+        return 0;
+    int64_t off = (int64_t)bid * r->buf_size + r->buf_used[bid];
+    if (res > 0)
+        r->buf_used[bid] += (uint32_t)res;
+    if (!r->buf_inc || !(flags & IORING_CQE_F_BUF_MORE))
+        r->lent[r->nlent++] = (uint16_t)bid;
+    return off;
+}
+
 static void on_recv(mu_ring *r, mu_conn *c, int res, unsigned flags)
 {
     int more = (flags & IORING_CQE_F_MORE) != 0;
@@ -763,16 +827,9 @@ static void on_recv(mu_ring *r, mu_conn *c, int res, unsigned flags)
         c->recv_armed = 0;
     if (flags & IORING_CQE_F_BUFFER) {
         unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-        if (res > 0 && !c->closing && !r->shutting_down) {
-            /* lent until the next mu_run (each bid is out at most once: the kernel cannot
-             * pick it again before it is given back, so nlent <= nbufs) */
-            r->lent[r->nlent++] = (uint16_t)bid;
-            emit(r, c->ud_base | MU_EV_RECV, res, flags, (int64_t)bid * r->buf_size);
-        } else {
-            io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size, bid,
-                                  r->bmask, 0);
-            io_uring_buf_ring_advance(r->br, 1);
-        }
+        int64_t off = buffer_consumed(r, bid, res, flags);
+        if (res > 0 && !c->closing && !r->shutting_down)
+            emit(r, c->ud_base | MU_EV_RECV, res, flags, off);
     } else if (res == 0) {
         if (!c->closing && !r->shutting_down)
             emit(r, c->ud_base | MU_EV_RECV, 0, flags, 0);
@@ -827,13 +884,9 @@ static void reap(mu_ring *r)
         }
         mu_conn *c = conn_from_ud(r, ud);
         if (c == NULL) {
-            /* stale: should not happen (conns outlive their SQEs); give a buffer back anyway */
-            if (flags & IORING_CQE_F_BUFFER) {
-                unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-                io_uring_buf_ring_add(r->br, r->bufs + (size_t)bid * r->buf_size, r->buf_size,
-                                      bid, r->bmask, 0);
-                io_uring_buf_ring_advance(r->br, 1);
-            }
+            /* stale: should not happen (conns outlive their SQEs); account for the buffer */
+            if (flags & IORING_CQE_F_BUFFER)
+                buffer_consumed(r, flags >> IORING_CQE_BUFFER_SHIFT, res, flags);
             continue;
         }
         if (!(flags & IORING_CQE_F_MORE))

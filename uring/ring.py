@@ -25,13 +25,24 @@ K_NOP = 19
 
 F_MORE = 2  # IORING_CQE_F_MORE
 
-# Provided receive buffers: 64 x 64 KiB (4 MiB, virtual until touched). 64 KiB so that a
-# loopback/LAN read of a large body is one completion, one bytes object and one
-# data_received (16 KiB buffers made a 64 KiB response four of each); 64 of them because the
-# kernel can only fill buffers between two runs and each batch gives them all back.
-DEFAULT_NBUFS = 64
-DEFAULT_BUF_SIZE = 65536
+# Provided receive buffers, 8 MiB either way (virtual until touched). Large, so that a whole
+# 64 KiB response with its head is one completion, one bytes object and one data_received
+# (16 KiB buffers made it five of each, and the HTTP engine had to stream it).
+# Incremental consumption (kernel 6.12+): 8 x 1 MiB, each shared by many reads.
+# Otherwise every read takes a whole buffer until the next run: 64 x 128 KiB.
+INC_NBUFS, INC_BUF_SIZE = 8, 1 << 20
+PLAIN_NBUFS, PLAIN_BUF_SIZE = 64, 128 << 10
 DEFAULT_BATCH = 1024
+
+_inc_supported: bool | None = None
+
+
+def pbuf_inc_supported() -> bool:
+    """Whether this kernel consumes provided buffers incrementally (checked once)."""
+    global _inc_supported
+    if _inc_supported is None:
+        _inc_supported = lib.mu_pbuf_inc_supported() == 1
+    return _inc_supported
 
 
 def _install_fast() -> Any:
@@ -53,8 +64,8 @@ class Ring:
     """One io_uring owned by one loop, created in the process that uses it."""
 
     def __init__(self, entries: int = 1024, setup_flags: str | None = None,
-                 nbufs: int = DEFAULT_NBUFS, buf_size: int = DEFAULT_BUF_SIZE,
-                 batch: int = DEFAULT_BATCH) -> None:
+                 nbufs: int | None = None, buf_size: int | None = None,
+                 batch: int = DEFAULT_BATCH, buf_inc: bool = True) -> None:
         if setup_flags is None:
             p = probe(min(entries, 64))
             if not p.available:
@@ -62,9 +73,16 @@ class Ring:
             setup_flags = p.setup_flags
         if setup_flags not in FLAG_CHOICES:
             raise ValueError(f"setup_flags must be one of {FLAG_CHOICES}, got {setup_flags!r}")
+        # MONOLAKE_URING_NO_BUF_INC=1: whole-buffer mode even where the kernel has the other
+        buf_inc = (bool(buf_inc) and not os.environ.get("MONOLAKE_URING_NO_BUF_INC")
+                   and pbuf_inc_supported())
+        if nbufs is None:
+            nbufs = INC_NBUFS if buf_inc else PLAIN_NBUFS
+        if buf_size is None:
+            buf_size = INC_BUF_SIZE if buf_inc else PLAIN_BUF_SIZE
         err = ffi.new("int *")
         ptr = lib.mu_ring_new(entries, lib.mu_flags_from_mask(flag_mask(setup_flags)), nbufs,
-                              buf_size, err)
+                              buf_size, int(buf_inc), err)
         if ptr == ffi.NULL:
             code = -err[0]
             raise OSError(code, f"io_uring setup failed ({setup_flags}): {os.strerror(code)}")
@@ -72,6 +90,8 @@ class Ring:
         self.pid = os.getpid()
         self.setup_flags = setup_flags
         self.entries = entries
+        self.buf_inc = bool(lib.mu_ring_buf_inc(ptr))
+        self.nbufs, self.buf_size = nbufs, buf_size
         self.efd: int = lib.mu_ring_eventfd(ptr)
         self.batch = batch
         self._out = ffi.new("int64_t[]", 4 * batch)
