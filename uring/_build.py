@@ -70,6 +70,7 @@ mu_conn *mu_conn_new(mu_ring *r, int fd, uint64_t ud_base);
 int mu_conn_recv_start(mu_conn *c);
 int mu_conn_recv_stop(mu_conn *c);
 int64_t mu_conn_send(mu_conn *c, const char *data, size_t len);
+int64_t mu_conn_send2(mu_conn *c, const char *a, size_t alen, const char *b, size_t blen);
 int mu_conn_shutdown(mu_conn *c);
 int mu_conn_close(mu_conn *c, int abort);
 

@@ -722,6 +722,39 @@ int64_t mu_conn_send(mu_conn *c, const char *data, size_t len)
     return c->pending;
 }
 
+/*
+ * Two buffers in order (a response head and its body): like two mu_conn_send calls, but a large
+ * pair on an idle conn goes out with one sendmsg() and neither is copied (what the socket does
+ * not take is queued). Returns the bytes now pending, or -errno.
+ */
+int64_t mu_conn_send2(mu_conn *c, const char *a, size_t alen, const char *b, size_t blen)
+{
+    if (c->error)
+        return -c->error;
+    if (c->closing || c->shut_req)
+        return -EPIPE;
+    if (alen + blen >= MU_DIRECT_SEND && c->head == NULL && !c->send_inflight) {
+        struct iovec iov[2] = {{(void *)a, alen}, {(void *)b, blen}};
+        struct msghdr m;
+        memset(&m, 0, sizeof(m));
+        m.msg_iov = iov;
+        m.msg_iovlen = 2;
+        ssize_t n = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            if ((size_t)n >= alen) {
+                size_t k = (size_t)n - alen;
+                return mu_conn_send(c, b + k, blen - k);
+            }
+            a += n;
+            alen -= (size_t)n;
+        }
+    }
+    int64_t ret = mu_conn_send(c, a, alen);
+    if (ret < 0)
+        return ret;
+    return mu_conn_send(c, b, blen);
+}
+
 /* Half-close: shutdown(SHUT_WR) once the queued data is sent. */
 int mu_conn_shutdown(mu_conn *c)
 {

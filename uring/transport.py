@@ -29,6 +29,7 @@ _feed_buffered = protocols._feed_data_to_buffered_proto  # type: ignore[attr-def
 _EOF = object()  # marker held while reading is paused
 
 mu_conn_send = lib.mu_conn_send
+mu_conn_send2 = lib.mu_conn_send2
 mu_conn_recv_start = lib.mu_conn_recv_start
 mu_conn_recv_stop = lib.mu_conn_recv_stop
 
@@ -289,6 +290,16 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         elif n < 0 and n != -errno.EPIPE:
             # the error also arrives as a SENDERR event; count like asyncio does
             self._conn_lost += 1
+
+    def writelines(self, list_of_data: Any) -> None:
+        """A (head, body) pair of bytes goes out without joining them (one sendmsg when the
+        conn is idle, see mu_conn_send2); anything else is joined and written."""
+        if self._write_ok and type(list_of_data) in (list, tuple) and len(list_of_data) == 2:
+            a, b = list_of_data
+            if type(a) is bytes and type(b) is bytes:
+                self._after_send(mu_conn_send2(self._conn, a, len(a), b, len(b)))
+                return
+        self.write(b"".join(list_of_data))
 
     def _after_send(self, n: int) -> None:
         """The C writer queued data past the high-water mark, or the send was refused."""

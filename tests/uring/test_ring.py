@@ -319,3 +319,33 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
             b.close()
     finally:
         assert r.close() == 0
+
+
+def test_send2_pair_goes_out_in_order_direct_or_queued(ring: Ring) -> None:
+    """mu_conn_send2 (a head and a body): one sendmsg on an idle conn, queued behind pending
+    data otherwise; the peer sees both pairs whole and in order."""
+    a, b, c = conn_pair(ring, 15)
+    head, body = b"HEAD\r\n\r\n", bytes(range(256)) * 256
+    assert lib.mu_conn_send2(c, head, len(head), body, len(body)) == 0  # idle: sent at once
+    assert lib.mu_conn_send(c, b"x", 1) == 1
+    n = lib.mu_conn_send2(c, head, len(head), body, len(body))
+    assert n == 1 + len(head) + len(body)  # behind queued data: queued
+    want = head + body + b"x" + head + body
+    got = bytearray()
+    b.settimeout(5)
+    deadline = time.monotonic() + 10
+    while len(got) < len(want) and time.monotonic() < deadline:
+        events(ring, 1, timeout=0.01)
+        try:
+            got += b.recv(1 << 20)
+        except TimeoutError:
+            pass
+    assert bytes(got) == want and c.pending == 0
+    b.close()
+    for _ in range(3):
+        lib.mu_conn_send2(c, head, len(head), body, len(body))
+    events(ring, 1)
+    assert lib.mu_conn_send2(c, head, len(head), body, len(body)) < 0
+    lib.mu_conn_close(c, 1)
+    assert K_QUIESCED in [ud & 255 for ud, *_ in events(ring, 1)]
+    a.close()

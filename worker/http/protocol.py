@@ -38,6 +38,10 @@ LINGER_SECONDS = 2.0       # how long to drain a client's unread body before clo
 
 _PAUSE_PIPELINE = 1 << 20  # reasons to stop reading (bodies count in the low bits)
 _PAUSE_TUNNEL = 1 << 21
+# a whole response body at least this large goes out beside its head (transport.writelines)
+# instead of being copied into one buffer with it: io_uring and uvloop send the pair with one
+# vectored write (asyncio's own transport joins them, as before)
+_WRITELINES_MIN = 16384
 
 _SKIP_RESPONSE_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _SPECIAL_REQUEST_HEADERS = frozenset((b"host", b"content-length", b"transfer-encoding",
@@ -562,11 +566,16 @@ class HttpServerProtocol(asyncio.Protocol):
                 parts.append(b"connection: keep-alive\r\n")
         ex.close = close
         parts.append(b"\r\n")
+        big: bytes | None = None
         if data and not head_only and not no_body:
-            parts.append(data)
+            if len(data) >= _WRITELINES_MIN and self._tls is None:
+                big = data  # sent beside the head: no copy into one buffer
+            else:
+                parts.append(data)
         out = b"".join(parts)
-        ex.bytes_out += len(out)
-        rt.stats.bytes_out += len(out)
+        n_out = len(out) if big is None else len(out) + len(big)
+        ex.bytes_out += n_out
+        rt.stats.bytes_out += n_out
         if stream is not None and tunnel is None and not (head_only or no_body):
             # a streamed body: send the head together with what is already buffered
             self._out_body = stream
@@ -577,7 +586,10 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._pending_head = None
                 self._write(head)
             return
-        self._write(out)
+        if big is None:
+            self._write(out)
+        elif self._transport is not None:
+            self._transport.writelines((out, big))
         if tunnel is not None:
             self._queue.clear()
             self._finish_accounting(ex)
