@@ -2,7 +2,8 @@
 
 Why not asyncio's selector transport: readiness + recv/send syscalls per event is exactly what
 io_uring removes. Here data arrives as completions in the loop's batch (no Future, no syscall per
-read), writes are copied into C which sends them in order and resubmits short writes, and the
+read), writes go to C which sends them in order (a large one on an idle conn at once, without a
+copy; the rest copied and queued) and resubmits short writes, and the
 transport only hears back about errors, drained write buffers and the final "quiesced" event after
 which the fd can be closed safely.
 """
