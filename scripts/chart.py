@@ -99,9 +99,13 @@ def human_rate(v: float) -> str:
 def colours(servers: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     spare = iter(FALLBACK * (len(servers) // len(FALLBACK) + 1))
+    used: set[str] = set()
     for server in servers:
         known = next((c for key, c in COLOURS.items() if key in server.lower()), None)
+        if known in used:
+            known = None  # a second series of the same family (monolake/legacy) gets its own
         out[server] = known or next(spare)
+        used.add(out[server])
     return out
 
 
