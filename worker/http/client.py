@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.headers import split_response_headers
 from monolake.worker.http.message import Response
-from monolake.worker.http.protocol import _nodelay
+from monolake.worker.http.protocol import tune_transport
 from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
                                          UpgradeRequested, new_response_parser)
 
@@ -86,7 +86,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- lifecycle -------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        _nodelay(transport)
+        tune_transport(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True

@@ -12,7 +12,6 @@ Requests are answered strictly in order: heads parsed while a response is still 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from functools import partial
@@ -25,6 +24,7 @@ from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, Par
                                          UpgradeRequested, new_request_parser)
 from monolake.worker.http.tls import TlsError
 from monolake.worker.service.context import ConnectionContext, RequestContext
+from monolake.worker.sockopts import set_nodelay
 
 if TYPE_CHECKING:
     from monolake.worker.http.server import ServerRuntime
@@ -119,7 +119,7 @@ class HttpServerProtocol(asyncio.Protocol):
         rt = self._rt
         self._transport = transport
         self._write = transport.write
-        _nodelay(transport)
+        tune_transport(transport)
         rt.connections.add(self)
         st = rt.stats
         st.connections_total += 1
@@ -870,20 +870,15 @@ WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 
 
-def _nodelay(transport: Any) -> None:
-    """Small writes must leave at once (Nagle + delayed ACK costs 40 ms per response); and a
-    write buffer that holds a few typical bodies, so that backpressure engages for real
-    streams, not for every 64 KiB response (each pause/resume costs a round of calls)."""
+def tune_transport(transport: Any) -> None:
+    """TCP_NODELAY (small writes leave at once), and a write buffer that holds a few typical
+    bodies, so that backpressure engages for real streams, not for every 64 KiB response
+    (each pause/resume costs a round of calls)."""
     try:
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
     except (AttributeError, NotImplementedError, ValueError):
         pass
-    sock = transport.get_extra_info("socket")
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+    set_nodelay(transport)
 
 
 def _discard_response(resp: Response) -> None:
