@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Monolaked, base_config, http_get
-from tests.support import free_port, listening_inodes, pid_alive, wait_for
+from tests.support import children_of, free_port, listening_inodes, pid_alive, wait_for
 from tests.upstreams import Upstream, pattern
 
 SOAK = os.environ.get("MONOLAKE_SOAK") == "1"
@@ -212,17 +212,13 @@ def test_failed_reloads_keep_the_old_generation(masters, tmp_path, mode):
     assert all(w["state"] == "ready" for w in st["workers"])
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except FileNotFoundError:
-        return []
+_children = children_of
 
 
 def _proc_state(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
+    except OSError:
         return "gone"
 
 
