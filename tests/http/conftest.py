@@ -4,7 +4,6 @@ real upstream servers, and a raw HTTP/1.1 client over loopback sockets."""
 from __future__ import annotations
 
 import json
-import os
 import select
 import socket
 import subprocess
@@ -34,6 +33,17 @@ def _uring_available() -> bool:
 URING = _uring_available()
 LOOPS = ["asyncio", pytest.param("io_uring", marks=pytest.mark.skipif(not URING, reason="io_uring unavailable"))]
 PARSERS = ["httptools", "h11"]
+# every (parser, loop) pair, for module-scoped proxy fixtures: params=VARIANTS, ids=VARIANT_IDS
+VARIANTS = [(p, loop) for p in PARSERS for loop in ("asyncio", "io_uring")]
+VARIANT_IDS = [f"{p}-{loop}" for p, loop in VARIANTS]
+
+
+def variant(param: tuple[str, str]) -> tuple[str, str]:
+    """The (parser, loop) of a VARIANTS param; skips io_uring variants where it is unavailable."""
+    parser, loop = param
+    if loop == "io_uring" and not URING:
+        pytest.skip("io_uring unavailable")
+    return parser, loop
 
 
 @dataclass

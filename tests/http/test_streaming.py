@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.http.conftest import LOOPS, PARSERS, Conn, run_worker
+from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, run_worker, variant
 from tests.http.upstream import UpstreamServer, pattern
 from tests.support import free_port
 
@@ -26,19 +26,9 @@ def upstream():
         yield up
 
 
-def _variant_id(v) -> str:
-    p, l = v
-    return f"{p}-{getattr(l, 'values', [l])[0]}"
-
-
-@pytest.fixture(scope="module", params=[(p, l) for p in PARSERS for l in LOOPS], ids=_variant_id)
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    parser, loop = request.param
-    if hasattr(loop, "values"):
-        from tests.http.conftest import URING
-        if not URING:
-            pytest.skip("io_uring unavailable")
-        loop = loop.values[0]
+    parser, loop = variant(request.param)
     config = f"""
 [servers.px]
 proxy_type = "http"

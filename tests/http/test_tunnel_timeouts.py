@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.http.conftest import LOOPS, PARSERS, Conn, run_worker
+from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, run_worker, variant
 from tests.http.upstream import UpstreamServer
 from tests.support import free_port
 
@@ -18,15 +18,9 @@ def upstream():
         yield up
 
 
-@pytest.fixture(scope="module", params=[(p, l) for p in PARSERS for l in LOOPS],
-                ids=lambda v: f"{v[0]}-{getattr(v[1], 'values', [v[1]])[0]}")
+@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    parser, loop = request.param
-    if hasattr(loop, "values"):
-        from tests.http.conftest import URING
-        if not URING:
-            pytest.skip("io_uring unavailable")
-        loop = loop.values[0]
+    parser, loop = variant(request.param)
     config = f"""
 [servers.px]
 proxy_type = "http"
