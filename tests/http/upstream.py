@@ -195,8 +195,9 @@ class UpstreamServer:
         h = hashlib.sha256()
         n = 0
         paused = pause <= 0
-        if "content-length" in hd:
-            left = int(hd["content-length"])
+
+        async def consume(left: int) -> None:
+            nonlocal n, paused
             while left:
                 chunk = await r.read(min(left, 1 << 20))
                 if not chunk:
@@ -207,6 +208,9 @@ class UpstreamServer:
                 if not paused and n > (1 << 20):
                     paused = True
                     await asyncio.sleep(pause)
+
+        if "content-length" in hd:
+            await consume(int(hd["content-length"]))
         elif hd.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
@@ -214,17 +218,7 @@ class UpstreamServer:
                     while (await r.readuntil(b"\r\n")) != b"\r\n":
                         pass
                     break
-                left = size
-                while left:
-                    chunk = await r.read(min(left, 1 << 20))
-                    if not chunk:
-                        raise asyncio.IncompleteReadError(b"", left)
-                    h.update(chunk)
-                    n += len(chunk)
-                    left -= len(chunk)
-                    if not paused and n > (1 << 20):
-                        paused = True
-                        await asyncio.sleep(pause)
+                await consume(size)
                 await r.readexactly(2)
         return n, h.hexdigest()
 
