@@ -188,7 +188,7 @@ class ServerConfig:
     proxy_protocol: bool = False
     timeout: TimeoutConfig = field(default_factory=TimeoutConfig)
     upstream_http_version: str = "auto"   # "http11" | "auto"
-    http_parser: str = "auto"             # "auto" | "httptools" | "h11"
+    http_parser: str = "auto"             # "auto" | "native" | "httptools" | "h11"
     max_body_size: int = 0
     max_header_size: int = 65536
     max_uri_size: int = 8192

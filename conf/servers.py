@@ -72,7 +72,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     version = t.enum("upstream_http_version", "auto", ("http11", "auto"),
                      hints={"http2": "HTTP/2 upstreams are not supported yet; use \"http11\" or \"auto\"",
                             "h2": "HTTP/2 upstreams are not supported yet; use \"http11\" or \"auto\""})
-    http_parser = t.enum("http_parser", "auto", ("auto", "httptools", "h11"))
+    http_parser = t.enum("http_parser", "auto", ("auto", "native", "httptools", "h11"))
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
     max_header_size = t.integer("max_header_size", 65536, lo=1024, unit="of bytes")
     max_uri_size = t.integer("max_uri_size", 8192, lo=16, unit="of bytes")

@@ -16,7 +16,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODULE = "monolake.uring._uring"
 GENERATED = os.path.join(HERE, "_monolake_uring.c")  # git-ignored
-SOURCES = ("mu_ring.c", "mu_fast.c")  # the liburing shim, then the CPython fast-path glue
+SOURCES = ("mu_ring.c", "mu_fast.c", "mu_http.c")  # the liburing shim, the CPython fast-path
+# glue, the native HTTP/1.1 parsers
 
 CDEF = """
 typedef struct mu_ring mu_ring;
@@ -75,6 +76,7 @@ int mu_conn_shutdown(mu_conn *c);
 int mu_conn_close(mu_conn *c, int abort);
 
 int mu_fast_install(void);
+int mu_http_install(void);
 """
 
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",

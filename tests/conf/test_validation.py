@@ -82,7 +82,7 @@ def test_server_key_problems(problems: Problems) -> None:
     assert "expected true or false" in only(lines, "servers.web.via")
     http2 = only(lines, "servers.web.upstream_http_version")
     assert 'found "http2"' in http2 and "not supported yet" in http2
-    assert 'expected one of "auto", "httptools" or "h11"' in only(lines, "servers.web.http_parser")
+    assert 'expected one of "auto", "native", "httptools" or "h11"' in only(lines, "servers.web.http_parser")
 
 
 @pytest.mark.parametrize("value, expected", [

@@ -32,7 +32,7 @@ def _uring_available() -> bool:
 
 URING = _uring_available()
 LOOPS = ["asyncio", pytest.param("io_uring", marks=pytest.mark.skipif(not URING, reason="io_uring unavailable"))]
-PARSERS = ["httptools", "h11"]
+PARSERS = ["native", "httptools", "h11"]
 # every (parser, loop) pair, for module-scoped proxy fixtures: params=VARIANTS, ids=VARIANT_IDS
 VARIANTS = [(p, loop) for p in PARSERS for loop in ("asyncio", "io_uring")]
 VARIANT_IDS = [f"{p}-{loop}" for p, loop in VARIANTS]

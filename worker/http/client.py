@@ -12,7 +12,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyStream
-from monolake.worker.http.headers import split_response_headers
+from monolake.worker.http.headers import split_response_headers, with_via
 from monolake.worker.http.message import Response
 from monolake.worker.http.protocol import tune_transport
 from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
@@ -306,14 +306,27 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        """httptools / h11: the head is in."""
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._headers = []  # interim response (100 Continue, 103 Early Hints): skip
             return
         headers, length, chunked = split_response_headers(self._headers, status, self._via)
-        resp = Response(status, headers, reason=self._reason or None)
-        self._keep_alive = parser.should_keep_alive()
+        self._response_head(status, self._reason or None, headers, parser.should_keep_alive(),
+                            length, chunked)
+
+    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                         keep_alive: bool, length: int | None, chunked: bool) -> None:
+        """The native parser: a final head, hop-by-hop headers already removed (mu_http.c)."""
+        if self._via:
+            headers = with_via(headers)
+        self._response_head(status, reason or None, headers, keep_alive, length, chunked)
+
+    def _response_head(self, status: int, reason: bytes | None, headers: list[tuple[bytes, bytes]],
+                       keep_alive: bool, length: int | None, chunked: bool) -> None:
+        resp = Response(status, headers, reason=reason)
+        self._keep_alive = keep_alive
         if self._method == "HEAD" or status in (204, 304) or status == 101:
             self._framing = _NONE
             body = BodyStream(length if self._method == "HEAD" and not chunked else None, self)

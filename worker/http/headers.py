@@ -171,10 +171,16 @@ def split_response_headers(headers: Headers, status: int, via: bool
     if named:
         out = [(k, v) for k, v in out if k not in named]
     if via:
-        existing = [v for k, v in out if k == b"via"]
-        out = [(k, v) for k, v in out if k != b"via"]
-        out.append((b"via", b", ".join(existing + [b"1.1 monolake"])))
+        out = with_via(out)
     return out, length, chunked
+
+
+def with_via(headers: Headers) -> Headers:
+    """The response headers with every Via merged into one that ends with ours."""
+    existing = [v for k, v in headers if k == b"via"]
+    out = [(k, v) for k, v in headers if k != b"via"]
+    out.append((b"via", b", ".join(existing + [b"1.1 monolake"])))
+    return out
 
 
 def response_headers(headers: Headers, status: int, via: bool) -> Headers:

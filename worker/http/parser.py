@@ -1,10 +1,12 @@
-"""HTTP/1.x parser adapters: httptools (llhttp, the default) and h11, behind one interface.
+"""HTTP/1.x parser adapters: native (C, the default), httptools (llhttp) and h11.
 
-The connection protocols are written against httptools' callback API (``on_url``,
-``on_header``, ``on_headers_complete``, ``on_body``, ``on_message_complete``; for responses
-``on_status`` too) because that is the fast path. ``H11RequestParser`` / ``H11ResponseParser``
-drive h11 and replay its events as the same callbacks, so both parsers run the same protocol
-code and pass the same tests.
+The native parsers (``monolake.uring._http``, compiled with the io_uring extension: see
+uring/mu_http.c) parse a whole head in C and call the protocol once per head
+(``on_request_head`` / ``on_response_head``), then ``on_body`` and ``on_message_complete``.
+httptools and h11 use httptools' callback API (``on_url``, ``on_header``,
+``on_headers_complete``, ...; ``H11RequestParser`` / ``H11ResponseParser`` replay h11's events
+as those callbacks). The protocols turn both shapes into the same request/response code, and
+every parser passes the same tests.
 
 Both report errors as ``ParseError`` (with the status to answer) and an accepted protocol
 upgrade as ``UpgradeRequested`` (with the bytes that follow the head, which belong to the tunnel).
@@ -45,24 +47,56 @@ class UpgradeRequested(Exception):
         self.rest = rest
 
 
+def _load_native() -> Any:
+    """monolake.uring._http, or None where the extension was not built."""
+    try:
+        from monolake.uring._uring import lib  # type: ignore[attr-defined]
+
+        if lib.mu_http_install() != 0:
+            return None
+        from monolake.uring import _http  # type: ignore[attr-defined]
+    except (ImportError, AttributeError):
+        return None
+    _http.configure(ParseError, UpgradeRequested)
+    return _http
+
+
+native = _load_native()
+# flags of on_request_head (native)
+CHUNKED = native.CHUNKED if native else 1
+EXPECT = native.EXPECT if native else 2
+CONN_CLOSE = native.CONN_CLOSE if native else 4
+CONN_KEEPALIVE = native.CONN_KEEPALIVE if native else 8
+UPGRADE = native.UPGRADE if native else 16
+
+PARSERS = ("auto", "native", "httptools", "h11")
+
+
 def resolve_parser(kind: str) -> str:
-    """``auto`` -> httptools when importable, else h11."""
+    """``auto`` -> native when the extension is built, else httptools, else h11."""
     if kind == "auto":
-        return "httptools" if httptools is not None else "h11"
+        return "native" if native is not None else "httptools" if httptools is not None else "h11"
+    if kind == "native" and native is None:
+        raise ValueError("http_parser = 'native' but the monolake extension is not built "
+                         "(install liburing-dev and reinstall)")
     if kind == "httptools" and httptools is None:
         raise ValueError("http_parser = 'httptools' but httptools is not installed")
-    if kind not in ("httptools", "h11"):
+    if kind not in PARSERS:
         raise ValueError(f"unknown http_parser {kind!r}")
     return kind
 
 
-def new_request_parser(kind: str, proto: Any, max_head: int) -> Any:
+def new_request_parser(kind: str, proto: Any, max_head: int, max_uri: int) -> Any:
+    if kind == "native":
+        return native.RequestParser(proto, max_head, max_uri)
     if kind == "httptools":
         return httptools.HttpRequestParser(proto)
     return H11RequestParser(proto, max_head)
 
 
 def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool) -> Any:
+    if kind == "native":
+        return native.ResponseParser(proto, method == "HEAD")
     if kind == "httptools":
         return httptools.HttpResponseParser(proto)
     return H11ResponseParser(proto, method, upgrade)

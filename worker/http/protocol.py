@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from monolake.worker.http import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.message import Request, Response, header_tokens, text_response
-from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
+from monolake.worker.http.parser import (CHUNKED, CONN_CLOSE, CONN_KEEPALIVE, EXPECT, UPGRADE,
+                                         HttpParserError, HttpParserUpgrade, ParseError,
                                          UpgradeRequested, new_request_parser)
 from monolake.worker.http.tls import TlsError
 from monolake.worker.service.context import ConnectionContext, RequestContext
@@ -153,7 +154,8 @@ class HttpServerProtocol(asyncio.Protocol):
             self._abort()
 
     def _start_http(self) -> None:
-        self._parser = new_request_parser(self._rt.parser_kind, self, self._rt.max_head)
+        self._parser = new_request_parser(self._rt.parser_kind, self, self._rt.max_head,
+                                          self._rt.max_uri)
         self._phase = IDLE
         self._deadline = self._loop.time() + self._rt.header_timeout
 
@@ -307,17 +309,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        """httptools / h11: the head is in; collect the framing facts from the header list."""
         parser = self._parser
-        rt = self._rt
-        version = parser.get_http_version()
-        if version != "1.1" and version != "1.0":
-            raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
-        method = parser.get_method().decode("ascii", "replace")
-        url = self._url
-        target = (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1")
         headers = self._headers
-        self._head_size = 0
-        self._head_bytes = 0
         host = None
         content_length = None
         chunked = False
@@ -347,6 +341,43 @@ class HttpServerProtocol(asyncio.Protocol):
                 raise ParseError("unsupported Expect", 417)
         if chunked and content_length is not None:
             raise ParseError("Content-Length with Transfer-Encoding")
+        version = parser.get_http_version()
+        if conn_tokens is None:
+            keep_alive = version == "1.1"
+        elif version == "1.1":
+            keep_alive = b"close" not in conn_tokens
+        else:
+            keep_alive = b"keep-alive" in conn_tokens
+        url = self._url
+        self._begin_request(parser.get_method().decode("ascii", "replace"),
+                            (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
+                            version, headers, host, content_length, chunked, keep_alive,
+                            conn_tokens is not None and parser.should_upgrade(), expect, False)
+
+    def on_request_head(self, method: str, target: str, version: str,
+                        headers: list[tuple[bytes, bytes]], host: bytes | None,
+                        content_length: int | None, flags: int) -> None:
+        """The native parser: a whole head, validated, with its framing facts (see mu_http.c).
+        A request without a body is complete on return (no on_message_complete follows)."""
+        if version == "1.1":
+            keep_alive = not flags & CONN_CLOSE
+        else:
+            keep_alive = bool(flags & CONN_KEEPALIVE)
+        self._begin_request(method, target, version, headers, host, content_length,
+                            bool(flags & CHUNKED), keep_alive, bool(flags & UPGRADE),
+                            bool(flags & EXPECT), True)
+
+    def _begin_request(self, method: str, target: str, version: str,
+                       headers: list[tuple[bytes, bytes]], host: bytes | None,
+                       content_length: int | None, chunked: bool, keep_alive: bool,
+                       upgrade: bool, expect: bool, complete: bool) -> None:
+        """A request head, from either parser shape: check it, queue its exchange.
+        ``complete``: a request without a body needs no on_message_complete."""
+        rt = self._rt
+        if version != "1.1" and version != "1.0":
+            raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
+        self._head_size = 0
+        self._head_bytes = 0
         if host is None and version == "1.1":
             raise ParseError("missing Host header")
         if method == "CONNECT":
@@ -365,12 +396,6 @@ class HttpServerProtocol(asyncio.Protocol):
             path, query = "*", ""
         else:
             raise ParseError("invalid request target")
-        if conn_tokens is None:
-            keep_alive = version == "1.1"
-        elif version == "1.1":
-            keep_alive = b"close" not in conn_tokens
-        else:
-            keep_alive = b"keep-alive" in conn_tokens
         max_body = rt.max_body
         if max_body and content_length is not None and content_length > max_body:
             raise ParseError("request body too large", 413)
@@ -383,16 +408,16 @@ class HttpServerProtocol(asyncio.Protocol):
             else:
                 hostname = h.partition(":")[0]
         req = Request(method, target, path, query, version, headers, body, keep_alive,
-                      conn_tokens is not None and parser.should_upgrade(),
-                      expect and body is not None, content_length, chunked, hostname)
+                      upgrade, expect and body is not None, content_length, chunked, hostname)
         ex = Exchange(req)
-        self._parsing = ex
         if body is not None:
+            self._parsing = ex
             if expect:
                 body.on_consume = self._send_continue
             self._phase = BODY
             self._deadline = self._loop.time() + rt.body_timeout
         else:
+            self._parsing = None if complete else ex
             self._phase = BUSY
             self._deadline = 0.0
         self._enqueue(ex)
@@ -420,6 +445,11 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._phase in (BODY, HEAD):
             self._phase = BUSY
             self._deadline = 0.0
+        if (self._phase == BUSY and not self._queue and self._transport is not None
+                and not self._lingering):
+            # answered before its message ended (an error, a builtin): idle from here
+            self._phase = IDLE
+            self._deadline = self._loop.time() + self._rt.keepalive_timeout
 
     # -- request queue ---------------------------------------------------------------------
     def _enqueue(self, ex: Exchange) -> None:

@@ -1,0 +1,207 @@
+"""The native (C) HTTP/1.1 parsers in isolation: the callbacks they make, however the bytes are
+split, and the errors they raise. End-to-end behaviour (status codes on the wire, the smuggling
+table) is covered by the proxy suites, which run every parser."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from monolake.worker.http import parser as hp
+
+pytestmark = pytest.mark.skipif(hp.native is None, reason="the monolake extension is not built")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_request_head(self, *args: object) -> None:
+        self.events.append(("head", *args))
+
+    def on_response_head(self, *args: object) -> None:
+        self.events.append(("head", *args))
+
+    def on_body(self, data: bytes) -> None:
+        if self.events and self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + data)
+        else:
+            self.events.append(("body", data))
+
+    def on_message_complete(self) -> None:
+        self.events.append(("done",))
+
+
+def feed_split(make, data: bytes, cuts: list[int]) -> Recorder:
+    rec = Recorder()
+    p = make(rec)
+    last = 0
+    for c in sorted(cuts) + [len(data)]:
+        p.feed_data(data[last:c])
+        last = c
+    return rec
+
+
+def request_parser(rec: Recorder):
+    return hp.native.RequestParser(rec, 65536, 8192)
+
+
+PIPELINE = (b"GET /a?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nConnection: keep-alive\r\n\r\n"
+            b"\r\n"
+            b"POST /p HTTP/1.1\r\nhost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello"
+            b"PUT /c HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nTrailer: x\r\n\r\n")
+
+
+def test_pipelined_requests_in_one_read() -> None:
+    rec = feed_split(request_parser, PIPELINE, [])
+    assert rec.events == [
+        ("head", "GET", "/a?x=1", "1.1", [(b"host", b"Example.COM:8080"), (b"connection", b"keep-alive")],
+         b"Example.COM:8080", None, hp.CONN_KEEPALIVE),
+        ("head", "POST", "/p", "1.1", [(b"host", b"a"), (b"content-length", b"5"),
+                                        (b"expect", b"100-continue")], b"a", 5, hp.EXPECT),
+        ("body", b"hello"), ("done",),
+        ("head", "PUT", "/c", "1.0", [(b"host", b"a"), (b"transfer-encoding", b"chunked"),
+                                       (b"connection", b"close")], b"a", None,
+         hp.CHUNKED | hp.CONN_CLOSE),
+        ("body", b"helloabc"), ("done",),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_any_split_gives_the_same_events(seed: int) -> None:
+    rng = random.Random(seed)
+    whole = feed_split(request_parser, PIPELINE, []).events
+    cuts = rng.sample(range(1, len(PIPELINE)), rng.randint(1, 30))
+    assert feed_split(request_parser, PIPELINE, cuts).events == whole
+
+
+def test_byte_by_byte_and_memoryview_input() -> None:
+    rec = Recorder()
+    p = request_parser(rec)
+    for i in range(len(PIPELINE)):
+        p.feed_data(memoryview(PIPELINE)[i:i + 1])
+    assert rec.events == feed_split(request_parser, PIPELINE, []).events
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nX : b\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 16 + b"\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n", 400),
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX", 400),
+    (b"GET / HTTP/1.1\r\nExpect: magic\r\n\r\n", 417),
+    (b"GET /x\r\n\r\n", 400),
+    (b"G@T / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1 \r\n\r\n", 400),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"GET /" + b"a" * 9000, 414),  # not even a complete line yet
+    (b"GET / HTTP/1.1\r\n" + b"X: " + b"v" * 70000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * 20000, 431),  # never ends
+])
+def test_malformed_requests(raw: bytes, status: int) -> None:
+    with pytest.raises(hp.ParseError) as info:
+        request_parser(Recorder()).feed_data(raw)
+    assert info.value.status == status
+
+
+def test_upgrade_hands_over_the_rest() -> None:
+    rec = Recorder()
+    p = request_parser(rec)
+    with pytest.raises(hp.UpgradeRequested) as info:
+        p.feed_data(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
+    assert info.value.rest == b"\x81\x05hello"
+    assert rec.events[0][-1] & hp.UPGRADE
+    p.feed_data(b"more")  # after the upgrade the parser takes nothing
+    assert len(rec.events) == 1
+
+
+def test_callback_errors_propagate_and_stop_parsing() -> None:
+    class Boom(Recorder):
+        def on_request_head(self, *args: object) -> None:
+            raise hp.ParseError("too large", 413)
+
+    rec = Boom()
+    p = hp.native.RequestParser(rec, 65536, 8192)
+    with pytest.raises(hp.ParseError):
+        p.feed_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    p.feed_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # dead: ignored
+    assert rec.events == []
+
+
+def test_feeding_from_a_callback_is_refused() -> None:
+    class Reentrant(Recorder):
+        parser = None
+
+        def on_request_head(self, *args: object) -> None:
+            self.parser.feed_data(b"x")
+
+    rec = Reentrant()
+    rec.parser = hp.native.RequestParser(rec, 65536, 8192)
+    with pytest.raises(RuntimeError):
+        rec.parser.feed_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+# -- responses ---------------------------------------------------------------------------------
+def response_parser(rec: Recorder, head: bool = False):
+    return hp.native.ResponseParser(rec, head)
+
+
+def test_response_framing_and_hop_by_hop_removal() -> None:
+    data = (b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n"
+            b"Keep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\nabc"
+            b"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n"
+            b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\r\nxyz\r\n0\r\n\r\n"
+            b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+    expected = [
+        ("head", 200, b"OK", [(b"server", b"up"), (b"content-length", b"3")], True, 3, False),
+        ("body", b"abc"), ("done",),
+        ("head", 204, b"No Content", [(b"date", b"x")], True, None, False), ("done",),
+        ("head", 200, b"OK", [], True, None, True), ("body", b"xyz"), ("done",),
+        ("head", 200, b"OK", [], False, None, False), ("body", b"until the end"),
+    ]
+    assert feed_split(response_parser, data, []).events == expected
+    rng = random.Random(7)
+    for _ in range(20):
+        cuts = rng.sample(range(1, len(data)), rng.randint(1, 25))
+        assert feed_split(response_parser, data, cuts).events == expected
+
+
+def test_response_to_head_has_no_body() -> None:
+    rec = Recorder()
+    response_parser(rec, head=True).feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+    assert rec.events == [("head", 200, b"OK", [(b"content-length", b"1000")], True, 1000, False),
+                          ("done",)]
+
+
+def test_switching_protocols_keeps_upgrade_headers() -> None:
+    rec = Recorder()
+    with pytest.raises(hp.UpgradeRequested) as info:
+        response_parser(rec).feed_data(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe")
+    assert info.value.rest == b"frame"
+    assert rec.events[0][3] == [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
+
+
+@pytest.mark.parametrize("raw", [
+    b"garbage\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
+])
+def test_bad_responses_are_502(raw: bytes) -> None:
+    with pytest.raises(hp.ParseError) as info:
+        response_parser(Recorder()).feed_data(raw)
+    assert info.value.status == 502

@@ -1,0 +1,1064 @@
+/*
+ * monolake native HTTP/1.1 parsers, published as ``monolake.uring._http`` by mu_http_install()
+ * (compiled into the same module as the io_uring shim; used by monolake.worker.http.parser as
+ * the ``native`` parser, on either event loop).
+ *
+ * Why: with httptools a proxied request costs about five Python callbacks on the client side
+ * and one per header on the upstream side, and the protocol then walks the header list again in
+ * Python for the framing headers and the hop-by-hop rules. These parsers do the whole head in C
+ * (validation, lower-cased names, framing facts, for responses the client-bound header list) and
+ * call Python once per head:
+ *
+ *   RequestParser(proto, max_head, max_uri)
+ *       proto.on_request_head(method, target, version, headers, host, content_length, flags)
+ *       then, for a request with a body, proto.on_body(bytes)... and proto.on_message_complete().
+ *       A request without a body is complete when on_request_head returns.
+ *   ResponseParser(proto, head_request)
+ *       proto.on_response_head(status, reason, headers, keep_alive, content_length, chunked)
+ *       (headers already without hop-by-hop ones), proto.on_body(bytes)..., then
+ *       proto.on_message_complete(). Interim 1xx responses other than 101 are skipped.
+ *
+ * feed_data(data) raises ParseError(message, status) on bad input and UpgradeRequested(rest)
+ * after an upgrade head (the classes are handed over by configure()). Requests are strict (the
+ * smuggling rules of docs/http.md: CRLF only, no NUL or obs-fold, one Content-Length of digits,
+ * Transfer-Encoding exactly "chunked" and never with Content-Length, bounded chunk sizes);
+ * responses accept bare LF line ends, as nginx does, and are otherwise as strict.
+ */
+#include <Python.h>
+#include <string.h>
+
+static PyObject *ParseErrorType = NULL;
+static PyObject *UpgradeType = NULL;
+static PyObject *s_on_request_head, *s_on_response_head, *s_on_body, *s_on_message_complete;
+static PyObject *s_version_11, *s_version_10;
+static PyObject *m_get, *m_post, *m_head, *m_put, *m_delete;
+
+/* flags passed to on_request_head */
+#define RQ_CHUNKED 1
+#define RQ_EXPECT 2
+#define RQ_CONN_CLOSE 4
+#define RQ_CONN_KEEPALIVE 8
+#define RQ_UPGRADE 16
+
+enum { S_HEAD, S_LENGTH, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_UNTIL_CLOSE,
+       S_DEAD };
+
+#define MAX_HEADERS 256
+#define CHUNK_LINE_MAX 4096
+
+static unsigned char tchar[256];
+static unsigned char lower[256];
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *proto;
+    int is_request;
+    int state;
+    int busy;
+    int head_request;   /* responses: answer to HEAD (no body) */
+    int complete_after; /* responses: on_message_complete due after the head */
+    Py_ssize_t max_head, max_uri;
+    long long remaining;
+    char *buf;
+    Py_ssize_t len, cap, scanned;
+} Parser;
+
+typedef struct { const char *p; Py_ssize_t n; } span;
+
+static int set_parse_error(const char *msg, int status)
+{
+    PyObject *exc = PyObject_CallFunction(ParseErrorType, "si", msg, status);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return -1;
+}
+
+static int fail(Parser *P, const char *msg)
+{
+    P->state = S_DEAD;
+    return set_parse_error(msg, P->is_request ? 400 : 502);
+}
+
+static int fail_status(Parser *P, const char *msg, int status)
+{
+    P->state = S_DEAD;
+    return set_parse_error(msg, status);
+}
+
+static int ieq(const char *a, Py_ssize_t n, const char *lit)
+{
+    Py_ssize_t m = (Py_ssize_t)strlen(lit);
+    if (n != m)
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (lower[(unsigned char)a[i]] != (unsigned char)lit[i])
+            return 0;
+    return 1;
+}
+
+static span trim(const char *p, Py_ssize_t n)
+{
+    while (n > 0 && (*p == ' ' || *p == '\t')) { p++; n--; }
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t')) n--;
+    span s = {p, n};
+    return s;
+}
+
+/* Comma-separated tokens of a Connection header into RQ_CONN_* / RQ_UPGRADE bits. */
+static int connection_tokens(const char *p, Py_ssize_t n)
+{
+    int bits = 0;
+    Py_ssize_t i = 0;
+    while (i <= n) {
+        Py_ssize_t j = i;
+        while (j < n && p[j] != ',')
+            j++;
+        span t = trim(p + i, j - i);
+        if (ieq(t.p, t.n, "close"))
+            bits |= RQ_CONN_CLOSE;
+        else if (ieq(t.p, t.n, "keep-alive"))
+            bits |= RQ_CONN_KEEPALIVE;
+        else if (ieq(t.p, t.n, "upgrade"))
+            bits |= RQ_UPGRADE;
+        i = j + 1;
+    }
+    return bits;
+}
+
+/* Where the head that starts at d ends (just past its empty line), or 0 if it is not complete.
+ * Scans from *scanned (bytes already known to hold no empty line), so byte-by-byte feeding stays
+ * linear. An empty line is "\n\r\n" or "\n\n" (the latter is refused by the strict parse). */
+static Py_ssize_t head_end(const char *d, Py_ssize_t n, Py_ssize_t *scanned)
+{
+    Py_ssize_t i = *scanned > 2 ? *scanned - 2 : 0;
+    while (i < n) {
+        const char *nl = memchr(d + i, '\n', (size_t)(n - i));
+        if (nl == NULL)
+            break;
+        Py_ssize_t k = nl - d;
+        if (k + 1 < n && d[k + 1] == '\n')
+            return k + 2;
+        if (k + 2 < n && d[k + 1] == '\r' && d[k + 2] == '\n')
+            return k + 3;
+        if (k + 2 >= n) {  /* cannot tell yet */
+            *scanned = k;
+            return 0;
+        }
+        i = k + 1;
+    }
+    *scanned = n;
+    return 0;
+}
+
+/* The next line of [*pos, end): its span without the line end. Strict: CRLF only. Returns 0, or
+ * -1 with the error set. The caller knows a line end exists before `end`. */
+static int next_line(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t *pos, span *line)
+{
+    const char *s = d + *pos;
+    const char *nl = memchr(s, '\n', (size_t)(end - *pos));
+    if (nl == NULL)
+        return fail(P, "incomplete line");
+    Py_ssize_t n = nl - s;
+    if (n > 0 && s[n - 1] == '\r')
+        n--;
+    else if (P->is_request)
+        return fail(P, "bare LF in request head");
+    line->p = s;
+    line->n = n;
+    *pos = (nl - d) + 1;
+    return 0;
+}
+
+static PyObject *method_object(const char *p, Py_ssize_t n)
+{
+    PyObject *m = NULL;
+    if (n == 3 && memcmp(p, "GET", 3) == 0) m = m_get;
+    else if (n == 4 && memcmp(p, "POST", 4) == 0) m = m_post;
+    else if (n == 4 && memcmp(p, "HEAD", 4) == 0) m = m_head;
+    else if (n == 3 && memcmp(p, "PUT", 3) == 0) m = m_put;
+    else if (n == 6 && memcmp(p, "DELETE", 6) == 0) m = m_delete;
+    if (m != NULL) {
+        Py_INCREF(m);
+        return m;
+    }
+    return PyUnicode_DecodeASCII(p, n, "strict");
+}
+
+static PyObject *version_object(char major, char minor)
+{
+    if (major == '1' && minor == '1') { Py_INCREF(s_version_11); return s_version_11; }
+    if (major == '1' && minor == '0') { Py_INCREF(s_version_10); return s_version_10; }
+    char v[3] = {major, '.', minor};
+    return PyUnicode_FromStringAndSize(v, 3);
+}
+
+/* One header line into name/value spans; checks the characters. 0 or -1. */
+static int split_header(Parser *P, span line, span *name, span *value)
+{
+    if (line.p[0] == ' ' || line.p[0] == '\t')
+        return fail(P, P->is_request ? "obsolete line folding in request head"
+                                     : "obsolete line folding in response head");
+    Py_ssize_t i = 0;
+    while (i < line.n && tchar[(unsigned char)line.p[i]])
+        i++;
+    if (i == 0 || i >= line.n || line.p[i] != ':')
+        return fail(P, "invalid header name");
+    name->p = line.p;
+    name->n = i;
+    *value = trim(line.p + i + 1, line.n - i - 1);
+    for (Py_ssize_t k = 0; k < value->n; k++) {
+        unsigned char c = (unsigned char)value->p[k];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return fail(P, c == 0 ? "NUL byte in header value" : "control character in header value");
+    }
+    return 0;
+}
+
+static PyObject *lower_bytes(span s)
+{
+    PyObject *b = PyBytes_FromStringAndSize(NULL, s.n);
+    if (b == NULL)
+        return NULL;
+    char *o = PyBytes_AS_STRING(b);
+    for (Py_ssize_t i = 0; i < s.n; i++)
+        o[i] = (char)lower[(unsigned char)s.p[i]];
+    return b;
+}
+
+static PyObject *pair(span name, span value)
+{
+    PyObject *k = lower_bytes(name);
+    if (k == NULL)
+        return NULL;
+    PyObject *v = PyBytes_FromStringAndSize(value.p, value.n);
+    if (v == NULL) {
+        Py_DECREF(k);
+        return NULL;
+    }
+    PyObject *t = PyTuple_New(2);
+    if (t == NULL) {
+        Py_DECREF(k);
+        Py_DECREF(v);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(t, 0, k);
+    PyTuple_SET_ITEM(t, 1, v);
+    return t;
+}
+
+static int parse_length(const char *p, Py_ssize_t n, long long *out)
+{
+    if (n == 0 || n > 18)
+        return -1;
+    long long v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+/* -- requests ------------------------------------------------------------------------------ */
+
+static int request_head(Parser *P, const char *d, Py_ssize_t end)
+{
+    Py_ssize_t pos = 0;
+    span line;
+    if (next_line(P, d, end, &pos, &line) < 0)
+        return -1;
+    /* method SP target SP HTTP/x.y */
+    Py_ssize_t i = 0;
+    while (i < line.n && tchar[(unsigned char)line.p[i]])
+        i++;
+    if (i == 0 || i >= line.n || line.p[i] != ' ')
+        return fail(P, "invalid request line");
+    span method = {line.p, i};
+    Py_ssize_t t0 = ++i;
+    while (i < line.n && line.p[i] != ' ') {
+        unsigned char c = (unsigned char)line.p[i];
+        if (c < 0x21 || c == 0x7f)
+            return fail(P, "invalid character in request target");
+        i++;
+    }
+    span target = {line.p + t0, i - t0};
+    if (target.n > P->max_uri)
+        return fail_status(P, "request target too long", 414);
+    if (target.n == 0 || i >= line.n)
+        return fail(P, "invalid request line");
+    const char *v = line.p + i + 1;
+    if (line.n - i - 1 != 8 || memcmp(v, "HTTP/", 5) != 0 || v[5] < '0' || v[5] > '9' ||
+        v[6] != '.' || v[7] < '0' || v[7] > '9')
+        return fail(P, "invalid HTTP version");
+
+    PyObject *headers = PyList_New(0);
+    if (headers == NULL)
+        return -1;
+    PyObject *host = NULL;   /* borrowed from headers */
+    long long clen = -1;
+    int flags = 0, te = 0, has_upgrade = 0, conn_bits = 0;
+    Py_ssize_t size = 0;
+    for (;;) {
+        if (next_line(P, d, end, &pos, &line) < 0)
+            goto error;
+        if (line.n == 0)
+            break;
+        span name, value;
+        if (split_header(P, line, &name, &value) < 0)
+            goto error;
+        size += name.n + value.n + 4;
+        if (size > P->max_head) {
+            fail_status(P, "request header block too large", 431);
+            goto error;
+        }
+        PyObject *t = pair(name, value);
+        if (t == NULL || PyList_Append(headers, t) < 0) {
+            Py_XDECREF(t);
+            goto error;
+        }
+        Py_DECREF(t);
+        switch (name.n) {
+        case 4:
+            if (ieq(name.p, 4, "host")) {
+                if (host != NULL) {
+                    fail(P, "more than one Host header");
+                    goto error;
+                }
+                host = PyTuple_GET_ITEM(t, 1);
+            }
+            break;
+        case 6:
+            if (ieq(name.p, 6, "expect")) {
+                if (!ieq(value.p, value.n, "100-continue")) {
+                    fail_status(P, "unsupported Expect", 417);
+                    goto error;
+                }
+                flags |= RQ_EXPECT;
+            }
+            break;
+        case 7:
+            if (ieq(name.p, 7, "upgrade"))
+                has_upgrade = 1;
+            break;
+        case 10:
+            if (ieq(name.p, 10, "connection"))
+                conn_bits |= connection_tokens(value.p, value.n);
+            break;
+        case 14:
+            if (ieq(name.p, 14, "content-length")) {
+                if (clen >= 0) {
+                    fail(P, "more than one Content-Length");
+                    goto error;
+                }
+                if (parse_length(value.p, value.n, &clen) < 0) {
+                    fail(P, "invalid Content-Length");
+                    goto error;
+                }
+            }
+            break;
+        case 17:
+            if (ieq(name.p, 17, "transfer-encoding")) {
+                if (te) {
+                    fail(P, "duplicate Transfer-Encoding");
+                    goto error;
+                }
+                if (!ieq(value.p, value.n, "chunked")) {
+                    fail(P, "unsupported Transfer-Encoding");
+                    goto error;
+                }
+                te = 1;
+            }
+            break;
+        }
+    }
+    if (te && clen >= 0) {
+        fail(P, "Content-Length with Transfer-Encoding");
+        goto error;
+    }
+    if (te)
+        flags |= RQ_CHUNKED;
+    flags |= conn_bits & (RQ_CONN_CLOSE | RQ_CONN_KEEPALIVE);
+    if (has_upgrade && (conn_bits & RQ_UPGRADE))
+        flags |= RQ_UPGRADE;
+
+    PyObject *args[8];
+    args[0] = P->proto;
+    args[1] = method_object(method.p, method.n);
+    args[2] = PyUnicode_DecodeLatin1(target.p, target.n, NULL);
+    args[3] = version_object(v[5], v[7]);
+    args[4] = headers;
+    args[5] = host != NULL ? host : Py_None;
+    args[6] = clen >= 0 ? PyLong_FromLongLong(clen) : (Py_INCREF(Py_None), Py_None);
+    args[7] = PyLong_FromLong(flags);
+    PyObject *r = NULL;
+    if (args[1] && args[2] && args[3] && args[6] && args[7])
+        r = PyObject_VectorcallMethod(s_on_request_head, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      NULL);
+    Py_XDECREF(args[1]);
+    Py_XDECREF(args[2]);
+    Py_XDECREF(args[3]);
+    Py_XDECREF(args[6]);
+    Py_XDECREF(args[7]);
+    Py_DECREF(headers);
+    if (r == NULL) {
+        P->state = S_DEAD;
+        return -1;
+    }
+    Py_DECREF(r);
+    if (flags & RQ_UPGRADE)
+        P->state = S_DEAD;  /* the rest belongs to the tunnel: see feed() */
+    else if (te)
+        P->state = S_CHUNK_SIZE;
+    else if (clen > 0) {
+        P->state = S_LENGTH;
+        P->remaining = clen;
+    } else
+        P->state = S_HEAD;
+    return 0;
+error:
+    Py_DECREF(headers);
+    return -1;
+}
+
+/* -- responses ----------------------------------------------------------------------------- */
+
+static int is_hop_by_hop(span n)
+{
+    switch (n.n) {
+    case 2: return ieq(n.p, 2, "te");
+    case 7: return ieq(n.p, 7, "trailer") || ieq(n.p, 7, "upgrade");
+    case 10: return ieq(n.p, 10, "connection") || ieq(n.p, 10, "keep-alive");
+    case 16: return ieq(n.p, 16, "proxy-connection");
+    case 17: return ieq(n.p, 17, "transfer-encoding");
+    }
+    return 0;
+}
+
+/* Is `name` one of the tokens of the Connection values in vals[0..nv)? */
+static int named_by_connection(span name, span *vals, int nv)
+{
+    for (int k = 0; k < nv; k++) {
+        const char *p = vals[k].p;
+        Py_ssize_t n = vals[k].n, i = 0;
+        while (i <= n) {
+            Py_ssize_t j = i;
+            while (j < n && p[j] != ',')
+                j++;
+            span t = trim(p + i, j - i);
+            if (t.n == name.n) {
+                Py_ssize_t q = 0;
+                while (q < t.n && lower[(unsigned char)t.p[q]] == lower[(unsigned char)name.p[q]])
+                    q++;
+                if (q == t.n)
+                    return 1;
+            }
+            i = j + 1;
+        }
+    }
+    return 0;
+}
+
+/* 1: a final head was delivered; 0: an interim 1xx was skipped; -1: error. */
+static int response_head(Parser *P, const char *d, Py_ssize_t end)
+{
+    Py_ssize_t pos = 0;
+    span line;
+    if (next_line(P, d, end, &pos, &line) < 0)
+        return -1;
+    /* HTTP/x.y SP 3DIGIT [SP reason] */
+    const char *s = line.p;
+    if (line.n < 12 || memcmp(s, "HTTP/", 5) != 0 || s[5] < '0' || s[5] > '9' || s[6] != '.' ||
+        s[7] < '0' || s[7] > '9' || s[8] != ' ' || s[9] < '1' || s[9] > '9' || s[10] < '0' ||
+        s[10] > '9' || s[11] < '0' || s[11] > '9' || (line.n > 12 && s[12] != ' '))
+        return fail(P, "invalid status line");
+    int status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    span reason = {line.n > 12 ? s + 13 : s + 12, line.n > 12 ? line.n - 13 : 0};
+    for (Py_ssize_t k = 0; k < reason.n; k++) {
+        unsigned char c = (unsigned char)reason.p[k];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return fail(P, "control character in reason phrase");
+    }
+    int v11 = s[5] == '1' && s[7] == '1';
+    int v10 = s[5] == '1' && s[7] == '0';
+    if (!v11 && !v10)
+        return fail(P, "unsupported HTTP version");
+
+    span names[MAX_HEADERS], values[MAX_HEADERS], conn[16];
+    int nh = 0, nconn = 0, te = 0, conn_bits = 0;
+    long long clen = -1;
+    for (;;) {
+        if (next_line(P, d, end, &pos, &line) < 0)
+            return -1;
+        if (line.n == 0)
+            break;
+        if (nh == MAX_HEADERS)
+            return fail(P, "too many headers");
+        if (split_header(P, line, &names[nh], &values[nh]) < 0)
+            return -1;
+        span n = names[nh], v = values[nh];
+        if (n.n == 14 && ieq(n.p, 14, "content-length")) {
+            long long x;
+            if (parse_length(v.p, v.n, &x) < 0)
+                return fail(P, "invalid Content-Length");
+            if (clen >= 0 && x != clen)
+                return fail(P, "conflicting Content-Length");
+            clen = x;
+        } else if (n.n == 17 && ieq(n.p, 17, "transfer-encoding")) {
+            te = 1;
+        } else if (n.n == 10 && ieq(n.p, 10, "connection")) {
+            conn_bits |= connection_tokens(v.p, v.n);
+            if (nconn < 16)
+                conn[nconn++] = v;
+        }
+        nh++;
+    }
+    if (status >= 100 && status < 200 && status != 101)
+        return 0;  /* interim: the final head follows */
+
+    int upgrade = status == 101;
+    PyObject *headers = PyList_New(0);
+    if (headers == NULL)
+        return -1;
+    for (int k = 0; k < nh; k++) {
+        span n = names[k];
+        if (is_hop_by_hop(n)) {
+            if (!upgrade || (n.n == 17))
+                continue;  /* kept for a 101, except the framing */
+        } else if (!upgrade && nconn && named_by_connection(n, conn, nconn))
+            continue;
+        PyObject *t = pair(n, values[k]);
+        if (t == NULL || PyList_Append(headers, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(headers);
+            return -1;
+        }
+        Py_DECREF(t);
+    }
+    int keep_alive = v11 ? !(conn_bits & RQ_CONN_CLOSE) : (conn_bits & RQ_CONN_KEEPALIVE) != 0;
+    int no_body = P->head_request || status == 204 || status == 304 || upgrade;
+
+    PyObject *args[7];
+    args[0] = P->proto;
+    args[1] = PyLong_FromLong(status);
+    args[2] = PyBytes_FromStringAndSize(reason.p, reason.n);
+    args[3] = headers;
+    args[4] = keep_alive ? Py_True : Py_False;
+    args[5] = clen >= 0 ? PyLong_FromLongLong(clen) : (Py_INCREF(Py_None), Py_None);
+    args[6] = te ? Py_True : Py_False;
+    PyObject *r = NULL;
+    if (args[1] && args[2] && args[5])
+        r = PyObject_VectorcallMethod(s_on_response_head, args, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                      NULL);
+    Py_XDECREF(args[1]);
+    Py_XDECREF(args[2]);
+    Py_XDECREF(args[5]);
+    Py_DECREF(headers);
+    if (r == NULL) {
+        P->state = S_DEAD;
+        return -1;
+    }
+    Py_DECREF(r);
+    if (upgrade)
+        P->state = S_DEAD;
+    else if (no_body) {
+        P->state = S_HEAD;
+        P->complete_after = 1;
+    } else if (te)
+        P->state = S_CHUNK_SIZE;
+    else if (clen > 0) {
+        P->state = S_LENGTH;
+        P->remaining = clen;
+    } else if (clen == 0) {
+        P->state = S_HEAD;
+        P->complete_after = 1;
+    } else
+        P->state = S_UNTIL_CLOSE;
+    return 1;
+}
+
+/* -- feeding ------------------------------------------------------------------------------- */
+
+static int call0(Parser *P, PyObject *name)
+{
+    PyObject *args[1] = {P->proto};
+    PyObject *r = PyObject_VectorcallMethod(name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL) {
+        P->state = S_DEAD;
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int emit_body(Parser *P, PyObject *whole, const char *p, Py_ssize_t n)
+{
+    PyObject *b;
+    if (whole != NULL) {
+        b = whole;
+        Py_INCREF(b);
+    } else {
+        b = PyBytes_FromStringAndSize(p, n);
+        if (b == NULL)
+            return -1;
+    }
+    PyObject *args[2] = {P->proto, b};
+    PyObject *r = PyObject_VectorcallMethod(s_on_body, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_DECREF(b);
+    if (r == NULL) {
+        P->state = S_DEAD;
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static int message_complete(Parser *P)
+{
+    P->state = S_HEAD;
+    return call0(P, s_on_message_complete);
+}
+
+static int keep(Parser *P, const char *p, Py_ssize_t n, int from_buf)
+{
+    if (from_buf) {
+        memmove(P->buf, p, (size_t)n);
+    } else {
+        if (n > P->cap) {
+            char *nb = PyMem_Realloc(P->buf, (size_t)n);
+            if (nb == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            P->buf = nb;
+            P->cap = n;
+        }
+        memcpy(P->buf, p, (size_t)n);
+    }
+    P->len = n;
+    return 0;
+}
+
+static PyObject *upgrade_rest(const char *p, Py_ssize_t n)
+{
+    PyObject *rest = PyBytes_FromStringAndSize(p, n);
+    if (rest == NULL)
+        return NULL;
+    PyObject *exc = PyObject_CallOneArg(UpgradeType, rest);
+    Py_DECREF(rest);
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n)
+{
+    const char *d;
+    Py_ssize_t n, pos = 0;
+    int from_buf = P->len > 0;
+    if (from_buf) {
+        if (P->len + in_n > P->cap) {
+            Py_ssize_t cap = (P->len + in_n) * 2;
+            char *nb = PyMem_Realloc(P->buf, (size_t)cap);
+            if (nb == NULL)
+                return PyErr_NoMemory();
+            P->buf = nb;
+            P->cap = cap;
+        }
+        memcpy(P->buf + P->len, in, (size_t)in_n);
+        P->len += in_n;
+        d = P->buf;
+        n = P->len;
+        data = NULL;  /* body slices must be copied out of our buffer */
+    } else {
+        d = in;
+        n = in_n;
+    }
+    while (pos < n || P->complete_after) {
+        if (P->complete_after) {
+            P->complete_after = 0;
+            if (message_complete(P) < 0)
+                return NULL;
+            continue;
+        }
+        const char *p = d + pos;
+        Py_ssize_t avail = n - pos;
+        switch (P->state) {
+        case S_HEAD: {
+            if (P->is_request) {  /* empty lines between pipelined requests are skipped */
+                while (avail >= 2 && p[0] == '\r' && p[1] == '\n') {
+                    p += 2; pos += 2; avail -= 2;
+                }
+                if (avail == 0 || (avail == 1 && p[0] == '\r'))
+                    goto incomplete;
+            }
+            Py_ssize_t end = head_end(p, avail, &P->scanned);
+            if (end == 0) {
+                const char *nl = memchr(p, '\n', (size_t)avail);
+                if (nl == NULL && P->is_request && avail > P->max_uri + 64) {
+                    fail_status(P, "request target too long", 414);
+                    return NULL;
+                }
+                if (avail > P->max_head + P->max_uri + 64) {
+                    if (P->is_request)
+                        fail_status(P, "request header block too large", 431);
+                    else
+                        fail(P, "response header block too large");
+                    return NULL;
+                }
+                goto incomplete;
+            }
+            P->scanned = 0;
+            int r = P->is_request ? request_head(P, p, end) : response_head(P, p, end);
+            if (r < 0)
+                return NULL;
+            pos += end;
+            if (P->state == S_DEAD) {  /* an upgrade: the rest is the tunnel's */
+                PyObject *x = upgrade_rest(d + pos, n - pos);
+                P->len = 0;
+                return x;
+            }
+            break;
+        }
+        case S_LENGTH: {
+            Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
+            PyObject *whole = (data != NULL && pos == 0 && take == n) ? data : NULL;
+            P->remaining -= take;
+            pos += take;
+            int r = emit_body(P, whole, p, take);
+            if (r < 0)
+                return NULL;
+            if (P->remaining == 0 && message_complete(P) < 0)
+                return NULL;
+            break;
+        }
+        case S_CHUNK_SIZE: {
+            const char *nl = memchr(p, '\n', (size_t)avail);
+            if (nl == NULL) {
+                if (avail > CHUNK_LINE_MAX) {
+                    fail(P, "chunk size line too long");
+                    return NULL;
+                }
+                goto incomplete;
+            }
+            Py_ssize_t ln = nl - p;
+            if (ln == 0 || p[ln - 1] != '\r') {
+                fail(P, "bare LF in chunked body");
+                return NULL;
+            }
+            ln--;
+            long long size = 0;
+            Py_ssize_t i = 0;
+            while (i < ln) {
+                char c = p[i];
+                int x = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                        : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+                if (x < 0)
+                    break;
+                if (i == 15) {
+                    fail(P, "chunk size too large");
+                    return NULL;
+                }
+                size = size * 16 + x;
+                i++;
+            }
+            if (i == 0 || (i < ln && p[i] != ';' && p[i] != ' ' && p[i] != '\t')) {
+                fail(P, "invalid chunk size");
+                return NULL;
+            }
+            for (Py_ssize_t k = i; k < ln; k++) {
+                unsigned char c = (unsigned char)p[k];
+                if ((c < 0x20 && c != '\t') || c == 0x7f) {
+                    fail(P, "invalid chunk extension");
+                    return NULL;
+                }
+            }
+            pos += ln + 2;
+            if (size == 0) {
+                P->state = S_TRAILERS;
+            } else {
+                P->state = S_CHUNK_DATA;
+                P->remaining = size;
+            }
+            break;
+        }
+        case S_CHUNK_DATA: {
+            Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
+            PyObject *whole = (data != NULL && pos == 0 && take == n) ? data : NULL;
+            P->remaining -= take;
+            pos += take;
+            int r = emit_body(P, whole, p, take);
+            if (r < 0)
+                return NULL;
+            if (P->remaining == 0)
+                P->state = S_CHUNK_CRLF;
+            break;
+        }
+        case S_CHUNK_CRLF:
+            if (avail < 2) {
+                if (p[0] != '\r') {
+                    fail(P, "missing CRLF after chunk data");
+                    return NULL;
+                }
+                goto incomplete;
+            }
+            if (p[0] != '\r' || p[1] != '\n') {
+                fail(P, "missing CRLF after chunk data");
+                return NULL;
+            }
+            pos += 2;
+            P->state = S_CHUNK_SIZE;
+            break;
+        case S_TRAILERS: {
+            const char *nl = memchr(p, '\n', (size_t)avail);
+            if (nl == NULL) {
+                if (avail > P->max_head) {
+                    fail(P, "trailer section too large");
+                    return NULL;
+                }
+                goto incomplete;
+            }
+            Py_ssize_t ln = nl - p;
+            if (ln == 0 || p[ln - 1] != '\r') {
+                fail(P, "bare LF in chunked body");
+                return NULL;
+            }
+            pos += ln + 1;
+            if (ln == 1) {  /* the empty line: done */
+                if (message_complete(P) < 0)
+                    return NULL;
+            } else {
+                span line = {p, ln - 1}, name, value;
+                if (split_header(P, line, &name, &value) < 0)
+                    return NULL;
+            }
+            break;
+        }
+        case S_UNTIL_CLOSE: {
+            PyObject *whole = (data != NULL && pos == 0) ? data : NULL;
+            pos = n;
+            int r = emit_body(P, whole, p, avail);
+            if (r < 0)
+                return NULL;
+            break;
+        }
+        default: /* S_DEAD: nothing more is parsed */
+            pos = n;
+            break;
+        }
+    }
+    P->len = 0;
+    Py_RETURN_NONE;
+incomplete:
+    if (keep(P, d + pos, n - pos, from_buf) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *parser_feed_data(Parser *P, PyObject *data)
+{
+    if (P->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "feed_data called from a parser callback");
+        return NULL;
+    }
+    PyObject *r;
+    P->busy = 1;
+    Py_INCREF(P);  /* a callback may drop the protocol's reference to us */
+    if (PyBytes_CheckExact(data)) {
+        r = feed(P, data, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data));
+    } else {
+        Py_buffer view;
+        if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+            r = NULL;
+        } else {
+            r = feed(P, NULL, view.buf, view.len);
+            PyBuffer_Release(&view);
+        }
+    }
+    P->busy = 0;
+    Py_DECREF(P);
+    return r;
+}
+
+/* -- the types ----------------------------------------------------------------------------- */
+
+static int parser_traverse(Parser *P, visitproc visit, void *arg)
+{
+    Py_VISIT(P->proto);
+    return 0;
+}
+
+static int parser_clear(Parser *P)
+{
+    Py_CLEAR(P->proto);
+    return 0;
+}
+
+static void parser_dealloc(Parser *P)
+{
+    PyObject_GC_UnTrack(P);
+    parser_clear(P);
+    PyMem_Free(P->buf);
+    Py_TYPE(P)->tp_free((PyObject *)P);
+}
+
+static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
+{
+    Parser *P = (Parser *)type->tp_alloc(type, 0);
+    if (P == NULL)
+        return NULL;
+    Py_INCREF(proto);
+    P->proto = proto;
+    P->is_request = is_request;
+    P->state = S_HEAD;
+    return P;
+}
+
+static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *proto;
+    Py_ssize_t max_head, max_uri;
+    if (!PyArg_ParseTuple(args, "Onn", &proto, &max_head, &max_uri))
+        return NULL;
+    Parser *P = parser_alloc(type, proto, 1);
+    if (P != NULL) {
+        P->max_head = max_head;
+        P->max_uri = max_uri;
+    }
+    return (PyObject *)P;
+}
+
+static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *proto;
+    int head_request;
+    if (!PyArg_ParseTuple(args, "Op", &proto, &head_request))
+        return NULL;
+    Parser *P = parser_alloc(type, proto, 0);
+    if (P != NULL) {
+        P->head_request = head_request;
+        P->max_head = 256 * 1024;
+        P->max_uri = 0;
+    }
+    return (PyObject *)P;
+}
+
+static PyMethodDef parser_methods[] = {
+    {"feed_data", (PyCFunction)parser_feed_data, METH_O,
+     "Parse bytes; calls the protocol's callbacks (see the module docstring)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject RequestParser_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monolake.uring._http.RequestParser",
+    .tp_basicsize = sizeof(Parser),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "RequestParser(proto, max_head, max_uri): strict HTTP/1.1 request parser.",
+    .tp_new = request_new,
+    .tp_dealloc = (destructor)parser_dealloc,
+    .tp_traverse = (traverseproc)parser_traverse,
+    .tp_clear = (inquiry)parser_clear,
+    .tp_methods = parser_methods,
+};
+
+static PyTypeObject ResponseParser_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monolake.uring._http.ResponseParser",
+    .tp_basicsize = sizeof(Parser),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "ResponseParser(proto, head_request): HTTP/1.x response parser for a proxy.",
+    .tp_new = response_new,
+    .tp_dealloc = (destructor)parser_dealloc,
+    .tp_traverse = (traverseproc)parser_traverse,
+    .tp_clear = (inquiry)parser_clear,
+    .tp_methods = parser_methods,
+};
+
+static PyObject *http_configure(PyObject *module, PyObject *args)
+{
+    PyObject *perr, *upg;
+    if (!PyArg_ParseTuple(args, "OO", &perr, &upg))
+        return NULL;
+    Py_INCREF(perr);
+    Py_INCREF(upg);
+    Py_XSETREF(ParseErrorType, perr);
+    Py_XSETREF(UpgradeType, upg);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef http_methods[] = {
+    {"configure", http_configure, METH_VARARGS,
+     "configure(ParseError, UpgradeRequested): the exception classes the parsers raise."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef http_module = {
+    PyModuleDef_HEAD_INIT, "monolake.uring._http",
+    "Native HTTP/1.1 request and response parsers (see mu_http.c).", -1, http_methods,
+};
+
+static int http_install(void)
+{
+    const char *tc = "!#$%&'*+-.^_`|~";
+    for (int c = 0; c < 256; c++) {
+        tchar[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                   (c && strchr(tc, c) != NULL);
+        lower[c] = (unsigned char)((c >= 'A' && c <= 'Z') ? c + 32 : c);
+    }
+    PyObject *sys_modules = PyImport_GetModuleDict();
+    if (PyDict_GetItemString(sys_modules, "monolake.uring._http") != NULL)
+        return 0;
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
+    INTERN(s_on_request_head, "on_request_head");
+    INTERN(s_on_response_head, "on_response_head");
+    INTERN(s_on_body, "on_body");
+    INTERN(s_on_message_complete, "on_message_complete");
+    INTERN(s_version_11, "1.1");
+    INTERN(s_version_10, "1.0");
+    INTERN(m_get, "GET");
+    INTERN(m_post, "POST");
+    INTERN(m_head, "HEAD");
+    INTERN(m_put, "PUT");
+    INTERN(m_delete, "DELETE");
+#undef INTERN
+    if (PyType_Ready(&RequestParser_Type) < 0 || PyType_Ready(&ResponseParser_Type) < 0)
+        return -1;
+    PyObject *m = PyModule_Create(&http_module);
+    if (m == NULL)
+        return -1;
+    Py_INCREF(&RequestParser_Type);
+    Py_INCREF(&ResponseParser_Type);
+    if (PyModule_AddObject(m, "RequestParser", (PyObject *)&RequestParser_Type) < 0 ||
+        PyModule_AddObject(m, "ResponseParser", (PyObject *)&ResponseParser_Type) < 0 ||
+        PyModule_AddIntConstant(m, "CHUNKED", RQ_CHUNKED) < 0 ||
+        PyModule_AddIntConstant(m, "EXPECT", RQ_EXPECT) < 0 ||
+        PyModule_AddIntConstant(m, "CONN_CLOSE", RQ_CONN_CLOSE) < 0 ||
+        PyModule_AddIntConstant(m, "CONN_KEEPALIVE", RQ_CONN_KEEPALIVE) < 0 ||
+        PyModule_AddIntConstant(m, "UPGRADE", RQ_UPGRADE) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    if (PyDict_SetItemString(sys_modules, "monolake.uring._http", m) < 0) {
+        Py_DECREF(m);
+        return -1;
+    }
+    Py_DECREF(m);
+    return 0;
+}
+
+/* Build monolake.uring._http and put it in sys.modules: 0, or -1 (the ``native`` parser is then
+ * unavailable). Called through cffi, which released the GIL: take it back here. */
+int mu_http_install(void)
+{
+    PyGILState_STATE st = PyGILState_Ensure();
+    int rc = http_install();
+    if (rc != 0)
+        PyErr_Clear();
+    PyGILState_Release(st);
+    return rc;
+}
