@@ -35,6 +35,7 @@ class RuntimeConfig:
     workers: int | str = "auto"           # "auto" (the master counts its affinity mask) or >= 1
     entries: int = 1024
     cpu_affinity: bool = True
+    busy_poll_us: int = 0                 # event loop polls this long after events; 0 = off
 
 
 @dataclass(frozen=True)

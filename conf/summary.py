@@ -40,7 +40,8 @@ def summary(cfg: Config) -> str:
     lines = [
         f"config {cfg.source}: ok",
         f"  runtime: {rt.runtime_type}, workers {rt.workers}, entries {rt.entries}, "
-        f"cpu_affinity {'on' if rt.cpu_affinity else 'off'}",
+        f"cpu_affinity {'on' if rt.cpu_affinity else 'off'}, "
+        f"busy_poll {f'{rt.busy_poll_us} µs' if rt.busy_poll_us else 'off'}",
         f"  supervisor: control socket {sv.control_socket}, pid file {sv.pid_file or '(none)'}, "
         f"reload {sv.reload_mode}, log {sv.log_format}/{sv.log_level}"
         + (f" to {sv.error_log}" if sv.error_log else ""),

@@ -12,7 +12,8 @@ from .schema import AdminConfig, Config, RuntimeConfig, ServerConfig, Supervisor
 from .servers import SERVER_KEYS, TIMEOUT_ALIASES, parse_server
 
 TOP_KEYS = ("runtime", "supervisor", "admin", "servers")
-RUNTIME_KEYS = ("runtime_type", "workers", "entries", "cpu_affinity")
+RUNTIME_KEYS = ("runtime_type", "workers", "entries", "cpu_affinity", "busy_poll_us")
+BUSY_POLL_MAX_US = 100_000  # beyond a few ms a window buys nothing but burnt CPU
 RUNTIME_UNSUPPORTED = {
     "sqpoll_idle": "Monolake's SQPOLL option is not supported by monolake-python",
     "thread_pool": "Monolake's blocking thread pool is not used by monolake-python",
@@ -60,9 +61,10 @@ def _runtime(top: Table) -> RuntimeConfig:
         t.expected("entries", "a power of two from 8 to 32768", entries)
         entries = 1024
     cpu_affinity = t.boolean("cpu_affinity", True)
+    busy_poll_us = t.integer("busy_poll_us", 0, lo=0, hi=BUSY_POLL_MAX_US, unit="of microseconds")
     t.done()
     return RuntimeConfig(runtime_type=runtime_type, workers=workers, entries=entries,
-                         cpu_affinity=cpu_affinity)
+                         cpu_affinity=cpu_affinity, busy_poll_us=busy_poll_us)
 
 
 def _valid_workers(value: Any) -> bool:

@@ -174,7 +174,7 @@ def main() -> None:
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--busy-poll-us", type=int, default=300,
-                    help="also run a worker with MONOLAKE_THRIFT_BUSY_POLL_US (0: only the plain one)")
+                    help="also run a worker with [runtime] busy_poll_us = N (0: only the plain one)")
     args = ap.parse_args()
     if args.load:
         load_main(args)
@@ -204,6 +204,7 @@ def main() -> None:
                 cfg.write_text(f"""
 [runtime]
 runtime_type = "{args.runtime}"
+busy_poll_us = {poll_us}
 
 [supervisor]
 log_level = "warning"
@@ -221,10 +222,9 @@ idl = "{IDL}"
 listener = {{ type = "socket", value = "127.0.0.1:{gw_port}" }}
 route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }} }}] }}
 """)
-                env = {**os.environ, "MONOLAKE_THRIFT_BUSY_POLL_US": str(poll_us)}
                 worker = subprocess.Popen([PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
                                           stdout=subprocess.PIPE, stderr=open(tmp / "worker.log", "a"), text=True,
-                                          cwd=str(ROOT), env=env)
+                                          cwd=str(ROOT))
                 procs.append(worker)
                 pin(worker.pid, proxy_cpu)
                 info = json.loads(read_ready(worker))

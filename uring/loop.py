@@ -19,6 +19,7 @@ import socket
 from asyncio import base_events, constants, trsock
 from asyncio.log import logger
 from collections.abc import Callable
+from time import monotonic
 from typing import Any
 
 from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
@@ -188,6 +189,17 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
     def runtime_detail(self) -> str:
         return f"io_uring entries={self._ring.entries} flags={self._ring.setup_flags}"
 
+    @property
+    def busy_poll(self) -> float:
+        """Seconds the loop keeps polling (not sleeping) after events; 0 = off."""
+        return self._selector.busy_poll
+
+    @busy_poll.setter
+    def busy_poll(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise ValueError(f"busy_poll must be >= 0 seconds, got {seconds!r}")
+        self._selector.busy_poll = float(seconds)
+
     # ---- the iteration: one ring run, one walk over the batch ----
 
     def _process_events(self, batch: Any) -> None:
@@ -347,13 +359,41 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
 
 class _LoopSelector(UringSelector):
     """The selector the loop owns: ``select()`` returns the completion batch itself (the event
-    count when the C dispatcher is in use, else the flat list)."""
+    count when the C dispatcher is in use, else the flat list).
+
+    Busy polling (``busy_poll`` seconds, 0 = off): for that long after the last batch of events,
+    a wait that would sleep polls the ring with a zero timeout instead, so a reply arriving
+    shortly after a request is reaped without the idle-exit and wake-up cost of a sleeping core
+    (see monolake.uring.busypoll). Past the window the wait sleeps as usual.
+    """
+
+    busy_poll = 0.0
+    _last_events = 0.0
 
     def select(self, timeout: float | None = None) -> Any:  # type: ignore[override]
         self.arm_pending()
-        if FAST is not None:
-            return self._ring.run_n(timeout)
-        return self._ring.run(timeout)
+        run = self._ring.run_n if FAST is not None else self._ring.run
+        if not self.busy_poll:
+            return run(timeout)
+        if timeout is None or timeout > 0:
+            start = monotonic()
+            until = self._last_events + self.busy_poll
+            if start < until:
+                end = until if timeout is None else min(until, start + timeout)
+                while True:
+                    batch = run(0)
+                    if batch:
+                        self._last_events = monotonic()
+                        return batch
+                    now = monotonic()
+                    if now >= end:
+                        break
+                if timeout is not None:
+                    timeout = max(0.0, timeout - (now - start))
+        batch = run(timeout)
+        if batch:
+            self._last_events = monotonic()
+        return batch
 
 
 def new_event_loop(entries: int = 1024, setup_flags: str | None = None, accept_mode: str = "poll",

@@ -320,6 +320,14 @@ class Worker:
             old = self.slots[name].handle
             self.slots[name].handle = handle
             self._retired_handles.append(old)
+        if config.runtime.busy_poll_us != self.config.runtime.busy_poll_us:
+            from monolake.uring.busypoll import set_busy_poll
+
+            if set_busy_poll(asyncio.get_running_loop(), config.runtime.busy_poll_us):
+                log.info("busy polling changed", busy_poll_us=config.runtime.busy_poll_us)
+            else:
+                log.warning("busy_poll_us needs a generation reload with this event loop",
+                            busy_poll_us=config.runtime.busy_poll_us)
         self.config = config
         log.info("in-place reload committed", servers=sorted(staged))
         asyncio.get_running_loop().create_task(self._close_retired_handles())
@@ -416,10 +424,12 @@ def channel_address(sock: socket.socket) -> str:
 
 def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socket]],
                control: socket.socket | None, accept: bool, ready_line: bool) -> int:
+    from monolake.uring.busypoll import with_busy_poll
     from monolake.uring.runtime import RuntimeUnavailable, choose_loop
 
     try:
-        choice = choose_loop(config.runtime.runtime_type, config.runtime.entries)
+        choice = with_busy_poll(choose_loop(config.runtime.runtime_type, config.runtime.entries),
+                                config.runtime.busy_poll_us)
     except RuntimeUnavailable as exc:
         log.error("event loop unavailable", runtime_type=config.runtime.runtime_type,
                   reason=str(exc))

@@ -44,7 +44,6 @@ from .errors import UpstreamError
 from .framing import FRAMED, KINDS, TTHEADER, UNFRAMED, Frame
 from .jsonmap import MappingError, from_struct, from_value, to_struct
 from .proxy import RouteError, ThriftProxy
-from .spin import busy_poll_for
 from .ttheader import TTHeader
 
 log = structlog.get_logger()
@@ -269,7 +268,6 @@ class GatewayHandle(HttpServerHandle):
 
     def on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self.gateway.proxy.start(loop)
-        self.gateway.proxy.upstreams.poller = busy_poll_for(loop)
 
 
 def build(name: str, cfg: Any, env: Any, previous: object | None) -> GatewayHandle:

@@ -135,9 +135,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.fail(UpstreamError(f"bad response from upstream {self.pool.endpoint.label}: {exc}"))
             return
         pending = self.pending
-        poller = self.pool.poller
-        if poller is not None:
-            poller.kick(poller.loop.time())
         for frame in frames:
             call = pending.pop(frame.head.seqid, None)
             if call is None:
@@ -226,7 +223,6 @@ class EndpointPool:
         self.failures = 0
         self.ejected_until = 0.0
         self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
-        self.poller: Any = None  # spin.BusyPoll of the worker loop, when enabled
 
     @property
     def key(self) -> tuple[str, int]:
@@ -448,24 +444,12 @@ class Upstreams:
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.closed = False
-        self._poller: Any = None
-
-    @property
-    def poller(self) -> Any:
-        return self._poller
-
-    @poller.setter
-    def poller(self, value: Any) -> None:
-        self._poller = value
-        for pool in self.pools.values():
-            pool.poller = value
 
     def pool(self, endpoint: Endpoint, kind: int, settings: PoolSettings) -> EndpointPool:
         key = (endpoint.label, kind)
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters, self._loop)
-            pool.poller = self.poller
             self.sweep_interval = min(self.sweep_interval, _interval_for(settings))
         return pool
 

@@ -27,7 +27,6 @@ from .framing import KINDS, Deframer, Frame, frame_message
 from .message import APP_INTERNAL_ERROR, APP_UNKNOWN_METHOD, CALL, ONEWAY, app_exception
 from .pool import Call
 from .proxy import PROXY_KEY, RouteError, ThriftProxy, ThriftProxyFactory
-from .spin import BusyPoll, busy_poll_for
 from .stats import Counters
 from .ttheader import TTHeader
 from monolake.worker.sockopts import set_nodelay
@@ -81,7 +80,6 @@ class ThriftServer:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.closed = False
-        self.poller: BusyPoll | None = None
         try:
             self._bind(asyncio.get_running_loop())
         except RuntimeError:
@@ -94,8 +92,6 @@ class ThriftServer:
             interval = max(0.05, min(1.0, self.keepalive_timeout / 4, self.message_timeout / 4))
             self._interval = interval
             self._timer = loop.call_later(interval, self._sweep)
-            self.poller = busy_poll_for(loop)
-            self.proxy.upstreams.poller = self.poller
 
     # -- ServerHandle ----------------------------------------------------------------------
 
@@ -215,9 +211,6 @@ class ThriftConnection(asyncio.Protocol):
         assert loop is not None
         now = loop.time()
         self.last_active = now
-        poller = self.server.poller
-        if poller is not None:
-            poller.kick(now)
         if self.prelude is not None:
             data = self._read_prelude(data)
             if not data:
