@@ -261,7 +261,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--runtimes", default="io_uring,legacy",
                     help="monolake runtimes to run, comma-separated (io_uring, legacy)")
-    ap.add_argument("--parser", default="httptools")
+    ap.add_argument("--parser", default="auto", help="monolake http_parser (auto = native when built)")
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")

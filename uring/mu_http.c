@@ -991,7 +991,87 @@ static PyObject *http_configure(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* split_headers(headers, names) -> (block, picked)
+ * block: "name: value\r\n" for every (name, value) pair whose name is not in `names` (a tuple
+ * of lower-case bytes); picked: the other pairs, in order. One C pass instead of a Python loop
+ * per header when a head is serialised (the proxy's request to the upstream, every response). */
+static int name_in(PyObject *k, PyObject *names)
+{
+    Py_ssize_t kn = PyBytes_GET_SIZE(k);
+    const char *kp = PyBytes_AS_STRING(k);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *n = PyTuple_GET_ITEM(names, i);
+        if (PyBytes_GET_SIZE(n) == kn && memcmp(PyBytes_AS_STRING(n), kp, (size_t)kn) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static PyObject *http_split_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyList_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "split_headers(list, tuple)");
+        return NULL;
+    }
+    PyObject *headers = args[0], *names = args[1];
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++)
+        if (!PyBytes_Check(PyTuple_GET_ITEM(names, i))) {
+            PyErr_SetString(PyExc_TypeError, "names must be bytes");
+            return NULL;
+        }
+    Py_ssize_t n = PyList_GET_SIZE(headers), total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+            PyErr_SetString(PyExc_TypeError, "headers must be (bytes, bytes) pairs");
+            return NULL;
+        }
+        total += PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) + PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1)) + 4;
+    }
+    PyObject *picked = PyList_New(0);
+    if (picked == NULL)
+        return NULL;
+    PyObject *block = PyBytes_FromStringAndSize(NULL, total);
+    if (block == NULL) {
+        Py_DECREF(picked);
+        return NULL;
+    }
+    char *o = PyBytes_AS_STRING(block);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        PyObject *k = PyTuple_GET_ITEM(t, 0), *v = PyTuple_GET_ITEM(t, 1);
+        if (name_in(k, names)) {
+            if (PyList_Append(picked, t) < 0) {
+                Py_DECREF(picked);
+                Py_DECREF(block);
+                return NULL;
+            }
+            continue;
+        }
+        memcpy(o, PyBytes_AS_STRING(k), (size_t)PyBytes_GET_SIZE(k));
+        o += PyBytes_GET_SIZE(k);
+        *o++ = ':';
+        *o++ = ' ';
+        memcpy(o, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v));
+        o += PyBytes_GET_SIZE(v);
+        *o++ = '\r';
+        *o++ = '\n';
+    }
+    Py_ssize_t used = o - PyBytes_AS_STRING(block);
+    if (used != total && _PyBytes_Resize(&block, used) < 0) {
+        Py_DECREF(picked);
+        return NULL;
+    }
+    PyObject *r = PyTuple_Pack(2, block, picked);
+    Py_DECREF(block);
+    Py_DECREF(picked);
+    return r;
+}
+
 static PyMethodDef http_methods[] = {
+    {"split_headers", (PyCFunction)(void (*)(void))http_split_headers, METH_FASTCALL,
+     "split_headers(headers, names) -> (block, picked): serialise the pairs not named, pick the rest."},
     {"configure", http_configure, METH_VARARGS,
      "configure(ParseError, UpgradeRequested): the exception classes the parsers raise."},
     {NULL, NULL, 0, NULL},

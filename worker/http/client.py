@@ -9,6 +9,7 @@ by the parser callbacks. That future is the only per-request allocation on this 
 from __future__ import annotations
 
 import asyncio
+from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyStream
@@ -154,7 +155,6 @@ class UpstreamConnection(asyncio.Protocol):
              read_timeout: float, on_head: Any) -> None:
         """Send one request; ``on_head(response, None)`` or ``on_head(None, error)`` follows,
         exactly once (the callback form: no future, no task)."""
-        loop = self.pool.loop
         self._on_head = on_head
         self._method = method
         self._upgrade = upgrade
@@ -168,7 +168,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream.active += 1
         if self._parser is None or self.pool.parser_kind == "h11" or method == "HEAD":
             self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade)
-        self.deadline = loop.time() + read_timeout
+        self.deadline = _now() + read_timeout
         if body is None:
             self._req_done = True
             self.transport.write(head)
@@ -237,7 +237,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._read_paused and not self.closed:
             self._read_paused = False
             if self._busy:  # the client was the slow side: the upstream's clock restarts
-                self.deadline = self.pool.loop.time() + self.pool.read_timeout
+                self.deadline = _now() + self.pool.read_timeout
             try:
                 self.transport.resume_reading()
             except (RuntimeError, AttributeError):
@@ -261,7 +261,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.abort()
             return
         self._received = True
-        self.deadline = self.pool.loop.time() + self.pool.read_timeout
+        self.deadline = _now() + self.pool.read_timeout
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from monolake.worker.http.message import Headers, Request
+from monolake.worker.http.parser import native
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
                         b"transfer-encoding", b"upgrade"))
@@ -15,6 +16,22 @@ HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te"
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto",
                               b"x-forwarded-host"}
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+
+
+def _split_headers_py(headers: Headers, names: tuple[bytes, ...]) -> tuple[bytes, Headers]:
+    """``name: value`` lines of the pairs not in ``names``, and the pairs in ``names``."""
+    lines: list[bytes] = []
+    picked: Headers = []
+    for k, v in headers:
+        if k in names:
+            picked.append((k, v))
+        else:
+            lines.append(k + b": " + v + b"\r\n")
+    return b"".join(lines), picked
+
+
+# one C pass when the extension is built (serialising heads is per request)
+split_headers = native.split_headers if native is not None else _split_headers_py
 
 
 def is_idempotent(method: str) -> bool:
@@ -63,6 +80,7 @@ def upstream_target(req: Request, up: Any, preserve_path: bool) -> str:
 
 
 _REQUEST_SPECIAL = _REQUEST_DROP | {b"x-forwarded-for", b"forwarded", b"via"}
+_REQUEST_SPECIAL_T = tuple(sorted(_REQUEST_SPECIAL))
 
 
 def _forward_facts(conn: Any) -> tuple[bytes, bytes, bytes]:
@@ -79,19 +97,14 @@ def _forward_facts(conn: Any) -> tuple[bytes, bytes, bytes]:
 def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool,
                  via: bool) -> bytes:
     """Serialise the request head sent upstream (framing headers included)."""
-    out = [f"{req.method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    block, picked = split_headers(req.headers, _REQUEST_SPECIAL_T)
     xff: bytes | None = None
     fwd: bytes | None = None
     via_in: bytes | None = None
     host_in: bytes | None = None
     upgrade_value: bytes | None = None
-    named: frozenset[bytes] = frozenset()
-    special = _REQUEST_SPECIAL
-    append = out.append
-    for k, v in req.headers:
-        if k not in special:
-            append(k + b": " + v + b"\r\n")
-        elif k == b"host":
+    for k, v in picked:
+        if k == b"host":
             host_in = v
         elif k == b"x-forwarded-for":
             xff = v if xff is None else xff + b", " + v
@@ -103,10 +116,10 @@ def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host:
             upgrade_value = v
         elif k == b"connection":
             named = _named_by_connection(req.headers)
-    if named:
-        drop = named - {b"upgrade"} if req.upgrade else named
-        out = [out[0]] + [line for line in out[1:] if line.split(b":", 1)[0] not in drop]
-        append = out.append
+            drop = named - {b"upgrade"} if req.upgrade else named
+            if drop:  # headers named by Connection are hop-by-hop too
+                block = split_headers(req.headers, _REQUEST_SPECIAL_T + tuple(drop))[0]
+    out = [f"{req.method} {target} HTTP/1.1\r\n".encode("latin-1"), block]
     ipb, scheme, node = _forward_facts(ctx.conn)
     if preserve_host or up.kind != "uri":
         host_out = host_in if host_in is not None else b"localhost"

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from time import monotonic as _now
 from collections import deque
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
+from monolake.worker.http.headers import split_headers
 from monolake.worker.http.message import Request, Response, header_tokens, text_response
 from monolake.worker.http.parser import (CHUNKED, CONN_CLOSE, CONN_KEEPALIVE, EXPECT, UPGRADE,
                                          HttpParserError, HttpParserUpgrade, ParseError,
@@ -44,7 +45,8 @@ _PAUSE_TUNNEL = 1 << 21
 # vectored write (asyncio's own transport joins them, as before)
 _WRITELINES_MIN = 16384
 
-_SKIP_RESPONSE_HEADERS = frozenset((b"content-length", b"transfer-encoding", b"connection"))
+_SKIP_RESPONSE_HEADERS = (b"content-length", b"transfer-encoding", b"connection")
+_SKIP_TUNNEL_HEADERS = (b"content-length", b"transfer-encoding")
 _SPECIAL_REQUEST_HEADERS = frozenset((b"host", b"content-length", b"transfer-encoding",
                                       b"connection", b"expect"))
 
@@ -62,12 +64,14 @@ def _status_line(status: int, reason: bytes) -> bytes:
 
 
 class Exchange:
-    """One request/response pair on a connection."""
+    """One request/response pair on a connection. ``respond`` and ``spawn`` are what the
+    callback-shaped router (``RouterService.fast``) answers through."""
 
-    __slots__ = ("request", "ctx", "task", "error", "head_sent", "status", "close",
+    __slots__ = ("proto", "request", "ctx", "task", "error", "head_sent", "status", "close",
                  "bytes_out", "started", "upstream")
 
-    def __init__(self, request: Request | None, error: int = 0) -> None:
+    def __init__(self, proto: "HttpServerProtocol", request: Request | None, error: int = 0) -> None:
+        self.proto = proto
         self.request = request
         self.ctx: RequestContext | None = None
         self.task: asyncio.Task | None = None
@@ -77,6 +81,14 @@ class Exchange:
         self.close = False
         self.bytes_out = 0
         self.started = 0.0
+
+    def respond(self, resp: Response) -> None:
+        """Answer this request now (a response ready without waiting)."""
+        self.proto._fast_respond(self, resp)
+
+    def spawn(self, coro: Any) -> None:
+        """Continue this request as a coroutine (it has to wait for something)."""
+        self.proto._spawn(self, coro)
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -134,7 +146,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._ctx = ConnectionContext(server=rt.name, worker_slot=rt.slot,
                                       connection_id=st.connections_total, peer=peer,
                                       local=local, socket_peer=peer)
-        self._deadline = self._loop.time() + rt.header_timeout
+        self._deadline = _now() + rt.header_timeout
         if rt.settings.proxy_protocol:
             self._prelude = bytearray()
         elif rt.tls is not None:
@@ -157,7 +169,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._parser = new_request_parser(self._rt.parser_kind, self, self._rt.max_head,
                                           self._rt.max_uri)
         self._phase = IDLE
-        self._deadline = self._loop.time() + self._rt.header_timeout
+        self._deadline = _now() + self._rt.header_timeout
 
     def connection_lost(self, exc: BaseException | None) -> None:
         rt = self._rt
@@ -234,7 +246,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._phase == IDLE:
             self._phase = HEAD
             self._fresh = False
-            self._deadline = self._loop.time() + self._rt.header_timeout
+            self._deadline = _now() + self._rt.header_timeout
         try:
             self._parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -294,7 +306,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._head_size = 0
         if self._phase == IDLE:
             self._phase = HEAD
-            self._deadline = self._loop.time() + self._rt.header_timeout
+            self._deadline = _now() + self._rt.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -409,13 +421,13 @@ class HttpServerProtocol(asyncio.Protocol):
                 hostname = h.partition(":")[0]
         req = Request(method, target, path, query, version, headers, body, keep_alive,
                       upgrade, expect and body is not None, content_length, chunked, hostname)
-        ex = Exchange(req)
+        ex = Exchange(self, req)
         if body is not None:
             self._parsing = ex
             if expect:
                 body.on_consume = self._send_continue
             self._phase = BODY
-            self._deadline = self._loop.time() + rt.body_timeout
+            self._deadline = _now() + rt.body_timeout
         else:
             self._parsing = None if complete else ex
             self._phase = BUSY
@@ -431,7 +443,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if max_body and body.received + len(data) > max_body:
             raise ParseError("request body too large", 413)
         if self._rt.body_timeout_on:
-            self._deadline = self._loop.time() + self._rt.body_timeout
+            self._deadline = _now() + self._rt.body_timeout
         body.feed(data)
 
     def on_message_complete(self) -> None:
@@ -449,7 +461,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 and not self._lingering):
             # answered before its message ended (an error, a builtin): idle from here
             self._phase = IDLE
-            self._deadline = self._loop.time() + self._rt.keepalive_timeout
+            self._deadline = _now() + self._rt.keepalive_timeout
 
     # -- request queue ---------------------------------------------------------------------
     def _enqueue(self, ex: Exchange) -> None:
@@ -478,7 +490,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 ex.task.cancel()
             self._respond(ex, text_response(status, close=True))
         else:
-            err = Exchange(None, error=status)
+            err = Exchange(self, None, error=status)
             self._queue.append(err)
             if len(self._queue) == 1:
                 self._start(err)
@@ -497,7 +509,7 @@ class HttpServerProtocol(asyncio.Protocol):
         fast = self._fast
         if fast is not None:
             try:
-                fast(ex.request, ctx, partial(self._fast_respond, ex), partial(self._spawn, ex))
+                fast(ex.request, ctx, ex)
             except Exception:  # noqa: BLE001 - a request must never take the worker down
                 rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
                 rt.stats.errors += 1
@@ -561,14 +573,8 @@ class HttpServerProtocol(asyncio.Protocol):
         no_body = status < 200 or status == 204 or status == 304
         parts = [_status_line(status, resp.reason)]
         tunnel = resp.tunnel if status == 101 else None
-        if tunnel is not None:
-            for k, v in resp.headers:
-                if k != b"content-length" and k != b"transfer-encoding":
-                    parts.append(k + b": " + v + b"\r\n")
-        else:
-            for k, v in resp.headers:
-                if k not in _SKIP_RESPONSE_HEADERS:
-                    parts.append(k + b": " + v + b"\r\n")
+        parts.append(split_headers(resp.headers, _SKIP_RESPONSE_HEADERS if tunnel is None
+                                   else _SKIP_TUNNEL_HEADERS)[0])
         body = resp.body
         stream: BodyStream | None = None
         if body is None or isinstance(body, (bytes, bytearray, memoryview)):
@@ -715,7 +721,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if self._parsing is None:
             self._phase = IDLE
-            self._deadline = self._loop.time() + self._rt.keepalive_timeout
+            self._deadline = _now() + self._rt.keepalive_timeout
 
     # -- flow control ----------------------------------------------------------------------
     def pause_writing(self) -> None:
@@ -820,7 +826,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if phase == HEAD:
             if not self._queue:
                 self._parse_dead = True
-                ex = Exchange(None, error=408)
+                ex = Exchange(self, None, error=408)
                 self._queue.append(ex)
                 self._start(ex)
             else:

@@ -85,11 +85,14 @@ class RouterService(Stateful):
             return await route.builtin(req, ctx)
         return await self._proxy(route, req, ctx)
 
-    def fast(self, req: Request, ctx: Any, respond: Any, spawn: Any) -> None:
+    def fast(self, req: Request, ctx: Any, ex: Any) -> None:
         """The callback-shaped path (what the server calls when nothing wraps the router):
         with an idle pooled connection at hand, the request goes out and the response head
-        comes back through callbacks, with no task and no future. Anything that must wait
-        (a connect, a builtin, a retry) continues as a coroutine via ``spawn``."""
+        comes back through callbacks, with no task and no future; the answer goes to
+        ``ex.respond``. Anything that must wait (a connect, a builtin, a retry) continues as a
+        coroutine via ``ex.spawn``."""
+        respond = ex.respond
+        spawn = ex.spawn
         found = self.router.match(req.path, req.host or None)
         if found is None:
             if req.body is not None:
