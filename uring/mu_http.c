@@ -14,9 +14,11 @@
  *       then, for a request with a body, proto.on_body(bytes)... and proto.on_message_complete().
  *       A request without a body is complete when on_request_head returns.
  *   ResponseParser(proto, head_request)
- *       proto.on_response_head(status, reason, headers, keep_alive, content_length, chunked)
- *       (headers already without hop-by-hop ones), proto.on_body(bytes)..., then
- *       proto.on_message_complete(). Interim 1xx responses other than 101 are skipped.
+ *       proto.on_response(status, reason, headers, keep_alive, content_length, chunked, body)
+ *       (headers already without hop-by-hop ones). `body` is the whole Content-Length body
+ *       when it arrived with the head: the response is then complete. Otherwise body is None
+ *       and proto.on_body(bytes)... and proto.on_message_complete() follow. Interim 1xx
+ *       responses other than 101 are skipped.
  *
  * feed_data(data) raises ParseError(message, status) on bad input and UpgradeRequested(rest)
  * after an upgrade head (the classes are handed over by configure()). Requests are strict (the
@@ -29,7 +31,7 @@
 
 static PyObject *ParseErrorType = NULL;
 static PyObject *UpgradeType = NULL;
-static PyObject *s_on_request_head, *s_on_response_head, *s_on_body, *s_on_message_complete;
+static PyObject *s_on_request_head, *s_on_response, *s_on_body, *s_on_message_complete;
 static PyObject *s_version_11, *s_version_10;
 static PyObject *m_get, *m_post, *m_head, *m_put, *m_delete;
 
@@ -461,8 +463,11 @@ static int named_by_connection(span name, span *vals, int nv)
     return 0;
 }
 
-/* 1: a final head was delivered; 0: an interim 1xx was skipped; -1: error. */
-static int response_head(Parser *P, const char *d, Py_ssize_t end)
+/* 1: a final head was delivered; 0: an interim 1xx was skipped; -1: error. `avail` bytes start
+ * at d; when a Content-Length body is all there, it goes out with the head (one callback) and
+ * *body_used says how much of it was taken. */
+static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t avail,
+                         Py_ssize_t *body_used)
 {
     Py_ssize_t pos = 0;
     span line;
@@ -540,7 +545,9 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end)
     int keep_alive = v11 ? !(conn_bits & RQ_CONN_CLOSE) : (conn_bits & RQ_CONN_KEEPALIVE) != 0;
     int no_body = P->head_request || status == 204 || status == 304 || upgrade;
 
-    PyObject *args[7];
+    int whole = !no_body && !te && clen > 0 && avail - end >= clen;
+
+    PyObject *args[8];
     args[0] = P->proto;
     args[1] = PyLong_FromLong(status);
     args[2] = PyBytes_FromStringAndSize(reason.p, reason.n);
@@ -548,22 +555,28 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end)
     args[4] = keep_alive ? Py_True : Py_False;
     args[5] = clen >= 0 ? PyLong_FromLongLong(clen) : (Py_INCREF(Py_None), Py_None);
     args[6] = te ? Py_True : Py_False;
+    args[7] = whole ? PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen) : (Py_INCREF(Py_None), Py_None);
     PyObject *r = NULL;
-    if (args[1] && args[2] && args[5])
-        r = PyObject_VectorcallMethod(s_on_response_head, args, 7 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+    if (args[1] && args[2] && args[5] && args[7])
+        r = PyObject_VectorcallMethod(s_on_response, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                       NULL);
     Py_XDECREF(args[1]);
     Py_XDECREF(args[2]);
     Py_XDECREF(args[5]);
+    Py_XDECREF(args[7]);
     Py_DECREF(headers);
     if (r == NULL) {
         P->state = S_DEAD;
         return -1;
     }
     Py_DECREF(r);
+    *body_used = 0;
     if (upgrade)
         P->state = S_DEAD;
-    else if (no_body) {
+    else if (whole) {
+        P->state = S_HEAD;  /* complete: no on_body, no on_message_complete */
+        *body_used = (Py_ssize_t)clen;
+    } else if (no_body) {
         P->state = S_HEAD;
         P->complete_after = 1;
     } else if (te)
@@ -713,10 +726,11 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
                 goto incomplete;
             }
             P->scanned = 0;
-            int r = P->is_request ? request_head(P, p, end) : response_head(P, p, end);
+            Py_ssize_t used = 0;
+            int r = P->is_request ? request_head(P, p, end) : response_head(P, p, end, avail, &used);
             if (r < 0)
                 return NULL;
-            pos += end;
+            pos += end + used;
             if (P->state == S_DEAD) {  /* an upgrade: the rest is the tunnel's */
                 PyObject *x = upgrade_rest(d + pos, n - pos);
                 P->len = 0;
@@ -1095,7 +1109,7 @@ static int http_install(void)
         return 0;
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
     INTERN(s_on_request_head, "on_request_head");
-    INTERN(s_on_response_head, "on_response_head");
+    INTERN(s_on_response, "on_response");
     INTERN(s_on_body, "on_body");
     INTERN(s_on_message_complete, "on_message_complete");
     INTERN(s_version_11, "1.1");

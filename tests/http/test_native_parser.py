@@ -20,8 +20,11 @@ class Recorder:
     def on_request_head(self, *args: object) -> None:
         self.events.append(("head", *args))
 
-    def on_response_head(self, *args: object) -> None:
-        self.events.append(("head", *args))
+    def on_response(self, *args: object) -> None:
+        *head, body = args
+        self.events.append(("head", *head))
+        if body is not None:  # the whole body came with the head: complete
+            self.events += [("body", body), ("done",)]
 
     def on_body(self, data: bytes) -> None:
         if self.events and self.events[-1][0] == "body":
@@ -205,3 +208,24 @@ def test_bad_responses_are_502(raw: bytes) -> None:
     with pytest.raises(hp.ParseError) as info:
         response_parser(Recorder()).feed_data(raw)
     assert info.value.status == 502
+
+
+def test_a_response_that_arrives_whole_is_one_callback() -> None:
+    calls: list[str] = []
+
+    class Counting:
+        def on_response(self, *args: object) -> None:
+            calls.append("response" if args[-1] is not None else "head")
+
+        def on_body(self, data: bytes) -> None:
+            calls.append("body")
+
+        def on_message_complete(self) -> None:
+            calls.append("done")
+
+    p = hp.native.ResponseParser(Counting(), False)
+    p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert calls == ["response"]
+    p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")  # body still coming
+    p.feed_data(b"!!")
+    assert calls == ["response", "head", "body", "body", "done"]

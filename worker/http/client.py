@@ -316,12 +316,21 @@ class UpstreamConnection(asyncio.Protocol):
         self._response_head(status, self._reason or None, headers, parser.should_keep_alive(),
                             length, chunked)
 
-    def on_response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                         keep_alive: bool, length: int | None, chunked: bool) -> None:
-        """The native parser: a final head, hop-by-hop headers already removed (mu_http.c)."""
+    def on_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                    keep_alive: bool, length: int | None, chunked: bool, body: bytes | None) -> None:
+        """The native parser: a final head, hop-by-hop headers already removed (mu_http.c);
+        ``body`` is the whole Content-Length body when it arrived with the head."""
         if self._via:
             headers = with_via(headers)
-        self._response_head(status, reason or None, headers, keep_alive, length, chunked)
+        if body is None:
+            self._response_head(status, reason or None, headers, keep_alive, length, chunked)
+            return
+        resp = Response(status, headers, body, reason=reason or None)
+        resp.upstream_info = self.upstream.label
+        self._keep_alive = keep_alive
+        self._framing = _LENGTH
+        self._resp_done = True
+        self._complete(resp)
 
     def _response_head(self, status: int, reason: bytes | None, headers: list[tuple[bytes, bytes]],
                        keep_alive: bool, length: int | None, chunked: bool) -> None:
@@ -394,20 +403,23 @@ class UpstreamConnection(asyncio.Protocol):
         self._resp_done = True
         resp = self._deferred
         if resp is not None:
-            # the whole answer arrived with its head: release the connection, then hand over
             self._deferred = None
             chunks = self._chunks
             self._chunks = []
             resp.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._after_response()
-            if self._on_head is not None:
-                self._deliver(resp, None)
+            self._complete(resp)
             return
         body = self._resp_body
         self._resp_body = None
         if body is not None:
             body.finish()
         self._after_response()
+
+    def _complete(self, resp: Response) -> None:
+        """The whole answer arrived with its head: release the connection, then hand over."""
+        self._after_response()
+        if self._on_head is not None:
+            self._deliver(resp, None)
 
     def _after_response(self) -> None:
         self._end_exchange()
