@@ -211,9 +211,12 @@ def free_port() -> int:
 
 
 def start_server(loop_name: str, app: str, cpu: int) -> tuple[subprocess.Popen, int]:
+    """Start one server. ``LOOP@/path/to/python`` runs it with another interpreter (e.g. a venv
+    with the code before a change installed), for before/after runs side by side."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "serve", "--loop", loop_name,
-                             "--app", app, "--port", str(port), "--cpu", str(cpu)],
+    loop_name, _, python = loop_name.partition("@")
+    proc = subprocess.Popen([python or sys.executable, os.path.abspath(__file__), "serve",
+                             "--loop", loop_name, "--app", app, "--port", str(port), "--cpu", str(cpu)],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -325,7 +328,7 @@ def available(name: str) -> bool:
     try:
         if name == "uvloop":
             import uvloop  # noqa: F401
-        elif name.startswith("io_uring"):
+        elif name.startswith("io_uring") and "@" not in name:
             from monolake.uring import probe
 
             if not probe().available:
@@ -353,7 +356,8 @@ def main() -> None:
     c.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--apps", nargs="+", default=["http", "echo"], choices=("http", "echo"))
     ap.add_argument("--loops", nargs="+", default=list(LOOPS),
-                    help="io_uring[:key=value,...] uvloop asyncio (default: all three)")
+                    help="io_uring[:key=value,...] uvloop asyncio (default: all three); "
+                         "NAME@/path/to/python runs that server with another interpreter")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)

@@ -46,6 +46,9 @@ mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned 
 int mu_ring_buf_inc(mu_ring *r);
 int mu_pbuf_inc_supported(void);
 int64_t mu_ring_free(mu_ring *r, int timeout_ms);
+int mu_ring_set_option(mu_ring *r, int opt, int64_t value);
+#define MU_OPT_DIRECT_MIN 1
+#define MU_OPT_REG_RING_FD 2
 int mu_ring_eventfd(mu_ring *r);
 int mu_ring_fd(mu_ring *r);
 unsigned mu_ring_setup_flags(mu_ring *r);

@@ -27,6 +27,7 @@
 #define _GNU_SOURCE /* accept4 */
 #endif
 #include <errno.h>
+#include <signal.h>
 #include <poll.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,12 +35,17 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #include <liburing.h>
 
 #define MU_INTERNAL (1ULL << 63)
+
+/* mu_ring_set_option keys */
+#define MU_OPT_DIRECT_MIN 1
+#define MU_OPT_REG_RING_FD 2
 #define MU_IOV 16
 
 /* internal kinds (low 4 bits of an internal user_data) */
@@ -95,6 +101,8 @@ typedef struct mu_conn {
 typedef struct mu_ring {
     struct io_uring ring;
     unsigned setup_flags;
+    /* tunables (mu_ring_set_option) */
+    unsigned direct_min;   /* writes this large on an idle conn try send() first */
     int efd;
     int wake_armed;
     int shutting_down;
@@ -307,6 +315,10 @@ mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned 
         goto fail;
     }
     r->setup_flags = flags;
+    r->direct_min = MU_DIRECT_SEND;
+    /* the ring fd in the task's registered-ring table: io_uring_enter skips an fdget/fdput
+     * (~30 ns per enter measured); without a free slot (16 per thread) the plain fd is used */
+    io_uring_register_ring_fd(&r->ring);
     ret = setup_buf_ring(r, nbufs, buf_size, buf_inc);
     if (ret < 0)
         goto fail;
@@ -334,6 +346,31 @@ fail:
     *err = ret;
     ring_release(r);
     return NULL;
+}
+
+/* Tunables, for A/B measurements (scripts/bench_loop.py io_uring:key=value): 0 or -EINVAL. */
+int mu_ring_set_option(mu_ring *r, int opt, int64_t value)
+{
+    if (value < 0)
+        return -EINVAL;
+    switch (opt) {
+    case MU_OPT_DIRECT_MIN:
+        r->direct_min = (unsigned)(value > UINT32_MAX ? UINT32_MAX : value);
+        return 0;
+    case MU_OPT_REG_RING_FD: {
+        if (!value) {
+            if (r->ring.int_flags & 1)
+                io_uring_unregister_ring_fd(&r->ring);
+            return 0;
+        }
+        if (r->ring.int_flags & 1)
+            return 0;
+        int ret = io_uring_register_ring_fd(&r->ring);
+        return ret < 0 ? ret : 0;
+    }
+    default:
+        return -EINVAL;
+    }
 }
 
 int mu_ring_eventfd(mu_ring *r) { return r->efd; }
@@ -692,7 +729,7 @@ int64_t mu_conn_send(mu_conn *c, const char *data, size_t len)
         return -EPIPE;
     if (len == 0)
         return c->pending;
-    if (len >= MU_DIRECT_SEND && c->head == NULL && !c->send_inflight) {
+    if (len >= c->ring->direct_min && c->head == NULL && !c->send_inflight) {
         ssize_t n = send(c->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n > 0) {
             if ((size_t)n == len)
@@ -733,7 +770,7 @@ int64_t mu_conn_send2(mu_conn *c, const char *a, size_t alen, const char *b, siz
         return -c->error;
     if (c->closing || c->shut_req)
         return -EPIPE;
-    if (alen + blen >= MU_DIRECT_SEND && c->head == NULL && !c->send_inflight) {
+    if (alen + blen >= c->ring->direct_min && c->head == NULL && !c->send_inflight) {
         struct iovec iov[2] = {{(void *)a, alen}, {(void *)b, blen}};
         struct msghdr m;
         memset(&m, 0, sizeof(m));
@@ -951,22 +988,43 @@ static void reap(mu_ring *r)
  */
 int mu_run(mu_ring *r, int wait_nr, int64_t timeout_ns, int64_t *out, int max)
 {
-    struct io_uring_cqe *cqe = NULL;
     int ret;
     r->out = out;
     r->out_max = max;
     r->out_n = 0;
     return_lent(r); /* Python is done with the previous batch's payloads */
+    /* flush the SQ (single issuer, no SQPOLL: a plain tail store) and make one enter */
+    struct io_uring_sq *sq = &r->ring.sq;
+    unsigned tail = sq->sqe_tail;
+    if (sq->sqe_head != tail) {
+        sq->sqe_head = tail;
+        io_uring_smp_store_release(sq->ktail, tail);
+    }
+    unsigned to_submit = tail - *sq->khead;
+    unsigned enter_flags = IORING_ENTER_GETEVENTS;
+    int fd = r->ring.ring_fd;
+    if (r->ring.int_flags & 1) {
+        enter_flags |= IORING_ENTER_REGISTERED_RING;
+        fd = r->ring.enter_ring_fd;
+    }
     if (wait_nr <= 0 || timeout_ns == 0 || io_uring_cq_ready(&r->ring) > 0) {
-        ret = io_uring_submit_and_get_events(&r->ring);
-    } else if (timeout_ns < 0) {
-        ret = io_uring_submit_and_wait_timeout(&r->ring, &cqe, (unsigned)wait_nr, NULL, NULL);
+        /* work is ready: submit and run the deferred completions, do not sleep */
+        ret = (int)syscall(__NR_io_uring_enter, fd, to_submit, 0, enter_flags, NULL, _NSIG / 8);
     } else {
         struct __kernel_timespec ts;
-        ts.tv_sec = timeout_ns / 1000000000;
-        ts.tv_nsec = timeout_ns % 1000000000;
-        ret = io_uring_submit_and_wait_timeout(&r->ring, &cqe, (unsigned)wait_nr, &ts, NULL);
+        struct io_uring_getevents_arg arg;
+        memset(&arg, 0, sizeof(arg));
+        arg.sigmask_sz = _NSIG / 8;
+        if (timeout_ns > 0) {
+            ts.tv_sec = timeout_ns / 1000000000;
+            ts.tv_nsec = timeout_ns % 1000000000;
+            arg.ts = (uint64_t)(uintptr_t)&ts;
+        }
+        ret = (int)syscall(__NR_io_uring_enter, fd, to_submit, (unsigned)wait_nr,
+                           enter_flags | IORING_ENTER_EXT_ARG, &arg, sizeof(arg));
     }
+    if (ret < 0)
+        ret = -errno;
     reap(r);
     r->out = NULL;
     if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY &&

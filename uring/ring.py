@@ -39,6 +39,12 @@ DEFAULT_BATCH = 1024
 
 _inc_supported: bool | None = None
 
+# tunables (mu_ring_set_option), mainly for A/B runs of scripts/bench_loop.py
+_OPTIONS = {
+    "direct_min": lib.MU_OPT_DIRECT_MIN,    # writes this large on an idle conn: send() first
+    "reg_ring_fd": lib.MU_OPT_REG_RING_FD,  # 0: unregister the ring fd (registered by default)
+}
+
 
 def pbuf_inc_supported() -> bool:
     """Whether this kernel consumes provided buffers incrementally (checked once)."""
@@ -68,7 +74,8 @@ class Ring:
 
     def __init__(self, entries: int = 1024, setup_flags: str | None = None,
                  nbufs: int | None = None, buf_size: int | None = None,
-                 batch: int = DEFAULT_BATCH, buf_inc: bool | None = None) -> None:
+                 batch: int = DEFAULT_BATCH, buf_inc: bool | None = None,
+                 **options: int) -> None:
         if setup_flags is None:
             p = probe(min(entries, 64))
             if not p.available:
@@ -90,6 +97,15 @@ class Ring:
             code = -err[0]
             raise OSError(code, f"io_uring setup failed ({setup_flags}): {os.strerror(code)}")
         self.ptr: Any = ptr
+        for name, value in options.items():
+            key = _OPTIONS.get(name)
+            if key is None:
+                lib.mu_ring_free(ptr, 1000)
+                raise TypeError(f"unknown ring option {name!r} (known: {sorted(_OPTIONS)})")
+            rc = lib.mu_ring_set_option(ptr, key, int(value))
+            if rc < 0:
+                lib.mu_ring_free(ptr, 1000)
+                raise OSError(-rc, f"ring option {name}={value}: {os.strerror(-rc)}")
         self.pid = os.getpid()
         self.setup_flags = setup_flags
         self.entries = entries

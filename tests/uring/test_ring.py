@@ -349,3 +349,35 @@ def test_send2_pair_goes_out_in_order_direct_or_queued(ring: Ring) -> None:
     lib.mu_conn_close(c, 1)
     assert K_QUIESCED in [ud & 255 for ud, *_ in events(ring, 1)]
     a.close()
+
+
+@pytest.mark.parametrize("reg", [1, 0], ids=["registered-ring-fd", "plain-ring-fd"])
+def test_ring_options_direct_min_and_ring_fd(reg: int) -> None:
+    """direct_min=0 sends even a small write on an idle conn with send() at once (nothing
+    queued); the ring works the same with its fd registered (default) or not."""
+    r = Ring(64, direct_min=0, reg_ring_fd=reg)
+    try:
+        a, b, c = conn_pair(r, 21)
+        assert lib.mu_conn_recv_start(c) == 0
+        assert lib.mu_conn_send(c, b"tiny", 4) == 0 and c.pending == 0  # went out directly
+        b.settimeout(5)
+        assert b.recv(10) == b"tiny"
+        b.sendall(b"ping")
+        ((ud, res, _, off),) = events(r, 1)
+        assert ud == (21 << 8) | K_RECV and r.arena[off:off + res].tobytes() == b"ping"
+        start = time.monotonic()
+        assert r.run(0.05) == []  # a timed wait still times out
+        assert time.monotonic() - start >= 0.04
+        lib.mu_conn_close(c, 0)
+        assert [ud & 255 for ud, *_ in events(r, 1)] == [K_QUIESCED]
+        a.close()
+        b.close()
+    finally:
+        assert r.close() == 0
+
+
+def test_unknown_or_bad_ring_option_is_an_error() -> None:
+    with pytest.raises(TypeError, match="unknown ring option"):
+        Ring(64, no_such_option=1)
+    with pytest.raises(OSError):
+        Ring(64, direct_min=-1)
