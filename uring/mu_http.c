@@ -13,12 +13,14 @@
  *       proto.on_request_head(method, target, version, headers, host, content_length, flags)
  *       then, for a request with a body, proto.on_body(bytes)... and proto.on_message_complete().
  *       A request without a body is complete when on_request_head returns.
- *   ResponseParser(proto, head_request)
+ *   ResponseParser(proto, head_request, collect_max=0)
  *       proto.on_response(status, reason, headers, keep_alive, content_length, chunked, body)
  *       (headers already without hop-by-hop ones). `body` is the whole Content-Length body
- *       when it arrived with the head: the response is then complete. Otherwise body is None
- *       and proto.on_body(bytes)... and proto.on_message_complete() follow. Interim 1xx
- *       responses other than 101 are skipped.
+ *       when it arrived with the head, or when it is at most collect_max bytes (the callback
+ *       then waits for it, each byte copied once into the final bytes object, as nginx's
+ *       proxy buffering): the response is then complete. Otherwise body is None and
+ *       proto.on_body(bytes)... and proto.on_message_complete() follow (streaming). Interim
+ *       1xx responses other than 101 are skipped.
  *
  * feed_data(data) raises ParseError(message, status) on bad input and UpgradeRequested(rest)
  * after an upgrade head (the classes are handed over by configure()). Requests are strict (the
@@ -43,7 +45,7 @@ static PyObject *m_get, *m_post, *m_head, *m_put, *m_delete;
 #define RQ_UPGRADE 16
 
 enum { S_HEAD, S_LENGTH, S_CHUNK_SIZE, S_CHUNK_DATA, S_CHUNK_CRLF, S_TRAILERS, S_UNTIL_CLOSE,
-       S_DEAD };
+       S_COLLECT, S_DEAD };
 
 #define MAX_HEADERS 256
 #define CHUNK_LINE_MAX 4096
@@ -61,6 +63,10 @@ typedef struct {
     int complete_after; /* responses: on_message_complete due after the head */
     Py_ssize_t max_head, max_uri;
     long long remaining;
+    Py_ssize_t collect_max; /* responses: Content-Length bodies up to this are collected whole */
+    PyObject *pending;      /* S_COLLECT: the on_response arguments but the body */
+    PyObject *body;         /* S_COLLECT: the body being filled (a bytes object of its length) */
+    Py_ssize_t filled;
     char *buf;
     Py_ssize_t len, cap, scanned;
 } Parser;
@@ -546,6 +552,7 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
     int no_body = P->head_request || status == 204 || status == 304 || upgrade;
 
     int whole = !no_body && !te && clen > 0 && avail - end >= clen;
+    int collect = !whole && !no_body && !te && clen > 0 && clen <= P->collect_max;
 
     PyObject *args[8];
     args[0] = P->proto;
@@ -557,7 +564,20 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
     args[6] = te ? Py_True : Py_False;
     args[7] = whole ? PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen) : (Py_INCREF(Py_None), Py_None);
     PyObject *r = NULL;
-    if (args[1] && args[2] && args[5] && args[7])
+    if (collect && args[1] && args[2] && args[5]) {
+        /* the body follows in later reads: the callback waits until it is all here */
+        Py_ssize_t have = avail - end;
+        P->body = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)clen);
+        P->pending = P->body ? PyTuple_Pack(6, args[1], args[2], args[3], args[4], args[5], args[6])
+                             : NULL;
+        if (P->pending != NULL) {
+            memcpy(PyBytes_AS_STRING(P->body), d + end, (size_t)have);
+            P->filled = have;
+            Py_INCREF(Py_None);
+            r = Py_None;
+        } else
+            Py_CLEAR(P->body);
+    } else if (args[1] && args[2] && args[5] && args[7])
         r = PyObject_VectorcallMethod(s_on_response, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                       NULL);
     Py_XDECREF(args[1]);
@@ -576,6 +596,9 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
     else if (whole) {
         P->state = S_HEAD;  /* complete: no on_body, no on_message_complete */
         *body_used = (Py_ssize_t)clen;
+    } else if (collect) {
+        P->state = S_COLLECT;
+        *body_used = P->filled;
     } else if (no_body) {
         P->state = S_HEAD;
         P->complete_after = 1;
@@ -852,6 +875,32 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             }
             break;
         }
+        case S_COLLECT: {
+            Py_ssize_t size = PyBytes_GET_SIZE(P->body);
+            Py_ssize_t take = avail < size - P->filled ? avail : size - P->filled;
+            memcpy(PyBytes_AS_STRING(P->body) + P->filled, p, (size_t)take);
+            P->filled += take;
+            pos += take;
+            if (P->filled == size) {
+                PyObject *pending = P->pending, *body = P->body;
+                P->pending = P->body = NULL;
+                P->state = S_HEAD;
+                PyObject *args[8] = {P->proto};
+                for (int i = 0; i < 6; i++)
+                    args[i + 1] = PyTuple_GET_ITEM(pending, i);
+                args[7] = body;
+                PyObject *r = PyObject_VectorcallMethod(s_on_response, args,
+                                                        8 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                Py_DECREF(pending);
+                Py_DECREF(body);
+                if (r == NULL) {
+                    P->state = S_DEAD;
+                    return NULL;
+                }
+                Py_DECREF(r);
+            }
+            break;
+        }
         case S_UNTIL_CLOSE: {
             PyObject *whole = (data != NULL && pos == 0) ? data : NULL;
             pos = n;
@@ -903,12 +952,15 @@ static PyObject *parser_feed_data(Parser *P, PyObject *data)
 static int parser_traverse(Parser *P, visitproc visit, void *arg)
 {
     Py_VISIT(P->proto);
+    Py_VISIT(P->pending);
     return 0;
 }
 
 static int parser_clear(Parser *P)
 {
     Py_CLEAR(P->proto);
+    Py_CLEAR(P->pending);
+    Py_CLEAR(P->body);
     return 0;
 }
 
@@ -950,11 +1002,13 @@ static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds
 {
     PyObject *proto;
     int head_request;
-    if (!PyArg_ParseTuple(args, "Op", &proto, &head_request))
+    Py_ssize_t collect_max = 0;
+    if (!PyArg_ParseTuple(args, "Op|n", &proto, &head_request, &collect_max))
         return NULL;
     Parser *P = parser_alloc(type, proto, 0);
     if (P != NULL) {
         P->head_request = head_request;
+        P->collect_max = collect_max;
         P->max_head = 256 * 1024;
         P->max_uri = 0;
     }
@@ -985,7 +1039,7 @@ static PyTypeObject ResponseParser_Type = {
     .tp_name = "monolake.uring._http.ResponseParser",
     .tp_basicsize = sizeof(Parser),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "ResponseParser(proto, head_request): HTTP/1.x response parser for a proxy.",
+    .tp_doc = "ResponseParser(proto, head_request, collect_max=0): HTTP/1.x response parser for a proxy.",
     .tp_new = response_new,
     .tp_dealloc = (destructor)parser_dealloc,
     .tp_traverse = (traverseproc)parser_traverse,

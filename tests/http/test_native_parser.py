@@ -229,3 +229,19 @@ def test_a_response_that_arrives_whole_is_one_callback() -> None:
     p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nok")  # body still coming
     p.feed_data(b"!!")
     assert calls == ["response", "head", "body", "body", "done"]
+
+
+def test_a_small_body_split_over_reads_is_collected_whole() -> None:
+    got: list[tuple] = []
+
+    class Collecting(Recorder):
+        def on_response(self, *args: object) -> None:
+            got.append(args)
+
+    p = hp.native.ResponseParser(Collecting(), False, 10)
+    p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123")
+    assert got == []  # waits for the rest
+    p.feed_data(b"45")
+    p.feed_data(b"6789HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nabc")  # 11 > 10: streams
+    assert got == [(200, b"OK", [(b"content-length", b"10")], True, 10, False, b"0123456789"),
+                   (200, b"OK", [(b"content-length", b"11")], True, 11, False, None)]

@@ -70,6 +70,10 @@ CONN_KEEPALIVE = native.CONN_KEEPALIVE if native else 8
 UPGRADE = native.UPGRADE if native else 16
 
 PARSERS = ("auto", "native", "httptools", "h11")
+# an upstream response whose Content-Length is at most this is collected whole by the native
+# parser before it goes on (one copy per byte, one callback, like nginx's proxy buffers);
+# larger ones stream with backpressure
+COLLECT_MAX = 64 * 1024
 
 
 def resolve_parser(kind: str) -> str:
@@ -96,7 +100,7 @@ def new_request_parser(kind: str, proto: Any, max_head: int, max_uri: int) -> An
 
 def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool) -> Any:
     if kind == "native":
-        return native.ResponseParser(proto, method == "HEAD")
+        return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX)
     if kind == "httptools":
         return httptools.HttpResponseParser(proto)
     return H11ResponseParser(proto, method, upgrade)
