@@ -282,3 +282,27 @@ def test_deframer_rejects_oversized_and_malformed(kind: int) -> None:
     d = Deframer(kind, 1 << 20)
     with pytest.raises(FrameError):
         d.feed(struct.pack("!I", 12) + b"GET / HTTP/1.1"[:12])
+
+
+def test_framed_one_read_one_frame_fast_path() -> None:
+    """One read holding exactly one frame: the frame keeps the read's own bytes, encodes to
+    fresh bytes (the input is not mutated, a frame can be encoded twice), and the size limit
+    and malformed-head checks still apply."""
+    payload = encode_call("echo", 7, text="hello")
+    wire = struct.pack("!I", len(payload)) + payload
+    (frame,) = Deframer(FRAMED, 1 << 20).feed(wire)
+    assert frame.raw is wire and frame.head.name == "echo" and frame.head.seqid == 7
+    first, second = frame.encode(99), frame.encode(100)
+    assert type(first) is bytes and wire == struct.pack("!I", len(payload)) + payload
+    assert m.parse_head(first, 4).seqid == 99 and m.parse_head(second, 4).seqid == 100
+    assert first[:4] == wire[:4] and first[m.parse_head(first, 4).size + 4:] == wire[frame.head.size + 4:]
+    with pytest.raises(FrameError, match="max_frame_size"):
+        Deframer(FRAMED, len(payload) - 1).feed(wire)
+    with pytest.raises(FrameError):
+        Deframer(FRAMED, 1 << 20).feed(struct.pack("!I", 5) + b"\x80\x07\x00\x01\x00")
+    # a frame split over reads, then two frames in one read, go through the buffer
+    d = Deframer(FRAMED, 1 << 20)
+    assert d.feed(wire[:9]) == [] and d.partial
+    got = d.feed(wire[9:] + wire)
+    assert [f.head.seqid for f in got] == [7, 7] and not d.partial
+    assert all(type(f.raw) is bytes and f.raw == wire for f in got)

@@ -2,8 +2,9 @@
 
 ``Deframer.feed`` is called from ``data_received`` with whatever the socket produced and
 returns the complete frames in it, keeping the remainder. Each ``Frame`` keeps its raw bytes
-(a private ``bytearray``) so the seqid can be rewritten in place and the frame written on
-unchanged otherwise: one copy per message on the framed and unframed paths.
+(immutable ``bytes``: when one read is exactly one frame, the received object itself), and
+``encode`` builds the outgoing ``bytes`` with the new seqid spliced in: one copy per message,
+and a ``bytes`` object, which the io_uring transport sends without another copy or check.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ KINDS = {v: k for k, v in KIND_NAMES.items()}
 _U32 = struct.Struct("!I")
 _I32 = struct.Struct("!i")
 _unpack_u32 = _U32.unpack_from
+_pack_i32 = _I32.pack
+_join = b"".join
 
 
 class Frame:
@@ -29,7 +32,7 @@ class Frame:
 
     __slots__ = ("kind", "raw", "off", "head", "tt")
 
-    def __init__(self, kind: int, raw: bytearray, off: int, head: Head, tt: TTHeader | None) -> None:
+    def __init__(self, kind: int, raw: bytes, off: int, head: Head, tt: TTHeader | None) -> None:
         self.kind = kind
         self.raw = raw
         self.off = off
@@ -41,47 +44,46 @@ class Frame:
         """A frame around a message built locally (the gateway's requests)."""
         head = parse_head(msg)
         if kind == FRAMED:
-            return cls(FRAMED, bytearray(_U32.pack(len(msg))) + msg, 4, head, None)
+            return cls(FRAMED, _U32.pack(len(msg)) + msg, 4, head, None)
         if kind == TTHEADER:
-            return cls(TTHEADER, bytearray(msg), 0, head, tt or TTHeader())
-        return cls(UNFRAMED, bytearray(msg), 0, head, None)
+            return cls(TTHEADER, bytes(msg), 0, head, tt or TTHeader())
+        return cls(UNFRAMED, bytes(msg), 0, head, None)
 
     @property
     def message(self) -> bytes:
         """The Thrift message bytes (a copy; not for the hot path)."""
         return bytes(self.raw[self.off:])
 
-    def encode(self, seqid: int, header_seqid: int | None = None) -> bytearray | bytes:
+    def encode(self, seqid: int, header_seqid: int | None = None) -> bytes:
         """The frame as it goes out on the wire, with ``seqid`` in place of the received one.
 
-        Framed and unframed binary frames are patched in place and returned as is (the frame
-        is consumed: encode it once). TTHeader frames get their header re-encoded, with
-        ``header_seqid`` (default ``seqid``) in the TTHeader's own seq_id field.
+        Framed and unframed binary frames keep their bytes around the new seqid. TTHeader
+        frames get their header re-encoded, with ``header_seqid`` (default ``seqid``) in the
+        TTHeader's own seq_id field.
         """
         head = self.head
+        raw = self.raw
         if self.kind == TTHEADER:
-            msg = self.raw[self.off:]
+            off = self.off
             if head.proto == COMPACT:
-                msg = _splice_varint(msg, head, seqid)
+                msg = _splice_varint(raw[off:], head, seqid)
             else:
-                _I32.pack_into(msg, head.seqid_at, seqid)
+                at = off + head.seqid_at
+                msg = _join((raw[off:at], _pack_i32(seqid), raw[at + 4:]))
             assert self.tt is not None
             return tt_prefix(self.tt, seqid if header_seqid is None else header_seqid, len(msg)) + msg
         if head.proto == COMPACT:
-            msg = _splice_varint(self.raw[self.off:], head, seqid)
+            msg = _splice_varint(raw[self.off:], head, seqid)
             if self.kind == FRAMED:
                 return _U32.pack(len(msg)) + msg
             return msg
-        _I32.pack_into(self.raw, self.off + head.seqid_at, seqid)
-        return self.raw
+        at = self.off + head.seqid_at
+        return _join((raw[:at], _pack_i32(seqid), raw[at + 4:]))
 
 
-def _splice_varint(msg: bytearray, head: Head, seqid: int) -> bytearray:
+def _splice_varint(msg: bytes, head: Head, seqid: int) -> bytes:
     at = head.seqid_at
-    out = bytearray(msg[:at])
-    out += varint(seqid)
-    out += msg[at + head.seqid_len:]
-    return out
+    return _join((msg[:at], varint(seqid), msg[at + head.seqid_len:]))
 
 
 def frame_message(kind: int, msg: bytes | bytearray, tt: TTHeader | None = None, seqid: int = 0) -> bytes:
@@ -117,6 +119,11 @@ class Deframer:
     def feed(self, data: bytes | bytearray) -> list[Frame]:
         """Take the next bytes of the stream; return the frames they complete, in order."""
         buf = self.buf
+        if not buf and self.kind == FRAMED and data.__class__ is bytes and len(data) > 4:
+            # the common case: one read is exactly one frame, which keeps the read's bytes
+            n = _unpack_u32(data, 0)[0]
+            if n + 4 == len(data) and n <= self.max_frame:
+                return [Frame(FRAMED, data, 4, parse_head(data, 4, n + 4, self.names), None)]
         if buf:
             buf += data
             src: bytes | bytearray = buf
@@ -176,12 +183,10 @@ class Deframer:
                 raise FrameError("illegal TTHeader frame (no 0x1000 magic)")
             tt, poff = tt_decode(src, pos, stop)
             head = parse_head(src, poff, stop, self.names)
-            raw = src[pos:stop] if isinstance(src, bytearray) else bytearray(src[pos:stop])
-            frames.append(Frame(TTHEADER, raw, poff - pos, head, tt))
+            frames.append(Frame(TTHEADER, _bytes(src, pos, stop), poff - pos, head, tt))
         else:
             head = parse_head(src, pos + 4, stop, self.names)
-            raw = src[pos:stop] if src.__class__ is bytearray else bytearray(src[pos:stop])
-            frames.append(Frame(FRAMED, raw, 4, head, None))
+            frames.append(Frame(FRAMED, _bytes(src, pos, stop), 4, head, None))
         return stop
 
     def _unframed(self, src: bytes | bytearray, pos: int, end: int, frames: list[Frame]) -> int:
@@ -192,7 +197,12 @@ class Deframer:
             return -1
         head = sc.head
         assert head is not None
-        raw = src[pos:stop] if isinstance(src, bytearray) else bytearray(src[pos:stop])
-        frames.append(Frame(UNFRAMED, raw, 0, head, None))
+        frames.append(Frame(UNFRAMED, _bytes(src, pos, stop), 0, head, None))
         sc.reset(stop)
         return stop
+
+
+def _bytes(src: bytes | bytearray, pos: int, stop: int) -> bytes:
+    """``src[pos:stop]`` as ``bytes`` (the object itself when it is all of a ``bytes``)."""
+    raw = src[pos:stop]
+    return raw if raw.__class__ is bytes else bytes(raw)
