@@ -191,7 +191,15 @@ static int setup_ring(struct io_uring *ring, unsigned entries, unsigned flags)
     memset(&p, 0, sizeof(p));
     p.flags = flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
     p.cq_entries = entries * 4;
+    if (flags & IORING_SETUP_DEFER_TASKRUN)
+        p.flags |= IORING_SETUP_TASKRUN_FLAG; /* SQ_TASKRUN: mu_run can skip needless enters */
     int ret = io_uring_queue_init_params(entries, ring, &p);
+    if (ret == -EINVAL && (flags & IORING_SETUP_DEFER_TASKRUN)) {
+        memset(&p, 0, sizeof(p)); /* a kernel that refuses the flag with DEFER_TASKRUN */
+        p.flags = flags | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+        p.cq_entries = entries * 4;
+        ret = io_uring_queue_init_params(entries, ring, &p);
+    }
     if (ret < 0)
         return ret;
     if (!(p.features & IORING_FEAT_EXT_ARG) || !(p.features & IORING_FEAT_NODROP)) {
@@ -1008,8 +1016,16 @@ int mu_run(mu_ring *r, int wait_nr, int64_t timeout_ns, int64_t *out, int max)
         fd = r->ring.enter_ring_fd;
     }
     if (wait_nr <= 0 || timeout_ns == 0 || io_uring_cq_ready(&r->ring) > 0) {
-        /* work is ready: submit and run the deferred completions, do not sleep */
-        ret = (int)syscall(__NR_io_uring_enter, fd, to_submit, 0, enter_flags, NULL, _NSIG / 8);
+        /* work is ready: submit and run the deferred completions, do not sleep. With
+         * TASKRUN_FLAG the kernel sets SQ_TASKRUN while completions wait in the deferred list:
+         * with nothing to submit, no flag and no overflow, an enter would find nothing. */
+        unsigned sqf = IO_URING_READ_ONCE(*sq->kflags);
+        if (to_submit == 0 && (r->ring.flags & IORING_SETUP_TASKRUN_FLAG) &&
+            !(sqf & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)))
+            ret = 0;
+        else
+            ret = (int)syscall(__NR_io_uring_enter, fd, to_submit, 0, enter_flags, NULL,
+                               _NSIG / 8);
     } else {
         struct __kernel_timespec ts;
         struct io_uring_getevents_arg arg;
