@@ -353,38 +353,27 @@ class HttpServerProtocol(asyncio.Protocol):
                 raise ParseError("unsupported Expect", 417)
         if chunked and content_length is not None:
             raise ParseError("Content-Length with Transfer-Encoding")
-        version = parser.get_http_version()
-        if conn_tokens is None:
-            keep_alive = version == "1.1"
-        elif version == "1.1":
-            keep_alive = b"close" not in conn_tokens
-        else:
-            keep_alive = b"keep-alive" in conn_tokens
+        flags = CHUNKED if chunked else 0
+        if expect:
+            flags |= EXPECT
+        if conn_tokens is not None:
+            if b"close" in conn_tokens:
+                flags |= CONN_CLOSE
+            if b"keep-alive" in conn_tokens:
+                flags |= CONN_KEEPALIVE
+            if parser.should_upgrade():
+                flags |= UPGRADE
         url = self._url
-        self._begin_request(parser.get_method().decode("ascii", "replace"),
-                            (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
-                            version, headers, host, content_length, chunked, keep_alive,
-                            conn_tokens is not None and parser.should_upgrade(), expect, False)
+        self.on_request_head(parser.get_method().decode("ascii", "replace"),
+                             (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
+                             parser.get_http_version(), headers, host, content_length, flags)
 
     def on_request_head(self, method: str, target: str, version: str,
                         headers: list[tuple[bytes, bytes]], host: bytes | None,
                         content_length: int | None, flags: int) -> None:
-        """The native parser: a whole head, validated, with its framing facts (see mu_http.c).
-        A request without a body is complete on return (no on_message_complete follows)."""
-        if version == "1.1":
-            keep_alive = not flags & CONN_CLOSE
-        else:
-            keep_alive = bool(flags & CONN_KEEPALIVE)
-        self._begin_request(method, target, version, headers, host, content_length,
-                            bool(flags & CHUNKED), keep_alive, bool(flags & UPGRADE),
-                            bool(flags & EXPECT), True)
-
-    def _begin_request(self, method: str, target: str, version: str,
-                       headers: list[tuple[bytes, bytes]], host: bytes | None,
-                       content_length: int | None, chunked: bool, keep_alive: bool,
-                       upgrade: bool, expect: bool, complete: bool) -> None:
-        """A request head, from either parser shape: check it, queue its exchange.
-        ``complete``: a request without a body needs no on_message_complete."""
+        """A whole request head with its framing facts: from the native parser directly (see
+        mu_http.c), from on_headers_complete for httptools / h11. Check it, queue its exchange.
+        A request without a body is complete here (a later on_message_complete finds nothing)."""
         rt = self._rt
         if version != "1.1" and version != "1.0":
             raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
@@ -411,6 +400,7 @@ class HttpServerProtocol(asyncio.Protocol):
         max_body = rt.max_body
         if max_body and content_length is not None and content_length > max_body:
             raise ParseError("request body too large", 413)
+        chunked = flags & CHUNKED
         body = BodyStream(content_length, self) if chunked or content_length else None
         hostname = ""
         if host:
@@ -419,8 +409,13 @@ class HttpServerProtocol(asyncio.Protocol):
                 hostname = h[1:h.find("]")] if "]" in h else h
             else:
                 hostname = h.partition(":")[0]
+        if version == "1.1":
+            keep_alive = not flags & CONN_CLOSE
+        else:
+            keep_alive = bool(flags & CONN_KEEPALIVE)
+        expect = bool(flags & EXPECT) and body is not None
         req = Request(method, target, path, query, version, headers, body, keep_alive,
-                      upgrade, expect and body is not None, content_length, chunked, hostname)
+                      bool(flags & UPGRADE), expect, content_length, bool(chunked), hostname)
         ex = Exchange(self, req)
         if body is not None:
             self._parsing = ex
@@ -429,7 +424,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._phase = BODY
             self._deadline = _now() + rt.body_timeout
         else:
-            self._parsing = None if complete else ex
+            self._parsing = None
             self._phase = BUSY
             self._deadline = 0.0
         self._enqueue(ex)
