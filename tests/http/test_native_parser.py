@@ -245,3 +245,49 @@ def test_a_small_body_split_over_reads_is_collected_whole() -> None:
     p.feed_data(b"6789HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nabc")  # 11 > 10: streams
     assert got == [(200, b"OK", [(b"content-length", b"10")], True, 10, False, b"0123456789"),
                    (200, b"OK", [(b"content-length", b"11")], True, 11, False, None)]
+
+
+def _mutations(rng: random.Random, seed: bytes, n: int) -> list[bytes]:
+    alphabet = b"\r\n :;,\t\x00\x7f\xff0123456789abcdefxHTP/GETchunkedContent-Length"
+    out = []
+    for _ in range(n):
+        data = bytearray(seed)
+        for _ in range(rng.randint(1, 8)):
+            op = rng.random()
+            i = rng.randrange(len(data) + 1)
+            if op < 0.4 and data:
+                data[min(i, len(data) - 1)] = rng.choice(alphabet)
+            elif op < 0.7:
+                data[i:i] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
+            elif data:
+                del data[i:i + rng.randint(1, 6)]
+        out.append(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("which", ["request", "response"])
+def test_mutated_input_never_crashes_and_fails_cleanly(which: str) -> None:
+    """Untrusted bytes into C: whatever comes in, the parser either calls back or raises one
+    of its two exceptions, however the input is split."""
+    rng = random.Random(1234)
+    seed = PIPELINE if which == "request" else (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close, x\r\nX: 1\r\n\r\n3\r\nxyz\r\n0\r\n\r\n")
+    outcomes = set()
+    for data in _mutations(rng, seed, 3000):
+        rec = Recorder()
+        p = (hp.native.RequestParser(rec, 4096, 256) if which == "request"
+             else hp.native.ResponseParser(rec, rng.random() < 0.1, rng.choice((0, 8, 1 << 16))))
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 6)))) if len(data) > 1 else []
+        try:
+            last = 0
+            for c in cuts + [len(data)]:
+                p.feed_data(data[last:c])
+                last = c
+            outcomes.add("ok")
+        except hp.ParseError as exc:
+            assert exc.status in (400, 413, 414, 417, 431, 502), exc.status
+            outcomes.add("error")
+        except hp.UpgradeRequested:
+            outcomes.add("upgrade")
+    assert {"ok", "error"} <= outcomes
