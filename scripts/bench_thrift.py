@@ -292,6 +292,7 @@ def main() -> None:
 
             transport = "framed" if args.transport == "framed" else "unframed"
             workers = {}
+            runtimes: dict[str, str] = {}
             for label, poll_us in (("plain", 0), ("busy_poll", args.busy_poll_us)):
                 if label == "busy_poll" and poll_us <= 0:
                     continue
@@ -323,10 +324,11 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
                                           cwd=str(ROOT))
                 procs.append(worker)
                 pin(worker.pid, proxy_cpu)
-                info = json.loads(read_ready(worker))
+                runtimes[label] = json.loads(read_ready(worker)).get("runtime")
                 workers[label] = (tp_port, gw_port, worker.pid)
 
-            print(f"monolake workers: runtime={info.get('runtime')} cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
+            loops = ", ".join(f"{label} {rt}" for label, rt in runtimes.items())
+            print(f"monolake workers: {loops}, cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
                   f"{args.clients} thriftpy2 clients ({args.transport}), echo of {args.size} bytes, "
                   f"{args.duration:g}s per run", flush=True)
             runs: dict[str, list[dict]] = {"direct": [], **{k: [] for k in workers}}
