@@ -183,11 +183,13 @@ def start_aiohttp_proxy(work: Path, port: int, upstream: int) -> Proc:
                 work / "aiohttp.log")
 
 
-def start_monolake(work: Path, port: int, upstream: int, runtime: str, parser: str) -> Proc:
-    cfg = work / f"monolake-{runtime}.toml"
+def start_monolake(work: Path, port: int, upstream: int, runtime: str, parser: str,
+                   busy_poll_us: int = 0) -> Proc:
+    cfg = work / f"monolake-{runtime}-{busy_poll_us}.toml"
     cfg.write_text(textwrap.dedent(f"""
         [runtime]
         runtime_type = "{runtime}"
+        busy_poll_us = {busy_poll_us}
         workers = 1
         [supervisor]
         log_level = "warning"
@@ -262,6 +264,8 @@ def main() -> int:
     ap.add_argument("--runtimes", default="io_uring,legacy",
                     help="monolake runtimes to run, comma-separated (io_uring, legacy)")
     ap.add_argument("--parser", default="auto", help="monolake http_parser (auto = native when built)")
+    ap.add_argument("--busy-poll-us", type=int, default=0,
+                    help="also run each monolake runtime with [runtime] busy_poll_us = N")
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
@@ -292,6 +296,10 @@ def main() -> int:
             for rt in filter(None, args.runtimes.split(",")):
                 contenders.append((f"monolake/{rt}",
                                    lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser)))
+                if args.busy_poll_us:
+                    contenders.append((f"monolake/{rt}+poll",
+                                       lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser,
+                                                                       args.busy_poll_us)))
         for name, start in contenders:
             port = free_port()
             proc = start(port)
@@ -313,7 +321,7 @@ def main() -> int:
                     r = Result(name, size, stats["rps"], stats["p50"], stats["p99"],
                                cpu / n * 1e6, stats["errors"], stats["requests"])
                     results.append(r)
-                    print(f"  {name:18} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
+                    print(f"  {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
                           f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
                           file=sys.stderr)
             finally:
@@ -322,10 +330,10 @@ def main() -> int:
         upstream.stop()
     # the table, with ratios to nginx
     base = {r.body: r.rps for r in results if r.proxy == "nginx"}
-    print(f"\n{'proxy':18} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} {'× nginx':>8}")
+    print(f"\n{'proxy':22} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} {'× nginx':>8}")
     for r in results:
         ratio = f"{r.rps / base[r.body]:.2f}" if base.get(r.body) else "-"
-        print(f"{r.proxy:18} {r.body:6} {r.rps:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
+        print(f"{r.proxy:22} {r.body:6} {r.rps:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
               f"{r.cpu_us_per_req:11.1f} {ratio:>8}")
     aio = {r.body: r.rps for r in results if r.proxy.startswith("aiohttp")}
     for r in results:
