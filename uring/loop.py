@@ -176,9 +176,10 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         self._listeners: dict[int, _Listener] = {}
         self._stopping_listeners: dict[int, _Listener] = {}
         self._arena_view = self._ring.arena
-        self._out_addr = self._ring.out_addr
-        self._arena_addr = self._ring.arena_addr
         selector = _LoopSelector(self._ring, self._handlers, self._on_selector_ready)
+        if FAST is not None:  # runs the ring and dispatches the batch in one C call
+            selector._run = self._ring.dispatcher(self._readers, self._handlers,
+                                                  self._on_reader_error)
         super().__init__(selector)
 
     def __repr__(self) -> str:
@@ -203,10 +204,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
     # ---- the iteration: one ring run, one walk over the batch ----
 
     def _process_events(self, batch: Any) -> None:
-        if type(batch) is int:  # the C dispatcher: events are still in the ring's out array
-            if batch:
-                FAST.dispatch(self._out_addr, batch, self._arena_addr, self._readers,
-                              self._handlers, self._on_reader_error)
+        if type(batch) is int:  # the C path: select() already ran and dispatched the batch
             return
         handlers = self._handlers
         readers = self._readers
@@ -358,8 +356,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
 
 
 class _LoopSelector(UringSelector):
-    """The selector the loop owns: ``select()`` returns the completion batch itself (the event
-    count when the C dispatcher is in use, else the flat list).
+    """The selector the loop owns: ``select()`` returns the completion batch itself (with the C
+    fast path, the event count of a batch it already dispatched; else the flat list).
 
     Busy polling (``busy_poll`` seconds, 0 = off): for that long after the last batch of events,
     a wait that would sleep polls the ring with a zero timeout instead, so a reply arriving
@@ -369,10 +367,12 @@ class _LoopSelector(UringSelector):
 
     busy_poll = 0.0
     _last_events = 0.0
+    _run: Any = None  # the loop's C run-and-dispatch (Ring.dispatcher), else the Python path
 
     def select(self, timeout: float | None = None) -> Any:  # type: ignore[override]
-        self.arm_pending()
-        run = self._ring.run_n if FAST is not None else self._ring.run
+        if self._rearm:
+            self.arm_pending()
+        run = self._run or self._ring.run
         if not self.busy_poll:
             return run(timeout)
         if timeout is None or timeout > 0:

@@ -166,22 +166,10 @@ static PyObject *fetch_exception(void)
     return value;
 }
 
-static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* The dispatch walk shared by dispatch() and run(): 0, or -1 with an exception set. */
+static int dispatch_events(const int64_t *out, Py_ssize_t n, const char *arena, PyObject *readers,
+                           PyObject *handlers, PyObject *on_err)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "dispatch() takes 6 arguments");
-        return NULL;
-    }
-    int64_t *out = (int64_t *)PyLong_AsVoidPtr(args[0]);
-    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
-    const char *arena = (const char *)PyLong_AsVoidPtr(args[2]);
-    PyObject *readers = args[3], *handlers = args[4], *on_err = args[5];
-    if (PyErr_Occurred())
-        return NULL;
-    if (!PyDict_Check(readers) || !PyDict_Check(handlers)) {
-        PyErr_SetString(PyExc_TypeError, "readers and handlers must be dicts");
-        return NULL;
-    }
     for (Py_ssize_t i = 0; i < n; i++) {
         const int64_t *e = out + 4 * i;
         uint64_t ud = (uint64_t)e[0];
@@ -189,7 +177,7 @@ static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize
         if (res > 0) {
             PyObject *key = PyLong_FromUnsignedLongLong(ud);
             if (key == NULL)
-                return NULL;
+                return -1;
             PyObject *reader = PyDict_GetItemWithError(readers, key);
             Py_DECREF(key);
             if (reader != NULL) {
@@ -197,7 +185,7 @@ static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize
                 PyObject *data = PyBytes_FromStringAndSize(arena + e[3], (Py_ssize_t)res);
                 if (data == NULL) {
                     Py_DECREF(reader);
-                    return NULL;
+                    return -1;
                 }
                 PyObject *r = PyObject_CallOneArg(reader, data);
                 Py_DECREF(data);
@@ -208,7 +196,7 @@ static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize
                 }
                 if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
                     PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-                    return NULL;
+                    return -1;
                 PyObject *exc = fetch_exception();
                 PyObject *udo = PyLong_FromUnsignedLongLong(ud);
                 PyObject *rr = NULL;
@@ -219,21 +207,21 @@ static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize
                 Py_XDECREF(udo);
                 Py_XDECREF(exc);
                 if (rr == NULL)
-                    return NULL;
+                    return -1;
                 Py_DECREF(rr);
                 continue;
             }
             if (PyErr_Occurred())
-                return NULL;
+                return -1;
         }
         PyObject *tkey = PyLong_FromUnsignedLongLong(ud >> 8);
         if (tkey == NULL)
-            return NULL;
+            return -1;
         PyObject *h = PyDict_GetItemWithError(handlers, tkey);
         Py_DECREF(tkey);
         if (h == NULL) {
             if (PyErr_Occurred())
-                return NULL;
+                return -1;
             continue;
         }
         Py_INCREF(h);
@@ -249,15 +237,82 @@ static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize
             Py_XDECREF(hargs[k]);
         Py_DECREF(h);
         if (r == NULL)
-            return NULL;
+            return -1;
         Py_DECREF(r);
     }
+    return 0;
+}
+
+static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "dispatch() takes 6 arguments");
+        return NULL;
+    }
+    int64_t *out = (int64_t *)PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+    const char *arena = (const char *)PyLong_AsVoidPtr(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!PyDict_Check(args[3]) || !PyDict_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError, "readers and handlers must be dicts");
+        return NULL;
+    }
+    if (dispatch_events(out, n, arena, args[3], args[4], args[5]) < 0)
+        return NULL;
     Py_RETURN_NONE;
+}
+
+/*
+ * run(ring_addr, wait_nr, timeout_ns, out_addr, max, arena_addr, readers, handlers, on_err)
+ * One loop iteration's I/O in one call: mu_run (the GIL released only when it may sleep), then
+ * the dispatch walk. Returns the number of events (already dispatched); OSError on a ring error.
+ */
+static PyObject *fast_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "run() takes 9 arguments");
+        return NULL;
+    }
+    mu_ring *r = (mu_ring *)PyLong_AsVoidPtr(args[0]);
+    int wait_nr = (int)PyLong_AsLong(args[1]);
+    long long timeout_ns = PyLong_AsLongLong(args[2]);
+    int64_t *out = (int64_t *)PyLong_AsVoidPtr(args[3]);
+    int max = (int)PyLong_AsLong(args[4]);
+    const char *arena = (const char *)PyLong_AsVoidPtr(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (r == NULL || out == NULL) {
+        PyErr_SetString(PyExc_ValueError, "run() on a closed ring");
+        return NULL;
+    }
+    if (!PyDict_Check(args[6]) || !PyDict_Check(args[7])) {
+        PyErr_SetString(PyExc_TypeError, "readers and handlers must be dicts");
+        return NULL;
+    }
+    int n;
+    if (wait_nr > 0 && timeout_ns != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        n = mu_run(r, wait_nr, (int64_t)timeout_ns, out, max);
+        Py_END_ALLOW_THREADS
+    } else {
+        n = mu_run(r, wait_nr, (int64_t)timeout_ns, out, max); /* no sleep: keep the GIL */
+    }
+    if (n < 0) {
+        errno = -n;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (n > 0 && dispatch_events(out, n, arena, args[6], args[7], args[8]) < 0)
+        return NULL;
+    return PyLong_FromLong(n);
 }
 
 static PyMethodDef fast_methods[] = {
     {"dispatch", (PyCFunction)(void (*)(void))fast_dispatch, METH_FASTCALL,
      "dispatch(out_addr, n, arena_addr, readers, handlers, on_reader_error)"},
+    {"run", (PyCFunction)(void (*)(void))fast_run, METH_FASTCALL,
+     "run(ring_addr, wait_nr, timeout_ns, out_addr, max, arena_addr, readers, handlers, "
+     "on_reader_error) -> events dispatched"},
     {NULL, NULL, 0, NULL},
 };
 
