@@ -163,8 +163,12 @@ class Ring:
                    on_reader_error: Any) -> Any:
         """``run(timeout) -> n`` for the loop: one C call (``_fast.run``) that runs the ring and
         dispatches the batch (data to ``readers[ud]``, the rest to ``handlers[ud >> 8]``), so an
-        iteration crosses into C once instead of twice through cffi and two Python frames."""
-        fast_run = FAST.run
+        iteration crosses into C once instead of twice through cffi and two Python frames.
+        None without the C fast path (or with a module built before it had ``run``): the loop
+        then takes its Python path."""
+        fast_run = getattr(FAST, "run", None)
+        if fast_run is None:
+            return None
         out_addr, arena_addr, batch = self.out_addr, self.arena_addr, self.batch
 
         def run(timeout: float | None) -> int:
