@@ -359,12 +359,20 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
         busy = " ".join("/".join(f"{b[c]:.0%}" for c in sorted(b)) for b in r["busy_rounds"])
         print(f"{names[label]:<28}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{ratio:>10.2f}{cpu:>12}   "
               f"{r['rounds']}  cpu busy {busy}  others {r['noise_rounds']}")
+    # each round ran direct and proxied back to back: their ratio is what drifts least
+    paired = {}
+    for label in results:
+        if label != "direct":
+            ratios = sorted(p / d for p, d in zip(results[label]["rounds"], direct["rounds"]) if d)
+            paired[label] = ratios
+            print(f"{names[label]:<28}paired x direct per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+                  f"median {ratios[len(ratios) // 2]:.2f}")
     print("target: proxy >= 0.80 x direct")
     for label, g in gateway.items():
         if g is not None:
             print(f"{'gateway (wrk) ' + ('' if label == 'plain' else 'poll'):<28}{g['rps']:>9.0f}{g['p50']:>10}{g['p99']:>10}"
                   + (f"  non-2xx: {g['non_2xx']}" if g["non_2xx"] else ""))
-    print(json.dumps({"results": results, "gateway": gateway}))
+    print(json.dumps({"results": results, "paired": paired, "gateway": gateway}))
 
 
 if __name__ == "__main__":

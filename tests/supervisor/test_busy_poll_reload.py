@@ -18,7 +18,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks
 
 
-def cpu_of_spaced_requests(port: int, pid: int, n: int = 6, gap: float = 0.1) -> float:
+def cpu_of_spaced_requests(port: int, pid: int, n: int = 8, gap: float = 0.1) -> float:
     """CPU the worker uses while serving ``n`` requests ``gap`` s apart (its loop idles between)."""
     before = cpu_seconds(pid)
     for _ in range(n):
@@ -45,7 +45,7 @@ def test_reload_picks_up_a_changed_busy_poll(tmp_path: Path, mode: str) -> None:
         idle = cpu_of_spaced_requests(port, pid)
         assert idle < 0.1, f"busy polling off, yet the worker used {idle:.2f}s of CPU"
 
-        # a 50 ms window after each request: ~0.3 s of polling over six requests
+        # a 50 ms window after each request: ~0.4 s of polling over eight requests
         m.config_path.write_text(text.replace("busy_poll_us = 0", "busy_poll_us = 50000"))
         result = m.cli("reload", timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -46,10 +46,11 @@ def _run(factory: Callable[[], asyncio.AbstractEventLoop], busy_poll_us: int, id
 
 
 def test_polls_within_the_window_and_sleeps_after(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
-    # a 150 ms window: the loop spins (CPU ~ wall time) through it, then sleeps
-    in_window, after = _run(loop_factory, 150_000, 0.25)
-    assert in_window > 0.05, f"only {in_window:.3f}s of CPU in a 150 ms busy-poll window: not polling"
-    assert after < 0.05, f"{after:.3f}s of CPU in 0.25 s past the window: still polling"
+    # a 250 ms window: the loop spins (CPU ~ wall time, less if the CPU is shared) through it,
+    # then sleeps
+    in_window, after = _run(loop_factory, 250_000, 0.3)
+    assert in_window > 0.05, f"only {in_window:.3f}s of CPU in a 250 ms busy-poll window: not polling"
+    assert after < 0.05, f"{after:.3f}s of CPU in 0.3 s past the window: still polling"
 
 
 def test_off_means_the_loop_sleeps(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
