@@ -156,5 +156,9 @@ if __name__ == "__main__":
     import shutil
 
     for so in glob.glob(os.path.join(os.path.dirname(target), "monolake", "uring", "_uring*.so")) or [target]:
-        shutil.copy(so, HERE)
-        print(so, "->", HERE)
+        # a new file renamed into place: a running process keeps its mapping of the old one
+        # (copying over it in place changes the pages under the running server and crashes it)
+        dest = os.path.join(HERE, os.path.basename(so))
+        shutil.copy(so, dest + ".new")
+        os.replace(dest + ".new", dest)
+        print(so, "->", dest)
