@@ -270,6 +270,26 @@ static int parse_length(const char *p, Py_ssize_t n, long long *out)
     return 0;
 }
 
+/* proto.<name>(args[1..n-1]); args[0] is set to the protocol here. 0, or -1 when the
+ * callback raised (the parser then takes nothing more). */
+static int callback(Parser *P, PyObject *name, PyObject **args, size_t n)
+{
+    args[0] = P->proto;
+    PyObject *r = PyObject_VectorcallMethod(name, args, n | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (r == NULL) {
+        P->state = S_DEAD;
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
+static void release(PyObject **args, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        Py_XDECREF(args[i]);
+}
+
 /* -- requests ------------------------------------------------------------------------------ */
 
 static int request_head(Parser *P, const char *d, Py_ssize_t end)
@@ -393,29 +413,29 @@ static int request_head(Parser *P, const char *d, Py_ssize_t end)
         flags |= RQ_UPGRADE;
 
     PyObject *args[8];
-    args[0] = P->proto;
-    args[1] = method_object(method.p, method.n);
-    args[2] = PyUnicode_DecodeLatin1(target.p, target.n, NULL);
-    args[3] = version_object(v[5], v[7]);
+    PyObject *owned[5] = {
+        method_object(method.p, method.n),
+        PyUnicode_DecodeLatin1(target.p, target.n, NULL),
+        version_object(v[5], v[7]),
+        clen >= 0 ? PyLong_FromLongLong(clen) : Py_NewRef(Py_None),
+        PyLong_FromLong(flags),
+    };
+    args[1] = owned[0];
+    args[2] = owned[1];
+    args[3] = owned[2];
     args[4] = headers;
     args[5] = host != NULL ? host : Py_None;
-    args[6] = clen >= 0 ? PyLong_FromLongLong(clen) : (Py_INCREF(Py_None), Py_None);
-    args[7] = PyLong_FromLong(flags);
-    PyObject *r = NULL;
-    if (args[1] && args[2] && args[3] && args[6] && args[7])
-        r = PyObject_VectorcallMethod(s_on_request_head, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                      NULL);
-    Py_XDECREF(args[1]);
-    Py_XDECREF(args[2]);
-    Py_XDECREF(args[3]);
-    Py_XDECREF(args[6]);
-    Py_XDECREF(args[7]);
+    args[6] = owned[3];
+    args[7] = owned[4];
+    int rc = -1;
+    if (owned[0] && owned[1] && owned[2] && owned[3] && owned[4])
+        rc = callback(P, s_on_request_head, args, 8);
+    release(owned, 5);
     Py_DECREF(headers);
-    if (r == NULL) {
+    if (rc < 0) {
         P->state = S_DEAD;
         return -1;
     }
-    Py_DECREF(r);
     if (flags & RQ_UPGRADE)
         P->state = S_DEAD;  /* the rest belongs to the tunnel: see feed() */
     else if (te)
@@ -555,16 +575,23 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
     int collect = !whole && !no_body && !te && clen > 0 && clen <= P->collect_max;
 
     PyObject *args[8];
-    args[0] = P->proto;
-    args[1] = PyLong_FromLong(status);
-    args[2] = PyBytes_FromStringAndSize(reason.p, reason.n);
+    PyObject *owned[4] = {
+        PyLong_FromLong(status),
+        PyBytes_FromStringAndSize(reason.p, reason.n),
+        clen >= 0 ? PyLong_FromLongLong(clen) : Py_NewRef(Py_None),
+        whole ? PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen) : Py_NewRef(Py_None),
+    };
+    args[1] = owned[0];
+    args[2] = owned[1];
     args[3] = headers;
     args[4] = keep_alive ? Py_True : Py_False;
-    args[5] = clen >= 0 ? PyLong_FromLongLong(clen) : (Py_INCREF(Py_None), Py_None);
+    args[5] = owned[2];
     args[6] = te ? Py_True : Py_False;
-    args[7] = whole ? PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen) : (Py_INCREF(Py_None), Py_None);
-    PyObject *r = NULL;
-    if (collect && args[1] && args[2] && args[5]) {
+    args[7] = owned[3];
+    int rc = -1;
+    if (!(owned[0] && owned[1] && owned[2] && owned[3])) {
+        P->state = S_DEAD;
+    } else if (collect) {
         /* the body follows in later reads: the callback waits until it is all here */
         Py_ssize_t have = avail - end;
         P->body = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)clen);
@@ -573,23 +600,17 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         if (P->pending != NULL) {
             memcpy(PyBytes_AS_STRING(P->body), d + end, (size_t)have);
             P->filled = have;
-            Py_INCREF(Py_None);
-            r = Py_None;
+            rc = 0;
         } else
             Py_CLEAR(P->body);
-    } else if (args[1] && args[2] && args[5] && args[7])
-        r = PyObject_VectorcallMethod(s_on_response, args, 8 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                      NULL);
-    Py_XDECREF(args[1]);
-    Py_XDECREF(args[2]);
-    Py_XDECREF(args[5]);
-    Py_XDECREF(args[7]);
+    } else
+        rc = callback(P, s_on_response, args, 8);
+    release(owned, 4);
     Py_DECREF(headers);
-    if (r == NULL) {
+    if (rc < 0) {
         P->state = S_DEAD;
         return -1;
     }
-    Py_DECREF(r);
     *body_used = 0;
     if (upgrade)
         P->state = S_DEAD;
@@ -619,14 +640,8 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
 
 static int call0(Parser *P, PyObject *name)
 {
-    PyObject *args[1] = {P->proto};
-    PyObject *r = PyObject_VectorcallMethod(name, args, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
-    if (r == NULL) {
-        P->state = S_DEAD;
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    PyObject *args[1];
+    return callback(P, name, args, 1);
 }
 
 static int emit_body(Parser *P, PyObject *whole, const char *p, Py_ssize_t n)
@@ -640,15 +655,10 @@ static int emit_body(Parser *P, PyObject *whole, const char *p, Py_ssize_t n)
         if (b == NULL)
             return -1;
     }
-    PyObject *args[2] = {P->proto, b};
-    PyObject *r = PyObject_VectorcallMethod(s_on_body, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    PyObject *args[2] = {NULL, b};
+    int rc = callback(P, s_on_body, args, 2);
     Py_DECREF(b);
-    if (r == NULL) {
-        P->state = S_DEAD;
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return rc;
 }
 
 static int message_complete(Parser *P)
@@ -885,19 +895,15 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
                 PyObject *pending = P->pending, *body = P->body;
                 P->pending = P->body = NULL;
                 P->state = S_HEAD;
-                PyObject *args[8] = {P->proto};
+                PyObject *args[8];
                 for (int i = 0; i < 6; i++)
                     args[i + 1] = PyTuple_GET_ITEM(pending, i);
                 args[7] = body;
-                PyObject *r = PyObject_VectorcallMethod(s_on_response, args,
-                                                        8 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+                int rc = callback(P, s_on_response, args, 8);
                 Py_DECREF(pending);
                 Py_DECREF(body);
-                if (r == NULL) {
-                    P->state = S_DEAD;
+                if (rc < 0)
                     return NULL;
-                }
-                Py_DECREF(r);
             }
             break;
         }
