@@ -28,6 +28,28 @@ from monolake.uring.runtime import LoopChoice
 log = structlog.get_logger()
 
 
+def spin(poll: Callable[[float | None], Any], timeout: float | None,
+         until: float) -> tuple[Any, float | None]:
+    """Poll with a zero timeout until the monotonic time ``until`` (or until ``timeout`` runs
+    out, if sooner). Returns (events, timeout) as soon as ``poll`` reports some, else
+    (None, what is left of ``timeout``) for the sleeping wait that follows. Shared by the
+    io_uring loop and the selector wrapper below."""
+    if timeout is not None and timeout <= 0:
+        return None, timeout
+    start = monotonic()
+    if start >= until:
+        return None, timeout
+    end = until if timeout is None else min(until, start + timeout)
+    while True:
+        ready = poll(0)
+        if ready:
+            return ready, timeout
+        now = monotonic()
+        if now >= end:
+            break
+    return None, None if timeout is None else max(0.0, timeout - (now - start))
+
+
 class BusyPollSelector(selectors.BaseSelector):
     """Wraps an asyncio selector loop's selector: zero-timeout polls for ``window`` seconds
     after the last ready events, before a wait that would otherwise sleep."""
@@ -56,23 +78,11 @@ class BusyPollSelector(selectors.BaseSelector):
         self.inner.close()
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        select = self.inner.select
-        if self.window and (timeout is None or timeout > 0):
-            start = monotonic()
-            until = self._last_events + self.window
-            if start < until:
-                end = until if timeout is None else min(until, start + timeout)
-                while True:
-                    ready = select(0)
-                    if ready:
-                        self._last_events = monotonic()
-                        return ready
-                    now = monotonic()
-                    if now >= end:
-                        break
-                if timeout is not None:
-                    timeout = max(0.0, timeout - (now - start))
-        ready = select(timeout)
+        ready = None
+        if self.window:
+            ready, timeout = spin(self.inner.select, timeout, self._last_events + self.window)
+        if not ready:
+            ready = self.inner.select(timeout)
         if ready:
             self._last_events = monotonic()
         return ready

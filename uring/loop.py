@@ -23,6 +23,7 @@ from time import monotonic
 from typing import Any
 
 from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
+from monolake.uring.busypoll import spin
 from monolake.uring.ring import F_MORE, FAST, K_ACCEPT, Ring
 from monolake.uring.selector import POLLIN, UringSelector
 from monolake.uring.transport import UringSocketTransport
@@ -375,22 +376,9 @@ class _LoopSelector(UringSelector):
         run = self._run or self._ring.run
         if not self.busy_poll:
             return run(timeout)
-        if timeout is None or timeout > 0:
-            start = monotonic()
-            until = self._last_events + self.busy_poll
-            if start < until:
-                end = until if timeout is None else min(until, start + timeout)
-                while True:
-                    batch = run(0)
-                    if batch:
-                        self._last_events = monotonic()
-                        return batch
-                    now = monotonic()
-                    if now >= end:
-                        break
-                if timeout is not None:
-                    timeout = max(0.0, timeout - (now - start))
-        batch = run(timeout)
+        batch, timeout = spin(run, timeout, self._last_events + self.busy_poll)
+        if not batch:
+            batch = run(timeout)
         if batch:
             self._last_events = monotonic()
         return batch
