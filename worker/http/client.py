@@ -319,7 +319,8 @@ class UpstreamConnection(asyncio.Protocol):
     def on_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                     keep_alive: bool, length: int | None, chunked: bool, body: bytes | None) -> None:
         """The native parser: a final head, hop-by-hop headers already removed (mu_http.c);
-        ``body`` is the whole Content-Length body when it arrived with the head."""
+        ``body`` is the whole Content-Length body when it arrived with the head or was
+        collected (at most parser.COLLECT_MAX), else None and the body streams."""
         if self._via:
             headers = with_via(headers)
         if body is None:
@@ -416,7 +417,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._after_response()
 
     def _complete(self, resp: Response) -> None:
-        """The whole answer arrived with its head: release the connection, then hand over."""
+        """The whole answer is here (head and body): release the connection, then hand over."""
         self._after_response()
         if self._on_head is not None:
             self._deliver(resp, None)
