@@ -110,6 +110,16 @@ def test_idle_keepalive_connection_is_closed(proxy):
         assert 0.4 < time.monotonic() - t0 < 3
 
 
+def test_keepalive_timeout_runs_after_an_answer_given_at_once(proxy):
+    """A 404 is answered inside the parser's callback, before the parser has finished the
+    message: the connection must still go idle and be closed by the keep-alive timeout."""
+    with Conn(proxy.port()) as c:
+        assert c.request("GET", "/nowhere").status == 404
+        t0 = time.monotonic()
+        assert c.closed_by_peer(timeout=5)
+        assert 0.4 < time.monotonic() - t0 < 3
+
+
 def test_stalled_body_is_408(proxy):
     with Conn(proxy.port()) as c:
         c.send(b"POST /up/sink HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-a-part")

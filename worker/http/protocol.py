@@ -452,11 +452,6 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._phase in (BODY, HEAD):
             self._phase = BUSY
             self._deadline = 0.0
-        if (self._phase == BUSY and not self._queue and self._transport is not None
-                and not self._lingering):
-            # answered before its message ended (an error, a builtin): idle from here
-            self._phase = IDLE
-            self._deadline = _now() + self._rt.keepalive_timeout
 
     # -- request queue ---------------------------------------------------------------------
     def _enqueue(self, ex: Exchange) -> None:
