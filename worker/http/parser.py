@@ -2,7 +2,7 @@
 
 The native parsers (``monolake.uring._http``, compiled with the io_uring extension: see
 uring/mu_http.c) parse a whole head in C and call the protocol once per head
-(``on_request_head`` / ``on_response_head``), then ``on_body`` and ``on_message_complete``.
+(``on_request_head`` / ``on_response``), then ``on_body`` and ``on_message_complete``.
 httptools and h11 use httptools' callback API (``on_url``, ``on_header``,
 ``on_headers_complete``, ...; ``H11RequestParser`` / ``H11ResponseParser`` replay h11's events
 as those callbacks). The protocols turn both shapes into the same request/response code, and
