@@ -16,7 +16,7 @@ from monolake.worker.http.body import BodyStream
 from monolake.worker.http.headers import split_response_headers, with_via
 from monolake.worker.http.message import Response
 from monolake.worker.http.protocol import tune_transport
-from monolake.worker.http.parser import (HttpParserError, HttpParserUpgrade, ParseError,
+from monolake.worker.http.parser import (HttpParserError, ParseError,
                                          UpgradeRequested, new_response_parser)
 
 if TYPE_CHECKING:
@@ -264,9 +264,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = _now() + self.pool.read_timeout
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade as exc:
-            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self._on_upgrade(data[offset:])
         except UpgradeRequested as exc:
             self._on_upgrade(exc.rest)
         except (HttpParserError, ParseError) as exc:

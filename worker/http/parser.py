@@ -94,7 +94,7 @@ def new_request_parser(kind: str, proto: Any, max_head: int, max_uri: int) -> An
     if kind == "native":
         return native.RequestParser(proto, max_head, max_uri)
     if kind == "httptools":
-        return httptools.HttpRequestParser(proto)
+        return _HttptoolsRequestParser(proto)
     return H11RequestParser(proto, max_head)
 
 
@@ -102,8 +102,29 @@ def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool) -> An
     if kind == "native":
         return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX)
     if kind == "httptools":
-        return httptools.HttpResponseParser(proto)
+        return _HttptoolsResponseParser(proto)
     return H11ResponseParser(proto, method, upgrade)
+
+
+class _UpgradeAsRest:
+    """Mixed into httptools' parsers: llhttp stops at an upgrade with the offset of the bytes
+    after the head; raise the ``UpgradeRequested`` the other parsers raise, so the protocols
+    handle one exception."""
+
+    def feed_data(self, data: bytes) -> None:
+        try:
+            super().feed_data(data)  # type: ignore[misc]
+        except HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            raise UpgradeRequested(bytes(data[offset:])) from None
+
+
+if httptools is not None:
+    class _HttptoolsRequestParser(_UpgradeAsRest, httptools.HttpRequestParser):  # type: ignore[misc]
+        pass
+
+    class _HttptoolsResponseParser(_UpgradeAsRest, httptools.HttpResponseParser):  # type: ignore[misc]
+        pass
 
 
 def _check_framing(head: bytes | bytearray) -> None:

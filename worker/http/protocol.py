@@ -22,7 +22,7 @@ from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.headers import split_headers
 from monolake.worker.http.message import Request, Response, header_tokens, text_response
 from monolake.worker.http.parser import (CHUNKED, CONN_CLOSE, CONN_KEEPALIVE, EXPECT, UPGRADE,
-                                         HttpParserError, HttpParserUpgrade, ParseError,
+                                         HttpParserError, ParseError,
                                          UpgradeRequested, new_request_parser)
 from monolake.worker.http.tls import TlsError
 from monolake.worker.service.context import ConnectionContext, RequestContext
@@ -249,9 +249,6 @@ class HttpServerProtocol(asyncio.Protocol):
             self._deadline = _now() + self._rt.header_timeout
         try:
             self._parser.feed_data(data)
-        except HttpParserUpgrade as exc:
-            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
-            self._on_upgrade(data[offset:])
         except UpgradeRequested as exc:
             self._on_upgrade(exc.rest)
         except (HttpParserError, ParseError) as exc:
