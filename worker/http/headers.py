@@ -194,8 +194,3 @@ def with_via(headers: Headers) -> Headers:
     out = [(k, v) for k, v in headers if k != b"via"]
     out.append((b"via", b", ".join(existing + [b"1.1 monolake"])))
     return out
-
-
-def response_headers(headers: Headers, status: int, via: bool) -> Headers:
-    """Response headers passed to the client (hop-by-hop removed; kept for a 101)."""
-    return split_response_headers(headers, status, via)[0]
