@@ -433,36 +433,33 @@ int mu_wake(mu_ring *r)
 
 /* ---- plain operations keyed by a Python token ---- */
 
+/* Take an SQE (-EBUSY when the ring is full), prepare it with `prep` (which names it `sqe`),
+ * key its completion with `ud`, return 0. */
+#define PREP_KEYED(r, ud, prep)                          \
+    do {                                                 \
+        struct io_uring_sqe *sqe = get_sqe(r);           \
+        if (sqe == NULL)                                 \
+            return -EBUSY;                               \
+        prep;                                            \
+        io_uring_sqe_set_data64(sqe, ud);                \
+        return 0;                                        \
+    } while (0)
+
 int mu_nop(mu_ring *r, uint64_t ud)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_nop(sqe);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    PREP_KEYED(r, ud, io_uring_prep_nop(sqe));
 }
 
 /* One-shot poll: the selector re-arms after each event, which gives level-triggered semantics. */
 int mu_poll_add(mu_ring *r, int fd, unsigned mask, uint64_t ud)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_poll_add(sqe, fd, mask);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    PREP_KEYED(r, ud, io_uring_prep_poll_add(sqe, fd, mask));
 }
 
 /* Multishot poll (non-exclusive: every waiter on the file is woken, as with epoll). */
 int mu_poll_multishot(mu_ring *r, int fd, unsigned mask, uint64_t ud)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_poll_multishot(sqe, fd, mask);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    PREP_KEYED(r, ud, io_uring_prep_poll_multishot(sqe, fd, mask));
 }
 
 /* accept4() until EAGAIN or max. Returns the count; *err is 0 when the queue was drained (or
@@ -497,12 +494,7 @@ int mu_accept_many(int fd, int *out, int max, int *err)
  * on a non-exclusive poll by default and uses this only when asked to. */
 int mu_accept(mu_ring *r, int fd, uint64_t ud)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    PREP_KEYED(r, ud, io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC));
 }
 
 /* Cancel the operation(s) with this user_data; the cancel's own CQE is swallowed. */
@@ -544,22 +536,12 @@ int mu_timeout(mu_ring *r, int64_t ns, uint64_t ud)
 
 int mu_close_fd(mu_ring *r, int fd, uint64_t ud)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_close(sqe, fd);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    PREP_KEYED(r, ud, io_uring_prep_close(sqe, fd));
 }
 
 int mu_shutdown_fd(mu_ring *r, int fd, int how, uint64_t ud)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_shutdown(sqe, fd, how);
-    io_uring_sqe_set_data64(sqe, ud);
-    return 0;
+    PREP_KEYED(r, ud, io_uring_prep_shutdown(sqe, fd, how));
 }
 
 /* ---- conns: stream sockets driven by C ---- */
