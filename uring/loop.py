@@ -171,8 +171,9 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
             self._closed = True  # BaseEventLoop.__del__ looks at it
             raise
         self._handlers: dict[int, Callable[[int, int, int, int], None]] = {}
-        # recv user_data -> protocol.data_received, for transports in the plain state
-        self._readers: dict[int, Callable[[bytes], Any]] = {}
+        # recv user_data -> protocol.data_received, for transports in the plain state; a
+        # 1-tuple (data_received,) for a protocol that reads views lent for the call only
+        self._readers: dict[int, Any] = {}
         self._conn_transports: dict[int, UringSocketTransport] = {}
         self._listeners: dict[int, _Listener] = {}
         self._stopping_listeners: dict[int, _Listener] = {}
@@ -217,7 +218,11 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
                 reader = readers.get(ud)
                 if reader is not None:
                     try:
-                        reader(arena[off:off + res].tobytes())
+                        if type(reader) is tuple:
+                            with arena[off:off + res].toreadonly() as view:  # lent for the call
+                                reader[0](view)
+                        else:
+                            reader(arena[off:off + res].tobytes())
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:

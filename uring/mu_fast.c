@@ -9,9 +9,11 @@
  *
  *   dispatch(out_addr, n, arena_addr, readers, handlers, on_reader_error)
  *       walks n events; data for a token in `readers` becomes one bytes object passed to
- *       readers[ud] (protocol.data_received); everything else goes to handlers[ud >> 8](kind,
- *       res, flags, off). An exception from a reader is handed to on_reader_error(ud, exc)
- *       (SystemExit and KeyboardInterrupt propagate).
+ *       readers[ud] (protocol.data_received), or, when readers[ud] is a 1-tuple (reader,), a
+ *       read-only memoryview of the arena lent to reader for the call only (see mu_lend_end);
+ *       everything else goes to handlers[ud >> 8](kind, res, flags, off). An exception from a
+ *       reader is handed to on_reader_error(ud, exc) (SystemExit and KeyboardInterrupt
+ *       propagate).
  *   FastWriter(conn_addr, high, slow, after)
  *       a per-transport callable installed as the instance attribute `write`: a bytes write is
  *       queued with mu_conn_send directly; after(n) is called when the pending total exceeds
@@ -166,6 +168,65 @@ static PyObject *fetch_exception(void)
     return value;
 }
 
+/*
+ * Lent memory: a memoryview of memory that is reused once the callee returns (the provided
+ * receive buffers, a parser's input). Whoever kept a reference to it is left with a released
+ * view (using it raises ValueError), never with bytes that changed under it. 0, or -1 with
+ * BufferError set when the callee broke the contract: the view is still exported, or a view
+ * derived from it (a slice, memoryview(view)) is alive, which cannot be revoked.
+ */
+static int mu_lend_end(PyObject *view)
+{
+    static PyObject *s_release;
+    int rc = 0;
+    if (((PyMemoryViewObject *)view)->mbuf->exports > 1) {
+        PyObject *et, *ev, *etb;
+        PyErr_Fetch(&et, &ev, &etb);
+        if (et == NULL)
+            PyErr_SetString(PyExc_BufferError, "a memoryview lent for a call was kept after it");
+        else
+            PyErr_Restore(et, ev, etb);
+        rc = -1;
+    }
+    if (Py_REFCNT(view) > 1) {
+        PyObject *et, *ev, *etb;  /* the callee's own exception, if any, is the one reported */
+        PyErr_Fetch(&et, &ev, &etb);
+        if (s_release == NULL && (s_release = PyUnicode_InternFromString("release")) == NULL)
+            rc = -1;
+        PyObject *r = rc == 0 ? PyObject_CallMethodNoArgs(view, s_release) : NULL;
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+        if (et != NULL) {
+            PyErr_Clear();
+            PyErr_Restore(et, ev, etb);
+        }
+    }
+    Py_DECREF(view);
+    return rc;
+}
+
+/* reader(data): data is a new bytes object, or a view lent for the call when the readers entry
+ * is a 1-tuple; the call's result (NULL with an exception, or a new reference). */
+static PyObject *call_reader(PyObject *reader, const char *p, Py_ssize_t n)
+{
+    if (PyTuple_CheckExact(reader) && PyTuple_GET_SIZE(reader) == 1) {
+        PyObject *view = PyMemoryView_FromMemory((char *)p, n, PyBUF_READ);
+        if (view == NULL)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(PyTuple_GET_ITEM(reader, 0), view);
+        if (mu_lend_end(view) < 0)
+            Py_CLEAR(r);
+        return r;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(p, n);
+    if (data == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallOneArg(reader, data);
+    Py_DECREF(data);
+    return r;
+}
+
 /* The dispatch walk shared by dispatch() and run(): 0, or -1 with an exception set. */
 static int dispatch_events(const int64_t *out, Py_ssize_t n, const char *arena, PyObject *readers,
                            PyObject *handlers, PyObject *on_err)
@@ -182,13 +243,7 @@ static int dispatch_events(const int64_t *out, Py_ssize_t n, const char *arena, 
             Py_DECREF(key);
             if (reader != NULL) {
                 Py_INCREF(reader);
-                PyObject *data = PyBytes_FromStringAndSize(arena + e[3], (Py_ssize_t)res);
-                if (data == NULL) {
-                    Py_DECREF(reader);
-                    return -1;
-                }
-                PyObject *r = PyObject_CallOneArg(reader, data);
-                Py_DECREF(data);
+                PyObject *r = call_reader(reader, arena + e[3], (Py_ssize_t)res);
                 Py_DECREF(reader);
                 if (r != NULL) {
                     Py_DECREF(r);

@@ -13,12 +13,14 @@
  *       proto.on_request_head(method, target, version, headers, host, content_length, flags)
  *       then, for a request with a body, proto.on_body(bytes)... and proto.on_message_complete().
  *       A request without a body is complete when on_request_head returns.
- *   ResponseParser(proto, head_request, collect_max=0)
+ *   ResponseParser(proto, head_request, collect_max=0, lend=False)
  *       proto.on_response(status, reason, headers, keep_alive, content_length, chunked, body)
  *       (headers already without hop-by-hop ones). `body` is the whole Content-Length body
  *       when it arrived with the head, or when it is at most collect_max bytes (the callback
  *       then waits for it, each byte copied once into the final bytes object, as nginx's
- *       proxy buffering): the response is then complete. Otherwise body is None and
+ *       proxy buffering): the response is then complete. With lend=True, a body that arrived
+ *       with its head is not copied: it is a read-only memoryview of the input, valid only
+ *       until on_response returns (then released, see mu_lend_end). Otherwise body is None and
  *       proto.on_body(bytes)... and proto.on_message_complete() follow (streaming). Interim
  *       1xx responses other than 101 are skipped.
  *
@@ -60,6 +62,7 @@ typedef struct {
     int state;
     int busy;
     int head_request;   /* responses: answer to HEAD (no body) */
+    int lend;           /* responses: a body that came with its head is lent as a memoryview */
     int complete_after; /* responses: on_message_complete due after the head */
     Py_ssize_t max_head, max_uri;
     long long remaining;
@@ -579,7 +582,9 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         PyLong_FromLong(status),
         PyBytes_FromStringAndSize(reason.p, reason.n),
         clen >= 0 ? PyLong_FromLongLong(clen) : Py_NewRef(Py_None),
-        whole ? PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen) : Py_NewRef(Py_None),
+        !whole ? Py_NewRef(Py_None)
+        : P->lend ? PyMemoryView_FromMemory((char *)d + end, (Py_ssize_t)clen, PyBUF_READ)
+                  : PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen),
     };
     args[1] = owned[0];
     args[2] = owned[1];
@@ -605,6 +610,11 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
             Py_CLEAR(P->body);
     } else
         rc = callback(P, s_on_response, args, 8);
+    if (whole && P->lend && owned[3] != NULL) {
+        if (mu_lend_end(owned[3]) < 0)
+            rc = -1;
+        owned[3] = NULL;
+    }
     release(owned, 4);
     Py_DECREF(headers);
     if (rc < 0) {
@@ -1007,13 +1017,14 @@ static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *proto;
-    int head_request;
+    int head_request, lend = 0;
     Py_ssize_t collect_max = 0;
-    if (!PyArg_ParseTuple(args, "Op|n", &proto, &head_request, &collect_max))
+    if (!PyArg_ParseTuple(args, "Op|np", &proto, &head_request, &collect_max, &lend))
         return NULL;
     Parser *P = parser_alloc(type, proto, 0);
     if (P != NULL) {
         P->head_request = head_request;
+        P->lend = lend;
         P->collect_max = collect_max;
         P->max_head = 256 * 1024;
         P->max_uri = 0;
@@ -1045,7 +1056,7 @@ static PyTypeObject ResponseParser_Type = {
     .tp_name = "monolake.uring._http.ResponseParser",
     .tp_basicsize = sizeof(Parser),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "ResponseParser(proto, head_request, collect_max=0): HTTP/1.x response parser for a proxy.",
+    .tp_doc = "ResponseParser(proto, head_request, collect_max=0, lend=False): HTTP/1.x response parser for a proxy.",
     .tp_new = response_new,
     .tp_dealloc = (destructor)parser_dealloc,
     .tp_traverse = (traverseproc)parser_traverse,

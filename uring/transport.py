@@ -48,6 +48,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # writelines() sends or copies before it returns, so a view lent for the call may be passed
+    writelines_copies = True
     _sock: socket.socket | None = None
     _conn: Any = None
 
@@ -136,10 +138,18 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def _update_fast_reader(self) -> None:
         """Let the loop call data_received straight from the batch while nothing is special
-        (not paused, nothing held, not closing, a plain Protocol); otherwise go via _event."""
+        (not paused, nothing held, not closing, a plain Protocol); otherwise go via _event.
+
+        A protocol whose ``reads_lent_views`` is true gets a read-only memoryview of the
+        receive buffer instead of a bytes copy, valid only during the call (released after:
+        it copies what it keeps). Reads that wait (paused, held) still come as bytes."""
         if (not self._paused and not self._held and not self._closing and not self._buffered
                 and self._conn is not None):
-            self._readers[self._recv_ud] = self._protocol.data_received
+            proto = self._protocol
+            if getattr(proto, "reads_lent_views", False):
+                self._readers[self._recv_ud] = (proto.data_received,)
+            else:
+                self._readers[self._recv_ud] = proto.data_received
         else:
             self._readers.pop(self._recv_ud, None)
 
@@ -293,13 +303,20 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             self._conn_lost += 1
 
     def writelines(self, list_of_data: Any) -> None:
-        """A (head, body) pair of bytes goes out without joining them (one sendmsg when the
-        conn is idle, see mu_conn_send2); anything else is joined and written."""
+        """A (head, body) pair goes out without joining them (one sendmsg when the conn is
+        idle, see mu_conn_send2); anything else is joined and written. The body may be a
+        memoryview: what the socket does not take at once is copied, so a view lent only for
+        the duration of this call (see ``reads_lent_views``) is safe here."""
         if self._write_ok and type(list_of_data) in (list, tuple) and len(list_of_data) == 2:
             a, b = list_of_data
-            if type(a) is bytes and type(b) is bytes:
-                self._after_send(mu_conn_send2(self._conn, a, len(a), b, len(b)))
-                return
+            if type(a) is bytes:
+                if type(b) is bytes:
+                    self._after_send(mu_conn_send2(self._conn, a, len(a), b, len(b)))
+                    return
+                if type(b) is memoryview and b.contiguous:
+                    self._after_send(mu_conn_send2(self._conn, a, len(a), ffi.from_buffer(b),
+                                                   b.nbytes))
+                    return
         self.write(b"".join(list_of_data))
 
     def _after_send(self, n: int) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 
 import pytest
 
 from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, run_worker, variant
-from tests.http.upstream import UpstreamServer
+from tests.http.upstream import UpstreamServer, pattern
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,21 @@ def test_keepalive_and_pipelining_answer_in_order(proxy):
         assert third.body.endswith(b"/up/3")
         assert fourth.json()["path"] == "/echo/4"
         # still open
+        assert c.request("GET", "/").status == 200
+
+
+def test_bodies_that_arrive_with_their_head_go_through_intact(proxy):
+    """Whole responses read with their head (on io_uring + native: written from the receive
+    buffer without a copy) arrive byte for byte, pipelined, while this client reads slowly
+    enough that most of each response waits in the proxy's send queue."""
+    sizes = [1, 1000, 4096, 40_000, 65_000, 65_536, 3, 60_000]
+    with Conn(proxy.port()) as c:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        c.send(b"".join(b"GET /up/bytes?n=%d&onewrite=1 HTTP/1.1\r\nHost: a\r\n\r\n" % n
+                        for n in sizes))
+        for n in sizes:
+            r = c.read_response()
+            assert r.status == 200 and r.body == pattern(n), n
         assert c.request("GET", "/").status == 200
 
 

@@ -5,6 +5,7 @@ table) is covered by the proxy suites, which run every parser."""
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -245,6 +246,59 @@ def test_a_small_body_split_over_reads_is_collected_whole() -> None:
     p.feed_data(b"6789HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nabc")  # 11 > 10: streams
     assert got == [(200, b"OK", [(b"content-length", b"10")], True, 10, False, b"0123456789"),
                    (200, b"OK", [(b"content-length", b"11")], True, 11, False, None)]
+
+
+@pytest.mark.parametrize("feed", [bytes, bytearray, memoryview])
+def test_a_lent_body_is_a_view_for_the_callback_only(feed: type) -> None:
+    """lend=True: a body that came with its head is a read-only view of the input, valid while
+    on_response runs (the proxy writes it from there); a reference kept after it is released.
+    A body collected over several reads is a bytes object of its own."""
+    seen: list[tuple[type, bytes]] = []
+    kept: list[object] = []
+
+    class Lending(Recorder):
+        def on_response(self, *args: object) -> None:
+            body = args[6]
+            seen.append((type(body), bytes(body)))  # type: ignore[arg-type]
+            if isinstance(body, memoryview):
+                assert body.readonly
+            kept.append(body)
+
+    p = hp.native.ResponseParser(Lending(), False, 8, True)
+    p.feed_data(feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nwor"))
+    p.feed_data(feed(b"ld!"))
+    assert seen == [(memoryview, b"hello"), (bytes, b"world!")]
+    with pytest.raises(ValueError):
+        bytes(kept[0])  # type: ignore[call-overload]
+    assert kept[1] == b"world!"
+
+
+@pytest.mark.parametrize("keep", [memoryview, lambda v: v[1:], lambda v: v.cast("c")])
+def test_a_view_derived_from_a_lent_body_is_an_error_not_a_dangling_view(keep: Any) -> None:
+    """Views made from the lent one cannot be revoked with it: keeping one is reported."""
+    class Holding(Recorder):
+        def on_response(self, *args: object) -> None:
+            self.held = keep(args[6])
+
+    rec = Holding()
+    p = hp.native.ResponseParser(rec, False, 0, True)
+    with pytest.raises(BufferError):
+        p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+def test_an_error_in_on_response_with_a_lent_body_propagates() -> None:
+    class Failing(Recorder):
+        def on_response(self, *args: object) -> None:
+            self.kept = args[6]
+            raise KeyError("boom")
+
+    rec = Failing()
+    p = hp.native.ResponseParser(rec, False, 0, True)
+    with pytest.raises(KeyError):
+        p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    with pytest.raises(ValueError):
+        bytes(rec.kept)
 
 
 def _mutations(rng: random.Random, seed: bytes, n: int) -> list[bytes]:

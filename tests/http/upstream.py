@@ -3,7 +3,8 @@
 Routes (by path suffix, so any proxy rewrite prefix works):
 - ``/info``: JSON with the method, target, headers, body length and sha256 of the request;
 - ``/bytes?n=N``: N bytes of ``pattern`` with Content-Length; ``&chunked=1``: chunked;
-  ``&close=1``: close-delimited (no length);
+  ``&close=1``: close-delimited (no length); ``&onewrite=1``: head and body in one send, so
+  the proxy reads them together (the native parser then lends the body instead of copying);
 - ``/sink``: reads the body (any size) and answers its length and sha256 (``?pause=S``: stops
   reading for S seconds after the first MiB, to exercise backpressure);
 - ``/slow?delay=S``: answers after S seconds; ``/slowbody?delay=S``: head now, body after S;
@@ -166,6 +167,8 @@ class UpstreamServer:
                         await w.drain()
                         w.close()
                         return
+                    elif q.get("onewrite") and method != "HEAD":  # head and body in one send
+                        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (n, pattern(n)))
                     else:
                         w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
                         if method != "HEAD":

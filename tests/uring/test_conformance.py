@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import signal
 import socket
 import ssl
@@ -968,3 +969,93 @@ def test_debug_mode(loop_factory: Factory) -> None:
 
     with asyncio.Runner(loop_factory=loop_factory, debug=True) as runner:
         runner.run(asyncio.wait_for(main(), 30))
+
+
+@pytest.mark.parametrize("dispatch", ["c", "python"])
+def test_lent_views_reach_a_protocol_that_asks_for_them(uring_factory: Factory, dispatch: str) -> None:
+    """A protocol with ``reads_lent_views`` gets memoryviews of the receive buffer, valid for
+    the call only: the bytes are right, and a view kept past the call is released (using it
+    raises) instead of showing whatever the buffer holds next."""
+    from monolake.uring.ring import FAST
+
+    if dispatch == "c" and FAST is None:
+        pytest.skip("the C fast path is CPython-only")
+    payload = bytes(random.Random(7).randrange(256) for _ in range(300_000))
+
+    class Lender(asyncio.Protocol):
+        reads_lent_views = True
+
+        def __init__(self) -> None:
+            self.got = bytearray()
+            self.kept: list[memoryview] = []
+            self.types: set[type] = set()
+            self.done = asyncio.get_running_loop().create_future()
+
+        def data_received(self, data: Any) -> None:
+            self.types.add(type(data))
+            if isinstance(data, memoryview):
+                assert data.readonly
+                self.kept.append(data)
+            self.got += data
+            if len(self.got) >= len(payload):
+                self.done.set_result(None)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if dispatch == "python":
+            loop._selector._run = None  # type: ignore[attr-defined]
+        proto: list[Lender] = []
+
+        def factory() -> Lender:
+            proto.append(Lender())
+            return proto[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(payload)
+        await writer.drain()
+        await asyncio.wait_for(proto[0].done, 10)
+        assert bytes(proto[0].got) == payload
+        assert proto[0].types == {memoryview}
+        assert proto[0].kept
+        for view in proto[0].kept:
+            with pytest.raises(ValueError):
+                bytes(view)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(uring_factory, main())
+
+
+def test_writelines_copies_a_lent_view_it_cannot_send_at_once(uring_factory: Factory) -> None:
+    """writelines((head, view)) while the peer is not reading: what the socket does not take is
+    copied, so overwriting the view's memory right after changes nothing on the wire."""
+    size = 16 << 20  # more than the socket buffers take at once
+
+    async def main() -> None:
+        queued: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            transport = writer.transport
+            buf = bytearray(b"b" * size)
+            with memoryview(buf) as view:
+                assert transport.writelines_copies  # type: ignore[attr-defined]
+                transport.writelines((b"head", view))
+            queued.append(transport.get_write_buffer_size())
+            buf[:] = b"x" * size  # the memory is reused: what is queued must be a copy
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        data = await reader.read()
+        assert queued and queued[0] > 0  # part of it really waited in the queue
+        assert len(data) == 4 + size and data == b"head" + b"b" * size
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(uring_factory, main())

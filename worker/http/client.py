@@ -54,6 +54,10 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: "UpstreamPool", upstream: "Upstream") -> None:
         self.pool = pool
         self.upstream = upstream
+        # the native parser copies what it keeps: on io_uring, reads need no bytes of their
+        # own (the transport lends a view of its receive buffer for the data_received call)
+        self.reads_lent_views = pool.parser_kind == "native"
+        self._lend_body = False  # on_head takes a body lent for the call (see send)
         self.key = upstream.key
         self.transport: Any = None
         self.closed = False
@@ -152,10 +156,15 @@ class UpstreamConnection(asyncio.Protocol):
         return waiter
 
     def send(self, method: str, head: bytes, body: Any, upgrade: bool, via: bool,
-             read_timeout: float, on_head: Any) -> None:
+             read_timeout: float, on_head: Any, lend_body: bool = False) -> None:
         """Send one request; ``on_head(response, None)`` or ``on_head(None, error)`` follows,
-        exactly once (the callback form: no future, no task)."""
+        exactly once (the callback form: no future, no task).
+
+        With ``lend_body``, on_head promises to be done with ``response.body`` when it
+        returns (it wrote or copied it): a body that came with the head may then be a
+        memoryview of the received bytes, released after the call, instead of a copy."""
         self._on_head = on_head
+        self._lend_body = lend_body
         self._method = method
         self._upgrade = upgrade
         self._via = via
@@ -249,9 +258,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
     # -- reading ---------------------------------------------------------------------------
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | memoryview) -> None:
+        """``data`` is a memoryview lent for this call when ``reads_lent_views`` (the
+        transport reuses the memory after): whatever is kept is copied (bytes(view))."""
         if self._tunnel is not None:
-            self._tunnel.from_upstream(data)
+            self._tunnel.from_upstream(bytes(data))
             return
         if self._upgraded:
             self._pending_tunnel_bytes += data
@@ -314,15 +325,19 @@ class UpstreamConnection(asyncio.Protocol):
                             length, chunked)
 
     def on_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                    keep_alive: bool, length: int | None, chunked: bool, body: bytes | None) -> None:
+                    keep_alive: bool, length: int | None, chunked: bool,
+                    body: bytes | memoryview | None) -> None:
         """The native parser: a final head, hop-by-hop headers already removed (mu_http.c);
-        ``body`` is the whole Content-Length body when it arrived with the head or was
-        collected (at most parser.COLLECT_MAX), else None and the body streams."""
+        ``body`` is the whole Content-Length body when it arrived with the head (a view lent
+        for this call) or was collected (at most parser.COLLECT_MAX), else None and the body
+        streams."""
         if self._via:
             headers = with_via(headers)
         if body is None:
             self._response_head(status, reason or None, headers, keep_alive, length, chunked)
             return
+        if type(body) is memoryview and not self._lend_body:
+            body = body.tobytes()  # lent by the parser for this call only
         resp = Response(status, headers, body, reason=reason or None)
         resp.upstream_info = self.upstream.label
         self._keep_alive = keep_alive

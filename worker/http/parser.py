@@ -100,7 +100,8 @@ def new_request_parser(kind: str, proto: Any, max_head: int, max_uri: int) -> An
 
 def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool) -> Any:
     if kind == "native":
-        return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX)
+        # lend: a body that came with its head reaches on_response as a view, not a copy
+        return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX, True)
     if kind == "httptools":
         return _HttptoolsResponseParser(proto)
     return H11ResponseParser(proto, method, upgrade)

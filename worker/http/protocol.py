@@ -83,7 +83,8 @@ class Exchange:
         self.started = 0.0
 
     def respond(self, resp: Response) -> None:
-        """Answer this request now (a response ready without waiting)."""
+        """Answer this request now (a response ready without waiting). A memoryview body is
+        written or copied before this returns, so it may be one lent for the call only."""
         self.proto._fast_respond(self, resp)
 
     def spawn(self, coro: Any) -> None:
@@ -101,6 +102,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._loop = rt.loop
         self._transport: Any = None
         self._write: Any = None
+        self._lends_ok = False  # the transport's writelines copies what it does not send
         self._parser: Any = None
         self._ctx: ConnectionContext | None = None
         self._queue: deque[Exchange] = deque()
@@ -132,6 +134,7 @@ class HttpServerProtocol(asyncio.Protocol):
         rt = self._rt
         self._transport = transport
         self._write = transport.write
+        self._lends_ok = getattr(transport, "writelines_copies", False)
         tune_transport(transport)
         rt.connections.add(self)
         st = rt.stats
@@ -565,7 +568,10 @@ class HttpServerProtocol(asyncio.Protocol):
         body = resp.body
         stream: BodyStream | None = None
         if body is None or isinstance(body, (bytes, bytearray, memoryview)):
-            data = bytes(body) if body else b""
+            # a memoryview stays one only on our io_uring transport, whose writelines copies
+            # what it cannot send at once (the view may be lent for this call: see respond)
+            data = (body if type(body) is bytes or (type(body) is memoryview and self._lends_ok)
+                    else bytes(body) if body else b"")
             if not no_body:
                 parts.append(b"content-length: %d\r\n" % len(data))
         else:

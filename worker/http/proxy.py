@@ -136,7 +136,9 @@ class RouterService(Stateful):
                                         request_id=ctx.request_id)
             respond(_error_response(exc) if isinstance(exc, UpstreamError) else text_response(502))
 
-        conn.send(req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head)
+        # lend_body: respond() is done with the body when it returns (Exchange.respond)
+        conn.send(req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head,
+                  lend_body=True)
 
     async def _proxy(self, route: RouteHandler, req: Request, ctx: Any, first: Any = None,
                      retry: bool = False) -> Response:
