@@ -426,7 +426,9 @@ def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socke
                control: socket.socket | None, accept: bool, ready_line: bool) -> int:
     from monolake.uring.busypoll import with_busy_poll
     from monolake.uring.runtime import RuntimeUnavailable, choose_loop
+    from monolake.worker.gcpolicy import apply_gc_policy
 
+    apply_gc_policy()
     try:
         choice = with_busy_poll(choose_loop(config.runtime.runtime_type, config.runtime.entries),
                                 config.runtime.busy_poll_us)
