@@ -1154,7 +1154,260 @@ static PyObject *http_split_headers(PyObject *module, PyObject *const *args, Py_
     return r;
 }
 
+/*
+ * forward_head(method, target, headers, upgrade, host_out, ip, scheme, node, via, tail) -> bytes
+ * The request head the proxy sends upstream, in one pass (headers.request_head documents the
+ * rules and is the reference; tests compare the two). method and target are str (latin-1),
+ * headers the parser's (lower-case name, value) pairs; host_out None means "the client's Host,
+ * else localhost"; ip, scheme and node are the connection's forwarding facts; via adds ours;
+ * tail is the framing (Content-Length or Transfer-Encoding line and the blank line).
+ * NotImplemented for more than MAX_HEADERS headers (the Python version takes those).
+ */
+static int is_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
+}
+
+/* Is `name` a token of a Connection value (Python: value.split(b","), strip(), lower())? */
+static int named_in(span name, PyObject **vals, int nv)
+{
+    for (int k = 0; k < nv; k++) {
+        const char *p = PyBytes_AS_STRING(vals[k]);
+        Py_ssize_t n = PyBytes_GET_SIZE(vals[k]), i = 0;
+        while (i <= n) {
+            Py_ssize_t j = i;
+            while (j < n && p[j] != ',')
+                j++;
+            const char *t = p + i;
+            Py_ssize_t tn = j - i;
+            while (tn > 0 && is_ws(*t)) { t++; tn--; }
+            while (tn > 0 && is_ws(t[tn - 1])) tn--;
+            if (tn == name.n) {
+                Py_ssize_t q = 0;
+                while (q < tn && lower[(unsigned char)t[q]] == (unsigned char)name.p[q])
+                    q++;
+                if (q == tn)
+                    return 1;
+            }
+            i = j + 1;
+        }
+    }
+    return 0;
+}
+
+enum { F_KEEP, F_DROP, F_HOST, F_XFF, F_FWD, F_VIA, F_UPGRADE, F_CONNECTION };
+
+/* what forward_head does with a request header (names are lower-case already) */
+static int forward_kind(const char *p, Py_ssize_t n)
+{
+#define IS(lit) (n == (Py_ssize_t)sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
+    switch (n) {
+    case 2: return IS("te") ? F_DROP : F_KEEP;
+    case 3: return IS("via") ? F_VIA : F_KEEP;
+    case 4: return IS("host") ? F_HOST : F_KEEP;
+    case 6: return IS("expect") ? F_DROP : F_KEEP;
+    case 7: return IS("upgrade") ? F_UPGRADE : IS("trailer") ? F_DROP : F_KEEP;
+    case 9: return IS("forwarded") ? F_FWD : F_KEEP;
+    case 10: return IS("connection") ? F_CONNECTION : IS("keep-alive") ? F_DROP : F_KEEP;
+    case 14: return IS("content-length") ? F_DROP : F_KEEP;
+    case 15: return IS("x-forwarded-for") ? F_XFF : F_KEEP;
+    case 16: return IS("proxy-connection") || IS("x-forwarded-host") ? F_DROP : F_KEEP;
+    case 17: return IS("transfer-encoding") || IS("x-forwarded-proto") ? F_DROP : F_KEEP;
+    }
+    return F_KEEP;
+#undef IS
+}
+
+typedef struct { char *o; } out_t;
+
+static void put(out_t *w, const char *p, Py_ssize_t n)
+{
+    memcpy(w->o, p, (size_t)n);
+    w->o += n;
+}
+#define PUTS(w, lit) put((w), (lit), (Py_ssize_t)sizeof(lit) - 1)
+#define PUTB(w, b) put((w), PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b))
+
+/* the values of one kind, ", "-joined: their total length */
+static Py_ssize_t joined_len(PyObject **v, int n)
+{
+    Py_ssize_t t = 0;
+    for (int i = 0; i < n; i++)
+        t += PyBytes_GET_SIZE(v[i]) + (i ? 2 : 0);
+    return t;
+}
+
+static void put_joined(out_t *w, PyObject **v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (i)
+            PUTS(w, ", ");
+        PUTB(w, v[i]);
+    }
+}
+
+static PyObject *latin1(PyObject *s)
+{
+    if (!PyUnicode_Check(s)) {
+        PyErr_SetString(PyExc_TypeError, "method and target must be str");
+        return NULL;
+    }
+    if (PyUnicode_IS_ASCII(s))
+        return PyBytes_FromStringAndSize(PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s));
+    return PyUnicode_AsLatin1String(s);
+}
+
+static PyObject *http_forward_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 10 || !PyList_Check(args[2]) || !PyBytes_Check(args[5]) ||
+        !PyBytes_Check(args[6]) || !PyBytes_Check(args[7]) || !PyBytes_Check(args[9]) ||
+        (args[4] != Py_None && !PyBytes_Check(args[4]))) {
+        PyErr_SetString(PyExc_TypeError, "forward_head(method: str, target: str, headers: list, "
+                        "upgrade, host_out: bytes | None, ip: bytes, scheme: bytes, node: bytes, "
+                        "via, tail: bytes)");
+        return NULL;
+    }
+    PyObject *headers = args[2], *host_out = args[4], *ip = args[5], *scheme = args[6];
+    PyObject *node = args[7], *tail = args[9];
+    int upgrade = PyObject_IsTrue(args[3]), via = PyObject_IsTrue(args[8]);
+    if (upgrade < 0 || via < 0)
+        return NULL;
+    PyObject *xff[MAX_HEADERS], *fwd[MAX_HEADERS], *vias[MAX_HEADERS], *conn[MAX_HEADERS];
+    int nxff = 0, nfwd = 0, nvia = 0, nconn = 0;
+    PyObject *host_in = NULL, *upgrade_value = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(headers), block = 0;
+    if (n > MAX_HEADERS)  /* more than the native parser accepts: the caller's Python path */
+        Py_RETURN_NOTIMPLEMENTED;
+    /* pass 1: check the pairs, collect the special values, size the kept lines */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
+            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+            PyErr_SetString(PyExc_TypeError, "headers must be (bytes, bytes) pairs");
+            return NULL;
+        }
+        PyObject *k = PyTuple_GET_ITEM(t, 0), *v = PyTuple_GET_ITEM(t, 1);
+        switch (forward_kind(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))) {
+        case F_KEEP: block += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v) + 4; break;
+        case F_HOST: host_in = v; break;
+        case F_XFF: xff[nxff++] = v; break;
+        case F_FWD: fwd[nfwd++] = v; break;
+        case F_VIA: vias[nvia++] = v; break;
+        case F_UPGRADE: upgrade_value = v; break;
+        case F_CONNECTION: conn[nconn++] = v; break;
+        default: break;
+        }
+    }
+    PyObject *mb = latin1(args[0]);
+    if (mb == NULL)
+        return NULL;
+    PyObject *tb = latin1(args[1]);
+    if (tb == NULL) {
+        Py_DECREF(mb);
+        return NULL;
+    }
+    PyObject *host = host_out != Py_None ? host_out : host_in;
+    int quoted = host_in != NULL && memchr(PyBytes_AS_STRING(host_in), '"',
+                                           (size_t)PyBytes_GET_SIZE(host_in)) != NULL;
+    static const char via_tag[] = "1.1 monolake";
+    /* an existing value that is empty gets no ", " before ours (as in Python: `if xff`) */
+    Py_ssize_t lxff = joined_len(xff, nxff), lfwd = joined_len(fwd, nfwd), lvia = joined_len(vias, nvia);
+    Py_ssize_t total = PyBytes_GET_SIZE(mb) + 1 + PyBytes_GET_SIZE(tb) + 11 + block
+        + 6 + (host != NULL ? PyBytes_GET_SIZE(host) : 9) + 2
+        + 17 + lxff + (lxff ? 2 : 0) + PyBytes_GET_SIZE(ip) + 2
+        + 19 + PyBytes_GET_SIZE(scheme) + 2
+        + (host_in != NULL ? 18 + PyBytes_GET_SIZE(host_in) + 2 : 0)
+        + 11 + lfwd + (lfwd ? 2 : 0) + PyBytes_GET_SIZE(node)
+        + (host_in != NULL && !quoted ? 7 + PyBytes_GET_SIZE(host_in) + 1 : 0) + 2
+        + (via || nvia ? 5 + lvia + (via ? (lvia ? 2 : 0) + 12 : 0) + 2 : 0)
+        + (upgrade && upgrade_value != NULL ? 30 + PyBytes_GET_SIZE(upgrade_value) + 2 : 0)
+        + PyBytes_GET_SIZE(tail);
+    PyObject *r = PyBytes_FromStringAndSize(NULL, total);
+    if (r == NULL) {
+        Py_DECREF(mb);
+        Py_DECREF(tb);
+        return NULL;
+    }
+    out_t w = {PyBytes_AS_STRING(r)};
+    PUTB(&w, mb);
+    PUTS(&w, " ");
+    PUTB(&w, tb);
+    PUTS(&w, " HTTP/1.1\r\n");
+    Py_DECREF(mb);
+    Py_DECREF(tb);
+    /* pass 2: the kept lines, without those the Connection header names */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *t = PyList_GET_ITEM(headers, i);
+        PyObject *k = PyTuple_GET_ITEM(t, 0), *v = PyTuple_GET_ITEM(t, 1);
+        span name = {PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k)};
+        if (forward_kind(name.p, name.n) != F_KEEP || (nconn && named_in(name, conn, nconn)))
+            continue;
+        PUTB(&w, k);
+        PUTS(&w, ": ");
+        PUTB(&w, v);
+        PUTS(&w, "\r\n");
+    }
+    PUTS(&w, "host: ");
+    if (host != NULL)
+        PUTB(&w, host);
+    else
+        PUTS(&w, "localhost");
+    PUTS(&w, "\r\nx-forwarded-for: ");
+    put_joined(&w, xff, nxff);
+    if (lxff)
+        PUTS(&w, ", ");
+    PUTB(&w, ip);
+    PUTS(&w, "\r\nx-forwarded-proto: ");
+    PUTB(&w, scheme);
+    PUTS(&w, "\r\n");
+    if (host_in != NULL) {
+        PUTS(&w, "x-forwarded-host: ");
+        PUTB(&w, host_in);
+        PUTS(&w, "\r\n");
+    }
+    PUTS(&w, "forwarded: ");
+    put_joined(&w, fwd, nfwd);
+    if (lfwd)
+        PUTS(&w, ", ");
+    PUTB(&w, node);
+    if (host_in != NULL && !quoted) {
+        PUTS(&w, ";host=\"");
+        PUTB(&w, host_in);
+        PUTS(&w, "\"");
+    }
+    PUTS(&w, "\r\n");
+    if (via || nvia) {
+        PUTS(&w, "via: ");
+        put_joined(&w, vias, nvia);
+        if (via) {
+            if (lvia)
+                PUTS(&w, ", ");
+            put(&w, via_tag, (Py_ssize_t)sizeof(via_tag) - 1);
+        }
+        PUTS(&w, "\r\n");
+    }
+    if (upgrade && upgrade_value != NULL) {
+        PUTS(&w, "connection: upgrade\r\nupgrade: ");
+        PUTB(&w, upgrade_value);
+        PUTS(&w, "\r\n");
+    }
+    PUTB(&w, tail);
+    /* `total` counted the lines Connection names too (they are known only after pass 1) */
+    Py_ssize_t used = w.o - PyBytes_AS_STRING(r);
+    if (used > total) {  /* a sizing bug: never send a head with garbage in it */
+        Py_DECREF(r);
+        PyErr_Format(PyExc_SystemError, "forward_head: sized %zd, wrote %zd", total, used);
+        return NULL;
+    }
+    if (used < total && _PyBytes_Resize(&r, used) < 0)
+        return NULL;
+    return r;
+}
+
 static PyMethodDef http_methods[] = {
+    {"forward_head", (PyCFunction)(void (*)(void))http_forward_head, METH_FASTCALL,
+     "forward_head(method, target, headers, upgrade, host_out, ip, scheme, node, via, tail) "
+     "-> bytes: the request head sent upstream (see headers.request_head)."},
     {"split_headers", (PyCFunction)(void (*)(void))http_split_headers, METH_FASTCALL,
      "split_headers(headers, names) -> (block, picked): serialise the pairs not named, pick the rest."},
     {"configure", http_configure, METH_VARARGS,

@@ -32,6 +32,7 @@ def _split_headers_py(headers: Headers, names: tuple[bytes, ...]) -> tuple[bytes
 
 # one C pass when the extension is built (serialising heads is per request)
 split_headers = native.split_headers if native is not None else _split_headers_py
+_forward_head = getattr(native, "forward_head", None)
 
 
 def is_idempotent(method: str) -> bool:
@@ -96,7 +97,34 @@ def _forward_facts(conn: Any) -> tuple[bytes, bytes, bytes]:
 
 def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool,
                  via: bool) -> bytes:
-    """Serialise the request head sent upstream (framing headers included)."""
+    """Serialise the request head sent upstream (framing headers included): hop-by-hop
+    headers and those Connection names go, X-Forwarded-* / Forwarded / Via are extended, Host
+    is the upstream's unless ``preserve_host``. One C call (``forward_head``) when the native
+    module is built; ``_request_head_py`` is the reference, and the fallback."""
+    if _forward_head is not None:
+        ipb, scheme, node = _forward_facts(ctx.conn)
+        head = _forward_head(req.method, target, req.headers, req.upgrade,
+                             None if preserve_host or up.kind != "uri" else up.host_header,
+                             ipb, scheme, node, via, _framing(req))
+        if head is not NotImplemented:
+            return head
+    return _request_head_py(req, ctx, up, target, preserve_host=preserve_host, via=via)
+
+
+def _framing(req: Request) -> bytes:
+    """The end of the upstream request head: how its body is delimited, and the blank line."""
+    body = req.body
+    if body is not None:
+        if body.length is not None:
+            return b"content-length: %d\r\n\r\n" % body.length
+        return b"transfer-encoding: chunked\r\n\r\n"
+    if req.content_length == 0 or req.method in _BODY_METHODS:
+        return b"content-length: 0\r\n\r\n"
+    return b"\r\n"
+
+
+def _request_head_py(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool,
+                     via: bool) -> bytes:
     block, picked = split_headers(req.headers, _REQUEST_SPECIAL_T)
     xff: bytes | None = None
     fwd: bytes | None = None
@@ -139,16 +167,7 @@ def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host:
         tail += [b"via: ", via_in, b"\r\n"]
     if req.upgrade and upgrade_value is not None:
         tail += [b"connection: upgrade\r\nupgrade: ", upgrade_value, b"\r\n"]
-    body = req.body
-    if body is not None:
-        if body.length is not None:
-            tail.append(b"content-length: %d\r\n\r\n" % body.length)
-        else:
-            tail.append(b"transfer-encoding: chunked\r\n\r\n")
-    elif req.content_length == 0 or req.method in _BODY_METHODS:
-        tail.append(b"content-length: 0\r\n\r\n")
-    else:
-        tail.append(b"\r\n")
+    tail.append(_framing(req))
     out += tail
     return b"".join(out)
 
