@@ -9,9 +9,12 @@ nginx serves the bodies (the upstream); the proxies under test forward to it:
 
 The proxy is pinned to core 0, wrk and the upstream to core 1. For each body size (100 B,
 4 KiB, 64 KiB) it reports requests/s, p50/p99 latency, the proxy's CPU µs per request (from
-/proc utime+stime over the run) and the ratio to nginx.
+/proc utime+stime over the run) and the ratios to nginx and to the aiohttp peer. All proxies
+run at once and each round measures them back to back in a rotating order: the reported
+ratio is the median of the per-round ratios, because this shared machine drifts by 20 % over
+minutes while two runs a few seconds apart see the same machine.
 
-    python scripts/bench_proxy.py                      # all proxies, 5 s per run
+    python scripts/bench_proxy.py                      # all proxies, 3 rounds of 4 s per run
     python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
     python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
 """
@@ -25,6 +28,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -219,6 +223,40 @@ class Result:
     cpu_us_per_req: float
     errors: int
     requests: int
+    round: int = 0
+
+
+def summarize(results: list[Result], proxies: list[str], sizes: list[str]) -> list[dict]:
+    """Per proxy and size: medians over the rounds, and the median (and range) of the per-round
+    ratios to nginx and to the aiohttp peer (each ratio pairs runs of the same round)."""
+    by = {(r.proxy, r.body, r.round): r for r in results}
+    rounds = sorted({r.round for r in results})
+    peers = {"nginx": "nginx", "aiohttp": next((p for p in proxies if p.startswith("aiohttp")), "")}
+    out = []
+    for proxy in proxies:
+        for size in sizes:
+            runs = [by[(proxy, size, n)] for n in rounds if (proxy, size, n) in by]
+            if not runs:
+                continue
+            row: dict = {"proxy": proxy, "body": size, "rounds": len(runs)}
+            for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req"):
+                row[key] = statistics.median(getattr(r, key) for r in runs)
+            row["errors"] = sum(r.errors for r in runs)
+            for label, peer in peers.items():
+                ratios = [r.rps / by[(peer, size, r.round)].rps for r in runs
+                          if (peer, size, r.round) in by and by[(peer, size, r.round)].rps]
+                if ratios and peer != proxy:
+                    row[f"x_{label}"] = statistics.median(ratios)
+                    row[f"x_{label}_range"] = (min(ratios), max(ratios))
+            out.append(row)
+    return out
+
+
+def _ratio(row: dict, peer: str) -> str:
+    if f"x_{peer}" not in row:
+        return "-"
+    lo, hi = row[f"x_{peer}_range"]
+    return f"{row[f'x_{peer}']:.2f} [{lo:.2f}-{hi:.2f}]"
 
 
 def _ms(text: str) -> float:
@@ -259,7 +297,9 @@ def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    ap.add_argument("--duration", type=int, default=4, help="seconds per wrk run (default 4)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of every size on every proxy (default 3); ratios are per round")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--runtimes", default="io_uring,legacy",
                     help="monolake runtimes to run, comma-separated (io_uring, legacy)")
@@ -300,55 +340,63 @@ def main() -> int:
                     contenders.append((f"monolake/{rt}+poll",
                                        lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser,
                                                                        args.busy_poll_us)))
-        for name, start in contenders:
-            port = free_port()
-            proc = start(port)
-            try:
+        # every proxy up at once (an idle one costs nothing); each round runs every size on
+        # every proxy back to back, in a rotating order, so a ratio compares runs minutes apart
+        # at most, not a whole benchmark apart (this machine's speed drifts by 20 %)
+        procs: list[tuple[str, Proc, int, list[int]]] = []
+        try:
+            for name, start in contenders:
+                port = free_port()
+                procs.append((name, start(port), port, []))
+            for name, proc, port, pids in procs:
                 wait_port(port)
-                time.sleep(0.3)
-                pids = tree_pids(proc.p.pid)
+                pids.extend(tree_pids(proc.p.pid))
+            time.sleep(0.3)
+            for rnd in range(args.rounds):
                 for size in sizes:
-                    prof = None
-                    if args.profile and name.startswith("monolake") and size == sizes[0]:
-                        prof = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(work / f"{name.replace('/', '-')}.svg"),
-                                                 "-d", str(int(args.duration) + 2), "-p", str(pids[-1])],
-                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, pids)
-                    if prof is not None:
-                        prof.wait(30)
-                        print(f"  profile: {work / (name.replace('/', '-') + '.svg')}", file=sys.stderr)
-                    n = max(1, stats["requests"])
-                    r = Result(name, size, stats["rps"], stats["p50"], stats["p99"],
-                               cpu / n * 1e6, stats["errors"], stats["requests"])
-                    results.append(r)
-                    print(f"  {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
-                          f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
-                          file=sys.stderr)
-            finally:
+                    shift = rnd % len(procs)
+                    for name, proc, port, pids in procs[shift:] + procs[:shift]:
+                        prof = None
+                        if args.profile and name.startswith("monolake") and size == sizes[0] and rnd == 0:
+                            prof = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(work / f"{name.replace('/', '-')}.svg"),
+                                                     "-d", str(int(args.duration) + 2), "-p", str(pids[-1])],
+                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, pids)
+                        if prof is not None:
+                            prof.wait(30)
+                            print(f"  profile: {work / (name.replace('/', '-') + '.svg')}", file=sys.stderr)
+                        n = max(1, stats["requests"])
+                        r = Result(name, size, stats["rps"], stats["p50"], stats["p99"],
+                                   cpu / n * 1e6, stats["errors"], stats["requests"], rnd)
+                        results.append(r)
+                        print(f"  r{rnd} {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
+                              f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
+                              file=sys.stderr)
+        finally:
+            for _, proc, _, _ in procs:
                 proc.stop()
     finally:
         upstream.stop()
-    # the table, with ratios to nginx
-    base = {r.body: r.rps for r in results if r.proxy == "nginx"}
-    print(f"\n{'proxy':22} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} {'× nginx':>8}")
-    for r in results:
-        ratio = f"{r.rps / base[r.body]:.2f}" if base.get(r.body) else "-"
-        print(f"{r.proxy:22} {r.body:6} {r.rps:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} "
-              f"{r.cpu_us_per_req:11.1f} {ratio:>8}")
-    aio = {r.body: r.rps for r in results if r.proxy.startswith("aiohttp")}
-    for r in results:
-        if r.proxy.startswith("monolake") and aio.get(r.body):
-            print(f"{r.proxy} {r.body}: {r.rps / aio[r.body]:.1f}× the aiohttp peer")
+    summary = summarize(results, [name for name, _ in contenders], sizes)
+    print(f"\n{args.rounds} round(s) of {args.duration} s; medians over rounds; '× nginx' and "
+          "'× aiohttp' are medians of the per-round ratios (range in brackets)")
+    print(f"{'proxy':22} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} "
+          f"{'× nginx':>18} {'× aiohttp':>18}")
+    for row in summary:
+        print(f"{row['proxy']:22} {row['body']:6} {row['rps']:9.0f} {row['p50_ms']:8.2f} "
+              f"{row['p99_ms']:8.2f} {row['cpu_us_per_req']:11.1f} {_ratio(row, 'nginx'):>18} "
+              f"{_ratio(row, 'aiohttp'):>18}")
     if args.json:
-        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+        Path(args.json).write_text(json.dumps({"summary": summary,
+                                               "runs": [asdict(r) for r in results]}, indent=2))
     if args.chart:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from chart import write_chart
 
-        rows = [{"server": r.proxy, "body_size": SIZES[r.body], "rps": r.rps} for r in results]
+        rows = [{"server": r["proxy"], "body_size": SIZES[r["body"]], "rps": r["rps"]} for r in summary]
         write_chart(rows, args.chart, "HTTP reverse proxy, one core: requests/s by body size",
-                    subtitle=f"wrk -c{args.connections}, {args.duration:g} s per run; proxy on "
-                             "core 0, wrk and the nginx upstream on core 1")
+                    subtitle=f"wrk -c{args.connections}, median of {args.rounds} x {args.duration:g} s; "
+                             "proxy on core 0, wrk and the nginx upstream on core 1")
         print(f"chart written to {args.chart}")
     shutil.rmtree(work, ignore_errors=True) if not args.profile else None
     return 0
