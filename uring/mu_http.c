@@ -1080,6 +1080,20 @@ static PyObject *http_configure(PyObject *module, PyObject *args)
  * block: "name: value\r\n" for every (name, value) pair whose name is not in `names` (a tuple
  * of lower-case bytes); picked: the other pairs, in order. One C pass instead of a Python loop
  * per header when a head is serialised (the proxy's request to the upstream, every response). */
+/* headers[i] as a (bytes, bytes) pair: 0 and *k, *v borrowed, or -1 with TypeError set */
+static int header_pair(PyObject *headers, Py_ssize_t i, PyObject **k, PyObject **v)
+{
+    PyObject *t = PyList_GET_ITEM(headers, i);
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+        PyErr_SetString(PyExc_TypeError, "headers must be (bytes, bytes) pairs");
+        return -1;
+    }
+    *k = PyTuple_GET_ITEM(t, 0);
+    *v = PyTuple_GET_ITEM(t, 1);
+    return 0;
+}
+
 static int name_in(PyObject *k, PyObject *names)
 {
     Py_ssize_t kn = PyBytes_GET_SIZE(k);
@@ -1106,13 +1120,10 @@ static PyObject *http_split_headers(PyObject *module, PyObject *const *args, Py_
         }
     Py_ssize_t n = PyList_GET_SIZE(headers), total = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
-            PyErr_SetString(PyExc_TypeError, "headers must be (bytes, bytes) pairs");
+        PyObject *k, *v;
+        if (header_pair(headers, i, &k, &v) < 0)
             return NULL;
-        }
-        total += PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 0)) + PyBytes_GET_SIZE(PyTuple_GET_ITEM(t, 1)) + 4;
+        total += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v) + 4;
     }
     PyObject *picked = PyList_New(0);
     if (picked == NULL)
@@ -1280,13 +1291,9 @@ static PyObject *http_forward_head(PyObject *module, PyObject *const *args, Py_s
         Py_RETURN_NOTIMPLEMENTED;
     /* pass 1: check the pairs, collect the special values, size the kept lines */
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *t = PyList_GET_ITEM(headers, i);
-        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
-            !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
-            PyErr_SetString(PyExc_TypeError, "headers must be (bytes, bytes) pairs");
+        PyObject *k, *v;
+        if (header_pair(headers, i, &k, &v) < 0)
             return NULL;
-        }
-        PyObject *k = PyTuple_GET_ITEM(t, 0), *v = PyTuple_GET_ITEM(t, 1);
         switch (forward_kind(PyBytes_AS_STRING(k), PyBytes_GET_SIZE(k))) {
         case F_KEEP: block += PyBytes_GET_SIZE(k) + PyBytes_GET_SIZE(v) + 4; break;
         case F_HOST: host_in = v; break;
