@@ -20,7 +20,11 @@
  *       then waits for it, each byte copied once into the final bytes object, as nginx's
  *       proxy buffering): the response is then complete. With lend=True, a body that arrived
  *       with its head is not copied: it is a read-only memoryview of the input, valid only
- *       until on_response returns (then released, see mu_lend_end). Otherwise body is None and
+ *       until on_response returns (then released, see mu_lend_end). With the attribute
+ *       relay set, such a whole response (not a 101) goes instead to
+ *       proto.on_relay(status, reason, block, keep_alive, body), where block is the header
+ *       block a client gets ("name: value\r\n" per kept header, names lower-case, without
+ *       Content-Length, which the writer sets): no header list is built. Otherwise body is None and
  *       proto.on_body(bytes)... and proto.on_message_complete() follow (streaming). Interim
  *       1xx responses other than 101 are skipped.
  *
@@ -31,11 +35,12 @@
  * responses accept bare LF line ends, as nginx does, and are otherwise as strict.
  */
 #include <Python.h>
+#include <structmember.h>
 #include <string.h>
 
 static PyObject *ParseErrorType = NULL;
 static PyObject *UpgradeType = NULL;
-static PyObject *s_on_request_head, *s_on_response, *s_on_body, *s_on_message_complete;
+static PyObject *s_on_request_head, *s_on_response, *s_on_relay, *s_on_body, *s_on_message_complete;
 static PyObject *s_version_11, *s_version_10;
 static PyObject *m_get, *m_post, *m_head, *m_put, *m_delete;
 
@@ -63,6 +68,7 @@ typedef struct {
     int busy;
     int head_request;   /* responses: answer to HEAD (no body) */
     int lend;           /* responses: a body that came with its head is lent as a memoryview */
+    char relay;         /* responses: the next whole one goes to on_relay (settable: .relay) */
     int complete_after; /* responses: on_message_complete due after the head */
     Py_ssize_t max_head, max_uri;
     long long remaining;
@@ -492,6 +498,70 @@ static int named_by_connection(span name, span *vals, int nv)
     return 0;
 }
 
+/* A whole response for proto.on_relay: the client's header block serialised straight from
+ * the input (what on_response's list would hold, minus Content-Length), the body lent or
+ * copied as for on_response. Returns as response_head does. */
+static int relay_whole(Parser *P, int status, span reason, span *names, span *values, int nh,
+                       span *conn, int nconn, int keep_alive, const char *body_p,
+                       long long clen, Py_ssize_t *body_used)
+{
+    char keep[MAX_HEADERS];
+    Py_ssize_t size = 0;
+    for (int k = 0; k < nh; k++) {
+        span n = names[k];
+        keep[k] = !is_hop_by_hop(n) && !(n.n == 14 && ieq(n.p, 14, "content-length")) &&
+                  !(nconn && named_by_connection(n, conn, nconn));
+        if (keep[k])
+            size += n.n + values[k].n + 4;
+    }
+    PyObject *block = PyBytes_FromStringAndSize(NULL, size);
+    if (block == NULL)
+        return -1;
+    char *o = PyBytes_AS_STRING(block);
+    for (int k = 0; k < nh; k++) {
+        if (!keep[k])
+            continue;
+        for (Py_ssize_t i = 0; i < names[k].n; i++)
+            *o++ = (char)lower[(unsigned char)names[k].p[i]];
+        *o++ = ':';
+        *o++ = ' ';
+        memcpy(o, values[k].p, (size_t)values[k].n);
+        o += values[k].n;
+        *o++ = '\r';
+        *o++ = '\n';
+    }
+    PyObject *args[6];
+    PyObject *owned[3] = {
+        PyLong_FromLong(status),
+        PyBytes_FromStringAndSize(reason.p, reason.n),
+        P->lend ? PyMemoryView_FromMemory((char *)body_p, (Py_ssize_t)clen, PyBUF_READ)
+                : PyBytes_FromStringAndSize(body_p, (Py_ssize_t)clen),
+    };
+    int rc = -1;
+    if (owned[0] && owned[1] && owned[2]) {
+        args[1] = owned[0];
+        args[2] = owned[1];
+        args[3] = block;
+        args[4] = keep_alive ? Py_True : Py_False;
+        args[5] = owned[2];
+        rc = callback(P, s_on_relay, args, 6);
+    }
+    if (P->lend && owned[2] != NULL) {
+        if (mu_lend_end(owned[2]) < 0)
+            rc = -1;
+        owned[2] = NULL;
+    }
+    release(owned, 3);
+    Py_DECREF(block);
+    if (rc < 0) {
+        P->state = S_DEAD;
+        return -1;
+    }
+    P->state = S_HEAD;  /* complete: no on_body, no on_message_complete */
+    *body_used = (Py_ssize_t)clen;
+    return 1;
+}
+
 /* 1: a final head was delivered; 0: an interim 1xx was skipped; -1: error. `avail` bytes start
  * at d; when a Content-Length body is all there, it goes out with the head (one callback) and
  * *body_used says how much of it was taken. */
@@ -553,6 +623,15 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         return 0;  /* interim: the final head follows */
 
     int upgrade = status == 101;
+    int keep_alive = v11 ? !(conn_bits & RQ_CONN_CLOSE) : (conn_bits & RQ_CONN_KEEPALIVE) != 0;
+    int no_body = P->head_request || status == 204 || status == 304 || upgrade;
+
+    int whole = !no_body && !te && clen > 0 && avail - end >= clen;
+    int collect = !whole && !no_body && !te && clen > 0 && clen <= P->collect_max;
+    if (whole && P->relay)
+        return relay_whole(P, status, reason, names, values, nh, conn, nconn, keep_alive,
+                           d + end, clen, body_used);
+
     PyObject *headers = PyList_New(0);
     if (headers == NULL)
         return -1;
@@ -571,11 +650,6 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         }
         Py_DECREF(t);
     }
-    int keep_alive = v11 ? !(conn_bits & RQ_CONN_CLOSE) : (conn_bits & RQ_CONN_KEEPALIVE) != 0;
-    int no_body = P->head_request || status == 204 || status == 304 || upgrade;
-
-    int whole = !no_body && !te && clen > 0 && avail - end >= clen;
-    int collect = !whole && !no_body && !te && clen > 0 && clen <= P->collect_max;
 
     PyObject *args[8];
     PyObject *owned[4] = {
@@ -1032,6 +1106,12 @@ static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     return (PyObject *)P;
 }
 
+static PyMemberDef response_members[] = {
+    {"relay", T_BOOL, offsetof(Parser, relay), 0,
+     "True: a whole response that came with its head goes to on_relay (see the module doc)."},
+    {NULL, 0, 0, 0, NULL},
+};
+
 static PyMethodDef parser_methods[] = {
     {"feed_data", (PyCFunction)parser_feed_data, METH_O,
      "Parse bytes; calls the protocol's callbacks (see the module docstring)."},
@@ -1062,6 +1142,7 @@ static PyTypeObject ResponseParser_Type = {
     .tp_traverse = (traverseproc)parser_traverse,
     .tp_clear = (inquiry)parser_clear,
     .tp_methods = parser_methods,
+    .tp_members = response_members,
 };
 
 static PyObject *http_configure(PyObject *module, PyObject *args)
@@ -1441,6 +1522,7 @@ static int http_install(void)
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return -1
     INTERN(s_on_request_head, "on_request_head");
     INTERN(s_on_response, "on_response");
+    INTERN(s_on_relay, "on_relay");
     INTERN(s_on_body, "on_body");
     INTERN(s_on_message_complete, "on_message_complete");
     INTERN(s_version_11, "1.1");

@@ -401,3 +401,88 @@ def test_forward_head_leaves_very_many_headers_to_python() -> None:
                            b"\r\n") is NotImplemented
     head = H.request_head(req, ctx, up, target, preserve_host=False, via=False)
     assert head.count(b"\r\nx-n: ") == 300
+
+
+# -- relay: the client's header block instead of a header list ---------------------------------
+def _random_response(rng: random.Random) -> bytes:
+    lines = [rng.choice([b"HTTP/1.1 200 OK", b"HTTP/1.0 201 Created", b"HTTP/1.1 404 ",
+                         b"HTTP/1.1 500 Internal Server Error", b"HTTP/1.1 200"])]
+    for _ in range(rng.randrange(10)):
+        name = rng.choice([b"Server", b"X-Keep", b"Connection", b"Keep-Alive", b"TE", b"Trailer",
+                           b"Proxy-Connection", b"Upgrade", b"X-Private", b"Set-Cookie",
+                           b"ETag", b"Via", b"CONTENT-TYPE"])
+        if name == b"Connection":
+            value = rng.choice([b"keep-alive", b"close", b"x-private", b" X-Private , etag",
+                                b"upgrade"])
+        else:
+            value = rng.choice([b"", b"v", b"a, b", b'"q"', b"caf\xe9", b" spaced\t"])
+        lines.append(name + b":" + rng.choice([b" ", b"", b"\t"]) + value)
+    body = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
+    lines.append(b"Content-Length: %d" % len(body))
+    rng.shuffle(lines[1:]) if rng.random() < 0.5 else None
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def test_relay_block_is_the_client_header_block_of_the_list() -> None:
+    """relay=True: on_relay's block is exactly what the server writes from on_response's
+    header list (split_headers without the framing headers), with the same status, reason,
+    keep-alive and body; a response that is not whole still goes to on_response."""
+    from monolake.worker.http.headers import split_headers
+
+    skip = (b"content-length", b"transfer-encoding", b"connection")
+    rng = random.Random(11)
+    for _ in range(2000):
+        data = _random_response(rng)
+        listed: list[tuple] = []
+        relayed: list[tuple] = []
+
+        class Both(Recorder):
+            def on_response(self, status, reason, headers, keep_alive, length, chunked, body):
+                listed.append((status, reason, split_headers(headers, skip)[0], keep_alive,
+                               bytes(body)))
+
+            def on_relay(self, status, reason, block, keep_alive, body):
+                relayed.append((status, reason, block, keep_alive, bytes(body)))
+
+        plain = hp.native.ResponseParser(Both(), False, 0, True)
+        plain.feed_data(data)
+        relay = hp.native.ResponseParser(Both(), False, 0, True)
+        relay.relay = True
+        relay.feed_data(data)
+        assert listed and relayed == listed, data
+    # not whole (the body is still coming): the list form and streaming, whatever relay says
+    calls: list[object] = []
+
+    class Streams(Recorder):
+        def on_response(self, *args: object) -> None:
+            calls.append(("response", args[6]))
+
+        def on_relay(self, *args: object) -> None:
+            calls.append("relay")
+
+        def on_body(self, data: bytes) -> None:
+            calls.append(("body", bytes(data)))
+
+        def on_message_complete(self) -> None:
+            calls.append("done")
+
+    p = hp.native.ResponseParser(Streams(), False, 0, True)
+    p.relay = True
+    p.feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab")
+    p.feed_data(b"cde")
+    assert calls == [("response", None), ("body", b"ab"), ("body", b"cde"), "done"]
+
+
+def test_a_relayed_response_builds_its_header_list_on_demand() -> None:
+    from monolake.worker.http.message import Response
+
+    resp = Response(200, None, b"x", head_block=b"server: up\r\nx-a: b: c\r\n")
+    assert resp.head_block is not None
+    assert resp.headers == [(b"server", b"up"), (b"x-a", b"b: c")]
+    assert resp.head_block is None  # the list (which may now change) is what gets sent
+    resp.headers.append((b"x-b", b"1"))
+    assert resp.header("x-b") == b"1"
+    other = Response(200, None, b"x", head_block=b"server: up\r\n")
+    other.headers = [(b"x", b"y")]
+    assert other.head_block is None and other.headers == [(b"x", b"y")]
+    assert Response(204).headers == [] and Response(204).head_block is None

@@ -56,7 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream = upstream
         # the native parser copies what it keeps: on io_uring, reads need no bytes of their
         # own (the transport lends a view of its receive buffer for the data_received call)
-        self.reads_lent_views = pool.parser_kind == "native"
+        self._native = pool.parser_kind == "native"
+        self.reads_lent_views = self._native
         self._lend_body = False  # on_head takes a body lent for the call (see send)
         self.key = upstream.key
         self.transport: Any = None
@@ -177,6 +178,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream.active += 1
         if self._parser is None or self.pool.parser_kind == "h11" or method == "HEAD":
             self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade)
+        if self._native:
+            # the callback path writes the client head itself: a whole response may come as
+            # its serialised header block (on_relay), unless Via must be merged in first
+            self._parser.relay = lend_body and not via
         self.deadline = _now() + read_timeout
         if body is None:
             self._req_done = True
@@ -338,7 +343,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if type(body) is memoryview and not self._lend_body:
             body = body.tobytes()  # lent by the parser for this call only
-        resp = Response(status, headers, body, reason=reason or None)
+        self._whole(Response(status, headers, body, reason=reason or None), keep_alive)
+
+    def on_relay(self, status: int, reason: bytes, block: bytes, keep_alive: bool,
+                 body: bytes | memoryview) -> None:
+        """The native parser in relay mode (set by send for the callback path): a whole
+        response with the client's header lines already serialised (no list built)."""
+        self._whole(Response(status, None, body, reason=reason or None, head_block=block),
+                    keep_alive)
+
+    def _whole(self, resp: Response, keep_alive: bool) -> None:
+        """A response complete with its body: this connection is done with it."""
         resp.upstream_info = self.upstream.label
         self._keep_alive = keep_alive
         self._framing = _LENGTH

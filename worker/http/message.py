@@ -81,21 +81,43 @@ class Response:
     ``body`` is bytes (sent with Content-Length) or a ``BodyStream`` (streamed: Content-Length
     when its length is known, else chunked, or close-delimited for HTTP/1.0 clients).
     ``tunnel`` is set on a 101 answer whose connection becomes a byte pipe (see tunnel.py).
+
+    A relayed upstream response (``head_block=``) carries its headers as the serialised lines
+    the client gets (no framing headers), and builds the ``headers`` list only when somebody
+    asks for it (which drops the block: the list is then what is sent).
     """
 
-    __slots__ = ("status", "reason", "headers", "body", "version", "tunnel", "close",
-                 "upstream_info")
+    __slots__ = ("status", "reason", "_headers", "head_block", "body", "version", "tunnel",
+                 "close", "upstream_info")
 
     def __init__(self, status: int, headers: Headers | None = None, body: Any = b"",
-                 *, reason: bytes | None = None, close: bool = False) -> None:
+                 *, reason: bytes | None = None, close: bool = False,
+                 head_block: bytes | None = None) -> None:
         self.status = status
         self.reason = reason if reason is not None else reason_for(status)
-        self.headers = headers if headers is not None else []
+        self._headers: Headers | None = (headers if headers is not None else
+                                         [] if head_block is None else None)
+        self.head_block = head_block
         self.body = body
         self.version = "1.1"
         self.tunnel: Any = None
         self.close = close  # ask the server to close the connection after this response
         self.upstream_info: Any = None
+
+    @property
+    def headers(self) -> Headers:
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = [
+                (name, value) for name, _, value in
+                (line.partition(b": ") for line in self.head_block.split(b"\r\n") if line)]
+            self.head_block = None
+        return headers
+
+    @headers.setter
+    def headers(self, value: Headers) -> None:
+        self._headers = value
+        self.head_block = None
 
     def header(self, name: str | bytes) -> bytes | None:
         key = name.lower().encode("latin-1") if isinstance(name, str) else name.lower()

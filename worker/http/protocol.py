@@ -563,7 +563,9 @@ class HttpServerProtocol(asyncio.Protocol):
         no_body = status < 200 or status == 204 or status == 304
         parts = [_status_line(status, resp.reason)]
         tunnel = resp.tunnel if status == 101 else None
-        parts.append(split_headers(resp.headers, _SKIP_RESPONSE_HEADERS if tunnel is None
+        block = resp.head_block  # a relayed response's lines, framing headers excluded
+        parts.append(block if block is not None and tunnel is None else
+                     split_headers(resp.headers, _SKIP_RESPONSE_HEADERS if tunnel is None
                                    else _SKIP_TUNNEL_HEADERS)[0])
         body = resp.body
         stream: BodyStream | None = None
