@@ -498,6 +498,26 @@ static int named_by_connection(span name, span *vals, int nv)
     return 0;
 }
 
+/* A body that came whole with its head, for a callback: lent (a view of the input, taken back
+ * by whole_body_done) or copied, as the parser was made. */
+static PyObject *whole_body(Parser *P, const char *p, long long n)
+{
+    return P->lend ? PyMemoryView_FromMemory((char *)p, (Py_ssize_t)n, PyBUF_READ)
+                   : PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
+}
+
+/* After the callback: a lent *body is taken back (and *body cleared); the callback's rc, or -1
+ * when the callee kept a view of it (BufferError, see mu_lend_end). */
+static int whole_body_done(Parser *P, PyObject **body, int rc)
+{
+    if (P->lend && *body != NULL) {
+        if (mu_lend_end(*body) < 0)
+            rc = -1;
+        *body = NULL;
+    }
+    return rc;
+}
+
 /* A whole response for proto.on_relay: the client's header block serialised straight from
  * the input (what on_response's list would hold, minus Content-Length), the body lent or
  * copied as for on_response. Returns as response_head does. */
@@ -534,8 +554,7 @@ static int relay_whole(Parser *P, int status, span reason, span *names, span *va
     PyObject *owned[3] = {
         PyLong_FromLong(status),
         PyBytes_FromStringAndSize(reason.p, reason.n),
-        P->lend ? PyMemoryView_FromMemory((char *)body_p, (Py_ssize_t)clen, PyBUF_READ)
-                : PyBytes_FromStringAndSize(body_p, (Py_ssize_t)clen),
+        whole_body(P, body_p, clen),
     };
     int rc = -1;
     if (owned[0] && owned[1] && owned[2]) {
@@ -546,11 +565,7 @@ static int relay_whole(Parser *P, int status, span reason, span *names, span *va
         args[5] = owned[2];
         rc = callback(P, s_on_relay, args, 6);
     }
-    if (P->lend && owned[2] != NULL) {
-        if (mu_lend_end(owned[2]) < 0)
-            rc = -1;
-        owned[2] = NULL;
-    }
+    rc = whole_body_done(P, &owned[2], rc);
     release(owned, 3);
     Py_DECREF(block);
     if (rc < 0) {
@@ -656,9 +671,7 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         PyLong_FromLong(status),
         PyBytes_FromStringAndSize(reason.p, reason.n),
         clen >= 0 ? PyLong_FromLongLong(clen) : Py_NewRef(Py_None),
-        !whole ? Py_NewRef(Py_None)
-        : P->lend ? PyMemoryView_FromMemory((char *)d + end, (Py_ssize_t)clen, PyBUF_READ)
-                  : PyBytes_FromStringAndSize(d + end, (Py_ssize_t)clen),
+        whole ? whole_body(P, d + end, clen) : Py_NewRef(Py_None),
     };
     args[1] = owned[0];
     args[2] = owned[1];
@@ -684,11 +697,8 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
             Py_CLEAR(P->body);
     } else
         rc = callback(P, s_on_response, args, 8);
-    if (whole && P->lend && owned[3] != NULL) {
-        if (mu_lend_end(owned[3]) < 0)
-            rc = -1;
-        owned[3] = NULL;
-    }
+    if (whole)
+        rc = whole_body_done(P, &owned[3], rc);
     release(owned, 4);
     Py_DECREF(headers);
     if (rc < 0) {
