@@ -21,7 +21,6 @@ import json
 import os
 import re
 import resource
-import shutil
 import signal
 import socket
 import statistics
@@ -30,6 +29,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from benchtools import ensure_commands
 
 BODY = b"x" * 100
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(BODY)) + BODY
@@ -256,7 +257,7 @@ def load(app: str, port: int, duration: float, conns: int, cpu: int, threads: in
 
 def bench(args: argparse.Namespace) -> None:
     loops = [name for name in args.loops if available(name)]
-    if args.apps and "http" in args.apps and not shutil.which("wrk"):
+    if args.apps and "http" in args.apps and ensure_commands("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     for app in args.apps:

@@ -14,6 +14,8 @@ run at once and each round measures them back to back in a rotating order: the r
 ratio is the median of the per-round ratios, because this shared machine drifts by 20 % over
 minutes while two runs a few seconds apart see the same machine.
 
+nginx, wrk and taskset are installed with apt-get when missing (as root; see benchtools.py).
+
     python scripts/bench_proxy.py                      # all proxies, 3 rounds of 4 s per run
     python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
     python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
@@ -36,6 +38,8 @@ import textwrap
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from benchtools import ensure_commands
 
 SIZES = {"100B": 100, "4KiB": 4096, "64KiB": 65536}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -314,10 +318,10 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="py-spy record the monolake worker during the 100B run (needs py-spy)")
     args = ap.parse_args()
-    for tool in ("nginx", "wrk", "taskset"):
-        if shutil.which(tool) is None:
-            print(f"{tool} is required (apt-get install nginx-light wrk util-linux)", file=sys.stderr)
-            return 2
+    missing = ensure_commands("nginx", "wrk", "taskset")
+    if missing:
+        print(f"{', '.join(missing)} required (apt-get install nginx wrk util-linux)", file=sys.stderr)
+        return 2
     only = set(filter(None, args.only.split(",")))
     sizes = [s for s in args.sizes.split(",") if s in SIZES]
     work = Path(tempfile.mkdtemp(prefix="monolake-bench-"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import signal
 import socket
 import statistics
@@ -25,6 +24,8 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from benchtools import ensure_commands
 
 
 def free_port() -> int:
@@ -84,7 +85,7 @@ def main() -> int:
     parser.add_argument("--runtime", default="auto", choices=["auto", "io_uring", "legacy"])
     parser.add_argument("--mode", default="generation", choices=["generation", "in_place"])
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if ensure_commands("wrk"):
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
     cli = [sys.executable, "-m", "monolake.supervisor.cli"]
