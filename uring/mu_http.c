@@ -1128,31 +1128,30 @@ static PyMethodDef parser_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* the slots the two parser types share: one struct, one lifecycle, one feed_data */
+#define PARSER_TYPE_SLOTS                                   \
+    .tp_basicsize = sizeof(Parser),                         \
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,    \
+    .tp_dealloc = (destructor)parser_dealloc,               \
+    .tp_traverse = (traverseproc)parser_traverse,           \
+    .tp_clear = (inquiry)parser_clear,                      \
+    .tp_methods = parser_methods
+
 static PyTypeObject RequestParser_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "monolake.uring._http.RequestParser",
-    .tp_basicsize = sizeof(Parser),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "RequestParser(proto, max_head, max_uri): strict HTTP/1.1 request parser.",
     .tp_new = request_new,
-    .tp_dealloc = (destructor)parser_dealloc,
-    .tp_traverse = (traverseproc)parser_traverse,
-    .tp_clear = (inquiry)parser_clear,
-    .tp_methods = parser_methods,
+    PARSER_TYPE_SLOTS,
 };
 
 static PyTypeObject ResponseParser_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "monolake.uring._http.ResponseParser",
-    .tp_basicsize = sizeof(Parser),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "ResponseParser(proto, head_request, collect_max=0, lend=False): HTTP/1.x response parser for a proxy.",
     .tp_new = response_new,
-    .tp_dealloc = (destructor)parser_dealloc,
-    .tp_traverse = (traverseproc)parser_traverse,
-    .tp_clear = (inquiry)parser_clear,
-    .tp_methods = parser_methods,
     .tp_members = response_members,
+    PARSER_TYPE_SLOTS,
 };
 
 static PyObject *http_configure(PyObject *module, PyObject *args)
