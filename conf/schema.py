@@ -193,6 +193,9 @@ class ServerConfig:
     max_body_size: int = 0
     max_header_size: int = 65536
     max_uri_size: int = 8192
+    max_header_line_size: int = 8192      # one header field line, requests and responses
+    max_headers: int = 100                # header fields per head, requests and responses
+    max_response_header_size: int = 65536  # an upstream response head (default: max_header_size)
     preserve_host: bool = False
     via: bool = False
     access_log: bool | str = False        # false, true (the log stream) or a file path

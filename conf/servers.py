@@ -17,10 +17,13 @@ from .tlsfiles import check_cert_pair
 from .upstreams import parse_http_routes, parse_thrift_routes
 
 PROXY_TYPES = ("http", "thrift", "http_thrift")
+# the native parsers keep a head's header spans on the stack (uring/mu_http.c MAX_HEADERS)
+MAX_HEADERS_LIMIT = 256
 
 SERVER_KEYS = ("name", "proxy_type", "listener", "backlog", "tls", "proxy_protocol", "timeout",
                "upstream_http_version", "http_parser", "max_body_size", "max_header_size",
-               "max_uri_size", "preserve_host", "via", "access_log", "max_frame_size",
+               "max_uri_size", "max_header_line_size", "max_headers", "max_response_header_size",
+               "preserve_host", "via", "access_log", "max_frame_size",
                "thrift_transport", "idl", "gateway_path", "exception_status", "routes", "route",
                "layers")
 TIMEOUT_ALIASES = {"http_timeout": "timeout", "thrift_timeout": "timeout"}
@@ -34,6 +37,9 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "max_body_size": ("http", "http_thrift"),
     "max_header_size": ("http", "http_thrift"),
     "max_uri_size": ("http", "http_thrift"),
+    "max_header_line_size": ("http", "http_thrift"),
+    "max_headers": ("http", "http_thrift"),
+    "max_response_header_size": ("http",),
     "max_frame_size": ("thrift", "http_thrift"),
     "thrift_transport": ("thrift", "http_thrift"),
     "idl": ("http_thrift",),
@@ -76,6 +82,10 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
     max_header_size = t.integer("max_header_size", 65536, lo=1024, unit="of bytes")
     max_uri_size = t.integer("max_uri_size", 8192, lo=16, unit="of bytes")
+    max_header_line_size = t.integer("max_header_line_size", 8192, lo=256, unit="of bytes")
+    max_headers = t.integer("max_headers", 100, lo=1, hi=MAX_HEADERS_LIMIT)
+    max_response_header_size = t.integer("max_response_header_size", max_header_size, lo=1024,
+                                         unit="of bytes")
     preserve_host = t.boolean("preserve_host", False)
     via = t.boolean("via", False)
     access_log = parse_access_log(t)
@@ -98,7 +108,9 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
         name=name, proxy_type=proxy_type, listener=listener, backlog=backlog, tls=tls,
         proxy_protocol=proxy_protocol, timeout=timeout, upstream_http_version=version,
         http_parser=http_parser, max_body_size=max_body_size, max_header_size=max_header_size,
-        max_uri_size=max_uri_size, preserve_host=preserve_host, via=via, access_log=access_log,
+        max_uri_size=max_uri_size, max_header_line_size=max_header_line_size,
+        max_headers=max_headers, max_response_header_size=max_response_header_size,
+        preserve_host=preserve_host, via=via, access_log=access_log,
         max_frame_size=max_frame_size, thrift_transport=thrift_transport, idl=idl,
         gateway_path=gateway_path, exception_status=exception_status, routes=routes, route=route,
         layers=layers)

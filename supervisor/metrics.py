@@ -33,6 +33,9 @@ SERVER_COUNTERS: dict[str, tuple[str, str]] = {
                                   "Failed connection attempts to upstreams."),
     "upstream_ejections": ("monolake_upstream_ejections_total",
                            "Upstreams ejected after consecutive connect failures."),
+    "upstream_unsolicited": ("monolake_upstream_unsolicited_total",
+                             "Upstream connections closed, not pooled, because bytes followed "
+                             "a complete response."),
 }
 SERVER_GAUGES: dict[str, tuple[str, str]] = {
     "open_connections": ("monolake_open_connections", "Client connections open now."),

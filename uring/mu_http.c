@@ -9,11 +9,12 @@
  * (validation, lower-cased names, framing facts, for responses the client-bound header list) and
  * call Python once per head:
  *
- *   RequestParser(proto, max_head, max_uri)
+ *   RequestParser(proto, max_head, max_uri, max_line=8192, max_fields=100)
  *       proto.on_request_head(method, target, version, headers, host, content_length, flags)
  *       then, for a request with a body, proto.on_body(bytes)... and proto.on_message_complete().
  *       A request without a body is complete when on_request_head returns.
- *   ResponseParser(proto, head_request, collect_max=0, lend=False)
+ *   ResponseParser(proto, head_request, collect_max=0, lend=False, max_head=65536, max_line=8192,
+ *                  max_fields=100)
  *       proto.on_response(status, reason, headers, keep_alive, content_length, chunked, body)
  *       (headers already without hop-by-hop ones). `body` is the whole Content-Length body
  *       when it arrived with the head, or when it is at most collect_max bytes (the callback
@@ -26,7 +27,13 @@
  *       block a client gets ("name: value\r\n" per kept header, names lower-case, without
  *       Content-Length, which the writer sets): no header list is built. Otherwise body is None and
  *       proto.on_body(bytes)... and proto.on_message_complete() follow (streaming). Interim
- *       1xx responses other than 101 are skipped.
+ *       1xx responses other than 101 are skipped. Bytes after a complete response are parsed
+ *       as the next one (its callbacks follow in the same feed_data); `leftover` counts those
+ *       taken without a callback yet (a partial head, a head whose body is being collected), so
+ *       a proxy can refuse to pool the connection.
+ *
+ * Heads are bounded by max_head (the sum of name + value + 4 over the fields), max_line (one
+ * field: name + ": " + value) and max_fields; over any, ParseError with 431 (requests) or 502.
  *
  * feed_data(data) raises ParseError(message, status) on bad input and UpgradeRequested(rest)
  * after an upgrade head (the classes are handed over by configure()). Requests are strict (the
@@ -71,11 +78,14 @@ typedef struct {
     char relay;         /* responses: the next whole one goes to on_relay (settable: .relay) */
     int complete_after; /* responses: on_message_complete due after the head */
     Py_ssize_t max_head, max_uri;
+    Py_ssize_t max_line;    /* one header field line: name, ": ", value */
+    int max_fields;         /* header fields per head (at most MAX_HEADERS) */
     long long remaining;
     Py_ssize_t collect_max; /* responses: Content-Length bodies up to this are collected whole */
     PyObject *pending;      /* S_COLLECT: the on_response arguments but the body */
     PyObject *body;         /* S_COLLECT: the body being filled (a bytes object of its length) */
     Py_ssize_t filled;
+    Py_ssize_t collect_head; /* S_COLLECT: the size of the head whose body is being collected */
     char *buf;
     Py_ssize_t len, cap, scanned;
 } Parser;
@@ -233,6 +243,24 @@ static int split_header(Parser *P, span line, span *name, span *value)
     return 0;
 }
 
+/* The head limits, counted as the Python parsers' twin does (HeadLimits.field in
+ * worker/http/parser.py): a field line is name + ": " + value, the head's size the sum of
+ * name + value + 4 over its fields. 431 for a request, 502 for a response; 0 or -1. */
+static int field_limits(Parser *P, span name, span value, Py_ssize_t *size, int *count)
+{
+    int status = P->is_request ? 431 : 502;
+    if (*count >= P->max_fields)
+        return fail_status(P, "too many header fields", status);
+    if (name.n + value.n + 2 > P->max_line)
+        return fail_status(P, "header field line too long", status);
+    *size += name.n + value.n + 4;
+    if (*size > P->max_head)
+        return fail_status(P, P->is_request ? "request header block too large"
+                                            : "response header block too large", status);
+    (*count)++;
+    return 0;
+}
+
 static PyObject *lower_bytes(span s)
 {
     PyObject *b = PyBytes_FromStringAndSize(NULL, s.n);
@@ -336,7 +364,7 @@ static int request_head(Parser *P, const char *d, Py_ssize_t end)
         return -1;
     PyObject *host = NULL;   /* borrowed from headers */
     long long clen = -1;
-    int flags = 0, te = 0, has_upgrade = 0, conn_bits = 0;
+    int flags = 0, te = 0, has_upgrade = 0, conn_bits = 0, fields = 0;
     Py_ssize_t size = 0;
     for (;;) {
         if (next_line(P, d, end, &pos, &line) < 0)
@@ -346,11 +374,8 @@ static int request_head(Parser *P, const char *d, Py_ssize_t end)
         span name, value;
         if (split_header(P, line, &name, &value) < 0)
             goto error;
-        size += name.n + value.n + 4;
-        if (size > P->max_head) {
-            fail_status(P, "request header block too large", 431);
+        if (field_limits(P, name, value, &size, &fields) < 0)
             goto error;
-        }
         PyObject *t = pair(name, value);
         if (t == NULL || PyList_Append(headers, t) < 0) {
             Py_XDECREF(t);
@@ -606,7 +631,8 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         return fail(P, "unsupported HTTP version");
 
     span names[MAX_HEADERS], values[MAX_HEADERS], conn[16];
-    int nh = 0, nconn = 0, te = 0, conn_bits = 0;
+    int nh = 0, nconn = 0, te = 0, conn_bits = 0, fields = 0;
+    Py_ssize_t size = 0;
     long long clen = -1;
     for (;;) {
         if (next_line(P, d, end, &pos, &line) < 0)
@@ -616,6 +642,8 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         if (nh == MAX_HEADERS)
             return fail(P, "too many headers");
         if (split_header(P, line, &names[nh], &values[nh]) < 0)
+            return -1;
+        if (field_limits(P, names[nh], values[nh], &size, &fields) < 0)
             return -1;
         span n = names[nh], v = values[nh];
         if (n.n == 14 && ieq(n.p, 14, "content-length")) {
@@ -692,6 +720,7 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         if (P->pending != NULL) {
             memcpy(PyBytes_AS_STRING(P->body), d + end, (size_t)have);
             P->filled = have;
+            P->collect_head = end;
             rc = 0;
         } else
             Py_CLEAR(P->body);
@@ -1087,13 +1116,20 @@ static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
 static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *proto;
-    Py_ssize_t max_head, max_uri;
-    if (!PyArg_ParseTuple(args, "Onn", &proto, &max_head, &max_uri))
+    Py_ssize_t max_head, max_uri, max_line = 8192;
+    int max_fields = 100;
+    if (!PyArg_ParseTuple(args, "Onn|ni", &proto, &max_head, &max_uri, &max_line, &max_fields))
         return NULL;
+    if (max_fields < 1 || max_fields > MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
+        return NULL;
+    }
     Parser *P = parser_alloc(type, proto, 1);
     if (P != NULL) {
         P->max_head = max_head;
         P->max_uri = max_uri;
+        P->max_line = max_line;
+        P->max_fields = max_fields;
     }
     return (PyObject *)P;
 }
@@ -1101,16 +1137,23 @@ static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *proto;
-    int head_request, lend = 0;
-    Py_ssize_t collect_max = 0;
-    if (!PyArg_ParseTuple(args, "Op|np", &proto, &head_request, &collect_max, &lend))
+    int head_request, lend = 0, max_fields = 100;
+    Py_ssize_t collect_max = 0, max_head = 65536, max_line = 8192;
+    if (!PyArg_ParseTuple(args, "Op|npnni", &proto, &head_request, &collect_max, &lend,
+                          &max_head, &max_line, &max_fields))
         return NULL;
+    if (max_fields < 1 || max_fields > MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
+        return NULL;
+    }
     Parser *P = parser_alloc(type, proto, 0);
     if (P != NULL) {
         P->head_request = head_request;
         P->lend = lend;
         P->collect_max = collect_max;
-        P->max_head = 256 * 1024;
+        P->max_head = max_head;
+        P->max_line = max_line;
+        P->max_fields = max_fields;
         P->max_uri = 0;
     }
     return (PyObject *)P;
@@ -1120,6 +1163,24 @@ static PyMemberDef response_members[] = {
     {"relay", T_BOOL, offsetof(Parser, relay), 0,
      "True: a whole response that came with its head goes to on_relay (see the module doc)."},
     {NULL, 0, 0, 0, NULL},
+};
+
+/* Bytes taken that did not complete a message: kept for the next feed_data (an incomplete
+ * head or chunk line) or a head whose body is being collected (no callback yet). */
+static PyObject *response_leftover(Parser *P, void *closure)
+{
+    (void)closure;
+    Py_ssize_t n = P->len;
+    if (P->state == S_COLLECT)
+        n += P->collect_head + P->filled;
+    return PyLong_FromSsize_t(n);
+}
+
+static PyGetSetDef response_getset[] = {
+    {"leftover", (getter)response_leftover, NULL,
+     "Bytes taken that did not complete a message. After a complete response any is "
+     "unsolicited: the caller must not reuse the connection.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyMethodDef parser_methods[] = {
@@ -1140,7 +1201,7 @@ static PyMethodDef parser_methods[] = {
 static PyTypeObject RequestParser_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "monolake.uring._http.RequestParser",
-    .tp_doc = "RequestParser(proto, max_head, max_uri): strict HTTP/1.1 request parser.",
+    .tp_doc = "RequestParser(proto, max_head, max_uri, max_line=8192, max_fields=100): strict HTTP/1.1 request parser.",
     .tp_new = request_new,
     PARSER_TYPE_SLOTS,
 };
@@ -1148,9 +1209,10 @@ static PyTypeObject RequestParser_Type = {
 static PyTypeObject ResponseParser_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "monolake.uring._http.ResponseParser",
-    .tp_doc = "ResponseParser(proto, head_request, collect_max=0, lend=False): HTTP/1.x response parser for a proxy.",
+    .tp_doc = "ResponseParser(proto, head_request, collect_max=0, lend=False, max_head=65536, max_line=8192, max_fields=100): HTTP/1.x response parser for a proxy.",
     .tp_new = response_new,
     .tp_members = response_members,
+    .tp_getset = response_getset,
     PARSER_TYPE_SLOTS,
 };
 

@@ -12,8 +12,14 @@ Routes (by path suffix, so any proxy rewrite prefix works):
 - ``/garbage``: answers bytes that are not HTTP;
 - ``/early``: answers 413 at once, without reading the request body;
 - ``/silentclose``: answers with a length, then closes without saying ``Connection: close``;
-- any request with ``Upgrade: websocket``: 101, then echoes every byte back.
+- ``/fault?kind=K``: a complete response with more bytes after it in the same write (see
+  ``FAULTS``), then the connection goes on serving requests, so a proxy that pools it hands
+  those bytes to the next client;
+- ``/delay/<tag>``: answers ``<tag>`` after 0.3 s (``?s=S``: after S seconds);
+- ``/head?n=N&size=S``: ``ok`` with N extra header fields ``x-h<i>`` of S bytes each.
 Anything else: ``<name> <path>`` as text.
+
+``served`` lists ``(connection number, target)`` for every request, in arrival order.
 """
 
 from __future__ import annotations
@@ -34,6 +40,29 @@ def pattern(size: int) -> bytes:
 
 _BLOCK = pattern(65536)
 
+_HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+_STOLEN = b"HTTP/1.1 200 OK\r\nX-Up: POISON\r\nContent-Length: 6\r\n\r\nstolen"
+_LONG = pattern(100_000)
+# /fault?kind=K: what the upstream writes, in one send, for one request. Each is a complete
+# response followed by bytes that are not an answer to anything (the "ok" kinds have none:
+# they must be pooled as usual).
+FAULTS: dict[str, bytes] = {
+    "second": _HELLO + _STOLEN,  # an unsolicited second response
+    "head": _HELLO + b"HTTP/1.1 200 OK\r\nX-Up: POISON\r\nContent-Length: 40\r\n\r\n",
+    "half": _HELLO + b"HTTP/1.1 200 OK\r\nX-Up: POI",  # half a head
+    "after204": b"HTTP/1.1 204 No Content\r\n\r\n" + _STOLEN,  # a body after a 204
+    "after304": b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n" + _STOLEN,
+    "garbage": _HELLO + b"\x00\x01not http\r\n\r\n",
+    "long": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(_LONG) + _LONG + _STOLEN,
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+               + _STOLEN,
+    "empty": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + _STOLEN,
+    "ok": _HELLO,
+    "ok-interim": b"HTTP/1.1 100 Continue\r\n\r\n" + _HELLO,
+}
+# the answer to HEAD /fault?kind=headbody: a HEAD response carries no body, these bytes are extra
+HEAD_FAULT = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen"
+
 
 class UpstreamServer:
     def __init__(self, name: str = "up", unix_path: str | None = None, ssl: object = None) -> None:
@@ -43,6 +72,7 @@ class UpstreamServer:
         self.requests = 0
         self.connections = 0
         self.paths: list[str] = []
+        self.served: list[tuple[int, str]] = []
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -93,6 +123,7 @@ class UpstreamServer:
     # -- protocol --------------------------------------------------------------------------
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        cid = self.connections
         self._writers.add(w)
         try:
             while True:
@@ -112,8 +143,24 @@ class UpstreamServer:
                 self.requests += 1
                 url = urlsplit(target)
                 self.paths.append(target)
+                self.served.append((cid, target))
                 q = {k: v[0] for k, v in parse_qs(url.query).items()}
                 path = url.path
+                if path.endswith("/fault"):
+                    w.write(HEAD_FAULT if method == "HEAD" else FAULTS[q.get("kind", "ok")])
+                    await w.drain()
+                    continue
+                if path.endswith("/head"):
+                    value = b"v" * int(q.get("size", "1"))
+                    fields = b"".join(b"x-h%d: %s\r\n" % (i, value) for i in range(int(q.get("n", "0"))))
+                    w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n" + fields + b"\r\nok")
+                    await w.drain()
+                    continue
+                if "/delay/" in path:
+                    await asyncio.sleep(float(q.get("s", "0.3")))
+                    await self._reply(w, path.rsplit("/", 1)[1].encode(), head=method == "HEAD")
+                    await w.drain()
+                    continue
                 if hd.get("upgrade", "").lower() == "websocket":
                     await self._websocket(r, w)
                     return

@@ -23,7 +23,8 @@ from tests.thrift.thrift_support import IDL, backend, decode_reply, encode_call,
 
 CONTRACT_KEYS = {"connections_total", "open_connections", "active_requests", "requests", "responses_1xx",
                  "responses_2xx", "responses_3xx", "responses_4xx", "responses_5xx", "errors", "bytes_in",
-                 "bytes_out", "upstream_connect_failures", "upstream_ejections"}
+                 "bytes_out", "upstream_connect_failures", "upstream_ejections",
+                 "upstream_unsolicited"}
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
 
 

@@ -4,6 +4,13 @@
 the body moves from the client's parser callback straight into this transport), and resolves
 one future with the response head; the response body is then pushed through a ``BodyStream``
 by the parser callbacks. That future is the only per-request allocation on this side.
+
+A connection is owned by one exchange from checkout to release, and goes back to the pool
+only after the parser has returned from the read that completed the response: any byte after
+a complete response (a second, unsolicited response, a stray head or half of one, a body after
+a 204/304 or a HEAD answer) means the upstream and we disagree on framing, and the next
+request on that connection could get this one's bytes. Such a connection is closed, never
+pooled, as nginx and HAProxy do.
 """
 
 from __future__ import annotations
@@ -88,6 +95,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._deferred: Response | None = None
         self._deferred_length: int | None = None
         self._chunks: list[bytes] = []
+        self._head_size = 0  # HeadLimits.field's count for httptools / h11
+        self._head_bytes = 0  # httptools: bytes read while no head was complete
+        self._feeding = False  # inside parser.feed_data: releases wait until it returns
+        self._release_due = False
+        self._finished = False  # the current response is complete: more parser events are unsolicited
+        self._interim = False  # a 1xx head was seen: its on_message_complete ends nothing
+        self.poisoned = ""  # why this connection must never be reused ("" while it may)
 
     # -- lifecycle -------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -164,6 +178,10 @@ class UpstreamConnection(asyncio.Protocol):
         With ``lend_body``, on_head promises to be done with ``response.body`` when it
         returns (it wrote or copied it): a body that came with the head may then be a
         memoryview of the received bytes, released after the call, instead of a copy."""
+        if self._busy or self.closed:
+            # a pooling bug, never an upstream's doing: refuse rather than interleave exchanges
+            raise RuntimeError(f"upstream connection to {self.upstream.label} is "
+                               f"{'closed' if self.closed else 'already serving a request'}")
         self._on_head = on_head
         self._lend_body = lend_body
         self._method = method
@@ -171,13 +189,17 @@ class UpstreamConnection(asyncio.Protocol):
         self._via = via
         self._received = False
         self._resp_done = False
+        self._finished = False
+        self._interim = False
+        self._head_bytes = 0
         self._resp_body = None
         self._headers = []
         self._busy = True
         self.requests += 1
         self.upstream.active += 1
         if self._parser is None or self.pool.parser_kind == "h11" or method == "HEAD":
-            self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade)
+            self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade,
+                                               self.pool.head_limits)
         if self._native:
             # the callback path writes the client head itself: a whole response may come as
             # its serialised header block (on_relay), unless Via must be merged in first
@@ -278,18 +300,50 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received = True
         self.deadline = _now() + self.pool.read_timeout
+        parser = self._parser  # kept: a HEAD answer drops self._parser within the call
+        self._feeding = True
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except UpgradeRequested as exc:
+            self._feeding = False
             self._on_upgrade(exc.rest)
         except (HttpParserError, ParseError) as exc:
-            self._protocol_error(f"invalid response from upstream: {exc}")
+            self._feeding = False
+            if self._finished:  # the response was whole: what broke is what came after it
+                self._unsolicited(f"unparsable bytes after the response ({exc})")
+            else:
+                self._protocol_error(f"invalid response from upstream: {exc}")
         except Exception as exc:  # noqa: BLE001 - never let one bad response escape
+            self._feeding = False
             self.pool.log.exception("upstream_connection_error", upstream=self.upstream.label)
             self._protocol_error(f"internal error: {exc!r}")
         else:
+            self._feeding = False
             if self._deferred is not None:
                 self._flush_deferred()
+            if self._on_head is not None and self.pool.parser_kind == "httptools":
+                # llhttp keeps an incomplete head without bound: bound it (the native parser
+                # and h11 do it themselves)
+                self._head_bytes += len(data)
+                limits = self.pool.head_limits
+                if self._head_bytes > limits.size + limits.line:
+                    self._protocol_error("invalid response from upstream: response header "
+                                         "block too large")
+            if self._finished:
+                left = getattr(parser, "leftover", 0)
+                if left:
+                    self._unsolicited(f"{left} bytes after the response")
+        if self._release_due:
+            self._release_due = False
+            self._maybe_release()
+
+    def _unsolicited(self, why: str) -> None:
+        """Bytes beyond the complete response: the connection is poisoned (closed, not pooled)."""
+        if not self.poisoned:
+            self.poisoned = why
+            self.pool.stats.upstream_unsolicited += 1
+            self.pool.log.warning("upstream_unsolicited_bytes", upstream=self.upstream.label,
+                                  detail=why)
 
     def _protocol_error(self, message: str) -> None:
         self._deferred = None
@@ -310,20 +364,32 @@ class UpstreamConnection(asyncio.Protocol):
 
     # parser callbacks
     def on_message_begin(self) -> None:
+        if self._finished:
+            self._unsolicited("a second response began")
+            return
         self._headers = []
+        self._head_size = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._finished:
+            return  # a stray message: on_message_begin has poisoned the connection
+        self._head_size = self.pool.head_limits.field(name, value, self._head_size,
+                                                      len(self._headers))
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         """httptools / h11: the head is in."""
+        if self._finished:
+            self._unsolicited("a second response head")
+            return
         parser = self._parser
         status = parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._headers = []  # interim response (100 Continue, 103 Early Hints): skip
+            self._interim = True  # its on_message_complete follows and ends nothing
             return
         headers, length, chunked = split_response_headers(self._headers, status, self._via)
         self._response_head(status, self._reason or None, headers, parser.should_keep_alive(),
@@ -336,6 +402,9 @@ class UpstreamConnection(asyncio.Protocol):
         ``body`` is the whole Content-Length body when it arrived with the head (a view lent
         for this call) or was collected (at most parser.COLLECT_MAX), else None and the body
         streams."""
+        if self._finished:
+            self._unsolicited(f"a second response ({status})")
+            return
         if self._via:
             headers = with_via(headers)
         if body is None:
@@ -349,6 +418,9 @@ class UpstreamConnection(asyncio.Protocol):
                  body: bytes | memoryview) -> None:
         """The native parser in relay mode (set by send for the callback path): a whole
         response with the client's header lines already serialised (no list built)."""
+        if self._finished:
+            self._unsolicited(f"a second response ({status})")
+            return
         self._whole(Response(status, None, body, reason=reason or None, head_block=block),
                     keep_alive)
 
@@ -404,6 +476,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._after_response()
 
     def on_body(self, data: bytes) -> None:
+        if self._finished:
+            self._unsolicited(f"{len(data)} body bytes after the response")
+            return
         if self._deferred is not None:
             self._chunks.append(data)
             return
@@ -426,6 +501,9 @@ class UpstreamConnection(asyncio.Protocol):
             body.abandon()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         if self._resp_done:
             return
         self._resp_done = True
@@ -450,6 +528,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._deliver(resp, None)
 
     def _after_response(self) -> None:
+        self._finished = True
         self._end_exchange()
         if self._req_done:
             self._maybe_release()
@@ -464,6 +543,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _maybe_release(self) -> None:
         if self.closed:
+            return
+        if self._feeding:
+            # still inside the read that completed the response: whatever follows it in this
+            # read decides (see data_received); nobody may take the connection before that
+            self._release_due = True
+            return
+        if self.poisoned:
+            self.close()
             return
         if self._keep_alive and self._resp_done and self._req_done and self._tunnel is None:
             self._busy = False

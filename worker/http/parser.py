@@ -10,10 +10,16 @@ every parser passes the same tests.
 
 Both report errors as ``ParseError`` (with the status to answer) and an accepted protocol
 upgrade as ``UpgradeRequested`` (with the bytes that follow the head, which belong to the tunnel).
+
+Response parsers expose ``leftover``: how many bytes they hold that did not complete a message
+(the native parser's buffered partial head, h11's trailing data after a complete response);
+after a complete response any is a framing disagreement (see worker/http/client.py). llhttp
+keeps no such bytes: it reports them as the callbacks of a next message.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import h11
@@ -45,6 +51,38 @@ class UpgradeRequested(Exception):
     def __init__(self, rest: bytes) -> None:
         super().__init__("upgrade")
         self.rest = rest
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """The bounds of one message head, and the status when one is crossed (431 for a client's
+    request, 502 for an upstream's response). ``field`` is the Python twin of field_limits in
+    uring/mu_http.c: the same counting, so every parser refuses the same heads."""
+
+    size: int = 65536  # the sum of name + value + 4 over the fields
+    line: int = 8192  # one field line: name + ": " + value
+    count: int = 100  # fields per head
+    status: int = 431
+
+    @classmethod
+    def for_requests(cls, cfg: Any) -> "HeadLimits":
+        return cls(cfg.max_header_size, cfg.max_header_line_size, cfg.max_headers, 431)
+
+    @classmethod
+    def for_responses(cls, cfg: Any) -> "HeadLimits":
+        return cls(cfg.max_response_header_size, cfg.max_header_line_size, cfg.max_headers, 502)
+
+    def field(self, name: bytes, value: bytes, size: int, count: int) -> int:
+        """One more field after ``count`` of them summing to ``size``: the new size."""
+        if count >= self.count:
+            raise ParseError("too many header fields", self.status)
+        if len(name) + len(value) + 2 > self.line:
+            raise ParseError("header field line too long", self.status)
+        size += len(name) + len(value) + 4
+        if size > self.size:
+            which = "request" if self.status == 431 else "response"
+            raise ParseError(f"{which} header block too large", self.status)
+        return size
 
 
 def _load_native() -> Any:
@@ -90,21 +128,24 @@ def resolve_parser(kind: str) -> str:
     return kind
 
 
-def new_request_parser(kind: str, proto: Any, max_head: int, max_uri: int) -> Any:
+def new_request_parser(kind: str, proto: Any, limits: HeadLimits, max_uri: int) -> Any:
+    """httptools and h11 leave the field limits to the protocol's on_header (limits.field)."""
     if kind == "native":
-        return native.RequestParser(proto, max_head, max_uri)
+        return native.RequestParser(proto, limits.size, max_uri, limits.line, limits.count)
     if kind == "httptools":
         return _HttptoolsRequestParser(proto)
-    return H11RequestParser(proto, max_head)
+    return H11RequestParser(proto, limits.size)
 
 
-def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool) -> Any:
+def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool,
+                        limits: HeadLimits = HeadLimits(status=502)) -> Any:
     if kind == "native":
         # lend: a body that came with its head reaches on_response as a view, not a copy
-        return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX, True)
+        return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX, True, limits.size,
+                                     limits.line, limits.count)
     if kind == "httptools":
         return _HttptoolsResponseParser(proto)
-    return H11ResponseParser(proto, method, upgrade)
+    return H11ResponseParser(proto, method, upgrade, limits.size)
 
 
 class _UpgradeAsRest:
@@ -268,12 +309,15 @@ class H11RequestParser:
 class H11ResponseParser:
     """Client-side h11 for one response cycle (a new one per request: it must know the method)."""
 
-    def __init__(self, proto: Any, method: str, upgrade: bool) -> None:
+    def __init__(self, proto: Any, method: str, upgrade: bool, max_head: int = 65536) -> None:
         self._proto = proto
+        self.leftover = 0  # bytes after the complete response (see UpstreamConnection)
         self._status = 0
         self._version = b"1.1"
         self._keep_alive = True
-        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=256 * 1024)
+        # h11's own bound on a head still incomplete (status line and line ends included); the
+        # fields are counted exactly by the protocol's on_header (HeadLimits.field)
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head + 8192)
         headers = [("host", "upstream")]
         if upgrade:
             headers += [("connection", "upgrade"), ("upgrade", "websocket")]
@@ -325,6 +369,10 @@ class H11ResponseParser:
                 proto.on_message_complete()
             elif ev is h11.PAUSED:
                 rest, _closed = conn.trailing_data
-                raise UpgradeRequested(bytes(rest))
+                if self._status == 101:
+                    raise UpgradeRequested(bytes(rest))
+                # the response is complete and more bytes follow it: not ours to parse
+                self.leftover = len(rest)
+                return
             elif isinstance(ev, h11.ConnectionClosed):
                 return

@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from monolake.worker.http.client import UpstreamConnection, UpstreamError, UpstreamTimeout
+from monolake.worker.http.parser import HeadLimits
 from monolake.worker.http.stats import Stats
 from monolake.worker.http.upstream import Upstream
 from monolake.worker.service.state import FdSource
@@ -29,8 +30,9 @@ POOL_STATE_VERSION = 1
 
 class UpstreamPool:
     def __init__(self, *, parser_kind: str, connect_timeout: float, read_timeout: float,
-                 stats: Stats, log: Any = None) -> None:
+                 stats: Stats, log: Any = None, head_limits: HeadLimits | None = None) -> None:
         self.parser_kind = parser_kind
+        self.head_limits = head_limits or HeadLimits(status=502)  # of upstream response heads
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stats = stats
@@ -51,6 +53,11 @@ class UpstreamPool:
         dq = self.idle.get(up.key)
         while dq:
             conn = dq.pop()
+            if conn in self.busy:
+                # idle and checked out at once: handing it out would give one connection to
+                # two exchanges (their responses would cross); drop the stale idle entry
+                self.log.error("pool_double_checkout", upstream=up.label)
+                continue
             if not conn.closed and not conn.transport.is_closing():
                 conn.upstream = up
                 self.busy.add(conn)
@@ -89,8 +96,16 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
+        """Return a checked-out connection (each checkout is released exactly once)."""
+        if conn not in self.busy:
+            # released twice (or never checked out): it may already sit in the idle deque or
+            # serve another exchange; closing it is the only safe answer
+            self.log.error("pool_double_release", upstream=conn.upstream.label)
+            self.forget(conn)
+            conn.close()
+            return
         self.busy.discard(conn)
-        if self.closed or conn.closed:
+        if self.closed or conn.closed or conn.poisoned:
             conn.close()
             return
         up = conn.upstream

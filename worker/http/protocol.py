@@ -169,7 +169,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._abort()
 
     def _start_http(self) -> None:
-        self._parser = new_request_parser(self._rt.parser_kind, self, self._rt.max_head,
+        self._parser = new_request_parser(self._rt.parser_kind, self, self._rt.head_limits,
                                           self._rt.max_uri)
         self._phase = IDLE
         self._deadline = _now() + self._rt.header_timeout
@@ -315,9 +315,8 @@ class HttpServerProtocol(asyncio.Protocol):
             raise ParseError("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > self._rt.max_head:
-            raise ParseError("request header block too large", 431)
+        self._head_size = self._rt.head_limits.field(name, value, self._head_size,
+                                                     len(self._headers))
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from monolake.worker.http.parser import resolve_parser
+from monolake.worker.http.parser import HeadLimits, resolve_parser
 from monolake.worker.http.pool import UpstreamPool
 from monolake.worker.http.protocol import HttpServerProtocol
 from monolake.worker.http.proxy import RouterFactory
@@ -43,6 +43,7 @@ class ServerRuntime:
         self.log = env.logger.bind(server=name) if env.logger is not None else structlog.get_logger()
         self.parser_kind = resolve_parser(cfg.http_parser)
         self.max_head = cfg.max_header_size
+        self.head_limits = HeadLimits.for_requests(cfg)
         self.max_uri = cfg.max_uri_size
         self.max_body = cfg.max_body_size
         self.keepalive_timeout = t.server_keepalive_timeout_sec
@@ -215,10 +216,12 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
         pool.parser_kind = parser_kind
         pool.connect_timeout = t.upstream_connect_timeout_sec
         pool.read_timeout = t.upstream_read_timeout_sec
+        pool.head_limits = HeadLimits.for_responses(cfg)
         live._pool_handed_over = True
     else:
         pool = UpstreamPool(parser_kind=parser_kind, connect_timeout=t.upstream_connect_timeout_sec,
-                            read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log)
+                            read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log,
+                            head_limits=HeadLimits.for_responses(cfg))
     factory = push_config_layers(FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats)),
                                  cfg.layers)
     prev_stack, fd_source = inherited_stack(live, snapshot, stats, log)

@@ -129,22 +129,37 @@ class UpstreamConnection(asyncio.Protocol):
             self.fail(UpstreamError(f"internal error on the upstream connection: {exc!r}"))
 
     def _received(self, data: bytes) -> None:
+        """Replies, matched by seqid. The connection goes back to the idle list only after the
+        whole read is handled and only at a message boundary: bytes with nothing in flight, or
+        a partial message after the last awaited reply, are unsolicited, and whoever got the
+        connection next would read them as its reply (as for HTTP, worker/http/client.py)."""
+        label = self.pool.endpoint.label
+        if not self.pending:
+            self._unsolicited(f"{len(data)} bytes with no request in flight")
+            return
         try:
             frames = self.deframer.feed(data)
         except FrameError as exc:
-            self.fail(UpstreamError(f"bad response from upstream {self.pool.endpoint.label}: {exc}"))
+            self.fail(UpstreamError(f"bad response from upstream {label}: {exc}"))
             return
         pending = self.pending
         for frame in frames:
             call = pending.pop(frame.head.seqid, None)
             if call is None:
-                self.fail(UpstreamError(
-                    f"upstream {self.pool.endpoint.label} answered unknown seqid {frame.head.seqid}"))
+                self.fail(UpstreamError(f"upstream {label} answered unknown seqid {frame.head.seqid}"))
                 return
             self.inflight -= 1
-            if not self.inflight:
-                self.pool.on_idle(self)
             call.sink.on_reply(call, frame)
+        if not self.inflight and not self.closed:
+            if self.deframer.partial:
+                self._unsolicited(f"{self.deframer.buffered} bytes after the last reply")
+                return
+            self.pool.on_idle(self)
+
+    def _unsolicited(self, why: str) -> None:
+        self.pool.counters.upstream_unsolicited += 1
+        log.warning("upstream_unsolicited_bytes", upstream=self.pool.endpoint.label, detail=why)
+        self.fail(UpstreamError(f"upstream {self.pool.endpoint.label} sent {why}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 COUNTERS = (
     "connections_total", "requests", "responses_1xx", "responses_2xx", "responses_3xx",
     "responses_4xx", "responses_5xx", "errors", "bytes_in", "bytes_out",
-    "upstream_connect_failures", "upstream_ejections",
+    "upstream_connect_failures", "upstream_ejections", "upstream_unsolicited",
 )
 GAUGES = ("open_connections", "active_requests")
 
