@@ -329,6 +329,17 @@ static void release(PyObject **args, size_t n)
 
 /* -- requests ------------------------------------------------------------------------------ */
 
+/* Whether the line of n bytes before its '\n' ends in " HTTP/d.d\r" (check_request_line in
+ * worker/http/parser.py is the twin). */
+static int has_version_suffix(const char *line, Py_ssize_t n)
+{
+    if (n < 10)
+        return 0;
+    const char *s = line + n - 10;
+    return memcmp(s, " HTTP/", 6) == 0 && s[6] >= '0' && s[6] <= '9' && s[7] == '.' &&
+           s[8] >= '0' && s[8] <= '9' && s[9] == '\r';
+}
+
 static int request_head(Parser *P, const char *d, Py_ssize_t end)
 {
     Py_ssize_t pos = 0;
@@ -870,6 +881,12 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
                 const char *nl = memchr(p, '\n', (size_t)avail);
                 if (nl == NULL && P->is_request && avail > P->max_uri + 64) {
                     fail_status(P, "request target too long", 414);
+                    return NULL;
+                }
+                if (nl != NULL && P->is_request && !has_version_suffix(p, nl - p)) {
+                    /* the request line is in and has no HTTP/x.y (HTTP/0.9): its head would
+                     * never end, so refuse it now, not at the header timeout */
+                    fail(P, "invalid request line (an HTTP/0.9 request?)");
                     return NULL;
                 }
                 if (avail > P->max_head + P->max_uri + 64) {

@@ -19,6 +19,7 @@ keeps no such bytes: it reports them as the callbacks of a next message.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,7 +164,11 @@ class _UpgradeAsRest:
 
 if httptools is not None:
     class _HttptoolsRequestParser(_UpgradeAsRest, httptools.HttpRequestParser):  # type: ignore[misc]
-        pass
+        def __init__(self, proto: Any) -> None:
+            super().__init__(proto)
+            # llhttp refuses HTTP/1.2; the protocol decides versions as for the other parsers
+            # (1.x served as 1.1, 2 and later 505)
+            self.set_dangerous_leniencies(lenient_version=True)
 
     class _HttptoolsResponseParser(_UpgradeAsRest, httptools.HttpResponseParser):  # type: ignore[misc]
         pass
@@ -198,14 +203,30 @@ def _check_framing(head: bytes | bytearray) -> None:
 # h11 accepts chunk sizes of up to 20 hex digits (more than 64 bits); llhttp refuses an
 # overflow. Both must refuse the same input, so h11's chunk-size pattern is narrowed to 16.
 try:
-    import re as _re
-
     from h11 import _readers as _h11_readers
 
-    _h11_readers.chunk_header_re = _re.compile(
+    _h11_readers.chunk_header_re = re.compile(
         _h11_readers.chunk_header_re.pattern.replace(b"{1,20}", b"{1,16}"))
 except (ImportError, AttributeError):  # pragma: no cover - another h11 layout: keep its own
     pass
+
+
+_VERSION_SUFFIX = re.compile(rb" HTTP/[0-9]\.[0-9]\r\n")
+
+
+def check_request_line(buf: bytes | bytearray) -> None:
+    """An incomplete head whose request line is complete: 400 now if that line has no
+    ``HTTP/x.y`` (an HTTP/0.9 request gets no head end, so it would wait for the header
+    timeout). The twin of the same check in uring/mu_http.c; leading empty lines are skipped,
+    as between pipelined requests."""
+    start = 0
+    while buf[start:start + 2] == b"\r\n":
+        start += 2
+    nl = buf.find(b"\n", start)
+    if nl < 0:
+        return
+    if nl - start < 10 or not _VERSION_SUFFIX.fullmatch(buf, nl - 10, nl + 1):
+        raise ParseError("invalid request line (an HTTP/0.9 request?)")
 
 
 def _check_head_bytes(head: bytes | bytearray) -> None:
@@ -249,6 +270,8 @@ class H11RequestParser:
             self._headbuf += data
             end = self._headbuf.find(b"\r\n\r\n")
             _check_head_bytes(self._headbuf if end < 0 else self._headbuf[:end + 4])
+            if end < 0:
+                check_request_line(self._headbuf)
         self._conn.receive_data(data)
         self._drain()
 
@@ -303,6 +326,8 @@ class H11RequestParser:
         if rest:
             end = self._headbuf.find(b"\r\n\r\n")
             _check_head_bytes(self._headbuf if end < 0 else self._headbuf[:end + 4])
+            if end < 0:
+                check_request_line(self._headbuf)
             self._conn.receive_data(rest)
 
 

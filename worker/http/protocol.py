@@ -92,6 +92,31 @@ class Exchange:
         self.proto._spawn(self, coro)
 
 
+def _split_absolute(target: str) -> tuple[str, str, str]:
+    """``http://authority/path?query`` -> (authority, path, query); 400 without an authority
+    (or with userinfo, which RFC 9110 §4.2.4 forbids in http URIs)."""
+    rest = target.split("://", 1)[1]
+    end = len(rest)
+    for sep in "/?#":
+        i = rest.find(sep)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end]
+    if not authority or "@" in authority:
+        raise ParseError("invalid authority in the request target")
+    path_q = rest[end:].partition("#")[0]
+    path, _, query = path_q.partition("?")
+    return authority, path or "/", query
+
+
+def _with_host(headers: list[tuple[bytes, bytes]], host: bytes) -> list[tuple[bytes, bytes]]:
+    """The header list with its Host field (added when missing) set to ``host``."""
+    out = [(k, host if k == b"host" else v) for k, v in headers]
+    if not any(k == b"host" for k, _ in headers):
+        out.append((b"host", host))
+    return out
+
+
 class HttpServerProtocol(asyncio.Protocol):
     """HTTP/1.1 server connection: prelude (PROXY protocol, TLS), parsing, responses, tunnel."""
 
@@ -375,7 +400,10 @@ class HttpServerProtocol(asyncio.Protocol):
         A request without a body is complete here (a later on_message_complete finds nothing)."""
         rt = self._rt
         if version != "1.1" and version != "1.0":
-            raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
+            if version[:2] != "1.":
+                raise ParseError(f"unsupported HTTP version {version}",
+                                 505 if version >= "2" else 400)
+            version = "1.1"  # RFC 9110 §2.5: a later 1.x minor version is served as 1.1
         self._head_size = 0
         self._head_bytes = 0
         if host is None and version == "1.1":
@@ -385,13 +413,11 @@ class HttpServerProtocol(asyncio.Protocol):
         # target -> path and query
         if target[:1] == "/":
             path, _, query = target.partition("?")
-        elif target.startswith(("http://", "https://")):
-            rest = target.split("://", 1)[1]
-            slash = rest.find("/")
-            path_q = rest[slash:] if slash >= 0 else "/"
-            path, _, query = path_q.partition("?")
-            if host is None:
-                host = rest[:slash if slash >= 0 else len(rest)].encode("latin-1")
+        elif target[:7].lower() == "http://" or target[:8].lower() == "https://":
+            # RFC 9112 §3.2.2: the target's authority wins over Host, which it replaces
+            authority, path, query = _split_absolute(target)
+            host = authority.encode("latin-1")
+            headers = _with_host(headers, host)
         elif target == "*" and method == "OPTIONS":
             path, query = "*", ""
         else:
