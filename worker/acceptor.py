@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 import structlog
@@ -24,16 +26,32 @@ log = structlog.get_logger()
 ACCEPT_BATCH = 64  # connections taken per readiness event before the loop does other work
 # errors that mean "the system is short of something", not "the listening socket is broken"
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_FD_ERRNOS = {errno.EMFILE, errno.ENFILE}
+RETRY_AFTER_RECLAIM = 0.01  # closed transports give their fds back within a loop iteration
+RETRY_AFTER_SHORTAGE = 0.1  # nothing to reclaim: wait for connections to end by themselves
+
+
+@dataclass
+class _Shortage:
+    """One burst of failed accepts, logged when it starts and when it ends."""
+
+    since: float
+    failures: int = 0
+    reclaimed: int = 0
 
 
 class Acceptor:
     """Accepts on ``sock`` until ``close()``; every accepted connection gets a protocol."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
+                 protocol_factory: Callable[[], asyncio.BaseProtocol],
+                 reclaim: Callable[[], int] | None = None) -> None:
+        """``reclaim()``: close some idle keep-alive connections to free fds; how many."""
         self._loop = loop
         self._sock = sock
         self._factory = protocol_factory
+        self._reclaim = reclaim
+        self._shortage: _Shortage | None = None
         self._closed = False
         self._backoff: asyncio.TimerHandle | None = None
         sock.setblocking(False)
@@ -49,13 +67,12 @@ class Acceptor:
                 continue  # the client gave up while queued
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRNOS:
-                    # out of fds: stop accepting for a moment instead of spinning; the
-                    # connections wait in the queue
-                    log.error("accept failed; pausing accepts for 100 ms", error=str(exc))
-                    self._pause(0.1)
+                    self._short_of(exc)
                     return
                 log.error("accept failed", error=str(exc))
                 return
+            if self._shortage is not None:
+                self._recovered()
             conn.setblocking(False)
             self._loop.create_task(self._serve(conn))
 
@@ -65,6 +82,27 @@ class Acceptor:
         except Exception:  # noqa: BLE001 - one bad connection never takes the worker down
             log.exception("could not set up an accepted connection")
             conn.close()
+
+    def _short_of(self, exc: OSError) -> None:
+        """Out of fds (or memory): close the oldest idle keep-alive connections, as nginx
+        does, and retry at once; with nothing to close, stop accepting for a moment instead
+        of spinning (the connections wait in the queue). Logged once per burst."""
+        freed = self._reclaim() if self._reclaim is not None and exc.errno in _FD_ERRNOS else 0
+        shortage = self._shortage
+        if shortage is None:
+            shortage = self._shortage = _Shortage(time.monotonic())
+            log.warning("accept_out_of_fds" if exc.errno in _FD_ERRNOS else "accept_out_of_memory",
+                        error=str(exc), reclaimed=freed)
+        shortage.failures += 1
+        shortage.reclaimed += freed
+        self._pause(RETRY_AFTER_RECLAIM if freed else RETRY_AFTER_SHORTAGE)
+
+    def _recovered(self) -> None:
+        shortage, self._shortage = self._shortage, None
+        assert shortage is not None
+        log.info("accept_recovered", failed_accepts=shortage.failures,
+                 reclaimed=shortage.reclaimed,
+                 seconds=round(time.monotonic() - shortage.since, 3))
 
     def _pause(self, seconds: float) -> None:
         self._loop.remove_reader(self._sock.fileno())

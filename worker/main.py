@@ -95,9 +95,27 @@ class Worker:
         loop = asyncio.get_running_loop()
         for slot in self.slots.values():
             for sock in slot.sockets:
-                slot.servers.append(Acceptor(loop, sock, self._protocol_factory(slot.name)))
+                slot.servers.append(Acceptor(loop, sock, self._protocol_factory(slot.name),
+                                             self.reclaim_idle))
         self.accepting = True
         log.info("accepting", servers=sorted(self.slots))
+
+    def reclaim_idle(self) -> int:
+        """Out of fds: close the oldest idle keep-alive client connections of every server
+        (retired generations' included), as nginx's ngx_drain_connections: an eighth of them,
+        at least 1, at most 32. Handles without ``idle_connections`` have none to give."""
+        idle: list[tuple[float, Any]] = []
+        for handle in [slot.handle for slot in self.slots.values()] + self._retired_handles:
+            listing = getattr(handle, "idle_connections", None)
+            if listing is not None:
+                idle.extend(listing())
+        if not idle:
+            return 0
+        idle.sort(key=lambda item: item[0])
+        n = max(1, min(32, len(idle) // 8))
+        for _since, close in idle[:n]:
+            close()
+        return n
 
     def _protocol_factory(self, name: str) -> Any:
         """New connections get the server's *current* stack (in-place reload swaps it);
@@ -131,7 +149,8 @@ class Worker:
                 if name not in self.slots or not self.accepting:
                     sock.close()
                     continue
-                servers.append(Acceptor(loop, sock, self._protocol_factory(name)))
+                servers.append(Acceptor(loop, sock, self._protocol_factory(name),
+                                        self.reclaim_idle))
         self.covered[index] = servers
         log.info("covering for a slot without a live worker", covered_slot=index)
 

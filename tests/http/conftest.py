@@ -4,6 +4,7 @@ real upstream servers, and a raw HTTP/1.1 client over loopback sockets."""
 from __future__ import annotations
 
 import json
+import resource
 import select
 import socket
 import subprocess
@@ -82,8 +83,10 @@ def runtime_line(loop: str) -> str:
 
 
 @contextmanager
-def run_worker(tmp: Path, config: str, loop: str = "asyncio", timeout: float = 15.0) -> Iterator[Worker]:
-    """Start ``python -m monolake.worker --standalone -c CONFIG``; wait for its READY line."""
+def run_worker(tmp: Path, config: str, loop: str = "asyncio", timeout: float = 15.0,
+               nofile: int | None = None) -> Iterator[Worker]:
+    """Start ``python -m monolake.worker --standalone -c CONFIG``; wait for its READY line.
+    ``nofile``: the worker's RLIMIT_NOFILE (soft and hard)."""
     cfg = tmp / f"monolake-{time.monotonic_ns()}.toml"
     cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + config)
     log_path = tmp / (cfg.stem + ".log")
@@ -95,7 +98,9 @@ def run_worker(tmp: Path, config: str, loop: str = "asyncio", timeout: float = 1
     else:
         args = [PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)]
     with open(log_path, "wb") as err:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err)
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                                                         (nofile, nofile)))
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, preexec_fn=limit)
     try:
         deadline = time.monotonic() + timeout
         line = b""

@@ -892,6 +892,20 @@ class HttpServerProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         return not self._queue and self._phase == IDLE
 
+    @property
+    def reclaimable(self) -> bool:
+        """Idle between requests after serving at least one: what a worker out of fds closes
+        first (a connection that has sent nothing yet was accepted to be served)."""
+        return (self.idle and not self._fresh and self._transport is not None
+                and not self._lingering and self._tunnel is None)
+
+    @property
+    def idle_since(self) -> float:
+        return self._deadline - self._rt.keepalive_timeout
+
+    def reclaim(self) -> None:
+        self._close()
+
     def _close(self, linger: bool = False) -> None:
         t = self._transport
         if t is None:

@@ -159,6 +159,11 @@ class HttpServerHandle:
     def open_connections(self) -> int:
         return len(self.rt.connections)
 
+    def idle_connections(self) -> list[tuple[float, Any]]:
+        """(idle since, close) of each keep-alive connection waiting for its next request."""
+        return [(conn.idle_since, conn.reclaim) for conn in self.rt.connections
+                if conn.reclaimable]
+
     def export_state(self, fds: list[int]) -> dict:
         return {"version": HANDLE_STATE_VERSION, "stats": self.rt.stats.export(),
                 "stack": self.stack.export_state(fds)}

@@ -112,6 +112,13 @@ class ThriftServer:
     def open_connections(self) -> int:
         return len(self.conns)
 
+    def idle_connections(self) -> list[tuple[float, Any]]:
+        """(idle since, close) of each client connection with nothing in flight (see
+        Worker.reclaim_idle)."""
+        return [(conn.last_active, conn.close_if_idle) for conn in self.conns
+                if conn.transport is not None and not conn.inflight and not conn.deframer.partial
+                and conn.last_active]
+
     def export_state(self, fds: list[int]) -> dict:
         return {"version": STATE_VERSION, "counters": self.counters.export(),
                 "stack": self.stack.export_state(fds)}
