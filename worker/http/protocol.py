@@ -900,6 +900,11 @@ class HttpServerProtocol(asyncio.Protocol):
                 and not self._lingering and self._tunnel is None)
 
     @property
+    def deadline(self) -> float:
+        """When the current phase's timeout is due (0.0: none); see ServerRuntime._sweep."""
+        return self._deadline
+
+    @property
     def idle_since(self) -> float:
         return self._deadline - self._rt.keepalive_timeout
 

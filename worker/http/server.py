@@ -72,16 +72,39 @@ class ServerRuntime:
             self._sweep_handle = self.loop.call_later(self.sweep_interval, self._sweep)
 
     def _sweep(self) -> None:
+        """Check every deadline, and give those due before the next sweep a timer of their
+        own, so a timeout fires within milliseconds of its deadline, not up to a sweep
+        interval late. Few get one: a deadline moves on with every byte, so only a
+        connection silent for nearly its whole timeout is that close to it."""
         loop = self.loop
         now = loop.time()
+        horizon = now + self.sweep_interval
         try:
             for conn in list(self.connections):
                 conn.check_timeout(now)
+                deadline = conn.deadline
+                if now < deadline <= horizon:
+                    loop.call_at(deadline, self._on_time, conn, deadline)
             self.pool.sweep(now)
+            for up in list(self.pool.busy):
+                deadline = up.deadline
+                if now < deadline <= horizon:
+                    loop.call_at(deadline, self._on_time, up, deadline)
         except Exception:  # noqa: BLE001 - the sweep must keep running
             self.log.exception("timeout_sweep_failed")
         if self._sweep_handle is not None:
             self._sweep_handle = loop.call_later(self.sweep_interval, self._sweep)
+
+    def _on_time(self, conn: Any, deadline: float) -> None:
+        """A deadline's own timer (see _sweep). The loop may run it a clock tick early, so
+        the deadline itself is the earliest time it is checked at; one that has moved on
+        since is not due, and the sweeps keep watching it."""
+        if self._sweep_handle is None:
+            return  # stopped (the handle is closing)
+        try:
+            conn.check_timeout(max(self.loop.time(), deadline))
+        except Exception:  # noqa: BLE001
+            self.log.exception("timeout_check_failed")
 
     def stop_sweep(self) -> None:
         if self._sweep_handle is not None:
