@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import socket
 import subprocess
 import textwrap
@@ -13,7 +12,7 @@ import textwrap
 import pytest
 
 from monolake.supervisor import channel
-from tests.support import PYTHON
+from tests.support import PYTHON, raise_nofile
 
 # The child receives every message, reports what each fd is, echoes it back with the same
 # fds, then closes them all and reports how many fds it still has open.
@@ -43,14 +42,6 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def _raise_nofile(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        if hard != resource.RLIM_INFINITY and hard < need:
-            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-
-
 def _memfds(count: int, tag: str) -> list[int]:
     """Distinct files (one inode each) whose content names them."""
     fds = []
@@ -67,7 +58,7 @@ def _identity(fds: list[int]) -> list[list]:
 
 def test_thousands_of_fds_cross_the_channel_in_order_both_ways():
     plan = [("many", 1200), ("none", 0), ("just_over", 254), ("exactly_max", 253), ("one", 1)]
-    _raise_nofile(8 * sum(n for _, n in plan) + 256)
+    raise_nofile(8 * sum(n for _, n in plan) + 256)
     sent = {kind: _memfds(n, kind) for kind, n in plan}
     parent, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     child = subprocess.Popen([PYTHON, "-c", CHILD, str(child_end.fileno())],
