@@ -5,6 +5,14 @@ Both ends of the master <-> worker control channel use this module; it holds no 
 with a ``"type"`` key. File descriptors ride on the first byte of a frame as SCM_RIGHTS data,
 and the message says how many (``"nfds"``) so the reader knows to expect them.
 
+One ``sendmsg`` takes at most 253 fds (the kernel's SCM_MAX_FD; it refuses more with EINVAL),
+so a message with more is preceded by continuation frames (``{"type": "fds", "nfds": k}``,
+k <= 253) that carry the first fds in order; the message's own frame carries the last chunk
+and its ``nfds`` counts them all. The reader hands the message out with every fd, in order,
+and never shows a continuation frame to its caller. A sender that fails between chunks (the
+socket still usable) sends ``{"type": "fds", "nfds": 0, "cancel": true}`` so the reader closes
+the fds it was collecting instead of pinning them to the next message.
+
 ``FrameReader`` is sans-I/O (h11 style): feed it bytes and fds, take complete messages out.
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import select
 import socket
 import struct
 from collections import deque
@@ -20,7 +29,10 @@ from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # state snapshots can be large; anything beyond is a bug
-MAX_FDS_PER_RECV = 253  # SCM_MAX_FD
+MAX_FDS_PER_SENDMSG = 253  # SCM_MAX_FD: the kernel refuses a sendmsg with more
+MAX_FDS_PER_RECV = MAX_FDS_PER_SENDMSG  # one recvmsg returns at most one sendmsg's fds
+MAX_FDS_PER_MESSAGE = 1 << 20  # a bound for the reader, far above any pool
+FDS = "fds"  # the continuation frame's type (never handed to the caller)
 
 
 class ChannelError(Exception):
@@ -34,13 +46,28 @@ def encode(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def _nfds(message: dict[str, Any]) -> int:
+    value = message.get("nfds", 0) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_FDS_PER_MESSAGE:
+        raise ChannelError(f"bad nfds {value!r} in a {message.get('type')!r} frame")
+    return value
+
+
 class FrameReader:
-    """Reassembles frames (and their fds) from what a socket delivered."""
+    """Reassembles frames (and their fds) from what a socket delivered.
+
+    Frames are queued with the number of fds each carries itself; fds are queued in arrival
+    order, which is send order on a stream socket. Continuation frames add their fds to the
+    message that follows them.
+    """
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._fds: deque[int] = deque()
-        self._messages: deque[dict[str, Any]] = deque()
+        # (message or None for a continuation, fds on this frame, cancel the carried fds)
+        self._frames: deque[tuple[dict[str, Any] | None, int, bool]] = deque()
+        self._carried: list[int] = []  # fds of continuation frames already taken off _fds
+        self._announced = 0  # fds announced by continuation frames since the last message
 
     def feed(self, data: bytes, fds: list[int] | tuple[int, ...] = ()) -> None:
         self._buf += data
@@ -59,31 +86,97 @@ class FrameReader:
                 raise ChannelError(f"frame is not JSON: {exc}") from None
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                 raise ChannelError("frame is not an object with a string 'type'")
-            self._messages.append(message)
+            self._queue(message)
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        """Check a frame's fd accounting (here, so errors surface where bytes are read)."""
+        nfds = _nfds(message)
+        if message["type"] == FDS:
+            if message.get("cancel"):
+                self._frames.append((None, 0, True))
+                self._announced = 0
+                return
+            if not 1 <= nfds <= MAX_FDS_PER_SENDMSG:
+                raise ChannelError(f"continuation frame with {nfds} fds")
+            self._announced += nfds
+            if self._announced > MAX_FDS_PER_MESSAGE:
+                raise ChannelError("too many fds announced for one message")
+            self._frames.append((None, nfds, False))
+            return
+        own = nfds - self._announced
+        if not 0 <= own <= MAX_FDS_PER_SENDMSG:
+            raise ChannelError(f"a {message['type']!r} message announces {nfds} fds after "
+                               f"{self._announced} in continuation frames")
+        self._announced = 0
+        self._frames.append((message, own, False))
 
     def next_message(self) -> tuple[dict[str, Any], list[int]] | None:
-        """The next complete message and the fds it announced, or None."""
-        if not self._messages:
-            return None
-        nfds = int(self._messages[0].get("nfds", 0) or 0)
-        if len(self._fds) < nfds:
-            return None  # ancillary data always arrives with the frame's first byte; not yet here
-        message = self._messages.popleft()
-        return message, [self._fds.popleft() for _ in range(nfds)]
+        """The next complete message and all the fds it announced, in order, or None."""
+        while self._frames:
+            message, count, cancel = self._frames[0]
+            if len(self._fds) < count:
+                return None  # ancillary data always arrives with the frame's first byte; not yet here
+            self._frames.popleft()
+            own = [self._fds.popleft() for _ in range(count)]
+            if cancel:
+                _close_all(self._carried)
+                self._carried = []
+            elif message is None:
+                self._carried.extend(own)
+            else:
+                fds, self._carried = self._carried + own, []
+                return message, fds
+        return None
 
     def close_fds(self) -> None:
+        """Close every fd received but not handed out (the channel is being dropped)."""
+        _close_all(self._carried)
+        self._carried = []
         while self._fds:
-            try:
-                os.close(self._fds.popleft())
-            except OSError:
-                pass
+            _close_all([self._fds.popleft()])
 
 
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> None:
-    """Send one message, blocking until it is written (the socket may be non-blocking)."""
-    if fds:
-        message = {**message, "nfds": len(fds)}
-    data = encode(message)
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+         ) -> None:
+    """Send one message, blocking until it is written (the socket may be non-blocking).
+
+    More than ``MAX_FDS_PER_SENDMSG`` fds go out on continuation frames first. If a chunk is
+    refused after earlier ones went out, a cancel frame tells the reader to drop them (when the
+    socket still takes it) and the error is raised: the caller still owns every fd."""
+    fds = list(fds)
+    chunks = [fds[i:i + MAX_FDS_PER_SENDMSG] for i in range(0, len(fds), MAX_FDS_PER_SENDMSG)]
+    frames = [encode({"type": FDS, "nfds": len(chunk)}) for chunk in chunks[:-1]]
+    frames.append(encode({**message, "nfds": len(fds)} if fds else message))
+    for i, (data, chunk) in enumerate(zip(frames, chunks or [[]])):
+        try:
+            _send_frame(sock, data, chunk)
+        except _NothingSent as exc:
+            if i:
+                try:
+                    _send_frame(sock, encode({"type": FDS, "nfds": 0, "cancel": True}), [])
+                except (_NothingSent, OSError):
+                    pass  # the socket is broken: the reader drops everything with it
+            raise exc.error from None
+
+
+class _NothingSent(Exception):
+    """A frame's first ``sendmsg`` failed: the stream is still at a frame boundary."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _send_frame(sock: socket.socket, data: bytes, fds: list[int]) -> None:
+    """Write one frame; its fds (at most SCM_MAX_FD) ride on its first byte."""
     view = memoryview(data)
     first = True
     while view:
@@ -94,21 +187,33 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> N
             else:
                 sent = sock.send(view)
         except (BlockingIOError, InterruptedError):
-            import select
-
-            select.select([], [sock], [], 1.0)
+            _wait(sock, select.POLLOUT, 1.0)
             continue
+        except OSError as exc:
+            if first:
+                raise _NothingSent(exc) from None
+            raise
         first = False
         view = view[sent:]
+
+
+def _wait(sock: socket.socket, events: int, timeout: float | None) -> bool:
+    """poll(), not select(): a process passing many fds has sockets numbered above 1023."""
+    poller = select.poll()
+    poller.register(sock.fileno(), events)
+    return bool(poller.poll(None if timeout is None else timeout * 1000))
 
 
 def recv_into(sock: socket.socket, reader: FrameReader, bufsize: int = 65536) -> bool:
     """Read what is available into ``reader``; False on EOF. Raises BlockingIOError if nothing."""
     fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(bufsize, socket.CMSG_SPACE(MAX_FDS_PER_RECV * fds.itemsize))
+    data, ancdata, flags, _addr = sock.recvmsg(bufsize, socket.CMSG_SPACE(MAX_FDS_PER_RECV * fds.itemsize))
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    if flags & socket.MSG_CTRUNC:
+        _close_all(list(fds))  # the kernel dropped some fds: the accounting cannot recover
+        raise ChannelError("file descriptors were truncated (more than SCM_MAX_FD in one send?)")
     if not data and not fds:
         return False
     reader.feed(data, list(fds))
@@ -118,7 +223,6 @@ def recv_into(sock: socket.socket, reader: FrameReader, bufsize: int = 65536) ->
 def recv_message(sock: socket.socket, reader: FrameReader, timeout: float | None = None
                  ) -> tuple[dict[str, Any], list[int]] | None:
     """Blocking read of one whole message (used before an event loop exists); None on EOF."""
-    import select
     import time
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -129,8 +233,7 @@ def recv_message(sock: socket.socket, reader: FrameReader, timeout: float | None
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if remaining == 0.0:
             raise TimeoutError("no control message within the timeout")
-        ready, _, _ = select.select([sock], [], [], remaining)
-        if not ready:
+        if not _wait(sock, select.POLLIN, remaining):
             continue
         try:
             if not recv_into(sock, reader):

@@ -12,6 +12,8 @@ from typing import Any
 from monolake.supervisor import logs
 from monolake.supervisor.status import render_status
 
+STATE_NOT_MIGRATED = 3  # `reload`: the new generation serves, without the old one's state
+
 
 def _load(path: str | None) -> Any:
     from monolake.conf import ConfigError, load_config
@@ -144,6 +146,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
         print(f"reload done: generation {reply.get('generation')} ({reply.get('mode')}, "
               f"{reply.get('duration')}s)")
         return 0
+    if reply.get("state_migrated") is False:
+        # the new generation serves; what it lost is in the reason
+        sys.stderr.write(f"monolaked: reload done, but {reply.get('reason')}\n")
+        return STATE_NOT_MIGRATED
     sys.stderr.write(f"monolaked: reload failed: {reply.get('reason') or reply.get('error')}\n")
     return 1
 

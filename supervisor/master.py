@@ -51,10 +51,14 @@ class ReloadRecord:
     reason: str
     generation: int
     mode: str
+    # True: carried over; False: the new generation serves without some slot's state;
+    # None: not applicable (the reload failed before a new generation took over)
+    state_migrated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"time": self.started, "duration": round(self.duration, 3), "ok": self.ok,
-                "reason": self.reason, "generation": self.generation, "mode": self.mode}
+                "reason": self.reason, "generation": self.generation, "mode": self.mode,
+                "state_migrated": self.state_migrated}
 
 
 @dataclass

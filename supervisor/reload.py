@@ -9,7 +9,9 @@ Protocol (docs/architecture.md, "Reload"):
    ``reload_timeout``, else abort (new workers killed, new listeners closed, old ones serve on).
 4. Commit, slot by slot: the old worker stops accepting and exports its state (with fds);
    the new one imports it and starts accepting on the same socket (the queue is never
-   closed); the old one drains, up to ``drain_timeout``.
+   closed); the old one drains, up to ``drain_timeout``. A failed export or import never
+   stops this: the new worker starts fresh, the old one still drains, and the reload ends
+   as "state not migrated" (``StateNotMigrated``; ``monolaked reload`` exits 3).
 5. Listeners the new config removed close once the old generation is gone.
 
 HUPs arriving during a reload are coalesced into one more reload with the latest config.
@@ -30,9 +32,16 @@ from monolake.supervisor.workers import DRAINING, EXITED, READY, Slot, WorkerPro
 
 log = structlog.get_logger()
 
+EXPORT_TIMEOUT = 3.0  # seconds the old worker has to answer ``export``
+
 
 class ReloadFailed(Exception):
     pass
+
+
+class StateNotMigrated(ReloadFailed):
+    """The new generation serves, but some slot's state (pools, counters) was dropped: an
+    export or import failed. Reported as a failed reload with ``state_migrated: false``."""
 
 
 class Reloader:
@@ -82,14 +91,17 @@ class Reloader:
                 await self._in_place(new)
             else:
                 await self._generation(new)
-            ok, reason = True, ""
+            ok, reason, migrated = True, "", True
+        except StateNotMigrated as exc:
+            ok, reason, migrated = False, str(exc), False
         except ReloadFailed as exc:
-            ok, reason = False, str(exc)
+            ok, reason, migrated = False, str(exc), None
         except Exception as exc:  # noqa: BLE001 - a reload bug must not take the master down
             log.exception("reload crashed")
-            ok, reason = False, f"internal error: {exc!r}"
+            ok, reason, migrated = False, f"internal error: {exc!r}", None
         duration = time.monotonic() - started
-        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode)
+        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode,
+                              migrated)
         master.state.reloads.append(record)
         if ok:
             master.state.reloads_ok += 1
@@ -99,13 +111,17 @@ class Reloader:
         if ok:
             log.info("reload done", generation=master.state.generation, mode=mode,
                      duration=round(duration, 3))
+        elif migrated is False:
+            log.error("reload done, but state was not migrated; the new generation serves "
+                      "without it", reason=reason, generation=master.state.generation,
+                      state_migrated=False, duration=round(duration, 3))
         else:
             log.error("reload failed; the running generation keeps serving", reason=reason,
                       generation=master.state.generation, duration=round(duration, 3))
         sdnotify.notify("READY=1", f"STATUS=generation {master.state.generation}"
                         + ("" if ok else f"; last reload failed: {reason}"))
         return {"ok": ok, "reason": reason, "generation": master.state.generation,
-                "duration": round(duration, 3), "mode": mode}
+                "duration": round(duration, 3), "mode": mode, "state_migrated": migrated}
 
     def _load(self) -> Any:
         from monolake.conf import ConfigError, load_config
@@ -180,8 +196,9 @@ class Reloader:
         master.slots = slots
         asyncio.get_running_loop().create_task(self._close_after_drain(removed))
         if self._state_errors:
-            raise ReloadFailed("the new generation is serving, but without the previous "
-                               "generation's state: " + "; ".join(self._state_errors))
+            raise StateNotMigrated(f"state not migrated: generation {generation} is serving "
+                                   "without the previous generation's state: "
+                                   + "; ".join(self._state_errors))
 
     async def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
         futures = [w.ready for w in workers if w.ready is not None]
@@ -204,22 +221,10 @@ class Reloader:
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
         master = self.master
         old = slot.worker
-        if slot.respawn is not None:
-            slot.respawn.cancel()
+        state, fds = await self._export(slot, old)
+        if slot.respawn is not None:  # after the export: an old worker that died during it
+            slot.respawn.cancel()     # must not get a replacement besides the new one
             slot.respawn = None
-        state: str | None = None
-        fds: list[int] = []
-        unresponsive = False
-        if old is not None and old.state == READY:
-            reply = old.expect("state")
-            if old.send({"type": "export"}):
-                try:
-                    message, fds = await asyncio.wait_for(reply, 3.0)
-                    state = message.get("state")
-                except (asyncio.TimeoutError, RuntimeError) as exc:
-                    unresponsive = True
-                    log.warning("old worker exported no state; the new one starts fresh",
-                                slot=slot.index, pid=old.pid, error=str(exc) or "timeout")
         committed = new_worker.expect("committed")
         sent = new_worker.send({"type": "commit", "state": state}, fds)
         for fd in fds:
@@ -236,22 +241,52 @@ class Reloader:
             log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid,
                       error=str(exc) or "timeout")
         slot.worker = new_worker
-        slot.covered_by = None  # the covering worker belongs to the old generation and drains
+        master.uncover(slot)  # the new worker accepts on the slot's sockets itself
         slot.flapping = False
         slot.consecutive_crashes = 0
         if old is not None and old.state != EXITED:
-            self._retire(old, config, kill=unresponsive)
+            self._retire(old, config)
         if new_worker.state == EXITED:
             master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
 
-    def _retire(self, worker: WorkerProc, config: Any, kill: bool = False) -> None:
+    async def _export(self, slot: Slot, old: WorkerProc | None) -> tuple[str | None, list[int]]:
+        """Ask the old worker for its state (and fds). Whatever goes wrong is recorded as a
+        state error (the reload then reports that state was not migrated) and never ends the
+        old worker: it drains next, as it would without state. One that is really hung is
+        the watchdog's, or the drain deadline's, to kill."""
+        if old is None or old.state != READY:
+            return None, []  # nothing serving, nothing to carry
+        reply = old.expect("state")
+        if not old.send({"type": "export"}):
+            error = "the old worker could not be asked for its state"
+        else:
+            try:
+                message, fds = await asyncio.wait_for(reply, EXPORT_TIMEOUT)
+            except (asyncio.TimeoutError, RuntimeError) as exc:
+                error = (f"the old worker exported no state: "
+                         f"{str(exc) or f'no answer within {EXPORT_TIMEOUT}s'}")
+            else:
+                errors = [str(e) for e in message.get("errors") or []]
+                if errors:
+                    self._state_error(slot, old, "the old worker's export failed: "
+                                      + "; ".join(errors))
+                return message.get("state"), fds
+        self._state_error(slot, old, error)
+        return None, []
+
+    def _state_error(self, slot: Slot, old: WorkerProc, error: str) -> None:
+        log.warning("state not migrated; the new worker starts fresh", slot=slot.index,
+                    pid=old.pid, error=error)
+        self._state_errors.append(f"slot {slot.index}: {error}")
+
+    def _retire(self, worker: WorkerProc, config: Any) -> None:
         master = self.master
         master.retired.append(worker)
         timeout = config.supervisor.drain_timeout
-        if worker.state == READY and not kill:
+        if worker.state == READY:
             worker.state = DRAINING
             worker.send({"type": "drain", "timeout": timeout})
-        else:  # never became ready, or unresponsive (SIGSTOP, a blocked loop): nothing to drain
+        else:  # never became ready: nothing to drain
             worker.state = DRAINING
             kill_hard(worker)
         asyncio.get_running_loop().create_task(master._await_exit(worker, timeout + 2.0))

@@ -68,6 +68,12 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append("recent reloads:")
         for r in reloads[-5:]:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"]))
-            outcome = "ok" if r["ok"] else f"FAILED: {r['reason'].splitlines()[0] if r['reason'] else ''}"
+            reason = r["reason"].splitlines()[0] if r["reason"] else ""
+            if r["ok"]:
+                outcome = "ok"
+            elif r.get("state_migrated") is False:  # serving, but without the old state
+                outcome = f"STATE NOT MIGRATED: {reason}"
+            else:
+                outcome = f"FAILED: {reason}"
             lines.append(f"  {when}  gen {r['generation']}  {r['mode']}  {r['duration']}s  {outcome}")
     return "\n".join(lines)

@@ -118,3 +118,17 @@ def listening_inodes(port: int) -> set[int]:
         except FileNotFoundError:
             continue
     return found
+
+
+def raise_nofile(need: int) -> None:
+    """Raise this process's soft RLIMIT_NOFILE to ``need`` (children inherit it); skip the
+    test if the hard limit is lower."""
+    import resource
+
+    import pytest
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))

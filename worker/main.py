@@ -273,21 +273,48 @@ class Worker:
             self.send({"type": "failed", "reason": f"{kind}: {exc!r}"})
 
     def send_state(self) -> None:
-        """Export every server's state; each server's fds follow one another in one list."""
+        """Export every server's state; each server's fds follow one another in one list.
+
+        Never raises and never ends the worker: whatever fails (a server's export, pickling,
+        the send itself) is reported in the reply's ``errors`` and the successor starts
+        fresh, while this worker goes on to drain as told. Only a master that is gone ends
+        it (``send``)."""
         fds: list[int] = []
+        errors: list[str] = []
         exported: dict[str, Any] = {}
         for name, slot in self.slots.items():
             own: list[int] = []
             try:
                 exported[name] = {"data": slot.handle.export_state(own), "nfds": len(own)}
                 fds.extend(own)
-            except Exception:  # noqa: BLE001 - a failed export means the successor starts fresh
+            except Exception as exc:  # noqa: BLE001 - a failed export means the successor starts fresh
                 log.exception("state export failed; the successor starts fresh", server=name)
+                errors.append(f"server {name}: export failed: {exc!r}")
                 close_fds(own)
-        blob = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
+        message: dict[str, Any] = {"type": "state", "state": None}
+        try:
+            message["state"] = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
+        except Exception as exc:  # noqa: BLE001 - unpicklable state: nothing can be carried
+            log.exception("state could not be serialized; the successor starts fresh")
+            errors.append(f"state could not be serialized: {exc!r}")
+            close_fds(fds)
+            fds = []
         # with the stats the export captured: the master's counter accounting (accounting.py)
-        self.send({"type": "state", "state": blob, "servers": self.stats()[1]}, fds)
-        close_fds(fds)  # the master holds its own copies now
+        message.update(servers=self.stats()[1], errors=errors)
+        if self.control is None:
+            close_fds(fds)
+            return
+        try:
+            channel.send(self.control, message, fds)
+            return
+        except (OSError, channel.ChannelError) as exc:
+            log.error("state could not be sent; the successor starts fresh", nfds=len(fds),
+                      error=str(exc))
+            errors.append(f"state could not be sent ({len(fds)} fds): {exc!r}")
+        finally:
+            close_fds(fds)  # sent or not, this worker's copies go: the master dup'ed its own
+        message.update(state=None, errors=errors)
+        self.send(message)  # nothing big, no fds: this fails only if the master is gone
 
     async def commit(self, message: dict[str, Any], fds: list[int]) -> None:
         """Import the previous generation's state and start accepting. An import that fails
