@@ -3,28 +3,11 @@
 from __future__ import annotations
 
 import http.client
-from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Monolaked
 from tests.support import free_port
-
-
-@pytest.fixture
-def master_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Monolaked] = []
-
-    def make(config_text: str, args: list[str] = (), env: dict | None = None) -> Monolaked:
-        m = Monolaked(tmp_path, config_text, list(args), env)
-        started.append(m)
-        return m
-
-    yield make
-    for m in started:
-        m.close()
 
 
 def admin_section(port: int) -> str:

@@ -11,28 +11,13 @@ import subprocess
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
-from tests.harness import MONOLAKED, Monolaked, base_config, cpus_allowed, http_get
+from tests.harness import MONOLAKED, base_config, cpus_allowed, http_get
 from tests.support import free_port, listening_on, pid_alive, wait_for
 
 NCPU = len(os.sched_getaffinity(0))
-
-
-@pytest.fixture
-def master_factory(tmp_path: Path):
-    started: list[Monolaked] = []
-
-    def make(config_text: str, args: list[str] = (), env: dict | None = None) -> Monolaked:
-        m = Monolaked(tmp_path, config_text, args, env)
-        started.append(m)
-        return m
-
-    yield make
-    for m in started:
-        m.close()
 
 
 def test_serves_and_reports_one_pinned_worker_per_cpu(master_factory, tmp_path):

@@ -23,20 +23,6 @@ MODES = ["generation", "in_place"]
 
 
 @pytest.fixture
-def masters(tmp_path: Path):
-    started: list[Monolaked] = []
-
-    def make(text: str, args: list[str] = (), env: dict | None = None) -> Monolaked:
-        m = Monolaked(tmp_path, text, args, env)
-        started.append(m)
-        return m
-
-    yield make
-    for m in started:
-        m.close()
-
-
-@pytest.fixture
 def upstream():
     up = Upstream("a")
     yield up
@@ -106,13 +92,13 @@ class ClosedLoop(threading.Thread):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_reloads_under_load_lose_nothing(masters, tmp_path, upstream, mode):
+def test_reloads_under_load_lose_nothing(master_factory, tmp_path, upstream, mode):
     """(a) closed-loop load + one long streaming response during consecutive reloads."""
     reloads = 20 if SOAK else 8
     port = free_port()
     cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"',
                       routes=proxy_routes(upstream))
-    m = masters(cfg)
+    m = master_factory(cfg)
     m.wait_ready()
     loads = [ClosedLoop(port, keepalive=False), ClosedLoop(port, keepalive=True)]
     for t in loads:
@@ -146,10 +132,10 @@ def test_reloads_under_load_lose_nothing(masters, tmp_path, upstream, mode):
     assert all(r["ok"] for r in st["master"]["reloads"])
 
 
-def test_stopped_worker_queue_is_served_by_its_successor(masters, tmp_path):
+def test_stopped_worker_queue_is_served_by_its_successor(master_factory, tmp_path):
     """(b) a SIGSTOPped worker whose accept queue filled is retired by a reload."""
     port = free_port()
-    m = masters(base_config(tmp_path, port).replace("heartbeat_timeout = 5",
+    m = master_factory(base_config(tmp_path, port).replace("heartbeat_timeout = 5",
                                                     "heartbeat_timeout = 120"))
     status = m.wait_ready()
     victim = status["workers"][0]
@@ -187,11 +173,11 @@ def test_stopped_worker_queue_is_served_by_its_successor(masters, tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_failed_reloads_keep_the_old_generation(masters, tmp_path, mode):
+def test_failed_reloads_keep_the_old_generation(master_factory, tmp_path, mode):
     """(c) a broken config, and a config whose service fails at start."""
     port = free_port()
     good = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"')
-    m = masters(good, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+    m = master_factory(good, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
     m.wait_ready()
     pids = sorted(m.worker_pids())
     m.config_path.write_text(good.replace('proxy_type = "http"', 'proxy_type = "gopher"'))
@@ -226,7 +212,7 @@ def _proc_state(pid: int) -> str:
         return "gone"
 
 
-def test_hup_storm_is_coalesced_and_bounded(masters, tmp_path):
+def test_hup_storm_is_coalesced_and_bounded(master_factory, tmp_path):
     """(d) 10 HUPs within a second: at most two generations, the last config wins."""
     port = free_port()
 
@@ -237,7 +223,7 @@ def test_hup_storm_is_coalesced_and_bounded(masters, tmp_path):
             upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
         """)
 
-    m = masters(config(0))
+    m = master_factory(config(0))
     m.wait_ready()
     nslots = m.status()["master"]["workers"]
     master_pid = m.proc.pid
@@ -283,14 +269,14 @@ def test_hup_storm_is_coalesced_and_bounded(masters, tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_state_carries_over(masters, tmp_path, mode):
+def test_state_carries_over(master_factory, tmp_path, mode):
     """(e) request counters, the round-robin position and the upstream pool survive."""
     a, b = Upstream("a"), Upstream("b")
     try:
         port = free_port()
         cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"',
                           routes=proxy_routes(a, b, lb="round_robin"))
-        m = masters(cfg, args=["--workers", "1"])
+        m = master_factory(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         first = http_get(port, "/up/id")[1].decode().split()
         for _ in range(4):
@@ -316,10 +302,10 @@ def test_state_carries_over(masters, tmp_path, mode):
         b.close()
 
 
-def test_drain_closes_idle_keepalive_and_finishes_big_response(masters, tmp_path, upstream):
+def test_drain_closes_idle_keepalive_and_finishes_big_response(master_factory, tmp_path, upstream):
     """(f) an idle keep-alive connection is closed; an in-flight 50 MB response completes."""
     port = free_port()
-    m = masters(base_config(tmp_path, port, routes=proxy_routes(upstream)), args=["--workers", "1"])
+    m = master_factory(base_config(tmp_path, port, routes=proxy_routes(upstream)), args=["--workers", "1"])
     m.wait_ready(1)
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     idle.request("GET", "/")
@@ -352,12 +338,12 @@ def test_drain_closes_idle_keepalive_and_finishes_big_response(masters, tmp_path
     idle.close()
 
 
-def test_listeners_and_worker_count_follow_the_config(masters, tmp_path):
+def test_listeners_and_worker_count_follow_the_config(master_factory, tmp_path):
     """Unchanged listeners keep their sockets, added ones serve, removed ones close; the
     worker count can change."""
     port, extra_port = free_port(), free_port()
     plain = base_config(tmp_path, port)
-    m = masters(plain)
+    m = master_factory(plain)
     m.wait_ready()
     nslots = m.status()["master"]["workers"]
     sockets_before = listening_inodes(port)
@@ -419,7 +405,7 @@ class FragileService:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_failed_state_import_is_reported(masters, tmp_path, mode):
+def test_failed_state_import_is_reported(master_factory, tmp_path, mode):
     """A state import that fails makes ``reload`` fail with the reason; requests go on."""
     (tmp_path / "fragile_layer.py").write_text(FRAGILE)
     port = free_port()
@@ -427,7 +413,7 @@ def test_failed_state_import_is_reported(masters, tmp_path, mode):
         [[servers.web.layers]]
         factory = "fragile_layer:Fragile"
     """)
-    m = masters(cfg, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+    m = master_factory(cfg, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
     m.wait_ready()
     result = reload_cli(m)
     assert result.returncode != 0
@@ -438,10 +424,10 @@ def test_failed_state_import_is_reported(masters, tmp_path, mode):
     assert all(w["state"] == "ready" for w in st["workers"])
 
 
-def test_sigterm_during_a_reload_stops_everything(masters, tmp_path):
+def test_sigterm_during_a_reload_stops_everything(master_factory, tmp_path):
     """A stop that arrives while a new generation is being prepared wins: nothing is left."""
     port = free_port()
-    m = masters(base_config(tmp_path, port))
+    m = master_factory(base_config(tmp_path, port))
     m.wait_ready()
     master_pid = m.proc.pid
     os.kill(master_pid, signal.SIGHUP)

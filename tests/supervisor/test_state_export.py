@@ -19,20 +19,6 @@ from tests.support import free_port, pid_alive, raise_nofile, wait_for
 POOLED = 1100  # > 4 * 253: the state message needs five fd chunks
 
 
-@pytest.fixture
-def masters(tmp_path: Path):
-    started: list[Monolaked] = []
-
-    def make(text: str, args: list[str] = (), env: dict | None = None) -> Monolaked:
-        m = Monolaked(tmp_path, text, args, env)
-        started.append(m)
-        return m
-
-    yield make
-    for m in started:
-        m.close()
-
-
 def _config(tmp: Path, port: int, up: GatedUpstream, layers: str = "") -> str:
     routes = f"""
         [[servers.web.routes]]
@@ -77,11 +63,11 @@ def _old_worker_gone(m: Monolaked, old_pid: int) -> bool:
     return not pid_alive(old_pid) and [w["pid"] for w in m.status()["workers"]] != [old_pid]
 
 
-def test_more_than_a_thousand_pooled_connections_survive_a_generation_reload(masters, tmp_path):
+def test_more_than_a_thousand_pooled_connections_survive_a_generation_reload(master_factory, tmp_path):
     raise_nofile(4 * POOLED + 1024)
     with GatedUpstream() as up:
         port = free_port()
-        m = masters(_config(tmp_path, port, up), args=["--workers", "1"])
+        m = master_factory(_config(tmp_path, port, up), args=["--workers", "1"])
         m.wait_ready(1)
         up.arm(POOLED)  # all must wait at once: the proxy opens POOLED connections
         assert _concurrent(port, POOLED) == [200] * POOLED
@@ -137,7 +123,7 @@ class BrokenService:
 
 @pytest.mark.parametrize("how", ["raise", "unpicklable"])
 def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(
-        masters, tmp_path, how):
+        master_factory, tmp_path, how):
     (tmp_path / "broken_export.py").write_text(BROKEN_EXPORT)
     with GatedUpstream() as up:
         port = free_port()
@@ -146,7 +132,7 @@ def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(
             factory = "broken_export:BrokenExport"
             options = {{ how = "{how}" }}
         """
-        m = masters(_config(tmp_path, port, up, layers=layers), args=["--workers", "1"],
+        m = master_factory(_config(tmp_path, port, up, layers=layers), args=["--workers", "1"],
                     env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
         m.wait_ready(1)
         old_pid = m.worker_pids()[0]
