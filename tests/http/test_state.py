@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import socket
 
 import pytest
 
@@ -246,3 +247,73 @@ options = { rate = 1, bogus = 2 }
 """)
         with pytest.raises(ValueError, match="bogus"):
             build("px", cfg, ENV, None)
+
+
+def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
+    """Scheduled, not cancelled ``ServerRuntime._sweep`` timers on ``loop`` (asyncio's heap)."""
+    from monolake.worker.http.server import ServerRuntime
+
+    return sum(1 for h in loop._scheduled  # noqa: SLF001 - the only place timers are listed
+               if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_in_place_reloads_close_retired_handles(tmp_path):
+    """Each in-place reload retires the old stacks; once a retired stack has no connection
+    left, the worker closes it (aclose): its sweep timer and access log file go with it."""
+    from monolake.conf import Config
+    from monolake.worker.main import Worker
+
+    reloads = 50
+
+    async def wait_until(cond, what: str, timeout: float = 10.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not cond():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
+            await asyncio.sleep(0.02)
+
+    async def scenario(a):
+        loop = asyncio.get_running_loop()
+        text = f"""
+[servers.px]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:1" }}
+access_log = "{tmp_path / 'access.log'}"
+[[servers.px.routes]]
+path_prefix = "/one"
+upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
+"""
+        config = parse_config(text)
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        worker = Worker(ENV, config, {"px": [listener]}, control=None)
+        worker.build()
+        await worker.start_accepting()
+        held = await asyncio.open_connection("127.0.0.1", port)
+        assert (await _get(port, "/one", keep=held))[0] == 200   # a connection on the old stack
+        message = {"config": Config.to_dict(config)}
+        worker.prepare_in_place(message)
+        worker.commit_in_place()
+        old = worker._retired_handles[0]
+        await asyncio.sleep(0.6)            # longer than the retirement poll
+        assert old in worker._retired_handles, "a retired stack with a connection stays open"
+        assert old.rt._sweep_handle is not None
+        held[1].close()
+        await wait_until(lambda: not worker._retired_handles, "the first retired stack closed")
+        assert old.rt._sweep_handle is None, "closed: its sweep timer is cancelled"
+        base_sweeps, base_fds = _live_sweeps(loop), _open_fds()
+        for _ in range(reloads):
+            worker.prepare_in_place(message)
+            worker.commit_in_place()
+            assert (await _get(port, "/one"))[0] == 200
+        await wait_until(lambda: not worker._retired_handles, "every retired stack closed")
+        assert _live_sweeps(loop) == base_sweeps == 1, "one sweep timer per server"
+        assert _open_fds() <= base_fds, "no access log file left open per reload"
+        await worker.drain(1.0)
+        listener.close()
+
+    with UpstreamServer("a") as a:
+        asyncio.run(scenario(a))
