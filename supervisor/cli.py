@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -13,6 +14,9 @@ from monolake.supervisor import logs
 from monolake.supervisor.status import render_status
 
 STATE_NOT_MIGRATED = 3  # `reload`: the new generation serves, without the old one's state
+# names the control socket for scripts and containers, where passing a flag to every command
+# (or shipping the config file next to them) is awkward; --control-socket still wins
+CONTROL_SOCKET_ENV = "MONOLAKE_CONTROL_SOCKET"
 
 
 def _load(path: str | None) -> Any:
@@ -28,13 +32,23 @@ def _load(path: str | None) -> Any:
         raise SystemExit(1) from None
 
 
+def _env_control_socket() -> str | None:
+    """``$MONOLAKE_CONTROL_SOCKET`` made absolute (``start --daemon`` leaves the working
+    directory), or None when it is unset or empty."""
+    path = os.environ.get(CONTROL_SOCKET_ENV)
+    return os.path.abspath(path) if path else None
+
+
 def _control_path(args: argparse.Namespace) -> str:
-    """The control socket named by the config. A config that no longer validates (the user
-    is mid-edit and about to ``reload``) still names it: read that one key leniently."""
+    """The control socket: ``--control-socket``, else ``$MONOLAKE_CONTROL_SOCKET``, else the
+    config's, else the default. A config that no longer validates (the user is mid-edit and
+    about to ``reload``) still names it: read that one key leniently."""
     from monolake.conf import ConfigError, load_config
 
     if args.control_socket:
         return args.control_socket
+    if (from_env := _env_control_socket()) is not None:
+        return from_env
     try:
         return load_config(args.config).supervisor.control_socket
     except (ConfigError, OSError):
@@ -71,6 +85,10 @@ def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float =
 
 def cmd_start(args: argparse.Namespace) -> int:
     config = _load(args.config)
+    if (from_env := _env_control_socket()) is not None:
+        # the master listens where the other commands, run with the same environment, look
+        config = dataclasses.replace(config, supervisor=dataclasses.replace(
+            config.supervisor, control_socket=from_env))
     if args.workers is not None and args.workers < 1:
         sys.stderr.write("monolaked: --workers must be at least 1\n")
         return 1
@@ -162,17 +180,25 @@ def cmd_log_level(args: argparse.Namespace) -> int:
     return 1
 
 
+CONTROL_SOCKET_HELP = (f"environment: {CONTROL_SOCKET_ENV}=PATH names the control socket when "
+                       "--control-socket is not given, over supervisor.control_socket of the "
+                       "config; `start` listens on it.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="monolaked", description="monolake: HTTP and Thrift proxies, one worker per core.")
+        prog="monolaked", description="monolake: HTTP and Thrift proxies, one worker per core.",
+        epilog=CONTROL_SOCKET_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, control: bool = True) -> None:
         p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
         if control:
-            p.add_argument("--control-socket", help="control socket path (default: from the config)")
+            p.add_argument("--control-socket", help=f"control socket path (default: ${CONTROL_SOCKET_ENV}, "
+                                                    "else supervisor.control_socket of the config)")
 
-    p = sub.add_parser("start", help="run the master (foreground unless --daemon)")
+    p = sub.add_parser("start", help="run the master (foreground unless --daemon)",
+                       epilog=CONTROL_SOCKET_HELP)
     common(p, control=False)
     p.add_argument("--workers", type=int, help="number of workers (overrides runtime.workers)")
     p.add_argument("--pid-file", help="pid file (overrides supervisor.pid_file)")

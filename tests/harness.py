@@ -53,6 +53,12 @@ def base_config(tmp: Path, port: int, extra: str = "", supervisor: str = "", run
     """) + routes + textwrap.dedent(extra)
 
 
+def hermetic_env() -> dict[str, str]:
+    """This environment without ``MONOLAKE_CONTROL_SOCKET``: set in a developer's shell, it
+    would take the master and the CLI away from the control socket the test's config names."""
+    return {k: v for k, v in os.environ.items() if k != "MONOLAKE_CONTROL_SOCKET"}
+
+
 class Monolaked:
     """One master process and helpers to query it; ``close()`` kills everything it started."""
 
@@ -63,7 +69,7 @@ class Monolaked:
         self.log_path = tmp / "master.log"
         self._log = open(self.log_path, "wb")
         self.seen_pids: set[int] = set()
-        full_env = {**os.environ, **(env or {})}
+        full_env = {**hermetic_env(), **(env or {})}
         self.proc = subprocess.Popen([*MONOLAKED, "start", "-c", str(self.config_path), *args],
                                      stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
         self.seen_pids.add(self.proc.pid)
@@ -72,7 +78,7 @@ class Monolaked:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([*MONOLAKED, *args, "-c", str(self.config_path)],
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, env=hermetic_env())
 
     def status(self) -> dict[str, Any]:
         result = self.cli("status", "--json", timeout=30)

@@ -35,6 +35,7 @@ from monolake.worker.state import Snapshot
 log = structlog.get_logger()
 
 PR_SET_PDEATHSIG = 1
+RETIRE_POLL = 0.5  # seconds between checks whether a retired stack's last connection ended
 
 
 def die_with_parent(master_pid: int) -> None:
@@ -75,7 +76,9 @@ class Worker:
         self._lag = 0.0
         self._staged: tuple[Any, dict[str, Any]] | None = None
         self.covered: dict[int, list[Acceptor]] = {}
+        # stacks replaced by an in-place reload that still serve the connections they had
         self._retired_handles: list[Any] = []
+        self._retiring: asyncio.Task[None] | None = None
 
     # ----- building and accepting -------------------------------------------------------
 
@@ -161,8 +164,12 @@ class Worker:
         if servers:
             log.info("stopped covering", covered_slot=index)
 
+    def handles(self) -> list[Any]:
+        """Every live handle: the current stacks and the retired ones still serving."""
+        return [slot.handle for slot in self.slots.values()] + self._retired_handles
+
     def open_connections(self) -> int:
-        return sum(slot.handle.open_connections() for slot in self.slots.values())
+        return sum(handle.open_connections() for handle in self.handles())
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, end keep-alive, wait for in-flight requests up to ``timeout``."""
@@ -171,8 +178,8 @@ class Worker:
         # connections accepted just before the stop are still being set up (asyncio creates
         # their protocol in a task); let them register so the drain waits for them
         await asyncio.sleep(0.05)
-        for slot in self.slots.values():
-            slot.handle.begin_drain()
+        for handle in self.handles():
+            handle.begin_drain()
         deadline = time.monotonic() + timeout
         while self.open_connections() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -180,11 +187,10 @@ class Worker:
         if left:
             log.warning("drain timeout, closing connections", open_connections=left,
                         timeout=timeout)
-        for slot in self.slots.values():
-            try:
-                await slot.handle.aclose()
-            except Exception:  # noqa: BLE001 - closing must go on for the other servers
-                log.exception("server close failed", server=slot.name)
+        retired, self._retired_handles = self._retired_handles, []  # the closer task ends
+        for name, handle in [(slot.name, slot.handle) for slot in self.slots.values()] + [
+                ("(retired)", handle) for handle in retired]:
+            await close_handle(handle, name)
 
     # ----- stats and heartbeat ----------------------------------------------------------
 
@@ -376,14 +382,19 @@ class Worker:
                             busy_poll_us=config.runtime.busy_poll_us)
         self.config = config
         log.info("in-place reload committed", servers=sorted(staged))
-        asyncio.get_running_loop().create_task(self._close_retired_handles())
+        if self._retiring is None or self._retiring.done():  # one closer for every retired stack
+            self._retiring = asyncio.get_running_loop().create_task(self._close_retired_handles())
 
     async def _close_retired_handles(self) -> None:
+        """Close each retired stack once its last connection has ended: ``aclose()`` cancels
+        its timers (the sweep) and releases what it alone holds (files, its own pools); what
+        it shares with its successor (the HTTP upstream pool) was handed over at build."""
         while self._retired_handles:
-            for handle in list(self._retired_handles):
-                if handle.open_connections() == 0:
-                    self._retired_handles.remove(handle)
-            await asyncio.sleep(0.5)
+            for handle in [h for h in self._retired_handles if h.open_connections() == 0]:
+                self._retired_handles.remove(handle)
+                await close_handle(handle, "(retired)")
+            if self._retired_handles:
+                await asyncio.sleep(RETIRE_POLL)
 
     def _finish(self, code: int) -> None:
         if self._done is not None and not self._done.done():
@@ -431,6 +442,14 @@ class Worker:
     async def _stop_standalone(self) -> None:
         await self.drain(float(self.config.supervisor.graceful_timeout))
         self._finish(0)
+
+
+async def close_handle(handle: Any, name: str) -> None:
+    """``aclose()`` one server handle; a failure is logged so the others still close."""
+    try:
+        await handle.aclose()
+    except Exception:  # noqa: BLE001 - closing must go on for the other servers
+        log.exception("server close failed", server=name)
 
 
 def close_fds(fds: list[int]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import socket
 
 import pytest
 
@@ -65,6 +66,15 @@ def _through_process_boundary(data: dict, fds: list[int]) -> Snapshot:
     return Snapshot(pickle.loads(pickle.dumps(data)), [os.dup(fd) for fd in fds])
 
 
+async def _until(cond, what: str, timeout: float = 10.0) -> None:
+    """Poll ``cond`` on the running loop until it holds, failing after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting: {what}"
+        await asyncio.sleep(0.005)
+
+
 def _run(coro, loop: str = "asyncio"):
     if loop == "io_uring":
         from monolake.uring import new_event_loop, probe
@@ -97,7 +107,9 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
         snap.close_untaken()
         s2 = await _serve(h2)
         p2 = s2.sockets[0].getsockname()[1]
-        await asyncio.sleep(0.05)  # the adopted sockets are wrapped on the loop
+        # the adopted sockets are wrapped on the loop: wait until every one is idle in the pool
+        await _until(lambda: sum(map(len, h2.pool.idle.values())) == len(fds),
+                     "adopted connections pooled")
         nxt = (await _get(p2, "/rr"))[1]["x-upstream"]
         assert (await _get(p2, "/dead"))[0] == 503, "the ejection carried over"
         assert (await _get(p2, "/one"))[0] == 200
@@ -216,7 +228,7 @@ def test_drain_closes_idle_and_marks_in_flight_close():
         assert (await _get(port, "/rr", keep=idle))[0] == 200
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
         busy_w.write(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
-        await asyncio.sleep(0.2)
+        await _until(lambda: h.stats()["active_requests"] == 1, "the slow request in flight")
         assert h.open_connections() == 2
         h.begin_drain()
         assert await asyncio.wait_for(idle[0].read(), 2) == b""   # idle: closed now (FIN)
@@ -225,11 +237,7 @@ def test_drain_closes_idle_and_marks_in_flight_close():
         assert b"connection: close" in head.lower()                  # in flight: finishes
         rest = await asyncio.wait_for(busy_r.read(), 5)
         assert rest == b"slow ok"
-        for _ in range(150):
-            if h.open_connections() == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert h.open_connections() == 0
+        await _until(lambda: h.open_connections() == 0, "drained")
         s.close()
         await h.aclose()
 
@@ -246,3 +254,71 @@ options = { rate = 1, bogus = 2 }
 """)
         with pytest.raises(ValueError, match="bogus"):
             build("px", cfg, ENV, None)
+
+
+def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
+    """Scheduled, not cancelled ``ServerRuntime._sweep`` timers on ``loop`` (asyncio's heap)."""
+    from monolake.worker.http.server import ServerRuntime
+
+    return sum(1 for h in loop._scheduled  # noqa: SLF001 - the only place timers are listed
+               if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_in_place_reloads_close_retired_handles(tmp_path, monkeypatch):
+    """Each in-place reload retires the old stacks; once a retired stack has no connection
+    left, the worker closes it (aclose): its sweep timer and access log file go with it."""
+    from monolake.conf import Config
+    from monolake.worker.main import Worker
+
+    reloads = 50
+    monkeypatch.setattr("monolake.worker.main.RETIRE_POLL", 0.01)
+
+    async def scenario(a):
+        loop = asyncio.get_running_loop()
+        text = f"""
+[servers.px]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:1" }}
+access_log = "{tmp_path / 'access.log'}"
+[[servers.px.routes]]
+path_prefix = "/one"
+upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
+"""
+        config = parse_config(text)
+        listener = socket.create_server(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        worker = Worker(ENV, config, {"px": [listener]}, control=None)
+        worker.build()
+        await worker.start_accepting()
+        held = await asyncio.open_connection("127.0.0.1", port)
+        assert (await _get(port, "/one", keep=held))[0] == 200   # a connection on the old stack
+        message = {"config": Config.to_dict(config)}
+        worker.prepare_in_place(message)
+        worker.commit_in_place()
+        old = worker._retired_handles[0]
+        checks = []
+        counted = old.open_connections
+        old.open_connections = lambda: checks.append(1) or counted()
+        await _until(lambda: len(checks) >= 3, "the closer looked at the retired stack")
+        assert old in worker._retired_handles, "a retired stack with a connection stays open"
+        assert old.rt._sweep_handle is not None
+        held[1].close()
+        await _until(lambda: not worker._retired_handles, "the first retired stack closed")
+        assert old.rt._sweep_handle is None, "closed: its sweep timer is cancelled"
+        base_sweeps, base_fds = _live_sweeps(loop), _open_fds()
+        for _ in range(reloads):
+            worker.prepare_in_place(message)
+            worker.commit_in_place()
+            assert (await _get(port, "/one"))[0] == 200
+        await _until(lambda: not worker._retired_handles, "every retired stack closed")
+        assert _live_sweeps(loop) == base_sweeps == 1, "one sweep timer per server"
+        assert _open_fds() <= base_fds, "no access log file left open per reload"
+        await worker.drain(1.0)
+        listener.close()
+
+    with UpstreamServer("a") as a:
+        asyncio.run(scenario(a))

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 import time
 from collections import Counter
 
 import pytest
 
+from monolake.conf import parse_config
+from monolake.worker.env import WorkerEnv
+from monolake.worker.http.client import UpstreamError, UpstreamTimeout
+from monolake.worker.http.pool import ConnectHold
+from monolake.worker.http.server import build
 from tests.http.conftest import PARSERS, Conn, run_worker
 from tests.http.upstream import UpstreamServer
 from tests.support import free_port
@@ -159,7 +166,6 @@ def test_least_conn_spreads_concurrent_requests(proxy):
     try:
         for c in conns:
             c.send(b"GET /least/slow?delay=0.5 HTTP/1.1\r\nHost: t\r\n\r\n")
-        time.sleep(0.2)
         names = {c.read_response().header("x-upstream") for c in conns}
     finally:
         for c in conns:
@@ -200,3 +206,110 @@ def test_stale_pooled_connection_is_retried(proxy, ups):
         for i in range(3):
             r = c.request("GET", f"/a/next{i}")
             assert r.status == 200, r
+
+
+# -- least_conn counts, in-process: ``Upstream.active`` through every way a request can go --
+
+def _least_conn_handle(urls: list[str], connect_timeout: float = 5.0):
+    ups = ", ".join(f'{{ endpoint = {{ type = "uri", value = "{u}" }} }}' for u in urls)
+    cfg = parse_config(f"""
+[servers.px]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:1" }}
+[servers.px.timeout]
+upstream_connect_timeout_sec = {connect_timeout}
+[[servers.px.routes]]
+path_prefix = "/"
+preserve_path = true
+load_balancer = "least_conn"
+upstreams = [{ups}]
+""").servers["px"]
+    handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(),
+                                        runtime="asyncio"), None)
+    return handle, handle.stack.services["router"].routes[0].balancer.upstreams
+
+
+async def _until(cond, what: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
+        await asyncio.sleep(0.005)
+
+
+def test_least_conn_counts_connects_in_flight_and_every_outcome(ups, blackhole):
+    a = ups[0]
+
+    async def scenario() -> None:
+        handle, (up,) = _least_conn_handle([a.url])
+        pool = handle.pool
+        # success: counted while connecting, handed over to the exchange, zero after it
+        task = asyncio.ensure_future(pool.acquire(up))
+        await asyncio.sleep(0)          # the task runs up to its first wait: the connect
+        assert up.active == 1, "a connect in flight counts"
+        conn = await task
+        assert up.active == 0
+        fut = conn.request("GET", b"GET /slow?delay=0.2 HTTP/1.1\r\nHost: t\r\n\r\n", None,
+                           False, False, 5.0)
+        assert up.active == 1
+        resp = await fut
+        assert resp.status == 200
+        await _until(lambda: up.active == 0, "exchange over")
+        # refused, timed out, cancelled mid-connect: back to zero, never below
+        for url, timeout, outcome in ((f"http://127.0.0.1:{free_port()}", 5.0, UpstreamError),
+                                      (f"http://127.0.0.1:{blackhole}", 0.2, UpstreamTimeout),
+                                      (f"http://127.0.0.1:{blackhole}", 30.0, asyncio.CancelledError)):
+            h, (u,) = _least_conn_handle([url], connect_timeout=timeout)
+            task = asyncio.ensure_future(h.pool.acquire(u))
+            await asyncio.sleep(0)
+            assert u.active == 1, "a connect in flight counts"
+            if outcome is asyncio.CancelledError:
+                task.cancel()
+            with pytest.raises(outcome):
+                await task
+            assert u.active == 0, outcome
+            await h.aclose()
+        # a request whose task is cancelled before it ever runs gives its count back
+        hold = ConnectHold(up)
+        never = asyncio.ensure_future(pool.acquire(up, hold))
+        never.add_done_callback(hold.release)
+        never.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await never
+        assert up.active == 0
+        await handle.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_least_conn_spreads_requests_parsed_in_one_loop_turn(ups, monkeypatch):
+    """Two requests read in the same loop turn, neither with a pooled connection: the first
+    one's connect already counts when the second is balanced."""
+    import monolake.worker.http.upstream as upstream_module
+
+    a, b, _ = ups
+    # ties go to the first upstream, so only the count can send the second request elsewhere
+    monkeypatch.setattr(upstream_module.random, "choice", lambda seq: seq[0])
+
+    async def scenario() -> set[str]:
+        handle, upstreams = _least_conn_handle([a.url, b.url])
+        server = await asyncio.get_running_loop().create_server(handle.protocol_factory,
+                                                                "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+        await _until(lambda: handle.open_connections() == 2, "both accepted")
+        for _, w in clients:  # one turn: both arrive before the proxy runs again
+            w.write(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: t\r\n\r\n")
+        await _until(lambda: sum(u.active for u in upstreams) == 2, "both in flight")
+        assert [u.active for u in upstreams] == [1, 1]
+        names = set()
+        for r, w in clients:
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
+            names.update(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                         if line.lower().startswith(b"x-upstream:"))
+            w.close()
+        await _until(lambda: sum(u.active for u in upstreams) == 0, "all done")
+        server.close()
+        await handle.aclose()
+        return names
+
+    assert asyncio.run(scenario()) == {"a", "b"}

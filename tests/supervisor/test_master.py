@@ -355,3 +355,59 @@ def test_embedded_default_config_serves_out_of_the_box(tmp_path):
 
         kill_pids([p for p in pids if pid_alive(p)])
         log.close()
+
+
+def test_control_socket_precedence_flag_env_config_default(tmp_path, monkeypatch):
+    """--control-socket, then $MONOLAKE_CONTROL_SOCKET, then the config's, then the default."""
+    from monolake.supervisor import cli
+
+    config = tmp_path / "monolake.toml"
+    config.write_text(base_config(tmp_path, free_port()))
+    monkeypatch.delenv("MONOLAKE_CONTROL_SOCKET", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+
+    def resolved(*argv: str) -> str:
+        return cli._control_path(cli.build_parser().parse_args(["status", *argv]))
+
+    assert resolved() == str(tmp_path / "xdg" / "monolaked.sock")
+    assert resolved("-c", str(config)) == str(tmp_path / "control.sock")
+    monkeypatch.setenv("MONOLAKE_CONTROL_SOCKET", str(tmp_path / "env.sock"))
+    assert resolved() == resolved("-c", str(config)) == str(tmp_path / "env.sock")
+    assert resolved("-c", str(config), "--control-socket", str(tmp_path / "flag.sock")) == \
+        str(tmp_path / "flag.sock")
+    monkeypatch.setenv("MONOLAKE_CONTROL_SOCKET", "")     # empty: as if unset
+    assert resolved("-c", str(config)) == str(tmp_path / "control.sock")
+    help_text = subprocess.run([*MONOLAKED, "status", "--help"], capture_output=True, text=True,
+                               timeout=30).stdout
+    assert "MONOLAKE_CONTROL_SOCKET" in help_text
+
+
+def test_control_socket_from_the_environment_for_start_and_commands(master_factory, tmp_path):
+    """One variable in the environment of the master and of the commands: they meet on it,
+    whatever the config says, and no -c is needed to reach the master."""
+    port = free_port()
+    env_sock = tmp_path / "env.sock"
+    env = {"MONOLAKE_CONTROL_SOCKET": str(env_sock), "XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
+    m = master_factory(base_config(tmp_path, port), env=env)
+    cli_env = {**os.environ, **env}
+
+    def ready():
+        out = subprocess.run([*MONOLAKED, "status", "--json"], capture_output=True, text=True,
+                             env=cli_env, timeout=30)
+        assert m.proc.poll() is None, m.log()
+        if out.returncode != 0:
+            return None
+        import json
+
+        st = json.loads(out.stdout)
+        m.seen_pids.update(w["pid"] for w in st["workers"] if w.get("pid"))
+        return all(w["state"] == "ready" for w in st["workers"]) and st
+
+    wait_for(ready, 30, interval=0.1, what="workers ready, found through the environment")
+    assert env_sock.exists() and not (tmp_path / "control.sock").exists()
+    assert http_get(port)[0] == 200
+    stop = subprocess.run([*MONOLAKED, "stop", "-c", str(m.config_path)], capture_output=True,
+                          text=True, env=cli_env, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    assert m.proc.wait(timeout=30) == 0
+    assert not env_sock.exists()

@@ -28,6 +28,25 @@ from monolake.worker.service.state import FdSource
 POOL_STATE_VERSION = 1
 
 
+class ConnectHold:
+    """One request bound for ``up`` counted in ``up.active`` (what least_conn compares) from
+    the moment it is committed to ``up`` until its connection is handed over; the exchange
+    that ``send`` starts counts it from there. ``release`` is idempotent, so every way out
+    (success, refusal, timeout, cancellation, a task that never ran) may call it."""
+
+    __slots__ = ("up",)
+
+    def __init__(self, up: Upstream) -> None:
+        self.up: Upstream | None = up
+        up.active += 1
+
+    def release(self, *_: Any) -> None:  # also a task done callback
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.active -= 1
+
+
 class UpstreamPool:
     def __init__(self, *, parser_kind: str, connect_timeout: float, read_timeout: float,
                  stats: Stats, log: Any = None, head_limits: HeadLimits | None = None) -> None:
@@ -65,15 +84,24 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def acquire(self, up: Upstream) -> UpstreamConnection:
-        if self.loop is None:
-            self.loop = asyncio.get_running_loop()
-        if self._adopt:
-            await self.adopt_pending()
-        conn = self.take_idle(up)
-        if conn is not None:
-            return conn
-        return await self._connect(up)
+    async def acquire(self, up: Upstream, hold: ConnectHold | None = None) -> UpstreamConnection:
+        """An idle or new connection to ``up``. The request counts in ``up.active`` while it
+        waits (``hold``, or one taken here before the first await), so least_conn sees
+        connects in flight; the hold ends when this returns or raises, and the caller's
+        ``send`` (with no await in between) counts the exchange."""
+        if hold is None:
+            hold = ConnectHold(up)
+        try:
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            if self._adopt:
+                await self.adopt_pending()
+            conn = self.take_idle(up)
+            if conn is not None:
+                return conn
+            return await self._connect(up)
+        finally:
+            hold.release()
 
     async def _connect(self, up: Upstream) -> UpstreamConnection:
         loop = self.loop

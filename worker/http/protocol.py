@@ -87,9 +87,9 @@ class Exchange:
         written or copied before this returns, so it may be one lent for the call only."""
         self.proto._fast_respond(self, resp)
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> asyncio.Task:
         """Continue this request as a coroutine (it has to wait for something)."""
-        self.proto._spawn(self, coro)
+        return self.proto._spawn(self, coro)
 
 
 def _split_absolute(target: str) -> tuple[str, str, str]:
@@ -532,9 +532,10 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         self._spawn(ex, self._stack.entry.call(ex.request, ctx))
 
-    def _spawn(self, ex: Exchange, coro: Any) -> None:
+    def _spawn(self, ex: Exchange, coro: Any) -> asyncio.Task:
         """Run the rest of a request as a coroutine (one task per request at most)."""
-        ex.task = self._loop.create_task(self._run(ex, coro))
+        ex.task = task = self._loop.create_task(self._run(ex, coro))
+        return task
 
     def _fast_respond(self, ex: Exchange, resp: Response) -> None:
         try:

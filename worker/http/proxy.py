@@ -18,7 +18,7 @@ from monolake.worker.http.builtins import BUILTINS
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
 from monolake.worker.http.headers import is_idempotent, request_head, upstream_target
 from monolake.worker.http.message import Request, Response, text_response
-from monolake.worker.http.pool import POOL_STATE_VERSION, UpstreamPool
+from monolake.worker.http.pool import POOL_STATE_VERSION, ConnectHold, UpstreamPool
 from monolake.worker.http.tls import client_context
 from monolake.worker.http.tunnel import Tunnel
 from monolake.worker.http.upstream import Balancer, Upstream
@@ -112,7 +112,10 @@ class RouterService(Stateful):
             return
         conn = self.pool.take_idle(up)
         if conn is None:
-            spawn(self._proxy(route, req, ctx, first=up))
+            # counted from the pick: requests parsed before the task first runs see it
+            hold = ConnectHold(up)
+            spawn(self._proxy(route, req, ctx, first=up, hold=hold)).add_done_callback(
+                hold.release)  # also when the task is cancelled before it ever runs
             return
         ctx.upstream = up.label
         head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
@@ -141,7 +144,8 @@ class RouterService(Stateful):
                   lend_body=True)
 
     async def _proxy(self, route: RouteHandler, req: Request, ctx: Any, first: Any = None,
-                     retry: bool = False) -> Response:
+                     retry: bool = False, hold: ConnectHold | None = None) -> Response:
+        """``first``: the upstream the fast path picked, with ``hold`` counting it."""
         balancer = route.balancer
         pool = self.pool
         tried: set[int] | None = None
@@ -150,14 +154,14 @@ class RouterService(Stateful):
             if first is not None:
                 up, first = first, None
             else:
-                up = balancer.pick(tried)
+                up, hold = balancer.pick(tried), None
             if up is None:
                 if last is not None:
                     return _error_response(last)
                 return text_response(503, "no healthy upstream")
             ctx.upstream = up.label
             try:
-                conn = await pool.acquire(up)
+                conn = await pool.acquire(up, hold)
             except UpstreamError as exc:
                 up.connect_failed(self.stats)
                 structlog.get_logger().info("upstream_connect_failed", upstream=up.label,
