@@ -803,6 +803,10 @@ static int message_complete(Parser *P)
 
 static int keep(Parser *P, const char *p, Py_ssize_t n, int from_buf)
 {
+    if (n == 0) {  /* nothing to keep (and P->buf may still be NULL: no memcpy from/to it) */
+        P->len = 0;
+        return 0;
+    }
     if (from_buf) {
         memmove(P->buf, p, (size_t)n);
     } else {
