@@ -23,8 +23,8 @@ from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer
 from monolake.supervisor.listeners import Listeners
 from monolake.supervisor.workers import (
-    DRAINING, EXITED, FLAPPING, READY, STARTING, STOPPING, Slot, WorkerProc, kill_hard,
-    spawn_worker, stop_reading)
+    DRAINING, EXITED, FLAPPING, READY, STARTING, STOPPING, UNRESPONSIVE, Slot, WorkerProc,
+    kill_hard, spawn_worker, stop_reading)
 
 log = structlog.get_logger()
 
@@ -393,6 +393,10 @@ class Master:
         state = worker.state if worker is not None else EXITED
         if slot is not None and slot.flapping and (worker is None or worker.state in (EXITED, STARTING)):
             state = FLAPPING
+        beat = self.config.supervisor.heartbeat_interval
+        live = worker is not None and worker.state != EXITED
+        if live and worker.unresponsive(now, beat):
+            state = UNRESPONSIVE
         row: dict[str, Any] = {
             "slot": slot.index if slot is not None else (worker.slot if worker else None),
             "cpu": slot.cpu if slot is not None else (worker.cpu if worker else None),
@@ -402,7 +406,8 @@ class Master:
             "uptime": round(now - worker.started, 3) if worker is not None and worker.state != EXITED else 0,
             "restarts": slot.restarts if slot is not None else 0,
             "runtime": worker.runtime if worker is not None else "",
-            "lag": round(worker.lag, 6) if worker is not None else 0.0,
+            "lag": round(worker.current_lag(now, beat), 6) if live else 0.0,
+            "heartbeat_age": round(worker.silence(now), 3) if live else None,
             "open_connections": int(worker.stats.get("open_connections", 0)) if worker else 0,
             "requests": int(worker.stats.get("requests", 0)) if worker else 0,
             "rps": round(worker.rps, 1) if worker else 0.0,

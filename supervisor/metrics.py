@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,7 +201,8 @@ def add_worker_series(reg: Registry, master: Any) -> None:
                           "Times a slot's worker died and was respawned.")
     up = reg.family("monolake_worker_up", "gauge", "1 if the slot's worker is ready and serving.")
     lag = reg.family("monolake_event_loop_lag_seconds", "gauge",
-                     "How late the worker's last heartbeat timer fired (event-loop lag).")
+                     "How late the worker's last heartbeat timer fired (event-loop lag), or, "
+                     "while a heartbeat is overdue, how overdue it is.")
     gen = reg.family("monolake_worker_generation", "gauge", "Generation of the slot's worker.")
     flapping = reg.family("monolake_worker_flapping", "gauge",
                           "1 if the slot crashed flapping_threshold times within flapping_window.")
@@ -209,16 +211,19 @@ def add_worker_series(reg: Registry, master: Any) -> None:
                      "CPU time of the slot's current worker process (restarts at respawn).")
     info = reg.family("monolake_worker_info", "gauge",
                       "The slot's current worker: pid, CPU, event loop.")
+    now = time.monotonic()
+    beat = master.config.supervisor.heartbeat_interval
     for slot in master.slots:
         labels = {"worker": str(slot.index)}
         worker = slot.worker
         alive = worker is not None and worker.state != EXITED
         restarts.add(labels, slot.restarts)
-        up.add(labels, 1 if alive and worker.state == READY else 0)
+        up.add(labels, 1 if alive and worker.state == READY and not worker.unresponsive(now, beat)
+               else 0)
         flapping.add(labels, 1 if slot.flapping else 0)
         if not alive:
             continue
-        lag.add(labels, float(worker.lag))
+        lag.add(labels, worker.current_lag(now, beat))
         gen.add(labels, worker.generation)
         info.add({**labels, "pid": str(worker.pid), "cpu": "" if slot.cpu is None else str(slot.cpu),
                   "runtime": worker.runtime}, 1)

@@ -8,7 +8,8 @@ from typing import Any
 COLUMNS = [("SLOT", "slot"), ("CPU", "cpu"), ("PID", "pid"), ("GEN", "generation"),
            ("STATE", "state"), ("UPTIME", "uptime"), ("RSS", "rss"), ("CPU%", "cpu_percent"),
            ("CONNS", "open_connections"), ("REQUESTS", "requests"), ("RPS", "rps"),
-           ("RESTARTS", "restarts"), ("LAG", "lag"), ("RUNTIME", "runtime")]
+           ("RESTARTS", "restarts"), ("LAG", "lag"), ("BEAT", "heartbeat_age"),
+           ("RUNTIME", "runtime")]
 
 
 def human_bytes(n: float) -> str:
@@ -41,6 +42,8 @@ def _cell(key: str, value: Any) -> str:
         return f"{value:.1f}"
     if key == "lag":
         return f"{value * 1000:.1f}ms"
+    if key == "heartbeat_age":
+        return f"{value:.1f}s"  # since the worker's last heartbeat
     if key == "runtime" and value in ("asyncio", "uvloop"):
         return f"epoll({value})"  # both fallbacks are epoll loops
     return str(value)

@@ -28,6 +28,10 @@ log = structlog.get_logger()
 
 STARTING, READY, DRAINING, STOPPING, FLAPPING, EXITED = (
     "starting", "ready", "draining", "stopping", "flapping", "exited")
+# shown (status, metrics) for a ready worker silent for this many heartbeat intervals: stopped,
+# hung or starved, well before the watchdog (heartbeat_timeout) replaces it
+UNRESPONSIVE = "unresponsive"
+UNRESPONSIVE_AFTER_BEATS = 3
 
 
 @dataclass
@@ -93,6 +97,18 @@ class WorkerProc:
             if now > then:
                 self.rps = max(0.0, (requests - before) / (now - then))
         self._last_rate = (now, requests)
+
+    def silence(self, now: float) -> float:
+        """Seconds since the last heartbeat (monotonic ``now``)."""
+        return max(0.0, now - self.last_heartbeat)
+
+    def current_lag(self, now: float, interval: float) -> float:
+        """The lag the worker reported, or, once its next heartbeat is overdue, how overdue it
+        is: a worker that stops answering shows a lag that keeps growing, not a frozen one."""
+        return max(self.lag, self.silence(now) - interval)
+
+    def unresponsive(self, now: float, interval: float) -> bool:
+        return self.state == READY and self.silence(now) > UNRESPONSIVE_AFTER_BEATS * interval
 
     def resources(self) -> dict[str, Any]:
         """RSS and CPU% from psutil (CPU% is measured since the previous call)."""

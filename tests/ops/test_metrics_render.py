@@ -42,6 +42,13 @@ class FakeWorker:
     runtime: str = "asyncio"
     lag: float = 0.002
     server_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    silent: bool = False  # no heartbeat for a while (see WorkerProc.unresponsive)
+
+    def current_lag(self, now: float, interval: float) -> float:
+        return self.lag + (5.0 if self.silent else 0.0)
+
+    def unresponsive(self, now: float, interval: float) -> bool:
+        return self.silent
 
 
 def web_stats(requests: int, **more: int) -> dict[str, int]:

@@ -411,3 +411,31 @@ def test_control_socket_from_the_environment_for_start_and_commands(master_facto
     assert stop.returncode == 0, stop.stderr
     assert m.proc.wait(timeout=30) == 0
     assert not env_sock.exists()
+
+
+def test_status_marks_a_silent_worker_unresponsive_and_its_lag_grows(master_factory, tmp_path):
+    """A worker under SIGSTOP used to show `ready` with a frozen lag until the watchdog fired.
+    After three missed heartbeats it is `unresponsive`, with the age of its last heartbeat, and
+    its lag grows while it is silent; it is `ready` again once it answers."""
+    port = free_port()
+    cfg = base_config(tmp_path, port).replace("heartbeat_timeout = 5", "heartbeat_timeout = 60")
+    assert "heartbeat_timeout = 60" in cfg  # the watchdog stays out of this test
+    m = master_factory(cfg)
+    victim = m.wait_ready()["workers"][0]
+    beat = 0.5  # heartbeat_interval in base_config
+
+    def row() -> dict:
+        return next(w for w in m.status()["workers"] if w["slot"] == victim["slot"])
+
+    assert row()["state"] == "ready" and row()["heartbeat_age"] < 3 * beat
+    os.kill(victim["pid"], signal.SIGSTOP)
+    try:
+        wait_for(lambda: row()["state"] == "unresponsive", 3 * beat + 5, what="unresponsive")
+        first = row()
+        assert first["heartbeat_age"] > 3 * beat and first["lag"] > 1.5 * beat
+        wait_for(lambda: row()["lag"] > first["lag"] + 0.5, 5, what="lag growing while silent")
+        text = m.cli("status").stdout
+        assert "unresponsive" in text and "BEAT" in text
+    finally:
+        os.kill(victim["pid"], signal.SIGCONT)
+    wait_for(lambda: row()["state"] == "ready" and row()["lag"] < 1.0, 10, what="ready again")
