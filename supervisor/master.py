@@ -156,6 +156,7 @@ class Master:
             worker.on_heartbeat(message)
             return
         if kind == "ready":
+            worker.last_heartbeat = time.monotonic()  # alive now: its heartbeats start here
             worker.runtime = str(message.get("runtime", ""))
             if worker.state == STARTING:
                 worker.state = READY
