@@ -119,7 +119,7 @@ class FrameReader:
             self._frames.popleft()
             own = [self._fds.popleft() for _ in range(count)]
             if cancel:
-                _close_all(self._carried)
+                close_fds(self._carried)
                 self._carried = []
             elif message is None:
                 self._carried.extend(own)
@@ -130,13 +130,14 @@ class FrameReader:
 
     def close_fds(self) -> None:
         """Close every fd received but not handed out (the channel is being dropped)."""
-        _close_all(self._carried)
+        close_fds(self._carried)
         self._carried = []
         while self._fds:
-            _close_all([self._fds.popleft()])
+            close_fds([self._fds.popleft()])
 
 
-def _close_all(fds: list[int]) -> None:
+def close_fds(fds: list[int]) -> None:
+    """Close each fd, ignoring those already closed (fds received or dup'ed for sending)."""
     for fd in fds:
         try:
             os.close(fd)
@@ -212,7 +213,7 @@ def recv_into(sock: socket.socket, reader: FrameReader, bufsize: int = 65536) ->
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
     if flags & socket.MSG_CTRUNC:
-        _close_all(list(fds))  # the kernel dropped some fds: the accounting cannot recover
+        close_fds(list(fds))  # the kernel dropped some fds: the accounting cannot recover
         raise ChannelError("file descriptors were truncated (more than SCM_MAX_FD in one send?)")
     if not data and not fds:
         return False

@@ -296,19 +296,19 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - a failed export means the successor starts fresh
                 log.exception("state export failed; the successor starts fresh", server=name)
                 errors.append(f"server {name}: export failed: {exc!r}")
-                close_fds(own)
+                channel.close_fds(own)
         message: dict[str, Any] = {"type": "state", "state": None}
         try:
             message["state"] = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
         except Exception as exc:  # noqa: BLE001 - unpicklable state: nothing can be carried
             log.exception("state could not be serialized; the successor starts fresh")
             errors.append(f"state could not be serialized: {exc!r}")
-            close_fds(fds)
+            channel.close_fds(fds)
             fds = []
         # with the stats the export captured: the master's counter accounting (accounting.py)
         message.update(servers=self.stats()[1], errors=errors)
         if self.control is None:
-            close_fds(fds)
+            channel.close_fds(fds)
             return
         try:
             channel.send(self.control, message, fds)
@@ -318,7 +318,7 @@ class Worker:
                       error=str(exc))
             errors.append(f"state could not be sent ({len(fds)} fds): {exc!r}")
         finally:
-            close_fds(fds)  # sent or not, this worker's copies go: the master dup'ed its own
+            channel.close_fds(fds)  # sent or not, this worker's copies go: the master dup'ed its own
         message.update(state=None, errors=errors)
         self.send(message)  # nothing big, no fds: this fails only if the master is gone
 
@@ -452,18 +452,11 @@ async def close_handle(handle: Any, name: str) -> None:
         log.exception("server close failed", server=name)
 
 
-def close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
 
 def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot], str]:
     """Turn a ``state`` blob and its fds back into one Snapshot per server (and an error)."""
     if not blob:
-        close_fds(fds)
+        channel.close_fds(fds)
         return {}, ""
     try:
         exported = pickle.loads(base64.b64decode(blob))
@@ -473,11 +466,11 @@ def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot],
             count = int(item.get("nfds", 0))
             snapshots[name] = Snapshot(item["data"], list(fds[start:start + count]))
             start += count
-        close_fds(fds[start:])
+        channel.close_fds(fds[start:])
         return snapshots, ""
     except Exception as exc:  # noqa: BLE001 - a broken snapshot means starting fresh
         log.exception("state import failed; starting fresh")
-        close_fds(fds)
+        channel.close_fds(fds)
         return {}, f"the previous generation's state could not be read: {exc!r}"
 
 
