@@ -27,10 +27,12 @@ from types import SimpleNamespace
 from typing import Any
 
 REQUEST = b"GET /100B HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 05:00:00 GMT\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
-            b"Last-Modified: Mon, 30 Nov 2026 04:00:00 GMT\r\nConnection: keep-alive\r\n"
-            b"ETag: \"6a5c-64\"\r\nAccept-Ranges: bytes\r\n\r\n" + b"x" * 100)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 05:00:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
+    b"Last-Modified: Mon, 30 Nov 2026 04:00:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "6a5c-64"\r\nAccept-Ranges: bytes\r\n\r\n' + b"x" * 100
+)
 
 CONFIG = """
 [servers.bench]
@@ -137,7 +139,9 @@ async def main() -> int:
             for p, s in setups.items():
                 best[p] = min(best[p], s.run(args.per_round) / args.per_round)
     base = best[parsers[0]]
-    print(f"{'parser':10} {'µs/request':>11} {'ratio':>7}   (best of {args.rounds} rounds of {args.per_round})")
+    print(
+        f"{'parser':10} {'µs/request':>11} {'ratio':>7}   (best of {args.rounds} rounds of {args.per_round})"
+    )
     for p in parsers:
         print(f"{p:10} {best[p] * 1e6:11.2f} {best[p] / base:7.2f}")
     return 0
