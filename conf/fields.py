@@ -121,7 +121,7 @@ class Table:
 
     # -- typed reads -----------------------------------------------------------------------------
     def get(self, name: str, default: Any = MISSING, *, required: bool = False, what: str = "a value") -> Any:
-        used, value = self.lookup(name)
+        _, value = self.lookup(name)
         if value is MISSING and required:
             self.problems.add(self.key(name), f"expected {what}, found nothing (the key is required)")
         return default if value is MISSING else value
@@ -172,7 +172,7 @@ class Table:
             return default
         return value
 
-    def duration(self, name: str, default: float, *, table: "Table | None" = None) -> float:
+    def duration(self, name: str, default: float, *, table: Table | None = None) -> float:
         """A duration in seconds: an int or float, finite and > 0."""
         used, value = self.lookup(name)
         if value is MISSING:
@@ -263,7 +263,7 @@ class Table:
         aliases: Mapping[str, str] | None = None,
         rejected: Mapping[str, str] | None = None,
         required: bool = False,
-    ) -> "Table | None":
+    ) -> Table | None:
         used, value = self.lookup(name)
         if value is MISSING:
             if required:
@@ -290,7 +290,7 @@ class Table:
         known: Iterable[str],
         aliases: Mapping[str, str] | None = None,
         rejected: Mapping[str, str] | None = None,
-    ) -> "Table":
+    ) -> Table:
         """A table found elsewhere (an array item), sharing problems and base folder."""
         return Table(
             self.problems, path, raw, known=known, aliases=aliases, rejected=rejected, base_dir=self.base_dir

@@ -112,7 +112,7 @@ def normalize_host(host: str) -> str:
 
 
 class _Node:
-    __slots__ = ("static", "param", "param_name", "param_owner", "catchall_name", "catchall_index", "index")
+    __slots__ = ("catchall_index", "catchall_name", "index", "param", "param_name", "param_owner", "static")
 
     def __init__(self) -> None:
         self.static: dict[str, _Node] = {}
@@ -249,7 +249,7 @@ class Router:
     @classmethod
     def compile(
         cls, routes: Sequence[RouteLike], label: Callable[[int], str] = lambda i: f"routes[{i}]"
-    ) -> tuple["Router", list[RouteProblem]]:
+    ) -> tuple[Router, list[RouteProblem]]:
         """A router of the valid routes, and every syntax problem and conflict found."""
         router = cls.__new__(cls)
         problems = router._build(routes, label)

@@ -232,7 +232,7 @@ class Config:
         return _to_plain(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         """Rebuild the tree from :meth:`to_dict` output (trusted input: no validation)."""
         return _from_plain(cls, data)
 

@@ -209,7 +209,7 @@ def _http_route(r: Table) -> RouteConfig | None:
     tls_sni = r.string("tls_sni", None, allow_empty=False)
     preserve_path = r.boolean("preserve_path", False)
     upstreams = parse_upstreams(r, "http")
-    if not upstreams or path is None and prefix is None:
+    if not upstreams or (path is None and prefix is None):
         return None
     return RouteConfig(
         upstreams=upstreams,

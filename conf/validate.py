@@ -156,7 +156,7 @@ def _admin(top: Table) -> AdminConfig:
 
 
 def _servers(top: Table) -> dict[str, ServerConfig]:
-    used, value = top.lookup("servers")
+    _, value = top.lookup("servers")
     if value is MISSING or not isinstance(value, dict) or not value:
         found = "none" if value is MISSING or value == {} else found_with_type(value)
         top.problems.add("servers", f"expected at least one [servers.NAME] table, found {found}")

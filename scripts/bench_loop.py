@@ -322,7 +322,7 @@ def bench(args: argparse.Namespace) -> None:
                 for name in order:
                     proc, port = servers[name]
                     load(app, port, args.warmup, args.conns, args.client_cpu, args.threads)  # warm-up
-                    for attempt in range(args.retries + 1):
+                    for _attempt in range(args.retries + 1):
                         wait_quiet(args.max_other, args.quiet_wait)
                         u0, s0 = cpu_ticks(proc.pid)
                         b0, st0 = busy_ticks()

@@ -89,7 +89,7 @@ class Proc:
     def __init__(self, args: list[str], cpu: int | None, log: Path, **kw) -> None:
         if cpu is not None:
             args = ["taskset", "-c", str(cpu), *args]
-        self.log = open(log, "wb")
+        self.log = open(log, "wb")  # noqa: SIM115 - lives as long as the process; stop() closes it
         self.p = subprocess.Popen(
             args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, **kw
         )
@@ -331,7 +331,7 @@ def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) 
             stats["p99"] = _ms(line.split()[1])
         elif "requests in" in line:
             stats["requests"] = int(line.split()[0])
-        elif line.startswith("Non-2xx") or line.startswith("Socket errors"):
+        elif line.startswith(("Non-2xx", "Socket errors")):
             stats["errors"] += sum(int(x) for x in re.findall(r"\d+", line.split(":", 1)[1]))
     return stats, cpu
 
@@ -412,14 +412,14 @@ def main() -> int:
             for name, start in contenders:
                 port = free_port()
                 procs.append((name, start(port), port, []))
-            for name, proc, port, pids in procs:
+            for _name, proc, port, pids in procs:
                 wait_port(port)
                 pids.extend(tree_pids(proc.p.pid))
             time.sleep(0.3)
             for rnd in range(args.rounds):
                 for size in sizes:
                     shift = rnd % len(procs)
-                    for name, proc, port, pids in procs[shift:] + procs[:shift]:
+                    for name, _proc, port, pids in procs[shift:] + procs[:shift]:
                         prof = None
                         if args.profile and name.startswith("monolake") and size == sizes[0] and rnd == 0:
                             prof = subprocess.Popen(

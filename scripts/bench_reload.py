@@ -50,7 +50,7 @@ def wait(predicate, timeout: float, interval: float = 0.005):
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception:  # noqa: BLE001 - polled until ready
+        except Exception:  # polled until ready: any failure means "not yet"
             value = None
         if value:
             return value
@@ -113,7 +113,7 @@ def main() -> int:
         upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
     """)
     )
-    log = open(tmp / "master.log", "wb")
+    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - closed in the finally below
     master = subprocess.Popen([*cli, "start", "-c", str(config)], stdout=log, stderr=log)
     wrk = None
     try:

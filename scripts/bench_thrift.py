@@ -166,7 +166,7 @@ def run_load(
     """One measured run (redone, up to ``args.retries`` times, if other processes used more
     than ``args.noise`` cores meanwhile: the machine is shared); with ``server_pid``, also that
     process's CPU per request (µs)."""
-    for attempt in range(1 + args.retries):
+    for attempt in range(1 + args.retries):  # noqa: B007 - read after the loop
         r = _run_load_once(port, args, cpu, server_pid, list(ours))
         if r["noise"] <= args.noise:
             break
@@ -376,13 +376,14 @@ idl = "{IDL}"
 listener = {{ type = "socket", value = "127.0.0.1:{gw_port}" }}
 route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }} }}] }}
 """)
-                worker = subprocess.Popen(
-                    [PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
-                    stdout=subprocess.PIPE,
-                    stderr=open(tmp / "worker.log", "a"),
-                    text=True,
-                    cwd=str(ROOT),
-                )
+                with open(tmp / "worker.log", "a") as worker_log:  # the child keeps its own copy
+                    worker = subprocess.Popen(
+                        [PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+                        stdout=subprocess.PIPE,
+                        stderr=worker_log,
+                        text=True,
+                        cwd=str(ROOT),
+                    )
                 procs.append(worker)
                 pin(worker.pid, proxy_cpu)
                 runtimes[label] = json.loads(read_ready(worker)).get("runtime")
@@ -435,7 +436,9 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
     paired = {}
     for label in results:
         if label != "direct":
-            ratios = sorted(p / d for p, d in zip(results[label]["rounds"], direct["rounds"]) if d)
+            ratios = sorted(
+                p / d for p, d in zip(results[label]["rounds"], direct["rounds"], strict=True) if d
+            )
             paired[label] = ratios
             print(
                 f"{names[label]:<28}paired x direct per round: {', '.join(f'{x:.2f}' for x in ratios)}; "

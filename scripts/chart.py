@@ -33,9 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 COLOURS = {"monolake": "#1f6feb", "nginx": "#2da44e", "python": "#d29922"}
 FALLBACK = ("#8250df", "#cf222e", "#57606a", "#bf8700", "#0a3069")
@@ -132,7 +133,7 @@ def write_chart(
                 xs.append(j - 0.4 + width * (i + 0.5))
                 heights.append(table.rps[(server, size)])
         bars = ax.bar(xs, heights, width * 0.92, label=server, color=palette[server])
-        for bar, value in zip(bars, heights):
+        for bar, value in zip(bars, heights, strict=True):
             ax.text(
                 bar.get_x() + bar.get_width() / 2,
                 bar.get_height() + top * 0.01,

@@ -169,7 +169,7 @@ def test_conflicting_routes_in_a_config(problems: Problems) -> None:
         + route('path = "/a/{x}"')
     )
     lines = problems(text)
-    line = [x for x in lines if ": servers.web.routes[1].path: " in x][0]
+    line = next(x for x in lines if ": servers.web.routes[1].path: " in x)
     assert "{x}" in line and "{y}" in line and "servers.web.routes[0]" in line
     assert any(": servers.web.routes[2].path: " in x and "servers.web.routes[0]" in x for x in lines)
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from monolake.conf import Config, ConfigError, load_config, parse_config
-from monolake.conf import schema
+from monolake.conf import Config, ConfigError, load_config, parse_config, schema
 
 from .conf_samples import HTTP_SERVER, with_keys
 
