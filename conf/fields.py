@@ -7,11 +7,13 @@ import difflib
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import Problems, describe, quote
 
 MISSING: Any = object()
+# The type of a typed read's `default`: a read returns the value it checked, or that default.
+D = TypeVar("D")
 
 
 def type_name(value: Any) -> str:
@@ -127,8 +129,8 @@ class Table:
         return default if value is MISSING else value
 
     def string(
-        self, name: str, default: Any = MISSING, *, required: bool = False, allow_empty: bool = True
-    ) -> Any:
+        self, name: str, default: D = MISSING, *, required: bool = False, allow_empty: bool = True
+    ) -> str | D:
         used, value = self.lookup(name)
         if value is MISSING:
             if required:
@@ -195,12 +197,12 @@ class Table:
     def enum(
         self,
         name: str,
-        default: Any,
+        default: D,
         choices: Iterable[str],
         *,
         required: bool = False,
         hints: Mapping[str, str] | None = None,
-    ) -> Any:
+    ) -> str | D:
         choices = tuple(choices)
         used, value = self.lookup(name)
         if value is MISSING:
@@ -224,12 +226,12 @@ class Table:
     def path_value(
         self,
         name: str,
-        default: Any = MISSING,
+        default: D = MISSING,
         *,
         required: bool = False,
         allow_empty: bool = False,
         check: str = "",
-    ) -> Any:
+    ) -> str | D:
         """A filesystem path, resolved from the config file's folder.
 
         ``check``: ``"file"`` (must be an existing readable file), ``"parent"`` (its folder must

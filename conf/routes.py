@@ -28,9 +28,14 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class RouteLike(Protocol):
-    path: str | None
-    path_prefix: str | None
-    host: str | None
+    """What the router reads from a route (read-only, so frozen dataclasses match)."""
+
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def path_prefix(self) -> str | None: ...
+    @property
+    def host(self) -> str | None: ...
 
 
 @dataclass(frozen=True)

@@ -229,12 +229,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and scalars only: ``json.dumps`` works on the result."""
-        return _to_plain(self)
+        return typing.cast("dict[str, Any]", _to_plain(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
         """Rebuild the tree from :meth:`to_dict` output (trusted input: no validation)."""
-        return _from_plain(cls, data)
+        return typing.cast("Config", _from_plain(cls, data))
 
     def summary(self) -> str:
         from .summary import summary
@@ -283,7 +283,7 @@ def _from_plain(tp: Any, value: Any) -> Any:
     if origin is dict:
         _key, item = typing.get_args(tp)
         return {k: _from_plain(item, v) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = _hints(tp)
         kwargs = {
             f.name: _from_plain(hints[f.name], value[f.name])

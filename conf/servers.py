@@ -11,7 +11,15 @@ from .addresses import AddressError
 from .errors import describe
 from .fields import MISSING, Table, found_with_type, resolve_path
 from .routes import CATCHALL, PatternError, parse_pattern
-from .schema import CertificateConfig, LayerConfig, ListenerConfig, ServerConfig, TimeoutConfig, TlsConfig
+from .schema import (
+    CertificateConfig,
+    LayerConfig,
+    ListenerConfig,
+    RouteConfig,
+    ServerConfig,
+    TimeoutConfig,
+    TlsConfig,
+)
 from .tlsfiles import check_cert_pair
 from .upstreams import parse_http_routes, parse_thrift_routes
 
@@ -126,7 +134,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     exception_status = t.integer("exception_status", 500, lo=400, hi=599)
     layers = parse_layers(t)
     route = None
-    routes: tuple = ()
+    routes: tuple[RouteConfig, ...] = ()
     if proxy_type == "http":
         routes = parse_http_routes(t)
     elif proxy_type in ("thrift", "http_thrift"):
@@ -323,7 +331,7 @@ def parse_layers(t: Table) -> tuple[LayerConfig, ...]:
     return tuple(layers)
 
 
-def _first_datetime(value: Any, path: str) -> tuple[str, Any] | None:
+def _first_datetime(value: Any, path: str) -> tuple[str, datetime.date | datetime.time] | None:
     if isinstance(value, (datetime.date, datetime.time)):
         return path, value
     if isinstance(value, dict):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from . import addresses
 from .addresses import AddressError
@@ -112,7 +112,17 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
         return None
 
 
-def _pool_settings(t: Table) -> dict[str, Any]:
+class _PoolSettings(TypedDict):
+    """The keys shared by every route kind, passed on to :class:`RouteConfig` as keywords."""
+
+    load_balancer: str
+    max_idle_per_upstream: int
+    idle_timeout_sec: float
+    eject_after_failures: int
+    eject_duration_sec: float
+
+
+def _pool_settings(t: Table) -> _PoolSettings:
     return {
         "load_balancer": t.enum("load_balancer", "random", LOAD_BALANCERS),
         "max_idle_per_upstream": t.integer("max_idle_per_upstream", 32, lo=0),
@@ -204,7 +214,12 @@ def _http_route(r: Table) -> RouteConfig | None:
         given = "tls_client_cert" if key is None else "tls_client_key"
         if missing not in r.raw:
             r.problems.add(r.key(missing), f"expected a path (it goes with {given}), found nothing")
-    elif cert is not None and _readable(r, "tls_client_cert") and _readable(r, "tls_client_key"):
+    elif (
+        cert is not None
+        and key is not None
+        and _readable(r, "tls_client_cert")
+        and _readable(r, "tls_client_key")
+    ):
         check_cert_pair(r.problems, r.key("tls_client_cert"), cert, key)
     tls_sni = r.string("tls_sni", None, allow_empty=False)
     preserve_path = r.boolean("preserve_path", False)
