@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench_proxy import (
     Proc,
@@ -71,7 +72,7 @@ def one_get(port: int) -> socket.socket:
     return s
 
 
-def measure(name: str, port: int, pids: list[int], n: int) -> dict:
+def measure(name: str, port: int, pids: list[int], n: int) -> dict[str, Any]:
     for _ in range(20):  # warm: the pools, the first allocations
         one_get(port).close()
     before = settled_rss(pids)
@@ -80,7 +81,7 @@ def measure(name: str, port: int, pids: list[int], n: int) -> dict:
     for c in conns:
         c.close()
     after = settled_rss(pids)
-    row = {
+    row: dict[str, Any] = {  # one JSON result row
         "proxy": name,
         "before_kib": before,
         "held_kib": held,

@@ -24,7 +24,7 @@ import tempfile
 import textwrap
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 REQUEST = b"GET /100B HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 RESPONSE = (
@@ -87,6 +87,7 @@ class Setup:
     def __init__(self, parser: str, workdir: str) -> None:
         from monolake.conf import load_config
         from monolake.worker.http.client import UpstreamConnection
+        from monolake.worker.http.proxy import RouterService
         from monolake.worker.http.server import build
 
         path = os.path.join(workdir, f"{parser}.toml")
@@ -97,7 +98,8 @@ class Setup:
         self.proto = self.handle.protocol_factory()
         self.client = FakeTransport(("127.0.0.1", 50000))
         self.proto.connection_made(self.client)
-        up = self.handle.stack.entry.routes[0].balancer.upstreams[0]
+        router = cast(RouterService, self.handle.stack.entry)  # no layers in CONFIG: the router
+        up = router.routes[0].balancer.upstreams[0]
         self.conn = UpstreamConnection(self.handle.pool, up)
         self.upstream = FakeTransport(("127.0.0.1", 2))
         self.conn.connection_made(self.upstream)

@@ -24,6 +24,7 @@ nginx, wrk and taskset are installed with apt-get when missing (as root; see ben
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -385,25 +387,20 @@ def main() -> int:
     results: list[Result] = []
     try:
         wait_port(up_port)
-        contenders: list[tuple[str, callable]] = []
+        contenders: list[tuple[str, Callable[[int], Proc]]] = []
         if not only or "nginx" in only:
             contenders.append(("nginx", lambda p: start_nginx_proxy(work, p, up_port)))
         if not only or "aiohttp" in only:
             contenders.append(("aiohttp+uvloop", lambda p: start_aiohttp_proxy(work, p, up_port)))
         if not only or "monolake" in only:
             for rt in filter(None, args.runtimes.split(",")):
-                contenders.append(
-                    (f"monolake/{rt}", lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser))
+                mono = functools.partial(
+                    start_monolake, work, upstream=up_port, runtime=rt, parser=args.parser
                 )
+                contenders.append((f"monolake/{rt}", mono))
                 if args.busy_poll_us:
-                    contenders.append(
-                        (
-                            f"monolake/{rt}+poll",
-                            lambda p, rt=rt: start_monolake(
-                                work, p, up_port, rt, args.parser, args.busy_poll_us
-                            ),
-                        )
-                    )
+                    poll = functools.partial(mono, busy_poll_us=args.busy_poll_us)
+                    contenders.append((f"monolake/{rt}+poll", poll))
         # every proxy up at once (an idle one costs nothing); each round runs every size on
         # every proxy back to back, in a rotating order, so a ratio compares runs minutes apart
         # at most, not a whole benchmark apart (this machine's speed drifts by 20 %)

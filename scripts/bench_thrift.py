@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,7 +162,11 @@ def wait_quiet(ours: list[int], limit: float, timeout: float = 60.0) -> float:
 
 
 def run_load(
-    port: int, args: argparse.Namespace, cpu: int | None, server_pid: int | None = None, ours: list[int] = ()
+    port: int,
+    args: argparse.Namespace,
+    cpu: int | None,
+    server_pid: int | None = None,
+    ours: Sequence[int] = (),
 ) -> dict:
     """One measured run (redone, up to ``args.retries`` times, if other processes used more
     than ``args.noise`` cores meanwhile: the machine is shared); with ``server_pid``, also that
