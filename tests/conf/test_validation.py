@@ -296,9 +296,9 @@ def test_control_socket_default(monkeypatch: pytest.MonkeyPatch, load: Load) -> 
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
     assert load(HTTP_SERVER).supervisor.control_socket == "/run/user/1000/monolaked.sock"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    monkeypatch.setattr(schema.os, "getuid", lambda: 0)
+    monkeypatch.setattr(os, "getuid", lambda: 0)
     assert schema.default_control_socket() == "/run/monolaked.sock"
-    monkeypatch.setattr(schema.os, "getuid", lambda: 1234)
+    monkeypatch.setattr(os, "getuid", lambda: 1234)
     assert schema.default_control_socket() == "/tmp/monolaked-1234.sock"
     assert load(HTTP_SERVER).supervisor.control_socket == "/tmp/monolaked-1234.sock"
 
