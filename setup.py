@@ -1,5 +1,10 @@
-"""Build script: maps the top-level folders into the ``monolake`` namespace and builds the
-optional io_uring extension.
+"""Build script: lists the ``monolake`` packages and builds the optional io_uring extension.
+
+The top-level folders (supervisor/, worker/, uring/, conf/) appear under the ``monolake``
+namespace through the checked-in ``monolake/`` package, whose subfolders are relative symlinks
+to them. The packages are found by walking ``monolake/`` (following the links), with no
+``package_dir`` mapping: an editable install is then one path entry on ``sys.path`` rather than
+an import hook, so static tools and the interpreter see the same files (docs/contributing.md).
 
 Why a setup.py beside pyproject.toml: cffi's extension has to be declared to setuptools at
 build time, and it must be *optional* (a machine without liburing headers still installs
@@ -14,25 +19,18 @@ import sys
 from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# top-level folder -> import name under the monolake namespace
-FOLDERS = {"supervisor": "supervisor", "worker": "worker", "uring": "uring", "conf": "conf"}
+NAMESPACE = "monolake"
 
 
-def find_packages() -> tuple[list[str], dict[str, str]]:
+def find_packages() -> list[str]:
+    """Every folder under ``monolake/`` with an ``__init__.py``, symlinks followed."""
     packages: list[str] = []
-    package_dir: dict[str, str] = {}
-    for folder, name in FOLDERS.items():
-        root = os.path.join(HERE, folder)
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if not d.startswith((".", "__pycache__"))]
-            if "__init__.py" not in filenames:
-                continue
-            rel = os.path.relpath(dirpath, HERE)
-            parts = rel.split(os.sep)
-            pkg = ".".join(["monolake", name, *parts[1:]])
-            packages.append(pkg)
-            package_dir[pkg] = rel.replace(os.sep, "/")
-    return packages, package_dir
+    root = os.path.join(HERE, NAMESPACE)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith((".", "__pycache__"))]
+        if "__init__.py" in filenames:
+            packages.append(os.path.relpath(dirpath, HERE).replace(os.sep, "."))
+    return sorted(packages)
 
 
 def uring_extensions() -> list:
@@ -47,10 +45,8 @@ def uring_extensions() -> list:
     return _build.extensions()
 
 
-packages, package_dir = find_packages()
 setup(
-    packages=packages,
-    package_dir=package_dir,
+    packages=find_packages(),
     package_data={"monolake.conf": ["*.toml"], "monolake.worker": ["*.thrift"]},
     ext_modules=uring_extensions(),
     zip_safe=False,

@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 # sun_path is 108 bytes on Linux, including the terminating NUL
 UNIX_PATH_MAX = 107
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
-                       r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
 
 
 class AddressError(ValueError):
@@ -25,7 +27,7 @@ class AddressError(ValueError):
 
 @dataclass(frozen=True)
 class HostPort:
-    host: str          # IPv6 without brackets
+    host: str  # IPv6 without brackets
     port: int
 
     def __str__(self) -> str:
@@ -62,9 +64,9 @@ def parse_host_port(text: str) -> HostPort:
     """``HOST:PORT`` or ``[IPV6]:PORT``."""
     if text.startswith("["):
         close = text.find("]")
-        if close < 0 or not text[close + 1:].startswith(":"):
+        if close < 0 or not text[close + 1 :].startswith(":"):
             raise AddressError('"[IPV6]:PORT", such as "[::1]:8080"')
-        host, port_text = text[1:close], text[close + 2:]
+        host, port_text = text[1:close], text[close + 2 :]
         try:
             ipaddress.IPv6Address(host.split("%", 1)[0])
         except ValueError:
@@ -94,8 +96,9 @@ def overlaps(a: HostPort, b: HostPort) -> bool:
 def check_unix_path(path: str, *, parent_must_exist: bool) -> None:
     """An absolute path that fits ``sun_path``; its folder must exist for a listener."""
     if len(os.fsencode(path)) > UNIX_PATH_MAX:
-        raise AddressError(f"a unix socket path of at most {UNIX_PATH_MAX} bytes "
-                           f"(this one has {len(os.fsencode(path))})")
+        raise AddressError(
+            f"a unix socket path of at most {UNIX_PATH_MAX} bytes (this one has {len(os.fsencode(path))})"
+        )
     if parent_must_exist:
         parent = os.path.dirname(path) or "/"
         if not os.path.isdir(parent):

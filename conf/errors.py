@@ -57,8 +57,7 @@ class Problems:
     def add(self, path: str, message: str) -> None:
         self.lines.append(f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}")
 
-    def expected(self, path: str, expected: str, found: Any, *, raw: bool = False,
-                 hint: str = "") -> None:
+    def expected(self, path: str, expected: str, found: Any, *, raw: bool = False, hint: str = "") -> None:
         """Record ``expected X, found Y``; ``raw`` means ``found`` is already worded."""
         shown = found if raw else describe(found)
         self.add(path, f"expected {expected}, found {shown}" + (f" ({hint})" if hint else ""))

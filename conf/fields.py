@@ -7,11 +7,13 @@ import difflib
 import math
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import Problems, describe, quote
 
 MISSING: Any = object()
+# The type of a typed read's `default`: a read returns the value it checked, or that default.
+D = TypeVar("D")
 
 
 def type_name(value: Any) -> str:
@@ -40,7 +42,7 @@ def found_with_type(value: Any) -> str:
 def suggest(key: str, known: Iterable[str]) -> str:
     """``did you mean "x"?`` for the closest known key, or an empty string."""
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f'did you mean {quote(close[0])}?' if close else ""
+    return f"did you mean {quote(close[0])}?" if close else ""
 
 
 def one_of(choices: Iterable[str]) -> str:
@@ -53,9 +55,17 @@ def one_of(choices: Iterable[str]) -> str:
 class Table:
     """A raw table with its key path; call :meth:`done` last to report unknown keys."""
 
-    def __init__(self, problems: Problems, path: str, raw: Mapping[str, Any], *,
-                 known: Iterable[str], aliases: Mapping[str, str] | None = None,
-                 rejected: Mapping[str, str] | None = None, base_dir: str = ".") -> None:
+    def __init__(
+        self,
+        problems: Problems,
+        path: str,
+        raw: Mapping[str, Any],
+        *,
+        known: Iterable[str],
+        aliases: Mapping[str, str] | None = None,
+        rejected: Mapping[str, str] | None = None,
+        base_dir: str = ".",
+    ) -> None:
         self.problems = problems
         self.rejected = dict(rejected or {})
         self.path = path
@@ -68,8 +78,7 @@ class Table:
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
 
-    def expected(self, name: str, expected: str, found: Any, *, raw: bool = False,
-                 hint: str = "") -> None:
+    def expected(self, name: str, expected: str, found: Any, *, raw: bool = False, hint: str = "") -> None:
         self.problems.expected(self.key(name), expected, found, raw=raw, hint=hint)
 
     def lookup(self, name: str) -> tuple[str, Any]:
@@ -87,9 +96,10 @@ class Table:
             self.problems.add(
                 self.key(given[1]),
                 f"expected either {quote(given[0])} or its alias {quote(given[1])}, found both"
-                if given[0] == name else
-                f"expected one of {quote(name)}'s aliases {' / '.join(quote(g) for g in given)}, "
-                f"found both")
+                if given[0] == name
+                else f"expected one of {quote(name)}'s aliases {' / '.join(quote(g) for g in given)}, "
+                f"found both",
+            )
         return given[0], self.raw[given[0]]
 
     def done(self) -> None:
@@ -97,8 +107,10 @@ class Table:
         names = list(self.known) + list(self.aliases)
         for name, value in self.raw.items():
             if name in self.rejected:
-                self.problems.add(self.key(name), f"expected no {quote(name)} key here "
-                                  f"({self.rejected[name]}), found {describe(value)}")
+                self.problems.add(
+                    self.key(name),
+                    f"expected no {quote(name)} key here ({self.rejected[name]}), found {describe(value)}",
+                )
                 continue
             if name in self.known or name in self.aliases:
                 continue
@@ -106,18 +118,19 @@ class Table:
             self.problems.add(
                 self.key(name),
                 f"expected one of the known keys ({', '.join(self.known)}), "
-                f"found unknown key {quote(name)}" + (f" ({hint})" if hint else ""))
+                f"found unknown key {quote(name)}" + (f" ({hint})" if hint else ""),
+            )
 
     # -- typed reads -----------------------------------------------------------------------------
-    def get(self, name: str, default: Any = MISSING, *, required: bool = False,
-            what: str = "a value") -> Any:
-        used, value = self.lookup(name)
+    def get(self, name: str, default: Any = MISSING, *, required: bool = False, what: str = "a value") -> Any:
+        _, value = self.lookup(name)
         if value is MISSING and required:
             self.problems.add(self.key(name), f"expected {what}, found nothing (the key is required)")
         return default if value is MISSING else value
 
-    def string(self, name: str, default: Any = MISSING, *, required: bool = False,
-               allow_empty: bool = True) -> Any:
+    def string(
+        self, name: str, default: D = MISSING, *, required: bool = False, allow_empty: bool = True
+    ) -> str | D:
         used, value = self.lookup(name)
         if value is MISSING:
             if required:
@@ -141,14 +154,19 @@ class Table:
             return default
         return value
 
-    def integer(self, name: str, default: int, *, lo: int | None = None,
-                hi: int | None = None, unit: str = "") -> int:
+    def integer(
+        self, name: str, default: int, *, lo: int | None = None, hi: int | None = None, unit: str = ""
+    ) -> int:
         used, value = self.lookup(name)
         if value is MISSING:
             return default
         expected = _int_range(lo, hi, unit)
         if isinstance(value, bool) or not isinstance(value, int):
-            hint = "write the number without quotes" if isinstance(value, str) and value.strip().isdigit() else ""
+            hint = (
+                "write the number without quotes"
+                if isinstance(value, str) and value.strip().isdigit()
+                else ""
+            )
             self.expected(used, expected, found_with_type(value), raw=True, hint=hint)
             return default
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -156,30 +174,42 @@ class Table:
             return default
         return value
 
-    def duration(self, name: str, default: float, *, table: "Table | None" = None) -> float:
+    def duration(self, name: str, default: float, *, table: Table | None = None) -> float:
         """A duration in seconds: an int or float, finite and > 0."""
         used, value = self.lookup(name)
         if value is MISSING:
             return float(default)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            hint = ("durations are plain numbers of seconds, without unit or quotes"
-                    if isinstance(value, str) else "")
-            self.expected(used, "a duration in seconds (a number > 0)", found_with_type(value),
-                          raw=True, hint=hint)
+            hint = (
+                "durations are plain numbers of seconds, without unit or quotes"
+                if isinstance(value, str)
+                else ""
+            )
+            self.expected(
+                used, "a duration in seconds (a number > 0)", found_with_type(value), raw=True, hint=hint
+            )
             return float(default)
         if not math.isfinite(value) or value <= 0:
             self.expected(used, "a duration in seconds (a number > 0)", value)
             return float(default)
         return float(value)
 
-    def enum(self, name: str, default: Any, choices: Iterable[str], *,
-             required: bool = False, hints: Mapping[str, str] | None = None) -> Any:
+    def enum(
+        self,
+        name: str,
+        default: D,
+        choices: Iterable[str],
+        *,
+        required: bool = False,
+        hints: Mapping[str, str] | None = None,
+    ) -> str | D:
         choices = tuple(choices)
         used, value = self.lookup(name)
         if value is MISSING:
             if required:
-                self.problems.add(self.key(name),
-                                  f"expected {one_of(choices)}, found nothing (the key is required)")
+                self.problems.add(
+                    self.key(name), f"expected {one_of(choices)}, found nothing (the key is required)"
+                )
             return default
         if not isinstance(value, str) or value not in choices:
             hint = (hints or {}).get(value, "") if isinstance(value, str) else ""
@@ -193,8 +223,15 @@ class Table:
             return default
         return value
 
-    def path_value(self, name: str, default: Any = MISSING, *, required: bool = False,
-                   allow_empty: bool = False, check: str = "") -> Any:
+    def path_value(
+        self,
+        name: str,
+        default: D = MISSING,
+        *,
+        required: bool = False,
+        allow_empty: bool = False,
+        check: str = "",
+    ) -> str | D:
         """A filesystem path, resolved from the config file's folder.
 
         ``check``: ``"file"`` (must be an existing readable file), ``"parent"`` (its folder must
@@ -220,10 +257,15 @@ class Table:
             check_parent(self.problems, self.key(used), value, resolved)
         return resolved
 
-    def subtable(self, name: str, *, known: Iterable[str],
-                 aliases: Mapping[str, str] | None = None,
-                 rejected: Mapping[str, str] | None = None,
-                 required: bool = False) -> "Table | None":
+    def subtable(
+        self,
+        name: str,
+        *,
+        known: Iterable[str],
+        aliases: Mapping[str, str] | None = None,
+        rejected: Mapping[str, str] | None = None,
+        required: bool = False,
+    ) -> Table | None:
         used, value = self.lookup(name)
         if value is MISSING:
             if required:
@@ -232,15 +274,29 @@ class Table:
         if not isinstance(value, dict):
             self.expected(used, "a table", found_with_type(value), raw=True)
             return None
-        return Table(self.problems, self.key(used), value, known=known, aliases=aliases,
-                     rejected=rejected, base_dir=self.base_dir)
+        return Table(
+            self.problems,
+            self.key(used),
+            value,
+            known=known,
+            aliases=aliases,
+            rejected=rejected,
+            base_dir=self.base_dir,
+        )
 
-    def child(self, path: str, raw: Mapping[str, Any], *, known: Iterable[str],
-              aliases: Mapping[str, str] | None = None,
-              rejected: Mapping[str, str] | None = None) -> "Table":
+    def child(
+        self,
+        path: str,
+        raw: Mapping[str, Any],
+        *,
+        known: Iterable[str],
+        aliases: Mapping[str, str] | None = None,
+        rejected: Mapping[str, str] | None = None,
+    ) -> Table:
         """A table found elsewhere (an array item), sharing problems and base folder."""
-        return Table(self.problems, path, raw, known=known, aliases=aliases, rejected=rejected,
-                     base_dir=self.base_dir)
+        return Table(
+            self.problems, path, raw, known=known, aliases=aliases, rejected=rejected, base_dir=self.base_dir
+        )
 
 
 def _int_range(lo: int | None, hi: int | None, unit: str) -> str:
@@ -272,15 +328,17 @@ def check_file(problems: Problems, key: str, value: str, resolved: str) -> bool:
         with open(resolved, "rb"):
             pass
     except FileNotFoundError:
-        problems.expected(key, "an existing file", f"{shown_path(value, resolved)}, which does not exist",
-                          raw=True)
+        problems.expected(
+            key, "an existing file", f"{shown_path(value, resolved)}, which does not exist", raw=True
+        )
         return False
     except IsADirectoryError:
         problems.expected(key, "a file", f"{shown_path(value, resolved)}, which is a directory", raw=True)
         return False
     except OSError as exc:
-        problems.expected(key, "a readable file",
-                          f"{shown_path(value, resolved)} ({exc.strerror or exc})", raw=True)
+        problems.expected(
+            key, "a readable file", f"{shown_path(value, resolved)} ({exc.strerror or exc})", raw=True
+        )
         return False
     if not os.path.isfile(resolved):
         problems.expected(key, "a regular file", f"{shown_path(value, resolved)}", raw=True)
@@ -292,7 +350,11 @@ def check_parent(problems: Problems, key: str, value: str, resolved: str) -> boo
     """True when the folder that will hold ``resolved`` exists."""
     parent = os.path.dirname(resolved) or "."
     if not os.path.isdir(parent):
-        problems.expected(key, "a path in an existing folder",
-                          f"{shown_path(value, resolved)}, whose folder {parent} does not exist", raw=True)
+        problems.expected(
+            key,
+            "a path in an existing folder",
+            f"{shown_path(value, resolved)}, whose folder {parent} does not exist",
+            raw=True,
+        )
         return False
     return True

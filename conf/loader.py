@@ -35,13 +35,15 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         with open(source, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise ConfigError([f"{source}: expected a readable config file, found "
-                           f"{exc.strerror or exc}"]) from None
+        raise ConfigError(
+            [f"{source}: expected a readable config file, found {exc.strerror or exc}"]
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([f"{source}: expected UTF-8 text, found an invalid byte at offset "
-                           f"{exc.start}"]) from None
+        raise ConfigError(
+            [f"{source}: expected UTF-8 text, found an invalid byte at offset {exc.start}"]
+        ) from None
     return parse_config(text, source)
 
 
@@ -56,10 +58,11 @@ def parse_config(text: str, source: str = "<string>", *, base_dir: str | None = 
         message = str(exc)
         where = _POSITION.search(message)
         if where:
-            message = message[:where.start()].rstrip()
+            message = message[: where.start()].rstrip()
             place = f"line {where.group(1)}, column {where.group(2)}"
         else:
             place = "TOML"
-        raise ConfigError([f"{source}: {place}: expected valid TOML, found a syntax error: "
-                           f"{message}"]) from None
+        raise ConfigError(
+            [f"{source}: {place}: expected valid TOML, found a syntax error: {message}"]
+        ) from None
     return build_config(raw, source, base_dir)

@@ -28,9 +28,14 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class RouteLike(Protocol):
-    path: str | None
-    path_prefix: str | None
-    host: str | None
+    """What the router reads from a route (read-only, so frozen dataclasses match)."""
+
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def path_prefix(self) -> str | None: ...
+    @property
+    def host(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -112,8 +117,7 @@ def normalize_host(host: str) -> str:
 
 
 class _Node:
-    __slots__ = ("static", "param", "param_name", "param_owner", "catchall_name",
-                 "catchall_index", "index")
+    __slots__ = ("catchall_index", "catchall_name", "index", "param", "param_name", "param_owner", "static")
 
     def __init__(self) -> None:
         self.static: dict[str, _Node] = {}
@@ -136,12 +140,15 @@ class _Table:
     prefix_owner: dict[str, int] = field(default_factory=dict)
     paths: dict[str, int] = field(default_factory=dict)
 
-    def insert(self, path: str, segs: tuple[tuple[int, str], ...], index: int,
-               label: Callable[[int], str]) -> str | None:
+    def insert(
+        self, path: str, segs: tuple[tuple[int, str], ...], index: int, label: Callable[[int], str]
+    ) -> str | None:
         """Add a route; returns a conflict message instead when it cannot coexist."""
         if path in self.paths:
-            return (f'a path no other route of this host uses, found "{path}", '
-                    f"the same as {label(self.paths[path])}")
+            return (
+                f'a path no other route of this host uses, found "{path}", '
+                f"the same as {label(self.paths[path])}"
+            )
         node = self.root
         for kind, text in segs:
             if kind == STATIC:
@@ -153,21 +160,27 @@ class _Table:
                 if node.param is None:
                     node.param, node.param_name, node.param_owner = _Node(), text, index
                 elif node.param_name != text:
-                    return (f"the parameter name {{{node.param_name}}} at this position, as in "
-                            f"{label(node.param_owner)} (one name per position), found {{{text}}} in "
-                            f'"{path}"')
+                    return (
+                        f"the parameter name {{{node.param_name}}} at this position, as in "
+                        f"{label(node.param_owner)} (one name per position), found {{{text}}} in "
+                        f'"{path}"'
+                    )
                 node = node.param
             else:
                 if node.catchall_index >= 0:
-                    return (f'a path that does not conflict with {label(node.catchall_index)}, found "{path}" '
-                            f"(both end in a catch-all at the same position)")
+                    return (
+                        f'a path that does not conflict with {label(node.catchall_index)}, found "{path}" '
+                        f"(both end in a catch-all at the same position)"
+                    )
                 node.catchall_name, node.catchall_index = text, index
                 self.dynamic = True
                 self.paths[path] = index
                 return None
         if node.index >= 0:
-            return (f'a path that does not conflict with {label(node.index)}, found "{path}" '
-                    f"(they match the same requests)")
+            return (
+                f'a path that does not conflict with {label(node.index)}, found "{path}" '
+                f"(they match the same requests)"
+            )
         node.index = index
         self.paths[path] = index
         if all(kind == STATIC for kind, _ in segs):
@@ -178,8 +191,10 @@ class _Table:
 
     def add_prefix(self, prefix: str, index: int, label: Callable[[int], str]) -> str | None:
         if prefix in self.prefix_owner:
-            return (f'a path_prefix no other route of this host uses, found "{prefix}", '
-                    f"the same as {label(self.prefix_owner[prefix])}")
+            return (
+                f'a path_prefix no other route of this host uses, found "{prefix}", '
+                f"the same as {label(self.prefix_owner[prefix])}"
+            )
         self.prefix_owner[prefix] = index
         self.prefixes.append((prefix, index))
         self.prefixes.sort(key=lambda item: len(item[0]), reverse=True)
@@ -237,8 +252,9 @@ class Router:
             raise RouteConflictError(problems)
 
     @classmethod
-    def compile(cls, routes: Sequence[RouteLike],
-                label: Callable[[int], str] = lambda i: f"routes[{i}]") -> tuple["Router", list[RouteProblem]]:
+    def compile(
+        cls, routes: Sequence[RouteLike], label: Callable[[int], str] = lambda i: f"routes[{i}]"
+    ) -> tuple[Router, list[RouteProblem]]:
         """A router of the valid routes, and every syntax problem and conflict found."""
         router = cls.__new__(cls)
         problems = router._build(routes, label)
@@ -265,8 +281,9 @@ class Router:
                 try:
                     prefix = normalize_prefix(route.path_prefix)
                 except PatternError as exc:
-                    problems.append(RouteProblem(index, "path_prefix",
-                                                 f'expected {exc}, found "{route.path_prefix}"'))
+                    problems.append(
+                        RouteProblem(index, "path_prefix", f'expected {exc}, found "{route.path_prefix}"')
+                    )
                     continue
                 conflict = table.add_prefix(prefix, index, label)
                 if conflict:

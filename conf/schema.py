@@ -31,11 +31,11 @@ def default_control_socket() -> str:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    runtime_type: str = "auto"            # "io_uring" | "legacy" | "auto"
-    workers: int | str = "auto"           # "auto" (the master counts its affinity mask) or >= 1
+    runtime_type: str = "auto"  # "io_uring" | "legacy" | "auto"
+    workers: int | str = "auto"  # "auto" (the master counts its affinity mask) or >= 1
     entries: int = 1024
     cpu_affinity: bool = True
-    busy_poll_us: int = 0                 # event loop polls this long after events; 0 = off
+    busy_poll_us: int = 0  # event loop polls this long after events; 0 = off
 
 
 @dataclass(frozen=True)
@@ -45,32 +45,32 @@ class SupervisorConfig:
     graceful_timeout: float = 30.0
     drain_timeout: float = 30.0
     reload_timeout: float = 30.0
-    reload_mode: str = "generation"       # "generation" | "in_place"
+    reload_mode: str = "generation"  # "generation" | "in_place"
     heartbeat_interval: float = 1.0
     heartbeat_timeout: float = 10.0
     respawn_backoff_initial: float = 0.1
     respawn_backoff_max: float = 30.0
     flapping_threshold: int = 5
     flapping_window: float = 60.0
-    log_format: str = "auto"              # "auto" | "json" | "console"
-    log_level: str = "info"               # "debug" | "info" | "warning" | "error"
-    error_log: str = ""                   # "" = stderr
+    log_format: str = "auto"  # "auto" | "json" | "console"
+    log_level: str = "info"  # "debug" | "info" | "warning" | "error"
+    error_log: str = ""  # "" = stderr
 
 
 @dataclass(frozen=True)
 class AdminConfig:
-    listen: str = ""                      # "" = off; else as written ("127.0.0.1:9901")
-    host: str = ""                        # parsed from listen (IPv6 without brackets)
+    listen: str = ""  # "" = off; else as written ("127.0.0.1:9901")
+    host: str = ""  # parsed from listen (IPv6 without brackets)
     port: int = 0
 
 
 @dataclass(frozen=True)
 class ListenerConfig:
-    type: str                             # "socket" | "unix"
-    value: str                            # as written (unix: the resolved path)
-    host: str = ""                        # socket: IP or name, IPv6 without brackets
-    port: int = 0                         # socket
-    path: str = ""                        # unix: absolute path
+    type: str  # "socket" | "unix"
+    value: str  # as written (unix: the resolved path)
+    host: str = ""  # socket: IP or name, IPv6 without brackets
+    port: int = 0  # socket
+    path: str = ""  # unix: absolute path
 
     @property
     def address(self) -> str:
@@ -82,15 +82,15 @@ class ListenerConfig:
 
 @dataclass(frozen=True)
 class CertificateConfig:
-    chain: str                            # PEM certificate chain, absolute path
-    key: str                              # PEM private key, absolute path
+    chain: str  # PEM certificate chain, absolute path
+    key: str  # PEM private key, absolute path
 
 
 @dataclass(frozen=True)
 class TlsConfig:
-    certificates: tuple[CertificateConfig, ...]   # the first is the default (no SNI match)
-    min_version: str = "1.2"              # "1.2" | "1.3"
-    stack: str = ""                       # Monolake's rustls/native_tls switch: accepted, ignored
+    certificates: tuple[CertificateConfig, ...]  # the first is the default (no SNI match)
+    min_version: str = "1.2"  # "1.2" | "1.3"
+    stack: str = ""  # Monolake's rustls/native_tls switch: accepted, ignored
 
     @property
     def chain(self) -> str:
@@ -117,12 +117,12 @@ class EndpointConfig:
     ``unix`` (a socket path) or ``builtin`` (``hello``/``echo``, served in-process)."""
 
     type: str
-    value: str                            # as written (unix: the resolved path)
-    scheme: str = ""                      # uri: "http" | "https"
-    host: str = ""                        # uri, socket: IPv6 without brackets
-    port: int = 0                         # uri (default 80/443), socket
-    path: str = ""                        # uri: the URI's path ("/" when absent); unix: the socket path
-    query: str = ""                       # uri: the URI's query, without "?"
+    value: str  # as written (unix: the resolved path)
+    scheme: str = ""  # uri: "http" | "https"
+    host: str = ""  # uri, socket: IPv6 without brackets
+    port: int = 0  # uri (default 80/443), socket
+    path: str = ""  # uri: the URI's path ("/" when absent); unix: the socket path
+    query: str = ""  # uri: the URI's query, without "?"
 
     @property
     def authority(self) -> str:
@@ -175,32 +175,32 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class LayerConfig:
-    factory: str                          # "package.module:attr"
+    factory: str  # "package.module:attr"
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     name: str
-    proxy_type: str                       # "http" | "thrift" | "http_thrift"
+    proxy_type: str  # "http" | "thrift" | "http_thrift"
     listener: ListenerConfig
     backlog: int = 1024
     tls: TlsConfig | None = None
     proxy_protocol: bool = False
     timeout: TimeoutConfig = field(default_factory=TimeoutConfig)
-    upstream_http_version: str = "auto"   # "http11" | "auto"
-    http_parser: str = "auto"             # "auto" | "native" | "httptools" | "h11"
+    upstream_http_version: str = "auto"  # "http11" | "auto"
+    http_parser: str = "auto"  # "auto" | "native" | "httptools" | "h11"
     max_body_size: int = 0
     max_header_size: int = 65536
     max_uri_size: int = 8192
-    max_header_line_size: int = 8192      # one header field line, requests and responses
-    max_headers: int = 100                # header fields per head, requests and responses
+    max_header_line_size: int = 8192  # one header field line, requests and responses
+    max_headers: int = 100  # header fields per head, requests and responses
     max_response_header_size: int = 65536  # an upstream response head (default: max_header_size)
     preserve_host: bool = False
     via: bool = False
-    access_log: bool | str = False        # false, true (the log stream) or a file path
+    access_log: bool | str = False  # false, true (the log stream) or a file path
     max_frame_size: int = 16777216
-    thrift_transport: str = "auto"        # "auto" | "framed" | "ttheader" | "unframed"
+    thrift_transport: str = "auto"  # "auto" | "framed" | "ttheader" | "unframed"
     idl: str | None = None
     gateway_path: str = "/{service}/{method}"
     exception_status: int = 500
@@ -229,19 +229,21 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and scalars only: ``json.dumps`` works on the result."""
-        return _to_plain(self)
+        return typing.cast("dict[str, Any]", _to_plain(self))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         """Rebuild the tree from :meth:`to_dict` output (trusted input: no validation)."""
-        return _from_plain(cls, data)
+        return typing.cast("Config", _from_plain(cls, data))
 
     def summary(self) -> str:
         from .summary import summary
+
         return summary(self)
 
 
 # -- generic (de)serialisation -------------------------------------------------------------------
+
 
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -274,17 +276,20 @@ def _from_plain(tp: Any, value: Any) -> Any:
         for arg in concrete:
             if dataclasses.is_dataclass(arg) and isinstance(value, dict):
                 return _from_plain(arg, value)
-        return value                      # unions of scalars (int | str, bool | str): as is
+        return value  # unions of scalars (int | str, bool | str): as is
     if origin is tuple:
         (item, *_rest) = typing.get_args(tp)
         return tuple(_from_plain(item, v) for v in value)
     if origin is dict:
         _key, item = typing.get_args(tp)
         return {k: _from_plain(item, v) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = _hints(tp)
-        kwargs = {f.name: _from_plain(hints[f.name], value[f.name])
-                  for f in dataclasses.fields(tp) if f.name in value}
+        kwargs = {
+            f.name: _from_plain(hints[f.name], value[f.name])
+            for f in dataclasses.fields(tp)
+            if f.name in value
+        }
         return tp(**kwargs)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -11,8 +11,15 @@ from .addresses import AddressError
 from .errors import describe
 from .fields import MISSING, Table, found_with_type, resolve_path
 from .routes import CATCHALL, PatternError, parse_pattern
-from .schema import (CertificateConfig, LayerConfig, ListenerConfig, ServerConfig, TimeoutConfig,
-                     TlsConfig)
+from .schema import (
+    CertificateConfig,
+    LayerConfig,
+    ListenerConfig,
+    RouteConfig,
+    ServerConfig,
+    TimeoutConfig,
+    TlsConfig,
+)
 from .tlsfiles import check_cert_pair
 from .upstreams import parse_http_routes, parse_thrift_routes
 
@@ -20,12 +27,34 @@ PROXY_TYPES = ("http", "thrift", "http_thrift")
 # the native parsers keep a head's header spans on the stack (uring/mu_http.c MAX_HEADERS)
 MAX_HEADERS_LIMIT = 256
 
-SERVER_KEYS = ("name", "proxy_type", "listener", "backlog", "tls", "proxy_protocol", "timeout",
-               "upstream_http_version", "http_parser", "max_body_size", "max_header_size",
-               "max_uri_size", "max_header_line_size", "max_headers", "max_response_header_size",
-               "preserve_host", "via", "access_log", "max_frame_size",
-               "thrift_transport", "idl", "gateway_path", "exception_status", "routes", "route",
-               "layers")
+SERVER_KEYS = (
+    "name",
+    "proxy_type",
+    "listener",
+    "backlog",
+    "tls",
+    "proxy_protocol",
+    "timeout",
+    "upstream_http_version",
+    "http_parser",
+    "max_body_size",
+    "max_header_size",
+    "max_uri_size",
+    "max_header_line_size",
+    "max_headers",
+    "max_response_header_size",
+    "preserve_host",
+    "via",
+    "access_log",
+    "max_frame_size",
+    "thrift_transport",
+    "idl",
+    "gateway_path",
+    "exception_status",
+    "routes",
+    "route",
+    "layers",
+)
 TIMEOUT_ALIASES = {"http_timeout": "timeout", "thrift_timeout": "timeout"}
 
 # keys that only mean something for some proxy types: elsewhere they are refused, not ignored
@@ -61,8 +90,10 @@ def _rejected_for(proxy_type: str | None) -> dict[str, str]:
     if proxy_type in PROXY_TYPES:
         for key, types in APPLIES_TO.items():
             if proxy_type not in types:
-                rejected[key] = (f"it applies to proxy_type {' / '.join(describe(t) for t in types)}, "
-                                 f"not {describe(proxy_type)}")
+                rejected[key] = (
+                    f"it applies to proxy_type {' / '.join(describe(t) for t in types)}, "
+                    f"not {describe(proxy_type)}"
+                )
     return rejected
 
 
@@ -75,17 +106,24 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     tls = parse_tls(t)
     proxy_protocol = t.boolean("proxy_protocol", False)
     timeout = parse_timeout(t)
-    version = t.enum("upstream_http_version", "auto", ("http11", "auto"),
-                     hints={"http2": "HTTP/2 upstreams are not supported yet; use \"http11\" or \"auto\"",
-                            "h2": "HTTP/2 upstreams are not supported yet; use \"http11\" or \"auto\""})
+    version = t.enum(
+        "upstream_http_version",
+        "auto",
+        ("http11", "auto"),
+        hints={
+            "http2": 'HTTP/2 upstreams are not supported yet; use "http11" or "auto"',
+            "h2": 'HTTP/2 upstreams are not supported yet; use "http11" or "auto"',
+        },
+    )
     http_parser = t.enum("http_parser", "auto", ("auto", "native", "httptools", "h11"))
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
     max_header_size = t.integer("max_header_size", 65536, lo=1024, unit="of bytes")
     max_uri_size = t.integer("max_uri_size", 8192, lo=16, unit="of bytes")
     max_header_line_size = t.integer("max_header_line_size", 8192, lo=256, unit="of bytes")
     max_headers = t.integer("max_headers", 100, lo=1, hi=MAX_HEADERS_LIMIT)
-    max_response_header_size = t.integer("max_response_header_size", max_header_size, lo=1024,
-                                         unit="of bytes")
+    max_response_header_size = t.integer(
+        "max_response_header_size", max_header_size, lo=1024, unit="of bytes"
+    )
     preserve_host = t.boolean("preserve_host", False)
     via = t.boolean("via", False)
     access_log = parse_access_log(t)
@@ -96,7 +134,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     exception_status = t.integer("exception_status", 500, lo=400, hi=599)
     layers = parse_layers(t)
     route = None
-    routes: tuple = ()
+    routes: tuple[RouteConfig, ...] = ()
     if proxy_type == "http":
         routes = parse_http_routes(t)
     elif proxy_type in ("thrift", "http_thrift"):
@@ -105,23 +143,42 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     if proxy_type is None or listener is None or name is None:
         return None
     return ServerConfig(
-        name=name, proxy_type=proxy_type, listener=listener, backlog=backlog, tls=tls,
-        proxy_protocol=proxy_protocol, timeout=timeout, upstream_http_version=version,
-        http_parser=http_parser, max_body_size=max_body_size, max_header_size=max_header_size,
-        max_uri_size=max_uri_size, max_header_line_size=max_header_line_size,
-        max_headers=max_headers, max_response_header_size=max_response_header_size,
-        preserve_host=preserve_host, via=via, access_log=access_log,
-        max_frame_size=max_frame_size, thrift_transport=thrift_transport, idl=idl,
-        gateway_path=gateway_path, exception_status=exception_status, routes=routes, route=route,
-        layers=layers)
+        name=name,
+        proxy_type=proxy_type,
+        listener=listener,
+        backlog=backlog,
+        tls=tls,
+        proxy_protocol=proxy_protocol,
+        timeout=timeout,
+        upstream_http_version=version,
+        http_parser=http_parser,
+        max_body_size=max_body_size,
+        max_header_size=max_header_size,
+        max_uri_size=max_uri_size,
+        max_header_line_size=max_header_line_size,
+        max_headers=max_headers,
+        max_response_header_size=max_response_header_size,
+        preserve_host=preserve_host,
+        via=via,
+        access_log=access_log,
+        max_frame_size=max_frame_size,
+        thrift_transport=thrift_transport,
+        idl=idl,
+        gateway_path=gateway_path,
+        exception_status=exception_status,
+        routes=routes,
+        route=route,
+        layers=layers,
+    )
 
 
 def parse_listener(t: Table) -> ListenerConfig | None:
     lt = t.subtable("listener", known=("type", "value"), required=True)
     if lt is None:
         return None
-    ltype = lt.enum("type", None, ("socket", "unix"), required=True,
-                    hints={"tcp": 'TCP listeners are type = "socket"'})
+    ltype = lt.enum(
+        "type", None, ("socket", "unix"), required=True, hints={"tcp": 'TCP listeners are type = "socket"'}
+    )
     value = lt.string("value", None, required=True, allow_empty=False)
     lt.done()
     if ltype is None or value is None:
@@ -155,8 +212,9 @@ def parse_tls(t: Table) -> TlsConfig | None:
     elif "certificates" in tt.raw:
         value = tt.raw["certificates"]
         if not isinstance(value, list) or not value:
-            tt.expected("certificates", "a non-empty array of { chain, key } tables",
-                        found_with_type(value), raw=True)
+            tt.expected(
+                "certificates", "a non-empty array of { chain, key } tables", found_with_type(value), raw=True
+            )
         else:
             for i, item in enumerate(value):
                 path = f"{tt.key('certificates')}[{i}]"
@@ -169,8 +227,9 @@ def parse_tls(t: Table) -> TlsConfig | None:
                 if cert is not None:
                     certs.append(cert)
     else:
-        tt.problems.add(tt.key("chain"), "expected chain and key (PEM file paths) or certificates, "
-                        "found neither")
+        tt.problems.add(
+            tt.key("chain"), "expected chain and key (PEM file paths) or certificates, found neither"
+        )
     tt.done()
     if not certs:
         return None
@@ -220,10 +279,17 @@ def parse_gateway_path(t: Table) -> str:
         t.expected("gateway_path", str(exc), value)
         return "/{service}/{method}"
     names = {name for kind, name in segs if kind != 0}
-    if any(kind == CATCHALL for kind, _ in segs) or not names <= {"service", "method"} \
-            or "method" not in names:
-        t.expected("gateway_path", 'a path with {method} and optionally {service} as its only '
-                   'parameters, such as "/{service}/{method}"', value)
+    if (
+        any(kind == CATCHALL for kind, _ in segs)
+        or not names <= {"service", "method"}
+        or "method" not in names
+    ):
+        t.expected(
+            "gateway_path",
+            "a path with {method} and optionally {service} as its only "
+            'parameters, such as "/{service}/{method}"',
+            value,
+        )
         return "/{service}/{method}"
     return value
 
@@ -253,8 +319,11 @@ def parse_layers(t: Table) -> tuple[LayerConfig, ...]:
         else:
             bad = _first_datetime(options, lt.key("options"))
             if bad:
-                lt.problems.expected(bad[0], "a string, number, boolean, array or table "
-                                     "(options travel to the workers as JSON)", bad[1])
+                lt.problems.expected(
+                    bad[0],
+                    "a string, number, boolean, array or table (options travel to the workers as JSON)",
+                    bad[1],
+                )
                 options = {}
         lt.done()
         if factory is not None:
@@ -262,7 +331,7 @@ def parse_layers(t: Table) -> tuple[LayerConfig, ...]:
     return tuple(layers)
 
 
-def _first_datetime(value: Any, path: str) -> tuple[str, Any] | None:
+def _first_datetime(value: Any, path: str) -> tuple[str, datetime.date | datetime.time] | None:
     if isinstance(value, (datetime.date, datetime.time)):
         return path, value
     if isinstance(value, dict):

@@ -21,15 +21,19 @@ def _route(r: RouteConfig) -> str:
 def _server(key: str, s: ServerConfig) -> list[str]:
     extra = []
     if s.tls:
-        extra.append(f"tls ({len(s.tls.certificates)} cert{'s' if len(s.tls.certificates) > 1 else ''}, "
-                     f"min {s.tls.min_version})")
+        extra.append(
+            f"tls ({len(s.tls.certificates)} cert{'s' if len(s.tls.certificates) > 1 else ''}, "
+            f"min {s.tls.min_version})"
+        )
     if s.proxy_protocol:
         extra.append("proxy_protocol")
     if s.proxy_type == "http_thrift":
         extra.append(f"idl {s.idl}, {s.gateway_path}")
     name = key if s.name == key else f"{key} (name {s.name})"
-    lines = [f"  server {name}: {s.proxy_type} on {s.listener.address}"
-             + (f", {', '.join(extra)}" if extra else "")]
+    lines = [
+        f"  server {name}: {s.proxy_type} on {s.listener.address}"
+        + (f", {', '.join(extra)}" if extra else "")
+    ]
     routes = s.routes if s.proxy_type == "http" else s.thrift_routes
     lines += [_route(r) for r in routes]
     return lines

@@ -26,17 +26,21 @@ def check_cert_pair(problems: Problems, key_path: str, chain: str, key: str) -> 
     try:
         ctx.load_cert_chain(chain, key, password=_no_password)
     except _EncryptedKey:
-        problems.expected(key_path, "an unencrypted PEM private key",
-                          f"an encrypted key in {key}", raw=True)
+        problems.expected(key_path, "an unencrypted PEM private key", f"an encrypted key in {key}", raw=True)
         return False
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
-        problems.expected(key_path, "a PEM certificate chain and its matching PEM private key",
-                          f"{chain} and {key} that do not load together ({reason})", raw=True)
+        problems.expected(
+            key_path,
+            "a PEM certificate chain and its matching PEM private key",
+            f"{chain} and {key} that do not load together ({reason})",
+            raw=True,
+        )
         return False
     except OSError as exc:
-        problems.expected(key_path, "readable certificate files",
-                          f"{chain} / {key} ({exc.strerror or exc})", raw=True)
+        problems.expected(
+            key_path, "readable certificate files", f"{chain} / {key} ({exc.strerror or exc})", raw=True
+        )
         return False
     return True
 
@@ -51,7 +55,8 @@ def check_ca_bundle(problems: Problems, key_path: str, cafile: str) -> bool:
         problems.expected(key_path, "a PEM CA bundle", f"{cafile} ({reason})", raw=True)
         return False
     if not ctx.cert_store_stats().get("x509", 0):
-        problems.expected(key_path, "a PEM CA bundle with at least one certificate",
-                          f"{cafile} without one", raw=True)
+        problems.expected(
+            key_path, "a PEM CA bundle with at least one certificate", f"{cafile} without one", raw=True
+        )
         return False
     return True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from . import addresses
 from .addresses import AddressError
@@ -16,8 +16,20 @@ LOAD_BALANCERS = ("random", "weighted_random", "round_robin", "first", "least_co
 BUILTINS = ("hello", "echo")
 
 POOL_KEYS = ("max_idle_per_upstream", "idle_timeout_sec", "eject_after_failures", "eject_duration_sec")
-HTTP_ROUTE_KEYS = ("path", "path_prefix", "host", "load_balancer", "preserve_path", "upstreams",
-                   "tls_verify", "tls_ca", "tls_client_cert", "tls_client_key", "tls_sni", *POOL_KEYS)
+HTTP_ROUTE_KEYS = (
+    "path",
+    "path_prefix",
+    "host",
+    "load_balancer",
+    "preserve_path",
+    "upstreams",
+    "tls_verify",
+    "tls_ca",
+    "tls_client_cert",
+    "tls_client_key",
+    "tls_sni",
+    *POOL_KEYS,
+)
 THRIFT_ROUTE_KEYS = ("methods", "load_balancer", "upstreams", *POOL_KEYS)
 
 _HTTP_ONLY = "it applies to http routes only; thrift routes are chosen by methods"
@@ -29,8 +41,10 @@ ENDPOINT_TYPES = {
 }
 ENDPOINT_HINTS = {
     "http": {"socket": 'http routes take type = "uri", value = "http://HOST:PORT/"'},
-    "thrift": {"uri": 'thrift upstreams take type = "socket", value = "HOST:PORT"',
-               "builtin": "builtin endpoints serve http routes only"},
+    "thrift": {
+        "uri": 'thrift upstreams take type = "socket", value = "HOST:PORT"',
+        "builtin": "builtin endpoints serve http routes only",
+    },
 }
 
 
@@ -38,8 +52,9 @@ def parse_upstreams(t: Table, kind: str) -> tuple[UpstreamConfig, ...]:
     """``upstreams``: a non-empty array of ``{ endpoint = { type, value }, weight }``."""
     used, value = t.lookup("upstreams")
     if value is MISSING:
-        t.problems.add(t.key("upstreams"),
-                       "expected a non-empty array of upstreams, found nothing (the key is required)")
+        t.problems.add(
+            t.key("upstreams"), "expected a non-empty array of upstreams, found nothing (the key is required)"
+        )
         return ()
     if not isinstance(value, list):
         t.expected(used, "an array of upstream tables", found_with_type(value), raw=True)
@@ -51,8 +66,12 @@ def parse_upstreams(t: Table, kind: str) -> tuple[UpstreamConfig, ...]:
     for i, item in enumerate(value):
         path = f"{t.key(used)}[{i}]"
         if not isinstance(item, dict):
-            t.problems.expected(path, "an upstream table { endpoint = { type, value }, weight = 1 }",
-                                found_with_type(item), raw=True)
+            t.problems.expected(
+                path,
+                "an upstream table { endpoint = { type, value }, weight = 1 }",
+                found_with_type(item),
+                raw=True,
+            )
             continue
         u = t.child(path, item, known=("endpoint", "weight"))
         weight = u.integer("weight", 1, lo=1, hi=65535)
@@ -75,8 +94,9 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
     try:
         if etype == "uri":
             uri = addresses.parse_http_uri(value)
-            return EndpointConfig("uri", value, scheme=uri.scheme, host=uri.host, port=uri.port,
-                                  path=uri.path, query=uri.query)
+            return EndpointConfig(
+                "uri", value, scheme=uri.scheme, host=uri.host, port=uri.port, path=uri.path, query=uri.query
+            )
         if etype == "socket":
             hp = addresses.parse_host_port(value)
             return EndpointConfig("socket", value, host=hp.host, port=hp.port)
@@ -92,7 +112,17 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
         return None
 
 
-def _pool_settings(t: Table) -> dict[str, Any]:
+class _PoolSettings(TypedDict):
+    """The keys shared by every route kind, passed on to :class:`RouteConfig` as keywords."""
+
+    load_balancer: str
+    max_idle_per_upstream: int
+    idle_timeout_sec: float
+    eject_after_failures: int
+    eject_duration_sec: float
+
+
+def _pool_settings(t: Table) -> _PoolSettings:
     return {
         "load_balancer": t.enum("load_balancer", "random", LOAD_BALANCERS),
         "max_idle_per_upstream": t.integer("max_idle_per_upstream", 32, lo=0),
@@ -121,25 +151,29 @@ def _route_tables(t: Table, key: str) -> list[tuple[str, dict[str, Any]]]:
 
 # -- http ----------------------------------------------------------------------------------------
 
+
 def parse_http_routes(server: Table) -> tuple[RouteConfig, ...]:
     """Every ``[[routes]]`` of an http server, checked one by one and then against each other."""
     entries = _route_tables(server, "routes")
     if server.raw.get("routes", []) == []:
-        server.problems.add(server.key("routes"), "expected at least one [[routes]] entry with a path "
-                            "and upstreams, found none")
+        server.problems.add(
+            server.key("routes"),
+            "expected at least one [[routes]] entry with a path and upstreams, found none",
+        )
     routes: list[RouteConfig] = []
-    specs: list[RouteSpec] = []     # every route with a usable path, even if other keys are wrong
+    specs: list[RouteSpec] = []  # every route with a usable path, even if other keys are wrong
     paths: list[str] = []
     for path, raw in entries:
-        r = server.child(path, raw, known=HTTP_ROUTE_KEYS,
-                         rejected={"methods": _THRIFT_ONLY})
+        r = server.child(path, raw, known=HTTP_ROUTE_KEYS, rejected={"methods": _THRIFT_ONLY})
         route = _http_route(r)
         r.done()
         if route is not None:
             routes.append(route)
-        spec = RouteSpec(path=_str_or_none(raw.get("path")),
-                         path_prefix=None if "path" in raw else _str_or_none(raw.get("path_prefix")),
-                         host=route.host if route is not None else _str_or_none(raw.get("host")))
+        spec = RouteSpec(
+            path=_str_or_none(raw.get("path")),
+            path_prefix=None if "path" in raw else _str_or_none(raw.get("path_prefix")),
+            host=route.host if route is not None else _str_or_none(raw.get("host")),
+        )
         if spec.path is not None or spec.path_prefix is not None:
             specs.append(spec)
             paths.append(path)
@@ -153,11 +187,13 @@ def _http_route(r: Table) -> RouteConfig | None:
     path = r.string("path", None, allow_empty=False)
     prefix = r.string("path_prefix", None, allow_empty=False)
     if "path" in r.raw and "path_prefix" in r.raw:
-        r.problems.add(r.key("path_prefix"),
-                       "expected either path or path_prefix, found both (a route has one of them)")
+        r.problems.add(
+            r.key("path_prefix"), "expected either path or path_prefix, found both (a route has one of them)"
+        )
     elif "path" not in r.raw and "path_prefix" not in r.raw:
-        r.problems.add(r.key("path"), 'expected a path such as "/" or "/api/{*rest}" '
-                       "(or a path_prefix), found neither")
+        r.problems.add(
+            r.key("path"), 'expected a path such as "/" or "/api/{*rest}" (or a path_prefix), found neither'
+        )
     host = r.string("host", None, allow_empty=False)
     if host is not None:
         bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
@@ -178,16 +214,31 @@ def _http_route(r: Table) -> RouteConfig | None:
         given = "tls_client_cert" if key is None else "tls_client_key"
         if missing not in r.raw:
             r.problems.add(r.key(missing), f"expected a path (it goes with {given}), found nothing")
-    elif cert is not None and _readable(r, "tls_client_cert") and _readable(r, "tls_client_key"):
+    elif (
+        cert is not None
+        and key is not None
+        and _readable(r, "tls_client_cert")
+        and _readable(r, "tls_client_key")
+    ):
         check_cert_pair(r.problems, r.key("tls_client_cert"), cert, key)
     tls_sni = r.string("tls_sni", None, allow_empty=False)
     preserve_path = r.boolean("preserve_path", False)
     upstreams = parse_upstreams(r, "http")
-    if not upstreams or path is None and prefix is None:
+    if not upstreams or (path is None and prefix is None):
         return None
-    return RouteConfig(upstreams=upstreams, path=path, path_prefix=prefix, host=host,
-                       preserve_path=preserve_path, tls_verify=tls_verify, tls_ca=tls_ca,
-                       tls_client_cert=cert, tls_client_key=key, tls_sni=tls_sni, **pool)
+    return RouteConfig(
+        upstreams=upstreams,
+        path=path,
+        path_prefix=prefix,
+        host=host,
+        preserve_path=preserve_path,
+        tls_verify=tls_verify,
+        tls_ca=tls_ca,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_sni=tls_sni,
+        **pool,
+    )
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -202,6 +253,7 @@ def _readable(t: Table, name: str) -> bool:
 
 # -- thrift --------------------------------------------------------------------------------------
 
+
 def parse_thrift_routes(server: Table) -> tuple[RouteConfig | None, tuple[RouteConfig, ...]]:
     """``route`` (the default) and ``[[routes]]`` with ``methods``.
 
@@ -213,31 +265,45 @@ def parse_thrift_routes(server: Table) -> tuple[RouteConfig | None, tuple[RouteC
     used, value = server.lookup("route")
     if value is not MISSING:
         if isinstance(value, dict):
-            rt = server.child(server.key(used), value, known=THRIFT_ROUTE_KEYS,
-                              rejected={k: _HTTP_ONLY for k in HTTP_ROUTE_KEYS if k not in THRIFT_ROUTE_KEYS})
+            rt = server.child(
+                server.key(used),
+                value,
+                known=THRIFT_ROUTE_KEYS,
+                rejected={k: _HTTP_ONLY for k in HTTP_ROUTE_KEYS if k not in THRIFT_ROUTE_KEYS},
+            )
             if "methods" in value:
                 rt.rejected["methods"] = "route is the default route; put method routes in [[routes]]"
             default = _thrift_route(rt, methods=None)
             rt.done()
             default_key = server.key(used)
         else:
-            server.expected(used, "a table { load_balancer, upstreams = [...] }", found_with_type(value),
-                            raw=True)
+            server.expected(
+                used, "a table { load_balancer, upstreams = [...] }", found_with_type(value), raw=True
+            )
     routes: list[RouteConfig] = []
     owners: dict[str, str] = {}
     for path, raw in _route_tables(server, "routes"):
-        rt = server.child(path, raw, known=THRIFT_ROUTE_KEYS,
-                          rejected={k: _HTTP_ONLY for k in HTTP_ROUTE_KEYS if k not in THRIFT_ROUTE_KEYS})
+        rt = server.child(
+            path,
+            raw,
+            known=THRIFT_ROUTE_KEYS,
+            rejected={k: _HTTP_ONLY for k in HTTP_ROUTE_KEYS if k not in THRIFT_ROUTE_KEYS},
+        )
         methods = _methods(rt)
         if methods is None and "methods" not in raw:
             if default_key:
-                rt.problems.add(rt.key("methods"), f"expected a methods list (only one default route "
-                                f"without methods is allowed, and {default_key} is one), found none")
+                rt.problems.add(
+                    rt.key("methods"),
+                    f"expected a methods list (only one default route "
+                    f"without methods is allowed, and {default_key} is one), found none",
+                )
             default_key = default_key or path
         for m in methods or ():
             if m in owners:
-                rt.problems.add(rt.key("methods"), f'expected each method in one route only, found "{m}", '
-                                f"also routed by {owners[m]}")
+                rt.problems.add(
+                    rt.key("methods"),
+                    f'expected each method in one route only, found "{m}", also routed by {owners[m]}',
+                )
             else:
                 owners[m] = f"{path}.methods"
         route = _thrift_route(rt, methods=methods)
@@ -245,8 +311,10 @@ def parse_thrift_routes(server: Table) -> tuple[RouteConfig | None, tuple[RouteC
         if route is not None:
             routes.append(route)
     if value is MISSING and "routes" not in server.raw:
-        server.problems.add(server.key("route"), "expected a route = { upstreams = [...] } table "
-                            "(or [[routes]] with methods), found nothing")
+        server.problems.add(
+            server.key("route"),
+            "expected a route = { upstreams = [...] } table (or [[routes]] with methods), found nothing",
+        )
     return default, tuple(routes)
 
 
@@ -254,10 +322,13 @@ def _methods(rt: Table) -> tuple[str, ...] | None:
     used, value = rt.lookup("methods")
     if value is MISSING:
         return None
-    if (not isinstance(value, list) or not value
-            or not all(isinstance(m, str) and m for m in value)):
-        rt.expected(used, 'a non-empty array of method names, such as ["ping", "get_user"]',
-                    found_with_type(value) if not isinstance(value, list) else describe(value), raw=True)
+    if not isinstance(value, list) or not value or not all(isinstance(m, str) and m for m in value):
+        rt.expected(
+            used,
+            'a non-empty array of method names, such as ["ping", "get_user"]',
+            found_with_type(value) if not isinstance(value, list) else describe(value),
+            raw=True,
+        )
         return None
     if len(set(value)) != len(value):
         dup = next(m for m in value if value.count(m) > 1)

@@ -18,11 +18,26 @@ RUNTIME_UNSUPPORTED = {
     "sqpoll_idle": "Monolake's SQPOLL option is not supported by monolake-python",
     "thread_pool": "Monolake's blocking thread pool is not used by monolake-python",
 }
-SUPERVISOR_DURATIONS = ("graceful_timeout", "drain_timeout", "reload_timeout", "heartbeat_interval",
-                        "heartbeat_timeout", "respawn_backoff_initial", "respawn_backoff_max",
-                        "flapping_window")
-SUPERVISOR_KEYS = ("pid_file", "control_socket", "reload_mode", "flapping_threshold", "log_format",
-                   "log_level", "error_log", *SUPERVISOR_DURATIONS)
+SUPERVISOR_DURATIONS = (
+    "graceful_timeout",
+    "drain_timeout",
+    "reload_timeout",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+    "respawn_backoff_initial",
+    "respawn_backoff_max",
+    "flapping_window",
+)
+SUPERVISOR_KEYS = (
+    "pid_file",
+    "control_socket",
+    "reload_mode",
+    "flapping_threshold",
+    "log_format",
+    "log_level",
+    "error_log",
+    *SUPERVISOR_DURATIONS,
+)
 
 
 def build_config(raw: dict[str, Any], source: str, base_dir: str) -> Config:
@@ -41,20 +56,23 @@ def build_config(raw: dict[str, Any], source: str, base_dir: str) -> Config:
 
 
 def _runtime(top: Table) -> RuntimeConfig:
-    t = top.subtable("runtime", known=RUNTIME_KEYS, aliases={"worker_threads": "workers"},
-                     rejected=RUNTIME_UNSUPPORTED)
+    t = top.subtable(
+        "runtime", known=RUNTIME_KEYS, aliases={"worker_threads": "workers"}, rejected=RUNTIME_UNSUPPORTED
+    )
     if t is None:
         return RuntimeConfig()
-    runtime_type = t.enum("runtime_type", "auto", ("io_uring", "legacy", "auto"),
-                          hints={"uring": 'io_uring is spelled "io_uring"',
-                                 "epoll": 'the epoll runtime is "legacy"'})
+    runtime_type = t.enum(
+        "runtime_type",
+        "auto",
+        ("io_uring", "legacy", "auto"),
+        hints={"uring": 'io_uring is spelled "io_uring"', "epoll": 'the epoll runtime is "legacy"'},
+    )
     used, workers = t.lookup("workers")
     if workers is MISSING:
         workers = "auto"
     elif not _valid_workers(workers):
         hint = "write the number without quotes" if isinstance(workers, str) and workers.isdigit() else ""
-        t.expected(used, '"auto" or an integer from 1 to 4096', found_with_type(workers), raw=True,
-                   hint=hint)
+        t.expected(used, '"auto" or an integer from 1 to 4096', found_with_type(workers), raw=True, hint=hint)
         workers = "auto"
     entries = t.integer("entries", 1024, lo=8, hi=32768)
     if entries & (entries - 1):
@@ -63,8 +81,13 @@ def _runtime(top: Table) -> RuntimeConfig:
     cpu_affinity = t.boolean("cpu_affinity", True)
     busy_poll_us = t.integer("busy_poll_us", 0, lo=0, hi=BUSY_POLL_MAX_US, unit="of microseconds")
     t.done()
-    return RuntimeConfig(runtime_type=runtime_type, workers=workers, entries=entries,
-                         cpu_affinity=cpu_affinity, busy_poll_us=busy_poll_us)
+    return RuntimeConfig(
+        runtime_type=runtime_type,
+        workers=workers,
+        entries=entries,
+        cpu_affinity=cpu_affinity,
+        busy_poll_us=busy_poll_us,
+    )
 
 
 def _valid_workers(value: Any) -> bool:
@@ -87,22 +110,31 @@ def _supervisor(top: Table) -> SupervisorConfig:
             t.expected("control_socket", str(exc), t.raw["control_socket"])
     durations = {k: t.duration(k, getattr(defaults, k)) for k in SUPERVISOR_DURATIONS}
     if durations["respawn_backoff_max"] < durations["respawn_backoff_initial"]:
-        t.expected("respawn_backoff_max", f"a duration >= respawn_backoff_initial "
-                   f"({durations['respawn_backoff_initial']:g})", durations["respawn_backoff_max"])
+        t.expected(
+            "respawn_backoff_max",
+            f"a duration >= respawn_backoff_initial ({durations['respawn_backoff_initial']:g})",
+            durations["respawn_backoff_max"],
+        )
     if durations["heartbeat_timeout"] <= durations["heartbeat_interval"]:
-        t.expected("heartbeat_timeout", f"a duration > heartbeat_interval "
-                   f"({durations['heartbeat_interval']:g})", durations["heartbeat_timeout"])
+        t.expected(
+            "heartbeat_timeout",
+            f"a duration > heartbeat_interval ({durations['heartbeat_interval']:g})",
+            durations["heartbeat_timeout"],
+        )
     config = SupervisorConfig(
         pid_file=pid_file,
         control_socket=control_socket,
-        reload_mode=t.enum("reload_mode", "generation", ("generation", "in_place"),
-                           hints={"in-place": 'spelled "in_place"'}),
+        reload_mode=t.enum(
+            "reload_mode", "generation", ("generation", "in_place"), hints={"in-place": 'spelled "in_place"'}
+        ),
         flapping_threshold=t.integer("flapping_threshold", 5, lo=1),
         log_format=t.enum("log_format", "auto", ("auto", "json", "console")),
-        log_level=t.enum("log_level", "info", ("debug", "info", "warning", "error"),
-                         hints={"warn": 'spelled "warning"'}),
+        log_level=t.enum(
+            "log_level", "info", ("debug", "info", "warning", "error"), hints={"warn": 'spelled "warning"'}
+        ),
         error_log=t.path_value("error_log", "", allow_empty=True, check="parent"),
-        **durations)
+        **durations,
+    )
     t.done()
     return config
 
@@ -124,9 +156,9 @@ def _admin(top: Table) -> AdminConfig:
 
 
 def _servers(top: Table) -> dict[str, ServerConfig]:
-    used, value = top.lookup("servers")
+    _, value = top.lookup("servers")
     if value is MISSING or not isinstance(value, dict) or not value:
-        found = ("none" if value is MISSING or value == {} else found_with_type(value))
+        found = "none" if value is MISSING or value == {} else found_with_type(value)
         top.problems.add("servers", f"expected at least one [servers.NAME] table, found {found}")
         return {}
     servers: dict[str, ServerConfig] = {}
@@ -136,14 +168,16 @@ def _servers(top: Table) -> dict[str, ServerConfig]:
         if not isinstance(raw, dict):
             top.problems.expected(path, "a [servers.NAME] table", found_with_type(raw), raw=True)
             continue
-        t = Table(top.problems, path, raw, known=SERVER_KEYS, aliases=TIMEOUT_ALIASES,
-                  base_dir=top.base_dir)
+        t = Table(top.problems, path, raw, known=SERVER_KEYS, aliases=TIMEOUT_ALIASES, base_dir=top.base_dir)
         server = parse_server(table_name, t)
         if server is None:
             continue
         if server.name in names:
-            top.problems.add(f"{path}.name", f'expected a server name no other server uses, found '
-                             f'"{server.name}", also the name of servers.{names[server.name]}')
+            top.problems.add(
+                f"{path}.name",
+                f"expected a server name no other server uses, found "
+                f'"{server.name}", also the name of servers.{names[server.name]}',
+            )
         names[server.name] = table_name
         servers[table_name] = server
     return servers
@@ -159,10 +193,16 @@ def _check_listeners(problems: Problems, servers: dict[str, ServerConfig], admin
         lst = server.listener
         mine: HostPort | str = HostPort(lst.host, lst.port) if lst.type == "socket" else lst.path
         for other_key, other in seen:
-            clash = (mine == other) if isinstance(mine, str) or isinstance(other, str) \
+            clash = (
+                (mine == other)
+                if isinstance(mine, str) or isinstance(other, str)
                 else addresses.overlaps(mine, other)
+            )
             if clash:
-                problems.add(key, f'expected an address no other listener uses, found "{lst.value}", '
-                             f"which overlaps {other_key} ({other})")
+                problems.add(
+                    key,
+                    f'expected an address no other listener uses, found "{lst.value}", '
+                    f"which overlaps {other_key} ({other})",
+                )
                 break
         seen.append((key, mine))

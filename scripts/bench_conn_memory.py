@@ -20,8 +20,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from bench_proxy import Proc, free_port, start_monolake, start_nginx_proxy, start_upstream, tree_pids, wait_port
+from bench_proxy import (
+    Proc,
+    free_port,
+    start_monolake,
+    start_nginx_proxy,
+    start_upstream,
+    tree_pids,
+    wait_port,
+)
 from benchtools import ensure_commands
 
 
@@ -63,7 +72,7 @@ def one_get(port: int) -> socket.socket:
     return s
 
 
-def measure(name: str, port: int, pids: list[int], n: int) -> dict:
+def measure(name: str, port: int, pids: list[int], n: int) -> dict[str, Any]:
     for _ in range(20):  # warm: the pools, the first allocations
         one_get(port).close()
     before = settled_rss(pids)
@@ -72,11 +81,20 @@ def measure(name: str, port: int, pids: list[int], n: int) -> dict:
     for c in conns:
         c.close()
     after = settled_rss(pids)
-    row = {"proxy": name, "before_kib": before, "held_kib": held, "after_kib": after,
-           "per_conn_kib": (held - before) / n, "kept_kib": after - before}
-    print(f"  {name:20} RSS {before / 1024:7.1f} MiB -> {held / 1024:7.1f} MiB with {n} idle "
-          f"-> {after / 1024:7.1f} MiB after: {row['per_conn_kib']:5.2f} KiB per connection, "
-          f"{row['kept_kib'] / 1024:6.1f} MiB kept", flush=True)
+    row: dict[str, Any] = {  # one JSON result row
+        "proxy": name,
+        "before_kib": before,
+        "held_kib": held,
+        "after_kib": after,
+        "per_conn_kib": (held - before) / n,
+        "kept_kib": after - before,
+    }
+    print(
+        f"  {name:20} RSS {before / 1024:7.1f} MiB -> {held / 1024:7.1f} MiB with {n} idle "
+        f"-> {after / 1024:7.1f} MiB after: {row['per_conn_kib']:5.2f} KiB per connection, "
+        f"{row['kept_kib'] / 1024:6.1f} MiB kept",
+        flush=True,
+    )
     return row
 
 
@@ -122,8 +140,10 @@ def main() -> int:
     base = rows[0]["per_conn_kib"] or 1e-9
     print(f"\n{'proxy':20} {'KiB/conn':>9} {'x nginx':>8} {'kept MiB':>9}")
     for r in rows:
-        print(f"{r['proxy']:20} {r['per_conn_kib']:9.2f} {r['per_conn_kib'] / base:8.1f} "
-              f"{r['kept_kib'] / 1024:9.1f}")
+        print(
+            f"{r['proxy']:20} {r['per_conn_kib']:9.2f} {r['per_conn_kib'] / base:8.1f} "
+            f"{r['kept_kib'] / 1024:9.1f}"
+        )
     return 0
 
 

@@ -24,13 +24,15 @@ import tempfile
 import textwrap
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 REQUEST = b"GET /100B HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
-RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 05:00:00 GMT\r\n"
-            b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
-            b"Last-Modified: Mon, 30 Nov 2026 04:00:00 GMT\r\nConnection: keep-alive\r\n"
-            b"ETag: \"6a5c-64\"\r\nAccept-Ranges: bytes\r\n\r\n" + b"x" * 100)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 05:00:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
+    b"Last-Modified: Mon, 30 Nov 2026 04:00:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "6a5c-64"\r\nAccept-Ranges: bytes\r\n\r\n' + b"x" * 100
+)
 
 CONFIG = """
 [servers.bench]
@@ -85,6 +87,7 @@ class Setup:
     def __init__(self, parser: str, workdir: str) -> None:
         from monolake.conf import load_config
         from monolake.worker.http.client import UpstreamConnection
+        from monolake.worker.http.proxy import RouterService
         from monolake.worker.http.server import build
 
         path = os.path.join(workdir, f"{parser}.toml")
@@ -95,7 +98,8 @@ class Setup:
         self.proto = self.handle.protocol_factory()
         self.client = FakeTransport(("127.0.0.1", 50000))
         self.proto.connection_made(self.client)
-        up = self.handle.stack.entry.routes[0].balancer.upstreams[0]
+        router = cast(RouterService, self.handle.stack.entry)  # no layers in CONFIG: the router
+        up = router.routes[0].balancer.upstreams[0]
         self.conn = UpstreamConnection(self.handle.pool, up)
         self.upstream = FakeTransport(("127.0.0.1", 2))
         self.conn.connection_made(self.upstream)
@@ -137,7 +141,9 @@ async def main() -> int:
             for p, s in setups.items():
                 best[p] = min(best[p], s.run(args.per_round) / args.per_round)
     base = best[parsers[0]]
-    print(f"{'parser':10} {'µs/request':>11} {'ratio':>7}   (best of {args.rounds} rounds of {args.per_round})")
+    print(
+        f"{'parser':10} {'µs/request':>11} {'ratio':>7}   (best of {args.rounds} rounds of {args.per_round})"
+    )
     for p in parsers:
         print(f"{p:10} {best[p] * 1e6:11.2f} {best[p] / base:7.2f}")
     return 0

@@ -40,8 +40,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- servers
 
+
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """"io_uring", "uvloop", "asyncio", or "io_uring:key=value,..." (new_event_loop options,
+    """ "io_uring", "uvloop", "asyncio", or "io_uring:key=value,..." (new_event_loop options,
     e.g. io_uring:nbufs=64 or io_uring:setup_flags=coop_taskrun) for A/B runs."""
     if name.startswith("io_uring"):
         import functools
@@ -109,6 +110,7 @@ def serve(loop_name: str, app: str, port: int, cpu: int | None) -> None:
 
 # ---------------------------------------------------------------- load generators
 
+
 def echo_client(port: int, conns: int, duration: float, size: int, cpu: int | None) -> None:
     """Ping-pong on `conns` connections for `duration` s; prints JSON {requests, p99_ms}."""
     if cpu is not None:
@@ -148,16 +150,20 @@ def echo_client(port: int, conns: int, duration: float, size: int, cpu: int | No
     async def main() -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         stats: dict[str, Any] = {"n": 0, "lat": [], "end": time.perf_counter() + 1e9}
-        trs = [(await loop.create_connection(lambda: Pinger(stats), "127.0.0.1", port))[0]
-               for _ in range(conns)]
+        trs = [
+            (await loop.create_connection(lambda: Pinger(stats), "127.0.0.1", port))[0] for _ in range(conns)
+        ]
         start = time.perf_counter()
         stats["end"] = start + duration
         await asyncio.sleep(duration + 0.2)
         for t in trs:
             t.close()
         lat = sorted(stats["lat"]) or [0.0]
-        return {"requests": stats["n"], "seconds": duration,
-                "p99_ms": lat[int(len(lat) * 0.99) - 1 if len(lat) > 1 else 0] * 1000}
+        return {
+            "requests": stats["n"],
+            "seconds": duration,
+            "p99_ms": lat[int(len(lat) * 0.99) - 1 if len(lat) > 1 else 0] * 1000,
+        }
 
     with asyncio.Runner(loop_factory=factory) as runner:
         print(json.dumps(runner.run(main())))
@@ -176,6 +182,7 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- orchestration
+
 
 def cpu_ticks(pid: int) -> tuple[int, int]:
     """(utime, stime) of the whole process, in clock ticks (fields 14 and 15 of stat)."""
@@ -216,9 +223,23 @@ def start_server(loop_name: str, app: str, cpu: int) -> tuple[subprocess.Popen, 
     with the code before a change installed), for before/after runs side by side."""
     port = free_port()
     loop_name, _, python = loop_name.partition("@")
-    proc = subprocess.Popen([python or sys.executable, os.path.abspath(__file__), "serve",
-                             "--loop", loop_name, "--app", app, "--port", str(port), "--cpu", str(cpu)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            python or sys.executable,
+            os.path.abspath(__file__),
+            "serve",
+            "--loop",
+            loop_name,
+            "--app",
+            app,
+            "--port",
+            str(port),
+            "--cpu",
+            str(cpu),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if line != "READY":
@@ -239,20 +260,53 @@ def load(app: str, port: int, duration: float, conns: int, cpu: int, threads: in
     c0 = children_cpu()
     if app == "http":
         secs = max(1, round(duration))
-        out = subprocess.run(["taskset", "-c", str(cpu), "wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s",
-                              "--latency", f"http://127.0.0.1:{port}/"],
-                             capture_output=True, text=True, timeout=duration + 30).stdout
+        out = subprocess.run(
+            [
+                "taskset",
+                "-c",
+                str(cpu),
+                "wrk",
+                f"-t{threads}",
+                f"-c{conns}",
+                f"-d{secs}s",
+                "--latency",
+                f"http://127.0.0.1:{port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=duration + 30,
+        ).stdout
         r = parse_wrk(out)
         r["load_cpu_s"] = children_cpu() - c0
         r["load_cpu"] = r["load_cpu_s"] / secs
         return r
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "echo-client", "--port", str(port),
-                          "--conns", str(conns), "--duration", str(duration), "--cpu", str(cpu)],
-                         capture_output=True, text=True, timeout=duration + 60).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "echo-client",
+            "--port",
+            str(port),
+            "--conns",
+            str(conns),
+            "--duration",
+            str(duration),
+            "--cpu",
+            str(cpu),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+    ).stdout
     res = json.loads(out.strip().splitlines()[-1])
     used = children_cpu() - c0
-    return {"rps": res["requests"] / res["seconds"], "requests": res["requests"], "p99_ms": res["p99_ms"],
-            "load_cpu_s": used, "load_cpu": used / (duration + 0.2)}
+    return {
+        "rps": res["requests"] / res["seconds"],
+        "requests": res["requests"],
+        "p99_ms": res["p99_ms"],
+        "load_cpu_s": used,
+        "load_cpu": used / (duration + 0.2),
+    }
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -264,11 +318,11 @@ def bench(args: argparse.Namespace) -> None:
         servers = {name: start_server(name, app, args.server_cpu) for name in loops}
         try:
             for rnd in range(args.rounds):
-                order = loops[rnd % len(loops):] + loops[:rnd % len(loops)]  # rotate the start
+                order = loops[rnd % len(loops) :] + loops[: rnd % len(loops)]  # rotate the start
                 for name in order:
                     proc, port = servers[name]
                     load(app, port, args.warmup, args.conns, args.client_cpu, args.threads)  # warm-up
-                    for attempt in range(args.retries + 1):
+                    for _attempt in range(args.retries + 1):
                         wait_quiet(args.max_other, args.quiet_wait)
                         u0, s0 = cpu_ticks(proc.pid)
                         b0, st0 = busy_ticks()
@@ -279,13 +333,17 @@ def bench(args: argparse.Namespace) -> None:
                         b1, st1 = busy_ticks()
                         # CPU other processes took meanwhile, and vCPU time the host stole (the box
                         # is shared): redo a disturbed run
-                        r["other_cpu"] = max(0.0, ((b1 - b0 - (u1 - u0 + s1 - s0)) / CLK_TCK
-                                                   - r["load_cpu_s"]) / elapsed)
+                        r["other_cpu"] = max(
+                            0.0, ((b1 - b0 - (u1 - u0 + s1 - s0)) / CLK_TCK - r["load_cpu_s"]) / elapsed
+                        )
                         r["steal"] = (st1 - st0) / CLK_TCK / elapsed
                         if r["other_cpu"] <= args.max_other and r["steal"] <= args.max_other:
                             break
-                        print(f"round {rnd + 1} {app:4} {name:8} disturbed (other processes used "
-                              f"{r['other_cpu']:.2f} cores, steal {r['steal']:.2f}), redoing", flush=True)
+                        print(
+                            f"round {rnd + 1} {app:4} {name:8} disturbed (other processes used "
+                            f"{r['other_cpu']:.2f} cores, steal {r['steal']:.2f}), redoing",
+                            flush=True,
+                        )
                     per_req = 1e6 / CLK_TCK / max(r["requests"], 1)
                     r["user_us"] = (u1 - u0) * per_req
                     r["sys_us"] = (s1 - s0) * per_req
@@ -293,11 +351,13 @@ def bench(args: argparse.Namespace) -> None:
                     # share of its core the server used: well below 1.0 = the server was not the limit
                     r["server_cpu"] = (u1 - u0 + s1 - s0) / CLK_TCK / elapsed
                     results.setdefault((app, name), []).append(r)
-                    print(f"round {rnd + 1} {app:4} {name:8} {r['rps']:10.0f} req/s  p99 {r['p99_ms']:6.2f} ms"
-                          f"  cpu {r['cpu_us']:6.2f} us/req (user {r['user_us']:.2f} sys {r['sys_us']:.2f})"
-                          f"  busy: server {r['server_cpu']:.2f} load {r['load_cpu']:.2f}"
-                          f" other {r['other_cpu']:.2f} steal {r['steal']:.2f}",
-                          flush=True)
+                    print(
+                        f"round {rnd + 1} {app:4} {name:8} {r['rps']:10.0f} req/s  p99 {r['p99_ms']:6.2f} ms"
+                        f"  cpu {r['cpu_us']:6.2f} us/req (user {r['user_us']:.2f} sys {r['sys_us']:.2f})"
+                        f"  busy: server {r['server_cpu']:.2f} load {r['load_cpu']:.2f}"
+                        f" other {r['other_cpu']:.2f} steal {r['steal']:.2f}",
+                        flush=True,
+                    )
         finally:
             for proc, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
@@ -307,22 +367,31 @@ def bench(args: argparse.Namespace) -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
     print()
-    print(f"medians over {args.rounds} interleaved rounds of {args.duration:g} s "
-          f"(server on cpu {args.server_cpu}, load on cpu {args.client_cpu}, {args.conns} connections, "
-          f"{args.threads} wrk thread(s))")
-    print(f"{'app':5} {'loop':9} {'req/s':>10} {'p99 ms':>8} {'cpu us/req':>11} {'user/sys':>11} "
-          f"{'rps/uvloop':>11} {'cpu/uvloop':>11} {'srv busy':>9} {'load busy':>9}")
+    print(
+        f"medians over {args.rounds} interleaved rounds of {args.duration:g} s "
+        f"(server on cpu {args.server_cpu}, load on cpu {args.client_cpu}, {args.conns} connections, "
+        f"{args.threads} wrk thread(s))"
+    )
+    print(
+        f"{'app':5} {'loop':9} {'req/s':>10} {'p99 ms':>8} {'cpu us/req':>11} {'user/sys':>11} "
+        f"{'rps/uvloop':>11} {'cpu/uvloop':>11} {'srv busy':>9} {'load busy':>9}"
+    )
     keys = ("rps", "p99_ms", "cpu_us", "user_us", "sys_us", "server_cpu", "load_cpu")
     for app in args.apps:
-        med = {name: {k: statistics.median(r[k] for r in results[(app, name)]) for k in keys}
-               for name in loops if (app, name) in results}
+        med = {
+            name: {k: statistics.median(r[k] for r in results[(app, name)]) for k in keys}
+            for name in loops
+            if (app, name) in results
+        }
         base = med.get("uvloop")
         for name, m in med.items():
             ratio_rps = f"{m['rps'] / base['rps']:.2f}x" if base else "-"
             ratio_cpu = f"{m['cpu_us'] / base['cpu_us']:.2f}x" if base else "-"
             split = f"{m['user_us']:.2f}/{m['sys_us']:.2f}"
-            print(f"{app:5} {name:9} {m['rps']:10.0f} {m['p99_ms']:8.2f} {m['cpu_us']:11.2f} {split:>11} "
-                  f"{ratio_rps:>11} {ratio_cpu:>11} {m['server_cpu']:9.2f} {m['load_cpu']:9.2f}")
+            print(
+                f"{app:5} {name:9} {m['rps']:10.0f} {m['p99_ms']:8.2f} {m['cpu_us']:11.2f} {split:>11} "
+                f"{ratio_rps:>11} {ratio_cpu:>11} {m['server_cpu']:9.2f} {m['load_cpu']:9.2f}"
+            )
 
 
 def available(name: str) -> bool:
@@ -356,19 +425,31 @@ def main() -> None:
     c.add_argument("--size", type=int, default=64)
     c.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--apps", nargs="+", default=["http", "echo"], choices=("http", "echo"))
-    ap.add_argument("--loops", nargs="+", default=list(LOOPS),
-                    help="io_uring[:key=value,...] uvloop asyncio (default: all three); "
-                         "NAME@/path/to/python runs that server with another interpreter")
+    ap.add_argument(
+        "--loops",
+        nargs="+",
+        default=list(LOOPS),
+        help="io_uring[:key=value,...] uvloop asyncio (default: all three); "
+        "NAME@/path/to/python runs that server with another interpreter",
+    )
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (http)")
-    ap.add_argument("--max-other", type=float, default=0.15,
-                    help="redo a run when other processes (or the host: steal) took more than this many cores")
+    ap.add_argument(
+        "--max-other",
+        type=float,
+        default=0.15,
+        help="redo a run when other processes (or the host: steal) took more than this many cores",
+    )
     ap.add_argument("--retries", type=int, default=2, help="redos per disturbed run")
-    ap.add_argument("--quiet-wait", type=float, default=20.0,
-                    help="before each run, wait up to this many s for the machine to be quiet")
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=20.0,
+        help="before each run, wait up to this many s for the machine to be quiet",
+    )
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     args = ap.parse_args()

@@ -24,6 +24,7 @@ nginx, wrk and taskset are installed with apt-get when missing (as root; see ben
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,9 +91,10 @@ class Proc:
     def __init__(self, args: list[str], cpu: int | None, log: Path, **kw) -> None:
         if cpu is not None:
             args = ["taskset", "-c", str(cpu), *args]
-        self.log = open(log, "wb")
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                  start_new_session=True, **kw)
+        self.log = open(log, "wb")  # noqa: SIM115 - lives as long as the process; stop() closes it
+        self.p = subprocess.Popen(
+            args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, **kw
+        )
 
     def stop(self) -> None:
         if self.p.poll() is None:
@@ -110,7 +113,8 @@ class Proc:
 # -- the upstream and the proxies ------------------------------------------------------------
 def nginx_conf(work: Path, name: str, body: str) -> Path:
     conf = work / f"{name}.conf"
-    conf.write_text(textwrap.dedent(f"""
+    conf.write_text(
+        textwrap.dedent(f"""
         worker_processes 1;
         daemon off;
         master_process on;
@@ -127,7 +131,8 @@ def nginx_conf(work: Path, name: str, body: str) -> Path:
             keepalive_requests 1000000;
             {body}
         }}
-    """))
+    """)
+    )
     return conf
 
 
@@ -136,13 +141,20 @@ def start_upstream(work: Path, port: int) -> Proc:
     root.mkdir(exist_ok=True)
     for name, size in SIZES.items():
         (root / name).write_bytes(b"x" * size)
-    conf = nginx_conf(work, "upstream", f"""
-        server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {root}; }}""")
+    conf = nginx_conf(
+        work,
+        "upstream",
+        f"""
+        server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {root}; }}""",
+    )
     return Proc(["nginx", "-c", str(conf), "-e", str(work / "upstream.stderr.log")], 1, work / "upstream.log")
 
 
 def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
-    conf = nginx_conf(work, "nproxy", f"""
+    conf = nginx_conf(
+        work,
+        "nproxy",
+        f"""
         upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
         server {{
             listen 127.0.0.1:{port} backlog=4096;
@@ -155,11 +167,12 @@ def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
                 proxy_buffers 8 64k;
                 proxy_max_temp_file_size 0;
             }}
-        }}""")
+        }}""",
+    )
     return Proc(["nginx", "-c", str(conf), "-e", str(work / "nproxy.stderr.log")], 0, work / "nproxy.log")
 
 
-AIOHTTP_PROXY = r'''
+AIOHTTP_PROXY = r"""
 import sys, asyncio, uvloop
 from aiohttp import web, ClientSession, TCPConnector
 UP = sys.argv[2]
@@ -181,20 +194,23 @@ app.cleanup_ctx.append(session)
 app.router.add_route("*", "/{tail:.*}", handler)
 uvloop.install()
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None, backlog=4096)
-'''
+"""
 
 
 def start_aiohttp_proxy(work: Path, port: int, upstream: int) -> Proc:
     script = work / "aiohttp_proxy.py"
     script.write_text(AIOHTTP_PROXY)
-    return Proc([sys.executable, str(script), str(port), f"http://127.0.0.1:{upstream}"], 0,
-                work / "aiohttp.log")
+    return Proc(
+        [sys.executable, str(script), str(port), f"http://127.0.0.1:{upstream}"], 0, work / "aiohttp.log"
+    )
 
 
-def start_monolake(work: Path, port: int, upstream: int, runtime: str, parser: str,
-                   busy_poll_us: int = 0) -> Proc:
+def start_monolake(
+    work: Path, port: int, upstream: int, runtime: str, parser: str, busy_poll_us: int = 0
+) -> Proc:
     cfg = work / f"monolake-{runtime}-{busy_poll_us}.toml"
-    cfg.write_text(textwrap.dedent(f"""
+    cfg.write_text(
+        textwrap.dedent(f"""
         [runtime]
         runtime_type = "{runtime}"
         busy_poll_us = {busy_poll_us}
@@ -211,9 +227,13 @@ def start_monolake(work: Path, port: int, upstream: int, runtime: str, parser: s
         preserve_path = true
         max_idle_per_upstream = 256
         upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{upstream}" }} }}]
-    """))
-    return Proc([sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)], 0,
-                work / f"monolake-{runtime}.log")
+    """)
+    )
+    return Proc(
+        [sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+        0,
+        work / f"monolake-{runtime}.log",
+    )
 
 
 # -- wrk -------------------------------------------------------------------------------------
@@ -247,8 +267,11 @@ def summarize(results: list[Result], proxies: list[str], sizes: list[str]) -> li
                 row[key] = statistics.median(getattr(r, key) for r in runs)
             row["errors"] = sum(r.errors for r in runs)
             for label, peer in peers.items():
-                ratios = [r.rps / by[(peer, size, r.round)].rps for r in runs
-                          if (peer, size, r.round) in by and by[(peer, size, r.round)].rps]
+                ratios = [
+                    r.rps / by[(peer, size, r.round)].rps
+                    for r in runs
+                    if (peer, size, r.round) in by and by[(peer, size, r.round)].rps
+                ]
                 if ratios and peer != proxy:
                     row[f"x_{label}"] = statistics.median(ratios)
                     row[f"x_{label}_range"] = (min(ratios), max(ratios))
@@ -273,12 +296,28 @@ def _ms(text: str) -> float:
 
 def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) -> tuple[dict, float]:
     # warm up (pool, caches), then measure
-    subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", "-d1s", f"http://127.0.0.1:{port}{path}"],
-                   capture_output=True, timeout=30)
+    subprocess.run(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", "-d1s", f"http://127.0.0.1:{port}{path}"],
+        capture_output=True,
+        timeout=30,
+    )
     cpu0 = cpu_seconds(pids)
-    proc = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "--latency",
-                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True,
-                          timeout=duration + 30)
+    proc = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{conns}",
+            f"-d{int(duration)}s",
+            "--latency",
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
+    )
     out = proc.stdout
     if "requests in" not in out:
         print(f"  wrk failed: {proc.stdout} {proc.stderr}", file=sys.stderr)
@@ -294,7 +333,7 @@ def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) 
             stats["p99"] = _ms(line.split()[1])
         elif "requests in" in line:
             stats["requests"] = int(line.split()[0])
-        elif line.startswith("Non-2xx") or line.startswith("Socket errors"):
+        elif line.startswith(("Non-2xx", "Socket errors")):
             stats["errors"] += sum(int(x) for x in re.findall(r"\d+", line.split(":", 1)[1]))
     return stats, cpu
 
@@ -302,21 +341,38 @@ def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=4, help="seconds per wrk run (default 4)")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds of every size on every proxy (default 3); ratios are per round")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every size on every proxy (default 3); ratios are per round",
+    )
     ap.add_argument("--connections", type=int, default=50)
-    ap.add_argument("--runtimes", default="io_uring,legacy",
-                    help="monolake runtimes to run, comma-separated (io_uring, legacy)")
+    ap.add_argument(
+        "--runtimes",
+        default="io_uring,legacy",
+        help="monolake runtimes to run, comma-separated (io_uring, legacy)",
+    )
     ap.add_argument("--parser", default="auto", help="monolake http_parser (auto = native when built)")
-    ap.add_argument("--busy-poll-us", type=int, default=0,
-                    help="also run each monolake runtime with [runtime] busy_poll_us = N")
+    ap.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=0,
+        help="also run each monolake runtime with [runtime] busy_poll_us = N",
+    )
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
-    ap.add_argument("--chart", default="", help="write a PNG chart (req/s by body size) here "
-                    "(needs the chart extra: pip install -e '.[chart]')")
-    ap.add_argument("--profile", action="store_true",
-                    help="py-spy record the monolake worker during the 100B run (needs py-spy)")
+    ap.add_argument(
+        "--chart",
+        default="",
+        help="write a PNG chart (req/s by body size) here (needs the chart extra: pip install -e '.[chart]')",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record the monolake worker during the 100B run (needs py-spy)",
+    )
     args = ap.parse_args()
     missing = ensure_commands("nginx", "wrk", "taskset")
     if missing:
@@ -331,19 +387,20 @@ def main() -> int:
     results: list[Result] = []
     try:
         wait_port(up_port)
-        contenders: list[tuple[str, callable]] = []
+        contenders: list[tuple[str, Callable[[int], Proc]]] = []
         if not only or "nginx" in only:
             contenders.append(("nginx", lambda p: start_nginx_proxy(work, p, up_port)))
         if not only or "aiohttp" in only:
             contenders.append(("aiohttp+uvloop", lambda p: start_aiohttp_proxy(work, p, up_port)))
         if not only or "monolake" in only:
             for rt in filter(None, args.runtimes.split(",")):
-                contenders.append((f"monolake/{rt}",
-                                   lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser)))
+                mono = functools.partial(
+                    start_monolake, work, upstream=up_port, runtime=rt, parser=args.parser
+                )
+                contenders.append((f"monolake/{rt}", mono))
                 if args.busy_poll_us:
-                    contenders.append((f"monolake/{rt}+poll",
-                                       lambda p, rt=rt: start_monolake(work, p, up_port, rt, args.parser,
-                                                                       args.busy_poll_us)))
+                    poll = functools.partial(mono, busy_poll_us=args.busy_poll_us)
+                    contenders.append((f"monolake/{rt}+poll", poll))
         # every proxy up at once (an idle one costs nothing); each round runs every size on
         # every proxy back to back, in a rotating order, so a ratio compares runs minutes apart
         # at most, not a whole benchmark apart (this machine's speed drifts by 20 %)
@@ -352,55 +409,88 @@ def main() -> int:
             for name, start in contenders:
                 port = free_port()
                 procs.append((name, start(port), port, []))
-            for name, proc, port, pids in procs:
+            for _name, proc, port, pids in procs:
                 wait_port(port)
                 pids.extend(tree_pids(proc.p.pid))
             time.sleep(0.3)
             for rnd in range(args.rounds):
                 for size in sizes:
                     shift = rnd % len(procs)
-                    for name, proc, port, pids in procs[shift:] + procs[:shift]:
+                    for name, _proc, port, pids in procs[shift:] + procs[:shift]:
                         prof = None
                         if args.profile and name.startswith("monolake") and size == sizes[0] and rnd == 0:
-                            prof = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "-o", str(work / f"{name.replace('/', '-')}.svg"),
-                                                     "-d", str(int(args.duration) + 2), "-p", str(pids[-1])],
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            prof = subprocess.Popen(
+                                [
+                                    shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                                    "record",
+                                    "-o",
+                                    str(work / f"{name.replace('/', '-')}.svg"),
+                                    "-d",
+                                    str(int(args.duration) + 2),
+                                    "-p",
+                                    str(pids[-1]),
+                                ],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                            )
                         stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, pids)
                         if prof is not None:
                             prof.wait(30)
                             print(f"  profile: {work / (name.replace('/', '-') + '.svg')}", file=sys.stderr)
                         n = max(1, stats["requests"])
-                        r = Result(name, size, stats["rps"], stats["p50"], stats["p99"],
-                                   cpu / n * 1e6, stats["errors"], stats["requests"], rnd)
+                        r = Result(
+                            name,
+                            size,
+                            stats["rps"],
+                            stats["p50"],
+                            stats["p99"],
+                            cpu / n * 1e6,
+                            stats["errors"],
+                            stats["requests"],
+                            rnd,
+                        )
                         results.append(r)
-                        print(f"  r{rnd} {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
-                              f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
-                              file=sys.stderr)
+                        print(
+                            f"  r{rnd} {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
+                            f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
+                            file=sys.stderr,
+                        )
         finally:
             for _, proc, _, _ in procs:
                 proc.stop()
     finally:
         upstream.stop()
     summary = summarize(results, [name for name, _ in contenders], sizes)
-    print(f"\n{args.rounds} round(s) of {args.duration} s; medians over rounds; '× nginx' and "
-          "'× aiohttp' are medians of the per-round ratios (range in brackets)")
-    print(f"{'proxy':22} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} "
-          f"{'× nginx':>18} {'× aiohttp':>18}")
+    print(
+        f"\n{args.rounds} round(s) of {args.duration} s; medians over rounds; '× nginx' and "
+        "'× aiohttp' are medians of the per-round ratios (range in brackets)"
+    )
+    print(
+        f"{'proxy':22} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} "
+        f"{'× nginx':>18} {'× aiohttp':>18}"
+    )
     for row in summary:
-        print(f"{row['proxy']:22} {row['body']:6} {row['rps']:9.0f} {row['p50_ms']:8.2f} "
-              f"{row['p99_ms']:8.2f} {row['cpu_us_per_req']:11.1f} {_ratio(row, 'nginx'):>18} "
-              f"{_ratio(row, 'aiohttp'):>18}")
+        print(
+            f"{row['proxy']:22} {row['body']:6} {row['rps']:9.0f} {row['p50_ms']:8.2f} "
+            f"{row['p99_ms']:8.2f} {row['cpu_us_per_req']:11.1f} {_ratio(row, 'nginx'):>18} "
+            f"{_ratio(row, 'aiohttp'):>18}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary,
-                                               "runs": [asdict(r) for r in results]}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"summary": summary, "runs": [asdict(r) for r in results]}, indent=2)
+        )
     if args.chart:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from chart import write_chart
 
         rows = [{"server": r["proxy"], "body_size": SIZES[r["body"]], "rps": r["rps"]} for r in summary]
-        write_chart(rows, args.chart, "HTTP reverse proxy, one core: requests/s by body size",
-                    subtitle=f"wrk -c{args.connections}, median of {args.rounds} x {args.duration:g} s; "
-                             "proxy on core 0, wrk and the nginx upstream on core 1")
+        write_chart(
+            rows,
+            args.chart,
+            "HTTP reverse proxy, one core: requests/s by body size",
+            subtitle=f"wrk -c{args.connections}, median of {args.rounds} x {args.duration:g} s; "
+            "proxy on core 0, wrk and the nginx upstream on core 1",
+        )
         print(f"chart written to {args.chart}")
     shutil.rmtree(work, ignore_errors=True) if not args.profile else None
     return 0

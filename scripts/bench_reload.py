@@ -50,7 +50,7 @@ def wait(predicate, timeout: float, interval: float = 0.005):
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception:  # noqa: BLE001 - polled until ready
+        except Exception:  # polled until ready: any failure means "not yet"
             value = None
         if value:
             return value
@@ -59,8 +59,7 @@ def wait(predicate, timeout: float, interval: float = 0.005):
 
 
 def parse_wrk(text: str) -> dict:
-    out = {"requests": 0, "rps": 0.0, "connect": 0, "read": 0, "write": 0, "timeout": 0,
-           "non2xx": 0}
+    out = {"requests": 0, "rps": 0.0, "connect": 0, "read": 0, "write": 0, "timeout": 0, "non2xx": 0}
     m = re.search(r"(\d+) requests in", text)
     if m:
         out["requests"] = int(m.group(1))
@@ -69,8 +68,9 @@ def parse_wrk(text: str) -> dict:
         out["rps"] = float(m.group(1))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
-        out.update(connect=int(m.group(1)), read=int(m.group(2)), write=int(m.group(3)),
-                   timeout=int(m.group(4)))
+        out.update(
+            connect=int(m.group(1)), read=int(m.group(2)), write=int(m.group(3)), timeout=int(m.group(4))
+        )
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if m:
         out["non2xx"] = int(m.group(1))
@@ -92,7 +92,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="monolake-bench-reload-"))
     port = free_port()
     config = tmp / "monolake.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         [runtime]
         runtime_type = "{args.runtime}"
         workers = {args.workers}
@@ -110,17 +111,23 @@ def main() -> int:
         [[servers.web.routes]]
         path = "/"
         upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """))
-    log = open(tmp / "master.log", "wb")
+    """)
+    )
+    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - closed in the finally below
     master = subprocess.Popen([*cli, "start", "-c", str(config)], stdout=log, stderr=log)
     wrk = None
     try:
-        wait(lambda: len([w for w in status(cli, config)["workers"] if w["state"] == "ready"])
-             == args.workers, 30)
+        wait(
+            lambda: len([w for w in status(cli, config)["workers"] if w["state"] == "ready"]) == args.workers,
+            30,
+        )
         duration = max(10, int(args.reloads * 1.5) + 5)
-        wrk = subprocess.Popen(["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s",
-                                f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+        wrk = subprocess.Popen(
+            ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", f"http://127.0.0.1:{port}/"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         time.sleep(2)  # load established before the first HUP
         latencies = []
         for _ in range(args.reloads):
@@ -130,25 +137,29 @@ def main() -> int:
 
             def served(gen: int = before + 1) -> bool:
                 st = status(cli, config)
-                slots = [w for w in st["workers"] if w["state"] == "ready"
-                         and w["generation"] == gen]
+                slots = [w for w in st["workers"] if w["state"] == "ready" and w["generation"] == gen]
                 return st["master"]["generation"] == gen and len(slots) == args.workers
 
             wait(served, 60)
             latencies.append(time.monotonic() - t0)
         out, _ = wrk.communicate(timeout=duration + 30)
         result = parse_wrk(out)
-        failed = result["connect"] + result["read"] + result["write"] + result["timeout"] + \
-            result["non2xx"]
+        failed = result["connect"] + result["read"] + result["write"] + result["timeout"] + result["non2xx"]
         reloads = status(cli, config)["master"]["reloads"]
         print(f"reloads: {args.reloads} ({args.mode}, {args.workers} workers, runtime {args.runtime})")
-        print(f"HUP -> new generation serving: median {statistics.median(latencies) * 1000:.0f} ms, "
-              f"max {max(latencies) * 1000:.0f} ms")
-        print(f"master-measured reload duration: median "
-              f"{statistics.median(r['duration'] for r in reloads) * 1000:.0f} ms")
-        print(f"wrk: {result['requests']} requests, {result['rps']:.0f} req/s, failed {failed} "
-              f"(connect {result['connect']}, read {result['read']}, write {result['write']}, "
-              f"timeout {result['timeout']}, non-2xx {result['non2xx']})")
+        print(
+            f"HUP -> new generation serving: median {statistics.median(latencies) * 1000:.0f} ms, "
+            f"max {max(latencies) * 1000:.0f} ms"
+        )
+        print(
+            f"master-measured reload duration: median "
+            f"{statistics.median(r['duration'] for r in reloads) * 1000:.0f} ms"
+        )
+        print(
+            f"wrk: {result['requests']} requests, {result['rps']:.0f} req/s, failed {failed} "
+            f"(connect {result['connect']}, read {result['read']}, write {result['write']}, "
+            f"timeout {result['timeout']}, non-2xx {result['non2xx']})"
+        )
         return 0 if failed == 0 else 1
     finally:
         if wrk is not None and wrk.poll() is None:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def read_ready(proc: subprocess.Popen, timeout: float = 30.0) -> str:
     line = proc.stdout.readline() if ready else ""
     if not line.startswith("READY "):
         raise RuntimeError(f"process {proc.args!r} did not become ready: {line!r}")
-    return line[len("READY "):].strip()
+    return line[len("READY ") :].strip()
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
@@ -68,6 +69,7 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 # -- load generator (runs as a child process) --------------------------------------------------
+
 
 def load_main(args: argparse.Namespace) -> None:
     """One client connection calling ``echo`` in a loop; prints a JSON result line.
@@ -104,9 +106,17 @@ def load_main(args: argparse.Namespace) -> None:
     cpu = time.process_time() - cpu0
     c.close()
     lat.sort()
-    print(json.dumps({"requests": n, "seconds": elapsed, "cpu": cpu,
-                      "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
-                      "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0}))
+    print(
+        json.dumps(
+            {
+                "requests": n,
+                "seconds": elapsed,
+                "cpu": cpu,
+                "p50_ms": 1000 * lat[len(lat) // 2] if lat else 0.0,
+                "p99_ms": 1000 * lat[int(len(lat) * 0.99)] if lat else 0.0,
+            }
+        )
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -151,12 +161,17 @@ def wait_quiet(ours: list[int], limit: float, timeout: float = 60.0) -> float:
     return load
 
 
-def run_load(port: int, args: argparse.Namespace, cpu: int | None, server_pid: int | None = None,
-             ours: list[int] = ()) -> dict:
+def run_load(
+    port: int,
+    args: argparse.Namespace,
+    cpu: int | None,
+    server_pid: int | None = None,
+    ours: Sequence[int] = (),
+) -> dict:
     """One measured run (redone, up to ``args.retries`` times, if other processes used more
     than ``args.noise`` cores meanwhile: the machine is shared); with ``server_pid``, also that
     process's CPU per request (µs)."""
-    for attempt in range(1 + args.retries):
+    for attempt in range(1 + args.retries):  # noqa: B007 - read after the loop
         r = _run_load_once(port, args, cpu, server_pid, list(ours))
         if r["noise"] <= args.noise:
             break
@@ -164,13 +179,29 @@ def run_load(port: int, args: argparse.Namespace, cpu: int | None, server_pid: i
     return r
 
 
-def _run_load_once(port: int, args: argparse.Namespace, cpu: int | None, server_pid: int | None,
-                   ours: list[int]) -> dict:
+def _run_load_once(
+    port: int, args: argparse.Namespace, cpu: int | None, server_pid: int | None, ours: list[int]
+) -> dict:
     wait_quiet(ours, args.noise * 2 / 3)
-    cmd = [PY, __file__, "--load", "--port", str(port), "--transport", args.transport,
-           "--duration", str(args.duration), "--warmup", str(args.warmup), "--size", str(args.size)]
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for _ in range(args.clients)]
+    cmd = [
+        PY,
+        __file__,
+        "--load",
+        "--port",
+        str(port),
+        "--transport",
+        args.transport,
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--size",
+        str(args.size),
+    ]
+    procs = [
+        subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for _ in range(args.clients)
+    ]
     for p in procs:
         pin(p.pid, cpu)
     for p in procs:  # every client is warm: start the measured part of all of them at once
@@ -194,17 +225,23 @@ def _run_load_once(port: int, args: argparse.Namespace, cpu: int | None, server_
         results.append(json.loads(out.strip().splitlines()[-1]))
     total = sum(r["requests"] for r in results)
     seconds = max(r["seconds"] for r in results)
-    busy = {c: (sys1[c][0] - sys0[c][0], (sys1[c][0] - sys0[c][0]) + (sys1[c][1] - sys0[c][1]))
-            for c in sys1 if c in sys0}
+    busy = {
+        c: (sys1[c][0] - sys0[c][0], (sys1[c][0] - sys0[c][0]) + (sys1[c][1] - sys0[c][1]))
+        for c in sys1
+        if c in sys0
+    }
     window = max(1e-9, sum(w for _b, w in busy.values()) / max(1, len(busy)))
     noise = (sum(b for b, _w in busy.values()) - (ours1 - ours0) - sum(r["cpu"] for r in results)) / window
-    return {"rps": total / seconds, "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
-            "p99_ms": max(r["p99_ms"] for r in results),
-            "cpu_us": 1e6 * (cpu1 - cpu0) / total if server_pid and total else 0.0,
-            # each CPU's busy fraction over the measured part (all processes, not only ours)
-            "busy": {c: round(b / max(1e-9, w), 3) for c, (b, w) in busy.items()},
-            # cores' worth of CPU other processes used meanwhile
-            "noise": round(max(0.0, noise), 3)}
+    return {
+        "rps": total / seconds,
+        "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "cpu_us": 1e6 * (cpu1 - cpu0) / total if server_pid and total else 0.0,
+        # each CPU's busy fraction over the measured part (all processes, not only ours)
+        "busy": {c: round(b / max(1e-9, w), 3) for c, (b, w) in busy.items()},
+        # cores' worth of CPU other processes used meanwhile
+        "noise": round(max(0.0, noise), 3),
+    }
 
 
 def run_wrk(port: int, args: argparse.Namespace, cpu: int | None, tmp: Path) -> dict | None:
@@ -214,11 +251,21 @@ def run_wrk(port: int, args: argparse.Namespace, cpu: int | None, tmp: Path) -> 
         return None
     script = tmp / "post.lua"
     body = json.dumps({"text": "x" * args.size})
-    script.write_text('wrk.method = "POST"\n'
-                      f"wrk.body = {json.dumps(body)}\n"
-                      'wrk.headers["Content-Type"] = "application/json"\n')
-    cmd = [wrk, "-t1", f"-c{args.http_connections}", f"-d{max(1, round(args.duration))}s", "--latency", "-s", str(script),
-           f"http://127.0.0.1:{port}/Echo/echo"]
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(body)}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    cmd = [
+        wrk,
+        "-t1",
+        f"-c{args.http_connections}",
+        f"-d{max(1, round(args.duration))}s",
+        "--latency",
+        "-s",
+        str(script),
+        f"http://127.0.0.1:{port}/Echo/echo",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pin(p.pid, cpu)
     out, _ = p.communicate(timeout=args.duration + 60)
@@ -245,9 +292,13 @@ def median(runs: list[dict]) -> dict:
     """The run with the median requests/s (with its own latencies), plus every round's rate."""
     ranked = sorted(runs, key=lambda r: r["rps"])
     cpu = sorted(r["cpu_us"] for r in runs)
-    return {**ranked[len(ranked) // 2], "rounds": [round(r["rps"]) for r in runs],
-            "cpu_us": cpu[len(cpu) // 2], "busy_rounds": [r["busy"] for r in runs],
-            "noise_rounds": [r["noise"] for r in runs]}
+    return {
+        **ranked[len(ranked) // 2],
+        "rounds": [round(r["rps"]) for r in runs],
+        "cpu_us": cpu[len(cpu) // 2],
+        "busy_rounds": [r["busy"] for r in runs],
+        "noise_rounds": [r["noise"] for r in runs],
+    }
 
 
 def main() -> None:
@@ -266,11 +317,19 @@ def main() -> None:
     ap.add_argument("--load-cpu", type=int, default=1)
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--no-gateway", dest="gateway", action="store_false", help="skip the wrk gateway runs")
-    ap.add_argument("--noise", type=float, default=0.15,
-                    help="redo a run in which other processes used more than this many cores")
+    ap.add_argument(
+        "--noise",
+        type=float,
+        default=0.15,
+        help="redo a run in which other processes used more than this many cores",
+    )
     ap.add_argument("--retries", type=int, default=2, help="redos per run at most")
-    ap.add_argument("--busy-poll-us", type=int, default=300,
-                    help="also run a worker with [runtime] busy_poll_us = N (0: only the plain one)")
+    ap.add_argument(
+        "--busy-poll-us",
+        type=int,
+        default=300,
+        help="also run a worker with [runtime] busy_poll_us = N (0: only the plain one)",
+    )
     args = ap.parse_args()
     if args.load:
         load_main(args)
@@ -283,8 +342,11 @@ def main() -> None:
         tmp = Path(tmpdir)
         try:
             backend_kind = "framed" if args.transport == "framed" else "buffered"
-            be = subprocess.Popen([PY, str(BACKEND), "--transport", backend_kind, "--name", "bench"],
-                                  stdout=subprocess.PIPE, text=True)
+            be = subprocess.Popen(
+                [PY, str(BACKEND), "--transport", backend_kind, "--name", "bench"],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             procs.append(be)
             pin(be.pid, load_cpu)
             be_addr = read_ready(be)
@@ -319,18 +381,26 @@ idl = "{IDL}"
 listener = {{ type = "socket", value = "127.0.0.1:{gw_port}" }}
 route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }} }}] }}
 """)
-                worker = subprocess.Popen([PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
-                                          stdout=subprocess.PIPE, stderr=open(tmp / "worker.log", "a"), text=True,
-                                          cwd=str(ROOT))
+                with open(tmp / "worker.log", "a") as worker_log:  # the child keeps its own copy
+                    worker = subprocess.Popen(
+                        [PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+                        stdout=subprocess.PIPE,
+                        stderr=worker_log,
+                        text=True,
+                        cwd=str(ROOT),
+                    )
                 procs.append(worker)
                 pin(worker.pid, proxy_cpu)
                 runtimes[label] = json.loads(read_ready(worker)).get("runtime")
                 workers[label] = (tp_port, gw_port, worker.pid)
 
             loops = ", ".join(f"{label} {rt}" for label, rt in runtimes.items())
-            print(f"monolake workers: {loops}, cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
-                  f"{args.clients} thriftpy2 clients ({args.transport}), echo of {args.size} bytes, "
-                  f"{args.duration:g}s per run", flush=True)
+            print(
+                f"monolake workers: {loops}, cpu={proxy_cpu}; backend and load: cpu={load_cpu}; "
+                f"{args.clients} thriftpy2 clients ({args.transport}), echo of {args.size} bytes, "
+                f"{args.duration:g}s per run",
+                flush=True,
+            )
             runs: dict[str, list[dict]] = {"direct": [], **{k: [] for k in workers}}
             for _ in range(args.rounds):  # interleaved, so background load hits every mode alike
                 ours = [be.pid] + [pid for _tp, _gw, pid in workers.values()]
@@ -338,8 +408,11 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
                 for label, (tp_port, _gw, pid) in workers.items():
                     runs[label].append(run_load(tp_port, args, load_cpu, pid, ours))
             results = {k: median(v) for k, v in runs.items()}
-            gateway = ({label: run_wrk(gw, args, load_cpu, tmp) for label, (_tp, gw, _pid) in workers.items()}
-                       if args.gateway else {})
+            gateway = (
+                {label: run_wrk(gw, args, load_cpu, tmp) for label, (_tp, gw, _pid) in workers.items()}
+                if args.gateway
+                else {}
+            )
         except Exception:
             log = tmp / "worker.log"
             if log.exists():
@@ -349,29 +422,40 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
             stop(procs)
 
     direct = results["direct"]
-    names = {"direct": "direct (thriftpy2)", "plain": "via proxy",
-             "busy_poll": f"via proxy, poll {args.busy_poll_us}us"}
+    names = {
+        "direct": "direct (thriftpy2)",
+        "plain": "via proxy",
+        "busy_poll": f"via proxy, poll {args.busy_poll_us}us",
+    }
     print()
     print(f"{'run':<28}{'req/s':>9}{'p50':>10}{'p99':>10}{'x direct':>10}{'proxy CPU':>12}   rounds")
     for label, r in results.items():
         ratio = r["rps"] / direct["rps"] if direct["rps"] else 0.0
         cpu = f"{r['cpu_us']:.1f}us/req" if r.get("cpu_us") else ""
         busy = " ".join("/".join(f"{b[c]:.0%}" for c in sorted(b)) for b in r["busy_rounds"])
-        print(f"{names[label]:<28}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{ratio:>10.2f}{cpu:>12}   "
-              f"{r['rounds']}  cpu busy {busy}  others {r['noise_rounds']}")
+        print(
+            f"{names[label]:<28}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{ratio:>10.2f}{cpu:>12}   "
+            f"{r['rounds']}  cpu busy {busy}  others {r['noise_rounds']}"
+        )
     # each round ran direct and proxied back to back: their ratio is what drifts least
     paired = {}
     for label in results:
         if label != "direct":
-            ratios = sorted(p / d for p, d in zip(results[label]["rounds"], direct["rounds"]) if d)
+            ratios = sorted(
+                p / d for p, d in zip(results[label]["rounds"], direct["rounds"], strict=True) if d
+            )
             paired[label] = ratios
-            print(f"{names[label]:<28}paired x direct per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
-                  f"median {ratios[len(ratios) // 2]:.2f}")
+            print(
+                f"{names[label]:<28}paired x direct per round: {', '.join(f'{x:.2f}' for x in ratios)}; "
+                f"median {ratios[len(ratios) // 2]:.2f}"
+            )
     print("target: proxy >= 0.80 x direct")
     for label, g in gateway.items():
         if g is not None:
-            print(f"{'gateway (wrk) ' + ('' if label == 'plain' else 'poll'):<28}{g['rps']:>9.0f}{g['p50']:>10}{g['p99']:>10}"
-                  + (f"  non-2xx: {g['non_2xx']}" if g["non_2xx"] else ""))
+            print(
+                f"{'gateway (wrk) ' + ('' if label == 'plain' else 'poll'):<28}{g['rps']:>9.0f}{g['p50']:>10}{g['p99']:>10}"
+                + (f"  non-2xx: {g['non_2xx']}" if g["non_2xx"] else "")
+            )
     print(json.dumps({"results": results, "paired": paired, "gateway": gateway}))
 
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 COLOURS = {"monolake": "#1f6feb", "nginx": "#2da44e", "python": "#d29922"}
 FALLBACK = ("#8250df", "#cf222e", "#57606a", "#bf8700", "#0a3069")
@@ -64,8 +65,7 @@ def tabulate(results: Iterable[Mapping[str, Any]]) -> Table:
             raise ChartError(f"row {i}: expected server, body_size and rps, found {row!r}") from None
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ChartError(f"row {i}: body_size must be a byte count, found {size!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
             raise ChartError(f"row {i}: rps must be a non-negative number, found {value!r}")
         if (server, size) in rps:
             raise ChartError(f"row {i}: a second result for {server} at {size} bytes")
@@ -109,8 +109,9 @@ def colours(servers: list[str]) -> dict[str, str]:
     return out
 
 
-def write_chart(results: Iterable[Mapping[str, Any]], path: str | Path, title: str,
-                subtitle: str = "") -> Path:
+def write_chart(
+    results: Iterable[Mapping[str, Any]], path: str | Path, title: str, subtitle: str = ""
+) -> Path:
     """Draw ``results`` (see the module docstring) as a grouped bar chart PNG at ``path``."""
     table = tabulate(results)
     try:
@@ -132,9 +133,15 @@ def write_chart(results: Iterable[Mapping[str, Any]], path: str | Path, title: s
                 xs.append(j - 0.4 + width * (i + 0.5))
                 heights.append(table.rps[(server, size)])
         bars = ax.bar(xs, heights, width * 0.92, label=server, color=palette[server])
-        for bar, value in zip(bars, heights):
-            ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + top * 0.01,
-                    human_rate(value), ha="center", va="bottom", fontsize=7)
+        for bar, value in zip(bars, heights, strict=True):
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height() + top * 0.01,
+                human_rate(value),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
     ax.set_xticks(range(len(table.sizes)), [human_size(s) for s in table.sizes])
     ax.set_xlabel("response body size")
     ax.set_ylabel("requests / s")
@@ -173,8 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows, title, subtitle = load_results(args.from_json)
-        out = write_chart(rows, args.output, args.title or title or "requests/s by body size",
-                          args.subtitle if args.subtitle is not None else subtitle)
+        out = write_chart(
+            rows,
+            args.output,
+            args.title or title or "requests/s by body size",
+            args.subtitle if args.subtitle is not None else subtitle,
+        )
     except (ChartError, OSError, json.JSONDecodeError) as exc:
         sys.stderr.write(f"chart: {exc}\n")
         return 1

@@ -12,14 +12,15 @@ import pytest
 from monolake.conf import Config, ConfigError, load_config
 
 
-
 @pytest.fixture
 def load(tmp_path: Path) -> Callable[[str], Config]:
     """Write ``text`` to tmp_path/monolake.toml and load it."""
+
     def _load(text: str) -> Config:
         path = tmp_path / "monolake.toml"
         path.write_text(text)
         return load_config(path)
+
     return _load
 
 
@@ -27,6 +28,7 @@ def load(tmp_path: Path) -> Callable[[str], Config]:
 def problems(tmp_path: Path) -> Callable[[str], list[str]]:
     """Write ``text`` to tmp_path/monolake.toml; the problem lines (the file must be invalid),
     each checked to start with the file's path."""
+
     def _problems(text: str) -> list[str]:
         path = tmp_path / "monolake.toml"
         path.write_text(text)
@@ -38,6 +40,7 @@ def problems(tmp_path: Path) -> Callable[[str], list[str]]:
         for line in lines:
             assert line.startswith(f"{path}: "), line
         return lines
+
     return _problems
 
 
@@ -54,7 +57,19 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("certs")
     for name in ("key.pem", "other_key.pem"):
         _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", name, cwd=d)
-    _openssl("req", "-x509", "-new", "-key", "key.pem", "-out", "cert.pem", "-days", "2",
-             "-subj", "/CN=localhost", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-key",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        cwd=d,
+    )
     _openssl("pkey", "-in", "key.pem", "-aes256", "-passout", "pass:secret", "-out", "enc_key.pem", cwd=d)
     return d

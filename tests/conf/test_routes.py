@@ -30,10 +30,10 @@ def test_static_beats_param_beats_catch_all() -> None:
 def test_matching_is_exact() -> None:
     r = router("/api", "/users/{id}")
     assert r.match("/api") == (0, {})
-    assert r.match("/api/") is None          # no trailing-slash redirect
-    assert r.match("/api/x") is None         # no prefix match
+    assert r.match("/api/") is None  # no trailing-slash redirect
+    assert r.match("/api/x") is None  # no prefix match
     assert r.match("/users/7") == (1, {"id": "7"})
-    assert r.match("/users/") is None        # a parameter is never empty
+    assert r.match("/users/") is None  # a parameter is never empty
     assert r.match("/users/7/x") is None
     assert r.match("*") is None
 
@@ -41,7 +41,7 @@ def test_matching_is_exact() -> None:
 def test_catch_all_needs_a_non_empty_rest() -> None:
     r = router("/{*p}", "/files/{*path}")
     assert r.match("/") is None
-    assert r.match("/files/") == (0, {"p": "files/"})     # backtracks to the root catch-all
+    assert r.match("/files/") == (0, {"p": "files/"})  # backtracks to the root catch-all
     assert router("/files/{*path}").match("/files/") is None
     assert r.match("/files/a/b.txt") == (1, {"path": "a/b.txt"})
     assert r.match("/files") == (0, {"p": "files"})
@@ -58,13 +58,16 @@ def test_params_and_catch_all_together() -> None:
     assert r.match("/v1/acme/objects/x/y") == (0, {"tenant": "acme", "key": "x/y"})
 
 
-@pytest.mark.parametrize("a, b", [
-    ("/a/{x}", "/a/{y}"),
-    ("/a/{x}/b", "/a/{y}/c"),
-    ("/a/b", "/a/b"),
-    ("/a/{*x}", "/a/{*y}"),
-    ("/{x}", "/{x}"),
-])
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("/a/{x}", "/a/{y}"),
+        ("/a/{x}/b", "/a/{y}/c"),
+        ("/a/b", "/a/b"),
+        ("/a/{*x}", "/a/{*y}"),
+        ("/{x}", "/{x}"),
+    ],
+)
 def test_conflicts(a: str, b: str) -> None:
     with pytest.raises(RouteConflictError) as info:
         router(a, b)
@@ -73,21 +76,30 @@ def test_conflicts(a: str, b: str) -> None:
     assert "routes[0]" in problem.message
 
 
-@pytest.mark.parametrize("paths", [
-    ("/a/{x}/b", "/a/{x}/c"), ("/a", "/a/"), ("/{x}", "/{*y}"), ("/a/b", "/a/{x}", "/{*r}"),
-])
+@pytest.mark.parametrize(
+    "paths",
+    [
+        ("/a/{x}/b", "/a/{x}/c"),
+        ("/a", "/a/"),
+        ("/{x}", "/{*y}"),
+        ("/a/b", "/a/{x}", "/{*r}"),
+    ],
+)
 def test_no_conflict(paths: tuple[str, ...]) -> None:
     router(*paths)
 
 
-@pytest.mark.parametrize("path, expected", [
-    ("a/b", 'starting with "/"'),
-    ("/a/{*rest}/b", "only as the last segment"),
-    ("/a/x{id}", "a whole segment"),
-    ("/a/{}", "parameter name"),
-    ("/{a}/{a}", "distinct parameter names"),
-    ("/a?x=1", "without ?query"),
-])
+@pytest.mark.parametrize(
+    "path, expected",
+    [
+        ("a/b", 'starting with "/"'),
+        ("/a/{*rest}/b", "only as the last segment"),
+        ("/a/x{id}", "a whole segment"),
+        ("/a/{}", "parameter name"),
+        ("/{a}/{a}", "distinct parameter names"),
+        ("/a?x=1", "without ?query"),
+    ],
+)
 def test_bad_patterns(path: str, expected: str) -> None:
     _, problems = Router.compile([RouteSpec(path=path)])
     (problem,) = problems
@@ -95,8 +107,13 @@ def test_bad_patterns(path: str, expected: str) -> None:
 
 
 def test_hosts_first_then_hostless_routes() -> None:
-    r = Router([RouteSpec(path="/"), RouteSpec(path="/", host="a.example"),
-                RouteSpec(path="/only-a", host="A.Example")])
+    r = Router(
+        [
+            RouteSpec(path="/"),
+            RouteSpec(path="/", host="a.example"),
+            RouteSpec(path="/only-a", host="A.Example"),
+        ]
+    )
     assert r.match("/", "a.example") == (1, {})
     assert r.match("/", "A.EXAMPLE:8080") == (1, {})
     assert r.match("/", "b.example") == (0, {})
@@ -112,14 +129,20 @@ def test_ipv6_host_header() -> None:
 
 
 def test_path_prefix_after_path_routes_longest_first() -> None:
-    r = Router([RouteSpec(path_prefix="/api"), RouteSpec(path_prefix="/api/v2/"),
-                RouteSpec(path="/api/health"), RouteSpec(path_prefix="/")])
+    r = Router(
+        [
+            RouteSpec(path_prefix="/api"),
+            RouteSpec(path_prefix="/api/v2/"),
+            RouteSpec(path="/api/health"),
+            RouteSpec(path_prefix="/"),
+        ]
+    )
     assert r.match("/api/health") == (2, {})
     assert r.match("/api") == (0, {})
     assert r.match("/api/x") == (0, {})
     assert r.match("/api/v2") == (1, {})
     assert r.match("/api/v2/users") == (1, {})
-    assert r.match("/apix") == (3, {})           # segment boundary, so only "/" matches
+    assert r.match("/apix") == (3, {})  # segment boundary, so only "/" matches
     assert r.match("/") == (3, {})
 
 
@@ -131,29 +154,39 @@ def test_duplicate_prefix_conflicts_but_not_across_hosts() -> None:
 
 # -- in configs ----------------------------------------------------------------------------------
 
+
 def route(path_line: str, extra: str = "") -> str:
-    return (f"[[servers.web.routes]]\n{path_line}\n{extra}\n"
-            'upstreams = [{ endpoint = { type = "builtin", value = "echo" } }]\n')
+    return (
+        f"[[servers.web.routes]]\n{path_line}\n{extra}\n"
+        'upstreams = [{ endpoint = { type = "builtin", value = "echo" } }]\n'
+    )
 
 
 def test_conflicting_routes_in_a_config(problems: Problems) -> None:
-    text = HTTP_SERVER.replace('path = "/"', 'path = "/a/{x}"') + route('path = "/a/{y}"') \
+    text = (
+        HTTP_SERVER.replace('path = "/"', 'path = "/a/{x}"')
+        + route('path = "/a/{y}"')
         + route('path = "/a/{x}"')
+    )
     lines = problems(text)
-    line = [x for x in lines if ": servers.web.routes[1].path: " in x][0]
+    line = next(x for x in lines if ": servers.web.routes[1].path: " in x)
     assert "{x}" in line and "{y}" in line and "servers.web.routes[0]" in line
     assert any(": servers.web.routes[2].path: " in x and "servers.web.routes[0]" in x for x in lines)
 
 
 def test_same_path_with_different_hosts_is_fine(load: Load) -> None:
-    cfg = load(HTTP_SERVER + route('path = "/"', 'host = "a.example"') + route('path = "/"', 'host = "b.example"'))
+    cfg = load(
+        HTTP_SERVER + route('path = "/"', 'host = "a.example"') + route('path = "/"', 'host = "b.example"')
+    )
     assert [r.host for r in cfg.servers["web"].routes] == [None, "a.example", "b.example"]
 
 
 def test_path_and_prefix_are_exclusive_and_one_is_required(problems: Problems) -> None:
     lines = problems(HTTP_SERVER + route('path = "/x"', 'path_prefix = "/x"') + route("", ""))
-    assert any(": servers.web.routes[1].path_prefix: expected either path or path_prefix, found both" in x
-               for x in lines)
+    assert any(
+        ": servers.web.routes[1].path_prefix: expected either path or path_prefix, found both" in x
+        for x in lines
+    )
     assert any(": servers.web.routes[2].path: " in x and "found neither" in x for x in lines)
 
 
