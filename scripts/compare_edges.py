@@ -50,19 +50,43 @@ CASES = [
     Case("two Host headers", _head("GET /twohost HTTP/1.1", "Host: a", "Host: b")),
     Case("absolute-form, other Host", _head("GET http://target.example/abs HTTP/1.1", "Host: other")),
     Case("absolute-form with userinfo", _head("GET http://u@target.example/ HTTP/1.1", "Host: a")),
-    Case("Content-Length and Transfer-Encoding",
-         _head("POST /clte HTTP/1.1", "Host: a", "Content-Length: 5", "Transfer-Encoding: chunked",
-               body=b"0\r\n\r\n")),
-    Case("two equal Content-Length", _head("POST /cl2 HTTP/1.1", "Host: a", "Content-Length: 2",
-                                           "Content-Length: 2", body=b"hi")),
+    Case(
+        "Content-Length and Transfer-Encoding",
+        _head(
+            "POST /clte HTTP/1.1",
+            "Host: a",
+            "Content-Length: 5",
+            "Transfer-Encoding: chunked",
+            body=b"0\r\n\r\n",
+        ),
+    ),
+    Case(
+        "two equal Content-Length",
+        _head("POST /cl2 HTTP/1.1", "Host: a", "Content-Length: 2", "Content-Length: 2", body=b"hi"),
+    ),
     Case("`Content-Length: +2`", _head("POST /clplus HTTP/1.1", "Host: a", "Content-Length: +2", body=b"hi")),
-    Case("`Transfer-Encoding: gzip, chunked`",
-         _head("POST /tegz HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked", body=b"0\r\n\r\n")),
-    Case("chunk size of 17 hex digits",
-         _head("POST /bigchunk HTTP/1.1", "Host: a", "Transfer-Encoding: chunked",
-               body=b"00000000000000002\r\nhi\r\n0\r\n\r\n")),
-    Case("chunk extension", _head("POST /ext HTTP/1.1", "Host: a", "Transfer-Encoding: chunked",
-                                  body=b"2;name=value\r\nhi\r\n0\r\n\r\n")),
+    Case(
+        "`Transfer-Encoding: gzip, chunked`",
+        _head("POST /tegz HTTP/1.1", "Host: a", "Transfer-Encoding: gzip, chunked", body=b"0\r\n\r\n"),
+    ),
+    Case(
+        "chunk size of 17 hex digits",
+        _head(
+            "POST /bigchunk HTTP/1.1",
+            "Host: a",
+            "Transfer-Encoding: chunked",
+            body=b"00000000000000002\r\nhi\r\n0\r\n\r\n",
+        ),
+    ),
+    Case(
+        "chunk extension",
+        _head(
+            "POST /ext HTTP/1.1",
+            "Host: a",
+            "Transfer-Encoding: chunked",
+            body=b"2;name=value\r\nhi\r\n0\r\n\r\n",
+        ),
+    ),
     Case("obs-fold header", _head("GET /fold HTTP/1.1", "Host: a", "X-A: one", " two")),
     Case("space before colon", _head("GET /spc HTTP/1.1", "Host: a", "X-A : one")),
     Case("bare LF line ends", b"GET /lf HTTP/1.1\nHost: a\n\n"),
@@ -72,10 +96,11 @@ CASES = [
     Case("`CONNECT`", _head("CONNECT target.example:443 HTTP/1.1", "Host: target.example:443")),
     Case("`Expect: something`", _head("GET /expect HTTP/1.1", "Host: a", "Expect: something")),
     Case("9 KiB header line", _head("GET /line9k HTTP/1.1", "Host: a", "X-Big: " + "v" * 9216)),
-    Case("120 header fields", _head("GET /many HTTP/1.1", "Host: a",
-                                    *[f"X-H{i}: v" for i in range(120)])),
-    Case("70 KiB request head", _head("GET /head70k HTTP/1.1", "Host: a",
-                                      *[f"X-H{i}: " + "v" * 7000 for i in range(10)])),
+    Case("120 header fields", _head("GET /many HTTP/1.1", "Host: a", *[f"X-H{i}: v" for i in range(120)])),
+    Case(
+        "70 KiB request head",
+        _head("GET /head70k HTTP/1.1", "Host: a", *[f"X-H{i}: " + "v" * 7000 for i in range(10)]),
+    ),
     Case("9 KiB request target", _head("GET /" + "u" * 9216 + " HTTP/1.1", "Host: a")),
     Case("upstream response head of 40 KiB", _head("GET /bighead/40960 HTTP/1.1", "Host: a")),
     Case("upstream response head of 70 KiB", _head("GET /bighead/71680 HTTP/1.1", "Host: a")),
@@ -151,7 +176,8 @@ class RecordingUpstream:
 
 def start_haproxy(work: Path, port: int, upstream: int) -> Proc:
     conf = work / "haproxy.cfg"
-    conf.write_text(textwrap.dedent(f"""
+    conf.write_text(
+        textwrap.dedent(f"""
         global
             maxconn 1000
         defaults
@@ -164,17 +190,22 @@ def start_haproxy(work: Path, port: int, upstream: int) -> Proc:
             default_backend be
         backend be
             server s1 127.0.0.1:{upstream}
-    """))
+    """)
+    )
     return Proc(["haproxy", "-db", "-f", str(conf)], None, work / "haproxy.log")
 
 
 def start_nginx(work: Path, port: int, upstream: int) -> Proc:
     """nginx ``proxy_pass`` with its defaults, as an operator's first config would have it."""
-    conf = nginx_conf(work, "edges", f"""
+    conf = nginx_conf(
+        work,
+        "edges",
+        f"""
         server {{
             listen 127.0.0.1:{port};
             location / {{ proxy_pass http://127.0.0.1:{upstream}; proxy_http_version 1.1; }}
-        }}""")
+        }}""",
+    )
     return Proc(["nginx", "-c", str(conf), "-e", str(work / "edges.stderr.log")], None, work / "nginx.log")
 
 
