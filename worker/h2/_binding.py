@@ -31,6 +31,11 @@ def strerror(rv: int) -> str:
     return ffi.string(lib.nghttp2_strerror(rv)).decode()
 
 
+def error_name(code: int) -> str:
+    """RFC 9113 error code name (``ENHANCE_YOUR_CALM``)."""
+    return ffi.string(lib.nghttp2_http2_strerror(code)).decode()
+
+
 def _session(user_data: Any) -> _Session | None:
     from monolake.worker.h2.session import _Session
 

@@ -104,7 +104,7 @@ class _Session:
         self._peer_goaway: ConnectionTerminated | None = None
         self.local_goaway: tuple[int, int] | None = None  # (error_code, last_stream_id) sent
         self.failure = ""  # why the session failed, for the access/error log
-        self._glitch_tokens = float(self.settings.reset_burst)
+        self._glitch_tokens = float(self.settings.max_peer_errors)
         self._glitch_at = time.monotonic()
         self._key = next(self._ids)
         _Session._live[self._key] = self
@@ -350,12 +350,13 @@ class _Session:
                                                  error=self.failure))
 
     def _glitch(self, what: str) -> None:
-        """Peer misbehaviour nghttp2 tolerates per stream (an oversized header list, an invalid
-        frame): a token bucket shared with the reset-rate numbers; empty -> GOAWAY."""
+        """Peer misbehaviour nghttp2 answers per stream (an oversized header list, an invalid
+        frame, a refused stream): a token bucket (max_peer_errors, peer_error_rate); empty ->
+        GOAWAY(ENHANCE_YOUR_CALM), so a peer cannot make us reset streams forever."""
         now = time.monotonic()
         st = self.settings
-        self._glitch_tokens = min(float(st.reset_burst),
-                                  self._glitch_tokens + (now - self._glitch_at) * st.reset_rate)
+        self._glitch_tokens = min(float(st.max_peer_errors),
+                                  self._glitch_tokens + (now - self._glitch_at) * st.peer_error_rate)
         self._glitch_at = now
         self._glitch_tokens -= 1
         if self._glitch_tokens < 0 and not self.failure:
@@ -428,7 +429,7 @@ class _Session:
             if frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
                 opaque = bytes(frame.ping.opaque_data)
                 if opaque == _DRAIN_PING and not self.client_side:
-                    self._final_goaway()
+                    self.finish_graceful_shutdown()
                 self._events.append(PingAcknowledged(opaque))
         elif ftype == lib.NGHTTP2_GOAWAY:
             g = frame.goaway
@@ -484,8 +485,12 @@ class _Session:
 
     def _on_frame_send(self, frame: Any) -> int:
         if frame.hd.type == _binding.lib.NGHTTP2_GOAWAY:
-            self.local_goaway = (frame.goaway.error_code, frame.goaway.last_stream_id)
-            if frame.goaway.error_code:
+            g = frame.goaway
+            self.local_goaway = (g.error_code, g.last_stream_id)
+            if g.error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
+                reason = _binding.ffi.buffer(g.opaque_data, g.opaque_data_len)[:] if g.opaque_data_len else b""
+                self.failure = reason.decode("latin-1") or _binding.error_name(g.error_code)
+            if g.error_code:
                 log.info("h2_goaway_sent", error_code=frame.goaway.error_code,
                          last_stream_id=frame.goaway.last_stream_id, reason=self.failure)
         return 0
@@ -542,6 +547,7 @@ class H2ServerSession(_Session):
     def __init__(self, settings: H2Settings | None = None) -> None:
         super().__init__(settings)
         self._draining = False
+        self._final_sent = False
 
     def send_headers(self, stream_id: int, headers: HeaderInput, end_stream: bool = False) -> bool:
         """A response head (``:status`` first). A 1xx head may precede the final one. Without
@@ -581,7 +587,12 @@ class H2ServerSession(_Session):
         self._check(lib.nghttp2_submit_shutdown_notice(self._s))
         self.ping(_DRAIN_PING)
 
-    def _final_goaway(self) -> None:
+    def finish_graceful_shutdown(self) -> None:
+        """The final GOAWAY (last processed stream id). Sent by itself when the drain PING is
+        acknowledged; call it from a timer for a peer that never answers PINGs."""
+        if self._final_sent or self._dead:
+            return
+        self._final_sent = True
         lib = _binding.lib
         last = lib.nghttp2_session_get_last_proc_stream_id(self._s)
         lib.nghttp2_submit_goaway(self._s, lib.NGHTTP2_FLAG_NONE, last, lib.NGHTTP2_NO_ERROR,

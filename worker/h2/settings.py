@@ -37,6 +37,8 @@ class H2Settings:
     reset_rate: int = 33  # ... and refilled per second
     max_outbound_ack: int = 1_000  # queued PING/SETTINGS ACKs the peer is not reading (flood)
     max_settings: int = 32  # entries in one SETTINGS frame
+    max_peer_errors: int = 1_000  # stream-level peer errors (oversized heads, invalid frames) ...
+    peer_error_rate: int = 33  # ... refilled per second; empty -> GOAWAY(ENHANCE_YOUR_CALM)
     max_send_header_block: int = 65_536  # our own header blocks (a huge upstream response head)
     send_low_water: int = 65_536  # a stream's send buffer below this raises StreamWritable
 
@@ -59,6 +61,8 @@ class H2Settings:
         check("reset_rate", 1, 1_000_000)
         check("max_outbound_ack", 1, 1_000_000)
         check("max_settings", 7, 1_024)  # 7: one of each standard setting must fit
+        check("max_peer_errors", 1, 1_000_000)
+        check("peer_error_rate", 1, 1_000_000)
         check("max_send_header_block", 1_024, 2**24)
         check("send_low_water", 1, 2**30)
 
