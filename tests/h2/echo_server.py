@@ -76,6 +76,15 @@ class EchoProtocol(asyncio.Protocol):
         self.paused = False
         self.flush()
 
+    def finish_drain(self) -> None:
+        if self in CONNS:
+            self.h2.finish_graceful_shutdown()
+            self.flush()
+
+    def abort(self) -> None:
+        if self in CONNS and self.transport is not None:
+            self.transport.abort()
+
     def connection_lost(self, exc: BaseException | None) -> None:
         CONNS.discard(self)
         if self.h2.failure:
@@ -104,6 +113,8 @@ class EchoProtocol(asyncio.Protocol):
                     break
             if self.h2.closed:
                 self.transport.close()
+                if self.h2.failure:  # a flooder that does not read must not pin the buffer
+                    asyncio.get_running_loop().call_later(1.0, self.abort)
         finally:
             self.flushing = False
 
@@ -184,10 +195,13 @@ class EchoProtocol(asyncio.Protocol):
         elif path == b"/drain":
             h2.send_headers(sid, [(":status", "200")])
             h2.send_data(sid, b"draining", end_stream=True)
+            loop = asyncio.get_running_loop()
             for conn in list(CONNS):
                 conn.h2.start_graceful_shutdown()
                 if conn is not self:
                     conn.flush()
+                # a peer that never answers the drain PING still gets the final GOAWAY
+                loop.call_later(1.0, conn.finish_drain)
         else:
             h2.send_headers(sid, [(":status", "200")])
             h2.send_data(sid, b"hello", end_stream=True)
