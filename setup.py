@@ -1,5 +1,5 @@
 """Build script: maps the top-level folders into the ``monolake`` namespace and builds the
-optional io_uring extension.
+optional io_uring and HTTP/2 (libnghttp2) extensions.
 
 Why a setup.py beside pyproject.toml: cffi's extension has to be declared to setuptools at
 build time, and it must be *optional* (a machine without liburing headers still installs

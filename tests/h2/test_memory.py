@@ -344,3 +344,24 @@ def test_sessions_are_freed_when_dropped() -> None:
     assert len(_Session._live) == before + 200
     del sessions  # no reference cycle: refcounting frees them (workers may tune the GC)
     assert len(_Session._live) == before
+
+
+def test_settings_frame_with_too_many_entries_ends_the_session() -> None:
+    """max_settings: one SETTINGS frame with 100 entries gets GOAWAY(ENHANCE_YOUR_CALM)."""
+    c, s = lib_client(), H2ServerSession()
+    to_ours(c, s)
+    flood = hf.SettingsFrame(0)
+    flood.settings = {i: 1 for i in range(100, 200)}
+    s.receive_data(flood.serialize())
+    goaway = [f for f in _frames(s.data_to_send()) if f.type == 0x7]
+    assert goaway and goaway[0].error_code == 0xB
+    assert s.closed and "too many setting entries" in s.failure
+
+
+def test_garbage_instead_of_the_preface_fails_cleanly() -> None:
+    """An HTTP/1.1 request (or noise) on an h2 session: a clear failure, no GOAWAY, closed."""
+    s = H2ServerSession()
+    events = s.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(events[-1], ConnectionTerminated) and not events[-1].remote
+    assert "magic" in s.failure.lower() and s.closed
+    assert s.receive_data(b"more") == []  # a failed session ignores further input
