@@ -46,3 +46,18 @@ def test_no_header_means_no_extension(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(build, "find_header", lambda: None)
     assert build.extensions() == []
     assert "apt-get install libnghttp2-dev" in capsys.readouterr().err
+
+
+def test_the_c_glue_compiles_cleanly_with_warnings_as_errors(tmp_path: Path) -> None:
+    """mh2.c must stay warning-free under -Wall -Wextra -Werror (its own pragmas make them
+    errors in the real build too)."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    out = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-c",
+                          str(ROOT / "worker" / "h2" / "mh2.c"), "-o", str(tmp_path / "mh2.o")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

@@ -365,3 +365,22 @@ def test_garbage_instead_of_the_preface_fails_cleanly() -> None:
     assert isinstance(events[-1], ConnectionTerminated) and not events[-1].remote
     assert "magic" in s.failure.lower() and s.closed
     assert s.receive_data(b"more") == []  # a failed session ignores further input
+
+
+def test_header_fields_round_trip_through_the_c_glue() -> None:
+    """Names are lower-cased, values (empty, binary-ish, long, many fields) arrive intact, a
+    NUL inside a field is refused before it reaches the wire."""
+    c, s = lib_client(), H2ServerSession()
+    extra = [(b"x-empty", b""), (b"x-bin", bytes(range(33, 127))), (b"x-long", b"v" * 20_000)]
+    extra += [(b"x-f%d" % i, b"%d" % i) for i in range(100)]  # more than the C stack array
+    c.send_headers(1, REQ + extra, end_stream=True)
+    req = of(to_ours(c, s), RequestReceived)[0]
+    assert req.headers == REQ + extra
+    many = [(":status", "200"), ("X-Upper", "Keep-Case"), *((f"x-r{i}", "r") for i in range(80))]
+    s.send_headers(1, many, end_stream=True)
+    got = of(to_peer(s, c), h2.events.ResponseReceived)[0].headers
+    assert got[1] == (b"x-upper", b"Keep-Case") and len(got) == 82
+    c.send_headers(3, REQ, end_stream=True)
+    to_ours(c, s)
+    with pytest.raises(H2Error, match="NUL"):
+        s.send_headers(3, [(":status", "200"), ("x-bad", "a\0b")])

@@ -15,12 +15,11 @@ import structlog
 from monolake.worker.h2._nghttp2 import ffi, lib  # ImportError: h2 unavailable (see __init__)
 
 if TYPE_CHECKING:
-    from monolake.worker.h2.session import _Session
     from monolake.worker.h2.settings import H2Settings
 
 log = structlog.get_logger("monolake.h2")
 
-__all__ = ["callbacks", "ffi", "lib", "options", "strerror", "version"]
+__all__ = ["callbacks", "ffi", "lib", "options", "provider", "strerror", "version"]
 
 
 def version() -> str:
@@ -36,71 +35,77 @@ def error_name(code: int) -> str:
     return ffi.string(lib.nghttp2_http2_strerror(code)).decode()
 
 
-def _session(user_data: Any) -> _Session | None:
-    from monolake.worker.h2.session import _Session
-
-    return _Session._live.get(int(ffi.cast("uintptr_t", user_data)))
-
-
+# The session inside mem_recv/mem_send right now. nghttp2 only calls back from inside those two
+# calls and one loop thread drives them, so a module global beats a per-callback lookup through
+# user_data (which points at the C glue's header buffer instead).
+current: Any = None
 _FAIL = lib.NGHTTP2_ERR_CALLBACK_FAILURE
 
 
-def _call(user_data: Any, method: str, *args: Any) -> int:
-    """Dispatch to the session; an exception is kept on it and re-raised from receive_data /
-    data_to_send, and nghttp2 gets CALLBACK_FAILURE (which ends the session)."""
-    s = _session(user_data)
-    if s is None:  # the session object is gone (released): nothing to deliver to
-        return 0
-    try:
-        return getattr(s, method)(*args)
-    except BaseException as exc:  # noqa: BLE001 - must not unwind through C
-        s._error = exc
-        return _FAIL
-
-
-@ffi.def_extern(error=_FAIL)
-def mh2_on_begin_headers(session: Any, frame: Any, user_data: Any) -> int:
-    return _call(user_data, "_on_begin_headers", frame)
-
-
-@ffi.def_extern(error=_FAIL)
-def mh2_on_header(session: Any, frame: Any, name: Any, namelen: int, value: Any, valuelen: int,
-                  flags: int, user_data: Any) -> int:
-    return _call(user_data, "_on_header", frame, name, namelen, value, valuelen)
+def _failed(exc: BaseException) -> int:
+    """An exception inside a callback: kept on the session and re-raised from receive_data /
+    data_to_send; nghttp2 gets CALLBACK_FAILURE, which ends the session."""
+    if current is not None:
+        current._error = exc
+    return _FAIL
 
 
 @ffi.def_extern(error=_FAIL)
 def mh2_on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
-    return _call(user_data, "_on_frame_recv", frame)
+    try:
+        return current._on_frame_recv(frame)
+    except BaseException as exc:  # noqa: BLE001 - must not unwind through C
+        return _failed(exc)
 
 
 @ffi.def_extern(error=_FAIL)
 def mh2_on_frame_send(session: Any, frame: Any, user_data: Any) -> int:
-    return _call(user_data, "_on_frame_send", frame)
+    try:
+        return current._on_frame_send(frame)
+    except BaseException as exc:  # noqa: BLE001
+        return _failed(exc)
 
 
 @ffi.def_extern(error=_FAIL)
 def mh2_on_invalid_frame_recv(session: Any, frame: Any, lib_error: int, user_data: Any) -> int:
-    return _call(user_data, "_on_invalid_frame", frame, lib_error)
+    try:
+        return current._on_invalid_frame(frame, lib_error)
+    except BaseException as exc:  # noqa: BLE001
+        return _failed(exc)
 
 
 @ffi.def_extern(error=_FAIL)
 def mh2_on_data_chunk_recv(session: Any, flags: int, stream_id: int, data: Any, length: int,
                            user_data: Any) -> int:
-    return _call(user_data, "_on_data_chunk", stream_id, data, length)
+    try:
+        return current._on_data_chunk(stream_id, data, length)
+    except BaseException as exc:  # noqa: BLE001
+        return _failed(exc)
 
 
 @ffi.def_extern(error=_FAIL)
 def mh2_on_stream_close(session: Any, stream_id: int, error_code: int, user_data: Any) -> int:
-    return _call(user_data, "_on_stream_close", stream_id, error_code)
+    try:
+        return current._on_stream_close(stream_id, error_code)
+    except BaseException as exc:  # noqa: BLE001
+        return _failed(exc)
 
 
 @ffi.def_extern(error=_FAIL)
 def mh2_read_data(session: Any, stream_id: int, buf: Any, length: int, data_flags: Any,
                   source: Any, user_data: Any) -> int:
-    if _session(user_data) is None:
-        return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
-    return _call(user_data, "_read_data", stream_id, buf, length, data_flags)
+    try:
+        return current._read_data(stream_id, buf, length, data_flags)
+    except BaseException as exc:  # noqa: BLE001
+        return _failed(exc)
+
+
+@functools.cache
+def provider() -> Any:
+    """The one data provider (nghttp2 copies it per stream; the stream id finds the queue)."""
+    prd = ffi.new("nghttp2_data_provider *")
+    prd.read_callback = lib.mh2_read_data
+    return prd
 
 
 @functools.cache
@@ -110,8 +115,9 @@ def callbacks() -> Any:
     if lib.nghttp2_session_callbacks_new(pp) != 0:
         raise MemoryError("nghttp2_session_callbacks_new")
     cbs = ffi.gc(pp[0], lib.nghttp2_session_callbacks_del)
-    lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, lib.mh2_on_begin_headers)
-    lib.nghttp2_session_callbacks_set_on_header_callback(cbs, lib.mh2_on_header)
+    # header fields go to the C glue (mh2.c): one Python call per header block, not per field
+    lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, lib.mh2_begin_headers_c)
+    lib.nghttp2_session_callbacks_set_on_header_callback(cbs, lib.mh2_header_c)
     lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, lib.mh2_on_frame_recv)
     lib.nghttp2_session_callbacks_set_on_frame_send_callback(cbs, lib.mh2_on_frame_send)
     lib.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs,

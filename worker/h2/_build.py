@@ -251,12 +251,34 @@ extern "Python" int mh2_on_data_chunk_recv(nghttp2_session *, uint8_t, int32_t, 
     size_t, void *);
 extern "Python" int mh2_on_stream_close(nghttp2_session *, int32_t, uint32_t, void *);
 extern "Python" int mh2_on_frame_send(nghttp2_session *, const nghttp2_frame *, void *);
-extern "Python" int mh2_on_begin_headers(nghttp2_session *, const nghttp2_frame *, void *);
-extern "Python" int mh2_on_header(nghttp2_session *, const nghttp2_frame *, const uint8_t *,
-    size_t, const uint8_t *, size_t, uint8_t, void *);
 extern "Python" ssize_t mh2_read_data(nghttp2_session *, int32_t, uint8_t *, size_t, uint32_t *,
     nghttp2_data_source *, void *);
 """
+
+# the C glue (mh2.h / mh2.c): header blocks in one piece each way
+CDEF += """
+typedef struct {
+    char *buf;
+    size_t len;
+    int32_t stream_id;
+    uint64_t too_big_count;
+    ...;
+} mh2_hdrs;
+mh2_hdrs *mh2_hdrs_new(size_t limit);
+void mh2_hdrs_free(mh2_hdrs *h);
+int mh2_begin_headers_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+int mh2_header_c(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
+    size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data);
+int mh2_submit_response(nghttp2_session *session, int32_t stream_id, const char *block,
+    size_t len, size_t n, const nghttp2_data_provider *data_prd);
+int32_t mh2_submit_request(nghttp2_session *session, const char *block, size_t len, size_t n,
+    const nghttp2_data_provider *data_prd);
+int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+    const char *block, size_t len, size_t n);
+int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
+    size_t len, size_t n);
+"""
+GLUE = "mh2.c"
 
 INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
 
@@ -292,8 +314,11 @@ def check_header() -> None:
                            "distro build with the CVE-2023-44487 and CVE-2024-28182 fixes)")
 
 
-def link_kwargs() -> dict[str, list]:
-    return {"libraries": ["nghttp2"], "extra_compile_args": ["-O2", "-std=gnu11"]}
+def link_kwargs(relative: bool = False) -> dict[str, list]:
+    """Compile/link arguments; ``relative`` paths for setup.py (run from the project root)."""
+    here = os.path.relpath(HERE, ROOT) if relative else HERE
+    return {"libraries": ["nghttp2"], "extra_compile_args": ["-O2", "-std=gnu11"],
+            "sources": [os.path.join(here, GLUE)], "include_dirs": [here]}
 
 
 def ffibuilder():  # type: ignore[no-untyped-def]
@@ -303,7 +328,7 @@ def ffibuilder():  # type: ignore[no-untyped-def]
     check_header()
     ffi = FFI()
     ffi.cdef(CDEF)
-    ffi.set_source(MODULE, f"#include <{HEADER}>\n", **link_kwargs())
+    ffi.set_source(MODULE, f"#include <{HEADER}>\n#include \"mh2.h\"\n", **link_kwargs())
     return ffi
 
 
@@ -318,7 +343,9 @@ def extensions() -> list:
         sys.stderr.write(f"monolake: not building the HTTP/2 extension: {exc}\n")
         return []
     ffi.emit_c_code(GENERATED)
-    return [Extension(MODULE, sources=[rel], optional=True, **link_kwargs())]
+    kwargs = link_kwargs(relative=True)
+    sources = [rel, *kwargs.pop("sources")]
+    return [Extension(MODULE, sources=sources, optional=True, **kwargs)]
 
 
 if __name__ == "__main__":

@@ -45,8 +45,6 @@ from monolake.worker.h2.settings import H2Settings
 log = structlog.get_logger("monolake.h2")
 
 HeaderInput = Iterable[tuple[bytes | str, bytes | str]]
-# never put these in the HPACK dynamic table (RFC 7541 §7.1.3: compression side channels)
-_SENSITIVE = frozenset((b"authorization", b"proxy-authorization", b"set-cookie"))
 _DRAIN_PING = b"mlkdrain"
 # session-fatal nghttp2 errors that mean "the peer is abusing us", answered with ENHANCE_YOUR_CALM
 _ABUSE_ERRORS = ("NGHTTP2_ERR_FLOODED", "NGHTTP2_ERR_TOO_MANY_CONTINUATIONS",
@@ -60,20 +58,16 @@ class H2Error(Exception):
 class _Stream:
     """Our side of one stream: header accumulation in, a send queue out."""
 
-    __slots__ = ("above_low", "deferred", "end_queued", "final_seen", "header_size", "headers",
-                 "id", "local_done", "out", "out_len", "remote_reset", "too_big", "trailers",
-                 "unacked", "has_provider")
+    __slots__ = ("above_low", "deferred", "end_queued", "final_seen", "has_provider", "id",
+                 "local_done", "out", "out_len", "remote_reset", "trailers", "unacked")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
-        self.headers: Headers = []
-        self.header_size = 0
-        self.too_big = False
         self.final_seen = False  # client: a non-1xx response head arrived
         self.out: deque[memoryview] = deque()
         self.out_len = 0
         self.end_queued = False  # END_STREAM (or trailers) queued after the buffered data
-        self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.trailers: list[tuple[bytes | str, bytes | str]] | None = None
         self.deferred = False  # nghttp2 holds the data provider until resume_data
         self.has_provider = False
         self.local_done = False  # our side has ended the stream
@@ -84,6 +78,26 @@ class _Stream:
 
 def _encode(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+def _block(headers: HeaderInput) -> tuple[bytes, int, list[bytes]]:
+    """Header fields as the C glue's "name\0value\0..." block; names lower-cased (RFC 9113
+    §8.2.1). A NUL inside a field is refused: it could not be sent on the wire anyway."""
+    parts: list[bytes] = []
+    for k, v in headers:
+        parts.append(_encode(k).lower())
+        parts.append(_encode(v))
+    n = len(parts) // 2
+    parts.append(b"")
+    block = b"\0".join(parts)
+    if block.count(b"\0") != 2 * n:
+        raise H2Error("a header name or value contains NUL")
+    return block, n, parts
+
+
+def _free(session: Any, hdrs: Any) -> None:
+    _binding.lib.nghttp2_session_del(session)
+    _binding.lib.mh2_hdrs_free(hdrs)
 
 
 class _Session:
@@ -107,16 +121,22 @@ class _Session:
         self._glitch_tokens = float(self.settings.max_peer_errors)
         self._glitch_at = time.monotonic()
         self._key = next(self._ids)
-        _Session._live[self._key] = self
+        _Session._live[self._key] = self  # for leak checks: sessions die by refcount
         self._pp = ffi.new("const uint8_t **")
+        # the C glue collects header blocks here (nghttp2's user_data)
+        self._hdrs = lib.mh2_hdrs_new(self.settings.max_header_list_size)
+        if self._hdrs == ffi.NULL:
+            raise MemoryError("mh2_hdrs_new")
+        self._too_big_seen = 0
         pp = ffi.new("nghttp2_session **")
         opt = _binding.options(self.settings)
         new = lib.nghttp2_session_client_new2 if self.client_side else lib.nghttp2_session_server_new2
-        rv = new(pp, _binding.callbacks(), ffi.cast("void *", self._key), opt)
+        rv = new(pp, _binding.callbacks(), self._hdrs, opt)
         if rv != 0:
+            lib.mh2_hdrs_free(self._hdrs)
             raise MemoryError(f"nghttp2 session: {_binding.strerror(rv)}")
         self._s = pp[0]
-        self._finalizer = weakref.finalize(self, lib.nghttp2_session_del, self._s)
+        self._finalizer = weakref.finalize(self, _free, self._s, self._hdrs)
         self._submit_settings()
 
     # --- setup ----------------------------------------------------------------------------
@@ -153,10 +173,19 @@ class _Session:
         if self._dead or not data:
             return self.pop_events()
         ffi, lib = _binding.ffi, _binding.lib
-        rv = lib.nghttp2_session_mem_recv(self._s, ffi.from_buffer("uint8_t[]", data), len(data))
+        _binding.current = self
+        try:
+            rv = lib.nghttp2_session_mem_recv(self._s, ffi.from_buffer("uint8_t[]", data),
+                                              len(data))
+        finally:
+            _binding.current = None
         self._reraise()
         if rv < 0:
             self._fail(rv)
+        too_big = self._hdrs.too_big_count
+        while self._too_big_seen < too_big:  # header lists the C glue refused
+            self._too_big_seen += 1
+            self._glitch("header list too large")
         return self.pop_events()
 
     def data_to_send(self, limit: int = 1 << 20) -> bytes:
@@ -164,18 +193,22 @@ class _Session:
         Events this produces (StreamWritable, StreamClosed) wait in :meth:`pop_events`."""
         ffi, lib = _binding.ffi, _binding.lib
         out: list[bytes] = []
-        total = 0
-        while total < limit:
-            n = lib.nghttp2_session_mem_send(self._s, self._pp)
-            if n <= 0:
-                self._reraise()
-                if n < 0:
-                    self._fail(n)
-                break
-            out.append(ffi.buffer(self._pp[0], n)[:])
-            total += n
+        total = n = 0
+        mem_send, pp, buffer = lib.nghttp2_session_mem_send, self._pp, ffi.buffer
+        _binding.current = self
+        try:
+            while total < limit:
+                n = mem_send(self._s, pp)
+                if n <= 0:
+                    break
+                out.append(buffer(pp[0], n)[:])
+                total += n
+        finally:
+            _binding.current = None
         self._reraise()
-        return b"".join(out)
+        if n < 0:
+            self._fail(n)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def pop_events(self) -> list[Event]:
         """Events produced outside ``receive_data`` (by ``data_to_send`` or a method call)."""
@@ -216,33 +249,12 @@ class _Session:
         return int(_binding.lib.nghttp2_session_get_remote_settings(self._s, settings_id))
 
     def release(self) -> None:
-        """Free the nghttp2 session now (also done when the object is collected)."""
+        """Free the nghttp2 session now (also done when the object is released)."""
         self._dead = True
         self._streams.clear()
         self._finalizer()
 
     # --- sending --------------------------------------------------------------------------
-    def _nva(self, headers: HeaderInput) -> tuple[Any, int, list[Any]]:
-        """An nghttp2_nv array (nghttp2 copies names and values during the submit call)."""
-        ffi, lib = _binding.ffi, _binding.lib
-        pairs = [(_encode(k).lower(), _encode(v)) for k, v in headers]
-        nva = ffi.new("nghttp2_nv[]", len(pairs))
-        keep: list[Any] = []
-        for i, (name, value) in enumerate(pairs):
-            nb = ffi.from_buffer("uint8_t[]", name)
-            vb = ffi.from_buffer("uint8_t[]", value)
-            keep += (nb, vb)
-            nv = nva[i]
-            nv.name, nv.namelen, nv.value, nv.valuelen = nb, len(name), vb, len(value)
-            sensitive = name in _SENSITIVE or (name == b"cookie" and len(value) < 20)
-            nv.flags = lib.NGHTTP2_NV_FLAG_NO_INDEX if sensitive else lib.NGHTTP2_NV_FLAG_NONE
-        return nva, len(pairs), keep
-
-    def _provider(self) -> Any:
-        prd = _binding.ffi.new("nghttp2_data_provider *")
-        prd.read_callback = _binding.lib.mh2_read_data
-        return prd
-
     def _stream(self, stream_id: int) -> _Stream | None:
         """The live stream, or None when the peer (or nghttp2) has already closed it."""
         return self._streams.get(stream_id)
@@ -279,7 +291,7 @@ class _Session:
             return False
         if st.end_queued or st.local_done or not st.has_provider:
             raise H2Error(f"stream {stream_id}: trailers after the end of the stream")
-        st.trailers = [(_encode(k).lower(), _encode(v)) for k, v in headers]
+        st.trailers = list(headers)
         st.end_queued = True
         self._resume(st)
         return True
@@ -365,37 +377,6 @@ class _Session:
             log.warning("h2_session_failed", error=self.failure)
             lib.nghttp2_session_terminate_session(self._s, lib.NGHTTP2_ENHANCE_YOUR_CALM)
 
-    def _on_begin_headers(self, frame: Any) -> int:
-        lib = _binding.lib
-        sid = frame.hd.stream_id
-        st = self._streams.get(sid)
-        if st is None:
-            if self.client_side or frame.headers.cat != lib.NGHTTP2_HCAT_REQUEST:
-                return 0
-            st = self._streams[sid] = _Stream(sid)
-            st.has_provider = False
-        st.headers = []
-        st.header_size = 0
-        st.too_big = False
-        return 0
-
-    def _on_header(self, frame: Any, name: Any, namelen: int, value: Any, valuelen: int) -> int:
-        st = self._streams.get(frame.hd.stream_id)
-        if st is None:
-            return 0
-        st.header_size += namelen + valuelen + 32  # RFC 9113 §6.5.2 accounting
-        if st.header_size > self.settings.max_header_list_size:
-            # an HPACK bomb decodes to far more than it costs to send: stop collecting, reset
-            # the stream (nghttp2 keeps decoding to keep the HPACK state in sync)
-            if not st.too_big:
-                st.too_big = True
-                st.headers = []
-                self._glitch("header list too large")
-            return _binding.lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
-        buf = _binding.ffi.buffer
-        st.headers.append((buf(name, namelen)[:], buf(value, valuelen)[:]))
-        return 0
-
     def _on_frame_recv(self, frame: Any) -> int:
         lib = _binding.lib
         ftype = frame.hd.type
@@ -403,9 +384,16 @@ class _Session:
         end = bool(frame.hd.flags & lib.NGHTTP2_FLAG_END_STREAM)
         if ftype == lib.NGHTTP2_HEADERS:
             st = self._streams.get(sid)
-            if st is None or st.too_big:
-                return 0
-            headers, st.headers = st.headers, []
+            if st is None:
+                if self.client_side or frame.headers.cat != lib.NGHTTP2_HCAT_REQUEST:
+                    return 0
+                st = self._streams[sid] = _Stream(sid)
+            h = self._hdrs
+            if h.stream_id == sid and h.len:
+                parts = _binding.ffi.buffer(h.buf, h.len)[:].split(b"\0")
+                headers = list(zip(parts[0::2], parts[1::2]))
+            else:
+                headers = []
             self._events.append(self._head_event(st, frame, headers, end))
             if end:
                 self._events.append(StreamEnded(sid))
@@ -527,8 +515,8 @@ class _Session:
             st.local_done = True
             if st.trailers is not None:
                 flags |= lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-                nva, count, _keep = self._nva(st.trailers)
-                rv = lib.nghttp2_submit_trailer(self._s, stream_id, nva, count)
+                block, count, _ = _block(st.trailers)
+                rv = lib.mh2_submit_trailer(self._s, stream_id, block, len(block), count)
                 if rv != 0:
                     return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
             data_flags[0] = flags
@@ -557,23 +545,20 @@ class H2ServerSession(_Session):
         if st is None:
             return False
         lib = _binding.lib
-        headers = list(headers)
-        status = next((_encode(v) for k, v in headers if _encode(k) == b":status"), b"")
-        nva, count, _keep = self._nva(headers)
-        if status.startswith(b"1"):
-            self._check(lib.nghttp2_submit_headers(self._s, lib.NGHTTP2_FLAG_NONE, stream_id,
-                                                   _binding.ffi.NULL, nva, count,
-                                                   _binding.ffi.NULL))
+        block, count, parts = _block(headers)
+        if parts[0] == b":status" and parts[1][:1] == b"1":  # :status comes first (RFC 9113)
+            self._check(lib.mh2_submit_headers(self._s, lib.NGHTTP2_FLAG_NONE, stream_id, block,
+                                               len(block), count))
             return True
         if st.has_provider or st.local_done:
             raise H2Error(f"stream {stream_id}: response head sent twice")
         if end_stream:
             st.local_done = True
-            rv = lib.nghttp2_submit_response(self._s, stream_id, nva, count, _binding.ffi.NULL)
+            prd = _binding.ffi.NULL
         else:
             st.has_provider = True
-            rv = lib.nghttp2_submit_response(self._s, stream_id, nva, count, self._provider())
-        self._check(rv)
+            prd = _binding.provider()
+        self._check(lib.mh2_submit_response(self._s, stream_id, block, len(block), count, prd))
         return True
 
     def start_graceful_shutdown(self) -> None:
@@ -614,9 +599,9 @@ class H2ClientSession(_Session):
         lib, ffi = _binding.lib, _binding.ffi
         if not self.accepting_streams:
             raise H2Error("the connection is going away: open a new one")
-        nva, count, _keep = self._nva(headers)
-        prd = ffi.NULL if end_stream else self._provider()
-        sid = lib.nghttp2_submit_request(self._s, ffi.NULL, nva, count, prd, ffi.NULL)
+        block, count, _ = _block(headers)
+        prd = ffi.NULL if end_stream else _binding.provider()
+        sid = lib.mh2_submit_request(self._s, block, len(block), count, prd)
         self._check(sid)
         st = self._streams[sid] = _Stream(sid)
         st.has_provider = not end_stream
