@@ -384,3 +384,42 @@ def test_header_fields_round_trip_through_the_c_glue() -> None:
     to_ours(c, s)
     with pytest.raises(H2Error, match="NUL"):
         s.send_headers(3, [(":status", "200"), ("x-bad", "a\0b")])
+
+
+def test_an_exception_in_a_callback_surfaces_and_ends_the_session(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in our event code must not unwind through C nor be swallowed: receive_data
+    raises it, and the session takes no more input."""
+    c, s = lib_client(), H2ServerSession()
+
+    def boom(frame: object) -> int:
+        raise RuntimeError("bug in an event handler")
+
+    monkeypatch.setattr(s, "_on_frame_recv", boom)
+    with pytest.raises(RuntimeError, match="bug in an event handler"):
+        to_ours(c, s)
+    assert s.closed
+    assert s.receive_data(b"\0" * 9) == []
+
+
+def test_idle_session_memory_is_small() -> None:
+    """What an idle h2 connection costs in the engine (nghttp2 state + our buffers): about
+    15 KB measured; the bound leaves room for allocator noise."""
+
+    def rss_kb() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    c = lib_client()
+    hello = c.data_to_send()
+    gc.collect()
+    before = rss_kb()
+    sessions = []
+    for _ in range(2000):
+        s = H2ServerSession()
+        s.receive_data(hello)
+        s.data_to_send()
+        sessions.append(s)
+    per_session = (rss_kb() - before) * 1024 / len(sessions)
+    assert per_session < 64 * 1024, per_session
+    del sessions

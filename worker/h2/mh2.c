@@ -9,6 +9,7 @@
 #include <string.h>
 
 #define MH2_STACK_NV 64
+#define MH2_KEEP_BUF 16384
 
 mh2_hdrs *mh2_hdrs_new(size_t limit)
 {
@@ -31,6 +32,12 @@ int mh2_begin_headers_c(nghttp2_session *session, const nghttp2_frame *frame, vo
 {
     mh2_hdrs *h = user_data;
     (void)session;
+    if (h->cap > MH2_KEEP_BUF) {
+        /* a big head came and went: an idle connection does not keep its buffer */
+        free(h->buf);
+        h->buf = NULL;
+        h->cap = 0;
+    }
     h->len = 0;
     h->list_size = 0;
     h->too_big = 0;
