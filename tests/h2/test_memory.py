@@ -290,7 +290,8 @@ def test_client_informational_then_final_response() -> None:
 # --- both ours: flow-control backpressure over a 64 MiB body ----------------------------
 def test_64mib_echo_keeps_buffers_bounded() -> None:
     """Client uploads 64 MiB; the server echoes it, acknowledging input only while its send
-    queue is under a high-water mark (the response window is the limit). Peak buffering stays within a
+    queue is under a high-water mark (the response window is the limit). Peak buffering stays
+    within a
     few windows on both sides however big the body."""
     total, chunk, high = 64 << 20, 64 << 10, 256 << 10
     s, cl = H2ServerSession(), H2ClientSession()
@@ -423,3 +424,23 @@ def test_idle_session_memory_is_small() -> None:
     per_session = (rss_kb() - before) * 1024 / len(sessions)
     assert per_session < 64 * 1024, per_session
     del sessions
+
+
+def test_a_released_session_is_inert() -> None:
+    """After release() (connection gone) a stray call is a no-op or an H2Error, never a use of
+    freed nghttp2 memory."""
+    c, s = lib_client(), H2ServerSession()
+    c.send_headers(1, REQ)
+    to_ours(c, s)
+    s.release()
+    assert s.closed and s.data_to_send() == b"" and s.receive_data(b"x") == []
+    assert s.send_headers(1, [(":status", "200")]) is False and s.send_data(1, b"x") == -1
+    s.start_graceful_shutdown()
+    s.close()
+    with pytest.raises(H2Error, match="released"):
+        s.ping()
+    cl = H2ClientSession()
+    cl.release()
+    assert cl.available_streams == 0
+    with pytest.raises(H2Error):
+        cl.send_request(REQ)

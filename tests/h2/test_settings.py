@@ -71,5 +71,13 @@ def test_unavailable_says_why_and_require_raises(monkeypatch: pytest.MonkeyPatch
         assert not a and "libnghttp2-dev" in a.reason
         with pytest.raises(h2.H2Unavailable, match=r"^servers.web.http2: HTTP/2 unavailable"):
             h2.require("servers.web.http2")
+        from structlog.testing import capture_logs
+
+        monkeypatch.setattr(h2, "_announced", [])
+        with capture_logs() as logs:
+            h2.announce()
+            h2.announce()
+        assert [(e["event"], e["log_level"]) for e in logs] == [("h2_unavailable", "warning")]
+        assert "libnghttp2-dev" in logs[0]["reason"]
     finally:
         h2.available.cache_clear()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from monolake.worker.h2.session import H2ClientSession, H2Error, H2ServerSession
 
 __all__ = ["Availability", "H2ClientSession", "H2Error", "H2ServerSession", "H2Settings",
-           "H2SettingsError", "H2Unavailable", "available", "require"]
+           "H2SettingsError", "H2Unavailable", "announce", "available", "require"]
 
 INSTALL_HINT = ("install libnghttp2-dev (apt-get install -y libnghttp2-dev) and reinstall "
                 "monolake (pip install .) to build the HTTP/2 extension")
@@ -47,6 +47,25 @@ def available() -> Availability:
     except Exception as exc:  # noqa: BLE001 - a broken .so must not take the worker down
         return Availability(False, f"HTTP/2 unavailable: the extension failed to load ({exc!r})")
     return Availability(True, version=_binding.version())
+
+
+_announced: list[bool] = []
+
+
+def announce() -> Availability:
+    """The one log line for a worker at start: ``h2_unavailable`` (warning, with the reason)
+    or ``h2_available`` (debug, with the libnghttp2 version); later calls log nothing."""
+    a = available()
+    if not _announced:
+        _announced.append(True)
+        import structlog
+
+        log = structlog.get_logger("monolake.h2")
+        if a:
+            log.debug("h2_available", libnghttp2=a.version)
+        else:
+            log.warning("h2_unavailable", reason=a.reason)
+    return a
 
 
 def require(where: str) -> None:

@@ -25,7 +25,8 @@ GENERATED = os.path.join(HERE, "_nghttp2_gen.c")  # git-ignored
 HEADER = "nghttp2/nghttp2.h"
 # the defences this engine refuses to run without (docs/http2.md, "Defences")
 REQUIRED_SYMBOLS = (
-    "nghttp2_option_set_stream_reset_rate_limit",  # CVE-2023-44487 (nghttp2 1.57, Debian 1.52+deb12u1)
+    # CVE-2023-44487 (nghttp2 1.57, Debian 1.52+deb12u1)
+    "nghttp2_option_set_stream_reset_rate_limit",
     "nghttp2_option_set_max_continuations",  # CVE-2024-28182 (nghttp2 1.61, Debian 1.52+deb12u2)
     "nghttp2_option_set_max_outbound_ack",  # PING/SETTINGS ACK floods
     "nghttp2_option_set_max_settings",  # SETTINGS entry floods
@@ -118,7 +119,9 @@ typedef struct {
 
 typedef struct { nghttp2_frame_hd hd; nghttp2_headers_category cat; ...; } nghttp2_headers;
 typedef struct { nghttp2_frame_hd hd; uint32_t error_code; ...; } nghttp2_rst_stream;
-typedef struct { nghttp2_frame_hd hd; size_t niv; nghttp2_settings_entry *iv; ...; } nghttp2_settings;
+typedef struct {
+    nghttp2_frame_hd hd; size_t niv; nghttp2_settings_entry *iv; ...;
+} nghttp2_settings;
 typedef struct { nghttp2_frame_hd hd; uint8_t opaque_data[8]; ...; } nghttp2_ping;
 typedef struct {
     nghttp2_frame_hd hd;

@@ -95,6 +95,12 @@ def _block(headers: HeaderInput) -> tuple[bytes, int, list[bytes]]:
     return block, n, parts
 
 
+def _opaque(goaway: Any) -> bytes:
+    """A GOAWAY's debug data (nghttp2 puts its reason for a GOAWAY it sends there)."""
+    n = goaway.opaque_data_len
+    return _binding.ffi.buffer(goaway.opaque_data, n)[:] if n else b""
+
+
 def _free(session: Any, hdrs: Any) -> None:
     _binding.lib.nghttp2_session_del(session)
     _binding.lib.mh2_hdrs_free(hdrs)
@@ -130,7 +136,8 @@ class _Session:
         self._too_big_seen = 0
         pp = ffi.new("nghttp2_session **")
         opt = _binding.options(self.settings)
-        new = lib.nghttp2_session_client_new2 if self.client_side else lib.nghttp2_session_server_new2
+        new = (lib.nghttp2_session_client_new2 if self.client_side
+               else lib.nghttp2_session_server_new2)
         rv = new(pp, _binding.callbacks(), self._hdrs, opt)
         if rv != 0:
             lib.mh2_hdrs_free(self._hdrs)
@@ -192,6 +199,8 @@ class _Session:
         """Serialise queued frames (up to about ``limit`` bytes); empty when nothing is due.
         Events this produces (StreamWritable, StreamClosed) wait in :meth:`pop_events`."""
         ffi, lib = _binding.ffi, _binding.lib
+        if self._s == ffi.NULL:
+            return b""
         out: list[bytes] = []
         total = n = 0
         mem_send, pp, buffer = lib.nghttp2_session_mem_send, self._pp, ffi.buffer
@@ -239,20 +248,26 @@ class _Session:
     @property
     def outbound_queue_frames(self) -> int:
         """Frames nghttp2 has queued (HEADERS, ACKs, RST_STREAM, ...), not DATA payloads."""
-        return int(_binding.lib.nghttp2_session_get_outbound_queue_size(self._s))
+        return int(_binding.lib.nghttp2_session_get_outbound_queue_size(self._ptr()))
 
     @property
     def open_streams(self) -> int:
         return len(self._streams)
 
     def remote_setting(self, settings_id: int) -> int:
-        return int(_binding.lib.nghttp2_session_get_remote_settings(self._s, settings_id))
+        return int(_binding.lib.nghttp2_session_get_remote_settings(self._ptr(), settings_id))
 
     def release(self) -> None:
         """Free the nghttp2 session now (also done when the object is released)."""
         self._dead = True
         self._streams.clear()
         self._finalizer()
+        self._s = _binding.ffi.NULL  # every entry point checks this: no use after free
+
+    def _ptr(self) -> Any:
+        if self._s == _binding.ffi.NULL:
+            raise H2Error("the session was released")
+        return self._s
 
     # --- sending --------------------------------------------------------------------------
     def _stream(self, stream_id: int) -> _Stream | None:
@@ -316,7 +331,7 @@ class _Session:
         if len(opaque) != 8:
             raise H2Error("a PING carries exactly 8 opaque bytes")
         lib = _binding.lib
-        self._check(lib.nghttp2_submit_ping(self._s, lib.NGHTTP2_FLAG_NONE,
+        self._check(lib.nghttp2_submit_ping(self._ptr(), lib.NGHTTP2_FLAG_NONE,
                                             _binding.ffi.from_buffer("uint8_t[]", opaque)))
 
     def acknowledge_received_data(self, stream_id: int, length: int) -> None:
@@ -367,8 +382,8 @@ class _Session:
         GOAWAY(ENHANCE_YOUR_CALM), so a peer cannot make us reset streams forever."""
         now = time.monotonic()
         st = self.settings
-        self._glitch_tokens = min(float(st.max_peer_errors),
-                                  self._glitch_tokens + (now - self._glitch_at) * st.peer_error_rate)
+        refill = (now - self._glitch_at) * st.peer_error_rate
+        self._glitch_tokens = min(float(st.max_peer_errors), self._glitch_tokens + refill)
         self._glitch_at = now
         self._glitch_tokens -= 1
         if self._glitch_tokens < 0 and not self.failure:
@@ -391,7 +406,7 @@ class _Session:
             h = self._hdrs
             if h.stream_id == sid and h.len:
                 parts = _binding.ffi.buffer(h.buf, h.len)[:].split(b"\0")
-                headers = list(zip(parts[0::2], parts[1::2]))
+                headers = list(zip(parts[0:-1:2], parts[1::2], strict=True))
             else:
                 headers = []
             self._events.append(self._head_event(st, frame, headers, end))
@@ -422,7 +437,7 @@ class _Session:
         elif ftype == lib.NGHTTP2_GOAWAY:
             g = frame.goaway
             last = g.last_stream_id
-            data = _binding.ffi.buffer(g.opaque_data, g.opaque_data_len)[:] if g.opaque_data_len else b""
+            data = _opaque(g)
             mine = (lambda s: s % 2 == 1) if self.client_side else (lambda s: s % 2 == 0)
             unprocessed = sorted(s for s in self._streams if mine(s) and s > last)
             ev = ConnectionTerminated(error_code=g.error_code, last_stream_id=last,
@@ -476,8 +491,7 @@ class _Session:
             g = frame.goaway
             self.local_goaway = (g.error_code, g.last_stream_id)
             if g.error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
-                reason = _binding.ffi.buffer(g.opaque_data, g.opaque_data_len)[:] if g.opaque_data_len else b""
-                self.failure = reason.decode("latin-1") or _binding.error_name(g.error_code)
+                self.failure = _opaque(g).decode("latin-1") or _binding.error_name(g.error_code)
             if g.error_code:
                 log.info("h2_goaway_sent", error_code=frame.goaway.error_code,
                          last_stream_id=frame.goaway.last_stream_id, reason=self.failure)

@@ -29,7 +29,7 @@ class H2Settings:
     initial_window_size: int = 65_535  # per stream, RFC default, nginx preread / Envoy edge 64 KiB
     connection_window_size: int = 1_048_576  # connection-level receive window (Envoy edge 1 MiB)
     max_frame_size: int = 16_384  # RFC minimum; larger frames only add head-of-line blocking
-    max_header_list_size: int = 65_536  # decoded request/response head (Envoy 60 KiB, HPACK bomb cap)
+    max_header_list_size: int = 65_536  # decoded head (Envoy 60 KiB); the HPACK bomb cap
     header_table_size: int = 4_096  # HPACK dynamic table we let the peer use (RFC default)
     # --- defences (nghttp2 options + our own accounting) ---
     max_continuations: int = 8  # CONTINUATION frames after one HEADERS (CVE-2024-28182)
