@@ -39,7 +39,7 @@ CHUNK = 16 * 1024
 
 STATS: dict[str, Any] = {"connections": 0, "requests": 0, "resets": 0, "failures": [],
                          "goaways_sent": [], "peak_buffered": 0, "peak_transport": 0,
-                         "peak_unacked": 0, "echoed": 0}
+                         "peak_unacked": 0, "echoed": 0, "peak_streams": 0}
 CONNS: set[EchoProtocol] = set()
 
 
@@ -119,6 +119,7 @@ class EchoProtocol(asyncio.Protocol):
             self.flushing = False
 
     def track(self) -> None:
+        STATS["peak_streams"] = max(STATS["peak_streams"], self.h2.open_streams)
         STATS["peak_buffered"] = max(STATS["peak_buffered"], self.h2.buffered)
         STATS["peak_unacked"] = max(STATS["peak_unacked"], sum(self.held.values()))
         if self.transport is not None:

@@ -444,3 +444,40 @@ def test_a_released_session_is_inert() -> None:
     assert cl.available_streams == 0
     with pytest.raises(H2Error):
         cl.send_request(REQ)
+
+
+def test_requests_queued_beyond_the_stream_limit_are_retryable_after_goaway() -> None:
+    """nghttp2 holds requests above MAX_CONCURRENT_STREAMS; a GOAWAY refuses them too, so each
+    gets a retryable StreamReset (some only once data_to_send runs) and none is lost."""
+    srv, cl = lib_server(max_concurrent_streams=2), H2ClientSession()
+    to_peer(cl, srv)
+    to_ours(srv, cl)
+    to_peer(cl, srv)
+    ids = [cl.send_request(REQ, end_stream=True) for _ in range(4)]
+    assert [e.stream_id for e in of(to_peer(cl, srv), h2.events.RequestReceived)] == ids[:2]
+    srv.close_connection(error_code=0, last_stream_id=ids[0])
+    events = to_ours(srv, cl)
+    assert of(events, ConnectionTerminated)[0].unprocessed_stream_ids == ids[1:]
+    cl.data_to_send()
+    resets = of(events + cl.pop_events(), StreamReset)
+    assert sorted(r.stream_id for r in resets) == ids[1:]
+    assert all(r.retryable and r.error_code == 7 for r in resets)
+    assert cl.open_streams == 1  # stream 1 is still answered
+
+
+def test_streams_beyond_our_limit_are_refused() -> None:
+    """A client ignoring our MAX_CONCURRENT_STREAMS: the extra streams get
+    RST_STREAM(REFUSED_STREAM) and never reach the application."""
+    s = H2ServerSession(H2Settings(max_concurrent_streams=50))
+    enc = hpack.Encoder()
+    frames = [hf.SettingsFrame(0).serialize()]
+    for i in range(80):
+        f = hf.HeadersFrame(2 * i + 1, flags=("END_HEADERS",))
+        f.data = enc.encode(REQ)
+        frames.append(f.serialize())
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    s.data_to_send()  # our SETTINGS went out first
+    events = s.receive_data(preface + b"".join(frames))
+    assert len(of(events, RequestReceived)) == 50
+    refused = [f for f in _frames(s.data_to_send()) if f.type == 0x3]
+    assert len(refused) == 30 and all(f.error_code == 7 for f in refused)

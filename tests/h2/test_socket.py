@@ -146,3 +146,43 @@ def test_graceful_drain_over_the_socket(echo: EchoServer) -> None:
         await asyncio.wait_for(other.lost, 10)
 
     run(LOOPS[echo.loop], main(), timeout=30)
+
+
+def test_client_session_multiplexes_within_max_concurrent_streams(echo_factory,
+                                                                   echo_loop: str) -> None:
+    """600 echo calls over one H2ClientSession connection to a server allowing 50 streams:
+    the client opens streams only while available_streams > 0, all complete with their own
+    body and trailers, and the server never saw more than 50 at once."""
+    echo = echo_factory(echo_loop, {"max_concurrent_streams": 50})
+
+    async def main() -> int:
+        conn = await aclient.connect(echo.port)
+        for _ in range(200):  # the server's SETTINGS arrive within a round trip
+            if conn.h2.max_concurrent_streams == 50:
+                break
+            await asyncio.sleep(0.01)
+        assert conn.h2.max_concurrent_streams == 50
+        pending: dict[int, bytes] = {}
+        done = 0
+        next_call = 0
+        while done < 600:
+            while next_call < 600 and conn.h2.available_streams > 0:
+                sid = conn.open("/echo")
+                body = b"call-%d " % next_call * 50
+                conn.h2.send_data(sid, body, end_stream=True)
+                pending[sid] = body
+                next_call += 1
+            conn.flush()
+            finished, _ = await asyncio.wait([conn.streams[s].done for s in pending],
+                                             timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            assert finished, "no stream finished within 10 s"
+            for sid in [s for s in pending if conn.streams[s].done.done()]:
+                st = conn.streams[sid]
+                assert bytes(st.body) == pending.pop(sid)
+                assert (b"grpc-status", b"0") in st.trailers
+                done += 1
+        conn.transport.close()
+        return done
+
+    assert run(LOOPS[echo_loop], main(), timeout=90) == 600
+    assert stats(echo.port)["peak_streams"] <= 50
