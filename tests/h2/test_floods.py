@@ -45,11 +45,12 @@ def assert_defended(echo: EchoServer, make: Callable[[], Iterable[bytes]], *, re
 
 def test_rapid_reset_is_cut_off(echo: EchoServer) -> None:
     """CVE-2023-44487: 20 000 HEADERS+RST_STREAM pairs; nghttp2's reset rate limit (burst 1000)
-    sends GOAWAY; the server saw only the streams before it, not the 20 000."""
+    sends GOAWAY, and a stream reset within the read that opened it never reaches the
+    application (only a pair split across two reads can)."""
     out, before, after = assert_defended(echo, lambda: attack.rapid_reset(20_000),
                                          codes=(INTERNAL_ERROR, ENHANCE_YOUR_CALM))
     processed = after["requests"] - before["requests"] - 1  # minus the /stats request
-    assert processed < 5_000, processed
+    assert processed < 100, processed
     assert out.sent < 20_000 * 20  # it stopped reading the attack, too
 
 

@@ -481,3 +481,22 @@ def test_streams_beyond_our_limit_are_refused() -> None:
     assert len(of(events, RequestReceived)) == 50
     refused = [f for f in _frames(s.data_to_send()) if f.type == 0x3]
     assert len(refused) == 30 and all(f.error_code == 7 for f in refused)
+
+
+def test_streams_opened_and_reset_in_one_read_never_reach_the_application() -> None:
+    """The rapid-reset pattern costs the application nothing: a request whose RST_STREAM came
+    in the same receive_data call produces no event at all (counted in cancelled_early);
+    a reset in a later read is still reported."""
+    c, s = lib_client(), H2ServerSession()
+    to_ours(c, s)
+    for _ in range(500):
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, REQ, end_stream=True)
+        c.reset_stream(sid)
+    c.send_headers(1001, REQ)  # a normal request in the same read
+    events = to_ours(c, s)
+    assert [e.stream_id for e in of(events, RequestReceived)] == [1001]
+    assert not of(events, StreamReset) and s.cancelled_early == 500
+    c.reset_stream(1001)
+    reset = of(to_ours(c, s), StreamReset)
+    assert [r.stream_id for r in reset] == [1001] and s.cancelled_early == 500

@@ -124,6 +124,9 @@ class _Session:
         self._peer_goaway: ConnectionTerminated | None = None
         self.local_goaway: tuple[int, int] | None = None  # (error_code, last_stream_id) sent
         self.failure = ""  # why the session failed, for the access/error log
+        self.cancelled_early = 0  # streams opened and reset by the peer within one read
+        self._batch_opened: set[int] = set()
+        self._batch_cancelled: set[int] = set()
         self._glitch_tokens = float(self.settings.max_peer_errors)
         self._glitch_at = time.monotonic()
         self._key = next(self._ids)
@@ -193,6 +196,11 @@ class _Session:
         while self._too_big_seen < too_big:  # header lists the C glue refused
             self._too_big_seen += 1
             self._glitch("header list too large")
+        self._batch_opened.clear()
+        if self._batch_cancelled:
+            gone, self._batch_cancelled = self._batch_cancelled, set()
+            self.cancelled_early += len(gone)
+            self._events = [e for e in self._events if e.stream_id not in gone]
         return self.pop_events()
 
     def data_to_send(self, limit: int = 1 << 20) -> bytes:
@@ -403,6 +411,7 @@ class _Session:
                 if self.client_side or frame.headers.cat != lib.NGHTTP2_HCAT_REQUEST:
                     return 0
                 st = self._streams[sid] = _Stream(sid)
+                self._batch_opened.add(sid)
             h = self._hdrs
             if h.stream_id == sid and h.len:
                 parts = _binding.ffi.buffer(h.buf, h.len)[:].split(b"\0")
@@ -476,6 +485,10 @@ class _Session:
             return 0
         if st.unacked:  # the caller will not acknowledge a dead stream's bytes: credit them now
             _binding.lib.nghttp2_session_consume_connection(self._s, st.unacked)
+        if st.remote_reset and stream_id in self._batch_opened:
+            # opened and cancelled by the peer within one receive_data call (the rapid-reset
+            # pattern): the application never sees it, receive_data drops its events
+            self._batch_cancelled.add(stream_id)
         if error_code == 0 and not st.remote_reset:
             self._events.append(StreamClosed(stream_id))
         else:
