@@ -1,4 +1,5 @@
-"""Build script: lists the ``monolake`` packages and builds the optional io_uring extension.
+"""Build script: lists the ``monolake`` packages and builds the optional io_uring and
+HTTP/2 (libnghttp2) extensions.
 
 The top-level folders (supervisor/, worker/, uring/, conf/) appear under the ``monolake``
 namespace through the checked-in ``monolake/`` package, whose subfolders are relative symlinks
@@ -45,9 +46,23 @@ def uring_extensions() -> list:
     return _build.extensions()
 
 
+def h2_extensions() -> list:
+    """The optional cffi extension over libnghttp2 (worker/h2/_build.py), loaded under its own
+    module name so it cannot collide with uring's ``_build``."""
+    import importlib.util
+
+    path = os.path.join(HERE, "worker", "h2", "_build.py")
+    if not os.path.exists(path):
+        return []
+    spec = importlib.util.spec_from_file_location("monolake_h2_build", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.extensions()
+
+
 setup(
     packages=find_packages(),
     package_data={"monolake.conf": ["*.toml"], "monolake.worker": ["*.thrift"]},
-    ext_modules=uring_extensions(),
+    ext_modules=uring_extensions() + h2_extensions(),
     zip_safe=False,
 )
