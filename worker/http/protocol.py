@@ -1,30 +1,33 @@
-"""The downstream side: one ``HttpServerProtocol`` per accepted connection.
+"""The downstream side: one ``HttpServerProtocol`` per accepted connection, the glue
+between a transport and the two pieces that do the work:
 
-Callback-shaped: the parser runs inside ``data_received`` and calls back into this object;
-a request body is pushed into a ``BodyStream`` chunk by chunk, and a streamed response body is
-pushed out through ``write``/``end`` (this object is the response's ``BodySink``). The only
-coroutine is the service call, one per request.
+- ``RequestReader`` (connection.py), the sans-I/O core: bytes in, request heads, bodies,
+  errors and upgrades out;
+- ``Exchange`` (exchange.py), one per request: the service call, the response write, the
+  accounting.
 
-Requests are answered strictly in order: heads parsed while a response is still going out
-(pipelining) wait in ``_queue``, and reading pauses when too many wait.
+What stays here is what needs the transport: the prelude (PROXY protocol, TLS), the queue of
+pipelined exchanges (answered strictly in order; reading pauses when too many wait), flow
+control both ways, keep-alive and closing (lingering, draining, reclaiming), timeouts and
+the tunnel after a 101. Callback-shaped throughout: the only coroutine is a service call
+that has to wait, one per request at most.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from time import monotonic as _now
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
-from monolake.worker.http.connection import (BODY, BODY_BYTES, BODY_STREAM, HEAD, IDLE,
-                                             PHASE_NAMES, PIPELINE_MAX, RequestReader,
-                                             must_close, response_head)
-from monolake.worker.http.message import Request, Response, text_response
+from monolake.worker.http.connection import (BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX,
+                                             RequestReader)
+from monolake.worker.http.exchange import Exchange
+from monolake.worker.http.message import Request
 from monolake.worker.http.tls import TlsError
-from monolake.worker.service.context import ConnectionContext, RequestContext
+from monolake.worker.service.context import ConnectionContext
 from monolake.worker.sockopts import set_nodelay
 
 if TYPE_CHECKING:
@@ -35,38 +38,6 @@ LINGER_SECONDS = 2.0       # how long to drain a client's unread body before clo
 
 _PAUSE_PIPELINE = 1 << 20  # reasons to stop reading (bodies count in the low bits)
 _PAUSE_TUNNEL = 1 << 21
-# a whole response body at least this large goes out beside its head (transport.writelines)
-# instead of being copied into one buffer with it: io_uring and uvloop send the pair with one
-# vectored write (asyncio's own transport joins them, as before)
-_WRITELINES_MIN = 16384
-
-class Exchange:
-    """One request/response pair on a connection. ``respond`` and ``spawn`` are what the
-    callback-shaped router (``RouterService.fast``) answers through."""
-
-    __slots__ = ("proto", "request", "ctx", "task", "error", "head_sent", "status", "close",
-                 "bytes_out", "started", "upstream")
-
-    def __init__(self, proto: "HttpServerProtocol", request: Request | None, error: int = 0) -> None:
-        self.proto = proto
-        self.request = request
-        self.ctx: RequestContext | None = None
-        self.task: asyncio.Task | None = None
-        self.error = error          # answer this status (a parse error) instead of calling
-        self.head_sent = False
-        self.status = 0
-        self.close = False
-        self.bytes_out = 0
-        self.started = 0.0
-
-    def respond(self, resp: Response) -> None:
-        """Answer this request now (a response ready without waiting). A memoryview body is
-        written or copied before this returns, so it may be one lent for the call only."""
-        self.proto._fast_respond(self, resp)
-
-    def spawn(self, coro: Any) -> asyncio.Task:
-        """Continue this request as a coroutine (it has to wait for something)."""
-        return self.proto._spawn(self, coro)
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -86,9 +57,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._pauses = 0
         self._read_paused = False
         self._write_paused = False
-        self._out_body: BodyStream | None = None
-        self._out_chunked = False
-        self._pending_head: bytes | None = None
+        self._out_body: BodyStream | None = None  # the response body being written
         self._closing = False
         self._prelude: bytearray | None = None
         self._tls: Any = None
@@ -152,13 +121,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._out_body = None
             out.abandon()
         for ex in self._queue:
-            if ex.task is not None and not ex.task.done():
-                ex.task.cancel()
-            if ex.request is not None and ex.request.body is not None and not ex.request.body.done:
-                ex.request.body.fail(err)
-            if ex.ctx is not None:
-                rt.stats.active_requests -= 1
-                ex.ctx = None
+            ex.lost(err)
         self._queue.clear()
         tunnel = self._tunnel
         if tunnel is not None:
@@ -174,7 +137,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if not self._queue:
             return False  # nothing in flight: close
         return True  # answer what is in flight, then close
-        # (keep-alive is off from here: see _finish)
+        # (keep-alive is off from here: see exchange_done)
 
     # -- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -246,15 +209,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if ex is not None and not ex.head_sent and ex is not self._queue[0]:
             ex.error = status
         elif ex is not None and not ex.head_sent:
-            # the service is already running for it; answer the error instead
-            if ex.task is not None:
-                ex.task.cancel()
-            self._respond(ex, text_response(status, close=True))
+            ex.fail(status)  # the service is already running for it: answer the error instead
         else:
             err = Exchange(self, None, error=status)
             self._queue.append(err)
             if len(self._queue) == 1:
-                self._start(err)
+                err.start()
         self._add_pause(_PAUSE_PIPELINE)
 
     def on_upgrade(self, rest: bytes) -> None:
@@ -280,171 +240,25 @@ class HttpServerProtocol(asyncio.Protocol):
     def _enqueue(self, ex: Exchange) -> None:
         self._queue.append(ex)
         if len(self._queue) == 1:
-            self._start(ex)
+            ex.start()
         elif len(self._queue) >= PIPELINE_MAX and not self._pauses & _PAUSE_PIPELINE:
             self._add_pause(_PAUSE_PIPELINE)
 
-    def _start(self, ex: Exchange) -> None:
-        rt = self._rt
-        ex.started = time.monotonic()
-        if ex.error:
-            self._respond(ex, text_response(ex.error, close=True))
-            return
-        rt.stats.requests += 1
-        rt.stats.active_requests += 1
-        ctx = RequestContext(self._ctx, ex.started)
-        ex.ctx = ctx
-        fast = self._fast
-        if fast is not None:
-            try:
-                fast(ex.request, ctx, ex)
-            except Exception:  # noqa: BLE001 - a request must never take the worker down
-                rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
-                rt.stats.errors += 1
-                self._respond(ex, text_response(500, close=True))
-            return
-        self._spawn(ex, self._stack.entry.call(ex.request, ctx))
+    def become_tunnel(self, tunnel: Any) -> None:
+        """A 101 went out: from now on the connection is a byte pipe (tunnel.py)."""
+        self._queue.clear()
+        self._tunnel = tunnel
+        self._reader.tunnel()
+        pending, self._tunnel_pending = self._tunnel_pending, []
+        tunnel.attach_client(self, pending)
 
-    def _spawn(self, ex: Exchange, coro: Any) -> asyncio.Task:
-        """Run the rest of a request as a coroutine (one task per request at most)."""
-        ex.task = task = self._loop.create_task(self._run(ex, coro))
-        return task
-
-    def _fast_respond(self, ex: Exchange, resp: Response) -> None:
-        try:
-            self._respond(ex, resp)
-        except Exception:  # noqa: BLE001
-            self._rt.log.exception("respond_error", server=self._rt.name)
-            self._abort()
-
-    async def _run(self, ex: Exchange, coro: Any) -> None:
-        try:
-            resp = await coro
-        except asyncio.CancelledError:
-            return
-        except BodyError as exc:
-            resp = text_response(400 if self._transport is not None else 499, str(exc), close=True)
-        except Exception:  # noqa: BLE001 - a request must never take the worker down
-            self._rt.log.exception("service_error", server=self._rt.name,
-                                   request_id=ex.ctx.request_id if ex.ctx else None)
-            self._rt.stats.errors += 1
-            resp = text_response(500, close=True)
-        if not isinstance(resp, Response):
-            self._rt.log.error("service_returned_non_response", type=type(resp).__name__)
-            resp = text_response(500, close=True)
-        try:
-            self._respond(ex, resp)
-        except Exception:  # noqa: BLE001
-            self._rt.log.exception("respond_error", server=self._rt.name)
-            self._abort()
-
-    # -- writing ---------------------------------------------------------------------------
-    def _respond(self, ex: Exchange, resp: Response) -> None:
-        if self._transport is None or not self._queue or self._queue[0] is not ex:
-            _discard_response(resp)
-            return
-        rt = self._rt
-        req = ex.request
-        ex.status = resp.status
-        ex.head_sent = True
-        close = must_close(req, resp, self._closing or rt.draining)
-        parts, body, kind, chunked, close = response_head(req, resp, close, self._lends_ok)
-        ex.close = close
-        big: Any = None
-        if kind == BODY_BYTES:
-            if len(body) >= _WRITELINES_MIN and self._tls is None:
-                big = body  # sent beside the head: no copy into one buffer
-            else:
-                parts.append(body)
-        out = b"".join(parts)
-        n_out = len(out) if big is None else len(out) + len(big)
-        ex.bytes_out += n_out
-        rt.stats.bytes_out += n_out
-        if kind == BODY_STREAM:
-            # a streamed body: send the head together with what is already buffered
-            self._out_chunked = chunked
-            self._out_body = body
-            self._pending_head = out
-            body.pipe(self)
-            head = self._pending_head
-            if head is not None:
-                self._pending_head = None
-                self._write(head)
-            return
-        if big is None:
-            self._write(out)
-        elif self._transport is not None:
-            self._transport.writelines((out, big))
-        tunnel = resp.tunnel if resp.status == 101 else None
-        if tunnel is not None:
-            self._queue.clear()
-            self._finish_accounting(ex)
-            self._tunnel = tunnel
-            self._reader.tunnel()
-            pending, self._tunnel_pending = self._tunnel_pending, []
-            tunnel.attach_client(self, pending)
-            return
-        if kind != BODY_BYTES and body is not None:  # a stream nobody reads (HEAD, 204, 304)
-            body.abandon() if not body.done else body.discard()
-        self._finish(ex)
-
-    # BodySink: a streamed response body goes out through these
-    def write(self, data: bytes) -> None:
-        n = len(data)
-        if self._out_chunked:
-            data = b"%x\r\n%b\r\n" % (n, data)
-        self._rt.stats.bytes_out += len(data)
-        if self._queue:
-            self._queue[0].bytes_out += len(data)
-        head = self._pending_head
-        if head is not None:
-            self._pending_head = None
-            data = head + data
-        if self._transport is not None:
-            self._write(data)
-
-    def end(self) -> None:
-        self._out_body = None
-        tail = b""
-        if self._out_chunked:
-            self._out_chunked = False
-            self._rt.stats.bytes_out += 5
-            tail = b"0\r\n\r\n"
-        head = self._pending_head
-        if head is not None:
-            self._pending_head = None
-            tail = head + tail
-        if tail and self._transport is not None:
-            self._write(tail)
-        if self._queue:
-            self._finish(self._queue[0])
-
-    def abort(self, exc: BaseException) -> None:
-        """The response body broke off upstream: the client must see a truncated response."""
-        self._out_body = None
-        self._out_chunked = False
-        self._rt.stats.errors += 1
-        self._rt.log.info("response_body_aborted", error=str(exc), peer=self._ctx.peer)
-        if self._queue:
-            self._finish_accounting(self._queue[0])
-        self._abort()
-
-    def _finish_accounting(self, ex: Exchange) -> None:
-        rt = self._rt
-        if ex.ctx is not None:
-            rt.stats.active_requests -= 1
-        rt.stats.count_status(ex.status)
-        if ex.started:
-            rt.stats.observe(time.monotonic() - ex.started)
-        if rt.access_log and ex.request is not None:
-            rt.log_access(ex, self._ctx)
-        ex.ctx = None
-
-    def _finish(self, ex: Exchange) -> None:
+    def exchange_done(self, ex: Exchange) -> None:
+        """``ex``'s response is out: start the next pipelined request, or wait for one
+        (keep-alive), or close."""
         if not self._queue or self._queue[0] is not ex:
             return
         self._queue.popleft()
-        self._finish_accounting(ex)
+        ex.account()
         if self._transport is None:
             return
         req = ex.request
@@ -457,7 +271,7 @@ class HttpServerProtocol(asyncio.Protocol):
             self._close(linger=incomplete or bool(ex.error))
             return
         if self._queue:
-            self._start(self._queue[0])
+            self._queue[0].start()
             if len(self._queue) < PIPELINE_MAX and self._pauses & _PAUSE_PIPELINE and not self._reader.dead:
                 self._remove_pause(_PAUSE_PIPELINE)
             return
@@ -555,7 +369,7 @@ class HttpServerProtocol(asyncio.Protocol):
                 reader.dead = True
                 ex = Exchange(self, None, error=408)
                 self._queue.append(ex)
-                self._start(ex)
+                ex.start()
             else:
                 self._closing = True
             return
@@ -563,9 +377,7 @@ class HttpServerProtocol(asyncio.Protocol):
             req = reader.stop("request body timeout")
             ex = self._queue[0] if self._queue else None
             if req is not None and ex is not None and ex.request is req and not ex.head_sent:
-                if ex.task is not None:
-                    ex.task.cancel()
-                self._respond(ex, text_response(408, close=True))
+                ex.fail(408)
                 return
             self._close()
 
@@ -659,10 +471,3 @@ def tune_transport(transport: Any) -> None:
         pass
     set_nodelay(transport)
 
-
-def _discard_response(resp: Response) -> None:
-    body = resp.body
-    if isinstance(body, BodyStream) and not body.done:
-        body.abandon()
-    if resp.tunnel is not None:
-        resp.tunnel.close()
