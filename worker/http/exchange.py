@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.connection import BODY_BYTES, BODY_STREAM, must_close, response_head
@@ -29,9 +29,28 @@ if TYPE_CHECKING:
 WRITELINES_MIN = 16384
 
 
+Serve = Callable[[Request, RequestContext, Any], None]
+
+
+def entry_point(entry: Any) -> Serve:
+    """How a server's exchanges call its service stack, decided once per stack: a
+    callback-shaped entry (``serve(request, ctx, exchange)``: the router when nothing wraps
+    it) directly; a coroutine service (a layer, the Thrift gateway) as the exchange's one
+    task. Either way the exchange is the same object and the response goes out the same way."""
+    serve = getattr(entry, "serve", None)
+    if serve is not None:
+        return serve
+    call = entry.call
+
+    def spawn_call(request: Request, ctx: RequestContext, ex: Any) -> None:
+        ex.spawn(call(request, ctx))
+
+    return spawn_call
+
+
 class Exchange:
     """One request and its response; see the module docstring. ``respond`` and ``spawn``
-    are what a callback-shaped service (``RouterService.fast``) answers through."""
+    are what a callback-shaped service (``RouterService.serve``) answers through."""
 
     __slots__ = ("conn", "request", "ctx", "task", "error", "head_sent", "status", "close",
                  "bytes_out", "started", "upstream", "chunked", "pending_head")
@@ -52,6 +71,9 @@ class Exchange:
         self.chunked = False        # the response body goes out chunked
         self.pending_head: bytes | None = None  # a streamed response's head, not yet written
 
+    # respond() is done with a response body when it returns: a service may lend it a view
+    lends = True
+
     # -- calling the service ---------------------------------------------------------------
     def start(self) -> None:
         """This exchange is first in line: call the service (or answer its error)."""
@@ -65,16 +87,12 @@ class Exchange:
         rt.stats.active_requests += 1
         ctx = RequestContext(conn._ctx, self.started)
         self.ctx = ctx
-        fast = conn._fast
-        if fast is not None:
-            try:
-                fast(self.request, ctx, self)
-            except Exception:  # noqa: BLE001 - a request must never take the worker down
-                rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
-                rt.stats.errors += 1
-                self.send(text_response(500, close=True))
-            return
-        self.spawn(conn._stack.entry.call(self.request, ctx))
+        try:
+            conn._serve(self.request, ctx, self)
+        except Exception:  # noqa: BLE001 - a request must never take the worker down
+            rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
+            rt.stats.errors += 1
+            self.send(text_response(500, close=True))
 
     def respond(self, resp: Response) -> None:
         """Answer this request now (a response ready without waiting). A memoryview body is
@@ -85,11 +103,13 @@ class Exchange:
             self.conn._rt.log.exception("respond_error", server=self.conn._rt.name)
             self.conn._abort()
 
-    def spawn(self, coro: Any) -> asyncio.Task:
+    def spawn(self, coro: Any, on_done: Callable[[], None] | None = None) -> None:
         """Continue this request as a coroutine (it has to wait for something); at most one
-        task per request."""
+        task per request. ``on_done`` runs when the task ends, also when it is cancelled
+        before the coroutine ever ran."""
         self.task = task = self.conn._loop.create_task(self._run(coro))
-        return task
+        if on_done is not None:
+            task.add_done_callback(lambda _t: on_done())
 
     def fail(self, status: int) -> None:
         """Answer ``status`` instead of what the service is working on (a parse error or a
@@ -240,3 +260,88 @@ def discard_response(resp: Response) -> None:
         body.abandon()
     if resp.tunnel is not None:
         resp.tunnel.close()
+
+
+class CallReply:
+    """What ``RouterService.call`` hands to ``serve`` when a layer awaits the router: the
+    ``respond`` / ``spawn`` of an ``Exchange``, resolved by awaiting (``wait``). A coroutine
+    spawned before ``wait`` is awaited in place (no task of its own); one spawned later,
+    from a callback (a retry after a stale connection), gets a task that resolves the wait."""
+
+    __slots__ = ("resp", "coro", "on_done", "fut", "task", "upstream")
+
+    # a layer keeps the response after respond(): its body must not be a lent view
+    lends = False
+
+    def __init__(self) -> None:
+        self.resp: Response | None = None
+        self.coro: Any = None
+        self.on_done: Callable[[], None] | None = None
+        self.fut: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+        self.upstream: Any = None  # the upstream connection while its response head is due
+
+    def respond(self, resp: Response) -> None:
+        fut = self.fut
+        if fut is None:
+            self.resp = resp
+        elif fut.done():
+            discard_response(resp)  # the awaiting layer was cancelled
+        else:
+            fut.set_result(resp)
+
+    def spawn(self, coro: Any, on_done: Callable[[], None] | None = None) -> None:
+        fut = self.fut
+        if fut is None:
+            self.coro = coro
+            self.on_done = on_done
+            return
+        if fut.done():  # the awaiting layer was cancelled: nothing more runs for it
+            coro.close()
+            if on_done is not None:
+                on_done()
+            return
+        self.task = task = asyncio.get_running_loop().create_task(coro)
+        if on_done is not None:
+            task.add_done_callback(lambda _t: on_done())
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        fut = self.fut
+        if task.cancelled():
+            if not fut.done():
+                fut.cancel()
+            return
+        exc = task.exception()
+        if fut.done():
+            if exc is None and isinstance(task.result(), Response):
+                discard_response(task.result())
+        elif exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(task.result())
+
+    async def wait(self) -> Response:
+        coro = self.coro
+        if coro is not None:
+            self.coro = None
+            try:
+                return await coro
+            finally:
+                if self.on_done is not None:
+                    self.on_done()
+        if self.resp is not None:
+            return self.resp
+        self.fut = fut = asyncio.get_running_loop().create_future()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            # the layer gave up: what was under way for it is dropped, as an awaited
+            # upstream request always was
+            if self.task is not None:
+                self.task.cancel()
+            elif self.upstream is not None:
+                self.upstream.abort()
+            if fut.done() and not fut.cancelled():
+                discard_response(fut.result())
+            raise

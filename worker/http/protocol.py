@@ -45,8 +45,7 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def __init__(self, rt: "ServerRuntime") -> None:
         self._rt = rt
-        self._stack = rt.stack
-        self._fast = getattr(rt.stack.entry, "fast", None)  # the router itself, unwrapped
+        self._serve = rt.serve  # how an exchange calls the stack (exchange.entry_point)
         self._loop = rt.loop
         self._transport: Any = None
         self._write: Any = None
