@@ -360,7 +360,10 @@ class RequestReader:
             raise ParseError("missing Host header")
         if method == "CONNECT":
             raise ParseError("CONNECT is not supported", 405)
-        path, query, host, headers = _target(method, target, host, headers)
+        if target[:1] == "/":  # origin form, nearly always: inline
+            path, _, query = target.partition("?")
+        else:
+            path, query, host, headers = _target(method, target, host, headers)
         max_body = s.max_body
         if max_body and content_length is not None and content_length > max_body:
             raise ParseError("request body too large", 413)
@@ -373,7 +376,7 @@ class RequestReader:
         expect = bool(flags & EXPECT) and body is not None
         req = Request(method, target, path, query, version, headers, body, keep_alive,
                       bool(flags & UPGRADE), expect, content_length, bool(chunked),
-                      _hostname(host))
+                      _hostname(host) if host else "")
         if body is not None:
             self.receiving = req
             if expect:
@@ -426,6 +429,40 @@ def must_close(req: Request | None, resp: Response, closing: bool) -> bool:
     return req.body is not None and not req.body.done
 
 
+def _header_lines(resp: Response, tunnel: bool) -> bytes:
+    """The response's header lines without framing headers (a relayed response brings them
+    serialised already); a 101 keeps its Connection / Upgrade fields."""
+    block = resp.head_block
+    if block is not None and not tunnel:
+        return block
+    return split_headers(resp.headers, _SKIP_TUNNEL_HEADERS if tunnel
+                         else _SKIP_RESPONSE_HEADERS)[0]
+
+
+def _stream_framing(req: Request | None, length: int | None, head_only: bool,
+                    no_body: bool) -> bytes | None:
+    """How a streamed body is delimited: its framing header line, or None when closing the
+    connection delimits it (an HTTP/1.0 client and no length). HEAD and bodiless statuses
+    announce nothing they will not send, except a known length for HEAD."""
+    if no_body:
+        return b""
+    if length is not None:
+        return b"content-length: %d\r\n" % length
+    if head_only:
+        return b""
+    if req is not None and req.version == "1.1":
+        return b"transfer-encoding: chunked\r\n"
+    return None
+
+
+def _sendable(body: Any, lends_ok: bool) -> Any:
+    """An in-memory body as it is sent: bytes, or the memoryview itself when the transport
+    copies what it does not send at once (the view may be lent for the respond call only)."""
+    if type(body) is bytes or (lends_ok and type(body) is memoryview):
+        return body
+    return bytes(body) if body else b""
+
+
 def response_head(req: Request | None, resp: Response, close: bool,
                   lends_ok: bool) -> tuple[list[bytes], Any, int, bool, bool]:
     """The response head for ``req``: (head parts, body, body kind, chunked, close).
@@ -440,34 +477,28 @@ def response_head(req: Request | None, resp: Response, close: bool,
     head_only = req is not None and req.method == "HEAD"
     no_body = status < 200 or status == 204 or status == 304
     tunnel = status == 101 and resp.tunnel is not None
-    parts = [_status_line(status, resp.reason)]
-    block = resp.head_block  # a relayed response's lines, framing headers excluded
-    parts.append(block if block is not None and not tunnel else
-                 split_headers(resp.headers, _SKIP_TUNNEL_HEADERS if tunnel
-                               else _SKIP_RESPONSE_HEADERS)[0])
+    block = resp.head_block  # the common case inline: a relayed response's lines
+    parts = [_status_line(status, resp.reason),
+             block if block is not None and not tunnel else _header_lines(resp, tunnel)]
     body = resp.body
     chunked = False
     if body is None or isinstance(body, (bytes, bytearray, memoryview)):
-        data = (body if type(body) is bytes or (type(body) is memoryview and lends_ok)
-                else bytes(body) if body else b"")
+        out: Any = _sendable(body, lends_ok)
         if not no_body:
-            parts.append(b"content-length: %d\r\n" % len(data))
-        kind = BODY_NONE if head_only or no_body or not data else BODY_BYTES
-        out: Any = data if kind == BODY_BYTES else None
+            parts.append(b"content-length: %d\r\n" % len(out))
+        if head_only or no_body or not out:
+            kind, out = BODY_NONE, None
+        else:
+            kind = BODY_BYTES
     else:
         out = body
         kind = BODY_NONE if head_only or no_body or tunnel else BODY_STREAM
-        if no_body:
-            pass
-        elif body.length is not None:
-            parts.append(b"content-length: %d\r\n" % body.length)
-        elif head_only:
-            pass
-        elif req is not None and req.version == "1.1":
-            parts.append(b"transfer-encoding: chunked\r\n")
-            chunked = kind == BODY_STREAM
-        else:
+        framing = _stream_framing(req, body.length, head_only, no_body)
+        if framing is None:
             close = True  # HTTP/1.0 client, unknown length: delimit by closing
+        elif framing:
+            parts.append(framing)
+            chunked = kind == BODY_STREAM and body.length is None
     if not tunnel:
         if close:
             parts.append(b"connection: close\r\n")
