@@ -41,7 +41,7 @@ _PAUSE_TUNNEL = 1 << 21
 
 
 class HttpServerProtocol(asyncio.Protocol):
-    """HTTP/1.1 server connection: prelude (PROXY protocol, TLS), parsing, responses, tunnel."""
+    """HTTP/1.1 server connection: the transport side of a RequestReader and its Exchanges."""
 
     def __init__(self, rt: "ServerRuntime") -> None:
         self._rt = rt
@@ -195,7 +195,15 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # RequestReader events (connection.py)
     def on_request(self, req: Request) -> None:
-        self._enqueue(Exchange(self, req))
+        """Queue the request's exchange; the first in line starts now, the others when the
+        responses before them are out (pipelining; reading pauses when too many wait)."""
+        ex = Exchange(self, req)
+        queue = self._queue
+        queue.append(ex)
+        if len(queue) == 1:
+            ex.start()
+        elif len(queue) >= PIPELINE_MAX and not self._pauses & _PAUSE_PIPELINE:
+            self._add_pause(_PAUSE_PIPELINE)
 
     def on_error(self, status: int, reason: str, req: Request | None,
                  internal: BaseException | None) -> None:
@@ -236,13 +244,6 @@ class HttpServerProtocol(asyncio.Protocol):
         return None
 
     # -- request queue ---------------------------------------------------------------------
-    def _enqueue(self, ex: Exchange) -> None:
-        self._queue.append(ex)
-        if len(self._queue) == 1:
-            ex.start()
-        elif len(self._queue) >= PIPELINE_MAX and not self._pauses & _PAUSE_PIPELINE:
-            self._add_pause(_PAUSE_PIPELINE)
-
     def become_tunnel(self, tunnel: Any) -> None:
         """A 101 went out: from now on the connection is a byte pipe (tunnel.py)."""
         self._queue.clear()
