@@ -16,6 +16,7 @@ from monolake.conf.routes import Router
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.builtins import BUILTINS
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
+from monolake.worker.http.exchange import CallReply
 from monolake.worker.http.headers import is_idempotent, request_head, upstream_target
 from monolake.worker.http.message import Request, Response, text_response
 from monolake.worker.http.pool import POOL_STATE_VERSION, ConnectHold, UpstreamPool
@@ -72,25 +73,19 @@ class RouterService(Stateful):
         pool.upstreams_by_key = by_key
 
     async def call(self, req: Request, ctx: Any) -> Response:
-        found = self.router.match(req.path, req.host or None)
-        if found is None:
-            if req.body is not None:
-                req.body.discard()
-            return text_response(404, "no route")
-        index, params = found
-        route = self.routes[index]
-        ctx.route = route.cfg
-        ctx.params = params
-        if route.builtin is not None:
-            return await route.builtin(req, ctx)
-        return await self._proxy(route, req, ctx)
+        """The router as a coroutine service (what a layer awaits): the same ``serve`` path,
+        answered through a ``CallReply`` instead of the connection's ``Exchange``."""
+        reply = CallReply()
+        self.serve(req, ctx, reply)
+        return await reply.wait()
 
-    def fast(self, req: Request, ctx: Any, ex: Any) -> None:
-        """The callback-shaped path (what the server calls when nothing wraps the router):
-        with an idle pooled connection at hand, the request goes out and the response head
-        comes back through callbacks, with no task and no future; the answer goes to
-        ``ex.respond``. Anything that must wait (a connect, a builtin, a retry) continues as a
-        coroutine via ``ex.spawn``."""
+    def serve(self, req: Request, ctx: Any, ex: Any) -> None:
+        """The one request path, callback-shaped: route match, builtin or proxy. With an
+        idle pooled connection at hand, the request goes out and the response head comes
+        back through callbacks, with no task and no future; the answer goes to
+        ``ex.respond``. Anything that must wait (a connect, a builtin, a retry) continues as
+        a coroutine via ``ex.spawn``. ``ex`` is the server's ``Exchange`` when nothing wraps
+        the router, a ``CallReply`` when a layer awaits it (``call``)."""
         respond = ex.respond
         spawn = ex.spawn
         found = self.router.match(req.path, req.host or None)
@@ -112,16 +107,18 @@ class RouterService(Stateful):
             return
         conn = self.pool.take_idle(up)
         if conn is None:
-            # counted from the pick: requests parsed before the task first runs see it
+            # counted from the pick: requests parsed before the task first runs see it; the
+            # hold ends with the coroutine, also when it is cancelled before it ever runs
             hold = ConnectHold(up)
-            spawn(self._proxy(route, req, ctx, first=up, hold=hold)).add_done_callback(
-                hold.release)  # also when the task is cancelled before it ever runs
+            spawn(self._proxy(route, req, ctx, first=up, hold=hold), hold.release)
             return
         ctx.upstream = up.label
+        ex.upstream = conn
         head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
                             preserve_host=self.preserve_host, via=self.via)
 
         def on_head(resp: Response | None, exc: BaseException | None) -> None:
+            ex.upstream = None
             if exc is None:
                 if resp.status == 101:
                     if req.upgrade:
@@ -139,13 +136,16 @@ class RouterService(Stateful):
                                         request_id=ctx.request_id)
             respond(_error_response(exc) if isinstance(exc, UpstreamError) else text_response(502))
 
-        # lend_body: respond() is done with the body when it returns (Exchange.respond)
+        # lend_body: the server's respond() is done with the body when it returns
+        # (Exchange.respond); a layer keeps the response, so it gets a copy (CallReply)
         conn.send(req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head,
-                  lend_body=True)
+                  lend_body=ex.lends)
 
     async def _proxy(self, route: RouteHandler, req: Request, ctx: Any, first: Any = None,
                      retry: bool = False, hold: ConnectHold | None = None) -> Response:
-        """``first``: the upstream the fast path picked, with ``hold`` counting it."""
+        """The rest of a request that has to wait: a connect (``first``, the upstream
+        ``serve`` picked, with ``hold`` counting it) or a retry on a fresh connection after
+        a stale keep-alive one failed (``retry``)."""
         balancer = route.balancer
         pool = self.pool
         tried: set[int] | None = None

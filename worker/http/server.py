@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from monolake.worker.http.exchange import entry_point
 from monolake.worker.http.parser import HeadLimits, resolve_parser
 from monolake.worker.http.pool import UpstreamPool
 from monolake.worker.http.protocol import HttpServerProtocol
@@ -38,6 +39,7 @@ class ServerRuntime:
         self.env = env
         self.slot = env.slot
         self.stack = stack
+        self.serve = entry_point(stack.entry)
         self.stats = stats
         self.pool = pool
         self.log = env.logger.bind(server=name) if env.logger is not None else structlog.get_logger()
