@@ -103,6 +103,7 @@ class Setup:
         self.conn = UpstreamConnection(self.handle.pool, up)
         self.upstream = FakeTransport(("127.0.0.1", 2))
         self.conn.connection_made(self.upstream)
+        self.handle.pool.busy.add(self.conn)  # as if checked out: release() refuses a stranger
         self.handle.pool.release(self.conn)
 
     def run(self, n: int) -> float:
