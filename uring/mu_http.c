@@ -668,6 +668,13 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
                 return fail(P, "conflicting Content-Length");
             clen = x;
         } else if (n.n == 17 && ieq(n.p, 17, "transfer-encoding")) {
+            /* as for requests: exactly "chunked", once. Anything else (gzip, "gzip, chunked")
+             * would reach the client without its coding once the hop-by-hop header is
+             * dropped: refused, never decoded halfway */
+            if (te)
+                return fail(P, "duplicate Transfer-Encoding");
+            if (!ieq(v.p, v.n, "chunked"))
+                return fail(P, "unsupported Transfer-Encoding");
             te = 1;
         } else if (n.n == 10 && ieq(n.p, 10, "connection")) {
             conn_bits |= connection_tokens(v.p, v.n);
@@ -953,14 +960,17 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
                         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
                 if (x < 0)
                     break;
-                if (i == 15) {
+                if (size > 0xFFFFFFFFFFFFFFLL) {  /* a 16th significant digit: over 2^60 */
                     fail(P, "chunk size too large");
                     return NULL;
                 }
                 size = size * 16 + x;
                 i++;
             }
-            if (i == 0 || (i < ln && p[i] != ';' && p[i] != ' ' && p[i] != '\t')) {
+            Py_ssize_t e = i;  /* BWS is allowed only before a chunk extension (RFC 9112 7.1.1) */
+            while (e < ln && (p[e] == ' ' || p[e] == '\t'))
+                e++;
+            if (i == 0 || (e < ln && p[e] != ';') || (e == ln && e > i)) {
                 fail(P, "invalid chunk size");
                 return NULL;
             }

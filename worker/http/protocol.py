@@ -340,6 +340,9 @@ class HttpServerProtocol(asyncio.Protocol):
             raise ParseError("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp keeps the trailing whitespace of a value; it is not part of it (RFC 9110
+        # §5.5), and the native parser and h11 drop it
+        value = value.rstrip(b" \t")
         self._head_size = self._rt.head_limits.field(name, value, self._head_size,
                                                      len(self._headers))
         self._headers.append((name.lower(), value))
