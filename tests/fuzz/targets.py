@@ -27,7 +27,7 @@ import httptools
 from monolake.worker.http import parser as hp
 from monolake.worker.http.client import UpstreamConnection
 from monolake.worker.http.parser import HeadLimits, ParseError, UpgradeRequested
-from monolake.worker.http.protocol import HttpServerProtocol
+from monolake.worker.http.protocol import HttpServerProtocol, _split_absolute
 
 # large enough that the limits never decide a fuzz input (they are tested at their edges in
 # tests/http/test_head_limits.py); what is compared here is the grammar
@@ -100,8 +100,9 @@ def _head_checks(method: str, target: str, version: str, host: bytes | None) -> 
     if method == "CONNECT":
         raise ParseError("CONNECT is not supported", 405)
     low = target[:8].lower()
-    if not (target[:1] == "/" or low[:7] == "http://" or low == "https://"
-            or (target == "*" and method == "OPTIONS")):
+    if low[:7] == "http://" or low == "https://":
+        _split_absolute(target)  # the protocol's own check of the authority
+    elif not (target[:1] == "/" or (target == "*" and method == "OPTIONS")):
         raise ParseError("invalid request target")
 
 
@@ -307,7 +308,7 @@ def _clean_reason(data: bytes) -> bytes:
     """``data`` with control characters dropped from its status lines."""
     lines = data.split(b"\n")
     for i, line in enumerate(lines):
-        if line.startswith(b"HTTP/"):
+        if line.lstrip(b"\r").startswith(b"HTTP/"):
             lines[i] = bytes(c for c in line if c >= 0x20 and c != 0x7F or c in b"\t\r")
     return b"\n".join(lines)
 
@@ -339,8 +340,8 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
         pos = nl + 2
         if size == 0:
             end = data.find(b"\r\n\r\n", pos - 2)
-            if trailers and end >= 0:
-                pos = end + 4
+            if trailers:  # an unfinished trailer section is dropped and ended too
+                pos = end + 4 if end >= 0 else len(data)
                 out.append(b"\r\n")
             break
         out.append(data[pos:pos + size + 2])
@@ -381,6 +382,11 @@ def _one_content_length(data: bytes) -> bytes:
     return b"\r\n".join(out)
 
 
+def _version_11(data: bytes) -> bytes:
+    """``data`` with the versions of its request lines made 1.1."""
+    return re.sub(rb"(?m)( HTTP/)[0-9]\.[0-9](\r?)$", rb"\g<1>1.1\2", data)
+
+
 # The documented strictness choices (docs/http.md, "Where native and llhttp differ"): the name,
 # the kinds it concerns, and a rewrite of the input after which it no longer applies.
 KNOWN: list[tuple[str, tuple[str, ...], Callable[[bytes], bytes]]] = [
@@ -390,6 +396,10 @@ KNOWN: list[tuple[str, tuple[str, ...], Callable[[bytes], bytes]]] = [
     # responses: native takes a Content-Length repeated with the same value (RFC 9110 §8.6
     # allows it; nginx too); llhttp refuses any second one (requests: both refuse)
     ("response-repeated-content-length", ("response",), _one_content_length),
+    # a head with two faults, one of them its version: native checks the fields as it reads
+    # them (a bad Transfer-Encoding: 400), the protocol the version after (505); on the
+    # httptools path the protocol's version check runs first
+    ("two-faults-version", ("request",), _version_11),
     # request lines: native wants exactly one SP between its parts (RFC 9112 §3); llhttp
     # takes runs of them
     ("request-line-spaces", ("request",), _single_spaces),

@@ -90,3 +90,20 @@ def test_native_refuses_a_response_coding_other_than_chunked(coding: bytes) -> N
     data = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n2\r\nok\r\n0\r\n\r\n"
     out = targets.run_native_response(data, [])
     assert out.end == "error" and "Transfer-Encoding" in out.detail, out
+
+
+@pytest.mark.parametrize("target, ok", [
+    ("http://h:1/x", True), ("http://[::1]:8080/", True), ("https://a.b-c_d~e/", True),
+    ("http://h:<<2/x", False), ("http://h\"x/", False), ("http://u@h/", False),
+    ("http:///x", False),
+])
+def test_absolute_target_authority(target: str, ok: bool) -> None:
+    """The authority of an absolute target becomes the Host sent upstream: it was taken with
+    any character the request line allows (the native path; llhttp refuses such URLs)."""
+    from monolake.worker.http.protocol import _split_absolute
+
+    if ok:
+        _split_absolute(target)
+    else:
+        with pytest.raises(hp.ParseError, match="authority"):
+            _split_absolute(target)

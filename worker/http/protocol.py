@@ -12,6 +12,7 @@ Requests are answered strictly in order: heads parsed while a response is still 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from time import monotonic as _now
 from collections import deque
@@ -92,6 +93,9 @@ class Exchange:
         return self.proto._spawn(self, coro)
 
 
+_AUTHORITY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]+")
+
+
 def _split_absolute(target: str) -> tuple[str, str, str]:
     """``http://authority/path?query`` -> (authority, path, query); 400 without an authority
     (or with userinfo, which RFC 9110 §4.2.4 forbids in http URIs)."""
@@ -102,7 +106,9 @@ def _split_absolute(target: str) -> tuple[str, str, str]:
         if 0 <= i < end:
             end = i
     authority = rest[:end]
-    if not authority or "@" in authority:
+    # the authority becomes the Host sent upstream: RFC 3986 characters only (reg-name,
+    # IP-literal, port), as llhttp checks them; no userinfo (RFC 9110 §4.2.4 forbids it)
+    if not _AUTHORITY.fullmatch(authority) or "@" in authority:
         raise ParseError("invalid authority in the request target")
     path_q = rest[end:].partition("#")[0]
     path, _, query = path_q.partition("?")
