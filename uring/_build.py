@@ -1,89 +1,120 @@
-"""Build the cffi API-mode extension ``monolake.uring._uring`` over liburing.
+"""Build the two cffi API-mode extensions: ``monolake.uring._uring`` (io_uring, over liburing)
+and ``monolake.uring._codec`` (the native HTTP/1.1 parsers, CPython only).
 
 Why API mode and a C shim (``mu_ring.c``) rather than a 1:1 binding: Python never touches an SQE
 or a CQE; one ``mu_run`` per loop iteration submits, waits and reaps a whole batch, which is what
-made io_uring beat epoll in the probe. ``setup.py`` calls :func:`extensions`; the extension is
-optional so a machine without liburing headers still installs (and falls back to epoll).
-Run this file directly to build the module in place for development.
+made io_uring beat epoll in the probe.
+
+Why two extensions: the HTTP codec needs no liburing, and the epoll runtime uses it too, so it
+must not disappear with liburing's headers (or with an io_uring the kernel refuses). Each C unit
+is its own translation unit with its own header; the cffi declarations are read from the
+headers' ``cdef-begin`` / ``cdef-end`` sections (:func:`cdef_from_header`), so the C compiler
+checks the same prototypes cffi binds. Units are compiled with ``-Wall -Wextra -Werror``.
+
+``setup.py`` calls :func:`extensions`; both are optional so a machine without a compiler still
+installs (the workers then log why io_uring is off and the parser falls back to httptools).
+Environment knobs:
+  MONOLAKE_NO_LIBURING=1        build as if liburing's headers were missing (codec only)
+  MONOLAKE_URING_SHARED=1       link liburing.so instead of liburing.a
+  MONOLAKE_NO_WERROR=1          warnings stay warnings (a newer compiler than CI's)
+  MONOLAKE_REQUIRE_EXTENSIONS=1 a failed extension build fails the install (CI sets it)
+Run this file directly to build both modules in place for development.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODULE = "monolake.uring._uring"
-GENERATED = os.path.join(HERE, "_monolake_uring.c")  # git-ignored
-SOURCES = ("mu_ring.c", "mu_fast.c", "mu_http.c")  # the liburing shim, the CPython fast-path
-# glue, the native HTTP/1.1 parsers
+ROOT = os.path.dirname(HERE)
 
-CDEF = """
-typedef struct mu_ring mu_ring;
-typedef struct {
-    int64_t pending;
-    int64_t notify_below;
-    int64_t error;
-    ...;
-} mu_conn;
+WARNINGS = ["-Wall", "-Wextra"]
 
-#define MU_EV_RECV 1
-#define MU_EV_SENDERR 2
-#define MU_EV_DRAIN 3
-#define MU_EV_QUIESCED 4
 
-#define POLLIN ...
-#define POLLOUT ...
-#define POLLERR ...
-#define POLLHUP ...
-#define POLLRDHUP ...
+@dataclass(frozen=True)
+class Unit:
+    """One extension: its module, the headers cffi reads, the C units it compiles."""
 
-unsigned mu_flags_from_mask(unsigned mask);
-int mu_try_setup(unsigned entries, unsigned flags);
-mu_ring *mu_ring_new(unsigned entries, unsigned flags, unsigned nbufs, unsigned buf_size,
-                     int buf_inc, int *err);
-int mu_ring_buf_inc(mu_ring *r);
-int mu_pbuf_inc_supported(void);
-int64_t mu_ring_free(mu_ring *r, int timeout_ms);
-int mu_ring_set_option(mu_ring *r, int opt, int64_t value);
-#define MU_OPT_DIRECT_MIN 1
-#define MU_OPT_REG_RING_FD 2
-int mu_ring_eventfd(mu_ring *r);
-int mu_ring_fd(mu_ring *r);
-unsigned mu_ring_setup_flags(mu_ring *r);
-char *mu_arena(mu_ring *r);
-size_t mu_arena_size(mu_ring *r);
-int64_t mu_ring_inflight(mu_ring *r);
-int mu_wake(mu_ring *r);
+    module: str
+    headers: tuple[str, ...]
+    sources: tuple[str, ...]
+    liburing: bool
 
-int mu_run(mu_ring *r, int wait_nr, int64_t timeout_ns, int64_t *out, int max);
+    @property
+    def generated(self) -> str:
+        """cffi's generated module source (git-ignored)."""
+        return os.path.join(HERE, "_monolake_" + self.module.rsplit(".", 1)[1].lstrip("_") + ".c")
 
-int mu_nop(mu_ring *r, uint64_t ud);
-int mu_poll_add(mu_ring *r, int fd, unsigned mask, uint64_t ud);
-int mu_accept(mu_ring *r, int fd, uint64_t ud);
-int mu_poll_multishot(mu_ring *r, int fd, unsigned mask, uint64_t ud);
-int mu_accept_many(int fd, int *out, int max, int *err);
-int mu_cancel(mu_ring *r, uint64_t ud);
-int mu_cancel_fd(mu_ring *r, int fd);
-int mu_timeout(mu_ring *r, int64_t ns, uint64_t ud);
-int mu_close_fd(mu_ring *r, int fd, uint64_t ud);
-int mu_shutdown_fd(mu_ring *r, int fd, int how, uint64_t ud);
 
-mu_conn *mu_conn_new(mu_ring *r, int fd, uint64_t ud_base);
-int mu_conn_recv_start(mu_conn *c);
-int mu_conn_recv_stop(mu_conn *c);
-int64_t mu_conn_send(mu_conn *c, const char *data, size_t len);
-int64_t mu_conn_send2(mu_conn *c, const char *a, size_t alen, const char *b, size_t blen);
-int mu_conn_shutdown(mu_conn *c);
-int mu_conn_close(mu_conn *c, int abort);
-
-int mu_fast_install(void);
-int mu_http_install(void);
-"""
+URING = Unit("monolake.uring._uring", ("mu_ring.h", "mu_fast.h"),
+             ("mu_ring.c", "mu_fast.c", "mu_lend.c"), liburing=True)
+CODEC = Unit("monolake.uring._codec", ("mu_http.h",), ("mu_http.c", "mu_lend.c"), liburing=False)
+UNITS = (URING, CODEC)
 
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
             "/usr/local/lib", "/usr/local/lib64")
+
+_SECTION = re.compile(r"/\* cdef-begin \*/\n(.*?)/\* cdef-end \*/", re.S)
+_PRIVATE = re.compile(r"[ \t]*/\* private \{ \*/\n.*?/\* \} private \*/\n", re.S)
+_DIRECTIVE = re.compile(r"/\* cdef: (.*?) \*/")
+_COMMENT = re.compile(r"/\*.*?\*/", re.S)
+_INT_DEFINE = re.compile(r"#define\s+\w+\s+(0x[0-9a-fA-F]+|\d+)[uUlL]*\s*$")
+
+
+def cdef_from_header(text: str) -> str:
+    """The cffi declarations of a header: the text between ``/* cdef-begin */`` and
+    ``/* cdef-end */``, with three rewrites, because cffi's dialect is not quite C:
+    a ``/* private { */ ... /* } private */`` run of struct members becomes ``...;`` (cffi
+    learns the layout from the compiler); a ``/* cdef: TEXT */`` comment becomes TEXT (e.g.
+    ``#define POLLIN ...`` for a system constant); other comments and preprocessor lines are
+    dropped, except ``#define NAME <integer>``."""
+    sections = _SECTION.findall(text)
+    if not sections:
+        raise ValueError("no /* cdef-begin */ ... /* cdef-end */ section")
+    out: list[str] = []
+    for body in sections:
+        body = _PRIVATE.sub("    ...;\n", body)
+        body = _DIRECTIVE.sub(lambda m: "\n" + m.group(1) + "\n", body)
+        body = _COMMENT.sub("", body)
+        for line in body.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#") and not (_INT_DEFINE.match(stripped)
+                                                 or stripped.endswith("...")):
+                continue
+            if stripped:
+                out.append(line.rstrip())
+    return "\n".join(out) + "\n"
+
+
+def cdef(unit: Unit) -> str:
+    parts = []
+    for name in unit.headers:
+        with open(os.path.join(HERE, name)) as f:
+            parts.append(cdef_from_header(f.read()))
+    return "".join(parts)
+
+
+def _compiler() -> list[str]:
+    return (sysconfig.get_config_var("CC") or "cc").split()
+
+
+def has_liburing() -> bool:
+    """Can ``#include <liburing.h>`` be compiled here? (MONOLAKE_NO_LIBURING=1: pretend not.)"""
+    if os.environ.get("MONOLAKE_NO_LIBURING"):
+        return False
+    try:
+        r = subprocess.run([*_compiler(), "-E", "-x", "c", "-"], input="#include <liburing.h>\n",
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
 
 
 def static_liburing() -> str | None:
@@ -104,61 +135,87 @@ def static_liburing() -> str | None:
     return None
 
 
-def ffibuilder():  # type: ignore[no-untyped-def]
-    """The cffi builder: the C shim plus liburing, static when liburing.a exists."""
-    from cffi import FFI
-
-    ffi = FFI()
-    ffi.cdef(CDEF)
-    source = ""
-    for name in SOURCES:
-        with open(os.path.join(HERE, name)) as f:
-            source += f.read() + "\n"
-    ffi.set_source(MODULE, source, **link_kwargs())
-    return ffi
+def compile_args() -> list[str]:
+    """-O2 unless CFLAGS already picks a level (the sanitizer build uses -O1), the warnings,
+    and -Werror unless MONOLAKE_NO_WERROR is set."""
+    args = ["-std=gnu11", *WARNINGS]
+    if not re.search(r"(^|\s)-O", os.environ.get("CFLAGS", "")):
+        args.insert(0, "-O2")
+    if not os.environ.get("MONOLAKE_NO_WERROR"):
+        args.append("-Werror")
+    return args
 
 
-def link_kwargs() -> dict[str, list]:
-    # mu_fast.c uses the full CPython API (vectorcall, bytes internals): no limited API
-    kwargs: dict[str, list] = {"extra_compile_args": ["-O2", "-std=gnu11", "-Wno-unused-function"],
+def link_kwargs(unit: Unit) -> dict[str, list]:
+    # mu_fast.c and mu_http.c use the full CPython API (vectorcall, bytes internals): no
+    # limited API
+    kwargs: dict[str, list] = {"extra_compile_args": compile_args(),
                                "define_macros": [("_CFFI_NO_LIMITED_API", None)]}
-    static = static_liburing()
-    if static:
-        kwargs["extra_objects"] = [static]
-    else:
-        kwargs["libraries"] = ["uring"]
+    if unit.liburing:
+        static = static_liburing()
+        if static:
+            kwargs["extra_objects"] = [static]
+        else:
+            kwargs["libraries"] = ["uring"]
     return kwargs
 
 
+def ffibuilder(unit: Unit, sources: list[str]):  # type: ignore[no-untyped-def]
+    """The cffi builder of one extension; ``sources`` are the C units as the caller's build
+    wants them spelled (relative to the project root for setuptools, absolute in place)."""
+    from cffi import FFI
+
+    ffi = FFI()
+    ffi.cdef(cdef(unit))
+    preamble = "".join(f'#include "{h}"\n' for h in unit.headers)
+    ffi.set_source(unit.module, preamble, sources=sources, include_dirs=[HERE], **link_kwargs(unit))
+    return ffi
+
+
+def wanted_units() -> list[Unit]:
+    if has_liburing():
+        return list(UNITS)
+    sys.stderr.write("monolake: liburing headers not found (install liburing-dev): building "
+                     "the HTTP codec only; the workers will run on epoll\n")
+    return [CODEC]
+
+
 def extensions() -> list:
-    """setuptools Extensions for setup.py; optional, so a failed build only warns."""
+    """setuptools Extensions for setup.py; optional (unless MONOLAKE_REQUIRE_EXTENSIONS), so
+    a failed build only warns."""
     from setuptools import Extension
 
-    # setuptools wants source paths relative to setup.py's folder (the project root)
-    rel = os.path.relpath(GENERATED, os.path.dirname(HERE))
-    if not os.path.exists(os.path.join(HERE, "mu_ring.c")) and os.path.exists(GENERATED):
-        # an sdist without the shim source still carries the generated module source
-        return [Extension(MODULE, sources=[rel], optional=True, **link_kwargs())]
-    try:
-        ffi = ffibuilder()
-    except Exception as exc:  # noqa: BLE001 - no cffi at build time: nothing to build
-        sys.stderr.write(f"monolake: not building the io_uring extension: {exc}\n")
-        return []
-    ffi.emit_c_code(GENERATED)
-    return [Extension(MODULE, sources=[rel], optional=True, **link_kwargs())]
+    optional = not os.environ.get("MONOLAKE_REQUIRE_EXTENSIONS")
+    exts = []
+    for unit in wanted_units():
+        # setuptools wants paths relative to setup.py's folder (the project root)
+        sources = [os.path.relpath(os.path.join(HERE, s), ROOT) for s in unit.sources]
+        gen = os.path.relpath(unit.generated, ROOT)
+        kwargs = link_kwargs(unit)
+        try:
+            ffibuilder(unit, sources).emit_c_code(unit.generated)
+        except Exception as exc:  # noqa: BLE001 - no cffi at build time: nothing to build
+            sys.stderr.write(f"monolake: not building {unit.module}: {exc}\n")
+            continue
+        exts.append(Extension(unit.module, sources=[gen, *sources],
+                              include_dirs=[os.path.relpath(HERE, ROOT)], optional=optional,
+                              **kwargs))
+    return exts
+
+
+def build_in_place() -> None:
+    """Development: build the modules next to this file (monolake.uring._uring*.so, ...)."""
+    for unit in wanted_units():
+        builder = ffibuilder(unit, [os.path.join(HERE, s) for s in unit.sources])
+        with tempfile.TemporaryDirectory() as tmp:
+            target = builder.compile(tmpdir=tmp, verbose=True)
+            # a new file renamed into place: a running process keeps its mapping of the old
+            # one (copying over it in place changes the pages under the running server)
+            dest = os.path.join(HERE, os.path.basename(target))
+            shutil.copy(target, dest + ".new")
+            os.replace(dest + ".new", dest)
+            sys.stderr.write(f"{target} -> {dest}\n")
 
 
 if __name__ == "__main__":
-    # development: build the module next to this file (monolake.uring._uring*.so)
-    builder = ffibuilder()
-    target = builder.compile(tmpdir=os.path.join(HERE, "..", "build", "cffi-dev"), verbose=True)
-    import glob
-    import shutil
-
-    for so in glob.glob(os.path.join(os.path.dirname(target), "monolake", "uring", "_uring*.so")) or [target]:
-        # a new file renamed into place: a running process keeps its mapping of the old one
-        # (copying over it in place changes the pages under the running server and crashes it)
-        dest = os.path.join(HERE, os.path.basename(so))
-        shutil.copy(so, dest + ".new")
-        os.replace(dest + ".new", dest)
-        print(so, "->", dest)
+    build_in_place()

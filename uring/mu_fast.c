@@ -24,6 +24,10 @@
  */
 #include <Python.h>
 
+#include "mu_fast.h"
+#include "mu_lend.h"
+#include "mu_ring.h"
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -61,6 +65,10 @@ static PyObject *fw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     PyObject *addr, *slow, *after;
     long long high;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "FastWriter() takes no keyword arguments");
+        return NULL;
+    }
     if (!PyArg_ParseTuple(args, "OLOO", &addr, &high, &slow, &after))
         return NULL;
     void *p = PyLong_AsVoidPtr(addr);
@@ -101,7 +109,7 @@ static void fw_dealloc(FastWriter *w)
     Py_TYPE(w)->tp_free((PyObject *)w);
 }
 
-static PyObject *fw_detach(FastWriter *w, PyObject *unused)
+static PyObject *fw_detach(FastWriter *w, PyObject *Py_UNUSED(unused))
 {
     /* keep `slow` so a cached reference still reaches the transport's checks */
     w->conn = NULL;
@@ -109,9 +117,9 @@ static PyObject *fw_detach(FastWriter *w, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *fw_get_high(FastWriter *w, void *closure) { return PyLong_FromLongLong(w->high); }
+static PyObject *fw_get_high(FastWriter *w, void *Py_UNUSED(closure)) { return PyLong_FromLongLong(w->high); }
 
-static int fw_set_high(FastWriter *w, PyObject *value, void *closure)
+static int fw_set_high(FastWriter *w, PyObject *value, void *Py_UNUSED(closure))
 {
     if (value == NULL) {
         PyErr_SetString(PyExc_AttributeError, "cannot delete high");
@@ -124,7 +132,7 @@ static int fw_set_high(FastWriter *w, PyObject *value, void *closure)
     return 0;
 }
 
-static PyObject *fw_get_attached(FastWriter *w, void *closure)
+static PyObject *fw_get_attached(FastWriter *w, void *Py_UNUSED(closure))
 {
     return PyBool_FromLong(w->conn != NULL);
 }
@@ -166,44 +174,6 @@ static PyObject *fetch_exception(void)
     Py_XDECREF(type);
     Py_XDECREF(tb);
     return value;
-}
-
-/*
- * Lent memory: a memoryview of memory that is reused once the callee returns (the provided
- * receive buffers, a parser's input). Whoever kept a reference to it is left with a released
- * view (using it raises ValueError), never with bytes that changed under it. 0, or -1 with
- * BufferError set when the callee broke the contract: the view is still exported, or a view
- * derived from it (a slice, memoryview(view)) is alive, which cannot be revoked.
- */
-static int mu_lend_end(PyObject *view)
-{
-    static PyObject *s_release;
-    int rc = 0;
-    if (((PyMemoryViewObject *)view)->mbuf->exports > 1) {
-        PyObject *et, *ev, *etb;
-        PyErr_Fetch(&et, &ev, &etb);
-        if (et == NULL)
-            PyErr_SetString(PyExc_BufferError, "a memoryview lent for a call was kept after it");
-        else
-            PyErr_Restore(et, ev, etb);
-        rc = -1;
-    }
-    if (Py_REFCNT(view) > 1) {
-        PyObject *et, *ev, *etb;  /* the callee's own exception, if any, is the one reported */
-        PyErr_Fetch(&et, &ev, &etb);
-        if (s_release == NULL && (s_release = PyUnicode_InternFromString("release")) == NULL)
-            rc = -1;
-        PyObject *r = rc == 0 ? PyObject_CallMethodNoArgs(view, s_release) : NULL;
-        if (r == NULL)
-            rc = -1;
-        Py_XDECREF(r);
-        if (et != NULL) {
-            PyErr_Clear();
-            PyErr_Restore(et, ev, etb);
-        }
-    }
-    Py_DECREF(view);
-    return rc;
 }
 
 /* reader(data): data is a new bytes object, or a view lent for the call when the readers entry
@@ -298,7 +268,7 @@ static int dispatch_events(const int64_t *out, Py_ssize_t n, const char *arena, 
     return 0;
 }
 
-static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *fast_dispatch(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 6) {
         PyErr_SetString(PyExc_TypeError, "dispatch() takes 6 arguments");
@@ -323,7 +293,7 @@ static PyObject *fast_dispatch(PyObject *module, PyObject *const *args, Py_ssize
  * One loop iteration's I/O in one call: mu_run (the GIL released only when it may sleep), then
  * the dispatch walk. Returns the number of events (already dispatched); OSError on a ring error.
  */
-static PyObject *fast_run(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *fast_run(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 9) {
         PyErr_SetString(PyExc_TypeError, "run() takes 9 arguments");

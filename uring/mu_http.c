@@ -1,7 +1,7 @@
 /*
  * monolake native HTTP/1.1 parsers, published as ``monolake.uring._http`` by mu_http_install()
- * (compiled into the same module as the io_uring shim; used by monolake.worker.http.parser as
- * the ``native`` parser, on either event loop).
+ * (compiled into their own extension, monolake.uring._codec, which needs no liburing; used by
+ * monolake.worker.http.parser as the ``native`` parser, on either event loop).
  *
  * Why: with httptools a proxied request costs about five Python callbacks on the client side
  * and one per header on the upstream side, and the protocol then walks the header list again in
@@ -44,6 +44,9 @@
 #include <Python.h>
 #include <structmember.h>
 #include <string.h>
+
+#include "mu_http.h"
+#include "mu_lend.h"
 
 static PyObject *ParseErrorType = NULL;
 static PyObject *UpgradeType = NULL;
@@ -665,6 +668,13 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
                 return fail(P, "conflicting Content-Length");
             clen = x;
         } else if (n.n == 17 && ieq(n.p, 17, "transfer-encoding")) {
+            /* as for requests: exactly "chunked", once. Anything else (gzip, "gzip, chunked")
+             * would reach the client without its coding once the hop-by-hop header is
+             * dropped: refused, never decoded halfway */
+            if (te)
+                return fail(P, "duplicate Transfer-Encoding");
+            if (!ieq(v.p, v.n, "chunked"))
+                return fail(P, "unsupported Transfer-Encoding");
             te = 1;
         } else if (n.n == 10 && ieq(n.p, 10, "connection")) {
             conn_bits |= connection_tokens(v.p, v.n);
@@ -950,14 +960,17 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
                         : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
                 if (x < 0)
                     break;
-                if (i == 15) {
+                if (size > 0xFFFFFFFFFFFFFFLL) {  /* a 16th significant digit: over 2^60 */
                     fail(P, "chunk size too large");
                     return NULL;
                 }
                 size = size * 16 + x;
                 i++;
             }
-            if (i == 0 || (i < ln && p[i] != ';' && p[i] != ' ' && p[i] != '\t')) {
+            Py_ssize_t e = i;  /* BWS is allowed only before a chunk extension (RFC 9112 7.1.1) */
+            while (e < ln && (p[e] == ' ' || p[e] == '\t'))
+                e++;
+            if (i == 0 || (e < ln && p[e] != ';') || (e == ln && e > i)) {
                 fail(P, "invalid chunk size");
                 return NULL;
             }
@@ -1136,10 +1149,13 @@ static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
 
 static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"proto", "max_head", "max_uri", "max_line", "max_fields", NULL};
     PyObject *proto;
     Py_ssize_t max_head, max_uri, max_line = 8192;
     int max_fields = 100;
-    if (!PyArg_ParseTuple(args, "Onn|ni", &proto, &max_head, &max_uri, &max_line, &max_fields))
+    /* keywords as the docstring spells them (they used to be dropped without a word) */
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onn|ni", kwlist, &proto, &max_head, &max_uri,
+                                     &max_line, &max_fields))
         return NULL;
     if (max_fields < 1 || max_fields > MAX_HEADERS) {
         PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
@@ -1157,11 +1173,13 @@ static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
+    static char *kwlist[] = {"proto", "head_request", "collect_max", "lend", "max_head",
+                             "max_line", "max_fields", NULL};
     PyObject *proto;
     int head_request, lend = 0, max_fields = 100;
     Py_ssize_t collect_max = 0, max_head = 65536, max_line = 8192;
-    if (!PyArg_ParseTuple(args, "Op|npnni", &proto, &head_request, &collect_max, &lend,
-                          &max_head, &max_line, &max_fields))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|npnni", kwlist, &proto, &head_request,
+                                     &collect_max, &lend, &max_head, &max_line, &max_fields))
         return NULL;
     if (max_fields < 1 || max_fields > MAX_HEADERS) {
         PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
@@ -1237,7 +1255,7 @@ static PyTypeObject ResponseParser_Type = {
     PARSER_TYPE_SLOTS,
 };
 
-static PyObject *http_configure(PyObject *module, PyObject *args)
+static PyObject *http_configure(PyObject *Py_UNUSED(module), PyObject *args)
 {
     PyObject *perr, *upg;
     if (!PyArg_ParseTuple(args, "OO", &perr, &upg))
@@ -1279,7 +1297,7 @@ static int name_in(PyObject *k, PyObject *names)
     return 0;
 }
 
-static PyObject *http_split_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *http_split_headers(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyList_Check(args[0]) || !PyTuple_Check(args[1])) {
         PyErr_SetString(PyExc_TypeError, "split_headers(list, tuple)");
@@ -1441,7 +1459,7 @@ static PyObject *latin1(PyObject *s)
     return PyUnicode_AsLatin1String(s);
 }
 
-static PyObject *http_forward_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+static PyObject *http_forward_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 10 || !PyList_Check(args[2]) || !PyBytes_Check(args[5]) ||
         !PyBytes_Check(args[6]) || !PyBytes_Check(args[7]) || !PyBytes_Check(args[9]) ||
@@ -1598,6 +1616,7 @@ static PyMethodDef http_methods[] = {
 static struct PyModuleDef http_module = {
     PyModuleDef_HEAD_INIT, "monolake.uring._http",
     "Native HTTP/1.1 request and response parsers (see mu_http.c).", -1, http_methods,
+    NULL, NULL, NULL, NULL,
 };
 
 static int http_install(void)

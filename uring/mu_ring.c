@@ -41,50 +41,21 @@
 #include <unistd.h>
 #include <liburing.h>
 
+#include "mu_ring.h"
+
 #define MU_INTERNAL (1ULL << 63)
 
-/* mu_ring_set_option keys */
-#define MU_OPT_DIRECT_MIN 1
-#define MU_OPT_REG_RING_FD 2
-#define MU_IOV 16
 
 /* internal kinds (low 4 bits of an internal user_data) */
 enum { CK_IGNORE = 1, CK_WAKE = 2, CK_RECV = 3, CK_SEND = 4, CK_QUIESCE = 5 };
 
-/* kinds of the events reported to Python for a conn (low 8 bits of the Python user_data) */
-#define MU_EV_RECV 1
-#define MU_EV_SENDERR 2
-#define MU_EV_DRAIN 3
-#define MU_EV_QUIESCED 4
-
+/* one queued write of a conn (mu_conn.head / tail) */
 typedef struct mu_sbuf {
     struct mu_sbuf *next;
     size_t len;
     size_t off;
     char data[];
 } mu_sbuf;
-
-struct mu_ring;
-
-typedef struct mu_conn {
-    /* read by Python */
-    int64_t pending;      /* bytes accepted by mu_conn_send and not yet sent */
-    int64_t notify_below; /* >= 0: report MU_EV_DRAIN once pending <= this */
-    int64_t error;        /* first send error (positive errno), 0 if none */
-    /* private */
-    struct mu_ring *ring;
-    int fd;
-    uint64_t ud_base; /* Python's token << 8 */
-    uint32_t slot;
-    uint32_t gen;
-    mu_sbuf *head, *tail;
-    struct iovec iov[MU_IOV];
-    struct msghdr msg;
-    int inflight; /* SQEs referencing this conn, completion not yet seen */
-    unsigned send_inflight : 1, recv_armed : 1, recv_want : 1, recv_cancelling : 1,
-        shut_req : 1, shut_done : 1, closing : 1, aborting : 1, send_cancelling : 1,
-        quiesce_posted : 1;
-} mu_conn;
 
 /* writes at least this large on an idle conn try a direct send() first (see mu_conn_send) */
 #ifndef MU_DIRECT_SEND
@@ -98,7 +69,7 @@ typedef struct mu_conn {
 #define IORING_CQE_F_BUF_MORE (1U << 4) /* incremental buffer: the kernel keeps filling it */
 #endif
 
-typedef struct mu_ring {
+struct mu_ring {
     struct io_uring ring;
     unsigned setup_flags;
     /* tunables (mu_ring_set_option) */
@@ -130,7 +101,7 @@ typedef struct mu_ring {
     uint32_t *free_slots;
     uint32_t nfree;
     uint32_t gen_counter;
-} mu_ring;
+};
 
 static uint64_t conn_ud(mu_conn *c, unsigned kind)
 {

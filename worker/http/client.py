@@ -369,13 +369,16 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._headers = []
         self._head_size = 0
+        self._reason = b""
 
     def on_status(self, reason: bytes) -> None:
-        self._reason = reason
+        # llhttp calls this once per piece of the reason phrase a read holds
+        self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._finished:
             return  # a stray message: on_message_begin has poisoned the connection
+        value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (see the server's)
         self._head_size = self.pool.head_limits.field(name, value, self._head_size,
                                                       len(self._headers))
         self._headers.append((name.lower(), value))

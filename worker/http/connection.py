@@ -16,6 +16,7 @@ Both are driven by ``HttpServerProtocol`` (protocol.py) and tested with plain by
 
 from __future__ import annotations
 
+import re
 from time import monotonic
 from typing import Any, Callable, Protocol
 
@@ -84,6 +85,9 @@ def _status_line(status: int, reason: bytes) -> bytes:
     return line
 
 
+_AUTHORITY = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:\[\]%]+")
+
+
 def _split_absolute(target: str) -> tuple[str, str, str]:
     """``http://authority/path?query`` -> (authority, path, query); 400 without an authority
     (or with userinfo, which RFC 9110 §4.2.4 forbids in http URIs)."""
@@ -94,7 +98,9 @@ def _split_absolute(target: str) -> tuple[str, str, str]:
         if 0 <= i < end:
             end = i
     authority = rest[:end]
-    if not authority or "@" in authority:
+    # the authority becomes the Host sent upstream: RFC 3986 characters only (reg-name,
+    # IP-literal, port), as llhttp checks them; no userinfo (RFC 9110 §4.2.4 forbids it)
+    if not _AUTHORITY.fullmatch(authority) or "@" in authority:
         raise ParseError("invalid authority in the request target")
     path_q = rest[end:].partition("#")[0]
     path, _, query = path_q.partition("?")
@@ -328,6 +334,9 @@ class RequestReader:
             raise ParseError("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp keeps the trailing whitespace of a value; it is not part of it (RFC 9110
+        # §5.5), and the native parser and h11 drop it
+        value = value.rstrip(b" \t")
         self._head_size = self.settings.head_limits.field(name, value, self._head_size,
                                                           len(self._headers))
         self._headers.append((name.lower(), value))

@@ -1,7 +1,7 @@
 """HTTP/1.x parser adapters: native (C, the default), httptools (llhttp) and h11.
 
-The native parsers (``monolake.uring._http``, compiled with the io_uring extension: see
-uring/mu_http.c) parse a whole head in C and call the protocol once per head
+The native parsers (``monolake.uring._http``, from the ``monolake.uring._codec`` extension,
+which needs no liburing and serves every event loop: see uring/mu_http.c) parse a whole head in C and call the protocol once per head
 (``on_request_head`` / ``on_response``), then ``on_body`` and ``on_message_complete``.
 httptools and h11 use httptools' callback API (``on_url``, ``on_header``,
 ``on_headers_complete``, ...; ``H11RequestParser`` / ``H11ResponseParser`` replay h11's events
@@ -87,9 +87,10 @@ class HeadLimits:
 
 
 def _load_native() -> Any:
-    """monolake.uring._http, or None where the extension was not built."""
+    """monolake.uring._http, or None where the codec extension was not built (no C compiler
+    at install time). Independent of the io_uring extension: see uring/_build.py."""
     try:
-        from monolake.uring._uring import lib  # type: ignore[attr-defined]
+        from monolake.uring._codec import lib  # type: ignore[attr-defined]
 
         if lib.mu_http_install() != 0:
             return None
@@ -120,8 +121,8 @@ def resolve_parser(kind: str) -> str:
     if kind == "auto":
         return "native" if native is not None else "httptools" if httptools is not None else "h11"
     if kind == "native" and native is None:
-        raise ValueError("http_parser = 'native' but the monolake extension is not built "
-                         "(install liburing-dev and reinstall)")
+        raise ValueError("http_parser = 'native' but the monolake.uring._codec extension is "
+                         "not built (install a C compiler and python3-dev, then reinstall)")
     if kind == "httptools" and httptools is None:
         raise ValueError("http_parser = 'httptools' but httptools is not installed")
     if kind not in PARSERS:
