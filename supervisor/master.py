@@ -29,6 +29,11 @@ from monolake.supervisor.workers import (
 log = structlog.get_logger()
 
 COVER_AFTER = 0.5  # a slot whose respawn is this far away gets covered by a healthy worker
+# a ready worker's event loop reads its control channel whenever it runs: one that leaves it
+# full for this many heartbeat intervals (one more than `unresponsive` takes) is hung
+SEND_DEADLINE_BEATS = 4
+SEND_DEADLINE_MIN = 2.0
+DUMP_GRACE = 2.0  # seconds between SIGABRT (stack dump) and SIGKILL for a hung worker
 
 
 def allowed_cpus() -> list[int]:
@@ -110,7 +115,9 @@ class Master:
         generation = generation or self.state.generation
         config = config or self.config
         hello, fds = self.hello(slot, generation, config, accept)
-        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_message)
+        # until it is ready a worker may take reload_timeout to start reading (imports)
+        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_message,
+                              self._on_channel_stuck, config.supervisor.reload_timeout)
         self._by_pid[worker.pid] = worker
         log.info("worker spawned", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
                  generation=generation)
@@ -157,6 +164,8 @@ class Master:
             return
         if kind == "ready":
             worker.last_heartbeat = time.monotonic()  # alive now: its heartbeats start here
+            if worker.outbox is not None:
+                worker.outbox.deadline = self.send_deadline()
             worker.runtime = str(message.get("runtime", ""))
             if worker.state == STARTING:
                 worker.state = READY
@@ -353,12 +362,30 @@ class Master:
                 if worker.state not in (READY, DRAINING):
                     continue
                 if now - worker.last_heartbeat > sup.heartbeat_timeout:
-                    log.error("worker heartbeat missed; dumping its stacks and killing it",
-                              slot=worker.slot, pid=worker.pid,
-                              silent_for=round(now - worker.last_heartbeat, 2))
-                    worker.last_heartbeat = now + 3600  # one dump per worker
-                    worker.signal(signal.SIGABRT)  # faulthandler writes every thread's stack
-                    asyncio.get_running_loop().call_later(2.0, kill_hard, worker)
+                    self.declare_hung(worker, "worker heartbeat missed",
+                                      silent_for=round(now - worker.last_heartbeat, 2))
+
+    def send_deadline(self) -> float:
+        """How long a ready worker may leave its control channel full (``channel.Outbox``)."""
+        sup = self.config.supervisor
+        return min(sup.heartbeat_timeout,
+                   max(SEND_DEADLINE_MIN, SEND_DEADLINE_BEATS * sup.heartbeat_interval))
+
+    def _on_channel_stuck(self, worker: WorkerProc, reason: str) -> None:
+        """The worker does not read what the master sends it: hung, like a silent one."""
+        self.declare_hung(worker, "worker does not drain its control channel", reason=reason)
+
+    def declare_hung(self, worker: WorkerProc, why: str, **fields: Any) -> None:
+        """The one path for a hung worker: dump its stacks (SIGABRT: faulthandler writes every
+        thread's), SIGKILL it ``DUMP_GRACE`` s later; its exit is then handled like any other
+        (a slot's worker is respawned). Never waits on it."""
+        if worker.hung or worker.state == EXITED:
+            return
+        worker.hung = True
+        log.error(f"{why}; dumping its stacks and killing it", slot=worker.slot, pid=worker.pid,
+                  generation=worker.generation, **fields)
+        worker.signal(signal.SIGABRT)
+        asyncio.get_running_loop().call_later(DUMP_GRACE, kill_hard, worker)
 
     def live_workers(self) -> list[WorkerProc]:
         workers = [s.worker for s in self.slots if s.worker is not None and s.worker.state != EXITED]

@@ -57,6 +57,8 @@ class WorkerProc:
     ready: asyncio.Future | None = None
     replies: dict[str, asyncio.Future] = field(default_factory=dict)
     exited: asyncio.Future | None = None
+    outbox: channel.Outbox | None = None  # every send goes through it: never blocks the master
+    hung: bool = False  # declared hung (watchdog or outbox): being dumped and killed
     fail_reason: str = ""
     _ps: psutil.Process | None = None
     _last_rate: tuple[float, int] | None = None
@@ -66,12 +68,14 @@ class WorkerProc:
         return self.proc.pid
 
     def send(self, message: dict[str, Any], fds: list[int] = ()) -> bool:
-        try:
-            channel.send(self.control, message, list(fds))
+        """Write or queue ``message`` without blocking (``channel.Outbox``); False if it will
+        not be delivered. The caller keeps its fds either way."""
+        if self.outbox is not None and self.outbox.send(message, list(fds)):
             return True
-        except OSError as exc:
-            log.warning("cannot reach worker", slot=self.slot, pid=self.pid, error=str(exc))
-            return False
+        log.warning("cannot reach worker", slot=self.slot, pid=self.pid,
+                    type=message.get("type"),
+                    why="stuck" if self.outbox is not None and self.outbox.stuck else "gone")
+        return False
 
     def expect(self, kind: str) -> asyncio.Future:
         """A future resolved by the next message of ``kind`` from this worker."""
@@ -153,8 +157,11 @@ class Slot:
 
 
 def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[int],
-                 on_message: Callable[[WorkerProc], None]) -> WorkerProc:
-    """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds."""
+                 on_message: Callable[[WorkerProc], None],
+                 on_stuck: Callable[[WorkerProc, str], None], send_deadline: float
+                 ) -> WorkerProc:
+    """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds.
+    ``on_stuck(worker, reason)``: its control channel did not drain within ``send_deadline``."""
     master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
@@ -171,12 +178,17 @@ def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[i
     worker.ready = loop.create_future()
     worker.exited = loop.create_future()
     master_end.setblocking(False)
+    worker.outbox = channel.Outbox(master_end, send_deadline,
+                                   lambda reason: on_stuck(worker, reason))
     worker.send(hello, fds)
     loop.add_reader(master_end.fileno(), on_message, worker)
     return worker
 
 
 def stop_reading(worker: WorkerProc) -> None:
+    """Drop the worker's control channel: queued sends, the reader, the socket."""
+    if worker.outbox is not None:
+        worker.outbox.close()
     loop = asyncio.get_running_loop()
     try:
         loop.remove_reader(worker.control.fileno())
@@ -187,6 +199,8 @@ def stop_reading(worker: WorkerProc) -> None:
 
 
 def kill_hard(worker: WorkerProc) -> None:
+    if worker.proc.returncode is not None:
+        return  # reaped: the pid may belong to another process by now
     worker.signal(signal.SIGKILL)
     try:
         os.kill(worker.pid, signal.SIGCONT)  # a SIGSTOPped process must run to die
