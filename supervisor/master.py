@@ -23,8 +23,8 @@ from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer
 from monolake.supervisor.listeners import Listeners
 from monolake.supervisor.workers import (
-    DRAINING, EXITED, FLAPPING, READY, STARTING, STOPPING, UNRESPONSIVE, Slot, WorkerProc,
-    kill_hard, spawn_worker, stop_reading)
+    DRAINING, EXITED, FLAPPING, PREPARED, READY, STARTING, STOPPING, UNRESPONSIVE, Slot,
+    WorkerProc, kill_hard, spawn_worker, stop_reading)
 
 log = structlog.get_logger()
 
@@ -93,6 +93,8 @@ class Master:
         self.inherited = activation.inherited_sockets()
         self.stopping = False
         self._stopped: asyncio.Future[int] | None = None
+        # every child this master started and has not reaped yet: the one list of children
+        # (status, stop and the watchdog read it), so none can be lost track of
         self._by_pid: dict[int, WorkerProc] = {}
         self.reloader: Any = None
 
@@ -112,6 +114,9 @@ class Master:
 
     def spawn(self, slot: Slot, generation: int | None = None, config: Any = None,
               accept: bool = True) -> WorkerProc:
+        """Start a worker; it is tracked (``_by_pid``) from the moment it exists."""
+        if self.stopping:
+            raise RuntimeError("the master is stopping: no new workers")
         generation = generation or self.state.generation
         config = config or self.config
         hello, fds = self.hello(slot, generation, config, accept)
@@ -127,8 +132,38 @@ class Master:
         slot.respawn = None
         if self.stopping:
             return
-        slot.worker = self.spawn(slot)
-        asyncio.get_running_loop().create_task(self._watch_start(slot.worker))
+        try:
+            worker = self.spawn(slot)
+        except (OSError, RuntimeError) as exc:
+            log.error("cannot start a worker; retrying", slot=slot.index, error=str(exc))
+            slot.respawn = asyncio.get_running_loop().call_later(
+                self.config.supervisor.respawn_backoff_max, self.start_slot, slot)
+            return
+        self.assign(slot, worker)
+        asyncio.get_running_loop().create_task(self._watch_start(worker))
+
+    def assign(self, slot: Slot, worker: WorkerProc) -> None:
+        """Make ``worker`` the one serving ``slot``. A different live worker still there (a
+        respawn that landed while a reload committed, say) is retired, never dropped."""
+        previous = slot.worker
+        slot.worker = worker
+        if previous is not None and previous is not worker and previous.state != EXITED \
+                and previous not in self.retired:
+            log.warning("slot had another live worker; retiring it", slot=slot.index,
+                        pid=previous.pid, new_pid=worker.pid)
+            self.retire(previous, self.config.supervisor.drain_timeout)
+
+    def retire(self, worker: WorkerProc, timeout: float) -> None:
+        """Drain ``worker`` (up to ``timeout``, then kill it); it stays listed until reaped."""
+        if worker not in self.retired:
+            self.retired.append(worker)
+        if worker.state in (READY, DRAINING):
+            worker.state = DRAINING
+            worker.send({"type": "drain", "timeout": timeout})
+        else:  # never served: nothing to drain
+            worker.state = DRAINING
+            kill_hard(worker)
+        asyncio.get_running_loop().create_task(self._await_exit(worker, timeout + 2.0))
 
     async def _watch_start(self, worker: WorkerProc) -> None:
         """A worker that is not ready within reload_timeout is killed (and counts as a crash)."""
@@ -168,7 +203,7 @@ class Master:
                 worker.outbox.deadline = self.send_deadline()
             worker.runtime = str(message.get("runtime", ""))
             if worker.state == STARTING:
-                worker.state = READY
+                worker.state = READY if worker.accepts else PREPARED
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_result(True)
             if worker.slot < len(self.slots) and self.slots[worker.slot].worker is worker:
@@ -322,9 +357,7 @@ class Master:
         self.slots.pop()
         if slot.worker is not None and slot.worker.state != EXITED:
             worker = slot.worker
-            self.retired.append(worker)
-            worker.state = DRAINING
-            worker.send({"type": "drain", "timeout": self.config.supervisor.drain_timeout})
+            self.retire(worker, self.config.supervisor.drain_timeout)
             await self._await_exit(worker, self.config.supervisor.drain_timeout + 2)
         self.close_retired_slots([slot])
         log.info("worker slot removed", slot=slot.index)
@@ -359,7 +392,7 @@ class Master:
             await asyncio.sleep(min(1.0, sup.heartbeat_interval))
             now = time.monotonic()
             for worker in self.live_workers():
-                if worker.state not in (READY, DRAINING):
+                if worker.state not in (READY, PREPARED, DRAINING):
                     continue
                 if now - worker.last_heartbeat > sup.heartbeat_timeout:
                     self.declare_hung(worker, "worker heartbeat missed",
@@ -388,19 +421,18 @@ class Master:
         asyncio.get_running_loop().call_later(DUMP_GRACE, kill_hard, worker)
 
     def live_workers(self) -> list[WorkerProc]:
-        workers = [s.worker for s in self.slots if s.worker is not None and s.worker.state != EXITED]
-        return workers + [w for w in self.retired if w.state != EXITED]
+        """Every child not reaped yet, whatever its role: slot workers, draining ones, a
+        reload's prepared or aborted ones."""
+        return [w for w in self._by_pid.values() if w.state != EXITED]
 
     # ----- status -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        rows = []
-        for slot in self.slots:
-            worker = slot.worker
-            rows.append(self._row(slot, worker, now))
-        for worker in self.retired:
-            if worker.state != EXITED:
+        rows = [self._row(slot, slot.worker, now) for slot in self.slots]
+        serving = {id(slot.worker) for slot in self.slots if slot.worker is not None}
+        for worker in self.live_workers():  # draining, or a reload's: listed until reaped
+            if id(worker) not in serving:
                 rows.append(self._row(None, worker, now))
         return {
             "master": {
@@ -509,6 +541,11 @@ class Master:
             else:
                 worker.signal(signal.SIGQUIT)
         await asyncio.gather(*(self._await_exit(w, timeout + 2.0) for w in workers))
+        late = [w for w in self.live_workers() if w not in workers]
+        if late:  # started while the stop began (spawn refuses after): never left behind
+            for worker in late:
+                kill_hard(worker)
+            await asyncio.gather(*(self._await_exit(w, 5.0) for w in late))
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(0)
 

@@ -28,6 +28,8 @@ log = structlog.get_logger()
 
 STARTING, READY, DRAINING, STOPPING, FLAPPING, EXITED = (
     "starting", "ready", "draining", "stopping", "flapping", "exited")
+# a reload's new worker that is ready but not accepting yet: it waits for its commit
+PREPARED = "prepared"
 # shown (status, metrics) for a ready worker silent for this many heartbeat intervals: stopped,
 # hung or starved, well before the watchdog (heartbeat_timeout) replaces it
 UNRESPONSIVE = "unresponsive"
@@ -59,6 +61,7 @@ class WorkerProc:
     exited: asyncio.Future | None = None
     outbox: channel.Outbox | None = None  # every send goes through it: never blocks the master
     hung: bool = False  # declared hung (watchdog or outbox): being dumped and killed
+    accepts: bool = True  # False: spawned for a reload, accepting only once committed
     fail_reason: str = ""
     _ps: psutil.Process | None = None
     _last_rate: tuple[float, int] | None = None
@@ -161,27 +164,42 @@ def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[i
                  on_stuck: Callable[[WorkerProc, str], None], send_deadline: float
                  ) -> WorkerProc:
     """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds.
-    ``on_stuck(worker, reason)``: its control channel did not drain within ``send_deadline``."""
+    ``on_stuck(worker, reason)``: its control channel did not drain within ``send_deadline``.
+
+    Either the worker is returned, or no child is left behind: a failure after the process
+    started kills and reaps it before the error is raised."""
     master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
-         "--master-pid", str(os.getpid())],
-        pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
-        start_new_session=False,
-    )
-    worker_end.close()
-    worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
-                        control=master_end)
-    loop = asyncio.get_running_loop()
-    worker.ready = loop.create_future()
-    worker.exited = loop.create_future()
-    master_end.setblocking(False)
-    worker.outbox = channel.Outbox(master_end, send_deadline,
-                                   lambda reason: on_stuck(worker, reason))
-    worker.send(hello, fds)
-    loop.add_reader(master_end.fileno(), on_message, worker)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
+             "--master-pid", str(os.getpid())],
+            pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
+            start_new_session=False,
+        )
+    except BaseException:
+        master_end.close()
+        raise
+    finally:
+        worker_end.close()
+    try:
+        worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
+                            control=master_end, accepts=bool(hello.get("accept", True)))
+        loop = asyncio.get_running_loop()
+        worker.ready = loop.create_future()
+        worker.exited = loop.create_future()
+        master_end.setblocking(False)
+        worker.outbox = channel.Outbox(master_end, send_deadline,
+                                       lambda reason: on_stuck(worker, reason))
+        worker.send(hello, fds)
+        loop.add_reader(master_end.fileno(), on_message, worker)
+    except BaseException:
+        log.error("worker set-up failed; killing it", pid=proc.pid, slot=slot.index)
+        proc.kill()
+        proc.wait()
+        master_end.close()
+        raise
     return worker
 
 
