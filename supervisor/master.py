@@ -479,6 +479,28 @@ class Master:
             row.update({"rss": 0, "cpu_percent": 0.0})
         return row
 
+    async def debug_worker(self, index: int, collect: bool, timeout: float = 10.0
+                           ) -> dict[str, Any]:
+        """Ask slot ``index``'s worker what it holds (worker/introspect.py)."""
+        if not 0 <= index < len(self.slots):
+            raise LookupError(f"no slot {index} (there are {len(self.slots)})")
+        worker = self.slots[index].worker
+        if worker is None or worker.state != READY:
+            raise RuntimeError(f"slot {index} has no ready worker")
+        if "debug" in worker.replies:
+            raise RuntimeError(f"a debug request to slot {index} is already waiting")
+        reply = worker.expect("debug")
+        if not worker.send({"type": "debug", "collect": collect}):
+            worker.replies.pop("debug", None)
+            raise RuntimeError(f"slot {index}'s worker cannot be reached")
+        try:
+            message, _ = await asyncio.wait_for(reply, timeout)
+        finally:
+            worker.replies.pop("debug", None)
+        message = dict(message)
+        message.pop("type", None)
+        return {"slot": index, "pid": worker.pid, "generation": worker.generation, **message}
+
     # ----- signals and stop ---------------------------------------------------------------
 
     def install_signals(self) -> None:

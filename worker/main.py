@@ -13,6 +13,7 @@ import asyncio
 import base64
 import ctypes
 import faulthandler
+import gc
 import json
 import os
 import pickle
@@ -279,6 +280,8 @@ class Worker:
                 self.commit_in_place()
             elif kind == "rollback":
                 self.rollback_in_place()
+            elif kind == "debug":
+                self.send({"type": "debug", **self.debug_report(bool(message.get("collect")))})
             elif kind == "log_level":
                 logs.set_level(str(message.get("level", "info")))
                 log.info("log level changed", new_level=message.get("level"))
@@ -437,6 +440,14 @@ class Worker:
                 await close_handle(handle, "(retired)")
             if self._retired_handles:
                 await asyncio.sleep(RETIRE_POLL)
+        collect_retired()
+
+    def debug_report(self, collect: bool) -> dict[str, Any]:
+        from monolake.worker.introspect import report
+
+        staged = len(self._staged[1]) if self._staged is not None else 0
+        return report({"live": len(self.slots), "retired": len(self._retired_handles),
+                       "staged": staged}, collect)
 
     def _finish(self, code: int) -> None:
         if self._done is not None and not self._done.done():
@@ -487,6 +498,18 @@ class Worker:
         self._finish(0)
 
 
+def collect_retired() -> None:
+    """A full collection once retired stacks are closed. A stack is a web of cycles
+    (handle, runtime, protocols, routers) that only the collector frees, and by the time it
+    retires it sits in the oldest generation, which the worker's GC policy (gcpolicy.py)
+    rarely collects: each in-place reload left ~80 objects and ~8 KiB of RSS waiting for a
+    full collection (issue 17). One pause per reload (milliseconds), never per request."""
+    started = time.perf_counter()
+    freed = gc.collect()
+    log.debug("retired stacks collected", objects=freed,
+              ms=round((time.perf_counter() - started) * 1000, 2))
+
+
 async def close_handle(handle: Any, name: str) -> None:
     """``aclose()`` one server handle; a failure is logged so the others still close."""
     try:
@@ -531,6 +554,9 @@ def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socke
     from monolake.worker.gcpolicy import apply_gc_policy
 
     apply_gc_policy()
+    from monolake.worker.introspect import start_tracing_if_asked
+
+    start_tracing_if_asked()
     try:
         choice = with_busy_poll(choose_loop(config.runtime.runtime_type, config.runtime.entries),
                                 config.runtime.busy_poll_us)
