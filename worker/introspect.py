@@ -1,4 +1,5 @@
-"""What a worker holds, for ``monolaked debug``: objects by type, fds, timers, tasks, stacks.
+"""What a worker holds, for ``monolaked debug``: objects by type, fds, timers, tasks, stacks,
+and how its event loop waits (the busy-poll window it applies).
 
 Answers "what does this worker retain" (issue 17: RSS growing with in-place reloads) from the
 outside, without a debugger: the master forwards a ``debug`` request to one worker, which
@@ -33,6 +34,16 @@ def live_timers(loop: asyncio.AbstractEventLoop) -> int:
     return sum(1 for handle in scheduled if not handle.cancelled())
 
 
+def busy_poll_us(loop: asyncio.AbstractEventLoop) -> int:
+    """The busy-poll window the running loop applies now (uring/busypoll.py), in µs."""
+    if hasattr(type(loop), "busy_poll"):  # the io_uring loop: native
+        return round(float(loop.busy_poll) * 1e6)  # type: ignore[attr-defined]
+    from monolake.uring.busypoll import BusyPollSelector
+
+    selector = getattr(loop, "_selector", None)
+    return round(selector.window * 1e6) if isinstance(selector, BusyPollSelector) else 0
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -49,6 +60,7 @@ def report(handles: dict[str, int], collect: bool) -> dict[str, Any]:
         "rss": rss_bytes(),
         "fds": len(os.listdir("/proc/self/fd")),
         "timers": live_timers(loop),
+        "busy_poll_us": busy_poll_us(loop),
         "tasks": len(asyncio.all_tasks(loop)),
         "objects": len(objects),
         "collected": collected,

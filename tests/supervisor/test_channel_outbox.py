@@ -9,7 +9,6 @@ import asyncio
 import os
 import signal
 import socket
-import time
 
 from monolake.supervisor import channel
 from monolake.supervisor.control import request
@@ -41,22 +40,20 @@ def test_outbox_queues_without_blocking_and_keeps_fds_with_their_bytes():
     ours.setblocking(False)
     stuck: list[str] = []
 
-    async def scenario() -> tuple[int, float]:
+    async def scenario() -> tuple[int, channel.Outbox]:
         box = channel.Outbox(ours, deadline=30, on_stuck=stuck.append)
-        started = time.monotonic()
         sent = 0
         while box.queued == 0 or sent < 3000:  # well past the socket buffer
             fds = [_memfd(f"m{sent}-{k}") for k in range(300 if sent == 2000 else sent % 3)]
             assert box.send({"type": "msg", "n": sent, "pad": "x" * 200}, fds)
             channel.close_fds(fds)  # ours to close at once: queued frames hold duplicates
             sent += 1
-        elapsed = time.monotonic() - started
         assert box.queued > 0 and not stuck
         await asyncio.sleep(0)
-        return sent, elapsed, box
+        return sent, box
 
-    async def run() -> tuple[int, float]:
-        sent, elapsed, box = await scenario()
+    async def run() -> int:
+        sent, box = await scenario()
         reader = channel.FrameReader()
         loop = asyncio.get_running_loop()
         peer.setblocking(False)
@@ -85,10 +82,11 @@ def test_outbox_queues_without_blocking_and_keeps_fds_with_their_bytes():
                 [f"m{n}-{k}" for k in range(count)]
             channel.close_fds(fds)
         box.close()
-        return sent, elapsed
+        return sent
 
-    sent, elapsed = asyncio.run(run())
-    assert sent >= 3000 and elapsed < 5, f"{sent} sends took {elapsed:.2f}s"
+    # nobody read while they were sent: a send that waited for the peer would never return
+    sent = asyncio.run(run())
+    assert sent >= 3000, sent
     assert not stuck
     ours.close()
     peer.close()
@@ -108,14 +106,14 @@ def test_outbox_reports_a_peer_that_does_not_drain_and_drops_its_queue():
             fd = _memfd("x")
             box.send({"type": "msg", "pad": "x" * 1000}, [fd])
             os.close(fd)
-        while not stuck and loop.time() - started < 5:
+        while not stuck and loop.time() - started < 30:  # a bound, not a measurement
             await asyncio.sleep(0.02)
         after = box.send({"type": "late"})
         return stuck, after, loop.time() - started
 
     stuck, late_accepted, took = asyncio.run(run())
     assert len(stuck) == 1 and "took nothing" in stuck[0], stuck
-    assert 0.3 <= took < 3
+    assert took >= 0.3, "the deadline fired early"
     assert not late_accepted, "a stuck peer's outbox refuses further sends"
     # the queued duplicates were closed; only what the peer's socket buffer holds remains
     assert len(os.listdir("/proc/self/fd")) <= baseline + 0
@@ -143,9 +141,9 @@ def test_outbox_queue_limit_is_a_stuck_peer():
 
 def test_master_never_waits_on_a_stopped_worker_and_replaces_it(master_factory, tmp_path):
     """SIGSTOP a worker, then make the master send it far more than its socket buffer holds
-    (thousands of log-level changes): every control request is answered promptly, and the
-    worker that does not drain is dumped, killed and replaced on its slot, long before the
-    heartbeat watchdog (60 s here) would."""
+    (thousands of log-level changes): every control request is answered (a master blocked on
+    the worker answers none: each request times out), and the worker that does not drain is
+    dumped, killed and replaced on its slot, long before the heartbeat watchdog (60 s here)."""
     port = free_port()
     cfg = base_config(tmp_path, port).replace("heartbeat_timeout = 5", "heartbeat_timeout = 60")
     assert "heartbeat_timeout = 60" in cfg
@@ -154,19 +152,13 @@ def test_master_never_waits_on_a_stopped_worker_and_replaces_it(master_factory, 
     sock = str(tmp_path / "control.sock")
     os.kill(victim["pid"], signal.SIGSTOP)
     try:
-        slowest = 0.0
         for i in range(4000):
-            started = time.monotonic()
             reply = request(sock, {"type": "log_level", "level": "info" if i % 2 else "debug"},
                             timeout=10)
-            slowest = max(slowest, time.monotonic() - started)
             assert reply["type"] == "ok", reply
             if not pid_alive(victim["pid"]) or m.log().count("does not drain"):
                 break
-        started = time.monotonic()
-        st = request(sock, {"type": "status"}, timeout=10)
-        assert st["type"] == "status" and time.monotonic() - started < 2
-        assert slowest < 2, f"a control request took {slowest:.2f}s: the master blocked"
+        assert request(sock, {"type": "status"}, timeout=10)["type"] == "status"
 
         def replaced():
             rows = [w for w in m.status()["workers"] if w["slot"] == victim["slot"]]
