@@ -422,8 +422,14 @@ class Master:
 
     def live_workers(self) -> list[WorkerProc]:
         """Every child not reaped yet, whatever its role: slot workers, draining ones, a
-        reload's prepared or aborted ones."""
-        return [w for w in self._by_pid.values() if w.state != EXITED]
+        reload's prepared or aborted ones (the pid table holds them all; slots and retired
+        are read too, in that order, so a worker placed there directly is never missed)."""
+        found: dict[int, WorkerProc] = {}
+        for worker in [*(s.worker for s in self.slots if s.worker is not None), *self.retired,
+                       *self._by_pid.values()]:
+            if worker.state != EXITED:
+                found.setdefault(id(worker), worker)
+        return list(found.values())
 
     # ----- status -------------------------------------------------------------------------
 
