@@ -154,9 +154,11 @@ class Master:
             self.retire(previous, self.config.supervisor.drain_timeout)
 
     def retire(self, worker: WorkerProc, timeout: float) -> None:
-        """Drain ``worker`` (up to ``timeout``, then kill it); it stays listed until reaped."""
-        if worker not in self.retired:
-            self.retired.append(worker)
+        """Drain ``worker`` (up to ``timeout``, then kill it); it stays listed until reaped.
+        Once per worker: retiring a retired one does nothing."""
+        if worker in self.retired or worker.state == EXITED:
+            return
+        self.retired.append(worker)
         if worker.state in (READY, DRAINING):
             worker.state = DRAINING
             worker.send({"type": "drain", "timeout": timeout})

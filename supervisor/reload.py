@@ -276,12 +276,12 @@ class Reloader:
                                       f"({str(exc) or 'timeout'}); the slot starts afresh")
         if new_worker.state == PREPARED:
             new_worker.state = READY
-        master.assign(slot, new_worker)  # a respawn that landed meanwhile is retired
+        if old is not None and old.state != EXITED:
+            self._retire(old, config)
+        master.assign(slot, new_worker)  # a respawn that landed meanwhile is retired too
         master.uncover(slot)  # the new worker accepts on the slot's sockets itself
         slot.flapping = False
         slot.consecutive_crashes = 0
-        if old is not None and old.state != EXITED:
-            self._retire(old, config)
         if new_worker.state == EXITED:
             master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
 
