@@ -39,7 +39,9 @@ MAX_FDS_PER_SENDMSG = 253  # SCM_MAX_FD: the kernel refuses a sendmsg with more
 MAX_FDS_PER_RECV = MAX_FDS_PER_SENDMSG  # one recvmsg returns at most one sendmsg's fds
 MAX_FDS_PER_MESSAGE = 1 << 20  # a bound for the reader, far above any pool
 FDS = "fds"  # the continuation frame's type (never handed to the caller)
-MAX_QUEUED = 64 * 1024 * 1024  # bytes an Outbox holds for a peer before it counts as stuck
+# bytes an Outbox holds for a peer before it counts as stuck: the largest message and more,
+# so one big state handover followed by small messages is not mistaken for a stuck peer
+MAX_QUEUED = MAX_FRAME + 16 * 1024 * 1024
 
 
 class ChannelError(Exception):
