@@ -14,18 +14,24 @@ socket still usable) sends ``{"type": "fds", "nfds": 0, "cancel": true}`` so the
 the fds it was collecting instead of pinning them to the next message.
 
 ``FrameReader`` is sans-I/O (h11 style): feed it bytes and fds, take complete messages out.
+
+Two ways to send: ``send`` blocks until the message is written (a worker, or code that runs
+before an event loop exists); ``Outbox`` never blocks (the master's loop, which must not wait
+on any one worker): it writes what the socket takes and queues the rest, bounded in size and
+in time, and reports a peer that does not drain as stuck.
 """
 
 from __future__ import annotations
 
 import array
+import asyncio
 import json
 import os
 import select
 import socket
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # state snapshots can be large; anything beyond is a bug
@@ -33,6 +39,9 @@ MAX_FDS_PER_SENDMSG = 253  # SCM_MAX_FD: the kernel refuses a sendmsg with more
 MAX_FDS_PER_RECV = MAX_FDS_PER_SENDMSG  # one recvmsg returns at most one sendmsg's fds
 MAX_FDS_PER_MESSAGE = 1 << 20  # a bound for the reader, far above any pool
 FDS = "fds"  # the continuation frame's type (never handed to the caller)
+# bytes an Outbox holds for a peer before it counts as stuck: the largest message and more,
+# so one big state handover followed by small messages is not mistaken for a stuck peer
+MAX_QUEUED = MAX_FRAME + 16 * 1024 * 1024
 
 
 class ChannelError(Exception):
@@ -145,6 +154,20 @@ def close_fds(fds: list[int]) -> None:
             pass
 
 
+def frames_of(message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+              ) -> list[tuple[bytes, list[int]]]:
+    """The frames one message goes out as, each with the fds on its first byte: continuation
+    frames for all but the last ``MAX_FDS_PER_SENDMSG`` fds, then the message itself."""
+    fds = list(fds)
+    chunks = [fds[i:i + MAX_FDS_PER_SENDMSG] for i in range(0, len(fds), MAX_FDS_PER_SENDMSG)]
+    frames = [encode({"type": FDS, "nfds": len(chunk)}) for chunk in chunks[:-1]]
+    frames.append(encode({**message, "nfds": len(fds)} if fds else message))
+    return list(zip(frames, chunks or [[]]))
+
+
+CANCEL = encode({"type": FDS, "nfds": 0, "cancel": True})
+
+
 def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
          ) -> None:
     """Send one message, blocking until it is written (the socket may be non-blocking).
@@ -152,17 +175,13 @@ def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[in
     More than ``MAX_FDS_PER_SENDMSG`` fds go out on continuation frames first. If a chunk is
     refused after earlier ones went out, a cancel frame tells the reader to drop them (when the
     socket still takes it) and the error is raised: the caller still owns every fd."""
-    fds = list(fds)
-    chunks = [fds[i:i + MAX_FDS_PER_SENDMSG] for i in range(0, len(fds), MAX_FDS_PER_SENDMSG)]
-    frames = [encode({"type": FDS, "nfds": len(chunk)}) for chunk in chunks[:-1]]
-    frames.append(encode({**message, "nfds": len(fds)} if fds else message))
-    for i, (data, chunk) in enumerate(zip(frames, chunks or [[]])):
+    for i, (data, chunk) in enumerate(frames_of(message, fds)):
         try:
             _send_frame(sock, data, chunk)
         except _NothingSent as exc:
             if i:
                 try:
-                    _send_frame(sock, encode({"type": FDS, "nfds": 0, "cancel": True}), [])
+                    _send_frame(sock, CANCEL, [])
                 except (_NothingSent, OSError):
                     pass  # the socket is broken: the reader drops everything with it
             raise exc.error from None
@@ -196,6 +215,183 @@ def _send_frame(sock: socket.socket, data: bytes, fds: list[int]) -> None:
             raise
         first = False
         view = view[sent:]
+
+
+class Outbox:
+    """Sends to one peer from an event loop without ever blocking it.
+
+    ``send`` writes what the socket takes at once and queues the rest, written as the peer
+    reads. Fds stay with the bytes they belong to: those of a frame whose first byte could not
+    go out yet are duplicated into the queue (the caller keeps its own, as with ``send``) and
+    ride on that byte when it goes. A peer is *stuck* when more than ``limit`` bytes wait for
+    it, or when it takes nothing for ``deadline`` seconds while bytes wait: ``on_stuck(reason)``
+    is called once, the queue is dropped (its fds closed) and later sends are refused. The
+    owner may change ``deadline`` (a peer that is still starting gets longer).
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float,
+                 on_stuck: Callable[[str], None], limit: int = MAX_QUEUED) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.limit = limit
+        self._on_stuck = on_stuck
+        self._loop = asyncio.get_running_loop()
+        # [bytes not yet written, fds for their first byte (owned here), first byte written]
+        self._queue: deque[list[Any]] = deque()
+        self.queued = 0  # bytes waiting
+        self._progress = 0.0  # loop time of the last write, or of the first queued byte
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing = False
+        self.closed = False
+        self.stuck = False
+
+    def send(self, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> bool:
+        """Write or queue one message; False if it cannot be sent at all (peer gone or stuck,
+        a frame refused, fds that cannot be duplicated): then nothing of it is delivered."""
+        if self.closed:
+            return False
+        if self.queued > self.limit:
+            self._give_up(f"{self.queued} bytes queued, more than {self.limit}")
+            return False
+        frames = frames_of(message, fds)
+        for i, (data, chunk) in enumerate(frames):
+            if self._queue:  # behind queued bytes: queue it all, in order
+                return self._enqueue(frames[i:], cancel_first=i > 0)
+            try:
+                sent = _try_frame(self.sock, data, chunk)
+            except _NothingSent:  # refused at a frame boundary: the stream is still in step
+                if i:  # continuation frames went out: have the reader drop their fds
+                    self._enqueue_raw(CANCEL, [])
+                    self._flush()
+                return False
+            if sent < len(data):
+                if sent:  # the fds went with the first byte; the rest of this frame waits
+                    self._enqueue_raw(data[sent:], [], first_written=True)
+                    return self._enqueue(frames[i + 1:], cancel_first=True)
+                return self._enqueue(frames[i:], cancel_first=i > 0)
+        return True
+
+    def _enqueue(self, frames: list[tuple[bytes, list[int]]], cancel_first: bool) -> bool:
+        """Queue frames, duplicating their fds; if that fails, a cancel frame replaces the
+        rest of the message (``cancel_first``: some of it is already on its way)."""
+        entries: list[list[Any]] = []
+        try:
+            for data, chunk in frames:
+                entries.append([memoryview(data), _dup_all(chunk), False])
+        except OSError:
+            for entry in entries:
+                close_fds(entry[1])
+            if cancel_first:
+                self._enqueue_raw(CANCEL, [])
+            return False
+        for entry in entries:
+            self._push(entry)
+        return True
+
+    def _enqueue_raw(self, data: bytes | memoryview, fds: list[int],
+                     first_written: bool = False) -> None:
+        self._push([memoryview(data), fds, first_written])
+
+    def _push(self, entry: list[Any]) -> None:
+        if not self._queue:
+            self._progress = self._loop.time()
+        self._queue.append(entry)
+        self.queued += len(entry[0])
+        if not self._writing:
+            self._loop.add_writer(self.sock.fileno(), self._flush)
+            self._writing = True
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.deadline, self._check)
+
+    def _flush(self) -> None:
+        """The socket is writable: write queued frames until it takes no more."""
+        while self._queue:
+            entry = self._queue[0]
+            data, fds, first_written = entry
+            try:
+                sent = _try_frame(self.sock, data, [] if first_written else fds)
+            except _NothingSent as exc:
+                if isinstance(exc.error, (BrokenPipeError, ConnectionResetError)):
+                    self.close()  # the peer is gone: its exit is handled where it is reaped
+                else:  # the peer is alive but cannot be reached: as good as stuck
+                    self._give_up(f"a queued frame was refused: {exc.error}")
+                return
+            if sent:
+                self._progress = self._loop.time()
+                self.queued -= sent
+                if not first_written:
+                    close_fds(fds)  # the kernel holds its own references now
+                    entry[1], entry[2] = [], True
+            if sent < len(data):
+                entry[0] = data[sent:]
+                return
+            self._queue.popleft()
+        self._idle()
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._queue or self.closed:
+            return
+        waited = self._loop.time() - self._progress
+        if waited >= self.deadline:
+            self._give_up(f"took nothing for {waited:.1f}s with {self.queued} bytes queued")
+        else:
+            self._timer = self._loop.call_later(self.deadline - waited, self._check)
+
+    def _give_up(self, reason: str) -> None:
+        if self.stuck:
+            return
+        self.stuck = True
+        self.close()
+        self._on_stuck(reason)
+
+    def _idle(self) -> None:
+        if self._writing:
+            try:
+                self._loop.remove_writer(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self._writing = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        """Drop whatever is queued (closing its fds); the socket is the owner's to close."""
+        if self.closed:
+            return
+        self._idle()
+        self.closed = True
+        while self._queue:
+            entry = self._queue.popleft()
+            if not entry[2]:
+                close_fds(entry[1])
+        self.queued = 0
+
+
+def _dup_all(fds: list[int]) -> list[int]:
+    dups: list[int] = []
+    try:
+        for fd in fds:
+            dups.append(os.dup(fd))
+    except OSError:
+        close_fds(dups)
+        raise
+    return dups
+
+
+def _try_frame(sock: socket.socket, data: bytes | memoryview, fds: list[int]) -> int:
+    """One non-blocking write of a frame (or its rest); ``fds`` ride on its first byte.
+    Returns the bytes written (0: the socket is full). ``_NothingSent`` if refused outright."""
+    try:
+        if fds:
+            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", fds))], socket.MSG_DONTWAIT)
+        return sock.send(data, socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return 0
+    except OSError as exc:
+        raise _NothingSent(exc) from None
 
 
 def _wait(sock: socket.socket, events: int, timeout: float | None) -> bool:

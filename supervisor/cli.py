@@ -180,6 +180,17 @@ def cmd_log_level(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_debug(args: argparse.Namespace) -> int:
+    reply = _request(args, {"type": "debug", "slot": args.slot, "collect": args.collect},
+                     timeout=30)
+    if reply.get("type") != "debug":
+        sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+        return 1
+    reply.pop("type", None)
+    print(json.dumps(reply, indent=2, sort_keys=True))
+    return 0
+
+
 CONTROL_SOCKET_HELP = (f"environment: {CONTROL_SOCKET_ENV}=PATH names the control socket when "
                        "--control-socket is not given, over supervisor.control_socket of the "
                        "config; `start` listens on it.")
@@ -230,6 +241,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("level", choices=sorted(logs.LEVELS))
     p.set_defaults(func=cmd_log_level)
+
+    p = sub.add_parser("debug", help="what one worker holds: objects by type, fds, timers, "
+                                     "tasks, RSS (JSON; a diagnostic that pauses the worker)")
+    common(p)
+    p.add_argument("--slot", type=int, default=0)
+    p.add_argument("--collect", action="store_true",
+                   help="run a full garbage collection first (shows what is really retained)")
+    p.set_defaults(func=cmd_debug)
     return parser
 
 

@@ -1,5 +1,5 @@
 """The control socket: a unix socket (mode 0600) on which ``monolaked status / stop / reload /
-log-level`` talk to the master, one request and one reply per connection, framed like the
+log-level / debug`` talk to the master, one request and one reply per connection, framed like the
 worker control channel (``monolake.supervisor.channel``).
 """
 
@@ -80,6 +80,13 @@ class ControlServer:
         if kind == "stop":
             master.request_stop(not request.get("fast", False))
             return {"type": "ok"}
+        if kind == "debug":
+            try:
+                report = await master.debug_worker(int(request.get("slot", 0)),
+                                                   bool(request.get("collect", False)))
+            except (TypeError, ValueError, LookupError, RuntimeError, asyncio.TimeoutError) as exc:
+                return {"type": "error", "error": f"debug: {exc or 'no answer in time'}"}
+            return {"type": "debug", **report}
         if kind == "log_level":
             from monolake.supervisor import logs
 

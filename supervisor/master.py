@@ -23,12 +23,17 @@ from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer
 from monolake.supervisor.listeners import Listeners
 from monolake.supervisor.workers import (
-    DRAINING, EXITED, FLAPPING, READY, STARTING, STOPPING, UNRESPONSIVE, Slot, WorkerProc,
-    kill_hard, spawn_worker, stop_reading)
+    DRAINING, EXITED, FLAPPING, PREPARED, READY, STARTING, STOPPING, UNRESPONSIVE, Slot,
+    WorkerProc, kill_hard, spawn_worker, stop_reading)
 
 log = structlog.get_logger()
 
 COVER_AFTER = 0.5  # a slot whose respawn is this far away gets covered by a healthy worker
+# a ready worker's event loop reads its control channel whenever it runs: one that leaves it
+# full for this many heartbeat intervals (one more than `unresponsive` takes) is hung
+SEND_DEADLINE_BEATS = 4
+SEND_DEADLINE_MIN = 2.0
+DUMP_GRACE = 2.0  # seconds between SIGABRT (stack dump) and SIGKILL for a hung worker
 
 
 def allowed_cpus() -> list[int]:
@@ -88,6 +93,8 @@ class Master:
         self.inherited = activation.inherited_sockets()
         self.stopping = False
         self._stopped: asyncio.Future[int] | None = None
+        # every child this master started and has not reaped yet: the one list of children
+        # (status, stop and the watchdog read it), so none can be lost track of
         self._by_pid: dict[int, WorkerProc] = {}
         self.reloader: Any = None
 
@@ -107,10 +114,15 @@ class Master:
 
     def spawn(self, slot: Slot, generation: int | None = None, config: Any = None,
               accept: bool = True) -> WorkerProc:
+        """Start a worker; it is tracked (``_by_pid``) from the moment it exists."""
+        if self.stopping:
+            raise RuntimeError("the master is stopping: no new workers")
         generation = generation or self.state.generation
         config = config or self.config
         hello, fds = self.hello(slot, generation, config, accept)
-        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_message)
+        # until it is ready a worker may take reload_timeout to start reading (imports)
+        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_message,
+                              self._on_channel_stuck, config.supervisor.reload_timeout)
         self._by_pid[worker.pid] = worker
         log.info("worker spawned", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
                  generation=generation)
@@ -120,8 +132,40 @@ class Master:
         slot.respawn = None
         if self.stopping:
             return
-        slot.worker = self.spawn(slot)
-        asyncio.get_running_loop().create_task(self._watch_start(slot.worker))
+        try:
+            worker = self.spawn(slot)
+        except (OSError, RuntimeError) as exc:
+            log.error("cannot start a worker; retrying", slot=slot.index, error=str(exc))
+            slot.respawn = asyncio.get_running_loop().call_later(
+                self.config.supervisor.respawn_backoff_max, self.start_slot, slot)
+            return
+        self.assign(slot, worker)
+        asyncio.get_running_loop().create_task(self._watch_start(worker))
+
+    def assign(self, slot: Slot, worker: WorkerProc) -> None:
+        """Make ``worker`` the one serving ``slot``. A different live worker still there (a
+        respawn that landed while a reload committed, say) is retired, never dropped."""
+        previous = slot.worker
+        slot.worker = worker
+        if previous is not None and previous is not worker and previous.state != EXITED \
+                and previous not in self.retired:
+            log.warning("slot had another live worker; retiring it", slot=slot.index,
+                        pid=previous.pid, new_pid=worker.pid)
+            self.retire(previous, self.config.supervisor.drain_timeout)
+
+    def retire(self, worker: WorkerProc, timeout: float) -> None:
+        """Drain ``worker`` (up to ``timeout``, then kill it); it stays listed until reaped.
+        Once per worker: retiring a retired one does nothing."""
+        if worker in self.retired or worker.state == EXITED:
+            return
+        self.retired.append(worker)
+        if worker.state in (READY, DRAINING):
+            worker.state = DRAINING
+            worker.send({"type": "drain", "timeout": timeout})
+        else:  # never served: nothing to drain
+            worker.state = DRAINING
+            kill_hard(worker)
+        asyncio.get_running_loop().create_task(self._await_exit(worker, timeout + 2.0))
 
     async def _watch_start(self, worker: WorkerProc) -> None:
         """A worker that is not ready within reload_timeout is killed (and counts as a crash)."""
@@ -157,9 +201,11 @@ class Master:
             return
         if kind == "ready":
             worker.last_heartbeat = time.monotonic()  # alive now: its heartbeats start here
+            if worker.outbox is not None:
+                worker.outbox.deadline = self.send_deadline()
             worker.runtime = str(message.get("runtime", ""))
             if worker.state == STARTING:
-                worker.state = READY
+                worker.state = READY if worker.accepts else PREPARED
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_result(True)
             if worker.slot < len(self.slots) and self.slots[worker.slot].worker is worker:
@@ -313,9 +359,7 @@ class Master:
         self.slots.pop()
         if slot.worker is not None and slot.worker.state != EXITED:
             worker = slot.worker
-            self.retired.append(worker)
-            worker.state = DRAINING
-            worker.send({"type": "drain", "timeout": self.config.supervisor.drain_timeout})
+            self.retire(worker, self.config.supervisor.drain_timeout)
             await self._await_exit(worker, self.config.supervisor.drain_timeout + 2)
         self.close_retired_slots([slot])
         log.info("worker slot removed", slot=slot.index)
@@ -350,30 +394,53 @@ class Master:
             await asyncio.sleep(min(1.0, sup.heartbeat_interval))
             now = time.monotonic()
             for worker in self.live_workers():
-                if worker.state not in (READY, DRAINING):
+                if worker.state not in (READY, PREPARED, DRAINING):
                     continue
                 if now - worker.last_heartbeat > sup.heartbeat_timeout:
-                    log.error("worker heartbeat missed; dumping its stacks and killing it",
-                              slot=worker.slot, pid=worker.pid,
-                              silent_for=round(now - worker.last_heartbeat, 2))
-                    worker.last_heartbeat = now + 3600  # one dump per worker
-                    worker.signal(signal.SIGABRT)  # faulthandler writes every thread's stack
-                    asyncio.get_running_loop().call_later(2.0, kill_hard, worker)
+                    self.declare_hung(worker, "worker heartbeat missed",
+                                      silent_for=round(now - worker.last_heartbeat, 2))
+
+    def send_deadline(self) -> float:
+        """How long a ready worker may leave its control channel full (``channel.Outbox``)."""
+        sup = self.config.supervisor
+        return min(sup.heartbeat_timeout,
+                   max(SEND_DEADLINE_MIN, SEND_DEADLINE_BEATS * sup.heartbeat_interval))
+
+    def _on_channel_stuck(self, worker: WorkerProc, reason: str) -> None:
+        """The worker does not read what the master sends it: hung, like a silent one."""
+        self.declare_hung(worker, "worker does not drain its control channel", reason=reason)
+
+    def declare_hung(self, worker: WorkerProc, why: str, **fields: Any) -> None:
+        """The one path for a hung worker: dump its stacks (SIGABRT: faulthandler writes every
+        thread's), SIGKILL it ``DUMP_GRACE`` s later; its exit is then handled like any other
+        (a slot's worker is respawned). Never waits on it."""
+        if worker.hung or worker.state == EXITED:
+            return
+        worker.hung = True
+        log.error(f"{why}; dumping its stacks and killing it", slot=worker.slot, pid=worker.pid,
+                  generation=worker.generation, **fields)
+        worker.signal(signal.SIGABRT)
+        asyncio.get_running_loop().call_later(DUMP_GRACE, kill_hard, worker)
 
     def live_workers(self) -> list[WorkerProc]:
-        workers = [s.worker for s in self.slots if s.worker is not None and s.worker.state != EXITED]
-        return workers + [w for w in self.retired if w.state != EXITED]
+        """Every child not reaped yet, whatever its role: slot workers, draining ones, a
+        reload's prepared or aborted ones (the pid table holds them all; slots and retired
+        are read too, in that order, so a worker placed there directly is never missed)."""
+        found: dict[int, WorkerProc] = {}
+        for worker in [*(s.worker for s in self.slots if s.worker is not None), *self.retired,
+                       *self._by_pid.values()]:
+            if worker.state != EXITED:
+                found.setdefault(id(worker), worker)
+        return list(found.values())
 
     # ----- status -------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        rows = []
-        for slot in self.slots:
-            worker = slot.worker
-            rows.append(self._row(slot, worker, now))
-        for worker in self.retired:
-            if worker.state != EXITED:
+        rows = [self._row(slot, slot.worker, now) for slot in self.slots]
+        serving = {id(slot.worker) for slot in self.slots if slot.worker is not None}
+        for worker in self.live_workers():  # draining, or a reload's: listed until reaped
+            if id(worker) not in serving:
                 rows.append(self._row(None, worker, now))
         return {
             "master": {
@@ -419,6 +486,28 @@ class Master:
         else:
             row.update({"rss": 0, "cpu_percent": 0.0})
         return row
+
+    async def debug_worker(self, index: int, collect: bool, timeout: float = 10.0
+                           ) -> dict[str, Any]:
+        """Ask slot ``index``'s worker what it holds (worker/introspect.py)."""
+        if not 0 <= index < len(self.slots):
+            raise LookupError(f"no slot {index} (there are {len(self.slots)})")
+        worker = self.slots[index].worker
+        if worker is None or worker.state != READY:
+            raise RuntimeError(f"slot {index} has no ready worker")
+        if "debug" in worker.replies:
+            raise RuntimeError(f"a debug request to slot {index} is already waiting")
+        reply = worker.expect("debug")
+        if not worker.send({"type": "debug", "collect": collect}):
+            worker.replies.pop("debug", None)
+            raise RuntimeError(f"slot {index}'s worker cannot be reached")
+        try:
+            message, _ = await asyncio.wait_for(reply, timeout)
+        finally:
+            worker.replies.pop("debug", None)
+        message = dict(message)
+        message.pop("type", None)
+        return {"slot": index, "pid": worker.pid, "generation": worker.generation, **message}
 
     # ----- signals and stop ---------------------------------------------------------------
 
@@ -482,6 +571,11 @@ class Master:
             else:
                 worker.signal(signal.SIGQUIT)
         await asyncio.gather(*(self._await_exit(w, timeout + 2.0) for w in workers))
+        late = [w for w in self.live_workers() if w not in workers]
+        if late:  # started while the stop began (spawn refuses after): never left behind
+            for worker in late:
+                kill_hard(worker)
+            await asyncio.gather(*(self._await_exit(w, 5.0) for w in late))
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(0)
 

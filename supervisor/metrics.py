@@ -235,7 +235,7 @@ def add_worker_series(reg: Registry, master: Any) -> None:
     counts: dict[str, int] = {}
     for worker in master.live_workers():
         counts[worker.state] = counts.get(worker.state, 0) + 1
-    for state in ("starting", "ready", "draining", "stopping"):
+    for state in ("starting", "prepared", "ready", "draining", "stopping"):
         states.add({"state": state}, counts.get(state, 0))
 
 

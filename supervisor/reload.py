@@ -28,11 +28,12 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import sdnotify
-from monolake.supervisor.workers import DRAINING, EXITED, READY, Slot, WorkerProc, kill_hard
+from monolake.supervisor.workers import EXITED, PREPARED, READY, STOPPING, Slot, WorkerProc
 
 log = structlog.get_logger()
 
 EXPORT_TIMEOUT = 3.0  # seconds the old worker has to answer ``export``
+ABORT_GRACE = 2.0  # seconds an aborted new worker has to exit before it is killed
 
 
 class ReloadFailed(Exception):
@@ -172,20 +173,37 @@ class Reloader:
                  for i in range(nslots)]
         prepared: list[WorkerProc] = []
         self._state_errors: list[str] = []
+        self._kept: list[str] = []
         try:
             for slot in slots:
                 prepared.append(master.spawn(slot, generation, new, accept=False))
             await self._await_ready(prepared, new.supervisor.reload_timeout)
             if master.stopping:
                 raise ReloadFailed("the master is stopping")
-        except ReloadFailed:
-            self._abort(prepared)
+            gone = [w.slot for w in prepared if w.state == EXITED]
+            if gone:
+                raise ReloadFailed(f"new workers exited after they were ready (slots {gone})")
+        except BaseException as exc:
+            # every worker this reload started is gone before it reports: none is left
+            # running outside the master's slots
+            await self._abort(prepared)
             master.listeners.discard(created)
-            raise
+            if isinstance(exc, (ReloadFailed, asyncio.CancelledError)):
+                raise
+            raise ReloadFailed(f"cannot start the new generation: {exc}") from exc
         master.config = new
         master.state.generation = generation
-        for slot, worker in zip(slots, prepared):
-            await self._commit_slot(slot, worker, new)
+        done = 0
+        try:
+            for slot, worker in zip(slots, prepared):
+                if slot.index >= len(master.slots):
+                    master.slots.append(slot)  # a slot the new config adds: tracked from now
+                await self._commit_slot(slot, worker, new)
+                done += 1
+        finally:
+            if done < len(prepared):  # a commit crashed: the rest never get to serve
+                serving = {id(s.worker) for s in master.slots}
+                await self._abort([w for w in prepared[done:] if id(w) not in serving])
         removed = master.slots[nslots:]  # the worker count shrank
         for slot in removed:
             if slot.respawn is not None:
@@ -195,6 +213,9 @@ class Reloader:
                 self._retire(slot.worker, new)
         master.slots = slots
         asyncio.get_running_loop().create_task(self._close_after_drain(removed))
+        if self._kept:
+            raise ReloadFailed(f"generation {generation} serves only in part: "
+                               + "; ".join(self._kept))
         if self._state_errors:
             raise StateNotMigrated(f"state not migrated: generation {generation} is serving "
                                    "without the previous generation's state: "
@@ -212,15 +233,25 @@ class Reloader:
             if exc is not None:
                 raise ReloadFailed(f"new worker for slot {worker.slot} failed to start: {exc}")
 
-    def _abort(self, prepared: list[WorkerProc]) -> None:
-        for worker in prepared:
-            if worker.state != EXITED:
-                worker.send({"type": "abort"})
-                asyncio.get_running_loop().call_later(2.0, kill_hard, worker)
+    async def _abort(self, prepared: list[WorkerProc]) -> None:
+        """Tell each new worker to exit, kill those that do not within ``ABORT_GRACE``, and
+        return once all are reaped: they are listed (``stopping``) until then."""
+        live = [w for w in prepared if w.state != EXITED]
+        for worker in live:
+            worker.state = STOPPING
+            worker.send({"type": "abort"})
+        await asyncio.gather(*(self.master._await_exit(w, ABORT_GRACE) for w in live))
 
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
         master = self.master
         old = slot.worker
+        if new_worker.state == EXITED and old is not None and old.state == READY:
+            # the new worker died between ready and its commit: the old one serves on
+            self._kept.append(f"slot {slot.index}: the new worker exited before its commit; "
+                              f"generation {old.generation} serves on")
+            log.error("new worker exited before its commit; the old worker serves on",
+                      slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
+            return
         state, fds = await self._export(slot, old)
         if slot.respawn is not None:  # after the export: an old worker that died during it
             slot.respawn.cancel()     # must not get a replacement besides the new one
@@ -236,16 +267,21 @@ class Reloader:
             if reply.get("state_error"):
                 self._state_errors.append(f"slot {slot.index}: {reply['state_error']}")
         except (asyncio.TimeoutError, RuntimeError) as exc:
-            # The new worker is gone; the slot's crash handling takes it from here (the socket
-            # and its queue are kept), and the old worker drains as planned.
+            # The new worker is gone (or hung: the watchdog's); the slot's crash handling
+            # takes it from here (the socket and its queue are kept), and the old worker
+            # drains as planned. Its state is lost: the reload says so.
             log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid,
                       error=str(exc) or "timeout")
-        slot.worker = new_worker
+            self._state_errors.append(f"slot {slot.index}: the new worker failed to commit "
+                                      f"({str(exc) or 'timeout'}); the slot starts afresh")
+        if new_worker.state == PREPARED:
+            new_worker.state = READY
+        if old is not None and old.state != EXITED:
+            self._retire(old, config)
+        master.assign(slot, new_worker)  # a respawn that landed meanwhile is retired too
         master.uncover(slot)  # the new worker accepts on the slot's sockets itself
         slot.flapping = False
         slot.consecutive_crashes = 0
-        if old is not None and old.state != EXITED:
-            self._retire(old, config)
         if new_worker.state == EXITED:
             master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
 
@@ -280,16 +316,7 @@ class Reloader:
         self._state_errors.append(f"slot {slot.index}: {error}")
 
     def _retire(self, worker: WorkerProc, config: Any) -> None:
-        master = self.master
-        master.retired.append(worker)
-        timeout = config.supervisor.drain_timeout
-        if worker.state == READY:
-            worker.state = DRAINING
-            worker.send({"type": "drain", "timeout": timeout})
-        else:  # never became ready: nothing to drain
-            worker.state = DRAINING
-            kill_hard(worker)
-        asyncio.get_running_loop().create_task(master._await_exit(worker, timeout + 2.0))
+        self.master.retire(worker, config.supervisor.drain_timeout)
 
     async def _close_after_drain(self, removed: list[Slot]) -> None:
         """Listeners and slots the new config dropped close once the old generation is gone."""

@@ -28,6 +28,8 @@ log = structlog.get_logger()
 
 STARTING, READY, DRAINING, STOPPING, FLAPPING, EXITED = (
     "starting", "ready", "draining", "stopping", "flapping", "exited")
+# a reload's new worker that is ready but not accepting yet: it waits for its commit
+PREPARED = "prepared"
 # shown (status, metrics) for a ready worker silent for this many heartbeat intervals: stopped,
 # hung or starved, well before the watchdog (heartbeat_timeout) replaces it
 UNRESPONSIVE = "unresponsive"
@@ -57,6 +59,9 @@ class WorkerProc:
     ready: asyncio.Future | None = None
     replies: dict[str, asyncio.Future] = field(default_factory=dict)
     exited: asyncio.Future | None = None
+    outbox: channel.Outbox | None = None  # every send goes through it: never blocks the master
+    hung: bool = False  # declared hung (watchdog or outbox): being dumped and killed
+    accepts: bool = True  # False: spawned for a reload, accepting only once committed
     fail_reason: str = ""
     _ps: psutil.Process | None = None
     _last_rate: tuple[float, int] | None = None
@@ -66,12 +71,14 @@ class WorkerProc:
         return self.proc.pid
 
     def send(self, message: dict[str, Any], fds: list[int] = ()) -> bool:
-        try:
-            channel.send(self.control, message, list(fds))
+        """Write or queue ``message`` without blocking (``channel.Outbox``); False if it will
+        not be delivered. The caller keeps its fds either way."""
+        if self.outbox is not None and self.outbox.send(message, list(fds)):
             return True
-        except OSError as exc:
-            log.warning("cannot reach worker", slot=self.slot, pid=self.pid, error=str(exc))
-            return False
+        log.warning("cannot reach worker", slot=self.slot, pid=self.pid,
+                    type=message.get("type"),
+                    why="stuck" if self.outbox is not None and self.outbox.stuck else "gone")
+        return False
 
     def expect(self, kind: str) -> asyncio.Future:
         """A future resolved by the next message of ``kind`` from this worker."""
@@ -153,30 +160,53 @@ class Slot:
 
 
 def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[int],
-                 on_message: Callable[[WorkerProc], None]) -> WorkerProc:
-    """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds."""
+                 on_message: Callable[[WorkerProc], None],
+                 on_stuck: Callable[[WorkerProc, str], None], send_deadline: float
+                 ) -> WorkerProc:
+    """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds.
+    ``on_stuck(worker, reason)``: its control channel did not drain within ``send_deadline``.
+
+    Either the worker is returned, or no child is left behind: a failure after the process
+    started kills and reaps it before the error is raised."""
     master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
-         "--master-pid", str(os.getpid())],
-        pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
-        start_new_session=False,
-    )
-    worker_end.close()
-    worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
-                        control=master_end)
-    loop = asyncio.get_running_loop()
-    worker.ready = loop.create_future()
-    worker.exited = loop.create_future()
-    master_end.setblocking(False)
-    worker.send(hello, fds)
-    loop.add_reader(master_end.fileno(), on_message, worker)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
+             "--master-pid", str(os.getpid())],
+            pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
+            start_new_session=False,
+        )
+    except BaseException:
+        master_end.close()
+        raise
+    finally:
+        worker_end.close()
+    try:
+        worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
+                            control=master_end, accepts=bool(hello.get("accept", True)))
+        loop = asyncio.get_running_loop()
+        worker.ready = loop.create_future()
+        worker.exited = loop.create_future()
+        master_end.setblocking(False)
+        worker.outbox = channel.Outbox(master_end, send_deadline,
+                                       lambda reason: on_stuck(worker, reason))
+        worker.send(hello, fds)
+        loop.add_reader(master_end.fileno(), on_message, worker)
+    except BaseException:
+        log.error("worker set-up failed; killing it", pid=proc.pid, slot=slot.index)
+        proc.kill()
+        proc.wait()
+        master_end.close()
+        raise
     return worker
 
 
 def stop_reading(worker: WorkerProc) -> None:
+    """Drop the worker's control channel: queued sends, the reader, the socket."""
+    if worker.outbox is not None:
+        worker.outbox.close()
     loop = asyncio.get_running_loop()
     try:
         loop.remove_reader(worker.control.fileno())
@@ -187,6 +217,8 @@ def stop_reading(worker: WorkerProc) -> None:
 
 
 def kill_hard(worker: WorkerProc) -> None:
+    if worker.proc.returncode is not None:
+        return  # reaped: the pid may belong to another process by now
     worker.signal(signal.SIGKILL)
     try:
         os.kill(worker.pid, signal.SIGCONT)  # a SIGSTOPped process must run to die

@@ -79,7 +79,6 @@ def test_killed_worker_is_respawned_on_its_slot_and_queue_is_kept(master_factory
     try:
         wait_for(lambda: load.ok > 20, 10, what="load running")
         os.kill(victim["pid"], signal.SIGKILL)
-        t0 = time.monotonic()
 
         def replaced():
             for w in m.status()["workers"]:
@@ -88,8 +87,11 @@ def test_killed_worker_is_respawned_on_its_slot_and_queue_is_kept(master_factory
                     return w
             return None
 
-        new = wait_for(replaced, 10, what="respawned worker")
-        assert time.monotonic() - t0 < 2.5
+        new = wait_for(replaced, 30, what="respawned worker")
+        # the first crash is respawned after respawn_backoff_initial (0.1 s, +-20 % jitter):
+        # the master's decision, read from its log rather than timed on a shared machine
+        (died,) = [e for e in m.log_events() if e.get("event") == "worker died; respawning"]
+        assert died["pid"] == victim["pid"] and died["delay"] <= 0.1 * 1.2, died
         assert new["cpu"] == victim["cpu"]
         assert cpus_allowed(new["pid"]) == str(victim["cpu"])
         assert new["restarts"] == 1
@@ -427,7 +429,9 @@ def test_status_marks_a_silent_worker_unresponsive_and_its_lag_grows(master_fact
     def row() -> dict:
         return next(w for w in m.status()["workers"] if w["slot"] == victim["slot"])
 
-    assert row()["state"] == "ready" and row()["heartbeat_age"] < 3 * beat
+    # polled: a single sample could catch the worker starved of CPU on a shared machine
+    wait_for(lambda: row()["state"] == "ready" and row()["heartbeat_age"] < 3 * beat, 10,
+             what="ready with a fresh heartbeat")
     os.kill(victim["pid"], signal.SIGSTOP)
     try:
         wait_for(lambda: row()["state"] == "unresponsive", 3 * beat + 5, what="unresponsive")

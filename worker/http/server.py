@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from typing import Any
 
 import structlog
@@ -159,6 +160,9 @@ class HttpServerHandle:
         self.stack = rt.stack
         self.pool = rt.pool
         self._pool_handed_over = False
+        # built in place from a live handle: that handle (weakly: no chain of old handles is
+        # kept alive) and the shared pool's settings before this build changed them
+        self._built_from: tuple[Any, dict[str, Any]] | None = None
 
     def protocol_factory(self) -> HttpServerProtocol:
         rt = self.rt
@@ -200,6 +204,24 @@ class HttpServerHandle:
         if not self._pool_handed_over:
             await self.pool.aclose()
         rt.close_files()
+
+    def discard(self) -> None:
+        """A staged handle the worker will not commit (the in-place reload rolled back):
+        give the live handle it was built from its pool back, with the settings it had, and
+        stop this one's timers. ``aclose()`` follows (and leaves the pool alone)."""
+        self.rt.stop_sweep()
+        if self._built_from is not None:
+            live_ref, settings = self._built_from
+            self._built_from = None
+            live = live_ref()
+            if live is not None and live.pool is self.pool:
+                for key, value in settings.items():
+                    setattr(self.pool, key, value)
+                live._pool_handed_over = False
+        self._pool_handed_over = True  # the live handle's, or nobody's to close from here
+
+
+POOL_SETTINGS = ("parser_kind", "connect_timeout", "read_timeout", "head_limits")
 
 
 def inherited_stack(live: HttpServerHandle | None, snapshot: Snapshot | None, stats: Stats,
@@ -243,11 +265,6 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
         # Monolake's model: the new version shares the live pool (old connections keep using
         # it until they finish, new ones get its idle connections)
         pool = live.pool
-        pool.parser_kind = parser_kind
-        pool.connect_timeout = t.upstream_connect_timeout_sec
-        pool.read_timeout = t.upstream_read_timeout_sec
-        pool.head_limits = HeadLimits.for_responses(cfg)
-        live._pool_handed_over = True
     else:
         pool = UpstreamPool(parser_kind=parser_kind, connect_timeout=t.upstream_connect_timeout_sec,
                             read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log,
@@ -258,6 +275,15 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
     stack = factory.make(prev_stack, fd_source)
     rt = ServerRuntime(name, cfg, env, stack, stats, pool)
     handle = HttpServerHandle(rt)
+    if live is not None:
+        # only now that nothing can fail: the live pool takes this config's settings and is
+        # this handle's from here (discard() gives it back if the reload rolls back)
+        handle._built_from = (weakref.ref(live), {key: getattr(pool, key) for key in POOL_SETTINGS})
+        pool.parser_kind = parser_kind
+        pool.connect_timeout = t.upstream_connect_timeout_sec
+        pool.read_timeout = t.upstream_read_timeout_sec
+        pool.head_limits = HeadLimits.for_responses(cfg)
+        live._pool_handed_over = True
     start_if_running(handle)
     log.info("http_server_built", parser=parser_kind, routes=len(cfg.routes),
              layers=len(cfg.layers), tls=cfg.tls is not None, inherited=previous is not None)
