@@ -334,7 +334,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._write_ok and type(data) is bytes:
-            self._after_send(mu_conn_send(self._conn, data, len(data)))
+            n = mu_conn_send(self._conn, data, len(data))
+            if n > self._high_water or n < 0:  # inline: this is the pure-Python hot path
+                self._after_send(n)
             return
         self._write_slow(data)
 
@@ -514,12 +516,13 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                 waiter.set_exception(ConnectionError("Connection is closed by peer"))
             if self._conn is None:  # else on QUIESCED: the ring may still reference the fd
                 self._close_socket()
-            elif self._aborted and self._sock is not None:
-                # the peer must see the end now, as with asyncio's close() here, even if the
-                # loop stops before the ring lets go of the fd (a failed TLS handshake makes
-                # create_connection() raise and run_until_complete() return at once). Only
-                # for abort()/fatal errors: a graceful close() must not shut down a socket
-                # whose dup lives on elsewhere (pool hand-over on reload closes its copy).
+            elif exc is not None and self._sock is not None:
+                # a fatal error: the peer must see the end now, as with asyncio's close()
+                # here, even if the loop stops before the ring lets go of the fd (a failed TLS
+                # handshake makes create_connection() raise and run_until_complete() return at
+                # once). Not for close() or a plain abort(): those must leave a dup of the
+                # socket alive (the pools hand idle connections to the next worker on reload
+                # as dups and close or abort their own copy).
                 try:
                     self._sock.shutdown(socket.SHUT_RDWR)
                 except OSError:

@@ -146,6 +146,36 @@ def test_nothing_read_after_close_in_data_received(uring_factory: Factory, how: 
         assert got == ref
 
 
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_dup_of_the_socket_survives_close_and_abort(uring_factory: Factory, how: str) -> None:
+    """close() and abort() release this transport's fd only: a dup made before (the pools
+    hand idle connections to the next worker that way on reload) still talks to the peer."""
+
+    async def scenario() -> tuple[bytes, bytes]:
+        loop = asyncio.get_running_loop()
+        ours, peer = _socketpair_via_listener()
+        proto = Recorder()
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, ours)
+        await asyncio.sleep(0.01)
+        kept = socket.socket(fileno=os.dup(ours.fileno()))
+        transport.close() if how == "close" else transport.abort()
+        await asyncio.wait_for(proto.lost, 5)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the ring lets go of the fd
+        with kept, peer:
+            kept.setblocking(True)
+            kept.settimeout(5)
+            peer.sendall(b"ping")
+            got = kept.recv(16)
+            kept.sendall(b"pong")
+            back = peer.recv(16)
+        return got, back
+
+    ref, got = both(uring_factory, scenario)
+    assert ref == (b"ping", b"pong")
+    assert got == ref
+
+
 def test_close_with_buffer_flushes_then_reports(uring_factory: Factory) -> None:
     """close() with data queued: the peer gets every byte, then EOF; connection_lost(None)."""
 
