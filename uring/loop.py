@@ -318,33 +318,26 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
     async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None,
                             port: Any = None, *args: Any, **kwargs: Any) -> Any:
         """asyncio's, remembering which listening sockets it created (see _Listener.stop)."""
-        kwargs.setdefault("start_serving", True)
-        start = kwargs["start_serving"]
-        kwargs["start_serving"] = False
-        server = await super().create_server(protocol_factory, host, port, *args, **kwargs)
+        return await self._create_owned(super().create_server, protocol_factory, host, port,
+                                        *args, **kwargs)
+
+    async def create_unix_server(self, protocol_factory: Callable[[], Any], path: Any = None,
+                                 *args: Any, **kwargs: Any) -> Any:
+        return await self._create_owned(super().create_unix_server, protocol_factory, path,
+                                        *args, **kwargs)
+
+    async def _create_owned(self, create: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run asyncio's create_*server without starting it, note the sockets it made (not a
+        passed-in ``sock``), then start serving as asyncio would have."""
+        start = kwargs.pop("start_serving", True)
+        server = await create(*args, start_serving=False, **kwargs)
         if kwargs.get("sock") is None:
-            self._own(server)
+            for sock in server._sockets or ():
+                self._owned_sockets[sock.fileno()] = (id(sock), os.getpid())
         if start:
             server._start_serving()
             await asyncio.sleep(0)  # as asyncio does: let the loop start accepting
         return server
-
-    async def create_unix_server(self, protocol_factory: Callable[[], Any], path: Any = None,
-                                 *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("start_serving", True)
-        start = kwargs["start_serving"]
-        kwargs["start_serving"] = False
-        server = await super().create_unix_server(protocol_factory, path, *args, **kwargs)
-        if kwargs.get("sock") is None:
-            self._own(server)
-        if start:
-            server._start_serving()
-            await asyncio.sleep(0)
-        return server
-
-    def _own(self, server: Any) -> None:
-        for sock in server._sockets or ():
-            self._owned_sockets[sock.fileno()] = (id(sock), os.getpid())
 
     def _accepted(self, listener: _Listener, conn: socket.socket) -> None:
         conn.setblocking(False)  # the fd already is (SOCK_NONBLOCK): this syncs the object
