@@ -45,7 +45,8 @@ class _Listener:
     """
 
     __slots__ = ("loop", "sock", "fd", "token", "protocol_factory", "sslcontext", "server",
-                 "ssl_kwargs", "stopping", "family", "proto", "multishot", "fdbuf", "errbuf", "more")
+                 "ssl_kwargs", "stopping", "family", "proto", "multishot", "fdbuf", "errbuf", "more",
+                 "owned")
 
     BATCH = 64
 
@@ -66,6 +67,7 @@ class _Listener:
         self.fdbuf = ffi.new("int[]", self.BATCH)
         self.errbuf = ffi.new("int *")
         self.more: Any = None  # a scheduled continuation of a long accept run
+        self.owned = False  # created by this loop's create_server: no other process listens on it
 
     def arm(self) -> None:
         loop = self.loop
@@ -145,11 +147,21 @@ class _Listener:
 
     def stop(self) -> None:
         """Cancel the poll/accept; the socket is closed on the final completion (the ring holds
-        a reference to it until then, so closing it now could keep it accepting)."""
+        a reference to it until then, so closing it now could keep it accepting).
+
+        A socket this loop created stops listening at once, as asyncio's close() does:
+        shutdown() on a listening socket ends the listen (a connect is refused from now on)
+        without waiting for the ring. Not for a socket passed in (sock=...): other processes
+        may be accepting on it (reload hand-over), and shutdown would stop them too."""
         self.stopping = True
         if self.more is not None:
             self.more.cancel()
         loop = self.loop
+        if self.owned:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # not connected/listening any more: nothing to stop
         if loop._ring.closed or self.token not in loop._handlers:
             self.sock.close()
             return
@@ -177,6 +189,8 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         self._conn_transports: dict[int, UringSocketTransport] = {}
         self._listeners: dict[int, _Listener] = {}
         self._stopping_listeners: dict[int, _Listener] = {}
+        # listening sockets create_server/create_unix_server made here: fd -> (id(sock), pid)
+        self._owned_sockets: dict[int, tuple[int, int]] = {}
         self._arena_view = self._ring.arena
         selector = _LoopSelector(self._ring, self._handlers, self._on_selector_ready)
         if FAST is not None:  # runs the ring and dispatches the batch in one C call
@@ -297,8 +311,33 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         ssl_kwargs = dict(zip(names, args))
         listener = _Listener(self, sock, protocol_factory, sslcontext, server, ssl_kwargs,
                              self._multishot_accept)
+        listener.owned = self._owned_sockets.pop(sock.fileno(), None) == (id(sock), os.getpid())
         self._listeners[listener.fd] = listener
         listener.arm()
+
+    async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None,
+                            port: Any = None, *args: Any, **kwargs: Any) -> Any:
+        """asyncio's, remembering which listening sockets it created (see _Listener.stop)."""
+        return await self._create_owned(super().create_server, protocol_factory, host, port,
+                                        *args, **kwargs)
+
+    async def create_unix_server(self, protocol_factory: Callable[[], Any], path: Any = None,
+                                 *args: Any, **kwargs: Any) -> Any:
+        return await self._create_owned(super().create_unix_server, protocol_factory, path,
+                                        *args, **kwargs)
+
+    async def _create_owned(self, create: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run asyncio's create_*server without starting it, note the sockets it made (not a
+        passed-in ``sock``), then start serving as asyncio would have."""
+        start = kwargs.pop("start_serving", True)
+        server = await create(*args, start_serving=False, **kwargs)
+        if kwargs.get("sock") is None:
+            for sock in server._sockets or ():
+                self._owned_sockets[sock.fileno()] = (id(sock), os.getpid())
+        if start:
+            server._start_serving()
+            await asyncio.sleep(0)  # as asyncio does: let the loop start accepting
+        return server
 
     def _accepted(self, listener: _Listener, conn: socket.socket) -> None:
         conn.setblocking(False)  # the fd already is (SOCK_NONBLOCK): this syncs the object
@@ -320,6 +359,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
                 "exception": exc, "protocol": protocol})
 
     def _stop_serving(self, sock: socket.socket) -> None:
+        self._owned_sockets.pop(sock.fileno(), None)
         listener = self._listeners.pop(sock.fileno(), None)
         if listener is None:
             super()._stop_serving(sock)
@@ -346,13 +386,18 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         if self.is_closed():
             return
         super().close()
-        # transports still open: their C conns go with the ring (their sockets stay with them)
-        for t in list(self._conn_transports.values()):
+        # transports still open: their C conns go with the ring (their sockets stay with them,
+        # except those whose connection_lost has run and only waited for the ring to let go)
+        gone = list(self._conn_transports.values())
+        for t in gone:
             t._ring_gone()
         self._conn_transports.clear()
         left = self._ring.close()
         if left:
             logger.warning("io_uring loop closed with %d operations still in flight", left)
+        for t in gone:
+            if t._lost_done:
+                t._close_socket()
         for listener in list(self._stopping_listeners.values()):
             listener.sock.close()
         self._stopping_listeners.clear()

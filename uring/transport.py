@@ -47,7 +47,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     """asyncio Transport over a stream socket (TCP or unix), fed by io_uring completions."""
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.sendfile(): the inherited BaseSelectorEventLoop._sendfile_native waits for our
+    # buffer to empty (_make_empty_waiter), then os.sendfile()s on the socket (see the loop)
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     # writelines() sends or copies before it returns, so a view lent for the call may be passed
     writelines_copies = True
     _sock: socket.socket | None = None
@@ -83,14 +85,17 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._conn_lost = 0
         self._write_ok = True        # fast path of write(): open, no EOF written, no error
         self._aborted = False
-        self._lost_exc: BaseException | None = None
+        # close order (asyncio's): close()/abort() -> connection_lost() on the next iteration
+        # (once a graceful close has flushed the buffer); the socket itself is closed when both
+        # that has run and C has let go of the fd (QUIESCED), whichever comes last
+        self._c_closed = False       # mu_conn_close() called: C accepts no more writes
+        self._lost_scheduled = False
+        self._lost_done = False
+        self._empty_waiter: Any = None  # loop.sendfile() waits for the buffer to empty
+        # create_connection(): data waits until the waiter's callbacks (the caller) have run
+        self._gated = waiter is not None
         self.set_protocol(protocol)
-        if FAST is not None and type(self).write is UringSocketTransport.write:
-            # `write` as a C callable on this instance (see mu_fast.c); the class method stays
-            # the fallback for everything but a plain bytes write on an open transport
-            self.write = FAST.FastWriter(int(ffi.cast("uintptr_t", conn)), self._high_water,
-                                         types.MethodType(UringSocketTransport.write, self),
-                                         self._after_send)
+        self._install_fast_writer()
         loop._handlers[token] = self._event
         loop._conn_transports[token] = self
         loop._transports[fd] = self
@@ -102,7 +107,29 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         loop.call_soon(self._protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
-            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+            loop.call_soon(self._wake_waiter, waiter)
+
+    def _install_fast_writer(self) -> None:
+        """`write` as a C callable on this instance (see mu_fast.c); the class method stays
+        the fallback for everything but a plain bytes write on an open transport."""
+        if FAST is not None and type(self).write is UringSocketTransport.write and \
+                self._conn is not None and "write" not in self.__dict__:
+            self.write = FAST.FastWriter(int(ffi.cast("uintptr_t", self._conn)), self._high_water,
+                                         types.MethodType(UringSocketTransport.write, self),
+                                         self._after_send)
+
+    def _wake_waiter(self, waiter: Any) -> None:
+        """Deliver create_connection()'s result; reads arriving from now on wait until the
+        caller has run (asyncio: its first read is dispatched after the waiter's callbacks)."""
+        _set_result_unless_cancelled(waiter, None)
+        self._loop.call_soon(self._ungate)
+
+    def _ungate(self) -> None:
+        self._gated = False
+        if self._held and not self._paused and not self._closing:
+            self._flush_held()
+        else:
+            self._update_fast_reader()
 
     # ---- info ----
 
@@ -144,7 +171,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         receive buffer instead of a bytes copy, valid only during the call (released after:
         it copies what it keeps). Reads that wait (paused, held) still come as bytes."""
         if (not self._paused and not self._held and not self._closing and not self._buffered
-                and self._conn is not None):
+                and not self._gated and self._conn is not None):
             proto = self._protocol
             if getattr(proto, "reads_lent_views", False):
                 self._readers[self._recv_ud] = (proto.data_received,)
@@ -195,7 +222,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def _flush_held(self) -> None:
         """Deliver what arrived while paused, in order, then resume the recv."""
-        while self._held and not self._paused and not self._closing:
+        while self._held and not self._paused and not self._closing and not self._gated:
             item = self._held.pop(0)
             if item is _EOF:
                 self._on_eof()
@@ -231,9 +258,13 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     def _event(self, kind: int, res: int, flags: int, off: int) -> None:
         """A completion for this conn (called from the loop's batch dispatch)."""
         if kind == K_RECV:
+            if self._closing:
+                # reaped in the batch that closed us: asyncio removes its reader in close()
+                # and abort(), so nothing (an EOF after a fatal error included) comes after
+                return
             if res > 0:
                 data = self._arena[off:off + res].tobytes()
-                if self._paused or self._held:
+                if self._paused or self._held or self._gated:
                     self._held.append(data)
                     return
                 if self._buffered:
@@ -246,20 +277,55 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                 except BaseException as exc:
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             elif res == 0:
-                if self._paused or self._held:
+                if self._paused or self._held or self._gated:
                     self._held.append(_EOF)
                 else:
                     self._on_eof()
             else:
                 self._fatal_error(_oserror(res), "Fatal read error on socket transport")
         elif kind == K_DRAIN:
-            self._maybe_resume_protocol()
-            if self._protocol_paused and self._conn is not None:
-                self._conn.notify_below = self._low_water
+            self._on_drain()
         elif kind == K_SENDERR:
             self._fatal_error(_oserror(res), "Fatal write error on socket transport")
         elif kind == K_QUIESCED:
             self._quiesced()
+
+    def _on_drain(self) -> None:
+        """The buffer fell to the threshold we asked for: resume the protocol (which may write
+        more: after close() too, e.g. the SSL layer's close_notify), then finish a pending
+        close or sendfile once it is empty, or ask again."""
+        if self._conn is None or self._c_closed:
+            return
+        self._maybe_resume_protocol()
+        conn = self._conn
+        if conn is None or self._c_closed:  # the protocol aborted
+            return
+        if conn.pending == 0 and not conn.error:
+            waiter = self._empty_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            if self._closing:
+                self._conn_lost += 1
+                self._c_close(False)
+                self._schedule_lost(None)
+            return
+        self._want_drain()
+
+    def _want_drain(self) -> None:
+        """Ask C for a DRAIN event: at the low-water mark while the protocol is paused, at
+        empty while a close or a sendfile waits for the flush."""
+        conn = self._conn
+        if conn is None or self._c_closed:
+            return
+        if self._protocol_paused:
+            conn.notify_below = self._low_water
+        elif self._closing or self._empty_waiter is not None:
+            conn.notify_below = 0
+        else:
+            return
+        if conn.pending <= conn.notify_below:  # no send completion would report it
+            conn.notify_below = -1
+            self._loop.call_soon(self._on_drain)
 
     def _reader_failed(self, exc: BaseException) -> None:
         self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
@@ -269,12 +335,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._write_ok and type(data) is bytes:
             n = mu_conn_send(self._conn, data, len(data))
-            if n > self._high_water:
-                self._maybe_pause_protocol()
-                if self._protocol_paused:
-                    self._conn.notify_below = self._low_water
-            elif n < 0 and n != -errno.EPIPE:
-                self._conn_lost += 1
+            if n > self._high_water or n < 0:  # inline: this is the pure-Python hot path
+                self._after_send(n)
             return
         self._write_slow(data)
 
@@ -285,22 +347,19 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             data = bytes(data)
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         conn = self._conn
-        if self._conn_lost or conn is None or self._closing:
+        # after close() writes are still taken while the buffer flushes (asyncio does the
+        # same: the SSL layer writes its close_notify when resumed); after that they are lost
+        if self._conn_lost or conn is None or self._c_closed:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        n = mu_conn_send(conn, data, len(data))
-        if n > self._high_water:
-            self._maybe_pause_protocol()
-            if self._protocol_paused:
-                conn.notify_below = self._low_water
-        elif n < 0 and n != -errno.EPIPE:
-            # the error also arrives as a SENDERR event; count like asyncio does
-            self._conn_lost += 1
+        self._after_send(mu_conn_send(conn, data, len(data)))
 
     def writelines(self, list_of_data: Any) -> None:
         """A (head, body) pair goes out without joining them (one sendmsg when the conn is
@@ -326,6 +385,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             if self._protocol_paused and self._conn is not None:
                 self._conn.notify_below = self._low_water
         elif n < 0 and n != -errno.EPIPE:
+            # the error also arrives as a SENDERR event; count like asyncio does
             self._conn_lost += 1
 
     def _drop_fast_writer(self) -> None:
@@ -342,6 +402,26 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._protocol_paused and self._conn is not None:
             self._conn.notify_below = self._low_water
 
+    def _make_empty_waiter(self) -> Any:
+        """A future done once everything written so far is sent (loop.sendfile() waits on it
+        before sending from the file on the socket itself); write() raises until reset."""
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = waiter = self._loop.create_future()
+        self._write_ok = False
+        self._drop_fast_writer()
+        if self.get_write_buffer_size() == 0:
+            waiter.set_result(None)
+        else:
+            self._want_drain()
+        return waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+        if not self._closing and not self._eof and self._conn is not None and not self._conn.error:
+            self._write_ok = True
+            self._install_fast_writer()
+
     def write_eof(self) -> None:
         if self._closing or self._eof:
             return
@@ -357,15 +437,34 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     # ---- closing ----
 
     def close(self) -> None:
+        """asyncio's order: stop reading; with nothing buffered, connection_lost() on the next
+        iteration; otherwise flush first, still resuming the protocol and taking its writes."""
         if self._closing:
             return
         self._closing = True
-        self._write_ok = False
-        self._drop_fast_writer()
         self._held.clear()
         self._readers.pop(self._recv_ud, None)
+        conn = self._conn
+        if conn is not None and conn.pending > 0 and not conn.error:
+            mu_conn_recv_stop(conn)
+            self._want_drain()
+            return
+        self._conn_lost += 1
+        self._c_close(False)
+        self._schedule_lost(None)
+
+    def _c_close(self, abort: bool) -> None:
+        """Hand the close to C (it flushes or drops its queue, then reports QUIESCED)."""
+        self._c_closed = True
+        self._write_ok = False
+        self._drop_fast_writer()
         if self._conn is not None:
-            lib.mu_conn_close(self._conn, 0)
+            lib.mu_conn_close(self._conn, 1 if abort else 0)
+
+    def _schedule_lost(self, exc: BaseException | None) -> None:
+        if not self._lost_scheduled:
+            self._lost_scheduled = True
+            self._loop.call_soon(self._call_connection_lost, exc)
 
     def abort(self) -> None:
         self._force_close(None)
@@ -380,21 +479,20 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:
-        if self._aborted:
+        """abort() and fatal errors: drop the buffer; connection_lost() on the next iteration
+        (a no-op once connection_lost is already on its way, as in asyncio)."""
+        if self._lost_scheduled:
             return
         self._aborted = True
         self._conn_lost += 1
         self._closing = True
-        self._write_ok = False
-        self._drop_fast_writer()
         self._held.clear()
         self._readers.pop(self._recv_ud, None)
-        self._lost_exc = exc
-        if self._conn is not None:
-            lib.mu_conn_close(self._conn, 1)
+        self._c_close(True)
+        self._schedule_lost(exc)
 
     def _quiesced(self) -> None:
-        """C has no operation left on the fd (and freed its conn): close and report."""
+        """C has no operation left on the fd (and freed its conn): the socket may be closed."""
         self._drop_fast_writer()
         self._conn = None
         self._write_ok = False
@@ -402,28 +500,55 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._readers.pop(self._recv_ud, None)
         loop._handlers.pop(self._token, None)
         loop._conn_transports.pop(self._token, None)
-        loop.call_soon(self._call_connection_lost, self._lost_exc)
+        if self._lost_done:
+            self._close_socket()
+        else:
+            self._schedule_lost(None)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            sock = self._sock
-            if sock is not None:
-                self._sock = None
-                sock.close()
+            self._lost_done = True
+            waiter = self._empty_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("Connection is closed by peer"))
+            if self._conn is None:  # else on QUIESCED: the ring may still reference the fd
+                self._close_socket()
+            elif exc is not None and self._sock is not None:
+                # a fatal error: the peer must see the end now, as with asyncio's close()
+                # here, even if the loop stops before the ring lets go of the fd (a failed TLS
+                # handshake makes create_connection() raise and run_until_complete() return at
+                # once). Not for close() or a plain abort(): those must leave a dup of the
+                # socket alive (the pools hand idle connections to the next worker on reload
+                # as dups and close or abort their own copy).
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._protocol = None
             server = self._server
             if server is not None:
                 self._server = None
                 self._loop._server_detach(server, self)
 
+    def _close_socket(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            self._sock = None
+            registry = self._loop._transports
+            if registry.get(self._sock_fd) is self:
+                del registry[self._sock_fd]
+            sock.close()
+
     def _ring_gone(self) -> None:
-        """The loop closed under us: the C conn was freed with the ring."""
+        """The loop closed under us: the C conn was freed with the ring (the caller closes the
+        socket of a transport whose connection_lost has run)."""
         self._drop_fast_writer()
         self._conn = None
         self._closing = True
+        self._c_closed = True
         self._write_ok = False
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
