@@ -172,6 +172,29 @@ def closed_by_peer(s: socket.socket) -> bool:
             return False
 
 
+# ----- fixtures ----------------------------------------------------------------------------
+
+@pytest.fixture
+def masters(master_factory):
+    """``master_factory``, whose masters are fast-stopped (SIGQUIT) at the end of the test:
+    the harness's teardown then has no status to ask (a CLI start-up per master)."""
+    started: list[Monolaked] = []
+
+    def make(*args: Any, **kw: Any) -> Monolaked:
+        m = master_factory(*args, **kw)
+        started.append(m)
+        return m
+
+    yield make
+    for m in started:
+        if m.proc.poll() is None:
+            try:
+                m.seen_pids.update(children_of(m.proc.pid))
+                m.stop(signal.SIGQUIT, timeout=10)
+            except Exception:  # noqa: BLE001 - master_factory's teardown kills what is left
+                pass
+
+
 # ----- load -------------------------------------------------------------------------------
 
 class LightLoad(threading.Thread):
@@ -241,9 +264,9 @@ class LightLoad(threading.Thread):
 # 1. garbage and half-open connections on the control socket
 # ======================================================================================
 
-def test_garbage_and_half_open_control_clients_leave_the_master_serving(master_factory, tmp_path):
+def test_garbage_and_half_open_control_clients_leave_the_master_serving(masters, tmp_path):
     port = free_port()
-    m = master_factory(base_config(tmp_path, port), args=["--workers", "1"])
+    m = masters(base_config(tmp_path, port), args=["--workers", "1"])
     m.wait_ready(1)
     path = str(tmp_path / "control.sock")
     master = m.proc.pid
@@ -312,6 +335,15 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(master_f
         assert m.cli("status", "--json").returncode == 0
         assert http_get(port)[0] == 200
 
+        # a client that asks for a reload and hangs up at once: the reload still happens
+        with connect(path) as s:
+            s.sendall(channel.encode({"type": "reload"}))
+        wait_for(lambda: [r["ok"] for r in
+                          control_request(path, {"type": "status"})["master"]["reloads"]] == [True],
+                 30, interval=0.1, what="the abandoned reload done")
+        pids = wait_for(lambda: len(live_children(master)) == 1 and m.worker_pids(), 20,
+                        what="the old generation gone")
+
         # it gives up on silent clients by itself: every fd is back although none of them left
         for s in held:
             s.setblocking(False)
@@ -322,14 +354,6 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(master_f
         for s in held:
             s.close()
 
-    # a client that asks for a reload and hangs up at once: the reload still happens
-    with connect(path) as s:
-        s.sendall(channel.encode({"type": "reload"}))
-    wait_for(lambda: [r["ok"] for r in control_request(path, {"type": "status"})["master"]["reloads"]]
-             == [True], 30, interval=0.1, what="the abandoned reload done")
-    pids = wait_for(lambda: len(live_children(master)) == 1 and m.worker_pids(), 20,
-                    what="the old generation gone")
-
     assert_status_prompt(path)
     assert fd_count(master) <= baseline
     assert m.proc.poll() is None and m.worker_pids() == pids
@@ -339,10 +363,10 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(master_f
 @pytest.mark.xfail(strict=True, reason="a control request nested deeply enough to make json.loads "
                    "raise RecursionError escapes ControlServer._serve: no reply, a plain-text "
                    "traceback in the JSON log")
-def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(master_factory,
+def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(masters,
                                                                           tmp_path):
     port = free_port()
-    m = master_factory(base_config(tmp_path, port), args=["--workers", "1"])
+    m = masters(base_config(tmp_path, port), args=["--workers", "1"])
     m.wait_ready(1)
     path = str(tmp_path / "control.sock")
     baseline = fd_count(m.proc.pid)
@@ -361,11 +385,11 @@ def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(master
                    reason="control.request (every monolaked command) treats a full accept queue "
                    "(EAGAIN from connect on a unix socket) as 'cannot reach the master' "
                    "instead of waiting within its timeout")
-def test_a_command_waits_for_a_busy_master_instead_of_failing(master_factory, tmp_path):
+def test_a_command_waits_for_a_busy_master_instead_of_failing(masters, tmp_path):
     """The master's accept queue is full (it is busy: here, stopped for a moment): a command
     waits within its timeout, as it does for a master that is slow to answer."""
     port = free_port()
-    m = master_factory(base_config(tmp_path, port), args=["--workers", "1"])
+    m = masters(base_config(tmp_path, port), args=["--workers", "1"])
     m.wait_ready(1)
     path = str(tmp_path / "control.sock")
     master = m.proc.pid
@@ -481,7 +505,7 @@ def _nobody_probe(control: str, open_sock: str) -> dict[str, Any]:
     return out
 
 
-def test_another_user_is_refused_by_the_control_socket(master_factory, tmp_path):
+def test_another_user_is_refused_by_the_control_socket(masters, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("acting as another user (nobody) needs root")
     # the socket lives in a folder anybody may enter, so only the socket's own mode stands in
@@ -494,7 +518,7 @@ def test_another_user_is_refused_by_the_control_socket(master_factory, tmp_path)
         cfg = base_config(tmp_path, port).replace(f'control_socket = "{tmp_path}/control.sock"',
                                                   f'control_socket = "{control}"')
         assert str(control) in cfg
-        m = master_factory(cfg, args=["--workers", "1"])
+        m = masters(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         pids = m.worker_pids()
         master_fds = fd_count(m.proc.pid)
@@ -522,7 +546,8 @@ def test_another_user_is_refused_by_the_control_socket(master_factory, tmp_path)
         assert seen["raw"].get("errno") == 13, seen["raw"]  # EACCES
         # and the command line says so, naming the socket
         assert seen["cli"]["code"] == 2, seen["cli"]
-        assert str(control) in seen["cli"]["stderr"] and "Permission denied" in seen["cli"]["stderr"]
+        stderr = seen["cli"]["stderr"]
+        assert str(control) in stderr and "Permission denied" in stderr, stderr
 
         # the master did not notice: same workers, serving, nothing logged about a stop
         assert m.proc.poll() is None
@@ -542,10 +567,13 @@ def _logged(m: Monolaked, name: str) -> bool:
     return any(e.get("event") == name for e in m.log_events())
 
 
-def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(master_factory, tmp_path):
+def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(masters, tmp_path):
     port = free_port()
     cfg = base_config(tmp_path, port)
-    m = master_factory(cfg)
+    t0 = time.monotonic()
+    m = masters(cfg)
+    wait_for(lambda: _logged(m, "master started"), 30, interval=0.05, what="first master bound")
+    first_bound = time.monotonic() - t0
     m.wait_ready()
     pids = m.worker_pids()
     master = m.proc.pid
@@ -560,7 +588,8 @@ def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(master_fa
 
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(5)
-    wait_for(lambda: not any(pid_alive(p) for p in pids), 2.0, what="workers gone after master death")
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 2.0,
+             what="workers gone after master death")
     wait_for(lambda: not listening_on(port), 2.0, what="listening sockets released")
     with socket.socket() as probe:  # free for anybody, not only for SO_REUSEPORT siblings
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -578,9 +607,10 @@ def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(master_fa
     assert (tmp_path / "monolaked.pid").read_text().strip() == str(master)
 
     t0 = time.monotonic()
-    again = master_factory(cfg)
-    # bound and listening before any worker is up: no retry, no wait for the old sockets
-    wait_for(lambda: again.proc.poll() is None and _logged(again, "master started"), 20,
+    again = masters(cfg)
+    # its sockets bound at the first attempt, as fast as on a clean machine: no retry, no
+    # wait for the old sockets or the stale control socket
+    wait_for(lambda: again.proc.poll() is None and _logged(again, "master started"), 30,
              interval=0.05, what="new master bound its sockets")
     bound_after = time.monotonic() - t0
     assert listening_on(port) and (tmp_path / "control.sock").exists()
@@ -589,7 +619,7 @@ def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(master_fa
     assert http_get(port)[0] == 200
     assert (tmp_path / "monolaked.pid").read_text().strip() == str(again.proc.pid)
     assert not [e for e in again.log_events() if e.get("event") == "cannot start"]
-    assert bound_after < 20
+    assert bound_after < first_bound + 5, (first_bound, bound_after)
 
 
 # ======================================================================================
@@ -597,25 +627,28 @@ def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(master_fa
 # ======================================================================================
 
 # Warm-up, not sampled: the worker's RSS grows ~150 KiB over its first few dozen requests
-# and ~80 KiB at each of its first in-place reloads, then settles.
-WARMUP_REQUESTS = 60
-WARMUP_RELOADS = {"generation": 1, "in_place": 4}
+# and ~80 KiB at each of its first in-place reloads, then settles. (In generation mode each
+# sample is of a fresh worker, and the master's growth is in the allowance below.)
+WARMUP_REQUESTS = 30
+WARMUP_RELOADS = {"generation": 0, "in_place": 4}
 # Flatness of fds, threads and RSS over the sampled reloads: the second half of the samples
 # is compared with the first half.
 # - fds and threads are counts, taken with the load paused and its connections closed: the
 #   largest of the second half may not exceed the largest of the first;
 # - RSS of one process (the master; the worker in place): the median of the second half may
-#   exceed the first half's by RSS_FLOOR_KIB (page-sized steps of the allocator) or by a
-#   per-reload allowance times the N/2 reloads between the halves, whichever is larger: the
-#   worker's is WORKER_SLOPE_KIB; the master's is MASTER_SLOPE_KIB, as it keeps its last 100
-#   reload records (it grows ~3 KiB per generation reload up to that cap). The in-place
-#   worker leaks ~12 KiB per reload: ~60 KiB between the halves of 10 reloads, ~300 of 50.
+#   exceed the first half's by the process's allowance per reload times the N/2 reloads
+#   between the halves, or by its floor if that is larger. The worker's floor covers the
+#   allocator's page-sized steps. The master's allowance is wider: its RSS grows ~1.5 KiB per
+#   in-place and ~2.5-4 KiB per generation reload (a linear +390 KiB over 300 in-place
+#   reloads) while its Python heap stays flat but for the 100 reload records it keeps
+#   (tracemalloc: +26 KiB over 60 generation reloads): native memory or fragmentation, left
+#   for a longer run to decide. The in-place worker grows ~10-12 KiB per reload:
+#   ~50-60 KiB between the halves of 10 reloads, ~200 of 50, above its bound either way.
 # - in generation mode each worker sample is a different, fresh process: RSS varies by
 #   ~200 KiB between them, hence RSS_FRESH_KIB; growth there would be handed-over state
 #   growing with each generation.
-RSS_FLOOR_KIB = 32
-WORKER_SLOPE_KIB = 2
-MASTER_SLOPE_KIB = 6
+WORKER_FLOOR_KIB, WORKER_SLOPE_KIB = 32, 2
+MASTER_FLOOR_KIB, MASTER_SLOPE_KIB = 64, 6
 RSS_FRESH_KIB = 256
 
 
@@ -627,9 +660,10 @@ class RssGrew(AssertionError):
     """RSS grew over the reloads beyond the tolerance."""
 
 
-def _flat(samples: list[dict[str, int]], what: str, slope_kib: int | None) -> None:
+def _flat(samples: list[dict[str, int]], what: str, rss: tuple[int, int] | None) -> None:
     """Raise ResourceGrew / RssGrew unless the second half of ``samples`` is flat against the
-    first; ``slope_kib`` None: the samples are of different processes."""
+    first; ``rss`` is (floor, per-reload allowance) in KiB, None for samples of different
+    processes."""
     half = len(samples) // 2
     first, second = samples[:half], samples[half:]
     for key in ("fds", "threads"):
@@ -638,8 +672,7 @@ def _flat(samples: list[dict[str, int]], what: str, slope_kib: int | None) -> No
             raise ResourceGrew(f"{what}: {key} grew from {a} to {b}: {[s[key] for s in samples]}")
     a = statistics.median(s["rss_kib"] for s in first)
     b = statistics.median(s["rss_kib"] for s in second)
-    bound = RSS_FRESH_KIB if slope_kib is None else \
-        max(RSS_FLOOR_KIB, slope_kib * (len(samples) - half))
+    bound = RSS_FRESH_KIB if rss is None else max(rss[0], rss[1] * (len(samples) - half))
     if b - a > bound:
         raise RssGrew(f"{what}: RSS grew {b - a:.0f} KiB (bound {bound}) over "
                       f"{len(samples)} reloads: {[s['rss_kib'] for s in samples]}")
@@ -661,14 +694,14 @@ def _settled(m: Monolaked, path: str, nslots: int, generation: int) -> dict[str,
 
 IN_PLACE_LEAK = pytest.mark.xfail(
     raises=RssGrew, strict=True,
-    reason="in-place reload: the worker's RSS grows ~12 KiB per reload after warm-up, although "
+    reason="in-place reload: the worker's RSS grows ~10-12 KiB per reload after warm-up, although "
            "_close_retired_handles closes each retired stack (issue 17: find what is retained)")
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900 if SOAK else 120)
 @pytest.mark.parametrize("mode", ["generation", pytest.param("in_place", marks=IN_PLACE_LEAK)])
-def test_reload_soak_loses_no_request_and_keeps_resources_flat(master_factory, tmp_path, mode):
+def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path, mode):
     reloads = 50 if SOAK else 10
     warmup = WARMUP_RELOADS[mode]
     upstream = Upstream("soak")
@@ -684,7 +717,7 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(master_factory, t
             preserve_path = true
             upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
         """)
-        m = master_factory(cfg, args=["--workers", "1"])
+        m = masters(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         path = str(tmp_path / "control.sock")
         nslots = 1
@@ -703,13 +736,13 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(master_factory, t
                 reply = control_request(path, {"type": "reload"}, timeout=60)
                 durations.append(time.monotonic() - t0)
                 assert reply.get("ok"), reply
-                st = wait_for(lambda: _settled(m, path, nslots, 2 + i), 30, interval=0.05,
+                st = wait_for(lambda i=i: _settled(m, path, nslots, 2 + i), 30, interval=0.05,
                               what=f"reload {i + 1} settled")
                 pids = [w["pid"] for w in st["workers"]]
                 if mode == "in_place":
                     assert pids == first_pids  # the same processes, rebuilt in place
                 before = load.ok
-                wait_for(lambda: load.ok > before + 2, 15, what="requests after the reload")
+                wait_for(lambda b=before: load.ok > b + 2, 15, what="requests after the reload")
                 if i >= warmup:
                     # sampled between requests, once the load's connection is closed on both
                     # ends: the counts are then the worker's own, not the load's
@@ -732,11 +765,12 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(master_factory, t
         assert st["master"]["generation"] == 1 + warmup + reloads
         assert all(r["ok"] for r in st["master"]["reloads"])
         # the exact counts first: a leak of fds or threads is never the expected failure
-        for samples, name, slope in (
-                (master_samples, "master", MASTER_SLOPE_KIB),
-                (worker_samples, "worker", WORKER_SLOPE_KIB if mode == "in_place" else None)):
+        in_place = (WORKER_FLOOR_KIB, WORKER_SLOPE_KIB)
+        for samples, name, rss in (
+                (master_samples, "master", (MASTER_FLOOR_KIB, MASTER_SLOPE_KIB)),
+                (worker_samples, "worker", in_place if mode == "in_place" else None)):
             try:
-                _flat(samples, name, slope)
+                _flat(samples, name, rss)
             except RssGrew as exc:
                 rss_failures.append(exc)
         if rss_failures:
@@ -749,11 +783,11 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(master_factory, t
 # 5. SIGSTOP a worker
 # ======================================================================================
 
-def test_sigstopped_worker_is_reported_replaced_and_reaped(master_factory, tmp_path):
+def test_sigstopped_worker_is_reported_replaced_and_reaped(masters, tmp_path):
     port = free_port()
     cfg = base_config(tmp_path, port).replace("heartbeat_timeout = 5", "heartbeat_timeout = 2")
     assert "heartbeat_timeout = 2" in cfg
-    m = master_factory(cfg)
+    m = masters(cfg)
     st = m.wait_ready()
     path = str(tmp_path / "control.sock")
     master = m.proc.pid
