@@ -91,7 +91,7 @@ class FrameReader:
             del self._buf[:HEADER.size + size]
             try:
                 message = json.loads(body)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # nesting beyond the decoder's stack
                 raise ChannelError(f"frame is not JSON: {exc}") from None
             if not isinstance(message, dict) or not isinstance(message.get("type"), str):
                 raise ChannelError("frame is not an object with a string 'type'")

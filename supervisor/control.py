@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 import stat
+import time
 from typing import Any
 
 import structlog
@@ -17,6 +18,10 @@ from monolake.supervisor import channel
 from monolake.supervisor.sockets import bind_unix
 
 log = structlog.get_logger()
+
+# pending control connections the kernel queues while the master is busy (a script may run
+# many commands at once); the client waits for room beyond that (see _connect)
+CONTROL_BACKLOG = 128
 
 
 class ControlServer:
@@ -30,11 +35,11 @@ class ControlServer:
         os.makedirs(folder, exist_ok=True)
         old_umask = os.umask(0o177)  # the socket is born 0600: no window for other users
         try:
-            sock = bind_unix(self.path, 16)
+            sock = bind_unix(self.path, CONTROL_BACKLOG)
         finally:
             os.umask(old_umask)
         os.chmod(self.path, stat.S_IRUSR | stat.S_IWUSR)
-        self._server = await asyncio.start_unix_server(self._serve, sock=sock)
+        self._server = await asyncio.start_unix_server(self._serve, sock=sock, backlog=CONTROL_BACKLOG)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -61,6 +66,9 @@ class ControlServer:
             return
         except channel.ChannelError as exc:
             reply = {"type": "error", "error": str(exc)}
+        except Exception as exc:  # a bug in a handler: answered and logged, the master goes on
+            log.exception("control request failed", error=repr(exc))
+            reply = {"type": "error", "error": f"internal error: {exc!r}"}
         try:
             writer.write(channel.encode(reply))
             await writer.drain()
@@ -104,9 +112,9 @@ class ControlServer:
 
 def request(path: str, message: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
     """Client side: send one request to the master and wait for its reply."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
+    deadline = time.monotonic() + timeout
+    with _connect(path, deadline) as sock:
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
         sock.sendall(channel.encode(message))
         reader = channel.FrameReader()
         while True:
@@ -117,3 +125,25 @@ def request(path: str, message: dict[str, Any], timeout: float = 120.0) -> dict[
             got = reader.next_message()
             if got is not None:
                 return got[0]
+
+
+def _connect(path: str, deadline: float) -> socket.socket:
+    """A connection to the control socket. A unix-socket connect with a timeout fails at once
+    (EAGAIN) while the master's accept queue is full, i.e. while it is busy: wait for room
+    within the request's deadline, as for a master that is slow to answer."""
+    pause = 0.01
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            sock.connect(path)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() + pause >= deadline:
+                raise TimeoutError(f"the master's control socket {path} stayed busy") from None
+        except BaseException:
+            sock.close()
+            raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)

@@ -378,9 +378,6 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(masters,
     assert http_get(port)[0] == 200
 
 
-@pytest.mark.xfail(strict=True, reason="a control request nested deeply enough to make json.loads "
-                   "raise RecursionError escapes ControlServer._serve: no reply, a plain-text "
-                   "traceback in the JSON log")
 def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(masters,
                                                                           tmp_path):
     port = free_port()
@@ -399,10 +396,6 @@ def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(master
     assert "Traceback" not in m.log()
 
 
-@pytest.mark.xfail(strict=True, raises=BlockingIOError,
-                   reason="control.request (every monolaked command) treats a full accept queue "
-                   "(EAGAIN from connect on a unix socket) as 'cannot reach the master' "
-                   "instead of waiting within its timeout")
 def test_a_command_waits_for_a_busy_master_instead_of_failing(masters, tmp_path):
     """The master's accept queue is full (it is busy: here, stopped for a moment): a command
     waits within its timeout, as it does for a master that is slow to answer."""
