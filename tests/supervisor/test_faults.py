@@ -704,16 +704,9 @@ def _settled(m: Monolaked, path: str, nslots: int, generation: int) -> dict[str,
     return st
 
 
-IN_PLACE_LEAK = pytest.mark.xfail(
-    raises=RssGrew, strict=True,
-    reason="in-place reload: the worker's RSS grows ~10-12 KiB per reload after warm-up, for "
-           "~30 reloads (then levels off, +350-500 KiB), while its Python heap stays flat "
-           "(tracemalloc, reloads 6-36: +3 KiB): native memory or allocator fragmentation")
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900 if SOAK else 120)
-@pytest.mark.parametrize("mode", ["generation", pytest.param("in_place", marks=IN_PLACE_LEAK)])
+@pytest.mark.parametrize("mode", ["generation", "in_place"])
 def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path, mode):
     reloads = 50 if SOAK else 10
     warmup = WARMUP_RELOADS[mode]
