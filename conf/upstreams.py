@@ -24,7 +24,7 @@ _HTTP_ONLY = "it applies to http routes only; thrift routes are chosen by method
 _THRIFT_ONLY = "it applies to thrift routes only; http routes are chosen by path"
 
 ENDPOINT_TYPES = {
-    "http": ("uri", "unix", "builtin"),
+    "http": ("uri", "unix", "builtin", "srv"),
     "thrift": ("socket", "unix"),
 }
 ENDPOINT_HINTS = {
@@ -64,11 +64,16 @@ def parse_upstreams(t: Table, kind: str) -> tuple[UpstreamConfig, ...]:
 
 
 def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
-    e = u.subtable("endpoint", known=("type", "value"), required=True)
+    e = u.subtable("endpoint", known=("type", "value", "scheme"), required=True)
     if e is None:
         return None
     etype = e.enum("type", None, ENDPOINT_TYPES[kind], required=True, hints=ENDPOINT_HINTS[kind])
     value = e.string("value", None, required=True, allow_empty=False)
+    scheme = "http"
+    if etype == "srv":
+        scheme = e.enum("scheme", "http", ("http", "https"))
+    elif etype is not None:
+        e.rejected["scheme"] = "it applies to srv endpoints; a uri carries its own scheme"
     e.done()
     if etype is None or value is None:
         return None
@@ -80,6 +85,10 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
         if etype == "socket":
             hp = addresses.parse_host_port(value)
             return EndpointConfig("socket", value, host=hp.host, port=hp.port)
+        if etype == "srv":
+            target = parse_srv_name(value)
+            return EndpointConfig("srv", value.rstrip(".").lower(), scheme=scheme, host=target,
+                                  port={"http": 80, "https": 443}[scheme], path="/")
         if etype == "unix":
             path = resolve_path(value, e.base_dir)
             addresses.check_unix_path(path, parent_must_exist=False)
@@ -90,6 +99,22 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
     except AddressError as exc:
         e.expected("value", str(exc), value)
         return None
+
+
+def parse_srv_name(value: str) -> str:
+    """``_service._tcp.name`` -> ``name`` (the Host header and TLS name of its targets)."""
+    labels = value.rstrip(".").split(".")
+    if (len(labels) < 3 or not labels[0].startswith("_") or len(labels[0]) < 2
+            or labels[1].lower() != "_tcp"):
+        raise AddressError('an SRV name "_service._tcp.name", such as "_http._tcp.app.internal"')
+    name = ".".join(labels[2:])
+    try:
+        host = addresses.check_host(name)
+    except AddressError:
+        raise AddressError(f'a host name after "{labels[0]}._tcp." in the SRV name') from None
+    if host != name.lower() or name.replace(".", "").isdigit():
+        raise AddressError(f'a host name (not an address) after "{labels[0]}._tcp." in the SRV name')
+    return host
 
 
 def _pool_settings(t: Table) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import channel, logs
+from monolake.worker import discovery
 from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
@@ -66,6 +67,7 @@ class Worker:
                  control: socket.socket | None) -> None:
         self.env = env
         self.config = config
+        discovery.configure(config.resolver)  # routes built from here on resolve with it
         self.sockets = sockets
         self.control = control
         self.slots: dict[str, ServerSlot] = {}
@@ -269,6 +271,7 @@ class Worker:
                 self.commit_in_place()
             elif kind == "rollback":
                 self._staged = None
+                discovery.configure(self.config.resolver)
             elif kind == "log_level":
                 logs.set_level(str(message.get("level", "info")))
                 log.info("log level changed", new_level=message.get("level"))
@@ -350,6 +353,7 @@ class Worker:
 
         config = Config.from_dict(message["config"])
         staged: dict[str, Any] = {}
+        discovery.configure(config.resolver)
         try:
             for name, server_cfg in config.servers.items():
                 live = self.slots.get(name)
@@ -357,6 +361,7 @@ class Worker:
                 staged[name] = build(name, server_cfg, self.env, live.handle if live else None)
         except Exception as exc:  # noqa: BLE001 - reported to the master, which aborts
             log.exception("in-place build failed")
+            discovery.configure(self.config.resolver)
             self.send({"type": "reconfigured", "ok": False, "reason": repr(exc)})
             return
         self._staged = (config, staged)

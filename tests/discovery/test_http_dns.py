@@ -1,0 +1,179 @@
+"""HTTP upstreams found by DNS, end to end: a real monolaked, a real dnsmasq whose answers
+change while a closed-loop client runs, backends on 127.0.0.2-5. No reload anywhere."""
+
+from __future__ import annotations
+
+import time
+
+from tests.discovery.conftest import Load, discovery_config
+from tests.harness import http_get
+from tests.support import free_port, wait_for
+
+HOSTS = "app.test"
+
+
+def start(master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolver: str = "",
+          route: str = "") -> tuple[object, int]:
+    port = free_port()
+    resolver = f'nameservers = ["{d.nameserver}"]\n' + resolver
+    m = master_factory(discovery_config(tmp_path, port, resolver, upstreams, runtime_type, route))
+    m.wait_ready()
+    return m, port
+
+
+def test_addresses_join_and_leave_without_reload(master_factory, tmp_path, dnsmasq, backends,
+                                                 runtime_type) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type, route='load_balancer = "round_robin"')
+    load = Load(port)
+    try:
+        wait_for(lambda: load.snapshot()["b2"] > 20, timeout=10, what="traffic to b2")
+        assert b3.requests == 0
+        assert b2.hosts == {f"app.test:{b2.port}"}  # the Host header names the name, not the address
+
+        # a second address joins: traffic spreads to it within one TTL + one refresh
+        changed = time.monotonic()
+        d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"],
+                    {"app.test": {"127.0.0.2", "127.0.0.3"}})
+        wait_for(lambda: b3.requests > 0, timeout=5, what="the new address to get requests")
+        joined_after = time.monotonic() - changed
+        before = load.snapshot()
+        wait_for(lambda: min(load.since(before)["b2"], load.since(before)["b3"]) > 20, timeout=10,
+                 what="requests on both addresses")
+        assert joined_after < 1 + 1 + 0.5, joined_after  # TTL 1 s, refresh at 0.9 x TTL
+        assert b2.open_connections >= 1
+
+        # the first one leaves: it drains, its pooled idle connections close, no new requests
+        changed = time.monotonic()
+        d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
+        wait_for(lambda: b2.open_connections == 0, timeout=5,
+                 what="the removed address's pooled connections to close")
+        drained_after = time.monotonic() - changed
+        gone = b2.requests
+        before = load.snapshot()
+        wait_for(lambda: load.since(before)["b3"] > 50, timeout=10, what="traffic to b3")
+        assert b2.requests == gone
+        assert drained_after < 1 + 1 + 1.5, drained_after  # + one pool sweep
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    events = [e for e in m.log_events() if e.get("event") == "dns_records_changed"]
+    assert [e["records"] for e in events] == [["127.0.0.2"], ["127.0.0.2", "127.0.0.3"],
+                                              ["127.0.0.3"]]
+
+
+def test_ttl_floor_and_ceiling_are_respected(master_factory, tmp_path, dnsmasq, backends,
+                                             runtime_type) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    # published TTL 1 s under a 3 s floor: dnsmasq sees about one query per 2.7 s, not one a second
+    d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type, resolver="min_ttl_sec = 3\nmax_ttl_sec = 30\n")
+    assert http_get(port, "/x")[1] == b"b2"
+    first = d.queries_for("app.test")
+    time.sleep(6)
+    sent = d.queries_for("app.test") - first
+    assert 1 <= sent <= 3, sent  # 6 s / 2.7 s; a 1 s TTL would have been 6
+    (event,) = [e for e in m.log_events() if e.get("event") == "dns_records_changed"]
+    assert event["ttl"] == 3.0 and event["published_ttl"] == 1.0
+    m.stop()
+
+    # published TTL 600 s over a 1 s ceiling: a change shows within about a second
+    d.restart(ttl=600)
+    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type, resolver="min_ttl_sec = 0\nmax_ttl_sec = 1\n")
+    assert http_get(port, "/x")[1] == b"b2"
+    d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
+    wait_for(lambda: http_get(port, "/x")[1] == b"b3", timeout=3, what="the change within 1 s TTL")
+    assert b3.requests >= 1
+
+
+def test_dns_server_killed_keeps_serving_and_logs_once(master_factory, tmp_path, dnsmasq,
+                                                       backends, runtime_type) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type, resolver="timeout_sec = 0.5\nnegative_ttl_sec = 1\n")
+    load = Load(port)
+    try:
+        wait_for(lambda: load.snapshot()["b2"] > 20, timeout=10, what="traffic")
+        d.stop()
+        failed = lambda: [e for e in m.log_events() if e.get("event") == "dns_lookup_failed"]  # noqa: E731
+        wait_for(failed, timeout=5, what="the resolver failure to be logged")
+        before = load.snapshot()
+        time.sleep(4)  # four TTLs and several retries with the name server gone
+        assert load.since(before)["b2"] > 100
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
+    (line,) = failed()
+    assert line["serving"] == "last good answer" and line["dns_name"] == "app.test"
+    # the name server comes back: one recovery line, and the answer is used again
+    d.start()
+    wait_for(lambda: [e for e in m.log_events() if e.get("event") == "dns_lookup_recovered"],
+             timeout=5, what="recovery to be logged")
+    assert len(failed()) == 1
+
+
+def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
+                                    runtime_type) -> None:
+    a = backends.add("127.0.0.2", 0, "a")
+    b = backends.add("127.0.0.3", 0, "b")
+    c = backends.add("127.0.0.4", 0, "c")
+    hosts = ["127.0.0.2 a.test", "127.0.0.3 b.test", "127.0.0.4 c.test"]
+    srv = [f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,3",
+           f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,1",
+           f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1"]
+    d = dnsmasq(hosts, ttl=1, extra=srv)
+    m, port = start(master_factory, tmp_path, d,
+                    '{ endpoint = { type = "srv", value = "_http._tcp.app.test" } }', runtime_type,
+                    route='load_balancer = "weighted_random"\neject_after_failures = 1\n'
+                          'eject_duration_sec = 30')
+    load = Load(port)
+    try:
+        wait_for(lambda: sum(load.snapshot().values()) > 400, timeout=20, what="400 requests")
+        got = load.snapshot()
+        assert got["c"] == 0  # priority 20 is unused while priority 10 is healthy
+        assert 2.0 < got["a"] / max(1, got["b"]) < 4.5, got  # weights 3:1
+        assert a.hosts == {"app.test"}  # the Host header is the service's name
+
+        # SRV weights change (new records, same port): the split follows within a TTL or two
+        d.restart(extra=[f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,1",
+                         f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,3",
+                         f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1"])
+        time.sleep(2.5)
+        before = load.snapshot()
+        wait_for(lambda: sum(load.since(before).values()) > 400, timeout=20, what="400 more")
+        got = load.since(before)
+        assert 2.0 < got["b"] / max(1, got["a"]) < 4.5, got
+
+        # the whole priority-10 group fails its connects (passive ejection): priority 20 takes over
+        load.stop()
+        a.close()
+        b.close()
+        wait_for(lambda: http_get(port, "/x")[1] == b"c", timeout=10, what="failover to c")
+        answers = [http_get(port, "/x") for _ in range(20)]
+        assert {(s, body) for s, body, _ in answers} == {(200, b"c")}
+    finally:
+        load.stop()
+
+
+def test_name_without_addresses_is_503_and_recovers(master_factory, tmp_path, dnsmasq, backends,
+                                                    runtime_type) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    d = dnsmasq([], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type, resolver="negative_ttl_sec = 1\n")
+    status, body, _ = http_get(port, "/x")
+    assert status == 503, body
+    d.set_hosts(["127.0.0.2 app.test"], {"app.test": {"127.0.0.2"}})
+    wait_for(lambda: http_get(port, "/x")[1] == b"b2", timeout=4, what="the name to appear")
