@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Backend:
-    """``GET /<anything>`` answers ``<name>``; keep-alive HTTP/1.1."""
+    """``GET /<anything>`` answers ``<name>`` (``/slow`` after ``slow`` seconds); keep-alive
+    HTTP/1.1."""
 
     def __init__(self, address: str, port: int, name: str) -> None:
         outer = self
         self.address, self.name = address, name
         self.requests = 0
+        self.slow = 1.5
         self.open_connections = 0
         self.hosts: set[str] = set()
         self._lock = threading.Lock()
@@ -45,6 +48,8 @@ class Backend:
                     outer.requests += 1
                     outer.hosts.add(self.headers.get("Host", ""))
                 body = outer.name.encode()
+                if self.path.startswith("/slow"):
+                    time.sleep(outer.slow)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

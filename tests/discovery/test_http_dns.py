@@ -3,13 +3,20 @@ change while a closed-loop client runs, backends on 127.0.0.2-5. No reload anywh
 
 from __future__ import annotations
 
+import threading
 import time
+
+import pytest
 
 from tests.discovery.conftest import Load, discovery_config
 from tests.harness import http_get
 from tests.support import free_port, wait_for
 
-HOSTS = "app.test"
+
+
+@pytest.fixture(params=["generation", "in_place"])
+def reload_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def start(master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolver: str = "",
@@ -177,3 +184,65 @@ def test_name_without_addresses_is_503_and_recovers(master_factory, tmp_path, dn
     assert status == 503, body
     d.set_hosts(["127.0.0.2 app.test"], {"app.test": {"127.0.0.2"}})
     wait_for(lambda: http_get(port, "/x")[1] == b"b2", timeout=4, what="the name to appear")
+
+
+def test_request_in_flight_to_a_removed_address_finishes(master_factory, tmp_path, dnsmasq,
+                                                         backends, runtime_type) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    b2.slow = 4.0
+    d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type)
+    result: list[tuple[int, bytes]] = []
+    slow = threading.Thread(target=lambda: result.append(http_get(port, "/slow")[:2]))
+    slow.start()
+    wait_for(lambda: b2.requests == 1, timeout=5, what="the slow request to reach b2")
+    d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
+    wait_for(lambda: http_get(port, "/x")[1] == b"b3", timeout=4, what="b3 to take over")
+    served = b2.requests  # the slow one, and quick ones until the change was seen
+    # idle pooled connections to b2 close; the exchange in flight keeps its own
+    wait_for(lambda: b2.open_connections == 1, timeout=2, what="only the busy connection left")
+    assert slow.is_alive()
+    slow.join(timeout=10)
+    assert result == [(200, b"b2")]
+    # its connection is not pooled: it closes once the response is through
+    wait_for(lambda: b2.open_connections == 0, timeout=3, what="the drained connection to close")
+    for _ in range(10):
+        assert http_get(port, "/x")[1] == b"b3"
+    assert b2.requests == served
+
+
+def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, backends,
+                                           reload_mode) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)
+    port = free_port()
+    resolver = f'nameservers = ["{d.nameserver}"]\n'
+    text = discovery_config(tmp_path, port, resolver,
+                            f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                            "auto", route='load_balancer = "round_robin"').replace(
+        "[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
+    m = master_factory(text)
+    m.wait_ready()
+    load = Load(port)
+    try:
+        wait_for(lambda: min(load.snapshot()["b2"], load.snapshot()["b3"]) > 10, timeout=10,
+                 what="traffic to both addresses")
+        result = m.cli("reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        before = load.snapshot()
+        wait_for(lambda: min(load.since(before)["b2"], load.since(before)["b3"]) > 10,
+                 timeout=10, what="traffic to both addresses after the reload")
+        # and DNS changes still apply to the new stacks
+        d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
+        wait_for(lambda: b2.open_connections == 0, timeout=5, what="b2 to drain")
+        gone = b2.requests
+        before = load.snapshot()
+        wait_for(lambda: load.since(before)["b3"] > 20, timeout=10, what="traffic to b3")
+        assert b2.requests == gone
+    finally:
+        load.stop()
+    assert load.failures == [], load.failures[:5]
