@@ -48,7 +48,7 @@ class Backend:
                     outer.requests += 1
                     outer.hosts.add(self.headers.get("Host", ""))
                 body = outer.name.encode()
-                if self.path.startswith("/slow"):
+                if "/slow" in self.path:
                     time.sleep(outer.slow)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))

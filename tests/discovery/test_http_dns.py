@@ -194,7 +194,7 @@ def test_request_in_flight_to_a_removed_address_finishes(master_factory, tmp_pat
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
     m, port = start(master_factory, tmp_path, d,
                     f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type)
+                    runtime_type, route="preserve_path = true")
     result: list[tuple[int, bytes]] = []
     slow = threading.Thread(target=lambda: result.append(http_get(port, "/slow")[:2]))
     slow.start()
