@@ -55,7 +55,12 @@ class Backend:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer((address, port), Handler)
+        server_class = ThreadingHTTPServer
+        if ":" in address:
+            class V6(ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+            server_class = V6
+        self.server = server_class((address, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -246,3 +246,16 @@ def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, ba
     finally:
         load.stop()
     assert load.failures == [], load.failures[:5]
+
+
+def test_aaaa_addresses_are_endpoints_too(master_factory, tmp_path, dnsmasq, backends,
+                                          runtime_type) -> None:
+    v4 = backends.add("127.0.0.2", 0, "v4")
+    v6 = backends.add("::1", v4.port, "v6")
+    d = dnsmasq(["127.0.0.2 app.test", "::1 app.test"], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{v4.port}" }} }}',
+                    runtime_type, route='load_balancer = "round_robin"')
+    bodies = {http_get(port, "/x")[1] for _ in range(6)}
+    assert bodies == {b"v4", b"v6"}
+    assert v6.hosts == {f"app.test:{v4.port}"}
