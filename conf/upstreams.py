@@ -25,7 +25,7 @@ _THRIFT_ONLY = "it applies to thrift routes only; http routes are chosen by path
 
 ENDPOINT_TYPES = {
     "http": ("uri", "unix", "builtin", "srv"),
-    "thrift": ("socket", "unix"),
+    "thrift": ("socket", "unix", "srv"),
 }
 ENDPOINT_HINTS = {
     "http": {"socket": 'http routes take type = "uri", value = "http://HOST:PORT/"'},
@@ -69,11 +69,12 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
         return None
     etype = e.enum("type", None, ENDPOINT_TYPES[kind], required=True, hints=ENDPOINT_HINTS[kind])
     value = e.string("value", None, required=True, allow_empty=False)
-    scheme = "http"
-    if etype == "srv":
+    scheme = "http" if kind == "http" else ""
+    if etype == "srv" and kind == "http":
         scheme = e.enum("scheme", "http", ("http", "https"))
     elif etype is not None:
-        e.rejected["scheme"] = "it applies to srv endpoints; a uri carries its own scheme"
+        e.rejected["scheme"] = ("it applies to srv endpoints; a uri carries its own scheme"
+                                if kind == "http" else "thrift upstreams have no scheme")
     e.done()
     if etype is None or value is None:
         return None
@@ -88,7 +89,8 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
         if etype == "srv":
             target = parse_srv_name(value)
             return EndpointConfig("srv", value.rstrip(".").lower(), scheme=scheme, host=target,
-                                  port={"http": 80, "https": 443}[scheme], path="/")
+                                  port={"http": 80, "https": 443}.get(scheme, 0),
+                                  path="/" if scheme else "")
         if etype == "unix":
             path = resolve_path(value, e.base_dir)
             addresses.check_unix_path(path, parent_must_exist=False)

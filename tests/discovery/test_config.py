@@ -107,3 +107,18 @@ def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
 def test_good_config_checks(tmp_path: Path) -> None:
     result = check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
     assert result.returncode == 0, result.stderr
+
+
+def test_thrift_srv_endpoint_takes_no_scheme(tmp_path: Path) -> None:
+    head = textwrap.dedent("""
+        [servers.rpc]
+        proxy_type = "thrift"
+        listener = { type = "socket", value = "127.0.0.1:18081" }
+    """)
+    ok = check(tmp_path, head + 'route = { upstreams = [{ endpoint = { type = "srv", '
+                                'value = "_thrift._tcp.app.internal" } }] }\n')
+    assert ok.returncode == 0, ok.stderr
+    bad = check(tmp_path, head + 'route = { upstreams = [{ endpoint = { type = "srv", '
+                                 'value = "_thrift._tcp.app.internal", scheme = "http" } }] }\n')
+    assert bad.returncode != 0
+    assert 'endpoint.scheme: expected no "scheme" key here (thrift upstreams have no scheme)' in bad.stderr

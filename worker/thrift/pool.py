@@ -55,10 +55,11 @@ class Call:
 class Endpoint:
     """Where an upstream listens: ``host:port`` or a unix socket path."""
 
-    __slots__ = ("kind", "host", "port", "path", "label")
+    __slots__ = ("kind", "host", "port", "path", "label", "discovered")
 
     def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
         self.kind = kind
+        self.discovered: Any = None  # a placeholder for a name DNS has not answered yet
         self.host, self.port, self.path = host, port, path
         if kind == "unix":
             self.label = f"unix:{path}"
@@ -238,6 +239,7 @@ class EndpointPool:
         self.failures = 0
         self.ejected_until = 0.0
         self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
+        self.draining = False  # DNS dropped this address: connections close as they go idle
 
     @property
     def key(self) -> tuple[str, int]:
@@ -288,6 +290,8 @@ class EndpointPool:
         try:
             if ep.kind == "unix":
                 coro = loop.create_unix_connection(lambda: conn, ep.path)
+            elif ep.discovered is not None:
+                coro = self._open_discovered(conn)
             else:
                 coro = loop.create_connection(lambda: conn, ep.host, ep.port)
             await asyncio.wait_for(coro, self.settings.connect_timeout)
@@ -300,6 +304,24 @@ class EndpointPool:
         except asyncio.CancelledError:
             conn.fail(UpstreamError(f"connect to upstream {ep.label} cancelled"))
             raise
+
+    async def _open_discovered(self, conn: UpstreamConnection) -> None:
+        """A placeholder's pool (DNS has not answered when the call came): wait for the
+        answer, then connect to one of its addresses."""
+        loop = self.loop or asyncio.get_running_loop()
+        link = self.endpoint.discovered
+        target = await link.resolve(self.settings.connect_timeout)
+        if target is None:
+            raise OSError(link.why_none())
+        await loop.create_connection(lambda: conn, target.address, target.port)
+
+    def drain(self) -> None:
+        """DNS no longer names this address: close idle connections now, the others when
+        their last call is answered (on_idle)."""
+        self.draining = True
+        for conn in list(self.idle):
+            conn.close()
+            self.on_closed(conn)
 
     def _connect_failed(self) -> None:
         self.counters.upstream_connect_failures += 1
@@ -327,7 +349,7 @@ class EndpointPool:
     def on_idle(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
-        if len(self.idle) >= self.settings.max_idle:
+        if len(self.idle) >= self.settings.max_idle or self.draining:
             conn.close()
             return
         conn.idle_since = self.clock or self.now()
@@ -455,6 +477,7 @@ class Upstreams:
     def __init__(self, counters: Counters, sweep_interval: float = 1.0) -> None:
         self.counters = counters
         self.pools: dict[tuple[str, int], EndpointPool] = {}
+        self.retired: list[EndpointPool] = []  # drained by DNS, connections still finishing
         self.sweep_interval = sweep_interval
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -467,6 +490,13 @@ class Upstreams:
             pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters, self._loop)
             self.sweep_interval = min(self.sweep_interval, _interval_for(settings))
         return pool
+
+    def forget(self, pool: EndpointPool) -> None:
+        """A drained pool leaves the table (an address that comes back gets a new one); it is
+        still swept (deadlines of its calls in flight) until its last connection is gone."""
+        if self.pools.get(pool.key) is pool:
+            del self.pools[pool.key]
+            self.retired.append(pool)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin the periodic sweep (idempotent; needs the worker's loop)."""
@@ -481,7 +511,8 @@ class Upstreams:
         if loop is None or self.closed:
             return
         now = loop.time()
-        for pool in list(self.pools.values()):
+        self.retired = [p for p in self.retired if p.conns]
+        for pool in [*self.pools.values(), *self.retired]:
             try:
                 pool.sweep(now)
             except Exception:  # noqa: BLE001 - the sweep must keep running
@@ -526,7 +557,7 @@ class Upstreams:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.retired]:
             pool.close()
 
 
