@@ -3,6 +3,7 @@ change while a closed-loop client runs, backends on 127.0.0.2-5. No reload anywh
 
 from __future__ import annotations
 
+import http.client
 import threading
 import time
 
@@ -259,3 +260,25 @@ def test_aaaa_addresses_are_endpoints_too(master_factory, tmp_path, dnsmasq, bac
     bodies = {http_get(port, "/x")[1] for _ in range(6)}
     assert bodies == {b"v4", b"v6"}
     assert v6.hosts == {f"app.test:{v4.port}"}
+
+
+def test_a_dead_address_of_a_name_costs_no_request(master_factory, tmp_path, dnsmasq, backends,
+                                                   runtime_type) -> None:
+    """A connect to a name used to try each of its addresses; it still does: a refused
+    connect to one address moves even a POST (nothing was sent) to another, and ejects the
+    dead one."""
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type, route='load_balancer = "round_robin"')
+    statuses = []
+    for i in range(20):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/p", body=b"x" * 10)
+        resp = conn.getresponse()
+        statuses.append((resp.status, resp.read()))
+        conn.close()
+    assert statuses == [(200, b"b2")] * 20
+    ejected = [e for e in m.log_events() if e.get("event") == "upstream_ejected"]
+    assert [e["upstream"] for e in ejected] == [f"http://127.0.0.3:{b2.port}"]

@@ -103,7 +103,17 @@ class UpstreamPool:
             conn = self.take_idle(up)
             if conn is not None:
                 return conn
-            return await self._connect(up)
+            try:
+                return await self._connect(up)
+            except UpstreamError as exc:
+                alt = up.group.fallback(up) if up.group is not None else None
+                if alt is None:
+                    raise
+                # as a connect to a name tries each of its addresses: this one is ejected,
+                # the request (nothing sent yet) goes on to another
+                up.eject_now(self.stats, str(exc))
+                conn = self.take_idle(alt)
+                return conn if conn is not None else await self._connect(alt)
         finally:
             hold.release()
 

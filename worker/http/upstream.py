@@ -48,7 +48,8 @@ class Upstream:
     __slots__ = ("kind", "scheme", "host", "port", "path", "query", "authority", "unix_path",
                  "weight", "ssl", "sni", "key", "label", "active", "failures", "ejected_until",
                  "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header",
-                 "priority", "draining", "discovered", "origin", "address", "__weakref__")
+                 "priority", "draining", "discovered", "origin", "address", "group",
+                 "__weakref__")
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
         self.kind = endpoint.type          # "uri" | "unix" | "builtin" | "srv"
@@ -58,6 +59,7 @@ class Upstream:
         self.discovered: Discovered | None = None  # set on a placeholder (see Balancer)
         self.origin = ""                   # a derived upstream: the label it was derived from
         self.address = ""                  # the connect address when discovered (host: the name)
+        self.group: Discovered | None = None  # a derived upstream: the name it is an address of
         self.active = 0
         self.failures = 0
         self.ejected_until = 0.0
@@ -126,6 +128,7 @@ class Upstream:
         up.ejected_until = 0.0
         up.draining = False
         up.discovered = None
+        up.group = self.discovered
         up.address = target.address
         up.port = target.port
         up.weight = max(1, target.weight)
@@ -160,6 +163,16 @@ class Upstream:
             structlog.get_logger().warning("upstream_ejected", upstream=self.label,
                                            failures=self.failures, seconds=self.eject_for)
 
+    def eject_now(self, stats: Stats, why: str) -> None:
+        """One of a name's addresses failed a connect while the name has others: out at once
+        for ``eject_duration_sec`` (the request moves to another address)."""
+        self.failures += 1
+        if self.ejected_until <= time.monotonic():
+            self.ejected_until = time.monotonic() + self.eject_for
+            stats.upstream_ejections += 1
+            structlog.get_logger().warning("upstream_ejected", upstream=self.label, origin=self.origin,
+                                           error=why, seconds=self.eject_for)
+
     def connect_ok(self) -> None:
         if self.failures:
             self.failures = 0
@@ -173,7 +186,7 @@ class Discovered:
 
     def __init__(self, template: Upstream, balancer: "Balancer") -> None:
         self.template = template
-        self.children: dict[tuple[str, int, int, int], Upstream] = {}
+        self.children: dict[tuple[str, int], Upstream] = {}
         self.ready = False                 # the first answer is in: children replace the placeholder
         self._balancer = weakref.ref(balancer)
         if template.key[0] == "srv":
@@ -189,14 +202,16 @@ class Discovered:
             if not self.source.settled:
                 return [self.template]
             self.ready = True
-        fresh: dict[tuple[str, int, int, int], Upstream] = {}
+        fresh: dict[tuple[str, int], Upstream] = {}
         for t in self.source.targets():
-            k = (t.address, t.port, t.weight, t.priority)
+            k = (t.address, t.port)
             if k in fresh:
                 continue
             up = self.children.get(k)
             if up is None or up.draining:
                 up = self.template.derive(t)
+            else:  # an SRV weight or priority change keeps the address's connections
+                up.weight, up.priority = max(1, t.weight), t.priority
             fresh[k] = up
         for k, up in self.children.items():
             if k not in fresh:
@@ -213,6 +228,18 @@ class Discovered:
             balancer.endpoints_changed()
         now = time.monotonic()
         ups = [u for u in self.children.values() if u.healthy(now)]
+        if not ups:
+            return None
+        low = min(u.priority for u in ups)
+        ups = [u for u in ups if u.priority == low]
+        return random.choices(ups, [u.weight for u in ups])[0]
+
+    def fallback(self, failed: Upstream) -> Upstream | None:
+        """Another healthy address of this name after a connect to ``failed`` was refused or
+        timed out (nothing was sent, so any request may move): the lowest priority first."""
+        now = time.monotonic()
+        ups = [u for u in self.children.values()
+               if u is not failed and not u.draining and u.healthy(now)]
         if not ups:
             return None
         low = min(u.priority for u in ups)

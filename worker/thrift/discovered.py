@@ -33,7 +33,7 @@ class Discovered:
 
     def __init__(self, cfg: Any, weight: int, make_target: Any, owner: "RouteTargets") -> None:
         self.make_target = make_target           # Endpoint, weight, priority -> Target
-        self.children: dict[tuple[str, int, int, int], Target] = {}
+        self.children: dict[tuple[str, int], Target] = {}
         self.ready = False
         if cfg.type == "srv":
             self.name = cfg.value
@@ -53,15 +53,17 @@ class Discovered:
                 return [self.placeholder]
             self.ready = True
             drain(self.placeholder)
-        fresh: dict[tuple[str, int, int, int], Target] = {}
+        fresh: dict[tuple[str, int], Target] = {}
         for t in self.source.targets():
-            k = (t.address, t.port, t.weight, t.priority)
+            k = (t.address, t.port)
             if k in fresh:
                 continue
             target = self.children.get(k)
             if target is None:
                 target = self.make_target(Endpoint("socket", host=t.address, port=t.port),
                                           max(1, t.weight), t.priority)
+            else:  # an SRV weight or priority change keeps the address's connections
+                target.weight, target.priority = max(1, t.weight), t.priority
             fresh[k] = target
         for k, target in self.children.items():
             if k not in fresh:
