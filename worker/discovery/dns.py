@@ -19,14 +19,15 @@ import asyncio
 import ipaddress
 import os
 from dataclasses import dataclass
-
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
+from typing import TYPE_CHECKING, Any
 
 from monolake.conf.resolver import ResolverConfig
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
+
+# dnspython is imported by the first DnsClient, not here: it costs a worker ~5 MB of RSS and
+# a fraction of a second at start, which a config without host names need not pay.
 
 HOSTS_FILE = "/etc/hosts"
 HOSTS_TTL = 30.0  # /etc/hosts answers are re-read this often (clamped by min/max TTL)
@@ -108,7 +109,11 @@ class DnsClient:
         self.resolver = self._resolver(cfg)
 
     @staticmethod
-    def _resolver(cfg: ResolverConfig) -> dns.asyncresolver.Resolver:
+    def _resolver(cfg: ResolverConfig) -> "dns.asyncresolver.Resolver":
+        import dns.asyncresolver
+        import dns.nameserver
+        import dns.resolver
+
         if cfg.nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in cfg.servers()]
@@ -149,6 +154,9 @@ class DnsClient:
         return Answer(tuple(r for r in records if r.target not in ("", ".")), got.ttl)
 
     async def _query(self, name: str, rdtype: str) -> Answer:
+        import dns.exception
+        import dns.resolver
+
         try:
             answer = await self.resolver.resolve(name, rdtype, raise_on_no_answer=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -160,7 +168,7 @@ class DnsClient:
             raise LookupFailed(f"{rdtype} {name}: {_first_line(exc)}") from None
         except (dns.exception.DNSException, OSError, ValueError) as exc:
             raise LookupFailed(f"{rdtype} {name}: {type(exc).__name__}: {exc}") from None
-        rrset = answer.rrset
+        rrset: Any = answer.rrset
         if rrset is None:
             return Answer((), self.cfg.negative_ttl_sec)
         return Answer(tuple(rrset), float(rrset.ttl))
