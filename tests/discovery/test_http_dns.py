@@ -282,3 +282,18 @@ def test_a_dead_address_of_a_name_costs_no_request(master_factory, tmp_path, dns
     assert statuses == [(200, b"b2")] * 20
     ejected = [e for e in m.log_events() if e.get("event") == "upstream_ejected"]
     assert [e["upstream"] for e in ejected] == [f"http://127.0.0.3:{b2.port}"]
+
+
+def test_without_resolver_section_hosts_file_names_work(master_factory, tmp_path, backends,
+                                                        runtime_type) -> None:
+    """No [resolver]: /etc/resolv.conf's servers, and /etc/hosts first, as getaddrinfo would
+    (``localhost`` keeps working with no DNS server at all)."""
+    b = backends.add("127.0.0.1", 0, "local")
+    port = free_port()
+    text = discovery_config(tmp_path, port, "",
+                            f'{{ endpoint = {{ type = "uri", value = "http://localhost:{b.port}" }} }}',
+                            runtime_type).replace("[resolver]\n", "", 1)
+    m = master_factory(text)
+    m.wait_ready()
+    assert [http_get(port, "/x")[:2] for _ in range(5)] == [(200, b"local")] * 5
+    assert b.hosts == {f"localhost:{b.port}"}
