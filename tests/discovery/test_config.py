@@ -107,6 +107,9 @@ def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
 def test_good_config_checks(tmp_path: Path) -> None:
     result = check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
     assert result.returncode == 0, result.stderr
+    assert ("resolver: 127.0.0.1:5353, ttl 1-300 s, negative 5 s, timeout 2 s, stale up to 3600 s"
+            in result.stdout), result.stdout
+    assert "srv:_http._tcp.app.internal" in result.stdout, result.stdout
 
 
 def test_thrift_srv_endpoint_takes_no_scheme(tmp_path: Path) -> None:
