@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.discovery.conftest import Load, discovery_config
+from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import http_get
 from tests.support import free_port, wait_for
 
@@ -297,3 +298,31 @@ def test_without_resolver_section_hosts_file_names_work(master_factory, tmp_path
     m.wait_ready()
     assert [http_get(port, "/x")[:2] for _ in range(5)] == [(200, b"local")] * 5
     assert b.hosts == {f"localhost:{b.port}"}
+
+
+def test_reload_applies_a_new_resolver_section(master_factory, tmp_path, dnsmasq, backends,
+                                               reload_mode) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    first = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    (tmp_path / "second").mkdir()
+    second = Dnsmasq(tmp_path / "second", ["127.0.0.3 app.test"], ttl=1)
+    try:
+        port = free_port()
+
+        def text(ns: str) -> str:
+            return discovery_config(
+                tmp_path, port, f'nameservers = ["{ns}"]\n',
+                f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                "auto").replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
+
+        m = master_factory(text(first.nameserver))
+        m.wait_ready()
+        assert {http_get(port, "/x")[1] for _ in range(5)} == {b"b2"}
+        m.config_path.write_text(text(second.nameserver))
+        result = m.cli("reload")
+        assert result.returncode == 0, result.stdout + result.stderr
+        wait_for(lambda: http_get(port, "/x")[1] == b"b3", timeout=5, what="the new name server's answer")
+        assert {http_get(port, "/x")[1] for _ in range(5)} == {b"b3"}
+    finally:
+        second.close()
