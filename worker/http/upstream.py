@@ -111,11 +111,6 @@ class Upstream:
         """A name (not an IP literal) or an SRV record: its addresses come from DNS."""
         return self.kind == "uri" and (self.key[0] == "srv" or not is_ip(self.host))
 
-    @property
-    def pending(self) -> bool:
-        """A placeholder whose name has no answer yet."""
-        return self.discovered is not None
-
     def derive(self, target: Target) -> "Upstream":
         """The upstream for one address of this (discovered) one: same Host header, path,
         TLS name, pool and health settings; its own connect address and pool key."""
@@ -252,9 +247,6 @@ class Discovered:
             return f"no DNS answer yet for {src.name}"
         return f"DNS gave no address for {src.name}" + (f" ({src.error})" if src.error else "")
 
-    def close(self) -> None:
-        self.source.close()
-
 
 class Balancer:
     """Picks an upstream: random, weighted_random, round_robin, first or least_conn.
@@ -302,10 +294,6 @@ class Balancer:
                 "upstreams_changed", upstreams=after,
                 joined=[x for x in after if x not in before],
                 draining=[x for x, u in before.items() if x not in after and u.discovered is None])
-
-    @property
-    def discovered(self) -> list[Discovered]:
-        return list(self._found.values())
 
     def pick(self, exclude: set[int] | None = None) -> Upstream | None:
         ups = self.upstreams
