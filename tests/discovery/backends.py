@@ -4,6 +4,7 @@ its open connections, so a test sees where traffic goes and when pooled connecti
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +14,8 @@ class Backend:
     """``GET /<anything>`` answers ``<name>`` (``/slow`` after ``slow`` seconds); keep-alive
     HTTP/1.1."""
 
-    def __init__(self, address: str, port: int, name: str) -> None:
+    def __init__(self, address: str, port: int, name: str,
+                 tls: tuple[str, str] | None = None) -> None:
         outer = self
         self.address, self.name = address, name
         self.requests = 0
@@ -66,6 +68,10 @@ class Backend:
             server_class = V6
         self.server = server_class((address, port), Handler)
         self.server.daemon_threads = True
+        if tls is not None:  # (chain, key): an https upstream
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
@@ -89,8 +95,9 @@ class Backends:
     def __init__(self) -> None:
         self.all: list[Backend] = []
 
-    def add(self, address: str, port: int, name: str) -> Backend:
-        b = Backend(address, port, name)
+    def add(self, address: str, port: int, name: str,
+            tls: tuple[str, str] | None = None) -> Backend:
+        b = Backend(address, port, name, tls)
         self.all.append(b)
         return b
 

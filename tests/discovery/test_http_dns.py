@@ -12,6 +12,7 @@ import pytest
 from tests.discovery.conftest import Load, discovery_config
 from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import http_get
+from tests.http.certs import make_ca, make_cert
 from tests.support import free_port, wait_for
 
 
@@ -326,3 +327,19 @@ def test_reload_applies_a_new_resolver_section(master_factory, tmp_path, dnsmasq
         assert {http_get(port, "/x")[1] for _ in range(5)} == {b"b3"}
     finally:
         second.close()
+
+
+def test_https_srv_upstream_verifies_the_service_name(master_factory, tmp_path, dnsmasq, backends,
+                                                      runtime_type) -> None:
+    """scheme = "https": TLS to each target, the certificate checked against the service's
+    name (the SRV name after _https._tcp.), which is also the Host header."""
+    ca = make_ca(tmp_path)
+    cert = make_cert(tmp_path, ca, "app.test", ["app.test"])
+    b = backends.add("127.0.0.2", 0, "tls", tls=(str(cert.chain), str(cert.key)))
+    d = dnsmasq(["127.0.0.2 a.test"], ttl=1,
+                extra=[f"--srv-host=_https._tcp.app.test,a.test,{b.port},10,1"])
+    m, port = start(master_factory, tmp_path, d,
+                    '{ endpoint = { type = "srv", value = "_https._tcp.app.test", scheme = "https" } }',
+                    runtime_type, route=f'tls_ca = "{ca.chain}"')
+    assert [http_get(port, "/x")[:2] for _ in range(3)] == [(200, b"tls")] * 3
+    assert b.hosts == {"app.test"}
