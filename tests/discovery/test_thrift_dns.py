@@ -101,3 +101,20 @@ def test_thrift_srv_priorities(master_factory, tmp_path, dnsmasq, runtime_type) 
         d.restart(extra=[f"--srv-host=_thrift._tcp.app.test,a.test,{up},20,1",
                          f"--srv-host=_thrift._tcp.app.test,b.test,{up},10,1"])
         wait_for(lambda: set(whoami(port, 6)) == {"t3"}, timeout=6, what="priority swap")
+
+
+def test_thrift_dead_address_of_a_name_fails_no_call(master_factory, tmp_path, dnsmasq,
+                                                     runtime_type) -> None:
+    """A refused connect to one address moves the connection, with the calls queued on it, to
+    another address of the name, and ejects the dead one."""
+    up = shared_port()
+    d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
+    with thrift_backend("127.0.0.2", up, "t2"):
+        port = free_port()
+        m = master_factory(config(tmp_path, port, d.nameserver,
+                                  f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
+                                  runtime_type))
+        m.wait_ready()
+        assert whoami(port, 20) == ["t2"] * 20
+        ejected = [e for e in m.log_events() if e.get("event") == "thrift_upstream_ejected"]
+        assert [e["upstream"] for e in ejected] == [f"127.0.0.3:{up}"]

@@ -60,8 +60,9 @@ class Discovered:
                 continue
             target = self.children.get(k)
             if target is None:
-                target = self.make_target(Endpoint("socket", host=t.address, port=t.port),
-                                          max(1, t.weight), t.priority)
+                ep = Endpoint("socket", host=t.address, port=t.port)
+                ep.group = self
+                target = self.make_target(ep, max(1, t.weight), t.priority)
             else:  # an SRV weight or priority change keeps the address's connections
                 target.weight, target.priority = max(1, t.weight), t.priority
             fresh[k] = target
@@ -80,6 +81,17 @@ class Discovered:
         low = min(t.priority for t in targets)
         targets = [t for t in targets if t.priority == low]
         return random.choices(targets, [max(1, t.weight) for t in targets])[0]
+
+    def sibling_pool(self, failed: Endpoint, kind: int, now: float) -> Any:
+        """After a refused connect to ``failed``: the pool (same framing) of another address of
+        this name that is neither draining nor ejected, lowest priority first; None if none."""
+        targets = [t for t in self.children.values()
+                   if t.endpoint is not failed and not t.draining and t.available(now)]
+        if not targets:
+            return None
+        low = min(t.priority for t in targets)
+        targets = [t for t in targets if t.priority == low]
+        return random.choices(targets, [max(1, t.weight) for t in targets])[0].pool_for(kind)
 
     def why_none(self) -> str:
         src = self.source

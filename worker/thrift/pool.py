@@ -55,11 +55,12 @@ class Call:
 class Endpoint:
     """Where an upstream listens: ``host:port`` or a unix socket path."""
 
-    __slots__ = ("kind", "host", "port", "path", "label", "discovered")
+    __slots__ = ("kind", "host", "port", "path", "label", "discovered", "group")
 
     def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
         self.kind = kind
         self.discovered: Any = None  # a placeholder for a name DNS has not answered yet
+        self.group: Any = None       # one address of a discovered name (worker/thrift/discovered.py)
         self.host, self.port, self.path = host, port, path
         if kind == "unix":
             self.label = f"unix:{path}"
@@ -298,6 +299,16 @@ class EndpointPool:
         except (OSError, asyncio.TimeoutError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             why = "timed out" if timed_out else (exc.strerror or str(exc))
+            alt = ep.group.sibling_pool(ep, self.kind, loop.time()) if ep.group is not None else None
+            if alt is not None and not conn.closed:
+                # as a connect to a name tries each of its addresses: this one is out, and the
+                # connection (with the calls queued on it: nothing was sent) tries another
+                self._eject_now(why)
+                self.on_closed(conn)
+                conn.pool = alt
+                alt.conns.append(conn)
+                loop.create_task(alt._open(conn))
+                return
             self._connect_failed()
             log.warning("thrift_upstream_connect_failed", upstream=ep.label, error=why)
             conn.fail(UpstreamError(f"cannot connect to upstream {ep.label}: {why}", timeout=timed_out))
@@ -314,6 +325,18 @@ class EndpointPool:
         if target is None:
             raise OSError(link.why_none())
         await loop.create_connection(lambda: conn, target.address, target.port)
+
+    def _eject_now(self, why: str) -> None:
+        """One address of a name refused a connect while the name has others: out at once
+        (unless ejection is off: eject_after_failures = 0)."""
+        self.counters.upstream_connect_failures += 1
+        self.failures += 1
+        now = (self.loop or asyncio.get_running_loop()).time()
+        if self.settings.eject_after > 0 and now >= self.ejected_until:
+            self.ejected_until = now + self.settings.eject_duration
+            self.counters.upstream_ejections += 1
+            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label, error=why,
+                        seconds=self.settings.eject_duration)
 
     def drain(self) -> None:
         """DNS no longer names this address: close idle connections now, the others when
