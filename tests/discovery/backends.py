@@ -22,6 +22,7 @@ class Backend:
         self.slow = 1.5
         self.open_connections = 0
         self.hosts: set[str] = set()
+        self.client_ports: list[int] = []  # the proxy's side of each request's connection
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
 
@@ -53,6 +54,7 @@ class Backend:
                 with outer._lock:
                     outer.requests += 1
                     outer.hosts.add(self.headers.get("Host", ""))
+                    outer.client_ports.append(self.client_address[1])
                 body = outer.name.encode()
                 if "/slow" in self.path:
                     time.sleep(outer.slow)

@@ -343,3 +343,22 @@ def test_https_srv_upstream_verifies_the_service_name(master_factory, tmp_path, 
                     runtime_type, route=f'tls_ca = "{ca.chain}"')
     assert [http_get(port, "/x")[:2] for _ in range(3)] == [(200, b"tls")] * 3
     assert b.hosts == {"app.test"}
+
+
+def test_generation_reload_hands_over_idle_connections_to_discovered_addresses(
+        master_factory, tmp_path, dnsmasq, backends, runtime_type) -> None:
+    b2 = backends.add("127.0.0.2", 0, "b2")
+    d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    m, port = start(master_factory, tmp_path, d,
+                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                    runtime_type)
+    for _ in range(3):
+        assert http_get(port, "/x")[1] == b"b2"
+    before = set(b2.client_ports)
+    assert len(before) == 1  # one pooled connection, reused
+    result = m.cli("reload")
+    assert result.returncode == 0, result.stdout + result.stderr
+    n = len(b2.client_ports)
+    for _ in range(3):
+        assert http_get(port, "/x")[1] == b"b2"
+    assert set(b2.client_ports[n:]) == before  # the new worker goes on on the same connection

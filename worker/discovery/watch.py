@@ -241,5 +241,18 @@ class Registry:
 REGISTRY = Registry()
 
 
+async def settle_all(timeout: float) -> None:
+    """Wait (at most ``timeout`` in all) until every watch of this worker has had its first
+    answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:  # an SRV answer adds watches for its target hosts: wait for those too
+        pending = [w for w in REGISTRY.watches() if not w.settled]
+        left = deadline - loop.time()
+        if not pending or left <= 0:
+            return
+        await asyncio.gather(*(w.wait_settled(left) for w in pending))
+
+
 def configure(cfg: ResolverConfig) -> None:
     REGISTRY.configure(cfg)

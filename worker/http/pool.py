@@ -23,7 +23,8 @@ from monolake.worker.http.client import (NoAddress, UpstreamConnection, Upstream
                                          UpstreamTimeout)
 from monolake.worker.http.parser import HeadLimits
 from monolake.worker.http.stats import Stats
-from monolake.worker.http.upstream import DrainEpoch, Upstream
+from monolake.worker.discovery.watch import settle_all
+from monolake.worker.http.upstream import DERIVED, DrainEpoch, Upstream
 from monolake.worker.service.state import FdSource
 
 POOL_STATE_VERSION = 1
@@ -266,8 +267,16 @@ class UpstreamPool:
             self.loop = asyncio.get_running_loop()
         pending, self._adopt = self._adopt, []
         lookup = upstreams if upstreams is not None else self.upstreams_by_key
+        if any(key not in lookup for key, _sock in pending):
+            # connections to discovered addresses: their upstreams exist once DNS has answered
+            # (this worker has only just asked); wait for the first answers, within bounds
+            await settle_all(self.connect_timeout)
         for key, sock in pending:
             up = lookup.get(key)
+            if up is None:
+                up = DERIVED.get(key)
+                if up is not None and up.draining:
+                    up = None
             if up is None or self.closed:
                 sock.close()
                 continue

@@ -29,6 +29,11 @@ from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, 
 from monolake.worker.http.stats import Stats
 
 
+DERIVED: "weakref.WeakValueDictionary[tuple[Any, ...], Upstream]" = weakref.WeakValueDictionary()
+"""The live derived upstreams by pool key: where the pool puts connections that a previous
+generation handed over to a discovered address (UpstreamPool.adopt_pending)."""
+
+
 class DrainEpoch:
     """Counts the upstreams DNS has taken out, so the pool's sweep looks for connections to
     close only after one was (not at every sweep)."""
@@ -139,6 +144,7 @@ class Upstream:
         else:
             up.key = ("http", target.address, target.port)
         up.label = f"{self.scheme}://{hp}"
+        DERIVED[up.key] = up
         return up
 
     @property
