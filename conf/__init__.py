@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from .errors import ConfigError
 from .loader import default_config_text, load_config, parse_config
+from .resolver import ResolverConfig
 from .routes import Router, RouteSpec
 from .schema import (
     DEFAULT_SOURCE,
@@ -35,6 +36,7 @@ __all__ = [
     "EndpointConfig",
     "LayerConfig",
     "ListenerConfig",
+    "ResolverConfig",
     "RouteConfig",
     "RouteSpec",
     "Router",

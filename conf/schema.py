@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .resolver import ResolverConfig
+
 DEFAULT_SOURCE = "<embedded default config>"
 
 
@@ -114,7 +116,9 @@ class TimeoutConfig:
 @dataclass(frozen=True)
 class EndpointConfig:
     """One upstream address. ``type``: ``uri`` (http/https), ``socket`` (thrift host:port),
-    ``unix`` (a socket path) or ``builtin`` (``hello``/``echo``, served in-process)."""
+    ``unix`` (a socket path), ``builtin`` (``hello``/``echo``, served in-process) or ``srv``
+    (``_service._proto.name``: targets and ports from DNS SRV records; ``host`` is the name
+    after the labels, the Host header and TLS name)."""
 
     type: str
     value: str  # as written (unix: the resolved path)
@@ -224,6 +228,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    resolver: ResolverConfig = field(default_factory=ResolverConfig)
     servers: dict[str, ServerConfig] = field(default_factory=dict)
     source: str = DEFAULT_SOURCE
 

@@ -7,7 +7,7 @@ from .schema import Config, RouteConfig, ServerConfig, UpstreamConfig
 
 def _upstream(u: UpstreamConfig) -> str:
     e = u.endpoint
-    text = f"{e.type}:{e.value}" if e.type in ("builtin", "unix") else e.value
+    text = f"{e.type}:{e.value}" if e.type in ("builtin", "unix", "srv") else e.value
     return text + (f" (weight {u.weight})" if u.weight != 1 else "")
 
 
@@ -39,6 +39,15 @@ def _server(key: str, s: ServerConfig) -> list[str]:
     return lines
 
 
+def _resolver(cfg: Config) -> str:
+    r = cfg.resolver
+    return (
+        f"  resolver: {', '.join(r.nameservers) or '/etc/resolv.conf'}, "
+        f"ttl {r.min_ttl_sec:g}-{r.max_ttl_sec:g} s, negative {r.negative_ttl_sec:g} s, "
+        f"timeout {r.timeout_sec:g} s, stale up to {r.max_stale_sec:g} s"
+    )
+
+
 def summary(cfg: Config) -> str:
     rt, sv = cfg.runtime, cfg.supervisor
     lines = [
@@ -50,6 +59,7 @@ def summary(cfg: Config) -> str:
         f"reload {sv.reload_mode}, log {sv.log_format}/{sv.log_level}"
         + (f" to {sv.error_log}" if sv.error_log else ""),
         f"  admin: {cfg.admin.listen or 'off'}",
+        _resolver(cfg),
     ]
     for key, server in cfg.servers.items():
         lines += _server(key, server)

@@ -36,8 +36,8 @@ _HTTP_ONLY = "it applies to http routes only; thrift routes are chosen by method
 _THRIFT_ONLY = "it applies to thrift routes only; http routes are chosen by path"
 
 ENDPOINT_TYPES = {
-    "http": ("uri", "unix", "builtin"),
-    "thrift": ("socket", "unix"),
+    "http": ("uri", "unix", "builtin", "srv"),
+    "thrift": ("socket", "unix", "srv"),
 }
 ENDPOINT_HINTS = {
     "http": {"socket": 'http routes take type = "uri", value = "http://HOST:PORT/"'},
@@ -83,11 +83,20 @@ def parse_upstreams(t: Table, kind: str) -> tuple[UpstreamConfig, ...]:
 
 
 def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
-    e = u.subtable("endpoint", known=("type", "value"), required=True)
+    e = u.subtable("endpoint", known=("type", "value", "scheme"), required=True)
     if e is None:
         return None
     etype = e.enum("type", None, ENDPOINT_TYPES[kind], required=True, hints=ENDPOINT_HINTS[kind])
     value = e.string("value", None, required=True, allow_empty=False)
+    scheme = "http" if kind == "http" else ""
+    if etype == "srv" and kind == "http":
+        scheme = e.enum("scheme", "http", ("http", "https"))
+    elif etype is not None:
+        e.rejected["scheme"] = (
+            "it applies to srv endpoints; a uri carries its own scheme"
+            if kind == "http"
+            else "thrift upstreams have no scheme"
+        )
     e.done()
     if etype is None or value is None:
         return None
@@ -100,6 +109,16 @@ def parse_endpoint(u: Table, kind: str) -> EndpointConfig | None:
         if etype == "socket":
             hp = addresses.parse_host_port(value)
             return EndpointConfig("socket", value, host=hp.host, port=hp.port)
+        if etype == "srv":
+            target = parse_srv_name(value)
+            return EndpointConfig(
+                "srv",
+                value.rstrip(".").lower(),
+                scheme=scheme,
+                host=target,
+                port={"http": 80, "https": 443}.get(scheme, 0),
+                path="/" if scheme else "",
+            )
         if etype == "unix":
             path = resolve_path(value, e.base_dir)
             addresses.check_unix_path(path, parent_must_exist=False)
@@ -120,6 +139,21 @@ class _PoolSettings(TypedDict):
     idle_timeout_sec: float
     eject_after_failures: int
     eject_duration_sec: float
+
+
+def parse_srv_name(value: str) -> str:
+    """``_service._tcp.name`` -> ``name`` (the Host header and TLS name of its targets)."""
+    labels = value.rstrip(".").split(".")
+    if len(labels) < 3 or not labels[0].startswith("_") or len(labels[0]) < 2 or labels[1].lower() != "_tcp":
+        raise AddressError('an SRV name "_service._tcp.name", such as "_http._tcp.app.internal"')
+    name = ".".join(labels[2:])
+    try:
+        host = addresses.check_host(name)
+    except AddressError:
+        raise AddressError(f'a host name after "{labels[0]}._tcp." in the SRV name') from None
+    if host != name.lower() or name.replace(".", "").isdigit():
+        raise AddressError(f'a host name (not an address) after "{labels[0]}._tcp." in the SRV name')
+    return host
 
 
 def _pool_settings(t: Table) -> _PoolSettings:

@@ -8,10 +8,11 @@ from . import addresses
 from .addresses import AddressError, HostPort
 from .errors import Problems
 from .fields import MISSING, Table, found_with_type
+from .resolver import parse_resolver
 from .schema import AdminConfig, Config, RuntimeConfig, ServerConfig, SupervisorConfig
 from .servers import SERVER_KEYS, TIMEOUT_ALIASES, parse_server
 
-TOP_KEYS = ("runtime", "supervisor", "admin", "servers")
+TOP_KEYS = ("runtime", "supervisor", "admin", "resolver", "servers")
 RUNTIME_KEYS = ("runtime_type", "workers", "entries", "cpu_affinity", "busy_poll_us")
 BUSY_POLL_MAX_US = 100_000  # beyond a few ms a window buys nothing but burnt CPU
 RUNTIME_UNSUPPORTED = {
@@ -47,12 +48,15 @@ def build_config(raw: dict[str, Any], source: str, base_dir: str) -> Config:
     runtime = _runtime(top)
     supervisor = _supervisor(top)
     admin = _admin(top)
+    resolver = parse_resolver(top)
     servers = _servers(top)
     top.done()
     if servers:
         _check_listeners(problems, servers, admin)
     problems.raise_if_any()
-    return Config(runtime=runtime, supervisor=supervisor, admin=admin, servers=servers, source=source)
+    return Config(
+        runtime=runtime, supervisor=supervisor, admin=admin, resolver=resolver, servers=servers, source=source
+    )
 
 
 def _runtime(top: Table) -> RuntimeConfig:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from monolake.supervisor.control import request  # noqa: E402
-from tests.upstreams import Upstream  # noqa: E402
+from monolake.supervisor.control import request
+from tests.upstreams import Upstream
 
 
 def free_port() -> int:
@@ -76,7 +76,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="monolake-rss-"))
     port = free_port()
     config = tmp / "monolake.toml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         [runtime]
         runtime_type = "{args.runtime}"
         workers = 1
@@ -95,10 +96,14 @@ def main() -> int:
         [[servers.web.routes]]
         path = "/up/{{*rest}}"
         upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-    """))
-    log = open(tmp / "master.log", "wb")
-    master = subprocess.Popen([sys.executable, "-m", "monolake.supervisor.cli", "start", "-c",
-                               str(config)], stdout=log, stderr=subprocess.STDOUT)
+    """)
+    )
+    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - the master's stdout for its lifetime
+    master = subprocess.Popen(
+        [sys.executable, "-m", "monolake.supervisor.cli", "start", "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     sock = str(tmp / "control.sock")
     worker_pid = 0
     try:

@@ -50,6 +50,7 @@ class TestTimeout(BaseException):
 
 # ---------------------------------------------------------------- the loop under test
 
+
 def install_uring() -> None:
     """Make every way the suite gets a loop give an io_uring one.
 
@@ -87,15 +88,18 @@ def install_uring() -> None:
 def check_installed() -> str | None:
     """None if the stdlib tests can be imported, else why not (and which package has them)."""
     try:
-        import test.test_asyncio  # noqa: F401
+        import test.test_asyncio  # type: ignore[import-not-found]  # noqa: F401
     except ImportError as exc:
         v = sys.version_info
-        return (f"{exc}: CPython's test suite is not installed for {sys.executable} "
-                f"(Debian/Ubuntu: apt-get install libpython{v.major}.{v.minor}-testsuite)")
+        return (
+            f"{exc}: CPython's test suite is not installed for {sys.executable} "
+            f"(Debian/Ubuntu: apt-get install libpython{v.major}.{v.minor}-testsuite)"
+        )
     return None
 
 
 # ---------------------------------------------------------------- collection
+
 
 def iter_tests(suite: unittest.TestSuite) -> Iterator[unittest.TestCase]:
     for item in suite:
@@ -110,11 +114,13 @@ def module_names() -> list[str]:
 
     import test.test_asyncio as pkg
 
-    return sorted(f"{PACKAGE}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__)
-                  if m.name.startswith("test_"))
+    return sorted(
+        f"{PACKAGE}.{m.name}" for m in pkgutil.iter_modules(pkg.__path__) if m.name.startswith("test_")
+    )
 
 
 # ---------------------------------------------------------------- child: one module
+
 
 class _Result(unittest.TestResult):
     """Emits one JSON line per test on the parent's pipe; unittest's own output goes nowhere."""
@@ -133,7 +139,7 @@ class _Result(unittest.TestResult):
         self.out.write(json.dumps(kw) + "\n")
         self.out.flush()
 
-    def startTest(self, test: unittest.TestCase) -> None:  # noqa: N802 - unittest's name
+    def startTest(self, test: unittest.TestCase) -> None:
         super().startTest(test)
         self.outcome, self.detail, self.timed_out = "pass", "", False
         self._emit(event="start", id=test.id())
@@ -144,14 +150,19 @@ class _Result(unittest.TestResult):
         # the backstop when the interrupted test does not return either
         faulthandler.dump_traceback_later(self.timeout + self.grace, exit=True)
 
-    def stopTest(self, test: unittest.TestCase) -> None:  # noqa: N802
+    def stopTest(self, test: unittest.TestCase) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         import faulthandler
 
         faulthandler.cancel_dump_traceback_later()
         outcome = "timeout" if self.timed_out else self.outcome
-        self._emit(event="result", id=test.id(), outcome=outcome,
-                   secs=round(time.monotonic() - self.t0, 3), detail=self.detail[-2000:])
+        self._emit(
+            event="result",
+            id=test.id(),
+            outcome=outcome,
+            secs=round(time.monotonic() - self.t0, 3),
+            detail=self.detail[-2000:],
+        )
         super().stopTest(test)
 
     def _fail(self, kind: str, test: Any, err: Any) -> None:
@@ -160,34 +171,39 @@ class _Result(unittest.TestResult):
         if self.outcome in ("pass", "skip"):
             self.outcome = kind
         try:
-            self.detail += self._exc_info_to_string(err, test)
-        except Exception as exc:  # noqa: BLE001 - a class-level error has no test method
+            self.detail += self._exc_info_to_string(err, test)  # type: ignore[attr-defined]  # unittest's own formatter
+        except Exception as exc:
             self.detail += f"{err[0].__name__}: {err[1]} ({exc})"
 
-    def addError(self, test: Any, err: Any) -> None:  # noqa: N802
+    def addError(self, test: Any, err: Any) -> None:
         if isinstance(test, unittest.suite._ErrorHolder):  # type: ignore[attr-defined]
             # setUpClass/tearDownModule and the like: outside any test, reported on its own
-            self._emit(event="result", id=test.id(), outcome="error", secs=0.0,
-                       detail=self._exc_info_to_string(err, test)[-2000:])
+            self._emit(
+                event="result",
+                id=test.id(),
+                outcome="error",
+                secs=0.0,
+                detail=self._exc_info_to_string(err, test)[-2000:],  # type: ignore[attr-defined]
+            )
             return
         self._fail("error", test, err)
 
-    def addFailure(self, test: Any, err: Any) -> None:  # noqa: N802
+    def addFailure(self, test: Any, err: Any) -> None:
         self._fail("fail", test, err)
 
-    def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
+    def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:
         if err is not None:
             kind = "fail" if issubclass(err[0], test.failureException) else "error"
             self._fail(kind, test, err)
 
-    def addSkip(self, test: Any, reason: str) -> None:  # noqa: N802
+    def addSkip(self, test: Any, reason: str) -> None:
         if self.outcome == "pass":
             self.outcome = "skip"
 
-    def addExpectedFailure(self, test: Any, err: Any) -> None:  # noqa: N802
+    def addExpectedFailure(self, test: Any, err: Any) -> None:
         self.outcome = "pass"  # the suite's own expectedFailure: working as CPython intends
 
-    def addUnexpectedSuccess(self, test: Any) -> None:  # noqa: N802
+    def addUnexpectedSuccess(self, test: Any) -> None:
         self.outcome = "fail"
         self.detail += "unexpected success of a test CPython marks expectedFailure"
 
@@ -218,6 +234,7 @@ def child_main(loop: str, timeout: float, grace: float, report_fd: int, ids: lis
 
 
 # ---------------------------------------------------------------- parent
+
 
 @dataclass
 class Outcome:
@@ -275,7 +292,7 @@ def collect(patterns: list[str], one_selector: bool = False) -> dict[str, list[s
         except unittest.SkipTest as exc:  # e.g. the Windows-only modules
             log.info("module skipped", module=mod, reason=str(exc))
             continue
-        except Exception as exc:  # noqa: BLE001 - report it as the module's failure
+        except Exception as exc:
             out[mod] = [f"{mod}.<import>"]
             log.error("cannot load module", module=mod, error=str(exc))
             continue
@@ -292,11 +309,24 @@ def start(job: Job, loop: str, timeout: float, grace: float) -> None:
     left = [i for i in job.ids if i not in job.done]
     r, w = os.pipe()
     os.set_inheritable(w, True)
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", "--loop", loop,
-           "--timeout", str(timeout), "--grace", str(grace), "--report-fd", str(w), *left]
-    job.stderr = tempfile.TemporaryFile()
-    job.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=job.stderr, pass_fds=(w,))
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--loop",
+        loop,
+        "--timeout",
+        str(timeout),
+        "--grace",
+        str(grace),
+        "--report-fd",
+        str(w),
+        *left,
+    ]
+    job.stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the job, closed when reaped
+    job.proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=job.stderr, pass_fds=(w,)
+    )
     os.close(w)
     job.pipe = os.fdopen(r, "rb", buffering=0)
     job.current, job.buf, job.started = None, b"", time.monotonic()
@@ -318,8 +348,9 @@ def pump(job: Job, chunk: bytes) -> None:
             job.current = None
 
 
-def run_all(modules: dict[str, list[str]], loop: str, timeout: float, jobs: int,
-            grace: float = 15.0) -> list[Outcome]:
+def run_all(
+    modules: dict[str, list[str]], loop: str, timeout: float, jobs: int, grace: float = 15.0
+) -> list[Outcome]:
     """Run every module in child processes, ``jobs`` at a time; a dead child is restarted after
     the test it died in."""
     pending = [Job(m, ids) for m, ids in sorted(modules.items(), key=lambda kv: -len(kv[1]))]
@@ -335,8 +366,11 @@ def run_all(modules: dict[str, list[str]], loop: str, timeout: float, jobs: int,
         for job in running:
             # the child's own alarms cover a test; this covers the rest (a hanging
             # setUpClass, a child that stopped reporting): end it, it is restarted after
-            if job.proc is not None and job.proc.poll() is None and \
-                    time.monotonic() - job.last_event > timeout + grace + 30:
+            if (
+                job.proc is not None
+                and job.proc.poll() is None
+                and time.monotonic() - job.last_event > timeout + grace + 30
+            ):
                 job.proc.kill()
         for key, _ in sel.select(1.0):
             job = key.data
@@ -350,14 +384,19 @@ def run_all(modules: dict[str, list[str]], loop: str, timeout: float, jobs: int,
             tail = job.stderr_tail()
             if job.current is not None:  # died inside a test: a hang (faulthandler) or a crash
                 kind = "timeout" if time.monotonic() - job.started >= timeout else "crash"
-                job.done[job.current] = Outcome(job.current, kind, round(time.monotonic() - job.started, 3),
-                                                f"child exited with {rc} during the test\n{tail}")
+                job.done[job.current] = Outcome(
+                    job.current,
+                    kind,
+                    round(time.monotonic() - job.started, 3),
+                    f"child exited with {rc} during the test\n{tail}",
+                )
             running.remove(job)
             progressed = job.ndone() > job.done_at_start
             if rc == 0:  # a clean exit leaves out only what a failed set-up never started
                 for i in job.ids:
-                    job.done.setdefault(i, Outcome(i, "error", 0.0,
-                                                   "not run: its class or module set-up failed"))
+                    job.done.setdefault(
+                        i, Outcome(i, "error", 0.0, "not run: its class or module set-up failed")
+                    )
             if job.ndone() < len(job.ids) and not progressed:
                 # died before its first test: count that one as crashed, go on with the rest
                 first = next(i for i in job.ids if i not in job.done)
@@ -366,8 +405,12 @@ def run_all(modules: dict[str, list[str]], loop: str, timeout: float, jobs: int,
                 pending.insert(0, job)  # the rest of the module, in a fresh child
             else:
                 finished.append(job)
-                log.info("module done", module=job.module, tests=len(job.ids),
-                         failed=sum(o.outcome in FAILED for o in job.done.values()))
+                log.info(
+                    "module done",
+                    module=job.module,
+                    tests=len(job.ids),
+                    failed=sum(o.outcome in FAILED for o in job.done.values()),
+                )
     return [o for job in finished for o in job.done.values()]
 
 
@@ -397,11 +440,14 @@ def summarize(results: list[Outcome], xfail: dict[str, str], secs: float) -> dic
     unexpected = sorted(i for i in failed if i not in xfail)
     fixed = sorted(i for i in xfail if i in ran and i not in failed)
     return {
-        "tests": len(results), "counts": counts, "seconds": round(secs, 1),
+        "tests": len(results),
+        "counts": counts,
+        "seconds": round(secs, 1),
         "expected_failures": sorted(i for i in failed if i in xfail),
-        "unexpected_failures": [{"id": i, "outcome": failed[i].outcome,
-                                 "secs": failed[i].secs, "detail": failed[i].detail}
-                                for i in unexpected],
+        "unexpected_failures": [
+            {"id": i, "outcome": failed[i].outcome, "secs": failed[i].secs, "detail": failed[i].detail}
+            for i in unexpected
+        ],
         "unexpected_passes": fixed,
         "ok": not unexpected and not fixed,
         "slowest": [[o.id, o.secs, o.outcome] for o in sorted(results, key=lambda o: -o.secs)[:25]],
@@ -413,13 +459,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--loop", choices=("io_uring", "asyncio"), default="io_uring")
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds per test")
-    ap.add_argument("--grace", type=float, default=15.0,
-                    help="seconds an interrupted test gets to return before its child is ended")
+    ap.add_argument(
+        "--grace",
+        type=float,
+        default=15.0,
+        help="seconds an interrupted test gets to return before its child is ended",
+    )
     ap.add_argument("-j", "--jobs", type=int, default=2)
-    ap.add_argument("-k", dest="patterns", action="append", default=[],
-                    help="only modules whose name contains this (repeatable)")
-    ap.add_argument("--one-selector", action="store_true",
-                    help="run the per-selector test classes once (EPoll), not three times")
+    ap.add_argument(
+        "-k",
+        dest="patterns",
+        action="append",
+        default=[],
+        help="only modules whose name contains this (repeatable)",
+    )
+    ap.add_argument(
+        "--one-selector",
+        action="store_true",
+        help="run the per-selector test classes once (EPoll), not three times",
+    )
     ap.add_argument("--xfail", default=DEFAULT_XFAIL, help="expected-failure file ('' = none)")
     ap.add_argument("--json", help="write the summary (and every failure's traceback) here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -434,13 +492,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     xfail = load_xfail(args.xfail) if args.loop == "io_uring" else {}
     t0 = time.monotonic()
-    results = run_all(collect(args.patterns, args.one_selector), args.loop, args.timeout, args.jobs, args.grace)
+    results = run_all(
+        collect(args.patterns, args.one_selector), args.loop, args.timeout, args.jobs, args.grace
+    )
     summary = summarize(results, xfail, time.monotonic() - t0)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(summary, f, indent=1)
-    sys.stdout.write(f"{args.loop}: {summary['tests']} tests in {summary['seconds']} s, "
-                     f"{summary['counts']}\n")
+    sys.stdout.write(
+        f"{args.loop}: {summary['tests']} tests in {summary['seconds']} s, {summary['counts']}\n"
+    )
     for u in summary["unexpected_failures"]:
         sys.stdout.write(f"UNEXPECTED {u['outcome']}: {u['id']} ({u['secs']} s)\n")
     for i in summary["unexpected_passes"]:

@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import channel, logs
+from monolake.worker import discovery
 from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
@@ -68,6 +69,7 @@ class Worker:
                  ) -> None:
         self.env = env
         self.config = config
+        discovery.configure(config.resolver)  # routes built from here on resolve with it
         self.sockets = sockets
         self.control = control
         self.slots: dict[str, ServerSlot] = {}
@@ -280,6 +282,7 @@ class Worker:
                 self.commit_in_place()
             elif kind == "rollback":
                 self.rollback_in_place()
+                discovery.configure(self.config.resolver)
             elif kind == "debug":
                 self.send({"type": "debug", **self.debug_report(bool(message.get("collect")))})
             elif kind == "log_level":
@@ -365,6 +368,7 @@ class Worker:
         staged: dict[str, Any] = {}
         try:
             config = Config.from_dict(message["config"])
+            discovery.configure(config.resolver)  # the new stacks resolve with the new settings
             for name, server_cfg in config.servers.items():
                 live = self.slots.get(name)
                 build = builder_for(server_cfg.proxy_type)
@@ -372,6 +376,7 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - reported to the master, which aborts
             log.exception("in-place build failed")
             self._discard(list(staged.values()))  # the servers built before the failure
+            discovery.configure(self.config.resolver)
             self.send({"type": "reconfigured", "ok": False, "reason": repr(exc)})
             return
         self._staged = (config, staged)

@@ -137,7 +137,7 @@ def _pool() -> tuple[UpstreamPool, list[tuple[str, dict]]]:
 
 
 def _conn() -> _Conn:
-    up = SimpleNamespace(key=("k",), label="up:1", max_idle=8, idle_timeout=60)
+    up = SimpleNamespace(key=("k",), label="up:1", max_idle=8, idle_timeout=60, draining=False)
     transport = SimpleNamespace(is_closing=lambda: False)
     return _Conn(key=up.key, upstream=up, closed=False, poisoned="", transport=transport,
                  idle_since=0.0)

@@ -53,6 +53,12 @@ class UpstreamTimeout(UpstreamError):
     status = 504
 
 
+class NoAddress(UpstreamError):
+    """A discovered upstream has no address (DNS has not answered, or named none)."""
+
+    status = 503
+
+
 # framing of the response body
 _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
 

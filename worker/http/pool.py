@@ -19,10 +19,12 @@ from typing import Any
 
 import structlog
 
-from monolake.worker.http.client import UpstreamConnection, UpstreamError, UpstreamTimeout
+from monolake.worker.http.client import (NoAddress, UpstreamConnection, UpstreamError,
+                                         UpstreamTimeout)
 from monolake.worker.http.parser import HeadLimits
 from monolake.worker.http.stats import Stats
-from monolake.worker.http.upstream import Upstream
+from monolake.worker.discovery.watch import settle_all
+from monolake.worker.http.upstream import DERIVED, DrainEpoch, Upstream
 from monolake.worker.service.state import FdSource
 
 POOL_STATE_VERSION = 1
@@ -62,6 +64,7 @@ class UpstreamPool:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.reused = 0
         self.opened = 0
+        self._drain_epoch = DrainEpoch.value
         self.closed = False
 
     # -- acquire / release -----------------------------------------------------------------
@@ -96,12 +99,35 @@ class UpstreamPool:
                 self.loop = asyncio.get_running_loop()
             if self._adopt:
                 await self.adopt_pending()
+            if up.discovered is not None:
+                up = await self._resolved(up)
             conn = self.take_idle(up)
             if conn is not None:
                 return conn
-            return await self._connect(up)
+            try:
+                return await self._connect(up)
+            except UpstreamError as exc:
+                alt = up.group.fallback(up) if up.group is not None else None
+                if alt is None:
+                    raise
+                # as a connect to a name tries each of its addresses: this one is ejected,
+                # the request (nothing sent yet) goes on to another
+                up.eject_now(self.stats, str(exc))
+                conn = self.take_idle(alt)
+                return conn if conn is not None else await self._connect(alt)
         finally:
             hold.release()
+
+    async def _resolved(self, placeholder: Upstream) -> Upstream:
+        """A request picked a discovered upstream before DNS first answered: wait for the
+        answer (within the connect timeout) and take one of its addresses."""
+        link = placeholder.discovered
+        assert link is not None
+        up = await link.resolve(self.connect_timeout)
+        if up is None:
+            self.stats.upstream_connect_failures += 1
+            raise NoAddress(f"connect to {placeholder.label} failed: {link.why_none()}")
+        return up
 
     async def _connect(self, up: Upstream) -> UpstreamConnection:
         loop = self.loop
@@ -110,7 +136,7 @@ class UpstreamPool:
             if up.kind == "unix":
                 coro = loop.create_unix_connection(factory, up.unix_path)
             else:
-                coro = loop.create_connection(factory, up.host, up.port, ssl=up.ssl,
+                coro = loop.create_connection(factory, up.connect_host, up.port, ssl=up.ssl,
                                               server_hostname=up.sni if up.ssl else None)
             _transport, conn = await asyncio.wait_for(coro, self.connect_timeout)
         except asyncio.TimeoutError:
@@ -133,10 +159,10 @@ class UpstreamPool:
             conn.close()
             return
         self.busy.discard(conn)
-        if self.closed or conn.closed or conn.poisoned:
-            conn.close()
-            return
         up = conn.upstream
+        if self.closed or conn.closed or conn.poisoned or up.draining:
+            conn.close()  # draining: DNS no longer names this address
+            return
         dq = self.idle.get(conn.key)
         if dq is None:
             dq = self.idle[conn.key] = deque()
@@ -164,6 +190,12 @@ class UpstreamPool:
         for dq in list(self.idle.values()):
             while dq and now - dq[0].idle_since > dq[0].upstream.idle_timeout:
                 dq.popleft().close()
+        if self._drain_epoch != DrainEpoch.value:
+            self._drain_epoch = DrainEpoch.value
+            for dq in list(self.idle.values()):
+                for conn in [c for c in dq if c.upstream.draining]:
+                    dq.remove(conn)
+                    conn.close()  # its address left the DNS answer
         for conn in list(self.busy):
             conn.check_timeout(now)
 
@@ -235,8 +267,16 @@ class UpstreamPool:
             self.loop = asyncio.get_running_loop()
         pending, self._adopt = self._adopt, []
         lookup = upstreams if upstreams is not None else self.upstreams_by_key
+        if any(key not in lookup for key, _sock in pending):
+            # connections to discovered addresses: their upstreams exist once DNS has answered
+            # (this worker has only just asked); wait for the first answers, within bounds
+            await settle_all(self.connect_timeout)
         for key, sock in pending:
             up = lookup.get(key)
+            if up is None:
+                up = DERIVED.get(key)
+                if up is not None and up.draining:
+                    up = None
             if up is None or self.closed:
                 sock.close()
                 continue

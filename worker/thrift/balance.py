@@ -9,7 +9,8 @@ from typing import Protocol
 
 
 class Candidate(Protocol):
-    """What a balancer needs of an upstream: its weight, health and load."""
+    """What a balancer needs of an upstream: its weight, health and load (and its SRV
+    priority, when it has one: lower first)."""
 
     weight: int
 
@@ -22,18 +23,23 @@ class Balancer:
     """Picks one upstream per request with the route's ``load_balancer`` policy.
 
     Ejected upstreams are skipped while a healthy one exists; when every upstream is ejected
-    all are candidates again (failing fast on a guess beats refusing everything).
+    all are candidates again (failing fast on a guess beats refusing everything). Upstreams
+    with a ``priority`` (SRV) are used lowest priority first, while it has a healthy one.
+    ``replace`` swaps the list when DNS changes it (worker/thrift/discovered.py); a list left
+    empty by DNS picks None.
     """
 
-    __slots__ = ("items", "policy", "_rr", "_pick", "_weights", "_rand")
+    __slots__ = ("items", "policy", "_rr", "_pick", "_weights", "_rand", "_tiered")
 
     def __init__(self, items: Sequence[Candidate], policy: str, rand: random.Random | None = None) -> None:
         if not items:
             raise ValueError("a route needs at least one upstream")
-        self.items = list(items)
+        self.items: list[Candidate] = []
         self.policy = policy
         self._rr = 0
-        self._weights = [max(1, it.weight) for it in self.items]
+        self._weights: list[int] = []
+        self._tiered = False
+        self.replace(items)
         self._rand = rand or random.Random()
         pickers: dict[str, Callable[[list[int]], int]] = {
             "random": self._random, "weighted_random": self._weighted, "round_robin": self._round_robin,
@@ -44,13 +50,23 @@ class Balancer:
         except KeyError:
             raise ValueError(f"unknown load_balancer {policy!r}") from None
 
-    def pick(self, now: float) -> Candidate:
+    def replace(self, items: Sequence[Candidate]) -> None:
+        self.items = list(items)
+        self._weights = [max(1, it.weight) for it in self.items]
+        self._tiered = len({getattr(it, "priority", 0) for it in self.items}) > 1
+
+    def pick(self, now: float) -> Candidate | None:
         items = self.items
         if len(items) == 1:
             return items[0]
+        if not items:
+            return None
         idx = [i for i, it in enumerate(items) if it.available(now)]
         if not idx:
             idx = list(range(len(items)))
+        if self._tiered:
+            low = min(getattr(items[i], "priority", 0) for i in idx)
+            idx = [i for i in idx if getattr(items[i], "priority", 0) == low]
         return items[self._pick(idx)]
 
     def _random(self, idx: list[int]) -> int:

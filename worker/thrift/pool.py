@@ -55,10 +55,12 @@ class Call:
 class Endpoint:
     """Where an upstream listens: ``host:port`` or a unix socket path."""
 
-    __slots__ = ("kind", "host", "port", "path", "label")
+    __slots__ = ("kind", "host", "port", "path", "label", "discovered", "group")
 
     def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
         self.kind = kind
+        self.discovered: Any = None  # a placeholder for a name DNS has not answered yet
+        self.group: Any = None       # one address of a discovered name (worker/thrift/discovered.py)
         self.host, self.port, self.path = host, port, path
         if kind == "unix":
             self.label = f"unix:{path}"
@@ -238,6 +240,7 @@ class EndpointPool:
         self.failures = 0
         self.ejected_until = 0.0
         self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
+        self.draining = False  # DNS dropped this address: connections close as they go idle
 
     @property
     def key(self) -> tuple[str, int]:
@@ -288,18 +291,60 @@ class EndpointPool:
         try:
             if ep.kind == "unix":
                 coro = loop.create_unix_connection(lambda: conn, ep.path)
+            elif ep.discovered is not None:
+                coro = self._open_discovered(conn)
             else:
                 coro = loop.create_connection(lambda: conn, ep.host, ep.port)
             await asyncio.wait_for(coro, self.settings.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             why = "timed out" if timed_out else (exc.strerror or str(exc))
+            alt = ep.group.sibling_pool(ep, self.kind, loop.time()) if ep.group is not None else None
+            if alt is not None and not conn.closed:
+                # as a connect to a name tries each of its addresses: this one is out, and the
+                # connection (with the calls queued on it: nothing was sent) tries another
+                self._eject_now(why)
+                self.on_closed(conn)
+                conn.pool = alt
+                alt.conns.append(conn)
+                loop.create_task(alt._open(conn))
+                return
             self._connect_failed()
             log.warning("thrift_upstream_connect_failed", upstream=ep.label, error=why)
             conn.fail(UpstreamError(f"cannot connect to upstream {ep.label}: {why}", timeout=timed_out))
         except asyncio.CancelledError:
             conn.fail(UpstreamError(f"connect to upstream {ep.label} cancelled"))
             raise
+
+    async def _open_discovered(self, conn: UpstreamConnection) -> None:
+        """A placeholder's pool (DNS has not answered when the call came): wait for the
+        answer, then connect to one of its addresses."""
+        loop = self.loop or asyncio.get_running_loop()
+        link = self.endpoint.discovered
+        target = await link.resolve(self.settings.connect_timeout)
+        if target is None:
+            raise OSError(link.why_none())
+        await loop.create_connection(lambda: conn, target.address, target.port)
+
+    def _eject_now(self, why: str) -> None:
+        """One address of a name refused a connect while the name has others: out at once
+        (unless ejection is off: eject_after_failures = 0)."""
+        self.counters.upstream_connect_failures += 1
+        self.failures += 1
+        now = (self.loop or asyncio.get_running_loop()).time()
+        if self.settings.eject_after > 0 and now >= self.ejected_until:
+            self.ejected_until = now + self.settings.eject_duration
+            self.counters.upstream_ejections += 1
+            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label, error=why,
+                        seconds=self.settings.eject_duration)
+
+    def drain(self) -> None:
+        """DNS no longer names this address: close idle connections now, the others when
+        their last call is answered (on_idle)."""
+        self.draining = True
+        for conn in list(self.idle):
+            conn.close()
+            self.on_closed(conn)
 
     def _connect_failed(self) -> None:
         self.counters.upstream_connect_failures += 1
@@ -327,7 +372,7 @@ class EndpointPool:
     def on_idle(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
-        if len(self.idle) >= self.settings.max_idle:
+        if len(self.idle) >= self.settings.max_idle or self.draining:
             conn.close()
             return
         conn.idle_since = self.clock or self.now()
@@ -455,6 +500,7 @@ class Upstreams:
     def __init__(self, counters: Counters, sweep_interval: float = 1.0) -> None:
         self.counters = counters
         self.pools: dict[tuple[str, int], EndpointPool] = {}
+        self.retired: list[EndpointPool] = []  # drained by DNS, connections still finishing
         self.sweep_interval = sweep_interval
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -467,6 +513,13 @@ class Upstreams:
             pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters, self._loop)
             self.sweep_interval = min(self.sweep_interval, _interval_for(settings))
         return pool
+
+    def forget(self, pool: EndpointPool) -> None:
+        """A drained pool leaves the table (an address that comes back gets a new one); it is
+        still swept (deadlines of its calls in flight) until its last connection is gone."""
+        if self.pools.get(pool.key) is pool:
+            del self.pools[pool.key]
+            self.retired.append(pool)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Begin the periodic sweep (idempotent; needs the worker's loop)."""
@@ -481,7 +534,8 @@ class Upstreams:
         if loop is None or self.closed:
             return
         now = loop.time()
-        for pool in list(self.pools.values()):
+        self.retired = [p for p in self.retired if p.conns]
+        for pool in [*self.pools.values(), *self.retired]:
             try:
                 pool.sweep(now)
             except Exception:  # noqa: BLE001 - the sweep must keep running
@@ -526,7 +580,7 @@ class Upstreams:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.retired]:
             pool.close()
 
 

@@ -17,7 +17,7 @@ import structlog
 from monolake.worker.service import Stateful, restore_state
 from monolake.worker.service.state import FdSource
 
-from .balance import Balancer
+from .discovered import RouteTargets
 from .errors import UpstreamError
 from .framing import Frame
 from .message import ONEWAY
@@ -36,11 +36,14 @@ class RouteError(UpstreamError):
 class Target:
     """One upstream of one route: its weight, and its pool per transport framing."""
 
-    __slots__ = ("endpoint", "weight", "settings", "upstreams", "pools")
+    __slots__ = ("endpoint", "weight", "settings", "upstreams", "pools", "priority", "draining")
 
-    def __init__(self, endpoint: Endpoint, weight: int, settings: PoolSettings, upstreams: Upstreams) -> None:
+    def __init__(self, endpoint: Endpoint, weight: int, settings: PoolSettings, upstreams: Upstreams,
+                 priority: int = 0) -> None:
         self.endpoint = endpoint
         self.weight = weight
+        self.priority = priority  # SRV priority (lower first)
+        self.draining = False  # DNS dropped it (worker/thrift/discovered.py)
         self.settings = settings
         self.upstreams = upstreams
         self.pools: dict[int, EndpointPool] = {}
@@ -60,11 +63,12 @@ class Target:
 
 
 class Route:
-    __slots__ = ("label", "balancer")
+    __slots__ = ("label", "balancer", "targets")
 
-    def __init__(self, label: str, balancer: Balancer) -> None:
+    def __init__(self, label: str, targets: RouteTargets) -> None:
         self.label = label
-        self.balancer = balancer
+        self.targets = targets  # keeps the DNS sources alive (they hold it weakly)
+        self.balancer = targets.balancer
 
 
 def pool_settings(server_cfg: Any, route_cfg: Any) -> PoolSettings:
@@ -90,9 +94,12 @@ class MethodRouter:
         self.routes: list[Route] = []
         for rcfg in server_cfg.thrift_routes:
             settings = pool_settings(server_cfg, rcfg)
-            targets = [Target(Endpoint.from_config(u.endpoint), u.weight, settings, upstreams)
-                       for u in rcfg.upstreams]
-            route = Route(rcfg.pattern, Balancer(targets, rcfg.load_balancer))
+
+            def make(ep: Endpoint, weight: int, priority: int,
+                     settings: PoolSettings = settings) -> Target:
+                return Target(ep, weight, settings, upstreams, priority)
+
+            route = Route(rcfg.pattern, RouteTargets(rcfg.upstreams, rcfg.load_balancer, make))
             self.routes.append(route)
             if rcfg.methods is None:
                 if self.default is None:
@@ -162,6 +169,14 @@ class ThriftProxy(Stateful):
                 assert loop is not None
             now = loop.time()
         target = route.balancer.pick(now)
+        if target is None:  # every upstream of the route is discovered, and DNS names none
+            why = "; ".join(d.why_none() for d in route.targets.discovered) or "no upstream"
+            err = UpstreamError(f"no upstream address for method {frame.head.name!r}: {why}")
+            if call is not None:
+                call.sink.on_error(call, err)
+            else:
+                self.counters.errors += 1
+            return
         pool = target.pools.get(frame.kind) or target.pool_for(frame.kind)
         pool.send(frame, call, now)
 

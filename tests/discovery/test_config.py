@@ -1,0 +1,127 @@
+"""``[resolver]`` and ``srv`` endpoints in the config: defaults, round trip, and a clear error
+from ``monolaked check`` for every bad value (the master never starts on one)."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+from pathlib import Path
+
+from monolake.conf import Config, load_config
+from monolake.conf.resolver import ResolverConfig
+from tests.harness import MONOLAKED, hermetic_env
+
+SERVER = textwrap.dedent("""
+    [servers.web]
+    proxy_type = "http"
+    listener = { type = "socket", value = "127.0.0.1:18080" }
+
+    [[servers.web.routes]]
+    path_prefix = "/"
+    upstreams = [{ endpoint = { type = "uri", value = "http://app.internal:8080" } },
+                 { endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "https" } }]
+""")
+
+
+def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "monolake.toml"
+    path.write_text(text)
+    return subprocess.run([*MONOLAKED, "check", "-c", str(path)], capture_output=True, text=True,
+                          timeout=60, env=hermetic_env())
+
+
+def test_resolver_section_is_optional_and_round_trips(tmp_path: Path) -> None:
+    path = tmp_path / "monolake.toml"
+    path.write_text(SERVER)
+    cfg = load_config(path)
+    assert cfg.resolver == ResolverConfig()
+    assert cfg.resolver.nameservers == ()  # /etc/resolv.conf
+    path.write_text(textwrap.dedent("""
+        [resolver]
+        nameservers = ["127.0.0.1:5353", "::1", "[::1]:54"]
+        min_ttl_sec = 1
+        max_ttl_sec = 300
+        negative_ttl_sec = 5
+        timeout_sec = 2
+        max_stale_sec = 0
+    """) + SERVER)
+    cfg = load_config(path)
+    assert cfg.resolver.nameservers == ("127.0.0.1:5353", "[::1]:53", "[::1]:54")
+    assert cfg.resolver.servers() == [("127.0.0.1", 5353), ("::1", 53), ("::1", 54)]
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    srv = cfg.servers["web"].routes[0].upstreams[1].endpoint
+    assert (srv.type, srv.value, srv.scheme, srv.host) == ("srv", "_http._tcp.app.internal",
+                                                          "https", "app.internal")
+
+
+def test_bad_resolver_config_is_a_clear_error(tmp_path: Path) -> None:
+    result = check(tmp_path, textwrap.dedent("""
+        [resolver]
+        nameservers = ["dns.example:53", "127.0.0.1:99999", 53]
+        min_ttl_sec = 10
+        max_ttl_sec = 5
+        negative_ttl_sec = 0
+        timeout_sec = "2s"
+        max_stale_sec = -1
+        nameserver = []
+    """) + SERVER)
+    assert result.returncode != 0
+    err = result.stderr
+    for expected in (
+        'resolver.nameservers[0]: expected an IP address with an optional port',
+        "a name server is given by address, not by name",
+        'resolver.nameservers[1]: expected a port from 1 to 65535 after the address, found "127.0.0.1:99999"',
+        "resolver.nameservers[2]: expected a string, found an integer 53",
+        "resolver.max_ttl_sec: expected a duration >= min_ttl_sec (10), found 5",
+        "resolver.negative_ttl_sec: expected a duration in seconds (a number > 0), found 0",
+        "resolver.timeout_sec: expected a duration in seconds",
+        "resolver.max_stale_sec: expected a number of seconds >= 0, found -1",
+        'resolver.nameserver: expected one of the known keys',
+        'did you mean "nameservers"',
+    ):
+        assert expected in err, f"{expected!r} not in:\n{err}"
+    assert "Traceback" not in err
+
+
+def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
+    result = check(tmp_path, textwrap.dedent("""
+        [servers.web]
+        proxy_type = "http"
+        listener = { type = "socket", value = "127.0.0.1:18080" }
+
+        [[servers.web.routes]]
+        path_prefix = "/"
+        upstreams = [{ endpoint = { type = "srv", value = "app.internal" } },
+                     { endpoint = { type = "srv", value = "_http._udp.app.internal" } },
+                     { endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "ftp" } },
+                     { endpoint = { type = "uri", value = "http://a:1", scheme = "http" } }]
+    """))
+    assert result.returncode != 0
+    err = result.stderr
+    assert 'upstreams[0].endpoint.value: expected an SRV name "_service._tcp.name"' in err
+    assert 'upstreams[1].endpoint.value: expected an SRV name' in err
+    assert 'upstreams[2].endpoint.scheme: expected "http" or "https", found "ftp"' in err
+    assert 'upstreams[3].endpoint.scheme: expected no "scheme" key here' in err
+
+
+def test_good_config_checks(tmp_path: Path) -> None:
+    result = check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
+    assert result.returncode == 0, result.stderr
+    assert ("resolver: 127.0.0.1:5353, ttl 1-300 s, negative 5 s, timeout 2 s, stale up to 3600 s"
+            in result.stdout), result.stdout
+    assert "srv:_http._tcp.app.internal" in result.stdout, result.stdout
+
+
+def test_thrift_srv_endpoint_takes_no_scheme(tmp_path: Path) -> None:
+    head = textwrap.dedent("""
+        [servers.rpc]
+        proxy_type = "thrift"
+        listener = { type = "socket", value = "127.0.0.1:18081" }
+    """)
+    ok = check(tmp_path, head + 'route = { upstreams = [{ endpoint = { type = "srv", '
+                                'value = "_thrift._tcp.app.internal" } }] }\n')
+    assert ok.returncode == 0, ok.stderr
+    bad = check(tmp_path, head + 'route = { upstreams = [{ endpoint = { type = "srv", '
+                                 'value = "_thrift._tcp.app.internal", scheme = "http" } }] }\n')
+    assert bad.returncode != 0
+    assert 'endpoint.scheme: expected no "scheme" key here (thrift upstreams have no scheme)' in bad.stderr

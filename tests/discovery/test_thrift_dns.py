@@ -1,0 +1,120 @@
+"""Thrift upstreams found by DNS: a socket endpoint with a host name and an srv endpoint,
+against real thriftpy2 backends on 127.0.0.2/3 and a real dnsmasq, without a reload."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import textwrap
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from tests.support import PYTHON, free_port, spawned, wait_for
+from tests.thrift.thrift_support import HERE, client
+
+
+@contextmanager
+def thrift_backend(address: str, port: int, name: str) -> Iterator[None]:
+    args = [PYTHON, str(HERE / "backend.py"), "--listen", f"tcp:{address}:{port}", "--name", name]
+    with spawned(args, stdout=subprocess.PIPE, text=True) as proc:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("READY "), line
+        yield
+
+
+def shared_port() -> int:
+    """A port free on 127.0.0.2 and 127.0.0.3."""
+    for _ in range(50):
+        port = free_port("127.0.0.2")
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.3", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no shared free port")
+
+
+def config(tmp_path, port: int, ns: str, upstreams: str, runtime_type: str) -> str:
+    return textwrap.dedent(f"""
+        [resolver]
+        nameservers = ["{ns}"]
+
+        [runtime]
+        workers = 1
+        runtime_type = "{runtime_type}"
+
+        [supervisor]
+        control_socket = "{tmp_path}/control.sock"
+        log_format = "json"
+
+        [servers.rpc]
+        proxy_type = "thrift"
+        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
+        route = {{ load_balancer = "round_robin", upstreams = [{upstreams}] }}
+    """)
+
+
+def whoami(port: int, n: int) -> list[str]:
+    c = client(f"127.0.0.1:{port}")
+    try:
+        return [c.whoami() for _ in range(n)]
+    finally:
+        c.close()
+
+
+def test_thrift_addresses_join_and_leave(master_factory, tmp_path, dnsmasq, runtime_type) -> None:
+    up = shared_port()
+    d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
+    with ExitStack() as stack:
+        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
+        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
+        port = free_port()
+        m = master_factory(config(tmp_path, port, d.nameserver,
+                                  f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
+                                  runtime_type))
+        m.wait_ready()
+        assert set(whoami(port, 6)) == {"t2"}
+        d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"],
+                    {"app.test": {"127.0.0.2", "127.0.0.3"}})
+        wait_for(lambda: set(whoami(port, 6)) == {"t2", "t3"}, timeout=5, what="t3 to join")
+        d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
+        wait_for(lambda: set(whoami(port, 6)) == {"t3"}, timeout=5, what="t2 to leave")
+        assert set(whoami(port, 20)) == {"t3"}
+
+
+def test_thrift_srv_priorities(master_factory, tmp_path, dnsmasq, runtime_type) -> None:
+    up = shared_port()
+    d = dnsmasq(["127.0.0.2 a.test", "127.0.0.3 b.test"], ttl=1,
+                extra=[f"--srv-host=_thrift._tcp.app.test,a.test,{up},10,1",
+                       f"--srv-host=_thrift._tcp.app.test,b.test,{up},20,1"])
+    with ExitStack() as stack:
+        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
+        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
+        port = free_port()
+        m = master_factory(config(tmp_path, port, d.nameserver,
+                                  '{ endpoint = { type = "srv", value = "_thrift._tcp.app.test" } }',
+                                  runtime_type))
+        m.wait_ready()
+        assert set(whoami(port, 10)) == {"t2"}  # priority 20 unused while 10 is up
+        # the records swap priorities: the traffic follows, no reload
+        d.restart(extra=[f"--srv-host=_thrift._tcp.app.test,a.test,{up},20,1",
+                         f"--srv-host=_thrift._tcp.app.test,b.test,{up},10,1"])
+        wait_for(lambda: set(whoami(port, 6)) == {"t3"}, timeout=6, what="priority swap")
+
+
+def test_thrift_dead_address_of_a_name_fails_no_call(master_factory, tmp_path, dnsmasq,
+                                                     runtime_type) -> None:
+    """A refused connect to one address moves the connection, with the calls queued on it, to
+    another address of the name, and ejects the dead one."""
+    up = shared_port()
+    d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
+    with thrift_backend("127.0.0.2", up, "t2"):
+        port = free_port()
+        m = master_factory(config(tmp_path, port, d.nameserver,
+                                  f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
+                                  runtime_type))
+        m.wait_ready()
+        assert whoami(port, 20) == ["t2"] * 20
+        ejected = [e for e in m.log_events() if e.get("event") == "thrift_upstream_ejected"]
+        assert [e["upstream"] for e in ejected] == [f"127.0.0.3:{up}"]
