@@ -173,7 +173,9 @@ def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[i
     env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
+            # -P: no working directory on sys.path, so a checkout's monolake/ (the symlink
+            # package for tools) cannot shadow the installed package and its extensions
+            [sys.executable, "-P", "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
              "--master-pid", str(os.getpid())],
             pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
             start_new_session=False,
