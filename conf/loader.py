@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import sys
+import tomllib
 from importlib import resources
 
 from .errors import ConfigError
 from .schema import DEFAULT_SOURCE, Config
 from .validate import build_config
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 DEFAULT_RESOURCE = "default.toml"
 _POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
