@@ -6,9 +6,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import os
+
 import pytest
 
 from tests.harness import Monolaked
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Where the extensions are required (CI sets MONOLAKE_REQUIRE_EXTENSIONS=1), a missing one
+    or an io_uring that cannot start ends the run at once: otherwise hundreds of tests would
+    skip quietly and the run would still pass (seen once in a sanitizer run)."""
+    if not os.environ.get("MONOLAKE_REQUIRE_EXTENSIONS"):
+        return
+    from monolake.uring import probe
+    from monolake.worker import h2
+
+    problems = []
+    if not (uring := probe()).available:
+        problems.append(f"io_uring: {uring.reason}")
+    if not (engine := h2.available()):
+        problems.append(f"HTTP/2: {engine.reason}")
+    if problems:
+        pytest.exit("MONOLAKE_REQUIRE_EXTENSIONS is set but " + "; ".join(problems), returncode=3)
 
 
 @pytest.fixture
