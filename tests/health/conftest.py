@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.discovery.conftest import dnsmasq
 from tests.harness import base_config, http_get
 from tests.health.backends import HealthBackend
 from tests.support import free_port, wait_for
@@ -55,16 +56,16 @@ def health_rows(m: object) -> list[dict]:
     return [row for w in m.status()["workers"] for row in w.get("health", [])]  # type: ignore[attr-defined]
 
 
-def row_of(m: object, upstream: str, route: str = "/*") -> dict | None:
-    return next((r for r in health_rows(m) if r["upstream"] == upstream and r["route"] == route),
-                None)
+def row_of(m: object, upstream: str, route: str = "/*", server: str = "web") -> dict | None:
+    return next((r for r in health_rows(m) if r["upstream"] == upstream and r["route"] == route
+                 and r["server"] == server), None)
 
 
-def wait_health(m: object, upstream: str, healthy: bool, route: str = "/*",
+def wait_health(m: object, upstream: str, healthy: bool, route: str = "/*", server: str = "web",
                 timeout: float = 10) -> dict:
     """Poll status until ``upstream`` (a label such as http://127.0.0.1:PORT) is reported so."""
     def ok() -> dict | None:
-        r = row_of(m, upstream, route)
+        r = row_of(m, upstream, route, server)
         return r if r is not None and r["healthy"] is healthy else None
     return wait_for(ok, timeout=timeout, interval=0.2, what=f"{upstream} healthy={healthy}")
 
@@ -79,5 +80,5 @@ def free_ports() -> tuple[int, int]:
     return free_port(), free_port()
 
 
-__all__ = ["backend", "uri", "health_config", "health_rows", "row_of", "wait_health", "metrics",
+__all__ = ["backend", "dnsmasq", "uri", "health_config", "health_rows", "row_of", "wait_health", "metrics",
            "free_ports", "json"]
