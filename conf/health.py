@@ -16,8 +16,19 @@ from typing import Any
 
 from .fields import MISSING, Table, found_with_type
 
-HEALTH_KEYS = ("type", "method", "path", "expected_statuses", "host", "interval_sec",
-               "timeout_sec", "fall", "rise", "jitter", "all_unhealthy")
+HEALTH_KEYS = (
+    "type",
+    "method",
+    "path",
+    "expected_statuses",
+    "host",
+    "interval_sec",
+    "timeout_sec",
+    "fall",
+    "rise",
+    "jitter",
+    "all_unhealthy",
+)
 HTTP_ONLY = ("path", "expected_statuses", "host")
 TYPES = {"http": ("http", "tcp"), "thrift": ("thrift", "tcp")}
 ALL_UNHEALTHY = ("fail_open", "reject")
@@ -50,9 +61,14 @@ def parse_health_check(route: Table, kind: str) -> HealthCheckConfig | None:
     d = HealthCheckConfig()
     types = TYPES[kind]
     default_type = "http" if kind == "http" else ("thrift" if "method" in t.raw else "tcp")
-    check_type = t.enum("type", default_type, types,
-                        hints={"thrift": "thrift checks are for thrift routes"} if kind == "http"
-                        else {"http": "a thrift route checks with type = \"thrift\" or \"tcp\""})
+    check_type = t.enum(
+        "type",
+        default_type,
+        types,
+        hints={"thrift": "thrift checks are for thrift routes"}
+        if kind == "http"
+        else {"http": 'a thrift route checks with type = "thrift" or "tcp"'},
+    )
     method = d.method
     if check_type == "thrift":
         method = t.string("method", "", required=True, allow_empty=False) or ""
@@ -62,13 +78,11 @@ def parse_health_check(route: Table, kind: str) -> HealthCheckConfig | None:
             t.expected("method", 'an HTTP method in capitals, such as "GET" or "HEAD"', method)
             method = d.method
     elif "method" in t.raw:
-        t.expected("method", 'no method with type = "tcp" (a tcp check only connects)',
-                   t.raw["method"])
+        t.expected("method", 'no method with type = "tcp" (a tcp check only connects)', t.raw["method"])
     if check_type != "http":
         for key in HTTP_ONLY:
             if key in t.raw:
-                t.expected(key, f'no {key} with type = "{check_type}" (it is for http checks)',
-                           t.raw[key])
+                t.expected(key, f'no {key} with type = "{check_type}" (it is for http checks)', t.raw[key])
     path = t.string("path", d.path, allow_empty=False)
     if not path.startswith("/"):
         t.expected("path", 'a request path starting with "/", such as "/health"', path)
@@ -78,8 +92,11 @@ def parse_health_check(route: Table, kind: str) -> HealthCheckConfig | None:
     interval = t.duration("interval_sec", d.interval_sec)
     timeout = t.duration("timeout_sec", d.timeout_sec)
     if "timeout_sec" in t.raw and "interval_sec" in t.raw and timeout > interval:
-        t.expected("timeout_sec", f"a duration <= interval_sec ({interval:g}), so checks never "
-                   "overlap", t.raw["timeout_sec"])
+        t.expected(
+            "timeout_sec",
+            f"a duration <= interval_sec ({interval:g}), so checks never overlap",
+            t.raw["timeout_sec"],
+        )
         timeout = interval
     timeout = min(timeout, interval)
     fall = t.integer("fall", d.fall, lo=1, hi=100)
@@ -87,9 +104,19 @@ def parse_health_check(route: Table, kind: str) -> HealthCheckConfig | None:
     jitter = _fraction(t, "jitter", d.jitter)
     all_unhealthy = t.enum("all_unhealthy", d.all_unhealthy, ALL_UNHEALTHY)
     t.done()
-    return HealthCheckConfig(type=check_type, method=method, path=path, expected_statuses=statuses,
-                             host=host, interval_sec=interval, timeout_sec=timeout, fall=fall,
-                             rise=rise, jitter=jitter, all_unhealthy=all_unhealthy)
+    return HealthCheckConfig(
+        type=check_type,
+        method=method,
+        path=path,
+        expected_statuses=statuses,
+        host=host,
+        interval_sec=interval,
+        timeout_sec=timeout,
+        fall=fall,
+        rise=rise,
+        jitter=jitter,
+        all_unhealthy=all_unhealthy,
+    )
 
 
 def _statuses(t: Table) -> tuple[tuple[int, int], ...]:
@@ -99,15 +126,23 @@ def _statuses(t: Table) -> tuple[tuple[int, int], ...]:
         return DEFAULT_STATUSES
     expected = 'a non-empty array of statuses or ranges, such as [200, 204] or ["200-399"]'
     if not isinstance(value, list) or not value:
-        t.expected(used, expected, found_with_type(value) if not isinstance(value, list)
-                   else "an empty array", raw=True)
+        t.expected(
+            used,
+            expected,
+            found_with_type(value) if not isinstance(value, list) else "an empty array",
+            raw=True,
+        )
         return DEFAULT_STATUSES
     out: list[tuple[int, int]] = []
     for i, item in enumerate(value):
         span = _span(item)
         if span is None:
-            t.expected(f"{used}[{i}]", 'a status from 100 to 599 or a range "LOW-HIGH" of them',
-                       found_with_type(item), raw=True)
+            t.expected(
+                f"{used}[{i}]",
+                'a status from 100 to 599 or a range "LOW-HIGH" of them',
+                found_with_type(item),
+                raw=True,
+            )
             continue
         out.append(span)
     return tuple(out) or DEFAULT_STATUSES
@@ -129,7 +164,11 @@ def _fraction(t: Table, name: str, default: float) -> float:
         return default
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or not 0 <= value <= 0.5:
-        t.expected(used, "a fraction of the interval from 0 to 0.5, such as 0.1",
-                   found_with_type(value) if not ok else value, raw=not ok)
+        t.expected(
+            used,
+            "a fraction of the interval from 0 to 0.5, such as 0.1",
+            found_with_type(value) if not ok else value,
+            raw=not ok,
+        )
         return default
     return float(value)

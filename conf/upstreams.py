@@ -7,8 +7,8 @@ from typing import Any, TypedDict
 from . import addresses
 from .addresses import AddressError
 from .errors import describe, quote
-from .health import parse_health_check
 from .fields import MISSING, Table, found_with_type, resolve_path
+from .health import parse_health_check
 from .routes import Router, RouteSpec
 from .schema import EndpointConfig, RouteConfig, UpstreamConfig
 from .tlsfiles import check_ca_bundle, check_cert_pair
@@ -16,8 +16,13 @@ from .tlsfiles import check_ca_bundle, check_cert_pair
 LOAD_BALANCERS = ("random", "weighted_random", "round_robin", "first", "least_conn")
 BUILTINS = ("hello", "echo")
 
-POOL_KEYS = ("max_idle_per_upstream", "idle_timeout_sec", "eject_after_failures", "eject_duration_sec",
-             "health_check")
+POOL_KEYS = (
+    "max_idle_per_upstream",
+    "idle_timeout_sec",
+    "eject_after_failures",
+    "eject_duration_sec",
+    "health_check",
+)
 HTTP_ROUTE_KEYS = (
     "path",
     "path_prefix",

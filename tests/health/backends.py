@@ -32,7 +32,7 @@ class HealthBackend:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 if self.path == "/health":
                     with outer._lock:
                         outer.health_checks += 1

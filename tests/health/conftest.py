@@ -35,18 +35,28 @@ def uri(b: HealthBackend, host: str = "") -> str:
     return f'{{ endpoint = {{ type = "uri", value = "http://{host or b.address}:{b.port}" }} }}'
 
 
-def health_config(tmp: Path, port: int, admin: int, routes: list[tuple[str, str, list[str]]],
-                  resolver: str = "", runtime_type: str = "auto") -> str:
+def health_config(
+    tmp: Path,
+    port: int,
+    admin: int,
+    routes: list[tuple[str, str, list[str]]],
+    resolver: str = "",
+    runtime_type: str = "auto",
+) -> str:
     """``routes``: (path_prefix, health_check table, upstream entries), round_robin, one worker."""
-    text = "".join(textwrap.dedent("""
+    text = "".join(
+        textwrap.dedent("""
         [[servers.web.routes]]
         path_prefix = "{prefix}"
         load_balancer = "round_robin"
         health_check = {check}
         upstreams = [{ups}]
-    """).format(prefix=p, check=c, ups=", ".join(u)) for p, c, u in routes)
-    cfg = base_config(tmp, port, runtime="workers = 1", routes=text,
-                      extra=f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n')
+    """).format(prefix=p, check=c, ups=", ".join(u))
+        for p, c, u in routes
+    )
+    cfg = base_config(
+        tmp, port, runtime="workers = 1", routes=text, extra=f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+    )
     cfg = cfg.replace('runtime_type = "auto"', f'runtime_type = "{runtime_type}"', 1)
     return (resolver + "\n" + cfg) if resolver else cfg
 
@@ -57,16 +67,25 @@ def health_rows(m: object) -> list[dict]:
 
 
 def row_of(m: object, upstream: str, route: str = "/*", server: str = "web") -> dict | None:
-    return next((r for r in health_rows(m) if r["upstream"] == upstream and r["route"] == route
-                 and r["server"] == server), None)
+    return next(
+        (
+            r
+            for r in health_rows(m)
+            if r["upstream"] == upstream and r["route"] == route and r["server"] == server
+        ),
+        None,
+    )
 
 
-def wait_health(m: object, upstream: str, healthy: bool, route: str = "/*", server: str = "web",
-                timeout: float = 10) -> dict:
+def wait_health(
+    m: object, upstream: str, healthy: bool, route: str = "/*", server: str = "web", timeout: float = 10
+) -> dict:
     """Poll status until ``upstream`` (a label such as http://127.0.0.1:PORT) is reported so."""
+
     def ok() -> dict | None:
         r = row_of(m, upstream, route, server)
         return r if r is not None and r["healthy"] is healthy else None
+
     return wait_for(ok, timeout=timeout, interval=0.2, what=f"{upstream} healthy={healthy}")
 
 
@@ -80,5 +99,15 @@ def free_ports() -> tuple[int, int]:
     return free_port(), free_port()
 
 
-__all__ = ["backend", "dnsmasq", "uri", "health_config", "health_rows", "row_of", "wait_health", "metrics",
-           "free_ports", "json"]
+__all__ = [
+    "backend",
+    "dnsmasq",
+    "uri",
+    "health_config",
+    "health_rows",
+    "row_of",
+    "wait_health",
+    "metrics",
+    "free_ports",
+    "json",
+]

@@ -11,8 +11,10 @@ from tests.health.conftest import health_config, metrics, row_of, uri, wait_heal
 from tests.support import free_port, wait_for
 
 INTERVAL, FALL, RISE, JITTER = 0.2, 2, 2, 0.1
-CHECK = (f'{{ path = "/health", interval_sec = {INTERVAL}, timeout_sec = {INTERVAL}, '
-         f'fall = {FALL}, rise = {RISE} }}')
+CHECK = (
+    f'{{ path = "/health", interval_sec = {INTERVAL}, timeout_sec = {INTERVAL}, '
+    f"fall = {FALL}, rise = {RISE} }}"
+)
 # fall (or rise) checks, each interval late at most (x (1 + jitter)), one check's own time, and
 # a scheduling margin for a loaded machine
 SHIFT_BOUND = FALL * INTERVAL * (1 + JITTER) + INTERVAL + 0.5
@@ -23,8 +25,7 @@ def quiet_since(b, seconds: float) -> bool:
     return time.monotonic() - b.last_served() > seconds
 
 
-def test_failing_check_shifts_traffic_and_recovery_brings_it_back(master_factory, tmp_path,
-                                                                  backend) -> None:
+def test_failing_check_shifts_traffic_and_recovery_brings_it_back(master_factory, tmp_path, backend) -> None:
     b1, b2 = backend("b1"), backend("b2")
     port, admin = free_port(), free_port()
     m = master_factory(health_config(tmp_path, port, admin, [("/", CHECK, [uri(b1), uri(b2)])]))
@@ -44,35 +45,43 @@ def test_failing_check_shifts_traffic_and_recovery_brings_it_back(master_factory
         assert row["checks_failed"] >= FALL and row["held_down"], row
         text = m.cli("status").stdout
         assert f"web /* {label2}  http  DOWN 0/1" in text, text
-        assert (f'monolake_upstream_healthy{{server="web",route="/*",upstream="{label2}",'
-                f'worker="0"}} 0') in metrics(admin)
+        assert (
+            f'monolake_upstream_healthy{{server="web",route="/*",upstream="{label2}",worker="0"}} 0'
+        ) in metrics(admin)
 
         recovered = time.monotonic()
         b2.health_status = 200
-        back = wait_for(lambda: b2.first_served_after(recovered), timeout=10,
-                        what="traffic to come back to b2")
+        back = wait_for(
+            lambda: b2.first_served_after(recovered), timeout=10, what="traffic to come back to b2"
+        )
         recovery = back - recovered
         wait_health(m, label2, True)
     finally:
         load.stop()
-    print(f"\nhttp check: failure -> traffic shift {shift:.3f}s (bound {SHIFT_BOUND:.2f}s), "
-          f"recovery -> traffic {recovery:.3f}s (bound {RECOVER_BOUND:.2f}s)")
+    print(
+        f"\nhttp check: failure -> traffic shift {shift:.3f}s (bound {SHIFT_BOUND:.2f}s), "
+        f"recovery -> traffic {recovery:.3f}s (bound {RECOVER_BOUND:.2f}s)"
+    )
     assert load.failures == [], load.failures[:5]
     assert shift < SHIFT_BOUND, shift
     assert recovery < RECOVER_BOUND, recovery
     assert b2.hosts == {f"127.0.0.1:{b2.port}"}  # the Host header defaults to the authority
     body = metrics(admin)
-    assert (f'monolake_upstream_health_checks_total{{server="web",route="/*",upstream="{label2}",'
-            f'worker="0",result="failed"}}') in body
+    assert (
+        f'monolake_upstream_health_checks_total{{server="web",route="/*",upstream="{label2}",'
+        f'worker="0",result="failed"}}'
+    ) in body
 
 
-def test_tcp_check_takes_out_a_closed_port_and_back_when_it_reopens(master_factory, tmp_path,
-                                                                    backend) -> None:
+def test_tcp_check_takes_out_a_closed_port_and_back_when_it_reopens(
+    master_factory, tmp_path, backend
+) -> None:
     b1, b2 = backend("b1"), backend("b2")
     port, admin = free_port(), free_port()
     check = f'{{ type = "tcp", interval_sec = {INTERVAL}, timeout_sec = {INTERVAL}, fall = 2, rise = 2 }}'
-    m = master_factory(health_config(tmp_path, port, admin, [("/", check, [uri(b1), uri(b2)])],
-                                     runtime_type="legacy"))
+    m = master_factory(
+        health_config(tmp_path, port, admin, [("/", check, [uri(b1), uri(b2)])], runtime_type="legacy")
+    )
     m.wait_ready()
     label2 = f"http://127.0.0.1:{b2.port}"
     wait_health(m, label2, True)
@@ -86,16 +95,25 @@ def test_tcp_check_takes_out_a_closed_port_and_back_when_it_reopens(master_facto
     assert b2.first_served_after(quiet) is None
     b2.open()
     wait_health(m, label2, True)
-    wait_for(lambda: {http_get(port, "/x")[1] for _ in range(4)} == {b"b1", b"b2"}, timeout=10,
-             what="b2 back in the rotation")
+    wait_for(
+        lambda: {http_get(port, "/x")[1] for _ in range(4)} == {b"b1", b"b2"},
+        timeout=10,
+        what="b2 back in the rotation",
+    )
 
 
 def test_all_unhealthy_fail_open_by_default_or_reject(master_factory, tmp_path, backend) -> None:
     b1, b2 = backend("b1"), backend("b2")
     port, admin = free_port(), free_port()
     reject = CHECK.replace("}", ', all_unhealthy = "reject" }')
-    m = master_factory(health_config(tmp_path, port, admin, [
-        ("/open", CHECK, [uri(b1), uri(b2)]), ("/reject", reject, [uri(b1), uri(b2)])]))
+    m = master_factory(
+        health_config(
+            tmp_path,
+            port,
+            admin,
+            [("/open", CHECK, [uri(b1), uri(b2)]), ("/reject", reject, [uri(b1), uri(b2)])],
+        )
+    )
     m.wait_ready()
     wait_for(lambda: b1.health_checks and b2.health_checks, timeout=10, what="first checks")
     b1.health_status = b2.health_status = 500

@@ -27,8 +27,10 @@ def thrift_backend(port: int, name: str) -> Iterator[subprocess.Popen]:
 
 
 def config(tmp_path, p1: int, p2: int, u1: int, u2: int) -> str:
-    ups = (f'{{ endpoint = {{ type = "socket", value = "127.0.0.1:{u1}" }} }}, '
-           f'{{ endpoint = {{ type = "socket", value = "127.0.0.1:{u2}" }} }}')
+    ups = (
+        f'{{ endpoint = {{ type = "socket", value = "127.0.0.1:{u1}" }} }}, '
+        f'{{ endpoint = {{ type = "socket", value = "127.0.0.1:{u2}" }} }}'
+    )
     return textwrap.dedent(f"""
         [runtime]
         workers = 1
@@ -58,20 +60,22 @@ def whoami(port: int, n: int) -> list[str]:
         c.close()
 
 
-def test_thrift_check_takes_out_a_dead_backend_and_rejects_when_all_fail(master_factory,
-                                                                         tmp_path) -> None:
+def test_thrift_check_takes_out_a_dead_backend_and_rejects_when_all_fail(master_factory, tmp_path) -> None:
     u1, u2, p1, p2 = free_port(), free_port(), free_port(), free_port()
     with thrift_backend(u1, "t1"), thrift_backend(u2, "t2") as proc2:
         m = master_factory(config(tmp_path, p1, p2, u1, u2))
         m.wait_ready()
-        wait_for(lambda: (row_of(m, f"127.0.0.1:{u2}", "(default)", "rpc") or {}).get("checks_ok", 0)
-                 >= 2, timeout=10, interval=0.2, what="ping checks passing")
+        wait_for(
+            lambda: (row_of(m, f"127.0.0.1:{u2}", "(default)", "rpc") or {}).get("checks_ok", 0) >= 2,
+            timeout=10,
+            interval=0.2,
+            what="ping checks passing",
+        )
         assert row_of(m, f"127.0.0.1:{u2}", "(default)", "rpc")["healthy"]
         assert set(whoami(p1, 6)) == {"t1", "t2"}
         # every backend answers no_such_method with a TApplicationException: all unhealthy,
         # and all_unhealthy = "reject" gives the usual no-upstream error
-        rows = [wait_health(m, f"127.0.0.1:{u}", False, route="(default)", server="strict")
-                for u in (u1, u2)]
+        rows = [wait_health(m, f"127.0.0.1:{u}", False, route="(default)", server="strict") for u in (u1, u2)]
         assert all("TApplicationException" in r["last_error"] for r in rows), rows
         with pytest.raises(Exception) as failed:
             whoami(p2, 1)

@@ -32,15 +32,22 @@ log = structlog.get_logger()
 MAX_TICK = 0.25  # seconds: how soon a new endpoint or a dropped route is noticed
 
 Member = tuple[Any, str, Address]  # (the balancer's endpoint object, its label, where to probe)
-LIVE: "weakref.WeakSet[HealthGroup]" = weakref.WeakSet()
+LIVE: weakref.WeakSet[HealthGroup] = weakref.WeakSet()
 _SERIAL = itertools.count()
 
 
 class HealthGroup:
     """Health of one route's endpoints; ``members(route)`` lists the checkable ones now."""
 
-    def __init__(self, cfg: HealthCheckConfig, server: str, route_label: str, route: Any,
-                 members: Callable[[Any], list[Member]], framed: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: HealthCheckConfig,
+        server: str,
+        route_label: str,
+        route: Any,
+        members: Callable[[Any], list[Member]],
+        framed: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.server = server
         self.route_label = route_label
@@ -107,16 +114,22 @@ class HealthGroup:
     async def _check(self, obj: Any, label: str, addr: Address, st: EndpointHealth) -> None:
         try:
             error = await probe(self.cfg, addr, self.framed)
-        except Exception as exc:  # noqa: BLE001 - a probe bug marks the endpoint, never the worker
+        except Exception as exc:
             error = f"check failed: {exc!r}"
         finally:
             st.in_flight = False
         if self._states.get(id(obj), (None,))[0] is not obj:
             return  # left the route while the check ran
         if st.record(error, self.cfg.rise, self.cfg.fall):
-            log.warning("upstream_health_changed", server=self.server, route=self.route_label,
-                        upstream=label, healthy=st.healthy, error=error or "",
-                        checks=self.cfg.type)
+            log.warning(
+                "upstream_health_changed",
+                server=self.server,
+                route=self.route_label,
+                upstream=label,
+                healthy=st.healthy,
+                error=error or "",
+                checks=self.cfg.type,
+            )
             self._apply()
 
     # -- what the balancer sees ------------------------------------------------------------
@@ -125,9 +138,12 @@ class HealthGroup:
         states = list(self._states.values())
         everyone_down = bool(states) and not any(st.healthy for *_, st in states)
         if everyone_down != self.panic:
-            log.warning("upstream_health_panic" if everyone_down else "upstream_health_panic_over",
-                        server=self.server, route=self.route_label,
-                        behaviour=self.cfg.all_unhealthy)
+            log.warning(
+                "upstream_health_panic" if everyone_down else "upstream_health_panic_over",
+                server=self.server,
+                route=self.route_label,
+                behaviour=self.cfg.all_unhealthy,
+            )
         self.panic = everyone_down
         fail_open = everyone_down and self.cfg.all_unhealthy == "fail_open"
         self.rejecting = everyone_down and not fail_open
@@ -135,14 +151,24 @@ class HealthGroup:
             obj.held_down = not st.healthy and not fail_open
 
     def rows(self) -> list[dict[str, Any]]:
-        return [{"server": self.server, "route": self.route_label, "upstream": label,
-                 "type": self.cfg.type, "healthy": st.healthy, "held_down": bool(obj.held_down),
-                 "checks_ok": st.checks_ok, "checks_failed": st.checks_failed,
-                 "last_error": st.last_error, "panic": self.panic}
-                for obj, label, _addr, st in self._states.values()]
+        return [
+            {
+                "server": self.server,
+                "route": self.route_label,
+                "upstream": label,
+                "type": self.cfg.type,
+                "healthy": st.healthy,
+                "held_down": bool(obj.held_down),
+                "checks_ok": st.checks_ok,
+                "checks_failed": st.checks_failed,
+                "last_error": st.last_error,
+                "panic": self.panic,
+            }
+            for obj, label, _addr, st in self._states.values()
+        ]
 
 
-async def _run(ref: "weakref.ref[HealthGroup]") -> None:
+async def _run(ref: weakref.ref[HealthGroup]) -> None:
     """The group's ticks, holding it only between them (so a dropped route ends this task)."""
     while True:
         group = ref()

@@ -22,8 +22,7 @@ def http_members(balancer: Any) -> list[Member]:
         if up.kind == "unix":
             addr = Address(path=up.unix_path, authority="localhost")
         else:
-            addr = Address(host=up.connect_host, port=up.port, ssl=up.ssl, sni=up.sni,
-                           authority=up.authority)
+            addr = Address(host=up.connect_host, port=up.port, ssl=up.ssl, sni=up.sni, authority=up.authority)
         out.append((up, up.label, addr))
     return out
 
@@ -47,8 +46,7 @@ def watch_http(balancer: Any, cfg: HealthCheckConfig, server: str, route: str) -
     return group
 
 
-def watch_thrift(targets: Any, cfg: HealthCheckConfig, server: str, route: str,
-                 framed: bool) -> HealthGroup:
+def watch_thrift(targets: Any, cfg: HealthCheckConfig, server: str, route: str, framed: bool) -> HealthGroup:
     """Check a thrift route's upstreams (``targets``: its RouteTargets)."""
     group = HealthGroup(cfg, server, route, targets, thrift_members, framed)
     targets.balancer.health = group

@@ -30,8 +30,9 @@ async def _open(addr: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWrit
     if addr.path:
         return await asyncio.open_unix_connection(addr.path)
     if addr.ssl is not None:
-        return await asyncio.open_connection(addr.host, addr.port, ssl=addr.ssl,
-                                             server_hostname=addr.sni or addr.host)
+        return await asyncio.open_connection(
+            addr.host, addr.port, ssl=addr.ssl, server_hostname=addr.sni or addr.host
+        )
     return await asyncio.open_connection(addr.host, addr.port)
 
 
@@ -59,11 +60,14 @@ async def probe(cfg: HealthCheckConfig, addr: Address, framed: bool = True) -> s
         return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _http(cfg: HealthCheckConfig, addr: Address, reader: asyncio.StreamReader,
-                writer: asyncio.StreamWriter) -> str | None:
+async def _http(
+    cfg: HealthCheckConfig, addr: Address, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> str | None:
     host = cfg.host or addr.authority or "localhost"
-    writer.write(f"{cfg.method} {cfg.path} HTTP/1.1\r\nHost: {host}\r\n"
-                 "User-Agent: monolake-health-check\r\nConnection: close\r\n\r\n".encode("latin-1"))
+    writer.write(
+        f"{cfg.method} {cfg.path} HTTP/1.1\r\nHost: {host}\r\n"
+        "User-Agent: monolake-health-check\r\nConnection: close\r\n\r\n".encode("latin-1")
+    )
     line = await reader.readline()
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
@@ -79,8 +83,9 @@ def thrift_call(name: str, framed: bool) -> bytes:
     return struct.pack("!i", len(msg)) + msg if framed else msg
 
 
-async def _thrift(cfg: HealthCheckConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  framed: bool) -> str | None:
+async def _thrift(
+    cfg: HealthCheckConfig, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, framed: bool
+) -> str | None:
     """Healthy when the reply is a REPLY; an EXCEPTION (a TApplicationException such as an
     unknown method) or anything else is not."""
     writer.write(thrift_call(cfg.method, framed))

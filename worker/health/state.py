@@ -10,8 +10,17 @@ class EndpointHealth:
     check runs at once: a failing first check takes it out immediately, without waiting for
     ``fall`` results, so a dead new address costs at most one check timeout."""
 
-    __slots__ = ("healthy", "checked", "successes", "failures", "checks_ok", "checks_failed",
-                 "last_error", "in_flight", "next_due")
+    __slots__ = (
+        "checked",
+        "checks_failed",
+        "checks_ok",
+        "failures",
+        "healthy",
+        "in_flight",
+        "last_error",
+        "next_due",
+        "successes",
+    )
 
     def __init__(self, due: float) -> None:
         self.healthy = True
