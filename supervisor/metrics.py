@@ -298,7 +298,7 @@ def add_health_series(reg: Registry, master: Any) -> None:
         worker = slot.worker
         if worker is None or worker.state == EXITED:
             continue
-        for row in worker.health:
+        for row in getattr(worker, "health", ()):
             labels = {"server": row["server"], "route": row["route"], "upstream": row["upstream"],
                       "worker": str(slot.index)}
             healthy.add(labels, 1 if row["healthy"] else 0)
