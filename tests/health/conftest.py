@@ -42,8 +42,9 @@ def health_config(
     routes: list[tuple[str, str, list[str]]],
     resolver: str = "",
     runtime_type: str = "auto",
+    workers: int = 1,
 ) -> str:
-    """``routes``: (path_prefix, health_check table, upstream entries), round_robin, one worker."""
+    """``routes``: (path_prefix, health_check table, upstream entries), round_robin."""
     text = "".join(
         textwrap.dedent("""
         [[servers.web.routes]]
@@ -55,7 +56,7 @@ def health_config(
         for p, c, u in routes
     )
     cfg = base_config(
-        tmp, port, runtime="workers = 1", routes=text, extra=f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        tmp, port, runtime=f"workers = {workers}", routes=text, extra=f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
     )
     cfg = cfg.replace('runtime_type = "auto"', f'runtime_type = "{runtime_type}"', 1)
     return (resolver + "\n" + cfg) if resolver else cfg
@@ -80,11 +81,13 @@ def row_of(m: object, upstream: str, route: str = "/*", server: str = "web") -> 
 def wait_health(
     m: object, upstream: str, healthy: bool, route: str = "/*", server: str = "web", timeout: float = 10
 ) -> dict:
-    """Poll status until ``upstream`` (a label such as http://127.0.0.1:PORT) is reported so."""
+    """Poll status until every worker reports ``upstream`` (a label such as
+    http://127.0.0.1:PORT) so; returns one of the rows."""
 
     def ok() -> dict | None:
-        r = row_of(m, upstream, route, server)
-        return r if r is not None and r["healthy"] is healthy else None
+        rows = [r for r in health_rows(m) if (r["upstream"], r["route"], r["server"])
+                == (upstream, route, server)]
+        return rows[0] if rows and all(r["healthy"] is healthy for r in rows) else None
 
     return wait_for(ok, timeout=timeout, interval=0.2, what=f"{upstream} healthy={healthy}")
 

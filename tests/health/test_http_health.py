@@ -7,7 +7,7 @@ import time
 
 from tests.discovery.conftest import Load
 from tests.harness import http_get
-from tests.health.conftest import health_config, metrics, row_of, uri, wait_health
+from tests.health.conftest import health_config, health_rows, metrics, row_of, uri, wait_health
 from tests.support import free_port, wait_for
 
 INTERVAL, FALL, RISE, JITTER = 0.2, 2, 2, 0.1
@@ -80,10 +80,11 @@ def test_tcp_check_takes_out_a_closed_port_and_back_when_it_reopens(
     port, admin = free_port(), free_port()
     check = f'{{ type = "tcp", interval_sec = {INTERVAL}, timeout_sec = {INTERVAL}, fall = 2, rise = 2 }}'
     m = master_factory(
-        health_config(tmp_path, port, admin, [("/", check, [uri(b1), uri(b2)])], runtime_type="legacy")
+        health_config(tmp_path, port, admin, [("/", check, [uri(b1), uri(b2)])], runtime_type="legacy", workers=2)
     )
     m.wait_ready()
     label2 = f"http://127.0.0.1:{b2.port}"
+    wait_for(lambda: len(health_rows(m)) == 4, timeout=10, interval=0.2, what="both workers' rows")
     wait_health(m, label2, True)
     assert b2.health_checks == 0  # a tcp check sends nothing
     b2.close()
@@ -93,6 +94,7 @@ def test_tcp_check_takes_out_a_closed_port_and_back_when_it_reopens(
     statuses = [http_get(port, "/x")[:2] for _ in range(20)]
     assert statuses == [(200, b"b1")] * 20, statuses
     assert b2.first_served_after(quiet) is None
+    assert f"web /* {label2}  tcp  DOWN 0/2" in m.cli("status").stdout  # both workers agree
     b2.open()
     wait_health(m, label2, True)
     wait_for(
