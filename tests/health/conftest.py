@@ -43,6 +43,8 @@ def health_config(
     resolver: str = "",
     runtime_type: str = "auto",
     workers: int = 1,
+    supervisor: str = "",
+    route_extra: str = "",
 ) -> str:
     """``routes``: (path_prefix, health_check table, upstream entries), round_robin."""
     text = "".join(
@@ -51,12 +53,18 @@ def health_config(
         path_prefix = "{prefix}"
         load_balancer = "round_robin"
         health_check = {check}
+        {extra}
         upstreams = [{ups}]
-    """).format(prefix=p, check=c, ups=", ".join(u))
+    """).format(prefix=p, check=c, ups=", ".join(u), extra=route_extra)
         for p, c, u in routes
     )
     cfg = base_config(
-        tmp, port, runtime=f"workers = {workers}", routes=text, extra=f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n'
+        tmp,
+        port,
+        runtime=f"workers = {workers}",
+        supervisor=supervisor,
+        routes=text,
+        extra=f'\n[admin]\nlisten = "127.0.0.1:{admin}"\n',
     )
     cfg = cfg.replace('runtime_type = "auto"', f'runtime_type = "{runtime_type}"', 1)
     return (resolver + "\n" + cfg) if resolver else cfg
@@ -85,8 +93,9 @@ def wait_health(
     http://127.0.0.1:PORT) so; returns one of the rows."""
 
     def ok() -> dict | None:
-        rows = [r for r in health_rows(m) if (r["upstream"], r["route"], r["server"])
-                == (upstream, route, server)]
+        rows = [
+            r for r in health_rows(m) if (r["upstream"], r["route"], r["server"]) == (upstream, route, server)
+        ]
         return rows[0] if rows and all(r["healthy"] is healthy for r in rows) else None
 
     return wait_for(ok, timeout=timeout, interval=0.2, what=f"{upstream} healthy={healthy}")

@@ -49,11 +49,13 @@ def upstream(port: int, route: RouteConfig) -> Upstream:
     return Upstream(ep, 1, route, None)
 
 
-async def until(pred, what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        assert asyncio.get_running_loop().time() < deadline, what
+async def until(pred, what: str) -> None:
+    """Poll ``pred`` for up to 5 s (500 steps of 10 ms)."""
+    for _ in range(500):
+        if pred():
+            return
         await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("behaviour", ["fail_open", "reject"])

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from tests.discovery.backends import Backends
 from tests.discovery.conftest import Load
 from tests.harness import http_get
 from tests.health.conftest import health_config, health_rows, metrics, row_of, uri, wait_health
+from tests.http.certs import make_ca, make_cert
 from tests.support import free_port, wait_for
 
 INTERVAL, FALL, RISE, JITTER = 0.2, 2, 2, 0.1
@@ -80,7 +84,9 @@ def test_tcp_check_takes_out_a_closed_port_and_back_when_it_reopens(
     port, admin = free_port(), free_port()
     check = f'{{ type = "tcp", interval_sec = {INTERVAL}, timeout_sec = {INTERVAL}, fall = 2, rise = 2 }}'
     m = master_factory(
-        health_config(tmp_path, port, admin, [("/", check, [uri(b1), uri(b2)])], runtime_type="legacy", workers=2)
+        health_config(
+            tmp_path, port, admin, [("/", check, [uri(b1), uri(b2)])], runtime_type="legacy", workers=2
+        )
     )
     m.wait_ready()
     label2 = f"http://127.0.0.1:{b2.port}"
@@ -128,7 +134,62 @@ def test_all_unhealthy_fail_open_by_default_or_reject(master_factory, tmp_path, 
     assert (status, body.strip()) == (503, b"no healthy upstream"), (status, body)
     assert "ALL UNHEALTHY" in m.cli("status").stdout
     b1.health_status = 200
-    wait_health(m, f"http://127.0.0.1:{b1.port}", True, route="/reject/*")
+    for route in ("/open/*", "/reject/*"):
+        wait_health(m, f"http://127.0.0.1:{b1.port}", True, route=route)
     assert {http_get(port, "/reject/x")[:2] for _ in range(4)} == {(200, b"b1")}
     row = row_of(m, f"http://127.0.0.1:{b2.port}", "/open/*")
     assert row is not None and row["healthy"] is False and row["panic"] is False, row
+
+
+@pytest.mark.parametrize("mode", ["generation", "in_place"])
+def test_checks_carry_on_after_a_reload(master_factory, tmp_path, backend, mode: str) -> None:
+    b1, b2 = backend("b1"), backend("b2")
+    port, admin = free_port(), free_port()
+    routes = [("/", CHECK, [uri(b1), uri(b2)])]
+    m = master_factory(health_config(tmp_path, port, admin, routes, supervisor=f'reload_mode = "{mode}"'))
+    m.wait_ready()
+    label2 = f"http://127.0.0.1:{b2.port}"
+    b2.health_status = 503
+    wait_health(m, label2, False)
+    generation = m.status()["master"]["generation"]
+    result = m.cli("reload")
+    assert result.returncode == 0, result.stderr
+    wait_for(
+        lambda: m.status()["master"]["generation"] > generation and m.ready_workers(),
+        timeout=20,
+        interval=0.2,
+        what="the new generation",
+    )
+    # the new stack checks afresh: b2 is out again after its first failed check, and there is
+    # one row per upstream (the new stack's, when an in-place reload keeps the old one alive)
+    row = wait_health(m, label2, False)
+    assert len([r for r in health_rows(m) if r["upstream"] == label2]) == 1
+    assert row["checks_failed"] >= 1
+    assert {http_get(port, "/x")[1] for _ in range(6)} == {b"b1"}
+
+
+def test_https_check_verifies_the_certificate(master_factory, tmp_path, backend) -> None:
+    ca, other_ca = make_ca(tmp_path), make_ca(tmp_path, "another-ca")
+    good = make_cert(tmp_path, ca, "good", ["127.0.0.1"])
+    bad = make_cert(tmp_path, other_ca, "bad", ["127.0.0.1"])
+    backends = Backends()
+    try:
+        b1 = backends.add("127.0.0.1", 0, "b1", tls=(str(good.chain), str(good.key)))
+        b2 = backends.add("127.0.0.1", 0, "b2", tls=(str(bad.chain), str(bad.key)))
+        port, admin = free_port(), free_port()
+        ups = [f'{{ endpoint = {{ type = "uri", value = "https://127.0.0.1:{b.port}" }} }}' for b in (b1, b2)]
+        m = master_factory(
+            health_config(tmp_path, port, admin, [("/", CHECK, ups)], route_extra=f'tls_ca = "{ca.chain}"')
+        )
+        m.wait_ready()
+        row = wait_health(m, f"https://127.0.0.1:{b2.port}", False)
+        assert "CERTIFICATE_VERIFY_FAILED" in row["last_error"], row
+        wait_for(
+            lambda: (row_of(m, f"https://127.0.0.1:{b1.port}") or {}).get("checks_ok", 0) >= 2,
+            timeout=10,
+            interval=0.2,
+            what="TLS checks of b1 passing",
+        )
+        assert [http_get(port, "/x")[:2] for _ in range(6)] == [(200, b"b1")] * 6
+    finally:
+        backends.close()
