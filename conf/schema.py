@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from .health import HealthCheckConfig
 from .resolver import ResolverConfig
 
 DEFAULT_SOURCE = "<embedded default config>"
@@ -166,6 +167,7 @@ class RouteConfig:
     idle_timeout_sec: float = 60.0
     eject_after_failures: int = 3
     eject_duration_sec: float = 10.0
+    health_check: HealthCheckConfig | None = None  # active checks (conf/health.py)
 
     @property
     def pattern(self) -> str:

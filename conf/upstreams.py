@@ -8,6 +8,7 @@ from . import addresses
 from .addresses import AddressError
 from .errors import describe, quote
 from .fields import MISSING, Table, found_with_type, resolve_path
+from .health import parse_health_check
 from .routes import Router, RouteSpec
 from .schema import EndpointConfig, RouteConfig, UpstreamConfig
 from .tlsfiles import check_ca_bundle, check_cert_pair
@@ -15,7 +16,13 @@ from .tlsfiles import check_ca_bundle, check_cert_pair
 LOAD_BALANCERS = ("random", "weighted_random", "round_robin", "first", "least_conn")
 BUILTINS = ("hello", "echo")
 
-POOL_KEYS = ("max_idle_per_upstream", "idle_timeout_sec", "eject_after_failures", "eject_duration_sec")
+POOL_KEYS = (
+    "max_idle_per_upstream",
+    "idle_timeout_sec",
+    "eject_after_failures",
+    "eject_duration_sec",
+    "health_check",
+)
 HTTP_ROUTE_KEYS = (
     "path",
     "path_prefix",
@@ -257,6 +264,7 @@ def _http_route(r: Table) -> RouteConfig | None:
         check_cert_pair(r.problems, r.key("tls_client_cert"), cert, key)
     tls_sni = r.string("tls_sni", None, allow_empty=False)
     preserve_path = r.boolean("preserve_path", False)
+    health_check = parse_health_check(r, "http")
     upstreams = parse_upstreams(r, "http")
     if not upstreams or (path is None and prefix is None):
         return None
@@ -271,6 +279,7 @@ def _http_route(r: Table) -> RouteConfig | None:
         tls_client_cert=cert,
         tls_client_key=key,
         tls_sni=tls_sni,
+        health_check=health_check,
         **pool,
     )
 
@@ -372,7 +381,8 @@ def _methods(rt: Table) -> tuple[str, ...] | None:
 
 def _thrift_route(rt: Table, methods: tuple[str, ...] | None) -> RouteConfig | None:
     pool = _pool_settings(rt)
+    health_check = parse_health_check(rt, "thrift")
     upstreams = parse_upstreams(rt, "thrift")
     if not upstreams:
         return None
-    return RouteConfig(upstreams=upstreams, methods=methods, **pool)
+    return RouteConfig(upstreams=upstreams, methods=methods, health_check=health_check, **pool)

@@ -480,6 +480,7 @@ class Master:
             "requests": int(worker.stats.get("requests", 0)) if worker else 0,
             "rps": round(worker.rps, 1) if worker else 0.0,
             "stats": dict(worker.stats) if worker else {},
+            "health": list(getattr(worker, "health", ())) if worker else [],
         }
         if worker is not None and worker.state != EXITED:
             row.update(worker.resources())

@@ -282,7 +282,28 @@ def collect(master: Any) -> Registry:
                                     and _has_live(master, index, n))
         for name in names:
             add_server_series(reg, {"server": name, "worker": str(index)}, servers.get(name, {}))
+    add_health_series(reg, master)
     return reg
+
+
+def add_health_series(reg: Registry, master: Any) -> None:
+    """Active health checks, per worker (each checks for itself; worker/health)."""
+    from monolake.supervisor.workers import EXITED
+
+    healthy = reg.family("monolake_upstream_healthy", "gauge",
+                         "1 while the upstream passes this worker's active health checks.")
+    checks = reg.family("monolake_upstream_health_checks_total", "counter",
+                        "Active health checks of the upstream by this worker, by result.")
+    for slot in master.slots:
+        worker = slot.worker
+        if worker is None or worker.state == EXITED:
+            continue
+        for row in getattr(worker, "health", ()):
+            labels = {"server": row["server"], "route": row["route"], "upstream": row["upstream"],
+                      "worker": str(slot.index)}
+            healthy.add(labels, 1 if row["healthy"] else 0)
+            checks.add({**labels, "result": "ok"}, row.get("checks_ok", 0))
+            checks.add({**labels, "result": "failed"}, row.get("checks_failed", 0))
 
 
 def _has_live(master: Any, index: int, server: str) -> bool:

@@ -79,4 +79,38 @@ def render_status(status: dict[str, Any]) -> str:
             else:
                 outcome = f"FAILED: {reason}"
             lines.append(f"  {when}  gen {r['generation']}  {r['mode']}  {r['duration']}s  {outcome}")
+    lines.extend(render_health(status["workers"]))
     return "\n".join(lines)
+
+
+def upstream_health(workers: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Health is per worker (each checks for itself): per (server, route, upstream), in how
+    many workers it is healthy, and the checks summed over them."""
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for w in workers:
+        for row in w.get("health") or ():
+            agg = out.setdefault((row["server"], row["route"], row["upstream"]), {
+                "type": row.get("type", ""), "healthy": 0, "workers": 0, "checks_ok": 0,
+                "checks_failed": 0, "last_error": "", "panic": False})
+            agg["workers"] += 1
+            agg["healthy"] += 1 if row["healthy"] else 0
+            agg["checks_ok"] += row.get("checks_ok", 0)
+            agg["checks_failed"] += row.get("checks_failed", 0)
+            agg["last_error"] = row.get("last_error") or agg["last_error"]
+            agg["panic"] = agg["panic"] or bool(row.get("panic"))
+    return out
+
+
+def render_health(workers: list[dict[str, Any]]) -> list[str]:
+    health = upstream_health(workers)
+    if not health:
+        return []
+    lines = ["", "upstream health (healthy in N of M workers):"]
+    for (server, route, upstream), h in sorted(health.items()):
+        state = "UP" if h["healthy"] == h["workers"] else ("DOWN" if not h["healthy"] else "PARTIAL")
+        extra = "  ALL UNHEALTHY" if h["panic"] else ""
+        error = f"  last error: {h['last_error']}" if h["last_error"] and state != "UP" else ""
+        lines.append(f"  {server} {route} {upstream}  {h['type']}  {state} "
+                     f"{h['healthy']}/{h['workers']}  checks ok {h['checks_ok']} "
+                     f"failed {h['checks_failed']}{extra}{error}")
+    return lines

@@ -53,6 +53,7 @@ class WorkerProc:
     runtime: str = ""
     stats: dict[str, int] = field(default_factory=dict)
     server_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    health: list[dict[str, Any]] = field(default_factory=list)  # per upstream (worker/health)
     rps: float = 0.0
     exit_code: int | None = None
     reader: channel.FrameReader = field(default_factory=channel.FrameReader)
@@ -98,6 +99,7 @@ class WorkerProc:
         self.lag = float(message.get("lag", 0.0))
         self.stats = dict(message.get("stats") or {})
         self.server_stats = dict(message.get("servers") or {})
+        self.health = list(message.get("health") or [])
         requests = int(self.stats.get("requests", 0))
         if self._last_rate is not None:
             then, before = self._last_rate

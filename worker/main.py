@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import channel, logs
-from monolake.worker import discovery
+from monolake.worker import discovery, health
 from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
@@ -223,7 +223,7 @@ class Worker:
         total, per_server = self.stats()
         self.send({"type": "heartbeat", "lag": round(self._lag, 6), "stats": total,
                    "servers": per_server, "accepting": self.accepting,
-                   "draining": self.draining})
+                   "draining": self.draining, "health": health.report()})
 
     # ----- control channel --------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 import structlog
 
 from monolake.conf.routes import Router
+from monolake.worker import health
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.builtins import BUILTINS
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
@@ -69,7 +70,10 @@ class RouterService(Stateful):
                 if maker is None:
                     raise ValueError(f"routes[{i}]: unknown builtin {ups[0].builtin!r}")
                 builtin = maker(name, slot)
-            self.routes.append(RouteHandler(i, route, Balancer(route.load_balancer, ups), builtin))
+            balancer = Balancer(route.load_balancer, ups)
+            if route.health_check is not None and builtin is None:
+                health.watch_http(balancer, route.health_check, name, route.pattern)
+            self.routes.append(RouteHandler(i, route, balancer, builtin))
         pool.upstreams_by_key = by_key
 
     async def call(self, req: Request, ctx: Any) -> Response:

@@ -54,7 +54,7 @@ class Upstream:
                  "weight", "ssl", "sni", "key", "label", "active", "failures", "ejected_until",
                  "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header",
                  "priority", "draining", "discovered", "origin", "address", "group",
-                 "__weakref__")
+                 "held_down", "__weakref__")
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
         self.kind = endpoint.type          # "uri" | "unix" | "builtin" | "srv"
@@ -68,6 +68,7 @@ class Upstream:
         self.active = 0
         self.failures = 0
         self.ejected_until = 0.0
+        self.held_down = False             # failing its active health checks (worker/health)
         self.max_idle = route.max_idle_per_upstream
         self.idle_timeout = route.idle_timeout_sec
         self.eject_after = max(1, route.eject_after_failures)
@@ -129,6 +130,7 @@ class Upstream:
         up.active = 0
         up.failures = 0
         up.ejected_until = 0.0
+        up.held_down = False
         up.draining = False
         up.discovered = None
         up.group = self.discovered
@@ -157,7 +159,8 @@ class Upstream:
         return self.ssl is None
 
     def healthy(self, now: float) -> bool:
-        return self.ejected_until <= now
+        """Eligible: not passively ejected, and not held down by active health checks."""
+        return self.ejected_until <= now and not self.held_down
 
     def connect_failed(self, stats: Stats) -> None:
         self.failures += 1
@@ -265,7 +268,7 @@ class Balancer:
     is replaced, never changed in place, when DNS changes it (``endpoints_changed``)."""
 
     __slots__ = ("kind", "upstreams", "position", "_weights", "_n", "_configured", "_found",
-                 "_tiered", "__weakref__")
+                 "_tiered", "health", "__weakref__")
 
     def __init__(self, kind: str, upstreams: list[Upstream]) -> None:
         self.kind = kind
@@ -276,6 +279,7 @@ class Balancer:
         self._weights: list[int] = []
         self._n = 0
         self._tiered = False
+        self.health: Any = None  # the route's active health checks (worker/health), if any
         for i, up in enumerate(self._configured):
             if up.needs_discovery:
                 link = self._found[i] = Discovered(up, self)
@@ -309,7 +313,7 @@ class Balancer:
         n = self._n
         if n == 1 and not exclude:
             u = ups[0]
-            return u if not u.ejected_until or u.ejected_until <= time.monotonic() else None
+            return u if u.healthy(time.monotonic()) else None
         if n == 0:
             return None
         now = time.monotonic()
@@ -319,11 +323,11 @@ class Balancer:
                 i = self.position % n
                 self.position = (i + 1) % n
                 u = ups[i]
-                if u.ejected_until <= now and (not exclude or i not in exclude):
+                if u.healthy(now) and (not exclude or i not in exclude):
                     return u
             return None
         candidates = [i for i, u in enumerate(ups)
-                      if u.ejected_until <= now and (not exclude or i not in exclude)]
+                      if u.healthy(now) and (not exclude or i not in exclude)]
         if not candidates:
             return None
         if self._tiered:  # SRV: the lowest priority that has a healthy upstream

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Candidate(Protocol):
@@ -29,7 +29,7 @@ class Balancer:
     empty by DNS picks None.
     """
 
-    __slots__ = ("items", "policy", "_rr", "_pick", "_weights", "_rand", "_tiered")
+    __slots__ = ("items", "policy", "_rr", "_pick", "_weights", "_rand", "_tiered", "health")
 
     def __init__(self, items: Sequence[Candidate], policy: str, rand: random.Random | None = None) -> None:
         if not items:
@@ -39,6 +39,7 @@ class Balancer:
         self._rr = 0
         self._weights: list[int] = []
         self._tiered = False
+        self.health: Any = None  # the route's active health checks (worker/health), if any
         self.replace(items)
         self._rand = rand or random.Random()
         pickers: dict[str, Callable[[list[int]], int]] = {
@@ -57,6 +58,8 @@ class Balancer:
 
     def pick(self, now: float) -> Candidate | None:
         items = self.items
+        if self.health is not None and self.health.rejecting:
+            return None  # every upstream fails its checks and all_unhealthy = "reject"
         if len(items) == 1:
             return items[0]
         if not items:

@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from monolake.worker import health
 from monolake.worker.service import Stateful, restore_state
 from monolake.worker.service.state import FdSource
 
@@ -36,7 +37,8 @@ class RouteError(UpstreamError):
 class Target:
     """One upstream of one route: its weight, and its pool per transport framing."""
 
-    __slots__ = ("endpoint", "weight", "settings", "upstreams", "pools", "priority", "draining")
+    __slots__ = ("endpoint", "weight", "settings", "upstreams", "pools", "priority", "draining",
+                 "held_down")
 
     def __init__(self, endpoint: Endpoint, weight: int, settings: PoolSettings, upstreams: Upstreams,
                  priority: int = 0) -> None:
@@ -44,6 +46,7 @@ class Target:
         self.weight = weight
         self.priority = priority  # SRV priority (lower first)
         self.draining = False  # DNS dropped it (worker/thrift/discovered.py)
+        self.held_down = False  # failing its active health checks (worker/health)
         self.settings = settings
         self.upstreams = upstreams
         self.pools: dict[int, EndpointPool] = {}
@@ -56,7 +59,7 @@ class Target:
 
 
     def available(self, now: float) -> bool:
-        return all(p.available(now) for p in self.pools.values())
+        return not self.held_down and all(p.available(now) for p in self.pools.values())
 
     def load(self) -> int:
         return sum(p.load() for p in self.pools.values())
@@ -100,6 +103,9 @@ class MethodRouter:
                 return Target(ep, weight, settings, upstreams, priority)
 
             route = Route(rcfg.pattern, RouteTargets(rcfg.upstreams, rcfg.load_balancer, make))
+            if rcfg.health_check is not None:
+                health.watch_thrift(route.targets, rcfg.health_check, server_cfg.name, rcfg.pattern,
+                                    framed=server_cfg.thrift_transport != "unframed")
             self.routes.append(route)
             if rcfg.methods is None:
                 if self.default is None:
@@ -171,6 +177,8 @@ class ThriftProxy(Stateful):
         target = route.balancer.pick(now)
         if target is None:  # every upstream of the route is discovered, and DNS names none
             why = "; ".join(d.why_none() for d in route.targets.discovered) or "no upstream"
+            if route.balancer.health is not None and route.balancer.health.rejecting:
+                why = "every upstream fails its health checks"
             err = UpstreamError(f"no upstream address for method {frame.head.name!r}: {why}")
             if call is not None:
                 call.sink.on_error(call, err)
