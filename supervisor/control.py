@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import channel
+from monolake.supervisor import channel, messages
 from monolake.supervisor.sockets import bind_unix
 
 log = structlog.get_logger()
@@ -104,7 +104,7 @@ class ControlServer:
             except ValueError as exc:
                 return {"type": "error", "error": str(exc)}
             for worker in master.live_workers():
-                worker.send({"type": "log_level", "level": level})
+                worker.send(messages.LogLevel(level=level))
             log.info("log level changed", new_level=level)
             return {"type": "ok"}
         return {"type": "error", "error": f"unknown request {kind!r}"}

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import activation, channel, sdnotify
+from monolake.supervisor import activation, channel, messages, sdnotify
 from monolake.supervisor.accounting import Totals
 from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer
@@ -107,10 +107,10 @@ class Master:
         return cpus[index % len(cpus)]
 
     def hello(self, slot: Slot, generation: int, config: Any, accept: bool = True
-              ) -> tuple[dict[str, Any], list[int]]:
+              ) -> tuple[messages.Hello, list[int]]:
         mapping, fds = self.listeners.for_slot(config.servers, slot.index)
-        return ({"type": "hello", "slot": slot.index, "cpu": slot.cpu, "generation": generation,
-                 "config": config.to_dict(), "listeners": mapping, "accept": accept}, fds)
+        return (messages.Hello(slot=slot.index, cpu=slot.cpu, generation=generation,
+                               config=config.to_dict(), listeners=mapping, accept=accept), fds)
 
     def spawn(self, slot: Slot, generation: int | None = None, config: Any = None,
               accept: bool = True) -> WorkerProc:
@@ -161,7 +161,7 @@ class Master:
         self.retired.append(worker)
         if worker.state in (READY, DRAINING):
             worker.state = DRAINING
-            worker.send({"type": "drain", "timeout": timeout})
+            worker.send(messages.Drain(timeout=timeout))
         else:  # never served: nothing to drain
             worker.state = DRAINING
             kill_hard(worker)
@@ -191,19 +191,29 @@ class Master:
             stop_reading(worker)
             return
         while (got := worker.reader.next_message()) is not None:
-            message, fds = got
-            self._dispatch(worker, message, fds)
+            self._receive(worker, *got)
 
-    def _dispatch(self, worker: WorkerProc, message: dict[str, Any], fds: list[int]) -> None:
-        kind = message["type"]
-        if kind == "heartbeat":
+    def _receive(self, worker: WorkerProc, raw: dict[str, Any], fds: list[int]) -> None:
+        """Decode one frame from ``worker``; one that is not a valid message is logged and
+        refused (its fds closed), and the worker is served on."""
+        try:
+            message = messages.decode(messages.TO_MASTER, raw)
+        except messages.MessageError as exc:
+            log.warning("control message refused", slot=worker.slot, pid=worker.pid,
+                        type=str(raw.get("type"))[:64], error=str(exc)[:500])
+            channel.close_fds(fds)
+            return
+        self._dispatch(worker, message, fds)
+
+    def _dispatch(self, worker: WorkerProc, message: messages.Message, fds: list[int]) -> None:
+        if isinstance(message, messages.Heartbeat):
             worker.on_heartbeat(message)
             return
-        if kind == "ready":
+        if isinstance(message, messages.Ready):
             worker.last_heartbeat = time.monotonic()  # alive now: its heartbeats start here
             if worker.outbox is not None:
                 worker.outbox.deadline = self.send_deadline()
-            worker.runtime = str(message.get("runtime", ""))
+            worker.runtime = message.runtime
             if worker.state == STARTING:
                 worker.state = READY if worker.accepts else PREPARED
             if worker.ready is not None and not worker.ready.done():
@@ -212,34 +222,33 @@ class Master:
                 self.uncover(self.slots[worker.slot])
             log.info("worker ready", slot=worker.slot, pid=worker.pid, runtime=worker.runtime,
                      generation=worker.generation)
-        elif kind == "failed":
-            worker.fail_reason = str(message.get("reason", "unknown"))
+        elif isinstance(message, messages.Failed):
+            worker.fail_reason = message.reason or "unknown"
             log.error("worker failed", slot=worker.slot, pid=worker.pid, reason=worker.fail_reason)
             if worker.ready is not None and not worker.ready.done():
                 worker.ready.set_exception(RuntimeError(worker.fail_reason))
-        elif kind in ("state", "committed"):
-            self._account_reload(worker, kind, message)
-        fut = worker.replies.pop(kind, None)
+        elif isinstance(message, (messages.State, messages.Committed)):
+            self._account_reload(worker, message)
+        fut = worker.replies.pop(type(message), None)
         if fut is not None and not fut.done():
             fut.set_result((message, fds))
-        elif fds:
-            for fd in fds:
-                os.close(fd)
+        else:
+            channel.close_fds(fds)
 
-    def _account_reload(self, worker: WorkerProc, kind: str, message: dict[str, Any]) -> None:
+    def _account_reload(self, worker: WorkerProc,
+                        message: messages.State | messages.Committed) -> None:
         """Counters across a reload (accounting.py): the old worker's figures at export, the
         new worker's right after it imported them."""
-        servers = message.get("servers")
-        if kind == "state":
-            self.totals.exported(worker.pid, servers if servers is not None else worker.server_stats)
+        servers = message.servers
+        if isinstance(message, messages.State):
+            self.totals.exported(worker.pid, servers)
             return
-        if servers is not None:
-            worker.server_stats = dict(servers)
-            worker.stats = {}
-            for stats in servers.values():
-                for key, value in stats.items():
-                    worker.stats[key] = worker.stats.get(key, 0) + value
-            worker._last_rate = (time.monotonic(), int(worker.stats.get("requests", 0)))
+        worker.server_stats = dict(servers)
+        worker.stats = {}
+        for stats in servers.values():
+            for key, value in stats.items():
+                worker.stats[key] = worker.stats.get(key, 0) + value
+        worker._last_rate = (time.monotonic(), int(worker.stats.get("requests", 0)))
         old = self.slots[worker.slot].worker if worker.slot < len(self.slots) else None
         if old is not None and old is not worker:
             self.totals.committed(old.pid, servers)
@@ -254,7 +263,7 @@ class Master:
             except (OSError, channel.ChannelError):
                 return
             while (got := worker.reader.next_message()) is not None:
-                self._dispatch(worker, *got)
+                self._receive(worker, *got)
             if not alive:
                 return
 
@@ -328,7 +337,7 @@ class Master:
                 continue
             mapping, fds = self.listeners.for_slot(self.config.servers, slot.index,
                                                    existing_only=True)
-            if worker.send({"type": "cover", "slot": slot.index, "listeners": mapping}, fds):
+            if worker.send(messages.Cover(slot=slot.index, listeners=mapping), fds):
                 slot.covered_by = worker
                 log.info("slot covered by a healthy worker", slot=slot.index,
                          covering_slot=other.index, pid=worker.pid)
@@ -337,7 +346,7 @@ class Master:
     def uncover(self, slot: Slot) -> None:
         if slot.covered_by is not None:
             if slot.covered_by.state == READY:
-                slot.covered_by.send({"type": "uncover", "slot": slot.index})
+                slot.covered_by.send(messages.Uncover(slot=slot.index))
             slot.covered_by = None
 
     def add_slot(self) -> Slot:
@@ -495,19 +504,18 @@ class Master:
         worker = self.slots[index].worker
         if worker is None or worker.state != READY:
             raise RuntimeError(f"slot {index} has no ready worker")
-        if "debug" in worker.replies:
+        if messages.DebugReport in worker.replies:
             raise RuntimeError(f"a debug request to slot {index} is already waiting")
-        reply = worker.expect("debug")
-        if not worker.send({"type": "debug", "collect": collect}):
-            worker.replies.pop("debug", None)
+        reply = worker.expect(messages.DebugReport)
+        if not worker.send(messages.DebugRequest(collect=collect)):
+            worker.replies.pop(messages.DebugReport, None)
             raise RuntimeError(f"slot {index}'s worker cannot be reached")
         try:
             message, _ = await asyncio.wait_for(reply, timeout)
         finally:
-            worker.replies.pop("debug", None)
-        message = dict(message)
-        message.pop("type", None)
-        return {"slot": index, "pid": worker.pid, "generation": worker.generation, **message}
+            worker.replies.pop(messages.DebugReport, None)
+        return {"slot": index, "pid": worker.pid, "generation": worker.generation,
+                **message.report}
 
     # ----- signals and stop ---------------------------------------------------------------
 
@@ -567,7 +575,7 @@ class Master:
         for worker in workers:
             worker.state = STOPPING
             if graceful:
-                worker.send({"type": "stop", "timeout": timeout})
+                worker.send(messages.Stop(timeout=timeout))
             else:
                 worker.signal(signal.SIGQUIT)
         await asyncio.gather(*(self._await_exit(w, timeout + 2.0) for w in workers))

@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import sdnotify
+from monolake.supervisor import messages, sdnotify
 from monolake.supervisor.workers import EXITED, PREPARED, READY, STOPPING, Slot, WorkerProc
 
 log = structlog.get_logger()
@@ -239,7 +239,7 @@ class Reloader:
         live = [w for w in prepared if w.state != EXITED]
         for worker in live:
             worker.state = STOPPING
-            worker.send({"type": "abort"})
+            worker.send(messages.Abort())
         await asyncio.gather(*(self.master._await_exit(w, ABORT_GRACE) for w in live))
 
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
@@ -256,16 +256,16 @@ class Reloader:
         if slot.respawn is not None:  # after the export: an old worker that died during it
             slot.respawn.cancel()     # must not get a replacement besides the new one
             slot.respawn = None
-        committed = new_worker.expect("committed")
-        sent = new_worker.send({"type": "commit", "state": state}, fds)
+        committed = new_worker.expect(messages.Committed)
+        sent = new_worker.send(messages.Commit(state=state), fds)
         for fd in fds:
             os.close(fd)
         try:
             if not sent:
                 raise RuntimeError("new worker unreachable")
             reply, _ = await asyncio.wait_for(committed, config.supervisor.reload_timeout)
-            if reply.get("state_error"):
-                self._state_errors.append(f"slot {slot.index}: {reply['state_error']}")
+            if reply.state_error:
+                self._state_errors.append(f"slot {slot.index}: {reply.state_error}")
         except (asyncio.TimeoutError, RuntimeError) as exc:
             # The new worker is gone (or hung: the watchdog's); the slot's crash handling
             # takes it from here (the socket and its queue are kept), and the old worker
@@ -292,8 +292,8 @@ class Reloader:
         the watchdog's, or the drain deadline's, to kill."""
         if old is None or old.state != READY:
             return None, []  # nothing serving, nothing to carry
-        reply = old.expect("state")
-        if not old.send({"type": "export"}):
+        reply = old.expect(messages.State)
+        if not old.send(messages.Export()):
             error = "the old worker could not be asked for its state"
         else:
             try:
@@ -302,11 +302,11 @@ class Reloader:
                 error = (f"the old worker exported no state: "
                          f"{str(exc) or f'no answer within {EXPORT_TIMEOUT}s'}")
             else:
-                errors = [str(e) for e in message.get("errors") or []]
+                errors = message.errors
                 if errors:
                     self._state_error(slot, old, "the old worker's export failed: "
                                       + "; ".join(errors))
-                return message.get("state"), fds
+                return message.state, fds
         self._state_error(slot, old, error)
         return None, []
 
@@ -330,8 +330,8 @@ class Reloader:
         workers = [s.worker for s in master.slots if s.worker is not None and s.worker.state == READY]
         replies = []
         for worker in workers:
-            reply = worker.expect("reconfigured")
-            worker.send({"type": "reconfigure", "config": new.to_dict()})
+            reply = worker.expect(messages.Reconfigured)
+            worker.send(messages.Reconfigure(config=new.to_dict()))
             replies.append(reply)
         results = await asyncio.gather(*(asyncio.wait_for(r, new.supervisor.reload_timeout)
                                          for r in replies), return_exceptions=True)
@@ -339,15 +339,15 @@ class Reloader:
         for worker, result in zip(workers, results):
             if isinstance(result, BaseException):
                 failures.append(f"slot {worker.slot}: {result!r}")
-            elif not result[0].get("ok", False):
-                failures.append(f"slot {worker.slot}: {result[0].get('reason')}")
+            elif not result[0].ok:
+                failures.append(f"slot {worker.slot}: {result[0].reason}")
         if failures:
             for worker in workers:
-                worker.send({"type": "rollback"})
+                worker.send(messages.Rollback())
             raise ReloadFailed("in-place reload failed; workers kept their stacks: "
                                + "; ".join(failures))
         for worker in workers:
-            worker.send({"type": "reconfigure_commit"})
+            worker.send(messages.ReconfigureCommit())
         master.config = new
         master.state.generation += 1
         for worker in workers:

@@ -17,14 +17,16 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import psutil
 import structlog
 
-from monolake.supervisor import channel
+from monolake.supervisor import channel, messages
 
 log = structlog.get_logger()
+
+R = TypeVar("R", bound=messages.Message)
 
 STARTING, READY, DRAINING, STOPPING, FLAPPING, EXITED = (
     "starting", "ready", "draining", "stopping", "flapping", "exited")
@@ -57,7 +59,9 @@ class WorkerProc:
     exit_code: int | None = None
     reader: channel.FrameReader = field(default_factory=channel.FrameReader)
     ready: asyncio.Future | None = None
-    replies: dict[str, asyncio.Future] = field(default_factory=dict)
+    # reply type -> the future its next message resolves, with the message's fds
+    replies: dict[type[messages.Message], asyncio.Future[tuple[Any, list[int]]]] = field(
+        default_factory=dict)
     exited: asyncio.Future | None = None
     outbox: channel.Outbox | None = None  # every send goes through it: never blocks the master
     hung: bool = False  # declared hung (watchdog or outbox): being dumped and killed
@@ -70,20 +74,21 @@ class WorkerProc:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, message: dict[str, Any], fds: list[int] = ()) -> bool:
+    def send(self, message: messages.Message, fds: list[int] | tuple[int, ...] = ()) -> bool:
         """Write or queue ``message`` without blocking (``channel.Outbox``); False if it will
         not be delivered. The caller keeps its fds either way."""
-        if self.outbox is not None and self.outbox.send(message, list(fds)):
+        if self.outbox is not None and self.outbox.send(messages.encode(message), list(fds)):
             return True
         log.warning("cannot reach worker", slot=self.slot, pid=self.pid,
-                    type=message.get("type"),
+                    type=message.KIND,
                     why="stuck" if self.outbox is not None and self.outbox.stuck else "gone")
         return False
 
-    def expect(self, kind: str) -> asyncio.Future:
-        """A future resolved by the next message of ``kind`` from this worker."""
-        fut = asyncio.get_running_loop().create_future()
-        self.replies[kind] = fut
+    def expect(self, kind: type[R]) -> asyncio.Future[tuple[R, list[int]]]:
+        """A future resolved by the next message of type ``kind`` from this worker, with
+        its fds."""
+        fut: asyncio.Future[tuple[R, list[int]]] = asyncio.get_running_loop().create_future()
+        self.replies[kind] = fut  # type: ignore[assignment] - keyed by the type it resolves with
         return fut
 
     def signal(self, signum: int) -> None:
@@ -92,12 +97,12 @@ class WorkerProc:
         except ProcessLookupError:
             pass
 
-    def on_heartbeat(self, message: dict[str, Any]) -> None:
+    def on_heartbeat(self, message: messages.Heartbeat) -> None:
         now = time.monotonic()
         self.last_heartbeat = now
-        self.lag = float(message.get("lag", 0.0))
-        self.stats = dict(message.get("stats") or {})
-        self.server_stats = dict(message.get("servers") or {})
+        self.lag = message.lag
+        self.stats = dict(message.stats)
+        self.server_stats = dict(message.servers)
         requests = int(self.stats.get("requests", 0))
         if self._last_rate is not None:
             then, before = self._last_rate
@@ -159,7 +164,7 @@ class Slot:
         self.flapping = len(recent) >= threshold
 
 
-def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[int],
+def spawn_worker(slot: Slot, generation: int, hello: messages.Hello, fds: list[int],
                  on_message: Callable[[WorkerProc], None],
                  on_stuck: Callable[[WorkerProc, str], None], send_deadline: float
                  ) -> WorkerProc:
@@ -187,7 +192,7 @@ def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[i
         worker_end.close()
     try:
         worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
-                            control=master_end, accepts=bool(hello.get("accept", True)))
+                            control=master_end, accepts=hello.accept)
         loop = asyncio.get_running_loop()
         worker.ready = loop.create_future()
         worker.exited = loop.create_future()
