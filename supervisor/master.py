@@ -4,6 +4,12 @@ control socket, reloads.
 The master imports no service code: workers are fresh interpreters (``python -m
 monolake.worker``) handed their slot's sockets over a control channel. It is single-threaded
 (asyncio), which PR_SET_PDEATHSIG in the workers relies on.
+
+Everything it reacts to is an event on one queue (events.py): signals, control commands,
+worker channels, timers (respawns, kills, the watchdog's tick). ``Master.handle`` is the
+whole lifecycle on one screen; after each event ``reconcile`` moves the actual slots toward
+the desired count. A reload is a task that runs a plan (reload.py) and posts ``Reconcile``
+when it is done.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import structlog
 from monolake.supervisor import activation, channel, messages, sdnotify
 from monolake.supervisor.accounting import Totals
 from monolake.supervisor.admin import AdminServer
-from monolake.supervisor.control import ControlServer
+from monolake.supervisor.control import ControlServer, run_command
+from monolake.supervisor.events import (
+    CommandReceived, Events, KillDue, Reconcile, RespawnDue, SignalReceived, Tick, WorkerReadable)
 from monolake.supervisor.listeners import Listeners
 from monolake.supervisor.workers import (
     DRAINING, EXITED, FLAPPING, PREPARED, READY, STARTING, STOPPING, UNRESPONSIVE, Slot,
@@ -97,6 +105,10 @@ class Master:
         # (status, stop and the watchdog read it), so none can be lost track of
         self._by_pid: dict[int, WorkerProc] = {}
         self.reloader: Any = None
+        self.events = Events()
+        self.desired = 0  # slots wanted: the config's count, moved by TTIN/TTOU and reloads
+        self._removing = False  # a slot removal is draining its worker
+        self._tasks: set[asyncio.Task[Any]] = set()  # started by events; kept from the GC
 
     # ----- slots and workers --------------------------------------------------------------
 
@@ -121,7 +133,7 @@ class Master:
         config = config or self.config
         hello, fds = self.hello(slot, generation, config, accept)
         # until it is ready a worker may take reload_timeout to start reading (imports)
-        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_message,
+        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_readable,
                               self._on_channel_stuck, config.supervisor.reload_timeout)
         self._by_pid[worker.pid] = worker
         log.info("worker spawned", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
@@ -136,8 +148,8 @@ class Master:
             worker = self.spawn(slot)
         except (OSError, RuntimeError) as exc:
             log.error("cannot start a worker; retrying", slot=slot.index, error=str(exc))
-            slot.respawn = asyncio.get_running_loop().call_later(
-                self.config.supervisor.respawn_backoff_max, self.start_slot, slot)
+            slot.respawn = self.events.later(self.config.supervisor.respawn_backoff_max,
+                                             RespawnDue(slot))
             return
         self.assign(slot, worker)
         asyncio.get_running_loop().create_task(self._watch_start(worker))
@@ -178,7 +190,17 @@ class Master:
         except Exception:  # noqa: BLE001 - failures are handled by the exit path
             pass
 
-    def _on_worker_message(self, worker: WorkerProc) -> None:
+    def _on_worker_readable(self, worker: WorkerProc) -> None:
+        """The loop's reader callback: queue one read (the consumer does it, in order with
+        every other event; level-triggered, so nothing is lost meanwhile)."""
+        if not worker.read_queued:
+            worker.read_queued = True
+            self.events.post(WorkerReadable(worker))
+
+    def _read_worker(self, worker: WorkerProc) -> None:
+        worker.read_queued = False
+        if worker.control.fileno() < 0:
+            return  # its exit was handled first (and read what was left)
         try:
             alive = channel.recv_into(worker.control, worker.reader)
         except (BlockingIOError, InterruptedError):
@@ -322,7 +344,7 @@ class Master:
         log.error("worker died; respawning", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
                   code=code, delay=round(delay, 3), restarts=slot.restarts,
                   flapping=slot.flapping)
-        slot.respawn = asyncio.get_running_loop().call_later(delay, self.start_slot, slot)
+        slot.respawn = self.events.later(delay, RespawnDue(slot))
         if delay >= COVER_AFTER or slot.flapping:
             self.cover(slot)
 
@@ -397,17 +419,21 @@ class Master:
     # ----- watchdog -------------------------------------------------------------------------
 
     async def watchdog(self) -> None:
-        """Heartbeats: a worker whose event loop stopped answering is dumped and replaced."""
-        sup = self.config.supervisor
+        """The watchdog's clock: a ``Tick`` every heartbeat interval (at most 1 s)."""
         while True:
-            await asyncio.sleep(min(1.0, sup.heartbeat_interval))
-            now = time.monotonic()
-            for worker in self.live_workers():
-                if worker.state not in (READY, PREPARED, DRAINING):
-                    continue
-                if now - worker.last_heartbeat > sup.heartbeat_timeout:
-                    self.declare_hung(worker, "worker heartbeat missed",
-                                      silent_for=round(now - worker.last_heartbeat, 2))
+            await asyncio.sleep(min(1.0, self.config.supervisor.heartbeat_interval))
+            self.events.post(Tick())
+
+    def check_heartbeats(self) -> None:
+        """A worker whose event loop stopped answering is dumped and replaced."""
+        sup = self.config.supervisor
+        now = time.monotonic()
+        for worker in self.live_workers():
+            if worker.state not in (READY, PREPARED, DRAINING):
+                continue
+            if now - worker.last_heartbeat > sup.heartbeat_timeout:
+                self.declare_hung(worker, "worker heartbeat missed",
+                                  silent_for=round(now - worker.last_heartbeat, 2))
 
     def send_deadline(self) -> float:
         """How long a ready worker may leave its control channel full (``channel.Outbox``)."""
@@ -429,7 +455,7 @@ class Master:
         log.error(f"{why}; dumping its stacks and killing it", slot=worker.slot, pid=worker.pid,
                   generation=worker.generation, **fields)
         worker.signal(signal.SIGABRT)
-        asyncio.get_running_loop().call_later(DUMP_GRACE, kill_hard, worker)
+        self.events.later(DUMP_GRACE, KillDue(worker))
 
     def live_workers(self) -> list[WorkerProc]:
         """Every child not reaped yet, whatever its role: slot workers, draining ones, a
@@ -519,20 +545,113 @@ class Master:
 
     # ----- signals and stop ---------------------------------------------------------------
 
+    # ----- the event loop: the whole lifecycle ---------------------------------------------
+
+    SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+               signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU)
+
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGCHLD, self.reap)
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, True)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop, True)
-        loop.add_signal_handler(signal.SIGQUIT, self.request_stop, False)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        loop.add_signal_handler(signal.SIGUSR1, self.reopen_logs)
-        loop.add_signal_handler(signal.SIGTTIN, self._ttin)
-        loop.add_signal_handler(signal.SIGTTOU, self._ttou)
+        for signum in self.SIGNALS:
+            loop.add_signal_handler(signum, self.events.post, SignalReceived(signum))
+
+    async def consume(self) -> None:
+        """The one consumer of the event queue."""
+        while True:
+            event = await self.events.get()
+            try:
+                self.handle(event)
+            except Exception:  # noqa: BLE001 - a bug in one handler must not stop the master
+                log.exception("event handling failed", event=type(event).__name__)
+
+    def handle(self, event: Any) -> None:
+        """One event: what the master does about it, then reconcile."""
+        match event:
+            case SignalReceived(signal.SIGCHLD):
+                self.reap()  # each exited child: respawn its slot, or forget it
+            case SignalReceived(signal.SIGTERM | signal.SIGINT):
+                self.request_stop(True)  # drain every worker, then exit
+            case SignalReceived(signal.SIGQUIT):
+                self.request_stop(False)
+            case SignalReceived(signal.SIGHUP):
+                self.request_reload()  # a task running reload.py's plan
+            case SignalReceived(signal.SIGUSR1):
+                self.reopen_logs()
+            case SignalReceived(signal.SIGTTIN):
+                self.desired = max(self.desired, len(self.slots)) + 1
+                log.info("SIGTTIN: adding a worker", desired=self.desired)
+            case SignalReceived(signal.SIGTTOU):
+                self.desired = max(1, min(self.desired, len(self.slots)) - 1)
+                log.info("SIGTTOU: removing a worker", desired=self.desired)
+            case CommandReceived(request, reply):
+                self._spawn_task(self._answer(request, reply))  # control.py's commands
+            case WorkerReadable(worker):
+                self._read_worker(worker)  # ready, heartbeat, replies (messages.py)
+            case RespawnDue(slot):
+                self.start_slot(slot)
+            case KillDue(worker):
+                kill_hard(worker)
+            case Tick():
+                self.check_heartbeats()
+            case Reconcile():
+                pass
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Desired vs actual slot count: add a slot, or start removing one. Not while a reload
+        or a stop runs (they set the slots themselves) or a removal drains."""
+        if self.stopping or self._removing or (self.reloader and self.reloader.busy):
+            return
+        while len(self.slots) < self.desired:
+            try:
+                slot = self.add_slot()
+            except OSError as exc:
+                log.error("cannot add a worker", error=str(exc))
+                self.desired = len(self.slots)
+                return
+            log.info("worker slot added", slot=slot.index, cpu=slot.cpu)
+            self.start_slot(slot)
+        if len(self.slots) > max(1, self.desired):
+            self._removing = True
+            self._spawn_task(self._remove_one())
+
+    async def _remove_one(self) -> None:
+        try:
+            await self.remove_slot()
+        finally:
+            self._removing = False
+            self.events.post(Reconcile())
+
+    async def command(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A control-socket request, through the queue; its reply."""
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.events.post(CommandReceived(request, reply))
+        return await reply
+
+    async def _answer(self, request: dict[str, Any], reply: asyncio.Future[dict[str, Any]]
+                      ) -> None:
+        try:
+            result = await run_command(self, request)
+        except Exception as exc:  # noqa: BLE001 - answered (control.py logs it)
+            if not reply.done():
+                reply.set_exception(exc)
+            return
+        if not reply.done():
+            reply.set_result(result)
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def broadcast(self, message: messages.Message) -> None:
+        """Send ``message`` to every live worker (a runtime command for all of them)."""
+        for worker in self.live_workers():
+            worker.send(message)
 
     def request_reload(self) -> None:
         log.info("SIGHUP: reload requested")
-        asyncio.get_running_loop().create_task(self.reloader.reload())
+        self._spawn_task(self.reloader.reload())
 
     def reopen_logs(self) -> None:
         from monolake.supervisor import logs
@@ -541,19 +660,6 @@ class Master:
         for worker in self.live_workers():
             worker.signal(signal.SIGUSR1)
         log.info("log files reopened")
-
-    def _ttin(self) -> None:
-        try:
-            slot = self.add_slot()
-        except OSError as exc:
-            log.error("cannot add a worker", error=str(exc))
-            return
-        log.info("SIGTTIN: adding a worker", slot=slot.index, cpu=slot.cpu)
-        self.start_slot(slot)
-
-    def _ttou(self) -> None:
-        log.info("SIGTTOU: removing a worker")
-        asyncio.get_running_loop().create_task(self.remove_slot())
 
     def request_stop(self, graceful: bool = True) -> None:
         if self.stopping:
@@ -595,7 +701,7 @@ class Master:
 
         loop = asyncio.get_running_loop()
         self._stopped = loop.create_future()
-        self.reloader = Reloader(self)
+        self.reloader = Reloader(self, on_done=lambda: self.events.post(Reconcile()))
         nslots = resolve_workers(self.config.runtime.workers, self.workers_override)
         try:
             self.listeners.adopt(activation.match(self.inherited, self.config.servers))
@@ -614,6 +720,8 @@ class Master:
             return 1
         self.write_pid_file()
         self.install_signals()
+        consumer = loop.create_task(self.consume())
+        self.desired = nslots
         self.slots = [Slot(index=i, cpu=self.cpu_for(i)) for i in range(nslots)]
         for slot in self.slots:
             self.start_slot(slot)
@@ -631,6 +739,7 @@ class Master:
             return await self._stopped
         finally:
             watchdog.cancel()
+            consumer.cancel()
             await self.cleanup()
 
     async def cleanup(self) -> None:

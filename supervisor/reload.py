@@ -14,6 +14,10 @@ Protocol (docs/architecture.md, "Reload"):
    as "state not migrated" (``StateNotMigrated``; ``monolaked reload`` exits 3).
 5. Listeners the new config removed close once the old generation is gone.
 
+Steps 3 to 5 are a plan (``plan_generation``: spawn, await ready, switch, migrate, retire,
+settle), made from the slot counts alone and then run step by step (``Reloader._generation``);
+a failure before the switch aborts the whole plan, one after it aborts what is left.
+
 HUPs arriving during a reload are coalesced into one more reload with the latest config.
 ``in_place`` mode asks each worker to rebuild its service stacks in-process instead.
 """
@@ -23,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Union
 
 import structlog
 
@@ -40,14 +45,66 @@ class ReloadFailed(Exception):
     pass
 
 
+# ----- the plan of a generation reload ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start slot ``slot``'s new worker, not accepting (it waits for its commit)."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class AwaitReady:
+    """Every spawned worker ready within ``reload_timeout``, none exited since."""
+
+
+@dataclass(frozen=True)
+class Switch:
+    """The new config and generation become the master's: no abort of the whole plan after."""
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """The old worker exports its state, the new one imports it and accepts, the old drains."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class Retire:
+    """A slot the new config drops: covered by a new worker, its old worker drains."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class Settle:
+    """The new slot list is the master's; dropped slots' sockets close once drained."""
+
+    removed: tuple[int, ...]
+
+
+Step = Union[Spawn, AwaitReady, Switch, Migrate, Retire, Settle]
+
+
+def plan_generation(current: int, wanted: int) -> list[Step]:
+    """The steps from ``current`` slots serving to ``wanted`` slots of a new generation."""
+    removed = tuple(range(wanted, current))
+    return [*(Spawn(i) for i in range(wanted)), AwaitReady(), Switch(),
+            *(Migrate(i) for i in range(wanted)), *(Retire(i) for i in removed), Settle(removed)]
+
+
 class StateNotMigrated(ReloadFailed):
     """The new generation serves, but some slot's state (pools, counters) was dropped: an
     export or import failed. Reported as a failed reload with ``state_migrated: false``."""
 
 
 class Reloader:
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Any, on_done: Callable[[], None] | None = None) -> None:
         self.master = master
+        self.on_done = on_done  # after each run of reloads (the master reconciles)
         self.busy = False
         self._waiters: list[asyncio.Future] = []
 
@@ -73,6 +130,8 @@ class Reloader:
                         fut.set_result(result)
         finally:
             self.busy = False
+            if self.on_done is not None:
+                self.on_done()
 
     async def _reload_once(self) -> dict[str, Any]:
         from monolake.supervisor.master import ReloadRecord
@@ -169,50 +228,64 @@ class Reloader:
         except OSError as exc:
             raise ReloadFailed(str(exc)) from None
         generation = master.state.generation + 1
+        before = len(master.slots)
         slots = [master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
                  for i in range(nslots)]
-        prepared: list[WorkerProc] = []
+        plan = plan_generation(before, nslots)
+        prepared: dict[int, WorkerProc] = {}
         self._state_errors: list[str] = []
         self._kept: list[str] = []
+        switched = False
+        committed: set[int] = set()
         try:
-            for slot in slots:
-                prepared.append(master.spawn(slot, generation, new, accept=False))
-            await self._await_ready(prepared, new.supervisor.reload_timeout)
-            if master.stopping:
-                raise ReloadFailed("the master is stopping")
-            gone = [w.slot for w in prepared if w.state == EXITED]
-            if gone:
-                raise ReloadFailed(f"new workers exited after they were ready (slots {gone})")
+            for step in plan:
+                match step:
+                    case Spawn(i):
+                        prepared[i] = master.spawn(slots[i], generation, new, accept=False)
+                    case AwaitReady():
+                        await self._await_ready(list(prepared.values()),
+                                                new.supervisor.reload_timeout)
+                        if master.stopping:
+                            raise ReloadFailed("the master is stopping")
+                        gone = [w.slot for w in prepared.values() if w.state == EXITED]
+                        if gone:
+                            raise ReloadFailed(
+                                f"new workers exited after they were ready (slots {gone})")
+                    case Switch():
+                        master.config = new
+                        master.state.generation = generation
+                        switched = True
+                    case Migrate(i):
+                        if i >= len(master.slots):
+                            master.slots.append(slots[i])  # a slot the new config adds
+                        await self._commit_slot(slots[i], prepared[i], new)
+                        committed.add(i)
+                    case Retire(i):
+                        slot = master.slots[i]
+                        if slot.respawn is not None:
+                            slot.respawn.cancel()
+                        master.cover(slot)  # a new worker serves its queue until it closes
+                        if slot.worker is not None:
+                            self._retire(slot.worker, new)
+                    case Settle(removed):
+                        dropped = [master.slots[i] for i in removed]
+                        master.slots = slots
+                        master.desired += nslots - before  # TTIN/TTOU meanwhile still count
+                        asyncio.get_running_loop().create_task(self._close_after_drain(dropped))
         except BaseException as exc:
-            # every worker this reload started is gone before it reports: none is left
-            # running outside the master's slots
-            await self._abort(prepared)
-            master.listeners.discard(created)
-            if isinstance(exc, (ReloadFailed, asyncio.CancelledError)):
-                raise
-            raise ReloadFailed(f"cannot start the new generation: {exc}") from exc
-        master.config = new
-        master.state.generation = generation
-        done = 0
-        try:
-            for slot, worker in zip(slots, prepared):
-                if slot.index >= len(master.slots):
-                    master.slots.append(slot)  # a slot the new config adds: tracked from now
-                await self._commit_slot(slot, worker, new)
-                done += 1
-        finally:
-            if done < len(prepared):  # a commit crashed: the rest never get to serve
-                serving = {id(s.worker) for s in master.slots}
-                await self._abort([w for w in prepared[done:] if id(w) not in serving])
-        removed = master.slots[nslots:]  # the worker count shrank
-        for slot in removed:
-            if slot.respawn is not None:
-                slot.respawn.cancel()
-            master.cover(slot)  # a new worker serves its queue until the socket closes
-            if slot.worker is not None:
-                self._retire(slot.worker, new)
-        master.slots = slots
-        asyncio.get_running_loop().create_task(self._close_after_drain(removed))
+            if not switched:
+                # every worker this reload started is gone before it reports: none is left
+                # running outside the master's slots
+                await self._abort(list(prepared.values()))
+                master.listeners.discard(created)
+                if isinstance(exc, (ReloadFailed, asyncio.CancelledError)):
+                    raise
+                raise ReloadFailed(f"cannot start the new generation: {exc}") from exc
+            # a commit crashed: the rest never get to serve
+            serving = {id(s.worker) for s in master.slots}
+            await self._abort([w for i, w in prepared.items()
+                               if i not in committed and id(w) not in serving])
+            raise
         if self._kept:
             raise ReloadFailed(f"generation {generation} serves only in part: "
                                + "; ".join(self._kept))

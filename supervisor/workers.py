@@ -64,6 +64,7 @@ class WorkerProc:
         default_factory=dict)
     exited: asyncio.Future | None = None
     outbox: channel.Outbox | None = None  # every send goes through it: never blocks the master
+    read_queued: bool = False  # a WorkerReadable event waits in the master's queue
     hung: bool = False  # declared hung (watchdog or outbox): being dumped and killed
     accepts: bool = True  # False: spawned for a reload, accepting only once committed
     fail_reason: str = ""
