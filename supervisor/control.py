@@ -10,7 +10,8 @@ import os
 import socket
 import stat
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 
@@ -61,7 +62,7 @@ class ControlServer:
             got = frames.next_message()
             request = got[0] if got else {}
             reply = await self.handle(request)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return
         except channel.ChannelError as exc:
@@ -91,6 +92,7 @@ COMMANDS: dict[str, Command] = {}
 
 def command(name: str) -> Callable[[Command], Command]:
     """Register a control command (``monolaked <name>`` sends ``{"type": name, ...}``)."""
+
     def add(fn: Command) -> Command:
         COMMANDS[name] = fn
         return fn
@@ -126,9 +128,8 @@ async def _stop(master: Any, request: dict[str, Any]) -> dict[str, Any]:
 @command("debug")
 async def _debug(master: Any, request: dict[str, Any]) -> dict[str, Any]:
     try:
-        report = await master.debug_worker(int(request.get("slot", 0)),
-                                           bool(request.get("collect", False)))
-    except (TypeError, ValueError, LookupError, RuntimeError, asyncio.TimeoutError) as exc:
+        report = await master.debug_worker(int(request.get("slot", 0)), bool(request.get("collect", False)))
+    except (TimeoutError, TypeError, ValueError, LookupError, RuntimeError) as exc:
         return {"type": "error", "error": f"debug: {exc or 'no answer in time'}"}
     return {"type": "debug", **report}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from monolake.supervisor.workers import Slot, WorkerProc
 
@@ -58,7 +58,7 @@ class Reconcile:
     """Something changed the desired state (a reload finished, a slot was removed)."""
 
 
-Event = Union[SignalReceived, CommandReceived, WorkerReadable, RespawnDue, KillDue, Tick, Reconcile]
+Event = SignalReceived | CommandReceived | WorkerReadable | RespawnDue | KillDue | Tick | Reconcile
 
 
 class Events:

@@ -28,11 +28,31 @@ from monolake.supervisor.accounting import Totals
 from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer, run_command
 from monolake.supervisor.events import (
-    CommandReceived, Events, KillDue, Reconcile, RespawnDue, SignalReceived, Tick, WorkerReadable)
+    CommandReceived,
+    Events,
+    KillDue,
+    Reconcile,
+    RespawnDue,
+    SignalReceived,
+    Tick,
+    WorkerReadable,
+)
 from monolake.supervisor.listeners import Listeners
 from monolake.supervisor.workers import (
-    DRAINING, EXITED, FLAPPING, PREPARED, READY, STARTING, STOPPING, UNRESPONSIVE, Slot,
-    WorkerProc, kill_hard, spawn_worker, stop_reading)
+    DRAINING,
+    EXITED,
+    FLAPPING,
+    PREPARED,
+    READY,
+    STARTING,
+    STOPPING,
+    UNRESPONSIVE,
+    Slot,
+    WorkerProc,
+    kill_hard,
+    spawn_worker,
+    stop_reading,
+)
 
 log = structlog.get_logger()
 
@@ -69,9 +89,15 @@ class ReloadRecord:
     state_migrated: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"time": self.started, "duration": round(self.duration, 3), "ok": self.ok,
-                "reason": self.reason, "generation": self.generation, "mode": self.mode,
-                "state_migrated": self.state_migrated}
+        return {
+            "time": self.started,
+            "duration": round(self.duration, 3),
+            "ok": self.ok,
+            "reason": self.reason,
+            "generation": self.generation,
+            "mode": self.mode,
+            "state_migrated": self.state_migrated,
+        }
 
 
 @dataclass
@@ -79,13 +105,14 @@ class MasterState:
     generation: int = 1
     started: float = field(default_factory=time.time)
     reloads: list[ReloadRecord] = field(default_factory=list)  # the last 100
-    reloads_ok: int = 0       # all-time counts, for /metrics
+    reloads_ok: int = 0  # all-time counts, for /metrics
     reloads_failed: int = 0
 
 
 class Master:
-    def __init__(self, config: Any, config_path: str | None, workers: int | None = None,
-                 pid_file: str | None = None) -> None:
+    def __init__(
+        self, config: Any, config_path: str | None, workers: int | None = None, pid_file: str | None = None
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.workers_override = workers
@@ -118,14 +145,25 @@ class Master:
         cpus = allowed_cpus()
         return cpus[index % len(cpus)]
 
-    def hello(self, slot: Slot, generation: int, config: Any, accept: bool = True
-              ) -> tuple[messages.Hello, list[int]]:
+    def hello(
+        self, slot: Slot, generation: int, config: Any, accept: bool = True
+    ) -> tuple[messages.Hello, list[int]]:
         mapping, fds = self.listeners.for_slot(config.servers, slot.index)
-        return (messages.Hello(slot=slot.index, cpu=slot.cpu, generation=generation,
-                               config=config.to_dict(), listeners=mapping, accept=accept), fds)
+        return (
+            messages.Hello(
+                slot=slot.index,
+                cpu=slot.cpu,
+                generation=generation,
+                config=config.to_dict(),
+                listeners=mapping,
+                accept=accept,
+            ),
+            fds,
+        )
 
-    def spawn(self, slot: Slot, generation: int | None = None, config: Any = None,
-              accept: bool = True) -> WorkerProc:
+    def spawn(
+        self, slot: Slot, generation: int | None = None, config: Any = None, accept: bool = True
+    ) -> WorkerProc:
         """Start a worker; it is tracked (``_by_pid``) from the moment it exists."""
         if self.stopping:
             raise RuntimeError("the master is stopping: no new workers")
@@ -133,11 +171,17 @@ class Master:
         config = config or self.config
         hello, fds = self.hello(slot, generation, config, accept)
         # until it is ready a worker may take reload_timeout to start reading (imports)
-        worker = spawn_worker(slot, generation, hello, fds, self._on_worker_readable,
-                              self._on_channel_stuck, config.supervisor.reload_timeout)
+        worker = spawn_worker(
+            slot,
+            generation,
+            hello,
+            fds,
+            self._on_worker_readable,
+            self._on_channel_stuck,
+            config.supervisor.reload_timeout,
+        )
         self._by_pid[worker.pid] = worker
-        log.info("worker spawned", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
-                 generation=generation)
+        log.info("worker spawned", slot=slot.index, cpu=slot.cpu, pid=worker.pid, generation=generation)
         return worker
 
     def start_slot(self, slot: Slot) -> None:
@@ -148,8 +192,7 @@ class Master:
             worker = self.spawn(slot)
         except (OSError, RuntimeError) as exc:
             log.error("cannot start a worker; retrying", slot=slot.index, error=str(exc))
-            slot.respawn = self.events.later(self.config.supervisor.respawn_backoff_max,
-                                             RespawnDue(slot))
+            slot.respawn = self.events.later(self.config.supervisor.respawn_backoff_max, RespawnDue(slot))
             return
         self.assign(slot, worker)
         asyncio.get_running_loop().create_task(self._watch_start(worker))
@@ -159,10 +202,18 @@ class Master:
         respawn that landed while a reload committed, say) is retired, never dropped."""
         previous = slot.worker
         slot.worker = worker
-        if previous is not None and previous is not worker and previous.state != EXITED \
-                and previous not in self.retired:
-            log.warning("slot had another live worker; retiring it", slot=slot.index,
-                        pid=previous.pid, new_pid=worker.pid)
+        if (
+            previous is not None
+            and previous is not worker
+            and previous.state != EXITED
+            and previous not in self.retired
+        ):
+            log.warning(
+                "slot had another live worker; retiring it",
+                slot=slot.index,
+                pid=previous.pid,
+                new_pid=worker.pid,
+            )
             self.retire(previous, self.config.supervisor.drain_timeout)
 
     def retire(self, worker: WorkerProc, timeout: float) -> None:
@@ -184,10 +235,10 @@ class Master:
         assert worker.ready is not None
         try:
             await asyncio.wait_for(asyncio.shield(worker.ready), self.config.supervisor.reload_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.error("worker not ready in time; killing it", slot=worker.slot, pid=worker.pid)
             kill_hard(worker)
-        except Exception:  # noqa: BLE001 - failures are handled by the exit path
+        except Exception:
             pass
 
     def _on_worker_readable(self, worker: WorkerProc) -> None:
@@ -206,8 +257,7 @@ class Master:
         except (BlockingIOError, InterruptedError):
             return
         except (OSError, channel.ChannelError) as exc:
-            log.warning("worker control channel broken", slot=worker.slot, pid=worker.pid,
-                        error=str(exc))
+            log.warning("worker control channel broken", slot=worker.slot, pid=worker.pid, error=str(exc))
             alive = False
         if not alive:
             stop_reading(worker)
@@ -221,8 +271,13 @@ class Master:
         try:
             message = messages.decode(messages.TO_MASTER, raw)
         except messages.MessageError as exc:
-            log.warning("control message refused", slot=worker.slot, pid=worker.pid,
-                        type=str(raw.get("type"))[:64], error=str(exc)[:500])
+            log.warning(
+                "control message refused",
+                slot=worker.slot,
+                pid=worker.pid,
+                type=str(raw.get("type"))[:64],
+                error=str(exc)[:500],
+            )
             channel.close_fds(fds)
             return
         self._dispatch(worker, message, fds)
@@ -242,8 +297,13 @@ class Master:
                 worker.ready.set_result(True)
             if worker.slot < len(self.slots) and self.slots[worker.slot].worker is worker:
                 self.uncover(self.slots[worker.slot])
-            log.info("worker ready", slot=worker.slot, pid=worker.pid, runtime=worker.runtime,
-                     generation=worker.generation)
+            log.info(
+                "worker ready",
+                slot=worker.slot,
+                pid=worker.pid,
+                runtime=worker.runtime,
+                generation=worker.generation,
+            )
         elif isinstance(message, messages.Failed):
             worker.fail_reason = message.reason or "unknown"
             log.error("worker failed", slot=worker.slot, pid=worker.pid, reason=worker.fail_reason)
@@ -257,8 +317,7 @@ class Master:
         else:
             channel.close_fds(fds)
 
-    def _account_reload(self, worker: WorkerProc,
-                        message: messages.State | messages.Committed) -> None:
+    def _account_reload(self, worker: WorkerProc, message: messages.State | messages.Committed) -> None:
         """Counters across a reload (accounting.py): the old worker's figures at export, the
         new worker's right after it imported them."""
         servers = message.servers
@@ -315,16 +374,18 @@ class Master:
         if worker.exited is not None and not worker.exited.done():
             worker.exited.set_result(code)
         if worker.ready is not None and not worker.ready.done():
-            worker.ready.set_exception(RuntimeError(
-                worker.fail_reason or f"worker exited with code {code} before it was ready"))
+            worker.ready.set_exception(
+                RuntimeError(worker.fail_reason or f"worker exited with code {code} before it was ready")
+            )
         for fut in worker.replies.values():
             if not fut.done():
                 fut.set_exception(RuntimeError(f"worker exited with code {code}"))
         worker.replies.clear()
         if worker in self.retired:
             self.retired.remove(worker)
-            log.info("old worker exited", slot=worker.slot, pid=worker.pid, code=code,
-                     generation=worker.generation)
+            log.info(
+                "old worker exited", slot=worker.slot, pid=worker.pid, code=code, generation=worker.generation
+            )
             return
         slot = self.slots[worker.slot] if worker.slot < len(self.slots) else None
         if slot is None or slot.worker is not worker:
@@ -341,9 +402,16 @@ class Master:
         slot.record_crash(sup.flapping_window, sup.flapping_threshold)
         delay = slot.backoff(sup.respawn_backoff_initial, sup.respawn_backoff_max)
         slot.next_respawn = time.monotonic() + delay
-        log.error("worker died; respawning", slot=slot.index, cpu=slot.cpu, pid=worker.pid,
-                  code=code, delay=round(delay, 3), restarts=slot.restarts,
-                  flapping=slot.flapping)
+        log.error(
+            "worker died; respawning",
+            slot=slot.index,
+            cpu=slot.cpu,
+            pid=worker.pid,
+            code=code,
+            delay=round(delay, 3),
+            restarts=slot.restarts,
+            flapping=slot.flapping,
+        )
         slot.respawn = self.events.later(delay, RespawnDue(slot))
         if delay >= COVER_AFTER or slot.flapping:
             self.cover(slot)
@@ -357,12 +425,15 @@ class Master:
             worker = other.worker
             if other is slot or worker is None or worker.state != READY:
                 continue
-            mapping, fds = self.listeners.for_slot(self.config.servers, slot.index,
-                                                   existing_only=True)
+            mapping, fds = self.listeners.for_slot(self.config.servers, slot.index, existing_only=True)
             if worker.send(messages.Cover(slot=slot.index, listeners=mapping), fds):
                 slot.covered_by = worker
-                log.info("slot covered by a healthy worker", slot=slot.index,
-                         covering_slot=other.index, pid=worker.pid)
+                log.info(
+                    "slot covered by a healthy worker",
+                    slot=slot.index,
+                    covering_slot=other.index,
+                    pid=worker.pid,
+                )
             return
 
     def uncover(self, slot: Slot) -> None:
@@ -404,16 +475,16 @@ class Master:
         for slot in retired:
             self.uncover(slot)
 
-    async def _await_exit(self, worker: WorkerProc, timeout: float) -> None:
+    async def _await_exit(self, worker: WorkerProc, within: float) -> None:
         assert worker.exited is not None
         try:
-            await asyncio.wait_for(asyncio.shield(worker.exited), timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait_for(asyncio.shield(worker.exited), within)
+        except TimeoutError:
             log.warning("worker did not exit in time; killing it", slot=worker.slot, pid=worker.pid)
             kill_hard(worker)
             try:
                 await asyncio.wait_for(asyncio.shield(worker.exited), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("worker survived SIGKILL", pid=worker.pid)
 
     # ----- watchdog -------------------------------------------------------------------------
@@ -432,14 +503,16 @@ class Master:
             if worker.state not in (READY, PREPARED, DRAINING):
                 continue
             if now - worker.last_heartbeat > sup.heartbeat_timeout:
-                self.declare_hung(worker, "worker heartbeat missed",
-                                  silent_for=round(now - worker.last_heartbeat, 2))
+                self.declare_hung(
+                    worker, "worker heartbeat missed", silent_for=round(now - worker.last_heartbeat, 2)
+                )
 
     def send_deadline(self) -> float:
         """How long a ready worker may leave its control channel full (``channel.Outbox``)."""
         sup = self.config.supervisor
-        return min(sup.heartbeat_timeout,
-                   max(SEND_DEADLINE_MIN, SEND_DEADLINE_BEATS * sup.heartbeat_interval))
+        return float(
+            min(sup.heartbeat_timeout, max(SEND_DEADLINE_MIN, SEND_DEADLINE_BEATS * sup.heartbeat_interval))
+        )
 
     def _on_channel_stuck(self, worker: WorkerProc, reason: str) -> None:
         """The worker does not read what the master sends it: hung, like a silent one."""
@@ -452,8 +525,13 @@ class Master:
         if worker.hung or worker.state == EXITED:
             return
         worker.hung = True
-        log.error(f"{why}; dumping its stacks and killing it", slot=worker.slot, pid=worker.pid,
-                  generation=worker.generation, **fields)
+        log.error(
+            f"{why}; dumping its stacks and killing it",
+            slot=worker.slot,
+            pid=worker.pid,
+            generation=worker.generation,
+            **fields,
+        )
         worker.signal(signal.SIGABRT)
         self.events.later(DUMP_GRACE, KillDue(worker))
 
@@ -462,8 +540,11 @@ class Master:
         reload's prepared or aborted ones (the pid table holds them all; slots and retired
         are read too, in that order, so a worker placed there directly is never missed)."""
         found: dict[int, WorkerProc] = {}
-        for worker in [*(s.worker for s in self.slots if s.worker is not None), *self.retired,
-                       *self._by_pid.values()]:
+        for worker in [
+            *(s.worker for s in self.slots if s.worker is not None),
+            *self.retired,
+            *self._by_pid.values(),
+        ]:
             if worker.state != EXITED:
                 found.setdefault(id(worker), worker)
         return list(found.values())
@@ -498,7 +579,7 @@ class Master:
             state = FLAPPING
         beat = self.config.supervisor.heartbeat_interval
         live = worker is not None and worker.state != EXITED
-        if live and worker.unresponsive(now, beat):
+        if live and worker is not None and worker.unresponsive(now, beat):
             state = UNRESPONSIVE
         row: dict[str, Any] = {
             "slot": slot.index if slot is not None else (worker.slot if worker else None),
@@ -509,8 +590,8 @@ class Master:
             "uptime": round(now - worker.started, 3) if worker is not None and worker.state != EXITED else 0,
             "restarts": slot.restarts if slot is not None else 0,
             "runtime": worker.runtime if worker is not None else "",
-            "lag": round(worker.current_lag(now, beat), 6) if live else 0.0,
-            "heartbeat_age": round(worker.silence(now), 3) if live else None,
+            "lag": round(worker.current_lag(now, beat), 6) if live and worker else 0.0,
+            "heartbeat_age": round(worker.silence(now), 3) if live and worker else None,
             "open_connections": int(worker.stats.get("open_connections", 0)) if worker else 0,
             "requests": int(worker.stats.get("requests", 0)) if worker else 0,
             "rps": round(worker.rps, 1) if worker else 0.0,
@@ -522,8 +603,7 @@ class Master:
             row.update({"rss": 0, "cpu_percent": 0.0})
         return row
 
-    async def debug_worker(self, index: int, collect: bool, timeout: float = 10.0
-                           ) -> dict[str, Any]:
+    async def debug_worker(self, index: int, collect: bool, within: float = 10.0) -> dict[str, Any]:
         """Ask slot ``index``'s worker what it holds (worker/introspect.py)."""
         if not 0 <= index < len(self.slots):
             raise LookupError(f"no slot {index} (there are {len(self.slots)})")
@@ -537,18 +617,25 @@ class Master:
             worker.replies.pop(messages.DebugReport, None)
             raise RuntimeError(f"slot {index}'s worker cannot be reached")
         try:
-            message, _ = await asyncio.wait_for(reply, timeout)
+            message, _ = await asyncio.wait_for(reply, within)
         finally:
             worker.replies.pop(messages.DebugReport, None)
-        return {"slot": index, "pid": worker.pid, "generation": worker.generation,
-                **message.report}
+        return {"slot": index, "pid": worker.pid, "generation": worker.generation, **message.report}
 
     # ----- signals and stop ---------------------------------------------------------------
 
     # ----- the event loop: the whole lifecycle ---------------------------------------------
 
-    SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-               signal.SIGUSR1, signal.SIGTTIN, signal.SIGTTOU)
+    SIGNALS = (
+        signal.SIGCHLD,
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGQUIT,
+        signal.SIGHUP,
+        signal.SIGUSR1,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+    )
 
     def install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -561,7 +648,7 @@ class Master:
             event = await self.events.get()
             try:
                 self.handle(event)
-            except Exception:  # noqa: BLE001 - a bug in one handler must not stop the master
+            except Exception:
                 log.exception("event handling failed", event=type(event).__name__)
 
     def handle(self, event: Any) -> None:
@@ -628,11 +715,10 @@ class Master:
         self.events.post(CommandReceived(request, reply))
         return await reply
 
-    async def _answer(self, request: dict[str, Any], reply: asyncio.Future[dict[str, Any]]
-                      ) -> None:
+    async def _answer(self, request: dict[str, Any], reply: asyncio.Future[dict[str, Any]]) -> None:
         try:
             result = await run_command(self, request)
-        except Exception as exc:  # noqa: BLE001 - answered (control.py logs it)
+        except Exception as exc:
             if not reply.done():
                 reply.set_exception(exc)
             return
@@ -725,13 +811,19 @@ class Master:
         self.slots = [Slot(index=i, cpu=self.cpu_for(i)) for i in range(nslots)]
         for slot in self.slots:
             self.start_slot(slot)
-        log.info("master started", pid=os.getpid(), workers=nslots,
-                 listeners=self.listeners.addresses(), config=self.config_path or "(embedded)")
+        log.info(
+            "master started",
+            pid=os.getpid(),
+            workers=nslots,
+            listeners=self.listeners.addresses(),
+            config=self.config_path or "(embedded)",
+        )
         ready = [s.worker.ready for s in self.slots if s.worker is not None and s.worker.ready]
         done, _ = await asyncio.wait(ready, timeout=self.config.supervisor.reload_timeout)
         failed = sum(1 for f in done if f.exception() is not None) + (len(ready) - len(done))
-        sdnotify.notify("READY=1", f"STATUS=serving with {nslots - failed} of {nslots} workers",
-                        f"MAINPID={os.getpid()}")
+        sdnotify.notify(
+            "READY=1", f"STATUS=serving with {nslots - failed} of {nslots} workers", f"MAINPID={os.getpid()}"
+        )
         if started:
             started(failed < nslots, f"{nslots - failed} of {nslots} workers ready")
         watchdog = loop.create_task(self.watchdog())

@@ -55,8 +55,9 @@ def doc(text: str, default: Any = dataclasses.MISSING) -> Any:
     return dataclasses.field(default=default, metadata={"doc": text})
 
 
-def _register(registry: dict[str, type[Message]], direction: str, kind: str
-              ) -> typing.Callable[[type[M]], type[M]]:
+def _register(
+    registry: dict[str, type[Message]], direction: str, kind: str
+) -> typing.Callable[[type[M]], type[M]]:
     def add(cls: type[M]) -> type[M]:
         if kind in registry:
             raise TypeError(f"two {direction} messages of kind {kind!r}")
@@ -227,8 +228,8 @@ class State(Message):
     after another."""
 
     state: str | None = doc(
-        "base64 pickle of {server: {`data`: export_state(), `nfds`}}, or null when nothing "
-        "could be carried")
+        "base64 pickle of {server: {`data`: export_state(), `nfds`}}, or null when nothing could be carried"
+    )
     servers: ServerStats = doc("per-server counters at the export (counter accounting)")
     errors: list[str] = doc("exports that raised, state that could not be pickled or sent")
 
@@ -239,7 +240,7 @@ class Committed(Message):
     """Reply to `commit`."""
 
     servers: ServerStats = doc("per-server counters right after the import")
-    state_error: str = doc("why the import failed, \"\" when it worked")
+    state_error: str = doc('why the import failed, "" when it worked')
 
 
 @to_master("reconfigured")
@@ -248,7 +249,7 @@ class Reconfigured(Message):
     """Reply to `reconfigure`."""
 
     ok: bool = doc("the staged stacks are built")
-    reason: str = doc("why not (the worker already dropped what it staged), \"\" when ok")
+    reason: str = doc('why not (the worker already dropped what it staged), "" when ok')
 
 
 @to_master("debug")
@@ -258,7 +259,8 @@ class DebugReport(Message):
 
     report: dict[str, Any] = doc(
         "`rss`, `fds`, `timers`, `busy_poll_us`, `tasks`, `objects`, `collected`, "
-        "`gc_counts`, `handles`, `types`, `allocations` (worker/introspect.py)")
+        "`gc_counts`, `handles`, `types`, `allocations` (worker/introspect.py)"
+    )
 
 
 # ----- encoding and validation ------------------------------------------------------------
@@ -315,8 +317,9 @@ def _check(value: Any, hint: Any, where: str) -> Any:
     elif origin is dict:
         key_type, value_type = typing.get_args(hint)
         if isinstance(value, dict):
-            return {_check(k, key_type, where): _check(v, value_type, f"{where}[{k!r}]")
-                    for k, v in value.items()}
+            return {
+                _check(k, key_type, where): _check(v, value_type, f"{where}[{k!r}]") for k, v in value.items()
+            }
     elif origin is list:
         (item_type,) = typing.get_args(hint)
         if isinstance(value, list):
@@ -348,10 +351,13 @@ def doc_table() -> str:
         for kind, cls in registry.items():
             fields = "; ".join(
                 f"`{f.name}` ({_name(_HINTS[cls][f.name]).replace('|', 'or')}): {f.metadata['doc']}"
-                for f in dataclasses.fields(cls))
+                for f in dataclasses.fields(cls)
+            )
             what = (cls.__doc__ or "").split("\n\n")[0].replace("\n   ", "").replace("  ", " ")
-            lines.append(f"| {cls.DIRECTION} | `{kind}` | `{cls.__name__}` | {what.strip()}"
-                         f"{' Fields: ' + fields if fields else ''} |")
+            lines.append(
+                f"| {cls.DIRECTION} | `{kind}` | `{cls.__name__}` | {what.strip()}"
+                f"{' Fields: ' + fields if fields else ''} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -27,8 +27,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 import structlog
 
@@ -86,14 +87,20 @@ class Settle:
     removed: tuple[int, ...]
 
 
-Step = Union[Spawn, AwaitReady, Switch, Migrate, Retire, Settle]
+Step = Spawn | AwaitReady | Switch | Migrate | Retire | Settle
 
 
 def plan_generation(current: int, wanted: int) -> list[Step]:
     """The steps from ``current`` slots serving to ``wanted`` slots of a new generation."""
     removed = tuple(range(wanted, current))
-    return [*(Spawn(i) for i in range(wanted)), AwaitReady(), Switch(),
-            *(Migrate(i) for i in range(wanted)), *(Retire(i) for i in removed), Settle(removed)]
+    return [
+        *(Spawn(i) for i in range(wanted)),
+        AwaitReady(),
+        Switch(),
+        *(Migrate(i) for i in range(wanted)),
+        *(Retire(i) for i in removed),
+        Settle(removed),
+    ]
 
 
 class StateNotMigrated(ReloadFailed):
@@ -106,12 +113,12 @@ class Reloader:
         self.master = master
         self.on_done = on_done  # after each run of reloads (the master reconciles)
         self.busy = False
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[dict[str, Any]]] = []
 
     async def reload(self, wait: bool = True) -> dict[str, Any]:
         """Request a reload; with ``wait``, return its outcome. Requests made while one runs
         are served together by the next one."""
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         if not self.busy:
             self.busy = True
@@ -144,8 +151,7 @@ class Reloader:
             new = self._load()
             mode = new.supervisor.reload_mode
             if mode == "in_place" and not self._in_place_possible(new):
-                log.info("in-place reload cannot change listeners or worker count; "
-                         "doing a generation reload")
+                log.info("in-place reload cannot change listeners or worker count; doing a generation reload")
                 mode = "generation"
             if mode == "in_place":
                 await self._in_place(new)
@@ -156,12 +162,11 @@ class Reloader:
             ok, reason, migrated = False, str(exc), False
         except ReloadFailed as exc:
             ok, reason, migrated = False, str(exc), None
-        except Exception as exc:  # noqa: BLE001 - a reload bug must not take the master down
+        except Exception as exc:
             log.exception("reload crashed")
             ok, reason, migrated = False, f"internal error: {exc!r}", None
         duration = time.monotonic() - started
-        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode,
-                              migrated)
+        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode, migrated)
         master.state.reloads.append(record)
         if ok:
             master.state.reloads_ok += 1
@@ -169,19 +174,37 @@ class Reloader:
             master.state.reloads_failed += 1
         del master.state.reloads[:-100]
         if ok:
-            log.info("reload done", generation=master.state.generation, mode=mode,
-                     duration=round(duration, 3))
+            log.info(
+                "reload done", generation=master.state.generation, mode=mode, duration=round(duration, 3)
+            )
         elif migrated is False:
-            log.error("reload done, but state was not migrated; the new generation serves "
-                      "without it", reason=reason, generation=master.state.generation,
-                      state_migrated=False, duration=round(duration, 3))
+            log.error(
+                "reload done, but state was not migrated; the new generation serves without it",
+                reason=reason,
+                generation=master.state.generation,
+                state_migrated=False,
+                duration=round(duration, 3),
+            )
         else:
-            log.error("reload failed; the running generation keeps serving", reason=reason,
-                      generation=master.state.generation, duration=round(duration, 3))
-        sdnotify.notify("READY=1", f"STATUS=generation {master.state.generation}"
-                        + ("" if ok else f"; last reload failed: {reason}"))
-        return {"ok": ok, "reason": reason, "generation": master.state.generation,
-                "duration": round(duration, 3), "mode": mode, "state_migrated": migrated}
+            log.error(
+                "reload failed; the running generation keeps serving",
+                reason=reason,
+                generation=master.state.generation,
+                duration=round(duration, 3),
+            )
+        sdnotify.notify(
+            "READY=1",
+            f"STATUS=generation {master.state.generation}"
+            + ("" if ok else f"; last reload failed: {reason}"),
+        )
+        return {
+            "ok": ok,
+            "reason": reason,
+            "generation": master.state.generation,
+            "duration": round(duration, 3),
+            "mode": mode,
+            "state_migrated": migrated,
+        }
 
     def _load(self) -> Any:
         from monolake.conf import ConfigError, load_config
@@ -210,8 +233,9 @@ class Reloader:
         master = self.master
         draining = [w for w in master.retired if w.state != EXITED]
         if draining:
-            log.info("waiting for the previous generation to finish draining",
-                     workers=[w.pid for w in draining])
+            log.info(
+                "waiting for the previous generation to finish draining", workers=[w.pid for w in draining]
+            )
             timeout = master.config.supervisor.drain_timeout + 5
             await asyncio.gather(*(master._await_exit(w, timeout) for w in draining))
 
@@ -229,8 +253,10 @@ class Reloader:
             raise ReloadFailed(str(exc)) from None
         generation = master.state.generation + 1
         before = len(master.slots)
-        slots = [master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
-                 for i in range(nslots)]
+        slots = [
+            master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
+            for i in range(nslots)
+        ]
         plan = plan_generation(before, nslots)
         prepared: dict[int, WorkerProc] = {}
         self._state_errors: list[str] = []
@@ -243,14 +269,12 @@ class Reloader:
                     case Spawn(i):
                         prepared[i] = master.spawn(slots[i], generation, new, accept=False)
                     case AwaitReady():
-                        await self._await_ready(list(prepared.values()),
-                                                new.supervisor.reload_timeout)
+                        await self._await_ready(list(prepared.values()), new.supervisor.reload_timeout)
                         if master.stopping:
                             raise ReloadFailed("the master is stopping")
                         gone = [w.slot for w in prepared.values() if w.state == EXITED]
                         if gone:
-                            raise ReloadFailed(
-                                f"new workers exited after they were ready (slots {gone})")
+                            raise ReloadFailed(f"new workers exited after they were ready (slots {gone})")
                     case Switch():
                         master.config = new
                         master.state.generation = generation
@@ -283,24 +307,22 @@ class Reloader:
                 raise ReloadFailed(f"cannot start the new generation: {exc}") from exc
             # a commit crashed: the rest never get to serve
             serving = {id(s.worker) for s in master.slots}
-            await self._abort([w for i, w in prepared.items()
-                               if i not in committed and id(w) not in serving])
+            await self._abort([w for i, w in prepared.items() if i not in committed and id(w) not in serving])
             raise
         if self._kept:
-            raise ReloadFailed(f"generation {generation} serves only in part: "
-                               + "; ".join(self._kept))
+            raise ReloadFailed(f"generation {generation} serves only in part: " + "; ".join(self._kept))
         if self._state_errors:
-            raise StateNotMigrated(f"state not migrated: generation {generation} is serving "
-                                   "without the previous generation's state: "
-                                   + "; ".join(self._state_errors))
+            raise StateNotMigrated(
+                f"state not migrated: generation {generation} is serving "
+                "without the previous generation's state: " + "; ".join(self._state_errors)
+            )
 
-    async def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
+    async def _await_ready(self, workers: list[WorkerProc], within: float) -> None:
         futures = [w.ready for w in workers if w.ready is not None]
-        done, pending = await asyncio.wait(futures, timeout=timeout)
+        _done, pending = await asyncio.wait(futures, timeout=within)
         if pending:
             slow = [w.slot for w in workers if w.ready in pending]
-            raise ReloadFailed(f"new workers not ready within reload_timeout={timeout}s "
-                               f"(slots {slow})")
+            raise ReloadFailed(f"new workers not ready within reload_timeout={within}s (slots {slow})")
         for worker in workers:
             exc = worker.ready.exception() if worker.ready is not None else None
             if exc is not None:
@@ -320,14 +342,20 @@ class Reloader:
         old = slot.worker
         if new_worker.state == EXITED and old is not None and old.state == READY:
             # the new worker died between ready and its commit: the old one serves on
-            self._kept.append(f"slot {slot.index}: the new worker exited before its commit; "
-                              f"generation {old.generation} serves on")
-            log.error("new worker exited before its commit; the old worker serves on",
-                      slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
+            self._kept.append(
+                f"slot {slot.index}: the new worker exited before its commit; "
+                f"generation {old.generation} serves on"
+            )
+            log.error(
+                "new worker exited before its commit; the old worker serves on",
+                slot=slot.index,
+                pid=new_worker.pid,
+                old_pid=old.pid,
+            )
             return
         state, fds = await self._export(slot, old)
         if slot.respawn is not None:  # after the export: an old worker that died during it
-            slot.respawn.cancel()     # must not get a replacement besides the new one
+            slot.respawn.cancel()  # must not get a replacement besides the new one
             slot.respawn = None
         committed = new_worker.expect(messages.Committed)
         sent = new_worker.send(messages.Commit(state=state), fds)
@@ -339,14 +367,20 @@ class Reloader:
             reply, _ = await asyncio.wait_for(committed, config.supervisor.reload_timeout)
             if reply.state_error:
                 self._state_errors.append(f"slot {slot.index}: {reply.state_error}")
-        except (asyncio.TimeoutError, RuntimeError) as exc:
+        except (TimeoutError, RuntimeError) as exc:
             # The new worker is gone (or hung: the watchdog's); the slot's crash handling
             # takes it from here (the socket and its queue are kept), and the old worker
             # drains as planned. Its state is lost: the reload says so.
-            log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid,
-                      error=str(exc) or "timeout")
-            self._state_errors.append(f"slot {slot.index}: the new worker failed to commit "
-                                      f"({str(exc) or 'timeout'}); the slot starts afresh")
+            log.error(
+                "new worker failed to commit",
+                slot=slot.index,
+                pid=new_worker.pid,
+                error=str(exc) or "timeout",
+            )
+            self._state_errors.append(
+                f"slot {slot.index}: the new worker failed to commit "
+                f"({str(exc) or 'timeout'}); the slot starts afresh"
+            )
         if new_worker.state == PREPARED:
             new_worker.state = READY
         if old is not None and old.state != EXITED:
@@ -371,21 +405,22 @@ class Reloader:
         else:
             try:
                 message, fds = await asyncio.wait_for(reply, EXPORT_TIMEOUT)
-            except (asyncio.TimeoutError, RuntimeError) as exc:
-                error = (f"the old worker exported no state: "
-                         f"{str(exc) or f'no answer within {EXPORT_TIMEOUT}s'}")
+            except (TimeoutError, RuntimeError) as exc:
+                error = (
+                    f"the old worker exported no state: {str(exc) or f'no answer within {EXPORT_TIMEOUT}s'}"
+                )
             else:
                 errors = message.errors
                 if errors:
-                    self._state_error(slot, old, "the old worker's export failed: "
-                                      + "; ".join(errors))
+                    self._state_error(slot, old, "the old worker's export failed: " + "; ".join(errors))
                 return message.state, fds
         self._state_error(slot, old, error)
         return None, []
 
     def _state_error(self, slot: Slot, old: WorkerProc, error: str) -> None:
-        log.warning("state not migrated; the new worker starts fresh", slot=slot.index,
-                    pid=old.pid, error=error)
+        log.warning(
+            "state not migrated; the new worker starts fresh", slot=slot.index, pid=old.pid, error=error
+        )
         self._state_errors.append(f"slot {slot.index}: {error}")
 
     def _retire(self, worker: WorkerProc, config: Any) -> None:
@@ -406,10 +441,11 @@ class Reloader:
             reply = worker.expect(messages.Reconfigured)
             worker.send(messages.Reconfigure(config=new.to_dict()))
             replies.append(reply)
-        results = await asyncio.gather(*(asyncio.wait_for(r, new.supervisor.reload_timeout)
-                                         for r in replies), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(r, new.supervisor.reload_timeout) for r in replies), return_exceptions=True
+        )
         failures = []
-        for worker, result in zip(workers, results):
+        for worker, result in zip(workers, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(f"slot {worker.slot}: {result!r}")
             elif not result[0].ok:
@@ -417,8 +453,7 @@ class Reloader:
         if failures:
             for worker in workers:
                 worker.send(messages.Rollback())
-            raise ReloadFailed("in-place reload failed; workers kept their stacks: "
-                               + "; ".join(failures))
+            raise ReloadFailed("in-place reload failed; workers kept their stacks: " + "; ".join(failures))
         for worker in workers:
             worker.send(messages.ReconfigureCommit())
         master.config = new

@@ -5,11 +5,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-COLUMNS = [("SLOT", "slot"), ("CPU", "cpu"), ("PID", "pid"), ("GEN", "generation"),
-           ("STATE", "state"), ("UPTIME", "uptime"), ("RSS", "rss"), ("CPU%", "cpu_percent"),
-           ("CONNS", "open_connections"), ("REQUESTS", "requests"), ("RPS", "rps"),
-           ("RESTARTS", "restarts"), ("LAG", "lag"), ("BEAT", "heartbeat_age"),
-           ("RUNTIME", "runtime")]
+COLUMNS = [
+    ("SLOT", "slot"),
+    ("CPU", "cpu"),
+    ("PID", "pid"),
+    ("GEN", "generation"),
+    ("STATE", "state"),
+    ("UPTIME", "uptime"),
+    ("RSS", "rss"),
+    ("CPU%", "cpu_percent"),
+    ("CONNS", "open_connections"),
+    ("REQUESTS", "requests"),
+    ("RPS", "rps"),
+    ("RESTARTS", "restarts"),
+    ("LAG", "lag"),
+    ("BEAT", "heartbeat_age"),
+    ("RUNTIME", "runtime"),
+]
 
 
 def human_bytes(n: float) -> str:
@@ -59,12 +71,14 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     rows = [[_cell(key, w.get(key)) for _, key in COLUMNS] for w in status["workers"]]
     header = [title for title, _ in COLUMNS]
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
-              for i in range(len(header))]
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
     lines.append("")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     reloads = master.get("reloads") or []
     if reloads:
         lines.append("")
