@@ -30,6 +30,7 @@ SAMPLE: dict[str, Any] = {
     dict[str, list[int]]: {"web": [0]}, dict[str, list[str]]: {"web": ["127.0.0.1:1"]},
     dict[str, int]: {"requests": 1}, dict[str, dict[str, int]]: {"web": {"requests": 1}},
     list[str]: ["e"], int | None: None, str | None: None,
+    list[dict[str, Any]]: [{"server": "web", "healthy": True}],
 }
 
 # (frame, what the refusal names): each is refused by the worker's end
