@@ -29,9 +29,11 @@ from monolake.worker.service.state import FdSource, Stateful, restore_state
 class RouteHandler:
     """Everything one route needs at request time."""
 
-    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label")
+    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label", "h2")
 
-    def __init__(self, index: int, cfg: Any, balancer: Balancer, builtin: Any) -> None:
+    def __init__(self, index: int, cfg: Any, balancer: Balancer, builtin: Any,
+                 h2: bool = False) -> None:
+        self.h2 = h2  # the upstreams speak HTTP/2 (upstream_http_version = "http2")
         self.index = index
         self.cfg = cfg
         self.balancer = balancer
@@ -56,10 +58,21 @@ class RouterService(Stateful):
         self.read_timeout = cfg.timeout.upstream_read_timeout_sec
         self.routes: list[RouteHandler] = []
         by_key: dict[tuple, Upstream] = {}
+        self.h2pool: Any = None
         for i, route in enumerate(cfg.routes):
+            h2 = (getattr(route, "upstream_http_version", None)
+                  or cfg.upstream_http_version) == "http2"
+            if h2 and self.h2pool is None:
+                from monolake.worker.h2.pool import worker_pool
+
+                self.h2pool = worker_pool()
+                self.h2pool.configure(cfg.timeout.upstream_connect_timeout_sec,
+                                      self.read_timeout)
             ssl_ctx = None
             if any(u.endpoint.type == "uri" and u.endpoint.scheme == "https" for u in route.upstreams):
                 ssl_ctx = client_context(route)
+                if h2:
+                    ssl_ctx.set_alpn_protocols(["h2"])
             ups = [Upstream(u.endpoint, u.weight, route, ssl_ctx) for u in route.upstreams]
             for up in ups:
                 by_key.setdefault(up.key, up)
@@ -69,7 +82,8 @@ class RouterService(Stateful):
                 if maker is None:
                     raise ValueError(f"routes[{i}]: unknown builtin {ups[0].builtin!r}")
                 builtin = maker(name, slot)
-            self.routes.append(RouteHandler(i, route, Balancer(route.load_balancer, ups), builtin))
+            self.routes.append(RouteHandler(i, route, Balancer(route.load_balancer, ups), builtin,
+                                            h2 and builtin is None))
         pool.upstreams_by_key = by_key
 
     async def call(self, req: Request, ctx: Any) -> Response:
@@ -104,6 +118,12 @@ class RouterService(Stateful):
         up = route.balancer.pick(None)
         if up is None:
             respond(text_response(503, "no healthy upstream"))
+            return
+        if route.h2:  # this route's upstreams speak HTTP/2: the h2 pool (worker/h2)
+            from monolake.worker.h2.forward import forward
+
+            spawn(forward(self.h2pool, route, req, ctx, up, preserve_host=self.preserve_host,
+                          via=self.via, stats=self.stats))
             return
         conn = self.pool.take_idle(up)
         if conn is None:
