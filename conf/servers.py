@@ -106,7 +106,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     tls = parse_tls(t)
     proxy_protocol = t.boolean("proxy_protocol", False)
     timeout = parse_timeout(t)
-    version = upstream_http_version(t)
+    version = upstream_http_version(t) or "auto"
     http_parser = t.enum("http_parser", "auto", ("auto", "native", "httptools", "h11"))
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
     max_header_size = t.integer("max_header_size", 65536, lo=1024, unit="of bytes")

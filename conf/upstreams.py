@@ -285,9 +285,16 @@ def upstream_http_version(t: Table, default: str | None = "auto") -> str | None:
     """``upstream_http_version`` of a server or a route (Monolake's values; per route is ours).
     ``"http2"`` on a build without the libnghttp2 extension is a config error that says how
     to get it, not a worker that silently speaks HTTP/1.1."""
-    value = t.enum("upstream_http_version", default, UPSTREAM_HTTP_VERSIONS,
-                   hints={"h2": 'did you mean "http2"?', "http1.1": 'did you mean "http11"?',
-                          "h2c": '"http2" is h2c (prior knowledge) on http:// upstreams'})
+    value = t.enum(
+        "upstream_http_version",
+        default,
+        UPSTREAM_HTTP_VERSIONS,
+        hints={
+            "h2": 'did you mean "http2"?',
+            "http1.1": 'did you mean "http11"?',
+            "h2c": '"http2" is h2c (prior knowledge) on http:// upstreams',
+        },
+    )
     if value == "http2":
         from monolake.worker import h2
 

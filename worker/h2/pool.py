@@ -73,9 +73,9 @@ class H2Pool:
     def _with_capacity(self, key: tuple) -> H2Connection | None:
         best: H2Connection | None = None
         for conn in self.conns.get(key, ()):
-            if conn.ready.done() and conn.usable and conn.available > 0:
-                if best is None or conn.available > best.available:
-                    best = conn
+            if (conn.ready.done() and conn.usable and conn.available > 0
+                    and (best is None or conn.available > best.available)):
+                best = conn
         return best
 
     async def _resolved(self, placeholder: Upstream) -> Upstream:

@@ -15,8 +15,9 @@ pausing the socket (that would stall every other stream on it):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from time import monotonic as _now
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from monolake.worker.h2 import events as ev
 from monolake.worker.h2.session import H2ClientSession
@@ -39,8 +40,20 @@ class H2Stream:
     """One request/response on an h2 connection: the request body's sink, the response
     body's producer."""
 
-    __slots__ = ("conn", "id", "on_head", "method", "via", "req_body", "resp_body", "paused",
-                 "held", "deadline", "trailers", "req_paused")
+    __slots__ = (
+        "conn",
+        "deadline",
+        "held",
+        "id",
+        "method",
+        "on_head",
+        "paused",
+        "req_body",
+        "req_paused",
+        "resp_body",
+        "trailers",
+        "via",
+    )
 
     def __init__(self, conn: H2Connection, sid: int, on_head: OnHead, method: str,
                  via: bool, deadline: float) -> None:
@@ -119,7 +132,8 @@ class H2Connection(asyncio.Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.transport: Any = None
         self.closed = False
-        self.ready: asyncio.Future = pool.loop.create_future()  # the peer's SETTINGS arrived
+        loop = pool.loop or asyncio.get_running_loop()
+        self.ready: asyncio.Future = loop.create_future()  # the peer's SETTINGS arrived
         self.idle_since = _now()
         self.streams_opened = 0
         self._write_paused = False
@@ -146,7 +160,7 @@ class H2Connection(asyncio.Protocol):
         self.streams[sid] = st
         self.streams_opened += 1
         self.upstream.active += 1
-        if not end:
+        if body is not None:
             st.req_body = body
             body.pipe(st)
         self.flush()
@@ -247,9 +261,8 @@ class H2Connection(asyncio.Protocol):
     # -- events --------------------------------------------------------------------------
     def _handle(self, events: list[ev.Event]) -> None:
         for e in events:
-            t = type(e)
             st = self.streams.get(e.stream_id) if e.stream_id else None
-            if t is ev.DataReceived:
+            if isinstance(e, ev.DataReceived):
                 if st is None:
                     continue
                 st.deadline = _now() + self.pool.read_timeout
@@ -261,25 +274,25 @@ class H2Connection(asyncio.Protocol):
                 else:
                     self.session.acknowledge_received_data(e.stream_id,
                                                            e.flow_controlled_length)
-            elif t is ev.ResponseReceived:
+            elif isinstance(e, ev.ResponseReceived):
                 if st is not None:
                     self._response(st, e.headers, e.end_stream)
-            elif t is ev.TrailersReceived:
+            elif isinstance(e, ev.TrailersReceived):
                 if st is not None:
                     st.trailers = trailer_fields(e.headers)
                     if st.resp_body is not None:
                         st.resp_body.trailers = st.trailers
-            elif t is ev.StreamEnded:
+            elif isinstance(e, ev.StreamEnded):
                 if st is not None:
                     self._ended(st)
-            elif t is ev.StreamClosed:
+            elif isinstance(e, ev.StreamClosed):
                 st = self.streams.pop(e.stream_id, None)
                 if st is not None:
                     self._finish(st)
                     self._ended(st)
                     if st.on_head is not None:
                         st.fail(UpstreamError("HTTP/2 upstream closed the stream unanswered"))
-            elif t is ev.StreamReset:
+            elif isinstance(e, ev.StreamReset):
                 st = self.streams.pop(e.stream_id, None)
                 if st is not None:
                     self._finish(st)
@@ -288,14 +301,14 @@ class H2Connection(asyncio.Protocol):
                         f"HTTP/2 upstream {'reset' if e.remote else 'closed'} the stream "
                         f"(error code {e.error_code})",
                         retryable=e.retryable))
-            elif t is ev.StreamWritable:
+            elif isinstance(e, ev.StreamWritable):
                 if st is not None and st.req_paused and st.req_body is not None:
                     st.req_paused = False
                     st.req_body.resume()
-            elif t is ev.RemoteSettingsChanged:
+            elif isinstance(e, ev.RemoteSettingsChanged):
                 if not self.ready.done():
                     self.ready.set_result(None)
-            elif t is ev.ConnectionTerminated:
+            elif isinstance(e, ev.ConnectionTerminated):
                 self.pool.log.info("h2_upstream_goaway", upstream=self.upstream.label,
                                    error_code=e.error_code, last_stream_id=e.last_stream_id,
                                    unprocessed=len(e.unprocessed_stream_ids), error=e.error)
