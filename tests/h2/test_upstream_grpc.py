@@ -1,0 +1,87 @@
+"""gRPC through the proxy to a real grpcio server (h2c upstream), from an HTTP/1.1 client
+that sends ``TE: trailers``: status, message and trailing metadata arrive as chunked trailers;
+a trailers-only error arrives in the head."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.h2.test_upstream_h2 import proxy_config, read_chunked
+from tests.http.conftest import Conn, run_worker
+from tests.support import PYTHON, free_port, kill_pids, listening_on, wait_for
+
+grpc = pytest.importorskip("grpc")
+
+
+@pytest.fixture
+def grpc_port() -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen([PYTHON, "-m", "tests.h2.grpc_peer", "--port", str(port)])
+    try:
+        wait_for(lambda: listening_on(port) or proc.poll() is not None, timeout=20,
+                 what="grpc server listening")
+        assert proc.poll() is None, f"grpc server exited with {proc.returncode}"
+        yield port
+    finally:
+        kill_pids([proc.pid])
+
+
+def frame(msg: bytes) -> bytes:
+    """A gRPC length-prefixed message (uncompressed)."""
+    return b"\0" + struct.pack(">I", len(msg)) + msg
+
+
+def messages(body: bytes) -> list[bytes]:
+    out = []
+    while body:
+        assert body[0] == 0
+        (n,) = struct.unpack(">I", body[1:5])
+        out.append(body[5:5 + n])
+        body = body[5 + n:]
+    return out
+
+
+def call(c: Conn, method: str, msg: bytes) -> None:
+    body = frame(msg)
+    c.send(f"POST /test.Echo/{method} HTTP/1.1\r\nHost: grpc\r\n"
+           f"Content-Type: application/grpc\r\nTE: trailers\r\n"
+           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def test_grpc_status_and_trailing_metadata_reach_http11_client(tmp_path: Path,
+                                                               grpc_port: int) -> None:
+    with run_worker(tmp_path, proxy_config(grpc_port)) as w, Conn(w.port(), timeout=20) as c:
+        call(c, "Unary", b"hello grpc")
+        status, _r, _v, headers = c.read_head()
+        assert status == 200 and ("content-type", "application/grpc") in headers, headers
+        body, trailers = read_chunked(c)
+        assert messages(body) == [b"cprg olleh"]
+        t = dict(trailers)
+        assert t[b"grpc-status"] == b"0" and t[b"x-echo-len"] == b"10", trailers
+
+        # an error before any message: grpcio answers trailers-only, so the status is in the head
+        call(c, "Unary", b"fail")
+        status, _r, _v, headers = c.read_head()
+        h = dict(headers)
+        assert status == 200 and h["grpc-status"] == "7", headers
+        assert h["grpc-message"] == "no entry" and h["x-detail"] == "custom"
+        assert h.get("content-length") == "0"
+
+        # a 3 MiB message each way, then server streaming on the same client connection
+        big = bytes(range(256)) * (3 * 4096)
+        call(c, "Unary", big)
+        assert c.read_head()[0] == 200
+        body, trailers = read_chunked(c)
+        assert messages(body) == [big[::-1]] and dict(trailers)[b"grpc-status"] == b"0"
+
+        call(c, "Stream", b"\x05abc")
+        assert c.read_head()[0] == 200
+        body, trailers = read_chunked(c)
+        assert messages(body) == [b"\x05abc"] * 5
+        t = dict(trailers)
+        assert t[b"grpc-status"] == b"0" and t[b"x-sent"] == b"5", trailers
