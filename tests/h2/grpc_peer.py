@@ -1,7 +1,7 @@
 """A real grpcio server with generic handlers (raw bytes in and out, no generated code): the
 gRPC upstream for tests/h2/test_upstream_grpc.py.
 
-``python -m tests.h2.grpc_peer --port P``. ``/test.Echo/Unary`` answers the message reversed
+``python -m tests.h2.grpc_peer --port P [--cert CHAIN --key KEY]``. ``/test.Echo/Unary`` answers the message reversed
 with trailing metadata ``x-echo-len``; the message ``fail`` aborts with PERMISSION_DENIED,
 ``no entry`` and trailing metadata ``x-detail: custom``. ``/test.Echo/Stream`` (server
 streaming) sends the message back N times, N = its first byte.
@@ -33,6 +33,8 @@ def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--cert", help="PEM chain: serve TLS (grpcio offers ALPN h2 only)")
+    ap.add_argument("--key")
     args = ap.parse_args()
     handler = grpc.method_handlers_generic_handler("test.Echo", {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
@@ -42,7 +44,12 @@ def main() -> None:
                          options=[("grpc.max_receive_message_length", 16 << 20),
                                   ("grpc.max_send_message_length", 16 << 20)])
     server.add_generic_rpc_handlers((handler,))
-    server.add_insecure_port(f"127.0.0.1:{args.port}")
+    if args.cert:
+        with open(args.cert, "rb") as c, open(args.key, "rb") as k:
+            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
+        server.add_secure_port(f"127.0.0.1:{args.port}", creds)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     server.wait_for_termination()
 

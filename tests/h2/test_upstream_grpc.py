@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from tests.h2.test_upstream_h2 import proxy_config, read_chunked
+from tests.http.certs import make_ca, make_cert
 from tests.http.conftest import Conn, run_worker
 from tests.support import PYTHON, free_port, kill_pids, listening_on, wait_for
 
 grpc = pytest.importorskip("grpc")
 
 
-@pytest.fixture
-def grpc_port() -> Iterator[int]:
+def start_grpc(*args: str) -> Iterator[int]:
     port = free_port()
-    proc = subprocess.Popen([PYTHON, "-m", "tests.h2.grpc_peer", "--port", str(port)])
+    proc = subprocess.Popen([PYTHON, "-m", "tests.h2.grpc_peer", "--port", str(port), *args])
     try:
         wait_for(lambda: listening_on(port) or proc.poll() is not None, timeout=20,
                  what="grpc server listening")
@@ -29,6 +29,11 @@ def grpc_port() -> Iterator[int]:
         yield port
     finally:
         kill_pids([proc.pid])
+
+
+@pytest.fixture
+def grpc_port() -> Iterator[int]:
+    yield from start_grpc()
 
 
 def frame(msg: bytes) -> bytes:
@@ -85,3 +90,26 @@ def test_grpc_status_and_trailing_metadata_reach_http11_client(tmp_path: Path,
         assert messages(body) == [b"\x05abc"] * 5
         t = dict(trailers)
         assert t[b"grpc-status"] == b"0" and t[b"x-sent"] == b"5", trailers
+
+
+def test_grpc_over_tls_upstream_with_alpn_h2(tmp_path: Path) -> None:
+    """``https://`` + "http2": TLS to the upstream, h2 chosen by ALPN (grpcio offers only h2)."""
+    ca = make_ca(tmp_path)
+    cert = make_cert(tmp_path, ca, "grpc-upstream", ["127.0.0.1"])
+    ports = start_grpc("--cert", str(cert.chain), "--key", str(cert.key))
+    port = next(ports)
+    try:
+        cfg = proxy_config(port, scheme="https", route_extra=f'tls_ca = "{ca.chain}"')
+        with run_worker(tmp_path, cfg) as w, Conn(w.port(), timeout=20) as c:
+            call(c, "Unary", b"over tls")
+            status, _r, _v, headers = c.read_head()
+            assert status == 200, (headers, c.buf[:300])
+            body, trailers = read_chunked(c)
+            assert messages(body) == [b"slt revo"] and dict(trailers)[b"grpc-status"] == b"0"
+        # an upstream that is not trusted fails the connect: 502, never plaintext h2
+        with run_worker(tmp_path, proxy_config(port, scheme="https")) as w, \
+                Conn(w.port(), timeout=20) as c:
+            call(c, "Unary", b"x")
+            assert c.read_response().status == 502
+    finally:
+        ports.close()

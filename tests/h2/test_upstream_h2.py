@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import socket
+import struct
 import subprocess
 import textwrap
 import threading
@@ -49,19 +50,22 @@ def start_peer(tmp: Path, *args: str) -> Peer:
 
 
 def proxy_config(peer_port: int, server_version: str = "http11",
-                 route_version: str | None = "http2") -> str:
+                 route_version: str | None = "http2", scheme: str = "http",
+                 route_extra: str = "", server_extra: str = "") -> str:
     route = f'upstream_http_version = "{route_version}"' if route_version else ""
+    route += "\n" + route_extra
     return textwrap.dedent(f"""
         [servers.px]
         proxy_type = "http"
         listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
         upstream_http_version = "{server_version}"
+        {server_extra}
 
         [[servers.px.routes]]
         path_prefix = "/"
         preserve_path = true
         {route}
-        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{peer_port}" }} }}]
+        upstreams = [{{ endpoint = {{ type = "uri", value = "{scheme}://127.0.0.1:{peer_port}" }} }}]
     """)
 
 
@@ -317,3 +321,35 @@ def test_curl_through_monolaked(tmp_path: Path, peer_factory, master_factory) ->
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"length": len(data),
                                       "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def test_client_gone_resets_only_its_stream(tmp_path: Path, peer_factory) -> None:
+    peer = peer_factory()
+    with run_worker(tmp_path, proxy_config(peer.port)) as w:
+        c = Conn(w.port())
+        c.send(b"GET /delay/5000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        wait_for(lambda: peer.stats()["streams"] >= 1, timeout=10, what="stream open")
+        # an abortive close (RST): a plain FIN is a half-close the proxy still answers
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        wait_for(lambda: peer.stats()["resets"], timeout=10, what="RST_STREAM upstream")
+        assert peer.stats()["resets"] == [[1, 1, 8]]  # CANCEL, on connection 1, stream 1
+        status, _, headers = get(w.port(), "/next")
+        assert status == 200 and headers["x-conn"] == "1"  # the connection went on
+
+
+def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path,
+                                                                peer_factory) -> None:
+    peer = peer_factory()
+    cfg = proxy_config(peer.port, route_extra="idle_timeout_sec = 1.5",
+                       server_extra="timeout = { upstream_read_timeout_sec = 1 }")
+    with run_worker(tmp_path, cfg) as w:
+        started = time.monotonic()
+        status, body, _ = get(w.port(), "/delay/4000")
+        assert status == 504 and time.monotonic() - started < 3.5, body
+        assert peer.stats()["resets"] == [[1, 1, 8]]
+        assert get(w.port(), "/fast")[0] == 200
+        assert peer.stats()["connections"] == 1
+        # no streams for idle_timeout_sec: the proxy closes the connection (no PINGs)
+        wait_for(lambda: peer.stats()["closed"] == 1, timeout=6, what="idle close")
+        assert get(w.port(), "/again")[2]["x-conn"] == "2"

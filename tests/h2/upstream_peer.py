@@ -8,8 +8,8 @@ this one was not processed), ``/upload`` (reads the body, answers its length and
 ``/download/N`` (N bytes, paced by the proxy's window), ``/trailers`` (a body, then
 grpc-status/grpc-message/x-meta trailers), anything else echoes the request head as JSON.
 Every response carries ``x-conn`` (this peer's connection serial) and ``x-stream``. The stats
-file (JSON, rewritten on every change) has connections, streams, max concurrent streams seen
-and, per /download stream, the bytes sent so far.
+file (JSON, rewritten on every change) has connections (opened, closed), streams, max
+concurrent streams seen, the streams the proxy reset, and per stream the body bytes sent.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import h2.events
 import h2.settings
 import hyperframe.frame
 
-STATS: dict = {"connections": 0, "streams": 0, "max_open": 0, "sent": {}, "goaways": 0}
+STATS: dict = {"connections": 0, "streams": 0, "max_open": 0, "sent": {}, "goaways": 0,
+               "resets": [], "closed": 0}
 STATS_PATH = ""
 
 
@@ -92,6 +93,8 @@ class Peer(asyncio.Protocol):
                 for sid in list(self.pending):
                     self.push(sid)
             elif isinstance(ev, h2.events.StreamReset):
+                STATS["resets"].append([self.serial, ev.stream_id, int(ev.error_code)])
+                save()
                 self.closed(ev.stream_id)
         self.flush()
 
@@ -200,6 +203,8 @@ class Peer(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
+        STATS["closed"] += 1
+        save()
 
 
 async def main() -> None:
