@@ -347,9 +347,44 @@ def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path,
         started = time.monotonic()
         status, body, _ = get(w.port(), "/delay/4000")
         assert status == 504 and time.monotonic() - started < 3.5, body
-        assert peer.stats()["resets"] == [[1, 1, 8]]
+        wait_for(lambda: peer.stats()["resets"], timeout=5, what="RST_STREAM upstream")
+        assert peer.stats()["resets"] == [[1, 1, 8]]  # CANCEL
         assert get(w.port(), "/fast")[0] == 200
         assert peer.stats()["connections"] == 1
         # no streams for idle_timeout_sec: the proxy closes the connection (no PINGs)
         wait_for(lambda: peer.stats()["closed"] == 1, timeout=6, what="idle close")
         assert get(w.port(), "/again")[2]["x-conn"] == "2"
+
+
+def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory,
+                                                  master_factory) -> None:
+    """A generation reload does not migrate h2 upstream connections: the old worker's stream
+    in flight finishes on its connection, the new worker opens its own."""
+    from tests.harness import base_config
+
+    peer = peer_factory()
+    port = free_port()
+    routes = textwrap.dedent(f"""
+        [[servers.web.routes]]
+        path_prefix = "/"
+        preserve_path = true
+        upstream_http_version = "http2"
+        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{peer.port}" }} }}]
+    """)
+    m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+    m.wait_ready(1)
+    old_pid = m.worker_pids()[0]
+    slow: list = []
+    t = threading.Thread(target=lambda: slow.append(get(port, "/delay/2500")))
+    t.start()
+    wait_for(lambda: peer.stats()["streams"] >= 1, timeout=10, what="stream open")
+    result = m.cli("reload", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    wait_for(lambda: [w["pid"] for w in m.ready_workers()] not in ([], [old_pid]), timeout=30,
+             what="a new worker")
+    status, _, headers = get(port, "/after-reload")
+    assert status == 200 and headers["x-conn"] == "2"  # the new worker's own connection
+    t.join(20)
+    assert slow and slow[0][0] == 200 and slow[0][2]["x-conn"] == "1", slow
+    # the old worker drains and exits: its h2 connection closes with it
+    wait_for(lambda: peer.stats()["closed"] >= 1, timeout=30, what="old connection closed")

@@ -31,6 +31,15 @@ if TYPE_CHECKING:
     from monolake.worker.h2.settings import H2Settings
     from monolake.worker.http.upstream import Upstream
 
+class H2StreamReset(UpstreamError):
+    """The upstream reset the stream (``error_code``, RFC 9113 §7). Before the head it is a
+    502; a body that fails with it lets a downstream h2 stream answer with RST_STREAM."""
+
+    def __init__(self, message: str, error_code: int, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.error_code = error_code
+
+
 HIGH_WATER = 256 * 1024  # a stream's queued request bytes before the client's body pauses
 CANCEL = 0x8
 OnHead = Callable[[Response | None, BaseException | None], None]
@@ -297,10 +306,9 @@ class H2Connection(asyncio.Protocol):
                 if st is not None:
                     self._finish(st)
                     self.pool.stats_reset(e)
-                    st.fail(UpstreamError(
+                    st.fail(H2StreamReset(
                         f"HTTP/2 upstream {'reset' if e.remote else 'closed'} the stream "
-                        f"(error code {e.error_code})",
-                        retryable=e.retryable))
+                        f"(error code {e.error_code})", e.error_code, retryable=e.retryable))
             elif isinstance(e, ev.StreamWritable):
                 if st is not None and st.req_paused and st.req_body is not None:
                     st.req_paused = False
