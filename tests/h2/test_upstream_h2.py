@@ -380,8 +380,11 @@ def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory,
     wait_for(lambda: peer.stats()["streams"] >= 1, timeout=10, what="stream open")
     result = m.cli("reload", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    wait_for(lambda: [w["pid"] for w in m.ready_workers()] not in ([], [old_pid]), timeout=30,
-             what="a new worker")
+    def only_new() -> bool:
+        pids = [w["pid"] for w in m.ready_workers()]
+        return bool(pids) and old_pid not in pids
+
+    wait_for(only_new, timeout=30, what="the new worker alone serving")
     status, _, headers = get(port, "/after-reload")
     assert status == 200 and headers["x-conn"] == "2"  # the new worker's own connection
     t.join(20)
