@@ -4,6 +4,7 @@ a trailers-only error arrives in the head."""
 
 from __future__ import annotations
 
+import ssl
 import struct
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from tests.h2.test_upstream_h2 import proxy_config, read_chunked
 from tests.http.certs import make_ca, make_cert
 from tests.http.conftest import Conn, run_worker
+from tests.http.upstream import UpstreamServer
 from tests.support import PYTHON, free_port, kill_pids, listening_on, wait_for
 
 grpc = pytest.importorskip("grpc")
@@ -111,5 +113,36 @@ def test_grpc_over_tls_upstream_with_alpn_h2(tmp_path: Path) -> None:
                 Conn(w.port(), timeout=20) as c:
             call(c, "Unary", b"x")
             assert c.read_response().status == 502
+    finally:
+        ports.close()
+
+
+def test_auto_picks_h2_or_http11_by_alpn(tmp_path: Path) -> None:
+    """"auto" on https: ALPN decides. grpcio offers only h2 (gRPC trailers arrive, so h2 was
+    spoken); an HTTP/1.1 TLS upstream that selects http/1.1 is served on the HTTP/1.1 path,
+    every time, once ALPN has said so."""
+    ca = make_ca(tmp_path)
+    cert = make_cert(tmp_path, ca, "upstream", ["127.0.0.1"])
+    ports = start_grpc("--cert", str(cert.chain), "--key", str(cert.key))
+    port = next(ports)
+    h1_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    h1_ctx.load_cert_chain(cert.chain, cert.key)
+    h1_ctx.set_alpn_protocols(["http/1.1"])
+    try:
+        cfg = proxy_config(port, "auto", None, scheme="https", route_extra=f'tls_ca = "{ca.chain}"')
+        with run_worker(tmp_path, cfg) as w, Conn(w.port(), timeout=20) as c:
+            call(c, "Unary", b"auto")
+            assert c.read_head()[0] == 200
+            body, trailers = read_chunked(c)
+            assert messages(body) == [b"otua"] and dict(trailers)[b"grpc-status"] == b"0"
+        with UpstreamServer("h1tls", ssl=h1_ctx) as h1:
+            cfg = proxy_config(h1.port, "auto", None, scheme="https",
+                               route_extra=f'tls_ca = "{ca.chain}"')
+            with run_worker(tmp_path, cfg) as w, Conn(w.port(), timeout=20) as c:
+                for _ in range(3):
+                    c.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")
+                    assert c.read_response().status == 200
+            assert h1.requests == 3
+            assert h1.connections == 2  # the ALPN probe (closed), then one HTTP/1.1 connection
     finally:
         ports.close()

@@ -10,11 +10,12 @@ REFUSED_STREAM) is sent once more on another connection when its body has not be
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from monolake.worker.h2.pool import H2Pool
+from monolake.worker.h2.pool import H2Pool, NotH2
 from monolake.worker.h2.translate import request_headers, wants_trailers
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
 from monolake.worker.http.headers import request_head, upstream_target
@@ -24,8 +25,11 @@ ATTEMPTS = 2
 
 
 async def forward(pool: H2Pool, route: Any, req: Request, ctx: Any, first: Any, *,
-                  preserve_host: bool, via: bool, stats: Any) -> Response:
-    """The response of ``first`` (the upstream the balancer picked) over HTTP/2."""
+                  preserve_host: bool, via: bool, stats: Any,
+                  fallback: Callable[..., Awaitable[Response]] | None = None) -> Response:
+    """The response of ``first`` (the upstream the balancer picked) over HTTP/2. With
+    ``upstream_http_version = "auto"`` (``route.h2 == "auto"``) an https upstream whose ALPN
+    picks http/1.1 is served by ``fallback`` (the router's HTTP/1.1 path) instead."""
     if req.upgrade:
         if req.body is not None:
             req.body.discard()
@@ -39,7 +43,11 @@ async def forward(pool: H2Pool, route: Any, req: Request, ctx: Any, first: Any, 
                 break
         ctx.upstream = up.label
         try:
-            conn = await pool.acquire(up)
+            conn = await pool.acquire(up, route.h2_ssl)
+        except NotH2:
+            if fallback is None:
+                return text_response(502, f"{up.label} does not speak HTTP/2")
+            return await fallback(route, req, ctx, first=up)
         except UpstreamError as exc:
             up.connect_failed(stats)
             structlog.get_logger().info("upstream_connect_failed", upstream=up.label,

@@ -23,7 +23,11 @@ from monolake.worker.h2.upstream import H2Connection
 from monolake.worker.http.client import NoAddress, UpstreamError, UpstreamTimeout
 from monolake.worker.http.upstream import Upstream
 
-TICK = 1.0  # timeouts are checked once a second, as the HTTP/1.1 pool does
+TICK = 1.0
+
+
+class NotH2(UpstreamError):
+    """ALPN picked something other than h2 ("auto" on https): the HTTP/1.1 path serves it."""  # timeouts are checked once a second, as the HTTP/1.1 pool does
 
 
 class H2Pool:
@@ -39,16 +43,23 @@ class H2Pool:
         self.opened = 0  # connections opened (tests, metrics)
         self.resets = 0  # streams the upstream reset
         self._connecting: dict[tuple, asyncio.Future] = {}
+        self.alpn: dict[tuple, str] = {}  # "auto" endpoints: what ALPN picked last time
         self._timer: asyncio.TimerHandle | None = None
 
     def configure(self, connect_timeout: float, read_timeout: float) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
 
+    def speaks_h2(self, up: Upstream, mode: str) -> bool:
+        """Whether a request to ``up`` goes to this pool: always for "http2" routes; for
+        "auto" (https) unless ALPN already chose http/1.1 for this endpoint."""
+        return mode == "h2" or self.alpn.get(up.key) != "http/1.1"
+
     # -- checkout ------------------------------------------------------------------------
-    async def acquire(self, up: Upstream) -> H2Connection:
+    async def acquire(self, up: Upstream, ssl_ctx: Any = None) -> H2Connection:
         """A connection to ``up`` with a free stream slot: an existing one, one being opened
-        by another request (awaited), or a new one."""
+        by another request (awaited), or a new one. ``ssl_ctx``: an "auto" route's context
+        offering h2 and http/1.1 (``NotH2`` when the upstream picks http/1.1)."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         if up.discovered is not None:
@@ -60,15 +71,12 @@ class H2Pool:
             pending = self._connecting.get(up.key)
             if pending is None:
                 break
-            try:
-                await asyncio.shield(pending)
-            except UpstreamError:
-                raise
+            await asyncio.shield(pending)
             conn = self._with_capacity(up.key)
             if conn is not None:
                 return conn
             break  # the new one is full already: open another
-        return await self._connect(up)
+        return await self._connect(up, ssl_ctx)
 
     def _with_capacity(self, key: tuple) -> H2Connection | None:
         best: H2Connection | None = None
@@ -86,7 +94,7 @@ class H2Pool:
             raise NoAddress(f"connect to {placeholder.label} failed: {link.why_none()}")
         return up
 
-    async def _connect(self, up: Upstream) -> H2Connection:
+    async def _connect(self, up: Upstream, ssl_ctx: Any = None) -> H2Connection:
         loop = self.loop
         assert loop is not None
         done: asyncio.Future = loop.create_future()
@@ -99,9 +107,16 @@ class H2Pool:
                 if up.kind == "unix":
                     _t, conn = await loop.create_unix_connection(factory, up.unix_path)
                 else:
+                    ctx = ssl_ctx or up.ssl
                     _t, conn = await loop.create_connection(
-                        factory, up.connect_host, up.port, ssl=up.ssl,
-                        server_hostname=up.sni if up.ssl else None)
+                        factory, up.connect_host, up.port, ssl=ctx,
+                        server_hostname=up.sni if ctx else None)
+                if ssl_ctx is not None:
+                    picked = _alpn(conn)
+                    self.alpn[up.key] = picked
+                    if picked != "h2":
+                        conn.abort()
+                        raise NotH2(f"{up.label} picked {picked or 'no protocol'} by ALPN")
                 self.conns.setdefault(up.key, []).append(conn)
                 self.opened += 1
                 self._tick_soon()
@@ -167,6 +182,11 @@ class H2Pool:
         for lst in list(self.conns.values()):
             for conn in list(lst):
                 conn.close()
+
+
+def _alpn(conn: H2Connection) -> str:
+    ssl_obj = conn.transport.get_extra_info("ssl_object") if conn.transport else None
+    return (ssl_obj.selected_alpn_protocol() or "") if ssl_obj is not None else ""
 
 
 def _check_alpn(conn: H2Connection) -> None:

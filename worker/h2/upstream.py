@@ -188,6 +188,9 @@ class H2Connection(asyncio.Protocol):
     # -- transport -----------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None and ssl_obj.selected_alpn_protocol() != "h2":
+            return  # not h2 by ALPN: not one byte of the preface (the pool closes this)
         self.flush()
 
     def data_received(self, data: bytes | memoryview) -> None:
