@@ -148,6 +148,16 @@ def test_concurrent_requests_share_one_connection(tmp_path: Path, peer_factory) 
         assert seen["x-kept"] == "yes" and "x-forwarded-for" in seen
         for gone in ("connection", "keep-alive", "proxy-connection", "x-hop", "te", "host"):
             assert gone not in seen, (gone, seen)
+        conn = http.client.HTTPConnection("127.0.0.1", w.port(), timeout=10)
+        try:  # HEAD: the upstream's Content-Length is announced, no body follows
+            conn.request("HEAD", "/head")
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("content-length") == "1234"
+            assert resp.read() == b""
+            conn.request("GET", "/after-head")  # the same client connection goes on
+            assert conn.getresponse().status == 200
+        finally:
+            conn.close()
         assert peer.stats()["connections"] == 1
 
 

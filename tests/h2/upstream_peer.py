@@ -162,6 +162,12 @@ class Peer(asyncio.Protocol):
         head = self.heads.get(sid, {})
         if body is None:
             body = json.dumps({k.decode(): v.decode("latin-1") for k, v in head.items()}).encode()
+        if head.get(b":method") == b"HEAD":  # the head of the GET answer, no DATA
+            self.conn.send_headers(sid, [(b":status", b"200"), (b"x-conn", str(self.serial).encode()),
+                                         (b"content-length", b"1234")], end_stream=True)
+            self.open.discard(sid)
+            self.flush()
+            return
         self.respond(sid, body)
         self.flush()
 

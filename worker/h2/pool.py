@@ -36,7 +36,8 @@ class H2Pool:
     def __init__(self, settings: H2Settings | None = None) -> None:
         self.settings = settings or H2Settings()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.conns: dict[tuple, list[H2Connection]] = {}
+        self.conns: dict[tuple, list[H2Connection]] = {}  # those that take new streams
+        self.live: set[H2Connection] = set()  # every open one, also after a GOAWAY
         self.connect_timeout = 5.0
         self.read_timeout = 60.0
         self.log = structlog.get_logger("monolake.h2")
@@ -118,6 +119,7 @@ class H2Pool:
                         conn.abort()
                         raise NotH2(f"{up.label} picked {picked or 'no protocol'} by ALPN")
                 self.conns.setdefault(up.key, []).append(conn)
+                self.live.add(conn)
                 self.opened += 1
                 self._tick_soon()
                 _check_alpn(conn)
@@ -155,6 +157,11 @@ class H2Pool:
             if not lst:
                 del self.conns[conn.key]
 
+    def dropped(self, conn: H2Connection) -> None:
+        """``conn`` is closed."""
+        self.forget(conn)
+        self.live.discard(conn)
+
     def stats_reset(self, e: StreamReset) -> None:
         if e.remote and not e.retryable:
             self.resets += 1
@@ -167,21 +174,20 @@ class H2Pool:
     def _tick(self) -> None:
         self._timer = None
         now = _now()
-        for lst in list(self.conns.values()):
-            for conn in list(lst):
-                conn.check_timeouts(now)
-                if not conn.streams and now - conn.idle_since >= conn.upstream.idle_timeout:
-                    self.log.debug("h2_upstream_idle_close", upstream=conn.upstream.label)
-                    conn.session.close()
-                    conn.flush()
-                    conn.close()
-        if self.conns:
+        for conn in list(self.live):  # a GOAWAY'd connection's streams time out too
+            conn.check_timeouts(now)
+            if (not conn.closed and not conn.streams
+                    and now - conn.idle_since >= conn.upstream.idle_timeout):
+                self.log.debug("h2_upstream_idle_close", upstream=conn.upstream.label)
+                conn.session.close()
+                conn.flush()
+                conn.close()
+        if self.live:
             self._tick_soon()
 
     def close_all(self) -> None:
-        for lst in list(self.conns.values()):
-            for conn in list(lst):
-                conn.close()
+        for conn in list(self.live):
+            conn.close()
 
 
 def _alpn(conn: H2Connection) -> str:

@@ -246,21 +246,21 @@ class H2Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self.pool.forget(self)
+            self.pool.dropped(self)
             if self.transport is not None:
                 self.transport.close()
 
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
-            self.pool.forget(self)
+            self.pool.dropped(self)
             if self.transport is not None:
                 self.transport.abort()
 
     def _lose(self, exc: UpstreamError) -> None:
         """The connection is gone: only its own streams fail."""
         self.closed = True
-        self.pool.forget(self)
+        self.pool.dropped(self)
         if not self.ready.done():
             self.ready.set_exception(exc)
         streams, self.streams = self.streams, {}
