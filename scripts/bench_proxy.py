@@ -19,6 +19,7 @@ nginx, wrk and taskset are installed with apt-get when missing (as root; see ben
     python scripts/bench_proxy.py                      # all proxies, 3 rounds of 4 s per run
     python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
     python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
+    python scripts/bench_proxy.py --only monolake --runtimes io_uring --sizes 100B --perf
 """
 
 from __future__ import annotations
@@ -206,6 +207,21 @@ def run_wrk(port: int, path: str, duration: float, conns: int, meter: CpuMeter) 
     return stats, cpu
 
 
+def perf_summary(data: Path, top: int = 25) -> str:
+    """Where the profiled worker's samples went: by DSO, then by symbol (self time)."""
+    out = []
+    for sort in ("dso", "dso,sym"):
+        done = subprocess.run(
+            ["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort", sort, "-g", "none"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        rows = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("#")]
+        out.append("\n".join(rows[:top]))
+    return "\n\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=4, help="seconds per wrk run (default 4)")
@@ -240,6 +256,13 @@ def main() -> int:
         "--profile",
         action="store_true",
         help="py-spy record the monolake worker during the 100B run (needs py-spy)",
+    )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="perf record the monolake worker during the first size's first run; prints the "
+        "share of samples by DSO (interpreter, kernel, native extension, liburing, libc) and "
+        "the top symbols, and keeps the perf.data in the work directory",
     )
     args = ap.parse_args()
     missing = ensure_commands("nginx", "wrk", "taskset")
@@ -283,7 +306,8 @@ def main() -> int:
             for size in sizes:
                 for name, port, meter in rotated(running, rnd):
                     prof = None
-                    if args.profile and name.startswith("monolake") and size == sizes[0] and rnd == 0:
+                    first = name.startswith("monolake") and size == sizes[0] and rnd == 0
+                    if args.profile and first:
                         prof = subprocess.Popen(
                             [
                                 shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
@@ -298,10 +322,34 @@ def main() -> int:
                             stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL,
                         )
+                    elif args.perf and first:
+                        # the worker only (the launcher is the same process: --standalone)
+                        data = work / f"{name.replace('/', '-')}.perf"
+                        sleep = ["sleep", str(int(args.duration) + 1)]
+                        prof = subprocess.Popen(
+                            [
+                                "perf",
+                                "record",
+                                "-F",
+                                "999",
+                                "-g",
+                                "-o",
+                                str(data),
+                                "-p",
+                                str(meter.root),
+                                "--",
+                                *sleep,
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        )
                     stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, meter)
                     if prof is not None:
                         prof.wait(30)
-                        print(f"  profile: {work / (name.replace('/', '-') + '.svg')}", file=sys.stderr)
+                        out = work / (name.replace("/", "-") + (".perf" if args.perf else ".svg"))
+                        print(f"  profile: {out}", file=sys.stderr)
+                        if args.perf:
+                            print(perf_summary(out), file=sys.stderr)
                     r = Sample(
                         name,
                         size,
@@ -372,7 +420,7 @@ def main() -> int:
 
         write_chart(chart_rows, args.chart, title, subtitle=subtitle)
         print(f"chart written to {args.chart}")
-    shutil.rmtree(work, ignore_errors=True) if not args.profile else None
+    shutil.rmtree(work, ignore_errors=True) if not (args.profile or args.perf) else None
     return 0
 
 
