@@ -93,7 +93,7 @@ class Upstream:
             self.host_header = self.authority.encode("latin-1")
             if self.scheme == "https":
                 if ssl_ctx is None:  # an srv endpoint: the router made a context for uri ones only
-                    from monolake.worker.http.tls import client_context
+                    from monolake.worker.net.tls import client_context
                     ssl_ctx = client_context(route)
                 self.ssl = ssl_ctx
                 self.sni = route.tls_sni or self.host
