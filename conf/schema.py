@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .resolver import ResolverConfig
+from .summary import summary as _summary
 
 DEFAULT_SOURCE = "<embedded default config>"
 
@@ -242,9 +243,7 @@ class Config:
         return typing.cast("Config", _from_plain(cls, data))
 
     def summary(self) -> str:
-        from .summary import summary
-
-        return summary(self)
+        return _summary(self)
 
 
 # -- generic (de)serialisation -------------------------------------------------------------------

@@ -26,15 +26,28 @@ class Balancer:
     ``rand`` is a ``random.Random`` (or the ``random`` module itself) for the random
     policies and least_conn's tie-break; a fresh Random by default."""
 
-    __slots__ = ("policy", "items", "position", "_weights", "_tiered", "_rand", "_fallback_all",
-                 "_choose", "__weakref__")
+    __slots__ = (
+        "__weakref__",
+        "_choose",
+        "_fallback_all",
+        "_rand",
+        "_tiered",
+        "_weights",
+        "items",
+        "policy",
+        "position",
+    )
 
-    def __init__(self, policy: str, items: Sequence[Any], *, rand: Any = None,
-                 fallback_all: bool = False) -> None:
+    def __init__(
+        self, policy: str, items: Sequence[Any], *, rand: Any = None, fallback_all: bool = False
+    ) -> None:
         choosers: dict[str, Callable[[list[int]], int]] = {
-            "random": self._random, "weighted_random": self._weighted,
-            "round_robin": self._round_robin, "first": self._first,
-            "least_conn": self._least_conn}
+            "random": self._random,
+            "weighted_random": self._weighted,
+            "round_robin": self._round_robin,
+            "first": self._first,
+            "least_conn": self._least_conn,
+        }
         try:
             self._choose = choosers[policy]
         except KeyError:
@@ -60,8 +73,7 @@ class Balancer:
         if len(items) == 1 and not exclude:  # the common case: no list to build
             ep = items[0]
             return ep if self._fallback_all or ep.available(now) else None
-        idx = [i for i, ep in enumerate(items)
-               if ep.available(now) and (not exclude or i not in exclude)]
+        idx = [i for i, ep in enumerate(items) if ep.available(now) and (not exclude or i not in exclude)]
         if not idx:
             if not self._fallback_all:
                 return None
@@ -93,7 +105,7 @@ class Balancer:
         items = self.items
         loads = [items[i].load() for i in idx]
         low = min(loads)
-        best = [i for i, load in zip(idx, loads) if load == low]
+        best = [i for i, load in zip(idx, loads, strict=True) if load == low]
         return best[0] if len(best) == 1 else self._rand.choice(best)
 
 

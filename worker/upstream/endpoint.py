@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-UP = "up"                # eligible
-DRAINING = "draining"    # DNS dropped it: in-flight work finishes, nothing new
-EJECTED = "ejected"      # passive: too many failed connects, out until ``ejected_until``
+UP = "up"  # eligible
+DRAINING = "draining"  # DNS dropped it: in-flight work finishes, nothing new
+EJECTED = "ejected"  # passive: too many failed connects, out until ``ejected_until``
 UNHEALTHY = "unhealthy"  # active check: reachable but failing its check
-DOWN = "down"            # active check: unreachable
+DOWN = "down"  # active check: unreachable
 STATES = (UP, DRAINING, EJECTED, UNHEALTHY, DOWN)
 
 
@@ -34,7 +34,7 @@ class Health:
     ``checked`` is None while no active checker owns the endpoint, else the checker's last
     verdict (UP, UNHEALTHY or DOWN)."""
 
-    __slots__ = ("failures", "ejected_until", "draining", "checked")
+    __slots__ = ("checked", "draining", "ejected_until", "failures")
 
     def __init__(self) -> None:
         self.failures = 0
@@ -44,8 +44,9 @@ class Health:
 
     def available(self, now: float) -> bool:
         """May a balancer pick this endpoint now? The single eligibility decision."""
-        return (self.ejected_until <= now and not self.draining
-                and (self.checked is None or self.checked == UP))
+        return (
+            self.ejected_until <= now and not self.draining and (self.checked is None or self.checked == UP)
+        )
 
     def state(self, now: float) -> str:
         """The endpoint's state for status and logs (most severe first)."""
