@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from .health import HealthCheckConfig
 from .resolver import ResolverConfig
+from .summary import summary as _summary
 
 DEFAULT_SOURCE = "<embedded default config>"
 
@@ -245,9 +246,7 @@ class Config:
         return typing.cast("Config", _from_plain(cls, data))
 
     def summary(self) -> str:
-        from .summary import summary
-
-        return summary(self)
+        return _summary(self)
 
 
 # -- generic (de)serialisation -------------------------------------------------------------------

@@ -19,13 +19,13 @@ import asyncio
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
-from monolake.worker.http import proxy_protocol
+from monolake.worker.net import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.connection import (BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX,
                                              RequestReader)
 from monolake.worker.http.exchange import Exchange
 from monolake.worker.http.message import Request
-from monolake.worker.http.tls import TlsError
+from monolake.worker.net.tls import TlsError
 from monolake.worker.service.context import ConnectionContext
 from monolake.worker.sockopts import set_nodelay
 

@@ -21,7 +21,7 @@ from monolake.worker.http.exchange import CallReply
 from monolake.worker.http.headers import is_idempotent, request_head, upstream_target
 from monolake.worker.http.message import Request, Response, text_response
 from monolake.worker.http.pool import POOL_STATE_VERSION, ConnectHold, UpstreamPool
-from monolake.worker.http.tls import client_context
+from monolake.worker.net.tls import client_context
 from monolake.worker.http.tunnel import Tunnel
 from monolake.worker.http.upstream import Balancer, Upstream
 from monolake.worker.service.state import FdSource, Stateful, restore_state

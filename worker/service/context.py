@@ -46,11 +46,6 @@ _request_counter = itertools.count(1)
 _request_prefix = f"{os.getpid():x}-"
 
 
-def new_request_id() -> str:
-    """A request id unique within this host's process lifetime: ``<pid hex>-<counter>``."""
-    return f"{_request_prefix}{next(_request_counter)}"
-
-
 class RequestContext:
     """Per-request view: the connection context plus what routing and proxying decided.
 
