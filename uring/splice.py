@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
 
@@ -48,11 +49,21 @@ class SpliceJob:
     """One relay on the loop's ring; see the module docstring. ``on_ready`` / ``on_done`` are
     called from the loop (``on_ready`` after the batch, so every held read has been seen)."""
 
-    __slots__ = ("loop", "token", "ptr", "src", "dst", "on_ready", "on_done", "result",
-                 "_ended", "_gated")
+    __slots__ = (
+        "_ended",
+        "_gated",
+        "dst",
+        "loop",
+        "on_done",
+        "on_ready",
+        "ptr",
+        "result",
+        "src",
+        "token",
+    )
 
-    def __init__(self, loop: Any, src: Any, dst: Any, on_ready: Callable[["SpliceJob"], None],
-                 on_done: Callable[["SpliceJob"], None], pipe_size: int = PIPE_SIZE) -> None:
+    def __init__(self, loop: Any, src: Any, dst: Any, on_ready: Callable[[SpliceJob], None],
+                 on_done: Callable[[SpliceJob], None], pipe_size: int = PIPE_SIZE) -> None:
         ring = loop._ring
         self.loop = loop
         self.src, self.dst = src, dst
