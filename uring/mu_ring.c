@@ -133,6 +133,8 @@ static struct io_uring_sqe *get_sqe(mu_ring *r)
     return sqe;
 }
 
+struct io_uring_sqe *mu_ring_get_sqe(mu_ring *r) { return get_sqe(r); }
+
 static void emit(mu_ring *r, uint64_t ud, int64_t res, int64_t flags, int64_t off)
 {
     /* reap() keeps two free slots before it consumes a CQE */

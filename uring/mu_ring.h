@@ -97,4 +97,9 @@ int mu_conn_shutdown(mu_conn *c);
 int mu_conn_close(mu_conn *c, int abort);
 /* cdef-end */
 
+/* For the other C units of the extension (mu_splice.c): an SQE counted as in flight, or NULL
+ * when the ring is full (the SQ is flushed once first). Not for Python. */
+struct io_uring_sqe;
+struct io_uring_sqe *mu_ring_get_sqe(mu_ring *r) __attribute__((visibility("hidden")));
+
 #endif /* MU_RING_H */
