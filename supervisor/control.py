@@ -95,6 +95,10 @@ class ControlServer:
             except (TypeError, ValueError, LookupError, RuntimeError, asyncio.TimeoutError) as exc:
                 return {"type": "error", "error": f"debug: {exc or 'no answer in time'}"}
             return {"type": "debug", **report}
+        if kind == "upstreams":  # the runtime upstream API (supervisor/upstreams_api.py)
+            from monolake.supervisor import upstreams_api
+
+            return await upstreams_api.for_master(master).handle(request)
         if kind == "log_level":
             from monolake.supervisor import logs
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import activation, channel, sdnotify
+from monolake.supervisor import activation, channel, sdnotify, upstreams_api
 from monolake.supervisor.accounting import Totals
 from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer
@@ -110,7 +110,8 @@ class Master:
               ) -> tuple[dict[str, Any], list[int]]:
         mapping, fds = self.listeners.for_slot(config.servers, slot.index)
         return ({"type": "hello", "slot": slot.index, "cpu": slot.cpu, "generation": generation,
-                 "config": config.to_dict(), "listeners": mapping, "accept": accept}, fds)
+                 "config": config.to_dict(), "listeners": mapping, "accept": accept,
+                 **upstreams_api.for_master(self).hello_fields(config)}, fds)
 
     def spawn(self, slot: Slot, generation: int | None = None, config: Any = None,
               accept: bool = True) -> WorkerProc:
@@ -198,6 +199,9 @@ class Master:
         kind = message["type"]
         if kind == "heartbeat":
             worker.on_heartbeat(message)
+            return
+        if kind == "upstreams_result":  # the runtime upstream API (supervisor/upstreams_api.py)
+            upstreams_api.for_master(self).on_result(worker, message)
             return
         if kind == "ready":
             worker.last_heartbeat = time.monotonic()  # alive now: its heartbeats start here

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import channel, logs
-from monolake.worker import discovery, health
+from monolake.worker import discovery, health, upstream_admin
 from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
@@ -285,6 +285,8 @@ class Worker:
                 discovery.configure(self.config.resolver)
             elif kind == "debug":
                 self.send({"type": "debug", **self.debug_report(bool(message.get("collect")))})
+            elif kind == "upstreams":  # the runtime upstream API (worker/upstream_admin.py)
+                upstream_admin.handle(self, message)
             elif kind == "log_level":
                 logs.set_level(str(message.get("level", "info")))
                 log.info("log level changed", new_level=message.get("level"))
@@ -606,6 +608,7 @@ def main_controlled(control_fd: int, master_pid: int) -> int:
     for name, indexes in hello["listeners"].items():
         sockets[name] = [socket.socket(fileno=fds[i]) for i in indexes]
     env = WorkerEnv(slot=slot, cpu=cpu, generation=generation, pid=os.getpid(), runtime="")
+    upstream_admin.load(hello.get("upstream_overrides"))  # before the stacks are built
     return run_worker(env, config, sockets, control, bool(hello.get("accept", True)),
                       ready_line=False, reader=reader)
 

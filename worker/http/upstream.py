@@ -54,7 +54,7 @@ class Upstream:
                  "weight", "ssl", "sni", "key", "label", "active", "failures", "ejected_until",
                  "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header",
                  "priority", "draining", "discovered", "origin", "address", "group",
-                 "held_down", "__weakref__")
+                 "held_down", "admin", "requests", "__weakref__")
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
         self.kind = endpoint.type          # "uri" | "unix" | "builtin" | "srv"
@@ -69,6 +69,8 @@ class Upstream:
         self.failures = 0
         self.ejected_until = 0.0
         self.held_down = False             # failing its active health checks (worker/health)
+        self.admin = ""                    # "draining" | "disabled": the runtime API (worker/upstream_admin)
+        self.requests = 0                  # requests sent to it (the runtime API lists them)
         self.max_idle = route.max_idle_per_upstream
         self.idle_timeout = route.idle_timeout_sec
         self.eject_after = max(1, route.eject_after_failures)
@@ -131,6 +133,8 @@ class Upstream:
         up.failures = 0
         up.ejected_until = 0.0
         up.held_down = False
+        up.admin = ""
+        up.requests = 0
         up.draining = False
         up.discovered = None
         up.group = self.discovered
@@ -159,8 +163,9 @@ class Upstream:
         return self.ssl is None
 
     def healthy(self, now: float) -> bool:
-        """Eligible: not passively ejected, and not held down by active health checks."""
-        return self.ejected_until <= now and not self.held_down
+        """Eligible: not passively ejected, not held down by active health checks, and not
+        drained or disabled through the runtime API."""
+        return self.ejected_until <= now and not self.held_down and not self.admin
 
     def connect_failed(self, stats: Stats) -> None:
         self.failures += 1
