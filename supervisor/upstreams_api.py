@@ -15,15 +15,14 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor.upstream_rules import (MAX_WEIGHT, OPS, fingerprint, matching,
-                                                normalize_address)
+from monolake.supervisor.upstream_rules import MAX_WEIGHT, OPS, fingerprint, matching, normalize_address
 
 log = structlog.get_logger()
 
 ANSWER_DEADLINE = 5.0  # seconds a worker gets to answer; then it is reported as silent
 
 
-def for_master(master: Any) -> "UpstreamsApi":
+def for_master(master: Any) -> UpstreamsApi:
     """The master's API object, made on first use (so Master needs no new field)."""
     api = getattr(master, "_upstreams_api", None)
     if api is None:
@@ -43,12 +42,17 @@ class UpstreamsApi:
     def kept_for(self, config: Any) -> list[dict[str, Any]]:
         """The overrides that still hold under ``config``; pruned for good when ``config`` is
         the one the master serves now."""
-        kept = [o for o in self.overrides.values()
-                if fingerprint(config.servers.get(o["server"]), o["address"]) == o["fp"]]
+        kept = [
+            o
+            for o in self.overrides.values()
+            if fingerprint(config.servers.get(o["server"]), o["address"]) == o["fp"]
+        ]
         if config is self.master.config and len(kept) != len(self.overrides):
             dropped = [k for k, o in self.overrides.items() if o not in kept]
-            log.info("upstream overrides dropped: the config changed them",
-                     dropped=[f"{s} {a}" for s, a in dropped])
+            log.info(
+                "upstream overrides dropped: the config changed them",
+                dropped=[f"{s} {a}" for s, a in dropped],
+            )
             for k in dropped:
                 del self.overrides[k]
         return kept
@@ -70,8 +74,11 @@ class UpstreamsApi:
         from monolake.supervisor.workers import READY
 
         gen = self.master.state.generation
-        return [s.worker for s in self.master.slots
-                if s.worker is not None and s.worker.state == READY and s.worker.generation == gen]
+        return [
+            s.worker
+            for s in self.master.slots
+            if s.worker is not None and s.worker.state == READY and s.worker.generation == gen
+        ]
 
     def validate(self, request: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         """The message for the workers, or None and why the request is refused."""
@@ -89,15 +96,17 @@ class UpstreamsApi:
             address = normalize_address(str(request.get("address", "")))
         except ValueError as exc:
             return None, str(exc)
-        discovered = any(u.endpoint.type == "srv" or (u.endpoint.type == "uri" and not _is_ip(u.endpoint.host))
-                         for r in _all_routes(server_cfg) for u in r.upstreams)
+        discovered = any(
+            u.endpoint.type == "srv" or (u.endpoint.type == "uri" and not _is_ip(u.endpoint.host))
+            for r in _all_routes(server_cfg)
+            for u in r.upstreams
+        )
         if not matching(server_cfg, address) and not discovered:
             return None, f"server {server!r} has no upstream {address}"
-        message = {"op": op, "server": server, "address": address,
-                   "fp": fingerprint(server_cfg, address)}
+        message = {"op": op, "server": server, "address": address, "fp": fingerprint(server_cfg, address)}
         if op == "weight":
             try:
-                weight = int(request.get("weight"))
+                weight = int(str(request.get("weight")))
             except (TypeError, ValueError):
                 return None, "weight: expected an integer"
             if not 1 <= weight <= MAX_WEIGHT:
@@ -118,13 +127,20 @@ class UpstreamsApi:
             self._remember(message)
         errors = sorted({w["error"] for w in outcome["workers"] if w.get("error")})
         ok = bool(outcome["workers"]) and len(applied) == len(outcome["workers"])
-        return {"type": "upstreams", "op": message["op"], "ok": ok, "errors": errors,
-                "overrides": list(self.overrides.values()), **outcome}
+        return {
+            "type": "upstreams",
+            "op": message["op"],
+            "ok": ok,
+            "errors": errors,
+            "overrides": list(self.overrides.values()),
+            **outcome,
+        }
 
     def _remember(self, message: dict[str, Any]) -> None:
         key = (message["server"], message["address"])
-        held = dict(self.overrides.get(key) or {"server": key[0], "address": key[1],
-                                                "state": None, "weight": None})
+        held = dict(
+            self.overrides.get(key) or {"server": key[0], "address": key[1], "state": None, "weight": None}
+        )
         op = message["op"]
         if op in ("drain", "disable"):
             held["state"] = "draining" if op == "drain" else "disabled"
@@ -162,16 +178,18 @@ class UpstreamsApi:
             else:
                 fut.cancel()
                 silent.append(worker.slot)
-                rows.append(_row(worker, {"ok": False,
-                                          "error": f"no answer within {ANSWER_DEADLINE:g}s"}))
+                rows.append(_row(worker, {"ok": False, "error": f"no answer within {ANSWER_DEADLINE:g}s"}))
         rows.sort(key=lambda r: r["slot"])
-        return {"workers": rows, "silent": sorted(silent),
-                "generation": self.master.state.generation}
+        return {"workers": rows, "silent": sorted(silent), "generation": self.master.state.generation}
 
 
 def _row(worker: Any, reply: dict[str, Any]) -> dict[str, Any]:
-    row = {"slot": worker.slot, "pid": worker.pid, "ok": bool(reply.get("ok")),
-           "error": str(reply.get("error", ""))}
+    row = {
+        "slot": worker.slot,
+        "pid": worker.pid,
+        "ok": bool(reply.get("ok")),
+        "error": str(reply.get("error", "")),
+    }
     if "applied" in reply:
         row["applied"] = int(reply["applied"])
     if "rows" in reply:
@@ -189,18 +207,35 @@ def aggregate(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for w in workers:
         for r in w.get("upstreams", ()):
             key = (r["server"], r["route"], r["address"])
-            agg = out.setdefault(key, {"server": r["server"], "route": r["route"],
-                                       "address": r["address"], "upstream": r["upstream"],
-                                       "balancer": r.get("balancer", ""), "weight": r["weight"],
-                                       "state": "up", "states": {}, "active": 0, "idle": 0,
-                                       "requests": 0, "per_worker": []})
+            agg = out.setdefault(
+                key,
+                {
+                    "server": r["server"],
+                    "route": r["route"],
+                    "address": r["address"],
+                    "upstream": r["upstream"],
+                    "balancer": r.get("balancer", ""),
+                    "weight": r["weight"],
+                    "state": "up",
+                    "states": {},
+                    "active": 0,
+                    "idle": 0,
+                    "requests": 0,
+                    "per_worker": [],
+                },
+            )
             for k in ("active", "idle", "requests"):
                 agg[k] += int(r.get(k, 0))
             agg["states"][r["state"]] = agg["states"].get(r["state"], 0) + 1
             if STATE_ORDER.index(r["state"]) < STATE_ORDER.index(agg["state"]):
                 agg["state"] = r["state"]
-            agg["per_worker"].append({"slot": w["slot"], "pid": w["pid"], **{
-                k: r[k] for k in ("weight", "state", "active", "idle", "requests")}})
+            agg["per_worker"].append(
+                {
+                    "slot": w["slot"],
+                    "pid": w["pid"],
+                    **{k: r[k] for k in ("weight", "state", "active", "idle", "requests")},
+                }
+            )
     return [out[k] for k in sorted(out)]
 
 

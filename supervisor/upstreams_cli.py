@@ -7,14 +7,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 VERBS = ("drain", "enable", "disable", "weight")
 
 
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("upstreams", help="list upstreams; drain, disable, enable or reweight "
-                                         "one at runtime (docs/operations.md)")
+    p = sub.add_parser(
+        "upstreams",
+        help="list upstreams; drain, disable, enable or reweight one at runtime (docs/operations.md)",
+    )
     common(p)
     p.add_argument("--json", action="store_true", help="JSON with per-worker detail")
     p.add_argument("verb", nargs="?", choices=VERBS, help="omit to list")
@@ -36,8 +39,7 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
             usage = "SERVER ADDRESS:PORT N" if args.verb == "weight" else "SERVER ADDRESS:PORT"
             sys.stderr.write(f"monolaked: usage: monolaked upstreams {args.verb} {usage}\n")
             return 1
-        request = {"type": "upstreams", "op": args.verb, "server": args.server,
-                   "address": args.address}
+        request = {"type": "upstreams", "op": args.verb, "server": args.server, "address": args.address}
         if args.verb == "weight":
             request["weight"] = args.value
     reply = _request(args, request, timeout=30)
@@ -61,14 +63,27 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
 def render_list(reply: dict[str, Any]) -> str:
     rows = reply.get("upstreams") or []
     head = ("SERVER", "ROUTE", "ADDRESS", "WEIGHT", "STATE", "ACTIVE", "IDLE", "REQUESTS")
-    table = [head] + [(r["server"], r["route"], r["address"], str(r["weight"]),
-                       r["state"] + _partial(r), str(r["active"]), str(r["idle"]),
-                       str(r["requests"])) for r in rows]
+    table = [head] + [
+        (
+            r["server"],
+            r["route"],
+            r["address"],
+            str(r["weight"]),
+            r["state"] + _partial(r),
+            str(r["active"]),
+            str(r["idle"]),
+            str(r["requests"]),
+        )
+        for r in rows
+    ]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in table]
     answered = sum(1 for w in reply.get("workers", ()) if w["ok"])
-    lines.append(f"({answered} of {len(reply.get('workers', ()))} workers answered"
-                 + (f"; silent: slots {reply['silent']}" if reply.get("silent") else "") + ")")
+    lines.append(
+        f"({answered} of {len(reply.get('workers', ()))} workers answered"
+        + (f"; silent: slots {reply['silent']}" if reply.get("silent") else "")
+        + ")"
+    )
     return "\n".join(lines)
 
 
@@ -82,8 +97,10 @@ def _partial(row: dict[str, Any]) -> str:
 def render_outcome(reply: dict[str, Any]) -> str:
     workers = reply.get("workers", ())
     applied = [w["slot"] for w in workers if w["ok"]]
-    lines = [f"{reply['op']}: applied by {len(applied)} of {len(workers)} workers "
-             f"(generation {reply.get('generation')})"]
+    lines = [
+        f"{reply['op']}: applied by {len(applied)} of {len(workers)} workers "
+        f"(generation {reply.get('generation')})"
+    ]
     for w in workers:
         if not w["ok"]:
             lines.append(f"  slot {w['slot']} (pid {w['pid']}): {w['error']}")

@@ -32,8 +32,13 @@ class Override:
     fp: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"server": self.server, "address": self.address, "state": self.state,
-                "weight": self.weight, "fp": self.fp}
+        return {
+            "server": self.server,
+            "address": self.address,
+            "state": self.state,
+            "weight": self.weight,
+            "fp": self.fp,
+        }
 
 
 @dataclass
@@ -41,8 +46,8 @@ class Registered:
     server: str
     route: str
     server_cfg: Any
-    balancer: "weakref.ref[Any]"
-    pool: "weakref.ref[Any]"
+    balancer: weakref.ref[Any]
+    pool: weakref.ref[Any]
 
 
 OVERRIDES: dict[tuple[str, str], Override] = {}
@@ -52,8 +57,13 @@ ROUTES: list[Registered] = []
 def load(items: list[dict[str, Any]] | None) -> None:
     """The overrides the master carries over (``hello``), before any stack is built."""
     for item in items or ():
-        o = Override(str(item["server"]), str(item["address"]), item.get("state"),
-                     item.get("weight"), str(item.get("fp", "")))
+        o = Override(
+            str(item["server"]),
+            str(item["address"]),
+            item.get("state"),
+            item.get("weight"),
+            str(item.get("fp", "")),
+        )
         OVERRIDES[(o.server, o.address)] = o
 
 
@@ -122,10 +132,20 @@ def rows(now: float) -> list[dict[str, Any]]:
     for (server, route), (balancer, pool) in seen.items():
         for up in balancer.upstreams:
             idle = len(pool.idle.get(up.key, ())) if pool is not None else 0
-            out.append({"server": server, "route": route, "address": address_of(up),
-                        "upstream": up.label, "weight": up.weight, "state": state_of(up, now),
-                        "active": up.active, "idle": idle, "requests": up.requests,
-                        "balancer": balancer.kind})
+            out.append(
+                {
+                    "server": server,
+                    "route": route,
+                    "address": address_of(up),
+                    "upstream": up.label,
+                    "weight": up.weight,
+                    "state": state_of(up, now),
+                    "active": up.active,
+                    "idle": idle,
+                    "requests": up.requests,
+                    "balancer": balancer.kind,
+                }
+            )
     return out
 
 
@@ -162,8 +182,9 @@ def command(message: dict[str, Any], now: float) -> dict[str, Any]:
         OVERRIDES.pop((server, address), None)
     else:
         OVERRIDES[(server, address)] = o
-    log.info("upstream_admin", op=op, server=server, address=address, state=state,
-             weight=weight, endpoints=hits)
+    log.info(
+        "upstream_admin", op=op, server=server, address=address, state=state, weight=weight, endpoints=hits
+    )
     return {"ok": True, "applied": hits}
 
 
@@ -180,7 +201,7 @@ def handle(worker: Any, message: dict[str, Any]) -> None:
 
     try:
         body = command(message, time.monotonic())
-    except Exception as exc:  # noqa: BLE001 - answered, so the master never waits on it
+    except Exception as exc:
         log.exception("upstream_admin_failed")
         body = {"ok": False, "error": f"internal error: {exc!r}"}
     worker.send({"type": "upstreams_result", "id": message.get("id"), **body})

@@ -9,7 +9,6 @@ import os
 import signal
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,7 +36,7 @@ class Backend:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with outer._lock:
                     outer.hits += 1
                 if "slow" in self.path:  # whatever prefix the proxy maps the path to
@@ -73,10 +72,18 @@ def backends() -> Iterator[list[Backend]]:
         b.close()
 
 
-def config(tmp: Path, port: int, bs: list[Backend], balancer: str = "round_robin",
-           weights: tuple[int, int] = (1, 1), workers: int = 2) -> str:
-    ups = ", ".join(f'{{ endpoint = {{ type = "uri", value = "http://{b.address}" }}, weight = {w} }}'
-                    for b, w in zip(bs, weights))
+def config(
+    tmp: Path,
+    port: int,
+    bs: list[Backend],
+    balancer: str = "round_robin",
+    weights: tuple[int, int] = (1, 1),
+    workers: int = 2,
+) -> str:
+    ups = ", ".join(
+        f'{{ endpoint = {{ type = "uri", value = "http://{b.address}" }}, weight = {w} }}'
+        for b, w in zip(bs, weights, strict=True)
+    )
     routes = textwrap.dedent(f"""
         [[servers.web.routes]]
         path_prefix = "/"
@@ -107,9 +114,14 @@ def hits(port: int, n: int) -> list[bytes]:
 
 
 def wait_state(m, address: str, state: str, timeout: float = 15) -> dict:
-    return wait_for(lambda: (lambda r: r if r["state"] == state and len(r["per_worker"]) ==
-                             m.status()["master"]["workers"] else None)(row(upstreams(m), address)),
-                    timeout=timeout, what=f"{address} {state} in every worker")
+    """The listing row of ``address`` once every worker reports ``state``."""
+
+    def settled() -> dict | None:
+        r = row(upstreams(m), address)
+        workers = m.status()["master"]["workers"]
+        return r if r["state"] == state and len(r["per_worker"]) == workers else None
+
+    return wait_for(settled, timeout=timeout, what=f"{address} {state} in every worker")  # type: ignore[arg-type,return-value]
 
 
 def test_list_text_and_json(master_factory, tmp_path, backends) -> None:
@@ -178,7 +190,7 @@ def test_disable_enable_shift_traffic(master_factory, tmp_path, backends) -> Non
 
 
 def test_weight_shifts_the_ratio(master_factory, tmp_path, backends) -> None:
-    b1, b2 = backends
+    b2 = backends[1]
     port = free_port()
     m = master_factory(config(tmp_path, port, backends, balancer="weighted_random", workers=1))
     m.wait_ready()
@@ -194,10 +206,12 @@ def test_unknown_server_address_and_bad_weight_fail_clearly(master_factory, tmp_
     port = free_port()
     m = master_factory(config(tmp_path, port, backends, workers=1))
     m.wait_ready()
-    for args, needle in ((("drain", "nope", backends[0].address), "unknown server 'nope'"),
-                         (("disable", "web", "127.0.0.1:1"), "has no upstream 127.0.0.1:1"),
-                         (("drain", "web", "garbage"), "is not ADDRESS:PORT"),
-                         (("weight", "web", backends[0].address, "0"), "weight: expected 1 to")):
+    for args, needle in (
+        (("drain", "nope", backends[0].address), "unknown server 'nope'"),
+        (("disable", "web", "127.0.0.1:1"), "has no upstream 127.0.0.1:1"),
+        (("drain", "web", "garbage"), "is not ADDRESS:PORT"),
+        (("weight", "web", backends[0].address, "0"), "weight: expected 1 to"),
+    ):
         r = m.cli("upstreams", *args)
         assert r.returncode == 1 and needle in r.stderr, (args, r.returncode, r.stderr)
     r = m.cli("upstreams", "weight", "web", backends[0].address)
@@ -205,7 +219,8 @@ def test_unknown_server_address_and_bad_weight_fail_clearly(master_factory, tmp_
 
 
 def test_overrides_survive_reload_and_respawn_until_the_config_changes(
-        master_factory, tmp_path, backends) -> None:
+    master_factory, tmp_path, backends
+) -> None:
     b1, b2 = backends
     port = free_port()
     m = master_factory(config(tmp_path, port, backends))
@@ -224,8 +239,11 @@ def test_overrides_survive_reload_and_respawn_until_the_config_changes(
 
     victim = m.status()["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: not pid_alive(victim) and victim not in m.worker_pids()
-             and len(m.ready_workers()) == 2, timeout=20, what="respawn")
+    wait_for(
+        lambda: not pid_alive(victim) and victim not in m.worker_pids() and len(m.ready_workers()) == 2,
+        timeout=20,
+        what="respawn",
+    )
     r2 = wait_state(m, b2.address, "disabled")
     assert all(w["state"] == "disabled" for w in r2["per_worker"]), r2
     assert set(hits(port, 10)) == {b"b1"}
