@@ -79,6 +79,7 @@ def config(
     balancer: str = "round_robin",
     weights: tuple[int, int] = (1, 1),
     workers: int = 2,
+    supervisor: str = "",
 ) -> str:
     ups = ", ".join(
         f'{{ endpoint = {{ type = "uri", value = "http://{b.address}" }}, weight = {w} }}'
@@ -90,7 +91,7 @@ def config(
         load_balancer = "{balancer}"
         upstreams = [{ups}]
     """)
-    return base_config(tmp, port, runtime=f"workers = {workers}", routes=routes)
+    return base_config(tmp, port, runtime=f"workers = {workers}", routes=routes, supervisor=supervisor)
 
 
 def upstreams(m, *args: str, ok: bool = True) -> dict:
@@ -259,3 +260,19 @@ def test_overrides_survive_reload_and_respawn_until_the_config_changes(
     assert [o["address"] for o in listing["overrides"]] == [b1.address]
     hits(port, 10)
     assert b2.count() > n2
+
+
+def test_override_survives_an_in_place_reload(master_factory, tmp_path, backends) -> None:
+    b1, b2 = backends
+    port = free_port()
+    m = master_factory(config(tmp_path, port, backends, workers=1, supervisor='reload_mode = "in_place"'))
+    m.wait_ready()
+    assert upstreams(m, "disable", "web", b2.address)["ok"]
+    r = m.cli("reload", timeout=60)
+    assert r.returncode == 0, r.stderr
+    m.wait_ready()
+    listing = upstreams(m)
+    assert listing["ok"] and listing["generation"] == 2, listing
+    assert row(listing, b2.address)["state"] == "disabled"
+    n2 = b2.count()
+    assert set(hits(port, 10)) == {b"b1"} and b2.count() == n2
