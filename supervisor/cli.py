@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a full garbage collection first (shows what is really retained)",
     )
     p.set_defaults(func=cmd_debug)
+
+    from monolake.supervisor import upstreams_cli  # the runtime upstream API's verbs
+
+    upstreams_cli.add_parser(sub, common)
     return parser
 
 

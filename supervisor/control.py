@@ -134,6 +134,14 @@ async def _debug(master: Any, request: dict[str, Any]) -> dict[str, Any]:
     return {"type": "debug", **report}
 
 
+@command("upstreams")
+async def _upstreams(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The runtime upstream API (supervisor/upstreams_api.py)."""
+    from monolake.supervisor import upstreams_api
+
+    return await upstreams_api.for_master(master).handle(request)
+
+
 @command("log_level")
 async def _log_level(master: Any, request: dict[str, Any]) -> dict[str, Any]:
     from monolake.supervisor import logs

@@ -23,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import activation, channel, messages, sdnotify
+from monolake.supervisor import activation, channel, messages, sdnotify, upstreams_api
 from monolake.supervisor.accounting import Totals
 from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer, run_command
@@ -157,6 +157,7 @@ class Master:
                 config=config.to_dict(),
                 listeners=mapping,
                 accept=accept,
+                upstream_overrides=upstreams_api.for_master(self).kept_for(config),
             ),
             fds,
         )
@@ -285,6 +286,9 @@ class Master:
     def _dispatch(self, worker: WorkerProc, message: messages.Message, fds: list[int]) -> None:
         if isinstance(message, messages.Heartbeat):
             worker.on_heartbeat(message)
+            return
+        if isinstance(message, messages.UpstreamsResult):  # the runtime upstream API
+            upstreams_api.for_master(self).on_result(worker, messages.as_dict(message))
             return
         if isinstance(message, messages.Ready):
             worker.last_heartbeat = time.monotonic()  # alive now: its heartbeats start here

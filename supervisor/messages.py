@@ -98,6 +98,11 @@ class Hello(Message):
     config: dict[str, Any] = doc("`Config.to_dict()`")
     listeners: FdIndexes = doc("server name -> indexes into the fds")
     accept: bool = doc("start accepting at once (false: a reload's worker, waits for `commit`)")
+    upstream_overrides: list[dict[str, Any]] = doc(
+        "runtime upstream changes still held (`server`, `address`, `state`, `weight`, `fp`; "
+        "supervisor/upstreams_api.py), applied before the stacks are built",
+        default=(),
+    )
 
 
 @to_worker("drain")
@@ -264,6 +269,38 @@ class DebugReport(Message):
         "`rss`, `fds`, `timers`, `busy_poll_us`, `tasks`, `objects`, `collected`, "
         "`gc_counts`, `handles`, `types`, `allocations` (worker/introspect.py)"
     )
+
+
+@to_worker("upstreams")
+@dataclass(frozen=True)
+class Upstreams(Message):
+    """A runtime upstream command (`monolaked upstreams ...`), answered by `upstreams_result`."""
+
+    id: int = doc("matches the answer to the command")
+    op: str = doc("`list`, `drain`, `disable`, `enable` or `weight`")
+    server: str = doc("the server's name (not for `list`)", default="")
+    address: str = doc("the upstream's `ADDRESS:PORT` (not for `list`)", default="")
+    fp: str = doc("the fingerprint of that upstream's config entries (kept until it changes)", default="")
+    weight: int | None = doc("the new weight (`weight` only)", default=None)
+
+
+@to_master("upstreams_result")
+@dataclass(frozen=True)
+class UpstreamsResult(Message):
+    """A worker's answer to `upstreams`."""
+
+    id: int = doc("the command's `id`")
+    ok: bool = doc("applied (or listed)")
+    error: str | None = doc("why not, when not ok", default=None)
+    applied: int | None = doc("how many balancer entries changed", default=None)
+    rows: list[dict[str, Any]] | None = doc(
+        "`list`: one row per upstream (worker/upstream_admin.py)", default=None
+    )
+
+
+def as_dict(message: Message) -> dict[str, Any]:
+    """The fields that are set (not None), for code that reads a message as a mapping."""
+    return {k: v for k, v in encode(message).items() if v is not None}
 
 
 # ----- encoding and validation ------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import channel, logs, messages
-from monolake.worker import discovery, health
+from monolake.worker import discovery, health, upstream_admin
 from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
@@ -297,6 +297,8 @@ class Worker:
                 discovery.configure(self.config.resolver)
             elif isinstance(message, messages.DebugRequest):
                 self.send(messages.DebugReport(report=self.debug_report(message.collect)))
+            elif isinstance(message, messages.Upstreams):  # the runtime upstream API
+                upstream_admin.handle(self, message)
             elif isinstance(message, messages.LogLevel):
                 logs.set_level(message.level)
                 log.info("log level changed", new_level=message.level)
@@ -633,6 +635,7 @@ def main_controlled(control_fd: int, master_pid: int) -> int:
     for name, indexes in hello.listeners.items():
         sockets[name] = [socket.socket(fileno=fds[i]) for i in indexes]
     env = WorkerEnv(slot=slot, cpu=cpu, generation=generation, pid=os.getpid(), runtime="")
+    upstream_admin.load(list(hello.upstream_overrides))  # before the stacks are built
     return run_worker(env, config, sockets, control, hello.accept,
                       ready_line=False, reader=reader)
 

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from monolake.conf.routes import Router
-from monolake.worker import health
+from monolake.worker import health, upstream_admin
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.builtins import BUILTINS
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
@@ -97,6 +97,7 @@ class RouterService(Stateful):
             balancer = Balancer(route.load_balancer, ups)
             if route.health_check is not None and builtin is None:
                 health.watch_http(balancer, route.health_check, name, route.pattern)
+            upstream_admin.register_http(name, cfg, route.pattern, balancer, pool)
             self.routes.append(RouteHandler(i, route, balancer, builtin,
                                             h2 if builtin is None else "", h2_ssl))
         pool.upstreams_by_key = by_key

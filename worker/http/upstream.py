@@ -56,7 +56,7 @@ class Upstream(Health):
     __slots__ = ("kind", "scheme", "host", "port", "path", "query", "authority", "unix_path",
                  "weight", "ssl", "sni", "key", "label", "active",
                  "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header",
-                 "priority", "discovered", "origin", "address", "group",
+                 "priority", "discovered", "origin", "address", "group", "requests",
                  "__weakref__")
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
@@ -69,6 +69,7 @@ class Upstream(Health):
         self.address = ""                  # the connect address when discovered (host: the name)
         self.group: Discovered | None = None  # a derived upstream: the name it is an address of
         self.active = 0
+        self.requests = 0                  # requests sent to it (the runtime API lists them)
         self.max_idle = route.max_idle_per_upstream
         self.idle_timeout = route.idle_timeout_sec
         self.eject_after = max(1, route.eject_after_failures)
@@ -129,6 +130,7 @@ class Upstream(Health):
                 setattr(up, name, getattr(self, name))
         Health.__init__(up)  # a new address: its own health
         up.active = 0
+        up.requests = 0
         up.discovered = None
         up.group = self.discovered
         up.address = target.address

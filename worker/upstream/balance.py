@@ -65,10 +65,14 @@ class Balancer:
 
     def replace(self, items: Sequence[Any]) -> None:
         self.items = list(items)
-        self._weights = [max(1, ep.weight) for ep in self.items]
+        self.reweigh()
         self._tiered = len({_priority(ep) for ep in self.items}) > 1
         n = len(self.items)
         self.position = self.position % n if n else 0
+
+    def reweigh(self) -> None:
+        """Read the endpoints' weights again (the runtime API changed one)."""
+        self._weights = [max(1, ep.weight) for ep in self.items]
 
     def pick(self, now: float, exclude: set[int] | None = None) -> Any | None:
         if self.health is not None and self.health.rejecting:

@@ -14,7 +14,9 @@ DRAINING = "draining"  # DNS dropped it: in-flight work finishes, nothing new
 EJECTED = "ejected"  # passive: too many failed connects, out until ``ejected_until``
 UNHEALTHY = "unhealthy"  # active check: reachable but failing its check
 DOWN = "down"  # active check: unreachable
-STATES = (UP, DRAINING, EJECTED, UNHEALTHY, DOWN)
+DISABLED = "disabled"  # the runtime API (worker/upstream_admin.py): nothing new, operator's call
+STATES = (UP, DRAINING, DISABLED, EJECTED, UNHEALTHY, DOWN)
+ADMIN_STATES = ("", DRAINING, DISABLED)  # ``Health.admin``: "" = no operator override
 
 
 class Endpoint(Protocol):
@@ -29,27 +31,34 @@ class Endpoint(Protocol):
 
 
 class Health:
-    """Failures, passive ejection, draining and active-check verdict of one endpoint.
+    """Failures, passive ejection, draining, active-check verdict and operator override of one
+    endpoint.
 
     ``checked`` is None while no active checker owns the endpoint, else the checker's last
-    verdict (UP, UNHEALTHY or DOWN)."""
+    verdict (UP, UNHEALTHY or DOWN). ``admin`` is the runtime API's state (ADMIN_STATES)."""
 
-    __slots__ = ("checked", "draining", "ejected_until", "failures")
+    __slots__ = ("admin", "checked", "draining", "ejected_until", "failures")
 
     def __init__(self) -> None:
         self.failures = 0
         self.ejected_until = 0.0
         self.draining = False
         self.checked: str | None = None
+        self.admin = ""
 
     def available(self, now: float) -> bool:
         """May a balancer pick this endpoint now? The single eligibility decision."""
         return (
-            self.ejected_until <= now and not self.draining and (self.checked is None or self.checked == UP)
+            self.ejected_until <= now
+            and not self.draining
+            and not self.admin
+            and (self.checked is None or self.checked == UP)
         )
 
     def state(self, now: float) -> str:
         """The endpoint's state for status and logs (most severe first)."""
+        if self.admin:
+            return self.admin
         if self.draining:
             return DRAINING
         if self.checked is not None and self.checked != UP:
