@@ -31,6 +31,7 @@ SAMPLE: dict[str, Any] = {
     dict[str, int]: {"requests": 1}, dict[str, dict[str, int]]: {"web": {"requests": 1}},
     list[str]: ["e"], int | None: None, str | None: None,
     list[dict[str, Any]]: [{"server": "web", "healthy": True}],
+    list[dict[str, Any]] | None: [{"server": "web", "route": "/"}],
 }
 
 # (frame, what the refusal names): each is refused by the worker's end
