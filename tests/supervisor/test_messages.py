@@ -79,9 +79,10 @@ def test_every_kind_round_trips_through_json(registry, kind):
 def test_the_registries_hold_every_kind_each_end_handles():
     assert set(messages.TO_WORKER) == {
         "hello", "drain", "stop", "export", "commit", "abort", "log_level", "cover", "uncover",
-        "reconfigure", "reconfigure_commit", "rollback", "debug"}
+        "reconfigure", "reconfigure_commit", "rollback", "debug", "upstreams"}
     assert set(messages.TO_MASTER) == {
-        "ready", "failed", "heartbeat", "state", "committed", "reconfigured", "debug"}
+        "ready", "failed", "heartbeat", "state", "committed", "reconfigured", "debug",
+        "upstreams_result"}
     assert channel.FDS not in messages.TO_WORKER and channel.FDS not in messages.TO_MASTER
 
 
