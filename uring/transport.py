@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 _feed_buffered = protocols._feed_data_to_buffered_proto  # type: ignore[attr-defined]
 _EOF = object()  # marker held while reading is paused
+_NO_HELD: list[Any] = []  # shared and always empty: _held of a conn with nothing held
 
 mu_conn_send = lib.mu_conn_send
 mu_conn_send2 = lib.mu_conn_send2
@@ -52,6 +53,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     # writelines() sends or copies before it returns, so a view lent for the call may be passed
     writelines_copies = True
+    # TCP_NODELAY is set here (tune_transport need not ask for a TransportSocket to set it)
+    nodelay_set = True
     _sock: socket.socket | None = None
     _conn: Any = None
 
@@ -81,7 +84,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._paused = False
         self._eof = False            # write_eof() called
         self._eof_received = False
-        self._held: list[Any] = []   # data (and EOF) that arrived while reading was paused
+        # data (and EOF) that arrived while reading was paused; a list only once needed (an
+        # idle conn holds none: issue 16 §4)
+        self._held: list[Any] = _NO_HELD
         self._conn_lost = 0
         self._write_ok = True        # fast path of write(): open, no EOF written, no error
         self._aborted = False
@@ -232,6 +237,12 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             self._update_fast_reader()
             self._start_reading()
 
+    def _hold(self, item: Any) -> None:
+        held = self._held
+        if held is _NO_HELD:
+            held = self._held = []
+        held.append(item)
+
     def _deliver(self, data: bytes) -> None:
         try:
             if self._buffered:
@@ -265,7 +276,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             if res > 0:
                 data = self._arena[off:off + res].tobytes()
                 if self._paused or self._held or self._gated:
-                    self._held.append(data)
+                    self._hold(data)
                     return
                 if self._buffered:
                     self._deliver(data)
@@ -278,7 +289,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             elif res == 0:
                 if self._paused or self._held or self._gated:
-                    self._held.append(_EOF)
+                    self._hold(_EOF)
                 else:
                     self._on_eof()
             else:
@@ -442,7 +453,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._closing:
             return
         self._closing = True
-        self._held.clear()
+        self._held = _NO_HELD
         self._readers.pop(self._recv_ud, None)
         conn = self._conn
         if conn is not None and conn.pending > 0 and not conn.error:
@@ -486,7 +497,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._aborted = True
         self._conn_lost += 1
         self._closing = True
-        self._held.clear()
+        self._held = _NO_HELD
         self._readers.pop(self._recv_ud, None)
         self._c_close(True)
         self._schedule_lost(exc)
