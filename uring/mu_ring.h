@@ -33,8 +33,7 @@ typedef struct mu_conn {
     uint32_t slot;
     uint32_t gen;
     struct mu_sbuf *head, *tail;
-    struct iovec iov[MU_IOV];
-    struct msghdr msg;
+    struct mu_sendvec *vec; /* the iovecs of a sendmsg in flight; NULL while idle (issue 16) */
     int inflight; /* SQEs referencing this conn, completion not yet seen */
     unsigned send_inflight : 1, recv_armed : 1, recv_want : 1, recv_cancelling : 1,
         shut_req : 1, shut_done : 1, closing : 1, aborting : 1, send_cancelling : 1,
