@@ -61,6 +61,18 @@ class AwaitReady:
     """Every spawned worker ready within ``reload_timeout``, none exited since."""
 
 
+def _has_exited(pid: int | None) -> bool:
+    """Has the child exited, though its SIGCHLD is still in the event queue? (``WNOWAIT``:
+    nothing is reaped, ``Master.reap`` still collects it.) Asked before an old worker is told
+    to export: a new worker that died right after ``ready`` must not cost the slot its old one."""
+    if pid is None:
+        return False
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped
+
+
 @dataclass(frozen=True)
 class Switch:
     """The new config and generation become the master's: no abort of the whole plan after."""
@@ -340,7 +352,11 @@ class Reloader:
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
         master = self.master
         old = slot.worker
-        if new_worker.state == EXITED and old is not None and old.state == READY:
+        if (
+            (new_worker.state == EXITED or _has_exited(new_worker.pid))
+            and old is not None
+            and old.state == READY
+        ):
             # the new worker died between ready and its commit: the old one serves on
             self._kept.append(
                 f"slot {slot.index}: the new worker exited before its commit; "
@@ -357,6 +373,23 @@ class Reloader:
         if slot.respawn is not None:  # after the export: an old worker that died during it
             slot.respawn.cancel()  # must not get a replacement besides the new one
             slot.respawn = None
+        if _has_exited(new_worker.pid) and old is not None and old.state == READY:
+            # it died while the old worker exported: nothing was handed over, so the old one
+            # takes its state back (a commit without state: accept again) and serves on
+            for fd in fds:
+                os.close(fd)
+            old.send(messages.Commit(state=None))
+            self._kept.append(
+                f"slot {slot.index}: the new worker exited before its commit; "
+                f"generation {old.generation} serves on"
+            )
+            log.error(
+                "new worker exited during the export; the old worker serves on",
+                slot=slot.index,
+                pid=new_worker.pid,
+                old_pid=old.pid,
+            )
+            return
         committed = new_worker.expect(messages.Committed)
         sent = new_worker.send(messages.Commit(state=state), fds)
         for fd in fds:
