@@ -349,6 +349,13 @@ class Reloader:
             worker.send(messages.Abort())
         await asyncio.gather(*(self.master._await_exit(w, ABORT_GRACE) for w in live))
 
+    def _keep_old(self, slot: Slot, new_worker: WorkerProc, old: WorkerProc, what: str) -> None:
+        """The slot keeps its old worker; the reload then fails as 'serves only in part'."""
+        self._kept.append(
+            f"slot {slot.index}: the new worker exited before its commit; generation {old.generation} serves on"
+        )
+        log.error(f"{what}; the old worker serves on", slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
+
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
         master = self.master
         old = slot.worker
@@ -358,16 +365,7 @@ class Reloader:
             and old.state == READY
         ):
             # the new worker died between ready and its commit: the old one serves on
-            self._kept.append(
-                f"slot {slot.index}: the new worker exited before its commit; "
-                f"generation {old.generation} serves on"
-            )
-            log.error(
-                "new worker exited before its commit; the old worker serves on",
-                slot=slot.index,
-                pid=new_worker.pid,
-                old_pid=old.pid,
-            )
+            self._keep_old(slot, new_worker, old, "new worker exited before its commit")
             return
         state, fds = await self._export(slot, old)
         if slot.respawn is not None:  # after the export: an old worker that died during it
@@ -379,16 +377,7 @@ class Reloader:
             for fd in fds:
                 os.close(fd)
             old.send(messages.Commit(state=None))
-            self._kept.append(
-                f"slot {slot.index}: the new worker exited before its commit; "
-                f"generation {old.generation} serves on"
-            )
-            log.error(
-                "new worker exited during the export; the old worker serves on",
-                slot=slot.index,
-                pid=new_worker.pid,
-                old_pid=old.pid,
-            )
+            self._keep_old(slot, new_worker, old, "new worker exited during the export")
             return
         committed = new_worker.expect(messages.Committed)
         sent = new_worker.send(messages.Commit(state=state), fds)
