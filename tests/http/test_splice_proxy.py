@@ -1,0 +1,321 @@
+"""Spliced bodies in the proxy (worker/http/splice_relay.py), checked against the Python relay:
+the same requests through a splice-on and a splice-off worker give the same bytes at the
+client and at the upstream, byte for byte; an early close on either side, a client that stops
+reading, a client abort, upstream and body timeouts end the same way; keep-alive goes on after
+a spliced body; the epoll runtime takes the Python relay.
+
+The upstream here is raw sockets in threads (not an HTTP library), so what it records is
+exactly the bytes the proxy sent, and what it sends is exactly what a test scripts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.http.conftest import URING, Worker, run_worker
+from tests.support import free_port
+
+pytestmark = pytest.mark.skipif(not URING, reason="io_uring unavailable")
+
+THRESHOLD = 32768
+SIZES = [0, THRESHOLD - 1, THRESHOLD, 64 << 10, 1 << 20, 16 << 20]
+_BLOCK = hashlib.sha256(b"splice").digest() * 8192  # 256 KiB
+
+
+def pattern(n: int) -> bytes:
+    """``n`` bytes that show a loss or a reordering."""
+    return (_BLOCK * (n // len(_BLOCK) + 1))[:n]
+
+
+class RawUpstream:
+    """HTTP/1.1 by hand, one thread per connection. ``requests`` records (connection number,
+    raw request bytes: head and body) in arrival order; ``sent`` counts body bytes sent.
+
+    Paths: ``/dl/N`` N bytes with Content-Length; ``/up`` reads the body and answers its
+    length; ``/dlclose/N/M`` announces N, sends M, closes; ``/dlstall/N/M`` the same, then
+    stalls; ``/dlslow/N/STEP/S`` N bytes, STEP at a time, S seconds apart; ``/upclose/K``
+    reads K body bytes and closes without answering."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.requests: list[tuple[int, bytes]] = []
+        self.sent = 0
+        self.conns = 0
+        self.closed = 0  # connections that ended (EOF or error)
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.conns += 1
+                n = self.conns
+            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        buf = b""
+        try:
+            while not self.stop.is_set():
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(1 << 20)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                lines = head.split(b"\r\n")
+                target = lines[0].split(b" ")[1].decode()
+                length = 0
+                for line in lines[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        length = int(v)
+                parts = target.strip("/").split("/")
+                take = length
+                if parts[0] == "upclose":
+                    take = min(length, int(parts[1]))
+                h = hashlib.sha256()
+                got = bytearray(buf[:take])
+                buf = buf[take:]
+                while len(got) < take:
+                    data = conn.recv(min(1 << 20, take - len(got)))
+                    if not data:
+                        return
+                    got += data
+                h.update(got)
+                with self.lock:
+                    self.requests.append((n, head + b"\r\n\r\n" + bytes(got)))
+                if parts[0] == "upclose":
+                    return
+                if not self._answer(conn, parts, len(got), h.hexdigest()):
+                    return
+        except OSError:
+            return
+        finally:
+            with self.lock:
+                self.closed += 1
+            conn.close()
+
+    def _answer(self, conn: socket.socket, parts: list[str], got: int, digest: str) -> bool:
+        """Send the response; False: the connection ends here."""
+        kind = parts[0]
+        if kind == "up":
+            body = f"{got} {digest}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            return True
+        size = int(parts[1])
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n" % size
+        )
+        if kind == "dl":
+            self._send(conn, pattern(size))
+            return True
+        if kind == "dlslow":
+            step, pause = int(parts[2]), float(parts[3])
+            body = pattern(size)
+            for i in range(0, size, step):
+                self._send(conn, body[i : i + step])
+                time.sleep(pause)
+            return True
+        self._send(conn, pattern(int(parts[2])))
+        if kind == "dlstall":
+            self.stop.wait(30)
+        return False
+
+    def _send(self, conn: socket.socket, data: bytes) -> None:
+        view = memoryview(data)
+        for i in range(0, len(view), 65536):
+            conn.sendall(view[i : i + 65536])
+            with self.lock:
+                self.sent += len(view[i : i + 65536])
+
+
+@pytest.fixture
+def upstream() -> Iterator[RawUpstream]:
+    up = RawUpstream()
+    yield up
+    up.close()
+
+
+def _config(up: RawUpstream, threshold: int, timeouts: str = "") -> str:
+    return f"""
+[servers.px]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
+splice_threshold = {threshold}
+{timeouts}
+[[servers.px.routes]]
+path = "/{{*p}}"
+preserve_path = true
+upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
+"""
+
+
+@contextmanager
+def proxy(
+    tmp: Path, up: RawUpstream, threshold: int, loop: str = "io_uring", timeouts: str = ""
+) -> Iterator[Worker]:
+    with run_worker(tmp, _config(up, threshold, timeouts), loop=loop) as w:
+        yield w
+
+
+def pipes_of(w: Worker) -> int:
+    """Pipe fds the worker holds: the splice relay keeps its pipes pooled, so a worker that
+    spliced a body holds more than one that never did."""
+    n = 0
+    for fd in os.listdir(f"/proc/{w.proc.pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{w.proc.pid}/fd/{fd}").startswith("pipe:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+class Client:
+    """A raw client that keeps every byte it receives."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.buf = b""
+        self.raw = bytearray()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def reset(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.sock.close()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        self.raw += data
+        self.buf += data
+        return bool(data)
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                raise ConnectionError(f"closed in a head: {self.buf[:200]!r}")
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            fields[k.strip().lower()] = v.strip()
+        return int(lines[0].split(" ")[1]), fields
+
+    def body(self, n: int) -> bytes:
+        """Up to ``n`` body bytes (fewer if the connection ends first)."""
+        while len(self.buf) < n:
+            try:
+                if not self._fill():
+                    break
+            except ConnectionResetError:
+                break
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def response(self) -> tuple[int, bytes]:
+        status, fields = self.head()
+        return status, self.body(int(fields.get("content-length", "0")))
+
+    def upload(self, size: int, path: str = "/up") -> None:
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (path.encode(), size)
+        )
+        body = memoryview(pattern(size))
+        for i in range(0, size, 1 << 20):
+            self.sock.sendall(body[i : i + (1 << 20)])
+
+    def get(self, path: str) -> None:
+        self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
+
+    def ended(self, timeout: float = 10.0) -> bool:
+        """The proxy closed the connection (EOF or reset) within ``timeout``."""
+        self.sock.settimeout(timeout)
+        try:
+            while self._fill():
+                pass
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return False
+        return True
+
+
+def _exchange_all(port: int) -> bytes:
+    """Every size up and down, on one keep-alive connection; what the client received."""
+    c = Client(port)
+    try:
+        for size in SIZES:
+            c.upload(size)
+            status, body = c.response()
+            assert status == 200 and body.split()[0] == str(size).encode(), (size, body)
+            c.get(f"/dl/{size}")
+            status, body = c.response()
+            assert status == 200 and body == pattern(size), (size, status, len(body))
+        return bytes(c.raw)
+    finally:
+        c.close()
+
+
+def test_same_bytes_at_both_ends(tmp_path: Path, upstream: RawUpstream) -> None:
+    seen = []
+    for threshold in (THRESHOLD, 0):
+        first, conns = len(upstream.requests), upstream.conns
+        with proxy(tmp_path, upstream, threshold) as w:
+            pipes = pipes_of(w)
+            client = _exchange_all(w.port())
+            seen.append(
+                (
+                    client,
+                    [r for _, r in upstream.requests[first:]],
+                    upstream.conns - conns,
+                    pipes_of(w) - pipes,
+                )
+            )
+    (c_on, u_on, n_on, pipes_on), (c_off, u_off, n_off, pipes_off) = seen
+    assert c_on == c_off
+    assert u_on == u_off
+    assert n_on == n_off == 1  # one upstream connection, reused after every spliced body
+    assert pipes_on > 0 and pipes_off == 0  # the splice-on worker spliced, the other did not
+
+
+@pytest.mark.parametrize("direction", ["request", "response"])
+def test_each_direction_is_spliced(tmp_path: Path, upstream: RawUpstream, direction: str) -> None:
+    with proxy(tmp_path, upstream, THRESHOLD) as w:
+        pipes = pipes_of(w)
+        c = Client(w.port())
+        if direction == "request":
+            c.upload(4 << 20)
+            status, body = c.response()
+            assert status == 200 and body.split()[1] == hashlib.sha256(pattern(4 << 20)).hexdigest().encode()
+        else:
+            c.get(f"/dl/{4 << 20}")
+            status, body = c.response()
+            assert status == 200 and body == pattern(4 << 20)
+        c.close()
+        assert pipes_of(w) > pipes
