@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.http.conftest import URING, Worker, run_worker
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not URING, reason="io_uring unavailable")
 
@@ -108,6 +109,7 @@ class RawUpstream:
                 with self.lock:
                     self.requests.append((n, head + b"\r\n\r\n" + bytes(got)))
                 if parts[0] == "upclose":
+                    time.sleep(0.5)  # the proxy's splice waits on us meanwhile
                     return
                 if not self._answer(conn, parts, len(got), h.hexdigest()):
                     return
@@ -283,25 +285,21 @@ def _exchange_all(port: int) -> bytes:
 
 
 def test_same_bytes_at_both_ends(tmp_path: Path, upstream: RawUpstream) -> None:
+    """Every size both ways on one keep-alive connection: splice on, splice off, and the
+    epoll runtime with splicing configured (it falls back to the Python relay)."""
     seen = []
-    for threshold in (THRESHOLD, 0):
+    for threshold, loop in ((THRESHOLD, "io_uring"), (0, "io_uring"), (THRESHOLD, "asyncio")):
         first, conns = len(upstream.requests), upstream.conns
-        with proxy(tmp_path, upstream, threshold) as w:
+        with proxy(tmp_path, upstream, threshold, loop=loop) as w:
             pipes = pipes_of(w)
             client = _exchange_all(w.port())
-            seen.append(
-                (
-                    client,
-                    [r for _, r in upstream.requests[first:]],
-                    upstream.conns - conns,
-                    pipes_of(w) - pipes,
-                )
-            )
-    (c_on, u_on, n_on, pipes_on), (c_off, u_off, n_off, pipes_off) = seen
-    assert c_on == c_off
-    assert u_on == u_off
-    assert n_on == n_off == 1  # one upstream connection, reused after every spliced body
-    assert pipes_on > 0 and pipes_off == 0  # the splice-on worker spliced, the other did not
+            ups = [r for _, r in upstream.requests[first:]]
+            seen.append((client, ups, upstream.conns - conns, pipes_of(w) - pipes))
+    (c_on, u_on, n_on, pipes_on), (c_off, u_off, n_off, pipes_off), (c_ep, u_ep, n_ep, pipes_ep) = seen
+    assert c_on == c_off == c_ep
+    assert u_on == u_off == u_ep
+    assert n_on == n_off == n_ep == 1  # one upstream connection, reused after every spliced body
+    assert pipes_on > 0 and pipes_off == 0 and pipes_ep == 0  # only the first one spliced
 
 
 @pytest.mark.parametrize("direction", ["request", "response"])
@@ -319,3 +317,209 @@ def test_each_direction_is_spliced(tmp_path: Path, upstream: RawUpstream, direct
             assert status == 200 and body == pattern(4 << 20)
         c.close()
         assert pipes_of(w) > pipes
+
+
+class Probe:
+    """Samples the worker's pipe fds while a scenario runs (``probe()`` at a moment a splice
+    must be under way): a spliced body holds one, pooled after a clean end."""
+
+    def __init__(self, w: Worker) -> None:
+        self.w = w
+        self.base = pipes_of(w)
+        self.peak = 0
+
+    def __call__(self) -> None:
+        self.peak = max(self.peak, pipes_of(self.w) - self.base)
+
+
+def both(tmp: Path, up: RawUpstream, scenario: Any, timeouts: str = "") -> list[Any]:
+    """``scenario(worker, probe)`` through a splice-on and a splice-off worker: both outcomes
+    (the callers assert they are equal), after checking that only the first spliced."""
+    out = []
+    for threshold in (THRESHOLD, 0):
+        with proxy(tmp, up, threshold, timeouts=timeouts) as w:
+            probe = Probe(w)
+            out.append(scenario(w, probe))
+            probe()
+            assert (probe.peak > 0) == bool(threshold), (threshold, probe.peak)
+    return out
+
+
+def _wait_log(w: Worker, text: str, timeout: float = 10.0) -> bool:
+    return bool(wait_for(lambda: text in w.log(), timeout=timeout))
+
+
+def test_upstream_closes_mid_response(tmp_path: Path, upstream: RawUpstream) -> None:
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        c = Client(w.port())
+        c.get(f"/dlclose/{4 << 20}/{1 << 20}")
+        status, fields = c.head()
+        probe()
+        body = c.body(4 << 20)
+        ended = c.ended()
+        c.close()
+        assert body == pattern(len(body))  # a prefix, nothing else
+        return (
+            status,
+            fields["content-length"],
+            len(body) < 4 << 20,
+            ended,
+            _wait_log(w, "response_body_aborted"),
+        )
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off == (200, str(4 << 20), True, True, True)
+
+
+def test_upstream_closes_mid_request_body(tmp_path: Path, upstream: RawUpstream) -> None:
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        first = len(upstream.requests)
+        c = Client(w.port())
+        sender = threading.Thread(target=_quiet, args=(c.upload, 8 << 20, f"/upclose/{1 << 20}"))
+        sender.start()
+        wait_for(lambda: any(b"/upclose/" in r for _, r in upstream.requests[first:]), timeout=10)
+        probe()
+        status, _ = c.response()
+        ended = c.ended()
+        sender.join(20)
+        c.close()
+        return status, ended, _wait_log(w, "upstream_failed")
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off == (502, True, True)
+
+
+def _quiet(fn: Any, *args: Any) -> None:
+    """``fn(*args)``; the proxy may close under it (that is what is tested)."""
+    try:
+        fn(*args)
+    except OSError:
+        pass
+
+
+def test_client_that_stops_reading_holds_the_upstream(tmp_path: Path, upstream: RawUpstream) -> None:
+    size = 256 << 20
+
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        base = w.rss_kib()
+        start = upstream.sent
+        c = Client(w.port())
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        c.get(f"/dl/{size}")
+        status, _ = c.head()
+        time.sleep(1.5)  # not reading: the proxy must stop reading the upstream
+        ahead = upstream.sent - start
+        grown = w.rss_kib() - base
+        h = hashlib.sha256(c.buf)
+        got = len(c.buf)
+        c.buf = b""
+        while got < size:
+            data = c.sock.recv(1 << 20)
+            assert data
+            h.update(data)
+            got += len(data)
+        c.close()
+        assert ahead < 96 << 20, ahead  # socket buffers and the pipe, not the body
+        assert grown < 64 << 10, grown  # KiB
+        return status, h.hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off == (200, True)
+
+
+@pytest.mark.parametrize("direction", ["request", "response"])
+def test_client_abort_mid_body(tmp_path: Path, upstream: RawUpstream, direction: str) -> None:
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        conns, closed = upstream.conns, upstream.closed
+        c = Client(w.port())
+        if direction == "response":
+            c.get(f"/dl/{64 << 20}")
+            c.head()
+            c.body(1 << 20)
+            probe()
+        else:
+            c.sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (16 << 20))
+            c.sock.sendall(pattern(2 << 20))
+            wait_for(lambda: upstream.conns > conns, timeout=10)
+            time.sleep(0.2)
+            probe()
+        c.reset()
+        # the upstream connection is closed, not pooled: the next request gets a new one
+        gone = bool(wait_for(lambda: upstream.closed > closed, timeout=10))
+        c2 = Client(w.port())
+        c2.get("/dl/10")
+        status, body = c2.response()
+        c2.close()
+        return gone, status, body == pattern(10), upstream.conns - conns
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off == (True, 200, True, 2)
+
+
+_UPSTREAM_TIMEOUT = "[servers.px.timeout]\nupstream_read_timeout_sec = 1"
+_BODY_TIMEOUT = "[servers.px.timeout]\nserver_read_body_timeout_sec = 1"
+
+
+def test_upstream_read_timeout_mid_body(tmp_path: Path, upstream: RawUpstream) -> None:
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        c = Client(w.port())
+        t0 = time.monotonic()
+        c.get(f"/dlstall/{8 << 20}/{1 << 20}")
+        status, _ = c.head()
+        probe()
+        body = c.body(8 << 20)
+        ended = c.ended()
+        took = time.monotonic() - t0
+        c.close()
+        return status, len(body) <= 1 << 20, ended, 0.9 < took < 5, _wait_log(w, "upstream_timeout")
+
+    on, off = both(tmp_path, upstream, scenario, _UPSTREAM_TIMEOUT)
+    assert on == off == (200, True, True, True, True)
+
+
+def test_slow_upstream_body_within_the_timeout(tmp_path: Path, upstream: RawUpstream) -> None:
+    """Bytes keep coming, each step within the read timeout: the whole body takes longer than
+    the timeout and must still arrive (the splice moves the deadline on)."""
+
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        c = Client(w.port())
+        c.get(f"/dlslow/{4 << 20}/{1 << 20}/0.4")
+        status, body = c.response()
+        c.close()
+        return status, body == pattern(4 << 20)
+
+    on, off = both(tmp_path, upstream, scenario, _UPSTREAM_TIMEOUT)
+    assert on == off == (200, True)
+
+
+def test_request_body_timeout_mid_body(tmp_path: Path, upstream: RawUpstream) -> None:
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        c = Client(w.port())
+        c.sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
+        c.sock.sendall(pattern(1 << 20))
+        time.sleep(0.2)
+        probe()
+        status, _ = c.response()
+        ended = c.ended()
+        c.close()
+        return status, ended, _wait_log(w, "client_timeout")
+
+    on, off = both(tmp_path, upstream, scenario, _BODY_TIMEOUT)
+    assert on == off == (408, True, True)
+
+
+def test_slow_request_body_within_the_timeout(tmp_path: Path, upstream: RawUpstream) -> None:
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        c = Client(w.port())
+        size = 4 << 20
+        c.sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+        body = pattern(size)
+        for i in range(0, size, 1 << 20):
+            c.sock.sendall(body[i : i + (1 << 20)])
+            time.sleep(0.4)
+        status, answer = c.response()
+        c.close()
+        return status, answer == f"{size} {hashlib.sha256(body).hexdigest()}".encode()
+
+    on, off = both(tmp_path, upstream, scenario, _BODY_TIMEOUT)
+    assert on == off == (200, True)
