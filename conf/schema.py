@@ -188,7 +188,7 @@ class LayerConfig:
 
 
 # the default splice_threshold, chosen from scripts/bench_proxy.py (see docs/http.md)
-SPLICE_THRESHOLD_DEFAULT = 262144
+SPLICE_THRESHOLD_DEFAULT = 16777216
 
 
 @dataclass(frozen=True)

@@ -523,3 +523,37 @@ def test_slow_request_body_within_the_timeout(tmp_path: Path, upstream: RawUpstr
 
     on, off = both(tmp_path, upstream, scenario, _BODY_TIMEOUT)
     assert on == off == (200, True)
+
+
+def test_concurrent_spliced_bodies_stay_apart(tmp_path: Path, upstream: RawUpstream) -> None:
+    """Many relays at once, both ways, on one ring: every body arrives whole and in order."""
+    size, n = 8 << 20, 8
+    digest = hashlib.sha256(pattern(size)).hexdigest().encode()
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            c = Client(w.port())
+            for _ in range(2):
+                if i % 2:
+                    c.upload(size)
+                    status, body = c.response()
+                    assert status == 200 and body.split()[1] == digest, body
+                else:
+                    c.get(f"/dl/{size}")
+                    status, body = c.response()
+                    assert status == 200 and body == pattern(size)
+            c.close()
+        except Exception as exc:  # reported by the test thread
+            errors.append(exc)
+
+    with proxy(tmp_path, upstream, THRESHOLD) as w:
+        probe = Probe(w)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        probe()
+        assert not errors, errors
+        assert probe.peak > 0
