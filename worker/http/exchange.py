@@ -109,7 +109,7 @@ class Exchange:
         self.ctx = ctx
         try:
             conn._serve(self.request, ctx, self)
-        except Exception:
+        except Exception:  # a request must never take the worker down
             rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
             rt.stats.errors += 1
             self.send(text_response(500, close=True))
@@ -146,7 +146,7 @@ class Exchange:
             return
         except BodyError as exc:
             resp = text_response(400 if self.conn._transport is not None else 499, str(exc), close=True)
-        except Exception:
+        except Exception:  # a request must never take the worker down
             rt.log.exception(
                 "service_error", server=rt.name, request_id=self.ctx.request_id if self.ctx else None
             )
