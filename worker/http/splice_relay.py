@@ -159,11 +159,18 @@ class BodySplice:
 
     def cancel(self) -> None:
         """The body ended another way (the parser had it all, a failure, a timeout): stop."""
-        self.body.relay = None
-        self._stop_ticker()
+        self._release()
         if self.job is not None:
             self.job.cancel()
+            self.job = None
         self.src.return_reading()
+
+    def _release(self) -> None:
+        """No references left between the body, this relay and its job (the job's callbacks
+        point back here): all of it goes by reference counting, not at a later GC."""
+        self.body.relay = None
+        self.body.splice = None
+        self._stop_ticker()
 
     def _ready(self, job: Any) -> None:
         """The source's recv has stopped: feed what it held, then splice what is left."""
@@ -183,8 +190,9 @@ class BodySplice:
         body = self.body
         if body.relay is not self:
             return
-        body.relay = None
-        self._stop_ticker()
+        self._release()
+        self.job = None
+        job.on_ready = None
         res = job.result
         moved = res if isinstance(res, int) else res.moved
         body.received += moved
