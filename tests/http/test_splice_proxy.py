@@ -498,6 +498,7 @@ def test_slow_upstream_body_within_the_timeout(tmp_path: Path, upstream: RawUpst
 
 def test_request_body_timeout_mid_body(tmp_path: Path, upstream: RawUpstream) -> None:
     def scenario(w: Worker, probe: Probe) -> tuple:
+        closed = upstream.closed
         c = Client(w.port())
         c.sock.sendall(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (4 << 20))
         c.sock.sendall(pattern(1 << 20))
@@ -506,10 +507,12 @@ def test_request_body_timeout_mid_body(tmp_path: Path, upstream: RawUpstream) ->
         status, _ = c.response()
         ended = c.ended()
         c.close()
-        return status, ended, _wait_log(w, "client_timeout")
+        # the upstream connection that got half a body is closed, never pooled
+        gone = bool(wait_for(lambda: upstream.closed > closed, timeout=10))
+        return status, ended, _wait_log(w, "client_timeout"), gone
 
     on, off = both(tmp_path, upstream, scenario, _BODY_TIMEOUT)
-    assert on == off == (408, True, True)
+    assert on == off == (408, True, True, True)
 
 
 def test_slow_request_body_within_the_timeout(tmp_path: Path, upstream: RawUpstream) -> None:
