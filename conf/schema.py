@@ -187,6 +187,10 @@ class LayerConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# the default splice_threshold, chosen from scripts/bench_proxy.py (see docs/http.md)
+SPLICE_THRESHOLD_DEFAULT = 16777216
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     name: str
@@ -199,6 +203,9 @@ class ServerConfig:
     upstream_http_version: str = "auto"  # "http2" | "http11" | "auto"
     http_parser: str = "auto"  # "auto" | "native" | "httptools" | "h11"
     max_body_size: int = 0
+    # http: request / response bodies with a Content-Length of at least this many bytes are
+    # spliced socket to socket on io_uring (docs/http.md, *Spliced bodies*); 0: never
+    splice_threshold: int = SPLICE_THRESHOLD_DEFAULT
     max_header_size: int = 65536
     max_uri_size: int = 8192
     max_header_line_size: int = 8192  # one header field line, requests and responses

@@ -12,6 +12,7 @@ from .errors import describe
 from .fields import MISSING, Table, found_with_type, resolve_path
 from .routes import CATCHALL, PatternError, parse_pattern
 from .schema import (
+    SPLICE_THRESHOLD_DEFAULT,
     CertificateConfig,
     LayerConfig,
     ListenerConfig,
@@ -38,6 +39,7 @@ SERVER_KEYS = (
     "upstream_http_version",
     "http_parser",
     "max_body_size",
+    "splice_threshold",
     "max_header_size",
     "max_uri_size",
     "max_header_line_size",
@@ -64,6 +66,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "via": ("http",),
     "http_parser": ("http", "http_thrift"),
     "max_body_size": ("http", "http_thrift"),
+    "splice_threshold": ("http",),
     "max_header_size": ("http", "http_thrift"),
     "max_uri_size": ("http", "http_thrift"),
     "max_header_line_size": ("http", "http_thrift"),
@@ -109,6 +112,9 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     version = upstream_http_version(t) or "auto"
     http_parser = t.enum("http_parser", "auto", ("auto", "native", "httptools", "h11"))
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
+    # http_thrift / thrift answer from the gateway or relay frames: nothing to splice there
+    splice_default = SPLICE_THRESHOLD_DEFAULT if proxy_type == "http" else 0
+    splice_threshold = t.integer("splice_threshold", splice_default, lo=0, unit="of bytes")
     max_header_size = t.integer("max_header_size", 65536, lo=1024, unit="of bytes")
     max_uri_size = t.integer("max_uri_size", 8192, lo=16, unit="of bytes")
     max_header_line_size = t.integer("max_header_line_size", 8192, lo=256, unit="of bytes")
@@ -145,6 +151,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
         upstream_http_version=version,
         http_parser=http_parser,
         max_body_size=max_body_size,
+        splice_threshold=splice_threshold,
         max_header_size=max_header_size,
         max_uri_size=max_uri_size,
         max_header_line_size=max_header_line_size,

@@ -60,13 +60,15 @@ from benchrun import tree_pids as tree_pids
 from benchtools import ensure_commands
 
 SIZES = {"100B": 100, "4KiB": 4096, "64KiB": 65536, "1MiB": 1 << 20}
+# on request only (--sizes): large bodies, for the splice threshold (docs/http.md)
+LARGE = {"4MiB": 4 << 20, "16MiB": 16 << 20}
 
 
 # -- the upstream and the proxies ------------------------------------------------------------
 def start_upstream(work: Path, port: int) -> Proc:
     root = work / "www"
     root.mkdir(exist_ok=True)
-    for name, size in SIZES.items():
+    for name, size in {**SIZES, **LARGE}.items():
         (root / name).write_bytes(b"x" * size)
     return start_nginx(
         work,
@@ -135,9 +137,16 @@ def start_aiohttp_proxy(work: Path, port: int, upstream: int) -> Proc:
 
 
 def start_monolake(
-    work: Path, port: int, upstream: int, runtime: str, parser: str, busy_poll_us: int = 0
+    work: Path,
+    port: int,
+    upstream: int,
+    runtime: str,
+    parser: str,
+    busy_poll_us: int = 0,
+    splice_threshold: int | None = None,
 ) -> Proc:
-    cfg = work / f"monolake-{runtime}-{busy_poll_us}.toml"
+    cfg = work / f"monolake-{runtime}-{busy_poll_us}-{splice_threshold}.toml"
+    splice = "" if splice_threshold is None else f"splice_threshold = {splice_threshold}"
     cfg.write_text(
         textwrap.dedent(f"""
         [runtime]
@@ -151,6 +160,7 @@ def start_monolake(
         listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
         backlog = 4096
         http_parser = "{parser}"
+        {splice}
         [[servers.bench.routes]]
         path = "/{{*rest}}"
         preserve_path = true
@@ -244,6 +254,12 @@ def main() -> int:
         default=0,
         help="also run each monolake runtime with [runtime] busy_poll_us = N",
     )
+    ap.add_argument(
+        "--splice-thresholds",
+        default="",
+        help="comma-separated splice_threshold values (bytes, 0 = off): one monolake run per "
+        "runtime and value instead of the default (docs/http.md, Spliced bodies)",
+    )
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
@@ -270,7 +286,7 @@ def main() -> int:
         print(f"{', '.join(missing)} required (apt-get install nginx wrk util-linux)", file=sys.stderr)
         return 2
     only = set(filter(None, args.only.split(",")))
-    sizes = [s for s in args.sizes.split(",") if s in SIZES]
+    sizes = [s for s in args.sizes.split(",") if s in SIZES or s in LARGE]
     work = Path(tempfile.mkdtemp(prefix="monolake-bench-"))
     work.chmod(0o755)  # nginx workers run as an unprivileged user
     up_port = free_port()
@@ -288,7 +304,13 @@ def main() -> int:
                 mono = functools.partial(
                     start_monolake, work, upstream=up_port, runtime=rt, parser=args.parser
                 )
-                contenders.append((f"monolake/{rt}", mono))
+                splices = [int(x) for x in filter(None, args.splice_thresholds.split(","))]
+                for n in splices:
+                    contenders.append(
+                        (f"monolake/{rt}+splice={n}", functools.partial(mono, splice_threshold=n))
+                    )
+                if not splices:
+                    contenders.append((f"monolake/{rt}", mono))
                 if args.busy_poll_us:
                     poll = functools.partial(mono, busy_poll_us=args.busy_poll_us)
                     contenders.append((f"monolake/{rt}+poll", poll))
@@ -393,7 +415,7 @@ def main() -> int:
     chart_rows = [
         {
             "server": r["proxy"],
-            "body_size": SIZES[r["body"]],
+            "body_size": {**SIZES, **LARGE}[r["body"]],
             "rps": r["rps"],
             "cpu_us_per_req": r["cpu_us_per_req"],
         }

@@ -37,12 +37,21 @@ class SpliceError(OSError):
 
 def conn_of(transport: Any) -> Any:
     """The C conn behind an io_uring socket transport, or None (another loop's transport, TLS,
-    a closing one): only those can be spliced. Reads the transport's ``_conn`` (no API of its
-    own yet)."""
-    conn = getattr(transport, "_conn", None)
-    if conn is None or transport.is_closing() or getattr(transport, "_sock_fd", -1) < 0:
-        return None
-    return conn
+    a closing one): only those can be spliced."""
+    handle = getattr(transport, "splice_handle", None)
+    got = handle() if handle is not None else None
+    return got[1] if got is not None else None
+
+
+def can_splice(src: Any, dst: Any) -> bool:
+    """Both are open io_uring socket transports on the same loop, and the source can lend its
+    reading (``UringSocketTransport.lend_reading``)."""
+    return (
+        conn_of(src) is not None
+        and conn_of(dst) is not None
+        and getattr(src, "_loop", None) is getattr(dst, "_loop", 0)
+        and hasattr(src, "lend_reading")
+    )
 
 
 class SpliceJob:
@@ -62,8 +71,15 @@ class SpliceJob:
         "token",
     )
 
-    def __init__(self, loop: Any, src: Any, dst: Any, on_ready: Callable[[SpliceJob], None],
-                 on_done: Callable[[SpliceJob], None], pipe_size: int = PIPE_SIZE) -> None:
+    def __init__(
+        self,
+        loop: Any,
+        src: Any,
+        dst: Any,
+        on_ready: Callable[[SpliceJob], None],
+        on_done: Callable[[SpliceJob], None],
+        pipe_size: int = PIPE_SIZE,
+    ) -> None:
         ring = loop._ring
         self.loop = loop
         self.src, self.dst = src, dst
@@ -71,10 +87,13 @@ class SpliceJob:
         self.result: int | BaseException | None = None
         self._ended = False
         self._gated = True
+        src_fd, src_conn = src.splice_handle()
+        dst_fd, dst_conn = dst.splice_handle()
         self.token = ring.token()
         err = ffi.new("int *")
-        self.ptr = lib.mu_splice_new(ring.ptr, src._sock_fd, dst._sock_fd, self.token << 8,
-                                     src._conn, dst._conn, pipe_size, err)
+        self.ptr = lib.mu_splice_new(
+            ring.ptr, src_fd, dst_fd, self.token << 8, src_conn, dst_conn, pipe_size, err
+        )
         if self.ptr == ffi.NULL:
             raise OSError(-err[0], f"splice setup: {os.strerror(-err[0])}")
         loop._handlers[self.token] = self._event
@@ -82,6 +101,11 @@ class SpliceJob:
     @property
     def moved(self) -> int:
         return int(lib.mu_splice_moved(self.ptr)) if self.ptr != ffi.NULL else 0
+
+    @property
+    def read(self) -> int:
+        """Bytes taken from the source so far (``read - moved`` wait in the pipe)."""
+        return int(lib.mu_splice_read(self.ptr)) if self.ptr != ffi.NULL else 0
 
     def go(self, nbytes: int) -> None:
         """Relay ``nbytes`` now (after ``on_ready``), once the sink's queue is empty."""
@@ -125,8 +149,9 @@ class SpliceJob:
         if rc == _DONE:
             self.result = int(lib.mu_splice_moved(self.ptr))
         else:
-            self.result = SpliceError(-rc, int(lib.mu_splice_moved(self.ptr)),
-                                      int(lib.mu_splice_read(self.ptr)))
+            self.result = SpliceError(
+                -rc, int(lib.mu_splice_moved(self.ptr)), int(lib.mu_splice_read(self.ptr))
+            )
         cb = self.on_done
         self.on_done = None  # type: ignore[assignment]
         if cb is not None:

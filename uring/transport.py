@@ -59,6 +59,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     _conn: Any = None
     _fast_write = False  # the instance's `write` is a C FastWriter
     _asked = 0           # get_extra_info asked for: 1 peername, 2 sockname
+    _lent = False        # reading lent to a splice (lend_reading): the recv stays stopped
 
     def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol: protocols.BaseProtocol,
                  waiter: Any = None, extra: dict[str, Any] | None = None, server: Any = None) -> None:
@@ -187,7 +188,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         receive buffer instead of a bytes copy, valid only during the call (released after:
         it copies what it keeps). Reads that wait (paused, held) still come as bytes."""
         if (not self._paused and not self._held and not self._closing and not self._buffered
-                and not self._gated and self._conn is not None):
+                and not self._gated and not self._lent and self._conn is not None):
             proto = self._protocol
             if getattr(proto, "reads_lent_views", False):
                 self._readers[self._recv_ud] = (proto.data_received,)
@@ -212,7 +213,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     # ---- reading ----
 
     def _start_reading(self) -> None:
-        if self._paused or self._closing or self._eof_received or self._conn is None:
+        if self._paused or self._closing or self._eof_received or self._conn is None or self._lent:
             return
         rc = mu_conn_recv_start(self._conn)
         if rc < 0:
@@ -230,6 +231,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._closing or not self._paused:
             return
         self._paused = False
+        if self._lent:
+            return  # return_reading resumes
         if self._held:
             self._loop.call_soon(self._flush_held)
         else:
@@ -238,14 +241,63 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def _flush_held(self) -> None:
         """Deliver what arrived while paused, in order, then resume the recv."""
-        while self._held and not self._paused and not self._closing and not self._gated:
+        while self._held and not self._paused and not self._closing and not self._gated \
+                and not self._lent:
             item = self._held.pop(0)
             if item is _EOF:
                 self._on_eof()
             else:
                 self._deliver(item)
-        if not self._held:
+        if not self._held and not self._lent:
             self._held = _NO_HELD  # the list goes (an idle conn keeps none)
+            self._update_fast_reader()
+            self._start_reading()
+
+    # ---- lending the socket to a splice (uring/splice.py) ----
+
+    def splice_handle(self) -> tuple[int, Any] | None:
+        """(fd, C conn) for a splice job on this socket, or None once closing."""
+        if self._closing or self._conn is None or self._sock is None:
+            return None
+        return self._sock_fd, self._conn
+
+    def lend_reading(self) -> bool:
+        """Stop the recv for a splice that reads the socket itself, and keep it stopped:
+        reads that complete meanwhile are held (``held_size``, ``take_held``), and
+        resume_reading only records the wish, until ``return_reading``. False when closing
+        or lent already."""
+        if self._closing or self._conn is None or self._lent:
+            return False
+        self._lent = True
+        self._readers.pop(self._recv_ud, None)
+        mu_conn_recv_stop(self._conn)
+        return True
+
+    def held_size(self) -> int:
+        """Bytes held (reads that came while paused or lent); -1 if an end of stream is held."""
+        n = 0
+        for item in self._held:
+            if item is _EOF:
+                return -1
+            n += len(item)
+        return n
+
+    def take_held(self) -> bytes:
+        """The held bytes, taken (while lent: the splice's caller delivers them itself)."""
+        data = b"".join(x for x in self._held if x is not _EOF)
+        self._held = [x for x in self._held if x is _EOF] or _NO_HELD
+        return data
+
+    def return_reading(self) -> None:
+        """The splice is over: reading goes on as the protocol last asked (paused or not)."""
+        if not self._lent:
+            return
+        self._lent = False
+        if self._closing or self._paused:
+            return
+        if self._held:
+            self._loop.call_soon(self._flush_held)
+        else:
             self._update_fast_reader()
             self._start_reading()
 
@@ -287,7 +339,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                 return
             if res > 0:
                 data = self._arena[off:off + res].tobytes()
-                if self._paused or self._held or self._gated:
+                if self._paused or self._held or self._gated or self._lent:
                     self._hold(data)
                     return
                 if self._buffered:
@@ -300,7 +352,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                 except BaseException as exc:
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             elif res == 0:
-                if self._paused or self._held or self._gated:
+                if self._paused or self._held or self._gated or self._lent:
                     self._hold(_EOF)
                 else:
                     self._on_eof()

@@ -68,8 +68,7 @@ async def relay(n: int, prefix: int = 0, slow: bool = False) -> tuple[bytes, int
     done = loop.create_future()
     job = SpliceJob(loop, src_tr, dst_tr, ready.set_result, done.set_result)
     await ready
-    held = b"".join(x for x in src_tr._held if isinstance(x, bytes))
-    src_tr._held.clear()
+    held = src_tr.take_held()
     got_early = bytes(src_proto.data) + held
     dst_tr.write(got_early)
     job.go(prefix + n - len(got_early))

@@ -8,13 +8,18 @@ written as coroutines). Flow control runs both ways:
 - buffered bytes over ``HIGH_WATER`` (nobody consuming yet) pause the producer;
 - a sink whose transport is over its write high-water mark calls ``pause()``; its
   ``resume_writing`` calls ``resume()``; the producer's transport stops reading meanwhile.
+
+A body with a known length may instead be spliced socket to socket (``splice``, set by the
+exchange that decided it: worker/http/splice_relay.py): ``pipe`` then hands the rest of the
+body to that relay, and any end of the stream (finish, fail, abandon, discard) stops it first.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 HIGH_WATER = 256 * 1024
 
@@ -49,15 +54,35 @@ class BodyError(Exception):
 class BodyStream:
     """One message body in flight; see the module docstring."""
 
-    __slots__ = ("length", "received", "consumed", "done", "exc", "_producer", "_sink",
-                 "_buf", "_buffered", "_waiter", "_paused", "on_consume", "_discard", "trailers")
+    __slots__ = (
+        "_buf",
+        "_buffered",
+        "_discard",
+        "_paused",
+        "_producer",
+        "_sink",
+        "_waiter",
+        "consumed",
+        "done",
+        "exc",
+        "length",
+        "on_consume",
+        "received",
+        "relay",
+        "splice",
+        "trailers",
+    )
 
-    def __init__(self, length: int | None, producer: Producer | None = None,
-                 on_consume: Callable[[], None] | None = None) -> None:
-        self.length = length          # Content-Length, or None (chunked / until close)
+    def __init__(
+        self,
+        length: int | None,
+        producer: Producer | None = None,
+        on_consume: Callable[[], None] | None = None,
+    ) -> None:
+        self.length = length  # Content-Length, or None (chunked / until close)
         self.received = 0
-        self.consumed = False         # a consumer attached (pipe/read) at least once
-        self.done = False             # producer finished (all bytes received)
+        self.consumed = False  # a consumer attached (pipe/read) at least once
+        self.done = False  # producer finished (all bytes received)
         self.exc: BaseException | None = None
         self._producer = producer
         self._sink: BodySink | None = None
@@ -68,6 +93,12 @@ class BodyStream:
         self.on_consume = on_consume  # called once when a consumer first attaches (100-continue)
         self._discard = False
         self.trailers: list[tuple[bytes, bytes]] | None = None
+        self.splice: Any = None  # a SpliceSource: this body may be spliced when piped
+        self.relay: Any = None  # the BodySplice moving the rest of it, while one does
+
+    @property
+    def producer(self) -> Producer | None:
+        return self._producer
 
     # -- producer side -------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
@@ -91,6 +122,8 @@ class BodyStream:
     def finish(self) -> None:
         if self.done:
             return
+        if self.relay is not None:
+            self.relay.cancel()
         self.done = True
         self._release_producer()
         sink = self._sink
@@ -103,6 +136,8 @@ class BodyStream:
     def fail(self, exc: BaseException) -> None:
         if self.done:
             return
+        if self.relay is not None:
+            self.relay.cancel()
         self.done = True
         self.exc = exc
         self._release_producer()
@@ -150,9 +185,13 @@ class BodyStream:
                 sink.end()
             return
         self._sink = sink
+        if self.splice is not None:
+            self.splice.start(self, sink)  # the rest around the parser, if it can
 
     def abandon(self) -> None:
         """The consumer went away: drop everything, and tell the producer (it may close)."""
+        if self.relay is not None:
+            self.relay.cancel()
         self._sink = None
         self._discard = True
         self._buf.clear()
@@ -163,6 +202,8 @@ class BodyStream:
 
     def discard(self) -> None:
         """Nobody will read this body: drop what is buffered and what still comes."""
+        if self.relay is not None:
+            self.relay.cancel()
         self._discard = True
         self._buf.clear()
         self._buffered = 0
@@ -200,7 +241,7 @@ class BodyStream:
                 raise BodyError(f"body larger than {limit} bytes")
             parts.append(chunk)
 
-    def __aiter__(self) -> "BodyStream":
+    def __aiter__(self) -> BodyStream:
         return self
 
     async def __anext__(self) -> bytes:

@@ -291,6 +291,18 @@ class UpstreamConnection(asyncio.Protocol):
         self._resp_body = None
         self.abort()
 
+    # splicing (worker/http/splice_relay.py)
+    def splice_target(self) -> Any:
+        """The transport a spliced request body may go to straight: one sent as it came (a
+        Content-Length body, not re-chunked), on an open connection; else None."""
+        return None if self.closed or self._req_chunked else self.transport
+
+    def body_spliced(self) -> None:
+        """The rest of the response body went around the parser: that parser still counts
+        it, so the next response gets a fresh one, and this one is complete."""
+        self._parser = None
+        self.on_message_complete()
+
     # -- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes | memoryview) -> None:
         """``data`` is a memoryview lent for this call when ``reads_lent_views`` (the

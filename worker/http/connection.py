@@ -438,6 +438,20 @@ class RequestReader:
             self.deadline = self.clock() + s.body_timeout
         body.feed(data)
 
+    # -- a body spliced around the parser (worker/http/splice_relay.py) ------------------
+    def body_progress(self) -> None:
+        """Body bytes are moving (or we are the ones not reading): not late, as on_body."""
+        s = self.settings
+        if s.body_timeout_on and self.phase == BODY:
+            self.deadline = self.clock() + s.body_timeout
+
+    def body_spliced(self) -> None:
+        """The rest of the body went around the parser: that parser still counts it, so a
+        fresh one takes the next request, and the request is complete."""
+        s = self.settings
+        self.parser = new_request_parser(s.parser_kind, self, s.head_limits, s.max_uri)
+        self.on_message_complete()
+
     def on_message_complete(self) -> None:
         req = self.receiving
         if req is None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.connection import BODY_BYTES, BODY_STREAM, must_close, response_head
 from monolake.worker.http.message import Request, Response, header_tokens, text_response
+from monolake.worker.http.splice_relay import client_source, upstream_source
 from monolake.worker.service.context import RequestContext
 
 if TYPE_CHECKING:
@@ -52,23 +54,35 @@ class Exchange:
     """One request and its response; see the module docstring. ``respond`` and ``spawn``
     are what a callback-shaped service (``RouterService.serve``) answers through."""
 
-    __slots__ = ("conn", "request", "ctx", "task", "error", "head_sent", "status", "close",
-                 "bytes_out", "started", "upstream", "chunked", "pending_head")
+    __slots__ = (
+        "bytes_out",
+        "chunked",
+        "close",
+        "conn",
+        "ctx",
+        "error",
+        "head_sent",
+        "pending_head",
+        "request",
+        "started",
+        "status",
+        "task",
+        "upstream",
+    )
 
-    def __init__(self, conn: "HttpServerProtocol", request: Request | None,
-                 error: int = 0) -> None:
+    def __init__(self, conn: HttpServerProtocol, request: Request | None, error: int = 0) -> None:
         self.conn = conn
         self.request = request
         self.ctx: RequestContext | None = None
         self.task: asyncio.Task | None = None
-        self.error = error          # answer this status (a parse error) instead of calling
+        self.error = error  # answer this status (a parse error) instead of calling
         self.head_sent = False
         self.status = 0
         self.close = False
         self.bytes_out = 0
         self.started = 0.0
         self.upstream: Any = None
-        self.chunked = False        # the response body goes out chunked
+        self.chunked = False  # the response body goes out chunked
         self.pending_head: bytes | None = None  # a streamed response's head, not yet written
 
     # respond() is done with a response body when it returns: a service may lend it a view
@@ -85,11 +99,17 @@ class Exchange:
             return
         rt.stats.requests += 1
         rt.stats.active_requests += 1
+        req = self.request
+        body = req.body if req is not None else None
+        if body is not None and body.length is not None:
+            threshold = getattr(rt.settings, "splice_threshold", 0)
+            if threshold and body.length >= threshold:
+                body.splice = client_source(conn)  # spliced if it is piped to a plain upstream
         ctx = RequestContext(conn._ctx, self.started)
         self.ctx = ctx
         try:
             conn._serve(self.request, ctx, self)
-        except Exception:  # noqa: BLE001 - a request must never take the worker down
+        except Exception:  # a request must never take the worker down
             rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
             rt.stats.errors += 1
             self.send(text_response(500, close=True))
@@ -99,7 +119,7 @@ class Exchange:
         written or copied before this returns, so it may be one lent for the call only."""
         try:
             self.send(resp)
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.conn._rt.log.exception("respond_error", server=self.conn._rt.name)
             self.conn._abort()
 
@@ -125,11 +145,11 @@ class Exchange:
         except asyncio.CancelledError:
             return
         except BodyError as exc:
-            resp = text_response(400 if self.conn._transport is not None else 499, str(exc),
-                                 close=True)
-        except Exception:  # noqa: BLE001 - a request must never take the worker down
-            rt.log.exception("service_error", server=rt.name,
-                             request_id=self.ctx.request_id if self.ctx else None)
+            resp = text_response(400 if self.conn._transport is not None else 499, str(exc), close=True)
+        except Exception:  # a request must never take the worker down
+            rt.log.exception(
+                "service_error", server=rt.name, request_id=self.ctx.request_id if self.ctx else None
+            )
             rt.stats.errors += 1
             resp = text_response(500, close=True)
         if not isinstance(resp, Response):
@@ -166,6 +186,11 @@ class Exchange:
             self.chunked = chunked
             self.pending_head = out
             conn._out_body = body
+            length = body.length
+            if length is not None and not chunked and body.splice is None:
+                threshold = getattr(rt.settings, "splice_threshold", 0)
+                if threshold and length >= threshold and conn._tls is None:
+                    body.splice = upstream_source(body)
             body.pipe(self)
             head = self.pending_head
             if head is not None:
@@ -184,6 +209,19 @@ class Exchange:
         if kind != BODY_BYTES and body is not None:  # a stream nobody reads (HEAD, 204, 304)
             body.abandon() if not body.done else body.discard()
         conn.exchange_done(self)
+
+    # a spliced response body (worker/http/splice_relay.py) goes straight to this transport
+    def splice_target(self) -> Any:
+        """The client's transport, for a body written as it comes (not chunked) by this
+        class's ``write`` (a subclass that frames bodies its own way takes no splice)."""
+        conn = self.conn
+        if self.chunked or conn._tls is not None or type(self).write is not Exchange.write:
+            return None
+        return conn._transport
+
+    def spliced(self, n: int) -> None:
+        self.bytes_out += n
+        self.conn._rt.stats.bytes_out += n
 
     # BodySink: a streamed response body goes out through these
     def write(self, data: bytes) -> None:
@@ -260,8 +298,7 @@ def _trailer_lines(req: Request | None, body: Any) -> bytes:
     trailers = getattr(body, "trailers", None)
     if not trailers or req is None or b"trailers" not in header_tokens(req.headers, b"te"):
         return b""
-    return b"".join(k + b": " + v + b"\r\n" for k, v in trailers
-                    if b"\r" not in v and b"\n" not in v)
+    return b"".join(k + b": " + v + b"\r\n" for k, v in trailers if b"\r" not in v and b"\n" not in v)
 
 
 def discard_response(resp: Response) -> None:
@@ -279,7 +316,7 @@ class CallReply:
     spawned before ``wait`` is awaited in place (no task of its own); one spawned later,
     from a callback (a retry after a stale connection), gets a task that resolves the wait."""
 
-    __slots__ = ("resp", "coro", "on_done", "fut", "task", "upstream")
+    __slots__ = ("coro", "fut", "on_done", "resp", "task", "upstream")
 
     # a layer keeps the response after respond(): its body must not be a lent view
     lends = False

@@ -1,0 +1,231 @@
+"""Bodies spliced socket -> pipe -> socket (issue 13 §2): which ones, and the glue that keeps
+both connections exactly where the Python engine would leave them.
+
+Python decides, per exchange (worker/http/exchange.py): a body with a known Content-Length of
+at least the server's ``splice_threshold``, arriving on a plain io_uring socket transport and
+piped (no layer reads it) into another plain one, gets a ``SpliceSource`` on its
+``BodyStream``. When ``pipe`` runs, a ``BodySplice`` lends the source's reading to a
+``SpliceJob`` (uring/splice.py): the bytes the parser has seen went out as usual, the reads
+the ring completed meanwhile are fed to the body straight (they are body bytes: if they held
+all of it, or its end, nothing is spliced), and the rest moves in the kernel. Anything that
+fails a condition, at any step, leaves the body to the Python relay.
+
+The parser never sees the spliced bytes, so it is behind: at the end the source gets a fresh
+one and the message is completed as the parser would have (``body_spliced``). Timeouts keep
+their meaning: a ticker moves the source's deadline on while bytes move, or while the sink is
+the slow side (the Python engine does not count that time either: it has stopped reading).
+An early end is handed back to the transports: the source's end of stream is read again by
+its recv (a TCP socket reports it to every read), a failed write or read aborts the
+transport it happened on, so the producer and the sink fail as they would have.
+"""
+
+from __future__ import annotations
+
+import errno
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from monolake.worker.http.body import BodyStream
+
+# the pipe of one relay (F_SETPIPE_SZ): what one spliced body can pin, as the Python relay's
+# write buffer high-water mark bounds what it keeps
+PIPE_SIZE = 256 * 1024
+
+
+def _splice_module() -> Any:
+    from monolake.uring import splice  # io_uring only: imported when a body qualifies
+
+    return splice
+
+
+def lends_reading(transport: Any) -> bool:
+    """A transport a splice can read from (the io_uring socket transport, open)."""
+    return transport is not None and hasattr(transport, "lend_reading") and not transport.is_closing()
+
+
+class SpliceSource:
+    """The side a body arrives on, as a splice needs it: its transport, its timeout, how to
+    count bytes, how to move its deadline on and how to complete the message afterwards."""
+
+    __slots__ = ("timeout", "transport")
+
+    def __init__(self, transport: Any, timeout: float) -> None:
+        self.transport = transport
+        self.timeout = timeout
+
+    def start(self, body: BodyStream, sink: Any) -> None:
+        """``body`` is being piped into ``sink``: splice the rest if both ends allow it."""
+        target = getattr(sink, "splice_target", None)
+        dst = target() if target is not None else None
+        if dst is not None:
+            BodySplice(body, self, sink, dst).start()
+
+    def account(self, n: int) -> None:
+        """``n`` body bytes went around the parser."""
+
+    def progress(self) -> None:
+        """Bytes moved (or the sink is the slow side): the source is not late."""
+
+    def finished(self) -> None:
+        """The whole body went around the parser: complete the message."""
+
+
+class ClientSource(SpliceSource):
+    """A request body from the client connection (an ``HttpServerProtocol``)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        rt = conn._rt
+        super().__init__(conn._transport, rt.body_timeout if rt.body_timeout_on else 0.0)
+        self.conn = conn
+
+    def account(self, n: int) -> None:
+        self.conn._rt.stats.bytes_in += n
+
+    def progress(self) -> None:
+        self.conn._reader.body_progress()
+
+    def finished(self) -> None:
+        self.conn._reader.body_spliced()
+
+
+class UpstreamSource(SpliceSource):
+    """A response body from an upstream connection (an ``UpstreamConnection``)."""
+
+    __slots__ = ("up",)
+
+    def __init__(self, up: Any) -> None:
+        super().__init__(up.transport, up.pool.read_timeout)
+        self.up = up
+
+    def progress(self) -> None:
+        if self.up.deadline:  # 0.0: not busy any more
+            self.up.deadline = monotonic() + self.timeout
+
+    def finished(self) -> None:
+        self.up.body_spliced()
+
+
+def client_source(conn: Any) -> SpliceSource | None:
+    """How a request body on ``conn`` can be spliced: plain (no TLS layer in between) on a
+    transport that lends its reading; else None (the Python relay)."""
+    reader = getattr(conn, "_reader", None)
+    if getattr(reader, "body_spliced", None) is None:
+        return None  # not an HTTP/1.1 connection (an h2 stream's body comes in frames)
+    if conn._tls is not None or conn._prelude is not None or not lends_reading(conn._transport):
+        return None
+    return ClientSource(conn)
+
+
+def upstream_source(body: BodyStream) -> SpliceSource | None:
+    """How a response body can be spliced: it comes from a plain upstream connection (a TLS
+    one's transport lends nothing); else None."""
+    up = body.producer
+    if getattr(up, "body_spliced", None) is None or not lends_reading(up.transport):  # type: ignore[union-attr]
+        return None
+    return UpstreamSource(up)
+
+
+class BodySplice:
+    """One body's relay; see the module docstring. Lives from ``pipe`` to the body's end."""
+
+    __slots__ = ("body", "dst", "job", "last_read", "sink", "source", "src", "ticker")
+
+    def __init__(self, body: BodyStream, source: SpliceSource, sink: Any, dst: Any) -> None:
+        self.body = body
+        self.source = source
+        self.sink = sink
+        self.src = source.transport
+        self.dst = dst
+        self.job: Any = None
+        self.ticker: Any = None
+        self.last_read = 0
+
+    def start(self) -> bool:
+        src, dst = self.src, self.dst
+        splice = _splice_module()
+        if not splice.can_splice(src, dst) or not src.lend_reading():
+            return False
+        try:
+            self.job = splice.SpliceJob(src._loop, src, dst, self._ready, self._done, pipe_size=PIPE_SIZE)
+        except OSError:
+            src.return_reading()
+            return False
+        self.body.relay = self
+        self._arm_ticker()
+        return True
+
+    def cancel(self) -> None:
+        """The body ended another way (the parser had it all, a failure, a timeout): stop."""
+        self._release()
+        if self.job is not None:
+            self.job.cancel()
+            self.job = None
+        self.src.return_reading()
+
+    def _release(self) -> None:
+        """No references left between the body, this relay and its job (the job's callbacks
+        point back here): all of it goes by reference counting, not at a later GC."""
+        self.body.relay = None
+        self.body.splice = None
+        self._stop_ticker()
+
+    def _ready(self, job: Any) -> None:
+        """The source's recv has stopped: feed what it held, then splice what is left."""
+        body = self.body
+        left = (body.length or 0) - body.received
+        held = self.src.held_size()
+        if held < 0 or held >= left:
+            self.cancel()  # the rest (or the end of the stream) is here: the parser takes it
+            return
+        if held:
+            data = self.src.take_held()
+            self.source.account(len(data))
+            body.feed(data)
+        job.go(left - held)
+
+    def _done(self, job: Any) -> None:
+        body = self.body
+        if body.relay is not self:
+            return
+        self._release()
+        self.job = None
+        job.on_ready = None
+        res = job.result
+        moved = res if isinstance(res, int) else res.moved
+        body.received += moved
+        self.source.account(moved)
+        counted = getattr(self.sink, "spliced", None)
+        if counted is not None:
+            counted(moved)
+        src, dst = self.src, self.dst
+        src.return_reading()
+        if isinstance(res, int):
+            self.source.finished()
+            return
+        if src.is_closing() or dst.is_closing():
+            return  # that connection's connection_lost decides, as for the Python relay
+        if res.errno == errno.ENODATA:
+            return  # the source ended early: its recv reads that end again, as the parser would
+        # a write error leaves bytes in the pipe (read > moved); a read error does not
+        (dst if res.read > res.moved else src).abort()
+
+    def _arm_ticker(self) -> None:
+        t = self.source.timeout
+        if t > 0:
+            self.ticker = self.src._loop.call_later(max(0.01, min(1.0, t / 4)), self._tick)
+
+    def _stop_ticker(self) -> None:
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+
+    def _tick(self) -> None:
+        job = self.job
+        read = job.read
+        if read != self.last_read or read > job.moved:
+            self.source.progress()
+        self.last_read = read
+        self._arm_ticker()
