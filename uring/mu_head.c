@@ -123,7 +123,7 @@ static int token_in(const char *name, size_t n, const char *v, size_t vn)
         }
         while (tn > 0 && is_ws(t[tn - 1]))
             tn--;
-        if (tn == n) {
+        if (tn == n && n > 0) {  /* an empty token names nothing (Python: `if tok`) */
             size_t q = 0;
             while (q < n && low((unsigned char)t[q]) == low((unsigned char)name[q]))
                 q++;

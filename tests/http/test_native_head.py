@@ -151,6 +151,11 @@ CASES = {
         remove_request=["accept"],
         preserve_host=True,
     ),
+    # found by the fuzz target (regressions/head/empty-connection-token): C dropped a field
+    # of empty name (a set_request "") for an empty Connection token, Python names no such
+    "an empty Connection token names no field": nt.HeadCase(
+        fields=[(b"Connection", b"a,,b"), (b"X", b"1")], set_request={"": "v"}
+    ),
     "header_rewrite: a set Connection names a field": nt.HeadCase(
         fields=[(b"X-Gone", b"1")], set_request={"connection": "x-gone"}
     ),
