@@ -286,8 +286,8 @@ def parse_head_input(seed: int, text: str) -> HeadCase:
             case.up_path, _, case.up_query = rest.partition("?")
         elif kind == "@":
             case.host_header = rest.encode("latin-1")
-        elif kind == "#" and rest.isdigit() and framing == 2:
-            case.content_length = int(rest[:18])
+        elif kind == "#" and rest[:18].isascii() and rest[:18].isdigit() and framing == 2:
+            case.content_length = int(rest[:18])  # ASCII: "²".isdigit() too
         elif ":" in line:
             name, _, value = line.partition(":")
             case.fields.append((name.encode("latin-1"), value.strip(" \t").encode("latin-1")))
