@@ -55,7 +55,10 @@ class Unit:
 
 URING = Unit("monolake.uring._uring", ("mu_ring.h", "mu_fast.h", "mu_splice.h"),
              ("mu_ring.c", "mu_fast.c", "mu_lend.c", "mu_splice.c"), liburing=True)
-CODEC = Unit("monolake.uring._codec", ("mu_http.h",), ("mu_http.c", "mu_lend.c"), liburing=False)
+# mu_route / mu_head: the per-request decisions of the native exchange (route match, upstream
+# head), plain C over spans, no CPython API: tested through cffi against their Python twins
+CODEC = Unit("monolake.uring._codec", ("mu_http.h", "mu_route.h", "mu_head.h"),
+             ("mu_http.c", "mu_lend.c", "mu_route.c", "mu_head.c"), liburing=False)
 UNITS = (URING, CODEC)
 
 LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",

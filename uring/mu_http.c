@@ -1384,7 +1384,7 @@ static int named_in(span name, PyObject **vals, int nv)
             Py_ssize_t tn = j - i;
             while (tn > 0 && is_ws(*t)) { t++; tn--; }
             while (tn > 0 && is_ws(t[tn - 1])) tn--;
-            if (tn == name.n) {
+            if (tn == name.n && tn > 0) {  /* an empty token names nothing (Python: `if tok`) */
                 Py_ssize_t q = 0;
                 while (q < tn && lower[(unsigned char)t[q]] == (unsigned char)name.p[q])
                     q++;

@@ -650,3 +650,8 @@ def _target(kinds: tuple[str, ...]) -> Callable[[bytes], None]:
 TARGETS["request"] = _target(("request",))
 TARGETS["response"] = _target(("response",))
 TARGETS["chunked"] = _target(("chunked-request", "chunked-response"))
+
+# the native exchange's decisions (route match, upstream head): tests/fuzz/native_targets.py
+from tests.fuzz.native_targets import TARGETS as _NATIVE_TARGETS  # noqa: E402
+
+TARGETS.update(_NATIVE_TARGETS)

@@ -310,6 +310,16 @@ def _error_response(exc: UpstreamError) -> Response:
     return text_response(exc.status, str(exc))
 
 
+def native_route_table(service: RouterService) -> Any:
+    """``service``'s routes compiled for the C matcher (uring/mu_route.c), for the native
+    exchange (issue 13 §2): a ``NativeRoutes`` whose ``match`` is ``service.router.match``
+    decided in C, or None where C does not take the table (no codec extension, a trie deeper
+    than it bounds). Built once per router build, never per request."""
+    from monolake.worker.http.native_route import NativeRoutes
+
+    return NativeRoutes.of(service.router)
+
+
 class RouterFactory:
     """Innermost factory of an HTTP server's stack."""
 

@@ -1,0 +1,72 @@
+/*
+ * mu_head: the upstream request head written in C (issue 13 §2), the twin of the Python
+ * engine's upstream_target + request_head (worker/http/headers.py, _request_head_py is the
+ * reference), after the request side of the header_rewrite options (worker/http/layers.py
+ * HeaderRewrite: remove_request, set_request). Plain C over spans, no CPython: the input is a
+ * parsed head as mu_http.c's request parser sees it (method, target, field name/value spans
+ * with the names in any case and the values trimmed, the framing facts), the route's and the
+ * upstream's options (compiled once, see worker/http/native_head.py) and the connection's
+ * forwarding facts. The output is byte for byte what the Python engine sends.
+ */
+#ifndef MU_HEAD_H
+#define MU_HEAD_H
+
+#include <stddef.h>
+
+/* cdef-begin */
+typedef struct {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+} mu_head_field;
+
+typedef struct {
+    const char *method;
+    size_t method_len;
+    const char *path;   /* the request target's path: the target up to its first '?' */
+    size_t path_len;
+    const char *query;  /* what follows that '?' (empty: none) */
+    size_t query_len;
+    const mu_head_field *fields;
+    size_t nfields;
+    int upgrade;        /* an upgrade request (Upgrade named by Connection: RQ_UPGRADE) */
+    int chunked;        /* Transfer-Encoding: chunked */
+    long long content_length; /* -1: none */
+} mu_head_request;
+
+typedef struct {
+    int uri;            /* a URI upstream (Upstream.kind == "uri"); else unix: the client's path */
+    const char *path;   /* the URI's path ("/" when it has none) */
+    size_t path_len;
+    const char *query;  /* the URI's query, without '?' */
+    size_t query_len;
+    const char *host_header; /* its authority, the Host it gets unless preserve_host */
+    size_t host_header_len;
+} mu_head_upstream;
+
+typedef struct {
+    int preserve_path;  /* the route's: the request path appended to the URI's */
+    int preserve_host;  /* the server's: the client's Host goes upstream */
+    int via;            /* the server's: add "1.1 monolake" to Via */
+    const mu_head_field *set;      /* header_rewrite set_request: appended, names lower-case */
+    size_t nset;
+    const mu_head_field *remove;   /* remove_request and the set names (value unused) */
+    size_t nremove;
+} mu_head_route;
+
+typedef struct {
+    const char *ip;     /* the client's address as text ("unknown" off IP) */
+    size_t ip_len;
+    const char *scheme; /* "http" or "https" */
+    size_t scheme_len;
+} mu_head_conn;
+
+/* Write the upstream head (request line, kept fields, forwarding fields, framing, the blank
+ * line) into out[0, cap) and return its length; when that is more than cap nothing useful is
+ * in `out` (as snprintf: call again with a buffer that large; out may be NULL with cap 0). */
+size_t mu_head_write(const mu_head_request *rq, const mu_head_route *rt,
+                     const mu_head_upstream *up, const mu_head_conn *cn, char *out, size_t cap);
+/* cdef-end */
+
+#endif /* MU_HEAD_H */
