@@ -136,8 +136,21 @@ class H2Stream:
     """One stream, shaped like the connection an ``Exchange`` expects; the request body's
     producer (its pause holds back WINDOW_UPDATEs: inbound backpressure)."""
 
-    __slots__ = ("conn", "id", "ex", "body", "out_body", "open", "held", "unacked",
-                 "discarding", "body_deadline", "progress_at", "last_buffered", "_queue")
+    __slots__ = (
+        "_queue",
+        "body",
+        "body_deadline",
+        "conn",
+        "discarding",
+        "ex",
+        "held",
+        "id",
+        "last_buffered",
+        "open",
+        "out_body",
+        "progress_at",
+        "unacked",
+    )
 
     _closing = False
     _lends_ok = False
