@@ -16,6 +16,7 @@ from typing import Any, Union
 
 from .health import HealthCheckConfig
 from .resolver import ResolverConfig
+from .summary import summary as _summary
 
 DEFAULT_SOURCE = "<embedded default config>"
 
@@ -163,6 +164,7 @@ class RouteConfig:
     tls_client_cert: str | None = None
     tls_client_key: str | None = None
     tls_sni: str | None = None
+    upstream_http_version: str | None = None  # None: the server's; "http2" | "http11" | "auto"
     max_idle_per_upstream: int = 32
     idle_timeout_sec: float = 60.0
     eject_after_failures: int = 3
@@ -194,7 +196,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     proxy_protocol: bool = False
     timeout: TimeoutConfig = field(default_factory=TimeoutConfig)
-    upstream_http_version: str = "auto"  # "http11" | "auto"
+    upstream_http_version: str = "auto"  # "http2" | "http11" | "auto"
     http_parser: str = "auto"  # "auto" | "native" | "httptools" | "h11"
     max_body_size: int = 0
     max_header_size: int = 65536
@@ -244,9 +246,7 @@ class Config:
         return typing.cast("Config", _from_plain(cls, data))
 
     def summary(self) -> str:
-        from .summary import summary
-
-        return summary(self)
+        return _summary(self)
 
 
 # -- generic (de)serialisation -------------------------------------------------------------------

@@ -21,7 +21,7 @@ from .schema import (
     TlsConfig,
 )
 from .tlsfiles import check_cert_pair
-from .upstreams import parse_http_routes, parse_thrift_routes
+from .upstreams import parse_http_routes, parse_thrift_routes, upstream_http_version
 
 PROXY_TYPES = ("http", "thrift", "http_thrift")
 # the native parsers keep a head's header spans on the stack (uring/mu_http.c MAX_HEADERS)
@@ -106,15 +106,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     tls = parse_tls(t)
     proxy_protocol = t.boolean("proxy_protocol", False)
     timeout = parse_timeout(t)
-    version = t.enum(
-        "upstream_http_version",
-        "auto",
-        ("http11", "auto"),
-        hints={
-            "http2": 'HTTP/2 upstreams are not supported yet; use "http11" or "auto"',
-            "h2": 'HTTP/2 upstreams are not supported yet; use "http11" or "auto"',
-        },
-    )
+    version = upstream_http_version(t) or "auto"
     http_parser = t.enum("http_parser", "auto", ("auto", "native", "httptools", "h11"))
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
     max_header_size = t.integer("max_header_size", 65536, lo=1024, unit="of bytes")

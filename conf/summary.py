@@ -1,8 +1,14 @@
-"""The short, human summary ``monolaked check`` prints for a valid config."""
+"""The short, human summary ``monolaked check`` prints for a valid config.
+
+It reads the schema's types for annotations only, so conf/schema.py can import it (for
+``Config.summary``) without an import cycle."""
 
 from __future__ import annotations
 
-from .schema import Config, RouteConfig, ServerConfig, UpstreamConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .schema import Config, RouteConfig, ServerConfig, UpstreamConfig
 
 
 def _upstream(u: UpstreamConfig) -> str:

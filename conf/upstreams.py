@@ -35,6 +35,7 @@ HTTP_ROUTE_KEYS = (
     "tls_client_cert",
     "tls_client_key",
     "tls_sni",
+    "upstream_http_version",
     *POOL_KEYS,
 )
 THRIFT_ROUTE_KEYS = ("methods", "load_balancer", "upstreams", *POOL_KEYS)
@@ -265,6 +266,7 @@ def _http_route(r: Table) -> RouteConfig | None:
     tls_sni = r.string("tls_sni", None, allow_empty=False)
     preserve_path = r.boolean("preserve_path", False)
     health_check = parse_health_check(r, "http")
+    version = upstream_http_version(r, None) if "upstream_http_version" in r.raw else None
     upstreams = parse_upstreams(r, "http")
     if not upstreams or (path is None and prefix is None):
         return None
@@ -280,8 +282,35 @@ def _http_route(r: Table) -> RouteConfig | None:
         tls_client_key=key,
         tls_sni=tls_sni,
         health_check=health_check,
+        upstream_http_version=version,
         **pool,
     )
+
+
+UPSTREAM_HTTP_VERSIONS = ("http2", "http11", "auto")
+
+
+def upstream_http_version(t: Table, default: str | None = "auto") -> str | None:
+    """``upstream_http_version`` of a server or a route (Monolake's values; per route is ours).
+    ``"http2"`` on a build without the libnghttp2 extension is a config error that says how
+    to get it, not a worker that silently speaks HTTP/1.1."""
+    value = t.enum(
+        "upstream_http_version",
+        default,
+        UPSTREAM_HTTP_VERSIONS,
+        hints={
+            "h2": 'did you mean "http2"?',
+            "http1.1": 'did you mean "http11"?',
+            "h2c": '"http2" is h2c (prior knowledge) on http:// upstreams',
+        },
+    )
+    if value == "http2":
+        from monolake.worker import h2
+
+        avail = h2.available()
+        if not avail:
+            t.problems.add(t.key("upstream_http_version"), avail.reason)
+    return value
 
 
 def _str_or_none(value: Any) -> str | None:

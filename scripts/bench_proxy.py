@@ -19,6 +19,7 @@ nginx, wrk and taskset are installed with apt-get when missing (as root; see ben
     python scripts/bench_proxy.py                      # all proxies, 3 rounds of 4 s per run
     python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
     python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
+    python scripts/bench_proxy.py --only monolake --runtimes io_uring --sizes 100B --perf
 """
 
 from __future__ import annotations
@@ -26,132 +27,58 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
+from benchrun import (
+    LOAD_CPU,
+    PROXY_CPU,
+    CpuMeter,
+    Proc,
+    Procs,
+    Sample,
+    free_port,
+    per_request_us,
+    pinned,
+    ratio,
+    rotated,
+    start_nginx,
+    summarize,
+    wait_port,
+)
+from benchrun import cpu_seconds as cpu_seconds  # re-exported: other scripts import them from here
+from benchrun import nginx_conf as nginx_conf
+from benchrun import tree_pids as tree_pids
 from benchtools import ensure_commands
 
-SIZES = {"100B": 100, "4KiB": 4096, "64KiB": 65536}
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
-def tree_pids(pid: int) -> list[int]:
-    out = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            for child in f.read().split():
-                out.extend(tree_pids(int(child)))
-    except OSError:
-        pass
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-        except OSError:
-            pass
-    return total / CLK_TCK
-
-
-class Proc:
-    def __init__(self, args: list[str], cpu: int | None, log: Path, **kw) -> None:
-        if cpu is not None:
-            args = ["taskset", "-c", str(cpu), *args]
-        self.log = open(log, "wb")  # noqa: SIM115 - lives as long as the process; stop() closes it
-        self.p = subprocess.Popen(
-            args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, **kw
-        )
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.p.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-        self.log.close()
+SIZES = {"100B": 100, "4KiB": 4096, "64KiB": 65536, "1MiB": 1 << 20}
 
 
 # -- the upstream and the proxies ------------------------------------------------------------
-def nginx_conf(work: Path, name: str, body: str) -> Path:
-    conf = work / f"{name}.conf"
-    conf.write_text(
-        textwrap.dedent(f"""
-        worker_processes 1;
-        daemon off;
-        master_process on;
-        pid {work}/{name}.pid;
-        error_log {work}/{name}.error.log warn;
-        events {{ worker_connections 4096; }}
-        http {{
-            access_log off;
-            client_body_temp_path {work}/{name}-body;
-            proxy_temp_path {work}/{name}-proxy;
-            fastcgi_temp_path {work}/{name}-fcgi;
-            uwsgi_temp_path {work}/{name}-uwsgi;
-            scgi_temp_path {work}/{name}-scgi;
-            keepalive_requests 1000000;
-            {body}
-        }}
-    """)
-    )
-    return conf
-
-
 def start_upstream(work: Path, port: int) -> Proc:
     root = work / "www"
     root.mkdir(exist_ok=True)
     for name, size in SIZES.items():
         (root / name).write_bytes(b"x" * size)
-    conf = nginx_conf(
+    return start_nginx(
         work,
         "upstream",
         f"""
         server {{ listen 127.0.0.1:{port} reuseport backlog=4096; root {root}; }}""",
+        LOAD_CPU,
     )
-    return Proc(["nginx", "-c", str(conf), "-e", str(work / "upstream.stderr.log")], 1, work / "upstream.log")
 
 
 def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
-    conf = nginx_conf(
+    return start_nginx(
         work,
         "nproxy",
         f"""
@@ -168,8 +95,8 @@ def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
                 proxy_max_temp_file_size 0;
             }}
         }}""",
+        PROXY_CPU,
     )
-    return Proc(["nginx", "-c", str(conf), "-e", str(work / "nproxy.stderr.log")], 0, work / "nproxy.log")
 
 
 AIOHTTP_PROXY = r"""
@@ -201,7 +128,9 @@ def start_aiohttp_proxy(work: Path, port: int, upstream: int) -> Proc:
     script = work / "aiohttp_proxy.py"
     script.write_text(AIOHTTP_PROXY)
     return Proc(
-        [sys.executable, str(script), str(port), f"http://127.0.0.1:{upstream}"], 0, work / "aiohttp.log"
+        [sys.executable, str(script), str(port), f"http://127.0.0.1:{upstream}"],
+        PROXY_CPU,
+        work / "aiohttp.log",
     )
 
 
@@ -231,61 +160,12 @@ def start_monolake(
     )
     return Proc(
         [sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
-        0,
+        PROXY_CPU,
         work / f"monolake-{runtime}.log",
     )
 
 
 # -- wrk -------------------------------------------------------------------------------------
-@dataclass
-class Result:
-    proxy: str
-    body: str
-    rps: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us_per_req: float
-    errors: int
-    requests: int
-    round: int = 0
-
-
-def summarize(results: list[Result], proxies: list[str], sizes: list[str]) -> list[dict]:
-    """Per proxy and size: medians over the rounds, and the median (and range) of the per-round
-    ratios to nginx and to the aiohttp peer (each ratio pairs runs of the same round)."""
-    by = {(r.proxy, r.body, r.round): r for r in results}
-    rounds = sorted({r.round for r in results})
-    peers = {"nginx": "nginx", "aiohttp": next((p for p in proxies if p.startswith("aiohttp")), "")}
-    out = []
-    for proxy in proxies:
-        for size in sizes:
-            runs = [by[(proxy, size, n)] for n in rounds if (proxy, size, n) in by]
-            if not runs:
-                continue
-            row: dict = {"proxy": proxy, "body": size, "rounds": len(runs)}
-            for key in ("rps", "p50_ms", "p99_ms", "cpu_us_per_req"):
-                row[key] = statistics.median(getattr(r, key) for r in runs)
-            row["errors"] = sum(r.errors for r in runs)
-            for label, peer in peers.items():
-                ratios = [
-                    r.rps / by[(peer, size, r.round)].rps
-                    for r in runs
-                    if (peer, size, r.round) in by and by[(peer, size, r.round)].rps
-                ]
-                if ratios and peer != proxy:
-                    row[f"x_{label}"] = statistics.median(ratios)
-                    row[f"x_{label}_range"] = (min(ratios), max(ratios))
-            out.append(row)
-    return out
-
-
-def _ratio(row: dict, peer: str) -> str:
-    if f"x_{peer}" not in row:
-        return "-"
-    lo, hi = row[f"x_{peer}_range"]
-    return f"{row[f'x_{peer}']:.2f} [{lo:.2f}-{hi:.2f}]"
-
-
 def _ms(text: str) -> float:
     m = re.match(r"([\d.]+)(us|ms|s)", text)
     if not m:
@@ -294,26 +174,15 @@ def _ms(text: str) -> float:
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
 
 
-def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) -> tuple[dict, float]:
+def run_wrk(port: int, path: str, duration: float, conns: int, meter: CpuMeter) -> tuple[dict, float]:
+    url = f"http://127.0.0.1:{port}{path}"
     # warm up (pool, caches), then measure
     subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", "-d1s", f"http://127.0.0.1:{port}{path}"],
-        capture_output=True,
-        timeout=30,
+        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", "-d1s", url]), capture_output=True, timeout=30
     )
-    cpu0 = cpu_seconds(pids)
+    meter.start()
     proc = subprocess.run(
-        [
-            "taskset",
-            "-c",
-            "1",
-            "wrk",
-            "-t1",
-            f"-c{conns}",
-            f"-d{int(duration)}s",
-            "--latency",
-            f"http://127.0.0.1:{port}{path}",
-        ],
+        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", f"-d{int(duration)}s", "--latency", url]),
         capture_output=True,
         text=True,
         timeout=duration + 30,
@@ -321,7 +190,7 @@ def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) 
     out = proc.stdout
     if "requests in" not in out:
         print(f"  wrk failed: {proc.stdout} {proc.stderr}", file=sys.stderr)
-    cpu = cpu_seconds(pids) - cpu0
+    cpu = meter.stop()
     stats = {"rps": 0.0, "p50": float("nan"), "p99": float("nan"), "errors": 0, "requests": 0}
     for line in out.splitlines():
         line = line.strip()
@@ -336,6 +205,21 @@ def run_wrk(port: int, path: str, duration: float, conns: int, pids: list[int]) 
         elif line.startswith(("Non-2xx", "Socket errors")):
             stats["errors"] += sum(int(x) for x in re.findall(r"\d+", line.split(":", 1)[1]))
     return stats, cpu
+
+
+def perf_summary(data: Path, top: int = 25) -> str:
+    """Where the profiled worker's samples went: by DSO, then by symbol (self time)."""
+    out = []
+    for sort in ("dso", "dso,sym"):
+        done = subprocess.run(
+            ["perf", "report", "-i", str(data), "--no-children", "--stdio", "--sort", sort, "-g", "none"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        rows = [line for line in done.stdout.splitlines() if line.strip() and not line.startswith("#")]
+        out.append("\n".join(rows[:top]))
+    return "\n\n".join(out)
 
 
 def main() -> int:
@@ -373,6 +257,13 @@ def main() -> int:
         action="store_true",
         help="py-spy record the monolake worker during the 100B run (needs py-spy)",
     )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="perf record the monolake worker during the first size's first run; prints the "
+        "share of samples by DSO (interpreter, kernel, native extension, liburing, libc) and "
+        "the top symbols, and keeps the perf.data in the work directory",
+    )
     args = ap.parse_args()
     missing = ensure_commands("nginx", "wrk", "taskset")
     if missing:
@@ -383,11 +274,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="monolake-bench-"))
     work.chmod(0o755)  # nginx workers run as an unprivileged user
     up_port = free_port()
-    upstream = start_upstream(work, up_port)
-    results: list[Result] = []
-    try:
+    results: list[Sample] = []
+    contenders: list[tuple[str, Callable[[int], Proc]]] = []
+    with Procs() as procs:
+        procs.add(start_upstream(work, up_port))
         wait_port(up_port)
-        contenders: list[tuple[str, Callable[[int], Proc]]] = []
         if not only or "nginx" in only:
             contenders.append(("nginx", lambda p: start_nginx_proxy(work, p, up_port)))
         if not only or "aiohttp" in only:
@@ -403,96 +294,133 @@ def main() -> int:
                     contenders.append((f"monolake/{rt}+poll", poll))
         # every proxy up at once (an idle one costs nothing); each round runs every size on
         # every proxy back to back, in a rotating order, so a ratio compares runs minutes apart
-        # at most, not a whole benchmark apart (this machine's speed drifts by 20 %)
-        procs: list[tuple[str, Proc, int, list[int]]] = []
-        try:
-            for name, start in contenders:
-                port = free_port()
-                procs.append((name, start(port), port, []))
-            for _name, proc, port, pids in procs:
-                wait_port(port)
-                pids.extend(tree_pids(proc.p.pid))
-            time.sleep(0.3)
-            for rnd in range(args.rounds):
-                for size in sizes:
-                    shift = rnd % len(procs)
-                    for name, _proc, port, pids in procs[shift:] + procs[:shift]:
-                        prof = None
-                        if args.profile and name.startswith("monolake") and size == sizes[0] and rnd == 0:
-                            prof = subprocess.Popen(
-                                [
-                                    shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-                                    "record",
-                                    "-o",
-                                    str(work / f"{name.replace('/', '-')}.svg"),
-                                    "-d",
-                                    str(int(args.duration) + 2),
-                                    "-p",
-                                    str(pids[-1]),
-                                ],
-                                stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL,
-                            )
-                        stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, pids)
-                        if prof is not None:
-                            prof.wait(30)
-                            print(f"  profile: {work / (name.replace('/', '-') + '.svg')}", file=sys.stderr)
-                        n = max(1, stats["requests"])
-                        r = Result(
-                            name,
-                            size,
-                            stats["rps"],
-                            stats["p50"],
-                            stats["p99"],
-                            cpu / n * 1e6,
-                            stats["errors"],
-                            stats["requests"],
-                            rnd,
+        # at most, not a whole benchmark apart (this shared machine's speed drifts by 20 %)
+        running: list[tuple[str, int, CpuMeter]] = []
+        for name, start in contenders:
+            port = free_port()
+            running.append((name, port, CpuMeter(procs.add(start(port)).pid)))
+        for _name, port, _meter in running:
+            wait_port(port)
+        time.sleep(0.3)
+        for rnd in range(args.rounds):
+            for size in sizes:
+                for name, port, meter in rotated(running, rnd):
+                    prof = None
+                    first = name.startswith("monolake") and size == sizes[0] and rnd == 0
+                    if args.profile and first:
+                        prof = subprocess.Popen(
+                            [
+                                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                                "record",
+                                "-o",
+                                str(work / f"{name.replace('/', '-')}.svg"),
+                                "-d",
+                                str(int(args.duration) + 2),
+                                "-p",
+                                str(meter.root),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
                         )
-                        results.append(r)
-                        print(
-                            f"  r{rnd} {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
-                            f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
-                            file=sys.stderr,
+                    elif args.perf and first:
+                        # the worker only (the launcher is the same process: --standalone)
+                        data = work / f"{name.replace('/', '-')}.perf"
+                        sleep = ["sleep", str(int(args.duration) + 1)]
+                        prof = subprocess.Popen(
+                            [
+                                "perf",
+                                "record",
+                                "-F",
+                                "999",
+                                "-g",
+                                "-o",
+                                str(data),
+                                "-p",
+                                str(meter.root),
+                                "--",
+                                *sleep,
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
                         )
-        finally:
-            for _, proc, _, _ in procs:
-                proc.stop()
-    finally:
-        upstream.stop()
-    summary = summarize(results, [name for name, _ in contenders], sizes)
+                    stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, meter)
+                    if prof is not None:
+                        prof.wait(30)
+                        out = work / (name.replace("/", "-") + (".perf" if args.perf else ".svg"))
+                        print(f"  profile: {out}", file=sys.stderr)
+                        if args.perf:
+                            print(perf_summary(out), file=sys.stderr)
+                    r = Sample(
+                        name,
+                        size,
+                        stats["rps"],
+                        per_request_us(cpu, stats["requests"]),
+                        stats["requests"],
+                        stats["errors"],
+                        rnd,
+                        stats["p50"],
+                        stats["p99"],
+                    )
+                    results.append(r)
+                    print(
+                        f"  r{rnd} {name:22} {size:6} {r.rps:10.0f} rps  p50 {r.p50_ms:7.2f} ms  "
+                        f"p99 {r.p99_ms:7.2f} ms  cpu {r.cpu_us_per_req:7.1f} µs/req  errors {r.errors}",
+                        file=sys.stderr,
+                    )
+    names = [name for name, _ in contenders]
+    peers = {"nginx": "nginx", "aiohttp": next((p for p in names if p.startswith("aiohttp")), "")}
+    summary = summarize(results, names, sizes, peers)
     print(
-        f"\n{args.rounds} round(s) of {args.duration} s; medians over rounds; '× nginx' and "
-        "'× aiohttp' are medians of the per-round ratios (range in brackets)"
+        f"\n{args.rounds} round(s) of {args.duration} s; medians over rounds; CPU = the proxy's "
+        "processes, user+sys, per request served; ratios are medians of the per-round ratios "
+        "(range in brackets); 'cpu × nginx' < 1 means less CPU per request than nginx"
     )
     print(
         f"{'proxy':22} {'body':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>11} "
-        f"{'× nginx':>18} {'× aiohttp':>18}"
+        f"{'cpu × nginx':>18} {'rps × nginx':>18} {'rps × aiohttp':>18}"
     )
     for row in summary:
         print(
             f"{row['proxy']:22} {row['body']:6} {row['rps']:9.0f} {row['p50_ms']:8.2f} "
-            f"{row['p99_ms']:8.2f} {row['cpu_us_per_req']:11.1f} {_ratio(row, 'nginx'):>18} "
-            f"{_ratio(row, 'aiohttp'):>18}"
+            f"{row['p99_ms']:8.2f} {row['cpu_us_per_req']:11.1f} {ratio(row, 'cpu_x_nginx'):>18} "
+            f"{ratio(row, 'x_nginx'):>18} {ratio(row, 'x_aiohttp'):>18}"
         )
+    title = "HTTP reverse proxy, one core: requests/s and proxy CPU per request by body size"
+    subtitle = (
+        f"wrk -c{args.connections}, median of {args.rounds} x {args.duration:g} s; "
+        "proxy on core 0, wrk and the nginx upstream on core 1"
+    )
+    chart_rows = [
+        {
+            "server": r["proxy"],
+            "body_size": SIZES[r["body"]],
+            "rps": r["rps"],
+            "cpu_us_per_req": r["cpu_us_per_req"],
+        }
+        for r in summary
+        if r["rps"] > 0 and r["cpu_us_per_req"] == r["cpu_us_per_req"]
+    ]
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"summary": summary, "runs": [asdict(r) for r in results]}, indent=2)
+            json.dumps(
+                {
+                    "title": title,
+                    "subtitle": subtitle,
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                    "results": chart_rows,
+                    "summary": summary,
+                    "runs": [asdict(r) for r in results],
+                },
+                indent=2,
+            )
         )
     if args.chart:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from chart import write_chart
 
-        rows = [{"server": r["proxy"], "body_size": SIZES[r["body"]], "rps": r["rps"]} for r in summary]
-        write_chart(
-            rows,
-            args.chart,
-            "HTTP reverse proxy, one core: requests/s by body size",
-            subtitle=f"wrk -c{args.connections}, median of {args.rounds} x {args.duration:g} s; "
-            "proxy on core 0, wrk and the nginx upstream on core 1",
-        )
+        write_chart(chart_rows, args.chart, title, subtitle=subtitle)
         print(f"chart written to {args.chart}")
-    shutil.rmtree(work, ignore_errors=True) if not args.profile else None
+    shutil.rmtree(work, ignore_errors=True) if not (args.profile or args.perf) else None
     return 0
 
 

@@ -20,6 +20,11 @@ Results shape (a list of rows, in any order; the JSON file holds the list itself
      {"server": "nginx",    "body_size": 1024, "rps": 52345.0},
      ...]
 
+A row may also carry ``cpu_us_per_req`` (the server's CPU µs per request); when any row does,
+the chart gets a second panel, CPU per request by body size, next to the requests/s one (lower
+is better there). Either panel switches to a log scale when its values span more than 20×
+(1 MiB next to 100 B), so every bar stays visible; each bar is labelled with its value.
+
 ``server`` names the series (bars keep the order in which servers first appear; monolake,
 nginx and python get fixed colours), ``body_size`` is the response body in bytes, ``rps`` the
 measured requests per second. A missing (server, size) pair leaves a gap; a duplicate is an
@@ -33,8 +38,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +56,7 @@ class Table:
     servers: list[str]
     sizes: list[int]
     rps: dict[tuple[str, int], float]
+    cpu: dict[tuple[str, int], float] = field(default_factory=dict)
 
 
 def tabulate(results: Iterable[Mapping[str, Any]]) -> Table:
@@ -58,6 +64,7 @@ def tabulate(results: Iterable[Mapping[str, Any]]) -> Table:
     servers: list[str] = []
     sizes: set[int] = set()
     rps: dict[tuple[str, int], float] = {}
+    cpu: dict[tuple[str, int], float] = {}
     for i, row in enumerate(results):
         try:
             server, size, value = str(row["server"]), row["body_size"], row["rps"]
@@ -67,6 +74,11 @@ def tabulate(results: Iterable[Mapping[str, Any]]) -> Table:
             raise ChartError(f"row {i}: body_size must be a byte count, found {size!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
             raise ChartError(f"row {i}: rps must be a non-negative number, found {value!r}")
+        if "cpu_us_per_req" in row:
+            us = row["cpu_us_per_req"]
+            if isinstance(us, bool) or not isinstance(us, (int, float)) or us < 0 or us != us:
+                raise ChartError(f"row {i}: cpu_us_per_req must be a non-negative number, found {us!r}")
+            cpu[(server, size)] = float(us)
         if (server, size) in rps:
             raise ChartError(f"row {i}: a second result for {server} at {size} bytes")
         if server not in servers:
@@ -75,7 +87,7 @@ def tabulate(results: Iterable[Mapping[str, Any]]) -> Table:
         rps[(server, size)] = float(value)
     if not rps:
         raise ChartError("no results to chart")
-    return Table(servers, sorted(sizes), rps)
+    return Table(servers, sorted(sizes), rps, cpu)
 
 
 def human_size(n: int) -> str:
@@ -94,6 +106,10 @@ def human_rate(v: float) -> str:
     if v >= 1e3:
         return f"{v / 1e3:.1f}k"
     return f"{v:.0f}"
+
+
+def human_us(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}"
 
 
 def colours(servers: list[str]) -> dict[str, str]:
@@ -121,44 +137,71 @@ def write_chart(
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    n = len(table.servers)
-    width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(table.sizes) + 2), 4.5), dpi=120)
+    panels: list[tuple[dict[tuple[str, int], float], str, Callable[[float], str]]] = [
+        (table.rps, "requests / s (higher is better)", human_rate)
+    ]
+    if table.cpu:
+        panels.append((table.cpu, "proxy CPU µs / request (lower is better)", human_us))
+    per_panel = max(6.0, 1.6 * len(table.sizes) + 2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(per_panel * len(panels), 4.5), dpi=120, squeeze=False)
     palette = colours(table.servers)
-    top = max(table.rps.values()) or 1.0
-    for i, server in enumerate(table.servers):
-        xs, heights = [], []
-        for j, size in enumerate(table.sizes):
-            if (server, size) in table.rps:
-                xs.append(j - 0.4 + width * (i + 0.5))
-                heights.append(table.rps[(server, size)])
-        bars = ax.bar(xs, heights, width * 0.92, label=server, color=palette[server])
-        for bar, value in zip(bars, heights, strict=True):
-            ax.text(
-                bar.get_x() + bar.get_width() / 2,
-                bar.get_height() + top * 0.01,
-                human_rate(value),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
-    ax.set_xticks(range(len(table.sizes)), [human_size(s) for s in table.sizes])
-    ax.set_xlabel("response body size")
-    ax.set_ylabel("requests / s")
-    ax.set_ylim(0, top * 1.15)
-    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: human_rate(v)))
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
-    ax.legend(frameon=False)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+    for ax, (values, ylabel, fmt) in zip(axes[0], panels, strict=True):
+        _panel(matplotlib, ax, table, values, palette, fmt)
+        ax.set_ylabel(ylabel)
+    axes[0][0].legend(frameon=False)
+    fig.suptitle(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
     plt.close(fig)
     return out
+
+
+def _panel(
+    matplotlib: Any,
+    ax: Any,
+    table: Table,
+    values: dict[tuple[str, int], float],
+    palette: dict[str, str],
+    fmt: Callable[[float], str],
+) -> None:
+    """One grouped bar panel: a group per body size, a bar per server."""
+    n = len(table.servers)
+    width = 0.8 / n
+    top = max(values.values()) or 1.0
+    positive = [v for v in values.values() if v > 0]
+    log = bool(positive) and top / min(positive) > 20
+    for i, server in enumerate(table.servers):
+        xs, heights = [], []
+        for j, size in enumerate(table.sizes):
+            if (server, size) in values:
+                xs.append(j - 0.4 + width * (i + 0.5))
+                heights.append(values[(server, size)])
+        if not heights:
+            continue
+        bars = ax.bar(xs, heights, width * 0.92, label=server, color=palette[server])
+        for bar, value in zip(bars, heights, strict=True):
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height() * 1.03 if log else bar.get_height() + top * 0.01,
+                fmt(value),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    ax.set_xticks(range(len(table.sizes)), [human_size(s) for s in table.sizes])
+    ax.set_xlabel("response body size")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(min(positive) / 2, top * 2)
+    else:
+        ax.set_ylim(0, top * 1.15)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: fmt(v)))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
 
 
 def load_results(path: str | Path) -> tuple[list[Mapping[str, Any]], str, str]:

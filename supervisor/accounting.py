@@ -17,8 +17,9 @@ Gauges (open connections, in-flight requests) describe live processes and are ne
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 GAUGES = frozenset({"open_connections", "active_requests"})
 
@@ -27,8 +28,11 @@ ServerStats = dict[str, dict[str, int]]  # server name -> counter -> value
 
 def counters_only(stats: Mapping[str, Any]) -> dict[str, int]:
     """The monotonic counters of one server's stats (gauges and non-integers dropped)."""
-    return {k: int(v) for k, v in stats.items()
-            if k not in GAUGES and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: int(v)
+        for k, v in stats.items()
+        if k not in GAUGES and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def add_into(target: ServerStats, servers: Mapping[str, Mapping[str, int]], sign: int = 1) -> None:
@@ -75,8 +79,9 @@ class Totals:
         settled: ServerStats = {}
         for name, exported in baseline.exported.items():
             now = new_servers.get(name) or {}
-            settled[name] = {k: v for k, v in exported.items()
-                             if isinstance(now.get(k), (int, float)) and now[k] >= v}
+            settled[name] = {
+                k: v for k, v in exported.items() if isinstance(now.get(k), (int, float)) and now[k] >= v
+            }
         baseline.settled = settled
 
     def worker_exited(self, slot: int, pid: int, servers: Mapping[str, Mapping[str, Any]]) -> None:
@@ -86,8 +91,7 @@ class Totals:
 
     # ----- views -------------------------------------------------------------------------
 
-    def own_counters(self, pid: int, servers: Mapping[str, Mapping[str, Any]],
-                     retired: bool) -> ServerStats:
+    def own_counters(self, pid: int, servers: Mapping[str, Mapping[str, Any]], retired: bool) -> ServerStats:
         """The counters that are this worker's own: a retired worker whose successor imported
         its counters owns only what it added after the export."""
         own = {name: counters_only(stats) for name, stats in servers.items()}
@@ -99,8 +103,9 @@ class Totals:
                     row[key] = max(0, value)
         return own
 
-    def slot_view(self, slot: int, workers: Iterable[tuple[int, Mapping[str, Mapping[str, Any]], bool]]
-                  ) -> ServerStats:
+    def slot_view(
+        self, slot: int, workers: Iterable[tuple[int, Mapping[str, Mapping[str, Any]], bool]]
+    ) -> ServerStats:
         """Totals of one slot: carried + every live worker's own counters + live gauges.
 
         ``workers`` are ``(pid, server_stats, retired)`` of the slot's live processes: its

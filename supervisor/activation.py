@@ -22,8 +22,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import Any, MutableMapping
+from typing import Any
 
 import structlog
 
@@ -34,7 +35,8 @@ log = structlog.get_logger()
 SD_LISTEN_FDS_START = 3
 ENV_KEYS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
-Key = tuple  # as monolake.supervisor.listeners.listener_key: ("socket", host, port) | ("unix", path)
+# as monolake.supervisor.listeners.listener_key: ("socket", host, port) | ("unix", path, 0)
+Key = tuple[str, str, int]
 
 
 @dataclass
@@ -42,8 +44,8 @@ class Activated:
     """One inherited listening socket."""
 
     sock: socket.socket
-    name: str           # its FileDescriptorName ("" if none)
-    address: Key        # ("socket", ip, port) or ("unix", path), from getsockname()
+    name: str  # its FileDescriptorName ("" if none)
+    address: Key  # ("socket", ip, port) or ("unix", path, 0), from getsockname()
     shared_warned: bool = False
 
     @property
@@ -60,8 +62,9 @@ class Activated:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def inherited_sockets(environ: MutableMapping[str, str] | None = None,
-                      start: int = SD_LISTEN_FDS_START) -> list[Activated]:
+def inherited_sockets(
+    environ: MutableMapping[str, str] | None = None, start: int = SD_LISTEN_FDS_START
+) -> list[Activated]:
     """Adopt the listening sockets passed to this process, and unset the variables.
 
     Nothing is adopted unless ``LISTEN_PID`` names this process: the variables may have
@@ -74,8 +77,7 @@ def inherited_sockets(environ: MutableMapping[str, str] | None = None,
     if not count:
         return []
     if not pid.isdigit() or int(pid) != os.getpid():
-        log.warning("LISTEN_FDS ignored: LISTEN_PID is not this process", listen_pid=pid,
-                    pid=os.getpid())
+        log.warning("LISTEN_FDS ignored: LISTEN_PID is not this process", listen_pid=pid, pid=os.getpid())
         return []
     try:
         n = int(count)
@@ -91,8 +93,10 @@ def inherited_sockets(environ: MutableMapping[str, str] | None = None,
         if sock is not None:
             adopted.append(Activated(sock, name, bound_key(sock)))
     if adopted:
-        log.info("sockets inherited (socket activation)",
-                 sockets=[f"{a.describe()}{' (' + a.name + ')' if a.name else ''}" for a in adopted])
+        log.info(
+            "sockets inherited (socket activation)",
+            sockets=[f"{a.describe()}{' (' + a.name + ')' if a.name else ''}" for a in adopted],
+        )
     return adopted
 
 
@@ -109,10 +113,12 @@ def _adopt(fd: int, name: str) -> socket.socket | None:
         listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
     except OSError:
         listening = 0
-    if sock.type != socket.SOCK_STREAM or not listening \
-            or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
-        log.warning("inherited socket is not a listening stream socket; closing it", fd=fd,
-                    name=name)
+    if (
+        sock.type != socket.SOCK_STREAM
+        or not listening
+        or sock.family not in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
+    ):
+        log.warning("inherited socket is not a listening stream socket; closing it", fd=fd, name=name)
         sock.close()
         return None
     sock.setblocking(False)
@@ -130,7 +136,7 @@ def bound_key(sock: socket.socket) -> Key:
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         path = name.decode(errors="replace") if isinstance(name, bytes) else name
-        return ("unix", path)
+        return ("unix", path, 0)
     return ("socket", str(ipaddress.ip_address(name[0].split("%")[0])), int(name[1]))
 
 
@@ -144,7 +150,7 @@ def _host_ips(host: str, port: int) -> set[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         return set()
-    return {str(ipaddress.ip_address(info[4][0].split("%")[0])) for info in infos}
+    return {str(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos}
 
 
 def _same_address(listener_key: Key, activated: Activated) -> bool:
@@ -173,14 +179,20 @@ def match(activated: list[Activated], servers: dict[str, Any]) -> dict[Key, Acti
             for candidate in left:
                 if (candidate.name == name) if by_name else _same_address(key, candidate):
                     if by_name and not _same_address(key, candidate):
-                        log.warning("inherited socket named after a server is bound elsewhere; "
-                                    "using it anyway", server=name, socket=candidate.describe())
+                        log.warning(
+                            "inherited socket named after a server is bound elsewhere; using it anyway",
+                            server=name,
+                            socket=candidate.describe(),
+                        )
                     matched[key] = candidate
                     left.remove(candidate)
                     break
     for extra in left:
-        log.warning("inherited socket matches no configured listener; closing it",
-                    socket=extra.describe(), name=extra.name)
+        log.warning(
+            "inherited socket matches no configured listener; closing it",
+            socket=extra.describe(),
+            name=extra.name,
+        )
         extra.sock.close()
     return matched
 
@@ -191,8 +203,11 @@ def extra_slot_socket(first: Activated, backlog: int) -> socket.socket:
         return bind_tcp(first.address[1], first.address[2], backlog)
     if not first.shared_warned:
         first.shared_warned = True
-        log.warning("activated socket has no SO_REUSEPORT (set ReusePort=yes in the .socket "
-                    "unit); all workers share its accept queue", socket=first.describe())
+        log.warning(
+            "activated socket has no SO_REUSEPORT (set ReusePort=yes in the .socket "
+            "unit); all workers share its accept queue",
+            socket=first.describe(),
+        )
     dup = first.sock.dup()
     dup.setblocking(False)
     return dup

@@ -25,9 +25,17 @@ MAX_HEAD = 8192
 MAX_CONNECTIONS = 128
 HEAD_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large",
-           500: "Internal Server Error", 503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 ENDPOINTS = "/metrics  Prometheus metrics\n/status   monolaked status --json\n/healthz  liveness\n"
 
 
@@ -47,8 +55,7 @@ def health(master: Any) -> tuple[int, str]:
         return 503, "stopping\n"
     if ready == 0:
         return 503, f"unhealthy: 0 of {total} workers ready\n"
-    return 200, (f"ok: {ready} of {total} workers ready, generation "
-                 f"{master.state.generation}\n")
+    return 200, (f"ok: {ready} of {total} workers ready, generation {master.state.generation}\n")
 
 
 def is_loopback(host: str) -> bool:
@@ -67,7 +74,7 @@ class AdminServer:
         self.master = master
         self.listen = ""
         self._server: asyncio.AbstractServer | None = None
-        self._watch: asyncio.Task | None = None
+        self._watch: asyncio.Task[None] | None = None
         self._connections: set[asyncio.StreamWriter] = set()
 
     @property
@@ -91,8 +98,11 @@ class AdminServer:
         if old is not None:
             old.close()
         if not is_loopback(host):
-            log.warning("admin listener on a non-loopback address: status and metrics are "
-                        "readable by anyone who can reach it", listen=listen)
+            log.warning(
+                "admin listener on a non-loopback address: status and metrics are "
+                "readable by anyone who can reach it",
+                listen=listen,
+            )
         log.info("admin listener started", listen=listen)
 
     async def _follow_config(self) -> None:
@@ -111,8 +121,11 @@ class AdminServer:
             try:
                 await self._bind(admin.listen, admin.host, admin.port)
             except OSError as exc:
-                log.error("admin listener not moved; it keeps its old address",
-                          old=self.listen or "off", error=str(exc))
+                log.error(
+                    "admin listener not moved; it keeps its old address",
+                    old=self.listen or "off",
+                    error=str(exc),
+                )
 
     def _stop_listening(self) -> None:
         if self._server is not None:
@@ -139,11 +152,12 @@ class AdminServer:
             first = True
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"),
-                                                  HEAD_TIMEOUT if first else IDLE_TIMEOUT)
+                    head = await asyncio.wait_for(
+                        reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT if first else IDLE_TIMEOUT
+                    )
                 except asyncio.IncompleteReadError:
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if first:
                         await self._respond(writer, "GET", 408, "request head timeout\n", close=True)
                     return
@@ -159,8 +173,7 @@ class AdminServer:
             self._connections.discard(writer)
             writer.close()
 
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   head: bytes) -> bool:
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes) -> bool:
         """Answer one request; False when the connection must close."""
         started = time.monotonic()
         method, path = "GET", "?"
@@ -173,14 +186,19 @@ class AdminServer:
             status, ctype, body = self.route(method, path)
         except BadRequest as exc:
             status, ctype, body, keep_alive = exc.status, "text/plain; charset=utf-8", str(exc), False
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
-        except Exception as exc:  # noqa: BLE001 - the admin page must not take the master down
+        except Exception as exc:
             log.exception("admin request failed", path=path)
             status, ctype, body, keep_alive = 500, "text/plain; charset=utf-8", f"{exc!r}\n", False
         await self._respond(writer, method, status, body, ctype, close=not keep_alive)
-        log.debug("admin request", method=method, path=path, status=status,
-                  ms=round((time.monotonic() - started) * 1000, 3))
+        log.debug(
+            "admin request",
+            method=method,
+            path=path,
+            status=status,
+            ms=round((time.monotonic() - started) * 1000, 3),
+        )
         return keep_alive
 
     def route(self, method: str, target: str) -> tuple[int, str, str]:
@@ -192,21 +210,29 @@ class AdminServer:
         if path == "/metrics":
             return 200, metrics.CONTENT_TYPE, metrics.render(self.master)
         if path == "/status":
-            return 200, "application/json", json.dumps(self.master.status(), indent=2,
-                                                       sort_keys=True) + "\n"
+            return 200, "application/json", json.dumps(self.master.status(), indent=2, sort_keys=True) + "\n"
         if path == "/healthz":
             status, text = health(self.master)
             return status, "text/plain; charset=utf-8", text
         return 200, "text/plain; charset=utf-8", "monolake admin\n" + ENDPOINTS
 
-    async def _respond(self, writer: asyncio.StreamWriter, method: str, status: int, body: str,
-                       ctype: str = "text/plain; charset=utf-8", close: bool = False) -> None:
+    async def _respond(
+        self,
+        writer: asyncio.StreamWriter,
+        method: str,
+        status: int,
+        body: str,
+        ctype: str = "text/plain; charset=utf-8",
+        close: bool = False,
+    ) -> None:
         data = body.encode()
-        head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-                f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-                f"Cache-Control: no-store\r\n"
-                + ("Allow: GET, HEAD\r\n" if status == 405 else "")
-                + f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n").encode("latin-1")
+        head = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+            f"Cache-Control: no-store\r\n"
+            + ("Allow: GET, HEAD\r\n" if status == 405 else "")
+            + f"Connection: {'close' if close else 'keep-alive'}\r\n\r\n"
+        ).encode("latin-1")
         writer.write(head if method == "HEAD" else head + data)
         await writer.drain()
 

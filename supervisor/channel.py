@@ -31,7 +31,8 @@ import select
 import socket
 import struct
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024  # state snapshots can be large; anything beyond is a bug
@@ -87,8 +88,8 @@ class FrameReader:
                 raise ChannelError(f"frame of {size} bytes exceeds the {MAX_FRAME} byte limit")
             if len(self._buf) < HEADER.size + size:
                 break
-            body = bytes(self._buf[HEADER.size:HEADER.size + size])
-            del self._buf[:HEADER.size + size]
+            body = bytes(self._buf[HEADER.size : HEADER.size + size])
+            del self._buf[: HEADER.size + size]
             try:
                 message = json.loads(body)
             except (ValueError, RecursionError) as exc:  # nesting beyond the decoder's stack
@@ -114,8 +115,10 @@ class FrameReader:
             return
         own = nfds - self._announced
         if not 0 <= own <= MAX_FDS_PER_SENDMSG:
-            raise ChannelError(f"a {message['type']!r} message announces {nfds} fds after "
-                               f"{self._announced} in continuation frames")
+            raise ChannelError(
+                f"a {message['type']!r} message announces {nfds} fds after "
+                f"{self._announced} in continuation frames"
+            )
         self._announced = 0
         self._frames.append((message, own, False))
 
@@ -154,22 +157,22 @@ def close_fds(fds: list[int]) -> None:
             pass
 
 
-def frames_of(message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
-              ) -> list[tuple[bytes, list[int]]]:
+def frames_of(
+    message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
+) -> list[tuple[bytes, list[int]]]:
     """The frames one message goes out as, each with the fds on its first byte: continuation
     frames for all but the last ``MAX_FDS_PER_SENDMSG`` fds, then the message itself."""
     fds = list(fds)
-    chunks = [fds[i:i + MAX_FDS_PER_SENDMSG] for i in range(0, len(fds), MAX_FDS_PER_SENDMSG)]
+    chunks = [fds[i : i + MAX_FDS_PER_SENDMSG] for i in range(0, len(fds), MAX_FDS_PER_SENDMSG)]
     frames = [encode({"type": FDS, "nfds": len(chunk)}) for chunk in chunks[:-1]]
     frames.append(encode({**message, "nfds": len(fds)} if fds else message))
-    return list(zip(frames, chunks or [[]]))
+    return list(zip(frames, chunks or [[]], strict=True))
 
 
 CANCEL = encode({"type": FDS, "nfds": 0, "cancel": True})
 
 
-def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()
-         ) -> None:
+def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | tuple[int, ...] = ()) -> None:
     """Send one message, blocking until it is written (the socket may be non-blocking).
 
     More than ``MAX_FDS_PER_SENDMSG`` fds go out on continuation frames first. If a chunk is
@@ -202,8 +205,7 @@ def _send_frame(sock: socket.socket, data: bytes, fds: list[int]) -> None:
     while view:
         try:
             if first and fds:
-                sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                              array.array("i", fds))])
+                sent = sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             else:
                 sent = sock.send(view)
         except (BlockingIOError, InterruptedError):
@@ -229,8 +231,9 @@ class Outbox:
     owner may change ``deadline`` (a peer that is still starting gets longer).
     """
 
-    def __init__(self, sock: socket.socket, deadline: float,
-                 on_stuck: Callable[[str], None], limit: int = MAX_QUEUED) -> None:
+    def __init__(
+        self, sock: socket.socket, deadline: float, on_stuck: Callable[[str], None], limit: int = MAX_QUEUED
+    ) -> None:
         self.sock = sock
         self.deadline = deadline
         self.limit = limit
@@ -267,7 +270,7 @@ class Outbox:
             if sent < len(data):
                 if sent:  # the fds went with the first byte; the rest of this frame waits
                     self._enqueue_raw(data[sent:], [], first_written=True)
-                    return self._enqueue(frames[i + 1:], cancel_first=True)
+                    return self._enqueue(frames[i + 1 :], cancel_first=True)
                 return self._enqueue(frames[i:], cancel_first=i > 0)
         return True
 
@@ -288,8 +291,7 @@ class Outbox:
             self._push(entry)
         return True
 
-    def _enqueue_raw(self, data: bytes | memoryview, fds: list[int],
-                     first_written: bool = False) -> None:
+    def _enqueue_raw(self, data: bytes | memoryview, fds: list[int], first_written: bool = False) -> None:
         self._push([memoryview(data), fds, first_written])
 
     def _push(self, entry: list[Any]) -> None:
@@ -385,8 +387,9 @@ def _try_frame(sock: socket.socket, data: bytes | memoryview, fds: list[int]) ->
     Returns the bytes written (0: the socket is full). ``_NothingSent`` if refused outright."""
     try:
         if fds:
-            return sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                          array.array("i", fds))], socket.MSG_DONTWAIT)
+            return sock.sendmsg(
+                [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))], socket.MSG_DONTWAIT
+            )
         return sock.send(data, socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return 0
@@ -417,8 +420,9 @@ def recv_into(sock: socket.socket, reader: FrameReader, bufsize: int = 65536) ->
     return True
 
 
-def recv_message(sock: socket.socket, reader: FrameReader, timeout: float | None = None
-                 ) -> tuple[dict[str, Any], list[int]] | None:
+def recv_message(
+    sock: socket.socket, reader: FrameReader, timeout: float | None = None
+) -> tuple[dict[str, Any], list[int]] | None:
     """Blocking read of one whole message (used before an event loop exists); None on EOF."""
     import time
 

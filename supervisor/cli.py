@@ -46,7 +46,7 @@ def _control_path(args: argparse.Namespace) -> str:
     from monolake.conf import ConfigError, load_config
 
     if args.control_socket:
-        return args.control_socket
+        return str(args.control_socket)
     if (from_env := _env_control_socket()) is not None:
         return from_env
     try:
@@ -54,10 +54,8 @@ def _control_path(args: argparse.Namespace) -> str:
     except (ConfigError, OSError):
         if not args.config:
             raise
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+    import tomllib
+
     try:
         with open(args.config, "rb") as f:
             raw = tomllib.load(f)
@@ -87,8 +85,9 @@ def cmd_start(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if (from_env := _env_control_socket()) is not None:
         # the master listens where the other commands, run with the same environment, look
-        config = dataclasses.replace(config, supervisor=dataclasses.replace(
-            config.supervisor, control_socket=from_env))
+        config = dataclasses.replace(
+            config, supervisor=dataclasses.replace(config.supervisor, control_socket=from_env)
+        )
     if args.workers is not None and args.workers < 1:
         sys.stderr.write("monolaked: --workers must be at least 1\n")
         return 1
@@ -161,8 +160,10 @@ def _running(pid: int) -> bool:
 def cmd_reload(args: argparse.Namespace) -> int:
     reply = _request(args, {"type": "reload"}, timeout=args.timeout)
     if reply.get("ok"):
-        print(f"reload done: generation {reply.get('generation')} ({reply.get('mode')}, "
-              f"{reply.get('duration')}s)")
+        print(
+            f"reload done: generation {reply.get('generation')} ({reply.get('mode')}, "
+            f"{reply.get('duration')}s)"
+        )
         return 0
     if reply.get("state_migrated") is False:
         # the new generation serves; what it lost is in the reason
@@ -181,8 +182,7 @@ def cmd_log_level(args: argparse.Namespace) -> int:
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    reply = _request(args, {"type": "debug", "slot": args.slot, "collect": args.collect},
-                     timeout=30)
+    reply = _request(args, {"type": "debug", "slot": args.slot, "collect": args.collect}, timeout=30)
     if reply.get("type") != "debug":
         sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
         return 1
@@ -191,25 +191,33 @@ def cmd_debug(args: argparse.Namespace) -> int:
     return 0
 
 
-CONTROL_SOCKET_HELP = (f"environment: {CONTROL_SOCKET_ENV}=PATH names the control socket when "
-                       "--control-socket is not given, over supervisor.control_socket of the "
-                       "config; `start` listens on it.")
+CONTROL_SOCKET_HELP = (
+    f"environment: {CONTROL_SOCKET_ENV}=PATH names the control socket when "
+    "--control-socket is not given, over supervisor.control_socket of the "
+    "config; `start` listens on it."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="monolaked", description="monolake: HTTP and Thrift proxies, one worker per core.",
-        epilog=CONTROL_SOCKET_HELP)
+        prog="monolaked",
+        description="monolake: HTTP and Thrift proxies, one worker per core.",
+        epilog=CONTROL_SOCKET_HELP,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, control: bool = True) -> None:
         p.add_argument("-c", "--config", help="config file (default: the embedded default config)")
         if control:
-            p.add_argument("--control-socket", help=f"control socket path (default: ${CONTROL_SOCKET_ENV}, "
-                                                    "else supervisor.control_socket of the config)")
+            p.add_argument(
+                "--control-socket",
+                help=f"control socket path (default: ${CONTROL_SOCKET_ENV}, "
+                "else supervisor.control_socket of the config)",
+            )
 
-    p = sub.add_parser("start", help="run the master (foreground unless --daemon)",
-                       epilog=CONTROL_SOCKET_HELP)
+    p = sub.add_parser(
+        "start", help="run the master (foreground unless --daemon)", epilog=CONTROL_SOCKET_HELP
+    )
     common(p, control=False)
     p.add_argument("--workers", type=int, help="number of workers (overrides runtime.workers)")
     p.add_argument("--pid-file", help="pid file (overrides supervisor.pid_file)")
@@ -242,13 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("level", choices=sorted(logs.LEVELS))
     p.set_defaults(func=cmd_log_level)
 
-    p = sub.add_parser("debug", help="what one worker holds: objects by type, fds, timers, "
-                                     "tasks, RSS (JSON; a diagnostic that pauses the worker)")
+    p = sub.add_parser(
+        "debug",
+        help="what one worker holds: objects by type, fds, timers, "
+        "tasks, RSS (JSON; a diagnostic that pauses the worker)",
+    )
     common(p)
     p.add_argument("--slot", type=int, default=0)
-    p.add_argument("--collect", action="store_true",
-                   help="run a full garbage collection first (shows what is really retained)")
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="run a full garbage collection first (shows what is really retained)",
+    )
     p.set_defaults(func=cmd_debug)
+
+    from monolake.supervisor import upstreams_cli  # the runtime upstream API's verbs
+
+    upstreams_cli.add_parser(sub, common)
     return parser
 
 

@@ -10,11 +10,12 @@ import os
 import socket
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 
-from monolake.supervisor import channel
+from monolake.supervisor import channel, messages
 from monolake.supervisor.sockets import bind_unix
 
 log = structlog.get_logger()
@@ -61,7 +62,7 @@ class ControlServer:
             got = frames.next_message()
             request = got[0] if got else {}
             reply = await self.handle(request)
-        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             writer.close()
             return
         except channel.ChannelError as exc:
@@ -78,36 +79,81 @@ class ControlServer:
             writer.close()
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
-        kind = request.get("type")
-        master = self.master
-        if kind == "status":
-            return {"type": "status", **master.status()}
-        if kind == "reload":
-            result = await master.reloader.reload(wait=True)
-            return {"type": "reload", **result}
-        if kind == "stop":
-            master.request_stop(not request.get("fast", False))
-            return {"type": "ok"}
-        if kind == "debug":
-            try:
-                report = await master.debug_worker(int(request.get("slot", 0)),
-                                                   bool(request.get("collect", False)))
-            except (TypeError, ValueError, LookupError, RuntimeError, asyncio.TimeoutError) as exc:
-                return {"type": "error", "error": f"debug: {exc or 'no answer in time'}"}
-            return {"type": "debug", **report}
-        if kind == "log_level":
-            from monolake.supervisor import logs
+        """Through the master's event queue (``Master.command``), answered by ``run_command``."""
+        reply: dict[str, Any] = await self.master.command(request)
+        return reply
 
-            level = str(request.get("level", ""))
-            try:
-                logs.set_level(level)
-            except ValueError as exc:
-                return {"type": "error", "error": str(exc)}
-            for worker in master.live_workers():
-                worker.send({"type": "log_level", "level": level})
-            log.info("log level changed", new_level=level)
-            return {"type": "ok"}
+
+# ----- the commands: one function each, registered by name --------------------------------
+
+Command = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any]]]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str) -> Callable[[Command], Command]:
+    """Register a control command (``monolaked <name>`` sends ``{"type": name, ...}``)."""
+
+    def add(fn: Command) -> Command:
+        COMMANDS[name] = fn
+        return fn
+
+    return add
+
+
+async def run_command(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    kind = request.get("type")
+    handler = COMMANDS.get(kind) if isinstance(kind, str) else None
+    if handler is None:
         return {"type": "error", "error": f"unknown request {kind!r}"}
+    return await handler(master, request)
+
+
+@command("status")
+async def _status(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "status", **master.status()}
+
+
+@command("reload")
+async def _reload(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    result = await master.reloader.reload(wait=True)
+    return {"type": "reload", **result}
+
+
+@command("stop")
+async def _stop(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    master.request_stop(not request.get("fast", False))
+    return {"type": "ok"}
+
+
+@command("debug")
+async def _debug(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    try:
+        report = await master.debug_worker(int(request.get("slot", 0)), bool(request.get("collect", False)))
+    except (TimeoutError, TypeError, ValueError, LookupError, RuntimeError) as exc:
+        return {"type": "error", "error": f"debug: {exc or 'no answer in time'}"}
+    return {"type": "debug", **report}
+
+
+@command("upstreams")
+async def _upstreams(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    """The runtime upstream API (supervisor/upstreams_api.py)."""
+    from monolake.supervisor import upstreams_api
+
+    return await upstreams_api.for_master(master).handle(request)
+
+
+@command("log_level")
+async def _log_level(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+    from monolake.supervisor import logs
+
+    level = str(request.get("level", ""))
+    try:
+        logs.set_level(level)
+    except ValueError as exc:
+        return {"type": "error", "error": str(exc)}
+    master.broadcast(messages.LogLevel(level=level))
+    log.info("log level changed", new_level=level)
+    return {"type": "ok"}
 
 
 def request(path: str, message: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:

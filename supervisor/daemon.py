@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 
 def daemonize() -> Callable[[bool, str], None]:
@@ -16,8 +16,11 @@ def daemonize() -> Callable[[bool, str], None]:
         with os.fdopen(read_end, "rb") as pipe:
             outcome = pipe.read()
         ok = outcome.startswith(b"ok")
-        sys.stderr.write(outcome[3:].decode(errors="replace") + "\n" if outcome else
-                         "monolaked: the daemon exited before it started\n")
+        sys.stderr.write(
+            outcome[3:].decode(errors="replace") + "\n"
+            if outcome
+            else "monolaked: the daemon exited before it started\n"
+        )
         os._exit(0 if ok else 1)
     os.close(read_end)
     os.setsid()

@@ -19,12 +19,12 @@ from monolake.supervisor.sockets import bind_tcp, bind_unix
 
 log = structlog.get_logger()
 
-Key = tuple  # ("socket", host, port) | ("unix", path)
+Key = activation.Key  # ("socket", host, port) | ("unix", path, 0)
 
 
 def listener_key(listener: Any) -> Key:
     if listener.type == "unix":
-        return ("unix", listener.path)
+        return ("unix", listener.path, 0)
     return ("socket", listener.host, listener.port)
 
 
@@ -72,15 +72,17 @@ class Listeners:
                 key = listener_key(server.listener)
                 if key[0] == "unix":
                     if key not in self.unix:
-                        self.unix[key] = (self._activated(key, None, server.backlog)
-                                          or bind_unix(key[1], server.backlog))
+                        self.unix[key] = self._activated(key, None, server.backlog) or bind_unix(
+                            key[1], server.backlog
+                        )
                         created.append((key, None))
                     continue
                 per_slot = self.tcp.setdefault(key, {})
                 for slot in range(nslots):
                     if slot not in per_slot:
-                        per_slot[slot] = (self._activated(key, slot, server.backlog)
-                                          or bind_tcp(key[1], key[2], server.backlog))
+                        per_slot[slot] = self._activated(key, slot, server.backlog) or bind_tcp(
+                            key[1], key[2], server.backlog
+                        )
                         created.append((key, slot))
         except OSError as exc:
             self.discard(created)
@@ -111,18 +113,16 @@ class Listeners:
             return True
         return False
 
-    def for_slot(self, servers: dict[str, Any], slot: int, existing_only: bool = False
-                 ) -> tuple[dict[str, list[int]], list[int]]:
+    def for_slot(
+        self, servers: dict[str, Any], slot: int, existing_only: bool = False
+    ) -> tuple[dict[str, list[int]], list[int]]:
         """The ``listeners`` map and fd list of a worker ``hello`` for ``slot``
         (``existing_only``: skip listeners that have no socket for this slot)."""
         mapping: dict[str, list[int]] = {}
         fds: list[int] = []
         for name, server in servers.items():
             key = listener_key(server.listener)
-            if key[0] == "unix":
-                sock = self.unix.get(key)
-            else:
-                sock = self.tcp.get(key, {}).get(slot)
+            sock = self.unix.get(key) if key[0] == "unix" else self.tcp.get(key, {}).get(slot)
             if sock is None and existing_only:
                 continue
             if sock is None:
@@ -143,13 +143,15 @@ class Listeners:
                 if key not in wanted or slot >= nslots:
                     stale.append((key, slot))
         if stale:
-            log.info("closing listeners no longer configured",
-                     listeners=sorted({describe(k) for k, _ in stale}))
+            log.info(
+                "closing listeners no longer configured", listeners=sorted({describe(k) for k, _ in stale})
+            )
         self.discard(stale)
 
     def close_all(self) -> None:
-        self.discard([(k, None) for k in list(self.unix)] +
-                     [(k, s) for k, per in self.tcp.items() for s in list(per)])
+        self.discard(
+            [(k, None) for k in list(self.unix)] + [(k, s) for k, per in self.tcp.items() for s in list(per)]
+        )
 
     def addresses(self) -> list[str]:
         return sorted(describe(k) for k in [*self.unix, *self.tcp])

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import IO, Any
 
 import structlog
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class _Output:
@@ -34,7 +34,8 @@ class _Output:
             self.stream = sys.stderr
             return
         old = self.stream
-        self.stream = open(self.path, "a", buffering=1, encoding="utf-8")
+        # held for the process's life (until the next reopen): no context manager
+        self.stream = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         if old is not sys.stderr:
             old.close()
 
@@ -59,9 +60,12 @@ class _Printer:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
-def _filter_level(_logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-    if LEVELS.get(method if method != "warn" else "warning", logging.CRITICAL) < _level[0] \
-            and method not in ("critical", "exception", "fatal"):
+def _filter_level(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if LEVELS.get(method if method != "warn" else "warning", logging.CRITICAL) < _level[0] and method not in (
+        "critical",
+        "exception",
+        "fatal",
+    ):
         raise structlog.DropEvent
     return event
 

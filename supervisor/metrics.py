@@ -30,13 +30,18 @@ SERVER_COUNTERS: dict[str, tuple[str, str]] = {
     "errors": ("monolake_errors_total", "Requests or connections that ended in an error."),
     "bytes_in": ("monolake_received_bytes_total", "Bytes received from clients."),
     "bytes_out": ("monolake_sent_bytes_total", "Bytes sent to clients."),
-    "upstream_connect_failures": ("monolake_upstream_connect_failures_total",
-                                  "Failed connection attempts to upstreams."),
-    "upstream_ejections": ("monolake_upstream_ejections_total",
-                           "Upstreams ejected after consecutive connect failures."),
-    "upstream_unsolicited": ("monolake_upstream_unsolicited_total",
-                             "Upstream connections closed, not pooled, because bytes followed "
-                             "a complete response."),
+    "upstream_connect_failures": (
+        "monolake_upstream_connect_failures_total",
+        "Failed connection attempts to upstreams.",
+    ),
+    "upstream_ejections": (
+        "monolake_upstream_ejections_total",
+        "Upstreams ejected after consecutive connect failures.",
+    ),
+    "upstream_unsolicited": (
+        "monolake_upstream_unsolicited_total",
+        "Upstream connections closed, not pooled, because bytes followed a complete response.",
+    ),
 }
 SERVER_GAUGES: dict[str, tuple[str, str]] = {
     "open_connections": ("monolake_open_connections", "Client connections open now."),
@@ -44,15 +49,16 @@ SERVER_GAUGES: dict[str, tuple[str, str]] = {
 }
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 RESPONSES = ("monolake_responses_total", "Responses sent, by status class.")
-DURATION = ("monolake_request_duration_seconds",
-            "Time from a request's head to the end of its response.")
+DURATION = ("monolake_request_duration_seconds", "Time from a request's head to the end of its response.")
 BUCKET_KEY = re.compile(r"^duration_le_(\d+)$")  # cumulative count of requests <= N ms
 HISTOGRAM_KEYS = ("duration_sum_us", "duration_count")
-KNOWN_KEYS = frozenset([*SERVER_COUNTERS, *SERVER_GAUGES, *HISTOGRAM_KEYS,
-                        *(f"responses_{c}" for c in STATUS_CLASSES)])
+KNOWN_KEYS = frozenset(
+    [*SERVER_COUNTERS, *SERVER_GAUGES, *HISTOGRAM_KEYS, *(f"responses_{c}" for c in STATUS_CLASSES)]
+)
 
 
 # ----- the exposition format ---------------------------------------------------------------
+
 
 def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -119,6 +125,7 @@ class Registry:
 
 # ----- per-server series -------------------------------------------------------------------
 
+
 def seconds_label(ms: int) -> str:
     return format_value(ms / 1000.0)
 
@@ -139,7 +146,8 @@ def add_server_series(reg: Registry, labels: dict[str, str], stats: dict[str, in
         name = "monolake_server_" + re.sub(r"[^a-zA-Z0-9_]", "_", key)
         kind = "gauge" if key in GAUGES else "untyped"
         reg.family(name, kind, f"Server stat {key!r} (as reported by the server).").add(
-            labels, int(stats[key]))
+            labels, int(stats[key])
+        )
 
 
 def add_histogram(reg: Registry, labels: dict[str, str], stats: dict[str, int]) -> None:
@@ -162,11 +170,12 @@ def add_histogram(reg: Registry, labels: dict[str, str], stats: dict[str, int]) 
 
 # ----- collection from the master ----------------------------------------------------------
 
-def slot_workers(master: Any, index: int) -> list[tuple[int, dict, bool]]:
+
+def slot_workers(master: Any, index: int) -> list[tuple[int, ServerStats, bool]]:
     """``(pid, server_stats, retired)`` of every live process serving slot ``index``."""
     from monolake.supervisor.workers import EXITED
 
-    out: list[tuple[int, dict, bool]] = []
+    out: list[tuple[int, ServerStats, bool]] = []
     if index < len(master.slots):
         worker = master.slots[index].worker
         if worker is not None and worker.state != EXITED:
@@ -197,20 +206,29 @@ def _rss_and_cpu(pid: int) -> tuple[int, float] | None:
 def add_worker_series(reg: Registry, master: Any) -> None:
     from monolake.supervisor.workers import EXITED, READY
 
-    restarts = reg.family("monolake_worker_restarts_total", "counter",
-                          "Times a slot's worker died and was respawned.")
+    restarts = reg.family(
+        "monolake_worker_restarts_total", "counter", "Times a slot's worker died and was respawned."
+    )
     up = reg.family("monolake_worker_up", "gauge", "1 if the slot's worker is ready and serving.")
-    lag = reg.family("monolake_event_loop_lag_seconds", "gauge",
-                     "How late the worker's last heartbeat timer fired (event-loop lag), or, "
-                     "while a heartbeat is overdue, how overdue it is.")
+    lag = reg.family(
+        "monolake_event_loop_lag_seconds",
+        "gauge",
+        "How late the worker's last heartbeat timer fired (event-loop lag), or, "
+        "while a heartbeat is overdue, how overdue it is.",
+    )
     gen = reg.family("monolake_worker_generation", "gauge", "Generation of the slot's worker.")
-    flapping = reg.family("monolake_worker_flapping", "gauge",
-                          "1 if the slot crashed flapping_threshold times within flapping_window.")
+    flapping = reg.family(
+        "monolake_worker_flapping",
+        "gauge",
+        "1 if the slot crashed flapping_threshold times within flapping_window.",
+    )
     rss = reg.family("monolake_worker_resident_memory_bytes", "gauge", "Worker resident memory.")
-    cpu = reg.family("monolake_worker_cpu_seconds_total", "counter",
-                     "CPU time of the slot's current worker process (restarts at respawn).")
-    info = reg.family("monolake_worker_info", "gauge",
-                      "The slot's current worker: pid, CPU, event loop.")
+    cpu = reg.family(
+        "monolake_worker_cpu_seconds_total",
+        "counter",
+        "CPU time of the slot's current worker process (restarts at respawn).",
+    )
+    info = reg.family("monolake_worker_info", "gauge", "The slot's current worker: pid, CPU, event loop.")
     now = time.monotonic()
     beat = master.config.supervisor.heartbeat_interval
     for slot in master.slots:
@@ -218,15 +236,21 @@ def add_worker_series(reg: Registry, master: Any) -> None:
         worker = slot.worker
         alive = worker is not None and worker.state != EXITED
         restarts.add(labels, slot.restarts)
-        up.add(labels, 1 if alive and worker.state == READY and not worker.unresponsive(now, beat)
-               else 0)
+        up.add(labels, 1 if alive and worker.state == READY and not worker.unresponsive(now, beat) else 0)
         flapping.add(labels, 1 if slot.flapping else 0)
         if not alive:
             continue
         lag.add(labels, worker.current_lag(now, beat))
         gen.add(labels, worker.generation)
-        info.add({**labels, "pid": str(worker.pid), "cpu": "" if slot.cpu is None else str(slot.cpu),
-                  "runtime": worker.runtime}, 1)
+        info.add(
+            {
+                **labels,
+                "pid": str(worker.pid),
+                "cpu": "" if slot.cpu is None else str(slot.cpu),
+                "runtime": worker.runtime,
+            },
+            1,
+        )
         usage = _rss_and_cpu(worker.pid)
         if usage is not None:
             rss.add(labels, usage[0])
@@ -241,12 +265,13 @@ def add_worker_series(reg: Registry, master: Any) -> None:
 
 def add_master_series(reg: Registry, master: Any) -> None:
     state = master.state
-    reg.family("monolake_info", "gauge", "monolake version.").add(
-        {"version": _version()}, 1)
-    reg.family("monolake_master_start_time_seconds", "gauge",
-               "When the master started (unix time).").add({}, float(state.started))
-    reg.family("monolake_generation", "gauge",
-               "Current generation (1 at start, +1 per successful reload).").add({}, state.generation)
+    reg.family("monolake_info", "gauge", "monolake version.").add({"version": _version()}, 1)
+    reg.family("monolake_master_start_time_seconds", "gauge", "When the master started (unix time).").add(
+        {}, float(state.started)
+    )
+    reg.family(
+        "monolake_generation", "gauge", "Current generation (1 at start, +1 per successful reload)."
+    ).add({}, state.generation)
     reg.family("monolake_worker_slots", "gauge", "Configured worker slots.").add({}, len(master.slots))
     reloads = reg.family("monolake_reloads_total", "counter", "Reloads, by outcome.")
     reloads.add({"result": "ok"}, int(getattr(state, "reloads_ok", 0)))
@@ -255,12 +280,15 @@ def add_master_series(reg: Registry, master: Any) -> None:
     reg.family("monolake_reloading", "gauge", "1 while a reload runs.").add({}, 1 if busy else 0)
     if state.reloads:
         last = state.reloads[-1]
-        reg.family("monolake_last_reload_success", "gauge",
-                   "1 if the last reload succeeded.").add({}, 1 if last.ok else 0)
-        reg.family("monolake_last_reload_timestamp_seconds", "gauge",
-                   "When the last reload started (unix time).").add({}, float(last.started))
-        reg.family("monolake_last_reload_duration_seconds", "gauge",
-                   "How long the last reload took.").add({}, float(last.duration))
+        reg.family("monolake_last_reload_success", "gauge", "1 if the last reload succeeded.").add(
+            {}, 1 if last.ok else 0
+        )
+        reg.family(
+            "monolake_last_reload_timestamp_seconds", "gauge", "When the last reload started (unix time)."
+        ).add({}, float(last.started))
+        reg.family("monolake_last_reload_duration_seconds", "gauge", "How long the last reload took.").add(
+            {}, float(last.duration)
+        )
 
 
 def _version() -> str:
@@ -268,7 +296,7 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("monolake")
-    except Exception:  # noqa: BLE001 - an uninstalled checkout has no metadata
+    except Exception:
         return "unknown"
 
 
@@ -278,8 +306,7 @@ def collect(master: Any) -> Registry:
     add_worker_series(reg, master)
     configured = list(master.config.servers)
     for index, servers in server_totals(master).items():
-        names = configured + sorted(n for n in servers if n not in configured
-                                    and _has_live(master, index, n))
+        names = configured + sorted(n for n in servers if n not in configured and _has_live(master, index, n))
         for name in names:
             add_server_series(reg, {"server": name, "worker": str(index)}, servers.get(name, {}))
     add_health_series(reg, master)
@@ -290,17 +317,27 @@ def add_health_series(reg: Registry, master: Any) -> None:
     """Active health checks, per worker (each checks for itself; worker/health)."""
     from monolake.supervisor.workers import EXITED
 
-    healthy = reg.family("monolake_upstream_healthy", "gauge",
-                         "1 while the upstream passes this worker's active health checks.")
-    checks = reg.family("monolake_upstream_health_checks_total", "counter",
-                        "Active health checks of the upstream by this worker, by result.")
+    healthy = reg.family(
+        "monolake_upstream_healthy",
+        "gauge",
+        "1 while the upstream passes this worker's active health checks.",
+    )
+    checks = reg.family(
+        "monolake_upstream_health_checks_total",
+        "counter",
+        "Active health checks of the upstream by this worker, by result.",
+    )
     for slot in master.slots:
         worker = slot.worker
         if worker is None or worker.state == EXITED:
             continue
         for row in getattr(worker, "health", ()):
-            labels = {"server": row["server"], "route": row["route"], "upstream": row["upstream"],
-                      "worker": str(slot.index)}
+            labels = {
+                "server": row["server"],
+                "route": row["route"],
+                "upstream": row["upstream"],
+                "worker": str(slot.index),
+            }
             healthy.add(labels, 1 if row["healthy"] else 0)
             checks.add({**labels, "result": "ok"}, row.get("checks_ok", 0))
             checks.add({**labels, "result": "failed"}, row.get("checks_failed", 0))

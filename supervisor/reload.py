@@ -14,6 +14,10 @@ Protocol (docs/architecture.md, "Reload"):
    as "state not migrated" (``StateNotMigrated``; ``monolaked reload`` exits 3).
 5. Listeners the new config removed close once the old generation is gone.
 
+Steps 3 to 5 are a plan (``plan_generation``: spawn, await ready, switch, migrate, retire,
+settle), made from the slot counts alone and then run step by step (``Reloader._generation``);
+a failure before the switch aborts the whole plan, one after it aborts what is left.
+
 HUPs arriving during a reload are coalesced into one more reload with the latest config.
 ``in_place`` mode asks each worker to rebuild its service stacks in-process instead.
 """
@@ -23,11 +27,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from monolake.supervisor import sdnotify
+from monolake.supervisor import messages, sdnotify
 from monolake.supervisor.workers import EXITED, PREPARED, READY, STOPPING, Slot, WorkerProc
 
 log = structlog.get_logger()
@@ -40,21 +46,91 @@ class ReloadFailed(Exception):
     pass
 
 
+# ----- the plan of a generation reload ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Start slot ``slot``'s new worker, not accepting (it waits for its commit)."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class AwaitReady:
+    """Every spawned worker ready within ``reload_timeout``, none exited since."""
+
+
+def _has_exited(pid: int | None) -> bool:
+    """Has the child exited, though its SIGCHLD is still in the event queue? (``WNOWAIT``:
+    nothing is reaped, ``Master.reap`` still collects it.) Asked before an old worker is told
+    to export: a new worker that died right after ``ready`` must not cost the slot its old one."""
+    if pid is None:
+        return False
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # already reaped
+
+
+@dataclass(frozen=True)
+class Switch:
+    """The new config and generation become the master's: no abort of the whole plan after."""
+
+
+@dataclass(frozen=True)
+class Migrate:
+    """The old worker exports its state, the new one imports it and accepts, the old drains."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class Retire:
+    """A slot the new config drops: covered by a new worker, its old worker drains."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class Settle:
+    """The new slot list is the master's; dropped slots' sockets close once drained."""
+
+    removed: tuple[int, ...]
+
+
+Step = Spawn | AwaitReady | Switch | Migrate | Retire | Settle
+
+
+def plan_generation(current: int, wanted: int) -> list[Step]:
+    """The steps from ``current`` slots serving to ``wanted`` slots of a new generation."""
+    removed = tuple(range(wanted, current))
+    return [
+        *(Spawn(i) for i in range(wanted)),
+        AwaitReady(),
+        Switch(),
+        *(Migrate(i) for i in range(wanted)),
+        *(Retire(i) for i in removed),
+        Settle(removed),
+    ]
+
+
 class StateNotMigrated(ReloadFailed):
     """The new generation serves, but some slot's state (pools, counters) was dropped: an
     export or import failed. Reported as a failed reload with ``state_migrated: false``."""
 
 
 class Reloader:
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Any, on_done: Callable[[], None] | None = None) -> None:
         self.master = master
+        self.on_done = on_done  # after each run of reloads (the master reconciles)
         self.busy = False
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[dict[str, Any]]] = []
 
     async def reload(self, wait: bool = True) -> dict[str, Any]:
         """Request a reload; with ``wait``, return its outcome. Requests made while one runs
         are served together by the next one."""
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         if not self.busy:
             self.busy = True
@@ -73,6 +149,8 @@ class Reloader:
                         fut.set_result(result)
         finally:
             self.busy = False
+            if self.on_done is not None:
+                self.on_done()
 
     async def _reload_once(self) -> dict[str, Any]:
         from monolake.supervisor.master import ReloadRecord
@@ -85,8 +163,7 @@ class Reloader:
             new = self._load()
             mode = new.supervisor.reload_mode
             if mode == "in_place" and not self._in_place_possible(new):
-                log.info("in-place reload cannot change listeners or worker count; "
-                         "doing a generation reload")
+                log.info("in-place reload cannot change listeners or worker count; doing a generation reload")
                 mode = "generation"
             if mode == "in_place":
                 await self._in_place(new)
@@ -97,12 +174,11 @@ class Reloader:
             ok, reason, migrated = False, str(exc), False
         except ReloadFailed as exc:
             ok, reason, migrated = False, str(exc), None
-        except Exception as exc:  # noqa: BLE001 - a reload bug must not take the master down
+        except Exception as exc:
             log.exception("reload crashed")
             ok, reason, migrated = False, f"internal error: {exc!r}", None
         duration = time.monotonic() - started
-        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode,
-                              migrated)
+        record = ReloadRecord(started_wall, duration, ok, reason, master.state.generation, mode, migrated)
         master.state.reloads.append(record)
         if ok:
             master.state.reloads_ok += 1
@@ -110,19 +186,37 @@ class Reloader:
             master.state.reloads_failed += 1
         del master.state.reloads[:-100]
         if ok:
-            log.info("reload done", generation=master.state.generation, mode=mode,
-                     duration=round(duration, 3))
+            log.info(
+                "reload done", generation=master.state.generation, mode=mode, duration=round(duration, 3)
+            )
         elif migrated is False:
-            log.error("reload done, but state was not migrated; the new generation serves "
-                      "without it", reason=reason, generation=master.state.generation,
-                      state_migrated=False, duration=round(duration, 3))
+            log.error(
+                "reload done, but state was not migrated; the new generation serves without it",
+                reason=reason,
+                generation=master.state.generation,
+                state_migrated=False,
+                duration=round(duration, 3),
+            )
         else:
-            log.error("reload failed; the running generation keeps serving", reason=reason,
-                      generation=master.state.generation, duration=round(duration, 3))
-        sdnotify.notify("READY=1", f"STATUS=generation {master.state.generation}"
-                        + ("" if ok else f"; last reload failed: {reason}"))
-        return {"ok": ok, "reason": reason, "generation": master.state.generation,
-                "duration": round(duration, 3), "mode": mode, "state_migrated": migrated}
+            log.error(
+                "reload failed; the running generation keeps serving",
+                reason=reason,
+                generation=master.state.generation,
+                duration=round(duration, 3),
+            )
+        sdnotify.notify(
+            "READY=1",
+            f"STATUS=generation {master.state.generation}"
+            + ("" if ok else f"; last reload failed: {reason}"),
+        )
+        return {
+            "ok": ok,
+            "reason": reason,
+            "generation": master.state.generation,
+            "duration": round(duration, 3),
+            "mode": mode,
+            "state_migrated": migrated,
+        }
 
     def _load(self) -> Any:
         from monolake.conf import ConfigError, load_config
@@ -151,8 +245,9 @@ class Reloader:
         master = self.master
         draining = [w for w in master.retired if w.state != EXITED]
         if draining:
-            log.info("waiting for the previous generation to finish draining",
-                     workers=[w.pid for w in draining])
+            log.info(
+                "waiting for the previous generation to finish draining", workers=[w.pid for w in draining]
+            )
             timeout = master.config.supervisor.drain_timeout + 5
             await asyncio.gather(*(master._await_exit(w, timeout) for w in draining))
 
@@ -169,65 +264,77 @@ class Reloader:
         except OSError as exc:
             raise ReloadFailed(str(exc)) from None
         generation = master.state.generation + 1
-        slots = [master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
-                 for i in range(nslots)]
-        prepared: list[WorkerProc] = []
+        before = len(master.slots)
+        slots = [
+            master.slots[i] if i < len(master.slots) else Slot(index=i, cpu=master.cpu_for(i))
+            for i in range(nslots)
+        ]
+        plan = plan_generation(before, nslots)
+        prepared: dict[int, WorkerProc] = {}
         self._state_errors: list[str] = []
         self._kept: list[str] = []
+        switched = False
+        committed: set[int] = set()
         try:
-            for slot in slots:
-                prepared.append(master.spawn(slot, generation, new, accept=False))
-            await self._await_ready(prepared, new.supervisor.reload_timeout)
-            if master.stopping:
-                raise ReloadFailed("the master is stopping")
-            gone = [w.slot for w in prepared if w.state == EXITED]
-            if gone:
-                raise ReloadFailed(f"new workers exited after they were ready (slots {gone})")
+            for step in plan:
+                match step:
+                    case Spawn(i):
+                        prepared[i] = master.spawn(slots[i], generation, new, accept=False)
+                    case AwaitReady():
+                        await self._await_ready(list(prepared.values()), new.supervisor.reload_timeout)
+                        if master.stopping:
+                            raise ReloadFailed("the master is stopping")
+                        gone = [w.slot for w in prepared.values() if w.state == EXITED]
+                        if gone:
+                            raise ReloadFailed(f"new workers exited after they were ready (slots {gone})")
+                    case Switch():
+                        master.config = new
+                        master.state.generation = generation
+                        switched = True
+                    case Migrate(i):
+                        if i >= len(master.slots):
+                            master.slots.append(slots[i])  # a slot the new config adds
+                        await self._commit_slot(slots[i], prepared[i], new)
+                        committed.add(i)
+                    case Retire(i):
+                        slot = master.slots[i]
+                        if slot.respawn is not None:
+                            slot.respawn.cancel()
+                        master.cover(slot)  # a new worker serves its queue until it closes
+                        if slot.worker is not None:
+                            self._retire(slot.worker, new)
+                    case Settle(removed):
+                        dropped = [master.slots[i] for i in removed]
+                        master.slots = slots
+                        master.desired += nslots - before  # TTIN/TTOU meanwhile still count
+                        asyncio.get_running_loop().create_task(self._close_after_drain(dropped))
         except BaseException as exc:
-            # every worker this reload started is gone before it reports: none is left
-            # running outside the master's slots
-            await self._abort(prepared)
-            master.listeners.discard(created)
-            if isinstance(exc, (ReloadFailed, asyncio.CancelledError)):
-                raise
-            raise ReloadFailed(f"cannot start the new generation: {exc}") from exc
-        master.config = new
-        master.state.generation = generation
-        done = 0
-        try:
-            for slot, worker in zip(slots, prepared):
-                if slot.index >= len(master.slots):
-                    master.slots.append(slot)  # a slot the new config adds: tracked from now
-                await self._commit_slot(slot, worker, new)
-                done += 1
-        finally:
-            if done < len(prepared):  # a commit crashed: the rest never get to serve
-                serving = {id(s.worker) for s in master.slots}
-                await self._abort([w for w in prepared[done:] if id(w) not in serving])
-        removed = master.slots[nslots:]  # the worker count shrank
-        for slot in removed:
-            if slot.respawn is not None:
-                slot.respawn.cancel()
-            master.cover(slot)  # a new worker serves its queue until the socket closes
-            if slot.worker is not None:
-                self._retire(slot.worker, new)
-        master.slots = slots
-        asyncio.get_running_loop().create_task(self._close_after_drain(removed))
+            if not switched:
+                # every worker this reload started is gone before it reports: none is left
+                # running outside the master's slots
+                await self._abort(list(prepared.values()))
+                master.listeners.discard(created)
+                if isinstance(exc, (ReloadFailed, asyncio.CancelledError)):
+                    raise
+                raise ReloadFailed(f"cannot start the new generation: {exc}") from exc
+            # a commit crashed: the rest never get to serve
+            serving = {id(s.worker) for s in master.slots}
+            await self._abort([w for i, w in prepared.items() if i not in committed and id(w) not in serving])
+            raise
         if self._kept:
-            raise ReloadFailed(f"generation {generation} serves only in part: "
-                               + "; ".join(self._kept))
+            raise ReloadFailed(f"generation {generation} serves only in part: " + "; ".join(self._kept))
         if self._state_errors:
-            raise StateNotMigrated(f"state not migrated: generation {generation} is serving "
-                                   "without the previous generation's state: "
-                                   + "; ".join(self._state_errors))
+            raise StateNotMigrated(
+                f"state not migrated: generation {generation} is serving "
+                "without the previous generation's state: " + "; ".join(self._state_errors)
+            )
 
-    async def _await_ready(self, workers: list[WorkerProc], timeout: float) -> None:
+    async def _await_ready(self, workers: list[WorkerProc], within: float) -> None:
         futures = [w.ready for w in workers if w.ready is not None]
-        done, pending = await asyncio.wait(futures, timeout=timeout)
+        _done, pending = await asyncio.wait(futures, timeout=within)
         if pending:
             slow = [w.slot for w in workers if w.ready in pending]
-            raise ReloadFailed(f"new workers not ready within reload_timeout={timeout}s "
-                               f"(slots {slow})")
+            raise ReloadFailed(f"new workers not ready within reload_timeout={within}s (slots {slow})")
         for worker in workers:
             exc = worker.ready.exception() if worker.ready is not None else None
             if exc is not None:
@@ -239,41 +346,63 @@ class Reloader:
         live = [w for w in prepared if w.state != EXITED]
         for worker in live:
             worker.state = STOPPING
-            worker.send({"type": "abort"})
+            worker.send(messages.Abort())
         await asyncio.gather(*(self.master._await_exit(w, ABORT_GRACE) for w in live))
+
+    def _keep_old(self, slot: Slot, new_worker: WorkerProc, old: WorkerProc, what: str) -> None:
+        """The slot keeps its old worker; the reload then fails as 'serves only in part'."""
+        self._kept.append(
+            f"slot {slot.index}: the new worker exited before its commit; generation {old.generation} serves on"
+        )
+        log.error(f"{what}; the old worker serves on", slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
 
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
         master = self.master
         old = slot.worker
-        if new_worker.state == EXITED and old is not None and old.state == READY:
+        if (
+            (new_worker.state == EXITED or _has_exited(new_worker.pid))
+            and old is not None
+            and old.state == READY
+        ):
             # the new worker died between ready and its commit: the old one serves on
-            self._kept.append(f"slot {slot.index}: the new worker exited before its commit; "
-                              f"generation {old.generation} serves on")
-            log.error("new worker exited before its commit; the old worker serves on",
-                      slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
+            self._keep_old(slot, new_worker, old, "new worker exited before its commit")
             return
         state, fds = await self._export(slot, old)
         if slot.respawn is not None:  # after the export: an old worker that died during it
-            slot.respawn.cancel()     # must not get a replacement besides the new one
+            slot.respawn.cancel()  # must not get a replacement besides the new one
             slot.respawn = None
-        committed = new_worker.expect("committed")
-        sent = new_worker.send({"type": "commit", "state": state}, fds)
+        if _has_exited(new_worker.pid) and old is not None and old.state == READY:
+            # it died while the old worker exported: nothing was handed over, so the old one
+            # takes its state back (a commit without state: accept again) and serves on
+            for fd in fds:
+                os.close(fd)
+            old.send(messages.Commit(state=None))
+            self._keep_old(slot, new_worker, old, "new worker exited during the export")
+            return
+        committed = new_worker.expect(messages.Committed)
+        sent = new_worker.send(messages.Commit(state=state), fds)
         for fd in fds:
             os.close(fd)
         try:
             if not sent:
                 raise RuntimeError("new worker unreachable")
             reply, _ = await asyncio.wait_for(committed, config.supervisor.reload_timeout)
-            if reply.get("state_error"):
-                self._state_errors.append(f"slot {slot.index}: {reply['state_error']}")
-        except (asyncio.TimeoutError, RuntimeError) as exc:
+            if reply.state_error:
+                self._state_errors.append(f"slot {slot.index}: {reply.state_error}")
+        except (TimeoutError, RuntimeError) as exc:
             # The new worker is gone (or hung: the watchdog's); the slot's crash handling
             # takes it from here (the socket and its queue are kept), and the old worker
             # drains as planned. Its state is lost: the reload says so.
-            log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid,
-                      error=str(exc) or "timeout")
-            self._state_errors.append(f"slot {slot.index}: the new worker failed to commit "
-                                      f"({str(exc) or 'timeout'}); the slot starts afresh")
+            log.error(
+                "new worker failed to commit",
+                slot=slot.index,
+                pid=new_worker.pid,
+                error=str(exc) or "timeout",
+            )
+            self._state_errors.append(
+                f"slot {slot.index}: the new worker failed to commit "
+                f"({str(exc) or 'timeout'}); the slot starts afresh"
+            )
         if new_worker.state == PREPARED:
             new_worker.state = READY
         if old is not None and old.state != EXITED:
@@ -292,27 +421,28 @@ class Reloader:
         the watchdog's, or the drain deadline's, to kill."""
         if old is None or old.state != READY:
             return None, []  # nothing serving, nothing to carry
-        reply = old.expect("state")
-        if not old.send({"type": "export"}):
+        reply = old.expect(messages.State)
+        if not old.send(messages.Export()):
             error = "the old worker could not be asked for its state"
         else:
             try:
                 message, fds = await asyncio.wait_for(reply, EXPORT_TIMEOUT)
-            except (asyncio.TimeoutError, RuntimeError) as exc:
-                error = (f"the old worker exported no state: "
-                         f"{str(exc) or f'no answer within {EXPORT_TIMEOUT}s'}")
+            except (TimeoutError, RuntimeError) as exc:
+                error = (
+                    f"the old worker exported no state: {str(exc) or f'no answer within {EXPORT_TIMEOUT}s'}"
+                )
             else:
-                errors = [str(e) for e in message.get("errors") or []]
+                errors = message.errors
                 if errors:
-                    self._state_error(slot, old, "the old worker's export failed: "
-                                      + "; ".join(errors))
-                return message.get("state"), fds
+                    self._state_error(slot, old, "the old worker's export failed: " + "; ".join(errors))
+                return message.state, fds
         self._state_error(slot, old, error)
         return None, []
 
     def _state_error(self, slot: Slot, old: WorkerProc, error: str) -> None:
-        log.warning("state not migrated; the new worker starts fresh", slot=slot.index,
-                    pid=old.pid, error=error)
+        log.warning(
+            "state not migrated; the new worker starts fresh", slot=slot.index, pid=old.pid, error=error
+        )
         self._state_errors.append(f"slot {slot.index}: {error}")
 
     def _retire(self, worker: WorkerProc, config: Any) -> None:
@@ -330,24 +460,24 @@ class Reloader:
         workers = [s.worker for s in master.slots if s.worker is not None and s.worker.state == READY]
         replies = []
         for worker in workers:
-            reply = worker.expect("reconfigured")
-            worker.send({"type": "reconfigure", "config": new.to_dict()})
+            reply = worker.expect(messages.Reconfigured)
+            worker.send(messages.Reconfigure(config=new.to_dict()))
             replies.append(reply)
-        results = await asyncio.gather(*(asyncio.wait_for(r, new.supervisor.reload_timeout)
-                                         for r in replies), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(r, new.supervisor.reload_timeout) for r in replies), return_exceptions=True
+        )
         failures = []
-        for worker, result in zip(workers, results):
+        for worker, result in zip(workers, results, strict=True):
             if isinstance(result, BaseException):
                 failures.append(f"slot {worker.slot}: {result!r}")
-            elif not result[0].get("ok", False):
-                failures.append(f"slot {worker.slot}: {result[0].get('reason')}")
+            elif not result[0].ok:
+                failures.append(f"slot {worker.slot}: {result[0].reason}")
         if failures:
             for worker in workers:
-                worker.send({"type": "rollback"})
-            raise ReloadFailed("in-place reload failed; workers kept their stacks: "
-                               + "; ".join(failures))
+                worker.send(messages.Rollback())
+            raise ReloadFailed("in-place reload failed; workers kept their stacks: " + "; ".join(failures))
         for worker in workers:
-            worker.send({"type": "reconfigure_commit"})
+            worker.send(messages.ReconfigureCommit())
         master.config = new
         master.state.generation += 1
         for worker in workers:

@@ -9,20 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    kind: str  # "socket" | "unix"
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    def __str__(self) -> str:
-        if self.kind == "unix":
-            return f"unix:{self.path}"
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 def bind_tcp(host: str, port: int, backlog: int, reuseport: bool = True) -> socket.socket:

@@ -5,11 +5,23 @@ from __future__ import annotations
 import time
 from typing import Any
 
-COLUMNS = [("SLOT", "slot"), ("CPU", "cpu"), ("PID", "pid"), ("GEN", "generation"),
-           ("STATE", "state"), ("UPTIME", "uptime"), ("RSS", "rss"), ("CPU%", "cpu_percent"),
-           ("CONNS", "open_connections"), ("REQUESTS", "requests"), ("RPS", "rps"),
-           ("RESTARTS", "restarts"), ("LAG", "lag"), ("BEAT", "heartbeat_age"),
-           ("RUNTIME", "runtime")]
+COLUMNS = [
+    ("SLOT", "slot"),
+    ("CPU", "cpu"),
+    ("PID", "pid"),
+    ("GEN", "generation"),
+    ("STATE", "state"),
+    ("UPTIME", "uptime"),
+    ("RSS", "rss"),
+    ("CPU%", "cpu_percent"),
+    ("CONNS", "open_connections"),
+    ("REQUESTS", "requests"),
+    ("RPS", "rps"),
+    ("RESTARTS", "restarts"),
+    ("LAG", "lag"),
+    ("BEAT", "heartbeat_age"),
+    ("RUNTIME", "runtime"),
+]
 
 
 def human_bytes(n: float) -> str:
@@ -59,12 +71,14 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     rows = [[_cell(key, w.get(key)) for _, key in COLUMNS] for w in status["workers"]]
     header = [title for title, _ in COLUMNS]
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
-              for i in range(len(header))]
+    widths = [
+        max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i])
+        for i in range(len(header))
+    ]
     lines.append("")
-    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
     for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     reloads = master.get("reloads") or []
     if reloads:
         lines.append("")
@@ -89,9 +103,18 @@ def upstream_health(workers: list[dict[str, Any]]) -> dict[tuple[str, str, str],
     out: dict[tuple[str, str, str], dict[str, Any]] = {}
     for w in workers:
         for row in w.get("health") or ():
-            agg = out.setdefault((row["server"], row["route"], row["upstream"]), {
-                "type": row.get("type", ""), "healthy": 0, "workers": 0, "checks_ok": 0,
-                "checks_failed": 0, "last_error": "", "panic": False})
+            agg = out.setdefault(
+                (row["server"], row["route"], row["upstream"]),
+                {
+                    "type": row.get("type", ""),
+                    "healthy": 0,
+                    "workers": 0,
+                    "checks_ok": 0,
+                    "checks_failed": 0,
+                    "last_error": "",
+                    "panic": False,
+                },
+            )
             agg["workers"] += 1
             agg["healthy"] += 1 if row["healthy"] else 0
             agg["checks_ok"] += row.get("checks_ok", 0)
@@ -110,7 +133,9 @@ def render_health(workers: list[dict[str, Any]]) -> list[str]:
         state = "UP" if h["healthy"] == h["workers"] else ("DOWN" if not h["healthy"] else "PARTIAL")
         extra = "  ALL UNHEALTHY" if h["panic"] else ""
         error = f"  last error: {h['last_error']}" if h["last_error"] and state != "UP" else ""
-        lines.append(f"  {server} {route} {upstream}  {h['type']}  {state} "
-                     f"{h['healthy']}/{h['workers']}  checks ok {h['checks_ok']} "
-                     f"failed {h['checks_failed']}{extra}{error}")
+        lines.append(
+            f"  {server} {route} {upstream}  {h['type']}  {state} "
+            f"{h['healthy']}/{h['workers']}  checks ok {h['checks_ok']} "
+            f"failed {h['checks_failed']}{extra}{error}"
+        )
     return lines

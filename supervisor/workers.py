@@ -16,18 +16,27 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, TypeVar
 
 import psutil
 import structlog
 
-from monolake.supervisor import channel
+from monolake.supervisor import channel, messages
 
 log = structlog.get_logger()
 
+R = TypeVar("R", bound=messages.Message)
+
 STARTING, READY, DRAINING, STOPPING, FLAPPING, EXITED = (
-    "starting", "ready", "draining", "stopping", "flapping", "exited")
+    "starting",
+    "ready",
+    "draining",
+    "stopping",
+    "flapping",
+    "exited",
+)
 # a reload's new worker that is ready but not accepting yet: it waits for its commit
 PREPARED = "prepared"
 # shown (status, metrics) for a ready worker silent for this many heartbeat intervals: stopped,
@@ -43,7 +52,7 @@ class WorkerProc:
     slot: int
     cpu: int | None
     generation: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     control: socket.socket
     state: str = STARTING
     started: float = field(default_factory=time.monotonic)
@@ -57,10 +66,12 @@ class WorkerProc:
     rps: float = 0.0
     exit_code: int | None = None
     reader: channel.FrameReader = field(default_factory=channel.FrameReader)
-    ready: asyncio.Future | None = None
-    replies: dict[str, asyncio.Future] = field(default_factory=dict)
-    exited: asyncio.Future | None = None
+    ready: asyncio.Future[bool] | None = None
+    # reply type -> the future its next message resolves, with the message's fds
+    replies: dict[type[messages.Message], asyncio.Future[tuple[Any, list[int]]]] = field(default_factory=dict)
+    exited: asyncio.Future[int] | None = None
     outbox: channel.Outbox | None = None  # every send goes through it: never blocks the master
+    read_queued: bool = False  # a WorkerReadable event waits in the master's queue
     hung: bool = False  # declared hung (watchdog or outbox): being dumped and killed
     accepts: bool = True  # False: spawned for a reload, accepting only once committed
     fail_reason: str = ""
@@ -71,20 +82,25 @@ class WorkerProc:
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, message: dict[str, Any], fds: list[int] = ()) -> bool:
+    def send(self, message: messages.Message, fds: list[int] | tuple[int, ...] = ()) -> bool:
         """Write or queue ``message`` without blocking (``channel.Outbox``); False if it will
         not be delivered. The caller keeps its fds either way."""
-        if self.outbox is not None and self.outbox.send(message, list(fds)):
+        if self.outbox is not None and self.outbox.send(messages.encode(message), list(fds)):
             return True
-        log.warning("cannot reach worker", slot=self.slot, pid=self.pid,
-                    type=message.get("type"),
-                    why="stuck" if self.outbox is not None and self.outbox.stuck else "gone")
+        log.warning(
+            "cannot reach worker",
+            slot=self.slot,
+            pid=self.pid,
+            type=message.KIND,
+            why="stuck" if self.outbox is not None and self.outbox.stuck else "gone",
+        )
         return False
 
-    def expect(self, kind: str) -> asyncio.Future:
-        """A future resolved by the next message of ``kind`` from this worker."""
-        fut = asyncio.get_running_loop().create_future()
-        self.replies[kind] = fut
+    def expect(self, kind: type[R]) -> asyncio.Future[tuple[R, list[int]]]:
+        """A future resolved by the next message of type ``kind`` from this worker, with
+        its fds."""
+        fut: asyncio.Future[tuple[R, list[int]]] = asyncio.get_running_loop().create_future()
+        self.replies[kind] = fut  # keyed by the type it resolves with
         return fut
 
     def signal(self, signum: int) -> None:
@@ -93,13 +109,13 @@ class WorkerProc:
         except ProcessLookupError:
             pass
 
-    def on_heartbeat(self, message: dict[str, Any]) -> None:
+    def on_heartbeat(self, message: messages.Heartbeat) -> None:
         now = time.monotonic()
         self.last_heartbeat = now
-        self.lag = float(message.get("lag", 0.0))
-        self.stats = dict(message.get("stats") or {})
-        self.server_stats = dict(message.get("servers") or {})
-        self.health = list(message.get("health") or [])
+        self.lag = message.lag
+        self.stats = dict(message.stats)
+        self.server_stats = dict(message.servers)
+        self.health = list(message.health)
         requests = int(self.stats.get("requests", 0))
         if self._last_rate is not None:
             then, before = self._last_rate
@@ -140,7 +156,7 @@ class Slot:
     sockets: dict[str, socket.socket] = field(default_factory=dict)  # server name -> socket
     worker: WorkerProc | None = None
     restarts: int = 0
-    crashes: deque = field(default_factory=lambda: deque(maxlen=64))
+    crashes: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     consecutive_crashes: int = 0
     flapping: bool = False
     respawn: asyncio.TimerHandle | None = None
@@ -150,7 +166,7 @@ class Slot:
     def backoff(self, initial: float, maximum: float) -> float:
         """Exponential backoff with ±20 % jitter, from the run of consecutive crashes."""
         exp = min(maximum, initial * (2 ** max(0, self.consecutive_crashes - 1)))
-        return exp * random.uniform(0.8, 1.2)
+        return float(exp * random.uniform(0.8, 1.2))
 
     def record_crash(self, window: float, threshold: int) -> None:
         now = time.monotonic()
@@ -161,10 +177,15 @@ class Slot:
         self.flapping = len(recent) >= threshold
 
 
-def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[int],
-                 on_message: Callable[[WorkerProc], None],
-                 on_stuck: Callable[[WorkerProc, str], None], send_deadline: float
-                 ) -> WorkerProc:
+def spawn_worker(
+    slot: Slot,
+    generation: int,
+    hello: messages.Hello,
+    fds: list[int],
+    on_message: Callable[[WorkerProc], None],
+    on_stuck: Callable[[WorkerProc, str], None],
+    send_deadline: float,
+) -> WorkerProc:
     """Start a fresh interpreter for ``slot`` and send it ``hello`` with the slot's fds.
     ``on_stuck(worker, reason)``: its control channel did not drain within ``send_deadline``.
 
@@ -177,9 +198,19 @@ def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[i
         proc = subprocess.Popen(
             # -P: no working directory on sys.path, so a checkout's monolake/ (the symlink
             # package for tools) cannot shadow the installed package and its extensions
-            [sys.executable, "-P", "-m", "monolake.worker", "--control-fd", str(worker_end.fileno()),
-             "--master-pid", str(os.getpid())],
-            pass_fds=[worker_end.fileno()], stdin=subprocess.DEVNULL, env=env,
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "monolake.worker",
+                "--control-fd",
+                str(worker_end.fileno()),
+                "--master-pid",
+                str(os.getpid()),
+            ],
+            pass_fds=[worker_end.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
             start_new_session=False,
         )
     except BaseException:
@@ -188,14 +219,19 @@ def spawn_worker(slot: Slot, generation: int, hello: dict[str, Any], fds: list[i
     finally:
         worker_end.close()
     try:
-        worker = WorkerProc(slot=slot.index, cpu=slot.cpu, generation=generation, proc=proc,
-                            control=master_end, accepts=bool(hello.get("accept", True)))
+        worker = WorkerProc(
+            slot=slot.index,
+            cpu=slot.cpu,
+            generation=generation,
+            proc=proc,
+            control=master_end,
+            accepts=hello.accept,
+        )
         loop = asyncio.get_running_loop()
         worker.ready = loop.create_future()
         worker.exited = loop.create_future()
         master_end.setblocking(False)
-        worker.outbox = channel.Outbox(master_end, send_deadline,
-                                       lambda reason: on_stuck(worker, reason))
+        worker.outbox = channel.Outbox(master_end, send_deadline, lambda reason: on_stuck(worker, reason))
         worker.send(hello, fds)
         loop.add_reader(master_end.fileno(), on_message, worker)
     except BaseException:

@@ -53,8 +53,8 @@ class Unit:
         return os.path.join(HERE, "_monolake_" + self.module.rsplit(".", 1)[1].lstrip("_") + ".c")
 
 
-URING = Unit("monolake.uring._uring", ("mu_ring.h", "mu_fast.h"),
-             ("mu_ring.c", "mu_fast.c", "mu_lend.c"), liburing=True)
+URING = Unit("monolake.uring._uring", ("mu_ring.h", "mu_fast.h", "mu_splice.h"),
+             ("mu_ring.c", "mu_fast.c", "mu_lend.c", "mu_splice.c"), liburing=True)
 CODEC = Unit("monolake.uring._codec", ("mu_http.h",), ("mu_http.c", "mu_lend.c"), liburing=False)
 UNITS = (URING, CODEC)
 

@@ -14,10 +14,12 @@
  *       everything else goes to handlers[ud >> 8](kind, res, flags, off). An exception from a
  *       reader is handed to on_reader_error(ud, exc) (SystemExit and KeyboardInterrupt
  *       propagate).
- *   FastWriter(conn_addr, high, slow, after)
+ *   FastWriter(conn_addr, high, owner, slow, after)
  *       a per-transport callable installed as the instance attribute `write`: a bytes write is
- *       queued with mu_conn_send directly; after(n) is called when the pending total exceeds
- *       `high` or the send failed; anything else (other types, detached) goes to slow(data).
+ *       queued with mu_conn_send directly; after(owner, n) is called when the pending total
+ *       exceeds `high` or the send failed; anything else (other types, detached) goes to
+ *       slow(owner, data). slow and after are plain functions (not bound methods: two fewer
+ *       objects per connection).
  *       detach() must be called before the conn is freed; it also drops the references.
  *
  * Not available on PyPy or other implementations: the loop then uses its Python path.
@@ -33,6 +35,8 @@ typedef struct {
     vectorcallfunc vectorcall;
     mu_conn *conn;
     long long high;
+    PyObject *owner; /* the transport; slow and after are plain functions called with it first
+                      * (two bound methods per conn saved: issue 16 §4) */
     PyObject *slow;
     PyObject *after;
 } FastWriter;
@@ -50,26 +54,42 @@ static PyObject *fw_vectorcall(PyObject *self, PyObject *const *args, size_t nar
         PyObject *num = PyLong_FromLongLong((long long)n);
         if (num == NULL)
             return NULL;
-        PyObject *r = PyObject_CallOneArg(w->after, num);
+        PyObject *cargs[2] = {w->owner, num};
+        PyObject *r = PyObject_Vectorcall(w->after, cargs, 2, NULL);
         Py_DECREF(num);
         return r;
     }
-    if (w->slow == NULL) {
+    if (w->slow == NULL || w->owner == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "transport writer detached");
         return NULL;
     }
-    return PyObject_Vectorcall(w->slow, args, nargsf, kwnames);
+    /* slow(owner, *args, **kwargs) */
+    Py_ssize_t total = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8];
+    PyObject **stack = small;
+    if (total + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        stack = PyMem_Malloc((size_t)(total + 1) * sizeof(PyObject *));
+        if (stack == NULL)
+            return PyErr_NoMemory();
+    }
+    stack[0] = w->owner;
+    for (Py_ssize_t i = 0; i < total; i++)
+        stack[i + 1] = args[i];
+    PyObject *r = PyObject_Vectorcall(w->slow, stack, (size_t)(nargs + 1), kwnames);
+    if (stack != small)
+        PyMem_Free(stack);
+    return r;
 }
 
 static PyObject *fw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *addr, *slow, *after;
+    PyObject *addr, *owner, *slow, *after;
     long long high;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
         PyErr_SetString(PyExc_TypeError, "FastWriter() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OLOO", &addr, &high, &slow, &after))
+    if (!PyArg_ParseTuple(args, "OLOOO", &addr, &high, &owner, &slow, &after))
         return NULL;
     void *p = PyLong_AsVoidPtr(addr);
     if (p == NULL && PyErr_Occurred())
@@ -80,6 +100,8 @@ static PyObject *fw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->vectorcall = fw_vectorcall;
     w->conn = (mu_conn *)p;
     w->high = high;
+    Py_INCREF(owner);
+    w->owner = owner;
     Py_INCREF(slow);
     w->slow = slow;
     Py_INCREF(after);
@@ -89,6 +111,7 @@ static PyObject *fw_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 
 static int fw_traverse(FastWriter *w, visitproc visit, void *arg)
 {
+    Py_VISIT(w->owner);
     Py_VISIT(w->slow);
     Py_VISIT(w->after);
     return 0;
@@ -97,6 +120,7 @@ static int fw_traverse(FastWriter *w, visitproc visit, void *arg)
 static int fw_clear(FastWriter *w)
 {
     w->conn = NULL;
+    Py_CLEAR(w->owner);
     Py_CLEAR(w->slow);
     Py_CLEAR(w->after);
     return 0;
@@ -111,7 +135,7 @@ static void fw_dealloc(FastWriter *w)
 
 static PyObject *fw_detach(FastWriter *w, PyObject *Py_UNUSED(unused))
 {
-    /* keep `slow` so a cached reference still reaches the transport's checks */
+    /* keep `owner` and `slow` so a cached reference still reaches the transport's checks */
     w->conn = NULL;
     Py_CLEAR(w->after);
     Py_RETURN_NONE;

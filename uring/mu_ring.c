@@ -57,6 +57,13 @@ typedef struct mu_sbuf {
     char data[];
 } mu_sbuf;
 
+/* the iovecs and header of a conn's sendmsg: allocated for a send of several queued buffers
+ * and freed when it completes, so an idle conn does not carry ~300 bytes it rarely uses */
+typedef struct mu_sendvec {
+    struct iovec iov[MU_IOV];
+    struct msghdr msg;
+} mu_sendvec;
+
 /* writes at least this large on an idle conn try a direct send() first (see mu_conn_send) */
 #ifndef MU_DIRECT_SEND
 #define MU_DIRECT_SEND 8192
@@ -132,6 +139,8 @@ static struct io_uring_sqe *get_sqe(mu_ring *r)
         r->inflight++;
     return sqe;
 }
+
+struct io_uring_sqe *mu_ring_get_sqe(mu_ring *r) { return get_sqe(r); }
 
 static void emit(mu_ring *r, uint64_t ud, int64_t res, int64_t flags, int64_t off)
 {
@@ -577,6 +586,7 @@ static void conn_free(mu_conn *c)
 {
     mu_ring *r = c->ring;
     free_queue(c);
+    free(c->vec);
     r->slots[c->slot] = NULL;
     r->free_slots[r->nfree++] = c->slot;
     free(c);
@@ -651,16 +661,26 @@ static int submit_send(mu_conn *c)
     if (b->next == NULL) {
         io_uring_prep_send(sqe, c->fd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL);
     } else {
+        mu_sendvec *v = c->vec;
+        if (v == NULL) {
+            v = c->vec = malloc(sizeof(*v));
+            if (v == NULL) {
+                /* no memory for the vector: send the first buffer alone */
+                io_uring_prep_send(sqe, c->fd, b->data + b->off, b->len - b->off, MSG_NOSIGNAL);
+                goto prepped;
+            }
+        }
         int n = 0;
         for (; b != NULL && n < MU_IOV; b = b->next, n++) {
-            c->iov[n].iov_base = b->data + b->off;
-            c->iov[n].iov_len = b->len - b->off;
+            v->iov[n].iov_base = b->data + b->off;
+            v->iov[n].iov_len = b->len - b->off;
         }
-        memset(&c->msg, 0, sizeof(c->msg));
-        c->msg.msg_iov = c->iov;
-        c->msg.msg_iovlen = n;
-        io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+        memset(&v->msg, 0, sizeof(v->msg));
+        v->msg.msg_iov = v->iov;
+        v->msg.msg_iovlen = n;
+        io_uring_prep_sendmsg(sqe, c->fd, &v->msg, MSG_NOSIGNAL);
     }
+prepped:
     io_uring_sqe_set_data64(sqe, conn_ud(c, CK_SEND));
     c->send_inflight = 1;
     c->inflight++;
@@ -795,6 +815,8 @@ static void on_send(mu_ring *r, mu_conn *c, int res)
 {
     c->send_inflight = 0;
     c->send_cancelling = 0;
+    free(c->vec); /* the kernel is done with it; a resubmission allocates again if needed */
+    c->vec = NULL;
     if (c->aborting) {
         free_queue(c);
     } else if (res >= 0) {
@@ -1042,6 +1064,7 @@ int64_t mu_ring_free(mu_ring *r, int timeout_ms)
             continue;
         if (left == 0) {
             free_queue(c);
+            free(c->vec);
             free(c);
         }
         r->slots[i] = NULL;

@@ -33,8 +33,7 @@ typedef struct mu_conn {
     uint32_t slot;
     uint32_t gen;
     struct mu_sbuf *head, *tail;
-    struct iovec iov[MU_IOV];
-    struct msghdr msg;
+    struct mu_sendvec *vec; /* the iovecs of a sendmsg in flight; NULL while idle (issue 16) */
     int inflight; /* SQEs referencing this conn, completion not yet seen */
     unsigned send_inflight : 1, recv_armed : 1, recv_want : 1, recv_cancelling : 1,
         shut_req : 1, shut_done : 1, closing : 1, aborting : 1, send_cancelling : 1,
@@ -96,5 +95,10 @@ int64_t mu_conn_send2(mu_conn *c, const char *a, size_t alen, const char *b, siz
 int mu_conn_shutdown(mu_conn *c);
 int mu_conn_close(mu_conn *c, int abort);
 /* cdef-end */
+
+/* For the other C units of the extension (mu_splice.c): an SQE counted as in flight, or NULL
+ * when the ring is full (the SQ is flushed once first). Not for Python. */
+struct io_uring_sqe;
+struct io_uring_sqe *mu_ring_get_sqe(mu_ring *r) __attribute__((visibility("hidden")));
 
 #endif /* MU_RING_H */

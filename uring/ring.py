@@ -147,18 +147,6 @@ class Ring:
             return []
         return self._view[:4 * n].tolist()
 
-    def run_n(self, timeout: float | None) -> int:
-        """Like run() but leaves the events in the out array (for the C dispatcher)."""
-        if timeout is None:
-            n = lib.mu_run(self.ptr, 1, -1, self._out, self.batch)
-        elif timeout <= 0:
-            n = lib.mu_run(self.ptr, 0, 0, self._out, self.batch)
-        else:
-            n = lib.mu_run(self.ptr, 1, int(timeout * 1e9) or 1, self._out, self.batch)
-        if n < 0:
-            raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
-        return n
-
     def dispatcher(self, readers: dict[int, Any], handlers: dict[int, Any],
                    on_reader_error: Any) -> Any:
         """``run(timeout) -> n`` for the loop: one C call (``_fast.run``) that runs the ring and

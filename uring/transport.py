@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import types
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,8 @@ if TYPE_CHECKING:
 
 _feed_buffered = protocols._feed_data_to_buffered_proto  # type: ignore[attr-defined]
 _EOF = object()  # marker held while reading is paused
+_NO_HELD: list[Any] = []  # shared and always empty: _held of a conn with nothing held
+_NO_EXTRA: dict[str, Any] = {}  # shared and always empty: _extra until something is kept
 
 mu_conn_send = lib.mu_conn_send
 mu_conn_send2 = lib.mu_conn_send2
@@ -52,12 +53,16 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     # writelines() sends or copies before it returns, so a view lent for the call may be passed
     writelines_copies = True
+    # TCP_NODELAY is set here (tune_transport need not ask for a TransportSocket to set it)
+    nodelay_set = True
     _sock: socket.socket | None = None
     _conn: Any = None
+    _fast_write = False  # the instance's `write` is a C FastWriter
+    _asked = 0           # get_extra_info asked for: 1 peername, 2 sockname
 
     def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol: protocols.BaseProtocol,
                  waiter: Any = None, extra: dict[str, Any] | None = None, server: Any = None) -> None:
-        super().__init__(extra, loop)
+        super().__init__(_NO_EXTRA if extra is None else extra, loop)
         self._loop: UringEventLoop = loop
         self._sock = sock
         self._sock_fd = fd = sock.fileno()
@@ -81,7 +86,9 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._paused = False
         self._eof = False            # write_eof() called
         self._eof_received = False
-        self._held: list[Any] = []   # data (and EOF) that arrived while reading was paused
+        # data (and EOF) that arrived while reading was paused; a list only once needed (an
+        # idle conn holds none: issue 16 §4)
+        self._held: list[Any] = _NO_HELD
         self._conn_lost = 0
         self._write_ok = True        # fast path of write(): open, no EOF written, no error
         self._aborted = False
@@ -113,10 +120,11 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         """`write` as a C callable on this instance (see mu_fast.c); the class method stays
         the fallback for everything but a plain bytes write on an open transport."""
         if FAST is not None and type(self).write is UringSocketTransport.write and \
-                self._conn is not None and "write" not in self.__dict__:
+                self._conn is not None and not self._fast_write:
+            self._fast_write = True
             self.write = FAST.FastWriter(int(ffi.cast("uintptr_t", self._conn)), self._high_water,
-                                         types.MethodType(UringSocketTransport.write, self),
-                                         self._after_send)
+                                         self, UringSocketTransport.write,
+                                         UringSocketTransport._after_send)
 
     def _wake_waiter(self, waiter: Any) -> None:
         """Deliver create_connection()'s result; reads arriving from now on wait until the
@@ -139,23 +147,31 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                f"bufsize={self.get_write_buffer_size()}>"
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """asyncio's keys, looked up when asked. The addresses are not kept while the socket
+        is open (an idle conn would hold a dict and a tuple for each; issue 16 §4): each call
+        asks the socket, and the socket's close keeps those that were asked for."""
         extra = self._extra
         if name in extra:
             return extra[name]
         sock = self._sock
-        if sock is not None:
-            try:
-                if name == "socket":
-                    extra[name] = trsock.TransportSocket(sock)
-                elif name == "sockname":
-                    extra[name] = sock.getsockname()
-                elif name == "peername":
-                    extra[name] = sock.getpeername()
-            except OSError:
-                extra[name] = None
-            if name in extra:
-                return extra[name]
-        return default
+        if sock is None:
+            return default
+        try:
+            if name == "peername":
+                self._asked |= 1
+                return sock.getpeername()
+            if name == "sockname":
+                self._asked |= 2
+                return sock.getsockname()
+            if name != "socket":
+                return default
+            value: Any = trsock.TransportSocket(sock)
+        except OSError:
+            value = None
+        if extra is _NO_EXTRA:
+            extra = self._extra = {}
+        extra[name] = value
+        return value
 
     def set_protocol(self, protocol: protocols.BaseProtocol) -> None:
         self._protocol = protocol
@@ -229,8 +245,15 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             else:
                 self._deliver(item)
         if not self._held:
+            self._held = _NO_HELD  # the list goes (an idle conn keeps none)
             self._update_fast_reader()
             self._start_reading()
+
+    def _hold(self, item: Any) -> None:
+        held = self._held
+        if held is _NO_HELD:
+            held = self._held = []
+        held.append(item)
 
     def _deliver(self, data: bytes) -> None:
         try:
@@ -265,7 +288,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
             if res > 0:
                 data = self._arena[off:off + res].tobytes()
                 if self._paused or self._held or self._gated:
-                    self._held.append(data)
+                    self._hold(data)
                     return
                 if self._buffered:
                     self._deliver(data)
@@ -278,7 +301,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                     self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
             elif res == 0:
                 if self._paused or self._held or self._gated:
-                    self._held.append(_EOF)
+                    self._hold(_EOF)
                 else:
                     self._on_eof()
             else:
@@ -390,15 +413,16 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
 
     def _drop_fast_writer(self) -> None:
         """Back to the Python write() (the C conn is closing or gone)."""
-        w = self.__dict__.pop("write", None)
-        if w is not None:
-            w.detach()
+        if self._fast_write:
+            self._fast_write = False
+            w = self.__dict__.pop("write", None)
+            if w is not None:
+                w.detach()
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         super().set_write_buffer_limits(high, low)
-        w = self.__dict__.get("write")
-        if w is not None:
-            w.high = self._high_water
+        if self._fast_write:
+            self.write.high = self._high_water
         if self._protocol_paused and self._conn is not None:
             self._conn.notify_below = self._low_water
 
@@ -442,7 +466,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if self._closing:
             return
         self._closing = True
-        self._held.clear()
+        self._held = _NO_HELD
         self._readers.pop(self._recv_ud, None)
         conn = self._conn
         if conn is not None and conn.pending > 0 and not conn.error:
@@ -486,7 +510,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         self._aborted = True
         self._conn_lost += 1
         self._closing = True
-        self._held.clear()
+        self._held = _NO_HELD
         self._readers.pop(self._recv_ud, None)
         self._c_close(True)
         self._schedule_lost(exc)
@@ -536,6 +560,17 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     def _close_socket(self) -> None:
         sock = self._sock
         if sock is not None:
+            asked = self._asked
+            if asked:  # the addresses asked for stay answerable after the close, as in asyncio
+                if self._extra is _NO_EXTRA:
+                    self._extra = {}
+                for bit, key, ask in ((1, "peername", sock.getpeername),
+                                      (2, "sockname", sock.getsockname)):
+                    if asked & bit:
+                        try:
+                            self._extra[key] = ask()
+                        except OSError:
+                            self._extra[key] = None
             self._sock = None
             registry = self._loop._transports
             if registry.get(self._sock_fd) is self:

@@ -27,8 +27,8 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import channel, logs
-from monolake.worker import discovery, health
+from monolake.supervisor import channel, logs, messages
+from monolake.worker import discovery, health, upstream_admin
 from monolake.worker.acceptor import Acceptor
 from monolake.worker.env import WorkerEnv
 from monolake.worker.servers import builder_for
@@ -145,14 +145,18 @@ class Worker:
             self.uncover(index)
         self.accepting = False
 
-    async def cover(self, message: dict[str, Any], fds: list[int]) -> None:
+    async def cover(self, message: messages.Cover, fds: list[int]) -> None:
         """Also accept on another slot's sockets while that slot has no live worker (it
         crashes at start, say), so connections hashed to its queue are not left waiting."""
-        index = int(message["slot"])
+        index = message.slot
         self.uncover(index)
         loop = asyncio.get_running_loop()
         servers: list[Acceptor] = []
-        for name, indexes in message["listeners"].items():
+        if not valid_indexes(message.listeners, fds):
+            channel.close_fds(fds)
+            log.warning("cover refused: listener indexes do not match its fds", nfds=len(fds))
+            return
+        for name, indexes in message.listeners.items():
             for i in indexes:
                 sock = socket.socket(fileno=fds[i])
                 if name not in self.slots or not self.accepting:
@@ -221,17 +225,17 @@ class Worker:
 
     def send_heartbeat(self) -> None:
         total, per_server = self.stats()
-        self.send({"type": "heartbeat", "lag": round(self._lag, 6), "stats": total,
-                   "servers": per_server, "accepting": self.accepting,
-                   "draining": self.draining, "health": health.report()})
+        self.send(messages.Heartbeat(lag=round(self._lag, 6), stats=total, servers=per_server,
+                                     accepting=self.accepting, draining=self.draining,
+                                     health=health.report()))
 
     # ----- control channel --------------------------------------------------------------
 
-    def send(self, message: dict[str, Any], fds: list[int] = ()) -> None:
+    def send(self, message: messages.Message, fds: list[int] = ()) -> None:
         if self.control is None:
             return
         try:
-            channel.send(self.control, message, list(fds))
+            channel.send(self.control, messages.encode(message), list(fds))
         except OSError:
             self._finish(1)  # the master is gone
 
@@ -253,46 +257,57 @@ class Worker:
     def _dispatch_buffered(self) -> None:
         """Handle every complete message the reader holds, in order."""
         while (got := self._reader.next_message()) is not None:
-            message, fds = got
+            raw, fds = got
+            try:
+                message = messages.decode(messages.TO_WORKER, raw)
+            except messages.MessageError as exc:
+                # logged and refused: the worker serves on (a newer master, a bug, garbage)
+                log.warning("control message refused", type=str(raw.get("type"))[:64],
+                            error=str(exc)[:500])
+                channel.close_fds(fds)
+                continue
             asyncio.get_running_loop().create_task(self._handle(message, fds))
 
-    async def _handle(self, message: dict[str, Any], fds: list[int]) -> None:
-        kind = message["type"]
+    async def _handle(self, message: messages.Message, fds: list[int]) -> None:
+        kind = message.KIND
         try:
-            if kind in ("drain", "stop"):
-                await self.drain(float(message.get("timeout", 30)))
+            if isinstance(message, (messages.Drain, messages.Stop)):
+                await self.drain(message.timeout)
                 try:
                     self.send_heartbeat()  # final figures: the master carries them past our exit
                 finally:
                     self._finish(0)
-            elif kind == "export":
+            elif isinstance(message, messages.Export):
                 self.stop_accepting()
                 self.send_state()
-            elif kind == "commit":
+            elif isinstance(message, messages.Commit):
                 await self.commit(message, fds)
-            elif kind == "abort":
+            elif isinstance(message, messages.Abort):
                 self._finish(0)
-            elif kind == "cover":
+            elif isinstance(message, messages.Cover):
                 await self.cover(message, fds)
-            elif kind == "uncover":
-                self.uncover(int(message["slot"]))
-            elif kind == "reconfigure":
+            elif isinstance(message, messages.Uncover):
+                self.uncover(message.slot)
+            elif isinstance(message, messages.Reconfigure):
                 self.prepare_in_place(message)
-            elif kind == "reconfigure_commit":
+            elif isinstance(message, messages.ReconfigureCommit):
                 self.commit_in_place()
-            elif kind == "rollback":
+            elif isinstance(message, messages.Rollback):
                 self.rollback_in_place()
                 discovery.configure(self.config.resolver)
-            elif kind == "debug":
-                self.send({"type": "debug", **self.debug_report(bool(message.get("collect")))})
-            elif kind == "log_level":
-                logs.set_level(str(message.get("level", "info")))
-                log.info("log level changed", new_level=message.get("level"))
-            else:
-                log.warning("unknown control message ignored", type=kind)
+            elif isinstance(message, messages.DebugRequest):
+                self.send(messages.DebugReport(report=self.debug_report(message.collect)))
+            elif isinstance(message, messages.Upstreams):  # the runtime upstream API
+                upstream_admin.handle(self, message)
+            elif isinstance(message, messages.LogLevel):
+                logs.set_level(message.level)
+                log.info("log level changed", new_level=message.level)
+            else:  # decoded but not handled here (a hello after the first)
+                log.warning("control message ignored", type=kind)
+                channel.close_fds(fds)
         except Exception as exc:  # noqa: BLE001 - report, never die silently
             log.exception("control message failed", type=kind)
-            self.send({"type": "failed", "reason": f"{kind}: {exc!r}"})
+            self.send(messages.Failed(reason=f"{kind}: {exc!r}"))
 
     def send_state(self) -> None:
         """Export every server's state; each server's fds follow one another in one list.
@@ -313,21 +328,22 @@ class Worker:
                 log.exception("state export failed; the successor starts fresh", server=name)
                 errors.append(f"server {name}: export failed: {exc!r}")
                 channel.close_fds(own)
-        message: dict[str, Any] = {"type": "state", "state": None}
+        blob: str | None = None
         try:
-            message["state"] = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
+            blob = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
         except Exception as exc:  # noqa: BLE001 - unpicklable state: nothing can be carried
             log.exception("state could not be serialized; the successor starts fresh")
             errors.append(f"state could not be serialized: {exc!r}")
             channel.close_fds(fds)
             fds = []
         # with the stats the export captured: the master's counter accounting (accounting.py)
-        message.update(servers=self.stats()[1], errors=errors)
+        servers = self.stats()[1]
         if self.control is None:
             channel.close_fds(fds)
             return
         try:
-            channel.send(self.control, message, fds)
+            channel.send(self.control, messages.encode(
+                messages.State(state=blob, servers=servers, errors=errors)), fds)
             return
         except (OSError, channel.ChannelError) as exc:
             log.error("state could not be sent; the successor starts fresh", nfds=len(fds),
@@ -335,14 +351,14 @@ class Worker:
             errors.append(f"state could not be sent ({len(fds)} fds): {exc!r}")
         finally:
             channel.close_fds(fds)  # sent or not, this worker's copies go: the master dup'ed its own
-        message.update(state=None, errors=errors)
-        self.send(message)  # nothing big, no fds: this fails only if the master is gone
+        # nothing big, no fds: this fails only if the master is gone
+        self.send(messages.State(state=None, servers=servers, errors=errors))
 
-    async def commit(self, message: dict[str, Any], fds: list[int]) -> None:
+    async def commit(self, message: messages.Commit, fds: list[int]) -> None:
         """Import the previous generation's state and start accepting. An import that fails
         leaves the fresh stacks serving and is reported (``state_error``): the reload then
         fails loudly rather than silently losing pools and counters."""
-        previous, error = unpack_state(message.get("state"), fds)
+        previous, error = unpack_state(message.state, fds)
         if previous:
             fresh = self.slots
             try:
@@ -358,16 +374,16 @@ class Worker:
                 snapshot.close_untaken()  # servers that no longer exist, or a failed build
         if not self.accepting:
             await self.start_accepting()
-        self.send({"type": "committed", "servers": self.stats()[1], "state_error": error})
+        self.send(messages.Committed(servers=self.stats()[1], state_error=error))
 
-    def prepare_in_place(self, message: dict[str, Any]) -> None:
+    def prepare_in_place(self, message: messages.Reconfigure) -> None:
         """In-place reload, phase one: build new stacks from the live ones (make(previous))."""
         from monolake.conf import Config
 
         self.rollback_in_place()  # a stale staged set (never committed nor rolled back)
         staged: dict[str, Any] = {}
         try:
-            config = Config.from_dict(message["config"])
+            config = Config.from_dict(message.config)
             discovery.configure(config.resolver)  # the new stacks resolve with the new settings
             for name, server_cfg in config.servers.items():
                 live = self.slots.get(name)
@@ -377,10 +393,10 @@ class Worker:
             log.exception("in-place build failed")
             self._discard(list(staged.values()))  # the servers built before the failure
             discovery.configure(self.config.resolver)
-            self.send({"type": "reconfigured", "ok": False, "reason": repr(exc)})
+            self.send(messages.Reconfigured(ok=False, reason=repr(exc)))
             return
         self._staged = (config, staged)
-        self.send({"type": "reconfigured", "ok": True})
+        self.send(messages.Reconfigured(ok=True, reason=""))
 
     def rollback_in_place(self) -> None:
         """The in-place reload is off: the staged stacks go, the live ones serve on as they
@@ -475,13 +491,13 @@ class Worker:
             self.build()
         except Exception as exc:  # noqa: BLE001 - the master reports it and keeps serving
             log.exception("building servers failed")
-            self.send({"type": "failed", "reason": f"building servers failed: {exc!r}"})
+            self.send(messages.Failed(reason=f"building servers failed: {exc!r}"))
             return 3
         if accept:
             await self.start_accepting()
         addresses = {name: [channel_address(s) for s in slot.sockets]
                      for name, slot in self.slots.items()}
-        self.send({"type": "ready", "runtime": self.env.runtime, "servers": addresses})
+        self.send(messages.Ready(runtime=self.env.runtime, servers=addresses))
         log.info("worker ready", runtime=self.env.runtime, accepting=self.accepting)
         if ready_line:
             sys.stdout.write("READY " + json.dumps({"servers": addresses,
@@ -545,6 +561,11 @@ def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot],
         return {}, f"the previous generation's state could not be read: {exc!r}"
 
 
+def valid_indexes(listeners: dict[str, list[int]], fds: list[int]) -> bool:
+    """Every listener index names one of the message's fds."""
+    return all(0 <= i < len(fds) for indexes in listeners.values() for i in indexes)
+
+
 def channel_address(sock: socket.socket) -> str:
     from monolake.supervisor.sockets import bound_address
 
@@ -569,7 +590,7 @@ def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socke
         log.error("event loop unavailable", runtime_type=config.runtime.runtime_type,
                   reason=str(exc))
         if control is not None:
-            channel.send(control, {"type": "failed", "reason": f"runtime: {exc}"})
+            channel.send(control, messages.encode(messages.Failed(reason=f"runtime: {exc}")))
         return 3
     env = WorkerEnv(slot=env.slot, cpu=env.cpu, generation=env.generation, pid=env.pid,
                     runtime=choice.name, logger=env.logger)
@@ -588,11 +609,19 @@ def main_controlled(control_fd: int, master_pid: int) -> int:
     got = channel.recv_message(control, reader, timeout=30)
     if got is None:
         return 1
-    hello, fds = got
+    raw, fds = got
+    try:
+        hello = messages.decode(messages.TO_WORKER, raw)
+        if not isinstance(hello, messages.Hello) or not valid_indexes(hello.listeners, fds):
+            raise messages.MessageError(f"expected a hello matching its fds, got {raw.get('type')!r}")
+    except messages.MessageError as exc:
+        channel.close_fds(fds)
+        sys.stderr.write(f"monolake worker: first control message refused: {exc}\n")
+        return 1
     from monolake.conf import Config
 
-    config = Config.from_dict(hello["config"])
-    slot, cpu, generation = int(hello["slot"]), hello.get("cpu"), int(hello["generation"])
+    config = Config.from_dict(hello.config)
+    slot, cpu, generation = hello.slot, hello.cpu, hello.generation
     logs.configure(config.supervisor.log_format, config.supervisor.log_level,
                    config.supervisor.error_log, proc="worker", slot=slot, pid=os.getpid(),
                    gen=generation)
@@ -603,10 +632,11 @@ def main_controlled(control_fd: int, master_pid: int) -> int:
         except OSError as exc:
             log.warning("cannot pin to cpu", cpu=cpu, error=str(exc))
     sockets: dict[str, list[socket.socket]] = {}
-    for name, indexes in hello["listeners"].items():
+    for name, indexes in hello.listeners.items():
         sockets[name] = [socket.socket(fileno=fds[i]) for i in indexes]
     env = WorkerEnv(slot=slot, cpu=cpu, generation=generation, pid=os.getpid(), runtime="")
-    return run_worker(env, config, sockets, control, bool(hello.get("accept", True)),
+    upstream_admin.load(list(hello.upstream_overrides))  # before the stacks are built
+    return run_worker(env, config, sockets, control, hello.accept,
                       ready_line=False, reader=reader)
 
 

@@ -114,7 +114,7 @@ def test_server_key_problems(problems: Problems) -> None:
         'proxy_type = "http"',
         'proxy_type = "http"\nbacklog = 0\n'
         'load_balancer = "random"\nmax_body_size = -1\nvia = "yes"\n'
-        'upstream_http_version = "http2"\nhttp_parser = "llhttp"',
+        'upstream_http_version = "h2"\nhttp_parser = "llhttp"',
     )
     lines = problems(text)
     assert "expected an integer from 1 to 65535, found 0" in only(lines, "servers.web.backlog")
@@ -122,7 +122,7 @@ def test_server_key_problems(problems: Problems) -> None:
     assert "found -1" in only(lines, "servers.web.max_body_size")
     assert "expected true or false" in only(lines, "servers.web.via")
     http2 = only(lines, "servers.web.upstream_http_version")
-    assert 'found "http2"' in http2 and "not supported yet" in http2
+    assert 'found "h2"' in http2 and 'did you mean "http2"?' in http2
     assert 'expected one of "auto", "native", "httptools" or "h11"' in only(lines, "servers.web.http_parser")
 
 

@@ -12,6 +12,7 @@ import socket
 import pytest
 
 from monolake.conf import parse_config
+from monolake.supervisor import messages
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.server import build
 from monolake.worker.state import Snapshot
@@ -296,7 +297,7 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
         await worker.start_accepting()
         held = await asyncio.open_connection("127.0.0.1", port)
         assert (await _get(port, "/one", keep=held))[0] == 200   # a connection on the old stack
-        message = {"config": Config.to_dict(config)}
+        message = messages.Reconfigure(config=Config.to_dict(config))
         worker.prepare_in_place(message)
         worker.commit_in_place()
         old = worker._retired_handles[0]

@@ -51,6 +51,50 @@ def test_write_chart_draws_every_bar(tmp_path, monkeypatch):
                      ("python", [9000.5])]
 
 
+CPU_RESULTS = [
+    {"server": "nginx", "body_size": 100, "rps": 50000.0, "cpu_us_per_req": 17.0},
+    {"server": "monolake", "body_size": 100, "rps": 30000.0, "cpu_us_per_req": 30.0},
+    {"server": "nginx", "body_size": 1 << 20, "rps": 900.0, "cpu_us_per_req": 560.0},
+    {"server": "monolake", "body_size": 1 << 20, "rps": 800.0, "cpu_us_per_req": 650.0},
+]
+
+
+def test_cpu_panel_next_to_rps(tmp_path, monkeypatch):
+    """Rows with cpu_us_per_req get a second panel with the CPU bars; a 1 MiB row next to a
+    100 B one puts both panels on a log scale (the 100 B bars would vanish otherwise)."""
+    import matplotlib.axes
+
+    drawn: list[tuple[int, str, list[float]]] = []
+    scales: dict[int, str] = {}
+    real_bar, real_scale = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.set_yscale
+
+    def spy(self, x, height, *args, **kwargs):
+        drawn.append((id(self), kwargs["label"], list(height)))
+        return real_bar(self, x, height, *args, **kwargs)
+
+    def spy_scale(self, value, *args, **kwargs):
+        scales[id(self)] = value
+        return real_scale(self, value, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy)
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_yscale", spy_scale)
+    out = chart.write_chart(CPU_RESULTS, tmp_path / "proxy.png", "HTTP proxy")
+    width, height = png_size(out)
+    assert width > 1200 and height > 400  # two panels side by side
+    panels = list(dict.fromkeys(ax for ax, _, _ in drawn))
+    assert len(panels) == 2
+    by_panel = [[(label, h) for ax, label, h in drawn if ax == panel] for panel in panels]
+    assert by_panel[0] == [("nginx", [50000.0, 900.0]), ("monolake", [30000.0, 800.0])]
+    assert by_panel[1] == [("nginx", [17.0, 560.0]), ("monolake", [30.0, 650.0])]
+    assert scales == {panels[0]: "log", panels[1]: "log"}
+    assert chart.tabulate(CPU_RESULTS).cpu[("monolake", 100)] == 30.0
+
+
+def test_no_cpu_no_second_panel(tmp_path):
+    assert chart.tabulate(RESULTS).cpu == {}
+    assert png_size(chart.write_chart(RESULTS, tmp_path / "x.png", "t"))[0] < 1200
+
+
 def test_table_and_labels():
     table = chart.tabulate(RESULTS)
     assert table.servers == ["monolake", "nginx", "python"]
@@ -65,6 +109,7 @@ def test_table_and_labels():
     ([{"server": "a", "rps": 1}], "expected server, body_size and rps"),
     ([{"server": "a", "body_size": -1, "rps": 1}], "body_size"),
     ([{"server": "a", "body_size": 1, "rps": "fast"}], "rps"),
+    ([{"server": "a", "body_size": 1, "rps": 1, "cpu_us_per_req": float("nan")}], "cpu_us_per_req"),
     ([{"server": "a", "body_size": 1, "rps": 1}, {"server": "a", "body_size": 1, "rps": 2}],
      "a second result"),
 ])

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from monolake.conf import Config, parse_config
-from monolake.supervisor import channel
+from monolake.supervisor import channel, messages
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.server import ServerRuntime
 from monolake.worker.main import Worker
@@ -87,14 +87,13 @@ def test_failed_or_rolled_back_in_place_reload_leaves_the_live_stacks_intact():
         assert _live_sweeps(loop) == 2
 
         # 1. px builds (sharing its live pool, with new settings), then py fails to build
-        await worker._handle({"type": "reconfigure",
-                              "config": Config.to_dict(_config(up.url, 99, broken="py"))}, [])
+        await worker._handle(messages.Reconfigure(
+            config=Config.to_dict(_config(up.url, 99, broken="py"))), [])
         assert worker._staged is None
         # 2. both build, then the master rolls back (another worker failed)
-        await worker._handle({"type": "reconfigure",
-                              "config": Config.to_dict(_config(up.url, 99))}, [])
+        await worker._handle(messages.Reconfigure(config=Config.to_dict(_config(up.url, 99))), [])
         assert worker._staged is not None
-        await worker._handle({"type": "rollback"}, [])
+        await worker._handle(messages.Rollback(), [])
         await _until(lambda: not getattr(worker, "_closing", ()), "discarded stacks closed")
 
         assert {n: slot.handle for n, slot in worker.slots.items()} == handles
@@ -135,11 +134,12 @@ path = "/"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
 """)
     ours, theirs = socket.socketpair()
-    hello = {"type": "hello", "slot": 0, "cpu": None, "generation": 1,
-             "config": Config.to_dict(config), "listeners": {"web": [0]}, "accept": True}
+    hello = messages.encode(messages.Hello(slot=0, cpu=None, generation=1,
+                                           config=Config.to_dict(config),
+                                           listeners={"web": [0]}, accept=True))
     # hello and stop in one write, before the worker reads anything
     frames = channel.frames_of(hello, [listener.fileno()])
-    ours.sendmsg([frames[0][0] + channel.encode({"type": "stop", "timeout": 1})],
+    ours.sendmsg([frames[0][0] + channel.encode(messages.encode(messages.Stop(timeout=1)))],
                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                    __import__("array").array("i", [listener.fileno()]))])
     proc = subprocess.Popen([sys.executable, "-m", "monolake.worker", "--control-fd",

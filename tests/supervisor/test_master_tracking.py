@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from monolake.conf import parse_config
-from monolake.supervisor import channel
+from monolake.supervisor import channel, messages
 from monolake.supervisor.master import Master
 from monolake.supervisor.workers import DRAINING, PREPARED, READY, Slot, WorkerProc
 
@@ -52,7 +52,7 @@ def test_assign_retires_a_live_worker_it_replaces_and_status_lists_every_child()
             assert slot.worker is committed
             assert respawned in master.retired and respawned.state == DRAINING
             got = channel.recv_message(respawned_end, channel.FrameReader(), timeout=5)
-            assert got is not None and got[0] == {"type": "drain", "timeout": 7}
+            assert got is not None and got[0] == messages.encode(messages.Drain(timeout=7))
             master.assign(slot, committed)  # again: nothing more to retire
             assert master.retired == [respawned]
             listed = {row["pid"]: row["state"] for row in master.status()["workers"]}

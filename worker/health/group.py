@@ -26,6 +26,7 @@ import structlog
 from monolake.conf.health import HealthCheckConfig
 from monolake.worker.health.probes import Address, probe
 from monolake.worker.health.state import EndpointHealth
+from monolake.worker.upstream.endpoint import UNHEALTHY, UP
 
 log = structlog.get_logger()
 
@@ -53,6 +54,7 @@ class HealthGroup:
         self.route_label = route_label
         self.framed = framed
         self.rejecting = False  # every endpoint unhealthy and all_unhealthy = "reject"
+        self.panic_open = False  # every endpoint unhealthy and all_unhealthy = "fail_open"
         self.panic = False  # every endpoint unhealthy (either behaviour)
         self._route = weakref.ref(route)
         self._members = members
@@ -145,10 +147,10 @@ class HealthGroup:
                 behaviour=self.cfg.all_unhealthy,
             )
         self.panic = everyone_down
-        fail_open = everyone_down and self.cfg.all_unhealthy == "fail_open"
+        fail_open = self.panic_open = everyone_down and self.cfg.all_unhealthy == "fail_open"
         self.rejecting = everyone_down and not fail_open
         for obj, _label, _addr, st in states:
-            obj.held_down = not st.healthy and not fail_open
+            obj.set_checked(UNHEALTHY if not st.healthy and not fail_open else UP)
 
     def rows(self) -> list[dict[str, Any]]:
         return [
@@ -158,7 +160,7 @@ class HealthGroup:
                 "upstream": label,
                 "type": self.cfg.type,
                 "healthy": st.healthy,
-                "held_down": bool(obj.held_down),
+                "held_down": not st.healthy and not self.panic_open,
                 "checks_ok": st.checks_ok,
                 "checks_failed": st.checks_failed,
                 "last_error": st.last_error,

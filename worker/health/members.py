@@ -1,8 +1,8 @@
 """What a health group checks for each balancer family: which endpoints, at which address.
 
-The balancers' only knowledge of health is one attribute per endpoint, ``held_down`` (True =
-skip it, next to passive ejection), and, for thrift (whose balancer fails open on its own when
-everything is ejected), ``Balancer.health.rejecting``. Placeholders of names DNS has not
+The balancers' only knowledge of health is the kit's verdict on each endpoint
+(``set_checked``, worker/upstream/endpoint.py: eligibility next to passive ejection) and
+``Balancer.health.rejecting`` (every endpoint down and all_unhealthy = "reject"). Placeholders of names DNS has not
 answered yet and builtin endpoints are not checked."""
 
 from __future__ import annotations

@@ -232,12 +232,3 @@ class BodyStream:
         self._paused &= ~flag
         if not self._paused and self._producer is not None:
             self._producer.body_resume()
-
-
-def bytes_body(data: bytes) -> Any:
-    """A finished in-memory body usable wherever a stream is expected."""
-    b = BodyStream(len(data))
-    if data:
-        b.feed(data)
-    b.finish()
-    return b

@@ -203,6 +203,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._busy = True
         self.requests += 1
         self.upstream.active += 1
+        self.upstream.requests += 1
         if self._parser is None or self.pool.parser_kind == "h11" or method == "HEAD":
             self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade,
                                                self.pool.head_limits)

@@ -188,6 +188,24 @@ def _framing_flags(headers: list[tuple[bytes, bytes]],
     return host, content_length, flags
 
 
+class _Sink:
+    """What a released reader reports to: nothing listens any more."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return _ignore
+
+
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
+_SINK: Any = _Sink()
+_RELEASED: Any = _Sink()  # the parser of a released reader: started, feeds nothing
+_NO_LIST: list[Any] = []  # shared, always empty: replaced before anything is appended
+
+
 class RequestReader:
     """Parses a connection's requests; see the module docstring. ``producer`` is what a
     request body pauses and resumes (the connection's reading) when it backs up."""
@@ -208,9 +226,9 @@ class RequestReader:
         self.dead = False          # parsing ended (error, upgrade, timeout, closing)
         self.fresh = True          # no request byte received yet
         self.receiving: Request | None = None  # the request whose body is arriving
-        self._url: list[bytes] = []
+        self._url: list[bytes] = _NO_LIST  # lists from on_message_begin (httptools, h11)
         self._url_len = 0
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._headers: list[tuple[bytes, bytes]] = _NO_LIST
         self._head_size = 0
         self._head_bytes = 0
 
@@ -276,6 +294,15 @@ class RequestReader:
             if req.body is not None and not req.body.done:
                 req.body.fail(BodyError(why))
         return req
+
+    def release(self) -> None:
+        """The connection is gone: parse nothing more and drop the references back to it
+        (the protocol and the parser point at each other through this reader)."""
+        self.dead = True
+        self.receiving = None
+        self.parser = _RELEASED
+        self.events = self.producer = _SINK
+        self._url = self._headers = _NO_LIST
 
     def peer_closed(self) -> None:
         """The client sent FIN: a body still arriving is incomplete."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.connection import BODY_BYTES, BODY_STREAM, must_close, response_head
-from monolake.worker.http.message import Request, Response, text_response
+from monolake.worker.http.message import Request, Response, header_tokens, text_response
 from monolake.worker.service.context import RequestContext
 
 if TYPE_CHECKING:
@@ -202,12 +202,13 @@ class Exchange:
 
     def end(self) -> None:
         conn = self.conn
+        body = conn._out_body
         conn._out_body = None
         tail = b""
         if self.chunked:
             self.chunked = False
-            conn._rt.stats.bytes_out += 5
-            tail = b"0\r\n\r\n"
+            tail = b"0\r\n" + _trailer_lines(self.request, body) + b"\r\n"
+            conn._rt.stats.bytes_out += len(tail)
         head = self.pending_head
         if head is not None:
             self.pending_head = None
@@ -251,6 +252,16 @@ class Exchange:
         if self.ctx is not None:
             self.conn._rt.stats.active_requests -= 1
             self.ctx = None
+
+
+def _trailer_lines(req: Request | None, body: Any) -> bytes:
+    """Trailer fields of a chunked response (an h2 upstream's, gRPC's grpc-status), sent
+    only to a client that asked with ``TE: trailers`` (RFC 9110 §6.5.1)."""
+    trailers = getattr(body, "trailers", None)
+    if not trailers or req is None or b"trailers" not in header_tokens(req.headers, b"te"):
+        return b""
+    return b"".join(k + b": " + v + b"\r\n" for k, v in trailers
+                    if b"\r" not in v and b"\n" not in v)
 
 
 def discard_response(resp: Response) -> None:

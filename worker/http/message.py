@@ -26,10 +26,6 @@ def get_header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def get_all(headers: Headers, name: bytes) -> list[bytes]:
-    return [v for k, v in headers if k == name]
-
-
 def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
     """Comma-separated tokens of every ``name`` header, lower-cased and stripped."""
     out: set[bytes] = set()

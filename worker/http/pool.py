@@ -12,7 +12,6 @@ worker wraps them back into transports, so it starts warm.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 from collections import deque
 from typing import Any
@@ -26,6 +25,7 @@ from monolake.worker.http.stats import Stats
 from monolake.worker.discovery.watch import settle_all
 from monolake.worker.http.upstream import DERIVED, DrainEpoch, Upstream
 from monolake.worker.service.state import FdSource
+from monolake.worker.upstream import idle as idle_fds
 
 POOL_STATE_VERSION = 1
 
@@ -188,7 +188,7 @@ class UpstreamPool:
     # -- periodic sweep --------------------------------------------------------------------
     def sweep(self, now: float) -> None:
         for dq in list(self.idle.values()):
-            while dq and now - dq[0].idle_since > dq[0].upstream.idle_timeout:
+            while dq and idle_fds.expired(dq[0].idle_since, now, dq[0].upstream.idle_timeout):
                 dq.popleft().close()
         if self._drain_epoch != DrainEpoch.value:
             self._drain_epoch = DrainEpoch.value
@@ -216,13 +216,9 @@ class UpstreamPool:
             keep: deque[UpstreamConnection] = deque()
             while dq:
                 conn = dq.popleft()
-                sock = conn.transport.get_extra_info("socket") if conn.transport else None
-                if conn.closed or sock is None or not conn.upstream.exportable:
-                    keep.append(conn)
-                    continue
-                try:
-                    fd = os.dup(sock.fileno())
-                except OSError:
+                fd = -1 if conn.closed or not conn.upstream.exportable else \
+                    idle_fds.export_fd(conn.transport)
+                if fd < 0:
                     keep.append(conn)
                     continue
                 out.append({"key": key, "fd": len(fds)})
@@ -237,29 +233,12 @@ class UpstreamPool:
         """Claim exported connections; they are wrapped into transports on the loop."""
         n = 0
         for item in items:
-            fd = fds.take_fd(int(item.get("fd", -1)))
-            if fd < 0:
+            sock = idle_fds.import_fd(fds.take_fd(int(item.get("fd", -1))))
+            if sock is None:
                 continue
-            try:
-                sock = socket.socket(fileno=fd)
-            except OSError:
-                os.close(fd)
-                continue
-            sock.setblocking(False)
             self._adopt.append((tuple(item["key"]), sock))
             n += 1
         return n
-
-    def adopt_from(self, previous: "UpstreamPool") -> None:
-        """In-place reload: take the live idle connections of the previous pool."""
-        for key, dq in previous.idle.items():
-            mine = self.idle.setdefault(key, deque())
-            while dq:
-                conn = dq.popleft()
-                conn.pool = self
-                mine.append(conn)
-        self._adopt.extend(previous._adopt)
-        previous._adopt = []
 
     async def adopt_pending(self, upstreams: dict[tuple, Upstream] | None = None) -> None:
         """Wrap adopted sockets into transports (needs the running loop)."""

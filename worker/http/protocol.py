@@ -19,13 +19,14 @@ import asyncio
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
-from monolake.worker.http import proxy_protocol
+from monolake.worker import memtrim
+from monolake.worker.net import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.connection import (BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX,
                                              RequestReader)
 from monolake.worker.http.exchange import Exchange
 from monolake.worker.http.message import Request
-from monolake.worker.http.tls import TlsError
+from monolake.worker.net.tls import TlsError
 from monolake.worker.service.context import ConnectionContext
 from monolake.worker.sockopts import set_nodelay
 
@@ -37,6 +38,7 @@ LINGER_SECONDS = 2.0       # how long to drain a client's unread body before clo
 
 _PAUSE_PIPELINE = 1 << 20  # reasons to stop reading (bodies count in the low bits)
 _PAUSE_TUNNEL = 1 << 21
+_NO_BYTES: list[bytes] = []  # shared, always empty (never appended to)
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -67,7 +69,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._prelude: bytearray | None = None
         self._tls: Any = None
         self._tunnel: Any = None
-        self._tunnel_pending: list[bytes] = []
+        self._tunnel_pending: list[bytes] = _NO_BYTES  # a list once a tunnel has some
         self._lingering = False
 
     # -- connection lifecycle --------------------------------------------------------------
@@ -81,15 +83,8 @@ class HttpServerProtocol(asyncio.Protocol):
         st = rt.stats
         st.connections_total += 1
         st.open_connections += 1
-        peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        if isinstance(peer, tuple):
-            peer = peer[:2]
-        if isinstance(local, tuple):
-            local = local[:2]
-        self._ctx = ConnectionContext(server=rt.name, worker_slot=rt.slot,
-                                      connection_id=st.connections_total, peer=peer,
-                                      local=local, socket_peer=peer)
+        # addresses asked for lazily (ConnectionContext): most connections never need them
+        self._ctx = ConnectionContext(rt.name, rt.slot, st.connections_total, transport=transport)
         self._reader.deadline = _now() + rt.header_timeout
         if rt.settings.proxy_protocol:
             self._prelude = bytearray()
@@ -116,6 +111,8 @@ class HttpServerProtocol(asyncio.Protocol):
         rt = self._rt
         if self._transport is None:
             return
+        if self._queue or self._out_body is not None:
+            self._ctx.remember_addresses()  # for the logs of what is cut short
         self._transport = None
         rt.connections.discard(self)
         rt.stats.open_connections -= 1
@@ -132,6 +129,10 @@ class HttpServerProtocol(asyncio.Protocol):
         if tunnel is not None:
             self._tunnel = None
             tunnel.client_closed()
+        # the reader and its parser point back at us: cut the cycle so the connection's
+        # objects go by reference counting now, not at the next full GC (issue 16 §4)
+        self._reader.release()
+        memtrim.note_close(self._loop)
 
     def eof_received(self) -> bool | None:
         if self._tunnel is not None:
@@ -233,6 +234,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_upgrade(self, rest: bytes) -> None:
         """The parser stopped after an Upgrade request: the rest is for the tunnel."""
         if rest:
+            if self._tunnel_pending is _NO_BYTES:
+                self._tunnel_pending = []
             self._tunnel_pending.append(rest)
         # further bytes before the 101 wait in _tunnel_pending (bounded by pausing)
         self._add_pause(_PAUSE_TUNNEL)
@@ -255,7 +258,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._queue.clear()
         self._tunnel = tunnel
         self._reader.tunnel()
-        pending, self._tunnel_pending = self._tunnel_pending, []
+        pending, self._tunnel_pending = self._tunnel_pending, _NO_BYTES
         tunnel.attach_client(self, pending)
 
     def exchange_done(self, ex: Exchange) -> None:
@@ -475,5 +478,6 @@ def tune_transport(transport: Any) -> None:
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
     except (AttributeError, NotImplementedError, ValueError):
         pass
-    set_nodelay(transport)
+    if not getattr(transport, "nodelay_set", False):
+        set_nodelay(transport)
 

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 
 from monolake.conf.routes import Router
-from monolake.worker import health
+from monolake.worker import health, upstream_admin
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.builtins import BUILTINS
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
@@ -21,7 +21,7 @@ from monolake.worker.http.exchange import CallReply
 from monolake.worker.http.headers import is_idempotent, request_head, upstream_target
 from monolake.worker.http.message import Request, Response, text_response
 from monolake.worker.http.pool import POOL_STATE_VERSION, ConnectHold, UpstreamPool
-from monolake.worker.http.tls import client_context
+from monolake.worker.net.tls import client_context
 from monolake.worker.http.tunnel import Tunnel
 from monolake.worker.http.upstream import Balancer, Upstream
 from monolake.worker.service.state import FdSource, Stateful, restore_state
@@ -30,9 +30,15 @@ from monolake.worker.service.state import FdSource, Stateful, restore_state
 class RouteHandler:
     """Everything one route needs at request time."""
 
-    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label")
+    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label", "h2",
+                 "h2_ssl")
 
-    def __init__(self, index: int, cfg: Any, balancer: Balancer, builtin: Any) -> None:
+    def __init__(self, index: int, cfg: Any, balancer: Balancer, builtin: Any,
+                 h2: str = "", h2_ssl: Any = None) -> None:
+        # "h2": the upstreams speak HTTP/2 ("http2"); "auto": https upstreams, ALPN decides
+        # (h2_ssl offers h2 and http/1.1); "": HTTP/1.1
+        self.h2 = h2
+        self.h2_ssl = h2_ssl
         self.index = index
         self.cfg = cfg
         self.balancer = balancer
@@ -57,10 +63,28 @@ class RouterService(Stateful):
         self.read_timeout = cfg.timeout.upstream_read_timeout_sec
         self.routes: list[RouteHandler] = []
         by_key: dict[tuple, Upstream] = {}
+        self.h2pool: Any = None
         for i, route in enumerate(cfg.routes):
-            ssl_ctx = None
-            if any(u.endpoint.type == "uri" and u.endpoint.scheme == "https" for u in route.upstreams):
+            version = getattr(route, "upstream_http_version", None) or cfg.upstream_http_version
+            tls = any(u.endpoint.type == "uri" and u.endpoint.scheme == "https"
+                      for u in route.upstreams)
+            h2 = "h2" if version == "http2" else "auto" if version == "auto" and tls else ""
+            if h2 == "auto" and not _h2_available():
+                h2 = ""  # "auto" without the extension is HTTP/1.1, as it always was
+            if h2 and self.h2pool is None:
+                from monolake.worker.h2.pool import worker_pool
+
+                self.h2pool = worker_pool()
+                self.h2pool.configure(cfg.timeout.upstream_connect_timeout_sec,
+                                      self.read_timeout)
+            ssl_ctx = h2_ssl = None
+            if tls:
                 ssl_ctx = client_context(route)
+                if h2 == "h2":
+                    ssl_ctx.set_alpn_protocols(["h2"])
+                elif h2 == "auto":  # the HTTP/1.1 pool's context offers no ALPN
+                    h2_ssl = client_context(route)
+                    h2_ssl.set_alpn_protocols(["h2", "http/1.1"])
             ups = [Upstream(u.endpoint, u.weight, route, ssl_ctx) for u in route.upstreams]
             for up in ups:
                 by_key.setdefault(up.key, up)
@@ -73,7 +97,9 @@ class RouterService(Stateful):
             balancer = Balancer(route.load_balancer, ups)
             if route.health_check is not None and builtin is None:
                 health.watch_http(balancer, route.health_check, name, route.pattern)
-            self.routes.append(RouteHandler(i, route, balancer, builtin))
+            upstream_admin.register_http(name, cfg, route.pattern, balancer, pool)
+            self.routes.append(RouteHandler(i, route, balancer, builtin,
+                                            h2 if builtin is None else "", h2_ssl))
         pool.upstreams_by_key = by_key
 
     async def call(self, req: Request, ctx: Any) -> Response:
@@ -108,6 +134,13 @@ class RouterService(Stateful):
         up = route.balancer.pick(None)
         if up is None:
             respond(text_response(503, "no healthy upstream"))
+            return
+        if route.h2 and self.h2pool.speaks_h2(up, route.h2):
+            # this route's upstream speaks HTTP/2 (or ALPN has yet to say): the h2 pool
+            from monolake.worker.h2.forward import forward
+
+            spawn(forward(self.h2pool, route, req, ctx, up, preserve_host=self.preserve_host,
+                          via=self.via, stats=self.stats, fallback=self._proxy))
             return
         conn = self.pool.take_idle(up)
         if conn is None:
@@ -258,6 +291,12 @@ class RouterService(Stateful):
 class _NoFds:
     def take_fd(self, index: int) -> int:
         return -1
+
+
+def _h2_available() -> bool:
+    from monolake.worker import h2
+
+    return bool(h2.available())
 
 
 def _may_retry(req: Request) -> bool:

@@ -21,7 +21,7 @@ from monolake.worker.http.pool import UpstreamPool
 from monolake.worker.http.protocol import HttpServerProtocol
 from monolake.worker.http.proxy import RouterFactory
 from monolake.worker.http.stats import Stats
-from monolake.worker.http.tls import ServerTls
+from monolake.worker.net.tls import ServerTls
 from monolake.worker.service.core import FactoryStack, ServiceStack, push_config_layers
 from monolake.worker.service.state import NO_FDS
 from monolake.worker.state import Snapshot

@@ -27,6 +27,8 @@ import structlog
 
 from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, Target, is_ip
 from monolake.worker.http.stats import Stats
+from monolake.worker.upstream import balance, ejection
+from monolake.worker.upstream.endpoint import Health
 
 
 DERIVED: "weakref.WeakValueDictionary[tuple[Any, ...], Upstream]" = weakref.WeakValueDictionary()
@@ -47,28 +49,27 @@ def mark_draining(up: "Upstream") -> None:
         DrainEpoch.value += 1
 
 
-class Upstream:
-    """One endpoint; ``active`` counts requests in flight (for least_conn)."""
+class Upstream(Health):
+    """One endpoint; ``active`` counts requests in flight (for least_conn). Its health
+    (failures, ejection, draining, active-check verdict) is the kit's ``Health``."""
 
     __slots__ = ("kind", "scheme", "host", "port", "path", "query", "authority", "unix_path",
-                 "weight", "ssl", "sni", "key", "label", "active", "failures", "ejected_until",
+                 "weight", "ssl", "sni", "key", "label", "active",
                  "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header",
-                 "priority", "draining", "discovered", "origin", "address", "group",
-                 "held_down", "__weakref__")
+                 "priority", "discovered", "origin", "address", "group", "requests",
+                 "__weakref__")
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
+        Health.__init__(self)              # draining: left the DNS answer (no new requests)
         self.kind = endpoint.type          # "uri" | "unix" | "builtin" | "srv"
         self.weight = max(1, int(weight or 1))
         self.priority = 0                  # SRV priority (lower first); 0 for everything else
-        self.draining = False              # left the DNS answer: no new requests, no pooling
         self.discovered: Discovered | None = None  # set on a placeholder (see Balancer)
         self.origin = ""                   # a derived upstream: the label it was derived from
         self.address = ""                  # the connect address when discovered (host: the name)
         self.group: Discovered | None = None  # a derived upstream: the name it is an address of
         self.active = 0
-        self.failures = 0
-        self.ejected_until = 0.0
-        self.held_down = False             # failing its active health checks (worker/health)
+        self.requests = 0                  # requests sent to it (the runtime API lists them)
         self.max_idle = route.max_idle_per_upstream
         self.idle_timeout = route.idle_timeout_sec
         self.eject_after = max(1, route.eject_after_failures)
@@ -94,7 +95,7 @@ class Upstream:
             self.host_header = self.authority.encode("latin-1")
             if self.scheme == "https":
                 if ssl_ctx is None:  # an srv endpoint: the router made a context for uri ones only
-                    from monolake.worker.http.tls import client_context
+                    from monolake.worker.net.tls import client_context
                     ssl_ctx = client_context(route)
                 self.ssl = ssl_ctx
                 self.sni = route.tls_sni or self.host
@@ -127,11 +128,9 @@ class Upstream:
         for name in Upstream.__slots__:
             if name != "__weakref__" and hasattr(self, name):
                 setattr(up, name, getattr(self, name))
+        Health.__init__(up)  # a new address: its own health
         up.active = 0
-        up.failures = 0
-        up.ejected_until = 0.0
-        up.held_down = False
-        up.draining = False
+        up.requests = 0
         up.discovered = None
         up.group = self.discovered
         up.address = target.address
@@ -158,14 +157,11 @@ class Upstream:
         """Plain sockets can move to another process; TLS sessions cannot."""
         return self.ssl is None
 
-    def healthy(self, now: float) -> bool:
-        """Eligible: not passively ejected, and not held down by active health checks."""
-        return self.ejected_until <= now and not self.held_down
+    def load(self) -> int:
+        return self.active
 
     def connect_failed(self, stats: Stats) -> None:
-        self.failures += 1
-        if self.failures >= self.eject_after and self.ejected_until <= time.monotonic():
-            self.ejected_until = time.monotonic() + self.eject_for
+        if ejection.record_failure(self, time.monotonic(), self.eject_after, self.eject_for):
             stats.upstream_ejections += 1
             structlog.get_logger().warning("upstream_ejected", upstream=self.label,
                                            failures=self.failures, seconds=self.eject_for)
@@ -173,16 +169,13 @@ class Upstream:
     def eject_now(self, stats: Stats, why: str) -> None:
         """One of a name's addresses failed a connect while the name has others: out at once
         for ``eject_duration_sec`` (the request moves to another address)."""
-        self.failures += 1
-        if self.ejected_until <= time.monotonic():
-            self.ejected_until = time.monotonic() + self.eject_for
+        if ejection.eject_now(self, time.monotonic(), self.eject_for):
             stats.upstream_ejections += 1
             structlog.get_logger().warning("upstream_ejected", upstream=self.label, origin=self.origin,
                                            error=why, seconds=self.eject_for)
 
     def connect_ok(self) -> None:
-        if self.failures:
-            self.failures = 0
+        ejection.record_success(self)
 
 
 class Discovered:
@@ -234,24 +227,14 @@ class Discovered:
         if balancer is not None:
             balancer.endpoints_changed()
         now = time.monotonic()
-        ups = [u for u in self.children.values() if u.healthy(now)]
-        if not ups:
-            return None
-        low = min(u.priority for u in ups)
-        ups = [u for u in ups if u.priority == low]
-        return random.choices(ups, [u.weight for u in ups])[0]
+        return balance.pick_weighted_lowest([u for u in self.children.values() if u.available(now)])
 
     def fallback(self, failed: Upstream) -> Upstream | None:
         """Another healthy address of this name after a connect to ``failed`` was refused or
         timed out (nothing was sent, so any request may move): the lowest priority first."""
         now = time.monotonic()
-        ups = [u for u in self.children.values()
-               if u is not failed and not u.draining and u.healthy(now)]
-        if not ups:
-            return None
-        low = min(u.priority for u in ups)
-        ups = [u for u in ups if u.priority == low]
-        return random.choices(ups, [u.weight for u in ups])[0]
+        return balance.pick_weighted_lowest(
+            [u for u in self.children.values() if u is not failed and u.available(now)])
 
     def why_none(self) -> str:
         src = self.source
@@ -260,42 +243,44 @@ class Discovered:
         return f"DNS gave no address for {src.name}" + (f" ({src.error})" if src.error else "")
 
 
-class Balancer:
-    """Picks an upstream: random, weighted_random, round_robin, first or least_conn.
+class Balancer(balance.Balancer):
+    """The kit's balancer over a route's upstreams, plus discovery.
 
     ``upstreams`` is the current list: the configured static ones and, for each discovered
     one, its current derived upstreams (or its placeholder until DNS first answers). The list
-    is replaced, never changed in place, when DNS changes it (``endpoints_changed``)."""
+    is replaced, never changed in place, when DNS changes it (``endpoints_changed``). With no
+    available upstream ``pick`` gives None."""
 
-    __slots__ = ("kind", "upstreams", "position", "_weights", "_n", "_configured", "_found",
-                 "_tiered", "health", "__weakref__")
+    __slots__ = ("_configured", "_found")
 
     def __init__(self, kind: str, upstreams: list[Upstream]) -> None:
-        self.kind = kind
         self._configured = list(upstreams)
         self._found: dict[int, Discovered] = {}
-        self.position = 0
-        self.upstreams: list[Upstream] = []
-        self._weights: list[int] = []
-        self._n = 0
-        self._tiered = False
-        self.health: Any = None  # the route's active health checks (worker/health), if any
+        super().__init__(kind, [], rand=random)  # the module: tests patch its choices
         for i, up in enumerate(self._configured):
             if up.needs_discovery:
                 link = self._found[i] = Discovered(up, self)
                 up.discovered = link
         self._rebuild()
 
+    @property
+    def kind(self) -> str:
+        return self.policy
+
+    @property
+    def upstreams(self) -> list[Upstream]:
+        return self.items
+
+    @upstreams.setter
+    def upstreams(self, ups: list[Upstream]) -> None:
+        self.items = ups
+
     def _rebuild(self) -> None:
         ups: list[Upstream] = []
         for i, up in enumerate(self._configured):
             link = self._found.get(i)
             ups.extend(link.current() if link is not None else (up,))
-        self.upstreams = ups
-        self._weights = [u.weight for u in ups]
-        self._n = len(ups)
-        self._tiered = len({u.priority for u in ups}) > 1
-        self.position = self.position % self._n if self._n else 0
+        self.replace(ups)
 
     def endpoints_changed(self) -> None:
         """A source's targets changed (called by worker/discovery)."""
@@ -308,44 +293,8 @@ class Balancer:
                 joined=[x for x in after if x not in before],
                 draining=[x for x, u in before.items() if x not in after and u.discovered is None])
 
-    def pick(self, exclude: set[int] | None = None) -> Upstream | None:
-        ups = self.upstreams
-        n = self._n
-        if n == 1 and not exclude:
-            u = ups[0]
-            return u if u.healthy(time.monotonic()) else None
-        if n == 0:
-            return None
-        now = time.monotonic()
-        kind = self.kind
-        if kind == "round_robin" and not self._tiered:
-            for _ in range(n):
-                i = self.position % n
-                self.position = (i + 1) % n
-                u = ups[i]
-                if u.healthy(now) and (not exclude or i not in exclude):
-                    return u
-            return None
-        candidates = [i for i, u in enumerate(ups)
-                      if u.healthy(now) and (not exclude or i not in exclude)]
-        if not candidates:
-            return None
-        if self._tiered:  # SRV: the lowest priority that has a healthy upstream
-            low = min(ups[i].priority for i in candidates)
-            candidates = [i for i in candidates if ups[i].priority == low]
-        if kind == "round_robin":
-            self.position = (self.position + 1) % max(1, n)
-            return ups[candidates[self.position % len(candidates)]]
-        if kind == "first":
-            return ups[candidates[0]]
-        if kind == "weighted_random":
-            weights = [self._weights[i] for i in candidates]
-            return ups[random.choices(candidates, weights)[0]]
-        if kind == "least_conn":
-            low = min(ups[i].active for i in candidates)
-            best = [i for i in candidates if ups[i].active == low]
-            return ups[random.choice(best)]
-        return ups[random.choice(candidates)]
+    def pick(self, exclude: set[int] | None = None) -> Upstream | None:  # type: ignore[override]
+        return super().pick(time.monotonic(), exclude)
 
     def index_of(self, up: Upstream) -> int:
         """``up``'s index, or -1 when DNS has taken it out of the list meanwhile."""

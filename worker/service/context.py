@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 Address = Any  # (host, port) for TCP, a path string for unix sockets, None when unknown
@@ -26,29 +26,129 @@ class TlsInfo:
     alpn: str | None
 
 
-@dataclass(slots=True)
-class ConnectionContext:
-    """Facts about one downstream connection."""
+_UNSET: Any = object()
+_SHARED_MAX = 4096  # distinct client hosts / forwarding facts shared before the tables reset
+_hosts: dict[str, str] = {}
+_forward_facts: dict[Any, Any] = {}
 
-    server: str
-    worker_slot: int
-    connection_id: int
-    peer: Address = None        # the client: from PROXY protocol when present, else the socket peer
-    local: Address = None       # our address: from PROXY protocol when present, else the socket name
-    socket_peer: Address = None  # the direct socket peer (the load balancer when PROXY protocol is on)
-    tls: TlsInfo | None = None
-    scheme: str = "http"
-    extra: dict[str, Any] = field(default_factory=dict)
-    forward_cache: Any = None   # the proxy's per-connection forwarding header facts
+
+def _share(table: dict[Any, Any], value: Any) -> Any:
+    """One object per distinct value across connections (idle connections from the same
+    client then hold a pointer, not a copy; issue 16 §4). Bounded: reset when full."""
+    got = table.get(value)
+    if got is None:
+        if len(table) >= _SHARED_MAX:
+            table.clear()
+        got = table[value] = value
+    return got
+
+
+def _tcp_addr(addr: Any) -> Address:
+    """(host, port) of a socket address: IPv6 flow info and scope dropped; a 2-tuple as is
+    (the transport keeps that one anyway)."""
+    if isinstance(addr, tuple) and len(addr) > 2:
+        return (_share(_hosts, addr[0]), addr[1])
+    return addr
+
+
+class ConnectionContext:
+    """Facts about one downstream connection.
+
+    Slots only, and lazy: an idle keep-alive connection holds one of these, so the socket
+    addresses are asked for only when somebody reads them (from ``transport``, then kept),
+    ``extra`` is allocated on first use and the forwarding facts are shared between
+    connections (issue 16 §4: the eager version cost ~180 B per connection).
+    """
+
+    __slots__ = ("server", "worker_slot", "connection_id", "_peer", "_local", "_socket_peer",
+                 "tls", "scheme", "_extra", "_forward", "_transport")
+
+    def __init__(self, server: str, worker_slot: int, connection_id: int, peer: Address = _UNSET,
+                 local: Address = _UNSET, socket_peer: Address = _UNSET,
+                 tls: TlsInfo | None = None, scheme: str = "http",
+                 extra: dict[str, Any] | None = None, forward_cache: Any = None,
+                 transport: Any = None) -> None:
+        self.server = server
+        self.worker_slot = worker_slot
+        self.connection_id = connection_id
+        self._peer = peer if transport is not None or peer is not _UNSET else None
+        self._local = local if transport is not None or local is not _UNSET else None
+        self._socket_peer = socket_peer
+        self.tls = tls
+        self.scheme = scheme
+        self._extra = extra
+        self._forward = forward_cache
+        self._transport = transport  # where unset addresses come from; None: they are None
+
+    def _ask(self, name: str) -> Address:
+        t = self._transport
+        return _tcp_addr(t.get_extra_info(name)) if t is not None else None
+
+    @property
+    def peer(self) -> Address:
+        """The client: from PROXY protocol when present, else the socket peer."""
+        peer = self._peer
+        if peer is _UNSET:
+            peer = self._peer = self.socket_peer
+        return peer
+
+    @peer.setter
+    def peer(self, value: Address) -> None:
+        self._peer = value
+
+    @property
+    def local(self) -> Address:
+        """Our address: from PROXY protocol when present, else the socket name."""
+        local = self._local
+        if local is _UNSET:
+            local = self._local = self._ask("sockname")
+        return local
+
+    @local.setter
+    def local(self, value: Address) -> None:
+        self._local = value
+
+    @property
+    def socket_peer(self) -> Address:
+        """The direct socket peer (the load balancer when PROXY protocol is on)."""
+        sp = self._socket_peer
+        if sp is _UNSET:
+            sp = self._socket_peer = self._ask("peername")
+        return sp
+
+    @socket_peer.setter
+    def socket_peer(self, value: Address) -> None:
+        self._socket_peer = value
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Free-form per-connection data for your own services."""
+        extra = self._extra
+        if extra is None:
+            extra = self._extra = {}
+        return extra
+
+    @property
+    def forward_cache(self) -> Any:
+        """The proxy's per-connection forwarding header facts (shared between connections)."""
+        return self._forward
+
+    @forward_cache.setter
+    def forward_cache(self, value: Any) -> None:
+        self._forward = None if value is None else _share(_forward_facts, value)
+
+    def remember_addresses(self) -> None:
+        """Fetch the socket addresses now (before the socket goes, for later logs)."""
+        _ = self.socket_peer, self.peer, self.local
+
+    def __repr__(self) -> str:
+        return (f"ConnectionContext(server={self.server!r}, worker_slot={self.worker_slot}, "
+                f"connection_id={self.connection_id}, peer={self.peer!r}, local={self.local!r}, "
+                f"socket_peer={self.socket_peer!r}, tls={self.tls!r}, scheme={self.scheme!r})")
 
 
 _request_counter = itertools.count(1)
 _request_prefix = f"{os.getpid():x}-"
-
-
-def new_request_id() -> str:
-    """A request id unique within this host's process lifetime: ``<pid hex>-<counter>``."""
-    return f"{_request_prefix}{next(_request_counter)}"
 
 
 class RequestContext:

@@ -11,13 +11,13 @@ whose pool resolves the name when it connects.
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, is_ip
 from monolake.worker.discovery.sources import Target as DnsTarget
+from monolake.worker.upstream.balance import pick_weighted_lowest
 
 from .balance import Balancer
 from .pool import Endpoint
@@ -75,23 +75,15 @@ class Discovered:
     async def resolve(self, timeout: float) -> DnsTarget | None:
         """For the placeholder's pool: the address to connect to, once DNS has answered."""
         await self.source.wait(timeout)
-        targets = self.source.targets()
-        if not targets:
-            return None
-        low = min(t.priority for t in targets)
-        targets = [t for t in targets if t.priority == low]
-        return random.choices(targets, [max(1, t.weight) for t in targets])[0]
+        return pick_weighted_lowest(self.source.targets())
 
     def sibling_pool(self, failed: Endpoint, kind: int, now: float) -> Any:
         """After a refused connect to ``failed``: the pool (same framing) of another address of
         this name that is neither draining nor ejected, lowest priority first; None if none."""
-        targets = [t for t in self.children.values()
-                   if t.endpoint is not failed and not t.draining and t.available(now)]
-        if not targets:
-            return None
-        low = min(t.priority for t in targets)
-        targets = [t for t in targets if t.priority == low]
-        return random.choices(targets, [max(1, t.weight) for t in targets])[0].pool_for(kind)
+        target = pick_weighted_lowest([t for t in self.children.values()
+                                       if t.endpoint is not failed and not t.draining
+                                       and t.available(now)])
+        return target.pool_for(kind) if target is not None else None
 
     def why_none(self) -> str:
         src = self.source

@@ -167,11 +167,3 @@ def app_exception(proto: int, name: str, seqid: int, kind: int, message: str) ->
     body = (b"\x0b\x00\x01" + _pack_i32(len(bmsg)) + bmsg
             + b"\x08\x00\x02" + _pack_i32(kind) + b"\x00")
     return head + body
-
-
-def write_call_head(proto: int, name: str, mtype: int, seqid: int) -> bytes:
-    """A message head (strict binary or compact), for clients built on this module (the gateway)."""
-    bname = name.encode()
-    if proto == COMPACT:
-        return b"\x82" + bytes([(mtype << 5) | 1]) + varint(seqid) + varint(len(bname)) + bname
-    return _U32.pack(0x80010000 | mtype) + _pack_i32(len(bname)) + bname + _pack_i32(seqid)

@@ -23,6 +23,8 @@ from .errors import FrameError, UpstreamError
 from .framing import KIND_NAMES, Deframer, Frame
 from .stats import Counters
 from monolake.worker.sockopts import set_nodelay
+from monolake.worker.upstream import ejection, idle
+from monolake.worker.upstream.endpoint import Health
 
 log = structlog.get_logger()
 
@@ -224,8 +226,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
-class EndpointPool:
-    """The connections of one worker to one upstream in one transport framing."""
+class EndpointPool(Health):
+    """The connections of one worker to one upstream in one transport framing; its health
+    (failures, ejection, draining: DNS dropped this address) is the kit's ``Health``."""
 
     def __init__(self, endpoint: Endpoint, kind: int, settings: PoolSettings, counters: Counters,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -237,10 +240,8 @@ class EndpointPool:
         self.conns: list[UpstreamConnection] = []
         self.idle: list[UpstreamConnection] = []  # open, nothing in flight; LIFO (warm first)
         self.adopting: list[UpstreamConnection] = []  # handed over by the previous generation
-        self.failures = 0
-        self.ejected_until = 0.0
         self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
-        self.draining = False  # DNS dropped this address: connections close as they go idle
+        Health.__init__(self)  # draining: connections close as they go idle
 
     @property
     def key(self) -> tuple[str, int]:
@@ -248,9 +249,6 @@ class EndpointPool:
 
     def now(self) -> float:
         return (self.loop or asyncio.get_running_loop()).time()
-
-    def available(self, now: float) -> bool:
-        return now >= self.ejected_until
 
     def load(self) -> int:
         return sum(c.inflight for c in self.conns)
@@ -330,10 +328,8 @@ class EndpointPool:
         """One address of a name refused a connect while the name has others: out at once
         (unless ejection is off: eject_after_failures = 0)."""
         self.counters.upstream_connect_failures += 1
-        self.failures += 1
         now = (self.loop or asyncio.get_running_loop()).time()
-        if self.settings.eject_after > 0 and now >= self.ejected_until:
-            self.ejected_until = now + self.settings.eject_duration
+        if ejection.eject_now(self, now, self.settings.eject_duration, self.settings.eject_after > 0):
             self.counters.upstream_ejections += 1
             log.warning("thrift_upstream_ejected", upstream=self.endpoint.label, error=why,
                         seconds=self.settings.eject_duration)
@@ -348,11 +344,8 @@ class EndpointPool:
 
     def _connect_failed(self) -> None:
         self.counters.upstream_connect_failures += 1
-        self.failures += 1
-        loop = self.loop or asyncio.get_running_loop()
-        now = loop.time()
-        if self.failures >= self.settings.eject_after > 0 and now >= self.ejected_until:
-            self.ejected_until = now + self.settings.eject_duration
+        now = (self.loop or asyncio.get_running_loop()).time()
+        if ejection.record_failure(self, now, self.settings.eject_after, self.settings.eject_duration):
             self.counters.upstream_ejections += 1
             log.warning("thrift_upstream_ejected", upstream=self.endpoint.label,
                         failures=self.failures, seconds=self.settings.eject_duration)
@@ -364,8 +357,7 @@ class EndpointPool:
             self.adopting.remove(conn)
         except ValueError:
             pass
-        self.failures = 0
-        self.ejected_until = 0.0
+        ejection.record_success(self, readmit=True)
         if not conn.inflight:
             self.on_idle(conn)
 
@@ -397,8 +389,8 @@ class EndpointPool:
                 conn.fail(UpstreamError(
                     f"upstream {self.endpoint.label} did not answer within "
                     f"{self.settings.read_timeout:g}s", timeout=True))
-        limit = now - self.settings.idle_timeout
-        for conn in [c for c in self.idle if c.idle_since <= limit]:
+        timeout = self.settings.idle_timeout
+        for conn in [c for c in self.idle if idle.expired(c.idle_since, now, timeout)]:
             conn.close()
             self.on_closed(conn)
 
@@ -408,12 +400,8 @@ class EndpointPool:
         for conn in list(self.idle):
             if conn.transport is None or conn.transport.is_closing() or conn.deframer.partial:
                 continue
-            sock = conn.transport.get_extra_info("socket")
-            if sock is None:
-                continue
-            try:
-                fd = os.dup(sock.fileno())
-            except OSError:
+            fd = idle.export_fd(conn.transport)
+            if fd < 0:
                 continue
             indexes.append(len(fds))
             fds.append(fd)
@@ -424,15 +412,10 @@ class EndpointPool:
 
     def adopt_fd(self, fd: int) -> None:
         """Take over one idle connection exported by the previous generation."""
-        family = socket.AF_UNIX if self.endpoint.kind == "unix" else socket.AF_INET
-        try:
-            sock = socket.socket(fileno=fd)
-            family = sock.family
-            sock.setblocking(False)
-        except OSError:
-            os.close(fd)
+        sock = idle.import_fd(fd)
+        if sock is None:
             return
-        if family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) or _peer_gone(sock):
+        if sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) or _peer_gone(sock):
             sock.close()
             return
         try:

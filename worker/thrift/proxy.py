@@ -17,6 +17,7 @@ import structlog
 from monolake.worker import health
 from monolake.worker.service import Stateful, restore_state
 from monolake.worker.service.state import FdSource
+from monolake.worker.upstream.endpoint import UP
 
 from .discovered import RouteTargets
 from .errors import UpstreamError
@@ -57,6 +58,11 @@ class Target:
             pool = self.pools[kind] = self.upstreams.pool(self.endpoint, kind, self.settings)
         return pool
 
+
+    def set_checked(self, verdict: str | None) -> None:
+        """For the active health checker (worker/health): the kit's verdicts, applied to the
+        target as a whole, as its pools are made per framing on demand."""
+        self.held_down = verdict not in (None, UP)
 
     def available(self, now: float) -> bool:
         return not self.held_down and all(p.available(now) for p in self.pools.values())

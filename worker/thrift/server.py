@@ -15,8 +15,8 @@ from typing import Any
 
 import structlog
 
-from monolake.worker.http import proxy_protocol
-from monolake.worker.http.tls import ServerTls, TlsError
+from monolake.worker.net import proxy_protocol
+from monolake.worker.net.tls import ServerTls, TlsError
 from monolake.worker.service import FactoryStack, ServiceStack, push_config_layers
 from monolake.worker.service.state import NO_FDS
 from monolake.worker.service.context import ConnectionContext, RequestContext

@@ -50,11 +50,6 @@ class TTHeader:
     acl_token: bytes | None = None
 
 
-def is_ttheader(buf: bytes | bytearray | memoryview, start: int = 0) -> bool:
-    """Whether the bytes at ``start`` (at least 6 available) begin a TTHeader frame."""
-    return buf[start + 4] == 0x10 and buf[start + 5] == 0x00
-
-
 def decode(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[TTHeader, int]:
     """Decode the header of the complete frame ``buf[start:end]``; return it and the payload offset."""
     if end - start < MIN_FRAME:

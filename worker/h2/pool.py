@@ -1,0 +1,217 @@
+"""Per-worker pool of multiplexed h2 connections, one list per upstream endpoint.
+
+Why not the HTTP/1.1 pool: a connection here is shared by many streams and is handed out while
+it has stream capacity (the peer's MAX_CONCURRENT_STREAMS), not when idle. A new connection is
+opened only when every usable one is full, and it is used once the peer's SETTINGS arrived (so
+its stream limit is known, not nghttp2's assumed 100). A connection that got GOAWAY leaves the
+pool at once; its remaining streams finish on it. Connections without streams close after the
+route's ``idle_timeout_sec``; there is no PING keep-alive. Self-contained (endpoints come from
+the router's ``Balancer``/``Upstream`` as they are) so it can move onto a shared upstream kit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic as _now
+from typing import Any
+
+import structlog
+
+from monolake.worker.h2.events import StreamReset
+from monolake.worker.h2.settings import H2Settings
+from monolake.worker.h2.upstream import H2Connection
+from monolake.worker.http.client import NoAddress, UpstreamError, UpstreamTimeout
+from monolake.worker.http.upstream import Upstream
+
+TICK = 1.0
+
+
+class NotH2(UpstreamError):
+    """ALPN picked something other than h2 ("auto" on https): the HTTP/1.1 path serves it."""  # timeouts are checked once a second, as the HTTP/1.1 pool does
+
+
+class H2Pool:
+    """The h2 connections of one worker (all servers share it: endpoints are keyed)."""
+
+    def __init__(self, settings: H2Settings | None = None) -> None:
+        self.settings = settings or H2Settings()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.conns: dict[tuple, list[H2Connection]] = {}  # those that take new streams
+        self.live: set[H2Connection] = set()  # every open one, also after a GOAWAY
+        self.connect_timeout = 5.0
+        self.read_timeout = 60.0
+        self.log = structlog.get_logger("monolake.h2")
+        self.opened = 0  # connections opened (tests, metrics)
+        self.resets = 0  # streams the upstream reset
+        self._connecting: dict[tuple, asyncio.Future] = {}
+        self.alpn: dict[tuple, str] = {}  # "auto" endpoints: what ALPN picked last time
+        self._timer: asyncio.TimerHandle | None = None
+
+    def configure(self, connect_timeout: float, read_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+
+    def speaks_h2(self, up: Upstream, mode: str) -> bool:
+        """Whether a request to ``up`` goes to this pool: always for "http2" routes; for
+        "auto" (https) unless ALPN already chose http/1.1 for this endpoint."""
+        return mode == "h2" or self.alpn.get(up.key) != "http/1.1"
+
+    # -- checkout ------------------------------------------------------------------------
+    async def acquire(self, up: Upstream, ssl_ctx: Any = None) -> H2Connection:
+        """A connection to ``up`` with a free stream slot: an existing one, one being opened
+        by another request (awaited), or a new one. ``ssl_ctx``: an "auto" route's context
+        offering h2 and http/1.1 (``NotH2`` when the upstream picks http/1.1)."""
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        if up.discovered is not None:
+            up = await self._resolved(up)
+        while True:
+            conn = self._with_capacity(up.key)
+            if conn is not None:
+                return conn
+            pending = self._connecting.get(up.key)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+            conn = self._with_capacity(up.key)
+            if conn is not None:
+                return conn
+            break  # the new one is full already: open another
+        return await self._connect(up, ssl_ctx)
+
+    def _with_capacity(self, key: tuple) -> H2Connection | None:
+        best: H2Connection | None = None
+        for conn in self.conns.get(key, ()):
+            if (conn.ready.done() and conn.usable and conn.available > 0
+                    and (best is None or conn.available > best.available)):
+                best = conn
+        return best
+
+    async def _resolved(self, placeholder: Upstream) -> Upstream:
+        link = placeholder.discovered
+        assert link is not None
+        up = await link.resolve(self.connect_timeout)
+        if up is None:
+            raise NoAddress(f"connect to {placeholder.label} failed: {link.why_none()}")
+        return up
+
+    async def _connect(self, up: Upstream, ssl_ctx: Any = None) -> H2Connection:
+        loop = self.loop
+        assert loop is not None
+        done: asyncio.Future = loop.create_future()
+        first = up.key not in self._connecting
+        if first:
+            self._connecting[up.key] = done
+        factory = lambda: H2Connection(self, up, self.settings)  # noqa: E731
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if up.kind == "unix":
+                    _t, conn = await loop.create_unix_connection(factory, up.unix_path)
+                else:
+                    ctx = ssl_ctx or up.ssl
+                    _t, conn = await loop.create_connection(
+                        factory, up.connect_host, up.port, ssl=ctx,
+                        server_hostname=up.sni if ctx else None)
+                if ssl_ctx is not None:
+                    picked = _alpn(conn)
+                    self.alpn[up.key] = picked
+                    if picked != "h2":
+                        conn.abort()
+                        raise NotH2(f"{up.label} picked {picked or 'no protocol'} by ALPN")
+                self.conns.setdefault(up.key, []).append(conn)
+                self.live.add(conn)
+                self.opened += 1
+                self._tick_soon()
+                _check_alpn(conn)
+                await conn.ready
+        except TimeoutError:
+            err: UpstreamError = UpstreamTimeout(f"connect to {up.label} timed out",
+                                                 retryable=True)
+            self._settle(up.key, done, err)
+            raise err from None
+        except (OSError, ValueError) as exc:
+            err = UpstreamError(f"connect to {up.label} failed: {exc}", retryable=True)
+            self._settle(up.key, done, err)
+            raise err from None
+        except UpstreamError as exc:
+            self._settle(up.key, done, exc)
+            raise
+        self._settle(up.key, done, None)
+        return conn
+
+    def _settle(self, key: tuple, done: asyncio.Future, exc: BaseException | None) -> None:
+        if self._connecting.get(key) is done:
+            del self._connecting[key]
+        if not done.done():
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+                done.exception()  # retrieved: waiters re-raise it, nobody may not
+
+    def forget(self, conn: H2Connection) -> None:
+        """``conn`` takes no new streams (GOAWAY, failure, closed)."""
+        lst = self.conns.get(conn.key)
+        if lst is not None and conn in lst:
+            lst.remove(conn)
+            if not lst:
+                del self.conns[conn.key]
+
+    def dropped(self, conn: H2Connection) -> None:
+        """``conn`` is closed."""
+        self.forget(conn)
+        self.live.discard(conn)
+
+    def stats_reset(self, e: StreamReset) -> None:
+        if e.remote and not e.retryable:
+            self.resets += 1
+
+    # -- timers --------------------------------------------------------------------------
+    def _tick_soon(self) -> None:
+        if self._timer is None and self.loop is not None:
+            self._timer = self.loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = _now()
+        for conn in list(self.live):  # a GOAWAY'd connection's streams time out too
+            conn.check_timeouts(now)
+            if (not conn.closed and not conn.streams
+                    and now - conn.idle_since >= conn.upstream.idle_timeout):
+                self.log.debug("h2_upstream_idle_close", upstream=conn.upstream.label)
+                conn.session.close()
+                conn.flush()
+                conn.close()
+        if self.live:
+            self._tick_soon()
+
+    def close_all(self) -> None:
+        for conn in list(self.live):
+            conn.close()
+
+
+def _alpn(conn: H2Connection) -> str:
+    ssl_obj = conn.transport.get_extra_info("ssl_object") if conn.transport else None
+    return (ssl_obj.selected_alpn_protocol() or "") if ssl_obj is not None else ""
+
+
+def _check_alpn(conn: H2Connection) -> None:
+    """On TLS the upstream must have picked h2 by ALPN: anything else is not HTTP/2."""
+    transport = conn.transport
+    ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_obj is not None and ssl_obj.selected_alpn_protocol() != "h2":
+        conn.abort()
+        raise UpstreamError(f"upstream {conn.upstream.label} did not select h2 by ALPN "
+                            f"({ssl_obj.selected_alpn_protocol()!r})")
+
+
+_POOLS: dict[Any, H2Pool] = {}
+
+
+def worker_pool() -> H2Pool:
+    """The worker's one h2 pool (module state: a reload's new router finds the old pool's
+    connections; a new worker process starts with none, see docs/http2.md)."""
+    pool = _POOLS.get(None)
+    if pool is None:
+        pool = _POOLS[None] = H2Pool()
+    return pool
