@@ -14,6 +14,7 @@ from __future__ import annotations
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
+from monolake.worker.h2 import grpc
 from monolake.worker.h2.events import (
     ConnectionTerminated,
     DataReceived,
@@ -38,9 +39,20 @@ SEND_HIGH_WATER = 256 * 1024  # a stream's queued response bytes above this paus
 FAILED_ABORT_SECONDS = 1.0  # a failed session whose peer does not read is aborted after this
 DRAIN_PING_SECONDS = 1.0  # the final GOAWAY goes out this long after the notice at the latest
 CANCEL, INTERNAL_ERROR = 0x8, 0x2
-# connection-specific fields never cross into HTTP/2 (RFC 9113 §8.2.2)
-_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                  b"upgrade", b"te", b"content-length"))
+# connection-specific fields never cross into HTTP/2 (RFC 9113 §8.2.2); content-length is
+# re-derived from the body the stream actually sends
+_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"trailer",
+        b"content-length",
+    )
+)
 
 
 def sniff(buf: bytes) -> bool | None:
@@ -51,6 +63,69 @@ def sniff(buf: bytes) -> bool | None:
     return True if n == len(PREFACE) else None
 
 
+class H2Listener:
+    """A server's h2 side (``ServerRuntime.h2``): the settings every connection advertises,
+    and the two ways in: the preface sniff (plain) and ALPN ``h2`` (TLS)."""
+
+    __slots__ = ("idle_timeout", "send_timeout", "settings")
+
+    def __init__(self, cfg: Any) -> None:
+        self.settings = H2Settings(
+            max_concurrent_streams=cfg.max_concurrent_streams,
+            initial_window_size=cfg.initial_window_size,
+            max_header_list_size=cfg.max_header_list_size,
+            max_frame_size=cfg.max_frame_size,
+        )
+        self.idle_timeout = cfg.idle_timeout_sec
+        self.send_timeout = cfg.send_timeout_sec
+
+    def connect(self, proto: HttpServerProtocol) -> H2Connection:
+        return H2Connection(proto, self.settings, self.idle_timeout, self.send_timeout)
+
+    def sniff(self, proto: HttpServerProtocol, data: bytes) -> bool:
+        """The first bytes of a plain connection: True when they are (or may still become)
+        the h2 preface, and are taken; False: HTTP/1.x, the caller parses them."""
+        seen = sniff(data)
+        if seen is False:
+            return False
+        if seen is None:
+            proto._h2 = _Sniffer(self, proto, data)
+            return True
+        conn = proto._h2 = self.connect(proto)
+        conn.data_received(data)
+        return True
+
+
+class _Sniffer:
+    """A first read shorter than the preface that matches it so far: wait for the rest."""
+
+    __slots__ = ("buf", "listener", "proto")
+
+    def __init__(self, listener: H2Listener, proto: HttpServerProtocol, data: bytes) -> None:
+        self.listener = listener
+        self.proto = proto
+        self.buf = data
+
+    def data_received(self, data: bytes) -> None:
+        proto = self.proto
+        buf = self.buf + data
+        proto._h2 = None
+        if not self.listener.sniff(proto, buf):
+            proto._reader.feed(buf)  # HTTP/1.x after all ("P" of a PUT, "PRI" of nonsense)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self) -> None:
+        self.proto._h2 = None
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+
 class H2Exchange(Exchange):
     """An ``Exchange`` whose response goes out as HEADERS and DATA on its stream."""
 
@@ -59,7 +134,7 @@ class H2Exchange(Exchange):
     lends = False  # send_data queues the bytes: a lent view must be copied first
 
     def send(self, resp: Response) -> None:
-        st: H2Stream = self.conn
+        st: H2Stream = self.conn  # type: ignore[assignment]
         if not st.open or st.ex is not self:
             discard_response(resp)
             return
@@ -68,10 +143,15 @@ class H2Exchange(Exchange):
         if resp.tunnel is not None:  # a 101 cannot be relayed onto a stream
             resp.tunnel.close()
             resp = text_response(502, "upstream switched protocols")
+        if st.grpc and resp.status != 200 and not grpc.is_grpc(resp.headers):
+            self._send_grpc_error(resp)
+            return
         self.status = resp.status
         self.head_sent = True
+        st.cancel_deadline()
         head: list[tuple[bytes | str, bytes | str]] = [(":status", str(resp.status))]
         head += [(k, v) for k, v in resp.headers if k not in _HOP]
+        length = next((v for k, v in resp.headers if k == b"content-length"), None)
         body = resp.body
         head_only = req is not None and req.method == "HEAD"
         no_body = resp.status < 200 or resp.status in (204, 304)
@@ -79,6 +159,8 @@ class H2Exchange(Exchange):
         if isinstance(body, BodyStream):
             if body.length is not None and not no_body:
                 head.append(("content-length", str(body.length)))
+            elif head_only and length is not None:
+                head.append(("content-length", length))
             if head_only or no_body:
                 s.send_headers(st.id, head, end_stream=True)
                 body.abandon() if not body.done else body.discard()
@@ -86,11 +168,13 @@ class H2Exchange(Exchange):
                 return
             s.send_headers(st.id, head)
             st.out_body = body
-            st.conn.flush()
+            st.conn.flush_soon()
             body.pipe(self)
             return
         data = bytes(body) if body else b""
-        if not no_body:
+        if head_only and length is not None:
+            head.append(("content-length", length))
+        elif not no_body and (data or length is not None):
             head.append(("content-length", str(len(data))))
         if head_only or no_body or not data:
             s.send_headers(st.id, head, end_stream=True)
@@ -101,9 +185,38 @@ class H2Exchange(Exchange):
             rt.stats.bytes_out += len(data)
         st.done(self)
 
+    def _send_grpc_error(self, resp: Response) -> None:
+        """The proxy (or a non-gRPC upstream) refused a gRPC call: a trailers-only response
+        with the status a gRPC client acts on, the refusal's text as grpc-message."""
+        st: H2Stream = self.conn  # type: ignore[assignment]
+        text = resp.body.decode("utf-8", "replace").strip() if isinstance(resp.body, bytes) else ""
+        discard_response(resp)
+        code = grpc.status_for_http(resp.status)
+        self.status = 200
+        self.head_sent = True
+        st.cancel_deadline()
+        st.conn.session.send_headers(
+            st.id, grpc.trailers_only(code, text or f"HTTP {resp.status}"), end_stream=True
+        )
+        st.done(self)
+
+    def expire(self) -> None:
+        """``grpc-timeout`` ran out: DEADLINE_EXCEEDED now if nothing was answered yet (what
+        was under way upstream is cancelled), else the stream is cancelled."""
+        st: H2Stream = self.conn  # type: ignore[assignment]
+        if self.head_sent:
+            st.conn.reset(st, CANCEL)
+            return
+        if self.task is not None:
+            self.task.cancel()  # an h2 upstream stream gets RST_STREAM(CANCEL) from forward()
+        elif self.upstream is not None:
+            self.upstream.abort()
+        if st.ex is self and not self.head_sent:
+            self.send(text_response(504, "deadline exceeded (grpc-timeout)"))
+
     # BodySink: a streamed response body
     def write(self, data: bytes) -> None:
-        st: H2Stream = self.conn
+        st: H2Stream = self.conn  # type: ignore[assignment]
         if not st.open:
             return
         n = len(data)
@@ -115,21 +228,29 @@ class H2Exchange(Exchange):
         st.conn.flush_soon()
 
     def end(self) -> None:
-        st: H2Stream = self.conn
-        st.out_body = None
+        st: H2Stream = self.conn  # type: ignore[assignment]
+        body, st.out_body = st.out_body, None
         if st.open:
-            st.conn.session.end_stream(st.id)
+            trailers = getattr(body, "trailers", None)
+            if trailers:  # gRPC's status, or an HTTP/1.1 upstream's chunked trailers
+                st.conn.session.send_trailers(
+                    st.id, [(k, v) for k, v in trailers if k[:1] != b":" and k not in _HOP]
+                )
+            else:
+                st.conn.session.end_stream(st.id)
         st.done(self)
 
     def abort(self, exc: BaseException) -> None:
-        st: H2Stream = self.conn
+        st: H2Stream = self.conn  # type: ignore[assignment]
         st.out_body = None
         st._rt.stats.errors += 1
         st._rt.log.info("response_body_aborted", error=str(exc), peer=st._ctx.peer, stream=st.id)
         if st.ex is self:
             self.account()
             st.ex = None
-        st._abort()
+        # an upstream's RST_STREAM(CANCEL) reaches the client as CANCEL (gRPC: CANCELLED)
+        code = getattr(exc, "error_code", None) or getattr(exc.__cause__, "error_code", None)
+        st.conn.reset(st, code if code == CANCEL else INTERNAL_ERROR)
 
 
 class H2Stream:
@@ -141,8 +262,10 @@ class H2Stream:
         "body",
         "body_deadline",
         "conn",
+        "deadline_handle",
         "discarding",
         "ex",
+        "grpc",
         "held",
         "id",
         "last_buffered",
@@ -170,6 +293,29 @@ class H2Stream:
         self.progress_at = _now()
         self.last_buffered = 0
         self._queue: list[Any] = []
+        self.grpc = False
+        self.deadline_handle: Any = None
+
+    def cancel_deadline(self) -> None:
+        h = self.deadline_handle
+        if h is not None:
+            self.deadline_handle = None
+            h.cancel()
+
+    def _expire(self) -> None:
+        self.deadline_handle = None
+        ex = self.ex
+        if ex is not None and self.open:
+            self.conn.rt.log.info("grpc_deadline_exceeded", peer=self._ctx.peer, stream=self.id)
+            ex.expire()
+            self.conn.flush_soon()
+
+    def send_continue(self) -> None:
+        """The request body is being read (``expect: 100-continue``): a 100 HEADERS first."""
+        ex = self.ex
+        if self.open and ex is not None and not ex.head_sent:
+            self.conn.session.send_headers(self.id, [(":status", "100")])
+            self.conn.flush_soon()
 
     # what Exchange reads from its connection
     @property
@@ -204,11 +350,12 @@ class H2Stream:
 
     def done(self, ex: Any) -> None:
         """The response is queued completely: account for it (one access-log line)."""
-        if self.ex is not ex:
+        cur = self.ex
+        if cur is None or cur is not ex:
             return
         self.ex = None
         self._queue.clear()
-        ex.account()
+        cur.account()
         body = self.body
         if body is not None and not body.done:
             # answered before the request body was in: the rest is read and dropped
@@ -236,10 +383,12 @@ class H2Stream:
 class H2Connection:
     """The h2 side of one client connection; see the module docstring."""
 
-    def __init__(self, proto: HttpServerProtocol, settings: H2Settings,
-                 idle_timeout: float, send_timeout: float) -> None:
+    def __init__(
+        self, proto: HttpServerProtocol, settings: H2Settings, idle_timeout: float, send_timeout: float
+    ) -> None:
+        rt: Any = proto._rt
         self.proto = proto
-        self.rt = proto._rt
+        self.rt = rt
         self.session = H2ServerSession(settings)
         self.streams: dict[int, H2Stream] = {}
         self.idle_timeout = idle_timeout
@@ -249,6 +398,18 @@ class H2Connection:
         self.draining = False
         self._flush_handle: Any = None
         self._idle_at = _now()
+        # the sweep, the drain and fd reclaiming see this connection, not the HTTP/1.1 one
+        # that sniffed it (that one stays the transport's protocol: TLS, bytes in and out)
+        rt.connections.discard(proto)
+        rt.connections.add(self)
+        rt.stats.h2_connections_total += 1
+        if self.rt.draining:
+            self.begin_drain()
+
+    @property
+    def peer(self) -> Any:
+        ctx = self.proto._ctx
+        return ctx.peer if ctx is not None else None
 
     # -- bytes in --------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -294,7 +455,7 @@ class H2Connection:
             if st is not None and st.out_body is not None:
                 st.out_body.resume()
         elif isinstance(ev, ConnectionTerminated) and not ev.remote:
-            self.rt.log.info("h2_connection_failed", error=ev.error, peer=self.proto._ctx.peer)
+            self.rt.log.info("h2_connection_failed", error=ev.error, peer=self.peer)
 
     def _request(self, ev: RequestReceived) -> None:
         st = H2Stream(self, ev.stream_id)
@@ -306,11 +467,19 @@ class H2Connection:
         ex = H2Exchange(st, req, error=status)  # type: ignore[arg-type]
         st.ex = ex
         st._queue.append(ex)
+        if req is not None:
+            self.rt.stats.h2_requests += 1
+            if grpc.is_grpc(req.headers):
+                st.grpc = True
+                timeout = grpc.timeout_of(req.headers)
+                if timeout is not None:
+                    st.deadline_handle = self.rt.loop.call_later(timeout, st._expire)
         ex.start()
 
     def _gone(self, st: H2Stream, reset: bool) -> None:
         """The stream closed (normally, or reset by the peer or by us)."""
         st.open = False
+        st.cancel_deadline()
         self.streams.pop(st.id, None)
         if not self.streams:
             self._idle_at = _now()
@@ -326,6 +495,9 @@ class H2Connection:
                 ex.account()  # a response cut off by the reset: still one log line
             else:
                 ex.lost(err)
+                if ex.request is not None:
+                    ex.status = 499  # cancelled before the answer (nginx's 499): logged too
+                    ex.account()
         if st.body is not None and not st.body.done:
             st.body.fail(err)
 
@@ -392,6 +564,7 @@ class H2Connection:
         return False
 
     def connection_lost(self) -> None:
+        self.rt.connections.discard(self)
         self.closed = True
         if self._flush_handle is not None:
             self._flush_handle.cancel()
@@ -415,8 +588,7 @@ class H2Connection:
         for st in list(self.streams.values()):
             if st.body_deadline and now >= st.body_deadline and not st.held:
                 st.body_deadline = 0.0
-                self.rt.log.info("client_timeout", phase="body", peer=self.proto._ctx.peer,
-                                 stream=st.id)
+                self.rt.log.info("client_timeout", phase="body", peer=self.peer, stream=st.id)
                 if st.ex is not None and not st.ex.head_sent:
                     st.ex.fail(408)
                 elif st.body is not None:
@@ -428,8 +600,9 @@ class H2Connection:
                 st.progress_at = now
             elif self.send_timeout > 0 and now - st.progress_at >= self.send_timeout:
                 # the zero-window stall: the client does not open its window for our data
-                self.rt.log.info("client_timeout", phase="send", peer=self.proto._ctx.peer,
-                                 stream=st.id, buffered=buffered)
+                self.rt.log.info(
+                    "client_timeout", phase="send", peer=self.peer, stream=st.id, buffered=buffered
+                )
                 self.reset(st, CANCEL)
                 st.progress_at = now
 
@@ -499,7 +672,7 @@ def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Req
     if host is None:
         host = next((v for k, v in headers if k == b"host"), None)
     elif not any(k == b"host" for k, _ in headers):
-        headers.insert(0, (b"host", authority))
+        headers.insert(0, (b"host", host))
     if len(headers) > rt.settings.max_headers:
         return None, 431
     length: int | None = None
@@ -514,9 +687,12 @@ def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Req
     body = None
     if not ev.end_stream:
         body = BodyStream(length, producer)
+        if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
+            body.on_consume = producer.send_continue
     path, _, query = target.partition("?")
     hostname = host.decode("latin-1").rsplit(":", 1)[0].strip("[]").lower() if host else ""
     if host and host.startswith(b"["):
         hostname = host.decode("latin-1").split("]")[0][1:].lower()
-    return Request(method, target, path, query, "2.0", headers, body, True, False, False,
-                   length, False, hostname), 0
+    return Request(
+        method, target, path, query, "2.0", headers, body, True, False, False, length, False, hostname
+    ), 0

@@ -37,11 +37,12 @@ def _cert_names(chain: str) -> list[str]:
     return names
 
 
-def _server_context(chain: str, key: str, min_version: str) -> ssl.SSLContext:
+def _server_context(chain: str, key: str, min_version: str,
+                    alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS.get(min_version, ssl.TLSVersion.TLSv1_2)
     ctx.load_cert_chain(chain, key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))  # the server's preference order (h2 first when on)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     return ctx
 
@@ -49,10 +50,10 @@ def _server_context(chain: str, key: str, min_version: str) -> ssl.SSLContext:
 class ServerTls:
     """Server contexts, one per certificate; the first is the default; SNI picks the others."""
 
-    def __init__(self, tls_cfg: Any) -> None:
+    def __init__(self, tls_cfg: Any, alpn: tuple[str, ...] = ("http/1.1",)) -> None:
         min_version = getattr(tls_cfg, "min_version", "1.2") or "1.2"
         certs = list(tls_cfg.certificates)
-        self.contexts = [_server_context(c.chain, c.key, min_version) for c in certs]
+        self.contexts = [_server_context(c.chain, c.key, min_version, alpn) for c in certs]
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.wildcards: dict[str, ssl.SSLContext] = {}
         for cert, ctx in zip(certs, self.contexts):
