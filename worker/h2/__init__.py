@@ -93,7 +93,9 @@ def downstream_listener(server_cfg: Any) -> Any:
     for it: by its ``http2`` config, or because this build has no libnghttp2 (then the one
     ``h2_unavailable`` log line)."""
     cfg = getattr(server_cfg, "http2", None)
-    if cfg is None or not cfg.enabled or not announce():
+    if cfg is None:
+        return None
+    if not announce() or not cfg.enabled:  # announce first: the one line, even when "off"
         return None
     from monolake.worker.h2.downstream import H2Listener
 
