@@ -17,7 +17,7 @@ import pytest
 from tests.h2.peer import H2LibClient, Response
 from tests.h2.test_upstream_h2 import Peer, start_peer
 from tests.http.certs import Cert, make_ca, make_cert
-from tests.http.conftest import Worker, run_worker
+from tests.http.conftest import LOOPS, Worker, run_worker
 from tests.http.upstream import UpstreamServer, pattern
 from tests.support import free_port, kill_pids
 
@@ -84,11 +84,13 @@ def h2_peer(tmp_path: Path) -> Iterator[Peer]:
     kill_pids([p.proc.pid])
 
 
-def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamServer) -> None:
+@pytest.mark.parametrize("loop", LOOPS)
+def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamServer,
+                                            loop: str) -> None:
     """curl --http2-prior-knowledge and HTTP/1.1 on one port; the h2 request reaches the
     HTTP/1.1 upstream translated: Host from :authority, X-Forwarded-*, no TE, DATA as
     Content-Length or chunked; one access-log line per stream, version 2.0."""
-    with run_worker(tmp_path, config(upstream.port)) as w:
+    with run_worker(tmp_path, config(upstream.port), loop=loop) as w:
         url = f"http://127.0.0.1:{w.port()}"
         version, info = curl_json("--http2-prior-knowledge", "-H", "te: trailers",
                                   "--data-binary", "hello h2", f"{url}/info?a=1")
@@ -124,11 +126,12 @@ def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamSe
         assert all(ln["status"] == 200 for ln in lines)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 def test_h2_over_tls_by_alpn(tmp_path: Path, upstream: UpstreamServer,
-                             tls_cert: tuple[Cert, Cert]) -> None:
+                             tls_cert: tuple[Cert, Cert], loop: str) -> None:
     """TLS offers h2 and http/1.1 by default; ``alpn = ["http/1.1"]`` keeps h2 off."""
     ca, cert = tls_cert
-    with run_worker(tmp_path, config(upstream.port, tls=cert)) as w:
+    with run_worker(tmp_path, config(upstream.port, tls=cert), loop=loop) as w:
         url = f"https://127.0.0.1:{w.port()}/info"
         version, info = curl_json("--http2", "--cacert", str(ca.chain), url)
         assert version == "2", version
@@ -161,8 +164,8 @@ def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple
             t = dict(resp.trailers)
             assert t[b"grpc-status"] == b"7" and t[b"grpc-message"] == b"denied by peer", t
             assert t[b"x-meta-bin"] == b"AAEC"
-            r = c.request("/upload", b"x" * 200_000)
-            assert r.status == 200 and str(200_000).encode() in bytes(r.body), bytes(r.body)
+            up = c.request("/upload", b"x" * 200_000)
+            assert up.status == 200 and str(200_000).encode() in bytes(up.body), bytes(up.body)
         finally:
             c.close()
     assert h2_peer.stats()["streams"] >= 3

@@ -128,6 +128,11 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
         try:
             sid = c.get("/first")
             c.pump(lambda: sid in c.ended)
+            # metrics by protocol: the heartbeat carries the h2 counters (also in /metrics)
+            wait_for(lambda: sum(w["stats"].get("h2_requests", 0) for w in m.status()["workers"])
+                     == 1, 10, what="h2_requests in the status")
+            stats = m.status()["workers"][0]["stats"]
+            assert stats["h2_connections_total"] == 1 and stats["requests"] == 1, stats
             result: list[subprocess.CompletedProcess] = []
             reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
             slow_stream_survives(c, reload.start)
