@@ -39,7 +39,7 @@ class Stats:
 
     def _cumulative(self) -> dict[str, int]:
         out, running = {}, 0
-        for key, count in zip(BUCKET_KEYS, self._bins):
+        for key, count in zip(BUCKET_KEYS, self._bins, strict=False):
             running += count
             out[key] = running
         return out
