@@ -17,10 +17,11 @@ import pytest
 
 from tests.h2.peer import H2LibClient, Response
 from tests.h2.test_downstream import config
+from tests.harness import base_config
 from tests.http.certs import Cert, make_ca, make_cert
 from tests.http.conftest import run_worker
 from tests.http.upstream import UpstreamServer
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 grpc = pytest.importorskip("grpc")
 
@@ -62,6 +63,11 @@ class Servicer:
         self.cancelled.wait(20)
         return b"late"
 
+    def slow(self, req: bytes, ctx: Any) -> Iterator[bytes]:
+        for i in range(req[0]):
+            time.sleep(0.2)
+            yield bytes([i])
+
     def server_cancel(self, req: bytes, ctx: Any) -> Iterator[bytes]:
         yield b"first"
         time.sleep(0.2)
@@ -78,6 +84,7 @@ def upstream() -> Iterator[tuple[int, Servicer]]:
         "Bidi": grpc.stream_stream_rpc_method_handler(svc.bidi),
         "Hang": grpc.unary_unary_rpc_method_handler(svc.hang),
         "ServerCancel": grpc.unary_stream_rpc_method_handler(svc.server_cancel),
+        "Slow": grpc.unary_stream_rpc_method_handler(svc.slow),
     })
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
     server.add_generic_rpc_handlers((handler,))
@@ -217,3 +224,52 @@ def test_proxy_failures_are_grpc_statuses(tmp_path: Path, upstream: tuple[int, S
             assert err.value.code() == code, (path, err.value)
             assert words in (err.value.details() or ""), (path, err.value.details())
         assert ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=10) == b"ko"
+
+
+def test_reload_under_grpc_load_loses_nothing(master_factory, tmp_path: Path,
+                                              upstream: tuple[int, Servicer]) -> None:
+    """Through ``monolaked``: unary calls in a loop and a 3 s server stream while the daemon
+    reloads. The stream finishes on the old generation (GOAWAY lets it), no unary call fails
+    (grpcio sends new calls on a new connection after the GOAWAY), and calls go on after."""
+    up_port, _svc = upstream
+    port = free_port()
+    routes = f"""
+[[servers.web.routes]]
+path_prefix = "/"
+preserve_path = true
+upstream_http_version = "http2"
+upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{up_port}" }} }}]
+"""
+    m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+    m.wait_ready()
+    stop = threading.Event()
+    done: list[bytes] = []
+    failed: list[BaseException] = []
+    with channel(port) as ch:
+        unary = ch.unary_unary("/test.Echo/Unary")
+        assert unary(b"warm", timeout=10) == b"mraw"
+
+        def loop() -> None:
+            i = 0
+            while not stop.is_set():
+                try:
+                    assert unary(b"c%d" % i, timeout=10) == (b"c%d" % i)[::-1]
+                    done.append(b"")
+                except BaseException as exc:
+                    failed.append(exc)
+                i += 1
+
+        caller = threading.Thread(target=loop)
+        caller.start()
+        stream = ch.unary_stream("/test.Echo/Slow")(bytes([15]), timeout=30)
+        got = [next(stream)]
+        wait_for(lambda: len(done) >= 20, 10, what="unary calls flowing")
+        result = m.cli("reload", timeout=120)
+        assert result.returncode == 0, result.stderr
+        got += list(stream)  # the old worker's stream runs to its end
+        before = len(done)
+        wait_for(lambda: len(done) >= before + 50, 20, what="calls after the reload")
+        stop.set()
+        caller.join(15)
+    assert got == [bytes([i]) for i in range(15)] and stream.code() == grpc.StatusCode.OK
+    assert not failed, failed[:3]
