@@ -9,6 +9,7 @@ import json
 import re
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,5 +219,33 @@ def test_odd_client_100_continue_and_errors(tmp_path: Path, upstream: UpstreamSe
             assert resp.status == 200 and dict(resp.headers)[b"content-length"] == b"1234"
             assert bytes(resp.body) == b""
             assert c.request("/nowhere").status == 404
+        finally:
+            c.close()
+
+
+def test_big_bodies_keep_worker_memory_bounded(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """24 MiB each way through one h2 stream with a slow side: a client that stops reading
+    stalls its upstream (the proxy queues at most its high-water mark, not the body), and an
+    upstream that stops reading closes the client's window. The worker's peak RSS grows by a
+    few MiB, not by the body size."""
+    size = 24 << 20
+    with run_worker(tmp_path, config(upstream.port)) as w:
+        c = H2LibClient(w.port(), timeout=60)
+        try:
+            assert c.request("/bytes?n=10").status == 200
+            base = w.peak_rss_kib()
+            sid = c.open(f"/bytes?n={size}")
+            time.sleep(2)  # not reading: one stream window in flight, the rest must wait
+            assert w.peak_rss_kib() - base < 8 * 1024, (base, w.peak_rss_kib())
+            resp = c.wait(sid)
+            assert resp.status == 200 and len(resp.body) == size
+            assert bytes(resp.body[-65536:]) == pattern(size)[-65536:]
+            resp.body = bytearray()  # the test's own copy is not the worker's memory
+
+            data = pattern(size)
+            r = c.request("/sink?pause=2", data)  # the upstream stops reading for 2 s
+            info = json.loads(bytes(r.body))
+            assert info["length"] == size and info["sha256"] == hashlib.sha256(data).hexdigest()
+            assert w.peak_rss_kib() - base < 12 * 1024, (base, w.peak_rss_kib())
         finally:
             c.close()
