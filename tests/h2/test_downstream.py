@@ -249,3 +249,24 @@ def test_big_bodies_keep_worker_memory_bounded(tmp_path: Path, upstream: Upstrea
             assert w.peak_rss_kib() - base < 12 * 1024, (base, w.peak_rss_kib())
         finally:
             c.close()
+
+
+def test_request_limits_apply_to_streams(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """The server's limits hold for h2 streams as for HTTP/1.1 requests: max_uri_size (414),
+    max_headers (431), max_body_size (413), each on its stream; the connection goes on."""
+    cfg = config(upstream.port, server_extra="max_uri_size = 64\nmax_headers = 10\n"
+                                             "max_body_size = 1000")
+    with run_worker(tmp_path, cfg) as w:
+        c = H2LibClient(w.port(), timeout=20)
+        try:
+            assert c.request("/info?" + "q" * 100).status == 414
+            sid = c.conn.get_next_available_stream_id()
+            c.conn.send_headers(sid, c.headers("/info", "GET", [(f"x-h{i}", "v") for i in range(12)]),
+                                end_stream=True)
+            c.responses[sid] = Response()
+            c.flush()
+            assert c.wait(sid).status == 431
+            assert c.request("/sink", b"z" * 5000).status == 413
+            assert c.request("/info", b"small").status == 200
+        finally:
+            c.close()

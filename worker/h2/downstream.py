@@ -667,6 +667,8 @@ def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Req
     if method == "CONNECT":
         return None, 405
     target = pseudo.get(b":path", b"/").decode("latin-1")
+    if rt.max_uri and len(target) > rt.max_uri:
+        return None, 414  # max_uri_size, as for HTTP/1.1
     authority = pseudo.get(b":authority")
     host = authority
     if host is None:
