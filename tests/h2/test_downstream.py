@@ -7,18 +7,21 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import socket
 import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import hyperframe.frame as hf
 import pytest
 
+from tests.h2 import attack
 from tests.h2.peer import H2LibClient, Response
 from tests.h2.test_upstream_h2 import Peer, start_peer
 from tests.http.certs import Cert, make_ca, make_cert
-from tests.http.conftest import LOOPS, Worker, run_worker
+from tests.http.conftest import LOOPS, Conn, Worker, run_worker
 from tests.http.upstream import UpstreamServer, pattern
 from tests.support import free_port, kill_pids
 
@@ -270,3 +273,30 @@ def test_request_limits_apply_to_streams(tmp_path: Path, upstream: UpstreamServe
             assert c.request("/info", b"small").status == 200
         finally:
             c.close()
+
+
+def test_preface_split_across_reads_and_http11_lookalikes(tmp_path: Path,
+                                                          upstream: UpstreamServer) -> None:
+    """The sniff waits for the whole preface: a preface in three writes is h2; a PUT sent a
+    byte at a time (its "P" is the preface's first byte) and a "PRI" that is not the preface
+    are HTTP/1.1, parsed from their first byte."""
+    with run_worker(tmp_path, config(upstream.port)) as w:
+        s = socket.create_connection(("127.0.0.1", w.port()), timeout=10)
+        try:
+            for part in (attack.PREFACE[:3], attack.PREFACE[3:20], attack.PREFACE[20:]):
+                s.sendall(part)
+                time.sleep(0.05)
+            s.sendall(hf.SettingsFrame(0).serialize())
+            head = s.recv(9)
+            assert len(head) == 9 and head[3] == 0x4, head  # the server's SETTINGS
+        finally:
+            s.close()
+        with Conn(w.port()) as c:
+            for byte in b"PUT /info HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok":
+                c.send(bytes([byte]))
+            r = c.read_response()
+            assert r.status == 200 and json.loads(r.body)["method"] == "PUT"
+        with Conn(w.port()) as c:
+            c.send(b"PRI /info HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 200 and json.loads(r.body)["method"] == "PRI", r.status
