@@ -300,3 +300,34 @@ def test_preface_split_across_reads_and_http11_lookalikes(tmp_path: Path,
             c.send(b"PRI /info HTTP/1.1\r\nHost: a\r\n\r\n")
             r = c.read_response()
             assert r.status == 200 and json.loads(r.body)["method"] == "PRI", r.status
+
+
+def test_idle_connection_gets_goaway_and_closes(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """idle_timeout_sec: a connection without open streams that long gets GOAWAY(NO_ERROR)
+    and is closed; one with a stream in flight is not idle."""
+    with run_worker(tmp_path, config(upstream.port, http2="idle_timeout_sec = 1")) as w:
+        s = socket.create_connection(("127.0.0.1", w.port()), timeout=10)
+        try:
+            s.sendall(attack.hello())
+            start = time.monotonic()
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+            took = time.monotonic() - start
+        finally:
+            s.close()
+        goaways = []
+        while len(data) >= 9:
+            frame, length = hf.Frame.parse_frame_header(memoryview(data[:9]))
+            frame.parse_body(memoryview(data[9:9 + length]))
+            data = data[9 + length:]
+            if isinstance(frame, hf.GoAwayFrame):
+                goaways.append(frame.error_code)
+        assert goaways == [0] and 0.9 <= took < 4, (goaways, took)
+        # a 2 s stream outlives the 1 s idle timeout
+        c = H2LibClient(w.port(), timeout=20)
+        try:
+            r = c.request("/slow?delay=2")
+            assert r.status == 200 and bytes(r.body) == b"slow ok"
+        finally:
+            c.close()
