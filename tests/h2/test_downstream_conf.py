@@ -114,3 +114,25 @@ def test_without_the_extension(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     text = errors(tmp_path, "max_concurrent_streams = 10")
     assert "servers.web.http2.enabled" in text and "apt-get install -y libnghttp2-dev" in text
     assert load_config(write(tmp_path, "enabled = false")).servers["web"].http2.enabled is False
+
+
+def test_worker_without_the_extension_serves_http11_with_one_log_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a worker does per http server at build: no libnghttp2 -> no h2 listener and one
+    ``h2_unavailable`` warning for the whole worker; with it, an ``H2Listener`` carrying the
+    configured SETTINGS."""
+    from structlog.testing import capture_logs
+
+    cfg = load_config(write(tmp_path, "max_concurrent_streams = 9")).servers["web"]
+    lst = h2.downstream_listener(cfg)
+    assert lst is not None and lst.settings.max_concurrent_streams == 9
+    assert h2.downstream_listener(load_config(write(tmp_path, "enabled = false")).servers["web"]) is None
+    why = "HTTP/2 unavailable: no extension here; " + h2.INSTALL_HINT
+    monkeypatch.setattr(h2, "available", lambda: h2.Availability(False, why))
+    monkeypatch.setattr(h2, "_announced", [])
+    with capture_logs() as logs:
+        assert h2.downstream_listener(cfg) is None
+        assert h2.downstream_listener(cfg) is None  # a second server: no second line
+    lines = [entry for entry in logs if entry["event"] == "h2_unavailable"]
+    assert len(lines) == 1 and lines[0]["reason"] == why and lines[0]["log_level"] == "warning"
