@@ -152,3 +152,43 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
         finally:
             c.close()
         wait_for(lambda: m.proc.poll() is not None, timeout=30, what="master exited")
+
+
+def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory,
+                                                               tmp_path: Path) -> None:
+    """reload_mode = "in_place": an h2 connection on the retired stack drains (GOAWAY, its
+    stream in flight finishes there), so the client's next connection sees the new routes
+    (an HTTP/1.1 keep-alive connection would simply finish on the old stack)."""
+    port = free_port()
+    with UpstreamServer("h1") as up:
+        text = daemon_config(tmp_path, port, up.port).replace(
+            "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n')
+        m = master_factory(text)
+        m.wait_ready()
+        pid = m.worker_pids()
+        c = RawClient(port)
+        try:
+            sid = c.get("/first")
+            c.pump(lambda: sid in c.ended)
+            new_route = textwrap.dedent("""
+                [[servers.web.routes]]
+                path = "/new"
+                upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
+            """)
+            m.config_path.write_text(text.replace(
+                "[[servers.web.routes]]", new_route.strip() + "\n\n[[servers.web.routes]]", 1))
+            result: list[subprocess.CompletedProcess] = []
+            reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
+            slow_stream_survives(c, reload.start)
+            reload.join(120)
+            assert result and result[0].returncode == 0, result
+        finally:
+            c.close()
+        assert m.worker_pids() == pid  # in place: the same worker process
+        c = RawClient(port)
+        try:
+            sid = c.get("/new")
+            c.pump(lambda: sid in c.ended)
+            assert c.bodies[sid].startswith(b"Hello from monolake"), c.bodies
+        finally:
+            c.close()

@@ -620,6 +620,10 @@ class H2Connection:
         self.flush()
         self.rt.loop.call_later(DRAIN_PING_SECONDS, self._finish_drain)
 
+    def retire(self) -> None:
+        """The stack this connection was accepted on was replaced by an in-place reload."""
+        self.begin_drain()
+
     def _finish_drain(self) -> None:
         if not self.closed:
             self.session.finish_graceful_shutdown()

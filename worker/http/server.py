@@ -189,6 +189,15 @@ class HttpServerHandle:
         for conn in list(rt.connections):
             conn.begin_drain()
 
+    def retire(self) -> None:
+        """An in-place reload replaced this stack. HTTP/1.1 connections finish on it as before;
+        an h2 connection would stay on it for good (a busy gRPC channel never idles), so it
+        drains: GOAWAY, its streams finish here, the client reconnects to the new stack."""
+        for conn in list(self.rt.connections):
+            retire = getattr(conn, "retire", None)
+            if retire is not None:
+                retire()
+
     def open_connections(self) -> int:
         return len(self.rt.connections)
 
