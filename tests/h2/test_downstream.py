@@ -331,3 +331,21 @@ def test_idle_connection_gets_goaway_and_closes(tmp_path: Path, upstream: Upstre
             assert r.status == 200 and bytes(r.body) == b"slow ok"
         finally:
             c.close()
+
+
+def test_request_body_timeout_per_stream(tmp_path: Path, upstream: UpstreamServer) -> None:
+    """server_read_body_timeout_sec holds per stream: a client that stops sending its body
+    gets 408 on that stream (the connection and its other streams go on)."""
+    cfg = config(upstream.port, server_extra="timeout = { server_read_body_timeout_sec = 1 }")
+    with run_worker(tmp_path, cfg) as w:
+        c = H2LibClient(w.port(), timeout=20)
+        try:
+            sid = c.open("/sink", "POST", end_stream=False)
+            c.send_body(sid, b"part", end_stream=False)
+            start = time.monotonic()
+            assert c.request("/info").status == 200  # meanwhile, another stream
+            resp = c.wait(sid)
+            assert resp.status == 408 and 0.9 <= time.monotonic() - start < 4, resp.headers
+            assert c.request("/info").status == 200
+        finally:
+            c.close()
