@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .health import HealthCheckConfig
+from .http2 import Http2Config
 from .resolver import ResolverConfig
 from .summary import summary as _summary
 
@@ -222,6 +223,7 @@ class ServerConfig:
     routes: tuple[RouteConfig, ...] = ()
     route: RouteConfig | None = None
     layers: tuple[LayerConfig, ...] = ()
+    http2: Http2Config = field(default_factory=Http2Config)  # downstream h2 (conf/http2.py)
 
     @property
     def thrift_routes(self) -> tuple[RouteConfig, ...]:

@@ -10,6 +10,7 @@ from . import addresses
 from .addresses import AddressError
 from .errors import describe
 from .fields import MISSING, Table, found_with_type, resolve_path
+from .http2 import Http2Config, parse_http2
 from .routes import CATCHALL, PatternError, parse_pattern
 from .schema import (
     SPLICE_THRESHOLD_DEFAULT,
@@ -56,6 +57,7 @@ SERVER_KEYS = (
     "routes",
     "route",
     "layers",
+    "http2",
 )
 TIMEOUT_ALIASES = {"http_timeout": "timeout", "thrift_timeout": "timeout"}
 
@@ -78,6 +80,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "gateway_path": ("http_thrift",),
     "exception_status": ("http_thrift",),
     "route": ("thrift", "http_thrift"),
+    "http2": ("http", "http_thrift"),
 }
 # Monolake keys we know and do not support: say so instead of "unknown key"
 MONOLAKE_UNSUPPORTED = {
@@ -131,6 +134,11 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     gateway_path = parse_gateway_path(t)
     exception_status = t.integer("exception_status", 500, lo=400, hi=599)
     layers = parse_layers(t)
+    http2 = (
+        parse_http2(t, tls=tls is not None, keepalive=timeout.server_keepalive_timeout_sec)
+        if proxy_type in ("http", "http_thrift")
+        else Http2Config(enabled=False)
+    )
     route = None
     routes: tuple[RouteConfig, ...] = ()
     if proxy_type == "http":
@@ -168,6 +176,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
         routes=routes,
         route=route,
         layers=layers,
+        http2=http2,
     )
 
 

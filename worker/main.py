@@ -438,6 +438,9 @@ class Worker:
             old = self.slots[name].handle
             self.slots[name].handle = handle
             self._retired_handles.append(old)
+            retire = getattr(old, "retire", None)  # h2 connections drain off the old stack
+            if retire is not None:
+                retire()
         if config.runtime.busy_poll_us != self.config.runtime.busy_poll_us:
             from monolake.uring.busypoll import set_busy_poll
 

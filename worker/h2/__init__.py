@@ -16,11 +16,24 @@ from monolake.worker.h2.settings import H2Settings, H2SettingsError
 if TYPE_CHECKING:
     from monolake.worker.h2.session import H2ClientSession, H2Error, H2ServerSession
 
-__all__ = ["Availability", "H2ClientSession", "H2Error", "H2ServerSession", "H2Settings",
-           "H2SettingsError", "H2Unavailable", "announce", "available", "require"]
+__all__ = [
+    "Availability",
+    "H2ClientSession",
+    "H2Error",
+    "H2ServerSession",
+    "H2Settings",
+    "H2SettingsError",
+    "H2Unavailable",
+    "announce",
+    "available",
+    "downstream_listener",
+    "require",
+]
 
-INSTALL_HINT = ("install libnghttp2-dev (apt-get install -y libnghttp2-dev) and reinstall "
-                "monolake (pip install .) to build the HTTP/2 extension")
+INSTALL_HINT = (
+    "install libnghttp2-dev (apt-get install -y libnghttp2-dev) and reinstall "
+    "monolake (pip install .) to build the HTTP/2 extension"
+)
 
 
 class H2Unavailable(RuntimeError):
@@ -44,7 +57,7 @@ def available() -> Availability:
         from monolake.worker.h2 import _binding
     except ImportError as exc:
         return Availability(False, f"HTTP/2 unavailable: {exc}; {INSTALL_HINT}")
-    except Exception as exc:  # noqa: BLE001 - a broken .so must not take the worker down
+    except Exception as exc:
         return Availability(False, f"HTTP/2 unavailable: the extension failed to load ({exc!r})")
     return Availability(True, version=_binding.version())
 
@@ -73,6 +86,20 @@ def require(where: str) -> None:
     a = available()
     if not a:
         raise H2Unavailable(f"{where}: {a.reason}")
+
+
+def downstream_listener(server_cfg: Any) -> Any:
+    """The server's h2 listener (``worker/h2/downstream.H2Listener``), or None when h2 is off
+    for it: by its ``http2`` config, or because this build has no libnghttp2 (then the one
+    ``h2_unavailable`` log line)."""
+    cfg = getattr(server_cfg, "http2", None)
+    if cfg is None:
+        return None
+    if not announce() or not cfg.enabled:  # announce first: the one line, even when "off"
+        return None
+    from monolake.worker.h2.downstream import H2Listener
+
+    return H2Listener(cfg)
 
 
 def __getattr__(name: str) -> Any:

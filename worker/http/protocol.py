@@ -49,7 +49,8 @@ class HttpServerProtocol(asyncio.Protocol):
     # connection (issue 16 §4: a __dict__ and an empty deque were 1.4 KiB of the 3.8).
     __slots__ = ("_rt", "_serve", "_loop", "_transport", "_write", "_lends_ok", "_reader", "_ctx",
                  "_queue", "_pauses", "_read_paused", "_write_paused", "_out_body", "_closing",
-                 "_prelude", "_tls", "_tunnel", "_tunnel_pending", "_lingering", "__weakref__")
+                 "_prelude", "_tls", "_tunnel", "_tunnel_pending", "_lingering", "_h2",
+                 "__weakref__")
 
     def __init__(self, rt: "ServerRuntime") -> None:
         self._rt = rt
@@ -71,6 +72,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel: Any = None
         self._tunnel_pending: list[bytes] = _NO_BYTES  # a list once a tunnel has some
         self._lingering = False
+        self._h2: Any = None  # the h2 side once the client spoke HTTP/2 (worker/h2/downstream.py)
 
     # -- connection lifecycle --------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -116,6 +118,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._transport = None
         rt.connections.discard(self)
         rt.stats.open_connections -= 1
+        if self._h2 is not None:
+            h2, self._h2 = self._h2, None
+            h2.connection_lost()
         err = BodyError("client connection lost")
         self._reader.stop(str(err))
         out = self._out_body
@@ -135,6 +140,8 @@ class HttpServerProtocol(asyncio.Protocol):
         memtrim.note_close(self._loop)
 
     def eof_received(self) -> bool | None:
+        if self._h2 is not None:
+            return self._h2.eof_received()
         if self._tunnel is not None:
             self._tunnel.client_eof()
             return True
@@ -158,12 +165,17 @@ class HttpServerProtocol(asyncio.Protocol):
                 return
             if self._ctx.tls is None and self._tls.handshake_done:
                 self._ctx.tls = self._tls.info()
-                if not self._reader.started:
+                if self._ctx.tls.alpn == "h2" and self._rt.h2 is not None:
+                    self._h2 = self._rt.h2.connect(self)
+                elif not self._reader.started:
                     self._start_http()
             if not data:
                 if self._tls.peer_closed:
                     self.eof_received() or self._close()
                 return
+        if self._h2 is not None:
+            self._h2.data_received(data)
+            return
         if self._tunnel is not None:
             self._tunnel.from_client(data)
             return
@@ -172,6 +184,9 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._prelude is not None:
             self._read_prelude(data)
             return
+        if self._reader.fresh and self._rt.h2 is not None and self._tls is None \
+                and self._rt.h2.sniff(self, data):
+            return  # the h2 preface (prior knowledge): the h2 side has the bytes
         self._reader.feed(data)
 
     def _read_prelude(self, data: bytes) -> None:
@@ -294,6 +309,8 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- flow control ----------------------------------------------------------------------
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._h2 is not None:
+            self._h2.pause_writing()
         if self._out_body is not None:
             self._out_body.pause()
         if self._tunnel is not None:
@@ -301,6 +318,8 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._h2 is not None:
+            self._h2.resume_writing()
         if self._out_body is not None:
             self._out_body.resume()
         if self._tunnel is not None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from monolake.worker import h2
 from monolake.worker.http.exchange import entry_point
 from monolake.worker.http.parser import HeadLimits, resolve_parser
 from monolake.worker.http.pool import UpstreamPool
@@ -53,7 +54,10 @@ class ServerRuntime:
         self.header_timeout = t.server_read_header_timeout_sec
         self.body_timeout = t.server_read_body_timeout_sec
         self.body_timeout_on = self.body_timeout > 0
-        self.tls = ServerTls(cfg.tls) if cfg.tls is not None else None
+        # HTTP/2 on the same port (worker/h2/downstream.py): None when off or unavailable
+        self.h2 = h2.downstream_listener(cfg)
+        alpn = cfg.http2.alpn if self.h2 is not None else ("http/1.1",)
+        self.tls = ServerTls(cfg.tls, alpn) if cfg.tls is not None else None
         self.connections: set[HttpServerProtocol] = set()
         self.draining = False
         self.loop: Any = None
@@ -184,6 +188,15 @@ class HttpServerHandle:
         rt.draining = True
         for conn in list(rt.connections):
             conn.begin_drain()
+
+    def retire(self) -> None:
+        """An in-place reload replaced this stack. HTTP/1.1 connections finish on it as before;
+        an h2 connection would stay on it for good (a busy gRPC channel never idles), so it
+        drains: GOAWAY, its streams finish here, the client reconnects to the new stack."""
+        for conn in list(self.rt.connections):
+            retire = getattr(conn, "retire", None)
+            if retire is not None:
+                retire()
 
     def open_connections(self) -> int:
         return len(self.rt.connections)

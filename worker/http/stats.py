@@ -11,7 +11,9 @@ from bisect import bisect_left
 COUNTERS = ("connections_total", "requests", "responses_1xx", "responses_2xx", "responses_3xx",
             "responses_4xx", "responses_5xx", "errors", "bytes_in", "bytes_out",
             "upstream_connect_failures", "upstream_ejections", "upstream_unsolicited",
-            "duration_sum_us", "duration_count")
+            "duration_sum_us", "duration_count",
+            # by protocol: of connections_total / requests, those that spoke HTTP/2
+            "h2_connections_total", "h2_requests")
 GAUGES = ("open_connections", "active_requests")
 # Request duration histogram (the admin listener's monolake_request_duration_seconds): the
 # stats carry cumulative counts ``duration_le_<ms>`` of requests that took at most <ms>.
@@ -37,7 +39,7 @@ class Stats:
 
     def _cumulative(self) -> dict[str, int]:
         out, running = {}, 0
-        for key, count in zip(BUCKET_KEYS, self._bins):
+        for key, count in zip(BUCKET_KEYS, self._bins, strict=False):
             running += count
             out[key] = running
         return out

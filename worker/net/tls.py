@@ -9,7 +9,8 @@ plain Protocol/transport API that every loop (asyncio, uvloop, io_uring) offers.
 from __future__ import annotations
 
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -26,7 +27,7 @@ def _cert_names(chain: str) -> list[str]:
     """DNS names (SAN, else CN) of the leaf certificate in a PEM file, lower-case."""
     try:
         decoded = ssl._ssl._test_decode_cert(chain)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - names are only used for SNI choice
+    except Exception:
         return []
     names = [v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
     if not names:
@@ -37,11 +38,12 @@ def _cert_names(chain: str) -> list[str]:
     return names
 
 
-def _server_context(chain: str, key: str, min_version: str) -> ssl.SSLContext:
+def _server_context(chain: str, key: str, min_version: str,
+                    alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS.get(min_version, ssl.TLSVersion.TLSv1_2)
     ctx.load_cert_chain(chain, key)
-    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.set_alpn_protocols(list(alpn))  # the server's preference order (h2 first when on)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     return ctx
 
@@ -49,13 +51,13 @@ def _server_context(chain: str, key: str, min_version: str) -> ssl.SSLContext:
 class ServerTls:
     """Server contexts, one per certificate; the first is the default; SNI picks the others."""
 
-    def __init__(self, tls_cfg: Any) -> None:
+    def __init__(self, tls_cfg: Any, alpn: tuple[str, ...] = ("http/1.1",)) -> None:
         min_version = getattr(tls_cfg, "min_version", "1.2") or "1.2"
         certs = list(tls_cfg.certificates)
-        self.contexts = [_server_context(c.chain, c.key, min_version) for c in certs]
+        self.contexts = [_server_context(c.chain, c.key, min_version, alpn) for c in certs]
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.wildcards: dict[str, ssl.SSLContext] = {}
-        for cert, ctx in zip(certs, self.contexts):
+        for cert, ctx in zip(certs, self.contexts, strict=True):
             for name in _cert_names(cert.chain):
                 if name.startswith("*."):
                     self.wildcards.setdefault(name[2:], ctx)
@@ -67,7 +69,7 @@ class ServerTls:
 
     def _sni(self, sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if not server_name:
-            return None
+            return
         name = server_name.lower().rstrip(".")
         try:
             sslobj.monolake_sni = name  # for TlsInfo.server_name
@@ -78,9 +80,9 @@ class ServerTls:
             chosen = self.wildcards.get(name.split(".", 1)[1])
         if chosen is not None and chosen is not sslobj.context:
             sslobj.context = chosen
-        return None
+        return
 
-    def session(self, write: Callable[[bytes], None]) -> "TlsSession":
+    def session(self, write: Callable[[bytes], None]) -> TlsSession:
         return TlsSession(self.default, write)
 
 
@@ -91,7 +93,7 @@ class TlsSession:
     and passes the records to the raw ``write`` callable.
     """
 
-    __slots__ = ("_in", "_out", "_obj", "_write", "handshake_done", "peer_closed")
+    __slots__ = ("_in", "_obj", "_out", "_write", "handshake_done", "peer_closed")
 
     def __init__(self, ctx: ssl.SSLContext, write: Callable[[bytes], None]) -> None:
         self._in = ssl.MemoryBIO()
