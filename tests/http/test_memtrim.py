@@ -8,6 +8,7 @@ serving afterwards."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import sys
 import threading
@@ -173,3 +174,27 @@ def test_loop_tables_compacted_and_the_loop_serves_on(kind):
     assert first >= 1, "a burst's tables were rebuilt"
     assert again == 0, "nothing left to rebuild"
     assert echoed == b"after"
+
+
+class Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_trim_collects_cyclic_garbage(monkeypatch):
+    """A closed connection left in a cycle keeps its pages from malloc_trim: collect first."""
+    import weakref
+
+    monkeypatch.setattr(memtrim, "_malloc_trim", None)
+    garbage = Cycle()
+    ref = weakref.ref(garbage)
+    del garbage
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        assert ref() is not None
+        memtrim.trim_now(FakeLoop())
+        assert ref() is None
+    finally:
+        if gc_was:
+            gc.enable()
