@@ -2,23 +2,30 @@
 """Memory per idle keep-alive client connection, monolake next to nginx (not a timed test).
 
 Issue 16 §4. nginx serves the bodies (the upstream); nginx ``proxy_pass`` and one standalone
-monolake worker per runtime proxy to it. For each proxy: its RSS, then N client connections
-that each make one GET and stay open (idle keep-alive), its RSS again, then all closed and its
-RSS once more. Prints KiB per idle connection, what is kept after they close, and the ratio to
-nginx (same run, same machine).
+monolake worker per runtime (and allocator) proxy to it. For each proxy: its RSS, then N client
+connections that each make one GET and stay open (idle keep-alive), its RSS again, then all
+closed and its RSS once more (a moment after the last close: the worker trims 0.25 s after the
+closes stop, worker/memtrim.py). Prints KiB per idle connection, what is kept after they close,
+and the ratio to nginx (same run, same machine).
+
+The workers run with ``PYTHONMALLOC=malloc`` as a master spawns them; ``--allocators
+malloc,pymalloc`` adds CPython's own allocator for comparison.
 
     python scripts/bench_conn_memory.py                  # N = 5000, both runtimes
-    python scripts/bench_conn_memory.py -n 2000 --runtimes io_uring
+    python scripts/bench_conn_memory.py -n 2000 --runtimes io_uring --allocators malloc,pymalloc
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,22 @@ from bench_proxy import (
     wait_port,
 )
 from benchtools import ensure_commands
+
+AFTER_CLOSE = 1.0  # seconds after the last close before "after" is read (the trim's delay, and some)
+
+
+@contextmanager
+def allocator_env(name: str) -> Iterator[None]:
+    """PYTHONMALLOC for the processes started inside (they inherit this environment)."""
+    old = os.environ.get("PYTHONMALLOC")
+    os.environ["PYTHONMALLOC"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONMALLOC"]
+        else:
+            os.environ["PYTHONMALLOC"] = old
 
 
 def rss_kib(pids: list[int]) -> int:
@@ -80,6 +103,7 @@ def measure(name: str, port: int, pids: list[int], n: int) -> dict[str, Any]:
     held = settled_rss(pids)
     for c in conns:
         c.close()
+    time.sleep(AFTER_CLOSE)
     after = settled_rss(pids)
     row: dict[str, Any] = {  # one JSON result row
         "proxy": name,
@@ -90,7 +114,7 @@ def measure(name: str, port: int, pids: list[int], n: int) -> dict[str, Any]:
         "kept_kib": after - before,
     }
     print(
-        f"  {name:20} RSS {before / 1024:7.1f} MiB -> {held / 1024:7.1f} MiB with {n} idle "
+        f"  {name:28} RSS {before / 1024:7.1f} MiB -> {held / 1024:7.1f} MiB with {n} idle "
         f"-> {after / 1024:7.1f} MiB after: {row['per_conn_kib']:5.2f} KiB per connection, "
         f"{row['kept_kib'] / 1024:6.1f} MiB kept",
         flush=True,
@@ -103,6 +127,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=5000, help="idle connections per proxy (default 5000)")
     ap.add_argument("--runtimes", default="io_uring,legacy")
     ap.add_argument("--parser", default="auto")
+    ap.add_argument("--allocators", default="malloc", help="PYTHONMALLOC values, e.g. malloc,pymalloc")
     args = ap.parse_args()
     missing = ensure_commands("nginx", "taskset")
     if missing:
@@ -129,19 +154,22 @@ def main() -> int:
         # the nginx worker, not its master: the one that holds the connections
         rows.append(measure("nginx", port, tree_pids(nginx.p.pid)[1:] or [nginx.p.pid], args.n))
         for runtime in filter(None, args.runtimes.split(",")):
-            port = free_port()
-            proc = start_monolake(work, port, up_port, runtime, args.parser)
-            procs.append(proc)
-            wait_port(port)
-            rows.append(measure(f"monolake/{runtime}", port, [proc.p.pid], args.n))
+            for alloc in filter(None, args.allocators.split(",")):
+                port = free_port()
+                with allocator_env(alloc):
+                    proc = start_monolake(work, port, up_port, runtime, args.parser)
+                procs.append(proc)
+                wait_port(port)
+                name = f"monolake/{runtime}" + ("" if alloc == "malloc" else f"/{alloc}")
+                rows.append(measure(name, port, [proc.p.pid], args.n))
     finally:
         for p in reversed(procs):
             p.stop()
     base = rows[0]["per_conn_kib"] or 1e-9
-    print(f"\n{'proxy':20} {'KiB/conn':>9} {'x nginx':>8} {'kept MiB':>9}")
+    print(f"\n{'proxy':28} {'KiB/conn':>9} {'x nginx':>8} {'kept MiB':>9}")
     for r in rows:
         print(
-            f"{r['proxy']:20} {r['per_conn_kib']:9.2f} {r['per_conn_kib'] / base:8.1f} "
+            f"{r['proxy']:28} {r['per_conn_kib']:9.2f} {r['per_conn_kib'] / base:8.1f} "
             f"{r['kept_kib'] / 1024:9.1f}"
         )
     return 0

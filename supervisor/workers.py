@@ -194,6 +194,10 @@ def spawn_worker(
     master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)  # only the master talks to systemd
+    # glibc malloc, not pymalloc: after a burst of connections it gives the memory back
+    # (worker/memtrim.py; docs/http.md "Memory per idle connection"). The operator's own
+    # PYTHONMALLOC wins.
+    env.setdefault("PYTHONMALLOC", "malloc")
     try:
         proc = subprocess.Popen(
             # -P: no working directory on sys.path, so a checkout's monolake/ (the symlink

@@ -17,15 +17,24 @@ Both are driven by ``HttpServerProtocol`` (protocol.py) and tested with plain by
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from time import monotonic
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.headers import split_headers
 from monolake.worker.http.message import Request, Response, header_tokens
-from monolake.worker.http.parser import (CHUNKED, CONN_CLOSE, CONN_KEEPALIVE, EXPECT, UPGRADE,
-                                         HttpParserError, ParseError, UpgradeRequested,
-                                         new_request_parser)
+from monolake.worker.http.parser import (
+    CHUNKED,
+    CONN_CLOSE,
+    CONN_KEEPALIVE,
+    EXPECT,
+    UPGRADE,
+    HttpParserError,
+    ParseError,
+    UpgradeRequested,
+    new_request_parser,
+)
 
 # connection phases, for the timeouts: between requests, in a head, in a body, answering
 IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
@@ -210,9 +219,23 @@ class RequestReader:
     """Parses a connection's requests; see the module docstring. ``producer`` is what a
     request body pauses and resumes (the connection's reading) when it backs up."""
 
-    __slots__ = ("events", "producer", "settings", "clock", "parser", "phase", "deadline",
-                 "dead", "fresh", "receiving", "_url", "_url_len", "_headers", "_head_size",
-                 "_head_bytes")
+    __slots__ = (
+        "_head_bytes",
+        "_head_size",
+        "_headers",
+        "_url",
+        "_url_len",
+        "clock",
+        "dead",
+        "deadline",
+        "events",
+        "fresh",
+        "parser",
+        "phase",
+        "producer",
+        "receiving",
+        "settings",
+    )
 
     def __init__(self, settings: ReaderSettings, events: ReaderEvents, producer: Any,
                  clock: Callable[[], float] = monotonic) -> None:
@@ -264,7 +287,7 @@ class RequestReader:
                 self.fail(500, "internal error", cause)  # an exception in our callback
             else:
                 self.fail(400, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a request must never take the worker down
+        except Exception as exc:
             self.fail(500, "internal error", exc)
         else:
             if self.phase == HEAD:  # still inside a head after this read: bound it
@@ -272,6 +295,8 @@ class RequestReader:
                 s = self.settings
                 if self._head_bytes > s.max_head + s.max_uri:
                     self.fail(431, "request header block too large")
+                elif s.parser_kind == "httptools" and self._url_len and not self._headers:
+                    self._check_http09(data)
 
     def fail(self, status: int, reason: str, internal: BaseException | None = None) -> None:
         """Stop parsing: the request being received fails, ``on_error`` answers ``status``."""
@@ -344,6 +369,23 @@ class RequestReader:
         self.phase = BUSY
         self.deadline = 0.0
 
+    def _check_http09(self, data: bytes) -> None:
+        """httptools: llhttp reads a request line without ``HTTP/x.y`` as HTTP/0.9 and waits
+        for one more line end; refuse it as soon as its line is in, as native and h11 do. The
+        version reads 0.0 until a request line with one was parsed, so only before the first
+        request of a connection (llhttp keeps the last version after that: a later HTTP/0.9
+        line on a keep-alive connection is refused at the next line end). The URL's last
+        piece after the last LF: the line is still open (llhttp ends a URL with an empty
+        piece when it ends in a later read)."""
+        if self.parser.get_http_version() != "0.0":
+            return
+        nl = data.rfind(b"\n")
+        if nl < 0:
+            return
+        piece = next((p for p in reversed(self._url) if p), b"")
+        if not piece or piece not in data[nl + 1:]:
+            self.fail(400, "invalid request line (an HTTP/0.9 request?)")
+
     # -- parser callbacks (httptools API) --------------------------------------------------
     def on_message_begin(self) -> None:
         self._url = []
@@ -405,10 +447,7 @@ class RequestReader:
             raise ParseError("request body too large", 413)
         chunked = flags & CHUNKED
         body = BodyStream(content_length, self.producer) if chunked or content_length else None
-        if version == "1.1":
-            keep_alive = not flags & CONN_CLOSE
-        else:
-            keep_alive = bool(flags & CONN_KEEPALIVE)
+        keep_alive = not flags & CONN_CLOSE if version == "1.1" else bool(flags & CONN_KEEPALIVE)
         expect = bool(flags & EXPECT) and body is not None
         req = Request(method, target, path, query, version, headers, body, keep_alive,
                       bool(flags & UPGRADE), expect, content_length, bool(chunked),

@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from monolake.worker import h2
+from monolake.worker import h2, memtrim
 from monolake.worker.http.exchange import entry_point
 from monolake.worker.http.parser import HeadLimits, resolve_parser
 from monolake.worker.http.pool import UpstreamPool
@@ -33,8 +33,9 @@ HANDLE_STATE_VERSION = 1
 class ServerRuntime:
     """What every connection of one server shares; read on the hot path as plain attributes."""
 
-    def __init__(self, name: str, cfg: Any, env: Any, stack: ServiceStack, stats: Stats,
-                 pool: UpstreamPool) -> None:
+    def __init__(
+        self, name: str, cfg: Any, env: Any, stack: ServiceStack, stats: Stats, pool: UpstreamPool
+    ) -> None:
         t = cfg.timeout
         self.name = name
         self.settings = cfg
@@ -64,12 +65,27 @@ class ServerRuntime:
         self.access_log = bool(cfg.access_log)
         self._access_file: Any = None
         if isinstance(cfg.access_log, str) and cfg.access_log:
-            self._access_file = open(cfg.access_log, "a", buffering=1, encoding="utf-8")
+            # open for the server's lifetime; close_files() closes it
+            self._access_file = open(cfg.access_log, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
         self._access = structlog.get_logger("monolake.access")
         self._sweep_handle: Any = None
-        timeouts = [x for x in (self.keepalive_timeout, self.header_timeout, self.body_timeout,
-                                t.upstream_read_timeout_sec) if x > 0]
+        timeouts = [
+            x
+            for x in (
+                self.keepalive_timeout,
+                self.header_timeout,
+                self.body_timeout,
+                t.upstream_read_timeout_sec,
+            )
+            if x > 0
+        ]
         self.sweep_interval = min(1.0, max(0.05, min(timeouts) / 4)) if timeouts else 1.0
+        memtrim.track(self)
+
+    def compact_memory(self) -> None:
+        """After a burst (worker/memtrim.py): the sets of connections keep a table sized for
+        the burst until rebuilt."""
+        memtrim.compact_all((self.connections, self.pool.busy))
 
     # -- periodic timeout sweep ------------------------------------------------------------
     def ensure_loop(self) -> None:
@@ -97,7 +113,7 @@ class ServerRuntime:
                 deadline = up.deadline
                 if now < deadline <= horizon:
                     loop.call_at(deadline, self._on_time, up, deadline)
-        except Exception:  # noqa: BLE001 - the sweep must keep running
+        except Exception:
             self.log.exception("timeout_sweep_failed")
         if self._sweep_handle is not None:
             self._sweep_handle = loop.call_later(self.sweep_interval, self._sweep)
@@ -110,7 +126,7 @@ class ServerRuntime:
             return  # stopped (the handle is closing)
         try:
             conn.check_timeout(max(self.loop.time(), deadline))
-        except Exception:  # noqa: BLE001
+        except Exception:
             self.log.exception("timeout_check_failed")
 
     def stop_sweep(self) -> None:
@@ -171,8 +187,9 @@ class HttpServerHandle:
     def protocol_factory(self) -> HttpServerProtocol:
         rt = self.rt
         if rt.loop is None:
-            rt.ensure_loop()
-            self.on_loop(rt.loop)
+            rt.ensure_loop()  # rt.loop is the running loop from here
+            self.on_loop(asyncio.get_running_loop())
+        memtrim.note_open()
         return HttpServerProtocol(rt)
 
     def on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -203,12 +220,14 @@ class HttpServerHandle:
 
     def idle_connections(self) -> list[tuple[float, Any]]:
         """(idle since, close) of each keep-alive connection waiting for its next request."""
-        return [(conn.idle_since, conn.reclaim) for conn in self.rt.connections
-                if conn.reclaimable]
+        return [(conn.idle_since, conn.reclaim) for conn in self.rt.connections if conn.reclaimable]
 
     def export_state(self, fds: list[int]) -> dict:
-        return {"version": HANDLE_STATE_VERSION, "stats": self.rt.stats.export(),
-                "stack": self.stack.export_state(fds)}
+        return {
+            "version": HANDLE_STATE_VERSION,
+            "stats": self.rt.stats.export(),
+            "stack": self.stack.export_state(fds),
+        }
 
     async def aclose(self) -> None:
         rt = self.rt
@@ -237,8 +256,9 @@ class HttpServerHandle:
 POOL_SETTINGS = ("parser_kind", "connect_timeout", "read_timeout", "head_limits")
 
 
-def inherited_stack(live: HttpServerHandle | None, snapshot: Snapshot | None, stats: Stats,
-                    log: Any) -> tuple[Any, Any]:
+def inherited_stack(
+    live: HttpServerHandle | None, snapshot: Snapshot | None, stats: Stats, log: Any
+) -> tuple[Any, Any]:
     """What the new stack is made from: the live stack (in-place reload), or the exported
     stack and its fds (a snapshot from the previous generation, whose counters are absorbed)."""
     if live is not None:
@@ -248,8 +268,12 @@ def inherited_stack(live: HttpServerHandle | None, snapshot: Snapshot | None, st
         if data.get("version") == HANDLE_STATE_VERSION:
             stats.absorb(data.get("stats", {}))
             return data.get("stack"), snapshot
-        log.warning("state_version_mismatch", exported=data.get("version"),
-                    expected=HANDLE_STATE_VERSION, action="starting fresh")
+        log.warning(
+            "state_version_mismatch",
+            exported=data.get("version"),
+            expected=HANDLE_STATE_VERSION,
+            action="starting fresh",
+        )
     return None, NO_FDS
 
 
@@ -270,20 +294,22 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
     t = cfg.timeout
     live = previous if isinstance(previous, HttpServerHandle) else None
     snapshot = previous if isinstance(previous, Snapshot) else None
-    if live is not None:
-        stats = live.rt.stats  # the same counters go on (gauges stay right for old connections)
-    else:
-        stats = Stats()
+    # in place: the same counters go on (gauges stay right for old connections)
+    stats = live.rt.stats if live is not None else Stats()
     if live is not None:
         # Monolake's model: the new version shares the live pool (old connections keep using
         # it until they finish, new ones get its idle connections)
         pool = live.pool
     else:
-        pool = UpstreamPool(parser_kind=parser_kind, connect_timeout=t.upstream_connect_timeout_sec,
-                            read_timeout=t.upstream_read_timeout_sec, stats=stats, log=log,
-                            head_limits=HeadLimits.for_responses(cfg))
-    factory = push_config_layers(FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats)),
-                                 cfg.layers)
+        pool = UpstreamPool(
+            parser_kind=parser_kind,
+            connect_timeout=t.upstream_connect_timeout_sec,
+            read_timeout=t.upstream_read_timeout_sec,
+            stats=stats,
+            log=log,
+            head_limits=HeadLimits.for_responses(cfg),
+        )
+    factory = push_config_layers(FactoryStack(RouterFactory(name, cfg, env.slot, pool, stats)), cfg.layers)
     prev_stack, fd_source = inherited_stack(live, snapshot, stats, log)
     stack = factory.make(prev_stack, fd_source)
     rt = ServerRuntime(name, cfg, env, stack, stats, pool)
@@ -298,6 +324,12 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
         pool.head_limits = HeadLimits.for_responses(cfg)
         live._pool_handed_over = True
     start_if_running(handle)
-    log.info("http_server_built", parser=parser_kind, routes=len(cfg.routes),
-             layers=len(cfg.layers), tls=cfg.tls is not None, inherited=previous is not None)
+    log.info(
+        "http_server_built",
+        parser=parser_kind,
+        routes=len(cfg.routes),
+        layers=len(cfg.layers),
+        tls=cfg.tls is not None,
+        inherited=previous is not None,
+    )
     return handle

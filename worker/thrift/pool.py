@@ -6,25 +6,29 @@ request written upstream gets a proxy-assigned seqid unique on its connection, s
 are matched to their callers by seqid whether the upstream answers in order or not.
 
 The data path is callback-based (``asyncio.Protocol``): no Future or task per request.
-Deadlines are checked by one periodic sweep per server instead of a timer per request.
+Deadlines are checked by one periodic sweep per server instead of a timer per request; a
+connection whose earliest deadline falls before the next sweep gets a timer for it, so a read
+timeout fires within milliseconds of its deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import socket
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
 
 import structlog
+
+from monolake.worker.sockopts import set_nodelay
+from monolake.worker.upstream import ejection, idle
+from monolake.worker.upstream.endpoint import Health
 
 from .errors import FrameError, UpstreamError
 from .framing import KIND_NAMES, Deframer, Frame
 from .stats import Counters
-from monolake.worker.sockopts import set_nodelay
-from monolake.worker.upstream import ejection, idle
-from monolake.worker.upstream.endpoint import Health
 
 log = structlog.get_logger()
 
@@ -35,15 +39,15 @@ DEFAULT_MAX_CONNS = 64  # per upstream per worker; beyond it requests are pipeli
 class Sink(Protocol):
     """Who is waiting for a reply (a downstream connection, or the gateway)."""
 
-    def on_reply(self, call: "Call", frame: Frame) -> None: ...
+    def on_reply(self, call: Call, frame: Frame) -> None: ...
 
-    def on_error(self, call: "Call", error: UpstreamError) -> None: ...
+    def on_error(self, call: Call, error: UpstreamError) -> None: ...
 
 
 class Call:
     """One request in flight; the sink decides what to do with the reply or the error."""
 
-    __slots__ = ("sink", "seqid", "frame_head", "tt", "deadline", "data")
+    __slots__ = ("data", "deadline", "frame_head", "seqid", "sink", "tt")
 
     def __init__(self, sink: Sink, seqid: int, frame_head: Any, tt: Any, data: Any = None) -> None:
         self.sink = sink
@@ -57,12 +61,12 @@ class Call:
 class Endpoint:
     """Where an upstream listens: ``host:port`` or a unix socket path."""
 
-    __slots__ = ("kind", "host", "port", "path", "label", "discovered", "group")
+    __slots__ = ("discovered", "group", "host", "kind", "label", "path", "port")
 
     def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
         self.kind = kind
         self.discovered: Any = None  # a placeholder for a name DNS has not answered yet
-        self.group: Any = None       # one address of a discovered name (worker/thrift/discovered.py)
+        self.group: Any = None  # one address of a discovered name (worker/thrift/discovered.py)
         self.host, self.port, self.path = host, port, path
         if kind == "unix":
             self.label = f"unix:{path}"
@@ -70,7 +74,7 @@ class Endpoint:
             self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Endpoint":
+    def from_config(cls, cfg: Any) -> Endpoint:
         """From a ``monolake.conf`` EndpointConfig (type ``socket`` or ``unix``)."""
         if cfg.type == "unix":
             return cls("unix", path=cfg.path or cfg.value)
@@ -80,12 +84,28 @@ class Endpoint:
 class PoolSettings:
     """Per-pool knobs, from the server's ``timeout`` table and the route's pool keys."""
 
-    __slots__ = ("connect_timeout", "read_timeout", "max_idle", "idle_timeout", "eject_after",
-                 "eject_duration", "max_conns", "max_frame")
+    __slots__ = (
+        "connect_timeout",
+        "eject_after",
+        "eject_duration",
+        "idle_timeout",
+        "max_conns",
+        "max_frame",
+        "max_idle",
+        "read_timeout",
+    )
 
-    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 60.0, max_idle: int = 32,
-                 idle_timeout: float = 60.0, eject_after: int = 3, eject_duration: float = 10.0,
-                 max_conns: int = DEFAULT_MAX_CONNS, max_frame: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_idle: int = 32,
+        idle_timeout: float = 60.0,
+        eject_after: int = 3,
+        eject_duration: float = 10.0,
+        max_conns: int = DEFAULT_MAX_CONNS,
+        max_frame: int = 16 * 1024 * 1024,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
@@ -99,7 +119,7 @@ class PoolSettings:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream; may carry several requests (distinct proxy seqids)."""
 
-    def __init__(self, pool: "EndpointPool") -> None:
+    def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, Call] = {}
@@ -113,10 +133,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        set_nodelay(transport)
+        self.transport = t = cast(asyncio.Transport, transport)  # a stream transport
+        set_nodelay(t)
         if self.queued:
-            transport.writelines(self.queued) if len(self.queued) > 1 else transport.write(self.queued[0])
+            t.writelines(self.queued) if len(self.queued) > 1 else t.write(self.queued[0])
             self.queued = []
         if self.pending:  # queued while connecting: the read deadline starts now
             deadline = self.pool.now() + self.pool.settings.read_timeout
@@ -128,7 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._received(data)
-        except Exception as exc:  # noqa: BLE001 - a bug here costs this connection, never the worker
+        except Exception as exc:
             log.exception("thrift_upstream_connection_error", upstream=self.pool.endpoint.label)
             self.fail(UpstreamError(f"internal error on the upstream connection: {exc!r}"))
 
@@ -187,8 +207,9 @@ class UpstreamConnection(asyncio.Protocol):
         data = frame.encode(seqid)
         if call is not None:
             settings = self.pool.settings
-            call.deadline = now + settings.read_timeout + (
-                settings.connect_timeout if self.transport is None else 0.0)
+            call.deadline = (
+                now + settings.read_timeout + (settings.connect_timeout if self.transport is None else 0.0)
+            )
             pending[seqid] = call
             self.inflight += 1
         if self.transport is not None:
@@ -211,14 +232,15 @@ class UpstreamConnection(asyncio.Protocol):
         for call in pending.values():
             try:
                 call.sink.on_error(call, error)
-            except Exception:  # noqa: BLE001 - one broken sink must not strand the others
+            except Exception:
                 log.exception("thrift_error_delivery_failed")
 
     def expired(self, now: float) -> bool:
-        for call in self.pending.values():
-            if call.deadline <= now:
-                return True
-        return False
+        return any(call.deadline <= now for call in self.pending.values())
+
+    def next_deadline(self) -> float:
+        """The earliest read deadline of the requests waiting here (inf: none)."""
+        return min((call.deadline for call in self.pending.values()), default=math.inf)
 
     def close(self) -> None:
         self.closed = True
@@ -230,8 +252,14 @@ class EndpointPool(Health):
     """The connections of one worker to one upstream in one transport framing; its health
     (failures, ejection, draining: DNS dropped this address) is the kit's ``Health``."""
 
-    def __init__(self, endpoint: Endpoint, kind: int, settings: PoolSettings, counters: Counters,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        kind: int,
+        settings: PoolSettings,
+        counters: Counters,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.kind = kind
         self.settings = settings
@@ -286,6 +314,7 @@ class EndpointPool(Health):
     async def _open(self, conn: UpstreamConnection) -> None:
         loop = self.loop or asyncio.get_running_loop()
         ep = self.endpoint
+        coro: Coroutine[Any, Any, Any]
         try:
             if ep.kind == "unix":
                 coro = loop.create_unix_connection(lambda: conn, ep.path)
@@ -294,7 +323,7 @@ class EndpointPool(Health):
             else:
                 coro = loop.create_connection(lambda: conn, ep.host, ep.port)
             await asyncio.wait_for(coro, self.settings.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             why = "timed out" if timed_out else (exc.strerror or str(exc))
             alt = ep.group.sibling_pool(ep, self.kind, loop.time()) if ep.group is not None else None
@@ -331,8 +360,12 @@ class EndpointPool(Health):
         now = (self.loop or asyncio.get_running_loop()).time()
         if ejection.eject_now(self, now, self.settings.eject_duration, self.settings.eject_after > 0):
             self.counters.upstream_ejections += 1
-            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label, error=why,
-                        seconds=self.settings.eject_duration)
+            log.warning(
+                "thrift_upstream_ejected",
+                upstream=self.endpoint.label,
+                error=why,
+                seconds=self.settings.eject_duration,
+            )
 
     def drain(self) -> None:
         """DNS no longer names this address: close idle connections now, the others when
@@ -347,8 +380,12 @@ class EndpointPool(Health):
         now = (self.loop or asyncio.get_running_loop()).time()
         if ejection.record_failure(self, now, self.settings.eject_after, self.settings.eject_duration):
             self.counters.upstream_ejections += 1
-            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label,
-                        failures=self.failures, seconds=self.settings.eject_duration)
+            log.warning(
+                "thrift_upstream_ejected",
+                upstream=self.endpoint.label,
+                failures=self.failures,
+                seconds=self.settings.eject_duration,
+            )
 
     # -- callbacks from connections ---------------------------------------------------------
 
@@ -383,16 +420,27 @@ class EndpointPool(Health):
         """Expire requests past their deadline and idle connections past ``idle_timeout``."""
         self.clock = now
         for conn in list(self.conns):
-            if conn.pending and conn.expired(now):
-                log.warning("thrift_upstream_timeout", upstream=self.endpoint.label,
-                            in_flight=len(conn.pending), timeout=self.settings.read_timeout)
-                conn.fail(UpstreamError(
-                    f"upstream {self.endpoint.label} did not answer within "
-                    f"{self.settings.read_timeout:g}s", timeout=True))
+            self.check_deadline(conn, now)
         timeout = self.settings.idle_timeout
         for conn in [c for c in self.idle if idle.expired(c.idle_since, now, timeout)]:
             conn.close()
             self.on_closed(conn)
+
+    def check_deadline(self, conn: UpstreamConnection, now: float) -> None:
+        """Fail ``conn`` (and every request on it) if a request on it is past its deadline."""
+        if conn.pending and not conn.closed and conn.expired(now):
+            log.warning(
+                "thrift_upstream_timeout",
+                upstream=self.endpoint.label,
+                in_flight=len(conn.pending),
+                timeout=self.settings.read_timeout,
+            )
+            conn.fail(
+                UpstreamError(
+                    f"upstream {self.endpoint.label} did not answer within {self.settings.read_timeout:g}s",
+                    timeout=True,
+                )
+            )
 
     def export_fds(self, fds: list[int]) -> list[int]:
         """Hand idle connections to the next generation: dup their fds, forget them here."""
@@ -439,7 +487,7 @@ class EndpointPool(Health):
             sock.close()
             conn.fail(UpstreamError(f"adopting a pooled connection failed: {exc}"))
 
-    def adopt_live(self, other: "EndpointPool") -> None:
+    def adopt_live(self, other: EndpointPool) -> None:
         """In-place reload: move the previous pool's idle connections and health here."""
         self.failures, self.ejected_until = other.failures, other.ejected_until
         for conn in list(other.idle):
@@ -517,13 +565,30 @@ class Upstreams:
         if loop is None or self.closed:
             return
         now = loop.time()
+        horizon = now + self.sweep_interval
         self.retired = [p for p in self.retired if p.conns]
         for pool in [*self.pools.values(), *self.retired]:
             try:
                 pool.sweep(now)
-            except Exception:  # noqa: BLE001 - the sweep must keep running
+                for conn in pool.conns:
+                    deadline = conn.next_deadline() if conn.pending else math.inf
+                    if now < deadline <= horizon:  # due before the next sweep: its own timer
+                        loop.call_at(deadline, self._on_time, pool, conn, deadline)
+            except Exception:
                 log.exception("thrift_pool_sweep_failed", upstream=pool.describe())
         self._timer = loop.call_later(self.sweep_interval, self._sweep)
+
+    def _on_time(self, pool: EndpointPool, conn: UpstreamConnection, deadline: float) -> None:
+        """A deadline's own timer (see _sweep), checked no earlier than the deadline itself (the
+        loop may run a timer a clock tick early). A request answered meanwhile is not due; a
+        later one on the same connection stays with the sweeps."""
+        loop = self._loop
+        if loop is None or self.closed:
+            return
+        try:
+            pool.check_deadline(conn, max(loop.time(), deadline))
+        except Exception:
+            log.exception("thrift_timeout_check_failed", upstream=pool.describe())
 
     def export_state(self, fds: list[int]) -> dict:
         pools = []
@@ -533,8 +598,9 @@ class Upstreams:
                 pools.append({"upstream": pool.endpoint.label, "kind": pool.kind, "fds": idx})
         return {"pools": pools}
 
-    def import_state(self, data: dict, take_fd: Callable[[int], int],
-                     resolve: Callable[[str, int], EndpointPool | None]) -> int:
+    def import_state(
+        self, data: dict, take_fd: Callable[[int], int], resolve: Callable[[str, int], EndpointPool | None]
+    ) -> int:
         """Adopt exported idle connections into the pools ``resolve(upstream, kind)`` names
         (None: that upstream left the config, its connections are closed); returns how many."""
         adopted = 0
@@ -551,7 +617,7 @@ class Upstreams:
                 adopted += 1
         return adopted
 
-    def adopt_live(self, other: "Upstreams", resolve: Callable[[str, int], EndpointPool | None]) -> None:
+    def adopt_live(self, other: Upstreams, resolve: Callable[[str, int], EndpointPool | None]) -> None:
         """In-place reload: idle connections of the live previous version move here."""
         for (label, kind), old in list(other.pools.items()):
             pool = resolve(label, kind)

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+import math
+from typing import Any, cast
 
 import structlog
 
 from monolake.worker.net import proxy_protocol
 from monolake.worker.net.tls import ServerTls, TlsError
 from monolake.worker.service import FactoryStack, ServiceStack, push_config_layers
-from monolake.worker.service.state import NO_FDS
 from monolake.worker.service.context import ConnectionContext, RequestContext
+from monolake.worker.service.state import NO_FDS
+from monolake.worker.sockopts import set_nodelay
 from monolake.worker.state import Snapshot
 
 from .errors import FrameError, UpstreamError
@@ -29,7 +31,6 @@ from .pool import Call
 from .proxy import PROXY_KEY, RouteError, ThriftProxy, ThriftProxyFactory
 from .stats import Counters
 from .ttheader import TTHeader
-from monolake.worker.sockopts import set_nodelay
 
 log = structlog.get_logger()
 
@@ -61,6 +62,8 @@ class ThriftServer:
         self.proxy_protocol = bool(cfg.proxy_protocol)
         prev_stack: Any = None
         fds: Any = None
+        self.counters: Counters
+        self.stack: ServiceStack
         if isinstance(previous, ThriftServer):
             self.counters = previous.counters  # in-place: one monotonic series
             prev_stack = previous.stack
@@ -115,13 +118,21 @@ class ThriftServer:
     def idle_connections(self) -> list[tuple[float, Any]]:
         """(idle since, close) of each client connection with nothing in flight (see
         Worker.reclaim_idle)."""
-        return [(conn.last_active, conn.close_if_idle) for conn in self.conns
-                if conn.transport is not None and not conn.inflight and not conn.deframer.partial
-                and conn.last_active]
+        return [
+            (conn.last_active, conn.close_if_idle)
+            for conn in self.conns
+            if conn.transport is not None
+            and not conn.inflight
+            and not conn.deframer.partial
+            and conn.last_active
+        ]
 
     def export_state(self, fds: list[int]) -> dict:
-        return {"version": STATE_VERSION, "counters": self.counters.export(),
-                "stack": self.stack.export_state(fds)}
+        return {
+            "version": STATE_VERSION,
+            "counters": self.counters.export(),
+            "stack": self.stack.export_state(fds),
+        }
 
     async def aclose(self) -> None:
         self.closed = True
@@ -135,14 +146,32 @@ class ThriftServer:
     # -- maintenance -----------------------------------------------------------------------
 
     def _sweep(self) -> None:
-        """Close connections idle past the keep-alive timeout, or stuck mid-message."""
+        """Close connections idle past the keep-alive timeout, or stuck mid-message; give a
+        deadline due before the next sweep a timer of its own, so it fires within
+        milliseconds, not up to a sweep late (as the HTTP server does, worker/http/server.py).
+        Few get one: every byte moves a deadline on."""
         loop = self.loop
         if loop is None or self.closed:
             return
         now = loop.time()
+        horizon = now + self._interval
         for conn in list(self.conns):
             conn.check_timeouts(now)
+            deadline = conn.deadline()
+            if now < deadline <= horizon:
+                loop.call_at(deadline, self._on_time, conn, deadline)
         self._timer = loop.call_later(self._interval, self._sweep)
+
+    def _on_time(self, conn: ThriftConnection, deadline: float) -> None:
+        """A deadline's own timer (see _sweep). The loop may run it a clock tick early, so the
+        deadline itself is the earliest time it is checked at; one that moved on since is not
+        due, and the sweeps keep watching it."""
+        if self.closed or self.loop is None:
+            return
+        try:
+            conn.check_timeouts(max(self.loop.time(), deadline))
+        except Exception:
+            log.exception("thrift_timeout_check_failed", server=self.name)
 
 
 class ThriftConnection(asyncio.Protocol):
@@ -171,8 +200,8 @@ class ThriftConnection(asyncio.Protocol):
         srv = self.server
         if srv.loop is None:
             srv._bind(asyncio.get_running_loop())
-        self.transport = transport  # type: ignore[assignment]
-        self.write = transport.write
+        self.transport = t = cast(asyncio.Transport, transport)  # a stream transport
+        self.write = t.write
         srv.conns.add(self)
         self.counters.connections_total += 1
         assert srv.loop is not None
@@ -206,7 +235,7 @@ class ThriftConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._received(data)
-        except Exception:  # noqa: BLE001 - a bug here costs this connection, never the worker
+        except Exception:
             self.counters.errors += 1
             log.exception("thrift_connection_error", server=self.server.name, peer=_peer(self.peer))
             self.abort()
@@ -260,7 +289,9 @@ class ThriftConnection(asyncio.Protocol):
             parsed = proxy_protocol.parse(bytes(buf))
         except proxy_protocol.ProxyProtocolError as exc:
             self.counters.errors += 1
-            log.info("proxy_protocol_rejected", server=self.server.name, peer=_peer(self.peer), error=str(exc))
+            log.info(
+                "proxy_protocol_rejected", server=self.server.name, peer=_peer(self.peer), error=str(exc)
+            )
             self.abort()
             return b""
         if parsed is None:
@@ -296,17 +327,28 @@ class ThriftConnection(asyncio.Protocol):
                 self._through_stack(frame, None)
         else:
             self.counters.errors += 1
-            log.warning("thrift_bad_message_type", server=self.server.name, peer=_peer(self.peer),
-                        method=head.name, type=head.mtype)
+            log.warning(
+                "thrift_bad_message_type",
+                server=self.server.name,
+                peer=_peer(self.peer),
+                method=head.name,
+                type=head.mtype,
+            )
             self.abort()
 
     def _through_stack(self, frame: Frame, call: Call | None) -> None:
         """Custom layers are configured: one task per request through the service stack."""
         if self.ctx is None:
             sock = self.transport.get_extra_info("sockname") if self.transport else None
-            self.ctx = ConnectionContext(server=self.server.name, worker_slot=self.server.env.slot,
-                                         connection_id=next(_conn_ids), peer=self.peer, local=sock,
-                                         socket_peer=self.peer, scheme="thrift")
+            self.ctx = ConnectionContext(
+                server=self.server.name,
+                worker_slot=self.server.env.slot,
+                connection_id=next(_conn_ids),
+                peer=self.peer,
+                local=sock,
+                socket_peer=self.peer,
+                scheme="thrift",
+            )
         loop = self.server.loop
         assert loop is not None
         loop.create_task(self._run_stack(frame, call, RequestContext(self.ctx)))
@@ -318,7 +360,7 @@ class ThriftConnection(asyncio.Protocol):
             if call is not None:
                 self.on_error(call, exc)
             return
-        except Exception as exc:  # noqa: BLE001 - a layer's bug answers this request only
+        except Exception as exc:
             log.exception("thrift_layer_error", server=self.server.name)
             if call is not None:
                 self.on_error(call, UpstreamError(f"internal error: {exc!r}"))
@@ -391,16 +433,33 @@ class ThriftConnection(asyncio.Protocol):
         if self.transport is not None and not self.inflight and not self.deframer.partial:
             self.transport.close()
 
+    def deadline(self) -> float:
+        """When ``check_timeouts`` acts if nothing arrives meanwhile (inf: nothing is due):
+        mid-message, the message timeout from its first byte; idle, the keep-alive timeout."""
+        if self.transport is None:
+            return math.inf
+        srv = self.server
+        if self.partial_since:
+            return self.partial_since + srv.message_timeout
+        if not self.inflight:
+            return self.last_active + srv.keepalive_timeout
+        return math.inf
+
     def check_timeouts(self, now: float) -> None:
         srv = self.server
-        if self.transport is None:
+        if self.transport is None or now < self.deadline():
             return
-        if self.partial_since and now - self.partial_since > srv.message_timeout:
+        if self.partial_since:
             self.counters.errors += 1
-            log.info("thrift_message_timeout", server=srv.name, peer=_peer(self.peer),
-                     buffered=self.deframer.buffered, timeout=srv.message_timeout)
+            log.info(
+                "thrift_message_timeout",
+                server=srv.name,
+                peer=_peer(self.peer),
+                buffered=self.deframer.buffered,
+                timeout=srv.message_timeout,
+            )
             self.abort()
-        elif not self.inflight and not self.partial_since and now - self.last_active > srv.keepalive_timeout:
+        else:
             log.debug("thrift_keepalive_timeout", server=srv.name, peer=_peer(self.peer))
             self.transport.close()
 
