@@ -366,6 +366,21 @@ def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path,
         assert get(w.port(), "/again")[2]["x-conn"] == "2"
 
 
+def test_read_timeout_fires_near_its_deadline(tmp_path: Path, peer_factory) -> None:
+    """An h2 stream's read timeout fires within a tick of the loop, not on the pool's 1 s
+    sweep (issue 16 §3: timers that bound a request fire within ms of their deadline)."""
+    peer = peer_factory()
+    cfg = proxy_config(peer.port, server_extra="timeout = { upstream_read_timeout_sec = 0.4 }")
+    with run_worker(tmp_path, cfg) as w:
+        assert get(w.port(), "/warm")[0] == 200  # the connection exists: no connect time below
+        for _ in range(3):
+            started = time.monotonic()
+            status, body, _ = get(w.port(), "/delay/4000")
+            took = time.monotonic() - started
+            assert status == 504, body
+            assert 0.4 <= took < 0.55, f"the 0.4 s read timeout fired after {took:.3f} s"
+
+
 def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory,
                                                   master_factory) -> None:
     """A generation reload does not migrate h2 upstream connections: the old worker's stream

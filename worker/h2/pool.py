@@ -27,7 +27,7 @@ TICK = 1.0
 
 
 class NotH2(UpstreamError):
-    """ALPN picked something other than h2 ("auto" on https): the HTTP/1.1 path serves it."""  # timeouts are checked once a second, as the HTTP/1.1 pool does
+    """ALPN picked something other than h2 ("auto" on https): the HTTP/1.1 path serves it."""
 
 
 class H2Pool:
@@ -46,6 +46,7 @@ class H2Pool:
         self._connecting: dict[tuple, asyncio.Future] = {}
         self.alpn: dict[tuple, str] = {}  # "auto" endpoints: what ALPN picked last time
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when ``_timer`` fires (monotonic)
 
     def configure(self, connect_timeout: float, read_timeout: float) -> None:
         self.connect_timeout = connect_timeout
@@ -170,10 +171,23 @@ class H2Pool:
     def _tick_soon(self) -> None:
         if self._timer is None and self.loop is not None:
             self._timer = self.loop.call_later(TICK, self._tick)
+            self._timer_at = _now() + TICK
+
+    def wake_by(self, deadline: float) -> None:
+        """A stream's read deadline falls before the next tick: move the tick forward, so a
+        timeout fires within milliseconds of its deadline, not up to ``TICK`` late (as the
+        HTTP/1.1 sweep gives a deadline due before the next sweep its own loop timer)."""
+        if self.loop is None or (self._timer is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.loop.call_later(max(0.0, deadline - _now()), self._tick)
 
     def _tick(self) -> None:
         self._timer = None
         now = _now()
+        due = now + TICK
         for conn in list(self.live):  # a GOAWAY'd connection's streams time out too
             conn.check_timeouts(now)
             if (not conn.closed and not conn.streams
@@ -182,8 +196,10 @@ class H2Pool:
                 conn.session.close()
                 conn.flush()
                 conn.close()
+            due = min(due, conn.next_deadline(due))
         if self.live:
             self._tick_soon()
+            self.wake_by(due)
 
     def close_all(self) -> None:
         for conn in list(self.live):

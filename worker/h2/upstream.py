@@ -109,6 +109,7 @@ class H2Stream:
             self.conn.session.acknowledge_received_data(self.id, held)
             self.conn.flush()
         self.deadline = _now() + self.conn.pool.read_timeout
+        self.conn.pool.wake_by(self.deadline)
 
     def body_abandon(self) -> None:
         """The client went away mid-response: cancel just this stream."""
@@ -167,6 +168,7 @@ class H2Connection(asyncio.Protocol):
         sid = self.session.send_request(headers, end_stream=end)
         st = H2Stream(self, sid, on_head, method, via, _now() + self.pool.read_timeout)
         self.streams[sid] = st
+        self.pool.wake_by(st.deadline)
         self.streams_opened += 1
         self.upstream.active += 1
         if body is not None:
@@ -359,6 +361,12 @@ class H2Connection(asyncio.Protocol):
         self.upstream.active -= 1
         if not self.streams:
             self.idle_since = _now()
+
+    def next_deadline(self, default: float) -> float:
+        """The earliest read deadline of a stream that can time out (not paused), or
+        ``default``."""
+        return min((st.deadline for st in self.streams.values() if st.deadline and not st.paused),
+                   default=default)
 
     def check_timeouts(self, now: float) -> None:
         """Per-stream read timeout (not while the client holds the stream back)."""
