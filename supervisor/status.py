@@ -103,13 +103,17 @@ def render_upstreams(workers: list[dict[str, Any]]) -> list[str]:
     ``monolaked upstreams`` does (supervisor/upstreams_api.py)."""
     from monolake.supervisor.upstreams_api import aggregate
 
-    rows = aggregate([{"slot": w.get("slot"), "pid": w.get("pid"), "upstreams": w.get("upstreams") or ()} for w in workers])
+    rows = aggregate(
+        [{"slot": w.get("slot"), "pid": w.get("pid"), "upstreams": w.get("upstreams") or ()} for w in workers]
+    )
     if not rows:
         return []
     lines = ["", "upstreams (the most severe state any worker reports):"]
     for r in rows:
         states = r["states"]
-        split = " (" + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + ")" if len(states) > 1 else ""
+        split = (
+            " (" + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + ")" if len(states) > 1 else ""
+        )
         found = f"  found by DNS: {r['found_by']}" if r.get("found_by") else ""
         lines.append(
             f"  {r['server']} {r['route']} {r['address']}  {r['state']}{split}  weight {r['weight']}  "

@@ -192,11 +192,11 @@ class ThriftProxy(Stateful):
         """
         route = self.router.route(frame.head.name)
         if route is None:
-            err = RouteError(f"no route for method {frame.head.name!r}")
+            err: UpstreamError = RouteError(f"no route for method {frame.head.name!r}")
             if call is not None:
                 call.sink.on_error(call, err)
             else:
-                self.counters.errors += 1
+                self.counters.errors += 1  # type: ignore[attr-defined]  # Counters' slots are made from a tuple
                 log.warning("thrift_oneway_dropped", method=frame.head.name, reason=str(err))
             return
         if not now:
@@ -215,7 +215,7 @@ class ThriftProxy(Stateful):
             if call is not None:
                 call.sink.on_error(call, err)
             else:
-                self.counters.errors += 1
+                self.counters.errors += 1  # type: ignore[attr-defined]  # Counters' slots are made from a tuple
             return
         target.requests += 1
         pool = target.pools.get(frame.kind) or target.pool_for(frame.kind)
