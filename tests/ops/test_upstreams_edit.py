@@ -188,3 +188,55 @@ def test_operator_state_on_an_added_endpoint_is_kept(master_factory, tmp_path, b
     assert set(hits(port, 6)) == {b"b1"} and b2.count() == n2
     assert upstreams(m, "remove", "web", "/", f"http://{b2.address}")["ok"]
     assert addresses(m) == [b1.address]
+
+
+def test_no_failed_request_while_endpoints_are_added_and_removed_under_load(
+    master_factory, tmp_path, backends
+) -> None:
+    """A closed-loop client runs while b2 is added and b1 removed (and back, three rounds):
+    every request answers 200, the added endpoint takes traffic as soon as the command returns,
+    the removed one none after it."""
+    import time
+
+    from tests.discovery.conftest import Load
+
+    b1, b2 = backends
+    port = free_port()
+    m = master_factory(config(tmp_path, port, [(b1, 1)]))
+    m.wait_ready()
+    load = Load(port, clients=4)
+    joins: list[float] = []
+    leaves: list[float] = []
+
+    def more(n: int) -> None:
+        before = load.snapshot()
+        wait_for(lambda: sum(load.since(before).values()) > n, timeout=10, what=f"{n} more requests")
+
+    def grows(b: Backend, seen: int) -> None:
+        wait_for(lambda: b.count() > seen, timeout=5, what=f"traffic to {b.name}")
+
+    try:
+        grows(b1, 20)
+        for old, new in ((b1, b2), (b2, b1), (b1, b2)):
+            t0 = time.monotonic()
+            seen = new.count()
+            assert upstreams(m, "add", "web", "/", f"http://{new.address}")["ok"]
+            done = time.monotonic()
+            grows(new, seen)
+            joins.append(time.monotonic() - t0)
+            assert time.monotonic() - done < 2.0
+            t0 = time.monotonic()
+            assert upstreams(m, "remove", "web", "/", f"http://{old.address}")["ok"]
+            leaves.append(time.monotonic() - t0)
+            more(20)  # a request dispatched just before the command may still land
+            gone = old.count()
+            more(50)
+            assert old.count() == gone  # nothing reaches the removed endpoint any more
+    finally:
+        load.stop()
+    total = sum(load.snapshot().values())
+    print(
+        f"\nadd -> first request: {[round(x, 3) for x in joins]} s; remove applied in "
+        f"{[round(x, 3) for x in leaves]} s; {len(load.failures)} failed of {total + len(load.failures)}"
+    )
+    assert load.failures == [], load.failures[:5]
