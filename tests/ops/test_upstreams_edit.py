@@ -240,3 +240,32 @@ def test_no_failed_request_while_endpoints_are_added_and_removed_under_load(
         f"{[round(x, 3) for x in leaves]} s; {len(load.failures)} failed of {total + len(load.failures)}"
     )
     assert load.failures == [], load.failures[:5]
+
+
+def test_remove_closes_the_pooled_idle_connections(master_factory, tmp_path) -> None:
+    from tests.discovery.backends import Backends
+
+    bs = Backends()
+    try:
+        c1, c2 = bs.add("127.0.0.1", 0, "c1"), bs.add("127.0.0.1", 0, "c2")
+        port = free_port()
+        ups = ", ".join(
+            f'{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{c.port}" }} }}' for c in (c1, c2)
+        )
+        routes = (
+            f'[[servers.web.routes]]\npath_prefix = "/"\nload_balancer = "round_robin"\nupstreams = [{ups}]\n'
+        )
+        m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+        m.wait_ready()
+        for _ in range(6):
+            assert http_get(port, "/x")[0] == 200
+        assert c1.open_connections >= 1 and c2.open_connections >= 1  # pooled, idle
+        assert upstreams(m, "remove", "web", "/", f"http://127.0.0.1:{c1.port}")["ok"]
+        wait_for(lambda: c1.open_connections == 0, timeout=5, what="c1's idle connections closed")
+        assert c2.open_connections >= 1
+        n1 = c1.requests
+        for _ in range(4):
+            assert http_get(port, "/x")[1] == b"c2"
+        assert c1.requests == n1
+    finally:
+        bs.close()
