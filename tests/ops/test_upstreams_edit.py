@@ -269,3 +269,23 @@ def test_remove_closes_the_pooled_idle_connections(master_factory, tmp_path) -> 
         assert c1.requests == n1
     finally:
         bs.close()
+
+
+def test_add_and_remove_survive_an_in_place_reload(master_factory, tmp_path, backends) -> None:
+    b1, b2 = backends
+    port = free_port()
+    text = config(tmp_path, port, [(b1, 1)], workers=1).replace(
+        "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n', 1
+    )
+    m = master_factory(text)
+    m.wait_ready()
+    assert upstreams(m, "add", "web", "/", f"http://{b2.address}")["ok"]
+    assert upstreams(m, "remove", "web", "/", f"http://{b1.address}")["ok"]
+    r = m.cli("reload", timeout=60)
+    assert r.returncode == 0, r.stderr
+    m.wait_ready()
+    assert m.status()["master"]["reloads"][-1]["mode"] == "in_place"
+    listing = upstreams(m)
+    assert listing["generation"] == 2 and addresses(m) == [b2.address], listing
+    n1 = b1.count()
+    assert set(hits(port, 5)) == {b"b2"} and b1.count() == n1
