@@ -122,12 +122,9 @@ class UpstreamsApi:
             return None, f"server {server!r} has no upstream {address}"
         message = {"op": op, "server": server, "address": address, "fp": fingerprint(server_cfg, address)}
         if op == "weight":
-            try:
-                weight = int(str(request.get("weight")))
-            except (TypeError, ValueError):
-                return None, "weight: expected an integer"
-            if not 1 <= weight <= MAX_WEIGHT:
-                return None, f"weight: expected 1 to {MAX_WEIGHT}, got {weight}"
+            weight, why = _weight(request.get("weight"))
+            if weight is None:
+                return None, why
             message["weight"] = weight
         return message, ""
 
@@ -154,12 +151,9 @@ class UpstreamsApi:
             "fp": route_fingerprint(server_cfg, route),
         }
         if request.get("weight") is not None:
-            try:
-                weight = int(str(request.get("weight")))
-            except (TypeError, ValueError):
-                return None, "weight: expected an integer"
-            if not 1 <= weight <= MAX_WEIGHT:
-                return None, f"weight: expected 1 to {MAX_WEIGHT}, got {weight}"
+            weight, why = _weight(request.get("weight"))
+            if weight is None:
+                return None, why
             message["weight"] = weight
         held = self.edits.get((server, route, address))
         configured = [u for u in route_cfg.upstreams if endpoint_address(u.endpoint) == address]
@@ -342,6 +336,17 @@ def aggregate(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return [out[k] for k in sorted(out)]
+
+
+def _weight(value: Any) -> tuple[int | None, str]:
+    """A weight as the config takes it (1 to 65535), or None and why not."""
+    try:
+        weight = int(str(value))
+    except (TypeError, ValueError):
+        return None, "weight: expected an integer"
+    if not 1 <= weight <= MAX_WEIGHT:
+        return None, f"weight: expected 1 to {MAX_WEIGHT}, got {weight}"
+    return weight, ""
 
 
 def _severity(state: str) -> int:
