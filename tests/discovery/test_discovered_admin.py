@@ -117,3 +117,47 @@ def test_discovered_addresses_listed_shown_and_kept_disabled_across_re_resolutio
     assert states(m) == {a2: ("up", 2), a3: ("up", 2)}
     assert bodies(port, 10) == {b"b2", b"b3"}
     assert upstreams(m)["overrides"] == []
+
+
+def test_thrift_discovered_address_disabled_stays_disabled_when_it_returns(
+    master_factory, tmp_path, dnsmasq
+) -> None:
+    import contextlib
+
+    from tests.discovery.test_thrift_dns import config, shared_port, thrift_backend, whoami
+
+    up = shared_port()
+    both = ["127.0.0.2 app.test", "127.0.0.3 app.test"]
+    d = dnsmasq(both, ttl=1)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
+        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
+        port = free_port()
+        m = master_factory(
+            config(
+                tmp_path,
+                port,
+                d.nameserver,
+                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
+                "auto",
+            )
+        )
+        m.wait_ready()
+        a2, a3 = f"127.0.0.2:{up}", f"127.0.0.3:{up}"
+        wait_for(lambda: set(whoami(port, 6)) == {"t2", "t3"}, timeout=10, what="both addresses in use")
+        listing = upstreams(m)
+        assert {(r["address"], r["found_by"], r["proxy"]) for r in listing["upstreams"]} == {
+            (a2, "app.test", "thrift"),
+            (a3, "app.test", "thrift"),
+        }
+        assert upstreams(m, "disable", "rpc", a3)["ok"]
+        assert set(whoami(port, 6)) == {"t2"}
+        d.set_hosts(["127.0.0.2 app.test"], {"app.test": {"127.0.0.2"}})
+        wait_for(lambda: a3 not in states(m), timeout=5, what="127.0.0.3 gone")
+        d.set_hosts(both, {"app.test": {"127.0.0.2", "127.0.0.3"}})
+        wait_for(lambda: states(m).get(a3) == ("disabled", 1), timeout=5, what="127.0.0.3 back, disabled")
+        assert set(whoami(port, 8)) == {"t2"}
+        r = m.cli("upstreams", "remove", "rpc", "(default)", a3)
+        assert r.returncode == 1 and "is found by DNS (app.test)" in r.stderr, r.stderr
+        assert upstreams(m, "enable", "rpc", a3)["ok"]
+        assert set(whoami(port, 8)) == {"t2", "t3"}
