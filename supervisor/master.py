@@ -601,6 +601,7 @@ class Master:
             "rps": round(worker.rps, 1) if worker else 0.0,
             "stats": dict(worker.stats) if worker else {},
             "health": list(getattr(worker, "health", ())) if worker else [],
+            "upstreams": list(getattr(worker, "upstreams", ())) if worker else [],
         }
         if worker is not None and worker.state != EXITED:
             row.update(worker.resources())

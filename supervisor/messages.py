@@ -99,8 +99,9 @@ class Hello(Message):
     listeners: FdIndexes = doc("server name -> indexes into the fds")
     accept: bool = doc("start accepting at once (false: a reload's worker, waits for `commit`)")
     upstream_overrides: list[dict[str, Any]] = doc(
-        "runtime upstream changes still held (`server`, `address`, `state`, `weight`, `fp`; "
-        "supervisor/upstreams_api.py), applied before the stacks are built",
+        "runtime upstream changes still held, applied before the stacks are built: overrides "
+        "(`server`, `address`, `state`, `weight`, `fp`) and edits (`edit` = `add` or `remove`, "
+        "`server`, `route`, `address`, `uri`, `weight`, `fp`); supervisor/upstreams_api.py",
         default=(),
     )
 
@@ -227,6 +228,11 @@ class Heartbeat(Message):
     health: list[dict[str, Any]] = doc(
         "active health checks: one row per (server, route, upstream), see worker/health/group.py"
     )
+    upstreams: list[dict[str, Any]] = doc(
+        "every endpoint with its state, DNS-found ones included: one row per (server, route, "
+        "address), see worker/upstream_routes.py",
+        default=(),
+    )
 
 
 @to_master("state")
@@ -277,11 +283,17 @@ class Upstreams(Message):
     """A runtime upstream command (`monolaked upstreams ...`), answered by `upstreams_result`."""
 
     id: int = doc("matches the answer to the command")
-    op: str = doc("`list`, `drain`, `disable`, `enable` or `weight`")
+    op: str = doc("`list`, `drain`, `disable`, `enable`, `weight`, `add` or `remove`")
     server: str = doc("the server's name (not for `list`)", default="")
     address: str = doc("the upstream's `ADDRESS:PORT` (not for `list`)", default="")
-    fp: str = doc("the fingerprint of that upstream's config entries (kept until it changes)", default="")
-    weight: int | None = doc("the new weight (`weight` only)", default=None)
+    fp: str = doc(
+        "the fingerprint of the config the change depends on (kept until it changes; "
+        "supervisor/upstream_rules.py)",
+        default="",
+    )
+    weight: int | None = doc("the new weight (`weight`; `add`: the endpoint's)", default=None)
+    route: str = doc("`add`, `remove`: the route's pattern", default="")
+    uri: str = doc("`add`, `remove`: the endpoint (`http[s]://IP:PORT[/path]`, thrift `IP:PORT`)", default="")
 
 
 @to_master("upstreams_result")
@@ -292,7 +304,7 @@ class UpstreamsResult(Message):
     id: int = doc("the command's `id`")
     ok: bool = doc("applied (or listed)")
     error: str | None = doc("why not, when not ok", default=None)
-    applied: int | None = doc("how many balancer entries changed", default=None)
+    applied: int | None = doc("how many balancer entries (`add`, `remove`: routes) changed", default=None)
     rows: list[dict[str, Any]] | None = doc(
         "`list`: one row per upstream (worker/upstream_admin.py)", default=None
     )

@@ -310,7 +310,35 @@ def collect(master: Any) -> Registry:
         for name in names:
             add_server_series(reg, {"server": name, "worker": str(index)}, servers.get(name, {}))
     add_health_series(reg, master)
+    add_upstream_series(reg, master)
     return reg
+
+
+def add_upstream_series(reg: Registry, master: Any) -> None:
+    """Every endpoint's state, per worker (DNS-found addresses too; worker/upstream_routes.py)."""
+    from monolake.supervisor.workers import EXITED
+
+    state = reg.family(
+        "monolake_upstream_state",
+        "gauge",
+        "1 for the endpoint's state in this worker (up, ejected, unhealthy, down, draining, disabled).",
+    )
+    active = reg.family("monolake_upstream_active", "gauge", "Requests in flight to the endpoint.")
+    requests = reg.family("monolake_upstream_requests_total", "counter", "Requests sent to the endpoint.")
+    for slot in master.slots:
+        worker = slot.worker
+        if worker is None or worker.state == EXITED:
+            continue
+        seen: set[tuple[str, str, str]] = set()
+        for row in getattr(worker, "upstreams", ()):
+            key = (row["server"], row["route"], row["address"])
+            if key in seen:  # one series per address, also when a route names it twice
+                continue
+            seen.add(key)
+            labels = {"server": key[0], "route": key[1], "address": key[2], "worker": str(slot.index)}
+            state.add({**labels, "state": row["state"]}, 1)
+            active.add(labels, row.get("active", 0))
+            requests.add(labels, row.get("requests", 0))
 
 
 def add_health_series(reg: Registry, master: Any) -> None:

@@ -94,7 +94,32 @@ def render_status(status: dict[str, Any]) -> str:
                 outcome = f"FAILED: {reason}"
             lines.append(f"  {when}  gen {r['generation']}  {r['mode']}  {r['duration']}s  {outcome}")
     lines.extend(render_health(status["workers"]))
+    lines.extend(render_upstreams(status["workers"]))
     return "\n".join(lines)
+
+
+def render_upstreams(workers: list[dict[str, Any]]) -> list[str]:
+    """Every endpoint with its state (DNS-found addresses too), summed over the workers as
+    ``monolaked upstreams`` does (supervisor/upstreams_api.py)."""
+    from monolake.supervisor.upstreams_api import aggregate
+
+    rows = aggregate(
+        [{"slot": w.get("slot"), "pid": w.get("pid"), "upstreams": w.get("upstreams") or ()} for w in workers]
+    )
+    if not rows:
+        return []
+    lines = ["", "upstreams (the most severe state any worker reports):"]
+    for r in rows:
+        states = r["states"]
+        split = (
+            " (" + ", ".join(f"{k} {v}" for k, v in sorted(states.items())) + ")" if len(states) > 1 else ""
+        )
+        found = f"  found by DNS: {r['found_by']}" if r.get("found_by") else ""
+        lines.append(
+            f"  {r['server']} {r['route']} {r['address']}  {r['state']}{split}  weight {r['weight']}  "
+            f"active {r['active']}  requests {r['requests']}{found}"
+        )
+    return lines
 
 
 def upstream_health(workers: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:

@@ -16,7 +16,20 @@ from typing import Any
 import structlog
 
 from monolake.supervisor import messages
-from monolake.supervisor.upstream_rules import MAX_WEIGHT, OPS, fingerprint, matching, normalize_address
+from monolake.supervisor.upstream_rules import (
+    EDITS,
+    MAX_WEIGHT,
+    OPS,
+    endpoint_address,
+    find_route,
+    fingerprint,
+    fingerprint_of,
+    matching,
+    normalize_address,
+    parse_target,
+    route_fingerprint,
+    routes_of,
+)
 
 log = structlog.get_logger()
 
@@ -34,7 +47,8 @@ def for_master(master: Any) -> UpstreamsApi:
 class UpstreamsApi:
     def __init__(self, master: Any) -> None:
         self.master = master
-        self.overrides: dict[tuple[str, str], dict[str, Any]] = {}
+        self.overrides: dict[tuple[str, str], dict[str, Any]] = {}  # drain/disable/weight
+        self.edits: dict[tuple[str, str, str], dict[str, Any]] = {}  # add/remove (server, route, address)
         self._ids = itertools.count(1)
         self._waiting: dict[tuple[int, int], asyncio.Future[dict[str, Any]]] = {}  # (id, worker pid)
 
@@ -43,19 +57,22 @@ class UpstreamsApi:
     def kept_for(self, config: Any) -> list[dict[str, Any]]:
         """The overrides that still hold under ``config``; pruned for good when ``config`` is
         the one the master serves now."""
-        kept = [
-            o
-            for o in self.overrides.values()
-            if fingerprint(config.servers.get(o["server"]), o["address"]) == o["fp"]
-        ]
-        if config is self.master.config and len(kept) != len(self.overrides):
-            dropped = [k for k, o in self.overrides.items() if o not in kept]
+        held: list[tuple[dict[Any, dict[str, Any]], Any, dict[str, Any]]] = [
+            (self.edits, k, e) for k, e in self.edits.items()
+        ] + [(self.overrides, k, o) for k, o in self.overrides.items()]
+        kept, dropped = [], []
+        for table, key, item in held:  # edits first: an override may name an added address
+            if fingerprint_of(config.servers.get(item["server"]), item) == item["fp"]:
+                kept.append(item)
+            else:
+                dropped.append((table, key, item))
+        if config is self.master.config and dropped:
             log.info(
                 "upstream overrides dropped: the config changed them",
-                dropped=[f"{s} {a}" for s, a in dropped],
+                dropped=[" ".join(str(x) for x in key) for _, key, _ in dropped],
             )
-            for k in dropped:
-                del self.overrides[k]
+            for table, key, _ in dropped:
+                del table[key]
         return kept
 
     # ----- replies from workers ------------------------------------------------------------
@@ -89,27 +106,78 @@ class UpstreamsApi:
         server_cfg = config.servers.get(server)
         if server_cfg is None:
             return None, f"unknown server {server!r} (servers: {', '.join(sorted(config.servers))})"
+        if op in EDITS:
+            return self._validate_edit(op, server, server_cfg, request)
         try:
             address = normalize_address(str(request.get("address", "")))
         except ValueError as exc:
             return None, str(exc)
         discovered = any(
-            u.endpoint.type == "srv" or (u.endpoint.type == "uri" and not _is_ip(u.endpoint.host))
-            for r in _all_routes(server_cfg)
+            u.endpoint.type == "srv" or (u.endpoint.type in ("uri", "socket") and not _is_ip(u.endpoint.host))
+            for r in routes_of(server_cfg)
             for u in r.upstreams
         )
-        if not matching(server_cfg, address) and not discovered:
+        added = any(e["edit"] == "add" for (s, _, a), e in self.edits.items() if (s, a) == (server, address))
+        if not matching(server_cfg, address) and not discovered and not added:
             return None, f"server {server!r} has no upstream {address}"
         message = {"op": op, "server": server, "address": address, "fp": fingerprint(server_cfg, address)}
         if op == "weight":
-            try:
-                weight = int(str(request.get("weight")))
-            except (TypeError, ValueError):
-                return None, "weight: expected an integer"
-            if not 1 <= weight <= MAX_WEIGHT:
-                return None, f"weight: expected 1 to {MAX_WEIGHT}, got {weight}"
+            weight, why = _weight(request.get("weight"))
+            if weight is None:
+                return None, why
             message["weight"] = weight
         return message, ""
+
+    def _validate_edit(
+        self, op: str, server: str, server_cfg: Any, request: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str]:
+        """``add`` / ``remove SERVER ROUTE URI``: checked against the config and what is held,
+        so every worker gets the same, valid, edit."""
+        route_cfg, why = find_route(server_cfg, str(request.get("route", "")))
+        if route_cfg is None:
+            return None, why
+        route = route_cfg.pattern
+        proxy = "http" if server_cfg.proxy_type == "http" else "thrift"
+        try:
+            uri, address = parse_target(proxy, str(request.get("uri", "")))
+        except ValueError as exc:
+            return None, str(exc)
+        message: dict[str, Any] = {
+            "op": op,
+            "server": server,
+            "route": route,
+            "uri": uri,
+            "address": address,
+            "fp": route_fingerprint(server_cfg, route),
+        }
+        if request.get("weight") is not None:
+            weight, why = _weight(request.get("weight"))
+            if weight is None:
+                return None, why
+            message["weight"] = weight
+        held = self.edits.get((server, route, address))
+        configured = [u for u in route_cfg.upstreams if endpoint_address(u.endpoint) == address]
+        present = (bool(configured) and not (held and held["edit"] == "remove")) or bool(
+            held and held["edit"] == "add"
+        )
+        if op == "add":
+            if present:
+                return None, f"{address} is already an endpoint of route {route!r} of server {server!r}"
+            return message, ""
+        if present:
+            left = len(route_cfg.upstreams) - len(configured)
+            left -= sum(
+                1
+                for (s, r, _), e in self.edits.items()
+                if (s, r) == (server, route) and e["edit"] == "remove"
+            )
+            left += sum(
+                1 for (s, r, _), e in self.edits.items() if (s, r) == (server, route) and e["edit"] == "add"
+            )
+            left -= 1 if held and held["edit"] == "add" else 0
+            if left <= 0:
+                return None, f"{address} is the last endpoint of route {route!r}: add another one first"
+        return message, ""  # not present: the workers say why (found by DNS, or no such endpoint)
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         self.kept_for(self.master.config)
@@ -130,10 +198,14 @@ class UpstreamsApi:
             "ok": ok,
             "errors": errors,
             "overrides": list(self.overrides.values()),
+            "edits": list(self.edits.values()),
             **outcome,
         }
 
     def _remember(self, message: dict[str, Any]) -> None:
+        if message["op"] in EDITS:
+            self._remember_edit(message)
+            return
         key = (message["server"], message["address"])
         held = dict(
             self.overrides.get(key) or {"server": key[0], "address": key[1], "state": None, "weight": None}
@@ -150,6 +222,34 @@ class UpstreamsApi:
             self.overrides.pop(key, None)
         else:
             self.overrides[key] = held
+
+    def _remember_edit(self, message: dict[str, Any]) -> None:
+        """An add after a remove of the same address (or the other way round) undoes it."""
+        server, route, address, op = message["server"], message["route"], message["address"], message["op"]
+        key = (server, route, address)
+        held = self.edits.get(key)
+        if held is not None and held["edit"] != op:
+            del self.edits[key]
+            if op == "add" and "weight" in message:  # a configured address back, with a weight
+                self._remember(
+                    {
+                        "op": "weight",
+                        "server": server,
+                        "address": address,
+                        "weight": message["weight"],
+                        "fp": fingerprint(self.master.config.servers.get(server), address),
+                    }
+                )
+            return
+        self.edits[key] = {
+            "server": server,
+            "route": route,
+            "address": address,
+            "edit": op,
+            "uri": message["uri"],
+            "weight": message.get("weight", 1),
+            "fp": message["fp"],
+        }
 
     async def broadcast(self, message: dict[str, Any]) -> dict[str, Any]:
         """Send to every current worker; each one's answer, or ``silent`` past the deadline."""
@@ -194,7 +294,7 @@ def _row(worker: Any, reply: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-STATE_ORDER = ("disabled", "draining", "unhealthy", "ejected", "up")
+STATE_ORDER = ("disabled", "draining", "down", "unhealthy", "ejected", "up")  # most severe first
 
 
 def aggregate(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -212,6 +312,8 @@ def aggregate(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "address": r["address"],
                     "upstream": r["upstream"],
                     "balancer": r.get("balancer", ""),
+                    "proxy": r.get("proxy", ""),
+                    "found_by": r.get("found_by", ""),
                     "weight": r["weight"],
                     "state": "up",
                     "states": {},
@@ -224,7 +326,7 @@ def aggregate(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for k in ("active", "idle", "requests"):
                 agg[k] += int(r.get(k, 0))
             agg["states"][r["state"]] = agg["states"].get(r["state"], 0) + 1
-            if STATE_ORDER.index(r["state"]) < STATE_ORDER.index(agg["state"]):
+            if _severity(r["state"]) < _severity(agg["state"]):
                 agg["state"] = r["state"]
             agg["per_worker"].append(
                 {
@@ -236,11 +338,19 @@ def aggregate(workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [out[k] for k in sorted(out)]
 
 
-def _all_routes(server_cfg: Any) -> list[Any]:
-    routes = list(server_cfg.routes or ())
-    if getattr(server_cfg, "route", None) is not None:
-        routes.append(server_cfg.route)
-    return routes
+def _weight(value: Any) -> tuple[int | None, str]:
+    """A weight as the config takes it (1 to 65535), or None and why not."""
+    try:
+        weight = int(str(value))
+    except (TypeError, ValueError):
+        return None, "weight: expected an integer"
+    if not 1 <= weight <= MAX_WEIGHT:
+        return None, f"weight: expected 1 to {MAX_WEIGHT}, got {weight}"
+    return weight, ""
+
+
+def _severity(state: str) -> int:
+    return STATE_ORDER.index(state) if state in STATE_ORDER else len(STATE_ORDER)
 
 
 def _is_ip(host: str) -> bool:

@@ -1,6 +1,6 @@
-"""``monolaked upstreams [--json]`` and its verbs (drain, enable, disable, weight): the CLI of
-the runtime upstream API (supervisor/upstreams_api.py). Exit codes: 0 every worker applied
-it, 1 refused or failed in some worker, 2 no master."""
+"""``monolaked upstreams [--json]`` and its verbs (drain, enable, disable, weight, add, remove):
+the CLI of the runtime upstream API (supervisor/upstreams_api.py). Exit codes: 0 every worker
+applied it, 1 refused or failed in some worker, 2 no master."""
 
 from __future__ import annotations
 
@@ -10,20 +10,29 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-VERBS = ("drain", "enable", "disable", "weight")
+VERBS = ("drain", "enable", "disable", "weight", "add", "remove")
+USAGE = {
+    "drain": ("SERVER ADDRESS:PORT", ("server", "address")),
+    "enable": ("SERVER ADDRESS:PORT", ("server", "address")),
+    "disable": ("SERVER ADDRESS:PORT", ("server", "address")),
+    "weight": ("SERVER ADDRESS:PORT N", ("server", "address", "weight")),
+    "add": ("SERVER ROUTE URI [--weight N]", ("server", "route", "uri")),
+    "remove": ("SERVER ROUTE URI", ("server", "route", "uri")),
+}
 
 
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser(
         "upstreams",
-        help="list upstreams; drain, disable, enable or reweight one at runtime (docs/operations.md)",
+        help="list upstreams; drain, disable, enable, reweight, add or remove one at runtime "
+        "(docs/operations.md)",
+        description="verbs: " + "; ".join(f"{v} {u}" for v, (u, _) in USAGE.items()),
     )
     common(p)
     p.add_argument("--json", action="store_true", help="JSON with per-worker detail")
+    p.add_argument("--weight", type=int, default=None, help="add: the new endpoint's weight (default 1)")
     p.add_argument("verb", nargs="?", choices=VERBS, help="omit to list")
-    p.add_argument("server", nargs="?", help="server name")
-    p.add_argument("address", nargs="?", help="ADDRESS:PORT of the upstream")
-    p.add_argument("value", nargs="?", help="weight: the new weight N")
+    p.add_argument("args", nargs="*", help="SERVER ADDRESS:PORT [N], or SERVER ROUTE URI for add/remove")
     p.set_defaults(func=cmd_upstreams)
 
 
@@ -31,17 +40,20 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
     from monolake.supervisor.cli import _request
 
     if args.verb is None:
+        if args.args:
+            sys.stderr.write(
+                f"monolaked: upstreams: unknown verb {args.args[0]!r} (one of {', '.join(VERBS)})\n"
+            )
+            return 1
         request: dict[str, Any] = {"type": "upstreams", "op": "list"}
     else:
-        need = 3 if args.verb == "weight" else 2
-        given = [x for x in (args.server, args.address, args.value) if x is not None]
-        if len(given) != need:
-            usage = "SERVER ADDRESS:PORT N" if args.verb == "weight" else "SERVER ADDRESS:PORT"
+        usage, names = USAGE[args.verb]
+        if len(args.args) != len(names) or (args.weight is not None and args.verb != "add"):
             sys.stderr.write(f"monolaked: usage: monolaked upstreams {args.verb} {usage}\n")
             return 1
-        request = {"type": "upstreams", "op": args.verb, "server": args.server, "address": args.address}
-        if args.verb == "weight":
-            request["weight"] = args.value
+        request = {"type": "upstreams", "op": args.verb, **dict(zip(names, args.args, strict=True))}
+        if args.weight is not None:
+            request["weight"] = args.weight
     reply = _request(args, request, timeout=30)
     if reply.get("type") != "upstreams":
         sys.stderr.write(f"monolaked: upstreams: {reply.get('error', reply)}\n")
@@ -62,7 +74,7 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
 
 def render_list(reply: dict[str, Any]) -> str:
     rows = reply.get("upstreams") or []
-    head = ("SERVER", "ROUTE", "ADDRESS", "WEIGHT", "STATE", "ACTIVE", "IDLE", "REQUESTS")
+    head = ("SERVER", "ROUTE", "ADDRESS", "WEIGHT", "STATE", "ACTIVE", "IDLE", "REQUESTS", "FOUND BY")
     table = [head] + [
         (
             r["server"],
@@ -73,6 +85,7 @@ def render_list(reply: dict[str, Any]) -> str:
             str(r["active"]),
             str(r["idle"]),
             str(r["requests"]),
+            r.get("found_by") or "-",
         )
         for r in rows
     ]

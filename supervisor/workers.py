@@ -63,6 +63,7 @@ class WorkerProc:
     stats: dict[str, int] = field(default_factory=dict)
     server_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     health: list[dict[str, Any]] = field(default_factory=list)  # per upstream (worker/health)
+    upstreams: list[dict[str, Any]] = field(default_factory=list)  # per endpoint, with its state
     rps: float = 0.0
     exit_code: int | None = None
     reader: channel.FrameReader = field(default_factory=channel.FrameReader)
@@ -116,6 +117,7 @@ class WorkerProc:
         self.stats = dict(message.stats)
         self.server_stats = dict(message.servers)
         self.health = list(message.health)
+        self.upstreams = list(message.upstreams)
         requests = int(self.stats.get("requests", 0))
         if self._last_rate is not None:
             then, before = self._last_rate

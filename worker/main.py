@@ -227,7 +227,8 @@ class Worker:
         total, per_server = self.stats()
         self.send(messages.Heartbeat(lag=round(self._lag, 6), stats=total, servers=per_server,
                                      accepting=self.accepting, draining=self.draining,
-                                     health=health.report()))
+                                     health=health.report(),
+                                     upstreams=upstream_admin.rows(time.monotonic())))
 
     # ----- control channel --------------------------------------------------------------
 

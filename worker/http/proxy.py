@@ -97,7 +97,7 @@ class RouterService(Stateful):
             balancer = Balancer(route.load_balancer, ups)
             if route.health_check is not None and builtin is None:
                 health.watch_http(balancer, route.health_check, name, route.pattern)
-            upstream_admin.register_http(name, cfg, route.pattern, balancer, pool)
+            upstream_admin.register_http(name, cfg, route, balancer, pool)
             self.routes.append(RouteHandler(i, route, balancer, builtin,
                                             h2 if builtin is None else "", h2_ssl))
         pool.upstreams_by_key = by_key

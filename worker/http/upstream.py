@@ -208,7 +208,7 @@ class Discovered:
             if k in fresh:
                 continue
             up = self.children.get(k)
-            if up is None or up.draining:
+            if up is None or (up.draining and up.admin != "draining"):  # the operator's drain stays
                 up = self.template.derive(t)
             else:  # an SRV weight or priority change keeps the address's connections
                 up.weight, up.priority = max(1, t.weight), t.priority
@@ -282,10 +282,30 @@ class Balancer(balance.Balancer):
             ups.extend(link.current() if link is not None else (up,))
         self.replace(ups)
 
+    @property
+    def configured(self) -> list[Upstream]:
+        """The route's entries: the config's, and those the runtime API added."""
+        return list(self._configured)
+
+    def add_configured(self, up: Upstream) -> None:
+        """The runtime API added an entry (a static address)."""
+        self._configured.append(up)
+        self._rebuild()
+
+    def remove_configured(self, up: Upstream) -> None:
+        """The runtime API removed a static entry (the caller drains it)."""
+        i = self._configured.index(up)
+        del self._configured[i]
+        self._found = {(j if j < i else j - 1): link for j, link in self._found.items() if j != i}
+        self._rebuild()
+
     def endpoints_changed(self) -> None:
         """A source's targets changed (called by worker/discovery)."""
+        from monolake.worker import upstream_admin
+
         before = {u.label: u for u in self.upstreams}
         self._rebuild()
+        upstream_admin.endpoints_changed(self)  # held operator changes apply to new addresses
         after = [u.label for u in self.upstreams]
         if list(before) != after:
             structlog.get_logger().info(

@@ -31,7 +31,7 @@ log = structlog.get_logger()
 class Discovered:
     """One discovered upstream of one route."""
 
-    def __init__(self, cfg: Any, weight: int, make_target: Any, owner: "RouteTargets") -> None:
+    def __init__(self, cfg: Any, weight: int, make_target: Any, owner: RouteTargets) -> None:
         self.make_target = make_target           # Endpoint, weight, priority -> Target
         self.children: dict[tuple[str, int], Target] = {}
         self.ready = False
@@ -72,7 +72,7 @@ class Discovered:
         self.children = fresh
         return list(fresh.values())
 
-    async def resolve(self, timeout: float) -> DnsTarget | None:
+    async def resolve(self, timeout: float) -> DnsTarget | None:  # noqa: ASYNC109 - the connect deadline
         """For the placeholder's pool: the address to connect to, once DNS has answered."""
         await self.source.wait(timeout)
         return pick_weighted_lowest(self.source.targets())
@@ -92,7 +92,7 @@ class Discovered:
         return f"DNS gave no address for {src.name}" + (f" ({src.error})" if src.error else "")
 
 
-def drain(target: "Target") -> None:
+def drain(target: Target) -> None:
     """No new calls (it has left the balancer); its pools close their connections as they go
     idle, and leave the server's pool table so an address that comes back starts afresh."""
     target.draining = True
@@ -111,6 +111,7 @@ class RouteTargets:
     ``make_target(endpoint, weight, priority)`` builds a Target (worker/thrift/proxy.py)."""
 
     def __init__(self, upstreams: Any, policy: str, make_target: Any) -> None:
+        self._make = make_target
         self._entries: list[Any] = [  # Target | Discovered, in config order
             Discovered(u.endpoint, u.weight, make_target, self) if needs_discovery(u.endpoint)
             else make_target(Endpoint.from_config(u.endpoint), u.weight, 0)
@@ -123,9 +124,32 @@ class RouteTargets:
             items.extend(entry.current() if isinstance(entry, Discovered) else (entry,))
         return items
 
+    def entries(self) -> list[Any]:
+        """The route's entries (a Target, or a Discovered name), in order."""
+        return list(self._entries)
+
+    def static(self) -> list[Any]:
+        """The entries that are one address each (configured or added at runtime)."""
+        return [e for e in self._entries if not isinstance(e, Discovered)]
+
+    def add_static(self, endpoint: Endpoint, weight: int) -> Target:
+        """The runtime API added an address (worker/upstream_routes.py)."""
+        target: Target = self._make(endpoint, weight, 0)
+        self._entries.append(target)
+        self.changed()
+        return target
+
+    def remove_static(self, target: Target) -> None:
+        """The runtime API removed an address (the caller drains its pools)."""
+        self._entries.remove(target)
+        self.changed()
+
     def changed(self) -> None:
+        from monolake.worker import upstream_admin
+
         before = {t.endpoint.label: t for t in self.balancer.items}
         self.balancer.replace(self._items())
+        upstream_admin.endpoints_changed(self.balancer)  # held operator changes apply to new addresses
         after = [t.endpoint.label for t in self.balancer.items]
         if list(before) != after:
             log.info("thrift_upstreams_changed", upstreams=after,

@@ -14,10 +14,10 @@ from typing import Any
 
 import structlog
 
-from monolake.worker import health
+from monolake.worker import health, upstream_admin
 from monolake.worker.service import Stateful, restore_state
 from monolake.worker.service.state import FdSource
-from monolake.worker.upstream.endpoint import UP
+from monolake.worker.upstream.endpoint import DRAINING, EJECTED, UNHEALTHY, UP
 
 from .discovered import RouteTargets
 from .errors import UpstreamError
@@ -38,8 +38,18 @@ class RouteError(UpstreamError):
 class Target:
     """One upstream of one route: its weight, and its pool per transport framing."""
 
-    __slots__ = ("endpoint", "weight", "settings", "upstreams", "pools", "priority", "draining",
-                 "held_down")
+    __slots__ = (
+        "admin",
+        "draining",
+        "endpoint",
+        "held_down",
+        "pools",
+        "priority",
+        "requests",
+        "settings",
+        "upstreams",
+        "weight",
+    )
 
     def __init__(self, endpoint: Endpoint, weight: int, settings: PoolSettings, upstreams: Upstreams,
                  priority: int = 0) -> None:
@@ -48,6 +58,8 @@ class Target:
         self.priority = priority  # SRV priority (lower first)
         self.draining = False  # DNS dropped it (worker/thrift/discovered.py)
         self.held_down = False  # failing its active health checks (worker/health)
+        self.admin = ""  # the runtime API's "draining" or "disabled" (worker/upstream_admin.py)
+        self.requests = 0  # calls sent to it (the runtime API lists them)
         self.settings = settings
         self.upstreams = upstreams
         self.pools: dict[int, EndpointPool] = {}
@@ -65,14 +77,27 @@ class Target:
         self.held_down = verdict not in (None, UP)
 
     def available(self, now: float) -> bool:
-        return not self.held_down and all(p.available(now) for p in self.pools.values())
+        return (not self.held_down and not self.admin
+                and all(p.available(now) for p in self.pools.values()))
+
+    def state(self, now: float) -> str:
+        """As the kit's ``Health.state``: operator, DNS drain, active check, ejection."""
+        if self.admin:
+            return self.admin
+        if self.draining:
+            return DRAINING
+        if self.held_down:
+            return UNHEALTHY
+        if any(p.ejected_until > now for p in self.pools.values()):
+            return EJECTED
+        return UP
 
     def load(self) -> int:
         return sum(p.load() for p in self.pools.values())
 
 
 class Route:
-    __slots__ = ("label", "balancer", "targets")
+    __slots__ = ("balancer", "label", "targets")
 
     def __init__(self, label: str, targets: RouteTargets) -> None:
         self.label = label
@@ -109,6 +134,7 @@ class MethodRouter:
                 return Target(ep, weight, settings, upstreams, priority)
 
             route = Route(rcfg.pattern, RouteTargets(rcfg.upstreams, rcfg.load_balancer, make))
+            upstream_admin.register_thrift(server_cfg.name, server_cfg, rcfg, route.targets, self)
             if rcfg.health_check is not None:
                 health.watch_thrift(route.targets, rcfg.health_check, server_cfg.name, rcfg.pattern,
                                     framed=server_cfg.thrift_transport != "unframed")
@@ -166,11 +192,11 @@ class ThriftProxy(Stateful):
         """
         route = self.router.route(frame.head.name)
         if route is None:
-            err = RouteError(f"no route for method {frame.head.name!r}")
+            err: UpstreamError = RouteError(f"no route for method {frame.head.name!r}")
             if call is not None:
                 call.sink.on_error(call, err)
             else:
-                self.counters.errors += 1
+                self.counters.errors += 1  # type: ignore[attr-defined]  # Counters' slots are made from a tuple
                 log.warning("thrift_oneway_dropped", method=frame.head.name, reason=str(err))
             return
         if not now:
@@ -189,8 +215,9 @@ class ThriftProxy(Stateful):
             if call is not None:
                 call.sink.on_error(call, err)
             else:
-                self.counters.errors += 1
+                self.counters.errors += 1  # type: ignore[attr-defined]  # Counters' slots are made from a tuple
             return
+        target.requests += 1
         pool = target.pools.get(frame.kind) or target.pool_for(frame.kind)
         pool.send(frame, call, now)
 
