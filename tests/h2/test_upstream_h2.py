@@ -366,6 +366,38 @@ def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path,
         assert get(w.port(), "/again")[2]["x-conn"] == "2"
 
 
+@pytest.mark.parametrize("kind", ["headers", "data"])
+def test_unsolicited_frames_close_the_upstream_connection(tmp_path: Path, peer_factory,
+                                                          kind: str) -> None:
+    """Frames nobody asked for never reach a client (issue 16 §1 for h2): each of the next
+    clients gets its own answer. A response on a stream the proxy has not opened yet is a
+    connection error (nghttp2: PROTOCOL_ERROR), so the next streams run on a new connection.
+    DATA after END_STREAM on a stream nghttp2 no longer tracks is discarded (as in curl and
+    Envoy, which use the same library); the stream ids keep it from any other exchange."""
+    peer = peer_factory()
+    with run_worker(tmp_path, proxy_config(peer.port)) as w:
+        status, body, headers = get(w.port(), f"/unsolicited/{kind}")
+        assert status == 200 and body == b"mine" and "x-up" not in headers
+        results: dict[str, tuple] = {}
+
+        def client(name: str) -> None:
+            results[name] = get(w.port(), f"/{name}")
+
+        threads = [threading.Thread(target=client, args=(f"c{k}",)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=20)
+        for name, (status, body, headers) in results.items():
+            assert status == 200 and b"POISON" not in body, (name, status, body)
+            assert json.loads(body)[":path"] == f"/{name}", (name, body)
+            if kind == "headers":  # not on the poisoned connection
+                assert headers["x-conn"] != "1", (name, headers)
+        assert len(results) == 3
+        if kind == "headers":
+            wait_for(lambda: peer.stats()["closed"] >= 1, timeout=5, what="poisoned conn closed")
+
+
 def test_read_timeout_fires_near_its_deadline(tmp_path: Path, peer_factory) -> None:
     """An h2 stream's read timeout fires within a tick of the loop, not on the pool's 1 s
     sweep (issue 16 §3: timers that bound a request fire within ms of their deadline)."""

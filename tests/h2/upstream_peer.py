@@ -6,7 +6,9 @@ Run as ``python -m tests.h2.upstream_peer --port P --stats FILE [--max-streams N
 INTERNAL_ERROR), ``/goaway`` (on the first connection: GOAWAY naming the stream before it, so
 this one was not processed), ``/upload`` (reads the body, answers its length and sha256),
 ``/download/N`` (N bytes, paced by the proxy's window), ``/trailers`` (a body, then
-grpc-status/grpc-message/x-meta trailers), anything else echoes the request head as JSON.
+grpc-status/grpc-message/x-meta trailers), ``/unsolicited/headers`` and ``/unsolicited/data``
+(a complete answer, then in the same write a HEADERS frame on the next stream id the proxy
+would open, or a DATA frame on the finished stream: bytes nobody asked for), anything else echoes the request head as JSON.
 Every response carries ``x-conn`` (this peer's connection serial) and ``x-stream``. The stats
 file (JSON, rewritten on every change) has connections (opened, closed), streams, max
 concurrent streams seen, the streams the proxy reset, and per stream the body bytes sent.
@@ -137,6 +139,10 @@ class Peer(asyncio.Protocol):
         if path.startswith("/download/"):
             self.respond(sid, b"\x5a" * int(path[10:]))
             return
+        if path.startswith("/unsolicited/"):
+            self.respond(sid, b"mine")
+            self.unsolicited(sid, path[13:])
+            return
         if path == "/trailers":
             self.respond(sid, b"grpc-ish body", trailers=[
                 (b"grpc-status", b"7"), (b"grpc-message", b"denied by peer"),
@@ -206,6 +212,20 @@ class Peer(asyncio.Protocol):
             self.closed(sid)
         save()
         self.flush()
+
+    def unsolicited(self, sid: int, kind: str) -> None:
+        """Raw frames after a complete answer, in the same write (the h2 library would refuse
+        to send them): the h2 twin of an HTTP/1.1 upstream's unsolicited second response."""
+        if kind == "headers":  # a response on the stream id the proxy's next request gets
+            block = self.conn.encoder.encode([(b":status", b"200"), (b"x-up", b"POISON"),
+                                              (b"content-length", b"6")])
+            frame: hyperframe.frame.Frame = hyperframe.frame.HeadersFrame(sid + 2, data=block)
+            frame.flags.add("END_HEADERS")
+        else:  # more body on the stream that has just ended
+            frame = hyperframe.frame.DataFrame(sid, data=b"POISON")
+            frame.flags.add("END_STREAM")
+        assert self.transport is not None
+        self.transport.write(self.conn.data_to_send() + frame.serialize())
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.transport = None
