@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -172,6 +173,8 @@ def start_monolake(
         [sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
         PROXY_CPU,
         work / f"monolake-{runtime}.log",
+        # the allocator a master gives its workers (supervisor/workers.py), unless set here
+        env={**os.environ, "PYTHONMALLOC": os.environ.get("PYTHONMALLOC", "malloc")},
     )
 
 
