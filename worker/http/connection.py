@@ -17,15 +17,24 @@ Both are driven by ``HttpServerProtocol`` (protocol.py) and tested with plain by
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from time import monotonic
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.headers import split_headers
 from monolake.worker.http.message import Request, Response, header_tokens
-from monolake.worker.http.parser import (CHUNKED, CONN_CLOSE, CONN_KEEPALIVE, EXPECT, UPGRADE,
-                                         HttpParserError, ParseError, UpgradeRequested,
-                                         new_request_parser)
+from monolake.worker.http.parser import (
+    CHUNKED,
+    CONN_CLOSE,
+    CONN_KEEPALIVE,
+    EXPECT,
+    UPGRADE,
+    HttpParserError,
+    ParseError,
+    UpgradeRequested,
+    new_request_parser,
+)
 
 # connection phases, for the timeouts: between requests, in a head, in a body, answering
 IDLE, HEAD, BODY, BUSY = 0, 1, 2, 3
@@ -264,7 +273,7 @@ class RequestReader:
                 self.fail(500, "internal error", cause)  # an exception in our callback
             else:
                 self.fail(400, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a request must never take the worker down
+        except Exception as exc:  # a request must never take the worker down
             self.fail(500, "internal error", exc)
         else:
             if self.phase == HEAD:  # still inside a head after this read: bound it
@@ -405,10 +414,8 @@ class RequestReader:
             raise ParseError("request body too large", 413)
         chunked = flags & CHUNKED
         body = BodyStream(content_length, self.producer) if chunked or content_length else None
-        if version == "1.1":
-            keep_alive = not flags & CONN_CLOSE
-        else:
-            keep_alive = bool(flags & CONN_KEEPALIVE)
+        # HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when asked to keep it
+        keep_alive = not flags & CONN_CLOSE if version == "1.1" else bool(flags & CONN_KEEPALIVE)
         expect = bool(flags & EXPECT) and body is not None
         req = Request(method, target, path, query, version, headers, body, keep_alive,
                       bool(flags & UPGRADE), expect, content_length, bool(chunked),

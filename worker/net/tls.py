@@ -9,7 +9,8 @@ plain Protocol/transport API that every loop (asyncio, uvloop, io_uring) offers.
 from __future__ import annotations
 
 import ssl
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 
@@ -26,7 +27,7 @@ def _cert_names(chain: str) -> list[str]:
     """DNS names (SAN, else CN) of the leaf certificate in a PEM file, lower-case."""
     try:
         decoded = ssl._ssl._test_decode_cert(chain)  # type: ignore[attr-defined]
-    except Exception:  # noqa: BLE001 - names are only used for SNI choice
+    except Exception:  # names are only used for SNI choice
         return []
     names = [v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
     if not names:
@@ -55,7 +56,7 @@ class ServerTls:
         self.contexts = [_server_context(c.chain, c.key, min_version) for c in certs]
         self.by_name: dict[str, ssl.SSLContext] = {}
         self.wildcards: dict[str, ssl.SSLContext] = {}
-        for cert, ctx in zip(certs, self.contexts):
+        for cert, ctx in zip(certs, self.contexts, strict=True):
             for name in _cert_names(cert.chain):
                 if name.startswith("*."):
                     self.wildcards.setdefault(name[2:], ctx)
@@ -67,7 +68,7 @@ class ServerTls:
 
     def _sni(self, sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
         if not server_name:
-            return None
+            return
         name = server_name.lower().rstrip(".")
         try:
             sslobj.monolake_sni = name  # for TlsInfo.server_name
@@ -78,9 +79,9 @@ class ServerTls:
             chosen = self.wildcards.get(name.split(".", 1)[1])
         if chosen is not None and chosen is not sslobj.context:
             sslobj.context = chosen
-        return None
+        return
 
-    def session(self, write: Callable[[bytes], None]) -> "TlsSession":
+    def session(self, write: Callable[[bytes], None]) -> TlsSession:
         return TlsSession(self.default, write)
 
 
