@@ -29,7 +29,7 @@ class GatedUpstream:
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"upstream-{name}")
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "GatedUpstream":
+    def __enter__(self) -> GatedUpstream:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("upstream did not start")

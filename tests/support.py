@@ -33,7 +33,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception as exc:  # noqa: BLE001 - polled conditions may raise until ready
+        except Exception as exc:  # polled conditions may raise until ready
             last_exc = exc
         else:
             if value:

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import kill_pids, children_of
+from tests.support import children_of, kill_pids
 
 PY = sys.executable
 
@@ -27,7 +28,7 @@ def _uring_available() -> bool:
     try:
         from monolake.uring import probe
         return bool(probe().available)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -158,7 +159,7 @@ class Conn:
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Conn":
+    def __enter__(self) -> Conn:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +195,7 @@ class Conn:
             headers.append((k.strip().lower(), v.strip()))
         return int(status), (reason[0] if reason else ""), version, headers
 
-    def read_response(self, method: str = "GET", sink: "object | None" = None) -> Reply:
+    def read_response(self, method: str = "GET", sink: object | None = None) -> Reply:
         """One response; 1xx interim responses are skipped. ``sink(chunk)`` streams the body."""
         while True:
             status, reason, version, headers = self.read_head()
@@ -262,8 +263,34 @@ class Conn:
                 self.buf += data
         except ConnectionResetError:
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
+
+
+def serve_proxy(param: tuple[str, str], tmp: Path, tables: str) -> Iterator[Worker]:
+    """The body of a module's ``proxy`` fixture: one HTTP proxy server ``px`` on a free
+    loopback port, with the VARIANTS ``param``'s parser and loop; ``tables`` are the rest of
+    its config ([servers.px.timeout], [[servers.px.routes]], ...)."""
+    from tests.support import free_port
+
+    parser, loop = variant(param)
+    config = (f'[servers.px]\nproxy_type = "http"\n'
+              f'listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}\n'
+              f'http_parser = "{parser}"\n' + tables)
+    with run_worker(tmp, config, loop=loop) as w:
+        yield w
+
+
+def upstream_fixture(name: str) -> Any:
+    """A module-scoped ``upstream`` fixture: one tests/http/upstream.py server for the module."""
+    from tests.http.upstream import UpstreamServer
+
+    @pytest.fixture(scope="module")
+    def upstream() -> Iterator[UpstreamServer]:
+        with UpstreamServer(name) as up:
+            yield up
+
+    return upstream
 
 
 @pytest.fixture

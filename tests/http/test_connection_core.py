@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 
 from monolake.worker.http.body import BodyStream
-from monolake.worker.http.connection import (BODY, BODY_BYTES, BODY_NONE, BODY_STREAM, BUSY,
-                                             HEAD, IDLE, RequestReader, must_close,
-                                             response_head)
+from monolake.worker.http.connection import (
+    BODY,
+    BODY_BYTES,
+    BODY_NONE,
+    BODY_STREAM,
+    BUSY,
+    HEAD,
+    IDLE,
+    RequestReader,
+    must_close,
+    response_head,
+)
 from monolake.worker.http.message import Request, Response
 from monolake.worker.http.parser import HeadLimits, native
 
@@ -76,7 +85,7 @@ def make(parser: str, **over: Any) -> tuple[RequestReader, Recorder, Clock]:
 
 def body_bytes(body: BodyStream) -> bytes:
     """What a finished body holds (read without a loop: everything is buffered)."""
-    out = []
+    out: list[bytes] = []
     sink = SimpleNamespace(write=out.append, end=lambda: out.append(b"<end>"),
                            abort=lambda exc: out.append(b"<abort>"))
     body.pipe(sink)

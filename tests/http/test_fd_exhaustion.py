@@ -6,7 +6,6 @@ fd, until the keep-alive timeout (75 s by default) freed some."""
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
@@ -40,7 +39,7 @@ upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
                 c.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
                 try:
                     assert c.read_response().status == 200
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     pytest.fail(f"client {len(idle)} waited in the accept queue: the idle "
                                 "keep-alive connections kept every fd")
                 if _closed_by_peer(idle[0]):

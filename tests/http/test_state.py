@@ -261,7 +261,7 @@ def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
     """Scheduled, not cancelled ``ServerRuntime._sweep`` timers on ``loop`` (asyncio's heap)."""
     from monolake.worker.http.server import ServerRuntime
 
-    return sum(1 for h in loop._scheduled  # noqa: SLF001 - the only place timers are listed
+    return sum(1 for h in loop._scheduled  # the only place timers are listed
                if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep)
 
 

@@ -301,7 +301,7 @@ def test_least_conn_spreads_requests_parsed_in_one_loop_turn(ups, monkeypatch):
             w.write(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: t\r\n\r\n")
         await _until(lambda: sum(u.active for u in upstreams) == 2, "both in flight")
         assert [u.active for u in upstreams] == [1, 1]
-        names = set()
+        names: set[str] = set()
         for r, w in clients:
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
             names.update(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")

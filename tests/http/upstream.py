@@ -81,7 +81,7 @@ class UpstreamServer:
         self._writers: set[asyncio.StreamWriter] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "UpstreamServer":
+    def __enter__(self) -> UpstreamServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("upstream did not start")

@@ -11,8 +11,8 @@ import random
 import shutil
 import socket
 import ssl
-import subprocess
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -319,7 +319,7 @@ def test_concurrent_clients(env: Env) -> None:
                     assert c.echo(text) == text
             finally:
                 c.close()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]

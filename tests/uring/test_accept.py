@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -33,7 +32,7 @@ class ServingThread(threading.Thread):
         try:
             with asyncio.Runner(loop_factory=self.factory) as runner:
                 runner.run(self.main())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             self.error = exc
 
     async def main(self) -> None:

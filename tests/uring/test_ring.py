@@ -15,9 +15,14 @@ from monolake.uring import probe
 if not probe().available:
     pytest.skip(f"io_uring unavailable: {probe().reason}", allow_module_level=True)
 
-from monolake.uring._uring import ffi, lib  # noqa: E402
-from monolake.uring.ring import (  # noqa: E402
-    F_MORE, K_DRAIN, K_QUIESCED, K_RECV, K_SENDERR, Ring,
+from monolake.uring._uring import ffi, lib
+from monolake.uring.ring import (
+    F_MORE,
+    K_DRAIN,
+    K_QUIESCED,
+    K_RECV,
+    K_SENDERR,
+    Ring,
 )
 
 
@@ -241,7 +246,7 @@ def test_forked_child_never_touches_the_parents_ring() -> None:
         try:
             left = r.close()
             os._exit(0 if left == 0 and r.closed else 1)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -307,7 +312,7 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
             it = iter(flat)
             for ud, res, _, off in zip(it, it, it, it):
                 if ud & 255 == K_RECV and res > 0:
-                    assert 0 <= off and off + res <= len(r.arena) and res <= 512
+                    assert off >= 0 and off + res <= len(r.arena) and res <= 512
                     got[ud >> 8] += r.arena[off:off + res]
         assert {t: bytes(v) for t, v in got.items()} == want
         for a, b, c in pairs:
