@@ -53,7 +53,10 @@ class GatedUpstream:
         self._call(arm)
 
     def release(self) -> None:
-        self._call(lambda: self._gate.set())
+        def release() -> None:
+            assert self._gate is not None
+            self._gate.set()
+        self._call(release)
 
     def _call(self, fn) -> None:
         assert self._loop is not None
@@ -69,6 +72,7 @@ class GatedUpstream:
             raise RuntimeError("upstream loop did not answer")
 
     def _stop(self) -> None:
+        assert self._loop is not None  # called on it
         self._loop.create_task(self._shutdown())
 
     async def _shutdown(self) -> None:

@@ -372,7 +372,7 @@ def _single_spaces(data: bytes) -> bytes:
 def _one_content_length(data: bytes) -> bytes:
     """``data`` with a repeated equal Content-Length line of a head dropped."""
     out: list[bytes] = []
-    seen: set[bytes] = set()
+    seen: set[tuple[bytes, bytes]] = set()
     for line in data.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         key = (name.lower(), value.strip(b" \t"))

@@ -181,7 +181,7 @@ def test_keep_alive_rules(parser: str, head: bytes, keep_alive: bool, version: s
     assert must_close(req, ok, closing=False) is (not keep_alive)
     assert must_close(req, ok, closing=True)  # draining, or the client sent FIN
     assert must_close(req, Response(200, [], b"x", close=True), closing=False)
-    parts, _, _, _, close = response_head(req, ok, not keep_alive, False)
+    parts, _, _, _, _close = response_head(req, ok, not keep_alive, False)
     head_out = b"".join(parts).lower()
     assert (b"connection: close" in head_out) is (not keep_alive)
     assert (b"connection: keep-alive" in head_out) is (keep_alive and version == "1.0")

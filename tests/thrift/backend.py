@@ -181,7 +181,8 @@ def main() -> None:
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lsock.bind((host, int(port)))
-        addr = "%s:%d" % lsock.getsockname()[:2]
+        h, p = lsock.getsockname()[:2]
+        addr = f"{h}:{p}"
     lsock.listen(512)
     processor = TProcessor(echo.Echo, Handler(args.name))
     sys.stdout.write(f"READY {addr}\n")

@@ -252,7 +252,7 @@ def test_frame_encode_remaps_seqid_for_every_transport() -> None:
             out_msg = parsed["payload"]
         else:
             out_msg = out
-        name, mtype, seqid, prot = decode_msg(out_msg)
+        name, _mtype, seqid, prot = decode_msg(out_msg)
         assert (name, seqid) == ("echo", 123456)
         args = E.Echo.echo_args()
         args.read(prot)

@@ -83,7 +83,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         hole.listen(0)
         filler = stack.enter_context(socket.create_connection(hole.getsockname()))
         assert filler
-        b["hole"] = "%s:%d" % hole.getsockname()
+        b["hole"] = "{}:{}".format(*hole.getsockname())
         dead = free_port()
         cert = tmp / "cert.pem"
         if shutil.which("openssl"):

@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ def events(r: Ring, until: int = 1, timeout: float = 5.0) -> list[tuple[int, int
     while len(got) < until and time.monotonic() < deadline:
         flat = r.run(0.05)
         it = iter(flat)
-        got.extend(zip(it, it, it, it))
+        got.extend(zip(it, it, it, it, strict=True))  # flat quadruples
     return got
 
 
@@ -114,7 +115,7 @@ def test_cancel_by_fd(ring: Ring) -> None:
     b.close()
 
 
-def conn_pair(ring: Ring, token: int) -> tuple[socket.socket, socket.socket, object]:
+def conn_pair(ring: Ring, token: int) -> tuple[socket.socket, socket.socket, Any]:  # c: a cffi mu_conn *
     a, b = socket.socketpair()
     c = lib.mu_conn_new(ring.ptr, a.fileno(), token << 8)
     assert c != ffi.NULL
@@ -301,7 +302,7 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
         flat = r.run(0.05)
         it = iter(flat)
         got: dict[int, bytearray] = {tok: bytearray() for tok in want}
-        for ud, res, _, off in zip(it, it, it, it):
+        for ud, res, _, off in zip(it, it, it, it, strict=True):
             if ud & 255 == K_RECV and res > 0:
                 got[ud >> 8] += r.arena[off:off + res]
         for i, (_, b, _) in enumerate(pairs):
@@ -310,12 +311,12 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
         while any(len(got[t]) < len(want[t]) for t in want) and time.monotonic() < deadline:
             flat = r.run(0.05)
             it = iter(flat)
-            for ud, res, _, off in zip(it, it, it, it):
+            for ud, res, _, off in zip(it, it, it, it, strict=True):
                 if ud & 255 == K_RECV and res > 0:
                     assert off >= 0 and off + res <= len(r.arena) and res <= 512
                     got[ud >> 8] += r.arena[off:off + res]
         assert {t: bytes(v) for t, v in got.items()} == want
-        for a, b, c in pairs:
+        for _, _, c in pairs:
             lib.mu_conn_close(c, 0)
         quiesced = [ud for ud, *_ in events(r, len(pairs)) if ud & 255 == K_QUIESCED]
         assert len(quiesced) == len(pairs)
