@@ -15,6 +15,7 @@ import pytest
 
 from monolake.conf import parse_config
 from monolake.worker.env import WorkerEnv
+from monolake.worker.http.proxy import RouterService
 from monolake.worker.http.server import build
 from tests.http.conftest import LOOPS, Conn, proxy_config, run_worker
 from tests.http.upstream import UpstreamServer, pattern
@@ -108,7 +109,9 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
         async def scenario() -> None:
             handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1,
                                                 pid=os.getpid(), runtime="asyncio"), None)
-            (up,) = handle.stack.services["router"].routes[0].balancer.upstreams
+            router = handle.stack.services["router"]
+            assert isinstance(router, RouterService)
+            (up,) = router.routes[0].balancer.upstreams
             server = await asyncio.get_running_loop().create_server(handle.protocol_factory,
                                                                     "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]

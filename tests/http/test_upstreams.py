@@ -14,6 +14,7 @@ from monolake.conf import parse_config
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
 from monolake.worker.http.pool import ConnectHold
+from monolake.worker.http.proxy import RouterService
 from monolake.worker.http.server import build
 from tests.http.conftest import PARSERS, Conn, run_worker
 from tests.http.upstream import UpstreamServer
@@ -225,7 +226,9 @@ upstreams = [{ups}]
 """).servers["px"]
     handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(),
                                         runtime="asyncio"), None)
-    return handle, handle.stack.services["router"].routes[0].balancer.upstreams
+    router = handle.stack.services["router"]
+    assert isinstance(router, RouterService)
+    return handle, router.routes[0].balancer.upstreams
 
 
 def test_least_conn_counts_connects_in_flight_and_every_outcome(ups, blackhole):
