@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-import os
 
 import pytest
 
@@ -37,7 +36,7 @@ def master_factory(tmp_path: Path) -> Iterator[Any]:
     test's temp dir; every one started is stopped and reaped after the test."""
     started: list[Monolaked] = []
 
-    def make(config_text: str, args: list[str] = (), env: dict | None = None) -> Monolaked:
+    def make(config_text: str, args: Sequence[str] = (), env: dict | None = None) -> Monolaked:
         m = Monolaked(tmp_path, config_text, list(args), env)
         started.append(m)
         return m

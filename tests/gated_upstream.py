@@ -29,7 +29,7 @@ class GatedUpstream:
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"upstream-{name}")
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "GatedUpstream":
+    def __enter__(self) -> GatedUpstream:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("upstream did not start")
@@ -53,7 +53,10 @@ class GatedUpstream:
         self._call(arm)
 
     def release(self) -> None:
-        self._call(lambda: self._gate.set())
+        def release() -> None:
+            assert self._gate is not None
+            self._gate.set()
+        self._call(release)
 
     def _call(self, fn) -> None:
         assert self._loop is not None
@@ -69,6 +72,7 @@ class GatedUpstream:
             raise RuntimeError("upstream loop did not answer")
 
     def _stop(self) -> None:
+        assert self._loop is not None  # called on it
         self._loop.create_task(self._shutdown())
 
     async def _shutdown(self) -> None:

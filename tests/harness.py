@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,20 @@ def hermetic_env() -> dict[str, str]:
 class Monolaked:
     """One master process and helpers to query it; ``close()`` kills everything it started."""
 
-    def __init__(self, tmp: Path, config_text: str, args: list[str] = (), env: dict | None = None):
+    def __init__(self, tmp: Path, config_text: str, args: Sequence[str] = (), env: dict | None = None,
+                 *, launcher: Sequence[str] = MONOLAKED, pass_fds: Sequence[int] = ()) -> None:
+        """``launcher``: the command that runs ``monolaked`` (its arguments follow), e.g. one that
+        hands it sockets first (tests/ops/activate.py); ``pass_fds`` go to that process."""
         self.tmp = tmp
         self.config_path = tmp / "monolake.toml"
         self.config_path.write_text(config_text)
         self.log_path = tmp / "master.log"
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - the daemon's log for its lifetime; close() closes it
         self.seen_pids: set[int] = set()
         full_env = {**hermetic_env(), **(env or {})}
-        self.proc = subprocess.Popen([*MONOLAKED, "start", "-c", str(self.config_path), *args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
+        self.proc = subprocess.Popen([*launcher, "start", "-c", str(self.config_path), *args],
+                                     pass_fds=pass_fds, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=full_env)
         self.seen_pids.add(self.proc.pid)
 
     # ----- control ------------------------------------------------------------------------
@@ -139,7 +144,7 @@ class Monolaked:
             if self.proc.poll() is None:
                 try:
                     self.status()
-                except Exception:  # noqa: BLE001 - best effort: collect pids before killing
+                except Exception:  # best effort: collect pids before killing
                     pass
         finally:
             kill_pids([p for p in self.seen_pids if pid_alive(p)], timeout=5)

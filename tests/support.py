@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -25,6 +26,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def keep(items: list[T], item: T) -> T:
+    """``item``, appended to ``items`` first: a protocol factory that remembers what it made."""
+    items.append(item)
+    return item
+
+
+def settle(fut: asyncio.Future[T], value: Callable[[], T]) -> None:
+    """Set ``fut`` to ``value()`` unless it is done (``value`` is not called then): a callback
+    that may run again before it is removed."""
+    if not fut.done():
+        fut.set_result(value())
+
+
+# ASYNC109: the deadline fails the test with ``what`` (asyncio.timeout would say less)
+async def until(cond: Callable[[], object], what: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Poll ``cond`` on the running loop until it holds; fail the test after ``timeout`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, f"timed out waiting: {what}"
+        await asyncio.sleep(0.005)
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
               what: str = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value, or fail after ``timeout`` seconds."""
@@ -33,7 +57,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except Exception as exc:  # noqa: BLE001 - polled conditions may raise until ready
+        except Exception as exc:  # polled conditions may raise until ready
             last_exc = exc
         else:
             if value:

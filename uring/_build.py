@@ -31,6 +31,7 @@ import sys
 import sysconfig
 import tempfile
 from dataclasses import dataclass
+from typing import TypedDict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -149,11 +150,20 @@ def compile_args() -> list[str]:
     return args
 
 
-def link_kwargs(unit: Unit) -> dict[str, list]:
+class LinkKwargs(TypedDict, total=False):
+    """What both cffi's ``set_source`` and setuptools' ``Extension`` take from link_kwargs."""
+
+    extra_compile_args: list[str]
+    define_macros: list[tuple[str, str | None]]
+    extra_objects: list[str]
+    libraries: list[str]
+
+
+def link_kwargs(unit: Unit) -> LinkKwargs:
     # mu_fast.c and mu_http.c use the full CPython API (vectorcall, bytes internals): no
     # limited API
-    kwargs: dict[str, list] = {"extra_compile_args": compile_args(),
-                               "define_macros": [("_CFFI_NO_LIMITED_API", None)]}
+    kwargs: LinkKwargs = {"extra_compile_args": compile_args(),
+                          "define_macros": [("_CFFI_NO_LIMITED_API", None)]}
     if unit.liburing:
         static = static_liburing()
         if static:
@@ -197,7 +207,7 @@ def extensions() -> list:
         kwargs = link_kwargs(unit)
         try:
             ffibuilder(unit, sources).emit_c_code(unit.generated)
-        except Exception as exc:  # noqa: BLE001 - no cffi at build time: nothing to build
+        except Exception as exc:  # no cffi at build time: nothing to build
             sys.stderr.write(f"monolake: not building {unit.module}: {exc}\n")
             continue
         exts.append(Extension(unit.module, sources=[gen, *sources],

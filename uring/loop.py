@@ -22,7 +22,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
-from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
+from monolake.uring._uring import ffi, lib
+from monolake.uring.aio_private import SelectorLoopBase
 from monolake.uring.busypoll import spin
 from monolake.uring.ring import F_MORE, FAST, K_ACCEPT, Ring
 from monolake.uring.selector import POLLIN, UringSelector
@@ -31,7 +32,9 @@ from monolake.uring.transport import UringSocketTransport
 _STREAM_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # asyncio >= 3.13 passes the transport to Server._attach/_detach
-_SERVER_TAKES_TRANSPORT = len(inspect.signature(base_events.Server._attach).parameters) > 1
+_SERVER_TAKES_TRANSPORT = len(
+    inspect.signature(base_events.Server._attach).parameters  # type: ignore[attr-defined]  # private
+) > 1
 
 
 class _Listener:
@@ -169,8 +172,10 @@ class _Listener:
         lib.mu_cancel(loop._ring.ptr, (self.token << 8) | K_ACCEPT)
 
 
-class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type]
+class UringEventLoop(SelectorLoopBase):
     """asyncio event loop driven by io_uring (see the module docstring)."""
+
+    _selector: _LoopSelector  # the one __init__ hands to asyncio
 
     def __init__(self, entries: int = 1024, setup_flags: str | None = None,
                  accept_mode: str = "poll", **ring_kwargs: Any) -> None:
@@ -226,7 +231,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
         readers = self._readers
         arena = self._arena_view
         it = iter(batch)
-        for ud, res, flags, off in zip(it, it, it, it):
+        for ud, res, flags, off in zip(it, it, it, it, strict=False):  # flat quadruples
             if res > 0:
                 # hot path: data for a plain Protocol goes straight to data_received
                 reader = readers.get(ud)
@@ -308,7 +313,7 @@ class UringEventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc,valid-type
             super()._start_serving(protocol_factory, sock, sslcontext, server, backlog, *args)
             return
         names = ("ssl_handshake_timeout", "ssl_shutdown_timeout")
-        ssl_kwargs = dict(zip(names, args))
+        ssl_kwargs = dict(zip(names, args, strict=False))  # args may stop short of names
         listener = _Listener(self, sock, protocol_factory, sslcontext, server, ssl_kwargs,
                              self._multishot_accept)
         listener.owned = self._owned_sockets.pop(sock.fileno(), None) == (id(sock), os.getpid())

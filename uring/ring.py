@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
+from monolake.uring._uring import ffi, lib
 from monolake.uring.probing import FLAG_CHOICES, flag_mask, probe
 
 # kinds, low 8 bits of a Python user_data (1-4 are produced by C for conns)

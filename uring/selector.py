@@ -14,7 +14,7 @@ import selectors
 from collections.abc import Callable
 from typing import Any
 
-from monolake.uring._uring import lib  # type: ignore[import-not-found]
+from monolake.uring._uring import lib
 from monolake.uring.ring import K_POLL, Ring
 
 EVENT_READ = selectors.EVENT_READ
@@ -32,6 +32,9 @@ class UringSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
     (polls reach :meth:`on_poll`). ``select()`` does the same for a standalone user, returning the
     ready keys.
     """
+
+    # set by _BaseSelectorImpl.__init__; typeshed does not declare the private base
+    _fd_to_key: dict[int, selectors.SelectorKey]
 
     def __init__(self, ring: Ring, handlers: dict[int, Callable[[int, int, int, int], None]],
                  on_ready: Callable[[selectors.SelectorKey, int], None]) -> None:
@@ -111,7 +114,7 @@ class UringSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
             self.arm_pending()
             batch = self._ring.run(timeout)
             it = iter(batch)
-            for ud, res, flags, off in zip(it, it, it, it):
+            for ud, res, flags, off in zip(it, it, it, it, strict=False):  # flat quadruples
                 h = self._handlers.get(ud >> 8)
                 if h is not None:
                     h(ud & 255, res, flags, off)

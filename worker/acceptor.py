@@ -16,8 +16,8 @@ import asyncio
 import errno
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import structlog
 
@@ -79,7 +79,7 @@ class Acceptor:
     async def _serve(self, conn: socket.socket) -> None:
         try:
             await self._loop.connect_accepted_socket(self._factory, conn)
-        except Exception:  # noqa: BLE001 - one bad connection never takes the worker down
+        except Exception:  # one bad connection never takes the worker down
             log.exception("could not set up an accepted connection")
             conn.close()
 

@@ -22,6 +22,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,7 +182,8 @@ class Worker:
     def open_connections(self) -> int:
         return sum(handle.open_connections() for handle in self.handles())
 
-    async def drain(self, timeout: float) -> None:
+    # ASYNC109: past the timeout the drain goes on (it closes what is left): a budget, not a cancel
+    async def drain(self, timeout: float) -> None:  # noqa: ASYNC109
         """Stop accepting, end keep-alive, wait for in-flight requests up to ``timeout``."""
         self.draining = True
         self.rollback_in_place()
@@ -192,7 +194,8 @@ class Worker:
         for handle in self.handles():
             handle.begin_drain()
         deadline = time.monotonic() + timeout
-        while self.open_connections() and time.monotonic() < deadline:
+        # a poll: the count falls as any of many connections close, no one event says it is 0
+        while self.open_connections() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         left = self.open_connections()
         if left:
@@ -232,7 +235,7 @@ class Worker:
 
     # ----- control channel --------------------------------------------------------------
 
-    def send(self, message: messages.Message, fds: list[int] = ()) -> None:
+    def send(self, message: messages.Message, fds: Sequence[int] = ()) -> None:
         if self.control is None:
             return
         try:
@@ -306,7 +309,7 @@ class Worker:
             else:  # decoded but not handled here (a hello after the first)
                 log.warning("control message ignored", type=kind)
                 channel.close_fds(fds)
-        except Exception as exc:  # noqa: BLE001 - report, never die silently
+        except Exception as exc:  # report, never die silently
             log.exception("control message failed", type=kind)
             self.send(messages.Failed(reason=f"{kind}: {exc!r}"))
 
@@ -325,14 +328,14 @@ class Worker:
             try:
                 exported[name] = {"data": slot.handle.export_state(own), "nfds": len(own)}
                 fds.extend(own)
-            except Exception as exc:  # noqa: BLE001 - a failed export means the successor starts fresh
+            except Exception as exc:  # a failed export means the successor starts fresh
                 log.exception("state export failed; the successor starts fresh", server=name)
                 errors.append(f"server {name}: export failed: {exc!r}")
                 channel.close_fds(own)
         blob: str | None = None
         try:
             blob = base64.b64encode(pickle.dumps(exported, protocol=4)).decode()
-        except Exception as exc:  # noqa: BLE001 - unpicklable state: nothing can be carried
+        except Exception as exc:  # unpicklable state: nothing can be carried
             log.exception("state could not be serialized; the successor starts fresh")
             errors.append(f"state could not be serialized: {exc!r}")
             channel.close_fds(fds)
@@ -364,7 +367,7 @@ class Worker:
             fresh = self.slots
             try:
                 self.build(previous)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.exception("building with the previous state failed; starting fresh")
                 error = f"importing the previous generation's state failed: {exc!r}"
                 self.slots = fresh
@@ -390,7 +393,7 @@ class Worker:
                 live = self.slots.get(name)
                 build = builder_for(server_cfg.proxy_type)
                 staged[name] = build(name, server_cfg, self.env, live.handle if live else None)
-        except Exception as exc:  # noqa: BLE001 - reported to the master, which aborts
+        except Exception as exc:  # reported to the master, which aborts
             log.exception("in-place build failed")
             self._discard(list(staged.values()))  # the servers built before the failure
             discovery.configure(self.config.resolver)
@@ -416,7 +419,7 @@ class Worker:
             if undo is not None:
                 try:
                     undo()
-                except Exception:  # noqa: BLE001 - the others must still be given back
+                except Exception:  # the others must still be given back
                     log.exception("discarding a staged server failed")
         if not handles:
             return
@@ -493,7 +496,7 @@ class Worker:
             self._dispatch_buffered()  # what arrived with hello (read ahead with it)
         try:
             self.build()
-        except Exception as exc:  # noqa: BLE001 - the master reports it and keeps serving
+        except Exception as exc:  # the master reports it and keeps serving
             log.exception("building servers failed")
             self.send(messages.Failed(reason=f"building servers failed: {exc!r}"))
             return 3
@@ -539,7 +542,7 @@ async def close_handle(handle: Any, name: str) -> None:
     """``aclose()`` one server handle; a failure is logged so the others still close."""
     try:
         await handle.aclose()
-    except Exception:  # noqa: BLE001 - closing must go on for the other servers
+    except Exception:  # closing must go on for the other servers
         log.exception("server close failed", server=name)
 
 
@@ -559,7 +562,7 @@ def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot],
             start += count
         channel.close_fds(fds[start:])
         return snapshots, ""
-    except Exception as exc:  # noqa: BLE001 - a broken snapshot means starting fresh
+    except Exception as exc:  # a broken snapshot means starting fresh
         log.exception("state import failed; starting fresh")
         channel.close_fds(fds)
         return {}, f"the previous generation's state could not be read: {exc!r}"
@@ -668,7 +671,7 @@ def main_standalone(config_path: str | None) -> int:
     try:
         return run_worker(env, config, sockets, None, accept=True, ready_line=True)
     finally:
-        for name, server in config.servers.items():
+        for server in config.servers.values():
             if server.listener.type == "unix":
                 try:
                     os.unlink(server.listener.path)

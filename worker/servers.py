@@ -6,7 +6,8 @@ Builders are named by import path so the worker imports only the protocols it se
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BUILDERS: dict[str, str] = {
     "http": "monolake.worker.http.server:build",

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import httptools
 
 from monolake.worker.http import parser as hp
 from monolake.worker.http.client import UpstreamConnection
-from monolake.worker.http.parser import HeadLimits, ParseError, UpgradeRequested
 from monolake.worker.http.connection import RequestReader, _split_absolute
+from monolake.worker.http.parser import HeadLimits, ParseError, UpgradeRequested
 
 # large enough that the limits never decide a fuzz input (they are tested at their edges in
 # tests/http/test_head_limits.py); what is compared here is the grammar
@@ -311,7 +312,7 @@ def _clean_reason(data: bytes) -> bytes:
     lines = data.split(b"\n")
     for i, line in enumerate(lines):
         if line.lstrip(b"\r").startswith(b"HTTP/"):
-            lines[i] = bytes(c for c in line if c >= 0x20 and c != 0x7F or c in b"\t\r")
+            lines[i] = bytes(c for c in line if (c >= 0x20 and c != 0x7F) or c in b"\t\r")
     return b"\n".join(lines)
 
 
@@ -370,7 +371,8 @@ def _single_spaces(data: bytes) -> bytes:
 
 def _one_content_length(data: bytes) -> bytes:
     """``data`` with a repeated equal Content-Length line of a head dropped."""
-    out, seen = [], set()
+    out: list[bytes] = []
+    seen: set[tuple[bytes, bytes]] = set()
     for line in data.split(b"\r\n"):
         name, sep, value = line.partition(b":")
         key = (name.lower(), value.strip(b" \t"))

@@ -45,7 +45,7 @@ def test_a_real_disagreement_is_reported() -> None:
     native = targets.run_native_request(data, [])
     twin = targets.run_twin_request(data, [])
     assert targets._same("request", native, twin)
-    twin.events[0] = twin.events[0][:4] + ([(b"host", b"a")],) + twin.events[0][5:]
+    twin.events[0] = (*twin.events[0][:4], [(b"host", b"a")], *twin.events[0][5:])
     assert not targets._same("request", native, twin)
     assert targets.known_difference("request", data, 0, native, twin) is None
 

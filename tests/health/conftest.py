@@ -98,7 +98,9 @@ def wait_health(
         ]
         return rows[0] if rows and all(r["healthy"] is healthy for r in rows) else None
 
-    return wait_for(ok, timeout=timeout, interval=0.2, what=f"{upstream} healthy={healthy}")
+    row = wait_for(ok, timeout=timeout, interval=0.2, what=f"{upstream} healthy={healthy}")
+    assert row is not None  # wait_for returns a truthy value
+    return row
 
 
 def metrics(admin: int) -> str:

@@ -60,13 +60,18 @@ def test_issue_example_defaults_and_round_trip(tmp_path: Path) -> None:
         0.1,
     )
     assert hc.expects(204) and hc.expects(399) and not hc.expects(404)
-    thrift = cfg.servers["rpc"].route.health_check
+    rpc_route = cfg.servers["rpc"].route
+    assert rpc_route is not None
+    thrift = rpc_route.health_check
+    assert thrift is not None
     assert (thrift.type, thrift.method) == ("thrift", "ping")  # a method name: a thrift call
     assert Config.from_dict(cfg.to_dict()) == cfg
     path.write_text(http_server('{ type = "tcp" }'))
-    assert load_config(path).servers["web"].routes[0].health_check.type == "tcp"
+    tcp = load_config(path).servers["web"].routes[0].health_check
+    assert tcp is not None and tcp.type == "tcp"
     path.write_text(http_server('{ expected_statuses = [200, "300-302"] }'))
-    assert load_config(path).servers["web"].routes[0].health_check.expected_statuses == (
+    ranges = load_config(path).servers["web"].routes[0].health_check
+    assert ranges is not None and ranges.expected_statuses == (
         (200, 200),
         (300, 302),
     )

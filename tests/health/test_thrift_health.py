@@ -71,7 +71,7 @@ def test_thrift_check_takes_out_a_dead_backend_and_rejects_when_all_fail(master_
             interval=0.2,
             what="ping checks passing",
         )
-        assert row_of(m, f"127.0.0.1:{u2}", "(default)", "rpc")["healthy"]
+        assert (row_of(m, f"127.0.0.1:{u2}", "(default)", "rpc") or {}).get("healthy")
         assert set(whoami(p1, 6)) == {"t1", "t2"}
         # every backend answers no_such_method with a TApplicationException: all unhealthy,
         # and all_unhealthy = "reject" gives the usual no-upstream error

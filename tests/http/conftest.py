@@ -10,14 +10,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import kill_pids, children_of
+from tests.support import children_of, kill_pids
 
 PY = sys.executable
 
@@ -27,7 +28,7 @@ def _uring_available() -> bool:
     try:
         from monolake.uring import probe
         return bool(probe().available)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 
@@ -104,10 +105,12 @@ def run_worker(tmp: Path, config: str, loop: str = "asyncio", timeout: float = 1
     try:
         deadline = time.monotonic() + timeout
         line = b""
+        stdout = proc.stdout
+        assert stdout is not None  # stdout=PIPE
         while time.monotonic() < deadline:
-            r, _, _ = select.select([proc.stdout], [], [], 0.1)
+            r, _, _ = select.select([stdout], [], [], 0.1)
             if r:
-                line = proc.stdout.readline()
+                line = stdout.readline()
                 if line.startswith(b"READY ") or not line:
                     break
             if proc.poll() is not None:
@@ -150,15 +153,14 @@ class Conn:
     """A blocking loopback connection that can send raw bytes and read whole responses."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.sock = socket.create_connection((host, port), timeout=timeout) if fam == socket.AF_INET \
-            else socket.create_connection((host, port, 0, 0), timeout=timeout)
+        # getaddrinfo picks the family (::1 too); a 4-tuple address would not unpack here
+        self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def close(self) -> None:
         self.sock.close()
 
-    def __enter__(self) -> "Conn":
+    def __enter__(self) -> Conn:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +196,7 @@ class Conn:
             headers.append((k.strip().lower(), v.strip()))
         return int(status), (reason[0] if reason else ""), version, headers
 
-    def read_response(self, method: str = "GET", sink: "object | None" = None) -> Reply:
+    def read_response(self, method: str = "GET", sink: Callable[[bytes], object] | None = None) -> Reply:
         """One response; 1xx interim responses are skipped. ``sink(chunk)`` streams the body."""
         while True:
             status, reason, version, headers = self.read_head()
@@ -262,8 +264,39 @@ class Conn:
                 self.buf += data
         except ConnectionResetError:
             return True
-        except socket.timeout:
+        except TimeoutError:
             return False
+
+
+def proxy_config(tables: str, parser: str | None = None) -> str:
+    """The config of one HTTP proxy server ``px`` on a free loopback port (with ``parser``, when
+    given); ``tables`` are the rest of it ([servers.px.timeout], [[servers.px.routes]], ...)."""
+    from tests.support import free_port
+
+    head = f'[servers.px]\nproxy_type = "http"\nlistener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}\n'
+    if parser is not None:
+        head += f'http_parser = "{parser}"\n'
+    return head + tables
+
+
+def serve_proxy(param: tuple[str, str], tmp: Path, tables: str) -> Iterator[Worker]:
+    """The body of a module's ``proxy`` fixture: proxy_config(tables) run with the VARIANTS
+    ``param``'s parser and loop."""
+    parser, loop = variant(param)
+    with run_worker(tmp, proxy_config(tables, parser), loop=loop) as w:
+        yield w
+
+
+def upstream_fixture(name: str) -> Any:
+    """A module-scoped ``upstream`` fixture: one tests/http/upstream.py server for the module."""
+    from tests.http.upstream import UpstreamServer
+
+    @pytest.fixture(scope="module")
+    def upstream() -> Iterator[UpstreamServer]:
+        with UpstreamServer(name) as up:
+            yield up
+
+    return upstream
 
 
 @pytest.fixture

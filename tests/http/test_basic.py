@@ -6,25 +6,21 @@ import socket
 
 import pytest
 
-from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, run_worker, variant
-from tests.http.upstream import UpstreamServer, pattern
+from tests.http.conftest import (
+    VARIANT_IDS,
+    VARIANTS,
+    Conn,
+    serve_proxy,
+    upstream_fixture,
+)
+from tests.http.upstream import pattern
 
-
-@pytest.fixture(scope="module")
-def upstream():
-    with UpstreamServer("up1") as up:
-        yield up
+upstream = upstream_fixture("up1")
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    parser, loop = variant(request.param)
-    config = f"""
-[servers.px]
-proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:{_port()}" }}
-http_parser = "{parser}"
-
+    yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), f"""
 [[servers.px.routes]]
 path = "/"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
@@ -41,14 +37,7 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path = "/fixed"
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}/target/path?a=1" }} }}]
-"""
-    with run_worker(tmp_path_factory.mktemp("w"), config, loop=loop) as w:
-        yield w
-
-
-def _port() -> int:
-    from tests.support import free_port
-    return free_port()
+""")
 
 
 def test_hello_names_monolake_slot_and_pid(proxy):

@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 
 from monolake.worker.http.body import BodyStream
-from monolake.worker.http.connection import (BODY, BODY_BYTES, BODY_NONE, BODY_STREAM, BUSY,
-                                             HEAD, IDLE, RequestReader, must_close,
-                                             response_head)
+from monolake.worker.http.connection import (
+    BODY,
+    BODY_BYTES,
+    BODY_NONE,
+    BODY_STREAM,
+    BUSY,
+    HEAD,
+    IDLE,
+    RequestReader,
+    must_close,
+    response_head,
+)
 from monolake.worker.http.message import Request, Response
 from monolake.worker.http.parser import HeadLimits, native
 
@@ -76,7 +85,7 @@ def make(parser: str, **over: Any) -> tuple[RequestReader, Recorder, Clock]:
 
 def body_bytes(body: BodyStream) -> bytes:
     """What a finished body holds (read without a loop: everything is buffered)."""
-    out = []
+    out: list[bytes] = []
     sink = SimpleNamespace(write=out.append, end=lambda: out.append(b"<end>"),
                            abort=lambda exc: out.append(b"<abort>"))
     body.pipe(sink)
@@ -172,7 +181,7 @@ def test_keep_alive_rules(parser: str, head: bytes, keep_alive: bool, version: s
     assert must_close(req, ok, closing=False) is (not keep_alive)
     assert must_close(req, ok, closing=True)  # draining, or the client sent FIN
     assert must_close(req, Response(200, [], b"x", close=True), closing=False)
-    parts, _, _, _, close = response_head(req, ok, not keep_alive, False)
+    parts, _, _, _, _close = response_head(req, ok, not keep_alive, False)
     head_out = b"".join(parts).lower()
     assert (b"connection: close" in head_out) is (not keep_alive)
     assert (b"connection: keep-alive" in head_out) is (keep_alive and version == "1.0")

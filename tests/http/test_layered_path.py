@@ -15,19 +15,17 @@ import pytest
 
 from monolake.conf import parse_config
 from monolake.worker.env import WorkerEnv
+from monolake.worker.http.proxy import RouterService
 from monolake.worker.http.server import build
-from tests.http.conftest import LOOPS, Conn, run_worker
+from tests.http.conftest import LOOPS, Conn, proxy_config, run_worker
 from tests.http.upstream import UpstreamServer, pattern
-from tests.support import free_port
+from tests.support import until
 
 
 @pytest.fixture(scope="module", params=LOOPS)
 def layered(request, tmp_path_factory):
     with UpstreamServer("a") as up:
-        config = f"""
-[servers.px]
-proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
+        config = proxy_config(f"""
 [servers.px.timeout]
 server_keepalive_timeout_sec = 30
 [[servers.px.layers]]
@@ -37,7 +35,7 @@ options = {{ set_request = {{ "x-layered" = "in" }}, set_response = {{ "x-layer"
 path_prefix = "/"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-"""
+""")
         with run_worker(tmp_path_factory.mktemp("w"), config, loop=request.param) as w:
             yield w, up
 
@@ -91,13 +89,6 @@ def test_a_stale_pooled_connection_is_retried_through_the_layer(layered):
             assert r.status == 200 and r.header("x-layer") == "out", r
 
 
-async def _until(cond, what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
-        await asyncio.sleep(0.005)
-
-
 def test_a_client_that_gives_up_frees_the_upstream_connection_at_once():
     """The layer's coroutine is cancelled while the response head is due: the upstream
     connection is closed then (not when the answer comes, seconds later) and never pooled."""
@@ -118,7 +109,9 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
         async def scenario() -> None:
             handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1,
                                                 pid=os.getpid(), runtime="asyncio"), None)
-            (up,) = handle.stack.services["router"].routes[0].balancer.upstreams
+            router = handle.stack.services["router"]
+            assert isinstance(router, RouterService)
+            (up,) = router.routes[0].balancer.upstreams
             server = await asyncio.get_running_loop().create_server(handle.protocol_factory,
                                                                     "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
@@ -126,15 +119,15 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
             w.write(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")  # one pooled connection
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
             assert head.startswith(b"HTTP/1.1 200") and b"x-layer: out" in head
-            await _until(lambda: handle.pool.idle_count() == 1, "the connection pooled")
+            await until(lambda: handle.pool.idle_count() == 1, "the connection pooled")
             w.write(b"GET /slow?delay=5 HTTP/1.1\r\nHost: t\r\n\r\n")
-            await _until(lambda: up.active == 1, "the slow request upstream")
+            await until(lambda: up.active == 1, "the slow request upstream")
             assert handle.pool.idle_count() == 0  # it took the pooled connection
             # a reset, not a FIN (after a FIN the request in flight is still answered)
             w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                                                   struct.pack("ii", 1, 0))
             w.transport.abort()
-            await _until(lambda: up.active == 0, "the upstream connection let go", timeout=2.0)
+            await until(lambda: up.active == 0, "the upstream connection let go", timeout=2.0)
             assert handle.pool.idle_count() == 0 and not handle.pool.busy
             server.close()
             await handle.aclose()

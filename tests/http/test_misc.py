@@ -41,8 +41,8 @@ upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
 def test_access_log_file_lines(proxy):
     with Conn(proxy.port()) as c:
         c.request("POST", "/logged?x=1", body=b"12345")
-    lines = wait_for(lambda: [json.loads(l) for l in proxy.access_path.read_text().splitlines()
-                              if "/logged" in l], what="an access log line")
+    lines = wait_for(lambda: [json.loads(ln) for ln in proxy.access_path.read_text().splitlines()
+                              if "/logged" in ln], what="an access log line")
     rec = lines[-1]
     assert rec["method"] == "POST" and rec["path"] == "/logged" and rec["query"] == "x=1"
     assert rec["status"] == 200 and rec["bytes_in"] == 5 and rec["bytes_out"] > 0
@@ -95,7 +95,7 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
 
 
 def test_host_routing_and_preserve_host(routed):
-    w, a, b = routed
+    w, _, _ = routed
     with Conn(w.port("r")) as c:
         rb = c.request("GET", "/info", host="B.Example:8080")
         ra = c.request("GET", "/info", host="other.example")

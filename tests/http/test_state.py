@@ -18,6 +18,7 @@ from monolake.worker.http.server import build
 from monolake.worker.state import Snapshot
 from tests.http.conftest import LOOPS
 from tests.http.upstream import UpstreamServer
+from tests.support import until
 
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
 
@@ -55,7 +56,7 @@ async def _get(port: int, path: str, keep: tuple | None = None) -> tuple[int, di
     w.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
     head = await r.readuntil(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
-    headers = {l.split(":")[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+    headers = {h.split(":")[0].lower(): h.split(":", 1)[1].strip() for h in lines[1:] if ":" in h}
     body = await r.readexactly(int(headers.get("content-length", "0")))
     if keep is None:
         w.close()
@@ -65,15 +66,6 @@ async def _get(port: int, path: str, keep: tuple | None = None) -> tuple[int, di
 def _through_process_boundary(data: dict, fds: list[int]) -> Snapshot:
     """What the master does: pickle the state and pass dup'ed fds along."""
     return Snapshot(pickle.loads(pickle.dumps(data)), [os.dup(fd) for fd in fds])
-
-
-async def _until(cond, what: str, timeout: float = 10.0) -> None:
-    """Poll ``cond`` on the running loop until it holds, failing after ``timeout`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting: {what}"
-        await asyncio.sleep(0.005)
 
 
 def _run(coro, loop: str = "asyncio"):
@@ -109,7 +101,7 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
         s2 = await _serve(h2)
         p2 = s2.sockets[0].getsockname()[1]
         # the adopted sockets are wrapped on the loop: wait until every one is idle in the pool
-        await _until(lambda: sum(map(len, h2.pool.idle.values())) == len(fds),
+        await until(lambda: sum(map(len, h2.pool.idle.values())) == len(fds),
                      "adopted connections pooled")
         nxt = (await _get(p2, "/rr"))[1]["x-upstream"]
         assert (await _get(p2, "/dead"))[0] == 503, "the ejection carried over"
@@ -229,7 +221,7 @@ def test_drain_closes_idle_and_marks_in_flight_close():
         assert (await _get(port, "/rr", keep=idle))[0] == 200
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)
         busy_w.write(b"GET /one HTTP/1.1\r\nHost: t\r\n\r\n")
-        await _until(lambda: h.stats()["active_requests"] == 1, "the slow request in flight")
+        await until(lambda: h.stats()["active_requests"] == 1, "the slow request in flight")
         assert h.open_connections() == 2
         h.begin_drain()
         assert await asyncio.wait_for(idle[0].read(), 2) == b""   # idle: closed now (FIN)
@@ -238,7 +230,7 @@ def test_drain_closes_idle_and_marks_in_flight_close():
         assert b"connection: close" in head.lower()                  # in flight: finishes
         rest = await asyncio.wait_for(busy_r.read(), 5)
         assert rest == b"slow ok"
-        await _until(lambda: h.open_connections() == 0, "drained")
+        await until(lambda: h.open_connections() == 0, "drained")
         s.close()
         await h.aclose()
 
@@ -261,8 +253,9 @@ def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
     """Scheduled, not cancelled ``ServerRuntime._sweep`` timers on ``loop`` (asyncio's heap)."""
     from monolake.worker.http.server import ServerRuntime
 
-    return sum(1 for h in loop._scheduled  # noqa: SLF001 - the only place timers are listed
-               if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep)
+    scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]  # private: the only list of timers
+    return len([h for h in scheduled if not h.cancelled()
+                and getattr(getattr(h, "_callback", None), "__func__", None) is ServerRuntime._sweep])
 
 
 def _open_fds() -> int:
@@ -304,18 +297,18 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
         checks = []
         counted = old.open_connections
         old.open_connections = lambda: checks.append(1) or counted()
-        await _until(lambda: len(checks) >= 3, "the closer looked at the retired stack")
+        await until(lambda: len(checks) >= 3, "the closer looked at the retired stack")
         assert old in worker._retired_handles, "a retired stack with a connection stays open"
         assert old.rt._sweep_handle is not None
         held[1].close()
-        await _until(lambda: not worker._retired_handles, "the first retired stack closed")
+        await until(lambda: not worker._retired_handles, "the first retired stack closed")
         assert old.rt._sweep_handle is None, "closed: its sweep timer is cancelled"
         base_sweeps, base_fds = _live_sweeps(loop), _open_fds()
         for _ in range(reloads):
             worker.prepare_in_place(message)
             worker.commit_in_place()
             assert (await _get(port, "/one"))[0] == 200
-        await _until(lambda: not worker._retired_handles, "every retired stack closed")
+        await until(lambda: not worker._retired_handles, "every retired stack closed")
         assert _live_sweeps(loop) == base_sweeps == 1, "one sweep timer per server"
         assert _open_fds() <= base_fds, "no access log file left open per reload"
         await worker.drain(1.0)

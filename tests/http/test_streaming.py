@@ -9,9 +9,14 @@ import time
 
 import pytest
 
-from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, run_worker, variant
-from tests.http.upstream import UpstreamServer, pattern
-from tests.support import free_port
+from tests.http.conftest import (
+    VARIANT_IDS,
+    VARIANTS,
+    Conn,
+    serve_proxy,
+    upstream_fixture,
+)
+from tests.http.upstream import pattern
 
 SOAK = os.environ.get("MONOLAKE_SOAK") == "1"
 BIG = 200 * 1024 * 1024
@@ -20,30 +25,19 @@ RSS_GROWTH_LIMIT_KIB = 64 * 1024  # the proxy may grow by at most this while a b
 BLOCK = pattern(1 << 20)
 
 
-@pytest.fixture(scope="module")
-def upstream():
-    with UpstreamServer("st") as up:
-        yield up
+upstream = upstream_fixture("st")
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    parser, loop = variant(request.param)
-    config = f"""
-[servers.px]
-proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
-http_parser = "{parser}"
-[[servers.px.routes]]
+    yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), f"""[[servers.px.routes]]
 path_prefix = "/up"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path_prefix = "/echo"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "echo" }} }}]
-"""
-    with run_worker(tmp_path_factory.mktemp("w"), config, loop=loop) as w:
-        yield w
+""")
 
 
 def _upload(c: Conn, path: str, size: int, chunked: bool, proxy, check_every: int = 32) -> tuple[dict, int]:

@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from tests.http.conftest import LOOPS, Conn, run_worker
+from tests.http.conftest import LOOPS, Conn, proxy_config, run_worker
 from tests.http.upstream import UpstreamServer
-from tests.support import free_port
 
 TIMEOUT = 1.0
 LATE = 0.08  # the bound on lateness asserted (a loaded CI machine included)
@@ -45,10 +44,7 @@ def _staggered(fn) -> list[tuple[int, float]]:
 @pytest.fixture(scope="module", params=LOOPS)
 def proxy(request, tmp_path_factory):
     with UpstreamServer("s") as up:
-        config = f"""
-[servers.px]
-proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
+        config = proxy_config(f"""
 [servers.px.timeout]
 upstream_read_timeout_sec = {TIMEOUT}
 server_read_header_timeout_sec = {TIMEOUT}
@@ -56,7 +52,7 @@ server_read_header_timeout_sec = {TIMEOUT}
 path_prefix = "/"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-"""
+""")
         with run_worker(tmp_path_factory.mktemp("timers"), config, request.param) as w:
             yield w
 

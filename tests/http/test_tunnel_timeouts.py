@@ -7,26 +7,20 @@ import time
 
 import pytest
 
-from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, run_worker, variant
-from tests.http.upstream import UpstreamServer
-from tests.support import free_port
+from tests.http.conftest import (
+    VARIANT_IDS,
+    VARIANTS,
+    Conn,
+    serve_proxy,
+    upstream_fixture,
+)
 
-
-@pytest.fixture(scope="module")
-def upstream():
-    with UpstreamServer("ws") as up:
-        yield up
+upstream = upstream_fixture("ws")
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    parser, loop = variant(request.param)
-    config = f"""
-[servers.px]
-proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
-http_parser = "{parser}"
-[servers.px.timeout]
+    yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), f"""[servers.px.timeout]
 server_keepalive_timeout_sec = 0.6
 server_read_header_timeout_sec = 0.6
 server_read_body_timeout_sec = 0.6
@@ -37,9 +31,7 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path = "/"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-"""
-    with run_worker(tmp_path_factory.mktemp("w"), config, loop=loop) as w:
-        yield w
+""")
 
 
 UPGRADE = (b"GET /up/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"

@@ -17,9 +17,8 @@ import pytest
 
 from monolake.worker.http.pool import UpstreamPool
 from monolake.worker.http.stats import Stats
-from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, Reply, run_worker, variant
+from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, Reply, proxy_config, run_worker, variant
 from tests.http.upstream import FAULTS, UpstreamServer
-from tests.support import free_port
 
 # kind -> (status, body) the client of the faulty response itself gets
 EXPECTED = {
@@ -34,11 +33,7 @@ assert set(EXPECTED) == {k for k in FAULTS if not k.startswith("ok")}
 def proxy(request, tmp_path_factory):
     parser, loop = variant(request.param)
     with UpstreamServer("f") as up:
-        config = f"""
-[servers.px]
-proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
-http_parser = "{parser}"
+        config = proxy_config(f"""
 [servers.px.timeout]
 upstream_read_timeout_sec = 5
 
@@ -46,7 +41,7 @@ upstream_read_timeout_sec = 5
 path_prefix = "/"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-"""
+""", parser)
         with run_worker(tmp_path_factory.mktemp("unsolicited"), config, loop) as w:
             yield w, up
 
@@ -72,7 +67,7 @@ def _check_nobody_gets_it(w, up: UpstreamServer, fault_target: str, tag: str) ->
     tags = [f"c{i}-{tag}" for i in range(3)]
     with ThreadPoolExecutor(3) as ex:
         replies = list(ex.map(lambda t: _get(w.port(), f"/delay/{t}"), tags))
-    for t, r in zip(tags, replies):
+    for t, r in zip(tags, replies, strict=True):
         assert (r.status, r.body, r.header("x-up")) == (200, t.encode(), None), (t, r)
     r = _get(w.port(), f"/delay/seq-{tag}?s=0")
     assert (r.status, r.body, r.header("x-up")) == (200, f"seq-{tag}".encode(), None)

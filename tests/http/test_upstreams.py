@@ -14,10 +14,11 @@ from monolake.conf import parse_config
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
 from monolake.worker.http.pool import ConnectHold
+from monolake.worker.http.proxy import RouterService
 from monolake.worker.http.server import build
 from tests.http.conftest import PARSERS, Conn, run_worker
 from tests.http.upstream import UpstreamServer
-from tests.support import free_port
+from tests.support import free_port, until
 
 
 def _route(path: str, urls: list[str], extra: str = "", lb: str = "random") -> str:
@@ -126,7 +127,6 @@ def test_connect_timeout_is_504(proxy):
 
 
 def test_idempotent_request_retried_on_another_upstream(proxy, ups):
-    a, _, _ = ups
     with Conn(proxy.port()) as c:
         r = c.request("GET", "/first/retry")
         assert r.status == 200 and r.body == b"a /first/retry"
@@ -226,14 +226,9 @@ upstreams = [{ups}]
 """).servers["px"]
     handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(),
                                         runtime="asyncio"), None)
-    return handle, handle.stack.services["router"].routes[0].balancer.upstreams
-
-
-async def _until(cond, what: str, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting: {what}"
-        await asyncio.sleep(0.005)
+    router = handle.stack.services["router"]
+    assert isinstance(router, RouterService)
+    return handle, router.routes[0].balancer.upstreams
 
 
 def test_least_conn_counts_connects_in_flight_and_every_outcome(ups, blackhole):
@@ -253,7 +248,7 @@ def test_least_conn_counts_connects_in_flight_and_every_outcome(ups, blackhole):
         assert up.active == 1
         resp = await fut
         assert resp.status == 200
-        await _until(lambda: up.active == 0, "exchange over")
+        await until(lambda: up.active == 0, "exchange over")
         # refused, timed out, cancelled mid-connect: back to zero, never below
         for url, timeout, outcome in ((f"http://127.0.0.1:{free_port()}", 5.0, UpstreamError),
                                       (f"http://127.0.0.1:{blackhole}", 0.2, UpstreamTimeout),
@@ -296,18 +291,18 @@ def test_least_conn_spreads_requests_parsed_in_one_loop_turn(ups, monkeypatch):
                                                                 "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-        await _until(lambda: handle.open_connections() == 2, "both accepted")
+        await until(lambda: handle.open_connections() == 2, "both accepted")
         for _, w in clients:  # one turn: both arrive before the proxy runs again
             w.write(b"GET /slow?delay=0.3 HTTP/1.1\r\nHost: t\r\n\r\n")
-        await _until(lambda: sum(u.active for u in upstreams) == 2, "both in flight")
+        await until(lambda: sum(u.active for u in upstreams) == 2, "both in flight")
         assert [u.active for u in upstreams] == [1, 1]
-        names = set()
+        names: set[str] = set()
         for r, w in clients:
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
             names.update(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
                          if line.lower().startswith(b"x-upstream:"))
             w.close()
-        await _until(lambda: sum(u.active for u in upstreams) == 0, "all done")
+        await until(lambda: sum(u.active for u in upstreams) == 0, "all done")
         server.close()
         await handle.aclose()
         return names

@@ -81,7 +81,7 @@ class UpstreamServer:
         self._writers: set[asyncio.StreamWriter] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> "UpstreamServer":
+    def __enter__(self) -> UpstreamServer:
         self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError("upstream did not start")
@@ -98,6 +98,7 @@ class UpstreamServer:
             w.transport.abort()
         if self._server is not None:
             self._server.close()
+        assert self._loop is not None  # called on it
         self._loop.stop()
 
     def _run(self) -> None:
@@ -133,13 +134,13 @@ class UpstreamServer:
                     return
                 lines = head[:-4].split(b"\r\n")
                 method, target, version = lines[0].decode().split(" ", 2)
-                headers = []
+                headers: list[tuple[str, str]] = []
                 for line in lines[1:]:
                     k, _, v = line.partition(b":")
                     headers.append((k.strip().lower().decode(), v.strip().decode()))
-                hd = {}
-                for k, v in headers:
-                    hd.setdefault(k, v)
+                hd: dict[str, str] = {}
+                for hname, hvalue in headers:
+                    hd.setdefault(hname, hvalue)
                 self.requests += 1
                 url = urlsplit(target)
                 self.paths.append(target)
@@ -220,7 +221,7 @@ class UpstreamServer:
                         w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
                         if method != "HEAD":
                             await self._send_pattern(w, n, chunked=False)
-                elif path.endswith("/sink") or path.endswith("/info"):
+                elif path.endswith(("/sink", "/info")):
                     doc = {"name": self.name, "method": method, "target": target, "version": version,
                            "headers": headers, "length": length, "sha256": digest}
                     sslobj = w.get_extra_info("ssl_object")

@@ -16,10 +16,11 @@ import sys
 def main(argv: list[str]) -> None:
     split = argv.index("--")
     specs, args = argv[:split], argv[split + 1:]
-    fds, names = [], []
+    fds: list[int] = []
+    names: list[str] = []
     for spec in specs:
-        fd, _, name = spec.partition("=")
-        fds.append(int(fd))
+        number, _, name = spec.partition("=")
+        fds.append(int(number))
         names.append(name)
     # move every fd out of the way first (above any target), so none is clobbered
     parked = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -52,20 +52,11 @@ class Activated(Monolaked):
     """A master started through tests/ops/activate.py with the given sockets."""
 
     def __init__(self, tmp: Path, config_text: str, socks: list[tuple[socket.socket, str]],
-                 args: list[str] = (), env: dict | None = None) -> None:
-        self.tmp = tmp
-        self.config_path = tmp / "monolake.toml"
-        self.config_path.write_text(config_text)
-        self.log_path = tmp / "master.log"
-        self._log = open(self.log_path, "wb")
-        self.seen_pids: set[int] = set()
+                 args: Sequence[str] = (), env: dict | None = None) -> None:
         specs = [f"{s.fileno()}={name}" for s, name in socks]
-        self.proc = subprocess.Popen(
-            [PYTHON, str(HERE / "activate.py"), *specs, "--", "start", "-c", str(self.config_path),
-             *args],
-            pass_fds=[s.fileno() for s, _ in socks], stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})})
-        self.seen_pids.add(self.proc.pid)
+        super().__init__(tmp, config_text, args, env,
+                         launcher=[PYTHON, str(HERE / "activate.py"), *specs, "--"],
+                         pass_fds=[s.fileno() for s, _ in socks])
 
 
 @pytest.fixture

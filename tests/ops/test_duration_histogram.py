@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from monolake.worker.http.stats import BUCKET_KEYS, Stats
+from monolake.worker.http.stats import BUCKET_KEYS, COUNTERS, GAUGES, Stats
 
 
 def durations(stats: Stats) -> dict[str, int]:
@@ -30,3 +30,11 @@ def test_histogram_survives_export_and_absorb():
     assert [d[k] for k in BUCKET_KEYS] == [1, 2, 2, 3, 3, 3, 3, 3]
     assert d["duration_count"] == 4
     assert d["duration_sum_us"] == 2000 + 40_000 + 9_000_000 + 100
+
+
+def test_declared_fields_are_the_slots() -> None:
+    """Stats declares its counters for type checkers beside the COUNTERS/GAUGES lists that
+    make the slots and the stats keys: a counter added to one list only fails here."""
+    declared = set(Stats.__annotations__)
+    assert declared == set(COUNTERS + GAUGES) | {"_bins"}
+    assert set(Stats.__slots__) == declared

@@ -65,8 +65,9 @@ def web_stats(requests: int, **more: int) -> dict[str, int]:
 def make_master() -> Master:
     master = Master(parse_config(CONFIG, source="test.toml"), None)
     master.slots = [Slot(index=0, cpu=0, restarts=2), Slot(index=1, cpu=1)]
-    master.slots[0].worker = FakeWorker(0, os.getpid(), server_stats={"web": web_stats(10)})
-    master.slots[1].worker = FakeWorker(1, 999999999, generation=2,
+    # FakeWorker stands in for WorkerProc with the fields the renderer reads (hence the ignores)
+    master.slots[0].worker = FakeWorker(0, os.getpid(), server_stats={"web": web_stats(10)})  # type: ignore[assignment]
+    master.slots[1].worker = FakeWorker(1, 999999999, generation=2,  # type: ignore[assignment]
                                         server_stats={"web": web_stats(5), "api": {"requests": 4}})
     master.state.generation = 2
     master.state.reloads.append(ReloadRecord(time.time(), 0.5, True, "", 2, "generation"))

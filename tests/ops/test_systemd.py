@@ -33,7 +33,7 @@ class FakeSystemd:
         self.sock.settimeout(timeout)
         try:
             data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(UCRED.size))
-        except (socket.timeout, BlockingIOError):
+        except (TimeoutError, BlockingIOError):
             return None
         pid = -1
         for level, kind, cdata in anc:

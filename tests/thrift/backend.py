@@ -117,15 +117,18 @@ def serve_ttheader(conn: socket.socket, processor: TProcessor, pfactory, name: s
             for _ in range(cnt):
                 if info == 1:
                     (kl,) = struct.unpack_from("!H", body, pos)
-                    key = body[pos + 2:pos + 2 + kl]
+                    skey = body[pos + 2:pos + 2 + kl]
                     pos += 2 + kl
                 else:
-                    (key,) = struct.unpack_from("!H", body, pos)
+                    (ikey,) = struct.unpack_from("!H", body, pos)
                     pos += 2
                 (vl,) = struct.unpack_from("!H", body, pos)
                 val = body[pos + 2:pos + 2 + vl]
                 pos += 2 + vl
-                (strs if info == 1 else ints)[key] = val
+                if info == 1:
+                    strs[skey] = val
+                else:
+                    ints[ikey] = val
         itrans = TMemoryBuffer(body[hend:])
         otrans = TMemoryBuffer()
         processor.process(pfactory.get_protocol(itrans), pfactory.get_protocol(otrans))
@@ -133,15 +136,15 @@ def serve_ttheader(conn: socket.socket, processor: TProcessor, pfactory, name: s
         if not out:
             continue  # oneway
         strs[b"x-backend"] = name.encode()
-        info = bytes([proto_id, 0]) + b"\x01" + struct.pack("!H", len(strs))
+        header = bytes([proto_id, 0]) + b"\x01" + struct.pack("!H", len(strs))
         for k, v in strs.items():
-            info += struct.pack("!H", len(k)) + k + struct.pack("!H", len(v)) + v
+            header += struct.pack("!H", len(k)) + k + struct.pack("!H", len(v)) + v
         if ints:
-            info += b"\x10" + struct.pack("!H", len(ints))
+            header += b"\x10" + struct.pack("!H", len(ints))
             for ik, v in ints.items():
-                info += struct.pack("!HH", ik, len(v)) + v
-        info += b"\x00" * (-len(info) % 4)
-        frame = struct.pack("!HHiH", 0x1000, flags, seq_id, len(info) // 4) + info + out
+                header += struct.pack("!HH", ik, len(v)) + v
+        header += b"\x00" * (-len(header) % 4)
+        frame = struct.pack("!HHiH", 0x1000, flags, seq_id, len(header) // 4) + header + out
         conn.sendall(struct.pack("!I", len(frame)) + frame)
 
 
@@ -181,7 +184,8 @@ def main() -> None:
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lsock.bind((host, int(port)))
-        addr = "%s:%d" % lsock.getsockname()[:2]
+        h, p = lsock.getsockname()[:2]
+        addr = f"{h}:{p}"
     lsock.listen(512)
     processor = TProcessor(echo.Echo, Handler(args.name))
     sys.stdout.write(f"READY {addr}\n")

@@ -8,6 +8,7 @@ import random
 import struct
 
 import pytest
+from thriftpy2.protocol import TProtocolBase
 from thriftpy2.protocol.binary import TBinaryProtocol
 from thriftpy2.protocol.compact import TCompactProtocol
 from thriftpy2.thrift import TApplicationException, TMessageType
@@ -37,6 +38,7 @@ def big_item(i: int = 0) -> object:
 def encode_call(method: str, seqid: int, proto: str = "binary", mtype: int = TMessageType.CALL,
                 **kwargs) -> bytes:
     buf = TMemoryBuffer()
+    prot: TProtocolBase
     if proto == "compact":
         prot = TCompactProtocol(buf)
     else:
@@ -48,9 +50,9 @@ def encode_call(method: str, seqid: int, proto: str = "binary", mtype: int = TMe
     return buf.getvalue()
 
 
-def decode_msg(data: bytes, proto: str = "binary") -> tuple[str, int, int, TMemoryBuffer]:
+def decode_msg(data: bytes, proto: str = "binary") -> tuple[str, int, int, TProtocolBase]:
     buf = TMemoryBuffer(data)
-    prot = TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_read=False)
+    prot: TProtocolBase = TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_read=False)
     name, mtype, seqid = prot.read_message_begin()
     return name, mtype, seqid, prot
 
@@ -226,7 +228,7 @@ def test_deframer_sized(kind: int) -> None:
         assert [f.head.seqid for f in got] == list(range(1, 30))
         assert d.kind == (FRAMED if kind == FRAMED else TTHEADER)
         if kind != FRAMED:
-            assert [f.tt.str_headers for f in got] == [{b"i": str(i).encode()} for i in range(29)]
+            assert [f.tt.str_headers if f.tt else None for f in got] == [{b"i": str(i).encode()} for i in range(29)]
 
 
 def test_deframer_auto_detects_unframed_binary() -> None:
@@ -252,7 +254,7 @@ def test_frame_encode_remaps_seqid_for_every_transport() -> None:
             out_msg = parsed["payload"]
         else:
             out_msg = out
-        name, mtype, seqid, prot = decode_msg(out_msg)
+        name, _mtype, seqid, prot = decode_msg(out_msg)
         assert (name, seqid) == ("echo", 123456)
         args = E.Echo.echo_args()
         args.read(prot)

@@ -138,7 +138,7 @@ def test_unknown_method_is_404(gw: Gw, path: str, method: str) -> None:
 
 
 def test_other_http_methods_are_405(gw: Gw) -> None:
-    status, body, headers = gw.post("gw", "/Echo/ping", method="GET")
+    status, _body, headers = gw.post("gw", "/Echo/ping", method="GET")
     assert status == 405 and headers["allow"] == "POST"
 
 

@@ -54,7 +54,7 @@ class Served:
         self.port = self.sock.getsockname()[1]
         self.srv: asyncio.AbstractServer | None = None
 
-    async def __aenter__(self) -> "Served":
+    async def __aenter__(self) -> Served:
         loop = asyncio.get_running_loop()
         self.srv = await loop.create_server(self.handle.protocol_factory, sock=self.sock)
         return self
@@ -195,7 +195,7 @@ def test_gateway_reload_hands_over_pool_and_counters(upstream: str) -> None:
             status, body = await http_post(s1.port, "/Echo/accepted", {})
             assert status == 200
             before = body["result"]
-        assert CONTRACT_KEYS <= set(h1.stats()) and h1.stats()["responses_2xx"] == 1
+        assert set(h1.stats()) >= CONTRACT_KEYS and h1.stats()["responses_2xx"] == 1
         await wait_idle(h1)
         fds: list[int] = []
         state = pickle.loads(pickle.dumps(h1.export_state(fds)))

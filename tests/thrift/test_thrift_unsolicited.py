@@ -85,7 +85,7 @@ def test_half_a_message_after_the_last_reply_closes_the_connection():
 
 
 def test_bytes_with_nothing_in_flight_close_the_connection():
-    pool, conn, transport, sink, seqid = _connection()
+    pool, conn, transport, _sink, seqid = _connection()
     conn.data_received(_reply(seqid))
     conn.data_received(b"\x00\x00")
     assert transport.aborted and pool.idle == [] and pool.counters.upstream_unsolicited == 1

@@ -108,7 +108,7 @@ def closed_by_peer(sock: socket.socket, timeout: float = 5.0) -> bool:
             pass
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
     return True
 

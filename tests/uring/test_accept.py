@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -33,7 +32,7 @@ class ServingThread(threading.Thread):
         try:
             with asyncio.Runner(loop_factory=self.factory) as runner:
                 runner.run(self.main())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:  # reported by the test
             self.error = exc
 
     async def main(self) -> None:
@@ -47,14 +46,18 @@ class ServingThread(threading.Thread):
             # the loop does not enter the kernel while blocked: a connection arriving now is
             # queued on the listening socket; then this server stops accepting
             self.blocked.set()
-            time.sleep(self.block_then_close)
+            time.sleep(self.block_then_close)  # noqa: ASYNC251 - blocking the loop is the point
             server.close()
         await self.stop_fut
         server.close()
 
     def stop(self) -> None:
-        if self.loop is not None and self.stop_fut is not None:
-            self.loop.call_soon_threadsafe(lambda: self.stop_fut.done() or self.stop_fut.set_result(None))
+        fut = self.stop_fut
+        if self.loop is not None and fut is not None:
+            def wake() -> None:
+                if not fut.done():
+                    fut.set_result(None)
+            self.loop.call_soon_threadsafe(wake)
         self.join(10)
 
 

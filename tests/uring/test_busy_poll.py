@@ -13,6 +13,7 @@ import pytest
 
 from monolake.uring.busypoll import BusyPollSelector, set_busy_poll, with_busy_poll
 from monolake.uring.runtime import LoopChoice, legacy_loop
+from tests.support import settle
 
 
 class PollLog:
@@ -27,7 +28,7 @@ class PollLog:
             sel._run = self._wrap(orig, sel)
         elif isinstance(sel, BusyPollSelector):     # asyncio, busy polling: the inner epoll
             self._owner, orig = sel, sel.inner.select
-            sel.inner.select = self._wrap(orig, sel)
+            sel.inner.select = self._wrap(orig, sel)  # type: ignore[method-assign,assignment]  # the spy
         else:                                       # asyncio, plain
             self._owner, orig = sel, sel.select
             sel.select = self._wrap(orig, sel)
@@ -52,7 +53,7 @@ async def _one_event_then_idle(idle: float) -> tuple[float, float]:
     a.setblocking(False)
     try:
         got: asyncio.Future[bytes] = loop.create_future()
-        loop.add_reader(a.fileno(), lambda: got.done() or got.set_result(a.recv(16)))
+        loop.add_reader(a.fileno(), lambda: settle(got, lambda: a.recv(16)))
         b.send(b"x")
         assert await asyncio.wait_for(got, 5) == b"x"
         loop.remove_reader(a.fileno())
@@ -123,7 +124,7 @@ def test_busy_poll_does_not_delay_timers(loop_factory: Callable[[], asyncio.Abst
             a.setblocking(False)
             try:
                 got: asyncio.Future[bytes] = loop.create_future()
-                loop.add_reader(a.fileno(), lambda: got.done() or got.set_result(a.recv(16)))
+                loop.add_reader(a.fileno(), lambda: settle(got, lambda: a.recv(16)))
                 b.send(b"x")
                 await asyncio.wait_for(got, 5)  # an event: the window opens
                 loop.remove_reader(a.fileno())

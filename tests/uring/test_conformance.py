@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import keep, settle
 from tests.uring.conftest import raise_nofile, run
 
 Factory = Callable[[], asyncio.AbstractEventLoop]
@@ -236,7 +237,7 @@ def test_large_transfer_with_backpressure_both_ways(loop_factory: Factory) -> No
         loop = asyncio.get_running_loop()
         # server -> client: the server is the Source, the client a slow Sink
         sources: list[Source] = []
-        server = await loop.create_server(lambda: sources.append(Source(total)) or sources[-1],
+        server = await loop.create_server(lambda: keep(sources, Source(total)),
                                           "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, sink = await loop.create_connection(lambda: Sink(total), "127.0.0.1", port)
@@ -252,7 +253,7 @@ def test_large_transfer_with_backpressure_both_ways(loop_factory: Factory) -> No
 
         # client -> server: the client is the Source, the server a slow Sink
         sinks: list[Sink] = []
-        server = await loop.create_server(lambda: sinks.append(Sink(total)) or sinks[-1],
+        server = await loop.create_server(lambda: keep(sinks, Sink(total)),
                                           "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, src = await loop.create_connection(lambda: Source(total), "127.0.0.1", port)
@@ -394,11 +395,11 @@ def test_cancelling_pending_operations(loop_factory: Factory) -> None:
         lsock.bind(("127.0.0.1", 0))
         lsock.listen()
         lsock.setblocking(False)
-        t = asyncio.create_task(loop.sock_accept(lsock))
+        accept = asyncio.create_task(loop.sock_accept(lsock))
         await asyncio.sleep(0.01)
-        t.cancel()
+        accept.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await t
+            await accept
         for s in (a, b, lsock):
             s.close()
         writer.close()
@@ -471,7 +472,7 @@ def test_signals(loop_factory: Factory) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         got = loop.create_future()
-        loop.add_signal_handler(signal.SIGUSR1, lambda: got.done() or got.set_result("usr1"))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: settle(got, lambda: "usr1"))
         # from another thread while the loop is blocked waiting
         threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1)).start()
         assert await got == "usr1"
@@ -570,7 +571,7 @@ def test_inherited_listening_socket(loop_factory: Factory) -> None:
         deadline = loop.time() + 5
         while loop.time() < deadline:
             try:
-                r, w = await asyncio.open_connection("127.0.0.1", port)
+                _r, w = await asyncio.open_connection("127.0.0.1", port)
             except ConnectionRefusedError:
                 return
             except ConnectionResetError:
@@ -665,9 +666,9 @@ def test_no_fd_left_behind_after_closing_with_operations_in_flight(loop_factory:
         # pending operations on raw sockets too
         a, b = socket.socketpair()
         a.setblocking(False)
-        t = asyncio.create_task(loop.sock_recv(a, 10))
+        recv = asyncio.create_task(loop.sock_recv(a, 10))
         await asyncio.sleep(0.01)
-        t.cancel()
+        recv.cancel()
         a.close()
         b.close()
         for _ in range(200):
@@ -691,9 +692,9 @@ def test_add_reader_writer_and_sock_coroutines(loop_factory: Factory) -> None:
         a.setblocking(False)
         b.setblocking(False)
         readable = loop.create_future()
-        loop.add_reader(a.fileno(), lambda: readable.done() or readable.set_result(a.recv(100)))
+        loop.add_reader(a.fileno(), lambda: settle(readable, lambda: a.recv(100)))
         writable = loop.create_future()
-        loop.add_writer(b.fileno(), lambda: writable.done() or writable.set_result(True))
+        loop.add_writer(b.fileno(), lambda: settle(writable, lambda: True))
         assert await writable
         assert loop.remove_writer(b.fileno())
         b.send(b"ready")
@@ -858,7 +859,7 @@ def test_buffered_protocol_writelines_and_sendfile(loop_factory: Factory, tmp_pa
     async def main() -> None:
         loop = asyncio.get_running_loop()
         collectors: list[Collect] = []
-        server = await loop.create_server(lambda: collectors.append(Collect()) or collectors[-1],
+        server = await loop.create_server(lambda: keep(collectors, Collect()),
                                           "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)

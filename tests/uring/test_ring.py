@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,14 @@ from monolake.uring import probe
 if not probe().available:
     pytest.skip(f"io_uring unavailable: {probe().reason}", allow_module_level=True)
 
-from monolake.uring._uring import ffi, lib  # noqa: E402
-from monolake.uring.ring import (  # noqa: E402
-    F_MORE, K_DRAIN, K_QUIESCED, K_RECV, K_SENDERR, Ring,
+from monolake.uring._uring import ffi, lib
+from monolake.uring.ring import (
+    F_MORE,
+    K_DRAIN,
+    K_QUIESCED,
+    K_RECV,
+    K_SENDERR,
+    Ring,
 )
 
 
@@ -35,7 +41,7 @@ def events(r: Ring, until: int = 1, timeout: float = 5.0) -> list[tuple[int, int
     while len(got) < until and time.monotonic() < deadline:
         flat = r.run(0.05)
         it = iter(flat)
-        got.extend(zip(it, it, it, it))
+        got.extend(zip(it, it, it, it, strict=True))  # flat quadruples
     return got
 
 
@@ -109,7 +115,7 @@ def test_cancel_by_fd(ring: Ring) -> None:
     b.close()
 
 
-def conn_pair(ring: Ring, token: int) -> tuple[socket.socket, socket.socket, object]:
+def conn_pair(ring: Ring, token: int) -> tuple[socket.socket, socket.socket, Any]:  # c: a cffi mu_conn *
     a, b = socket.socketpair()
     c = lib.mu_conn_new(ring.ptr, a.fileno(), token << 8)
     assert c != ffi.NULL
@@ -241,7 +247,7 @@ def test_forked_child_never_touches_the_parents_ring() -> None:
         try:
             left = r.close()
             os._exit(0 if left == 0 and r.closed else 1)
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
@@ -296,7 +302,7 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
         flat = r.run(0.05)
         it = iter(flat)
         got: dict[int, bytearray] = {tok: bytearray() for tok in want}
-        for ud, res, _, off in zip(it, it, it, it):
+        for ud, res, _, off in zip(it, it, it, it, strict=True):
             if ud & 255 == K_RECV and res > 0:
                 got[ud >> 8] += r.arena[off:off + res]
         for i, (_, b, _) in enumerate(pairs):
@@ -305,12 +311,12 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
         while any(len(got[t]) < len(want[t]) for t in want) and time.monotonic() < deadline:
             flat = r.run(0.05)
             it = iter(flat)
-            for ud, res, _, off in zip(it, it, it, it):
+            for ud, res, _, off in zip(it, it, it, it, strict=True):
                 if ud & 255 == K_RECV and res > 0:
-                    assert 0 <= off and off + res <= len(r.arena) and res <= 512
+                    assert off >= 0 and off + res <= len(r.arena) and res <= 512
                     got[ud >> 8] += r.arena[off:off + res]
         assert {t: bytes(v) for t, v in got.items()} == want
-        for a, b, c in pairs:
+        for _, _, c in pairs:
             lib.mu_conn_close(c, 0)
         quiesced = [ud for ud, *_ in events(r, len(pairs)) if ud & 255 == K_QUIESCED]
         assert len(quiesced) == len(pairs)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from monolake.worker.http.body import BodyError
 from monolake.worker.http.message import Request, Response, text_response

@@ -287,7 +287,7 @@ class RequestReader:
                 self.fail(500, "internal error", cause)  # an exception in our callback
             else:
                 self.fail(400, str(exc))
-        except Exception as exc:
+        except Exception as exc:  # a request must never take the worker down
             self.fail(500, "internal error", exc)
         else:
             if self.phase == HEAD:  # still inside a head after this read: bound it
@@ -447,6 +447,7 @@ class RequestReader:
             raise ParseError("request body too large", 413)
         chunked = flags & CHUNKED
         body = BodyStream(content_length, self.producer) if chunked or content_length else None
+        # HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when asked to keep it
         keep_alive = not flags & CONN_CLOSE if version == "1.1" else bool(flags & CONN_KEEPALIVE)
         expect = bool(flags & EXPECT) and body is not None
         req = Request(method, target, path, query, version, headers, body, keep_alive,

@@ -24,6 +24,26 @@ _BOUNDS_US = tuple(ms * 1000 for ms in DURATION_BUCKETS_MS)
 
 class Stats:
     __slots__ = COUNTERS + GAUGES + ("_bins",)
+    # The slots above, declared for type checkers (__init__ sets them by name);
+    # tests/ops/test_duration_histogram.py keeps the two lists the same.
+    connections_total: int
+    requests: int
+    responses_1xx: int
+    responses_2xx: int
+    responses_3xx: int
+    responses_4xx: int
+    responses_5xx: int
+    errors: int
+    bytes_in: int
+    bytes_out: int
+    upstream_connect_failures: int
+    upstream_ejections: int
+    upstream_unsolicited: int
+    duration_sum_us: int
+    duration_count: int
+    open_connections: int
+    active_requests: int
+    _bins: list[int]
 
     def __init__(self) -> None:
         for name in COUNTERS + GAUGES:
@@ -38,8 +58,9 @@ class Stats:
         self.duration_count += 1
 
     def _cumulative(self) -> dict[str, int]:
-        out, running = {}, 0
-        for key, count in zip(BUCKET_KEYS, self._bins, strict=False):
+        out: dict[str, int] = {}
+        running = 0
+        for key, count in zip(BUCKET_KEYS, self._bins, strict=False):  # last bin (> 5 s): no key
             running += count
             out[key] = running
         return out
@@ -63,7 +84,7 @@ class Stats:
         """The monotonic counters (gauges describe live connections and do not carry over)."""
         return {**{name: getattr(self, name) for name in COUNTERS}, **self._cumulative()}
 
-    def absorb(self, data: dict) -> None:
+    def absorb(self, data: dict[str, object]) -> None:
         """Add a previous generation's totals, so totals survive a reload."""
         for name in COUNTERS:
             value = data.get(name)

@@ -30,8 +30,7 @@ from monolake.worker.http.stats import Stats
 from monolake.worker.upstream import balance, ejection
 from monolake.worker.upstream.endpoint import Health
 
-
-DERIVED: "weakref.WeakValueDictionary[tuple[Any, ...], Upstream]" = weakref.WeakValueDictionary()
+DERIVED: weakref.WeakValueDictionary[tuple[Any, ...], Upstream] = weakref.WeakValueDictionary()
 """The live derived upstreams by pool key: where the pool puts connections that a previous
 generation handed over to a discovered address (UpstreamPool.adopt_pending)."""
 
@@ -43,7 +42,7 @@ class DrainEpoch:
     value = 0
 
 
-def mark_draining(up: "Upstream") -> None:
+def mark_draining(up: Upstream) -> None:
     if not up.draining:
         up.draining = True
         DrainEpoch.value += 1
@@ -121,7 +120,7 @@ class Upstream(Health):
         """A name (not an IP literal) or an SRV record: its addresses come from DNS."""
         return self.kind == "uri" and (self.key[0] == "srv" or not is_ip(self.host))
 
-    def derive(self, target: Target) -> "Upstream":
+    def derive(self, target: Target) -> Upstream:
         """The upstream for one address of this (discovered) one: same Host header, path,
         TLS name, pool and health settings; its own connect address and pool key."""
         up = object.__new__(Upstream)
@@ -184,7 +183,7 @@ class Discovered:
 
     __slots__ = ("template", "source", "children", "ready", "_balancer", "__weakref__")
 
-    def __init__(self, template: Upstream, balancer: "Balancer") -> None:
+    def __init__(self, template: Upstream, balancer: Balancer) -> None:
         self.template = template
         self.children: dict[tuple[str, int], Upstream] = {}
         self.ready = False                 # the first answer is in: children replace the placeholder
@@ -219,7 +218,8 @@ class Discovered:
         self.children = fresh
         return list(fresh.values())
 
-    async def resolve(self, timeout: float) -> Upstream | None:
+    # ASYNC109: on expiry the wait gives a result (no upstream yet), it does not cancel
+    async def resolve(self, timeout: float) -> Upstream | None:  # noqa: ASYNC109
         """For a request that picked the placeholder: wait (bounded) for the first answer and
         pick one of its upstreams; None when there is none (the error says why)."""
         await self.source.wait(timeout)

@@ -27,7 +27,7 @@ def _cert_names(chain: str) -> list[str]:
     """DNS names (SAN, else CN) of the leaf certificate in a PEM file, lower-case."""
     try:
         decoded = ssl._ssl._test_decode_cert(chain)  # type: ignore[attr-defined]
-    except Exception:
+    except Exception:  # names are only used for SNI choice
         return []
     names = [v.lower() for k, v in decoded.get("subjectAltName", ()) if k == "DNS"]
     if not names:

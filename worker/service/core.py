@@ -78,7 +78,7 @@ class FactoryStack:
         self._innermost = innermost
         self._layers: list[LayerFactory] = []
 
-    def push(self, layer: LayerFactory) -> "FactoryStack":
+    def push(self, layer: LayerFactory) -> FactoryStack:
         """Wrap everything pushed so far; the last layer pushed is the outermost."""
         self._layers.append(layer)
         return self
@@ -87,7 +87,7 @@ class FactoryStack:
     def keys(self) -> list[str]:
         return [self._innermost.key, *(layer.key for layer in self._layers)]
 
-    def make(self, previous: "ServiceStack | dict | None", fds: FdSource = NO_FDS) -> ServiceStack:
+    def make(self, previous: ServiceStack | dict | None, fds: FdSource = NO_FDS) -> ServiceStack:
         """Build every service, handing each the previous version found under its key.
 
         ``previous`` is the live previous ``ServiceStack`` (in-place reload), the dict its
@@ -105,7 +105,7 @@ class FactoryStack:
         return ServiceStack(svc, services)
 
 
-def _previous_for(previous: "ServiceStack | dict | None", key: str, fds: FdSource) -> Any:
+def _previous_for(previous: ServiceStack | dict | None, key: str, fds: FdSource) -> Any:
     if previous is None:
         return None
     if isinstance(previous, ServiceStack):
