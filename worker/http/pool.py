@@ -14,15 +14,14 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
-from monolake.worker.http.client import (NoAddress, UpstreamConnection, UpstreamError,
-                                         UpstreamTimeout)
+from monolake.worker.discovery.watch import settle_all
+from monolake.worker.http.client import NoAddress, UpstreamConnection, UpstreamError, UpstreamTimeout
 from monolake.worker.http.parser import HeadLimits
 from monolake.worker.http.stats import Stats
-from monolake.worker.discovery.watch import settle_all
 from monolake.worker.http.upstream import DERIVED, DrainEpoch, Upstream
 from monolake.worker.service.state import FdSource
 from monolake.worker.upstream import idle as idle_fds
@@ -50,8 +49,16 @@ class ConnectHold:
 
 
 class UpstreamPool:
-    def __init__(self, *, parser_kind: str, connect_timeout: float, read_timeout: float,
-                 stats: Stats, log: Any = None, head_limits: HeadLimits | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        parser_kind: str,
+        connect_timeout: float,
+        read_timeout: float,
+        stats: Stats,
+        log: Any = None,
+        head_limits: HeadLimits | None = None,
+    ) -> None:
         self.parser_kind = parser_kind
         self.head_limits = head_limits or HeadLimits(status=502)  # of upstream response heads
         self.connect_timeout = connect_timeout
@@ -136,10 +143,11 @@ class UpstreamPool:
             if up.kind == "unix":
                 coro = loop.create_unix_connection(factory, up.unix_path)
             else:
-                coro = loop.create_connection(factory, up.connect_host, up.port, ssl=up.ssl,
-                                              server_hostname=up.sni if up.ssl else None)
+                coro = loop.create_connection(
+                    factory, up.connect_host, up.port, ssl=up.ssl, server_hostname=up.sni if up.ssl else None
+                )
             _transport, conn = await asyncio.wait_for(coro, self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats.upstream_connect_failures += 1
             raise UpstreamTimeout(f"connect to {up.label} timed out", retryable=True) from None
         except (OSError, ValueError) as exc:
@@ -216,8 +224,7 @@ class UpstreamPool:
             keep: deque[UpstreamConnection] = deque()
             while dq:
                 conn = dq.popleft()
-                fd = -1 if conn.closed or not conn.upstream.exportable else \
-                    idle_fds.export_fd(conn.transport)
+                fd = -1 if conn.closed or not conn.upstream.exportable else idle_fds.export_fd(conn.transport)
                 if fd < 0:
                     keep.append(conn)
                     continue
@@ -261,7 +268,8 @@ class UpstreamPool:
                 continue
             try:
                 _t, conn = await self.loop.create_connection(
-                    lambda up=up: UpstreamConnection(self, up), sock=sock)
+                    lambda up=up: UpstreamConnection(self, up), sock=sock
+                )
             except (OSError, ValueError) as exc:
                 self.log.info("pool_adopt_failed", upstream=up.label, error=str(exc))
                 sock.close()
@@ -269,4 +277,4 @@ class UpstreamPool:
             self.busy.add(conn)
             self.release(conn)
 
-    upstreams_by_key: dict[tuple, Upstream] = {}
+    upstreams_by_key: ClassVar[dict[tuple, Upstream]] = {}

@@ -99,19 +99,29 @@ def restore_state(service: Stateful, previous: Any, *, what: str = "") -> bool:
     name = what or type(service).__name__
     if isinstance(previous, Exported):
         if previous.version != service.state_version:
-            log.warning("state_version_mismatch", service=name, exported=previous.version,
-                        expected=service.state_version, action="starting fresh")
+            log.warning(
+                "state_version_mismatch",
+                service=name,
+                exported=previous.version,
+                expected=service.state_version,
+                action="starting fresh",
+            )
             return False
         service.import_state(previous.data, previous.fds)
         return True
     if type(previous) is not type(service):
-        log.warning("state_type_mismatch", service=name, previous=type(previous).__name__,
-                    action="starting fresh")
+        log.warning(
+            "state_type_mismatch", service=name, previous=type(previous).__name__, action="starting fresh"
+        )
         return False
     if getattr(previous, "state_version", None) != service.state_version:
-        log.warning("state_version_mismatch", service=name,
-                    exported=getattr(previous, "state_version", None),
-                    expected=service.state_version, action="starting fresh")
+        log.warning(
+            "state_version_mismatch",
+            service=name,
+            exported=getattr(previous, "state_version", None),
+            expected=service.state_version,
+            action="starting fresh",
+        )
         return False
     service.adopt(previous)
     return True

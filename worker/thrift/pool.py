@@ -19,12 +19,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from .errors import FrameError, UpstreamError
-from .framing import KIND_NAMES, Deframer, Frame
-from .stats import Counters
 from monolake.worker.sockopts import set_nodelay
 from monolake.worker.upstream import ejection, idle
 from monolake.worker.upstream.endpoint import Health
+
+from .errors import FrameError, UpstreamError
+from .framing import KIND_NAMES, Deframer, Frame
+from .stats import Counters
 
 log = structlog.get_logger()
 
@@ -35,15 +36,15 @@ DEFAULT_MAX_CONNS = 64  # per upstream per worker; beyond it requests are pipeli
 class Sink(Protocol):
     """Who is waiting for a reply (a downstream connection, or the gateway)."""
 
-    def on_reply(self, call: "Call", frame: Frame) -> None: ...
+    def on_reply(self, call: Call, frame: Frame) -> None: ...
 
-    def on_error(self, call: "Call", error: UpstreamError) -> None: ...
+    def on_error(self, call: Call, error: UpstreamError) -> None: ...
 
 
 class Call:
     """One request in flight; the sink decides what to do with the reply or the error."""
 
-    __slots__ = ("sink", "seqid", "frame_head", "tt", "deadline", "data")
+    __slots__ = ("data", "deadline", "frame_head", "seqid", "sink", "tt")
 
     def __init__(self, sink: Sink, seqid: int, frame_head: Any, tt: Any, data: Any = None) -> None:
         self.sink = sink
@@ -57,12 +58,12 @@ class Call:
 class Endpoint:
     """Where an upstream listens: ``host:port`` or a unix socket path."""
 
-    __slots__ = ("kind", "host", "port", "path", "label", "discovered", "group")
+    __slots__ = ("discovered", "group", "host", "kind", "label", "path", "port")
 
     def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
         self.kind = kind
         self.discovered: Any = None  # a placeholder for a name DNS has not answered yet
-        self.group: Any = None       # one address of a discovered name (worker/thrift/discovered.py)
+        self.group: Any = None  # one address of a discovered name (worker/thrift/discovered.py)
         self.host, self.port, self.path = host, port, path
         if kind == "unix":
             self.label = f"unix:{path}"
@@ -70,7 +71,7 @@ class Endpoint:
             self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "Endpoint":
+    def from_config(cls, cfg: Any) -> Endpoint:
         """From a ``monolake.conf`` EndpointConfig (type ``socket`` or ``unix``)."""
         if cfg.type == "unix":
             return cls("unix", path=cfg.path or cfg.value)
@@ -80,12 +81,28 @@ class Endpoint:
 class PoolSettings:
     """Per-pool knobs, from the server's ``timeout`` table and the route's pool keys."""
 
-    __slots__ = ("connect_timeout", "read_timeout", "max_idle", "idle_timeout", "eject_after",
-                 "eject_duration", "max_conns", "max_frame")
+    __slots__ = (
+        "connect_timeout",
+        "eject_after",
+        "eject_duration",
+        "idle_timeout",
+        "max_conns",
+        "max_frame",
+        "max_idle",
+        "read_timeout",
+    )
 
-    def __init__(self, connect_timeout: float = 5.0, read_timeout: float = 60.0, max_idle: int = 32,
-                 idle_timeout: float = 60.0, eject_after: int = 3, eject_duration: float = 10.0,
-                 max_conns: int = DEFAULT_MAX_CONNS, max_frame: int = 16 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_idle: int = 32,
+        idle_timeout: float = 60.0,
+        eject_after: int = 3,
+        eject_duration: float = 10.0,
+        max_conns: int = DEFAULT_MAX_CONNS,
+        max_frame: int = 16 * 1024 * 1024,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.max_idle = max_idle
@@ -99,7 +116,7 @@ class PoolSettings:
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream; may carry several requests (distinct proxy seqids)."""
 
-    def __init__(self, pool: "EndpointPool") -> None:
+    def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, Call] = {}
@@ -128,7 +145,7 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._received(data)
-        except Exception as exc:  # noqa: BLE001 - a bug here costs this connection, never the worker
+        except Exception as exc:
             log.exception("thrift_upstream_connection_error", upstream=self.pool.endpoint.label)
             self.fail(UpstreamError(f"internal error on the upstream connection: {exc!r}"))
 
@@ -187,8 +204,9 @@ class UpstreamConnection(asyncio.Protocol):
         data = frame.encode(seqid)
         if call is not None:
             settings = self.pool.settings
-            call.deadline = now + settings.read_timeout + (
-                settings.connect_timeout if self.transport is None else 0.0)
+            call.deadline = (
+                now + settings.read_timeout + (settings.connect_timeout if self.transport is None else 0.0)
+            )
             pending[seqid] = call
             self.inflight += 1
         if self.transport is not None:
@@ -211,14 +229,11 @@ class UpstreamConnection(asyncio.Protocol):
         for call in pending.values():
             try:
                 call.sink.on_error(call, error)
-            except Exception:  # noqa: BLE001 - one broken sink must not strand the others
+            except Exception:
                 log.exception("thrift_error_delivery_failed")
 
     def expired(self, now: float) -> bool:
-        for call in self.pending.values():
-            if call.deadline <= now:
-                return True
-        return False
+        return any(call.deadline <= now for call in self.pending.values())
 
     def close(self) -> None:
         self.closed = True
@@ -230,8 +245,14 @@ class EndpointPool(Health):
     """The connections of one worker to one upstream in one transport framing; its health
     (failures, ejection, draining: DNS dropped this address) is the kit's ``Health``."""
 
-    def __init__(self, endpoint: Endpoint, kind: int, settings: PoolSettings, counters: Counters,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        kind: int,
+        settings: PoolSettings,
+        counters: Counters,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.kind = kind
         self.settings = settings
@@ -294,7 +315,7 @@ class EndpointPool(Health):
             else:
                 coro = loop.create_connection(lambda: conn, ep.host, ep.port)
             await asyncio.wait_for(coro, self.settings.connect_timeout)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             why = "timed out" if timed_out else (exc.strerror or str(exc))
             alt = ep.group.sibling_pool(ep, self.kind, loop.time()) if ep.group is not None else None
@@ -331,8 +352,12 @@ class EndpointPool(Health):
         now = (self.loop or asyncio.get_running_loop()).time()
         if ejection.eject_now(self, now, self.settings.eject_duration, self.settings.eject_after > 0):
             self.counters.upstream_ejections += 1
-            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label, error=why,
-                        seconds=self.settings.eject_duration)
+            log.warning(
+                "thrift_upstream_ejected",
+                upstream=self.endpoint.label,
+                error=why,
+                seconds=self.settings.eject_duration,
+            )
 
     def drain(self) -> None:
         """DNS no longer names this address: close idle connections now, the others when
@@ -347,8 +372,12 @@ class EndpointPool(Health):
         now = (self.loop or asyncio.get_running_loop()).time()
         if ejection.record_failure(self, now, self.settings.eject_after, self.settings.eject_duration):
             self.counters.upstream_ejections += 1
-            log.warning("thrift_upstream_ejected", upstream=self.endpoint.label,
-                        failures=self.failures, seconds=self.settings.eject_duration)
+            log.warning(
+                "thrift_upstream_ejected",
+                upstream=self.endpoint.label,
+                failures=self.failures,
+                seconds=self.settings.eject_duration,
+            )
 
     # -- callbacks from connections ---------------------------------------------------------
 
@@ -384,11 +413,19 @@ class EndpointPool(Health):
         self.clock = now
         for conn in list(self.conns):
             if conn.pending and conn.expired(now):
-                log.warning("thrift_upstream_timeout", upstream=self.endpoint.label,
-                            in_flight=len(conn.pending), timeout=self.settings.read_timeout)
-                conn.fail(UpstreamError(
-                    f"upstream {self.endpoint.label} did not answer within "
-                    f"{self.settings.read_timeout:g}s", timeout=True))
+                log.warning(
+                    "thrift_upstream_timeout",
+                    upstream=self.endpoint.label,
+                    in_flight=len(conn.pending),
+                    timeout=self.settings.read_timeout,
+                )
+                conn.fail(
+                    UpstreamError(
+                        f"upstream {self.endpoint.label} did not answer within "
+                        f"{self.settings.read_timeout:g}s",
+                        timeout=True,
+                    )
+                )
         timeout = self.settings.idle_timeout
         for conn in [c for c in self.idle if idle.expired(c.idle_since, now, timeout)]:
             conn.close()
@@ -439,7 +476,7 @@ class EndpointPool(Health):
             sock.close()
             conn.fail(UpstreamError(f"adopting a pooled connection failed: {exc}"))
 
-    def adopt_live(self, other: "EndpointPool") -> None:
+    def adopt_live(self, other: EndpointPool) -> None:
         """In-place reload: move the previous pool's idle connections and health here."""
         self.failures, self.ejected_until = other.failures, other.ejected_until
         for conn in list(other.idle):
@@ -521,7 +558,7 @@ class Upstreams:
         for pool in [*self.pools.values(), *self.retired]:
             try:
                 pool.sweep(now)
-            except Exception:  # noqa: BLE001 - the sweep must keep running
+            except Exception:
                 log.exception("thrift_pool_sweep_failed", upstream=pool.describe())
         self._timer = loop.call_later(self.sweep_interval, self._sweep)
 
@@ -533,8 +570,9 @@ class Upstreams:
                 pools.append({"upstream": pool.endpoint.label, "kind": pool.kind, "fds": idx})
         return {"pools": pools}
 
-    def import_state(self, data: dict, take_fd: Callable[[int], int],
-                     resolve: Callable[[str, int], EndpointPool | None]) -> int:
+    def import_state(
+        self, data: dict, take_fd: Callable[[int], int], resolve: Callable[[str, int], EndpointPool | None]
+    ) -> int:
         """Adopt exported idle connections into the pools ``resolve(upstream, kind)`` names
         (None: that upstream left the config, its connections are closed); returns how many."""
         adopted = 0
@@ -551,7 +589,7 @@ class Upstreams:
                 adopted += 1
         return adopted
 
-    def adopt_live(self, other: "Upstreams", resolve: Callable[[str, int], EndpointPool | None]) -> None:
+    def adopt_live(self, other: Upstreams, resolve: Callable[[str, int], EndpointPool | None]) -> None:
         """In-place reload: idle connections of the live previous version move here."""
         for (label, kind), old in list(other.pools.items()):
             pool = resolve(label, kind)
