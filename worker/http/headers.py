@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monolake.worker.http.message import Headers, Request
+from monolake.worker.http.message import Headers, Request, header_tokens
 from monolake.worker.http.parser import native
 
 HOP_BY_HOP = frozenset(
@@ -43,17 +43,6 @@ _forward_head = getattr(native, "forward_head", None)
 
 def is_idempotent(method: str) -> bool:
     return method in _IDEMPOTENT
-
-
-def _named_by_connection(headers: Headers) -> frozenset[bytes]:
-    out = set()
-    for k, v in headers:
-        if k == b"connection":
-            for tok in v.split(b","):
-                tok = tok.strip().lower()
-                if tok:
-                    out.add(tok)
-    return frozenset(out)
 
 
 def _client_ip(peer: Any) -> str:
@@ -159,7 +148,7 @@ def _request_head_py(
         elif k == b"upgrade":
             upgrade_value = v
         elif k == b"connection":
-            named = _named_by_connection(req.headers)
+            named = header_tokens(req.headers, b"connection")
             drop = named - {b"upgrade"} if req.upgrade else named
             if drop:  # headers named by Connection are hop-by-hop too
                 block = split_headers(req.headers, _REQUEST_SPECIAL_T + tuple(drop))[0]
@@ -204,7 +193,7 @@ def split_response_headers(headers: Headers, status: int, via: bool) -> tuple[He
     length: int | None = None
     chunked = False
     out: Headers = []
-    named: frozenset[bytes] | None = None
+    named: set[bytes] | None = None
     upgrade = status == 101
     for k, v in headers:
         if k == b"content-length":
@@ -219,7 +208,7 @@ def split_response_headers(headers: Headers, status: int, via: bool) -> tuple[He
             elif upgrade:
                 out.append((k, v))
             elif k == b"connection":
-                named = _named_by_connection(headers)
+                named = header_tokens(headers, b"connection")
         else:
             out.append((k, v))
     if named:

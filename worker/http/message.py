@@ -27,8 +27,10 @@ def get_header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
-    """Comma-separated tokens of every ``name`` header, lower-cased and stripped."""
+def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
+    """The comma-separated tokens of every ``name`` header (``name`` and the header names
+    lower-case), each lower-cased and stripped of white space; empty list elements
+    (``a,,b``, RFC 9110 §5.6.1) are skipped. The one parser of Connection, TE and the like."""
     out: set[bytes] = set()
     for k, v in headers:
         if k == name:
@@ -144,11 +146,10 @@ class Response:
     def headers(self) -> Headers:
         headers = self._headers
         if headers is None:
+            block = self.head_block or b""  # _headers is None only while head_block holds them
             headers = self._headers = [
                 (name, value)
-                for name, _, value in (
-                    line.partition(b": ") for line in self.head_block.split(b"\r\n") if line
-                )
+                for name, _, value in (line.partition(b": ") for line in block.split(b"\r\n") if line)
             ]
             self.head_block = None
         return headers

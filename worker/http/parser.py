@@ -25,6 +25,8 @@ from typing import Any
 
 import h11
 
+from monolake.worker.http.message import header_tokens
+
 try:  # httptools is a hard dependency, but "auto" must still work where it is missing
     import httptools
     from httptools import HttpParserError, HttpParserUpgrade
@@ -90,7 +92,7 @@ def _load_native() -> Any:
     """monolake.uring._http, or None where the codec extension was not built (no C compiler
     at install time). Independent of the io_uring extension: see uring/_build.py."""
     try:
-        from monolake.uring._codec import lib  # type: ignore[attr-defined]
+        from monolake.uring._codec import lib  # type: ignore[import-not-found]
 
         if lib.mu_http_install() != 0:
             return None
@@ -298,9 +300,7 @@ class H11RequestParser:
                 names = {k for k, _ in lowered}
                 self._method = ev.method
                 self._version = ev.http_version
-                conn_tokens = {
-                    t.strip().lower() for k, v in lowered if k == b"connection" for t in v.split(b",")
-                }
+                conn_tokens = header_tokens(lowered, b"connection")
                 self._upgrade = b"upgrade" in names and b"upgrade" in conn_tokens
                 self._in_body = True
                 self._headbuf = bytearray()
@@ -384,12 +384,7 @@ class H11ResponseParser:
             if isinstance(ev, (h11.Response, h11.InformationalResponse)):
                 self._status = ev.status_code
                 self._version = ev.http_version
-                tokens = {
-                    t.strip().lower()
-                    for k, v in ev.headers.raw_items()
-                    if k.lower() == b"connection"
-                    for t in v.split(b",")
-                }
+                tokens = header_tokens(ev.headers, b"connection")  # h11: names lower-cased
                 self._keep_alive = ev.http_version == b"1.1" and b"close" not in tokens
                 proto.on_message_begin()
                 proto.on_status(ev.reason)

@@ -22,6 +22,7 @@ import structlog
 from monolake.worker.sockopts import set_nodelay
 from monolake.worker.upstream import ejection, idle
 from monolake.worker.upstream.endpoint import Health
+from monolake.worker.upstream.fds import FdSource
 
 from .errors import FrameError, UpstreamError
 from .framing import KIND_NAMES, Deframer, Frame
@@ -571,7 +572,7 @@ class Upstreams:
         return {"pools": pools}
 
     def import_state(
-        self, data: dict, take_fd: Callable[[int], int], resolve: Callable[[str, int], EndpointPool | None]
+        self, data: dict, fds: FdSource, resolve: Callable[[str, int], EndpointPool | None]
     ) -> int:
         """Adopt exported idle connections into the pools ``resolve(upstream, kind)`` names
         (None: that upstream left the config, its connections are closed); returns how many."""
@@ -579,7 +580,7 @@ class Upstreams:
         for item in data.get("pools", []):
             pool = resolve(item.get("upstream"), item.get("kind"))
             for index in item.get("fds", []):
-                fd = take_fd(index)
+                fd = fds.take_fd(index)
                 if fd < 0:
                     continue
                 if pool is None:
