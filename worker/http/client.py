@@ -166,7 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
         self, method: str, head: bytes, body: Any, upgrade: bool, via: bool, read_timeout: float
     ) -> asyncio.Future:
         """Send one request; the returned future resolves to the response head."""
-        waiter = self.pool.loop.create_future()
+        waiter = (self.pool.loop or asyncio.get_running_loop()).create_future()
 
         def done(resp: Response | None, exc: BaseException | None) -> None:
             if not waiter.done():
@@ -527,6 +527,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _flush_deferred(self) -> None:
         """The body did not complete within the read that brought the head: stream it."""
         resp = self._deferred
+        if resp is None:  # the caller checks; nothing is deferred
+            return
         self._deferred = None
         body = self._resp_body = BodyStream(self._deferred_length, self)
         for chunk in self._chunks:

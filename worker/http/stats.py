@@ -22,6 +22,11 @@ _BOUNDS_US = tuple(ms * 1000 for ms in DURATION_BUCKETS_MS)
 
 class Stats:
     __slots__ = COUNTERS + GAUGES + ("_bins",)
+    # the upstream counters the kit's pools update (worker/upstream), declared for type checkers
+    upstream_connect_failures: int
+    upstream_ejections: int
+    upstream_unsolicited: int
+    errors: int
 
     def __init__(self) -> None:
         for name in COUNTERS + GAUGES:

@@ -20,6 +20,11 @@ class Counters:
     """Plain integer attributes: incremented on the hot path, read on every heartbeat."""
 
     __slots__ = COUNTERS + GAUGES
+    # the upstream counters the kit's pools update (worker/upstream), declared for type checkers
+    upstream_connect_failures: int
+    upstream_ejections: int
+    upstream_unsolicited: int
+    errors: int
 
     def __init__(self) -> None:
         for name in self.__slots__:
