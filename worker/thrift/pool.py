@@ -15,6 +15,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -78,39 +79,21 @@ class Endpoint(Address):
         return cls("socket", host=cfg.host, port=cfg.port)
 
 
+@dataclass(slots=True)
 class PoolSettings:
     """Per-pool knobs, from the server's ``timeout`` table and the route's pool keys."""
 
-    __slots__ = (
-        "connect_timeout",
-        "eject_after",
-        "eject_duration",
-        "idle_timeout",
-        "max_conns",
-        "max_frame",
-        "max_idle",
-        "read_timeout",
-    )
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_idle: int = 32
+    idle_timeout: float = 60.0
+    eject_after: int = 3
+    eject_duration: float = 10.0
+    max_conns: int = DEFAULT_MAX_CONNS
+    max_frame: int = 16 * 1024 * 1024
 
-    def __init__(
-        self,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 60.0,
-        max_idle: int = 32,
-        idle_timeout: float = 60.0,
-        eject_after: int = 3,
-        eject_duration: float = 10.0,
-        max_conns: int = DEFAULT_MAX_CONNS,
-        max_frame: int = 16 * 1024 * 1024,
-    ) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_idle = max_idle
-        self.idle_timeout = idle_timeout
-        self.eject_after = eject_after
-        self.eject_duration = eject_duration
-        self.max_conns = max(1, max_conns)
-        self.max_frame = max_frame
+    def __post_init__(self) -> None:
+        self.max_conns = max(1, self.max_conns)
 
 
 class UpstreamConnection(asyncio.Protocol):
