@@ -3,36 +3,22 @@
 A server's ``export_state(fds)`` returns a picklable dict and may append file descriptors
 (for example idle upstream keep-alive connections) to ``fds``; the dict refers to them by
 index. The master carries both to the successor worker, whose builder receives them as a
-``Snapshot`` in ``previous``.
+``Snapshot`` in ``previous``: its fds are claimed with ``take_fd`` (the kit's ``FdList``,
+worker/upstream/fds.py) and the rest closed with ``close_untaken``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
+
+from monolake.worker.upstream.fds import FdList
 
 
-@dataclass
-class Snapshot:
+class Snapshot(FdList):
     """One server's exported state, as received by the next generation."""
 
-    data: dict
-    fds: list[int] = field(default_factory=list)
+    __slots__ = ("data",)
 
-    def take_fd(self, index: int) -> int:
-        """Hand over ownership of one received fd (-1 if already taken or out of range)."""
-        if 0 <= index < len(self.fds):
-            fd, self.fds[index] = self.fds[index], -1
-            return fd
-        return -1
-
-    def close_untaken(self) -> None:
-        """Close every fd no importer claimed, so none leaks."""
-        import os
-
-        for i, fd in enumerate(self.fds):
-            if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-                self.fds[i] = -1
+    def __init__(self, data: dict[str, Any], fds: list[int] | None = None) -> None:
+        super().__init__(fds)
+        self.data = data

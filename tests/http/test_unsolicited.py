@@ -9,7 +9,6 @@ hand the stray bytes, or the connection twice, to the next clients: the tests wo
 
 from __future__ import annotations
 
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -17,6 +16,7 @@ import pytest
 
 from monolake.worker.http.pool import UpstreamPool
 from monolake.worker.http.stats import Stats
+from monolake.worker.upstream.idle import IdleList
 from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, Reply, proxy_config, run_worker, variant
 from tests.http.upstream import FAULTS, UpstreamServer
 
@@ -152,7 +152,7 @@ def test_a_second_release_closes_the_connection_instead_of_pooling_it_twice():
 def test_a_connection_checked_out_is_never_handed_out_again():
     pool, events = _pool()
     conn = _conn()
-    pool.idle[conn.key] = deque([conn, conn])  # a corrupt idle list
+    pool.idle[conn.key] = IdleList(pool.counters, [conn, conn])  # a corrupt idle list
     assert pool.take_idle(conn.upstream) is conn
     assert pool.take_idle(conn.upstream) is None
     assert [ev for ev, _ in events] == ["pool_double_checkout"]

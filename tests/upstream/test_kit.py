@@ -15,7 +15,7 @@ from monolake.worker.upstream.endpoint import DOWN, DRAINING, EJECTED, UNHEALTHY
 
 
 class Ep(Health):
-    __slots__ = ("name", "weight", "priority", "active")
+    __slots__ = ("active", "name", "priority", "weight")
 
     def __init__(self, name: str, weight: int = 1, priority: int = 0, active: int = 0) -> None:
         super().__init__()
@@ -56,7 +56,8 @@ def test_lowest_priority_tier_and_exclude() -> None:
     eps = [Ep("a", priority=10), Ep("b", priority=10), Ep("c", priority=20)]
     b = balance.Balancer("round_robin", eps)
     assert set(counts(b, 10)) == {"a", "b"}
-    assert b.pick(0.0, exclude={0, 1}).name == "c"
+    picked = b.pick(0.0, exclude={0, 1})
+    assert picked is not None and picked.name == "c"
     with pytest.raises(ValueError):
         balance.Balancer("fastest", eps)
 

@@ -22,9 +22,8 @@ from typing import TYPE_CHECKING, Any
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.headers import split_response_headers, with_via
 from monolake.worker.http.message import Response
+from monolake.worker.http.parser import HttpParserError, ParseError, UpgradeRequested, new_response_parser
 from monolake.worker.http.protocol import tune_transport
-from monolake.worker.http.parser import (HttpParserError, ParseError,
-                                         UpgradeRequested, new_response_parser)
 
 if TYPE_CHECKING:
     from monolake.worker.http.pool import UpstreamPool
@@ -64,7 +63,7 @@ _NONE, _LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2, 3
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, pool: "UpstreamPool", upstream: "Upstream") -> None:
+    def __init__(self, pool: UpstreamPool, upstream: Upstream) -> None:
         self.pool = pool
         self.upstream = upstream
         # the native parser copies what it keeps: on io_uring, reads need no bytes of their
@@ -131,9 +130,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._deferred = None
         if self._on_head is not None:
             retry = not self._received and (self._req_body is None or not self._req_body.consumed)
-            self._deliver(None, UpstreamError(
-                f"upstream closed the connection before responding ({exc or 'EOF'})",
-                retryable=retry and self.requests > 1))
+            self._deliver(
+                None,
+                UpstreamError(
+                    f"upstream closed the connection before responding ({exc or 'EOF'})",
+                    retryable=retry and self.requests > 1,
+                ),
+            )
         body = self._resp_body
         if body is not None and not body.done:
             if self._framing == _UNTIL_CLOSE:
@@ -159,10 +162,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()
 
     # -- one exchange ----------------------------------------------------------------------
-    def request(self, method: str, head: bytes, body: Any, upgrade: bool, via: bool,
-                read_timeout: float) -> asyncio.Future:
+    def request(
+        self, method: str, head: bytes, body: Any, upgrade: bool, via: bool, read_timeout: float
+    ) -> asyncio.Future:
         """Send one request; the returned future resolves to the response head."""
-        waiter = self.pool.loop.create_future()
+        waiter = (self.pool.loop or asyncio.get_running_loop()).create_future()
 
         def done(resp: Response | None, exc: BaseException | None) -> None:
             if not waiter.done():
@@ -176,8 +180,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.send(method, head, body, upgrade, via, read_timeout, done)
         return waiter
 
-    def send(self, method: str, head: bytes, body: Any, upgrade: bool, via: bool,
-             read_timeout: float, on_head: Any, lend_body: bool = False) -> None:
+    def send(
+        self,
+        method: str,
+        head: bytes,
+        body: Any,
+        upgrade: bool,
+        via: bool,
+        read_timeout: float,
+        on_head: Any,
+        lend_body: bool = False,
+    ) -> None:
         """Send one request; ``on_head(response, None)`` or ``on_head(None, error)`` follows,
         exactly once (the callback form: no future, no task).
 
@@ -186,8 +199,10 @@ class UpstreamConnection(asyncio.Protocol):
         memoryview of the received bytes, released after the call, instead of a copy."""
         if self._busy or self.closed:
             # a pooling bug, never an upstream's doing: refuse rather than interleave exchanges
-            raise RuntimeError(f"upstream connection to {self.upstream.label} is "
-                               f"{'closed' if self.closed else 'already serving a request'}")
+            raise RuntimeError(
+                f"upstream connection to {self.upstream.label} is "
+                f"{'closed' if self.closed else 'already serving a request'}"
+            )
         self._on_head = on_head
         self._lend_body = lend_body
         self._method = method
@@ -205,8 +220,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream.active += 1
         self.upstream.requests += 1
         if self._parser is None or self.pool.parser_kind == "h11" or method == "HEAD":
-            self._parser = new_response_parser(self.pool.parser_kind, self, method, upgrade,
-                                               self.pool.head_limits)
+            self._parser = new_response_parser(
+                self.pool.parser_kind, self, method, upgrade, self.pool.head_limits
+            )
         if self._native:
             # the callback path writes the client head itself: a whole response may come as
             # its serialised header block (on_relay), unless Via must be merged in first
@@ -332,7 +348,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._unsolicited(f"unparsable bytes after the response ({exc})")
             else:
                 self._protocol_error(f"invalid response from upstream: {exc}")
-        except Exception as exc:  # noqa: BLE001 - never let one bad response escape
+        except Exception as exc:
             self._feeding = False
             self.pool.log.exception("upstream_connection_error", upstream=self.upstream.label)
             self._protocol_error(f"internal error: {exc!r}")
@@ -346,8 +362,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._head_bytes += len(data)
                 limits = self.pool.head_limits
                 if self._head_bytes > limits.size + limits.line:
-                    self._protocol_error("invalid response from upstream: response header "
-                                         "block too large")
+                    self._protocol_error("invalid response from upstream: response header block too large")
             if self._finished:
                 left = getattr(parser, "leftover", 0)
                 if left:
@@ -361,8 +376,7 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.poisoned:
             self.poisoned = why
             self.pool.stats.upstream_unsolicited += 1
-            self.pool.log.warning("upstream_unsolicited_bytes", upstream=self.upstream.label,
-                                  detail=why)
+            self.pool.log.warning("upstream_unsolicited_bytes", upstream=self.upstream.label, detail=why)
 
     def _protocol_error(self, message: str) -> None:
         self._deferred = None
@@ -378,7 +392,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self.pool.parser_kind == "h11" and self._parser is not None:
             try:
                 self._parser.feed_data(b"")
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     # parser callbacks
@@ -398,8 +412,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._finished:
             return  # a stray message: on_message_begin has poisoned the connection
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (see the server's)
-        self._head_size = self.pool.head_limits.field(name, value, self._head_size,
-                                                      len(self._headers))
+        self._head_size = self.pool.head_limits.field(name, value, self._head_size, len(self._headers))
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -414,12 +427,20 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True  # its on_message_complete follows and ends nothing
             return
         headers, length, chunked = split_response_headers(self._headers, status, self._via)
-        self._response_head(status, self._reason or None, headers, parser.should_keep_alive(),
-                            length, chunked)
+        self._response_head(
+            status, self._reason or None, headers, parser.should_keep_alive(), length, chunked
+        )
 
-    def on_response(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
-                    keep_alive: bool, length: int | None, chunked: bool,
-                    body: bytes | memoryview | None) -> None:
+    def on_response(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        length: int | None,
+        chunked: bool,
+        body: bytes | memoryview | None,
+    ) -> None:
         """The native parser: a final head, hop-by-hop headers already removed (mu_http.c);
         ``body`` is the whole Content-Length body when it arrived with the head (a view lent
         for this call) or was collected (at most parser.COLLECT_MAX), else None and the body
@@ -436,15 +457,15 @@ class UpstreamConnection(asyncio.Protocol):
             body = body.tobytes()  # lent by the parser for this call only
         self._whole(Response(status, headers, body, reason=reason or None), keep_alive)
 
-    def on_relay(self, status: int, reason: bytes, block: bytes, keep_alive: bool,
-                 body: bytes | memoryview) -> None:
+    def on_relay(
+        self, status: int, reason: bytes, block: bytes, keep_alive: bool, body: bytes | memoryview
+    ) -> None:
         """The native parser in relay mode (set by send for the callback path): a whole
         response with the client's header lines already serialised (no list built)."""
         if self._finished:
             self._unsolicited(f"a second response ({status})")
             return
-        self._whole(Response(status, None, body, reason=reason or None, head_block=block),
-                    keep_alive)
+        self._whole(Response(status, None, body, reason=reason or None, head_block=block), keep_alive)
 
     def _whole(self, resp: Response, keep_alive: bool) -> None:
         """A response complete with its body: this connection is done with it."""
@@ -454,8 +475,15 @@ class UpstreamConnection(asyncio.Protocol):
         self._resp_done = True
         self._complete(resp)
 
-    def _response_head(self, status: int, reason: bytes | None, headers: list[tuple[bytes, bytes]],
-                       keep_alive: bool, length: int | None, chunked: bool) -> None:
+    def _response_head(
+        self,
+        status: int,
+        reason: bytes | None,
+        headers: list[tuple[bytes, bytes]],
+        keep_alive: bool,
+        length: int | None,
+        chunked: bool,
+    ) -> None:
         resp = Response(status, headers, reason=reason)
         self._keep_alive = keep_alive
         if self._method == "HEAD" or status in (204, 304) or status == 101:
@@ -511,6 +539,8 @@ class UpstreamConnection(asyncio.Protocol):
     def _flush_deferred(self) -> None:
         """The body did not complete within the read that brought the head: stream it."""
         resp = self._deferred
+        if resp is None:  # the caller checks; nothing is deferred
+            return
         self._deferred = None
         body = self._resp_body = BodyStream(self._deferred_length, self)
         for chunk in self._chunks:

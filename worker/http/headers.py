@@ -7,14 +7,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from monolake.worker.http.message import Headers, Request
+from monolake.worker.http.message import Headers, Request, header_tokens
 from monolake.worker.http.parser import native
 
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                        b"transfer-encoding", b"upgrade"))
+HOP_BY_HOP = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade")
+)
 # request headers the proxy regenerates itself
-_REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-forwarded-proto",
-                              b"x-forwarded-host"}
+_REQUEST_DROP = HOP_BY_HOP | {
+    b"host",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
 _IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
 
 
@@ -39,17 +45,6 @@ def is_idempotent(method: str) -> bool:
     return method in _IDEMPOTENT
 
 
-def _named_by_connection(headers: Headers) -> frozenset[bytes]:
-    out = set()
-    for k, v in headers:
-        if k == b"connection":
-            for tok in v.split(b","):
-                tok = tok.strip().lower()
-                if tok:
-                    out.add(tok)
-    return frozenset(out)
-
-
 def _client_ip(peer: Any) -> str:
     if isinstance(peer, tuple):
         return str(peer[0])
@@ -67,10 +62,9 @@ def upstream_target(req: Request, up: Any, preserve_path: bool) -> str:
     request path and the request query is kept; ``preserve_path`` appends the request path)."""
     if up.kind == "uri":
         base = up.path or "/"
-        if preserve_path:
-            path = (base.rstrip("/") + req.path) if req.path.startswith("/") else base
-        else:
-            path = base
+        path = base
+        if preserve_path and req.path.startswith("/"):
+            path = base.rstrip("/") + req.path
         query = up.query
         if req.query:
             query = f"{query}&{req.query}" if query else req.query
@@ -90,22 +84,32 @@ def _forward_facts(conn: Any) -> tuple[bytes, bytes, bytes]:
     if cached is None:
         ip = _client_ip(conn.peer)
         cached = conn.forward_cache = (
-            ip.encode(), conn.scheme.encode(),
-            f"for={_forwarded_node(ip)};proto={conn.scheme}".encode())
+            ip.encode(),
+            conn.scheme.encode(),
+            f"for={_forwarded_node(ip)};proto={conn.scheme}".encode(),
+        )
     return cached
 
 
-def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool,
-                 via: bool) -> bytes:
+def request_head(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool, via: bool) -> bytes:
     """Serialise the request head sent upstream (framing headers included): hop-by-hop
     headers and those Connection names go, X-Forwarded-* / Forwarded / Via are extended, Host
     is the upstream's unless ``preserve_host``. One C call (``forward_head``) when the native
     module is built; ``_request_head_py`` is the reference, and the fallback."""
     if _forward_head is not None:
         ipb, scheme, node = _forward_facts(ctx.conn)
-        head = _forward_head(req.method, target, req.headers, req.upgrade,
-                             None if preserve_host or up.kind != "uri" else up.host_header,
-                             ipb, scheme, node, via, _framing(req))
+        head = _forward_head(
+            req.method,
+            target,
+            req.headers,
+            req.upgrade,
+            None if preserve_host or up.kind != "uri" else up.host_header,
+            ipb,
+            scheme,
+            node,
+            via,
+            _framing(req),
+        )
         if head is not NotImplemented:
             return head
     return _request_head_py(req, ctx, up, target, preserve_host=preserve_host, via=via)
@@ -123,8 +127,9 @@ def _framing(req: Request) -> bytes:
     return b"\r\n"
 
 
-def _request_head_py(req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool,
-                     via: bool) -> bytes:
+def _request_head_py(
+    req: Request, ctx: Any, up: Any, target: str, *, preserve_host: bool, via: bool
+) -> bytes:
     block, picked = split_headers(req.headers, _REQUEST_SPECIAL_T)
     xff: bytes | None = None
     fwd: bytes | None = None
@@ -143,7 +148,7 @@ def _request_head_py(req: Request, ctx: Any, up: Any, target: str, *, preserve_h
         elif k == b"upgrade":
             upgrade_value = v
         elif k == b"connection":
-            named = _named_by_connection(req.headers)
+            named = header_tokens(req.headers, b"connection")
             drop = named - {b"upgrade"} if req.upgrade else named
             if drop:  # headers named by Connection are hop-by-hop too
                 block = split_headers(req.headers, _REQUEST_SPECIAL_T + tuple(drop))[0]
@@ -153,8 +158,15 @@ def _request_head_py(req: Request, ctx: Any, up: Any, target: str, *, preserve_h
         host_out = host_in if host_in is not None else b"localhost"
     else:
         host_out = up.host_header
-    tail = [b"host: ", host_out, b"\r\nx-forwarded-for: ", (xff + b", " + ipb) if xff else ipb,
-            b"\r\nx-forwarded-proto: ", scheme, b"\r\n"]
+    tail = [
+        b"host: ",
+        host_out,
+        b"\r\nx-forwarded-for: ",
+        (xff + b", " + ipb) if xff else ipb,
+        b"\r\nx-forwarded-proto: ",
+        scheme,
+        b"\r\n",
+    ]
     if host_in is not None:
         tail += [b"x-forwarded-host: ", host_in, b"\r\n"]
         if b'"' not in host_in:
@@ -175,14 +187,13 @@ def _request_head_py(req: Request, ctx: Any, up: Any, target: str, *, preserve_h
 _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 
 
-def split_response_headers(headers: Headers, status: int, via: bool
-                           ) -> tuple[Headers, int | None, bool]:
+def split_response_headers(headers: Headers, status: int, via: bool) -> tuple[Headers, int | None, bool]:
     """One pass over an upstream response head: the headers passed to the client (hop-by-hop
     removed, kept for a 101), the Content-Length (None if absent or invalid) and chunked."""
     length: int | None = None
     chunked = False
     out: Headers = []
-    named: frozenset[bytes] | None = None
+    named: set[bytes] | None = None
     upgrade = status == 101
     for k, v in headers:
         if k == b"content-length":
@@ -197,7 +208,7 @@ def split_response_headers(headers: Headers, status: int, via: bool
             elif upgrade:
                 out.append((k, v))
             elif k == b"connection":
-                named = _named_by_connection(headers)
+                named = header_tokens(headers, b"connection")
         else:
             out.append((k, v))
     if named:
@@ -211,5 +222,5 @@ def with_via(headers: Headers) -> Headers:
     """The response headers with every Via merged into one that ends with ours."""
     existing = [v for k, v in headers if k == b"via"]
     out = [(k, v) for k, v in headers if k != b"via"]
-    out.append((b"via", b", ".join(existing + [b"1.1 monolake"])))
+    out.append((b"via", b", ".join([*existing, b"1.1 monolake"])))
     return out

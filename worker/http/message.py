@@ -6,8 +6,9 @@ cheapest structure to build from a parser and to serialise again).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from http import HTTPStatus
-from typing import Any, Iterable
+from typing import Any
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -26,8 +27,10 @@ def get_header(headers: Headers, name: bytes) -> bytes | None:
     return None
 
 
-def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
-    """Comma-separated tokens of every ``name`` header, lower-cased and stripped."""
+def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> set[bytes]:
+    """The comma-separated tokens of every ``name`` header (``name`` and the header names
+    lower-case), each lower-cased and stripped of white space; empty list elements
+    (``a,,b``, RFC 9110 §5.6.1) are skipped. The one parser of Connection, TE and the like."""
     out: set[bytes] = set()
     for k, v in headers:
         if k == name:
@@ -41,14 +44,38 @@ def header_tokens(headers: Headers, name: bytes) -> set[bytes]:
 class Request:
     """A parsed request head plus its body (None when the request has no body)."""
 
-    __slots__ = ("method", "target", "path", "query", "version", "headers", "body",
-                 "keep_alive", "upgrade", "expect_continue", "content_length", "chunked", "host")
+    __slots__ = (
+        "body",
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "path",
+        "query",
+        "target",
+        "upgrade",
+        "version",
+    )
 
-    def __init__(self, method: str, target: str, path: str, query: str, version: str,
-                 headers: Headers, body: Any = None, keep_alive: bool = True,
-                 upgrade: bool = False, expect_continue: bool = False,
-                 content_length: int | None = None, chunked: bool = False,
-                 host: str = "") -> None:
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        path: str,
+        query: str,
+        version: str,
+        headers: Headers,
+        body: Any = None,
+        keep_alive: bool = True,
+        upgrade: bool = False,
+        expect_continue: bool = False,
+        content_length: int | None = None,
+        chunked: bool = False,
+        host: str = "",
+    ) -> None:
         self.method = method
         self.target = target
         self.path = path
@@ -83,16 +110,31 @@ class Response:
     asks for it (which drops the block: the list is then what is sent).
     """
 
-    __slots__ = ("status", "reason", "_headers", "head_block", "body", "version", "tunnel",
-                 "close", "upstream_info")
+    __slots__ = (
+        "_headers",
+        "body",
+        "close",
+        "head_block",
+        "reason",
+        "status",
+        "tunnel",
+        "upstream_info",
+        "version",
+    )
 
-    def __init__(self, status: int, headers: Headers | None = None, body: Any = b"",
-                 *, reason: bytes | None = None, close: bool = False,
-                 head_block: bytes | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        headers: Headers | None = None,
+        body: Any = b"",
+        *,
+        reason: bytes | None = None,
+        close: bool = False,
+        head_block: bytes | None = None,
+    ) -> None:
         self.status = status
         self.reason = reason if reason is not None else reason_for(status)
-        self._headers: Headers | None = (headers if headers is not None else
-                                         [] if head_block is None else None)
+        self._headers: Headers | None = headers if headers is not None else [] if head_block is None else None
         self.head_block = head_block
         self.body = body
         self.version = "1.1"
@@ -104,9 +146,11 @@ class Response:
     def headers(self) -> Headers:
         headers = self._headers
         if headers is None:
+            block = self.head_block or b""  # _headers is None only while head_block holds them
             headers = self._headers = [
-                (name, value) for name, _, value in
-                (line.partition(b": ") for line in self.head_block.split(b"\r\n") if line)]
+                (name, value)
+                for name, _, value in (line.partition(b": ") for line in block.split(b"\r\n") if line)
+            ]
             self.head_block = None
         return headers
 
@@ -123,8 +167,9 @@ class Response:
         return f"<Response {self.status}>"
 
 
-def text_response(status: int, text: str | None = None, *, close: bool = False,
-                  extra: Iterable[tuple[bytes, bytes]] = ()) -> Response:
+def text_response(
+    status: int, text: str | None = None, *, close: bool = False, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> Response:
     """A small ``text/plain`` response, the form of every error the proxy generates."""
     body = ((text if text is not None else reason_for(status).decode()) + "\n").encode()
     headers: Headers = [(b"content-type", b"text/plain; charset=utf-8"), *extra]

@@ -25,6 +25,8 @@ from typing import Any
 
 import h11
 
+from monolake.worker.http.message import header_tokens
+
 try:  # httptools is a hard dependency, but "auto" must still work where it is missing
     import httptools
     from httptools import HttpParserError, HttpParserUpgrade
@@ -66,11 +68,11 @@ class HeadLimits:
     status: int = 431
 
     @classmethod
-    def for_requests(cls, cfg: Any) -> "HeadLimits":
+    def for_requests(cls, cfg: Any) -> HeadLimits:
         return cls(cfg.max_header_size, cfg.max_header_line_size, cfg.max_headers, 431)
 
     @classmethod
-    def for_responses(cls, cfg: Any) -> "HeadLimits":
+    def for_responses(cls, cfg: Any) -> HeadLimits:
         return cls(cfg.max_response_header_size, cfg.max_header_line_size, cfg.max_headers, 502)
 
     def field(self, name: bytes, value: bytes, size: int, count: int) -> int:
@@ -90,7 +92,7 @@ def _load_native() -> Any:
     """monolake.uring._http, or None where the codec extension was not built (no C compiler
     at install time). Independent of the io_uring extension: see uring/_build.py."""
     try:
-        from monolake.uring._codec import lib  # type: ignore[attr-defined]
+        from monolake.uring._codec import lib  # type: ignore[import-not-found]
 
         if lib.mu_http_install() != 0:
             return None
@@ -121,8 +123,10 @@ def resolve_parser(kind: str) -> str:
     if kind == "auto":
         return "native" if native is not None else "httptools" if httptools is not None else "h11"
     if kind == "native" and native is None:
-        raise ValueError("http_parser = 'native' but the monolake.uring._codec extension is "
-                         "not built (install a C compiler and python3-dev, then reinstall)")
+        raise ValueError(
+            "http_parser = 'native' but the monolake.uring._codec extension is "
+            "not built (install a C compiler and python3-dev, then reinstall)"
+        )
     if kind == "httptools" and httptools is None:
         raise ValueError("http_parser = 'httptools' but httptools is not installed")
     if kind not in PARSERS:
@@ -139,12 +143,14 @@ def new_request_parser(kind: str, proto: Any, limits: HeadLimits, max_uri: int) 
     return H11RequestParser(proto, limits.size)
 
 
-def new_response_parser(kind: str, proto: Any, method: str, upgrade: bool,
-                        limits: HeadLimits = HeadLimits(status=502)) -> Any:
+def new_response_parser(
+    kind: str, proto: Any, method: str, upgrade: bool, limits: HeadLimits = HeadLimits(status=502)
+) -> Any:
     if kind == "native":
         # lend: a body that came with its head reaches on_response as a view, not a copy
-        return native.ResponseParser(proto, method == "HEAD", COLLECT_MAX, True, limits.size,
-                                     limits.line, limits.count)
+        return native.ResponseParser(
+            proto, method == "HEAD", COLLECT_MAX, True, limits.size, limits.line, limits.count
+        )
     if kind == "httptools":
         return _HttptoolsResponseParser(proto)
     return H11ResponseParser(proto, method, upgrade, limits.size)
@@ -164,6 +170,7 @@ class _UpgradeAsRest:
 
 
 if httptools is not None:
+
     class _HttptoolsRequestParser(_UpgradeAsRest, httptools.HttpRequestParser):  # type: ignore[misc]
         def __init__(self, proto: Any) -> None:
             super().__init__(proto)
@@ -207,7 +214,8 @@ try:
     from h11 import _readers as _h11_readers
 
     _h11_readers.chunk_header_re = re.compile(
-        _h11_readers.chunk_header_re.pattern.replace(b"{1,20}", b"{1,16}"))
+        _h11_readers.chunk_header_re.pattern.replace(b"{1,20}", b"{1,16}")
+    )
 except (ImportError, AttributeError):  # pragma: no cover - another h11 layout: keep its own
     pass
 
@@ -221,7 +229,7 @@ def check_request_line(buf: bytes | bytearray) -> None:
     timeout). The twin of the same check in uring/mu_http.c; leading empty lines are skipped,
     as between pipelined requests."""
     start = 0
-    while buf[start:start + 2] == b"\r\n":
+    while buf[start : start + 2] == b"\r\n":
         start += 2
     nl = buf.find(b"\n", start)
     if nl < 0:
@@ -270,7 +278,7 @@ class H11RequestParser:
         if not self._in_body:
             self._headbuf += data
             end = self._headbuf.find(b"\r\n\r\n")
-            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[:end + 4])
+            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[: end + 4])
             if end < 0:
                 check_request_line(self._headbuf)
         self._conn.receive_data(data)
@@ -287,13 +295,12 @@ class H11RequestParser:
             if ev is h11.NEED_DATA:
                 return
             if isinstance(ev, h11.Request):
-                _check_framing(self._headbuf[:self._headbuf.find(b"\r\n\r\n")])
+                _check_framing(self._headbuf[: self._headbuf.find(b"\r\n\r\n")])
                 lowered = [(k.lower(), v) for k, v in ev.headers.raw_items()]
                 names = {k for k, _ in lowered}
                 self._method = ev.method
                 self._version = ev.http_version
-                conn_tokens = {t.strip().lower() for k, v in lowered if k == b"connection"
-                               for t in v.split(b",")}
+                conn_tokens = header_tokens(lowered, b"connection")
                 self._upgrade = b"upgrade" in names and b"upgrade" in conn_tokens
                 self._in_body = True
                 self._headbuf = bytearray()
@@ -326,7 +333,7 @@ class H11RequestParser:
         self._headbuf = bytearray(rest)
         if rest:
             end = self._headbuf.find(b"\r\n\r\n")
-            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[:end + 4])
+            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[: end + 4])
             if end < 0:
                 check_request_line(self._headbuf)
             self._conn.receive_data(rest)
@@ -377,8 +384,7 @@ class H11ResponseParser:
             if isinstance(ev, (h11.Response, h11.InformationalResponse)):
                 self._status = ev.status_code
                 self._version = ev.http_version
-                tokens = {t.strip().lower() for k, v in ev.headers.raw_items()
-                          if k.lower() == b"connection" for t in v.split(b",")}
+                tokens = header_tokens(ev.headers, b"connection")  # h11: names lower-cased
                 self._keep_alive = ev.http_version == b"1.1" and b"close" not in tokens
                 proto.on_message_begin()
                 proto.on_status(ev.reason)

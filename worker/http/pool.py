@@ -13,19 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections import deque
-from typing import Any
+from functools import partial
+from typing import Any, ClassVar
 
 import structlog
 
-from monolake.worker.http.client import (NoAddress, UpstreamConnection, UpstreamError,
-                                         UpstreamTimeout)
+from monolake.worker.discovery.watch import settle_all
+from monolake.worker.http.client import NoAddress, UpstreamConnection, UpstreamError, UpstreamTimeout
 from monolake.worker.http.parser import HeadLimits
 from monolake.worker.http.stats import Stats
-from monolake.worker.discovery.watch import settle_all
 from monolake.worker.http.upstream import DERIVED, DrainEpoch, Upstream
 from monolake.worker.service.state import FdSource
-from monolake.worker.upstream import idle as idle_fds
+from monolake.worker.upstream.address import adopt
+from monolake.worker.upstream.idle import IdleCounters, IdleList, import_fd
 
 POOL_STATE_VERSION = 1
 
@@ -50,20 +50,27 @@ class ConnectHold:
 
 
 class UpstreamPool:
-    def __init__(self, *, parser_kind: str, connect_timeout: float, read_timeout: float,
-                 stats: Stats, log: Any = None, head_limits: HeadLimits | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        parser_kind: str,
+        connect_timeout: float,
+        read_timeout: float,
+        stats: Stats,
+        log: Any = None,
+        head_limits: HeadLimits | None = None,
+    ) -> None:
         self.parser_kind = parser_kind
         self.head_limits = head_limits or HeadLimits(status=502)  # of upstream response heads
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.stats = stats
         self.log = log or structlog.get_logger()
-        self.idle: dict[tuple, deque[UpstreamConnection]] = {}
+        self.counters = IdleCounters()
+        self.idle: dict[tuple, IdleList[UpstreamConnection]] = {}
         self.busy: set[UpstreamConnection] = set()
         self._adopt: list[tuple[tuple, socket.socket]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.reused = 0
-        self.opened = 0
         self._drain_epoch = DrainEpoch.value
         self.closed = False
 
@@ -73,19 +80,19 @@ class UpstreamPool:
         if self._adopt:
             return None  # adopted sockets are wrapped first (acquire)
         dq = self.idle.get(up.key)
-        while dq:
-            conn = dq.pop()
-            if conn in self.busy:
-                # idle and checked out at once: handing it out would give one connection to
-                # two exchanges (their responses would cross); drop the stale idle entry
-                self.log.error("pool_double_checkout", upstream=up.label)
-                continue
-            if not conn.closed and not conn.transport.is_closing():
-                conn.upstream = up
-                self.busy.add(conn)
-                self.reused += 1
-                return conn
-        return None
+        conn = dq.take(self._checked_out) if dq else None
+        if conn is not None:
+            conn.upstream = up
+            self.busy.add(conn)
+        return conn
+
+    def _checked_out(self, conn: UpstreamConnection) -> bool:
+        """Idle and checked out at once: handing it out would give one connection to two
+        exchanges (their responses would cross); the stale idle entry is dropped."""
+        if conn in self.busy:
+            self.log.error("pool_double_checkout", upstream=conn.upstream.label)
+            return True
+        return False
 
     async def acquire(self, up: Upstream, hold: ConnectHold | None = None) -> UpstreamConnection:
         """An idle or new connection to ``up``. The request counts in ``up.active`` while it
@@ -130,22 +137,20 @@ class UpstreamPool:
         return up
 
     async def _connect(self, up: Upstream) -> UpstreamConnection:
-        loop = self.loop
-        factory = lambda: UpstreamConnection(self, up)  # noqa: E731
+        loop = self.loop or asyncio.get_running_loop()
+        addr = up.connect_to()
         try:
-            if up.kind == "unix":
-                coro = loop.create_unix_connection(factory, up.unix_path)
-            else:
-                coro = loop.create_connection(factory, up.connect_host, up.port, ssl=up.ssl,
-                                              server_hostname=up.sni if up.ssl else None)
+            coro = addr.connect(
+                loop, lambda: UpstreamConnection(self, up), ssl=up.ssl, server_hostname=up.sni
+            )
             _transport, conn = await asyncio.wait_for(coro, self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats.upstream_connect_failures += 1
             raise UpstreamTimeout(f"connect to {up.label} timed out", retryable=True) from None
         except (OSError, ValueError) as exc:
             self.stats.upstream_connect_failures += 1
             raise UpstreamError(f"connect to {up.label} failed: {exc}", retryable=True) from None
-        self.opened += 1
+        self.counters.opened += 1
         self.busy.add(conn)
         return conn
 
@@ -165,22 +170,16 @@ class UpstreamPool:
             return
         dq = self.idle.get(conn.key)
         if dq is None:
-            dq = self.idle[conn.key] = deque()
-        if len(dq) >= up.max_idle:
+            dq = self.idle[conn.key] = IdleList(self.counters)
+        if not dq.park(conn, self.loop.time() if self.loop else 0.0, up.max_idle):
             conn.close()
-            return
-        conn.idle_since = self.loop.time() if self.loop else 0.0
-        dq.append(conn)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed: drop it from wherever it is."""
         self.busy.discard(conn)
         dq = self.idle.get(conn.key)
         if dq:
-            try:
-                dq.remove(conn)
-            except ValueError:
-                pass
+            dq.discard(conn)
 
     def idle_count(self) -> int:
         return sum(len(dq) for dq in self.idle.values())
@@ -188,22 +187,18 @@ class UpstreamPool:
     # -- periodic sweep --------------------------------------------------------------------
     def sweep(self, now: float) -> None:
         for dq in list(self.idle.values()):
-            while dq and idle_fds.expired(dq[0].idle_since, now, dq[0].upstream.idle_timeout):
-                dq.popleft().close()
+            dq.expire(now, _idle_timeout)
         if self._drain_epoch != DrainEpoch.value:
             self._drain_epoch = DrainEpoch.value
             for dq in list(self.idle.values()):
-                for conn in [c for c in dq if c.upstream.draining]:
-                    dq.remove(conn)
-                    conn.close()  # its address left the DNS answer
+                dq.close_where(_draining)  # its address left the DNS answer
         for conn in list(self.busy):
             conn.check_timeout(now)
 
     async def aclose(self) -> None:
         self.closed = True
         for dq in self.idle.values():
-            while dq:
-                dq.pop().close()
+            dq.close_where()
         for _key, sock in self._adopt:
             sock.close()
         self._adopt.clear()
@@ -213,27 +208,16 @@ class UpstreamPool:
         """Hand idle plain connections over (dup'ed fds); they leave this pool."""
         out: list[dict] = []
         for key, dq in self.idle.items():
-            keep: deque[UpstreamConnection] = deque()
-            while dq:
-                conn = dq.popleft()
-                fd = -1 if conn.closed or not conn.upstream.exportable else \
-                    idle_fds.export_fd(conn.transport)
-                if fd < 0:
-                    keep.append(conn)
-                    continue
-                out.append({"key": key, "fd": len(fds)})
-                fds.append(fd)
-                # let go of our copy without shutting the connection down
-                conn.closed = True
-                conn.transport.close()
-            self.idle[key] = keep
+            start = len(fds)
+            moved = dq.export(fds, _exportable)
+            out += [{"key": key, "fd": start + i} for i in range(len(moved))]
         return out
 
     def import_idle(self, items: list[dict], fds: FdSource) -> int:
         """Claim exported connections; they are wrapped into transports on the loop."""
         n = 0
         for item in items:
-            sock = idle_fds.import_fd(fds.take_fd(int(item.get("fd", -1))))
+            sock = import_fd(fds.take_fd(int(item.get("fd", -1))))
             if sock is None:
                 continue
             self._adopt.append((tuple(item["key"]), sock))
@@ -260,13 +244,25 @@ class UpstreamPool:
                 sock.close()
                 continue
             try:
-                _t, conn = await self.loop.create_connection(
-                    lambda up=up: UpstreamConnection(self, up), sock=sock)
+                _t, conn = await adopt(self.loop, partial(UpstreamConnection, self, up), sock)
             except (OSError, ValueError) as exc:
                 self.log.info("pool_adopt_failed", upstream=up.label, error=str(exc))
                 sock.close()
                 continue
+            self.counters.adopted += 1
             self.busy.add(conn)
             self.release(conn)
 
-    upstreams_by_key: dict[tuple, Upstream] = {}
+    upstreams_by_key: ClassVar[dict[tuple, Upstream]] = {}
+
+
+def _idle_timeout(conn: UpstreamConnection) -> float:
+    return conn.upstream.idle_timeout
+
+
+def _draining(conn: UpstreamConnection) -> bool:
+    return conn.upstream.draining
+
+
+def _exportable(conn: UpstreamConnection) -> bool:
+    return conn.upstream.exportable

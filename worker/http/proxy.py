@@ -24,7 +24,7 @@ from monolake.worker.http.pool import POOL_STATE_VERSION, ConnectHold, UpstreamP
 from monolake.worker.net.tls import client_context
 from monolake.worker.http.tunnel import Tunnel
 from monolake.worker.http.upstream import Balancer, Upstream
-from monolake.worker.service.state import FdSource, Stateful, restore_state
+from monolake.worker.service.state import NO_FDS, FdSource, Stateful, restore_state
 
 
 class RouteHandler:
@@ -272,10 +272,8 @@ class RouterService(Stateful):
 
     def adopt(self, previous: "RouterService") -> None:
         """In-place reload: positions and health from the live router; the pool is shared."""
-        fds: list[int] = []
         data = {"routes": previous.export_state_routes_only()}
-        self.import_state(data, _NoFds())
-        del fds
+        self.import_state(data, NO_FDS)
 
     def export_state_routes_only(self) -> list[dict]:
         now = time.monotonic()
@@ -286,11 +284,6 @@ class RouterService(Stateful):
 
     async def aclose(self) -> None:
         return None
-
-
-class _NoFds:
-    def take_fd(self, index: int) -> int:
-        return -1
 
 
 def _h2_available() -> bool:

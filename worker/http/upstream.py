@@ -28,6 +28,7 @@ import structlog
 from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, Target, is_ip
 from monolake.worker.http.stats import Stats
 from monolake.worker.upstream import balance, ejection
+from monolake.worker.upstream.address import Address
 from monolake.worker.upstream.endpoint import Health
 
 DERIVED: weakref.WeakValueDictionary[tuple[Any, ...], Upstream] = weakref.WeakValueDictionary()
@@ -150,6 +151,10 @@ class Upstream(Health):
     @property
     def connect_host(self) -> str:
         return self.address or self.host
+
+    def connect_to(self) -> Address:
+        """Where a new connection goes (the kit's address; TLS is the pool's ``ssl``/``sni``)."""
+        return Address(path=self.unix_path) if self.kind == "unix" else Address(self.connect_host, self.port)
 
     @property
     def exportable(self) -> bool:

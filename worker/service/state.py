@@ -12,23 +12,13 @@ previous instance to ``adopt`` instead, which by default round-trips through exp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import structlog
 
+from monolake.worker.upstream.fds import NO_FDS, FdList, FdSource
 
-class FdSource(Protocol):
-    """Where exported file descriptors are claimed from (``monolake.worker.state.Snapshot``)."""
-
-    def take_fd(self, index: int) -> int: ...
-
-
-class _NoFds:
-    def take_fd(self, index: int) -> int:
-        return -1
-
-
-NO_FDS: FdSource = _NoFds()
+__all__ = ["NO_FDS", "Exported", "FdSource", "Stateful", "restore_state"]
 
 
 @dataclass
@@ -40,6 +30,7 @@ class Exported:
     fds: FdSource = NO_FDS
 
     def take_fd(self, index: int) -> int:
+        """Claim fd ``index`` of the export (docs/services.md): the ``fds`` source decides."""
         return self.fds.take_fd(index)
 
 
@@ -57,32 +48,12 @@ class Stateful:
 
     def adopt(self, previous: Any) -> None:
         """Take over the live previous instance (in-place reload); default: export + import."""
-        fds: list[int] = []
-        data = previous.export_state(fds)
+        fds = FdList()
+        data = previous.export_state(fds.fds)
         try:
-            self.import_state(data, _ListFds(fds))
+            self.import_state(data, fds)
         finally:
-            import os
-
-            for fd in fds:
-                if fd >= 0:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-
-
-class _ListFds:
-    """An FdSource over a plain list; taken fds are replaced by -1 so the rest can be closed."""
-
-    def __init__(self, fds: list[int]) -> None:
-        self._fds = fds
-
-    def take_fd(self, index: int) -> int:
-        if 0 <= index < len(self._fds):
-            fd, self._fds[index] = self._fds[index], -1
-            return fd
-        return -1
+            fds.close_untaken()
 
 
 def restore_state(service: Stateful, previous: Any, *, what: str = "") -> bool:
@@ -99,19 +70,29 @@ def restore_state(service: Stateful, previous: Any, *, what: str = "") -> bool:
     name = what or type(service).__name__
     if isinstance(previous, Exported):
         if previous.version != service.state_version:
-            log.warning("state_version_mismatch", service=name, exported=previous.version,
-                        expected=service.state_version, action="starting fresh")
+            log.warning(
+                "state_version_mismatch",
+                service=name,
+                exported=previous.version,
+                expected=service.state_version,
+                action="starting fresh",
+            )
             return False
         service.import_state(previous.data, previous.fds)
         return True
     if type(previous) is not type(service):
-        log.warning("state_type_mismatch", service=name, previous=type(previous).__name__,
-                    action="starting fresh")
+        log.warning(
+            "state_type_mismatch", service=name, previous=type(previous).__name__, action="starting fresh"
+        )
         return False
     if getattr(previous, "state_version", None) != service.state_version:
-        log.warning("state_version_mismatch", service=name,
-                    exported=getattr(previous, "state_version", None),
-                    expected=service.state_version, action="starting fresh")
+        log.warning(
+            "state_version_mismatch",
+            service=name,
+            exported=getattr(previous, "state_version", None),
+            expected=service.state_version,
+            action="starting fresh",
+        )
         return False
     service.adopt(previous)
     return True

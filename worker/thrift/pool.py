@@ -18,13 +18,17 @@ import math
 import os
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from monolake.worker.sockopts import set_nodelay
-from monolake.worker.upstream import ejection, idle
+from monolake.worker.upstream import ejection
+from monolake.worker.upstream.address import Address, adopt
 from monolake.worker.upstream.endpoint import Health
+from monolake.worker.upstream.fds import FdSource
+from monolake.worker.upstream.idle import IdleCounters, IdleList, import_fd, peer_gone
 
 from .errors import FrameError, UpstreamError
 from .framing import KIND_NAMES, Deframer, Frame
@@ -58,20 +62,17 @@ class Call:
         self.data = data
 
 
-class Endpoint:
-    """Where an upstream listens: ``host:port`` or a unix socket path."""
+class Endpoint(Address):
+    """A thrift upstream's address (the kit's ``Address``): ``kind`` "socket" (``host:port``)
+    or "unix" (``path``), and its links to discovery."""
 
-    __slots__ = ("discovered", "group", "host", "kind", "label", "path", "port")
+    __slots__ = ("discovered", "group", "kind")
 
     def __init__(self, kind: str, host: str = "", port: int = 0, path: str = "") -> None:
+        super().__init__(host, port, path if kind == "unix" else "")
         self.kind = kind
         self.discovered: Any = None  # a placeholder for a name DNS has not answered yet
         self.group: Any = None  # one address of a discovered name (worker/thrift/discovered.py)
-        self.host, self.port, self.path = host, port, path
-        if kind == "unix":
-            self.label = f"unix:{path}"
-        else:
-            self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @classmethod
     def from_config(cls, cfg: Any) -> Endpoint:
@@ -81,39 +82,21 @@ class Endpoint:
         return cls("socket", host=cfg.host, port=cfg.port)
 
 
+@dataclass(slots=True)
 class PoolSettings:
     """Per-pool knobs, from the server's ``timeout`` table and the route's pool keys."""
 
-    __slots__ = (
-        "connect_timeout",
-        "eject_after",
-        "eject_duration",
-        "idle_timeout",
-        "max_conns",
-        "max_frame",
-        "max_idle",
-        "read_timeout",
-    )
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    max_idle: int = 32
+    idle_timeout: float = 60.0
+    eject_after: int = 3
+    eject_duration: float = 10.0
+    max_conns: int = DEFAULT_MAX_CONNS
+    max_frame: int = 16 * 1024 * 1024
 
-    def __init__(
-        self,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 60.0,
-        max_idle: int = 32,
-        idle_timeout: float = 60.0,
-        eject_after: int = 3,
-        eject_duration: float = 10.0,
-        max_conns: int = DEFAULT_MAX_CONNS,
-        max_frame: int = 16 * 1024 * 1024,
-    ) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
-        self.max_idle = max_idle
-        self.idle_timeout = idle_timeout
-        self.eject_after = eject_after
-        self.eject_duration = eject_duration
-        self.max_conns = max(1, max_conns)
-        self.max_frame = max_frame
+    def __post_init__(self) -> None:
+        self.max_conns = max(1, self.max_conns)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -133,10 +116,14 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = t = cast(asyncio.Transport, transport)  # a stream transport
-        set_nodelay(t)
+        assert isinstance(transport, asyncio.Transport)  # a stream connection, never datagrams
+        self.transport = transport
+        set_nodelay(transport)
         if self.queued:
-            t.writelines(self.queued) if len(self.queued) > 1 else t.write(self.queued[0])
+            if len(self.queued) > 1:
+                transport.writelines(self.queued)
+            else:
+                transport.write(self.queued[0])
             self.queued = []
         if self.pending:  # queued while connecting: the read deadline starts now
             deadline = self.pool.now() + self.pool.settings.read_timeout
@@ -259,6 +246,7 @@ class EndpointPool(Health):
         settings: PoolSettings,
         counters: Counters,
         loop: asyncio.AbstractEventLoop | None = None,
+        idle_counters: IdleCounters | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.kind = kind
@@ -266,7 +254,8 @@ class EndpointPool(Health):
         self.counters = counters
         self.loop = loop
         self.conns: list[UpstreamConnection] = []
-        self.idle: list[UpstreamConnection] = []  # open, nothing in flight; LIFO (warm first)
+        # open, nothing in flight; LIFO (warm first)
+        self.idle: IdleList[UpstreamConnection] = IdleList(idle_counters or IdleCounters())
         self.adopting: list[UpstreamConnection] = []  # handed over by the previous generation
         self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
         Health.__init__(self)  # draining: connections close as they go idle
@@ -289,13 +278,9 @@ class EndpointPool(Health):
             self.on_idle(conn)  # oneway: the connection is free again at once
 
     def _checkout(self) -> UpstreamConnection:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-            if not conn.closed:
-                conn.close()
+        conn = self.idle.take()
+        if conn is not None:
+            return conn
         while self.adopting:  # requests queue on it until its transport is up
             conn = self.adopting.pop()
             if not conn.closed and not conn.inflight:
@@ -316,13 +301,12 @@ class EndpointPool(Health):
         ep = self.endpoint
         coro: Coroutine[Any, Any, Any]
         try:
-            if ep.kind == "unix":
-                coro = loop.create_unix_connection(lambda: conn, ep.path)
-            elif ep.discovered is not None:
+            if ep.discovered is not None:
                 coro = self._open_discovered(conn)
             else:
-                coro = loop.create_connection(lambda: conn, ep.host, ep.port)
+                coro = ep.connect(loop, lambda: conn)
             await asyncio.wait_for(coro, self.settings.connect_timeout)
+            self.idle.counters.opened += 1
         except (TimeoutError, OSError) as exc:
             timed_out = isinstance(exc, asyncio.TimeoutError)
             why = "timed out" if timed_out else (exc.strerror or str(exc))
@@ -343,7 +327,9 @@ class EndpointPool(Health):
             conn.fail(UpstreamError(f"connect to upstream {ep.label} cancelled"))
             raise
 
-    async def _open_discovered(self, conn: UpstreamConnection) -> None:
+    async def _open_discovered(
+        self, conn: UpstreamConnection
+    ) -> tuple[asyncio.Transport, UpstreamConnection]:
         """A placeholder's pool (DNS has not answered when the call came): wait for the
         answer, then connect to one of its addresses."""
         loop = self.loop or asyncio.get_running_loop()
@@ -351,7 +337,7 @@ class EndpointPool(Health):
         target = await link.resolve(self.settings.connect_timeout)
         if target is None:
             raise OSError(link.why_none())
-        await loop.create_connection(lambda: conn, target.address, target.port)
+        return await Address(target.address, target.port).connect(loop, lambda: conn)
 
     def _eject_now(self, why: str) -> None:
         """One address of a name refused a connect while the name has others: out at once
@@ -371,8 +357,7 @@ class EndpointPool(Health):
         """DNS no longer names this address: close idle connections now, the others when
         their last call is answered (on_idle)."""
         self.draining = True
-        for conn in list(self.idle):
-            conn.close()
+        for conn in self.idle.close_where():
             self.on_closed(conn)
 
     def _connect_failed(self) -> None:
@@ -401,14 +386,12 @@ class EndpointPool(Health):
     def on_idle(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
-        if len(self.idle) >= self.settings.max_idle or self.draining:
+        if self.draining or not self.idle.park(conn, self.clock or self.now(), self.settings.max_idle):
             conn.close()
-            return
-        conn.idle_since = self.clock or self.now()
-        self.idle.append(conn)
 
     def on_closed(self, conn: UpstreamConnection) -> None:
-        for group in (self.conns, self.idle, self.adopting):
+        self.idle.discard(conn)
+        for group in (self.conns, self.adopting):
             try:
                 group.remove(conn)
             except ValueError:
@@ -421,9 +404,7 @@ class EndpointPool(Health):
         self.clock = now
         for conn in list(self.conns):
             self.check_deadline(conn, now)
-        timeout = self.settings.idle_timeout
-        for conn in [c for c in self.idle if idle.expired(c.idle_since, now, timeout)]:
-            conn.close()
+        for conn in self.idle.expire(now, self.settings.idle_timeout):
             self.on_closed(conn)
 
     def check_deadline(self, conn: UpstreamConnection, now: float) -> None:
@@ -444,26 +425,18 @@ class EndpointPool(Health):
 
     def export_fds(self, fds: list[int]) -> list[int]:
         """Hand idle connections to the next generation: dup their fds, forget them here."""
-        indexes: list[int] = []
-        for conn in list(self.idle):
-            if conn.transport is None or conn.transport.is_closing() or conn.deframer.partial:
-                continue
-            fd = idle.export_fd(conn.transport)
-            if fd < 0:
-                continue
-            indexes.append(len(fds))
-            fds.append(fd)
+        start = len(fds)
+        moved = self.idle.export(fds, _at_message_boundary)
+        for conn in moved:
             self.on_closed(conn)
-            conn.closed = True
-            conn.transport.abort()  # closes our fd only: the dup keeps the socket open
-        return indexes
+        return list(range(start, start + len(moved)))
 
     def adopt_fd(self, fd: int) -> None:
         """Take over one idle connection exported by the previous generation."""
-        sock = idle.import_fd(fd)
+        sock = import_fd(fd)
         if sock is None:
             return
-        if sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) or _peer_gone(sock):
+        if sock.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6) or peer_gone(sock):
             sock.close()
             return
         try:
@@ -479,13 +452,12 @@ class EndpointPool(Health):
     async def _adopt(self, conn: UpstreamConnection, sock: socket.socket) -> None:
         loop = self.loop or asyncio.get_running_loop()
         try:
-            if sock.family == socket.AF_UNIX:
-                await loop.create_unix_connection(lambda: conn, sock=sock)
-            else:
-                await loop.create_connection(lambda: conn, sock=sock)
+            await adopt(loop, lambda: conn, sock)
         except OSError as exc:
             sock.close()
             conn.fail(UpstreamError(f"adopting a pooled connection failed: {exc}"))
+            return
+        self.idle.counters.adopted += 1
 
     def adopt_live(self, other: EndpointPool) -> None:
         """In-place reload: move the previous pool's idle connections and health here."""
@@ -512,15 +484,9 @@ def _inflight(conn: UpstreamConnection) -> int:
     return conn.inflight
 
 
-def _peer_gone(sock: socket.socket) -> bool:
-    """A pooled connection the peer has closed reads EOF (or errors) without blocking."""
-    try:
-        data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return True
-    return not data
+def _at_message_boundary(conn: UpstreamConnection) -> bool:
+    """No partial reply buffered: the next generation may read this connection from scratch."""
+    return not conn.deframer.partial
 
 
 class Upstreams:
@@ -530,6 +496,7 @@ class Upstreams:
 
     def __init__(self, counters: Counters, sweep_interval: float = 1.0) -> None:
         self.counters = counters
+        self.idle_counters = IdleCounters()  # of every pool of this server
         self.pools: dict[tuple[str, int], EndpointPool] = {}
         self.retired: list[EndpointPool] = []  # drained by DNS, connections still finishing
         self.sweep_interval = sweep_interval
@@ -541,7 +508,9 @@ class Upstreams:
         key = (endpoint.label, kind)
         pool = self.pools.get(key)
         if pool is None:
-            pool = self.pools[key] = EndpointPool(endpoint, kind, settings, self.counters, self._loop)
+            pool = self.pools[key] = EndpointPool(
+                endpoint, kind, settings, self.counters, self._loop, self.idle_counters
+            )
             self.sweep_interval = min(self.sweep_interval, _interval_for(settings))
         return pool
 
@@ -599,7 +568,7 @@ class Upstreams:
         return {"pools": pools}
 
     def import_state(
-        self, data: dict, take_fd: Callable[[int], int], resolve: Callable[[str, int], EndpointPool | None]
+        self, data: dict, fds: FdSource, resolve: Callable[[str, int], EndpointPool | None]
     ) -> int:
         """Adopt exported idle connections into the pools ``resolve(upstream, kind)`` names
         (None: that upstream left the config, its connections are closed); returns how many."""
@@ -607,7 +576,7 @@ class Upstreams:
         for item in data.get("pools", []):
             pool = resolve(item.get("upstream"), item.get("kind"))
             for index in item.get("fds", []):
-                fd = take_fd(index)
+                fd = fds.take_fd(index)
                 if fd < 0:
                     continue
                 if pool is None:

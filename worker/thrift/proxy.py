@@ -244,7 +244,7 @@ class ThriftProxy(Stateful):
 
     def import_state(self, data: Any, fds: FdSource) -> None:
         if isinstance(data, dict):
-            n = self.upstreams.import_state(data, fds.take_fd, self.router.pool_for)
+            n = self.upstreams.import_state(data, fds, self.router.pool_for)
             if n:
                 log.info("thrift_pool_adopted", connections=n)
 
