@@ -33,7 +33,7 @@ from typing import Any
 
 import structlog
 
-from monolake.supervisor import messages, sdnotify
+from monolake.supervisor import channel, messages, sdnotify
 from monolake.supervisor.workers import EXITED, PREPARED, READY, STOPPING, Slot, WorkerProc
 
 log = structlog.get_logger()
@@ -351,58 +351,36 @@ class Reloader:
 
     def _keep_old(self, slot: Slot, new_worker: WorkerProc, old: WorkerProc, what: str) -> None:
         """The slot keeps its old worker; the reload then fails as 'serves only in part'."""
-        self._kept.append(
-            f"slot {slot.index}: the new worker exited before its commit; generation {old.generation} serves on"
-        )
+        self._kept.append(f"slot {slot.index}: {what}; generation {old.generation} serves on")
         log.error(f"{what}; the old worker serves on", slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
 
     async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
+        """Hand ``slot`` from its old worker to ``new_worker``. The old worker is retired only
+        once the new one has committed: until then it has only stopped accepting, so a new
+        worker that dies or hangs at any point before ``committed`` (before the export, during
+        it, or while importing) gives the slot back to the old worker (a commit without
+        state: it accepts again). Only a slot without a live old worker is left to the new
+        worker's crash handling."""
         master = self.master
         old = slot.worker
-        if (
-            (new_worker.state == EXITED or _has_exited(new_worker.pid))
-            and old is not None
-            and old.state == READY
-        ):
-            # the new worker died between ready and its commit: the old one serves on
-            self._keep_old(slot, new_worker, old, "new worker exited before its commit")
+        if old is not None and old.state != READY:
+            old = None  # nothing serving to fall back to (or to carry state from)
+        if old is not None and (new_worker.state == EXITED or _has_exited(new_worker.pid)):
+            self._keep_old(slot, new_worker, old, "the new worker exited before its commit")
             return
         state, fds = await self._export(slot, old)
         if slot.respawn is not None:  # after the export: an old worker that died during it
             slot.respawn.cancel()  # must not get a replacement besides the new one
             slot.respawn = None
-        if _has_exited(new_worker.pid) and old is not None and old.state == READY:
-            # it died while the old worker exported: nothing was handed over, so the old one
-            # takes its state back (a commit without state: accept again) and serves on
-            for fd in fds:
-                os.close(fd)
-            old.send(messages.Commit(state=None))
-            self._keep_old(slot, new_worker, old, "new worker exited during the export")
+        failure = await self._hand_over(new_worker, state, fds, config)
+        if failure is not None and old is not None and old.state == READY:
+            old.send(messages.Commit(state=None))  # whatever it exported is lost with the new one
+            await self._abort([new_worker])  # one that hangs is killed; reaped before we go on
+            self._keep_old(slot, new_worker, old, failure)
             return
-        committed = new_worker.expect(messages.Committed)
-        sent = new_worker.send(messages.Commit(state=state), fds)
-        for fd in fds:
-            os.close(fd)
-        try:
-            if not sent:
-                raise RuntimeError("new worker unreachable")
-            reply, _ = await asyncio.wait_for(committed, config.supervisor.reload_timeout)
-            if reply.state_error:
-                self._state_errors.append(f"slot {slot.index}: {reply.state_error}")
-        except (TimeoutError, RuntimeError) as exc:
-            # The new worker is gone (or hung: the watchdog's); the slot's crash handling
-            # takes it from here (the socket and its queue are kept), and the old worker
-            # drains as planned. Its state is lost: the reload says so.
-            log.error(
-                "new worker failed to commit",
-                slot=slot.index,
-                pid=new_worker.pid,
-                error=str(exc) or "timeout",
-            )
-            self._state_errors.append(
-                f"slot {slot.index}: the new worker failed to commit "
-                f"({str(exc) or 'timeout'}); the slot starts afresh"
-            )
+        if failure is not None:
+            log.error("new worker failed to commit", slot=slot.index, pid=new_worker.pid, error=failure)
+            self._state_errors.append(f"slot {slot.index}: {failure}; the slot starts afresh")
         if new_worker.state == PREPARED:
             new_worker.state = READY
         if old is not None and old.state != EXITED:
@@ -413,6 +391,30 @@ class Reloader:
         slot.consecutive_crashes = 0
         if new_worker.state == EXITED:
             master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
+
+    async def _hand_over(
+        self, new_worker: WorkerProc, state: str | None, fds: list[int], config: Any
+    ) -> str | None:
+        """Send the exported state (and fds: closed here, sent or not) to the new worker and
+        wait for its ``committed``; None when it committed, else why it did not."""
+        try:
+            if _has_exited(new_worker.pid):
+                return "the new worker exited during the export"
+            committed = new_worker.expect(messages.Committed)
+            if not new_worker.send(messages.Commit(state=state), fds):
+                new_worker.replies.pop(messages.Committed, None)
+                return "the new worker could not be reached for its commit"
+        finally:
+            channel.close_fds(fds)
+        try:
+            reply, _ = await asyncio.wait_for(committed, config.supervisor.reload_timeout)
+        except TimeoutError:
+            return f"the new worker did not commit within reload_timeout={config.supervisor.reload_timeout}s"
+        except RuntimeError as exc:  # it exited (``_on_exit`` fails what it was waiting for)
+            return f"the new worker failed to commit ({exc})"
+        if reply.state_error:
+            self._state_errors.append(f"slot {new_worker.slot}: {reply.state_error}")
+        return None
 
     async def _export(self, slot: Slot, old: WorkerProc | None) -> tuple[str | None, list[int]]:
         """Ask the old worker for its state (and fds). Whatever goes wrong is recorded as a

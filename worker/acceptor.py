@@ -113,9 +113,11 @@ class Acceptor:
         if not self._closed:
             self._loop.add_reader(self._sock.fileno(), self._on_readable)
 
-    def close(self) -> None:
+    def close(self, *, keep_socket: bool = False) -> None:
         """Stop accepting. Closes this process's copy of the socket only: the master keeps
-        its own, so connections still queued wait there for the next worker."""
+        its own, so connections still queued wait there for the next worker. ``keep_socket``:
+        a worker that exported its state for a reload keeps its copy, so it can accept again
+        if the master resumes it (the new worker died before its commit)."""
         if self._closed:
             return
         self._closed = True
@@ -123,4 +125,5 @@ class Acceptor:
             self._backoff.cancel()
         else:
             self._loop.remove_reader(self._sock.fileno())
-        self._sock.close()
+        if not keep_socket:
+            self._sock.close()

@@ -135,12 +135,13 @@ class Worker:
 
         return factory
 
-    def stop_accepting(self) -> None:
+    def stop_accepting(self, *, keep_sockets: bool = False) -> None:
         """Stop accepting; the master keeps its copy of each socket, so queued connections
-        stay in the kernel's accept queue for the successor."""
+        stay in the kernel's accept queue for the successor. ``keep_sockets`` (an export):
+        this worker keeps its own copies too, to accept again if the master resumes it."""
         for slot in self.slots.values():
             for server in slot.servers:
-                server.close()
+                server.close(keep_socket=keep_sockets)
             slot.servers.clear()
         for index in list(self.covered):
             self.uncover(index)
@@ -282,7 +283,7 @@ class Worker:
                 finally:
                     self._finish(0)
             elif isinstance(message, messages.Export):
-                self.stop_accepting()
+                self.stop_accepting(keep_sockets=True)
                 self.send_state()
             elif isinstance(message, messages.Commit):
                 await self.commit(message, fds)
