@@ -144,7 +144,7 @@ def test_a_refused_chunk_leaves_the_channel_usable():
     gets the error and the next message arrives clean."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     fds = _memfds(300, "x")
-    bad = fds[:253] + [fds[253], 10 ** 6] + fds[254:]  # the second chunk holds a bad fd
+    bad = [*fds[:253], fds[253], 10**6, *fds[254:]]  # the second chunk holds a bad fd
     try:
         with pytest.raises(OSError):
             channel.send(a, {"type": "state"}, bad)

@@ -24,7 +24,7 @@ def _memfd(tag: str) -> int:
 
 def _drain(sock: socket.socket, reader: channel.FrameReader, want: int,
            timeout: float = 10) -> list[tuple[dict, list[int]]]:
-    got = []
+    got: list[tuple[dict, list[int]]] = []
     while len(got) < want:
         message = channel.recv_message(sock, reader, timeout=timeout)
         assert message is not None, "the sender closed early"

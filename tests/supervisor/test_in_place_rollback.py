@@ -24,11 +24,11 @@ ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asynci
 def _config(url: str, read_timeout: float, broken: str = "") -> Config:
     servers = ""
     for port, name in enumerate(("px", "py"), start=1):
-        layer = """
-[[servers.{n}.layers]]
+        layer = f"""
+[[servers.{name}.layers]]
 factory = "monolake.worker.http.layers:rate_limit"
 options = {{ rate = 1, bogus = 2 }}
-""".format(n=name) if name == broken else ""
+""" if name == broken else ""
         servers += f"""
 [servers.{name}]
 proxy_type = "http"
@@ -45,7 +45,8 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{url}" }} }}]
 
 
 def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
-    return sum(1 for h in loop._scheduled  # noqa: SLF001 - the only place timers are listed
+    scheduled = loop._scheduled  # type: ignore[attr-defined]  # asyncio's timer heap
+    return sum(1 for h in scheduled
                if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep)
 
 
@@ -62,9 +63,9 @@ async def _get_id(port: int) -> str:
     return body.decode()
 
 
-async def _until(cond, what: str, timeout: float = 10.0) -> None:
+async def _until(cond, what: str, limit: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + limit
     while not cond():
         assert loop.time() < deadline, f"timed out waiting: {what}"
         await asyncio.sleep(0.005)
@@ -122,16 +123,16 @@ def test_a_message_sent_with_hello_is_handled(tmp_path):
     """The master may send more right behind ``hello`` (``stop`` while a worker starts):
     the reader that read ``hello`` read it too, and the worker acts on it."""
     listener = socket.create_server(("127.0.0.1", 0))
-    config = parse_config(f"""
+    config = parse_config("""
 [supervisor]
 log_format = "json"
 heartbeat_interval = 0.2
 [servers.web]
 proxy_type = "http"
-listener = {{ type = "socket", value = "127.0.0.1:1" }}
+listener = { type = "socket", value = "127.0.0.1:1" }
 [[servers.web.routes]]
 path = "/"
-upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
 """)
     ours, theirs = socket.socketpair()
     hello = messages.encode(messages.Hello(slot=0, cpu=None, generation=1,
@@ -142,10 +143,11 @@ upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
     ours.sendmsg([frames[0][0] + channel.encode(messages.encode(messages.Stop(timeout=1)))],
                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                    __import__("array").array("i", [listener.fileno()]))])
-    proc = subprocess.Popen([sys.executable, "-m", "monolake.worker", "--control-fd",
-                             str(theirs.fileno()), "--master-pid", str(os.getpid())],
-                            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "wb"))
+    with open(tmp_path / "worker.log", "wb") as log:  # the child has its own copy
+        proc = subprocess.Popen([sys.executable, "-m", "monolake.worker", "--control-fd",
+                                 str(theirs.fileno()), "--master-pid", str(os.getpid())],
+                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=log)
     theirs.close()
     listener.close()
     try:

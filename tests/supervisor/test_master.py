@@ -157,7 +157,7 @@ class _SlowUpstream:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 time.sleep(delay_)
                 body = b"slow ok"
                 self.send_response(200)
@@ -325,7 +325,7 @@ def test_embedded_default_config_serves_out_of_the_box(tmp_path):
     if listening_on(8080):
         pytest.skip("127.0.0.1:8080 is taken on this machine")
     env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}  # the default control socket goes here
-    log = open(tmp_path / "master.log", "wb")
+    log = open(tmp_path / "master.log", "wb")  # noqa: SIM115 - the master's, closed in finally
     master = subprocess.Popen([*MONOLAKED, "start"], stdout=log, stderr=subprocess.STDOUT, env=env)
     pids = [master.pid]
     try:

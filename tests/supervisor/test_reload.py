@@ -110,11 +110,11 @@ def test_reloads_under_load_lose_nothing(master_factory, tmp_path, upstream, mod
     streamer.start()
     try:
         wait_for(lambda: all(t.ok > 5 for t in loads), 15, what="load running")
-        for i in range(reloads):
+        for _i in range(reloads):
             result = reload_cli(m)
             assert result.returncode == 0, result.stderr
         before = [t.ok for t in loads]
-        wait_for(lambda: all(t.ok > b + 5 for t, b in zip(loads, before)), 15,
+        wait_for(lambda: all(t.ok > b + 5 for t, b in zip(loads, before, strict=False)), 15,
                  what="load after reloads")
     finally:
         for t in loads:
@@ -263,8 +263,8 @@ def test_hup_storm_is_coalesced_and_bounded(master_factory, tmp_path):
              what="no zombies")
     assert len(_children(master_pid)) == nslots
     assert len(os.listdir(f"/proc/{master_pid}/fd")) <= fds_before + 2
-    threads = int([l for l in Path(f"/proc/{master_pid}/status").read_text().splitlines()
-                   if l.startswith("Threads:")][0].split()[1])
+    status = Path(f"/proc/{master_pid}/status").read_text().splitlines()
+    threads = int(next(line for line in status if line.startswith("Threads:")).split()[1])
     assert threads <= 2
 
 

@@ -3,8 +3,7 @@ reload will do can be read, and checked, without starting a process."""
 
 from __future__ import annotations
 
-from monolake.supervisor.reload import (
-    AwaitReady, Migrate, Retire, Settle, Spawn, Switch, plan_generation)
+from monolake.supervisor.reload import AwaitReady, Migrate, Retire, Settle, Spawn, Switch, plan_generation
 
 
 def test_same_count_spawns_all_then_migrates_slot_by_slot():
