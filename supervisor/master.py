@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -53,6 +53,10 @@ from monolake.supervisor.workers import (
     spawn_worker,
     stop_reading,
 )
+
+if TYPE_CHECKING:
+    from monolake.conf.schema import Config
+    from monolake.supervisor.reload import Reloader
 
 log = structlog.get_logger()
 
@@ -111,7 +115,7 @@ class MasterState:
 
 class Master:
     def __init__(
-        self, config: Any, config_path: str | None, workers: int | None = None, pid_file: str | None = None
+        self, config: Config, config_path: str | None, workers: int | None = None, pid_file: str | None = None
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -131,7 +135,7 @@ class Master:
         # every child this master started and has not reaped yet: the one list of children
         # (status, stop and the watchdog read it), so none can be lost track of
         self._by_pid: dict[int, WorkerProc] = {}
-        self.reloader: Any = None
+        self.reloader: Reloader | None = None
         self.events = Events()
         self.desired = 0  # slots wanted: the config's count, moved by TTIN/TTOU and reloads
         self._removing = False  # a slot removal is draining its worker
@@ -146,7 +150,7 @@ class Master:
         return cpus[index % len(cpus)]
 
     def hello(
-        self, slot: Slot, generation: int, config: Any, accept: bool = True
+        self, slot: Slot, generation: int, config: Config, accept: bool = True
     ) -> tuple[messages.Hello, list[int]]:
         mapping, fds = self.listeners.for_slot(config.servers, slot.index)
         return (
@@ -163,7 +167,7 @@ class Master:
         )
 
     def spawn(
-        self, slot: Slot, generation: int | None = None, config: Any = None, accept: bool = True
+        self, slot: Slot, generation: int | None = None, config: Config | None = None, accept: bool = True
     ) -> WorkerProc:
         """Start a worker; it is tracked (``_by_pid``) from the moment it exists."""
         if self.stopping:
@@ -229,7 +233,7 @@ class Master:
         else:  # never served: nothing to drain
             worker.state = DRAINING
             kill_hard(worker)
-        asyncio.get_running_loop().create_task(self._await_exit(worker, timeout + 2.0))
+        asyncio.get_running_loop().create_task(self.await_exit(worker, timeout + 2.0))
 
     async def _watch_start(self, worker: WorkerProc) -> None:
         """A worker that is not ready within reload_timeout is killed (and counts as a crash)."""
@@ -397,9 +401,9 @@ class Master:
         if self.stopping or previous_state in (STOPPING, DRAINING):
             log.info("worker exited", slot=worker.slot, pid=worker.pid, code=code)
             return
-        self._schedule_respawn(slot, worker, code)
+        self.schedule_respawn(slot, worker, code)
 
-    def _schedule_respawn(self, slot: Slot, worker: WorkerProc, code: int) -> None:
+    def schedule_respawn(self, slot: Slot, worker: WorkerProc, code: int) -> None:
         sup = self.config.supervisor
         if time.monotonic() - worker.started >= max(10.0, sup.respawn_backoff_max):
             slot.consecutive_crashes = 0  # it ran fine for a while: start the backoff over
@@ -466,7 +470,7 @@ class Master:
         if slot.worker is not None and slot.worker.state != EXITED:
             worker = slot.worker
             self.retire(worker, self.config.supervisor.drain_timeout)
-            await self._await_exit(worker, self.config.supervisor.drain_timeout + 2)
+            await self.await_exit(worker, self.config.supervisor.drain_timeout + 2)
         self.close_retired_slots([slot])
         log.info("worker slot removed", slot=slot.index)
 
@@ -479,7 +483,7 @@ class Master:
         for slot in retired:
             self.uncover(slot)
 
-    async def _await_exit(self, worker: WorkerProc, within: float) -> None:
+    async def await_exit(self, worker: WorkerProc, within: float) -> None:
         assert worker.exited is not None
         try:
             await asyncio.wait_for(asyncio.shield(worker.exited), within)
@@ -743,6 +747,9 @@ class Master:
 
     def request_reload(self) -> None:
         log.info("SIGHUP: reload requested")
+        if self.reloader is None:  # run() makes it; a signal cannot come earlier
+            log.warning("reload requested before the master runs; ignored")
+            return
         self._spawn_task(self.reloader.reload())
 
     def reopen_logs(self) -> None:
@@ -776,12 +783,12 @@ class Master:
                 worker.send(messages.Stop(timeout=timeout))
             else:
                 worker.signal(signal.SIGQUIT)
-        await asyncio.gather(*(self._await_exit(w, timeout + 2.0) for w in workers))
+        await asyncio.gather(*(self.await_exit(w, timeout + 2.0) for w in workers))
         late = [w for w in self.live_workers() if w not in workers]
         if late:  # started while the stop began (spawn refuses after): never left behind
             for worker in late:
                 kill_hard(worker)
-            await asyncio.gather(*(self._await_exit(w, 5.0) for w in late))
+            await asyncio.gather(*(self.await_exit(w, 5.0) for w in late))
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(0)
 

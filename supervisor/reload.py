@@ -29,12 +29,17 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
 from monolake.supervisor import channel, messages, sdnotify
 from monolake.supervisor.workers import EXITED, PREPARED, READY, STOPPING, Slot, WorkerProc
+
+if TYPE_CHECKING:
+    from monolake.conf.schema import Config
+    from monolake.supervisor.listeners import Listeners
+    from monolake.supervisor.master import MasterState
 
 log = structlog.get_logger()
 
@@ -120,8 +125,34 @@ class StateNotMigrated(ReloadFailed):
     export or import failed. Reported as a failed reload with ``state_migrated: false``."""
 
 
+class ReloadHost(Protocol):
+    """All a reload may read or change on the master: the config, the slots and their
+    sockets, the generation record, and the worker lifecycle steps (spawn, cover, assign,
+    retire, wait for an exit). The master satisfies it; a test may pass a fake."""
+
+    config: Config
+    config_path: str | None
+    workers_override: int | None
+    slots: list[Slot]
+    retired: list[WorkerProc]
+    desired: int
+    stopping: bool
+    state: MasterState
+    listeners: Listeners
+
+    def cpu_for(self, index: int) -> int | None: ...
+    def spawn(self, slot: Slot, generation: int, config: Config, accept: bool = True) -> WorkerProc: ...
+    def cover(self, slot: Slot) -> None: ...
+    def uncover(self, slot: Slot) -> None: ...
+    def assign(self, slot: Slot, worker: WorkerProc) -> None: ...
+    def retire(self, worker: WorkerProc, timeout: float) -> None: ...
+    def close_retired_slots(self, retired: list[Slot]) -> None: ...
+    def schedule_respawn(self, slot: Slot, worker: WorkerProc, code: int) -> None: ...
+    async def await_exit(self, worker: WorkerProc, within: float) -> None: ...
+
+
 class Reloader:
-    def __init__(self, master: Any, on_done: Callable[[], None] | None = None) -> None:
+    def __init__(self, master: ReloadHost, on_done: Callable[[], None] | None = None) -> None:
         self.master = master
         self.on_done = on_done  # after each run of reloads (the master reconciles)
         self.busy = False
@@ -228,7 +259,7 @@ class Reloader:
         except OSError as exc:
             raise ReloadFailed(f"cannot read config: {exc}") from None
 
-    def _in_place_possible(self, new: Any) -> bool:
+    def _in_place_possible(self, new: Config) -> bool:
         from monolake.supervisor.listeners import listener_key
         from monolake.supervisor.master import resolve_workers
 
@@ -249,9 +280,9 @@ class Reloader:
                 "waiting for the previous generation to finish draining", workers=[w.pid for w in draining]
             )
             timeout = master.config.supervisor.drain_timeout + 5
-            await asyncio.gather(*(master._await_exit(w, timeout) for w in draining))
+            await asyncio.gather(*(master.await_exit(w, timeout) for w in draining))
 
-    async def _generation(self, new: Any) -> None:
+    async def _generation(self, new: Config) -> None:
         from monolake.supervisor.master import resolve_workers
 
         master = self.master
@@ -347,14 +378,14 @@ class Reloader:
         for worker in live:
             worker.state = STOPPING
             worker.send(messages.Abort())
-        await asyncio.gather(*(self.master._await_exit(w, ABORT_GRACE) for w in live))
+        await asyncio.gather(*(self.master.await_exit(w, ABORT_GRACE) for w in live))
 
     def _keep_old(self, slot: Slot, new_worker: WorkerProc, old: WorkerProc, what: str) -> None:
         """The slot keeps its old worker; the reload then fails as 'serves only in part'."""
         self._kept.append(f"slot {slot.index}: {what}; generation {old.generation} serves on")
         log.error(f"{what}; the old worker serves on", slot=slot.index, pid=new_worker.pid, old_pid=old.pid)
 
-    async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Any) -> None:
+    async def _commit_slot(self, slot: Slot, new_worker: WorkerProc, config: Config) -> None:
         """Hand ``slot`` from its old worker to ``new_worker``. The old worker is retired only
         once the new one has committed: until then it has only stopped accepting, so a new
         worker that dies or hangs at any point before ``committed`` (before the export, during
@@ -390,10 +421,10 @@ class Reloader:
         slot.flapping = False
         slot.consecutive_crashes = 0
         if new_worker.state == EXITED:
-            master._schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
+            master.schedule_respawn(slot, new_worker, new_worker.exit_code or 1)
 
     async def _hand_over(
-        self, new_worker: WorkerProc, state: str | None, fds: list[int], config: Any
+        self, new_worker: WorkerProc, state: str | None, fds: list[int], config: Config
     ) -> str | None:
         """Send the exported state (and fds: closed here, sent or not) to the new worker and
         wait for its ``committed``; None when it committed, else why it did not."""
@@ -447,7 +478,7 @@ class Reloader:
         )
         self._state_errors.append(f"slot {slot.index}: {error}")
 
-    def _retire(self, worker: WorkerProc, config: Any) -> None:
+    def _retire(self, worker: WorkerProc, config: Config) -> None:
         self.master.retire(worker, config.supervisor.drain_timeout)
 
     async def _close_after_drain(self, removed: list[Slot]) -> None:
@@ -457,7 +488,7 @@ class Reloader:
 
     # ----- in-place mode ------------------------------------------------------------------
 
-    async def _in_place(self, new: Any) -> None:
+    async def _in_place(self, new: Config) -> None:
         master = self.master
         workers = [s.worker for s in master.slots if s.worker is not None and s.worker.state == READY]
         replies = []
