@@ -12,12 +12,15 @@ import asyncio
 import ipaddress
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from monolake.supervisor import metrics
 from monolake.supervisor.sockets import bind_tcp
+
+if TYPE_CHECKING:
+    from monolake.supervisor.master import Master
 
 log = structlog.get_logger()
 
@@ -45,7 +48,7 @@ class BadRequest(Exception):
         self.status = status
 
 
-def health(master: Any) -> tuple[int, str]:
+def health(master: Master) -> tuple[int, str]:
     """200 while the master serves with at least one ready worker, else 503 with the reason."""
     from monolake.supervisor.workers import READY
 
@@ -70,7 +73,7 @@ def is_loopback(host: str) -> bool:
 class AdminServer:
     """Binds ``[admin] listen`` and follows it across reloads."""
 
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Master) -> None:
         self.master = master
         self.listen = ""
         self._server: asyncio.AbstractServer | None = None

@@ -11,12 +11,15 @@ import socket
 import stat
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from monolake.supervisor import channel, messages
 from monolake.supervisor.sockets import bind_unix
+
+if TYPE_CHECKING:
+    from monolake.supervisor.master import Master
 
 log = structlog.get_logger()
 
@@ -26,7 +29,7 @@ CONTROL_BACKLOG = 128
 
 
 class ControlServer:
-    def __init__(self, path: str, master: Any) -> None:
+    def __init__(self, path: str, master: Master) -> None:
         self.path = path
         self.master = master
         self._server: asyncio.AbstractServer | None = None
@@ -100,7 +103,7 @@ def command(name: str) -> Callable[[Command], Command]:
     return add
 
 
-async def run_command(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def run_command(master: Master, request: dict[str, Any]) -> dict[str, Any]:
     kind = request.get("type")
     handler = COMMANDS.get(kind) if isinstance(kind, str) else None
     if handler is None:
@@ -109,24 +112,26 @@ async def run_command(master: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 @command("status")
-async def _status(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def _status(master: Master, request: dict[str, Any]) -> dict[str, Any]:
     return {"type": "status", **master.status()}
 
 
 @command("reload")
-async def _reload(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def _reload(master: Master, request: dict[str, Any]) -> dict[str, Any]:
+    if master.reloader is None:  # the master makes it before it opens this socket
+        return {"type": "reload", "ok": False, "reason": "the master is not running yet"}
     result = await master.reloader.reload(wait=True)
     return {"type": "reload", **result}
 
 
 @command("stop")
-async def _stop(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def _stop(master: Master, request: dict[str, Any]) -> dict[str, Any]:
     master.request_stop(not request.get("fast", False))
     return {"type": "ok"}
 
 
 @command("debug")
-async def _debug(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def _debug(master: Master, request: dict[str, Any]) -> dict[str, Any]:
     try:
         report = await master.debug_worker(int(request.get("slot", 0)), bool(request.get("collect", False)))
     except (TimeoutError, TypeError, ValueError, LookupError, RuntimeError) as exc:
@@ -135,7 +140,7 @@ async def _debug(master: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 @command("upstreams")
-async def _upstreams(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def _upstreams(master: Master, request: dict[str, Any]) -> dict[str, Any]:
     """The runtime upstream API (supervisor/upstreams_api.py)."""
     from monolake.supervisor import upstreams_api
 
@@ -143,7 +148,7 @@ async def _upstreams(master: Any, request: dict[str, Any]) -> dict[str, Any]:
 
 
 @command("log_level")
-async def _log_level(master: Any, request: dict[str, Any]) -> dict[str, Any]:
+async def _log_level(master: Master, request: dict[str, Any]) -> dict[str, Any]:
     from monolake.supervisor import logs
 
     level = str(request.get("level", ""))

@@ -136,6 +136,7 @@ class Master:
         # (status, stop and the watchdog read it), so none can be lost track of
         self._by_pid: dict[int, WorkerProc] = {}
         self.reloader: Reloader | None = None
+        self.runtime_upstreams: upstreams_api.UpstreamsApi | None = None  # upstreams_api.for_master
         self.events = Events()
         self.desired = 0  # slots wanted: the config's count, moved by TTIN/TTOU and reloads
         self._removing = False  # a slot removal is draining its worker

@@ -15,11 +15,14 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import psutil
 
 from monolake.supervisor.accounting import GAUGES, ServerStats
+
+if TYPE_CHECKING:
+    from monolake.supervisor.master import Master
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -171,7 +174,7 @@ def add_histogram(reg: Registry, labels: dict[str, str], stats: dict[str, int]) 
 # ----- collection from the master ----------------------------------------------------------
 
 
-def slot_workers(master: Any, index: int) -> list[tuple[int, ServerStats, bool]]:
+def slot_workers(master: Master, index: int) -> list[tuple[int, ServerStats, bool]]:
     """``(pid, server_stats, retired)`` of every live process serving slot ``index``."""
     from monolake.supervisor.workers import EXITED
 
@@ -186,7 +189,7 @@ def slot_workers(master: Any, index: int) -> list[tuple[int, ServerStats, bool]]
     return out
 
 
-def server_totals(master: Any) -> dict[int, ServerStats]:
+def server_totals(master: Master) -> dict[int, ServerStats]:
     """Per slot index: per server totals (carried + live), for the slots worth showing."""
     indexes = set(range(len(master.slots)))
     indexes.update(w.slot for w in master.retired)
@@ -203,7 +206,7 @@ def _rss_and_cpu(pid: int) -> tuple[int, float] | None:
         return None
 
 
-def add_worker_series(reg: Registry, master: Any) -> None:
+def add_worker_series(reg: Registry, master: Master) -> None:
     from monolake.supervisor.workers import EXITED, READY
 
     restarts = reg.family(
@@ -236,9 +239,10 @@ def add_worker_series(reg: Registry, master: Any) -> None:
         worker = slot.worker
         alive = worker is not None and worker.state != EXITED
         restarts.add(labels, slot.restarts)
-        up.add(labels, 1 if alive and worker.state == READY and not worker.unresponsive(now, beat) else 0)
+        ready = worker is not None and alive and worker.state == READY
+        up.add(labels, 1 if ready and worker is not None and not worker.unresponsive(now, beat) else 0)
         flapping.add(labels, 1 if slot.flapping else 0)
-        if not alive:
+        if worker is None or not alive:
             continue
         lag.add(labels, worker.current_lag(now, beat))
         gen.add(labels, worker.generation)
@@ -263,7 +267,7 @@ def add_worker_series(reg: Registry, master: Any) -> None:
         states.add({"state": state}, counts.get(state, 0))
 
 
-def add_master_series(reg: Registry, master: Any) -> None:
+def add_master_series(reg: Registry, master: Master) -> None:
     state = master.state
     reg.family("monolake_info", "gauge", "monolake version.").add({"version": _version()}, 1)
     reg.family("monolake_master_start_time_seconds", "gauge", "When the master started (unix time).").add(
@@ -300,7 +304,7 @@ def _version() -> str:
         return "unknown"
 
 
-def collect(master: Any) -> Registry:
+def collect(master: Master) -> Registry:
     reg = Registry()
     add_master_series(reg, master)
     add_worker_series(reg, master)
@@ -314,7 +318,7 @@ def collect(master: Any) -> Registry:
     return reg
 
 
-def add_upstream_series(reg: Registry, master: Any) -> None:
+def add_upstream_series(reg: Registry, master: Master) -> None:
     """Every endpoint's state, per worker (DNS-found addresses too; worker/upstream_routes.py)."""
     from monolake.supervisor.workers import EXITED
 
@@ -341,7 +345,7 @@ def add_upstream_series(reg: Registry, master: Any) -> None:
             requests.add(labels, row.get("requests", 0))
 
 
-def add_health_series(reg: Registry, master: Any) -> None:
+def add_health_series(reg: Registry, master: Master) -> None:
     """Active health checks, per worker (each checks for itself; worker/health)."""
     from monolake.supervisor.workers import EXITED
 
@@ -371,10 +375,10 @@ def add_health_series(reg: Registry, master: Any) -> None:
             checks.add({**labels, "result": "failed"}, row.get("checks_failed", 0))
 
 
-def _has_live(master: Any, index: int, server: str) -> bool:
+def _has_live(master: Master, index: int, server: str) -> bool:
     """A server removed by a reload is still shown while an old worker serves it."""
     return any(server in stats for _, stats, _ in slot_workers(master, index))
 
 
-def render(master: Any) -> str:
+def render(master: Master) -> str:
     return collect(master).render()

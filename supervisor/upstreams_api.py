@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -31,21 +31,24 @@ from monolake.supervisor.upstream_rules import (
     routes_of,
 )
 
+if TYPE_CHECKING:
+    from monolake.supervisor.master import Master
+
 log = structlog.get_logger()
 
 ANSWER_DEADLINE = 5.0  # seconds a worker gets to answer; then it is reported as silent
 
 
-def for_master(master: Any) -> UpstreamsApi:
-    """The master's API object, made on first use (so Master needs no new field)."""
-    api = getattr(master, "_upstreams_api", None)
+def for_master(master: Master) -> UpstreamsApi:
+    """The master's API object, made on first use."""
+    api = master.runtime_upstreams
     if api is None:
-        api = master._upstreams_api = UpstreamsApi(master)
+        api = master.runtime_upstreams = UpstreamsApi(master)
     return api
 
 
 class UpstreamsApi:
-    def __init__(self, master: Any) -> None:
+    def __init__(self, master: Master) -> None:
         self.master = master
         self.overrides: dict[tuple[str, str], dict[str, Any]] = {}  # drain/disable/weight
         self.edits: dict[tuple[str, str, str], dict[str, Any]] = {}  # add/remove (server, route, address)
