@@ -56,10 +56,9 @@ static int ieq(const char *a, size_t n, const char *lit, size_t m)
     return 1;
 }
 
-enum { F_KEEP, F_DROP, F_HOST, F_XFF, F_FWD, F_VIA, F_UPGRADE, F_CONNECTION };
 
-/* what the head does with a field of this name */
-static int kind_of(const char *p, size_t n)
+/* what the head does with a field of this name (mu_head.h) */
+int mu_head_field_kind(const char *p, size_t n)
 {
 #define IS(lit) ieq(p, n, lit, sizeof(lit) - 1)
     switch (n) {
@@ -140,7 +139,7 @@ static int named_by_connection(const hlist *L, const mu_head_field *f)
     size_t n = hl_len(L);
     for (size_t i = 0; i < n; i++) {
         const mu_head_field *c = hl_get(L, i);
-        if (c != NULL && kind_of(c->name, c->name_len) == F_CONNECTION &&
+        if (c != NULL && mu_head_field_kind(c->name, c->name_len) == F_CONNECTION &&
             token_in(f->name, f->name_len, c->value, c->value_len))
             return 1;
     }
@@ -153,7 +152,7 @@ static size_t put_joined(wbuf *w, const hlist *L, int kind, size_t *bytes)
     size_t count = 0, n = hl_len(L), start = w->n;
     for (size_t i = 0; i < n; i++) {
         const mu_head_field *f = hl_get(L, i);
-        if (f == NULL || kind_of(f->name, f->name_len) != kind)
+        if (f == NULL || mu_head_field_kind(f->name, f->name_len) != kind)
             continue;
         if (count++)
             PUTS(w, ", ");
@@ -233,7 +232,7 @@ size_t mu_head_write(const mu_head_request *rq, const mu_head_route *rt,
         const mu_head_field *f = hl_get(&L, i);
         if (f == NULL)
             continue;
-        int k = kind_of(f->name, f->name_len);
+        int k = mu_head_field_kind(f->name, f->name_len);
         if (k == F_HOST)
             host_in = f;
         else if (k == F_UPGRADE)
@@ -245,7 +244,7 @@ size_t mu_head_write(const mu_head_request *rq, const mu_head_route *rt,
     PUTS(&w, " HTTP/1.1\r\n");
     for (size_t i = 0; i < n; i++) {
         const mu_head_field *f = hl_get(&L, i);
-        if (f == NULL || kind_of(f->name, f->name_len) != F_KEEP || named_by_connection(&L, f))
+        if (f == NULL || mu_head_field_kind(f->name, f->name_len) != F_KEEP || named_by_connection(&L, f))
             continue;
         put_lower(&w, f->name, f->name_len);
         PUTS(&w, ": ");

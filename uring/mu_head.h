@@ -69,4 +69,10 @@ size_t mu_head_write(const mu_head_request *rq, const mu_head_route *rt,
                      const mu_head_upstream *up, const mu_head_conn *cn, char *out, size_t cap);
 /* cdef-end */
 
+/* What an upstream request head does with a client's field, by name (any case): kept,
+ * dropped (hop-by-hop and framing fields the proxy rewrites) or handled by a rule. One
+ * table for this unit and for mu_http.c's forward_head, so the two heads cannot disagree. */
+enum { F_KEEP, F_DROP, F_HOST, F_XFF, F_FWD, F_VIA, F_UPGRADE, F_CONNECTION };
+int mu_head_field_kind(const char *name, size_t len);
+
 #endif /* MU_HEAD_H */

@@ -46,6 +46,7 @@
 #include <string.h>
 
 #include "mu_http.h"
+#include "mu_head.h"
 #include "mu_lend.h"
 
 static PyObject *ParseErrorType = NULL;
@@ -1397,27 +1398,10 @@ static int named_in(span name, PyObject **vals, int nv)
     return 0;
 }
 
-enum { F_KEEP, F_DROP, F_HOST, F_XFF, F_FWD, F_VIA, F_UPGRADE, F_CONNECTION };
-
-/* what forward_head does with a request header (names are lower-case already) */
+/* what forward_head does with a request header: the table mu_head.c shares (mu_head.h) */
 static int forward_kind(const char *p, Py_ssize_t n)
 {
-#define IS(lit) (n == (Py_ssize_t)sizeof(lit) - 1 && memcmp(p, lit, sizeof(lit) - 1) == 0)
-    switch (n) {
-    case 2: return IS("te") ? F_DROP : F_KEEP;
-    case 3: return IS("via") ? F_VIA : F_KEEP;
-    case 4: return IS("host") ? F_HOST : F_KEEP;
-    case 6: return IS("expect") ? F_DROP : F_KEEP;
-    case 7: return IS("upgrade") ? F_UPGRADE : IS("trailer") ? F_DROP : F_KEEP;
-    case 9: return IS("forwarded") ? F_FWD : F_KEEP;
-    case 10: return IS("connection") ? F_CONNECTION : IS("keep-alive") ? F_DROP : F_KEEP;
-    case 14: return IS("content-length") ? F_DROP : F_KEEP;
-    case 15: return IS("x-forwarded-for") ? F_XFF : F_KEEP;
-    case 16: return IS("proxy-connection") || IS("x-forwarded-host") ? F_DROP : F_KEEP;
-    case 17: return IS("transfer-encoding") || IS("x-forwarded-proto") ? F_DROP : F_KEEP;
-    }
-    return F_KEEP;
-#undef IS
+    return mu_head_field_kind(p, (size_t)n);
 }
 
 typedef struct { char *o; } out_t;
