@@ -20,12 +20,11 @@ from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker import memtrim
-from monolake.worker.net import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
-from monolake.worker.http.connection import (BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX,
-                                             RequestReader)
+from monolake.worker.http.connection import BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX, RequestReader
 from monolake.worker.http.exchange import Exchange
 from monolake.worker.http.message import Request
+from monolake.worker.net import proxy_protocol
 from monolake.worker.net.tls import TlsError
 from monolake.worker.service.context import ConnectionContext
 from monolake.worker.sockopts import set_nodelay
@@ -52,7 +51,7 @@ class HttpServerProtocol(asyncio.Protocol):
                  "_prelude", "_tls", "_tunnel", "_tunnel_pending", "_lingering", "_h2",
                  "__weakref__")
 
-    def __init__(self, rt: "ServerRuntime") -> None:
+    def __init__(self, rt: ServerRuntime) -> None:
         self._rt = rt
         self._serve = rt.serve  # how an exchange calls the stack (exchange.entry_point)
         self._loop = rt.loop
@@ -147,9 +146,8 @@ class HttpServerProtocol(asyncio.Protocol):
             return True
         self._reader.peer_closed()
         self._closing = True
-        if not self._queue:
-            return False  # nothing in flight: close
-        return True  # answer what is in flight, then close
+        # Nothing in flight: close; otherwise answer what is in flight, then close.
+        return bool(self._queue)
         # (keep-alive is off from here: see exchange_done)
 
     # -- reading ---------------------------------------------------------------------------
@@ -260,7 +258,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._transport is not None and ex is not None and not ex.head_sent:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _exchange_of(self, req: Request | None) -> "Exchange | None":
+    def _exchange_of(self, req: Request | None) -> Exchange | None:
         if req is not None:
             for ex in self._queue:
                 if ex.request is req:

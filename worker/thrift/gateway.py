@@ -33,8 +33,7 @@ from thriftpy2.transport import TMemoryBuffer
 from monolake.worker.http.body import BodyError
 from monolake.worker.http.message import Request, Response
 from monolake.worker.http.pool import UpstreamPool
-from monolake.worker.http.server import (HttpServerHandle, ServerRuntime, inherited_stack,
-                                          start_if_running)
+from monolake.worker.http.server import HttpServerHandle, ServerRuntime, inherited_stack, start_if_running
 from monolake.worker.http.stats import Stats
 from monolake.worker.service import FactoryStack, Stateful, push_config_layers, restore_state
 from monolake.worker.service.state import FdSource
@@ -200,7 +199,7 @@ class GatewayService(Stateful):
                 return error_response(502, "upstream_exception", str(exc), type=exc.type)
             result = method.result_cls()
             result.read(prot)
-        except Exception as exc:  # noqa: BLE001 - whatever the upstream sent, it is its fault
+        except Exception as exc:  # whatever the upstream sent, it is its fault
             return error_response(502, "bad_upstream_reply", f"cannot decode the reply: {exc}")
         spec = method.result_cls.thrift_spec
         for fid, f in spec.items():
