@@ -317,7 +317,7 @@ def check_header() -> None:
                            "distro build with the CVE-2023-44487 and CVE-2024-28182 fixes)")
 
 
-def link_kwargs(relative: bool = False) -> dict[str, list]:
+def link_kwargs(relative: bool = False) -> dict[str, list[str]]:
     """Compile/link arguments; ``relative`` paths for setup.py (run from the project root)."""
     here = os.path.relpath(HERE, ROOT) if relative else HERE
     return {"libraries": ["nghttp2"], "extra_compile_args": ["-O2", "-std=gnu11"],
@@ -347,8 +347,9 @@ def extensions() -> list:
         return []
     ffi.emit_c_code(GENERATED)
     kwargs = link_kwargs(relative=True)
-    sources = [rel, *kwargs.pop("sources")]
-    return [Extension(MODULE, sources=sources, optional=True, **kwargs)]
+    return [Extension(MODULE, sources=[rel, *kwargs["sources"]], optional=True,
+                      libraries=kwargs["libraries"], include_dirs=kwargs["include_dirs"],
+                      extra_compile_args=kwargs["extra_compile_args"])]
 
 
 if __name__ == "__main__":

@@ -440,7 +440,7 @@ class _Session:
         elif ftype == lib.NGHTTP2_PING:
             if frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
                 opaque = bytes(frame.ping.opaque_data)
-                if opaque == _DRAIN_PING and not self.client_side:
+                if opaque == _DRAIN_PING and isinstance(self, H2ServerSession):
                     self.finish_graceful_shutdown()
                 self._events.append(PingAcknowledged(opaque))
         elif ftype == lib.NGHTTP2_GOAWAY:

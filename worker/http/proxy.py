@@ -156,7 +156,7 @@ class RouterService(Stateful):
 
         def on_head(resp: Response | None, exc: BaseException | None) -> None:
             ex.upstream = None
-            if exc is None:
+            if resp is not None:  # the client's contract: a response xor an error
                 if resp.status == 101:
                     if req.upgrade:
                         resp.tunnel = Tunnel(conn)

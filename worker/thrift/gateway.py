@@ -57,7 +57,7 @@ _JSON = [(b"content-type", b"application/json")]
 class Method:
     """One callable method: its argument and result structs."""
 
-    __slots__ = ("service", "name", "args_cls", "result_cls", "oneway", "exceptions")
+    __slots__ = ("service", "name", "args_cls", "result_cls", "oneway", "result_spec", "exceptions")
 
     def __init__(self, service: str, name: str, args_cls: type, result_cls: type) -> None:
         self.service = service
@@ -65,7 +65,9 @@ class Method:
         self.args_cls = args_cls
         self.result_cls = result_cls
         self.oneway = bool(getattr(result_cls, "oneway", False))
-        spec = getattr(result_cls, "thrift_spec", {}) or {}
+        # field id -> thriftpy2's field tuple (type, name, ...): generated, untyped
+        spec: dict[int, tuple[Any, ...]] = getattr(result_cls, "thrift_spec", {}) or {}
+        self.result_spec = spec
         self.exceptions = {f[1] for fid, f in spec.items() if fid != 0}
 
 
@@ -140,10 +142,10 @@ class GatewayService(Stateful):
                 if groups["method"] in methods:
                     return methods[groups["method"]], ""
             return None, f"no method {groups['method']!r} in the IDL"
-        methods = self.services.get(svc_name)
-        if methods is None:
+        svc_methods = self.services.get(svc_name)
+        if svc_methods is None:
             return None, f"no service {svc_name!r} in the IDL"
-        method = methods.get(groups["method"])
+        method = svc_methods.get(groups["method"])
         if method is None:
             return None, f"service {svc_name} has no method {groups['method']!r}"
         return method, ""
@@ -201,7 +203,7 @@ class GatewayService(Stateful):
             result.read(prot)
         except Exception as exc:  # whatever the upstream sent, it is its fault
             return error_response(502, "bad_upstream_reply", f"cannot decode the reply: {exc}")
-        spec = method.result_cls.thrift_spec
+        spec = method.result_spec
         for fid, f in spec.items():
             if fid == 0:
                 continue
