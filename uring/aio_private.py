@@ -1,10 +1,11 @@
-"""asyncio's private selector-loop members that the io_uring loop overrides and calls, declared
-for type checkers.
+"""asyncio's private selector-loop and transport members that the io_uring loop and transport
+override and call, declared for type checkers.
 
 typeshed describes asyncio's public API only, so ``super()._start_serving(...)`` or
 ``self._add_callback(...)`` in a subclass look undefined to mypy and pyright. Here they are
 declared once, with CPython's signatures (the same in 3.11 to 3.14); at run time
-``SelectorLoopBase`` *is* ``asyncio.SelectorEventLoop`` and this module adds nothing.
+``SelectorLoopBase`` *is* ``asyncio.SelectorEventLoop``, ``FlowControlTransportBase`` *is*
+``asyncio.transports._FlowControlMixin``, and this module adds nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import asyncio
 import selectors
 import socket
 import weakref
+from asyncio import transports
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["SelectorLoopBase"]
+__all__ = ["FlowControlTransportBase", "SelectorLoopBase"]
 
 if TYPE_CHECKING:
 
@@ -41,5 +43,18 @@ if TYPE_CHECKING:
                                       sslcontext: Any = None, server: Any = None,
                                       *args: Any) -> None: ...
 
+    class FlowControlTransportBase(transports._FlowControlMixin):
+        """The write-buffer flow control (high/low water, pause/resume of the protocol)."""
+
+        _extra: dict[str, Any]
+        _protocol_paused: bool
+        _high_water: int
+        _low_water: int
+
+        def _maybe_pause_protocol(self) -> None: ...
+        def _maybe_resume_protocol(self) -> None: ...
+        def _set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None: ...
+
 else:
     SelectorLoopBase = asyncio.SelectorEventLoop
+    FlowControlTransportBase = transports._FlowControlMixin

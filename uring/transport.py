@@ -14,12 +14,12 @@ import errno
 import os
 import socket
 import warnings
-from typing import TYPE_CHECKING, Any
-
 from asyncio import constants, protocols, transports, trsock
 from asyncio.log import logger
+from typing import TYPE_CHECKING, Any
 
-from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found]
+from monolake.uring._uring import ffi, lib
+from monolake.uring.aio_private import FlowControlTransportBase
 from monolake.uring.ring import FAST, K_DRAIN, K_QUIESCED, K_RECV, K_SENDERR
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def _oserror(res: int) -> OSError:
     return exc_type(code, os.strerror(code))
 
 
-class UringSocketTransport(transports._FlowControlMixin, transports.Transport):  # type: ignore[misc]
+class UringSocketTransport(FlowControlTransportBase, transports.Transport):
     """asyncio Transport over a stream socket (TCP or unix), fed by io_uring completions."""
 
     _start_tls_compatible = True
@@ -112,7 +112,7 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
             loop.call_soon(self._wake_waiter, waiter)
@@ -123,9 +123,10 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
         if FAST is not None and type(self).write is UringSocketTransport.write and \
                 self._conn is not None and not self._fast_write:
             self._fast_write = True
-            self.write = FAST.FastWriter(int(ffi.cast("uintptr_t", self._conn)), self._high_water,
-                                         self, UringSocketTransport.write,
-                                         UringSocketTransport._after_send)
+            # the C callable replaces the method on this instance only
+            self.write = FAST.FastWriter(  # type: ignore[method-assign]
+                int(ffi.cast("uintptr_t", self._conn)), self._high_water,
+                self, UringSocketTransport.write, UringSocketTransport._after_send)
 
     def _wake_waiter(self, waiter: Any) -> None:
         """Deliver create_connection()'s result; reads arriving from now on wait until the
@@ -474,7 +475,8 @@ class UringSocketTransport(transports._FlowControlMixin, transports.Transport): 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         super().set_write_buffer_limits(high, low)
         if self._fast_write:
-            self.write.high = self._high_water
+            fast: Any = self.write  # the C FastWriter (see _install_fast_writer)
+            fast.high = self._high_water
         if self._protocol_paused and self._conn is not None:
             self._conn.notify_below = self._low_water
 

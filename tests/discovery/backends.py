@@ -46,11 +46,11 @@ class Backend:
                         outer.open_connections -= 1
                         outer._sockets.discard(self.connection)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 self.do_GET()
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with outer._lock:
                     outer.requests += 1
                     outer.hosts.add(self.headers.get("Host", ""))

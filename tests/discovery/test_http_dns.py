@@ -11,10 +11,9 @@ import pytest
 
 from tests.discovery.conftest import Load, discovery_config
 from tests.discovery.dnsmasq import Dnsmasq
-from tests.harness import http_get
+from tests.harness import Monolaked, http_get
 from tests.http.certs import make_ca, make_cert
 from tests.support import free_port, wait_for
-
 
 
 @pytest.fixture(params=["generation", "in_place"])
@@ -23,7 +22,7 @@ def reload_mode(request: pytest.FixtureRequest) -> str:
 
 
 def start(master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolver: str = "",
-          route: str = "") -> tuple[object, int]:
+          route: str = "") -> tuple[Monolaked, int]:
     port = free_port()
     resolver = f'nameservers = ["{d.nameserver}"]\n' + resolver
     m = master_factory(discovery_config(tmp_path, port, resolver, upstreams, runtime_type, route))
@@ -143,7 +142,7 @@ def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
            f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,1",
            f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1"]
     d = dnsmasq(hosts, ttl=1, extra=srv)
-    m, port = start(master_factory, tmp_path, d,
+    _m, port = start(master_factory, tmp_path, d,
                     '{ endpoint = { type = "srv", value = "_http._tcp.app.test" } }', runtime_type,
                     route='load_balancer = "weighted_random"\neject_after_failures = 1\n'
                           'eject_duration_sec = 30')
@@ -180,7 +179,7 @@ def test_name_without_addresses_is_503_and_recovers(master_factory, tmp_path, dn
                                                     runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq([], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
+    _m, port = start(master_factory, tmp_path, d,
                     f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
                     runtime_type, resolver="negative_ttl_sec = 1\n")
     status, body, _ = http_get(port, "/x")
@@ -192,10 +191,10 @@ def test_name_without_addresses_is_503_and_recovers(master_factory, tmp_path, dn
 def test_request_in_flight_to_a_removed_address_finishes(master_factory, tmp_path, dnsmasq,
                                                          backends, runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
-    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    backends.add("127.0.0.3", b2.port, "b3")
     b2.slow = 4.0
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
+    _m, port = start(master_factory, tmp_path, d,
                     f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
                     runtime_type, route="preserve_path = true")
     result: list[tuple[int, bytes]] = []
@@ -220,7 +219,7 @@ def test_request_in_flight_to_a_removed_address_finishes(master_factory, tmp_pat
 def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, backends,
                                            reload_mode) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
-    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    backends.add("127.0.0.3", b2.port, "b3")
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)
     port = free_port()
     resolver = f'nameservers = ["{d.nameserver}"]\n'
@@ -256,7 +255,7 @@ def test_aaaa_addresses_are_endpoints_too(master_factory, tmp_path, dnsmasq, bac
     v4 = backends.add("127.0.0.2", 0, "v4")
     v6 = backends.add("::1", v4.port, "v6")
     d = dnsmasq(["127.0.0.2 app.test", "::1 app.test"], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
+    _m, port = start(master_factory, tmp_path, d,
                     f'{{ endpoint = {{ type = "uri", value = "http://app.test:{v4.port}" }} }}',
                     runtime_type, route='load_balancer = "round_robin"')
     bodies = {http_get(port, "/x")[1] for _ in range(6)}
@@ -275,7 +274,7 @@ def test_a_dead_address_of_a_name_costs_no_request(master_factory, tmp_path, dns
                     f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
                     runtime_type, route='load_balancer = "round_robin"')
     statuses = []
-    for i in range(20):
+    for _ in range(20):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         conn.request("POST", "/p", body=b"x" * 10)
         resp = conn.getresponse()
@@ -304,7 +303,7 @@ def test_without_resolver_section_hosts_file_names_work(master_factory, tmp_path
 def test_reload_applies_a_new_resolver_section(master_factory, tmp_path, dnsmasq, backends,
                                                reload_mode) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
-    b3 = backends.add("127.0.0.3", b2.port, "b3")
+    backends.add("127.0.0.3", b2.port, "b3")
     first = dnsmasq(["127.0.0.2 app.test"], ttl=1)
     (tmp_path / "second").mkdir()
     second = Dnsmasq(tmp_path / "second", ["127.0.0.3 app.test"], ttl=1)
@@ -338,7 +337,7 @@ def test_https_srv_upstream_verifies_the_service_name(master_factory, tmp_path, 
     b = backends.add("127.0.0.2", 0, "tls", tls=(str(cert.chain), str(cert.key)))
     d = dnsmasq(["127.0.0.2 a.test"], ttl=1,
                 extra=[f"--srv-host=_https._tcp.app.test,a.test,{b.port},10,1"])
-    m, port = start(master_factory, tmp_path, d,
+    _m, port = start(master_factory, tmp_path, d,
                     '{ endpoint = { type = "srv", value = "_https._tcp.app.test", scheme = "https" } }',
                     runtime_type, route=f'tls_ca = "{ca.chain}"')
     assert [http_get(port, "/x")[:2] for _ in range(3)] == [(200, b"tls")] * 3

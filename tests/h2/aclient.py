@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import cast
 
 from monolake.worker.h2 import H2ClientSession, H2Settings
 from monolake.worker.h2.events import (
@@ -13,7 +14,6 @@ from monolake.worker.h2.events import (
     DataReceived,
     Event,
     ResponseReceived,
-    StreamClosed,
     StreamEnded,
     StreamReset,
     StreamWritable,
@@ -33,7 +33,8 @@ class Stream:
     chunks: asyncio.Queue | None = None  # slow reader: chunks wait here until consumed
     queued: int = 0
     peak_queued: int = 0
-    done: asyncio.Future | None = None
+    # made in a running loop: Streams are created by ClientConn.open()
+    done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     writable: asyncio.Event = field(default_factory=asyncio.Event)
     reset: int | None = None
 
@@ -49,8 +50,12 @@ class ClientConn(asyncio.Protocol):
         self.peak_buffered = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's
         self.flush()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.handle(self.h2.receive_data(data))
@@ -108,9 +113,8 @@ class ClientConn(asyncio.Protocol):
                 st.reset = ev.error_code
                 if st.done and not st.done.done():
                     st.done.set_result(st)
-            elif isinstance(ev, (StreamEnded, StreamClosed)):
-                if st.done and not st.done.done() and isinstance(ev, StreamEnded):
-                    st.done.set_result(st)
+            elif isinstance(ev, StreamEnded) and not st.done.done():
+                st.done.set_result(st)
 
     def open(self, path: str, method: str = "POST", end_stream: bool = False, *,
              slow_reader: bool = False, keep_body: bool = True) -> int:
@@ -118,7 +122,6 @@ class ClientConn(asyncio.Protocol):
                                     (":authority", "127.0.0.1"), (":path", path),
                                     ("te", "trailers")], end_stream=end_stream)
         st = self.streams[sid] = Stream(keep_body=keep_body)
-        st.done = asyncio.get_running_loop().create_future()
         if slow_reader:
             st.chunks = asyncio.Queue()
         self.flush()
@@ -148,7 +151,7 @@ class ClientConn(asyncio.Protocol):
         while not (st.done.done() and st.chunks.empty()):
             try:
                 data, n = await asyncio.wait_for(st.chunks.get(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             await asyncio.sleep(per_chunk)
             st.queued -= len(data)

@@ -19,7 +19,8 @@ import json
 import os
 import resource
 import signal
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 from monolake.worker.h2 import H2Settings
 from monolake.worker.h2.events import (
@@ -56,8 +57,9 @@ class EchoProtocol(asyncio.Protocol):
 
     # --- transport callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
+        tr = cast(asyncio.Transport, transport)  # a stream connection's
+        self.transport = tr
+        tr.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
         STATS["connections"] += 1
         CONNS.add(self)
         self.flush()
@@ -233,6 +235,7 @@ def main() -> None:
     parser.add_argument("--settings", default="{}")
     args = parser.parse_args()
     settings = H2Settings.from_mapping(json.loads(args.settings))
+    factory: Callable[[], asyncio.AbstractEventLoop]
     if args.loop == "uring":
         from monolake.uring import new_event_loop
 

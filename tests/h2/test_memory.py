@@ -5,12 +5,12 @@ from __future__ import annotations
 import gc
 
 import h2.config
-import hpack
-import hyperframe.frame as hf
 import h2.connection
 import h2.errors
 import h2.events
 import h2.settings
+import hpack
+import hyperframe.frame as hf
 import pytest
 
 from monolake.worker.h2 import H2ClientSession, H2Error, H2ServerSession, H2Settings
@@ -56,7 +56,7 @@ def to_ours(peer: h2.connection.H2Connection, ours) -> list:
 
 
 def to_peer(ours, peer: h2.connection.H2Connection) -> list:
-    events = []
+    events: list[object] = []
     while True:
         data = ours.data_to_send()
         if not data:
@@ -101,7 +101,7 @@ def test_server_request_body_response_and_grpc_trailers() -> None:
 
 def test_server_trailers_only_response_and_informational() -> None:
     c, s = lib_client(), H2ServerSession()
-    c.send_headers(1, REQ + [(b"expect", b"100-continue")])
+    c.send_headers(1, [*REQ, (b"expect", b"100-continue")])
     to_ours(c, s)
     s.send_headers(1, [(":status", "100")])
     s.send_headers(1, [(":status", "200"), ("content-type", "application/grpc"),
@@ -190,7 +190,7 @@ def _frames(data: bytes):
 
 def test_oversized_header_list_resets_only_that_stream() -> None:
     c, s = lib_client(), H2ServerSession(H2Settings(max_header_list_size=4096))
-    c.send_headers(1, REQ + [(b"x-big", b"a" * 8000)], end_stream=True)
+    c.send_headers(1, [*REQ, (b"x-big", b"a" * 8000)], end_stream=True)
     c.send_headers(3, REQ, end_stream=True)
     events = to_ours(c, s)
     assert [e.stream_id for e in of(events, RequestReceived)] == [3]
@@ -278,7 +278,7 @@ def test_client_goaway_tells_which_streams_to_retry() -> None:
 
 def test_client_informational_then_final_response() -> None:
     srv, cl = lib_server(), H2ClientSession()
-    sid = cl.send_request(REQ + [(b"expect", b"100-continue")])
+    sid = cl.send_request([*REQ, (b"expect", b"100-continue")])
     to_peer(cl, srv)
     srv.send_headers(sid, [(b":status", b"100")])
     srv.send_headers(sid, [(b":status", b"200")], end_stream=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ def test_defaults_are_what_an_operator_would_pick() -> None:
     ("max_concurrent_streams", "128", "must be an integer"),
     ("reset_burst", True, "must be an integer"),
 ])
-def test_out_of_range_is_a_clear_error(key: str, value: object, fragment: str) -> None:
+def test_out_of_range_is_a_clear_error(key: str, value: Any, fragment: str) -> None:
     with pytest.raises(H2SettingsError, match=re.escape(fragment)):
         H2Settings(**{key: value})
 

@@ -105,7 +105,7 @@ def test_64mib_upload_and_slow_download_keep_buffers_bounded(echo: EchoServer) -
         await conn.upload(sid, total)
         st = await conn.streams[sid].done
         await reader
-        conn.transport.close()
+        conn.close()
         return st, conn.peak_buffered
 
     st, client_peak = run(LOOPS[echo.loop], main(), timeout=120)
@@ -181,7 +181,7 @@ def test_client_session_multiplexes_within_max_concurrent_streams(echo_factory,
                 assert bytes(st.body) == pending.pop(sid)
                 assert (b"grpc-status", b"0") in st.trailers
                 done += 1
-        conn.transport.close()
+        conn.close()
         return done
 
     assert run(LOOPS[echo_loop], main(), timeout=90) == 600

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ssl
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,7 @@ from tests.support import PYTHON, free_port, kill_pids, listening_on, wait_for
 grpc = pytest.importorskip("grpc")
 
 
-def start_grpc(*args: str) -> Iterator[int]:
+def start_grpc(*args: str) -> Generator[int, None, None]:
     port = free_port()
     proc = subprocess.Popen([PYTHON, "-m", "tests.h2.grpc_peer", "--port", str(port), *args])
     try:

@@ -119,7 +119,7 @@ def read_chunked(c: Conn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
             assert c._fill(), "closed mid-chunk"
         body += c.buf[:size]
         c.buf = c.buf[size + 2:]
-    trailers = []
+    trailers: list[tuple[bytes, bytes]] = []
     while True:
         line = c._line()
         if not line:

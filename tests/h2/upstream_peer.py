@@ -73,7 +73,7 @@ class Peer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
-        except Exception:  # noqa: BLE001 - a protocol error closes this test connection
+        except Exception:  # a protocol error closes this test connection
             self.flush()
             if self.transport is not None:
                 self.transport.close()
@@ -208,7 +208,7 @@ class Peer(asyncio.Protocol):
                 else:
                     self.conn.end_stream(sid)
                 self.open.discard(sid)
-        except Exception:  # noqa: BLE001 - the proxy reset the stream meanwhile
+        except Exception:  # the proxy reset the stream meanwhile
             self.closed(sid)
         save()
         self.flush()

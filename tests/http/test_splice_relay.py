@@ -60,7 +60,7 @@ async def relay(n: int, prefix: int = 0, slow: bool = False) -> tuple[bytes, int
     # spliced: the two parts must join without a gap
     src_peer.sendall(body[:prefix])
     deadline = loop.time() + 10
-    while len(src_proto.data) < prefix and loop.time() < deadline:  # noqa: ASYNC110 - polls a plain socket's effect
+    while len(src_proto.data) < prefix and loop.time() < deadline:
         await asyncio.sleep(0.005)
     src_tr.pause_reading()
     sender = loop.run_in_executor(None, src_peer.sendall, body[prefix:])

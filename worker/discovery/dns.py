@@ -109,7 +109,7 @@ class DnsClient:
         self.resolver = self._resolver(cfg)
 
     @staticmethod
-    def _resolver(cfg: ResolverConfig) -> "dns.asyncresolver.Resolver":
+    def _resolver(cfg: ResolverConfig) -> dns.asyncresolver.Resolver:
         import dns.asyncresolver
         import dns.nameserver
         import dns.resolver

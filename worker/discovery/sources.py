@@ -71,7 +71,7 @@ class Source:
     def error(self) -> str:
         raise NotImplementedError
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - answers False on time-out, never raises
         raise NotImplementedError
 
     def close(self) -> None:
@@ -100,7 +100,7 @@ class AddressSource(Source):
         w = self.watch
         return w.error if w.state == FAILING else ""
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - answers False on time-out, never raises
         return await self.watch.wait_settled(timeout)
 
     def close(self) -> None:
@@ -156,7 +156,7 @@ class SrvSource(Source):
         errors = [w.error for w in (self.watch, *self.hosts.values()) if w.state == FAILING]
         return "; ".join(errors)
 
-    async def wait(self, timeout: float) -> bool:
+    async def wait(self, timeout: float) -> bool:  # noqa: ASYNC109 - answers False on time-out, never raises
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if not await self.watch.wait_settled(timeout):

@@ -54,7 +54,7 @@ def _failed(exc: BaseException) -> int:
 def mh2_on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
     try:
         return current._on_frame_recv(frame)
-    except BaseException as exc:  # noqa: BLE001 - must not unwind through C
+    except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
 
@@ -62,7 +62,7 @@ def mh2_on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
 def mh2_on_frame_send(session: Any, frame: Any, user_data: Any) -> int:
     try:
         return current._on_frame_send(frame)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
 
@@ -70,7 +70,7 @@ def mh2_on_frame_send(session: Any, frame: Any, user_data: Any) -> int:
 def mh2_on_invalid_frame_recv(session: Any, frame: Any, lib_error: int, user_data: Any) -> int:
     try:
         return current._on_invalid_frame(frame, lib_error)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
 
@@ -79,7 +79,7 @@ def mh2_on_data_chunk_recv(session: Any, flags: int, stream_id: int, data: Any, 
                            user_data: Any) -> int:
     try:
         return current._on_data_chunk(stream_id, data, length)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
 
@@ -87,7 +87,7 @@ def mh2_on_data_chunk_recv(session: Any, flags: int, stream_id: int, data: Any, 
 def mh2_on_stream_close(session: Any, stream_id: int, error_code: int, user_data: Any) -> int:
     try:
         return current._on_stream_close(stream_id, error_code)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
 
@@ -96,7 +96,7 @@ def mh2_read_data(session: Any, stream_id: int, buf: Any, length: int, data_flag
                   source: Any, user_data: Any) -> int:
     try:
         return current._read_data(stream_id, buf, length, data_flags)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
 

@@ -317,7 +317,7 @@ def check_header() -> None:
                            "distro build with the CVE-2023-44487 and CVE-2024-28182 fixes)")
 
 
-def link_kwargs(relative: bool = False) -> dict[str, list]:
+def link_kwargs(relative: bool = False) -> dict[str, list[str]]:
     """Compile/link arguments; ``relative`` paths for setup.py (run from the project root)."""
     here = os.path.relpath(HERE, ROOT) if relative else HERE
     return {"libraries": ["nghttp2"], "extra_compile_args": ["-O2", "-std=gnu11"],
@@ -342,13 +342,14 @@ def extensions() -> list:
     rel = os.path.relpath(GENERATED, ROOT)
     try:
         ffi = ffibuilder()
-    except Exception as exc:  # noqa: BLE001 - no headers / no cffi: h2 stays unavailable
+    except Exception as exc:  # no headers / no cffi: h2 stays unavailable
         sys.stderr.write(f"monolake: not building the HTTP/2 extension: {exc}\n")
         return []
     ffi.emit_c_code(GENERATED)
     kwargs = link_kwargs(relative=True)
-    sources = [rel, *kwargs.pop("sources")]
-    return [Extension(MODULE, sources=sources, optional=True, **kwargs)]
+    return [Extension(MODULE, sources=[rel, *kwargs["sources"]], optional=True,
+                      libraries=kwargs["libraries"], include_dirs=kwargs["include_dirs"],
+                      extra_compile_args=kwargs["extra_compile_args"])]
 
 
 if __name__ == "__main__":

@@ -464,6 +464,7 @@ class H2Connection:
         st.body = req.body if req is not None else None
         if st.body is not None and self.rt.body_timeout_on:
             st.body_deadline = _now() + self.rt.body_timeout
+        # the stream stands in for Exchange's connection (the members it uses, duck-typed)
         ex = H2Exchange(st, req, error=status)  # type: ignore[arg-type]
         st.ex = ex
         st._queue.append(ex)

@@ -19,7 +19,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
@@ -110,7 +110,7 @@ class _Session:
     """What the server and client sessions share; not used directly."""
 
     _ids = itertools.count(1)
-    _live: weakref.WeakValueDictionary[int, _Session] = weakref.WeakValueDictionary()
+    _live: ClassVar[weakref.WeakValueDictionary[int, _Session]] = weakref.WeakValueDictionary()
     client_side = False
 
     def __init__(self, settings: H2Settings | None = None) -> None:
@@ -440,7 +440,7 @@ class _Session:
         elif ftype == lib.NGHTTP2_PING:
             if frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
                 opaque = bytes(frame.ping.opaque_data)
-                if opaque == _DRAIN_PING and not self.client_side:
+                if opaque == _DRAIN_PING and isinstance(self, H2ServerSession):
                     self.finish_graceful_shutdown()
                 self._events.append(PingAcknowledged(opaque))
         elif ftype == lib.NGHTTP2_GOAWAY:

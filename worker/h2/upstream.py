@@ -198,7 +198,7 @@ class H2Connection(asyncio.Protocol):
     def data_received(self, data: bytes | memoryview) -> None:
         try:
             events = self.session.receive_data(data)
-        except Exception as exc:  # noqa: BLE001 - one broken session must not escape
+        except Exception as exc:  # one broken session must not escape
             self.pool.log.exception("h2_upstream_error", upstream=self.upstream.label)
             self._lose(UpstreamError(f"HTTP/2 upstream session error: {exc!r}"))
             return

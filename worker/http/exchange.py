@@ -94,13 +94,13 @@ class Exchange:
         conn = self.conn
         rt = conn._rt
         self.started = time.monotonic()
-        if self.error:
+        req = self.request
+        if self.error or req is None:  # no request only with a parse error's status to answer
             self.send(text_response(self.error, close=True))
             return
         rt.stats.requests += 1
         rt.stats.active_requests += 1
-        req = self.request
-        body = req.body if req is not None else None
+        body = req.body
         if body is not None and body.length is not None:
             threshold = getattr(rt.settings, "splice_threshold", 0)
             if threshold and body.length >= threshold:
@@ -108,7 +108,7 @@ class Exchange:
         ctx = RequestContext(conn._ctx, self.started)
         self.ctx = ctx
         try:
-            conn._serve(self.request, ctx, self)
+            conn._serve(req, ctx, self)
         except Exception:  # a request must never take the worker down
             rt.log.exception("service_error", server=rt.name, request_id=ctx.request_id)
             rt.stats.errors += 1
@@ -356,6 +356,8 @@ class CallReply:
 
     def _task_done(self, task: asyncio.Task) -> None:
         fut = self.fut
+        if fut is None:  # not reached: spawn() starts a task only once wait() made the future
+            return
         if task.cancelled():
             if not fut.done():
                 fut.cancel()

@@ -20,18 +20,18 @@ from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
 from monolake.worker import memtrim
-from monolake.worker.net import proxy_protocol
 from monolake.worker.http.body import BodyError, BodyStream
-from monolake.worker.http.connection import (BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX,
-                                             RequestReader)
+from monolake.worker.http.connection import BODY, HEAD, IDLE, PHASE_NAMES, PIPELINE_MAX, RequestReader
 from monolake.worker.http.exchange import Exchange
 from monolake.worker.http.message import Request
+from monolake.worker.net import proxy_protocol
 from monolake.worker.net.tls import TlsError
 from monolake.worker.service.context import ConnectionContext
 from monolake.worker.sockopts import set_nodelay
 
 if TYPE_CHECKING:
     from monolake.worker.http.server import ServerRuntime
+    from monolake.worker.net.tls import ServerTls
 
 DRAIN_IDLE_GRACE = 1.0     # a draining server closes keep-alive connections idle this long
 LINGER_SECONDS = 2.0       # how long to drain a client's unread body before closing
@@ -52,7 +52,10 @@ class HttpServerProtocol(asyncio.Protocol):
                  "_prelude", "_tls", "_tunnel", "_tunnel_pending", "_lingering", "_h2",
                  "__weakref__")
 
-    def __init__(self, rt: "ServerRuntime") -> None:
+    # set by connection_made(), before anything reads it (unset until then: no None to test)
+    _ctx: ConnectionContext
+
+    def __init__(self, rt: ServerRuntime) -> None:
         self._rt = rt
         self._serve = rt.serve  # how an exchange calls the stack (exchange.entry_point)
         self._loop = rt.loop
@@ -60,7 +63,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self._write: Any = None
         self._lends_ok = False  # the transport's writelines copies what it does not send
         self._reader = RequestReader(rt, self, self)  # bytes -> requests (connection.py)
-        self._ctx: ConnectionContext | None = None
         self._queue: list[Exchange] = []
         self._pauses = 0
         self._read_paused = False
@@ -91,12 +93,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if rt.settings.proxy_protocol:
             self._prelude = bytearray()
         elif rt.tls is not None:
-            self._start_tls()
+            self._start_tls(rt.tls)
         else:
             self._start_http()
 
-    def _start_tls(self) -> None:
-        self._tls = self._rt.tls.session(self._transport.write)
+    def _start_tls(self, tls: ServerTls) -> None:
+        self._tls = tls.session(self._transport.write)
         self._write = self._tls_write
         self._ctx.scheme = "https"
 
@@ -147,9 +149,8 @@ class HttpServerProtocol(asyncio.Protocol):
             return True
         self._reader.peer_closed()
         self._closing = True
-        if not self._queue:
-            return False  # nothing in flight: close
-        return True  # answer what is in flight, then close
+        # Nothing in flight: close; otherwise answer what is in flight, then close.
+        return bool(self._queue)
         # (keep-alive is off from here: see exchange_done)
 
     # -- reading ---------------------------------------------------------------------------
@@ -170,8 +171,8 @@ class HttpServerProtocol(asyncio.Protocol):
                 elif not self._reader.started:
                     self._start_http()
             if not data:
-                if self._tls.peer_closed:
-                    self.eof_received() or self._close()
+                if self._tls.peer_closed and not self.eof_received():
+                    self._close()
                 return
         if self._h2 is not None:
             self._h2.data_received(data)
@@ -181,16 +182,17 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if self._lingering:
             return
-        if self._prelude is not None:
-            self._read_prelude(data)
+        prelude = self._prelude
+        if prelude is not None:
+            self._read_prelude(prelude, data)
             return
         if self._reader.fresh and self._rt.h2 is not None and self._tls is None \
                 and self._rt.h2.sniff(self, data):
             return  # the h2 preface (prior knowledge): the h2 side has the bytes
         self._reader.feed(data)
 
-    def _read_prelude(self, data: bytes) -> None:
-        buf = self._prelude
+    def _read_prelude(self, buf: bytearray, data: bytes) -> None:
+        """``buf``: the prelude read so far (``self._prelude``), extended in place."""
         buf += data
         try:
             parsed = proxy_protocol.parse(bytes(buf))
@@ -207,8 +209,9 @@ class HttpServerProtocol(asyncio.Protocol):
             self._ctx.local = dst
         rest = bytes(buf[consumed:])
         self._prelude = None
-        if self._rt.tls is not None:
-            self._start_tls()
+        tls = self._rt.tls
+        if tls is not None:
+            self._start_tls(tls)
         else:
             self._start_http()
         if rest:
@@ -260,7 +263,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._transport is not None and ex is not None and not ex.head_sent:
             self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _exchange_of(self, req: Request | None) -> "Exchange | None":
+    def _exchange_of(self, req: Request | None) -> Exchange | None:
         if req is not None:
             for ex in self._queue:
                 if ex.request is req:
@@ -286,11 +289,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._transport is None:
             return
         req = ex.request
-        incomplete = req is not None and req.body is not None and not req.body.done
-        if incomplete:
+        body = req.body if req is not None else None
+        incomplete = body is not None and not body.done
+        if body is not None and incomplete:
             # answered before the whole request body arrived (an early upstream answer, a
             # refusal): the rest is never forwarded, and the connection cannot be reused
-            req.body.fail(BodyError("response sent before the request body was complete"))
+            body.fail(BodyError("response sent before the request body was complete"))
         if ex.close or self._closing or incomplete or ex.error:
             self._close(linger=incomplete or bool(ex.error))
             return
@@ -403,9 +407,10 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         if phase == BODY:
             req = reader.stop("request body timeout")
-            ex = self._queue[0] if self._queue else None
-            if req is not None and ex is not None and ex.request is req and not ex.head_sent:
-                ex.fail(408)
+            current = self._queue[0] if self._queue else None
+            if req is not None and current is not None and current.request is req \
+                    and not current.head_sent:
+                current.fail(408)
                 return
             self._close()
 

@@ -21,9 +21,9 @@ from monolake.worker.http.exchange import CallReply
 from monolake.worker.http.headers import is_idempotent, request_head, upstream_target
 from monolake.worker.http.message import Request, Response, text_response
 from monolake.worker.http.pool import POOL_STATE_VERSION, ConnectHold, UpstreamPool
-from monolake.worker.net.tls import client_context
 from monolake.worker.http.tunnel import Tunnel
 from monolake.worker.http.upstream import Balancer, Upstream
+from monolake.worker.net.tls import client_context
 from monolake.worker.service.state import NO_FDS, FdSource, Stateful, restore_state
 
 
@@ -156,7 +156,7 @@ class RouterService(Stateful):
 
         def on_head(resp: Response | None, exc: BaseException | None) -> None:
             ex.upstream = None
-            if exc is None:
+            if resp is not None:  # the client's contract: a response xor an error
                 if resp.status == 101:
                     if req.upgrade:
                         resp.tunnel = Tunnel(conn)
@@ -270,7 +270,7 @@ class RouterService(Stateful):
         if pool.get("version") == POOL_STATE_VERSION:
             self.pool.import_idle(pool.get("idle", []), fds)
 
-    def adopt(self, previous: "RouterService") -> None:
+    def adopt(self, previous: RouterService) -> None:
         """In-place reload: positions and health from the live router; the pool is shared."""
         data = {"routes": previous.export_state_routes_only()}
         self.import_state(data, NO_FDS)

@@ -14,7 +14,9 @@ import struct
 from .errors import FrameError
 from .message import COMPACT, Head, parse_head, varint
 from .scan import BinaryScanner
-from .ttheader import TTHeader, decode as tt_decode, encode_prefix as tt_prefix
+from .ttheader import TTHeader
+from .ttheader import decode as tt_decode
+from .ttheader import encode_prefix as tt_prefix
 
 AUTO, FRAMED, TTHEADER, UNFRAMED = 0, 1, 2, 3
 KIND_NAMES = {AUTO: "auto", FRAMED: "framed", TTHEADER: "ttheader", UNFRAMED: "unframed"}
@@ -40,7 +42,7 @@ class Frame:
         self.tt = tt
 
     @classmethod
-    def from_message(cls, kind: int, msg: bytes | bytearray, tt: TTHeader | None = None) -> "Frame":
+    def from_message(cls, kind: int, msg: bytes | bytearray, tt: TTHeader | None = None) -> Frame:
         """A frame around a message built locally (the gateway's requests)."""
         head = parse_head(msg)
         if kind == FRAMED:

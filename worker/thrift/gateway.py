@@ -33,8 +33,7 @@ from thriftpy2.transport import TMemoryBuffer
 from monolake.worker.http.body import BodyError
 from monolake.worker.http.message import Request, Response
 from monolake.worker.http.pool import UpstreamPool
-from monolake.worker.http.server import (HttpServerHandle, ServerRuntime, inherited_stack,
-                                          start_if_running)
+from monolake.worker.http.server import HttpServerHandle, ServerRuntime, inherited_stack, start_if_running
 from monolake.worker.http.stats import Stats
 from monolake.worker.service import FactoryStack, Stateful, push_config_layers, restore_state
 from monolake.worker.service.state import FdSource
@@ -58,7 +57,7 @@ _JSON = [(b"content-type", b"application/json")]
 class Method:
     """One callable method: its argument and result structs."""
 
-    __slots__ = ("service", "name", "args_cls", "result_cls", "oneway", "exceptions")
+    __slots__ = ("service", "name", "args_cls", "result_cls", "oneway", "result_spec", "exceptions")
 
     def __init__(self, service: str, name: str, args_cls: type, result_cls: type) -> None:
         self.service = service
@@ -66,7 +65,9 @@ class Method:
         self.args_cls = args_cls
         self.result_cls = result_cls
         self.oneway = bool(getattr(result_cls, "oneway", False))
-        spec = getattr(result_cls, "thrift_spec", {}) or {}
+        # field id -> thriftpy2's field tuple (type, name, ...): generated, untyped
+        spec: dict[int, tuple[Any, ...]] = getattr(result_cls, "thrift_spec", {}) or {}
+        self.result_spec = spec
         self.exceptions = {f[1] for fid, f in spec.items() if fid != 0}
 
 
@@ -141,10 +142,10 @@ class GatewayService(Stateful):
                 if groups["method"] in methods:
                     return methods[groups["method"]], ""
             return None, f"no method {groups['method']!r} in the IDL"
-        methods = self.services.get(svc_name)
-        if methods is None:
+        svc_methods = self.services.get(svc_name)
+        if svc_methods is None:
             return None, f"no service {svc_name!r} in the IDL"
-        method = methods.get(groups["method"])
+        method = svc_methods.get(groups["method"])
         if method is None:
             return None, f"service {svc_name} has no method {groups['method']!r}"
         return method, ""
@@ -200,9 +201,9 @@ class GatewayService(Stateful):
                 return error_response(502, "upstream_exception", str(exc), type=exc.type)
             result = method.result_cls()
             result.read(prot)
-        except Exception as exc:  # noqa: BLE001 - whatever the upstream sent, it is its fault
+        except Exception as exc:  # whatever the upstream sent, it is its fault
             return error_response(502, "bad_upstream_reply", f"cannot decode the reply: {exc}")
-        spec = method.result_cls.thrift_spec
+        spec = method.result_spec
         for fid, f in spec.items():
             if fid == 0:
                 continue

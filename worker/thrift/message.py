@@ -93,7 +93,7 @@ def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | N
 def _read_varint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
     """An unsigned varint (at most 5 bytes, 32 bits) and the position after it."""
     result = shift = 0
-    for i in range(5):
+    for _ in range(5):
         if pos >= end:
             raise FrameError("truncated varint")
         b = buf[pos]
