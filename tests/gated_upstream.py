@@ -46,16 +46,19 @@ class GatedUpstream:
 
     def arm(self, release_at: int) -> None:
         """Close the gate; it opens when ``release_at`` requests wait on it."""
+
         def arm() -> None:
             assert self._gate is not None
             self.held, self.release_at = 0, release_at
             self._gate.clear()
+
         self._call(arm)
 
     def release(self) -> None:
         def release() -> None:
             assert self._gate is not None
             self._gate.set()
+
         self._call(release)
 
     def _call(self, fn) -> None:
@@ -67,6 +70,7 @@ class GatedUpstream:
                 fn()
             finally:
                 done.set()
+
         self._loop.call_soon_threadsafe(run)
         if not done.wait(10):
             raise RuntimeError("upstream loop did not answer")
@@ -96,7 +100,8 @@ class GatedUpstream:
         self._gate = asyncio.Event()
         self._gate.set()
         self._server = loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=self.backlog))
+            asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=self.backlog)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -123,8 +128,12 @@ class GatedUpstream:
                         self._gate.set()
                     await self._gate.wait()
                 body = f"{self.name} {target}".encode()
-                w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
-                        + str(len(body)).encode() + b"\r\n\r\n" + body)
+                w.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
+                    + str(len(body)).encode()
+                    + b"\r\n\r\n"
+                    + body
+                )
                 await w.drain()
         except ConnectionError:
             return

@@ -19,8 +19,9 @@ from tests.support import PYTHON, free_port, kill_pids, pid_alive, wait_for
 MONOLAKED = [PYTHON, "-m", "monolake.supervisor.cli"]
 
 
-def base_config(tmp: Path, port: int, extra: str = "", supervisor: str = "", runtime: str = "",
-                routes: str | None = None) -> str:
+def base_config(
+    tmp: Path, port: int, extra: str = "", supervisor: str = "", runtime: str = "", routes: str | None = None
+) -> str:
     """A config with one HTTP server on ``port`` serving the builtin hello and echo."""
     if routes is None:
         routes = textwrap.dedent("""
@@ -32,7 +33,8 @@ def base_config(tmp: Path, port: int, extra: str = "", supervisor: str = "", run
             path = "/echo/{*rest}"
             upstreams = [{ endpoint = { type = "builtin", value = "echo" } }]
         """)
-    return textwrap.dedent(f"""
+    return (
+        textwrap.dedent(f"""
         [runtime]
         runtime_type = "auto"
         {runtime}
@@ -51,7 +53,10 @@ def base_config(tmp: Path, port: int, extra: str = "", supervisor: str = "", run
         [servers.web]
         proxy_type = "http"
         listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-    """) + routes + textwrap.dedent(extra)
+    """)
+        + routes
+        + textwrap.dedent(extra)
+    )
 
 
 def hermetic_env() -> dict[str, str]:
@@ -63,8 +68,16 @@ def hermetic_env() -> dict[str, str]:
 class Monolaked:
     """One master process and helpers to query it; ``close()`` kills everything it started."""
 
-    def __init__(self, tmp: Path, config_text: str, args: Sequence[str] = (), env: dict | None = None,
-                 *, launcher: Sequence[str] = MONOLAKED, pass_fds: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config_text: str,
+        args: Sequence[str] = (),
+        env: dict | None = None,
+        *,
+        launcher: Sequence[str] = MONOLAKED,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         """``launcher``: the command that runs ``monolaked`` (its arguments follow), e.g. one that
         hands it sockets first (tests/ops/activate.py); ``pass_fds`` go to that process."""
         self.tmp = tmp
@@ -74,16 +87,25 @@ class Monolaked:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - the daemon's log for its lifetime; close() closes it
         self.seen_pids: set[int] = set()
         full_env = {**hermetic_env(), **(env or {})}
-        self.proc = subprocess.Popen([*launcher, "start", "-c", str(self.config_path), *args],
-                                     pass_fds=pass_fds, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=full_env)
+        self.proc = subprocess.Popen(
+            [*launcher, "start", "-c", str(self.config_path), *args],
+            pass_fds=pass_fds,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
         self.seen_pids.add(self.proc.pid)
 
     # ----- control ------------------------------------------------------------------------
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([*MONOLAKED, *args, "-c", str(self.config_path)],
-                              capture_output=True, text=True, timeout=timeout, env=hermetic_env())
+        return subprocess.run(
+            [*MONOLAKED, *args, "-c", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=hermetic_env(),
+        )
 
     def status(self) -> dict[str, Any]:
         result = self.cli("status", "--json", timeout=30)
@@ -155,8 +177,13 @@ class Monolaked:
             self._log.close()
 
 
-def http_get(port: int, path: str = "/", host: str = "127.0.0.1", timeout: float = 10,
-             headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+def http_get(
+    port: int,
+    path: str = "/",
+    host: str = "127.0.0.1",
+    timeout: float = 10,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes, dict[str, str]]:
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
@@ -178,5 +205,13 @@ def master_monotonic_deadline(seconds: float) -> float:
     return time.monotonic() + seconds
 
 
-__all__ = ["Monolaked", "base_config", "http_get", "cpus_allowed", "free_port", "wait_for",
-           "pid_alive", "sys"]
+__all__ = [
+    "Monolaked",
+    "base_config",
+    "http_get",
+    "cpus_allowed",
+    "free_port",
+    "wait_for",
+    "pid_alive",
+    "sys",
+]

@@ -49,8 +49,9 @@ async def until(cond: Callable[[], object], what: str, timeout: float = 10.0) ->
         await asyncio.sleep(0.005)
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02,
-              what: str = "condition") -> T:
+def wait_for(
+    predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "condition"
+) -> T:
     """Poll ``predicate`` until it returns a truthy value, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_exc: BaseException | None = None
@@ -63,8 +64,10 @@ def wait_for(predicate: Callable[[], T], timeout: float = 10.0, interval: float 
             if value:
                 return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" +
-                         (f" (last error: {last_exc!r})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
 
 
 def pid_alive(pid: int) -> bool:

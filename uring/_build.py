@@ -54,16 +54,30 @@ class Unit:
         return os.path.join(HERE, "_monolake_" + self.module.rsplit(".", 1)[1].lstrip("_") + ".c")
 
 
-URING = Unit("monolake.uring._uring", ("mu_ring.h", "mu_fast.h", "mu_splice.h"),
-             ("mu_ring.c", "mu_fast.c", "mu_lend.c", "mu_splice.c"), liburing=True)
+URING = Unit(
+    "monolake.uring._uring",
+    ("mu_ring.h", "mu_fast.h", "mu_splice.h"),
+    ("mu_ring.c", "mu_fast.c", "mu_lend.c", "mu_splice.c"),
+    liburing=True,
+)
 # mu_route / mu_head: the per-request decisions of the native exchange (route match, upstream
 # head), plain C over spans, no CPython API: tested through cffi against their Python twins
-CODEC = Unit("monolake.uring._codec", ("mu_http.h", "mu_route.h", "mu_head.h"),
-             ("mu_http.c", "mu_lend.c", "mu_route.c", "mu_head.c"), liburing=False)
+CODEC = Unit(
+    "monolake.uring._codec",
+    ("mu_http.h", "mu_route.h", "mu_head.h"),
+    ("mu_http.c", "mu_lend.c", "mu_route.c", "mu_head.c"),
+    liburing=False,
+)
 UNITS = (URING, CODEC)
 
-LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-            "/usr/local/lib", "/usr/local/lib64")
+LIB_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/usr/local/lib64",
+)
 
 _SECTION = re.compile(r"/\* cdef-begin \*/\n(.*?)/\* cdef-end \*/", re.S)
 _PRIVATE = re.compile(r"[ \t]*/\* private \{ \*/\n.*?/\* \} private \*/\n", re.S)
@@ -89,8 +103,7 @@ def cdef_from_header(text: str) -> str:
         body = _COMMENT.sub("", body)
         for line in body.splitlines():
             stripped = line.strip()
-            if stripped.startswith("#") and not (_INT_DEFINE.match(stripped)
-                                                 or stripped.endswith("...")):
+            if stripped.startswith("#") and not (_INT_DEFINE.match(stripped) or stripped.endswith("...")):
                 continue
             if stripped:
                 out.append(line.rstrip())
@@ -114,8 +127,13 @@ def has_liburing() -> bool:
     if os.environ.get("MONOLAKE_NO_LIBURING"):
         return False
     try:
-        r = subprocess.run([*_compiler(), "-E", "-x", "c", "-"], input="#include <liburing.h>\n",
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [*_compiler(), "-E", "-x", "c", "-"],
+            input="#include <liburing.h>\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return r.returncode == 0
@@ -126,8 +144,9 @@ def static_liburing() -> str | None:
     if os.environ.get("MONOLAKE_URING_SHARED"):
         return None
     try:
-        out = subprocess.run(["cc", "-print-file-name=liburing.a"], capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+        out = subprocess.run(
+            ["cc", "-print-file-name=liburing.a"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         if os.path.isabs(out) and os.path.exists(out):
             return out
     except (OSError, subprocess.SubprocessError):
@@ -162,8 +181,10 @@ class LinkKwargs(TypedDict, total=False):
 def link_kwargs(unit: Unit) -> LinkKwargs:
     # mu_fast.c and mu_http.c use the full CPython API (vectorcall, bytes internals): no
     # limited API
-    kwargs: LinkKwargs = {"extra_compile_args": compile_args(),
-                          "define_macros": [("_CFFI_NO_LIMITED_API", None)]}
+    kwargs: LinkKwargs = {
+        "extra_compile_args": compile_args(),
+        "define_macros": [("_CFFI_NO_LIMITED_API", None)],
+    }
     if unit.liburing:
         static = static_liburing()
         if static:
@@ -188,8 +209,10 @@ def ffibuilder(unit: Unit, sources: list[str]):  # type: ignore[no-untyped-def]
 def wanted_units() -> list[Unit]:
     if has_liburing():
         return list(UNITS)
-    sys.stderr.write("monolake: liburing headers not found (install liburing-dev): building "
-                     "the HTTP codec only; the workers will run on epoll\n")
+    sys.stderr.write(
+        "monolake: liburing headers not found (install liburing-dev): building "
+        "the HTTP codec only; the workers will run on epoll\n"
+    )
     return [CODEC]
 
 
@@ -210,9 +233,15 @@ def extensions() -> list:
         except Exception as exc:  # no cffi at build time: nothing to build
             sys.stderr.write(f"monolake: not building {unit.module}: {exc}\n")
             continue
-        exts.append(Extension(unit.module, sources=[gen, *sources],
-                              include_dirs=[os.path.relpath(HERE, ROOT)], optional=optional,
-                              **kwargs))
+        exts.append(
+            Extension(
+                unit.module,
+                sources=[gen, *sources],
+                include_dirs=[os.path.relpath(HERE, ROOT)],
+                optional=optional,
+                **kwargs,
+            )
+        )
     return exts
 
 

@@ -31,17 +31,34 @@ if TYPE_CHECKING:
         def _add_callback(self, handle: asyncio.Handle) -> None: ...
         def _remove_reader(self, fd: Any) -> bool: ...
         def _remove_writer(self, fd: Any) -> bool: ...
-        def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
-                                   extra: dict[str, Any] | None = None,
-                                   server: Any = None) -> Any: ...
-        def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
-                           sslcontext: Any = None, server: Any = None, backlog: int = 100,
-                           *args: Any) -> None: ...
+        def _make_socket_transport(
+            self,
+            sock: socket.socket,
+            protocol: Any,
+            waiter: Any = None,
+            *,
+            extra: dict[str, Any] | None = None,
+            server: Any = None,
+        ) -> Any: ...
+        def _start_serving(
+            self,
+            protocol_factory: Callable[[], Any],
+            sock: socket.socket,
+            sslcontext: Any = None,
+            server: Any = None,
+            backlog: int = 100,
+            *args: Any,
+        ) -> None: ...
         def _stop_serving(self, sock: socket.socket) -> None: ...
-        async def _accept_connection2(self, protocol_factory: Callable[[], Any],
-                                      conn: socket.socket, extra: dict[str, Any],
-                                      sslcontext: Any = None, server: Any = None,
-                                      *args: Any) -> None: ...
+        async def _accept_connection2(
+            self,
+            protocol_factory: Callable[[], Any],
+            conn: socket.socket,
+            extra: dict[str, Any],
+            sslcontext: Any = None,
+            server: Any = None,
+            *args: Any,
+        ) -> None: ...
 
     class FlowControlTransportBase(transports._FlowControlMixin):
         """The write-buffer flow control (high/low water, pause/resume of the protocol)."""

@@ -28,8 +28,9 @@ from monolake.uring.runtime import LoopChoice
 log = structlog.get_logger()
 
 
-def spin(poll: Callable[[float | None], Any], timeout: float | None,
-         until: float) -> tuple[Any, float | None]:
+def spin(
+    poll: Callable[[float | None], Any], timeout: float | None, until: float
+) -> tuple[Any, float | None]:
     """Poll with a zero timeout until the monotonic time ``until`` (or until ``timeout`` runs
     out, if sooner). Returns (events, timeout) as soon as ``poll`` reports some, else
     (None, what is left of ``timeout``) for the sleeping wait that follows. Shared by the
@@ -94,8 +95,9 @@ def set_busy_poll(loop: asyncio.AbstractEventLoop, busy_poll_us: int) -> bool:
     if hasattr(type(loop), "busy_poll"):  # UringEventLoop: native, in its ring wait
         loop.busy_poll = seconds  # type: ignore[attr-defined]
         return True
-    if isinstance(loop, asyncio.BaseEventLoop) and isinstance(getattr(loop, "_selector", None),
-                                                              selectors.BaseSelector):
+    if isinstance(loop, asyncio.BaseEventLoop) and isinstance(
+        getattr(loop, "_selector", None), selectors.BaseSelector
+    ):
         sel = loop._selector  # type: ignore[attr-defined]
         if isinstance(sel, BusyPollSelector):
             sel.window = seconds

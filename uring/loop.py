@@ -32,9 +32,12 @@ from monolake.uring.transport import UringSocketTransport
 _STREAM_FAMILIES = {socket.AF_INET, socket.AF_INET6, socket.AF_UNIX}
 _ACCEPT_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # asyncio >= 3.13 passes the transport to Server._attach/_detach
-_SERVER_TAKES_TRANSPORT = len(
-    inspect.signature(base_events.Server._attach).parameters  # type: ignore[attr-defined]  # private
-) > 1
+_SERVER_TAKES_TRANSPORT = (
+    len(
+        inspect.signature(base_events.Server._attach).parameters  # type: ignore[attr-defined]  # private
+    )
+    > 1
+)
 
 
 class _Listener:
@@ -47,14 +50,37 @@ class _Listener:
     this process alone accepts on.
     """
 
-    __slots__ = ("loop", "sock", "fd", "token", "protocol_factory", "sslcontext", "server",
-                 "ssl_kwargs", "stopping", "family", "proto", "multishot", "fdbuf", "errbuf", "more",
-                 "owned")
+    __slots__ = (
+        "loop",
+        "sock",
+        "fd",
+        "token",
+        "protocol_factory",
+        "sslcontext",
+        "server",
+        "ssl_kwargs",
+        "stopping",
+        "family",
+        "proto",
+        "multishot",
+        "fdbuf",
+        "errbuf",
+        "more",
+        "owned",
+    )
 
     BATCH = 64
 
-    def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol_factory: Callable[[], Any],
-                 sslcontext: Any, server: Any, ssl_kwargs: dict[str, Any], multishot: bool) -> None:
+    def __init__(
+        self,
+        loop: UringEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], Any],
+        sslcontext: Any,
+        server: Any,
+        ssl_kwargs: dict[str, Any],
+        multishot: bool,
+    ) -> None:
         self.loop = loop
         self.sock = sock
         self.fd = sock.fileno()
@@ -135,11 +161,13 @@ class _Listener:
         self.loop._accepted(self, conn)
 
     def resource_error(self, code: int) -> None:
-        self.loop.call_exception_handler({
-            "message": "socket.accept() out of system resource",
-            "exception": OSError(code, os.strerror(code)),
-            "socket": trsock.TransportSocket(self.sock),
-        })
+        self.loop.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": OSError(code, os.strerror(code)),
+                "socket": trsock.TransportSocket(self.sock),
+            }
+        )
 
     def pause(self) -> None:
         loop = self.loop
@@ -177,8 +205,13 @@ class UringEventLoop(SelectorLoopBase):
 
     _selector: _LoopSelector  # the one __init__ hands to asyncio
 
-    def __init__(self, entries: int = 1024, setup_flags: str | None = None,
-                 accept_mode: str = "poll", **ring_kwargs: Any) -> None:
+    def __init__(
+        self,
+        entries: int = 1024,
+        setup_flags: str | None = None,
+        accept_mode: str = "poll",
+        **ring_kwargs: Any,
+    ) -> None:
         try:
             if accept_mode not in ("poll", "multishot"):
                 raise ValueError(f"accept_mode must be 'poll' or 'multishot', got {accept_mode!r}")
@@ -199,13 +232,14 @@ class UringEventLoop(SelectorLoopBase):
         self._arena_view = self._ring.arena
         selector = _LoopSelector(self._ring, self._handlers, self._on_selector_ready)
         if FAST is not None:  # runs the ring and dispatches the batch in one C call
-            selector._run = self._ring.dispatcher(self._readers, self._handlers,
-                                                  self._on_reader_error)
+            selector._run = self._ring.dispatcher(self._readers, self._handlers, self._on_reader_error)
         super().__init__(selector)
 
     def __repr__(self) -> str:
-        return (f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} "
-                f"flags={self._ring.setup_flags} entries={self._ring.entries}>")
+        return (
+            f"<{type(self).__name__} running={self.is_running()} closed={self.is_closed()} "
+            f"flags={self._ring.setup_flags} entries={self._ring.entries}>"
+        )
 
     @property
     def runtime_detail(self) -> str:
@@ -238,10 +272,10 @@ class UringEventLoop(SelectorLoopBase):
                 if reader is not None:
                     try:
                         if type(reader) is tuple:
-                            with arena[off:off + res].toreadonly() as view:  # lent for the call
+                            with arena[off : off + res].toreadonly() as view:  # lent for the call
                                 reader[0](view)
                         else:
-                            reader(arena[off:off + res].tobytes())
+                            reader(arena[off : off + res].tobytes())
                     except (SystemExit, KeyboardInterrupt):
                         raise
                     except BaseException as exc:
@@ -287,26 +321,49 @@ class UringEventLoop(SelectorLoopBase):
 
     # ---- stream sockets: the fast path ----
 
-    def _make_socket_transport(self, sock: socket.socket, protocol: Any, waiter: Any = None, *,
-                               extra: dict[str, Any] | None = None, server: Any = None) -> Any:
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> Any:
         if sock.family in _STREAM_FAMILIES and sock.type == socket.SOCK_STREAM:
             return UringSocketTransport(self, sock, protocol, waiter, extra, server)
         return super()._make_socket_transport(sock, protocol, waiter, extra=extra, server=server)
 
-    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
-                            waiter: Any = None, *, server_side: bool = False,
-                            server_hostname: str | None = None, extra: dict[str, Any] | None = None,
-                            server: Any = None, **kwargs: Any) -> Any:
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+        **kwargs: Any,
+    ) -> Any:
         from asyncio import sslproto
 
-        ssl_protocol = sslproto.SSLProtocol(self, protocol, sslcontext, waiter, server_side,
-                                            server_hostname, **kwargs)
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **kwargs
+        )
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
-    def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
-                       sslcontext: Any = None, server: Any = None, backlog: int = 100,
-                       *args: Any) -> None:
+    def _start_serving(
+        self,
+        protocol_factory: Callable[[], Any],
+        sock: socket.socket,
+        sslcontext: Any = None,
+        server: Any = None,
+        backlog: int = 100,
+        *args: Any,
+    ) -> None:
         if sock.family not in _STREAM_FAMILIES or sock.fileno() in self._listeners:
             if sock.fileno() in self._listeners:
                 return
@@ -314,22 +371,28 @@ class UringEventLoop(SelectorLoopBase):
             return
         names = ("ssl_handshake_timeout", "ssl_shutdown_timeout")
         ssl_kwargs = dict(zip(names, args, strict=False))  # args may stop short of names
-        listener = _Listener(self, sock, protocol_factory, sslcontext, server, ssl_kwargs,
-                             self._multishot_accept)
+        listener = _Listener(
+            self, sock, protocol_factory, sslcontext, server, ssl_kwargs, self._multishot_accept
+        )
         listener.owned = self._owned_sockets.pop(sock.fileno(), None) == (id(sock), os.getpid())
         self._listeners[listener.fd] = listener
         listener.arm()
 
-    async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None,
-                            port: Any = None, *args: Any, **kwargs: Any) -> Any:
+    async def create_server(
+        self,
+        protocol_factory: Callable[[], Any],
+        host: Any = None,
+        port: Any = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
         """asyncio's, remembering which listening sockets it created (see _Listener.stop)."""
-        return await self._create_owned(super().create_server, protocol_factory, host, port,
-                                        *args, **kwargs)
+        return await self._create_owned(super().create_server, protocol_factory, host, port, *args, **kwargs)
 
-    async def create_unix_server(self, protocol_factory: Callable[[], Any], path: Any = None,
-                                 *args: Any, **kwargs: Any) -> Any:
-        return await self._create_owned(super().create_unix_server, protocol_factory, path,
-                                        *args, **kwargs)
+    async def create_unix_server(
+        self, protocol_factory: Callable[[], Any], path: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        return await self._create_owned(super().create_unix_server, protocol_factory, path, *args, **kwargs)
 
     async def _create_owned(self, create: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run asyncio's create_*server without starting it, note the sockets it made (not a
@@ -347,9 +410,16 @@ class UringEventLoop(SelectorLoopBase):
     def _accepted(self, listener: _Listener, conn: socket.socket) -> None:
         conn.setblocking(False)  # the fd already is (SOCK_NONBLOCK): this syncs the object
         if listener.sslcontext:
-            self.create_task(self._accept_connection2(
-                listener.protocol_factory, conn, {}, listener.sslcontext, listener.server,
-                *listener.ssl_kwargs.values()))
+            self.create_task(
+                self._accept_connection2(
+                    listener.protocol_factory,
+                    conn,
+                    {},
+                    listener.sslcontext,
+                    listener.server,
+                    *listener.ssl_kwargs.values(),
+                )
+            )
             return
         protocol = None
         try:
@@ -359,9 +429,13 @@ class UringEventLoop(SelectorLoopBase):
             raise
         except BaseException as exc:
             conn.close()
-            self.call_exception_handler({
-                "message": "Error on transport creation for incoming connection",
-                "exception": exc, "protocol": protocol})
+            self.call_exception_handler(
+                {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                    "protocol": protocol,
+                }
+            )
 
     def _stop_serving(self, sock: socket.socket) -> None:
         self._owned_sockets.pop(sock.fileno(), None)
@@ -439,8 +513,9 @@ class _LoopSelector(UringSelector):
         return batch
 
 
-def new_event_loop(entries: int = 1024, setup_flags: str | None = None, accept_mode: str = "poll",
-                   **ring_kwargs: Any) -> UringEventLoop:
+def new_event_loop(
+    entries: int = 1024, setup_flags: str | None = None, accept_mode: str = "poll", **ring_kwargs: Any
+) -> UringEventLoop:
     """A new io_uring loop; ``asyncio.Runner(loop_factory=new_event_loop)`` works.
 
     ``setup_flags``: None = the best the kernel supports (probed); ``accept_mode``: see _Listener.

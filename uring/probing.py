@@ -17,8 +17,12 @@ from dataclasses import dataclass
 MIN_KERNEL = (6, 0)
 
 # Setup flag sets in order of preference (names as they appear in logs and `status`).
-FLAG_CHOICES: tuple[str, ...] = ("single_issuer,defer_taskrun", "single_issuer,coop_taskrun",
-                                 "coop_taskrun", "none")
+FLAG_CHOICES: tuple[str, ...] = (
+    "single_issuer,defer_taskrun",
+    "single_issuer,coop_taskrun",
+    "coop_taskrun",
+    "none",
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,12 @@ def probe(entries: int = 64) -> Probe:
 def _probe(entries: int) -> Probe:
     release = kernel_release()
     if parse_kernel(release) < MIN_KERNEL:
-        return Probe(False, f"kernel {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]} "
-                            "(multishot recv is needed)", "", release)
+        return Probe(
+            False,
+            f"kernel {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]} (multishot recv is needed)",
+            "",
+            release,
+        )
     disabled = io_uring_disabled()
     if disabled == 2 or (disabled == 1 and os.geteuid() != 0):
         return Probe(False, f"io_uring is switched off by kernel.io_uring_disabled={disabled}", "", release)

@@ -41,7 +41,7 @@ _inc_supported: bool | None = None
 
 # tunables (mu_ring_set_option), mainly for A/B runs of scripts/bench_loop.py
 _OPTIONS = {
-    "direct_min": lib.MU_OPT_DIRECT_MIN,    # writes this large on an idle conn: send() first
+    "direct_min": lib.MU_OPT_DIRECT_MIN,  # writes this large on an idle conn: send() first
     "reg_ring_fd": lib.MU_OPT_REG_RING_FD,  # 0: unregister the ring fd (registered by default)
 }
 
@@ -72,10 +72,16 @@ FAST = None if os.environ.get("MONOLAKE_URING_NO_FAST") else _install_fast()
 class Ring:
     """One io_uring owned by one loop, created in the process that uses it."""
 
-    def __init__(self, entries: int = 1024, setup_flags: str | None = None,
-                 nbufs: int | None = None, buf_size: int | None = None,
-                 batch: int = DEFAULT_BATCH, buf_inc: bool | None = None,
-                 **options: int) -> None:
+    def __init__(
+        self,
+        entries: int = 1024,
+        setup_flags: str | None = None,
+        nbufs: int | None = None,
+        buf_size: int | None = None,
+        batch: int = DEFAULT_BATCH,
+        buf_inc: bool | None = None,
+        **options: int,
+    ) -> None:
         if setup_flags is None:
             p = probe(min(entries, 64))
             if not p.available:
@@ -91,8 +97,9 @@ class Ring:
         if buf_size is None:
             buf_size = INC_BUF_SIZE if buf_inc else PLAIN_BUF_SIZE
         err = ffi.new("int *")
-        ptr = lib.mu_ring_new(entries, lib.mu_flags_from_mask(flag_mask(setup_flags)), nbufs,
-                              buf_size, int(buf_inc), err)
+        ptr = lib.mu_ring_new(
+            entries, lib.mu_flags_from_mask(flag_mask(setup_flags)), nbufs, buf_size, int(buf_inc), err
+        )
         if ptr == ffi.NULL:
             code = -err[0]
             raise OSError(code, f"io_uring setup failed ({setup_flags}): {os.strerror(code)}")
@@ -145,10 +152,9 @@ class Ring:
             if n < 0:
                 raise OSError(-n, f"io_uring_enter: {os.strerror(-n)}")
             return []
-        return self._view[:4 * n].tolist()
+        return self._view[: 4 * n].tolist()
 
-    def dispatcher(self, readers: dict[int, Any], handlers: dict[int, Any],
-                   on_reader_error: Any) -> Any:
+    def dispatcher(self, readers: dict[int, Any], handlers: dict[int, Any], on_reader_error: Any) -> Any:
         """``run(timeout) -> n`` for the loop: one C call (``_fast.run``) that runs the ring and
         dispatches the batch (data to ``readers[ud]``, the rest to ``handlers[ud >> 8]``), so an
         iteration crosses into C once instead of twice through cffi and two Python frames.
@@ -162,13 +168,20 @@ class Ring:
         def run(timeout: float | None) -> int:
             addr = self.addr
             if timeout is None:
-                return fast_run(addr, 1, -1, out_addr, batch, arena_addr, readers, handlers,
-                                on_reader_error)
+                return fast_run(addr, 1, -1, out_addr, batch, arena_addr, readers, handlers, on_reader_error)
             if timeout <= 0:
-                return fast_run(addr, 0, 0, out_addr, batch, arena_addr, readers, handlers,
-                                on_reader_error)
-            return fast_run(addr, 1, int(timeout * 1e9) or 1, out_addr, batch, arena_addr, readers,
-                            handlers, on_reader_error)
+                return fast_run(addr, 0, 0, out_addr, batch, arena_addr, readers, handlers, on_reader_error)
+            return fast_run(
+                addr,
+                1,
+                int(timeout * 1e9) or 1,
+                out_addr,
+                batch,
+                arena_addr,
+                readers,
+                handlers,
+                on_reader_error,
+            )
 
         return run
 

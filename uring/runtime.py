@@ -50,8 +50,9 @@ def io_uring_loop(p: Probe, entries: int) -> LoopChoice:
     from monolake.uring.loop import new_event_loop
 
     factory = functools.partial(new_event_loop, entries=entries, setup_flags=p.setup_flags)
-    return LoopChoice(factory, "io_uring",
-                      f"io_uring entries={entries} flags={p.setup_flags} kernel={p.kernel}")
+    return LoopChoice(
+        factory, "io_uring", f"io_uring entries={entries} flags={p.setup_flags} kernel={p.kernel}"
+    )
 
 
 _logged_missing = False
@@ -64,9 +65,11 @@ def _log_fallback(p: Probe, fallback: LoopChoice) -> None:
         return
     _logged_missing = True
     if "extension" in p.reason:
-        log.warning("io_uring unavailable: the monolake.uring._uring extension was not built "
-                    "(install liburing-dev and reinstall monolake); falling back",
-                    fallback=fallback.name)
+        log.warning(
+            "io_uring unavailable: the monolake.uring._uring extension was not built "
+            "(install liburing-dev and reinstall monolake); falling back",
+            fallback=fallback.name,
+        )
     else:
         log.warning("io_uring unavailable; falling back", reason=p.reason, fallback=fallback.name)
 
@@ -82,7 +85,9 @@ def choose_loop(runtime_type: str = "auto", entries: int = 1024) -> LoopChoice:
         return io_uring_loop(p, entries)
     reason = p.reason if not p.available else "the io_uring event loop is not implemented yet"
     if runtime_type == "io_uring":
-        raise RuntimeUnavailable(f"runtime_type = \"io_uring\" was requested but io_uring is unavailable: {reason}")
+        raise RuntimeUnavailable(
+            f'runtime_type = "io_uring" was requested but io_uring is unavailable: {reason}'
+        )
     fallback = legacy_loop()
     _log_fallback(Probe(False, reason, p.setup_flags, p.kernel), fallback)
     return LoopChoice(fallback.factory, fallback.name, f"{fallback.detail} (io_uring unavailable: {reason})")

@@ -36,14 +36,18 @@ class UringSelector(selectors._BaseSelectorImpl):  # type: ignore[name-defined]
     # set by _BaseSelectorImpl.__init__; typeshed does not declare the private base
     _fd_to_key: dict[int, selectors.SelectorKey]
 
-    def __init__(self, ring: Ring, handlers: dict[int, Callable[[int, int, int, int], None]],
-                 on_ready: Callable[[selectors.SelectorKey, int], None]) -> None:
+    def __init__(
+        self,
+        ring: Ring,
+        handlers: dict[int, Callable[[int, int, int, int], None]],
+        on_ready: Callable[[selectors.SelectorKey, int], None],
+    ) -> None:
         super().__init__()
         self._ring = ring
         self._handlers = handlers
         self._on_ready = on_ready
         self._armed: dict[int, int] = {}  # fd -> token of its poll in flight
-        self._rearm: set[int] = set()     # fds to arm before the next wait
+        self._rearm: set[int] = set()  # fds to arm before the next wait
 
     def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
         key = super().register(fileobj, events, data)

@@ -38,9 +38,12 @@ mu_conn_recv_stop = lib.mu_conn_recv_stop
 
 def _oserror(res: int) -> OSError:
     code = -res
-    exc_type = {errno.ECONNRESET: ConnectionResetError, errno.EPIPE: BrokenPipeError,
-                errno.ECONNABORTED: ConnectionAbortedError,
-                errno.ETIMEDOUT: TimeoutError}.get(code, OSError)
+    exc_type = {
+        errno.ECONNRESET: ConnectionResetError,
+        errno.EPIPE: BrokenPipeError,
+        errno.ECONNABORTED: ConnectionAbortedError,
+        errno.ETIMEDOUT: TimeoutError,
+    }.get(code, OSError)
     return exc_type(code, os.strerror(code))
 
 
@@ -58,11 +61,18 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
     _sock: socket.socket | None = None
     _conn: Any = None
     _fast_write = False  # the instance's `write` is a C FastWriter
-    _asked = 0           # get_extra_info asked for: 1 peername, 2 sockname
-    _lent = False        # reading lent to a splice (lend_reading): the recv stays stopped
+    _asked = 0  # get_extra_info asked for: 1 peername, 2 sockname
+    _lent = False  # reading lent to a splice (lend_reading): the recv stays stopped
 
-    def __init__(self, loop: UringEventLoop, sock: socket.socket, protocol: protocols.BaseProtocol,
-                 waiter: Any = None, extra: dict[str, Any] | None = None, server: Any = None) -> None:
+    def __init__(
+        self,
+        loop: UringEventLoop,
+        sock: socket.socket,
+        protocol: protocols.BaseProtocol,
+        waiter: Any = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
         super().__init__(_NO_EXTRA if extra is None else extra, loop)
         self._loop: UringEventLoop = loop
         self._sock = sock
@@ -85,18 +95,18 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
         self._server = server
         self._closing = False
         self._paused = False
-        self._eof = False            # write_eof() called
+        self._eof = False  # write_eof() called
         self._eof_received = False
         # data (and EOF) that arrived while reading was paused; a list only once needed (an
         # idle conn holds none: issue 16 §4)
         self._held: list[Any] = _NO_HELD
         self._conn_lost = 0
-        self._write_ok = True        # fast path of write(): open, no EOF written, no error
+        self._write_ok = True  # fast path of write(): open, no EOF written, no error
         self._aborted = False
         # close order (asyncio's): close()/abort() -> connection_lost() on the next iteration
         # (once a graceful close has flushed the buffer); the socket itself is closed when both
         # that has run and C has let go of the fd (QUIESCED), whichever comes last
-        self._c_closed = False       # mu_conn_close() called: C accepts no more writes
+        self._c_closed = False  # mu_conn_close() called: C accepts no more writes
         self._lost_scheduled = False
         self._lost_done = False
         self._empty_waiter: Any = None  # loop.sendfile() waits for the buffer to empty
@@ -120,13 +130,21 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
     def _install_fast_writer(self) -> None:
         """`write` as a C callable on this instance (see mu_fast.c); the class method stays
         the fallback for everything but a plain bytes write on an open transport."""
-        if FAST is not None and type(self).write is UringSocketTransport.write and \
-                self._conn is not None and not self._fast_write:
+        if (
+            FAST is not None
+            and type(self).write is UringSocketTransport.write
+            and self._conn is not None
+            and not self._fast_write
+        ):
             self._fast_write = True
             # the C callable replaces the method on this instance only
             self.write = FAST.FastWriter(  # type: ignore[method-assign]
-                int(ffi.cast("uintptr_t", self._conn)), self._high_water,
-                self, UringSocketTransport.write, UringSocketTransport._after_send)
+                int(ffi.cast("uintptr_t", self._conn)),
+                self._high_water,
+                self,
+                UringSocketTransport.write,
+                UringSocketTransport._after_send,
+            )
 
     def _wake_waiter(self, waiter: Any) -> None:
         """Deliver create_connection()'s result; reads arriving from now on wait until the
@@ -145,8 +163,10 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else ("closing" if self._closing else "open")
-        return f"<UringSocketTransport fd={self._sock_fd} {state} paused={self._paused} " \
-               f"bufsize={self.get_write_buffer_size()}>"
+        return (
+            f"<UringSocketTransport fd={self._sock_fd} {state} paused={self._paused} "
+            f"bufsize={self.get_write_buffer_size()}>"
+        )
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """asyncio's keys, looked up when asked. The addresses are not kept while the socket
@@ -188,8 +208,15 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
         A protocol whose ``reads_lent_views`` is true gets a read-only memoryview of the
         receive buffer instead of a bytes copy, valid only during the call (released after:
         it copies what it keeps). Reads that wait (paused, held) still come as bytes."""
-        if (not self._paused and not self._held and not self._closing and not self._buffered
-                and not self._gated and not self._lent and self._conn is not None):
+        if (
+            not self._paused
+            and not self._held
+            and not self._closing
+            and not self._buffered
+            and not self._gated
+            and not self._lent
+            and self._conn is not None
+        ):
             proto = self._protocol
             if getattr(proto, "reads_lent_views", False):
                 self._readers[self._recv_ud] = (proto.data_received,)
@@ -242,8 +269,7 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
 
     def _flush_held(self) -> None:
         """Deliver what arrived while paused, in order, then resume the recv."""
-        while self._held and not self._paused and not self._closing and not self._gated \
-                and not self._lent:
+        while self._held and not self._paused and not self._closing and not self._gated and not self._lent:
             item = self._held.pop(0)
             if item is _EOF:
                 self._on_eof()
@@ -339,7 +365,7 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
                 # and abort(), so nothing (an EOF after a fatal error included) comes after
                 return
             if res > 0:
-                data = self._arena[off:off + res].tobytes()
+                data = self._arena[off : off + res].tobytes()
                 if self._paused or self._held or self._gated or self._lent:
                     self._hold(data)
                     return
@@ -449,8 +475,7 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
                     self._after_send(mu_conn_send2(self._conn, a, len(a), b, len(b)))
                     return
                 if type(b) is memoryview and b.contiguous:
-                    self._after_send(mu_conn_send2(self._conn, a, len(a), ffi.from_buffer(b),
-                                                   b.nbytes))
+                    self._after_send(mu_conn_send2(self._conn, a, len(a), ffi.from_buffer(b), b.nbytes))
                     return
         self.write(b"".join(list_of_data))
 
@@ -552,8 +577,9 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
             if self._loop.get_debug():
                 logger.debug("%r: %s", self, message, exc_info=True)
         else:
-            self._loop.call_exception_handler({"message": message, "exception": exc,
-                                               "transport": self, "protocol": self._protocol})
+            self._loop.call_exception_handler(
+                {"message": message, "exception": exc, "transport": self, "protocol": self._protocol}
+            )
         self._force_close(exc)
 
     def _force_close(self, exc: BaseException | None) -> None:
@@ -618,8 +644,7 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
             if asked:  # the addresses asked for stay answerable after the close, as in asyncio
                 if self._extra is _NO_EXTRA:
                     self._extra = {}
-                for bit, key, ask in ((1, "peername", sock.getpeername),
-                                      (2, "sockname", sock.getsockname)):
+                for bit, key, ask in ((1, "peername", sock.getpeername), (2, "sockname", sock.getsockname)):
                     if asked & bit:
                         try:
                             self._extra[key] = ask()

@@ -12,8 +12,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m monolake.worker")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--control-fd", type=int, help="control socket inherited from the master")
-    mode.add_argument("--standalone", action="store_true",
-                      help="bind the configured listeners itself and serve (development, tests)")
+    mode.add_argument(
+        "--standalone",
+        action="store_true",
+        help="bind the configured listeners itself and serve (development, tests)",
+    )
     parser.add_argument("--master-pid", type=int, default=0)
     parser.add_argument("-c", "--config", default=None, help="config file (standalone mode)")
     args = parser.parse_args(argv)

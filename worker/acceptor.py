@@ -43,9 +43,13 @@ class _Shortage:
 class Acceptor:
     """Accepts on ``sock`` until ``close()``; every accepted connection gets a protocol."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], asyncio.BaseProtocol],
-                 reclaim: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        reclaim: Callable[[], int] | None = None,
+    ) -> None:
         """``reclaim()``: close some idle keep-alive connections to free fds; how many."""
         self._loop = loop
         self._sock = sock
@@ -91,8 +95,11 @@ class Acceptor:
         shortage = self._shortage
         if shortage is None:
             shortage = self._shortage = _Shortage(time.monotonic())
-            log.warning("accept_out_of_fds" if exc.errno in _FD_ERRNOS else "accept_out_of_memory",
-                        error=str(exc), reclaimed=freed)
+            log.warning(
+                "accept_out_of_fds" if exc.errno in _FD_ERRNOS else "accept_out_of_memory",
+                error=str(exc),
+                reclaimed=freed,
+            )
         shortage.failures += 1
         shortage.reclaimed += freed
         self._pause(RETRY_AFTER_RECLAIM if freed else RETRY_AFTER_SHORTAGE)
@@ -100,9 +107,12 @@ class Acceptor:
     def _recovered(self) -> None:
         shortage, self._shortage = self._shortage, None
         assert shortage is not None
-        log.info("accept_recovered", failed_accepts=shortage.failures,
-                 reclaimed=shortage.reclaimed,
-                 seconds=round(time.monotonic() - shortage.since, 3))
+        log.info(
+            "accept_recovered",
+            failed_accepts=shortage.failures,
+            reclaimed=shortage.reclaimed,
+            seconds=round(time.monotonic() - shortage.since, 3),
+        )
 
     def _pause(self, seconds: float) -> None:
         self._loop.remove_reader(self._sock.fileno())

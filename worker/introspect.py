@@ -73,5 +73,6 @@ def report(handles: dict[str, int], collect: bool) -> dict[str, Any]:
         snapshot = tracemalloc.take_snapshot()
         out["allocations"] = [
             {"where": str(stat.traceback), "size": stat.size, "count": stat.count}
-            for stat in snapshot.statistics("lineno")[:TOP_ALLOCATIONS]]
+            for stat in snapshot.statistics("lineno")[:TOP_ALLOCATIONS]
+        ]
     return out

@@ -65,9 +65,14 @@ class ServerSlot:
 class Worker:
     """Runs the servers of one slot on one event loop."""
 
-    def __init__(self, env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socket]],
-                 control: socket.socket | None, reader: channel.FrameReader | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        env: WorkerEnv,
+        config: Any,
+        sockets: dict[str, list[socket.socket]],
+        control: socket.socket | None,
+        reader: channel.FrameReader | None = None,
+    ) -> None:
         self.env = env
         self.config = config
         discovery.configure(config.resolver)  # routes built from here on resolve with it
@@ -105,8 +110,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         for slot in self.slots.values():
             for sock in slot.sockets:
-                slot.servers.append(Acceptor(loop, sock, self._protocol_factory(slot.name),
-                                             self.reclaim_idle))
+                slot.servers.append(
+                    Acceptor(loop, sock, self._protocol_factory(slot.name), self.reclaim_idle)
+                )
         self.accepting = True
         log.info("accepting", servers=sorted(self.slots))
 
@@ -130,6 +136,7 @@ class Worker:
     def _protocol_factory(self, name: str) -> Any:
         """New connections get the server's *current* stack (in-place reload swaps it);
         a connection keeps the stack it started with."""
+
         def factory() -> asyncio.BaseProtocol:
             return self.slots[name].handle.protocol_factory()
 
@@ -164,8 +171,7 @@ class Worker:
                 if name not in self.slots or not self.accepting:
                     sock.close()
                     continue
-                servers.append(Acceptor(loop, sock, self._protocol_factory(name),
-                                        self.reclaim_idle))
+                servers.append(Acceptor(loop, sock, self._protocol_factory(name), self.reclaim_idle))
         self.covered[index] = servers
         log.info("covering for a slot without a live worker", covered_slot=index)
 
@@ -200,11 +206,11 @@ class Worker:
             await asyncio.sleep(0.05)
         left = self.open_connections()
         if left:
-            log.warning("drain timeout, closing connections", open_connections=left,
-                        timeout=timeout)
+            log.warning("drain timeout, closing connections", open_connections=left, timeout=timeout)
         retired, self._retired_handles = self._retired_handles, []  # the closer task ends
         for name, handle in [(slot.name, slot.handle) for slot in self.slots.values()] + [
-                ("(retired)", handle) for handle in retired]:
+            ("(retired)", handle) for handle in retired
+        ]:
             await close_handle(handle, name)
         if self._closing:  # discarded staged stacks still closing
             await asyncio.gather(*self._closing, return_exceptions=True)
@@ -229,10 +235,17 @@ class Worker:
 
     def send_heartbeat(self) -> None:
         total, per_server = self.stats()
-        self.send(messages.Heartbeat(lag=round(self._lag, 6), stats=total, servers=per_server,
-                                     accepting=self.accepting, draining=self.draining,
-                                     health=health.report(),
-                                     upstreams=upstream_admin.rows(time.monotonic())))
+        self.send(
+            messages.Heartbeat(
+                lag=round(self._lag, 6),
+                stats=total,
+                servers=per_server,
+                accepting=self.accepting,
+                draining=self.draining,
+                health=health.report(),
+                upstreams=upstream_admin.rows(time.monotonic()),
+            )
+        )
 
     # ----- control channel --------------------------------------------------------------
 
@@ -267,8 +280,7 @@ class Worker:
                 message = messages.decode(messages.TO_WORKER, raw)
             except messages.MessageError as exc:
                 # logged and refused: the worker serves on (a newer master, a bug, garbage)
-                log.warning("control message refused", type=str(raw.get("type"))[:64],
-                            error=str(exc)[:500])
+                log.warning("control message refused", type=str(raw.get("type"))[:64], error=str(exc)[:500])
                 channel.close_fds(fds)
                 continue
             asyncio.get_running_loop().create_task(self._handle(message, fds))
@@ -347,12 +359,12 @@ class Worker:
             channel.close_fds(fds)
             return
         try:
-            channel.send(self.control, messages.encode(
-                messages.State(state=blob, servers=servers, errors=errors)), fds)
+            channel.send(
+                self.control, messages.encode(messages.State(state=blob, servers=servers, errors=errors)), fds
+            )
             return
         except (OSError, channel.ChannelError) as exc:
-            log.error("state could not be sent; the successor starts fresh", nfds=len(fds),
-                      error=str(exc))
+            log.error("state could not be sent; the successor starts fresh", nfds=len(fds), error=str(exc))
             errors.append(f"state could not be sent ({len(fds)} fds): {exc!r}")
         finally:
             channel.close_fds(fds)  # sent or not, this worker's copies go: the master dup'ed its own
@@ -452,8 +464,10 @@ class Worker:
             if set_busy_poll(asyncio.get_running_loop(), config.runtime.busy_poll_us):
                 log.info("busy polling changed", busy_poll_us=config.runtime.busy_poll_us)
             else:
-                log.warning("busy_poll_us needs a generation reload with this event loop",
-                            busy_poll_us=config.runtime.busy_poll_us)
+                log.warning(
+                    "busy_poll_us needs a generation reload with this event loop",
+                    busy_poll_us=config.runtime.busy_poll_us,
+                )
         self.config = config
         log.info("in-place reload committed", servers=sorted(staged))
         if self._retiring is None or self._retiring.done():  # one closer for every retired stack
@@ -475,8 +489,9 @@ class Worker:
         from monolake.worker.introspect import report
 
         staged = len(self._staged[1]) if self._staged is not None else 0
-        return report({"live": len(self.slots), "retired": len(self._retired_handles),
-                       "staged": staged}, collect)
+        return report(
+            {"live": len(self.slots), "retired": len(self._retired_handles), "staged": staged}, collect
+        )
 
     def _finish(self, code: int) -> None:
         if self._done is not None and not self._done.done():
@@ -503,13 +518,13 @@ class Worker:
             return 3
         if accept:
             await self.start_accepting()
-        addresses = {name: [channel_address(s) for s in slot.sockets]
-                     for name, slot in self.slots.items()}
+        addresses = {name: [channel_address(s) for s in slot.sockets] for name, slot in self.slots.items()}
         self.send(messages.Ready(runtime=self.env.runtime, servers=addresses))
         log.info("worker ready", runtime=self.env.runtime, accepting=self.accepting)
         if ready_line:
-            sys.stdout.write("READY " + json.dumps({"servers": addresses,
-                                                    "runtime": self.env.runtime}) + "\n")
+            sys.stdout.write(
+                "READY " + json.dumps({"servers": addresses, "runtime": self.env.runtime}) + "\n"
+            )
             sys.stdout.flush()
         beat = loop.create_task(self.heartbeat(heartbeat_interval))
         try:
@@ -535,8 +550,7 @@ def collect_retired() -> None:
     full collection (issue 17). One pause per reload (milliseconds), never per request."""
     started = time.perf_counter()
     freed = gc.collect()
-    log.debug("retired stacks collected", objects=freed,
-              ms=round((time.perf_counter() - started) * 1000, 2))
+    log.debug("retired stacks collected", objects=freed, ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 async def close_handle(handle: Any, name: str) -> None:
@@ -545,7 +559,6 @@ async def close_handle(handle: Any, name: str) -> None:
         await handle.aclose()
     except Exception:  # closing must go on for the other servers
         log.exception("server close failed", server=name)
-
 
 
 def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot], str]:
@@ -559,7 +572,7 @@ def unpack_state(blob: str | None, fds: list[int]) -> tuple[dict[str, Snapshot],
         start = 0
         for name, item in exported.items():
             count = int(item.get("nfds", 0))
-            snapshots[name] = Snapshot(item["data"], list(fds[start:start + count]))
+            snapshots[name] = Snapshot(item["data"], list(fds[start : start + count]))
             start += count
         channel.close_fds(fds[start:])
         return snapshots, ""
@@ -580,9 +593,15 @@ def channel_address(sock: socket.socket) -> str:
     return bound_address(sock)
 
 
-def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socket]],
-               control: socket.socket | None, accept: bool, ready_line: bool,
-               reader: channel.FrameReader | None = None) -> int:
+def run_worker(
+    env: WorkerEnv,
+    config: Any,
+    sockets: dict[str, list[socket.socket]],
+    control: socket.socket | None,
+    accept: bool,
+    ready_line: bool,
+    reader: channel.FrameReader | None = None,
+) -> int:
     from monolake.uring.busypoll import with_busy_poll
     from monolake.uring.runtime import RuntimeUnavailable, choose_loop
     from monolake.worker.gcpolicy import apply_gc_policy
@@ -592,16 +611,22 @@ def run_worker(env: WorkerEnv, config: Any, sockets: dict[str, list[socket.socke
 
     start_tracing_if_asked()
     try:
-        choice = with_busy_poll(choose_loop(config.runtime.runtime_type, config.runtime.entries),
-                                config.runtime.busy_poll_us)
+        choice = with_busy_poll(
+            choose_loop(config.runtime.runtime_type, config.runtime.entries), config.runtime.busy_poll_us
+        )
     except RuntimeUnavailable as exc:
-        log.error("event loop unavailable", runtime_type=config.runtime.runtime_type,
-                  reason=str(exc))
+        log.error("event loop unavailable", runtime_type=config.runtime.runtime_type, reason=str(exc))
         if control is not None:
             channel.send(control, messages.encode(messages.Failed(reason=f"runtime: {exc}")))
         return 3
-    env = WorkerEnv(slot=env.slot, cpu=env.cpu, generation=env.generation, pid=env.pid,
-                    runtime=choice.name, logger=env.logger)
+    env = WorkerEnv(
+        slot=env.slot,
+        cpu=env.cpu,
+        generation=env.generation,
+        pid=env.pid,
+        runtime=choice.name,
+        logger=env.logger,
+    )
     log.info("event loop chosen", runtime=choice.name, detail=choice.detail)
     worker = Worker(env, config, sockets, control, reader)
     with asyncio.Runner(loop_factory=choice.factory) as runner:
@@ -630,9 +655,15 @@ def main_controlled(control_fd: int, master_pid: int) -> int:
 
     config = Config.from_dict(hello.config)
     slot, cpu, generation = hello.slot, hello.cpu, hello.generation
-    logs.configure(config.supervisor.log_format, config.supervisor.log_level,
-                   config.supervisor.error_log, proc="worker", slot=slot, pid=os.getpid(),
-                   gen=generation)
+    logs.configure(
+        config.supervisor.log_format,
+        config.supervisor.log_level,
+        config.supervisor.error_log,
+        proc="worker",
+        slot=slot,
+        pid=os.getpid(),
+        gen=generation,
+    )
     faulthandler.enable(file=logs.output_fd(), all_threads=True)
     if cpu is not None:
         try:
@@ -644,8 +675,7 @@ def main_controlled(control_fd: int, master_pid: int) -> int:
         sockets[name] = [socket.socket(fileno=fds[i]) for i in indexes]
     env = WorkerEnv(slot=slot, cpu=cpu, generation=generation, pid=os.getpid(), runtime="")
     upstream_admin.load(list(hello.upstream_overrides))  # before the stacks are built
-    return run_worker(env, config, sockets, control, hello.accept,
-                      ready_line=False, reader=reader)
+    return run_worker(env, config, sockets, control, hello.accept, ready_line=False, reader=reader)
 
 
 def main_standalone(config_path: str | None) -> int:
@@ -658,16 +688,21 @@ def main_standalone(config_path: str | None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 1
-    logs.configure(config.supervisor.log_format, config.supervisor.log_level,
-                   config.supervisor.error_log, proc="worker", slot=0, pid=os.getpid())
+    logs.configure(
+        config.supervisor.log_format,
+        config.supervisor.log_level,
+        config.supervisor.error_log,
+        proc="worker",
+        slot=0,
+        pid=os.getpid(),
+    )
     sockets: dict[str, list[socket.socket]] = {}
     for name, server in config.servers.items():
         listener = server.listener
         if listener.type == "unix":
             sockets[name] = [bind_unix(listener.path, server.backlog)]
         else:
-            sockets[name] = [bind_tcp(listener.host, listener.port, server.backlog,
-                                      reuseport=False)]
+            sockets[name] = [bind_tcp(listener.host, listener.port, server.backlog, reuseport=False)]
     env = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="")
     try:
         return run_worker(env, config, sockets, None, accept=True, ready_line=True)

@@ -14,8 +14,7 @@ class Backend:
     """``GET /<anything>`` answers ``<name>`` (``/slow`` after ``slow`` seconds); keep-alive
     HTTP/1.1."""
 
-    def __init__(self, address: str, port: int, name: str,
-                 tls: tuple[str, str] | None = None) -> None:
+    def __init__(self, address: str, port: int, name: str, tls: tuple[str, str] | None = None) -> None:
         outer = self
         self.address, self.name = address, name
         self.requests = 0
@@ -65,8 +64,10 @@ class Backend:
 
         server_class = ThreadingHTTPServer
         if ":" in address:
+
             class V6(ThreadingHTTPServer):
                 address_family = socket.AF_INET6
+
             server_class = V6
         self.server = server_class((address, port), Handler)
         self.server.daemon_threads = True
@@ -97,8 +98,7 @@ class Backends:
     def __init__(self) -> None:
         self.all: list[Backend] = []
 
-    def add(self, address: str, port: int, name: str,
-            tls: tuple[str, str] | None = None) -> Backend:
+    def add(self, address: str, port: int, name: str, tls: tuple[str, str] | None = None) -> Backend:
         b = Backend(address, port, name, tls)
         self.all.append(b)
         return b

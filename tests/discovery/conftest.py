@@ -66,8 +66,9 @@ def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.Abstrac
     return asyncio.SelectorEventLoop
 
 
-def discovery_config(tmp: Path, port: int, resolver: str, upstreams: str, runtime_type: str,
-                     route: str = "") -> str:
+def discovery_config(
+    tmp: Path, port: int, resolver: str, upstreams: str, runtime_type: str, route: str = ""
+) -> str:
     """One worker (so one resolver and one set of log lines), one route to ``upstreams``."""
     routes = textwrap.dedent("""
         [[servers.web.routes]]
@@ -75,8 +76,7 @@ def discovery_config(tmp: Path, port: int, resolver: str, upstreams: str, runtim
         {route}
         upstreams = [{upstreams}]
     """).format(route=route, upstreams=upstreams)
-    text = base_config(tmp, port, runtime=f"workers = 1\nruntime_type = \"{runtime_type}\"",
-                       routes=routes)
+    text = base_config(tmp, port, runtime=f'workers = 1\nruntime_type = "{runtime_type}"', routes=routes)
     text = text.replace('runtime_type = "auto"\n', "", 1)
     return "[resolver]\n" + textwrap.dedent(resolver) + "\n" + text
 

@@ -42,8 +42,9 @@ def free_udp_tcp_port() -> int:
 
 
 class Dnsmasq:
-    def __init__(self, tmp: Path, hosts: list[str] | None = None, ttl: int = 1,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, hosts: list[str] | None = None, ttl: int = 1, extra: list[str] | None = None
+    ) -> None:
         if not os.path.exists(DNSMASQ):
             pytest.skip("dnsmasq is not installed (apt-get install -y dnsmasq)")
         self.tmp = tmp
@@ -62,15 +63,27 @@ class Dnsmasq:
         return f"127.0.0.1:{self.port}"
 
     def args(self) -> list[str]:
-        return [DNSMASQ, "--no-daemon", f"--port={self.port}", "--listen-address=127.0.0.1",
-                "--bind-interfaces", "--no-resolv", "--no-hosts", f"--addn-hosts={self.hosts_path}",
-                "--local=/test/", f"--local-ttl={self.ttl}", "--pid-file=", "--log-queries",
-                f"--log-facility={self.log_path}", f"--user={getpass.getuser()}",
-                "--cache-size=0", *self.extra]
+        return [
+            DNSMASQ,
+            "--no-daemon",
+            f"--port={self.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            f"--addn-hosts={self.hosts_path}",
+            "--local=/test/",
+            f"--local-ttl={self.ttl}",
+            "--pid-file=",
+            "--log-queries",
+            f"--log-facility={self.log_path}",
+            f"--user={getpass.getuser()}",
+            "--cache-size=0",
+            *self.extra,
+        ]
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.pids.add(self.proc.pid)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -84,8 +97,9 @@ class Dnsmasq:
 
     def query(self, name: str, rdtype: str) -> dns.message.Message | None:
         try:
-            return dns.query.udp(dns.message.make_query(name, rdtype), "127.0.0.1",
-                                 port=self.port, timeout=0.5)
+            return dns.query.udp(
+                dns.message.make_query(name, rdtype), "127.0.0.1", port=self.port, timeout=0.5
+            )
         except (dns.exception.Timeout, OSError):
             return None
 

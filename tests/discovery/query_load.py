@@ -29,9 +29,13 @@ def measure(workers: int, ttl: int, seconds: float) -> str:
     try:
         b2 = backends.add("127.0.0.2", 0, "b2")
         port = free_port()
-        cfg = discovery_config(tmp, port, f'nameservers = ["{d.nameserver}"]\nmin_ttl_sec = 0\n',
-                               f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                               "auto").replace("workers = 1", f"workers = {workers}")
+        cfg = discovery_config(
+            tmp,
+            port,
+            f'nameservers = ["{d.nameserver}"]\nmin_ttl_sec = 0\n',
+            f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+            "auto",
+        ).replace("workers = 1", f"workers = {workers}")
         m = Monolaked(tmp, cfg)
         m.wait_ready()
         http_get(port, "/x")
@@ -40,8 +44,10 @@ def measure(workers: int, ttl: int, seconds: float) -> str:
         a = d.queries_for("app.test", "A") - a0
         q = d.queries_for("app.test", "AAAA") - q0
         rate = (a + q) / seconds
-        return (f"workers={workers} ttl={ttl}s window={seconds:g}s: A={a} AAAA={q} -> "
-                f"{rate:.2f} queries/s, {rate * ttl / workers:.2f} queries per TTL per worker\n")
+        return (
+            f"workers={workers} ttl={ttl}s window={seconds:g}s: A={a} AAAA={q} -> "
+            f"{rate:.2f} queries/s, {rate * ttl / workers:.2f} queries per TTL per worker\n"
+        )
     finally:
         if m is not None:
             m.close()

@@ -35,9 +35,16 @@ def measure(ttl: int, rounds: int, runtime: str) -> str:
         b2 = backends.add("127.0.0.2", 0, "b2")
         b3 = backends.add("127.0.0.3", b2.port, "b3")
         port = free_port()
-        m = Monolaked(tmp, discovery_config(
-            tmp, port, f'nameservers = ["{d.nameserver}"]\nmin_ttl_sec = 0\n',
-            f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}', runtime))
+        m = Monolaked(
+            tmp,
+            discovery_config(
+                tmp,
+                port,
+                f'nameservers = ["{d.nameserver}"]\nmin_ttl_sec = 0\n',
+                f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                runtime,
+            ),
+        )
         m.wait_ready()
         load = Load(port)
         wait_for(lambda: load is not None and load.snapshot()["b2"] > 10, timeout=10)
@@ -57,10 +64,12 @@ def measure(ttl: int, rounds: int, runtime: str) -> str:
             cur, new = new, cur
         load.stop()
         total = sum(load.snapshot().values())
-        return (f"runtime={runtime} ttl={ttl}s rounds={rounds}: join -> traffic mean "
-                f"{sum(joins) / len(joins):.2f}s max {max(joins):.2f}s; leave -> no traffic and "
-                f"no connection mean {sum(leaves) / len(leaves):.2f}s max {max(leaves):.2f}s; "
-                f"{total} requests, {len(load.failures)} failed\n")
+        return (
+            f"runtime={runtime} ttl={ttl}s rounds={rounds}: join -> traffic mean "
+            f"{sum(joins) / len(joins):.2f}s max {max(joins):.2f}s; leave -> no traffic and "
+            f"no connection mean {sum(leaves) / len(leaves):.2f}s max {max(leaves):.2f}s; "
+            f"{total} requests, {len(load.failures)} failed\n"
+        )
     finally:
         if load is not None:
             load.stop()

@@ -14,13 +14,16 @@ from monolake.conf.schema import EndpointConfig, RouteConfig, UpstreamConfig
 from monolake.worker.discovery.sources import Target
 from monolake.worker.http.upstream import Balancer, Upstream
 
-ROUTE = RouteConfig(upstreams=(UpstreamConfig(EndpointConfig("uri", "http://10.0.0.1:80")),),
-                    path_prefix="/")
+ROUTE = RouteConfig(upstreams=(UpstreamConfig(EndpointConfig("uri", "http://10.0.0.1:80")),), path_prefix="/")
 
 
 def literal(address: str) -> Upstream:
-    return Upstream(EndpointConfig("uri", f"http://{address}:80", scheme="http", host=address,
-                                   port=80, path="/"), 1, ROUTE, None)
+    return Upstream(
+        EndpointConfig("uri", f"http://{address}:80", scheme="http", host=address, port=80, path="/"),
+        1,
+        ROUTE,
+        None,
+    )
 
 
 def picked(b: Balancer) -> str:
@@ -32,8 +35,11 @@ def picked(b: Balancer) -> str:
 
 def tiered(policy: str) -> tuple[Balancer, list[Upstream]]:
     base = literal("10.0.0.1")
-    ups = [base.derive(Target("10.0.0.2", 80, 3, 10)), base.derive(Target("10.0.0.3", 80, 1, 10)),
-           base.derive(Target("10.0.0.4", 80, 1, 20))]
+    ups = [
+        base.derive(Target("10.0.0.2", 80, 3, 10)),
+        base.derive(Target("10.0.0.3", 80, 1, 10)),
+        base.derive(Target("10.0.0.4", 80, 1, 20)),
+    ]
     return Balancer(policy, ups), ups
 
 
@@ -57,8 +63,14 @@ def test_weighted_random_follows_srv_weights() -> None:
 
 
 def test_derived_upstream_keeps_name_for_host_and_address_for_key() -> None:
-    base = Upstream(EndpointConfig("uri", "http://app.internal:8080", scheme="http",
-                                   host="app.internal", port=8080, path="/"), 5, ROUTE, None)
+    base = Upstream(
+        EndpointConfig(
+            "uri", "http://app.internal:8080", scheme="http", host="app.internal", port=8080, path="/"
+        ),
+        5,
+        ROUTE,
+        None,
+    )
     up = base.derive(Target("10.0.0.9", 8080, 5))
     assert up.host_header == b"app.internal:8080" and up.connect_host == "10.0.0.9"
     assert up.key == ("http", "10.0.0.9", 8080) and up.label == "http://10.0.0.9:8080"

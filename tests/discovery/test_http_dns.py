@@ -21,8 +21,9 @@ def reload_mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def start(master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolver: str = "",
-          route: str = "") -> tuple[Monolaked, int]:
+def start(
+    master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolver: str = "", route: str = ""
+) -> tuple[Monolaked, int]:
     port = free_port()
     resolver = f'nameservers = ["{d.nameserver}"]\n' + resolver
     m = master_factory(discovery_config(tmp_path, port, resolver, upstreams, runtime_type, route))
@@ -30,14 +31,20 @@ def start(master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolv
     return m, port
 
 
-def test_addresses_join_and_leave_without_reload(master_factory, tmp_path, dnsmasq, backends,
-                                                 runtime_type) -> None:
+def test_addresses_join_and_leave_without_reload(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     b3 = backends.add("127.0.0.3", b2.port, "b3")
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, route='load_balancer = "round_robin"')
+    m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        route='load_balancer = "round_robin"',
+    )
     load = Load(port)
     try:
         wait_for(lambda: load.snapshot()["b2"] > 20, timeout=10, what="traffic to b2")
@@ -46,21 +53,26 @@ def test_addresses_join_and_leave_without_reload(master_factory, tmp_path, dnsma
 
         # a second address joins: traffic spreads to it within one TTL + one refresh
         changed = time.monotonic()
-        d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"],
-                    {"app.test": {"127.0.0.2", "127.0.0.3"}})
+        d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"], {"app.test": {"127.0.0.2", "127.0.0.3"}})
         wait_for(lambda: b3.requests > 0, timeout=5, what="the new address to get requests")
         joined_after = time.monotonic() - changed
         before = load.snapshot()
-        wait_for(lambda: min(load.since(before)["b2"], load.since(before)["b3"]) > 20, timeout=10,
-                 what="requests on both addresses")
+        wait_for(
+            lambda: min(load.since(before)["b2"], load.since(before)["b3"]) > 20,
+            timeout=10,
+            what="requests on both addresses",
+        )
         assert joined_after < 1 + 1 + 0.5, joined_after  # TTL 1 s, refresh at 0.9 x TTL
         assert b2.open_connections >= 1
 
         # the first one leaves: it drains, its pooled idle connections close, no new requests
         changed = time.monotonic()
         d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
-        wait_for(lambda: b2.open_connections == 0, timeout=5,
-                 what="the removed address's pooled connections to close")
+        wait_for(
+            lambda: b2.open_connections == 0,
+            timeout=5,
+            what="the removed address's pooled connections to close",
+        )
         drained_after = time.monotonic() - changed
         gone = b2.requests
         before = load.snapshot()
@@ -71,18 +83,23 @@ def test_addresses_join_and_leave_without_reload(master_factory, tmp_path, dnsma
         load.stop()
     assert load.failures == [], load.failures[:5]
     events = [e for e in m.log_events() if e.get("event") == "dns_records_changed"]
-    assert [e["records"] for e in events] == [["127.0.0.2"], ["127.0.0.2", "127.0.0.3"],
-                                              ["127.0.0.3"]]
+    assert [e["records"] for e in events] == [["127.0.0.2"], ["127.0.0.2", "127.0.0.3"], ["127.0.0.3"]]
 
 
-def test_ttl_floor_and_ceiling_are_respected(master_factory, tmp_path, dnsmasq, backends,
-                                             runtime_type) -> None:
+def test_ttl_floor_and_ceiling_are_respected(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     # published TTL 1 s under a 3 s floor: dnsmasq sees about one query per 2.7 s, not one a second
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, resolver="min_ttl_sec = 3\nmax_ttl_sec = 30\n")
+    m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        resolver="min_ttl_sec = 3\nmax_ttl_sec = 30\n",
+    )
     assert http_get(port, "/x")[1] == b"b2"
     first = d.queries_for("app.test")
     time.sleep(6)
@@ -95,22 +112,33 @@ def test_ttl_floor_and_ceiling_are_respected(master_factory, tmp_path, dnsmasq, 
     # published TTL 600 s over a 1 s ceiling: a change shows within about a second
     d.restart(ttl=600)
     b3 = backends.add("127.0.0.3", b2.port, "b3")
-    m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, resolver="min_ttl_sec = 0\nmax_ttl_sec = 1\n")
+    m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        resolver="min_ttl_sec = 0\nmax_ttl_sec = 1\n",
+    )
     assert http_get(port, "/x")[1] == b"b2"
     d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
     wait_for(lambda: http_get(port, "/x")[1] == b"b3", timeout=3, what="the change within 1 s TTL")
     assert b3.requests >= 1
 
 
-def test_dns_server_killed_keeps_serving_and_logs_once(master_factory, tmp_path, dnsmasq,
-                                                       backends, runtime_type) -> None:
+def test_dns_server_killed_keeps_serving_and_logs_once(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, resolver="timeout_sec = 0.5\nnegative_ttl_sec = 1\n")
+    m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        resolver="timeout_sec = 0.5\nnegative_ttl_sec = 1\n",
+    )
     load = Load(port)
     try:
         wait_for(lambda: load.snapshot()["b2"] > 20, timeout=10, what="traffic")
@@ -127,25 +155,33 @@ def test_dns_server_killed_keeps_serving_and_logs_once(master_factory, tmp_path,
     assert line["serving"] == "last good answer" and line["dns_name"] == "app.test"
     # the name server comes back: one recovery line, and the answer is used again
     d.start()
-    wait_for(lambda: [e for e in m.log_events() if e.get("event") == "dns_lookup_recovered"],
-             timeout=5, what="recovery to be logged")
+    wait_for(
+        lambda: [e for e in m.log_events() if e.get("event") == "dns_lookup_recovered"],
+        timeout=5,
+        what="recovery to be logged",
+    )
     assert len(failed()) == 1
 
 
-def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
-                                    runtime_type) -> None:
+def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends, runtime_type) -> None:
     a = backends.add("127.0.0.2", 0, "a")
     b = backends.add("127.0.0.3", 0, "b")
     c = backends.add("127.0.0.4", 0, "c")
     hosts = ["127.0.0.2 a.test", "127.0.0.3 b.test", "127.0.0.4 c.test"]
-    srv = [f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,3",
-           f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,1",
-           f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1"]
+    srv = [
+        f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,3",
+        f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,1",
+        f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1",
+    ]
     d = dnsmasq(hosts, ttl=1, extra=srv)
-    _m, port = start(master_factory, tmp_path, d,
-                    '{ endpoint = { type = "srv", value = "_http._tcp.app.test" } }', runtime_type,
-                    route='load_balancer = "weighted_random"\neject_after_failures = 1\n'
-                          'eject_duration_sec = 30')
+    _m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        '{ endpoint = { type = "srv", value = "_http._tcp.app.test" } }',
+        runtime_type,
+        route='load_balancer = "weighted_random"\neject_after_failures = 1\neject_duration_sec = 30',
+    )
     load = Load(port)
     try:
         wait_for(lambda: sum(load.snapshot().values()) > 400, timeout=20, what="400 requests")
@@ -155,9 +191,13 @@ def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
         assert a.hosts == {"app.test"}  # the Host header is the service's name
 
         # SRV weights change (new records, same port): the split follows within a TTL or two
-        d.restart(extra=[f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,1",
-                         f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,3",
-                         f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1"])
+        d.restart(
+            extra=[
+                f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,1",
+                f"--srv-host=_http._tcp.app.test,b.test,{b.port},10,3",
+                f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1",
+            ]
+        )
         time.sleep(2.5)
         before = load.snapshot()
         wait_for(lambda: sum(load.since(before).values()) > 400, timeout=20, what="400 more")
@@ -175,28 +215,40 @@ def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
         load.stop()
 
 
-def test_name_without_addresses_is_503_and_recovers(master_factory, tmp_path, dnsmasq, backends,
-                                                    runtime_type) -> None:
+def test_name_without_addresses_is_503_and_recovers(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq([], ttl=1)
-    _m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, resolver="negative_ttl_sec = 1\n")
+    _m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        resolver="negative_ttl_sec = 1\n",
+    )
     status, body, _ = http_get(port, "/x")
     assert status == 503, body
     d.set_hosts(["127.0.0.2 app.test"], {"app.test": {"127.0.0.2"}})
     wait_for(lambda: http_get(port, "/x")[1] == b"b2", timeout=4, what="the name to appear")
 
 
-def test_request_in_flight_to_a_removed_address_finishes(master_factory, tmp_path, dnsmasq,
-                                                         backends, runtime_type) -> None:
+def test_request_in_flight_to_a_removed_address_finishes(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     backends.add("127.0.0.3", b2.port, "b3")
     b2.slow = 4.0
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    _m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, route="preserve_path = true")
+    _m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        route="preserve_path = true",
+    )
     result: list[tuple[int, bytes]] = []
     slow = threading.Thread(target=lambda: result.append(http_get(port, "/slow")[:2]))
     slow.start()
@@ -216,28 +268,37 @@ def test_request_in_flight_to_a_removed_address_finishes(master_factory, tmp_pat
     assert b2.requests == served
 
 
-def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, backends,
-                                           reload_mode) -> None:
+def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, backends, reload_mode) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     backends.add("127.0.0.3", b2.port, "b3")
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)
     port = free_port()
     resolver = f'nameservers = ["{d.nameserver}"]\n'
-    text = discovery_config(tmp_path, port, resolver,
-                            f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                            "auto", route='load_balancer = "round_robin"').replace(
-        "[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
+    text = discovery_config(
+        tmp_path,
+        port,
+        resolver,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        "auto",
+        route='load_balancer = "round_robin"',
+    ).replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
     m = master_factory(text)
     m.wait_ready()
     load = Load(port)
     try:
-        wait_for(lambda: min(load.snapshot()["b2"], load.snapshot()["b3"]) > 10, timeout=10,
-                 what="traffic to both addresses")
+        wait_for(
+            lambda: min(load.snapshot()["b2"], load.snapshot()["b3"]) > 10,
+            timeout=10,
+            what="traffic to both addresses",
+        )
         result = m.cli("reload")
         assert result.returncode == 0, result.stdout + result.stderr
         before = load.snapshot()
-        wait_for(lambda: min(load.since(before)["b2"], load.since(before)["b3"]) > 10,
-                 timeout=10, what="traffic to both addresses after the reload")
+        wait_for(
+            lambda: min(load.since(before)["b2"], load.since(before)["b3"]) > 10,
+            timeout=10,
+            what="traffic to both addresses after the reload",
+        )
         # and DNS changes still apply to the new stacks
         d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
         wait_for(lambda: b2.open_connections == 0, timeout=5, what="b2 to drain")
@@ -250,29 +311,39 @@ def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, ba
     assert load.failures == [], load.failures[:5]
 
 
-def test_aaaa_addresses_are_endpoints_too(master_factory, tmp_path, dnsmasq, backends,
-                                          runtime_type) -> None:
+def test_aaaa_addresses_are_endpoints_too(master_factory, tmp_path, dnsmasq, backends, runtime_type) -> None:
     v4 = backends.add("127.0.0.2", 0, "v4")
     v6 = backends.add("::1", v4.port, "v6")
     d = dnsmasq(["127.0.0.2 app.test", "::1 app.test"], ttl=1)
-    _m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{v4.port}" }} }}',
-                    runtime_type, route='load_balancer = "round_robin"')
+    _m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{v4.port}" }} }}',
+        runtime_type,
+        route='load_balancer = "round_robin"',
+    )
     bodies = {http_get(port, "/x")[1] for _ in range(6)}
     assert bodies == {b"v4", b"v6"}
     assert v6.hosts == {f"app.test:{v4.port}"}
 
 
-def test_a_dead_address_of_a_name_costs_no_request(master_factory, tmp_path, dnsmasq, backends,
-                                                   runtime_type) -> None:
+def test_a_dead_address_of_a_name_costs_no_request(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     """A connect to a name used to try each of its addresses; it still does: a refused
     connect to one address moves even a POST (nothing was sent) to another, and ejects the
     dead one."""
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
-    m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type, route='load_balancer = "round_robin"')
+    m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+        route='load_balancer = "round_robin"',
+    )
     statuses = []
     for _ in range(20):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -285,23 +356,29 @@ def test_a_dead_address_of_a_name_costs_no_request(master_factory, tmp_path, dns
     assert [e["upstream"] for e in ejected] == [f"http://127.0.0.3:{b2.port}"]
 
 
-def test_without_resolver_section_hosts_file_names_work(master_factory, tmp_path, backends,
-                                                        runtime_type) -> None:
+def test_without_resolver_section_hosts_file_names_work(
+    master_factory, tmp_path, backends, runtime_type
+) -> None:
     """No [resolver]: /etc/resolv.conf's servers, and /etc/hosts first, as getaddrinfo would
     (``localhost`` keeps working with no DNS server at all)."""
     b = backends.add("127.0.0.1", 0, "local")
     port = free_port()
-    text = discovery_config(tmp_path, port, "",
-                            f'{{ endpoint = {{ type = "uri", value = "http://localhost:{b.port}" }} }}',
-                            runtime_type).replace("[resolver]\n", "", 1)
+    text = discovery_config(
+        tmp_path,
+        port,
+        "",
+        f'{{ endpoint = {{ type = "uri", value = "http://localhost:{b.port}" }} }}',
+        runtime_type,
+    ).replace("[resolver]\n", "", 1)
     m = master_factory(text)
     m.wait_ready()
     assert [http_get(port, "/x")[:2] for _ in range(5)] == [(200, b"local")] * 5
     assert b.hosts == {f"localhost:{b.port}"}
 
 
-def test_reload_applies_a_new_resolver_section(master_factory, tmp_path, dnsmasq, backends,
-                                               reload_mode) -> None:
+def test_reload_applies_a_new_resolver_section(
+    master_factory, tmp_path, dnsmasq, backends, reload_mode
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     backends.add("127.0.0.3", b2.port, "b3")
     first = dnsmasq(["127.0.0.2 app.test"], ttl=1)
@@ -312,9 +389,12 @@ def test_reload_applies_a_new_resolver_section(master_factory, tmp_path, dnsmasq
 
         def text(ns: str) -> str:
             return discovery_config(
-                tmp_path, port, f'nameservers = ["{ns}"]\n',
+                tmp_path,
+                port,
+                f'nameservers = ["{ns}"]\n',
                 f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                "auto").replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
+                "auto",
+            ).replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
 
         m = master_factory(text(first.nameserver))
         m.wait_ready()
@@ -328,29 +408,39 @@ def test_reload_applies_a_new_resolver_section(master_factory, tmp_path, dnsmasq
         second.close()
 
 
-def test_https_srv_upstream_verifies_the_service_name(master_factory, tmp_path, dnsmasq, backends,
-                                                      runtime_type) -> None:
+def test_https_srv_upstream_verifies_the_service_name(
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     """scheme = "https": TLS to each target, the certificate checked against the service's
     name (the SRV name after _https._tcp.), which is also the Host header."""
     ca = make_ca(tmp_path)
     cert = make_cert(tmp_path, ca, "app.test", ["app.test"])
     b = backends.add("127.0.0.2", 0, "tls", tls=(str(cert.chain), str(cert.key)))
-    d = dnsmasq(["127.0.0.2 a.test"], ttl=1,
-                extra=[f"--srv-host=_https._tcp.app.test,a.test,{b.port},10,1"])
-    _m, port = start(master_factory, tmp_path, d,
-                    '{ endpoint = { type = "srv", value = "_https._tcp.app.test", scheme = "https" } }',
-                    runtime_type, route=f'tls_ca = "{ca.chain}"')
+    d = dnsmasq(["127.0.0.2 a.test"], ttl=1, extra=[f"--srv-host=_https._tcp.app.test,a.test,{b.port},10,1"])
+    _m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        '{ endpoint = { type = "srv", value = "_https._tcp.app.test", scheme = "https" } }',
+        runtime_type,
+        route=f'tls_ca = "{ca.chain}"',
+    )
     assert [http_get(port, "/x")[:2] for _ in range(3)] == [(200, b"tls")] * 3
     assert b.hosts == {"app.test"}
 
 
 def test_generation_reload_hands_over_idle_connections_to_discovered_addresses(
-        master_factory, tmp_path, dnsmasq, backends, runtime_type) -> None:
+    master_factory, tmp_path, dnsmasq, backends, runtime_type
+) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(master_factory, tmp_path, d,
-                    f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-                    runtime_type)
+    m, port = start(
+        master_factory,
+        tmp_path,
+        d,
+        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        runtime_type,
+    )
     for _ in range(3):
         assert http_get(port, "/x")[1] == b"b2"
     before = set(b2.client_ports)

@@ -70,13 +70,18 @@ def test_thrift_addresses_join_and_leave(master_factory, tmp_path, dnsmasq, runt
         stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
         stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
         port = free_port()
-        m = master_factory(config(tmp_path, port, d.nameserver,
-                                  f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
-                                  runtime_type))
+        m = master_factory(
+            config(
+                tmp_path,
+                port,
+                d.nameserver,
+                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
+                runtime_type,
+            )
+        )
         m.wait_ready()
         assert set(whoami(port, 6)) == {"t2"}
-        d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"],
-                    {"app.test": {"127.0.0.2", "127.0.0.3"}})
+        d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"], {"app.test": {"127.0.0.2", "127.0.0.3"}})
         wait_for(lambda: set(whoami(port, 6)) == {"t2", "t3"}, timeout=5, what="t3 to join")
         d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
         wait_for(lambda: set(whoami(port, 6)) == {"t3"}, timeout=5, what="t2 to leave")
@@ -85,35 +90,55 @@ def test_thrift_addresses_join_and_leave(master_factory, tmp_path, dnsmasq, runt
 
 def test_thrift_srv_priorities(master_factory, tmp_path, dnsmasq, runtime_type) -> None:
     up = shared_port()
-    d = dnsmasq(["127.0.0.2 a.test", "127.0.0.3 b.test"], ttl=1,
-                extra=[f"--srv-host=_thrift._tcp.app.test,a.test,{up},10,1",
-                       f"--srv-host=_thrift._tcp.app.test,b.test,{up},20,1"])
+    d = dnsmasq(
+        ["127.0.0.2 a.test", "127.0.0.3 b.test"],
+        ttl=1,
+        extra=[
+            f"--srv-host=_thrift._tcp.app.test,a.test,{up},10,1",
+            f"--srv-host=_thrift._tcp.app.test,b.test,{up},20,1",
+        ],
+    )
     with ExitStack() as stack:
         stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
         stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
         port = free_port()
-        m = master_factory(config(tmp_path, port, d.nameserver,
-                                  '{ endpoint = { type = "srv", value = "_thrift._tcp.app.test" } }',
-                                  runtime_type))
+        m = master_factory(
+            config(
+                tmp_path,
+                port,
+                d.nameserver,
+                '{ endpoint = { type = "srv", value = "_thrift._tcp.app.test" } }',
+                runtime_type,
+            )
+        )
         m.wait_ready()
         assert set(whoami(port, 10)) == {"t2"}  # priority 20 unused while 10 is up
         # the records swap priorities: the traffic follows, no reload
-        d.restart(extra=[f"--srv-host=_thrift._tcp.app.test,a.test,{up},20,1",
-                         f"--srv-host=_thrift._tcp.app.test,b.test,{up},10,1"])
+        d.restart(
+            extra=[
+                f"--srv-host=_thrift._tcp.app.test,a.test,{up},20,1",
+                f"--srv-host=_thrift._tcp.app.test,b.test,{up},10,1",
+            ]
+        )
         wait_for(lambda: set(whoami(port, 6)) == {"t3"}, timeout=6, what="priority swap")
 
 
-def test_thrift_dead_address_of_a_name_fails_no_call(master_factory, tmp_path, dnsmasq,
-                                                     runtime_type) -> None:
+def test_thrift_dead_address_of_a_name_fails_no_call(master_factory, tmp_path, dnsmasq, runtime_type) -> None:
     """A refused connect to one address moves the connection, with the calls queued on it, to
     another address of the name, and ejects the dead one."""
     up = shared_port()
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
     with thrift_backend("127.0.0.2", up, "t2"):
         port = free_port()
-        m = master_factory(config(tmp_path, port, d.nameserver,
-                                  f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
-                                  runtime_type))
+        m = master_factory(
+            config(
+                tmp_path,
+                port,
+                d.nameserver,
+                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
+                runtime_type,
+            )
+        )
         m.wait_ready()
         assert whoami(port, 20) == ["t2"] * 20
         ejected = [e for e in m.log_events() if e.get("event") == "thrift_upstream_ejected"]

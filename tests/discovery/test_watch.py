@@ -82,8 +82,7 @@ def test_background_refresh_tells_listeners(dnsmasq, loop_factory) -> None:
         w.subscribe(listener)
         assert await w.wait_settled(5)
         assert seen == [("127.0.0.2",)]
-        d.set_hosts(["127.0.0.2 app.test", "127.0.0.4 app.test"],
-                    {"app.test": {"127.0.0.2", "127.0.0.4"}})
+        d.set_hosts(["127.0.0.2 app.test", "127.0.0.4 app.test"], {"app.test": {"127.0.0.2", "127.0.0.4"}})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while len(seen) < 2 and loop.time() < deadline:
@@ -103,8 +102,12 @@ def test_stale_while_error_is_logged_once_and_bounded(dnsmasq, loop_factory) -> 
     clock = Clock()
 
     async def main() -> None:
-        w = Watch(client(d.nameserver, timeout_sec=0.3, max_stale_sec=60, negative_ttl_sec=1),
-                  "addr", "app.test", clock=clock)
+        w = Watch(
+            client(d.nameserver, timeout_sec=0.3, max_stale_sec=60, negative_ttl_sec=1),
+            "addr",
+            "app.test",
+            clock=clock,
+        )
         await w.refresh()
         assert w.records == ("127.0.0.2",)
         d.stop()
@@ -130,8 +133,14 @@ def test_stale_while_error_is_logged_once_and_bounded(dnsmasq, loop_factory) -> 
 
 
 def test_srv_records(dnsmasq, loop_factory) -> None:
-    d = dnsmasq([], ttl=1, extra=["--srv-host=_http._tcp.app.test,a.test,8080,10,5",
-                                  "--srv-host=_http._tcp.app.test,b.test,8081,20,0"])
+    d = dnsmasq(
+        [],
+        ttl=1,
+        extra=[
+            "--srv-host=_http._tcp.app.test,a.test,8080,10,5",
+            "--srv-host=_http._tcp.app.test,b.test,8081,20,0",
+        ],
+    )
 
     async def main() -> None:
         w = Watch(client(d.nameserver), "srv", "_http._tcp.app.test")

@@ -33,32 +33,45 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("target", choices=["request", "response", "chunked", "route", "head"])
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("MONOLAKE_FUZZ_SECONDS", "25")))
-    ap.add_argument("--runs", type=int, default=0,
-                    help="stop after this many inputs, with a fixed seed (what CI does: the same "
-                         "inputs on every machine, however fast); 0 = random seed, time only")
+    ap.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        help="stop after this many inputs, with a fixed seed (what CI does: the same "
+        "inputs on every machine, however fast); 0 = random seed, time only",
+    )
     ap.add_argument("--corpus", help="work corpus folder to keep (default: a temporary one)")
-    ap.add_argument("--artifacts", default=tempfile.gettempdir(),
-                    help="where libFuzzer writes a failing input")
+    ap.add_argument(
+        "--artifacts", default=tempfile.gettempdir(), help="where libFuzzer writes a failing input"
+    )
     ap.add_argument("libfuzzer", nargs="*", help="extra libFuzzer flags (after --)")
     args = ap.parse_args(argv)
 
     import atheris
 
-    with atheris.instrument_imports(include=["monolake.worker.http", "monolake.conf.routes",
-                                             "tests.fuzz"]):
+    with atheris.instrument_imports(include=["monolake.worker.http", "monolake.conf.routes", "tests.fuzz"]):
         from tests.fuzz import targets
 
     one_input = targets.TARGETS[args.target]
     work = args.corpus or tempfile.mkdtemp(prefix=f"monolake-fuzz-{args.target}-")
     os.makedirs(work, exist_ok=True)
-    seeds = [str(d) for d in (HERE / "corpus" / args.target, HERE / "regressions" / args.target)
-             if d.is_dir() and any(d.iterdir())]
-    flags = [f"-max_total_time={args.seconds}", "-max_len=4096", "-timeout=10",
-             f"-dict={HERE / 'http.dict'}",
-             f"-artifact_prefix={os.path.join(args.artifacts, 'monolake-fuzz-' + args.target + '-')}",
-             "-print_final_stats=1",
-             *([f"-runs={args.runs}", "-seed=1"] if args.runs else []),
-             *args.libfuzzer, work, *seeds]
+    seeds = [
+        str(d)
+        for d in (HERE / "corpus" / args.target, HERE / "regressions" / args.target)
+        if d.is_dir() and any(d.iterdir())
+    ]
+    flags = [
+        f"-max_total_time={args.seconds}",
+        "-max_len=4096",
+        "-timeout=10",
+        f"-dict={HERE / 'http.dict'}",
+        f"-artifact_prefix={os.path.join(args.artifacts, 'monolake-fuzz-' + args.target + '-')}",
+        "-print_final_stats=1",
+        *([f"-runs={args.runs}", "-seed=1"] if args.runs else []),
+        *args.libfuzzer,
+        work,
+        *seeds,
+    ]
     atheris.Setup([sys.argv[0], *flags], one_input)
     atheris.Fuzz()
 

@@ -112,11 +112,18 @@ class _NativeRequest:
     def __init__(self, out: Outcome) -> None:
         self.out = out
 
-    def on_request_head(self, method: str, target: str, version: str, headers: list,
-                        host: bytes | None, length: int | None, flags: int) -> None:
+    def on_request_head(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: list,
+        host: bytes | None,
+        length: int | None,
+        flags: int,
+    ) -> None:
         _head_checks(method, target, version, host)
-        self.out.events.append(("head", method, target, version, list(headers), host, length,
-                                flags))
+        self.out.events.append(("head", method, target, version, list(headers), host, length, flags))
         if not (flags & hp.CHUNKED) and not length:
             self.out.done()  # complete with its head (see mu_http.c)
 
@@ -150,11 +157,18 @@ class _TwinRequest:
         self.clock = time.monotonic
         self.parser: Any = None
 
-    def on_request_head(self, method: str, target: str, version: str, headers: list,
-                        host: bytes | None, length: int | None, flags: int) -> None:
+    def on_request_head(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: list,
+        host: bytes | None,
+        length: int | None,
+        flags: int,
+    ) -> None:
         _head_checks(method, target, version, host)
-        self.out.events.append(("head", method, target, version, list(headers), host, length,
-                                flags))
+        self.out.events.append(("head", method, target, version, list(headers), host, length, flags))
 
     def on_body(self, data: bytes) -> None:
         self.out.body(data)
@@ -165,8 +179,9 @@ class _TwinRequest:
 
 def run_native_request(data: bytes, cuts: list[int]) -> Outcome:
     out = Outcome()
-    return _feed(hp.native.RequestParser(_NativeRequest(out), MAX_HEAD, MAX_URI, MAX_HEAD, 256),
-                 data, cuts, out)
+    return _feed(
+        hp.native.RequestParser(_NativeRequest(out), MAX_HEAD, MAX_URI, MAX_HEAD, 256), data, cuts, out
+    )
 
 
 def run_twin_request(data: bytes, cuts: list[int]) -> Outcome:
@@ -179,23 +194,30 @@ def run_twin_request(data: bytes, cuts: list[int]) -> Outcome:
 # -- responses -----------------------------------------------------------------------------
 
 
-def _response_event(status: int, reason: bytes | None, headers: list, keep_alive: bool,
-                    length: int | None, chunked: bool) -> tuple:
+def _response_event(
+    status: int, reason: bytes | None, headers: list, keep_alive: bool, length: int | None, chunked: bool
+) -> tuple:
     # a close-delimited body ends the connection, whatever Connection said (client.py does the
     # same: _UNTIL_CLOSE turns keep-alive off)
     until_close = not chunked and length is None and status not in (204, 304) and status >= 200
-    return ("head", status, reason or b"", list(headers), keep_alive and not until_close,
-            length, chunked)
+    return ("head", status, reason or b"", list(headers), keep_alive and not until_close, length, chunked)
 
 
 class _NativeResponse:
     def __init__(self, out: Outcome) -> None:
         self.out = out
 
-    def on_response(self, status: int, reason: bytes, headers: list, keep_alive: bool,
-                    length: int | None, chunked: bool, body: Any) -> None:
-        self.out.events.append(_response_event(status, reason, headers, keep_alive, length,
-                                               chunked))
+    def on_response(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list,
+        keep_alive: bool,
+        length: int | None,
+        chunked: bool,
+        body: Any,
+    ) -> None:
+        self.out.events.append(_response_event(status, reason, headers, keep_alive, length, chunked))
         if body is not None:
             self.out.body(bytes(body))
             self.out.done()
@@ -230,10 +252,16 @@ class _TwinResponse:
         self._reason = b""
         self._parser: Any = None
 
-    def _response_head(self, status: int, reason: bytes | None, headers: list, keep_alive: bool,
-                       length: int | None, chunked: bool) -> None:
-        self.out.events.append(_response_event(status, reason, headers, keep_alive, length,
-                                               chunked))
+    def _response_head(
+        self,
+        status: int,
+        reason: bytes | None,
+        headers: list,
+        keep_alive: bool,
+        length: int | None,
+        chunked: bool,
+    ) -> None:
+        self.out.events.append(_response_event(status, reason, headers, keep_alive, length, chunked))
 
     def on_body(self, data: bytes) -> None:
         self.out.body(data)
@@ -247,8 +275,12 @@ class _TwinResponse:
 
 def run_native_response(data: bytes, cuts: list[int]) -> Outcome:
     out = Outcome()
-    return _feed(hp.native.ResponseParser(_NativeResponse(out), False, 0, False, MAX_HEAD,
-                                          MAX_HEAD, 256), data, cuts, out)
+    return _feed(
+        hp.native.ResponseParser(_NativeResponse(out), False, 0, False, MAX_HEAD, MAX_HEAD, 256),
+        data,
+        cuts,
+        out,
+    )
 
 
 def run_twin_response(data: bytes, cuts: list[int]) -> Outcome:
@@ -294,7 +326,8 @@ def _encode_target(data: bytes) -> bytes:
 LLHTTP_METHODS = frozenset(
     b"DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
     b"SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
-    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split())
+    b"SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY".split()
+)
 
 
 def _known_methods(data: bytes) -> bytes:
@@ -347,7 +380,7 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
                 pos = end + 4 if end >= 0 else len(data)
                 out.append(b"\r\n")
             break
-        out.append(data[pos:pos + size + 2])
+        out.append(data[pos : pos + size + 2])
         pos += size + 2
     out.append(data[pos:])
     return b"".join(out)
@@ -441,8 +474,13 @@ def _upgrade_without_connection(native: Outcome, twin: Outcome) -> bool:
     """A 101 whose Connection does not name upgrade: native tunnels it (the status decides,
     RFC 9110 §15.2.2); httptools raises a plain parse error (a 502)."""
     heads = [e for e in native.events if e[0] == "head"]
-    return (native.end == "upgrade" and twin.end == "error" and "Upgrade" in twin.detail
-            and bool(heads) and heads[-1][1] == 101)
+    return (
+        native.end == "upgrade"
+        and twin.end == "error"
+        and "Upgrade" in twin.detail
+        and bool(heads)
+        and heads[-1][1] == 101
+    )
 
 
 def _chunk_size_bound(native: Outcome, twin: Outcome) -> bool:
@@ -470,7 +508,7 @@ def _data_after_close(native: Outcome, twin: Outcome) -> bool:
     if not (twin.end == "error" and "Data after `Connection: close`" in twin.detail):
         return False
     done = _completed(twin.events)  # what llhttp completed, native read alike
-    return native.events[:len(done)] == done
+    return native.events[: len(done)] == done
 
 
 def _response_version(native: Outcome, twin: Outcome) -> bool:
@@ -482,16 +520,17 @@ def _status_below_100(native: Outcome, twin: Outcome) -> bool:
     """A status code under 100 (``050``): native refuses it (RFC 9110 §15: 100-599, the first
     digit 1-5); llhttp takes any three digits."""
     heads = [e for e in twin.events if e[0] == "head"]
-    return (native.end == "error" and native.detail == "invalid status line"
-            and any(h[1] < 100 for h in heads))
+    return native.end == "error" and native.detail == "invalid status line" and any(h[1] < 100 for h in heads)
 
 
 def _interim_with_body(native: Outcome, twin: Outcome) -> bool:
     """A 1xx with a Content-Length: native skips the head alone (a 1xx has no content, RFC
     9110 §15.2) and reads what follows as the next response; llhttp reads a body for it
     (which the upstream connection drops: it belongs to no response)."""
-    orphan = any(e[0] == "body" and (i == 0 or twin.events[i - 1][0] not in ("head", "body"))
-                 for i, e in enumerate(twin.events))
+    orphan = any(
+        e[0] == "body" and (i == 0 or twin.events[i - 1][0] not in ("head", "body"))
+        for i, e in enumerate(twin.events)
+    )
     return orphan and native.end != "upgrade"
 
 
@@ -499,15 +538,21 @@ def _response_te_not_chunked(native: Outcome, twin: Outcome) -> bool:
     """A response Transfer-Encoding other than exactly ``chunked`` (or two of them): native
     refuses it (502); llhttp reads such a body until close (and the proxy would pass on a
     coding whose header it dropped as hop-by-hop)."""
-    return native.end == "error" and native.detail in ("unsupported Transfer-Encoding",
-                                                       "duplicate Transfer-Encoding")
+    return native.end == "error" and native.detail in (
+        "unsupported Transfer-Encoding",
+        "duplicate Transfer-Encoding",
+    )
 
 
 def _bytes_after_response(native: Outcome, twin: Outcome) -> bool:
     """Empty lines after a complete response: native refuses them as a bad status line (the
     connection is then not reused: see client.py's unsolicited bytes); llhttp skips them."""
-    return (native.end == "error" and native.detail == "invalid status line"
-            and twin.end == "ok" and _completed(native.events) == twin.events)
+    return (
+        native.end == "error"
+        and native.detail == "invalid status line"
+        and twin.end == "ok"
+        and _completed(native.events) == twin.events
+    )
 
 
 # differences no rewrite can take away: the name, the kinds, the test of the two outcomes
@@ -524,8 +569,7 @@ PREDICATES: list[tuple[str, tuple[str, ...], Callable[[Outcome, Outcome], bool]]
 ]
 
 
-def known_difference(kind: str, data: bytes, seed: int, native: Outcome,
-                     twin: Outcome) -> str | None:
+def known_difference(kind: str, data: bytes, seed: int, native: Outcome, twin: Outcome) -> str | None:
     """The documented strictness choice(s) that explain a disagreement, or None. Checked, not
     assumed: the input is rewritten so the choice no longer applies (each alone, then
     all in turn), and then both parsers must agree; the few that no rewrite
@@ -591,13 +635,17 @@ def _same(kind: str, native: Outcome, twin: Outcome) -> bool:
     # from the same check (the protocol's code); a line llhttp's grammar refuses may have a
     # second fault native reports first (an unknown method and HTTP/7.1: 400 or 505). Every
     # response error is a 502 (the upstream connection turns any parse failure into one)
-    return not (kind.endswith("request") and native.end == "error" and not twin.grammar
-                and native.status != twin.status)
+    return not (
+        kind.endswith("request")
+        and native.end == "error"
+        and not twin.grammar
+        and native.status != twin.status
+    )
 
 
 def _completed(events: list[tuple]) -> list[tuple]:
     done = [i for i, e in enumerate(events) if e == ("done",)]
-    return events[:done[-1] + 1] if done else []
+    return events[: done[-1] + 1] if done else []
 
 
 def compare(kind: str, data: bytes, seed: int) -> None:
@@ -605,8 +653,7 @@ def compare(kind: str, data: bytes, seed: int) -> None:
     native, twin = _outcomes(kind, data, seed)
     if _same(kind, native, twin) or known_difference(kind, data, seed, native, twin):
         return
-    raise Disagreement(f"{kind} input {data!r} (split seed {seed}):\n  native: {native}\n"
-                       f"  twin:   {twin}")
+    raise Disagreement(f"{kind} input {data!r} (split seed {seed}):\n  native: {native}\n  twin:   {twin}")
 
 
 def split_points(data: bytes, seed: int) -> list[int]:
@@ -622,8 +669,10 @@ RUNS = {
     "request": (run_native_request, run_twin_request),
     "response": (run_native_response, run_twin_response),
 }
-PREFIX = {"chunked-request": (CHUNKED_REQUEST_HEAD, "request"),
-          "chunked-response": (CHUNKED_RESPONSE_HEAD, "response")}
+PREFIX = {
+    "chunked-request": (CHUNKED_REQUEST_HEAD, "request"),
+    "chunked-response": (CHUNKED_RESPONSE_HEAD, "response"),
+}
 
 
 def check(kind: str, data: bytes, seed: int = 0) -> None:
@@ -646,6 +695,7 @@ def _target(kinds: tuple[str, ...]) -> Callable[[bytes], None]:
             return
         for kind in kinds:
             check(kind, raw[1:], raw[0])
+
     return one_input
 
 

@@ -14,12 +14,12 @@ from monolake.worker.http import parser as hp
 pytestmark = pytest.mark.skipif(hp.native is None, reason="the codec extension is not built")
 
 HERE = Path(__file__).resolve().parent
-INPUTS = sorted(p for sub in ("corpus", "regressions") for p in (HERE / sub).glob("*/*")
-                if p.is_file())
+INPUTS = sorted(p for sub in ("corpus", "regressions") for p in (HERE / sub).glob("*/*") if p.is_file())
 
 
-@pytest.mark.parametrize("path", INPUTS, ids=[f"{p.parent.parent.name}/{p.parent.name}/{p.name}"
-                                              for p in INPUTS])
+@pytest.mark.parametrize(
+    "path", INPUTS, ids=[f"{p.parent.parent.name}/{p.parent.name}/{p.name}" for p in INPUTS]
+)
 def test_checked_in_input_agrees(path: Path) -> None:
     from tests.fuzz import targets
 
@@ -67,13 +67,16 @@ def test_trailing_whitespace_is_not_part_of_a_value() -> None:
     assert twin.events[0][4] == [(b"host", b"a"), (b"x", b"v")] and twin.events[0][5] == b"a"
 
 
-@pytest.mark.parametrize("body, ok", [
-    (b"000000000000000005\r\nhello\r\n0\r\n\r\n", True),   # leading zeros: legal
-    (b"fffffffffffffff\r\n", True),                       # 15 digits: the bound
-    (b"1000000000000000\r\n", False),                     # 2^60: over it
-    (b"5 \r\nhello\r\n0\r\n\r\n", False),                 # BWS with no extension
-    (b"5 ;a=b\r\nhello\r\n0\r\n\r\n", True),              # BWS before an extension
-])
+@pytest.mark.parametrize(
+    "body, ok",
+    [
+        (b"000000000000000005\r\nhello\r\n0\r\n\r\n", True),  # leading zeros: legal
+        (b"fffffffffffffff\r\n", True),  # 15 digits: the bound
+        (b"1000000000000000\r\n", False),  # 2^60: over it
+        (b"5 \r\nhello\r\n0\r\n\r\n", False),  # BWS with no extension
+        (b"5 ;a=b\r\nhello\r\n0\r\n\r\n", True),  # BWS before an extension
+    ],
+)
 def test_native_chunk_size_line(body: bytes, ok: bool) -> None:
     from tests.fuzz import targets
 
@@ -92,11 +95,18 @@ def test_native_refuses_a_response_coding_other_than_chunked(coding: bytes) -> N
     assert out.end == "error" and "Transfer-Encoding" in out.detail, out
 
 
-@pytest.mark.parametrize("target, ok", [
-    ("http://h:1/x", True), ("http://[::1]:8080/", True), ("https://a.b-c_d~e/", True),
-    ("http://h:<<2/x", False), ("http://h\"x/", False), ("http://u@h/", False),
-    ("http:///x", False),
-])
+@pytest.mark.parametrize(
+    "target, ok",
+    [
+        ("http://h:1/x", True),
+        ("http://[::1]:8080/", True),
+        ("https://a.b-c_d~e/", True),
+        ("http://h:<<2/x", False),
+        ('http://h"x/', False),
+        ("http://u@h/", False),
+        ("http:///x", False),
+    ],
+)
 def test_absolute_target_authority(target: str, ok: bool) -> None:
     """The authority of an absolute target becomes the Host sent upstream: it was taken with
     any character the request line allows (the native path; llhttp refuses such URLs)."""

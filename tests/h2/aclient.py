@@ -116,11 +116,25 @@ class ClientConn(asyncio.Protocol):
             elif isinstance(ev, StreamEnded) and not st.done.done():
                 st.done.set_result(st)
 
-    def open(self, path: str, method: str = "POST", end_stream: bool = False, *,
-             slow_reader: bool = False, keep_body: bool = True) -> int:
-        sid = self.h2.send_request([(":method", method), (":scheme", "http"),
-                                    (":authority", "127.0.0.1"), (":path", path),
-                                    ("te", "trailers")], end_stream=end_stream)
+    def open(
+        self,
+        path: str,
+        method: str = "POST",
+        end_stream: bool = False,
+        *,
+        slow_reader: bool = False,
+        keep_body: bool = True,
+    ) -> int:
+        sid = self.h2.send_request(
+            [
+                (":method", method),
+                (":scheme", "http"),
+                (":authority", "127.0.0.1"),
+                (":path", path),
+                ("te", "trailers"),
+            ],
+            end_stream=end_stream,
+        )
         st = self.streams[sid] = Stream(keep_body=keep_body)
         if slow_reader:
             st.chunks = asyncio.Queue()

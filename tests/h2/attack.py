@@ -28,8 +28,7 @@ class Outcome:
     seconds: float = 0.0
 
 
-def headers_frame(stream_id: int, block: bytes, end_headers: bool = True,
-                  end_stream: bool = True) -> bytes:
+def headers_frame(stream_id: int, block: bytes, end_headers: bool = True, end_stream: bool = True) -> bytes:
     flags = [f for f, on in (("END_HEADERS", end_headers), ("END_STREAM", end_stream)) if on]
     f = hf.HeadersFrame(stream_id, flags=flags)
     f.data = block
@@ -104,8 +103,8 @@ class Attacker:
             if len(self._buf) < 9 + length:
                 break
             ftype = self._buf[3]
-            body = bytes(self._buf[9:9 + length])
-            del self._buf[:9 + length]
+            body = bytes(self._buf[9 : 9 + length])
+            del self._buf[: 9 + length]
             if ftype == 0x7:  # GOAWAY: last stream id, error code
                 self.out.goaway_codes.append(int.from_bytes(body[4:8], "big"))
             elif ftype == 0x3:

@@ -12,8 +12,14 @@ import time
 from monolake.worker.h2 import H2ClientSession, H2ServerSession
 from monolake.worker.h2.events import DataReceived, RequestReceived
 
-REQ = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", "/"),
-       ("user-agent", "h2load"), ("accept", "*/*")]
+REQ = [
+    (":method", "GET"),
+    (":scheme", "http"),
+    (":authority", "127.0.0.1"),
+    (":path", "/"),
+    ("user-agent", "h2load"),
+    ("accept", "*/*"),
+]
 
 
 def exchange(n: int, batch: int = 100) -> float:

@@ -27,11 +27,23 @@ class EchoServer:
 
 def start_echo(loop: str, settings: dict | None = None) -> tuple[EchoServer, subprocess.Popen]:
     port = free_port()
-    proc = subprocess.Popen([PYTHON, "-m", "tests.h2.echo_server", "--port", str(port),
-                             "--loop", loop, "--settings", json.dumps(settings or {})])
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "tests.h2.echo_server",
+            "--port",
+            str(port),
+            "--loop",
+            loop,
+            "--settings",
+            json.dumps(settings or {}),
+        ]
+    )
     try:
-        wait_for(lambda: listening_on(port) or proc.poll() is not None, timeout=15,
-                 what="echo server listening")
+        wait_for(
+            lambda: listening_on(port) or proc.poll() is not None, timeout=15, what="echo server listening"
+        )
     except AssertionError:
         kill_pids([proc.pid])
         raise

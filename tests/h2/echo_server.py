@@ -38,9 +38,18 @@ from monolake.worker.h2.session import H2ServerSession
 HIGH_WATER = 256 * 1024
 CHUNK = 16 * 1024
 
-STATS: dict[str, Any] = {"connections": 0, "requests": 0, "resets": 0, "failures": [],
-                         "goaways_sent": [], "peak_buffered": 0, "peak_transport": 0,
-                         "peak_unacked": 0, "echoed": 0, "peak_streams": 0}
+STATS: dict[str, Any] = {
+    "connections": 0,
+    "requests": 0,
+    "resets": 0,
+    "failures": [],
+    "goaways_sent": [],
+    "peak_buffered": 0,
+    "peak_transport": 0,
+    "peak_unacked": 0,
+    "echoed": 0,
+    "peak_streams": 0,
+}
 CONNS: set[EchoProtocol] = set()
 
 
@@ -125,8 +134,7 @@ class EchoProtocol(asyncio.Protocol):
         STATS["peak_buffered"] = max(STATS["peak_buffered"], self.h2.buffered)
         STATS["peak_unacked"] = max(STATS["peak_unacked"], sum(self.held.values()))
         if self.transport is not None:
-            STATS["peak_transport"] = max(STATS["peak_transport"],
-                                          self.transport.get_write_buffer_size())
+            STATS["peak_transport"] = max(STATS["peak_transport"], self.transport.get_write_buffer_size())
 
     def produce(self) -> None:
         for sid, left in list(self.downloads.items()):
@@ -167,8 +175,14 @@ class EchoProtocol(asyncio.Protocol):
             elif isinstance(ev, StreamEnded):
                 sid = ev.stream_id
                 if self.kind.get(sid) == "echo":
-                    h2.send_trailers(sid, [("grpc-status", "0"), ("grpc-message", "echoed"),
-                                           ("x-received", str(self.received.get(sid, 0)))])
+                    h2.send_trailers(
+                        sid,
+                        [
+                            ("grpc-status", "0"),
+                            ("grpc-message", "echoed"),
+                            ("x-received", str(self.received.get(sid, 0))),
+                        ],
+                    )
             elif isinstance(ev, (StreamReset, StreamClosed)):
                 if isinstance(ev, StreamReset):
                     STATS["resets"] += 1
@@ -190,9 +204,14 @@ class EchoProtocol(asyncio.Protocol):
             self.downloads[sid] = int(path[6:])
         elif path == b"/stats":
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            body = json.dumps({**STATS, "maxrss_kb": usage.ru_maxrss,
-                               "cpu": usage.ru_utime + usage.ru_stime,
-                               "rss_kb": rss_kb()}).encode()
+            body = json.dumps(
+                {
+                    **STATS,
+                    "maxrss_kb": usage.ru_maxrss,
+                    "cpu": usage.ru_utime + usage.ru_stime,
+                    "rss_kb": rss_kb(),
+                }
+            ).encode()
             h2.send_headers(sid, [(":status", "200"), ("content-type", "application/json")])
             h2.send_data(sid, body, end_stream=True)
         elif path == b"/drain":
@@ -220,8 +239,7 @@ def rss_kb() -> int:
 
 async def serve(port: int, settings: H2Settings) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: EchoProtocol(settings), "127.0.0.1", port,
-                                      reuse_address=True)
+    server = await loop.create_server(lambda: EchoProtocol(settings), "127.0.0.1", port, reuse_address=True)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     async with server:

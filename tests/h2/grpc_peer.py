@@ -36,13 +36,17 @@ def main() -> None:
     ap.add_argument("--cert", help="PEM chain: serve TLS (grpcio offers ALPN h2 only)")
     ap.add_argument("--key")
     args = ap.parse_args()
-    handler = grpc.method_handlers_generic_handler("test.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream),
-    })
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
-                         options=[("grpc.max_receive_message_length", 16 << 20),
-                                  ("grpc.max_send_message_length", 16 << 20)])
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+        },
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=4),
+        options=[("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)],
+    )
     server.add_generic_rpc_handlers((handler,))
     if args.cert:
         with open(args.cert, "rb") as c, open(args.key, "rb") as k:

@@ -47,8 +47,13 @@ class H2LibClient:
             self.sock.sendall(data)
 
     def headers(self, path: str, method: str = "GET", extra: list | None = None) -> list:
-        return [(":method", method), (":scheme", "http"), (":authority", "127.0.0.1"),
-                (":path", path), *(extra or [])]
+        return [
+            (":method", method),
+            (":scheme", "http"),
+            (":authority", "127.0.0.1"),
+            (":path", path),
+            *(extra or []),
+        ]
 
     def open(self, path: str, method: str = "GET", end_stream: bool = True) -> int:
         sid = self.conn.get_next_available_stream_id()
@@ -61,8 +66,7 @@ class H2LibClient:
         """Send within the peer's window, reading (and acknowledging) while waiting for it."""
         view = memoryview(data)
         while view:
-            window = min(self.conn.local_flow_control_window(sid),
-                         self.conn.max_outbound_frame_size)
+            window = min(self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size)
             if window <= 0:
                 self.pump(until=lambda: self.conn.local_flow_control_window(sid) > 0)
                 continue

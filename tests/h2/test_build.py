@@ -12,8 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_build() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("h2_build_under_test",
-                                                  ROOT / "worker" / "h2" / "_build.py")
+    spec = importlib.util.spec_from_file_location("h2_build_under_test", ROOT / "worker" / "h2" / "_build.py")
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
@@ -25,23 +24,22 @@ def test_the_installed_header_has_every_defence() -> None:
     build.check_header()  # no raise on this machine (Debian 12's patched 1.52)
 
 
-def test_an_old_header_is_refused_with_the_reason(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_an_old_header_is_refused_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     build = load_build()
     old = tmp_path / "nghttp2.h"
-    old.write_text("NGHTTP2_EXTERN void nghttp2_option_set_max_settings(nghttp2_option *o, "
-                   "size_t v);\n")
+    old.write_text("NGHTTP2_EXTERN void nghttp2_option_set_max_settings(nghttp2_option *o, size_t v);\n")
     monkeypatch.setattr(build, "find_header", lambda: str(old))
-    with pytest.raises(RuntimeError, match="nghttp2_option_set_stream_reset_rate_limit, "
-                                           "nghttp2_option_set_max_continuations"):
+    with pytest.raises(
+        RuntimeError, match="nghttp2_option_set_stream_reset_rate_limit, nghttp2_option_set_max_continuations"
+    ):
         build.check_header()
     assert build.extensions() == []  # optional: setup.py carries on without h2
     assert "not building the HTTP/2 extension" in capsys.readouterr().err
 
 
-def test_no_header_means_no_extension(monkeypatch: pytest.MonkeyPatch,
-                                      capsys: pytest.CaptureFixture) -> None:
+def test_no_header_means_no_extension(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     build = load_build()
     monkeypatch.setattr(build, "find_header", lambda: None)
     assert build.extensions() == []
@@ -57,7 +55,20 @@ def test_the_c_glue_compiles_cleanly_with_warnings_as_errors(tmp_path: Path) -> 
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    out = subprocess.run([cc, "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-c",
-                          str(ROOT / "worker" / "h2" / "mh2.c"), "-o", str(tmp_path / "mh2.o")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [
+            cc,
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-std=gnu11",
+            "-c",
+            str(ROOT / "worker" / "h2" / "mh2.c"),
+            "-o",
+            str(tmp_path / "mh2.o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr

@@ -26,31 +26,45 @@ from tests.http.upstream import UpstreamServer, pattern
 from tests.support import free_port, kill_pids
 
 
-def config(up_port: int, *, scheme: str = "http", version: str = "http11", tls: Cert | None = None,
-           http2: str = "", server_extra: str = "", route_extra: str = "") -> str:
+def config(
+    up_port: int,
+    *,
+    scheme: str = "http",
+    version: str = "http11",
+    tls: Cert | None = None,
+    http2: str = "",
+    server_extra: str = "",
+    route_extra: str = "",
+) -> str:
     tls_table = ""
     if tls is not None:
         tls_table = f'[servers.px.tls]\nchain = "{tls.chain}"\nkey = "{tls.key}"\n'
     h2_table = f"[servers.px.http2]\n{http2}\n" if http2 else ""
-    return textwrap.dedent(f"""
+    return (
+        textwrap.dedent(f"""
         [servers.px]
         proxy_type = "http"
         listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
         access_log = true
         upstream_http_version = "{version}"
         {server_extra}
-    """) + tls_table + h2_table + textwrap.dedent(f"""
+    """)
+        + tls_table
+        + h2_table
+        + textwrap.dedent(f"""
         [[servers.px.routes]]
         path_prefix = "/"
         preserve_path = true
         {route_extra}
         upstreams = [{{ endpoint = {{ type = "uri", value = "{scheme}://127.0.0.1:{up_port}" }} }}]
     """)
+    )
 
 
 def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(["curl", "-sS", "--max-time", str(timeout), *args],
-                          capture_output=True, timeout=timeout + 5)
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(timeout), *args], capture_output=True, timeout=timeout + 5
+    )
 
 
 def curl_json(*args: str) -> tuple[str, dict]:
@@ -89,15 +103,15 @@ def h2_peer(tmp_path: Path) -> Iterator[Peer]:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamServer,
-                                            loop: str) -> None:
+def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamServer, loop: str) -> None:
     """curl --http2-prior-knowledge and HTTP/1.1 on one port; the h2 request reaches the
     HTTP/1.1 upstream translated: Host from :authority, X-Forwarded-*, no TE, DATA as
     Content-Length or chunked; one access-log line per stream, version 2.0."""
     with run_worker(tmp_path, config(upstream.port), loop=loop) as w:
         url = f"http://127.0.0.1:{w.port()}"
-        version, info = curl_json("--http2-prior-knowledge", "-H", "te: trailers",
-                                  "--data-binary", "hello h2", f"{url}/info?a=1")
+        version, info = curl_json(
+            "--http2-prior-knowledge", "-H", "te: trailers", "--data-binary", "hello h2", f"{url}/info?a=1"
+        )
         assert version == "2", version
         h = dict(info["headers"])
         assert info["method"] == "POST" and info["target"] == "/info?a=1", info
@@ -110,9 +124,23 @@ def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamSe
 
         # a body without content-length (curl -T - streams stdin): chunked upstream
         data = pattern(300_000)
-        r = subprocess.run(["curl", "-sS", "--max-time", "20", "--http2-prior-knowledge",
-                            "-T", "-", "-X", "POST", f"{url}/sink"], input=data,
-                           capture_output=True, timeout=25)
+        r = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "--http2-prior-knowledge",
+                "-T",
+                "-",
+                "-X",
+                "POST",
+                f"{url}/sink",
+            ],
+            input=data,
+            capture_output=True,
+            timeout=25,
+        )
         assert r.returncode == 0, r.stderr
         info = json.loads(r.stdout)
         assert dict(info["headers"]).get("transfer-encoding") == "chunked", info["headers"]
@@ -131,8 +159,9 @@ def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamSe
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_h2_over_tls_by_alpn(tmp_path: Path, upstream: UpstreamServer,
-                             tls_cert: tuple[Cert, Cert], loop: str) -> None:
+def test_h2_over_tls_by_alpn(
+    tmp_path: Path, upstream: UpstreamServer, tls_cert: tuple[Cert, Cert], loop: str
+) -> None:
     """TLS offers h2 and http/1.1 by default; ``alpn = ["http/1.1"]`` keeps h2 off."""
     ca, cert = tls_cert
     with run_worker(tmp_path, config(upstream.port, tls=cert), loop=loop) as w:
@@ -144,8 +173,7 @@ def test_h2_over_tls_by_alpn(tmp_path: Path, upstream: UpstreamServer,
         assert version == "1.1"
     cfg = config(upstream.port, tls=cert, http2='alpn = ["http/1.1"]')
     with run_worker(tmp_path, cfg) as w:
-        version, _ = curl_json("--http2", "--cacert", str(ca.chain),
-                               f"https://127.0.0.1:{w.port()}/info")
+        version, _ = curl_json("--http2", "--cacert", str(ca.chain), f"https://127.0.0.1:{w.port()}/info")
         assert version == "1.1"
 
 
@@ -153,8 +181,14 @@ def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple
     """h2 in and h2 out (the H2Pool), plain and over TLS; trailers pass through."""
     ca, cert = tls_cert
     with run_worker(tmp_path, config(h2_peer.port, version="http2", tls=cert)) as w:
-        r = curl("--http2", "--cacert", str(ca.chain), "-w", "\n%{http_version}",
-                 f"https://127.0.0.1:{w.port()}/echo-head")
+        r = curl(
+            "--http2",
+            "--cacert",
+            str(ca.chain),
+            "-w",
+            "\n%{http_version}",
+            f"https://127.0.0.1:{w.port()}/echo-head",
+        )
         body, _, version = r.stdout.rpartition(b"\n")
         assert r.returncode == 0 and version == b"2", r
         head = json.loads(body)
@@ -178,8 +212,11 @@ def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple
 def test_nghttp_sees_configured_settings(tmp_path: Path, upstream: UpstreamServer) -> None:
     cfg = config(upstream.port, http2="max_concurrent_streams = 7\ninitial_window_size = 1048576")
     with run_worker(tmp_path, cfg) as w:
-        r = subprocess.run(["nghttp", "-nv", "-t", "15", f"http://127.0.0.1:{w.port()}/info"],
-                           capture_output=True, timeout=20)
+        r = subprocess.run(
+            ["nghttp", "-nv", "-t", "15", f"http://127.0.0.1:{w.port()}/info"],
+            capture_output=True,
+            timeout=20,
+        )
         out = r.stdout.decode()
         assert r.returncode == 0, out + r.stderr.decode()
         assert "SETTINGS_MAX_CONCURRENT_STREAMS(0x03):7" in out, out
@@ -190,9 +227,11 @@ def test_nghttp_sees_configured_settings(tmp_path: Path, upstream: UpstreamServe
 def test_h2load_short_run(tmp_path: Path, upstream: UpstreamServer) -> None:
     """h2load: 2000 requests on 4 connections, 20 streams each: every one succeeds."""
     with run_worker(tmp_path, config(upstream.port)) as w:
-        r = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "20",
-                            f"http://127.0.0.1:{w.port()}/bytes?n=100"],
-                           capture_output=True, timeout=120)
+        r = subprocess.run(
+            ["h2load", "-n", "2000", "-c", "4", "-m", "20", f"http://127.0.0.1:{w.port()}/bytes?n=100"],
+            capture_output=True,
+            timeout=120,
+        )
         out = r.stdout.decode()
         assert r.returncode == 0, out + r.stderr.decode()
         assert re.search(r"requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed", out), out
@@ -211,8 +250,12 @@ def test_odd_client_100_continue_and_errors(tmp_path: Path, upstream: UpstreamSe
             c.conn.send_headers(sid, c.headers("/up/sink", "POST", [("expect", "100-continue")]))
             c.responses[sid] = Response()
             c.flush()
-            c.pump(lambda: any(getattr(e, "stream_id", 0) == sid and
-                               type(e).__name__ == "InformationalResponseReceived" for e in c.events))
+            c.pump(
+                lambda: any(
+                    getattr(e, "stream_id", 0) == sid and type(e).__name__ == "InformationalResponseReceived"
+                    for e in c.events
+                )
+            )
             c.send_body(sid, b"y" * 5000)
             resp = c.wait(sid)
             assert resp.status == 200 and json.loads(bytes(resp.body))["length"] == 5000
@@ -257,15 +300,15 @@ def test_big_bodies_keep_worker_memory_bounded(tmp_path: Path, upstream: Upstrea
 def test_request_limits_apply_to_streams(tmp_path: Path, upstream: UpstreamServer) -> None:
     """The server's limits hold for h2 streams as for HTTP/1.1 requests: max_uri_size (414),
     max_headers (431), max_body_size (413), each on its stream; the connection goes on."""
-    cfg = config(upstream.port, server_extra="max_uri_size = 64\nmax_headers = 10\n"
-                                             "max_body_size = 1000")
+    cfg = config(upstream.port, server_extra="max_uri_size = 64\nmax_headers = 10\nmax_body_size = 1000")
     with run_worker(tmp_path, cfg) as w:
         c = H2LibClient(w.port(), timeout=20)
         try:
             assert c.request("/info?" + "q" * 100).status == 414
             sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, c.headers("/info", "GET", [(f"x-h{i}", "v") for i in range(12)]),
-                                end_stream=True)
+            c.conn.send_headers(
+                sid, c.headers("/info", "GET", [(f"x-h{i}", "v") for i in range(12)]), end_stream=True
+            )
             c.responses[sid] = Response()
             c.flush()
             assert c.wait(sid).status == 431
@@ -275,8 +318,7 @@ def test_request_limits_apply_to_streams(tmp_path: Path, upstream: UpstreamServe
             c.close()
 
 
-def test_preface_split_across_reads_and_http11_lookalikes(tmp_path: Path,
-                                                          upstream: UpstreamServer) -> None:
+def test_preface_split_across_reads_and_http11_lookalikes(tmp_path: Path, upstream: UpstreamServer) -> None:
     """The sniff waits for the whole preface: a preface in three writes is h2; a PUT sent a
     byte at a time (its "P" is the preface's first byte) and a "PRI" that is not the preface
     are HTTP/1.1, parsed from their first byte."""
@@ -319,8 +361,8 @@ def test_idle_connection_gets_goaway_and_closes(tmp_path: Path, upstream: Upstre
         goaways = []
         while len(data) >= 9:
             frame, length = hf.Frame.parse_frame_header(memoryview(data[:9]))
-            frame.parse_body(memoryview(data[9:9 + length]))
-            data = data[9 + length:]
+            frame.parse_body(memoryview(data[9 : 9 + length]))
+            data = data[9 + length :]
             if isinstance(frame, hf.GoAwayFrame):
                 goaways.append(frame.error_code)
         assert goaways == [0] and 0.9 <= took < 4, (goaways, took)

@@ -20,17 +20,21 @@ def write(tmp_path: Path, http2: str | None = "", tls: bool = False, extra: str 
         cert = make_cert(tmp_path, ca, "web", ["127.0.0.1"])
         tls_table = f'[servers.web.tls]\nchain = "{cert.chain}"\nkey = "{cert.key}"\n'
     path = tmp_path / "monolake.toml"
-    path.write_text(textwrap.dedent(f"""
+    path.write_text(
+        textwrap.dedent(f"""
         [servers.web]
         proxy_type = "http"
         listener = {{ type = "socket", value = "127.0.0.1:8080" }}
         {extra}
-    """) + tls_table + (f"[servers.web.http2]\n{http2}\n" if http2 is not None else "")
+    """)
+        + tls_table
+        + (f"[servers.web.http2]\n{http2}\n" if http2 is not None else "")
         + textwrap.dedent("""
         [[servers.web.routes]]
         path = "/"
         upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:8081" } }]
-    """))
+    """)
+    )
     return path
 
 
@@ -52,52 +56,62 @@ def test_defaults_follow_nginx_and_envoy(tmp_path: Path) -> None:
 
 
 def test_values_and_alpn(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, 'max_concurrent_streams = 16\nidle_timeout_sec = 5\n'
-                                      'alpn = ["http/1.1", "h2"]', tls=True))
+    cfg = load_config(
+        write(
+            tmp_path, 'max_concurrent_streams = 16\nidle_timeout_sec = 5\nalpn = ["http/1.1", "h2"]', tls=True
+        )
+    )
     h = cfg.servers["web"].http2
     assert h.max_concurrent_streams == 16 and h.idle_timeout_sec == 5.0
     assert h.alpn == ("http/1.1", "h2")
     assert load_config(write(tmp_path, "enabled = false")).servers["web"].http2.enabled is False
 
 
-@pytest.mark.parametrize("line,message", [
-    ("max_concurrent_streams = 0", "servers.web.http2.max_concurrent_streams: expected an integer"),
-    ("initial_window_size = 2147483648", "servers.web.http2.initial_window_size"),
-    ("max_frame_size = 1000", "servers.web.http2.max_frame_size"),
-    ("max_header_list_size = 100", "servers.web.http2.max_header_list_size"),
-    ('idle_timeout_sec = "5s"', "servers.web.http2.idle_timeout_sec"),
-    ("max_streams = 4", 'unknown key "max_streams"'),
-    ('alpn = ["h2"]', "no alpn on a listener without tls"),
-    ("enabled = 1", "servers.web.http2.enabled: expected true or false"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("max_concurrent_streams = 0", "servers.web.http2.max_concurrent_streams: expected an integer"),
+        ("initial_window_size = 2147483648", "servers.web.http2.initial_window_size"),
+        ("max_frame_size = 1000", "servers.web.http2.max_frame_size"),
+        ("max_header_list_size = 100", "servers.web.http2.max_header_list_size"),
+        ('idle_timeout_sec = "5s"', "servers.web.http2.idle_timeout_sec"),
+        ("max_streams = 4", 'unknown key "max_streams"'),
+        ('alpn = ["h2"]', "no alpn on a listener without tls"),
+        ("enabled = 1", "servers.web.http2.enabled: expected true or false"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, line: str, message: str) -> None:
     assert message in errors(tmp_path, line)
 
 
-@pytest.mark.parametrize("alpn,message", [
-    ("[]", "an empty array"),
-    ('["h3"]', 'a non-empty array of "h2" and/or "http/1.1"'),
-    ('["h2", "h2"]', "each at most once"),
-])
+@pytest.mark.parametrize(
+    "alpn,message",
+    [
+        ("[]", "an empty array"),
+        ('["h3"]', 'a non-empty array of "h2" and/or "http/1.1"'),
+        ('["h2", "h2"]', "each at most once"),
+    ],
+)
 def test_bad_alpn(tmp_path: Path, alpn: str, message: str) -> None:
     assert message in errors(tmp_path, f"alpn = {alpn}", tls=True)
 
 
 def test_h2_alpn_with_h2_disabled_is_an_error(tmp_path: Path) -> None:
-    assert 'no "h2" with enabled = false' in errors(tmp_path, 'enabled = false\nalpn = ["h2"]',
-                                                   tls=True)
+    assert 'no "h2" with enabled = false' in errors(tmp_path, 'enabled = false\nalpn = ["h2"]', tls=True)
 
 
 def test_http2_refused_on_thrift_servers(tmp_path: Path) -> None:
     path = tmp_path / "t.toml"
-    path.write_text(textwrap.dedent("""
+    path.write_text(
+        textwrap.dedent("""
         [servers.t]
         proxy_type = "thrift"
         listener = { type = "socket", value = "127.0.0.1:9090" }
         route = { upstreams = [{ endpoint = { type = "socket", value = "127.0.0.1:9091" } }] }
         [servers.t.http2]
         enabled = true
-    """))
+    """)
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path)
     assert "servers.t.http2" in str(err.value) and "proxy_type" in str(err.value)

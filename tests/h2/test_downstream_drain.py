@@ -54,8 +54,7 @@ class RawClient:
 
     def get(self, path: str) -> int:
         sid, self.next_sid = self.next_sid, self.next_sid + 2
-        req = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"),
-               (":path", path)]
+        req = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"), (":path", path)]
         self.sock.sendall(attack.headers_frame(sid, self.enc.encode(req)))
         return sid
 
@@ -81,8 +80,8 @@ class RawClient:
             frame, length = hf.Frame.parse_frame_header(memoryview(self.buf[:9]))
             if len(self.buf) < 9 + length:
                 return
-            frame.parse_body(memoryview(bytes(self.buf[9:9 + length])))
-            del self.buf[:9 + length]
+            frame.parse_body(memoryview(bytes(self.buf[9 : 9 + length])))
+            del self.buf[: 9 + length]
             self._frame(frame)
 
     def _frame(self, f: hf.Frame) -> None:
@@ -129,8 +128,11 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
             sid = c.get("/first")
             c.pump(lambda: sid in c.ended)
             # metrics by protocol: the heartbeat carries the h2 counters (also in /metrics)
-            wait_for(lambda: sum(w["stats"].get("h2_requests", 0) for w in m.status()["workers"])
-                     == 1, 10, what="h2_requests in the status")
+            wait_for(
+                lambda: sum(w["stats"].get("h2_requests", 0) for w in m.status()["workers"]) == 1,
+                10,
+                what="h2_requests in the status",
+            )
             stats = m.status()["workers"][0]["stats"]
             assert stats["h2_connections_total"] == 1 and stats["requests"] == 1, stats
             result: list[subprocess.CompletedProcess] = []
@@ -154,15 +156,15 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
         wait_for(lambda: m.proc.poll() is not None, timeout=30, what="master exited")
 
 
-def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory,
-                                                               tmp_path: Path) -> None:
+def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, tmp_path: Path) -> None:
     """reload_mode = "in_place": an h2 connection on the retired stack drains (GOAWAY, its
     stream in flight finishes there), so the client's next connection sees the new routes
     (an HTTP/1.1 keep-alive connection would simply finish on the old stack)."""
     port = free_port()
     with UpstreamServer("h1") as up:
         text = daemon_config(tmp_path, port, up.port).replace(
-            "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n')
+            "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n'
+        )
         m = master_factory(text)
         m.wait_ready()
         pid = m.worker_pids()
@@ -175,8 +177,9 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory,
                 path = "/new"
                 upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
             """)
-            m.config_path.write_text(text.replace(
-                "[[servers.web.routes]]", new_route.strip() + "\n\n[[servers.web.routes]]", 1))
+            m.config_path.write_text(
+                text.replace("[[servers.web.routes]]", new_route.strip() + "\n\n[[servers.web.routes]]", 1)
+            )
             result: list[subprocess.CompletedProcess] = []
             reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
             slow_stream_survives(c, reload.start)

@@ -49,9 +49,13 @@ def still_served(w: Worker) -> None:
         c.close()
 
 
-def assert_defended(served: tuple[Worker, UpstreamServer], make: Callable[[], Iterable[bytes]],
-                    *, read: bool = True, codes: tuple[int, ...] = (ENHANCE_YOUR_CALM,)
-                    ) -> tuple[attack.Outcome, int]:
+def assert_defended(
+    served: tuple[Worker, UpstreamServer],
+    make: Callable[[], Iterable[bytes]],
+    *,
+    read: bool = True,
+    codes: tuple[int, ...] = (ENHANCE_YOUR_CALM,),
+) -> tuple[attack.Outcome, int]:
     w, up = served
     rss, cpu, requests = w.rss_kib(), cpu_seconds(w.proc.pid), up.requests
     out = attack.Attacker(w.port(), read=read, rcvbuf=None if read else 4096).run(make(), deadline=30)
@@ -67,8 +71,9 @@ def assert_defended(served: tuple[Worker, UpstreamServer], make: Callable[[], It
 
 
 def test_rapid_reset(served: tuple[Worker, UpstreamServer]) -> None:
-    out, reached = assert_defended(served, lambda: attack.rapid_reset(20_000),
-                                   codes=(INTERNAL_ERROR, ENHANCE_YOUR_CALM))
+    out, reached = assert_defended(
+        served, lambda: attack.rapid_reset(20_000), codes=(INTERNAL_ERROR, ENHANCE_YOUR_CALM)
+    )
     assert reached < 200, reached  # opened and cancelled in one read: never proxied
     assert out.sent < 20_000 * 20
 
@@ -96,10 +101,15 @@ def test_zero_window_stall(served: tuple[Worker, UpstreamServer]) -> None:
     sock = socket.create_connection(("127.0.0.1", w.port()), timeout=10)
     try:
         settings = hf.SettingsFrame(0, settings={hf.SettingsFrame.INITIAL_WINDOW_SIZE: 0})
-        req = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1"),
-               (":path", "/bytes?n=1000000")]
-        sock.sendall(attack.PREFACE + settings.serialize()
-                     + attack.headers_frame(1, hpack.Encoder().encode(req)))
+        req = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "127.0.0.1"),
+            (":path", "/bytes?n=1000000"),
+        ]
+        sock.sendall(
+            attack.PREFACE + settings.serialize() + attack.headers_frame(1, hpack.Encoder().encode(req))
+        )
         start = time.monotonic()
         still_served(w)
         buf = bytearray()
@@ -112,8 +122,8 @@ def test_zero_window_stall(served: tuple[Worker, UpstreamServer]) -> None:
                 frame, length = hf.Frame.parse_frame_header(memoryview(buf[:9]))
                 if len(buf) < 9 + length:
                     break
-                frame.parse_body(memoryview(bytes(buf[9:9 + length])))
-                del buf[:9 + length]
+                frame.parse_body(memoryview(bytes(buf[9 : 9 + length])))
+                del buf[: 9 + length]
                 if isinstance(frame, hf.SettingsFrame) and "ACK" not in frame.flags:
                     sock.sendall(hf.SettingsFrame(0, flags=["ACK"]).serialize())
                 assert not isinstance(frame, hf.DataFrame) or not frame.data, "DATA past a 0 window"

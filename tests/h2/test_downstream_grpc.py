@@ -26,8 +26,7 @@ from tests.support import free_port, wait_for
 grpc = pytest.importorskip("grpc")
 
 BIG = bytes(range(256)) * (3 * 4096)  # 3 MiB
-OPTIONS = [("grpc.max_receive_message_length", 16 << 20),
-           ("grpc.max_send_message_length", 16 << 20)]
+OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
 
 
 class Servicer:
@@ -77,15 +76,18 @@ class Servicer:
 @pytest.fixture
 def upstream() -> Iterator[tuple[int, Servicer]]:
     svc = Servicer()
-    handler = grpc.method_handlers_generic_handler("test.Echo", {
-        "Unary": grpc.unary_unary_rpc_method_handler(svc.unary),
-        "ServerStream": grpc.unary_stream_rpc_method_handler(svc.server_stream),
-        "ClientStream": grpc.stream_unary_rpc_method_handler(svc.client_stream),
-        "Bidi": grpc.stream_stream_rpc_method_handler(svc.bidi),
-        "Hang": grpc.unary_unary_rpc_method_handler(svc.hang),
-        "ServerCancel": grpc.unary_stream_rpc_method_handler(svc.server_cancel),
-        "Slow": grpc.unary_stream_rpc_method_handler(svc.slow),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(svc.unary),
+            "ServerStream": grpc.unary_stream_rpc_method_handler(svc.server_stream),
+            "ClientStream": grpc.stream_unary_rpc_method_handler(svc.client_stream),
+            "Bidi": grpc.stream_stream_rpc_method_handler(svc.bidi),
+            "Hang": grpc.unary_unary_rpc_method_handler(svc.hang),
+            "ServerCancel": grpc.unary_stream_rpc_method_handler(svc.server_cancel),
+            "Slow": grpc.unary_stream_rpc_method_handler(svc.slow),
+        },
+    )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -114,12 +116,15 @@ def proxy(up_port: int, **kw: object) -> str:
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "tls"])
-def test_call_shapes_status_and_metadata(tmp_path: Path, upstream: tuple[int, Servicer],
-                                         pki: tuple[Cert, Cert], tls: bool) -> None:
+def test_call_shapes_status_and_metadata(
+    tmp_path: Path, upstream: tuple[int, Servicer], pki: tuple[Cert, Cert], tls: bool
+) -> None:
     up_port, _svc = upstream
     ca, cert = pki
-    with run_worker(tmp_path, proxy(up_port, tls=cert if tls else None)) as w, \
-            channel(w.port(), ca if tls else None) as ch:
+    with (
+        run_worker(tmp_path, proxy(up_port, tls=cert if tls else None)) as w,
+        channel(w.port(), ca if tls else None) as ch,
+    ):
         unary = ch.unary_unary("/test.Echo/Unary")
         resp, call = unary.with_call(b"hello grpc", timeout=10)
         assert resp == b"cprg olleh"
@@ -190,9 +195,15 @@ def test_grpc_timeout_is_the_upstream_deadline(tmp_path: Path) -> None:
         c = H2LibClient(w.port(), timeout=20)
         try:
             sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, c.headers("/slow?delay=5", "POST", [
-                ("content-type", "application/grpc"), ("te", "trailers"),
-                ("grpc-timeout", "300m")]), end_stream=True)
+            c.conn.send_headers(
+                sid,
+                c.headers(
+                    "/slow?delay=5",
+                    "POST",
+                    [("content-type", "application/grpc"), ("te", "trailers"), ("grpc-timeout", "300m")],
+                ),
+                end_stream=True,
+            )
             c.responses[sid] = Response()
             c.flush()
             start = time.monotonic()
@@ -212,12 +223,16 @@ def test_proxy_failures_are_grpc_statuses(tmp_path: Path, upstream: tuple[int, S
     up_port, _svc = upstream
     cfg = proxy(up_port, server_extra="timeout = { upstream_read_timeout_sec = 0.5 }")
     cfg = cfg.replace('path_prefix = "/"', 'path_prefix = "/test.Echo/"')
-    cfg += (f'\n[[servers.px.routes]]\npath_prefix = "/down.Svc/"\nupstream_http_version = "http2"\n'
-            f'upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{free_port()}" }} }}]\n')
+    cfg += (
+        f'\n[[servers.px.routes]]\npath_prefix = "/down.Svc/"\nupstream_http_version = "http2"\n'
+        f'upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{free_port()}" }} }}]\n'
+    )
     with run_worker(tmp_path, cfg) as w, channel(w.port()) as ch:
-        cases = [("/other.Svc/Call", grpc.StatusCode.UNIMPLEMENTED, "no route"),
-                 ("/down.Svc/Call", grpc.StatusCode.UNAVAILABLE, "connect to"),
-                 ("/test.Echo/Hang", grpc.StatusCode.DEADLINE_EXCEEDED, "timeout")]
+        cases = [
+            ("/other.Svc/Call", grpc.StatusCode.UNIMPLEMENTED, "no route"),
+            ("/down.Svc/Call", grpc.StatusCode.UNAVAILABLE, "connect to"),
+            ("/test.Echo/Hang", grpc.StatusCode.DEADLINE_EXCEEDED, "timeout"),
+        ]
         for path, code, words in cases:
             with pytest.raises(grpc.RpcError) as err:
                 ch.unary_unary(path)(b"x", timeout=10)
@@ -226,8 +241,9 @@ def test_proxy_failures_are_grpc_statuses(tmp_path: Path, upstream: tuple[int, S
         assert ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=10) == b"ko"
 
 
-def test_reload_under_grpc_load_loses_nothing(master_factory, tmp_path: Path,
-                                              upstream: tuple[int, Servicer]) -> None:
+def test_reload_under_grpc_load_loses_nothing(
+    master_factory, tmp_path: Path, upstream: tuple[int, Servicer]
+) -> None:
     """Through ``monolaked``: unary calls in a loop and a 3 s server stream while the daemon
     reloads. The stream finishes on the old generation (GOAWAY lets it), no unary call fails
     (grpcio sends new calls on a new connection after the GOAWAY), and calls go on after."""

@@ -18,8 +18,14 @@ RSS_BOUND_KB = 32 * 1024  # growth allowed for the whole attack (the echo server
 CPU_BOUND_S = 3.0
 
 
-def assert_defended(echo: EchoServer, make: Callable[[], Iterable[bytes]], *, read: bool = True,
-                    codes: tuple[int, ...] = (ENHANCE_YOUR_CALM,), failure: str = "") -> tuple:
+def assert_defended(
+    echo: EchoServer,
+    make: Callable[[], Iterable[bytes]],
+    *,
+    read: bool = True,
+    codes: tuple[int, ...] = (ENHANCE_YOUR_CALM,),
+    failure: str = "",
+) -> tuple:
     before = stats(echo.port)
     rcvbuf = None if read else 4096
     out = attack.Attacker(echo.port, read=read, rcvbuf=rcvbuf).run(make(), deadline=30)
@@ -47,8 +53,9 @@ def test_rapid_reset_is_cut_off(echo: EchoServer) -> None:
     """CVE-2023-44487: 20 000 HEADERS+RST_STREAM pairs; nghttp2's reset rate limit (burst 1000)
     sends GOAWAY, and a stream reset within the read that opened it never reaches the
     application (only a pair split across two reads can)."""
-    out, before, after = assert_defended(echo, lambda: attack.rapid_reset(20_000),
-                                         codes=(INTERNAL_ERROR, ENHANCE_YOUR_CALM))
+    out, before, after = assert_defended(
+        echo, lambda: attack.rapid_reset(20_000), codes=(INTERNAL_ERROR, ENHANCE_YOUR_CALM)
+    )
     processed = after["requests"] - before["requests"] - 1  # minus the /stats request
     assert processed < 100, processed
     assert out.sent < 20_000 * 20  # it stopped reading the attack, too
@@ -57,8 +64,9 @@ def test_rapid_reset_is_cut_off(echo: EchoServer) -> None:
 def test_continuation_flood_is_cut_off(echo: EchoServer) -> None:
     """CVE-2024-28182: one header block continued by 100 000 CONTINUATION frames; nghttp2
     stops at max_continuations (8) with GOAWAY(ENHANCE_YOUR_CALM)."""
-    out, before, after = assert_defended(echo, lambda: attack.continuation_flood(100_000),
-                                         failure="CONTINUATION")
+    out, before, after = assert_defended(
+        echo, lambda: attack.continuation_flood(100_000), failure="CONTINUATION"
+    )
     assert after["requests"] - before["requests"] == 1  # only /stats: no request was built
     assert out.sent < 1_000_000
 
@@ -67,15 +75,15 @@ def test_continuation_flood_is_cut_off(echo: EchoServer) -> None:
 def test_control_frame_flood_without_reading_is_cut_off(echo: EchoServer, kind: str) -> None:
     """SETTINGS or PING frames each demanding an ACK, from a client that reads nothing: the
     ACK queue is bounded (max_outbound_ack) and the session fails with ERR_FLOODED."""
-    assert_defended(echo, lambda: attack.control_flood(kind, 2_000_000), read=False,
-                    failure="Flooding")
+    assert_defended(echo, lambda: attack.control_flood(kind, 2_000_000), read=False, failure="Flooding")
 
 
 def test_hpack_bomb_is_cut_off(echo: EchoServer) -> None:
     """A 40-byte header block that decodes to 120 KB (a 4 KiB table entry referenced 30 times):
     never collected past max_header_list_size, each stream reset, and after the peer-error
     budget the connection gets GOAWAY(ENHANCE_YOUR_CALM). No request reached the application."""
-    out, before, after = assert_defended(echo, lambda: attack.hpack_bomb(5_000),
-                                         failure="header list too large")
+    out, before, after = assert_defended(
+        echo, lambda: attack.hpack_bomb(5_000), failure="header list too large"
+    )
     assert after["requests"] - before["requests"] == 1
     assert out.rst_streams > 0

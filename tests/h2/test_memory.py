@@ -30,23 +30,29 @@ from monolake.worker.h2.events import (
 )
 from monolake.worker.h2.session import _Session
 
-REQ = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"example.test"),
-       (b":path", b"/svc/Method"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+REQ = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"example.test"),
+    (b":path", b"/svc/Method"),
+    (b"content-type", b"application/grpc"),
+    (b"te", b"trailers"),
+]
 
 
 def lib_client() -> h2.connection.H2Connection:
-    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
-                                                             header_encoding=None))
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     c.initiate_connection()
     return c
 
 
 def lib_server(max_concurrent_streams: int | None = None) -> h2.connection.H2Connection:
-    s = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                             header_encoding=None))
+    s = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
     if max_concurrent_streams is not None:
-        s.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams})
+        s.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_concurrent_streams},
+        )
     s.initiate_connection()
     return s
 
@@ -92,8 +98,7 @@ def test_server_request_body_response_and_grpc_trailers() -> None:
     assert of(peer, h2.events.ResponseReceived)[0].headers[0] == (b":status", b"200")
     assert b"".join(e.data for e in of(peer, h2.events.DataReceived)) == b"\0\0\0\0\x02ok"
     trailers = of(peer, h2.events.TrailersReceived)[0]
-    assert trailers.headers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine"),
-                                (b"x-meta", b"v")]
+    assert trailers.headers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine"), (b"x-meta", b"v")]
     assert of(peer, h2.events.StreamEnded)
     assert of(s.pop_events(), StreamClosed)[0].stream_id == 1
     assert s.open_streams == 0
@@ -104,8 +109,16 @@ def test_server_trailers_only_response_and_informational() -> None:
     c.send_headers(1, [*REQ, (b"expect", b"100-continue")])
     to_ours(c, s)
     s.send_headers(1, [(":status", "100")])
-    s.send_headers(1, [(":status", "200"), ("content-type", "application/grpc"),
-                       ("grpc-status", "12"), ("grpc-message", "unimplemented")], end_stream=True)
+    s.send_headers(
+        1,
+        [
+            (":status", "200"),
+            ("content-type", "application/grpc"),
+            ("grpc-status", "12"),
+            ("grpc-message", "unimplemented"),
+        ],
+        end_stream=True,
+    )
     peer = to_peer(s, c)
     assert of(peer, h2.events.InformationalResponseReceived)[0].headers == [(b":status", b"100")]
     final = of(peer, h2.events.ResponseReceived)[0]
@@ -183,9 +196,9 @@ def _frames(data: bytes):
     view = memoryview(data)
     while view:
         frame, length = hf.Frame.parse_frame_header(view[:9])
-        frame.parse_body(view[9:9 + length])
+        frame.parse_body(view[9 : 9 + length])
         yield frame
-        view = view[9 + length:]
+        view = view[9 + length :]
 
 
 def test_oversized_header_list_resets_only_that_stream() -> None:
@@ -232,9 +245,11 @@ def test_client_multiplexed_requests_with_bodies_and_trailers() -> None:
     peer = to_peer(cl, srv)
     assert [e.stream_id for e in of(peer, h2.events.RequestReceived)] == ids
     assert {e.stream_id: e.data for e in of(peer, h2.events.DataReceived)} == {
-        sid: b"body-%d" % i for i, sid in enumerate(ids)}
+        sid: b"body-%d" % i for i, sid in enumerate(ids)
+    }
     assert [e.headers for e in of(peer, h2.events.TrailersReceived)] == [
-        [(b"x-trailer", str(i).encode())] for i in range(5)]
+        [(b"x-trailer", str(i).encode())] for i in range(5)
+    ]
     for sid in reversed(ids):  # answered out of order
         srv.send_headers(sid, [(b":status", b"200")])
         srv.send_data(sid, b"resp-%d" % sid)
@@ -387,8 +402,7 @@ def test_header_fields_round_trip_through_the_c_glue() -> None:
         s.send_headers(3, [(":status", "200"), ("x-bad", "a\0b")])
 
 
-def test_an_exception_in_a_callback_surfaces_and_ends_the_session(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_exception_in_a_callback_surfaces_and_ends_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in our event code must not unwind through C nor be swallowed: receive_data
     raises it, and the session takes no more input."""
     c, s = lib_client(), H2ServerSession()

@@ -23,15 +23,18 @@ def test_defaults_are_what_an_operator_would_pick() -> None:
     assert s.max_outbound_ack == 1_000 and s.max_settings == 32
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("max_concurrent_streams", 0, "max_concurrent_streams = 0 is out of range"),
-    ("initial_window_size", 2**31, "initial_window_size"),
-    ("max_frame_size", 1000, "max_frame_size = 1000 is out of range [16384, 16777215]"),
-    ("max_header_list_size", 10, "max_header_list_size"),
-    ("max_continuations", 0, "max_continuations"),
-    ("max_concurrent_streams", "128", "must be an integer"),
-    ("reset_burst", True, "must be an integer"),
-])
+@pytest.mark.parametrize(
+    "key,value,fragment",
+    [
+        ("max_concurrent_streams", 0, "max_concurrent_streams = 0 is out of range"),
+        ("initial_window_size", 2**31, "initial_window_size"),
+        ("max_frame_size", 1000, "max_frame_size = 1000 is out of range [16384, 16777215]"),
+        ("max_header_list_size", 10, "max_header_list_size"),
+        ("max_continuations", 0, "max_continuations"),
+        ("max_concurrent_streams", "128", "must be an integer"),
+        ("reset_burst", True, "must be an integer"),
+    ],
+)
 def test_out_of_range_is_a_clear_error(key: str, value: Any, fragment: str) -> None:
     with pytest.raises(H2SettingsError, match=re.escape(fragment)):
         H2Settings(**{key: value})

@@ -20,8 +20,10 @@ from tests.h2.peer import H2LibClient, stats
 from tests.uring.conftest import FACTORIES, run
 
 LOOPS = {"uring": FACTORIES["io_uring"], "epoll": FACTORIES["asyncio"]}
-needs_nghttp = pytest.mark.skipif(not shutil.which("nghttp") or not shutil.which("h2load"),
-                                  reason="nghttp2-client (nghttp, h2load) not installed")
+needs_nghttp = pytest.mark.skipif(
+    not shutil.which("nghttp") or not shutil.which("h2load"),
+    reason="nghttp2-client (nghttp, h2load) not installed",
+)
 WINDOW = 65_535
 
 
@@ -33,8 +35,11 @@ def test_h2_library_client_get_echo_and_trailers(echo: EchoServer) -> None:
         body = os.urandom(3 << 20)
         r = c.request("/echo", body)
         assert bytes(r.body) == body
-        assert r.trailers == [(b"grpc-status", b"0"), (b"grpc-message", b"echoed"),
-                              (b"x-received", str(len(body)).encode())]
+        assert r.trailers == [
+            (b"grpc-status", b"0"),
+            (b"grpc-message", b"echoed"),
+            (b"x-received", str(len(body)).encode()),
+        ]
     finally:
         c.close()
 
@@ -63,8 +68,9 @@ def test_nghttp_upload_echo_with_trailers(echo: EchoServer, tmp_path: Path) -> N
     out = subprocess.run(["nghttp", "-d", str(data), url], capture_output=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout == payload
-    verbose = subprocess.run(["nghttp", "-v", "-d", str(data), url], capture_output=True,
-                             text=True, errors="replace", timeout=30)
+    verbose = subprocess.run(
+        ["nghttp", "-v", "-d", str(data), url], capture_output=True, text=True, errors="replace", timeout=30
+    )
     assert verbose.returncode == 0
     # nghttp prints each received field ("recv (stream_id=13) name: value") before its frame;
     # the trailing HEADERS frame comes after the DATA frames and ends the stream
@@ -72,7 +78,7 @@ def test_nghttp_upload_echo_with_trailers(echo: EchoServer, tmp_path: Path) -> N
     trailer_at = text.index("grpc-status: 0")
     assert "x-received: 1048576" in text[trailer_at:]
     assert text.rindex("recv DATA frame") < trailer_at
-    frame = text[text.index("recv HEADERS frame", trailer_at):]
+    frame = text[text.index("recv HEADERS frame", trailer_at) :]
     assert "END_STREAM" in frame.splitlines()[1]
 
 
@@ -81,14 +87,19 @@ def test_h2load_multiplexed_streams(echo: EchoServer, tmp_path: Path) -> None:
     """2000 requests, 50 concurrent streams on each of 4 connections; then 200 uploads of
     64 KiB to /echo: every one succeeds."""
     url = f"http://127.0.0.1:{echo.port}/"
-    out = subprocess.run(["h2load", "-n", "2000", "-c", "4", "-m", "50", url],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["h2load", "-n", "2000", "-c", "4", "-m", "50", url], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert re.search(r"requests: 2000 total, 2000 started, 2000 done, 2000 succeeded", out.stdout)
     body = tmp_path / "64k.bin"
     body.write_bytes(b"b" * 65536)
-    out = subprocess.run(["h2load", "-n", "200", "-c", "2", "-m", "10", "-d", str(body),
-                          f"{url}echo"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["h2load", "-n", "200", "-c", "2", "-m", "10", "-d", str(body), f"{url}echo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert re.search(r"200 done, 200 succeeded", out.stdout), out.stdout
 
 
@@ -148,8 +159,7 @@ def test_graceful_drain_over_the_socket(echo: EchoServer) -> None:
     run(LOOPS[echo.loop], main(), timeout=30)
 
 
-def test_client_session_multiplexes_within_max_concurrent_streams(echo_factory,
-                                                                   echo_loop: str) -> None:
+def test_client_session_multiplexes_within_max_concurrent_streams(echo_factory, echo_loop: str) -> None:
     """600 echo calls over one H2ClientSession connection to a server allowing 50 streams:
     the client opens streams only while available_streams > 0, all complete with their own
     body and trailers, and the server never saw more than 50 at once."""
@@ -173,8 +183,9 @@ def test_client_session_multiplexes_within_max_concurrent_streams(echo_factory,
                 pending[sid] = body
                 next_call += 1
             conn.flush()
-            finished, _ = await asyncio.wait([conn.streams[s].done for s in pending],
-                                             timeout=10, return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait(
+                [conn.streams[s].done for s in pending], timeout=10, return_when=asyncio.FIRST_COMPLETED
+            )
             assert finished, "no stream finished within 10 s"
             for sid in [s for s in pending if conn.streams[s].done.done()]:
                 st = conn.streams[sid]

@@ -35,8 +35,7 @@ def write(tmp_path: Path, server: str = "", route: str = "") -> Path:
 
 
 def test_server_value_and_route_override(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, 'upstream_http_version = "http11"',
-                            'upstream_http_version = "http2"'))
+    cfg = load_config(write(tmp_path, 'upstream_http_version = "http11"', 'upstream_http_version = "http2"'))
     web = cfg.servers["web"]
     assert web.upstream_http_version == "http11"
     assert [r.upstream_http_version for r in web.routes] == ["http2", None]

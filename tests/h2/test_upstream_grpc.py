@@ -25,8 +25,9 @@ def start_grpc(*args: str) -> Generator[int, None, None]:
     port = free_port()
     proc = subprocess.Popen([PYTHON, "-m", "tests.h2.grpc_peer", "--port", str(port), *args])
     try:
-        wait_for(lambda: listening_on(port) or proc.poll() is not None, timeout=20,
-                 what="grpc server listening")
+        wait_for(
+            lambda: listening_on(port) or proc.poll() is not None, timeout=20, what="grpc server listening"
+        )
         assert proc.poll() is None, f"grpc server exited with {proc.returncode}"
         yield port
     finally:
@@ -48,20 +49,22 @@ def messages(body: bytes) -> list[bytes]:
     while body:
         assert body[0] == 0
         (n,) = struct.unpack(">I", body[1:5])
-        out.append(body[5:5 + n])
-        body = body[5 + n:]
+        out.append(body[5 : 5 + n])
+        body = body[5 + n :]
     return out
 
 
 def call(c: Conn, method: str, msg: bytes) -> None:
     body = frame(msg)
-    c.send(f"POST /test.Echo/{method} HTTP/1.1\r\nHost: grpc\r\n"
-           f"Content-Type: application/grpc\r\nTE: trailers\r\n"
-           f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    c.send(
+        f"POST /test.Echo/{method} HTTP/1.1\r\nHost: grpc\r\n"
+        f"Content-Type: application/grpc\r\nTE: trailers\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
-def test_grpc_status_and_trailing_metadata_reach_http11_client(tmp_path: Path,
-                                                               grpc_port: int) -> None:
+def test_grpc_status_and_trailing_metadata_reach_http11_client(tmp_path: Path, grpc_port: int) -> None:
     with run_worker(tmp_path, proxy_config(grpc_port)) as w, Conn(w.port(), timeout=20) as c:
         call(c, "Unary", b"hello grpc")
         status, _r, _v, headers = c.read_head()
@@ -109,8 +112,7 @@ def test_grpc_over_tls_upstream_with_alpn_h2(tmp_path: Path) -> None:
             body, trailers = read_chunked(c)
             assert messages(body) == [b"slt revo"] and dict(trailers)[b"grpc-status"] == b"0"
         # an upstream that is not trusted fails the connect: 502, never plaintext h2
-        with run_worker(tmp_path, proxy_config(port, scheme="https")) as w, \
-                Conn(w.port(), timeout=20) as c:
+        with run_worker(tmp_path, proxy_config(port, scheme="https")) as w, Conn(w.port(), timeout=20) as c:
             call(c, "Unary", b"x")
             assert c.read_response().status == 502
     finally:
@@ -118,7 +120,7 @@ def test_grpc_over_tls_upstream_with_alpn_h2(tmp_path: Path) -> None:
 
 
 def test_auto_picks_h2_or_http11_by_alpn(tmp_path: Path) -> None:
-    """"auto" on https: ALPN decides. grpcio offers only h2 (gRPC trailers arrive, so h2 was
+    """ "auto" on https: ALPN decides. grpcio offers only h2 (gRPC trailers arrive, so h2 was
     spoken); an HTTP/1.1 TLS upstream that selects http/1.1 is served on the HTTP/1.1 path,
     every time, once ALPN has said so."""
     ca = make_ca(tmp_path)
@@ -136,8 +138,7 @@ def test_auto_picks_h2_or_http11_by_alpn(tmp_path: Path) -> None:
             body, trailers = read_chunked(c)
             assert messages(body) == [b"otua"] and dict(trailers)[b"grpc-status"] == b"0"
         with UpstreamServer("h1tls", ssl=h1_ctx) as h1:
-            cfg = proxy_config(h1.port, "auto", None, scheme="https",
-                               route_extra=f'tls_ca = "{ca.chain}"')
+            cfg = proxy_config(h1.port, "auto", None, scheme="https", route_extra=f'tls_ca = "{ca.chain}"')
             with run_worker(tmp_path, cfg) as w, Conn(w.port(), timeout=20) as c:
                 for _ in range(3):
                     c.send(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -37,11 +37,11 @@ class Peer:
 def start_peer(tmp: Path, *args: str) -> Peer:
     port = free_port()
     stats = tmp / f"peer-{port}.json"
-    proc = subprocess.Popen([PYTHON, "-m", "tests.h2.upstream_peer", "--port", str(port),
-                             "--stats", str(stats), *args])
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "tests.h2.upstream_peer", "--port", str(port), "--stats", str(stats), *args]
+    )
     try:
-        wait_for(lambda: listening_on(port) or proc.poll() is not None, timeout=15,
-                 what="h2 peer listening")
+        wait_for(lambda: listening_on(port) or proc.poll() is not None, timeout=15, what="h2 peer listening")
     except AssertionError:
         kill_pids([proc.pid])
         raise
@@ -49,9 +49,14 @@ def start_peer(tmp: Path, *args: str) -> Peer:
     return Peer(port, stats, proc)
 
 
-def proxy_config(peer_port: int, server_version: str = "http11",
-                 route_version: str | None = "http2", scheme: str = "http",
-                 route_extra: str = "", server_extra: str = "") -> str:
+def proxy_config(
+    peer_port: int,
+    server_version: str = "http11",
+    route_version: str | None = "http2",
+    scheme: str = "http",
+    route_extra: str = "",
+    server_extra: str = "",
+) -> str:
     route = f'upstream_http_version = "{route_version}"' if route_version else ""
     route += "\n" + route_extra
     return textwrap.dedent(f"""
@@ -82,8 +87,9 @@ def peer_factory(tmp_path: Path) -> Iterator:
     kill_pids([p.proc.pid for p in peers])
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None,
-        timeout: float = 20) -> tuple[int, bytes, dict[str, str]]:
+def get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 20
+) -> tuple[int, bytes, dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path, headers=headers or {})
@@ -118,7 +124,7 @@ def read_chunked(c: Conn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         while len(c.buf) < size + 2:
             assert c._fill(), "closed mid-chunk"
         body += c.buf[:size]
-        c.buf = c.buf[size + 2:]
+        c.buf = c.buf[size + 2 :]
     trailers: list[tuple[bytes, bytes]] = []
     while True:
         line = c._line()
@@ -138,9 +144,18 @@ def test_concurrent_requests_share_one_connection(tmp_path: Path, peer_factory) 
         assert st["connections"] == 1 and st["streams"] == 8, st
         assert st["max_open"] >= 4, st  # multiplexed, not one after another
         # the request head was translated: pseudo-headers, no connection-specific fields
-        status, body, _ = get(w.port(), "/x?q=1", headers={
-            "Connection": "keep-alive, x-hop", "Keep-Alive": "timeout=5", "X-Hop": "1",
-            "Proxy-Connection": "keep-alive", "TE": "gzip", "X-Kept": "yes"})
+        status, body, _ = get(
+            w.port(),
+            "/x?q=1",
+            headers={
+                "Connection": "keep-alive, x-hop",
+                "Keep-Alive": "timeout=5",
+                "X-Hop": "1",
+                "Proxy-Connection": "keep-alive",
+                "TE": "gzip",
+                "X-Kept": "yes",
+            },
+        )
         assert status == 200
         seen = json.loads(body)
         assert seen[":method"] == "GET" and seen[":path"] == "/x?q=1"
@@ -171,8 +186,7 @@ def test_max_concurrent_streams_opens_another_connection(tmp_path: Path, peer_fa
         assert st["connections"] >= 2 and st["streams"] == 3, st
 
 
-def test_goaway_retries_unprocessed_stream_on_new_connection(tmp_path: Path,
-                                                             peer_factory) -> None:
+def test_goaway_retries_unprocessed_stream_on_new_connection(tmp_path: Path, peer_factory) -> None:
     peer = peer_factory()
     with run_worker(tmp_path, proxy_config(peer.port)) as w:
         slow: list = []
@@ -213,23 +227,23 @@ def test_upstream_loss_fails_its_streams_only(tmp_path: Path, peer_factory) -> N
 
 
 @pytest.mark.parametrize("chunked", [False, True])
-def test_large_bodies_both_ways_with_small_windows(tmp_path: Path, peer_factory,
-                                                   chunked: bool) -> None:
+def test_large_bodies_both_ways_with_small_windows(tmp_path: Path, peer_factory, chunked: bool) -> None:
     peer = peer_factory("--window", "16384")  # the upstream opens its window 16 KiB at a time
     data = os.urandom(3 * 1024 * 1024 + 7)
     with run_worker(tmp_path, proxy_config(peer.port)) as w, Conn(w.port(), timeout=30) as c:
         if chunked:
-            c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                   b"Expect: 100-continue\r\n\r\n")
+            c.send(
+                b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
             status, *_ = c.read_head()
             assert status == 100
             for i in range(0, len(data), 100_000):
-                part = data[i:i + 100_000]
+                part = data[i : i + 100_000]
                 c.send(b"%x\r\n%b\r\n" % (len(part), part))
             c.send(b"0\r\n\r\n")
         else:
-            c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(data)
-                   + data)
+            c.send(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(data) + data)
         reply = c.read_response()
         assert reply.status == 200, reply.body[:200]
         assert reply.json() == {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -281,8 +295,11 @@ def test_trailers_reach_a_te_trailers_client(tmp_path: Path, peer_factory) -> No
         assert status == 200 and ("transfer-encoding", "chunked") in headers
         body, trailers = read_chunked(c)
         assert body == b"grpc-ish body"
-        assert trailers == [(b"grpc-status", b"7"), (b"grpc-message", b"denied by peer"),
-                            (b"x-meta-bin", b"AAEC")]
+        assert trailers == [
+            (b"grpc-status", b"7"),
+            (b"grpc-message", b"denied by peer"),
+            (b"x-meta-bin", b"AAEC"),
+        ]
         # without TE: trailers the body still arrives, the trailer fields do not
         c.send(b"GET /trailers HTTP/1.1\r\nHost: a\r\n\r\n")
         c.read_head()
@@ -316,21 +333,44 @@ def test_curl_through_monolaked(tmp_path: Path, peer_factory, master_factory) ->
     """)
     m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
     m.wait_ready()
-    out = subprocess.run(["curl", "-sS", "--http1.1", "--max-time", "20", "-D", "-",
-                          "-H", "TE: trailers", f"http://127.0.0.1:{port}/trailers"],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--http1.1",
+            "--max-time",
+            "20",
+            "-D",
+            "-",
+            "-H",
+            "TE: trailers",
+            f"http://127.0.0.1:{port}/trailers",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     text = out.stdout.decode("latin-1").lower()
     assert text.startswith("http/1.1 200") and "grpc-status: 7" in text, text
     data = os.urandom(1024 * 1024 + 3)
     body = tmp_path / "up.bin"
     body.write_bytes(data)
-    out = subprocess.run(["curl", "-sS", "--http1.1", "--max-time", "20", "--data-binary",
-                          f"@{body}", f"http://127.0.0.1:{port}/upload"],
-                         capture_output=True, timeout=30)
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--http1.1",
+            "--max-time",
+            "20",
+            "--data-binary",
+            f"@{body}",
+            f"http://127.0.0.1:{port}/upload",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"length": len(data),
-                                      "sha256": hashlib.sha256(data).hexdigest()}
+    assert json.loads(out.stdout) == {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_client_gone_resets_only_its_stream(tmp_path: Path, peer_factory) -> None:
@@ -348,11 +388,13 @@ def test_client_gone_resets_only_its_stream(tmp_path: Path, peer_factory) -> Non
         assert status == 200 and headers["x-conn"] == "1"  # the connection went on
 
 
-def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path,
-                                                                peer_factory) -> None:
+def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path, peer_factory) -> None:
     peer = peer_factory()
-    cfg = proxy_config(peer.port, route_extra="idle_timeout_sec = 1.5",
-                       server_extra="timeout = { upstream_read_timeout_sec = 1 }")
+    cfg = proxy_config(
+        peer.port,
+        route_extra="idle_timeout_sec = 1.5",
+        server_extra="timeout = { upstream_read_timeout_sec = 1 }",
+    )
     with run_worker(tmp_path, cfg) as w:
         started = time.monotonic()
         status, body, _ = get(w.port(), "/delay/4000")
@@ -367,8 +409,7 @@ def test_read_timeout_is_per_stream_and_idle_connections_close(tmp_path: Path,
 
 
 @pytest.mark.parametrize("kind", ["headers", "data"])
-def test_unsolicited_frames_close_the_upstream_connection(tmp_path: Path, peer_factory,
-                                                          kind: str) -> None:
+def test_unsolicited_frames_close_the_upstream_connection(tmp_path: Path, peer_factory, kind: str) -> None:
     """Frames nobody asked for never reach a client (issue 16 §1 for h2): each of the next
     clients gets its own answer. A response on a stream the proxy has not opened yet is a
     connection error (nghttp2: PROTOCOL_ERROR), so the next streams run on a new connection.
@@ -413,8 +454,7 @@ def test_read_timeout_fires_near_its_deadline(tmp_path: Path, peer_factory) -> N
             assert 0.4 <= took < 0.55, f"the 0.4 s read timeout fired after {took:.3f} s"
 
 
-def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory,
-                                                  master_factory) -> None:
+def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory, master_factory) -> None:
     """A generation reload does not migrate h2 upstream connections: the old worker's stream
     in flight finishes on its connection, the new worker opens its own."""
     from tests.harness import base_config
@@ -437,6 +477,7 @@ def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory,
     wait_for(lambda: peer.stats()["streams"] >= 1, timeout=10, what="stream open")
     result = m.cli("reload", timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
     def only_new() -> bool:
         pids = [w["pid"] for w in m.ready_workers()]
         return bool(pids) and old_pid not in pids

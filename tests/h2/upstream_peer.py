@@ -28,8 +28,15 @@ import h2.events
 import h2.settings
 import hyperframe.frame
 
-STATS: dict = {"connections": 0, "streams": 0, "max_open": 0, "sent": {}, "goaways": 0,
-               "resets": [], "closed": 0}
+STATS: dict = {
+    "connections": 0,
+    "streams": 0,
+    "max_open": 0,
+    "sent": {},
+    "goaways": 0,
+    "resets": [],
+    "closed": 0,
+}
 STATS_PATH = ""
 
 
@@ -61,9 +68,12 @@ class Peer(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.conn.initiate_connection()
-        self.conn.update_settings({
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.window})
+        self.conn.update_settings(
+            {
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.window,
+            }
+        )
         self.flush()
 
     def flush(self) -> None:
@@ -133,8 +143,7 @@ class Peer(asyncio.Protocol):
             self.closed(sid)
             return
         if path.startswith("/delay/"):
-            asyncio.get_running_loop().call_later(int(path[7:]) / 1000, self.answer, sid,
-                                                  b"delayed\n")
+            asyncio.get_running_loop().call_later(int(path[7:]) / 1000, self.answer, sid, b"delayed\n")
             return
         if path.startswith("/download/"):
             self.respond(sid, b"\x5a" * int(path[10:]))
@@ -144,9 +153,15 @@ class Peer(asyncio.Protocol):
             self.unsolicited(sid, path[13:])
             return
         if path == "/trailers":
-            self.respond(sid, b"grpc-ish body", trailers=[
-                (b"grpc-status", b"7"), (b"grpc-message", b"denied by peer"),
-                (b"x-meta-bin", b"AAEC")])
+            self.respond(
+                sid,
+                b"grpc-ish body",
+                trailers=[
+                    (b"grpc-status", b"7"),
+                    (b"grpc-message", b"denied by peer"),
+                    (b"x-meta-bin", b"AAEC"),
+                ],
+            )
             return
         if ended:
             self.answer(sid)
@@ -156,8 +171,7 @@ class Peer(asyncio.Protocol):
     def body_done(self, sid: int) -> None:
         if sid in self.bodies:
             digest = self.bodies.pop(sid).hexdigest()
-            self.respond(sid, json.dumps({"length": self.lengths.pop(sid),
-                                          "sha256": digest}).encode())
+            self.respond(sid, json.dumps({"length": self.lengths.pop(sid), "sha256": digest}).encode())
         elif sid in self.echo:
             self.echo.discard(sid)
             self.answer(sid)
@@ -169,8 +183,11 @@ class Peer(asyncio.Protocol):
         if body is None:
             body = json.dumps({k.decode(): v.decode("latin-1") for k, v in head.items()}).encode()
         if head.get(b":method") == b"HEAD":  # the head of the GET answer, no DATA
-            self.conn.send_headers(sid, [(b":status", b"200"), (b"x-conn", str(self.serial).encode()),
-                                         (b"content-length", b"1234")], end_stream=True)
+            self.conn.send_headers(
+                sid,
+                [(b":status", b"200"), (b"x-conn", str(self.serial).encode()), (b"content-length", b"1234")],
+                end_stream=True,
+            )
             self.open.discard(sid)
             self.flush()
             return
@@ -178,8 +195,11 @@ class Peer(asyncio.Protocol):
         self.flush()
 
     def respond(self, sid: int, body: bytes, trailers: list | None = None) -> None:
-        headers = [(b":status", b"200"), (b"x-conn", str(self.serial).encode()),
-                   (b"x-stream", str(sid).encode())]
+        headers = [
+            (b":status", b"200"),
+            (b"x-conn", str(self.serial).encode()),
+            (b"x-stream", str(sid).encode()),
+        ]
         if trailers is None:
             headers.append((b"content-length", str(len(body)).encode()))
         self.conn.send_headers(sid, headers)
@@ -194,8 +214,9 @@ class Peer(asyncio.Protocol):
         data, trailers = self.pending[sid]
         try:
             while data:
-                n = min(self.conn.local_flow_control_window(sid), len(data),
-                        self.conn.max_outbound_frame_size)
+                n = min(
+                    self.conn.local_flow_control_window(sid), len(data), self.conn.max_outbound_frame_size
+                )
                 if n <= 0:
                     break
                 self.conn.send_data(sid, bytes(data[:n]))
@@ -217,8 +238,9 @@ class Peer(asyncio.Protocol):
         """Raw frames after a complete answer, in the same write (the h2 library would refuse
         to send them): the h2 twin of an HTTP/1.1 upstream's unsolicited second response."""
         if kind == "headers":  # a response on the stream id the proxy's next request gets
-            block = self.conn.encoder.encode([(b":status", b"200"), (b"x-up", b"POISON"),
-                                              (b"content-length", b"6")])
+            block = self.conn.encoder.encode(
+                [(b":status", b"200"), (b"x-up", b"POISON"), (b"content-length", b"6")]
+            )
             frame: hyperframe.frame.Frame = hyperframe.frame.HeadersFrame(sid + 2, data=block)
             frame.flags.add("END_HEADERS")
         else:  # more body on the stream that has just ended
@@ -244,8 +266,7 @@ async def main() -> None:
     STATS_PATH = args.stats
     save()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Peer(args.max_streams, args.window),
-                                      "127.0.0.1", args.port)
+    server = await loop.create_server(lambda: Peer(args.max_streams, args.window), "127.0.0.1", args.port)
     async with server:
         await server.serve_forever()
 

@@ -69,7 +69,10 @@ def test_balancer_skips_held_down_and_all_unhealthy_follows_the_config(behaviour
         balancer = Balancer("round_robin", ups)
         group = watch_http(balancer, cfg, "web", "/*")
         await until(lambda: all(r["checks_ok"] >= 2 for r in group.rows()), "checks passing")
-        assert Counter(getattr(balancer.pick(), "port", None) for _ in range(10)) == {ports[0]: 5, ports[1]: 5}
+        assert Counter(getattr(balancer.pick(), "port", None) for _ in range(10)) == {
+            ports[0]: 5,
+            ports[1]: 5,
+        }
 
         status[ports[1]] = 503
         await until(lambda: held(ups[1]), "b held down")

@@ -19,18 +19,65 @@ def _run(*args: str, cwd: Path) -> None:
 
 def make_ca(d: Path, name: str = "monolake-test-ca") -> Cert:
     key, crt = d / f"{name}.key", d / f"{name}.pem"
-    _run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={name}", cwd=d)
+    _run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        cwd=d,
+    )
     return Cert(crt, key)
 
 
 def make_cert(d: Path, ca: Cert, cn: str, sans: list[str], client: bool = False) -> Cert:
     key, csr, crt, ext = d / f"{cn}.key", d / f"{cn}.csr", d / f"{cn}.pem", d / f"{cn}.ext"
-    _run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}", cwd=d)
+    _run(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        str(key),
+        "-out",
+        str(csr),
+        "-subj",
+        f"/CN={cn}",
+        cwd=d,
+    )
     alt = ",".join(f"IP:{s}" if s[0].isdigit() or ":" in s else f"DNS:{s}" for s in sans)
     usage = "clientAuth" if client else "serverAuth"
-    ext.write_text(f"subjectAltName={alt}\nextendedKeyUsage={usage}\n" if alt else f"extendedKeyUsage={usage}\n")
-    _run("x509", "-req", "-in", str(csr), "-CA", str(ca.chain), "-CAkey", str(ca.key),
-         "-CAcreateserial", "-out", str(crt), "-days", "2", "-extfile", str(ext), cwd=d)
+    ext.write_text(
+        f"subjectAltName={alt}\nextendedKeyUsage={usage}\n" if alt else f"extendedKeyUsage={usage}\n"
+    )
+    _run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca.chain),
+        "-CAkey",
+        str(ca.key),
+        "-CAcreateserial",
+        "-out",
+        str(crt),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+        cwd=d,
+    )
     return Cert(crt, key)

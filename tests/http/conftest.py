@@ -22,18 +22,23 @@ from tests.support import children_of, kill_pids
 
 PY = sys.executable
 
+
 # the event loops the suite runs on: plain asyncio (uvloop hidden), and io_uring when the
 # kernel and the extension allow it
 def _uring_available() -> bool:
     try:
         from monolake.uring import probe
+
         return bool(probe().available)
     except Exception:
         return False
 
 
 URING = _uring_available()
-LOOPS = ["asyncio", pytest.param("io_uring", marks=pytest.mark.skipif(not URING, reason="io_uring unavailable"))]
+LOOPS = [
+    "asyncio",
+    pytest.param("io_uring", marks=pytest.mark.skipif(not URING, reason="io_uring unavailable")),
+]
 PARSERS = ["native", "httptools", "h11"]
 # every (parser, loop) pair, for module-scoped proxy fixtures: params=VARIANTS, ids=VARIANT_IDS
 VARIANTS = [(p, loop) for p in PARSERS for loop in ("asyncio", "io_uring")]
@@ -84,23 +89,27 @@ def runtime_line(loop: str) -> str:
 
 
 @contextmanager
-def run_worker(tmp: Path, config: str, loop: str = "asyncio", timeout: float = 15.0,
-               nofile: int | None = None) -> Iterator[Worker]:
+def run_worker(
+    tmp: Path, config: str, loop: str = "asyncio", timeout: float = 15.0, nofile: int | None = None
+) -> Iterator[Worker]:
     """Start ``python -m monolake.worker --standalone -c CONFIG``; wait for its READY line.
     ``nofile``: the worker's RLIMIT_NOFILE (soft and hard)."""
     cfg = tmp / f"monolake-{time.monotonic_ns()}.toml"
     cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + config)
     log_path = tmp / (cfg.stem + ".log")
     if loop == "asyncio":
-        code = ("import sys, runpy; sys.modules['uvloop'] = None; "
-                f"sys.argv = ['monolake.worker', '--standalone', '-c', {str(cfg)!r}]; "
-                "runpy.run_module('monolake.worker', run_name='__main__', alter_sys=True)")
+        code = (
+            "import sys, runpy; sys.modules['uvloop'] = None; "
+            f"sys.argv = ['monolake.worker', '--standalone', '-c', {str(cfg)!r}]; "
+            "runpy.run_module('monolake.worker', run_name='__main__', alter_sys=True)"
+        )
         args = [PY, "-c", code]
     else:
         args = [PY, "-m", "monolake.worker", "--standalone", "-c", str(cfg)]
     with open(log_path, "wb") as err:
-        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                                                         (nofile, nofile)))
+        limit = (
+            None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        )
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, preexec_fn=limit)
     try:
         deadline = time.monotonic() + timeout
@@ -224,14 +233,14 @@ class Conn:
                     if not self._fill():
                         raise ConnectionError("closed inside a chunk")
                 take(self.buf[:size])
-                self.buf = self.buf[size + 2:]
+                self.buf = self.buf[size + 2 :]
         elif "content-length" in hd:
             left = int(hd["content-length"])
             while left:
                 if not self.buf and not self._fill():
                     raise ConnectionError(f"closed with {left} body bytes missing")
                 piece = self.buf[:left]
-                self.buf = self.buf[len(piece):]
+                self.buf = self.buf[len(piece) :]
                 left -= len(piece)
                 take(piece)
         else:
@@ -243,8 +252,14 @@ class Conn:
                     break
         return Reply(status, reason, version, headers, b"".join(parts))
 
-    def request(self, method: str, path: str, headers: dict[str, str] | None = None,
-                body: bytes = b"", host: str = "test") -> Reply:
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        host: str = "test",
+    ) -> Reply:
         h = {"Host": host}
         h.update(headers or {})
         if body and "Content-Length" not in h and "Transfer-Encoding" not in h:

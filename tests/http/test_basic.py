@@ -20,7 +20,10 @@ upstream = upstream_fixture("up1")
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), f"""
+    yield from serve_proxy(
+        request.param,
+        tmp_path_factory.mktemp("w"),
+        f"""
 [[servers.px.routes]]
 path = "/"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
@@ -37,7 +40,8 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path = "/fixed"
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}/target/path?a=1" }} }}]
-""")
+""",
+    )
 
 
 def test_hello_names_monolake_slot_and_pid(proxy):
@@ -62,10 +66,12 @@ def test_echo_returns_method_path_headers_body(proxy):
 
 def test_keepalive_and_pipelining_answer_in_order(proxy):
     with Conn(proxy.port()) as c:
-        c.send(b"GET /echo/1 HTTP/1.1\r\nHost: a\r\n\r\n"
-               b"POST /echo/2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
-               b"GET /up/3 HTTP/1.1\r\nHost: a\r\n\r\n"
-               b"GET /echo/4 HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(
+            b"GET /echo/1 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /echo/2 HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /up/3 HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /echo/4 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
         first = c.read_response()
         second = c.read_response()
         third = c.read_response()
@@ -85,8 +91,7 @@ def test_bodies_that_arrive_with_their_head_go_through_intact(proxy):
     sizes = [1, 1000, 4096, 40_000, 65_000, 65_536, 3, 60_000]
     with Conn(proxy.port()) as c:
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        c.send(b"".join(b"GET /up/bytes?n=%d&onewrite=1 HTTP/1.1\r\nHost: a\r\n\r\n" % n
-                        for n in sizes))
+        c.send(b"".join(b"GET /up/bytes?n=%d&onewrite=1 HTTP/1.1\r\nHost: a\r\n\r\n" % n for n in sizes))
         for n in sizes:
             r = c.read_response()
             assert r.status == 200 and r.body == pattern(n), n
@@ -141,5 +146,3 @@ def test_head_has_length_but_no_body(proxy):
         assert r.status == 200 and r.header("content-length") == "5000"
         # the connection is in sync afterwards
         assert c.request("GET", "/up/after").body == b"up1 /up/after"
-
-

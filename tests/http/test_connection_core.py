@@ -24,8 +24,11 @@ from monolake.worker.http.connection import (
 from monolake.worker.http.message import Request, Response
 from monolake.worker.http.parser import HeadLimits, native
 
-PARSERS = [pytest.param("native", marks=pytest.mark.skipif(native is None, reason="no extension")),
-           "httptools", "h11"]
+PARSERS = [
+    pytest.param("native", marks=pytest.mark.skipif(native is None, reason="no extension")),
+    "httptools",
+    "h11",
+]
 
 
 class Recorder:
@@ -38,8 +41,7 @@ class Recorder:
     def on_request(self, req: Request) -> None:
         self.events.append(("request", req))
 
-    def on_error(self, status: int, reason: str, req: Request | None,
-                 internal: BaseException | None) -> None:
+    def on_error(self, status: int, reason: str, req: Request | None, internal: BaseException | None) -> None:
         self.events.append(("error", status))
 
     def on_upgrade(self, rest: bytes) -> None:
@@ -73,9 +75,16 @@ class Clock:
 
 
 def make(parser: str, **over: Any) -> tuple[RequestReader, Recorder, Clock]:
-    settings = SimpleNamespace(parser_kind=parser, head_limits=HeadLimits(8192, 4096, 20, 431),
-                               max_uri=1024, max_head=8192, max_body=over.pop("max_body", 0),
-                               header_timeout=5.0, body_timeout=7.0, body_timeout_on=True)
+    settings = SimpleNamespace(
+        parser_kind=parser,
+        head_limits=HeadLimits(8192, 4096, 20, 431),
+        max_uri=1024,
+        max_head=8192,
+        max_body=over.pop("max_body", 0),
+        header_timeout=5.0,
+        body_timeout=7.0,
+        body_timeout_on=True,
+    )
     rec = Recorder()
     clock = Clock()
     reader = RequestReader(settings, rec, rec, clock)
@@ -86,8 +95,9 @@ def make(parser: str, **over: Any) -> tuple[RequestReader, Recorder, Clock]:
 def body_bytes(body: BodyStream) -> bytes:
     """What a finished body holds (read without a loop: everything is buffered)."""
     out: list[bytes] = []
-    sink = SimpleNamespace(write=out.append, end=lambda: out.append(b"<end>"),
-                           abort=lambda exc: out.append(b"<abort>"))
+    sink = SimpleNamespace(
+        write=out.append, end=lambda: out.append(b"<end>"), abort=lambda exc: out.append(b"<abort>")
+    )
     body.pipe(sink)
     return b"".join(out)
 
@@ -95,20 +105,24 @@ def body_bytes(body: BodyStream) -> bytes:
 @pytest.mark.parametrize("parser", PARSERS)
 def test_pipelined_requests_come_out_in_order_with_their_bodies(parser: str) -> None:
     reader, rec, _ = make(parser)
-    data = (b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
-            b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
-            b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"3\r\nabc\r\n0\r\n\r\n")
+    data = (
+        b"GET /a?x=1 HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\n\r\n"
+    )
     # in one read and one byte at a time: the same events
-    for chunks in ([data], [data[i:i + 1] for i in range(len(data))]):
+    for chunks in ([data], [data[i : i + 1] for i in range(len(data))]):
         reader, rec, _ = make(parser)
         for c in chunks:
             reader.feed(c)
         reqs = rec.requests()
         assert rec.kinds() == ["request"] * 3
-        assert [(r.method, r.path, r.query) for r in reqs] == [("GET", "/a", "x=1"),
-                                                               ("POST", "/b", ""),
-                                                               ("POST", "/c", "")]
+        assert [(r.method, r.path, r.query) for r in reqs] == [
+            ("GET", "/a", "x=1"),
+            ("POST", "/b", ""),
+            ("POST", "/c", ""),
+        ]
         assert reqs[0].body is None
         assert body_bytes(reqs[1].body) == b"hello<end>"
         assert reqs[2].chunked and body_bytes(reqs[2].body) == b"abc<end>"
@@ -116,22 +130,24 @@ def test_pipelined_requests_come_out_in_order_with_their_bodies(parser: str) -> 
 
 
 @pytest.mark.parametrize("parser", PARSERS)
-@pytest.mark.parametrize("head,status", [
-    (b"GET / HTTP/1.1\r\n\r\n", 400),                                      # no Host
-    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),                # two Hosts
-    (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 405),
-    (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
-    (b"GET / HTTP/1.1\r\nHost: h\r\nExpect: magic\r\n\r\n", 417),
-    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
-    (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(30)) + b"\r\n", 431),
-    (b"GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),             # userinfo
-    (b"GET nothing HTTP/1.1\r\nHost: h\r\n\r\n", 400),                    # bad target
-])
-def test_malformed_heads_get_their_status_and_end_parsing(parser: str, head: bytes,
-                                                           status: int) -> None:
+@pytest.mark.parametrize(
+    "head,status",
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # no Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Hosts
+        (b"CONNECT h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 405),
+        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nExpect: magic\r\n\r\n", 417),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(30)) + b"\r\n", 431),
+        (b"GET http://user@h/ HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # userinfo
+        (b"GET nothing HTTP/1.1\r\nHost: h\r\n\r\n", 400),  # bad target
+    ],
+)
+def test_malformed_heads_get_their_status_and_end_parsing(parser: str, head: bytes, status: int) -> None:
     reader, rec, _ = make(parser)
     reader.feed(head)
     assert rec.events == [("error", status)]
@@ -165,13 +181,16 @@ def test_head_growing_past_the_limit_is_431_before_it_ends(parser: str) -> None:
 
 
 @pytest.mark.parametrize("parser", PARSERS)
-@pytest.mark.parametrize("head,keep_alive,version", [
-    (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", True, "1.1"),
-    (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False, "1.1"),
-    (b"GET / HTTP/1.0\r\n\r\n", False, "1.0"),
-    (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True, "1.0"),
-    (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive, Close\r\n\r\n", False, "1.1"),
-])
+@pytest.mark.parametrize(
+    "head,keep_alive,version",
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", True, "1.1"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False, "1.1"),
+        (b"GET / HTTP/1.0\r\n\r\n", False, "1.0"),
+        (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", True, "1.0"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive, Close\r\n\r\n", False, "1.1"),
+    ],
+)
 def test_keep_alive_rules(parser: str, head: bytes, keep_alive: bool, version: str) -> None:
     reader, rec, _ = make(parser)
     reader.feed(head)
@@ -208,8 +227,7 @@ def test_expect_100_continue_waits_until_the_body_is_wanted(parser: str) -> None
     assert req.expect_continue and rec.kinds() == ["request"]
     assert reader.phase == BODY
     out: list[bytes] = []
-    req.body.pipe(SimpleNamespace(write=out.append, end=lambda: out.append(b"<end>"),
-                                  abort=lambda exc: None))
+    req.body.pipe(SimpleNamespace(write=out.append, end=lambda: out.append(b"<end>"), abort=lambda exc: None))
     assert rec.kinds() == ["request", "continue"]  # the first consumer asked for the body
     reader.feed(b"data")
     assert out == [b"data", b"<end>"] and reader.phase == BUSY
@@ -222,8 +240,9 @@ def test_expect_100_continue_waits_until_the_body_is_wanted(parser: str) -> None
 @pytest.mark.parametrize("parser", PARSERS)
 def test_upgrade_stops_parsing_and_hands_over_the_rest(parser: str) -> None:
     reader, rec, _ = make(parser)
-    reader.feed(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-                b"\x81\x05hello")
+    reader.feed(
+        b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"
+    )
     assert rec.kinds() == ["request", "upgrade"]
     assert rec.requests()[0].upgrade
     assert rec.events[1][1] == b"\x81\x05hello"
@@ -270,24 +289,24 @@ def test_response_head_framing() -> None:
     v11 = Request("GET", "/", "/", "", "1.1", [], None, True)
     v10 = Request("GET", "/", "/", "", "1.0", [], None, True)
     head = Request("HEAD", "/", "/", "", "1.1", [], None, True)
-    parts, body, kind, chunked, close = response_head(v11, Response(200, [(b"a", b"b")], b"xyz"),
-                                                      False, False)
+    parts, body, kind, chunked, close = response_head(
+        v11, Response(200, [(b"a", b"b")], b"xyz"), False, False
+    )
     assert b"".join(parts) == b"HTTP/1.1 200 OK\r\na: b\r\ncontent-length: 3\r\n\r\n"
     assert (body, kind, chunked, close) == (b"xyz", BODY_BYTES, False, False)
     stream = BodyStream(None)
     parts, body, kind, chunked, close = response_head(v11, Response(200, [], stream), False, False)
     assert b"transfer-encoding: chunked\r\n" in parts and (kind, chunked) == (BODY_STREAM, True)
-    parts, _, kind, chunked, close = response_head(v10, Response(200, [], BodyStream(None)),
-                                                   False, False)
+    parts, _, kind, chunked, close = response_head(v10, Response(200, [], BodyStream(None)), False, False)
     assert close and not chunked and b"connection: close\r\n" in parts  # delimited by closing
     parts, body, kind, _, _ = response_head(head, Response(200, [], b"xyz"), False, False)
     assert kind == BODY_NONE and b"content-length: 3\r\n" in parts  # HEAD keeps the length
     parts, _, kind, _, _ = response_head(v11, Response(204, [], b""), False, False)
     assert kind == BODY_NONE and not any(p.startswith(b"content-length") for p in parts)
     # framing headers of the service's response never pass through
-    parts, _, _, _, _ = response_head(v11, Response(200, [(b"content-length", b"99"),
-                                                          (b"connection", b"x")], b"ab"),
-                                      False, False)
+    parts, _, _, _, _ = response_head(
+        v11, Response(200, [(b"content-length", b"99"), (b"connection", b"x")], b"ab"), False, False
+    )
     assert b"".join(parts) == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
     # a memoryview body is copied unless the transport copies what it cannot send
     view = memoryview(b"abc")

@@ -36,8 +36,10 @@ upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
                 try:
                     assert c.read_response().status == 200
                 except TimeoutError:
-                    pytest.fail(f"client {len(idle)} waited in the accept queue: the idle "
-                                "keep-alive connections kept every fd")
+                    pytest.fail(
+                        f"client {len(idle)} waited in the accept queue: the idle "
+                        "keep-alive connections kept every fd"
+                    )
                 if _closed_by_peer(idle[0]):
                     break
             else:
@@ -85,8 +87,10 @@ def test_reclaim_takes_the_oldest_eighth_of_every_servers_idle_connections():
             return self.conns
 
     w = Worker.__new__(Worker)
-    w.slots = {"a": type("S", (), {"handle": Handle("a", [5, 1, 9, 3])})(),
-               "b": type("S", (), {"handle": object()})()}  # a handle without the method
+    w.slots = {
+        "a": type("S", (), {"handle": Handle("a", [5, 1, 9, 3])})(),
+        "b": type("S", (), {"handle": object()})(),
+    }  # a handle without the method
     w._retired_handles = [Handle("r", [float(t) for t in range(10, 22)] + [0.5])]
     assert w.reclaim_idle() == 2  # 17 idle connections: an eighth, rounded down
     assert closed == ["r0.5", "a1"]

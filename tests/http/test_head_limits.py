@@ -59,14 +59,18 @@ def _fields(n: int, size: int) -> bytes:
 
 
 # (n, size) of the response's extra fields -> status; the upstream adds content-length
-@pytest.mark.parametrize("n,size,status", [
-    (19, 300, 200),    # 20 fields, each line < 1024, about 6 KiB in all
-    (20, 10, 502),     # 21 fields
-    (1, 1100, 502),    # one line over 1024
-    (1, 1020, 502),    # "x-h0" + ": " + 1020 = 1026: over
-    (1, 1018, 200),    # 4 + 2 + 1018 = 1024: the limit itself is allowed
-    (10, 900, 502),    # about 9 KiB > 8192
-], ids=["within", "too-many", "long-line", "line-edge-over", "line-edge-within", "too-large"])
+@pytest.mark.parametrize(
+    "n,size,status",
+    [
+        (19, 300, 200),  # 20 fields, each line < 1024, about 6 KiB in all
+        (20, 10, 502),  # 21 fields
+        (1, 1100, 502),  # one line over 1024
+        (1, 1020, 502),  # "x-h0" + ": " + 1020 = 1026: over
+        (1, 1018, 200),  # 4 + 2 + 1018 = 1024: the limit itself is allowed
+        (10, 900, 502),  # about 9 KiB > 8192
+    ],
+    ids=["within", "too-many", "long-line", "line-edge-over", "line-edge-within", "too-large"],
+)
 def test_response_head_limits(proxy, n, size, status):
     w = proxy
     r = _get(w.port(), f"/head?n={n}&size={size}")
@@ -86,14 +90,18 @@ def test_response_heads_over_the_default_limit_are_refused(proxy):
     assert _get(w.port("dflt"), "/head?n=70&size=1000").status == 502  # 70 KiB in 71 fields
 
 
-@pytest.mark.parametrize("fields,status", [
-    (_fields(19, 100), 200),   # with Host: 20 fields
-    (_fields(20, 10), 431),    # 21
-    (_fields(1, 1100), 431),   # one line over 1024
-    (_fields(1, 1019), 431),   # "x-r0" + ": " + 1019 = 1025: over
-    (_fields(1, 1018), 200),   # 4 + 2 + 1018 = 1024: the limit itself is allowed
-    (_fields(5, 1000), 431),   # over 4096 in all
-], ids=["within", "too-many", "long-line", "line-edge-over", "line-edge-exact", "too-large"])
+@pytest.mark.parametrize(
+    "fields,status",
+    [
+        (_fields(19, 100), 200),  # with Host: 20 fields
+        (_fields(20, 10), 431),  # 21
+        (_fields(1, 1100), 431),  # one line over 1024
+        (_fields(1, 1019), 431),  # "x-r0" + ": " + 1019 = 1025: over
+        (_fields(1, 1018), 200),  # 4 + 2 + 1018 = 1024: the limit itself is allowed
+        (_fields(5, 1000), 431),  # over 4096 in all
+    ],
+    ids=["within", "too-many", "long-line", "line-edge-over", "line-edge-exact", "too-large"],
+)
 def test_request_head_limits(proxy, fields, status):
     r = _get(proxy.port(), "/delay/req?s=0", fields)
     assert r.status == status, r

@@ -107,13 +107,13 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
 """).servers["px"]
 
         async def scenario() -> None:
-            handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1,
-                                                pid=os.getpid(), runtime="asyncio"), None)
+            handle = build(
+                "px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio"), None
+            )
             router = handle.stack.services["router"]
             assert isinstance(router, RouterService)
             (up,) = router.routes[0].balancer.upstreams
-            server = await asyncio.get_running_loop().create_server(handle.protocol_factory,
-                                                                    "127.0.0.1", 0)
+            server = await asyncio.get_running_loop().create_server(handle.protocol_factory, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
             r, w = await asyncio.open_connection("127.0.0.1", port)
             w.write(b"GET /info HTTP/1.1\r\nHost: t\r\n\r\n")  # one pooled connection
@@ -124,8 +124,9 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
             await until(lambda: up.active == 1, "the slow request upstream")
             assert handle.pool.idle_count() == 0  # it took the pooled connection
             # a reset, not a FIN (after a FIN the request in flight is still answered)
-            w.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                                  struct.pack("ii", 1, 0))
+            w.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
             w.transport.abort()
             await until(lambda: up.active == 0, "the upstream connection let go", timeout=2.0)
             assert handle.pool.idle_count() == 0 and not handle.pool.busy

@@ -11,19 +11,55 @@ from tests.support import free_port
 
 CASES = [
     # (id, raw request, expected status)
-    ("cl_and_te", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
-    ("conflicting_cl", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400),
-    ("duplicate_cl", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", 400),
+    (
+        "cl_and_te",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "conflicting_cl",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        400,
+    ),
+    (
+        "duplicate_cl",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        400,
+    ),
     ("cl_list", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\nhello", 400),
     ("negative_cl", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
     ("plus_cl", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\nhello", 400),
-    ("bad_chunk_size", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
-    ("chunk_overflow", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nhello\r\n", 400),
+    (
+        "bad_chunk_size",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk_overflow",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffff\r\nhello\r\n",
+        400,
+    ),
     ("te_not_chunked", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc", 400),
-    ("te_chunked_not_last", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
-    ("bare_lf_after_chunk_size", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
-    ("bare_lf_after_chunk_data", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n", 400),
-    ("chunk_data_longer_than_size", b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n", 400),
+    (
+        "te_chunked_not_last",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bare_lf_after_chunk_size",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "bare_lf_after_chunk_data",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\n0\r\n\r\n",
+        400,
+    ),
+    (
+        "chunk_data_longer_than_size",
+        b"POST /up/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n",
+        400,
+    ),
     ("obs_fold", b"GET /up/x HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400),
     ("bare_lf", b"GET /up/x HTTP/1.1\nHost: a\n\n", 400),
     ("bare_lf_in_header", b"GET /up/x HTTP/1.1\r\nHost: a\nX-B: c\r\n\r\n", 400),
@@ -36,7 +72,13 @@ CASES = [
     ("garbage", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n", 400),
     ("bad_method_chars", b"G(T /up/x HTTP/1.1\r\nHost: a\r\n\r\n", 400),
     ("uri_too_long", b"GET /up/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414),
-    ("header_too_large", b"GET /up/x HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(80)) + b"\r\n", 431),
+    (
+        "header_too_large",
+        b"GET /up/x HTTP/1.1\r\nHost: a\r\n"
+        + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(80))
+        + b"\r\n",
+        431,
+    ),
     ("body_too_large", b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n", 413),
     ("connect_method", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", 405),
 ]
@@ -82,9 +124,11 @@ def test_valid_request_after_pipelined_garbage_is_not_forwarded(proxy, upstream)
     """A good request, then a smuggling attempt: the first is answered, the rest refused."""
     before = upstream.requests
     with Conn(proxy.port()) as c:
-        c.send(b"GET /up/ok HTTP/1.1\r\nHost: a\r\n\r\n"
-               b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
-               b"GET /up/smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+        c.send(
+            b"GET /up/ok HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /up/x HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+            b"GET /up/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
         assert c.read_response().status == 200
         bad = c.read_response()
         assert bad.status == 400

@@ -41,8 +41,10 @@ upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
 def test_access_log_file_lines(proxy):
     with Conn(proxy.port()) as c:
         c.request("POST", "/logged?x=1", body=b"12345")
-    lines = wait_for(lambda: [json.loads(ln) for ln in proxy.access_path.read_text().splitlines()
-                              if "/logged" in ln], what="an access log line")
+    lines = wait_for(
+        lambda: [json.loads(ln) for ln in proxy.access_path.read_text().splitlines() if "/logged" in ln],
+        what="an access log line",
+    )
     rec = lines[-1]
     assert rec["method"] == "POST" and rec["path"] == "/logged" and rec["query"] == "x=1"
     assert rec["status"] == 200 and rec["bytes_in"] == 5 and rec["bytes_out"] > 0
@@ -53,8 +55,10 @@ def test_access_log_file_lines(proxy):
 def test_access_log_to_the_log_stream(proxy):
     with Conn(proxy.port("quiet")) as c:
         c.request("GET", "/")
-    wait_for(lambda: '"access"' in proxy.log() and '"server": "quiet"' in proxy.log(),
-             what="an access event in the worker log")
+    wait_for(
+        lambda: '"access"' in proxy.log() and '"server": "quiet"' in proxy.log(),
+        what="an access event in the worker log",
+    )
 
 
 @pytest.mark.parametrize("path", ["/raise", "/none"])
@@ -70,6 +74,7 @@ def test_failing_service_is_500_and_worker_lives(proxy, path):
 @pytest.fixture(scope="module")
 def routed(tmp_path_factory):
     from tests.http.upstream import UpstreamServer
+
     with UpstreamServer("a") as a, UpstreamServer("b") as b:
         config = f"""
 [servers.r]
@@ -105,6 +110,7 @@ def test_host_routing_and_preserve_host(routed):
 
 def test_pool_keeps_at_most_max_idle_and_expires_them(routed):
     import time as _t
+
     w, a, _b = routed
     conns = [Conn(w.port("r")) for _ in range(3)]
     try:

@@ -51,25 +51,52 @@ def request_parser(rec: Recorder):
     return hp.native.RequestParser(rec, 65536, 8192)
 
 
-PIPELINE = (b"GET /a?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nConnection: keep-alive\r\n\r\n"
-            b"\r\n"
-            b"POST /p HTTP/1.1\r\nhost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello"
-            b"PUT /c HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-            b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nTrailer: x\r\n\r\n")
+PIPELINE = (
+    b"GET /a?x=1 HTTP/1.1\r\nHost: Example.COM:8080\r\nConnection: keep-alive\r\n\r\n"
+    b"\r\n"
+    b"POST /p HTTP/1.1\r\nhost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\nhello"
+    b"PUT /c HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nTrailer: x\r\n\r\n"
+)
 
 
 def test_pipelined_requests_in_one_read() -> None:
     rec = feed_split(request_parser, PIPELINE, [])
     assert rec.events == [
-        ("head", "GET", "/a?x=1", "1.1", [(b"host", b"Example.COM:8080"), (b"connection", b"keep-alive")],
-         b"Example.COM:8080", None, hp.CONN_KEEPALIVE),
-        ("head", "POST", "/p", "1.1", [(b"host", b"a"), (b"content-length", b"5"),
-                                        (b"expect", b"100-continue")], b"a", 5, hp.EXPECT),
-        ("body", b"hello"), ("done",),
-        ("head", "PUT", "/c", "1.0", [(b"host", b"a"), (b"transfer-encoding", b"chunked"),
-                                       (b"connection", b"close")], b"a", None,
-         hp.CHUNKED | hp.CONN_CLOSE),
-        ("body", b"helloabc"), ("done",),
+        (
+            "head",
+            "GET",
+            "/a?x=1",
+            "1.1",
+            [(b"host", b"Example.COM:8080"), (b"connection", b"keep-alive")],
+            b"Example.COM:8080",
+            None,
+            hp.CONN_KEEPALIVE,
+        ),
+        (
+            "head",
+            "POST",
+            "/p",
+            "1.1",
+            [(b"host", b"a"), (b"content-length", b"5"), (b"expect", b"100-continue")],
+            b"a",
+            5,
+            hp.EXPECT,
+        ),
+        ("body", b"hello"),
+        ("done",),
+        (
+            "head",
+            "PUT",
+            "/c",
+            "1.0",
+            [(b"host", b"a"), (b"transfer-encoding", b"chunked"), (b"connection", b"close")],
+            b"a",
+            None,
+            hp.CHUNKED | hp.CONN_CLOSE,
+        ),
+        ("body", b"helloabc"),
+        ("done",),
     ]
 
 
@@ -85,33 +112,36 @@ def test_byte_by_byte_and_memoryview_input() -> None:
     rec = Recorder()
     p = request_parser(rec)
     for i in range(len(PIPELINE)):
-        p.feed_data(memoryview(PIPELINE)[i:i + 1])
+        p.feed_data(memoryview(PIPELINE)[i : i + 1])
     assert rec.events == feed_split(request_parser, PIPELINE, []).events
 
 
-@pytest.mark.parametrize("raw,status", [
-    (b"GET / HTTP/1.1\nHost: a\n\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nX : b\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 16 + b"\r\n", 400),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n", 400),
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX", 400),
-    (b"GET / HTTP/1.1\r\nExpect: magic\r\n\r\n", 417),
-    (b"GET /x\r\n\r\n", 400),
-    (b"G@T / HTTP/1.1\r\n\r\n", 400),
-    (b"GET / HTTP/1.1 \r\n\r\n", 400),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
-    (b"GET /" + b"a" * 9000, 414),  # not even a complete line yet
-    (b"GET / HTTP/1.1\r\n" + b"X: " + b"v" * 70000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * 20000, 431),  # never ends
-])
+@pytest.mark.parametrize(
+    "raw,status",
+    [
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x00b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX : b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 0x5\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"f" * 16 + b"\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\nab\r\n", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabX", 400),
+        (b"GET / HTTP/1.1\r\nExpect: magic\r\n\r\n", 417),
+        (b"GET /x\r\n\r\n", 400),
+        (b"G@T / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1 \r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET /" + b"a" * 9000, 414),  # not even a complete line yet
+        (b"GET / HTTP/1.1\r\n" + b"X: " + b"v" * 70000 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/1.1\r\n" + b"X: v\r\n" * 20000, 431),  # never ends
+    ],
+)
 def test_malformed_requests(raw: bytes, status: int) -> None:
     with pytest.raises(hp.ParseError) as info:
         request_parser(Recorder()).feed_data(raw)
@@ -122,7 +152,9 @@ def test_upgrade_hands_over_the_rest() -> None:
     rec = Recorder()
     p = request_parser(rec)
     with pytest.raises(hp.UpgradeRequested) as info:
-        p.feed_data(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello")
+        p.feed_data(
+            b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"
+        )
     assert info.value.rest == b"\x81\x05hello"
     assert rec.events[0][-1] & hp.UPGRADE
     p.feed_data(b"more")  # after the upgrade the parser takes nothing
@@ -161,18 +193,25 @@ def response_parser(rec: Recorder, head: bool = False):
 
 
 def test_response_framing_and_hop_by_hop_removal() -> None:
-    data = (b"HTTP/1.1 100 Continue\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n"
-            b"Keep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\nabc"
-            b"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n"
-            b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\r\nxyz\r\n0\r\n\r\n"
-            b"HTTP/1.0 200 OK\r\n\r\nuntil the end")
+    data = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nServer: up\r\nConnection: keep-alive, X-Private\r\nX-Private: 1\r\n"
+        b"Keep-Alive: timeout=5\r\nContent-Length: 3\r\n\r\nabc"
+        b"HTTP/1.1 204 No Content\r\nDate: x\r\n\r\n"
+        b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\r\nxyz\r\n0\r\n\r\n"
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the end"
+    )
     expected = [
         ("head", 200, b"OK", [(b"server", b"up"), (b"content-length", b"3")], True, 3, False),
-        ("body", b"abc"), ("done",),
-        ("head", 204, b"No Content", [(b"date", b"x")], True, None, False), ("done",),
-        ("head", 200, b"OK", [], True, None, True), ("body", b"xyz"), ("done",),
-        ("head", 200, b"OK", [], False, None, False), ("body", b"until the end"),
+        ("body", b"abc"),
+        ("done",),
+        ("head", 204, b"No Content", [(b"date", b"x")], True, None, False),
+        ("done",),
+        ("head", 200, b"OK", [], True, None, True),
+        ("body", b"xyz"),
+        ("done",),
+        ("head", 200, b"OK", [], False, None, False),
+        ("body", b"until the end"),
     ]
     assert feed_split(response_parser, data, []).events == expected
     rng = random.Random(7)
@@ -184,27 +223,30 @@ def test_response_framing_and_hop_by_hop_removal() -> None:
 def test_response_to_head_has_no_body() -> None:
     rec = Recorder()
     response_parser(rec, head=True).feed_data(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
-    assert rec.events == [("head", 200, b"OK", [(b"content-length", b"1000")], True, 1000, False),
-                          ("done",)]
+    assert rec.events == [("head", 200, b"OK", [(b"content-length", b"1000")], True, 1000, False), ("done",)]
 
 
 def test_switching_protocols_keeps_upgrade_headers() -> None:
     rec = Recorder()
     with pytest.raises(hp.UpgradeRequested) as info:
         response_parser(rec).feed_data(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe")
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe"
+        )
     assert info.value.rest == b"frame"
     assert rec.events[0][3] == [(b"upgrade", b"websocket"), (b"connection", b"Upgrade")]
 
 
-@pytest.mark.parametrize("raw", [
-    b"garbage\r\n\r\n",
-    b"HTTP/1.1 2000 OK\r\n\r\n",
-    b"HTTP/2.0 200 OK\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\r\n folded\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nxyz\r\n",
+    ],
+)
 def test_bad_responses_are_502(raw: bytes) -> None:
     with pytest.raises(hp.ParseError) as info:
         response_parser(Recorder()).feed_data(raw)
@@ -244,8 +286,10 @@ def test_a_small_body_split_over_reads_is_collected_whole() -> None:
     assert got == []  # waits for the rest
     p.feed_data(b"45")
     p.feed_data(b"6789HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nabc")  # 11 > 10: streams
-    assert got == [(200, b"OK", [(b"content-length", b"10")], True, 10, False, b"0123456789"),
-                   (200, b"OK", [(b"content-length", b"11")], True, 11, False, None)]
+    assert got == [
+        (200, b"OK", [(b"content-length", b"10")], True, 10, False, b"0123456789"),
+        (200, b"OK", [(b"content-length", b"11")], True, 11, False, None),
+    ]
 
 
 @pytest.mark.parametrize("feed", [bytes, bytearray, memoryview])
@@ -266,8 +310,12 @@ def test_a_lent_body_is_a_view_for_the_callback_only(feed: type) -> None:
             kept.append(body)
 
     p = hp.native.ResponseParser(Lending(), False, 8, True)
-    p.feed_data(feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-                     b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nwor"))
+    p.feed_data(
+        feed(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nwor"
+        )
+    )
     p.feed_data(feed(b"ld!"))
     assert seen == [(memoryview, b"hello"), (bytes, b"world!")]
     with pytest.raises(ValueError):
@@ -278,6 +326,7 @@ def test_a_lent_body_is_a_view_for_the_callback_only(feed: type) -> None:
 @pytest.mark.parametrize("keep", [memoryview, lambda v: v[1:], lambda v: v.cast("c")])
 def test_a_view_derived_from_a_lent_body_is_an_error_not_a_dangling_view(keep: Any) -> None:
     """Views made from the lent one cannot be revoked with it: keeping one is reported."""
+
     class Holding(Recorder):
         def on_response(self, *args: object) -> None:
             self.held = keep(args[6])
@@ -315,7 +364,7 @@ def _mutations(rng: random.Random, seed: bytes, n: int) -> list[bytes]:
             elif op < 0.7:
                 data[i:i] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 6)))
             elif data:
-                del data[i:i + rng.randint(1, 6)]
+                del data[i : i + rng.randint(1, 6)]
         out.append(bytes(data))
     return out
 
@@ -325,15 +374,27 @@ def test_mutated_input_never_crashes_and_fails_cleanly(which: str) -> None:
     """Untrusted bytes into C: whatever comes in, the parser either calls back or raises one
     of its two exceptions, however the input is split."""
     rng = random.Random(1234)
-    seed = PIPELINE if which == "request" else (
-        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n"
-        b"Transfer-Encoding: chunked\r\nConnection: close, x\r\nX: 1\r\n\r\n3\r\nxyz\r\n0\r\n\r\n")
+    seed = (
+        PIPELINE
+        if which == "request"
+        else (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close, x\r\nX: 1\r\n\r\n3\r\nxyz\r\n0\r\n\r\n"
+        )
+    )
     outcomes = set()
     for data in _mutations(rng, seed, 3000):
         rec = Recorder()
-        p = (hp.native.RequestParser(rec, 4096, 256) if which == "request"
-             else hp.native.ResponseParser(rec, rng.random() < 0.1, rng.choice((0, 8, 1 << 16))))
-        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 6)))) if len(data) > 1 else []
+        p = (
+            hp.native.RequestParser(rec, 4096, 256)
+            if which == "request"
+            else hp.native.ResponseParser(rec, rng.random() < 0.1, rng.choice((0, 8, 1 << 16)))
+        )
+        cuts = (
+            sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(0, 6))))
+            if len(data) > 1
+            else []
+        )
         try:
             last = 0
             for c in [*cuts, len(data)]:
@@ -349,26 +410,66 @@ def test_mutated_input_never_crashes_and_fails_cleanly(which: str) -> None:
 
 
 # -- the upstream request head -----------------------------------------------------------------
-_NAMES = [b"host", b"x-forwarded-for", b"forwarded", b"via", b"upgrade", b"connection",
-          b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-          b"content-length", b"expect", b"x-forwarded-proto", b"x-forwarded-host", b"x-keep",
-          b"x-secret", b"accept", b"cookie", b"h", b"x-forwarded-fo", b"vias"]
-_VALUES = [b"", b"1", b"a, b", b'"quoted"', b"client.example:8443", b"10.0.0.1",
-           b" keep-alive , X-Secret\x0b", b"X-KEEP,cookie", b"\tupgrade\t", b"websocket",
-           b"for=1.2.3.4", b"1.0 edge", b"caf\xe9"]
+_NAMES = [
+    b"host",
+    b"x-forwarded-for",
+    b"forwarded",
+    b"via",
+    b"upgrade",
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"x-keep",
+    b"x-secret",
+    b"accept",
+    b"cookie",
+    b"h",
+    b"x-forwarded-fo",
+    b"vias",
+]
+_VALUES = [
+    b"",
+    b"1",
+    b"a, b",
+    b'"quoted"',
+    b"client.example:8443",
+    b"10.0.0.1",
+    b" keep-alive , X-Secret\x0b",
+    b"X-KEEP,cookie",
+    b"\tupgrade\t",
+    b"websocket",
+    b"for=1.2.3.4",
+    b"1.0 edge",
+    b"caf\xe9",
+]
 
 
 def _random_request(rng: random.Random) -> tuple[Any, Any, Any, str, bool, bool]:
     from types import SimpleNamespace
 
     headers = [(rng.choice(_NAMES), rng.choice(_VALUES)) for _ in range(rng.randrange(12))]
-    body = rng.choice([None, SimpleNamespace(length=rng.choice([0, 7, 1 << 40])),
-                       SimpleNamespace(length=None)])
-    req = SimpleNamespace(method=rng.choice(["GET", "POST", "PUT", "HEAD", "DELETE", "PATCH"]),
-                          headers=headers, upgrade=rng.random() < 0.3, body=body,
-                          content_length=rng.choice([None, 0, 5]))
-    conn = SimpleNamespace(forward_cache=None, scheme=rng.choice(["http", "https"]),
-                           peer=rng.choice([("127.0.0.1", 5), ("::1", 6, 0, 0), None]))
+    body = rng.choice(
+        [None, SimpleNamespace(length=rng.choice([0, 7, 1 << 40])), SimpleNamespace(length=None)]
+    )
+    req = SimpleNamespace(
+        method=rng.choice(["GET", "POST", "PUT", "HEAD", "DELETE", "PATCH"]),
+        headers=headers,
+        upgrade=rng.random() < 0.3,
+        body=body,
+        content_length=rng.choice([None, 0, 5]),
+    )
+    conn = SimpleNamespace(
+        forward_cache=None,
+        scheme=rng.choice(["http", "https"]),
+        peer=rng.choice([("127.0.0.1", 5), ("::1", 6, 0, 0), None]),
+    )
     up = SimpleNamespace(kind=rng.choice(["uri", "unix"]), host_header=b"127.0.0.1:8080")
     target = rng.choice(["/", "/a/b?x=1", "/caf\xe9", "/" + "p" * 300])
     return req, SimpleNamespace(conn=conn), up, target, rng.random() < 0.5, rng.random() < 0.5
@@ -398,23 +499,47 @@ def test_forward_head_leaves_very_many_headers_to_python() -> None:
     rng = random.Random(5)
     req, ctx, up, target, _, _ = _random_request(rng)
     req.headers = [(b"x-n", b"%d" % i) for i in range(300)]
-    assert H._forward_head("GET", "/", req.headers, False, None, b"ip", b"http", b"n", False,
-                           b"\r\n") is NotImplemented
+    assert (
+        H._forward_head("GET", "/", req.headers, False, None, b"ip", b"http", b"n", False, b"\r\n")
+        is NotImplemented
+    )
     head = H.request_head(req, ctx, up, target, preserve_host=False, via=False)
     assert head.count(b"\r\nx-n: ") == 300
 
 
 # -- relay: the client's header block instead of a header list ---------------------------------
 def _random_response(rng: random.Random) -> bytes:
-    lines = [rng.choice([b"HTTP/1.1 200 OK", b"HTTP/1.0 201 Created", b"HTTP/1.1 404 ",
-                         b"HTTP/1.1 500 Internal Server Error", b"HTTP/1.1 200"])]
+    lines = [
+        rng.choice(
+            [
+                b"HTTP/1.1 200 OK",
+                b"HTTP/1.0 201 Created",
+                b"HTTP/1.1 404 ",
+                b"HTTP/1.1 500 Internal Server Error",
+                b"HTTP/1.1 200",
+            ]
+        )
+    ]
     for _ in range(rng.randrange(10)):
-        name = rng.choice([b"Server", b"X-Keep", b"Connection", b"Keep-Alive", b"TE", b"Trailer",
-                           b"Proxy-Connection", b"Upgrade", b"X-Private", b"Set-Cookie",
-                           b"ETag", b"Via", b"CONTENT-TYPE"])
+        name = rng.choice(
+            [
+                b"Server",
+                b"X-Keep",
+                b"Connection",
+                b"Keep-Alive",
+                b"TE",
+                b"Trailer",
+                b"Proxy-Connection",
+                b"Upgrade",
+                b"X-Private",
+                b"Set-Cookie",
+                b"ETag",
+                b"Via",
+                b"CONTENT-TYPE",
+            ]
+        )
         if name == b"Connection":
-            value = rng.choice([b"keep-alive", b"close", b"x-private", b" X-Private , etag",
-                                b"upgrade"])
+            value = rng.choice([b"keep-alive", b"close", b"x-private", b" X-Private , etag", b"upgrade"])
         else:
             value = rng.choice([b"", b"v", b"a, b", b'"q"', b"caf\xe9", b" spaced\t"])
         lines.append(name + b":" + rng.choice([b" ", b"", b"\t"]) + value)
@@ -439,8 +564,15 @@ def test_relay_block_is_the_client_header_block_of_the_list() -> None:
 
         class Both(Recorder):
             def on_response(self, status, reason, headers, keep_alive, length, chunked, body):
-                listed.append((status, reason, split_headers(headers, skip)[0], keep_alive,  # noqa: B023 - called in this iteration only
-                               bytes(body)))
+                listed.append(  # noqa: B023 - called in this iteration only
+                    (
+                        status,
+                        reason,
+                        split_headers(headers, skip)[0],
+                        keep_alive,
+                        bytes(body),
+                    )
+                )
 
             def on_relay(self, status, reason, block, keep_alive, body):
                 relayed.append((status, reason, block, keep_alive, bytes(body)))  # noqa: B023 - likewise

@@ -111,10 +111,17 @@ def test_absolute_form_without_a_plain_authority_is_refused(proxy, target):
     assert got.startswith(b"HTTP/1.1 400 "), got
 
 
-@pytest.mark.parametrize("buf,ok", [
-    (b"GET /x", True), (b"GET /x HTTP/1.1\r\nHo", True), (b"\r\nGET / HTTP/1.0\r\n", True),
-    (b"GET /x\r\n", False), (b"GET /x HTTP/1.1\n", False), (b"GET /x HTTP/11\r\n", False),
-])
+@pytest.mark.parametrize(
+    "buf,ok",
+    [
+        (b"GET /x", True),
+        (b"GET /x HTTP/1.1\r\nHo", True),
+        (b"\r\nGET / HTTP/1.0\r\n", True),
+        (b"GET /x\r\n", False),
+        (b"GET /x HTTP/1.1\n", False),
+        (b"GET /x HTTP/11\r\n", False),
+    ],
+)
 def test_the_python_twin_of_the_request_line_check(buf, ok):
     if ok:
         check_request_line(buf)

@@ -71,6 +71,7 @@ def _through_process_boundary(data: dict, fds: list[int]) -> Snapshot:
 def _run(coro, loop: str = "asyncio"):
     if loop == "io_uring":
         from monolake.uring import new_event_loop, probe
+
         with asyncio.Runner(loop_factory=lambda: new_event_loop(setup_flags=probe().setup_flags)) as r:
             return r.run(coro)
     return asyncio.run(coro)
@@ -83,8 +84,8 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
         h1 = build("px", cfg, ENV, None)
         s1 = await _serve(h1)
         p1 = s1.sockets[0].getsockname()[1]
-        names = [(await _get(p1, "/rr"))[1]["x-upstream"] for _ in range(3)]   # a b a
-        assert (await _get(p1, "/dead"))[0] == 502                             # ejected now
+        names = [(await _get(p1, "/rr"))[1]["x-upstream"] for _ in range(3)]  # a b a
+        assert (await _get(p1, "/dead"))[0] == 502  # ejected now
         assert (await _get(p1, "/one"))[0] == 200
         conns_before = a.connections + b.connections
         requests_before = h1.stats()["requests"]
@@ -101,8 +102,7 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
         s2 = await _serve(h2)
         p2 = s2.sockets[0].getsockname()[1]
         # the adopted sockets are wrapped on the loop: wait until every one is idle in the pool
-        await until(lambda: sum(map(len, h2.pool.idle.values())) == len(fds),
-                     "adopted connections pooled")
+        await until(lambda: sum(map(len, h2.pool.idle.values())) == len(fds), "adopted connections pooled")
         nxt = (await _get(p2, "/rr"))[1]["x-upstream"]
         assert (await _get(p2, "/dead"))[0] == 503, "the ejection carried over"
         assert (await _get(p2, "/one"))[0] == 200
@@ -175,8 +175,8 @@ def test_config_layers_and_a_rate_limiter_that_survives_reload():
         h2 = build("px", cfg, ENV, _through_process_boundary(data, fds))
         s2 = await _serve(h2)
         p2 = s2.sockets[0].getsockname()[1]
-        statuses.append((await _get(p2, "/one"))[0])   # the third token
-        statuses.append((await _get(p2, "/one"))[0])   # none left: the bucket came along
+        statuses.append((await _get(p2, "/one"))[0])  # the third token
+        statuses.append((await _get(p2, "/one"))[0])  # none left: the bucket came along
         s2.close()
         await h2.aclose()
         for fd in fds:
@@ -224,10 +224,10 @@ def test_drain_closes_idle_and_marks_in_flight_close():
         await until(lambda: h.stats()["active_requests"] == 1, "the slow request in flight")
         assert h.open_connections() == 2
         h.begin_drain()
-        assert await asyncio.wait_for(idle[0].read(), 2) == b""   # idle: closed now (FIN)
-        idle[1].close()                                              # ends the lingering close
+        assert await asyncio.wait_for(idle[0].read(), 2) == b""  # idle: closed now (FIN)
+        idle[1].close()  # ends the lingering close
         head = await asyncio.wait_for(busy_r.readuntil(b"\r\n\r\n"), 5)
-        assert b"connection: close" in head.lower()                  # in flight: finishes
+        assert b"connection: close" in head.lower()  # in flight: finishes
         rest = await asyncio.wait_for(busy_r.read(), 5)
         assert rest == b"slow ok"
         await until(lambda: h.open_connections() == 0, "drained")
@@ -240,11 +240,15 @@ def test_drain_closes_idle_and_marks_in_flight_close():
 
 def test_layer_factory_errors_are_reported():
     with UpstreamServer("a") as a:
-        cfg = _config(a.url, a.url, layers="""
+        cfg = _config(
+            a.url,
+            a.url,
+            layers="""
 [[servers.px.layers]]
 factory = "monolake.worker.http.layers:rate_limit"
 options = { rate = 1, bogus = 2 }
-""")
+""",
+        )
         with pytest.raises(ValueError, match="bogus"):
             build("px", cfg, ENV, None)
 
@@ -254,8 +258,14 @@ def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
     from monolake.worker.http.server import ServerRuntime
 
     scheduled: list[asyncio.TimerHandle] = loop._scheduled  # type: ignore[attr-defined]  # private: the only list of timers
-    return len([h for h in scheduled if not h.cancelled()
-                and getattr(getattr(h, "_callback", None), "__func__", None) is ServerRuntime._sweep])
+    return len(
+        [
+            h
+            for h in scheduled
+            if not h.cancelled()
+            and getattr(getattr(h, "_callback", None), "__func__", None) is ServerRuntime._sweep
+        ]
+    )
 
 
 def _open_fds() -> int:
@@ -277,7 +287,7 @@ def test_in_place_reloads_close_retired_handles(tmp_path, monkeypatch):
 [servers.px]
 proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:1" }}
-access_log = "{tmp_path / 'access.log'}"
+access_log = "{tmp_path / "access.log"}"
 [[servers.px.routes]]
 path_prefix = "/one"
 upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
@@ -289,7 +299,7 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
         worker.build()
         await worker.start_accepting()
         held = await asyncio.open_connection("127.0.0.1", port)
-        assert (await _get(port, "/one", keep=held))[0] == 200   # a connection on the old stack
+        assert (await _get(port, "/one", keep=held))[0] == 200  # a connection on the old stack
         message = messages.Reconfigure(config=Config.to_dict(config))
         worker.prepare_in_place(message)
         worker.commit_in_place()

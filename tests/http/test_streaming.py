@@ -30,14 +30,18 @@ upstream = upstream_fixture("st")
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), f"""[[servers.px.routes]]
+    yield from serve_proxy(
+        request.param,
+        tmp_path_factory.mktemp("w"),
+        f"""[[servers.px.routes]]
 path_prefix = "/up"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path_prefix = "/echo"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "echo" }} }}]
-""")
+""",
+    )
 
 
 def _upload(c: Conn, path: str, size: int, chunked: bool, proxy, check_every: int = 32) -> tuple[dict, int]:
@@ -121,8 +125,10 @@ def test_one_gib_each_way(proxy):
 
 def test_chunked_request_body_reaches_upstream(proxy):
     with Conn(proxy.port()) as c:
-        c.send(b"POST /up/sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-               b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+        c.send(
+            b"POST /up/sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        )
         doc = c.read_response().json()
     assert doc["length"] == 11 and doc["sha256"] == hashlib.sha256(b"hello world").hexdigest()
 

@@ -21,7 +21,9 @@ def pki(tmp_path_factory):
     ca = make_ca(d)
     other_ca = make_ca(d, "other-ca")
     return {
-        "dir": d, "ca": ca, "other_ca": other_ca,
+        "dir": d,
+        "ca": ca,
+        "other_ca": other_ca,
         "a": make_cert(d, ca, "a.test", ["a.test"]),
         "b": make_cert(d, ca, "b.test", ["b.test", "*.wild.test"]),
         "upstream": make_cert(d, ca, "upstream.test", ["upstream.test", "127.0.0.1"]),
@@ -36,8 +38,11 @@ def ups(pki):
     mtls_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"].chain))
     mtls_ctx.load_cert_chain(pki["upstream"].chain, pki["upstream"].key)
     mtls_ctx.verify_mode = ssl.CERT_REQUIRED
-    with UpstreamServer("plain") as plain, UpstreamServer("tls", ssl=up_ctx) as tls, \
-            UpstreamServer("mtls", ssl=mtls_ctx) as mtls:
+    with (
+        UpstreamServer("plain") as plain,
+        UpstreamServer("tls", ssl=up_ctx) as tls,
+        UpstreamServer("mtls", ssl=mtls_ctx) as mtls,
+    ):
         yield plain, tls, mtls
 
 
@@ -56,25 +61,34 @@ def proxy(request, pki, ups, tmp_path_factory):
     loop = request.param
     plain, tls, mtls = ups
     ca, a, b, client = pki["ca"].chain, pki["a"], pki["b"], pki["client"]
-    config = f"""
+    config = (
+        f"""
 [servers.px]
 proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
 tls = {{ certificates = [{{ chain = "{a.chain}", key = "{a.key}" }}, {{ chain = "{b.chain}", key = "{b.key}" }}], min_version = "1.2" }}
 [servers.px.timeout]
 upstream_connect_timeout_sec = 2
-""" + _route("/plain", plain.url) \
-        + _route("/tls", tls.url, f'tls_ca = "{ca}"') \
-        + _route("/sni", f"https://127.0.0.1:{tls.port}", f'tls_ca = "{ca}"\ntls_sni = "upstream.test"') \
-        + _route("/badca", tls.url, f'tls_ca = "{pki["other_ca"].chain}"') \
-        + _route("/noverify", tls.url, 'tls_verify = false') \
-        + _route("/mtls", mtls.url, f'tls_ca = "{ca}"\ntls_client_cert = "{client.chain}"\ntls_client_key = "{client.key}"') \
-        + _route("/nocert", mtls.url, f'tls_ca = "{ca}"') + f"""
+"""
+        + _route("/plain", plain.url)
+        + _route("/tls", tls.url, f'tls_ca = "{ca}"')
+        + _route("/sni", f"https://127.0.0.1:{tls.port}", f'tls_ca = "{ca}"\ntls_sni = "upstream.test"')
+        + _route("/badca", tls.url, f'tls_ca = "{pki["other_ca"].chain}"')
+        + _route("/noverify", tls.url, "tls_verify = false")
+        + _route(
+            "/mtls",
+            mtls.url,
+            f'tls_ca = "{ca}"\ntls_client_cert = "{client.chain}"\ntls_client_key = "{client.key}"',
+        )
+        + _route("/nocert", mtls.url, f'tls_ca = "{ca}"')
+        + f"""
 [servers.pp]
 proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
 proxy_protocol = true
-""" + _route("/plain", plain.url).replace("servers.px", "servers.pp") + f"""
+"""
+        + _route("/plain", plain.url).replace("servers.px", "servers.pp")
+        + f"""
 [servers.t13]
 proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
@@ -84,6 +98,7 @@ proxy_protocol = true
 path = "/echo"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "echo" }} }}]
 """
+    )
     with run_worker(tmp_path_factory.mktemp("w"), config, loop=getattr(loop, "values", [loop])[0]) as w:
         yield w
 
@@ -143,15 +158,18 @@ def test_min_version_is_enforced(proxy, pki):
 
 def test_tls_13_after_proxy_header_in_the_same_segment(proxy, pki):
     ctx = _client_ctx(pki)
-    with TlsConn(proxy.port("t13"), ctx, "a.test",
-                 prefix=b"PROXY TCP4 192.0.2.10 127.0.0.1 40000 443\r\n") as c:
+    with TlsConn(
+        proxy.port("t13"), ctx, "a.test", prefix=b"PROXY TCP4 192.0.2.10 127.0.0.1 40000 443\r\n"
+    ) as c:
         doc = c.request("GET", "/echo").json()
     assert doc["tls"] == "TLSv1.3"
     assert doc["peer"] == "192.0.2.10:40000"
 
 
-@pytest.mark.parametrize("prefix,expect", [("/tls", 200), ("/sni", 200), ("/noverify", 200),
-                                           ("/badca", 502), ("/mtls", 200), ("/nocert", 502)])
+@pytest.mark.parametrize(
+    "prefix,expect",
+    [("/tls", 200), ("/sni", 200), ("/noverify", 200), ("/badca", 502), ("/mtls", 200), ("/nocert", 502)],
+)
 def test_https_upstreams(proxy, pki, prefix, expect):
     with TlsConn(proxy.port(), _client_ctx(pki), "a.test") as c:
         r = c.request("GET", f"{prefix}/info")
@@ -199,9 +217,15 @@ def test_proxy_protocol_v2_local_keeps_socket_address(proxy):
     assert dict(map(tuple, doc["headers"]))["x-forwarded-for"] == "127.0.0.1"
 
 
-@pytest.mark.parametrize("junk", [b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", b"PROXY TCP4 1.2.3.4\r\n",
-                                  b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n",
-                                  b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"PROXY TCP4 1.2.3.4\r\n",
+        b"PROXY TCP4 999.1.1.1 1.1.1.1 1 2\r\n",
+        b"\r\n\r\n\x00\r\nQUIT\n\x31\x11\x00\x0c" + b"\x00" * 12,
+    ],
+)
 def test_missing_or_bad_proxy_header_closes(proxy, junk):
     with Conn(proxy.port("pp")) as c:
         c.send(junk)

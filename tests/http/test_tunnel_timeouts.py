@@ -20,7 +20,10 @@ upstream = upstream_fixture("ws")
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
-    yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), f"""[servers.px.timeout]
+    yield from serve_proxy(
+        request.param,
+        tmp_path_factory.mktemp("w"),
+        f"""[servers.px.timeout]
 server_keepalive_timeout_sec = 0.6
 server_read_header_timeout_sec = 0.6
 server_read_body_timeout_sec = 0.6
@@ -31,11 +34,14 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path = "/"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-""")
+""",
+    )
 
 
-UPGRADE = (b"GET /up/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+UPGRADE = (
+    b"GET /up/ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
 
 
 def test_websocket_upgrade_is_tunnelled(proxy):

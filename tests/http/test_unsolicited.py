@@ -22,9 +22,15 @@ from tests.http.upstream import FAULTS, UpstreamServer
 
 # kind -> (status, body) the client of the faulty response itself gets
 EXPECTED = {
-    "second": (200, b"hello"), "head": (200, b"hello"), "half": (200, b"hello"),
-    "garbage": (200, b"hello"), "after204": (204, b""), "after304": (304, b""),
-    "long": (200, None), "chunked": (200, b"hello"), "empty": (200, b""),
+    "second": (200, b"hello"),
+    "head": (200, b"hello"),
+    "half": (200, b"hello"),
+    "garbage": (200, b"hello"),
+    "after204": (204, b""),
+    "after304": (304, b""),
+    "long": (200, None),
+    "chunked": (200, b"hello"),
+    "empty": (200, b""),
 }
 assert set(EXPECTED) == {k for k in FAULTS if not k.startswith("ok")}
 
@@ -33,7 +39,8 @@ assert set(EXPECTED) == {k for k in FAULTS if not k.startswith("ok")}
 def proxy(request, tmp_path_factory):
     parser, loop = variant(request.param)
     with UpstreamServer("f") as up:
-        config = proxy_config(f"""
+        config = proxy_config(
+            f"""
 [servers.px.timeout]
 upstream_read_timeout_sec = 5
 
@@ -41,7 +48,9 @@ upstream_read_timeout_sec = 5
 path_prefix = "/"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-""", parser)
+""",
+            parser,
+        )
         with run_worker(tmp_path_factory.mktemp("unsolicited"), config, loop) as w:
             yield w, up
 
@@ -71,7 +80,7 @@ def _check_nobody_gets_it(w, up: UpstreamServer, fault_target: str, tag: str) ->
         assert (r.status, r.body, r.header("x-up")) == (200, t.encode(), None), (t, r)
     r = _get(w.port(), f"/delay/seq-{tag}?s=0")
     assert (r.status, r.body, r.header("x-up")) == (200, f"seq-{tag}".encode(), None)
-    later = [t for c, t in up.served[index + 1:] if c == conn]
+    later = [t for c, t in up.served[index + 1 :] if c == conn]
     assert later == [], f"the connection that sent stray bytes was reused for {later}"
     assert "upstream_unsolicited_bytes" in w.log()
 
@@ -114,6 +123,7 @@ def test_a_clean_response_keeps_its_connection_pooled(proxy, kind):
 
 # -- the pool's ownership rule, in process ----------------------------------------------------
 
+
 class _Conn:
     """Just what the pool reads of a connection (hashable by identity, as the real one)."""
 
@@ -127,15 +137,13 @@ class _Conn:
 def _pool() -> tuple[UpstreamPool, list[tuple[str, dict]]]:
     events: list[tuple[str, dict]] = []
     log = SimpleNamespace(error=lambda ev, **kw: events.append((ev, kw)))
-    return UpstreamPool(parser_kind="h11", connect_timeout=1, read_timeout=1, stats=Stats(),
-                        log=log), events
+    return UpstreamPool(parser_kind="h11", connect_timeout=1, read_timeout=1, stats=Stats(), log=log), events
 
 
 def _conn() -> _Conn:
     up = SimpleNamespace(key=("k",), label="up:1", max_idle=8, idle_timeout=60, draining=False)
     transport = SimpleNamespace(is_closing=lambda: False)
-    return _Conn(key=up.key, upstream=up, closed=False, poisoned="", transport=transport,
-                 idle_since=0.0)
+    return _Conn(key=up.key, upstream=up, closed=False, poisoned="", transport=transport, idle_since=0.0)
 
 
 def test_a_second_release_closes_the_connection_instead_of_pooling_it_twice():

@@ -24,7 +24,8 @@ from tests.support import free_port, until
 def _route(path: str, urls: list[str], extra: str = "", lb: str = "random") -> str:
     ups = ", ".join(
         f'{{ endpoint = {{ type = "{"unix" if u.startswith("/") else "uri"}", value = "{u}" }}, weight = {w} }}'
-        for u, w in ((u.split("#")[0], int(u.split("#")[1]) if "#" in u else 1) for u in urls))
+        for u, w in ((u.split("#")[0], int(u.split("#")[1]) if "#" in u else 1) for u in urls)
+    )
     return f"""
 [[servers.px.routes]]
 path_prefix = "{path}"
@@ -68,7 +69,8 @@ def blackhole():
 def proxy(request, ups, blackhole, tmp_path_factory):
     a, b, u = ups
     dead = f"http://127.0.0.1:{free_port()}"
-    config = f"""
+    config = (
+        f"""
 [servers.px]
 proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
@@ -77,20 +79,27 @@ via = true
 [servers.px.timeout]
 upstream_connect_timeout_sec = 0.5
 upstream_read_timeout_sec = 1
-""" + _route("/a", [a.url]) + _route("/rr", [a.url, b.url], lb="round_robin") \
-        + _route("/first", [dead, a.url], lb="first") \
-        + _route("/weighted", [a.url + "#1", b.url + "#9"], lb="weighted_random") \
-        + _route("/least", [a.url, b.url], lb="least_conn") \
-        + _route("/dead", [dead]) \
-        + _route("/eject", [dead, f"http://127.0.0.1:{free_port()}"], "eject_after_failures = 1\neject_duration_sec = 30") \
-        + _route("/hole", [f"http://127.0.0.1:{blackhole}"]) \
-        + _route("/unix", [u.unix_path]) \
+"""
+        + _route("/a", [a.url])
+        + _route("/rr", [a.url, b.url], lb="round_robin")
+        + _route("/first", [dead, a.url], lb="first")
+        + _route("/weighted", [a.url + "#1", b.url + "#9"], lb="weighted_random")
+        + _route("/least", [a.url, b.url], lb="least_conn")
+        + _route("/dead", [dead])
+        + _route(
+            "/eject",
+            [dead, f"http://127.0.0.1:{free_port()}"],
+            "eject_after_failures = 1\neject_duration_sec = 30",
+        )
+        + _route("/hole", [f"http://127.0.0.1:{blackhole}"])
+        + _route("/unix", [u.unix_path])
         + f"""
 [[servers.px.routes]]
 path_prefix = "/host"
 preserve_path = true
 upstreams = [{{ endpoint = {{ type = "uri", value = "{a.url}" }} }}]
 """
+    )
     with run_worker(tmp_path_factory.mktemp("w"), config) as w:
         yield w
 
@@ -181,10 +190,21 @@ def test_unix_upstream(proxy):
 
 def test_forwarding_headers(proxy):
     with Conn(proxy.port()) as c:
-        r = c.request("GET", "/host/info", {
-            "Connection": "keep-alive, X-Secret", "X-Secret": "1", "Keep-Alive": "timeout=5",
-            "TE": "trailers", "Proxy-Connection": "keep-alive", "X-Forwarded-For": "10.0.0.1",
-            "Via": "1.0 edge", "X-Keep": "yes"}, host="client.example:8443")
+        r = c.request(
+            "GET",
+            "/host/info",
+            {
+                "Connection": "keep-alive, X-Secret",
+                "X-Secret": "1",
+                "Keep-Alive": "timeout=5",
+                "TE": "trailers",
+                "Proxy-Connection": "keep-alive",
+                "X-Forwarded-For": "10.0.0.1",
+                "Via": "1.0 edge",
+                "X-Keep": "yes",
+            },
+            host="client.example:8443",
+        )
     doc = r.json()
     h = dict(doc["headers"])
     for gone in ("x-secret", "keep-alive", "te", "proxy-connection", "connection"):
@@ -210,6 +230,7 @@ def test_stale_pooled_connection_is_retried(proxy, ups):
 
 # -- least_conn counts, in-process: ``Upstream.active`` through every way a request can go --
 
+
 def _least_conn_handle(urls: list[str], connect_timeout: float = 5.0):
     ups = ", ".join(f'{{ endpoint = {{ type = "uri", value = "{u}" }} }}' for u in urls)
     cfg = parse_config(f"""
@@ -224,8 +245,9 @@ preserve_path = true
 load_balancer = "least_conn"
 upstreams = [{ups}]
 """).servers["px"]
-    handle = build("px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(),
-                                        runtime="asyncio"), None)
+    handle = build(
+        "px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio"), None
+    )
     router = handle.stack.services["router"]
     assert isinstance(router, RouterService)
     return handle, router.routes[0].balancer.upstreams
@@ -239,20 +261,21 @@ def test_least_conn_counts_connects_in_flight_and_every_outcome(ups, blackhole):
         pool = handle.pool
         # success: counted while connecting, handed over to the exchange, zero after it
         task = asyncio.ensure_future(pool.acquire(up))
-        await asyncio.sleep(0)          # the task runs up to its first wait: the connect
+        await asyncio.sleep(0)  # the task runs up to its first wait: the connect
         assert up.active == 1, "a connect in flight counts"
         conn = await task
         assert up.active == 0
-        fut = conn.request("GET", b"GET /slow?delay=0.2 HTTP/1.1\r\nHost: t\r\n\r\n", None,
-                           False, False, 5.0)
+        fut = conn.request("GET", b"GET /slow?delay=0.2 HTTP/1.1\r\nHost: t\r\n\r\n", None, False, False, 5.0)
         assert up.active == 1
         resp = await fut
         assert resp.status == 200
         await until(lambda: up.active == 0, "exchange over")
         # refused, timed out, cancelled mid-connect: back to zero, never below
-        for url, timeout, outcome in ((f"http://127.0.0.1:{free_port()}", 5.0, UpstreamError),
-                                      (f"http://127.0.0.1:{blackhole}", 0.2, UpstreamTimeout),
-                                      (f"http://127.0.0.1:{blackhole}", 30.0, asyncio.CancelledError)):
+        for url, timeout, outcome in (
+            (f"http://127.0.0.1:{free_port()}", 5.0, UpstreamError),
+            (f"http://127.0.0.1:{blackhole}", 0.2, UpstreamTimeout),
+            (f"http://127.0.0.1:{blackhole}", 30.0, asyncio.CancelledError),
+        ):
             h, (u,) = _least_conn_handle([url], connect_timeout=timeout)
             task = asyncio.ensure_future(h.pool.acquire(u))
             await asyncio.sleep(0)
@@ -287,8 +310,7 @@ def test_least_conn_spreads_requests_parsed_in_one_loop_turn(ups, monkeypatch):
 
     async def scenario() -> set[str]:
         handle, upstreams = _least_conn_handle([a.url, b.url])
-        server = await asyncio.get_running_loop().create_server(handle.protocol_factory,
-                                                                "127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(handle.protocol_factory, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         clients = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
         await until(lambda: handle.open_connections() == 2, "both accepted")
@@ -299,8 +321,11 @@ def test_least_conn_spreads_requests_parsed_in_one_loop_turn(ups, monkeypatch):
         names: set[str] = set()
         for r, w in clients:
             head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
-            names.update(line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
-                         if line.lower().startswith(b"x-upstream:"))
+            names.update(
+                line.split(b":", 1)[1].strip().decode()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"x-upstream:")
+            )
             w.close()
         await until(lambda: sum(u.active for u in upstreams) == 0, "all done")
         server.close()

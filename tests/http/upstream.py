@@ -51,11 +51,10 @@ FAULTS: dict[str, bytes] = {
     "head": _HELLO + b"HTTP/1.1 200 OK\r\nX-Up: POISON\r\nContent-Length: 40\r\n\r\n",
     "half": _HELLO + b"HTTP/1.1 200 OK\r\nX-Up: POI",  # half a head
     "after204": b"HTTP/1.1 204 No Content\r\n\r\n" + _STOLEN,  # a body after a 204
-    "after304": b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n" + _STOLEN,
+    "after304": b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n' + _STOLEN,
     "garbage": _HELLO + b"\x00\x01not http\r\n\r\n",
     "long": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(_LONG) + _LONG + _STOLEN,
-    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-               + _STOLEN,
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + _STOLEN,
     "empty": b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + _STOLEN,
     "ok": _HELLO,
     "ok-interim": b"HTTP/1.1 100 Continue\r\n\r\n" + _HELLO,
@@ -105,11 +104,11 @@ class UpstreamServer:
         loop = asyncio.new_event_loop()
         self._loop = loop
         if self.unix_path:
-            self._server = loop.run_until_complete(
-                asyncio.start_unix_server(self._handle, self.unix_path))
+            self._server = loop.run_until_complete(asyncio.start_unix_server(self._handle, self.unix_path))
         else:
             self._server = loop.run_until_complete(
-                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20, ssl=self.ssl))
+                asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20, ssl=self.ssl)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         try:
@@ -178,7 +177,9 @@ class UpstreamServer:
                 if path.endswith("/early"):
                     # answer before reading the body, then linger (read and drop) like nginx
                     # does, so that the close does not reset the answer away
-                    w.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope")
+                    w.write(
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope"
+                    )
                     await w.drain()
                     try:
                         async with asyncio.timeout(5):
@@ -222,14 +223,24 @@ class UpstreamServer:
                         if method != "HEAD":
                             await self._send_pattern(w, n, chunked=False)
                 elif path.endswith(("/sink", "/info")):
-                    doc = {"name": self.name, "method": method, "target": target, "version": version,
-                           "headers": headers, "length": length, "sha256": digest}
+                    doc = {
+                        "name": self.name,
+                        "method": method,
+                        "target": target,
+                        "version": version,
+                        "headers": headers,
+                        "length": length,
+                        "sha256": digest,
+                    }
                     sslobj = w.get_extra_info("ssl_object")
                     if sslobj is not None:
                         peer = sslobj.getpeercert()
-                        doc["client_cert"] = dict(x[0] for x in peer["subject"])["commonName"] if peer else None
-                    await self._reply(w, json.dumps(doc).encode(), ctype=b"application/json",
-                                      head=method == "HEAD")
+                        doc["client_cert"] = (
+                            dict(x[0] for x in peer["subject"])["commonName"] if peer else None
+                        )
+                    await self._reply(
+                        w, json.dumps(doc).encode(), ctype=b"application/json", head=method == "HEAD"
+                    )
                 else:
                     await self._reply(w, f"{self.name} {target}".encode(), head=method == "HEAD")
                 await w.drain()
@@ -284,10 +295,13 @@ class UpstreamServer:
             left -= len(piece)
             await w.drain()
 
-    async def _reply(self, w: asyncio.StreamWriter, body: bytes, ctype: bytes = b"text/plain",
-                     head: bool = False) -> None:
-        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\nx-upstream: %s\r\n\r\n"
-                % (ctype, len(body), self.name.encode()))
+    async def _reply(
+        self, w: asyncio.StreamWriter, body: bytes, ctype: bytes = b"text/plain", head: bool = False
+    ) -> None:
+        w.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\nx-upstream: %s\r\n\r\n"
+            % (ctype, len(body), self.name.encode())
+        )
         if not head:
             w.write(body)
 

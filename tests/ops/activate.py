@@ -15,7 +15,7 @@ import sys
 
 def main(argv: list[str]) -> None:
     split = argv.index("--")
-    specs, args = argv[:split], argv[split + 1:]
+    specs, args = argv[:split], argv[split + 1 :]
     fds: list[int] = []
     names: list[str] = []
     for spec in specs:

@@ -14,8 +14,9 @@ def admin_section(port: int) -> str:
     return f'\n[admin]\nlisten = "127.0.0.1:{port}"\n'
 
 
-def admin_get(port: int, path: str, method: str = "GET", timeout: float = 10,
-              headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+def admin_get(
+    port: int, path: str, method: str = "GET", timeout: float = 10, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request(method, path, headers=headers or {})
@@ -37,9 +38,11 @@ class Scrape:
         fam = self.families.get(family)
         if fam is None:
             return []
-        return [s.value for s in fam.samples
-                if (sample is None or s.name == sample)
-                and all(s.labels.get(k) == v for k, v in labels.items())]
+        return [
+            s.value
+            for s in fam.samples
+            if (sample is None or s.name == sample) and all(s.labels.get(k) == v for k, v in labels.items())
+        ]
 
     def total(self, family: str, sample: str | None = None, **labels: str) -> float:
         return sum(self.values(family, sample, **labels))

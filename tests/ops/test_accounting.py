@@ -39,13 +39,16 @@ def test_reload_whose_successor_started_fresh_keeps_the_old_totals():
     t = Totals()
     t.exported(300, stats(40, errors=5))
     t.committed(300, {"web": {"requests": 0, "errors": 5}})  # requests not imported, errors were
-    view = t.slot_view(0, [(301, {"web": {"requests": 2, "errors": 6}}, False),
-                           (300, stats(41, errors=5), True)])
+    view = t.slot_view(
+        0, [(301, {"web": {"requests": 2, "errors": 6}}, False), (300, stats(41, errors=5), True)]
+    )
     assert view["web"]["requests"] == 43  # 41 old + 2 new
-    assert view["web"]["errors"] == 6     # imported: 5 counted once, +1 new
+    assert view["web"]["errors"] == 6  # imported: 5 counted once, +1 new
     t.worker_exited(0, 300, stats(41, errors=5))
     assert t.slot_view(0, [(301, {"web": {"requests": 2, "errors": 6}}, False)])["web"] == {
-        "requests": 43, "errors": 6}
+        "requests": 43,
+        "errors": 6,
+    }
 
 
 def test_export_without_commit_leaves_the_old_worker_whole():

@@ -51,12 +51,23 @@ def socket_inodes(pid: int) -> set[int]:
 class Activated(Monolaked):
     """A master started through tests/ops/activate.py with the given sockets."""
 
-    def __init__(self, tmp: Path, config_text: str, socks: list[tuple[socket.socket, str]],
-                 args: Sequence[str] = (), env: dict | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        config_text: str,
+        socks: list[tuple[socket.socket, str]],
+        args: Sequence[str] = (),
+        env: dict | None = None,
+    ) -> None:
         specs = [f"{s.fileno()}={name}" for s, name in socks]
-        super().__init__(tmp, config_text, args, env,
-                         launcher=[PYTHON, str(HERE / "activate.py"), *specs, "--"],
-                         pass_fds=[s.fileno() for s, _ in socks])
+        super().__init__(
+            tmp,
+            config_text,
+            args,
+            env,
+            launcher=[PYTHON, str(HERE / "activate.py"), *specs, "--"],
+            pass_fds=[s.fileno() for s, _ in socks],
+        )
 
 
 @pytest.fixture
@@ -103,8 +114,12 @@ def test_activated_sockets_matched_by_name_and_address(launched, tmp_path):
         upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
     """)
     # the unix socket comes first and is matched by address; the TCP one by its name
-    m = Activated(tmp_path, base_config(tmp_path, port, extra=extra), [(unix, ""), (tcp, "web")],
-                  args=["--workers", "2"])
+    m = Activated(
+        tmp_path,
+        base_config(tmp_path, port, extra=extra),
+        [(unix, ""), (tcp, "web")],
+        args=["--workers", "2"],
+    )
     launched.append(m)
     m.wait_ready(2)
     tcp.close()
@@ -128,15 +143,19 @@ def test_listen_pid_of_another_process_is_ignored(launched, tmp_path):
     # on another port: an ignored socket on the served port would take half the connections
     sock = listening_socket(free_port(), reuseport=True)
     inode = os.fstat(sock.fileno()).st_ino
-    m = Activated(tmp_path, base_config(tmp_path, port), [(sock, "")], args=["--workers", "1"],
-                  env={"FAKE_LISTEN_PID": "1"})
+    m = Activated(
+        tmp_path,
+        base_config(tmp_path, port),
+        [(sock, "")],
+        args=["--workers", "1"],
+        env={"FAKE_LISTEN_PID": "1"},
+    )
     launched.append(m)
     m.wait_ready(1)
     assert http_get(port)[0] == 200
     for pid in m.worker_pids():  # the master bound its own socket and handed that out
         assert inode not in socket_inodes(pid)
-    assert any(e.get("event") == "LISTEN_FDS ignored: LISTEN_PID is not this process"
-               for e in m.log_events())
+    assert any(e.get("event") == "LISTEN_FDS ignored: LISTEN_PID is not this process" for e in m.log_events())
     sock.close()
 
 
@@ -168,8 +187,7 @@ def test_inherited_sockets_from_environ(tmp_path):
     try:
         got = activation.inherited_sockets(env, start=base)
         assert env == {}  # never passed on to the workers
-        assert [(a.name, a.address) for a in got] == [("web", ("socket", "127.0.0.1",
-                                                              sock.getsockname()[1]))]
+        assert [(a.name, a.address) for a in got] == [("web", ("socket", "127.0.0.1", sock.getsockname()[1]))]
         assert got[0].reuseport
         with pytest.raises(OSError):
             os.fstat(base + 1)
@@ -187,8 +205,7 @@ def test_match_by_name_then_address_and_slots(tmp_path):
     a, b = listening_socket(0, True), listening_socket(0, False)
     stray = listening_socket(0, True)
     port_a, port_b = a.getsockname()[1], b.getsockname()[1]
-    cfg = parse_config(SERVERS.replace("PORT_A", str(port_a)).replace("PORT_B", str(port_b)),
-                       source="t.toml")
+    cfg = parse_config(SERVERS.replace("PORT_A", str(port_a)).replace("PORT_B", str(port_b)), source="t.toml")
     found = [activation.Activated(s, "", activation.bound_key(s)) for s in (stray, b, a)]
     matched = activation.match(found, cfg.servers)
     assert set(matched) == {("socket", "127.0.0.1", port_a), ("socket", "localhost", port_b)}

@@ -36,8 +36,9 @@ def test_endpoints(master_factory, tmp_path, admin_port):
     over_cli = m.status()
     assert over_http.keys() == over_cli.keys() == {"master", "workers"}
     assert over_http["master"].keys() == over_cli["master"].keys()
-    assert [(w["slot"], w["pid"], w["state"]) for w in over_http["workers"]] == \
-           [(w["slot"], w["pid"], w["state"]) for w in over_cli["workers"]]
+    assert [(w["slot"], w["pid"], w["state"]) for w in over_http["workers"]] == [
+        (w["slot"], w["pid"], w["state"]) for w in over_cli["workers"]
+    ]
     assert over_http["workers"][0].keys() == over_cli["workers"][0].keys()
 
     # traffic shows up per server and per worker, with the status classes and the histogram
@@ -125,8 +126,11 @@ class Watcher(threading.Thread):
 
 def test_totals_survive_worker_restart_and_reload(master_factory, tmp_path, admin_port):
     port = free_port()
-    m = master_factory(base_config(tmp_path, port, extra=admin_section(admin_port),
-                                   supervisor="respawn_backoff_initial = 0.05"))
+    m = master_factory(
+        base_config(
+            tmp_path, port, extra=admin_section(admin_port), supervisor="respawn_backoff_initial = 0.05"
+        )
+    )
     status = m.wait_ready()
     n = status["master"]["workers"]
     watcher = Watcher(admin_port)
@@ -140,8 +144,15 @@ def test_totals_survive_worker_restart_and_reload(master_factory, tmp_path, admi
         # a worker killed outright: its slot keeps its totals, the restart is counted
         victim = status["workers"][0]
         os.kill(victim["pid"], signal.SIGKILL)
-        wait_for(lambda: any(w["slot"] == 0 and w["state"] == "ready" and w["pid"] != victim["pid"]
-                             for w in m.status()["workers"]), 20, 0.1, "slot 0 respawned")
+        wait_for(
+            lambda: any(
+                w["slot"] == 0 and w["state"] == "ready" and w["pid"] != victim["pid"]
+                for w in m.status()["workers"]
+            ),
+            20,
+            0.1,
+            "slot 0 respawned",
+        )
         page = scrape(admin_port)
         assert page.one("monolake_worker_restarts", worker="0") == 1
         assert page.total("monolake_requests", server="web") == sent
@@ -159,8 +170,12 @@ def test_totals_survive_worker_restart_and_reload(master_factory, tmp_path, admi
         for _ in range(10):
             sent += http_get(port)[0] == 200
         wait_for(lambda: web_requests(admin_port) == sent, 10, 0.1, "requests after reload")
-        wait_for(lambda: not [w for w in m.status()["workers"] if w["state"] == "draining"],
-                 20, 0.1, "old generation gone")
+        wait_for(
+            lambda: not [w for w in m.status()["workers"] if w["state"] == "draining"],
+            20,
+            0.1,
+            "old generation gone",
+        )
         assert web_requests(admin_port) == sent == 30
         page = scrape(admin_port)
         assert page.total("monolake_responses", server="web", code="2xx") == 30

@@ -26,7 +26,9 @@ def test_summarize_pairs_runs_of_the_same_round():
         s("nginx", "100B", 200.0, 5.0, 2000, 0, round=1),  # a faster period: ratios still pair
         s("mono", "100B", 180.0, 4.0, 1800, 1, round=1),
     ]
-    rows = benchrun.summarize(samples, ["nginx", "mono"], ["100B"], {"nginx": "nginx"}, keys=("rps", "cpu_us_per_req"))
+    rows = benchrun.summarize(
+        samples, ["nginx", "mono"], ["100B"], {"nginx": "nginx"}, keys=("rps", "cpu_us_per_req")
+    )
     nginx, mono = rows
     assert "x_nginx" not in nginx and nginx["rps"] == 150.0
     assert mono["x_nginx"] == pytest.approx((0.5 + 0.9) / 2)
@@ -37,7 +39,12 @@ def test_summarize_pairs_runs_of_the_same_round():
 
 
 def test_rotation_and_per_request():
-    assert [benchrun.rotated("abc", r) for r in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert [benchrun.rotated("abc", r) for r in range(4)] == [
+        list("abc"),
+        list("bca"),
+        list("cab"),
+        list("abc"),
+    ]
     assert benchrun.per_request_us(0.5, 10_000) == 50.0
     assert math.isnan(benchrun.per_request_us(0.5, 0))
 

@@ -46,9 +46,11 @@ def test_write_chart_draws_every_bar(tmp_path, monkeypatch):
     out = chart.write_chart(RESULTS, tmp_path / "img" / "proxy.png", "HTTP proxy", "2 workers")
     width, height = png_size(out)
     assert width > 600 and height > 400
-    assert drawn == [("monolake", [41000.0, 39000.0, 30000.0]),
-                     ("nginx", [52000.0, 50000.0, 45000.0]),
-                     ("python", [9000.5])]
+    assert drawn == [
+        ("monolake", [41000.0, 39000.0, 30000.0]),
+        ("nginx", [52000.0, 50000.0, 45000.0]),
+        ("python", [9000.5]),
+    ]
 
 
 CPU_RESULTS = [
@@ -104,15 +106,20 @@ def test_table_and_labels():
     assert chart.colours(["monolake (io_uring)", "nginx"])["monolake (io_uring)"] == chart.COLOURS["monolake"]
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([], "no results"),
-    ([{"server": "a", "rps": 1}], "expected server, body_size and rps"),
-    ([{"server": "a", "body_size": -1, "rps": 1}], "body_size"),
-    ([{"server": "a", "body_size": 1, "rps": "fast"}], "rps"),
-    ([{"server": "a", "body_size": 1, "rps": 1, "cpu_us_per_req": float("nan")}], "cpu_us_per_req"),
-    ([{"server": "a", "body_size": 1, "rps": 1}, {"server": "a", "body_size": 1, "rps": 2}],
-     "a second result"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([], "no results"),
+        ([{"server": "a", "rps": 1}], "expected server, body_size and rps"),
+        ([{"server": "a", "body_size": -1, "rps": 1}], "body_size"),
+        ([{"server": "a", "body_size": 1, "rps": "fast"}], "rps"),
+        ([{"server": "a", "body_size": 1, "rps": 1, "cpu_us_per_req": float("nan")}], "cpu_us_per_req"),
+        (
+            [{"server": "a", "body_size": 1, "rps": 1}, {"server": "a", "body_size": 1, "rps": 2}],
+            "a second result",
+        ),
+    ],
+)
 def test_bad_results_are_refused(rows, message, tmp_path):
     with pytest.raises(chart.ChartError, match=message):
         chart.write_chart(rows, tmp_path / "x.png", "t")
@@ -124,11 +131,19 @@ def test_cli_from_json(tmp_path):
     source.write_text(json.dumps({"title": "from the file", "results": RESULTS}))
     out = tmp_path / "chart.png"
     script = REPO / "scripts" / "chart.py"
-    done = subprocess.run([sys.executable, str(script), "--from-json", str(source), "-o", str(out)],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(script), "--from-json", str(source), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert png_size(out)[0] > 600
     source.write_text(json.dumps({"rows": []}))
-    bad = subprocess.run([sys.executable, str(script), "--from-json", str(source), "-o", str(out)],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, str(script), "--from-json", str(source), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and "expected a list of results" in bad.stderr

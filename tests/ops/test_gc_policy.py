@@ -34,8 +34,9 @@ print(json.dumps({"before": before, "after": after, "acyclic_runs": acyclic_runs
 
 
 def test_young_collections_are_rare_and_cycles_are_still_collected() -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                         timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
     doc = json.loads(out)
     from monolake.worker.gcpolicy import GEN0_THRESHOLD
 

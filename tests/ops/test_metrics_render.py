@@ -52,12 +52,24 @@ class FakeWorker:
 
 
 def web_stats(requests: int, **more: int) -> dict[str, int]:
-    base = {"connections_total": requests, "requests": requests, "responses_2xx": requests - 1,
-            "responses_5xx": 1, "bytes_in": 100 * requests, "bytes_out": 200 * requests,
-            "open_connections": 2, "active_requests": 1, "errors": 1,
-            "upstream_connect_failures": 3, "upstream_ejections": 1,
-            "duration_le_1": 1, "duration_le_5": requests - 2, "duration_le_100": requests,
-            "duration_sum_us": 4000 * requests, "duration_count": requests}
+    base = {
+        "connections_total": requests,
+        "requests": requests,
+        "responses_2xx": requests - 1,
+        "responses_5xx": 1,
+        "bytes_in": 100 * requests,
+        "bytes_out": 200 * requests,
+        "open_connections": 2,
+        "active_requests": 1,
+        "errors": 1,
+        "upstream_connect_failures": 3,
+        "upstream_ejections": 1,
+        "duration_le_1": 1,
+        "duration_le_5": requests - 2,
+        "duration_le_100": requests,
+        "duration_sum_us": 4000 * requests,
+        "duration_count": requests,
+    }
     base.update(more)
     return base
 
@@ -67,8 +79,12 @@ def make_master() -> Master:
     master.slots = [Slot(index=0, cpu=0, restarts=2), Slot(index=1, cpu=1)]
     # FakeWorker stands in for WorkerProc with the fields the renderer reads (hence the ignores)
     master.slots[0].worker = FakeWorker(0, os.getpid(), server_stats={"web": web_stats(10)})  # type: ignore[assignment]
-    master.slots[1].worker = FakeWorker(1, 999999999, generation=2,  # type: ignore[assignment]
-                                        server_stats={"web": web_stats(5), "api": {"requests": 4}})
+    master.slots[1].worker = FakeWorker(
+        1,
+        999999999,
+        generation=2,  # type: ignore[assignment]
+        server_stats={"web": web_stats(5), "api": {"requests": 4}},
+    )
     master.state.generation = 2
     master.state.reloads.append(ReloadRecord(time.time(), 0.5, True, "", 2, "generation"))
     master.state.reloads_ok = 1
@@ -86,8 +102,11 @@ def parse(text: str) -> dict[str, Any]:
 
 
 def sample(families: dict[str, Any], family: str, name: str | None = None, **labels: str) -> float:
-    found = [s.value for s in families[family].samples
-             if (name is None or s.name == name) and all(s.labels.get(k) == v for k, v in labels.items())]
+    found = [
+        s.value
+        for s in families[family].samples
+        if (name is None or s.name == name) and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
     assert len(found) == 1, (family, name, labels, found)
     return found[0]
 
@@ -95,14 +114,21 @@ def sample(families: dict[str, Any], family: str, name: str | None = None, **lab
 def test_every_required_family_parses_with_the_right_type():
     fams = parse(metrics.render(make_master()))
     expected = {
-        "monolake_requests": "counter", "monolake_responses": "counter",
-        "monolake_active_requests": "gauge", "monolake_open_connections": "gauge",
-        "monolake_received_bytes": "counter", "monolake_sent_bytes": "counter",
+        "monolake_requests": "counter",
+        "monolake_responses": "counter",
+        "monolake_active_requests": "gauge",
+        "monolake_open_connections": "gauge",
+        "monolake_received_bytes": "counter",
+        "monolake_sent_bytes": "counter",
         "monolake_request_duration_seconds": "histogram",
-        "monolake_upstream_connect_failures": "counter", "monolake_upstream_ejections": "counter",
-        "monolake_reloads": "counter", "monolake_generation": "gauge",
-        "monolake_worker_restarts": "counter", "monolake_event_loop_lag_seconds": "gauge",
-        "monolake_connections": "counter", "monolake_errors": "counter",
+        "monolake_upstream_connect_failures": "counter",
+        "monolake_upstream_ejections": "counter",
+        "monolake_reloads": "counter",
+        "monolake_generation": "gauge",
+        "monolake_worker_restarts": "counter",
+        "monolake_event_loop_lag_seconds": "gauge",
+        "monolake_connections": "counter",
+        "monolake_errors": "counter",
     }
     for name, kind in expected.items():
         assert fams[name].type == kind, name
@@ -127,14 +153,16 @@ def test_values_per_worker_and_server():
     assert sample(fams, "monolake_last_reload_success") == 1
     # a live process has memory; a pid that does not exist has no series, and no error
     assert sample(fams, "monolake_worker_resident_memory_bytes", worker="0") > 1_000_000
-    assert not [s for s in fams["monolake_worker_resident_memory_bytes"].samples
-                if s.labels["worker"] == "1"]
+    assert not [s for s in fams["monolake_worker_resident_memory_bytes"].samples if s.labels["worker"] == "1"]
 
 
 def test_histogram_is_cumulative_in_seconds():
     fams = parse(metrics.render(make_master()))
-    buckets = {s.labels["le"]: s.value for s in fams["monolake_request_duration_seconds"].samples
-               if s.name.endswith("_bucket") and s.labels["worker"] == "0"}
+    buckets = {
+        s.labels["le"]: s.value
+        for s in fams["monolake_request_duration_seconds"].samples
+        if s.name.endswith("_bucket") and s.labels["worker"] == "0"
+    }
     assert buckets == {"0.001": 1, "0.005": 8, "0.1": 10, "+Inf": 10}
     h = "monolake_request_duration_seconds"
     assert sample(fams, h, h + "_sum", server="web", worker="0") == 0.04

@@ -38,7 +38,7 @@ class FakeSystemd:
         pid = -1
         for level, kind, cdata in anc:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                pid = UCRED.unpack(cdata[:UCRED.size])[0]
+                pid = UCRED.unpack(cdata[: UCRED.size])[0]
         fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
         self.messages.append((pid, fields))
         return pid, fields
@@ -118,8 +118,8 @@ def test_unit_file_verifies(tmp_path):
     text = (REPO / "scripts" / "monolaked.service").read_text()
     # verify resolves ExecStart binaries: point them at something that exists here
     unit.write_text(text.replace("/usr/local/bin/monolaked", shutil.which("true") or "/bin/true"))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
-                            text=True, timeout=60)
-    problems = [line for line in (result.stdout + result.stderr).splitlines()
-                if "monolaked.service" in line]
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if "monolaked.service" in line]
     assert not problems, problems

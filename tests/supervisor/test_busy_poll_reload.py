@@ -38,8 +38,9 @@ def ready_pid(m: Monolaked) -> int:
 @pytest.mark.parametrize("mode", ["generation", "in_place"])
 def test_reload_picks_up_a_changed_busy_poll(tmp_path: Path, mode: str) -> None:
     port = free_port()
-    text = base_config(tmp_path, port, runtime="workers = 1\nbusy_poll_us = 0",
-                       supervisor=f'reload_mode = "{mode}"')
+    text = base_config(
+        tmp_path, port, runtime="workers = 1\nbusy_poll_us = 0", supervisor=f'reload_mode = "{mode}"'
+    )
     m = Monolaked(tmp_path, text)
     try:
         m.wait_ready(1)
@@ -56,8 +57,9 @@ def test_reload_picks_up_a_changed_busy_poll(tmp_path: Path, mode: str) -> None:
             time.sleep(0.1)
         new_pid = ready_pid(m)
         assert (new_pid != pid) if mode == "generation" else (new_pid == pid)
-        assert serves(port) and loop_window(m) == (new_pid, 50000), \
+        assert serves(port) and loop_window(m) == (new_pid, 50000), (
             "busy_poll_us = 50000 after the reload, yet the serving loop does not poll"
+        )
 
         # and back off: the loop sleeps again
         m.config_path.write_text(text)
@@ -67,8 +69,9 @@ def test_reload_picks_up_a_changed_busy_poll(tmp_path: Path, mode: str) -> None:
         while len(m.ready_workers()) != 1 or (mode == "generation" and ready_pid(m) == new_pid):
             assert time.monotonic() < deadline, m.log()[-3000:]
             time.sleep(0.1)
-        assert serves(port) and loop_window(m) == (ready_pid(m), 0), \
+        assert serves(port) and loop_window(m) == (ready_pid(m), 0), (
             "busy polling off again, yet the serving loop still polls"
+        )
     finally:
         m.close()
 
@@ -78,12 +81,18 @@ def test_check_rejects_bad_busy_poll_values(tmp_path: Path) -> None:
 
     from tests.harness import MONOLAKED
 
-    for bad, why in (("-1", "found -1"), ("100001", "found 100001"), ('"300"', "found a string"),
-                     ("0.5", "found a float"), ("true", "found a boolean")):
+    for bad, why in (
+        ("-1", "found -1"),
+        ("100001", "found 100001"),
+        ('"300"', "found a string"),
+        ("0.5", "found a float"),
+        ("true", "found a boolean"),
+    ):
         cfg = tmp_path / "bad.toml"
         cfg.write_text(base_config(tmp_path, free_port(), runtime=f"busy_poll_us = {bad}"))
-        check = subprocess.run([*MONOLAKED, "check", "-c", str(cfg)], capture_output=True, text=True,
-                               timeout=30)
+        check = subprocess.run(
+            [*MONOLAKED, "check", "-c", str(cfg)], capture_output=True, text=True, timeout=30
+        )
         assert check.returncode == 1, (bad, check.stdout)
         assert "runtime.busy_poll_us" in check.stderr and why in check.stderr, (bad, check.stderr)
         assert "an integer of microseconds from 0 to 100000" in check.stderr, check.stderr

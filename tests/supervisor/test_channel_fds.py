@@ -61,8 +61,7 @@ def test_thousands_of_fds_cross_the_channel_in_order_both_ways():
     raise_nofile(8 * sum(n for _, n in plan) + 256)
     sent = {kind: _memfds(n, kind) for kind, n in plan}
     parent, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    child = subprocess.Popen([PYTHON, "-c", CHILD, str(child_end.fileno())],
-                             pass_fds=[child_end.fileno()])
+    child = subprocess.Popen([PYTHON, "-c", CHILD, str(child_end.fileno())], pass_fds=[child_end.fileno()])
     child_end.close()
     try:
         for kind, _ in plan:
@@ -126,12 +125,15 @@ def test_reader_closes_fds_of_a_cancelled_or_abandoned_message():
     assert _closed(w2)
 
 
-@pytest.mark.parametrize("frames", [
-    [{"type": "fds", "nfds": 254}],                          # over SCM_MAX_FD on one frame
-    [{"type": "fds", "nfds": 3}, {"type": "state", "nfds": 2}],  # fewer than announced
-    [{"type": "state", "nfds": 300}],                        # no continuation frames
-    [{"type": "state", "nfds": "many"}],
-])
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [{"type": "fds", "nfds": 254}],  # over SCM_MAX_FD on one frame
+        [{"type": "fds", "nfds": 3}, {"type": "state", "nfds": 2}],  # fewer than announced
+        [{"type": "state", "nfds": 300}],  # no continuation frames
+        [{"type": "state", "nfds": "many"}],
+    ],
+)
 def test_reader_refuses_inconsistent_fd_counts(frames):
     reader = channel.FrameReader()
     with pytest.raises(channel.ChannelError):

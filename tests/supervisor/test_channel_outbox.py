@@ -22,8 +22,9 @@ def _memfd(tag: str) -> int:
     return fd
 
 
-def _drain(sock: socket.socket, reader: channel.FrameReader, want: int,
-           timeout: float = 10) -> list[tuple[dict, list[int]]]:
+def _drain(
+    sock: socket.socket, reader: channel.FrameReader, want: int, timeout: float = 10
+) -> list[tuple[dict, list[int]]]:
     got: list[tuple[dict, list[int]]] = []
     while len(got) < want:
         message = channel.recv_message(sock, reader, timeout=timeout)
@@ -78,8 +79,7 @@ def test_outbox_queues_without_blocking_and_keeps_fds_with_their_bytes():
             assert message["n"] == n
             count = 300 if n == 2000 else n % 3
             assert len(fds) == count, (n, len(fds))
-            assert [os.pread(fd, 32, 0).decode() for fd in fds] == \
-                [f"m{n}-{k}" for k in range(count)]
+            assert [os.pread(fd, 32, 0).decode() for fd in fds] == [f"m{n}-{k}" for k in range(count)]
             channel.close_fds(fds)
         box.close()
         return sent
@@ -153,8 +153,7 @@ def test_master_never_waits_on_a_stopped_worker_and_replaces_it(master_factory, 
     os.kill(victim["pid"], signal.SIGSTOP)
     try:
         for i in range(4000):
-            reply = request(sock, {"type": "log_level", "level": "info" if i % 2 else "debug"},
-                            timeout=10)
+            reply = request(sock, {"type": "log_level", "level": "info" if i % 2 else "debug"}, timeout=10)
             assert reply["type"] == "ok", reply
             if not pid_alive(victim["pid"]) or m.log().count("does not drain"):
                 break
@@ -162,8 +161,9 @@ def test_master_never_waits_on_a_stopped_worker_and_replaces_it(master_factory, 
 
         def replaced():
             rows = [w for w in m.status()["workers"] if w["slot"] == victim["slot"]]
-            return (len(rows) == 1 and rows[0]["pid"] not in (None, victim["pid"])
-                    and rows[0]["state"] == "ready")
+            return (
+                len(rows) == 1 and rows[0]["pid"] not in (None, victim["pid"]) and rows[0]["state"] == "ready"
+            )
 
         wait_for(replaced, 30, interval=0.1, what="the stopped worker replaced on its slot")
     finally:
@@ -172,8 +172,11 @@ def test_master_never_waits_on_a_stopped_worker_and_replaces_it(master_factory, 
         except ProcessLookupError:
             pass
     assert not pid_alive(victim["pid"])
-    stuck = [e for e in m.log_events()
-             if e.get("event", "").startswith("worker does not drain its control channel")]
+    stuck = [
+        e
+        for e in m.log_events()
+        if e.get("event", "").startswith("worker does not drain its control channel")
+    ]
     assert [e["pid"] for e in stuck] == [victim["pid"]], stuck
     assert "heartbeat missed" not in m.log()
     assert http_get(port)[0] == 200

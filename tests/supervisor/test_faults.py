@@ -49,6 +49,7 @@ STATUS_LATENCY_BOUND = 2.0  # s for one raw `status` round trip, on a loaded 2-c
 
 # ----- /proc readings ---------------------------------------------------------------------
 
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -67,8 +68,12 @@ def quiet_fd_count(pid: int, timeout: float = 5) -> int:
 
 
 def fds_at_most(pid: int, bound: int, timeout: float = 5) -> None:
-    wait_for(lambda: fd_count(pid) <= bound, timeout, interval=0.02,
-             what=f"{pid} back to at most {bound} fds (has {fd_count(pid)})")
+    wait_for(
+        lambda: fd_count(pid) <= bound,
+        timeout,
+        interval=0.02,
+        what=f"{pid} back to at most {bound} fds (has {fd_count(pid)})",
+    )
 
 
 def _status_field(pid: int, name: str) -> int:
@@ -111,6 +116,7 @@ def live_children(pid: int) -> list[int]:
 
 
 # ----- control socket clients -------------------------------------------------------------
+
 
 def timed_status(path: str) -> float:
     """One raw ``status`` round trip (no CLI interpreter start-up in the figure)."""
@@ -192,6 +198,7 @@ def closed_by_peer(s: socket.socket) -> bool:
 
 # ----- fixtures ----------------------------------------------------------------------------
 
+
 @pytest.fixture
 def masters(master_factory):
     """``master_factory``, whose masters are fast-stopped (SIGQUIT) at the end of the test:
@@ -214,6 +221,7 @@ def masters(master_factory):
 
 
 # ----- load -------------------------------------------------------------------------------
+
 
 class LightLoad(threading.Thread):
     """A closed loop of requests (a new connection each, then keep-alive ones, alternately)
@@ -282,6 +290,7 @@ class LightLoad(threading.Thread):
 # 1. garbage and half-open connections on the control socket
 # ======================================================================================
 
+
 def test_garbage_and_half_open_control_clients_leave_the_master_serving(masters, tmp_path):
     port = free_port()
     m = masters(base_config(tmp_path, port), args=["--workers", "1"])
@@ -326,8 +335,7 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(masters,
     # a valid request carrying fds (SCM_RIGHTS) the master never asked for
     with open(os.devnull, "rb") as devnull, connect(path) as s:
         body = frame(b'{"type":"status"}')
-        s.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                            array.array("i", [devnull.fileno()] * 8))])
+        s.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [devnull.fileno()] * 8))])
         assert decode_reply(read_reply(s)).get("type") == "status"
 
     # clients that stay: half a valid command, 200 idle connections, a client that sends a
@@ -356,17 +364,27 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(masters,
         # a client that asks for a reload and hangs up at once: the reload still happens
         with connect(path) as s:
             s.sendall(channel.encode({"type": "reload"}))
-        wait_for(lambda: [r["ok"] for r in
-                          control_request(path, {"type": "status"})["master"]["reloads"]] == [True],
-                 30, interval=0.1, what="the abandoned reload done")
-        pids = wait_for(lambda: len(live_children(master)) == 1 and m.worker_pids(), 20,
-                        what="the old generation gone")
+        wait_for(
+            lambda: (
+                [r["ok"] for r in control_request(path, {"type": "status"})["master"]["reloads"]] == [True]
+            ),
+            30,
+            interval=0.1,
+            what="the abandoned reload done",
+        )
+        pids = wait_for(
+            lambda: len(live_children(master)) == 1 and m.worker_pids(), 20, what="the old generation gone"
+        )
 
         # it gives up on silent clients by itself: every fd is back although none of them left
         for s in held:
             s.setblocking(False)
-        wait_for(lambda: fd_count(master) <= baseline, 20, interval=0.1,
-                 what=f"master fds back to {baseline} (now {fd_count(master)})")
+        wait_for(
+            lambda: fd_count(master) <= baseline,
+            20,
+            interval=0.1,
+            what=f"master fds back to {baseline} (now {fd_count(master)})",
+        )
         assert all(closed_by_peer(s) for s in held)
     finally:
         for s in held:
@@ -378,8 +396,7 @@ def test_garbage_and_half_open_control_clients_leave_the_master_serving(masters,
     assert http_get(port)[0] == 200
 
 
-def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(masters,
-                                                                          tmp_path):
+def test_control_request_that_breaks_the_json_decoder_gets_an_error_reply(masters, tmp_path):
     port = free_port()
     m = masters(base_config(tmp_path, port), args=["--workers", "1"])
     m.wait_ready(1)
@@ -444,6 +461,7 @@ def test_a_command_waits_for_a_busy_master_instead_of_failing(masters, tmp_path)
 # ======================================================================================
 # 2. a user other than the master's is refused
 # ======================================================================================
+
 
 def _as_nobody(fn, timeout: float = 20) -> dict[str, Any]:
     """Run ``fn()`` in a forked child as uid/gid 65534 (nobody); its JSON-able result."""
@@ -526,8 +544,9 @@ def test_another_user_is_refused_by_the_control_socket(masters, tmp_path):
         folder.chmod(0o755)
         control = folder / "control.sock"
         port = free_port()
-        cfg = base_config(tmp_path, port).replace(f'control_socket = "{tmp_path}/control.sock"',
-                                                  f'control_socket = "{control}"')
+        cfg = base_config(tmp_path, port).replace(
+            f'control_socket = "{tmp_path}/control.sock"', f'control_socket = "{control}"'
+        )
         assert str(control) in cfg
         m = masters(cfg, args=["--workers", "1"])
         m.wait_ready(1)
@@ -574,6 +593,7 @@ def test_another_user_is_refused_by_the_control_socket(masters, tmp_path):
 # 3. kill -9 the master, then start again on the same config and control socket
 # ======================================================================================
 
+
 def _logged(m: Monolaked, name: str) -> bool:
     return any(e.get("event") == name for e in m.log_events())
 
@@ -599,8 +619,7 @@ def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(masters, 
 
     m.proc.send_signal(signal.SIGKILL)
     m.proc.wait(5)
-    wait_for(lambda: not any(pid_alive(p) for p in pids), 2.0,
-             what="workers gone after master death")
+    wait_for(lambda: not any(pid_alive(p) for p in pids), 2.0, what="workers gone after master death")
     wait_for(lambda: not listening_on(port), 2.0, what="listening sockets released")
     with socket.socket() as probe:  # free for anybody, not only for SO_REUSEPORT siblings
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -621,8 +640,12 @@ def test_master_sigkill_frees_everything_and_a_new_start_binds_at_once(masters, 
     again = masters(cfg)
     # its sockets bound at the first attempt, as fast as on a clean machine: no retry, no
     # wait for the old sockets or the stale control socket
-    wait_for(lambda: again.proc.poll() is None and _logged(again, "master started"), 30,
-             interval=0.05, what="new master bound its sockets")
+    wait_for(
+        lambda: again.proc.poll() is None and _logged(again, "master started"),
+        30,
+        interval=0.05,
+        what="new master bound its sockets",
+    )
     bound_after = time.monotonic() - t0
     assert listening_on(port) and (tmp_path / "control.sock").exists()
     st = again.wait_ready(timeout=30)
@@ -686,8 +709,10 @@ def _flat(samples: list[dict[str, int]], what: str, rss: tuple[int, int] | None)
     rss_b = statistics.median(s["rss_kib"] for s in second)
     bound = RSS_FRESH_KIB if rss is None else max(rss[0], rss[1] * (len(samples) - half))
     if rss_b - rss_a > bound:
-        raise RssGrew(f"{what}: RSS grew {rss_b - rss_a:.0f} KiB (bound {bound}) over "
-                      f"{len(samples)} reloads: {[s['rss_kib'] for s in samples]}")
+        raise RssGrew(
+            f"{what}: RSS grew {rss_b - rss_a:.0f} KiB (bound {bound}) over "
+            f"{len(samples)} reloads: {[s['rss_kib'] for s in samples]}"
+        )
 
 
 def _settled(m: Monolaked, path: str, nslots: int, generation: int) -> dict[str, Any] | None:
@@ -713,7 +738,11 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
     upstream = Upstream("soak")
     try:
         port = free_port()
-        cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"', routes=f"""
+        cfg = base_config(
+            tmp_path,
+            port,
+            supervisor=f'reload_mode = "{mode}"',
+            routes=f"""
             [[servers.web.routes]]
             path = "/"
             upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
@@ -722,7 +751,8 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
             path = "/up/{{*rest}}"
             preserve_path = true
             upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
-        """)
+        """,
+        )
         m = masters(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         path = str(tmp_path / "control.sock")
@@ -742,8 +772,12 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
                 reply = control_request(path, {"type": "reload"}, timeout=60)
                 durations.append(time.monotonic() - t0)
                 assert reply.get("ok"), reply
-                st = wait_for(lambda i=i: _settled(m, path, nslots, 2 + i), 30, interval=0.05,
-                              what=f"reload {i + 1} settled")
+                st = wait_for(
+                    lambda i=i: _settled(m, path, nslots, 2 + i),
+                    30,
+                    interval=0.05,
+                    what=f"reload {i + 1} settled",
+                )
                 pids = [w["pid"] for w in st["workers"]]
                 if mode == "in_place":
                     assert pids == first_pids  # the same processes, rebuilt in place
@@ -753,8 +787,11 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
                     # sampled between requests, once the load's connection is closed on both
                     # ends: the counts are then the worker's own, not the load's
                     load.pause()
-                    wait_for(lambda: server_connections(port) == 0, 10,
-                             what="the load's connections closed by the worker")
+                    wait_for(
+                        lambda: server_connections(port) == 0,
+                        10,
+                        what="the load's connections closed by the worker",
+                    )
                     master_samples.append(resources(master))
                     worker_samples.append(resources(pids[0]))
                     load.resume()
@@ -764,17 +801,20 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
         assert not load.is_alive()
         assert load.errors == [], load.errors[:5]
         assert load.ok > reloads * 2
-        print(f"{mode}: {reloads} reloads, {load.ok} requests, reload "
-              f"{statistics.median(durations):.2f}s median; master {master_samples}; "
-              f"worker {worker_samples}")
+        print(
+            f"{mode}: {reloads} reloads, {load.ok} requests, reload "
+            f"{statistics.median(durations):.2f}s median; master {master_samples}; "
+            f"worker {worker_samples}"
+        )
         st = m.status()
         assert st["master"]["generation"] == 1 + warmup + reloads
         assert all(r["ok"] for r in st["master"]["reloads"])
         # the exact counts first: a leak of fds or threads is never the expected failure
         in_place = (WORKER_FLOOR_KIB, WORKER_SLOPE_KIB)
         for samples, name, rss in (
-                (master_samples, "master", (MASTER_FLOOR_KIB, MASTER_SLOPE_KIB)),
-                (worker_samples, "worker", in_place if mode == "in_place" else None)):
+            (master_samples, "master", (MASTER_FLOOR_KIB, MASTER_SLOPE_KIB)),
+            (worker_samples, "worker", in_place if mode == "in_place" else None),
+        ):
             try:
                 _flat(samples, name, rss)
             except RssGrew as exc:
@@ -788,6 +828,7 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
 # ======================================================================================
 # 5. SIGSTOP a worker
 # ======================================================================================
+
 
 def test_sigstopped_worker_is_reported_replaced_and_reaped(masters, tmp_path):
     port = free_port()
@@ -839,8 +880,10 @@ def test_sigstopped_worker_is_reported_replaced_and_reaped(masters, tmp_path):
 
     wait_for(gone, 10, what="stopped worker killed and reaped")
     assert victim["pid"] not in children_of(master)
-    assert any(e.get("event", "").startswith("worker heartbeat missed") and
-               e.get("pid") == victim["pid"] for e in m.log_events())
+    assert any(
+        e.get("event", "").startswith("worker heartbeat missed") and e.get("pid") == victim["pid"]
+        for e in m.log_events()
+    )
     # the other slots never noticed
     rows = {w["slot"]: w for w in m.status()["workers"]}
     for slot, pid in others.items():

@@ -37,8 +37,7 @@ def test_in_place_reloads_leave_the_worker_flat(master_factory, tmp_path):
     up = Upstream("a")
     try:
         port = free_port()
-        cfg = base_config(tmp_path, port, supervisor='reload_mode = "in_place"',
-                          routes=_routes(up))
+        cfg = base_config(tmp_path, port, supervisor='reload_mode = "in_place"', routes=_routes(up))
         m = master_factory(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         sock = str(tmp_path / "control.sock")
@@ -59,8 +58,7 @@ def test_in_place_reloads_leave_the_worker_flat(master_factory, tmp_path):
                 samples.append(report)
         first = samples[0]
         objects = [s["objects"] for s in samples]
-        assert max(objects) - min(objects) < 300, \
-            f"objects grew over {reloads} reloads: {objects[::5]}"
+        assert max(objects) - min(objects) < 300, f"objects grew over {reloads} reloads: {objects[::5]}"
         for key in ("fds", "timers", "tasks"):
             # an upstream keep-alive connection (an fd, maybe its timer) comes and goes; a
             # leak would add one per reload, 20 over this run
@@ -73,8 +71,9 @@ def test_in_place_reloads_leave_the_worker_flat(master_factory, tmp_path):
 
 
 def test_debug_refuses_a_bad_slot_clearly(master_factory, tmp_path):
-    m = master_factory(base_config(tmp_path, free_port()), args=["--workers", "1"],
-                       env={"MONOLAKE_TRACEMALLOC": "3"})
+    m = master_factory(
+        base_config(tmp_path, free_port()), args=["--workers", "1"], env={"MONOLAKE_TRACEMALLOC": "3"}
+    )
     m.wait_ready(1)
     sock = str(tmp_path / "control.sock")
     assert request(sock, {"type": "debug", "slot": 7})["error"].startswith("debug: no slot 7")

@@ -24,11 +24,15 @@ ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asynci
 def _config(url: str, read_timeout: float, broken: str = "") -> Config:
     servers = ""
     for port, name in enumerate(("px", "py"), start=1):
-        layer = f"""
+        layer = (
+            f"""
 [[servers.{name}.layers]]
 factory = "monolake.worker.http.layers:rate_limit"
 options = {{ rate = 1, bogus = 2 }}
-""" if name == broken else ""
+"""
+            if name == broken
+            else ""
+        )
         servers += f"""
 [servers.{name}]
 proxy_type = "http"
@@ -46,8 +50,11 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{url}" }} }}]
 
 def _live_sweeps(loop: asyncio.AbstractEventLoop) -> int:
     scheduled = loop._scheduled  # type: ignore[attr-defined]  # asyncio's timer heap
-    return sum(1 for h in scheduled
-               if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep)
+    return sum(
+        1
+        for h in scheduled
+        if not h.cancelled() and getattr(h._callback, "__func__", None) is ServerRuntime._sweep
+    )
 
 
 async def _get_id(port: int) -> str:
@@ -88,8 +95,9 @@ def test_failed_or_rolled_back_in_place_reload_leaves_the_live_stacks_intact():
         assert _live_sweeps(loop) == 2
 
         # 1. px builds (sharing its live pool, with new settings), then py fails to build
-        await worker._handle(messages.Reconfigure(
-            config=Config.to_dict(_config(up.url, 99, broken="py"))), [])
+        await worker._handle(
+            messages.Reconfigure(config=Config.to_dict(_config(up.url, 99, broken="py"))), []
+        )
         assert worker._staged is None
         # 2. both build, then the master rolls back (another worker failed)
         await worker._handle(messages.Reconfigure(config=Config.to_dict(_config(up.url, 99))), [])
@@ -135,19 +143,33 @@ path = "/"
 upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
 """)
     ours, theirs = socket.socketpair()
-    hello = messages.encode(messages.Hello(slot=0, cpu=None, generation=1,
-                                           config=Config.to_dict(config),
-                                           listeners={"web": [0]}, accept=True))
+    hello = messages.encode(
+        messages.Hello(
+            slot=0, cpu=None, generation=1, config=Config.to_dict(config), listeners={"web": [0]}, accept=True
+        )
+    )
     # hello and stop in one write, before the worker reads anything
     frames = channel.frames_of(hello, [listener.fileno()])
-    ours.sendmsg([frames[0][0] + channel.encode(messages.encode(messages.Stop(timeout=1)))],
-                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                   __import__("array").array("i", [listener.fileno()]))])
+    ours.sendmsg(
+        [frames[0][0] + channel.encode(messages.encode(messages.Stop(timeout=1)))],
+        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, __import__("array").array("i", [listener.fileno()]))],
+    )
     with open(tmp_path / "worker.log", "wb") as log:  # the child has its own copy
-        proc = subprocess.Popen([sys.executable, "-m", "monolake.worker", "--control-fd",
-                                 str(theirs.fileno()), "--master-pid", str(os.getpid())],
-                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monolake.worker",
+                "--control-fd",
+                str(theirs.fileno()),
+                "--master-pid",
+                str(os.getpid()),
+            ],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     theirs.close()
     listener.close()
     try:
@@ -155,8 +177,7 @@ upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-        raise AssertionError("the stop sent with hello was lost: the worker kept running") \
-            from None
+        raise AssertionError("the stop sent with hello was lost: the worker kept running") from None
     reader = channel.FrameReader()
     kinds = []
     ours.settimeout(5)

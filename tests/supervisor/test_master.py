@@ -82,8 +82,11 @@ def test_killed_worker_is_respawned_on_its_slot_and_queue_is_kept(master_factory
 
         def replaced():
             for w in m.status()["workers"]:
-                if w["slot"] == victim["slot"] and w["pid"] not in (None, victim["pid"]) \
-                        and w["state"] == "ready":
+                if (
+                    w["slot"] == victim["slot"]
+                    and w["pid"] not in (None, victim["pid"])
+                    and w["state"] == "ready"
+                ):
                     return w
             return None
 
@@ -118,17 +121,23 @@ def test_crashing_slot_backs_off_and_flaps_while_others_serve(master_factory, tm
         "    def __init__(self, options):\n"
         "        pass\n"
         "    def make(self, inner, previous):\n"
-        "        return inner\n")
+        "        return inner\n"
+    )
     port = free_port()
-    config = base_config(tmp_path, port, supervisor="""
+    config = base_config(
+        tmp_path,
+        port,
+        supervisor="""
         respawn_backoff_initial = 0.05
         respawn_backoff_max = 0.8
         flapping_threshold = 3
         flapping_window = 60
-    """, extra="""
+    """,
+        extra="""
         [[servers.web.layers]]
         factory = "crashy_layer:Passthrough"
-    """)
+    """,
+    )
     m = master_factory(config, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
 
     def flapping():
@@ -182,7 +191,10 @@ def test_sigterm_drains_in_flight_requests_and_cleans_up(master_factory, tmp_pat
     upstream = _SlowUpstream(1.0)
     port = free_port()
     unix_path = tmp_path / "web.sock"
-    config = base_config(tmp_path, port, routes=f"""
+    config = base_config(
+        tmp_path,
+        port,
+        routes=f"""
         [[servers.web.routes]]
         path = "/slow"
         upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{upstream.port}/" }} }}]
@@ -194,7 +206,8 @@ def test_sigterm_drains_in_flight_requests_and_cleans_up(master_factory, tmp_pat
         [[servers.unixweb.routes]]
         path = "/"
         upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
+    """,
+    )
     try:
         m = master_factory(config)
         m.wait_ready()
@@ -211,8 +224,11 @@ def test_sigterm_drains_in_flight_requests_and_cleans_up(master_factory, tmp_pat
         threads = [threading.Thread(target=call) for _ in range(6)]
         for t in threads:
             t.start()
-        wait_for(lambda: sum(w["stats"].get("active_requests", 0)
-                             for w in m.status()["workers"]) >= 1, 10, what="requests in flight")
+        wait_for(
+            lambda: sum(w["stats"].get("active_requests", 0) for w in m.status()["workers"]) >= 1,
+            10,
+            what="requests in flight",
+        )
         assert m.stop(signal.SIGTERM, timeout=30) == 0
         for t in threads:
             t.join(15)
@@ -238,20 +254,18 @@ def test_master_sigkill_takes_the_workers_down(master_factory, tmp_path):
 
 def test_bad_config_is_refused_by_check_and_start(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text(base_config(tmp_path, free_port()).replace('runtime_type = "auto"',
-                                                              'runtime_type = "turbo"'))
-    check = subprocess.run([*MONOLAKED, "check", "-c", str(bad)], capture_output=True, text=True,
-                           timeout=30)
+    bad.write_text(
+        base_config(tmp_path, free_port()).replace('runtime_type = "auto"', 'runtime_type = "turbo"')
+    )
+    check = subprocess.run([*MONOLAKED, "check", "-c", str(bad)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 1
     assert "runtime.runtime_type" in check.stderr and str(bad) in check.stderr
-    start = subprocess.run([*MONOLAKED, "start", "-c", str(bad)], capture_output=True, text=True,
-                           timeout=30)
+    start = subprocess.run([*MONOLAKED, "start", "-c", str(bad)], capture_output=True, text=True, timeout=30)
     assert start.returncode == 1
     assert "runtime.runtime_type" in start.stderr
     good = tmp_path / "good.toml"
     good.write_text(base_config(tmp_path, free_port()))
-    ok = subprocess.run([*MONOLAKED, "check", "-c", str(good)], capture_output=True, text=True,
-                        timeout=30)
+    ok = subprocess.run([*MONOLAKED, "check", "-c", str(good)], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
     assert "web" in ok.stdout
 
@@ -263,8 +277,9 @@ def test_port_in_use_is_a_clear_start_error(tmp_path):
         port = busy.getsockname()[1]
         cfg = tmp_path / "m.toml"
         cfg.write_text(base_config(tmp_path, port))
-        start = subprocess.run([*MONOLAKED, "start", "-c", str(cfg)], capture_output=True,
-                               text=True, timeout=30)
+        start = subprocess.run(
+            [*MONOLAKED, "start", "-c", str(cfg)], capture_output=True, text=True, timeout=30
+        )
     assert start.returncode == 1
     assert f"127.0.0.1:{port}" in start.stdout + start.stderr
 
@@ -297,12 +312,18 @@ class BlockingService:
 def test_blocked_event_loop_is_dumped_killed_and_replaced(master_factory, tmp_path):
     (tmp_path / "blocker_layer.py").write_text(BLOCKER)
     port = free_port()
-    config = base_config(tmp_path, port, supervisor="", extra="""
+    config = base_config(
+        tmp_path,
+        port,
+        supervisor="",
+        extra="""
         [[servers.web.layers]]
         factory = "blocker_layer:Blocker"
-    """).replace("heartbeat_timeout = 5", "heartbeat_timeout = 2")
-    m = master_factory(config, args=["--workers", "1"],
-                       env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+    """,
+    ).replace("heartbeat_timeout = 5", "heartbeat_timeout = 2")
+    m = master_factory(
+        config, args=["--workers", "1"], env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"}
+    )
     status = m.wait_ready(1)
     victim = status["workers"][0]
     blocked = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -329,9 +350,11 @@ def test_embedded_default_config_serves_out_of_the_box(tmp_path):
     master = subprocess.Popen([*MONOLAKED, "start"], stdout=log, stderr=subprocess.STDOUT, env=env)
     pids = [master.pid]
     try:
+
         def ready():
-            out = subprocess.run([*MONOLAKED, "status", "--json"], capture_output=True, text=True,
-                                 env=env, timeout=30)
+            out = subprocess.run(
+                [*MONOLAKED, "status", "--json"], capture_output=True, text=True, env=env, timeout=30
+            )
             if out.returncode != 0:
                 return None
             import json
@@ -347,8 +370,7 @@ def test_embedded_default_config_serves_out_of_the_box(tmp_path):
         assert status == 200 and b"monolake" in body.lower()
         status, body, _ = http_get(8080, "/echo/hi")
         assert status == 200 and b"/echo/hi" in body
-        stop = subprocess.run([*MONOLAKED, "stop"], capture_output=True, text=True, env=env,
-                              timeout=60)
+        stop = subprocess.run([*MONOLAKED, "stop"], capture_output=True, text=True, env=env, timeout=60)
         assert stop.returncode == 0, stop.stderr
         assert master.wait(30) == 0
         assert not (tmp_path / "monolaked.sock").exists()
@@ -375,12 +397,14 @@ def test_control_socket_precedence_flag_env_config_default(tmp_path, monkeypatch
     assert resolved("-c", str(config)) == str(tmp_path / "control.sock")
     monkeypatch.setenv("MONOLAKE_CONTROL_SOCKET", str(tmp_path / "env.sock"))
     assert resolved() == resolved("-c", str(config)) == str(tmp_path / "env.sock")
-    assert resolved("-c", str(config), "--control-socket", str(tmp_path / "flag.sock")) == \
-        str(tmp_path / "flag.sock")
-    monkeypatch.setenv("MONOLAKE_CONTROL_SOCKET", "")     # empty: as if unset
+    assert resolved("-c", str(config), "--control-socket", str(tmp_path / "flag.sock")) == str(
+        tmp_path / "flag.sock"
+    )
+    monkeypatch.setenv("MONOLAKE_CONTROL_SOCKET", "")  # empty: as if unset
     assert resolved("-c", str(config)) == str(tmp_path / "control.sock")
-    help_text = subprocess.run([*MONOLAKED, "status", "--help"], capture_output=True, text=True,
-                               timeout=30).stdout
+    help_text = subprocess.run(
+        [*MONOLAKED, "status", "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
     assert "MONOLAKE_CONTROL_SOCKET" in help_text
 
 
@@ -394,8 +418,9 @@ def test_control_socket_from_the_environment_for_start_and_commands(master_facto
     cli_env = {**os.environ, **env}
 
     def ready():
-        out = subprocess.run([*MONOLAKED, "status", "--json"], capture_output=True, text=True,
-                             env=cli_env, timeout=30)
+        out = subprocess.run(
+            [*MONOLAKED, "status", "--json"], capture_output=True, text=True, env=cli_env, timeout=30
+        )
         assert m.proc.poll() is None, m.log()
         if out.returncode != 0:
             return None
@@ -408,8 +433,13 @@ def test_control_socket_from_the_environment_for_start_and_commands(master_facto
     wait_for(ready, 30, interval=0.1, what="workers ready, found through the environment")
     assert env_sock.exists() and not (tmp_path / "control.sock").exists()
     assert http_get(port)[0] == 200
-    stop = subprocess.run([*MONOLAKED, "stop", "-c", str(m.config_path)], capture_output=True,
-                          text=True, env=cli_env, timeout=60)
+    stop = subprocess.run(
+        [*MONOLAKED, "stop", "-c", str(m.config_path)],
+        capture_output=True,
+        text=True,
+        env=cli_env,
+        timeout=60,
+    )
     assert stop.returncode == 0, stop.stderr
     assert m.proc.wait(timeout=30) == 0
     assert not env_sock.exists()
@@ -430,8 +460,11 @@ def test_status_marks_a_silent_worker_unresponsive_and_its_lag_grows(master_fact
         return next(w for w in m.status()["workers"] if w["slot"] == victim["slot"])
 
     # polled: a single sample could catch the worker starved of CPU on a shared machine
-    wait_for(lambda: row()["state"] == "ready" and row()["heartbeat_age"] < 3 * beat, 10,
-             what="ready with a fresh heartbeat")
+    wait_for(
+        lambda: row()["state"] == "ready" and row()["heartbeat_age"] < 3 * beat,
+        10,
+        what="ready with a fresh heartbeat",
+    )
     os.kill(victim["pid"], signal.SIGSTOP)
     try:
         wait_for(lambda: row()["state"] == "unresponsive", 3 * beat + 5, what="unresponsive")

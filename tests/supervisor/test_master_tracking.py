@@ -56,8 +56,7 @@ def test_assign_retires_a_live_worker_it_replaces_and_status_lists_every_child()
             master.assign(slot, committed)  # again: nothing more to retire
             assert master.retired == [respawned]
             listed = {row["pid"]: row["state"] for row in master.status()["workers"]}
-            assert listed == {committed.pid: READY, respawned.pid: DRAINING,
-                              prepared.pid: PREPARED}
+            assert listed == {committed.pid: READY, respawned.pid: DRAINING, prepared.pid: PREPARED}
         finally:
             for worker in (respawned, committed, prepared):
                 worker.proc.kill()

@@ -26,10 +26,18 @@ from tests.support import free_port, kill_pids, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 SAMPLE: dict[Any, Any] = {  # field type -> a valid value
-    int: 3, float: 0.25, str: "x", bool: True, dict[str, Any]: {"a": [1]},
-    dict[str, list[int]]: {"web": [0]}, dict[str, list[str]]: {"web": ["127.0.0.1:1"]},
-    dict[str, int]: {"requests": 1}, dict[str, dict[str, int]]: {"web": {"requests": 1}},
-    list[str]: ["e"], int | None: None, str | None: None,
+    int: 3,
+    float: 0.25,
+    str: "x",
+    bool: True,
+    dict[str, Any]: {"a": [1]},
+    dict[str, list[int]]: {"web": [0]},
+    dict[str, list[str]]: {"web": ["127.0.0.1:1"]},
+    dict[str, int]: {"requests": 1},
+    dict[str, dict[str, int]]: {"web": {"requests": 1}},
+    list[str]: ["e"],
+    int | None: None,
+    str | None: None,
     list[dict[str, Any]]: [{"server": "web", "healthy": True}],
     list[dict[str, Any]] | None: [{"server": "web", "route": "/"}],
 }
@@ -51,12 +59,18 @@ BAD_FOR_WORKER: list[tuple[dict[str, Any], str]] = [
 BAD_FOR_MASTER: list[dict[str, Any]] = [
     {"type": "nonsense", "v": 1},
     {"type": "heartbeat", "v": 1, "lag": 0.0},  # missing fields
-    {"type": "heartbeat", "v": 1, "lag": "slow", "stats": {}, "servers": {}, "accepting": True,
-     "draining": False},
+    {
+        "type": "heartbeat",
+        "v": 1,
+        "lag": "slow",
+        "stats": {},
+        "servers": {},
+        "accepting": True,
+        "draining": False,
+    },
     {"type": "ready", "v": 1, "runtime": "x", "servers": {}, "extra": 1},
     {"type": "failed", "v": 99, "reason": "a newer worker"},
-    {"type": "state", "v": 1, "state": None, "servers": {"web": {"requests": "many"}},
-     "errors": []},
+    {"type": "state", "v": 1, "state": None, "servers": {"web": {"requests": "many"}}, "errors": []},
     {"type": "drain", "v": 1, "timeout": 1.0},  # a master -> worker kind
 ]
 
@@ -66,9 +80,13 @@ def _sample(cls: type[messages.Message]) -> messages.Message:
     return cls(**{f.name: SAMPLE[hints[f.name]] for f in dataclasses.fields(cls)})
 
 
-@pytest.mark.parametrize("registry,kind", [
-    *((messages.TO_WORKER, k) for k in messages.TO_WORKER),
-    *((messages.TO_MASTER, k) for k in messages.TO_MASTER)])
+@pytest.mark.parametrize(
+    "registry,kind",
+    [
+        *((messages.TO_WORKER, k) for k in messages.TO_WORKER),
+        *((messages.TO_MASTER, k) for k in messages.TO_MASTER),
+    ],
+)
 def test_every_kind_round_trips_through_json(registry, kind):
     message = _sample(registry[kind])
     wire = json.loads(json.dumps({**messages.encode(message), "nfds": 0}))
@@ -78,11 +96,31 @@ def test_every_kind_round_trips_through_json(registry, kind):
 
 def test_the_registries_hold_every_kind_each_end_handles():
     assert set(messages.TO_WORKER) == {
-        "hello", "drain", "stop", "export", "commit", "abort", "log_level", "cover", "uncover",
-        "reconfigure", "reconfigure_commit", "rollback", "debug", "upstreams"}
+        "hello",
+        "drain",
+        "stop",
+        "export",
+        "commit",
+        "abort",
+        "log_level",
+        "cover",
+        "uncover",
+        "reconfigure",
+        "reconfigure_commit",
+        "rollback",
+        "debug",
+        "upstreams",
+    }
     assert set(messages.TO_MASTER) == {
-        "ready", "failed", "heartbeat", "state", "committed", "reconfigured", "debug",
-        "upstreams_result"}
+        "ready",
+        "failed",
+        "heartbeat",
+        "state",
+        "committed",
+        "reconfigured",
+        "debug",
+        "upstreams_result",
+    }
     assert channel.FDS not in messages.TO_WORKER and channel.FDS not in messages.TO_MASTER
 
 
@@ -100,15 +138,16 @@ def test_a_malformed_frame_for_the_master_is_refused(raw):
 
 def test_contracts_md_has_the_generated_table():
     text = (ROOT / "docs" / "contracts.md").read_text()
-    match = re.search(r"<!-- messages table:[^\n]*-->\n(.*?)<!-- end of messages table -->",
-                      text, re.S)
+    match = re.search(r"<!-- messages table:[^\n]*-->\n(.*?)<!-- end of messages table -->", text, re.S)
     assert match, "docs/contracts.md lost its messages table markers"
-    assert match.group(1) == messages.doc_table(), \
+    assert match.group(1) == messages.doc_table(), (
         "docs/contracts.md is stale: regenerate it with python -m monolake.supervisor.messages"
+    )
     for registry in (messages.TO_WORKER, messages.TO_MASTER):
         for kind, cls in registry.items():
-            row = next(line for line in match.group(1).splitlines()
-                       if f"| `{kind}` | `{cls.__name__}` |" in line)
+            row = next(
+                line for line in match.group(1).splitlines() if f"| `{kind}` | `{cls.__name__}` |" in line
+            )
             for f in dataclasses.fields(cls):
                 assert f"`{f.name}`" in row, (kind, f.name)
 
@@ -117,7 +156,8 @@ def test_contracts_md_has_the_generated_table():
 
 
 def _worker_config(port: int) -> Config:
-    return parse_config(textwrap.dedent(f"""
+    return parse_config(
+        textwrap.dedent(f"""
         [supervisor]
         log_format = "json"
         heartbeat_interval = 0.2
@@ -127,11 +167,13 @@ def _worker_config(port: int) -> Config:
         [[servers.web.routes]]
         path = "/"
         upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """))
+    """)
+    )
 
 
-def _next(sock: socket.socket, reader: channel.FrameReader, kind: type[messages.Message],
-          timeout: float = 20) -> messages.Message:
+def _next(
+    sock: socket.socket, reader: channel.FrameReader, kind: type[messages.Message], timeout: float = 20
+) -> messages.Message:
     """The next message of ``kind`` from the worker (heartbeats in between are skipped)."""
     deadline = time.monotonic() + timeout
     while (left := deadline - time.monotonic()) > 0:
@@ -149,16 +191,32 @@ def test_a_live_worker_refuses_malformed_messages_and_serves_on(tmp_path):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     ours, theirs = socket.socketpair()
-    hello = messages.Hello(slot=0, cpu=None, generation=1,
-                           config=Config.to_dict(_worker_config(port)),
-                           listeners={"web": [0]}, accept=True)
+    hello = messages.Hello(
+        slot=0,
+        cpu=None,
+        generation=1,
+        config=Config.to_dict(_worker_config(port)),
+        listeners={"web": [0]},
+        accept=True,
+    )
     channel.send(ours, messages.encode(hello), [listener.fileno()])
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "monolake.worker", "--control-fd",
-                                 str(theirs.fileno()), "--master-pid", str(os.getpid())],
-                                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "monolake.worker",
+                "--control-fd",
+                str(theirs.fileno()),
+                "--master-pid",
+                str(os.getpid()),
+            ],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     theirs.close()
     listener.close()
     reader = channel.FrameReader()
@@ -187,8 +245,9 @@ def test_a_live_worker_refuses_malformed_messages_and_serves_on(tmp_path):
         kill_pids([proc.pid])
         proc.wait(timeout=10)
         ours.close()
-    refused = [json.loads(line) for line in log_path.read_text().splitlines()
-               if '"control message refused"' in line]
+    refused = [
+        json.loads(line) for line in log_path.read_text().splitlines() if '"control message refused"' in line
+    ]
     assert len(refused) == len(BAD_FOR_WORKER) + 1, log_path.read_text()[-3000:]
     for event, (_, reason) in zip(refused, BAD_FOR_WORKER, strict=False):
         assert reason in event["error"], event
@@ -237,12 +296,18 @@ class Inject:
 def test_a_live_master_refuses_malformed_messages_and_serves_on(tmp_path):
     (tmp_path / "inject_frames.py").write_text(INJECT)
     port = free_port()
-    config = base_config(tmp_path, port, extra="""
+    config = base_config(
+        tmp_path,
+        port,
+        extra="""
         [[servers.web.layers]]
         factory = "inject_frames:Inject"
-    """)
-    env = {"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}",
-           "MONOLAKE_TEST_FRAMES": json.dumps(BAD_FOR_MASTER)}
+    """,
+    )
+    env = {
+        "PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}",
+        "MONOLAKE_TEST_FRAMES": json.dumps(BAD_FOR_MASTER),
+    }
     m = Monolaked(tmp_path, config, ["--workers", "1"], env)
     try:
         status = m.wait_ready(1)
@@ -252,12 +317,10 @@ def test_a_live_master_refuses_malformed_messages_and_serves_on(tmp_path):
         def refused() -> list[dict[str, Any]]:
             return [e for e in m.log_events() if e.get("event") == "control message refused"]
 
-        wait_for(lambda: len(refused()) == len(BAD_FOR_MASTER) + 1, 10,
-                 what="every injected frame refused")
+        wait_for(lambda: len(refused()) == len(BAD_FOR_MASTER) + 1, 10, what="every injected frame refused")
         assert {e["pid"] for e in refused()} == {pid}
         # still counted as alive: heartbeats after the garbage are read and applied
-        wait_for(lambda: m.status()["workers"][0]["heartbeat_age"] < 1.0, 10,
-                 what="a fresh heartbeat")
+        wait_for(lambda: m.status()["workers"][0]["heartbeat_age"] < 1.0, 10, what="a fresh heartbeat")
         row = m.status()["workers"][0]
         assert row["pid"] == pid and row["state"] == "ready" and row["restarts"] == 0
         assert m.proc.poll() is None

@@ -96,8 +96,7 @@ def test_reloads_under_load_lose_nothing(master_factory, tmp_path, upstream, mod
     """(a) closed-loop load + one long streaming response during consecutive reloads."""
     reloads = 20 if SOAK else 8
     port = free_port()
-    cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"',
-                      routes=proxy_routes(upstream))
+    cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"', routes=proxy_routes(upstream))
     m = master_factory(cfg)
     m.wait_ready()
     loads = [ClosedLoop(port, keepalive=False), ClosedLoop(port, keepalive=True)]
@@ -105,8 +104,11 @@ def test_reloads_under_load_lose_nothing(master_factory, tmp_path, upstream, mod
         t.start()
     chunks, size = 25, 4096
     stream: list = []
-    streamer = threading.Thread(target=lambda: stream.append(
-        http_get(port, f"/up/stream?chunks={chunks}&delay=0.1&size={size}", timeout=60)))
+    streamer = threading.Thread(
+        target=lambda: stream.append(
+            http_get(port, f"/up/stream?chunks={chunks}&delay=0.1&size={size}", timeout=60)
+        )
+    )
     streamer.start()
     try:
         wait_for(lambda: all(t.ok > 5 for t in loads), 15, what="load running")
@@ -114,8 +116,11 @@ def test_reloads_under_load_lose_nothing(master_factory, tmp_path, upstream, mod
             result = reload_cli(m)
             assert result.returncode == 0, result.stderr
         before = [t.ok for t in loads]
-        wait_for(lambda: all(t.ok > b + 5 for t, b in zip(loads, before, strict=False)), 15,
-                 what="load after reloads")
+        wait_for(
+            lambda: all(t.ok > b + 5 for t, b in zip(loads, before, strict=False)),
+            15,
+            what="load after reloads",
+        )
     finally:
         for t in loads:
             t.stop.set()
@@ -135,8 +140,9 @@ def test_reloads_under_load_lose_nothing(master_factory, tmp_path, upstream, mod
 def test_stopped_worker_queue_is_served_by_its_successor(master_factory, tmp_path):
     """(b) a SIGSTOPped worker whose accept queue filled is retired by a reload."""
     port = free_port()
-    m = master_factory(base_config(tmp_path, port).replace("heartbeat_timeout = 5",
-                                                    "heartbeat_timeout = 120"))
+    m = master_factory(
+        base_config(tmp_path, port).replace("heartbeat_timeout = 5", "heartbeat_timeout = 120")
+    )
     status = m.wait_ready()
     victim = status["workers"][0]
     os.kill(victim["pid"], signal.SIGSTOP)
@@ -161,8 +167,9 @@ def test_stopped_worker_queue_is_served_by_its_successor(master_factory, tmp_pat
                 data += chunk
             s.close()
             answers.append(data)
-        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), \
-            [a[:40] for a in answers if not a.startswith(b"HTTP/1.1 200")]
+        assert all(a.startswith(b"HTTP/1.1 200") for a in answers), [
+            a[:40] for a in answers if not a.startswith(b"HTTP/1.1 200")
+        ]
         # asked to drain, it never answers: the drain deadline (drain_timeout + 2 s) kills it
         wait_for(lambda: not pid_alive(victim["pid"]), 20, what="stopped worker retired")
     finally:
@@ -187,10 +194,13 @@ def test_failed_reloads_keep_the_old_generation(master_factory, tmp_path, mode):
     assert http_get(port)[0] == 200
     failing_layer = tmp_path / "failing_layer.py"
     failing_layer.write_text("raise RuntimeError('this service cannot start')\n")
-    m.config_path.write_text(good + """
+    m.config_path.write_text(
+        good
+        + """
         [[servers.web.layers]]
         factory = "failing_layer:Layer"
-    """)
+    """
+    )
     result = reload_cli(m)
     assert result.returncode != 0
     assert "this service cannot start" in result.stderr
@@ -217,11 +227,15 @@ def test_hup_storm_is_coalesced_and_bounded(master_factory, tmp_path):
     port = free_port()
 
     def config(k: int) -> str:
-        return base_config(tmp_path, port, routes=f"""
+        return base_config(
+            tmp_path,
+            port,
+            routes=f"""
             [[servers.web.routes]]
             path = "/v{k}"
             upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-        """)
+        """,
+        )
 
     m = master_factory(config(0))
     m.wait_ready()
@@ -238,8 +252,12 @@ def test_hup_storm_is_coalesced_and_bounded(master_factory, tmp_path):
 
     def settled():
         st = m.status()
-        return (not st["master"]["reloading"] and http_get(port, "/v10")[0] == 200
-                and all(w["state"] == "ready" for w in st["workers"]) and st)
+        return (
+            not st["master"]["reloading"]
+            and http_get(port, "/v10")[0] == 200
+            and all(w["state"] == "ready" for w in st["workers"])
+            and st
+        )
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -259,8 +277,7 @@ def test_hup_storm_is_coalesced_and_bounded(master_factory, tmp_path):
     reloads = st["master"]["reloads"]
     assert 1 <= len(reloads) <= 10 and all(r["ok"] for r in reloads)
     assert len(reloads) < 10, "HUPs during a reload should be coalesced"
-    wait_for(lambda: all(_proc_state(p) != "Z" for p in _children(master_pid)), 10,
-             what="no zombies")
+    wait_for(lambda: all(_proc_state(p) != "Z" for p in _children(master_pid)), 10, what="no zombies")
     assert len(_children(master_pid)) == nslots
     assert len(os.listdir(f"/proc/{master_pid}/fd")) <= fds_before + 2
     status = Path(f"/proc/{master_pid}/status").read_text().splitlines()
@@ -274,16 +291,19 @@ def test_state_carries_over(master_factory, tmp_path, mode):
     a, b = Upstream("a"), Upstream("b")
     try:
         port = free_port()
-        cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"',
-                          routes=proxy_routes(a, b, lb="round_robin"))
+        cfg = base_config(
+            tmp_path, port, supervisor=f'reload_mode = "{mode}"', routes=proxy_routes(a, b, lb="round_robin")
+        )
         m = master_factory(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         first = http_get(port, "/up/id")[1].decode().split()
         for _ in range(4):
             http_get(port, "/")
-        requests_before = wait_for(lambda: m.status()["workers"][0]["requests"] >= 5 and
-                                   m.status()["workers"][0]["requests"], 10,
-                                   what="requests counted")
+        requests_before = wait_for(
+            lambda: m.status()["workers"][0]["requests"] >= 5 and m.status()["workers"][0]["requests"],
+            10,
+            what="requests counted",
+        )
         pid_before = m.worker_pids()[0]
         assert reload_cli(m).returncode == 0
         if mode == "generation":
@@ -295,8 +315,11 @@ def test_state_carries_over(master_factory, tmp_path, mode):
         assert third[0] == first[0]
         # the idle keep-alive connection to the first upstream was handed over (same port)
         assert third[1] == first[1]
-        wait_for(lambda: m.status()["workers"][0]["requests"] >= requests_before + 2, 10,
-                 what="counters carried over")
+        wait_for(
+            lambda: m.status()["workers"][0]["requests"] >= requests_before + 2,
+            10,
+            what="counters carried over",
+        )
     finally:
         a.close()
         b.close()
@@ -327,7 +350,7 @@ def test_drain_closes_idle_keepalive_and_finishes_big_response(master_factory, t
         chunk = big.recv(1 << 20)
         if not chunk:
             break
-        digest_ok = digest_ok and chunk == expected[received:received + len(chunk)]
+        digest_ok = digest_ok and chunk == expected[received : received + len(chunk)]
         received += len(chunk)
     big.close()
     assert received == size and digest_ok
@@ -348,7 +371,11 @@ def test_listeners_and_worker_count_follow_the_config(master_factory, tmp_path):
     nslots = m.status()["master"]["workers"]
     sockets_before = listening_inodes(port)
     assert len(sockets_before) == nslots  # one SO_REUSEPORT socket per slot
-    added = base_config(tmp_path, port, runtime="workers = 1", extra=f"""
+    added = base_config(
+        tmp_path,
+        port,
+        runtime="workers = 1",
+        extra=f"""
         [servers.extra]
         proxy_type = "http"
         listener = {{ type = "socket", value = "127.0.0.1:{extra_port}" }}
@@ -356,7 +383,8 @@ def test_listeners_and_worker_count_follow_the_config(master_factory, tmp_path):
         [[servers.extra.routes]]
         path = "/"
         upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
+    """,
+    )
     m.config_path.write_text(added)
     result = reload_cli(m)
     assert result.returncode == 0, result.stderr
@@ -366,8 +394,9 @@ def test_listeners_and_worker_count_follow_the_config(master_factory, tmp_path):
     assert st["master"]["workers"] == 1
     wait_for(lambda: len(m.status()["workers"]) == 1, 15, what="extra slot retired")
     # slot 0's socket is the same socket; the retired slot's socket closed after its drain
-    wait_for(lambda: listening_inodes(port) < sockets_before or nslots == 1, 15,
-             what="retired slot socket closed")
+    wait_for(
+        lambda: listening_inodes(port) < sockets_before or nslots == 1, 15, what="retired slot socket closed"
+    )
     assert listening_inodes(port) <= sockets_before
     m.config_path.write_text(plain)
     result = reload_cli(m)
@@ -409,10 +438,15 @@ def test_failed_state_import_is_reported(master_factory, tmp_path, mode):
     """A state import that fails makes ``reload`` fail with the reason; requests go on."""
     (tmp_path / "fragile_layer.py").write_text(FRAGILE)
     port = free_port()
-    cfg = base_config(tmp_path, port, supervisor=f'reload_mode = "{mode}"', extra="""
+    cfg = base_config(
+        tmp_path,
+        port,
+        supervisor=f'reload_mode = "{mode}"',
+        extra="""
         [[servers.web.layers]]
         factory = "fragile_layer:Fragile"
-    """)
+    """,
+    )
     m = master_factory(cfg, env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
     m.wait_ready()
     result = reload_cli(m)
@@ -431,8 +465,12 @@ def test_sigterm_during_a_reload_stops_everything(master_factory, tmp_path):
     m.wait_ready()
     master_pid = m.proc.pid
     os.kill(master_pid, signal.SIGHUP)
-    wait_for(lambda: len(_children(master_pid)) > m.status()["master"]["workers"], 10,
-             interval=0.005, what="new generation spawned")
+    wait_for(
+        lambda: len(_children(master_pid)) > m.status()["master"]["workers"],
+        10,
+        interval=0.005,
+        what="new generation spawned",
+    )
     children = _children(master_pid)
     assert m.stop(signal.SIGTERM, timeout=30) == 0
     wait_for(lambda: not any(pid_alive(p) for p in children), 5, what="every worker gone")

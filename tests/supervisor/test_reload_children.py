@@ -59,12 +59,17 @@ class Service:
         pass
 """
 
-SCENARIOS = ["never_ready", "late_ready", "crash_after_ready", "crash_at_commit",
-             "hang_at_commit", "die_at_export"]
+SCENARIOS = [
+    "never_ready",
+    "late_ready",
+    "crash_after_ready",
+    "crash_at_commit",
+    "hang_at_commit",
+    "die_at_export",
+]
 # the new worker is gone before it committed: the old one, which only stopped accepting,
 # serves on (a worker that dies right after ``ready`` may die at any of these points)
-OLD_SERVES_ON = {"never_ready", "late_ready", "crash_after_ready", "crash_at_commit",
-                 "hang_at_commit"}
+OLD_SERVES_ON = {"never_ready", "late_ready", "crash_after_ready", "crash_at_commit", "hang_at_commit"}
 
 
 def _layer(how: str) -> str:
@@ -128,8 +133,9 @@ def test_a_failing_generation_reload_leaves_no_untracked_child(master_factory, t
     good = base_config(tmp_path, port).replace("reload_timeout = 20", supervisor)
     assert supervisor in good
     first = good + (_layer(how) if how == "die_at_export" else "")
-    m = master_factory(first, args=["--workers", "2"],
-                       env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+    m = master_factory(
+        first, args=["--workers", "2"], env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"}
+    )
     old = {w["pid"] for w in m.wait_ready(2)["workers"]}
     inodes = listening_inodes(port)
     assert inodes
@@ -144,8 +150,9 @@ def test_a_failing_generation_reload_leaves_no_untracked_child(master_factory, t
     def settled() -> bool:
         st = m.status()
         ready = [w for w in st["workers"] if w["state"] == "ready"]
-        return (len(st["workers"]) == 2 and len(ready) == 2
-                and _children(m.proc.pid) == {w["pid"] for w in ready})
+        return (
+            len(st["workers"]) == 2 and len(ready) == 2 and _children(m.proc.pid) == {w["pid"] for w in ready}
+        )
 
     wait_for(settled, 40, interval=0.2, what="two ready workers and no other child")
     listed = _check_tracked(m, inodes)

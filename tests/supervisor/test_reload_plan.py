@@ -7,19 +7,34 @@ from monolake.supervisor.reload import AwaitReady, Migrate, Retire, Settle, Spaw
 
 
 def test_same_count_spawns_all_then_migrates_slot_by_slot():
-    assert plan_generation(2, 2) == [Spawn(0), Spawn(1), AwaitReady(), Switch(), Migrate(0),
-                                     Migrate(1), Settle(())]
+    assert plan_generation(2, 2) == [
+        Spawn(0),
+        Spawn(1),
+        AwaitReady(),
+        Switch(),
+        Migrate(0),
+        Migrate(1),
+        Settle(()),
+    ]
 
 
 def test_growing_migrates_the_new_slots_too():
-    assert plan_generation(1, 3) == [Spawn(0), Spawn(1), Spawn(2), AwaitReady(), Switch(),
-                                     Migrate(0), Migrate(1), Migrate(2), Settle(())]
+    assert plan_generation(1, 3) == [
+        Spawn(0),
+        Spawn(1),
+        Spawn(2),
+        AwaitReady(),
+        Switch(),
+        Migrate(0),
+        Migrate(1),
+        Migrate(2),
+        Settle(()),
+    ]
 
 
 def test_shrinking_retires_the_dropped_slots_after_the_migration():
     plan = plan_generation(3, 1)
-    assert plan == [Spawn(0), AwaitReady(), Switch(), Migrate(0), Retire(1), Retire(2),
-                    Settle((1, 2))]
+    assert plan == [Spawn(0), AwaitReady(), Switch(), Migrate(0), Retire(1), Retire(2), Settle((1, 2))]
 
 
 def test_nothing_serves_from_the_new_generation_before_every_worker_is_ready():

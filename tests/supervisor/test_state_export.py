@@ -38,8 +38,11 @@ async def _one(port: int, path: str) -> int:
     try:
         w.write(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         head = await r.readuntil(b"\r\n\r\n")
-        length = [line.split(b":", 1)[1] for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:")]
+        length = [
+            line.split(b":", 1)[1]
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ]
         await r.readexactly(int(length[0]) if length else 0)
         return int(head.split(b" ", 2)[1])
     finally:
@@ -48,9 +51,9 @@ async def _one(port: int, path: str) -> int:
 
 def _concurrent(port: int, count: int, path: str = "/up/hold") -> list[int]:
     """``count`` requests at once, each on its own client connection."""
+
     async def run() -> list[int]:
-        return await asyncio.wait_for(
-            asyncio.gather(*(_one(port, path) for _ in range(count))), 60)
+        return await asyncio.wait_for(asyncio.gather(*(_one(port, path) for _ in range(count))), 60)
 
     return asyncio.run(run())
 
@@ -86,8 +89,10 @@ def test_more_than_a_thousand_pooled_connections_survive_a_generation_reload(mas
 
         up.arm(POOLED)
         assert _concurrent(port, POOLED) == [200] * POOLED
-        assert up.accepted == POOLED, f"{up.accepted - POOLED} new upstream connections: " \
-                                      "the new generation did not reuse the handed-over pool"
+        assert up.accepted == POOLED, (
+            f"{up.accepted - POOLED} new upstream connections: "
+            "the new generation did not reuse the handed-over pool"
+        )
 
 
 # A layer whose state cannot travel: its export raises, or returns what pickle refuses.
@@ -122,8 +127,7 @@ class BrokenService:
 
 
 @pytest.mark.parametrize("how", ["raise", "unpicklable"])
-def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(
-        master_factory, tmp_path, how):
+def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(master_factory, tmp_path, how):
     (tmp_path / "broken_export.py").write_text(BROKEN_EXPORT)
     with GatedUpstream() as up:
         port = free_port()
@@ -132,11 +136,14 @@ def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(
             factory = "broken_export:BrokenExport"
             options = {{ how = "{how}" }}
         """
-        m = master_factory(_config(tmp_path, port, up, layers=layers), args=["--workers", "1"],
-                    env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"})
+        m = master_factory(
+            _config(tmp_path, port, up, layers=layers),
+            args=["--workers", "1"],
+            env={"PYTHONPATH": f"{tmp_path}:{os.environ.get('PYTHONPATH', '')}"},
+        )
         m.wait_ready(1)
         old_pid = m.worker_pids()[0]
-        up.arm(10 ** 9)  # held until release(): in flight on the old worker across the reload
+        up.arm(10**9)  # held until release(): in flight on the old worker across the reload
         in_flight: list[int] = []
         client = threading.Thread(target=lambda: in_flight.extend(_concurrent(port, 3)))
         client.start()
@@ -149,9 +156,12 @@ def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(
         assert expected in result.stderr
         record = m.status()["master"]["reloads"][-1]
         assert record["ok"] is False and record["state_migrated"] is False
-        assert [e["state_migrated"] for e in _events(
-            m, "reload done, but state was not migrated; the new generation serves without it")] \
-            == [False]
+        assert [
+            e["state_migrated"]
+            for e in _events(
+                m, "reload done, but state was not migrated; the new generation serves without it"
+            )
+        ] == [False]
         assert pid_alive(old_pid), "the old worker must not end before it drains"
         new_pid = m.worker_pids()[0]
         assert new_pid != old_pid

@@ -117,13 +117,13 @@ def serve_ttheader(conn: socket.socket, processor: TProcessor, pfactory, name: s
             for _ in range(cnt):
                 if info == 1:
                     (kl,) = struct.unpack_from("!H", body, pos)
-                    skey = body[pos + 2:pos + 2 + kl]
+                    skey = body[pos + 2 : pos + 2 + kl]
                     pos += 2 + kl
                 else:
                     (ikey,) = struct.unpack_from("!H", body, pos)
                     pos += 2
                 (vl,) = struct.unpack_from("!H", body, pos)
-                val = body[pos + 2:pos + 2 + vl]
+                val = body[pos + 2 : pos + 2 + vl]
                 pos += 2 + vl
                 if info == 1:
                     strs[skey] = val

@@ -24,8 +24,10 @@ def test_busy_poll_serves_and_then_sleeps(tmp_path: Path, runtime_type: str) -> 
     if runtime_type == "io_uring" and not probe().available:
         pytest.skip(f"io_uring unavailable: {probe().reason}")
     with backend("framed", name="bb") as (addr, _):
-        servers = (f'[servers.tp]\nproxy_type = "thrift"\nlistener = {listener(f"127.0.0.1:{free_port()}")}\n'
-                   f"route = {{ upstreams = [{{ endpoint = {endpoint(addr)} }}] }}\n")
+        servers = (
+            f'[servers.tp]\nproxy_type = "thrift"\nlistener = {listener(f"127.0.0.1:{free_port()}")}\n'
+            f"route = {{ upstreams = [{{ endpoint = {endpoint(addr)} }}] }}\n"
+        )
         runtime = f'runtime_type = "{runtime_type}"\nbusy_poll_us = 2000'
         with proxy(tmp_path, servers, runtime=runtime) as px:
             c = client(px.addr("tp"))

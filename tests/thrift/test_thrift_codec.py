@@ -26,17 +26,27 @@ E = echo_thrift
 
 def big_item(i: int = 0) -> object:
     return E.Item(
-        name=f"item-{i}", count=i, inner=E.Inner(id=i, label="x" * i),
-        inners=[E.Inner(id=j) for j in range(i % 5)], scores={"a": 1, "b": i},
-        tags=["t1", "t2"], color=E.Color.BLUE, blob=bytes(range(256)) * (i % 3),
-        ratio=0.5 * i, flag=bool(i % 2), tiny=-3, small=1234,
-        nested={1: ["x", "y"], 2: []}, deep=[{"k": E.Inner(id=1, label="d")}],
+        name=f"item-{i}",
+        count=i,
+        inner=E.Inner(id=i, label="x" * i),
+        inners=[E.Inner(id=j) for j in range(i % 5)],
+        scores={"a": 1, "b": i},
+        tags=["t1", "t2"],
+        color=E.Color.BLUE,
+        blob=bytes(range(256)) * (i % 3),
+        ratio=0.5 * i,
+        flag=bool(i % 2),
+        tiny=-3,
+        small=1234,
+        nested={1: ["x", "y"], 2: []},
+        deep=[{"k": E.Inner(id=1, label="d")}],
         palette=[E.Color.RED],
     )
 
 
-def encode_call(method: str, seqid: int, proto: str = "binary", mtype: int = TMessageType.CALL,
-                **kwargs) -> bytes:
+def encode_call(
+    method: str, seqid: int, proto: str = "binary", mtype: int = TMessageType.CALL, **kwargs
+) -> bytes:
     buf = TMemoryBuffer()
     prot: TProtocolBase
     if proto == "compact":
@@ -52,7 +62,9 @@ def encode_call(method: str, seqid: int, proto: str = "binary", mtype: int = TMe
 
 def decode_msg(data: bytes, proto: str = "binary") -> tuple[str, int, int, TProtocolBase]:
     buf = TMemoryBuffer(data)
-    prot: TProtocolBase = TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_read=False)
+    prot: TProtocolBase = (
+        TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_read=False)
+    )
     name, mtype, seqid = prot.read_message_begin()
     return name, mtype, seqid, prot
 
@@ -62,8 +74,10 @@ SEQIDS = [0, 1, 127, 128, 300, 2**31 - 1, -1, -(2**31)]
 
 # thriftpy2's compact writer loops forever on a negative seqid: compact gets non-negative ones
 # here (negative compact seqids are covered by test_compact_in_ttheader_and_framed)
-@pytest.mark.parametrize("proto,seqid", [(p, s) for p in ("binary", "loose", "compact") for s in SEQIDS
-                                         if p != "compact" or s >= 0])
+@pytest.mark.parametrize(
+    "proto,seqid",
+    [(p, s) for p in ("binary", "loose", "compact") for s in SEQIDS if p != "compact" or s >= 0],
+)
 def test_head_and_seqid_rewrite(proto: str, seqid: int) -> None:
     data = encode_call("roundtrip", seqid, proto, item=big_item(3))
     head = m.parse_head(data)
@@ -80,11 +94,20 @@ def test_head_and_seqid_rewrite(proto: str, seqid: int) -> None:
         assert args.item == big_item(3)
         # only the seqid changed
         h2 = m.parse_head(out)
-        assert bytes(out[h2.seqid_at + h2.seqid_len:]) == data[head.seqid_at + head.seqid_len:]
+        assert bytes(out[h2.seqid_at + h2.seqid_len :]) == data[head.seqid_at + head.seqid_len :]
 
 
-@pytest.mark.parametrize("bad", [b"", b"\x80\x02\x00\x01", b"\x80\x01\x00\x01\x00\x00\x00\x09ab",
-                                 b"\x7f\xff\xff\xff", b"\x82\x21", b"\x80\x01\x00\x01\xff\xff\xff\xff\x00\x00\x00\x00"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"",
+        b"\x80\x02\x00\x01",
+        b"\x80\x01\x00\x01\x00\x00\x00\x09ab",
+        b"\x7f\xff\xff\xff",
+        b"\x82\x21",
+        b"\x80\x01\x00\x01\xff\xff\xff\xff\x00\x00\x00\x00",
+    ],
+)
 def test_head_rejects_garbage(bad: bytes) -> None:
     with pytest.raises(FrameError):
         m.parse_head(bad)
@@ -126,13 +149,16 @@ def test_ttheader_acl_token_and_empty_headers() -> None:
     assert frame[off:] == b"\x80\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"
 
 
-@pytest.mark.parametrize("mutate,why", [
-    (lambda f: f[:15] + b"\x01" + f[16:], "transforms"),  # n_transforms = 1
-    (lambda f: f[:14] + b"\x05" + f[15:], "protocol id"),
-    (lambda f: f[:12] + b"\x00\x00" + f[14:], "header size"),
-    (lambda f: f[:12] + b"\x7f\x00" + f[14:], "header size"),
-    (lambda f: f[:16] + b"\x42" + f[17:], "info id"),
-])
+@pytest.mark.parametrize(
+    "mutate,why",
+    [
+        (lambda f: f[:15] + b"\x01" + f[16:], "transforms"),  # n_transforms = 1
+        (lambda f: f[:14] + b"\x05" + f[15:], "protocol id"),
+        (lambda f: f[:12] + b"\x00\x00" + f[14:], "header size"),
+        (lambda f: f[:12] + b"\x7f\x00" + f[14:], "header size"),
+        (lambda f: f[:16] + b"\x42" + f[17:], "info id"),
+    ],
+)
 def test_ttheader_rejects(mutate, why: str) -> None:
     frame = tt_frame(encode_call("ping", 1), strs={"a": "b"})
     bad = mutate(bytearray(frame))
@@ -148,7 +174,7 @@ def scan_all(stream: bytes, chunks: list[int], max_size: int = 1 << 20) -> list[
     sizes = iter(chunks)
     while pos < len(stream):
         n = next(sizes, len(stream))
-        out += [bytes(f.raw) for f in d.feed(stream[pos:pos + n])]
+        out += [bytes(f.raw) for f in d.feed(stream[pos : pos + n])]
         pos += n
     assert not d.partial
     return out
@@ -156,9 +182,13 @@ def scan_all(stream: bytes, chunks: list[int], max_size: int = 1 << 20) -> list[
 
 def test_unframed_scanner_finds_every_boundary() -> None:
     msgs = [encode_call("roundtrip", i, item=big_item(i)) for i in range(6)]
-    msgs += [encode_call("ping", 9), encode_call("nothing", 10, "loose"),
-             encode_call("colors", 11, cs=[1, 2], ids={1, 2, 3}, names={1: "r"}),
-             encode_call("add", 12, a=1, b=2), encode_call("fire", 13, mtype=TMessageType.ONEWAY, note="n")]
+    msgs += [
+        encode_call("ping", 9),
+        encode_call("nothing", 10, "loose"),
+        encode_call("colors", 11, cs=[1, 2], ids={1, 2, 3}, names={1: "r"}),
+        encode_call("add", 12, a=1, b=2),
+        encode_call("fire", 13, mtype=TMessageType.ONEWAY, note="n"),
+    ]
     stream = b"".join(msgs)
     rnd = random.Random(7)
     assert scan_all(stream, [len(stream)]) == msgs
@@ -173,20 +203,23 @@ def test_unframed_scanner_is_resumable_not_quadratic() -> None:
     sc.reset(0)
     buf = bytearray()
     for i in range(0, len(msg), 512):
-        buf += msg[i:i + 512]
+        buf += msg[i : i + 512]
         end = sc.scan(buf, len(buf))
     assert end == len(msg)
 
 
-@pytest.mark.parametrize("body,why", [
-    (b"\x0d\x00\x01\x0b\x08\xff\xff\xff\xff", "negative map size"),
-    (b"\x0f\x00\x01\x00\x00\x00\x00\x05", "list of STOP"),
-    (b"\x0f\x00\x01\x01\x00\x00\x00\x05", "list of VOID"),
-    (b"\x0b\x00\x01\xff\xff\xff\xfe", "negative string"),
-    (b"\x09\x00\x01", "bad field type"),
-    (b"\x0c\x00\x01" * 100, "too deep"),
-    (b"\x0f\x00\x01\x0a\x10\x00\x00\x00", "oversized list"),
-])
+@pytest.mark.parametrize(
+    "body,why",
+    [
+        (b"\x0d\x00\x01\x0b\x08\xff\xff\xff\xff", "negative map size"),
+        (b"\x0f\x00\x01\x00\x00\x00\x00\x05", "list of STOP"),
+        (b"\x0f\x00\x01\x01\x00\x00\x00\x05", "list of VOID"),
+        (b"\x0b\x00\x01\xff\xff\xff\xfe", "negative string"),
+        (b"\x09\x00\x01", "bad field type"),
+        (b"\x0c\x00\x01" * 100, "too deep"),
+        (b"\x0f\x00\x01\x0a\x10\x00\x00\x00", "oversized list"),
+    ],
+)
 def test_unframed_scanner_rejects(body: bytes, why: str) -> None:
     head = b"\x80\x01\x00\x01\x00\x00\x00\x01x\x00\x00\x00\x01"
     d = Deframer(UNFRAMED, 1 << 20)
@@ -222,13 +255,15 @@ def test_deframer_sized(kind: int) -> None:
         pos = 0
         while pos < len(stream):
             n = rnd.randint(1, 200) if trial else len(stream)
-            got += d.feed(stream[pos:pos + n])
+            got += d.feed(stream[pos : pos + n])
             pos += n
         assert [f.message for f in got] == msgs
         assert [f.head.seqid for f in got] == list(range(1, 30))
         assert d.kind == (FRAMED if kind == FRAMED else TTHEADER)
         if kind != FRAMED:
-            assert [f.tt.str_headers if f.tt else None for f in got] == [{b"i": str(i).encode()} for i in range(29)]
+            assert [f.tt.str_headers if f.tt else None for f in got] == [
+                {b"i": str(i).encode()} for i in range(29)
+            ]
 
 
 def test_deframer_auto_detects_unframed_binary() -> None:
@@ -240,9 +275,11 @@ def test_deframer_auto_detects_unframed_binary() -> None:
 
 def test_frame_encode_remaps_seqid_for_every_transport() -> None:
     payload = encode_call("echo", 7, text="hello")
-    for kind, wire in [(FRAMED, struct.pack("!I", len(payload)) + payload),
-                       (TTHEADER, tt_frame(payload, seq_id=7, strs={"a": "b"}, ints={3: "c"})),
-                       (UNFRAMED, payload)]:
+    for kind, wire in [
+        (FRAMED, struct.pack("!I", len(payload)) + payload),
+        (TTHEADER, tt_frame(payload, seq_id=7, strs={"a": "b"}, ints={3: "c"})),
+        (UNFRAMED, payload),
+    ]:
         (frame,) = Deframer(kind, 1 << 20).feed(wire)
         out = bytes(frame.encode(123456))
         if kind == FRAMED:
@@ -263,8 +300,10 @@ def test_frame_encode_remaps_seqid_for_every_transport() -> None:
 
 def test_compact_in_ttheader_and_framed() -> None:
     payload = encode_call("echo", 300, "compact", text="zz")
-    for kind, wire in [(FRAMED, struct.pack("!I", len(payload)) + payload),
-                       (TTHEADER, tt_frame(payload, seq_id=300, protocol_id=2))]:
+    for kind, wire in [
+        (FRAMED, struct.pack("!I", len(payload)) + payload),
+        (TTHEADER, tt_frame(payload, seq_id=300, protocol_id=2)),
+    ]:
         (frame,) = Deframer(kind, 1 << 20).feed(wire)
         assert frame.head.proto == m.COMPACT and frame.head.seqid == 300
         out = bytes(frame.encode(-5))
@@ -297,7 +336,7 @@ def test_framed_one_read_one_frame_fast_path() -> None:
     first, second = frame.encode(99), frame.encode(100)
     assert type(first) is bytes and wire == struct.pack("!I", len(payload)) + payload
     assert m.parse_head(first, 4).seqid == 99 and m.parse_head(second, 4).seqid == 100
-    assert first[:4] == wire[:4] and first[m.parse_head(first, 4).size + 4:] == wire[frame.head.size + 4:]
+    assert first[:4] == wire[:4] and first[m.parse_head(first, 4).size + 4 :] == wire[frame.head.size + 4 :]
     with pytest.raises(FrameError, match="max_frame_size"):
         Deframer(FRAMED, len(payload) - 1).feed(wire)
     with pytest.raises(FrameError):

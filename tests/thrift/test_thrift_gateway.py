@@ -20,8 +20,9 @@ class Gw:
     def __init__(self, servers: dict[str, list[str]]) -> None:
         self.servers = servers
 
-    def post(self, server: str, path: str, body: Any = None, raw: bytes | None = None,
-             method: str = "POST") -> tuple[int, Any, dict[str, str]]:
+    def post(
+        self, server: str, path: str, body: Any = None, raw: bytes | None = None, method: str = "POST"
+    ) -> tuple[int, Any, dict[str, str]]:
         host, _, port = self.servers[server][0].rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=15)
         try:
@@ -43,17 +44,24 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gw]:
         dead = f"127.0.0.1:{free_port()}"
 
         def server(name: str, upstream: str, extra: str = "") -> str:
-            return (f'[servers.{name}]\nproxy_type = "http_thrift"\n'
-                    f'listener = {listener(f"127.0.0.1:{free_port()}")}\nidl = "{IDL}"\n{extra}\n'
-                    f"route = {{ upstreams = [{{ endpoint = {endpoint(upstream)} }}] }}\n")
+            return (
+                f'[servers.{name}]\nproxy_type = "http_thrift"\n'
+                f'listener = {listener(f"127.0.0.1:{free_port()}")}\nidl = "{IDL}"\n{extra}\n'
+                f"route = {{ upstreams = [{{ endpoint = {endpoint(upstream)} }}] }}\n"
+            )
 
-        servers = "\n".join([
-            server("gw", b1),
-            server("custom", bt, 'gateway_path = "/rpc/{method}"\nexception_status = 409\n'
-                                 'thrift_transport = "ttheader"'),
-            server("down", dead),
-            server("slow", b1, "timeout = { upstream_read_timeout_sec = 0.5 }"),
-        ])
+        servers = "\n".join(
+            [
+                server("gw", b1),
+                server(
+                    "custom",
+                    bt,
+                    'gateway_path = "/rpc/{method}"\nexception_status = 409\nthrift_transport = "ttheader"',
+                ),
+                server("down", dead),
+                server("slow", b1, "timeout = { upstream_read_timeout_sec = 0.5 }"),
+            ]
+        )
         px = stack.enter_context(proxy(tmp, servers))
         yield Gw(px.servers)
 
@@ -94,11 +102,11 @@ def test_defaults_and_optional_fields(gw: Gw) -> None:
 
 
 def test_enum_numbers_nan_and_maps_with_enum_keys(gw: Gw) -> None:
-    status, body, _ = gw.post("gw", "/Echo/roundtrip",
-                              {"item": {"name": "n", "color": 1, "ratio": "NaN"}})
+    status, body, _ = gw.post("gw", "/Echo/roundtrip", {"item": {"name": "n", "color": 1, "ratio": "NaN"}})
     assert status == 200 and body["result"]["color"] == "RED" and body["result"]["ratio"] == "NaN"
-    status, body, _ = gw.post("gw", "/Echo/colors",
-                              {"cs": ["RED", 3], "ids": [1, 2, 3], "names": {"BLUE": "b", "2": "g"}})
+    status, body, _ = gw.post(
+        "gw", "/Echo/colors", {"cs": ["RED", 3], "ids": [1, 2, 3], "names": {"BLUE": "b", "2": "g"}}
+    )
     assert status == 200
     assert body == {"result": ["RED", "BLUE", "GREEN", "BLUE", "BLUE"]}  # + [len(ids)] = 3 = BLUE
 
@@ -108,7 +116,10 @@ def test_scalars_binary_void_and_oneway(gw: Gw) -> None:
     assert gw.post("gw", "/Echo/ping", raw=b"{}")[:2] == (200, {"result": "pong"})
     assert gw.post("gw", "/Echo/add", {"a": -(2**31), "b": 2**62})[:2] == (200, {"result": 2**62 - 2**31})
     data = base64.b64encode(b"\x00\x01\x02").decode()
-    assert gw.post("gw", "/Echo/blob", {"data": data})[:2] == (200, {"result": base64.b64encode(b"\x02\x01\x00").decode()})
+    assert gw.post("gw", "/Echo/blob", {"data": data})[:2] == (
+        200,
+        {"result": base64.b64encode(b"\x02\x01\x00").decode()},
+    )
     assert gw.post("gw", "/Echo/nothing", {})[:2] == (200, {"result": None})
     assert gw.post("gw", "/Echo/fire", {"note": "via-gateway"})[:2] == (202, {"result": None})
     status, body, _ = gw.post("gw", "/Echo/fired")
@@ -118,8 +129,9 @@ def test_scalars_binary_void_and_oneway(gw: Gw) -> None:
 def test_declared_exceptions(gw: Gw) -> None:
     status, body, _ = gw.post("gw", "/Echo/roundtrip", {"item": {"name": "missing"}})
     assert status == 500
-    assert body == {"exception": {"type": "NotFound", "field": "nf",
-                                  "fields": {"what": "item missing", "code": 404}}}
+    assert body == {
+        "exception": {"type": "NotFound", "field": "nf", "fields": {"what": "item missing", "code": 404}}
+    }
     status, body, _ = gw.post("gw", "/Echo/roundtrip", {"item": {"name": "invalid"}})
     assert status == 500 and body["exception"]["type"] == "Invalid"
 
@@ -142,23 +154,26 @@ def test_other_http_methods_are_405(gw: Gw) -> None:
     assert status == 405 and headers["allow"] == "POST"
 
 
-@pytest.mark.parametrize("args,field", [
-    ({"item": {"name": "x", "inners": [{"id": 1}, {"id": "2"}]}}, "item.inners[1].id"),
-    ({"item": {"name": "x", "scores": {"a": 1.5}}}, 'item.scores["a"]'),
-    ({"item": {"name": "x", "tags": ["ok", 3]}}, "item.tags[1]"),
-    ({"item": {"name": "x", "color": "PURPLE"}}, "item.color"),
-    ({"item": {"name": "x", "blob": "not base64!"}}, "item.blob"),
-    ({"item": {"name": "x", "tiny": 300}}, "item.tiny"),
-    ({"item": {"name": "x", "flag": "yes"}}, "item.flag"),
-    ({"item": {"name": "x", "nested": {"one": []}}}, 'item.nested["one"]'),
-    ({"item": {"name": "x", "keyed": {"k": "v"}}}, "item.keyed"),
-    ({"item": {"name": "x", "bogus": 1}}, "item.bogus"),
-    ({"item": {"inner": {"id": 1}}}, "item.name"),
-    ({"item": {"name": "x", "inner": {"label": "no id"}}}, "item.inner.id"),
-    ({"item": "a string"}, "item"),
-    ({"itm": {}}, "itm"),
-    ([1, 2], ""),
-])
+@pytest.mark.parametrize(
+    "args,field",
+    [
+        ({"item": {"name": "x", "inners": [{"id": 1}, {"id": "2"}]}}, "item.inners[1].id"),
+        ({"item": {"name": "x", "scores": {"a": 1.5}}}, 'item.scores["a"]'),
+        ({"item": {"name": "x", "tags": ["ok", 3]}}, "item.tags[1]"),
+        ({"item": {"name": "x", "color": "PURPLE"}}, "item.color"),
+        ({"item": {"name": "x", "blob": "not base64!"}}, "item.blob"),
+        ({"item": {"name": "x", "tiny": 300}}, "item.tiny"),
+        ({"item": {"name": "x", "flag": "yes"}}, "item.flag"),
+        ({"item": {"name": "x", "nested": {"one": []}}}, 'item.nested["one"]'),
+        ({"item": {"name": "x", "keyed": {"k": "v"}}}, "item.keyed"),
+        ({"item": {"name": "x", "bogus": 1}}, "item.bogus"),
+        ({"item": {"inner": {"id": 1}}}, "item.name"),
+        ({"item": {"name": "x", "inner": {"label": "no id"}}}, "item.inner.id"),
+        ({"item": "a string"}, "item"),
+        ({"itm": {}}, "itm"),
+        ([1, 2], ""),
+    ],
+)
 def test_type_mismatch_is_400_naming_the_field(gw: Gw, args: Any, field: str) -> None:
     status, body, _ = gw.post("gw", "/Echo/roundtrip", args)
     assert status == 400, body

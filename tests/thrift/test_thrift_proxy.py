@@ -87,10 +87,31 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         dead = free_port()
         cert = tmp / "cert.pem"
         if shutil.which("openssl"):
-            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                            "-nodes", "-keyout", str(tmp / "key.pem"), "-out", str(cert), "-days", "2",
-                            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                           check=True, capture_output=True, timeout=60)
+            subprocess.run(
+                [
+                    "openssl",
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-keyout",
+                    str(tmp / "key.pem"),
+                    "-out",
+                    str(cert),
+                    "-days",
+                    "2",
+                    "-subj",
+                    "/CN=127.0.0.1",
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
 
         def server(name: str, body: str, lst: str | None = None) -> str:
             lst = lst or listener(f"127.0.0.1:{free_port()}")
@@ -100,53 +121,87 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ups = ", ".join(f"{{ endpoint = {endpoint(b[n])} }}" for n in names)
             return f"route = {{ upstreams = [{ups}] {extra} }}"
 
-        servers = "\n".join([
-            server("auto", route("b1")),
-            server("unframed", 'thrift_transport = "unframed"\n' + route("bu")),
-            server("auto_unframed", route("bu")),
-            server("tt", 'thrift_transport = "ttheader"\n' + route("bt")),
-            server("tt_auto", route("bt")),
-            server("unix", route("bx"), lst=listener(str(tmp / "proxy.sock"))),
-            server("routed", route("b1") + f"""
+        servers = "\n".join(
+            [
+                server("auto", route("b1")),
+                server("unframed", 'thrift_transport = "unframed"\n' + route("bu")),
+                server("auto_unframed", route("bu")),
+                server("tt", 'thrift_transport = "ttheader"\n' + route("bt")),
+                server("tt_auto", route("bt")),
+                server("unix", route("bx"), lst=listener(str(tmp / "proxy.sock"))),
+                server(
+                    "routed",
+                    route("b1")
+                    + f"""
 [[servers.routed.routes]]
 methods = ["whoami", "accepted"]
 upstreams = [{{ endpoint = {endpoint(b["b2"])} }}]
-"""),
-            server("nodefault", f"""
+""",
+                ),
+                server(
+                    "nodefault",
+                    f"""
 [[servers.nodefault.routes]]
 methods = ["ping"]
 upstreams = [{{ endpoint = {endpoint(b["b1"])} }}]
-"""),
-            server("down", f'route = {{ upstreams = [{{ endpoint = {endpoint(f"127.0.0.1:{dead}")} }}] }}'),
-            server("slowpoke", "timeout = { upstream_read_timeout_sec = 0.5 }\n" + route("b1")),
-            server("blackhole", "timeout = { upstream_connect_timeout_sec = 0.3 }\n" + route("hole")),
-            server("strict", "max_frame_size = 4096\ntimeout = { server_keepalive_timeout_sec = 1, "
-                             "server_message_timeout_sec = 0.5 }\n" + route("b1")),
-            server("reuse", route("bp")),
-            server("failover", 'route = { load_balancer = "round_robin", eject_after_failures = 1, '
-                               f'upstreams = [{{ endpoint = {endpoint(f"127.0.0.1:{dead}")} }}, '
-                               f'{{ endpoint = {endpoint(b["b2"])} }}] }}'),
-            server("pp", "proxy_protocol = true\n" + route("b1")),
-            (server("v6", route("b1"), lst=listener(f"[::1]:{free_port('::1')}")) if HAS_V6 else ""),
-            (server("tls", f'tls = {{ chain = "{cert}", key = "{tmp / "key.pem"}" }}\n' + route("b1"))
-             if cert.exists() else ""),
-            server("layered", route("b1") + """
+""",
+                ),
+                server(
+                    "down", f"route = {{ upstreams = [{{ endpoint = {endpoint(f'127.0.0.1:{dead}')} }}] }}"
+                ),
+                server("slowpoke", "timeout = { upstream_read_timeout_sec = 0.5 }\n" + route("b1")),
+                server("blackhole", "timeout = { upstream_connect_timeout_sec = 0.3 }\n" + route("hole")),
+                server(
+                    "strict",
+                    "max_frame_size = 4096\ntimeout = { server_keepalive_timeout_sec = 1, "
+                    "server_message_timeout_sec = 0.5 }\n" + route("b1"),
+                ),
+                server("reuse", route("bp")),
+                server(
+                    "failover",
+                    'route = { load_balancer = "round_robin", eject_after_failures = 1, '
+                    f"upstreams = [{{ endpoint = {endpoint(f'127.0.0.1:{dead}')} }}, "
+                    f"{{ endpoint = {endpoint(b['b2'])} }}] }}",
+                ),
+                server("pp", "proxy_protocol = true\n" + route("b1")),
+                (server("v6", route("b1"), lst=listener(f"[::1]:{free_port('::1')}")) if HAS_V6 else ""),
+                (
+                    server("tls", f'tls = {{ chain = "{cert}", key = "{tmp / "key.pem"}" }}\n' + route("b1"))
+                    if cert.exists()
+                    else ""
+                ),
+                server(
+                    "layered",
+                    route("b1")
+                    + """
 [[servers.layered.layers]]
 factory = "tests.thrift.layers:GuardFactory"
 options = { deny = ["where"] }
-"""),
-        ])
+""",
+                ),
+            ]
+        )
         px = stack.enter_context(proxy(tmp, servers, runtime=f'runtime_type = "{request.param}"'))
         yield Env(px, b, tmp)
 
 
 def big_item(i: int) -> object:
     return E.Item(
-        name=f"item-{i}", count=i, inner=E.Inner(id=i, label="é" * i),
-        inners=[E.Inner(id=j) for j in range(i % 4)], scores={"a": 1, "b": i},
-        tags=["t1", "t2"], color=E.Color.BLUE, blob=bytes(range(256)), ratio=0.25 * i,
-        flag=True, tiny=-3, small=1234, nested={1: ["x"], 2: []},
-        deep=[{"k": E.Inner(id=1, label="d")}], palette=[E.Color.RED],
+        name=f"item-{i}",
+        count=i,
+        inner=E.Inner(id=i, label="é" * i),
+        inners=[E.Inner(id=j) for j in range(i % 4)],
+        scores={"a": 1, "b": i},
+        tags=["t1", "t2"],
+        color=E.Color.BLUE,
+        blob=bytes(range(256)),
+        ratio=0.25 * i,
+        flag=True,
+        tiny=-3,
+        small=1234,
+        nested={1: ["x"], 2: []},
+        deep=[{"k": E.Inner(id=1, label="d")}],
+        palette=[E.Color.RED],
     )
 
 
@@ -191,8 +246,15 @@ def test_ttheader_headers_and_seqids_survive(env: Env, server: str) -> None:
         frames = []
         for i in range(10):
             payload = encode_call("echo", 500 + i, text=f"tt-{i}")
-            frames.append(tt_frame(payload, seq_id=900 + i, strs={"req": str(i), "caller": "test"},
-                                   ints={2: f"log-{i}", 7: "x"}, flags=1))
+            frames.append(
+                tt_frame(
+                    payload,
+                    seq_id=900 + i,
+                    strs={"req": str(i), "caller": "test"},
+                    ints={2: f"log-{i}", 7: "x"},
+                    flags=1,
+                )
+            )
         sock.sendall(b"".join(frames))  # pipelined on one connection
         got = {}
         for _ in range(10):
@@ -335,8 +397,10 @@ def test_malformed_frame_closes_only_that_connection(env: Env) -> None:
     with sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
         assert closed_by_peer(sock)
-    wait_for(lambda: any(e.get("event") == "thrift_bad_frame" for e in env.px.log_events()),
-             what="a thrift_bad_frame log line")
+    wait_for(
+        lambda: any(e.get("event") == "thrift_bad_frame" for e in env.px.log_events()),
+        what="a thrift_bad_frame log line",
+    )
     c = client(env.addr("auto"))
     try:
         assert c.ping() == "pong"
@@ -349,9 +413,14 @@ def test_frame_over_max_frame_size_closes_the_connection(env: Env) -> None:
     with sock:
         sock.sendall(struct.pack("!I", 5000) + b"\x80\x01\x00\x01")
         assert closed_by_peer(sock)
-    events = wait_for(lambda: [e for e in env.px.log_events()
-                               if e.get("event") == "thrift_bad_frame" and "max_frame_size" in e.get("error", "")],
-                      what="an oversized-frame log line")
+    events = wait_for(
+        lambda: [
+            e
+            for e in env.px.log_events()
+            if e.get("event") == "thrift_bad_frame" and "max_frame_size" in e.get("error", "")
+        ],
+        what="an oversized-frame log line",
+    )
     assert events
     c = client(env.addr("strict"))
     try:
@@ -433,8 +502,9 @@ def test_tls_termination(env: Env) -> None:
 
     ctx = ssl.create_default_context(cafile=str(env.tmp / "cert.pem"))
     host, _, port = env.addr("tls").rpartition(":")
-    c = make_client(E.Echo, host, int(port), trans_factory=TFramedTransportFactory(), ssl_context=ctx,
-                    timeout=10000)
+    c = make_client(
+        E.Echo, host, int(port), trans_factory=TFramedTransportFactory(), ssl_context=ctx, timeout=10000
+    )
     try:
         assert c.echo("over tls") == "over tls"
         assert c.roundtrip(big_item(2)) == big_item(2)
@@ -451,8 +521,13 @@ def test_proxy_protocol_header(env: Env) -> None:
         sock.sendall(b"not thrift at all")
         assert closed_by_peer(sock)
     # the client address of the PROXY header is the one logged
-    wait_for(lambda: any(e.get("event") == "thrift_bad_frame" and e.get("peer") == "127.0.0.9:5555"
-                         for e in env.px.log_events()), what="a log line with the PROXY protocol peer")
+    wait_for(
+        lambda: any(
+            e.get("event") == "thrift_bad_frame" and e.get("peer") == "127.0.0.9:5555"
+            for e in env.px.log_events()
+        ),
+        what="a log line with the PROXY protocol peer",
+    )
     sock = connect(env.addr("pp"))
     with sock:
         sock.sendall(struct.pack("!I", len(msg)) + msg)  # no PROXY header: refused

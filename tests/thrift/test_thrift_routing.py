@@ -31,11 +31,14 @@ def label(route) -> str:
 
 
 def test_methods_then_default_and_multiplexed_names() -> None:
-    r = router(HEAD + f"""route = {{ upstreams = [{up(1)}] }}
+    r = router(
+        HEAD
+        + f"""route = {{ upstreams = [{up(1)}] }}
 [[servers.s.routes]]
 methods = ["search", "Svc:special"]
 upstreams = [{up(2)}]
-""")
+"""
+    )
     assert label(r.route("search")) == "127.0.0.1:2"
     assert label(r.route("Svc:search")) == "127.0.0.1:2"  # multiplexed: the bare name matches
     assert label(r.route("Svc:special")) == "127.0.0.1:2"
@@ -44,10 +47,13 @@ upstreams = [{up(2)}]
 
 
 def test_no_default_route() -> None:
-    r = router(HEAD + f"""[[servers.s.routes]]
+    r = router(
+        HEAD
+        + f"""[[servers.s.routes]]
 methods = ["a"]
 upstreams = [{up(2)}]
-""")
+"""
+    )
     assert r.route("a") is not None and r.route("b") is None
 
 

@@ -21,10 +21,23 @@ from monolake.worker.state import Snapshot
 from monolake.worker.thrift import gateway, server
 from tests.thrift.thrift_support import IDL, backend, decode_reply, encode_call, endpoint, free_port
 
-CONTRACT_KEYS = {"connections_total", "open_connections", "active_requests", "requests", "responses_1xx",
-                 "responses_2xx", "responses_3xx", "responses_4xx", "responses_5xx", "errors", "bytes_in",
-                 "bytes_out", "upstream_connect_failures", "upstream_ejections",
-                 "upstream_unsolicited"}
+CONTRACT_KEYS = {
+    "connections_total",
+    "open_connections",
+    "active_requests",
+    "requests",
+    "responses_1xx",
+    "responses_2xx",
+    "responses_3xx",
+    "responses_4xx",
+    "responses_5xx",
+    "errors",
+    "bytes_in",
+    "bytes_out",
+    "upstream_connect_failures",
+    "upstream_ejections",
+    "upstream_unsolicited",
+}
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
 
 
@@ -36,9 +49,11 @@ def upstream() -> Iterator[str]:
 
 def config(proxy_type: str, up: str) -> Any:
     extra = f'idl = "{IDL}"\n' if proxy_type == "http_thrift" else ""
-    text = (f'[servers.s]\nproxy_type = "{proxy_type}"\n'
-            f'listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}\n{extra}'
-            f"route = {{ upstreams = [{{ endpoint = {endpoint(up)} }}] }}\n")
+    text = (
+        f'[servers.s]\nproxy_type = "{proxy_type}"\n'
+        f'listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}\n{extra}'
+        f"route = {{ upstreams = [{{ endpoint = {endpoint(up)} }}] }}\n"
+    )
     return parse_config(text, source="test.toml").servers["s"]
 
 
@@ -81,8 +96,11 @@ async def http_post(port: int, path: str, body: dict) -> tuple[int, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         data = json.dumps(body).encode()
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + data)
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+            f"Connection: close\r\n\r\n".encode()
+            + data
+        )
         raw = await reader.read()
         head, _, payload = raw.partition(b"\r\n\r\n")
         return int(head.split()[1]), json.loads(payload)

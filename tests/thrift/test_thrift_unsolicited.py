@@ -52,8 +52,7 @@ def _framed(message: bytes) -> bytes:
 
 def _connection() -> tuple[EndpointPool, UpstreamConnection, _Transport, _Sink, int]:
     """A connected upstream connection with one call in flight; returns the seqid it was sent as."""
-    pool = EndpointPool(Endpoint("socket", "127.0.0.1", 9), FRAMED, PoolSettings(), Counters(),
-                        loop=None)
+    pool = EndpointPool(Endpoint("socket", "127.0.0.1", 9), FRAMED, PoolSettings(), Counters(), loop=None)
     pool.clock = 1.0
     conn = UpstreamConnection(pool)
     pool.conns.append(conn)

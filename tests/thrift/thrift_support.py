@@ -22,8 +22,20 @@ HERE = Path(__file__).resolve().parent
 IDL = HERE / "echo.thrift"
 echo_thrift = thriftpy2.load(str(IDL), module_name="echo_thrift")
 
-__all__ = ["IDL", "echo_thrift", "tt_frame", "tt_parse", "backend", "proxy", "free_port", "wait_for",
-           "kill_pids", "encode_call", "decode_reply", "client"]
+__all__ = [
+    "IDL",
+    "echo_thrift",
+    "tt_frame",
+    "tt_parse",
+    "backend",
+    "proxy",
+    "free_port",
+    "wait_for",
+    "kill_pids",
+    "encode_call",
+    "decode_reply",
+    "client",
+]
 E = echo_thrift
 
 
@@ -35,7 +47,11 @@ def encode_call(method: str, seqid: int, proto: str = "binary", mtype: int | Non
     from thriftpy2.transport import TMemoryBuffer
 
     buf = TMemoryBuffer()
-    prot = TCompactProtocol(buf) if proto == "compact" else TBinaryProtocol(buf, strict_write=(proto == "binary"))
+    prot = (
+        TCompactProtocol(buf)
+        if proto == "compact"
+        else TBinaryProtocol(buf, strict_write=(proto == "binary"))
+    )
     result_cls = getattr(E.Echo, method + "_result")
     if mtype is None:
         mtype = TMessageType.ONEWAY if getattr(result_cls, "oneway", False) else TMessageType.CALL
@@ -154,25 +170,40 @@ class Proxy:
 def proxy(tmp: Path, servers: str, runtime: str = "", env: dict[str, str] | None = None) -> Iterator[Proxy]:
     """Run ``python -m monolake.worker --standalone`` on a config made of ``servers`` tables."""
     cfg = tmp / "monolake.toml"
-    cfg.write_text(f"[runtime]\n{runtime}\n[supervisor]\nlog_format = \"json\"\nlog_level = \"debug\"\n"
-                   f"graceful_timeout = 2\n\n{servers}\n")
+    cfg.write_text(
+        f'[runtime]\n{runtime}\n[supervisor]\nlog_format = "json"\nlog_level = "debug"\n'
+        f"graceful_timeout = 2\n\n{servers}\n"
+    )
     log_path = tmp / "worker.log"
-    with open(log_path, "w") as err, spawned([PYTHON, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
-                                              stdout=subprocess.PIPE, stderr=err, text=True,
-                                              env={**os.environ, **(env or {})}) as proc:
+    with (
+        open(log_path, "w") as err,
+        spawned(
+            [PYTHON, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env={**os.environ, **(env or {})},
+        ) as proc,
+    ):
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 30)
         line = proc.stdout.readline() if ready else ""
         if not line.startswith("READY "):
             raise RuntimeError(f"worker did not start ({line!r}):\n{log_path.read_text()[-3000:]}")
-        info = json.loads(line[len("READY "):])
+        info = json.loads(line[len("READY ") :])
         yield Proxy(proc, info["servers"], log_path)
         if proc.poll() is not None:  # the worker must outlive every test
             raise RuntimeError(f"worker exited early ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
 
 
-def tt_frame(payload: bytes, seq_id: int = 0, strs: dict[str, str] | None = None,
-             ints: dict[int, str] | None = None, flags: int = 0, protocol_id: int = 0) -> bytes:
+def tt_frame(
+    payload: bytes,
+    seq_id: int = 0,
+    strs: dict[str, str] | None = None,
+    ints: dict[int, str] | None = None,
+    flags: int = 0,
+    protocol_id: int = 0,
+) -> bytes:
     """One TTHeader frame, per https://www.cloudwego.io/docs/kitex/reference/transport_protocol_ttheader/."""
     info = bytes([protocol_id, 0])
     if strs:
@@ -209,7 +240,7 @@ def tt_parse(frame: bytes) -> dict:
         for _ in range(n):
             if info == 0x01:
                 (kl,) = struct.unpack_from("!H", frame, pos)
-                key = frame[pos + 2:pos + 2 + kl].decode()
+                key = frame[pos + 2 : pos + 2 + kl].decode()
                 pos += 2 + kl
                 store = out["strs"]
             else:
@@ -217,7 +248,7 @@ def tt_parse(frame: bytes) -> dict:
                 pos += 2
                 store = out["ints"]
             (vl,) = struct.unpack_from("!H", frame, pos)
-            store[key] = frame[pos + 2:pos + 2 + vl].decode()
+            store[key] = frame[pos + 2 : pos + 2 + vl].decode()
             pos += 2 + vl
     out["payload"] = frame[hend:]
     return out
@@ -241,12 +272,23 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 @contextmanager
-def backend(transport: str = "framed", *, unix: str | None = None, name: str = "b1",
-            protocol: str = "binary") -> Iterator[tuple[str, subprocess.Popen]]:
+def backend(
+    transport: str = "framed", *, unix: str | None = None, name: str = "b1", protocol: str = "binary"
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """A real thriftpy2 Echo server process; yields its address ("127.0.0.1:port" or a unix path)."""
     listen = f"unix:{unix}" if unix else "tcp:127.0.0.1:0"
-    args = [PYTHON, str(HERE / "backend.py"), "--transport", transport, "--listen", listen,
-            "--name", name, "--protocol", protocol]
+    args = [
+        PYTHON,
+        str(HERE / "backend.py"),
+        "--transport",
+        transport,
+        "--listen",
+        listen,
+        "--name",
+        name,
+        "--protocol",
+        protocol,
+    ]
     with spawned(args, stdout=subprocess.PIPE, text=True) as proc:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("READY "):

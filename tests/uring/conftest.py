@@ -40,8 +40,9 @@ def uring_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return _uring_factory
 
 
-def run(factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, Any],
-        timeout: float = 30.0) -> Any:
+def run(
+    factory: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, Any], timeout: float = 30.0
+) -> Any:
     """Run ``coro`` on a fresh loop from ``factory`` with a deadline; the loop is closed after."""
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(asyncio.wait_for(coro, timeout))

@@ -54,9 +54,11 @@ class ServingThread(threading.Thread):
     def stop(self) -> None:
         fut = self.stop_fut
         if self.loop is not None and fut is not None:
+
             def wake() -> None:
                 if not fut.done():
                     fut.set_result(None)
+
             self.loop.call_soon_threadsafe(wake)
         self.join(10)
 
@@ -167,8 +169,9 @@ def test_accept_out_of_fds_recovers(loop_factory: Factory) -> None:
     from tests.uring.test_conformance import ROOT
 
     name = "io_uring" if "uring" in getattr(loop_factory, "__name__", "") else "asyncio"
-    with spawned([sys.executable, "-c", EMFILE_CHILD.format(root=ROOT, name=name)],
-                 stdout=subprocess.PIPE, text=True) as proc:
+    with spawned(
+        [sys.executable, "-c", EMFILE_CHILD.format(root=ROOT, name=name)], stdout=subprocess.PIPE, text=True
+    ) as proc:
         assert proc.stdout is not None
         port = int(proc.stdout.readline().split()[1])
         clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(6)]

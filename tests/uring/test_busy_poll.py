@@ -23,13 +23,13 @@ class PollLog:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.calls: list[tuple[float, float | None, float]] = []
         sel = loop._selector  # type: ignore[attr-defined]
-        if hasattr(sel, "_ring"):                   # io_uring: the loop's ring wait
+        if hasattr(sel, "_ring"):  # io_uring: the loop's ring wait
             self._owner, orig = sel, sel._run or sel._ring.run
             sel._run = self._wrap(orig, sel)
-        elif isinstance(sel, BusyPollSelector):     # asyncio, busy polling: the inner epoll
+        elif isinstance(sel, BusyPollSelector):  # asyncio, busy polling: the inner epoll
             self._owner, orig = sel, sel.inner.select
             sel.inner.select = self._wrap(orig, sel)  # type: ignore[method-assign,assignment]  # the spy
-        else:                                       # asyncio, plain
+        else:  # asyncio, plain
             self._owner, orig = sel, sel.select
             sel.select = self._wrap(orig, sel)
 
@@ -65,8 +65,9 @@ async def _one_event_then_idle(idle: float) -> tuple[float, float]:
         b.close()
 
 
-def _run(factory: Callable[[], asyncio.AbstractEventLoop], busy_poll_us: int,
-         idle: float) -> tuple[PollLog, float, float]:
+def _run(
+    factory: Callable[[], asyncio.AbstractEventLoop], busy_poll_us: int, idle: float
+) -> tuple[PollLog, float, float]:
     loop = factory()
     try:
         assert set_busy_poll(loop, busy_poll_us)
@@ -87,7 +88,9 @@ def _sleeps(call: tuple[float, float | None, float]) -> bool:
     return call[1] is None or call[1] > 0
 
 
-def test_polls_within_the_window_and_sleeps_after(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+def test_polls_within_the_window_and_sleeps_after(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
     window = 0.25
     polls, t_event, t_end = _run(loop_factory, int(window * 1e6), 0.5)
     idle = polls.between(t_event, t_end)
@@ -140,8 +143,9 @@ def test_busy_poll_does_not_delay_timers(loop_factory: Callable[[], asyncio.Abst
         waiting = polls.between(start, due)
         assert any(c[1] == 0 for c in waiting), "no zero-timeout poll: the window was not open"
         after_due = polls.between(due, fired_at)
-        assert len(after_due) <= SLEEPING_CALLS, \
+        assert len(after_due) <= SLEEPING_CALLS, (
             f"{len(after_due)} polls after the timer was due: the spin held it back"
+        )
     finally:
         loop.close()
 
@@ -158,6 +162,7 @@ def test_spin_stops_at_the_window_or_the_timeout(monkeypatch: pytest.MonkeyPatch
             assert timeout == 0
             clock[0] += 0.001
             return [1] if events_at is not None and clock[0] >= events_at else []
+
         return poll
 
     # nothing happens: polls until the window ends, then the wait sleeps without a timeout

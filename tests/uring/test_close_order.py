@@ -28,8 +28,7 @@ Scenario = Callable[[], Coroutine[Any, Any, Any]]
 
 def both(uring_factory: Factory, scenario: Scenario, timeout: float = 30.0) -> tuple[Any, Any]:
     """(asyncio's result, io_uring's result) of the same scenario."""
-    return (run(asyncio.SelectorEventLoop, scenario(), timeout),
-            run(uring_factory, scenario(), timeout))
+    return (run(asyncio.SelectorEventLoop, scenario(), timeout), run(uring_factory, scenario(), timeout))
 
 
 class Ticker:
@@ -87,6 +86,7 @@ def _socketpair_via_listener() -> tuple[socket.socket, socket.socket]:
 
 
 # ---------------------------------------------------------------- close() / abort() timing
+
 
 @pytest.mark.parametrize("how", ["close", "abort", "abort_with_buffer"])
 def test_connection_lost_one_iteration_after_close(uring_factory: Factory, how: str) -> None:
@@ -208,8 +208,8 @@ def test_close_with_buffer_flushes_then_reports(uring_factory: Factory) -> None:
 
 # ---------------------------------------------------------------- TLS close while paused
 
-def test_tls_close_while_write_paused_sends_close_notify(uring_factory: Factory,
-                                                         tmp_path: Any) -> None:
+
+def test_tls_close_while_write_paused_sends_close_notify(uring_factory: Factory, tmp_path: Any) -> None:
     """stdlib test_remote_shutdown_receives_trailing_data, our way round: a TLS server has
     4 MiB queued (its SSL layer paused) when the peer's close_notify arrives; the SSL layer
     answers with its own close_notify and closes the TCP transport while still paused. The
@@ -225,8 +225,7 @@ def test_tls_close_while_write_paused_sends_close_notify(uring_factory: Factory,
             self.written, self.record = written, record
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                                          1 << 16)
+            transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
             transport.write(b"z" * size)  # type: ignore[attr-defined]
             ssl_proto = transport._ssl_protocol  # type: ignore[attr-defined]
             self.record.append(f"ssl paused: {ssl_proto._ssl_writing_paused}")
@@ -279,8 +278,7 @@ def test_tls_close_while_write_paused_sends_close_notify(uring_factory: Factory,
         loop = asyncio.get_running_loop()
         written = threading.Event()
         record: list[str] = []
-        server = await loop.create_server(lambda: Blaster(written, record), "127.0.0.1", 0,
-                                          ssl=server_ctx)
+        server = await loop.create_server(lambda: Blaster(written, record), "127.0.0.1", 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
         result = await loop.run_in_executor(None, peer, port, written)
         server.close()
@@ -292,12 +290,12 @@ def test_tls_close_while_write_paused_sends_close_notify(uring_factory: Factory,
         return result, record
 
     ref, got = both(uring_factory, scenario, timeout=30)
-    assert ref == ((size, "close_notify"),
-                   ["ssl paused: True", "eof_received", "connection_lost None"])
+    assert ref == ((size, "close_notify"), ["ssl paused: True", "eof_received", "connection_lost None"])
     assert got == ref
 
 
 # ---------------------------------------------------------------- Server.close()
+
 
 @pytest.mark.parametrize("family", ["tcp", "unix"])
 def test_connect_refused_right_after_server_close(uring_factory: Factory, family: str) -> None:
@@ -335,6 +333,7 @@ def test_connect_refused_right_after_server_close(uring_factory: Factory, family
 
 
 # ---------------------------------------------------------------- failed TLS handshake
+
 
 def test_failed_tls_handshake_closes_socket_at_once(uring_factory: Factory, tmp_path: Any) -> None:
     """A client whose handshake fails (the server's certificate is not trusted): its socket is
@@ -376,9 +375,16 @@ def test_failed_tls_handshake_closes_socket_at_once(uring_factory: Factory, tmp_
             try:
                 # no wait_for around it: each extra task layer is one more loop iteration
                 # (the handshake deadline bounds it)
-                loop.run_until_complete(loop.create_connection(
-                    asyncio.Protocol, "127.0.0.1", ls.getsockname()[1], ssl=untrusting,
-                    server_hostname="localhost", ssl_handshake_timeout=10))
+                loop.run_until_complete(
+                    loop.create_connection(
+                        asyncio.Protocol,
+                        "127.0.0.1",
+                        ls.getsockname()[1],
+                        ssl=untrusting,
+                        server_hostname="localhost",
+                        ssl_handshake_timeout=10,
+                    )
+                )
                 client = "connected"
             except ssl.SSLCertVerificationError:
                 client = "verify failed"
@@ -394,6 +400,7 @@ def test_failed_tls_handshake_closes_socket_at_once(uring_factory: Factory, tmp_
 
 
 # ---------------------------------------------------------------- create_connection order
+
 
 def test_no_data_before_create_connection_returns(uring_factory: Factory) -> None:
     """Data already waiting on the socket reaches data_received only after connection_made
@@ -429,6 +436,7 @@ def test_no_data_before_create_connection_returns(uring_factory: Factory) -> Non
 
 
 # ---------------------------------------------------------------- loop.sendfile()
+
 
 @pytest.mark.parametrize("offset,count", [(0, None), (1000, 100_000), (5, 1), (300_000, None)])
 def test_sendfile_native(uring_factory: Factory, tmp_path: Any, offset: int, count: int | None) -> None:

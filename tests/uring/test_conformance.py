@@ -237,8 +237,7 @@ def test_large_transfer_with_backpressure_both_ways(loop_factory: Factory) -> No
         loop = asyncio.get_running_loop()
         # server -> client: the server is the Source, the client a slow Sink
         sources: list[Source] = []
-        server = await loop.create_server(lambda: keep(sources, Source(total)),
-                                          "127.0.0.1", 0)
+        server = await loop.create_server(lambda: keep(sources, Source(total)), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, sink = await loop.create_connection(lambda: Sink(total), "127.0.0.1", port)
         got = await sink.done
@@ -253,8 +252,7 @@ def test_large_transfer_with_backpressure_both_ways(loop_factory: Factory) -> No
 
         # client -> server: the client is the Source, the server a slow Sink
         sinks: list[Sink] = []
-        server = await loop.create_server(lambda: keep(sinks, Sink(total)),
-                                          "127.0.0.1", 0)
+        server = await loop.create_server(lambda: keep(sinks, Sink(total)), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, src = await loop.create_connection(lambda: Source(total), "127.0.0.1", port)
         digest = await src.sent_all
@@ -284,7 +282,7 @@ def test_echo_large_with_flow_control(loop_factory: Factory) -> None:
         async def send() -> None:
             view = memoryview(payload)
             for i in range(0, total, 100_000):
-                writer.write(view[i:i + 100_000])
+                writer.write(view[i : i + 100_000])
                 await writer.drain()
 
         sender = asyncio.create_task(send())
@@ -463,7 +461,7 @@ def test_run_in_executor(loop_factory: Factory) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         results = await asyncio.gather(*(loop.run_in_executor(None, pow, 2, i) for i in range(20)))
-        assert results == [2 ** i for i in range(20)]
+        assert results == [2**i for i in range(20)]
 
     run(loop_factory, main())
 
@@ -487,10 +485,29 @@ def _make_cert(tmp_path: Any) -> tuple[str, str]:
 
     cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
     if shutil.which("openssl"):
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                        "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                key,
+                "-out",
+                cert,
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         return cert, key
     try:
         from cryptography import x509  # noqa: F401
@@ -540,8 +557,9 @@ def test_start_tls_and_ssl_server(loop_factory: Factory, tmp_path: Any) -> None:
         # 2. a TLS server (create_server(ssl=...)) and a TLS client
         server = await loop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
-                                                       server_hostname="localhost")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
         await echo_roundtrips(reader, writer, 5)
         writer.close()
         await writer.wait_closed()
@@ -608,8 +626,7 @@ async def main():
 with asyncio.Runner(loop_factory=FACTORIES[{name!r}]) as r:
     r.run(main())
 """
-    with spawned([sys.executable, "-c", code], pass_fds=[lsock.fileno()],
-                 stdout=subprocess.PIPE) as proc:
+    with spawned([sys.executable, "-c", code], pass_fds=[lsock.fileno()], stdout=subprocess.PIPE) as proc:
         lsock.close()  # only the child holds it now
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"READY"
@@ -682,7 +699,9 @@ def test_no_fd_left_behind_after_closing_with_operations_in_flight(loop_factory:
     while time.monotonic() < deadline and _open_fds() - before:
         time.sleep(0.02)
     leaked = _open_fds() - before
-    assert not leaked, {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked, {
+        fd: os.readlink(f"/proc/self/fd/{fd}") for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")
+    }
 
 
 def test_add_reader_writer_and_sock_coroutines(loop_factory: Factory) -> None:
@@ -744,8 +763,12 @@ def test_add_reader_writer_and_sock_coroutines(loop_factory: Factory) -> None:
 def test_subprocess_and_pipes(loop_factory: Factory) -> None:
     async def main() -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-c",
+            "import sys; sys.stdout.write(sys.stdin.read().upper())",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
         out, _ = await proc.communicate(b"through a pipe")
         assert out == b"THROUGH A PIPE"
         assert proc.returncode == 0
@@ -859,8 +882,7 @@ def test_buffered_protocol_writelines_and_sendfile(loop_factory: Factory, tmp_pa
     async def main() -> None:
         loop = asyncio.get_running_loop()
         collectors: list[Collect] = []
-        server = await loop.create_server(lambda: keep(collectors, Collect()),
-                                          "127.0.0.1", 0)
+        server = await loop.create_server(lambda: keep(collectors, Collect()), "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         tr, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
         tr.writelines([b"head:", bytearray(b"array:"), memoryview(b"--view--")[2:6]])

@@ -43,8 +43,15 @@ def test_cdef_from_header_applies_the_rewrites() -> None:
         /* cdef-end */
         """)
     assert _build.cdef_from_header(header).split("\n") == [
-        "typedef struct thing {", "    int64_t seen;", "    ...;", "} thing;",
-        "#define LIMIT 16", "#define POLLIN ...", "int visible(thing *t);", ""]
+        "typedef struct thing {",
+        "    int64_t seen;",
+        "    ...;",
+        "} thing;",
+        "#define LIMIT 16",
+        "#define POLLIN ...",
+        "int visible(thing *t);",
+        "",
+    ]
 
 
 def test_a_header_without_a_cdef_section_is_an_error() -> None:
@@ -76,8 +83,7 @@ def test_every_declared_name_is_in_the_built_modules() -> None:
 
 def _unit_flags() -> list[str]:
     inc = sysconfig.get_paths()["include"]
-    return ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-D_CFFI_NO_LIMITED_API",
-            f"-I{inc}", f"-I{URING}"]
+    return ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-D_CFFI_NO_LIMITED_API", f"-I{inc}", f"-I{URING}"]
 
 
 @pytest.mark.parametrize("source", ["mu_ring.c", "mu_fast.c", "mu_http.c", "mu_lend.c"])
@@ -86,16 +92,21 @@ def test_each_unit_compiles_alone_without_a_warning(source: str) -> None:
     if source in _build.URING.sources and source != "mu_lend.c" and not _build.has_liburing():
         pytest.skip("liburing headers missing")
     cc = _build._compiler()
-    r = subprocess.run([*cc, "-fsyntax-only", *_unit_flags(), str(URING / source)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*cc, "-fsyntax-only", *_unit_flags(), str(URING / source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
 
 
 def test_the_codec_units_do_not_include_liburing() -> None:
     cc = _build._compiler()
     for source in _build.CODEC.sources:
-        r = subprocess.run([*cc, "-M", *_unit_flags(), str(URING / source)], capture_output=True,
-                           text=True, timeout=120)
+        r = subprocess.run(
+            [*cc, "-M", *_unit_flags(), str(URING / source)], capture_output=True, text=True, timeout=120
+        )
         assert r.returncode == 0, r.stderr
         assert "liburing" not in r.stdout, source
 
@@ -151,7 +162,8 @@ def test_parser_keywords_are_honoured() -> None:
         hp.native.RequestParser(P(), 65536, 8192, max_fields=1).feed_data(head)
     with pytest.raises(hp.ParseError, match="too many header fields"):
         hp.native.ResponseParser(P(), False, max_fields=1).feed_data(
-            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 0\r\n\r\n")
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nContent-Length: 0\r\n\r\n"
+        )
     with pytest.raises(TypeError):
         hp.native.RequestParser(P(), 65536, 8192, max_feilds=1)
 

@@ -42,7 +42,8 @@ def test_aiohttp_server_client_and_websocket(loop_factory: Factory) -> None:
         try:
             async with aiohttp.ClientSession() as session:
                 responses = await asyncio.gather(
-                    *(session.get(f"http://127.0.0.1:{port}/h/{i}") for i in range(50)))
+                    *(session.get(f"http://127.0.0.1:{port}/h/{i}") for i in range(50))
+                )
                 assert [await r.text() for r in responses] == [f"hi {i}" for i in range(50)]
                 r = await session.get(f"http://127.0.0.1:{port}/big")
                 assert len(await r.read()) == 3_000_000

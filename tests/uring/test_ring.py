@@ -128,7 +128,7 @@ def test_conn_recv_send_and_orderly_close(ring: Ring) -> None:
     b.sendall(b"hello")
     ((ud, res, flags, off),) = events(ring, 1)
     assert ud == (7 << 8) | K_RECV and flags & F_MORE
-    assert ring.arena[off:off + res].tobytes() == b"hello"
+    assert ring.arena[off : off + res].tobytes() == b"hello"
     # C-owned send: the successful completion is swallowed
     assert lib.mu_conn_send(c, b"world", 5) == 5
     assert events(ring, 1, timeout=0.2) == []
@@ -201,7 +201,7 @@ def test_slots_are_reused_with_a_new_generation(ring: Ring) -> None:
     lib.mu_conn_recv_start(c)
     b.sendall(b"still here")
     ((ud, res, _, off),) = events(ring, 1)
-    assert ud == (500 << 8) | K_RECV and ring.arena[off:off + res].tobytes() == b"still here"
+    assert ud == (500 << 8) | K_RECV and ring.arena[off : off + res].tobytes() == b"still here"
     lib.mu_conn_close(c, 1)
     events(ring, 1)
     a.close()
@@ -253,7 +253,7 @@ def test_forked_child_never_touches_the_parents_ring() -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     b.sendall(b"parent still receives")
     ((ud, res, _, off),) = events(r, 1)
-    assert ud == (5 << 8) | K_RECV and r.arena[off:off + res].tobytes() == b"parent still receives"
+    assert ud == (5 << 8) | K_RECV and r.arena[off : off + res].tobytes() == b"parent still receives"
     lib.mu_conn_close(c, 1)
     events(r, 1)
     assert r.close() == 0
@@ -304,7 +304,7 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
         got: dict[int, bytearray] = {tok: bytearray() for tok in want}
         for ud, res, _, off in zip(it, it, it, it, strict=True):
             if ud & 255 == K_RECV and res > 0:
-                got[ud >> 8] += r.arena[off:off + res]
+                got[ud >> 8] += r.arena[off : off + res]
         for i, (_, b, _) in enumerate(pairs):
             b.sendall(want[100 + i][300:])
         deadline = time.monotonic() + 10
@@ -314,7 +314,7 @@ def test_lent_buffers_stay_valid_for_the_batch_and_are_reused(buf_inc: bool) -> 
             for ud, res, _, off in zip(it, it, it, it, strict=True):
                 if ud & 255 == K_RECV and res > 0:
                     assert off >= 0 and off + res <= len(r.arena) and res <= 512
-                    got[ud >> 8] += r.arena[off:off + res]
+                    got[ud >> 8] += r.arena[off : off + res]
         assert {t: bytes(v) for t, v in got.items()} == want
         for _, _, c in pairs:
             lib.mu_conn_close(c, 0)
@@ -370,7 +370,7 @@ def test_ring_options_direct_min_and_ring_fd(reg: int) -> None:
         assert b.recv(10) == b"tiny"
         b.sendall(b"ping")
         ((ud, res, _, off),) = events(r, 1)
-        assert ud == (21 << 8) | K_RECV and r.arena[off:off + res].tobytes() == b"ping"
+        assert ud == (21 << 8) | K_RECV and r.arena[off : off + res].tobytes() == b"ping"
         start = time.monotonic()
         assert r.run(0.05) == []  # a timed wait still times out
         assert time.monotonic() - start >= 0.04

@@ -66,8 +66,11 @@ def test_missing_extension_falls_back_with_one_clear_log_line(monkeypatch: pytes
     from monolake.uring import probing as probe_mod
     from monolake.uring import runtime
 
-    monkeypatch.setattr(probe_mod, "extension_error",
-                        lambda: "the io_uring extension monolake.uring._uring was not built (simulated)")
+    monkeypatch.setattr(
+        probe_mod,
+        "extension_error",
+        lambda: "the io_uring extension monolake.uring._uring was not built (simulated)",
+    )
     monkeypatch.setattr(probe_mod, "_cache", {})
     monkeypatch.setattr(runtime, "_logged_missing", False)
     with structlog.testing.capture_logs() as logs:
@@ -142,6 +145,7 @@ def test_event_loop_policy() -> None:
     old = asyncio.get_event_loop_policy()
     asyncio.set_event_loop_policy(EventLoopPolicy())
     try:
+
         async def which() -> str:
             return type(asyncio.get_running_loop()).__name__
 

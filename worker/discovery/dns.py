@@ -148,9 +148,7 @@ class DnsClient:
     async def srv(self, name: str) -> Answer:
         """SRV records of ``name``; a lone "." target means "no such service" (RFC 2782)."""
         got = await self._query(name, "SRV")
-        records = tuple(SrvRecord(int(r.priority), int(r.weight), int(r.port),  # type: ignore[attr-defined]
-                                  r.target.to_text(omit_final_dot=True).lower())  # type: ignore[attr-defined]
-                        for r in got.records)
+        records = tuple(_srv_record(r) for r in got.records)
         return Answer(tuple(r for r in records if r.target not in ("", ".")), got.ttl)
 
     async def _query(self, name: str, rdtype: str) -> Answer:
@@ -162,8 +160,9 @@ class DnsClient:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return Answer((), self.cfg.negative_ttl_sec)
         except dns.resolver.LifetimeTimeout:
-            raise LookupFailed(f"{rdtype} {name}: no answer within {self.cfg.timeout_sec:g}s "
-                               f"from {self.describe()}") from None
+            raise LookupFailed(
+                f"{rdtype} {name}: no answer within {self.cfg.timeout_sec:g}s from {self.describe()}"
+            ) from None
         except dns.resolver.NoNameservers as exc:
             raise LookupFailed(f"{rdtype} {name}: {_first_line(exc)}") from None
         except (dns.exception.DNSException, OSError, ValueError) as exc:
@@ -177,3 +176,9 @@ class DnsClient:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _srv_record(rdata: Any) -> SrvRecord:
+    """One dnspython SRV rdata (the library is untyped) as our record."""
+    target = rdata.target.to_text(omit_final_dot=True).lower()
+    return SrvRecord(int(rdata.priority), int(rdata.weight), int(rdata.port), target)

@@ -31,7 +31,7 @@ class Target:
     port: int
     weight: int
     priority: int = 0
-    name: str = ""         # the DNS name the address came from
+    name: str = ""  # the DNS name the address came from
 
 
 def is_ip(host: str) -> bool:

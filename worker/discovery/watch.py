@@ -27,8 +27,8 @@ import structlog
 from monolake.conf.resolver import ResolverConfig
 from monolake.worker.discovery.dns import Answer, DnsClient, LookupFailed
 
-REFRESH_AHEAD = 0.9   # re-query at this fraction of the (clamped) TTL: before it expires
-MIN_REFRESH = 0.5     # never more often than this, whatever the TTL (min_ttl_sec = 0)
+REFRESH_AHEAD = 0.9  # re-query at this fraction of the (clamped) TTL: before it expires
+MIN_REFRESH = 0.5  # never more often than this, whatever the TTL (min_ttl_sec = 0)
 
 PENDING, OK, FAILING = "pending", "ok", "failing"
 
@@ -40,8 +40,9 @@ class Listener(Protocol):
 class Watch:
     """One name's records (``kind`` "addr": A+AAAA; "srv": SRV) as last seen."""
 
-    def __init__(self, client: DnsClient, kind: str, name: str,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, client: DnsClient, kind: str, name: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.client = client
         self.cfg: ResolverConfig = client.cfg
         self.kind = kind
@@ -50,9 +51,9 @@ class Watch:
         self.records: tuple[Any, ...] = ()
         self.state = PENDING
         self.error = ""
-        self.ttl = 0.0                 # the clamped TTL of the answer in use
-        self.good_at = 0.0             # when that answer arrived
-        self.queries = 0               # lookups sent (A+AAAA count as one), for tests and docs
+        self.ttl = 0.0  # the clamped TTL of the answer in use
+        self.good_at = 0.0  # when that answer arrived
+        self.queries = 0  # lookups sent (A+AAAA count as one), for tests and docs
         self._listeners: weakref.WeakSet[Any] = weakref.WeakSet()
         self._settled: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -112,8 +113,9 @@ class Watch:
         """One lookup; returns the seconds until the next one."""
         self.queries += 1
         try:
-            answer = await (self.client.srv(self.name) if self.kind == "srv"
-                            else self.client.addresses(self.name))
+            answer = await (
+                self.client.srv(self.name) if self.kind == "srv" else self.client.addresses(self.name)
+            )
         except LookupFailed as exc:
             return self._failed(str(exc))
         except Exception as exc:  # a resolver bug must not end the watch
@@ -135,10 +137,14 @@ class Watch:
         changed = records != self.records
         if changed:
             old, new = set(self.records), set(records)
-            self.log.info("dns_records_changed", records=[_show(r) for r in records],
-                          added=[_show(r) for r in records if r not in old],
-                          removed=[_show(r) for r in self.records if r not in new],
-                          ttl=ttl, published_ttl=answer.ttl)
+            self.log.info(
+                "dns_records_changed",
+                records=[_show(r) for r in records],
+                added=[_show(r) for r in records if r not in old],
+                removed=[_show(r) for r in self.records if r not in new],
+                ttl=ttl,
+                published_ttl=answer.ttl,
+            )
             self.records = records
         self._settle()
         if changed or was == PENDING:
@@ -153,16 +159,24 @@ class Watch:
         retry = max(MIN_REFRESH, min(cfg.negative_ttl_sec, self.ttl or cfg.negative_ttl_sec))
         if was != FAILING:
             if self.records:
-                self.log.warning("dns_lookup_failed", error=error, serving="last good answer",
-                                 records=len(self.records), stale_for_up_to=cfg.max_stale_sec,
-                                 retry_every=retry)
+                self.log.warning(
+                    "dns_lookup_failed",
+                    error=error,
+                    serving="last good answer",
+                    records=len(self.records),
+                    stale_for_up_to=cfg.max_stale_sec,
+                    retry_every=retry,
+                )
             else:
-                self.log.warning("dns_lookup_failed", error=error, serving="nothing",
-                                 retry_every=retry)
+                self.log.warning("dns_lookup_failed", error=error, serving="nothing", retry_every=retry)
         if self.records and now > self.good_at + self.ttl + cfg.max_stale_sec:
-            self.log.error("dns_stale_answer_dropped", error=error,
-                           age=round(now - self.good_at, 3), max_stale_sec=cfg.max_stale_sec,
-                           removed=[_show(r) for r in self.records])
+            self.log.error(
+                "dns_stale_answer_dropped",
+                error=error,
+                age=round(now - self.good_at, 3),
+                max_stale_sec=cfg.max_stale_sec,
+                removed=[_show(r) for r in self.records],
+            )
             self.records = ()
             self._notify()
         self._settle()

@@ -75,8 +75,9 @@ def mh2_on_invalid_frame_recv(session: Any, frame: Any, lib_error: int, user_dat
 
 
 @ffi.def_extern(error=_FAIL)
-def mh2_on_data_chunk_recv(session: Any, flags: int, stream_id: int, data: Any, length: int,
-                           user_data: Any) -> int:
+def mh2_on_data_chunk_recv(
+    session: Any, flags: int, stream_id: int, data: Any, length: int, user_data: Any
+) -> int:
     try:
         return current._on_data_chunk(stream_id, data, length)
     except BaseException as exc:  # must not unwind through C
@@ -92,8 +93,9 @@ def mh2_on_stream_close(session: Any, stream_id: int, error_code: int, user_data
 
 
 @ffi.def_extern(error=_FAIL)
-def mh2_read_data(session: Any, stream_id: int, buf: Any, length: int, data_flags: Any,
-                  source: Any, user_data: Any) -> int:
+def mh2_read_data(
+    session: Any, stream_id: int, buf: Any, length: int, data_flags: Any, source: Any, user_data: Any
+) -> int:
     try:
         return current._read_data(stream_id, buf, length, data_flags)
     except BaseException as exc:  # must not unwind through C
@@ -120,8 +122,7 @@ def callbacks() -> Any:
     lib.nghttp2_session_callbacks_set_on_header_callback(cbs, lib.mh2_header_c)
     lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, lib.mh2_on_frame_recv)
     lib.nghttp2_session_callbacks_set_on_frame_send_callback(cbs, lib.mh2_on_frame_send)
-    lib.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs,
-                                                                     lib.mh2_on_invalid_frame_recv)
+    lib.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, lib.mh2_on_invalid_frame_recv)
     lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, lib.mh2_on_data_chunk_recv)
     lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, lib.mh2_on_stream_close)
     return cbs

@@ -290,8 +290,9 @@ def find_header() -> str | None:
     """Path of nghttp2.h (pkg-config first, then the usual prefixes)."""
     dirs: list[str] = []
     try:
-        out = subprocess.run(["pkg-config", "--cflags-only-I", "libnghttp2"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["pkg-config", "--cflags-only-I", "libnghttp2"], capture_output=True, text=True, timeout=10
+        )
         if out.returncode == 0:
             dirs += [f[2:] for f in out.stdout.split() if f.startswith("-I")]
     except (OSError, subprocess.SubprocessError):
@@ -312,16 +313,22 @@ def check_header() -> None:
         text = f.read()
     missing = [s for s in REQUIRED_SYMBOLS if not re.search(rf"\b{s}\s*\(", text)]
     if missing:
-        raise RuntimeError(f"{path} lacks {', '.join(missing)}: this libnghttp2 has no defence "
-                           "against rapid reset / CONTINUATION floods; upgrade it (>= 1.61, or a "
-                           "distro build with the CVE-2023-44487 and CVE-2024-28182 fixes)")
+        raise RuntimeError(
+            f"{path} lacks {', '.join(missing)}: this libnghttp2 has no defence "
+            "against rapid reset / CONTINUATION floods; upgrade it (>= 1.61, or a "
+            "distro build with the CVE-2023-44487 and CVE-2024-28182 fixes)"
+        )
 
 
 def link_kwargs(relative: bool = False) -> dict[str, list[str]]:
     """Compile/link arguments; ``relative`` paths for setup.py (run from the project root)."""
     here = os.path.relpath(HERE, ROOT) if relative else HERE
-    return {"libraries": ["nghttp2"], "extra_compile_args": ["-O2", "-std=gnu11"],
-            "sources": [os.path.join(here, GLUE)], "include_dirs": [here]}
+    return {
+        "libraries": ["nghttp2"],
+        "extra_compile_args": ["-O2", "-std=gnu11"],
+        "sources": [os.path.join(here, GLUE)],
+        "include_dirs": [here],
+    }
 
 
 def ffibuilder():  # type: ignore[no-untyped-def]
@@ -331,7 +338,7 @@ def ffibuilder():  # type: ignore[no-untyped-def]
     check_header()
     ffi = FFI()
     ffi.cdef(CDEF)
-    ffi.set_source(MODULE, f"#include <{HEADER}>\n#include \"mh2.h\"\n", **link_kwargs())
+    ffi.set_source(MODULE, f'#include <{HEADER}>\n#include "mh2.h"\n', **link_kwargs())
     return ffi
 
 
@@ -347,9 +354,16 @@ def extensions() -> list:
         return []
     ffi.emit_c_code(GENERATED)
     kwargs = link_kwargs(relative=True)
-    return [Extension(MODULE, sources=[rel, *kwargs["sources"]], optional=True,
-                      libraries=kwargs["libraries"], include_dirs=kwargs["include_dirs"],
-                      extra_compile_args=kwargs["extra_compile_args"])]
+    return [
+        Extension(
+            MODULE,
+            sources=[rel, *kwargs["sources"]],
+            optional=True,
+            libraries=kwargs["libraries"],
+            include_dirs=kwargs["include_dirs"],
+            extra_compile_args=kwargs["extra_compile_args"],
+        )
+    ]
 
 
 if __name__ == "__main__":
@@ -358,8 +372,9 @@ if __name__ == "__main__":
     import shutil
 
     target = ffibuilder().compile(tmpdir=os.path.join(ROOT, "build", "cffi-h2"), verbose=False)
-    for so in glob.glob(os.path.join(os.path.dirname(target), "monolake", "worker", "h2",
-                                     "_nghttp2*.so")) or [target]:
+    for so in glob.glob(
+        os.path.join(os.path.dirname(target), "monolake", "worker", "h2", "_nghttp2*.so")
+    ) or [target]:
         dest = os.path.join(HERE, os.path.basename(so))
         shutil.copy(so, dest + ".new")
         os.replace(dest + ".new", dest)

@@ -24,9 +24,18 @@ from monolake.worker.http.message import Request, Response, text_response
 ATTEMPTS = 2
 
 
-async def forward(pool: H2Pool, route: Any, req: Request, ctx: Any, first: Any, *,
-                  preserve_host: bool, via: bool, stats: Any,
-                  fallback: Callable[..., Awaitable[Response]] | None = None) -> Response:
+async def forward(
+    pool: H2Pool,
+    route: Any,
+    req: Request,
+    ctx: Any,
+    first: Any,
+    *,
+    preserve_host: bool,
+    via: bool,
+    stats: Any,
+    fallback: Callable[..., Awaitable[Response]] | None = None,
+) -> Response:
     """The response of ``first`` (the upstream the balancer picked) over HTTP/2. With
     ``upstream_http_version = "auto"`` (``route.h2 == "auto"``) an https upstream whose ALPN
     picks http/1.1 is served by ``fallback`` (the router's HTTP/1.1 path) instead."""
@@ -50,18 +59,18 @@ async def forward(pool: H2Pool, route: Any, req: Request, ctx: Any, first: Any, 
             return await fallback(route, req, ctx, first=up)
         except UpstreamError as exc:
             up.connect_failed(stats)
-            structlog.get_logger().info("upstream_connect_failed", upstream=up.label,
-                                        error=str(exc), request_id=ctx.request_id)
+            structlog.get_logger().info(
+                "upstream_connect_failed", upstream=up.label, error=str(exc), request_id=ctx.request_id
+            )
             return _error(exc)
         up.connect_ok()
-        head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
-                            preserve_host=preserve_host, via=via)
-        headers = request_headers(head, "https" if up.ssl else "http",
-                                  wants_trailers(req.headers))
+        head = request_head(
+            req, ctx, up, upstream_target(req, up, route.preserve_path), preserve_host=preserve_host, via=via
+        )
+        headers = request_headers(head, "https" if up.ssl else "http", wants_trailers(req.headers))
         waiter: asyncio.Future = asyncio.get_running_loop().create_future()
 
-        def done(resp: Response | None, exc: BaseException | None,
-                 waiter: asyncio.Future = waiter) -> None:
+        def done(resp: Response | None, exc: BaseException | None, waiter: asyncio.Future = waiter) -> None:
             if waiter.done():
                 if resp is not None and not isinstance(resp.body, bytes):
                     resp.body.abandon()
@@ -79,12 +88,14 @@ async def forward(pool: H2Pool, route: Any, req: Request, ctx: Any, first: Any, 
         except UpstreamError as exc:
             last = exc
             if exc.retryable and (req.body is None or not req.body.consumed):
-                structlog.get_logger().info("h2_upstream_retry", upstream=up.label,
-                                            error=str(exc), request_id=ctx.request_id)
+                structlog.get_logger().info(
+                    "h2_upstream_retry", upstream=up.label, error=str(exc), request_id=ctx.request_id
+                )
                 up = None if _attempt else up  # a fresh connection to the same endpoint first
                 continue
-            structlog.get_logger().info("upstream_failed", upstream=up.label, error=str(exc),
-                                        request_id=ctx.request_id)
+            structlog.get_logger().info(
+                "upstream_failed", upstream=up.label, error=str(exc), request_id=ctx.request_id
+            )
             return _error(exc)
     return _error(last) if last is not None else text_response(503, "no healthy upstream")
 

@@ -83,8 +83,12 @@ class H2Pool:
     def _with_capacity(self, key: tuple) -> H2Connection | None:
         best: H2Connection | None = None
         for conn in self.conns.get(key, ()):
-            if (conn.ready.done() and conn.usable and conn.available > 0
-                    and (best is None or conn.available > best.available)):
+            if (
+                conn.ready.done()
+                and conn.usable
+                and conn.available > 0
+                and (best is None or conn.available > best.available)
+            ):
                 best = conn
         return best
 
@@ -111,8 +115,8 @@ class H2Pool:
                 else:
                     ctx = ssl_ctx or up.ssl
                     _t, conn = await loop.create_connection(
-                        factory, up.connect_host, up.port, ssl=ctx,
-                        server_hostname=up.sni if ctx else None)
+                        factory, up.connect_host, up.port, ssl=ctx, server_hostname=up.sni if ctx else None
+                    )
                 if ssl_ctx is not None:
                     picked = _alpn(conn)
                     self.alpn[up.key] = picked
@@ -126,8 +130,7 @@ class H2Pool:
                 _check_alpn(conn)
                 await conn.ready
         except TimeoutError:
-            err: UpstreamError = UpstreamTimeout(f"connect to {up.label} timed out",
-                                                 retryable=True)
+            err: UpstreamError = UpstreamTimeout(f"connect to {up.label} timed out", retryable=True)
             self._settle(up.key, done, err)
             raise err from None
         except (OSError, ValueError) as exc:
@@ -190,8 +193,7 @@ class H2Pool:
         due = now + TICK
         for conn in list(self.live):  # a GOAWAY'd connection's streams time out too
             conn.check_timeouts(now)
-            if (not conn.closed and not conn.streams
-                    and now - conn.idle_since >= conn.upstream.idle_timeout):
+            if not conn.closed and not conn.streams and now - conn.idle_since >= conn.upstream.idle_timeout:
                 self.log.debug("h2_upstream_idle_close", upstream=conn.upstream.label)
                 conn.session.close()
                 conn.flush()
@@ -217,8 +219,9 @@ def _check_alpn(conn: H2Connection) -> None:
     ssl_obj = transport.get_extra_info("ssl_object") if transport is not None else None
     if ssl_obj is not None and ssl_obj.selected_alpn_protocol() != "h2":
         conn.abort()
-        raise UpstreamError(f"upstream {conn.upstream.label} did not select h2 by ALPN "
-                            f"({ssl_obj.selected_alpn_protocol()!r})")
+        raise UpstreamError(
+            f"upstream {conn.upstream.label} did not select h2 by ALPN ({ssl_obj.selected_alpn_protocol()!r})"
+        )
 
 
 _POOLS: dict[Any, H2Pool] = {}

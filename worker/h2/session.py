@@ -47,8 +47,7 @@ log = structlog.get_logger("monolake.h2")
 HeaderInput = Iterable[tuple[bytes | str, bytes | str]]
 _DRAIN_PING = b"mlkdrain"
 # session-fatal nghttp2 errors that mean "the peer is abusing us", answered with ENHANCE_YOUR_CALM
-_ABUSE_ERRORS = ("NGHTTP2_ERR_FLOODED", "NGHTTP2_ERR_TOO_MANY_CONTINUATIONS",
-                 "NGHTTP2_ERR_TOO_MANY_SETTINGS")
+_ABUSE_ERRORS = ("NGHTTP2_ERR_FLOODED", "NGHTTP2_ERR_TOO_MANY_CONTINUATIONS", "NGHTTP2_ERR_TOO_MANY_SETTINGS")
 
 
 class H2Error(Exception):
@@ -58,8 +57,20 @@ class H2Error(Exception):
 class _Stream:
     """Our side of one stream: header accumulation in, a send queue out."""
 
-    __slots__ = ("above_low", "deferred", "end_queued", "final_seen", "has_provider", "id",
-                 "local_done", "out", "out_len", "remote_reset", "trailers", "unacked")
+    __slots__ = (
+        "above_low",
+        "deferred",
+        "end_queued",
+        "final_seen",
+        "has_provider",
+        "id",
+        "local_done",
+        "out",
+        "out_len",
+        "remote_reset",
+        "trailers",
+        "unacked",
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -139,8 +150,7 @@ class _Session:
         self._too_big_seen = 0
         pp = ffi.new("nghttp2_session **")
         opt = _binding.options(self.settings)
-        new = (lib.nghttp2_session_client_new2 if self.client_side
-               else lib.nghttp2_session_server_new2)
+        new = lib.nghttp2_session_client_new2 if self.client_side else lib.nghttp2_session_server_new2
         rv = new(pp, _binding.callbacks(), self._hdrs, opt)
         if rv != 0:
             lib.mh2_hdrs_free(self._hdrs)
@@ -168,8 +178,11 @@ class _Session:
             iv[i].value = value
         self._check(lib.nghttp2_submit_settings(self._s, lib.NGHTTP2_FLAG_NONE, iv, len(entries)))
         if st.connection_window_size > 65_535:
-            self._check(lib.nghttp2_session_set_local_window_size(
-                self._s, lib.NGHTTP2_FLAG_NONE, 0, st.connection_window_size))
+            self._check(
+                lib.nghttp2_session_set_local_window_size(
+                    self._s, lib.NGHTTP2_FLAG_NONE, 0, st.connection_window_size
+                )
+            )
 
     @staticmethod
     def _check(rv: int) -> int:
@@ -185,8 +198,7 @@ class _Session:
         ffi, lib = _binding.ffi, _binding.lib
         _binding.current = self
         try:
-            rv = lib.nghttp2_session_mem_recv(self._s, ffi.from_buffer("uint8_t[]", data),
-                                              len(data))
+            rv = lib.nghttp2_session_mem_recv(self._s, ffi.from_buffer("uint8_t[]", data), len(data))
         finally:
             _binding.current = None
         self._reraise()
@@ -237,8 +249,9 @@ class _Session:
         """Nothing more to read or write: the caller closes the transport (after a last
         ``data_to_send``, which this implies returned empty)."""
         lib = _binding.lib
-        return self._dead or (not lib.nghttp2_session_want_read(self._s)
-                              and not lib.nghttp2_session_want_write(self._s))
+        return self._dead or (
+            not lib.nghttp2_session_want_read(self._s) and not lib.nghttp2_session_want_write(self._s)
+        )
 
     @property
     def wants_write(self) -> bool:
@@ -282,8 +295,9 @@ class _Session:
         """The live stream, or None when the peer (or nghttp2) has already closed it."""
         return self._streams.get(stream_id)
 
-    def send_data(self, stream_id: int, data: bytes | bytearray | memoryview,
-                  end_stream: bool = False) -> int:
+    def send_data(
+        self, stream_id: int, data: bytes | bytearray | memoryview, end_stream: bool = False
+    ) -> int:
         """Queue body bytes; returns the stream's buffered total (the caller pauses its
         producer above its high-water mark and resumes on StreamWritable). The bytes leave as
         the peer's flow-control window allows. Returns -1 when the stream is already gone."""
@@ -332,15 +346,17 @@ class _Session:
         st.out.clear()
         st.out_len = 0
         lib = _binding.lib
-        return lib.nghttp2_submit_rst_stream(self._s, lib.NGHTTP2_FLAG_NONE, stream_id,
-                                             error_code) == 0
+        return lib.nghttp2_submit_rst_stream(self._s, lib.NGHTTP2_FLAG_NONE, stream_id, error_code) == 0
 
     def ping(self, opaque: bytes = b"\0" * 8) -> None:
         if len(opaque) != 8:
             raise H2Error("a PING carries exactly 8 opaque bytes")
         lib = _binding.lib
-        self._check(lib.nghttp2_submit_ping(self._ptr(), lib.NGHTTP2_FLAG_NONE,
-                                            _binding.ffi.from_buffer("uint8_t[]", opaque)))
+        self._check(
+            lib.nghttp2_submit_ping(
+                self._ptr(), lib.NGHTTP2_FLAG_NONE, _binding.ffi.from_buffer("uint8_t[]", opaque)
+            )
+        )
 
     def acknowledge_received_data(self, stream_id: int, length: int) -> None:
         """Give back ``length`` flow-controlled bytes: reopens the stream and connection
@@ -360,8 +376,7 @@ class _Session:
         lib = _binding.lib
         last = lib.nghttp2_session_get_last_proc_stream_id(self._s)
         data = _binding.ffi.from_buffer("uint8_t[]", reason) if reason else _binding.ffi.NULL
-        lib.nghttp2_submit_goaway(self._s, lib.NGHTTP2_FLAG_NONE, last, error_code, data,
-                                  len(reason))
+        lib.nghttp2_submit_goaway(self._s, lib.NGHTTP2_FLAG_NONE, last, error_code, data, len(reason))
 
     # --- callbacks (called from _binding's extern "Python" functions) ---------------------
     def _reraise(self) -> None:
@@ -376,13 +391,16 @@ class _Session:
         abuse = any(rv == getattr(lib, name) for name in _ABUSE_ERRORS)
         code = lib.NGHTTP2_ENHANCE_YOUR_CALM if abuse else lib.NGHTTP2_PROTOCOL_ERROR
         self.failure = _binding.strerror(rv)
-        log.warning("h2_session_failed", error=self.failure, code=code,
-                    side="client" if self.client_side else "server")
+        log.warning(
+            "h2_session_failed",
+            error=self.failure,
+            code=code,
+            side="client" if self.client_side else "server",
+        )
         if rv != lib.NGHTTP2_ERR_BAD_CLIENT_MAGIC and not self._dead:
             lib.nghttp2_session_terminate_session(self._s, code)
         self._dead = True
-        self._events.append(ConnectionTerminated(error_code=code, remote=False,
-                                                 error=self.failure))
+        self._events.append(ConnectionTerminated(error_code=code, remote=False, error=self.failure))
 
     def _glitch(self, what: str) -> None:
         """Peer misbehaviour nghttp2 answers per stream (an oversized header list, an invalid
@@ -449,8 +467,12 @@ class _Session:
             data = _opaque(g)
             mine = (lambda s: s % 2 == 1) if self.client_side else (lambda s: s % 2 == 0)
             unprocessed = sorted(s for s in self._streams if mine(s) and s > last)
-            ev = ConnectionTerminated(error_code=g.error_code, last_stream_id=last,
-                                      additional_data=data, unprocessed_stream_ids=unprocessed)
+            ev = ConnectionTerminated(
+                error_code=g.error_code,
+                last_stream_id=last,
+                additional_data=data,
+                unprocessed_stream_ids=unprocessed,
+            )
             self._peer_goaway = ev
             self._events.append(ev)
         return 0
@@ -495,8 +517,14 @@ class _Session:
             refused = error_code == _binding.lib.NGHTTP2_REFUSED_STREAM
             goaway = self._peer_goaway
             beyond = goaway is not None and stream_id > goaway.last_stream_id
-            self._events.append(StreamReset(stream_id, error_code, remote=st.remote_reset,
-                                            retryable=self.client_side and (refused or beyond)))
+            self._events.append(
+                StreamReset(
+                    stream_id,
+                    error_code,
+                    remote=st.remote_reset,
+                    retryable=self.client_side and (refused or beyond),
+                )
+            )
         return 0
 
     def _on_frame_send(self, frame: Any) -> int:
@@ -506,8 +534,12 @@ class _Session:
             if g.error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
                 self.failure = _opaque(g).decode("latin-1") or _binding.error_name(g.error_code)
             if g.error_code:
-                log.info("h2_goaway_sent", error_code=frame.goaway.error_code,
-                         last_stream_id=frame.goaway.last_stream_id, reason=self.failure)
+                log.info(
+                    "h2_goaway_sent",
+                    error_code=frame.goaway.error_code,
+                    last_stream_id=frame.goaway.last_stream_id,
+                    reason=self.failure,
+                )
         return 0
 
     def _on_invalid_frame(self, frame: Any, lib_error: int) -> int:
@@ -574,8 +606,9 @@ class H2ServerSession(_Session):
         lib = _binding.lib
         block, count, parts = _block(headers)
         if parts[0] == b":status" and parts[1][:1] == b"1":  # :status comes first (RFC 9113)
-            self._check(lib.mh2_submit_headers(self._s, lib.NGHTTP2_FLAG_NONE, stream_id, block,
-                                               len(block), count))
+            self._check(
+                lib.mh2_submit_headers(self._s, lib.NGHTTP2_FLAG_NONE, stream_id, block, len(block), count)
+            )
             return True
         if st.has_provider or st.local_done:
             raise H2Error(f"stream {stream_id}: response head sent twice")
@@ -607,8 +640,9 @@ class H2ServerSession(_Session):
         self._final_sent = True
         lib = _binding.lib
         last = lib.nghttp2_session_get_last_proc_stream_id(self._s)
-        lib.nghttp2_submit_goaway(self._s, lib.NGHTTP2_FLAG_NONE, last, lib.NGHTTP2_NO_ERROR,
-                                  _binding.ffi.NULL, 0)
+        lib.nghttp2_submit_goaway(
+            self._s, lib.NGHTTP2_FLAG_NONE, last, lib.NGHTTP2_NO_ERROR, _binding.ffi.NULL, 0
+        )
 
 
 class H2ClientSession(_Session):

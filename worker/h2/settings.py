@@ -72,8 +72,9 @@ class H2Settings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(table) - known)
         if unknown:
-            raise H2SettingsError(f"{where}: unknown key(s) {', '.join(unknown)} "
-                                  f"(known: {', '.join(sorted(known))})")
+            raise H2SettingsError(
+                f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         try:
             return cls(**dict(table))
         except H2SettingsError as exc:

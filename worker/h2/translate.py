@@ -15,8 +15,19 @@ from monolake.worker.http.message import header_tokens
 
 # connection-specific fields (RFC 9113 §8.2.2) and what the proxy answers itself (Expect:
 # the HTTP/1.1 side sends 100 Continue when the body is first read, as nginx does)
-_DROP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                   b"upgrade", b"te", b"host", b"expect", b"http2-settings"))
+_DROP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"host",
+        b"expect",
+        b"http2-settings",
+    )
+)
 
 
 def wants_trailers(headers: Headers) -> bool:
@@ -45,8 +56,12 @@ def request_headers(head: bytes, scheme: str, te_trailers: bool) -> Headers:
             fields.append((name, value))
     if te_trailers:
         fields.append((b"te", b"trailers"))
-    pseudo: Headers = [(b":method", method), (b":scheme", scheme.encode()),
-                       (b":authority", authority or b"localhost"), (b":path", target)]
+    pseudo: Headers = [
+        (b":method", method),
+        (b":scheme", scheme.encode()),
+        (b":authority", authority or b"localhost"),
+        (b":path", target),
+    ]
     return pseudo + fields
 
 

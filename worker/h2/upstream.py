@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from monolake.worker.h2.settings import H2Settings
     from monolake.worker.http.upstream import Upstream
 
+
 class H2StreamReset(UpstreamError):
     """The upstream reset the stream (``error_code``, RFC 9113 §7). Before the head it is a
     502; a body that fails with it lets a downstream h2 stream answer with RST_STREAM."""
@@ -64,8 +65,9 @@ class H2Stream:
         "via",
     )
 
-    def __init__(self, conn: H2Connection, sid: int, on_head: OnHead, method: str,
-                 via: bool, deadline: float) -> None:
+    def __init__(
+        self, conn: H2Connection, sid: int, on_head: OnHead, method: str, via: bool, deadline: float
+    ) -> None:
         self.conn = conn
         self.id = sid
         self.on_head: OnHead | None = on_head
@@ -160,8 +162,14 @@ class H2Connection(asyncio.Protocol):
         return self.session.available_streams if not self.closed else 0
 
     # -- one request ---------------------------------------------------------------------
-    def send(self, method: str, headers: list[tuple[bytes, bytes]], body: BodyStream | None,
-             via: bool, on_head: OnHead) -> int:
+    def send(
+        self,
+        method: str,
+        headers: list[tuple[bytes, bytes]],
+        body: BodyStream | None,
+        via: bool,
+        on_head: OnHead,
+    ) -> int:
         """Open a stream; ``on_head(response, None)`` or ``on_head(None, error)`` follows once.
         A retryable error means the upstream never processed the stream (GOAWAY, refused)."""
         end = body is None
@@ -216,9 +224,7 @@ class H2Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._lose(UpstreamError(
-            f"HTTP/2 upstream closed the connection ({exc or 'EOF'})",
-            retryable=False))
+        self._lose(UpstreamError(f"HTTP/2 upstream closed the connection ({exc or 'EOF'})", retryable=False))
 
     def flush(self) -> None:
         """Write what the session has due (unless the socket is full), handle the events that
@@ -240,9 +246,14 @@ class H2Connection(asyncio.Protocol):
                     break
         finally:
             self._flushing = False
-        if not self.closed and self.transport is not None and (
-                self.session.closed or (not self.session.accepting_streams
-                                        and not self.streams and not self.session.wants_write)):
+        if (
+            not self.closed
+            and self.transport is not None
+            and (
+                self.session.closed
+                or (not self.session.accepting_streams and not self.streams and not self.session.wants_write)
+            )
+        ):
             self.close()
 
     def close(self) -> None:
@@ -286,8 +297,7 @@ class H2Connection(asyncio.Protocol):
                 if st.paused:  # the client is slow: the upstream's window stays shut
                     st.held += e.flow_controlled_length
                 else:
-                    self.session.acknowledge_received_data(e.stream_id,
-                                                           e.flow_controlled_length)
+                    self.session.acknowledge_received_data(e.stream_id, e.flow_controlled_length)
             elif isinstance(e, ev.ResponseReceived):
                 if st is not None:
                     self._response(st, e.headers, e.end_stream)
@@ -311,9 +321,14 @@ class H2Connection(asyncio.Protocol):
                 if st is not None:
                     self._finish(st)
                     self.pool.stats_reset(e)
-                    st.fail(H2StreamReset(
-                        f"HTTP/2 upstream {'reset' if e.remote else 'closed'} the stream "
-                        f"(error code {e.error_code})", e.error_code, retryable=e.retryable))
+                    st.fail(
+                        H2StreamReset(
+                            f"HTTP/2 upstream {'reset' if e.remote else 'closed'} the stream "
+                            f"(error code {e.error_code})",
+                            e.error_code,
+                            retryable=e.retryable,
+                        )
+                    )
             elif isinstance(e, ev.StreamWritable):
                 if st is not None and st.req_paused and st.req_body is not None:
                     st.req_paused = False
@@ -322,9 +337,14 @@ class H2Connection(asyncio.Protocol):
                 if not self.ready.done():
                     self.ready.set_result(None)
             elif isinstance(e, ev.ConnectionTerminated):
-                self.pool.log.info("h2_upstream_goaway", upstream=self.upstream.label,
-                                   error_code=e.error_code, last_stream_id=e.last_stream_id,
-                                   unprocessed=len(e.unprocessed_stream_ids), error=e.error)
+                self.pool.log.info(
+                    "h2_upstream_goaway",
+                    upstream=self.upstream.label,
+                    error_code=e.error_code,
+                    last_stream_id=e.last_stream_id,
+                    unprocessed=len(e.unprocessed_stream_ids),
+                    error=e.error,
+                )
                 self.pool.forget(self)  # no new streams here; the rest finish
                 if not e.remote:  # our session failed: nothing more can be read or sent
                     self._lose(UpstreamError(f"HTTP/2 upstream session failed: {e.error}"))
@@ -365,8 +385,9 @@ class H2Connection(asyncio.Protocol):
     def next_deadline(self, default: float) -> float:
         """The earliest read deadline of a stream that can time out (not paused), or
         ``default``."""
-        return min((st.deadline for st in self.streams.values() if st.deadline and not st.paused),
-                   default=default)
+        return min(
+            (st.deadline for st in self.streams.values() if st.deadline and not st.paused), default=default
+        )
 
     def check_timeouts(self, now: float) -> None:
         """Per-stream read timeout (not while the client holds the stream back)."""
@@ -376,7 +397,6 @@ class H2Connection(asyncio.Protocol):
                 self.streams.pop(st.id, None)
                 self._finish(st)
                 self.session.reset_stream(st.id, CANCEL)
-                self.pool.log.info("upstream_timeout", upstream=self.upstream.label,
-                                   stream=st.id)
+                self.pool.log.info("upstream_timeout", upstream=self.upstream.label, stream=st.id)
                 st.fail(UpstreamTimeout("upstream read timeout"))
         self.flush()

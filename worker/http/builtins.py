@@ -58,8 +58,7 @@ def make_echo(server: str, slot: int) -> Handler:
             "tls": ctx.conn.tls.version if ctx.conn.tls else None,
             "request_id": ctx.request_id,
         }
-        return Response(200, [(b"content-type", b"application/json")],
-                        json.dumps(doc).encode())
+        return Response(200, [(b"content-type", b"application/json")], json.dumps(doc).encode())
 
     return echo
 

@@ -44,8 +44,9 @@ PIPELINE_MAX = 16  # parsed-but-unanswered requests before reading pauses
 
 _SKIP_RESPONSE_HEADERS = (b"content-length", b"transfer-encoding", b"connection")
 _SKIP_TUNNEL_HEADERS = (b"content-length", b"transfer-encoding")
-_SPECIAL_REQUEST_HEADERS = frozenset((b"host", b"content-length", b"transfer-encoding",
-                                      b"connection", b"expect"))
+_SPECIAL_REQUEST_HEADERS = frozenset(
+    (b"host", b"content-length", b"transfer-encoding", b"connection", b"expect")
+)
 
 # what response_head says about the body
 BODY_NONE, BODY_BYTES, BODY_STREAM = 0, 1, 2
@@ -59,8 +60,7 @@ class ReaderEvents(Protocol):
     def on_request(self, req: Request) -> None:
         """A whole request head; its body (``req.body``) is fed as it arrives."""
 
-    def on_error(self, status: int, reason: str, req: Request | None,
-                 internal: BaseException | None) -> None:
+    def on_error(self, status: int, reason: str, req: Request | None, internal: BaseException | None) -> None:
         """Malformed input: answer ``status``; nothing more is parsed. ``req`` is the request
         whose body was arriving (its body has failed), ``internal`` a bug's exception (500)."""
 
@@ -130,12 +130,13 @@ def _hostname(host: bytes | None) -> str:
         return ""
     h = host.decode("latin-1").lower()
     if h[:1] == "[":
-        return h[1:h.find("]")] if "]" in h else h
+        return h[1 : h.find("]")] if "]" in h else h
     return h.partition(":")[0]
 
 
-def _target(method: str, target: str, host: bytes | None,
-            headers: list[tuple[bytes, bytes]]) -> tuple[str, str, bytes | None, list]:
+def _target(
+    method: str, target: str, host: bytes | None, headers: list[tuple[bytes, bytes]]
+) -> tuple[str, str, bytes | None, list]:
     """(path, query, host, headers) of a request target; ParseError for one we refuse."""
     if target[:1] == "/":
         path, _, query = target.partition("?")
@@ -150,8 +151,9 @@ def _target(method: str, target: str, host: bytes | None,
     raise ParseError("invalid request target")
 
 
-def _framing_flags(headers: list[tuple[bytes, bytes]],
-                   should_upgrade: Callable[[], bool]) -> tuple[bytes | None, int | None, int]:
+def _framing_flags(
+    headers: list[tuple[bytes, bytes]], should_upgrade: Callable[[], bool]
+) -> tuple[bytes | None, int | None, int]:
     """httptools / h11: (host, content length, flags) from a head's header list, with the
     checks the native parser makes in C (one Host, one numeric Content-Length, not both
     framings, only ``Expect: 100-continue``)."""
@@ -237,17 +239,22 @@ class RequestReader:
         "settings",
     )
 
-    def __init__(self, settings: ReaderSettings, events: ReaderEvents, producer: Any,
-                 clock: Callable[[], float] = monotonic) -> None:
+    def __init__(
+        self,
+        settings: ReaderSettings,
+        events: ReaderEvents,
+        producer: Any,
+        clock: Callable[[], float] = monotonic,
+    ) -> None:
         self.events = events
         self.producer = producer
         self.settings = settings
         self.clock = clock
         self.parser: Any = None
-        self.phase = HEAD          # until start(): a prelude or a TLS handshake is a head too
+        self.phase = HEAD  # until start(): a prelude or a TLS handshake is a head too
         self.deadline = clock() + settings.header_timeout
-        self.dead = False          # parsing ended (error, upgrade, timeout, closing)
-        self.fresh = True          # no request byte received yet
+        self.dead = False  # parsing ended (error, upgrade, timeout, closing)
+        self.fresh = True  # no request byte received yet
         self.receiving: Request | None = None  # the request whose body is arriving
         self._url: list[bytes] = _NO_LIST  # lists from on_message_begin (httptools, h11)
         self._url_len = 0
@@ -383,7 +390,7 @@ class RequestReader:
         if nl < 0:
             return
         piece = next((p for p in reversed(self._url) if p), b"")
-        if not piece or piece not in data[nl + 1:]:
+        if not piece or piece not in data[nl + 1 :]:
             self.fail(400, "invalid request line (an HTTP/0.9 request?)")
 
     # -- parser callbacks (httptools API) --------------------------------------------------
@@ -406,8 +413,7 @@ class RequestReader:
         # llhttp keeps the trailing whitespace of a value; it is not part of it (RFC 9110
         # §5.5), and the native parser and h11 drop it
         value = value.rstrip(b" \t")
-        self._head_size = self.settings.head_limits.field(name, value, self._head_size,
-                                                          len(self._headers))
+        self._head_size = self.settings.head_limits.field(name, value, self._head_size, len(self._headers))
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
@@ -416,21 +422,33 @@ class RequestReader:
         headers = self._headers
         host, content_length, flags = _framing_flags(headers, parser.should_upgrade)
         url = self._url
-        self.on_request_head(parser.get_method().decode("ascii", "replace"),
-                             (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
-                             parser.get_http_version(), headers, host, content_length, flags)
+        self.on_request_head(
+            parser.get_method().decode("ascii", "replace"),
+            (url[0] if len(url) == 1 else b"".join(url)).decode("latin-1"),
+            parser.get_http_version(),
+            headers,
+            host,
+            content_length,
+            flags,
+        )
 
-    def on_request_head(self, method: str, target: str, version: str,
-                        headers: list[tuple[bytes, bytes]], host: bytes | None,
-                        content_length: int | None, flags: int) -> None:
+    def on_request_head(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: list[tuple[bytes, bytes]],
+        host: bytes | None,
+        content_length: int | None,
+        flags: int,
+    ) -> None:
         """A whole request head with its framing facts: from the native parser directly (see
         mu_http.c), from on_headers_complete for httptools / h11. A request without a body is
         complete here (a later on_message_complete finds nothing)."""
         s = self.settings
         if version != "1.1" and version != "1.0":
             if version[:2] != "1.":
-                raise ParseError(f"unsupported HTTP version {version}",
-                                 505 if version >= "2" else 400)
+                raise ParseError(f"unsupported HTTP version {version}", 505 if version >= "2" else 400)
             version = "1.1"  # RFC 9110 §2.5: a later 1.x minor version is served as 1.1
         self._head_size = 0
         self._head_bytes = 0
@@ -450,9 +468,21 @@ class RequestReader:
         # HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 only when asked to keep it
         keep_alive = not flags & CONN_CLOSE if version == "1.1" else bool(flags & CONN_KEEPALIVE)
         expect = bool(flags & EXPECT) and body is not None
-        req = Request(method, target, path, query, version, headers, body, keep_alive,
-                      bool(flags & UPGRADE), expect, content_length, bool(chunked),
-                      _hostname(host) if host else "")
+        req = Request(
+            method,
+            target,
+            path,
+            query,
+            version,
+            headers,
+            body,
+            keep_alive,
+            bool(flags & UPGRADE),
+            expect,
+            content_length,
+            bool(chunked),
+            _hostname(host) if host else "",
+        )
         if body is not None:
             self.receiving = req
             if expect:
@@ -507,6 +537,7 @@ class RequestReader:
 
 # -- the response side ---------------------------------------------------------------------
 
+
 def must_close(req: Request | None, resp: Response, closing: bool) -> bool:
     """Whether the connection ends after ``resp`` (the keep-alive rules): asked by the
     response or the request, the server draining or the client gone (``closing``), no
@@ -525,12 +556,10 @@ def _header_lines(resp: Response, tunnel: bool) -> bytes:
     block = resp.head_block
     if block is not None and not tunnel:
         return block
-    return split_headers(resp.headers, _SKIP_TUNNEL_HEADERS if tunnel
-                         else _SKIP_RESPONSE_HEADERS)[0]
+    return split_headers(resp.headers, _SKIP_TUNNEL_HEADERS if tunnel else _SKIP_RESPONSE_HEADERS)[0]
 
 
-def _stream_framing(req: Request | None, length: int | None, head_only: bool,
-                    no_body: bool) -> bytes | None:
+def _stream_framing(req: Request | None, length: int | None, head_only: bool, no_body: bool) -> bytes | None:
     """How a streamed body is delimited: its framing header line, or None when closing the
     connection delimits it (an HTTP/1.0 client and no length). HEAD and bodiless statuses
     announce nothing they will not send, except a known length for HEAD."""
@@ -553,8 +582,9 @@ def _sendable(body: Any, lends_ok: bool) -> Any:
     return bytes(body) if body else b""
 
 
-def response_head(req: Request | None, resp: Response, close: bool,
-                  lends_ok: bool) -> tuple[list[bytes], Any, int, bool, bool]:
+def response_head(
+    req: Request | None, resp: Response, close: bool, lends_ok: bool
+) -> tuple[list[bytes], Any, int, bool, bool]:
     """The response head for ``req``: (head parts, body, body kind, chunked, close).
 
     The body kind is BODY_BYTES (``body`` is the bytes to send after the head), BODY_STREAM
@@ -568,8 +598,10 @@ def response_head(req: Request | None, resp: Response, close: bool,
     no_body = status < 200 or status == 204 or status == 304
     tunnel = status == 101 and resp.tunnel is not None
     block = resp.head_block  # the common case inline: a relayed response's lines
-    parts = [_status_line(status, resp.reason),
-             block if block is not None and not tunnel else _header_lines(resp, tunnel)]
+    parts = [
+        _status_line(status, resp.reason),
+        block if block is not None and not tunnel else _header_lines(resp, tunnel),
+    ]
     body = resp.body
     chunked = False
     if body is None or isinstance(body, (bytes, bytearray, memoryview)):

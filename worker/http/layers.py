@@ -98,13 +98,14 @@ class RateLimiter(Stateful):
     # what survives a reload: the buckets (as ages, since monotonic clocks are per boot)
     def export_state(self, fds: list[int]) -> dict:
         now = time.monotonic()
-        return {"buckets": {k: (b[0], now - b[1]) for k, b in self.buckets.items()},
-                "limited": self.limited}
+        return {"buckets": {k: (b[0], now - b[1]) for k, b in self.buckets.items()}, "limited": self.limited}
 
     def import_state(self, data: dict, fds: FdSource) -> None:
         now = time.monotonic()
-        self.buckets = {k: [min(float(tokens), self.burst), now - float(age)]
-                        for k, (tokens, age) in data.get("buckets", {}).items()}
+        self.buckets = {
+            k: [min(float(tokens), self.burst), now - float(age)]
+            for k, (tokens, age) in data.get("buckets", {}).items()
+        }
         self.limited = int(data.get("limited", 0))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 
@@ -67,6 +67,8 @@ class UpstreamPool:
         self.stats = stats
         self.log = log or structlog.get_logger()
         self.counters = IdleCounters()
+        # the router's upstreams by key: a reload's idle connections find theirs (proxy.py)
+        self.upstreams_by_key: dict[tuple, Upstream] = {}
         self.idle: dict[tuple, IdleList[UpstreamConnection]] = {}
         self.busy: set[UpstreamConnection] = set()
         self._adopt: list[tuple[tuple, socket.socket]] = []
@@ -252,8 +254,6 @@ class UpstreamPool:
             self.counters.adopted += 1
             self.busy.add(conn)
             self.release(conn)
-
-    upstreams_by_key: ClassVar[dict[tuple, Upstream]] = {}
 
 
 def _idle_timeout(conn: UpstreamConnection) -> float:

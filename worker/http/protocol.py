@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from monolake.worker.http.server import ServerRuntime
     from monolake.worker.net.tls import ServerTls
 
-DRAIN_IDLE_GRACE = 1.0     # a draining server closes keep-alive connections idle this long
-LINGER_SECONDS = 2.0       # how long to drain a client's unread body before closing
+DRAIN_IDLE_GRACE = 1.0  # a draining server closes keep-alive connections idle this long
+LINGER_SECONDS = 2.0  # how long to drain a client's unread body before closing
 
 _PAUSE_PIPELINE = 1 << 20  # reasons to stop reading (bodies count in the low bits)
 _PAUSE_TUNNEL = 1 << 21
@@ -47,10 +47,29 @@ class HttpServerProtocol(asyncio.Protocol):
     # Slots, and a list rather than a deque for the pipeline (at most PIPELINE_MAX long): an
     # idle keep-alive connection is mostly this object, so its size is the worker's memory per
     # connection (issue 16 §4: a __dict__ and an empty deque were 1.4 KiB of the 3.8).
-    __slots__ = ("_rt", "_serve", "_loop", "_transport", "_write", "_lends_ok", "_reader", "_ctx",
-                 "_queue", "_pauses", "_read_paused", "_write_paused", "_out_body", "_closing",
-                 "_prelude", "_tls", "_tunnel", "_tunnel_pending", "_lingering", "_h2",
-                 "__weakref__")
+    __slots__ = (
+        "_rt",
+        "_serve",
+        "_loop",
+        "_transport",
+        "_write",
+        "_lends_ok",
+        "_reader",
+        "_ctx",
+        "_queue",
+        "_pauses",
+        "_read_paused",
+        "_write_paused",
+        "_out_body",
+        "_closing",
+        "_prelude",
+        "_tls",
+        "_tunnel",
+        "_tunnel_pending",
+        "_lingering",
+        "_h2",
+        "__weakref__",
+    )
 
     # set by connection_made(), before anything reads it (unset until then: no None to test)
     _ctx: ConnectionContext
@@ -186,8 +205,12 @@ class HttpServerProtocol(asyncio.Protocol):
         if prelude is not None:
             self._read_prelude(prelude, data)
             return
-        if self._reader.fresh and self._rt.h2 is not None and self._tls is None \
-                and self._rt.h2.sniff(self, data):
+        if (
+            self._reader.fresh
+            and self._rt.h2 is not None
+            and self._tls is None
+            and self._rt.h2.sniff(self, data)
+        ):
             return  # the h2 preface (prior knowledge): the h2 side has the bytes
         self._reader.feed(data)
 
@@ -230,8 +253,7 @@ class HttpServerProtocol(asyncio.Protocol):
         elif len(queue) >= PIPELINE_MAX and not self._pauses & _PAUSE_PIPELINE:
             self._add_pause(_PAUSE_PIPELINE)
 
-    def on_error(self, status: int, reason: str, req: Request | None,
-                 internal: BaseException | None) -> None:
+    def on_error(self, status: int, reason: str, req: Request | None, internal: BaseException | None) -> None:
         """A malformed request: answer ``status`` in turn, then close; parse nothing more."""
         if internal is not None:
             self._rt.log.error("http_callback_error", peer=self._ctx.peer, exc_info=internal)
@@ -408,8 +430,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if phase == BODY:
             req = reader.stop("request body timeout")
             current = self._queue[0] if self._queue else None
-            if req is not None and current is not None and current.request is req \
-                    and not current.head_sent:
+            if req is not None and current is not None and current.request is req and not current.head_sent:
                 current.fail(408)
                 return
             self._close()
@@ -430,8 +451,11 @@ class HttpServerProtocol(asyncio.Protocol):
             self._loop.call_later(DRAIN_IDLE_GRACE, self._close_if_idle)
 
     def _is_idle(self) -> bool:
-        return not self._queue and self._tunnel is None and (self._reader.receiving is None
-                                                             or self._reader.phase == IDLE)
+        return (
+            not self._queue
+            and self._tunnel is None
+            and (self._reader.receiving is None or self._reader.phase == IDLE)
+        )
 
     def _close_if_idle(self) -> None:
         if self._transport is not None and not self._lingering and self._is_idle():
@@ -445,8 +469,13 @@ class HttpServerProtocol(asyncio.Protocol):
     def reclaimable(self) -> bool:
         """Idle between requests after serving at least one: what a worker out of fds closes
         first (a connection that has sent nothing yet was accepted to be served)."""
-        return (self.idle and not self._reader.fresh and self._transport is not None
-                and not self._lingering and self._tunnel is None)
+        return (
+            self.idle
+            and not self._reader.fresh
+            and self._transport is not None
+            and not self._lingering
+            and self._tunnel is None
+        )
 
     @property
     def deadline(self) -> float:
@@ -504,4 +533,3 @@ def tune_transport(transport: Any) -> None:
         pass
     if not getattr(transport, "nodelay_set", False):
         set_nodelay(transport)
-

@@ -30,11 +30,11 @@ from monolake.worker.service.state import NO_FDS, FdSource, Stateful, restore_st
 class RouteHandler:
     """Everything one route needs at request time."""
 
-    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label", "h2",
-                 "h2_ssl")
+    __slots__ = ("index", "cfg", "balancer", "preserve_path", "builtin", "label", "h2", "h2_ssl")
 
-    def __init__(self, index: int, cfg: Any, balancer: Balancer, builtin: Any,
-                 h2: str = "", h2_ssl: Any = None) -> None:
+    def __init__(
+        self, index: int, cfg: Any, balancer: Balancer, builtin: Any, h2: str = "", h2_ssl: Any = None
+    ) -> None:
         # "h2": the upstreams speak HTTP/2 ("http2"); "auto": https upstreams, ALPN decides
         # (h2_ssl offers h2 and http/1.1); "": HTTP/1.1
         self.h2 = h2
@@ -66,8 +66,7 @@ class RouterService(Stateful):
         self.h2pool: Any = None
         for i, route in enumerate(cfg.routes):
             version = getattr(route, "upstream_http_version", None) or cfg.upstream_http_version
-            tls = any(u.endpoint.type == "uri" and u.endpoint.scheme == "https"
-                      for u in route.upstreams)
+            tls = any(u.endpoint.type == "uri" and u.endpoint.scheme == "https" for u in route.upstreams)
             h2 = "h2" if version == "http2" else "auto" if version == "auto" and tls else ""
             if h2 == "auto" and not _h2_available():
                 h2 = ""  # "auto" without the extension is HTTP/1.1, as it always was
@@ -75,8 +74,7 @@ class RouterService(Stateful):
                 from monolake.worker.h2.pool import worker_pool
 
                 self.h2pool = worker_pool()
-                self.h2pool.configure(cfg.timeout.upstream_connect_timeout_sec,
-                                      self.read_timeout)
+                self.h2pool.configure(cfg.timeout.upstream_connect_timeout_sec, self.read_timeout)
             ssl_ctx = h2_ssl = None
             if tls:
                 ssl_ctx = client_context(route)
@@ -98,8 +96,9 @@ class RouterService(Stateful):
             if route.health_check is not None and builtin is None:
                 health.watch_http(balancer, route.health_check, name, route.pattern)
             upstream_admin.register_http(name, cfg, route, balancer, pool)
-            self.routes.append(RouteHandler(i, route, balancer, builtin,
-                                            h2 if builtin is None else "", h2_ssl))
+            self.routes.append(
+                RouteHandler(i, route, balancer, builtin, h2 if builtin is None else "", h2_ssl)
+            )
         pool.upstreams_by_key = by_key
 
     async def call(self, req: Request, ctx: Any) -> Response:
@@ -139,8 +138,19 @@ class RouterService(Stateful):
             # this route's upstream speaks HTTP/2 (or ALPN has yet to say): the h2 pool
             from monolake.worker.h2.forward import forward
 
-            spawn(forward(self.h2pool, route, req, ctx, up, preserve_host=self.preserve_host,
-                          via=self.via, stats=self.stats, fallback=self._proxy))
+            spawn(
+                forward(
+                    self.h2pool,
+                    route,
+                    req,
+                    ctx,
+                    up,
+                    preserve_host=self.preserve_host,
+                    via=self.via,
+                    stats=self.stats,
+                    fallback=self._proxy,
+                )
+            )
             return
         conn = self.pool.take_idle(up)
         if conn is None:
@@ -151,8 +161,14 @@ class RouterService(Stateful):
             return
         ctx.upstream = up.label
         ex.upstream = conn
-        head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
-                            preserve_host=self.preserve_host, via=self.via)
+        head = request_head(
+            req,
+            ctx,
+            up,
+            upstream_target(req, up, route.preserve_path),
+            preserve_host=self.preserve_host,
+            via=self.via,
+        )
 
         def on_head(resp: Response | None, exc: BaseException | None) -> None:
             ex.upstream = None
@@ -169,17 +185,26 @@ class RouterService(Stateful):
             if getattr(exc, "retryable", False) and _may_retry(req):
                 spawn(self._proxy(route, req, ctx, retry=True))  # a stale keep-alive connection
                 return
-            structlog.get_logger().info("upstream_failed", upstream=up.label, error=str(exc),
-                                        request_id=ctx.request_id)
+            structlog.get_logger().info(
+                "upstream_failed", upstream=up.label, error=str(exc), request_id=ctx.request_id
+            )
             respond(_error_response(exc) if isinstance(exc, UpstreamError) else text_response(502))
 
         # lend_body: the server's respond() is done with the body when it returns
         # (Exchange.respond); a layer keeps the response, so it gets a copy (CallReply)
-        conn.send(req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head,
-                  lend_body=ex.lends)
+        conn.send(
+            req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head, lend_body=ex.lends
+        )
 
-    async def _proxy(self, route: RouteHandler, req: Request, ctx: Any, first: Any = None,
-                     retry: bool = False, hold: ConnectHold | None = None) -> Response:
+    async def _proxy(
+        self,
+        route: RouteHandler,
+        req: Request,
+        ctx: Any,
+        first: Any = None,
+        retry: bool = False,
+        hold: ConnectHold | None = None,
+    ) -> Response:
         """The rest of a request that has to wait: a connect (``first``, the upstream
         ``serve`` picked, with ``hold`` counting it) or a retry on a fresh connection after
         a stale keep-alive one failed (``retry``)."""
@@ -187,7 +212,7 @@ class RouterService(Stateful):
         pool = self.pool
         tried: set[int] | None = None
         last: UpstreamError | None = None
-        for attempt in ((1,) if retry else (0, 1)):
+        for attempt in (1,) if retry else (0, 1):
             if first is not None:
                 up, first = first, None
             else:
@@ -201,26 +226,35 @@ class RouterService(Stateful):
                 conn = await pool.acquire(up, hold)
             except UpstreamError as exc:
                 up.connect_failed(self.stats)
-                structlog.get_logger().info("upstream_connect_failed", upstream=up.label,
-                                            error=str(exc), request_id=ctx.request_id)
+                structlog.get_logger().info(
+                    "upstream_connect_failed", upstream=up.label, error=str(exc), request_id=ctx.request_id
+                )
                 last = exc
                 if attempt == 0 and _may_retry(req):
                     tried = {balancer.index_of(up)}
                     continue
                 return _error_response(exc)
             up.connect_ok()
-            head = request_head(req, ctx, up, upstream_target(req, up, route.preserve_path),
-                                preserve_host=self.preserve_host, via=self.via)
+            head = request_head(
+                req,
+                ctx,
+                up,
+                upstream_target(req, up, route.preserve_path),
+                preserve_host=self.preserve_host,
+                via=self.via,
+            )
             try:
-                resp = await conn.request(req.method, head, req.body, req.upgrade, self.via,
-                                          self.read_timeout)
+                resp = await conn.request(
+                    req.method, head, req.body, req.upgrade, self.via, self.read_timeout
+                )
             except UpstreamError as exc:
                 conn.abort()
                 last = exc
                 if exc.retryable and attempt == 0 and _may_retry(req):
                     continue  # a stale keep-alive connection: once more on a fresh one
-                structlog.get_logger().info("upstream_failed", upstream=up.label, error=str(exc),
-                                            request_id=ctx.request_id)
+                structlog.get_logger().info(
+                    "upstream_failed", upstream=up.label, error=str(exc), request_id=ctx.request_id
+                )
                 return _error_response(exc)
             except BaseException:
                 conn.abort()
@@ -239,15 +273,17 @@ class RouterService(Stateful):
         now = time.monotonic()
         routes = []
         for r in self.routes:
-            routes.append({
-                "pattern": r.label,
-                "position": r.balancer.position,
-                "upstreams": {u.label: {"failures": u.failures,
-                                        "ejected_for": max(0.0, u.ejected_until - now)}
-                              for u in r.balancer.upstreams},
-            })
-        return {"routes": routes,
-                "pool": {"version": POOL_STATE_VERSION, "idle": self.pool.export_idle(fds)}}
+            routes.append(
+                {
+                    "pattern": r.label,
+                    "position": r.balancer.position,
+                    "upstreams": {
+                        u.label: {"failures": u.failures, "ejected_for": max(0.0, u.ejected_until - now)}
+                        for u in r.balancer.upstreams
+                    },
+                }
+            )
+        return {"routes": routes, "pool": {"version": POOL_STATE_VERSION, "idle": self.pool.export_idle(fds)}}
 
     def import_state(self, data: dict, fds: FdSource) -> None:
         now = time.monotonic()
@@ -277,10 +313,17 @@ class RouterService(Stateful):
 
     def export_state_routes_only(self) -> list[dict]:
         now = time.monotonic()
-        return [{"pattern": r.label, "position": r.balancer.position,
-                 "upstreams": {u.label: {"failures": u.failures,
-                                         "ejected_for": max(0.0, u.ejected_until - now)}
-                               for u in r.balancer.upstreams}} for r in self.routes]
+        return [
+            {
+                "pattern": r.label,
+                "position": r.balancer.position,
+                "upstreams": {
+                    u.label: {"failures": u.failures, "ejected_for": max(0.0, u.ejected_until - now)}
+                    for u in r.balancer.upstreams
+                },
+            }
+            for r in self.routes
+        ]
 
     async def aclose(self) -> None:
         return None

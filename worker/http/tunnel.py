@@ -12,8 +12,8 @@ from typing import Any
 
 class Tunnel:
     def __init__(self, upstream: Any) -> None:
-        self.upstream = upstream     # UpstreamConnection
-        self.client: Any = None      # HttpServerProtocol
+        self.upstream = upstream  # UpstreamConnection
+        self.client: Any = None  # HttpServerProtocol
         self._client_eof = False
         self._upstream_eof = False
         self._closed = False

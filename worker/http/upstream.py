@@ -53,23 +53,47 @@ class Upstream(Health):
     """One endpoint; ``active`` counts requests in flight (for least_conn). Its health
     (failures, ejection, draining, active-check verdict) is the kit's ``Health``."""
 
-    __slots__ = ("kind", "scheme", "host", "port", "path", "query", "authority", "unix_path",
-                 "weight", "ssl", "sni", "key", "label", "active",
-                 "max_idle", "idle_timeout", "eject_after", "eject_for", "builtin", "host_header",
-                 "priority", "discovered", "origin", "address", "group", "requests",
-                 "__weakref__")
+    __slots__ = (
+        "kind",
+        "scheme",
+        "host",
+        "port",
+        "path",
+        "query",
+        "authority",
+        "unix_path",
+        "weight",
+        "ssl",
+        "sni",
+        "key",
+        "label",
+        "active",
+        "max_idle",
+        "idle_timeout",
+        "eject_after",
+        "eject_for",
+        "builtin",
+        "host_header",
+        "priority",
+        "discovered",
+        "origin",
+        "address",
+        "group",
+        "requests",
+        "__weakref__",
+    )
 
     def __init__(self, endpoint: Any, weight: int, route: Any, ssl_ctx: ssl.SSLContext | None) -> None:
-        Health.__init__(self)              # draining: left the DNS answer (no new requests)
-        self.kind = endpoint.type          # "uri" | "unix" | "builtin" | "srv"
+        Health.__init__(self)  # draining: left the DNS answer (no new requests)
+        self.kind = endpoint.type  # "uri" | "unix" | "builtin" | "srv"
         self.weight = max(1, int(weight or 1))
-        self.priority = 0                  # SRV priority (lower first); 0 for everything else
+        self.priority = 0  # SRV priority (lower first); 0 for everything else
         self.discovered: Discovered | None = None  # set on a placeholder (see Balancer)
-        self.origin = ""                   # a derived upstream: the label it was derived from
-        self.address = ""                  # the connect address when discovered (host: the name)
+        self.origin = ""  # a derived upstream: the label it was derived from
+        self.address = ""  # the connect address when discovered (host: the name)
         self.group: Discovered | None = None  # a derived upstream: the name it is an address of
         self.active = 0
-        self.requests = 0                  # requests sent to it (the runtime API lists them)
+        self.requests = 0  # requests sent to it (the runtime API lists them)
         self.max_idle = route.max_idle_per_upstream
         self.idle_timeout = route.idle_timeout_sec
         self.eject_after = max(1, route.eject_after_failures)
@@ -96,6 +120,7 @@ class Upstream(Health):
             if self.scheme == "https":
                 if ssl_ctx is None:  # an srv endpoint: the router made a context for uri ones only
                     from monolake.worker.net.tls import client_context
+
                     ssl_ctx = client_context(route)
                 self.ssl = ssl_ctx
                 self.sni = route.tls_sni or self.host
@@ -104,7 +129,7 @@ class Upstream(Health):
                 self.key = ("http", self.host, self.port)
             self.label = f"{self.scheme}://{self.authority}"
             if self.kind == "srv":
-                self.kind = "uri"          # its targets are plain uri upstreams
+                self.kind = "uri"  # its targets are plain uri upstreams
                 self.label = f"srv:{endpoint.value}"
                 self.key = ("srv", endpoint.value)
         elif self.kind == "unix":
@@ -138,8 +163,11 @@ class Upstream(Health):
         up.weight = max(1, target.weight)
         up.priority = target.priority
         up.origin = self.label
-        hp = f"[{target.address}]:{target.port}" if ":" in target.address else \
-            f"{target.address}:{target.port}"
+        hp = (
+            f"[{target.address}]:{target.port}"
+            if ":" in target.address
+            else f"{target.address}:{target.port}"
+        )
         if self.scheme == "https":
             up.key = ("https", target.address, target.port, self.sni, id(self.ssl))
         else:
@@ -167,16 +195,18 @@ class Upstream(Health):
     def connect_failed(self, stats: Stats) -> None:
         if ejection.record_failure(self, time.monotonic(), self.eject_after, self.eject_for):
             stats.upstream_ejections += 1
-            structlog.get_logger().warning("upstream_ejected", upstream=self.label,
-                                           failures=self.failures, seconds=self.eject_for)
+            structlog.get_logger().warning(
+                "upstream_ejected", upstream=self.label, failures=self.failures, seconds=self.eject_for
+            )
 
     def eject_now(self, stats: Stats, why: str) -> None:
         """One of a name's addresses failed a connect while the name has others: out at once
         for ``eject_duration_sec`` (the request moves to another address)."""
         if ejection.eject_now(self, time.monotonic(), self.eject_for):
             stats.upstream_ejections += 1
-            structlog.get_logger().warning("upstream_ejected", upstream=self.label, origin=self.origin,
-                                           error=why, seconds=self.eject_for)
+            structlog.get_logger().warning(
+                "upstream_ejected", upstream=self.label, origin=self.origin, error=why, seconds=self.eject_for
+            )
 
     def connect_ok(self) -> None:
         ejection.record_success(self)
@@ -191,13 +221,14 @@ class Discovered:
     def __init__(self, template: Upstream, balancer: Balancer) -> None:
         self.template = template
         self.children: dict[tuple[str, int], Upstream] = {}
-        self.ready = False                 # the first answer is in: children replace the placeholder
+        self.ready = False  # the first answer is in: children replace the placeholder
         self._balancer = weakref.ref(balancer)
         if template.key[0] == "srv":
             self.source: Source = SrvSource(template.key[1], balancer.endpoints_changed)
         else:
-            self.source = AddressSource(template.host, template.port, template.weight,
-                                        balancer.endpoints_changed)
+            self.source = AddressSource(
+                template.host, template.port, template.weight, balancer.endpoints_changed
+            )
 
     def current(self) -> list[Upstream]:
         """Children for the current targets (an unchanged target keeps its object, so its
@@ -239,7 +270,8 @@ class Discovered:
         timed out (nothing was sent, so any request may move): the lowest priority first."""
         now = time.monotonic()
         return balance.pick_weighted_lowest(
-            [u for u in self.children.values() if u is not failed and u.available(now)])
+            [u for u in self.children.values() if u is not failed and u.available(now)]
+        )
 
     def why_none(self) -> str:
         src = self.source
@@ -314,9 +346,11 @@ class Balancer(balance.Balancer):
         after = [u.label for u in self.upstreams]
         if list(before) != after:
             structlog.get_logger().info(
-                "upstreams_changed", upstreams=after,
+                "upstreams_changed",
+                upstreams=after,
                 joined=[x for x in after if x not in before],
-                draining=[x for x, u in before.items() if x not in after and u.discovered is None])
+                draining=[x for x, u in before.items() if x not in after and u.discovered is None],
+            )
 
     def pick(self, exclude: set[int] | None = None) -> Upstream | None:  # type: ignore[override]
         return super().pick(time.monotonic(), exclude)

@@ -97,8 +97,11 @@ def _parse_v2(buf: bytes) -> tuple[int, Addr, Addr] | None:
     if family == 0x3:  # AF_UNIX
         if length < 216:
             raise ProxyProtocolError("short PROXY v2 unix block")
-        return (total, body[0:108].split(b"\0", 1)[0].decode("utf-8", "replace"),
-                body[108:216].split(b"\0", 1)[0].decode("utf-8", "replace"))
+        return (
+            total,
+            body[0:108].split(b"\0", 1)[0].decode("utf-8", "replace"),
+            body[108:216].split(b"\0", 1)[0].decode("utf-8", "replace"),
+        )
     if family == 0x0 and proto == 0x0:  # UNSPEC
         return total, None, None
     raise ProxyProtocolError("unsupported PROXY v2 address family")

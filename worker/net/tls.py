@@ -38,8 +38,9 @@ def _cert_names(chain: str) -> list[str]:
     return names
 
 
-def _server_context(chain: str, key: str, min_version: str,
-                    alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
+def _server_context(
+    chain: str, key: str, min_version: str, alpn: tuple[str, ...] = ("http/1.1",)
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _VERSIONS.get(min_version, ssl.TLSVersion.TLSv1_2)
     ctx.load_cert_chain(chain, key)
@@ -156,9 +157,12 @@ class TlsSession:
     def info(self) -> TlsInfo:
         obj = self._obj
         cipher = obj.cipher()
-        return TlsInfo(version=obj.version(), cipher=cipher[0] if cipher else None,
-                       server_name=getattr(obj, "server_hostname", None) or _sni_of(obj),
-                       alpn=obj.selected_alpn_protocol())
+        return TlsInfo(
+            version=obj.version(),
+            cipher=cipher[0] if cipher else None,
+            server_name=getattr(obj, "server_hostname", None) or _sni_of(obj),
+            alpn=obj.selected_alpn_protocol(),
+        )
 
 
 def _sni_of(obj: Any) -> str | None:

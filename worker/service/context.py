@@ -60,14 +60,34 @@ class ConnectionContext:
     connections (issue 16 §4: the eager version cost ~180 B per connection).
     """
 
-    __slots__ = ("server", "worker_slot", "connection_id", "_peer", "_local", "_socket_peer",
-                 "tls", "scheme", "_extra", "_forward", "_transport")
+    __slots__ = (
+        "server",
+        "worker_slot",
+        "connection_id",
+        "_peer",
+        "_local",
+        "_socket_peer",
+        "tls",
+        "scheme",
+        "_extra",
+        "_forward",
+        "_transport",
+    )
 
-    def __init__(self, server: str, worker_slot: int, connection_id: int, peer: Address = _UNSET,
-                 local: Address = _UNSET, socket_peer: Address = _UNSET,
-                 tls: TlsInfo | None = None, scheme: str = "http",
-                 extra: dict[str, Any] | None = None, forward_cache: Any = None,
-                 transport: Any = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        worker_slot: int,
+        connection_id: int,
+        peer: Address = _UNSET,
+        local: Address = _UNSET,
+        socket_peer: Address = _UNSET,
+        tls: TlsInfo | None = None,
+        scheme: str = "http",
+        extra: dict[str, Any] | None = None,
+        forward_cache: Any = None,
+        transport: Any = None,
+    ) -> None:
         self.server = server
         self.worker_slot = worker_slot
         self.connection_id = connection_id
@@ -142,9 +162,11 @@ class ConnectionContext:
         _ = self.socket_peer, self.peer, self.local
 
     def __repr__(self) -> str:
-        return (f"ConnectionContext(server={self.server!r}, worker_slot={self.worker_slot}, "
-                f"connection_id={self.connection_id}, peer={self.peer!r}, local={self.local!r}, "
-                f"socket_peer={self.socket_peer!r}, tls={self.tls!r}, scheme={self.scheme!r})")
+        return (
+            f"ConnectionContext(server={self.server!r}, worker_slot={self.worker_slot}, "
+            f"connection_id={self.connection_id}, peer={self.peer!r}, local={self.local!r}, "
+            f"socket_peer={self.socket_peer!r}, tls={self.tls!r}, scheme={self.scheme!r})"
+        )
 
 
 _request_counter = itertools.count(1)
@@ -164,7 +186,7 @@ class RequestContext:
         self.conn = conn
         self._seq = next(_request_counter)
         self._id: str | None = None
-        self.route: Any = None            # the matched route (set by the router service)
+        self.route: Any = None  # the matched route (set by the router service)
         self.params: dict[str, str] = _NO_PARAMS  # path parameters of the matched route
         self.upstream: str | None = None  # the upstream chosen (set by the proxy)
         self.started = time.monotonic() if started is None else started

@@ -32,7 +32,7 @@ class Discovered:
     """One discovered upstream of one route."""
 
     def __init__(self, cfg: Any, weight: int, make_target: Any, owner: RouteTargets) -> None:
-        self.make_target = make_target           # Endpoint, weight, priority -> Target
+        self.make_target = make_target  # Endpoint, weight, priority -> Target
         self.children: dict[tuple[str, int], Target] = {}
         self.ready = False
         if cfg.type == "srv":
@@ -80,9 +80,13 @@ class Discovered:
     def sibling_pool(self, failed: Endpoint, kind: int, now: float) -> Any:
         """After a refused connect to ``failed``: the pool (same framing) of another address of
         this name that is neither draining nor ejected, lowest priority first; None if none."""
-        target = pick_weighted_lowest([t for t in self.children.values()
-                                       if t.endpoint is not failed and not t.draining
-                                       and t.available(now)])
+        target = pick_weighted_lowest(
+            [
+                t
+                for t in self.children.values()
+                if t.endpoint is not failed and not t.draining and t.available(now)
+            ]
+        )
         return target.pool_for(kind) if target is not None else None
 
     def why_none(self) -> str:
@@ -113,9 +117,11 @@ class RouteTargets:
     def __init__(self, upstreams: Any, policy: str, make_target: Any) -> None:
         self._make = make_target
         self._entries: list[Any] = [  # Target | Discovered, in config order
-            Discovered(u.endpoint, u.weight, make_target, self) if needs_discovery(u.endpoint)
+            Discovered(u.endpoint, u.weight, make_target, self)
+            if needs_discovery(u.endpoint)
             else make_target(Endpoint.from_config(u.endpoint), u.weight, 0)
-            for u in upstreams]
+            for u in upstreams
+        ]
         self.balancer = Balancer(self._items(), policy)
 
     def _items(self) -> list[Any]:
@@ -152,10 +158,12 @@ class RouteTargets:
         upstream_admin.endpoints_changed(self.balancer)  # held operator changes apply to new addresses
         after = [t.endpoint.label for t in self.balancer.items]
         if list(before) != after:
-            log.info("thrift_upstreams_changed", upstreams=after,
-                     joined=[x for x in after if x not in before],
-                     draining=[x for x, t in before.items()
-                               if x not in after and t.endpoint.discovered is None])
+            log.info(
+                "thrift_upstreams_changed",
+                upstreams=after,
+                joined=[x for x in after if x not in before],
+                draining=[x for x, t in before.items() if x not in after and t.endpoint.discovered is None],
+            )
 
     @property
     def discovered(self) -> list[Discovered]:

@@ -54,7 +54,7 @@ class Frame:
     @property
     def message(self) -> bytes:
         """The Thrift message bytes (a copy; not for the hot path)."""
-        return bytes(self.raw[self.off:])
+        return bytes(self.raw[self.off :])
 
     def encode(self, seqid: int, header_seqid: int | None = None) -> bytes:
         """The frame as it goes out on the wire, with ``seqid`` in place of the received one.
@@ -71,21 +71,21 @@ class Frame:
                 msg = _splice_varint(raw[off:], head, seqid)
             else:
                 at = off + head.seqid_at
-                msg = _join((raw[off:at], _pack_i32(seqid), raw[at + 4:]))
+                msg = _join((raw[off:at], _pack_i32(seqid), raw[at + 4 :]))
             assert self.tt is not None
             return tt_prefix(self.tt, seqid if header_seqid is None else header_seqid, len(msg)) + msg
         if head.proto == COMPACT:
-            msg = _splice_varint(raw[self.off:], head, seqid)
+            msg = _splice_varint(raw[self.off :], head, seqid)
             if self.kind == FRAMED:
                 return _U32.pack(len(msg)) + msg
             return msg
         at = self.off + head.seqid_at
-        return _join((raw[:at], _pack_i32(seqid), raw[at + 4:]))
+        return _join((raw[:at], _pack_i32(seqid), raw[at + 4 :]))
 
 
 def _splice_varint(msg: bytes, head: Head, seqid: int) -> bytes:
     at = head.seqid_at
-    return _join((msg[:at], varint(seqid), msg[at + head.seqid_len:]))
+    return _join((msg[:at], varint(seqid), msg[at + head.seqid_len :]))
 
 
 def frame_message(kind: int, msg: bytes | bytearray, tt: TTHeader | None = None, seqid: int = 0) -> bytes:

@@ -54,6 +54,7 @@ _JSON = [(b"content-type", b"application/json")]
 
 # -- the IDL -----------------------------------------------------------------------------------
 
+
 class Method:
     """One callable method: its argument and result structs."""
 
@@ -79,8 +80,9 @@ def load_idl(path: str) -> dict[str, dict[str, Method]]:
     for svc in module.__thrift_meta__["services"]:
         methods: dict[str, Method] = {}
         for name in svc.thrift_services:
-            methods[name] = Method(svc.__name__, name, getattr(svc, name + "_args"),
-                                   getattr(svc, name + "_result"))
+            methods[name] = Method(
+                svc.__name__, name, getattr(svc, name + "_args"), getattr(svc, name + "_result")
+            )
         services[svc.__name__] = methods
     if not services:
         raise ValueError(f"{path}: the IDL declares no service")
@@ -101,6 +103,7 @@ def compile_path(pattern: str) -> re.Pattern[str]:
 
 
 # -- the terminal service ----------------------------------------------------------------------
+
 
 def json_response(status: int, body: Any) -> Response:
     data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
@@ -177,7 +180,9 @@ class GatewayService(Stateful):
             return error_response(400, "bad_argument", exc.message, field=exc.path)
         if ctx is not None:
             ctx.extra["thrift_method"] = method.name
-        frame = Frame.from_message(self.kind, encode_call(method, args), TTHeader() if self.kind == TTHEADER else None)
+        frame = Frame.from_message(
+            self.kind, encode_call(method, args), TTHeader() if self.kind == TTHEADER else None
+        )
         try:
             reply = await self.proxy.call(frame, ctx)
         except RouteError as exc:
@@ -209,8 +214,16 @@ class GatewayService(Stateful):
                 continue
             value = getattr(result, f[1], None)
             if value is not None:
-                return json_response(self.exception_status, {"exception": {
-                    "type": type(value).__name__, "field": f[1], "fields": from_struct(value)}})
+                return json_response(
+                    self.exception_status,
+                    {
+                        "exception": {
+                            "type": type(value).__name__,
+                            "field": f[1],
+                            "fields": from_struct(value),
+                        }
+                    },
+                )
         if 0 in spec:
             value = getattr(result, "success", None)
             if value is None:
@@ -260,6 +273,7 @@ class GatewayFactory:
 
 # -- the ServerHandle --------------------------------------------------------------------------
 
+
 class GatewayHandle(HttpServerHandle):
     """ServerHandle of an ``http_thrift`` server: the HTTP engine around ``GatewayService``."""
 
@@ -282,11 +296,22 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> GatewayHand
     gateway = stack.services[GATEWAY_KEY]
     assert isinstance(gateway, GatewayService)
     # the HTTP engine wants an HTTP upstream pool for its sweep; this server never fills it
-    http_pool = UpstreamPool(parser_kind="h11", connect_timeout=cfg.timeout.upstream_connect_timeout_sec,
-                             read_timeout=cfg.timeout.upstream_read_timeout_sec, stats=stats, log=log)
+    http_pool = UpstreamPool(
+        parser_kind="h11",
+        connect_timeout=cfg.timeout.upstream_connect_timeout_sec,
+        read_timeout=cfg.timeout.upstream_read_timeout_sec,
+        stats=stats,
+        log=log,
+    )
     rt = ServerRuntime(name, cfg, env, stack, stats, http_pool)
     handle = GatewayHandle(rt, gateway)
     start_if_running(handle)
-    log.info("thrift_gateway_built", server=name, idl=cfg.idl, services=sorted(gateway.services),
-             path=cfg.gateway_path, inherited=previous is not None)
+    log.info(
+        "thrift_gateway_built",
+        server=name,
+        idl=cfg.idl,
+        services=sorted(gateway.services),
+        path=cfg.gateway_path,
+        inherited=previous is not None,
+    )
     return handle

@@ -31,13 +31,24 @@ from typing import Any
 from thriftpy2.thrift import TType
 
 _INT_RANGE = {
-    TType.BYTE: (-(2**7), 2**7 - 1), TType.I16: (-(2**15), 2**15 - 1),
-    TType.I32: (-(2**31), 2**31 - 1), TType.I64: (-(2**63), 2**63 - 1),
+    TType.BYTE: (-(2**7), 2**7 - 1),
+    TType.I16: (-(2**15), 2**15 - 1),
+    TType.I32: (-(2**31), 2**31 - 1),
+    TType.I64: (-(2**63), 2**63 - 1),
 }
 _TYPE_NAMES = {
-    TType.BOOL: "bool", TType.BYTE: "byte", TType.I16: "i16", TType.I32: "i32", TType.I64: "i64",
-    TType.DOUBLE: "double", TType.STRING: "string", TType.BINARY: "binary", TType.STRUCT: "struct",
-    TType.LIST: "list", TType.SET: "set", TType.MAP: "map",
+    TType.BOOL: "bool",
+    TType.BYTE: "byte",
+    TType.I16: "i16",
+    TType.I32: "i32",
+    TType.I64: "i64",
+    TType.DOUBLE: "double",
+    TType.STRING: "string",
+    TType.BINARY: "binary",
+    TType.STRUCT: "struct",
+    TType.LIST: "list",
+    TType.SET: "set",
+    TType.MAP: "map",
 }
 _SCALAR_KEYS = (TType.STRING, TType.BYTE, TType.I16, TType.I32, TType.I64, TType.BOOL)
 
@@ -113,6 +124,7 @@ def _is_enum(spec: Any) -> bool:
 
 # -- JSON -> Thrift ----------------------------------------------------------------------------
 
+
 def to_struct(cls: type, obj: Any, path: str = "") -> Any:
     """Build a thriftpy2 struct (or the ``*_args`` struct of a method) from a JSON object."""
     if not isinstance(obj, dict):
@@ -179,7 +191,9 @@ def to_value(ttype: int, spec: Any, value: Any, path: str) -> Any:
         out: dict[Any, Any] = {}
         if isinstance(value, dict):
             if kt not in _SCALAR_KEYS:
-                raise MappingError(path, "this map's keys are not scalars: give an array of [key, value] pairs")
+                raise MappingError(
+                    path, "this map's keys are not scalars: give an array of [key, value] pairs"
+                )
             for k, v in value.items():
                 kp = f'{path}["{k}"]'
                 key = _key_from_string(kt, ks, k, kp)
@@ -220,7 +234,7 @@ def _key_from_string(kt: int, ks: Any, key: str, path: str) -> Any:
     if kt == TType.BOOL:
         if key in ("true", "false"):
             return key == "true"
-        raise MappingError(path, "expected a \"true\" or \"false\" key")
+        raise MappingError(path, 'expected a "true" or "false" key')
     if kt == TType.I32 and _is_enum(ks):
         if key.lstrip("-").isdigit():
             return _enum(ks, int(key), path)
@@ -233,6 +247,7 @@ def _key_from_string(kt: int, ks: Any, key: str, path: str) -> Any:
 
 
 # -- Thrift -> JSON ----------------------------------------------------------------------------
+
 
 def from_struct(obj: Any) -> dict[str, Any]:
     """A thriftpy2 struct (or exception) as a JSON object; unset fields are left out."""

@@ -46,8 +46,9 @@ class Head(NamedTuple):
     size: int  # bytes of the whole head
 
 
-def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None,
-               names: bool = True) -> Head:
+def parse_head(
+    buf: bytes | bytearray | memoryview, start: int = 0, end: int | None = None, names: bool = True
+) -> Head:
     """Parse a message head at ``buf[start:end]``; ``FrameError`` if it is not a complete, valid head.
 
     ``names=False`` skips decoding the method name (replies are matched by seqid alone).
@@ -68,7 +69,7 @@ def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | N
             nlen = _unpack_i32(buf, start + 4)[0]
             if nlen < 0 or nlen > MAX_NAME or 8 + nlen + 4 > avail:
                 raise FrameError("bad method name length")
-            name = str(buf[start + 8:start + 8 + nlen], "utf-8") if names else ""
+            name = str(buf[start + 8 : start + 8 + nlen], "utf-8") if names else ""
             at = 8 + nlen
             seqid = _unpack_i32(buf, start + at)[0]
             return Head(name, mtype, seqid, at, 4, BINARY, at + 4)
@@ -79,7 +80,7 @@ def parse_head(buf: bytes | bytearray | memoryview, start: int = 0, end: int | N
         nlen = _unpack_i32(buf, start)[0]
         if nlen < 0 or nlen > MAX_NAME or 4 + nlen + 5 > avail:
             raise FrameError("not a thrift message (bad name length)")
-        name = str(buf[start + 4:start + 4 + nlen], "utf-8") if names else ""
+        name = str(buf[start + 4 : start + 4 + nlen], "utf-8") if names else ""
         at = 4 + nlen + 1
         mtype = buf[start + at - 1]
         seqid = _unpack_i32(buf, start + at)[0]
@@ -129,7 +130,7 @@ def _parse_compact(buf: bytes | bytearray | memoryview, start: int, end: int) ->
     nlen, pos = _read_varint(buf, pos, end)
     if nlen > MAX_NAME or pos + nlen > end:
         raise FrameError("bad method name length")
-    name = str(buf[pos:pos + nlen], "utf-8")
+    name = str(buf[pos : pos + nlen], "utf-8")
     seqid = seq_u - 0x100000000 if seq_u & 0x80000000 else seq_u
     return Head(name, mtype, seqid, at, seqlen, COMPACT, pos + nlen - start)
 
@@ -140,7 +141,7 @@ def with_seqid(msg: bytes | bytearray, head: Head, seqid: int) -> bytearray:
         at = head.seqid_at
         out = bytearray(msg[:at])
         out += varint(seqid)
-        out += msg[at + head.seqid_len:]
+        out += msg[at + head.seqid_len :]
         return out
     out = bytearray(msg)
     _I32.pack_into(out, head.seqid_at, seqid)
@@ -164,6 +165,5 @@ def app_exception(proto: int, name: str, seqid: int, kind: int, message: str) ->
         head = _pack_i32(len(bname)) + bname + bytes([EXCEPTION]) + _pack_i32(seqid)
     else:
         head = _U32.pack(0x80010000 | EXCEPTION) + _pack_i32(len(bname)) + bname + _pack_i32(seqid)
-    body = (b"\x0b\x00\x01" + _pack_i32(len(bmsg)) + bmsg
-            + b"\x08\x00\x02" + _pack_i32(kind) + b"\x00")
+    body = b"\x0b\x00\x01" + _pack_i32(len(bmsg)) + bmsg + b"\x08\x00\x02" + _pack_i32(kind) + b"\x00"
     return head + body

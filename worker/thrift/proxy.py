@@ -51,8 +51,9 @@ class Target:
         "weight",
     )
 
-    def __init__(self, endpoint: Endpoint, weight: int, settings: PoolSettings, upstreams: Upstreams,
-                 priority: int = 0) -> None:
+    def __init__(
+        self, endpoint: Endpoint, weight: int, settings: PoolSettings, upstreams: Upstreams, priority: int = 0
+    ) -> None:
         self.endpoint = endpoint
         self.weight = weight
         self.priority = priority  # SRV priority (lower first)
@@ -70,15 +71,13 @@ class Target:
             pool = self.pools[kind] = self.upstreams.pool(self.endpoint, kind, self.settings)
         return pool
 
-
     def set_checked(self, verdict: str | None) -> None:
         """For the active health checker (worker/health): the kit's verdicts, applied to the
         target as a whole, as its pools are made per framing on demand."""
         self.held_down = verdict not in (None, UP)
 
     def available(self, now: float) -> bool:
-        return (not self.held_down and not self.admin
-                and all(p.available(now) for p in self.pools.values()))
+        return not self.held_down and not self.admin and all(p.available(now) for p in self.pools.values())
 
     def state(self, now: float) -> str:
         """As the kit's ``Health.state``: operator, DNS drain, active check, ejection."""
@@ -108,9 +107,12 @@ class Route:
 def pool_settings(server_cfg: Any, route_cfg: Any) -> PoolSettings:
     t = server_cfg.timeout
     return PoolSettings(
-        connect_timeout=t.upstream_connect_timeout_sec, read_timeout=t.upstream_read_timeout_sec,
-        max_idle=route_cfg.max_idle_per_upstream, idle_timeout=route_cfg.idle_timeout_sec,
-        eject_after=route_cfg.eject_after_failures, eject_duration=route_cfg.eject_duration_sec,
+        connect_timeout=t.upstream_connect_timeout_sec,
+        read_timeout=t.upstream_read_timeout_sec,
+        max_idle=route_cfg.max_idle_per_upstream,
+        idle_timeout=route_cfg.idle_timeout_sec,
+        eject_after=route_cfg.eject_after_failures,
+        eject_duration=route_cfg.eject_duration_sec,
         max_frame=server_cfg.max_frame_size,
     )
 
@@ -129,15 +131,19 @@ class MethodRouter:
         for rcfg in server_cfg.thrift_routes:
             settings = pool_settings(server_cfg, rcfg)
 
-            def make(ep: Endpoint, weight: int, priority: int,
-                     settings: PoolSettings = settings) -> Target:
+            def make(ep: Endpoint, weight: int, priority: int, settings: PoolSettings = settings) -> Target:
                 return Target(ep, weight, settings, upstreams, priority)
 
             route = Route(rcfg.pattern, RouteTargets(rcfg.upstreams, rcfg.load_balancer, make))
             upstream_admin.register_thrift(server_cfg.name, server_cfg, rcfg, route.targets, self)
             if rcfg.health_check is not None:
-                health.watch_thrift(route.targets, rcfg.health_check, server_cfg.name, rcfg.pattern,
-                                    framed=server_cfg.thrift_transport != "unframed")
+                health.watch_thrift(
+                    route.targets,
+                    rcfg.health_check,
+                    server_cfg.name,
+                    rcfg.pattern,
+                    framed=server_cfg.thrift_transport != "unframed",
+                )
             self.routes.append(route)
             if rcfg.methods is None:
                 if self.default is None:

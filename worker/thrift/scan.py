@@ -19,7 +19,13 @@ from .message import MAX_NAME, Head, parse_head
 
 UUID = 16  # Apache Thrift's 16-byte UUID type
 _FIXED: dict[int, int] = {
-    TType.BOOL: 1, TType.BYTE: 1, TType.DOUBLE: 8, TType.I16: 2, TType.I32: 4, TType.I64: 8, UUID: 16,
+    TType.BOOL: 1,
+    TType.BYTE: 1,
+    TType.DOUBLE: 8,
+    TType.I16: 2,
+    TType.I32: 4,
+    TType.I64: 8,
+    UUID: 16,
 }
 _VALID = frozenset((*_FIXED, TType.STRING, TType.STRUCT, TType.MAP, TType.SET, TType.LIST))
 _S_STRUCT, _S_LIST, _S_MAP = 0, 1, 2

@@ -106,7 +106,7 @@ def _string(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[by
     n, pos = _u16(buf, pos, end)
     if pos + n > end:
         raise FrameError("truncated TTHeader string")
-    return bytes(buf[pos:pos + n]), pos + n
+    return bytes(buf[pos : pos + n]), pos + n
 
 
 def encode_prefix(hdr: TTHeader, seq_id: int, payload_len: int) -> bytes:
