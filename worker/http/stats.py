@@ -55,6 +55,8 @@ class Stats:
     upstream_unsolicited: int
     duration_sum_us: int
     duration_count: int
+    h2_connections_total: int
+    h2_requests: int
     open_connections: int
     active_requests: int
     _bins: list[int]
