@@ -8,27 +8,16 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
+from monolake.worker.counters import GAUGES, SERVER_COUNTERS
+
 COUNTERS = (
-    "connections_total",
-    "requests",
-    "responses_1xx",
-    "responses_2xx",
-    "responses_3xx",
-    "responses_4xx",
-    "responses_5xx",
-    "errors",
-    "bytes_in",
-    "bytes_out",
-    "upstream_connect_failures",
-    "upstream_ejections",
-    "upstream_unsolicited",
+    *SERVER_COUNTERS,
     "duration_sum_us",
     "duration_count",
     # by protocol: of connections_total / requests, those that spoke HTTP/2
     "h2_connections_total",
     "h2_requests",
 )
-GAUGES = ("open_connections", "active_requests")
 # Request duration histogram (the admin listener's monolake_request_duration_seconds): the
 # stats carry cumulative counts ``duration_le_<ms>`` of requests that took at most <ms>.
 DURATION_BUCKETS_MS = (1, 5, 10, 50, 100, 500, 1000, 5000)
