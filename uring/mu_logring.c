@@ -41,19 +41,15 @@ static mu_log_record *slot(mu_logring *r, uint32_t i) {
     return (mu_log_record *)(void *)(r->slots + (size_t)i * MU_LOG_SLOT);
 }
 
-int mu_log_append(mu_logring *r, uint32_t server, uint32_t status, uint64_t bytes_in,
-                  uint64_t bytes_out, double duration, const mu_log_str *f) {
-    size_t text = 0;
-    for (int i = 0; i < MU_LOG_FIELDS; i++)
-        if (f[i].ptr)
-            text += f[i].len;
-    uint32_t k = mu_log_slots(text);
+/* Room for a record of k slots at the head (a pad first if it would run past the end), or
+ * NULL: dropped and counted. */
+static mu_log_record *place(mu_logring *r, uint32_t k) {
     if (r->used == 0) /* empty: start over at slot 0 (no pad needed) */
         r->head = r->tail = 0;
     uint32_t pad = r->head + (uint64_t)k > r->nslots ? r->nslots - r->head : 0;
     if (k > r->nslots || (uint64_t)pad + k > r->nslots - r->used) {
         r->dropped++;
-        return -1;
+        return NULL;
     }
     if (pad) {
         mu_log_record *p = slot(r, r->head);
@@ -64,6 +60,22 @@ int mu_log_append(mu_logring *r, uint32_t server, uint32_t status, uint64_t byte
         r->head = 0;
     }
     mu_log_record *rec = slot(r, r->head);
+    r->head = (r->head + k) % r->nslots;
+    r->used += k;
+    r->appended++;
+    return rec;
+}
+
+int mu_log_append(mu_logring *r, uint32_t server, uint32_t status, uint64_t bytes_in,
+                  uint64_t bytes_out, double duration, const mu_log_str *f) {
+    size_t text = 0;
+    for (int i = 0; i < MU_LOG_FIELDS; i++)
+        if (f[i].ptr)
+            text += f[i].len;
+    uint32_t k = mu_log_slots(text);
+    mu_log_record *rec = place(r, k);
+    if (!rec)
+        return -1;
     memset(rec, 0, sizeof *rec);
     rec->nslots = k;
     rec->server = server;
@@ -84,9 +96,32 @@ int mu_log_append(mu_logring *r, uint32_t server, uint32_t status, uint64_t byte
             memcpy(out, f[i].ptr, f[i].len);
         out += f[i].len;
     }
-    r->head = (r->head + k) % r->nslots;
-    r->used += k;
-    r->appended++;
+    return 0;
+}
+
+int mu_log_append_raw(mu_logring *r, const void *data, size_t size) {
+    mu_log_record h;
+    if (size < sizeof h || size > sizeof h + MAX_TEXT)
+        return -2;
+    memcpy(&h, data, sizeof h);
+    const uint32_t all = (1u << MU_LOG_FIELDS) - 1;
+    if (h.size != size || h.server == MU_LOG_PAD || (h.present & ~all) || (h.utf8 & ~h.present))
+        return -2;
+    size_t text = 0;
+    for (int i = 0; i < MU_LOG_FIELDS; i++) {
+        if (!(h.present & (1u << i)) && h.len[i])
+            return -2;
+        text += h.len[i];
+    }
+    if (text != size - sizeof h)
+        return -2;
+    uint32_t k = mu_log_slots(text);
+    mu_log_record *rec = place(r, k);
+    if (!rec)
+        return -1;
+    memcpy(rec, data, size);
+    rec->nslots = k;
+    rec->reserved = 0;
     return 0;
 }
 

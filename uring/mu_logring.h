@@ -90,6 +90,12 @@ uint32_t mu_log_slots(size_t text);
 int mu_log_append(mu_logring *r, uint32_t server, uint32_t status, uint64_t bytes_in,
                   uint64_t bytes_out, double duration, const mu_log_str *f);
 
+/* Append one record already laid out (a mu_log_record header, its `nslots` ignored, then the
+ * text fields): what Python appends with one call (worker/http/native_logring.py pack). 0,
+ * -1 when dropped (counted), -2 when `rec` is not a well-formed record (size, lengths, bits;
+ * not counted). */
+int mu_log_append_raw(mu_logring *r, const void *rec, size_t size);
+
 /* Move whole records, oldest first, into out (cap bytes), each at an 8-byte aligned offset
  * (record i+1 starts at the next multiple of 8 after record i's `size`), pads skipped. Returns
  * the bytes used; *nrecords (if not NULL) gets the count. Stops at the first record that does
