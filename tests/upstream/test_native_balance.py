@@ -190,6 +190,50 @@ def test_round_robin_position_survives_migration(policy: str) -> None:
         assert nb2.position == py2.position
 
 
+@pytest.mark.parametrize("position", [-7, -1, 0, 4, 5, 2**70 + 3])
+def test_imported_position_modulo(position: int) -> None:
+    """Any int an old state holds lands where Python's ``% n`` puts it."""
+    eps = [Ep(f"e{i}") for i in range(5)]
+    py, nb = _pair("round_robin", eps, 1, False)
+    py.position = position % len(eps)
+    nb.position = position
+    assert nb.position == py.position
+    assert nb.pick(0.0) == _index(py, py.pick(0.0))
+
+
+def test_eligibility_matches_available() -> None:
+    """The table's flags and ejected_until say what Health.available and a Thrift target's
+    available say (the target: its own verdict and admin, and all of its pools')."""
+    from types import SimpleNamespace
+
+    from monolake.worker.thrift.proxy import Target
+
+    rnd = random.Random(5)
+    nb = NativeBalancer("first", 0)
+
+    def health() -> Ep:
+        ep = Ep("h")
+        ep.draining = rnd.random() < 0.2
+        ep.admin = rnd.choice(["", "", "", "disabled", "draining"])
+        ep.checked = rnd.choice([None, None, UP, UNHEALTHY, DOWN])
+        ep.ejected_until = rnd.choice([0.0, 9.0, 10.0, 11.0])
+        return ep
+
+    for _ in range(500):
+        now = 10.0
+        ep = health()
+        target = SimpleNamespace(
+            weight=1,
+            held_down=rnd.random() < 0.2,
+            admin=rnd.choice(["", "", "disabled"]),
+            pools={k: health() for k in range(rnd.randint(0, 3))},
+            load=lambda: 0,
+        )
+        nb.replace([ep, target])
+        assert bool(nbm.lib.mu_bal_available(nb._b, 0, now)) == ep.available(now)
+        assert bool(nbm.lib.mu_bal_available(nb._b, 1, now)) == Target.available(target, now)  # type: ignore[arg-type]
+
+
 def test_weighted_distribution() -> None:
     """The C weighted pick follows the weights (its own stream, no Python involved)."""
     eps = [Ep("a", 1), Ep("b", 3), Ep("c", 6)]

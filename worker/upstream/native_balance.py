@@ -160,7 +160,9 @@ class NativeBalancer:
 
     @position.setter
     def position(self, value: int) -> None:
-        lib.mu_bal_set_position(self._b, int(value) & MASK64)
+        """Python's ``value % n`` (an imported position may be any int, negative too)."""
+        n = int(self._b.n)
+        lib.mu_bal_set_position(self._b, int(value) % n if n else 0)
 
     @property
     def size(self) -> int:
