@@ -93,7 +93,7 @@ def _scenario(seed: int, steps: int, picks: Counter[str]) -> None:
         prio = rnd.choice([0, 0, 10, 20]) if tiered else 0
         return Ep(f"e{serial}", rnd.choice([0, 1, 1, 2, 3, 7, 100]), prio)
 
-    eps = [new_ep() for _ in range(rnd.choice([1, 1, 2, 3, 4, 6, 9]))]
+    eps = [new_ep() for _ in range(rnd.choice([1, 1, 2, 3, 4, 6, 9, 40]))]
     bseed = rnd.getrandbits(64)
     py, nb = _pair(policy, eps, bseed, fallback)
     now = 1000.0
