@@ -226,3 +226,20 @@ def test_flushes_on_the_loop_and_reports_drops() -> None:
     drops = [e for e in logs if e["event"] == "access_log_dropped"]
     assert len(access) == 2
     assert drops == [{"event": "access_log_dropped", "records": 2, "total": 2, "log_level": "warning"}]
+
+
+def test_close_emits_what_is_left() -> None:
+    """A server that stops does not lose the records its ring still holds."""
+
+    async def run() -> list[MutableMapping[str, Any]]:
+        ring = AccessRing(nslots=4, flush_interval=60.0)
+        ring.register("edge", 0, None, structlog.get_logger("monolake.access"))
+        ex, conn = _exchanges()[1]
+        with capture_logs() as logs:
+            ring.log(0, ex, conn)
+            assert logs == []
+            ring.close()
+        return logs
+
+    logs = asyncio.run(run())
+    assert [(e["event"], e["path"], e["status"]) for e in logs] == [("access", "/up/é", 502)]

@@ -264,3 +264,12 @@ def test_no_candidate_and_fallback() -> None:
 def test_bad_policy() -> None:
     with pytest.raises(ValueError, match="unknown load_balancer"):
         NativeBalancer("fastest", 0)
+
+
+def test_default_seeds_differ() -> None:
+    """Without a seed each balancer draws its own (workers must not share one sequence)."""
+    eps = [Ep(f"e{i}") for i in range(10)]
+    a, b = NativeBalancer("random"), NativeBalancer("random")
+    a.replace(eps)
+    b.replace(eps)
+    assert [a.pick(0.0) for _ in range(50)] != [b.pick(0.0) for _ in range(50)]

@@ -310,6 +310,12 @@ class AccessRing:
             self._handle.cancel()
             self._handle = self._loop.call_soon(self.flush)
 
+    def close(self) -> None:
+        """The server stops: what the ring still holds is emitted now."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self.flush()
+
     def flush(self) -> None:
         """Emit every record in the ring: the file lines of a batch in one write."""
         self._handle = None

@@ -17,6 +17,7 @@ after ``load``: each side advances its own, which is what the differential test 
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -96,12 +97,16 @@ class NativeBalancer:
 
     __slots__ = ("_b", "_exclude", "policy")
 
-    def __init__(self, policy: str, seed: int = 0, *, fallback_all: bool = False) -> None:
+    def __init__(self, policy: str, seed: int | None = None, *, fallback_all: bool = False) -> None:
+        """``seed``: the RNG's (a test's); None draws one from os.urandom, so the workers'
+        random choices are not the same sequence."""
         if lib is None:
             raise RuntimeError("the monolake.uring._codec extension is not built")
         if policy not in POLICIES:
             raise ValueError(f"unknown load_balancer {policy!r}")
         self.policy = policy
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
         b = lib.mu_bal_new(POLICIES.index(policy), seed & MASK64, int(fallback_all))
         if b == ffi.NULL:
             raise MemoryError("mu_bal_new")
@@ -109,7 +114,7 @@ class NativeBalancer:
         self._exclude = ffi.new("uint32_t[]", 8)
 
     @classmethod
-    def of(cls, balancer: Balancer, seed: int = 0) -> NativeBalancer:
+    def of(cls, balancer: Balancer, seed: int | None = None) -> NativeBalancer:
         """The C twin of a Python balancer, its state (position included) copied."""
         nb = cls(balancer.policy, seed, fallback_all=balancer._fallback_all)
         nb.load(balancer)
