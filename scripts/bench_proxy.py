@@ -145,9 +145,13 @@ def start_monolake(
     parser: str,
     busy_poll_us: int = 0,
     splice_threshold: int | None = None,
+    access_log: str = "off",
 ) -> Proc:
     cfg = work / f"monolake-{runtime}-{busy_poll_us}-{splice_threshold}.toml"
     splice = "" if splice_threshold is None else f"splice_threshold = {splice_threshold}"
+    # the access log: off, through structlog (log_level info: a line per request), or a file
+    alog = {"off": "", "log": "access_log = true", "file": f'access_log = "{cfg}.access"'}[access_log]
+    level = "info" if access_log == "log" else "warning"
     cfg.write_text(
         textwrap.dedent(f"""
         [runtime]
@@ -155,13 +159,14 @@ def start_monolake(
         busy_poll_us = {busy_poll_us}
         workers = 1
         [supervisor]
-        log_level = "warning"
+        log_level = "{level}"
         [servers.bench]
         proxy_type = "http"
         listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
         backlog = 4096
         http_parser = "{parser}"
         {splice}
+        {alog}
         [[servers.bench.routes]]
         path = "/{{*rest}}"
         preserve_path = true
@@ -263,6 +268,12 @@ def main() -> int:
         help="comma-separated splice_threshold values (bytes, 0 = off): one monolake run per "
         "runtime and value instead of the default (docs/http.md, Spliced bodies)",
     )
+    ap.add_argument(
+        "--access-log",
+        choices=["off", "log", "file"],
+        default="off",
+        help="monolake's access log: off, through structlog (log_level info), or into a file",
+    )
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
@@ -305,7 +316,12 @@ def main() -> int:
         if not only or "monolake" in only:
             for rt in filter(None, args.runtimes.split(",")):
                 mono = functools.partial(
-                    start_monolake, work, upstream=up_port, runtime=rt, parser=args.parser
+                    start_monolake,
+                    work,
+                    upstream=up_port,
+                    runtime=rt,
+                    parser=args.parser,
+                    access_log=args.access_log,
                 )
                 splices = [int(x) for x in filter(None, args.splice_thresholds.split(","))]
                 for n in splices:

@@ -60,12 +60,13 @@ URING = Unit(
     ("mu_ring.c", "mu_fast.c", "mu_lend.c", "mu_splice.c"),
     liburing=True,
 )
-# mu_route / mu_head: the per-request decisions of the native exchange (route match, upstream
-# head), plain C over spans, no CPython API: tested through cffi against their Python twins
+# mu_route / mu_head / mu_balance / mu_logring / mu_counters: the per-request decisions and
+# records of the native exchange (route match, upstream head, upstream choice, access-log ring,
+# stats counters), plain C, no CPython API: tested through cffi against their Python twins
 CODEC = Unit(
     "monolake.uring._codec",
-    ("mu_http.h", "mu_route.h", "mu_head.h"),
-    ("mu_http.c", "mu_lend.c", "mu_route.c", "mu_head.c"),
+    ("mu_http.h", "mu_route.h", "mu_head.h", "mu_balance.h", "mu_logring.h", "mu_counters.h"),
+    ("mu_http.c", "mu_lend.c", "mu_route.c", "mu_head.c", "mu_balance.c", "mu_logring.c", "mu_counters.c"),
     liburing=False,
 )
 UNITS = (URING, CODEC)
