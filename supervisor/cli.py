@@ -272,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.func is cmd_start:
+        # a master started from the command line (not called in-process) runs on glibc
+        # malloc, as its workers do: supervisor/allocator.py says why
+        from monolake.supervisor.allocator import reexec_on_malloc
+
+        reexec_on_malloc()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
