@@ -4,7 +4,7 @@ upstream-HTTP/2 tests (GOAWAY, RST_STREAM, MAX_CONCURRENT_STREAMS, slow windows)
 Run as ``python -m tests.h2.upstream_peer --port P --stats FILE [--max-streams N]
 [--window W]``. Paths: ``/delay/MS`` (answers after MS ms), ``/rst`` (RST_STREAM
 INTERNAL_ERROR), ``/goaway`` (on the first connection: GOAWAY naming the stream before it, so
-this one was not processed), ``/upload`` (reads the body, answers its length and sha256),
+this one was not processed), ``/upload`` (reads the body, answers its length, sha256 and request trailers),
 ``/download/N`` (N bytes, paced by the proxy's window), ``/trailers`` (a body, then
 grpc-status/grpc-message/x-meta trailers), ``/unsolicited/headers`` and ``/unsolicited/data``
 (a complete answer, then in the same write a HEADERS frame on the next stream id the proxy
@@ -62,6 +62,7 @@ class Peer(asyncio.Protocol):
         self.pending: dict[int, tuple[bytearray, list | None]] = {}  # data left, trailers
         self.open: set[int] = set()
         self.echo: set[int] = set()  # echo requests waiting for the end of their body
+        self.trailers: dict[int, list] = {}  # request trailers (``/upload`` answers them)
         save()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,6 +100,10 @@ class Peer(asyncio.Protocol):
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
                 if ev.stream_ended is not None:
                     self.body_done(sid)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self.trailers[ev.stream_id] = [[k.decode(), v.decode()] for k, v in ev.headers]
+                if ev.stream_ended is not None:
+                    self.body_done(ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 self.body_done(ev.stream_id)
             elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
@@ -171,7 +176,10 @@ class Peer(asyncio.Protocol):
     def body_done(self, sid: int) -> None:
         if sid in self.bodies:
             digest = self.bodies.pop(sid).hexdigest()
-            self.respond(sid, json.dumps({"length": self.lengths.pop(sid), "sha256": digest}).encode())
+            doc: dict = {"length": self.lengths.pop(sid), "sha256": digest}
+            if sid in self.trailers:
+                doc["trailers"] = self.trailers.pop(sid)
+            self.respond(sid, json.dumps(doc).encode())
         elif sid in self.echo:
             self.echo.discard(sid)
             self.answer(sid)

@@ -90,8 +90,12 @@ class H2Stream:
         self.conn.flush()
 
     def end(self) -> None:
-        self.req_body = None
-        self.conn.session.end_stream(self.id)
+        body, self.req_body = self.req_body, None
+        trailers = body.trailers if body is not None else None
+        if trailers:  # an h2 client's request trailers: trailing HEADERS here too
+            self.conn.session.send_trailers(self.id, trailer_fields(trailers))
+        else:
+            self.conn.session.end_stream(self.id)
         self.conn.flush()
 
     def abort(self, exc: BaseException | None = None) -> None:
