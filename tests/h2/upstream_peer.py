@@ -5,6 +5,8 @@ Run as ``python -m tests.h2.upstream_peer --port P --stats FILE [--max-streams N
 [--window W]``. Paths: ``/delay/MS`` (answers after MS ms), ``/rst`` (RST_STREAM
 INTERNAL_ERROR), ``/goaway`` (on the first connection: GOAWAY naming the stream before it, so
 this one was not processed), ``/upload`` (reads the body, answers its length, sha256 and request trailers),
+``/goaway-upload?after=N`` (on the first connection: GOAWAY once N body bytes are in, naming
+the stream before it; elsewhere ``/upload``),
 ``/download/N`` (N bytes, paced by the proxy's window), ``/trailers`` (a body, then
 grpc-status/grpc-message/x-meta trailers), ``/unsolicited/headers`` and ``/unsolicited/data``
 (a complete answer, then in the same write a HEADERS frame on the next stream id the proxy
@@ -62,6 +64,7 @@ class Peer(asyncio.Protocol):
         self.pending: dict[int, tuple[bytearray, list | None]] = {}  # data left, trailers
         self.open: set[int] = set()
         self.echo: set[int] = set()  # echo requests waiting for the end of their body
+        self.goaway_after: dict[int, int] = {}  # /goaway-upload streams: body bytes before GOAWAY
         self.trailers: dict[int, list] = {}  # request trailers (``/upload`` answers them)
         save()
 
@@ -98,6 +101,9 @@ class Peer(asyncio.Protocol):
                     self.bodies[sid].update(ev.data)
                     self.lengths[sid] += len(ev.data)
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                if sid in self.goaway_after:
+                    self.maybe_goaway(sid)
+                    continue
                 if ev.stream_ended is not None:
                     self.body_done(sid)
             elif isinstance(ev, h2.events.TrailersReceived):
@@ -126,6 +132,14 @@ class Peer(asyncio.Protocol):
         save()
         self.heads[sid] = head
         path = head.get(b":path", b"/").decode()
+        if path.startswith("/goaway-upload"):  # /goaway-upload?after=N: GOAWAY after N body bytes
+            if self.serial == 1:
+                self.goaway_after[sid] = int(path.partition("after=")[2] or "0")
+                self.bodies[sid] = hashlib.sha256()
+                self.lengths[sid] = 0
+                self.maybe_goaway(sid)
+                return
+            path = "/upload"  # the retry on another connection: read it all, answer its digest
         if path == "/upload":
             self.bodies[sid] = hashlib.sha256()
             self.lengths[sid] = 0
@@ -142,7 +156,7 @@ class Peer(asyncio.Protocol):
             # a raw GOAWAY frame: the h2 library's own close_connection would stop it from
             # finishing the streams below last_stream_id, which is what a graceful peer does
             self.flush()
-            frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=sid - 2, error_code=0)
+            frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=max(sid - 2, 0), error_code=0)
             assert self.transport is not None
             self.transport.write(frame.serialize())
             self.closed(sid)
@@ -172,6 +186,23 @@ class Peer(asyncio.Protocol):
             self.answer(sid)
         else:
             self.echo.add(sid)
+
+    def maybe_goaway(self, sid: int) -> None:
+        """``/goaway-upload``: once ``after`` body bytes are in, GOAWAY naming the stream
+        before this one (raw, as for ``/goaway``): this stream was not processed."""
+        after = self.goaway_after.get(sid)
+        if after is None or self.lengths.get(sid, 0) < after:
+            return
+        del self.goaway_after[sid]
+        self.bodies.pop(sid, None)
+        STATS["goaways"] += 1
+        STATS.setdefault("goaway_after_bytes", []).append(self.lengths.pop(sid, 0))
+        save()
+        self.flush()
+        frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=max(sid - 2, 0), error_code=0)
+        assert self.transport is not None
+        self.transport.write(frame.serialize())
+        self.closed(sid)
 
     def body_done(self, sid: int) -> None:
         if sid in self.bodies:
