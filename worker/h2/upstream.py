@@ -468,6 +468,7 @@ class H2Connection(asyncio.Protocol):
                     return
 
     def _response(self, st: H2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        st.replay = None  # answered: never retried, the kept body bytes can go
         status, fields, length = response_fields(headers, st.via)
         resp = Response(status, fields)
         resp.upstream_info = self.upstream.label
