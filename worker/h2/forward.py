@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from monolake.worker.h2.pool import H2Pool, NotH2
+from monolake.worker.h2.pool import H2Pool, NotH2, PoolFull
 from monolake.worker.h2.translate import request_headers, wants_trailers
 from monolake.worker.h2.upstream import REPLAY_LIMIT, H2Stream
 from monolake.worker.http.client import UpstreamError, UpstreamTimeout
@@ -65,6 +65,11 @@ async def forward(
                 if fallback is None:
                     return text_response(502, f"{up.label} does not speak HTTP/2")
                 return await fallback(route, req, ctx, first=up)
+            except PoolFull as exc:  # at the connection cap: 503, the upstream is not to blame
+                structlog.get_logger().info(
+                    "h2_upstream_pool_full", upstream=up.label, error=str(exc), request_id=ctx.request_id
+                )
+                return _error(exc)
             except UpstreamError as exc:
                 up.connect_failed(stats)
                 structlog.get_logger().info(

@@ -453,6 +453,7 @@ class H2Connection(asyncio.Protocol):
             elif isinstance(e, ev.RemoteSettingsChanged):
                 if not self.ready.done():
                     self.ready.set_result(None)
+                self.pool.slot_free(self.key, everyone=True)  # its stream limit may have grown
             elif isinstance(e, ev.ConnectionTerminated):
                 self.pool.log.info(
                     "h2_upstream_goaway",
@@ -495,10 +496,12 @@ class H2Connection(asyncio.Protocol):
             body.finish()
 
     def _finish(self, st: H2Stream) -> None:
-        """A stream left this connection: its count, and the idle clock when it was the last."""
+        """A stream left this connection: its count, the idle clock when it was the last, and
+        a request queued at the pool's connection cap may take the slot."""
         self.upstream.active -= 1
         if not self.streams:
             self.idle_since = _now()
+        self.pool.slot_free(self.key)
 
     def next_deadline(self, default: float) -> float:
         """The earliest read deadline of a stream that can time out (not paused), or
