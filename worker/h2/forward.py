@@ -56,7 +56,7 @@ async def forward(
                     break
             ctx.upstream = up.label
             try:
-                conn = await pool.acquire(up, route.h2_ssl)
+                conn = await pool.acquire(up, route.h2_ssl, stats)
             except NotH2:
                 if parked is not None:  # an "auto" endpoint that turned HTTP/1.1: no replay there
                     return text_response(
@@ -106,10 +106,12 @@ async def forward(
                     sent=parked.replay_size,
                     request_id=ctx.request_id,
                 )
+                stats.h2_upstream_retry_failures += 1
                 return text_response(
                     502, f"HTTP/2 upstream refused the request after more than {REPLAY_LIMIT} body bytes"
                 )
             st = conn.send(req.method, headers, req.body, via, done, replay_from=parked)
+            stats.h2_upstream_requests += 1
             parked = None
             try:
                 return await waiter
@@ -127,6 +129,7 @@ async def forward(
                         request_id=ctx.request_id,
                     )
                     parked = st if req.body is not None else None
+                    stats.h2_upstream_retries += 1
                     up = None if _attempt else up  # a fresh connection to the same endpoint first
                     continue
                 structlog.get_logger().info(
@@ -135,6 +138,7 @@ async def forward(
                 replayable = st.replayable
                 st.release()
                 if exc.retryable and req.body is not None and not replayable:
+                    stats.h2_upstream_retry_failures += 1
                     return text_response(
                         502, f"HTTP/2 upstream refused the request after more than {REPLAY_LIMIT} body bytes"
                     )

@@ -70,10 +70,11 @@ class H2Pool:
         return mode == "h2" or self.alpn.get(up.key) != "http/1.1"
 
     # -- checkout ------------------------------------------------------------------------
-    async def acquire(self, up: Upstream, ssl_ctx: Any = None) -> H2Connection:
+    async def acquire(self, up: Upstream, ssl_ctx: Any = None, stats: Any = None) -> H2Connection:
         """A connection to ``up`` with a free stream slot: an existing one, one being opened
         by another request (awaited), or a new one. ``ssl_ctx``: an "auto" route's context
-        offering h2 and http/1.1 (``NotH2`` when the upstream picks http/1.1)."""
+        offering h2 and http/1.1 (``NotH2`` when the upstream picks http/1.1). ``stats``: the
+        server's counters (``h2_upstream_cap_waits``, ``h2_upstream_cap_timeouts``)."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         if up.discovered is not None:
@@ -96,7 +97,14 @@ class H2Pool:
             if not deadline:
                 deadline = _now() + self.connect_timeout
                 self.queued += 1
-            await self._wait_slot(up, deadline)
+                if stats is not None:
+                    stats.h2_upstream_cap_waits += 1
+            try:
+                await self._wait_slot(up, deadline)
+            except PoolFull:
+                if stats is not None:
+                    stats.h2_upstream_cap_timeouts += 1
+                raise
 
     def open_count(self, key: tuple) -> int:
         """Connections to ``key`` the cap counts: those taking streams and those connecting.
