@@ -118,7 +118,7 @@ class H2Stream:
             if self.replay_size > REPLAY_LIMIT:
                 self.replay = None  # too long to replay: a refused stream becomes a 502
             else:
-                self.replay.append(data)
+                self.replay.append(data if isinstance(data, bytes) else bytes(data))  # owned bytes
 
     def end(self) -> None:
         if self.next is not None:
