@@ -112,3 +112,32 @@ def test_h2_client_body_and_trailers_replayed(tmp_path: Path, peer: Peer) -> Non
     assert resp.status == 200 and dict(resp.headers)[b"x-conn"] == b"2", resp.headers
     doc = json.loads(bytes(resp.body))
     assert doc["length"] == 30_000 and doc["trailers"] == [["x-sum", "7"]], doc
+
+
+def test_refused_stream_replays_on_the_same_endpoint(tmp_path: Path, peer: Peer) -> None:
+    """RST_STREAM(REFUSED_STREAM) on the head (RFC 9113 §8.7: not processed): the request and
+    its body go again, the connection stays (no GOAWAY: the retry may use it)."""
+    body = pattern(30_000)
+    with run_worker(tmp_path, proxy_config(peer.port)) as w:
+        status, data, _ = post(w.port(), "/refuse-upload", body)
+    assert status == 200, data
+    assert json.loads(data)["sha256"] == hashlib.sha256(body).hexdigest()
+    st = peer.stats()
+    assert st["refused"] == 1 and st["goaways"] == 0 and st["streams"] == 2, st
+
+
+def test_queued_unsent_body_bytes_are_replayed(tmp_path: Path) -> None:
+    """The peer's 16 KiB stream window holds the proxy back: when the GOAWAY comes, most of
+    the 60 000-byte body sits in the refused stream's send queue, unsent (nghttp2 drops it
+    with the stream). The replay buffer has every byte the stream took, so connection 2 gets
+    all of them."""
+    small = start_peer(tmp_path, "--window", "16384")
+    try:
+        body = pattern(60_000)
+        with run_worker(tmp_path, proxy_config(small.port)) as w:
+            status, data, headers = post(w.port(), "/goaway-upload?after=1000", body, chunked=True)
+        assert status == 200 and headers["x-conn"] == "2", data
+        assert json.loads(data) == {"length": 60_000, "sha256": hashlib.sha256(body).hexdigest()}
+        assert small.stats()["goaway_after_bytes"][0] <= 16384  # the rest was never on the wire
+    finally:
+        kill_pids([small.proc.pid])

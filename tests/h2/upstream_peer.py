@@ -6,7 +6,8 @@ Run as ``python -m tests.h2.upstream_peer --port P --stats FILE [--max-streams N
 INTERNAL_ERROR), ``/goaway`` (on the first connection: GOAWAY naming the stream before it, so
 this one was not processed), ``/upload`` (reads the body, answers its length, sha256 and request trailers),
 ``/goaway-upload?after=N`` (on the first connection: GOAWAY once N body bytes are in, naming
-the stream before it; elsewhere ``/upload``),
+the stream before it; elsewhere ``/upload``), ``/refuse-upload`` (the first one: RST_STREAM
+REFUSED_STREAM on its head; later ones ``/upload``),
 ``/download/N`` (N bytes, paced by the proxy's window), ``/trailers`` (a body, then
 grpc-status/grpc-message/x-meta trailers), ``/unsolicited/headers`` and ``/unsolicited/data``
 (a complete answer, then in the same write a HEADERS frame on the next stream id the proxy
@@ -132,6 +133,16 @@ class Peer(asyncio.Protocol):
         save()
         self.heads[sid] = head
         path = head.get(b":path", b"/").decode()
+        if path.startswith("/refuse-upload") and not STATS.get("refused"):
+            # RST_STREAM(REFUSED_STREAM) once, on the head: the proxy retries (this connection
+            # stays usable); later ones are uploads
+            STATS["refused"] = 1
+            save()
+            self.conn.reset_stream(sid, 7)
+            self.closed(sid)
+            return
+        if path.startswith("/refuse-upload"):
+            path = "/upload"
         if path.startswith("/goaway-upload"):  # /goaway-upload?after=N: GOAWAY after N body bytes
             if self.serial == 1:
                 self.goaway_after[sid] = int(path.partition("after=")[2] or "0")

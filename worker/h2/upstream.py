@@ -113,9 +113,12 @@ class H2Stream:
         self.conn.flush()
 
     def _keep(self, data: bytes) -> None:
+        """Keep what is sent, up to REPLAY_LIMIT. Parked, every byte is kept: none of it was
+        sent, and the paused client can only deliver what was already under way (one read
+        for HTTP/1.1, at most one stream window for h2)."""
         if self.replay is not None:
             self.replay_size += len(data)
-            if self.replay_size > REPLAY_LIMIT:
+            if self.replay_size > REPLAY_LIMIT and not self.parked:
                 self.replay = None  # too long to replay: a refused stream becomes a 502
             else:
                 self.replay.append(data if isinstance(data, bytes) else bytes(data))  # owned bytes
