@@ -107,9 +107,7 @@ async def forward(
                     request_id=ctx.request_id,
                 )
                 stats.h2_upstream_retry_failures += 1
-                return text_response(
-                    502, f"HTTP/2 upstream refused the request after more than {REPLAY_LIMIT} body bytes"
-                )
+                return _no_replay()
             st = conn.send(req.method, headers, req.body, via, done, replay_from=parked)
             stats.h2_upstream_requests += 1
             parked = None
@@ -139,14 +137,21 @@ async def forward(
                 st.release()
                 if exc.retryable and req.body is not None and not replayable:
                     stats.h2_upstream_retry_failures += 1
-                    return text_response(
-                        502, f"HTTP/2 upstream refused the request after more than {REPLAY_LIMIT} body bytes"
-                    )
+                    return _no_replay()
                 return _error(exc)
         return _error(last) if last is not None else text_response(503, "no healthy upstream")
     finally:
         if parked is not None:
             parked.release()  # no retry took the body: keep reading the client, drop the bytes
+
+
+def _no_replay() -> Response:
+    """A refused request whose body cannot go again (see ``H2Stream.replayable``)."""
+    return text_response(
+        502,
+        f"HTTP/2 upstream refused the request; its body cannot be sent again "
+        f"(more than {REPLAY_LIMIT} bytes taken, or broken off)",
+    )
 
 
 def _error(exc: UpstreamError) -> Response:

@@ -231,7 +231,7 @@ class H2Stream:
             exc.retryable
             and cb is not None
             and self.replay is not None
-            and (self.req_body is not None or self.body_end is not None)
+            and (self.req_body is not None or isinstance(self.body_end, list))
         ):
             self._park()  # before the callback: forward() decides on ``replayable``
         if cb is not None:
