@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from monolake.worker.http.message import trailer_lines
-from tests.h2.peer import H2LibClient, Response
+from tests.h2.peer import H2LibClient
 from tests.h2.recorder import Recorder
 from tests.h2.test_downstream import config
 from tests.h2.test_upstream_h2 import start_peer
@@ -28,20 +28,6 @@ def recorder() -> Iterator[Recorder]:
         yield rec
 
 
-def _post_with_trailers(
-    c: H2LibClient, path: str, chunks: list[bytes], trailers: list[tuple[str, str]], extra: list | None = None
-) -> int:
-    sid = c.conn.get_next_available_stream_id()
-    c.conn.send_headers(sid, c.headers(path, "POST", extra))
-    c.responses[sid] = Response()
-    c.flush()
-    for chunk in chunks:
-        c.send_body(sid, chunk, end_stream=False)
-    c.conn.send_headers(sid, trailers, end_stream=True)
-    c.flush()
-    return sid
-
-
 @pytest.mark.parametrize("loop", LOOPS)
 def test_request_trailers_reach_http11_upstream_chunked(
     tmp_path: Path, recorder: Recorder, loop: str
@@ -53,8 +39,7 @@ def test_request_trailers_reach_http11_upstream_chunked(
         c = H2LibClient(w.port(), timeout=20)
         try:
             body = [b"a" * 1000, b"b" * 70_000, b"c"]
-            sid = _post_with_trailers(
-                c,
+            sid = c.post_with_trailers(
                 "/t",
                 body,
                 [("x-checksum", "abc123"), ("grpc-status", "0")],
@@ -83,19 +68,9 @@ def test_trailers_with_100_continue_and_keepalive(tmp_path: Path, recorder: Reco
     with run_worker(tmp_path, config(recorder.port)) as w:
         c = H2LibClient(w.port(), timeout=20)
         try:
-            sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, c.headers("/e", "POST", [("expect", "100-continue")]))
-            c.responses[sid] = Response()
-            c.flush()
-            c.pump(
-                lambda: any(
-                    getattr(e, "stream_id", 0) == sid and type(e).__name__ == "InformationalResponseReceived"
-                    for e in c.events
-                )
+            sid = c.post_with_trailers(
+                "/e", [b"z" * 5000], [("x-after", "continue")], [("expect", "100-continue")], interim=True
             )
-            c.send_body(sid, b"z" * 5000, end_stream=False)
-            c.conn.send_headers(sid, [("x-after", "continue")], end_stream=True)
-            c.flush()
             assert c.wait(sid).status == 200
             again = c.request("/plain", b"no trailers here")
             assert again.status == 200
@@ -136,8 +111,8 @@ def test_nghttp_request_trailers(tmp_path: Path, recorder: Recorder) -> None:
         assert json.loads(r.stdout)["length"] == 40_000, r.stdout
         c = H2LibClient(w.port(), timeout=20)
         try:
-            sid = _post_with_trailers(
-                c, "/cl", [b"p" * 30_000], [("x-lost", "1")], [("content-length", "30000")]
+            sid = c.post_with_trailers(
+                "/cl", [b"p" * 30_000], [("x-lost", "1")], [("content-length", "30000")]
             )
             assert c.wait(sid).status == 200
         finally:
@@ -175,7 +150,7 @@ def test_request_trailers_reach_h2_upstream(tmp_path: Path) -> None:
         with run_worker(tmp_path, config(peer.port, version="http2")) as w:
             c = H2LibClient(w.port(), timeout=20)
             try:
-                sid = _post_with_trailers(c, "/upload", [b"u" * 50_000], [("x-sum", "42")])
+                sid = c.post_with_trailers("/upload", [b"u" * 50_000], [("x-sum", "42")])
                 resp = c.wait(sid)
                 assert resp.status == 200, resp.headers
                 doc = json.loads(bytes(resp.body))

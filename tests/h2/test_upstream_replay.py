@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from monolake.worker.h2.upstream import REPLAY_LIMIT
-from tests.h2.peer import H2LibClient, Response
+from tests.h2.peer import H2LibClient
 from tests.h2.test_downstream import config
 from tests.h2.test_upstream_h2 import Peer, proxy_config, start_peer
 from tests.http.conftest import LOOPS, run_worker
@@ -99,13 +99,7 @@ def test_h2_client_body_and_trailers_replayed(tmp_path: Path, peer: Peer) -> Non
     with run_worker(tmp_path, config(peer.port, version="http2")) as w:
         c = H2LibClient(w.port(), timeout=20)
         try:
-            sid = c.conn.get_next_available_stream_id()
-            c.conn.send_headers(sid, c.headers("/goaway-upload?after=5000", "POST"))
-            c.responses[sid] = Response()
-            c.flush()
-            c.send_body(sid, b"r" * 30_000, end_stream=False)
-            c.conn.send_headers(sid, [("x-sum", "7")], end_stream=True)
-            c.flush()
+            sid = c.post_with_trailers("/goaway-upload?after=5000", [b"r" * 30_000], [("x-sum", "7")])
             resp = c.wait(sid)
         finally:
             c.close()
