@@ -167,6 +167,8 @@ class RouteConfig:
     tls_sni: str | None = None
     upstream_http_version: str | None = None  # None: the server's; "http2" | "http11" | "auto"
     max_idle_per_upstream: int = 32
+    # http routes with an h2 upstream: multiplexed connections per upstream endpoint per worker
+    max_h2_connections_per_upstream: int = 16
     idle_timeout_sec: float = 60.0
     eject_after_failures: int = 3
     eject_duration_sec: float = 10.0

@@ -36,6 +36,7 @@ HTTP_ROUTE_KEYS = (
     "tls_client_key",
     "tls_sni",
     "upstream_http_version",
+    "max_h2_connections_per_upstream",
     *POOL_KEYS,
 )
 THRIFT_ROUTE_KEYS = ("methods", "load_balancer", "upstreams", *POOL_KEYS)
@@ -267,6 +268,9 @@ def _http_route(r: Table) -> RouteConfig | None:
     preserve_path = r.boolean("preserve_path", False)
     health_check = parse_health_check(r, "http")
     version = upstream_http_version(r, None) if "upstream_http_version" in r.raw else None
+    # Envoy's circuit breaker max_connections, nginx's max_conns; at the cap requests wait for
+    # a stream slot (docs/http2.md, *Connection cap*)
+    max_h2 = r.integer("max_h2_connections_per_upstream", 16, lo=1, hi=1024)
     upstreams = parse_upstreams(r, "http")
     if not upstreams or (path is None and prefix is None):
         return None
@@ -283,6 +287,7 @@ def _http_route(r: Table) -> RouteConfig | None:
         tls_sni=tls_sni,
         health_check=health_check,
         upstream_http_version=version,
+        max_h2_connections_per_upstream=max_h2,
         **pool,
     )
 

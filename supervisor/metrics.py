@@ -46,6 +46,38 @@ SERVER_COUNTERS: dict[str, tuple[str, str]] = {
         "Upstream connections closed, not pooled, because bytes followed a complete response.",
     ),
 }
+# HTTP/2, reported by the HTTP engine only (worker/http/stats.py): a server without them (thrift)
+# gets no series rather than zeros that would read as "no HTTP/2 traffic"
+H2_COUNTERS: dict[str, tuple[str, str]] = {
+    "h2_connections_total": (
+        "monolake_h2_connections_total",
+        "Client connections that spoke HTTP/2 (also counted in monolake_connections_total).",
+    ),
+    "h2_requests": (
+        "monolake_h2_requests_total",
+        "HTTP/2 client streams (requests; also counted in monolake_requests_total).",
+    ),
+    "h2_upstream_requests": (
+        "monolake_h2_upstream_requests_total",
+        "Requests sent to HTTP/2 upstreams as streams, retries included.",
+    ),
+    "h2_upstream_retries": (
+        "monolake_h2_upstream_retries_total",
+        "Requests sent again on a new connection after an upstream GOAWAY or REFUSED_STREAM.",
+    ),
+    "h2_upstream_retry_failures": (
+        "monolake_h2_upstream_retry_failures_total",
+        "Refused requests answered 502 because their body had outgrown the replay buffer.",
+    ),
+    "h2_upstream_cap_waits": (
+        "monolake_h2_upstream_cap_waits_total",
+        "Requests that waited for a stream slot at max_h2_connections_per_upstream.",
+    ),
+    "h2_upstream_cap_timeouts": (
+        "monolake_h2_upstream_cap_timeouts_total",
+        "Requests answered 503: no stream slot at the connection cap within the connect timeout.",
+    ),
+}
 SERVER_GAUGES: dict[str, tuple[str, str]] = {
     "open_connections": ("monolake_open_connections", "Client connections open now."),
     "active_requests": ("monolake_active_requests", "Requests in flight now."),
@@ -56,7 +88,13 @@ DURATION = ("monolake_request_duration_seconds", "Time from a request's head to 
 BUCKET_KEY = re.compile(r"^duration_le_(\d+)$")  # cumulative count of requests <= N ms
 HISTOGRAM_KEYS = ("duration_sum_us", "duration_count")
 KNOWN_KEYS = frozenset(
-    [*SERVER_COUNTERS, *SERVER_GAUGES, *HISTOGRAM_KEYS, *(f"responses_{c}" for c in STATUS_CLASSES)]
+    [
+        *SERVER_COUNTERS,
+        *H2_COUNTERS,
+        *SERVER_GAUGES,
+        *HISTOGRAM_KEYS,
+        *(f"responses_{c}" for c in STATUS_CLASSES),
+    ]
 )
 
 
@@ -143,6 +181,9 @@ def add_server_series(reg: Registry, labels: dict[str, str], stats: dict[str, in
     for key, (name, text) in SERVER_GAUGES.items():
         reg.family(name, "gauge", text).add(labels, int(stats.get(key, 0)))
     add_histogram(reg, labels, stats)
+    if "h2_requests" in stats:
+        for key, (name, text) in H2_COUNTERS.items():
+            reg.family(name, "counter", text).add(labels, int(stats.get(key, 0)))
     for key in sorted(stats):
         if key in KNOWN_KEYS or BUCKET_KEY.match(key):
             continue

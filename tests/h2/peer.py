@@ -77,6 +77,34 @@ class H2LibClient:
             self.conn.end_stream(sid)
             self.flush()
 
+    def post_with_trailers(
+        self,
+        path: str,
+        chunks: list[bytes],
+        trailers: list[tuple[str, str]],
+        extra: list | None = None,
+        interim: bool = False,
+    ) -> int:
+        """A POST whose body ends with trailing HEADERS; ``interim``: wait for a 1xx head
+        (``expect: 100-continue`` in ``extra``) before the body."""
+        sid = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(sid, self.headers(path, "POST", extra))
+        self.responses[sid] = Response()
+        self.flush()
+        if interim:
+            self.pump(
+                lambda: any(
+                    getattr(e, "stream_id", 0) == sid
+                    and isinstance(e, h2.events.InformationalResponseReceived)
+                    for e in self.events
+                )
+            )
+        for chunk in chunks:
+            self.send_body(sid, chunk, end_stream=False)
+        self.conn.send_headers(sid, trailers, end_stream=True)
+        self.flush()
+        return sid
+
     def pump(self, until, deadline: float | None = None) -> None:
         deadline = deadline or (time.monotonic() + self.timeout)
         while not until():

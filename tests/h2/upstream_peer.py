@@ -4,7 +4,10 @@ upstream-HTTP/2 tests (GOAWAY, RST_STREAM, MAX_CONCURRENT_STREAMS, slow windows)
 Run as ``python -m tests.h2.upstream_peer --port P --stats FILE [--max-streams N]
 [--window W]``. Paths: ``/delay/MS`` (answers after MS ms), ``/rst`` (RST_STREAM
 INTERNAL_ERROR), ``/goaway`` (on the first connection: GOAWAY naming the stream before it, so
-this one was not processed), ``/upload`` (reads the body, answers its length and sha256),
+this one was not processed), ``/upload`` (reads the body, answers its length, sha256 and request trailers),
+``/goaway-upload?after=N`` (on the first connection: GOAWAY once N body bytes are in, naming
+the stream before it; elsewhere ``/upload``), ``/refuse-upload`` (the first one: RST_STREAM
+REFUSED_STREAM on its head; later ones ``/upload``),
 ``/download/N`` (N bytes, paced by the proxy's window), ``/trailers`` (a body, then
 grpc-status/grpc-message/x-meta trailers), ``/unsolicited/headers`` and ``/unsolicited/data``
 (a complete answer, then in the same write a HEADERS frame on the next stream id the proxy
@@ -62,6 +65,8 @@ class Peer(asyncio.Protocol):
         self.pending: dict[int, tuple[bytearray, list | None]] = {}  # data left, trailers
         self.open: set[int] = set()
         self.echo: set[int] = set()  # echo requests waiting for the end of their body
+        self.goaway_after: dict[int, int] = {}  # /goaway-upload streams: body bytes before GOAWAY
+        self.trailers: dict[int, list] = {}  # request trailers (``/upload`` answers them)
         save()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,8 +102,15 @@ class Peer(asyncio.Protocol):
                     self.bodies[sid].update(ev.data)
                     self.lengths[sid] += len(ev.data)
                 self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                if sid in self.goaway_after:
+                    self.maybe_goaway(sid)
+                    continue
                 if ev.stream_ended is not None:
                     self.body_done(sid)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self.trailers[ev.stream_id] = [[k.decode(), v.decode()] for k, v in ev.headers]
+                if ev.stream_ended is not None:
+                    self.body_done(ev.stream_id)
             elif isinstance(ev, h2.events.StreamEnded):
                 self.body_done(ev.stream_id)
             elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
@@ -121,6 +133,24 @@ class Peer(asyncio.Protocol):
         save()
         self.heads[sid] = head
         path = head.get(b":path", b"/").decode()
+        if path.startswith("/refuse-upload") and not STATS.get("refused"):
+            # RST_STREAM(REFUSED_STREAM) once, on the head: the proxy retries (this connection
+            # stays usable); later ones are uploads
+            STATS["refused"] = 1
+            save()
+            self.conn.reset_stream(sid, 7)
+            self.closed(sid)
+            return
+        if path.startswith("/refuse-upload"):
+            path = "/upload"
+        if path.startswith("/goaway-upload"):  # /goaway-upload?after=N: GOAWAY after N body bytes
+            if self.serial == 1:
+                self.goaway_after[sid] = int(path.partition("after=")[2] or "0")
+                self.bodies[sid] = hashlib.sha256()
+                self.lengths[sid] = 0
+                self.maybe_goaway(sid)
+                return
+            path = "/upload"  # the retry on another connection: read it all, answer its digest
         if path == "/upload":
             self.bodies[sid] = hashlib.sha256()
             self.lengths[sid] = 0
@@ -137,7 +167,7 @@ class Peer(asyncio.Protocol):
             # a raw GOAWAY frame: the h2 library's own close_connection would stop it from
             # finishing the streams below last_stream_id, which is what a graceful peer does
             self.flush()
-            frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=sid - 2, error_code=0)
+            frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=max(sid - 2, 0), error_code=0)
             assert self.transport is not None
             self.transport.write(frame.serialize())
             self.closed(sid)
@@ -168,10 +198,30 @@ class Peer(asyncio.Protocol):
         else:
             self.echo.add(sid)
 
+    def maybe_goaway(self, sid: int) -> None:
+        """``/goaway-upload``: once ``after`` body bytes are in, GOAWAY naming the stream
+        before this one (raw, as for ``/goaway``): this stream was not processed."""
+        after = self.goaway_after.get(sid)
+        if after is None or self.lengths.get(sid, 0) < after:
+            return
+        del self.goaway_after[sid]
+        self.bodies.pop(sid, None)
+        STATS["goaways"] += 1
+        STATS.setdefault("goaway_after_bytes", []).append(self.lengths.pop(sid, 0))
+        save()
+        self.flush()
+        frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=max(sid - 2, 0), error_code=0)
+        assert self.transport is not None
+        self.transport.write(frame.serialize())
+        self.closed(sid)
+
     def body_done(self, sid: int) -> None:
         if sid in self.bodies:
             digest = self.bodies.pop(sid).hexdigest()
-            self.respond(sid, json.dumps({"length": self.lengths.pop(sid), "sha256": digest}).encode())
+            doc: dict = {"length": self.lengths.pop(sid), "sha256": digest}
+            if sid in self.trailers:
+                doc["trailers"] = self.trailers.pop(sid)
+            self.respond(sid, json.dumps(doc).encode())
         elif sid in self.echo:
             self.echo.discard(sid)
             self.answer(sid)

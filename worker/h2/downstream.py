@@ -27,6 +27,7 @@ from monolake.worker.h2.events import (
 )
 from monolake.worker.h2.session import H2ServerSession
 from monolake.worker.h2.settings import H2Settings
+from monolake.worker.h2.translate import announces_trailers
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.exchange import Exchange, discard_response
 from monolake.worker.http.message import Request, Response, text_response
@@ -693,7 +694,8 @@ def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Req
             return None, 413
     body = None
     if not ev.end_stream:
-        body = BodyStream(length, producer)
+        # a body whose trailer fields are announced (``trailer``) goes on chunked, so they can follow
+        body = BodyStream(None if announces_trailers(headers) else length, producer)
         if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
             body.on_consume = producer.send_continue
     path, _, query = target.partition("?")

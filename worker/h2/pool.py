@@ -12,6 +12,7 @@ the router's ``Balancer``/``Upstream`` as they are) so it can move onto a shared
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from time import monotonic as _now
 from typing import Any
 
@@ -30,6 +31,13 @@ class NotH2(UpstreamError):
     """ALPN picked something other than h2 ("auto" on https): the HTTP/1.1 path serves it."""
 
 
+class PoolFull(UpstreamError):
+    """Every connection the cap allows is full and none freed a stream slot in time: 503 (the
+    upstream did not fail, so this is no connect failure and ejects nothing)."""
+
+    status = 503
+
+
 class H2Pool:
     """The h2 connections of one worker (all servers share it: endpoints are keyed)."""
 
@@ -44,6 +52,10 @@ class H2Pool:
         self.opened = 0  # connections opened (tests, metrics)
         self.resets = 0  # streams the upstream reset
         self._connecting: dict[tuple, asyncio.Future] = {}
+        self._opening: dict[tuple, int] = {}  # connects under way per endpoint (the cap counts them)
+        self._waiters: dict[tuple, deque[asyncio.Future]] = {}  # requests queued at the cap
+        self.queued = 0  # requests that waited at the cap (metrics)
+        self.cap_timeouts = 0  # requests answered 503 after waiting at the cap
         self.alpn: dict[tuple, str] = {}  # "auto" endpoints: what ALPN picked last time
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0  # when ``_timer`` fires (monotonic)
@@ -58,27 +70,86 @@ class H2Pool:
         return mode == "h2" or self.alpn.get(up.key) != "http/1.1"
 
     # -- checkout ------------------------------------------------------------------------
-    async def acquire(self, up: Upstream, ssl_ctx: Any = None) -> H2Connection:
+    async def acquire(self, up: Upstream, ssl_ctx: Any = None, stats: Any = None) -> H2Connection:
         """A connection to ``up`` with a free stream slot: an existing one, one being opened
         by another request (awaited), or a new one. ``ssl_ctx``: an "auto" route's context
-        offering h2 and http/1.1 (``NotH2`` when the upstream picks http/1.1)."""
+        offering h2 and http/1.1 (``NotH2`` when the upstream picks http/1.1). ``stats``: the
+        server's counters (``h2_upstream_cap_waits``, ``h2_upstream_cap_timeouts``)."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
         if up.discovered is not None:
             up = await self._resolved(up)
+        key = up.key
+        deadline = 0.0
         while True:
-            conn = self._with_capacity(up.key)
+            conn = self._with_capacity(key)
             if conn is not None:
                 return conn
-            pending = self._connecting.get(up.key)
-            if pending is None:
-                break
-            await asyncio.shield(pending)
-            conn = self._with_capacity(up.key)
-            if conn is not None:
-                return conn
-            break  # the new one is full already: open another
-        return await self._connect(up, ssl_ctx)
+            pending = self._connecting.get(key)
+            if pending is not None:
+                await asyncio.shield(pending)
+                conn = self._with_capacity(key)
+                if conn is not None:
+                    return conn
+                # the new one is full already: open another (within the cap)
+            if self.open_count(key) < up.h2_max_conns:
+                return await self._connect(up, ssl_ctx)
+            if not deadline:
+                deadline = _now() + self.connect_timeout
+                self.queued += 1
+                if stats is not None:
+                    stats.h2_upstream_cap_waits += 1
+            try:
+                await self._wait_slot(up, deadline)
+            except PoolFull:
+                if stats is not None:
+                    stats.h2_upstream_cap_timeouts += 1
+                raise
+
+    def open_count(self, key: tuple) -> int:
+        """Connections to ``key`` the cap counts: those taking streams and those connecting.
+        One that got GOAWAY takes no new streams and is not counted (it closes when its
+        streams end)."""
+        return len(self.conns.get(key, ())) + self._opening.get(key, 0)
+
+    async def _wait_slot(self, up: Upstream, deadline: float) -> None:
+        """At the cap: wait (FIFO) for a stream slot or a connection slot on ``up``, until
+        ``deadline`` (the upstream connect timeout, started when the request first queued);
+        then 503, as Envoy answers a request its circuit breaker overflows."""
+        assert self.loop is not None
+        fut: asyncio.Future = self.loop.create_future()
+        queue = self._waiters.setdefault(up.key, deque())
+        queue.append(fut)
+        self._tick_soon()  # the tick wakes every waiter once a second: no wake-up is lost for good
+        try:
+            async with asyncio.timeout(max(0.0, deadline - _now())):
+                await fut
+        except TimeoutError:
+            self.cap_timeouts += 1
+            self.log.info("h2_upstream_cap_timeout", upstream=up.label, cap=up.h2_max_conns)
+            raise PoolFull(
+                f"{up.label}: all {up.h2_max_conns} HTTP/2 connections are full "
+                f"(max_h2_connections_per_upstream); no stream slot within {self.connect_timeout:g} s"
+            ) from None
+        finally:
+            try:
+                queue.remove(fut)
+            except ValueError:
+                pass
+            if not queue and self._waiters.get(up.key) is queue:
+                del self._waiters[up.key]
+
+    def slot_free(self, key: tuple, everyone: bool = False) -> None:
+        """A stream ended on a connection to ``key`` (wake the first waiter), or a connection
+        became ready, closed or raised its limit (wake them all: each one re-checks)."""
+        queue = self._waiters.get(key)
+        if not queue:
+            return
+        for fut in queue:
+            if not fut.done():
+                fut.set_result(None)
+                if not everyone:
+                    return
 
     def _with_capacity(self, key: tuple) -> H2Connection | None:
         best: H2Connection | None = None
@@ -107,6 +178,8 @@ class H2Pool:
         first = up.key not in self._connecting
         if first:
             self._connecting[up.key] = done
+        self._opening[up.key] = self._opening.get(up.key, 0) + 1
+        opening = True  # counted in ``_opening`` until it is in ``conns`` or failed
         factory = lambda: H2Connection(self, up, self.settings)  # noqa: E731
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -123,6 +196,8 @@ class H2Pool:
                     if picked != "h2":
                         conn.abort()
                         raise NotH2(f"{up.label} picked {picked or 'no protocol'} by ALPN")
+                opening = False
+                self._opened_one(up.key)
                 self.conns.setdefault(up.key, []).append(conn)
                 self.live.add(conn)
                 self.opened += 1
@@ -140,8 +215,22 @@ class H2Pool:
         except UpstreamError as exc:
             self._settle(up.key, done, exc)
             raise
+        except BaseException:  # cancelled (the client went away): the others try for themselves
+            self._settle(up.key, done, None)
+            raise
+        finally:
+            if opening:
+                self._opened_one(up.key)
+            self.slot_free(up.key, everyone=True)  # ready, or failed: the cap's queue re-checks
         self._settle(up.key, done, None)
         return conn
+
+    def _opened_one(self, key: tuple) -> None:
+        n = self._opening.get(key, 0) - 1
+        if n > 0:
+            self._opening[key] = n
+        else:
+            self._opening.pop(key, None)
 
     def _settle(self, key: tuple, done: asyncio.Future, exc: BaseException | None) -> None:
         if self._connecting.get(key) is done:
@@ -160,11 +249,13 @@ class H2Pool:
             lst.remove(conn)
             if not lst:
                 del self.conns[conn.key]
+            self.slot_free(conn.key, everyone=True)  # no longer counted by the cap
 
     def dropped(self, conn: H2Connection) -> None:
         """``conn`` is closed."""
         self.forget(conn)
         self.live.discard(conn)
+        self.slot_free(conn.key, everyone=True)  # under the cap again: a waiter may connect
 
     def stats_reset(self, e: StreamReset) -> None:
         if e.remote and not e.retryable:
@@ -190,6 +281,8 @@ class H2Pool:
     def _tick(self) -> None:
         self._timer = None
         now = _now()
+        for key in list(self._waiters):
+            self.slot_free(key, everyone=True)
         due = now + TICK
         for conn in list(self.live):  # a GOAWAY'd connection's streams time out too
             conn.check_timeouts(now)
@@ -199,7 +292,7 @@ class H2Pool:
                 conn.flush()
                 conn.close()
             due = min(due, conn.next_deadline(due))
-        if self.live:
+        if self.live or self._waiters:
             self._tick_soon()
             self.wake_by(due)
 

@@ -35,6 +35,13 @@ def wants_trailers(headers: Headers) -> bool:
     return b"trailers" in header_tokens(headers, b"te")
 
 
+def announces_trailers(headers: Headers) -> bool:
+    """The request names its trailer fields (``Trailer``, RFC 9110 §6.6.2): towards HTTP/1.1
+    its body goes chunked even with a content-length, because only a chunked message has a
+    trailer section (without the announcement a content-length body loses them, as in Envoy)."""
+    return any(k == b"trailer" for k, _ in headers)
+
+
 def request_headers(head: bytes, scheme: str, te_trailers: bool) -> Headers:
     """The h2 request header list for an HTTP/1.1 head built by ``request_head``:
     ``:method``, ``:scheme``, ``:authority`` (from Host), ``:path``, then the fields HTTP/2

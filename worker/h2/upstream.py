@@ -42,6 +42,10 @@ class H2StreamReset(UpstreamError):
 
 
 HIGH_WATER = 256 * 1024  # a stream's queued request bytes before the client's body pauses
+# request-body bytes a stream keeps so that a GOAWAY/REFUSED_STREAM retry can send them again
+# on a new connection (one initial window of nghttp2's peer; nginx keeps 16 KiB in memory,
+# Envoy's retry buffer is per_request_buffer_limit_bytes): a longer body is not replayed
+REPLAY_LIMIT = 64 * 1024
 CANCEL = 0x8
 OnHead = Callable[[Response | None, BaseException | None], None]
 
@@ -51,13 +55,18 @@ class H2Stream:
     body's producer."""
 
     __slots__ = (
+        "body_end",
         "conn",
         "deadline",
         "held",
         "id",
         "method",
+        "next",
         "on_head",
+        "parked",
         "paused",
+        "replay",
+        "replay_size",
         "req_body",
         "req_paused",
         "resp_body",
@@ -80,25 +89,122 @@ class H2Stream:
         self.deadline = deadline
         self.trailers: list[tuple[bytes, bytes]] | None = None
         self.req_paused = False
+        # the replay buffer (None: the body outgrew REPLAY_LIMIT, it cannot be sent again)
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        # how the client's body ended: None (still coming), its trailers or [] (ended), or
+        # the exception it broke off with
+        self.body_end: list[tuple[bytes, bytes]] | BaseException | None = None
+        self.parked = False  # refused by the upstream, the body kept for a retry
+        self.next: H2Stream | None = None  # the retry's stream: the rest of the body goes there
 
     # BodySink: the client's request body goes into the stream
     def write(self, data: bytes) -> None:
+        if self.next is not None:
+            self.next.write(data)
+            return
+        self._keep(data)
+        if self.parked:
+            return  # the body is paused; what was already under way waits for the retry
         n = self.conn.session.send_data(self.id, data)
         if n > HIGH_WATER and self.req_body is not None and not self.req_paused:
             self.req_paused = True
             self.req_body.pause()
         self.conn.flush()
 
+    def _keep(self, data: bytes) -> None:
+        """Keep what is sent, up to REPLAY_LIMIT. Parked, every byte is kept: none of it was
+        sent, and the paused client can only deliver what was already under way (one read
+        for HTTP/1.1, at most one stream window for h2)."""
+        if self.replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > REPLAY_LIMIT and not self.parked:
+                self.replay = None  # too long to replay: a refused stream becomes a 502
+            else:
+                self.replay.append(data if isinstance(data, bytes) else bytes(data))  # owned bytes
+
     def end(self) -> None:
+        if self.next is not None:
+            self.next.end()
+            return
+        body = self.req_body
+        trailers = body.trailers if body is not None else None
+        self.body_end = list(trailers or ())
+        if self.parked:
+            return
         self.req_body = None
-        self.conn.session.end_stream(self.id)
+        self._send_end(self.body_end)
+
+    def _send_end(self, trailers: list[tuple[bytes, bytes]]) -> None:
+        if trailers:  # an h2 client's request trailers: trailing HEADERS here too
+            self.conn.session.send_trailers(self.id, trailer_fields(trailers))
+        else:
+            self.conn.session.end_stream(self.id)
         self.conn.flush()
 
     def abort(self, exc: BaseException | None = None) -> None:
         """The client's body broke off: the upstream must not take a truncated request."""
+        if self.next is not None:
+            self.next.abort(exc)
+            return
+        self.body_end = exc or UpstreamError("request body broke off")
+        if self.parked:
+            return
         self.req_body = None
         self.conn.session.reset_stream(self.id, CANCEL)
         self.conn.flush()
+
+    # GOAWAY / REFUSED_STREAM retry with the request body
+    @property
+    def replayable(self) -> bool:
+        """The upstream refused this stream and every body byte sent so far is still here."""
+        return self.parked and self.replay is not None and not isinstance(self.body_end, BaseException)
+
+    def _park(self) -> None:
+        """Refused (retryable): keep the body for the retry instead of dropping it; stop
+        reading the client meanwhile (bytes already under way still land in ``replay``)."""
+        self.parked = True
+        if self.req_body is not None and not self.req_paused:
+            self.req_paused = True
+            self.req_body.pause()
+
+    def hand_over(self, new: H2Stream) -> None:
+        """The retry's stream ``new`` takes the body: the kept bytes first, then the rest."""
+        assert self.replay is not None
+        self.parked = False
+        self.next = new
+        body, self.req_body = self.req_body, None
+        new.req_body = body
+        queued = 0
+        for data in self.replay:
+            new._keep(data)
+            queued = new.conn.session.send_data(new.id, data)
+        self.replay = None
+        end = self.body_end
+        if isinstance(end, list):
+            new.body_end = end
+            new.req_body = None
+            new._send_end(end)
+        elif self.req_paused and body is not None:
+            self.req_paused = False
+            if queued > HIGH_WATER:
+                new.req_paused = True  # StreamWritable on the new stream resumes it
+            else:
+                body.resume()
+        new.conn.flush()
+
+    def release(self) -> None:
+        """No retry after all: drop the kept body and keep reading (and discarding) the client."""
+        if not self.parked:
+            return
+        self.parked = False
+        self.replay = None
+        req, self.req_body = self.req_body, None
+        if req is not None and not req.done:
+            req.discard()
+            if self.req_paused:
+                self.req_paused = False
+                req.resume()
 
     # Producer: the client's side of the response body
     def body_pause(self) -> None:
@@ -121,11 +227,20 @@ class H2Stream:
 
     def fail(self, exc: UpstreamError) -> None:
         cb, self.on_head = self.on_head, None
+        if (
+            exc.retryable
+            and cb is not None
+            and self.replay is not None
+            and (self.req_body is not None or isinstance(self.body_end, list))
+        ):
+            self._park()  # before the callback: forward() decides on ``replayable``
         if cb is not None:
             cb(None, exc)
         body, self.resp_body = self.resp_body, None
         if body is not None and not body.done:
             body.fail(exc)
+        if self.parked:
+            return
         req, self.req_body = self.req_body, None
         if req is not None and not req.done:
             req.discard()  # keep reading the client, drop the bytes (the stream is gone)
@@ -169,21 +284,26 @@ class H2Connection(asyncio.Protocol):
         body: BodyStream | None,
         via: bool,
         on_head: OnHead,
-    ) -> int:
+        replay_from: H2Stream | None = None,
+    ) -> H2Stream:
         """Open a stream; ``on_head(response, None)`` or ``on_head(None, error)`` follows once.
-        A retryable error means the upstream never processed the stream (GOAWAY, refused)."""
-        end = body is None
+        A retryable error means the upstream never processed the stream (GOAWAY, refused):
+        then, if ``stream.replayable``, pass it as ``replay_from`` to another connection's
+        ``send`` and the request body goes there (what was sent again, then the rest)."""
+        end = body is None and replay_from is None
         sid = self.session.send_request(headers, end_stream=end)
         st = H2Stream(self, sid, on_head, method, via, _now() + self.pool.read_timeout)
         self.streams[sid] = st
         self.pool.wake_by(st.deadline)
         self.streams_opened += 1
         self.upstream.active += 1
-        if body is not None:
+        if replay_from is not None:
+            replay_from.hand_over(st)
+        elif body is not None:
             st.req_body = body
             body.pipe(st)
         self.flush()
-        return sid
+        return st
 
     def cancel(self, sid: int) -> None:
         """Nobody waits for stream ``sid`` any more: reset it, keep the connection."""
@@ -336,6 +456,7 @@ class H2Connection(asyncio.Protocol):
             elif isinstance(e, ev.RemoteSettingsChanged):
                 if not self.ready.done():
                     self.ready.set_result(None)
+                self.pool.slot_free(self.key, everyone=True)  # its stream limit may have grown
             elif isinstance(e, ev.ConnectionTerminated):
                 self.pool.log.info(
                     "h2_upstream_goaway",
@@ -351,6 +472,7 @@ class H2Connection(asyncio.Protocol):
                     return
 
     def _response(self, st: H2Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        st.replay = None  # answered: never retried, the kept body bytes can go
         status, fields, length = response_fields(headers, st.via)
         resp = Response(status, fields)
         resp.upstream_info = self.upstream.label
@@ -377,10 +499,12 @@ class H2Connection(asyncio.Protocol):
             body.finish()
 
     def _finish(self, st: H2Stream) -> None:
-        """A stream left this connection: its count, and the idle clock when it was the last."""
+        """A stream left this connection: its count, the idle clock when it was the last, and
+        a request queued at the pool's connection cap may take the slot."""
         self.upstream.active -= 1
         if not self.streams:
             self.idle_since = _now()
+        self.pool.slot_free(self.key)
 
     def next_deadline(self, default: float) -> float:
         """The earliest read deadline of a stream that can time out (not paused), or

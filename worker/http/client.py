@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.headers import split_response_headers, with_via
-from monolake.worker.http.message import Response
+from monolake.worker.http.message import Response, trailer_lines
 from monolake.worker.http.parser import HttpParserError, ParseError, UpgradeRequested, new_response_parser
 from monolake.worker.http.protocol import tune_transport
 
@@ -254,11 +254,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def end(self) -> None:
-        self._req_body = None
+        body, self._req_body = self._req_body, None
         if self.closed:
             return
         if self._req_chunked:
-            self.transport.write(b"0\r\n\r\n")
+            # an h2 client's trailing HEADERS become the chunked trailer section
+            trailers = body.trailers if body is not None else None
+            self.transport.write(b"0\r\n" + (trailer_lines(trailers) if trailers else b"") + b"\r\n")
         self._req_done = True
         if self._resp_done:
             self._maybe_release()

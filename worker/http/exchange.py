@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.connection import BODY_BYTES, BODY_STREAM, must_close, response_head
-from monolake.worker.http.message import Request, Response, header_tokens, text_response
+from monolake.worker.http.message import Request, Response, header_tokens, text_response, trailer_lines
 from monolake.worker.http.splice_relay import client_source, upstream_source
 from monolake.worker.service.context import RequestContext
 
@@ -298,7 +298,7 @@ def _trailer_lines(req: Request | None, body: Any) -> bytes:
     trailers = getattr(body, "trailers", None)
     if not trailers or req is None or b"trailers" not in header_tokens(req.headers, b"te"):
         return b""
-    return b"".join(k + b": " + v + b"\r\n" for k, v in trailers if b"\r" not in v and b"\n" not in v)
+    return trailer_lines(trailers)
 
 
 def discard_response(resp: Response) -> None:

@@ -41,6 +41,36 @@ def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> set[by
     return out
 
 
+# fields a trailer section must not carry (RFC 9110 §6.5.1: framing, routing, connection
+# handling); a peer's trailers with them lose those fields, not the message
+_NOT_IN_TRAILERS = frozenset(
+    (
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"te",
+        b"trailer",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"upgrade",
+    )
+)
+
+
+def trailer_lines(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """The trailer section of a chunked message (``name: value\\r\\n`` per field, no final
+    blank line) from trailer fields another peer sent: an h2 peer's trailing HEADERS, gRPC's
+    ``grpc-status``. Pseudo-headers, the fields of ``_NOT_IN_TRAILERS`` and values with CR/LF
+    (nghttp2 refuses those already; an HTTP/1.1 peer's may not) are left out. The one encoder
+    of trailers towards HTTP/1.1, in both directions."""
+    return b"".join(
+        k + b": " + v + b"\r\n"
+        for k, v in fields
+        if k[:1] != b":" and k.lower() not in _NOT_IN_TRAILERS and b"\r" not in v and b"\n" not in v
+    )
+
+
 class Request:
     """A parsed request head plus its body (None when the request has no body)."""
 

@@ -17,6 +17,12 @@ COUNTERS = (
     # by protocol: of connections_total / requests, those that spoke HTTP/2
     "h2_connections_total",
     "h2_requests",
+    # requests proxied to h2 upstreams (any client protocol), and the H2Pool's decisions
+    "h2_upstream_requests",
+    "h2_upstream_retries",  # sent again after GOAWAY / REFUSED_STREAM
+    "h2_upstream_retry_failures",  # refused, but the body had outgrown the replay buffer: 502
+    "h2_upstream_cap_waits",  # waited at max_h2_connections_per_upstream
+    "h2_upstream_cap_timeouts",  # ... and got no stream slot in time: 503
 )
 # Request duration histogram (the admin listener's monolake_request_duration_seconds): the
 # stats carry cumulative counts ``duration_le_<ms>`` of requests that took at most <ms>.
@@ -46,6 +52,11 @@ class Stats:
     duration_count: int
     h2_connections_total: int
     h2_requests: int
+    h2_upstream_requests: int
+    h2_upstream_retries: int
+    h2_upstream_retry_failures: int
+    h2_upstream_cap_waits: int
+    h2_upstream_cap_timeouts: int
     open_connections: int
     active_requests: int
     _bins: list[int]

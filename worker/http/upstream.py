@@ -69,6 +69,7 @@ class Upstream(Health):
         "label",
         "active",
         "max_idle",
+        "h2_max_conns",
         "idle_timeout",
         "eject_after",
         "eject_for",
@@ -95,6 +96,7 @@ class Upstream(Health):
         self.active = 0
         self.requests = 0  # requests sent to it (the runtime API lists them)
         self.max_idle = route.max_idle_per_upstream
+        self.h2_max_conns = getattr(route, "max_h2_connections_per_upstream", 16)  # the H2Pool's cap
         self.idle_timeout = route.idle_timeout_sec
         self.eject_after = max(1, route.eject_after_failures)
         self.eject_for = route.eject_duration_sec
