@@ -3,11 +3,15 @@ parsers; and the upstream never sees any of them (request smuggling defences).""
 
 from __future__ import annotations
 
+import socket
+import threading
+from typing import Any
+
 import pytest
 
 from tests.http.conftest import PARSERS, Conn, run_worker
 from tests.http.upstream import UpstreamServer
-from tests.support import free_port
+from tests.support import free_port, wait_for
 
 CASES = [
     # (id, raw request, expected status)
@@ -90,6 +94,11 @@ def upstream():
         yield up
 
 
+# No pooled upstream connection, whatever ran before: a request then reaches the upstream only
+# once its connect is done, a loop turn after the whole request (one segment) was parsed, so
+# "never reaches the upstream" holds for errors in the body's framing too. With a pooled
+# connection the head of a chunked request goes out at once (the body streams) and a framing
+# error closes that connection instead: test_body_framing_error_on_a_pooled_connection.
 @pytest.fixture(scope="module", params=PARSERS)
 def proxy(request, upstream, tmp_path_factory):
     config = f"""
@@ -101,6 +110,7 @@ max_body_size = 1000000
 [[servers.px.routes]]
 path_prefix = "/up"
 preserve_path = true
+max_idle_per_upstream = 0
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 """
     with run_worker(tmp_path_factory.mktemp("w"), config) as w:
@@ -141,3 +151,91 @@ def test_worker_survives_all_of_them(proxy):
     with Conn(proxy.port()) as c:
         assert c.request("GET", "/up/alive").status == 200
     assert proxy.proc.poll() is None
+
+
+class RecordingUpstream:
+    """Answers each GET head with ``200 ok`` and records, per connection, every byte that came
+    after the last head it answered, and whether the connection ended."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.conns: list[dict[str, Any]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            record: dict[str, Any] = {"rest": b"", "ended": False}
+            self.conns.append(record)
+            threading.Thread(target=self._serve, args=(conn, record), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, record: dict[str, Any]) -> None:
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    record["ended"] = True
+                    return
+                record["rest"] += data
+                if record["rest"].startswith(b"GET ") and record["rest"].endswith(b"\r\n\r\n"):
+                    record["rest"] = b""
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+BODY_FRAMING = ["bad_chunk_size", "chunk_overflow", "bare_lf_after_chunk_size", "chunk_data_longer_than_size"]
+
+
+@pytest.mark.parametrize("parser", PARSERS)
+def test_body_framing_error_on_a_pooled_connection(parser, tmp_path):
+    """The head of a chunked request goes out at once on a pooled upstream connection (the
+    body streams); when its body's framing turns out bad, the client gets its 400 and that
+    upstream connection is closed before the last chunk, never reused: the upstream never sees
+    a complete request, let alone a smuggled one."""
+    up = RecordingUpstream()
+    config = f"""
+[servers.px]
+proxy_type = "http"
+listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
+http_parser = "{parser}"
+[[servers.px.routes]]
+path_prefix = "/up"
+preserve_path = true
+upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
+"""
+    forwarded = 0
+    try:
+        with run_worker(tmp_path, config) as w:
+            for case in BODY_FRAMING:
+                raw = next(c[1] for c in CASES if c[0] == case)
+                with Conn(w.port()) as c:  # an answered GET: its upstream connection is pooled
+                    assert c.request("GET", "/up/warm").status == 200
+                with Conn(w.port()) as c:
+                    c.send(raw)
+                    assert c.read_response().status == 400, case
+                    assert c.closed_by_peer()
+                took = [r for r in up.conns if r["rest"].startswith(b"POST ")]
+                wait_for(
+                    lambda took=took: all(r["ended"] for r in took),
+                    5,
+                    what=f"{case}: the upstream connection that took the head closed",
+                )
+                for record in took:  # the head, at most the well-framed chunks before the error,
+                    # then the end: never the last chunk, so never a complete request
+                    body = record["rest"].split(b"\r\n\r\n", 1)[1]
+                    assert not (b"\r\n" + body).count(b"\r\n0\r\n"), (case, record)
+                    assert b"hello" not in body, (case, record)  # the bytes at the error stay out
+                    record["rest"] = b""
+                forwarded += len(took)
+    finally:
+        up.close()
+    assert forwarded, "no head went out on a pooled connection: the case this test is for never ran"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import socket
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from monolake.worker.http.proxy import RouterService
 from monolake.worker.http.server import build
 from tests.http.conftest import PARSERS, Conn, run_worker
 from tests.http.upstream import UpstreamServer
-from tests.support import free_port, until
+from tests.support import free_port, until, wait_for
 
 
 def _route(path: str, urls: list[str], extra: str = "", lb: str = "random") -> str:
@@ -58,7 +59,14 @@ def blackhole():
         except BlockingIOError:
             pass
         fillers.append(c)
-    time.sleep(0.2)
+
+    def queue_full() -> bool:
+        """A filler's handshake completed: it sits in the accept queue (one slot at backlog 0),
+        so later connects get no answer."""
+        _, writable, _ = select.select([], fillers, [], 0)
+        return any(c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for c in writable)
+
+    wait_for(queue_full, 5, interval=0.005, what="the blackhole's accept queue full")
     yield s.getsockname()[1]
     for c in fillers:
         c.close()

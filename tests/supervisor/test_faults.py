@@ -8,7 +8,7 @@
 - a SIGSTOPped worker: ``unresponsive`` in status, replaced by the watchdog, and reaped.
 
 Covered elsewhere (tests/supervisor/test_master.py, test_reload.py, tests/ops): HUP storm,
-SIGTERM during a reload, SIGTERM draining in-flight requests, blocked event loop watchdog,
+SIGTERM during a reload, SIGTERM and `stop` draining slow in-flight requests, blocked event loop watchdog,
 ``unresponsive`` status with the watchdog off.
 
 Every wait polls a condition under a deadline; no fixed sleeps.

@@ -158,15 +158,21 @@ def test_crashing_slot_backs_off_and_flaps_while_others_serve(master_factory, tm
 
 
 class _SlowUpstream:
-    """An upstream that answers after a delay, to keep requests in flight."""
+    """An upstream that answers after a delay, to keep requests in flight; ``received``
+    counts the requests that reached it."""
 
     def __init__(self, delay: float) -> None:
         delay_ = delay
+        self.received = 0
+        lock = threading.Lock()
+        outer = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                with lock:
+                    outer.received += 1
                 time.sleep(delay_)
                 body = b"slow ok"
                 self.send_response(200)
@@ -187,8 +193,16 @@ class _SlowUpstream:
         self.server.server_close()
 
 
-def test_sigterm_drains_in_flight_requests_and_cleans_up(master_factory, tmp_path):
-    upstream = _SlowUpstream(1.0)
+GRACEFUL = 10  # graceful_timeout in base_config: how long a stop lets requests finish
+SLOW = 2.0  # each in-flight request's upstream delay: well within it
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "stop command"])
+def test_stop_drains_in_flight_requests_and_cleans_up(master_factory, tmp_path, how):
+    """A graceful stop (SIGTERM, or ``monolaked stop``) with slow requests in flight: each
+    completes, the master exits once they have (not at graceful_timeout), and nothing is
+    left behind."""
+    upstream = _SlowUpstream(SLOW)
     port = free_port()
     unix_path = tmp_path / "web.sock"
     config = base_config(
@@ -224,15 +238,21 @@ def test_sigterm_drains_in_flight_requests_and_cleans_up(master_factory, tmp_pat
         threads = [threading.Thread(target=call) for _ in range(6)]
         for t in threads:
             t.start()
-        wait_for(
-            lambda: sum(w["stats"].get("active_requests", 0) for w in m.status()["workers"]) >= 1,
-            10,
-            what="requests in flight",
-        )
-        assert m.stop(signal.SIGTERM, timeout=30) == 0
+        # every request is at the upstream (so in flight in a worker) when the stop comes
+        wait_for(lambda: upstream.received == len(threads), SLOW, interval=0.005, what="requests in flight")
+        t0 = time.monotonic()
+        if how == "SIGTERM":
+            assert m.stop(signal.SIGTERM, timeout=30) == 0
+        else:
+            stop = m.cli("stop", timeout=30)
+            assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+            assert m.proc.wait(timeout=5) == 0
+        took = time.monotonic() - t0
         for t in threads:
             t.join(15)
-        assert results and all(r == (200, b"slow ok") for r in results), results
+        assert len(results) == len(threads) and all(r == (200, b"slow ok") for r in results), results
+        # answered in full, and the stop ended once they were, not at graceful_timeout
+        assert took < GRACEFUL - 2, f"the stop took {took:.1f}s: it waited for graceful_timeout"
         wait_for(lambda: not any(pid_alive(p) for p in pids), 5, what="workers gone")
         assert not (tmp_path / "monolaked.pid").exists()
         assert not unix_path.exists()

@@ -14,7 +14,7 @@ import pytest
 from monolake.supervisor.cli import STATE_NOT_MIGRATED
 from tests.gated_upstream import GatedUpstream
 from tests.harness import Monolaked, base_config
-from tests.support import free_port, pid_alive, raise_nofile, wait_for
+from tests.support import children_of, free_port, pid_alive, raise_nofile, wait_for
 
 POOLED = 1100  # > 4 * 253: the state message needs five fd chunks
 
@@ -86,6 +86,12 @@ def test_more_than_a_thousand_pooled_connections_survive_a_generation_reload(mas
         assert exits and exits[0]["code"] == 0, "the old worker exited cleanly, not during the export"
         assert up.open == POOLED, "the old worker's pool went to the new generation"
         assert m.status()["master"]["reloads"][-1]["state_migrated"] is True
+        # the master lost no child (issue 17 saw 4 children for 2 slots after this reload)
+        wait_for(
+            lambda: [p for p in children_of(m.proc.pid) if pid_alive(p)] == m.worker_pids(),
+            10,
+            what="the master's only child is the worker status lists",
+        )
 
         up.arm(POOLED)
         assert _concurrent(port, POOLED) == [200] * POOLED
@@ -172,4 +178,5 @@ def test_a_failed_export_says_state_was_not_migrated_and_the_old_worker_drains(m
         wait_for(lambda: _old_worker_gone(m, old_pid), 20, what="the old worker drained and exited")
         exits = [e for e in _events(m, "old worker exited") if e.get("pid") == old_pid]
         assert exits and exits[0]["code"] == 0
+        assert [p for p in children_of(m.proc.pid) if pid_alive(p)] == m.worker_pids() == [new_pid]
         assert _concurrent(port, 2, "/up/after") == [200, 200], "the new generation serves"

@@ -19,6 +19,7 @@ from monolake.conf import parse_config
 from monolake.worker.env import WorkerEnv
 from monolake.worker.state import Snapshot
 from monolake.worker.thrift import gateway, server
+from tests.support import until
 from tests.thrift.thrift_support import IDL, backend, decode_reply, encode_call, endpoint, free_port
 
 CONTRACT_KEYS = {
@@ -111,11 +112,7 @@ async def http_post(port: int, path: str, body: dict) -> tuple[int, Any]:
 async def wait_idle(handle: Any) -> None:
     """Until the pooled upstream connection is back in its pool."""
     upstreams = handle.proxy.upstreams if hasattr(handle, "proxy") else handle.gateway.proxy.upstreams
-    for _ in range(200):
-        if any(p.idle for p in upstreams.pools.values()):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no idle upstream connection")
+    await until(lambda: any(p.idle for p in upstreams.pools.values()), "an idle upstream connection")
 
 
 def test_generation_reload_hands_over_pool_fds_and_counters(upstream: str) -> None:
@@ -174,19 +171,13 @@ def test_export_skips_busy_connections_and_drain_waits_for_replies(upstream: str
             reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
             msg = encode_call("slow", 7, seconds=0.3, tag="busy")
             writer.write(struct.pack("!I", len(msg)) + msg)
-            for _ in range(200):
-                if h.stats()["active_requests"]:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: h.stats()["active_requests"], "the slow call in flight")
             assert h.stats()["active_requests"] == 1
             fds: list[int] = []
             h.export_state(fds)
             assert fds == []  # the only upstream connection is busy
             idle_r, idle_w = await asyncio.open_connection("127.0.0.1", s.port)
-            for _ in range(200):
-                if h.open_connections() == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: h.open_connections() == 2, "the idle client connection accepted")
             h.begin_drain()
             assert await idle_r.read() == b""  # the idle client connection is closed at once
             (n,) = struct.unpack("!I", await reader.readexactly(4))
@@ -194,11 +185,7 @@ def test_export_skips_busy_connections_and_drain_waits_for_replies(upstream: str
             assert await reader.read() == b""  # then the busy one, after its reply
             writer.close()
             idle_w.close()
-            for _ in range(200):
-                if h.open_connections() == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert h.open_connections() == 0
+            await until(lambda: h.open_connections() == 0, "every client connection closed")
         await h.aclose()
 
     asyncio.run(scenario())
