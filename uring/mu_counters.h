@@ -37,6 +37,11 @@ typedef struct {
     int64_t duration_count;
     int64_t h2_connections_total;
     int64_t h2_requests;
+    int64_t h2_upstream_requests;
+    int64_t h2_upstream_retries;
+    int64_t h2_upstream_retry_failures;
+    int64_t h2_upstream_cap_waits;
+    int64_t h2_upstream_cap_timeouts;
     /* GAUGES */
     int64_t open_connections;
     int64_t active_requests;
