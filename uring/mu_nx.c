@@ -1,0 +1,366 @@
+/*
+ * mu_nx: the native exchange's head decisions (see mu_nx.h). Deliberately a strict subset of
+ * what the Python engine accepts: a head C is not sure the Python engine would treat the same
+ * way is declined, and the Python engine (the reference) serves it, errors included.
+ *
+ * Request: "GET|HEAD SP origin-form SP HTTP/1.1 CRLF", field lines "token: value CRLF"
+ * (visible ASCII, SP, HTAB in values; trimmed), one Host of [A-Za-z0-9.-] with an optional
+ * port, and the blank line as the last bytes. Declined: any body framing, Connection,
+ * Upgrade, Expect, Proxy-Connection, Keep-Alive; a '%', "//", "/." or '#' in the target
+ * (the Python side's normalisation is not repeated here).
+ *
+ * Response: "HTTP/1.1|HTTP/1.0 SP 3DIGIT SP reason CRLF" with a non-empty reason, status 200
+ * to 599 except 204 and 304, one Content-Length (or equal copies), CRLF line ends, no
+ * Transfer-Encoding, a Connection of close / keep-alive tokens only; the request not HEAD.
+ * The client's head is what the Python engine's relay writes (connection.py response_head
+ * over mu_http.c relay_whole): "HTTP/1.1 <code> <reason>", the fields minus hop-by-hop and
+ * Content-Length with lower-case names, then "content-length: N".
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "mu_nx.h"
+
+static const char *const reasons[MU_NX_REASONS] = {
+    "ok", "incomplete", "too big", "method", "target", "version", "field", "fields",
+    "framing", "connection", "host", "status", "response framing",
+};
+
+const char *mu_nx_decline_reason(int code)
+{
+    return code >= 0 && code < MU_NX_REASONS ? reasons[code] : "unknown";
+}
+
+static int is_tchar(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static unsigned char low(unsigned char c) { return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c; }
+
+static int ieq(const char *a, size_t n, const char *lit)
+{
+    size_t m = strlen(lit);
+    if (n != m)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (low((unsigned char)a[i]) != (unsigned char)lit[i])
+            return 0;
+    return 1;
+}
+
+/* target characters C takes: unreserved, sub-delims, ':', '@', '/', '?' (no '%', no '#') */
+static int target_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=:@/?", c) != NULL);
+}
+
+/* One "name: value" line (no line end) into trimmed spans; 0 or a reason. */
+static int field(const char *p, size_t n, int strict_value, const char **name, size_t *nlen,
+                 const char **value, size_t *vlen)
+{
+    size_t i = 0;
+    while (i < n && is_tchar((unsigned char)p[i]))
+        i++;
+    if (i == 0 || i >= n || p[i] != ':')
+        return NX_FIELD;
+    *name = p;
+    *nlen = i;
+    const char *v = p + i + 1;
+    size_t m = n - i - 1;
+    while (m > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        m--;
+    }
+    while (m > 0 && (v[m - 1] == ' ' || v[m - 1] == '\t'))
+        m--;
+    for (size_t k = 0; k < m; k++) {
+        unsigned char c = (unsigned char)v[k];
+        if ((c < 0x20 && c != '\t') || c == 0x7f || (strict_value && c >= 0x80))
+            return NX_FIELD;
+    }
+    *value = v;
+    *vlen = m;
+    return 0;
+}
+
+/* The next CRLF-ended line of [*pos, n): 0 and its span, or NX_INCOMPLETE / NX_FIELD (a bare
+ * LF or CR). */
+static int line_at(const char *d, size_t n, size_t *pos, const char **p, size_t *len)
+{
+    const char *s = d + *pos;
+    const char *nl = memchr(s, '\n', n - *pos);
+    if (nl == NULL)
+        return NX_INCOMPLETE;
+    size_t k = (size_t)(nl - s);
+    if (k == 0 || s[k - 1] != '\r')
+        return NX_FIELD;
+    if (memchr(s, '\r', k - 1) != NULL)
+        return NX_FIELD;
+    *p = s;
+    *len = k - 1;
+    *pos += k + 1;
+    return 0;
+}
+
+static int host_ok(const char *h, size_t n)
+{
+    size_t i = 0;
+    while (i < n && ((h[i] >= 'a' && h[i] <= 'z') || (h[i] >= 'A' && h[i] <= 'Z') ||
+                     (h[i] >= '0' && h[i] <= '9') || h[i] == '.' || h[i] == '-'))
+        i++;
+    if (i == 0)
+        return 0;
+    if (i == n)
+        return 1;
+    if (h[i] != ':' || i + 1 == n || n - i - 1 > 5)
+        return 0;
+    for (i++; i < n; i++)
+        if (h[i] < '0' || h[i] > '9')
+            return 0;
+    return 1;
+}
+
+int mu_nx_parse_request(const char *d, size_t n, mu_nx_request *rq)
+{
+    if (n > MU_NX_MAX_HEAD)
+        return NX_TOO_BIG;
+    if (n < 4 || memcmp(d + n - 4, "\r\n\r\n", 4) != 0)
+        return NX_INCOMPLETE;
+    size_t pos = 0;
+    const char *line;
+    size_t len;
+    int rc = line_at(d, n, &pos, &line, &len);
+    if (rc)
+        return rc;
+    /* method */
+    if (len >= 4 && memcmp(line, "GET ", 4) == 0) {
+        rq->method_len = 3;
+    } else if (len >= 5 && memcmp(line, "HEAD ", 5) == 0) {
+        rq->method_len = 4;
+    } else
+        return NX_METHOD;
+    rq->method = line;
+    const char *t = line + rq->method_len + 1;
+    if (len < rq->method_len + 1 + 1 + 9 || memcmp(line + len - 9, " HTTP/1.1", 9) != 0)
+        return NX_VERSION;
+    size_t tlen = (size_t)(line + len - 9 - t);
+    if (tlen == 0 || t[0] != '/')
+        return NX_TARGET;
+    size_t q = tlen;
+    for (size_t i = 0; i < tlen; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (!target_char(c))
+            return NX_TARGET;
+        if (c == '?' && q == tlen)
+            q = i;
+        if (q == tlen && c == '/' && i + 1 < tlen && (t[i + 1] == '/' || t[i + 1] == '.'))
+            return NX_TARGET;
+    }
+    rq->path = t;
+    rq->path_len = q;
+    rq->query = q < tlen ? t + q + 1 : t + tlen;
+    rq->query_len = q < tlen ? tlen - q - 1 : 0;
+    rq->host = NULL;
+    rq->host_len = 0;
+    rq->nfields = 0;
+    for (;;) {
+        rc = line_at(d, n, &pos, &line, &len);
+        if (rc)
+            return rc;
+        if (len == 0)
+            break;
+        if (rq->nfields == MU_NX_MAX_FIELDS)
+            return NX_FIELDS;
+        size_t k = rq->nfields;
+        rc = field(line, len, 1, &rq->names[k], &rq->name_lens[k], &rq->values[k], &rq->value_lens[k]);
+        if (rc)
+            return rc;
+        const char *nm = rq->names[k];
+        size_t nl = rq->name_lens[k];
+        if (ieq(nm, nl, "content-length") || ieq(nm, nl, "transfer-encoding"))
+            return NX_FRAMING;
+        if (ieq(nm, nl, "connection") || ieq(nm, nl, "upgrade") || ieq(nm, nl, "expect") ||
+            ieq(nm, nl, "proxy-connection") || ieq(nm, nl, "keep-alive") ||
+            ieq(nm, nl, "http2-settings"))
+            return NX_CONNECTION;
+        if (ieq(nm, nl, "host")) {
+            if (rq->host != NULL || !host_ok(rq->values[k], rq->value_lens[k]))
+                return NX_HOST;
+            rq->host = rq->values[k];
+            rq->host_len = rq->value_lens[k];
+        }
+        rq->nfields++;
+    }
+    if (pos != n)
+        return NX_INCOMPLETE; /* cannot happen: the blank line ends d */
+    if (rq->host == NULL)
+        return NX_HOST;
+    return NX_OK;
+}
+
+/* hop-by-hop names and Content-Length: not copied to the client */
+static int dropped(const char *p, size_t n)
+{
+    switch (n) {
+    case 2: return ieq(p, n, "te");
+    case 7: return ieq(p, n, "trailer") || ieq(p, n, "upgrade");
+    case 10: return ieq(p, n, "connection") || ieq(p, n, "keep-alive");
+    case 14: return ieq(p, n, "content-length");
+    case 16: return ieq(p, n, "proxy-connection");
+    case 17: return ieq(p, n, "transfer-encoding");
+    }
+    return 0;
+}
+
+/* Connection tokens: 1 close, 2 keep-alive; -1 for any other (it names a field to drop,
+ * which the Python engine does: declined) */
+static int conn_tokens(const char *p, size_t n)
+{
+    int bits = 0;
+    size_t i = 0;
+    while (i <= n) {
+        size_t j = i;
+        while (j < n && p[j] != ',')
+            j++;
+        const char *s = p + i;
+        size_t m = j - i;
+        while (m > 0 && (*s == ' ' || *s == '\t')) {
+            s++;
+            m--;
+        }
+        while (m > 0 && (s[m - 1] == ' ' || s[m - 1] == '\t'))
+            m--;
+        if (ieq(s, m, "close"))
+            bits |= 1;
+        else if (ieq(s, m, "keep-alive"))
+            bits |= 2;
+        else if (m != 0)
+            return -1;
+        i = j + 1;
+    }
+    return bits;
+}
+
+int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response *rs)
+{
+    const char *end = NULL;
+    size_t scan = n < MU_NX_MAX_HEAD ? n : MU_NX_MAX_HEAD;
+    for (size_t i = 0; i < scan; i++) {
+        const char *nl = memchr(d + i, '\n', scan - i);
+        if (nl == NULL)
+            break;
+        i = (size_t)(nl - d);
+        if (i + 2 < scan && nl[1] == '\r' && nl[2] == '\n') {
+            end = nl + 3;
+            break;
+        }
+        if (i + 1 < scan && nl[1] == '\n')
+            return NX_FIELD; /* a bare LF blank line */
+    }
+    if (end == NULL)
+        return n >= MU_NX_MAX_HEAD ? NX_TOO_BIG : -1;
+    size_t hn = (size_t)(end - d), pos = 0, len;
+    const char *line;
+    int rc = line_at(d, hn, &pos, &line, &len);
+    if (rc)
+        return rc;
+    if (len < 14 || (memcmp(line, "HTTP/1.1 ", 9) != 0 && memcmp(line, "HTTP/1.0 ", 9) != 0) ||
+        line[9] < '2' || line[9] > '5' || line[10] < '0' || line[10] > '9' || line[11] < '0' ||
+        line[11] > '9' || line[12] != ' ')
+        return NX_STATUS;
+    int v11 = line[7] == '1';
+    int status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+    for (size_t k = 13; k < len; k++) {
+        unsigned char c = (unsigned char)line[k];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return NX_STATUS;
+    }
+    if (status == 204 || status == 304 || head_only)
+        return NX_RESP_FRAMING;
+    size_t client = 9 + 4 + (len - 13) + 2; /* "HTTP/1.1 " "200 " reason CRLF */
+    long long clen = -1;
+    int conn = 0, nf = 0;
+    for (;;) {
+        rc = line_at(d, hn, &pos, &line, &len);
+        if (rc)
+            return rc;
+        if (len == 0)
+            break;
+        if (++nf > MU_NX_MAX_FIELDS)
+            return NX_FIELDS;
+        const char *nm, *v;
+        size_t nl, vl;
+        rc = field(line, len, 0, &nm, &nl, &v, &vl);
+        if (rc)
+            return rc;
+        if (ieq(nm, nl, "content-length")) {
+            if (vl == 0 || vl > 15)
+                return NX_RESP_FRAMING;
+            long long x = 0;
+            for (size_t k = 0; k < vl; k++) {
+                if (v[k] < '0' || v[k] > '9')
+                    return NX_RESP_FRAMING;
+                x = x * 10 + (v[k] - '0');
+            }
+            if (clen >= 0 && x != clen)
+                return NX_RESP_FRAMING;
+            clen = x;
+        } else if (ieq(nm, nl, "transfer-encoding")) {
+            return NX_RESP_FRAMING;
+        } else if (ieq(nm, nl, "connection")) {
+            int b = conn_tokens(v, vl);
+            if (b < 0)
+                return NX_CONNECTION;
+            conn |= b;
+        }
+        if (!dropped(nm, nl))
+            client += nl + 2 + vl + 2;
+    }
+    if (clen < 0)
+        return NX_RESP_FRAMING;
+    char num[32];
+    client += (size_t)snprintf(num, sizeof num, "content-length: %lld\r\n", clen) + 2;
+    rs->status = status;
+    rs->keep_alive = v11 ? !(conn & 1) : (conn & 2) != 0;
+    rs->content_length = clen;
+    rs->head_len = hn;
+    rs->client_len = client;
+    return NX_OK;
+}
+
+void mu_nx_client_head(const char *d, const mu_nx_response *rs, char *out)
+{
+    size_t pos = 0, len;
+    const char *line;
+    char *o = out;
+    line_at(d, rs->head_len, &pos, &line, &len);
+    memcpy(o, "HTTP/1.1 ", 9);
+    memcpy(o + 9, line + 9, len - 9);
+    o += len;
+    *o++ = '\r';
+    *o++ = '\n';
+    for (;;) {
+        line_at(d, rs->head_len, &pos, &line, &len);
+        if (len == 0)
+            break;
+        const char *nm, *v;
+        size_t nl, vl;
+        field(line, len, 0, &nm, &nl, &v, &vl);
+        if (dropped(nm, nl))
+            continue;
+        for (size_t i = 0; i < nl; i++)
+            *o++ = (char)low((unsigned char)nm[i]);
+        *o++ = ':';
+        *o++ = ' ';
+        memcpy(o, v, vl);
+        o += vl;
+        *o++ = '\r';
+        *o++ = '\n';
+    }
+    o += sprintf(o, "content-length: %lld\r\n", rs->content_length);
+    *o++ = '\r';
+    *o++ = '\n';
+}
