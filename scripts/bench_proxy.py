@@ -20,6 +20,7 @@ nginx, wrk and taskset are installed with apt-get when missing (as root; see ben
     python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
     python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
     python scripts/bench_proxy.py --only monolake --runtimes io_uring --sizes 100B --perf
+    python scripts/bench_proxy.py --only nginx,monolake --runtimes io_uring --engines python,native
 """
 
 from __future__ import annotations
@@ -145,8 +146,9 @@ def start_monolake(
     parser: str,
     busy_poll_us: int = 0,
     splice_threshold: int | None = None,
+    engine: str = "python",
 ) -> Proc:
-    cfg = work / f"monolake-{runtime}-{busy_poll_us}-{splice_threshold}.toml"
+    cfg = work / f"monolake-{runtime}-{busy_poll_us}-{splice_threshold}-{engine}.toml"
     splice = "" if splice_threshold is None else f"splice_threshold = {splice_threshold}"
     cfg.write_text(
         textwrap.dedent(f"""
@@ -161,6 +163,7 @@ def start_monolake(
         listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
         backlog = 4096
         http_parser = "{parser}"
+        engine = "{engine}"
         {splice}
         [[servers.bench.routes]]
         path = "/{{*rest}}"
@@ -172,7 +175,7 @@ def start_monolake(
     return Proc(
         [sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
         PROXY_CPU,
-        work / f"monolake-{runtime}.log",
+        work / f"monolake-{runtime}-{engine}.log",
         # the allocator a master gives its workers (supervisor/workers.py), unless set here
         env={**os.environ, "PYTHONMALLOC": os.environ.get("PYTHONMALLOC", "malloc")},
     )
@@ -252,6 +255,12 @@ def main() -> int:
     )
     ap.add_argument("--parser", default="auto", help="monolake http_parser (auto = native when built)")
     ap.add_argument(
+        "--engines",
+        default="python",
+        help="monolake engines, comma-separated (python, native: the C exchange, io_uring only; "
+        "docs/http.md, Engines): one monolake per runtime and engine, in the same rounds",
+    )
+    ap.add_argument(
         "--busy-poll-us",
         type=int,
         default=0,
@@ -313,7 +322,12 @@ def main() -> int:
                         (f"monolake/{rt}+splice={n}", functools.partial(mono, splice_threshold=n))
                     )
                 if not splices:
-                    contenders.append((f"monolake/{rt}", mono))
+                    for engine in filter(None, args.engines.split(",")):
+                        if engine == "python":
+                            contenders.append((f"monolake/{rt}", mono))
+                        elif rt == "io_uring":
+                            native = functools.partial(mono, engine=engine)
+                            contenders.append((f"monolake/{rt}+{engine}", native))
                 if args.busy_poll_us:
                     poll = functools.partial(mono, busy_poll_us=args.busy_poll_us)
                     contenders.append((f"monolake/{rt}+poll", poll))
