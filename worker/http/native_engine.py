@@ -190,6 +190,7 @@ class NativeEngine:
         u = getattr(conn, "native", None)
         if u is not None:
             conn.native = None
+            conn.fast_reader = None
             u.lost()
 
     def sweep(self, now: float) -> None:

@@ -486,7 +486,11 @@ class HttpServerProtocol(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return not self._queue and self._reader.phase == IDLE
+        return (
+            not self._queue
+            and self._reader.phase == IDLE
+            and not (self._native is not None and self._native.busy)
+        )
 
     @property
     def reclaimable(self) -> bool:
