@@ -10,11 +10,12 @@
  * (the Python side's normalisation is not repeated here).
  *
  * Response: "HTTP/1.1|HTTP/1.0 SP 3DIGIT SP reason CRLF" with a non-empty reason, status 200
- * to 599 except 204 and 304, one Content-Length (or equal copies), CRLF line ends, no
- * Transfer-Encoding, a Connection of close / keep-alive tokens only; the request not HEAD.
- * The client's head is what the Python engine's relay writes (connection.py response_head
- * over mu_http.c relay_whole): "HTTP/1.1 <code> <reason>", the fields minus hop-by-hop and
- * Content-Length with lower-case names, then "content-length: N".
+ * to 599, one Content-Length (or equal copies; none needed for 204, 304 and HEAD), CRLF line
+ * ends, no Transfer-Encoding, a Connection of close / keep-alive tokens only.
+ * The client's head is what the Python engine writes (connection.py response_head over
+ * mu_http.c relay_whole / on_response): "HTTP/1.1 <code> <reason>", the fields minus hop-by-hop
+ * and Content-Length with lower-case names, then "content-length: N" (none for 204 and 304;
+ * for HEAD the upstream's, if it sent one).
  */
 #include <stdio.h>
 #include <string.h>
@@ -278,8 +279,7 @@ int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response 
         if ((c < 0x20 && c != '\t') || c == 0x7f)
             return NX_STATUS;
     }
-    if (status == 204 || status == 304 || head_only)
-        return NX_RESP_FRAMING;
+    int no_body = status == 204 || status == 304 || head_only;
     size_t client = 9 + 4 + (len - 13) + 2; /* "HTTP/1.1 " "200 " reason CRLF */
     long long clen = -1;
     int conn = 0, nf = 0;
@@ -319,13 +319,17 @@ int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response 
         if (!dropped(nm, nl))
             client += nl + 2 + vl + 2;
     }
-    if (clen < 0)
+    if (clen < 0 && !no_body)
         return NX_RESP_FRAMING;
+    long long announce = status == 204 || status == 304 ? -1 : clen;
     char num[32];
-    client += (size_t)snprintf(num, sizeof num, "content-length: %lld\r\n", clen) + 2;
+    if (announce >= 0)
+        client += (size_t)snprintf(num, sizeof num, "content-length: %lld\r\n", announce);
+    client += 2;
     rs->status = status;
     rs->keep_alive = v11 ? !(conn & 1) : (conn & 2) != 0;
-    rs->content_length = clen;
+    rs->content_length = no_body ? 0 : clen;
+    rs->announce = announce;
     rs->head_len = hn;
     rs->client_len = client;
     return NX_OK;
@@ -360,7 +364,12 @@ void mu_nx_client_head(const char *d, const mu_nx_response *rs, char *out)
         *o++ = '\r';
         *o++ = '\n';
     }
-    o += sprintf(o, "content-length: %lld\r\n", rs->content_length);
+    if (rs->announce >= 0) {
+        char num[32];
+        int k = snprintf(num, sizeof num, "content-length: %lld\r\n", rs->announce);
+        memcpy(o, num, (size_t)k);
+        o += k;
+    }
     *o++ = '\r';
     *o++ = '\n';
 }

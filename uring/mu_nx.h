@@ -41,14 +41,16 @@ const char *mu_nx_decline_reason(int code);
 typedef struct {
     int status;
     int keep_alive;        /* the upstream connection may be pooled after this response */
-    long long content_length;
+    long long content_length; /* body bytes to relay (0: none follow the head) */
+    long long announce;    /* the client's content-length line, -1: none (204, 304, HEAD without one) */
     size_t head_len;       /* bytes of the upstream head (through its blank line) */
     size_t client_len;     /* bytes of the client's head (mu_nx_client_head) */
 } mu_nx_response;
 
 /* 0: d[0, n) starts with a whole response head C relays (facts in *rs); -1: the head is not
  * complete yet (and within MU_NX_MAX_HEAD); else a decline reason (> 0). head_only: the
- * request was HEAD. */
+ * request was HEAD (no body follows, the upstream's Content-Length is announced); 204 and
+ * 304 have no body and announce none. */
 int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response *rs);
 /* The client's head for that response into out (rs->client_len bytes). */
 void mu_nx_client_head(const char *d, const mu_nx_response *rs, char *out);

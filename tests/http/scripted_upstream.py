@@ -3,7 +3,8 @@ connection: what the differential test compares between the two engines
 (tests/http/test_native_engine_diff.py).
 
 A request for ``/k/<name>`` (any query) gets ``SCRIPTS[name]``: a list of ``bytes`` to send
-(each its own write, a short pause between), or ``CLOSE`` to close the connection there.
+(each its own write, a short pause between), ``CLOSE`` to close the connection there, or a
+number of seconds to stay silent.
 Request bodies are not read (the corpus sends none upstream)."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def _ok(body: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-SCRIPTS: dict[str, list[bytes | None]] = {
+SCRIPTS: dict[str, list[bytes | float | None]] = {
     "ok": [_ok(b"hello")],
     "ok2": [_ok(b"second one")],
     "split": [b"HTTP/1.1 200 OK\r\nContent-Len", b"gth: 6\r\n\r\nab", b"cdef"],
@@ -51,6 +52,10 @@ SCRIPTS: dict[str, list[bytes | None]] = {
     "garbage": [b"\x00\x01 not http at all\r\n\r\n", CLOSE],
     "extra": [_ok(b"hello") + b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen"],
     "noreason": [b"HTTP/1.1 200 \r\nContent-Length: 2\r\n\r\nok"],
+    "headonly": [b"HTTP/1.1 200 OK\r\nX-H: 1\r\nContent-Length: 5\r\n\r\n"],
+    "headnolen": [b"HTTP/1.1 200 OK\r\nX-H: 2\r\n\r\n"],
+    "304cl": [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\nETag: "y"\r\n\r\n'],
+    "silent": [2.5, CLOSE],
 }
 
 
@@ -122,6 +127,9 @@ class ScriptedUpstream:
                     if piece is None:
                         conn.close()
                         return
+                    if isinstance(piece, float):
+                        time.sleep(piece)
+                        continue
                     conn.sendall(piece)
                     time.sleep(0.005)
         except OSError:

@@ -75,6 +75,18 @@ CASES: list[tuple[str, list[Step]]] = [
         [s(get("ok")), s(get("ok", extra=b"X-Forwarded-For: 1.2.3.4\r\nForwarded: for=x\r\nVia: 1.0 a\r\n"))],
     ),
     (
+        "head",
+        [
+            s(get("ok")),
+            s(get("headonly", b"HEAD"), 1, (True,)),
+            s(get("headnolen", b"HEAD"), 1, (True,)),
+            s(get("204", b"HEAD"), 1, (True,)),
+            s(get("304cl")),
+            s(get("ok")),
+        ],
+    ),
+    ("timeout", [s(get("ok")), s(get("silent")), s(get("ok"))]),
+    (
         "post",
         [s(get("ok")), s(b"POST /k/ok HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc"), s(get("ok"))],
     ),
@@ -147,7 +159,7 @@ proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
 engine = "{engine}"
 [servers.px.timeout]
-upstream_read_timeout_sec = 5
+upstream_read_timeout_sec = 1
 [[servers.px.routes]]
 path = "/k/{{name}}"
 preserve_path = true

@@ -91,7 +91,7 @@ def c_response(data: bytes, head_only: bool) -> Any:
         return ffi.string(lib.mu_nx_decline_reason(rc)).decode()
     out = ffi.new("char[]", rs.client_len)
     lib.mu_nx_client_head(buf, rs, out)
-    parsed = ne.ParsedResponse(rs.status, bool(rs.keep_alive), rs.content_length, rs.head_len)
+    parsed = ne.ParsedResponse(rs.status, bool(rs.keep_alive), rs.content_length, rs.announce, rs.head_len)
     return parsed, bytes(ffi.buffer(out, rs.client_len))
 
 

@@ -398,7 +398,8 @@ def parse_request(data: bytes) -> ParsedRequest | str:
 class ParsedResponse:
     status: int
     keep_alive: bool
-    content_length: int
+    content_length: int  # body bytes that follow the head
+    announce: int  # the client's content-length line (-1: none)
     head_len: int
 
 
@@ -442,8 +443,7 @@ def parse_response(data: bytes, head_only: bool) -> ParsedResponse | str | None:
     ):
         return "status"
     status = int(first[9:12])
-    if status in (204, 304) or head_only:
-        return "response framing"
+    no_body = status in (204, 304) or head_only
     clen = -1
     conn = 0
     nf = 0
@@ -474,10 +474,11 @@ def parse_response(data: bytes, head_only: bool) -> ParsedResponse | str | None:
             if bits is None:
                 return "connection"
             conn |= bits
-    if clen < 0:
+    if clen < 0 and not no_body:
         return "response framing"
     keep = not conn & 1 if first[7] == 0x31 else bool(conn & 2)
-    return ParsedResponse(status, keep, clen, end)
+    announce = -1 if status in (204, 304) else clen
+    return ParsedResponse(status, keep, 0 if no_body else clen, announce, end)
 
 
 def client_head(data: bytes, rs: ParsedResponse) -> bytes:
@@ -490,5 +491,7 @@ def client_head(data: bytes, rs: ParsedResponse) -> bytes:
         if f[0].lower() in _DROPPED:
             continue
         out.append(f[0].lower() + b": " + f[1] + b"\r\n")
-    out.append(b"content-length: %d\r\n\r\n" % rs.content_length)
+    if rs.announce >= 0:
+        out.append(b"content-length: %d\r\n" % rs.announce)
+    out.append(b"\r\n")
     return b"".join(out)
