@@ -5,16 +5,11 @@ them), and the client head it writes. Generated heads from a seeded mutator, bou
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 
 from monolake.worker.http import native_engine as ne
-
-try:
-    from monolake.uring._uring import ffi, lib  # type: ignore[import-not-found,attr-defined,unused-ignore]
-except ImportError:
-    ffi = lib = None
+from tests.fuzz.nx_target import c_request, c_response, lib, py_response
 
 pytestmark = pytest.mark.skipif(
     lib is None or not hasattr(lib, "mu_nx_parse_request"), reason="no io_uring extension"
@@ -57,49 +52,6 @@ def mutate(rng: random.Random, data: bytes) -> bytes:
             j = min(i, len(b) - 1)
             b[j] = rng.choice(ALPHABET)
     return bytes(b)
-
-
-def c_request(data: bytes) -> Any:
-    rq = ffi.new("mu_nx_request *")
-    buf = ffi.from_buffer(data)
-    rc = lib.mu_nx_parse_request(buf, len(data), rq)
-    if rc != 0:
-        return ffi.string(lib.mu_nx_decline_reason(rc)).decode()
-
-    def span(p: Any, n: int) -> bytes:
-        return bytes(ffi.buffer(p, n)) if n else b""
-
-    fields = tuple(
-        (span(rq.names[i], rq.name_lens[i]), span(rq.values[i], rq.value_lens[i])) for i in range(rq.nfields)
-    )
-    return ne.ParsedRequest(
-        span(rq.method, rq.method_len),
-        span(rq.path, rq.path_len),
-        span(rq.query, rq.query_len),
-        span(rq.host, rq.host_len),
-        fields,
-    )
-
-
-def c_response(data: bytes, head_only: bool) -> Any:
-    rs = ffi.new("mu_nx_response *")
-    buf = ffi.from_buffer(data)
-    rc = lib.mu_nx_parse_response(buf, len(data), head_only, rs)
-    if rc < 0:
-        return None
-    if rc > 0:
-        return ffi.string(lib.mu_nx_decline_reason(rc)).decode()
-    out = ffi.new("char[]", rs.client_len)
-    lib.mu_nx_client_head(buf, rs, out)
-    parsed = ne.ParsedResponse(rs.status, bool(rs.keep_alive), rs.content_length, rs.announce, rs.head_len)
-    return parsed, bytes(ffi.buffer(out, rs.client_len))
-
-
-def py_response(data: bytes, head_only: bool) -> Any:
-    r = ne.parse_response(data, head_only)
-    if isinstance(r, ne.ParsedResponse):
-        return r, ne.client_head(data, r)
-    return r
 
 
 @pytest.mark.parametrize("data", REQUESTS)
