@@ -68,10 +68,10 @@ typedef struct {
     nx_route *routes;
     PyObject *refs;    /* what keeps the head options alive */
     PyObject *idle;    /* tuple of lists of Upstream */
-    PyObject *late;    /* late(client, upstream, reason, request, head, response) */
+    PyObject *late;    /* late(client, upstream, reason, request, head, body_len, response, started) */
     PyObject *facts;   /* facts(proto) -> (ip, scheme) */
     double keepalive, read_timeout;
-    long long max_body, collect_max;
+    long long max_body, collect_max, max_req_body;
     size_t max_head, max_uri;
     int max_fields;
     unsigned long long k[K_COUNT];
@@ -88,7 +88,7 @@ typedef struct {
     int state, sticky, closing, fresh_done, head_only, wrote;
     Upstream *up;
     PyObject *req, *head, *pend;
-    long long remaining;
+    long long remaining, body_len;
     int status;
     double started;
 } Client;
@@ -187,7 +187,8 @@ static int engine_clear(Engine *e)
     return 0;
 }
 
-/* Engine(blob, routes, neps, late, facts, (max_head, max_uri, max_fields, max_body, collect_max),
+/* Engine(blob, routes, neps, late, facts,
+ *        (max_head, max_uri, max_fields, max_body, collect_max, max_request_body),
  *        (keepalive, read_timeout), refs)
  * routes: a list with, per route index, None (not ours) or (ep, route_opts_addr,
  * upstream_opts_addr); refs: whatever owns those structs. */
@@ -197,14 +198,15 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     PyObject *routes, *late, *facts, *refs;
     int neps, max_fields;
     Py_ssize_t max_head, max_uri;
-    long long max_body, collect_max;
+    long long max_body, collect_max, max_req_body;
     double keepalive, read_timeout;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
         PyErr_SetString(PyExc_TypeError, "Engine() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "y*O!iOO(nniLL)(dd)O", &blob, &PyList_Type, &routes, &neps,
+    if (!PyArg_ParseTuple(args, "y*O!iOO(nniLLL)(dd)O", &blob, &PyList_Type, &routes, &neps,
                           &late, &facts, &max_head, &max_uri, &max_fields, &max_body, &collect_max,
+                          &max_req_body,
                           &keepalive, &read_timeout, &refs))
         return NULL;
     Engine *e = NULL;
@@ -268,6 +270,7 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     e->max_fields = max_fields < MU_NX_MAX_FIELDS ? max_fields : MU_NX_MAX_FIELDS;
     e->max_body = max_body;
     e->collect_max = collect_max;
+    e->max_req_body = max_req_body;
     e->keepalive = keepalive;
     e->read_timeout = read_timeout;
     PyBuffer_Release(&blob);
@@ -417,7 +420,7 @@ static int late_decline(Client *c, int reason)
 {
     Upstream *u = c->up;
     Engine *e = c->eng;
-    e->k[K_DECLINED_LATE]++;
+    e->k[reason == LATE_MIDBODY ? K_ABORTED : K_DECLINED_LATE]++;
     PyObject *resp = PyBytes_FromStringAndSize(u->buf, (Py_ssize_t)u->len);
     if (resp == NULL)
         return -1;
@@ -438,6 +441,7 @@ static int late_decline(Client *c, int reason)
         c->sticky = 1;
     }
     PyObject *rnum = PyLong_FromLong(reason);
+    PyObject *blen = PyLong_FromLongLong(c->body_len);
     PyObject *started = PyFloat_FromDouble(c->started);
     Py_INCREF(u);
     Py_INCREF(c);
@@ -446,11 +450,12 @@ static int late_decline(Client *c, int reason)
     if (reason >= LATE_EOF)
         c->sticky = 1;
     PyObject *r = NULL;
-    if (req != NULL && rnum != NULL && started != NULL) {
-        PyObject *args[7] = {(PyObject *)c, (PyObject *)u, rnum, req, head, resp, started};
-        r = PyObject_Vectorcall(e->late, args, 7, NULL);
+    if (req != NULL && rnum != NULL && blen != NULL && started != NULL) {
+        PyObject *args[8] = {(PyObject *)c, (PyObject *)u, rnum, req, head, blen, resp, started};
+        r = PyObject_Vectorcall(e->late, args, 8, NULL);
     }
     Py_XDECREF(rnum);
+    Py_XDECREF(blen);
     Py_XDECREF(started);
     Py_XDECREF(req);
     Py_DECREF(head);
@@ -488,8 +493,9 @@ static PyObject *client_request(Client *c, PyObject *data)
     if (PyObject_GetBuffer(data, &b, PyBUF_SIMPLE) < 0)
         return NULL;
     mu_nx_request rq;
-    int rc = (size_t)b.len > e->max_head ? NX_TOO_BIG : mu_nx_parse_request(b.buf, (size_t)b.len, &rq);
-    if (rc == 0 && ((int)rq.nfields > e->max_fields || rq.path_len + rq.query_len + 1 > e->max_uri))
+    int rc = mu_nx_parse_request(b.buf, (size_t)b.len, e->max_req_body, &rq);
+    if (rc == 0 && (rq.head_len > e->max_head || (int)rq.nfields > e->max_fields ||
+                    rq.path_len + rq.query_len + 1 > e->max_uri))
         rc = NX_FIELDS;
     if (rc != 0) {
         PyBuffer_Release(&b);
@@ -525,7 +531,8 @@ static PyObject *client_request(Client *c, PyObject *data)
         fields[i].value_len = rq.value_lens[i];
     }
     mu_head_request hrq = {rq.method, rq.method_len, rq.path, rq.path_len, rq.query,
-                           rq.query_len, fields, rq.nfields, 0, 0, -1};
+                           rq.query_len, fields, rq.nfields, 0, 0, rq.content_length};
+    size_t body = (size_t)b.len - rq.head_len;
     mu_head_conn cn = {PyBytes_AS_STRING(c->ip), (size_t)PyBytes_GET_SIZE(c->ip),
                        PyBytes_AS_STRING(c->scheme), (size_t)PyBytes_GET_SIZE(c->scheme)};
     char stack[4096];
@@ -540,7 +547,18 @@ static PyObject *client_request(Client *c, PyObject *data)
     }
     if (head == NULL)
         goto fail;
-    c->head_only = rq.method_len == 4;
+    PyObject *out = head; /* what goes upstream: the head, and the body after it */
+    if (body > 0) {
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n + body));
+        if (out == NULL) {
+            Py_DECREF(head);
+            goto fail;
+        }
+        memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(head), n);
+        memcpy(PyBytes_AS_STRING(out) + n, (const char *)b.buf + rq.head_len, body);
+    }
+    c->head_only = rq.method_len == 4 && memcmp(rq.method, "HEAD", 4) == 0;
+    c->body_len = (long long)body;
     e->k[K_BYTES_IN] += (unsigned long long)b.len;
     PyBuffer_Release(&b);
     /* linked both ways: the upstream's reference came from the idle list */
@@ -552,7 +570,10 @@ static PyObject *client_request(Client *c, PyObject *data)
     c->wrote = 0;
     c->state = C_BUSY;
     c->started = now_mono();
-    if (set_deadline(c, c->started + e->read_timeout) < 0 || write_to(u->writer, head) < 0)
+    rc = set_deadline(c, c->started + e->read_timeout) < 0 ? -1 : write_to(u->writer, out);
+    if (out != head)
+        Py_DECREF(out);
+    if (rc < 0)
         return NULL;
     Py_RETURN_NONE;
 fail:

@@ -3,11 +3,12 @@
  * what the Python engine accepts: a head C is not sure the Python engine would treat the same
  * way is declined, and the Python engine (the reference) serves it, errors included.
  *
- * Request: "GET|HEAD SP origin-form SP HTTP/1.1 CRLF", field lines "token: value CRLF"
- * (visible ASCII, SP, HTAB in values; trimmed), one Host of [A-Za-z0-9.-] with an optional
- * port, and the blank line as the last bytes. Declined: any body framing, Connection,
- * Upgrade, Expect, Proxy-Connection, Keep-Alive; a '%', "//", "/." or '#' in the target
- * (the Python side's normalisation is not repeated here).
+ * Request: "METHOD SP origin-form SP HTTP/1.1 CRLF" (GET, HEAD, POST, PUT, DELETE, PATCH),
+ * field lines "token: value CRLF" (visible ASCII, SP, HTAB in values; trimmed), one Host of
+ * [A-Za-z0-9.-] with an optional port, the blank line, then exactly the body its one
+ * Content-Length announces (at most max_body bytes; none without one). Declined:
+ * Transfer-Encoding, Connection, Upgrade, Expect, Proxy-Connection, Keep-Alive; a '%',
+ * "//", "/." or '#' in the target (the Python side's normalisation is not repeated here).
  *
  * Response: "HTTP/1.1|HTTP/1.0 SP 3DIGIT SP reason CRLF" with a non-empty reason, status 200
  * to 599, one Content-Length (or equal copies; none needed for 204, 304 and HEAD), CRLF line
@@ -124,12 +125,30 @@ static int host_ok(const char *h, size_t n)
     return 1;
 }
 
-int mu_nx_parse_request(const char *d, size_t n, mu_nx_request *rq)
+static const struct {
+    const char *text;
+    size_t len;
+} methods[] = {{"GET ", 4}, {"HEAD ", 5}, {"POST ", 5}, {"PUT ", 4}, {"DELETE ", 7}, {"PATCH ", 6}};
+
+int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_request *rq)
 {
-    if (n > MU_NX_MAX_HEAD)
-        return NX_TOO_BIG;
-    if (n < 4 || memcmp(d + n - 4, "\r\n\r\n", 4) != 0)
-        return NX_INCOMPLETE;
+    const char *blank = NULL;
+    size_t scan = all < MU_NX_MAX_HEAD ? all : MU_NX_MAX_HEAD;
+    for (size_t i = 0; i + 4 <= scan; i++) {
+        const char *p = memchr(d + i, '\r', scan - i);
+        if (p == NULL || (size_t)(p - d) + 4 > scan)
+            break;
+        i = (size_t)(p - d);
+        if (memcmp(p, "\r\n\r\n", 4) == 0) {
+            blank = p;
+            break;
+        }
+    }
+    if (blank == NULL)
+        return all > MU_NX_MAX_HEAD ? NX_TOO_BIG : NX_INCOMPLETE;
+    size_t n = (size_t)(blank - d) + 4;
+    rq->head_len = n;
+    rq->content_length = -1;
     size_t pos = 0;
     const char *line;
     size_t len;
@@ -137,11 +156,11 @@ int mu_nx_parse_request(const char *d, size_t n, mu_nx_request *rq)
     if (rc)
         return rc;
     /* method */
-    if (len >= 4 && memcmp(line, "GET ", 4) == 0) {
-        rq->method_len = 3;
-    } else if (len >= 5 && memcmp(line, "HEAD ", 5) == 0) {
-        rq->method_len = 4;
-    } else
+    rq->method_len = 0;
+    for (size_t m = 0; m < sizeof methods / sizeof methods[0]; m++)
+        if (len >= methods[m].len && memcmp(line, methods[m].text, methods[m].len) == 0)
+            rq->method_len = methods[m].len - 1;
+    if (rq->method_len == 0)
         return NX_METHOD;
     rq->method = line;
     const char *t = line + rq->method_len + 1;
@@ -181,7 +200,20 @@ int mu_nx_parse_request(const char *d, size_t n, mu_nx_request *rq)
             return rc;
         const char *nm = rq->names[k];
         size_t nl = rq->name_lens[k];
-        if (ieq(nm, nl, "content-length") || ieq(nm, nl, "transfer-encoding"))
+        if (ieq(nm, nl, "content-length")) {
+            const char *v = rq->values[k];
+            size_t vl = rq->value_lens[k];
+            if (rq->content_length >= 0 || vl == 0 || vl > 15)
+                return NX_FRAMING;
+            long long x = 0;
+            for (size_t q2 = 0; q2 < vl; q2++) {
+                if (v[q2] < '0' || v[q2] > '9')
+                    return NX_FRAMING;
+                x = x * 10 + (v[q2] - '0');
+            }
+            rq->content_length = x;
+        }
+        if (ieq(nm, nl, "transfer-encoding"))
             return NX_FRAMING;
         if (ieq(nm, nl, "connection") || ieq(nm, nl, "upgrade") || ieq(nm, nl, "expect") ||
             ieq(nm, nl, "proxy-connection") || ieq(nm, nl, "keep-alive") ||
@@ -195,10 +227,13 @@ int mu_nx_parse_request(const char *d, size_t n, mu_nx_request *rq)
         }
         rq->nfields++;
     }
-    if (pos != n)
-        return NX_INCOMPLETE; /* cannot happen: the blank line ends d */
     if (rq->host == NULL)
         return NX_HOST;
+    long long body = rq->content_length < 0 ? 0 : rq->content_length;
+    if (body > max_body)
+        return NX_FRAMING;
+    if ((long long)(all - n) != body)
+        return NX_INCOMPLETE; /* the body is not all here, or bytes follow it */
     return NX_OK;
 }
 

@@ -15,7 +15,8 @@
 #define MU_NX_MAX_FIELDS 64
 #define MU_NX_MAX_HEAD 8192
 
-/* a request head C serves: the spans of one whole GET/HEAD head with nothing after it */
+/* a request C serves: the spans of one whole head, and its Content-Length body (all of it
+ * in the same bytes, nothing after it) */
 typedef struct {
     const char *method;
     size_t method_len;
@@ -25,6 +26,8 @@ typedef struct {
     size_t query_len;
     const char *host;
     size_t host_len;
+    long long content_length; /* -1: none */
+    size_t head_len;          /* the head's bytes; the body follows */
     size_t nfields;
     const char *names[64];  /* MU_NX_MAX_FIELDS */
     size_t name_lens[64];
@@ -32,9 +35,10 @@ typedef struct {
     size_t value_lens[64];
 } mu_nx_request;
 
-/* 0: `d` (n bytes) is exactly one request head C serves, its spans in *rq; else the reason
- * it is declined (> 0, see mu_nx_decline_reason). */
-int mu_nx_parse_request(const char *d, size_t n, mu_nx_request *rq);
+/* 0: `d` (n bytes) is exactly one request C serves (its head, then a Content-Length body of
+ * at most max_body bytes), its spans in *rq; else the reason it is declined (> 0, see
+ * mu_nx_decline_reason). */
+int mu_nx_parse_request(const char *d, size_t n, long long max_body, mu_nx_request *rq);
 const char *mu_nx_decline_reason(int code);
 
 /* a response head C relays */

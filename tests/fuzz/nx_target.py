@@ -24,7 +24,7 @@ class Disagreement(AssertionError):
 def c_request(data: bytes) -> Any:
     rq = ffi.new("mu_nx_request *")
     buf = ffi.from_buffer(data)
-    rc = lib.mu_nx_parse_request(buf, len(data), rq)
+    rc = lib.mu_nx_parse_request(buf, len(data), ne.REQUEST_BODY_MAX, rq)
     if rc != 0:
         return ffi.string(lib.mu_nx_decline_reason(rc)).decode()
 
@@ -40,6 +40,8 @@ def c_request(data: bytes) -> Any:
         span(rq.query, rq.query_len),
         span(rq.host, rq.host_len),
         fields,
+        rq.content_length,
+        rq.head_len,
     )
 
 

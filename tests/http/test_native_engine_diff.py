@@ -85,6 +85,17 @@ CASES: list[tuple[str, list[Step]]] = [
             s(get("ok")),
         ],
     ),
+    (
+        "bodies",
+        [
+            s(get("ok")),
+            s(b"POST /k/ok HTTP/1.1\r\n" + H + b"Content-Length: 5\r\n\r\nhello"),
+            s(b"PUT /k/chunked HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc"),
+            s(b"POST /k/ok2 HTTP/1.1\r\n" + H + b"Content-Length: 0\r\n\r\n"),
+            s(b"POST /k/midbody HTTP/1.1\r\n" + H + b"Content-Length: 4\r\n\r\nabcd"),
+        ],
+    ),
+    ("body-eof", [s(get("ok")), s(b"PUT /k/eof HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\nab")]),
     ("timeout", [s(get("ok")), s(get("silent")), s(get("ok"))]),
     (
         "post",

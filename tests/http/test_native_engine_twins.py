@@ -20,6 +20,9 @@ REQUESTS = [
     b"GET /k/ok?q=1 HTTP/1.1\r\nHost: t.example:8080\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n",
     b"HEAD /a/b HTTP/1.1\r\nhost: A.b\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
     b"GET /a HTTP/1.1\r\nHost: a\r\nX:  v  \r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+    b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
 ]
 RESPONSES = [
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
@@ -63,11 +66,13 @@ def test_request_examples(data: bytes) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        b"POST / HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
+        b"OPTIONS / HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
         b"GET /%41 HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET /a/../b HTTP/1.1\r\nHost: a\r\n\r\n",

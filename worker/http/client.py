@@ -112,6 +112,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.native: Any = None
         self.fast_reader: Any = None
         self.presend: bytes | None = None
+        self.presend_body = 0  # and how many bytes of its body
 
     # -- lifecycle -------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -266,6 +267,12 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
+        skip = self.presend_body
+        if skip:  # the native engine sent these already (a late decline)
+            self.presend_body = max(0, skip - len(data))
+            data = data[skip:]
+            if not data:
+                return
         if self._req_chunked:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:

@@ -50,6 +50,8 @@ except ImportError:  # no io_uring extension: the native engine is off
 log = structlog.get_logger("monolake.native")
 
 MAX_BODY = 1 << 20  # larger Content-Length bodies are the Python engine's (backpressure, splice)
+# a request body C forwards: all of it in the read that brought its head, at most this
+REQUEST_BODY_MAX = 64 * 1024
 # diagnostics: the engine's counters written here at each timeout sweep (tests read them from a
 # standalone worker, which has no stats endpoint)
 STATS_FILE_ENV = "MONOLAKE_NATIVE_STATS_FILE"
@@ -76,6 +78,17 @@ def why_not(cfg: Any) -> str | None:
     if cfg.via:
         return "Via is merged into responses by the Python engine"
     return None
+
+
+def request_body_max(cfg: Any) -> int:
+    """The largest request body C forwards: REQUEST_BODY_MAX, below the server's
+    max_body_size (the Python engine answers 413) and its splice threshold (spliced)."""
+    limit = REQUEST_BODY_MAX
+    if cfg.max_body_size:
+        limit = min(limit, cfg.max_body_size)
+    if cfg.splice_threshold:
+        limit = min(limit, cfg.splice_threshold - 1)
+    return limit
 
 
 def _addr(obj: Any) -> int:
@@ -106,7 +119,14 @@ class NativeEngine:
             len(self.eps),
             self._late,
             _facts,
-            (cfg.max_header_size, cfg.max_uri_size, cfg.max_headers, MAX_BODY, COLLECT_MAX),
+            (
+                cfg.max_header_size,
+                cfg.max_uri_size,
+                cfg.max_headers,
+                MAX_BODY,
+                COLLECT_MAX,
+                request_body_max(cfg),
+            ),
             (rt.keepalive_timeout, self.read_timeout),
             refs,
         )
@@ -221,12 +241,23 @@ class NativeEngine:
                     out.append(conn)
         return out
 
+    def idle_count(self) -> int:
+        return sum(len(lst) for lst in self.idle)
+
     def counters(self) -> dict[str, int]:
         return dict(self.c.counters())
 
     # -- a late decline (mu_native.c late_decline) -------------------------------------------
     def _late(
-        self, client: Any, u: Any, reason: int, request: bytes, head: bytes, response: bytes, started: float
+        self,
+        client: Any,
+        u: Any,
+        reason: int,
+        request: bytes,
+        head: bytes,
+        body_len: int,
+        response: bytes,
+        started: float,
     ) -> None:
         conn = u.conn
         proto = client.proto
@@ -253,6 +284,7 @@ class NativeEngine:
         conn.closed = False
         pool = self.pool
         conn.presend = head
+        conn.presend_body = body_len
         pool.pinned = conn
         try:
             proto.data_received(request)
@@ -261,6 +293,7 @@ class NativeEngine:
         if pool.pinned is conn:  # the Python engine did not take it (it answered itself)
             pool.pinned = None
             conn.presend = None
+            conn.presend_body = 0
             conn.abort()
             return
         conn.deadline = started + self.read_timeout
@@ -310,6 +343,8 @@ class ParsedRequest:
     query: bytes
     host: bytes
     fields: tuple[tuple[bytes, bytes], ...]
+    content_length: int = -1  # -1: none
+    head_len: int = 0
 
 
 def _field(line: bytes, strict: bool) -> tuple[bytes, bytes] | None:
@@ -340,21 +375,21 @@ class _Lines:
         return d[pos : nl - 1]
 
 
-def parse_request(data: bytes) -> ParsedRequest | str:
+_METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH")
+
+
+def parse_request(data: bytes, max_body: int = REQUEST_BODY_MAX) -> ParsedRequest | str:
     """mu_nx_parse_request's twin: the request C serves, or why it is declined."""
-    if len(data) > MAX_HEAD:
-        return "too big"
-    if not data.endswith(b"\r\n\r\n"):
-        return "incomplete"
-    lines = _Lines(data, len(data))
+    blank = data.find(b"\r\n\r\n", 0, MAX_HEAD)
+    if blank < 0:
+        return "too big" if len(data) > MAX_HEAD else "incomplete"
+    n = blank + 4
+    lines = _Lines(data, n)
     first = lines.next()
     if isinstance(first, str):
         return first
-    if first.startswith(b"GET "):
-        method = b"GET"
-    elif first.startswith(b"HEAD "):
-        method = b"HEAD"
-    else:
+    method = next((m for m in _METHODS if first.startswith(m + b" ")), b"")
+    if not method:
         return "method"
     if len(first) < len(method) + 11 or not first.endswith(b" HTTP/1.1"):
         return "version"
@@ -366,6 +401,7 @@ def parse_request(data: bytes) -> ParsedRequest | str:
         return "target"
     fields: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
+    clen = -1
     while True:
         line = lines.next()
         if isinstance(line, str):
@@ -378,7 +414,12 @@ def parse_request(data: bytes) -> ParsedRequest | str:
         if f is None:
             return "field"
         name = f[0].lower()
-        if name in (b"content-length", b"transfer-encoding"):
+        if name == b"content-length":
+            v = f[1]
+            if clen >= 0 or not v or len(v) > 15 or not v.isdigit():
+                return "framing"
+            clen = int(v)
+        if name == b"transfer-encoding":
             return "framing"
         if name in _DECLINED_FIELDS:
             return "connection"
@@ -387,11 +428,14 @@ def parse_request(data: bytes) -> ParsedRequest | str:
                 return "host"
             host = f[1]
         fields.append(f)
-    if lines.pos != len(data):
-        return "incomplete"
     if host is None:
         return "host"
-    return ParsedRequest(method, path, query, host, tuple(fields))
+    body = max(clen, 0)
+    if body > max_body:
+        return "framing"
+    if len(data) - n != body:
+        return "incomplete"
+    return ParsedRequest(method, path, query, host, tuple(fields), clen, n)
 
 
 @dataclass(frozen=True)

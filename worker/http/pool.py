@@ -200,7 +200,8 @@ class UpstreamPool:
             dq.discard(conn)
 
     def idle_count(self) -> int:
-        return sum(len(dq) for dq in self.idle.values())
+        native = self.native.idle_count() if self.native is not None else 0
+        return native + sum(len(dq) for dq in self.idle.values())
 
     # -- periodic sweep --------------------------------------------------------------------
     def sweep(self, now: float) -> None:
