@@ -43,6 +43,8 @@ enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
 #define LATE_TIMEOUT 102  /* the upstream read timeout, nothing relayed yet */
 #define LATE_BIG 103      /* a body above the engine's max_body */
 #define LATE_EXTRA 104    /* bytes after the whole response in the same read */
+#define LATE_CLOSING 105  /* keep-alive went off (client EOF, drain) before the head went out:
+                           * the Python engine writes it with its "connection: close" */
 
 enum {
     K_REQUESTS, K_DECLINED, K_DECLINED_LATE, K_2XX, K_3XX, K_4XX, K_5XX, K_BYTES_IN,
@@ -858,6 +860,8 @@ static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
         u->have_head = 1;
         return 0;
     }
+    if (c->closing)
+        return late_decline(c, LATE_CLOSING);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + have));
     if (out == NULL)
         return -1;
@@ -1062,7 +1066,8 @@ static int add_constants(PyObject *m)
                    PyModule_AddIntConstant(m, "LATE_MIDBODY", LATE_MIDBODY) < 0 ||
                    PyModule_AddIntConstant(m, "LATE_TIMEOUT", LATE_TIMEOUT) < 0 ||
                    PyModule_AddIntConstant(m, "LATE_BIG", LATE_BIG) < 0 ||
-                   PyModule_AddIntConstant(m, "LATE_EXTRA", LATE_EXTRA) < 0
+                   PyModule_AddIntConstant(m, "LATE_EXTRA", LATE_EXTRA) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_CLOSING", LATE_CLOSING) < 0
                ? -1
                : 0;
 }

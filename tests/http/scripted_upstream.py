@@ -56,6 +56,7 @@ SCRIPTS: dict[str, list[bytes | float | None]] = {
     "headnolen": [b"HTTP/1.1 200 OK\r\nX-H: 2\r\n\r\n"],
     "304cl": [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\nETag: "y"\r\n\r\n'],
     "silent": [2.5, CLOSE],
+    "slow": [0.3, _ok(b"slow")],
 }
 
 

@@ -22,6 +22,7 @@ from tests.support import free_port
 pytestmark = pytest.mark.skipif(not URING, reason="io_uring unavailable")
 
 H = b"Host: t.example\r\nUser-Agent: diff\r\n"
+SHUT = b"<shut>"  # a step's data ending with this: the client half-closes after sending
 
 
 def get(name: str, method: bytes = b"GET", extra: bytes = b"", version: bytes = b"1.1") -> bytes:
@@ -96,6 +97,7 @@ CASES: list[tuple[str, list[Step]]] = [
         ],
     ),
     ("body-eof", [s(get("ok")), s(b"PUT /k/eof HTTP/1.1\r\n" + H + b"Content-Length: 2\r\n\r\nab")]),
+    ("half-close", [s(get("ok")), s(get("slow") + SHUT)]),
     ("timeout", [s(get("ok")), s(get("silent")), s(get("ok"))]),
     (
         "post",
@@ -140,7 +142,9 @@ def converse(port: int, steps: list[Step]) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
         for data, n, heads in steps:
             start = len(got)
-            c.sendall(data)
+            c.sendall(data.removesuffix(SHUT))
+            if data.endswith(SHUT):
+                c.shutdown(socket.SHUT_WR)
             deadline = time.monotonic() + 5
             while not _responses_done(got[start:], n, heads) and time.monotonic() < deadline:
                 c.settimeout(max(0.05, deadline - time.monotonic()))
