@@ -33,11 +33,28 @@ const char *mu_nx_decline_reason(int code)
     return code >= 0 && code < MU_NX_REASONS ? reasons[code] : "unknown";
 }
 
-static int is_tchar(unsigned char c)
+/* character classes, one table lookup per byte (the field scan is per byte of every head) */
+enum { CL_TCHAR = 1, CL_TARGET = 2 };
+static unsigned char classes[256];
+
+static void classes_init(void)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    if (classes['a'])
+        return;
+    for (int c = 0; c < 256; c++) {
+        int alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        unsigned char k = 0;
+        if (alnum || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL))
+            k |= CL_TCHAR;
+        /* target characters C takes: unreserved, sub-delims, ':', '@', '/', '?' (no '%',
+         * no '#') */
+        if (alnum || (c != 0 && strchr("-._~!$&'()*+,;=:@/?", c) != NULL))
+            k |= CL_TARGET;
+        classes[c] = k;
+    }
 }
+
+static int is_tchar(unsigned char c) { return classes[c] & CL_TCHAR; }
 
 static unsigned char low(unsigned char c) { return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c; }
 
@@ -52,12 +69,7 @@ static int ieq(const char *a, size_t n, const char *lit)
     return 1;
 }
 
-/* target characters C takes: unreserved, sub-delims, ':', '@', '/', '?' (no '%', no '#') */
-static int target_char(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != 0 && strchr("-._~!$&'()*+,;=:@/?", c) != NULL);
-}
+static int target_char(unsigned char c) { return classes[c] & CL_TARGET; }
 
 /* One "name: value" line (no line end) into trimmed spans; 0 or a reason. */
 static int field(const char *p, size_t n, int strict_value, const char **name, size_t *nlen,
@@ -132,6 +144,7 @@ static const struct {
 
 int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_request *rq)
 {
+    classes_init();
     const char *blank = NULL;
     size_t scan = all < MU_NX_MAX_HEAD ? all : MU_NX_MAX_HEAD;
     for (size_t i = 0; i + 4 <= scan; i++) {
@@ -282,6 +295,7 @@ static int conn_tokens(const char *p, size_t n)
 
 int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response *rs)
 {
+    classes_init();
     const char *end = NULL;
     size_t scan = n < MU_NX_MAX_HEAD ? n : MU_NX_MAX_HEAD;
     for (size_t i = 0; i < scan; i++) {
@@ -372,6 +386,7 @@ int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response 
 
 void mu_nx_client_head(const char *d, const mu_nx_response *rs, char *out)
 {
+    classes_init();
     size_t pos = 0, len;
     const char *line;
     char *o = out;
