@@ -753,6 +753,11 @@ static PyObject *client_get_busy(Client *c, void *Py_UNUSED(closure))
     return PyBool_FromLong(c->state == C_BUSY);
 }
 
+static PyObject *client_get_owned(Client *c, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(c->state == C_BUSY || c->state == C_NATIVE);
+}
+
 static PyMethodDef client_methods[] = {
     {"lost", (PyCFunction)client_lost, METH_NOARGS, "the client connection is gone"},
     {"rearm", (PyCFunction)client_rearm, METH_NOARGS, "the Python engine is idle: try C again"},
@@ -772,6 +777,7 @@ static PyGetSetDef client_getset[] = {
     {"proto", (getter)client_get_proto, NULL, "the Python protocol (None once lost)", NULL},
     {"state", (getter)client_get_state, NULL, "native, busy, python or dead", NULL},
     {"busy", (getter)client_get_busy, NULL, "a request of ours is upstream", NULL},
+    {"owned", (getter)client_get_owned, NULL, "C reads this connection (native or busy)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

@@ -188,6 +188,12 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # -- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        native = self._native
+        if native is not None and native.owned:
+            # bytes the transport delivered around the C reader (held while paused) while C
+            # owns the connection: they are C's, in order
+            native(data)
+            return
         n = len(data)
         self._rt.stats.bytes_in += n
         if self._tls is not None:
