@@ -85,9 +85,9 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     Engine *eng;
-    PyObject *proto, *py_reader, *writer, *reader;
+    PyObject *proto, *py_reader, *writer, *reader, *transport;
     PyObject *ip, *scheme;
-    int state, sticky, closing, fresh_done, head_only, wrote;
+    int state, sticky, closing, fresh_done, head_only, wrote, paused;
     Upstream *up;
     PyObject *req, *head, *pend;
     long long remaining, body_len;
@@ -110,7 +110,10 @@ struct Upstream {
 };
 
 static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
-static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn;
+static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume;
+
+#define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
+                               * client's reading pauses, as the Python engine's queue does */
 
 static double now_mono(void)
 {
@@ -367,6 +370,8 @@ static void unlink_pair(Client *c, Upstream *u)
     Py_DECREF(c);
 }
 
+static PyObject *client_request(Client *c, PyObject *data);
+
 /* The request in flight is answered: the upstream goes back to the idle list (pool) or is
  * closed; the client is ready for its next request, or handed over with what waited. */
 static int finish(Client *c, int pool)
@@ -401,15 +406,19 @@ static int finish(Client *c, int pool)
         if (c->proto != NULL && call_method0(c->proto, s_close) < 0)
             rc = -1;
     } else if (c->pend != NULL) {
+        /* the next pipelined request: ours or Python's, as any other */
         PyObject *pend = c->pend;
         c->pend = NULL;
-        c->state = C_PYTHON;
-        c->sticky = 1;
-        PyObject *r = call1(c->py_reader, pend);
+        PyObject *r = client_request(c, pend);
         Py_DECREF(pend);
         if (r == NULL)
             rc = -1;
         Py_XDECREF(r);
+    }
+    if (c->paused && c->state != C_BUSY) {
+        c->paused = 0;
+        if (c->transport != NULL && call_method0(c->transport, s_resume) < 0)
+            rc = -1;
     }
     Py_DECREF(u);
     Py_DECREF(c);
@@ -441,6 +450,11 @@ static int late_decline(Client *c, int reason)
         Py_DECREF(pend);
         req = both;
         c->sticky = 1;
+    }
+    if (c->paused) { /* reading paused for the pipeline held here: Python's from now on */
+        c->paused = 0;
+        if (c->transport != NULL && call_method0(c->transport, s_resume) < 0)
+            PyErr_Clear();
     }
     PyObject *rnum = PyLong_FromLong(reason);
     PyObject *blen = PyLong_FromLongLong(c->body_len);
@@ -534,7 +548,7 @@ static PyObject *client_request(Client *c, PyObject *data)
     }
     mu_head_request hrq = {rq.method, rq.method_len, rq.path, rq.path_len, rq.query,
                            rq.query_len, fields, rq.nfields, 0, 0, rq.content_length};
-    size_t body = (size_t)b.len - rq.head_len;
+    size_t body = rq.total - rq.head_len;
     mu_head_conn cn = {PyBytes_AS_STRING(c->ip), (size_t)PyBytes_GET_SIZE(c->ip),
                        PyBytes_AS_STRING(c->scheme), (size_t)PyBytes_GET_SIZE(c->scheme)};
     char stack[4096];
@@ -559,15 +573,30 @@ static PyObject *client_request(Client *c, PyObject *data)
         memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(head), n);
         memcpy(PyBytes_AS_STRING(out) + n, (const char *)b.buf + rq.head_len, body);
     }
+    PyObject *first = data; /* the request itself; pipelined bytes wait in pend */
+    if (rq.total < (size_t)b.len) {
+        first = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)rq.total);
+        c->pend = first != NULL ? PyBytes_FromStringAndSize((const char *)b.buf + rq.total,
+                                                            b.len - (Py_ssize_t)rq.total)
+                                : NULL;
+        if (c->pend == NULL) {
+            Py_XDECREF(first);
+            if (out != head)
+                Py_DECREF(out);
+            Py_DECREF(head);
+            goto fail;
+        }
+    } else
+        Py_INCREF(first);
     c->head_only = rq.method_len == 4 && memcmp(rq.method, "HEAD", 4) == 0;
     c->body_len = (long long)body;
-    e->k[K_BYTES_IN] += (unsigned long long)b.len;
+    e->k[K_BYTES_IN] += (unsigned long long)rq.total;
     PyBuffer_Release(&b);
     /* linked both ways: the upstream's reference came from the idle list */
     c->up = u;
     u->client = (Client *)Py_NewRef(c);
     u->len = 0;
-    c->req = Py_NewRef(data);
+    c->req = first;
     c->head = head;
     c->wrote = 0;
     c->state = C_BUSY;
@@ -613,6 +642,11 @@ static PyObject *client_vectorcall(PyObject *self, PyObject *const *args, size_t
             PyBytes_Concat(&c->pend, data);
         if (c->pend == NULL)
             return NULL;
+        if (PyBytes_GET_SIZE(c->pend) > PEND_MAX && !c->paused && c->transport != NULL) {
+            c->paused = 1;
+            if (call_method0(c->transport, s_pause) < 0)
+                return NULL;
+        }
         Py_RETURN_NONE;
     }
     case C_PYTHON:
@@ -621,15 +655,16 @@ static PyObject *client_vectorcall(PyObject *self, PyObject *const *args, size_t
     Py_RETURN_NONE; /* dead: the connection is going */
 }
 
-/* Client(engine, proto, py_reader, writer, reader) */
+/* Client(engine, proto, py_reader, writer, reader, transport) */
 static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *eng, *proto, *py_reader, *writer, *reader;
+    PyObject *eng, *proto, *py_reader, *writer, *reader, *transport;
     if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
         PyErr_SetString(PyExc_TypeError, "Client() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "O!OOOO", &Engine_Type, &eng, &proto, &py_reader, &writer, &reader))
+    if (!PyArg_ParseTuple(args, "O!OOOOO", &Engine_Type, &eng, &proto, &py_reader, &writer,
+                          &reader, &transport))
         return NULL;
     Client *c = (Client *)type->tp_alloc(type, 0);
     if (c == NULL)
@@ -640,6 +675,7 @@ static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     c->py_reader = Py_NewRef(py_reader);
     c->writer = Py_NewRef(writer);
     c->reader = Py_NewRef(reader);
+    c->transport = Py_NewRef(transport);
     /* the first request is Python's (the transport delivers it before the reader is ours);
      * rearm() once the Python engine is idle with nothing held */
     c->state = C_PYTHON;
@@ -653,6 +689,7 @@ static int client_traverse(Client *c, visitproc visit, void *arg)
     Py_VISIT(c->py_reader);
     Py_VISIT(c->writer);
     Py_VISIT(c->reader);
+    Py_VISIT(c->transport);
     Py_VISIT(c->ip);
     Py_VISIT(c->scheme);
     Py_VISIT(c->up);
@@ -668,6 +705,7 @@ static int client_clear(Client *c)
     Py_CLEAR(c->py_reader);
     Py_CLEAR(c->writer);
     Py_CLEAR(c->reader);
+    Py_CLEAR(c->transport);
     Py_CLEAR(c->ip);
     Py_CLEAR(c->scheme);
     Py_CLEAR(c->up);
@@ -707,6 +745,7 @@ static PyObject *client_lost(Client *c, PyObject *Py_UNUSED(unused))
     Py_CLEAR(c->py_reader);
     Py_CLEAR(c->writer);
     Py_CLEAR(c->reader);
+    Py_CLEAR(c->transport);
     Py_DECREF(keep);
     if (rc < 0)
         return NULL;
@@ -1091,7 +1130,10 @@ int mu_native_install(void)
         s_close = PyUnicode_InternFromString("_close");
         s_abort = PyUnicode_InternFromString("abort");
         s_close_conn = PyUnicode_InternFromString("close");
-        if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn)
+        s_pause = PyUnicode_InternFromString("pause_reading");
+        s_resume = PyUnicode_InternFromString("resume_reading");
+        if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
+            !s_resume)
             goto done;
     }
     if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||

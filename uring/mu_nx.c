@@ -5,8 +5,8 @@
  *
  * Request: "METHOD SP origin-form SP HTTP/1.1 CRLF" (GET, HEAD, POST, PUT, DELETE, PATCH),
  * field lines "token: value CRLF" (visible ASCII, SP, HTAB in values; trimmed), one Host of
- * [A-Za-z0-9.-] with an optional port, the blank line, then exactly the body its one
- * Content-Length announces (at most max_body bytes; none without one). Declined:
+ * [A-Za-z0-9.-] with an optional port, the blank line, then the body its one Content-Length
+ * announces (at most max_body bytes; none without one), whole. Declined:
  * Transfer-Encoding, Connection, Upgrade, Expect, Proxy-Connection, Keep-Alive; a '%',
  * "//", "/." or '#' in the target (the Python side's normalisation is not repeated here).
  *
@@ -245,8 +245,9 @@ int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_req
     long long body = rq->content_length < 0 ? 0 : rq->content_length;
     if (body > max_body)
         return NX_FRAMING;
-    if ((long long)(all - n) != body)
-        return NX_INCOMPLETE; /* the body is not all here, or bytes follow it */
+    if ((long long)(all - n) < body)
+        return NX_INCOMPLETE; /* the body is not all here */
+    rq->total = n + (size_t)body;
     return NX_OK;
 }
 

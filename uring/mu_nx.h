@@ -28,6 +28,7 @@ typedef struct {
     size_t host_len;
     long long content_length; /* -1: none */
     size_t head_len;          /* the head's bytes; the body follows */
+    size_t total;             /* head and body: what follows is the next request's */
     size_t nfields;
     const char *names[64];  /* MU_NX_MAX_FIELDS */
     size_t name_lens[64];
@@ -35,9 +36,9 @@ typedef struct {
     size_t value_lens[64];
 } mu_nx_request;
 
-/* 0: `d` (n bytes) is exactly one request C serves (its head, then a Content-Length body of
- * at most max_body bytes), its spans in *rq; else the reason it is declined (> 0, see
- * mu_nx_decline_reason). */
+/* 0: `d` (n bytes) starts with one whole request C serves (its head, then a Content-Length
+ * body of at most max_body bytes; rq->total bytes, pipelined ones may follow), its spans in
+ * *rq; else the reason it is declined (> 0, see mu_nx_decline_reason). */
 int mu_nx_parse_request(const char *d, size_t n, long long max_body, mu_nx_request *rq);
 const char *mu_nx_decline_reason(int code);
 

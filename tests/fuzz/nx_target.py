@@ -42,6 +42,7 @@ def c_request(data: bytes) -> Any:
         fields,
         rq.content_length,
         rq.head_len,
+        rq.total,
     )
 
 

@@ -52,6 +52,21 @@ CASES: list[tuple[str, list[Step]]] = [
         "pipelined",
         [s(get("ok")), s(get("ok") + get("ok2"), 2), s(get("ok")), s(get("ok2") + get("ok")[:10], 1)],
     ),
+    (
+        "pipelined-3",
+        [
+            s(get("ok")),
+            s(get("ok") + get("ok2") + get("split"), 3),
+            s(get("ok") + get("chunked") + get("ok2"), 3),
+        ],
+    ),
+    (
+        "pipelined-big",
+        [
+            s(get("ok")),
+            s(b"".join(get("ok", extra=b"X-Pad: " + b"p" * 7000 + b"\r\n") for _ in range(48)), 48),
+        ],
+    ),
     ("malformed", [s(get("ok")), s(b"GET /k/ok HTTP/1.1\r\nHost: t\r\nBad Line\r\n\r\n")]),
     (
         "smuggle",

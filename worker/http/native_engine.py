@@ -164,7 +164,7 @@ class NativeEngine:
         """The C reader for a new client connection, or None (not an io_uring transport)."""
         if not hasattr(transport, "_update_fast_reader") or type(transport.write).__name__ != "FastWriter":
             return None
-        return NATIVE.Client(self.c, proto, proto.data_received, transport.write, proto._reader)
+        return NATIVE.Client(self.c, proto, proto.data_received, transport.write, proto._reader, transport)
 
     # -- the pool's hooks (worker/http/pool.py) ---------------------------------------------
     def park(self, conn: UpstreamConnection) -> bool:
@@ -345,6 +345,7 @@ class ParsedRequest:
     fields: tuple[tuple[bytes, bytes], ...]
     content_length: int = -1  # -1: none
     head_len: int = 0
+    total: int = 0  # head and body; pipelined bytes may follow
 
 
 def _field(line: bytes, strict: bool) -> tuple[bytes, bytes] | None:
@@ -433,9 +434,9 @@ def parse_request(data: bytes, max_body: int = REQUEST_BODY_MAX) -> ParsedReques
     body = max(clen, 0)
     if body > max_body:
         return "framing"
-    if len(data) - n != body:
+    if len(data) - n < body:
         return "incomplete"
-    return ParsedRequest(method, path, query, host, tuple(fields), clen, n)
+    return ParsedRequest(method, path, query, host, tuple(fields), clen, n, n + body)
 
 
 @dataclass(frozen=True)
