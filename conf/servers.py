@@ -39,6 +39,7 @@ SERVER_KEYS = (
     "timeout",
     "upstream_http_version",
     "http_parser",
+    "engine",
     "max_body_size",
     "splice_threshold",
     "max_header_size",
@@ -67,6 +68,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "preserve_host": ("http",),
     "via": ("http",),
     "http_parser": ("http", "http_thrift"),
+    "engine": ("http",),
     "max_body_size": ("http", "http_thrift"),
     "splice_threshold": ("http",),
     "max_header_size": ("http", "http_thrift"),
@@ -114,6 +116,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
     timeout = parse_timeout(t)
     version = upstream_http_version(t) or "auto"
     http_parser = t.enum("http_parser", "auto", ("auto", "native", "httptools", "h11"))
+    engine = t.enum("engine", "python", ("python", "native"))
     max_body_size = t.integer("max_body_size", 0, lo=0, unit="of bytes")
     # http_thrift / thrift answer from the gateway or relay frames: nothing to splice there
     splice_default = SPLICE_THRESHOLD_DEFAULT if proxy_type == "http" else 0
@@ -158,6 +161,7 @@ def parse_server(table_name: str, t: Table) -> ServerConfig | None:
         timeout=timeout,
         upstream_http_version=version,
         http_parser=http_parser,
+        engine=engine,
         max_body_size=max_body_size,
         splice_threshold=splice_threshold,
         max_header_size=max_header_size,

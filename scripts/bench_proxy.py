@@ -20,6 +20,7 @@ nginx, wrk and taskset are installed with apt-get when missing (as root; see ben
     python scripts/bench_proxy.py --duration 10 --runtimes io_uring,legacy --json out.json
     python scripts/bench_proxy.py --only monolake --profile   # py-spy the monolake worker
     python scripts/bench_proxy.py --only monolake --runtimes io_uring --sizes 100B --perf
+    python scripts/bench_proxy.py --only nginx,monolake --runtimes io_uring --engines python,native
 """
 
 from __future__ import annotations
@@ -146,8 +147,9 @@ def start_monolake(
     busy_poll_us: int = 0,
     splice_threshold: int | None = None,
     access_log: str = "off",
+    engine: str = "python",
 ) -> Proc:
-    cfg = work / f"monolake-{runtime}-{busy_poll_us}-{splice_threshold}.toml"
+    cfg = work / f"monolake-{runtime}-{busy_poll_us}-{splice_threshold}-{engine}.toml"
     splice = "" if splice_threshold is None else f"splice_threshold = {splice_threshold}"
     # the access log: off, through structlog (log_level info: a line per request), or a file
     alog = {"off": "", "log": "access_log = true", "file": f'access_log = "{cfg}.access"'}[access_log]
@@ -165,6 +167,7 @@ def start_monolake(
         listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
         backlog = 4096
         http_parser = "{parser}"
+        engine = "{engine}"
         {splice}
         {alog}
         [[servers.bench.routes]]
@@ -177,7 +180,7 @@ def start_monolake(
     return Proc(
         [sys.executable, "-m", "monolake.worker", "--standalone", "-c", str(cfg)],
         PROXY_CPU,
-        work / f"monolake-{runtime}.log",
+        work / f"monolake-{runtime}-{engine}.log",
         # the allocator a master gives its workers (supervisor/workers.py), unless set here
         env={**os.environ, "PYTHONMALLOC": os.environ.get("PYTHONMALLOC", "malloc")},
     )
@@ -257,6 +260,12 @@ def main() -> int:
     )
     ap.add_argument("--parser", default="auto", help="monolake http_parser (auto = native when built)")
     ap.add_argument(
+        "--engines",
+        default="python",
+        help="monolake engines, comma-separated (python, native: the C exchange, io_uring only; "
+        "docs/http.md, Engines): one monolake per runtime and engine, in the same rounds",
+    )
+    ap.add_argument(
         "--busy-poll-us",
         type=int,
         default=0,
@@ -329,7 +338,12 @@ def main() -> int:
                         (f"monolake/{rt}+splice={n}", functools.partial(mono, splice_threshold=n))
                     )
                 if not splices:
-                    contenders.append((f"monolake/{rt}", mono))
+                    for engine in filter(None, args.engines.split(",")):
+                        if engine == "python":
+                            contenders.append((f"monolake/{rt}", mono))
+                        elif rt == "io_uring":
+                            native = functools.partial(mono, engine=engine)
+                            contenders.append((f"monolake/{rt}+{engine}", native))
                 if args.busy_poll_us:
                     poll = functools.partial(mono, busy_poll_us=args.busy_poll_us)
                     contenders.append((f"monolake/{rt}+poll", poll))

@@ -54,10 +54,21 @@ class Unit:
         return os.path.join(HERE, "_monolake_" + self.module.rsplit(".", 1)[1].lstrip("_") + ".c")
 
 
+# mu_native / mu_nx: the native exchange (issue 13 §2); it writes through mu_fast's writers and
+# runs from the completion walk, so it lives here, with its own copies of mu_route and mu_head
 URING = Unit(
     "monolake.uring._uring",
-    ("mu_ring.h", "mu_fast.h", "mu_splice.h"),
-    ("mu_ring.c", "mu_fast.c", "mu_lend.c", "mu_splice.c"),
+    ("mu_ring.h", "mu_fast.h", "mu_splice.h", "mu_native.h", "mu_nx.h"),
+    (
+        "mu_ring.c",
+        "mu_fast.c",
+        "mu_lend.c",
+        "mu_splice.c",
+        "mu_native.c",
+        "mu_nx.c",
+        "mu_route.c",
+        "mu_head.c",
+    ),
     liburing=True,
 )
 # mu_route / mu_head / mu_balance / mu_logring / mu_counters: the per-request decisions and

@@ -1243,6 +1243,7 @@ static PyTypeObject RequestParser_Type = {
     .tp_name = "monolake.uring._http.RequestParser",
     .tp_doc = "RequestParser(proto, max_head, max_uri, max_line=8192, max_fields=100): strict HTTP/1.1 request parser.",
     .tp_new = request_new,
+    .tp_getset = response_getset, /* leftover: a partial head held (the native engine asks) */
     PARSER_TYPE_SLOTS,
 };
 

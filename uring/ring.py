@@ -69,6 +69,21 @@ def _install_fast() -> Any:
 FAST = None if os.environ.get("MONOLAKE_URING_NO_FAST") else _install_fast()
 
 
+def _install_native() -> Any:
+    """monolake.uring._native (the native HTTP exchange, mu_native.c), or None."""
+    try:
+        if FAST is not None and lib.mu_native_install() == 0:
+            from monolake.uring import _native  # type: ignore[attr-defined]
+
+            return _native
+    except (AttributeError, ImportError):
+        pass
+    return None
+
+
+NATIVE = _install_native()
+
+
 class Ring:
     """One io_uring owned by one loop, created in the process that uses it."""
 

@@ -218,7 +218,10 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
             and self._conn is not None
         ):
             proto = self._protocol
-            if getattr(proto, "reads_lent_views", False):
+            fast = getattr(proto, "fast_reader", None)  # a C reader (uring/mu_native.c)
+            if fast is not None:
+                self._readers[self._recv_ud] = fast
+            elif getattr(proto, "reads_lent_views", False):
                 self._readers[self._recv_ud] = (proto.data_received,)
             else:
                 self._readers[self._recv_ud] = proto.data_received

@@ -707,3 +707,7 @@ TARGETS["chunked"] = _target(("chunked-request", "chunked-response"))
 from tests.fuzz.native_targets import TARGETS as _NATIVE_TARGETS  # noqa: E402
 
 TARGETS.update(_NATIVE_TARGETS)
+# the native engine's head decisions (uring/mu_nx.c): tests/fuzz/nx_target.py
+from tests.fuzz.nx_target import TARGETS as _NX_TARGETS  # noqa: E402
+
+TARGETS.update(_NX_TARGETS)

@@ -4,6 +4,8 @@ real upstream servers, and a raw HTTP/1.1 client over loopback sockets."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import resource
 import select
 import socket
@@ -84,6 +86,19 @@ class Worker:
         return 0
 
 
+# MONOLAKE_TEST_ENGINE=native: every http server a test starts runs engine = "native" (the C
+# exchange on io_uring, worker/http/native_engine.py), so a suite checks both engines:
+#   MONOLAKE_TEST_ENGINE=native pytest tests/http/test_basic.py -k io_uring
+TEST_ENGINE = os.environ.get("MONOLAKE_TEST_ENGINE", "")
+
+
+def with_engine(config: str) -> str:
+    """``config`` with ``engine = TEST_ENGINE`` in each http server table that names none."""
+    if not TEST_ENGINE or "engine =" in config:
+        return config
+    return re.sub(r'(?m)^(proxy_type = "http"\s*)$', rf'\1\nengine = "{TEST_ENGINE}"', config)
+
+
 def runtime_line(loop: str) -> str:
     return 'runtime_type = "io_uring"' if loop == "io_uring" else 'runtime_type = "legacy"'
 
@@ -95,7 +110,7 @@ def run_worker(
     """Start ``python -m monolake.worker --standalone -c CONFIG``; wait for its READY line.
     ``nofile``: the worker's RLIMIT_NOFILE (soft and hard)."""
     cfg = tmp / f"monolake-{time.monotonic_ns()}.toml"
-    cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + config)
+    cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + with_engine(config))
     log_path = tmp / (cfg.stem + ".log")
     if loop == "asyncio":
         code = (

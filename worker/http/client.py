@@ -107,6 +107,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._finished = False  # the current response is complete: more parser events are unsolicited
         self._interim = False  # a 1xx head was seen: its on_message_complete ends nothing
         self.poisoned = ""  # why this connection must never be reused ("" while it may)
+        # the native engine (worker/http/native_engine.py): its reader while it holds this
+        # connection, and the head it already sent when it hands a request over (late decline)
+        self.native: Any = None
+        self.fast_reader: Any = None
+        self.presend: bytes | None = None
+        self.presend_body = 0  # and how many bytes of its body
 
     # -- lifecycle -------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -230,13 +236,26 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = _now() + read_timeout
         if body is None:
             self._req_done = True
-            self.transport.write(head)
+            self._write_head(head)
         else:
             self._req_done = False
             self._req_chunked = body.length is None
             self._req_body = body
-            self.transport.write(head)
+            self._write_head(head)
             body.pipe(self)
+
+    def _write_head(self, head: bytes) -> None:
+        """The request head goes out, unless the native engine sent this very head already
+        (a late decline hands its request to this exchange: native_engine.py)."""
+        sent = self.presend
+        if sent is not None:
+            self.presend = None
+            if sent != head:  # a twin disagreement (tests/http/test_native_head.py): the
+                # upstream has this request already; never a second copy, never reused
+                self.pool.log.error("native_head_mismatch", upstream=self.upstream.label)
+                self.poisoned = "native head mismatch"
+            return
+        self.transport.write(head)
 
     def _deliver(self, resp: Response | None, exc: BaseException | None) -> None:
         cb = self._on_head
@@ -248,6 +267,12 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.closed:
             return
+        skip = self.presend_body
+        if skip:  # the native engine sent these already (a late decline)
+            self.presend_body = max(0, skip - len(data))
+            data = data[skip:]
+            if not data:
+                return
         if self._req_chunked:
             self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:

@@ -75,14 +75,26 @@ class UpstreamPool:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._drain_epoch = DrainEpoch.value
         self.closed = False
+        # the native engine (worker/http/native_engine.py) holds idle connections of its
+        # endpoints; a late decline pins the connection its request went out on
+        self.native: Any = None
+        self.pinned: UpstreamConnection | None = None
 
     # -- acquire / release -----------------------------------------------------------------
     def take_idle(self, up: Upstream) -> UpstreamConnection | None:
         """An idle connection to ``up`` (most recently used first), or None: no waiting."""
+        pinned = self.pinned
+        if pinned is not None and pinned.key == up.key:
+            self.pinned = None
+            pinned.upstream = up
+            self.busy.add(pinned)
+            return pinned
         if self._adopt:
             return None  # adopted sockets are wrapped first (acquire)
         dq = self.idle.get(up.key)
         conn = dq.take(self._checked_out) if dq else None
+        if conn is None and self.native is not None:
+            conn = self.native.unpark(up.key)
         if conn is not None:
             conn.upstream = up
             self.busy.add(conn)
@@ -170,6 +182,8 @@ class UpstreamPool:
         if self.closed or conn.closed or conn.poisoned or up.draining:
             conn.close()  # draining: DNS no longer names this address
             return
+        if self.native is not None and conn.upstream.max_idle > 0 and self.native.park(conn):
+            return
         dq = self.idle.get(conn.key)
         if dq is None:
             dq = self.idle[conn.key] = IdleList(self.counters)
@@ -179,17 +193,22 @@ class UpstreamPool:
     def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed: drop it from wherever it is."""
         self.busy.discard(conn)
+        if self.native is not None:
+            self.native.forget(conn)
         dq = self.idle.get(conn.key)
         if dq:
             dq.discard(conn)
 
     def idle_count(self) -> int:
-        return sum(len(dq) for dq in self.idle.values())
+        native = self.native.idle_count() if self.native is not None else 0
+        return native + sum(len(dq) for dq in self.idle.values())
 
     # -- periodic sweep --------------------------------------------------------------------
     def sweep(self, now: float) -> None:
         for dq in list(self.idle.values()):
             dq.expire(now, _idle_timeout)
+        if self.native is not None:
+            self.native.sweep(now)
         if self._drain_epoch != DrainEpoch.value:
             self._drain_epoch = DrainEpoch.value
             for dq in list(self.idle.values()):
@@ -197,7 +216,16 @@ class UpstreamPool:
         for conn in list(self.busy):
             conn.check_timeout(now)
 
+    def native_off(self) -> None:
+        """The native engine lets go: its idle connections come back to the Python lists."""
+        native, self.native = self.native, None
+        if native is not None:
+            for conn in native.give_back():
+                self.busy.add(conn)
+                self.release(conn)
+
     async def aclose(self) -> None:
+        self.native_off()
         self.closed = True
         for dq in self.idle.values():
             dq.close_where()
@@ -208,6 +236,7 @@ class UpstreamPool:
     # -- state migration -------------------------------------------------------------------
     def export_idle(self, fds: list[int]) -> list[dict]:
         """Hand idle plain connections over (dup'ed fds); they leave this pool."""
+        self.native_off()
         out: list[dict] = []
         for key, dq in self.idle.items():
             start = len(fds)

@@ -68,6 +68,8 @@ class HttpServerProtocol(asyncio.Protocol):
         "_tunnel_pending",
         "_lingering",
         "_h2",
+        "_native",
+        "fast_reader",
         "__weakref__",
     )
 
@@ -94,6 +96,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._tunnel_pending: list[bytes] = _NO_BYTES  # a list once a tunnel has some
         self._lingering = False
         self._h2: Any = None  # the h2 side once the client spoke HTTP/2 (worker/h2/downstream.py)
+        self._native: Any = None  # the C reader of the native engine (worker/http/native_engine.py)
 
     # -- connection lifecycle --------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -115,6 +118,11 @@ class HttpServerProtocol(asyncio.Protocol):
             self._start_tls(rt.tls)
         else:
             self._start_http()
+            if rt.native is not None:
+                self._native = rt.native.attach(self, transport)
+                if self._native is not None:
+                    self.fast_reader = self._native
+                    transport._update_fast_reader()
 
     def _start_tls(self, tls: ServerTls) -> None:
         self._tls = tls.session(self._transport.write)
@@ -138,6 +146,10 @@ class HttpServerProtocol(asyncio.Protocol):
             self._ctx.remember_addresses()  # for the logs of what is cut short
         self._transport = None
         rt.connections.discard(self)
+        if self._native is not None:
+            native, self._native = self._native, None
+            self.fast_reader = None
+            native.lost()
         rt.stats.open_connections -= 1
         if self._h2 is not None:
             h2, self._h2 = self._h2, None
@@ -168,12 +180,20 @@ class HttpServerProtocol(asyncio.Protocol):
             return True
         self._reader.peer_closed()
         self._closing = True
+        if self._native is not None and self._native.close_after():
+            return True  # C answers its request in flight, then closes
         # Nothing in flight: close; otherwise answer what is in flight, then close.
         return bool(self._queue)
         # (keep-alive is off from here: see exchange_done)
 
     # -- reading ---------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        native = self._native
+        if native is not None and native.owned:
+            # bytes the transport delivered around the C reader (held while paused) while C
+            # owns the connection: they are C's, in order
+            native(data)
+            return
         n = len(data)
         self._rt.stats.bytes_in += n
         if self._tls is not None:
@@ -330,7 +350,10 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._rt.draining:
             self._close(linger=True)  # a request already on its way gets FIN, not RST
             return
-        self._reader.answered(self._rt.keepalive_timeout)
+        reader = self._reader
+        reader.answered(self._rt.keepalive_timeout)
+        if self._native is not None and reader.phase == IDLE and getattr(reader.parser, "leftover", 1) == 0:
+            self._native.rearm()  # at a request boundary with nothing held: C may take the next
 
     # -- flow control ----------------------------------------------------------------------
     def pause_writing(self) -> None:
@@ -414,6 +437,9 @@ class HttpServerProtocol(asyncio.Protocol):
         phase = reader.due(now, self._read_paused)
         if phase < 0:
             return
+        if self._native is not None and self._native.busy:
+            self._native.timeout()  # the upstream read timeout of a request C sent
+            return
         if phase == IDLE or self._prelude is not None:
             self._close()
             return
@@ -442,6 +468,8 @@ class HttpServerProtocol(asyncio.Protocol):
         accepted to be served); an idle one gets a lingering close, so a request racing
         with the close sees FIN rather than a reset."""
         self._closing = True
+        if self._native is not None:
+            self._native.close_after()
         if self._reader.fresh:
             return
         if self._is_idle():
@@ -454,6 +482,7 @@ class HttpServerProtocol(asyncio.Protocol):
         return (
             not self._queue
             and self._tunnel is None
+            and not (self._native is not None and self._native.busy)
             and (self._reader.receiving is None or self._reader.phase == IDLE)
         )
 
@@ -463,7 +492,11 @@ class HttpServerProtocol(asyncio.Protocol):
 
     @property
     def idle(self) -> bool:
-        return not self._queue and self._reader.phase == IDLE
+        return (
+            not self._queue
+            and self._reader.phase == IDLE
+            and not (self._native is not None and self._native.busy)
+        )
 
     @property
     def reclaimable(self) -> bool:

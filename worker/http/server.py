@@ -20,7 +20,7 @@ from monolake.worker.http.exchange import entry_point
 from monolake.worker.http.parser import HeadLimits, resolve_parser
 from monolake.worker.http.pool import UpstreamPool
 from monolake.worker.http.protocol import HttpServerProtocol
-from monolake.worker.http.proxy import RouterFactory
+from monolake.worker.http.proxy import RouterFactory, RouterService
 from monolake.worker.http.stats import Stats
 from monolake.worker.net.tls import ServerTls
 from monolake.worker.service.core import FactoryStack, ServiceStack, push_config_layers
@@ -63,6 +63,7 @@ class ServerRuntime:
         self.draining = False
         self.loop: Any = None
         self.access_log = bool(cfg.access_log)
+        self.native: Any = None  # the native engine (native_engine.py), when it is on
         self._access_file: Any = None
         if isinstance(cfg.access_log, str) and cfg.access_log:
             # open for the server's lifetime; close_files() closes it
@@ -198,7 +199,11 @@ class HttpServerHandle:
             loop.create_task(self.pool.adopt_pending())
 
     def stats(self) -> dict[str, int]:
-        return self.rt.stats.as_dict()
+        out = self.rt.stats.as_dict()
+        native = self.rt.native
+        if native is not None:
+            add_native_counters(out, native.counters())
+        return out
 
     def begin_drain(self) -> None:
         rt = self.rt
@@ -277,6 +282,50 @@ def inherited_stack(
     return None, NO_FDS
 
 
+def start_native(rt: ServerRuntime, stack: Any, pool: UpstreamPool, log: Any) -> None:
+    """``engine = "native"``: the C engine serves what it accepts (native_engine.py). The
+    pool is shared across an in-place reload: the newest build's engine holds its idle
+    connections."""
+    pool.native_off()
+    if getattr(rt.settings, "engine", "python") != "native":
+        return
+    from monolake.worker.http import native_engine
+
+    reason = native_engine.why_not(rt.settings)
+    if reason is None and not isinstance(stack.entry, RouterService):
+        reason = "the stack's entry is not the router"
+    if reason is not None:
+        log.warning("native_engine_off", reason=reason)
+        return
+    try:
+        rt.native = native_engine.NativeEngine(stack.entry, pool, rt)
+    except ValueError as exc:
+        log.warning("native_engine_off", reason=str(exc))
+        return
+    pool.native = rt.native
+
+
+NATIVE_SHARED = (
+    "requests",
+    "responses_2xx",
+    "responses_3xx",
+    "responses_4xx",
+    "responses_5xx",
+    "bytes_in",
+    "bytes_out",
+    "upstream_unsolicited",
+)
+
+
+def add_native_counters(out: dict[str, int], native: dict[str, int]) -> None:
+    """The native engine's counters in the server's stats: what it served counts as the
+    Python engine's would (requests, statuses, bytes); its own keys are prefixed."""
+    for key in NATIVE_SHARED:
+        out[key] = out.get(key, 0) + native.get(key, 0)
+    for key in ("requests", "declined", "declined_late", "aborted"):
+        out["native_" + key] = native.get(key, 0)
+
+
 def start_if_running(handle: HttpServerHandle) -> None:
     """Built inside a running loop (a reload): start now rather than at the first connection."""
     try:
@@ -313,6 +362,7 @@ def build(name: str, cfg: Any, env: Any, previous: object | None) -> HttpServerH
     prev_stack, fd_source = inherited_stack(live, snapshot, stats, log)
     stack = factory.make(prev_stack, fd_source)
     rt = ServerRuntime(name, cfg, env, stack, stats, pool)
+    start_native(rt, stack, pool, log)
     handle = HttpServerHandle(rt)
     if live is not None:
         # only now that nothing can fail: the live pool takes this config's settings and is

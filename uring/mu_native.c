@@ -1,0 +1,1163 @@
+/*
+ * monolake.uring._native: the native HTTP/1.1 exchange (issue 13 §2; see mu_native.h).
+ *
+ * Why CPython types and not cffi callbacks: the loop's completion walk (mu_fast.c dispatch)
+ * calls a connection's reader with one vectorcall. A Client or Upstream object *is* that
+ * reader, so a keep-alive request served here runs no Python frame: parse (mu_nx), route
+ * (mu_route), upstream head (mu_head), the writes through the transports' FastWriters, the
+ * response relayed, the upstream connection put back, counters in the Engine.
+ *
+ * Client states:
+ *   NATIVE  at a request boundary, the Python protocol idle: the next bytes are tried here
+ *   BUSY    a request of ours is upstream; bytes from the client wait in `pend`
+ *   PYTHON  the Python protocol owns the connection: bytes go to its data_received. It comes
+ *           back (rearm) when the Python engine is idle again after a request we handed it
+ *           whole (a "clean" decline: no route of ours, no idle upstream connection); after
+ *           any other decline it stays Python's for good ("sticky")
+ * A decline happens before any byte of the request went upstream (early: the bytes go to
+ * the Python protocol as they came) or after the head went upstream but before any byte
+ * reached the client (late: Engine.late gets the request, the head sent and the response
+ * bytes so far, and the Python engine takes the exchange over on that same connection, see
+ * worker/http/native_engine.py). Once the client has bytes of the response, C finishes it or
+ * the connection is aborted, as the Python engine does mid-body.
+ *
+ * Upstream connections: the Python pool parks the ones C may use in Engine.idle (one list
+ * per endpoint, LIFO); an Upstream is the reader of its connection while it is held here.
+ * It goes back to the list only after a complete response with nothing after it and a
+ * keep-alive upstream (the pool's rule, docs/http.md "Upstreams").
+ */
+#include <Python.h>
+#include <string.h>
+#include <time.h>
+
+#include "mu_head.h"
+#include "mu_native.h"
+#include "mu_nx.h"
+#include "mu_route.h"
+
+enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
+
+/* late decline reasons beyond the mu_nx ones */
+#define LATE_EOF 100      /* the upstream closed before any response byte reached the client */
+#define LATE_MIDBODY 101  /* the upstream went away mid-body: the client is aborted */
+#define LATE_TIMEOUT 102  /* the upstream read timeout, nothing relayed yet */
+#define LATE_BIG 103      /* a body above the engine's max_body */
+#define LATE_EXTRA 104    /* bytes after the whole response in the same read */
+#define LATE_CLOSING 105  /* keep-alive went off (client EOF, drain) before the head went out:
+                           * the Python engine writes it with its "connection: close" */
+
+enum {
+    K_REQUESTS, K_DECLINED, K_DECLINED_LATE, K_2XX, K_3XX, K_4XX, K_5XX, K_BYTES_IN,
+    K_BYTES_OUT, K_UNSOLICITED, K_ABORTED, K_COUNT
+};
+static const char *const counter_names[K_COUNT] = {
+    "requests", "declined", "declined_late", "responses_2xx", "responses_3xx",
+    "responses_4xx", "responses_5xx", "bytes_in", "bytes_out", "upstream_unsolicited",
+    "aborted",
+};
+
+typedef struct {
+    int ep;                        /* endpoint index, -1: not ours */
+    const mu_head_route *hr;
+    const mu_head_upstream *hu;
+} nx_route;
+
+typedef struct {
+    PyObject_HEAD
+    char *blob;
+    size_t blob_len;
+    int nroutes;
+    nx_route *routes;
+    PyObject *refs;    /* what keeps the head options alive */
+    PyObject *idle;    /* tuple of lists of Upstream */
+    PyObject *late;    /* late(client, upstream, reason, request, head, body_len, response, started) */
+    PyObject *facts;   /* facts(proto) -> (ip, scheme) */
+    double keepalive, read_timeout;
+    long long max_body, collect_max, max_req_body;
+    size_t max_head, max_uri;
+    int max_fields;
+    unsigned long long k[K_COUNT];
+} Engine;
+
+typedef struct Upstream Upstream;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Engine *eng;
+    PyObject *proto, *py_reader, *writer, *reader, *transport;
+    PyObject *ip, *scheme;
+    int state, sticky, closing, fresh_done, head_only, wrote, paused;
+    Upstream *up;
+    PyObject *req, *head, *pend;
+    long long remaining, body_len;
+    int status;
+    double started;
+} Client;
+
+struct Upstream {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    Engine *eng;
+    int ep;
+    PyObject *conn, *writer;
+    Client *client;
+    char *buf;
+    size_t len, cap;
+    int dead, keep_alive, have_head;
+    mu_nx_response rs; /* the head, once it is in (have_head) */
+    double since;
+};
+
+static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
+static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume;
+
+#define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
+                               * client's reading pauses, as the Python engine's queue does */
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int set_deadline(Client *c, double when)
+{
+    if (c->reader == NULL)
+        return 0;
+    PyObject *f = PyFloat_FromDouble(when);
+    if (f == NULL)
+        return -1;
+    int rc = PyObject_SetAttr(c->reader, s_deadline, f);
+    Py_DECREF(f);
+    return rc;
+}
+
+static PyObject *call1(PyObject *fn, PyObject *arg)
+{
+    PyObject *args[1] = {arg};
+    return PyObject_Vectorcall(fn, args, 1, NULL);
+}
+
+static int write_to(PyObject *writer, PyObject *data)
+{
+    PyObject *r = call1(writer, data);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int call_method0(PyObject *obj, PyObject *name)
+{
+    if (obj == NULL)
+        return 0;
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* ---- Engine ----------------------------------------------------------------------------- */
+
+static void engine_dealloc(Engine *e)
+{
+    PyObject_GC_UnTrack(e);
+    PyMem_Free(e->blob);
+    PyMem_Free(e->routes);
+    Py_CLEAR(e->refs);
+    Py_CLEAR(e->idle);
+    Py_CLEAR(e->late);
+    Py_CLEAR(e->facts);
+    Py_TYPE(e)->tp_free((PyObject *)e);
+}
+
+static int engine_traverse(Engine *e, visitproc visit, void *arg)
+{
+    Py_VISIT(e->refs);
+    Py_VISIT(e->idle);
+    Py_VISIT(e->late);
+    Py_VISIT(e->facts);
+    return 0;
+}
+
+static int engine_clear(Engine *e)
+{
+    Py_CLEAR(e->refs);
+    Py_CLEAR(e->idle);
+    Py_CLEAR(e->late);
+    Py_CLEAR(e->facts);
+    return 0;
+}
+
+/* Engine(blob, routes, neps, late, facts,
+ *        (max_head, max_uri, max_fields, max_body, collect_max, max_request_body),
+ *        (keepalive, read_timeout), refs)
+ * routes: a list with, per route index, None (not ours) or (ep, route_opts_addr,
+ * upstream_opts_addr); refs: whatever owns those structs. */
+static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_buffer blob;
+    PyObject *routes, *late, *facts, *refs;
+    int neps, max_fields;
+    Py_ssize_t max_head, max_uri;
+    long long max_body, collect_max, max_req_body;
+    double keepalive, read_timeout;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Engine() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "y*O!iOO(nniLLL)(dd)O", &blob, &PyList_Type, &routes, &neps,
+                          &late, &facts, &max_head, &max_uri, &max_fields, &max_body, &collect_max,
+                          &max_req_body,
+                          &keepalive, &read_timeout, &refs))
+        return NULL;
+    Engine *e = NULL;
+    if (mu_route_check(blob.buf, (size_t)blob.len) != 0) {
+        PyErr_SetString(PyExc_ValueError, "route table rejected by mu_route_check");
+        goto fail;
+    }
+    if (neps < 0 || neps > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "bad endpoint count");
+        goto fail;
+    }
+    e = (Engine *)type->tp_alloc(type, 0);
+    if (e == NULL)
+        goto fail;
+    e->blob = PyMem_Malloc((size_t)blob.len + 1);
+    e->nroutes = (int)PyList_GET_SIZE(routes);
+    e->routes = PyMem_Calloc((size_t)e->nroutes + 1, sizeof(nx_route));
+    if (e->blob == NULL || e->routes == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    memcpy(e->blob, blob.buf, (size_t)blob.len);
+    e->blob_len = (size_t)blob.len;
+    for (int i = 0; i < e->nroutes; i++) {
+        PyObject *r = PyList_GET_ITEM(routes, i);
+        e->routes[i].ep = -1;
+        if (r == Py_None)
+            continue;
+        int ep;
+        PyObject *a, *b;
+        if (!PyArg_ParseTuple(r, "iOO", &ep, &a, &b))
+            goto fail;
+        void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b);
+        if (PyErr_Occurred())
+            goto fail;
+        if (ep < 0 || ep >= neps || pa == NULL || pb == NULL) {
+            PyErr_SetString(PyExc_ValueError, "bad route entry");
+            goto fail;
+        }
+        e->routes[i].ep = ep;
+        e->routes[i].hr = pa;
+        e->routes[i].hu = pb;
+    }
+    e->idle = PyTuple_New(neps);
+    if (e->idle == NULL)
+        goto fail;
+    for (int i = 0; i < neps; i++) {
+        PyObject *l = PyList_New(0);
+        if (l == NULL)
+            goto fail;
+        PyTuple_SET_ITEM(e->idle, i, l);
+    }
+    Py_INCREF(late);
+    e->late = late;
+    Py_INCREF(facts);
+    e->facts = facts;
+    Py_INCREF(refs);
+    e->refs = refs;
+    e->max_head = max_head < MU_NX_MAX_HEAD ? (size_t)max_head : MU_NX_MAX_HEAD;
+    e->max_uri = (size_t)max_uri;
+    e->max_fields = max_fields < MU_NX_MAX_FIELDS ? max_fields : MU_NX_MAX_FIELDS;
+    e->max_body = max_body;
+    e->collect_max = collect_max;
+    e->max_req_body = max_req_body;
+    e->keepalive = keepalive;
+    e->read_timeout = read_timeout;
+    PyBuffer_Release(&blob);
+    return (PyObject *)e;
+fail:
+    PyBuffer_Release(&blob);
+    Py_XDECREF(e);
+    return NULL;
+}
+
+static PyObject *engine_counters(Engine *e, PyObject *Py_UNUSED(unused))
+{
+    PyObject *d = PyDict_New();
+    if (d == NULL)
+        return NULL;
+    for (int i = 0; i < K_COUNT; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(e->k[i]);
+        if (v == NULL || PyDict_SetItemString(d, counter_names[i], v) < 0) {
+            Py_XDECREF(v);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *engine_match(Engine *e, PyObject *args)
+{
+    Py_buffer path, host;
+    if (!PyArg_ParseTuple(args, "y*y*", &path, &host))
+        return NULL;
+    int r = mu_route_match(e->blob, host.len ? host.buf : NULL, (size_t)host.len, path.buf,
+                           (size_t)path.len, NULL, NULL);
+    PyBuffer_Release(&path);
+    PyBuffer_Release(&host);
+    return PyLong_FromLong(r);
+}
+
+static PyMethodDef engine_methods[] = {
+    {"counters", (PyCFunction)engine_counters, METH_NOARGS, "the counters, as a dict"},
+    {"match", (PyCFunction)engine_match, METH_VARARGS, "match(path, host) -> route index or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *engine_get_idle(Engine *e, void *Py_UNUSED(closure))
+{
+    Py_INCREF(e->idle);
+    return e->idle;
+}
+
+static PyGetSetDef engine_getset[] = {
+    {"idle", (getter)engine_get_idle, NULL, "per endpoint, the Upstreams C may use (LIFO)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Engine_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monolake.uring._native.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = engine_new,
+    .tp_dealloc = (destructor)engine_dealloc,
+    .tp_traverse = (traverseproc)engine_traverse,
+    .tp_clear = (inquiry)engine_clear,
+    .tp_methods = engine_methods,
+    .tp_getset = engine_getset,
+    .tp_doc = "one server's native exchange: routes, idle upstreams, counters (mu_native.c)",
+};
+
+/* ---- the exchange ---------------------------------------------------------------------- */
+
+/* Hand `data` to the Python protocol (the connection is Python's from here). */
+static PyObject *decline(Client *c, PyObject *data, int sticky)
+{
+    c->state = C_PYTHON;
+    c->sticky |= sticky;
+    c->eng->k[K_DECLINED]++;
+    return call1(c->py_reader, data);
+}
+
+/* Detach c and u from each other (each drops the reference it held on the other). */
+static void unlink_pair(Client *c, Upstream *u)
+{
+    c->up = NULL;
+    u->client = NULL;
+    u->len = 0;
+    u->have_head = 0;
+    Py_CLEAR(c->req);
+    Py_CLEAR(c->head);
+    Py_DECREF(u);
+    Py_DECREF(c);
+}
+
+static PyObject *client_request(Client *c, PyObject *data);
+
+/* The request in flight is answered: the upstream goes back to the idle list (pool) or is
+ * closed; the client is ready for its next request, or handed over with what waited. */
+static int finish(Client *c, int pool)
+{
+    Upstream *u = c->up;
+    Engine *e = c->eng;
+    double now = now_mono();
+    int rc = 0;
+    int s = c->status;
+    e->k[K_REQUESTS]++;
+    e->k[s < 300 ? K_2XX : s < 400 ? K_3XX : s < 500 ? K_4XX : K_5XX]++;
+    Py_INCREF(u);
+    Py_INCREF(c);
+    if (pool && u->keep_alive && !u->dead) {
+        u->since = now;
+        if (PyList_Append(PyTuple_GET_ITEM(e->idle, u->ep), (PyObject *)u) < 0)
+            rc = -1;
+    } else if (call_method0(u->conn, s_close_conn) < 0)
+        rc = -1;
+    unlink_pair(c, u);
+    c->state = C_NATIVE;
+    if (!c->fresh_done && c->reader != NULL) {
+        c->fresh_done = 1;
+        if (PyObject_SetAttr(c->reader, s_fresh, Py_False) < 0)
+            rc = -1;
+    }
+    if (set_deadline(c, now + e->keepalive) < 0)
+        rc = -1;
+    if (c->closing) {
+        c->state = C_PYTHON;
+        c->sticky = 1;
+        if (c->proto != NULL && call_method0(c->proto, s_close) < 0)
+            rc = -1;
+    } else if (c->pend != NULL) {
+        /* the next pipelined request: ours or Python's, as any other */
+        PyObject *pend = c->pend;
+        c->pend = NULL;
+        PyObject *r = client_request(c, pend);
+        Py_DECREF(pend);
+        if (r == NULL)
+            rc = -1;
+        Py_XDECREF(r);
+    }
+    if (c->paused && c->state != C_BUSY) {
+        c->paused = 0;
+        if (c->transport != NULL && call_method0(c->transport, s_resume) < 0)
+            rc = -1;
+    }
+    Py_DECREF(u);
+    Py_DECREF(c);
+    return rc;
+}
+
+/* Give the exchange to the Python engine (nothing reached the client yet), or, mid-body,
+ * let it abort the client. */
+static int late_decline(Client *c, int reason)
+{
+    Upstream *u = c->up;
+    Engine *e = c->eng;
+    e->k[reason == LATE_MIDBODY ? K_ABORTED : K_DECLINED_LATE]++;
+    PyObject *resp = PyBytes_FromStringAndSize(u->buf, (Py_ssize_t)u->len);
+    if (resp == NULL)
+        return -1;
+    PyObject *req = c->req, *head = c->head, *pend = c->pend;
+    Py_INCREF(req);
+    Py_INCREF(head);
+    c->pend = NULL;
+    if (pend != NULL) { /* what the client sent meanwhile follows the request */
+        PyObject *both = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(req) + PyBytes_GET_SIZE(pend));
+        if (both != NULL) {
+            memcpy(PyBytes_AS_STRING(both), PyBytes_AS_STRING(req), (size_t)PyBytes_GET_SIZE(req));
+            memcpy(PyBytes_AS_STRING(both) + PyBytes_GET_SIZE(req), PyBytes_AS_STRING(pend),
+                   (size_t)PyBytes_GET_SIZE(pend));
+        }
+        Py_DECREF(req);
+        Py_DECREF(pend);
+        req = both;
+        c->sticky = 1;
+    }
+    if (c->paused) { /* reading paused for the pipeline held here: Python's from now on */
+        c->paused = 0;
+        if (c->transport != NULL && call_method0(c->transport, s_resume) < 0)
+            PyErr_Clear();
+    }
+    PyObject *rnum = PyLong_FromLong(reason);
+    PyObject *blen = PyLong_FromLongLong(c->body_len);
+    PyObject *started = PyFloat_FromDouble(c->started);
+    Py_INCREF(u);
+    Py_INCREF(c);
+    unlink_pair(c, u);
+    c->state = reason == LATE_MIDBODY ? C_DEAD : C_PYTHON;
+    if (reason >= LATE_EOF)
+        c->sticky = 1;
+    PyObject *r = NULL;
+    if (req != NULL && rnum != NULL && blen != NULL && started != NULL) {
+        PyObject *args[8] = {(PyObject *)c, (PyObject *)u, rnum, req, head, blen, resp, started};
+        r = PyObject_Vectorcall(e->late, args, 8, NULL);
+    }
+    Py_XDECREF(rnum);
+    Py_XDECREF(blen);
+    Py_XDECREF(started);
+    Py_XDECREF(req);
+    Py_DECREF(head);
+    Py_DECREF(resp);
+    Py_DECREF(u);
+    Py_DECREF(c);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static int take_facts(Client *c)
+{
+    PyObject *t = call1(c->eng->facts, c->proto);
+    if (t == NULL)
+        return -1;
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(t, 0)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(t, 1))) {
+        Py_DECREF(t);
+        PyErr_SetString(PyExc_TypeError, "facts() must return (ip: bytes, scheme: bytes)");
+        return -1;
+    }
+    c->ip = Py_NewRef(PyTuple_GET_ITEM(t, 0));
+    c->scheme = Py_NewRef(PyTuple_GET_ITEM(t, 1));
+    Py_DECREF(t);
+    return 0;
+}
+
+/* A request in the NATIVE state: serve it, or decline it. */
+static PyObject *client_request(Client *c, PyObject *data)
+{
+    Engine *e = c->eng;
+    Py_buffer b;
+    if (PyObject_GetBuffer(data, &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    mu_nx_request rq;
+    int rc = mu_nx_parse_request(b.buf, (size_t)b.len, e->max_req_body, &rq);
+    if (rc == 0 && (rq.head_len > e->max_head || (int)rq.nfields > e->max_fields ||
+                    rq.path_len + rq.query_len + 1 > e->max_uri))
+        rc = NX_FIELDS;
+    if (rc != 0) {
+        PyBuffer_Release(&b);
+        return decline(c, data, 1);
+    }
+    int r = mu_route_match(e->blob, rq.host, rq.host_len, rq.path, rq.path_len, NULL, NULL);
+    int ep = r >= 0 && r < e->nroutes ? e->routes[r].ep : -1;
+    PyObject *list = ep >= 0 ? PyTuple_GET_ITEM(e->idle, ep) : NULL;
+    Upstream *u = NULL;
+    while (list != NULL && PyList_GET_SIZE(list) > 0) {
+        Py_ssize_t last = PyList_GET_SIZE(list) - 1;
+        u = (Upstream *)Py_NewRef(PyList_GET_ITEM(list, last));
+        if (PyList_SetSlice(list, last, last + 1, NULL) < 0) {
+            Py_DECREF(u);
+            PyBuffer_Release(&b);
+            return NULL;
+        }
+        if (!u->dead)
+            break;
+        Py_CLEAR(u);
+    }
+    if (u == NULL) {
+        PyBuffer_Release(&b);
+        return decline(c, data, 0); /* no route of ours, or no idle connection: Python's */
+    }
+    if (c->ip == NULL && take_facts(c) < 0)
+        goto fail;
+    mu_head_field fields[MU_NX_MAX_FIELDS];
+    for (size_t i = 0; i < rq.nfields; i++) {
+        fields[i].name = rq.names[i];
+        fields[i].name_len = rq.name_lens[i];
+        fields[i].value = rq.values[i];
+        fields[i].value_len = rq.value_lens[i];
+    }
+    mu_head_request hrq = {rq.method, rq.method_len, rq.path, rq.path_len, rq.query,
+                           rq.query_len, fields, rq.nfields, 0, 0, rq.content_length};
+    size_t body = rq.total - rq.head_len;
+    mu_head_conn cn = {PyBytes_AS_STRING(c->ip), (size_t)PyBytes_GET_SIZE(c->ip),
+                       PyBytes_AS_STRING(c->scheme), (size_t)PyBytes_GET_SIZE(c->scheme)};
+    char stack[4096];
+    size_t n = mu_head_write(&hrq, e->routes[r].hr, e->routes[r].hu, &cn, stack, sizeof stack);
+    PyObject *head;
+    if (n <= sizeof stack) {
+        head = PyBytes_FromStringAndSize(stack, (Py_ssize_t)n);
+    } else {
+        head = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+        if (head != NULL)
+            mu_head_write(&hrq, e->routes[r].hr, e->routes[r].hu, &cn, PyBytes_AS_STRING(head), n);
+    }
+    if (head == NULL)
+        goto fail;
+    PyObject *out = head; /* what goes upstream: the head, and the body after it */
+    if (body > 0) {
+        out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n + body));
+        if (out == NULL) {
+            Py_DECREF(head);
+            goto fail;
+        }
+        memcpy(PyBytes_AS_STRING(out), PyBytes_AS_STRING(head), n);
+        memcpy(PyBytes_AS_STRING(out) + n, (const char *)b.buf + rq.head_len, body);
+    }
+    PyObject *first = data; /* the request itself; pipelined bytes wait in pend */
+    if (rq.total < (size_t)b.len) {
+        first = PyBytes_FromStringAndSize(b.buf, (Py_ssize_t)rq.total);
+        c->pend = first != NULL ? PyBytes_FromStringAndSize((const char *)b.buf + rq.total,
+                                                            b.len - (Py_ssize_t)rq.total)
+                                : NULL;
+        if (c->pend == NULL) {
+            Py_XDECREF(first);
+            if (out != head)
+                Py_DECREF(out);
+            Py_DECREF(head);
+            goto fail;
+        }
+    } else
+        Py_INCREF(first);
+    c->head_only = rq.method_len == 4 && memcmp(rq.method, "HEAD", 4) == 0;
+    c->body_len = (long long)body;
+    e->k[K_BYTES_IN] += (unsigned long long)rq.total;
+    PyBuffer_Release(&b);
+    /* linked both ways: the upstream's reference came from the idle list */
+    c->up = u;
+    u->client = (Client *)Py_NewRef(c);
+    u->len = 0;
+    c->req = first;
+    c->head = head;
+    c->wrote = 0;
+    c->state = C_BUSY;
+    c->started = now_mono();
+    rc = set_deadline(c, c->started + e->read_timeout) < 0 ? -1 : write_to(u->writer, out);
+    if (out != head)
+        Py_DECREF(out);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&b);
+    /* back where it was: nothing was sent on it */
+    if (PyList_Append(list, (PyObject *)u) < 0) {
+        Py_DECREF(u);
+        return NULL;
+    }
+    Py_DECREF(u);
+    return NULL;
+}
+
+static PyObject *client_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                   PyObject *kwnames)
+{
+    Client *c = (Client *)self;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Client(data) takes one argument");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    switch (c->state) {
+    case C_NATIVE:
+        return client_request(c, data);
+    case C_BUSY: {
+        /* the client sent more while its request is upstream: it waits for the response */
+        if (!PyBytes_Check(data)) {
+            PyErr_SetString(PyExc_TypeError, "Client reads bytes");
+            return NULL;
+        }
+        if (c->pend == NULL)
+            c->pend = Py_NewRef(data);
+        else
+            PyBytes_Concat(&c->pend, data);
+        if (c->pend == NULL)
+            return NULL;
+        if (PyBytes_GET_SIZE(c->pend) > PEND_MAX && !c->paused && c->transport != NULL) {
+            c->paused = 1;
+            if (call_method0(c->transport, s_pause) < 0)
+                return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    case C_PYTHON:
+        return call1(c->py_reader, data);
+    }
+    Py_RETURN_NONE; /* dead: the connection is going */
+}
+
+/* Client(engine, proto, py_reader, writer, reader, transport) */
+static PyObject *client_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *eng, *proto, *py_reader, *writer, *reader, *transport;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Client() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!OOOOO", &Engine_Type, &eng, &proto, &py_reader, &writer,
+                          &reader, &transport))
+        return NULL;
+    Client *c = (Client *)type->tp_alloc(type, 0);
+    if (c == NULL)
+        return NULL;
+    c->vectorcall = client_vectorcall;
+    c->eng = (Engine *)Py_NewRef(eng);
+    c->proto = Py_NewRef(proto);
+    c->py_reader = Py_NewRef(py_reader);
+    c->writer = Py_NewRef(writer);
+    c->reader = Py_NewRef(reader);
+    c->transport = Py_NewRef(transport);
+    /* the first request is Python's (the transport delivers it before the reader is ours);
+     * rearm() once the Python engine is idle with nothing held */
+    c->state = C_PYTHON;
+    return (PyObject *)c;
+}
+
+static int client_traverse(Client *c, visitproc visit, void *arg)
+{
+    Py_VISIT(c->eng);
+    Py_VISIT(c->proto);
+    Py_VISIT(c->py_reader);
+    Py_VISIT(c->writer);
+    Py_VISIT(c->reader);
+    Py_VISIT(c->transport);
+    Py_VISIT(c->ip);
+    Py_VISIT(c->scheme);
+    Py_VISIT(c->up);
+    Py_VISIT(c->req);
+    Py_VISIT(c->head);
+    Py_VISIT(c->pend);
+    return 0;
+}
+
+static int client_clear(Client *c)
+{
+    Py_CLEAR(c->proto);
+    Py_CLEAR(c->py_reader);
+    Py_CLEAR(c->writer);
+    Py_CLEAR(c->reader);
+    Py_CLEAR(c->transport);
+    Py_CLEAR(c->ip);
+    Py_CLEAR(c->scheme);
+    Py_CLEAR(c->up);
+    Py_CLEAR(c->req);
+    Py_CLEAR(c->head);
+    Py_CLEAR(c->pend);
+    Py_CLEAR(c->eng);
+    return 0;
+}
+
+static void client_dealloc(Client *c)
+{
+    PyObject_GC_UnTrack(c);
+    client_clear(c);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* the client connection is gone: an exchange in flight is abandoned (its upstream closed) */
+static PyObject *client_lost(Client *c, PyObject *Py_UNUSED(unused))
+{
+    Upstream *u = c->up;
+    int rc = 0;
+    c->state = C_DEAD;
+    if (u != NULL) {
+        u->dead = 1;
+        Py_INCREF(u);
+        Py_INCREF(c);
+        unlink_pair(c, u);
+        rc = call_method0(u->conn, s_abort);
+        Py_DECREF(u);
+        Py_DECREF(c);
+    }
+    PyObject *keep = (PyObject *)c;
+    Py_INCREF(keep);
+    Py_CLEAR(c->pend);
+    Py_CLEAR(c->proto);
+    Py_CLEAR(c->py_reader);
+    Py_CLEAR(c->writer);
+    Py_CLEAR(c->reader);
+    Py_CLEAR(c->transport);
+    Py_DECREF(keep);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* the Python engine is idle again after a clean decline: the next request is tried here */
+static PyObject *client_rearm(Client *c, PyObject *Py_UNUSED(unused))
+{
+    if (c->state == C_PYTHON && !c->sticky && !c->closing)
+        c->state = C_NATIVE;
+    return PyBool_FromLong(c->state == C_NATIVE);
+}
+
+/* keep-alive is off (client EOF, drain): finish what is in flight, then Python closes */
+static PyObject *client_close_after(Client *c, PyObject *Py_UNUSED(unused))
+{
+    c->closing = 1;
+    if (c->state == C_NATIVE) {
+        c->state = C_PYTHON;
+        c->sticky = 1;
+    }
+    return PyBool_FromLong(c->state == C_BUSY);
+}
+
+/* the upstream read timeout is due (the protocol's sweep): as the Python engine would */
+static PyObject *client_timeout(Client *c, PyObject *Py_UNUSED(unused))
+{
+    if (c->state != C_BUSY || c->up == NULL)
+        Py_RETURN_FALSE;
+    if (late_decline(c, c->wrote ? LATE_MIDBODY : LATE_TIMEOUT) < 0)
+        return NULL;
+    Py_RETURN_TRUE;
+}
+
+static PyObject *client_get_state(Client *c, void *Py_UNUSED(closure))
+{
+    static const char *const names[] = {"native", "busy", "python", "dead"};
+    return PyUnicode_FromString(names[c->state]);
+}
+
+static PyObject *client_get_busy(Client *c, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(c->state == C_BUSY);
+}
+
+static PyObject *client_get_owned(Client *c, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(c->state == C_BUSY || c->state == C_NATIVE);
+}
+
+static PyMethodDef client_methods[] = {
+    {"lost", (PyCFunction)client_lost, METH_NOARGS, "the client connection is gone"},
+    {"rearm", (PyCFunction)client_rearm, METH_NOARGS, "the Python engine is idle: try C again"},
+    {"close_after", (PyCFunction)client_close_after, METH_NOARGS, "no keep-alive from here"},
+    {"timeout", (PyCFunction)client_timeout, METH_NOARGS, "the upstream read timeout is due"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyObject *client_get_proto(Client *c, void *Py_UNUSED(closure))
+{
+    if (c->proto == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef(c->proto);
+}
+
+static PyGetSetDef client_getset[] = {
+    {"proto", (getter)client_get_proto, NULL, "the Python protocol (None once lost)", NULL},
+    {"state", (getter)client_get_state, NULL, "native, busy, python or dead", NULL},
+    {"busy", (getter)client_get_busy, NULL, "a request of ours is upstream", NULL},
+    {"owned", (getter)client_get_owned, NULL, "C reads this connection (native or busy)", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Client_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monolake.uring._native.Client",
+    .tp_basicsize = sizeof(Client),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Client, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = client_new,
+    .tp_dealloc = (destructor)client_dealloc,
+    .tp_traverse = (traverseproc)client_traverse,
+    .tp_clear = (inquiry)client_clear,
+    .tp_methods = client_methods,
+    .tp_getset = client_getset,
+    .tp_doc = "a client connection's reader in the native exchange (mu_native.c)",
+};
+
+/* ---- Upstream -------------------------------------------------------------------------- */
+
+static int keep_bytes(Upstream *u, const char *p, size_t n)
+{
+    if (u->len + n > u->cap) {
+        size_t cap = (u->len + n) * 2;
+        char *nb = PyMem_Realloc(u->buf, cap);
+        if (nb == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        u->buf = nb;
+        u->cap = cap;
+    }
+    memcpy(u->buf + u->len, p, n);
+    u->len += n;
+    return 0;
+}
+
+static int relay(Client *c, const char *p, size_t n)
+{
+    PyObject *b = PyBytes_FromStringAndSize(p, (Py_ssize_t)n);
+    if (b == NULL)
+        return -1;
+    c->eng->k[K_BYTES_OUT] += n;
+    int rc = write_to(c->writer, b);
+    Py_DECREF(b);
+    return rc;
+}
+
+/* bytes of the response to the client's request in flight */
+static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
+{
+    Engine *e = u->eng;
+    if (c->wrote) {
+        size_t take = (long long)n > c->remaining ? (size_t)c->remaining : n;
+        if (relay(c, p, take) < 0)
+            return -1;
+        c->remaining -= (long long)take;
+        if (take < n) { /* bytes after the response: never pooled */
+            e->k[K_UNSOLICITED]++;
+            u->dead = 1;
+        }
+        return c->remaining == 0 ? finish(c, !u->dead) : 0;
+    }
+    if (keep_bytes(u, p, n) < 0)
+        return -1;
+    mu_nx_response rs;
+    if (u->have_head) {
+        rs = u->rs;
+    } else {
+        int rc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
+        if (rc < 0)
+            return 0; /* the head is not all here */
+        if (rc > 0)
+            return late_decline(c, rc);
+        if (rs.content_length > e->max_body)
+            return late_decline(c, LATE_BIG);
+    }
+    size_t have = u->len - rs.head_len;
+    if ((long long)have > rs.content_length)
+        return late_decline(c, LATE_EXTRA);
+    if ((long long)have < rs.content_length && rs.content_length <= e->collect_max) {
+        /* as the Python engine's parser: a small body is collected whole before the head
+         * goes out (so an upstream that stops halfway gets a 502, not a cut response) */
+        u->rs = rs;
+        u->have_head = 1;
+        return 0;
+    }
+    if (c->closing)
+        return late_decline(c, LATE_CLOSING);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + have));
+    if (out == NULL)
+        return -1;
+    mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(out));
+    memcpy(PyBytes_AS_STRING(out) + rs.client_len, u->buf + rs.head_len, have);
+    c->wrote = 1;
+    c->status = rs.status;
+    c->remaining = rs.content_length - (long long)have;
+    u->keep_alive = rs.keep_alive;
+    u->len = 0;
+    u->have_head = 0;
+    e->k[K_BYTES_OUT] += rs.client_len + have;
+    int rc = write_to(c->writer, out);
+    Py_DECREF(out);
+    if (rc < 0)
+        return -1;
+    return c->remaining == 0 ? finish(c, 1) : 0;
+}
+
+static PyObject *upstream_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                                     PyObject *kwnames)
+{
+    Upstream *u = (Upstream *)self;
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "Upstream(data) takes one argument");
+        return NULL;
+    }
+    Py_buffer b;
+    if (PyObject_GetBuffer(args[0], &b, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Client *c = u->client;
+    int rc;
+    if (c == NULL) {
+        /* bytes on an idle connection: the upstream is confused; never reuse it */
+        u->eng->k[K_UNSOLICITED]++;
+        u->dead = 1;
+        rc = call_method0(u->conn, s_abort);
+    } else {
+        Py_INCREF(c);
+        rc = upstream_response(u, c, b.buf, (size_t)b.len);
+        Py_DECREF(c);
+    }
+    PyBuffer_Release(&b);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* Upstream(engine, ep, conn, writer) */
+static PyObject *upstream_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *eng, *conn, *writer;
+    int ep;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds) != 0) {
+        PyErr_SetString(PyExc_TypeError, "Upstream() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O!iOO", &Engine_Type, &eng, &ep, &conn, &writer))
+        return NULL;
+    if (ep < 0 || ep >= PyTuple_GET_SIZE(((Engine *)eng)->idle)) {
+        PyErr_SetString(PyExc_ValueError, "no such endpoint");
+        return NULL;
+    }
+    Upstream *u = (Upstream *)type->tp_alloc(type, 0);
+    if (u == NULL)
+        return NULL;
+    u->vectorcall = upstream_vectorcall;
+    u->eng = (Engine *)Py_NewRef(eng);
+    u->ep = ep;
+    u->conn = Py_NewRef(conn);
+    u->writer = Py_NewRef(writer);
+    u->keep_alive = 1;
+    return (PyObject *)u;
+}
+
+static int upstream_traverse(Upstream *u, visitproc visit, void *arg)
+{
+    Py_VISIT(u->eng);
+    Py_VISIT(u->conn);
+    Py_VISIT(u->writer);
+    Py_VISIT(u->client);
+    return 0;
+}
+
+static int upstream_clear(Upstream *u)
+{
+    Py_CLEAR(u->conn);
+    Py_CLEAR(u->writer);
+    Py_CLEAR(u->client);
+    Py_CLEAR(u->eng);
+    return 0;
+}
+
+static void upstream_dealloc(Upstream *u)
+{
+    PyObject_GC_UnTrack(u);
+    upstream_clear(u);
+    PyMem_Free(u->buf);
+    Py_TYPE(u)->tp_free((PyObject *)u);
+}
+
+/* the connection closed (the pool's forget): out of the idle list, or the exchange on it
+ * ends as the Python engine's would (a retry before any response byte, an abort after) */
+static PyObject *upstream_lost(Upstream *u, PyObject *Py_UNUSED(unused))
+{
+    u->dead = 1;
+    Client *c = u->client;
+    if (c != NULL) {
+        Py_INCREF(c);
+        int rc = late_decline(c, c->wrote ? LATE_MIDBODY : LATE_EOF);
+        Py_DECREF(c);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_TRUE;
+    }
+    if (u->eng != NULL) {
+        PyObject *list = PyTuple_GET_ITEM(u->eng->idle, u->ep);
+        for (Py_ssize_t i = PyList_GET_SIZE(list) - 1; i >= 0; i--) {
+            if (PyList_GET_ITEM(list, i) == (PyObject *)u) {
+                if (PyList_SetSlice(list, i, i + 1, NULL) < 0)
+                    return NULL;
+                break;
+            }
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
+static PyObject *upstream_get_conn(Upstream *u, void *Py_UNUSED(closure))
+{
+    if (u->conn == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef(u->conn);
+}
+
+static PyObject *upstream_get_busy(Upstream *u, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(u->client != NULL);
+}
+
+static PyObject *upstream_get_since(Upstream *u, void *Py_UNUSED(closure))
+{
+    return PyFloat_FromDouble(u->since);
+}
+
+static int upstream_set_since(Upstream *u, PyObject *value, void *Py_UNUSED(closure))
+{
+    double v = value != NULL ? PyFloat_AsDouble(value) : -1.0;
+    if (v == -1.0 && (value == NULL || PyErr_Occurred())) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_AttributeError, "cannot delete since");
+        return -1;
+    }
+    u->since = v;
+    return 0;
+}
+
+static PyObject *upstream_get_ep(Upstream *u, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(u->ep);
+}
+
+static PyMethodDef upstream_methods[] = {
+    {"lost", (PyCFunction)upstream_lost, METH_NOARGS, "the connection closed"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef upstream_getset[] = {
+    {"conn", (getter)upstream_get_conn, NULL, "the pool's UpstreamConnection", NULL},
+    {"busy", (getter)upstream_get_busy, NULL, "serving a request of ours", NULL},
+    {"since", (getter)upstream_get_since, (setter)upstream_set_since, "monotonic time it went idle", NULL},
+    {"ep", (getter)upstream_get_ep, NULL, "its endpoint index", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject Upstream_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "monolake.uring._native.Upstream",
+    .tp_basicsize = sizeof(Upstream),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Upstream, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = upstream_new,
+    .tp_dealloc = (destructor)upstream_dealloc,
+    .tp_traverse = (traverseproc)upstream_traverse,
+    .tp_clear = (inquiry)upstream_clear,
+    .tp_methods = upstream_methods,
+    .tp_getset = upstream_getset,
+    .tp_doc = "a pooled upstream connection's reader in the native exchange (mu_native.c)",
+};
+
+/* ---- module ---------------------------------------------------------------------------- */
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT, "monolake.uring._native",
+    "the native HTTP/1.1 exchange (see mu_native.c)", -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+static int add_constants(PyObject *m)
+{
+    return PyModule_AddIntConstant(m, "LATE_EOF", LATE_EOF) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_MIDBODY", LATE_MIDBODY) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_TIMEOUT", LATE_TIMEOUT) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_BIG", LATE_BIG) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_EXTRA", LATE_EXTRA) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_CLOSING", LATE_CLOSING) < 0
+               ? -1
+               : 0;
+}
+
+/* Build monolake.uring._native and put it in sys.modules: 0, or -1. Called through cffi,
+ * which released the GIL: take it back here. */
+int mu_native_install(void)
+{
+    PyGILState_STATE st = PyGILState_Ensure();
+    int rc = -1;
+    PyObject *m = NULL;
+    if (s_deadline == NULL) {
+        s_deadline = PyUnicode_InternFromString("deadline");
+        s_fresh = PyUnicode_InternFromString("fresh");
+        s_close = PyUnicode_InternFromString("_close");
+        s_abort = PyUnicode_InternFromString("abort");
+        s_close_conn = PyUnicode_InternFromString("close");
+        s_pause = PyUnicode_InternFromString("pause_reading");
+        s_resume = PyUnicode_InternFromString("resume_reading");
+        if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
+            !s_resume)
+            goto done;
+    }
+    if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||
+        PyType_Ready(&Upstream_Type) < 0)
+        goto done;
+    m = PyModule_Create(&native_module);
+    if (m == NULL || add_constants(m) < 0)
+        goto done;
+    PyTypeObject *types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
+    const char *names[3] = {"Engine", "Client", "Upstream"};
+    for (int i = 0; i < 3; i++) {
+        Py_INCREF(types[i]);
+        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
+            Py_DECREF(types[i]);
+            goto done;
+        }
+    }
+    if (PyDict_SetItemString(PyImport_GetModuleDict(), "monolake.uring._native", m) < 0)
+        goto done;
+    rc = 0;
+done:
+    if (rc != 0)
+        PyErr_Clear();
+    Py_XDECREF(m);
+    PyGILState_Release(st);
+    return rc;
+}
