@@ -12,7 +12,32 @@
 #include <stdint.h>
 #include <nghttp2/nghttp2.h>
 
-/* Per-session receive state; nghttp2's user_data points at it. */
+/* What the C callbacks record for Python, in wire order: one mh2_rec (16 bytes, native byte
+ * order, no padding) followed by its len payload bytes, in one growing log that Python reads once
+ * per receive_data / data_to_send instead of taking one Python callback per frame. */
+enum mh2_ev_kind {
+    MH2_EV_HEADERS = 1,     /* a complete header block: cat, flags; payload "name\0value\0..." */
+    MH2_EV_DATA = 2,        /* a DATA chunk received; payload the bytes */
+    MH2_EV_DATA_END = 3,    /* a DATA frame with END_STREAM received (after its chunks) */
+    MH2_EV_RST = 4,         /* RST_STREAM received: aux = error code */
+    MH2_EV_SETTINGS = 5,    /* SETTINGS (not ACK) received: payload n x (uint32 id, uint32 value) */
+    MH2_EV_PING_ACK = 6,    /* PING ACK received: payload the 8 opaque bytes */
+    MH2_EV_GOAWAY = 7,      /* GOAWAY received: aux = error code, payload int32 last id + debug */
+    MH2_EV_CLOSE = 8,       /* a stream closed: aux = error code */
+    MH2_EV_GOAWAY_SENT = 9  /* we sent GOAWAY: aux = error code, payload int32 last id + debug */
+};
+
+typedef struct mh2_rec {
+    uint8_t kind;
+    uint8_t flags;          /* the frame's flags */
+    uint8_t cat;            /* HEADERS: nghttp2_headers_category */
+    uint8_t pad;
+    int32_t stream_id;
+    uint32_t aux;
+    uint32_t len;           /* payload bytes after the record */
+} mh2_rec;
+
+/* Per-session state; nghttp2's user_data points at it. */
 typedef struct mh2_hdrs {
     char *buf;              /* the block being collected, "name\0value\0..." */
     size_t len;
@@ -22,6 +47,11 @@ typedef struct mh2_hdrs {
     int32_t stream_id;      /* the stream whose block is being collected */
     int too_big;            /* this block went over the limit: no longer collected */
     uint64_t too_big_count; /* blocks over the limit so far (a peer-error signal) */
+    uint8_t *log;           /* mh2_rec records + payloads since the last mh2_log_reset */
+    size_t log_len;
+    size_t log_cap;
+    uint8_t *out;           /* what mh2_send serialised last */
+    size_t out_cap;
 } mh2_hdrs;
 
 mh2_hdrs *mh2_hdrs_new(size_t limit);
@@ -32,6 +62,19 @@ int mh2_begin_headers_c(nghttp2_session *session, const nghttp2_frame *frame, vo
 int mh2_header_c(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
                  size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
                  void *user_data);
+int mh2_on_frame_recv_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+int mh2_on_data_chunk_recv_c(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+                             const uint8_t *data, size_t len, void *user_data);
+int mh2_on_stream_close_c(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+                          void *user_data);
+int mh2_on_frame_send_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+
+/* The log has been read: empty it (and drop a big buffer an idle session need not keep). */
+void mh2_log_reset(mh2_hdrs *h);
+
+/* nghttp2_session_mem_send until nothing is due or about limit bytes are out, into h->out in
+ * one piece: returns its length, or a negative nghttp2 error (h->out then holds nothing). */
+int64_t mh2_send(mh2_hdrs *h, nghttp2_session *session, size_t limit);
 
 /* Submit calls taking an encoded block of n fields (names already lower-case). Sensitive
  * fields (authorization, proxy-authorization, set-cookie, short cookies) are never indexed. */

@@ -15,6 +15,7 @@ bounded ACK queue and the session fails with ``ERR_FLOODED`` instead of growing 
 from __future__ import annotations
 
 import itertools
+import struct
 import time
 import weakref
 from collections import deque
@@ -48,6 +49,13 @@ HeaderInput = Iterable[tuple[bytes | str, bytes | str]]
 _DRAIN_PING = b"mlkdrain"
 # session-fatal nghttp2 errors that mean "the peer is abusing us", answered with ENHANCE_YOUR_CALM
 _ABUSE_ERRORS = ("NGHTTP2_ERR_FLOODED", "NGHTTP2_ERR_TOO_MANY_CONTINUATIONS", "NGHTTP2_ERR_TOO_MANY_SETTINGS")
+# the C glue's log record (mh2.h, mh2_rec): kind, flags, cat, pad, stream id, aux, payload length
+_REC = struct.Struct("=BBBxiII")
+_EV = _binding.lib
+EV_HEADERS, EV_DATA, EV_DATA_END = _EV.MH2_EV_HEADERS, _EV.MH2_EV_DATA, _EV.MH2_EV_DATA_END
+EV_RST, EV_SETTINGS, EV_PING_ACK = _EV.MH2_EV_RST, _EV.MH2_EV_SETTINGS, _EV.MH2_EV_PING_ACK
+EV_GOAWAY, EV_CLOSE, EV_GOAWAY_SENT = _EV.MH2_EV_GOAWAY, _EV.MH2_EV_CLOSE, _EV.MH2_EV_GOAWAY_SENT
+_END_STREAM = _EV.NGHTTP2_FLAG_END_STREAM
 
 
 class H2Error(Exception):
@@ -106,10 +114,12 @@ def _block(headers: HeaderInput) -> tuple[bytes, int, list[bytes]]:
     return block, n, parts
 
 
-def _opaque(goaway: Any) -> bytes:
-    """A GOAWAY's debug data (nghttp2 puts its reason for a GOAWAY it sends there)."""
-    n = goaway.opaque_data_len
-    return _binding.ffi.buffer(goaway.opaque_data, n)[:] if n else b""
+def headers_of(block: bytes) -> Headers:
+    """A header block as the C glue collects it ("name\0value\0...") -> [(name, value)]."""
+    if not block:
+        return []
+    parts = block.split(b"\0")
+    return list(zip(parts[0:-1:2], parts[1::2], strict=True))
 
 
 def _free(session: Any, hdrs: Any) -> None:
@@ -202,6 +212,7 @@ class _Session:
         finally:
             _binding.current = None
         self._reraise()
+        self._drain()
         if rv < 0:
             self._fail(rv)
         too_big = self._hdrs.too_big_count
@@ -221,23 +232,18 @@ class _Session:
         ffi, lib = _binding.ffi, _binding.lib
         if self._s == ffi.NULL:
             return b""
-        out: list[bytes] = []
-        total = n = 0
-        mem_send, pp, buffer = lib.nghttp2_session_mem_send, self._pp, ffi.buffer
+        h = self._hdrs
         _binding.current = self
         try:
-            while total < limit:
-                n = mem_send(self._s, pp)
-                if n <= 0:
-                    break
-                out.append(buffer(pp[0], n)[:])
-                total += n
+            n = lib.mh2_send(h, self._s, limit)
         finally:
             _binding.current = None
         self._reraise()
+        out = ffi.buffer(h.out, n)[:] if n > 0 else b""
+        self._drain()
         if n < 0:
             self._fail(n)
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out
 
     def pop_events(self) -> list[Event]:
         """Events produced outside ``receive_data`` (by ``data_to_send`` or a method call)."""
@@ -379,6 +385,38 @@ class _Session:
         lib.nghttp2_submit_goaway(self._s, lib.NGHTTP2_FLAG_NONE, last, error_code, data, len(reason))
 
     # --- callbacks (called from _binding's extern "Python" functions) ---------------------
+    def _drain(self) -> None:
+        """Turn what the C glue recorded during the last mem_recv / mem_send (mh2.h: one
+        record per frame that matters, in wire order) into state and events."""
+        h = self._hdrs
+        n = h.log_len
+        if not n:
+            return
+        buf = _binding.ffi.buffer(h.log, n)
+        try:
+            self._records(buf, n)
+        except BaseException:
+            self._dead = True  # a bug in our event code ends the session, as in a callback
+            raise
+        finally:
+            _binding.lib.mh2_log_reset(h)
+
+    def _records(self, buf: Any, n: int) -> None:
+        unpack, size = _REC.unpack_from, _REC.size
+        off = 0
+        while off < n:
+            kind, flags, cat, sid, aux, ln = unpack(buf, off)
+            off += size
+            if kind == EV_HEADERS:
+                self._on_headers(sid, flags, cat, buf[off : off + ln] if ln else b"")
+            elif kind == EV_DATA:
+                self._on_data_chunk(sid, buf[off : off + ln], ln)
+            elif kind == EV_CLOSE:
+                self._on_stream_close(sid, aux)
+            else:
+                self._on_frame(kind, flags, sid, aux, buf[off : off + ln] if ln else b"")
+            off += ln
+
     def _reraise(self) -> None:
         if self._error is not None:
             exc, self._error = self._error, None
@@ -418,70 +456,56 @@ class _Session:
             log.warning("h2_session_failed", error=self.failure)
             lib.nghttp2_session_terminate_session(self._s, lib.NGHTTP2_ENHANCE_YOUR_CALM)
 
-    def _on_frame_recv(self, frame: Any) -> int:
-        lib = _binding.lib
-        ftype = frame.hd.type
-        sid = frame.hd.stream_id
-        end = bool(frame.hd.flags & lib.NGHTTP2_FLAG_END_STREAM)
-        if ftype == lib.NGHTTP2_HEADERS:
-            st = self._streams.get(sid)
-            if st is None:
-                if self.client_side or frame.headers.cat != lib.NGHTTP2_HCAT_REQUEST:
-                    return 0
-                st = self._streams[sid] = _Stream(sid)
-                self._batch_opened.add(sid)
-            h = self._hdrs
-            if h.stream_id == sid and h.len:
-                parts = _binding.ffi.buffer(h.buf, h.len)[:].split(b"\0")
-                headers = list(zip(parts[0:-1:2], parts[1::2], strict=True))
-            else:
-                headers = []
-            self._events.append(self._head_event(st, frame, headers, end))
-            if end:
-                self._events.append(StreamEnded(sid))
-        elif ftype == lib.NGHTTP2_DATA:
-            if end:
-                last = self._events[-1] if self._events else None
-                if isinstance(last, DataReceived) and last.stream_id == sid:
-                    last.end_stream = True
-                self._events.append(StreamEnded(sid))
-        elif ftype == lib.NGHTTP2_RST_STREAM:
+    def _on_headers(self, sid: int, flags: int, cat: int, block: bytes) -> None:
+        st = self._streams.get(sid)
+        if st is None:
+            if self.client_side or cat != _binding.lib.NGHTTP2_HCAT_REQUEST:
+                return
+            st = self._streams[sid] = _Stream(sid)
+            self._batch_opened.add(sid)
+        end = bool(flags & _END_STREAM)
+        self._events.append(self._head_event(st, cat, headers_of(block), end))
+        if end:
+            self._events.append(StreamEnded(sid))
+
+    def _on_frame(self, kind: int, flags: int, sid: int, aux: int, payload: bytes) -> None:
+        """The frames other than HEADERS and DATA chunks the C glue recorded."""
+        if kind == EV_DATA_END:
+            last = self._events[-1] if self._events else None
+            if isinstance(last, DataReceived) and last.stream_id == sid:
+                last.end_stream = True
+            self._events.append(StreamEnded(sid))
+        elif kind == EV_RST:
             st = self._streams.get(sid)
             if st is not None:
                 st.remote_reset = True
-        elif ftype == lib.NGHTTP2_SETTINGS:
-            if not frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
-                self._remote_settings_seen = True
-                iv = frame.settings.iv
-                changed = {iv[i].settings_id: iv[i].value for i in range(frame.settings.niv)}
-                self._events.append(RemoteSettingsChanged(changed))
-        elif ftype == lib.NGHTTP2_PING:
-            if frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
-                opaque = bytes(frame.ping.opaque_data)
-                if opaque == _DRAIN_PING and isinstance(self, H2ServerSession):
-                    self.finish_graceful_shutdown()
-                self._events.append(PingAcknowledged(opaque))
-        elif ftype == lib.NGHTTP2_GOAWAY:
-            g = frame.goaway
-            last = g.last_stream_id
-            data = _opaque(g)
+        elif kind == EV_SETTINGS:
+            self._remote_settings_seen = True
+            pairs = struct.unpack(f"={len(payload) // 4}I", payload)
+            self._events.append(RemoteSettingsChanged(dict(zip(pairs[0::2], pairs[1::2], strict=True))))
+        elif kind == EV_PING_ACK:
+            if payload == _DRAIN_PING and isinstance(self, H2ServerSession):
+                self.finish_graceful_shutdown()
+            self._events.append(PingAcknowledged(payload))
+        elif kind == EV_GOAWAY:
+            last = struct.unpack_from("=i", payload)[0]
             mine = (lambda s: s % 2 == 1) if self.client_side else (lambda s: s % 2 == 0)
             unprocessed = sorted(s for s in self._streams if mine(s) and s > last)
             ev = ConnectionTerminated(
-                error_code=g.error_code,
+                error_code=aux,
                 last_stream_id=last,
-                additional_data=data,
+                additional_data=payload[4:],
                 unprocessed_stream_ids=unprocessed,
             )
             self._peer_goaway = ev
             self._events.append(ev)
-        return 0
+        elif kind == EV_GOAWAY_SENT:
+            self._on_goaway_sent(aux, struct.unpack_from("=i", payload)[0], payload[4:])
 
-    def _head_event(self, st: _Stream, frame: Any, headers: Headers, end: bool) -> Event:
-        lib = _binding.lib
+    def _head_event(self, st: _Stream, cat: int, headers: Headers, end: bool) -> Event:
         sid = st.id
         if not self.client_side:
-            if frame.headers.cat == lib.NGHTTP2_HCAT_REQUEST:
+            if cat == _binding.lib.NGHTTP2_HCAT_REQUEST:
                 return RequestReceived(sid, headers, end)
             return TrailersReceived(sid, headers)
         if st.final_seen:
@@ -492,19 +516,18 @@ class _Session:
         st.final_seen = True
         return ResponseReceived(sid, headers, end)
 
-    def _on_data_chunk(self, stream_id: int, data: Any, length: int) -> int:
+    def _on_data_chunk(self, stream_id: int, data: bytes, length: int) -> None:
         st = self._streams.get(stream_id)
         if st is None:  # a stream we no longer track: its bytes are consumed at once
             _binding.lib.nghttp2_session_consume(self._s, stream_id, length)
-            return 0
+            return
         st.unacked += length
-        self._events.append(DataReceived(stream_id, _binding.ffi.buffer(data, length)[:], length))
-        return 0
+        self._events.append(DataReceived(stream_id, data, length))
 
-    def _on_stream_close(self, stream_id: int, error_code: int) -> int:
+    def _on_stream_close(self, stream_id: int, error_code: int) -> None:
         st = self._streams.pop(stream_id, None)
         if st is None:
-            return 0
+            return
         if st.unacked:  # the caller will not acknowledge a dead stream's bytes: credit them now
             _binding.lib.nghttp2_session_consume_connection(self._s, st.unacked)
         if st.remote_reset and stream_id in self._batch_opened:
@@ -525,22 +548,15 @@ class _Session:
                     retryable=self.client_side and (refused or beyond),
                 )
             )
-        return 0
 
-    def _on_frame_send(self, frame: Any) -> int:
-        if frame.hd.type == _binding.lib.NGHTTP2_GOAWAY:
-            g = frame.goaway
-            self.local_goaway = (g.error_code, g.last_stream_id)
-            if g.error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
-                self.failure = _opaque(g).decode("latin-1") or _binding.error_name(g.error_code)
-            if g.error_code:
-                log.info(
-                    "h2_goaway_sent",
-                    error_code=frame.goaway.error_code,
-                    last_stream_id=frame.goaway.last_stream_id,
-                    reason=self.failure,
-                )
-        return 0
+    def _on_goaway_sent(self, error_code: int, last_stream_id: int, debug: bytes) -> None:
+        self.local_goaway = (error_code, last_stream_id)
+        if error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
+            self.failure = debug.decode("latin-1") or _binding.error_name(error_code)
+        if error_code:
+            log.info(
+                "h2_goaway_sent", error_code=error_code, last_stream_id=last_stream_id, reason=self.failure
+            )
 
     def _on_invalid_frame(self, frame: Any, lib_error: int) -> int:
         self._glitch(_binding.strerror(lib_error))

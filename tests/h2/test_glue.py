@@ -1,0 +1,145 @@
+"""The C glue's event log (mh2.c): every frame kind it records reaches Python as the event the
+session promises, values intact, against the ``h2`` library as the peer."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from monolake.worker.h2 import H2ClientSession, H2ServerSession, _binding
+from monolake.worker.h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    PingAcknowledged,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+)
+from monolake.worker.h2.session import _REC, headers_of
+
+REQ = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", b"/p")]
+
+
+def peer(client: bool) -> h2.connection.H2Connection:
+    c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=client, header_encoding=None))
+    c.initiate_connection()
+    return c
+
+
+def of(events: list, kind: type) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_the_record_layout_matches_the_header() -> None:
+    ffi = _binding.ffi
+    assert _REC.size == ffi.sizeof("mh2_rec")
+    assert ffi.offsetof("mh2_rec", "stream_id") == 4
+    assert ffi.offsetof("mh2_rec", "aux") == 8
+    assert ffi.offsetof("mh2_rec", "len") == 12
+
+
+def test_headers_of_splits_the_block() -> None:
+    assert headers_of(b"") == []
+    assert headers_of(b":path\0/\0x\0\0") == [(b":path", b"/"), (b"x", b"")]
+
+
+def test_settings_data_reset_and_goaway_reach_python() -> None:
+    c, s = peer(True), H2ServerSession()
+    c.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 32768, 0x99: 7})
+    events = s.receive_data(c.data_to_send())
+    changed = {k: v for e in of(events, RemoteSettingsChanged) for k, v in e.changed.items()}
+    assert changed[5] == 32768 and changed[0x99] == 7  # an unknown id crosses too
+    c.receive_data(s.data_to_send())
+    c.send_headers(1, REQ)
+    c.send_data(1, b"a" * 1000)
+    c.send_data(1, b"b" * 10, end_stream=True)
+    c.send_headers(3, REQ)
+    c.reset_stream(3, 0x8)
+    events = s.receive_data(c.data_to_send())
+    req = of(events, RequestReceived)
+    assert [e.stream_id for e in req] == [1]  # 3: opened and reset in one read, never seen
+    assert req[0].headers == REQ and not req[0].end_stream
+    data = of(events, DataReceived)
+    assert b"".join(e.data for e in data) == b"a" * 1000 + b"b" * 10
+    assert data[-1].end_stream and of(events, StreamEnded)[-1].stream_id == 1
+    assert s.cancelled_early == 1
+    s.close(0x0, b"bye")
+    goaway = [e for e in c.receive_data(s.data_to_send()) if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway[0].additional_data == b"bye" and goaway[0].last_stream_id == 3
+    assert s.local_goaway == (0, 3)  # what the C glue saw go out
+
+
+def test_ping_ack_and_peer_goaway_with_debug_data() -> None:
+    srv, cl = peer(False), H2ClientSession()
+    srv.receive_data(cl.data_to_send())
+    cl.receive_data(srv.data_to_send())
+    cl.ping(b"pingpong")
+    srv.receive_data(cl.data_to_send())
+    events = cl.receive_data(srv.data_to_send())
+    assert of(events, PingAcknowledged)[0].opaque == b"pingpong"
+    sid = cl.send_request(REQ, end_stream=True)
+    srv.receive_data(cl.data_to_send())
+    srv.close_connection(error_code=0, additional_data=b"maintenance", last_stream_id=0)
+    events = cl.receive_data(srv.data_to_send())
+    term = of(events, ConnectionTerminated)[0]
+    assert term.additional_data == b"maintenance" and term.last_stream_id == 0
+    assert term.unprocessed_stream_ids == [sid]
+    assert not cl.accepting_streams
+
+
+def test_a_reset_from_the_peer_is_remote() -> None:
+    c, s = peer(True), H2ServerSession()
+    s.receive_data(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    c.send_headers(1, REQ)
+    s.receive_data(c.data_to_send())
+    c.reset_stream(1, 0x2)
+    events = s.receive_data(c.data_to_send())
+    reset = of(events, StreamReset)[0]
+    assert reset.stream_id == 1 and reset.error_code == 0x2 and reset.remote
+
+
+def test_a_burst_does_not_keep_its_buffers() -> None:
+    """The log and the output buffer shrink back after a burst (an idle session stays small)."""
+    c, s = peer(True), H2ServerSession()
+    c.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1 << 20})
+    c.increment_flow_control_window(1 << 20)
+    s.receive_data(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    c.send_headers(1, REQ)
+    for _ in range(4):
+        c.send_data(1, b"x" * 15000)
+    c.end_stream(1)
+    events = s.receive_data(c.data_to_send())
+    assert sum(len(e.data) for e in of(events, DataReceived)) == 60000
+    assert s._hdrs.log_len == 0 and s._hdrs.log_cap <= 16384
+    s.send_headers(1, [(":status", "200")])
+    s.send_data(1, b"y" * 200_000, end_stream=True)
+    out = s.data_to_send()
+    assert len(out) > 200_000 and s._hdrs.out_cap >= len(out)
+    body = b"".join(e.data for e in c.receive_data(out) if isinstance(e, h2.events.DataReceived))
+    assert body == b"y" * 200_000
+    assert s.data_to_send() == b""
+    assert s._hdrs.out_cap <= 65536 and s._hdrs.log_len == 0
+
+
+@pytest.mark.parametrize("limit", [1, 100, 1 << 20])
+def test_data_to_send_honours_its_limit(limit: int) -> None:
+    c, s = peer(True), H2ServerSession()
+    s.receive_data(c.data_to_send())
+    c.receive_data(s.data_to_send())
+    c.send_headers(1, REQ, end_stream=True)
+    s.receive_data(c.data_to_send())
+    s.send_headers(1, [(":status", "200")])
+    s.send_data(1, b"z" * 40000, end_stream=True)
+    chunks = []
+    while out := s.data_to_send(limit):
+        chunks.append(out)
+    body = b"".join(e.data for e in c.receive_data(b"".join(chunks)) if isinstance(e, h2.events.DataReceived))
+    assert body == b"z" * 40000
+    if limit == 1:
+        assert len(chunks) > 2  # one mem_send piece per call once over the limit
