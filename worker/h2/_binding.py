@@ -91,6 +91,8 @@ def callbacks() -> Any:
     lib.nghttp2_session_callbacks_set_on_frame_send_callback(cbs, lib.mh2_on_frame_send_c)
     lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, lib.mh2_on_data_chunk_recv_c)
     lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, lib.mh2_on_stream_close_c)
+    # whole response bodies the glue owns: DATA frames written into the output without a copy
+    lib.nghttp2_session_callbacks_set_send_data_callback(cbs, lib.mh2_send_data_c)
     lib.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, lib.mh2_on_invalid_frame_recv)
     return cbs
 

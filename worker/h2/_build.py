@@ -165,6 +165,8 @@ typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *session, int32_
     uint32_t error_code, void *user_data);
 typedef int (*nghttp2_on_frame_send_callback)(nghttp2_session *session,
     const nghttp2_frame *frame, void *user_data);
+typedef int (*nghttp2_send_data_callback)(nghttp2_session *session, nghttp2_frame *frame,
+    const uint8_t *framehd, size_t length, nghttp2_data_source *source, void *user_data);
 typedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *session,
     const nghttp2_frame *frame, void *user_data);
 typedef int (*nghttp2_on_header_callback)(nghttp2_session *session, const nghttp2_frame *frame,
@@ -189,6 +191,8 @@ void nghttp2_session_callbacks_set_on_frame_send_callback(nghttp2_session_callba
     nghttp2_on_frame_send_callback on_frame_send_callback);
 void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *cbs,
     nghttp2_on_begin_headers_callback on_begin_headers_callback);
+void nghttp2_session_callbacks_set_send_data_callback(nghttp2_session_callbacks *cbs,
+    nghttp2_send_data_callback send_data_callback);
 void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *cbs,
     nghttp2_on_header_callback on_header_callback);
 
@@ -271,6 +275,7 @@ typedef struct {
     uint32_t len;
     ...;
 } mh2_rec;
+typedef struct mh2_body mh2_body;
 typedef struct {
     char *buf;
     size_t len;
@@ -280,7 +285,9 @@ typedef struct {
     size_t log_len;
     size_t log_cap;
     uint8_t *out;
+    size_t out_len;
     size_t out_cap;
+    mh2_body *bodies;
     ...;
 } mh2_hdrs;
 mh2_hdrs *mh2_hdrs_new(size_t limit);
@@ -304,6 +311,10 @@ int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stre
     const char *block, size_t len, size_t n);
 int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
     size_t len, size_t n);
+int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
+    size_t length, nghttp2_data_source *source, void *user_data);
+int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+    const char *block, size_t len, size_t n, const char *data, size_t datalen);
 """
 GLUE = "mh2.c"
 

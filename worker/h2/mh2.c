@@ -9,6 +9,7 @@
 #include <string.h>
 
 #define MH2_STACK_NV 64
+#define MH2_STACK_BLOCK 4096
 #define MH2_KEEP_BUF 16384
 #define MH2_KEEP_OUT 65536
 
@@ -25,6 +26,11 @@ void mh2_hdrs_free(mh2_hdrs *h)
 {
     if (h == NULL)
         return;
+    while (h->bodies != NULL) {
+        mh2_body *b = h->bodies;
+        h->bodies = b->next;
+        free(b);
+    }
     free(h->buf);
     free(h->log);
     free(h->out);
@@ -166,10 +172,24 @@ int mh2_on_data_chunk_recv_c(nghttp2_session *session, uint8_t flags, int32_t st
     return record_copy(user_data, MH2_EV_DATA, flags, stream_id, 0, data, len);
 }
 
+static void body_free(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id, mh2_body *b)
+{
+    if (b->prev != NULL)
+        b->prev->next = b->next;
+    else
+        h->bodies = b->next;
+    if (b->next != NULL)
+        b->next->prev = b->prev;
+    free(b);
+    nghttp2_session_set_stream_user_data(session, stream_id, NULL);
+}
+
 int mh2_on_stream_close_c(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
                           void *user_data)
 {
-    (void)session;
+    mh2_body *b = nghttp2_session_get_stream_user_data(session, stream_id);
+    if (b != NULL) /* reset (or closed) before its body was all out */
+        body_free(user_data, session, stream_id, b);
     return record_copy(user_data, MH2_EV_CLOSE, 0, stream_id, error_code, NULL, 0);
 }
 
@@ -181,27 +201,82 @@ int mh2_on_frame_send_c(nghttp2_session *session, const nghttp2_frame *frame, vo
     return record_goaway(user_data, MH2_EV_GOAWAY_SENT, frame);
 }
 
+/* Room for extra more bytes at the end of h->out; NULL when out of memory. */
+static uint8_t *out_room(mh2_hdrs *h, size_t extra)
+{
+    if (grow(&h->out, &h->out_cap, h->out_len + extra) != 0)
+        return NULL;
+    return h->out + h->out_len;
+}
+
 int64_t mh2_send(mh2_hdrs *h, nghttp2_session *session, size_t limit)
 {
-    size_t total = 0;
     if (h->out_cap > MH2_KEEP_OUT) { /* a burst came and went: an idle session keeps less */
         free(h->out);
         h->out = NULL;
         h->out_cap = 0;
     }
-    while (total < limit) {
+    h->out_len = 0;
+    while (h->out_len < limit) {
         const uint8_t *p;
+        uint8_t *at;
         ssize_t n = nghttp2_session_mem_send(session, &p);
-        if (n < 0)
+        if (n < 0) {
+            h->out_len = 0;
             return n;
+        }
         if (n == 0)
             break;
-        if (grow(&h->out, &h->out_cap, total + (size_t)n) != 0)
+        at = out_room(h, (size_t)n);
+        if (at == NULL) {
+            h->out_len = 0;
             return NGHTTP2_ERR_NOMEM;
-        memcpy(h->out + total, p, (size_t)n);
-        total += (size_t)n;
+        }
+        memcpy(at, p, (size_t)n);
+        h->out_len += (size_t)n;
     }
-    return (int64_t)total;
+    return (int64_t)h->out_len;
+}
+
+static ssize_t read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+                         uint32_t *data_flags, nghttp2_data_source *source, void *user_data)
+{
+    mh2_body *b = source->ptr;
+    size_t left = b->len - b->off;
+    (void)session;
+    (void)stream_id;
+    (void)buf;
+    (void)user_data;
+    if (length > left)
+        length = left;
+    *data_flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+    if (length == left)
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+    return (ssize_t)length;
+}
+
+int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
+                    size_t length, nghttp2_data_source *source, void *user_data)
+{
+    mh2_hdrs *h = user_data;
+    mh2_body *b = source->ptr;
+    size_t pad = frame->data.padlen; /* we never ask for padding; framed as RFC 9113 6.1 anyway */
+    uint8_t *at = out_room(h, 9 + pad + length);
+    if (at == NULL)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    memcpy(at, framehd, 9);
+    at += 9;
+    if (pad > 0)
+        *at++ = (uint8_t)(pad - 1);
+    memcpy(at, b->data + b->off, length);
+    at += length;
+    if (pad > 1)
+        memset(at, 0, pad - 1);
+    h->out_len += 9 + pad + length;
+    b->off += length;
+    if (b->off == b->len) /* all framed: free it now, not when the stream closes */
+        body_free(h, session, frame->hd.stream_id, b);
+    return 0;
 }
 
 int mh2_begin_headers_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
@@ -280,21 +355,25 @@ static int sensitive(const nghttp2_nv *nv)
     return nv->namelen == 6 && memcmp(nv->name, "cookie", 6) == 0 && nv->valuelen < 20;
 }
 
-/* Split block into nv[0..n); returns 0, or -1 when the block does not hold n fields. */
-static int decode(const char *block, size_t len, size_t n, nghttp2_nv *nv)
+/* Split block (a writable copy) into nv[0..n), names lower-cased in place (RFC 9113 section
+ * 8.2.1: the caller may pass HTTP/1.1 spellings); returns 0, or -1 when the block does not hold
+ * exactly n fields. */
+static int decode(char *block, size_t len, size_t n, nghttp2_nv *nv)
 {
-    const char *p = block;
-    const char *end = block + len;
+    char *p = block;
+    char *end = block + len;
     size_t i;
     for (i = 0; i < n; i++) {
-        const char *z = memchr(p, '\0', (size_t)(end - p));
+        char *z = memchr(p, '\0', (size_t)(end - p));
+        char *c;
         if (z == NULL)
             return -1;
+        for (c = p; c < z; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c + ('a' - 'A'));
         nv[i].name = (uint8_t *)p;
         nv[i].namelen = (size_t)(z - p);
         p = z + 1;
-        if (p > end)
-            return -1;
         z = memchr(p, '\0', (size_t)(end - p));
         if (z == NULL)
             return -1;
@@ -303,23 +382,28 @@ static int decode(const char *block, size_t len, size_t n, nghttp2_nv *nv)
         p = z + 1;
         nv[i].flags = sensitive(&nv[i]) ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
     }
-    return 0;
+    return p == end ? 0 : -1;
 }
 
-/* nv on the stack for ordinary heads, on the heap for big ones; nghttp2 copies the fields */
+/* nv and a copy of the block on the stack for ordinary heads, on the heap for big ones;
+ * nghttp2 copies the fields, so both are freed when the call returns */
 #define WITH_NV(block, len, n, call)                                                  \
     do {                                                                              \
         nghttp2_nv stack_nv[MH2_STACK_NV];                                            \
+        char stack_copy[MH2_STACK_BLOCK];                                             \
         nghttp2_nv *nv = (n) <= MH2_STACK_NV ? stack_nv : malloc((n) * sizeof(*nv));  \
+        char *copy = (len) <= sizeof(stack_copy) ? stack_copy : malloc((len) + 1);    \
         int64_t rv_;                                                                  \
-        if (nv == NULL)                                                               \
-            return NGHTTP2_ERR_NOMEM;                                                 \
-        if (decode((block), (len), (n), nv) != 0)                                     \
+        if (nv == NULL || copy == NULL)                                               \
+            rv_ = NGHTTP2_ERR_NOMEM;                                                  \
+        else if (memcpy(copy, (block), (len)), decode(copy, (len), (n), nv) != 0)     \
             rv_ = NGHTTP2_ERR_INVALID_ARGUMENT;                                       \
         else                                                                          \
             rv_ = (call);                                                             \
         if (nv != stack_nv)                                                           \
             free(nv);                                                                 \
+        if (copy != stack_copy)                                                       \
+            free(copy);                                                               \
         return rv_;                                                                   \
     } while (0)
 
@@ -346,4 +430,51 @@ int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *
                        size_t len, size_t n)
 {
     WITH_NV(block, len, n, nghttp2_submit_trailer(session, stream_id, nv, n));
+}
+
+static int submit_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                       const nghttp2_nv *nv, size_t n, mh2_body *b)
+{
+    nghttp2_data_provider prd;
+    int rv;
+    prd.source.ptr = b;
+    prd.read_callback = read_body;
+    rv = nghttp2_submit_response(session, stream_id, nv, n, &prd);
+    if (rv != 0)
+        return rv;
+    /* cannot fail (submit_response found the stream); if it did, the body would only be
+     * freed after its last frame or with the session */
+    (void)nghttp2_session_set_stream_user_data(session, stream_id, b);
+    b->prev = NULL;
+    b->next = h->bodies;
+    if (h->bodies != NULL)
+        h->bodies->prev = b;
+    h->bodies = b;
+    return 0;
+}
+
+static int submit_body_nv(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                          const char *block, size_t len, size_t n, mh2_body *b)
+{
+    WITH_NV(block, len, n, submit_body(h, session, stream_id, nv, n, b));
+}
+
+int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                             const char *block, size_t len, size_t n, const char *data,
+                             size_t datalen)
+{
+    mh2_body *b;
+    int rv;
+    if (datalen == 0)
+        return NGHTTP2_ERR_INVALID_ARGUMENT;
+    b = malloc(sizeof(*b) + datalen);
+    if (b == NULL)
+        return NGHTTP2_ERR_NOMEM;
+    b->len = datalen;
+    b->off = 0;
+    memcpy(b->data, data, datalen);
+    rv = submit_body_nv(h, session, stream_id, block, len, n, b);
+    if (rv != 0)
+        free(b);
+    return rv;
 }

@@ -37,6 +37,16 @@ typedef struct mh2_rec {
     uint32_t len;           /* payload bytes after the record */
 } mh2_rec;
 
+/* A response body the glue owns from submit until its last DATA frame is out (or the stream
+ * closes first); listed on its session so that freeing the session frees it too. */
+typedef struct mh2_body {
+    struct mh2_body *prev;
+    struct mh2_body *next;
+    size_t len;
+    size_t off;             /* bytes already framed */
+    uint8_t data[];
+} mh2_body;
+
 /* Per-session state; nghttp2's user_data points at it. */
 typedef struct mh2_hdrs {
     char *buf;              /* the block being collected, "name\0value\0..." */
@@ -51,7 +61,9 @@ typedef struct mh2_hdrs {
     size_t log_len;
     size_t log_cap;
     uint8_t *out;           /* what mh2_send serialised last */
+    size_t out_len;
     size_t out_cap;
+    mh2_body *bodies;       /* bodies not yet sent completely */
 } mh2_hdrs;
 
 mh2_hdrs *mh2_hdrs_new(size_t limit);
@@ -69,6 +81,11 @@ int mh2_on_stream_close_c(nghttp2_session *session, int32_t stream_id, uint32_t 
                           void *user_data);
 int mh2_on_frame_send_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
 
+/* nghttp2's send_data_callback for mh2_submit_response_body's bodies (NGHTTP2_DATA_FLAG_NO_COPY):
+ * the frame head and the payload go straight into h->out, with no copy into nghttp2's buffer. */
+int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
+                    size_t length, nghttp2_data_source *source, void *user_data);
+
 /* The log has been read: empty it (and drop a big buffer an idle session need not keep). */
 void mh2_log_reset(mh2_hdrs *h);
 
@@ -84,6 +101,11 @@ int32_t mh2_submit_request(nghttp2_session *session, const char *block, size_t l
                            const nghttp2_data_provider *data_prd);
 int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                            const char *block, size_t len, size_t n);
+/* A whole response in one call: the head and a body (copied once, owned by the glue, sent
+ * under flow control with END_STREAM on its last DATA frame; datalen > 0). */
+int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                             const char *block, size_t len, size_t n, const char *data,
+                             size_t datalen);
 int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
                        size_t len, size_t n);
 

@@ -20,6 +20,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any, ClassVar
 
 import structlog
@@ -99,19 +100,23 @@ def _encode(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
-def _block(headers: HeaderInput) -> tuple[bytes, int, list[bytes]]:
-    """Header fields as the C glue's "name\0value\0..." block; names lower-cased (RFC 9113
-    §8.2.1). A NUL inside a field is refused: it could not be sent on the wire anyway."""
-    parts: list[bytes] = []
-    for k, v in headers:
-        parts.append(_encode(k).lower())
-        parts.append(_encode(v))
-    n = len(parts) // 2
-    parts.append(b"")
-    block = b"\0".join(parts)
+def _block(headers: HeaderInput) -> tuple[bytes, int]:
+    """Header fields as the C glue's "name\0value\0..." block and their count (the glue
+    lower-cases the names, RFC 9113 §8.2.1). A NUL inside a field is refused: it could not be
+    sent on the wire anyway."""
+    if not isinstance(headers, list):
+        headers = list(headers)
+    n = len(headers)
+    if not n:
+        return b"", 0
+    try:
+        block = b"\0".join(chain.from_iterable(headers))  # type: ignore[arg-type]
+    except TypeError:  # str names or values (latin-1, as HTTP/1.1 carries them)
+        block = b"\0".join(_encode(x) for kv in headers for x in kv)
+    block += b"\0"
     if block.count(b"\0") != 2 * n:
         raise H2Error("a header name or value contains NUL")
-    return block, n, parts
+    return block, n
 
 
 def headers_of(block: bytes) -> Headers:
@@ -590,7 +595,7 @@ class _Session:
             st.local_done = True
             if st.trailers is not None:
                 flags |= lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-                block, count, _ = _block(st.trailers)
+                block, count = _block(st.trailers)
                 rv = lib.mh2_submit_trailer(self._s, stream_id, block, len(block), count)
                 if rv != 0:
                     return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -620,8 +625,8 @@ class H2ServerSession(_Session):
         if st is None:
             return False
         lib = _binding.lib
-        block, count, parts = _block(headers)
-        if parts[0] == b":status" and parts[1][:1] == b"1":  # :status comes first (RFC 9113)
+        block, count = _block(headers)
+        if block.startswith(b":status\x001"):  # :status comes first (RFC 9113)
             self._check(
                 lib.mh2_submit_headers(self._s, lib.NGHTTP2_FLAG_NONE, stream_id, block, len(block), count)
             )
@@ -635,6 +640,25 @@ class H2ServerSession(_Session):
             st.has_provider = True
             prd = _binding.provider()
         self._check(lib.mh2_submit_response(self._s, stream_id, block, len(block), count, prd))
+        return True
+
+    def send_response(self, stream_id: int, headers: HeaderInput, body: bytes) -> bool:
+        """A final response head with its whole (non-empty) body in one call: the C glue
+        keeps a copy of the body and frames it itself as the window allows (no per-frame
+        Python callback, no second copy). False when the stream is already gone."""
+        st = self._stream(stream_id)
+        if st is None:
+            return False
+        if st.has_provider or st.local_done:
+            raise H2Error(f"stream {stream_id}: response head sent twice")
+        block, count = _block(headers)
+        st.local_done = True
+        lib = _binding.lib
+        self._check(
+            lib.mh2_submit_response_body(
+                self._hdrs, self._s, stream_id, block, len(block), count, body, len(body)
+            )
+        )
         return True
 
     def start_graceful_shutdown(self) -> None:
@@ -676,7 +700,7 @@ class H2ClientSession(_Session):
         lib, ffi = _binding.lib, _binding.ffi
         if not self.accepting_streams:
             raise H2Error("the connection is going away: open a new one")
-        block, count, _ = _block(headers)
+        block, count = _block(headers)
         prd = ffi.NULL if end_stream else _binding.provider()
         sid = lib.mh2_submit_request(self._s, block, len(block), count, prd)
         self._check(sid)
