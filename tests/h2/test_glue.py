@@ -19,7 +19,7 @@ from monolake.worker.h2.events import (
     StreamEnded,
     StreamReset,
 )
-from monolake.worker.h2.session import _REC, headers_of
+from monolake.worker.h2.session import _REC, BODY_BY_REFERENCE, headers_of
 
 REQ = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", b"/p")]
 
@@ -158,17 +158,20 @@ def opened(n: int = 1, window: int | None = None) -> tuple[h2.connection.H2Conne
     return c, s
 
 
-def test_a_whole_body_goes_out_under_flow_control() -> None:
-    c, s = opened(window=65535)
-    body = bytes(range(256)) * 800  # 204800 bytes: four windows
+@pytest.mark.parametrize("size", [1, 3000, BODY_BY_REFERENCE - 1, BODY_BY_REFERENCE, 204_800])
+def test_a_whole_body_goes_out_under_flow_control(size: int) -> None:
+    """Copied into the glue (small) or framed by reference and spliced (large): the same
+    bytes, in windows of 1500, END_STREAM on the last frame."""
+    c, s = opened(window=1500)
+    body = (bytes(range(256)) * (size // 256 + 1))[:size]
     assert s.send_response(1, [(":status", "200"), ("Content-Length", str(len(body)))], body)
     got = b""
     ended = False
-    for _ in range(20):
+    for _ in range(size // 1500 + 5):
         events = c.receive_data(s.data_to_send())
         for ev in events:
             if isinstance(ev, h2.events.ResponseReceived):
-                assert (b"content-length", b"204800") in ev.headers  # the name lower-cased in C
+                assert (b"content-length", str(size).encode()) in ev.headers  # lower-cased in C
             elif isinstance(ev, h2.events.DataReceived):
                 got += ev.data
                 c.acknowledge_received_data(ev.flow_controlled_length, 1)
@@ -180,6 +183,22 @@ def test_a_whole_body_goes_out_under_flow_control() -> None:
     assert got == body and ended
     assert s._hdrs.bodies == _binding.ffi.NULL  # freed after its last frame
     assert s.open_streams == 0
+
+
+def test_bodies_by_reference_interleave_with_other_frames() -> None:
+    """Several large bodies, heads and a PING ACK in one output: every payload lands in its
+    frame (the splice offsets), in stream order the peer can parse."""
+    c, s = opened(3)
+    bodies = {sid: bytes([sid]) * (5000 + 100 * sid) for sid in (1, 3, 5)}
+    for sid, body in bodies.items():
+        s.send_response(sid, [(":status", "200")], body)
+    c.ping(b"pingpong")
+    s.receive_data(c.data_to_send())
+    got: dict[int, bytes] = {1: b"", 3: b"", 5: b""}
+    for ev in c.receive_data(s.data_to_send()):
+        if isinstance(ev, h2.events.DataReceived):
+            got[ev.stream_id] += ev.data
+    assert got == bodies
 
 
 def test_a_body_reset_midway_is_freed_and_the_session_carries_on() -> None:

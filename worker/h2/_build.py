@@ -277,6 +277,12 @@ typedef struct {
 } mh2_rec;
 typedef struct mh2_body mh2_body;
 typedef struct {
+    uint32_t at;
+    int32_t stream_id;
+    uint32_t off;
+    uint32_t len;
+} mh2_seg;
+typedef struct {
     char *buf;
     size_t len;
     int32_t stream_id;
@@ -288,6 +294,8 @@ typedef struct {
     size_t out_len;
     size_t out_cap;
     mh2_body *bodies;
+    mh2_seg *segs;
+    size_t nsegs;
     ...;
 } mh2_hdrs;
 mh2_hdrs *mh2_hdrs_new(size_t limit);

@@ -12,6 +12,7 @@
 #define MH2_STACK_BLOCK 4096
 #define MH2_KEEP_BUF 16384
 #define MH2_KEEP_OUT 65536
+#define MH2_KEEP_SEGS 256
 
 mh2_hdrs *mh2_hdrs_new(size_t limit)
 {
@@ -34,6 +35,7 @@ void mh2_hdrs_free(mh2_hdrs *h)
     free(h->buf);
     free(h->log);
     free(h->out);
+    free(h->segs);
     free(h);
 }
 
@@ -217,6 +219,12 @@ int64_t mh2_send(mh2_hdrs *h, nghttp2_session *session, size_t limit)
         h->out_cap = 0;
     }
     h->out_len = 0;
+    h->nsegs = 0;
+    if (h->segs_cap > MH2_KEEP_SEGS) {
+        free(h->segs);
+        h->segs = NULL;
+        h->segs_cap = 0;
+    }
     while (h->out_len < limit) {
         const uint8_t *p;
         uint8_t *at;
@@ -261,18 +269,40 @@ int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_
     mh2_hdrs *h = user_data;
     mh2_body *b = source->ptr;
     size_t pad = frame->data.padlen; /* we never ask for padding; framed as RFC 9113 6.1 anyway */
-    uint8_t *at = out_room(h, 9 + pad + length);
+    size_t payload = b->owned ? length : 0;
+    uint8_t *at = out_room(h, 9 + pad + payload);
     if (at == NULL)
         return NGHTTP2_ERR_CALLBACK_FAILURE;
     memcpy(at, framehd, 9);
     at += 9;
     if (pad > 0)
         *at++ = (uint8_t)(pad - 1);
-    memcpy(at, b->data + b->off, length);
-    at += length;
+    if (b->owned) {
+        memcpy(at, b->data + b->off, length);
+        at += length;
+    } else { /* the caller puts body[off, off + length) here */
+        mh2_seg *g;
+        size_t cap = h->segs_cap ? h->segs_cap : 16;
+        if (h->nsegs == h->segs_cap) {
+            while (cap <= h->nsegs)
+                cap *= 2;
+            g = realloc(h->segs, cap * sizeof(*g));
+            if (g == NULL)
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
+            h->segs = g;
+            h->segs_cap = cap;
+        }
+        if (h->out_len + 9 + (pad > 0) > UINT32_MAX || b->off > UINT32_MAX)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        g = &h->segs[h->nsegs++];
+        g->at = (uint32_t)(h->out_len + 9 + (pad > 0));
+        g->stream_id = b->stream_id;
+        g->off = (uint32_t)b->off;
+        g->len = (uint32_t)length;
+    }
     if (pad > 1)
         memset(at, 0, pad - 1);
-    h->out_len += 9 + pad + length;
+    h->out_len += 9 + pad + payload;
     b->off += length;
     if (b->off == b->len) /* all framed: free it now, not when the stream closes */
         body_free(h, session, frame->hd.stream_id, b);
@@ -465,14 +495,17 @@ int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stre
 {
     mh2_body *b;
     int rv;
-    if (datalen == 0)
+    if (datalen == 0 || datalen > UINT32_MAX)
         return NGHTTP2_ERR_INVALID_ARGUMENT;
-    b = malloc(sizeof(*b) + datalen);
+    b = malloc(sizeof(*b) + (data != NULL ? datalen : 0));
     if (b == NULL)
         return NGHTTP2_ERR_NOMEM;
     b->len = datalen;
     b->off = 0;
-    memcpy(b->data, data, datalen);
+    b->stream_id = stream_id;
+    b->owned = data != NULL;
+    if (data != NULL)
+        memcpy(b->data, data, datalen);
     rv = submit_body_nv(h, session, stream_id, block, len, n, b);
     if (rv != 0)
         free(b);

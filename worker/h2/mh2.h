@@ -37,15 +37,28 @@ typedef struct mh2_rec {
     uint32_t len;           /* payload bytes after the record */
 } mh2_rec;
 
-/* A response body the glue owns from submit until its last DATA frame is out (or the stream
- * closes first); listed on its session so that freeing the session frees it too. */
+/* A response body the glue frames from submit until its last DATA frame is out (or the stream
+ * closes first); listed on its session so that freeing the session frees it too. A small body
+ * is copied in (owned); a large one stays in the caller's buffer (by reference): its DATA
+ * payloads become mh2_seg entries that the caller splices into the output, one copy in all. */
 typedef struct mh2_body {
     struct mh2_body *prev;
     struct mh2_body *next;
     size_t len;
     size_t off;             /* bytes already framed */
+    int32_t stream_id;
+    int owned;              /* data[] holds the body; else the caller keeps it */
     uint8_t data[];
 } mh2_body;
+
+/* A by-reference payload in mh2_send's output: body bytes [off, off + len) of stream_id's body
+ * belong at offset at of h->out (before the bytes that follow there). */
+typedef struct mh2_seg {
+    uint32_t at;
+    int32_t stream_id;
+    uint32_t off;
+    uint32_t len;
+} mh2_seg;
 
 /* Per-session state; nghttp2's user_data points at it. */
 typedef struct mh2_hdrs {
@@ -64,6 +77,9 @@ typedef struct mh2_hdrs {
     size_t out_len;
     size_t out_cap;
     mh2_body *bodies;       /* bodies not yet sent completely */
+    mh2_seg *segs;          /* by-reference payloads of the last mh2_send, in output order */
+    size_t nsegs;
+    size_t segs_cap;
 } mh2_hdrs;
 
 mh2_hdrs *mh2_hdrs_new(size_t limit);
@@ -101,8 +117,9 @@ int32_t mh2_submit_request(nghttp2_session *session, const char *block, size_t l
                            const nghttp2_data_provider *data_prd);
 int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stream_id,
                            const char *block, size_t len, size_t n);
-/* A whole response in one call: the head and a body (copied once, owned by the glue, sent
- * under flow control with END_STREAM on its last DATA frame; datalen > 0). */
+/* A whole response in one call: the head and a datalen-byte body (> 0), sent under flow
+ * control with END_STREAM on its last DATA frame. data is copied into the glue; NULL: the
+ * caller keeps the body unchanged until the stream closes and splices h->segs into the output. */
 int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
                              const char *block, size_t len, size_t n, const char *data,
                              size_t datalen);

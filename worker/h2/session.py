@@ -57,6 +57,12 @@ EV_HEADERS, EV_DATA, EV_DATA_END = _EV.MH2_EV_HEADERS, _EV.MH2_EV_DATA, _EV.MH2_
 EV_RST, EV_SETTINGS, EV_PING_ACK = _EV.MH2_EV_RST, _EV.MH2_EV_SETTINGS, _EV.MH2_EV_PING_ACK
 EV_GOAWAY, EV_CLOSE, EV_GOAWAY_SENT = _EV.MH2_EV_GOAWAY, _EV.MH2_EV_CLOSE, _EV.MH2_EV_GOAWAY_SENT
 _END_STREAM = _EV.NGHTTP2_FLAG_END_STREAM
+# mh2_seg: where a by-reference body payload goes in mh2_send's output
+_SEG = struct.Struct("=IiII")
+# send_response bodies from this size stay in their bytes object: the output is spliced from
+# it with one join instead of copying it into the glue and out again; smaller ones are copied
+# (one memcpy costs less than the splicing)
+BODY_BY_REFERENCE = 4096
 
 
 class H2Error(Exception):
@@ -68,6 +74,7 @@ class _Stream:
 
     __slots__ = (
         "above_low",
+        "body_ref",
         "deferred",
         "end_queued",
         "final_seen",
@@ -94,6 +101,7 @@ class _Stream:
         self.above_low = False
         self.remote_reset = False
         self.unacked = 0  # received DATA not yet acknowledged by the caller
+        self.body_ref: bytes | None = None  # a send_response body the glue frames by reference
 
 
 def _encode(value: bytes | str) -> bytes:
@@ -244,11 +252,33 @@ class _Session:
         finally:
             _binding.current = None
         self._reraise()
-        out = ffi.buffer(h.out, n)[:] if n > 0 else b""
-        self._drain()
+        if n <= 0:
+            out = b""
+        elif h.nsegs:
+            out = self._splice(ffi.buffer(h.out, n), n, ffi.buffer(h.segs, h.nsegs * _SEG.size))
+        else:
+            out = ffi.buffer(h.out, n)[:]
+        self._drain()  # after the splice: a stream closed in this send still has its body
         if n < 0:
             self._fail(n)
         return out
+
+    def _splice(self, out: Any, n: int, segs: Any) -> bytes:
+        """mh2_send's output with the by-reference body payloads put in place (mh2.h, mh2_seg):
+        the frames and the bodies are copied once, by the join."""
+        pieces: list[Any] = []
+        pos = 0
+        streams = self._streams
+        for at, sid, off, ln in _SEG.iter_unpack(segs):
+            st = streams.get(sid)
+            body = st.body_ref if st is not None else None
+            if body is None:  # cannot happen: the stream closes after this splice
+                raise H2Error(f"stream {sid}: a body framed by reference is gone")
+            pieces.append(out[pos:at])
+            pieces.append(memoryview(body)[off : off + ln])
+            pos = at
+        pieces.append(out[pos:n])
+        return b"".join(pieces)
 
     def pop_events(self) -> list[Event]:
         """Events produced outside ``receive_data`` (by ``data_to_send`` or a method call)."""
@@ -654,9 +684,13 @@ class H2ServerSession(_Session):
         block, count = _block(headers)
         st.local_done = True
         lib = _binding.lib
+        data: Any = body
+        if len(body) >= BODY_BY_REFERENCE:
+            st.body_ref = body if type(body) is bytes else bytes(body)
+            data = _binding.ffi.NULL
         self._check(
             lib.mh2_submit_response_body(
-                self._hdrs, self._s, stream_id, block, len(block), count, body, len(body)
+                self._hdrs, self._s, stream_id, block, len(block), count, data, len(body)
             )
         )
         return True
