@@ -235,3 +235,42 @@ def test_send_response_refuses_a_second_head_and_a_gone_stream() -> None:
     _, s2 = opened()
     with pytest.raises(H2Error, match="NUL"):
         s2.send_response(1, [(":status", "200"), ("x", "a\0b")], b"ok")
+
+
+# --- relayed HTTP/1.1 heads (Response.head_block) -> HEADERS, parsed in C ----------------------
+RELAYED = [
+    b"server: nginx\r\ndate: Mon, 07 Dec 2026 13:00:00 GMT\r\ncontent-type: text/plain\r\n",
+    b"x-colon: a: b: c\r\nx-empty: \r\nx-ws: in the middle\r\n",
+    b"authorization: secret\r\nset-cookie: a=b\r\ncookie: c=1\r\n",
+    b"".join(b"x-f%d: %s\r\n" % (i, b"v" * 60) for i in range(90)),  # > 64 fields, > 4 KiB
+]
+
+
+@pytest.mark.parametrize("lines", RELAYED)
+@pytest.mark.parametrize("body", [b"", b"hello", b"z" * 5000])
+def test_relayed_lines_match_the_python_parse(lines: bytes, body: bytes) -> None:
+    """The C line parser against its Python twin, Response.headers (worker/http/message.py),
+    which the list path sends: the peer sees the same fields either way."""
+    from monolake.worker.http.message import Response
+
+    twin = Response(200, head_block=lines).headers
+    c, s = opened(window=1 << 20)
+    c.increment_flow_control_window(1 << 20)
+    head = [(":status", "200"), ("content-length", str(len(body)))]
+    assert s.send_response(1, head, body, lines)
+    events = c.receive_data(s.data_to_send())
+    got = of(events, h2.events.ResponseReceived)[0].headers
+    assert got == [(b":status", b"200"), (b"content-length", str(len(body)).encode()), *twin]
+    assert b"".join(e.data for e in of(events, h2.events.DataReceived)) == body
+    assert of(events, h2.events.StreamEnded)
+
+
+def test_relayed_names_are_lower_cased_and_bad_lines_refused() -> None:
+    c, s = opened(2)
+    s.send_response(1, [(":status", "204")], b"", b"X-Mixed-Case: Keep\r\n")
+    got = of(c.receive_data(s.data_to_send()), h2.events.ResponseReceived)[0].headers
+    assert got == [(b":status", b"204"), (b"x-mixed-case", b"Keep")]
+    for bad in (b"no-colon\r\n", b"x: no crlf", b": empty-name\r\n", b"x: bare lf\n", b"x:no-space\r\n"):
+        with pytest.raises(H2Error):
+            s.send_response(3, [(":status", "200")], b"", bad)
+        s._streams[3].local_done = False  # the refused submit left the stream as it was

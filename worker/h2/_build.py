@@ -323,6 +323,9 @@ int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_
     size_t length, nghttp2_data_source *source, void *user_data);
 int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
     const char *block, size_t len, size_t n, const char *data, size_t datalen);
+int mh2_submit_response_h1(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+    const char *block, size_t len, size_t n, const char *lines, size_t lines_len,
+    const char *data, size_t datalen);
 """
 GLUE = "mh2.c"
 

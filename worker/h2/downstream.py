@@ -131,7 +131,9 @@ class H2Exchange(Exchange):
 
     __slots__ = ()
 
-    lends = False  # send_data queues the bytes: a lent view must be copied first
+    # a whole body may be lent for the respond call only: send_response copies it (or the view
+    # is copied when kept by reference), streamed chunks are copied by send_data
+    lends = True
 
     def send(self, resp: Response) -> None:
         st: H2Stream = self.conn  # type: ignore[assignment]
@@ -151,15 +153,27 @@ class H2Exchange(Exchange):
         st.cancel_deadline()
         head: list[tuple[bytes | str, bytes | str]] = [(b":status", b"%d" % resp.status)]
         length: bytes | None = None
+        body = resp.body
+        head_only = req is not None and req.method == "HEAD"
+        no_body = resp.status < 200 or resp.status in (204, 304)
+        s = st.conn.session
+        lines = resp.head_block
+        if lines is not None and not isinstance(body, BodyStream) and not head_only:
+            # a relayed upstream head: its lines go to the C glue as they are (hop-by-hop
+            # fields and Content-Length already gone, names lower-cased: mu_http.c)
+            n = len(body) if body else 0
+            if not no_body:
+                head.append((b"content-length", b"%d" % n))
+            s.send_response(st.id, head, body if n and not no_body else b"", lines)
+            self.bytes_out += n
+            rt.stats.bytes_out += n
+            st.done(self)
+            return
         for k, v in resp.headers:  # one pass: drop what HTTP/2 forbids, note Content-Length
             if k not in _HOP:
                 head.append((k, v))
             elif k == b"content-length":
                 length = v
-        body = resp.body
-        head_only = req is not None and req.method == "HEAD"
-        no_body = resp.status < 200 or resp.status in (204, 304)
-        s = st.conn.session
         if isinstance(body, BodyStream):
             if body.length is not None and not no_body:
                 head.append((b"content-length", b"%d" % body.length))
@@ -175,7 +189,7 @@ class H2Exchange(Exchange):
             st.conn.flush_soon()
             body.pipe(self)
             return
-        data = bytes(body) if body else b""
+        data = body if body else b""  # bytes, or a view lent for this call (send_response copies)
         if head_only and length is not None:
             head.append((b"content-length", length))
         elif not no_body and (data or length is not None):
@@ -192,7 +206,8 @@ class H2Exchange(Exchange):
         """The proxy (or a non-gRPC upstream) refused a gRPC call: a trailers-only response
         with the status a gRPC client acts on, the refusal's text as grpc-message."""
         st: H2Stream = self.conn  # type: ignore[assignment]
-        text = resp.body.decode("utf-8", "replace").strip() if isinstance(resp.body, bytes) else ""
+        raw = resp.body
+        text = bytes(raw).decode("utf-8", "replace").strip() if isinstance(raw, (bytes, memoryview)) else ""
         discard_response(resp)
         code = grpc.status_for_http(resp.status)
         self.status = 200

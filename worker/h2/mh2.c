@@ -483,31 +483,103 @@ static int submit_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
     return 0;
 }
 
-static int submit_body_nv(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
-                          const char *block, size_t len, size_t n, mh2_body *b)
+/* Split "name: value\r\n" lines (a relayed HTTP/1.1 head, see mu_http.c relay_whole: values
+ * already trimmed) into nv[0..n), names lower-cased; the value is what follows the first ": ",
+ * as Response.headers (worker/http/message.py) reads it. -1 when they are not exactly n such
+ * lines. */
+static int decode_lines(char *p, size_t len, size_t n, nghttp2_nv *nv)
 {
-    WITH_NV(block, len, n, submit_body(h, session, stream_id, nv, n, b));
+    char *end = p + len;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        char *eol = memchr(p, '\n', (size_t)(end - p));
+        char *colon, *c;
+        if (eol == NULL || eol == p || eol[-1] != '\r')
+            return -1;
+        colon = memchr(p, ':', (size_t)(eol - p));
+        if (colon == NULL || colon == p || colon + 1 >= eol || colon[1] != ' ')
+            return -1;
+        for (c = p; c < colon; c++)
+            if (*c >= 'A' && *c <= 'Z')
+                *c = (char)(*c + ('a' - 'A'));
+        nv[i].name = (uint8_t *)p;
+        nv[i].namelen = (size_t)(colon - p);
+        nv[i].value = (uint8_t *)colon + 2;
+        nv[i].valuelen = (size_t)(eol - 1 - (colon + 2));
+        nv[i].flags = sensitive(&nv[i]) ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
+        p = eol + 1;
+    }
+    return p == end ? 0 : -1;
 }
 
-int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
-                             const char *block, size_t len, size_t n, const char *data,
-                             size_t datalen)
+static size_t count_lines(const char *p, size_t len)
 {
-    mh2_body *b;
-    int rv;
-    if (datalen == 0 || datalen > UINT32_MAX)
-        return NGHTTP2_ERR_INVALID_ARGUMENT;
-    b = malloc(sizeof(*b) + (data != NULL ? datalen : 0));
+    size_t n = 0;
+    const char *end = p + len;
+    while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
+        n++;
+        p++;
+    }
+    return n;
+}
+
+static mh2_body *body_new(int32_t stream_id, const char *data, size_t datalen)
+{
+    mh2_body *b = malloc(sizeof(*b) + (data != NULL ? datalen : 0));
     if (b == NULL)
-        return NGHTTP2_ERR_NOMEM;
+        return NULL;
     b->len = datalen;
     b->off = 0;
     b->stream_id = stream_id;
     b->owned = data != NULL;
     if (data != NULL)
         memcpy(b->data, data, datalen);
-    rv = submit_body_nv(h, session, stream_id, block, len, n, b);
-    if (rv != 0)
-        free(b);
+    return b;
+}
+
+int mh2_submit_response_h1(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                           const char *block, size_t len, size_t n, const char *lines,
+                           size_t lines_len, const char *data, size_t datalen)
+{
+    nghttp2_nv stack_nv[MH2_STACK_NV];
+    char stack_copy[MH2_STACK_BLOCK];
+    size_t nl = lines_len ? count_lines(lines, lines_len) : 0;
+    size_t total = n + nl;
+    size_t scratch = len + lines_len;
+    nghttp2_nv *nv = total <= MH2_STACK_NV ? stack_nv : malloc(total * sizeof(*nv));
+    char *copy = scratch <= sizeof(stack_copy) ? stack_copy : malloc(scratch + 1);
+    int rv;
+    if (datalen > UINT32_MAX)
+        rv = NGHTTP2_ERR_INVALID_ARGUMENT;
+    else if (nv == NULL || copy == NULL)
+        rv = NGHTTP2_ERR_NOMEM;
+    else {
+        memcpy(copy, block, len);
+        if (lines_len)
+            memcpy(copy + len, lines, lines_len);
+        if (decode(copy, len, n, nv) != 0 || decode_lines(copy + len, lines_len, nl, nv + n) != 0)
+            rv = NGHTTP2_ERR_INVALID_ARGUMENT;
+        else if (datalen == 0)
+            rv = nghttp2_submit_response(session, stream_id, nv, total, NULL);
+        else {
+            mh2_body *b = body_new(stream_id, data, datalen);
+            rv = b == NULL ? NGHTTP2_ERR_NOMEM : submit_body(h, session, stream_id, nv, total, b);
+            if (rv != 0)
+                free(b);
+        }
+    }
+    if (nv != stack_nv)
+        free(nv);
+    if (copy != stack_copy)
+        free(copy);
     return rv;
+}
+
+int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                             const char *block, size_t len, size_t n, const char *data,
+                             size_t datalen)
+{
+    if (datalen == 0)
+        return NGHTTP2_ERR_INVALID_ARGUMENT;
+    return mh2_submit_response_h1(h, session, stream_id, block, len, n, NULL, 0, data, datalen);
 }

@@ -123,6 +123,12 @@ int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stre
 int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
                              const char *block, size_t len, size_t n, const char *data,
                              size_t datalen);
+/* The same with header fields in two parts: the NUL block (":status" first), then lines, a
+ * relayed HTTP/1.1 head ("name: value\r\n"..., hop-by-hop fields already gone: mu_http.c
+ * relay_whole); datalen 0: no body (END_STREAM on the HEADERS). */
+int mh2_submit_response_h1(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+                           const char *block, size_t len, size_t n, const char *lines,
+                           size_t lines_len, const char *data, size_t datalen);
 int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
                        size_t len, size_t n);
 

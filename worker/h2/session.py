@@ -672,10 +672,16 @@ class H2ServerSession(_Session):
         self._check(lib.mh2_submit_response(self._s, stream_id, block, len(block), count, prd))
         return True
 
-    def send_response(self, stream_id: int, headers: HeaderInput, body: bytes) -> bool:
-        """A final response head with its whole (non-empty) body in one call: the C glue
-        keeps a copy of the body and frames it itself as the window allows (no per-frame
-        Python callback, no second copy). False when the stream is already gone."""
+    def send_response(
+        self, stream_id: int, headers: HeaderInput, body: bytes | memoryview, lines: bytes = b""
+    ) -> bool:
+        """A final response head with its whole body in one call (an empty body: the HEADERS
+        end the stream). The C glue frames the body itself as the window allows (no per-frame
+        Python callback): copied now when small, else kept by reference until the stream
+        closes, so a view lent for this call only is copied first. ``lines`` are more header
+        fields as a relayed HTTP/1.1 head ("name: value\r\n"..., hop-by-hop fields already
+        dropped, see Response.head_block), sent after ``headers``. False when the stream is
+        already gone."""
         st = self._stream(stream_id)
         if st is None:
             return False
@@ -683,14 +689,17 @@ class H2ServerSession(_Session):
             raise H2Error(f"stream {stream_id}: response head sent twice")
         block, count = _block(headers)
         st.local_done = True
-        lib = _binding.lib
-        data: Any = body
-        if len(body) >= BODY_BY_REFERENCE:
+        ffi, lib = _binding.ffi, _binding.lib
+        n = len(body)
+        data: Any = body if n else ffi.NULL
+        if n >= BODY_BY_REFERENCE:
             st.body_ref = body if type(body) is bytes else bytes(body)
-            data = _binding.ffi.NULL
+            data = ffi.NULL
+        elif n and type(body) is not bytes:
+            data = ffi.from_buffer(body)
         self._check(
-            lib.mh2_submit_response_body(
-                self._hdrs, self._s, stream_id, block, len(block), count, data, len(body)
+            lib.mh2_submit_response_h1(
+                self._hdrs, self._s, stream_id, block, len(block), count, lines, len(lines), data, n
             )
         )
         return True
