@@ -22,12 +22,14 @@ ratios to ``nginx h2>h1`` are medians of the per-round ratios.
     python scripts/bench_h2.py --rounds 1 --duration 2 --clients 4 --streams 100 --json h2.json
     python scripts/bench_h2.py --only monolake --sizes 100B --rounds 1 --profile   # py-spy
     python scripts/bench_h2.py --only monolake --sizes 100B --rounds 1 --perf      # perf
+    python scripts/bench_h2.py --baseline /tmp/old   # + the build in /tmp/old, same rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -163,6 +165,25 @@ def run_h2load(
     return stats, cpu
 
 
+def start_tree(tree: str, work: Path, port: int, upstream: int, runtime: str) -> Proc:
+    """A monolake worker from this checkout, or (``tree``) from another one with its extensions
+    built in place (``python setup.py build_ext --inplace``): its ``monolake`` package comes
+    first on PYTHONPATH, so a paired A/B runs both builds in the same rounds."""
+    if not tree:
+        return start_monolake(work, port, upstream, runtime, "auto")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(Path(tree).resolve()) + (os.pathsep + saved if saved else "")
+    try:
+        sub = work / "baseline"
+        sub.mkdir(exist_ok=True)
+        return start_monolake(sub, port, upstream, runtime, "auto")
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
 def start_profiler(kind: str, pid: int, out: Path, seconds: int) -> subprocess.Popen:
     """py-spy (``profile``: collapsed stacks, one ``frame;frame;... count`` line per stack) or
     perf (``perf``: samples by DSO and symbol) on the monolake worker for ``seconds``."""
@@ -213,6 +234,12 @@ def main() -> int:
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
     ap.add_argument(
+        "--baseline",
+        default="",
+        help="also run monolake from this other source tree (extensions built in place, e.g. a "
+        "git archive of an older commit): a paired A/B in the same rounds",
+    )
+    ap.add_argument(
         "--profile",
         action="store_true",
         help="py-spy record the monolake worker during its first run (needs py-spy); prints "
@@ -255,14 +282,20 @@ def main() -> int:
             if not only or "grpc" in only:
                 running.append(("nginx h2>h2 (grpc_pass)", p2, CpuMeter(nginx.pid)))
         if not only or "monolake" in only:
-            name, port = f"monolake/{args.runtime}", free_port()
-            mono = procs.add(start_monolake(work, port, up_h1, args.runtime, "auto"))
-            wait_port(port)
-            if serves_h2(port):
-                running.append((name, port, CpuMeter(mono.pid)))
-            else:
-                not_served.append(name)
-                print(f"  {name}: no SETTINGS in answer to an h2c preface: h2 not served", file=sys.stderr)
+            contenders = [(f"monolake/{args.runtime}", "")]
+            if args.baseline:
+                contenders.append((f"monolake/{args.runtime} (baseline)", args.baseline))
+            for name, tree in contenders:
+                port = free_port()
+                mono = procs.add(start_tree(tree, work, port, up_h1, args.runtime))
+                wait_port(port)
+                if serves_h2(port):
+                    running.append((name, port, CpuMeter(mono.pid)))
+                else:
+                    not_served.append(name)
+                    print(
+                        f"  {name}: no SETTINGS in answer to an h2c preface: h2 not served", file=sys.stderr
+                    )
         names = [n for n, _, _ in running]
         time.sleep(0.3)
         for rnd in range(args.rounds):
