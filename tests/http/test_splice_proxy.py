@@ -43,7 +43,8 @@ class RawUpstream:
     Paths: ``/dl/N`` N bytes with Content-Length; ``/up`` reads the body and answers its
     length; ``/dlclose/N/M`` announces N, sends M, closes; ``/dlstall/N/M`` the same, then
     stalls; ``/dlslow/N/STEP/S`` N bytes, STEP at a time, S seconds apart; ``/upclose/K``
-    reads K body bytes and closes without answering."""
+    reads K body bytes and closes without answering; ``/upearly/K`` reads K body bytes,
+    answers, stops reading for a while, then reads until the proxy closes."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -97,7 +98,7 @@ class RawUpstream:
                 take = length
                 if parts[0] == "upslow":
                     time.sleep(float(parts[1]))  # not reading: the proxy must stop too
-                if parts[0] == "upclose":
+                if parts[0] in ("upclose", "upearly"):
                     take = min(length, int(parts[1]))
                 h = hashlib.sha256()
                 got = bytearray(buf[:take])
@@ -112,6 +113,13 @@ class RawUpstream:
                     self.requests.append((n, head + b"\r\n\r\n" + bytes(got)))
                 if parts[0] == "upclose":
                     time.sleep(0.5)  # the proxy's splice waits on us meanwhile
+                    return
+                if parts[0] == "upearly":
+                    body = f"{len(got)} {h.hexdigest()}".encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    time.sleep(0.5)  # the rest of the body cannot have gone through meanwhile
+                    while conn.recv(1 << 20):
+                        pass
                     return
                 if not self._answer(conn, parts, len(got), h.hexdigest()):
                     return
@@ -394,6 +402,29 @@ def test_upstream_closes_mid_request_body(tmp_path: Path, upstream: RawUpstream)
 
     on, off = both(tmp_path, upstream, scenario)
     assert on == off == (502, True, True)
+
+
+def test_upstream_answers_mid_request_body(tmp_path: Path, upstream: RawUpstream) -> None:
+    """An answer before the whole request body (a refusal would be one): the response goes
+    out, announcing the close, and the connection closes (the rest is never forwarded); the
+    splice is stopped where it was (settled) before the response head is decided."""
+
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        first = len(upstream.requests)
+        c = Client(w.port())
+        sender = threading.Thread(target=_quiet, args=(c.upload, 8 << 20, f"/upearly/{1 << 20}"))
+        sender.start()
+        wait_for(lambda: any(b"/upearly/" in r for _, r in upstream.requests[first:]), timeout=10)
+        probe()
+        status, fields = c.head()
+        body = c.body(int(fields["content-length"]))
+        ended = c.ended()
+        sender.join(20)
+        c.close()
+        return status, fields.get("connection"), body.split()[0], ended
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off == (200, "close", str(1 << 20).encode(), True)
 
 
 def _quiet(fn: Any, *args: Any) -> None:

@@ -166,6 +166,14 @@ class Exchange:
             return
         rt = conn._rt
         req = self.request
+        spliced = req.body.relay if req is not None and req.body is not None else None
+        if spliced is not None:
+            # the request body may be spliced whole already, unreported (splice_relay.py):
+            # keep-alive depends on it, so learn first, then send
+            if type(resp.body) is memoryview:
+                resp.body = resp.body.tobytes()  # lent for the call only
+            spliced.settle(lambda: self.send(resp))
+            return
         self.status = resp.status
         self.head_sent = True
         close = must_close(req, resp, conn._closing or rt.draining)

@@ -17,6 +17,14 @@ the slow side (the Python engine does not count that time either: it has stopped
 An early end is handed back to the transports: the source's end of stream is read again by
 its recv (a TCP socket reports it to every read), a failed write or read aborts the
 transport it happened on, so the producer and the sink fail as they would have.
+
+A response can be ready before the relay has reported: the upstream answers as soon as the
+kernel has written the body's last bytes, and the worker may read that answer before it has
+reaped the splice's last completion (or run the job's ``on_done``). The Python relay cannot
+see this (its last write precedes the body's end), and the exchange decides keep-alive by
+whether the body is all in, so it asks the relay to ``settle`` first: the job stops, and the
+response is sent once the counts are final (the body complete, or not: then as for an early
+answer, the connection closes after it).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from monolake.worker.http.body import BodyStream
 
 # the pipe of one relay (F_SETPIPE_SZ): what one spliced body can pin, as the Python relay's
@@ -131,7 +141,7 @@ def upstream_source(body: BodyStream) -> SpliceSource | None:
 class BodySplice:
     """One body's relay; see the module docstring. Lives from ``pipe`` to the body's end."""
 
-    __slots__ = ("body", "dst", "job", "last_read", "sink", "source", "src", "ticker")
+    __slots__ = ("body", "dst", "job", "last_read", "sink", "source", "src", "then", "ticker")
 
     def __init__(self, body: BodyStream, source: SpliceSource, sink: Any, dst: Any) -> None:
         self.body = body
@@ -142,6 +152,7 @@ class BodySplice:
         self.job: Any = None
         self.ticker: Any = None
         self.last_read = 0
+        self.then: Callable[[], None] | None = None  # what waits for settle()
 
     def start(self) -> bool:
         src, dst = self.src, self.dst
@@ -157,6 +168,13 @@ class BodySplice:
         self._arm_ticker()
         return True
 
+    def settle(self, then: Callable[[], None]) -> None:
+        """Something must know whether the body is all in (a response is due): stop the job,
+        complete the body if its last bytes had gone through, then call ``then`` (also when
+        the body ends another way meanwhile)."""
+        self.then = then
+        self.job.settle()
+
     def cancel(self) -> None:
         """The body ended another way (the parser had it all, a failure, a timeout): stop."""
         self._release()
@@ -164,6 +182,10 @@ class BodySplice:
             self.job.cancel()
             self.job = None
         self.src.return_reading()
+        then = self.then
+        if then is not None:
+            self.then = None
+            self.src._loop.call_soon(then)  # not from inside the body's own end
 
     def _release(self) -> None:
         """No references left between the body, this relay and its job (the job's callbacks
@@ -187,9 +209,16 @@ class BodySplice:
         job.go(left - held)
 
     def _done(self, job: Any) -> None:
-        body = self.body
-        if body.relay is not self:
+        if self.body.relay is not self:
             return
+        then = self.then
+        self.then = None
+        self._finish(job)
+        if then is not None:
+            then()
+
+    def _finish(self, job: Any) -> None:
+        body = self.body
         self._release()
         self.job = None
         job.on_ready = None
@@ -207,8 +236,10 @@ class BodySplice:
             return
         if src.is_closing() or dst.is_closing():
             return  # that connection's connection_lost decides, as for the Python relay
-        if res.errno == errno.ENODATA:
-            return  # the source ended early: its recv reads that end again, as the parser would
+        if res.errno in (errno.ENODATA, errno.ECANCELED):
+            # ENODATA: the source ended early: its recv reads that end again, as the parser
+            # would; ECANCELED: settled short of the end: whoever asked decides
+            return
         # a write error leaves bytes in the pipe (read > moved); a read error does not
         (dst if res.read > res.moved else src).abort()
 
