@@ -11,21 +11,21 @@ all of it, or its end, nothing is spliced), and the rest moves in the kernel. An
 fails a condition, at any step, leaves the body to the Python relay.
 
 The parser never sees the spliced bytes, so it is behind: at the end the source gets a fresh
-one and the message is completed as the parser would have (``body_spliced``).
-
-A chunked body (the native parser on the source, a chunked sink) is spliced chunk by chunk:
-the chunk-size lines, the CRLFs and the trailers go through the parser in user space as
-usual; whenever the parser stands inside a chunk with at least ``splice_threshold`` payload
-bytes still due (``chunk_left``), the rest of that chunk is spliced: the sink writes the
-chunk's size line, the kernel moves the payload, the sink writes its CRLF, and the parser is
-told the payload went past it (``skip_chunk``) and reads on. What the sink writes is the
-chunked framing the Python relay writes (one chunk per piece it relays): the payload and the
-trailers are the same bytes, the chunk boundaries are the relay's own in both engines. Timeouts keep
+one and the message is completed as the parser would have (``body_spliced``). Timeouts keep
 their meaning: a ticker moves the source's deadline on while bytes move, or while the sink is
 the slow side (the Python engine does not count that time either: it has stopped reading).
 An early end is handed back to the transports: the source's end of stream is read again by
 its recv (a TCP socket reports it to every read), a failed write or read aborts the
 transport it happened on, so the producer and the sink fail as they would have.
+
+A chunked body (the native parser on the source, a chunked sink) is spliced chunk by chunk:
+the chunk-size lines, the CRLFs and the trailers go through the parser in user space as
+usual; whenever the parser stands inside a chunk with at least ``splice_threshold`` payload
+bytes still due (``chunk_left``), the rest of that chunk is spliced (one try per chunk): the
+sink writes the size line, the kernel moves the payload, the sink writes the CRLF, and the
+parser is told the payload went past it (``skip_chunk``) and reads on. The framing the sink
+writes is its own, as the Python relay's is (one chunk per piece relayed): payload and
+trailers are the same bytes in both engines, the chunk boundaries need not be.
 
 A response can be ready before the relay has reported: the upstream answers as soon as the
 kernel has written the body's last bytes, and the worker may read that answer before it has
@@ -67,13 +67,16 @@ class SpliceSource:
     """The side a body arrives on, as a splice needs it: its transport, its timeout, how to
     count bytes, how to move its deadline on and how to complete the message afterwards."""
 
-    __slots__ = ("chunk_min", "timeout", "transport")
+    __slots__ = ("chunk_min", "not_before", "timeout", "transport")
 
     def __init__(self, transport: Any, timeout: float, chunk_min: int = 0) -> None:
         self.transport = transport
         self.timeout = timeout
         # > 0: a chunked body, whose chunks of at least this many payload bytes are spliced
         self.chunk_min = chunk_min
+        # a chunked body: no splice before the body has received this much (the end of a
+        # chunk whose splice gave up because its rest was already read: one try per chunk)
+        self.not_before = 0
 
     def start(self, body: BodyStream, sink: Any) -> None:
         """``body`` is being piped into ``sink``: splice the rest if both ends allow it."""
@@ -88,15 +91,20 @@ class SpliceSource:
     def fed(self, body: BodyStream, sink: Any) -> None:
         """Bytes of a piped body went to ``sink`` (``BodyStream.feed``): in a chunked body,
         splice the rest of the chunk the parser stands in, if it is large enough."""
-        if not self.chunk_min:
+        if not self.chunk_min or body.received < self.not_before:
             return
         left = self.chunk_left()
-        if left < self.chunk_min:
+        if left < self.chunk_min or not self.fits(body, left):
             return
+        self.not_before = body.received + left
         target = getattr(sink, "splice_target", None)
         dst = target(True) if target is not None else None
         if dst is None or not BodySplice(body, self, sink, dst, chunk=left).start():
             body.splice = None  # the Python relay takes the rest of this body
+
+    def fits(self, body: BodyStream, n: int) -> bool:
+        """``n`` more bytes of ``body`` are within its limits (else the parser refuses them)."""
+        return True
 
     def parser(self) -> Any:
         """The source's parser (chunked bodies: the native one)."""
@@ -140,6 +148,10 @@ class ClientSource(SpliceSource):
 
     def finished(self) -> None:
         self.conn._reader.body_spliced()
+
+    def fits(self, body: BodyStream, n: int) -> bool:
+        limit = self.conn._rt.max_body  # a Content-Length over it was refused with the head
+        return not limit or body.received + n <= limit
 
     def parser(self) -> Any:
         return self.conn._reader.parser
