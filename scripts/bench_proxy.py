@@ -81,6 +81,39 @@ def start_upstream(work: Path, port: int) -> Proc:
     )
 
 
+# --chunked N: the bodies chunked (chunks of N bytes) by a small asyncio upstream instead of
+# nginx's static files (which always carry a Content-Length), for the chunked splice
+CHUNKED_UPSTREAM = r"""
+import asyncio, sys
+port, chunk, sizes = int(sys.argv[1]), int(sys.argv[2]), dict(a.split("=") for a in sys.argv[3:])
+def body(n):
+    parts = [b"%x\r\n%s\r\n" % (min(chunk, n - i), b"x" * min(chunk, n - i)) for i in range(0, n, chunk)]
+    return b"".join(parts) + b"0\r\n\r\n"
+bodies = {name.encode(): body(int(n)) for name, n in sizes.items()}
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+async def serve(r, w):
+    try:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            w.write(HEAD)
+            w.write(bodies[head.split(b" ", 2)[1].lstrip(b"/")])
+            await w.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, KeyError):
+        w.close()
+async def main():
+    srv = await asyncio.start_server(serve, "127.0.0.1", port, backlog=4096)
+    await srv.serve_forever()
+asyncio.run(main())
+"""
+
+
+def start_chunked_upstream(work: Path, port: int, chunk: int) -> Proc:
+    script = work / "chunked_upstream.py"
+    script.write_text(CHUNKED_UPSTREAM)
+    sizes = [f"{name}={n}" for name, n in {**SIZES, **LARGE}.items()]
+    return Proc([sys.executable, str(script), str(port), str(chunk), *sizes], LOAD_CPU, work / "chunked.log")
+
+
 def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
     return start_nginx(
         work,
@@ -283,6 +316,13 @@ def main() -> int:
         default="off",
         help="monolake's access log: off, through structlog (log_level info), or into a file",
     )
+    ap.add_argument(
+        "--chunked",
+        type=int,
+        default=0,
+        help="serve the bodies chunked, in chunks of N bytes, from a small asyncio upstream "
+        "instead of nginx's static files (docs/http.md, Spliced bodies)",
+    )
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,aiohttp,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
@@ -316,7 +356,10 @@ def main() -> int:
     results: list[Sample] = []
     contenders: list[tuple[str, Callable[[int], Proc]]] = []
     with Procs() as procs:
-        procs.add(start_upstream(work, up_port))
+        if args.chunked:
+            procs.add(start_chunked_upstream(work, up_port, args.chunked))
+        else:
+            procs.add(start_upstream(work, up_port))
         wait_port(up_port)
         if not only or "nginx" in only:
             contenders.append(("nginx", lambda p: start_nginx_proxy(work, p, up_port)))

@@ -32,6 +32,9 @@
  *       taken without a callback yet (a partial head, a head whose body is being collected), so
  *       a proxy can refuse to pool the connection.
  *
+ * Both: chunk_left() / skip_chunk(n) let a chunk's payload go around the parser (a splice,
+ * worker/http/splice_relay.py): the parser then expects the chunk's CRLF as if it had seen it.
+ *
  * Heads are bounded by max_head (the sum of name + value + 4 over the fields), max_line (one
  * field: name + ": " + value) and max_fields; over any, ParseError with 431 (requests) or 502.
  *
@@ -1223,9 +1226,42 @@ static PyGetSetDef response_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* Chunk payloads spliced around the parser (worker/http/splice_relay.py): how much of the
+ * current chunk is still due, and the report that n of those bytes went past it. */
+static PyObject *parser_chunk_left(Parser *P, PyObject *Py_UNUSED(arg))
+{
+    long long n = (P->state == S_CHUNK_DATA && P->len == 0) ? P->remaining : 0;
+    return PyLong_FromLongLong(n);
+}
+
+static PyObject *parser_skip_chunk(Parser *P, PyObject *arg)
+{
+    long long n = PyLong_AsLongLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (P->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "skip_chunk called from a parser callback");
+        return NULL;
+    }
+    if (P->state != S_CHUNK_DATA || P->len != 0 || n < 0 || n > P->remaining) {
+        PyErr_Format(PyExc_ValueError, "skip_chunk(%lld): %lld chunk bytes are due", n,
+                     P->state == S_CHUNK_DATA && P->len == 0 ? P->remaining : 0LL);
+        return NULL;
+    }
+    P->remaining -= n;
+    if (P->remaining == 0)
+        P->state = S_CHUNK_CRLF;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef parser_methods[] = {
     {"feed_data", (PyCFunction)parser_feed_data, METH_O,
      "Parse bytes; calls the protocol's callbacks (see the module docstring)."},
+    {"chunk_left", (PyCFunction)parser_chunk_left, METH_NOARGS,
+     "Payload bytes of the current chunk still due (0 unless inside chunk data with nothing "
+     "buffered): what a splice may move around the parser."},
+    {"skip_chunk", (PyCFunction)parser_skip_chunk, METH_O,
+     "n payload bytes of the current chunk went around the parser (at most chunk_left())."},
     {NULL, NULL, 0, NULL},
 };
 

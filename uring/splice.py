@@ -7,6 +7,12 @@ read into user space before the first spliced one: ``start`` waits until the sou
 multishot recv has let go (``ready`` then fires, after the batch that proved it), the caller
 delivers what the transport held meanwhile, then ``go(n)`` waits until the sink's queued
 writes are sent and relays ``n`` bytes. ``done`` resolves with the count or a ``SpliceError``.
+
+``settle`` is for a caller that must know now whether the bytes are all through (a response
+is due while the request body may be spliced whole already: the kernel has written its end,
+the completion saying so may not have been reaped yet). It stops the job and reports once
+every step in flight has completed, with exact counts: the count if all ``go`` asked for
+reached the sink, else ``SpliceError`` ECANCELED.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class SpliceJob:
     __slots__ = (
         "_ended",
         "_gated",
+        "_settling",
         "dst",
         "loop",
         "on_done",
@@ -69,6 +76,7 @@ class SpliceJob:
         "result",
         "src",
         "token",
+        "wanted",
     )
 
     def __init__(
@@ -87,6 +95,8 @@ class SpliceJob:
         self.result: int | BaseException | None = None
         self._ended = False
         self._gated = True
+        self._settling = False
+        self.wanted: int | None = None  # what go() asked for
         src_fd, src_conn = src.splice_handle()
         dst_fd, dst_conn = dst.splice_handle()
         self.token = ring.token()
@@ -109,19 +119,46 @@ class SpliceJob:
 
     def go(self, nbytes: int) -> None:
         """Relay ``nbytes`` now (after ``on_ready``), once the sink's queue is empty."""
+        self.wanted = nbytes
         rc = lib.mu_splice_go(self.ptr, nbytes)
         if rc < 0:
             self._end(rc)
 
     def cancel(self) -> None:
         """Stop: no further operation is submitted; ``on_done`` is not called."""
+        self.on_done = None  # type: ignore[assignment]
+        self.on_ready = None  # type: ignore[assignment]
+        self._settling = False
         if self._ended:
             return
         self._ended = True
-        self.on_done = None  # type: ignore[assignment]
-        self.on_ready = None  # type: ignore[assignment]
         self.result = SpliceError(errno.ECANCELED, self.moved, 0)
         lib.mu_splice_cancel(self.ptr)
+        self._maybe_free()
+
+    def settle(self) -> None:
+        """Stop, and call ``on_done`` once every step in flight has reported (see the module
+        docstring). Nothing to do when the job has ended already: its ``on_done`` is due."""
+        if self._ended:
+            return
+        self._ended = True
+        self._settling = True
+        lib.mu_splice_cancel(self.ptr)
+        self._maybe_settled()
+
+    def _maybe_settled(self) -> None:
+        if not self._settling or self.ptr == ffi.NULL or lib.mu_splice_inflight(self.ptr) != 0:
+            return
+        self._settling = False
+        moved, read = int(lib.mu_splice_moved(self.ptr)), int(lib.mu_splice_read(self.ptr))
+        if self.wanted is not None and moved == read == self.wanted:
+            self.result = moved  # the last step had moved it all before it was stopped
+        else:
+            self.result = SpliceError(errno.ECANCELED, moved, read)
+        cb = self.on_done
+        self.on_done = None  # type: ignore[assignment]
+        if cb is not None:
+            self.loop.call_soon(cb, self)
         self._maybe_free()
 
     def _event(self, kind: int, res: int, flags: int, off: int) -> None:
@@ -136,6 +173,8 @@ class SpliceJob:
                 self.loop.call_soon(self._ready)
             elif rc != _RUNNING:
                 self._end(rc)
+        elif self._settling:
+            self._maybe_settled()
         self._maybe_free()
 
     def _ready(self) -> None:

@@ -10,7 +10,8 @@ except for the strictness choices that :func:`known_difference` names, each one 
 docs/http.md ("Where native and llhttp differ").
 
 Targets: ``request`` (the request parser), ``response`` (the response parser), ``chunked`` (the
-chunked decoder, behind a fixed chunked head, on both sides of the proxy). A disagreement
+chunked decoder, behind a fixed chunked head, on both sides of the proxy; also against itself
+with chunk payloads skipped as a splice skips them: ``check_skipping``). A disagreement
 raises :class:`Disagreement`; an input the native parser crashes on (under the sanitizer build)
 kills the process. Driven by tests/fuzz/run.py (atheris) and replayed by
 tests/fuzz/test_corpus.py.
@@ -675,11 +676,56 @@ PREFIX = {
 }
 
 
+def _feed_skipping(parser: Any, data: bytes, cuts: list[int], seed: int, out: Outcome) -> Outcome:
+    """``_feed``, but at every cut inside a chunk's payload part of the rest of it goes around
+    the parser (``skip_chunk``, what a splice does: worker/http/splice_relay.py), those bytes
+    put into the body events in their place."""
+    pos, rng = 0, seed or 1
+    try:
+        for c in [*cuts, len(data)]:
+            if c > pos:
+                parser.feed_data(data[pos:c])
+                pos = c
+            left = parser.chunk_left()
+            if left:
+                rng = (rng * 1103515245 + 12345) & 0x7FFFFFFF
+                k = min(left, len(data) - pos, rng % (left + 1))
+                parser.skip_chunk(k)
+                out.body(data[pos : pos + k])
+                pos += k
+        if pos < len(data):
+            parser.feed_data(data[pos:])
+    except UpgradeRequested as exc:
+        out.end, out.detail = "upgrade", repr(exc.rest)
+    except ParseError as exc:
+        out.end, out.status, out.detail = "error", exc.status, str(exc)
+    return out
+
+
+def check_skipping(kind: str, data: bytes, seed: int) -> None:
+    """The native parser with chunk payloads skipped must read ``data`` as without."""
+    cuts = split_points(data, seed)
+    plain = RUNS[kind][0](data, cuts)
+    out = Outcome()
+    if kind == "request":
+        parser = hp.native.RequestParser(_NativeRequest(out), MAX_HEAD, MAX_URI, MAX_HEAD, 256)
+    else:
+        parser = hp.native.ResponseParser(_NativeResponse(out), False, 0, False, MAX_HEAD, MAX_HEAD, 256)
+    skipped = _feed_skipping(parser, data, cuts, seed, out)
+    if (skipped.events, skipped.end, skipped.status) != (plain.events, plain.end, plain.status):
+        raise Disagreement(
+            f"{kind} input {data!r} (split seed {seed}) with chunks skipped:\n"
+            f"  skipped: {skipped}\n  plain:   {plain}"
+        )
+
+
 def check(kind: str, data: bytes, seed: int = 0) -> None:
-    """One differential check of ``data`` for target ``kind``, split as ``seed`` says."""
+    """One differential check of ``data`` for target ``kind``, split as ``seed`` says (a
+    chunked one also against itself with chunk payloads skipped: ``check_skipping``)."""
     if kind in PREFIX:
         head, kind = PREFIX[kind]
         data = head + data
+        check_skipping(kind, data, seed)
     elif kind not in RUNS:
         raise ValueError(kind)
     compare(kind, data, seed)

@@ -36,6 +36,52 @@ def pattern(n: int) -> bytes:
     return (_BLOCK * (n // len(_BLOCK) + 1))[:n]
 
 
+def read_chunked(recv: Any, buf: bytes) -> tuple[bytes, bytes, bytes]:
+    """A chunked body from ``buf`` and then ``recv()`` (b"" at EOF: ConnectionError), checked
+    strictly: (payload, trailer lines, what follows the body)."""
+    parts: list[bytes] = []
+
+    def need(pred: Any) -> None:
+        nonlocal buf
+        while not pred(buf):
+            data = recv()
+            if not data:
+                raise ConnectionError("EOF in a chunked body")
+            buf += data
+
+    while True:
+        need(lambda b: b"\r\n" in b)
+        line, _, buf = buf.partition(b"\r\n")
+        size = int(line.split(b";")[0], 16)
+        if size == 0:
+            break
+        need(lambda b, n=size: len(b) >= n + 2)
+        assert buf[size : size + 2] == b"\r\n", "chunk data must end with CRLF"
+        parts.append(buf[:size])
+        buf = buf[size + 2 :]
+    need(lambda b: b.startswith(b"\r\n") or b"\r\n\r\n" in b)
+    if buf.startswith(b"\r\n"):
+        return b"".join(parts), b"", buf[2:]
+    trailers, _, buf = buf.partition(b"\r\n\r\n")
+    return b"".join(parts), trailers, buf
+
+
+# chunk sizes of the chunked bodies: some far above THRESHOLD (spliced), some below (copied)
+CHUNKS = [100, 1 << 20, 5000, (3 << 20) + 7, 40000, 1, THRESHOLD, THRESHOLD - 1, 2 << 20]
+
+
+def chunked(sizes: list[int]) -> bytes:
+    """A chunked body of those chunk sizes (extensions on every other chunk) and a trailer."""
+    body = pattern(sum(sizes))
+    out, at = [], 0
+    for i, n in enumerate(sizes):
+        ext = b";i=%d" % i if i % 2 == 0 else b""
+        out.append(b"%x%s\r\n%s\r\n" % (n, ext, body[at : at + n]))
+        at += n
+    out.append(b"0\r\nx-sum: %s\r\n\r\n" % hashlib.sha256(body).hexdigest().encode())
+    return b"".join(out)
+
+
 class RawUpstream:
     """HTTP/1.1 by hand, one thread per connection. ``requests`` records (connection number,
     raw request bytes: head and body) in arrival order; ``sent`` counts body bytes sent.
@@ -43,7 +89,10 @@ class RawUpstream:
     Paths: ``/dl/N`` N bytes with Content-Length; ``/up`` reads the body and answers its
     length; ``/dlclose/N/M`` announces N, sends M, closes; ``/dlstall/N/M`` the same, then
     stalls; ``/dlslow/N/STEP/S`` N bytes, STEP at a time, S seconds apart; ``/upclose/K``
-    reads K body bytes and closes without answering."""
+    reads K body bytes and closes without answering; ``/upearly/K`` reads K body bytes,
+    waits, answers, stops reading for a while, then reads until the proxy closes; ``/dlchunked``
+    a chunked body of CHUNKS with a trailer. A chunked request body is recorded decoded (its
+    payload, then its trailer lines): its framing is the relay's, not the client's."""
 
     def __init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
@@ -89,15 +138,25 @@ class RawUpstream:
                 lines = head.split(b"\r\n")
                 target = lines[0].split(b" ")[1].decode()
                 length = 0
+                is_chunked = False
                 for line in lines[1:]:
                     k, _, v = line.partition(b":")
                     if k.strip().lower() == b"content-length":
                         length = int(v)
+                    if k.strip().lower() == b"transfer-encoding":
+                        is_chunked = v.strip().lower() == b"chunked"
                 parts = target.strip("/").split("/")
+                if is_chunked:
+                    payload, trailers, buf = read_chunked(lambda: conn.recv(1 << 20), buf)
+                    with self.lock:
+                        self.requests.append((n, head + b"\r\n\r\n" + payload + b"\r\n" + trailers))
+                    if not self._answer(conn, parts, len(payload), hashlib.sha256(payload).hexdigest()):
+                        return
+                    continue
                 take = length
                 if parts[0] == "upslow":
                     time.sleep(float(parts[1]))  # not reading: the proxy must stop too
-                if parts[0] == "upclose":
+                if parts[0] in ("upclose", "upearly"):
                     take = min(length, int(parts[1]))
                 h = hashlib.sha256()
                 got = bytearray(buf[:take])
@@ -113,6 +172,14 @@ class RawUpstream:
                 if parts[0] == "upclose":
                     time.sleep(0.5)  # the proxy's splice waits on us meanwhile
                     return
+                if parts[0] == "upearly":
+                    time.sleep(0.3)  # the splice is under way meanwhile (the test probes it)
+                    body = f"{len(got)} {h.hexdigest()}".encode()
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    time.sleep(0.5)  # the rest of the body cannot have gone through meanwhile
+                    while conn.recv(1 << 20):
+                        pass
+                    return
                 if not self._answer(conn, parts, len(got), h.hexdigest()):
                     return
         except OSError:
@@ -125,6 +192,10 @@ class RawUpstream:
     def _answer(self, conn: socket.socket, parts: list[str], got: int, digest: str) -> bool:
         """Send the response; False: the connection ends here."""
         kind = parts[0]
+        if kind == "dlchunked":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            self._send(conn, chunked(CHUNKS))
+            return True
         if kind in ("up", "upslow"):
             body = f"{got} {digest}".encode()
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
@@ -255,6 +326,21 @@ class Client:
         for i in range(0, size, 1 << 16):
             self.sock.sendall(body[i : i + (1 << 16)])
             self.sent += len(body[i : i + (1 << 16)])
+
+    def upload_chunked(self, sizes: list[int], path: str = "/up") -> None:
+        self.sock.sendall(
+            b"POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" % path.encode()
+        )
+        body = memoryview(chunked(sizes))
+        for i in range(0, len(body), 1 << 16):
+            self.sock.sendall(body[i : i + (1 << 16)])
+
+    def chunked_response(self) -> tuple[int, bytes, bytes]:
+        """A response with a chunked body: (status, payload, trailer lines)."""
+        status, fields = self.head()
+        assert fields.get("transfer-encoding") == "chunked", fields
+        payload, trailers, self.buf = read_chunked(lambda: self.sock.recv(1 << 20), self.buf)
+        return status, payload, trailers
 
     def get(self, path: str) -> None:
         self.sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path.encode())
@@ -394,6 +480,31 @@ def test_upstream_closes_mid_request_body(tmp_path: Path, upstream: RawUpstream)
 
     on, off = both(tmp_path, upstream, scenario)
     assert on == off == (502, True, True)
+
+
+def test_upstream_answers_mid_request_body(tmp_path: Path, upstream: RawUpstream) -> None:
+    """An answer before the whole request body (a refusal would be one): the response goes
+    out, announcing the close, and the connection closes (the rest is never forwarded); the
+    splice is stopped where it was (settled) before the response head is decided."""
+
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        first = len(upstream.requests)
+        c = Client(w.port())
+        # far more than every buffer on the way holds (socket buffers autotune to MiBs): the
+        # body cannot be all through when the answer comes, in either engine
+        sender = threading.Thread(target=_quiet, args=(c.upload, 64 << 20, f"/upearly/{1 << 20}"))
+        sender.start()
+        wait_for(lambda: any(b"/upearly/" in r for _, r in upstream.requests[first:]), timeout=10)
+        probe()
+        status, fields = c.head()
+        body = c.body(int(fields["content-length"]))
+        ended = c.ended()
+        sender.join(20)
+        c.close()
+        return status, fields.get("connection"), body.split()[0], ended
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off == (200, "close", str(1 << 20).encode(), True)
 
 
 def _quiet(fn: Any, *args: Any) -> None:
@@ -616,3 +727,55 @@ def test_upstream_that_stops_reading_holds_the_client(tmp_path: Path, upstream: 
 
     on, off = both(tmp_path, upstream, scenario)
     assert on == off == (200, True)
+
+
+@pytest.mark.parametrize("direction", ["request", "response"])
+def test_chunked_bodies_same_at_both_ends(tmp_path: Path, upstream: RawUpstream, direction: str) -> None:
+    """Chunked bodies, their chunks of at least splice_threshold spliced one by one (the size
+    lines, CRLFs and trailers through the parser): the heads, the payload and the trailers
+    both ends see are the Python relay's, and keep-alive goes on on both sides."""
+    total = sum(CHUNKS)
+    want = pattern(total)
+
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        first, conns = len(upstream.requests), upstream.conns
+        c = Client(w.port())
+        got: list[Any] = []
+        for _ in range(2):
+            if direction == "request":
+                c.upload_chunked(CHUNKS)
+                status, body = c.response()
+                assert body == f"{total} {hashlib.sha256(want).hexdigest()}".encode(), body
+                got.append(status)
+            else:
+                c.sock.sendall(b"GET /dlchunked HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n")
+                status, payload, trailers = c.chunked_response()
+                assert payload == want, (len(payload), total)
+                got.append((status, trailers))
+            probe()
+        c.close()
+        return got, [r for _, r in upstream.requests[first:]], upstream.conns - conns
+
+    on, off = both(tmp_path, upstream, scenario)
+    assert on == off
+    assert on[2] == 1  # one upstream connection, reused after the chunked bodies
+
+
+def test_chunked_body_over_the_limit(tmp_path: Path, upstream: RawUpstream) -> None:
+    """A chunked request body that crosses max_body_size: its first large chunk is spliced,
+    the one that crosses the limit is not (the parser refuses it with 413, as without
+    splicing), and the connection closes."""
+
+    def scenario(w: Worker, probe: Probe) -> tuple:
+        c = Client(w.port())
+        sender = threading.Thread(target=_quiet, args=(c.upload_chunked, CHUNKS))
+        sender.start()
+        status, _ = c.response()
+        probe()
+        ended = c.ended()
+        sender.join(20)
+        c.close()
+        return status, ended
+
+    on, off = both(tmp_path, upstream, scenario, timeouts=f"max_body_size = {2 << 20}")
+    assert on == off == (413, True)

@@ -106,6 +106,9 @@ class BodyStream:
         sink = self._sink
         if sink is not None:
             sink.write(data)
+            splice = self.splice
+            if splice is not None and self.relay is None:
+                splice.fed(self, sink)  # a chunked body: the rest of a large chunk may splice
             return
         if self._discard:
             return

@@ -335,10 +335,25 @@ class UpstreamConnection(asyncio.Protocol):
         self.abort()
 
     # splicing (worker/http/splice_relay.py)
-    def splice_target(self) -> Any:
-        """The transport a spliced request body may go to straight: one sent as it came (a
-        Content-Length body, not re-chunked), on an open connection; else None."""
-        return None if self.closed or self._req_chunked else self.transport
+    def splice_target(self, chunks: bool) -> Any:
+        """The transport a spliced request body may go to straight: one sent as it came
+        (``chunks`` False: a Content-Length body) or re-chunked (``chunks``: chunk payloads
+        framed by ``splice_chunk``), on an open connection; else None."""
+        return None if self.closed or self._req_chunked != chunks else self.transport
+
+    def splice_chunk(self, n: int) -> None:
+        """A chunk of ``n`` payload bytes is spliced next: its size line."""
+        if not self.closed:
+            self.transport.write(b"%x\r\n" % n)
+
+    def splice_chunk_end(self) -> None:
+        if not self.closed:
+            self.transport.write(b"\r\n")
+
+    @property
+    def chunked_body(self) -> bool:
+        """The response body in flight is framed by chunks (not ended by the close)."""
+        return self._framing == _CHUNKED
 
     def body_spliced(self) -> None:
         """The rest of the response body went around the parser: that parser still counts

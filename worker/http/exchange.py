@@ -101,10 +101,13 @@ class Exchange:
         rt.stats.requests += 1
         rt.stats.active_requests += 1
         body = req.body
-        if body is not None and body.length is not None:
+        if body is not None:  # spliced if it is piped to a plain upstream
             threshold = getattr(rt.settings, "splice_threshold", 0)
-            if threshold and body.length >= threshold:
-                body.splice = client_source(conn)  # spliced if it is piped to a plain upstream
+            length = body.length
+            if threshold and length is None:
+                body.splice = client_source(conn, threshold)  # chunked: its large chunks
+            elif threshold and length is not None and length >= threshold:
+                body.splice = client_source(conn)
         ctx = RequestContext(conn._ctx, self.started)
         self.ctx = ctx
         try:
@@ -166,6 +169,14 @@ class Exchange:
             return
         rt = conn._rt
         req = self.request
+        spliced = req.body.relay if req is not None and req.body is not None else None
+        if spliced is not None:
+            # the request body may be spliced whole already, unreported (splice_relay.py):
+            # keep-alive depends on it, so learn first, then send
+            if type(resp.body) is memoryview:
+                resp.body = resp.body.tobytes()  # lent for the call only
+            spliced.settle(lambda: self.send(resp))
+            return
         self.status = resp.status
         self.head_sent = True
         close = must_close(req, resp, conn._closing or rt.draining)
@@ -187,9 +198,11 @@ class Exchange:
             self.pending_head = out
             conn._out_body = body
             length = body.length
-            if length is not None and not chunked and body.splice is None:
-                threshold = getattr(rt.settings, "splice_threshold", 0)
-                if threshold and length >= threshold and conn._tls is None:
+            threshold = getattr(rt.settings, "splice_threshold", 0)
+            if threshold and body.splice is None and conn._tls is None:
+                if length is None and chunked:
+                    body.splice = upstream_source(body, threshold)  # its large chunks
+                elif length is not None and not chunked and length >= threshold:
                     body.splice = upstream_source(body)
             body.pipe(self)
             head = self.pending_head
@@ -211,11 +224,12 @@ class Exchange:
         conn.exchange_done(self)
 
     # a spliced response body (worker/http/splice_relay.py) goes straight to this transport
-    def splice_target(self) -> Any:
-        """The client's transport, for a body written as it comes (not chunked) by this
+    def splice_target(self, chunks: bool) -> Any:
+        """The client's transport, for a body written as it comes (``chunks`` False: not
+        chunked) or chunk payloads framed by ``splice_chunk`` (``chunks``: chunked), by this
         class's ``write`` (a subclass that frames bodies its own way takes no splice)."""
         conn = self.conn
-        if self.chunked or conn._tls is not None or type(self).write is not Exchange.write:
+        if self.chunked != chunks or conn._tls is not None or type(self).write is not Exchange.write:
             return None
         return conn._transport
 
@@ -223,11 +237,20 @@ class Exchange:
         self.bytes_out += n
         self.conn._rt.stats.bytes_out += n
 
+    def splice_chunk(self, n: int) -> None:
+        """A chunk of ``n`` payload bytes is spliced next: its size line."""
+        self._out(b"%x\r\n" % n)
+
+    def splice_chunk_end(self) -> None:
+        self._out(b"\r\n")
+
     # BodySink: a streamed response body goes out through these
     def write(self, data: bytes) -> None:
-        n = len(data)
         if self.chunked:
-            data = b"%x\r\n%b\r\n" % (n, data)
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self._out(data)
+
+    def _out(self, data: bytes) -> None:
         conn = self.conn
         conn._rt.stats.bytes_out += len(data)
         self.bytes_out += len(data)
