@@ -19,7 +19,7 @@ import os
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import structlog
 
@@ -116,8 +116,10 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream connection, never datagrams
-        self.transport = transport
+        # a stream connection, never datagrams; not an isinstance check: uvloop's transports
+        # implement asyncio.Transport without subclassing it
+        self.transport = cast("asyncio.Transport", transport)
+        transport = self.transport
         set_nodelay(transport)
         if self.queued:
             if len(self.queued) > 1:
