@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "mu_balance.h"
 #include "mu_head.h"
 #include "mu_native.h"
 #include "mu_nx.h"
@@ -56,10 +57,16 @@ static const char *const counter_names[K_COUNT] = {
     "aborted",
 };
 
+/* A route of ours: its balancer (mu_balance, the table Python keeps current and the Python
+ * engine also picks from, worker/http/native_balance.py) and, per balancer index, the engine
+ * endpoint (idle list) and upstream head options. bal == NULL: not ours (or no longer: the
+ * upstream list changed, drop_route). */
 typedef struct {
-    int ep;                        /* endpoint index, -1: not ours */
+    mu_balancer *bal;
+    int n;                         /* the balancer's length when the engine was built */
+    int *eps;                      /* eps[i]: the engine endpoint of balancer index i */
+    const mu_head_upstream **hus;  /* hus[i]: its upstream head options */
     const mu_head_route *hr;
-    const mu_head_upstream *hu;
 } nx_route;
 
 typedef struct {
@@ -89,6 +96,8 @@ typedef struct {
     PyObject *ip, *scheme;
     int state, sticky, closing, fresh_done, head_only, wrote, paused;
     Upstream *up;
+    mu_balancer *bal; /* the request in flight counts in bal's endpoint bal_i (least_conn) */
+    int bal_i;
     PyObject *req, *head, *pend;
     long long remaining, body_len;
     int status;
@@ -166,6 +175,10 @@ static void engine_dealloc(Engine *e)
 {
     PyObject_GC_UnTrack(e);
     PyMem_Free(e->blob);
+    for (int i = 0; e->routes != NULL && i < e->nroutes; i++) {
+        PyMem_Free(e->routes[i].eps);
+        PyMem_Free(e->routes[i].hus);
+    }
     PyMem_Free(e->routes);
     Py_CLEAR(e->refs);
     Py_CLEAR(e->idle);
@@ -195,8 +208,8 @@ static int engine_clear(Engine *e)
 /* Engine(blob, routes, neps, late, facts,
  *        (max_head, max_uri, max_fields, max_body, collect_max, max_request_body),
  *        (keepalive, read_timeout), refs)
- * routes: a list with, per route index, None (not ours) or (ep, route_opts_addr,
- * upstream_opts_addr); refs: whatever owns those structs. */
+ * routes: a list with, per route index, None (not ours) or (balancer_addr, route_opts_addr,
+ * ((ep, upstream_opts_addr), ...) per balancer index); refs: whatever owns those structs. */
 static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Py_buffer blob;
@@ -237,23 +250,45 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     e->blob_len = (size_t)blob.len;
     for (int i = 0; i < e->nroutes; i++) {
         PyObject *r = PyList_GET_ITEM(routes, i);
-        e->routes[i].ep = -1;
         if (r == Py_None)
             continue;
-        int ep;
-        PyObject *a, *b;
-        if (!PyArg_ParseTuple(r, "iOO", &ep, &a, &b))
+        PyObject *a, *b, *ups;
+        if (!PyArg_ParseTuple(r, "OOO!", &a, &b, &PyTuple_Type, &ups))
             goto fail;
         void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b);
         if (PyErr_Occurred())
             goto fail;
-        if (ep < 0 || ep >= neps || pa == NULL || pb == NULL) {
+        Py_ssize_t n = PyTuple_GET_SIZE(ups);
+        mu_balancer *bal = pa;
+        if (pa == NULL || pb == NULL || n < 1 || n > 1 << 16 || (Py_ssize_t)bal->n != n) {
             PyErr_SetString(PyExc_ValueError, "bad route entry");
             goto fail;
         }
-        e->routes[i].ep = ep;
-        e->routes[i].hr = pa;
-        e->routes[i].hu = pb;
+        nx_route *rt = &e->routes[i];
+        rt->eps = PyMem_Calloc((size_t)n, sizeof(int));
+        rt->hus = PyMem_Calloc((size_t)n, sizeof(*rt->hus));
+        if (rt->eps == NULL || rt->hus == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            int ep;
+            PyObject *h;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(ups, j), "iO", &ep, &h))
+                goto fail;
+            void *ph = PyLong_AsVoidPtr(h);
+            if (PyErr_Occurred())
+                goto fail;
+            if (ep < 0 || ep >= neps || ph == NULL) {
+                PyErr_SetString(PyExc_ValueError, "bad route entry");
+                goto fail;
+            }
+            rt->eps[j] = ep;
+            rt->hus[j] = ph;
+        }
+        rt->n = (int)n;
+        rt->hr = pb;
+        rt->bal = bal;
     }
     e->idle = PyTuple_New(neps);
     if (e->idle == NULL)
@@ -315,8 +350,21 @@ static PyObject *engine_match(Engine *e, PyObject *args)
     return PyLong_FromLong(r);
 }
 
+/* drop_route(i): route i is no longer ours (its upstream list changed: the balancer indices
+ * no longer name the endpoints the engine was built with); its requests go to Python. */
+static PyObject *engine_drop_route(Engine *e, PyObject *arg)
+{
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i >= 0 && i < e->nroutes)
+        e->routes[i].bal = NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef engine_methods[] = {
     {"counters", (PyCFunction)engine_counters, METH_NOARGS, "the counters, as a dict"},
+    {"drop_route", (PyCFunction)engine_drop_route, METH_O, "drop_route(i): route i is Python's"},
     {"match", (PyCFunction)engine_match, METH_VARARGS, "match(path, host) -> route index or -1"},
     {NULL, NULL, 0, NULL},
 };
@@ -357,9 +405,20 @@ static PyObject *decline(Client *c, PyObject *data, int sticky)
     return call1(c->py_reader, data);
 }
 
+/* The request in flight no longer counts in its endpoint's in-flight load (it ended, or the
+ * Python engine took it over and counts it itself). */
+static void bal_done(Client *c)
+{
+    if (c->bal != NULL) {
+        mu_bal_release(c->bal, (uint32_t)c->bal_i);
+        c->bal = NULL;
+    }
+}
+
 /* Detach c and u from each other (each drops the reference it held on the other). */
 static void unlink_pair(Client *c, Upstream *u)
 {
+    bal_done(c);
     c->up = NULL;
     u->client = NULL;
     u->len = 0;
@@ -501,6 +560,11 @@ static int take_facts(Client *c)
     return 0;
 }
 
+static int rt_n(const nx_route *rt)
+{
+    return rt != NULL ? rt->n : 0;
+}
+
 /* A request in the NATIVE state: serve it, or decline it. */
 static PyObject *client_request(Client *c, PyObject *data)
 {
@@ -518,8 +582,16 @@ static PyObject *client_request(Client *c, PyObject *data)
         return decline(c, data, 1);
     }
     int r = mu_route_match(e->blob, rq.host, rq.host_len, rq.path, rq.path_len, NULL, NULL);
-    int ep = r >= 0 && r < e->nroutes ? e->routes[r].ep : -1;
-    PyObject *list = ep >= 0 ? PyTuple_GET_ITEM(e->idle, ep) : NULL;
+    nx_route *rt = r >= 0 && r < e->nroutes && e->routes[r].bal != NULL ? &e->routes[r] : NULL;
+    mu_balancer *bal = rt != NULL ? rt->bal : NULL;
+    /* the pick changes the balancer (position, RNG): undone when C declines after it, so
+     * the Python engine's pick from the same table makes this very choice again */
+    uint32_t pos0 = bal != NULL ? bal->position : 0;
+    mu_rng rng0 = bal != NULL ? bal->rng : (mu_rng){0};
+    int pick = bal != NULL ? mu_bal_pick(bal, now_mono(), NULL, 0) : MU_BAL_NONE;
+    if (pick >= rt_n(rt))
+        pick = MU_BAL_NONE;
+    PyObject *list = pick >= 0 ? PyTuple_GET_ITEM(e->idle, rt->eps[pick]) : NULL;
     Upstream *u = NULL;
     while (list != NULL && PyList_GET_SIZE(list) > 0) {
         Py_ssize_t last = PyList_GET_SIZE(list) - 1;
@@ -535,7 +607,13 @@ static PyObject *client_request(Client *c, PyObject *data)
     }
     if (u == NULL) {
         PyBuffer_Release(&b);
-        return decline(c, data, 0); /* no route of ours, or no idle connection: Python's */
+        if (bal != NULL) {
+            bal->position = pos0;
+            bal->rng = rng0;
+        }
+        /* no route of ours, no upstream to pick (Python answers) or no idle connection to
+         * it (Python connects): Python's */
+        return decline(c, data, 0);
     }
     if (c->ip == NULL && take_facts(c) < 0)
         goto fail;
@@ -552,14 +630,15 @@ static PyObject *client_request(Client *c, PyObject *data)
     mu_head_conn cn = {PyBytes_AS_STRING(c->ip), (size_t)PyBytes_GET_SIZE(c->ip),
                        PyBytes_AS_STRING(c->scheme), (size_t)PyBytes_GET_SIZE(c->scheme)};
     char stack[4096];
-    size_t n = mu_head_write(&hrq, e->routes[r].hr, e->routes[r].hu, &cn, stack, sizeof stack);
+    const mu_head_upstream *hu = rt->hus[pick];
+    size_t n = mu_head_write(&hrq, rt->hr, hu, &cn, stack, sizeof stack);
     PyObject *head;
     if (n <= sizeof stack) {
         head = PyBytes_FromStringAndSize(stack, (Py_ssize_t)n);
     } else {
         head = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
         if (head != NULL)
-            mu_head_write(&hrq, e->routes[r].hr, e->routes[r].hu, &cn, PyBytes_AS_STRING(head), n);
+            mu_head_write(&hrq, rt->hr, hu, &cn, PyBytes_AS_STRING(head), n);
     }
     if (head == NULL)
         goto fail;
@@ -594,6 +673,9 @@ static PyObject *client_request(Client *c, PyObject *data)
     PyBuffer_Release(&b);
     /* linked both ways: the upstream's reference came from the idle list */
     c->up = u;
+    mu_bal_acquire(bal, (uint32_t)pick);
+    c->bal = bal;
+    c->bal_i = pick;
     u->client = (Client *)Py_NewRef(c);
     u->len = 0;
     c->req = first;
@@ -609,6 +691,8 @@ static PyObject *client_request(Client *c, PyObject *data)
     Py_RETURN_NONE;
 fail:
     PyBuffer_Release(&b);
+    bal->position = pos0; /* as if C had not picked */
+    bal->rng = rng0;
     /* back where it was: nothing was sent on it */
     if (PyList_Append(list, (PyObject *)u) < 0) {
         Py_DECREF(u);
