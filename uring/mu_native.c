@@ -42,7 +42,7 @@ enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
 #define LATE_EOF 100      /* the upstream closed before any response byte reached the client */
 #define LATE_MIDBODY 101  /* the upstream went away mid-body: the client is aborted */
 #define LATE_TIMEOUT 102  /* the upstream read timeout, nothing relayed yet */
-#define LATE_BIG 103      /* a body above the engine's max_body */
+#define LATE_BIG 103      /* a body at or above the splice threshold: Python splices it */
 #define LATE_EXTRA 104    /* bytes after the whole response in the same read */
 #define LATE_CLOSING 105  /* keep-alive went off (client EOF, drain) before the head went out:
                            * the Python engine writes it with its "connection: close" */
@@ -95,6 +95,7 @@ typedef struct {
     PyObject *proto, *py_reader, *writer, *reader, *transport;
     PyObject *ip, *scheme;
     int state, sticky, closing, fresh_done, head_only, wrote, paused;
+    int wpaused; /* the client transport is above its high-water mark (pause_writing) */
     Upstream *up;
     mu_balancer *bal; /* the request in flight counts in bal's endpoint bal_i (least_conn) */
     int bal_i;
@@ -114,12 +115,14 @@ struct Upstream {
     char *buf;
     size_t len, cap;
     int dead, keep_alive, have_head;
+    int rpaused; /* its reading paused by us: the client is not taking the body */
     mu_nx_response rs; /* the head, once it is in (have_head) */
     double since;
 };
 
 static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
-static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume;
+static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume,
+    *s_transport;
 
 #define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
                                * client's reading pauses, as the Python engine's queue does */
@@ -168,6 +171,11 @@ static int call_method0(PyObject *obj, PyObject *name)
     Py_DECREF(r);
     return 0;
 }
+
+/* Backpressure: the upstream connection's reading off (on = 0) while the client's transport
+ * is above its high-water mark, on again when it drained, so a client that stops reading
+ * never makes the worker hold more than what was read before the pause took effect. */
+static int upstream_reading(Upstream *u, int on);
 
 /* ---- Engine ----------------------------------------------------------------------------- */
 
@@ -444,6 +452,8 @@ static int finish(Client *c, int pool)
     e->k[s < 300 ? K_2XX : s < 400 ? K_3XX : s < 500 ? K_4XX : K_5XX]++;
     Py_INCREF(u);
     Py_INCREF(c);
+    if (u->rpaused && !u->dead && upstream_reading(u, 1) < 0)
+        rc = -1;
     if (pool && u->keep_alive && !u->dead) {
         u->since = now;
         if (PyList_Append(PyTuple_GET_ITEM(e->idle, u->ep), (PyObject *)u) < 0)
@@ -522,7 +532,9 @@ static int late_decline(Client *c, int reason)
     Py_INCREF(c);
     unlink_pair(c, u);
     c->state = reason == LATE_MIDBODY ? C_DEAD : C_PYTHON;
-    if (reason >= LATE_EOF)
+    /* a body at or above the splice threshold (LATE_BIG) is a whole response the Python
+     * engine relays (spliced) as it would a chunked one: C may take the next request */
+    if (reason >= LATE_EOF && reason != LATE_BIG)
         c->sticky = 1;
     PyObject *r = NULL;
     if (req != NULL && rnum != NULL && blen != NULL && started != NULL) {
@@ -860,9 +872,31 @@ static PyObject *client_timeout(Client *c, PyObject *Py_UNUSED(unused))
 {
     if (c->state != C_BUSY || c->up == NULL)
         Py_RETURN_FALSE;
+    if (c->up->rpaused) { /* the client is the slow side: no upstream timeout (as Python's) */
+        if (set_deadline(c, now_mono() + c->eng->read_timeout) < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
     if (late_decline(c, c->wrote ? LATE_MIDBODY : LATE_TIMEOUT) < 0)
         return NULL;
     Py_RETURN_TRUE;
+}
+
+/* write_paused(flag): the client transport paused (True) or resumed (False) writing (the
+ * protocol's pause_writing / resume_writing): mid-body, the upstream's reading follows */
+static PyObject *client_write_paused(Client *c, PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    c->wpaused = flag;
+    if (c->state == C_BUSY && c->up != NULL && c->wrote && c->remaining > 0) {
+        if (upstream_reading(c->up, !flag) < 0)
+            return NULL;
+        if (!flag && set_deadline(c, now_mono() + c->eng->read_timeout) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *client_get_state(Client *c, void *Py_UNUSED(closure))
@@ -886,6 +920,7 @@ static PyMethodDef client_methods[] = {
     {"rearm", (PyCFunction)client_rearm, METH_NOARGS, "the Python engine is idle: try C again"},
     {"close_after", (PyCFunction)client_close_after, METH_NOARGS, "no keep-alive from here"},
     {"timeout", (PyCFunction)client_timeout, METH_NOARGS, "the upstream read timeout is due"},
+    {"write_paused", (PyCFunction)client_write_paused, METH_O, "the client transport paused writing"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -921,6 +956,20 @@ static PyTypeObject Client_Type = {
 };
 
 /* ---- Upstream -------------------------------------------------------------------------- */
+
+static int upstream_reading(Upstream *u, int on)
+{
+    if (u->conn == NULL || u->rpaused == !on)
+        return 0;
+    PyObject *t = PyObject_GetAttr(u->conn, s_transport);
+    if (t == NULL)
+        return -1;
+    int rc = t == Py_None ? 0 : call_method0(t, on ? s_resume : s_pause);
+    Py_DECREF(t);
+    if (rc == 0)
+        u->rpaused = !on;
+    return rc;
+}
 
 static int keep_bytes(Upstream *u, const char *p, size_t n)
 {
@@ -963,7 +1012,12 @@ static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
             e->k[K_UNSOLICITED]++;
             u->dead = 1;
         }
-        return c->remaining == 0 ? finish(c, !u->dead) : 0;
+        if (c->remaining == 0)
+            return finish(c, !u->dead);
+        /* the upstream read timeout counts from the last byte in, as the Python client's */
+        if (set_deadline(c, now_mono() + e->read_timeout) < 0)
+            return -1;
+        return c->wpaused ? upstream_reading(u, 0) : 0;
     }
     if (keep_bytes(u, p, n) < 0)
         return -1;
@@ -1007,7 +1061,9 @@ static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
     Py_DECREF(out);
     if (rc < 0)
         return -1;
-    return c->remaining == 0 ? finish(c, 1) : 0;
+    if (c->remaining == 0)
+        return finish(c, 1);
+    return c->wpaused && c->up == u ? upstream_reading(u, 0) : 0;
 }
 
 static PyObject *upstream_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
@@ -1216,8 +1272,9 @@ int mu_native_install(void)
         s_close_conn = PyUnicode_InternFromString("close");
         s_pause = PyUnicode_InternFromString("pause_reading");
         s_resume = PyUnicode_InternFromString("resume_reading");
+        s_transport = PyUnicode_InternFromString("transport");
         if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
-            !s_resume)
+            !s_resume || !s_transport)
             goto done;
     }
     if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||

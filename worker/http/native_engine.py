@@ -56,7 +56,9 @@ log = structlog.get_logger("monolake.native")
 
 # the balancers C picks for (every policy needs no Python: worker/upstream/balance.py POLICIES)
 _POLICIES = ("random", "weighted_random", "round_robin", "first", "least_conn")
-MAX_BODY = 1 << 20  # larger Content-Length bodies are the Python engine's (backpressure, splice)
+# a response body C relays (the upstream's reading follows the client's pause_writing /
+# resume_writing): any length below the server's splice_threshold, whose bodies Python splices
+MAX_BODY = 1 << 62
 # a request body C forwards: all of it in the read that brought its head, at most this
 REQUEST_BODY_MAX = 64 * 1024
 # diagnostics: the engine's counters written here at each timeout sweep (tests read them from a
@@ -98,6 +100,12 @@ def request_body_max(cfg: Any) -> int:
     return limit
 
 
+def response_body_max(cfg: Any) -> int:
+    """The largest response body C relays: below the splice threshold (a body at or above it
+    is declined late, and the Python engine splices it), else any."""
+    return cfg.splice_threshold - 1 if cfg.splice_threshold else MAX_BODY
+
+
 def _addr(obj: Any) -> int:
     return int(ffi.cast("uintptr_t", obj))
 
@@ -132,7 +140,7 @@ class NativeEngine:
                 cfg.max_header_size,
                 cfg.max_uri_size,
                 cfg.max_headers,
-                MAX_BODY,
+                response_body_max(cfg),
                 COLLECT_MAX,
                 request_body_max(cfg),
             ),
