@@ -116,6 +116,10 @@ struct Upstream {
     size_t len, cap;
     int dead, keep_alive, have_head;
     int rpaused; /* its reading paused by us: the client is not taking the body */
+    PyObject *coll;      /* a small body being collected whole: the client's bytes, the client
+                          * head first (rs.client_len), then coll_have body bytes; buf keeps
+                          * only the upstream head meanwhile */
+    long long coll_have;
     mu_nx_response rs; /* the head, once it is in (have_head) */
     double since;
 };
@@ -431,6 +435,7 @@ static void unlink_pair(Client *c, Upstream *u)
     u->client = NULL;
     u->len = 0;
     u->have_head = 0;
+    Py_CLEAR(u->coll);
     Py_CLEAR(c->req);
     Py_CLEAR(c->head);
     Py_DECREF(u);
@@ -496,10 +501,14 @@ static int finish(Client *c, int pool)
 
 /* Give the exchange to the Python engine (nothing reached the client yet), or, mid-body,
  * let it abort the client. */
+static int flatten(Upstream *u);
+
 static int late_decline(Client *c, int reason)
 {
     Upstream *u = c->up;
     Engine *e = c->eng;
+    if (flatten(u) < 0) /* the response bytes so far, as they came */
+        return -1;
     e->k[reason == LATE_MIDBODY ? K_ABORTED : K_DECLINED_LATE]++;
     PyObject *resp = PyBytes_FromStringAndSize(u->buf, (Py_ssize_t)u->len);
     if (resp == NULL)
@@ -1000,12 +1009,33 @@ static int relay(Client *c, const char *p, size_t n)
 }
 
 /* bytes of the response to the client's request in flight */
-static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
+/* A collected body goes back behind the upstream head in buf (a late decline hands Python
+ * the response bytes as they came). */
+static int flatten(Upstream *u)
+{
+    if (u->coll == NULL)
+        return 0;
+    PyObject *coll = u->coll;
+    u->coll = NULL;
+    int rc = keep_bytes(u, PyBytes_AS_STRING(coll) + u->rs.client_len, (size_t)u->coll_have);
+    Py_DECREF(coll);
+    return rc;
+}
+
+/* bytes of the response to the client's request in flight; `obj` is the object they came in
+ * (written on as it is when it is all body: no copy) */
+static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *p, size_t n)
 {
     Engine *e = u->eng;
     if (c->wrote) {
         size_t take = (long long)n > c->remaining ? (size_t)c->remaining : n;
-        if (relay(c, p, take) < 0)
+        int rc;
+        if (take == n && PyBytes_CheckExact(obj)) {
+            e->k[K_BYTES_OUT] += n;
+            rc = write_to(c->writer, obj);
+        } else
+            rc = relay(c, p, take);
+        if (rc < 0)
             return -1;
         c->remaining -= (long long)take;
         if (take < n) { /* bytes after the response: never pooled */
@@ -1019,28 +1049,59 @@ static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
             return -1;
         return c->wpaused ? upstream_reading(u, 0) : 0;
     }
+    if (u->coll != NULL) { /* collecting a small body: straight into the client's bytes */
+        const mu_nx_response *cr = &u->rs;
+        if ((long long)n > cr->content_length - u->coll_have) {
+            if (flatten(u) < 0 || keep_bytes(u, p, n) < 0)
+                return -1;
+            return late_decline(c, LATE_EXTRA);
+        }
+        memcpy(PyBytes_AS_STRING(u->coll) + cr->client_len + u->coll_have, p, n);
+        u->coll_have += (long long)n;
+        if (u->coll_have < cr->content_length)
+            return 0;
+        if (c->closing)
+            return late_decline(c, LATE_CLOSING);
+        PyObject *out = u->coll;
+        u->coll = NULL;
+        c->wrote = 1;
+        c->status = cr->status;
+        c->remaining = 0;
+        u->keep_alive = cr->keep_alive;
+        u->len = 0;
+        u->have_head = 0;
+        e->k[K_BYTES_OUT] += cr->client_len + (unsigned long long)cr->content_length;
+        int rc = write_to(c->writer, out);
+        Py_DECREF(out);
+        return rc < 0 ? -1 : finish(c, 1);
+    }
     if (keep_bytes(u, p, n) < 0)
         return -1;
     mu_nx_response rs;
-    if (u->have_head) {
-        rs = u->rs;
-    } else {
-        int rc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
-        if (rc < 0)
-            return 0; /* the head is not all here */
-        if (rc > 0)
-            return late_decline(c, rc);
-        if (rs.content_length > e->max_body)
-            return late_decline(c, LATE_BIG);
-    }
+    int prc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
+    if (prc < 0)
+        return 0; /* the head is not all here */
+    if (prc > 0)
+        return late_decline(c, prc);
+    if (rs.content_length > e->max_body)
+        return late_decline(c, LATE_BIG);
     size_t have = u->len - rs.head_len;
     if ((long long)have > rs.content_length)
         return late_decline(c, LATE_EXTRA);
     if ((long long)have < rs.content_length && rs.content_length <= e->collect_max) {
         /* as the Python engine's parser: a small body is collected whole before the head
-         * goes out (so an upstream that stops halfway gets a 502, not a cut response) */
+         * goes out (so an upstream that stops halfway gets a 502, not a cut response):
+         * into the bytes the client gets, its head first, so the body is copied once */
+        PyObject *coll = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + (size_t)rs.content_length));
+        if (coll == NULL)
+            return -1;
+        mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(coll));
+        memcpy(PyBytes_AS_STRING(coll) + rs.client_len, u->buf + rs.head_len, have);
         u->rs = rs;
         u->have_head = 1;
+        u->coll = coll;
+        u->coll_have = (long long)have;
+        u->len = rs.head_len;
         return 0;
     }
     if (c->closing)
@@ -1086,7 +1147,7 @@ static PyObject *upstream_vectorcall(PyObject *self, PyObject *const *args, size
         rc = call_method0(u->conn, s_abort);
     } else {
         Py_INCREF(c);
-        rc = upstream_response(u, c, b.buf, (size_t)b.len);
+        rc = upstream_response(u, c, args[0], b.buf, (size_t)b.len);
         Py_DECREF(c);
     }
     PyBuffer_Release(&b);
@@ -1133,6 +1194,7 @@ static int upstream_traverse(Upstream *u, visitproc visit, void *arg)
 
 static int upstream_clear(Upstream *u)
 {
+    Py_CLEAR(u->coll);
     Py_CLEAR(u->conn);
     Py_CLEAR(u->writer);
     Py_CLEAR(u->client);
