@@ -1276,7 +1276,16 @@ static PyMethodDef upstream_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The loop lends an upstream's reads as views valid for the call (uring/transport.py): every
+ * byte kept is copied here anyway (the collected body, the head, a relayed piece), so the
+ * loop's own copy into a bytes object would be one more. */
+static PyObject *upstream_get_lent(Upstream *Py_UNUSED(u), void *Py_UNUSED(closure))
+{
+    Py_RETURN_TRUE;
+}
+
 static PyGetSetDef upstream_getset[] = {
+    {"reads_lent_views", (getter)upstream_get_lent, NULL, "reads come as lent views", NULL},
     {"conn", (getter)upstream_get_conn, NULL, "the pool's UpstreamConnection", NULL},
     {"busy", (getter)upstream_get_busy, NULL, "serving a request of ours", NULL},
     {"since", (getter)upstream_get_since, (setter)upstream_set_since, "monotonic time it went idle", NULL},
