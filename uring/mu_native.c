@@ -387,7 +387,18 @@ static PyObject *engine_get_idle(Engine *e, void *Py_UNUSED(closure))
     return e->idle;
 }
 
+static PyObject *engine_get_ours(Engine *e, void *Py_UNUSED(closure))
+{
+    PyObject *t = PyTuple_New(e->nroutes);
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < e->nroutes; i++)
+        PyTuple_SET_ITEM(t, i, PyBool_FromLong(e->routes[i].bal != NULL));
+    return t;
+}
+
 static PyGetSetDef engine_getset[] = {
+    {"ours", (getter)engine_get_ours, NULL, "per route index, whether C serves it", NULL},
     {"idle", (getter)engine_get_idle, NULL, "per endpoint, the Upstreams C may use (LIFO)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

@@ -278,3 +278,50 @@ def test_c_counts_are_seen_by_python() -> None:
     nb.release(0)
     bal.items[0].active -= 1
     assert bal.items[0].active == 0
+
+
+def test_engine_routes_and_drop_on_replace() -> None:
+    """A native engine built over a router: its multi-upstream and single-upstream routes are
+    C's (their balancers mirrored), a builtin one is not; a changed upstream list drops the
+    route from the engine and hands its balancer back to Python."""
+    if not URING:
+        pytest.skip("io_uring unavailable")
+    from monolake.conf import parse_config
+    from monolake.worker.env import WorkerEnv
+    from monolake.worker.http import native_engine
+    from monolake.worker.http.proxy import RouterService
+    from monolake.worker.http.server import build
+
+    if not native_engine.available():
+        pytest.skip("the native module is not built")
+    cfg = parse_config("""
+[servers.px]
+proxy_type = "http"
+listener = { type = "socket", value = "127.0.0.1:1" }
+engine = "native"
+[[servers.px.routes]]
+path_prefix = "/many"
+load_balancer = "round_robin"
+upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:9" } },
+             { endpoint = { type = "uri", value = "http://127.0.0.2:9" } }]
+[[servers.px.routes]]
+path_prefix = "/one"
+upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.3:9" } }]
+[[servers.px.routes]]
+path = "/hello"
+upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
+""").servers["px"]
+    handle = build(
+        "px", cfg, WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="io_uring"), None
+    )
+    router = handle.stack.services["router"]
+    assert isinstance(router, RouterService)
+    engine = native_engine.NativeEngine(router, handle.pool, handle.rt)
+    assert engine.c.ours == (True, True, False)
+    many = router.routes[0].balancer
+    assert type(many).__name__ == "MirroredBalancer"
+    picks = [many.pick() for _ in range(3)]
+    assert [p.host if p is not None else None for p in picks] == ["127.0.0.1", "127.0.0.2", "127.0.0.1"]
+    many.replace(many.items[:1])
+    assert engine.c.ours == (False, True, False)
+    assert type(many).__name__ == "Balancer" and many.position == 0
