@@ -55,7 +55,8 @@ class Unit:
 
 
 # mu_native / mu_nx: the native exchange (issue 13 §2); it writes through mu_fast's writers and
-# runs from the completion walk, so it lives here, with its own copies of mu_route and mu_head
+# runs from the completion walk, so it lives here, with its own copies of mu_route, mu_head and
+# mu_balance (the balancer tables are made through _codec: same source, same layout)
 URING = Unit(
     "monolake.uring._uring",
     ("mu_ring.h", "mu_fast.h", "mu_splice.h", "mu_native.h", "mu_nx.h"),
@@ -68,6 +69,7 @@ URING = Unit(
         "mu_nx.c",
         "mu_route.c",
         "mu_head.c",
+        "mu_balance.c",
     ),
     liburing=True,
 )

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "mu_balance.h"
 #include "mu_head.h"
 #include "mu_native.h"
 #include "mu_nx.h"
@@ -41,7 +42,7 @@ enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
 #define LATE_EOF 100      /* the upstream closed before any response byte reached the client */
 #define LATE_MIDBODY 101  /* the upstream went away mid-body: the client is aborted */
 #define LATE_TIMEOUT 102  /* the upstream read timeout, nothing relayed yet */
-#define LATE_BIG 103      /* a body above the engine's max_body */
+#define LATE_BIG 103      /* a body at or above the splice threshold: Python splices it */
 #define LATE_EXTRA 104    /* bytes after the whole response in the same read */
 #define LATE_CLOSING 105  /* keep-alive went off (client EOF, drain) before the head went out:
                            * the Python engine writes it with its "connection: close" */
@@ -56,10 +57,16 @@ static const char *const counter_names[K_COUNT] = {
     "aborted",
 };
 
+/* A route of ours: its balancer (mu_balance, the table Python keeps current and the Python
+ * engine also picks from, worker/http/native_balance.py) and, per balancer index, the engine
+ * endpoint (idle list) and upstream head options. bal == NULL: not ours (or no longer: the
+ * upstream list changed, drop_route). */
 typedef struct {
-    int ep;                        /* endpoint index, -1: not ours */
+    mu_balancer *bal;
+    int n;                         /* the balancer's length when the engine was built */
+    int *eps;                      /* eps[i]: the engine endpoint of balancer index i */
+    const mu_head_upstream **hus;  /* hus[i]: its upstream head options */
     const mu_head_route *hr;
-    const mu_head_upstream *hu;
 } nx_route;
 
 typedef struct {
@@ -88,7 +95,10 @@ typedef struct {
     PyObject *proto, *py_reader, *writer, *reader, *transport;
     PyObject *ip, *scheme;
     int state, sticky, closing, fresh_done, head_only, wrote, paused;
+    int wpaused; /* the client transport is above its high-water mark (pause_writing) */
     Upstream *up;
+    mu_balancer *bal; /* the request in flight counts in bal's endpoint bal_i (least_conn) */
+    int bal_i;
     PyObject *req, *head, *pend;
     long long remaining, body_len;
     int status;
@@ -105,12 +115,18 @@ struct Upstream {
     char *buf;
     size_t len, cap;
     int dead, keep_alive, have_head;
+    int rpaused; /* its reading paused by us: the client is not taking the body */
+    PyObject *coll;      /* a small body being collected whole: the client's bytes, the client
+                          * head first (rs.client_len), then coll_have body bytes; buf keeps
+                          * only the upstream head meanwhile */
+    long long coll_have;
     mu_nx_response rs; /* the head, once it is in (have_head) */
     double since;
 };
 
 static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
-static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume;
+static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume,
+    *s_transport;
 
 #define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
                                * client's reading pauses, as the Python engine's queue does */
@@ -160,12 +176,21 @@ static int call_method0(PyObject *obj, PyObject *name)
     return 0;
 }
 
+/* Backpressure: the upstream connection's reading off (on = 0) while the client's transport
+ * is above its high-water mark, on again when it drained, so a client that stops reading
+ * never makes the worker hold more than what was read before the pause took effect. */
+static int upstream_reading(Upstream *u, int on);
+
 /* ---- Engine ----------------------------------------------------------------------------- */
 
 static void engine_dealloc(Engine *e)
 {
     PyObject_GC_UnTrack(e);
     PyMem_Free(e->blob);
+    for (int i = 0; e->routes != NULL && i < e->nroutes; i++) {
+        PyMem_Free(e->routes[i].eps);
+        PyMem_Free(e->routes[i].hus);
+    }
     PyMem_Free(e->routes);
     Py_CLEAR(e->refs);
     Py_CLEAR(e->idle);
@@ -195,8 +220,8 @@ static int engine_clear(Engine *e)
 /* Engine(blob, routes, neps, late, facts,
  *        (max_head, max_uri, max_fields, max_body, collect_max, max_request_body),
  *        (keepalive, read_timeout), refs)
- * routes: a list with, per route index, None (not ours) or (ep, route_opts_addr,
- * upstream_opts_addr); refs: whatever owns those structs. */
+ * routes: a list with, per route index, None (not ours) or (balancer_addr, route_opts_addr,
+ * ((ep, upstream_opts_addr), ...) per balancer index); refs: whatever owns those structs. */
 static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     Py_buffer blob;
@@ -237,23 +262,45 @@ static PyObject *engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     e->blob_len = (size_t)blob.len;
     for (int i = 0; i < e->nroutes; i++) {
         PyObject *r = PyList_GET_ITEM(routes, i);
-        e->routes[i].ep = -1;
         if (r == Py_None)
             continue;
-        int ep;
-        PyObject *a, *b;
-        if (!PyArg_ParseTuple(r, "iOO", &ep, &a, &b))
+        PyObject *a, *b, *ups;
+        if (!PyArg_ParseTuple(r, "OOO!", &a, &b, &PyTuple_Type, &ups))
             goto fail;
         void *pa = PyLong_AsVoidPtr(a), *pb = PyLong_AsVoidPtr(b);
         if (PyErr_Occurred())
             goto fail;
-        if (ep < 0 || ep >= neps || pa == NULL || pb == NULL) {
+        Py_ssize_t n = PyTuple_GET_SIZE(ups);
+        mu_balancer *bal = pa;
+        if (pa == NULL || pb == NULL || n < 1 || n > 1 << 16 || (Py_ssize_t)bal->n != n) {
             PyErr_SetString(PyExc_ValueError, "bad route entry");
             goto fail;
         }
-        e->routes[i].ep = ep;
-        e->routes[i].hr = pa;
-        e->routes[i].hu = pb;
+        nx_route *rt = &e->routes[i];
+        rt->eps = PyMem_Calloc((size_t)n, sizeof(int));
+        rt->hus = PyMem_Calloc((size_t)n, sizeof(*rt->hus));
+        if (rt->eps == NULL || rt->hus == NULL) {
+            PyErr_NoMemory();
+            goto fail;
+        }
+        for (Py_ssize_t j = 0; j < n; j++) {
+            int ep;
+            PyObject *h;
+            if (!PyArg_ParseTuple(PyTuple_GET_ITEM(ups, j), "iO", &ep, &h))
+                goto fail;
+            void *ph = PyLong_AsVoidPtr(h);
+            if (PyErr_Occurred())
+                goto fail;
+            if (ep < 0 || ep >= neps || ph == NULL) {
+                PyErr_SetString(PyExc_ValueError, "bad route entry");
+                goto fail;
+            }
+            rt->eps[j] = ep;
+            rt->hus[j] = ph;
+        }
+        rt->n = (int)n;
+        rt->hr = pb;
+        rt->bal = bal;
     }
     e->idle = PyTuple_New(neps);
     if (e->idle == NULL)
@@ -315,8 +362,21 @@ static PyObject *engine_match(Engine *e, PyObject *args)
     return PyLong_FromLong(r);
 }
 
+/* drop_route(i): route i is no longer ours (its upstream list changed: the balancer indices
+ * no longer name the endpoints the engine was built with); its requests go to Python. */
+static PyObject *engine_drop_route(Engine *e, PyObject *arg)
+{
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    if (i >= 0 && i < e->nroutes)
+        e->routes[i].bal = NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef engine_methods[] = {
     {"counters", (PyCFunction)engine_counters, METH_NOARGS, "the counters, as a dict"},
+    {"drop_route", (PyCFunction)engine_drop_route, METH_O, "drop_route(i): route i is Python's"},
     {"match", (PyCFunction)engine_match, METH_VARARGS, "match(path, host) -> route index or -1"},
     {NULL, NULL, 0, NULL},
 };
@@ -327,7 +387,18 @@ static PyObject *engine_get_idle(Engine *e, void *Py_UNUSED(closure))
     return e->idle;
 }
 
+static PyObject *engine_get_ours(Engine *e, void *Py_UNUSED(closure))
+{
+    PyObject *t = PyTuple_New(e->nroutes);
+    if (t == NULL)
+        return NULL;
+    for (int i = 0; i < e->nroutes; i++)
+        PyTuple_SET_ITEM(t, i, PyBool_FromLong(e->routes[i].bal != NULL));
+    return t;
+}
+
 static PyGetSetDef engine_getset[] = {
+    {"ours", (getter)engine_get_ours, NULL, "per route index, whether C serves it", NULL},
     {"idle", (getter)engine_get_idle, NULL, "per endpoint, the Upstreams C may use (LIFO)", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -357,13 +428,25 @@ static PyObject *decline(Client *c, PyObject *data, int sticky)
     return call1(c->py_reader, data);
 }
 
+/* The request in flight no longer counts in its endpoint's in-flight load (it ended, or the
+ * Python engine took it over and counts it itself). */
+static void bal_done(Client *c)
+{
+    if (c->bal != NULL) {
+        mu_bal_release(c->bal, (uint32_t)c->bal_i);
+        c->bal = NULL;
+    }
+}
+
 /* Detach c and u from each other (each drops the reference it held on the other). */
 static void unlink_pair(Client *c, Upstream *u)
 {
+    bal_done(c);
     c->up = NULL;
     u->client = NULL;
     u->len = 0;
     u->have_head = 0;
+    Py_CLEAR(u->coll);
     Py_CLEAR(c->req);
     Py_CLEAR(c->head);
     Py_DECREF(u);
@@ -385,6 +468,8 @@ static int finish(Client *c, int pool)
     e->k[s < 300 ? K_2XX : s < 400 ? K_3XX : s < 500 ? K_4XX : K_5XX]++;
     Py_INCREF(u);
     Py_INCREF(c);
+    if (u->rpaused && !u->dead && upstream_reading(u, 1) < 0)
+        rc = -1;
     if (pool && u->keep_alive && !u->dead) {
         u->since = now;
         if (PyList_Append(PyTuple_GET_ITEM(e->idle, u->ep), (PyObject *)u) < 0)
@@ -427,10 +512,14 @@ static int finish(Client *c, int pool)
 
 /* Give the exchange to the Python engine (nothing reached the client yet), or, mid-body,
  * let it abort the client. */
+static int flatten(Upstream *u);
+
 static int late_decline(Client *c, int reason)
 {
     Upstream *u = c->up;
     Engine *e = c->eng;
+    if (flatten(u) < 0) /* the response bytes so far, as they came */
+        return -1;
     e->k[reason == LATE_MIDBODY ? K_ABORTED : K_DECLINED_LATE]++;
     PyObject *resp = PyBytes_FromStringAndSize(u->buf, (Py_ssize_t)u->len);
     if (resp == NULL)
@@ -463,7 +552,9 @@ static int late_decline(Client *c, int reason)
     Py_INCREF(c);
     unlink_pair(c, u);
     c->state = reason == LATE_MIDBODY ? C_DEAD : C_PYTHON;
-    if (reason >= LATE_EOF)
+    /* a body at or above the splice threshold (LATE_BIG) is a whole response the Python
+     * engine relays (spliced) as it would a chunked one: C may take the next request */
+    if (reason >= LATE_EOF && reason != LATE_BIG)
         c->sticky = 1;
     PyObject *r = NULL;
     if (req != NULL && rnum != NULL && blen != NULL && started != NULL) {
@@ -501,6 +592,11 @@ static int take_facts(Client *c)
     return 0;
 }
 
+static int rt_n(const nx_route *rt)
+{
+    return rt != NULL ? rt->n : 0;
+}
+
 /* A request in the NATIVE state: serve it, or decline it. */
 static PyObject *client_request(Client *c, PyObject *data)
 {
@@ -518,8 +614,16 @@ static PyObject *client_request(Client *c, PyObject *data)
         return decline(c, data, 1);
     }
     int r = mu_route_match(e->blob, rq.host, rq.host_len, rq.path, rq.path_len, NULL, NULL);
-    int ep = r >= 0 && r < e->nroutes ? e->routes[r].ep : -1;
-    PyObject *list = ep >= 0 ? PyTuple_GET_ITEM(e->idle, ep) : NULL;
+    nx_route *rt = r >= 0 && r < e->nroutes && e->routes[r].bal != NULL ? &e->routes[r] : NULL;
+    mu_balancer *bal = rt != NULL ? rt->bal : NULL;
+    /* the pick changes the balancer (position, RNG): undone when C declines after it, so
+     * the Python engine's pick from the same table makes this very choice again */
+    uint32_t pos0 = bal != NULL ? bal->position : 0;
+    mu_rng rng0 = bal != NULL ? bal->rng : (mu_rng){0};
+    int pick = bal != NULL ? mu_bal_pick(bal, now_mono(), NULL, 0) : MU_BAL_NONE;
+    if (pick >= rt_n(rt))
+        pick = MU_BAL_NONE;
+    PyObject *list = pick >= 0 ? PyTuple_GET_ITEM(e->idle, rt->eps[pick]) : NULL;
     Upstream *u = NULL;
     while (list != NULL && PyList_GET_SIZE(list) > 0) {
         Py_ssize_t last = PyList_GET_SIZE(list) - 1;
@@ -535,7 +639,13 @@ static PyObject *client_request(Client *c, PyObject *data)
     }
     if (u == NULL) {
         PyBuffer_Release(&b);
-        return decline(c, data, 0); /* no route of ours, or no idle connection: Python's */
+        if (bal != NULL) {
+            bal->position = pos0;
+            bal->rng = rng0;
+        }
+        /* no route of ours, no upstream to pick (Python answers) or no idle connection to
+         * it (Python connects): Python's */
+        return decline(c, data, 0);
     }
     if (c->ip == NULL && take_facts(c) < 0)
         goto fail;
@@ -552,14 +662,15 @@ static PyObject *client_request(Client *c, PyObject *data)
     mu_head_conn cn = {PyBytes_AS_STRING(c->ip), (size_t)PyBytes_GET_SIZE(c->ip),
                        PyBytes_AS_STRING(c->scheme), (size_t)PyBytes_GET_SIZE(c->scheme)};
     char stack[4096];
-    size_t n = mu_head_write(&hrq, e->routes[r].hr, e->routes[r].hu, &cn, stack, sizeof stack);
+    const mu_head_upstream *hu = rt->hus[pick];
+    size_t n = mu_head_write(&hrq, rt->hr, hu, &cn, stack, sizeof stack);
     PyObject *head;
     if (n <= sizeof stack) {
         head = PyBytes_FromStringAndSize(stack, (Py_ssize_t)n);
     } else {
         head = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
         if (head != NULL)
-            mu_head_write(&hrq, e->routes[r].hr, e->routes[r].hu, &cn, PyBytes_AS_STRING(head), n);
+            mu_head_write(&hrq, rt->hr, hu, &cn, PyBytes_AS_STRING(head), n);
     }
     if (head == NULL)
         goto fail;
@@ -594,6 +705,9 @@ static PyObject *client_request(Client *c, PyObject *data)
     PyBuffer_Release(&b);
     /* linked both ways: the upstream's reference came from the idle list */
     c->up = u;
+    mu_bal_acquire(bal, (uint32_t)pick);
+    c->bal = bal;
+    c->bal_i = pick;
     u->client = (Client *)Py_NewRef(c);
     u->len = 0;
     c->req = first;
@@ -609,6 +723,8 @@ static PyObject *client_request(Client *c, PyObject *data)
     Py_RETURN_NONE;
 fail:
     PyBuffer_Release(&b);
+    bal->position = pos0; /* as if C had not picked */
+    bal->rng = rng0;
     /* back where it was: nothing was sent on it */
     if (PyList_Append(list, (PyObject *)u) < 0) {
         Py_DECREF(u);
@@ -776,9 +892,31 @@ static PyObject *client_timeout(Client *c, PyObject *Py_UNUSED(unused))
 {
     if (c->state != C_BUSY || c->up == NULL)
         Py_RETURN_FALSE;
+    if (c->up->rpaused) { /* the client is the slow side: no upstream timeout (as Python's) */
+        if (set_deadline(c, now_mono() + c->eng->read_timeout) < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
     if (late_decline(c, c->wrote ? LATE_MIDBODY : LATE_TIMEOUT) < 0)
         return NULL;
     Py_RETURN_TRUE;
+}
+
+/* write_paused(flag): the client transport paused (True) or resumed (False) writing (the
+ * protocol's pause_writing / resume_writing): mid-body, the upstream's reading follows */
+static PyObject *client_write_paused(Client *c, PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    c->wpaused = flag;
+    if (c->state == C_BUSY && c->up != NULL && c->wrote && c->remaining > 0) {
+        if (upstream_reading(c->up, !flag) < 0)
+            return NULL;
+        if (!flag && set_deadline(c, now_mono() + c->eng->read_timeout) < 0)
+            return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *client_get_state(Client *c, void *Py_UNUSED(closure))
@@ -802,6 +940,7 @@ static PyMethodDef client_methods[] = {
     {"rearm", (PyCFunction)client_rearm, METH_NOARGS, "the Python engine is idle: try C again"},
     {"close_after", (PyCFunction)client_close_after, METH_NOARGS, "no keep-alive from here"},
     {"timeout", (PyCFunction)client_timeout, METH_NOARGS, "the upstream read timeout is due"},
+    {"write_paused", (PyCFunction)client_write_paused, METH_O, "the client transport paused writing"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -838,6 +977,20 @@ static PyTypeObject Client_Type = {
 
 /* ---- Upstream -------------------------------------------------------------------------- */
 
+static int upstream_reading(Upstream *u, int on)
+{
+    if (u->conn == NULL || u->rpaused == !on)
+        return 0;
+    PyObject *t = PyObject_GetAttr(u->conn, s_transport);
+    if (t == NULL)
+        return -1;
+    int rc = t == Py_None ? 0 : call_method0(t, on ? s_resume : s_pause);
+    Py_DECREF(t);
+    if (rc == 0)
+        u->rpaused = !on;
+    return rc;
+}
+
 static int keep_bytes(Upstream *u, const char *p, size_t n)
 {
     if (u->len + n > u->cap) {
@@ -867,42 +1020,99 @@ static int relay(Client *c, const char *p, size_t n)
 }
 
 /* bytes of the response to the client's request in flight */
-static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
+/* A collected body goes back behind the upstream head in buf (a late decline hands Python
+ * the response bytes as they came). */
+static int flatten(Upstream *u)
+{
+    if (u->coll == NULL)
+        return 0;
+    PyObject *coll = u->coll;
+    u->coll = NULL;
+    int rc = keep_bytes(u, PyBytes_AS_STRING(coll) + u->rs.client_len, (size_t)u->coll_have);
+    Py_DECREF(coll);
+    return rc;
+}
+
+/* bytes of the response to the client's request in flight; `obj` is the object they came in
+ * (written on as it is when it is all body: no copy) */
+static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *p, size_t n)
 {
     Engine *e = u->eng;
     if (c->wrote) {
         size_t take = (long long)n > c->remaining ? (size_t)c->remaining : n;
-        if (relay(c, p, take) < 0)
+        int rc;
+        if (take == n && PyBytes_CheckExact(obj)) {
+            e->k[K_BYTES_OUT] += n;
+            rc = write_to(c->writer, obj);
+        } else
+            rc = relay(c, p, take);
+        if (rc < 0)
             return -1;
         c->remaining -= (long long)take;
         if (take < n) { /* bytes after the response: never pooled */
             e->k[K_UNSOLICITED]++;
             u->dead = 1;
         }
-        return c->remaining == 0 ? finish(c, !u->dead) : 0;
+        if (c->remaining == 0)
+            return finish(c, !u->dead);
+        /* the upstream read timeout counts from the last byte in, as the Python client's */
+        if (set_deadline(c, now_mono() + e->read_timeout) < 0)
+            return -1;
+        return c->wpaused ? upstream_reading(u, 0) : 0;
+    }
+    if (u->coll != NULL) { /* collecting a small body: straight into the client's bytes */
+        const mu_nx_response *cr = &u->rs;
+        if ((long long)n > cr->content_length - u->coll_have) {
+            if (flatten(u) < 0 || keep_bytes(u, p, n) < 0)
+                return -1;
+            return late_decline(c, LATE_EXTRA);
+        }
+        memcpy(PyBytes_AS_STRING(u->coll) + cr->client_len + u->coll_have, p, n);
+        u->coll_have += (long long)n;
+        if (u->coll_have < cr->content_length)
+            return 0;
+        if (c->closing)
+            return late_decline(c, LATE_CLOSING);
+        PyObject *out = u->coll;
+        u->coll = NULL;
+        c->wrote = 1;
+        c->status = cr->status;
+        c->remaining = 0;
+        u->keep_alive = cr->keep_alive;
+        u->len = 0;
+        u->have_head = 0;
+        e->k[K_BYTES_OUT] += cr->client_len + (unsigned long long)cr->content_length;
+        int rc = write_to(c->writer, out);
+        Py_DECREF(out);
+        return rc < 0 ? -1 : finish(c, 1);
     }
     if (keep_bytes(u, p, n) < 0)
         return -1;
     mu_nx_response rs;
-    if (u->have_head) {
-        rs = u->rs;
-    } else {
-        int rc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
-        if (rc < 0)
-            return 0; /* the head is not all here */
-        if (rc > 0)
-            return late_decline(c, rc);
-        if (rs.content_length > e->max_body)
-            return late_decline(c, LATE_BIG);
-    }
+    int prc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
+    if (prc < 0)
+        return 0; /* the head is not all here */
+    if (prc > 0)
+        return late_decline(c, prc);
+    if (rs.content_length > e->max_body)
+        return late_decline(c, LATE_BIG);
     size_t have = u->len - rs.head_len;
     if ((long long)have > rs.content_length)
         return late_decline(c, LATE_EXTRA);
     if ((long long)have < rs.content_length && rs.content_length <= e->collect_max) {
         /* as the Python engine's parser: a small body is collected whole before the head
-         * goes out (so an upstream that stops halfway gets a 502, not a cut response) */
+         * goes out (so an upstream that stops halfway gets a 502, not a cut response):
+         * into the bytes the client gets, its head first, so the body is copied once */
+        PyObject *coll = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + (size_t)rs.content_length));
+        if (coll == NULL)
+            return -1;
+        mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(coll));
+        memcpy(PyBytes_AS_STRING(coll) + rs.client_len, u->buf + rs.head_len, have);
         u->rs = rs;
         u->have_head = 1;
+        u->coll = coll;
+        u->coll_have = (long long)have;
+        u->len = rs.head_len;
         return 0;
     }
     if (c->closing)
@@ -923,7 +1133,9 @@ static int upstream_response(Upstream *u, Client *c, const char *p, size_t n)
     Py_DECREF(out);
     if (rc < 0)
         return -1;
-    return c->remaining == 0 ? finish(c, 1) : 0;
+    if (c->remaining == 0)
+        return finish(c, 1);
+    return c->wpaused && c->up == u ? upstream_reading(u, 0) : 0;
 }
 
 static PyObject *upstream_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
@@ -946,7 +1158,7 @@ static PyObject *upstream_vectorcall(PyObject *self, PyObject *const *args, size
         rc = call_method0(u->conn, s_abort);
     } else {
         Py_INCREF(c);
-        rc = upstream_response(u, c, b.buf, (size_t)b.len);
+        rc = upstream_response(u, c, args[0], b.buf, (size_t)b.len);
         Py_DECREF(c);
     }
     PyBuffer_Release(&b);
@@ -993,6 +1205,7 @@ static int upstream_traverse(Upstream *u, visitproc visit, void *arg)
 
 static int upstream_clear(Upstream *u)
 {
+    Py_CLEAR(u->coll);
     Py_CLEAR(u->conn);
     Py_CLEAR(u->writer);
     Py_CLEAR(u->client);
@@ -1074,7 +1287,16 @@ static PyMethodDef upstream_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+/* The loop lends an upstream's reads as views valid for the call (uring/transport.py): every
+ * byte kept is copied here anyway (the collected body, the head, a relayed piece), so the
+ * loop's own copy into a bytes object would be one more. */
+static PyObject *upstream_get_lent(Upstream *Py_UNUSED(u), void *Py_UNUSED(closure))
+{
+    Py_RETURN_TRUE;
+}
+
 static PyGetSetDef upstream_getset[] = {
+    {"reads_lent_views", (getter)upstream_get_lent, NULL, "reads come as lent views", NULL},
     {"conn", (getter)upstream_get_conn, NULL, "the pool's UpstreamConnection", NULL},
     {"busy", (getter)upstream_get_busy, NULL, "serving a request of ours", NULL},
     {"since", (getter)upstream_get_since, (setter)upstream_set_since, "monotonic time it went idle", NULL},
@@ -1132,8 +1354,9 @@ int mu_native_install(void)
         s_close_conn = PyUnicode_InternFromString("close");
         s_pause = PyUnicode_InternFromString("pause_reading");
         s_resume = PyUnicode_InternFromString("resume_reading");
+        s_transport = PyUnicode_InternFromString("transport");
         if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
-            !s_resume)
+            !s_resume || !s_transport)
             goto done;
     }
     if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||

@@ -219,8 +219,8 @@ class UringSocketTransport(FlowControlTransportBase, transports.Transport):
         ):
             proto = self._protocol
             fast = getattr(proto, "fast_reader", None)  # a C reader (uring/mu_native.c)
-            if fast is not None:
-                self._readers[self._recv_ud] = fast
+            if fast is not None:  # a 1-tuple: reads lent as views (it copies what it keeps)
+                self._readers[self._recv_ud] = (fast,) if getattr(fast, "reads_lent_views", False) else fast
             elif getattr(proto, "reads_lent_views", False):
                 self._readers[self._recv_ud] = (proto.data_received,)
             else:

@@ -365,6 +365,9 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes | memoryview) -> None:
         """``data`` is a memoryview lent for this call when ``reads_lent_views`` (the
         transport reuses the memory after): whatever is kept is copied (bytes(view))."""
+        if self.native is not None:  # C holds it: a read held while paused comes this way
+            self.native(bytes(data))
+            return
         if self._tunnel is not None:
             self._tunnel.from_upstream(bytes(data))
             return

@@ -3,9 +3,11 @@ few moments Python takes part (a late decline, a pooled connection handed over o
 
 ``engine = "native"`` on an ``http`` server, on the io_uring loop, installs a C reader
 (``monolake.uring._native.Client``, uring/mu_native.c) on each plain client connection. It
-serves a keep-alive GET/HEAD head that mu_nx accepts, for a route this module marked as C's
-(one HTTP/1.1 plain upstream, no builtin, no h2, no layers, no Via), on an idle pooled
-connection to that upstream, and relays a Content-Length response. Everything else goes to
+serves a keep-alive request head that mu_nx accepts, for a route this module marked as C's
+(plain HTTP/1.1 static upstreams, any of the five balancers, no builtin, no h2, no active
+checks, no DNS discovery, no layers, no Via), picks the upstream from the route's C balancer
+(the table the Python engine picks from too: native_balance.py), takes an idle pooled
+connection to it, and relays a Content-Length response. Everything else goes to
 the Python engine, which stays the reference:
 
 - an *early* decline hands the request's bytes to ``HttpServerProtocol.data_received`` as
@@ -23,15 +25,18 @@ The C decisions have twins here (:func:`parse_request`, :func:`parse_response`,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from monolake.worker.http import native_balance
 from monolake.worker.http.headers import _forward_facts
 from monolake.worker.http.native_head import RouteOptions, UpstreamOptions
 from monolake.worker.http.native_route import compile_routes
@@ -49,7 +54,11 @@ except ImportError:  # no io_uring extension: the native engine is off
 
 log = structlog.get_logger("monolake.native")
 
-MAX_BODY = 1 << 20  # larger Content-Length bodies are the Python engine's (backpressure, splice)
+# the balancers C picks for (every policy needs no Python: worker/upstream/balance.py POLICIES)
+_POLICIES = ("random", "weighted_random", "round_robin", "first", "least_conn")
+# a response body C relays (the upstream's reading follows the client's pause_writing /
+# resume_writing): any length below the server's splice_threshold, whose bodies Python splices
+MAX_BODY = 1 << 62
 # a request body C forwards: all of it in the read that brought its head, at most this
 REQUEST_BODY_MAX = 64 * 1024
 # diagnostics: the engine's counters written here at each timeout sweep (tests read them from a
@@ -91,6 +100,12 @@ def request_body_max(cfg: Any) -> int:
     return limit
 
 
+def response_body_max(cfg: Any) -> int:
+    """The largest response body C relays: below the splice threshold (a body at or above it
+    is declined late, and the Python engine splices it), else any."""
+    return cfg.splice_threshold - 1 if cfg.splice_threshold else MAX_BODY
+
+
 def _addr(obj: Any) -> int:
     return int(ffi.cast("uintptr_t", obj))
 
@@ -110,8 +125,10 @@ class NativeEngine:
         self._idle_timeout: list[float] = []
         refs: list[Any] = []
         routes: list[Any] = []
-        for handler in service.routes:
-            entry = self._route_entry(handler, service, refs)
+        self.c: Any = None
+        me = weakref.ref(self)
+        for i, handler in enumerate(service.routes):
+            entry = self._route_entry(handler, service, refs, functools.partial(_drop_route, me, i))
             routes.append(entry)
         self.c = NATIVE.Engine(
             blob,
@@ -123,7 +140,7 @@ class NativeEngine:
                 cfg.max_header_size,
                 cfg.max_uri_size,
                 cfg.max_headers,
-                MAX_BODY,
+                response_body_max(cfg),
                 COLLECT_MAX,
                 request_body_max(cfg),
             ),
@@ -138,26 +155,39 @@ class NativeEngine:
             endpoints=len(self.eps),
         )
 
-    def _route_entry(self, handler: Any, service: RouterService, refs: list[Any]) -> Any:
-        """(endpoint, route options, upstream options) of a route C may serve, else None."""
-        ups = handler.balancer.upstreams if hasattr(handler.balancer, "upstreams") else None
-        if handler.builtin is not None or handler.h2 or not ups or len(ups) != 1:
+    def _route_entry(self, handler: Any, service: RouterService, refs: list[Any], drop: Any) -> Any:
+        """(balancer, route options, ((endpoint, upstream options), ...)) of a route C may
+        serve, else None. The route's balancer is mirrored (native_balance.py): from here
+        both engines pick its upstreams from one C table."""
+        balancer = handler.balancer
+        ups = getattr(balancer, "upstreams", None)
+        if handler.builtin is not None or handler.h2 or not ups or handler.cfg.health_check is not None:
             return None
-        up = ups[0]
-        if handler.cfg.health_check is not None or up.ssl is not None or up.discovered is not None:
+        if balancer.policy not in _POLICIES:
             return None
-        if up.kind not in ("uri", "unix") or getattr(up, "scheme", "http") == "https":
-            return None
-        uopts = UpstreamOptions.of(up)
-        if uopts is None:
+        opts: list[Any] = []
+        for up in ups:
+            if up.ssl is not None or up.discovered is not None or up.group is not None:
+                return None
+            if up.kind not in ("uri", "unix") or getattr(up, "scheme", "http") == "https":
+                return None
+            uopts = UpstreamOptions.of(up)
+            if uopts is None:
+                return None
+            opts.append(uopts)
+        nb = native_balance.mirror(balancer, drop)
+        if nb is None:
             return None
         ropts = RouteOptions.of(handler.preserve_path, service.preserve_host, service.via)
-        refs += [uopts, ropts]
-        ep = self.eps.get(up.key)
-        if ep is None:
-            ep = self.eps[up.key] = len(self.eps)
-            self._idle_timeout.append(up.idle_timeout)
-        return (ep, _addr(ropts.c), _addr(uopts.c))
+        refs += [nb, ropts, *opts]
+        eps: list[tuple[int, int]] = []
+        for up, uopts in zip(ups, opts, strict=True):
+            ep = self.eps.get(up.key)
+            if ep is None:
+                ep = self.eps[up.key] = len(self.eps)
+                self._idle_timeout.append(up.idle_timeout)
+            eps.append((ep, _addr(uopts.c)))
+        return (native_balance.address(nb), _addr(ropts.c), tuple(eps))
 
     # -- client connections ---------------------------------------------------------------
     def attach(self, proto: Any, transport: Any) -> Any:
@@ -301,6 +331,13 @@ class NativeEngine:
             conn.data_received(response)
         if reason == NATIVE.LATE_TIMEOUT:
             conn.check_timeout(started + self.read_timeout)
+
+
+def _drop_route(engine: weakref.ref[NativeEngine], index: int) -> None:
+    """A mirrored balancer's list changed: route ``index`` is the Python engine's."""
+    e = engine()
+    if e is not None and e.c is not None:
+        e.c.drop_route(index)
 
 
 def _facts(proto: Any) -> tuple[bytes, bytes]:

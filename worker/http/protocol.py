@@ -358,6 +358,8 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- flow control ----------------------------------------------------------------------
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._native is not None:
+            self._native.write_paused(True)  # a body C relays: its upstream stops reading
         if self._h2 is not None:
             self._h2.pause_writing()
         if self._out_body is not None:
@@ -367,6 +369,8 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._native is not None:
+            self._native.write_paused(False)
         if self._h2 is not None:
             self._h2.resume_writing()
         if self._out_body is not None:
