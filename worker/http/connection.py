@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.headers import split_headers
-from monolake.worker.http.message import Request, Response, header_tokens
+from monolake.worker.http.message import Request, Response, header_tokens, keep_trailers
 from monolake.worker.http.parser import (
     CHUNKED,
     CONN_CLOSE,
@@ -225,6 +225,7 @@ class RequestReader:
         "_head_bytes",
         "_head_size",
         "_headers",
+        "_trailers",
         "_url",
         "_url_len",
         "clock",
@@ -259,6 +260,7 @@ class RequestReader:
         self._url: list[bytes] = _NO_LIST  # lists from on_message_begin (httptools, h11)
         self._url_len = 0
         self._headers: list[tuple[bytes, bytes]] = _NO_LIST
+        self._trailers: list[tuple[bytes, bytes]] = _NO_LIST  # httptools: a body's trailer fields
         self._head_size = 0
         self._head_bytes = 0
 
@@ -334,7 +336,7 @@ class RequestReader:
         self.receiving = None
         self.parser = _RELEASED
         self.events = self.producer = _SINK
-        self._url = self._headers = _NO_LIST
+        self._url = self._headers = self._trailers = _NO_LIST
 
     def peer_closed(self) -> None:
         """The client sent FIN: a body still arriving is incomplete."""
@@ -413,8 +415,34 @@ class RequestReader:
         # llhttp keeps the trailing whitespace of a value; it is not part of it (RFC 9110
         # §5.5), and the native parser and h11 drop it
         value = value.rstrip(b" \t")
+        if self.receiving is not None:
+            # httptools calls on_header for the trailer fields of a chunked body too (after
+            # its last on_chunk_header, before on_message_complete; no on_headers_complete):
+            # they must not join the head's list, which went upstream already
+            trailers = self._trailers
+            if trailers is _NO_LIST:
+                trailers = self._trailers = []
+            self._head_size = self.settings.head_limits.field(name, value, self._head_size, len(trailers))
+            trailers.append((name.lower(), value))
+            return
         self._head_size = self.settings.head_limits.field(name, value, self._head_size, len(self._headers))
         self._headers.append((name.lower(), value))
+
+    def on_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The trailer section of a chunked body (native: checked against the head limits in
+        C already; h11: from its EndOfMessage), just before on_message_complete."""
+        size = 0
+        limits = self.settings.head_limits
+        for n, (name, value) in enumerate(fields):  # the same bounds as a head (h11's are not)
+            size = limits.field(name, value, size, n)
+        self._trailers = fields
+
+    def _attach_trailers(self, req: Request) -> None:
+        """The kept trailer fields of ``req``'s body, for whoever forwards it (keep_trailers:
+        framing, routing, hop-by-hop and the head's Connection-named fields dropped)."""
+        fields, self._trailers = self._trailers, _NO_LIST
+        if req.body is not None:
+            req.body.trailers = keep_trailers(fields, req.headers) or None
 
     def on_headers_complete(self) -> None:
         """httptools / h11: the head is in; collect the framing facts from the header list."""
@@ -527,6 +555,8 @@ class RequestReader:
         if req is None:
             return
         self.receiving = None
+        if self._trailers:
+            self._attach_trailers(req)
         body = req.body
         if body is not None:
             body.finish()
