@@ -38,6 +38,10 @@ SCRIPTS: dict[str, list[bytes]] = {
     "none": [HEAD + b"\r\n5\r\nhello\r\n0\r\n\r\n"],
     "bad": [HEAD + b"\r\n5\r\nhello\r\n0\r\nno colon here\r\n\r\n"],
     "folded": [HEAD + b"\r\n5\r\nhello\r\n0\r\nX-A: 1\r\n folded\r\n\r\n"],
+    # a trailer line that never ends, after the head went out
+    "hugeline": [HEAD + b"\r\n5\r\nhello\r\n", b"0\r\nX-Big: " + b"v" * 300_000],
+    # a large chunk (spliced on io_uring with the native parser, at splice_threshold) + trailers
+    "bigchunk": [HEAD + b"\r\n30000\r\n" + b"b" * 0x30000 + b"\r\n0\r\nX-Sum: big\r\n\r\n"],
     "many": [HEAD + b"\r\n5\r\nhello\r\n0\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(12)) + b"\r\n"],
 }
 
@@ -65,6 +69,7 @@ def upstream() -> Iterator[ScriptRecorder]:
 
 TABLES = """
 max_headers = 10
+splice_threshold = 65536
 
 [[servers.px.routes]]
 path = "/{{*p}}"
@@ -250,6 +255,57 @@ def test_bad_upstream_trailers_are_502(proxy, script: str) -> None:
             assert status == 502, status
     with Conn(proxy.port()) as c:
         assert c.request("GET", "/alive").status == 200
+
+
+def test_an_unending_request_trailer_line_is_431(proxy) -> None:
+    """Bounded as a head is (httptools would join the pieces of the line without end)."""
+    with Conn(proxy.port()) as c:
+        c.send(
+            b"POST /huge HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-Big: "
+        )
+        try:
+            for _ in range(40):
+                c.send(b"v" * 8192)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused while still sending: the answer is in the receive buffer
+        try:
+            reply = c.read_response()
+        except ConnectionResetError:
+            pytest.fail("the connection was reset before the 431 was read")
+        assert reply.status == 431, reply
+    with Conn(proxy.port()) as c:
+        assert c.request("GET", "/alive").status == 200
+
+
+def test_an_unending_upstream_trailer_line_cuts_the_response(proxy) -> None:
+    """The head and the body went out: the client's response is cut off (no last chunk)."""
+    with Conn(proxy.port()) as c:
+        c.send(b"GET /r/hugeline HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n")
+        status, _r, _v, _h = c.read_head()
+        assert status == 200
+        with pytest.raises((AssertionError, ConnectionError)):
+            read_chunked(c)
+    with Conn(proxy.port()) as c:
+        assert c.request("GET", "/alive").status == 200
+
+
+def test_large_chunks_and_trailers_both_ways(proxy, upstream: ScriptRecorder) -> None:
+    """Chunks over splice_threshold (spliced on io_uring with the native parser): the trailer
+    section still goes through the parser, in both directions."""
+    path = f"/big/{time.monotonic_ns()}"
+    big = b"q" * 200_000
+    with Conn(proxy.port()) as c:
+        c.send(
+            b"POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n"
+            % (path.encode(), len(big))
+        )
+        c.send(big + b"\r\n0\r\nX-Sum: up\r\n\r\n")
+        assert c.read_response().status == 200
+        c.send(b"GET /r/bigchunk HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n")
+        c.read_head()
+        assert read_chunked(c) == (b"b" * 0x30000, [(b"x-sum", b"big")])
+    rec = last_received(upstream, path.encode())
+    assert rec.body == big and rec.trailers == [(b"x-sum", b"up")]
 
 
 # -- across protocols ----------------------------------------------------------------------

@@ -408,6 +408,16 @@ class UpstreamConnection(asyncio.Protocol):
                 limits = self.pool.head_limits
                 if self._head_bytes > limits.size + limits.line:
                     self._protocol_error("invalid response from upstream: response header block too large")
+            elif self._trailers is not None and self.pool.parser_kind == "httptools":
+                # the same for a trailer section (httptools joins a field's pieces without
+                # bound): reads that fed no body byte count, as the request side's
+                if self._head_bytes < 0:
+                    self._head_bytes = 0
+                else:
+                    self._head_bytes += len(data)
+                    limits = self.pool.head_limits
+                    if self._head_bytes > limits.size + limits.line:
+                        self._protocol_error("invalid response from upstream: trailer section too large")
             if self._finished:
                 left = getattr(parser, "leftover", 0)
                 if left:
@@ -604,6 +614,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._finished:
             self._unsolicited(f"{len(data)} body bytes after the response")
             return
+        self._head_bytes = -1  # this read fed the body (see data_received's trailer bound)
         if self._deferred is not None:
             self._chunks.append(data)
             return

@@ -306,6 +306,8 @@ class RequestReader:
                     self.fail(431, "request header block too large")
                 elif s.parser_kind == "httptools" and self._url_len and not self._headers:
                     self._check_http09(data)
+            elif self.phase == BODY and self.settings.parser_kind == "httptools":
+                self._bound_trailers(len(data))
 
     def fail(self, status: int, reason: str, internal: BaseException | None = None) -> None:
         """Stop parsing: the request being received fails, ``on_error`` answers ``status``."""
@@ -377,6 +379,19 @@ class RequestReader:
         """The connection became a tunnel: no more phases or timeouts."""
         self.phase = BUSY
         self.deadline = 0.0
+
+    def _bound_trailers(self, n: int) -> None:
+        """httptools: llhttp hands a trailer field over in pieces that httptools joins until
+        its line ends, without bound; the bytes of reads that brought no body byte (a
+        trailer section, or a chunk-size line) are bounded as a head is (on_body restarts the
+        count: ``_head_bytes`` is -1 after a read that fed the body)."""
+        if self._head_bytes < 0:
+            self._head_bytes = 0
+            return
+        self._head_bytes += n
+        s = self.settings
+        if self._head_bytes > s.max_head + s.max_uri:
+            self.fail(431, "request trailer section too large")
 
     def _check_http09(self, data: bytes) -> None:
         """httptools: llhttp reads a request line without ``HTTP/x.y`` as HTTP/0.9 and waits
@@ -534,6 +549,7 @@ class RequestReader:
             raise ParseError("request body too large", 413)
         if s.body_timeout_on:
             self.deadline = self.clock() + s.body_timeout
+        self._head_bytes = -1  # this read fed the body (see _bound_trailers)
         body.feed(data)
 
     # -- a body spliced around the parser (worker/http/splice_relay.py) ------------------
