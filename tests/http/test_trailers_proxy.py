@@ -290,7 +290,7 @@ def test_an_unending_upstream_trailer_line_cuts_the_response(proxy) -> None:
 
 
 def test_large_chunks_and_trailers_both_ways(proxy, upstream: ScriptRecorder) -> None:
-    """Chunks over splice_threshold (spliced on io_uring with the native parser): the trailer
+    """Chunks over splice_threshold (which io_uring with the native parser may splice): the trailer
     section still goes through the parser, in both directions."""
     path = f"/big/{time.monotonic_ns()}"
     big = b"q" * 200_000
