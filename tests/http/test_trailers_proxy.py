@@ -278,13 +278,15 @@ def test_an_unending_request_trailer_line_is_431(proxy) -> None:
 
 
 def test_an_unending_upstream_trailer_line_cuts_the_response(proxy) -> None:
-    """The head and the body went out: the client's response is cut off (no last chunk)."""
+    """The head and the body went out: the client's response is cut off (no last chunk). (A
+    loaded machine may read both writes at once: then the head is still held, and it is 502.)"""
     with Conn(proxy.port()) as c:
         c.send(b"GET /r/hugeline HTTP/1.1\r\nHost: t\r\nTE: trailers\r\n\r\n")
         status, _r, _v, _h = c.read_head()
-        assert status == 200
-        with pytest.raises((AssertionError, ConnectionError)):
-            read_chunked(c)
+        assert status in (200, 502), status
+        if status == 200:
+            with pytest.raises((AssertionError, ConnectionError)):
+                read_chunked(c)
     with Conn(proxy.port()) as c:
         assert c.request("GET", "/alive").status == 200
 
