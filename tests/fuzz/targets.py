@@ -371,7 +371,8 @@ def _clean_reason(data: bytes) -> bytes:
 def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
     """``data`` with the extensions of its chunk-size lines removed (and the whitespace before
     them), or (``trailers``) its trailer fields, as far as the chunked framing after the first
-    head can be followed."""
+    head can be followed; the extensions of the chunked messages after it too (see
+    ``_next_chunked``)."""
     pos = data.find(b"\r\n\r\n")
     if pos < 0:
         return data
@@ -398,11 +399,20 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
             if trailers:  # an unfinished trailer section is dropped and ended too
                 pos = end + 4 if end >= 0 else len(data)
                 out.append(b"\r\n")
+            elif end >= 0 and _next_chunked(data[end + 4 :]):
+                return b"".join(out) + data[pos : end + 4] + _strip_chunk_ext(data[end + 4 :])
             break
         out.append(data[pos : pos + size + 2])
         pos += size + 2
     out.append(data[pos:])
     return b"".join(out)
+
+
+def _next_chunked(rest: bytes) -> bool:
+    """Whether the message that follows a chunked one has a chunked body too (its head names
+    ``chunked``), so the rewrites can follow its framing as well."""
+    end = rest.find(b"\r\n\r\n")
+    return end >= 0 and b"chunked" in rest[:end].lower()
 
 
 _FRAMING_TRAILER = re.compile(rb"(?i)(?:content-length|transfer-encoding|connection|upgrade)[ \t]*:")
