@@ -421,14 +421,17 @@ _FRAMING_TRAILER = re.compile(rb"(?i)(?:content-length|transfer-encoding|connect
 def _drop_framing_trailers(data: bytes) -> bytes:
     """``data`` without the trailer lines whose names llhttp reads as framing or connection
     fields (Content-Length, Transfer-Encoding, Connection, Upgrade), as far as the chunked
-    framing after the first head can be followed."""
+    framing after the first head can be followed, and in the chunked messages after it."""
     start = _trailer_start(data)
     if start < 0:
         return data
     end = data.find(b"\r\n\r\n", start - 2)
     section = data[start : end + 2] if end >= 0 else data[start:]
-    lines = [ln for ln in section.split(b"\r\n") if not _FRAMING_TRAILER.match(ln)]
-    return data[:start] + b"\r\n".join(lines) + (data[end + 2 :] if end >= 0 else b"")
+    kept = b"\r\n".join(ln for ln in section.split(b"\r\n") if not _FRAMING_TRAILER.match(ln))
+    if end < 0:
+        return data[:start] + kept
+    rest = data[end + 4 :]
+    return data[:start] + kept + b"\r\n" + (_drop_framing_trailers(rest) if _next_chunked(rest) else rest)
 
 
 def _trailer_start(data: bytes) -> int:
