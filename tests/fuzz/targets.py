@@ -399,8 +399,9 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
             if trailers:  # an unfinished trailer section is dropped and ended too
                 pos = end + 4 if end >= 0 else len(data)
                 out.append(b"\r\n")
-            elif end >= 0 and _next_chunked(data[end + 4 :]):
-                return b"".join(out) + data[pos : end + 4] + _strip_chunk_ext(data[end + 4 :])
+            elif end >= 0 and (nxt := _next_chunked(data[end + 4 :])) >= 0:
+                cut = end + 4 + nxt
+                return b"".join(out) + data[pos:cut] + _strip_chunk_ext(data[cut:])
             break
         out.append(data[pos : pos + size + 2])
         pos += size + 2
@@ -408,11 +409,21 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
     return b"".join(out)
 
 
-def _next_chunked(rest: bytes) -> bool:
-    """Whether the message that follows a chunked one has a chunked body too (its head names
-    ``chunked``), so the rewrites can follow its framing as well."""
-    end = rest.find(b"\r\n\r\n")
-    return end >= 0 and b"chunked" in rest[:end].lower()
+def _next_chunked(rest: bytes) -> int:
+    """Where the next chunked message after a chunked one starts in ``rest`` (the bytes after
+    its end), skipping messages without a chunked body (bodiless, or a Content-Length body),
+    or -1: so the rewrites follow the chunked framing of every message they can find."""
+    pos = 0
+    for _ in range(64):  # bounded: a fuzz input holds few messages
+        end = rest.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return -1
+        head = rest[pos:end].lower()
+        if b"chunked" in head:
+            return pos
+        m = re.search(rb"content-length[ \t]*:[ \t]*([0-9]{1,9})\r", head + b"\r")
+        pos = end + 4 + (int(m.group(1)) if m else 0)
+    return -1
 
 
 _FRAMING_TRAILER = re.compile(rb"(?i)(?:content-length|transfer-encoding|connection|upgrade)[ \t]*:")
@@ -431,7 +442,10 @@ def _drop_framing_trailers(data: bytes) -> bytes:
     if end < 0:
         return data[:start] + kept
     rest = data[end + 4 :]
-    return data[:start] + kept + b"\r\n" + (_drop_framing_trailers(rest) if _next_chunked(rest) else rest)
+    nxt = _next_chunked(rest)
+    if nxt < 0:
+        return data[:start] + kept + b"\r\n" + rest
+    return data[:start] + kept + b"\r\n" + rest[:nxt] + _drop_framing_trailers(rest[nxt:])
 
 
 def _trailer_start(data: bytes) -> int:

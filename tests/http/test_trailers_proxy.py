@@ -310,6 +310,18 @@ def test_large_chunks_and_trailers_both_ways(proxy, upstream: ScriptRecorder) ->
     assert rec.body == big and rec.trailers == [(b"x-sum", b"up")]
 
 
+def test_a_coding_before_chunked_on_another_line_is_400(proxy) -> None:
+    """Found by the chunked fuzz target while extending it for trailers: llhttp takes
+    ``Transfer-Encoding: gzip`` then ``Transfer-Encoding: chunked`` on two lines, and the
+    httptools path relayed the body without its coding; every parser refuses it now."""
+    with Conn(proxy.port()) as c:
+        c.send(
+            b"POST /te HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
+        )
+        assert c.read_response().status == 400
+
+
 # -- across protocols ----------------------------------------------------------------------
 
 

@@ -177,6 +177,13 @@ def _framing_flags(
                 raise ParseError("invalid Content-Length")
             content_length = int(v)
         elif k == b"transfer-encoding":
+            # exactly "chunked", once, as native and h11 (_check_framing) refuse otherwise:
+            # llhttp takes "gzip" then "chunked" on two lines, and the coding would be lost
+            # once the hop-by-hop field is dropped
+            if chunked:
+                raise ParseError("duplicate Transfer-Encoding")
+            if v.strip(b" \t").lower() != b"chunked":
+                raise ParseError("unsupported Transfer-Encoding")
             chunked = True
         elif k == b"connection":
             conn_tokens = header_tokens(headers, b"connection")
