@@ -479,9 +479,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
-        """The trailer section of a chunked response (native: bounded in C already, and
-        without the fields its head's Connection named; h11: from its EndOfMessage), just
-        before on_message_complete. Kept for the body's ``trailers`` there."""
+        """The trailer section of a chunked response (native: bounded in C already; h11:
+        from its EndOfMessage), just before on_message_complete. Filtered and kept for the
+        body's ``trailers`` there (``_take_trailers``)."""
         size = 0
         limits = self.pool.head_limits
         for n, (name, value) in enumerate(fields):  # h11 bounds only the bytes it buffers
