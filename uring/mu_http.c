@@ -55,6 +55,7 @@
 static PyObject *ParseErrorType = NULL;
 static PyObject *UpgradeType = NULL;
 static PyObject *s_on_request_head, *s_on_response, *s_on_relay, *s_on_body, *s_on_message_complete;
+static PyObject *s_on_trailers;
 static PyObject *s_version_11, *s_version_10;
 static PyObject *m_get, *m_post, *m_head, *m_put, *m_delete;
 
@@ -93,6 +94,10 @@ typedef struct {
     PyObject *body;         /* S_COLLECT: the body being filled (a bytes object of its length) */
     Py_ssize_t filled;
     Py_ssize_t collect_head; /* S_COLLECT: the size of the head whose body is being collected */
+    PyObject *trailers;     /* S_TRAILERS: the trailer fields so far (a list), or NULL */
+    Py_ssize_t tr_size;     /* S_TRAILERS: field_limits' counts for the trailer section */
+    int tr_count;
+    PyObject *connection;   /* responses: the chunked head's Connection values ("a, b"), or NULL */
     char *buf;
     Py_ssize_t len, cap, scanned;
 } Parser;
@@ -691,6 +696,24 @@ static int response_head(Parser *P, const char *d, Py_ssize_t end, Py_ssize_t av
         return 0;  /* interim: the final head follows */
 
     int upgrade = status == 101;
+    Py_CLEAR(P->connection);
+    if (te && nconn && !P->head_request) {
+        /* the trailer section's fields named by Connection are hop-by-hop too: Python drops
+         * them (keep_trailers), reading these values through the `connection` attribute */
+        Py_ssize_t total = 0;
+        for (int k = 0; k < nconn; k++)
+            total += conn[k].n + 1;
+        P->connection = PyBytes_FromStringAndSize(NULL, total - 1);
+        if (P->connection == NULL)
+            return -1;
+        char *o = PyBytes_AS_STRING(P->connection);
+        for (int k = 0; k < nconn; k++) {
+            if (k)
+                *o++ = ',';
+            memcpy(o, conn[k].p, (size_t)conn[k].n);
+            o += conn[k].n;
+        }
+    }
     int keep_alive = v11 ? !(conn_bits & RQ_CONN_CLOSE) : (conn_bits & RQ_CONN_KEEPALIVE) != 0;
     int no_body = P->head_request || status == 204 || status == 304 || upgrade;
 
@@ -813,6 +836,26 @@ static int message_complete(Parser *P)
 {
     P->state = S_HEAD;
     return call0(P, s_on_message_complete);
+}
+
+/* The end of a trailer section: proto.on_trailers(fields) when there were any (and the
+ * protocol takes them). 0 or -1. */
+static int trailers_done(Parser *P)
+{
+    PyObject *fields = P->trailers;
+    if (fields == NULL)
+        return 0;
+    P->trailers = NULL;
+    int has = PyObject_HasAttr(P->proto, s_on_trailers);
+    int rc = has;
+    if (has > 0) {
+        PyObject *args[2] = {NULL, fields};
+        rc = callback(P, s_on_trailers, args, 2);
+    }
+    Py_DECREF(fields);
+    if (rc < 0)
+        P->state = S_DEAD;
+    return rc < 0 ? -1 : 0;
 }
 
 static int keep(Parser *P, const char *p, Py_ssize_t n, int from_buf)
@@ -988,6 +1031,8 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             pos += ln + 2;
             if (size == 0) {
                 P->state = S_TRAILERS;
+                P->tr_size = 0;
+                P->tr_count = 0;
             } else {
                 P->state = S_CHUNK_DATA;
                 P->remaining = size;
@@ -1022,10 +1067,15 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             P->state = S_CHUNK_SIZE;
             break;
         case S_TRAILERS: {
+            /* the trailer section: field lines as in a head (split_header), bounded by the
+             * head limits (field_limits: 431 for a request, 502 for a response), reported by
+             * proto.on_trailers(list) before on_message_complete. Python decides which are
+             * forwarded (keep_trailers in worker/http/message.py); a protocol without
+             * on_trailers drops them */
             const char *nl = memchr(p, '\n', (size_t)avail);
             if (nl == NULL) {
-                if (avail > P->max_head) {
-                    fail(P, "trailer section too large");
+                if (avail > P->max_line + 2) {
+                    fail_status(P, "trailer field line too long", P->is_request ? 431 : 502);
                     return NULL;
                 }
                 goto incomplete;
@@ -1037,12 +1087,25 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             }
             pos += ln + 1;
             if (ln == 1) {  /* the empty line: done */
-                if (message_complete(P) < 0)
+                if (trailers_done(P) < 0 || message_complete(P) < 0)
                     return NULL;
             } else {
                 span line = {p, ln - 1}, name, value;
-                if (split_header(P, line, &name, &value) < 0)
+                if (line.p[0] == ' ' || line.p[0] == '\t') {
+                    fail(P, "obsolete line folding in trailer section");
                     return NULL;
+                }
+                if (split_header(P, line, &name, &value) < 0 ||
+                    field_limits(P, name, value, &P->tr_size, &P->tr_count) < 0)
+                    return NULL;
+                if (P->trailers == NULL && (P->trailers = PyList_New(0)) == NULL)
+                    return NULL;
+                PyObject *t = pair(name, value);
+                if (t == NULL || PyList_Append(P->trailers, t) < 0) {
+                    Py_XDECREF(t);
+                    return NULL;
+                }
+                Py_DECREF(t);
             }
             break;
         }
@@ -1120,6 +1183,7 @@ static int parser_traverse(Parser *P, visitproc visit, void *arg)
 {
     Py_VISIT(P->proto);
     Py_VISIT(P->pending);
+    Py_VISIT(P->trailers);
     return 0;
 }
 
@@ -1128,6 +1192,8 @@ static int parser_clear(Parser *P)
     Py_CLEAR(P->proto);
     Py_CLEAR(P->pending);
     Py_CLEAR(P->body);
+    Py_CLEAR(P->trailers);
+    Py_CLEAR(P->connection);
     return 0;
 }
 
@@ -1219,10 +1285,20 @@ static PyObject *response_leftover(Parser *P, void *closure)
     return PyLong_FromSsize_t(n);
 }
 
+/* The Connection values of the last chunked head ("a, b"), for its trailer section. */
+static PyObject *response_connection(Parser *P, void *closure)
+{
+    (void)closure;
+    return Py_NewRef(P->connection != NULL ? P->connection : Py_None);
+}
+
 static PyGetSetDef response_getset[] = {
     {"leftover", (getter)response_leftover, NULL,
      "Bytes taken that did not complete a message. After a complete response any is "
      "unsolicited: the caller must not reuse the connection.", NULL},
+    {"connection", (getter)response_connection, NULL,
+     "The Connection values of the last chunked response head, joined by commas, or None: "
+     "the fields they name are dropped from its trailers too (keep_trailers).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1657,6 +1733,7 @@ static int http_install(void)
     INTERN(s_on_relay, "on_relay");
     INTERN(s_on_body, "on_body");
     INTERN(s_on_message_complete, "on_message_complete");
+    INTERN(s_on_trailers, "on_trailers");
     INTERN(s_version_11, "1.1");
     INTERN(s_version_10, "1.0");
     INTERN(m_get, "GET");

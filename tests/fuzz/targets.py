@@ -29,7 +29,7 @@ import httptools
 
 from monolake.worker.http import parser as hp
 from monolake.worker.http.client import UpstreamConnection
-from monolake.worker.http.connection import RequestReader, _split_absolute
+from monolake.worker.http.connection import _NO_LIST, RequestReader, _split_absolute
 from monolake.worker.http.parser import HeadLimits, ParseError, UpgradeRequested
 
 # large enough that the limits never decide a fuzz input (they are tested at their edges in
@@ -131,6 +131,9 @@ class _NativeRequest:
     def on_body(self, data: bytes) -> None:
         self.out.body(data)
 
+    def on_trailers(self, fields: list) -> None:
+        self.out.events.append(("trailers", list(fields)))
+
     def on_message_complete(self) -> None:
         self.out.done()
 
@@ -157,6 +160,8 @@ class _TwinRequest:
         self.phase = -1  # never IDLE: no deadline bookkeeping
         self.clock = time.monotonic
         self.parser: Any = None
+        self.receiving: Any = None  # on_header: a field while a body arrives is a trailer
+        self._trailers: list = _NO_LIST
 
     def on_request_head(
         self,
@@ -170,11 +175,17 @@ class _TwinRequest:
     ) -> None:
         _head_checks(method, target, version, host)
         self.out.events.append(("head", method, target, version, list(headers), host, length, flags))
+        self._head_size = 0  # as RequestReader.on_request_head: a trailer section counts anew
+        self.receiving = True if flags & hp.CHUNKED or length else None
 
     def on_body(self, data: bytes) -> None:
         self.out.body(data)
 
     def on_message_complete(self) -> None:
+        self.receiving = None
+        if self._trailers:  # what RequestReader collected from on_header (httptools' trailers)
+            self.out.events.append(("trailers", self._trailers))
+        self._trailers = _NO_LIST
         self.out.done()
 
 
@@ -226,6 +237,9 @@ class _NativeResponse:
     def on_body(self, data: bytes) -> None:
         self.out.body(data)
 
+    def on_trailers(self, fields: list) -> None:
+        self.out.events.append(("trailers", list(fields)))
+
     def on_message_complete(self) -> None:
         self.out.done()
 
@@ -249,6 +263,7 @@ class _TwinResponse:
         self._via = False
         self._interim = False
         self._headers: list = []
+        self._trailers: list | None = None
         self._head_size = 0
         self._reason = b""
         self._parser: Any = None
@@ -271,6 +286,9 @@ class _TwinResponse:
         if self._interim:  # the end of a skipped 1xx (see on_headers_complete)
             self._interim = False
             return
+        if self._trailers:  # what UpstreamConnection.on_header collected (httptools' trailers)
+            self.out.events.append(("trailers", self._trailers))
+        self._trailers = None
         self.out.done()
 
 
@@ -353,7 +371,8 @@ def _clean_reason(data: bytes) -> bytes:
 def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
     """``data`` with the extensions of its chunk-size lines removed (and the whitespace before
     them), or (``trailers``) its trailer fields, as far as the chunked framing after the first
-    head can be followed."""
+    head can be followed; the extensions of the chunked messages after it too (see
+    ``_next_chunked``)."""
     pos = data.find(b"\r\n\r\n")
     if pos < 0:
         return data
@@ -380,6 +399,9 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
             if trailers:  # an unfinished trailer section is dropped and ended too
                 pos = end + 4 if end >= 0 else len(data)
                 out.append(b"\r\n")
+            elif end >= 0 and (nxt := _next_chunked(data[end + 4 :])) >= 0:
+                cut = end + 4 + nxt
+                return b"".join(out) + data[pos:cut] + _strip_chunk_ext(data[cut:])
             break
         out.append(data[pos : pos + size + 2])
         pos += size + 2
@@ -387,8 +409,63 @@ def _strip_chunk_ext(data: bytes, trailers: bool = False) -> bytes:
     return b"".join(out)
 
 
-def _drop_trailers(data: bytes) -> bytes:
-    return _strip_chunk_ext(data, trailers=True)
+def _next_chunked(rest: bytes) -> int:
+    """Where the next chunked message after a chunked one starts in ``rest`` (the bytes after
+    its end), skipping messages without a chunked body (bodiless, or a Content-Length body),
+    or -1: so the rewrites follow the chunked framing of every message they can find."""
+    pos = 0
+    for _ in range(64):  # bounded: a fuzz input holds few messages
+        end = rest.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return -1
+        head = rest[pos:end].lower()
+        if b"chunked" in head:
+            return pos
+        m = re.search(rb"content-length[ \t]*:[ \t]*([0-9]{1,9})\r", head + b"\r")
+        pos = end + 4 + (int(m.group(1)) if m else 0)
+    return -1
+
+
+_FRAMING_TRAILER = re.compile(rb"(?i)(?:content-length|transfer-encoding|connection|upgrade)[ \t]*:")
+
+
+def _drop_framing_trailers(data: bytes) -> bytes:
+    """``data`` without the trailer lines whose names llhttp reads as framing or connection
+    fields (Content-Length, Transfer-Encoding, Connection, Upgrade), as far as the chunked
+    framing after the first head can be followed, and in the chunked messages after it."""
+    start = _trailer_start(data)
+    if start < 0:
+        return data
+    end = data.find(b"\r\n\r\n", start - 2)
+    section = data[start : end + 2] if end >= 0 else data[start:]
+    kept = b"\r\n".join(ln for ln in section.split(b"\r\n") if not _FRAMING_TRAILER.match(ln))
+    if end < 0:
+        return data[:start] + kept
+    rest = data[end + 4 :]
+    nxt = _next_chunked(rest)
+    if nxt < 0:
+        return data[:start] + kept + b"\r\n" + rest
+    return data[:start] + kept + b"\r\n" + rest[:nxt] + _drop_framing_trailers(rest[nxt:])
+
+
+def _trailer_start(data: bytes) -> int:
+    """The offset of the trailer section after the first head's chunked body, or -1."""
+    pos = data.find(b"\r\n\r\n")
+    if pos < 0:
+        return -1
+    pos += 4
+    while True:
+        nl = data.find(b"\r\n", pos)
+        if nl < 0:
+            return -1
+        try:
+            size = int(data[pos:nl], 16)
+        except ValueError:
+            return -1
+        pos = nl + 2
+        if size == 0:
+            return pos
+        pos += size + 2
 
 
 def _drop_empty_lines(data: bytes) -> bytes:
@@ -462,9 +539,10 @@ KNOWN: list[tuple[str, tuple[str, ...], Callable[[bytes], bytes]]] = [
     # token / quoted-string grammar. Native also takes BWS before the ";" (RFC 9112 §7.1.1),
     # which llhttp refuses: the rewrite drops both
     ("chunk-extension-grammar", ("request", "response"), _strip_chunk_ext),
-    # trailer fields: native checks their syntax and drops them (they are never forwarded);
-    # llhttp also applies header rules to them (a Transfer-Encoding trailer)
-    ("trailer-fields", ("request", "response"), _drop_trailers),
+    # trailer fields: both report them (the proxy then drops the framing and connection ones:
+    # keep_trailers); llhttp also applies its head rules to them, refusing a Content-Length or
+    # Transfer-Encoding trailer and reading Connection / Upgrade tokens there
+    ("trailer-framing-fields", ("request", "response"), _drop_framing_trailers),
     # empty lines before a message: native skips CRLF pairs before a request, nothing else;
     # llhttp skips any run of CR and LF, before a request or a response
     ("empty-lines-between-messages", ("request", "response"), _drop_empty_lines),

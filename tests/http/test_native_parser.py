@@ -619,3 +619,139 @@ def test_a_relayed_response_builds_its_header_list_on_demand() -> None:
     other.headers = [(b"x", b"y")]
     assert other.head_block is None and other.headers == [(b"x", b"y")]
     assert Response(204).headers == [] and Response(204).head_block is None
+
+
+# -- trailer sections (the chunked decoder's S_TRAILERS) --------------------------------------
+
+
+class TrailerRecorder(Recorder):
+    def on_trailers(self, fields: list) -> None:
+        self.events.append(("trailers", fields))
+
+
+CHUNKED_REQ = b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_RESP = b"HTTP/1.1 200 OK\r\nConnection: X-Named, keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("kind", ["request", "response"])
+def test_trailer_fields_are_reported_before_completion(kind: str) -> None:
+    """Lower-case names, trimmed values, in order, however the bytes are split; a section
+    without fields calls nothing; a protocol without on_trailers does not get them."""
+    head = CHUNKED_REQ if kind == "request" else CHUNKED_RESP
+    data = head + b"3\r\nabc\r\n0\r\nX-Sum: 42 \r\nGrpc-Status:\t0\r\nX-Empty:\r\n\r\n" + head + b"0\r\n\r\n"
+    make = request_parser if kind == "request" else response_parser
+    fields = [(b"x-sum", b"42"), (b"grpc-status", b"0"), (b"x-empty", b"")]
+    rng = random.Random(3)
+    for cuts in [[], *[rng.sample(range(1, len(data)), rng.randint(1, 30)) for _ in range(30)]]:
+        rec = TrailerRecorder()
+        p = make(rec)
+        last = 0
+        for c in [*sorted(cuts), len(data)]:
+            p.feed_data(data[last:c])
+            last = c
+        kinds = [e[0] for e in rec.events]
+        assert kinds == ["head", "body", "trailers", "done", "head", "done"], rec.events
+        assert rec.events[2] == ("trailers", fields)
+    plain = feed_split(make, data, [])  # no on_trailers: the fields are dropped, nothing fails
+    assert [e[0] for e in plain.events] == ["head", "body", "done", "head", "done"]
+    if kind == "response":  # the Connection values the head had, for keep_trailers
+        rec = TrailerRecorder()
+        p = response_parser(rec)
+        p.feed_data(CHUNKED_RESP)
+        assert p.connection == b"X-Named, keep-alive"
+        p.feed_data(b"0\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert p.connection is None
+
+
+@pytest.mark.parametrize("kind", ["request", "response"])
+@pytest.mark.parametrize(
+    "section, why",
+    [
+        (b"no colon\r\n\r\n", "invalid header name"),
+        (b"Bad Name: 1\r\n\r\n", "invalid header name"),
+        (b"X-A: 1\r\n folded\r\n\r\n", "obsolete line folding in trailer section"),
+        (b"X-A: 1\nX-B: 2\r\n\r\n", "bare LF in chunked body"),
+        (b"X-A: a\x01b\r\n\r\n", "control character in header value"),
+        (b"X-A: 1\r\n\n", "bare LF in chunked body"),
+    ],
+)
+def test_malformed_trailer_lines_are_refused(kind: str, section: bytes, why: str) -> None:
+    head = CHUNKED_REQ if kind == "request" else CHUNKED_RESP
+    make = request_parser if kind == "request" else response_parser
+    rec = TrailerRecorder()
+    with pytest.raises(hp.ParseError) as info:
+        make(rec).feed_data(head + b"0\r\n" + section)
+    assert info.value.status == (400 if kind == "request" else 502)
+    assert str(info.value) == why
+    assert not any(e[0] in ("trailers", "done") for e in rec.events)
+
+
+@pytest.mark.parametrize("kind", ["request", "response"])
+def test_trailer_sections_are_bounded_by_the_head_limits(kind: str) -> None:
+    """The same counting as a head (HeadLimits.field, the Python twin): fields, one line, the
+    sum; 431 for a request, 502 for a response. A section at each limit passes."""
+    status = 431 if kind == "request" else 502
+    head = CHUNKED_REQ if kind == "request" else CHUNKED_RESP
+    limits = hp.HeadLimits(size=200, line=60, count=4, status=status)
+
+    def make(rec: Any) -> Any:
+        if kind == "request":
+            return hp.native.RequestParser(rec, limits.size, 8192, limits.line, limits.count)
+        return hp.native.ResponseParser(rec, False, 0, False, limits.size, limits.line, limits.count)
+
+    def twin(fields: list) -> None:  # the Python counting of the same fields
+        size = 0
+        for n, (k, v) in enumerate(fields):
+            size = limits.field(k, v, size, n)
+
+    cases = [
+        [(b"x-%d" % i, b"v") for i in range(4)],  # 4 fields: at the count
+        [(b"x-%d" % i, b"v") for i in range(5)],  # 5: over
+        [(b"x", b"v" * 57)],  # 1 + 57 + 2 = 60: at the line bound
+        [(b"x", b"v" * 58)],  # over it
+        [(b"x-%d" % i, b"v" * 45) for i in range(4)],  # 4 * (3 + 45 + 4) = 208: over the sum
+        [(b"x-%d" % i, b"v" * 43) for i in range(4)],  # 200: at it
+    ]
+    for fields in cases:
+        section = b"".join(k + b": " + v + b"\r\n" for k, v in fields) + b"\r\n"
+        rec = TrailerRecorder()
+        try:
+            twin(fields)
+            expected = None
+        except hp.ParseError as exc:
+            expected = (exc.status, str(exc))
+        try:
+            make(rec).feed_data(head + b"0\r\n" + section)
+            got = None
+        except hp.ParseError as exc:
+            got = (exc.status, str(exc))
+        assert got == expected, (fields, got, expected)
+        if got is None:
+            assert ("trailers", fields) in rec.events
+    # a line that never ends is refused once it is longer than a field line may be
+    with pytest.raises(hp.ParseError) as info:
+        make(TrailerRecorder()).feed_data(head + b"0\r\nx: " + b"v" * 100)
+    assert info.value.status == status
+
+
+def test_trailer_inputs_agree_with_the_httptools_twin() -> None:
+    """The fuzz targets' differential on trailer sections, without a documented difference to
+    excuse them: both parsers report the same fields (tests/fuzz/targets.py)."""
+    from tests.fuzz import targets
+
+    sections = [
+        b"X-Sum: 42\r\nGrpc-Status: 0\r\n\r\n",
+        b"x-a:1\r\nX-A: 2 \r\nHost: h\r\nTE: trailers\r\n\r\n",
+        b"X-Empty:\r\n\r\n",
+        b"no colon\r\n\r\n",
+        b"X-A: 1\r\n folded\r\n\r\n",
+    ]
+    for section in sections:
+        for kind, head in (
+            ("request", targets.CHUNKED_REQUEST_HEAD),
+            ("response", targets.CHUNKED_RESPONSE_HEAD),
+        ):
+            data = head + b"3\r\nabc\r\n0\r\n" + section
+            for seed in range(12):
+                native, twin = targets._outcomes(kind, data, seed)
+                assert targets._same(kind, native, twin), (data, seed, native, twin)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from monolake.worker.http.body import BodyStream
 from monolake.worker.http.headers import split_response_headers, with_via
-from monolake.worker.http.message import Response, trailer_lines
+from monolake.worker.http.message import Response, keep_trailers, trailer_lines
 from monolake.worker.http.parser import HttpParserError, ParseError, UpgradeRequested, new_response_parser
 from monolake.worker.http.protocol import tune_transport
 
@@ -87,6 +87,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._framing = _NONE
         self._keep_alive = True
         self._headers: list[tuple[bytes, bytes]] = []
+        # a chunked response's trailer fields: None outside its body (httptools: on_header
+        # then reads a head field), else the fields so far (see on_header, on_trailers)
+        self._trailers: list[tuple[bytes, bytes]] | None = None
         self._reason = b""
         self._received = False
         self._method = "GET"
@@ -408,6 +411,16 @@ class UpstreamConnection(asyncio.Protocol):
                 limits = self.pool.head_limits
                 if self._head_bytes > limits.size + limits.line:
                     self._protocol_error("invalid response from upstream: response header block too large")
+            elif self._trailers is not None and self.pool.parser_kind == "httptools":
+                # the same for a trailer section (httptools joins a field's pieces without
+                # bound): reads that fed no body byte count, as the request side's
+                if self._head_bytes < 0:
+                    self._head_bytes = 0
+                else:
+                    self._head_bytes += len(data)
+                    limits = self.pool.head_limits
+                    if self._head_bytes > limits.size + limits.line:
+                        self._protocol_error("invalid response from upstream: trailer section too large")
             if self._finished:
                 left = getattr(parser, "leftover", 0)
                 if left:
@@ -446,6 +459,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._unsolicited("a second response began")
             return
         self._headers = []
+        self._trailers = None
         self._head_size = 0
         self._reason = b""
 
@@ -457,8 +471,34 @@ class UpstreamConnection(asyncio.Protocol):
         if self._finished:
             return  # a stray message: on_message_begin has poisoned the connection
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace (see the server's)
+        trailers = self._trailers
+        if trailers is not None:
+            # httptools: a field of the chunked body's trailer section (after the last
+            # on_chunk_header, before on_message_complete), bounded as a head is
+            self._head_size = self.pool.head_limits.field(name, value, self._head_size, len(trailers))
+            trailers.append((name.lower(), value))
+            return
         self._head_size = self.pool.head_limits.field(name, value, self._head_size, len(self._headers))
         self._headers.append((name.lower(), value))
+
+    def on_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The trailer section of a chunked response (native: bounded in C already; h11:
+        from its EndOfMessage), just before on_message_complete. Filtered and kept for the
+        body's ``trailers`` there (``_take_trailers``)."""
+        size = 0
+        limits = self.pool.head_limits
+        for n, (name, value) in enumerate(fields):  # h11 bounds only the bytes it buffers
+            size = limits.field(name, value, size, n)
+        self._trailers = fields
+
+    def _take_trailers(self) -> list[tuple[bytes, bytes]] | None:
+        """The kept trailer fields of the response just completed (keep_trailers), or None."""
+        fields, self._trailers = self._trailers, None
+        if not fields:
+            return None
+        conn = getattr(self._parser, "connection", None)  # native: its head's Connection values
+        head = self._headers if conn is None else [(b"connection", conn)]
+        return keep_trailers(fields, head) or None
 
     def on_headers_complete(self) -> None:
         """httptools / h11: the head is in."""
@@ -472,6 +512,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = True  # its on_message_complete follows and ends nothing
             return
         headers, length, chunked = split_response_headers(self._headers, status, self._via)
+        if chunked:
+            self._trailers = []  # on_header now reads the trailer section, if one comes
+            self._head_size = 0
         self._response_head(
             status, self._reason or None, headers, parser.should_keep_alive(), length, chunked
         )
@@ -574,6 +617,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._finished:
             self._unsolicited(f"{len(data)} body bytes after the response")
             return
+        self._head_bytes = -1  # this read fed the body (see data_received's trailer bound)
         if self._deferred is not None:
             self._chunks.append(data)
             return
@@ -604,18 +648,31 @@ class UpstreamConnection(asyncio.Protocol):
         if self._resp_done:
             return
         self._resp_done = True
+        trailers = self._take_trailers() if self._trailers else None
         resp = self._deferred
         if resp is not None:
             self._deferred = None
             chunks = self._chunks
             self._chunks = []
-            resp.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if trailers is not None:
+                # trailers need a chunked (HTTP/1.1) or HEADERS-ended (h2) body: a stream,
+                # complete already, not bytes sent with a Content-Length
+                body = BodyStream(None, self)
+                for chunk in chunks:
+                    body.feed(chunk)
+                body.trailers = trailers
+                body.finish()
+                resp.body = body
+            else:
+                resp.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._complete(resp)
             return
-        body = self._resp_body
+        stream = self._resp_body
         self._resp_body = None
-        if body is not None:
-            body.finish()
+        if stream is not None:
+            if trailers is not None:
+                stream.trailers = trailers
+            stream.finish()
         self._after_response()
 
     def _complete(self, resp: Response) -> None:

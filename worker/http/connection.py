@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.headers import split_headers
-from monolake.worker.http.message import Request, Response, header_tokens
+from monolake.worker.http.message import Request, Response, header_tokens, keep_trailers
 from monolake.worker.http.parser import (
     CHUNKED,
     CONN_CLOSE,
@@ -177,6 +177,13 @@ def _framing_flags(
                 raise ParseError("invalid Content-Length")
             content_length = int(v)
         elif k == b"transfer-encoding":
+            # exactly "chunked", once, as native and h11 (_check_framing) refuse otherwise:
+            # llhttp takes "gzip" then "chunked" on two lines, and the coding would be lost
+            # once the hop-by-hop field is dropped
+            if chunked:
+                raise ParseError("duplicate Transfer-Encoding")
+            if v.strip(b" \t").lower() != b"chunked":
+                raise ParseError("unsupported Transfer-Encoding")
             chunked = True
         elif k == b"connection":
             conn_tokens = header_tokens(headers, b"connection")
@@ -225,6 +232,7 @@ class RequestReader:
         "_head_bytes",
         "_head_size",
         "_headers",
+        "_trailers",
         "_url",
         "_url_len",
         "clock",
@@ -259,6 +267,7 @@ class RequestReader:
         self._url: list[bytes] = _NO_LIST  # lists from on_message_begin (httptools, h11)
         self._url_len = 0
         self._headers: list[tuple[bytes, bytes]] = _NO_LIST
+        self._trailers: list[tuple[bytes, bytes]] = _NO_LIST  # httptools: a body's trailer fields
         self._head_size = 0
         self._head_bytes = 0
 
@@ -304,6 +313,8 @@ class RequestReader:
                     self.fail(431, "request header block too large")
                 elif s.parser_kind == "httptools" and self._url_len and not self._headers:
                     self._check_http09(data)
+            elif self.phase == BODY and self.settings.parser_kind == "httptools":
+                self._bound_trailers(len(data))
 
     def fail(self, status: int, reason: str, internal: BaseException | None = None) -> None:
         """Stop parsing: the request being received fails, ``on_error`` answers ``status``."""
@@ -334,7 +345,7 @@ class RequestReader:
         self.receiving = None
         self.parser = _RELEASED
         self.events = self.producer = _SINK
-        self._url = self._headers = _NO_LIST
+        self._url = self._headers = self._trailers = _NO_LIST
 
     def peer_closed(self) -> None:
         """The client sent FIN: a body still arriving is incomplete."""
@@ -376,6 +387,19 @@ class RequestReader:
         self.phase = BUSY
         self.deadline = 0.0
 
+    def _bound_trailers(self, n: int) -> None:
+        """httptools: llhttp hands a trailer field over in pieces that httptools joins until
+        its line ends, without bound; the bytes of reads that brought no body byte (a
+        trailer section, or a chunk-size line) are bounded as a head is (on_body restarts the
+        count: ``_head_bytes`` is -1 after a read that fed the body)."""
+        if self._head_bytes < 0:
+            self._head_bytes = 0
+            return
+        self._head_bytes += n
+        s = self.settings
+        if self._head_bytes > s.max_head + s.max_uri:
+            self.fail(431, "request trailer section too large")
+
     def _check_http09(self, data: bytes) -> None:
         """httptools: llhttp reads a request line without ``HTTP/x.y`` as HTTP/0.9 and waits
         for one more line end; refuse it as soon as its line is in, as native and h11 do. The
@@ -413,8 +437,34 @@ class RequestReader:
         # llhttp keeps the trailing whitespace of a value; it is not part of it (RFC 9110
         # §5.5), and the native parser and h11 drop it
         value = value.rstrip(b" \t")
+        if self.receiving is not None:
+            # httptools calls on_header for the trailer fields of a chunked body too (after
+            # its last on_chunk_header, before on_message_complete; no on_headers_complete):
+            # they must not join the head's list, which went upstream already
+            trailers = self._trailers
+            if trailers is _NO_LIST:
+                trailers = self._trailers = []
+            self._head_size = self.settings.head_limits.field(name, value, self._head_size, len(trailers))
+            trailers.append((name.lower(), value))
+            return
         self._head_size = self.settings.head_limits.field(name, value, self._head_size, len(self._headers))
         self._headers.append((name.lower(), value))
+
+    def on_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        """The trailer section of a chunked body (native: checked against the head limits in
+        C already; h11: from its EndOfMessage), just before on_message_complete."""
+        size = 0
+        limits = self.settings.head_limits
+        for n, (name, value) in enumerate(fields):  # the same bounds as a head (h11's are not)
+            size = limits.field(name, value, size, n)
+        self._trailers = fields
+
+    def _attach_trailers(self, req: Request) -> None:
+        """The kept trailer fields of ``req``'s body, for whoever forwards it (keep_trailers:
+        framing, routing, hop-by-hop and the head's Connection-named fields dropped)."""
+        fields, self._trailers = self._trailers, _NO_LIST
+        if req.body is not None:
+            req.body.trailers = keep_trailers(fields, req.headers) or None
 
     def on_headers_complete(self) -> None:
         """httptools / h11: the head is in; collect the framing facts from the header list."""
@@ -506,6 +556,7 @@ class RequestReader:
             raise ParseError("request body too large", 413)
         if s.body_timeout_on:
             self.deadline = self.clock() + s.body_timeout
+        self._head_bytes = -1  # this read fed the body (see _bound_trailers)
         body.feed(data)
 
     # -- a body spliced around the parser (worker/http/splice_relay.py) ------------------
@@ -527,6 +578,8 @@ class RequestReader:
         if req is None:
             return
         self.receiving = None
+        if self._trailers:
+            self._attach_trailers(req)
         body = req.body
         if body is not None:
             body.finish()

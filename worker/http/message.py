@@ -41,34 +41,67 @@ def header_tokens(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> set[by
     return out
 
 
-# fields a trailer section must not carry (RFC 9110 §6.5.1: framing, routing, connection
-# handling); a peer's trailers with them lose those fields, not the message
-_NOT_IN_TRAILERS = frozenset(
+# fields a trailer section must not carry (RFC 9110 §6.5.1: framing, routing, request
+# modifiers, authentication, response controls, content format; RFC 9110 §7.6.1: connection
+# handling). A peer's trailers with them lose those fields, not the message; the list is
+# Go net/http's (badTrailer) plus the HTTP/1.1 connection fields
+NOT_IN_TRAILERS = frozenset(
     (
+        b"authorization",
+        b"cache-control",
+        b"connection",
+        b"content-encoding",
         b"content-length",
-        b"transfer-encoding",
+        b"content-range",
+        b"content-type",
+        b"expect",
         b"host",
+        b"http2-settings",
+        b"keep-alive",
+        b"max-forwards",
+        b"pragma",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"range",
         b"te",
         b"trailer",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
+        b"transfer-encoding",
         b"upgrade",
+        b"www-authenticate",
     )
 )
 
 
+def keep_trailers(
+    fields: Iterable[tuple[bytes, bytes]], head: Iterable[tuple[bytes, bytes]] = ()
+) -> list[tuple[bytes, bytes]]:
+    """The trailer fields a proxy forwards, from the ones a peer sent (names lower-case):
+    without pseudo-headers, the fields of ``NOT_IN_TRAILERS``, the ones the message head's
+    ``Connection`` named (``head``: its header list; hop-by-hop for the whole message, RFC
+    9110 §7.6.1) and values with CR, LF or NUL. Every parser's trailers pass through it when
+    they arrive, so what a body's ``trailers`` holds is safe to send on, as HTTP/1.1 trailer
+    lines or as HTTP/2 trailing HEADERS."""
+    named = header_tokens(head, b"connection")
+    return [
+        (k, v)
+        for k, v in fields
+        if k[:1] != b":"
+        and k not in NOT_IN_TRAILERS
+        and k not in named
+        and b"\r" not in v
+        and b"\n" not in v
+        and b"\x00" not in v
+    ]
+
+
 def trailer_lines(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
     """The trailer section of a chunked message (``name: value\\r\\n`` per field, no final
-    blank line) from trailer fields another peer sent: an h2 peer's trailing HEADERS, gRPC's
-    ``grpc-status``. Pseudo-headers, the fields of ``_NOT_IN_TRAILERS`` and values with CR/LF
-    (nghttp2 refuses those already; an HTTP/1.1 peer's may not) are left out. The one encoder
-    of trailers towards HTTP/1.1, in both directions."""
-    return b"".join(
-        k + b": " + v + b"\r\n"
-        for k, v in fields
-        if k[:1] != b":" and k.lower() not in _NOT_IN_TRAILERS and b"\r" not in v and b"\n" not in v
-    )
+    blank line) from trailer fields another peer sent: an HTTP/1.1 peer's trailer section, an
+    h2 peer's trailing HEADERS, gRPC's ``grpc-status``; filtered by ``keep_trailers`` again
+    (an h2 peer's come from another intake). The one encoder of trailers towards HTTP/1.1,
+    in both directions."""
+    return b"".join(k + b": " + v + b"\r\n" for k, v in keep_trailers((k.lower(), v) for k, v in fields))
 
 
 class Request:

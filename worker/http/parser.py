@@ -312,6 +312,8 @@ class H11RequestParser:
             elif isinstance(ev, h11.Data):
                 proto.on_body(bytes(ev.data))
             elif isinstance(ev, h11.EndOfMessage):
+                if ev.headers:  # the trailer section of a chunked body
+                    proto.on_trailers([(k.lower(), v) for k, v in ev.headers.raw_items()])
                 proto.on_message_complete()
                 if not self._upgrade:
                     # start the next cycle at once (h11 would refuse more data after an
@@ -398,6 +400,8 @@ class H11ResponseParser:
             elif isinstance(ev, h11.Data):
                 proto.on_body(bytes(ev.data))
             elif isinstance(ev, h11.EndOfMessage):
+                if ev.headers:  # the trailer section of a chunked body
+                    proto.on_trailers([(k.lower(), v) for k, v in ev.headers.raw_items()])
                 proto.on_message_complete()
             elif ev is h11.PAUSED:
                 rest, _closed = conn.trailing_data
