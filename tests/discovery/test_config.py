@@ -11,16 +11,26 @@ from monolake.conf import Config, load_config
 from monolake.conf.resolver import ResolverConfig
 from tests.harness import MONOLAKED, hermetic_env
 
-SERVER = textwrap.dedent("""
-    [servers.web]
-    proxy_type = "http"
-    listener = { type = "socket", value = "127.0.0.1:18080" }
 
-    [[servers.web.routes]]
-    path_prefix = "/"
-    upstreams = [{ endpoint = { type = "uri", value = "http://app.internal:8080" } },
-                 { endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "https" } }]
-""")
+def web_server(upstreams: str) -> str:
+    """An HTTP server ``web`` with one route to ``upstreams`` (the TOML list's items)."""
+    return (
+        textwrap.dedent("""
+        [servers.web]
+        proxy_type = "http"
+        listener = { type = "socket", value = "127.0.0.1:18080" }
+
+        [[servers.web.routes]]
+        path_prefix = "/"
+    """)
+        + f"upstreams = [{upstreams}]\n"
+    )
+
+
+SERVER = web_server(
+    '{ endpoint = { type = "uri", value = "http://app.internal:8080" } },\n'
+    '{ endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "https" } }'
+)
 
 
 def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
@@ -98,18 +108,12 @@ def test_bad_resolver_config_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
     result = check(
         tmp_path,
-        textwrap.dedent("""
-        [servers.web]
-        proxy_type = "http"
-        listener = { type = "socket", value = "127.0.0.1:18080" }
-
-        [[servers.web.routes]]
-        path_prefix = "/"
-        upstreams = [{ endpoint = { type = "srv", value = "app.internal" } },
-                     { endpoint = { type = "srv", value = "_http._udp.app.internal" } },
-                     { endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "ftp" } },
-                     { endpoint = { type = "uri", value = "http://a:1", scheme = "http" } }]
-    """),
+        web_server(
+            '{ endpoint = { type = "srv", value = "app.internal" } },\n'
+            '{ endpoint = { type = "srv", value = "_http._udp.app.internal" } },\n'
+            '{ endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "ftp" } },\n'
+            '{ endpoint = { type = "uri", value = "http://a:1", scheme = "http" } }'
+        ),
     )
     assert result.returncode != 0
     err = result.stderr

@@ -122,27 +122,13 @@ def test_discovered_addresses_listed_shown_and_kept_disabled_across_re_resolutio
 def test_thrift_discovered_address_disabled_stays_disabled_when_it_returns(
     master_factory, tmp_path, dnsmasq
 ) -> None:
-    import contextlib
-
-    from tests.discovery.test_thrift_dns import config, shared_port, thrift_backend, whoami
+    from tests.discovery.test_thrift_dns import both_backends, name_socket, shared_port, start, whoami
 
     up = shared_port()
     both = ["127.0.0.2 app.test", "127.0.0.3 app.test"]
     d = dnsmasq(both, ttl=1)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
-        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
-        port = free_port()
-        m = master_factory(
-            config(
-                tmp_path,
-                port,
-                d.nameserver,
-                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
-                "auto",
-            )
-        )
-        m.wait_ready()
+    with both_backends(up):
+        m, port = start(master_factory, tmp_path, d, name_socket(up), "auto")
         a2, a3 = f"127.0.0.2:{up}", f"127.0.0.3:{up}"
         wait_for(lambda: set(whoami(port, 6)) == {"t2", "t3"}, timeout=10, what="both addresses in use")
         listing = upstreams(m)
