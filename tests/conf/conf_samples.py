@@ -1,13 +1,8 @@
 """Config snippets shared by the conf tests."""
 
-HTTP_SERVER = """
-[servers.web]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:18080" }
-[[servers.web.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:9000" } }]
-"""
+from tests.config_text import UPSTREAM_9000, http_server
+
+HTTP_SERVER = http_server(upstream=UPSTREAM_9000)
 
 
 def with_keys(extra: str) -> str:

@@ -16,6 +16,7 @@ from monolake.supervisor import channel, messages
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.server import ServerRuntime
 from monolake.worker.main import Worker
+from tests.config_text import http_server
 from tests.upstreams import Upstream
 
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
@@ -131,17 +132,9 @@ def test_a_message_sent_with_hello_is_handled(tmp_path):
     """The master may send more right behind ``hello`` (``stop`` while a worker starts):
     the reader that read ``hello`` read it too, and the worker acts on it."""
     listener = socket.create_server(("127.0.0.1", 0))
-    config = parse_config("""
-[supervisor]
-log_format = "json"
-heartbeat_interval = 0.2
-[servers.web]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:1" }
-[[servers.web.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-""")
+    config = parse_config(
+        '[supervisor]\nlog_format = "json"\nheartbeat_interval = 0.2\n' + http_server(listen="127.0.0.1:1")
+    )
     ours, theirs = socket.socketpair()
     hello = messages.encode(
         messages.Hello(

@@ -11,7 +11,6 @@ import re
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from monolake.conf import Config, parse_config
 from monolake.supervisor import channel, messages
+from tests.config_text import http_server
 from tests.harness import Monolaked, base_config, http_get
 from tests.support import free_port, kill_pids, wait_for
 
@@ -157,17 +157,8 @@ def test_contracts_md_has_the_generated_table():
 
 def _worker_config(port: int) -> Config:
     return parse_config(
-        textwrap.dedent(f"""
-        [supervisor]
-        log_format = "json"
-        heartbeat_interval = 0.2
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
+        '[supervisor]\nlog_format = "json"\nheartbeat_interval = 0.2\n'
+        + http_server(listen=f"127.0.0.1:{port}")
     )
 
 
