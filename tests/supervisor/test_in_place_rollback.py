@@ -9,7 +9,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 
 from monolake.conf import Config, parse_config
 from monolake.supervisor import channel, messages
@@ -17,6 +16,7 @@ from monolake.worker.env import WorkerEnv
 from monolake.worker.http.server import ServerRuntime
 from monolake.worker.main import Worker
 from tests.config_text import http_server
+from tests.supervisor.worker_child import start_worker
 from tests.upstreams import Upstream
 
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
@@ -147,23 +147,7 @@ def test_a_message_sent_with_hello_is_handled(tmp_path):
         [frames[0][0] + channel.encode(messages.encode(messages.Stop(timeout=1)))],
         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, __import__("array").array("i", [listener.fileno()]))],
     )
-    with open(tmp_path / "worker.log", "wb") as log:  # the child has its own copy
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monolake.worker",
-                "--control-fd",
-                str(theirs.fileno()),
-                "--master-pid",
-                str(os.getpid()),
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    theirs.close()
+    proc = start_worker(theirs, tmp_path / "worker.log")
     listener.close()
     try:
         code = proc.wait(timeout=30)

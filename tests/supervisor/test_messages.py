@@ -9,8 +9,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from monolake.conf import Config, parse_config
 from monolake.supervisor import channel, messages
 from tests.config_text import http_server
 from tests.harness import Monolaked, base_config, http_get
+from tests.supervisor.worker_child import start_worker
 from tests.support import free_port, kill_pids, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -192,23 +191,7 @@ def test_a_live_worker_refuses_malformed_messages_and_serves_on(tmp_path):
     )
     channel.send(ours, messages.encode(hello), [listener.fileno()])
     log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monolake.worker",
-                "--control-fd",
-                str(theirs.fileno()),
-                "--master-pid",
-                str(os.getpid()),
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    theirs.close()
+    proc = start_worker(theirs, log_path)
     listener.close()
     reader = channel.FrameReader()
     try:
