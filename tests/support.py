@@ -11,7 +11,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from http.server import BaseHTTPRequestHandler
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -159,3 +160,21 @@ def raise_nofile(need: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < need:
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The base of the tests' HTTP/1.1 backends: keep-alive capable, no access log on stderr."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def reply(self, body: bytes, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """A whole response: ``status``, ``headers``, a Content-Length and ``body``."""
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from monolake.conf import Config, load_config
 from monolake.conf.resolver import ResolverConfig
-from tests.harness import MONOLAKED, hermetic_env
+from tests.harness import MONOLAKED, hermetic_env, monolaked_check
 
 
 def web_server(upstreams: str) -> str:
@@ -31,14 +31,6 @@ SERVER = web_server(
     '{ endpoint = { type = "uri", value = "http://app.internal:8080" } },\n'
     '{ endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "https" } }'
 )
-
-
-def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "monolake.toml"
-    path.write_text(text)
-    return subprocess.run(
-        [*MONOLAKED, "check", "-c", str(path)], capture_output=True, text=True, timeout=60, env=hermetic_env()
-    )
 
 
 def test_resolver_section_is_optional_and_round_trips(tmp_path: Path) -> None:
@@ -73,7 +65,7 @@ def test_resolver_section_is_optional_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_bad_resolver_config_is_a_clear_error(tmp_path: Path) -> None:
-    result = check(
+    result = monolaked_check(
         tmp_path,
         textwrap.dedent("""
         [resolver]
@@ -106,7 +98,7 @@ def test_bad_resolver_config_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
-    result = check(
+    result = monolaked_check(
         tmp_path,
         web_server(
             '{ endpoint = { type = "srv", value = "app.internal" } },\n'
@@ -124,7 +116,7 @@ def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_good_config_checks(tmp_path: Path) -> None:
-    result = check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
+    result = monolaked_check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
     assert result.returncode == 0, result.stderr
     assert (
         "resolver: 127.0.0.1:5353, ttl 1-300 s, negative 5 s, timeout 2 s, stale up to 3600 s"
@@ -139,13 +131,13 @@ def test_thrift_srv_endpoint_takes_no_scheme(tmp_path: Path) -> None:
         proxy_type = "thrift"
         listener = { type = "socket", value = "127.0.0.1:18081" }
     """)
-    ok = check(
+    ok = monolaked_check(
         tmp_path,
         head + 'route = { upstreams = [{ endpoint = { type = "srv", '
         'value = "_thrift._tcp.app.internal" } }] }\n',
     )
     assert ok.returncode == 0, ok.stderr
-    bad = check(
+    bad = monolaked_check(
         tmp_path,
         head + 'route = { upstreams = [{ endpoint = { type = "srv", '
         'value = "_thrift._tcp.app.internal", scheme = "http" } }] }\n',
@@ -202,7 +194,7 @@ def test_issue_section_4_config_names_as_written(tmp_path: Path) -> None:
         ("uri", "http"),
         ("srv", "http"),
     ]
-    assert check(tmp_path, ISSUE_15_SECTION_4).returncode == 0
+    assert monolaked_check(tmp_path, ISSUE_15_SECTION_4).returncode == 0
 
 
 def test_issue_section_4_cli_names_as_written(tmp_path: Path) -> None:

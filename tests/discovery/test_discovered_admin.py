@@ -6,13 +6,11 @@ comes back, and in a respawned worker once DNS has answered). Real monolaked, re
 from __future__ import annotations
 
 import json
-import os
-import signal
 import textwrap
 from typing import Any
 
 from tests.harness import base_config, http_get
-from tests.support import free_port, pid_alive, wait_for
+from tests.support import free_port, wait_for
 
 
 def upstreams(m: Any, *args: str, ok: bool = True) -> dict:
@@ -94,13 +92,7 @@ def test_discovered_addresses_listed_shown_and_kept_disabled_across_re_resolutio
     assert bodies(port, 8) == {b"b2"} and b3.requests == n3
 
     # a respawned worker gets it too, once its own resolver has answered
-    victim = m.status()["workers"][0]["pid"]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(
-        lambda: not pid_alive(victim) and victim not in m.worker_pids() and len(m.ready_workers()) == 2,
-        timeout=20,
-        what="respawn",
-    )
+    m.kill_worker_and_await_respawn(workers=2)
     wait_for(lambda: states(m).get(a3) == ("disabled", 2), timeout=10, what="disabled in the new worker")
     assert bodies(port, 8) == {b"b2"} and b3.requests == n3
 
