@@ -131,21 +131,23 @@ def listening_on(port: int) -> bool:
     return bool(listening_inodes(port))
 
 
-def listening_inodes(port: int) -> set[int]:
-    """The inodes of the sockets in LISTEN state on ``port``: they identify the sockets."""
-    found: set[int] = set()
+def tcp_sockets() -> Iterator[tuple[int, str, int]]:
+    """(local port, state as the kernel writes it: "0A" LISTEN, "01" ESTABLISHED, ...,
+    inode) of every TCP socket on this machine, IPv4 and IPv6 (/proc/net/tcp, tcp6)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    local, state = fields[1], fields[3]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        found.add(int(fields[9]))
+                    yield int(fields[1].rsplit(":", 1)[1], 16), fields[3], int(fields[9])
         except FileNotFoundError:
             continue
-    return found
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of the sockets in LISTEN state on ``port``: they identify the sockets."""
+    return {inode for local, state, inode in tcp_sockets() if state == "0A" and local == port}
 
 
 def raise_nofile(need: int) -> None:
