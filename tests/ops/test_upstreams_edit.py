@@ -7,22 +7,12 @@ from __future__ import annotations
 
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.harness import base_config, http_get
-from tests.ops.test_upstreams_api import Backend, hits, row, upstreams
+from tests.ops.conftest import Backend
+from tests.ops.test_upstreams_api import hits, row, upstreams
 from tests.support import free_port, wait_for
-
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    made = [Backend("b1"), Backend("b2")]
-    yield made
-    for b in made:
-        b.close()
 
 
 def config(
