@@ -82,20 +82,13 @@ class GatedUpstream(LoopThread):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop.stop()
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._gate = asyncio.Event()
         self._gate.set()
         self._server = loop.run_until_complete(
             asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=self.backlog)
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     # -- protocol ----------------------------------------------------------------------------
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

@@ -9,8 +9,9 @@ from typing import Self
 
 
 class LoopThread:
-    """``with`` starts the thread and waits until ``_run`` sets ``_ready``; leaving it calls
-    ``_stop`` on the server's loop and joins the thread. Subclasses set ``_loop`` in ``_run``."""
+    """``with`` starts the thread, which opens the server (``_start``) and runs its loop, and
+    waits until the server is open; leaving it calls ``_stop`` on the server's loop (which
+    ends by stopping the loop) and joins the thread."""
 
     def __init__(self, name: str) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -30,6 +31,17 @@ class LoopThread:
         self._thread.join(10)
 
     def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._start(loop)
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the server on ``loop`` (not running yet), before ``with`` returns."""
         raise NotImplementedError
 
     def _stop(self) -> None:

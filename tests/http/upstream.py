@@ -87,9 +87,7 @@ class UpstreamServer(LoopThread):
         assert self._loop is not None  # called on it
         self._loop.stop()
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.unix_path:
             self._server = loop.run_until_complete(asyncio.start_unix_server(self._handle, self.unix_path))
         else:
@@ -97,11 +95,6 @@ class UpstreamServer(LoopThread):
                 asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20, ssl=self.ssl)
             )
             self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     @property
     def url(self) -> str:
