@@ -7,6 +7,11 @@ HELLO = '{ endpoint = { type = "builtin", value = "hello" } }'
 UPSTREAM_9000 = '{ endpoint = { type = "uri", value = "http://127.0.0.1:9000" } }'
 
 
+def uri_upstream(authority: str) -> str:
+    """An upstream entry for ``http://AUTHORITY`` (a name is resolved to all its addresses)."""
+    return f'{{ endpoint = {{ type = "uri", value = "http://{authority}" }} }}'
+
+
 def http_server(
     name: str = "web", listen: str = "127.0.0.1:18080", upstream: str = HELLO, keys: str = ""
 ) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from monolake.uring import probe
+from tests.config_text import uri_upstream
 from tests.discovery.backends import Backends
 from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import base_config
@@ -68,7 +69,7 @@ def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.Abstrac
 
 def name_upstream(port: int, name: str = "app.test") -> str:
     """The upstream entry most tests route to: every address DNS gives ``name``, on ``port``."""
-    return f'{{ endpoint = {{ type = "uri", value = "http://{name}:{port}" }} }}'
+    return uri_upstream(f"{name}:{port}")
 
 
 def discovery_config(
