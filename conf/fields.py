@@ -6,7 +6,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .errors import Problems, describe, quote
@@ -283,6 +283,18 @@ class Table:
             rejected=rejected,
             base_dir=self.base_dir,
         )
+
+    def array_tables(
+        self, used: str, value: list[Any], what: str, *, known: Iterable[str]
+    ) -> Iterator[Table]:
+        """The items of the array ``value`` (at key ``used``) as tables with ``known`` keys, in
+        order; an item that is not a table is reported (expected ``what``) and skipped."""
+        for i, item in enumerate(value):
+            path = f"{self.key(used)}[{i}]"
+            if not isinstance(item, dict):
+                self.problems.expected(path, what, found_with_type(item), raw=True)
+                continue
+            yield self.child(path, item, known=known)
 
     def child(
         self,

@@ -228,12 +228,9 @@ def parse_tls(t: Table) -> TlsConfig | None:
                 "certificates", "a non-empty array of { chain, key } tables", found_with_type(value), raw=True
             )
         else:
-            for i, item in enumerate(value):
-                path = f"{tt.key('certificates')}[{i}]"
-                if not isinstance(item, dict):
-                    tt.problems.expected(path, "a { chain, key } table", found_with_type(item), raw=True)
-                    continue
-                ct = tt.child(path, item, known=("chain", "key"))
+            for ct in tt.array_tables(
+                "certificates", value, "a { chain, key } table", known=("chain", "key")
+            ):
                 cert = _cert_pair(ct)
                 ct.done()
                 if cert is not None:
@@ -314,12 +311,7 @@ def parse_layers(t: Table) -> tuple[LayerConfig, ...]:
         t.expected(used, "an array of tables ([[servers.NAME.layers]])", found_with_type(value), raw=True)
         return ()
     layers = []
-    for i, item in enumerate(value):
-        path = f"{t.key(used)}[{i}]"
-        if not isinstance(item, dict):
-            t.problems.expected(path, "a layer table { factory, options }", found_with_type(item), raw=True)
-            continue
-        lt = t.child(path, item, known=("factory", "options"))
+    for lt in t.array_tables(used, value, "a layer table { factory, options }", known=("factory", "options")):
         factory = lt.string("factory", None, required=True, allow_empty=False)
         if factory is not None and not _FACTORY.match(factory):
             lt.expected("factory", 'an import path "package.module:attr"', factory)

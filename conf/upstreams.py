@@ -72,17 +72,8 @@ def parse_upstreams(t: Table, kind: str) -> tuple[UpstreamConfig, ...]:
         t.expected(used, "at least one upstream", "an empty array", raw=True)
         return ()
     result = []
-    for i, item in enumerate(value):
-        path = f"{t.key(used)}[{i}]"
-        if not isinstance(item, dict):
-            t.problems.expected(
-                path,
-                "an upstream table { endpoint = { type, value }, weight = 1 }",
-                found_with_type(item),
-                raw=True,
-            )
-            continue
-        u = t.child(path, item, known=("endpoint", "weight"))
+    what = "an upstream table { endpoint = { type, value }, weight = 1 }"
+    for u in t.array_tables(used, value, what, known=("endpoint", "weight")):
         weight = u.integer("weight", 1, lo=1, hi=65535)
         endpoint = parse_endpoint(u, kind)
         u.done()

@@ -81,6 +81,19 @@ def _request(args: argparse.Namespace, message: dict[str, Any], timeout: float =
         raise SystemExit(2) from None
 
 
+def _answer(
+    args: argparse.Namespace, message: dict[str, Any], kind: str, timeout: float = 30.0, what: str = ""
+) -> dict[str, Any] | None:
+    """The master's reply to ``message`` (without its ``type``) when it is a ``kind``; else
+    None, the master's error written to stderr (after ``what``)."""
+    reply = _request(args, message, timeout=timeout)
+    if reply.get("type") != kind:
+        sys.stderr.write(f"monolaked: {what}{reply.get('error', reply)}\n")
+        return None
+    reply.pop("type", None)
+    return reply
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     config = _load(args.config)
     if (from_env := _env_control_socket()) is not None:
@@ -114,11 +127,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    reply = _request(args, {"type": "status"}, timeout=30)
-    if reply.get("type") != "status":
-        sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+    reply = _answer(args, {"type": "status"}, "status")
+    if reply is None:
         return 1
-    reply.pop("type", None)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
     else:
@@ -131,9 +142,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     status = _request(args, {"type": "status"}, timeout=30)
     pid = int(status.get("master", {}).get("pid", 0))
-    reply = _request(args, {"type": "stop", "fast": args.fast}, timeout=30)
-    if reply.get("type") != "ok":
-        sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+    if _answer(args, {"type": "stop", "fast": args.fast}, "ok") is None:
         return 1
     if args.no_wait or not pid:
         return 0
@@ -174,19 +183,13 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_log_level(args: argparse.Namespace) -> int:
-    reply = _request(args, {"type": "log_level", "level": args.level}, timeout=30)
-    if reply.get("type") == "ok":
-        return 0
-    sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
-    return 1
+    return 0 if _answer(args, {"type": "log_level", "level": args.level}, "ok") is not None else 1
 
 
 def cmd_debug(args: argparse.Namespace) -> int:
-    reply = _request(args, {"type": "debug", "slot": args.slot, "collect": args.collect}, timeout=30)
-    if reply.get("type") != "debug":
-        sys.stderr.write(f"monolaked: {reply.get('error', reply)}\n")
+    reply = _answer(args, {"type": "debug", "slot": args.slot, "collect": args.collect}, "debug")
+    if reply is None:
         return 1
-    reply.pop("type", None)
     print(json.dumps(reply, indent=2, sort_keys=True))
     return 0
 

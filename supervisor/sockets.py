@@ -13,20 +13,12 @@ import stat
 
 def bind_tcp(host: str, port: int, backlog: int, reuseport: bool = True) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuseport:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind((host, port))
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    options: list[tuple[int, int]] = [(socket.SOL_SOCKET, socket.SO_REUSEADDR)]
+    if reuseport:
+        options.append((socket.SOL_SOCKET, socket.SO_REUSEPORT))
+    if family == socket.AF_INET6:
+        options.append((socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    return _listen(socket.socket(family, socket.SOCK_STREAM), (host, port), backlog, tuple(options))
 
 
 def bind_unix(path: str, backlog: int) -> socket.socket:
@@ -47,9 +39,21 @@ def bind_unix(path: str, backlog: int) -> socket.socket:
             raise OSError(f"{path} is in use by another running server")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return _listen(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, backlog)
+
+
+def _listen(
+    sock: socket.socket,
+    address: str | tuple[str, int],
+    backlog: int,
+    options: tuple[tuple[int, int], ...] = (),
+) -> socket.socket:
+    """``sock`` with the (level, option) flags in ``options`` set, bound to ``address``,
+    listening and non-blocking; closed if any step fails."""
     try:
-        sock.bind(path)
+        for level, option in options:
+            sock.setsockopt(level, option, 1)
+        sock.bind(address)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:

@@ -37,7 +37,7 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
 
 
 def cmd_upstreams(args: argparse.Namespace) -> int:
-    from monolake.supervisor.cli import _request
+    from monolake.supervisor.cli import _answer
 
     if args.verb is None:
         if args.args:
@@ -54,11 +54,9 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
         request = {"type": "upstreams", "op": args.verb, **dict(zip(names, args.args, strict=True))}
         if args.weight is not None:
             request["weight"] = args.weight
-    reply = _request(args, request, timeout=30)
-    if reply.get("type") != "upstreams":
-        sys.stderr.write(f"monolaked: upstreams: {reply.get('error', reply)}\n")
+    reply = _answer(args, request, "upstreams", what="upstreams: ")
+    if reply is None:
         return 1
-    reply.pop("type", None)
     if args.json:
         print(json.dumps(reply, indent=2, sort_keys=True))
     elif reply["op"] == "list":

@@ -179,6 +179,22 @@ class Slot:
         self.flapping = len(recent) >= threshold
 
 
+def worker_argv(control_fd: int) -> list[str]:
+    """The command line of a worker whose control channel is ``control_fd`` and whose master
+    is this process. -P: no working directory on sys.path, so a checkout's monolake/ (the
+    symlink package for tools) cannot shadow the installed package and its extensions."""
+    return [
+        sys.executable,
+        "-P",
+        "-m",
+        "monolake.worker",
+        "--control-fd",
+        str(control_fd),
+        "--master-pid",
+        str(os.getpid()),
+    ]
+
+
 def spawn_worker(
     slot: Slot,
     generation: int,
@@ -202,18 +218,7 @@ def spawn_worker(
     env.setdefault("PYTHONMALLOC", "malloc")
     try:
         proc = subprocess.Popen(
-            # -P: no working directory on sys.path, so a checkout's monolake/ (the symlink
-            # package for tools) cannot shadow the installed package and its extensions
-            [
-                sys.executable,
-                "-P",
-                "-m",
-                "monolake.worker",
-                "--control-fd",
-                str(worker_end.fileno()),
-                "--master-pid",
-                str(os.getpid()),
-            ],
+            worker_argv(worker_end.fileno()),
             pass_fds=[worker_end.fileno()],
             stdin=subprocess.DEVNULL,
             env=env,

@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from tests.loop_thread import LoopThread
 
-class GatedUpstream:
+
+class GatedUpstream(LoopThread):
     def __init__(self, name: str = "gated", backlog: int = 4096) -> None:
+        super().__init__(name)
         self.name = name
         self.backlog = backlog
         self.accepted = 0
@@ -21,24 +24,9 @@ class GatedUpstream:
         self.held = 0
         self.release_at: int | None = None
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._gate: asyncio.Event | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"upstream-{name}")
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> GatedUpstream:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("upstream did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop)
-        self._thread.join(10)
 
     @property
     def url(self) -> str:
@@ -94,20 +82,13 @@ class GatedUpstream:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loop.stop()
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._gate = asyncio.Event()
         self._gate.set()
         self._server = loop.run_until_complete(
             asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=self.backlog)
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     # -- protocol ----------------------------------------------------------------------------
     async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

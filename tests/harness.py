@@ -65,6 +65,16 @@ def hermetic_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MONOLAKE_CONTROL_SOCKET"}
 
 
+def monolaked_check(tmp: Path, text: str) -> subprocess.CompletedProcess[str]:
+    """``monolaked check`` run on ``text`` (written to tmp/monolake.toml), in a hermetic
+    environment: its exit code and output."""
+    path = tmp / "monolake.toml"
+    path.write_text(text)
+    return subprocess.run(
+        [*MONOLAKED, "check", "-c", str(path)], capture_output=True, text=True, timeout=60, env=hermetic_env()
+    )
+
+
 class Monolaked:
     """One master process and helpers to query it; ``close()`` kills everything it started."""
 
@@ -153,6 +163,22 @@ class Monolaked:
 
     def worker_pids(self) -> list[int]:
         return [w["pid"] for w in self.status()["workers"] if w.get("pid")]
+
+    def kill_worker_and_await_respawn(self, workers: int, timeout: float = 20) -> int:
+        """SIGKILL the first worker in ``status``; return once it is gone and ``workers`` are
+        ready again (the master respawned it). Returns the killed pid."""
+        victim = self.status()["workers"][0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                not pid_alive(victim)
+                and victim not in self.worker_pids()
+                and len(self.ready_workers()) == workers
+            ),
+            timeout=timeout,
+            what="respawn",
+        )
+        return int(victim)
 
     # ----- teardown -----------------------------------------------------------------------
 

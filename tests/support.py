@@ -11,7 +11,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from http.server import BaseHTTPRequestHandler
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -130,21 +131,23 @@ def listening_on(port: int) -> bool:
     return bool(listening_inodes(port))
 
 
-def listening_inodes(port: int) -> set[int]:
-    """The inodes of the sockets in LISTEN state on ``port``: they identify the sockets."""
-    found: set[int] = set()
+def tcp_sockets() -> Iterator[tuple[int, str, int]]:
+    """(local port, state as the kernel writes it: "0A" LISTEN, "01" ESTABLISHED, ...,
+    inode) of every TCP socket on this machine, IPv4 and IPv6 (/proc/net/tcp, tcp6)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    local, state = fields[1], fields[3]
-                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
-                        found.add(int(fields[9]))
+                    yield int(fields[1].rsplit(":", 1)[1], 16), fields[3], int(fields[9])
         except FileNotFoundError:
             continue
-    return found
+
+
+def listening_inodes(port: int) -> set[int]:
+    """The inodes of the sockets in LISTEN state on ``port``: they identify the sockets."""
+    return {inode for local, state, inode in tcp_sockets() if state == "0A" and local == port}
 
 
 def raise_nofile(need: int) -> None:
@@ -159,3 +162,21 @@ def raise_nofile(need: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < need:
             pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The base of the tests' HTTP/1.1 backends: keep-alive capable, no access log on stderr."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def reply(self, body: bytes, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        """A whole response: ``status``, ``headers``, a Content-Length and ``body``."""
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+from tests.support import QuietHandler
 
 
 def pattern(size: int) -> bytes:
@@ -32,18 +34,9 @@ class Upstream:
         self.client_ports: list[int] = []
         self._lock = threading.Lock()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def _reply(self, body: bytes, status: int = 200) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(body, status, (("Content-Type", "text/plain"),))
 
             def do_GET(self) -> None:
                 url = urlsplit(self.path)
@@ -83,3 +76,23 @@ class Upstream:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def proxy_routes(
+    *upstreams: Upstream, lb: str = "random", extra: str = "", preserve_path: bool = True
+) -> str:
+    """base_config routes: the builtin hello on ``/``, ``/up/...`` balanced (``lb``) over
+    ``upstreams``; ``extra``: more lines in that route."""
+    ups = ", ".join(f'{{ endpoint = {{ type = "uri", value = "{u.url}" }} }}' for u in upstreams)
+    return f"""
+        [[servers.web.routes]]
+        path = "/"
+        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+
+        [[servers.web.routes]]
+        path = "/up/{{*rest}}"
+        preserve_path = {str(preserve_path).lower()}
+        load_balancer = "{lb}"
+        upstreams = [{ups}]
+        {extra}
+    """

@@ -233,6 +233,20 @@ static int setup_buf_ring(mu_ring *r, unsigned nbufs, unsigned buf_size, int inc
     return 0;
 }
 
+/* Undo setup_ring and setup_buf_ring, as far as they got: the buffer ring's registration,
+ * the ring, the buffers' and the buffer ring's memory. */
+static void ring_teardown(mu_ring *r)
+{
+    if (r->br_registered)
+        io_uring_unregister_buf_ring(&r->ring, r->bgid);
+    if (r->ring.ring_fd >= 0)
+        io_uring_queue_exit(&r->ring);
+    if (r->bufs)
+        munmap(r->bufs, r->bufs_len);
+    if (r->br_mem)
+        munmap(r->br_mem, r->br_mem_len);
+}
+
 /* Create (and destroy) a ring with these flags and a buffer ring: 0 or -errno. */
 int mu_try_setup(unsigned entries, unsigned flags)
 {
@@ -242,13 +256,7 @@ int mu_try_setup(unsigned entries, unsigned flags)
     if (ret < 0)
         return ret;
     ret = setup_buf_ring(&r, 8, 4096, 0);
-    if (r.br_registered)
-        io_uring_unregister_buf_ring(&r.ring, r.bgid);
-    io_uring_queue_exit(&r.ring);
-    if (r.bufs)
-        munmap(r.bufs, r.bufs_len);
-    if (r.br_mem)
-        munmap(r.br_mem, r.br_mem_len);
+    ring_teardown(&r);
     return ret < 0 ? (ret == -EINVAL ? -EOPNOTSUPP : ret) : 0;
 }
 
@@ -265,14 +273,7 @@ static int arm_wake(mu_ring *r)
 
 static void ring_release(mu_ring *r)
 {
-    if (r->br_registered)
-        io_uring_unregister_buf_ring(&r->ring, r->bgid);
-    if (r->ring.ring_fd >= 0)
-        io_uring_queue_exit(&r->ring);
-    if (r->bufs)
-        munmap(r->bufs, r->bufs_len);
-    if (r->br_mem)
-        munmap(r->br_mem, r->br_mem_len);
+    ring_teardown(r);
     if (r->efd >= 0)
         close(r->efd);
     free(r->lent);
@@ -377,13 +378,7 @@ int mu_pbuf_inc_supported(void)
     if (ret < 0)
         return ret;
     ret = setup_buf_ring(&r, 8, 4096, 1);
-    if (r.br_registered)
-        io_uring_unregister_buf_ring(&r.ring, r.bgid);
-    io_uring_queue_exit(&r.ring);
-    if (r.bufs)
-        munmap(r.bufs, r.bufs_len);
-    if (r.br_mem)
-        munmap(r.br_mem, r.br_mem_len);
+    ring_teardown(&r);
     return ret < 0 ? ret : r.buf_inc;
 }
 size_t mu_arena_size(mu_ring *r) { return r->bufs_len; }

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
-from monolake.conf import Config, Router, RouteSpec
+from monolake.conf import Router, RouteSpec
 from monolake.conf.routes import RouteConflictError
 
-from .conf_samples import HTTP_SERVER
-
-Problems = Callable[[str], list[str]]
-Load = Callable[[str], Config]
+from .conf_samples import HTTP_SERVER, Load, Problems
 
 
 def router(*paths: str, **kw: str) -> Router:

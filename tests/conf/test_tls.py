@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
-from monolake.conf import Config
-
-from .conf_samples import HTTP_SERVER, with_keys
-
-Problems = Callable[[str], list[str]]
-Load = Callable[[str], Config]
-
-
-def one(lines: list[str], key: str) -> str:
-    hits = [x for x in lines if f": {key}: " in x]
-    assert len(hits) == 1, (key, lines)
-    return hits[0]
+from .conf_samples import HTTP_SERVER, Load, Problems, only, with_keys
 
 
 def test_chain_and_key(load: Load, certs: Path) -> None:
@@ -40,15 +28,15 @@ def test_certificates_list_and_min_version(load: Load, certs: Path) -> None:
 
 def test_missing_files(problems: Problems, tmp_path: Path) -> None:
     lines = problems(with_keys('tls = { chain = "cert.pem", key = "/nonexistent/key.pem" }'))
-    assert f'found "cert.pem" (= {tmp_path / "cert.pem"}), which does not exist' in one(
+    assert f'found "cert.pem" (= {tmp_path / "cert.pem"}), which does not exist' in only(
         lines, "servers.web.tls.chain"
     )
-    assert "which does not exist" in one(lines, "servers.web.tls.key")
-    assert "found nothing" in one(problems(with_keys('tls = { chain = "x.pem" }')), "servers.web.tls.key")
+    assert "which does not exist" in only(lines, "servers.web.tls.key")
+    assert "found nothing" in only(problems(with_keys('tls = { chain = "x.pem" }')), "servers.web.tls.key")
 
 
 def test_key_that_does_not_match(problems: Problems, certs: Path) -> None:
-    line = one(
+    line = only(
         problems(with_keys(f'tls = {{ chain = "{certs}/cert.pem", key = "{certs}/other_key.pem" }}')),
         "servers.web.tls.chain",
     )
@@ -57,7 +45,7 @@ def test_key_that_does_not_match(problems: Problems, certs: Path) -> None:
 
 def test_not_a_certificate(problems: Problems, tmp_path: Path, certs: Path) -> None:
     (tmp_path / "junk.pem").write_text("not a certificate\n")
-    line = one(
+    line = only(
         problems(with_keys(f'tls = {{ chain = "junk.pem", key = "{certs}/key.pem" }}')),
         "servers.web.tls.chain",
     )
@@ -65,7 +53,7 @@ def test_not_a_certificate(problems: Problems, tmp_path: Path, certs: Path) -> N
 
 
 def test_encrypted_key_is_refused_without_prompting(problems: Problems, certs: Path) -> None:
-    line = one(
+    line = only(
         problems(with_keys(f'tls = {{ chain = "{certs}/cert.pem", key = "{certs}/enc_key.pem" }}')),
         "servers.web.tls.chain",
     )
@@ -74,12 +62,12 @@ def test_encrypted_key_is_refused_without_prompting(problems: Problems, certs: P
 
 def test_tls_forms(problems: Problems, certs: Path) -> None:
     pair = f'chain = "{certs}/cert.pem", key = "{certs}/key.pem"'
-    line = one(problems(with_keys(f"tls = {{ {pair}, certificates = [] }}")), "servers.web.tls.certificates")
+    line = only(problems(with_keys(f"tls = {{ {pair}, certificates = [] }}")), "servers.web.tls.certificates")
     assert "either chain/key or certificates, found both" in line
-    assert "found neither" in one(
+    assert "found neither" in only(
         problems(with_keys('tls = { min_version = "1.2" }')), "servers.web.tls.chain"
     )
-    line = one(problems(with_keys(f"tls = {{ {pair}, min_version = 1.2 }}")), "servers.web.tls.min_version")
+    line = only(problems(with_keys(f"tls = {{ {pair}, min_version = 1.2 }}")), "servers.web.tls.min_version")
     assert 'quote it: "1.2"' in line
 
 
@@ -99,12 +87,12 @@ def test_upstream_client_tls_files(load: Load, problems: Problems, certs: Path) 
             'path = "/"', f'path = "/"\ntls_ca = "{certs}/key.pem"\ntls_client_cert = "{certs}/cert.pem"\n'
         )
     )
-    assert "expected a PEM CA bundle" in one(lines, "servers.web.routes[0].tls_ca")
-    assert "it goes with tls_client_cert" in one(lines, "servers.web.routes[0].tls_client_key")
+    assert "expected a PEM CA bundle" in only(lines, "servers.web.routes[0].tls_ca")
+    assert "it goes with tls_client_cert" in only(lines, "servers.web.routes[0].tls_client_key")
     lines = problems(
         HTTP_SERVER.replace(
             'path = "/"',
             f'path = "/"\ntls_client_cert = "{certs}/cert.pem"\ntls_client_key = "{certs}/other_key.pem"\n',
         )
     )
-    assert "do not load together" in one(lines, "servers.web.routes[0].tls_client_cert")
+    assert "do not load together" in only(lines, "servers.web.routes[0].tls_client_cert")

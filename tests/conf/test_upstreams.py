@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from monolake.conf import Config
+from .conf_samples import HTTP_SERVER, Load, Problems, only
 
-from .conf_samples import HTTP_SERVER
-
-Problems = Callable[[str], list[str]]
-Load = Callable[[str], Config]
 KEY = "servers.web.routes[0].upstreams[0].endpoint"
 
 
@@ -20,12 +15,6 @@ def endpoint(etype: str, value: str) -> str:
     return HTTP_SERVER.replace(
         '{ type = "uri", value = "http://127.0.0.1:9000" }', f'{{ type = "{etype}", value = "{value}" }}'
     )
-
-
-def one(lines: list[str], key: str) -> str:
-    hits = [x for x in lines if f": {key}: " in x]
-    assert len(hits) == 1, (key, lines)
-    return hits[0]
 
 
 @pytest.mark.parametrize(
@@ -42,12 +31,12 @@ def one(lines: list[str], key: str) -> str:
     ],
 )
 def test_bad_endpoint_values(problems: Problems, etype: str, value: str, expected: str) -> None:
-    line = one(problems(endpoint(etype, value)), f"{KEY}.value")
+    line = only(problems(endpoint(etype, value)), f"{KEY}.value")
     assert f"expected {expected}" in line and f'found "{value}"' in line
 
 
 def test_socket_endpoints_are_for_thrift(problems: Problems) -> None:
-    line = one(problems(endpoint("socket", "127.0.0.1:9000")), f"{KEY}.type")
+    line = only(problems(endpoint("socket", "127.0.0.1:9000")), f"{KEY}.type")
     assert 'http routes take type = "uri"' in line
 
 
@@ -83,14 +72,14 @@ def test_upstream_list_problems(problems: Problems) -> None:
         ' { endpoint = "http://b" }, { weight = 2 }, "x"]',
     )
     lines = problems(text)
-    assert "from 1 to 65535, found 0" in one(lines, "servers.web.routes[0].upstreams[0].weight")
-    assert "expected a table" in one(lines, "servers.web.routes[0].upstreams[1].endpoint")
-    assert "the key is required" in one(lines, "servers.web.routes[0].upstreams[2].endpoint")
-    assert "expected an upstream table" in one(lines, "servers.web.routes[0].upstreams[3]")
+    assert "from 1 to 65535, found 0" in only(lines, "servers.web.routes[0].upstreams[0].weight")
+    assert "expected a table" in only(lines, "servers.web.routes[0].upstreams[1].endpoint")
+    assert "the key is required" in only(lines, "servers.web.routes[0].upstreams[2].endpoint")
+    assert "expected an upstream table" in only(lines, "servers.web.routes[0].upstreams[3]")
     missing = HTTP_SERVER.replace(
         'upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:9000" } }]', ""
     )
-    assert "the key is required" in one(problems(missing), "servers.web.routes[0].upstreams")
+    assert "the key is required" in only(problems(missing), "servers.web.routes[0].upstreams")
 
 
 def test_route_pool_keys(load: Load, problems: Problems) -> None:
@@ -111,7 +100,7 @@ def test_route_pool_keys(load: Load, problems: Problems) -> None:
         r.tls_verify,
     ) == ("least_conn", 0, 5.0, 5, 2.5, True, "x.example", False)
     lines = problems(HTTP_SERVER.replace('path = "/"', 'path = "/"\nload_balancer = "round-robin"\n'))
-    assert 'did you mean "round_robin"?' in one(lines, "servers.web.routes[0].load_balancer")
+    assert 'did you mean "round_robin"?' in only(lines, "servers.web.routes[0].load_balancer")
 
 
 # -- thrift --------------------------------------------------------------------------------------
@@ -135,9 +124,9 @@ def test_thrift_route_and_method_routes(load: Load) -> None:
 
 def test_thrift_two_default_routes(problems: Problems) -> None:
     text = THRIFT + f"route = {{ {UP} }}\n[[servers.th.routes]]\n{UP}\n"
-    assert "only one default route" in one(problems(text), "servers.th.routes[0].methods")
+    assert "only one default route" in only(problems(text), "servers.th.routes[0].methods")
     text = THRIFT + f"[[servers.th.routes]]\n{UP}\n[[servers.th.routes]]\n{UP}\n"
-    line = one(problems(text), "servers.th.routes[1].methods")
+    line = only(problems(text), "servers.th.routes[1].methods")
     assert "servers.th.routes[0] is one" in line
 
 
@@ -146,23 +135,23 @@ def test_thrift_method_in_two_routes(problems: Problems) -> None:
         f"[[servers.th.routes]]\nmethods = ['a', 'b']\n{UP}\n"
         f"[[servers.th.routes]]\nmethods = ['c', 'b']\n{UP}\n"
     )
-    line = one(problems(text), "servers.th.routes[1].methods")
+    line = only(problems(text), "servers.th.routes[1].methods")
     assert 'found "b", also routed by servers.th.routes[0].methods' in line
 
 
 def test_thrift_route_problems(problems: Problems) -> None:
-    assert "found nothing" in one(problems(THRIFT), "servers.th.route")
+    assert "found nothing" in only(problems(THRIFT), "servers.th.route")
     lines = problems(
         THRIFT + 'route = { path = "/", upstreams = [{ endpoint = { type = "uri", '
         'value = "http://a" } }] }\n[[servers.th.routes]]\nmethods = []\n' + UP + "\n"
     )
-    assert "http routes only" in one(lines, "servers.th.route.path")
-    assert 'thrift upstreams take type = "socket"' in one(
+    assert "http routes only" in only(lines, "servers.th.route.path")
+    assert 'thrift upstreams take type = "socket"' in only(
         lines, "servers.th.route.upstreams[0].endpoint.type"
     )
-    assert "non-empty array of method names" in one(lines, "servers.th.routes[0].methods")
+    assert "non-empty array of method names" in only(lines, "servers.th.routes[0].methods")
     lines = problems(THRIFT + f'route = {{ methods = ["x"], {UP} }}\n')
-    assert "put method routes in [[routes]]" in one(lines, "servers.th.route.methods")
+    assert "put method routes in [[routes]]" in only(lines, "servers.th.route.methods")
 
 
 def test_thrift_keys(load: Load, problems: Problems) -> None:
@@ -183,7 +172,7 @@ def test_thrift_keys(load: Load, problems: Problems) -> None:
     lines = problems(
         THRIFT.replace('proxy_type = "thrift"', 'proxy_type = "thrift"\nvia = true') + f"route = {{ {UP} }}\n"
     )
-    assert 'it applies to proxy_type "http"' in one(lines, "servers.th.via")
+    assert 'it applies to proxy_type "http"' in only(lines, "servers.th.via")
 
 
 # -- http_thrift ---------------------------------------------------------------------------------
@@ -196,8 +185,8 @@ listener = { type = "socket", value = "127.0.0.1:19091" }
 
 
 def test_gateway_needs_an_existing_idl(problems: Problems, load: Load, tmp_path: Path) -> None:
-    assert "the key is required" in one(problems(GATEWAY + f"route = {{ {UP} }}\n"), "servers.gw.idl")
-    line = one(problems(GATEWAY + f'idl = "svc.thrift"\nroute = {{ {UP} }}\n'), "servers.gw.idl")
+    assert "the key is required" in only(problems(GATEWAY + f"route = {{ {UP} }}\n"), "servers.gw.idl")
+    line = only(problems(GATEWAY + f'idl = "svc.thrift"\nroute = {{ {UP} }}\n'), "servers.gw.idl")
     assert f"(= {tmp_path / 'svc.thrift'}), which does not exist" in line
     (tmp_path / "svc.thrift").write_text("service S { void ping() }\n")
     s = load(GATEWAY + f'idl = "svc.thrift"\nexception_status = 409\nroute = {{ {UP} }}\n').servers["gw"]
@@ -225,4 +214,4 @@ def test_gateway_path(problems: Problems, load: Load, tmp_path: Path, path: str,
     if ok:
         assert load(text).servers["gw"].gateway_path == path
     else:
-        assert f'found "{path}"' in one(problems(text), "servers.gw.gateway_path")
+        assert f'found "{path}"' in only(problems(text), "servers.gw.gateway_path")

@@ -5,24 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from monolake.conf import Config, ConfigError, load_config, parse_config, schema
 
-from .conf_samples import HTTP_SERVER, with_keys
-
-Problems = Callable[[str], list[str]]
-Load = Callable[[str], Config]
-
-
-def only(lines: list[str], key: str) -> str:
-    """The single problem line about ``key`` (as ``: key:``)."""
-    hits = [line for line in lines if f": {key}: " in line]
-    assert len(hits) == 1, (key, lines)
-    return hits[0]
+from .conf_samples import HTTP_SERVER, Load, Problems, only, with_keys
 
 
 def test_minimal_http_server_is_valid(load: Load) -> None:

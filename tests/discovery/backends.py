@@ -7,7 +7,9 @@ import socket
 import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+
+from tests.support import QuietHandler
 
 
 class Backend:
@@ -25,12 +27,7 @@ class Backend:
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def setup(self) -> None:
                 super().setup()
                 with outer._lock:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from monolake.uring import probe
+from tests.config_text import uri_upstream
 from tests.discovery.backends import Backends
 from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import base_config
@@ -66,10 +67,22 @@ def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.Abstrac
     return asyncio.SelectorEventLoop
 
 
+def name_upstream(port: int, name: str = "app.test") -> str:
+    """The upstream entry most tests route to: every address DNS gives ``name``, on ``port``."""
+    return uri_upstream(f"{name}:{port}")
+
+
 def discovery_config(
-    tmp: Path, port: int, resolver: str, upstreams: str, runtime_type: str, route: str = ""
+    tmp: Path,
+    port: int,
+    resolver: str,
+    upstreams: str,
+    runtime_type: str,
+    route: str = "",
+    reload_mode: str = "",
 ) -> str:
-    """One worker (so one resolver and one set of log lines), one route to ``upstreams``."""
+    """One worker (so one resolver and one set of log lines), one route to ``upstreams``;
+    ``reload_mode`` set in [supervisor] when given."""
     routes = textwrap.dedent("""
         [[servers.web.routes]]
         path_prefix = "/"
@@ -78,6 +91,8 @@ def discovery_config(
     """).format(route=route, upstreams=upstreams)
     text = base_config(tmp, port, runtime=f'workers = 1\nruntime_type = "{runtime_type}"', routes=routes)
     text = text.replace('runtime_type = "auto"\n', "", 1)
+    if reload_mode:
+        text = text.replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
     return "[resolver]\n" + textwrap.dedent(resolver) + "\n" + text
 
 

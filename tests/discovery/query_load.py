@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from tests.discovery.backends import Backends
-from tests.discovery.conftest import discovery_config
+from tests.discovery.conftest import discovery_config, name_upstream
 from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import Monolaked, http_get
 from tests.support import free_port
@@ -33,7 +33,7 @@ def measure(workers: int, ttl: int, seconds: float) -> str:
             tmp,
             port,
             f'nameservers = ["{d.nameserver}"]\nmin_ttl_sec = 0\n',
-            f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+            name_upstream(b2.port),
             "auto",
         ).replace("workers = 1", f"workers = {workers}")
         m = Monolaked(tmp, cfg)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.discovery.backends import Backend, Backends
-from tests.discovery.conftest import Load, discovery_config
+from tests.discovery.conftest import Load, discovery_config, name_upstream
 from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import Monolaked
 from tests.support import free_port, wait_for
@@ -41,7 +41,7 @@ def measure(ttl: int, rounds: int, runtime: str) -> str:
                 tmp,
                 port,
                 f'nameservers = ["{d.nameserver}"]\nmin_ttl_sec = 0\n',
-                f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                name_upstream(b2.port),
                 runtime,
             ),
         )

@@ -9,26 +9,28 @@ from pathlib import Path
 
 from monolake.conf import Config, load_config
 from monolake.conf.resolver import ResolverConfig
-from tests.harness import MONOLAKED, hermetic_env
-
-SERVER = textwrap.dedent("""
-    [servers.web]
-    proxy_type = "http"
-    listener = { type = "socket", value = "127.0.0.1:18080" }
-
-    [[servers.web.routes]]
-    path_prefix = "/"
-    upstreams = [{ endpoint = { type = "uri", value = "http://app.internal:8080" } },
-                 { endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "https" } }]
-""")
+from tests.harness import MONOLAKED, hermetic_env, monolaked_check
 
 
-def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "monolake.toml"
-    path.write_text(text)
-    return subprocess.run(
-        [*MONOLAKED, "check", "-c", str(path)], capture_output=True, text=True, timeout=60, env=hermetic_env()
+def web_server(upstreams: str) -> str:
+    """An HTTP server ``web`` with one route to ``upstreams`` (the TOML list's items)."""
+    return (
+        textwrap.dedent("""
+        [servers.web]
+        proxy_type = "http"
+        listener = { type = "socket", value = "127.0.0.1:18080" }
+
+        [[servers.web.routes]]
+        path_prefix = "/"
+    """)
+        + f"upstreams = [{upstreams}]\n"
     )
+
+
+SERVER = web_server(
+    '{ endpoint = { type = "uri", value = "http://app.internal:8080" } },\n'
+    '{ endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "https" } }'
+)
 
 
 def test_resolver_section_is_optional_and_round_trips(tmp_path: Path) -> None:
@@ -63,7 +65,7 @@ def test_resolver_section_is_optional_and_round_trips(tmp_path: Path) -> None:
 
 
 def test_bad_resolver_config_is_a_clear_error(tmp_path: Path) -> None:
-    result = check(
+    result = monolaked_check(
         tmp_path,
         textwrap.dedent("""
         [resolver]
@@ -96,20 +98,14 @@ def test_bad_resolver_config_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
-    result = check(
+    result = monolaked_check(
         tmp_path,
-        textwrap.dedent("""
-        [servers.web]
-        proxy_type = "http"
-        listener = { type = "socket", value = "127.0.0.1:18080" }
-
-        [[servers.web.routes]]
-        path_prefix = "/"
-        upstreams = [{ endpoint = { type = "srv", value = "app.internal" } },
-                     { endpoint = { type = "srv", value = "_http._udp.app.internal" } },
-                     { endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "ftp" } },
-                     { endpoint = { type = "uri", value = "http://a:1", scheme = "http" } }]
-    """),
+        web_server(
+            '{ endpoint = { type = "srv", value = "app.internal" } },\n'
+            '{ endpoint = { type = "srv", value = "_http._udp.app.internal" } },\n'
+            '{ endpoint = { type = "srv", value = "_http._tcp.app.internal", scheme = "ftp" } },\n'
+            '{ endpoint = { type = "uri", value = "http://a:1", scheme = "http" } }'
+        ),
     )
     assert result.returncode != 0
     err = result.stderr
@@ -120,7 +116,7 @@ def test_bad_srv_endpoint_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_good_config_checks(tmp_path: Path) -> None:
-    result = check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
+    result = monolaked_check(tmp_path, '[resolver]\nnameservers = ["127.0.0.1:5353"]\n' + SERVER)
     assert result.returncode == 0, result.stderr
     assert (
         "resolver: 127.0.0.1:5353, ttl 1-300 s, negative 5 s, timeout 2 s, stale up to 3600 s"
@@ -135,13 +131,13 @@ def test_thrift_srv_endpoint_takes_no_scheme(tmp_path: Path) -> None:
         proxy_type = "thrift"
         listener = { type = "socket", value = "127.0.0.1:18081" }
     """)
-    ok = check(
+    ok = monolaked_check(
         tmp_path,
         head + 'route = { upstreams = [{ endpoint = { type = "srv", '
         'value = "_thrift._tcp.app.internal" } }] }\n',
     )
     assert ok.returncode == 0, ok.stderr
-    bad = check(
+    bad = monolaked_check(
         tmp_path,
         head + 'route = { upstreams = [{ endpoint = { type = "srv", '
         'value = "_thrift._tcp.app.internal", scheme = "http" } }] }\n',
@@ -198,7 +194,7 @@ def test_issue_section_4_config_names_as_written(tmp_path: Path) -> None:
         ("uri", "http"),
         ("srv", "http"),
     ]
-    assert check(tmp_path, ISSUE_15_SECTION_4).returncode == 0
+    assert monolaked_check(tmp_path, ISSUE_15_SECTION_4).returncode == 0
 
 
 def test_issue_section_4_cli_names_as_written(tmp_path: Path) -> None:

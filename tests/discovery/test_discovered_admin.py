@@ -6,13 +6,11 @@ comes back, and in a respawned worker once DNS has answered). Real monolaked, re
 from __future__ import annotations
 
 import json
-import os
-import signal
 import textwrap
 from typing import Any
 
 from tests.harness import base_config, http_get
-from tests.support import free_port, pid_alive, wait_for
+from tests.support import free_port, wait_for
 
 
 def upstreams(m: Any, *args: str, ok: bool = True) -> dict:
@@ -94,13 +92,7 @@ def test_discovered_addresses_listed_shown_and_kept_disabled_across_re_resolutio
     assert bodies(port, 8) == {b"b2"} and b3.requests == n3
 
     # a respawned worker gets it too, once its own resolver has answered
-    victim = m.status()["workers"][0]["pid"]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(
-        lambda: not pid_alive(victim) and victim not in m.worker_pids() and len(m.ready_workers()) == 2,
-        timeout=20,
-        what="respawn",
-    )
+    m.kill_worker_and_await_respawn(workers=2)
     wait_for(lambda: states(m).get(a3) == ("disabled", 2), timeout=10, what="disabled in the new worker")
     assert bodies(port, 8) == {b"b2"} and b3.requests == n3
 
@@ -122,27 +114,13 @@ def test_discovered_addresses_listed_shown_and_kept_disabled_across_re_resolutio
 def test_thrift_discovered_address_disabled_stays_disabled_when_it_returns(
     master_factory, tmp_path, dnsmasq
 ) -> None:
-    import contextlib
-
-    from tests.discovery.test_thrift_dns import config, shared_port, thrift_backend, whoami
+    from tests.discovery.test_thrift_dns import both_backends, name_socket, shared_port, start, whoami
 
     up = shared_port()
     both = ["127.0.0.2 app.test", "127.0.0.3 app.test"]
     d = dnsmasq(both, ttl=1)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
-        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
-        port = free_port()
-        m = master_factory(
-            config(
-                tmp_path,
-                port,
-                d.nameserver,
-                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
-                "auto",
-            )
-        )
-        m.wait_ready()
+    with both_backends(up):
+        m, port = start(master_factory, tmp_path, d, name_socket(up), "auto")
         a2, a3 = f"127.0.0.2:{up}", f"127.0.0.3:{up}"
         wait_for(lambda: set(whoami(port, 6)) == {"t2", "t3"}, timeout=10, what="both addresses in use")
         listing = upstreams(m)

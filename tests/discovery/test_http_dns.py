@@ -6,10 +6,11 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from tests.discovery.conftest import Load, discovery_config
+from tests.discovery.conftest import Load, discovery_config, name_upstream
 from tests.discovery.dnsmasq import Dnsmasq
 from tests.harness import Monolaked, http_get
 from tests.http.certs import make_ca, make_cert
@@ -21,30 +22,28 @@ def reload_mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def start(
-    master_factory, tmp_path, d, upstreams: str, runtime_type: str, resolver: str = "", route: str = ""
-) -> tuple[Monolaked, int]:
-    port = free_port()
-    resolver = f'nameservers = ["{d.nameserver}"]\n' + resolver
-    m = master_factory(discovery_config(tmp_path, port, resolver, upstreams, runtime_type, route))
-    m.wait_ready()
-    return m, port
+@pytest.fixture
+def start(master_factory, tmp_path) -> Callable[..., tuple[Monolaked, int]]:
+    """``start(dnsmasq, upstreams, runtime_type, resolver="", route="")``: a ready monolaked
+    resolving through that dnsmasq, and its port."""
+
+    def run(
+        d, upstreams: str, runtime_type: str, resolver: str = "", route: str = ""
+    ) -> tuple[Monolaked, int]:
+        port = free_port()
+        resolver = f'nameservers = ["{d.nameserver}"]\n' + resolver
+        m = master_factory(discovery_config(tmp_path, port, resolver, upstreams, runtime_type, route))
+        m.wait_ready()
+        return m, port
+
+    return run
 
 
-def test_addresses_join_and_leave_without_reload(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
-) -> None:
+def test_addresses_join_and_leave_without_reload(start, dnsmasq, backends, runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     b3 = backends.add("127.0.0.3", b2.port, "b3")
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        route='load_balancer = "round_robin"',
-    )
+    m, port = start(d, name_upstream(b2.port), runtime_type, route='load_balancer = "round_robin"')
     load = Load(port)
     try:
         wait_for(lambda: load.snapshot()["b2"] > 20, timeout=10, what="traffic to b2")
@@ -86,20 +85,11 @@ def test_addresses_join_and_leave_without_reload(
     assert [e["records"] for e in events] == [["127.0.0.2"], ["127.0.0.2", "127.0.0.3"], ["127.0.0.3"]]
 
 
-def test_ttl_floor_and_ceiling_are_respected(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
-) -> None:
+def test_ttl_floor_and_ceiling_are_respected(start, dnsmasq, backends, runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     # published TTL 1 s under a 3 s floor: dnsmasq sees about one query per 2.7 s, not one a second
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        resolver="min_ttl_sec = 3\nmax_ttl_sec = 30\n",
-    )
+    m, port = start(d, name_upstream(b2.port), runtime_type, resolver="min_ttl_sec = 3\nmax_ttl_sec = 30\n")
     assert http_get(port, "/x")[1] == b"b2"
     first = d.queries_for("app.test")
     time.sleep(6)
@@ -112,32 +102,18 @@ def test_ttl_floor_and_ceiling_are_respected(
     # published TTL 600 s over a 1 s ceiling: a change shows within about a second
     d.restart(ttl=600)
     b3 = backends.add("127.0.0.3", b2.port, "b3")
-    m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        resolver="min_ttl_sec = 0\nmax_ttl_sec = 1\n",
-    )
+    m, port = start(d, name_upstream(b2.port), runtime_type, resolver="min_ttl_sec = 0\nmax_ttl_sec = 1\n")
     assert http_get(port, "/x")[1] == b"b2"
     d.set_hosts(["127.0.0.3 app.test"], {"app.test": {"127.0.0.3"}})
     wait_for(lambda: http_get(port, "/x")[1] == b"b3", timeout=3, what="the change within 1 s TTL")
     assert b3.requests >= 1
 
 
-def test_dns_server_killed_keeps_serving_and_logs_once(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
-) -> None:
+def test_dns_server_killed_keeps_serving_and_logs_once(start, dnsmasq, backends, runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
     m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        resolver="timeout_sec = 0.5\nnegative_ttl_sec = 1\n",
+        d, name_upstream(b2.port), runtime_type, resolver="timeout_sec = 0.5\nnegative_ttl_sec = 1\n"
     )
     load = Load(port)
     try:
@@ -163,7 +139,7 @@ def test_dns_server_killed_keeps_serving_and_logs_once(
     assert len(failed()) == 1
 
 
-def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends, runtime_type) -> None:
+def test_srv_priorities_and_weights(start, dnsmasq, backends, runtime_type) -> None:
     a = backends.add("127.0.0.2", 0, "a")
     b = backends.add("127.0.0.3", 0, "b")
     c = backends.add("127.0.0.4", 0, "c")
@@ -175,8 +151,6 @@ def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
     ]
     d = dnsmasq(hosts, ttl=1, extra=srv)
     _m, port = start(
-        master_factory,
-        tmp_path,
         d,
         '{ endpoint = { type = "srv", value = "_http._tcp.app.test" } }',
         runtime_type,
@@ -215,40 +189,22 @@ def test_srv_priorities_and_weights(master_factory, tmp_path, dnsmasq, backends,
         load.stop()
 
 
-def test_name_without_addresses_is_503_and_recovers(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
-) -> None:
+def test_name_without_addresses_is_503_and_recovers(start, dnsmasq, backends, runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq([], ttl=1)
-    _m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        resolver="negative_ttl_sec = 1\n",
-    )
+    _m, port = start(d, name_upstream(b2.port), runtime_type, resolver="negative_ttl_sec = 1\n")
     status, body, _ = http_get(port, "/x")
     assert status == 503, body
     d.set_hosts(["127.0.0.2 app.test"], {"app.test": {"127.0.0.2"}})
     wait_for(lambda: http_get(port, "/x")[1] == b"b2", timeout=4, what="the name to appear")
 
 
-def test_request_in_flight_to_a_removed_address_finishes(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
-) -> None:
+def test_request_in_flight_to_a_removed_address_finishes(start, dnsmasq, backends, runtime_type) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     backends.add("127.0.0.3", b2.port, "b3")
     b2.slow = 4.0
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    _m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        route="preserve_path = true",
-    )
+    _m, port = start(d, name_upstream(b2.port), runtime_type, route="preserve_path = true")
     result: list[tuple[int, bytes]] = []
     slow = threading.Thread(target=lambda: result.append(http_get(port, "/slow")[:2]))
     slow.start()
@@ -278,10 +234,11 @@ def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, ba
         tmp_path,
         port,
         resolver,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+        name_upstream(b2.port),
         "auto",
         route='load_balancer = "round_robin"',
-    ).replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
+        reload_mode=reload_mode,
+    )
     m = master_factory(text)
     m.wait_ready()
     load = Load(port)
@@ -311,39 +268,23 @@ def test_reload_keeps_discovered_upstreams(master_factory, tmp_path, dnsmasq, ba
     assert load.failures == [], load.failures[:5]
 
 
-def test_aaaa_addresses_are_endpoints_too(master_factory, tmp_path, dnsmasq, backends, runtime_type) -> None:
+def test_aaaa_addresses_are_endpoints_too(start, dnsmasq, backends, runtime_type) -> None:
     v4 = backends.add("127.0.0.2", 0, "v4")
     v6 = backends.add("::1", v4.port, "v6")
     d = dnsmasq(["127.0.0.2 app.test", "::1 app.test"], ttl=1)
-    _m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{v4.port}" }} }}',
-        runtime_type,
-        route='load_balancer = "round_robin"',
-    )
+    _m, port = start(d, name_upstream(v4.port), runtime_type, route='load_balancer = "round_robin"')
     bodies = {http_get(port, "/x")[1] for _ in range(6)}
     assert bodies == {b"v4", b"v6"}
     assert v6.hosts == {f"app.test:{v4.port}"}
 
 
-def test_a_dead_address_of_a_name_costs_no_request(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
-) -> None:
+def test_a_dead_address_of_a_name_costs_no_request(start, dnsmasq, backends, runtime_type) -> None:
     """A connect to a name used to try each of its addresses; it still does: a refused
     connect to one address moves even a POST (nothing was sent) to another, and ejects the
     dead one."""
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
-    m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-        route='load_balancer = "round_robin"',
-    )
+    m, port = start(d, name_upstream(b2.port), runtime_type, route='load_balancer = "round_robin"')
     statuses = []
     for _ in range(20):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -367,7 +308,7 @@ def test_without_resolver_section_hosts_file_names_work(
         tmp_path,
         port,
         "",
-        f'{{ endpoint = {{ type = "uri", value = "http://localhost:{b.port}" }} }}',
+        name_upstream(b.port, "localhost"),
         runtime_type,
     ).replace("[resolver]\n", "", 1)
     m = master_factory(text)
@@ -392,9 +333,10 @@ def test_reload_applies_a_new_resolver_section(
                 tmp_path,
                 port,
                 f'nameservers = ["{ns}"]\n',
-                f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
+                name_upstream(b2.port),
                 "auto",
-            ).replace("[supervisor]\n", f'[supervisor]\nreload_mode = "{reload_mode}"\n', 1)
+                reload_mode=reload_mode,
+            )
 
         m = master_factory(text(first.nameserver))
         m.wait_ready()
@@ -409,7 +351,7 @@ def test_reload_applies_a_new_resolver_section(
 
 
 def test_https_srv_upstream_verifies_the_service_name(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
+    start, tmp_path, dnsmasq, backends, runtime_type
 ) -> None:
     """scheme = "https": TLS to each target, the certificate checked against the service's
     name (the SRV name after _https._tcp.), which is also the Host header."""
@@ -418,8 +360,6 @@ def test_https_srv_upstream_verifies_the_service_name(
     b = backends.add("127.0.0.2", 0, "tls", tls=(str(cert.chain), str(cert.key)))
     d = dnsmasq(["127.0.0.2 a.test"], ttl=1, extra=[f"--srv-host=_https._tcp.app.test,a.test,{b.port},10,1"])
     _m, port = start(
-        master_factory,
-        tmp_path,
         d,
         '{ endpoint = { type = "srv", value = "_https._tcp.app.test", scheme = "https" } }',
         runtime_type,
@@ -430,17 +370,11 @@ def test_https_srv_upstream_verifies_the_service_name(
 
 
 def test_generation_reload_hands_over_idle_connections_to_discovered_addresses(
-    master_factory, tmp_path, dnsmasq, backends, runtime_type
+    start, dnsmasq, backends, runtime_type
 ) -> None:
     b2 = backends.add("127.0.0.2", 0, "b2")
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    m, port = start(
-        master_factory,
-        tmp_path,
-        d,
-        f'{{ endpoint = {{ type = "uri", value = "http://app.test:{b2.port}" }} }}',
-        runtime_type,
-    )
+    m, port = start(d, name_upstream(b2.port), runtime_type)
     for _ in range(3):
         assert http_get(port, "/x")[1] == b"b2"
     before = set(b2.client_ports)

@@ -7,7 +7,9 @@ import socket
 import subprocess
 import textwrap
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from tests.support import PYTHON, free_port, spawned, wait_for
 from tests.thrift.thrift_support import HERE, client
@@ -55,6 +57,26 @@ def config(tmp_path, port: int, ns: str, upstreams: str, runtime_type: str) -> s
     """)
 
 
+def name_socket(port: int) -> str:
+    """A socket endpoint to every address DNS gives app.test, on ``port``."""
+    return f'{{ endpoint = {{ type = "socket", value = "app.test:{port}" }} }}'
+
+
+@contextmanager
+def both_backends(port: int) -> Iterator[None]:
+    """Backends t2 on 127.0.0.2 and t3 on 127.0.0.3, both on ``port``."""
+    with thrift_backend("127.0.0.2", port, "t2"), thrift_backend("127.0.0.3", port, "t3"):
+        yield
+
+
+def start(master_factory: Any, tmp_path: Path, d: Any, upstreams: str, runtime_type: str) -> tuple[Any, int]:
+    """A ready monolaked with one thrift server resolving through dnsmasq ``d``, and its port."""
+    port = free_port()
+    m = master_factory(config(tmp_path, port, d.nameserver, upstreams, runtime_type))
+    m.wait_ready()
+    return m, port
+
+
 def whoami(port: int, n: int) -> list[str]:
     c = client(f"127.0.0.1:{port}")
     try:
@@ -66,20 +88,8 @@ def whoami(port: int, n: int) -> list[str]:
 def test_thrift_addresses_join_and_leave(master_factory, tmp_path, dnsmasq, runtime_type) -> None:
     up = shared_port()
     d = dnsmasq(["127.0.0.2 app.test"], ttl=1)
-    with ExitStack() as stack:
-        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
-        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
-        port = free_port()
-        m = master_factory(
-            config(
-                tmp_path,
-                port,
-                d.nameserver,
-                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
-                runtime_type,
-            )
-        )
-        m.wait_ready()
+    with both_backends(up):
+        _m, port = start(master_factory, tmp_path, d, name_socket(up), runtime_type)
         assert set(whoami(port, 6)) == {"t2"}
         d.set_hosts(["127.0.0.2 app.test", "127.0.0.3 app.test"], {"app.test": {"127.0.0.2", "127.0.0.3"}})
         wait_for(lambda: set(whoami(port, 6)) == {"t2", "t3"}, timeout=5, what="t3 to join")
@@ -98,20 +108,14 @@ def test_thrift_srv_priorities(master_factory, tmp_path, dnsmasq, runtime_type) 
             f"--srv-host=_thrift._tcp.app.test,b.test,{up},20,1",
         ],
     )
-    with ExitStack() as stack:
-        stack.enter_context(thrift_backend("127.0.0.2", up, "t2"))
-        stack.enter_context(thrift_backend("127.0.0.3", up, "t3"))
-        port = free_port()
-        m = master_factory(
-            config(
-                tmp_path,
-                port,
-                d.nameserver,
-                '{ endpoint = { type = "srv", value = "_thrift._tcp.app.test" } }',
-                runtime_type,
-            )
+    with both_backends(up):
+        _m, port = start(
+            master_factory,
+            tmp_path,
+            d,
+            '{ endpoint = { type = "srv", value = "_thrift._tcp.app.test" } }',
+            runtime_type,
         )
-        m.wait_ready()
         assert set(whoami(port, 10)) == {"t2"}  # priority 20 unused while 10 is up
         # the records swap priorities: the traffic follows, no reload
         d.restart(
@@ -129,17 +133,7 @@ def test_thrift_dead_address_of_a_name_fails_no_call(master_factory, tmp_path, d
     up = shared_port()
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
     with thrift_backend("127.0.0.2", up, "t2"):
-        port = free_port()
-        m = master_factory(
-            config(
-                tmp_path,
-                port,
-                d.nameserver,
-                f'{{ endpoint = {{ type = "socket", value = "app.test:{up}" }} }}',
-                runtime_type,
-            )
-        )
-        m.wait_ready()
+        m, port = start(master_factory, tmp_path, d, name_socket(up), runtime_type)
         assert whoami(port, 20) == ["t2"] * 20
         ejected = [e for e in m.log_events() if e.get("event") == "thrift_upstream_ejected"]
         assert [e["upstream"] for e in ejected] == [f"127.0.0.3:{up}"]

@@ -9,6 +9,8 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from tests.support import QuietHandler
+
 
 class HealthBackend:
     """``GET /health`` answers ``health_status``; any other path answers ``name`` (200)."""
@@ -26,12 +28,7 @@ class HealthBackend:
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 if self.path == "/health":
                     with outer._lock:
@@ -42,10 +39,7 @@ class HealthBackend:
                     with outer._lock:
                         outer.served.append(time.monotonic())
                     status, body = 200, outer.name.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(body, status)
 
         return Handler
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.config_text import uri_upstream
 from tests.discovery.conftest import dnsmasq
 from tests.harness import base_config, http_get
 from tests.health.backends import HealthBackend
@@ -32,7 +33,7 @@ def backend() -> Iterator[object]:
 
 
 def uri(b: HealthBackend, host: str = "") -> str:
-    return f'{{ endpoint = {{ type = "uri", value = "http://{host or b.address}:{b.port}" }} }}'
+    return uri_upstream(f"{host or b.address}:{b.port}")
 
 
 def health_config(

@@ -3,13 +3,12 @@ workers get it), and one clear "expected ..., found ..." line per bad value."""
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
 from pathlib import Path
 
 from monolake.conf import Config, load_config
 from monolake.conf.health import HealthCheckConfig
-from tests.harness import MONOLAKED, hermetic_env
+from tests.harness import monolaked_check
 
 
 def http_server(check: str) -> str:
@@ -32,14 +31,6 @@ def thrift_server(check: str) -> str:
         listener = {{ type = "socket", value = "127.0.0.1:18081" }}
         route = {{ health_check = {check}, upstreams = [{{ endpoint = {{ type = "socket", value = "127.0.0.1:9090" }} }}] }}
     """)
-
-
-def check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "monolake.toml"
-    path.write_text(text)
-    return subprocess.run(
-        [*MONOLAKED, "check", "-c", str(path)], capture_output=True, text=True, timeout=60, env=hermetic_env()
-    )
 
 
 def test_issue_example_defaults_and_round_trip(tmp_path: Path) -> None:
@@ -80,7 +71,7 @@ def test_issue_example_defaults_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_bad_http_health_check_is_a_clear_error(tmp_path: Path) -> None:
-    result = check(
+    result = monolaked_check(
         tmp_path,
         http_server(
             '{ type = "thrift", path = "health", interval_sec = 1, timeout_sec = 3, fall = 0, '
@@ -112,16 +103,16 @@ def test_bad_http_health_check_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_bad_thrift_health_check_is_a_clear_error(tmp_path: Path) -> None:
-    result = check(tmp_path, thrift_server('{ type = "thrift", path = "/health" }'))
+    result = monolaked_check(tmp_path, thrift_server('{ type = "thrift", path = "/health" }'))
     assert result.returncode == 1, result
     src = f"{tmp_path / 'monolake.toml'}: servers.rpc.route.health_check"
     assert set(result.stderr.strip().splitlines()[1:]) == {
         f"{src}.method: expected a string, found nothing (the key is required)",
         f'{src}.path: expected no path with type = "thrift" (it is for http checks), found "/health"',
     }, result.stderr
-    result = check(tmp_path, thrift_server('{ type = "http" }'))
+    result = monolaked_check(tmp_path, thrift_server('{ type = "http" }'))
     assert f'{src}.type: expected "thrift" or "tcp", found "http"' in result.stderr, result.stderr
-    result = check(tmp_path, http_server("5"))
+    result = monolaked_check(tmp_path, http_server("5"))
     assert "servers.web.routes[0].health_check: expected a table, found an integer 5" in result.stderr, (
         result.stderr
     )

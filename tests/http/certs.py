@@ -17,16 +17,16 @@ def _run(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
+# `openssl req` arguments for a new unencrypted P-256 key
+NEW_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
 def make_ca(d: Path, name: str = "monolake-test-ca") -> Cert:
     key, crt = d / f"{name}.key", d / f"{name}.pem"
     _run(
         "req",
         "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+        *NEW_EC_KEY,
         "-keyout",
         str(key),
         "-out",
@@ -44,11 +44,7 @@ def make_cert(d: Path, ca: Cert, cn: str, sans: list[str], client: bool = False)
     key, csr, crt, ext = d / f"{cn}.key", d / f"{cn}.csr", d / f"{cn}.pem", d / f"{cn}.ext"
     _run(
         "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+        *NEW_EC_KEY,
         "-keyout",
         str(key),
         "-out",

@@ -7,16 +7,9 @@ import pytest
 
 from monolake.conf import ConfigError, parse_config
 from monolake.conf.schema import SPLICE_THRESHOLD_DEFAULT
+from tests.config_text import UPSTREAM_9000, http_server
 
-HTTP = """
-[servers.web]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:18080" }
-%s
-[[servers.web.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "uri", value = "http://127.0.0.1:9000" } }]
-"""
+HTTP = http_server(upstream=UPSTREAM_9000, keys="%s")
 
 THRIFT = """
 [servers.rpc]

@@ -463,11 +463,8 @@ def test_upstream_closes_mid_response(tmp_path: Path, upstream: RawUpstream) -> 
 
 def test_upstream_closes_mid_request_body(tmp_path: Path, upstream: RawUpstream) -> None:
     def scenario(w: Worker, probe: Probe) -> tuple:
-        first = len(upstream.requests)
         c = Client(w.port())
-        sender = threading.Thread(target=_quiet, args=(c.upload, 8 << 20, f"/upclose/{1 << 20}"))
-        sender.start()
-        wait_for(lambda: any(b"/upclose/" in r for _, r in upstream.requests[first:]), timeout=10)
+        sender = _upload_until_forwarded(upstream, c, 8 << 20, "/upclose/", 1 << 20)
         probe()
         status, _ = c.response()
         # the client's body still unfinished when the 502 came: the proxy must close; if the
@@ -488,13 +485,10 @@ def test_upstream_answers_mid_request_body(tmp_path: Path, upstream: RawUpstream
     splice is stopped where it was (settled) before the response head is decided."""
 
     def scenario(w: Worker, probe: Probe) -> tuple:
-        first = len(upstream.requests)
         c = Client(w.port())
         # far more than every buffer on the way holds (socket buffers autotune to MiBs): the
         # body cannot be all through when the answer comes, in either engine
-        sender = threading.Thread(target=_quiet, args=(c.upload, 64 << 20, f"/upearly/{1 << 20}"))
-        sender.start()
-        wait_for(lambda: any(b"/upearly/" in r for _, r in upstream.requests[first:]), timeout=10)
+        sender = _upload_until_forwarded(upstream, c, 64 << 20, "/upearly/", 1 << 20)
         probe()
         status, fields = c.head()
         body = c.body(int(fields["content-length"]))
@@ -513,6 +507,18 @@ def _quiet(fn: Any, *args: Any) -> None:
         fn(*args)
     except OSError:
         pass
+
+
+def _upload_until_forwarded(
+    upstream: RawUpstream, c: Client, size: int, prefix: str, n: int
+) -> threading.Thread:
+    """Start uploading ``size`` body bytes on ``c`` to ``prefix`` + ``n`` in a thread; return
+    it once the upstream has seen the request's head."""
+    first = len(upstream.requests)
+    sender = threading.Thread(target=_quiet, args=(c.upload, size, f"{prefix}{n}"))
+    sender.start()
+    wait_for(lambda: any(prefix.encode() in r for _, r in upstream.requests[first:]), timeout=10)
+    return sender
 
 
 def test_client_that_stops_reading_holds_the_upstream(tmp_path: Path, upstream: RawUpstream) -> None:

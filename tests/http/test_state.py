@@ -46,9 +46,11 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:9" }} }}]
     return parse_config(text).servers["px"]
 
 
-async def _serve(handle):
+async def _serve(handle) -> tuple[asyncio.Server, int]:
+    """A loopback server for ``handle`` and its port."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(handle.protocol_factory, "127.0.0.1", 0)
+    server = await loop.create_server(handle.protocol_factory, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
 
 
 async def _get(port: int, path: str, keep: tuple | None = None) -> tuple[int, dict, bytes]:
@@ -82,8 +84,7 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
     async def scenario(a, b):
         cfg = _config(a.url, b.url)
         h1 = build("px", cfg, ENV, None)
-        s1 = await _serve(h1)
-        p1 = s1.sockets[0].getsockname()[1]
+        s1, p1 = await _serve(h1)
         names = [(await _get(p1, "/rr"))[1]["x-upstream"] for _ in range(3)]  # a b a
         assert (await _get(p1, "/dead"))[0] == 502  # ejected now
         assert (await _get(p1, "/one"))[0] == 200
@@ -99,8 +100,7 @@ def test_generation_reload_carries_counters_rr_ejections_and_pool(loop):
             os.close(fd)
         h2 = build("px", cfg, ENV, snap)
         snap.close_untaken()
-        s2 = await _serve(h2)
-        p2 = s2.sockets[0].getsockname()[1]
+        s2, p2 = await _serve(h2)
         # the adopted sockets are wrapped on the loop: wait until every one is idle in the pool
         await until(lambda: sum(map(len, h2.pool.idle.values())) == len(fds), "adopted connections pooled")
         nxt = (await _get(p2, "/rr"))[1]["x-upstream"]
@@ -124,15 +124,13 @@ def test_in_place_reload_shares_pool_and_state():
     async def scenario(a, b):
         cfg = _config(a.url, b.url)
         h1 = build("px", cfg, ENV, None)
-        s1 = await _serve(h1)
-        p1 = s1.sockets[0].getsockname()[1]
+        s1, p1 = await _serve(h1)
         first = (await _get(p1, "/rr"))[1]["x-upstream"]
         await _get(p1, "/one")
         conns = a.connections
         h2 = build("px", cfg, ENV, h1)
         s1.close()
-        s2 = await _serve(h2)
-        p2 = s2.sockets[0].getsockname()[1]
+        s2, p2 = await _serve(h2)
         await _get(p2, "/one")
         assert a.connections == conns, "the pool is shared with the new version"
         second = (await _get(p2, "/rr"))[1]["x-upstream"]
@@ -161,8 +159,7 @@ def test_config_layers_and_a_rate_limiter_that_survives_reload():
     async def scenario(a, b):
         cfg = _config(a.url, b.url, layers=LIMIT)
         h1 = build("px", cfg, ENV, None)
-        s1 = await _serve(h1)
-        p1 = s1.sockets[0].getsockname()[1]
+        s1, p1 = await _serve(h1)
         statuses = []
         for _ in range(2):
             status, headers, _ = await _get(p1, "/one")
@@ -173,8 +170,7 @@ def test_config_layers_and_a_rate_limiter_that_survives_reload():
         s1.close()
         await h1.aclose()
         h2 = build("px", cfg, ENV, _through_process_boundary(data, fds))
-        s2 = await _serve(h2)
-        p2 = s2.sockets[0].getsockname()[1]
+        s2, p2 = await _serve(h2)
         statuses.append((await _get(p2, "/one"))[0])  # the third token
         statuses.append((await _get(p2, "/one"))[0])  # none left: the bucket came along
         s2.close()
@@ -191,8 +187,7 @@ def test_incompatible_state_version_starts_fresh():
     async def scenario(a, b):
         cfg = _config(a.url, b.url, layers=LIMIT)
         h1 = build("px", cfg, ENV, None)
-        s1 = await _serve(h1)
-        p1 = s1.sockets[0].getsockname()[1]
+        s1, p1 = await _serve(h1)
         for _ in range(3):
             await _get(p1, "/one")
         data = h1.export_state([])
@@ -201,8 +196,8 @@ def test_incompatible_state_version_starts_fresh():
         rec = data["stack"]["services"]["monolake.worker.http.layers:rate_limit#1"]
         rec["version"] = 99
         h2 = build("px", cfg, ENV, Snapshot(data, []))
-        s2 = await _serve(h2)
-        status = (await _get(s2.sockets[0].getsockname()[1], "/one"))[0]
+        s2, p2 = await _serve(h2)
+        status = (await _get(p2, "/one"))[0]
         s2.close()
         await h2.aclose()
         return status
@@ -215,8 +210,7 @@ def test_drain_closes_idle_and_marks_in_flight_close():
     async def scenario(a, b):
         cfg = _config(a.url + "/slow?delay=0.5", b.url)
         h = build("px", cfg, ENV, None)
-        s = await _serve(h)
-        port = s.sockets[0].getsockname()[1]
+        s, port = await _serve(h)
         idle = await asyncio.open_connection("127.0.0.1", port)
         assert (await _get(port, "/rr", keep=idle))[0] == 200
         busy_r, busy_w = await asyncio.open_connection("127.0.0.1", port)

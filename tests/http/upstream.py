@@ -29,8 +29,9 @@ import hashlib
 import json
 import socket
 import struct
-import threading
 from urllib.parse import parse_qs, urlsplit
+
+from tests.loop_thread import LoopThread
 
 
 def pattern(size: int) -> bytes:
@@ -63,8 +64,9 @@ FAULTS: dict[str, bytes] = {
 HEAD_FAULT = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen"
 
 
-class UpstreamServer:
+class UpstreamServer(LoopThread):
     def __init__(self, name: str = "up", unix_path: str | None = None, ssl: object = None) -> None:
+        super().__init__(name)
         self.name = name
         self.unix_path = unix_path
         self.ssl = ssl
@@ -73,25 +75,10 @@ class UpstreamServer:
         self.paths: list[str] = []
         self.served: list[tuple[int, str]] = []
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name=f"upstream-{name}")
         self._writers: set[asyncio.StreamWriter] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
-    def __enter__(self) -> UpstreamServer:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("upstream did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._stop)
-        self._thread.join(10)
-
     def _stop(self) -> None:
         for w in list(self._writers):
             w.transport.abort()
@@ -100,9 +87,7 @@ class UpstreamServer:
         assert self._loop is not None  # called on it
         self._loop.stop()
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.unix_path:
             self._server = loop.run_until_complete(asyncio.start_unix_server(self._handle, self.unix_path))
         else:
@@ -110,11 +95,6 @@ class UpstreamServer:
                 asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20, ssl=self.ssl)
             )
             self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            loop.close()
 
     @property
     def url(self) -> str:

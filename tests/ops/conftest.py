@@ -1,13 +1,17 @@
-"""Helpers for the operations tests: masters with an admin listener, scraping /metrics."""
+"""Helpers for the operations tests: masters with an admin listener, scraping /metrics, the
+loopback backends of the runtime upstream API tests."""
 
 from __future__ import annotations
 
 import http.client
+import threading
+from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import free_port
+from tests.support import QuietHandler, free_port
 
 
 def admin_section(port: int) -> str:
@@ -63,3 +67,47 @@ def scrape(port: int) -> Scrape:
 @pytest.fixture
 def admin_port() -> int:
     return free_port()
+
+
+class Backend:
+    """Answers its name; a request with ``slow`` in its target (the query is forwarded) waits for ``gate`` first. Counts the requests it served."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hits = 0
+        self.gate = threading.Event()
+        self.slow_started = threading.Event()
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(QuietHandler):
+            def do_GET(self) -> None:
+                with outer._lock:
+                    outer.hits += 1
+                if "slow" in self.path:  # whatever prefix the proxy maps the path to
+                    outer.slow_started.set()
+                    outer.gate.wait(20)
+                self.reply(outer.name.encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.address = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self) -> int:
+        with self._lock:
+            return self.hits
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    made = [Backend("b1"), Backend("b2")]
+    yield made
+    for b in made:
+        b.close()

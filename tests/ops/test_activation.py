@@ -13,6 +13,7 @@ import pytest
 from monolake.conf import parse_config
 from monolake.supervisor import activation
 from monolake.supervisor.listeners import Listeners
+from tests.config_text import http_server
 from tests.harness import Monolaked, base_config, http_get
 from tests.support import PYTHON, free_port
 
@@ -161,20 +162,7 @@ def test_listen_pid_of_another_process_is_ignored(launched, tmp_path):
 
 # ----- in-process units ----------------------------------------------------------------------
 
-SERVERS = """
-[servers.a]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:PORT_A" }
-[[servers.a.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-[servers.b]
-proxy_type = "http"
-listener = { type = "socket", value = "localhost:PORT_B" }
-[[servers.b.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-"""
+SERVERS = http_server("a", "127.0.0.1:PORT_A") + http_server("b", "localhost:PORT_B")
 
 
 def test_inherited_sockets_from_environ(tmp_path):

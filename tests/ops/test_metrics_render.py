@@ -13,22 +13,9 @@ from monolake.conf import parse_config
 from monolake.supervisor import metrics
 from monolake.supervisor.master import Master, ReloadRecord
 from monolake.supervisor.workers import DRAINING, READY, Slot
+from tests.config_text import http_server
 
-CONFIG = """
-[servers.web]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:18080" }
-[[servers.web.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-
-[servers.api]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:18081" }
-[[servers.api.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-"""
+CONFIG = http_server("web") + http_server("api", "127.0.0.1:18081")
 
 
 @dataclass

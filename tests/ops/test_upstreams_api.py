@@ -5,71 +5,13 @@ errors, and overrides kept across a reload and a respawn until the config change
 from __future__ import annotations
 
 import json
-import os
-import signal
 import textwrap
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pytest
-
 from tests.harness import base_config, http_get
-from tests.support import free_port, pid_alive, wait_for
-
-
-class Backend:
-    """Answers its name; a request with ``slow`` in its target (the query is forwarded) waits for ``gate`` first. Counts the requests it served."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.hits = 0
-        self.gate = threading.Event()
-        self.slow_started = threading.Event()
-        self._lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with outer._lock:
-                    outer.hits += 1
-                if "slow" in self.path:  # whatever prefix the proxy maps the path to
-                    outer.slow_started.set()
-                    outer.gate.wait(20)
-                body = outer.name.encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.address = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def count(self) -> int:
-        with self._lock:
-            return self.hits
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    made = [Backend("b1"), Backend("b2")]
-    yield made
-    for b in made:
-        b.close()
+from tests.ops.conftest import Backend
+from tests.support import free_port, wait_for
 
 
 def config(
@@ -238,13 +180,7 @@ def test_overrides_survive_reload_and_respawn_until_the_config_changes(
     n2 = b2.count()
     assert set(hits(port, 10)) == {b"b1"} and b2.count() == n2
 
-    victim = m.status()["workers"][0]["pid"]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(
-        lambda: not pid_alive(victim) and victim not in m.worker_pids() and len(m.ready_workers()) == 2,
-        timeout=20,
-        what="respawn",
-    )
+    m.kill_worker_and_await_respawn(workers=2)
     r2 = wait_state(m, b2.address, "disabled")
     assert all(w["state"] == "disabled" for w in r2["per_worker"]), r2
     assert set(hits(port, 10)) == {b"b1"}

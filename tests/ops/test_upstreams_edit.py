@@ -5,26 +5,14 @@ the config changes that route, removal drains, and refusals change nothing."""
 
 from __future__ import annotations
 
-import os
-import signal
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.harness import base_config, http_get
-from tests.ops.test_upstreams_api import Backend, hits, row, upstreams
-from tests.support import free_port, pid_alive, wait_for
-
-
-@pytest.fixture
-def backends() -> Iterator[list[Backend]]:
-    made = [Backend("b1"), Backend("b2")]
-    yield made
-    for b in made:
-        b.close()
+from tests.ops.conftest import Backend
+from tests.ops.test_upstreams_api import hits, row, upstreams
+from tests.support import free_port, wait_for
 
 
 def config(
@@ -84,13 +72,7 @@ def test_add_reaches_every_worker_and_survives_reload_and_respawn(master_factory
     hits(port, 10)
     assert b2.count() > n2
 
-    victim = m.status()["workers"][0]["pid"]
-    os.kill(victim, signal.SIGKILL)
-    wait_for(
-        lambda: not pid_alive(victim) and victim not in m.worker_pids() and len(m.ready_workers()) == 2,
-        timeout=20,
-        what="respawn",
-    )
+    m.kill_worker_and_await_respawn(workers=2)
     wait_for(
         lambda: len(row(upstreams(m), b2.address)["per_worker"]) == 2,
         timeout=10,

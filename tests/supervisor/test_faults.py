@@ -39,8 +39,8 @@ import pytest
 from monolake.supervisor import channel
 from monolake.supervisor.control import request as control_request
 from tests.harness import Monolaked, base_config, http_get
-from tests.support import children_of, free_port, listening_on, pid_alive, wait_for
-from tests.upstreams import Upstream
+from tests.support import children_of, free_port, listening_on, pid_alive, tcp_sockets, wait_for
+from tests.upstreams import Upstream, proxy_routes
 
 SOAK = os.environ.get("MONOLAKE_SOAK") == "1"
 NOBODY = 65534
@@ -97,18 +97,7 @@ def resources(pid: int) -> dict[str, int]:
 
 def server_connections(port: int) -> int:
     """Accepted connections on ``port`` that still hold an fd (ESTABLISHED or CLOSE_WAIT)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in ("01", "08"):
-                        count += 1
-        except FileNotFoundError:
-            continue
-    return count
+    return sum(1 for local, state, _ in tcp_sockets() if local == port and state in ("01", "08"))
 
 
 def live_children(pid: int) -> list[int]:
@@ -742,16 +731,7 @@ def test_reload_soak_loses_no_request_and_keeps_resources_flat(masters, tmp_path
             tmp_path,
             port,
             supervisor=f'reload_mode = "{mode}"',
-            routes=f"""
-            [[servers.web.routes]]
-            path = "/"
-            upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-
-            [[servers.web.routes]]
-            path = "/up/{{*rest}}"
-            preserve_path = true
-            upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
-        """,
+            routes=proxy_routes(upstream),
         )
         m = masters(cfg, args=["--workers", "1"])
         m.wait_ready(1)

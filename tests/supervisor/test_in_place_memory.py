@@ -14,7 +14,7 @@ import pytest
 from monolake.supervisor.control import request
 from tests.harness import base_config, http_get
 from tests.support import free_port, wait_for
-from tests.upstreams import Upstream
+from tests.upstreams import Upstream, proxy_routes
 
 SOAK = os.environ.get("MONOLAKE_SOAK") == "1"
 WARMUP = 10  # the first reloads fill caches (imports, interned strings, allocator arenas)
@@ -24,18 +24,6 @@ WARMUP = 10  # the first reloads fill caches (imports, interned strings, allocat
 # move by at most RSS_FLAT_KIB (a few of the allocator's page-sized steps).
 RSS_WARMUP = 25
 RSS_FLAT_KIB = 32
-
-
-def _routes(up: Upstream) -> str:
-    return f"""
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-
-        [[servers.web.routes]]
-        path = "/up/{{*rest}}"
-        upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-    """
 
 
 def _closed(report: dict[str, Any]) -> dict[str, Any] | None:
@@ -50,7 +38,12 @@ def test_in_place_reloads_leave_the_worker_flat(master_factory, tmp_path):
     up = Upstream("a")
     try:
         port = free_port()
-        cfg = base_config(tmp_path, port, supervisor='reload_mode = "in_place"', routes=_routes(up))
+        cfg = base_config(
+            tmp_path,
+            port,
+            supervisor='reload_mode = "in_place"',
+            routes=proxy_routes(up, preserve_path=False),
+        )
         m = master_factory(cfg, args=["--workers", "1"])
         m.wait_ready(1)
         sock = str(tmp_path / "control.sock")

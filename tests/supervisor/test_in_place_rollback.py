@@ -9,13 +9,14 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 
 from monolake.conf import Config, parse_config
 from monolake.supervisor import channel, messages
 from monolake.worker.env import WorkerEnv
 from monolake.worker.http.server import ServerRuntime
 from monolake.worker.main import Worker
+from tests.config_text import http_server
+from tests.supervisor.worker_child import start_worker
 from tests.upstreams import Upstream
 
 ENV = WorkerEnv(slot=0, cpu=None, generation=1, pid=os.getpid(), runtime="asyncio")
@@ -131,17 +132,9 @@ def test_a_message_sent_with_hello_is_handled(tmp_path):
     """The master may send more right behind ``hello`` (``stop`` while a worker starts):
     the reader that read ``hello`` read it too, and the worker acts on it."""
     listener = socket.create_server(("127.0.0.1", 0))
-    config = parse_config("""
-[supervisor]
-log_format = "json"
-heartbeat_interval = 0.2
-[servers.web]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:1" }
-[[servers.web.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-""")
+    config = parse_config(
+        '[supervisor]\nlog_format = "json"\nheartbeat_interval = 0.2\n' + http_server(listen="127.0.0.1:1")
+    )
     ours, theirs = socket.socketpair()
     hello = messages.encode(
         messages.Hello(
@@ -154,23 +147,7 @@ upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
         [frames[0][0] + channel.encode(messages.encode(messages.Stop(timeout=1)))],
         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, __import__("array").array("i", [listener.fileno()]))],
     )
-    with open(tmp_path / "worker.log", "wb") as log:  # the child has its own copy
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monolake.worker",
-                "--control-fd",
-                str(theirs.fileno()),
-                "--master-pid",
-                str(os.getpid()),
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-    theirs.close()
+    proc = start_worker(theirs, tmp_path / "worker.log")
     listener.close()
     try:
         code = proc.wait(timeout=30)

@@ -10,12 +10,12 @@ import stat
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from tests.harness import MONOLAKED, base_config, cpus_allowed, http_get
-from tests.support import free_port, listening_on, pid_alive, wait_for
+from tests.support import QuietHandler, free_port, listening_on, pid_alive, wait_for
 
 NCPU = len(os.sched_getaffinity(0))
 
@@ -167,21 +167,12 @@ class _SlowUpstream:
         lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 with lock:
                     outer.received += 1
                 time.sleep(delay_)
-                body = b"slow ok"
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
+                self.reply(b"slow ok")
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]

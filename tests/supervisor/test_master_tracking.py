@@ -13,17 +13,9 @@ from monolake.conf import parse_config
 from monolake.supervisor import channel, messages
 from monolake.supervisor.master import Master
 from monolake.supervisor.workers import DRAINING, PREPARED, READY, Slot, WorkerProc
+from tests.config_text import http_server
 
-CONFIG = """
-[supervisor]
-drain_timeout = 7
-[servers.web]
-proxy_type = "http"
-listener = { type = "socket", value = "127.0.0.1:1" }
-[[servers.web.routes]]
-path = "/"
-upstreams = [{ endpoint = { type = "builtin", value = "hello" } }]
-"""
+CONFIG = "[supervisor]\ndrain_timeout = 7\n" + http_server(listen="127.0.0.1:1")
 
 
 def _child(master: Master, slot: int, state: str) -> tuple[WorkerProc, socket.socket]:

@@ -9,9 +9,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +17,9 @@ import pytest
 
 from monolake.conf import Config, parse_config
 from monolake.supervisor import channel, messages
+from tests.config_text import http_server
 from tests.harness import Monolaked, base_config, http_get
+from tests.supervisor.worker_child import start_worker
 from tests.support import free_port, kill_pids, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,17 +156,8 @@ def test_contracts_md_has_the_generated_table():
 
 def _worker_config(port: int) -> Config:
     return parse_config(
-        textwrap.dedent(f"""
-        [supervisor]
-        log_format = "json"
-        heartbeat_interval = 0.2
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
+        '[supervisor]\nlog_format = "json"\nheartbeat_interval = 0.2\n'
+        + http_server(listen=f"127.0.0.1:{port}")
     )
 
 
@@ -201,23 +191,7 @@ def test_a_live_worker_refuses_malformed_messages_and_serves_on(tmp_path):
     )
     channel.send(ours, messages.encode(hello), [listener.fileno()])
     log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as err:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "monolake.worker",
-                "--control-fd",
-                str(theirs.fileno()),
-                "--master-pid",
-                str(os.getpid()),
-            ],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    theirs.close()
+    proc = start_worker(theirs, log_path)
     listener.close()
     reader = channel.FrameReader()
     try:

@@ -16,7 +16,7 @@ import pytest
 from monolake.supervisor.cli import STATE_NOT_MIGRATED
 from tests.harness import Monolaked, base_config, http_get
 from tests.support import children_of, free_port, listening_inodes, pid_alive, wait_for
-from tests.upstreams import Upstream, pattern
+from tests.upstreams import Upstream, pattern, proxy_routes
 
 SOAK = os.environ.get("MONOLAKE_SOAK") == "1"
 MODES = ["generation", "in_place"]
@@ -27,22 +27,6 @@ def upstream():
     up = Upstream("a")
     yield up
     up.close()
-
-
-def proxy_routes(*upstreams: Upstream, lb: str = "random", extra: str = "") -> str:
-    ups = ", ".join(f'{{ endpoint = {{ type = "uri", value = "{u.url}" }} }}' for u in upstreams)
-    return f"""
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-
-        [[servers.web.routes]]
-        path = "/up/{{*rest}}"
-        preserve_path = true
-        load_balancer = "{lb}"
-        upstreams = [{ups}]
-        {extra}
-    """
 
 
 def reload_cli(m: Monolaked) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.uring.conftest import run
-from tests.uring.test_conformance import Echo, echo_roundtrips
+from tests.uring.test_conformance import Echo, echo_roundtrips, until_refused
 
 Factory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -108,17 +108,7 @@ def test_multishot_accept_mode(uring_factory: Factory) -> None:
             w.close()
         server.close()
         await server.wait_closed()
-        deadline = loop.time() + 5
-        while loop.time() < deadline:
-            try:
-                _r, w = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
-                return
-            except ConnectionResetError:
-                continue
-            w.close()
-            await asyncio.sleep(0.01)
-        raise AssertionError("still accepting after server.close()")
+        await until_refused(port)
 
     run(factory, main())
 

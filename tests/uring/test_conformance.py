@@ -52,6 +52,23 @@ async def echo_roundtrips(reader: asyncio.StreamReader, writer: asyncio.StreamWr
         assert await reader.readexactly(len(msg)) == msg
 
 
+async def until_refused(port: int) -> None:
+    """Return once a connect to ``port`` is refused (a closed server stopped accepting);
+    AssertionError if it still accepts after 5 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while loop.time() < deadline:
+        try:
+            _r, w = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return
+        except ConnectionResetError:
+            continue  # queued in the backlog just before the close: reset, then refused
+        w.close()
+        await asyncio.sleep(0.01)
+    raise AssertionError("still accepting after server.close()")
+
+
 def test_echo_tcp(loop_factory: Factory) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -586,17 +603,7 @@ def test_inherited_listening_socket(loop_factory: Factory) -> None:
         server.close()
         await server.wait_closed()
         # closing the server really stops accepting (the ring let go of the socket)
-        deadline = loop.time() + 5
-        while loop.time() < deadline:
-            try:
-                _r, w = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
-                return
-            except ConnectionResetError:
-                continue  # queued in the backlog just before the close: reset, then refused
-            w.close()
-            await asyncio.sleep(0.01)
-        raise AssertionError("still accepting after server.close()")
+        await until_refused(port)
 
     run(loop_factory, main())
     assert lsock.fileno() == -1

@@ -261,6 +261,20 @@ def test_forked_child_never_touches_the_parents_ring() -> None:
     b.close()
 
 
+def received(ring: Ring, peer: socket.socket, n: int) -> bytes:
+    """What ``peer`` reads, running the ring between reads, until ``n`` bytes or 10 s."""
+    got = bytearray()
+    peer.settimeout(5)
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        events(ring, 1, timeout=0.01)
+        try:
+            got += peer.recv(1 << 20)
+        except TimeoutError:
+            pass
+    return bytes(got)
+
+
 def test_large_send_goes_direct_and_keeps_order(ring: Ring) -> None:
     """A big write on an idle conn is sent at once (nothing queued); writes behind queued data
     are queued, so the peer sees everything in order."""
@@ -270,16 +284,7 @@ def test_large_send_goes_direct_and_keeps_order(ring: Ring) -> None:
     assert lib.mu_conn_send(c, b"small", 5) == 5  # queued for the next run
     assert lib.mu_conn_send(c, big, len(big)) == 5 + len(big)  # behind it: queued, not direct
     want = big + b"small" + big
-    got = bytearray()
-    b.settimeout(5)
-    deadline = time.monotonic() + 10
-    while len(got) < len(want) and time.monotonic() < deadline:
-        events(ring, 1, timeout=0.01)
-        try:
-            got += b.recv(1 << 20)
-        except TimeoutError:
-            pass
-    assert bytes(got) == want and c.pending == 0
+    assert received(ring, b, len(want)) == want and c.pending == 0
     lib.mu_conn_close(c, 0)
     assert [ud & 255 for ud, *_ in events(ring, 1)] == [K_QUIESCED]
     a.close()
@@ -337,16 +342,7 @@ def test_send2_pair_goes_out_in_order_direct_or_queued(ring: Ring) -> None:
     n = lib.mu_conn_send2(c, head, len(head), body, len(body))
     assert n == 1 + len(head) + len(body)  # behind queued data: queued
     want = head + body + b"x" + head + body
-    got = bytearray()
-    b.settimeout(5)
-    deadline = time.monotonic() + 10
-    while len(got) < len(want) and time.monotonic() < deadline:
-        events(ring, 1, timeout=0.01)
-        try:
-            got += b.recv(1 << 20)
-        except TimeoutError:
-            pass
-    assert bytes(got) == want and c.pending == 0
+    assert received(ring, b, len(want)) == want and c.pending == 0
     b.close()
     for _ in range(3):
         lib.mu_conn_send2(c, head, len(head), body, len(body))

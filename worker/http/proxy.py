@@ -161,14 +161,7 @@ class RouterService(Stateful):
             return
         ctx.upstream = up.label
         ex.upstream = conn
-        head = request_head(
-            req,
-            ctx,
-            up,
-            upstream_target(req, up, route.preserve_path),
-            preserve_host=self.preserve_host,
-            via=self.via,
-        )
+        head = self._head(route, req, ctx, up)
 
         def on_head(resp: Response | None, exc: BaseException | None) -> None:
             ex.upstream = None
@@ -194,6 +187,17 @@ class RouterService(Stateful):
         # (Exchange.respond); a layer keeps the response, so it gets a copy (CallReply)
         conn.send(
             req.method, head, req.body, req.upgrade, self.via, self.read_timeout, on_head, lend_body=ex.lends
+        )
+
+    def _head(self, route: RouteHandler, req: Request, ctx: Any, up: Any) -> bytes:
+        """The request head sent to ``up``: the route's target, this server's Host and Via."""
+        return request_head(
+            req,
+            ctx,
+            up,
+            upstream_target(req, up, route.preserve_path),
+            preserve_host=self.preserve_host,
+            via=self.via,
         )
 
     async def _proxy(
@@ -235,14 +239,7 @@ class RouterService(Stateful):
                     continue
                 return _error_response(exc)
             up.connect_ok()
-            head = request_head(
-                req,
-                ctx,
-                up,
-                upstream_target(req, up, route.preserve_path),
-                preserve_host=self.preserve_host,
-                via=self.via,
-            )
+            head = self._head(route, req, ctx, up)
             try:
                 resp = await conn.request(
                     req.method, head, req.body, req.upgrade, self.via, self.read_timeout

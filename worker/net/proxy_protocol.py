@@ -20,6 +20,12 @@ class ProxyProtocolError(ValueError):
 
 Addr = tuple[str, int] | str | None
 
+# PROXY v2 address family (high nibble) -> its name, address type and address size in bytes
+_V2_INET: dict[int, tuple[str, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address], int]] = {
+    0x1: ("IPv4", ipaddress.IPv4Address, 4),
+    0x2: ("IPv6", ipaddress.IPv6Address, 16),
+}
+
 
 def parse(buf: bytes) -> tuple[int, Addr, Addr] | None:
     if buf[:1] == b"P":
@@ -80,19 +86,15 @@ def _parse_v2(buf: bytes) -> tuple[int, Addr, Addr] | None:
         raise ProxyProtocolError("unsupported PROXY v2 command")
     body = buf[16:total]
     family, proto = fam >> 4, fam & 0x0F
-    if family == 0x1:  # AF_INET
-        if length < 12:
-            raise ProxyProtocolError("short PROXY v2 IPv4 block")
-        src = str(ipaddress.IPv4Address(body[0:4]))
-        dst = str(ipaddress.IPv4Address(body[4:8]))
-        sport, dport = struct.unpack("!HH", body[8:12])
-        return total, (src, sport), (dst, dport)
-    if family == 0x2:  # AF_INET6
-        if length < 36:
-            raise ProxyProtocolError("short PROXY v2 IPv6 block")
-        src = str(ipaddress.IPv6Address(body[0:16]))
-        dst = str(ipaddress.IPv6Address(body[16:32]))
-        sport, dport = struct.unpack("!HH", body[32:36])
+    inet = _V2_INET.get(family)
+    if inet is not None:  # AF_INET, AF_INET6: source and destination address, then ports
+        name, address, size = inet
+        block = 2 * size + 4
+        if length < block:
+            raise ProxyProtocolError(f"short PROXY v2 {name} block")
+        src = str(address(body[0:size]))
+        dst = str(address(body[size : 2 * size]))
+        sport, dport = struct.unpack("!HH", body[2 * size : block])
         return total, (src, sport), (dst, dport)
     if family == 0x3:  # AF_UNIX
         if length < 216:
