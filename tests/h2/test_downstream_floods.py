@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import hpack
 import hyperframe.frame as hf
@@ -16,7 +17,7 @@ import pytest
 
 from tests.h2 import attack
 from tests.h2.peer import H2LibClient
-from tests.h2.test_downstream import config
+from tests.h2.test_downstream import LOOPS, config
 from tests.http.conftest import Worker, run_worker
 from tests.http.upstream import UpstreamServer
 
@@ -134,3 +135,25 @@ def test_zero_window_stall(served: tuple[Worker, UpstreamServer]) -> None:
     finally:
         sock.close()
     still_served(w)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_flood_close_is_lingering_and_bounded(tmp_path: Path, loop: str) -> None:
+    """Through the worker (H2Connection._finish, HttpServerProtocol._close(linger=True)), on
+    both runtimes: after an HPACK bomb the GOAWAY is followed by FIN, not by the RST a close()
+    with megabytes of unread attack input would make the kernel send; an attacker that keeps
+    sending after the FIN is reset within about a second (FAILED_ABORT_SECONDS), at bounded CPU."""
+    with UpstreamServer("h1") as up, run_worker(tmp_path, config(up.port), loop=loop) as w:
+        cpu = cpu_seconds(w.proc.pid)
+        a = attack.Attacker(w.port())
+        try:
+            out = a.run(attack.hpack_bomb(5_000), deadline=30, keep_open=True)
+            assert out.closed and out.goaway_codes == [ENHANCE_YOUR_CALM], out
+            assert not out.reset, f"RST instead of FIN after the GOAWAY: {out}"
+            seconds, reset = attack.keep_sending(a.sock)
+        finally:
+            a.sock.close()
+        assert reset, "the worker let a lingering attacker keep the connection"
+        assert seconds < 5, seconds
+        assert cpu_seconds(w.proc.pid) - cpu < CPU_BOUND_S
+        still_served(w)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SEND_HIGH_WATER = 256 * 1024  # a stream's queued response bytes above this pause its producer
-FAILED_ABORT_SECONDS = 1.0  # a failed session whose peer does not read is aborted after this
+FAILED_ABORT_SECONDS = 1.0  # a failed session lingers at most this long (see _finish), then RST
 DRAIN_PING_SECONDS = 1.0  # the final GOAWAY goes out this long after the notice at the latest
 CANCEL, INTERNAL_ERROR = 0x8, 0x2
 # connection-specific fields never cross into HTTP/2 (RFC 9113 §8.2.2); content-length is
@@ -558,7 +558,17 @@ class H2Connection:
             self._finish()
 
     def _finish(self) -> None:
-        """The session is over (drained, GOAWAY'd, or failed): close the transport."""
+        """The session is over (drained, GOAWAY'd, or failed): a lingering close.
+
+        Why lingering: a flooding or misbehaving client has usually sent more than we read
+        when we give up (megabytes, in the flood tests); close() on a socket with unread input
+        makes the kernel answer with RST at once, which fails the client's next send and
+        drops whatever of our output its stack had not yet delivered, the GOAWAY that says
+        why included. So: the GOAWAY is flushed, then FIN (shutdown(SHUT_WR)); what the client
+        still sends is read and dropped (``closed`` makes ``data_received`` a no-op) until its
+        EOF; bounded: a failed session is aborted after FAILED_ABORT_SECONDS whatever the
+        client does (one that keeps sending or never reads gets its RST then), any other
+        after the HTTP/1.1 lingering bound (protocol.LINGER_SECONDS)."""
         if self.closed:
             return
         self.closed = True
@@ -567,7 +577,7 @@ class H2Connection:
         proto = self.proto
         if self.session.failure:
             self.rt.loop.call_later(FAILED_ABORT_SECONDS, proto._abort)
-        proto._close()
+        proto._close(linger=True)
 
     # -- transport events ------------------------------------------------------------------
     def pause_writing(self) -> None:
