@@ -115,6 +115,20 @@ class Attacker:
                 self.out.rst_streams += 1
 
 
+def goaway_codes(data: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in a byte stream of whole frames (a partial last
+    frame is ignored)."""
+    codes, i = [], 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i : i + 3], "big")
+        if i + 9 + length > len(data):
+            break
+        if data[i + 3] == 0x7:
+            codes.append(int.from_bytes(data[i + 13 : i + 17], "big"))
+        i += 9 + length
+    return codes
+
+
 def keep_sending(sock: socket.socket, deadline: float = 10.0) -> tuple[float, bool]:
     """After the server's GOAWAY (and FIN): go on sending PING frames without pause, as an
     attacker that wants to pin the connection would. Returns (seconds until the server
