@@ -20,12 +20,16 @@ ratios to ``nginx h2>h1`` are medians of the per-round ratios.
 
     python scripts/bench_h2.py                           # 3 rounds of 4 s, 100 B and 64 KiB
     python scripts/bench_h2.py --rounds 1 --duration 2 --clients 4 --streams 100 --json h2.json
+    python scripts/bench_h2.py --only monolake --sizes 100B --rounds 1 --profile   # py-spy
+    python scripts/bench_h2.py --only monolake --sizes 100B --rounds 1 --perf      # perf
+    python scripts/bench_h2.py --baseline /tmp/old   # + the build in /tmp/old, same rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import socket
@@ -36,7 +40,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench_proxy import start_monolake
+from bench_proxy import perf_summary, start_monolake
 from benchrun import (
     LOAD_CPU,
     PROXY_CPU,
@@ -161,6 +165,62 @@ def run_h2load(
     return stats, cpu
 
 
+def start_tree(tree: str, work: Path, port: int, upstream: int, runtime: str) -> Proc:
+    """A monolake worker from this checkout, or (``tree``) from another one with its extensions
+    built in place (``python setup.py build_ext --inplace``): its ``monolake`` package comes
+    first on PYTHONPATH, so a paired A/B runs both builds in the same rounds."""
+    if not tree:
+        return start_monolake(work, port, upstream, runtime, "auto")
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(Path(tree).resolve()) + (os.pathsep + saved if saved else "")
+    try:
+        sub = work / "baseline"
+        sub.mkdir(exist_ok=True)
+        return start_monolake(sub, port, upstream, runtime, "auto")
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def start_profiler(kind: str, pid: int, out: Path, seconds: int) -> subprocess.Popen:
+    """py-spy (``profile``: collapsed stacks, one ``frame;frame;... count`` line per stack) or
+    perf (``perf``: samples by DSO and symbol) on the monolake worker for ``seconds``."""
+    if kind == "profile":
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        cmd = [spy, "record", "-r", "250", "--format", "raw", "-o", str(out)]
+        cmd += ["-d", str(seconds), "-p", str(pid)]
+    else:
+        cmd = ["perf", "record", "-F", "999", "-g", "-o", str(out), "-p", str(pid), "--"]
+        cmd += ["sleep", str(seconds)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def spy_summary(out: Path, top: int = 40) -> str:
+    """The py-spy samples as two tables: functions by self time, by inclusive time (%)."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        # by function, not by line: "name (path/file.py:line)" -> "name file.py"
+        frames = [f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].split(":")[0] for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+    rows = []
+    for title, table in (("self", own), ("inclusive", incl)):
+        rows.append(f"-- {title} ({total} samples)")
+        for f, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            rows.append(f"{100 * n / max(total, 1):6.1f}%  {f}")
+    return "\n".join(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=4, help="seconds per h2load run (default 4)")
@@ -173,6 +233,25 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated subset: nginx,grpc,monolake")
     ap.add_argument("--sizes", default=",".join(SIZES))
     ap.add_argument("--json", default="", help="write the results here")
+    ap.add_argument(
+        "--baseline",
+        default="",
+        help="also run monolake from this other source tree (extensions built in place, e.g. a "
+        "git archive of an older commit): a paired A/B in the same rounds",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy record the monolake worker during its first run (needs py-spy); prints "
+        "the top functions by self and inclusive time, keeps the collapsed stacks in the work "
+        "directory",
+    )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="perf record the monolake worker during its first run; prints the share of samples "
+        "by DSO and the top symbols, and keeps the perf.data in the work directory",
+    )
     args = ap.parse_args()
     missing = ensure_commands("nginx", "h2load", "taskset")
     if missing:
@@ -203,22 +282,38 @@ def main() -> int:
             if not only or "grpc" in only:
                 running.append(("nginx h2>h2 (grpc_pass)", p2, CpuMeter(nginx.pid)))
         if not only or "monolake" in only:
-            name, port = f"monolake/{args.runtime}", free_port()
-            mono = procs.add(start_monolake(work, port, up_h1, args.runtime, "auto"))
-            wait_port(port)
-            if serves_h2(port):
-                running.append((name, port, CpuMeter(mono.pid)))
-            else:
-                not_served.append(name)
-                print(f"  {name}: no SETTINGS in answer to an h2c preface: h2 not served", file=sys.stderr)
+            contenders = [(f"monolake/{args.runtime}", "")]
+            if args.baseline:
+                contenders.append((f"monolake/{args.runtime} (baseline)", args.baseline))
+            for name, tree in contenders:
+                port = free_port()
+                mono = procs.add(start_tree(tree, work, port, up_h1, args.runtime))
+                wait_port(port)
+                if serves_h2(port):
+                    running.append((name, port, CpuMeter(mono.pid)))
+                else:
+                    not_served.append(name)
+                    print(
+                        f"  {name}: no SETTINGS in answer to an h2c preface: h2 not served", file=sys.stderr
+                    )
         names = [n for n, _, _ in running]
         time.sleep(0.3)
         for rnd in range(args.rounds):
             for size in sizes:
                 for name, port, meter in rotated(running, rnd):
+                    prof = out = None
+                    kind = "profile" if args.profile else "perf" if args.perf else ""
+                    if kind and name.startswith("monolake") and size == sizes[0] and rnd == 0:
+                        out = work / f"{name.replace('/', '-')}-{size}.{'spy' if args.profile else 'perf'}"
+                        # h2load's 1 s warm-up first, then the measured run
+                        prof = start_profiler(kind, meter.root, out, args.duration + 2)
                     stats, cpu = run_h2load(
                         port, f"/{size}", args.duration, args.clients, args.streams, meter
                     )
+                    if prof is not None and out is not None:
+                        prof.wait(60)
+                        print(f"  profile: {out}", file=sys.stderr)
+                        print(perf_summary(out) if args.perf else spy_summary(out), file=sys.stderr)
                     s = Sample(
                         name,
                         size,
@@ -264,7 +359,8 @@ def main() -> int:
                 indent=2,
             )
         )
-    shutil.rmtree(work, ignore_errors=True)
+    if not (args.profile or args.perf):
+        shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -21,6 +21,7 @@ class Outcome:
     """What the attacker saw: whether the server closed, the GOAWAY codes, bytes it got in."""
 
     closed: bool = False
+    reset: bool = False  # the end came as RST (ECONNRESET/EPIPE), not as the server's FIN
     goaway_codes: list[int] = field(default_factory=list)
     rst_streams: int = 0
     sent: int = 0
@@ -53,7 +54,8 @@ class Attacker:
         self.out = Outcome()
         self._buf = bytearray()
 
-    def run(self, chunks: Iterable[bytes], deadline: float = 30.0) -> Outcome:
+    def run(self, chunks: Iterable[bytes], deadline: float = 30.0, keep_open: bool = False) -> Outcome:
+        """``keep_open``: the socket stays open for the caller (``keep_sending``), who closes it."""
         start = time.monotonic()
         end = start + deadline
         pending = memoryview(b"")
@@ -71,7 +73,7 @@ class Attacker:
                 try:
                     n = self.sock.send(pending)
                 except (BrokenPipeError, ConnectionResetError):
-                    self.out.closed = True
+                    self.out.closed = self.out.reset = True
                     break
                 except BlockingIOError:
                     continue
@@ -83,7 +85,8 @@ class Attacker:
             if r:
                 self._recv()
         self.out.seconds = time.monotonic() - start
-        self.sock.close()
+        if not keep_open:
+            self.sock.close()
         return self.out
 
     def _recv(self) -> None:
@@ -92,6 +95,7 @@ class Attacker:
         except BlockingIOError:
             return
         except ConnectionResetError:
+            self.out.reset = True
             data = b""
         if not data:
             self.out.closed = True
@@ -109,6 +113,40 @@ class Attacker:
                 self.out.goaway_codes.append(int.from_bytes(body[4:8], "big"))
             elif ftype == 0x3:
                 self.out.rst_streams += 1
+
+
+def goaway_codes(data: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in a byte stream of whole frames (a partial last
+    frame is ignored)."""
+    codes, i = [], 0
+    while i + 9 <= len(data):
+        length = int.from_bytes(data[i : i + 3], "big")
+        if i + 9 + length > len(data):
+            break
+        if data[i + 3] == 0x7:
+            codes.append(int.from_bytes(data[i + 13 : i + 17], "big"))
+        i += 9 + length
+    return codes
+
+
+def keep_sending(sock: socket.socket, deadline: float = 10.0) -> tuple[float, bool]:
+    """After the server's GOAWAY (and FIN): go on sending PING frames without pause, as an
+    attacker that wants to pin the connection would. Returns (seconds until the server
+    reset the connection, whether it did within the deadline)."""
+    ping = hf.PingFrame(0)
+    ping.opaque_data = b"lingerer"
+    chunk = ping.serialize() * 4096
+    sock.setblocking(True)
+    sock.settimeout(1.0)
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        try:
+            sock.send(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - start, True
+        except TimeoutError:
+            continue  # the server stopped reading: its abort comes all the same
+    return time.monotonic() - start, False
 
 
 def rapid_reset(count: int) -> Iterable[bytes]:

@@ -63,6 +63,8 @@ class EchoProtocol(asyncio.Protocol):
         self.received: dict[int, int] = {}
         self.downloads: dict[int, int] = {}  # /size/N: bytes still to produce
         self.flushing = False
+        self.lingering = False
+        self.recorded = False
 
     # --- transport callbacks --------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -74,6 +76,8 @@ class EchoProtocol(asyncio.Protocol):
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # read and dropped: see flush
         self.handle(self.h2.receive_data(data))
         self.flush()
 
@@ -98,17 +102,25 @@ class EchoProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         CONNS.discard(self)
+        self.record()
+        self.h2.release()
+
+    def record(self) -> None:
+        """The session's failure and GOAWAY into STATS, once: when it closes (the client may
+        ask /stats as soon as it sees our FIN, before its own close reaches us)."""
+        if self.recorded:
+            return
+        self.recorded = True
         if self.h2.failure:
             STATS["failures"].append(self.h2.failure)
         if self.h2.local_goaway and self.h2.local_goaway[0]:
             STATS["goaways_sent"].append(self.h2.local_goaway[0])
-        self.h2.release()
 
     # --- the session ----------------------------------------------------------------------
     def flush(self) -> None:
         """Pull frames only while the transport takes them; events that produces are handled
         (they may queue more)."""
-        if self.flushing or self.transport is None or self.transport.is_closing():
+        if self.flushing or self.lingering or self.transport is None or self.transport.is_closing():
             return
         self.flushing = True
         try:
@@ -123,9 +135,13 @@ class EchoProtocol(asyncio.Protocol):
                 if not data and not events:
                     break
             if self.h2.closed:
-                self.transport.close()
-                if self.h2.failure:  # a flooder that does not read must not pin the buffer
-                    asyncio.get_running_loop().call_later(1.0, self.abort)
+                # the product's rule (worker/h2/downstream.py H2Connection._finish): a
+                # lingering close, FIN after the GOAWAY, input dropped until the peer's EOF,
+                # RST after a bound (a flooder that keeps sending or never reads)
+                self.lingering = True
+                self.record()
+                self.transport.write_eof()
+                asyncio.get_running_loop().call_later(1.0 if self.h2.failure else 2.0, self.abort)
         finally:
             self.flushing = False
 

@@ -7,8 +7,10 @@ bounded, and another client is served right after."""
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import hpack
 import hyperframe.frame as hf
@@ -16,7 +18,8 @@ import pytest
 
 from tests.h2 import attack
 from tests.h2.peer import H2LibClient
-from tests.h2.test_downstream import config
+from tests.h2.test_downstream import LOOPS, config, curl_json
+from tests.http.certs import make_ca, make_cert
 from tests.http.conftest import Worker, run_worker
 from tests.http.upstream import UpstreamServer
 
@@ -134,3 +137,56 @@ def test_zero_window_stall(served: tuple[Worker, UpstreamServer]) -> None:
     finally:
         sock.close()
     still_served(w)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_flood_close_is_lingering_and_bounded(tmp_path: Path, loop: str) -> None:
+    """Through the worker (H2Connection._finish, HttpServerProtocol._close(linger=True)), on
+    both runtimes: after an HPACK bomb the GOAWAY is followed by FIN, not by the RST a close()
+    with megabytes of unread attack input would make the kernel send; an attacker that keeps
+    sending after the FIN is reset within about a second (FAILED_ABORT_SECONDS), at bounded CPU."""
+    with UpstreamServer("h1") as up, run_worker(tmp_path, config(up.port), loop=loop) as w:
+        cpu = cpu_seconds(w.proc.pid)
+        a = attack.Attacker(w.port())
+        try:
+            out = a.run(attack.hpack_bomb(5_000), deadline=30, keep_open=True)
+            assert out.closed and out.goaway_codes == [ENHANCE_YOUR_CALM], out
+            assert not out.reset, f"RST instead of FIN after the GOAWAY: {out}"
+            seconds, reset = attack.keep_sending(a.sock)
+        finally:
+            a.sock.close()
+        assert reset, "the worker let a lingering attacker keep the connection"
+        assert seconds < 5, seconds
+        assert cpu_seconds(w.proc.pid) - cpu < CPU_BOUND_S
+        still_served(w)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_flood_close_over_tls_is_lingering(tmp_path: Path, loop: str) -> None:
+    """The same over TLS (ALPN h2): after the HPACK bomb the client reads the GOAWAY, then the
+    TLS close_notify and FIN, not an RST, although megabytes of its input were never read."""
+    ca = make_ca(tmp_path)
+    cert = make_cert(tmp_path, ca, "monolake", ["127.0.0.1"])
+    with UpstreamServer("h1") as up, run_worker(tmp_path, config(up.port, tls=cert), loop=loop) as w:
+        ctx = ssl.create_default_context(cafile=str(ca.chain))
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(("127.0.0.1", w.port()), timeout=10)
+        received = bytearray()
+        reset = None
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+            assert sock.selected_alpn_protocol() == "h2"
+            try:
+                for chunk in attack.hpack_bomb(5_000):
+                    sock.sendall(chunk)  # the worker reads on (and drops once it gave up)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    data = sock.recv(65536)
+                    if not data:
+                        break  # close_notify (and FIN)
+                    received += data
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError) as exc:
+                reset = exc
+        assert reset is None, f"reset after {len(received)} bytes: {reset!r}"
+        assert attack.goaway_codes(bytes(received))[-1:] == [ENHANCE_YOUR_CALM], len(received)
+        version, _ = curl_json("--http2", "--cacert", str(ca.chain), f"https://127.0.0.1:{w.port()}/info")
+        assert version == "2"  # and the others are served

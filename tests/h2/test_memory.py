@@ -407,10 +407,10 @@ def test_an_exception_in_a_callback_surfaces_and_ends_the_session(monkeypatch: p
     raises it, and the session takes no more input."""
     c, s = lib_client(), H2ServerSession()
 
-    def boom(frame: object) -> int:
+    def boom(*args: object) -> None:
         raise RuntimeError("bug in an event handler")
 
-    monkeypatch.setattr(s, "_on_frame_recv", boom)
+    monkeypatch.setattr(s, "_on_frame", boom)
     with pytest.raises(RuntimeError, match="bug in an event handler"):
         to_ours(c, s)
     assert s.closed

@@ -81,7 +81,11 @@ class Peer(asyncio.Protocol):
         )
         self.flush()
 
+    hold = False  # set while an answer is built that must leave in one write with more frames
+
     def flush(self) -> None:
+        if self.hold:
+            return
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(self.conn.data_to_send())
 
@@ -179,7 +183,11 @@ class Peer(asyncio.Protocol):
             self.respond(sid, b"\x5a" * int(path[10:]))
             return
         if path.startswith("/unsolicited/"):
-            self.respond(sid, b"mine")
+            self.hold = True  # the answer is not flushed alone: it goes out with the poison
+            try:
+                self.respond(sid, b"mine")
+            finally:
+                self.hold = False
             self.unsolicited(sid, path[13:])
             return
         if path == "/trailers":

@@ -51,43 +51,9 @@ def _failed(exc: BaseException) -> int:
 
 
 @ffi.def_extern(error=_FAIL)
-def mh2_on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
-    try:
-        return current._on_frame_recv(frame)
-    except BaseException as exc:  # must not unwind through C
-        return _failed(exc)
-
-
-@ffi.def_extern(error=_FAIL)
-def mh2_on_frame_send(session: Any, frame: Any, user_data: Any) -> int:
-    try:
-        return current._on_frame_send(frame)
-    except BaseException as exc:  # must not unwind through C
-        return _failed(exc)
-
-
-@ffi.def_extern(error=_FAIL)
 def mh2_on_invalid_frame_recv(session: Any, frame: Any, lib_error: int, user_data: Any) -> int:
     try:
         return current._on_invalid_frame(frame, lib_error)
-    except BaseException as exc:  # must not unwind through C
-        return _failed(exc)
-
-
-@ffi.def_extern(error=_FAIL)
-def mh2_on_data_chunk_recv(
-    session: Any, flags: int, stream_id: int, data: Any, length: int, user_data: Any
-) -> int:
-    try:
-        return current._on_data_chunk(stream_id, data, length)
-    except BaseException as exc:  # must not unwind through C
-        return _failed(exc)
-
-
-@ffi.def_extern(error=_FAIL)
-def mh2_on_stream_close(session: Any, stream_id: int, error_code: int, user_data: Any) -> int:
-    try:
-        return current._on_stream_close(stream_id, error_code)
     except BaseException as exc:  # must not unwind through C
         return _failed(exc)
 
@@ -117,14 +83,17 @@ def callbacks() -> Any:
     if lib.nghttp2_session_callbacks_new(pp) != 0:
         raise MemoryError("nghttp2_session_callbacks_new")
     cbs = ffi.gc(pp[0], lib.nghttp2_session_callbacks_del)
-    # header fields go to the C glue (mh2.c): one Python call per header block, not per field
+    # header fields and frames go to the C glue (mh2.c), which records them in a log Python
+    # reads once per receive_data / data_to_send: no Python call per field or per frame
     lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, lib.mh2_begin_headers_c)
     lib.nghttp2_session_callbacks_set_on_header_callback(cbs, lib.mh2_header_c)
-    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, lib.mh2_on_frame_recv)
-    lib.nghttp2_session_callbacks_set_on_frame_send_callback(cbs, lib.mh2_on_frame_send)
+    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, lib.mh2_on_frame_recv_c)
+    lib.nghttp2_session_callbacks_set_on_frame_send_callback(cbs, lib.mh2_on_frame_send_c)
+    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, lib.mh2_on_data_chunk_recv_c)
+    lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, lib.mh2_on_stream_close_c)
+    # whole response bodies the glue owns: DATA frames written into the output without a copy
+    lib.nghttp2_session_callbacks_set_send_data_callback(cbs, lib.mh2_send_data_c)
     lib.nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, lib.mh2_on_invalid_frame_recv)
-    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, lib.mh2_on_data_chunk_recv)
-    lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, lib.mh2_on_stream_close)
     return cbs
 
 

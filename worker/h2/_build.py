@@ -2,8 +2,10 @@
 
 Why API mode: the declarations below are compiled against the real ``<nghttp2/nghttp2.h>``, so a
 signature that drifts from the header fails the build instead of corrupting memory at run time;
-struct layouts and enum values (``...``) come from the header, never from this file. No C glue:
-nghttp2's callbacks are cffi ``extern "Python"`` functions, one registration per process.
+struct layouts and enum values (``...``) come from the header, never from this file. The C glue
+(mh2.c) takes nghttp2's per-field and per-frame callbacks and records them in a log Python reads
+once per call; the rare ones (invalid frames) and the data provider are cffi ``extern "Python"``
+functions, one registration per process.
 
 The extension is optional (``setup.py`` builds it with ``optional=True``): without the headers,
 or with a libnghttp2 that lacks the rapid-reset and CONTINUATION-flood defences, monolake still
@@ -163,6 +165,8 @@ typedef int (*nghttp2_on_stream_close_callback)(nghttp2_session *session, int32_
     uint32_t error_code, void *user_data);
 typedef int (*nghttp2_on_frame_send_callback)(nghttp2_session *session,
     const nghttp2_frame *frame, void *user_data);
+typedef int (*nghttp2_send_data_callback)(nghttp2_session *session, nghttp2_frame *frame,
+    const uint8_t *framehd, size_t length, nghttp2_data_source *source, void *user_data);
 typedef int (*nghttp2_on_begin_headers_callback)(nghttp2_session *session,
     const nghttp2_frame *frame, void *user_data);
 typedef int (*nghttp2_on_header_callback)(nghttp2_session *session, const nghttp2_frame *frame,
@@ -187,6 +191,8 @@ void nghttp2_session_callbacks_set_on_frame_send_callback(nghttp2_session_callba
     nghttp2_on_frame_send_callback on_frame_send_callback);
 void nghttp2_session_callbacks_set_on_begin_headers_callback(nghttp2_session_callbacks *cbs,
     nghttp2_on_begin_headers_callback on_begin_headers_callback);
+void nghttp2_session_callbacks_set_send_data_callback(nghttp2_session_callbacks *cbs,
+    nghttp2_send_data_callback send_data_callback);
 void nghttp2_session_callbacks_set_on_header_callback(nghttp2_session_callbacks *cbs,
     nghttp2_on_header_callback on_header_callback);
 
@@ -247,24 +253,49 @@ int nghttp2_submit_goaway(nghttp2_session *session, uint8_t flags, int32_t last_
 int nghttp2_submit_shutdown_notice(nghttp2_session *session);
 int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data);
 
-extern "Python" int mh2_on_frame_recv(nghttp2_session *, const nghttp2_frame *, void *);
 extern "Python" int mh2_on_invalid_frame_recv(nghttp2_session *, const nghttp2_frame *, int,
     void *);
-extern "Python" int mh2_on_data_chunk_recv(nghttp2_session *, uint8_t, int32_t, const uint8_t *,
-    size_t, void *);
-extern "Python" int mh2_on_stream_close(nghttp2_session *, int32_t, uint32_t, void *);
-extern "Python" int mh2_on_frame_send(nghttp2_session *, const nghttp2_frame *, void *);
 extern "Python" ssize_t mh2_read_data(nghttp2_session *, int32_t, uint8_t *, size_t, uint32_t *,
     nghttp2_data_source *, void *);
 """
 
-# the C glue (mh2.h / mh2.c): header blocks in one piece each way
+# the C glue (mh2.h / mh2.c): header blocks in one piece each way, per-frame callbacks recorded
+# into one log that Python reads per receive_data / data_to_send, output in one buffer
 CDEF += """
+enum mh2_ev_kind {
+    MH2_EV_HEADERS, MH2_EV_DATA, MH2_EV_DATA_END, MH2_EV_RST, MH2_EV_SETTINGS, MH2_EV_PING_ACK,
+    MH2_EV_GOAWAY, MH2_EV_CLOSE, MH2_EV_GOAWAY_SENT, ...
+};
+typedef struct {
+    uint8_t kind;
+    uint8_t flags;
+    uint8_t cat;
+    int32_t stream_id;
+    uint32_t aux;
+    uint32_t len;
+    ...;
+} mh2_rec;
+typedef struct mh2_body mh2_body;
+typedef struct {
+    uint32_t at;
+    int32_t stream_id;
+    uint32_t off;
+    uint32_t len;
+} mh2_seg;
 typedef struct {
     char *buf;
     size_t len;
     int32_t stream_id;
     uint64_t too_big_count;
+    uint8_t *log;
+    size_t log_len;
+    size_t log_cap;
+    uint8_t *out;
+    size_t out_len;
+    size_t out_cap;
+    mh2_body *bodies;
+    mh2_seg *segs;
+    size_t nsegs;
     ...;
 } mh2_hdrs;
 mh2_hdrs *mh2_hdrs_new(size_t limit);
@@ -272,6 +303,14 @@ void mh2_hdrs_free(mh2_hdrs *h);
 int mh2_begin_headers_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
 int mh2_header_c(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data);
+int mh2_on_frame_recv_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+int mh2_on_data_chunk_recv_c(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+    const uint8_t *data, size_t len, void *user_data);
+int mh2_on_stream_close_c(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
+    void *user_data);
+int mh2_on_frame_send_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+void mh2_log_reset(mh2_hdrs *h);
+int64_t mh2_send(mh2_hdrs *h, nghttp2_session *session, size_t limit);
 int mh2_submit_response(nghttp2_session *session, int32_t stream_id, const char *block,
     size_t len, size_t n, const nghttp2_data_provider *data_prd);
 int32_t mh2_submit_request(nghttp2_session *session, const char *block, size_t len, size_t n,
@@ -280,6 +319,13 @@ int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stre
     const char *block, size_t len, size_t n);
 int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
     size_t len, size_t n);
+int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
+    size_t length, nghttp2_data_source *source, void *user_data);
+int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+    const char *block, size_t len, size_t n, const char *data, size_t datalen);
+int mh2_submit_response_h1(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
+    const char *block, size_t len, size_t n, const char *lines, size_t lines_len,
+    const char *data, size_t datalen);
 """
 GLUE = "mh2.c"
 

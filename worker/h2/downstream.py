@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SEND_HIGH_WATER = 256 * 1024  # a stream's queued response bytes above this pause its producer
-FAILED_ABORT_SECONDS = 1.0  # a failed session whose peer does not read is aborted after this
+FAILED_ABORT_SECONDS = 1.0  # a failed session lingers at most this long (see _finish), then RST
 DRAIN_PING_SECONDS = 1.0  # the final GOAWAY goes out this long after the notice at the latest
 CANCEL, INTERNAL_ERROR = 0x8, 0x2
 # connection-specific fields never cross into HTTP/2 (RFC 9113 §8.2.2); content-length is
@@ -132,7 +132,9 @@ class H2Exchange(Exchange):
 
     __slots__ = ()
 
-    lends = False  # send_data queues the bytes: a lent view must be copied first
+    # a whole body may be lent for the respond call only: send_response copies it (or the view
+    # is copied when kept by reference), streamed chunks are copied by send_data
+    lends = True
 
     def send(self, resp: Response) -> None:
         st: H2Stream = self.conn  # type: ignore[assignment]
@@ -150,18 +152,34 @@ class H2Exchange(Exchange):
         self.status = resp.status
         self.head_sent = True
         st.cancel_deadline()
-        head: list[tuple[bytes | str, bytes | str]] = [(":status", str(resp.status))]
-        head += [(k, v) for k, v in resp.headers if k not in _HOP]
-        length = next((v for k, v in resp.headers if k == b"content-length"), None)
+        head: list[tuple[bytes | str, bytes | str]] = [(b":status", b"%d" % resp.status)]
+        length: bytes | None = None
         body = resp.body
         head_only = req is not None and req.method == "HEAD"
         no_body = resp.status < 200 or resp.status in (204, 304)
         s = st.conn.session
+        lines = resp.head_block
+        if lines is not None and not isinstance(body, BodyStream) and not head_only:
+            # a relayed upstream head: its lines go to the C glue as they are (hop-by-hop
+            # fields and Content-Length already gone, names lower-cased: mu_http.c)
+            n = len(body) if body else 0
+            if not no_body:
+                head.append((b"content-length", b"%d" % n))
+            s.send_response(st.id, head, body if n and not no_body else b"", lines)
+            self.bytes_out += n
+            rt.stats.bytes_out += n
+            st.done(self)
+            return
+        for k, v in resp.headers:  # one pass: drop what HTTP/2 forbids, note Content-Length
+            if k not in _HOP:
+                head.append((k, v))
+            elif k == b"content-length":
+                length = v
         if isinstance(body, BodyStream):
             if body.length is not None and not no_body:
-                head.append(("content-length", str(body.length)))
+                head.append((b"content-length", b"%d" % body.length))
             elif head_only and length is not None:
-                head.append(("content-length", length))
+                head.append((b"content-length", length))
             if head_only or no_body:
                 s.send_headers(st.id, head, end_stream=True)
                 body.abandon() if not body.done else body.discard()
@@ -172,16 +190,15 @@ class H2Exchange(Exchange):
             st.conn.flush_soon()
             body.pipe(self)
             return
-        data = bytes(body) if body else b""
+        data = body if body else b""  # bytes, or a view lent for this call (send_response copies)
         if head_only and length is not None:
-            head.append(("content-length", length))
+            head.append((b"content-length", length))
         elif not no_body and (data or length is not None):
-            head.append(("content-length", str(len(data))))
+            head.append((b"content-length", b"%d" % len(data)))
         if head_only or no_body or not data:
             s.send_headers(st.id, head, end_stream=True)
         else:
-            s.send_headers(st.id, head)
-            s.send_data(st.id, data, end_stream=True)
+            s.send_response(st.id, head, data)  # head and body in one call: the C glue frames it
             self.bytes_out += len(data)
             rt.stats.bytes_out += len(data)
         st.done(self)
@@ -190,7 +207,8 @@ class H2Exchange(Exchange):
         """The proxy (or a non-gRPC upstream) refused a gRPC call: a trailers-only response
         with the status a gRPC client acts on, the refusal's text as grpc-message."""
         st: H2Stream = self.conn  # type: ignore[assignment]
-        text = resp.body.decode("utf-8", "replace").strip() if isinstance(resp.body, bytes) else ""
+        raw = resp.body
+        text = bytes(raw).decode("utf-8", "replace").strip() if isinstance(raw, (bytes, memoryview)) else ""
         discard_response(resp)
         code = grpc.status_for_http(resp.status)
         self.status = 200
@@ -540,7 +558,17 @@ class H2Connection:
             self._finish()
 
     def _finish(self) -> None:
-        """The session is over (drained, GOAWAY'd, or failed): close the transport."""
+        """The session is over (drained, GOAWAY'd, or failed): a lingering close.
+
+        Why lingering: a flooding or misbehaving client has usually sent more than we read
+        when we give up (megabytes, in the flood tests); close() on a socket with unread input
+        makes the kernel answer with RST at once, which fails the client's next send and
+        drops whatever of our output its stack had not yet delivered, the GOAWAY that says
+        why included. So: the GOAWAY is flushed, then FIN (shutdown(SHUT_WR)); what the client
+        still sends is read and dropped (``closed`` makes ``data_received`` a no-op) until its
+        EOF; bounded: a failed session is aborted after FAILED_ABORT_SECONDS whatever the
+        client does (one that keeps sending or never reads gets its RST then), any other
+        after the HTTP/1.1 lingering bound (protocol.LINGER_SECONDS)."""
         if self.closed:
             return
         self.closed = True
@@ -549,7 +577,7 @@ class H2Connection:
         proto = self.proto
         if self.session.failure:
             self.rt.loop.call_later(FAILED_ABORT_SECONDS, proto._abort)
-        proto._close()
+        proto._close(linger=True)
 
     # -- transport events ------------------------------------------------------------------
     def pause_writing(self) -> None:
@@ -650,25 +678,43 @@ class H2Connection:
             self._finish()
 
 
-def _fields(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[tuple[bytes, bytes]]]:
-    pseudo: dict[bytes, bytes] = {}
-    regular: list[tuple[bytes, bytes]] = []
-    cookies: list[bytes] = []
-    for k, v in headers:
-        if k[:1] == b":":
-            pseudo[k] = v
-        elif k == b"cookie":
-            cookies.append(v)
-        else:
-            regular.append((k, v))
-    if cookies:  # RFC 9113 §8.2.3: one cookie line towards HTTP/1.1
-        regular.append((b"cookie", b"; ".join(cookies)))
-    return pseudo, regular
+class _Head:
+    """What ``build_request`` needs from a request head, gathered in one pass."""
+
+    __slots__ = ("continue_", "host", "length", "pseudo", "regular")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]) -> None:
+        pseudo: dict[bytes, bytes] = {}
+        regular: list[tuple[bytes, bytes]] = []
+        cookies: list[bytes] = []
+        self.host: bytes | None = None
+        self.length: bytes | None = None
+        self.continue_ = False
+        for k, v in headers:
+            if k[:1] == b":":
+                pseudo[k] = v
+            elif k == b"cookie":
+                cookies.append(v)
+            else:
+                regular.append((k, v))
+                if k == b"host":
+                    if self.host is None:  # the first one, as for HTTP/1.1
+                        self.host = v
+                elif k == b"content-length":
+                    if self.length is None:
+                        self.length = v
+                elif k == b"expect" and v.lower() == b"100-continue":
+                    self.continue_ = True
+        if cookies:  # RFC 9113 §8.2.3: one cookie line towards HTTP/1.1
+            regular.append((b"cookie", b"; ".join(cookies)))
+        self.pseudo = pseudo
+        self.regular = regular
 
 
 def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Request | None, int]:
     """The HTTP/1.1-shaped Request for a stream (``:authority`` -> Host), or an error status."""
-    pseudo, headers = _fields(ev.headers)
+    head = _Head(ev.headers)
+    pseudo, headers = head.pseudo, head.regular
     method = pseudo.get(b":method", b"").decode("latin-1")
     if method == "CONNECT":
         return None, 405
@@ -678,13 +724,13 @@ def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Req
     authority = pseudo.get(b":authority")
     host = authority
     if host is None:
-        host = next((v for k, v in headers if k == b"host"), None)
-    elif not any(k == b"host" for k, _ in headers):
+        host = head.host
+    elif head.host is None:
         headers.insert(0, (b"host", host))
     if len(headers) > rt.settings.max_headers:
         return None, 431
     length: int | None = None
-    raw = next((v for k, v in headers if k == b"content-length"), None)
+    raw = head.length
     if raw is not None:
         try:
             length = int(raw)
@@ -696,12 +742,15 @@ def build_request(ev: RequestReceived, rt: Any, producer: H2Stream) -> tuple[Req
     if not ev.end_stream:
         # a body whose trailer fields are announced (``trailer``) goes on chunked, so they can follow
         body = BodyStream(None if announces_trailers(headers) else length, producer)
-        if any(k == b"expect" and v.lower() == b"100-continue" for k, v in headers):
+        if head.continue_:
             body.on_consume = producer.send_continue
     path, _, query = target.partition("?")
-    hostname = host.decode("latin-1").rsplit(":", 1)[0].strip("[]").lower() if host else ""
-    if host and host.startswith(b"["):
+    if not host:
+        hostname = ""
+    elif host.startswith(b"["):
         hostname = host.decode("latin-1").split("]")[0][1:].lower()
+    else:
+        hostname = host.decode("latin-1").rsplit(":", 1)[0].strip("[]").lower()
     return Request(
         method, target, path, query, "2.0", headers, body, True, False, False, length, False, hostname
     ), 0

@@ -15,10 +15,12 @@ bounded ACK queue and the session fails with ``ERR_FLOODED`` instead of growing 
 from __future__ import annotations
 
 import itertools
+import struct
 import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any, ClassVar
 
 import structlog
@@ -48,6 +50,19 @@ HeaderInput = Iterable[tuple[bytes | str, bytes | str]]
 _DRAIN_PING = b"mlkdrain"
 # session-fatal nghttp2 errors that mean "the peer is abusing us", answered with ENHANCE_YOUR_CALM
 _ABUSE_ERRORS = ("NGHTTP2_ERR_FLOODED", "NGHTTP2_ERR_TOO_MANY_CONTINUATIONS", "NGHTTP2_ERR_TOO_MANY_SETTINGS")
+# the C glue's log record (mh2.h, mh2_rec): kind, flags, cat, pad, stream id, aux, payload length
+_REC = struct.Struct("=BBBxiII")
+_EV = _binding.lib
+EV_HEADERS, EV_DATA, EV_DATA_END = _EV.MH2_EV_HEADERS, _EV.MH2_EV_DATA, _EV.MH2_EV_DATA_END
+EV_RST, EV_SETTINGS, EV_PING_ACK = _EV.MH2_EV_RST, _EV.MH2_EV_SETTINGS, _EV.MH2_EV_PING_ACK
+EV_GOAWAY, EV_CLOSE, EV_GOAWAY_SENT = _EV.MH2_EV_GOAWAY, _EV.MH2_EV_CLOSE, _EV.MH2_EV_GOAWAY_SENT
+_END_STREAM = _EV.NGHTTP2_FLAG_END_STREAM
+# mh2_seg: where a by-reference body payload goes in mh2_send's output
+_SEG = struct.Struct("=IiII")
+# send_response bodies from this size stay in their bytes object: the output is spliced from
+# it with one join instead of copying it into the glue and out again; smaller ones are copied
+# (one memcpy costs less than the splicing)
+BODY_BY_REFERENCE = 4096
 
 
 class H2Error(Exception):
@@ -59,6 +74,7 @@ class _Stream:
 
     __slots__ = (
         "above_low",
+        "body_ref",
         "deferred",
         "end_queued",
         "final_seen",
@@ -85,31 +101,38 @@ class _Stream:
         self.above_low = False
         self.remote_reset = False
         self.unacked = 0  # received DATA not yet acknowledged by the caller
+        self.body_ref: bytes | None = None  # a send_response body the glue frames by reference
 
 
 def _encode(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
-def _block(headers: HeaderInput) -> tuple[bytes, int, list[bytes]]:
-    """Header fields as the C glue's "name\0value\0..." block; names lower-cased (RFC 9113
-    §8.2.1). A NUL inside a field is refused: it could not be sent on the wire anyway."""
-    parts: list[bytes] = []
-    for k, v in headers:
-        parts.append(_encode(k).lower())
-        parts.append(_encode(v))
-    n = len(parts) // 2
-    parts.append(b"")
-    block = b"\0".join(parts)
+def _block(headers: HeaderInput) -> tuple[bytes, int]:
+    """Header fields as the C glue's "name\0value\0..." block and their count (the glue
+    lower-cases the names, RFC 9113 §8.2.1). A NUL inside a field is refused: it could not be
+    sent on the wire anyway."""
+    if not isinstance(headers, list):
+        headers = list(headers)
+    n = len(headers)
+    if not n:
+        return b"", 0
+    try:
+        block = b"\0".join(chain.from_iterable(headers))  # type: ignore[arg-type]
+    except TypeError:  # str names or values (latin-1, as HTTP/1.1 carries them)
+        block = b"\0".join(_encode(x) for kv in headers for x in kv)
+    block += b"\0"
     if block.count(b"\0") != 2 * n:
         raise H2Error("a header name or value contains NUL")
-    return block, n, parts
+    return block, n
 
 
-def _opaque(goaway: Any) -> bytes:
-    """A GOAWAY's debug data (nghttp2 puts its reason for a GOAWAY it sends there)."""
-    n = goaway.opaque_data_len
-    return _binding.ffi.buffer(goaway.opaque_data, n)[:] if n else b""
+def headers_of(block: bytes) -> Headers:
+    """A header block as the C glue collects it ("name\0value\0...") -> [(name, value)]."""
+    if not block:
+        return []
+    parts = block.split(b"\0")
+    return list(zip(parts[0:-1:2], parts[1::2], strict=True))
 
 
 def _free(session: Any, hdrs: Any) -> None:
@@ -202,6 +225,7 @@ class _Session:
         finally:
             _binding.current = None
         self._reraise()
+        self._drain()
         if rv < 0:
             self._fail(rv)
         too_big = self._hdrs.too_big_count
@@ -221,23 +245,40 @@ class _Session:
         ffi, lib = _binding.ffi, _binding.lib
         if self._s == ffi.NULL:
             return b""
-        out: list[bytes] = []
-        total = n = 0
-        mem_send, pp, buffer = lib.nghttp2_session_mem_send, self._pp, ffi.buffer
+        h = self._hdrs
         _binding.current = self
         try:
-            while total < limit:
-                n = mem_send(self._s, pp)
-                if n <= 0:
-                    break
-                out.append(buffer(pp[0], n)[:])
-                total += n
+            n = lib.mh2_send(h, self._s, limit)
         finally:
             _binding.current = None
         self._reraise()
+        if n <= 0:
+            out = b""
+        elif h.nsegs:
+            out = self._splice(ffi.buffer(h.out, n), n, ffi.buffer(h.segs, h.nsegs * _SEG.size))
+        else:
+            out = ffi.buffer(h.out, n)[:]
+        self._drain()  # after the splice: a stream closed in this send still has its body
         if n < 0:
             self._fail(n)
-        return out[0] if len(out) == 1 else b"".join(out)
+        return out
+
+    def _splice(self, out: Any, n: int, segs: Any) -> bytes:
+        """mh2_send's output with the by-reference body payloads put in place (mh2.h, mh2_seg):
+        the frames and the bodies are copied once, by the join."""
+        pieces: list[Any] = []
+        pos = 0
+        streams = self._streams
+        for at, sid, off, ln in _SEG.iter_unpack(segs):
+            st = streams.get(sid)
+            body = st.body_ref if st is not None else None
+            if body is None:  # cannot happen: the stream closes after this splice
+                raise H2Error(f"stream {sid}: a body framed by reference is gone")
+            pieces.append(out[pos:at])
+            pieces.append(memoryview(body)[off : off + ln])
+            pos = at
+        pieces.append(out[pos:n])
+        return b"".join(pieces)
 
     def pop_events(self) -> list[Event]:
         """Events produced outside ``receive_data`` (by ``data_to_send`` or a method call)."""
@@ -379,6 +420,38 @@ class _Session:
         lib.nghttp2_submit_goaway(self._s, lib.NGHTTP2_FLAG_NONE, last, error_code, data, len(reason))
 
     # --- callbacks (called from _binding's extern "Python" functions) ---------------------
+    def _drain(self) -> None:
+        """Turn what the C glue recorded during the last mem_recv / mem_send (mh2.h: one
+        record per frame that matters, in wire order) into state and events."""
+        h = self._hdrs
+        n = h.log_len
+        if not n:
+            return
+        buf = _binding.ffi.buffer(h.log, n)
+        try:
+            self._records(buf, n)
+        except BaseException:
+            self._dead = True  # a bug in our event code ends the session, as in a callback
+            raise
+        finally:
+            _binding.lib.mh2_log_reset(h)
+
+    def _records(self, buf: Any, n: int) -> None:
+        unpack, size = _REC.unpack_from, _REC.size
+        off = 0
+        while off < n:
+            kind, flags, cat, sid, aux, ln = unpack(buf, off)
+            off += size
+            if kind == EV_HEADERS:
+                self._on_headers(sid, flags, cat, buf[off : off + ln] if ln else b"")
+            elif kind == EV_DATA:
+                self._on_data_chunk(sid, buf[off : off + ln], ln)
+            elif kind == EV_CLOSE:
+                self._on_stream_close(sid, aux)
+            else:
+                self._on_frame(kind, flags, sid, aux, buf[off : off + ln] if ln else b"")
+            off += ln
+
     def _reraise(self) -> None:
         if self._error is not None:
             exc, self._error = self._error, None
@@ -418,70 +491,56 @@ class _Session:
             log.warning("h2_session_failed", error=self.failure)
             lib.nghttp2_session_terminate_session(self._s, lib.NGHTTP2_ENHANCE_YOUR_CALM)
 
-    def _on_frame_recv(self, frame: Any) -> int:
-        lib = _binding.lib
-        ftype = frame.hd.type
-        sid = frame.hd.stream_id
-        end = bool(frame.hd.flags & lib.NGHTTP2_FLAG_END_STREAM)
-        if ftype == lib.NGHTTP2_HEADERS:
-            st = self._streams.get(sid)
-            if st is None:
-                if self.client_side or frame.headers.cat != lib.NGHTTP2_HCAT_REQUEST:
-                    return 0
-                st = self._streams[sid] = _Stream(sid)
-                self._batch_opened.add(sid)
-            h = self._hdrs
-            if h.stream_id == sid and h.len:
-                parts = _binding.ffi.buffer(h.buf, h.len)[:].split(b"\0")
-                headers = list(zip(parts[0:-1:2], parts[1::2], strict=True))
-            else:
-                headers = []
-            self._events.append(self._head_event(st, frame, headers, end))
-            if end:
-                self._events.append(StreamEnded(sid))
-        elif ftype == lib.NGHTTP2_DATA:
-            if end:
-                last = self._events[-1] if self._events else None
-                if isinstance(last, DataReceived) and last.stream_id == sid:
-                    last.end_stream = True
-                self._events.append(StreamEnded(sid))
-        elif ftype == lib.NGHTTP2_RST_STREAM:
+    def _on_headers(self, sid: int, flags: int, cat: int, block: bytes) -> None:
+        st = self._streams.get(sid)
+        if st is None:
+            if self.client_side or cat != _binding.lib.NGHTTP2_HCAT_REQUEST:
+                return
+            st = self._streams[sid] = _Stream(sid)
+            self._batch_opened.add(sid)
+        end = bool(flags & _END_STREAM)
+        self._events.append(self._head_event(st, cat, headers_of(block), end))
+        if end:
+            self._events.append(StreamEnded(sid))
+
+    def _on_frame(self, kind: int, flags: int, sid: int, aux: int, payload: bytes) -> None:
+        """The frames other than HEADERS and DATA chunks the C glue recorded."""
+        if kind == EV_DATA_END:
+            last = self._events[-1] if self._events else None
+            if isinstance(last, DataReceived) and last.stream_id == sid:
+                last.end_stream = True
+            self._events.append(StreamEnded(sid))
+        elif kind == EV_RST:
             st = self._streams.get(sid)
             if st is not None:
                 st.remote_reset = True
-        elif ftype == lib.NGHTTP2_SETTINGS:
-            if not frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
-                self._remote_settings_seen = True
-                iv = frame.settings.iv
-                changed = {iv[i].settings_id: iv[i].value for i in range(frame.settings.niv)}
-                self._events.append(RemoteSettingsChanged(changed))
-        elif ftype == lib.NGHTTP2_PING:
-            if frame.hd.flags & lib.NGHTTP2_FLAG_ACK:
-                opaque = bytes(frame.ping.opaque_data)
-                if opaque == _DRAIN_PING and isinstance(self, H2ServerSession):
-                    self.finish_graceful_shutdown()
-                self._events.append(PingAcknowledged(opaque))
-        elif ftype == lib.NGHTTP2_GOAWAY:
-            g = frame.goaway
-            last = g.last_stream_id
-            data = _opaque(g)
+        elif kind == EV_SETTINGS:
+            self._remote_settings_seen = True
+            pairs = struct.unpack(f"={len(payload) // 4}I", payload)
+            self._events.append(RemoteSettingsChanged(dict(zip(pairs[0::2], pairs[1::2], strict=True))))
+        elif kind == EV_PING_ACK:
+            if payload == _DRAIN_PING and isinstance(self, H2ServerSession):
+                self.finish_graceful_shutdown()
+            self._events.append(PingAcknowledged(payload))
+        elif kind == EV_GOAWAY:
+            last = struct.unpack_from("=i", payload)[0]
             mine = (lambda s: s % 2 == 1) if self.client_side else (lambda s: s % 2 == 0)
             unprocessed = sorted(s for s in self._streams if mine(s) and s > last)
             ev = ConnectionTerminated(
-                error_code=g.error_code,
+                error_code=aux,
                 last_stream_id=last,
-                additional_data=data,
+                additional_data=payload[4:],
                 unprocessed_stream_ids=unprocessed,
             )
             self._peer_goaway = ev
             self._events.append(ev)
-        return 0
+        elif kind == EV_GOAWAY_SENT:
+            self._on_goaway_sent(aux, struct.unpack_from("=i", payload)[0], payload[4:])
 
-    def _head_event(self, st: _Stream, frame: Any, headers: Headers, end: bool) -> Event:
-        lib = _binding.lib
+    def _head_event(self, st: _Stream, cat: int, headers: Headers, end: bool) -> Event:
         sid = st.id
         if not self.client_side:
-            if frame.headers.cat == lib.NGHTTP2_HCAT_REQUEST:
+            if cat == _binding.lib.NGHTTP2_HCAT_REQUEST:
                 return RequestReceived(sid, headers, end)
             return TrailersReceived(sid, headers)
         if st.final_seen:
@@ -492,19 +551,18 @@ class _Session:
         st.final_seen = True
         return ResponseReceived(sid, headers, end)
 
-    def _on_data_chunk(self, stream_id: int, data: Any, length: int) -> int:
+    def _on_data_chunk(self, stream_id: int, data: bytes, length: int) -> None:
         st = self._streams.get(stream_id)
         if st is None:  # a stream we no longer track: its bytes are consumed at once
             _binding.lib.nghttp2_session_consume(self._s, stream_id, length)
-            return 0
+            return
         st.unacked += length
-        self._events.append(DataReceived(stream_id, _binding.ffi.buffer(data, length)[:], length))
-        return 0
+        self._events.append(DataReceived(stream_id, data, length))
 
-    def _on_stream_close(self, stream_id: int, error_code: int) -> int:
+    def _on_stream_close(self, stream_id: int, error_code: int) -> None:
         st = self._streams.pop(stream_id, None)
         if st is None:
-            return 0
+            return
         if st.unacked:  # the caller will not acknowledge a dead stream's bytes: credit them now
             _binding.lib.nghttp2_session_consume_connection(self._s, st.unacked)
         if st.remote_reset and stream_id in self._batch_opened:
@@ -525,22 +583,15 @@ class _Session:
                     retryable=self.client_side and (refused or beyond),
                 )
             )
-        return 0
 
-    def _on_frame_send(self, frame: Any) -> int:
-        if frame.hd.type == _binding.lib.NGHTTP2_GOAWAY:
-            g = frame.goaway
-            self.local_goaway = (g.error_code, g.last_stream_id)
-            if g.error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
-                self.failure = _opaque(g).decode("latin-1") or _binding.error_name(g.error_code)
-            if g.error_code:
-                log.info(
-                    "h2_goaway_sent",
-                    error_code=frame.goaway.error_code,
-                    last_stream_id=frame.goaway.last_stream_id,
-                    reason=self.failure,
-                )
-        return 0
+    def _on_goaway_sent(self, error_code: int, last_stream_id: int, debug: bytes) -> None:
+        self.local_goaway = (error_code, last_stream_id)
+        if error_code and not self.failure:  # nghttp2's own reason rides in the GOAWAY
+            self.failure = debug.decode("latin-1") or _binding.error_name(error_code)
+        if error_code:
+            log.info(
+                "h2_goaway_sent", error_code=error_code, last_stream_id=last_stream_id, reason=self.failure
+            )
 
     def _on_invalid_frame(self, frame: Any, lib_error: int) -> int:
         self._glitch(_binding.strerror(lib_error))
@@ -574,7 +625,7 @@ class _Session:
             st.local_done = True
             if st.trailers is not None:
                 flags |= lib.NGHTTP2_DATA_FLAG_NO_END_STREAM
-                block, count, _ = _block(st.trailers)
+                block, count = _block(st.trailers)
                 rv = lib.mh2_submit_trailer(self._s, stream_id, block, len(block), count)
                 if rv != 0:
                     return lib.NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -604,8 +655,8 @@ class H2ServerSession(_Session):
         if st is None:
             return False
         lib = _binding.lib
-        block, count, parts = _block(headers)
-        if parts[0] == b":status" and parts[1][:1] == b"1":  # :status comes first (RFC 9113)
+        block, count = _block(headers)
+        if block.startswith(b":status\x001"):  # :status comes first (RFC 9113)
             self._check(
                 lib.mh2_submit_headers(self._s, lib.NGHTTP2_FLAG_NONE, stream_id, block, len(block), count)
             )
@@ -619,6 +670,38 @@ class H2ServerSession(_Session):
             st.has_provider = True
             prd = _binding.provider()
         self._check(lib.mh2_submit_response(self._s, stream_id, block, len(block), count, prd))
+        return True
+
+    def send_response(
+        self, stream_id: int, headers: HeaderInput, body: bytes | memoryview, lines: bytes = b""
+    ) -> bool:
+        """A final response head with its whole body in one call (an empty body: the HEADERS
+        end the stream). The C glue frames the body itself as the window allows (no per-frame
+        Python callback): copied now when small, else kept by reference until the stream
+        closes, so a view lent for this call only is copied first. ``lines`` are more header
+        fields as a relayed HTTP/1.1 head ("name: value\r\n"..., hop-by-hop fields already
+        dropped, see Response.head_block), sent after ``headers``. False when the stream is
+        already gone."""
+        st = self._stream(stream_id)
+        if st is None:
+            return False
+        if st.has_provider or st.local_done:
+            raise H2Error(f"stream {stream_id}: response head sent twice")
+        block, count = _block(headers)
+        st.local_done = True
+        ffi, lib = _binding.ffi, _binding.lib
+        n = len(body)
+        data: Any = body if n else ffi.NULL
+        if n >= BODY_BY_REFERENCE:
+            st.body_ref = body if type(body) is bytes else bytes(body)
+            data = ffi.NULL
+        elif n and type(body) is not bytes:
+            data = ffi.from_buffer(body)
+        self._check(
+            lib.mh2_submit_response_h1(
+                self._hdrs, self._s, stream_id, block, len(block), count, lines, len(lines), data, n
+            )
+        )
         return True
 
     def start_graceful_shutdown(self) -> None:
@@ -660,7 +743,7 @@ class H2ClientSession(_Session):
         lib, ffi = _binding.lib, _binding.ffi
         if not self.accepting_streams:
             raise H2Error("the connection is going away: open a new one")
-        block, count, _ = _block(headers)
+        block, count = _block(headers)
         prd = ffi.NULL if end_stream else _binding.provider()
         sid = lib.mh2_submit_request(self._s, block, len(block), count, prd)
         self._check(sid)

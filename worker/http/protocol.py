@@ -197,6 +197,8 @@ class HttpServerProtocol(asyncio.Protocol):
         n = len(data)
         self._rt.stats.bytes_in += n
         if self._tls is not None:
+            if self._lingering:
+                return  # after our close_notify: read and dropped, never decrypted
             try:
                 data = self._tls.feed(data)
             except TlsError as exc:
@@ -530,13 +532,16 @@ class HttpServerProtocol(asyncio.Protocol):
         t = self._transport
         if t is None:
             return
-        if linger and self._tls is None and t.can_write_eof():
+        if linger and (self._tls is None or self._h2 is not None) and t.can_write_eof():
             # lingering close: stop sending, read and drop what the client still sends, so
             # that closing with unread data does not reset the connection before the client
-            # has read our response
+            # has read our response (h2 over TLS too: close_notify, then FIN; a flood's
+            # GOAWAY must not be lost to an RST; docs/http2.md)
             self._lingering = True
             self._reader.dead = True
             try:
+                if self._tls is not None:
+                    self._tls.close_notify()
                 t.write_eof()
             except (OSError, RuntimeError):
                 t.abort()
