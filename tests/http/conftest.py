@@ -42,15 +42,37 @@ LOOPS = [
     pytest.param("io_uring", marks=pytest.mark.skipif(not URING, reason="io_uring unavailable")),
 ]
 PARSERS = ["native", "httptools", "h11"]
-# every (parser, loop) pair, for module-scoped proxy fixtures: params=VARIANTS, ids=VARIANT_IDS
-VARIANTS = [(p, loop) for p in PARSERS for loop in ("asyncio", "io_uring")]
-VARIANT_IDS = [f"{p}-{loop}" for p, loop in VARIANTS]
+
+# The two engines (issue 13 §3). The Python engine is the default and runs on every loop; the
+# native engine (engine = "native": the C exchange of uring/mu_native.c for what it accepts, the
+# Python engine for the rest) runs on io_uring only. For the tests, the native engine is one
+# more "loop" value, "native": the io_uring runtime with engine = "native" in every http server
+# of the config, its test ids end in [native] (`pytest tests/http -k native` picks them, and
+# the native parser's, `-k "native and not io_uring and not asyncio"` only them). run_worker
+# checks that the engine is on, so a config it declines as a whole cannot pass quietly.
+# Which tests take the dimension: docs/contributing.md, "Both engines".
+NATIVE = "native"
+NATIVE_PARAM = pytest.param(NATIVE, marks=pytest.mark.skipif(not URING, reason="io_uring unavailable"))
+ENGINE_LOOPS = [*LOOPS, NATIVE_PARAM]
+# the Python engine on asyncio and the native engine: where the loop is covered elsewhere
+ENGINES = ["asyncio", NATIVE_PARAM]
+# (parser, loop) of the native engine: the parser the Python engine then uses is the default one
+NATIVE_VARIANT = ("auto", NATIVE)
+# every (parser, loop) pair, and the native engine, for module-scoped proxy fixtures:
+# params=VARIANTS, ids=VARIANT_IDS
+VARIANTS = [(p, loop) for p in PARSERS for loop in ("asyncio", "io_uring")] + [NATIVE_VARIANT]
+VARIANT_IDS = [f"{p}-{loop}" for p, loop in VARIANTS[:-1]] + [NATIVE]
+# each parser on the asyncio loop, and the native engine: for suites where the parser decides
+# and the loop does not (params=PARSER_VARIANTS, ids=PARSER_VARIANT_IDS)
+PARSER_VARIANTS = [(p, "asyncio") for p in PARSERS] + [NATIVE_VARIANT]
+PARSER_VARIANT_IDS = [f"{p}-asyncio" for p in PARSERS] + [NATIVE]
 
 
 def variant(param: tuple[str, str]) -> tuple[str, str]:
-    """The (parser, loop) of a VARIANTS param; skips io_uring variants where it is unavailable."""
+    """The (parser, loop) of a VARIANTS param; skips io_uring variants (the native engine's
+    included) where io_uring is unavailable."""
     parser, loop = param
-    if loop == "io_uring" and not URING:
+    if loop in ("io_uring", NATIVE) and not URING:
         pytest.skip("io_uring unavailable")
     return parser, loop
 
@@ -61,6 +83,7 @@ class Worker:
     servers: dict[str, list[str]]
     runtime: str
     log_path: Path
+    engine: str = "python"  # "native": run_worker(loop=NATIVE)
 
     def port(self, server: str = "px") -> int:
         return int(self.servers[server][0].rsplit(":", 1)[1])
@@ -86,21 +109,24 @@ class Worker:
         return 0
 
 
-# MONOLAKE_TEST_ENGINE=native: every http server a test starts runs engine = "native" (the C
-# exchange on io_uring, worker/http/native_engine.py), so a suite checks both engines:
-#   MONOLAKE_TEST_ENGINE=native pytest tests/http/test_basic.py -k io_uring
+# MONOLAKE_TEST_ENGINE=native: every http server any test starts runs engine = "native" (the
+# ENGINE_LOOPS / VARIANTS dimension covers the tests where the engine matters; this is for
+# trying the rest, or the h2 suites, on it):
+#   MONOLAKE_TEST_ENGINE=native pytest tests/http/test_layered_path.py -k io_uring
 TEST_ENGINE = os.environ.get("MONOLAKE_TEST_ENGINE", "")
 
 
-def with_engine(config: str) -> str:
-    """``config`` with ``engine = TEST_ENGINE`` in each http server table that names none."""
-    if not TEST_ENGINE or "engine =" in config:
+def with_engine(config: str, engine: str = "") -> str:
+    """``config`` with ``engine = ENGINE`` (default: TEST_ENGINE) in each http server table
+    that names none."""
+    engine = engine or TEST_ENGINE
+    if not engine or "engine =" in config:
         return config
-    return re.sub(r'(?m)^(proxy_type = "http"\s*)$', rf'\1\nengine = "{TEST_ENGINE}"', config)
+    return re.sub(r'(?m)^(proxy_type = "http"\s*)$', rf'\1\nengine = "{engine}"', config)
 
 
 def runtime_line(loop: str) -> str:
-    return 'runtime_type = "io_uring"' if loop == "io_uring" else 'runtime_type = "legacy"'
+    return 'runtime_type = "io_uring"' if loop in ("io_uring", NATIVE) else 'runtime_type = "legacy"'
 
 
 @contextmanager
@@ -108,9 +134,12 @@ def run_worker(
     tmp: Path, config: str, loop: str = "asyncio", timeout: float = 15.0, nofile: int | None = None
 ) -> Iterator[Worker]:
     """Start ``python -m monolake.worker --standalone -c CONFIG``; wait for its READY line.
-    ``nofile``: the worker's RLIMIT_NOFILE (soft and hard)."""
+    ``loop``: "asyncio", "io_uring", or NATIVE (io_uring with engine = "native": the worker
+    must then say that the native engine is on). ``nofile``: the worker's RLIMIT_NOFILE (soft
+    and hard)."""
     cfg = tmp / f"monolake-{time.monotonic_ns()}.toml"
-    cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + with_engine(config))
+    engine = "native" if loop == NATIVE else ""
+    cfg.write_text(f"[runtime]\n{runtime_line(loop)}\nworkers = 1\n\n" + with_engine(config, engine))
     log_path = tmp / (cfg.stem + ".log")
     if loop == "asyncio":
         code = (
@@ -142,7 +171,12 @@ def run_worker(
         if not line.startswith(b"READY "):
             raise AssertionError(f"worker did not become ready: {line!r}\n{log_path.read_text()[-4000:]}")
         info = json.loads(line[6:])
-        yield Worker(proc, info["servers"], info.get("runtime", ""), log_path)
+        if loop == NATIVE:
+            text = log_path.read_text()
+            assert '"event": "native_engine"' in text and "native_engine_off" not in text, (
+                f"the native engine is not on: {text[-4000:]}"
+            )
+        yield Worker(proc, info["servers"], info.get("runtime", ""), log_path, engine or "python")
     finally:
         kill_pids([proc.pid, *children_of(proc.pid)])
         try:
@@ -176,9 +210,19 @@ class Reply:
 class Conn:
     """A blocking loopback connection that can send raw bytes and read whole responses."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
-        # getaddrinfo picks the family (::1 too); a 4-tuple address would not unpack here
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, rcvbuf: int = 0) -> None:
+        """``rcvbuf``: SO_RCVBUF set before the connect, so the window the handshake offers
+        is that small from the start (set after it, the window shrinks under a scale chosen
+        for the default size, and each 64 KiB then takes ~1.7 s of persist-timer probes)."""
+        if rcvbuf:
+            family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            self.sock = socket.socket(family, kind, proto)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect(addr)
+        else:
+            # getaddrinfo picks the family (::1 too); a 4-tuple address would not unpack here
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
 
     def close(self) -> None:
@@ -311,7 +355,7 @@ def proxy_config(tables: str, parser: str | None = None) -> str:
 
 def serve_proxy(param: tuple[str, str], tmp: Path, tables: str) -> Iterator[Worker]:
     """The body of a module's ``proxy`` fixture: proxy_config(tables) run with the VARIANTS
-    ``param``'s parser and loop."""
+    ``param``'s parser and loop (or engine)."""
     parser, loop = variant(param)
     with run_worker(tmp, proxy_config(tables, parser), loop=loop) as w:
         yield w

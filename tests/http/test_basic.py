@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from tests.http.conftest import (
@@ -89,8 +87,7 @@ def test_bodies_that_arrive_with_their_head_go_through_intact(proxy):
     buffer without a copy) arrive byte for byte, pipelined, while this client reads slowly
     enough that most of each response waits in the proxy's send queue."""
     sizes = [1, 1000, 4096, 40_000, 65_000, 65_536, 3, 60_000]
-    with Conn(proxy.port()) as c:
-        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with Conn(proxy.port(), rcvbuf=4096) as c:  # a window of a few KiB: most of it waits
         c.send(b"".join(b"GET /up/bytes?n=%d&onewrite=1 HTTP/1.1\r\nHost: a\r\n\r\n" % n for n in sizes))
         for n in sizes:
             r = c.read_response()

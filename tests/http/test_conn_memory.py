@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.http.conftest import LOOPS, Conn, run_worker
+from tests.http.conftest import ENGINE_LOOPS, Conn, run_worker
 from tests.support import free_port
 
 N = 2000
@@ -65,7 +65,7 @@ def _burst(port: int) -> list[Conn]:
     return conns
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", ENGINE_LOOPS)
 def test_idle_connection_memory(tmp_path, loop, monkeypatch):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard < N + 512:

@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from tests.http.conftest import LOOPS, Conn, proxy_config, run_worker
+from tests.http.conftest import ENGINE_LOOPS, Conn, proxy_config, run_worker
 
 NOFILE = 96  # the worker's whole fd budget: loop, ring, sockets, logs, and the clients
 
 
-@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("loop", ENGINE_LOOPS)
 def test_idle_keepalive_connections_make_room_for_new_clients(tmp_path, loop):
     config = proxy_config("""
 [servers.px.timeout]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.http.conftest import PARSERS, Conn, run_worker
+from tests.http.conftest import PARSER_VARIANT_IDS, PARSER_VARIANTS, Conn, run_worker, variant
 from tests.http.upstream import UpstreamServer
 from tests.support import free_port, wait_for
 
@@ -99,13 +99,14 @@ def upstream():
 # "never reaches the upstream" holds for errors in the body's framing too. With a pooled
 # connection the head of a chunked request goes out at once (the body streams) and a framing
 # error closes that connection instead: test_body_framing_error_on_a_pooled_connection.
-@pytest.fixture(scope="module", params=PARSERS)
+@pytest.fixture(scope="module", params=PARSER_VARIANTS, ids=PARSER_VARIANT_IDS)
 def proxy(request, upstream, tmp_path_factory):
+    parser, loop = variant(request.param)
     config = f"""
 [servers.px]
 proxy_type = "http"
 listener = {{ type = "socket", value = "127.0.0.1:{free_port()}" }}
-http_parser = "{request.param}"
+http_parser = "{parser}"
 max_body_size = 1000000
 [[servers.px.routes]]
 path_prefix = "/up"
@@ -113,7 +114,7 @@ preserve_path = true
 max_idle_per_upstream = 0
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 """
-    with run_worker(tmp_path_factory.mktemp("w"), config) as w:
+    with run_worker(tmp_path_factory.mktemp("w"), config, loop) as w:
         yield w
 
 
@@ -195,12 +196,13 @@ class RecordingUpstream:
 BODY_FRAMING = ["bad_chunk_size", "chunk_overflow", "bare_lf_after_chunk_size", "chunk_data_longer_than_size"]
 
 
-@pytest.mark.parametrize("parser", PARSERS)
-def test_body_framing_error_on_a_pooled_connection(parser, tmp_path):
+@pytest.mark.parametrize("param", PARSER_VARIANTS, ids=PARSER_VARIANT_IDS)
+def test_body_framing_error_on_a_pooled_connection(param, tmp_path):
     """The head of a chunked request goes out at once on a pooled upstream connection (the
     body streams); when its body's framing turns out bad, the client gets its 400 and that
     upstream connection is closed before the last chunk, never reused: the upstream never sees
     a complete request, let alone a smuggled one."""
+    parser, loop = variant(param)
     up = RecordingUpstream()
     config = f"""
 [servers.px]
@@ -214,7 +216,7 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
 """
     forwarded = 0
     try:
-        with run_worker(tmp_path, config) as w:
+        with run_worker(tmp_path, config, loop) as w:
             for case in BODY_FRAMING:
                 raw = next(c[1] for c in CASES if c[0] == case)
                 with Conn(w.port()) as c:  # an answered GET: its upstream connection is pooled

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.http.conftest import URING, Worker, run_worker
+from tests.http.conftest import NATIVE, URING, Worker, run_worker
 from tests.support import free_port, wait_for
 
 pytestmark = pytest.mark.skipif(not URING, reason="io_uring unavailable")
@@ -375,21 +375,24 @@ def _exchange_all(port: int) -> bytes:
 
 
 def test_same_bytes_at_both_ends(tmp_path: Path, upstream: RawUpstream) -> None:
-    """Every size both ways on one keep-alive connection: splice on, splice off, and the
-    epoll runtime with splicing configured (it falls back to the Python relay)."""
+    """Every size both ways on one keep-alive connection: splice on, splice off, the epoll
+    runtime with splicing configured (it falls back to the Python relay), and the native
+    engine with splicing on (C relays the small ones, the Python engine splices the rest)."""
     seen = []
-    for threshold, loop in ((THRESHOLD, "io_uring"), (0, "io_uring"), (THRESHOLD, "asyncio")):
+    legs = ((THRESHOLD, "io_uring"), (0, "io_uring"), (THRESHOLD, "asyncio"), (THRESHOLD, NATIVE))
+    for threshold, loop in legs:
         first, conns = len(upstream.requests), upstream.conns
         with proxy(tmp_path, upstream, threshold, loop=loop) as w:
             pipes = pipes_of(w)
             client = _exchange_all(w.port())
             ups = [r for _, r in upstream.requests[first:]]
             seen.append((client, ups, upstream.conns - conns, pipes_of(w) - pipes))
-    (c_on, u_on, n_on, pipes_on), (c_off, u_off, n_off, pipes_off), (c_ep, u_ep, n_ep, pipes_ep) = seen
-    assert c_on == c_off == c_ep
-    assert u_on == u_off == u_ep
-    assert n_on == n_off == n_ep == 1  # one upstream connection, reused after every spliced body
-    assert pipes_on > 0 and pipes_off == 0 and pipes_ep == 0  # only the first one spliced
+    (c_on, u_on, n_on, pipes_on), (c_off, u_off, n_off, pipes_off), (c_ep, u_ep, n_ep, pipes_ep) = seen[:3]
+    c_nx, u_nx, n_nx, pipes_nx = seen[3]
+    assert c_on == c_off == c_ep == c_nx
+    assert u_on == u_off == u_ep == u_nx
+    assert n_on == n_off == n_ep == n_nx == 1  # one upstream connection, reused after every spliced body
+    assert pipes_on > 0 and pipes_off == 0 and pipes_ep == 0 and pipes_nx > 0  # only splice-on ones spliced
 
 
 @pytest.mark.parametrize("direction", ["request", "response"])
@@ -424,15 +427,19 @@ class Probe:
 
 def both(tmp: Path, up: RawUpstream, scenario: Any, timeouts: str = "") -> list[Any]:
     """``scenario(worker, probe)`` through a splice-on and a splice-off worker: both outcomes
-    (the callers assert they are equal), after checking that only the first spliced."""
+    (the callers assert they are equal), after checking that only the first spliced. Then
+    through a splice-on worker on the native engine (issue 13 §3): these bodies are above
+    what C relays, so it hands them to the Python engine (a request early, a response late,
+    after its head came), which splices; the outcome must be the splice-on one."""
     out = []
-    for threshold in (THRESHOLD, 0):
-        with proxy(tmp, up, threshold, timeouts=timeouts) as w:
+    for threshold, loop in ((THRESHOLD, "io_uring"), (0, "io_uring"), (THRESHOLD, NATIVE)):
+        with proxy(tmp, up, threshold, loop=loop, timeouts=timeouts) as w:
             probe = Probe(w)
             out.append(scenario(w, probe))
             probe()
-            assert (probe.peak > 0) == bool(threshold), (threshold, probe.peak)
-    return out
+            assert (probe.peak > 0) == bool(threshold), (threshold, loop, probe.peak)
+    assert out[2] == out[0], f"the native engine: {out[2]}, the Python engine: {out[0]}"
+    return out[:2]
 
 
 def _wait_log(w: Worker, text: str, timeout: float = 10.0) -> bool:

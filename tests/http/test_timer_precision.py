@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.http.conftest import LOOPS, Conn, proxy_config, run_worker
+from tests.http.conftest import ENGINE_LOOPS, Conn, proxy_config, run_worker
 from tests.http.upstream import UpstreamServer
 
 TIMEOUT = 1.0
@@ -41,7 +41,7 @@ def _staggered(fn) -> list[tuple[int, float]]:
     return results
 
 
-@pytest.fixture(scope="module", params=LOOPS)
+@pytest.fixture(scope="module", params=ENGINE_LOOPS)
 def proxy(request, tmp_path_factory):
     with UpstreamServer("s") as up:
         config = proxy_config(f"""

@@ -31,7 +31,7 @@ class Faulty:
         if self.how == "never_ready":
             time.sleep(3600)  # the build never ends: no ready
         elif self.how == "late_ready":
-            time.sleep(12)  # ready after the reload gave up (reload_timeout = 10)
+            time.sleep(7)  # ready after the reload gave up (reload_timeout = 5), in the sampling window
         elif self.how == "crash_after_ready" and previous is None:
             asyncio.get_running_loop().call_soon(os._exit, 9)  # right after ``ready``
         elif self.how == "crash_at_commit" and BUILDS[0] > 1:
@@ -129,7 +129,9 @@ def _check_tracked(m: Monolaked, inodes: set[int]) -> set[int]:
 def test_a_failing_generation_reload_leaves_no_untracked_child(master_factory, tmp_path, how):
     (tmp_path / "faulty_layer.py").write_text(FAULTY)
     port = free_port()
-    supervisor = "reload_timeout = 10"
+    # 5 s: far above a worker's start on a loaded 2-core machine (~1-2 s), and each scenario
+    # that waits for it out costs this once (10 s before: 18 s a scenario)
+    supervisor = "reload_timeout = 5"
     good = base_config(tmp_path, port).replace("reload_timeout = 20", supervisor)
     assert supervisor in good
     first = good + (_layer(how) if how == "die_at_export" else "")
