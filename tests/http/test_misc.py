@@ -108,15 +108,10 @@ def test_host_routing_and_preserve_host(routed):
     assert dict(map(tuple, rb.json()["headers"]))["host"] == "B.Example:8080"
 
 
-def test_pool_keeps_at_most_max_idle_and_expires_them(routed, request):
+def test_pool_keeps_at_most_max_idle_and_expires_them(routed):
     import time as _t
 
     w, a, _b = routed
-    if w.engine == "native":
-        # NativeEngine.park (worker/http/native_engine.py) returns False when C's idle list
-        # of the endpoint is full, and UpstreamPool.release then parks the connection in the
-        # Python list too: max_idle_per_upstream = 1 keeps 2 idle connections
-        request.applymarker(pytest.mark.xfail(strict=True, reason="native engine: 2 x max_idle idle"))
     conns = [Conn(w.port("r")) for _ in range(3)]
     try:
         for c in conns:  # three concurrent requests: three upstream connections

@@ -213,6 +213,11 @@ class NativeEngine:
         self.idle[ep].append(u)
         return True
 
+    def idle_for(self, key: tuple) -> int:
+        """How many idle connections C holds for ``key``."""
+        ep = self.eps.get(key)
+        return len(self.idle[ep]) if ep is not None else 0
+
     def unpark(self, key: tuple) -> UpstreamConnection | None:
         """An idle connection C holds for ``key``, handed back to the Python engine."""
         ep = self.eps.get(key)

@@ -187,7 +187,9 @@ class UpstreamPool:
         dq = self.idle.get(conn.key)
         if dq is None:
             dq = self.idle[conn.key] = IdleList(self.counters)
-        if not dq.park(conn, self.loop.time() if self.loop else 0.0, up.max_idle):
+        # max_idle bounds both engines' idle lists together (C's may hold some of this key's)
+        room = up.max_idle - (self.native.idle_for(conn.key) if self.native is not None else 0)
+        if not dq.park(conn, self.loop.time() if self.loop else 0.0, room):
             conn.close()
 
     def forget(self, conn: UpstreamConnection) -> None:
