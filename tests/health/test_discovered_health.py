@@ -28,7 +28,9 @@ def test_discovered_address_that_fails_checks_loses_traffic(
     load = Load(port)
     try:
         wait_for(
-            lambda: b2.requests() > 10 and b3.requests() > 10, timeout=10, what="traffic to both addresses"
+            lambda: b2.requests() > 10 and b3.requests() > 10 and b3.health_checks > 0,
+            timeout=10,
+            what="traffic to both addresses, and a check of 127.0.0.3",
         )
         assert b3.hosts == {f"app.test:{up}"}  # the check's Host is the name, as for requests
 
