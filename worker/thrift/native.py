@@ -22,8 +22,6 @@ The C decisions have twins in native_scan.py (tests/thrift/test_thrift_native_tw
 
 from __future__ import annotations
 
-import json
-import os
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -47,10 +45,6 @@ except (ImportError, AttributeError):  # no io_uring extension: the native relay
     THRIFT = None
 
 log = structlog.get_logger("monolake.native")
-
-# diagnostics: the server's stats written here (JSON) at each sweep, so tests and benchmarks
-# read a standalone worker's counters (it has no stats endpoint)
-STATS_FILE_ENV = "MONOLAKE_THRIFT_STATS_FILE"
 
 
 def why_not(srv: ThriftServer) -> str | None:
@@ -189,6 +183,8 @@ class NativeRelay:
         conn.inflight += 1
         proto.inflight += 1
         proto.server.active += 1
+        if proto.deframer.kind == AUTO:
+            proto.deframer.kind = FRAMED  # C read this stream's first message (error replies are framed)
 
     def forget(self, conn: UpstreamConnection) -> None:
         """The connection closed (the pool's on_closed): the call on it fails as the pool's."""
@@ -233,14 +229,6 @@ class NativeRelay:
 
     def counters(self) -> dict[str, int]:
         return dict(self.c.counters())
-
-    def write_stats(self, stats: dict[str, int]) -> None:
-        """The server's stats to $MONOLAKE_THRIFT_STATS_FILE, when it is set (see above)."""
-        path = os.environ.get(STATS_FILE_ENV)
-        if path:
-            with open(path + ".tmp", "w") as f:
-                json.dump(stats, f)
-            os.replace(path + ".tmp", path)
 
     # -- a late decline (mu_thrift.c late) -------------------------------------------------
     def _late(self, u: Any, reason: int, data: bytes) -> None:
