@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from monolake.worker.thrift import native
-from monolake.worker.thrift.server import STATS_FILE_ENV
 from monolake.worker.thrift.message import parse_head, varint
+from monolake.worker.thrift.server import STATS_FILE_ENV
 from tests.thrift.thrift_support import free_port, listener, proxy, wait_for
 
 pytestmark = pytest.mark.skipif(native.THRIFT is None, reason="monolake.uring._thrift is not available")
@@ -125,13 +125,22 @@ B = "binary"
 CORPUS: dict[str, tuple[str, list[Step]]] = {
     "calls": ("px", [(frame(msg("echo", i)), 1, False) for i in range(1, 5)]),
     "compact": ("px", [(frame(msg("echo", 300 + i, proto="compact")), 1, False) for i in range(3)]),
-    "negative-seqid": ("px", [(frame(msg("echo", -5)), 1, False), (frame(msg("echo", -5, proto="compact")), 1, False)]),
+    "negative-seqid": (
+        "px",
+        [(frame(msg("echo", -5)), 1, False), (frame(msg("echo", -5, proto="compact")), 1, False)],
+    ),
     "oneway-then-call": ("px", [(frame(msg("note", 9, mtype=4)) + frame(msg("echo", 10)), 1, False)]),
     "multiplexed": ("px", [(frame(msg("Echo:echo", 11)), 1, False), (frame(msg("Echo:echo", 12)), 1, False)]),
     "two-in-one-read": ("px", [(frame(msg("echo", 13)) + frame(msg("note", 14, mtype=4)), 1, False)]),
     "split-frame": ("px", [(frame(msg("echo", 15))[:7], 0, False), (frame(msg("echo", 15))[7:], 1, False)]),
-    "then-native-again": ("px", [(frame(msg("echo", 16))[:3], 0, False), (frame(msg("echo", 16))[3:], 1, False),
-                                 (frame(msg("echo", 17)), 1, False)]),
+    "then-native-again": (
+        "px",
+        [
+            (frame(msg("echo", 16))[:3], 0, False),
+            (frame(msg("echo", 16))[3:], 1, False),
+            (frame(msg("echo", 17)), 1, False),
+        ],
+    ),
     "upstream-exception": ("px", [(frame(msg("boom", 20)), 1, False), (frame(msg("echo", 21)), 1, False)]),
     "upstream-close": ("px", [(frame(msg("close", 22)), 1, False), (frame(msg("echo", 23)), 1, False)]),
     "upstream-garbage": ("px", [(frame(msg("garbage", 24)), 1, False), (frame(msg("echo", 25)), 1, False)]),
@@ -139,13 +148,25 @@ CORPUS: dict[str, tuple[str, list[Step]]] = {
     "upstream-extra": ("px", [(frame(msg("extra", 28)), 1, False), (frame(msg("echo", 29)), 1, False)]),
     "upstream-timeout": ("px", [(frame(msg("slow", 30)), 1, False), (frame(msg("echo", 31)), 1, False)]),
     "unknown-method": ("nd", [(frame(msg("nothing", 32)), 1, False), (frame(msg("echo", 33)), 1, False)]),
-    "non-ascii-name": ("px", [(frame(msg("échо", 34)), 1, False)]),
-    "old-binary": ("px", [(frame(struct.pack("!i", 4) + b"echo\x01" + struct.pack("!i", 35) + b"\x00"), 1, False)]),
-    "client-sends-reply": ("px", [(frame(msg("echo", 36)), 1, False), (frame(msg("echo", 37, mtype=2)), 0, True)]),
-    "oversize": ("px", [(frame(msg("echo", 38)), 1, False), (struct.pack("!I", 5000) + b"\x80" * 10, 0, True)]),
+    "non-ascii-name": ("px", [(frame(msg("\u00e9cho", 34)), 1, False)]),
+    "old-binary": (
+        "px",
+        [(frame(struct.pack("!i", 4) + b"echo\x01" + struct.pack("!i", 35) + b"\x00"), 1, False)],
+    ),
+    "client-sends-reply": (
+        "px",
+        [(frame(msg("echo", 36)), 1, False), (frame(msg("echo", 37, mtype=2)), 0, True)],
+    ),
+    "oversize": (
+        "px",
+        [(frame(msg("echo", 38)), 1, False), (struct.pack("!I", 5000) + b"\x80" * 10, 0, True)],
+    ),
     "garbage": ("px", [(frame(msg("echo", 39)), 1, False), (b"GET / HTTP/1.1\r\n\r\n", 0, True)]),
     "bad-head": ("px", [(frame(b"\x80\x02\x00\x01\x00\x00"), 0, True)]),
-    "pipelined": ("px", [(frame(msg("echo", 40)) + frame(msg("echo", 41)) + frame(msg("echo", 42)), 3, False)]),
+    "pipelined": (
+        "px",
+        [(frame(msg("echo", 40)) + frame(msg("echo", 41)) + frame(msg("echo", 42)), 3, False)],
+    ),
 }
 PIPELINED = {"pipelined"}
 
@@ -219,7 +240,12 @@ upstreams = [{{ endpoint = {ep} }}]
     stats = tmp / f"stats-{engine}.json.px"
     seen: dict[str, list[bytes]] = {}
     (tmp / engine).mkdir()
-    with proxy(tmp / engine, servers, runtime='runtime_type = "io_uring"', env={STATS_FILE_ENV: str(stats)[: -len(".px")]}):
+    with proxy(
+        tmp / engine,
+        servers,
+        runtime='runtime_type = "io_uring"',
+        env={STATS_FILE_ENV: str(stats)[: -len(".px")]},
+    ):
         for name, (server, steps) in CORPUS.items():
             try:
                 got = converse(px if server == "px" else nd, steps)

@@ -22,7 +22,7 @@ The C decisions have twins in native_scan.py (tests/thrift/test_thrift_native_tw
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 
@@ -148,7 +148,7 @@ class NativeRelay:
         u.since = pool.now()
         conn.native = u
         conn.fast_reader = u
-        t._update_fast_reader()
+        cast(Any, t)._update_fast_reader()  # the io_uring transport (checked above)
         lst.append(u)
         return True
 
@@ -170,7 +170,7 @@ class NativeRelay:
         conn.native = None
         conn.fast_reader = None
         conn.next_seqid = u.next_seqid
-        t = conn.transport
+        t: Any = conn.transport
         if t is not None:
             t._update_fast_reader()
         if st is None:

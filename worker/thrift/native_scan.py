@@ -89,7 +89,7 @@ def _compact_name_span(data: bytes, n: int) -> tuple[int, int]:
 
 
 def _compact_name(data: bytes, n: int) -> str | None:
-    """"name" when a compact head failed only on its name's UTF-8 (its bounds are fine)."""
+    """ "name" when a compact head failed only on its name's UTF-8 (its bounds are fine)."""
     end = 4 + n
     if data[4] != 0x82 or n < 4 or data[5] & 0x1F != 1:
         return None
