@@ -131,7 +131,9 @@ CORPUS: dict[str, tuple[str, list[Step]]] = {
     ),
     "oneway-then-call": ("px", [(frame(msg("note", 9, mtype=4)) + frame(msg("echo", 10)), 1, False)]),
     "multiplexed": ("px", [(frame(msg("Echo:echo", 11)), 1, False), (frame(msg("Echo:echo", 12)), 1, False)]),
-    "two-in-one-read": ("px", [(frame(msg("echo", 13)) + frame(msg("note", 14, mtype=4)), 1, False)]),
+    # oneway first: a message behind a call would open a second upstream connection, and which
+    # of the two is idle last (so taken next) is the upstream's timing, in both engines
+    "two-in-one-read": ("px", [(frame(msg("note", 13, mtype=4)) + frame(msg("echo", 14)), 1, False)]),
     "split-frame": ("px", [(frame(msg("echo", 15))[:7], 0, False), (frame(msg("echo", 15))[7:], 1, False)]),
     "then-native-again": (
         "px",
