@@ -49,7 +49,9 @@ def main(argv: list[str]) -> None:
 
     import atheris
 
-    with atheris.instrument_imports(include=["monolake.worker.http", "monolake.worker.thrift", "monolake.conf.routes", "tests.fuzz"]):
+    with atheris.instrument_imports(
+        include=["monolake.worker.http", "monolake.worker.thrift", "monolake.conf.routes", "tests.fuzz"]
+    ):
         from tests.fuzz import targets
 
     one_input = targets.TARGETS[args.target]
