@@ -206,7 +206,8 @@ class ServerConfig:
     upstream_http_version: str = "auto"  # "http2" | "http11" | "auto"
     http_parser: str = "auto"  # "auto" | "native" | "httptools" | "h11"
     # http: who serves keep-alive requests: "python" (the reference) or "native" (the C
-    # exchange on io_uring for what it accepts, the Python engine for the rest; docs/http.md)
+    # exchange on io_uring for what it accepts, the Python engine for the rest; docs/http.md);
+    # thrift: the same choice for framed messages (the C relay, docs/thrift.md)
     engine: str = "python"
     max_body_size: int = 0
     # http: request / response bodies with a Content-Length of at least this many bytes are

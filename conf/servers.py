@@ -68,7 +68,7 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
     "preserve_host": ("http",),
     "via": ("http",),
     "http_parser": ("http", "http_thrift"),
-    "engine": ("http",),
+    "engine": ("http", "thrift"),
     "max_body_size": ("http", "http_thrift"),
     "splice_threshold": ("http",),
     "max_header_size": ("http", "http_thrift"),

@@ -56,10 +56,11 @@ class Unit:
 
 # mu_native / mu_nx: the native exchange (issue 13 §2); it writes through mu_fast's writers and
 # runs from the completion walk, so it lives here, with its own copies of mu_route, mu_head and
-# mu_balance (the balancer tables are made through _codec: same source, same layout)
+# mu_balance (the balancer tables are made through _codec: same source, same layout);
+# mu_thrift / mu_thrift_frame: the native Thrift relay on the same machinery (worker/thrift/native.py)
 URING = Unit(
     "monolake.uring._uring",
-    ("mu_ring.h", "mu_fast.h", "mu_splice.h", "mu_native.h", "mu_nx.h"),
+    ("mu_ring.h", "mu_fast.h", "mu_splice.h", "mu_native.h", "mu_nx.h", "mu_thrift.h", "mu_thrift_frame.h"),
     (
         "mu_ring.c",
         "mu_fast.c",
@@ -70,6 +71,8 @@ URING = Unit(
         "mu_route.c",
         "mu_head.c",
         "mu_balance.c",
+        "mu_thrift.c",
+        "mu_thrift_frame.c",
     ),
     liburing=True,
 )

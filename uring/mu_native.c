@@ -28,12 +28,12 @@
  */
 #include <Python.h>
 #include <string.h>
-#include <time.h>
 
 #include "mu_balance.h"
 #include "mu_head.h"
 #include "mu_native.h"
 #include "mu_nx.h"
+#include "mu_pyglue.h"
 #include "mu_route.h"
 
 enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
@@ -131,13 +131,6 @@ static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pau
 #define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
                                * client's reading pauses, as the Python engine's queue does */
 
-static double now_mono(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int set_deadline(Client *c, double when)
 {
     if (c->reader == NULL)
@@ -148,32 +141,6 @@ static int set_deadline(Client *c, double when)
     int rc = PyObject_SetAttr(c->reader, s_deadline, f);
     Py_DECREF(f);
     return rc;
-}
-
-static PyObject *call1(PyObject *fn, PyObject *arg)
-{
-    PyObject *args[1] = {arg};
-    return PyObject_Vectorcall(fn, args, 1, NULL);
-}
-
-static int write_to(PyObject *writer, PyObject *data)
-{
-    PyObject *r = call1(writer, data);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
-
-static int call_method0(PyObject *obj, PyObject *name)
-{
-    if (obj == NULL)
-        return 0;
-    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
 }
 
 /* Backpressure: the upstream connection's reading off (on = 0) while the client's transport

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("target", choices=["request", "response", "chunked", "route", "head", "nx"])
+    ap.add_argument("target", choices=["request", "response", "chunked", "route", "head", "nx", "thrift"])
     ap.add_argument("--seconds", type=int, default=int(os.environ.get("MONOLAKE_FUZZ_SECONDS", "25")))
     ap.add_argument(
         "--runs",
@@ -49,7 +49,9 @@ def main(argv: list[str]) -> None:
 
     import atheris
 
-    with atheris.instrument_imports(include=["monolake.worker.http", "monolake.conf.routes", "tests.fuzz"]):
+    with atheris.instrument_imports(
+        include=["monolake.worker.http", "monolake.worker.thrift", "monolake.conf.routes", "tests.fuzz"]
+    ):
         from tests.fuzz import targets
 
     one_input = targets.TARGETS[args.target]

@@ -835,3 +835,7 @@ TARGETS.update(_NATIVE_TARGETS)
 from tests.fuzz.nx_target import TARGETS as _NX_TARGETS  # noqa: E402
 
 TARGETS.update(_NX_TARGETS)
+# the native Thrift relay's frame decision (uring/mu_thrift_frame.c): tests/fuzz/thrift_target.py
+from tests.fuzz.thrift_target import TARGETS as _THRIFT_TARGETS  # noqa: E402
+
+TARGETS.update(_THRIFT_TARGETS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -166,13 +167,31 @@ class Proxy:
         return out
 
 
+# MONOLAKE_TEST_ENGINE=native: every thrift server a test starts runs engine = "native" (the C
+# relay on io_uring, worker/thrift/native.py; on the legacy loop it logs why it is off), so the
+# suite checks both engines:  MONOLAKE_TEST_ENGINE=native pytest tests/thrift
+TEST_ENGINE = os.environ.get("MONOLAKE_TEST_ENGINE", "")
+
+
+def with_engine(servers: str, engine: str = TEST_ENGINE) -> str:
+    """``servers`` with ``engine = ENGINE`` in each thrift server table that names none."""
+    if not engine:
+        return servers
+    out: list[str] = []
+    for table in re.split(r"(?m)^(?=\[)", servers):
+        if re.search(r'(?m)^proxy_type = "thrift"\s*$', table) and not re.search(r"(?m)^engine =", table):
+            table = re.sub(r'(?m)^(proxy_type = "thrift")\s*$', rf'\1\nengine = "{engine}"', table, count=1)
+        out.append(table)
+    return "".join(out)
+
+
 @contextmanager
 def proxy(tmp: Path, servers: str, runtime: str = "", env: dict[str, str] | None = None) -> Iterator[Proxy]:
     """Run ``python -m monolake.worker --standalone`` on a config made of ``servers`` tables."""
     cfg = tmp / "monolake.toml"
     cfg.write_text(
         f'[runtime]\n{runtime}\n[supervisor]\nlog_format = "json"\nlog_level = "debug"\n'
-        f"graceful_timeout = 2\n\n{servers}\n"
+        f"graceful_timeout = 2\n\n{with_engine(servers)}\n"
     )
     log_path = tmp / "worker.log"
     with (

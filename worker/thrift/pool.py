@@ -112,6 +112,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.next_seqid = 0
         self.idle_since = 0.0
         self.closed = False
+        # the native relay (worker/thrift/native.py): its reader while C holds this connection
+        self.native: Any = None
+        self.fast_reader: Any = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -228,8 +231,11 @@ class UpstreamConnection(asyncio.Protocol):
         return any(call.deadline <= now for call in self.pending.values())
 
     def next_deadline(self) -> float:
-        """The earliest read deadline of the requests waiting here (inf: none)."""
-        return min((call.deadline for call in self.pending.values()), default=math.inf)
+        """The earliest read deadline of the requests waiting here, the native relay's call
+        included (inf: none)."""
+        u = self.native
+        first = u.deadline if u is not None and u.busy else math.inf
+        return min((call.deadline for call in self.pending.values()), default=first)
 
     def close(self) -> None:
         self.closed = True
@@ -260,6 +266,9 @@ class EndpointPool(Health):
         self.idle: IdleList[UpstreamConnection] = IdleList(idle_counters or IdleCounters())
         self.adopting: list[UpstreamConnection] = []  # handed over by the previous generation
         self.clock = 0.0  # the last sweep's time: coarse, for idle bookkeeping
+        # the native relay (worker/thrift/native.py) when it holds this pool's idle connections
+        self.native: Any = None
+        self.native_ep = -1
         Health.__init__(self)  # draining: connections close as they go idle
 
     @property
@@ -270,7 +279,7 @@ class EndpointPool(Health):
         return (self.loop or asyncio.get_running_loop()).time()
 
     def load(self) -> int:
-        return sum(c.inflight for c in self.conns)
+        return sum(map(_inflight, self.conns))
 
     def send(self, frame: Frame, call: Call | None, now: float) -> None:
         """Write one request on the best connection; failures reach ``call.sink.on_error``."""
@@ -281,6 +290,8 @@ class EndpointPool(Health):
 
     def _checkout(self) -> UpstreamConnection:
         conn = self.idle.take()
+        if conn is None and self.native is not None:
+            conn = self.native.unpark(self)
         if conn is not None:
             return conn
         while self.adopting:  # requests queue on it until its transport is up
@@ -388,10 +399,14 @@ class EndpointPool(Health):
     def on_idle(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
+        if self.native is not None and not self.draining and self.native.park(self, conn):
+            return
         if self.draining or not self.idle.park(conn, self.clock or self.now(), self.settings.max_idle):
             conn.close()
 
     def on_closed(self, conn: UpstreamConnection) -> None:
+        if conn.native is not None:
+            self.native.forget(conn)  # a call C had on it fails as this pool's
         self.idle.discard(conn)
         for group in (self.conns, self.adopting):
             try:
@@ -404,6 +419,8 @@ class EndpointPool(Health):
     def sweep(self, now: float) -> None:
         """Expire requests past their deadline and idle connections past ``idle_timeout``."""
         self.clock = now
+        if self.native is not None:
+            self.native.sweep(self, now)
         for conn in list(self.conns):
             self.check_deadline(conn, now)
         for conn in self.idle.expire(now, self.settings.idle_timeout):
@@ -411,6 +428,8 @@ class EndpointPool(Health):
 
     def check_deadline(self, conn: UpstreamConnection, now: float) -> None:
         """Fail ``conn`` (and every request on it) if a request on it is past its deadline."""
+        if conn.native is not None:
+            self.native.check(conn, now)  # a call C sent: the pool's own from here
         if conn.pending and not conn.closed and conn.expired(now):
             log.warning(
                 "thrift_upstream_timeout",
@@ -427,6 +446,8 @@ class EndpointPool(Health):
 
     def export_fds(self, fds: list[int]) -> list[int]:
         """Hand idle connections to the next generation: dup their fds, forget them here."""
+        if self.native is not None:
+            self.native.give_back(self)
         start = len(fds)
         moved = self.idle.export(fds, _at_message_boundary)
         for conn in moved:
@@ -464,6 +485,8 @@ class EndpointPool(Health):
     def adopt_live(self, other: EndpointPool) -> None:
         """In-place reload: move the previous pool's idle connections and health here."""
         self.failures, self.ejected_until = other.failures, other.ejected_until
+        if other.native is not None:
+            other.native.give_back(other)
         for conn in list(other.idle):
             if conn.closed or len(self.idle) >= self.settings.max_idle:
                 continue
@@ -473,6 +496,8 @@ class EndpointPool(Health):
             self.idle.append(conn)
 
     def close(self) -> None:
+        if self.native is not None:
+            self.native.give_back(self)
         for conn in list(self.conns):
             conn.fail(UpstreamError(f"upstream pool for {self.endpoint.label} closed"))
         self.conns.clear()
@@ -483,7 +508,9 @@ class EndpointPool(Health):
 
 
 def _inflight(conn: UpstreamConnection) -> int:
-    return conn.inflight
+    """Calls on ``conn``, the native relay's included."""
+    u = conn.native
+    return conn.inflight + 1 if u is not None and u.busy else conn.inflight
 
 
 def _at_message_boundary(conn: UpstreamConnection) -> bool:
@@ -542,7 +569,7 @@ class Upstreams:
             try:
                 pool.sweep(now)
                 for conn in pool.conns:
-                    deadline = conn.next_deadline() if conn.pending else math.inf
+                    deadline = conn.next_deadline()
                     if now < deadline <= horizon:  # due before the next sweep: its own timer
                         loop.call_at(deadline, self._on_time, pool, conn, deadline)
             except Exception:

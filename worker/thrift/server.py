@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
+import os
 from typing import Any, cast
 
 import structlog
@@ -25,7 +27,7 @@ from monolake.worker.sockopts import set_nodelay
 from monolake.worker.state import Snapshot
 
 from .errors import FrameError, UpstreamError
-from .framing import KINDS, Deframer, Frame, frame_message
+from .framing import AUTO, FRAMED, KINDS, Deframer, Frame, frame_message
 from .message import APP_INTERNAL_ERROR, APP_UNKNOWN_METHOD, CALL, ONEWAY, app_exception
 from .pool import Call
 from .proxy import PROXY_KEY, RouteError, ThriftProxy, ThriftProxyFactory
@@ -35,6 +37,9 @@ from .ttheader import TTHeader
 log = structlog.get_logger()
 
 STATE_VERSION = 1
+# diagnostics: each server's stats written to this path + "." + its name (JSON) at each sweep, so tests and benchmarks
+# read a standalone worker's counters, the native relay's included (it has no stats endpoint)
+STATS_FILE_ENV = "MONOLAKE_THRIFT_STATS_FILE"
 MAX_INFLIGHT = 1024  # per downstream connection; reading pauses beyond it
 _conn_ids = itertools.count(1)
 
@@ -77,6 +82,7 @@ class ThriftServer:
         assert isinstance(proxy, ThriftProxy)
         self.proxy = proxy
         self.direct = self.stack.entry is proxy  # no custom layer: the callback fast path
+        self.native: Any = start_native(self)  # engine = "native": the C relay (native.py)
         self.conns: set[ThriftConnection] = set()
         self.active = 0
         self.draining = False
@@ -105,6 +111,10 @@ class ThriftServer:
         out = self.counters.as_dict()
         out["open_connections"] = len(self.conns)
         out["active_requests"] = self.active
+        if self.native is not None:
+            from .native import add_counters
+
+            add_counters(out, self.native.counters())
         return out
 
     def begin_drain(self) -> None:
@@ -121,10 +131,7 @@ class ThriftServer:
         return [
             (conn.last_active, conn.close_if_idle)
             for conn in self.conns
-            if conn.transport is not None
-            and not conn.inflight
-            and not conn.deframer.partial
-            and conn.last_active
+            if conn.transport is not None and conn.idle() and conn.last_active
         ]
 
     def export_state(self, fds: list[int]) -> dict:
@@ -155,6 +162,8 @@ class ThriftServer:
             return
         now = loop.time()
         horizon = now + self._interval
+        if os.environ.get(STATS_FILE_ENV):
+            write_stats(self.name, self.stats())
         for conn in list(self.conns):
             conn.check_timeouts(now)
             deadline = conn.deadline()
@@ -193,6 +202,8 @@ class ThriftConnection(asyncio.Protocol):
         self.tls: Any = None  # TlsSession when the server terminates TLS
         self.prelude: bytearray | None = None  # PROXY protocol header being read
         self.write: Any = None  # transport.write, or the TLS session's
+        self._native: Any = None  # the native relay's C reader (native.py), when it is on
+        self.fast_reader: Any = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -212,6 +223,8 @@ class ThriftConnection(asyncio.Protocol):
             self.prelude = bytearray()
         elif srv.tls is not None:
             self._start_tls()
+        elif srv.native is not None:
+            self._native = srv.native.attach(self, transport)
         if srv.draining:
             transport.close()
 
@@ -223,6 +236,14 @@ class ThriftConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
         self.transport = None
+        self._lose_native()
+
+    def _lose_native(self) -> None:
+        native = self._native
+        if native is not None:
+            self._native = None
+            self.fast_reader = None
+            native.lost()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -233,12 +254,27 @@ class ThriftConnection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        native = self._native
+        if native is not None and native.owned:
+            native(data)  # the C relay reads this connection (a paused transport calls here)
+            return
         try:
             self._received(data)
         except Exception:
             self.counters.errors += 1
             log.exception("thrift_connection_error", server=self.server.name, peer=_peer(self.peer))
             self.abort()
+            return
+        if native is not None and not self.deframer.buf and self.deframer.kind == FRAMED and self.transport:
+            native.rearm()  # at a message boundary with nothing held: C may take the next read
+
+    def _native_declined(self, data: bytes) -> None:
+        """The C relay hands over the rest of a read, from the first message it does not take
+        (mu_thrift.c decline): the Python engine goes on from there."""
+        native = self._native
+        if native is not None and native.framed and self.deframer.kind == AUTO:
+            self.deframer.kind = FRAMED  # C already read this stream's first message
+        self.data_received(data)
 
     def _received(self, data: bytes) -> None:
         counters = self.counters
@@ -412,7 +448,7 @@ class ThriftConnection(asyncio.Protocol):
             log.info("thrift_tls_error", server=self.server.name, peer=_peer(self.peer), error=str(exc))
             self.abort()
             return
-        if self.server.draining and not self.inflight and not self.deframer.partial:
+        if self.server.draining and self.idle():
             transport.close()
 
     # -- connection management -------------------------------------------------------------
@@ -429,9 +465,18 @@ class ThriftConnection(asyncio.Protocol):
             self.read_paused = False
             transport.resume_reading()
 
+    def idle(self) -> bool:
+        """Nothing in flight (the C relay's calls included) and no partial message."""
+        native = self._native
+        return not self.inflight and not self.deframer.partial and not (native is not None and native.busy)
+
     def close_if_idle(self) -> None:
-        if self.transport is not None and not self.inflight and not self.deframer.partial:
+        if self.transport is None:
+            return
+        if self.idle():
             self.transport.close()
+        elif self._native is not None:
+            self._native.close_after()  # C calls this again when its last call is answered
 
     def deadline(self) -> float:
         """When ``check_timeouts`` acts if nothing arrives meanwhile (inf: nothing is due):
@@ -441,9 +486,12 @@ class ThriftConnection(asyncio.Protocol):
         srv = self.server
         if self.partial_since:
             return self.partial_since + srv.message_timeout
-        if not self.inflight:
-            return self.last_active + srv.keepalive_timeout
-        return math.inf
+        native = self._native
+        if native is None:
+            return self.last_active + srv.keepalive_timeout if not self.inflight else math.inf
+        if self.inflight or native.busy:
+            return math.inf
+        return max(self.last_active, native.last) + srv.keepalive_timeout
 
     def check_timeouts(self, now: float) -> None:
         srv = self.server
@@ -468,7 +516,37 @@ class ThriftConnection(asyncio.Protocol):
         if transport is not None:
             self.transport = None
             self.server.conns.discard(self)
+            self._lose_native()
             transport.abort()
+
+
+def write_stats(server: str, stats: dict[str, int]) -> None:
+    """``stats`` to $MONOLAKE_THRIFT_STATS_FILE.<server>, atomically (see STATS_FILE_ENV)."""
+    path = os.environ[STATS_FILE_ENV] + "." + server
+    with open(path + ".tmp", "w") as f:
+        json.dump(stats, f)
+    os.replace(path + ".tmp", path)
+
+
+def start_native(srv: ThriftServer) -> Any:
+    """``engine = "native"``: the C relay takes what it can (native.py), or None with the
+    reason logged (the Python engine serves everything)."""
+    if getattr(srv.cfg, "engine", "python") != "native":
+        return None
+    from . import native
+
+    reason = native.why_not(srv)
+    relay = None
+    if reason is None:
+        relay = native.NativeRelay(srv)
+        if not relay.usable:
+            reason = "no route has one static upstream"
+            for pool in relay.pools:
+                pool.native = None
+            relay = None
+    if reason is not None:
+        log.warning("thrift_native_engine_off", server=srv.name, reason=reason)
+    return relay
 
 
 def _peer(peer: Any) -> str:
