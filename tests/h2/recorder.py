@@ -53,6 +53,10 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         self._stop = True
+        try:  # wakes the accept() thread (close() alone leaves it blocked until join times out)
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for c in self._conns:
             try:

@@ -186,7 +186,12 @@ def test_early_upstream_answer_while_uploading(proxy):
             pass
         r = c.read_response()
         assert r.status == 413
-        assert r.header("connection") == "close"
+        if r.header("connection") != "close":
+            # the whole body had gone through before the answer was relayed (the upstream reads
+            # and drops it): then, and only then, the connection may stay open, in step
+            assert sent == size
+            c.send(b"GET /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            assert c.read_response().status == 200
 
 
 def test_echo_builtin_reads_the_body(proxy):
