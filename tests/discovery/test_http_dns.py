@@ -158,10 +158,12 @@ def test_srv_priorities_and_weights(start, dnsmasq, backends, runtime_type) -> N
     )
     load = Load(port)
     try:
-        wait_for(lambda: sum(load.snapshot().values()) > 400, timeout=20, what="400 requests")
+        wait_for(lambda: sum(load.snapshot().values()) > 800, timeout=30, what="800 requests")
         got = load.snapshot()
         assert got["c"] == 0  # priority 20 is unused while priority 10 is healthy
-        assert 2.0 < got["a"] / max(1, got["b"]) < 4.5, got  # weights 3:1
+        assert 2.0 < got["a"] / max(1, got["b"]) < 4.5, (
+            got
+        )  # weights 3:1 (800 picks: the bounds are >= 4 standard deviations away; at 400 one CI run saw 4.6)
         assert a.hosts == {"app.test"}  # the Host header is the service's name
 
         # SRV weights change (new records, same port): the split follows within a TTL or two
@@ -174,7 +176,7 @@ def test_srv_priorities_and_weights(start, dnsmasq, backends, runtime_type) -> N
         )
         time.sleep(2.5)
         before = load.snapshot()
-        wait_for(lambda: sum(load.since(before).values()) > 400, timeout=20, what="400 more")
+        wait_for(lambda: sum(load.since(before).values()) > 800, timeout=30, what="800 more")
         got = load.since(before)
         assert 2.0 < got["b"] / max(1, got["a"]) < 4.5, got
 
