@@ -183,3 +183,13 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def close_listener(sock: socket.socket) -> None:
+    """Close a listening socket so that a thread blocked in its ``accept()`` wakes (close()
+    alone leaves it blocked until the thread's join times out)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()

@@ -14,6 +14,8 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+from tests.support import close_listener
+
 
 @dataclass
 class Received:
@@ -53,11 +55,7 @@ class Recorder:
 
     def __exit__(self, *exc: object) -> None:
         self._stop = True
-        try:  # wakes the accept() thread (close() alone leaves it blocked until join times out)
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_listener(self.sock)
         for c in self._conns:
             try:
                 c.shutdown(socket.SHUT_RDWR)

@@ -13,6 +13,8 @@ import socket
 import threading
 import time
 
+from tests.support import close_listener
+
 CLOSE = None
 _BIG = bytes(range(256)) * 800  # 200 KiB, spread over several reads
 _HUGE = bytes(range(256)) * 8192  # 2 MiB: above the native engine's MAX_BODY
@@ -85,11 +87,7 @@ class ScriptedUpstream:
 
     def __exit__(self, *exc: object) -> None:
         self._stop = True
-        try:  # wakes the accept() thread (close() alone leaves it blocked until join times out)
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        close_listener(self.sock)
         for c in list(self._conns):
             try:
                 c.close()
