@@ -16,21 +16,27 @@ MISSING: Any = object()
 D = TypeVar("D")
 
 
-def type_name(value: Any) -> str:
-    """The TOML type of a value, for "found a string" style wording."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return "a date/time"
+# What a value is called in an error message, in the order isinstance must test them (bool is
+# an int): (type, its TOML name, its JSON name). The config's errors speak TOML; the Thrift
+# gateway's JSON mapping (worker/thrift/jsonmap.py) speaks JSON.
+_TYPE_NAMES: tuple[tuple[type, str, str], ...] = (
+    (bool, "a boolean", "a boolean"),
+    (int, "an integer", "an integer"),
+    (float, "a float", "a number"),
+    (str, "a string", "a string"),
+    (dict, "a table", "an object"),
+    (list, "an array", "an array"),
+)
+
+
+def type_name(value: Any, *, json: bool = False) -> str:
+    """The TOML (or, with ``json``, the JSON) type of a value, for "found a string" style wording."""
+    if json and value is None:
+        return "null"
+    for kind, toml_name, json_name in _TYPE_NAMES:
+        if isinstance(value, kind):
+            return json_name if json else toml_name
+    return type(value).__name__ if json else "a date/time"
 
 
 def found_with_type(value: Any) -> str:

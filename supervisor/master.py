@@ -410,7 +410,6 @@ class Master:
             slot.consecutive_crashes = 0  # it ran fine for a while: start the backoff over
         slot.record_crash(sup.flapping_window, sup.flapping_threshold)
         delay = slot.backoff(sup.respawn_backoff_initial, sup.respawn_backoff_max)
-        slot.next_respawn = time.monotonic() + delay
         log.error(
             "worker died; respawning",
             slot=slot.index,

@@ -9,7 +9,8 @@ come back beside the message).
 ``decode`` refuses (``MessageError``) an unknown kind, another protocol version, a missing or
 an extra field and a field of the wrong type; a receiver logs the refusal and serves on.
 
-Adding a message: one dataclass below, decorated with ``@to_worker`` or ``@to_master``, each
+Adding a message: one class below, decorated with ``@to_worker`` or ``@to_master`` (which make
+it a frozen dataclass), each
 field declared with ``doc(...)``; then the handler at the other end, and
 ``python -m monolake.supervisor.messages`` to regenerate the table in docs/contracts.md
 (tests/supervisor/test_messages.py fails until it matches).
@@ -61,6 +62,7 @@ def _register(
     def add(cls: type[M]) -> type[M]:
         if kind in registry:
             raise TypeError(f"two {direction} messages of kind {kind!r}")
+        cls = dataclass(frozen=True)(cls)
         cls.KIND = kind
         cls.DIRECTION = direction
         registry[kind] = cls
@@ -70,13 +72,16 @@ def _register(
     return add
 
 
+# Every message is a frozen dataclass: the two decorators below make it one and register it.
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(doc,))
 def to_worker(kind: str) -> typing.Callable[[type[M]], type[M]]:
-    """Register a master -> worker message."""
+    """Register a master -> worker message (a frozen dataclass)."""
     return _register(TO_WORKER, "m -> w", kind)
 
 
+@typing.dataclass_transform(frozen_default=True, field_specifiers=(doc,))
 def to_master(kind: str) -> typing.Callable[[type[M]], type[M]]:
-    """Register a worker -> master message."""
+    """Register a worker -> master message (a frozen dataclass)."""
     return _register(TO_MASTER, "w -> m", kind)
 
 
@@ -88,7 +93,6 @@ FdIndexes = dict[str, list[int]]  # server name -> indexes into the message's fd
 
 
 @to_worker("hello")
-@dataclass(frozen=True)
 class Hello(Message):
     """The first message: who the worker is and what it serves."""
 
@@ -107,7 +111,6 @@ class Hello(Message):
 
 
 @to_worker("drain")
-@dataclass(frozen=True)
 class Drain(Message):
     """Retire: stop accepting, drain, exit 0."""
 
@@ -115,21 +118,16 @@ class Drain(Message):
 
 
 @to_worker("stop")
-@dataclass(frozen=True)
-class Stop(Message):
+class Stop(Drain):
     """Graceful stop of the whole daemon (like `drain`)."""
-
-    timeout: float = doc("seconds before open connections are closed")
 
 
 @to_worker("export")
-@dataclass(frozen=True)
 class Export(Message):
     """Stop accepting and reply `state`."""
 
 
 @to_worker("commit")
-@dataclass(frozen=True)
 class Commit(Message):
     """A reload's new worker: import the state, start accepting, reply `committed`."""
 
@@ -137,13 +135,11 @@ class Commit(Message):
 
 
 @to_worker("abort")
-@dataclass(frozen=True)
 class Abort(Message):
     """A reload's new worker that will not be committed: exit now."""
 
 
 @to_worker("log_level")
-@dataclass(frozen=True)
 class LogLevel(Message):
     """`monolaked log-level`."""
 
@@ -151,7 +147,6 @@ class LogLevel(Message):
 
 
 @to_worker("cover")
-@dataclass(frozen=True)
 class Cover(Message):
     """Also accept on the sockets of a slot that has no live worker."""
 
@@ -160,7 +155,6 @@ class Cover(Message):
 
 
 @to_worker("uncover")
-@dataclass(frozen=True)
 class Uncover(Message):
     """Stop accepting on a covered slot's sockets."""
 
@@ -168,7 +162,6 @@ class Uncover(Message):
 
 
 @to_worker("reconfigure")
-@dataclass(frozen=True)
 class Reconfigure(Message):
     """In-place reload: build staged stacks from the live ones, reply `reconfigured`."""
 
@@ -176,19 +169,16 @@ class Reconfigure(Message):
 
 
 @to_worker("reconfigure_commit")
-@dataclass(frozen=True)
 class ReconfigureCommit(Message):
     """New connections get the staged stacks."""
 
 
 @to_worker("rollback")
-@dataclass(frozen=True)
 class Rollback(Message):
     """Drop the staged stacks (`discard()`, `aclose()`); the live ones serve on as they were."""
 
 
 @to_worker("debug")
-@dataclass(frozen=True)
 class DebugRequest(Message):
     """`monolaked debug`: reply `debug`."""
 
@@ -199,7 +189,6 @@ class DebugRequest(Message):
 
 
 @to_master("ready")
-@dataclass(frozen=True)
 class Ready(Message):
     """Built (and accepting, unless hello said not to)."""
 
@@ -208,7 +197,6 @@ class Ready(Message):
 
 
 @to_master("failed")
-@dataclass(frozen=True)
 class Failed(Message):
     """Could not start, or a control message failed."""
 
@@ -216,7 +204,6 @@ class Failed(Message):
 
 
 @to_master("heartbeat")
-@dataclass(frozen=True)
 class Heartbeat(Message):
     """Every `heartbeat_interval`; also the last message before a drained worker exits."""
 
@@ -236,7 +223,6 @@ class Heartbeat(Message):
 
 
 @to_master("state")
-@dataclass(frozen=True)
 class State(Message):
     """Reply to `export`; the worker then waits for `drain`. Its fds: every server's, one
     after another."""
@@ -249,7 +235,6 @@ class State(Message):
 
 
 @to_master("committed")
-@dataclass(frozen=True)
 class Committed(Message):
     """Reply to `commit`."""
 
@@ -258,7 +243,6 @@ class Committed(Message):
 
 
 @to_master("reconfigured")
-@dataclass(frozen=True)
 class Reconfigured(Message):
     """Reply to `reconfigure`."""
 
@@ -267,7 +251,6 @@ class Reconfigured(Message):
 
 
 @to_master("debug")
-@dataclass(frozen=True)
 class DebugReport(Message):
     """Reply to `debug`."""
 
@@ -278,7 +261,6 @@ class DebugReport(Message):
 
 
 @to_worker("upstreams")
-@dataclass(frozen=True)
 class Upstreams(Message):
     """A runtime upstream command (`monolaked upstreams ...`), answered by `upstreams_result`."""
 
@@ -297,7 +279,6 @@ class Upstreams(Message):
 
 
 @to_master("upstreams_result")
-@dataclass(frozen=True)
 class UpstreamsResult(Message):
     """A worker's answer to `upstreams`."""
 

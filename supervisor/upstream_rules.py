@@ -23,7 +23,6 @@ from monolake.conf import addresses
 
 OPS = ("list", "drain", "disable", "enable", "weight", "add", "remove")
 EDITS = ("add", "remove")
-STATES = ("draining", "disabled")
 MAX_WEIGHT = 65535  # as the config's ``weight``
 
 

@@ -162,7 +162,6 @@ class Slot:
     consecutive_crashes: int = 0
     flapping: bool = False
     respawn: asyncio.TimerHandle | None = None
-    next_respawn: float = 0.0
     covered_by: WorkerProc | None = None  # a healthy worker accepting on this slot's sockets
 
     def backoff(self, initial: float, maximum: float) -> float:

@@ -30,6 +30,8 @@ from typing import Any
 
 from thriftpy2.thrift import TType
 
+from monolake.conf.fields import type_name
+
 _INT_RANGE = {
     TType.BYTE: (-(2**7), 2**7 - 1),
     TType.I16: (-(2**15), 2**15 - 1),
@@ -90,21 +92,7 @@ def fields_of(cls: type) -> dict[str, Field]:
 
 
 def _jtype(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return type_name(value, json=True)
 
 
 def _join(path: str, name: str) -> str:
