@@ -18,6 +18,7 @@ import asyncio
 import os
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,7 @@ from monolake.supervisor.admin import AdminServer
 from monolake.supervisor.control import ControlServer, run_command
 from monolake.supervisor.events import (
     CommandReceived,
+    Event,
     Events,
     KillDue,
     Reconcile,
@@ -661,7 +663,7 @@ class Master:
             except Exception:
                 log.exception("event handling failed", event=type(event).__name__)
 
-    def handle(self, event: Any) -> None:
+    def handle(self, event: Event) -> None:
         """One event: what the master does about it, then reconcile."""
         match event:
             case SignalReceived(signal.SIGCHLD):
@@ -735,7 +737,7 @@ class Master:
         if not reply.done():
             reply.set_result(result)
 
-    def _spawn_task(self, coro: Any) -> None:
+    def _spawn_task(self, coro: Coroutine[Any, Any, object]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -794,7 +796,7 @@ class Master:
 
     # ----- main ---------------------------------------------------------------------------
 
-    async def run(self, started: Any = None) -> int:
+    async def run(self, started: Callable[[bool, str], None] | None = None) -> int:
         """Serve until stopped; ``started(ok, message)`` is called once the first workers are up."""
         from monolake.supervisor.reload import Reloader
 
