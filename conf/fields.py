@@ -128,27 +128,37 @@ class Table:
             )
 
     # -- typed reads -----------------------------------------------------------------------------
-    def get(self, name: str, default: Any = MISSING, *, required: bool = False, what: str = "a value") -> Any:
-        _, value = self.lookup(name)
+    def _read(self, name: str, what: str, *, required: bool = False) -> tuple[str, Any]:
+        """``lookup``, reporting a key that is ``required`` but missing (expected ``what``)."""
+        used, value = self.lookup(name)
         if value is MISSING and required:
             self.problems.add(self.key(name), f"expected {what}, found nothing (the key is required)")
+        return used, value
+
+    def _read_as(self, name: str, kind: type, what: str, *, required: bool = False) -> tuple[str, Any]:
+        """``_read``; a value that is not a ``kind`` is reported (expected ``what``) and read as
+        MISSING."""
+        used, value = self._read(name, what, required=required)
+        if value is not MISSING and not isinstance(value, kind):
+            self.expected(used, what, found_with_type(value), raw=True)
+            return used, MISSING
+        return used, value
+
+    def get(self, name: str, default: Any = MISSING, *, required: bool = False, what: str = "a value") -> Any:
+        _, value = self._read(name, what, required=required)
         return default if value is MISSING else value
 
     def string(
         self, name: str, default: D = MISSING, *, required: bool = False, allow_empty: bool = True
     ) -> str | D:
-        used, value = self.lookup(name)
+        used, value = self._read_as(name, str, "a string", required=required)
         if value is MISSING:
-            if required:
-                self.problems.add(self.key(name), "expected a string, found nothing (the key is required)")
-            return default
-        if not isinstance(value, str):
-            self.expected(used, "a string", found_with_type(value), raw=True)
             return default
         if not allow_empty and not value:
             self.expected(used, "a non-empty string", value)
             return default
-        return value
+        text: str = value  # _read_as checked it
+        return text
 
     def boolean(self, name: str, default: bool) -> bool:
         used, value = self.lookup(name)
@@ -210,12 +220,8 @@ class Table:
         hints: Mapping[str, str] | None = None,
     ) -> str | D:
         choices = tuple(choices)
-        used, value = self.lookup(name)
+        used, value = self._read(name, one_of(choices), required=required)
         if value is MISSING:
-            if required:
-                self.problems.add(
-                    self.key(name), f"expected {one_of(choices)}, found nothing (the key is required)"
-                )
             return default
         if not isinstance(value, str) or value not in choices:
             hint = (hints or {}).get(value, "") if isinstance(value, str) else ""
@@ -243,10 +249,8 @@ class Table:
         ``check``: ``"file"`` (must be an existing readable file), ``"parent"`` (its folder must
         exist: the file is created later), or ``""``.
         """
-        used, value = self.lookup(name)
+        used, value = self._read(name, "a path", required=required)
         if value is MISSING:
-            if required:
-                self.problems.add(self.key(name), "expected a path, found nothing (the key is required)")
             return default
         if not isinstance(value, str):
             self.expected(used, "a path (a string)", found_with_type(value), raw=True)
@@ -272,13 +276,8 @@ class Table:
         rejected: Mapping[str, str] | None = None,
         required: bool = False,
     ) -> Table | None:
-        used, value = self.lookup(name)
+        used, value = self._read_as(name, dict, "a table", required=required)
         if value is MISSING:
-            if required:
-                self.problems.add(self.key(name), "expected a table, found nothing (the key is required)")
-            return None
-        if not isinstance(value, dict):
-            self.expected(used, "a table", found_with_type(value), raw=True)
             return None
         return Table(
             self.problems,
