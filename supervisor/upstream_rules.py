@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from monolake.conf import addresses
+from monolake.conf.schema import EndpointConfig, RouteConfig, ServerConfig, UpstreamConfig
 
 OPS = ("list", "drain", "disable", "enable", "weight", "add", "remove")
 EDITS = ("add", "remove")
@@ -40,26 +41,26 @@ def join(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def endpoint_address(endpoint: Any) -> str:
+def endpoint_address(endpoint: EndpointConfig) -> str:
     """The ADDRESS:PORT of a configured ``uri`` or ``socket`` endpoint (default port by
     scheme), or "" (unix, builtin, srv)."""
-    kind = getattr(endpoint, "type", "")
+    kind = endpoint.type
     if kind not in ("uri", "socket") or not endpoint.host:
         return ""
     port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
     return join(endpoint.host, int(port))
 
 
-def routes_of(server_cfg: Any) -> list[Any]:
+def routes_of(server_cfg: ServerConfig) -> list[RouteConfig]:
     """Every route of a server: http ``routes``, thrift ``routes`` and ``route``."""
-    routes = list(getattr(server_cfg, "routes", ()) or ())
-    single = getattr(server_cfg, "route", None)
+    routes = list(server_cfg.routes)
+    single = server_cfg.route
     if single is not None and single not in routes:
         routes.append(single)
     return routes
 
 
-def matching(server_cfg: Any, address: str) -> list[tuple[str, Any]]:
+def matching(server_cfg: ServerConfig, address: str) -> list[tuple[str, UpstreamConfig]]:
     """(route pattern, upstream config) of every entry of the server naming ``address``."""
     found = []
     for route in routes_of(server_cfg):
@@ -69,12 +70,12 @@ def matching(server_cfg: Any, address: str) -> list[tuple[str, Any]]:
     return found
 
 
-def _digest(entries: list[tuple[str, Any]]) -> str:
+def _digest(entries: list[tuple[str, UpstreamConfig]]) -> str:
     blob = json.dumps([[p, dataclasses.asdict(u)] for p, u in entries], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def fingerprint(server_cfg: Any | None, address: str) -> str:
+def fingerprint(server_cfg: ServerConfig | None, address: str) -> str:
     """What an override on ``address`` depends on in this server's config ("" = no server)."""
     if server_cfg is None:
         return ""
@@ -84,7 +85,7 @@ def fingerprint(server_cfg: Any | None, address: str) -> str:
     return _digest(entries)
 
 
-def route_fingerprint(server_cfg: Any | None, route: str) -> str:
+def route_fingerprint(server_cfg: ServerConfig | None, route: str) -> str:
     """What an add or remove on route ``route`` (its pattern) depends on ("" = no such route)."""
     if server_cfg is None:
         return ""
@@ -92,14 +93,14 @@ def route_fingerprint(server_cfg: Any | None, route: str) -> str:
     return _digest(entries) if entries else ""
 
 
-def fingerprint_of(server_cfg: Any | None, held: dict[str, Any]) -> str:
+def fingerprint_of(server_cfg: ServerConfig | None, held: dict[str, Any]) -> str:
     """The fingerprint a held change (override or edit) has under ``server_cfg``."""
     if held.get("edit"):
         return route_fingerprint(server_cfg, str(held.get("route", "")))
     return fingerprint(server_cfg, str(held.get("address", "")))
 
 
-def find_route(server_cfg: Any, text: str) -> tuple[Any | None, str]:
+def find_route(server_cfg: ServerConfig, text: str) -> tuple[RouteConfig | None, str]:
     """The route ``text`` names: its pattern as listed (``/*``, ``/api/*``, ``(default)``,
     ``methods=a,b``), its ``path`` or its ``path_prefix``; or None and why not."""
     want = text.strip()
