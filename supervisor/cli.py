@@ -8,10 +8,13 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monolake.supervisor import logs
 from monolake.supervisor.status import render_status
+
+if TYPE_CHECKING:
+    from monolake.conf.schema import Config
 
 STATE_NOT_MIGRATED = 3  # `reload`: the new generation serves, without the old one's state
 # names the control socket for scripts and containers, where passing a flag to every command
@@ -19,7 +22,7 @@ STATE_NOT_MIGRATED = 3  # `reload`: the new generation serves, without the old o
 CONTROL_SOCKET_ENV = "MONOLAKE_CONTROL_SOCKET"
 
 
-def _load(path: str | None) -> Any:
+def _load(path: str | None) -> Config:
     from monolake.conf import ConfigError, load_config
 
     try:

@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from monolake.supervisor import activation
 from monolake.supervisor.sockets import bind_tcp, bind_unix
 
+if TYPE_CHECKING:
+    from monolake.conf.schema import ListenerConfig
+
 log = structlog.get_logger()
 
 Key = activation.Key  # ("socket", host, port) | ("unix", path, 0)
 
 
-def listener_key(listener: Any) -> Key:
+def listener_key(listener: ListenerConfig) -> Key:
     if listener.type == "unix":
         return ("unix", listener.path, 0)
     return ("socket", listener.host, listener.port)

@@ -74,7 +74,7 @@ def allowed_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def resolve_workers(setting: Any, override: int | None) -> int:
+def resolve_workers(setting: int | str | None, override: int | None) -> int:
     if override:
         return override
     if setting in (None, "auto"):

@@ -249,7 +249,7 @@ class Reloader:
             "state_migrated": migrated,
         }
 
-    def _load(self) -> Any:
+    def _load(self) -> Config:
         from monolake.conf import ConfigError, load_config
 
         try:

@@ -33,6 +33,7 @@ from monolake.supervisor.upstream_rules import (
 
 if TYPE_CHECKING:
     from monolake.supervisor.master import Master
+    from monolake.supervisor.workers import WorkerProc
 
 log = structlog.get_logger()
 
@@ -87,7 +88,7 @@ class UpstreamsApi:
 
     # ----- control requests ------------------------------------------------------------------
 
-    def _targets(self) -> list[Any]:
+    def _targets(self) -> list[WorkerProc]:
         from monolake.supervisor.workers import READY
 
         gen = self.master.state.generation
