@@ -89,22 +89,20 @@ def fields_of(cls: type) -> dict[str, Field]:
     return got
 
 
+# a JSON value's kind, for "found a string" style wording (bool before int: True is an int)
+_JSON_KINDS: tuple[tuple[type, str], ...] = (
+    (type(None), "null"),
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a number"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "an object"),
+)
+
+
 def _jtype(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((name for kind, name in _JSON_KINDS if isinstance(value, kind)), type(value).__name__)
 
 
 def _join(path: str, name: str) -> str:
