@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: getting the load generator and the peers installed.
+"""What the benchmark scripts share: getting the load generator and the peers installed, the
+nginx peers' static files and proxy location, and the profilers.
 
 The scripts compare against distribution programs (wrk, nginx) and pin processes with
 taskset; on a fresh Debian or Ubuntu machine they install what is missing themselves (as
@@ -11,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 # command -> the Debian/Ubuntu package that provides it
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "taskset": "util-linux"}
@@ -29,3 +32,40 @@ def ensure_commands(*commands: str) -> list[str]:
             subprocess.run(["apt-get", "update", "-qq"], env=env)
             subprocess.run(install, env=env)
     return [c for c in commands if shutil.which(c) is None]
+
+
+def static_files(work: Path, sizes: Mapping[str, int]) -> Path:
+    """The nginx upstream's document root under ``work``: one file of ``size`` bytes per name."""
+    root = work / "www"
+    root.mkdir(exist_ok=True)
+    for name, size in sizes.items():
+        (root / name).write_bytes(b"x" * size)
+    return root
+
+
+def proxy_pass_location(upstream: str) -> str:
+    """The nginx peer's ``location /``: proxy_pass over HTTP/1.1 keep-alive to the ``upstream``
+    block, buffered in memory (no temp files)."""
+    return f"""location / {{
+                proxy_pass http://{upstream};
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+                proxy_buffering on;
+                proxy_buffer_size 16k;
+                proxy_buffers 8 64k;
+                proxy_max_temp_file_size 0;
+            }}"""
+
+
+def start_profiler(
+    kind: str, pid: int, out: Path, seconds: int, spy_options: Sequence[str] = ()
+) -> subprocess.Popen[bytes]:
+    """py-spy (``profile``, with ``spy_options`` such as an output format) or perf (``perf``:
+    call graphs at 999 Hz) on process ``pid`` for ``seconds``, writing ``out``."""
+    if kind == "profile":
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        cmd = [spy, "record", *spy_options, "-o", str(out), "-d", str(seconds), "-p", str(pid)]
+    else:
+        cmd = ["perf", "record", "-F", "999", "-g", "-o", str(out), "-p", str(pid), "--"]
+        cmd += ["sleep", str(seconds)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
