@@ -16,22 +16,15 @@ import argparse
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-from benchtools import ensure_commands
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchrun import free_port
+from benchtools import ensure_commands, hello_master_config, stop_master
 
 
 def status(cli: list[str], config: Path) -> dict:
@@ -93,25 +86,16 @@ def main() -> int:
     port = free_port()
     config = tmp / "monolake.toml"
     config.write_text(
-        textwrap.dedent(f"""
-        [runtime]
-        runtime_type = "{args.runtime}"
-        workers = {args.workers}
-
-        [supervisor]
-        control_socket = "{tmp}/control.sock"
-        log_format = "json"
-        reload_mode = "{args.mode}"
-        drain_timeout = 10
-
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
+        hello_master_config(
+            tmp,
+            port,
+            args.runtime,
+            args.workers,
+            supervisor=f"""
+            reload_mode = "{args.mode}"
+            drain_timeout = 10
+            """,
+        )
     )
     log = open(tmp / "master.log", "wb")  # noqa: SIM115 - closed in the finally below
     master = subprocess.Popen([*cli, "start", "-c", str(config)], stdout=log, stderr=log)
@@ -164,11 +148,7 @@ def main() -> int:
     finally:
         if wrk is not None and wrk.poll() is None:
             wrk.kill()
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(30)
-        except subprocess.TimeoutExpired:
-            master.kill()
+        stop_master(master)
         log.close()
 
 

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: getting the load generator and the peers installed, the
-nginx peers' static files and proxy location, and the profilers.
+nginx peers' static files and proxy location, the profilers, and the reload scripts' master
+(its config and its stop).
 
 The scripts compare against distribution programs (wrk, nginx) and pin processes with
 taskset; on a fresh Debian or Ubuntu machine they install what is missing themselves (as
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -69,3 +72,43 @@ def start_profiler(
         cmd = ["perf", "record", "-F", "999", "-g", "-o", str(out), "-p", str(pid), "--"]
         cmd += ["sleep", str(seconds)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def hello_master_config(
+    tmp: Path, port: int, runtime: str, workers: int, supervisor: str = "", routes: str = ""
+) -> str:
+    """A master's config for the reload scripts: ``workers`` workers on ``runtime``, its
+    control socket in ``tmp``, JSON logs, and one HTTP server ``web`` on ``port`` whose "/" is
+    the builtin hello upstream; ``supervisor``: more [supervisor] lines, ``routes``: more
+    [[servers.web.routes]] tables (both TOML, indented as they like)."""
+    head = textwrap.dedent(f"""
+        [runtime]
+        runtime_type = "{runtime}"
+        workers = {workers}
+
+        [supervisor]
+        control_socket = "{tmp}/control.sock"
+        log_format = "json"
+    """)
+    web = textwrap.dedent(f"""
+        [servers.web]
+        proxy_type = "http"
+        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
+
+        [[servers.web.routes]]
+        path = "/"
+        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+    """)
+    return head + textwrap.dedent(supervisor) + web + textwrap.dedent(routes)
+
+
+def stop_master(master: subprocess.Popen[bytes], timeout: float = 30) -> bool:
+    """SIGTERM to a master, SIGKILL when it has not exited ``timeout`` s later; True when it
+    had to be killed (its workers may then be left behind)."""
+    master.send_signal(signal.SIGTERM)
+    try:
+        master.wait(timeout)
+    except subprocess.TimeoutExpired:
+        master.kill()
+        return True
+    return False

@@ -17,24 +17,19 @@ import argparse
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchrun import free_port
+from benchtools import hello_master_config, stop_master
+
 from monolake.supervisor.control import request
 from tests.upstreams import Upstream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def objects(sock: str) -> int:
@@ -77,26 +72,22 @@ def main() -> int:
     port = free_port()
     config = tmp / "monolake.toml"
     config.write_text(
-        textwrap.dedent(f"""
-        [runtime]
-        runtime_type = "{args.runtime}"
-        workers = 1
-        [supervisor]
-        control_socket = "{tmp}/control.sock"
-        pid_file = "{tmp}/monolaked.pid"
-        log_format = "json"
-        log_level = "warning"
-        reload_mode = "in_place"
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-        [[servers.web.routes]]
-        path = "/up/{{*rest}}"
-        upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-    """)
+        hello_master_config(
+            tmp,
+            port,
+            args.runtime,
+            1,
+            supervisor=f"""
+            pid_file = "{tmp}/monolaked.pid"
+            log_level = "warning"
+            reload_mode = "in_place"
+            """,
+            routes=f"""
+            [[servers.web.routes]]
+            path = "/up/{{*rest}}"
+            upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
+            """,
+        )
     )
     log = open(tmp / "master.log", "wb")  # noqa: SIM115 - the master's stdout for its lifetime
     master = subprocess.Popen(
@@ -145,16 +136,11 @@ def main() -> int:
         print(f"growth over all {samples[-1][0]} reloads: {total:.1f} KiB per reload")
         return 0
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            if worker_pid:
-                try:
-                    os.kill(worker_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        if stop_master(master) and worker_pid:
+            try:
+                os.kill(worker_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         up.close()
         log.close()
 
