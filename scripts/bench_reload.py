@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchrun import free_port
-from benchtools import ensure_commands, hello_master_config, stop_master
+from benchtools import HelloMaster, ensure_commands
 
 
 def status(cli: list[str], config: Path) -> dict:
@@ -83,22 +82,16 @@ def main() -> int:
         return 2
     cli = [sys.executable, "-m", "monolake.supervisor.cli"]
     tmp = Path(tempfile.mkdtemp(prefix="monolake-bench-reload-"))
-    port = free_port()
-    config = tmp / "monolake.toml"
-    config.write_text(
-        hello_master_config(
-            tmp,
-            port,
-            args.runtime,
-            args.workers,
-            supervisor=f"""
-            reload_mode = "{args.mode}"
-            drain_timeout = 10
-            """,
-        )
+    master = HelloMaster(
+        tmp,
+        args.runtime,
+        args.workers,
+        supervisor=f"""
+        reload_mode = "{args.mode}"
+        drain_timeout = 10
+        """,
     )
-    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - closed in the finally below
-    master = subprocess.Popen([*cli, "start", "-c", str(config)], stdout=log, stderr=log)
+    port, config = master.port, master.config
     wrk = None
     try:
         wait(
@@ -117,7 +110,7 @@ def main() -> int:
         for _ in range(args.reloads):
             before = status(cli, config)["master"]["generation"]
             t0 = time.monotonic()
-            os.kill(master.pid, signal.SIGHUP)
+            os.kill(master.proc.pid, signal.SIGHUP)
 
             def served(gen: int = before + 1) -> bool:
                 st = status(cli, config)
@@ -148,8 +141,7 @@ def main() -> int:
     finally:
         if wrk is not None and wrk.poll() is None:
             wrk.kill()
-        stop_master(master)
-        log.close()
+        master.stop()
 
 
 if __name__ == "__main__":

@@ -74,41 +74,51 @@ def start_profiler(
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def hello_master_config(
-    tmp: Path, port: int, runtime: str, workers: int, supervisor: str = "", routes: str = ""
-) -> str:
-    """A master's config for the reload scripts: ``workers`` workers on ``runtime``, its
-    control socket in ``tmp``, JSON logs, and one HTTP server ``web`` on ``port`` whose "/" is
-    the builtin hello upstream; ``supervisor``: more [supervisor] lines, ``routes``: more
-    [[servers.web.routes]] tables (both TOML, indented as they like)."""
-    head = textwrap.dedent(f"""
-        [runtime]
-        runtime_type = "{runtime}"
-        workers = {workers}
+class HelloMaster:
+    """A master for the reload scripts, started from ``tmp``: ``workers`` workers on
+    ``runtime``, its control socket (``sock``), config and ``master.log`` in ``tmp``, JSON
+    logs, and one HTTP server ``web`` on a free loopback ``port`` whose "/" is the builtin
+    hello upstream; ``supervisor``: more [supervisor] lines, ``routes``: more
+    [[servers.web.routes]] tables (both TOML, indented as they like). ``stop()`` when done."""
 
-        [supervisor]
-        control_socket = "{tmp}/control.sock"
-        log_format = "json"
-    """)
-    web = textwrap.dedent(f"""
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
+    def __init__(self, tmp: Path, runtime: str, workers: int, supervisor: str = "", routes: str = "") -> None:
+        from benchrun import free_port
 
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
-    return head + textwrap.dedent(supervisor) + web + textwrap.dedent(routes)
+        self.port = free_port()
+        self.sock = str(tmp / "control.sock")
+        self.config = tmp / "monolake.toml"
+        head = textwrap.dedent(f"""
+            [runtime]
+            runtime_type = "{runtime}"
+            workers = {workers}
 
+            [supervisor]
+            control_socket = "{self.sock}"
+            log_format = "json"
+        """)
+        web = textwrap.dedent(f"""
+            [servers.web]
+            proxy_type = "http"
+            listener = {{ type = "socket", value = "127.0.0.1:{self.port}" }}
 
-def stop_master(master: subprocess.Popen[bytes], timeout: float = 30) -> bool:
-    """SIGTERM to a master, SIGKILL when it has not exited ``timeout`` s later; True when it
-    had to be killed (its workers may then be left behind)."""
-    master.send_signal(signal.SIGTERM)
-    try:
-        master.wait(timeout)
-    except subprocess.TimeoutExpired:
-        master.kill()
-        return True
-    return False
+            [[servers.web.routes]]
+            path = "/"
+            upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+        """)
+        self.config.write_text(head + textwrap.dedent(supervisor) + web + textwrap.dedent(routes))
+        self.log = open(tmp / "master.log", "wb")  # noqa: SIM115 - the master's output until stop()
+        cli = [sys.executable, "-m", "monolake.supervisor.cli", "start", "-c", str(self.config)]
+        self.proc = subprocess.Popen(cli, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def stop(self, timeout: float = 30) -> bool:
+        """SIGTERM, then SIGKILL when it has not exited ``timeout`` s later; True when it had to
+        be killed (its workers may then be left behind)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+            killed = False
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            killed = True
+        self.log.close()
+        return killed

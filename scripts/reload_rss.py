@@ -17,7 +17,6 @@ import argparse
 import http.client
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,8 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchrun import free_port
-from benchtools import hello_master_config, stop_master
+from benchtools import HelloMaster
 
 from monolake.supervisor.control import request
 from tests.upstreams import Upstream
@@ -69,33 +67,22 @@ def main() -> int:
     args = parser.parse_args()
     up = Upstream("rss")
     tmp = Path(tempfile.mkdtemp(prefix="monolake-rss-"))
-    port = free_port()
-    config = tmp / "monolake.toml"
-    config.write_text(
-        hello_master_config(
-            tmp,
-            port,
-            args.runtime,
-            1,
-            supervisor=f"""
-            pid_file = "{tmp}/monolaked.pid"
-            log_level = "warning"
-            reload_mode = "in_place"
-            """,
-            routes=f"""
-            [[servers.web.routes]]
-            path = "/up/{{*rest}}"
-            upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-            """,
-        )
+    master = HelloMaster(
+        tmp,
+        args.runtime,
+        1,
+        supervisor=f"""
+        pid_file = "{tmp}/monolaked.pid"
+        log_level = "warning"
+        reload_mode = "in_place"
+        """,
+        routes=f"""
+        [[servers.web.routes]]
+        path = "/up/{{*rest}}"
+        upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
+        """,
     )
-    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - the master's stdout for its lifetime
-    master = subprocess.Popen(
-        [sys.executable, "-m", "monolake.supervisor.cli", "start", "-c", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    sock = str(tmp / "control.sock")
+    port, sock = master.port, master.sock
     worker_pid = 0
     try:
         deadline = time.monotonic() + 30
@@ -136,13 +123,12 @@ def main() -> int:
         print(f"growth over all {samples[-1][0]} reloads: {total:.1f} KiB per reload")
         return 0
     finally:
-        if stop_master(master) and worker_pid:
+        if master.stop() and worker_pid:
             try:
                 os.kill(worker_pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         up.close()
-        log.close()
 
 
 if __name__ == "__main__":
