@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchtools import HelloMaster, ensure_commands
+from benchtools import ensure_commands, hello_master, stop_master
 
 
 def status(cli: list[str], config: Path) -> dict:
@@ -82,7 +82,7 @@ def main() -> int:
         return 2
     cli = [sys.executable, "-m", "monolake.supervisor.cli"]
     tmp = Path(tempfile.mkdtemp(prefix="monolake-bench-reload-"))
-    master = HelloMaster(
+    master, port = hello_master(
         tmp,
         args.runtime,
         args.workers,
@@ -91,7 +91,7 @@ def main() -> int:
         drain_timeout = 10
         """,
     )
-    port, config = master.port, master.config
+    config = master.config_path
     wrk = None
     try:
         wait(
@@ -141,7 +141,7 @@ def main() -> int:
     finally:
         if wrk is not None and wrk.poll() is None:
             wrk.kill()
-        master.stop()
+        stop_master(master)
 
 
 if __name__ == "__main__":

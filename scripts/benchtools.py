@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.harness import Monolaked
 
 # command -> the Debian/Ubuntu package that provides it
 PACKAGES = {"wrk": "wrk", "nginx": "nginx", "taskset": "util-linux"}
@@ -74,51 +77,49 @@ def start_profiler(
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-class HelloMaster:
-    """A master for the reload scripts, started from ``tmp``: ``workers`` workers on
-    ``runtime``, its control socket (``sock``), config and ``master.log`` in ``tmp``, JSON
-    logs, and one HTTP server ``web`` on a free loopback ``port`` whose "/" is the builtin
-    hello upstream; ``supervisor``: more [supervisor] lines, ``routes``: more
-    [[servers.web.routes]] tables (both TOML, indented as they like). ``stop()`` when done."""
+def hello_master(
+    tmp: Path, runtime: str, workers: int, supervisor: str = "", routes: str = ""
+) -> tuple[Monolaked, int]:
+    """A master for the reload scripts, started in ``tmp`` by the tests' harness (its
+    config, ``master.log`` and control socket there), and its port: ``workers`` workers on
+    ``runtime``, JSON logs, and one HTTP server ``web`` on a free loopback port whose "/" is
+    the builtin hello upstream; ``supervisor``: more [supervisor] lines, ``routes``: more
+    [[servers.web.routes]] tables (both TOML, indented as they like). ``stop_master`` it."""
+    from benchrun import free_port
 
-    def __init__(self, tmp: Path, runtime: str, workers: int, supervisor: str = "", routes: str = "") -> None:
-        from benchrun import free_port
+    root = str(Path(__file__).resolve().parents[1])  # for the tests' harness: tests/harness.py
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.harness import Monolaked
 
-        self.port = free_port()
-        self.sock = str(tmp / "control.sock")
-        self.config = tmp / "monolake.toml"
-        head = textwrap.dedent(f"""
-            [runtime]
-            runtime_type = "{runtime}"
-            workers = {workers}
+    port = free_port()
+    head = textwrap.dedent(f"""
+        [runtime]
+        runtime_type = "{runtime}"
+        workers = {workers}
 
-            [supervisor]
-            control_socket = "{self.sock}"
-            log_format = "json"
-        """)
-        web = textwrap.dedent(f"""
-            [servers.web]
-            proxy_type = "http"
-            listener = {{ type = "socket", value = "127.0.0.1:{self.port}" }}
+        [supervisor]
+        control_socket = "{tmp}/control.sock"
+        log_format = "json"
+    """)
+    web = textwrap.dedent(f"""
+        [servers.web]
+        proxy_type = "http"
+        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
 
-            [[servers.web.routes]]
-            path = "/"
-            upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-        """)
-        self.config.write_text(head + textwrap.dedent(supervisor) + web + textwrap.dedent(routes))
-        self.log = open(tmp / "master.log", "wb")  # noqa: SIM115 - the master's output until stop()
-        cli = [sys.executable, "-m", "monolake.supervisor.cli", "start", "-c", str(self.config)]
-        self.proc = subprocess.Popen(cli, stdout=self.log, stderr=subprocess.STDOUT)
+        [[servers.web.routes]]
+        path = "/"
+        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+    """)
+    return Monolaked(tmp, head + textwrap.dedent(supervisor) + web + textwrap.dedent(routes)), port
 
-    def stop(self, timeout: float = 30) -> bool:
-        """SIGTERM, then SIGKILL when it has not exited ``timeout`` s later; True when it had to
-        be killed (its workers may then be left behind)."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-            killed = False
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            killed = True
-        self.log.close()
-        return killed
+
+def stop_master(master: Monolaked, timeout: float = 30) -> None:
+    """SIGTERM and up to ``timeout`` s for a graceful exit; then whatever of it is left is
+    killed (the harness's close)."""
+    try:
+        master.stop(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        master.close()

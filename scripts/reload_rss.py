@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchtools import HelloMaster
+from benchtools import hello_master, stop_master
 
 from monolake.supervisor.control import request
 from tests.upstreams import Upstream
@@ -67,7 +66,7 @@ def main() -> int:
     args = parser.parse_args()
     up = Upstream("rss")
     tmp = Path(tempfile.mkdtemp(prefix="monolake-rss-"))
-    master = HelloMaster(
+    master, port = hello_master(
         tmp,
         args.runtime,
         1,
@@ -82,7 +81,7 @@ def main() -> int:
         upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
         """,
     )
-    port, sock = master.port, master.sock
+    sock = str(tmp / "control.sock")
     worker_pid = 0
     try:
         deadline = time.monotonic() + 30
@@ -92,6 +91,7 @@ def main() -> int:
                 ready = [w for w in st["workers"] if w["state"] == "ready"]
                 if ready:
                     worker_pid = ready[0]["pid"]
+                    master.seen_pids.add(worker_pid)  # killed by stop_master if it is left over
                     break
             except OSError:
                 pass
@@ -123,11 +123,7 @@ def main() -> int:
         print(f"growth over all {samples[-1][0]} reloads: {total:.1f} KiB per reload")
         return 0
     finally:
-        if master.stop() and worker_pid:
-            try:
-                os.kill(worker_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_master(master)
         up.close()
 
 
