@@ -40,6 +40,9 @@ from bench_proxy import (
 )
 from benchtools import ensure_commands
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.procfs import settled  # the memory tests' reading
+
 AFTER_CLOSE = 1.0  # seconds after the last close before "after" is read (the trim's delay, and some)
 
 
@@ -70,17 +73,9 @@ def rss_kib(pids: list[int]) -> int:
     return total
 
 
-def settled_rss(pids: list[int], timeout: float = 5.0) -> int:
+def settled_rss(pids: list[int]) -> int:
     """RSS once two readings 200 ms apart agree within 1 % (frees and closes settle)."""
-    deadline = time.monotonic() + timeout
-    last = rss_kib(pids)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = rss_kib(pids)
-        if abs(now - last) <= max(64, last // 100):
-            return now
-        last = now
-    return last
+    return settled(lambda: rss_kib(pids))
 
 
 def one_get(port: int) -> socket.socket:

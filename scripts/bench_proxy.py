@@ -59,7 +59,7 @@ from benchrun import (
 from benchrun import cpu_seconds as cpu_seconds  # re-exported: other scripts import them from here
 from benchrun import nginx_conf as nginx_conf
 from benchrun import tree_pids as tree_pids
-from benchtools import ensure_commands
+from benchtools import ensure_commands, proxy_pass_location, start_profiler, static_files
 
 SIZES = {"100B": 100, "4KiB": 4096, "64KiB": 65536, "1MiB": 1 << 20}
 # on request only (--sizes): large bodies, for the splice threshold (docs/http.md)
@@ -68,10 +68,7 @@ LARGE = {"4MiB": 4 << 20, "16MiB": 16 << 20}
 
 # -- the upstream and the proxies ------------------------------------------------------------
 def start_upstream(work: Path, port: int) -> Proc:
-    root = work / "www"
-    root.mkdir(exist_ok=True)
-    for name, size in {**SIZES, **LARGE}.items():
-        (root / name).write_bytes(b"x" * size)
+    root = static_files(work, {**SIZES, **LARGE})
     return start_nginx(
         work,
         "upstream",
@@ -122,15 +119,7 @@ def start_nginx_proxy(work: Path, port: int, upstream: int) -> Proc:
         upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
         server {{
             listen 127.0.0.1:{port} backlog=4096;
-            location / {{
-                proxy_pass http://up;
-                proxy_http_version 1.1;
-                proxy_set_header Connection "";
-                proxy_buffering on;
-                proxy_buffer_size 16k;
-                proxy_buffers 8 64k;
-                proxy_max_temp_file_size 0;
-            }}
+            {proxy_pass_location("up")}
         }}""",
         PROXY_CPU,
     )
@@ -403,50 +392,20 @@ def main() -> int:
         for rnd in range(args.rounds):
             for size in sizes:
                 for name, port, meter in rotated(running, rnd):
-                    prof = None
+                    prof = out = None
                     first = name.startswith("monolake") and size == sizes[0] and rnd == 0
-                    if args.profile and first:
-                        prof = subprocess.Popen(
-                            [
-                                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-                                "record",
-                                "-o",
-                                str(work / f"{name.replace('/', '-')}.svg"),
-                                "-d",
-                                str(int(args.duration) + 2),
-                                "-p",
-                                str(meter.root),
-                            ],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                        )
-                    elif args.perf and first:
-                        # the worker only (the launcher is the same process: --standalone)
-                        data = work / f"{name.replace('/', '-')}.perf"
-                        sleep = ["sleep", str(int(args.duration) + 1)]
-                        prof = subprocess.Popen(
-                            [
-                                "perf",
-                                "record",
-                                "-F",
-                                "999",
-                                "-g",
-                                "-o",
-                                str(data),
-                                "-p",
-                                str(meter.root),
-                                "--",
-                                *sleep,
-                            ],
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL,
-                        )
+                    if (args.profile or args.perf) and first:
+                        # py-spy's flame graph, or perf on the worker only (the launcher is
+                        # the same process: --standalone)
+                        kind = "profile" if args.profile else "perf"
+                        suffix, seconds = (".svg", 2) if args.profile else (".perf", 1)
+                        out = work / (name.replace("/", "-") + suffix)
+                        prof = start_profiler(kind, meter.root, out, int(args.duration) + seconds)
                     stats, cpu = run_wrk(port, f"/{size}", args.duration, args.connections, meter)
-                    if prof is not None:
+                    if prof is not None and out is not None:
                         prof.wait(30)
-                        out = work / (name.replace("/", "-") + (".perf" if args.perf else ".svg"))
                         print(f"  profile: {out}", file=sys.stderr)
-                        if args.perf:
+                        if out.suffix == ".perf":
                             print(perf_summary(out), file=sys.stderr)
                     r = Sample(
                         name,

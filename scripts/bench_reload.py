@@ -16,22 +16,14 @@ import argparse
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
-from benchtools import ensure_commands
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchtools import ensure_commands, hello_master, stop_master
 
 
 def status(cli: list[str], config: Path) -> dict:
@@ -90,31 +82,16 @@ def main() -> int:
         return 2
     cli = [sys.executable, "-m", "monolake.supervisor.cli"]
     tmp = Path(tempfile.mkdtemp(prefix="monolake-bench-reload-"))
-    port = free_port()
-    config = tmp / "monolake.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [runtime]
-        runtime_type = "{args.runtime}"
-        workers = {args.workers}
-
-        [supervisor]
-        control_socket = "{tmp}/control.sock"
-        log_format = "json"
+    master, port = hello_master(
+        tmp,
+        args.runtime,
+        args.workers,
+        supervisor=f"""
         reload_mode = "{args.mode}"
         drain_timeout = 10
-
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-    """)
+        """,
     )
-    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - closed in the finally below
-    master = subprocess.Popen([*cli, "start", "-c", str(config)], stdout=log, stderr=log)
+    config = master.config_path
     wrk = None
     try:
         wait(
@@ -133,7 +110,7 @@ def main() -> int:
         for _ in range(args.reloads):
             before = status(cli, config)["master"]["generation"]
             t0 = time.monotonic()
-            os.kill(master.pid, signal.SIGHUP)
+            os.kill(master.proc.pid, signal.SIGHUP)
 
             def served(gen: int = before + 1) -> bool:
                 st = status(cli, config)
@@ -164,12 +141,7 @@ def main() -> int:
     finally:
         if wrk is not None and wrk.poll() is None:
             wrk.kill()
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-        log.close()
+        stop_master(master)
 
 
 if __name__ == "__main__":

@@ -16,25 +16,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchtools import hello_master, stop_master
+
 from monolake.supervisor.control import request
 from tests.upstreams import Upstream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def objects(sock: str) -> int:
@@ -74,35 +66,20 @@ def main() -> int:
     args = parser.parse_args()
     up = Upstream("rss")
     tmp = Path(tempfile.mkdtemp(prefix="monolake-rss-"))
-    port = free_port()
-    config = tmp / "monolake.toml"
-    config.write_text(
-        textwrap.dedent(f"""
-        [runtime]
-        runtime_type = "{args.runtime}"
-        workers = 1
-        [supervisor]
-        control_socket = "{tmp}/control.sock"
+    master, port = hello_master(
+        tmp,
+        args.runtime,
+        1,
+        supervisor=f"""
         pid_file = "{tmp}/monolaked.pid"
-        log_format = "json"
         log_level = "warning"
         reload_mode = "in_place"
-        [servers.web]
-        proxy_type = "http"
-        listener = {{ type = "socket", value = "127.0.0.1:{port}" }}
-        [[servers.web.routes]]
-        path = "/"
-        upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
+        """,
+        routes=f"""
         [[servers.web.routes]]
         path = "/up/{{*rest}}"
         upstreams = [{{ endpoint = {{ type = "uri", value = "{up.url}" }} }}]
-    """)
-    )
-    log = open(tmp / "master.log", "wb")  # noqa: SIM115 - the master's stdout for its lifetime
-    master = subprocess.Popen(
-        [sys.executable, "-m", "monolake.supervisor.cli", "start", "-c", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+        """,
     )
     sock = str(tmp / "control.sock")
     worker_pid = 0
@@ -114,6 +91,7 @@ def main() -> int:
                 ready = [w for w in st["workers"] if w["state"] == "ready"]
                 if ready:
                     worker_pid = ready[0]["pid"]
+                    master.seen_pids.add(worker_pid)  # killed by stop_master if it is left over
                     break
             except OSError:
                 pass
@@ -145,18 +123,8 @@ def main() -> int:
         print(f"growth over all {samples[-1][0]} reloads: {total:.1f} KiB per reload")
         return 0
     finally:
-        master.send_signal(signal.SIGTERM)
-        try:
-            master.wait(30)
-        except subprocess.TimeoutExpired:
-            master.kill()
-            if worker_pid:
-                try:
-                    os.kill(worker_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        stop_master(master)
         up.close()
-        log.close()
 
 
 if __name__ == "__main__":

@@ -72,6 +72,20 @@ class RouteAdmin:
                 return f"{address} is already an endpoint of route {self.route!r}{how}"
         return ""
 
+    def _not_configured(self, address: str) -> str:
+        """Why ``address``, configured on no endpoint of this route, cannot be removed: DNS
+        gives it, or the route has no such endpoint."""
+        derived = [ep for ep in self.endpoints() if _discovered(ep) and self.address_of(ep) == address]
+        if derived:
+            return (
+                f"{address} is found by DNS ({_found_by(derived[0])}): it comes back at the "
+                "next answer; disable or drain it instead, or change the record"
+            )
+        return f"route {self.route!r} has no endpoint {address}"
+
+    def _last(self, address: str) -> str:
+        return f"{address} is the last endpoint of route {self.route!r}: add another one first"
+
     def _base_row(self, ep: Any, label: str) -> dict[str, Any]:
         balancer = self._balancer()
         return {
@@ -197,17 +211,9 @@ class HttpRoute(RouteAdmin):
             return f"route {self.route!r} is gone"
         found = self._configured_at(address)
         if not found:
-            derived = [
-                up for up in balancer.upstreams if up.group is not None and self.address_of(up) == address
-            ]
-            if derived:
-                return (
-                    f"{address} is found by DNS ({derived[0].group.source.name}): it comes back at the "
-                    "next answer; disable or drain it instead, or change the record"
-                )
-            return f"route {self.route!r} has no endpoint {address}"
+            return self._not_configured(address)
         if len(balancer.configured) <= len(found):
-            return f"{address} is the last endpoint of route {self.route!r}: add another one first"
+            return self._last(address)
         return ""
 
     def remove(self, address: str) -> None:
@@ -274,17 +280,10 @@ class ThriftRoute(RouteAdmin):
         targets = self._targets()
         if targets is None:
             return f"route {self.route!r} is gone"
-        static = targets.static()
-        if not any(self.address_of(t) == address for t in static):
-            derived = [t for t in self.endpoints() if _discovered(t) and self.address_of(t) == address]
-            if derived:
-                return (
-                    f"{address} is found by DNS ({derived[0].endpoint.group.name}): it comes back at the "
-                    "next answer; disable or drain it instead, or change the record"
-                )
-            return f"route {self.route!r} has no endpoint {address}"
+        if not any(self.address_of(t) == address for t in targets.static()):
+            return self._not_configured(address)
         if len(targets.entries()) <= 1:
-            return f"{address} is the last endpoint of route {self.route!r}: add another one first"
+            return self._last(address)
         return ""
 
     def remove(self, address: str) -> None:

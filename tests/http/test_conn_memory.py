@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.http.conftest import ENGINE_LOOPS, Conn, run_worker
+from tests.procfs import settled
 from tests.support import free_port
 
 N = 2000
@@ -32,16 +33,8 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-def _settled(pid: int, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    last = _rss_kib(pid)
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = _rss_kib(pid)
-        if abs(now - last) <= max(64, last // 100):
-            return now
-        last = now
-    return last
+def _settled(pid: int) -> int:
+    return settled(lambda: _rss_kib(pid))
 
 
 def _returned(pid: int, limit: int, timeout: float = 8.0) -> int:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from monolake.worker.discovery.dns import SrvRecord
 from monolake.worker.discovery.watch import FAILING, REGISTRY, Watch
@@ -76,6 +76,50 @@ class Source:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def why_none(self) -> str:
+        """Why no address of this name can be picked, for the error a request gets."""
+        if not self.settled:
+            return f"no DNS answer yet for {self.name}"
+        return f"DNS gave no address for {self.name}" + (f" ({self.error})" if self.error else "")
+
+
+class Member(Protocol):
+    """What a discovered upstream keeps of its target: the balancer's weight and priority."""
+
+    weight: int
+    priority: int
+
+
+M = TypeVar("M", bound=Member)
+
+
+def reconcile(
+    children: dict[tuple[str, int], M],
+    targets: Iterable[Target],
+    make: Callable[[Target], M],
+    drop: Callable[[M], None],
+    keep: Callable[[M], bool] = lambda member: True,
+) -> dict[tuple[str, int], M]:
+    """The members for the current ``targets``, by address and port: an unchanged target
+    keeps its member (so its health, counters and connections), with the target's weight
+    (0 counts as 1) and priority; a new one, or one ``keep`` refuses, gets ``make(target)``;
+    a member whose target left is given to ``drop``."""
+    fresh: dict[tuple[str, int], M] = {}
+    for t in targets:
+        k = (t.address, t.port)
+        if k in fresh:
+            continue
+        member = children.get(k)
+        if member is None or not keep(member):
+            member = make(t)
+        else:  # an SRV weight or priority change keeps the address's connections
+            member.weight, member.priority = max(1, t.weight), t.priority
+        fresh[k] = member
+    for k, member in children.items():
+        if k not in fresh:
+            drop(member)
+    return fresh
 
 
 class AddressSource(Source):

@@ -417,6 +417,19 @@ class _Lines:
         self.pos = nl + 1
         return d[pos : nl - 1]
 
+    def field(self, seen: int, strict: bool) -> tuple[bytes, bytes] | str | None:
+        """The next field line parsed (name, value), ``seen`` fields before it; None at the
+        blank line that ends the head; a reason string for a bad line or one field too many."""
+        line = self.next()
+        if isinstance(line, str):
+            return line
+        if not line:
+            return None
+        if seen == MAX_FIELDS:
+            return "fields"
+        f = _field(line, strict)
+        return "field" if f is None else f
+
 
 _METHODS = (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"PATCH")
 
@@ -445,17 +458,9 @@ def parse_request(data: bytes, max_body: int = REQUEST_BODY_MAX) -> ParsedReques
     fields: list[tuple[bytes, bytes]] = []
     host: bytes | None = None
     clen = -1
-    while True:
-        line = lines.next()
-        if isinstance(line, str):
-            return line
-        if not line:
-            break
-        if len(fields) == MAX_FIELDS:
-            return "fields"
-        f = _field(line, True)
-        if f is None:
-            return "field"
+    while (f := lines.field(len(fields), True)) is not None:
+        if isinstance(f, str):
+            return f
         name = f[0].lower()
         if name == b"content-length":
             v = f[1]
@@ -534,18 +539,10 @@ def parse_response(data: bytes, head_only: bool) -> ParsedResponse | str | None:
     clen = -1
     conn = 0
     nf = 0
-    while True:
-        line = lines.next()
-        if isinstance(line, str):
-            return line
-        if not line:
-            break
+    while (f := lines.field(nf, False)) is not None:
+        if isinstance(f, str):
+            return f
         nf += 1
-        if nf > MAX_FIELDS:
-            return "fields"
-        f = _field(line, False)
-        if f is None:
-            return "field"
         name, value = f[0].lower(), f[1]
         if name == b"content-length":
             if not value or len(value) > 15 or not value.isdigit():

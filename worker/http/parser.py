@@ -248,7 +248,39 @@ def _check_head_bytes(head: bytes | bytearray) -> None:
         raise ParseError("obsolete line folding in request head")
 
 
-class H11RequestParser:
+def _check_head_so_far(buf: bytearray) -> None:
+    """The head received so far (up to its blank line, if it has come): its bytes, and while
+    it is incomplete, the request line's shape."""
+    end = buf.find(b"\r\n\r\n")
+    _check_head_bytes(buf if end < 0 else buf[: end + 4])
+    if end < 0:
+        check_request_line(buf)
+
+
+def _deliver_head(proto: Any, headers: Any) -> None:
+    """A parsed head's fields to the httptools-style callbacks (after on_url / on_status)."""
+    for k, v in headers.raw_items():
+        proto.on_header(k, v)
+    proto.on_headers_complete()
+
+
+def _deliver_end(proto: Any, ev: h11.EndOfMessage) -> None:
+    """A message's end, with the trailer section of a chunked body if it had one."""
+    if ev.headers:
+        proto.on_trailers([(k.lower(), v) for k, v in ev.headers.raw_items()])
+    proto.on_message_complete()
+
+
+class _H11Parser:
+    """What the request and the response parser share: the message's HTTP version."""
+
+    _version: bytes
+
+    def get_http_version(self) -> str:
+        return self._version.decode()
+
+
+class H11RequestParser(_H11Parser):
     """Server-side h11 used as a pure parser (we never send through it)."""
 
     def __init__(self, proto: Any, max_head: int) -> None:
@@ -268,19 +300,13 @@ class H11RequestParser:
     def get_method(self) -> bytes:
         return self._method
 
-    def get_http_version(self) -> str:
-        return self._version.decode()
-
     def should_upgrade(self) -> bool:
         return self._upgrade
 
     def feed_data(self, data: bytes) -> None:
         if not self._in_body:
             self._headbuf += data
-            end = self._headbuf.find(b"\r\n\r\n")
-            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[: end + 4])
-            if end < 0:
-                check_request_line(self._headbuf)
+            _check_head_so_far(self._headbuf)
         self._conn.receive_data(data)
         self._drain()
 
@@ -306,15 +332,11 @@ class H11RequestParser:
                 self._headbuf = bytearray()
                 proto.on_message_begin()
                 proto.on_url(ev.target)
-                for k, v in ev.headers.raw_items():
-                    proto.on_header(k, v)
-                proto.on_headers_complete()
+                _deliver_head(proto, ev.headers)
             elif isinstance(ev, h11.Data):
                 proto.on_body(bytes(ev.data))
             elif isinstance(ev, h11.EndOfMessage):
-                if ev.headers:  # the trailer section of a chunked body
-                    proto.on_trailers([(k.lower(), v) for k, v in ev.headers.raw_items()])
-                proto.on_message_complete()
+                _deliver_end(proto, ev)
                 if not self._upgrade:
                     # start the next cycle at once (h11 would refuse more data after an
                     # HTTP/1.0 request; keep-alive is decided by the server, not by h11)
@@ -334,14 +356,11 @@ class H11RequestParser:
         self._in_body = False
         self._headbuf = bytearray(rest)
         if rest:
-            end = self._headbuf.find(b"\r\n\r\n")
-            _check_head_bytes(self._headbuf if end < 0 else self._headbuf[: end + 4])
-            if end < 0:
-                check_request_line(self._headbuf)
+            _check_head_so_far(self._headbuf)
             self._conn.receive_data(rest)
 
 
-class H11ResponseParser:
+class H11ResponseParser(_H11Parser):
     """Client-side h11 for one response cycle (a new one per request: it must know the method)."""
 
     def __init__(self, proto: Any, method: str, upgrade: bool, max_head: int = 65536) -> None:
@@ -362,9 +381,6 @@ class H11ResponseParser:
 
     def get_status_code(self) -> int:
         return self._status
-
-    def get_http_version(self) -> str:
-        return self._version.decode()
 
     def should_keep_alive(self) -> bool:
         return self._keep_alive
@@ -390,9 +406,7 @@ class H11ResponseParser:
                 self._keep_alive = ev.http_version == b"1.1" and b"close" not in tokens
                 proto.on_message_begin()
                 proto.on_status(ev.reason)
-                for k, v in ev.headers.raw_items():
-                    proto.on_header(k, v)
-                proto.on_headers_complete()
+                _deliver_head(proto, ev.headers)
                 if isinstance(ev, h11.InformationalResponse):
                     if ev.status_code == 101:
                         continue
@@ -400,9 +414,7 @@ class H11ResponseParser:
             elif isinstance(ev, h11.Data):
                 proto.on_body(bytes(ev.data))
             elif isinstance(ev, h11.EndOfMessage):
-                if ev.headers:  # the trailer section of a chunked body
-                    proto.on_trailers([(k.lower(), v) for k, v in ev.headers.raw_items()])
-                proto.on_message_complete()
+                _deliver_end(proto, ev)
             elif ev is h11.PAUSED:
                 rest, _closed = conn.trailing_data
                 if self._status == 101:

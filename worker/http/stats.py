@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 
-from monolake.worker.counters import GAUGES, SERVER_COUNTERS
+from monolake.worker.counters import GAUGES, SERVER_COUNTERS, ServerCounters
 
-COUNTERS = (
-    *SERVER_COUNTERS,
+# the HTTP engine's counters on top of the shared ones (worker/counters.py)
+OWN_COUNTERS = (
     "duration_sum_us",
     "duration_count",
     # by protocol: of connections_total / requests, those that spoke HTTP/2
@@ -24,6 +24,7 @@ COUNTERS = (
     "h2_upstream_cap_waits",  # waited at max_h2_connections_per_upstream
     "h2_upstream_cap_timeouts",  # ... and got no stream slot in time: 503
 )
+COUNTERS = SERVER_COUNTERS + OWN_COUNTERS
 # Request duration histogram (the admin listener's monolake_request_duration_seconds): the
 # stats carry cumulative counts ``duration_le_<ms>`` of requests that took at most <ms>.
 DURATION_BUCKETS_MS = (1, 5, 10, 50, 100, 500, 1000, 5000)
@@ -31,23 +32,11 @@ BUCKET_KEYS = tuple(f"duration_le_{ms}" for ms in DURATION_BUCKETS_MS)
 _BOUNDS_US = tuple(ms * 1000 for ms in DURATION_BUCKETS_MS)
 
 
-class Stats:
-    __slots__ = COUNTERS + GAUGES + ("_bins",)
-    # The slots above, declared for type checkers (__init__ sets them by name);
-    # tests/ops/test_duration_histogram.py keeps the two lists the same.
-    connections_total: int
-    requests: int
-    responses_1xx: int
-    responses_2xx: int
-    responses_3xx: int
-    responses_4xx: int
-    responses_5xx: int
-    errors: int
-    bytes_in: int
-    bytes_out: int
-    upstream_connect_failures: int
-    upstream_ejections: int
-    upstream_unsolicited: int
+class Stats(ServerCounters):
+    __slots__ = (*OWN_COUNTERS, "_bins")
+    # The slots above, declared for type checkers (__init__ sets them by name), beside the
+    # shared ones ServerCounters declares; tests/ops/test_duration_histogram.py keeps the
+    # declarations and the lists the same.
     duration_sum_us: int
     duration_count: int
     h2_connections_total: int
@@ -57,12 +46,11 @@ class Stats:
     h2_upstream_retry_failures: int
     h2_upstream_cap_waits: int
     h2_upstream_cap_timeouts: int
-    open_connections: int
-    active_requests: int
     _bins: list[int]
 
     def __init__(self) -> None:
-        for name in COUNTERS + GAUGES:
+        super().__init__()
+        for name in OWN_COUNTERS:
             setattr(self, name, 0)
         self._bins = [0] * (len(_BOUNDS_US) + 1)  # per bucket, not cumulative; last: > 5 s
 
@@ -94,18 +82,15 @@ class Stats:
             self.responses_5xx += 1
 
     def as_dict(self) -> dict[str, int]:
-        return {**{name: getattr(self, name) for name in COUNTERS + GAUGES}, **self._cumulative()}
+        return {**self.values(COUNTERS + GAUGES), **self._cumulative()}
 
     def export(self) -> dict[str, int]:
         """The monotonic counters (gauges describe live connections and do not carry over)."""
-        return {**{name: getattr(self, name) for name in COUNTERS}, **self._cumulative()}
+        return {**self.values(COUNTERS), **self._cumulative()}
 
     def absorb(self, data: dict[str, object]) -> None:
         """Add a previous generation's totals, so totals survive a reload."""
-        for name in COUNTERS:
-            value = data.get(name)
-            if isinstance(value, int):
-                setattr(self, name, getattr(self, name) + value)
+        self.add(COUNTERS, data)
         below = 0
         for i, key in enumerate(BUCKET_KEYS):
             value = data.get(key)

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, Target, is_ip
+from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, Target, is_ip, reconcile
 from monolake.worker.http.stats import Stats
 from monolake.worker.upstream import balance, ejection
 from monolake.worker.upstream.address import Address
@@ -239,22 +239,14 @@ class Discovered:
             if not self.source.settled:
                 return [self.template]
             self.ready = True
-        fresh: dict[tuple[str, int], Upstream] = {}
-        for t in self.source.targets():
-            k = (t.address, t.port)
-            if k in fresh:
-                continue
-            up = self.children.get(k)
-            if up is None or (up.draining and up.admin != "draining"):  # the operator's drain stays
-                up = self.template.derive(t)
-            else:  # an SRV weight or priority change keeps the address's connections
-                up.weight, up.priority = max(1, t.weight), t.priority
-            fresh[k] = up
-        for k, up in self.children.items():
-            if k not in fresh:
-                mark_draining(up)
-        self.children = fresh
-        return list(fresh.values())
+        self.children = reconcile(
+            self.children,
+            self.source.targets(),
+            self.template.derive,
+            mark_draining,
+            keep=lambda up: not up.draining or up.admin == "draining",  # the operator's drain stays
+        )
+        return list(self.children.values())
 
     # ASYNC109: on expiry the wait gives a result (no upstream yet), it does not cancel
     async def resolve(self, timeout: float) -> Upstream | None:  # noqa: ASYNC109
@@ -276,10 +268,7 @@ class Discovered:
         )
 
     def why_none(self) -> str:
-        src = self.source
-        if not src.settled:
-            return f"no DNS answer yet for {src.name}"
-        return f"DNS gave no address for {src.name}" + (f" ({src.error})" if src.error else "")
+        return self.source.why_none()
 
 
 class Balancer(balance.Balancer):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, is_ip
+from monolake.worker.discovery.sources import AddressSource, Source, SrvSource, is_ip, reconcile
 from monolake.worker.discovery.sources import Target as DnsTarget
 from monolake.worker.upstream.balance import pick_weighted_lowest
 
@@ -53,24 +53,13 @@ class Discovered:
                 return [self.placeholder]
             self.ready = True
             drain(self.placeholder)
-        fresh: dict[tuple[str, int], Target] = {}
-        for t in self.source.targets():
-            k = (t.address, t.port)
-            if k in fresh:
-                continue
-            target = self.children.get(k)
-            if target is None:
-                ep = Endpoint("socket", host=t.address, port=t.port)
-                ep.group = self
-                target = self.make_target(ep, max(1, t.weight), t.priority)
-            else:  # an SRV weight or priority change keeps the address's connections
-                target.weight, target.priority = max(1, t.weight), t.priority
-            fresh[k] = target
-        for k, target in self.children.items():
-            if k not in fresh:
-                drain(target)
-        self.children = fresh
-        return list(fresh.values())
+        self.children = reconcile(self.children, self.source.targets(), self._derive, drain)
+        return list(self.children.values())
+
+    def _derive(self, t: DnsTarget) -> Target:
+        ep = Endpoint("socket", host=t.address, port=t.port)
+        ep.group = self
+        return self.make_target(ep, max(1, t.weight), t.priority)
 
     async def resolve(self, timeout: float) -> DnsTarget | None:  # noqa: ASYNC109 - the connect deadline
         """For the placeholder's pool: the address to connect to, once DNS has answered."""
@@ -90,10 +79,7 @@ class Discovered:
         return target.pool_for(kind) if target is not None else None
 
     def why_none(self) -> str:
-        src = self.source
-        if not src.settled:
-            return f"no DNS answer yet for {src.name}"
-        return f"DNS gave no address for {src.name}" + (f" ({src.error})" if src.error else "")
+        return self.source.why_none()
 
 
 def drain(target: Target) -> None:

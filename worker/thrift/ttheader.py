@@ -16,7 +16,9 @@ head, which a transformed payload hides.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .errors import FrameError
 
@@ -24,6 +26,8 @@ MAGIC = 0x1000
 MAGIC_BYTES = b"\x10\x00"
 MIN_FRAME = 14  # length + magic + flags + seq_id + header size
 MAX_HEADERS = 1024
+_Buf = bytes | bytearray | memoryview
+K = TypeVar("K", int, bytes)  # an info block's key: an int or a string
 
 INFO_PADDING = 0x00
 INFO_KEY_VALUE = 0x01
@@ -50,7 +54,7 @@ class TTHeader:
     acl_token: bytes | None = None
 
 
-def decode(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[TTHeader, int]:
+def decode(buf: _Buf, start: int, end: int) -> tuple[TTHeader, int]:
     """Decode the header of the complete frame ``buf[start:end]``; return it and the payload offset."""
     if end - start < MIN_FRAME:
         raise FrameError("truncated TTHeader frame")
@@ -74,21 +78,9 @@ def decode(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[T
         if info == INFO_PADDING:
             continue
         if info == INFO_KEY_VALUE:
-            count, pos = _u16(buf, pos, hend)
-            if count > MAX_HEADERS:
-                raise FrameError(f"too many TTHeader headers: {count}")
-            for _ in range(count):
-                key, pos = _string(buf, pos, hend)
-                val, pos = _string(buf, pos, hend)
-                hdr.str_headers[key] = val
+            pos = _key_values(buf, pos, hend, _string, hdr.str_headers)
         elif info == INFO_INT_KEY_VALUE:
-            count, pos = _u16(buf, pos, hend)
-            if count > MAX_HEADERS:
-                raise FrameError(f"too many TTHeader headers: {count}")
-            for _ in range(count):
-                ikey, pos = _u16(buf, pos, hend)
-                val, pos = _string(buf, pos, hend)
-                hdr.int_headers[ikey] = val
+            pos = _key_values(buf, pos, hend, _u16, hdr.int_headers)
         elif info == INFO_ACL_TOKEN:
             hdr.acl_token, pos = _string(buf, pos, hend)
         else:
@@ -96,13 +88,28 @@ def decode(buf: bytes | bytearray | memoryview, start: int, end: int) -> tuple[T
     return hdr, hend
 
 
-def _u16(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+def _key_values(
+    buf: _Buf, pos: int, end: int, read_key: Callable[[_Buf, int, int], tuple[K, int]], into: dict[K, bytes]
+) -> int:
+    """A key-value info block (its u16 count, then keys read by ``read_key``, each with a
+    string value) into ``into``; the position after it."""
+    count, pos = _u16(buf, pos, end)
+    if count > MAX_HEADERS:
+        raise FrameError(f"too many TTHeader headers: {count}")
+    for _ in range(count):
+        key, pos = read_key(buf, pos, end)
+        val, pos = _string(buf, pos, end)
+        into[key] = val
+    return pos
+
+
+def _u16(buf: _Buf, pos: int, end: int) -> tuple[int, int]:
     if pos + 2 > end:
         raise FrameError("truncated TTHeader info block")
     return _unpack_u16(buf, pos)[0], pos + 2
 
 
-def _string(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[bytes, int]:
+def _string(buf: _Buf, pos: int, end: int) -> tuple[bytes, int]:
     n, pos = _u16(buf, pos, end)
     if pos + n > end:
         raise FrameError("truncated TTHeader string")
