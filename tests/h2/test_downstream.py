@@ -19,7 +19,7 @@ import pytest
 
 from tests.h2 import attack
 from tests.h2.peer import H2LibClient, Response
-from tests.h2.test_upstream_h2 import Peer, start_peer
+from tests.h2.test_upstream_h2 import Peer, curl, start_peer
 from tests.http.certs import Cert, make_ca, make_cert
 from tests.http.conftest import LOOPS, Conn, Worker, run_worker
 from tests.http.upstream import UpstreamServer, pattern
@@ -58,12 +58,6 @@ def config(
         {route_extra}
         upstreams = [{{ endpoint = {{ type = "uri", value = "{scheme}://127.0.0.1:{up_port}" }} }}]
     """)
-    )
-
-
-def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["curl", "-sS", "--max-time", str(timeout), *args], capture_output=True, timeout=timeout + 5
     )
 
 

@@ -18,19 +18,9 @@ import hpack
 import hyperframe.frame as hf
 
 from tests.h2 import attack
-from tests.harness import base_config
+from tests.h2.test_upstream_h2 import daemon_config
 from tests.http.upstream import UpstreamServer
 from tests.support import free_port, wait_for
-
-
-def daemon_config(tmp_path: Path, port: int, up_port: int) -> str:
-    routes = textwrap.dedent(f"""
-        [[servers.web.routes]]
-        path_prefix = "/"
-        preserve_path = true
-        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{up_port}" }} }}]
-    """)
-    return base_config(tmp_path, port, runtime="workers = 1", routes=routes)
 
 
 class RawClient:
@@ -118,10 +108,20 @@ def slow_stream_survives(c: RawClient, start: Callable[[], None]) -> None:
     assert c.pings >= 1  # the drain PING: the final GOAWAY came after its round trip
 
 
+def reload_survives(m, c: RawClient) -> None:
+    """``monolaked reload`` (in a thread: the CLI returns when the reload is over) while a slow
+    stream is in flight on ``c``: slow_stream_survives, and the reload succeeded."""
+    result: list[subprocess.CompletedProcess] = []
+    reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
+    slow_stream_survives(c, reload.start)
+    reload.join(120)
+    assert result and result[0].returncode == 0, result
+
+
 def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
     port = free_port()
     with UpstreamServer("h1") as up:
-        m = master_factory(daemon_config(tmp_path, port, up.port))
+        m = master_factory(daemon_config(tmp_path, port, up.port, version=None))
         m.wait_ready()
         c = RawClient(port)
         try:
@@ -135,11 +135,7 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
             )
             stats = m.status()["workers"][0]["stats"]
             assert stats["h2_connections_total"] == 1 and stats["requests"] == 1, stats
-            result: list[subprocess.CompletedProcess] = []
-            reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
-            slow_stream_survives(c, reload.start)
-            reload.join(120)
-            assert result and result[0].returncode == 0, result
+            reload_survives(m, c)
         finally:
             c.close()
 
@@ -162,7 +158,7 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
     (an HTTP/1.1 keep-alive connection would simply finish on the old stack)."""
     port = free_port()
     with UpstreamServer("h1") as up:
-        text = daemon_config(tmp_path, port, up.port).replace(
+        text = daemon_config(tmp_path, port, up.port, version=None).replace(
             "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n'
         )
         m = master_factory(text)
@@ -180,11 +176,7 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
             m.config_path.write_text(
                 text.replace("[[servers.web.routes]]", new_route.strip() + "\n\n[[servers.web.routes]]", 1)
             )
-            result: list[subprocess.CompletedProcess] = []
-            reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
-            slow_stream_survives(c, reload.start)
-            reload.join(120)
-            assert result and result[0].returncode == 0, result
+            reload_survives(m, c)
         finally:
             c.close()
         assert m.worker_pids() == pid  # in place: the same worker process

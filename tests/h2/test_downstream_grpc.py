@@ -17,7 +17,7 @@ import pytest
 
 from tests.h2.peer import H2LibClient, Response
 from tests.h2.test_downstream import config
-from tests.harness import base_config
+from tests.h2.test_upstream_h2 import daemon_config
 from tests.http.certs import Cert, make_ca, make_cert
 from tests.http.conftest import run_worker
 from tests.http.upstream import UpstreamServer
@@ -249,14 +249,7 @@ def test_reload_under_grpc_load_loses_nothing(
     (grpcio sends new calls on a new connection after the GOAWAY), and calls go on after."""
     up_port, _svc = upstream
     port = free_port()
-    routes = f"""
-[[servers.web.routes]]
-path_prefix = "/"
-preserve_path = true
-upstream_http_version = "http2"
-upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{up_port}" }} }}]
-"""
-    m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+    m = master_factory(daemon_config(tmp_path, port, up_port))
     m.wait_ready()
     stop = threading.Event()
     done: list[bytes] = []
