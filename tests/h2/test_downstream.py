@@ -172,7 +172,8 @@ def test_h2_over_tls_by_alpn(
 
 
 def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple[Cert, Cert]) -> None:
-    """h2 in and h2 out (the H2Pool), plain and over TLS; trailers pass through."""
+    """h2 in and h2 out (the H2Pool): curl --http2 over TLS and --http2-prior-knowledge on h2c;
+    trailers pass through."""
     ca, cert = tls_cert
     with run_worker(tmp_path, config(h2_peer.port, version="http2", tls=cert)) as w:
         r = curl(
@@ -188,6 +189,12 @@ def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple
         head = json.loads(body)
         assert "127.0.0.1" in json.dumps(head), head
     with run_worker(tmp_path, config(h2_peer.port, version="http2")) as w:
+        r = curl(
+            "--http2-prior-knowledge", "-w", "\n%{http_version}", f"http://127.0.0.1:{w.port()}/echo-head"
+        )
+        body, _, version = r.stdout.rpartition(b"\n")
+        assert r.returncode == 0 and version == b"2", r
+        assert json.loads(body)[":path"] == "/echo-head", body
         c = H2LibClient(w.port(), timeout=20)
         try:
             sid = c.open("/trailers")
