@@ -93,11 +93,12 @@ class RawClient:
         self.sock.close()
 
 
-def slow_stream_survives(c: RawClient, start: Callable[[], None]) -> None:
+def slow_stream_survives(c: RawClient, up: UpstreamServer, start: Callable[[], None]) -> None:
     """Open a 1.5 s request, run ``start`` (the reload or the stop), and check: the GOAWAY
     notice, the whole answer, the final GOAWAY naming that stream, then the close."""
+    seen = up.paths.count("/slow?delay=1.5")
     sid = c.get("/slow?delay=1.5")
-    time.sleep(0.2)  # the request is at the upstream
+    wait_for(lambda: up.paths.count("/slow?delay=1.5") > seen, 10, what="the slow request at the upstream")
     start()
     c.pump(lambda: bool(c.goaways))
     assert c.goaways[0] == (2**31 - 1, 0), c.goaways  # the notice: nothing refused yet
@@ -108,12 +109,12 @@ def slow_stream_survives(c: RawClient, start: Callable[[], None]) -> None:
     assert c.pings >= 1  # the drain PING: the final GOAWAY came after its round trip
 
 
-def reload_survives(m, c: RawClient) -> None:
+def reload_survives(m, c: RawClient, up: UpstreamServer) -> None:
     """``monolaked reload`` (in a thread: the CLI returns when the reload is over) while a slow
     stream is in flight on ``c``: slow_stream_survives, and the reload succeeded."""
     result: list[subprocess.CompletedProcess] = []
     reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
-    slow_stream_survives(c, reload.start)
+    slow_stream_survives(c, up, reload.start)
     reload.join(120)
     assert result and result[0].returncode == 0, result
 
@@ -135,7 +136,7 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
             )
             stats = m.status()["workers"][0]["stats"]
             assert stats["h2_connections_total"] == 1 and stats["requests"] == 1, stats
-            reload_survives(m, c)
+            reload_survives(m, c, up)
         finally:
             c.close()
 
@@ -146,7 +147,7 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
             sid = c.get("/again")
             c.pump(lambda: sid in c.ended)
             assert c.heads[sid][b":status"] == b"200"
-            slow_stream_survives(c, lambda: m.proc.send_signal(signal.SIGTERM))
+            slow_stream_survives(c, up, lambda: m.proc.send_signal(signal.SIGTERM))
         finally:
             c.close()
         wait_for(lambda: m.proc.poll() is not None, timeout=30, what="master exited")
@@ -176,7 +177,7 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
             m.config_path.write_text(
                 text.replace("[[servers.web.routes]]", new_route.strip() + "\n\n[[servers.web.routes]]", 1)
             )
-            reload_survives(m, c)
+            reload_survives(m, c, up)
         finally:
             c.close()
         assert m.worker_pids() == pid  # in place: the same worker process
