@@ -464,3 +464,30 @@ def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory, 
     assert slow and slow[0][0] == 200 and slow[0][2]["x-conn"] == "1", slow
     # the old worker drains and exits: its h2 connection closes with it
     wait_for(lambda: peer.stats()["closed"] >= 1, timeout=30, what="old connection closed")
+
+
+def test_in_place_reload_keeps_the_h2_upstream_connection(
+    tmp_path: Path, peer_factory, master_factory
+) -> None:
+    """reload_mode = "in_place" rebuilds the service stack in the same worker, which keeps its
+    one H2Pool: the upstream connection opened before the reload carries the requests after it
+    (a generation reload cannot: test_reload_lets_old_worker_h2_streams_finish)."""
+    peer = peer_factory()
+    port = free_port()
+    text = daemon_config(tmp_path, port, peer.port).replace(
+        "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n'
+    )
+    m = master_factory(text)
+    m.wait_ready()
+    pids = m.worker_pids()
+    status, _, headers = get(port, "/before")
+    assert status == 200 and headers["x-conn"] == "1", headers
+    new_route = '[[servers.web.routes]]\npath = "/new"\nupstreams = [{ endpoint = { type = "builtin", value = "hello" } }]\n\n'
+    m.config_path.write_text(text.replace("[[servers.web.routes]]", new_route + "[[servers.web.routes]]", 1))
+    result = m.cli("reload", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert m.worker_pids() == pids
+    assert get(port, "/new")[1].startswith(b"Hello from monolake")  # the new stack serves
+    status, _, headers = get(port, "/after")
+    assert status == 200 and headers["x-conn"] == "1", headers  # the same upstream connection
+    assert peer.stats()["connections"] == 1, peer.stats()
