@@ -17,6 +17,7 @@ from monolake.conf.loader import load_config
 from monolake.worker.h2 import health
 from tests.config_text import uri_upstream
 from tests.health.conftest import health_config, wait_health
+from tests.http.certs import Cert, make_ca, make_cert
 from tests.support import free_port, wait_for
 
 grpc = pytest.importorskip("grpc")
@@ -29,7 +30,8 @@ class HealthServer:
     """A grpcio server with ``test.Echo/Unary`` and a health service whose answer per service
     name the test sets (a service not in ``status`` is NOT_FOUND, as grpcio's own does)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cert: Cert | None = None) -> None:
+        self.tls = cert is not None
         self.status: dict[str, str] = {"": "SERVING", "test.Echo": "SERVING"}
         self.asked: list[str] = []
         self.calls = 0
@@ -44,7 +46,11 @@ class HealthServer:
         ]
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         self.server.add_generic_rpc_handlers(handlers)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if cert is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            creds = grpc.ssl_server_credentials([(cert.key.read_bytes(), cert.chain.read_bytes())])
+            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
         self.server.start()
 
     def check(self, req: bytes, ctx: Any) -> bytes:
@@ -65,7 +71,7 @@ class HealthServer:
 
     @property
     def label(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
 @pytest.fixture
@@ -131,6 +137,29 @@ def test_grpc_health_check_shifts_grpc_traffic(master_factory, tmp_path: Path, s
         row = wait_health(m, b.label, False)
         assert "grpc-status 5" in row["last_error"], row
         assert spread(10) == (10, 0)
+
+
+def test_grpc_health_check_over_tls(master_factory, tmp_path: Path) -> None:
+    """An ``https://`` gRPC upstream: the check's TLS handshake offers ALPN h2 on an
+    ``upstream_http_version = "http2"`` route and passes; on an HTTP/1.1 route (whose context
+    offers only http/1.1, which grpcio refuses) it fails, with the reason in the status."""
+    ca = make_ca(tmp_path)
+    server = HealthServer(make_cert(tmp_path, ca, "grpc-upstream", ["127.0.0.1"]))
+    try:
+        check = '{ type = "grpc", interval_sec = 0.2, timeout_sec = 0.2, fall = 1, rise = 1 }'
+        up = f'{{ endpoint = {{ type = "uri", value = "{server.label}" }} }}'
+        routes = [("/h2/", check, [up]), ("/h1/", check, [up])]
+        port, admin = free_port(), free_port()
+        cfg = health_config(tmp_path, port, admin, routes, route_extra=f'tls_ca = "{ca.chain}"')
+        cfg = cfg.replace('path_prefix = "/h2/"', 'path_prefix = "/h2/"\nupstream_http_version = "http2"', 1)
+        m = master_factory(cfg)
+        m.wait_ready()
+        wait_health(m, server.label, True, route="/h2/*")
+        row = wait_health(m, server.label, False, route="/h1/*")
+        assert "did not select h2 by ALPN" in row["last_error"], row
+        assert "" in server.asked  # the server as a whole, over TLS
+    finally:
+        server.server.stop(0)
 
 
 def write(tmp_path: Path, check: str, extra: str = "") -> Path:
