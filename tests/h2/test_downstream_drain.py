@@ -188,3 +188,38 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
             assert c.bodies[sid].startswith(b"Hello from monolake"), c.bodies
         finally:
             c.close()
+
+
+def test_stop_timeout_bounds_a_stream_that_outlives_it(master_factory, tmp_path: Path) -> None:
+    """A stop with a stream longer than its bound (``graceful_timeout``, 1 s here, the stream
+    8 s; a reload's is ``drain_timeout``): the GOAWAY notice, then, at the bound, the connection
+    closes with the stream unfinished, and the daemon exits: the drain is bounded, not held
+    open by the client."""
+    port = free_port()
+    with UpstreamServer("h1") as up:
+        text = daemon_config(tmp_path, port, up.port, version=None)
+        m = master_factory(text.replace("graceful_timeout = 10", "graceful_timeout = 1", 1))
+        m.wait_ready()
+        c = RawClient(port)
+        try:
+            seen = up.paths.count("/slow?delay=8")
+            sid = c.get("/slow?delay=8")
+            wait_for(
+                lambda: up.paths.count("/slow?delay=8") > seen, 10, what="the slow request at the upstream"
+            )
+            start = time.monotonic()
+            m.proc.send_signal(signal.SIGTERM)
+            c.pump(lambda: bool(c.goaways))
+            assert c.goaways[0] == (2**31 - 1, 0), c.goaways
+            deadline = time.monotonic() + 10
+            while not c.eof and time.monotonic() < deadline:
+                r, _, _ = select.select([c.sock], [], [], deadline - time.monotonic())
+                if r:
+                    c._read()
+            took = time.monotonic() - start
+            assert c.eof, "the connection outlived the drain timeout"
+            assert sid not in c.ended, (took, c.heads, c.bodies, c.goaways)  # it could not finish
+            assert 0.9 <= took < 5, took  # graceful_timeout (1 s), then the close
+        finally:
+            c.close()
+        wait_for(lambda: m.proc.poll() is not None, timeout=15, what="master exited")
