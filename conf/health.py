@@ -28,16 +28,17 @@ HEALTH_KEYS = (
     "rise",
     "jitter",
     "all_unhealthy",
+    "service",
 )
 HTTP_ONLY = ("path", "expected_statuses", "host")
-TYPES = {"http": ("http", "tcp"), "thrift": ("thrift", "tcp")}
+TYPES = {"http": ("http", "tcp", "grpc"), "thrift": ("thrift", "tcp")}
 ALL_UNHEALTHY = ("fail_open", "reject")
 DEFAULT_STATUSES = ((200, 399),)
 
 
 @dataclass(frozen=True)
 class HealthCheckConfig:
-    type: str = "http"  # "http" | "tcp" | "thrift"
+    type: str = "http"  # "http" | "tcp" | "thrift" | "grpc" (grpc.health.v1, docs/http2.md)
     method: str = "GET"  # http: the request method; thrift: the method to call
     path: str = "/"  # http: the request target
     expected_statuses: tuple[tuple[int, int], ...] = DEFAULT_STATUSES  # inclusive ranges
@@ -48,6 +49,7 @@ class HealthCheckConfig:
     rise: int = 2  # consecutive successes that make an unhealthy endpoint healthy
     jitter: float = 0.1  # each wait is interval_sec x (1 +/- jitter), at random
     all_unhealthy: str = "fail_open"  # "fail_open" (use them all) | "reject" (503 / no upstream)
+    service: str = ""  # grpc: the service asked about ("" = the server as a whole)
 
     def expects(self, status: int) -> bool:
         return any(lo <= status <= hi for lo, hi in self.expected_statuses)
@@ -78,9 +80,25 @@ def parse_health_check(route: Table, kind: str) -> HealthCheckConfig | None:
             t.expected("method", 'an HTTP method in capitals, such as "GET" or "HEAD"', method)
             method = d.method
     elif "method" in t.raw:
-        t.expected("method", 'no method with type = "tcp" (a tcp check only connects)', t.raw["method"])
+        what = (
+            "a grpc check calls grpc.health.v1.Health/Check"
+            if check_type == "grpc"
+            else "a tcp check only connects"
+        )
+        t.expected("method", f'no method with type = "{check_type}" ({what})', t.raw["method"])
+    service = t.string("service", "") if check_type == "grpc" else ""
+    if check_type != "grpc" and "service" in t.raw:
+        t.expected(
+            "service",
+            'no service without type = "grpc" (it is the gRPC health service name)',
+            t.raw["service"],
+        )
+    if check_type == "grpc":
+        _require_h2(t)
     if check_type != "http":
         for key in HTTP_ONLY:
+            if key == "host" and check_type == "grpc":
+                continue  # the :authority of the call
             if key in t.raw:
                 t.expected(key, f'no {key} with type = "{check_type}" (it is for http checks)', t.raw[key])
     path = t.string("path", d.path, allow_empty=False)
@@ -116,7 +134,18 @@ def parse_health_check(route: Table, kind: str) -> HealthCheckConfig | None:
         rise=rise,
         jitter=jitter,
         all_unhealthy=all_unhealthy,
+        service=service,
     )
+
+
+def _require_h2(t: Table) -> None:
+    """A grpc check speaks HTTP/2: without the extension it is a config error naming the
+    install step, as ``upstream_http_version = "http2"`` is."""
+    from monolake.worker import h2
+
+    avail = h2.available()
+    if not avail:
+        t.problems.add(t.key("type"), avail.reason)
 
 
 def _statuses(t: Table) -> tuple[tuple[int, int], ...]:

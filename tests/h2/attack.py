@@ -149,6 +149,24 @@ def keep_sending(sock: socket.socket, deadline: float = 10.0) -> tuple[float, bo
     return time.monotonic() - start, False
 
 
+def assert_lingering_close(port: int, goaway_code: int) -> None:
+    """An HPACK bomb, then the close: the GOAWAY (``goaway_code``) is followed by FIN, not by
+    the RST a close() with megabytes of unread attack input makes the kernel send (which failed
+    the attacker's next send before it read the GOAWAY); and it is bounded: an attacker that
+    keeps sending after the FIN is reset within 5 s (FAILED_ABORT_SECONDS, 1 s, with slack for
+    load)."""
+    a = Attacker(port)
+    try:
+        out = a.run(hpack_bomb(5_000), deadline=30, keep_open=True)
+        assert out.closed and out.goaway_codes == [goaway_code], out
+        assert not out.reset, f"RST instead of FIN after the GOAWAY: {out}"
+        seconds, reset = keep_sending(a.sock)
+    finally:
+        a.sock.close()
+    assert reset, "the server let a lingering attacker keep the connection"
+    assert seconds < 5, seconds
+
+
 def rapid_reset(count: int) -> Iterable[bytes]:
     """HEADERS then RST_STREAM(CANCEL) at once, stream after stream (CVE-2023-44487)."""
     enc = hpack.Encoder()

@@ -72,3 +72,17 @@ def test_the_c_glue_compiles_cleanly_with_warnings_as_errors(tmp_path: Path) -> 
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_glue_declarations_come_from_its_header() -> None:
+    """cffi's declarations of the C glue are mh2.h's cdef section, not a copy in _build.py:
+    every mh2_ function the header declares is declared to cffi, and _build.py's own text
+    declares none but the two ``extern "Python"`` callbacks."""
+    import re
+
+    build = load_build()
+    header = re.sub(r"/\*.*?\*/", "", (ROOT / "worker" / "h2" / "mh2.h").read_text(), flags=re.S)
+    declared = set(re.findall(r"\b(mh2_\w+)\s*\(", header))
+    assert declared and declared <= set(re.findall(r"\b(mh2_\w+)\s*\(", build.glue_cdef()))
+    assert set(re.findall(r"\b(mh2_\w+)\s*\(", build.CDEF)) == {"mh2_on_invalid_frame_recv", "mh2_read_data"}
+    assert "typedef struct mh2_hdrs" in build.glue_cdef() and "mh2_hdrs" not in build.CDEF

@@ -19,11 +19,11 @@ import pytest
 
 from tests.h2 import attack
 from tests.h2.peer import H2LibClient, Response
-from tests.h2.test_upstream_h2 import Peer, start_peer
+from tests.h2.test_upstream_h2 import Peer, curl, start_peer
 from tests.http.certs import Cert, make_ca, make_cert
 from tests.http.conftest import LOOPS, Conn, Worker, run_worker
 from tests.http.upstream import UpstreamServer, pattern
-from tests.support import free_port, kill_pids
+from tests.support import free_port, kill_pids, wait_for
 
 
 def config(
@@ -58,12 +58,6 @@ def config(
         {route_extra}
         upstreams = [{{ endpoint = {{ type = "uri", value = "{scheme}://127.0.0.1:{up_port}" }} }}]
     """)
-    )
-
-
-def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["curl", "-sS", "--max-time", str(timeout), *args], capture_output=True, timeout=timeout + 5
     )
 
 
@@ -153,6 +147,8 @@ def test_prior_knowledge_to_http11_upstream(tmp_path: Path, upstream: UpstreamSe
         # HTTP/1.1 on the same port still works
         r = curl("--http1.1", "-w", "%{http_version}", "-o", "/dev/null", f"{url}/bytes?n=10")
         assert r.stdout == b"1.1", r
+        # the access line is written after the response is out: curl can be faster than it
+        wait_for(lambda: len(access_lines(w)) >= 4, 10, what="the fourth access-log line")
         lines = access_lines(w)
         assert [ln["version"] for ln in lines] == ["2.0", "2.0", "2.0", "1.1"], lines
         assert all(ln["status"] == 200 for ln in lines)
@@ -178,7 +174,8 @@ def test_h2_over_tls_by_alpn(
 
 
 def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple[Cert, Cert]) -> None:
-    """h2 in and h2 out (the H2Pool), plain and over TLS; trailers pass through."""
+    """h2 in and h2 out (the H2Pool): curl --http2 over TLS and --http2-prior-knowledge on h2c;
+    trailers pass through."""
     ca, cert = tls_cert
     with run_worker(tmp_path, config(h2_peer.port, version="http2", tls=cert)) as w:
         r = curl(
@@ -194,6 +191,12 @@ def test_h2_client_to_h2_upstream(tmp_path: Path, h2_peer: Peer, tls_cert: tuple
         head = json.loads(body)
         assert "127.0.0.1" in json.dumps(head), head
     with run_worker(tmp_path, config(h2_peer.port, version="http2")) as w:
+        r = curl(
+            "--http2-prior-knowledge", "-w", "\n%{http_version}", f"http://127.0.0.1:{w.port()}/echo-head"
+        )
+        body, _, version = r.stdout.rpartition(b"\n")
+        assert r.returncode == 0 and version == b"2", r
+        assert json.loads(body)[":path"] == "/echo-head", body
         c = H2LibClient(w.port(), timeout=20)
         try:
             sid = c.open("/trailers")
@@ -236,6 +239,7 @@ def test_h2load_short_run(tmp_path: Path, upstream: UpstreamServer) -> None:
         assert r.returncode == 0, out + r.stderr.decode()
         assert re.search(r"requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed", out), out
         assert re.search(r"status codes: 2000 2xx", out), out
+        wait_for(lambda: len(access_lines(w)) >= 2000, 10, what="2000 access-log lines")
         assert len([ln for ln in access_lines(w) if ln["version"] == "2.0"]) == 2000
 
 

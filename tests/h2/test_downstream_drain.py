@@ -18,19 +18,9 @@ import hpack
 import hyperframe.frame as hf
 
 from tests.h2 import attack
-from tests.harness import base_config
+from tests.h2.test_upstream_h2 import daemon_config
 from tests.http.upstream import UpstreamServer
 from tests.support import free_port, wait_for
-
-
-def daemon_config(tmp_path: Path, port: int, up_port: int) -> str:
-    routes = textwrap.dedent(f"""
-        [[servers.web.routes]]
-        path_prefix = "/"
-        preserve_path = true
-        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{up_port}" }} }}]
-    """)
-    return base_config(tmp_path, port, runtime="workers = 1", routes=routes)
 
 
 class RawClient:
@@ -103,11 +93,12 @@ class RawClient:
         self.sock.close()
 
 
-def slow_stream_survives(c: RawClient, start: Callable[[], None]) -> None:
+def slow_stream_survives(c: RawClient, up: UpstreamServer, start: Callable[[], None]) -> None:
     """Open a 1.5 s request, run ``start`` (the reload or the stop), and check: the GOAWAY
     notice, the whole answer, the final GOAWAY naming that stream, then the close."""
+    seen = up.paths.count("/slow?delay=1.5")
     sid = c.get("/slow?delay=1.5")
-    time.sleep(0.2)  # the request is at the upstream
+    wait_for(lambda: up.paths.count("/slow?delay=1.5") > seen, 10, what="the slow request at the upstream")
     start()
     c.pump(lambda: bool(c.goaways))
     assert c.goaways[0] == (2**31 - 1, 0), c.goaways  # the notice: nothing refused yet
@@ -118,10 +109,20 @@ def slow_stream_survives(c: RawClient, start: Callable[[], None]) -> None:
     assert c.pings >= 1  # the drain PING: the final GOAWAY came after its round trip
 
 
+def reload_survives(m, c: RawClient, up: UpstreamServer) -> None:
+    """``monolaked reload`` (in a thread: the CLI returns when the reload is over) while a slow
+    stream is in flight on ``c``: slow_stream_survives, and the reload succeeded."""
+    result: list[subprocess.CompletedProcess] = []
+    reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
+    slow_stream_survives(c, up, reload.start)
+    reload.join(120)
+    assert result and result[0].returncode == 0, result
+
+
 def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
     port = free_port()
     with UpstreamServer("h1") as up:
-        m = master_factory(daemon_config(tmp_path, port, up.port))
+        m = master_factory(daemon_config(tmp_path, port, up.port, version=None))
         m.wait_ready()
         c = RawClient(port)
         try:
@@ -135,11 +136,7 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
             )
             stats = m.status()["workers"][0]["stats"]
             assert stats["h2_connections_total"] == 1 and stats["requests"] == 1, stats
-            result: list[subprocess.CompletedProcess] = []
-            reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
-            slow_stream_survives(c, reload.start)
-            reload.join(120)
-            assert result and result[0].returncode == 0, result
+            reload_survives(m, c, up)
         finally:
             c.close()
 
@@ -150,7 +147,7 @@ def test_drain_on_reload_and_stop(master_factory, tmp_path: Path) -> None:
             sid = c.get("/again")
             c.pump(lambda: sid in c.ended)
             assert c.heads[sid][b":status"] == b"200"
-            slow_stream_survives(c, lambda: m.proc.send_signal(signal.SIGTERM))
+            slow_stream_survives(c, up, lambda: m.proc.send_signal(signal.SIGTERM))
         finally:
             c.close()
         wait_for(lambda: m.proc.poll() is not None, timeout=30, what="master exited")
@@ -162,7 +159,7 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
     (an HTTP/1.1 keep-alive connection would simply finish on the old stack)."""
     port = free_port()
     with UpstreamServer("h1") as up:
-        text = daemon_config(tmp_path, port, up.port).replace(
+        text = daemon_config(tmp_path, port, up.port, version=None).replace(
             "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n'
         )
         m = master_factory(text)
@@ -180,11 +177,7 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
             m.config_path.write_text(
                 text.replace("[[servers.web.routes]]", new_route.strip() + "\n\n[[servers.web.routes]]", 1)
             )
-            result: list[subprocess.CompletedProcess] = []
-            reload = threading.Thread(target=lambda: result.append(m.cli("reload", timeout=120)))
-            slow_stream_survives(c, reload.start)
-            reload.join(120)
-            assert result and result[0].returncode == 0, result
+            reload_survives(m, c, up)
         finally:
             c.close()
         assert m.worker_pids() == pid  # in place: the same worker process
@@ -195,3 +188,38 @@ def test_in_place_reload_moves_h2_connections_to_the_new_stack(master_factory, t
             assert c.bodies[sid].startswith(b"Hello from monolake"), c.bodies
         finally:
             c.close()
+
+
+def test_stop_timeout_bounds_a_stream_that_outlives_it(master_factory, tmp_path: Path) -> None:
+    """A stop with a stream longer than its bound (``graceful_timeout``, 1 s here, the stream
+    8 s; a reload's is ``drain_timeout``): the GOAWAY notice, then, at the bound, the connection
+    closes with the stream unfinished, and the daemon exits: the drain is bounded, not held
+    open by the client."""
+    port = free_port()
+    with UpstreamServer("h1") as up:
+        text = daemon_config(tmp_path, port, up.port, version=None)
+        m = master_factory(text.replace("graceful_timeout = 10", "graceful_timeout = 1", 1))
+        m.wait_ready()
+        c = RawClient(port)
+        try:
+            seen = up.paths.count("/slow?delay=8")
+            sid = c.get("/slow?delay=8")
+            wait_for(
+                lambda: up.paths.count("/slow?delay=8") > seen, 10, what="the slow request at the upstream"
+            )
+            start = time.monotonic()
+            m.proc.send_signal(signal.SIGTERM)
+            c.pump(lambda: bool(c.goaways))
+            assert c.goaways[0] == (2**31 - 1, 0), c.goaways
+            deadline = time.monotonic() + 10
+            while not c.eof and time.monotonic() < deadline:
+                r, _, _ = select.select([c.sock], [], [], deadline - time.monotonic())
+                if r:
+                    c._read()
+            took = time.monotonic() - start
+            assert c.eof, "the connection outlived the drain timeout"
+            assert sid not in c.ended, (took, c.heads, c.bodies, c.goaways)  # it could not finish
+            assert 0.9 <= took < 5, took  # graceful_timeout (1 s), then the close
+        finally:
+            c.close()
+        wait_for(lambda: m.proc.poll() is not None, timeout=15, what="master exited")

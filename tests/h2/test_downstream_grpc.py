@@ -6,6 +6,8 @@ failures as trailers-only gRPC responses."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import pytest
 
 from tests.h2.peer import H2LibClient, Response
 from tests.h2.test_downstream import config
-from tests.harness import base_config
+from tests.h2.test_upstream_h2 import daemon_config
 from tests.http.certs import Cert, make_ca, make_cert
 from tests.http.conftest import run_worker
 from tests.http.upstream import UpstreamServer
@@ -26,6 +28,11 @@ from tests.support import free_port, wait_for
 grpc = pytest.importorskip("grpc")
 
 BIG = bytes(range(256)) * (3 * 4096)  # 3 MiB
+CHUNK = bytes(range(256)) * 4096  # 1 MiB, one message of the streaming soak
+SOAK = os.environ.get("MONOLAKE_SOAK") == "1"
+# the streaming soak: 1 GiB each way with MONOLAKE_SOAK=1, 64 MiB by default, the same bound
+STREAM_MIB = 1024 if SOAK else 64
+STREAM_RSS_GROWTH_KIB = 8 * 1024  # measured: < 0.5 MiB at 64 MiB and at 1 GiB
 OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.max_send_message_length", 16 << 20)]
 
 
@@ -67,6 +74,21 @@ class Servicer:
             time.sleep(0.2)
             yield bytes([i])
 
+    def source(self, req: bytes, ctx: Any) -> Iterator[bytes]:
+        """``int(req)`` messages of CHUNK, as fast as flow control lets them out."""
+        for _ in range(int(req)):
+            yield CHUNK
+
+    def sink(self, reqs: Iterator[bytes], ctx: Any) -> bytes:
+        """Reads slowly at first (1 s before the first message), then everything: its
+        length and SHA-256."""
+        time.sleep(1.0)
+        digest, n = hashlib.sha256(), 0
+        for r in reqs:
+            digest.update(r)
+            n += len(r)
+        return b"%d:%s" % (n, digest.hexdigest().encode())
+
     def server_cancel(self, req: bytes, ctx: Any) -> Iterator[bytes]:
         yield b"first"
         time.sleep(0.2)
@@ -86,6 +108,8 @@ def upstream() -> Iterator[tuple[int, Servicer]]:
             "Hang": grpc.unary_unary_rpc_method_handler(svc.hang),
             "ServerCancel": grpc.unary_stream_rpc_method_handler(svc.server_cancel),
             "Slow": grpc.unary_stream_rpc_method_handler(svc.slow),
+            "Source": grpc.unary_stream_rpc_method_handler(svc.source),
+            "Sink": grpc.stream_unary_rpc_method_handler(svc.sink),
         },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
@@ -170,6 +194,35 @@ def test_call_shapes_status_and_metadata(
     assert len(lines) == 306  # one access-log line per call (stream)
 
 
+@pytest.mark.slow
+def test_long_streams_keep_worker_memory_bounded(tmp_path: Path, upstream: tuple[int, Servicer]) -> None:
+    """A server stream and a client stream of STREAM_MIB MiB each (1 GiB with MONOLAKE_SOAK=1)
+    through the worker, each with a side that reads slowly at first (the client pauses 1 s
+    after the first message; the upstream waits 1 s before reading): flow control holds the
+    sender, the worker's peak RSS grows by less than STREAM_RSS_GROWTH_KIB whatever the size."""
+    up_port, _svc = upstream
+    with run_worker(tmp_path, proxy(up_port)) as w, channel(w.port()) as ch:
+        assert ch.unary_unary("/test.Echo/Unary")(CHUNK, timeout=20) == CHUNK[::-1]  # warm up
+        base = w.peak_rss_kib()
+        n, first = 0, True
+        for m in ch.unary_stream("/test.Echo/Source")(b"%d" % STREAM_MIB, timeout=600):
+            assert m == CHUNK
+            n += 1
+            if first:
+                first = False
+                time.sleep(1.0)  # a slow reader: the upstream must stall, not the worker buffer
+                assert w.peak_rss_kib() - base < STREAM_RSS_GROWTH_KIB, (base, w.peak_rss_kib())
+        assert n == STREAM_MIB
+        assert w.peak_rss_kib() - base < STREAM_RSS_GROWTH_KIB, (base, w.peak_rss_kib())
+
+        digest = hashlib.sha256()
+        for _ in range(STREAM_MIB):
+            digest.update(CHUNK)
+        answer = ch.stream_unary("/test.Echo/Sink")(iter([CHUNK] * STREAM_MIB), timeout=600)
+        assert answer == b"%d:%s" % (STREAM_MIB << 20, digest.hexdigest().encode())
+        assert w.peak_rss_kib() - base < STREAM_RSS_GROWTH_KIB, (base, w.peak_rss_kib())
+
+
 def test_cancellation_both_ways(tmp_path: Path, upstream: tuple[int, Servicer]) -> None:
     up_port, svc = upstream
     with run_worker(tmp_path, proxy(up_port)) as w, channel(w.port()) as ch:
@@ -185,6 +238,21 @@ def test_cancellation_both_ways(tmp_path: Path, upstream: tuple[int, Servicer]) 
                 got.append(m)
         assert got == [b"first"] and err.value.code() == grpc.StatusCode.CANCELLED, err.value
         # the channel still works
+        assert ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=10) == b"ko"
+
+
+def test_grpcio_deadline_cancels_the_upstream_call(tmp_path: Path, upstream: tuple[int, Servicer]) -> None:
+    """A grpcio client's deadline (sent as grpc-timeout) on a call the upstream never answers:
+    DEADLINE_EXCEEDED at the deadline, and the upstream's call is cancelled too (the proxy's
+    own deadline or the client's RST_STREAM, whichever comes first, resets the upstream stream)."""
+    up_port, svc = upstream
+    with run_worker(tmp_path, proxy(up_port)) as w, channel(w.port()) as ch:
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary("/test.Echo/Hang")(b"x", timeout=0.5)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value
+        assert time.monotonic() - start < 3
+        assert svc.started.is_set() and svc.cancelled.wait(5), "the upstream call was left running"
         assert ch.unary_unary("/test.Echo/Unary")(b"ok", timeout=10) == b"ko"
 
 
@@ -249,14 +317,7 @@ def test_reload_under_grpc_load_loses_nothing(
     (grpcio sends new calls on a new connection after the GOAWAY), and calls go on after."""
     up_port, _svc = upstream
     port = free_port()
-    routes = f"""
-[[servers.web.routes]]
-path_prefix = "/"
-preserve_path = true
-upstream_http_version = "http2"
-upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{up_port}" }} }}]
-"""
-    m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+    m = master_factory(daemon_config(tmp_path, port, up_port))
     m.wait_ready()
     stop = threading.Event()
     done: list[bytes] = []

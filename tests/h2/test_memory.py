@@ -14,20 +14,7 @@ import hyperframe.frame as hf
 import pytest
 
 from monolake.worker.h2 import H2ClientSession, H2Error, H2ServerSession, H2Settings
-from monolake.worker.h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    InformationalResponseReceived,
-    PingAcknowledged,
-    RemoteSettingsChanged,
-    RequestReceived,
-    ResponseReceived,
-    StreamClosed,
-    StreamEnded,
-    StreamReset,
-    StreamWritable,
-    TrailersReceived,
-)
+from monolake.worker.h2 import events as mlk
 from monolake.worker.h2.session import _Session
 
 REQ = [
@@ -81,13 +68,13 @@ def test_server_request_body_response_and_grpc_trailers() -> None:
     c.send_data(1, b"\0\0\0\0\x05hello")
     c.send_headers(1, [(b"x-client-trailer", b"1")], end_stream=True)
     events = to_ours(c, s)
-    assert of(events, RemoteSettingsChanged)[0].changed  # the client's SETTINGS
-    req = of(events, RequestReceived)[0]
+    assert of(events, mlk.RemoteSettingsChanged)[0].changed  # the client's SETTINGS
+    req = of(events, mlk.RequestReceived)[0]
     assert req.stream_id == 1 and req.headers == REQ and not req.end_stream
-    data = of(events, DataReceived)
+    data = of(events, mlk.DataReceived)
     assert b"".join(d.data for d in data) == b"\0\0\0\0\x05hello"
-    assert of(events, TrailersReceived)[0].headers == [(b"x-client-trailer", b"1")]
-    assert of(events, StreamEnded)[0].stream_id == 1
+    assert of(events, mlk.TrailersReceived)[0].headers == [(b"x-client-trailer", b"1")]
+    assert of(events, mlk.StreamEnded)[0].stream_id == 1
     for d in data:
         s.acknowledge_received_data(1, d.flow_controlled_length)
 
@@ -100,7 +87,7 @@ def test_server_request_body_response_and_grpc_trailers() -> None:
     trailers = of(peer, h2.events.TrailersReceived)[0]
     assert trailers.headers == [(b"grpc-status", b"0"), (b"grpc-message", b"fine"), (b"x-meta", b"v")]
     assert of(peer, h2.events.StreamEnded)
-    assert of(s.pop_events(), StreamClosed)[0].stream_id == 1
+    assert of(s.pop_events(), mlk.StreamClosed)[0].stream_id == 1
     assert s.open_streams == 0
 
 
@@ -135,7 +122,7 @@ def test_client_rst_stream_is_a_remote_reset_and_later_sends_are_dropped() -> No
     s.send_headers(1, [(":status", "200")])
     to_peer(s, c)
     c.reset_stream(1, h2.errors.ErrorCodes.CANCEL)
-    reset = of(to_ours(c, s), StreamReset)[0]
+    reset = of(to_ours(c, s), mlk.StreamReset)[0]
     assert (reset.stream_id, reset.error_code, reset.remote) == (1, 8, True)
     assert s.send_data(1, b"late") == -1  # the stream is gone: the caller just drops it
     assert s.send_headers(1, [(":status", "200")]) is False
@@ -149,7 +136,7 @@ def test_server_reset_stream_reaches_the_peer() -> None:
     assert s.reset_stream(1, 0x7)  # REFUSED_STREAM
     peer = to_peer(s, c)
     assert of(peer, h2.events.StreamReset)[0].error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-    reset = of(s.pop_events(), StreamReset)[0]
+    reset = of(s.pop_events(), mlk.StreamReset)[0]
     assert reset.remote is False and reset.error_code == 7
 
 
@@ -171,15 +158,15 @@ def test_graceful_drain_goaway_after_one_round_trip() -> None:
     ack = hf.PingFrame(0, flags=("ACK",))
     ack.opaque_data = ping.opaque_data
     events = s.receive_data(raced + ack.serialize())  # stream 3, then the PING ACK
-    assert [e.stream_id for e in of(events, RequestReceived)] == [3]
-    assert of(events, PingAcknowledged)
+    assert [e.stream_id for e in of(events, mlk.RequestReceived)] == [3]
+    assert of(events, mlk.PingAcknowledged)
     final = s.data_to_send()
     frames = list(_frames(final))
     assert [(f.last_stream_id, f.error_code) for f in frames if f.type == 0x7] == [(3, 0)]
     # a stream opened after the final GOAWAY is not processed
     late = hf.HeadersFrame(5, flags=("END_HEADERS", "END_STREAM"))
     late.data = hpack.Encoder().encode(REQ)
-    assert not of(s.receive_data(late.serialize()), RequestReceived)
+    assert not of(s.receive_data(late.serialize()), mlk.RequestReceived)
     assert not s.closed  # streams 1 and 3 are still open
     for sid in (1, 3):
         s.send_headers(sid, [(":status", "200")])
@@ -206,7 +193,7 @@ def test_oversized_header_list_resets_only_that_stream() -> None:
     c.send_headers(1, [*REQ, (b"x-big", b"a" * 8000)], end_stream=True)
     c.send_headers(3, REQ, end_stream=True)
     events = to_ours(c, s)
-    assert [e.stream_id for e in of(events, RequestReceived)] == [3]
+    assert [e.stream_id for e in of(events, mlk.RequestReceived)] == [3]
     peer = to_peer(s, c)
     assert [e.stream_id for e in of(peer, h2.events.StreamReset)] == [1]
     assert not s.closed
@@ -223,7 +210,7 @@ def test_inbound_flow_control_waits_for_acknowledgement() -> None:
         n = min(c.local_flow_control_window(1), c.max_outbound_frame_size)
         c.send_data(1, b"x" * n)
         sent += n
-    got = sum(len(e.data) for e in of(to_ours(c, s), DataReceived))
+    got = sum(len(e.data) for e in of(to_ours(c, s), mlk.DataReceived))
     assert got == sent == 65_535
     to_peer(s, c)
     assert c.local_flow_control_window(1) == 0  # nothing acknowledged: still closed
@@ -255,9 +242,9 @@ def test_client_multiplexed_requests_with_bodies_and_trailers() -> None:
         srv.send_data(sid, b"resp-%d" % sid)
         srv.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
     events = to_ours(srv, cl)
-    assert [e.stream_id for e in of(events, ResponseReceived)] == list(reversed(ids))
-    assert all(e.headers == [(b"grpc-status", b"0")] for e in of(events, TrailersReceived))
-    assert {e.stream_id for e in of(events, StreamClosed)} == set(ids)
+    assert [e.stream_id for e in of(events, mlk.ResponseReceived)] == list(reversed(ids))
+    assert all(e.headers == [(b"grpc-status", b"0")] for e in of(events, mlk.TrailersReceived))
+    assert {e.stream_id for e in of(events, mlk.StreamClosed)} == set(ids)
     assert cl.open_streams == 0
 
 
@@ -282,9 +269,9 @@ def test_client_goaway_tells_which_streams_to_retry() -> None:
     to_peer(cl, srv)
     srv.close_connection(error_code=0, last_stream_id=3)
     events = to_ours(srv, cl)
-    goaway = of(events, ConnectionTerminated)[0]
+    goaway = of(events, mlk.ConnectionTerminated)[0]
     assert goaway.last_stream_id == 3 and goaway.unprocessed_stream_ids == ids[2:]
-    resets = {e.stream_id: e for e in of(events, StreamReset)}
+    resets = {e.stream_id: e for e in of(events, mlk.StreamReset)}
     assert sorted(resets) == ids[2:] and all(r.retryable for r in resets.values())
     assert not cl.accepting_streams and cl.available_streams == 0
     with pytest.raises(H2Error, match="going away"):
@@ -298,8 +285,8 @@ def test_client_informational_then_final_response() -> None:
     srv.send_headers(sid, [(b":status", b"100")])
     srv.send_headers(sid, [(b":status", b"200")], end_stream=True)
     events = to_ours(srv, cl)
-    assert of(events, InformationalResponseReceived)[0].headers == [(b":status", b"100")]
-    assert of(events, ResponseReceived)[0].end_stream
+    assert of(events, mlk.InformationalResponseReceived)[0].headers == [(b":status", b"100")]
+    assert of(events, mlk.ResponseReceived)[0].end_stream
 
 
 # --- both ours: flow-control backpressure over a 64 MiB body ----------------------------
@@ -325,26 +312,26 @@ def test_64mib_echo_keeps_buffers_bounded() -> None:
             sent += n
         peak_client = max(peak_client, cl.buffered)
         for ev in s.receive_data(cl.data_to_send()):
-            if isinstance(ev, RequestReceived):
+            if isinstance(ev, mlk.RequestReceived):
                 s.send_headers(ev.stream_id, [(":status", "200")])
-            elif isinstance(ev, DataReceived):
+            elif isinstance(ev, mlk.DataReceived):
                 if s.send_data(sid, ev.data) >= high or held:
                     held += ev.flow_controlled_length
                 else:
                     s.acknowledge_received_data(sid, ev.flow_controlled_length)
-            elif isinstance(ev, StreamEnded):
+            elif isinstance(ev, mlk.StreamEnded):
                 s.send_trailers(sid, [("grpc-status", "0")])
         peak_server = max(peak_server, s.buffered + held)
         out = s.data_to_send()
         for ev in s.pop_events():
-            if isinstance(ev, StreamWritable) and held:
+            if isinstance(ev, mlk.StreamWritable) and held:
                 s.acknowledge_received_data(sid, held)
                 held = 0
         for ev in cl.receive_data(out):
-            if isinstance(ev, DataReceived):
+            if isinstance(ev, mlk.DataReceived):
                 received += len(ev.data)
                 cl.acknowledge_received_data(sid, ev.flow_controlled_length)
-            elif isinstance(ev, TrailersReceived):
+            elif isinstance(ev, mlk.TrailersReceived):
                 assert ev.headers == [(b"grpc-status", b"0")]
                 done = True
         cl.pop_events()
@@ -378,7 +365,7 @@ def test_garbage_instead_of_the_preface_fails_cleanly() -> None:
     """An HTTP/1.1 request (or noise) on an h2 session: a clear failure, no GOAWAY, closed."""
     s = H2ServerSession()
     events = s.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert isinstance(events[-1], ConnectionTerminated) and not events[-1].remote
+    assert isinstance(events[-1], mlk.ConnectionTerminated) and not events[-1].remote
     assert "magic" in s.failure.lower() and s.closed
     assert s.receive_data(b"more") == []  # a failed session ignores further input
 
@@ -390,7 +377,7 @@ def test_header_fields_round_trip_through_the_c_glue() -> None:
     extra = [(b"x-empty", b""), (b"x-bin", bytes(range(33, 127))), (b"x-long", b"v" * 20_000)]
     extra += [(b"x-f%d" % i, b"%d" % i) for i in range(100)]  # more than the C stack array
     c.send_headers(1, REQ + extra, end_stream=True)
-    req = of(to_ours(c, s), RequestReceived)[0]
+    req = of(to_ours(c, s), mlk.RequestReceived)[0]
     assert req.headers == REQ + extra
     many = [(":status", "200"), ("X-Upper", "Keep-Case"), *((f"x-r{i}", "r") for i in range(80))]
     s.send_headers(1, many, end_stream=True)
@@ -462,7 +449,7 @@ def test_a_released_session_is_inert() -> None:
 
 def test_requests_queued_beyond_the_stream_limit_are_retryable_after_goaway() -> None:
     """nghttp2 holds requests above MAX_CONCURRENT_STREAMS; a GOAWAY refuses them too, so each
-    gets a retryable StreamReset (some only once data_to_send runs) and none is lost."""
+    gets a retryable mlk.StreamReset (some only once data_to_send runs) and none is lost."""
     srv, cl = lib_server(max_concurrent_streams=2), H2ClientSession()
     to_peer(cl, srv)
     to_ours(srv, cl)
@@ -471,9 +458,9 @@ def test_requests_queued_beyond_the_stream_limit_are_retryable_after_goaway() ->
     assert [e.stream_id for e in of(to_peer(cl, srv), h2.events.RequestReceived)] == ids[:2]
     srv.close_connection(error_code=0, last_stream_id=ids[0])
     events = to_ours(srv, cl)
-    assert of(events, ConnectionTerminated)[0].unprocessed_stream_ids == ids[1:]
+    assert of(events, mlk.ConnectionTerminated)[0].unprocessed_stream_ids == ids[1:]
     cl.data_to_send()
-    resets = of(events + cl.pop_events(), StreamReset)
+    resets = of(events + cl.pop_events(), mlk.StreamReset)
     assert sorted(r.stream_id for r in resets) == ids[1:]
     assert all(r.retryable and r.error_code == 7 for r in resets)
     assert cl.open_streams == 1  # stream 1 is still answered
@@ -492,7 +479,7 @@ def test_streams_beyond_our_limit_are_refused() -> None:
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
     s.data_to_send()  # our SETTINGS went out first
     events = s.receive_data(preface + b"".join(frames))
-    assert len(of(events, RequestReceived)) == 50
+    assert len(of(events, mlk.RequestReceived)) == 50
     refused = [f for f in _frames(s.data_to_send()) if f.type == 0x3]
     assert len(refused) == 30 and all(f.error_code == 7 for f in refused)
 
@@ -509,8 +496,8 @@ def test_streams_opened_and_reset_in_one_read_never_reach_the_application() -> N
         c.reset_stream(sid)
     c.send_headers(1001, REQ)  # a normal request in the same read
     events = to_ours(c, s)
-    assert [e.stream_id for e in of(events, RequestReceived)] == [1001]
-    assert not of(events, StreamReset) and s.cancelled_early == 500
+    assert [e.stream_id for e in of(events, mlk.RequestReceived)] == [1001]
+    assert not of(events, mlk.StreamReset) and s.cancelled_early == 500
     c.reset_stream(1001)
-    reset = of(to_ours(c, s), StreamReset)
+    reset = of(to_ours(c, s), mlk.StreamReset)
     assert [r.stream_id for r in reset] == [1001] and s.cancelled_early == 500

@@ -5,14 +5,12 @@ and worker, scraped from a real daemon's admin listener after real h2 traffic: a
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 from monolake.supervisor import metrics
 from monolake.worker.http.stats import COUNTERS
 from tests.h2.peer import H2LibClient
-from tests.h2.test_upstream_h2 import get, start_peer
-from tests.harness import base_config
+from tests.h2.test_upstream_h2 import daemon_config, get, start_peer
 from tests.ops.conftest import admin_section, scrape
 from tests.support import free_port, kill_pids, wait_for
 
@@ -31,16 +29,7 @@ def test_h2_counters_scraped_from_metrics(master_factory, tmp_path: Path) -> Non
     peer = start_peer(tmp_path)
     try:
         port, admin = free_port(), free_port()
-        routes = textwrap.dedent(f"""
-            [[servers.web.routes]]
-            path_prefix = "/"
-            preserve_path = true
-            upstream_http_version = "http2"
-            upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{peer.port}" }} }}]
-        """)
-        m = master_factory(
-            base_config(tmp_path, port, runtime="workers = 1", routes=routes) + admin_section(admin)
-        )
+        m = master_factory(daemon_config(tmp_path, port, peer.port, extra=admin_section(admin)))
         m.wait_ready()
         c = H2LibClient(port, timeout=20)
         try:

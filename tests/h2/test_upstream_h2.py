@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness import base_config
 from tests.http.conftest import Conn, run_worker
 from tests.support import PYTHON, free_port, kill_pids, listening_on, wait_for
 
@@ -72,6 +73,26 @@ def proxy_config(
         {route}
         upstreams = [{{ endpoint = {{ type = "uri", value = "{scheme}://127.0.0.1:{peer_port}" }} }}]
     """)
+
+
+def daemon_config(tmp: Path, port: int, up_port: int, version: str | None = "http2", extra: str = "") -> str:
+    """A ``monolaked`` config: server ``web`` on ``port``, one worker, every path (kept) to
+    ``http://127.0.0.1:up_port`` (h2c with ``version = "http2"``; None: the server's HTTP/1.1)."""
+    line = f'upstream_http_version = "{version}"' if version else ""
+    routes = textwrap.dedent(f"""
+        [[servers.web.routes]]
+        path_prefix = "/"
+        preserve_path = true
+        {line}
+        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{up_port}" }} }}]
+    """)
+    return base_config(tmp, port, runtime="workers = 1", routes=routes) + extra
+
+
+def curl(*args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", str(timeout), *args], capture_output=True, timeout=timeout + 5
+    )
 
 
 @pytest.fixture
@@ -322,53 +343,16 @@ def test_server_level_version_and_route_override(tmp_path: Path, peer_factory) -
 def test_curl_through_monolaked(tmp_path: Path, peer_factory, master_factory) -> None:
     peer = peer_factory()
     port = free_port()
-    from tests.harness import base_config
-
-    routes = textwrap.dedent(f"""
-        [[servers.web.routes]]
-        path_prefix = "/"
-        preserve_path = true
-        upstream_http_version = "http2"
-        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{peer.port}" }} }}]
-    """)
-    m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+    m = master_factory(daemon_config(tmp_path, port, peer.port))
     m.wait_ready()
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--http1.1",
-            "--max-time",
-            "20",
-            "-D",
-            "-",
-            "-H",
-            "TE: trailers",
-            f"http://127.0.0.1:{port}/trailers",
-        ],
-        capture_output=True,
-        timeout=30,
-    )
+    out = curl("--http1.1", "-D", "-", "-H", "TE: trailers", f"http://127.0.0.1:{port}/trailers")
     assert out.returncode == 0, out.stderr
     text = out.stdout.decode("latin-1").lower()
     assert text.startswith("http/1.1 200") and "grpc-status: 7" in text, text
     data = os.urandom(1024 * 1024 + 3)
     body = tmp_path / "up.bin"
     body.write_bytes(data)
-    out = subprocess.run(
-        [
-            "curl",
-            "-sS",
-            "--http1.1",
-            "--max-time",
-            "20",
-            "--data-binary",
-            f"@{body}",
-            f"http://127.0.0.1:{port}/upload",
-        ],
-        capture_output=True,
-        timeout=30,
-    )
+    out = curl("--http1.1", "--data-binary", f"@{body}", f"http://127.0.0.1:{port}/upload")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"length": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
@@ -457,18 +441,9 @@ def test_read_timeout_fires_near_its_deadline(tmp_path: Path, peer_factory) -> N
 def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory, master_factory) -> None:
     """A generation reload does not migrate h2 upstream connections: the old worker's stream
     in flight finishes on its connection, the new worker opens its own."""
-    from tests.harness import base_config
-
     peer = peer_factory()
     port = free_port()
-    routes = textwrap.dedent(f"""
-        [[servers.web.routes]]
-        path_prefix = "/"
-        preserve_path = true
-        upstream_http_version = "http2"
-        upstreams = [{{ endpoint = {{ type = "uri", value = "http://127.0.0.1:{peer.port}" }} }}]
-    """)
-    m = master_factory(base_config(tmp_path, port, runtime="workers = 1", routes=routes))
+    m = master_factory(daemon_config(tmp_path, port, peer.port))
     m.wait_ready(1)
     old_pid = m.worker_pids()[0]
     slow: list = []
@@ -489,3 +464,30 @@ def test_reload_lets_old_worker_h2_streams_finish(tmp_path: Path, peer_factory, 
     assert slow and slow[0][0] == 200 and slow[0][2]["x-conn"] == "1", slow
     # the old worker drains and exits: its h2 connection closes with it
     wait_for(lambda: peer.stats()["closed"] >= 1, timeout=30, what="old connection closed")
+
+
+def test_in_place_reload_keeps_the_h2_upstream_connection(
+    tmp_path: Path, peer_factory, master_factory
+) -> None:
+    """reload_mode = "in_place" rebuilds the service stack in the same worker, which keeps its
+    one H2Pool: the upstream connection opened before the reload carries the requests after it
+    (a generation reload cannot: test_reload_lets_old_worker_h2_streams_finish)."""
+    peer = peer_factory()
+    port = free_port()
+    text = daemon_config(tmp_path, port, peer.port).replace(
+        "[supervisor]\n", '[supervisor]\nreload_mode = "in_place"\n'
+    )
+    m = master_factory(text)
+    m.wait_ready()
+    pids = m.worker_pids()
+    status, _, headers = get(port, "/before")
+    assert status == 200 and headers["x-conn"] == "1", headers
+    new_route = '[[servers.web.routes]]\npath = "/new"\nupstreams = [{ endpoint = { type = "builtin", value = "hello" } }]\n\n'
+    m.config_path.write_text(text.replace("[[servers.web.routes]]", new_route + "[[servers.web.routes]]", 1))
+    result = m.cli("reload", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert m.worker_pids() == pids
+    assert get(port, "/new")[1].startswith(b"Hello from monolake")  # the new stack serves
+    status, _, headers = get(port, "/after")
+    assert status == 200 and headers["x-conn"] == "1", headers  # the same upstream connection
+    assert peer.stats()["connections"] == 1, peer.stats()

@@ -166,15 +166,7 @@ class Peer(asyncio.Protocol):
             self.closed(sid)
             return
         if path == "/goaway" and self.serial == 1:
-            STATS["goaways"] += 1
-            save()
-            # a raw GOAWAY frame: the h2 library's own close_connection would stop it from
-            # finishing the streams below last_stream_id, which is what a graceful peer does
-            self.flush()
-            frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=max(sid - 2, 0), error_code=0)
-            assert self.transport is not None
-            self.transport.write(frame.serialize())
-            self.closed(sid)
+            self.refuse_with_goaway(sid)
             return
         if path.startswith("/delay/"):
             asyncio.get_running_loop().call_later(int(path[7:]) / 1000, self.answer, sid, b"delayed\n")
@@ -214,8 +206,14 @@ class Peer(asyncio.Protocol):
             return
         del self.goaway_after[sid]
         self.bodies.pop(sid, None)
-        STATS["goaways"] += 1
         STATS.setdefault("goaway_after_bytes", []).append(self.lengths.pop(sid, 0))
+        self.refuse_with_goaway(sid)
+
+    def refuse_with_goaway(self, sid: int) -> None:
+        """GOAWAY naming the stream before ``sid``: ``sid`` was not processed. A raw frame: the
+        h2 library's own close_connection would stop it from finishing the streams below
+        last_stream_id, which is what a graceful peer does."""
+        STATS["goaways"] += 1
         save()
         self.flush()
         frame = hyperframe.frame.GoAwayFrame(0, last_stream_id=max(sid - 2, 0), error_code=0)

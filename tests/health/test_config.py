@@ -83,7 +83,7 @@ def test_bad_http_health_check_is_a_clear_error(tmp_path: Path) -> None:
     src = f"{tmp_path / 'monolake.toml'}: servers.web.routes[0].health_check"
     lines = set(result.stderr.strip().splitlines()[1:])
     assert lines == {
-        f'{src}.type: expected "http" or "tcp", found "thrift" (thrift checks are for thrift routes)',
+        f'{src}.type: expected one of "http", "tcp" or "grpc", found "thrift" (thrift checks are for thrift routes)',
         f'{src}.method: expected an HTTP method in capitals, such as "GET" or "HEAD", found "get"',
         f'{src}.path: expected a request path starting with "/", such as "/health", found "health"',
         f'{src}.expected_statuses[1]: expected a status from 100 to 599 or a range "LOW-HIGH" of '
@@ -97,7 +97,7 @@ def test_bad_http_health_check_is_a_clear_error(tmp_path: Path) -> None:
         f"{src}.jitter: expected a fraction of the interval from 0 to 0.5, such as 0.1, found 2",
         f'{src}.all_unhealthy: expected "fail_open" or "reject", found "503"',
         f"{src}.intervall_sec: expected one of the known keys (type, method, path, "
-        f"expected_statuses, host, interval_sec, timeout_sec, fall, rise, jitter, all_unhealthy), "
+        f"expected_statuses, host, interval_sec, timeout_sec, fall, rise, jitter, all_unhealthy, service), "
         f'found unknown key "intervall_sec" (did you mean "interval_sec"?)',
     }, result.stderr
 

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.h2.recorder import Received, Recorder
+from tests.h2.test_upstream_h2 import read_chunked
 from tests.http.conftest import VARIANT_IDS, VARIANTS, Conn, proxy_config, run_worker, serve_proxy, variant
 
 HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n"
@@ -88,26 +89,6 @@ def proxy(request: pytest.FixtureRequest, upstream: ScriptRecorder, tmp_path_fac
 
 def parser_of(proxy: Any) -> str:
     return str(proxy.parser)
-
-
-def read_chunked(c: Conn) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """A chunked body and its trailer fields, read by hand (Conn.read_response drops them)."""
-    body = bytearray()
-    while True:
-        size = int(c._line().split(b";")[0], 16)
-        if size == 0:
-            break
-        while len(c.buf) < size + 2:
-            assert c._fill(), "closed mid-chunk"
-        body += c.buf[:size]
-        c.buf = c.buf[size + 2 :]
-    trailers: list[tuple[bytes, bytes]] = []
-    while True:
-        line = c._line()
-        if not line:
-            return bytes(body), trailers
-        k, _, v = line.partition(b":")
-        trailers.append((k.strip().lower(), v.strip()))
 
 
 def post_chunked(c: Conn, path: str, trailer: bytes, head: bytes = b"") -> None:

@@ -260,73 +260,9 @@ extern "Python" ssize_t mh2_read_data(nghttp2_session *, int32_t, uint8_t *, siz
 """
 
 # the C glue (mh2.h / mh2.c): header blocks in one piece each way, per-frame callbacks recorded
-# into one log that Python reads per receive_data / data_to_send, output in one buffer
-CDEF += """
-enum mh2_ev_kind {
-    MH2_EV_HEADERS, MH2_EV_DATA, MH2_EV_DATA_END, MH2_EV_RST, MH2_EV_SETTINGS, MH2_EV_PING_ACK,
-    MH2_EV_GOAWAY, MH2_EV_CLOSE, MH2_EV_GOAWAY_SENT, ...
-};
-typedef struct {
-    uint8_t kind;
-    uint8_t flags;
-    uint8_t cat;
-    int32_t stream_id;
-    uint32_t aux;
-    uint32_t len;
-    ...;
-} mh2_rec;
-typedef struct mh2_body mh2_body;
-typedef struct {
-    uint32_t at;
-    int32_t stream_id;
-    uint32_t off;
-    uint32_t len;
-} mh2_seg;
-typedef struct {
-    char *buf;
-    size_t len;
-    int32_t stream_id;
-    uint64_t too_big_count;
-    uint8_t *log;
-    size_t log_len;
-    size_t log_cap;
-    uint8_t *out;
-    size_t out_len;
-    size_t out_cap;
-    mh2_body *bodies;
-    mh2_seg *segs;
-    size_t nsegs;
-    ...;
-} mh2_hdrs;
-mh2_hdrs *mh2_hdrs_new(size_t limit);
-void mh2_hdrs_free(mh2_hdrs *h);
-int mh2_begin_headers_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
-int mh2_header_c(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name,
-    size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data);
-int mh2_on_frame_recv_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
-int mh2_on_data_chunk_recv_c(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-    const uint8_t *data, size_t len, void *user_data);
-int mh2_on_stream_close_c(nghttp2_session *session, int32_t stream_id, uint32_t error_code,
-    void *user_data);
-int mh2_on_frame_send_c(nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
-void mh2_log_reset(mh2_hdrs *h);
-int64_t mh2_send(mh2_hdrs *h, nghttp2_session *session, size_t limit);
-int mh2_submit_response(nghttp2_session *session, int32_t stream_id, const char *block,
-    size_t len, size_t n, const nghttp2_data_provider *data_prd);
-int32_t mh2_submit_request(nghttp2_session *session, const char *block, size_t len, size_t n,
-    const nghttp2_data_provider *data_prd);
-int32_t mh2_submit_headers(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-    const char *block, size_t len, size_t n);
-int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
-    size_t len, size_t n);
-int mh2_send_data_c(nghttp2_session *session, nghttp2_frame *frame, const uint8_t *framehd,
-    size_t length, nghttp2_data_source *source, void *user_data);
-int mh2_submit_response_body(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
-    const char *block, size_t len, size_t n, const char *data, size_t datalen);
-int mh2_submit_response_h1(mh2_hdrs *h, nghttp2_session *session, int32_t stream_id,
-    const char *block, size_t len, size_t n, const char *lines, size_t lines_len,
-    const char *data, size_t datalen);
-"""
+# into one log that Python reads per receive_data / data_to_send, output in one buffer. Its
+# declarations are read from mh2.h's cdef section, the way uring/_build.py reads its headers.
+GLUE_HEADER = "mh2.h"
 GLUE = "mh2.c"
 
 INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
@@ -377,13 +313,29 @@ def link_kwargs(relative: bool = False) -> dict[str, list[str]]:
     }
 
 
+def glue_cdef() -> str:
+    """mh2.h's cffi declarations, by uring/_build.py's ``cdef_from_header`` (one reader of
+    ``/* cdef-begin */`` sections for every C unit; loaded by path: this file runs from
+    setup.py and the tests, outside the package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "monolake_uring_build", os.path.join(ROOT, "uring", "_build.py")
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  # its dataclasses look it up
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    with open(os.path.join(HERE, GLUE_HEADER)) as f:
+        return str(module.cdef_from_header(f.read()))
+
+
 def ffibuilder():  # type: ignore[no-untyped-def]
     """The cffi builder; raises when the header is missing or lacks the defences."""
     from cffi import FFI
 
     check_header()
     ffi = FFI()
-    ffi.cdef(CDEF)
+    ffi.cdef(CDEF + glue_cdef())
     ffi.set_source(MODULE, f'#include <{HEADER}>\n#include "mh2.h"\n', **link_kwargs())
     return ffi
 

@@ -27,7 +27,7 @@ from monolake.worker.h2.events import (
 )
 from monolake.worker.h2.session import H2ServerSession
 from monolake.worker.h2.settings import H2Settings
-from monolake.worker.h2.translate import announces_trailers
+from monolake.worker.h2.translate import CONNECTION_SPECIFIC, announces_trailers
 from monolake.worker.http.body import BodyError, BodyStream
 from monolake.worker.http.exchange import Exchange, discard_response
 from monolake.worker.http.message import Request, Response, text_response
@@ -40,20 +40,9 @@ SEND_HIGH_WATER = 256 * 1024  # a stream's queued response bytes above this paus
 FAILED_ABORT_SECONDS = 1.0  # a failed session lingers at most this long (see _finish), then RST
 DRAIN_PING_SECONDS = 1.0  # the final GOAWAY goes out this long after the notice at the latest
 CANCEL, INTERNAL_ERROR = 0x8, 0x2
-# connection-specific fields never cross into HTTP/2 (RFC 9113 §8.2.2); content-length is
-# re-derived from the body the stream actually sends
-_HOP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-        b"trailer",
-        b"content-length",
-    )
-)
+# connection-specific fields never cross into HTTP/2; content-length is re-derived from the
+# body the stream actually sends
+_HOP = CONNECTION_SPECIFIC | {b"trailer", b"content-length"}
 
 
 def sniff(buf: bytes) -> bool | None:

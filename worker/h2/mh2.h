@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <nghttp2/nghttp2.h>
 
+/* cdef-begin */
 /* What the C callbacks record for Python, in wire order: one mh2_rec (16 bytes, native byte
  * order, no padding) followed by its len payload bytes, in one growing log that Python reads once
  * per receive_data / data_to_send instead of taking one Python callback per frame. */
@@ -42,6 +43,7 @@ typedef struct mh2_rec {
  * is copied in (owned); a large one stays in the caller's buffer (by reference): its DATA
  * payloads become mh2_seg entries that the caller splices into the output, one copy in all. */
 typedef struct mh2_body {
+    /* private { */
     struct mh2_body *prev;
     struct mh2_body *next;
     size_t len;
@@ -49,6 +51,7 @@ typedef struct mh2_body {
     int32_t stream_id;
     int owned;              /* data[] holds the body; else the caller keeps it */
     uint8_t data[];
+    /* } private */
 } mh2_body;
 
 /* A by-reference payload in mh2_send's output: body bytes [off, off + len) of stream_id's body
@@ -131,5 +134,7 @@ int mh2_submit_response_h1(mh2_hdrs *h, nghttp2_session *session, int32_t stream
                            size_t lines_len, const char *data, size_t datalen);
 int mh2_submit_trailer(nghttp2_session *session, int32_t stream_id, const char *block,
                        size_t len, size_t n);
+
+/* cdef-end */
 
 #endif

@@ -13,21 +13,14 @@ from monolake.worker.h2.events import Headers
 from monolake.worker.http.headers import with_via
 from monolake.worker.http.message import header_tokens
 
-# connection-specific fields (RFC 9113 §8.2.2) and what the proxy answers itself (Expect:
-# the HTTP/1.1 side sends 100 Continue when the body is first read, as nginx does)
-_DROP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"te",
-        b"host",
-        b"expect",
-        b"http2-settings",
-    )
+# connection-specific fields, which never cross into HTTP/2 (RFC 9113 §8.2.2); both directions
+# of translation drop them (downstream.py for responses to an h2 client)
+CONNECTION_SPECIFIC = frozenset(
+    (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"te")
 )
+# and, towards an h2 upstream, Host (it becomes :authority) and what the proxy answers itself
+# (Expect: the HTTP/1.1 side sends 100 Continue when the body is first read, as nginx does)
+_DROP = CONNECTION_SPECIFIC | {b"host", b"expect", b"http2-settings"}
 
 
 def wants_trailers(headers: Headers) -> bool:

@@ -51,6 +51,12 @@ async def probe(cfg: HealthCheckConfig, addr: Address, framed: bool = True) -> s
                     return await _http(cfg, addr, reader, writer)
                 if cfg.type == "thrift":
                     return await _thrift(cfg, reader, writer, framed)
+                if cfg.type == "grpc":  # grpc.health.v1 over h2 (worker/h2/health.py)
+                    from monolake.worker.h2 import health
+
+                    return await health.check(
+                        reader, writer, cfg.host or addr.authority or "localhost", cfg.service
+                    )
                 return None  # tcp: the connect was the check
             finally:
                 _close(writer)

@@ -206,12 +206,15 @@ class UpstreamConnection(asyncio.Protocol):
         With ``lend_body``, on_head promises to be done with ``response.body`` when it
         returns (it wrote or copied it): a body that came with the head may then be a
         memoryview of the received bytes, released after the call, instead of a copy."""
-        if self._busy or self.closed:
+        if self._busy:
             # a pooling bug, never an upstream's doing: refuse rather than interleave exchanges
-            raise RuntimeError(
-                f"upstream connection to {self.upstream.label} is "
-                f"{'closed' if self.closed else 'already serving a request'}"
-            )
+            raise RuntimeError(f"upstream connection to {self.upstream.label} is already serving a request")
+        if self.closed:
+            # the upstream's doing: it closed, or spoke first (an h2 server's SETTINGS to an
+            # HTTP/1.1 request), between the connect and this send. Nothing was sent: a 502,
+            # retryable on a fresh connection (this was a RuntimeError, hence a 500)
+            on_head(None, UpstreamError(f"upstream {self.upstream.label} closed the connection first", True))
+            return
         self._on_head = on_head
         self._lend_body = lend_body
         self._method = method
