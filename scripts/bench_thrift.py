@@ -13,6 +13,11 @@ with the load, and the comparison asks: is the proxy fast enough not to be the b
 
 ``--engines`` runs one worker per engine of the thrift server (``engine = "python"`` or
 ``"native"``: the C relay, docs/thrift.md), each against the same direct run of every round.
+
+Per run it prints the proxy's CPU per request, the load CPU's busy time per request (the load
+CPU is saturated, so this is what sets the rate) and each CPU's IPIs per request
+(/proc/interrupts RES + CAL: a cross-CPU wake-up of a sleeping task costs one), which is
+where the proxied path's extra cost shows (docs/thrift.md, *What bounds the ratio*).
 """
 
 from __future__ import annotations
@@ -149,6 +154,24 @@ def busy_seconds() -> float:
     return sum(busy for busy, _idle in cpu_times().values())
 
 
+def ipis() -> dict[int, int]:
+    """Per CPU: the inter-processor interrupts received so far (rescheduling and function-call
+    IPIs, /proc/interrupts RES and CAL): a cross-CPU wakeup of a sleeping task costs one. Empty
+    where the file is not readable."""
+    out: dict[int, int] = {}
+    try:
+        with open("/proc/interrupts") as f:
+            cpus = [int(c[3:]) for c in f.readline().split()]
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in ("RES:", "CAL:"):
+                    for cpu, v in zip(cpus, parts[1 : 1 + len(cpus)], strict=False):
+                        out[cpu] = out.get(cpu, 0) + int(v)
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
 def others_load(ours: list[int], seconds: float = 0.5) -> float:
     """Cores' worth of CPU used by processes other than ``ours`` over ``seconds``."""
     b0, o0 = busy_seconds(), sum(cpu_seconds(p) for p in ours)
@@ -215,6 +238,7 @@ def _run_load_once(
     cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     ours0 = sum(cpu_seconds(p) for p in ours)
     sys0 = cpu_times()
+    irq0 = ipis()
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("\n")
@@ -223,6 +247,7 @@ def _run_load_once(
     cpu1 = cpu_seconds(server_pid) if server_pid else 0.0
     ours1 = sum(cpu_seconds(p) for p in ours)
     sys1 = cpu_times()
+    irq1 = ipis()
     results = []
     for p in procs:
         out, _ = p.communicate(timeout=args.duration + args.warmup + 60)
@@ -241,6 +266,12 @@ def _run_load_once(
         "p50_ms": sorted(r["p50_ms"] for r in results)[len(results) // 2],
         "p99_ms": max(r["p99_ms"] for r in results),
         "cpu_us": 1e6 * (cpu1 - cpu0) / total if server_pid and total else 0.0,
+        # the load CPU's busy time per request (backend and clients share it: with it saturated,
+        # this is what sets the rate), and each CPU's IPIs per request
+        "load_us": 1e6 * (sys1[cpu][0] - sys0[cpu][0]) / total
+        if cpu in sys1 and cpu in sys0 and total
+        else 0.0,
+        "ipi": {c: round((irq1[c] - irq0[c]) / max(1, total), 2) for c in irq1 if c in irq0},
         # each CPU's busy fraction over the measured part (all processes, not only ours)
         "busy": {c: round(b / max(1e-9, w), 3) for c, (b, w) in busy.items()},
         # cores' worth of CPU other processes used meanwhile
@@ -296,10 +327,12 @@ def median(runs: list[dict]) -> dict:
     """The run with the median requests/s (with its own latencies), plus every round's rate."""
     ranked = sorted(runs, key=lambda r: r["rps"])
     cpu = sorted(r["cpu_us"] for r in runs)
+    load = sorted(r["load_us"] for r in runs)
     return {
         **ranked[len(ranked) // 2],
         "rounds": [round(r["rps"]) for r in runs],
         "cpu_us": cpu[len(cpu) // 2],
+        "load_us": load[len(load) // 2],
         "busy_rounds": [r["busy"] for r in runs],
         "noise_rounds": [r["noise"] for r in runs],
     }
@@ -445,13 +478,19 @@ route = {{ upstreams = [{{ endpoint = {{ type = "socket", value = "{be_addr}" }}
                 f", poll {args.busy_poll_us}us" if mode == "busy_poll" else ""
             )
     print()
-    print(f"{'run':<28}{'req/s':>9}{'p50':>10}{'p99':>10}{'x direct':>10}{'proxy CPU':>12}   rounds")
+    print(
+        f"{'run':<28}{'req/s':>9}{'p50':>10}{'p99':>10}{'x direct':>10}{'proxy CPU':>12}{'load CPU':>12}"
+        f"{'IPI/req':>10}   rounds"
+    )
     for label, r in results.items():
         ratio = r["rps"] / direct["rps"] if direct["rps"] else 0.0
         cpu = f"{r['cpu_us']:.1f}us/req" if r.get("cpu_us") else ""
+        load = f"{r['load_us']:.1f}us/req" if r.get("load_us") else ""
+        ipi = "/".join(f"{r['ipi'][c]:.2f}" for c in sorted(r["ipi"]))
         busy = " ".join("/".join(f"{b[c]:.0%}" for c in sorted(b)) for b in r["busy_rounds"])
         print(
-            f"{names[label]:<28}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{ratio:>10.2f}{cpu:>12}   "
+            f"{names[label]:<28}{r['rps']:>9.0f}{r['p50_ms']:>8.2f}ms{r['p99_ms']:>8.2f}ms{ratio:>10.2f}{cpu:>12}{load:>12}"
+            f"{ipi:>10}   "
             f"{r['rounds']}  cpu busy {busy}  others {r['noise_rounds']}"
         )
     # each round ran direct and proxied back to back: their ratio is what drifts least
