@@ -46,15 +46,17 @@ enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
 #define LATE_EXTRA 104    /* bytes after the whole response in the same read */
 #define LATE_CLOSING 105  /* keep-alive went off (client EOF, drain) before the head went out:
                            * the Python engine writes it with its "connection: close" */
+#define LATE_UPLOAD 106   /* the upstream answered while the request body was still coming:
+                           * the Python engine takes the exchange and the rest of the body */
 
 enum {
     K_REQUESTS, K_DECLINED, K_DECLINED_LATE, K_2XX, K_3XX, K_4XX, K_5XX, K_BYTES_IN,
-    K_BYTES_OUT, K_UNSOLICITED, K_ABORTED, K_COUNT
+    K_BYTES_OUT, K_UNSOLICITED, K_ABORTED, K_UPLOAD_PAUSED, K_COUNT
 };
 static const char *const counter_names[K_COUNT] = {
     "requests", "declined", "declined_late", "responses_2xx", "responses_3xx",
     "responses_4xx", "responses_5xx", "bytes_in", "bytes_out", "upstream_unsolicited",
-    "aborted",
+    "aborted", "upload_paused",
 };
 
 /* A route of ours: its balancer (mu_balance, the table Python keeps current and the Python
@@ -101,6 +103,9 @@ typedef struct {
     int bal_i;
     PyObject *req, *head, *pend;
     long long remaining, body_len;
+    long long req_left; /* request body bytes still to come from the client (an upload that
+                         * spans reads: relayed upstream as they come, kept in req) */
+    Py_ssize_t kept_head; /* an upload's head length in req (-1: not an upload) */
     int status;
     double started;
 } Client;
@@ -116,6 +121,8 @@ struct Upstream {
     size_t len, cap;
     int dead, keep_alive, have_head;
     int rpaused; /* its reading paused by us: the client is not taking the body */
+    int wpaused; /* its transport is above its high-water mark (the connection's
+                  * pause_writing): an upload's client stops being read meanwhile */
     PyObject *coll;      /* a small body being collected whole: the client's bytes, the client
                           * head first (rs.client_len), then coll_have body bytes; buf keeps
                           * only the upstream head meanwhile */
@@ -126,8 +133,10 @@ struct Upstream {
 
 static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
 static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume,
-    *s_transport;
+    *s_transport, *s_peer_closed;
 
+#define KEEP_MAX (1024 * 1024) /* an upload's body bytes kept with its request for a late
+                                 * decline; past them only their count (see upload) */
 #define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
                                * client's reading pauses, as the Python engine's queue does */
 
@@ -410,6 +419,7 @@ static void unlink_pair(Client *c, Upstream *u)
 {
     bal_done(c);
     c->up = NULL;
+    c->req_left = 0;
     u->client = NULL;
     u->len = 0;
     u->have_head = 0;
@@ -421,6 +431,49 @@ static void unlink_pair(Client *c, Upstream *u)
 }
 
 static PyObject *client_request(Client *c, PyObject *data);
+
+/* The client's reading follows what C holds for it: paused while more than PEND_MAX
+ * pipelined bytes wait, or while an upload's upstream connection is above its high-water
+ * mark (so a fast client never makes the worker hold more than one read of its body). */
+static int client_reading(Client *c)
+{
+    int up = c->req_left > 0 && c->up != NULL && c->up->wpaused;
+    int want = c->state == C_BUSY && (up || (c->pend != NULL && PyBytes_GET_SIZE(c->pend) > PEND_MAX));
+    if (want == c->paused || c->transport == NULL)
+        return 0;
+    c->paused = want;
+    if (want && up)
+        c->eng->k[K_UPLOAD_PAUSED]++;
+    return call_method0(c->transport, want ? s_pause : s_resume);
+}
+
+/* Bytes of the request body in flight (an upload that spans reads): the first req_left of
+ * `data` go upstream as they are; returns how many were taken, or -1. The first KEEP_MAX
+ * body bytes are also kept with the request: a late decline hands the Python engine the
+ * request so far, whose body bytes C sent already its upstream connection skips
+ * (presend_body), so past KEEP_MAX late_decline stands zeros in for them (the memory an
+ * upload holds stays bounded; the Python exchange never retries a request whose body it
+ * consumed, and C takes no body it would answer itself: max_body_size, splice). */
+static Py_ssize_t upload(Client *c, PyObject *data)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    Py_ssize_t take = (long long)n > c->req_left ? (Py_ssize_t)c->req_left : n;
+    PyObject *piece = take == n ? Py_NewRef(data)
+                                : PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), take);
+    if (piece == NULL)
+        return -1;
+    c->req_left -= take;
+    c->body_len += take;
+    c->eng->k[K_BYTES_IN] += (unsigned long long)take;
+    int rc = write_to(c->up->writer, piece);
+    if (rc == 0 && c->req != NULL && c->body_len - take < KEEP_MAX) {
+        PyBytes_Concat(&c->req, piece);
+        if (c->req == NULL)
+            rc = -1;
+    }
+    Py_DECREF(piece);
+    return rc < 0 ? -1 : take;
+}
 
 /* The request in flight is answered: the upstream goes back to the idle list (pool) or is
  * closed; the client is ready for its next request, or handed over with what waited. */
@@ -494,6 +547,21 @@ static int late_decline(Client *c, int reason)
     PyObject *req = c->req, *head = c->head, *pend = c->pend;
     Py_INCREF(req);
     Py_INCREF(head);
+    if (c->kept_head >= 0 && PyBytes_GET_SIZE(req) < c->kept_head + c->body_len) {
+        /* an upload past KEEP_MAX: zeros stand in for the body bytes sent and not kept */
+        Py_ssize_t have = PyBytes_GET_SIZE(req), want = c->kept_head + (Py_ssize_t)c->body_len;
+        PyObject *full = PyBytes_FromStringAndSize(NULL, want);
+        if (full != NULL) {
+            memcpy(PyBytes_AS_STRING(full), PyBytes_AS_STRING(req), (size_t)have);
+            memset(PyBytes_AS_STRING(full) + have, 0, (size_t)(want - have));
+        }
+        Py_DECREF(req);
+        if (full == NULL) {
+            Py_DECREF(head);
+            return -1;
+        }
+        req = full;
+    }
     c->pend = NULL;
     if (pend != NULL) { /* what the client sent meanwhile follows the request */
         PyObject *both = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(req) + PyBytes_GET_SIZE(pend));
@@ -668,6 +736,8 @@ static PyObject *client_request(Client *c, PyObject *data)
         Py_INCREF(first);
     c->head_only = rq.method_len == 4 && memcmp(rq.method, "HEAD", 4) == 0;
     c->body_len = (long long)body;
+    c->req_left = rq.body_missing;
+    c->kept_head = rq.body_missing > 0 ? (Py_ssize_t)rq.head_len : -1;
     e->k[K_BYTES_IN] += (unsigned long long)rq.total;
     PyBuffer_Release(&b);
     /* linked both ways: the upstream's reference came from the idle list */
@@ -685,7 +755,7 @@ static PyObject *client_request(Client *c, PyObject *data)
     rc = set_deadline(c, c->started + e->read_timeout) < 0 ? -1 : write_to(u->writer, out);
     if (out != head)
         Py_DECREF(out);
-    if (rc < 0)
+    if (rc < 0 || client_reading(c) < 0)
         return NULL;
     Py_RETURN_NONE;
 fail:
@@ -714,22 +784,31 @@ static PyObject *client_vectorcall(PyObject *self, PyObject *const *args, size_t
     case C_NATIVE:
         return client_request(c, data);
     case C_BUSY: {
-        /* the client sent more while its request is upstream: it waits for the response */
         if (!PyBytes_Check(data)) {
             PyErr_SetString(PyExc_TypeError, "Client reads bytes");
             return NULL;
         }
-        if (c->pend == NULL)
-            c->pend = Py_NewRef(data);
-        else
-            PyBytes_Concat(&c->pend, data);
-        if (c->pend == NULL)
-            return NULL;
-        if (PyBytes_GET_SIZE(c->pend) > PEND_MAX && !c->paused && c->transport != NULL) {
-            c->paused = 1;
-            if (call_method0(c->transport, s_pause) < 0)
+        Py_ssize_t off = 0;
+        if (c->req_left > 0) { /* the request body goes on: upstream as it comes */
+            if ((off = upload(c, data)) < 0)
                 return NULL;
+            if (off == PyBytes_GET_SIZE(data))
+                Py_RETURN_NONE;
         }
+        /* the client sent more while its request is upstream: it waits for the response */
+        PyObject *rest = off == 0 ? Py_NewRef(data)
+                                  : PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + off,
+                                                              PyBytes_GET_SIZE(data) - off);
+        if (rest == NULL)
+            return NULL;
+        if (c->pend == NULL)
+            c->pend = rest;
+        else {
+            PyBytes_Concat(&c->pend, rest);
+            Py_DECREF(rest);
+        }
+        if (c->pend == NULL || client_reading(c) < 0)
+            return NULL;
         Py_RETURN_NONE;
     }
     case C_PYTHON:
@@ -847,6 +926,19 @@ static PyObject *client_rearm(Client *c, PyObject *Py_UNUSED(unused))
 static PyObject *client_close_after(Client *c, PyObject *Py_UNUSED(unused))
 {
     c->closing = 1;
+    if (c->state == C_BUSY && c->req_left > 0 && c->up != NULL) {
+        /* the client ended its side mid-upload: the request can never be whole. The Python
+         * engine takes the exchange (as for an early answer) and then hears of the FIN
+         * (its reader's peer_closed fails the body), so it ends it as it would have */
+        PyObject *reader = Py_XNewRef(c->reader);
+        int rc = late_decline(c, LATE_UPLOAD);
+        if (rc == 0 && reader != NULL)
+            rc = call_method0(reader, s_peer_closed);
+        Py_XDECREF(reader);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
     if (c->state == C_NATIVE) {
         c->state = C_PYTHON;
         c->sticky = 1;
@@ -1005,6 +1097,11 @@ static int flatten(Upstream *u)
 static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *p, size_t n)
 {
     Engine *e = u->eng;
+    if (c->req_left > 0) { /* an answer before the whole body went up: the Python engine's */
+        if (keep_bytes(u, p, n) < 0)
+            return -1;
+        return late_decline(c, LATE_UPLOAD);
+    }
     if (c->wrote) {
         size_t take = (long long)n > c->remaining ? (size_t)c->remaining : n;
         int rc;
@@ -1249,8 +1346,22 @@ static PyObject *upstream_get_ep(Upstream *u, void *Py_UNUSED(closure))
     return PyLong_FromLong(u->ep);
 }
 
+/* write_paused(flag): the connection's transport went above (True) or back below (False) its
+ * high-water mark (its pause_writing / resume_writing): an upload's client reading follows */
+static PyObject *upstream_write_paused(Upstream *u, PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    u->wpaused = flag;
+    if (u->client != NULL && client_reading(u->client) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef upstream_methods[] = {
     {"lost", (PyCFunction)upstream_lost, METH_NOARGS, "the connection closed"},
+    {"write_paused", (PyCFunction)upstream_write_paused, METH_O, "its transport paused writing"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1301,7 +1412,8 @@ static int add_constants(PyObject *m)
                    PyModule_AddIntConstant(m, "LATE_TIMEOUT", LATE_TIMEOUT) < 0 ||
                    PyModule_AddIntConstant(m, "LATE_BIG", LATE_BIG) < 0 ||
                    PyModule_AddIntConstant(m, "LATE_EXTRA", LATE_EXTRA) < 0 ||
-                   PyModule_AddIntConstant(m, "LATE_CLOSING", LATE_CLOSING) < 0
+                   PyModule_AddIntConstant(m, "LATE_CLOSING", LATE_CLOSING) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_UPLOAD", LATE_UPLOAD) < 0
                ? -1
                : 0;
 }
@@ -1322,8 +1434,9 @@ int mu_native_install(void)
         s_pause = PyUnicode_InternFromString("pause_reading");
         s_resume = PyUnicode_InternFromString("resume_reading");
         s_transport = PyUnicode_InternFromString("transport");
+        s_peer_closed = PyUnicode_InternFromString("peer_closed");
         if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
-            !s_resume || !s_transport)
+            !s_resume || !s_transport || !s_peer_closed)
             goto done;
     }
     if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||

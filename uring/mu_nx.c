@@ -245,9 +245,9 @@ int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_req
     long long body = rq->content_length < 0 ? 0 : rq->content_length;
     if (body > max_body)
         return NX_FRAMING;
-    if ((long long)(all - n) < body)
-        return NX_INCOMPLETE; /* the body is not all here */
-    rq->total = n + (size_t)body;
+    long long have = (long long)(all - n) < body ? (long long)(all - n) : body;
+    rq->body_missing = body - have; /* the rest comes in later reads */
+    rq->total = n + (size_t)have;
     return NX_OK;
 }
 
