@@ -832,6 +832,18 @@ static int emit_body(Parser *P, PyObject *whole, const char *p, Py_ssize_t n)
     return rc;
 }
 
+/* Body bytes at p (avail of them, at *pos of the n fed): what is left of the length or the
+ * chunk goes to emit_body (the fed object itself when it is all body), *pos moves on */
+static int take_body(Parser *P, PyObject *data, const char *p, Py_ssize_t avail, Py_ssize_t n,
+                     Py_ssize_t *pos)
+{
+    Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
+    PyObject *whole = (data != NULL && *pos == 0 && take == n) ? data : NULL;
+    P->remaining -= take;
+    *pos += take;
+    return emit_body(P, whole, p, take);
+}
+
 static int message_complete(Parser *P)
 {
     P->state = S_HEAD;
@@ -973,12 +985,7 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             break;
         }
         case S_LENGTH: {
-            Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
-            PyObject *whole = (data != NULL && pos == 0 && take == n) ? data : NULL;
-            P->remaining -= take;
-            pos += take;
-            int r = emit_body(P, whole, p, take);
-            if (r < 0)
+            if (take_body(P, data, p, avail, n, &pos) < 0)
                 return NULL;
             if (P->remaining == 0 && message_complete(P) < 0)
                 return NULL;
@@ -1040,12 +1047,7 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             break;
         }
         case S_CHUNK_DATA: {
-            Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
-            PyObject *whole = (data != NULL && pos == 0 && take == n) ? data : NULL;
-            P->remaining -= take;
-            pos += take;
-            int r = emit_body(P, whole, p, take);
-            if (r < 0)
+            if (take_body(P, data, p, avail, n, &pos) < 0)
                 return NULL;
             if (P->remaining == 0)
                 P->state = S_CHUNK_CRLF;
@@ -1205,8 +1207,14 @@ static void parser_dealloc(Parser *P)
     Py_TYPE(P)->tp_free((PyObject *)P);
 }
 
-static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
+/* A parser for proto with the head limits both kinds take (max_fields checked), or NULL. */
+static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request,
+                            Py_ssize_t max_head, Py_ssize_t max_line, int max_fields)
 {
+    if (max_fields < 1 || max_fields > MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
+        return NULL;
+    }
     Parser *P = (Parser *)type->tp_alloc(type, 0);
     if (P == NULL)
         return NULL;
@@ -1214,6 +1222,9 @@ static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
     P->proto = proto;
     P->is_request = is_request;
     P->state = S_HEAD;
+    P->max_head = max_head;
+    P->max_line = max_line;
+    P->max_fields = max_fields;
     return P;
 }
 
@@ -1227,17 +1238,9 @@ static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onn|ni", kwlist, &proto, &max_head, &max_uri,
                                      &max_line, &max_fields))
         return NULL;
-    if (max_fields < 1 || max_fields > MAX_HEADERS) {
-        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
-        return NULL;
-    }
-    Parser *P = parser_alloc(type, proto, 1);
-    if (P != NULL) {
-        P->max_head = max_head;
+    Parser *P = parser_alloc(type, proto, 1, max_head, max_line, max_fields);
+    if (P != NULL)
         P->max_uri = max_uri;
-        P->max_line = max_line;
-        P->max_fields = max_fields;
-    }
     return (PyObject *)P;
 }
 
@@ -1251,18 +1254,11 @@ static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|npnni", kwlist, &proto, &head_request,
                                      &collect_max, &lend, &max_head, &max_line, &max_fields))
         return NULL;
-    if (max_fields < 1 || max_fields > MAX_HEADERS) {
-        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
-        return NULL;
-    }
-    Parser *P = parser_alloc(type, proto, 0);
+    Parser *P = parser_alloc(type, proto, 0, max_head, max_line, max_fields);
     if (P != NULL) {
         P->head_request = head_request;
         P->lend = lend;
         P->collect_max = collect_max;
-        P->max_head = max_head;
-        P->max_line = max_line;
-        P->max_fields = max_fields;
         P->max_uri = 0;
     }
     return (PyObject *)P;

@@ -34,6 +34,7 @@
 #include "mu_native.h"
 #include "mu_nx.h"
 #include "mu_pyglue.h"
+#include "mu_pytype.h"
 #include "mu_route.h"
 
 enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
@@ -878,12 +879,7 @@ static int client_clear(Client *c)
     return 0;
 }
 
-static void client_dealloc(Client *c)
-{
-    PyObject_GC_UnTrack(c);
-    client_clear(c);
-    Py_TYPE(c)->tp_free((PyObject *)c);
-}
+MU_GC_DEALLOC(client, Client)
 
 /* the client connection is gone: an exchange in flight is abandoned (its upstream closed) */
 static PyObject *client_lost(Client *c, PyObject *Py_UNUSED(unused))
@@ -1018,21 +1014,9 @@ static PyGetSetDef client_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject Client_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "monolake.uring._native.Client",
-    .tp_basicsize = sizeof(Client),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(Client, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = client_new,
-    .tp_dealloc = (destructor)client_dealloc,
-    .tp_traverse = (traverseproc)client_traverse,
-    .tp_clear = (inquiry)client_clear,
-    .tp_methods = client_methods,
-    .tp_getset = client_getset,
-    .tp_doc = "a client connection's reader in the native exchange (mu_native.c)",
-};
+static PyTypeObject Client_Type = MU_VECTORCALL_TYPE(
+    "monolake.uring._native.Client", Client, client,
+    "a client connection's reader in the native exchange (mu_native.c)");
 
 /* ---- Upstream -------------------------------------------------------------------------- */
 
@@ -1382,21 +1366,9 @@ static PyGetSetDef upstream_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject Upstream_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "monolake.uring._native.Upstream",
-    .tp_basicsize = sizeof(Upstream),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(Upstream, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = upstream_new,
-    .tp_dealloc = (destructor)upstream_dealloc,
-    .tp_traverse = (traverseproc)upstream_traverse,
-    .tp_clear = (inquiry)upstream_clear,
-    .tp_methods = upstream_methods,
-    .tp_getset = upstream_getset,
-    .tp_doc = "a pooled upstream connection's reader in the native exchange (mu_native.c)",
-};
+static PyTypeObject Upstream_Type = MU_VECTORCALL_TYPE(
+    "monolake.uring._native.Upstream", Upstream, upstream,
+    "a pooled upstream connection's reader in the native exchange (mu_native.c)");
 
 /* ---- module ---------------------------------------------------------------------------- */
 
@@ -1424,7 +1396,6 @@ int mu_native_install(void)
 {
     PyGILState_STATE st = PyGILState_Ensure();
     int rc = -1;
-    PyObject *m = NULL;
     if (s_deadline == NULL) {
         s_deadline = PyUnicode_InternFromString("deadline");
         s_fresh = PyUnicode_InternFromString("fresh");
@@ -1439,28 +1410,12 @@ int mu_native_install(void)
             !s_resume || !s_transport || !s_peer_closed)
             goto done;
     }
-    if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||
-        PyType_Ready(&Upstream_Type) < 0)
-        goto done;
-    m = PyModule_Create(&native_module);
-    if (m == NULL || add_constants(m) < 0)
-        goto done;
-    PyTypeObject *types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
-    const char *names[3] = {"Engine", "Client", "Upstream"};
-    for (int i = 0; i < 3; i++) {
-        Py_INCREF(types[i]);
-        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
-            Py_DECREF(types[i]);
-            goto done;
-        }
-    }
-    if (PyDict_SetItemString(PyImport_GetModuleDict(), "monolake.uring._native", m) < 0)
-        goto done;
-    rc = 0;
+    PyTypeObject *const types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
+    const char *const names[3] = {"Engine", "Client", "Upstream"};
+    rc = mu_publish_module(&native_module, types, names, 3, add_constants);
 done:
     if (rc != 0)
         PyErr_Clear();
-    Py_XDECREF(m);
     PyGILState_Release(st);
     return rc;
 }
