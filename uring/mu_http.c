@@ -908,6 +908,27 @@ static PyObject *upgrade_rest(const char *p, Py_ssize_t n)
     return NULL;
 }
 
+/* A line of a chunked body (a chunk size line, a trailer line) at p (avail bytes): its
+ * length through its LF, 0 while it is not all here (within max bytes), -1 after a fail
+ * (too long: too_long with status; a bare LF) */
+static Py_ssize_t chunk_line(Parser *P, const char *p, Py_ssize_t avail, Py_ssize_t max,
+                             const char *too_long, int status)
+{
+    const char *nl = memchr(p, '\n', (size_t)avail);
+    if (nl == NULL) {
+        if (avail <= max)
+            return 0;
+        fail_status(P, too_long, status);
+        return -1;
+    }
+    Py_ssize_t ln = nl - p;
+    if (ln == 0 || p[ln - 1] != '\r') {
+        fail(P, "bare LF in chunked body");
+        return -1;
+    }
+    return ln + 1;
+}
+
 static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n)
 {
     const char *d;
@@ -992,20 +1013,13 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             break;
         }
         case S_CHUNK_SIZE: {
-            const char *nl = memchr(p, '\n', (size_t)avail);
-            if (nl == NULL) {
-                if (avail > CHUNK_LINE_MAX) {
-                    fail(P, "chunk size line too long");
-                    return NULL;
-                }
-                goto incomplete;
-            }
-            Py_ssize_t ln = nl - p;
-            if (ln == 0 || p[ln - 1] != '\r') {
-                fail(P, "bare LF in chunked body");
+            Py_ssize_t ln = chunk_line(P, p, avail, CHUNK_LINE_MAX, "chunk size line too long",
+                                       P->is_request ? 400 : 502);
+            if (ln < 0)
                 return NULL;
-            }
-            ln--;
+            if (ln == 0)
+                goto incomplete;
+            ln -= 2;
             long long size = 0;
             Py_ssize_t i = 0;
             while (i < ln) {
@@ -1074,19 +1088,13 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
              * proto.on_trailers(list) before on_message_complete. Python decides which are
              * forwarded (keep_trailers in worker/http/message.py); a protocol without
              * on_trailers drops them */
-            const char *nl = memchr(p, '\n', (size_t)avail);
-            if (nl == NULL) {
-                if (avail > P->max_line + 2) {
-                    fail_status(P, "trailer field line too long", P->is_request ? 431 : 502);
-                    return NULL;
-                }
-                goto incomplete;
-            }
-            Py_ssize_t ln = nl - p;
-            if (ln == 0 || p[ln - 1] != '\r') {
-                fail(P, "bare LF in chunked body");
+            Py_ssize_t ln = chunk_line(P, p, avail, P->max_line + 2, "trailer field line too long",
+                                       P->is_request ? 431 : 502);
+            if (ln < 0)
                 return NULL;
-            }
+            if (ln == 0)
+                goto incomplete;
+            ln--; /* through the CR, as before: the LF is stepped over */
             pos += ln + 1;
             if (ln == 1) {  /* the empty line: done */
                 if (trailers_done(P) < 0 || message_complete(P) < 0)
