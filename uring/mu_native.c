@@ -134,7 +134,7 @@ struct Upstream {
 
 static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
 static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume,
-    *s_transport, *s_peer_closed;
+    *s_transport, *s_peer_closed, *s_eof_received;
 
 #define KEEP_MAX (1024 * 1024) /* an upload's body bytes kept with its request for a late
                                  * decline; past them only their count (see upload) */
@@ -918,11 +918,29 @@ static PyObject *client_rearm(Client *c, PyObject *Py_UNUSED(unused))
     return PyBool_FromLong(c->state == C_NATIVE);
 }
 
+/* The client sent its FIN (the transport's eof_received: close_after is also called when
+ * keep-alive goes off for a drain, where an upload goes on) */
+static int peer_eof(Client *c)
+{
+    if (c->transport == NULL)
+        return 0;
+    PyObject *v = PyObject_GetAttr(c->transport, s_eof_received);
+    if (v == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (r < 0)
+        PyErr_Clear();
+    return r > 0;
+}
+
 /* keep-alive is off (client EOF, drain): finish what is in flight, then Python closes */
 static PyObject *client_close_after(Client *c, PyObject *Py_UNUSED(unused))
 {
     c->closing = 1;
-    if (c->state == C_BUSY && c->req_left > 0 && c->up != NULL) {
+    if (c->state == C_BUSY && c->req_left > 0 && c->up != NULL && peer_eof(c)) {
         /* the client ended its side mid-upload: the request can never be whole. The Python
          * engine takes the exchange (as for an early answer) and then hears of the FIN
          * (its reader's peer_closed fails the body), so it ends it as it would have */
@@ -1406,8 +1424,9 @@ int mu_native_install(void)
         s_resume = PyUnicode_InternFromString("resume_reading");
         s_transport = PyUnicode_InternFromString("transport");
         s_peer_closed = PyUnicode_InternFromString("peer_closed");
+        s_eof_received = PyUnicode_InternFromString("_eof_received"); /* uring/transport.py */
         if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
-            !s_resume || !s_transport || !s_peer_closed)
+            !s_resume || !s_transport || !s_peer_closed || !s_eof_received)
             goto done;
     }
     PyTypeObject *const types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
