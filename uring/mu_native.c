@@ -1152,19 +1152,28 @@ static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *
         Py_DECREF(out);
         return rc < 0 ? -1 : finish(c, 1);
     }
-    if (keep_bytes(u, p, n) < 0)
-        return -1;
+    /* the head is parsed where it is: in the read itself when nothing of it was held (the
+     * common case: the read is not copied whole), else in buf, where its start waits */
+    const char *base = p;
+    size_t blen = n;
+    if (u->len > 0) {
+        if (keep_bytes(u, p, n) < 0)
+            return -1;
+        base = u->buf;
+        blen = u->len;
+    }
+    int held = base == u->buf; /* buf has all the response bytes so far */
     mu_nx_response rs;
-    int prc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
-    if (prc < 0)
-        return 0; /* the head is not all here */
-    if (prc > 0)
-        return late_decline(c, prc);
-    if (rs.content_length > e->max_body)
-        return late_decline(c, LATE_BIG);
-    size_t have = u->len - rs.head_len;
-    if ((long long)have > rs.content_length)
-        return late_decline(c, LATE_EXTRA);
+    int prc = mu_nx_parse_response(base, blen, c->head_only, &rs);
+    if (prc < 0) /* the head is not all here: kept */
+        return held ? 0 : keep_bytes(u, p, n);
+    /* a late decline hands the Python engine the response bytes so far, from buf */
+    int why = prc > 0 ? prc : rs.content_length > e->max_body ? LATE_BIG : 0;
+    size_t have = blen - rs.head_len;
+    if (why == 0 && (long long)have > rs.content_length)
+        why = LATE_EXTRA;
+    if (why != 0)
+        return !held && keep_bytes(u, p, n) < 0 ? -1 : late_decline(c, why);
     if ((long long)have < rs.content_length && rs.content_length <= e->collect_max) {
         /* as the Python engine's parser: a small body is collected whole before the head
          * goes out (so an upstream that stops halfway gets a 502, not a cut response):
@@ -1172,8 +1181,12 @@ static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *
         PyObject *coll = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + (size_t)rs.content_length));
         if (coll == NULL)
             return -1;
-        mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(coll));
-        memcpy(PyBytes_AS_STRING(coll) + rs.client_len, u->buf + rs.head_len, have);
+        mu_nx_client_head(base, &rs, PyBytes_AS_STRING(coll));
+        memcpy(PyBytes_AS_STRING(coll) + rs.client_len, base + rs.head_len, have);
+        if (!held && keep_bytes(u, p, rs.head_len) < 0) { /* buf keeps the head (flatten) */
+            Py_DECREF(coll);
+            return -1;
+        }
         u->rs = rs;
         u->have_head = 1;
         u->coll = coll;
@@ -1182,12 +1195,12 @@ static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *
         return 0;
     }
     if (c->closing)
-        return late_decline(c, LATE_CLOSING);
+        return !held && keep_bytes(u, p, n) < 0 ? -1 : late_decline(c, LATE_CLOSING);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + have));
     if (out == NULL)
         return -1;
-    mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(out));
-    memcpy(PyBytes_AS_STRING(out) + rs.client_len, u->buf + rs.head_len, have);
+    mu_nx_client_head(base, &rs, PyBytes_AS_STRING(out));
+    memcpy(PyBytes_AS_STRING(out) + rs.client_len, base + rs.head_len, have);
     c->wrote = 1;
     c->status = rs.status;
     c->remaining = rs.content_length - (long long)have;
