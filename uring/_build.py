@@ -64,6 +64,7 @@ URING = Unit(
     (
         "mu_ring.c",
         "mu_fast.c",
+        "mu_pytype.c",
         "mu_lend.c",
         "mu_splice.c",
         "mu_native.c",

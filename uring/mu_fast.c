@@ -28,6 +28,7 @@
 
 #include "mu_fast.h"
 #include "mu_lend.h"
+#include "mu_pytype.h"
 #include "mu_ring.h"
 
 typedef struct {
@@ -126,12 +127,7 @@ static int fw_clear(FastWriter *w)
     return 0;
 }
 
-static void fw_dealloc(FastWriter *w)
-{
-    PyObject_GC_UnTrack(w);
-    fw_clear(w);
-    Py_TYPE(w)->tp_free((PyObject *)w);
-}
+MU_GC_DEALLOC(fw, FastWriter)
 
 static PyObject *fw_detach(FastWriter *w, PyObject *Py_UNUSED(unused))
 {
@@ -172,21 +168,9 @@ static PyGetSetDef fw_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject FastWriter_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "monolake.uring._fast.FastWriter",
-    .tp_basicsize = sizeof(FastWriter),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(FastWriter, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = fw_new,
-    .tp_dealloc = (destructor)fw_dealloc,
-    .tp_traverse = (traverseproc)fw_traverse,
-    .tp_clear = (inquiry)fw_clear,
-    .tp_methods = fw_methods,
-    .tp_getset = fw_getset,
-    .tp_doc = "transport.write for io_uring conns (see mu_fast.c)",
-};
+static PyTypeObject FastWriter_Type = MU_VECTORCALL_TYPE(
+    "monolake.uring._fast.FastWriter", FastWriter, fw,
+    "transport.write for io_uring conns (see mu_fast.c)");
 
 static PyObject *fetch_exception(void)
 {
@@ -376,25 +360,9 @@ static struct PyModuleDef fast_module = {
 int mu_fast_install(void)
 {
     PyGILState_STATE st = PyGILState_Ensure();
-    int rc = -1;
-    PyObject *m = NULL;
-    if (PyType_Ready(&FastWriter_Type) < 0)
-        goto done;
-    m = PyModule_Create(&fast_module);
-    if (m == NULL)
-        goto done;
-    Py_INCREF(&FastWriter_Type);
-    if (PyModule_AddObject(m, "FastWriter", (PyObject *)&FastWriter_Type) < 0) {
-        Py_DECREF(&FastWriter_Type);
-        goto done;
-    }
-    if (PyDict_SetItemString(PyImport_GetModuleDict(), "monolake.uring._fast", m) < 0)
-        goto done;
-    rc = 0;
-done:
-    if (rc != 0)
-        PyErr_Clear();
-    Py_XDECREF(m);
+    PyTypeObject *const types[1] = {&FastWriter_Type};
+    const char *const names[1] = {"FastWriter"};
+    int rc = mu_publish_module(&fast_module, types, names, 1, NULL);
     PyGILState_Release(st);
     return rc;
 }

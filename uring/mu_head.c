@@ -33,34 +33,21 @@ static void put(wbuf *w, const char *p, size_t n)
 }
 #define PUTS(w, lit) put((w), (lit), sizeof(lit) - 1)
 
-static unsigned char low(unsigned char c)
-{
-    return (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
-}
 
 static void put_lower(wbuf *w, const char *p, size_t n)
 {
     if (w->n + n <= w->cap)
         for (size_t i = 0; i < n; i++)
-            w->o[w->n + i] = (char)low((unsigned char)p[i]);
+            w->o[w->n + i] = (char)mu_low((unsigned char)p[i]);
     w->n += n;
 }
 
-static int ieq(const char *a, size_t n, const char *lit, size_t m)
-{
-    if (n != m)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (low((unsigned char)a[i]) != (unsigned char)lit[i])
-            return 0;
-    return 1;
-}
 
 
 /* what the head does with a field of this name (mu_head.h) */
 int mu_head_field_kind(const char *p, size_t n)
 {
-#define IS(lit) ieq(p, n, lit, sizeof(lit) - 1)
+#define IS(lit) mu_ieq(p, n, lit, sizeof(lit) - 1)
     switch (n) {
     case 2: return IS("te") ? F_DROP : F_KEEP;
     case 3: return IS("via") ? F_VIA : F_KEEP;
@@ -96,7 +83,7 @@ static const mu_head_field *hl_get(const hlist *L, size_t i)
         return &L->rt->set[i - L->rq->nfields];
     const mu_head_field *f = &L->rq->fields[i];
     for (size_t k = 0; k < L->rt->nremove; k++)
-        if (ieq(f->name, f->name_len, L->rt->remove[k].name, L->rt->remove[k].name_len))
+        if (mu_ieq(f->name, f->name_len, L->rt->remove[k].name, L->rt->remove[k].name_len))
             return NULL;
     return f;
 }
@@ -106,30 +93,41 @@ static int is_ws(char c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\x0b' || c == '\x0c';
 }
 
+int mu_list_next(const char *v, size_t n, size_t *pos, int wide, const char **t, size_t *tn)
+{
+    size_t i = *pos;
+    if (i > n)
+        return 0;
+    size_t j = i;
+    while (j < n && v[j] != ',')
+        j++;
+    const char *s = v + i;
+    size_t m = j - i;
+    while (m > 0 && (*s == ' ' || *s == '\t' || (wide && is_ws(*s)))) {
+        s++;
+        m--;
+    }
+    while (m > 0 && (s[m - 1] == ' ' || s[m - 1] == '\t' || (wide && is_ws(s[m - 1]))))
+        m--;
+    *t = s;
+    *tn = m;
+    *pos = j + 1;
+    return 1;
+}
+
 /* Is `name` a token of the Connection value v (split at ',', stripped, ASCII lower-cased)? */
 static int token_in(const char *name, size_t n, const char *v, size_t vn)
 {
-    size_t i = 0;
-    while (i <= vn) {
-        size_t j = i;
-        while (j < vn && v[j] != ',')
-            j++;
-        const char *t = v + i;
-        size_t tn = j - i;
-        while (tn > 0 && is_ws(*t)) {
-            t++;
-            tn--;
-        }
-        while (tn > 0 && is_ws(t[tn - 1]))
-            tn--;
+    size_t pos = 0, tn;
+    const char *t;
+    while (mu_list_next(v, vn, &pos, 1, &t, &tn)) {
         if (tn == n && n > 0) {  /* an empty token names nothing (Python: `if tok`) */
             size_t q = 0;
-            while (q < n && low((unsigned char)t[q]) == low((unsigned char)name[q]))
+            while (q < n && mu_low((unsigned char)t[q]) == mu_low((unsigned char)name[q]))
                 q++;
             if (q == n)
                 return 1;
         }
-        i = j + 1;
     }
     return 0;
 }

@@ -69,6 +69,29 @@ size_t mu_head_write(const mu_head_request *rq, const mu_head_route *rt,
                      const mu_head_upstream *up, const mu_head_conn *cn, char *out, size_t cap);
 /* cdef-end */
 
+/* The next element of the comma-separated list v[*pos, n] (a field value such as
+ * Connection's): its span in *t, *tn, stripped of spaces and tabs (and, when wide, of the
+ * other ASCII whitespace too); 1, or 0 past the last element. Empty elements count (the
+ * callers skip them); start with *pos = 0. Shared by mu_head and mu_nx. */
+int mu_list_next(const char *v, size_t n, size_t *pos, int wide, const char **t, size_t *tn);
+
+/* ASCII lower case of c, and: is a[0, n) the lower-case literal lit[0, m) in any case?
+ * (static inline: mu_nx calls it per field name on the request path) */
+static inline unsigned char mu_low(unsigned char c)
+{
+    return (unsigned char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+}
+
+static inline int mu_ieq(const char *a, size_t n, const char *lit, size_t m)
+{
+    if (n != m)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (mu_low((unsigned char)a[i]) != (unsigned char)lit[i])
+            return 0;
+    return 1;
+}
+
 /* What an upstream request head does with a client's field, by name (any case): kept,
  * dropped (hop-by-hop and framing fields the proxy rewrites) or handled by a rule. One
  * table for this unit and for mu_http.c's forward_head, so the two heads cannot disagree. */

@@ -832,6 +832,18 @@ static int emit_body(Parser *P, PyObject *whole, const char *p, Py_ssize_t n)
     return rc;
 }
 
+/* Body bytes at p (avail of them, at *pos of the n fed): what is left of the length or the
+ * chunk goes to emit_body (the fed object itself when it is all body), *pos moves on */
+static int take_body(Parser *P, PyObject *data, const char *p, Py_ssize_t avail, Py_ssize_t n,
+                     Py_ssize_t *pos)
+{
+    Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
+    PyObject *whole = (data != NULL && *pos == 0 && take == n) ? data : NULL;
+    P->remaining -= take;
+    *pos += take;
+    return emit_body(P, whole, p, take);
+}
+
 static int message_complete(Parser *P)
 {
     P->state = S_HEAD;
@@ -894,6 +906,27 @@ static PyObject *upgrade_rest(const char *p, Py_ssize_t n)
         Py_DECREF(exc);
     }
     return NULL;
+}
+
+/* A line of a chunked body (a chunk size line, a trailer line) at p (avail bytes): its
+ * length through its LF, 0 while it is not all here (within max bytes), -1 after a fail
+ * (too long: too_long with status; a bare LF) */
+static Py_ssize_t chunk_line(Parser *P, const char *p, Py_ssize_t avail, Py_ssize_t max,
+                             const char *too_long, int status)
+{
+    const char *nl = memchr(p, '\n', (size_t)avail);
+    if (nl == NULL) {
+        if (avail <= max)
+            return 0;
+        fail_status(P, too_long, status);
+        return -1;
+    }
+    Py_ssize_t ln = nl - p;
+    if (ln == 0 || p[ln - 1] != '\r') {
+        fail(P, "bare LF in chunked body");
+        return -1;
+    }
+    return ln + 1;
 }
 
 static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n)
@@ -973,32 +1006,20 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             break;
         }
         case S_LENGTH: {
-            Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
-            PyObject *whole = (data != NULL && pos == 0 && take == n) ? data : NULL;
-            P->remaining -= take;
-            pos += take;
-            int r = emit_body(P, whole, p, take);
-            if (r < 0)
+            if (take_body(P, data, p, avail, n, &pos) < 0)
                 return NULL;
             if (P->remaining == 0 && message_complete(P) < 0)
                 return NULL;
             break;
         }
         case S_CHUNK_SIZE: {
-            const char *nl = memchr(p, '\n', (size_t)avail);
-            if (nl == NULL) {
-                if (avail > CHUNK_LINE_MAX) {
-                    fail(P, "chunk size line too long");
-                    return NULL;
-                }
-                goto incomplete;
-            }
-            Py_ssize_t ln = nl - p;
-            if (ln == 0 || p[ln - 1] != '\r') {
-                fail(P, "bare LF in chunked body");
+            Py_ssize_t ln = chunk_line(P, p, avail, CHUNK_LINE_MAX, "chunk size line too long",
+                                       P->is_request ? 400 : 502);
+            if (ln < 0)
                 return NULL;
-            }
-            ln--;
+            if (ln == 0)
+                goto incomplete;
+            ln -= 2;
             long long size = 0;
             Py_ssize_t i = 0;
             while (i < ln) {
@@ -1040,12 +1061,7 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
             break;
         }
         case S_CHUNK_DATA: {
-            Py_ssize_t take = avail < P->remaining ? avail : (Py_ssize_t)P->remaining;
-            PyObject *whole = (data != NULL && pos == 0 && take == n) ? data : NULL;
-            P->remaining -= take;
-            pos += take;
-            int r = emit_body(P, whole, p, take);
-            if (r < 0)
+            if (take_body(P, data, p, avail, n, &pos) < 0)
                 return NULL;
             if (P->remaining == 0)
                 P->state = S_CHUNK_CRLF;
@@ -1072,19 +1088,13 @@ static PyObject *feed(Parser *P, PyObject *data, const char *in, Py_ssize_t in_n
              * proto.on_trailers(list) before on_message_complete. Python decides which are
              * forwarded (keep_trailers in worker/http/message.py); a protocol without
              * on_trailers drops them */
-            const char *nl = memchr(p, '\n', (size_t)avail);
-            if (nl == NULL) {
-                if (avail > P->max_line + 2) {
-                    fail_status(P, "trailer field line too long", P->is_request ? 431 : 502);
-                    return NULL;
-                }
-                goto incomplete;
-            }
-            Py_ssize_t ln = nl - p;
-            if (ln == 0 || p[ln - 1] != '\r') {
-                fail(P, "bare LF in chunked body");
+            Py_ssize_t ln = chunk_line(P, p, avail, P->max_line + 2, "trailer field line too long",
+                                       P->is_request ? 431 : 502);
+            if (ln < 0)
                 return NULL;
-            }
+            if (ln == 0)
+                goto incomplete;
+            ln--; /* through the CR, as before: the LF is stepped over */
             pos += ln + 1;
             if (ln == 1) {  /* the empty line: done */
                 if (trailers_done(P) < 0 || message_complete(P) < 0)
@@ -1205,8 +1215,14 @@ static void parser_dealloc(Parser *P)
     Py_TYPE(P)->tp_free((PyObject *)P);
 }
 
-static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
+/* A parser for proto with the head limits both kinds take (max_fields checked), or NULL. */
+static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request,
+                            Py_ssize_t max_head, Py_ssize_t max_line, int max_fields)
 {
+    if (max_fields < 1 || max_fields > MAX_HEADERS) {
+        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
+        return NULL;
+    }
     Parser *P = (Parser *)type->tp_alloc(type, 0);
     if (P == NULL)
         return NULL;
@@ -1214,6 +1230,9 @@ static Parser *parser_alloc(PyTypeObject *type, PyObject *proto, int is_request)
     P->proto = proto;
     P->is_request = is_request;
     P->state = S_HEAD;
+    P->max_head = max_head;
+    P->max_line = max_line;
+    P->max_fields = max_fields;
     return P;
 }
 
@@ -1227,17 +1246,9 @@ static PyObject *request_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "Onn|ni", kwlist, &proto, &max_head, &max_uri,
                                      &max_line, &max_fields))
         return NULL;
-    if (max_fields < 1 || max_fields > MAX_HEADERS) {
-        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
-        return NULL;
-    }
-    Parser *P = parser_alloc(type, proto, 1);
-    if (P != NULL) {
-        P->max_head = max_head;
+    Parser *P = parser_alloc(type, proto, 1, max_head, max_line, max_fields);
+    if (P != NULL)
         P->max_uri = max_uri;
-        P->max_line = max_line;
-        P->max_fields = max_fields;
-    }
     return (PyObject *)P;
 }
 
@@ -1251,18 +1262,11 @@ static PyObject *response_new(PyTypeObject *type, PyObject *args, PyObject *kwds
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "Op|npnni", kwlist, &proto, &head_request,
                                      &collect_max, &lend, &max_head, &max_line, &max_fields))
         return NULL;
-    if (max_fields < 1 || max_fields > MAX_HEADERS) {
-        PyErr_Format(PyExc_ValueError, "max_fields must be 1 ... %d", MAX_HEADERS);
-        return NULL;
-    }
-    Parser *P = parser_alloc(type, proto, 0);
+    Parser *P = parser_alloc(type, proto, 0, max_head, max_line, max_fields);
     if (P != NULL) {
         P->head_request = head_request;
         P->lend = lend;
         P->collect_max = collect_max;
-        P->max_head = max_head;
-        P->max_line = max_line;
-        P->max_fields = max_fields;
         P->max_uri = 0;
     }
     return (PyObject *)P;

@@ -34,6 +34,7 @@
 #include "mu_native.h"
 #include "mu_nx.h"
 #include "mu_pyglue.h"
+#include "mu_pytype.h"
 #include "mu_route.h"
 
 enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
@@ -46,15 +47,17 @@ enum { C_NATIVE, C_BUSY, C_PYTHON, C_DEAD };
 #define LATE_EXTRA 104    /* bytes after the whole response in the same read */
 #define LATE_CLOSING 105  /* keep-alive went off (client EOF, drain) before the head went out:
                            * the Python engine writes it with its "connection: close" */
+#define LATE_UPLOAD 106   /* the upstream answered while the request body was still coming:
+                           * the Python engine takes the exchange and the rest of the body */
 
 enum {
     K_REQUESTS, K_DECLINED, K_DECLINED_LATE, K_2XX, K_3XX, K_4XX, K_5XX, K_BYTES_IN,
-    K_BYTES_OUT, K_UNSOLICITED, K_ABORTED, K_COUNT
+    K_BYTES_OUT, K_UNSOLICITED, K_ABORTED, K_UPLOAD_PAUSED, K_COUNT
 };
 static const char *const counter_names[K_COUNT] = {
     "requests", "declined", "declined_late", "responses_2xx", "responses_3xx",
     "responses_4xx", "responses_5xx", "bytes_in", "bytes_out", "upstream_unsolicited",
-    "aborted",
+    "aborted", "upload_paused",
 };
 
 /* A route of ours: its balancer (mu_balance, the table Python keeps current and the Python
@@ -101,6 +104,9 @@ typedef struct {
     int bal_i;
     PyObject *req, *head, *pend;
     long long remaining, body_len;
+    long long req_left; /* request body bytes still to come from the client (an upload that
+                         * spans reads: relayed upstream as they come, kept in req) */
+    Py_ssize_t kept_head; /* an upload's head length in req (-1: not an upload) */
     int status;
     double started;
 } Client;
@@ -116,6 +122,8 @@ struct Upstream {
     size_t len, cap;
     int dead, keep_alive, have_head;
     int rpaused; /* its reading paused by us: the client is not taking the body */
+    int wpaused; /* its transport is above its high-water mark (the connection's
+                  * pause_writing): an upload's client stops being read meanwhile */
     PyObject *coll;      /* a small body being collected whole: the client's bytes, the client
                           * head first (rs.client_len), then coll_have body bytes; buf keeps
                           * only the upstream head meanwhile */
@@ -126,8 +134,10 @@ struct Upstream {
 
 static PyTypeObject Engine_Type, Client_Type, Upstream_Type;
 static PyObject *s_deadline, *s_fresh, *s_close, *s_abort, *s_close_conn, *s_pause, *s_resume,
-    *s_transport;
+    *s_transport, *s_peer_closed, *s_eof_received;
 
+#define KEEP_MAX (1024 * 1024) /* an upload's body bytes kept with its request for a late
+                                 * decline; past them only their count (see upload) */
 #define PEND_MAX (256 * 1024) /* pipelined bytes held while a request is upstream: then the
                                * client's reading pauses, as the Python engine's queue does */
 
@@ -410,6 +420,7 @@ static void unlink_pair(Client *c, Upstream *u)
 {
     bal_done(c);
     c->up = NULL;
+    c->req_left = 0;
     u->client = NULL;
     u->len = 0;
     u->have_head = 0;
@@ -421,6 +432,49 @@ static void unlink_pair(Client *c, Upstream *u)
 }
 
 static PyObject *client_request(Client *c, PyObject *data);
+
+/* The client's reading follows what C holds for it: paused while more than PEND_MAX
+ * pipelined bytes wait, or while an upload's upstream connection is above its high-water
+ * mark (so a fast client never makes the worker hold more than one read of its body). */
+static int client_reading(Client *c)
+{
+    int up = c->req_left > 0 && c->up != NULL && c->up->wpaused;
+    int want = c->state == C_BUSY && (up || (c->pend != NULL && PyBytes_GET_SIZE(c->pend) > PEND_MAX));
+    if (want == c->paused || c->transport == NULL)
+        return 0;
+    c->paused = want;
+    if (want && up)
+        c->eng->k[K_UPLOAD_PAUSED]++;
+    return call_method0(c->transport, want ? s_pause : s_resume);
+}
+
+/* Bytes of the request body in flight (an upload that spans reads): the first req_left of
+ * `data` go upstream as they are; returns how many were taken, or -1. The first KEEP_MAX
+ * body bytes are also kept with the request: a late decline hands the Python engine the
+ * request so far, whose body bytes C sent already its upstream connection skips
+ * (presend_body), so past KEEP_MAX late_decline stands zeros in for them (the memory an
+ * upload holds stays bounded; the Python exchange never retries a request whose body it
+ * consumed, and C takes no body it would answer itself: max_body_size, splice). */
+static Py_ssize_t upload(Client *c, PyObject *data)
+{
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    Py_ssize_t take = (long long)n > c->req_left ? (Py_ssize_t)c->req_left : n;
+    PyObject *piece = take == n ? Py_NewRef(data)
+                                : PyBytes_FromStringAndSize(PyBytes_AS_STRING(data), take);
+    if (piece == NULL)
+        return -1;
+    c->req_left -= take;
+    c->body_len += take;
+    c->eng->k[K_BYTES_IN] += (unsigned long long)take;
+    int rc = write_to(c->up->writer, piece);
+    if (rc == 0 && c->req != NULL && c->body_len - take < KEEP_MAX) {
+        PyBytes_Concat(&c->req, piece);
+        if (c->req == NULL)
+            rc = -1;
+    }
+    Py_DECREF(piece);
+    return rc < 0 ? -1 : take;
+}
 
 /* The request in flight is answered: the upstream goes back to the idle list (pool) or is
  * closed; the client is ready for its next request, or handed over with what waited. */
@@ -494,6 +548,21 @@ static int late_decline(Client *c, int reason)
     PyObject *req = c->req, *head = c->head, *pend = c->pend;
     Py_INCREF(req);
     Py_INCREF(head);
+    if (c->kept_head >= 0 && PyBytes_GET_SIZE(req) < c->kept_head + c->body_len) {
+        /* an upload past KEEP_MAX: zeros stand in for the body bytes sent and not kept */
+        Py_ssize_t have = PyBytes_GET_SIZE(req), want = c->kept_head + (Py_ssize_t)c->body_len;
+        PyObject *full = PyBytes_FromStringAndSize(NULL, want);
+        if (full != NULL) {
+            memcpy(PyBytes_AS_STRING(full), PyBytes_AS_STRING(req), (size_t)have);
+            memset(PyBytes_AS_STRING(full) + have, 0, (size_t)(want - have));
+        }
+        Py_DECREF(req);
+        if (full == NULL) {
+            Py_DECREF(head);
+            return -1;
+        }
+        req = full;
+    }
     c->pend = NULL;
     if (pend != NULL) { /* what the client sent meanwhile follows the request */
         PyObject *both = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(req) + PyBytes_GET_SIZE(pend));
@@ -668,6 +737,8 @@ static PyObject *client_request(Client *c, PyObject *data)
         Py_INCREF(first);
     c->head_only = rq.method_len == 4 && memcmp(rq.method, "HEAD", 4) == 0;
     c->body_len = (long long)body;
+    c->req_left = rq.body_missing;
+    c->kept_head = rq.body_missing > 0 ? (Py_ssize_t)rq.head_len : -1;
     e->k[K_BYTES_IN] += (unsigned long long)rq.total;
     PyBuffer_Release(&b);
     /* linked both ways: the upstream's reference came from the idle list */
@@ -685,7 +756,7 @@ static PyObject *client_request(Client *c, PyObject *data)
     rc = set_deadline(c, c->started + e->read_timeout) < 0 ? -1 : write_to(u->writer, out);
     if (out != head)
         Py_DECREF(out);
-    if (rc < 0)
+    if (rc < 0 || client_reading(c) < 0)
         return NULL;
     Py_RETURN_NONE;
 fail:
@@ -714,22 +785,31 @@ static PyObject *client_vectorcall(PyObject *self, PyObject *const *args, size_t
     case C_NATIVE:
         return client_request(c, data);
     case C_BUSY: {
-        /* the client sent more while its request is upstream: it waits for the response */
         if (!PyBytes_Check(data)) {
             PyErr_SetString(PyExc_TypeError, "Client reads bytes");
             return NULL;
         }
-        if (c->pend == NULL)
-            c->pend = Py_NewRef(data);
-        else
-            PyBytes_Concat(&c->pend, data);
-        if (c->pend == NULL)
-            return NULL;
-        if (PyBytes_GET_SIZE(c->pend) > PEND_MAX && !c->paused && c->transport != NULL) {
-            c->paused = 1;
-            if (call_method0(c->transport, s_pause) < 0)
+        Py_ssize_t off = 0;
+        if (c->req_left > 0) { /* the request body goes on: upstream as it comes */
+            if ((off = upload(c, data)) < 0)
                 return NULL;
+            if (off == PyBytes_GET_SIZE(data))
+                Py_RETURN_NONE;
         }
+        /* the client sent more while its request is upstream: it waits for the response */
+        PyObject *rest = off == 0 ? Py_NewRef(data)
+                                  : PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + off,
+                                                              PyBytes_GET_SIZE(data) - off);
+        if (rest == NULL)
+            return NULL;
+        if (c->pend == NULL)
+            c->pend = rest;
+        else {
+            PyBytes_Concat(&c->pend, rest);
+            Py_DECREF(rest);
+        }
+        if (c->pend == NULL || client_reading(c) < 0)
+            return NULL;
         Py_RETURN_NONE;
     }
     case C_PYTHON:
@@ -799,12 +879,7 @@ static int client_clear(Client *c)
     return 0;
 }
 
-static void client_dealloc(Client *c)
-{
-    PyObject_GC_UnTrack(c);
-    client_clear(c);
-    Py_TYPE(c)->tp_free((PyObject *)c);
-}
+MU_GC_DEALLOC(client, Client)
 
 /* the client connection is gone: an exchange in flight is abandoned (its upstream closed) */
 static PyObject *client_lost(Client *c, PyObject *Py_UNUSED(unused))
@@ -843,10 +918,41 @@ static PyObject *client_rearm(Client *c, PyObject *Py_UNUSED(unused))
     return PyBool_FromLong(c->state == C_NATIVE);
 }
 
+/* The client sent its FIN (the transport's eof_received: close_after is also called when
+ * keep-alive goes off for a drain, where an upload goes on) */
+static int peer_eof(Client *c)
+{
+    if (c->transport == NULL)
+        return 0;
+    PyObject *v = PyObject_GetAttr(c->transport, s_eof_received);
+    if (v == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    if (r < 0)
+        PyErr_Clear();
+    return r > 0;
+}
+
 /* keep-alive is off (client EOF, drain): finish what is in flight, then Python closes */
 static PyObject *client_close_after(Client *c, PyObject *Py_UNUSED(unused))
 {
     c->closing = 1;
+    if (c->state == C_BUSY && c->req_left > 0 && c->up != NULL && peer_eof(c)) {
+        /* the client ended its side mid-upload: the request can never be whole. The Python
+         * engine takes the exchange (as for an early answer) and then hears of the FIN
+         * (its reader's peer_closed fails the body), so it ends it as it would have */
+        PyObject *reader = Py_XNewRef(c->reader);
+        int rc = late_decline(c, LATE_UPLOAD);
+        if (rc == 0 && reader != NULL)
+            rc = call_method0(reader, s_peer_closed);
+        Py_XDECREF(reader);
+        if (rc < 0)
+            return NULL;
+        Py_RETURN_FALSE;
+    }
     if (c->state == C_NATIVE) {
         c->state = C_PYTHON;
         c->sticky = 1;
@@ -926,21 +1032,9 @@ static PyGetSetDef client_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject Client_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "monolake.uring._native.Client",
-    .tp_basicsize = sizeof(Client),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(Client, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = client_new,
-    .tp_dealloc = (destructor)client_dealloc,
-    .tp_traverse = (traverseproc)client_traverse,
-    .tp_clear = (inquiry)client_clear,
-    .tp_methods = client_methods,
-    .tp_getset = client_getset,
-    .tp_doc = "a client connection's reader in the native exchange (mu_native.c)",
-};
+static PyTypeObject Client_Type = MU_VECTORCALL_TYPE(
+    "monolake.uring._native.Client", Client, client,
+    "a client connection's reader in the native exchange (mu_native.c)");
 
 /* ---- Upstream -------------------------------------------------------------------------- */
 
@@ -1005,6 +1099,11 @@ static int flatten(Upstream *u)
 static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *p, size_t n)
 {
     Engine *e = u->eng;
+    if (c->req_left > 0) { /* an answer before the whole body went up: the Python engine's */
+        if (keep_bytes(u, p, n) < 0)
+            return -1;
+        return late_decline(c, LATE_UPLOAD);
+    }
     if (c->wrote) {
         size_t take = (long long)n > c->remaining ? (size_t)c->remaining : n;
         int rc;
@@ -1053,19 +1152,28 @@ static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *
         Py_DECREF(out);
         return rc < 0 ? -1 : finish(c, 1);
     }
-    if (keep_bytes(u, p, n) < 0)
-        return -1;
+    /* the head is parsed where it is: in the read itself when nothing of it was held (the
+     * common case: the read is not copied whole), else in buf, where its start waits */
+    const char *base = p;
+    size_t blen = n;
+    if (u->len > 0) {
+        if (keep_bytes(u, p, n) < 0)
+            return -1;
+        base = u->buf;
+        blen = u->len;
+    }
+    int held = base == u->buf; /* buf has all the response bytes so far */
     mu_nx_response rs;
-    int prc = mu_nx_parse_response(u->buf, u->len, c->head_only, &rs);
-    if (prc < 0)
-        return 0; /* the head is not all here */
-    if (prc > 0)
-        return late_decline(c, prc);
-    if (rs.content_length > e->max_body)
-        return late_decline(c, LATE_BIG);
-    size_t have = u->len - rs.head_len;
-    if ((long long)have > rs.content_length)
-        return late_decline(c, LATE_EXTRA);
+    int prc = mu_nx_parse_response(base, blen, c->head_only, &rs);
+    if (prc < 0) /* the head is not all here: kept */
+        return held ? 0 : keep_bytes(u, p, n);
+    /* a late decline hands the Python engine the response bytes so far, from buf */
+    int why = prc > 0 ? prc : rs.content_length > e->max_body ? LATE_BIG : 0;
+    size_t have = blen - rs.head_len;
+    if (why == 0 && (long long)have > rs.content_length)
+        why = LATE_EXTRA;
+    if (why != 0)
+        return !held && keep_bytes(u, p, n) < 0 ? -1 : late_decline(c, why);
     if ((long long)have < rs.content_length && rs.content_length <= e->collect_max) {
         /* as the Python engine's parser: a small body is collected whole before the head
          * goes out (so an upstream that stops halfway gets a 502, not a cut response):
@@ -1073,8 +1181,12 @@ static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *
         PyObject *coll = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + (size_t)rs.content_length));
         if (coll == NULL)
             return -1;
-        mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(coll));
-        memcpy(PyBytes_AS_STRING(coll) + rs.client_len, u->buf + rs.head_len, have);
+        mu_nx_client_head(base, &rs, PyBytes_AS_STRING(coll));
+        memcpy(PyBytes_AS_STRING(coll) + rs.client_len, base + rs.head_len, have);
+        if (!held && keep_bytes(u, p, rs.head_len) < 0) { /* buf keeps the head (flatten) */
+            Py_DECREF(coll);
+            return -1;
+        }
         u->rs = rs;
         u->have_head = 1;
         u->coll = coll;
@@ -1083,12 +1195,12 @@ static int upstream_response(Upstream *u, Client *c, PyObject *obj, const char *
         return 0;
     }
     if (c->closing)
-        return late_decline(c, LATE_CLOSING);
+        return !held && keep_bytes(u, p, n) < 0 ? -1 : late_decline(c, LATE_CLOSING);
     PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rs.client_len + have));
     if (out == NULL)
         return -1;
-    mu_nx_client_head(u->buf, &rs, PyBytes_AS_STRING(out));
-    memcpy(PyBytes_AS_STRING(out) + rs.client_len, u->buf + rs.head_len, have);
+    mu_nx_client_head(base, &rs, PyBytes_AS_STRING(out));
+    memcpy(PyBytes_AS_STRING(out) + rs.client_len, base + rs.head_len, have);
     c->wrote = 1;
     c->status = rs.status;
     c->remaining = rs.content_length - (long long)have;
@@ -1249,8 +1361,22 @@ static PyObject *upstream_get_ep(Upstream *u, void *Py_UNUSED(closure))
     return PyLong_FromLong(u->ep);
 }
 
+/* write_paused(flag): the connection's transport went above (True) or back below (False) its
+ * high-water mark (its pause_writing / resume_writing): an upload's client reading follows */
+static PyObject *upstream_write_paused(Upstream *u, PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0)
+        return NULL;
+    u->wpaused = flag;
+    if (u->client != NULL && client_reading(u->client) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef upstream_methods[] = {
     {"lost", (PyCFunction)upstream_lost, METH_NOARGS, "the connection closed"},
+    {"write_paused", (PyCFunction)upstream_write_paused, METH_O, "its transport paused writing"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1271,21 +1397,9 @@ static PyGetSetDef upstream_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyTypeObject Upstream_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "monolake.uring._native.Upstream",
-    .tp_basicsize = sizeof(Upstream),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(Upstream, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = upstream_new,
-    .tp_dealloc = (destructor)upstream_dealloc,
-    .tp_traverse = (traverseproc)upstream_traverse,
-    .tp_clear = (inquiry)upstream_clear,
-    .tp_methods = upstream_methods,
-    .tp_getset = upstream_getset,
-    .tp_doc = "a pooled upstream connection's reader in the native exchange (mu_native.c)",
-};
+static PyTypeObject Upstream_Type = MU_VECTORCALL_TYPE(
+    "monolake.uring._native.Upstream", Upstream, upstream,
+    "a pooled upstream connection's reader in the native exchange (mu_native.c)");
 
 /* ---- module ---------------------------------------------------------------------------- */
 
@@ -1301,7 +1415,8 @@ static int add_constants(PyObject *m)
                    PyModule_AddIntConstant(m, "LATE_TIMEOUT", LATE_TIMEOUT) < 0 ||
                    PyModule_AddIntConstant(m, "LATE_BIG", LATE_BIG) < 0 ||
                    PyModule_AddIntConstant(m, "LATE_EXTRA", LATE_EXTRA) < 0 ||
-                   PyModule_AddIntConstant(m, "LATE_CLOSING", LATE_CLOSING) < 0
+                   PyModule_AddIntConstant(m, "LATE_CLOSING", LATE_CLOSING) < 0 ||
+                   PyModule_AddIntConstant(m, "LATE_UPLOAD", LATE_UPLOAD) < 0
                ? -1
                : 0;
 }
@@ -1312,7 +1427,6 @@ int mu_native_install(void)
 {
     PyGILState_STATE st = PyGILState_Ensure();
     int rc = -1;
-    PyObject *m = NULL;
     if (s_deadline == NULL) {
         s_deadline = PyUnicode_InternFromString("deadline");
         s_fresh = PyUnicode_InternFromString("fresh");
@@ -1322,32 +1436,18 @@ int mu_native_install(void)
         s_pause = PyUnicode_InternFromString("pause_reading");
         s_resume = PyUnicode_InternFromString("resume_reading");
         s_transport = PyUnicode_InternFromString("transport");
+        s_peer_closed = PyUnicode_InternFromString("peer_closed");
+        s_eof_received = PyUnicode_InternFromString("_eof_received"); /* uring/transport.py */
         if (!s_deadline || !s_fresh || !s_close || !s_abort || !s_close_conn || !s_pause ||
-            !s_resume || !s_transport)
+            !s_resume || !s_transport || !s_peer_closed || !s_eof_received)
             goto done;
     }
-    if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||
-        PyType_Ready(&Upstream_Type) < 0)
-        goto done;
-    m = PyModule_Create(&native_module);
-    if (m == NULL || add_constants(m) < 0)
-        goto done;
-    PyTypeObject *types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
-    const char *names[3] = {"Engine", "Client", "Upstream"};
-    for (int i = 0; i < 3; i++) {
-        Py_INCREF(types[i]);
-        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
-            Py_DECREF(types[i]);
-            goto done;
-        }
-    }
-    if (PyDict_SetItemString(PyImport_GetModuleDict(), "monolake.uring._native", m) < 0)
-        goto done;
-    rc = 0;
+    PyTypeObject *const types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
+    const char *const names[3] = {"Engine", "Client", "Upstream"};
+    rc = mu_publish_module(&native_module, types, names, 3, add_constants);
 done:
     if (rc != 0)
         PyErr_Clear();
-    Py_XDECREF(m);
     PyGILState_Release(st);
     return rc;
 }

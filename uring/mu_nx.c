@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "mu_head.h"
 #include "mu_nx.h"
 
 static const char *const reasons[MU_NX_REASONS] = {
@@ -56,17 +57,10 @@ static void classes_init(void)
 
 static int is_tchar(unsigned char c) { return classes[c] & CL_TCHAR; }
 
-static unsigned char low(unsigned char c) { return c >= 'A' && c <= 'Z' ? (unsigned char)(c + 32) : c; }
-
+/* a field name (a[0, n)) against a lower-case literal, in any case (mu_head.h) */
 static int ieq(const char *a, size_t n, const char *lit)
 {
-    size_t m = strlen(lit);
-    if (n != m)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (low((unsigned char)a[i]) != (unsigned char)lit[i])
-            return 0;
-    return 1;
+    return mu_ieq(a, n, lit, strlen(lit));
 }
 
 static int target_char(unsigned char c) { return classes[c] & CL_TARGET; }
@@ -117,6 +111,33 @@ static int line_at(const char *d, size_t n, size_t *pos, const char **p, size_t 
     *len = k - 1;
     *pos += k + 1;
     return 0;
+}
+
+/* The next field line of a head (count: the fields before it): 0 and its span, -1 at the
+ * blank line that ends the head, else a decline reason */
+static int field_line(const char *d, size_t n, size_t *pos, const char **line, size_t *len,
+                      size_t count)
+{
+    int rc = line_at(d, n, pos, line, len);
+    if (rc)
+        return rc;
+    if (*len == 0)
+        return -1;
+    return count >= MU_NX_MAX_FIELDS ? NX_FIELDS : 0;
+}
+
+/* A Content-Length value: its number, or -1 (empty, more than 15 digits, not all digits) */
+static long long length_value(const char *v, size_t vl)
+{
+    if (vl == 0 || vl > 15)
+        return -1;
+    long long x = 0;
+    for (size_t k = 0; k < vl; k++) {
+        if (v[k] < '0' || v[k] > '9')
+            return -1;
+        x = x * 10 + (v[k] - '0');
+    }
+    return x;
 }
 
 static int host_ok(const char *h, size_t n)
@@ -199,14 +220,9 @@ int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_req
     rq->host = NULL;
     rq->host_len = 0;
     rq->nfields = 0;
-    for (;;) {
-        rc = line_at(d, n, &pos, &line, &len);
+    while ((rc = field_line(d, n, &pos, &line, &len, rq->nfields)) != -1) {
         if (rc)
             return rc;
-        if (len == 0)
-            break;
-        if (rq->nfields == MU_NX_MAX_FIELDS)
-            return NX_FIELDS;
         size_t k = rq->nfields;
         rc = field(line, len, 1, &rq->names[k], &rq->name_lens[k], &rq->values[k], &rq->value_lens[k]);
         if (rc)
@@ -214,16 +230,9 @@ int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_req
         const char *nm = rq->names[k];
         size_t nl = rq->name_lens[k];
         if (ieq(nm, nl, "content-length")) {
-            const char *v = rq->values[k];
-            size_t vl = rq->value_lens[k];
-            if (rq->content_length >= 0 || vl == 0 || vl > 15)
+            long long x = length_value(rq->values[k], rq->value_lens[k]);
+            if (rq->content_length >= 0 || x < 0)
                 return NX_FRAMING;
-            long long x = 0;
-            for (size_t q2 = 0; q2 < vl; q2++) {
-                if (v[q2] < '0' || v[q2] > '9')
-                    return NX_FRAMING;
-                x = x * 10 + (v[q2] - '0');
-            }
             rq->content_length = x;
         }
         if (ieq(nm, nl, "transfer-encoding"))
@@ -245,9 +254,9 @@ int mu_nx_parse_request(const char *d, size_t all, long long max_body, mu_nx_req
     long long body = rq->content_length < 0 ? 0 : rq->content_length;
     if (body > max_body)
         return NX_FRAMING;
-    if ((long long)(all - n) < body)
-        return NX_INCOMPLETE; /* the body is not all here */
-    rq->total = n + (size_t)body;
+    long long have = (long long)(all - n) < body ? (long long)(all - n) : body;
+    rq->body_missing = body - have; /* the rest comes in later reads */
+    rq->total = n + (size_t)have;
     return NX_OK;
 }
 
@@ -270,26 +279,15 @@ static int dropped(const char *p, size_t n)
 static int conn_tokens(const char *p, size_t n)
 {
     int bits = 0;
-    size_t i = 0;
-    while (i <= n) {
-        size_t j = i;
-        while (j < n && p[j] != ',')
-            j++;
-        const char *s = p + i;
-        size_t m = j - i;
-        while (m > 0 && (*s == ' ' || *s == '\t')) {
-            s++;
-            m--;
-        }
-        while (m > 0 && (s[m - 1] == ' ' || s[m - 1] == '\t'))
-            m--;
+    size_t pos = 0, m;
+    const char *s;
+    while (mu_list_next(p, n, &pos, 0, &s, &m)) {
         if (ieq(s, m, "close"))
             bits |= 1;
         else if (ieq(s, m, "keep-alive"))
             bits |= 2;
         else if (m != 0)
             return -1;
-        i = j + 1;
     }
     return bits;
 }
@@ -333,29 +331,17 @@ int mu_nx_parse_response(const char *d, size_t n, int head_only, mu_nx_response 
     size_t client = 9 + 4 + (len - 13) + 2; /* "HTTP/1.1 " "200 " reason CRLF */
     long long clen = -1;
     int conn = 0, nf = 0;
-    for (;;) {
-        rc = line_at(d, hn, &pos, &line, &len);
+    while ((rc = field_line(d, hn, &pos, &line, &len, (size_t)nf++)) != -1) {
         if (rc)
             return rc;
-        if (len == 0)
-            break;
-        if (++nf > MU_NX_MAX_FIELDS)
-            return NX_FIELDS;
         const char *nm, *v;
         size_t nl, vl;
         rc = field(line, len, 0, &nm, &nl, &v, &vl);
         if (rc)
             return rc;
         if (ieq(nm, nl, "content-length")) {
-            if (vl == 0 || vl > 15)
-                return NX_RESP_FRAMING;
-            long long x = 0;
-            for (size_t k = 0; k < vl; k++) {
-                if (v[k] < '0' || v[k] > '9')
-                    return NX_RESP_FRAMING;
-                x = x * 10 + (v[k] - '0');
-            }
-            if (clen >= 0 && x != clen)
+            long long x = length_value(v, vl);
+            if (x < 0 || (clen >= 0 && x != clen))
                 return NX_RESP_FRAMING;
             clen = x;
         } else if (ieq(nm, nl, "transfer-encoding")) {
@@ -407,7 +393,7 @@ void mu_nx_client_head(const char *d, const mu_nx_response *rs, char *out)
         if (dropped(nm, nl))
             continue;
         for (size_t i = 0; i < nl; i++)
-            *o++ = (char)low((unsigned char)nm[i]);
+            *o++ = (char)mu_low((unsigned char)nm[i]);
         *o++ = ':';
         *o++ = ' ';
         memcpy(o, v, vl);

@@ -15,8 +15,8 @@
 #define MU_NX_MAX_FIELDS 64
 #define MU_NX_MAX_HEAD 8192
 
-/* a request C serves: the spans of one whole head, and its Content-Length body (all of it
- * in the same bytes, nothing after it) */
+/* a request C serves: the spans of one whole head, and its Content-Length body: what of it
+ * is in the same bytes (body_missing: the bytes of it still to come, in later reads) */
 typedef struct {
     const char *method;
     size_t method_len;
@@ -29,6 +29,7 @@ typedef struct {
     long long content_length; /* -1: none */
     size_t head_len;          /* the head's bytes; the body follows */
     size_t total;             /* head and body: what follows is the next request's */
+    long long body_missing;   /* body bytes not here yet (0: the request is whole) */
     size_t nfields;
     const char *names[64];  /* MU_NX_MAX_FIELDS */
     size_t name_lens[64];
@@ -36,9 +37,10 @@ typedef struct {
     size_t value_lens[64];
 } mu_nx_request;
 
-/* 0: `d` (n bytes) starts with one whole request C serves (its head, then a Content-Length
- * body of at most max_body bytes; rq->total bytes, pipelined ones may follow), its spans in
- * *rq; else the reason it is declined (> 0, see mu_nx_decline_reason). */
+/* 0: `d` (n bytes) starts with a whole request head C serves, then its Content-Length body
+ * of at most max_body bytes, or the start of it (rq->body_missing bytes of it are still to
+ * come); rq->total bytes, pipelined ones may follow a whole request; its spans in *rq; else
+ * the reason it is declined (> 0, see mu_nx_decline_reason). */
 int mu_nx_parse_request(const char *d, size_t n, long long max_body, mu_nx_request *rq);
 const char *mu_nx_decline_reason(int code);
 

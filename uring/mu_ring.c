@@ -472,25 +472,30 @@ int mu_accept(mu_ring *r, int fd, uint64_t ud)
     PREP_KEYED(r, ud, io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC));
 }
 
-/* Cancel the operation(s) with this user_data; the cancel's own CQE is swallowed. */
-int mu_cancel(mu_ring *r, uint64_t ud)
+/* A cancel of every operation matching (ud, or fd when by_fd); its own CQE is swallowed. */
+static int cancel_all(mu_ring *r, uint64_t ud, int fd, int by_fd)
 {
     struct io_uring_sqe *sqe = get_sqe(r);
     if (sqe == NULL)
         return -EBUSY;
-    io_uring_prep_cancel64(sqe, ud, IORING_ASYNC_CANCEL_ALL);
+    if (by_fd)
+        io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
+    else
+        io_uring_prep_cancel64(sqe, ud, IORING_ASYNC_CANCEL_ALL);
     io_uring_sqe_set_data64(sqe, MU_INTERNAL | CK_IGNORE);
     return 0;
 }
 
+/* Cancel the operation(s) with this user_data. */
+int mu_cancel(mu_ring *r, uint64_t ud)
+{
+    return cancel_all(r, ud, -1, 0);
+}
+
+/* Cancel the operation(s) on this fd. */
 int mu_cancel_fd(mu_ring *r, int fd)
 {
-    struct io_uring_sqe *sqe = get_sqe(r);
-    if (sqe == NULL)
-        return -EBUSY;
-    io_uring_prep_cancel_fd(sqe, fd, IORING_ASYNC_CANCEL_ALL);
-    io_uring_sqe_set_data64(sqe, MU_INTERNAL | CK_IGNORE);
-    return 0;
+    return cancel_all(r, 0, fd, 1);
 }
 
 /* A timeout reported to Python as ud (res -ETIME when it fires). Submitted at once: the kernel

@@ -43,6 +43,7 @@ def c_request(data: bytes) -> Any:
         rq.content_length,
         rq.head_len,
         rq.total,
+        rq.body_missing,
     )
 
 

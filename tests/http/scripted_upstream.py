@@ -5,7 +5,10 @@ connection: what the differential test compares between the two engines
 A request for ``/k/<name>`` (any query) gets ``SCRIPTS[name]``: a list of ``bytes`` to send
 (each its own write, a short pause between), ``CLOSE`` to close the connection there, or a
 number of seconds to stay silent.
-Request bodies are not read (the corpus sends none upstream)."""
+Request bodies are not read (they arrive as bytes before the next head), except for a name
+starting with ``read``: its Content-Length body is read before the answer (an upload the
+upstream takes whole; ``readclose`` then closes instead of answering), and ``part*``, which
+answers after the first ``PART`` bytes of it."""
 
 from __future__ import annotations
 
@@ -59,7 +62,11 @@ SCRIPTS: dict[str, list[bytes | float | None]] = {
     "304cl": [b'HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\nETag: "y"\r\n\r\n'],
     "silent": [2.5, CLOSE],
     "slow": [0.3, _ok(b"slow")],
+    "readok": [_ok(b"got it")],
+    "readclose": [CLOSE],
+    "partial": [b"HTTP/1.1 413 Too Large\r\nContent-Length: 4\r\n\r\nbig!"],
 }
+PART = 2 << 20  # what ``part*`` reads of a body before it answers
 
 
 class ScriptedUpstream:
@@ -126,6 +133,19 @@ class ScriptedUpstream:
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 target = head.split(b"\r\n", 1)[0].split(b" ")[1]
                 name = target.split(b"?", 1)[0].rsplit(b"/", 1)[-1].decode()
+                if name.startswith(("read", "part")):
+                    cl = [ln for ln in head.lower().split(b"\r\n") if ln.startswith(b"content-length:")]
+                    need = int(cl[0].split(b":")[1]) if cl else 0
+                    if name.startswith("part"):  # answers after PART bytes of the body
+                        need = min(need, PART)
+                    while len(buf) < need:
+                        data = conn.recv(65536)
+                        if not data:
+                            return
+                        with self._lock:
+                            rec += data
+                        buf += data
+                    buf = buf[need:]
                 for piece in SCRIPTS.get(name, SCRIPTS["ok"]):
                     if piece is None:
                         conn.close()

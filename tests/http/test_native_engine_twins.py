@@ -24,6 +24,8 @@ REQUESTS = [
     b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
     b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcd",  # "d" is the next request's
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nab",  # an upload: 1 byte to come
+    b"PUT /u HTTP/1.1\r\nHost: a\r\nContent-Length: 50331648\r\n\r\n",  # all of it to come
     b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",  # pipelined
 ]
 RESPONSES = [
@@ -71,7 +73,7 @@ def test_request_examples(data: bytes) -> None:
         b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1234567890123456\r\n\r\nab",  # 16 digits
         b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na",
         b"OPTIONS / HTTP/1.1\r\nHost: a\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -85,6 +87,17 @@ def test_request_examples(data: bytes) -> None:
 def test_request_declined(data: bytes) -> None:
     assert isinstance(ne.parse_request(data), str)
     assert c_request(data) == ne.parse_request(data)
+
+
+def test_request_upload_spans() -> None:
+    """An upload that spans reads: what is here of its body, what is still to come."""
+    head = b"PUT /u HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+    for have in range(12):
+        data = head + b"x" * have
+        want = ne.parse_request(data)
+        assert isinstance(want, ne.ParsedRequest)
+        assert (want.total, want.body_missing) == (len(head) + min(have, 10), max(0, 10 - have))
+        assert c_request(data) == want
 
 
 def test_request_generated() -> None:

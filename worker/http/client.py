@@ -305,12 +305,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     # flow control: our transport is full -> stop reading the client's body
     def pause_writing(self) -> None:
+        if self.native is not None:
+            self.native.write_paused(True)  # an upload C relays: its client stops being read
         if self._req_body is not None:
             self._req_body.pause()
         if self._tunnel is not None:
             self._tunnel.upstream_write_paused(True)
 
     def resume_writing(self) -> None:
+        if self.native is not None:
+            self.native.write_paused(False)
         if self._req_body is not None:
             self._req_body.resume()
         if self._tunnel is not None:

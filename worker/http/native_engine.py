@@ -59,8 +59,11 @@ _POLICIES = ("random", "weighted_random", "round_robin", "first", "least_conn")
 # a response body C relays (the upstream's reading follows the client's pause_writing /
 # resume_writing): any length below the server's splice_threshold, whose bodies Python splices
 MAX_BODY = 1 << 62
-# a request body C forwards: all of it in the read that brought its head, at most this
-REQUEST_BODY_MAX = 64 * 1024
+# a request body C forwards (as it comes, over any number of reads, with backpressure: the
+# client's reading pauses while the upstream connection is above its high-water mark): any
+# length below the server's max_body_size (the Python engine answers 413) and its
+# splice_threshold (the Python engine splices it)
+REQUEST_BODY_MAX = MAX_BODY
 # diagnostics: the engine's counters written here at each timeout sweep (tests read them from a
 # standalone worker, which has no stats endpoint)
 STATS_FILE_ENV = "MONOLAKE_NATIVE_STATS_FILE"
@@ -387,7 +390,8 @@ class ParsedRequest:
     fields: tuple[tuple[bytes, bytes], ...]
     content_length: int = -1  # -1: none
     head_len: int = 0
-    total: int = 0  # head and body; pipelined bytes may follow
+    total: int = 0  # head and body (what of it is here); pipelined bytes may follow
+    body_missing: int = 0  # body bytes still to come (later reads)
 
 
 def _field(line: bytes, strict: bool) -> tuple[bytes, bytes] | None:
@@ -481,9 +485,8 @@ def parse_request(data: bytes, max_body: int = REQUEST_BODY_MAX) -> ParsedReques
     body = max(clen, 0)
     if body > max_body:
         return "framing"
-    if len(data) - n < body:
-        return "incomplete"
-    return ParsedRequest(method, path, query, host, tuple(fields), clen, n, n + body)
+    have = min(len(data) - n, body)
+    return ParsedRequest(method, path, query, host, tuple(fields), clen, n, n + have, body - have)
 
 
 @dataclass(frozen=True)
