@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -69,6 +70,27 @@ def wait_for(
         f"timed out after {timeout}s waiting for {what}"
         + (f" (last error: {last_exc!r})" if last_exc else "")
     )
+
+
+def staggered(fn: Callable[[], T], n: int, join: float) -> list[tuple[T, float]]:
+    """``fn()`` in ``n`` threads started 37 ms apart (deadlines spread over a 0.25 s sweep
+    interval): each one's result and how long it took. Each thread is joined for ``join`` s."""
+    results: list[Any] = [None] * n
+
+    def timed(i: int) -> None:
+        start = time.monotonic()
+        outcome = fn()
+        results[i] = (outcome, time.monotonic() - start)
+
+    threads = []
+    for i in range(n):
+        t = threading.Thread(target=timed, args=(i,))
+        t.start()
+        threads.append(t)
+        time.sleep(0.037)  # spread the deadlines over the sweep interval
+    for t in threads:
+        t.join(join)
+    return results
 
 
 def pid_alive(pid: int) -> bool:

@@ -114,7 +114,8 @@ def test_discovered_addresses_listed_shown_and_kept_disabled_across_re_resolutio
 def test_thrift_discovered_address_disabled_stays_disabled_when_it_returns(
     master_factory, tmp_path, dnsmasq
 ) -> None:
-    from tests.discovery.test_thrift_dns import both_backends, name_socket, shared_port, start, whoami
+    from tests.discovery.test_thrift_dns import both_backends, name_socket, shared_port, start
+    from tests.thrift.thrift_support import whoami
 
     up = shared_port()
     both = ["127.0.0.2 app.test", "127.0.0.3 app.test"]

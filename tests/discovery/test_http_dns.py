@@ -150,13 +150,14 @@ def test_srv_priorities_and_weights(start, dnsmasq, backends, runtime_type) -> N
         f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1",
     ]
     d = dnsmasq(hosts, ttl=1, extra=srv)
-    _m, port = start(
+    m, port = start(
         d,
         '{ endpoint = { type = "srv", value = "_http._tcp.app.test" } }',
         runtime_type,
         route='load_balancer = "weighted_random"\neject_after_failures = 1\neject_duration_sec = 30',
     )
-    load = Load(port)
+    changes = lambda: [e for e in m.log_events() if e.get("event") == "dns_records_changed"]  # noqa: E731
+    load = Load(port, clients=4)  # 800 picks in ~2 s, not ~4 s: each client is paced at ~100/s
     try:
         wait_for(lambda: sum(load.snapshot().values()) > 800, timeout=30, what="800 requests")
         got = load.snapshot()
@@ -167,6 +168,7 @@ def test_srv_priorities_and_weights(start, dnsmasq, backends, runtime_type) -> N
         assert a.hosts == {"app.test"}  # the Host header is the service's name
 
         # SRV weights change (new records, same port): the split follows within a TTL or two
+        seen = len(changes())
         d.restart(
             extra=[
                 f"--srv-host=_http._tcp.app.test,a.test,{a.port},10,1",
@@ -174,7 +176,9 @@ def test_srv_priorities_and_weights(start, dnsmasq, backends, runtime_type) -> N
                 f"--srv-host=_http._tcp.app.test,c.test,{c.port},20,1",
             ]
         )
-        time.sleep(2.5)
+        # the new weights are in the balancer once the worker logged the change (it updates
+        # the balancer as it logs): picks counted from then on, not after a fixed 2.5 s
+        wait_for(lambda: len(changes()) > seen, timeout=10, what="the new SRV weights to be resolved")
         before = load.snapshot()
         wait_for(lambda: sum(load.since(before).values()) > 800, timeout=30, what="800 more")
         got = load.since(before)

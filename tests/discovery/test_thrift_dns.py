@@ -4,24 +4,14 @@ against real thriftpy2 backends on 127.0.0.2/3 and a real dnsmasq, without a rel
 from __future__ import annotations
 
 import socket
-import subprocess
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.support import PYTHON, free_port, spawned, wait_for
-from tests.thrift.thrift_support import HERE, client
-
-
-@contextmanager
-def thrift_backend(address: str, port: int, name: str) -> Iterator[None]:
-    args = [PYTHON, str(HERE / "backend.py"), "--listen", f"tcp:{address}:{port}", "--name", name]
-    with spawned(args, stdout=subprocess.PIPE, text=True) as proc:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("READY "), line
-        yield
+from tests.support import free_port, wait_for
+from tests.thrift.thrift_support import backend, whoami
 
 
 def shared_port() -> int:
@@ -65,7 +55,7 @@ def name_socket(port: int) -> str:
 @contextmanager
 def both_backends(port: int) -> Iterator[None]:
     """Backends t2 on 127.0.0.2 and t3 on 127.0.0.3, both on ``port``."""
-    with thrift_backend("127.0.0.2", port, "t2"), thrift_backend("127.0.0.3", port, "t3"):
+    with backend(tcp=f"127.0.0.2:{port}", name="t2"), backend(tcp=f"127.0.0.3:{port}", name="t3"):
         yield
 
 
@@ -75,14 +65,6 @@ def start(master_factory: Any, tmp_path: Path, d: Any, upstreams: str, runtime_t
     m = master_factory(config(tmp_path, port, d.nameserver, upstreams, runtime_type))
     m.wait_ready()
     return m, port
-
-
-def whoami(port: int, n: int) -> list[str]:
-    c = client(f"127.0.0.1:{port}")
-    try:
-        return [c.whoami() for _ in range(n)]
-    finally:
-        c.close()
 
 
 def test_thrift_addresses_join_and_leave(master_factory, tmp_path, dnsmasq, runtime_type) -> None:
@@ -132,7 +114,7 @@ def test_thrift_dead_address_of_a_name_fails_no_call(master_factory, tmp_path, d
     another address of the name, and ejects the dead one."""
     up = shared_port()
     d = dnsmasq(["127.0.0.2 app.test", "127.0.0.3 app.test"], ttl=1)  # nothing on 127.0.0.3
-    with thrift_backend("127.0.0.2", up, "t2"):
+    with backend(tcp=f"127.0.0.2:{up}", name="t2"):
         m, port = start(master_factory, tmp_path, d, name_socket(up), runtime_type)
         assert whoami(port, 20) == ["t2"] * 20
         ejected = [e for e in m.log_events() if e.get("event") == "thrift_upstream_ejected"]

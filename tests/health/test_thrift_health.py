@@ -3,27 +3,15 @@ backends, a backend that dies, and a method every backend refuses (TApplicationE
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from tests.health.conftest import row_of, wait_health
-from tests.support import PYTHON, free_port, spawned, wait_for
-from tests.thrift.thrift_support import HERE, client
+from tests.support import free_port, wait_for
+from tests.thrift.thrift_support import backend, whoami
 
 CHECK = "interval_sec = 0.2, timeout_sec = 0.2, fall = 2, rise = 2"
-
-
-@contextmanager
-def thrift_backend(port: int, name: str) -> Iterator[subprocess.Popen]:
-    args = [PYTHON, str(HERE / "backend.py"), "--listen", f"tcp:127.0.0.1:{port}", "--name", name]
-    with spawned(args, stdout=subprocess.PIPE, text=True) as proc:
-        line = proc.stdout.readline() if proc.stdout else ""
-        assert line.startswith("READY "), line
-        yield proc
 
 
 def config(tmp_path, p1: int, p2: int, u1: int, u2: int) -> str:
@@ -52,17 +40,9 @@ def config(tmp_path, p1: int, p2: int, u1: int, u2: int) -> str:
     """)
 
 
-def whoami(port: int, n: int) -> list[str]:
-    c = client(f"127.0.0.1:{port}")
-    try:
-        return [c.whoami() for _ in range(n)]
-    finally:
-        c.close()
-
-
 def test_thrift_check_takes_out_a_dead_backend_and_rejects_when_all_fail(master_factory, tmp_path) -> None:
     u1, u2, p1, p2 = free_port(), free_port(), free_port(), free_port()
-    with thrift_backend(u1, "t1"), thrift_backend(u2, "t2") as proc2:
+    with backend(tcp=f"127.0.0.1:{u1}", name="t1"), backend(tcp=f"127.0.0.1:{u2}", name="t2") as (_, proc2):
         m = master_factory(config(tmp_path, p1, p2, u1, u2))
         m.wait_ready()
         wait_for(

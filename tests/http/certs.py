@@ -21,8 +21,7 @@ def _run(*args: str, cwd: Path) -> None:
 NEW_EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
 
 
-def make_ca(d: Path, name: str = "monolake-test-ca") -> Cert:
-    key, crt = d / f"{name}.key", d / f"{name}.pem"
+def _self_signed(d: Path, key: Path, crt: Path, cn: str, *extra: str) -> Cert:
     _run(
         "req",
         "-x509",
@@ -34,10 +33,24 @@ def make_ca(d: Path, name: str = "monolake-test-ca") -> Cert:
         "-days",
         "2",
         "-subj",
-        f"/CN={name}",
+        f"/CN={cn}",
+        *extra,
         cwd=d,
     )
     return Cert(crt, key)
+
+
+def make_ca(d: Path, name: str = "monolake-test-ca") -> Cert:
+    return _self_signed(d, d / f"{name}.key", d / f"{name}.pem", name)
+
+
+def _alt_names(sans: list[str]) -> str:
+    return ",".join(f"IP:{s}" if s[0].isdigit() or ":" in s else f"DNS:{s}" for s in sans)
+
+
+def self_signed(d: Path, cn: str, sans: list[str]) -> Cert:
+    """A self-signed server certificate (its own CA) for ``cn`` and ``sans``: d/cert.pem, d/key.pem."""
+    return _self_signed(d, d / "key.pem", d / "cert.pem", cn, "-addext", f"subjectAltName={_alt_names(sans)}")
 
 
 def make_cert(d: Path, ca: Cert, cn: str, sans: list[str], client: bool = False) -> Cert:
@@ -53,7 +66,7 @@ def make_cert(d: Path, ca: Cert, cn: str, sans: list[str], client: bool = False)
         f"/CN={cn}",
         cwd=d,
     )
-    alt = ",".join(f"IP:{s}" if s[0].isdigit() or ":" in s else f"DNS:{s}" for s in sans)
+    alt = _alt_names(sans)
     usage = "clientAuth" if client else "serverAuth"
     ext.write_text(
         f"subjectAltName={alt}\nextendedKeyUsage={usage}\n" if alt else f"extendedKeyUsage={usage}\n"

@@ -361,6 +361,17 @@ def serve_proxy(param: tuple[str, str], tmp: Path, tables: str) -> Iterator[Work
         yield w
 
 
+def proxy_fixture(tables: Callable[[Any], str]) -> Any:
+    """A module-scoped ``proxy`` fixture over VARIANTS: ``serve_proxy`` of ``tables(upstream)``,
+    the module's ``upstream`` (``upstream_fixture``) passed in."""
+
+    @pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
+    def proxy(request: pytest.FixtureRequest, upstream: Any, tmp_path_factory: Any) -> Iterator[Worker]:
+        yield from serve_proxy(request.param, tmp_path_factory.mktemp("w"), tables(upstream))
+
+    return proxy
+
+
 def upstream_fixture(name: str) -> Any:
     """A module-scoped ``upstream`` fixture: one tests/http/upstream.py server for the module."""
     from tests.http.upstream import UpstreamServer

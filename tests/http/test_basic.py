@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.http.conftest import (
-    VARIANT_IDS,
-    VARIANTS,
     Conn,
-    serve_proxy,
+    proxy_fixture,
     upstream_fixture,
 )
 from tests.http.upstream import pattern
@@ -16,11 +12,8 @@ from tests.http.upstream import pattern
 upstream = upstream_fixture("up1")
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
-def proxy(request, upstream, tmp_path_factory):
-    yield from serve_proxy(
-        request.param,
-        tmp_path_factory.mktemp("w"),
+proxy = proxy_fixture(
+    lambda upstream: (
         f"""
 [[servers.px.routes]]
 path = "/"
@@ -38,8 +31,9 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path = "/fixed"
 upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}/target/path?a=1" }} }}]
-""",
+"""
     )
+)
 
 
 def test_hello_names_monolake_slot_and_pid(proxy):

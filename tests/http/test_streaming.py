@@ -10,10 +10,8 @@ import time
 import pytest
 
 from tests.http.conftest import (
-    VARIANT_IDS,
-    VARIANTS,
     Conn,
-    serve_proxy,
+    proxy_fixture,
     upstream_fixture,
 )
 from tests.http.upstream import pattern
@@ -30,11 +28,8 @@ BLOCK = pattern(1 << 20)
 upstream = upstream_fixture("st")
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
-def proxy(request, upstream, tmp_path_factory):
-    yield from serve_proxy(
-        request.param,
-        tmp_path_factory.mktemp("w"),
+proxy = proxy_fixture(
+    lambda upstream: (
         f"""[[servers.px.routes]]
 path_prefix = "/up"
 preserve_path = true
@@ -42,8 +37,9 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path_prefix = "/echo"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "echo" }} }}]
-""",
+"""
     )
+)
 
 
 def _upload(c: Conn, path: str, size: int, chunked: bool, proxy, check_every: int = 32) -> tuple[dict, int]:

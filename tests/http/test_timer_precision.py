@@ -9,36 +9,20 @@ luck (about 1 in 1,000)."""
 from __future__ import annotations
 
 import socket
-import threading
-import time
 
 import pytest
 
 from tests.http.conftest import ENGINE_LOOPS, Conn, proxy_config, run_worker
 from tests.http.upstream import UpstreamServer
+from tests.support import staggered
 
 TIMEOUT = 1.0
 LATE = 0.08  # the bound on lateness asserted (a loaded CI machine included)
 N = 6
 
 
-def _timed(fn, results: list, i: int) -> None:
-    start = time.monotonic()
-    status = fn()
-    results[i] = (status, time.monotonic() - start)
-
-
 def _staggered(fn) -> list[tuple[int, float]]:
-    results: list = [None] * N
-    threads = []
-    for i in range(N):
-        t = threading.Thread(target=_timed, args=(fn, results, i))
-        t.start()
-        threads.append(t)
-        time.sleep(0.037)  # spread the deadlines over the sweep interval
-    for t in threads:
-        t.join(10)
-    return results
+    return staggered(fn, N, join=10)
 
 
 @pytest.fixture(scope="module", params=ENGINE_LOOPS)

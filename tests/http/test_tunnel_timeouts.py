@@ -5,24 +5,17 @@ from __future__ import annotations
 import socket
 import time
 
-import pytest
-
 from tests.http.conftest import (
-    VARIANT_IDS,
-    VARIANTS,
     Conn,
-    serve_proxy,
+    proxy_fixture,
     upstream_fixture,
 )
 
 upstream = upstream_fixture("ws")
 
 
-@pytest.fixture(scope="module", params=VARIANTS, ids=VARIANT_IDS)
-def proxy(request, upstream, tmp_path_factory):
-    yield from serve_proxy(
-        request.param,
-        tmp_path_factory.mktemp("w"),
+proxy = proxy_fixture(
+    lambda upstream: (
         f"""[servers.px.timeout]
 server_keepalive_timeout_sec = 0.6
 server_read_header_timeout_sec = 0.6
@@ -34,8 +27,9 @@ upstreams = [{{ endpoint = {{ type = "uri", value = "{upstream.url}" }} }}]
 [[servers.px.routes]]
 path = "/"
 upstreams = [{{ endpoint = {{ type = "builtin", value = "hello" }} }}]
-""",
+"""
     )
+)
 
 
 UPGRADE = (

@@ -12,7 +12,6 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from thriftpy2.thrift import TApplicationException
 
+from tests.http.certs import self_signed
 from tests.thrift.thrift_support import (
     E,
     Proxy,
@@ -87,31 +87,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         dead = free_port()
         cert = tmp / "cert.pem"
         if shutil.which("openssl"):
-            subprocess.run(
-                [
-                    "openssl",
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    str(tmp / "key.pem"),
-                    "-out",
-                    str(cert),
-                    "-days",
-                    "2",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+            self_signed(tmp, "127.0.0.1", ["127.0.0.1"])
 
         def server(name: str, body: str, lst: str | None = None) -> str:
             lst = lst or listener(f"127.0.0.1:{free_port()}")

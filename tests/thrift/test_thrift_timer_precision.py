@@ -10,7 +10,6 @@ the bound would be luck (about 1 in 1,000)."""
 from __future__ import annotations
 
 import struct
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from thriftpy2.thrift import TApplicationException
 
+from tests.support import staggered
 from tests.thrift.thrift_support import (
     backend,
     client,
@@ -38,22 +38,7 @@ N = 6
 
 
 def _staggered(fn: Callable[[], Any]) -> list[tuple[Any, float]]:
-    results: list[Any] = [None] * N
-
-    def timed(i: int) -> None:
-        start = time.monotonic()
-        outcome = fn()
-        results[i] = (outcome, time.monotonic() - start)
-
-    threads = []
-    for i in range(N):
-        t = threading.Thread(target=timed, args=(i,))
-        t.start()
-        threads.append(t)
-        time.sleep(0.037)  # spread the deadlines over the sweep interval
-    for t in threads:
-        t.join(15)
-    return results
+    return staggered(fn, N, join=15)
 
 
 class Env:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support import free_port, wait_for
-from tests.thrift.thrift_support import backend, client, endpoint
+from tests.thrift.thrift_support import backend, client, endpoint, whoami
 
 
 @pytest.fixture
@@ -54,20 +54,12 @@ def row(listing: dict, address: str) -> dict:
     return next(r for r in listing["upstreams"] if r["address"] == address)
 
 
-def names(port: int, n: int) -> list[str]:
-    c = client(f"127.0.0.1:{port}")
-    try:
-        return [c.whoami() for _ in range(n)]
-    finally:
-        c.close()
-
-
 def test_list_disable_enable_weight(master_factory, tmp_path, three) -> None:
     a1, a2, _ = three
     port = free_port()
     m = master_factory(config(tmp_path, port, [a1, a2], balancer="weighted_random"))
     m.wait_ready()
-    names(port, 6)
+    whoami(port, 6)
     listing = upstreams(m)
     r1 = row(listing, a1)
     assert r1["server"] == "rpc" and r1["route"] == "(default)" and r1["proxy"] == "thrift", r1
@@ -75,10 +67,10 @@ def test_list_disable_enable_weight(master_factory, tmp_path, three) -> None:
     assert sum(row(listing, a)["requests"] for a in (a1, a2)) == 6
     assert upstreams(m, "disable", "rpc", a1)["ok"]
     assert row(upstreams(m), a1)["state"] == "disabled"
-    assert set(names(port, 12)) == {"t2"}
+    assert set(whoami(port, 12)) == {"t2"}
     assert upstreams(m, "enable", "rpc", a1)["ok"]
     assert upstreams(m, "weight", "rpc", a2, "30")["ok"]
-    got = names(port, 150)
+    got = whoami(port, 150)
     assert got.count("t2") / len(got) > 0.85, got.count("t2")  # 30:1 expects ~0.97
 
 
@@ -87,7 +79,7 @@ def test_drain_and_remove_let_calls_in_flight_finish(master_factory, tmp_path, t
     port = free_port()
     m = master_factory(config(tmp_path, port, [a1, a2], balancer="first", workers=1))
     m.wait_ready()
-    assert set(names(port, 3)) == {"t1"}
+    assert set(whoami(port, 3)) == {"t1"}
     slow: dict = {}
 
     def call() -> None:
@@ -103,7 +95,7 @@ def test_drain_and_remove_let_calls_in_flight_finish(master_factory, tmp_path, t
     out = upstreams(m, "remove", "rpc", "(default)", a1)
     assert out["ok"] and out["workers"][0]["applied"] == 1, out
     assert [r["address"] for r in upstreams(m)["upstreams"]] == [a2]
-    assert set(names(port, 4)) == {"t2"}
+    assert set(whoami(port, 4)) == {"t2"}
     t.join(20)
     assert slow["r"] == "late"  # the call in flight on the removed upstream finished
 
@@ -111,10 +103,10 @@ def test_drain_and_remove_let_calls_in_flight_finish(master_factory, tmp_path, t
     assert out["ok"], out
     assert row(upstreams(m), a3)["weight"] == 2
     assert upstreams(m, "drain", "rpc", a2)["ok"]
-    assert set(names(port, 4)) == {"t3"}
+    assert set(whoami(port, 4)) == {"t3"}
     wait_for(lambda: row(upstreams(m), a2)["idle"] == 0, timeout=5, what="t2's idle connections closed")
     assert upstreams(m, "enable", "rpc", a2)["ok"]
-    assert set(names(port, 3)) == {"t2"}  # "first": t2 leads the list again
+    assert set(whoami(port, 3)) == {"t2"}  # "first": t2 leads the list again
 
     r = m.cli("reload", timeout=60)
     assert r.returncode == 0, r.stderr
@@ -144,4 +136,4 @@ def test_refusals_change_nothing(master_factory, tmp_path, three) -> None:
     listing = upstreams(m)
     assert [(r["address"], r["state"]) for r in listing["upstreams"]] == [(a1, "up")]
     assert listing["edits"] == [] and listing["overrides"] == []
-    assert set(names(port, 3)) == {"t1"}
+    assert set(whoami(port, 3)) == {"t1"}

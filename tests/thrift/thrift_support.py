@@ -36,6 +36,7 @@ __all__ = [
     "encode_call",
     "decode_reply",
     "client",
+    "whoami",
 ]
 E = echo_thrift
 
@@ -98,6 +99,15 @@ def client(addr: str, transport: str = "framed", timeout: float = 10.0):
         return make_client(E.Echo, unix_socket=addr, trans_factory=tf, timeout=ms)
     host, _, port = addr.rpartition(":")
     return make_client(E.Echo, host.strip("[]"), int(port), trans_factory=tf, timeout=ms)
+
+
+def whoami(port: int, n: int) -> list[str]:
+    """The backend names that ``n`` calls on one connection to 127.0.0.1:``port`` got."""
+    c = client(f"127.0.0.1:{port}")
+    try:
+        return [c.whoami() for _ in range(n)]
+    finally:
+        c.close()
 
 
 def connect(addr: str, timeout: float = 10.0) -> socket.socket:
@@ -292,10 +302,16 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 @contextmanager
 def backend(
-    transport: str = "framed", *, unix: str | None = None, name: str = "b1", protocol: str = "binary"
+    transport: str = "framed",
+    *,
+    unix: str | None = None,
+    tcp: str = "127.0.0.1:0",
+    name: str = "b1",
+    protocol: str = "binary",
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real thriftpy2 Echo server process; yields its address ("127.0.0.1:port" or a unix path)."""
-    listen = f"unix:{unix}" if unix else "tcp:127.0.0.1:0"
+    """A real thriftpy2 Echo server process on ``tcp`` ("host:port", port 0: any) or the unix
+    socket ``unix``; yields its address ("127.0.0.1:port" or a unix path)."""
+    listen = f"unix:{unix}" if unix else f"tcp:{tcp}"
     args = [
         PYTHON,
         str(HERE / "backend.py"),
