@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "mu_pyglue.h"
+#include "mu_pytype.h"
 #include "mu_thrift.h"
 #include "mu_thrift_frame.h"
 
@@ -858,34 +859,17 @@ int mu_thrift_install(void)
 {
     PyGILState_STATE st = PyGILState_Ensure();
     int rc = -1;
-    PyObject *m = NULL;
     if (s_close_if_idle == NULL) {
         s_close_if_idle = PyUnicode_InternFromString("close_if_idle");
         if (s_close_if_idle == NULL)
             goto done;
     }
-    if (PyType_Ready(&Engine_Type) < 0 || PyType_Ready(&Client_Type) < 0 ||
-        PyType_Ready(&Upstream_Type) < 0)
-        goto done;
-    m = PyModule_Create(&thrift_module);
-    if (m == NULL || add_constants(m) < 0)
-        goto done;
-    PyTypeObject *types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
-    const char *names[3] = {"Engine", "Client", "Upstream"};
-    for (int i = 0; i < 3; i++) {
-        Py_INCREF(types[i]);
-        if (PyModule_AddObject(m, names[i], (PyObject *)types[i]) < 0) {
-            Py_DECREF(types[i]);
-            goto done;
-        }
-    }
-    if (PyDict_SetItemString(PyImport_GetModuleDict(), "monolake.uring._thrift", m) < 0)
-        goto done;
-    rc = 0;
+    PyTypeObject *const types[3] = {&Engine_Type, &Client_Type, &Upstream_Type};
+    const char *const names[3] = {"Engine", "Client", "Upstream"};
+    rc = mu_publish_module(&thrift_module, types, names, 3, add_constants);
 done:
     if (rc != 0)
         PyErr_Clear();
-    Py_XDECREF(m);
     PyGILState_Release(st);
     return rc;
 }
