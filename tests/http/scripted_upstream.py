@@ -48,6 +48,10 @@ SCRIPTS: dict[str, list[bytes | float | None]] = {
     "204": [b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n"],
     "304": [b'HTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n'],
     "chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+    "chunkext": [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5;ext=1\r\nhel",
+        b'lo\r\n3 ; q="a"\r\nabc\r\n0\r\nX-T: 1\r\n\r\n',
+    ],
     "interim": [b"HTTP/1.1 100 Continue\r\n\r\n", _ok(b"after interim")],
     "close": [b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbye", CLOSE],
     "http10": [b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold", CLOSE],

@@ -127,6 +127,9 @@ CASES: list[tuple[str, list[Step]]] = [
         "post",
         [s(get("ok")), s(b"POST /k/ok HTTP/1.1\r\n" + H + b"Content-Length: 3\r\n\r\nabc"), s(get("ok"))],
     ),
+    # chunked responses (declined late: the Python engine relays them) with extensions and
+    # trailers, split across reads, then C takes the next request
+    ("chunked-ext", [s(get("ok")), s(get("chunkext")), s(get("ok")), s(get("chunkext")), s(get("ok"))]),
     # uploads that span reads (a step awaiting no response is sent apart from the next)
     (
         "upload",
