@@ -57,7 +57,7 @@ from benchrun import (
     summarize,
     wait_port,
 )
-from benchtools import PACKAGES, ensure_commands
+from benchtools import PACKAGES, ensure_commands, proxy_pass_location
 
 SIZES = {"100B": 100, "64KiB": 65536}
 REFERENCE = "nginx h2>h1"
@@ -113,15 +113,7 @@ def start_nginx_proxy(work: Path, h1_port: int, h2_port: int, up_h1: int, up_h2:
         upstream up2 {{ server 127.0.0.1:{up_h2}; keepalive 64; }}
         server {{
             listen 127.0.0.1:{h1_port} http2 backlog=4096;
-            location / {{
-                proxy_pass http://up1;
-                proxy_http_version 1.1;
-                proxy_set_header Connection "";
-                proxy_buffering on;
-                proxy_buffer_size 16k;
-                proxy_buffers 8 64k;
-                proxy_max_temp_file_size 0;
-            }}
+            {proxy_pass_location("up1")}
         }}
         server {{
             listen 127.0.0.1:{h2_port} http2 backlog=4096;

@@ -122,17 +122,21 @@ class ScriptedUpstream:
             self._conns.append(conn)
             threading.Thread(target=self._serve, args=(conn, rec), daemon=True).start()
 
+    def _recv(self, conn: socket.socket, rec: bytearray) -> bytes:
+        """One read from the proxy, recorded; b"" at its EOF."""
+        data = conn.recv(65536)
+        with self._lock:
+            rec += data
+        return data
+
     def _serve(self, conn: socket.socket, rec: bytearray) -> None:
         buf = b""
         conn.settimeout(30)
         try:
             while True:
                 while b"\r\n\r\n" not in buf:
-                    data = conn.recv(65536)
-                    if not data:
+                    if not (data := self._recv(conn, rec)):
                         return
-                    with self._lock:
-                        rec += data
                     buf += data
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 target = head.split(b"\r\n", 1)[0].split(b" ")[1]
@@ -143,11 +147,8 @@ class ScriptedUpstream:
                     if name.startswith("part"):  # answers after PART bytes of the body
                         need = min(need, PART)
                     while len(buf) < need:
-                        data = conn.recv(65536)
-                        if not data:
+                        if not (data := self._recv(conn, rec)):
                             return
-                        with self._lock:
-                            rec += data
                         buf += data
                     buf = buf[need:]
                 for piece in SCRIPTS.get(name, SCRIPTS["ok"]):
